@@ -1,0 +1,370 @@
+"""Evaluate a policy file on a task's fixed seeds, in sandboxed workers, with numbers you can trust.
+
+Every score names its task, protocol, split, seeds and episodes; env steps and wall
+time are always counted; every evaluation leaves an ``eval_started`` and an
+``eval_finished`` (or ``eval_interrupted``) line in the append-only ledger. A policy
+that raises, hangs, crashes, exhausts memory or returns a bad action fails that
+episode, with the reason recorded; it never stops or hangs the evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats as sstats
+
+from envs.errors import PolicyError, SplitGuardError
+from envs.failures import FailureEvent
+from envs.ledger import Ledger
+from envs.sandbox import Limits, WorkerDied, WorkerProcess, containment
+from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
+from policies.contract import check_policy_file, policy_sha256
+
+EpisodeStatus = Literal["ok", "policy_error", "invalid_action", "env_error", "timeout", "crash", "not_run"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TraceWindow(_Record):
+    label: str
+    step: int
+    steps: list[dict[str, Any]]
+
+
+class EpisodeTrace(_Record):
+    actions: list[Any]
+    rewards: list[float]
+    mode_counts: dict[str, int]
+    windows: list[TraceWindow]
+
+
+class EpisodeResult(_Record):
+    seed: int
+    status: EpisodeStatus
+    error: str | None = None
+    return_: float | None = Field(default=None, alias="return")
+    length: int = 0
+    env_steps: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    termination: str | None = None
+    events: list[FailureEvent] = Field(default_factory=list)
+    trace: EpisodeTrace | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Clip(_Record):
+    seed: int
+    step: int
+    label: str
+    mp4: str
+    png: str
+    frames: int
+    replay_diverged_at: int | None = None
+
+
+class ScoreStats(_Record):
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    ci95: tuple[float, float] | None
+    hns_mean: float | None = None
+
+
+class EvalRequest(_Record):
+    policy_path: Path
+    task_id: str
+    protocol: str | None = None
+    split: Split = "dev"
+    episodes: int | None = Field(default=None, ge=1)
+    workers: int | None = Field(default=None, ge=1)
+    confirm_protected: bool = False
+    limits: Limits = Field(default_factory=Limits)
+    eval_timeout_s: float = 3600.0
+    trace_window: int = Field(default=64, ge=1)
+    max_windows: int = Field(default=5, ge=0)
+    video: bool = False
+    clip_episodes: int = Field(default=2, ge=0)
+    clip_events: int = Field(default=3, ge=1)
+    clip_steps: int = Field(default=60, ge=2)
+    out_dir: Path | None = None
+
+
+class EvalResult(_Record):
+    eval_id: str
+    task: str
+    protocol: str
+    obs_mode: str
+    split: Split
+    seeds: list[int]
+    policy_path: str
+    policy_sha256: str
+    status: Literal["complete", "partial", "broken"]
+    stats: ScoreStats | None
+    target: float | None
+    episodes: list[EpisodeResult]
+    failures: dict[str, int]
+    env_steps: int
+    wall_s: float
+    clips: list[Clip]
+    containment: dict[str, str]
+    protected_uses_before: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The compact form for ``--json`` and the ledger: no traces."""
+        s = self.stats
+        return {
+            "eval_id": self.eval_id, "task": self.task, "protocol": self.protocol, "split": self.split,
+            "seeds": self.seeds, "policy": self.policy_path, "policy_sha256": self.policy_sha256,
+            "status": self.status, "episodes": len(self.episodes),
+            "episodes_failed": sum(e.status != "ok" for e in self.episodes),
+            "mean": s.mean if s else None, "std": s.std if s else None, "median": s.median if s else None,
+            "min": s.min if s else None, "max": s.max if s else None, "ci95": s.ci95 if s else None,
+            "hns_mean": s.hns_mean if s else None, "target": self.target,
+            "env_steps": self.env_steps, "wall_s": round(self.wall_s, 3),
+            "failures": self.failures, "clips": [c.mp4 for c in self.clips],
+        }
+
+
+ProgressFn = Callable[[EpisodeResult], None]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("heurist", "gymnasium", "ale-py", "mujoco", "numpy", "box2d"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_provenance(path: Path) -> dict[str, str | None]:
+    """Commit and a hash of the uncommitted diff of the git repository holding the policy, if any."""
+    cwd = path.resolve().parent
+    if shutil.which("git") is None:
+        return {"commit": None, "diff_sha256": None}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    if head.returncode != 0:
+        return {"commit": None, "diff_sha256": None}
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True)
+    return {"commit": head.stdout.strip(), "diff_sha256": hashlib.sha256(diff.stdout).hexdigest()}
+
+
+def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
+    if not returns:
+        return None
+    arr = np.asarray(returns, dtype=float)
+    mean = float(arr.mean())
+    ci = None
+    if len(arr) > 1 and arr.std() > 0:
+        lo, hi = sstats.t.interval(0.95, len(arr) - 1, loc=mean, scale=sstats.sem(arr))
+        ci = (float(lo), float(hi))
+    return ScoreStats(mean=mean, std=float(arr.std()), median=float(np.median(arr)), min=float(arr.min()),
+                      max=float(arr.max()), ci95=ci, hns_mean=spec.normalise(mean))
+
+
+def _protected_uses(ledger: Ledger | None, task: str, split: str) -> int:
+    if ledger is None or split not in PROTECTED_SPLITS:
+        return 0
+    records, _ = ledger.read()
+    return sum(1 for r in records if r.get("event") == "eval_started" and r.get("task") == task and r.get("split") == split)
+
+
+class Evaluator:
+    """Runs EvalRequests. One evaluation at a time per instance; workers live for one evaluation."""
+
+    def __init__(self, spec: TaskSpec, request: EvalRequest, ledger: Ledger | None = None,
+                 progress: ProgressFn | None = None) -> None:
+        self.spec = spec
+        self.req = request
+        self.ledger = ledger
+        self.progress = progress
+        self.protocol = spec.protocol(request.protocol).name
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> EvalResult:
+        req, spec = self.req, self.spec
+        if req.split in PROTECTED_SPLITS and not req.confirm_protected:
+            raise SplitGuardError(f"the {req.split} split is reserved for a deliberate, recorded evaluation; "
+                                  f"add --confirm-protected to use it (the ledger records each use)")
+        check_policy_file(req.policy_path)
+        seeds = list(spec.seeds.seeds(req.split))
+        if req.episodes is not None:
+            if req.episodes > len(seeds):
+                raise SplitGuardError(f"the {req.split} split of {spec.id} has {len(seeds)} seeds; "
+                                      f"ask for at most {len(seeds)} episodes")
+            seeds = seeds[: req.episodes]
+        eval_id = uuid.uuid4().hex[:12]
+        policy_path = Path(req.policy_path).resolve()
+        sha = policy_sha256(policy_path)
+        uses_before = _protected_uses(self.ledger, spec.id, req.split)
+        base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol, "obs_mode": spec.obs_mode,
+                "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
+        self._append({"event": "eval_started", "time": _now(), **base, "protected_split": req.split in PROTECTED_SPLITS,
+                      "protected_uses_before": uses_before, "versions": _versions(),
+                      "git": _git_provenance(policy_path)})
+        started = time.perf_counter()
+        scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
+        try:
+            episodes = self._run_episodes(seeds, policy_path, scratch, started)
+            result = self._assemble(base, episodes, uses_before, started)
+            if req.video:
+                result.clips = self._clips(result, policy_path, scratch)
+                result.wall_s = time.perf_counter() - started
+        except BaseException as exc:
+            self._append({"event": "eval_interrupted", "time": _now(), "eval_id": eval_id,
+                          "reason": f"{type(exc).__name__}: {exc}"[:500],
+                          "wall_s": time.perf_counter() - started})
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._append({"event": "eval_finished", "time": _now(), **result.summary(),
+                      "per_episode": [{"seed": e.seed, "status": e.status, "return": e.return_, "length": e.length,
+                                       "error": e.error} for e in result.episodes]})
+        return result
+
+    # ------------------------------------------------------------------ episodes
+
+    def _job(self, kind: str, policy_path: Path, **extra: Any) -> dict[str, Any]:
+        return {"kind": kind, "task": self.spec.model_dump_json(), "protocol": self.protocol,
+                "policy_path": str(policy_path), "cpu_s": self.req.limits.episode_cpu_s, **extra}
+
+    def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:
+        req = self.req
+        n_workers = min(req.workers or os.cpu_count() or 1, len(seeds))
+        pending = list(reversed(seeds))
+        lock = threading.Lock()
+        results: dict[int, EpisodeResult] = {}
+        deadline = started + req.eval_timeout_s
+
+        def next_seed() -> int | None:
+            with lock:
+                return pending.pop() if pending else None
+
+        def serve() -> None:
+            worker: WorkerProcess | None = None
+            try:
+                while (seed := next_seed()) is not None:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        result = EpisodeResult(seed=seed, status="not_run",
+                                               error=f"evaluation wall-clock limit of {req.eval_timeout_s:g} s reached")
+                    else:
+                        worker = worker or WorkerProcess(req.limits, scratch)
+                        job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window,
+                                        max_windows=req.max_windows)
+                        try:
+                            reply = worker.run(job, timeout=min(req.limits.episode_timeout_s, remaining) + 10.0)
+                            result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
+                                else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}")
+                        except WorkerDied as died:
+                            status = "timeout" if "wall-clock" in died.reason else "crash"
+                            result = EpisodeResult(seed=seed, status=status, error=died.reason)
+                            worker.close()
+                            worker = None
+                    with lock:
+                        results[seed] = result
+                    if self.progress:
+                        self.progress(result)
+            finally:
+                if worker is not None:
+                    worker.close()
+
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="heurist-eval") as pool:
+            for future in [pool.submit(serve) for _ in range(n_workers)]:
+                future.result()
+        return [results[s] for s in seeds]
+
+    def _assemble(self, base: dict, episodes: list[EpisodeResult], uses_before: int, started: float) -> EvalResult:
+        ran = [e for e in episodes if e.status != "not_run"]
+        # Statistics cover completed episodes only. A failed episode's partial return is no score: on
+        # MountainCar a policy that crashes at step 50 would otherwise beat one that finishes at 110.
+        # Failed episodes are counted in `failures` and make the status "partial" or "broken".
+        returns = [e.return_ for e in ran if e.status == "ok" and e.return_ is not None]
+        failures: dict[str, int] = {}
+        for e in episodes:
+            for ev in e.events:
+                failures[ev.kind] = failures.get(ev.kind, 0) + 1
+            if e.status != "ok":
+                failures[e.status] = failures.get(e.status, 0) + 1
+        if not ran or all(e.status != "ok" for e in ran):
+            status = "broken"
+        elif len(ran) < len(episodes) or any(e.status != "ok" for e in ran):
+            status = "partial"
+        else:
+            status = "complete"
+        return EvalResult(**base, status=status, stats=score_stats(returns, self.spec),
+                          target=self.spec.target, episodes=episodes, failures=failures,
+                          env_steps=sum(e.env_steps for e in episodes), wall_s=time.perf_counter() - started,
+                          clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before)
+
+    # ------------------------------------------------------------------ clips
+
+    def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> list[Clip]:
+        """Re-simulate the worst episodes and render only the steps before their failure events."""
+        req = self.req
+        out_dir = Path(req.out_dir or Path.cwd() / "heurist-clips") / result.eval_id
+        candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
+        candidates.sort(key=lambda e: (not e.events, e.return_))
+        clips: list[Clip] = []
+        worker = WorkerProcess(req.limits, scratch)
+        try:
+            for episode in candidates[: req.clip_episodes]:
+                events = episode.events[: req.clip_events] or [
+                    FailureEvent(step=episode.length - 1, kind="end", description="last steps of the episode")]
+                windows = [(max(0, ev.step - req.clip_steps + 1), ev.step) for ev in events]
+                job = self._job("clip", policy_path, seed=episode.seed, windows=windows,
+                                labels=[f"{self.spec.id} seed {episode.seed}: {ev.description}" for ev in events],
+                                expected_actions=episode.trace.actions[: max(b for _, b in windows) + 1],
+                                out_dir=str(out_dir), stem=f"seed{episode.seed}")
+                try:
+                    reply = worker.run(job, timeout=req.limits.episode_timeout_s * 2 + 30)
+                except WorkerDied:
+                    worker.close()
+                    worker = WorkerProcess(req.limits, scratch)
+                    continue
+                if reply.get("status") == "worker_error":
+                    continue
+                for clip in reply["clips"]:
+                    clips.append(Clip(**clip, replay_diverged_at=reply["replay_diverged_at"]))
+        finally:
+            worker.close()
+        return clips
+
+    def _append(self, record: dict[str, Any]) -> None:
+        if self.ledger is not None:
+            self.ledger.append(record)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def evaluate(spec: TaskSpec, request: EvalRequest, ledger: Ledger | None = None,
+             progress: ProgressFn | None = None) -> EvalResult:
+    return Evaluator(spec, request, ledger, progress).run()
+
+
+__all__ = ["EvalRequest", "EvalResult", "EpisodeResult", "Evaluator", "evaluate", "PolicyError"]

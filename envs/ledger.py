@@ -1,0 +1,63 @@
+"""The append-only trial ledger: one JSON line per event, never rewritten, never deleted.
+
+Each evaluation writes an ``eval_started`` line before any episode runs and an
+``eval_finished`` line at the end, so an evaluation killed in between is visible as
+started-but-never-finished. Appends take an exclusive ``flock`` and are fsync'ed, so two
+processes appending at once interleave whole lines; a reader skips (and counts) a torn
+last line left by a crash mid-write rather than failing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from envs.errors import LedgerError
+
+
+class Ledger:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def append(self, record: BaseModel | dict[str, Any]) -> None:
+        data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+        line = (json.dumps(data, separators=(",", ":")) + "\n").encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LedgerError(f"cannot write the ledger {self.path}: {exc.strerror}; choose a writable --ledger path") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A torn line from an earlier crash must not swallow this record: start on a fresh line.
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            raise LedgerError(f"cannot append to the ledger {self.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[list[dict[str, Any]], int]:
+        """All readable records in order, and how many lines were unreadable (torn or corrupt)."""
+        if not self.path.exists():
+            return [], 0
+        records, bad = [], 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    bad += 1
+        return records, bad

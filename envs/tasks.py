@@ -1,0 +1,341 @@
+"""Task specs and the task registry.
+
+A task is a typed, registered spec in the spirit of Gymnasium's ``EnvSpec``: which
+gymnasium id to build with which kwargs, the observation mode, named protocols, fixed
+seed splits, the success target, score normalisation and the rules that turn an
+episode trace into failure events. Registration is explicit and fails loudly: built-in
+tasks live here, third-party tasks arrive through the ``heurist.tasks`` entry point
+group or a ``module:attr`` path given where a task id is expected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from envs.atari_scores import ATARI57_SCORES
+from envs.errors import TaskError
+
+# Headless rendering defaults; a user's explicit setting wins.
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+Split = Literal["dev", "holdout", "audit"]
+PROTECTED_SPLITS: frozenset[str] = frozenset({"holdout", "audit"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeedSplits(_Strict):
+    """Fixed seeds per split. The anchor's protocol: dev 0..19, holdout 1000..1049, audit 2000..2049."""
+
+    dev: tuple[int, ...] = tuple(range(0, 20))
+    holdout: tuple[int, ...] = tuple(range(1000, 1050))
+    audit: tuple[int, ...] = tuple(range(2000, 2050))
+
+    @model_validator(mode="after")
+    def _never_overlap(self) -> SeedSplits:
+        seen: dict[int, str] = {}
+        for name in ("dev", "holdout", "audit"):
+            seeds = getattr(self, name)
+            if not seeds:
+                raise ValueError(f"seed split {name!r} is empty")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"seed split {name!r} repeats a seed")
+            for seed in seeds:
+                if seed in seen:
+                    raise ValueError(f"seed {seed} is in both {seen[seed]!r} and {name!r} splits")
+                seen[seed] = name
+        return self
+
+    def seeds(self, split: Split) -> tuple[int, ...]:
+        return getattr(self, split)
+
+
+class Protocol(_Strict):
+    """A named way of running a task: kwargs layered over the task's own, and an episode budget."""
+
+    name: str
+    description: str
+    make_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_episode_steps: int | None = None
+
+
+class StallRule(_Strict):
+    """A stall: ``info[info_key]`` stays below ``below`` for ``steps`` consecutive steps."""
+
+    info_key: str
+    below: float
+    steps: int = Field(ge=1)
+
+
+class FailureRules(_Strict):
+    """How an episode's trace becomes failure events (see envs/failures.py).
+
+    termination: what ``terminated=True`` means for this task. "failure" (a pole fell, a
+    robot fell), "success" (the goal was reached), "by_reward" (a failure when the last
+    reward is at or below ``crash_reward``, as LunarLander's -100 crash), "neutral"
+    (the game simply ended; Atari reports lost lives separately).
+    """
+
+    termination: Literal["failure", "success", "by_reward", "neutral"]
+    termination_kind: str = "terminated"
+    termination_text: str = "episode terminated"
+    crash_reward: float | None = None
+    lives: bool = False
+    stall: StallRule | None = None
+
+
+class TaskSpec(_Strict):
+    """Everything needed to build, judge and describe one task."""
+
+    id: str
+    gym_id: str
+    family: Literal["classic_control", "box2d", "atari", "mujoco", "custom"]
+    description: str
+    obs_mode: Literal["vector", "ram", "pixels"] = "vector"
+    make_kwargs: dict[str, Any] = Field(default_factory=dict)
+    protocols: tuple[Protocol, ...] = (Protocol(name="standard", description="gymnasium defaults"),)
+    seeds: SeedSplits = SeedSplits()
+    target: float | None = None
+    random_score: float | None = None
+    human_score: float | None = None
+    failure_rules: FailureRules
+    starter_policy: str | None = None
+    # Imported before gymnasium.make so that the env id is registered (e.g. "ale_py").
+    register_module: str | None = None
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols_named_once(cls, protocols: tuple[Protocol, ...]) -> tuple[Protocol, ...]:
+        names = [p.name for p in protocols]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"protocols must be non-empty with unique names, got {names}")
+        return protocols
+
+    @property
+    def default_protocol(self) -> str:
+        return self.protocols[0].name
+
+    def protocol(self, name: str | None) -> Protocol:
+        name = name or self.default_protocol
+        for protocol in self.protocols:
+            if protocol.name == name:
+                return protocol
+        known = ", ".join(p.name for p in self.protocols)
+        raise TaskError(f"task {self.id} has no protocol {name!r}; choose one of: {known}")
+
+    def normalise(self, score: float) -> float | None:
+        """Human-normalised score where random and human scores are published, else None."""
+        if self.random_score is None or self.human_score is None:
+            return None
+        return (score - self.random_score) / (self.human_score - self.random_score)
+
+    def make_env(self, protocol: str | None = None, render_mode: str | None = None):
+        """Build the gymnasium environment for a protocol. Runs inside worker processes."""
+        import gymnasium as gym
+
+        chosen = self.protocol(protocol)
+        if self.register_module:
+            gym.register_envs(importlib.import_module(self.register_module))
+        kwargs = {**self.make_kwargs, **chosen.make_kwargs}
+        if chosen.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = chosen.max_episode_steps
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        return gym.make(self.gym_id, **kwargs)
+
+
+# --------------------------------------------------------------------------- built-ins
+
+_SHORT_OF_TARGET = "truncated short of the target"
+
+
+def _classic_and_box2d() -> list[TaskSpec]:
+    timeout = FailureRules(termination="success")
+    return [
+        TaskSpec(
+            id="CartPole-v1", gym_id="CartPole-v1", family="classic_control", target=475.0,
+            description="Balance a pole on a cart; +1 per step, 500 steps max. obs: x, x_dot, theta, theta_dot.",
+            failure_rules=FailureRules(termination="failure", termination_kind="pole_fell",
+                                       termination_text="pole fell past 12 degrees or cart left the track"),
+            starter_policy="cartpole.py",
+        ),
+        TaskSpec(
+            id="MountainCar-v0", gym_id="MountainCar-v0", family="classic_control", target=-110.0,
+            description="Drive an underpowered car up a hill; -1 per step, 200 steps max. obs: position, velocity.",
+            failure_rules=timeout, starter_policy="mountaincar.py",
+        ),
+        TaskSpec(
+            id="MountainCarContinuous-v0", gym_id="MountainCarContinuous-v0", family="classic_control",
+            target=90.0, description="Continuous MountainCar: +100 at the goal minus 0.1*force^2 per step, 999 steps max.",
+            failure_rules=timeout, starter_policy="mountaincar_continuous.py",
+        ),
+        TaskSpec(
+            id="Acrobot-v1", gym_id="Acrobot-v1", family="classic_control", target=-100.0,
+            description="Swing a two-link arm's tip above a line; -1 per step, 500 steps max. obs: cos/sin of both joints, their velocities.",
+            failure_rules=timeout, starter_policy="acrobot.py",
+        ),
+        TaskSpec(
+            id="Pendulum-v1", gym_id="Pendulum-v1", family="classic_control", target=-200.0,
+            description="Swing up and hold a pendulum; cost theta^2+0.1*theta_dot^2+0.001*u^2, 200 steps. obs: cos, sin, theta_dot.",
+            failure_rules=FailureRules(termination="neutral"), starter_policy="pendulum.py",
+        ),
+        TaskSpec(
+            id="LunarLander-v3", gym_id="LunarLander-v3", family="box2d", target=200.0,
+            description="Land between the flags; -100 for a crash, +100 for resting, fuel costs. 1000 steps max.",
+            failure_rules=FailureRules(termination="by_reward", crash_reward=-100.0, termination_kind="crash",
+                                       termination_text="lander crashed or flew off screen"),
+            starter_policy="lunarlander.py",
+        ),
+        TaskSpec(
+            id="BipedalWalker-v3", gym_id="BipedalWalker-v3", family="box2d", target=300.0,
+            description="Walk a 2D biped to the end of rough terrain; -100 for falling, 1600 steps max.",
+            failure_rules=FailureRules(termination="by_reward", crash_reward=-100.0, termination_kind="fall",
+                                       termination_text="walker's hull touched the ground"),
+        ),
+    ]
+
+
+def _mujoco() -> list[TaskSpec]:
+    stall = StallRule(info_key="x_velocity", below=0.1, steps=50)
+    fall = FailureRules(termination="failure", termination_kind="fall",
+                        termination_text="robot became unhealthy (fell or flipped)", stall=stall)
+    return [
+        TaskSpec(id="HalfCheetah-v5", gym_id="HalfCheetah-v5", family="mujoco", target=2000.0,
+                 description="Run a planar cheetah forward; reward forward velocity minus 0.1*|a|^2, 1000 steps.",
+                 failure_rules=FailureRules(termination="neutral", stall=stall),
+                 starter_policy="halfcheetah.py"),
+        TaskSpec(id="Ant-v5", gym_id="Ant-v5", family="mujoco", target=1000.0,
+                 description="Walk a quadruped forward; healthy reward 1/step plus forward velocity minus costs, 1000 steps.",
+                 failure_rules=fall, starter_policy="ant.py"),
+        TaskSpec(id="Hopper-v5", gym_id="Hopper-v5", family="mujoco", target=3000.0,
+                 description="Hop a one-legged robot forward without falling; 1000 steps.", failure_rules=fall),
+        TaskSpec(id="Walker2d-v5", gym_id="Walker2d-v5", family="mujoco", target=3000.0,
+                 description="Walk a planar biped forward without falling; 1000 steps.", failure_rules=fall),
+    ]
+
+
+ATARI_PROTOCOLS = (
+    Protocol(name="standard", description="ALE v5: frameskip 4, sticky actions 0.25, 108,000 frames max",
+             make_kwargs={"frameskip": 4, "repeat_action_probability": 0.25, "max_num_frames_per_episode": 108_000}),
+    Protocol(name="deterministic",
+             description="the anchor's Breakout-864 protocol: frameskip 1, no sticky actions, full game "
+                         "(no episodic life), 108,000 steps max",
+             make_kwargs={"frameskip": 1, "repeat_action_probability": 0.0, "max_num_frames_per_episode": 108_000},
+             max_episode_steps=108_000),
+)
+
+_ATARI_STARTERS = {"Breakout": "breakout.py", "Pong": "pong.py"}
+
+
+def _snake(name: str) -> str:
+    out = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    return out
+
+
+def _atari() -> list[TaskSpec]:
+    import gymnasium as gym
+    import ale_py
+
+    gym.register_envs(ale_py)
+    games = sorted(k[len("ALE/"):-len("-v5")] for k in gym.registry if k.startswith("ALE/") and k.endswith("-v5"))
+    rules = FailureRules(termination="neutral", lives=True, termination_kind="game_over",
+                         termination_text="game over")
+    specs = []
+    for game in games:
+        scores = ATARI57_SCORES.get(_snake(game))
+        random_score, human_score = scores if scores else (None, None)
+        for obs_mode, obs_type, suffix in (("pixels", "rgb", ""), ("ram", "ram", "-ram")):
+            specs.append(TaskSpec(
+                id=f"ALE/{game}{suffix}-v5", gym_id=f"ALE/{game}-v5", family="atari", obs_mode=obs_mode,
+                description=f"Atari {game} ({obs_mode} observations)", make_kwargs={"obs_type": obs_type},
+                protocols=ATARI_PROTOCOLS, random_score=random_score, human_score=human_score,
+                failure_rules=rules, register_module="ale_py",
+                starter_policy=_ATARI_STARTERS.get(game) if obs_mode == "pixels" else None,
+                target=human_score,
+            ))
+    return specs
+
+
+# --------------------------------------------------------------------------- registry
+
+class TaskRegistry:
+    """Explicit registration; a duplicate id or a misdeclared plugin is an error, never a silent skip."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, TaskSpec] = {}
+        self._sources: dict[str, str] = {}
+
+    def register(self, spec: TaskSpec, source: str = "heurist") -> None:
+        if not isinstance(spec, TaskSpec):
+            raise TaskError(f"{source} registered {type(spec).__name__}, not a TaskSpec: build one with envs.tasks.TaskSpec(...)")
+        if spec.id in self._specs:
+            raise TaskError(f"task {spec.id} is registered twice ({self._sources[spec.id]} and {source}); rename one")
+        self._specs[spec.id] = spec
+        self._sources[spec.id] = source
+
+    def get(self, task_id: str) -> TaskSpec:
+        if task_id in self._specs:
+            return self._specs[task_id]
+        if ":" in task_id and "/" not in task_id:
+            spec = _load_spec_path(task_id)
+            self.register(spec, source=task_id)
+            return spec
+        close = [t for t in self._specs if task_id.lower() in t.lower()][:5]
+        hint = f"did you mean {', '.join(close)}?" if close else "run `heurist envs` to list registered tasks"
+        raise TaskError(f"unknown task {task_id!r}: {hint}")
+
+    def source(self, task_id: str) -> str:
+        return self._sources[task_id]
+
+    def all(self) -> list[TaskSpec]:
+        return list(self._specs.values())
+
+
+def _as_specs(obj: Any, where: str) -> list[TaskSpec]:
+    if callable(obj) and not isinstance(obj, TaskSpec):
+        obj = obj()
+    items = obj if isinstance(obj, (list, tuple)) else [obj]
+    for item in items:
+        if not isinstance(item, TaskSpec):
+            raise TaskError(f"{where} gave {type(item).__name__}, not an envs.tasks.TaskSpec: declare your task with TaskSpec(...)")
+    return list(items)
+
+
+def _load_spec_path(path: str) -> TaskSpec:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise TaskError(f"cannot load task {path!r}: {exc}; give an importable module:attribute") from exc
+    specs = _as_specs(obj, path)
+    if len(specs) != 1:
+        raise TaskError(f"{path} gives {len(specs)} tasks; a module:attr task id must name exactly one")
+    return specs[0]
+
+
+@lru_cache(maxsize=1)
+def registry() -> TaskRegistry:
+    reg = TaskRegistry()
+    for spec in _classic_and_box2d() + _mujoco() + _atari():
+        reg.register(spec)
+    for ep in entry_points(group="heurist.tasks"):
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plugin must be named, not hidden
+            raise TaskError(f"task plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        for spec in _as_specs(loaded, f"entry point heurist.tasks:{ep.name}"):
+            reg.register(spec, source=f"entry point {ep.name} ({ep.value})")
+    return reg
+
+
+def get_task(task_id: str) -> TaskSpec:
+    return registry().get(task_id)

@@ -1,0 +1,1 @@
+"""The Heuristic Learning graph and the command line (cli.py)."""
