@@ -257,11 +257,18 @@ class Evaluator:
         pending = list(reversed(seeds))
         lock = threading.Lock()
         results: dict[int, EpisodeResult] = {}
+        live: set[WorkerProcess] = set()
+        stop = threading.Event()
         deadline = started + req.eval_timeout_s
 
         def next_seed() -> int | None:
             with lock:
-                return pending.pop() if pending else None
+                return pending.pop() if pending and not stop.is_set() else None
+
+        def retire(worker: WorkerProcess) -> None:
+            with lock:
+                live.discard(worker)
+            worker.close()
 
         def serve() -> None:
             worker: WorkerProcess | None = None
@@ -272,7 +279,10 @@ class Evaluator:
                         result = EpisodeResult(seed=seed, status="not_run",
                                                error=f"evaluation wall-clock limit of {req.eval_timeout_s:g} s reached")
                     else:
-                        worker = worker or WorkerProcess(req.limits, scratch)
+                        if worker is None:
+                            worker = WorkerProcess(req.limits, scratch)
+                            with lock:
+                                live.add(worker)
                         job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window,
                                         max_windows=req.max_windows)
                         try:
@@ -282,19 +292,34 @@ class Evaluator:
                         except WorkerDied as died:
                             status = "timeout" if "wall-clock" in died.reason else "crash"
                             result = EpisodeResult(seed=seed, status=status, error=died.reason)
-                            worker.close()
+                            retire(worker)
                             worker = None
+                    if stop.is_set():
+                        return  # interrupted: a killed worker's episode is not a result
                     with lock:
                         results[seed] = result
                     if self.progress:
                         self.progress(result)
             finally:
                 if worker is not None:
-                    worker.close()
+                    retire(worker)
 
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="heurist-eval") as pool:
-            for future in [pool.submit(serve) for _ in range(n_workers)]:
+        pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="heurist-eval")
+        futures = [pool.submit(serve) for _ in range(n_workers)]
+        try:
+            for future in futures:
                 future.result()
+        except BaseException:
+            # Ctrl-C or a bug: stop handing out seeds and kill every worker now, rather than
+            # waiting for the episodes in flight to finish.
+            stop.set()
+            with lock:
+                doomed = list(live)
+            for worker in doomed:
+                worker.kill()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return [results[s] for s in seeds]
 
     def _assemble(self, base: dict, episodes: list[EpisodeResult], uses_before: int, started: float) -> EvalResult:

@@ -10,6 +10,7 @@ group or a ``module:attr`` path given where a task id is expected.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from functools import lru_cache
@@ -289,7 +290,10 @@ class TaskRegistry:
             spec = _load_spec_path(task_id)
             self.register(spec, source=task_id)
             return spec
-        close = [t for t in self._specs if task_id.lower() in t.lower()][:5]
+        by_case = {t.lower(): t for t in self._specs}
+        close = [t for t in self._specs if task_id.lower() in t.lower()][:3]
+        close += [by_case[t] for t in difflib.get_close_matches(task_id.lower(), by_case, n=3, cutoff=0.75)
+                  if by_case[t] not in close]
         hint = f"did you mean {', '.join(close)}?" if close else "run `heurist envs` to list registered tasks"
         raise TaskError(f"unknown task {task_id!r}: {hint}")
 
@@ -322,8 +326,8 @@ def _load_spec_path(path: str) -> TaskSpec:
     return specs[0]
 
 
-@lru_cache(maxsize=1)
-def registry() -> TaskRegistry:
+def build_registry() -> TaskRegistry:
+    """Built-in tasks plus every ``heurist.tasks`` entry point; ``registry()`` caches one."""
     reg = TaskRegistry()
     for spec in _classic_and_box2d() + _mujoco() + _atari():
         reg.register(spec)
@@ -335,6 +339,11 @@ def registry() -> TaskRegistry:
         for spec in _as_specs(loaded, f"entry point heurist.tasks:{ep.name}"):
             reg.register(spec, source=f"entry point {ep.name} ({ep.value})")
     return reg
+
+
+@lru_cache(maxsize=1)
+def registry() -> TaskRegistry:
+    return build_registry()
 
 
 def get_task(task_id: str) -> TaskSpec:

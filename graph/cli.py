@@ -21,7 +21,8 @@ from envs.paths import default_ledger_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="heurist: Heuristic Learning — improve readable Python policies by editing code, not weights.")
-out = Console()
+# Piped output is read by grep and scripts: never truncate a task id to fit 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: real environments, real worker subprocesses, real files; no mocks of heurist's parts."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+from envs.evaluator import EvalRequest, EvalResult, evaluate  # noqa: E402
+from envs.ledger import Ledger  # noqa: E402
+from envs.sandbox import Limits  # noqa: E402
+from envs.tasks import get_task  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture
+def write_policy(tmp_path):
+    """Write a policy file from a dedented source string; returns its path."""
+
+    def write(source: str, name: str = "policy.py") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    return Ledger(tmp_path / "ledger.jsonl")
+
+
+@pytest.fixture
+def run_eval(ledger, tmp_path):
+    """Evaluate through the real evaluator with short, test-sized limits unless told otherwise."""
+
+    def run(policy: Path, task: str, **kw) -> EvalResult:
+        limits = kw.pop("limits", Limits(episode_timeout_s=20, episode_cpu_s=20, memory_mb=2048))
+        request = EvalRequest(policy_path=policy, task_id=task, limits=limits, out_dir=tmp_path / "clips", **kw)
+        return evaluate(get_task(task), request, kw.pop("ledger", ledger))
+
+    return run

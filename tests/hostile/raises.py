@@ -1,0 +1,6 @@
+class Policy:
+    def reset(self, seed):
+        pass
+
+    def act(self, obs, info):
+        raise ValueError("boom from the policy")

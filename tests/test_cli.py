@@ -1,0 +1,127 @@
+"""The installed `heurist` command: JSON output, tables, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from policies import POLICY_DIR
+
+HEURIST = shutil.which("heurist", path=str(Path(sys.executable).parent)) or "heurist"
+
+
+def heurist(*args, cwd=None, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([HEURIST, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_eval_json_has_the_promised_keys(tmp_path):
+    proc = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--episodes", "3", "--json",
+                   "--ledger", str(tmp_path / "l.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    for key in ("mean", "std", "median", "min", "max", "episodes", "env_steps", "wall_s", "failures"):
+        assert key in data
+    assert data["episodes"] == 3 and data["mean"] == 500.0 and data["env_steps"] == 1500
+    lines = (tmp_path / "l.jsonl").read_text().splitlines()
+    assert [json.loads(l)["event"] for l in lines] == ["eval_started", "eval_finished"]
+
+
+def test_eval_table_names_task_protocol_split_and_target(tmp_path):
+    proc = heurist("eval", str(POLICY_DIR / "mountaincar.py"), "--env", "MountainCar-v0", "--episodes", "4",
+                   "--ledger", str(tmp_path / "l.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    for words in ("MountainCar-v0", "protocol standard", "split dev", "seeds 0..3", "target", "env steps"):
+        assert words in proc.stdout
+
+
+def test_default_ledger_lives_under_heurist_home(tmp_path):
+    proc = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--episodes", "1", "--json",
+                   env_extra={"HEURIST_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "home" / "ledger.jsonl").is_file()
+
+
+def test_unknown_task(tmp_path):
+    assert_one_line_error(heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPol-v1"),
+                          "unknown task 'CartPol-v1'", "did you mean")
+
+
+def test_missing_policy_file(tmp_path):
+    assert_one_line_error(heurist("eval", str(tmp_path / "missing.py"), "--env", "CartPole-v1"), "does not exist")
+
+
+def test_syntax_error_policy(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("class Policy:\n    def act(self, obs, info)\n        return 0\n")
+    assert_one_line_error(heurist("eval", str(bad), "--env", "CartPole-v1"), "syntax error at line 2")
+
+
+def test_a_python_file_that_is_not_a_policy(tmp_path):
+    other = tmp_path / "script.py"
+    other.write_text("print('hello')\n")
+    assert_one_line_error(heurist("eval", str(other), "--env", "CartPole-v1"), "no top-level class Policy")
+
+
+def test_policy_that_does_not_load_exits_non_zero_with_the_reason(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("class Policy:\n    def __init__(self):\n        raise RuntimeError('missing weights')\n"
+                      "    def reset(self, seed):\n        pass\n    def act(self, obs, info):\n        return 0\n")
+    proc = heurist("eval", str(broken), "--env", "CartPole-v1", "--episodes", "2", "--json",
+                   "--ledger", str(tmp_path / "l.jsonl"))
+    assert_one_line_error(proc, "did not run on CartPole-v1", "RuntimeError: missing weights")
+    assert json.loads(proc.stdout)["status"] == "broken"  # and it was recorded as broken
+    assert json.loads((tmp_path / "l.jsonl").read_text().splitlines()[-1])["status"] == "broken"
+
+
+def test_protected_split_needs_the_flag(tmp_path):
+    assert_one_line_error(heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--split", "holdout",
+                                  "--ledger", str(tmp_path / "l.jsonl")), "--confirm-protected")
+    assert_one_line_error(heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--split", "train"),
+                          "unknown split 'train'")
+
+
+def test_unwritable_ledger(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions; use a path under a regular file instead
+        target = tmp_path / "file"
+        target.write_text("")
+        ledger = target / "l.jsonl"
+    else:
+        ledger = ro / "l.jsonl"
+    assert_one_line_error(heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1",
+                                  "--ledger", str(ledger)), "cannot write the ledger")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = heurist("--debug", "eval", str(tmp_path / "missing.py"), "--env", "CartPole-v1")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_envs_lists_tasks_with_targets():
+    proc = heurist("envs", "--json")
+    assert proc.returncode == 0
+    tasks = {t["id"]: t for t in json.loads(proc.stdout)}
+    assert tasks["CartPole-v1"]["target"] == 475.0
+    assert tasks["ALE/Breakout-v5"]["protocols"] == ["standard", "deterministic"]
+    assert len(tasks) == 11 + 208
+    table = heurist("envs", "--family", "mujoco")
+    assert "HalfCheetah-v5" in table.stdout and "CartPole" not in table.stdout
+    assert_one_line_error(heurist("envs", "--family", "robots"), "no tasks in family 'robots'")

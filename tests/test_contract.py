@@ -1,0 +1,69 @@
+"""The policy file contract: static checks with one-line reasons, and tunables a search can rewrite safely."""
+
+from __future__ import annotations
+
+import difflib
+
+import pytest
+
+from envs.errors import PolicyError
+from policies import POLICY_DIR
+from policies.contract import check_policy_source, read_tunables, rewrite_tunables
+
+STARTERS = sorted(p for p in POLICY_DIR.glob("*.py") if p.name not in ("__init__.py", "contract.py"))
+
+
+def test_every_starter_satisfies_the_contract():
+    assert len(STARTERS) >= 11
+    for path in STARTERS:
+        check_policy_source(path.read_text(), path.name)
+        for tunable in read_tunables(path.read_text(), path.name):
+            assert tunable.low <= tunable.default <= tunable.high and tunable.doc
+
+
+@pytest.mark.parametrize("source,message", [
+    ("import requests\nclass Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n",
+     "imports requests; policies may import only"),
+    ("from envs.tasks import get_task\nclass Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n",
+     "must not import heurist itself"),
+    ("from . import helper\nclass Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n",
+     "relative import"),
+    ("class Policy:\n    def act(self, o, i): return 0\n", "no reset method"),
+    ("class Policy:\n    def reset(self, s):\n        pass\n", "no act method"),
+    ("x = (\n", "syntax error at line 1"),
+])
+def test_contract_violations_are_named(source, message):
+    with pytest.raises(PolicyError, match=message):
+        check_policy_source(source, "p.py")
+
+
+def test_rewrite_changes_only_the_named_defaults():
+    source = (POLICY_DIR / "cartpole.py").read_text()
+    before = {t.name: t.default for t in read_tunables(source)}
+    changed = rewrite_tunables(source, {"angle_gain": 2.5, "spin_gain": 0.75})
+    after = {t.name: t.default for t in read_tunables(changed)}
+    assert after == before | {"angle_gain": 2.5, "spin_gain": 0.75}
+    diff = [l for l in difflib.unified_diff(source.splitlines(), changed.splitlines(), lineterm="", n=0)
+            if l.startswith(("+", "-")) and not l.startswith(("+++", "---"))]
+    assert len(diff) == 4  # two lines out, two lines in: the logic is untouched
+    assert all("tunable(" in line for line in diff)
+
+
+def test_rewrite_keeps_integers_integral_and_rejects_bad_values():
+    source = (POLICY_DIR / "breakout.py").read_text()
+    serve = next(t for t in read_tunables(source) if t.name == "serve_wait")
+    assert serve.integer
+    assert "serve_wait: int = tunable(5," in rewrite_tunables(source, {"serve_wait": 4.6})
+    with pytest.raises(PolicyError, match="outside its bounds"):
+        rewrite_tunables(source, {"dead_zone": 99.0})
+    with pytest.raises(PolicyError, match="declares no tunable colour"):
+        rewrite_tunables(source, {"colour": 1.0})
+
+
+def test_tunable_default_outside_bounds_is_refused():
+    source = ("from dataclasses import dataclass, field\n"
+              "def tunable(d, lo, hi, doc):\n    return field(default=d)\n"
+              "@dataclass\nclass Tunables:\n    k: float = tunable(9.0, 0.0, 1.0, 'gain')\n"
+              "class Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n")
+    with pytest.raises(PolicyError, match="default 9.0 is outside"):
+        read_tunables(source)

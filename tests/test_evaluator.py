@@ -1,0 +1,165 @@
+"""The evaluator's numbers can be trusted: deterministic per seed, serial equals parallel, guarded splits, traces and clips."""
+
+from __future__ import annotations
+
+import cv2
+import imageio_ffmpeg
+import pytest
+
+from envs.errors import PolicyError, SplitGuardError
+from envs.sandbox import Limits
+from envs.tasks import get_task
+from policies import RANDOM_POLICY, starter_policy
+
+CARTPOLE = starter_policy(get_task("CartPole-v1"))
+LUNAR = starter_policy(get_task("LunarLander-v3"))
+
+
+def _fingerprint(result):
+    return [(e.seed, e.status, e.return_, e.length, e.trace.actions, [ev.model_dump() for ev in e.events])
+            for e in result.episodes]
+
+
+def test_same_seed_same_result(run_eval):
+    first = run_eval(RANDOM_POLICY, "LunarLander-v3", episodes=3, workers=1)
+    second = run_eval(RANDOM_POLICY, "LunarLander-v3", episodes=3, workers=1)
+    assert _fingerprint(first) == _fingerprint(second)
+    assert len({e.return_ for e in first.episodes}) == 3  # different seeds really differ
+
+
+@pytest.mark.parametrize("task,policy", [("LunarLander-v3", RANDOM_POLICY), ("ALE/Breakout-v5", RANDOM_POLICY),
+                                         ("HalfCheetah-v5", RANDOM_POLICY)])
+def test_serial_equals_parallel(run_eval, task, policy):
+    episodes = 2 if task != "LunarLander-v3" else 6
+    serial = run_eval(policy, task, episodes=episodes, workers=1)
+    parallel = run_eval(policy, task, episodes=episodes, workers=2)
+    assert _fingerprint(serial) == _fingerprint(parallel)
+    assert serial.stats == parallel.stats
+
+
+def test_policy_state_does_not_leak_between_episodes(run_eval, write_policy):
+    """Module globals persist only within one episode: a worker reloads the file for each seed."""
+    policy = write_policy('''
+        CALLS = []
+
+        class Policy:
+            def reset(self, seed):
+                CALLS.append(seed)
+
+            def act(self, obs, info):
+                return len(CALLS) % 2  # 1 only if this is the module's first episode
+        ''')
+    result = run_eval(policy, "CartPole-v1", episodes=4, workers=1)
+    assert {e.trace.actions[0] for e in result.episodes} == {1}
+
+
+def test_holdout_and_audit_need_explicit_confirmation(run_eval, ledger):
+    for split in ("holdout", "audit"):
+        with pytest.raises(SplitGuardError, match="--confirm-protected"):
+            run_eval(CARTPOLE, "CartPole-v1", split=split, episodes=1)
+    assert ledger.read() == ([], 0)  # refused before anything was recorded
+    first = run_eval(CARTPOLE, "CartPole-v1", split="holdout", episodes=2, confirm_protected=True)
+    second = run_eval(CARTPOLE, "CartPole-v1", split="holdout", episodes=2, confirm_protected=True)
+    assert first.seeds == [1000, 1001]
+    assert (first.protected_uses_before, second.protected_uses_before) == (0, 1)
+    started = [r for r in ledger.read()[0] if r["event"] == "eval_started"]
+    assert [r["protected_split"] for r in started] == [True, True]
+
+
+def test_asking_for_more_episodes_than_seeds_is_an_error(run_eval):
+    with pytest.raises(SplitGuardError, match="has 20 seeds"):
+        run_eval(CARTPOLE, "CartPole-v1", episodes=21)
+
+
+def test_bad_policy_files_are_refused_before_running(run_eval, write_policy, tmp_path):
+    with pytest.raises(PolicyError, match="does not exist"):
+        run_eval(tmp_path / "nope.py", "CartPole-v1", episodes=1)
+    with pytest.raises(PolicyError, match="syntax error at line 2"):
+        run_eval(write_policy("class Policy:\n    def act(self\n"), "CartPole-v1", episodes=1)
+    with pytest.raises(PolicyError, match="no top-level class Policy"):
+        run_eval(write_policy("def act(obs):\n    return 0\n"), "CartPole-v1", episodes=1)
+
+
+def test_result_and_ledger_name_everything_a_score_depends_on(run_eval, ledger):
+    result = run_eval(CARTPOLE, "CartPole-v1", episodes=5)
+    summary = result.summary()
+    for key in ("mean", "std", "median", "min", "max", "episodes", "env_steps", "wall_s", "failures",
+                "task", "protocol", "split", "seeds", "policy_sha256"):
+        assert key in summary
+    assert summary["env_steps"] == sum(e.length for e in result.episodes) == 2500
+    records, _ = ledger.read()
+    started, finished = records
+    assert started["event"] == "eval_started" and finished["event"] == "eval_finished"
+    assert started["eval_id"] == finished["eval_id"] == result.eval_id
+    assert started["versions"]["gymnasium"] and started["policy_sha256"] == result.policy_sha256
+    assert set(started["git"]) == {"commit", "diff_sha256"}
+    assert finished["mean"] == 500.0 and finished["per_episode"][0]["seed"] == 0
+
+
+def test_trace_keeps_diagnostics_before_failures(run_eval, write_policy):
+    policy = write_policy('''
+        class Policy:
+            def reset(self, seed):
+                self.t = 0
+
+            def act(self, obs, info):
+                self.t += 1
+                self.diagnostics = {"mode": "lean_left", "reason": f"step {self.t}"}
+                return 0
+        ''')
+    result = run_eval(policy, "CartPole-v1", episodes=1, trace_window=5)
+    episode = result.episodes[0]
+    assert [e.kind for e in episode.events] == ["pole_fell"]
+    assert "pole fell" in episode.events[0].description and "obs=[" in episode.events[0].description
+    window = next(w for w in episode.trace.windows if w.label == "pole_fell")
+    assert len(window.steps) == 5 and window.step == episode.length - 1
+    assert window.steps[-1]["diag"] == {"mode": "lean_left", "reason": f"step {episode.length}"}
+    assert len(window.steps[-1]["obs"]) == 4
+    assert episode.trace.mode_counts == {"lean_left": episode.length}
+    assert len(episode.trace.actions) == len(episode.trace.rewards) == episode.length
+
+
+def test_atari_life_lost_events(run_eval):
+    result = run_eval(RANDOM_POLICY, "ALE/Breakout-v5", episodes=1)
+    kinds = [e.kind for e in result.episodes[0].events]
+    assert kinds.count("life_lost") == 5
+    assert result.failures["life_lost"] == 5
+
+
+def test_evaluation_deadline_marks_the_rest_not_run(run_eval, write_policy):
+    policy = write_policy('''
+        import time
+
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                time.sleep(0.05)
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    result = run_eval(policy, "CartPole-v1", episodes=6, workers=1, eval_timeout_s=2,
+                      limits=Limits(episode_timeout_s=60, episode_cpu_s=60))
+    statuses = [e.status for e in result.episodes]
+    assert "not_run" in statuses and result.status in ("partial", "broken")
+
+
+@pytest.mark.parametrize("task,kind", [("ALE/Breakout-v5", "life_lost"), ("Hopper-v5", "fall")])
+def test_failure_clip_is_written_and_playable(run_eval, tmp_path, task, kind):
+    result = run_eval(RANDOM_POLICY, task, episodes=2, video=True, clip_episodes=1, clip_events=1, clip_steps=20)
+    assert len(result.clips) == 1
+    clip = result.clips[0]
+    assert clip.replay_diverged_at is None  # the re-simulation reproduced the episode exactly
+    assert kind in clip.label or "life lost" in clip.label or "fell" in clip.label
+    reader = imageio_ffmpeg.read_frames(clip.mp4)
+    meta = next(reader)
+    count = sum(1 for _ in reader)
+    env = get_task(task).make_env(render_mode="rgb_array")
+    env.reset(seed=0)
+    height, width = env.render().shape[:2]
+    env.close()
+    assert meta["codec"].startswith("h264")  # plays in a browser
+    assert tuple(meta["size"]) == (width + width % 2, height + height % 2)  # no rescale to a macro block
+    assert count == clip.frames and 2 <= count <= 20
+    sheet = cv2.imread(clip.png)
+    assert sheet is not None and sheet.shape[0] > 50

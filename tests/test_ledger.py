@@ -1,0 +1,114 @@
+"""The ledger is append-only: interruption, torn lines and concurrent writers lose nothing already recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from envs.ledger import Ledger
+from tests.test_cli import HEURIST
+
+
+def test_kill_9_mid_evaluation_leaves_earlier_records_intact(tmp_path, write_policy):
+    ledger_path = tmp_path / "ledger.jsonl"
+    slow = write_policy('''
+        import time
+
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                time.sleep(0.02)
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    done = subprocess.run([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "1", "--json",
+                           "--ledger", str(ledger_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before = ledger_path.read_bytes()
+
+    proc = subprocess.Popen([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "8", "--workers", "2",
+                             "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while ledger_path.read_bytes().count(b"\n") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    after = ledger_path.read_bytes()
+    assert after.startswith(before)  # nothing earlier was rewritten
+    records, bad = Ledger(ledger_path).read()
+    assert bad == 0
+    assert [r["event"] for r in records] == ["eval_started", "eval_finished", "eval_started"]
+    killed = records[-1]["eval_id"]
+    assert not any(r.get("eval_id") == killed and r["event"] == "eval_finished" for r in records)
+
+    again = subprocess.run([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "1", "--json",
+                            "--ledger", str(ledger_path)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert ledger_path.read_bytes().startswith(after)
+
+
+def test_ctrl_c_records_the_interruption(tmp_path, write_policy):
+    ledger_path = tmp_path / "ledger.jsonl"
+    slow = write_policy('''
+        import time
+
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                time.sleep(0.5)
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0  # 20 episodes of 500 steps: over an hour
+        ''')
+    proc = subprocess.Popen([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "20", "--workers", "1",
+                             "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ledger_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)  # stops now, not when the episode in flight ends
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    records, _ = Ledger(ledger_path).read()
+    assert [r["event"] for r in records] == ["eval_started", "eval_interrupted"]
+    assert "KeyboardInterrupt" in records[1]["reason"]
+
+
+def test_a_torn_last_line_is_skipped_and_never_merged_into_the_next(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    ledger.append({"event": "a", "n": 1})
+    with open(ledger.path, "ab") as fh:
+        fh.write(b'{"event": "b", "n"')  # a crash mid-write
+    ledger.append({"event": "c", "n": 3})
+    records, bad = ledger.read()
+    assert [r["event"] for r in records] == ["a", "c"] and bad == 1
+
+
+WRITER = textwrap.dedent('''
+    import sys
+    from envs.ledger import Ledger
+    ledger = Ledger(sys.argv[1])
+    for i in range(300):
+        ledger.append({"event": "w", "writer": sys.argv[2], "i": i, "pad": "x" * 5000})
+''')
+
+
+def test_two_writer_processes_lose_nothing(tmp_path):
+    path = tmp_path / "l.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name]) for name in ("A", "B")]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    records, bad = Ledger(path).read()
+    assert bad == 0 and len(records) == 600
+    for name in ("A", "B"):
+        assert [r["i"] for r in records if r["writer"] == name] == list(range(300))
+    assert all(json.dumps(r) for r in records)
