@@ -201,6 +201,7 @@ class Evaluator:
         self.ledger = ledger
         self.progress = progress
         self.protocol = spec.protocol(request.protocol).name
+        self._task_json = spec.model_dump_json()  # sent with every job; serialise once
 
     # ------------------------------------------------------------------ public
 
@@ -248,7 +249,7 @@ class Evaluator:
     # ------------------------------------------------------------------ episodes
 
     def _job(self, kind: str, policy_path: Path, **extra: Any) -> dict[str, Any]:
-        return {"kind": kind, "task": self.spec.model_dump_json(), "protocol": self.protocol,
+        return {"kind": kind, "task": self._task_json, "protocol": self.protocol,
                 "policy_path": str(policy_path), "cpu_s": self.req.limits.episode_cpu_s, **extra}
 
     def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:

@@ -39,12 +39,17 @@ class FailureDetector:
         self.events: list[FailureEvent] = []
         self._lives: int | None = None
         self._stall_run = 0
-        self._return = 0.0
+        # Without lives or stall rules only the final step can fail, so the worker may skip the rest.
+        self.needs_every_step = rules.lives or rules.stall is not None
 
-    def step(self, t: int, obs: Any, reward: float, terminated: bool, truncated: bool, info: dict) -> int:
-        """Record events for step ``t`` (0-based); returns how many fired, so the caller can snapshot traces."""
+    def step(self, t: int, obs: Any, reward: float, episode_return: float, terminated: bool, truncated: bool,
+             info: dict) -> int:
+        """Record events for step ``t`` (0-based): its reward, and the return so far including it.
+
+        Returns how many events fired, so the caller can snapshot the trace around them.
+        """
         before = len(self.events)
-        self._return += reward
+        self._return = episode_return
         rules = self.rules
         if rules.lives:
             lives = info.get("lives")

@@ -68,6 +68,28 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     return str(value)[:200]
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def plain_diag(diag: Any) -> Any:
+    """Diagnostics as JSON: a small flat dict of plain values passes as is; anything else is converted."""
+    if diag is None:
+        return None
+    if diag.__class__ is dict and len(diag) <= 30 and all(
+            v.__class__ in _PLAIN and (v.__class__ is not str or len(v) <= 200) for v in diag.values()):
+        return diag
+    return jsonable(diag)
+
+
+def plain_actions(actions: list) -> list:
+    """Actions as JSON: ints stay ints, vectors are rounded to 4 decimals (once, vectorised, not per step)."""
+    if not actions:
+        return []
+    if isinstance(actions[0], int):
+        return actions
+    return np.round(np.asarray(actions, dtype=np.float64), 4).tolist()
+
+
 def summarise_obs(obs: Any) -> Any:
     arr = np.asarray(obs)
     if arr.ndim == 1 and arr.size <= 256:
@@ -77,14 +99,21 @@ def summarise_obs(obs: Any) -> Any:
 
 # --------------------------------------------------------------------------- policy
 
-def load_policy(path: str, action_space) -> Any:
-    """Execute the policy file in a fresh module and construct its Policy."""
-    source = Path(path).read_text()
+def compile_policy(path: str):
+    return compile(Path(path).read_text(), path, "exec")
+
+
+def load_policy(path: str, action_space, code=None) -> Any:
+    """Execute the policy file in a fresh module and construct its Policy.
+
+    ``code`` is the file compiled once per worker: executing it afresh for every episode
+    keeps episodes independent without paying for the compilation each time.
+    """
     module = types.ModuleType(POLICY_MODULE)
     module.__file__ = path
     # dataclasses resolve string annotations through sys.modules, so the module must be there.
     sys.modules[POLICY_MODULE] = module
-    exec(compile(source, path, "exec"), module.__dict__)
+    exec(code if code is not None else compile_policy(path), module.__dict__)
     cls = getattr(module, "Policy", None)
     if cls is None or not isinstance(cls, type):
         raise TypeError(f"{path} defines no class Policy")
@@ -101,6 +130,8 @@ def action_coercer(space):
         lo, hi = int(space.start), int(space.start + space.n)
 
         def coerce_discrete(action):
+            if action.__class__ is int and lo <= action < hi:  # the common case, checked first
+                return action
             if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
                 if isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
                     action = int(action)
@@ -114,7 +145,9 @@ def action_coercer(space):
         return coerce_discrete
 
     if isinstance(space, spaces.Box):
-        low, high, shape, dtype = space.low, space.high, space.shape, space.dtype
+        low, high, shape = space.low.astype(np.float64), space.high.astype(np.float64), space.shape
+        uniform = bool((low == low.flat[0]).all() and (high == high.flat[0]).all())
+        low_min, high_max = float(low.min()), float(high.max())
 
         def coerce_box(action):
             try:
@@ -124,12 +157,17 @@ def action_coercer(space):
                                     f"this task needs a float array of shape {shape}") from None
             if arr.shape != shape:
                 raise InvalidAction(f"act() returned shape {arr.shape}; this task needs shape {shape}")
-            if not np.isfinite(arr).all():
-                raise InvalidAction(f"act() returned a non-finite action {np.array2string(arr, precision=3)}")
-            if (arr < low).any() or (arr > high).any():
+            # One range test on the hot path; NaN fails every comparison, so it lands below too.
+            if uniform:
+                inside = arr.min() >= low_min and arr.max() <= high_max
+            else:
+                inside = bool(((arr >= low) & (arr <= high)).all())
+            if not inside:
+                if not np.isfinite(arr).all():
+                    raise InvalidAction(f"act() returned a non-finite action {np.array2string(arr, precision=3)}")
                 raise InvalidAction(f"act() returned {np.array2string(arr, precision=3)}, outside the bounds "
                                     f"[{np.array2string(low, precision=3)}, {np.array2string(high, precision=3)}]")
-            return arr.astype(dtype)
+            return arr
 
         return coerce_box
 
@@ -160,6 +198,7 @@ class Worker:
         self.protocol = protocol
         self.policy_path = policy_path
         self._env = None
+        self._code = None
 
     def env(self):
         if self._env is None:
@@ -185,7 +224,9 @@ class Worker:
                                   "termination": None, "events": [], "trace": None}
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            policy = load_policy(self.policy_path, env.action_space)
+            if self._code is None:
+                self._code = compile_policy(self.policy_path)
+            policy = load_policy(self.policy_path, env.action_space, self._code)
             policy.reset(seed)
         except BaseException as exc:
             result.update(status="policy_error", termination="error",
@@ -201,6 +242,7 @@ class Worker:
         rewards: list[float] = []
         modes: Counter = Counter()
         max_windows = int(job["max_windows"])
+        every_step = detector.needs_every_step
         obs, info = env.reset(seed=seed)
         total, t, last_diag = 0.0, 0, None
         while True:
@@ -217,12 +259,13 @@ class Worker:
                 result.update(status="invalid_action", termination="error", error=f"step {t}: {exc}")
                 break
             diag = getattr(policy, "diagnostics", None)
-            if isinstance(diag, dict):
-                modes[str(diag.get("mode"))] += 1
+            if diag.__class__ is dict:
+                modes[diag.get("mode")] += 1
                 # A policy that mutates one dict in place would make every stored step show the last values.
                 if diag is last_diag:
                     diag = dict(diag)
-                last_diag = getattr(policy, "diagnostics", None)
+                else:
+                    last_diag = diag
             try:
                 obs, reward, terminated, truncated, info = env.step(action)
             except Exception as exc:
@@ -230,31 +273,40 @@ class Worker:
                               error=f"env.step raised at step {t}: {type(exc).__name__}: {exc}")
                 self.discard_env()
                 break
-            reward = float(reward)
             total += reward
-            actions.append(action if isinstance(action, int) else action.tolist())
+            actions.append(action)
             rewards.append(reward)
             recent.append((t, obs, action, reward, diag))
-            if detector.step(t, obs, reward, terminated, truncated, info) and len(windows) < max_windows:
+            if (every_step or terminated or truncated) and detector.step(t, obs, reward, total, terminated, truncated, info) \
+                    and len(windows) < max_windows:
                 windows.append(self._window(detector.events[-1].kind, t, recent))
             t += 1
             if terminated or truncated:
                 result["termination"] = "terminated" if terminated else "truncated"
                 break
-        result.update({"return": total, "length": t, "events": [e.model_dump() for e in detector.events]})
+        result.update({"return": float(total), "length": t, "events": [e.model_dump() for e in detector.events]})
         windows.append(self._window("end", t - 1, recent))
         result["trace"] = {
-            "actions": [a if isinstance(a, int) else [round(x, 4) for x in a] for a in actions],
-            "rewards": [round(r, 6) for r in rewards],
-            "mode_counts": dict(modes),
+            "actions": plain_actions(actions),
+            "rewards": np.round(np.asarray(rewards, dtype=np.float64), 6).tolist(),
+            "mode_counts": {str(k): v for k, v in modes.items()},
             "windows": windows,
         }
         return self._finish(result, t0, c0)
 
     @staticmethod
     def _window(label: str, t: int, recent: deque) -> dict:
-        steps = [{"t": s, "obs": summarise_obs(o), "action": jsonable(a), "reward": round(r, 6),
-                  "diag": jsonable(d) if d is not None else None} for s, o, a, r, d in recent]
+        records = list(recent)
+        if not records:
+            return {"label": label, "step": t, "steps": []}
+        first = np.asarray(records[0][1])
+        if first.ndim == 1 and first.size <= 256 and first.dtype.kind == "f":
+            # Small float vectors (classic control, MuJoCo): one vectorised rounding for the whole window.
+            observations = np.round(np.asarray([o for _, o, _, _, _ in records], dtype=np.float64), 5).tolist()
+        else:
+            observations = [summarise_obs(o) for _, o, _, _, _ in records]
+        steps = [{"t": s, "obs": obs, "action": jsonable(a), "reward": round(float(r), 6), "diag": plain_diag(d)}
+                 for (s, _, a, r, d), obs in zip(records, observations)]
         return {"label": label, "step": t, "steps": steps}
 
     @staticmethod
@@ -283,7 +335,7 @@ class Worker:
             diverged_at = None
             for t in range(last + 1):
                 action = coerce(policy.act(obs, info))
-                plain = action if isinstance(action, int) else [round(x, 4) for x in action.tolist()]
+                plain = plain_actions([action])[0]
                 if diverged_at is None and t < len(expected) and plain != expected[t]:
                     diverged_at = t
                 obs, _, terminated, truncated, info = env.step(action)

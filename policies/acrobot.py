@@ -5,7 +5,7 @@ joint angles and both angular velocities); inside the dead band no torque is app
 The weights were found by a CMA-ES scalar search on the dev seeds, so read them as a
 tuned starting point rather than a derivation.
 Measured (heurist eval, dev split seeds 0..19, 20 episodes, protocol standard):
-MEASURED_PENDING.
+mean -68.00 ± 4.69 (min -80.00, max -64.00).
 """
 
 from dataclasses import dataclass, field

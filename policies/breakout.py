@@ -8,7 +8,7 @@ while the ball rises it assumes a bounce off
 the ceiling (bricks may return it sooner). FIRE serves when no ball is in play.
 Actions: 0 NOOP, 1 FIRE, 2 RIGHT, 3 LEFT.
 Measured (heurist eval, dev split seeds 0..19, 20 episodes, protocol standard):
-MEASURED_PENDING.
+mean 155.00 ± 82.59 (min 51.00, max 318.00).
 """
 
 from dataclasses import dataclass, field

