@@ -82,6 +82,9 @@ class Clip(_Record):
 
 
 class ScoreStats(_Record):
+    """Over completed episodes. ``std`` is the population standard deviation (ddof=0); ``ci95`` is a
+    t-interval for the mean (None with fewer than two episodes or no spread)."""
+
     mean: float
     std: float
     median: float
@@ -351,7 +354,8 @@ class Evaluator:
     def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> list[Clip]:
         """Re-simulate the worst episodes and render only the steps before their failure events."""
         req = self.req
-        out_dir = Path(req.out_dir or Path.cwd() / "heurist-clips") / result.eval_id
+        # Absolute: the worker runs in its own private directory, where a relative path would vanish with it.
+        out_dir = (Path(req.out_dir or "heurist-clips") / result.eval_id).resolve()
         candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
         candidates.sort(key=lambda e: (not e.events, e.return_))
         clips: list[Clip] = []

@@ -260,12 +260,16 @@ class Worker:
                 break
             diag = getattr(policy, "diagnostics", None)
             if diag.__class__ is dict:
-                modes[diag.get("mode")] += 1
+                try:
+                    modes[diag.get("mode")] += 1
+                except TypeError:  # an unhashable mode (a list, say) is the policy's odd choice, not our crash
+                    modes[str(diag.get("mode"))[:60]] += 1
                 # A policy that mutates one dict in place would make every stored step show the last values.
                 if diag is last_diag:
                     diag = dict(diag)
                 else:
                     last_diag = diag
+            seen = obs  # a trace step pairs the observation acted on with the action and its reward
             try:
                 obs, reward, terminated, truncated, info = env.step(action)
             except Exception as exc:
@@ -276,7 +280,7 @@ class Worker:
             total += reward
             actions.append(action)
             rewards.append(reward)
-            recent.append((t, obs, action, reward, diag))
+            recent.append((t, seen, action, reward, diag))
             if (every_step or terminated or truncated) and detector.step(t, obs, reward, total, terminated, truncated, info) \
                     and len(windows) < max_windows:
                 windows.append(self._window(detector.events[-1].kind, t, recent))

@@ -125,3 +125,15 @@ def test_envs_lists_tasks_with_targets():
     table = heurist("envs", "--family", "mujoco")
     assert "HalfCheetah-v5" in table.stdout and "CartPole" not in table.stdout
     assert_one_line_error(heurist("envs", "--family", "robots"), "no tasks in family 'robots'")
+
+
+def test_video_with_a_relative_out_dir_lands_where_asked(tmp_path):
+    proc = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--episodes", "2", "--video",
+                   "--out", "clips", "--json", "--ledger", str(tmp_path / "l.jsonl"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    clips = json.loads(proc.stdout)["clips"]
+    assert len(clips) == 2
+    for clip in clips:
+        path = Path(clip)
+        assert path.is_absolute() and path.is_relative_to(tmp_path / "clips") and path.stat().st_size > 0
+        assert path.with_suffix(".png").is_file()

@@ -163,3 +163,24 @@ def test_failure_clip_is_written_and_playable(run_eval, tmp_path, task, kind):
     assert count == clip.frames and 2 <= count <= 20
     sheet = cv2.imread(clip.png)
     assert sheet is not None and sheet.shape[0] > 50
+
+
+def test_odd_diagnostics_are_recorded_not_fatal(run_eval, write_policy):
+    policy = write_policy('''
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.shared = {}
+
+            def act(self, obs, info):
+                self.shared["mode"] = ["a", "list"]       # unhashable mode
+                self.shared["angle"] = np.float32(obs[2])  # numpy scalar
+                self.diagnostics = self.shared             # the same dict, mutated every step
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    episode = run_eval(policy, "CartPole-v1", episodes=1, trace_window=3).episodes[0]
+    assert episode.status == "ok"
+    assert episode.trace.mode_counts == {"['a', 'list']": 500}
+    steps = episode.trace.windows[-1].steps
+    assert [round(s["diag"]["angle"], 5) for s in steps] == [round(s["obs"][2], 5) for s in steps]
