@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def bare_loop(spec: TaskSpec, policy: Path, seeds: tuple[int, ...]) -> tuple[int
 
 
 def sandboxed(spec: TaskSpec, policy: Path, workers: int) -> tuple[int, float]:
-    request = EvalRequest(policy_path=policy, task_id=spec.id, workers=workers, out_dir=Path(tempfile.mkdtemp()))
+    request = EvalRequest(policy_path=policy, task_id=spec.id, workers=workers)
     started = time.perf_counter()
     result = evaluate(spec, request)
     elapsed = time.perf_counter() - started

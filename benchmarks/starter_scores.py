@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import tempfile
 from pathlib import Path
 
 from envs.evaluator import EvalRequest, evaluate
@@ -27,7 +26,7 @@ def starter_tasks() -> list[str]:
 
 def measure(task_id: str):
     spec = get_task(task_id)
-    request = EvalRequest(policy_path=starter_policy(spec), task_id=task_id, out_dir=Path(tempfile.mkdtemp()))
+    request = EvalRequest(policy_path=starter_policy(spec), task_id=task_id)
     return evaluate(spec, request)
 
 

@@ -294,8 +294,8 @@ class Evaluator:
                             result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
                                 else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}")
                         except WorkerDied as died:
-                            status = "timeout" if "wall-clock" in died.reason else "crash"
-                            result = EpisodeResult(seed=seed, status=status, error=died.reason)
+                            result = EpisodeResult(seed=seed, status="timeout" if died.timed_out else "crash",
+                                                   error=died.reason)
                             retire(worker)
                             worker = None
                     if stop.is_set():

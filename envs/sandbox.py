@@ -50,9 +50,10 @@ class Limits(BaseModel):
 class WorkerDied(Exception):
     """The worker process ended or was killed; ``reason`` says why in words."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.timed_out = timed_out
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +94,12 @@ def _signal_reason(returncode: int) -> str:
              signal.SIGXFSZ: "output size limit exceeded (SIGXFSZ): the policy wrote too much",
              signal.SIGABRT: "aborted (SIGABRT)", signal.SIGBUS: "bus error (SIGBUS)",
              signal.SIGFPE: "floating-point exception (SIGFPE)"}
-    return known.get(sig, f"killed by signal {signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig}")
+    if sig in known:
+        return known[sig]
+    try:
+        return f"killed by signal {signal.Signals(sig).name}"
+    except ValueError:
+        return f"killed by signal {sig}"
 
 
 class WorkerProcess:
@@ -139,7 +145,8 @@ class WorkerProcess:
             line = self._replies.get(timeout=timeout)
         except queue.Empty:
             self.kill()
-            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process group was killed") from None
+            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process group was killed",
+                             timed_out=True) from None
         if line is None:
             raise WorkerDied(self._death_reason())
         return json.loads(line)

@@ -99,21 +99,13 @@ def summarise_obs(obs: Any) -> Any:
 
 # --------------------------------------------------------------------------- policy
 
-def compile_policy(path: str):
-    return compile(Path(path).read_text(), path, "exec")
-
-
-def load_policy(path: str, action_space, code=None) -> Any:
-    """Execute the policy file in a fresh module and construct its Policy.
-
-    ``code`` is the file compiled once per worker: executing it afresh for every episode
-    keeps episodes independent without paying for the compilation each time.
-    """
+def load_policy(path: str, code, action_space) -> Any:
+    """Execute the compiled policy file in a fresh module and construct its Policy."""
     module = types.ModuleType(POLICY_MODULE)
     module.__file__ = path
     # dataclasses resolve string annotations through sys.modules, so the module must be there.
     sys.modules[POLICY_MODULE] = module
-    exec(code if code is not None else compile_policy(path), module.__dict__)
+    exec(code, module.__dict__)
     cls = getattr(module, "Policy", None)
     if cls is None or not isinstance(cls, type):
         raise TypeError(f"{path} defines no class Policy")
@@ -200,6 +192,13 @@ class Worker:
         self._env = None
         self._code = None
 
+    def new_policy(self, action_space) -> Any:
+        """A fresh Policy from a fresh module for every episode, so no state crosses seeds; the file
+        is compiled once per worker, since recompiling it each episode would buy nothing."""
+        if self._code is None:
+            self._code = compile(Path(self.policy_path).read_text(), self.policy_path, "exec")
+        return load_policy(self.policy_path, self._code, action_space)
+
     def env(self):
         if self._env is None:
             self._env = self.spec.make_env(self.protocol)
@@ -224,9 +223,7 @@ class Worker:
                                   "termination": None, "events": [], "trace": None}
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            if self._code is None:
-                self._code = compile_policy(self.policy_path)
-            policy = load_policy(self.policy_path, env.action_space, self._code)
+            policy = self.new_policy(env.action_space)
             policy.reset(seed)
         except BaseException as exc:
             result.update(status="policy_error", termination="error",
@@ -331,7 +328,7 @@ class Worker:
         limit_cpu_for_next_episode(float(job["cpu_s"]))
         env = self.spec.make_env(self.protocol, render_mode="rgb_array")
         try:
-            policy = load_policy(self.policy_path, env.action_space)
+            policy = self.new_policy(env.action_space)
             policy.reset(seed)
             coerce = action_coercer(env.action_space)
             frames: list[list] = [[] for _ in windows]

@@ -33,6 +33,26 @@ def write_policy(tmp_path):
 
 
 @pytest.fixture
+def slow_balancer(write_policy):
+    """A CartPole policy that balances (500 steps an episode) but sleeps before every action."""
+
+    def write(seconds_per_step: float) -> Path:
+        return write_policy(f'''
+            import time
+
+            class Policy:
+                def reset(self, seed):
+                    pass
+
+                def act(self, obs, info):
+                    time.sleep({seconds_per_step})
+                    return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+            ''', name="slow_balancer.py")
+
+    return write
+
+
+@pytest.fixture
 def ledger(tmp_path) -> Ledger:
     return Ledger(tmp_path / "ledger.jsonl")
 

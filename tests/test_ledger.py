@@ -14,19 +14,9 @@ from envs.ledger import Ledger
 from tests.test_cli import HEURIST
 
 
-def test_kill_9_mid_evaluation_leaves_earlier_records_intact(tmp_path, write_policy):
+def test_kill_9_mid_evaluation_leaves_earlier_records_intact(tmp_path, slow_balancer):
     ledger_path = tmp_path / "ledger.jsonl"
-    slow = write_policy('''
-        import time
-
-        class Policy:
-            def reset(self, seed):
-                pass
-
-            def act(self, obs, info):
-                time.sleep(0.02)
-                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
-        ''')
+    slow = slow_balancer(0.02)
     done = subprocess.run([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "1", "--json",
                            "--ledger", str(ledger_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -56,19 +46,9 @@ def test_kill_9_mid_evaluation_leaves_earlier_records_intact(tmp_path, write_pol
     assert ledger_path.read_bytes().startswith(after)
 
 
-def test_ctrl_c_records_the_interruption(tmp_path, write_policy):
+def test_ctrl_c_records_the_interruption(tmp_path, slow_balancer):
     ledger_path = tmp_path / "ledger.jsonl"
-    slow = write_policy('''
-        import time
-
-        class Policy:
-            def reset(self, seed):
-                pass
-
-            def act(self, obs, info):
-                time.sleep(0.5)
-                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0  # 20 episodes of 500 steps: over an hour
-        ''')
+    slow = slow_balancer(0.5)  # 20 episodes of 500 steps: over an hour unless Ctrl-C stops it
     proc = subprocess.Popen([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "20", "--workers", "1",
                              "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
