@@ -18,3 +18,4 @@ test: setup
 
 benchmark: setup
 	.venv/bin/python benchmarks/eval_throughput.py
+	.venv/bin/python benchmarks/memory_speed.py

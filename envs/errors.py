@@ -19,3 +19,11 @@ class SplitGuardError(HeuristError):
 
 class LedgerError(HeuristError):
     """The ledger cannot be written."""
+
+
+class MemoryStoreError(HeuristError):
+    """The memory store cannot be opened, is foreign or corrupt, or was embedded by another model."""
+
+
+class EmbedderError(HeuristError):
+    """The embedding model cannot be loaded or called."""

@@ -12,18 +12,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from envs.errors import HeuristError
 from envs.paths import default_ledger_path
+from graph.cli_memory import memory_app
+from graph.console import err, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="heurist: Heuristic Learning — improve readable Python policies by editing code, not weights.")
-# Piped output is read by grep and scripts: never truncate a task id to fit 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+app.add_typer(memory_app, name="memory")
 
 
 @app.command("eval")

@@ -1,0 +1,160 @@
+"""What memory stores: failures, fixes (with their outcome) and lessons, as typed records.
+
+A record's id is a hash of what identifies it, so writing the same record twice (a graph
+node run again after a resume) updates one entry instead of adding a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+Family = Literal["classic_control", "box2d", "atari", "mujoco", "custom"]
+Outcome = Literal["accepted", "rejected"]
+
+
+def _content_id(prefix: str, *parts: object) -> str:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{prefix}-{digest[:20]}"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = ""
+    created_at: float = Field(default_factory=time.time)
+    run_id: str = Field(..., min_length=1, description="The run that wrote this record (forget --run removes them).")
+
+    # Each record type defines ``text`` (what is embedded and searched) and ``default_id()``.
+
+    def with_id(self):
+        return self if self.id else self.model_copy(update={"id": self.default_id()})  # type: ignore[attr-defined]
+
+
+class FailureRecord(_Record):
+    """One observed failure: what the video analyst and the log parser said about it."""
+
+    type: Literal["failure"] = "failure"
+    description: str = Field(..., min_length=1)
+    task: str
+    family: Family
+    protocol: str
+    iteration: int = Field(..., ge=0)
+    seed: int
+    step: int = Field(..., ge=0)
+    kind: str = Field(..., min_length=1, description="Failure kind from the task's rules, e.g. life_lost, fall.")
+    policy_sha256: str
+
+    @property
+    def text(self) -> str:
+        return self.description
+
+    def default_id(self) -> str:
+        return _content_id("failure", self.run_id, self.iteration, self.task, self.seed, self.step, self.kind,
+                           self.policy_sha256, self.description)
+
+
+class FixRecord(_Record):
+    """One proposed edit, the failures it targeted, and what became of it."""
+
+    type: Literal["fix"] = "fix"
+    rationale: str = Field(..., min_length=1)
+    diff_summary: str
+    task: str
+    family: Family
+    iteration: int = Field(..., ge=0)
+    failure_ids: tuple[str, ...] = ()
+    outcome: Outcome
+    reason: str = Field(..., description="Why it was accepted or rejected (the reviewer's verdict).")
+    score_before: float | None = None
+    score_after: float | None = None
+    policy_sha256_before: str = ""
+    policy_sha256_after: str = ""
+
+    @property
+    def score_delta(self) -> float | None:
+        if self.score_before is None or self.score_after is None:
+            return None
+        return self.score_after - self.score_before
+
+    @property
+    def text(self) -> str:
+        return f"{self.rationale}\n{self.diff_summary}".strip()
+
+    def default_id(self) -> str:
+        return _content_id("fix", self.run_id, self.iteration, self.task, self.policy_sha256_before,
+                           self.policy_sha256_after, self.rationale, self.diff_summary)
+
+
+class LessonRecord(_Record):
+    """A short, general statement distilled from accepted fixes, shared across a task family."""
+
+    type: Literal["lesson"] = "lesson"
+    statement: str = Field(..., min_length=1)
+    family: Family
+    task: str = Field(..., description="The task it was learned on.")
+    source_fix_ids: tuple[str, ...] = ()
+
+    @field_validator("statement")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return " ".join(value.split())
+
+    @property
+    def text(self) -> str:
+        return self.statement
+
+    def default_id(self) -> str:
+        # The same statement learned twice in one family is one lesson with more sources.
+        return _content_id("lesson", self.family, self.statement.lower())
+
+
+Record = Annotated[Union[FailureRecord, FixRecord, LessonRecord], Field(discriminator="type")]
+RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
+RecordType = Literal["failure", "fix", "lesson"]
+
+
+class FixHit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fix: FixRecord
+    similarity: float | None = Field(None, description="Cosine similarity to the query; None when reached by a link.")
+    failures: list[FailureRecord] = Field(default_factory=list, description="The failures it targeted that still exist.")
+
+
+class FailureHit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    failure: FailureRecord
+    similarity: float
+    fixes: list[FixHit] = Field(default_factory=list, description="Fixes that targeted it, the ones that worked first.")
+
+
+class LessonHit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lesson: LessonRecord
+    similarity: float
+
+
+class Recall(BaseModel):
+    """The answer to one search: similar failures with their fixes, similar fixes, and lessons."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    failures: list[FailureHit] = Field(default_factory=list)
+    fixes: list[FixHit] = Field(default_factory=list)
+    lessons: list[LessonHit] = Field(default_factory=list)
+
+
+def fix_rank_key(fix: FixRecord, similarity: float | None = None) -> tuple:
+    """Fixes that worked come first, then the larger score gain, then the closer match."""
+    delta = fix.score_delta
+    return (0 if fix.outcome == "accepted" else 1,
+            -(delta if delta is not None else float("-inf")),
+            -(similarity if similarity is not None else 0.0))

@@ -1,0 +1,295 @@
+"""Memory: real ChromaDB in a temp directory and the real offline embedder (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from envs.errors import MemoryStoreError
+from memory import FailureRecord, FixRecord, LessonRecord, MemoryConfig, MemoryStore
+from memory.embedders import MiniLMOnnx, OpenAIEmbedderConfig
+from tests.scripted_openai import ScriptedOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+HEURIST = Path(sys.executable).parent / "heurist"
+
+# Pairs of descriptions of the same failure in different words, from different tasks.
+PARAPHRASES = [
+    ("the ball passed the paddle on the left side", "paddle missed the ball, which slipped by on its left"),
+    ("the pole tipped over to the right while the cart accelerated",
+     "cart sped up and the pole fell toward the right"),
+    ("the lander hit the ground too fast and crashed", "touched down at high speed and broke apart on landing"),
+    ("the ant flipped onto its back and stopped moving", "robot turned upside down and could not get up"),
+    ("the car rolled back down the hill without reaching the flag",
+     "vehicle failed to climb to the goal and slid backwards"),
+]
+
+
+def failure(description: str, **kw) -> FailureRecord:
+    fields = dict(run_id="run-a", description=description, task="ALE/Breakout-v5", family="atari",
+                  protocol="standard", iteration=0, seed=0, step=100, kind="life_lost", policy_sha256="a" * 64)
+    fields.update(kw)
+    return FailureRecord(**fields)
+
+
+def fix(failure_ids, outcome, before, after, **kw) -> FixRecord:
+    fields = dict(run_id="run-a", rationale="aim the paddle at the predicted landing point", diff_summary="act(): +3 -1",
+                  task="ALE/Breakout-v5", family="atari", iteration=1, failure_ids=tuple(failure_ids), outcome=outcome,
+                  reason="paired test", score_before=before, score_after=after)
+    fields.update(kw)
+    return FixRecord(**fields)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return MiniLMOnnx()  # one ONNX session for the module
+
+
+@pytest.fixture
+def store(tmp_path, embedder):
+    with MemoryStore(MemoryConfig(path=tmp_path / "memory"), embedder=embedder) as s:
+        yield s
+
+
+def test_paraphrases_find_each_other_before_unrelated_failures(store):
+    store.add([failure(a, seed=i) for i, (a, _) in enumerate(PARAPHRASES)])
+    for i, (original, paraphrase) in enumerate(PARAPHRASES):
+        hits = store.recall(paraphrase, k=len(PARAPHRASES), types=("failure",)).failures
+        assert hits[0].failure.description == original, (paraphrase, [h.failure.description for h in hits])
+
+
+def test_filters_by_task_kind_and_outcome(store):
+    ids = store.add([failure("ball missed on the left", task="ALE/Breakout-v5", kind="life_lost"),
+                     failure("ball missed on the left", task="ALE/Pong-v5", kind="point_lost", seed=5),
+                     failure("pole fell over", task="CartPole-v1", family="classic_control", kind="pole_fell")])
+    store.add([fix([ids[0]], "accepted", 10, 20), fix([ids[0]], "rejected", 10, 5, rationale="move faster")])
+    found = store.recall("ball missed", task="ALE/Pong-v5", types=("failure",))
+    assert [h.failure.task for h in found.failures] == ["ALE/Pong-v5"]
+    found = store.recall("ball missed", kind="pole_fell", types=("failure",))
+    assert [h.failure.kind for h in found.failures] == ["pole_fell"]
+    found = store.recall("paddle", outcome="rejected", types=("fix", "failure"))
+    assert [h.fix.outcome for h in found.fixes] == ["rejected"]
+    assert all(x.fix.outcome == "rejected" for h in found.failures for x in h.fixes)
+
+
+def test_links_from_failure_to_fixes_and_back(store):
+    f1, f2 = store.add([failure("ball passed the paddle on the left"), failure("ball passed the paddle on the right",
+                                                                                seed=1)])
+    store.add([fix([f1, f2], "accepted", 100, 140)])
+    hit = store.recall("ball passed the paddle on the left", k=1, types=("failure",)).failures[0]
+    assert hit.failure.id == f1
+    [linked] = hit.fixes
+    assert {f.id for f in linked.failures} == {f1, f2}  # the other target comes along, though not a hit
+    fix_hit = store.recall("predicted landing point", types=("fix",)).fixes[0]
+    assert {f.id for f in fix_hit.failures} == {f1, f2}
+    assert store.fixes_for([f2])[f2][0].score_delta == 40
+
+
+def test_fixes_that_worked_come_before_fixes_that_failed(store):
+    [f1] = store.add([failure("ball passed the paddle on the left")])
+    store.add([
+        # The failed fix matches the query better, and still comes after the ones that worked.
+        fix([f1], "rejected", 100, 90, rationale="ball passed the paddle on the left: move the paddle left earlier",
+            iteration=1),
+        fix([f1], "accepted", 100, 110, rationale="track the ball's velocity", iteration=2),
+        fix([f1], "accepted", 100, 150, rationale="predict the landing point", iteration=3),
+    ])
+    fixes = store.recall("ball passed the paddle on the left", k=1).failures[0].fixes
+    assert [x.fix.score_delta for x in fixes] == [50, 10, -10]
+    hits = store.recall("ball passed the paddle on the left", k=3, types=("fix",)).fixes
+    assert hits[0].similarity < max(h.similarity for h in hits)  # reordered, not by similarity alone
+    assert [h.fix.outcome for h in hits] == ["accepted", "accepted", "rejected"]
+
+
+def test_lessons_are_shared_by_family_and_merged_when_learned_again(store):
+    store.add_lesson(LessonRecord(run_id="run-a", statement="Predict where the ball lands, not where it is",
+                                  family="atari", task="ALE/Breakout-v5", source_fix_ids=("fix-1",)))
+    store.add_lesson(LessonRecord(run_id="run-b", statement="predict where the ball lands,  not where it is",
+                                  family="atari", task="ALE/Pong-v5", source_fix_ids=("fix-2",)))
+    store.add_lesson(LessonRecord(run_id="run-b", statement="Keep the torso level before pushing forward",
+                                  family="mujoco", task="Ant-v5"))
+    assert store.count() == 2
+    lessons = store.recall("where will the ball land", family="atari", types=("lesson",)).lessons
+    assert [l.lesson.task for l in lessons] == ["ALE/Breakout-v5"]  # learned on Breakout, offered to Pong
+    assert lessons[0].lesson.source_fix_ids == ("fix-1", "fix-2")
+
+
+def test_adding_the_same_record_twice_keeps_one(store):
+    record = failure("ball passed the paddle")
+    first = store.add([record])
+    again = store.add([failure("ball passed the paddle", created_at=record.created_at + 60)])
+    assert first == again and store.count() == 1
+
+
+def test_forget_removes_one_runs_records_only(store):
+    store.add([failure("ball missed", run_id="run-a"), failure("ball missed", run_id="run-b")])
+    assert store.forget("run-a") == 1
+    assert [r.run_id for r in store.records()] == ["run-b"]
+    assert store.forget("run-a") == 0
+
+
+def test_export_import_round_trip(tmp_path, store, embedder):
+    [f1] = store.add([failure("ball passed the paddle on the left")])
+    store.add([fix([f1], "accepted", 1, 2), LessonRecord(run_id="run-a", statement="lead the ball", family="atari",
+                                                         task="ALE/Breakout-v5")])
+    exported = tmp_path / "memory.jsonl"
+    assert store.export(exported) == 3
+    with MemoryStore(MemoryConfig(path=tmp_path / "other"), embedder=embedder) as other:
+        assert other.import_file(exported) == 3
+        assert other.import_file(exported) == 3 and other.count() == 3  # importing again adds nothing
+        assert list(other.records()) == list(store.records())
+        assert other.recall("ball passed the paddle", k=1).failures[0].fixes[0].fix.outcome == "accepted"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(exported.read_text().splitlines()[0] + "\n" + '{"type": "failure", "run_id": "x"}\n')
+    with pytest.raises(MemoryStoreError, match=r"bad.jsonl:2 is not a memory record"):
+        store.import_file(bad)
+
+
+def test_records_persist_across_processes(tmp_path):
+    path = tmp_path / "memory"
+    subprocess.run([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), "run-x", "3"],
+                   check=True, cwd=REPO, capture_output=True)
+    found = subprocess.run([str(HEURIST), "memory", "search", "the cart left the track", "--memory", str(path),
+                            "--json", "-k", "10"], check=True, capture_output=True, text=True)
+    hits = json.loads(found.stdout)["failures"]
+    assert len(hits) == 3 and {h["failure"]["run_id"] for h in hits} == {"run-x"}
+
+
+def test_two_writer_processes_at_once_lose_nothing(tmp_path, embedder):
+    path = tmp_path / "memory"
+    writers = [subprocess.Popen([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), run, "40"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for run in ("run-1", "run-2")]
+    for w in writers:
+        stdout, stderr = w.communicate(timeout=240)
+        assert w.returncode == 0, stderr
+    with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
+        records = list(store.records())
+    assert len(records) == 80
+    assert {(r.run_id, r.iteration) for r in records} == {(run, i) for run in ("run-1", "run-2") for i in range(40)}
+
+
+def test_a_writer_killed_mid_write_leaves_the_store_readable(tmp_path, embedder):
+    path = tmp_path / "memory"
+    writer = subprocess.Popen([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), "run-k", "100000"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "open"
+    time.sleep(3)  # mid-loop: each add embeds, upserts and commits
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
+        written = store.count()
+        assert written > 0
+        store.add([failure("after the kill")])
+        assert store.count() == written + 1
+        assert store.recall("the cart left the track", k=1).failures[0].failure.run_id == "run-k"
+
+
+def test_an_embedder_mismatch_is_refused(tmp_path, embedder):
+    path = tmp_path / "memory"
+    with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
+        store.add([failure("ball missed")])
+    other = MemoryConfig(path=path, embedder=OpenAIEmbedderConfig(model="text-embedding-3-small",
+                                                                  base_url="http://127.0.0.1:9/v1"))
+    with pytest.raises(MemoryStoreError, match="embedded with 'sentence-transformers/all-MiniLM-L6-v2"):
+        MemoryStore(other)
+
+
+def test_the_openai_embedder_through_the_real_client(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with ScriptedOpenAI() as server:
+        config = MemoryConfig(path=tmp_path / "memory",
+                              embedder=OpenAIEmbedderConfig(model="scripted-embed", base_url=server.base_url))
+        with MemoryStore(config) as store:
+            store.add([failure(a, seed=i) for i, (a, _) in enumerate(PARAPHRASES)])
+            hit = store.recall("the ant flipped onto its back", k=1, types=("failure",)).failures[0]
+            assert hit.failure.description == PARAPHRASES[3][0]
+        assert {r["body"]["model"] for r in server.requests} == {"scripted-embed"}
+        # A store remembers its embedder: opening it without naming one uses the same.
+        with MemoryStore(MemoryConfig(path=tmp_path / "memory")) as store:
+            assert store.embedder.identity == "openai:scripted-embed"
+
+
+@pytest.mark.parametrize("damage", ["foreign", "corrupt", "file"])
+def test_a_foreign_or_corrupt_store_is_one_line_error(tmp_path, damage):
+    path = tmp_path / "memory"
+    if damage == "foreign":
+        path.mkdir()
+        (path / "notes.txt").write_text("my files")
+    elif damage == "corrupt":
+        subprocess.run([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), "run-c", "2"],
+                       check=True, cwd=REPO, capture_output=True)
+        (path / "chroma.sqlite3").write_bytes(b"this is not a database" * 100)
+    else:
+        path.write_text("a file")
+    done = subprocess.run([str(HEURIST), "memory", "stats", "--memory", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_search_export_import_forget(tmp_path, embedder):
+    path, copy, exported = tmp_path / "memory", tmp_path / "copy", tmp_path / "export.jsonl"
+    with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
+        [f1] = store.add([failure("the ball passed the paddle on the left")])
+        store.add([fix([f1], "accepted", 100, 150), fix([f1], "rejected", 100, 90, rationale="move earlier")])
+
+    def heurist(*args: str) -> str:
+        done = subprocess.run([str(HEURIST), "memory", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = heurist("search", "ball passes the paddle on the left", "--env", "ALE/Breakout-v5", "--memory", str(path))
+    assert shown.index("accepted Δ+50.00") < shown.index("rejected Δ-10.00")
+    assert "no matching records" in heurist("search", "ball", "--env", "CartPole-v1", "--memory", str(path))
+    assert json.loads(heurist("stats", "--json", "--memory", str(path)))["by_type"] == {"failure": 1, "fix": 2}
+    assert "exported 3 records" in heurist("export", str(exported), "--memory", str(path))
+    assert "3 new, 0 already there" in heurist("import", str(exported), "--memory", str(copy))
+    assert "forgot 3 records of run run-a" in heurist("forget", "--run", "run-a", "--memory", str(copy))
+    assert json.loads(heurist("stats", "--json", "--memory", str(copy)))["records"] == 0
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    """A real Chroma server (`chroma run`) on 127.0.0.1, as several machines would share."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    chroma = Path(sys.executable).parent / "chroma"
+    server = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            pytest.fail("chroma server did not start in 30 s")
+        yield url
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_chroma_server_shared_by_two_clients(chroma_server, embedder):
+    with MemoryStore(MemoryConfig(url=chroma_server), embedder=embedder) as machine_a:
+        [f1] = machine_a.add([failure("the ball passed the paddle on the left")])
+    with MemoryStore(MemoryConfig(url=chroma_server), embedder=embedder) as machine_b:
+        machine_b.add([fix([f1], "accepted", 100, 130)])
+        hit = machine_b.recall("ball slipped past the paddle", k=1).failures[0]
+        assert hit.failure.id == f1 and hit.fixes[0].fix.score_delta == 30
+    with pytest.raises(MemoryStoreError, match="vectors of two embedders cannot be mixed"):
+        MemoryStore(MemoryConfig(url=chroma_server, embedder=OpenAIEmbedderConfig(base_url="http://127.0.0.1:9/v1")))
