@@ -1,0 +1,106 @@
+"""The run workspace: a git repository holding the policy file and its regression tests.
+
+Each accepted edit is one commit whose message says what changed and why; a rejected
+edit is rolled back (reset to the last commit) and leaves a record in the ledger, not a
+commit. Every operation here is safe to repeat: a graph node that runs again after a
+crash finds the work already done and does not do it twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from envs.errors import HeuristError
+
+POLICY_FILE = "policy.py"
+TESTS_DIR = "tests"
+TRAILER = "Heurist-Iteration"
+
+
+class WorkspaceError(HeuristError):
+    """The workspace's git repository cannot be used."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file others may read: a temp file renamed over it, so it is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Workspace:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def policy(self) -> Path:
+        return self.root / POLICY_FILE
+
+    @property
+    def tests(self) -> Path:
+        return self.root / TESTS_DIR
+
+    def git(self, *args: str, check: bool = True) -> str:
+        # A fixed identity and no user config: commits are the same on every machine, and a
+        # user's hooks or signing settings never run on model-written files.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root), "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_AUTHOR_NAME": "heurist", "GIT_AUTHOR_EMAIL": "heurist@localhost",
+               "GIT_COMMITTER_NAME": "heurist", "GIT_COMMITTER_EMAIL": "heurist@localhost", "LC_ALL": "C"}
+        done = subprocess.run(["git", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args],
+                              cwd=self.root, env=env, capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise WorkspaceError(f"git {' '.join(args)} failed in {self.root}: {done.stderr.strip()[:300]}")
+        return done.stdout.strip()
+
+    def create(self, policy_source: str, files: dict[str, str]) -> str:
+        """A new repository with the starting policy and heurist's test files; returns the first commit."""
+        if (self.root / ".git").exists():
+            return self.head()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", "main")
+        atomic_write(self.policy, policy_source)
+        for name, text in files.items():
+            atomic_write(self.root / name, text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", "Starting policy\n\nThe policy heurist was given, copied unchanged.")
+        return self.head()
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+    def reset_to(self, commit: str) -> None:
+        """The workspace exactly at ``commit``: nothing staged, nothing untracked."""
+        self.git("reset", "-q", "--hard", commit)
+        self.git("clean", "-q", "-fdx")
+
+    def commit_for_iteration(self, iteration: int) -> str | None:
+        """The commit already made for this iteration, if a previous attempt got that far."""
+        found = self.git("log", "--format=%H", f"--grep=^{TRAILER}: {iteration}$")
+        return found.splitlines()[0] if found else None
+
+    def commit(self, iteration: int, subject: str, body: str) -> str:
+        """Commit everything in the working tree as this iteration's accepted edit (once)."""
+        existing = self.commit_for_iteration(iteration)
+        if existing:
+            return existing
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", f"{subject}\n\n{body.strip()}\n\n{TRAILER}: {iteration}")
+        return self.head()
+
+    def diff(self, against: str = "HEAD") -> str:
+        self.git("add", "-A", "--intent-to-add")
+        return self.git("diff", against, check=False)
+
+    def history(self) -> list[dict[str, str]]:
+        out = self.git("log", "--format=%H%x1f%s%x1f%b%x1e")
+        rows = []
+        for entry in filter(None, (e.strip() for e in out.split("\x1e"))):
+            sha, subject, body = (entry.split("\x1f") + ["", ""])[:3]
+            rows.append({"commit": sha, "subject": subject, "body": body.strip()})
+        return rows

@@ -1,0 +1,99 @@
+"""Apply a coder's edit to a policy file: SEARCH/REPLACE blocks, or new values for declared tunables.
+
+A SEARCH block must match the file exactly once. When it does not, the error quotes the
+nearest lines of the file, as aider does, so the coder can correct its block on the next
+try instead of guessing. difflib (standard library) finds them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.errors import PolicyError
+from policies.contract import read_tunables, rewrite_tunables
+
+
+class EditError(PolicyError):
+    """An edit that cannot be applied as written."""
+
+
+class SearchReplace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    search: str = Field(..., description="Exact lines of the current policy file, copied with their indentation.")
+    replace: str = Field(..., description="The lines that take their place.")
+
+
+class Edit(BaseModel):
+    """What the coder proposes: code blocks, or tunable values, with the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["search_replace", "tunables"]
+    rationale: str = Field(..., min_length=1, description="What failure this fixes and why the change should fix it.")
+    blocks: list[SearchReplace] = Field(default_factory=list)
+    tunables: dict[str, float] = Field(default_factory=dict)
+    target_seeds: list[int] = Field(default_factory=list, description="Dev seeds whose failures it targets.")
+    target_kinds: list[str] = Field(default_factory=list, description="Failure kinds it targets.")
+
+
+def _nearest(source: str, search: str) -> str:
+    lines = source.splitlines()
+    wanted = search.strip("\n").splitlines()
+    if not lines or not wanted:
+        return ""
+    size = len(wanted)
+    best, best_ratio = 0, -1.0
+    for start in range(max(1, len(lines) - size + 1)):
+        ratio = difflib.SequenceMatcher(None, "\n".join(lines[start:start + size]), "\n".join(wanted)).ratio()
+        if ratio > best_ratio:
+            best, best_ratio = start, ratio
+    shown = "\n".join(lines[best:best + size])
+    return f"the nearest lines (from line {best + 1}, {best_ratio:.0%} alike) are:\n{shown}"
+
+
+def apply_search_replace(source: str, blocks: list[SearchReplace]) -> str:
+    if not blocks:
+        raise EditError("the edit has no SEARCH/REPLACE blocks")
+    for number, block in enumerate(blocks, start=1):
+        if not block.search.strip():
+            raise EditError(f"block {number}: SEARCH is empty; copy the lines to replace from the policy file")
+        count = source.count(block.search)
+        if count == 0:
+            raise EditError(f"block {number}: SEARCH does not match the policy file exactly; "
+                            + _nearest(source, block.search))
+        if count > 1:
+            raise EditError(f"block {number}: SEARCH matches {count} places; include more lines so it matches one")
+        source = source.replace(block.search, block.replace, 1)
+    return source
+
+
+def apply_edit(source: str, edit: Edit) -> str:
+    """The new policy source, or EditError saying precisely why the edit does not apply."""
+    if edit.kind == "search_replace":
+        return apply_search_replace(source, edit.blocks)
+    declared = {t.name: t for t in read_tunables(source)}
+    if not edit.tunables:
+        raise EditError("the edit sets no tunables")
+    for name, value in edit.tunables.items():
+        if name not in declared:
+            raise EditError(f"tunable {name!r} is not declared; declared: {', '.join(sorted(declared)) or 'none'}")
+        t = declared[name]
+        if not t.low <= value <= t.high:
+            raise EditError(f"tunable {name} = {value} is outside its declared range [{t.low}, {t.high}]")
+    return rewrite_tunables(source, edit.tunables)
+
+
+def unified_diff(before: str, after: str, name: str = "policy.py") -> str:
+    return "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                        f"a/{name}", f"b/{name}"))
+
+
+def diff_summary(diff: str) -> str:
+    """A one-line count of what changed, for memory and commit messages."""
+    added = sum(1 for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
+    removed = sum(1 for line in diff.splitlines() if line.startswith("-") and not line.startswith("---"))
+    return f"{added} lines added, {removed} removed"

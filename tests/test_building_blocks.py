@@ -1,0 +1,76 @@
+"""Run config, git workspace and policy edits: the parts the graph's nodes are made of."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graph.config import ConfigError, build_config, load_config_file, merge
+from graph.workspace import Workspace
+from policies import POLICY_DIR
+from roles.edits import Edit, EditError, SearchReplace, apply_edit, diff_summary, unified_diff
+
+CARTPOLE = (POLICY_DIR / "cartpole.py").read_text()
+
+
+def test_config_rejects_unknown_keys_and_wrong_types_in_one_line(tmp_path):
+    good = tmp_path / "run.toml"
+    good.write_text('task = "CartPole-v1"\n[budget]\niterations = 3\n[llm.roles.coder]\nmodel = "gpt-4.1"\n')
+    config = build_config(load_config_file(good))
+    assert config.budget.iterations == 3 and config.llm.roles["coder"].model == "gpt-4.1"
+    with pytest.raises(ConfigError, match=r"budget.iteratons: unknown key"):
+        build_config({"task": "CartPole-v1", "budget": {"iteratons": 3}})
+    with pytest.raises(ConfigError, match=r"budget.hours: Input should be greater than 0"):
+        build_config({"task": "CartPole-v1", "budget": {"hours": -1}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("task = \n")
+    with pytest.raises(ConfigError, match="does not parse"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "missing.toml")
+    assert merge({"budget": {"iterations": 3, "hours": 1}}, {"budget": {"hours": 2}}) == \
+        {"budget": {"iterations": 3, "hours": 2}}
+    assert json.loads(config.model_dump_json())["task"] == "CartPole-v1"
+
+
+def test_workspace_commits_accepted_edits_once_and_rolls_back_rejected_ones(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    first = ws.create(CARTPOLE, {"tests/test_nothing.py": "def test_ok():\n    assert True\n"})
+    assert ws.create(CARTPOLE, {}) == first  # creating again is a no-op
+    ws.policy.write_text(CARTPOLE.replace("angle_gain: float = tunable(1.0", "angle_gain: float = tunable(2.0"))
+    commit = ws.commit(1, "Raise angle gain", "The pole fell at step 90 on seed 3.")
+    assert ws.commit(1, "Raise angle gain", "again") == commit  # a node run twice commits once
+    assert ws.commit_for_iteration(1) == commit and ws.commit_for_iteration(2) is None
+    ws.policy.write_text("broken")
+    (ws.tests / "test_new.py").write_text("x = 1\n")
+    ws.reset_to(commit)
+    assert "tunable(2.0" in ws.policy.read_text() and not (ws.tests / "test_new.py").exists()
+    history = ws.history()
+    assert [h["subject"] for h in history] == ["Raise angle gain", "Starting policy"]
+    assert "Heurist-Iteration: 1" in history[0]["body"]
+
+
+def test_search_replace_edits_apply_or_quote_the_nearest_lines():
+    edit = Edit(kind="search_replace", rationale="push harder",
+                blocks=[SearchReplace(search="        action = 1 if push > 0 else 0\n",
+                                      replace="        action = 1 if push >= 0 else 0\n")])
+    after = apply_edit(CARTPOLE, edit)
+    diff = unified_diff(CARTPOLE, after)
+    assert "+        action = 1 if push >= 0 else 0" in diff and diff_summary(diff) == "1 lines added, 1 removed"
+    wrong = Edit(kind="search_replace", rationale="x",
+                 blocks=[SearchReplace(search="action = 1 if push > 0 else 0  # typo", replace="")])
+    with pytest.raises(EditError, match=r"does not match .* nearest lines \(from line \d+"):
+        apply_edit(CARTPOLE, wrong)
+    twice = Edit(kind="search_replace", rationale="x", blocks=[SearchReplace(search="p.", replace="q.")])
+    with pytest.raises(EditError, match="matches .* places"):
+        apply_edit(CARTPOLE, twice)
+
+
+def test_tunable_edits_stay_inside_declared_bounds():
+    after = apply_edit(CARTPOLE, Edit(kind="tunables", rationale="x", tunables={"spin_gain": 1.25}))
+    assert "spin_gain: float = tunable(1.25, 0.0, 5.0" in after
+    with pytest.raises(EditError, match=r"outside its declared range \[0.0, 5.0\]"):
+        apply_edit(CARTPOLE, Edit(kind="tunables", rationale="x", tunables={"spin_gain": 9.0}))
+    with pytest.raises(EditError, match="'nope' is not declared"):
+        apply_edit(CARTPOLE, Edit(kind="tunables", rationale="x", tunables={"nope": 1.0}))
