@@ -1,0 +1,107 @@
+"""The reviewer: a statistical gate in code first, then (with a model) a review of the diff for gaming.
+
+The gate compares the candidate with the incumbent on the identical dev seeds: every
+regression test must pass, no seed that completed before may fail now, and the paired
+per-seed gain must be positive and significant by a one-sided Wilcoxon signed-rank test
+(scipy). Offline, the gate is the whole review.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+from scipy import stats
+
+from roles.base import Role, RoleContext, RoleModel
+
+
+class ReviewInput(RoleModel):
+    task: str
+    incumbent: dict[int, float | None] = Field(..., description="Dev seed -> return; None where the episode failed.")
+    candidate: dict[int, float | None]
+    tests_passed: bool
+    tests_report: str = ""
+    diff: str = ""
+    rationale: str = ""
+
+
+class LLMReview(RoleModel):
+    games_the_evaluation: bool = Field(..., description="True if the diff special-cases seeds, reads hidden state "
+                                                        "the task forbids, or disables or weakens tests.")
+    reasons: list[str]
+
+
+class Verdict(RoleModel):
+    accept: bool
+    reasons: list[str]
+    mean_before: float | None = None
+    mean_after: float | None = None
+    mean_delta: float | None = None
+    p_value: float | None = None
+    paired_seeds: int = 0
+    new_failures: list[int] = Field(default_factory=list)
+    llm_review: LLMReview | None = None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def statistical_gate(data: ReviewInput, alpha: float, min_improvement: float) -> Verdict:
+    seeds = sorted(set(data.incumbent) & set(data.candidate))
+    new_failures = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is None]
+    paired = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is not None]
+    before = [data.incumbent[s] for s in paired]
+    after = [data.candidate[s] for s in paired]
+    deltas = [a - b for a, b in zip(after, before)]
+    verdict = Verdict(accept=False, reasons=[], mean_before=_mean(before), mean_after=_mean(after),
+                      mean_delta=_mean(deltas), paired_seeds=len(paired), new_failures=new_failures)
+    reasons = verdict.reasons
+    if not data.tests_passed:
+        reasons.append(f"regression tests failed: {data.tests_report.strip()[:300] or 'see the test transcript'}")
+    if new_failures:
+        reasons.append(f"episodes that completed before now fail on seeds {new_failures}")
+    if not paired:
+        reasons.append("no dev seed completed under both policies, so nothing can be compared")
+        return verdict
+    if all(d == 0 for d in deltas):
+        reasons.append(f"identical returns on all {len(paired)} paired seeds")
+        return verdict
+    verdict.p_value = float(stats.wilcoxon(deltas, alternative="greater", zero_method="zsplit").pvalue)
+    if math.isnan(verdict.p_value):
+        verdict.p_value = 1.0
+    gain = verdict.mean_delta or 0.0
+    if gain <= min_improvement:
+        reasons.append(f"mean gain {gain:+.3f} over {len(paired)} paired seeds is not above {min_improvement:g}")
+    elif verdict.p_value >= alpha:
+        reasons.append(f"mean gain {gain:+.3f} is not significant (one-sided Wilcoxon p={verdict.p_value:.3g}, "
+                       f"needs < {alpha:g})")
+    if not reasons:
+        verdict.accept = True
+        reasons.append(f"mean {verdict.mean_before:.2f} -> {verdict.mean_after:.2f} ({gain:+.2f}) on "
+                       f"{len(paired)} paired dev seeds, one-sided Wilcoxon p={verdict.p_value:.3g}; tests pass")
+    return verdict
+
+
+class Reviewer(Role[ReviewInput, Verdict]):
+    name = "reviewer"
+    stage = "review"
+    Input = ReviewInput
+    Output = Verdict
+
+    def run(self, data: ReviewInput, ctx: RoleContext) -> Verdict:
+        review = ctx.config.review
+        verdict = statistical_gate(data, review.alpha, review.min_improvement)
+        ctx.decide("statistical gate: " + ("accept" if verdict.accept else "reject"), verdict=verdict.model_dump())
+        if not verdict.accept or ctx.offline:
+            return verdict
+        opinion = ctx.llm.structured(ctx.transcript, [
+            {"role": "system", "content": self.prompt()},
+            {"role": "user", "content": f"Task: {data.task}\nThe coder's rationale: {data.rationale}\n\n"
+                                        f"Diff of the workspace (policy and tests):\n{data.diff}"}], LLMReview)
+        verdict.llm_review = opinion
+        if opinion.games_the_evaluation:
+            verdict.accept = False
+            verdict.reasons = ["the review found a change that games the evaluation: " + "; ".join(opinion.reasons)]
+        return verdict

@@ -1,0 +1,121 @@
+"""Roles on real evaluations: the log parser's report and the reviewer's statistical gate and LLM review."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graph.config import LLMConfig, RunConfig
+from graph.llm import LLMClient, Usage
+from graph.transcripts import TranscriptRecorder
+from envs.tasks import get_task
+from policies import POLICY_DIR
+from roles.base import RoleContext
+from roles.log_parser import LogInput, LogParser
+from roles.reviewer import Reviewer, ReviewInput, statistical_gate
+from tests.scripted_openai import ScriptedOpenAI
+from tests.test_llm import chat
+
+WEAK = '''
+class Policy:
+    def reset(self, seed):
+        pass
+
+    def act(self, obs, info):
+        lean = obs[2] + 0.1 * obs[3]
+        self.diagnostics = {"mode": "lean_right" if lean > 0 else "lean_left"}
+        return 1 if obs[2] > 0.05 else 0
+'''
+CRASHES_ON_ODD_SEEDS = '''
+class Policy:
+    def reset(self, seed):
+        self.seed = seed
+
+    def act(self, obs, info):
+        if self.seed % 2:
+            raise RuntimeError("boom")
+        return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+'''
+
+
+def per_seed(result) -> dict[int, float | None]:
+    return {e.seed: e.return_ if e.status == "ok" else None for e in result.episodes}
+
+
+@pytest.fixture(scope="module")
+def cartpole_evals(tmp_path_factory):
+    """The weak policy, the starter and a crasher on dev seeds 0..9, through the real evaluator."""
+    from envs.evaluator import EvalRequest, evaluate
+    from envs.sandbox import Limits
+
+    tmp = tmp_path_factory.mktemp("evals")
+    results = {}
+    for name, source in (("weak", WEAK), ("starter", (POLICY_DIR / "cartpole.py").read_text()),
+                         ("crasher", CRASHES_ON_ODD_SEEDS)):
+        path = tmp / f"{name}.py"
+        path.write_text(source)
+        results[name] = evaluate(get_task("CartPole-v1"), EvalRequest(
+            policy_path=path, task_id="CartPole-v1", episodes=10, limits=Limits(episode_timeout_s=30)))
+    return results
+
+
+def context(tmp_path, role: str, llm=None) -> RoleContext:
+    return RoleContext(task=get_task("CartPole-v1"), run_dir=tmp_path, workspace=tmp_path / "workspace", iteration=2,
+                       llm=llm, memory=None, transcript=TranscriptRecorder(tmp_path).for_role(2, role),
+                       config=RunConfig(task="CartPole-v1"))
+
+
+def test_log_parser_counts_failures_and_names_the_active_mode(tmp_path, cartpole_evals):
+    ctx = context(tmp_path, "log_parser")
+    report = LogParser().run(LogInput(eval_result=cartpole_evals["weak"].model_dump(mode="json", by_alias=True)), ctx)
+    assert report.kind_counts["pole_fell"] == 10 and len(report.seeds_by_kind["pole_fell"]) == 10
+    worst = report.findings[0]
+    assert worst.kind == "pole_fell" and worst.active_mode in ("lean_right", "lean_left")
+    assert len(worst.observation) == 4 and worst.step == worst.length - 1
+    assert set(report.mode_share) == {"lean_right", "lean_left"}
+    assert "pole_fell on 10/10 seeds" in report.summary
+    [decision] = ctx.transcript.entries()
+    assert decision["kind"] == "decision" and decision["summary"] == report.summary
+
+
+def test_gate_accepts_a_real_gain_and_rejects_losses_ties_crashes_and_failed_tests(cartpole_evals):
+    weak, starter, crasher = (per_seed(cartpole_evals[k]) for k in ("weak", "starter", "crasher"))
+    gain = statistical_gate(ReviewInput(task="CartPole-v1", incumbent=weak, candidate=starter, tests_passed=True),
+                            alpha=0.05, min_improvement=0.0)
+    assert gain.accept and gain.p_value < 0.01 and gain.mean_after == 500 and gain.paired_seeds == 10
+    loss = statistical_gate(ReviewInput(task="CartPole-v1", incumbent=starter, candidate=weak, tests_passed=True),
+                            alpha=0.05, min_improvement=0.0)
+    assert not loss.accept and "not above 0" in loss.reasons[0]
+    tie = statistical_gate(ReviewInput(task="CartPole-v1", incumbent=starter, candidate=starter, tests_passed=True),
+                           alpha=0.05, min_improvement=0.0)
+    assert not tie.accept and "identical returns" in tie.reasons[0]
+    crash = statistical_gate(ReviewInput(task="CartPole-v1", incumbent=weak, candidate=crasher, tests_passed=True),
+                             alpha=0.05, min_improvement=0.0)
+    assert not crash.accept and crash.new_failures == [1, 3, 5, 7, 9]
+    failed = statistical_gate(ReviewInput(task="CartPole-v1", incumbent=weak, candidate=starter, tests_passed=False,
+                                          tests_report="test_seed_3 failed"), alpha=0.05, min_improvement=0.0)
+    assert not failed.accept and "regression tests failed: test_seed_3 failed" in failed.reasons
+
+
+def test_gate_needs_significance_not_one_lucky_seed():
+    incumbent = {s: 100.0 for s in range(10)}
+    lucky = {**incumbent, 0: 400.0}
+    verdict = statistical_gate(ReviewInput(task="t", incumbent=incumbent, candidate=lucky, tests_passed=True),
+                               alpha=0.05, min_improvement=0.0)
+    assert not verdict.accept and verdict.mean_delta == 30 and "not significant" in verdict.reasons[0]
+
+
+def test_llm_review_vetoes_an_edit_that_games_the_evaluation(tmp_path, cartpole_evals, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    weak, starter = per_seed(cartpole_evals["weak"]), per_seed(cartpole_evals["starter"])
+    with ScriptedOpenAI() as server:
+        server.queue(chat(json.dumps({"games_the_evaluation": True, "reasons": ["branches on seed 3"]})))
+        llm = LLMClient(LLMConfig(model="scripted", base_url=server.base_url), Usage())
+        ctx = context(tmp_path, "reviewer", llm=llm)
+        verdict = Reviewer().run(ReviewInput(task="CartPole-v1", incumbent=weak, candidate=starter, tests_passed=True,
+                                             diff="+ if seed == 3: return 1"), ctx)
+        assert "+ if seed == 3: return 1" in server.requests[0]["body"]["messages"][1]["content"]
+    assert not verdict.accept and "games the evaluation: branches on seed 3" in verdict.reasons[0]
+    assert verdict.p_value < 0.01  # the gate passed; the review vetoed
+    assert [e["kind"] for e in ctx.transcript.entries()] == ["decision", "llm_call", "parsed"]
