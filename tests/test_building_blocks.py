@@ -36,7 +36,8 @@ def test_config_rejects_unknown_keys_and_wrong_types_in_one_line(tmp_path):
 
 def test_workspace_commits_accepted_edits_once_and_rolls_back_rejected_ones(tmp_path):
     ws = Workspace(tmp_path / "ws")
-    first = ws.create(CARTPOLE, {"tests/test_nothing.py": "def test_ok():\n    assert True\n"})
+    first = ws.create(CARTPOLE, {"tests/test_policy_file.py": "import pathlib\n\n\ndef test_policy_file_exists():\n"
+                                                   "    assert pathlib.Path('policy.py').is_file()\n"})
     assert ws.create(CARTPOLE, {}) == first  # creating again is a no-op
     ws.policy.write_text(CARTPOLE.replace("angle_gain: float = tunable(1.0", "angle_gain: float = tunable(2.0"))
     commit = ws.commit(1, "Raise angle gain", "The pole fell at step 90 on seed 3.")
