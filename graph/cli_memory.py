@@ -47,9 +47,9 @@ def search_cmd(
         spec = get_task(env)
         env, family = spec.id, spec.family
     with _open(memory, memory_url) as store:
-        found = store.recall(text, k=k, task=env, kind=kind, outcome=outcome)
-        if family:  # lessons travel across the family, not only the task
-            found.lessons = store.recall(text, k=k, family=family, types=("lesson",)).lessons
+        # The task narrows failures and fixes; its family (implied by the task for those) is
+        # what lessons are shared by.
+        found = store.recall(text, k=k, task=env, family=family, kind=kind, outcome=outcome)
     if as_json:
         print(found.model_dump_json())
         return

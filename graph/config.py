@@ -48,7 +48,7 @@ DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
-class RoleModel(_Strict):
+class RoleLLM(_Strict):
     """Per-role overrides of the LLM settings."""
 
     model: str | None = None
@@ -67,7 +67,7 @@ class LLMConfig(_Strict):
     retry_base_s: float = Field(1.0, ge=0, description="First backoff; doubles each retry (a Retry-After header wins).")
     validation_retries: int = Field(2, ge=0, description="Re-asks when a reply is not valid JSON for its schema.")
     max_consecutive_failures: int = Field(5, ge=1, description="LLM failures in a row before the run pauses.")
-    roles: dict[str, RoleModel] = Field(default_factory=dict)
+    roles: dict[str, RoleLLM] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
 
     def price(self, model: str) -> Price | None:

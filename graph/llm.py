@@ -65,7 +65,7 @@ def _loggable(messages: list[dict]) -> list[dict]:
     return shown
 
 
-def _strict_schema(model: type[BaseModel]) -> dict:
+def _json_schema_format(model: type[BaseModel]) -> dict:
     return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
 
 
@@ -80,7 +80,6 @@ class LLMClient:
         # max_retries=0: retries are ours, so each attempt reaches the transcript.
         self._client = openai.OpenAI(api_key=key or "not-needed", base_url=config.base_url,
                                      timeout=config.timeout_s, max_retries=0)
-        self._warned_price: set[str] = set()
 
     def model_for(self, role: str) -> tuple[str, float, int]:
         override = self.config.roles.get(role)
@@ -97,8 +96,6 @@ class LLMClient:
 
     def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
         """A reply parsed into ``schema``; re-asks with the validation error when it does not match."""
-        import openai
-
         model, temperature, max_tokens = self.model_for(transcript.role)
         conversation = list(messages)
         for attempt in range(self.config.validation_retries + 1):
@@ -129,7 +126,7 @@ class LLMClient:
             try:
                 response = self._client.chat.completions.create(
                     model=model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                    response_format=_strict_schema(schema))
+                    response_format=_json_schema_format(schema))
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as exc:
                 wait = delay
@@ -187,15 +184,15 @@ class ReplayClient:
 
     def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
         key = (transcript.iteration, transcript.role)
-        recorded = [e for e in self._recorder.read(transcript.iteration, transcript.role) if e["kind"] == "parsed"]
+        entries = self._recorder.read(transcript.iteration, transcript.role)
+        recorded = [e for e in entries if e["kind"] == "parsed"]
         with self._lock:
             index = self._cursor.get(key, 0)
             self._cursor[key] = index + 1
         if index >= len(recorded):
             raise LLMError(f"replay: the recorded run has no reply number {index + 1} for {transcript.role} "
                            f"in iteration {transcript.iteration}")
-        calls = [e for e in self._recorder.read(transcript.iteration, transcript.role) if e["kind"] == "llm_call"
-                 and e.get("response")]
+        calls = [e for e in entries if e["kind"] == "llm_call" and e.get("response")]
         tokens = sum(e.get("prompt_tokens", 0) + e.get("completion_tokens", 0) for e in calls[index:index + 1])
         usd = sum(e.get("usd", 0.0) for e in calls[index:index + 1])
         self.usage.add(tokens, usd)

@@ -93,10 +93,6 @@ class Workspace:
         self.git("commit", "-q", "--allow-empty", "-m", f"{subject}\n\n{body.strip()}\n\n{TRAILER}: {iteration}")
         return self.head()
 
-    def diff(self, against: str = "HEAD") -> str:
-        self.git("add", "-A", "--intent-to-add")
-        return self.git("diff", against, check=False)
-
     def history(self) -> list[dict[str, str]]:
         out = self.git("log", "--format=%H%x1f%s%x1f%b%x1e")
         rows = []
