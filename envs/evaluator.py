@@ -100,6 +100,7 @@ class EvalRequest(_Record):
     protocol: str | None = None
     split: Split = "dev"
     episodes: int | None = Field(default=None, ge=1)
+    seeds: list[int] | None = Field(default=None, description="Run these seeds of the split (default: its first `episodes`).")
     workers: int | None = Field(default=None, ge=1)
     confirm_protected: bool = False
     limits: Limits = Field(default_factory=Limits)
@@ -215,7 +216,13 @@ class Evaluator:
                                   f"add --confirm-protected to use it (the ledger records each use)")
         check_policy_file(req.policy_path)
         seeds = list(spec.seeds.seeds(req.split))
-        if req.episodes is not None:
+        if req.seeds is not None:
+            outside = sorted(set(req.seeds) - set(seeds))
+            if outside or not req.seeds:
+                raise SplitGuardError(f"seeds {outside or '[]'} are not in the {req.split} split of {spec.id}; "
+                                      f"choose seeds from that split")
+            seeds = list(req.seeds)
+        elif req.episodes is not None:
             if req.episodes > len(seeds):
                 raise SplitGuardError(f"the {req.split} split of {spec.id} has {len(seeds)} seeds; "
                                       f"ask for at most {len(seeds)} episodes")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -102,6 +103,72 @@ def _signal_reason(returncode: int) -> str:
         return f"killed by signal {sig}"
 
 
+def sandbox_env(home: Path) -> dict[str, str]:
+    """The whole environment of a sandboxed process: the allow-list, a private HOME and TMPDIR, heurist importable."""
+    env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    env.update(HOME=str(home), TMPDIR=str(home), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(HEURIST_ROOT))
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("SDL_VIDEODRIVER", "dummy")
+    return env
+
+
+class SandboxedRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    returncode: int
+    timed_out: bool
+    output: str
+    reason: str
+    wall_s: float
+
+
+def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
+                  env: dict[str, str] | None = None, output_chars: int = 8000) -> SandboxedRun:
+    """Run a command over model-written files (the workspace's pytest) with the workers' containment.
+
+    The same allow-listed environment, network namespace and resource limits as a worker
+    (applied by ``envs.limited`` before it execs the command), its own process group killed
+    with SIGKILL at the wall-clock limit, and its output captured to a size-limited file.
+    """
+    home = Path(tempfile.mkdtemp(prefix="heurist-sandbox-"))
+    log = home / "output.log"
+    full_env = sandbox_env(home) | (env or {})
+    limit_args = json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile,
+                             "cpu_s": int(timeout_s) + 1})
+    prefix = _netns_prefix() if limits.network_isolation else ()
+    started = time.perf_counter()
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited", limit_args, "--", *cmd],
+                                    cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            timed_out = False
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                code = proc.wait()
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - output_chars))
+            output = fh.read().decode(errors="replace")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if timed_out:
+        reason = f"wall-clock limit of {timeout_s:g} s exceeded; the process group was killed"
+    elif code == 0:
+        reason = "exited with code 0"
+    else:
+        reason = _signal_reason(code) if code < 0 else f"exited with code {code}"
+    return SandboxedRun(returncode=code, timed_out=timed_out, output=output, reason=reason,
+                        wall_s=time.perf_counter() - started)
+
+
 class WorkerProcess:
     """One sandboxed worker. ``run`` sends a job and waits for its reply, at most ``timeout`` seconds."""
 
@@ -111,12 +178,7 @@ class WorkerProcess:
         self.log = self.home / "worker.log"
         job_r, self._job_w = os.pipe()
         self._res_r, res_w = os.pipe()
-        env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
-        env.update(HOME=str(self.home), TMPDIR=str(self.home), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
-                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   PYTHONPATH=str(HEURIST_ROOT))
-        env.setdefault("MUJOCO_GL", "egl")
-        env.setdefault("SDL_VIDEODRIVER", "dummy")
+        env = sandbox_env(self.home)
         limit_args = json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile})
         prefix = _netns_prefix() if limits.network_isolation else ()
         cmd = [*prefix, sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),

@@ -48,7 +48,10 @@ def limit_cpu_for_next_episode(cpu_s: float) -> None:
     """RLIMIT_CPU counts the whole process, so each episode moves the soft limit to 'used so far + budget'."""
     used = resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime
     soft = int(used + cpu_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    if hard != resource.RLIM_INFINITY:  # inside run_sandboxed, whose hard limit bounds the whole test run
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:

@@ -83,6 +83,7 @@ class Budget(_Strict):
     tokens: int | None = Field(None, ge=1)
     usd: float | None = Field(None, gt=0)
     patience: int | None = Field(8, ge=1, description="Stop after this many iterations without an accepted edit.")
+    stop_at_target: bool = Field(True, description="Stop once the dev mean reaches the task's target.")
 
 
 class ReviewConfig(_Strict):

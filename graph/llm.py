@@ -197,5 +197,6 @@ class ReplayClient:
         usd = sum(e.get("usd", 0.0) for e in calls[index:index + 1])
         self.usage.add(tokens, usd)
         parsed = schema.model_validate(recorded[index]["parsed"])
-        transcript.write("parsed", attempt=0, parsed=parsed.model_dump(mode="json"), replayed=True)
+        transcript.write("parsed", attempt=0, parsed=parsed.model_dump(mode="json"), replayed=True,
+                         tokens=tokens, usd=usd)
         return parsed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from envs.errors import HeuristError
@@ -26,8 +27,9 @@ class WorkspaceError(HeuristError):
 def atomic_write(path: Path, text: str) -> None:
     """Write a file others may read: a temp file renamed over it, so it is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
+    # A unique temp name per call: nodes in parallel threads may write the same file at once.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -46,7 +48,7 @@ class Workspace:
     def tests(self) -> Path:
         return self.root / TESTS_DIR
 
-    def git(self, *args: str, check: bool = True) -> str:
+    def git(self, *args: str, check: bool = True, strip: bool = True) -> str:
         # A fixed identity and no user config: commits are the same on every machine, and a
         # user's hooks or signing settings never run on model-written files.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root), "GIT_CONFIG_NOSYSTEM": "1",
@@ -56,7 +58,7 @@ class Workspace:
                               cwd=self.root, env=env, capture_output=True, text=True)
         if check and done.returncode != 0:
             raise WorkspaceError(f"git {' '.join(args)} failed in {self.root}: {done.stderr.strip()[:300]}")
-        return done.stdout.strip()
+        return done.stdout.strip() if strip else done.stdout
 
     def create(self, policy_source: str, files: dict[str, str]) -> str:
         """A new repository with the starting policy and heurist's test files; returns the first commit."""
@@ -73,6 +75,10 @@ class Workspace:
 
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")
+
+    def source_at(self, commit: str) -> str:
+        """The policy file as committed at ``commit``, whatever the working tree holds now."""
+        return self.git("show", f"{commit}:{POLICY_FILE}", strip=False)
 
     def reset_to(self, commit: str) -> None:
         """The workspace exactly at ``commit``: nothing staged, nothing untracked."""

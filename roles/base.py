@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from envs.tasks import TaskSpec
 
@@ -26,6 +26,22 @@ Out = TypeVar("Out", bound=BaseModel)
 
 class RoleModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class AnalyseInput(RoleModel):
+    """What every role of the analyse stage gets: the incumbent's evaluation on the dev seeds."""
+
+    task: str
+    task_description: str
+    policy_source: str
+    eval_result: dict[str, Any] = Field(..., description="An EvalResult as JSON (envs/evaluator.py), clips included.")
+
+
+class AnalyseOutput(RoleModel):
+    """What the coder reads from an analyse role: a summary line plus the role's own structured findings."""
+
+    summary: str
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass

@@ -13,11 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from roles.base import Role, RoleContext, RoleModel
-
-
-class LogInput(RoleModel):
-    eval_result: dict[str, Any] = Field(..., description="An EvalResult as JSON (envs/evaluator.py).")
+from roles.base import AnalyseInput, Role, RoleContext, RoleModel
 
 
 class SeedFinding(RoleModel):
@@ -102,13 +98,13 @@ def parse_failures(eval_result: dict[str, Any], max_findings: int = 8) -> Failur
                          summary=summary)
 
 
-class LogParser(Role[LogInput, FailureReport]):
+class LogParser(Role[AnalyseInput, FailureReport]):
     name = "log_parser"
     stage = "analyse"
-    Input = LogInput
+    Input = AnalyseInput
     Output = FailureReport
 
-    def run(self, data: LogInput, ctx: RoleContext) -> FailureReport:
+    def run(self, data: AnalyseInput, ctx: RoleContext) -> FailureReport:
         report = parse_failures(data.eval_result)
         ctx.decide(report.summary, kind_counts=report.kind_counts, seeds=[f.seed for f in report.findings])
         return report

@@ -12,7 +12,8 @@ from graph.transcripts import TranscriptRecorder
 from envs.tasks import get_task
 from policies import POLICY_DIR
 from roles.base import RoleContext
-from roles.log_parser import LogInput, LogParser
+from roles.base import AnalyseInput
+from roles.log_parser import LogParser
 from roles.reviewer import Reviewer, ReviewInput, statistical_gate
 from tests.scripted_openai import ScriptedOpenAI
 from tests.test_llm import chat
@@ -68,7 +69,8 @@ def context(tmp_path, role: str, llm=None) -> RoleContext:
 
 def test_log_parser_counts_failures_and_names_the_active_mode(tmp_path, cartpole_evals):
     ctx = context(tmp_path, "log_parser")
-    report = LogParser().run(LogInput(eval_result=cartpole_evals["weak"].model_dump(mode="json", by_alias=True)), ctx)
+    report = LogParser().run(AnalyseInput(task="CartPole-v1", task_description="", policy_source=WEAK,
+                                           eval_result=cartpole_evals["weak"].model_dump(mode="json", by_alias=True)), ctx)
     assert report.kind_counts["pole_fell"] == 10 and len(report.seeds_by_kind["pole_fell"]) == 10
     worst = report.findings[0]
     assert worst.kind == "pole_fell" and worst.active_mode in ("lean_right", "lean_left")

@@ -1,0 +1,348 @@
+"""``heurist run``, ``resume``, ``replay``, ``runs``, ``show``, ``transcripts``, ``roles`` and ``graph``."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from envs.errors import HeuristError
+from graph.console import err, out
+
+OFFLINE_NOTE = ("offline: no ${key} and no --base-url, so the roles run their offline backends "
+                "(log parser, OpenCV video analyst, CMA-ES coder over tunables, template tests, statistical gate)")
+
+
+class _Progress:
+    """One plain line per event on stderr: readable in a terminal and in an overnight log file."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.started = enabled, time.monotonic()
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        if not self.enabled or kind == "node":
+            return
+        stamp = f"[dim]{time.monotonic() - self.started:7.1f}s[/]"
+        if kind == "iteration":
+            err.print(f"{stamp} [bold]iteration {fields['iteration']}[/]", highlight=False)
+        elif kind == "role":
+            err.print(f"{stamp}   {fields['role']}", highlight=False)
+        elif kind == "evaluating":
+            err.print(f"{stamp}   evaluating {fields['policy']} on {fields['seeds']} {fields['split']} seeds",
+                      highlight=False)
+        elif kind == "testing":
+            err.print(f"{stamp}   running {fields['tests']} regression test files (sandboxed)", highlight=False)
+        elif kind == "verdict":
+            word = "[green]accepted[/]" if fields["accepted"] else "[yellow]rejected[/]"
+            err.print(f"{stamp}   {word}: {fields['reason']}", highlight=False, soft_wrap=True)
+
+
+def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
+    status = state.get("status")
+    if status == "paused":
+        err.print(f"[yellow]paused:[/] {state.get('stop_reason')}", soft_wrap=True)
+        raise typer.Exit(3)
+    summary_file = run_dir / "summary.md"
+    if summary_file.is_file():
+        out.print(summary_file.read_text(), highlight=False, markup=False)
+    out.print(f"run directory: {run_dir}", highlight=False)
+
+
+def _execute(run_dir: Path, progress: bool) -> dict[str, Any]:
+    from graph.run import execute
+
+    try:
+        return execute(run_dir, _Progress(progress))
+    except KeyboardInterrupt:
+        err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}")
+        raise typer.Exit(130) from None
+
+
+def run_cmd(
+    env: Optional[str] = typer.Option(None, "--env", help="Task id (see `heurist envs`); or set task in --config."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Starting policy file (default: the task's starter)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Run config, .toml or .json (see README)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Iteration budget."),
+    hours: Optional[float] = typer.Option(None, "--hours", min=0.001, help="Wall-time budget, hours."),
+    env_steps: Optional[int] = typer.Option(None, "--env-steps", min=1, help="Env-step budget (all evaluations and tests)."),
+    usd: Optional[float] = typer.Option(None, "--usd", min=0.0001, help="LLM spending budget, US dollars."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model for every role (per-role models: --config)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the run goes (default: $HEURIST_HOME/runs/RUN_ID)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress lines, only the summary."),
+) -> None:
+    """Improve a policy overnight: evaluate, analyse, recall, code, check, test, verify, review, commit or roll back."""
+    from graph.config import build_config, load_config_file, merge
+    from graph.run import create_run, is_offline
+
+    data: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    override: dict[str, Any] = {}
+    if env:
+        override["task"] = env
+    if policy:
+        override["policy"] = str(policy)
+    budget = {k: v for k, v in {"iterations": iterations, "hours": hours, "env_steps": env_steps, "usd": usd}.items()
+              if v is not None}
+    if budget:
+        override["budget"] = budget
+    llm = {k: v for k, v in {"model": model, "base_url": base_url}.items() if v is not None}
+    if llm:
+        override["llm"] = llm
+    merged = merge(data, override)
+    if "task" not in merged:
+        raise HeuristError("no task: give --env TASK (see `heurist envs`) or set task in the --config file")
+    config = build_config(merged, str(config_file) if config_file else "command line")
+    if is_offline(config):
+        err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True)
+    directory = create_run(config, run_dir)
+    err.print(f"run directory: {directory}", highlight=False)
+    _finish_line(_execute(directory, not no_progress), directory)
+
+
+def resume_cmd(run_dir: Path = typer.Argument(..., help="A run directory (see `heurist runs`)."),
+               no_progress: bool = typer.Option(False, "--no-progress", help="No progress lines.")) -> None:
+    """Continue a run after a crash, a kill or a pause, exactly where it stopped."""
+    from graph.run import read_record
+
+    read_record(run_dir)
+    _finish_line(_execute(run_dir.resolve(), not no_progress), run_dir.resolve())
+
+
+def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to replay."),
+               into: Optional[Path] = typer.Option(None, "--run-dir", help="Where the replay goes (default: a new run)."),
+               no_progress: bool = typer.Option(False, "--no-progress", help="No progress lines.")) -> None:
+    """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
+    from graph.config import RunConfig
+    from graph.run import create_run, decisions, read_record
+
+    record = read_record(run_dir)
+    config = RunConfig.model_validate(record.config)
+    config = config.model_copy(update={"policy": Path(record.starting_policy)})
+    if not config.policy.is_file():  # the original file moved: the run kept a copy
+        config = config.model_copy(update={"policy": run_dir.resolve() / "starting_policy.py"})
+    directory = create_run(config, into, replay_of=run_dir)
+    err.print(f"replaying {run_dir} into {directory}", highlight=False)
+    _execute(directory, not no_progress)
+    recorded, replayed = decisions(run_dir), decisions(directory)
+    table = Table(title="decisions: recorded vs replayed")
+    for column in ("iteration", "recorded", "replayed", "same"):
+        table.add_column(column)
+    for i in range(max(len(recorded), len(replayed))):
+        a = recorded[i] if i < len(recorded) else None
+        b = replayed[i] if i < len(replayed) else None
+        show = lambda d: "-" if d is None else f"{'accept' if d['accepted'] else 'reject'} {d['policy_sha256'][:10]}"  # noqa: E731
+        table.add_row(str(i + 1), show(a), show(b), "yes" if a == b else "[red]no[/]")
+    out.print(table)
+    if recorded != replayed:
+        raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
+    out.print(f"same decisions in all {len(recorded)} iterations; replay at {directory}", highlight=False)
+
+
+def _status(run_dir: Path) -> str:
+    from envs.ledger import Ledger
+
+    lock = run_dir / ".lock"
+    if lock.exists():
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "running"
+        finally:
+            os.close(fd)
+    events = [r.get("event") for r in Ledger(run_dir / "ledger.jsonl").read()[0]]
+    for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
+        if event in events:
+            last = len(events) - 1 - events[::-1].index(event)
+            if "run_resumed" not in events[last:]:
+                return status
+    return "stopped (resume it)" if events else "created"
+
+
+def _iterations(run_dir: Path) -> list[dict[str, Any]]:
+    from envs.ledger import Ledger
+
+    return [r for r in Ledger(run_dir / "ledger.jsonl").read()[0] if r.get("event") == "iteration"]
+
+
+def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the runs started on this machine, newest last."""
+    from graph.run import runs_index
+
+    rows = []
+    for entry in runs_index().read()[0]:
+        directory = Path(entry["run_dir"])
+        if not (directory / "run.json").is_file():
+            continue
+        iterations = _iterations(directory)
+        start = next((r.get("start", {}).get("mean") for r in _ledger(directory) if r.get("event") == "run_started"), None)
+        best = iterations[-1]["mean_after"] if iterations else start
+        rows.append({**entry, "status": _status(directory), "iterations": len(iterations), "start_mean": start,
+                     "best_mean": best})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{len(rows)} runs")
+    for column in ("run", "task", "status", "iterations", "dev mean start → best", "directory"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["run_id"], r["task"], r["status"], str(r["iterations"]),
+                      f"{_num(r['start_mean'])} → {_num(r['best_mean'])}", r["run_dir"])
+    out.print(table)
+
+
+def _ledger(run_dir: Path) -> list[dict[str, Any]]:
+    from envs.ledger import Ledger
+
+    return Ledger(run_dir / "ledger.jsonl").read()[0]
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """The score history, every edit with its verdict and reasons, and the budget used."""
+    from graph.run import read_record
+
+    record = read_record(run_dir)
+    records = _ledger(run_dir)
+    started = next((r for r in records if r.get("event") == "run_started"), None)
+    iterations = [r for r in records if r.get("event") == "iteration"]
+    out.print(f"[bold]{record.run_id}[/]  {record.task} · protocol {record.protocol} · "
+              f"{'offline roles' if record.offline else 'model ' + record.config['llm']['model']} · "
+              f"{_status(run_dir)}", highlight=False)
+    if started:
+        seeds = started["dev_seeds"]
+        out.print(f"dev split, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} episodes); starting dev mean "
+                  f"{_num(started['start']['mean'])}", highlight=False)
+    table = Table(title="iterations")
+    for column in ("#", "verdict", "dev mean before", "candidate", "edit", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in iterations:
+        table.add_row(str(r["iteration"]), "[green]accepted[/]" if r["accepted"] else "[yellow]rejected[/]",
+                      _num(r["mean_before"]), _num(r["mean_candidate"]), r.get("edit") or "-", r["reason"])
+    out.print(table)
+    spent = (iterations[-1]["spent"] if iterations else {}) | next(
+        (r["spent"] for r in reversed(records) if r.get("event") == "run_finished"), {})
+    if spent:
+        out.print(f"spent: {int(spent['env_steps']):,} env steps, {int(spent['tokens']):,} tokens in "
+                  f"{int(spent.get('llm_calls', 0))} calls, ${spent['usd']:.4f}, {spent['elapsed_s'] / 60:.1f} min",
+                  highlight=False)
+    finished = next((r for r in reversed(records) if r.get("event") == "run_finished"), None)
+    if finished:
+        out.print(f"finished: {finished['reason']}; best dev mean {_num(finished['best_mean'])}", highlight=False)
+        if finished.get("holdout"):
+            h = finished["holdout"]
+            out.print(f"holdout (once), seeds {h['seeds'][0]}..{h['seeds'][-1]} ({h['episodes']} episodes): "
+                      f"mean {_num(h['mean'])} ± {_num(h['std'])}", highlight=False)
+
+
+def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+                    role: Optional[str] = typer.Option(None, "--role", help="Only this role."),
+                    iteration: Optional[int] = typer.Option(None, "--iter", min=0, help="Only this iteration."),
+                    as_json: bool = typer.Option(False, "--json", help="Raw JSON lines."),
+                    width: int = typer.Option(1500, "--chars", min=80, help="Characters shown per message.")) -> None:
+    """Print the roles' transcripts readably: messages, images by path, replies, parsed output, tokens, cost."""
+    from graph.run import read_record
+    from graph.transcripts import TranscriptRecorder
+
+    read_record(run_dir)
+    entries = TranscriptRecorder(run_dir).read(iteration, role)
+    if not entries:
+        raise HeuristError(f"no transcripts in {run_dir}" + (f" for role {role}" if role else "")
+                           + (f" in iteration {iteration}" if iteration is not None else "")
+                           + "; see `heurist show` for the iterations it ran")
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry))
+        return
+    current = None
+    for e in entries:
+        if (e["iteration"], e["role"]) != current:
+            current = (e["iteration"], e["role"])
+            out.rule(f"iteration {e['iteration']} · {e['role']}")
+        out.print(_render(e, width), highlight=False, markup=False, soft_wrap=True)
+
+
+def _clip(text: Any, width: int) -> str:
+    text = text if isinstance(text, str) else json.dumps(text, default=str)
+    return text if len(text) <= width else text[:width] + f" … ({len(text) - width} more chars)"
+
+
+def _render(e: dict[str, Any], width: int) -> str:
+    kind = e["kind"]
+    if kind == "decision":
+        details = {k: v for k, v in e.items() if k not in ("time", "iteration", "role", "kind", "summary")}
+        return f"• decision: {e['summary']}" + (f"\n  {_clip(details, width)}" if details else "")
+    if kind == "llm_call":
+        head = f"• call {e.get('model')} attempt {e.get('attempt')}: "
+        if e.get("error"):
+            head += f"ERROR {e['error']}"
+        else:
+            head += (f"{e.get('prompt_tokens', 0)}+{e.get('completion_tokens', 0)} tokens, ${e.get('usd', 0):.5f}, "
+                     f"{e.get('latency_s', 0):.2f} s")
+        lines = [head]
+        for message in e.get("messages", []):
+            content = message["content"]
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") if p.get("type") == "text" else f"[image {p.get('path')}]"
+                                   for p in content)
+            lines.append(f"  {message['role']}: {_clip(content, width)}")
+        if e.get("response"):
+            lines.append(f"  reply: {_clip(e['response'], width)}")
+        if e.get("refusal"):
+            lines.append(f"  refusal: {e['refusal']}")
+        return "\n".join(lines)
+    if kind == "parsed":
+        return f"• parsed{' (replayed)' if e.get('replayed') else ''}: {_clip(e['parsed'], width)}"
+    if kind == "validation_error":
+        return f"• reply did not match the schema (attempt {e.get('attempt')}): {e['error']}"
+    if kind == "error":
+        return f"• ERROR {e['error']}"
+    return f"• {kind}: {_clip({k: v for k, v in e.items() if k not in ('time', 'iteration', 'role')}, width)}"
+
+
+def roles_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Every role heurist can use, with its stage and where it comes from (built in or a plug-in)."""
+    from roles.registry import available
+
+    roles = available()
+    if as_json:
+        print(json.dumps([{"name": r.name, "stage": r.stage, "source": r.source} for r in roles.values()]))
+        return
+    table = Table(title=f"{len(roles)} roles")
+    for column in ("role", "stage", "source", "what it does"):
+        table.add_column(column, overflow="fold")
+    for r in roles.values():
+        doc = (r.cls.__doc__ or sys.modules[r.cls.__module__].__doc__ or "").strip().splitlines()
+        table.add_row(r.name, r.stage, r.source, doc[0] if doc else "")
+    out.print(table)
+
+
+def graph_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help="A run config; its stages shape the graph."),
+              env: str = typer.Option("CartPole-v1", "--env", help="Task (the topology does not depend on it).")) -> None:
+    """Print the graph's topology as a Mermaid diagram."""
+    from graph.config import build_config, load_config_file, merge
+    from graph.run import mermaid
+
+    data = load_config_file(config_file) if config_file else {}
+    print(mermaid(build_config(merge({"task": env}, data), str(config_file or "defaults"))))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("resume")(resume_cmd)
+    app.command("replay")(replay_cmd)
+    app.command("runs")(runs_cmd)
+    app.command("show")(show_cmd)
+    app.command("transcripts")(transcripts_cmd)
+    app.command("roles")(roles_cmd)
+    app.command("graph")(graph_cmd)

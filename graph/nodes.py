@@ -1,0 +1,381 @@
+"""The graph's nodes: each does one stage of an iteration and returns what changed in the state.
+
+Nodes are thin: the work is in the roles, the evaluator and the workspace. Every node is
+safe to run twice, because after a crash the checkpoint resumes at the node that did not
+finish: the workspace is first put back at the incumbent's commit, evaluations come from
+the cache, commits and ledger records are made once (found by iteration), and memory
+records have content-hash ids.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from envs.errors import PolicyError
+from envs.sandbox import run_sandboxed
+from graph.llm import LLMError
+from graph.services import Services, scored, seeds_of
+from graph.state import RunState
+from graph.workspace import atomic_write
+from memory.records import FailureRecord, FixRecord
+from policies.contract import check_policy_source
+from roles.base import AnalyseInput, Role
+from roles.coder import CoderInput
+from roles.edits import Edit, apply_edit, diff_summary, unified_diff
+from roles.reviewer import ReviewInput
+from roles.test_writer import TestWriterInput
+
+TESTKIT = Path(__file__).parent / "testkit" / "heurist_testkit.py"
+PYTEST_INI = """[pytest]
+# Written by heurist: the workspace's own regression tests, run sandboxed before every review.
+testpaths = tests
+pythonpath = .
+addopts = -q -p no:cacheprovider
+timeout = 120
+"""
+FIRST_TEST = '''"""Written by heurist when the run began: the policy loads, resets and acts on the first dev seed."""
+
+from heurist_testkit import run_episode
+
+
+def test_policy_runs_a_dev_episode():
+    result = run_episode({seed})
+    assert result["status"] == "ok", result.get("error")
+'''
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _oneline(text: str, limit: int = 72) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class Nodes:
+    """The node functions, bound to one run's services."""
+
+    def __init__(self, services: Services, starting_source: str):
+        self.s = services
+        self.starting_source = starting_source
+
+    # ------------------------------------------------------------------ begin
+
+    def begin(self, state: RunState) -> dict[str, Any]:
+        """Create the workspace from the starting policy (a copy: the original is never touched) and score it."""
+        s = self.s
+        files = {"pytest.ini": PYTEST_INI, "heurist_testkit.py": TESTKIT.read_text(),
+                 "heurist_task.json": json.dumps({"task": s.spec.model_dump(mode="json"), "protocol": s.protocol}),
+                 ".gitignore": "__pycache__/\n*.pyc\n",
+                 "tests/test_policy_runs.py": FIRST_TEST.format(seed=s.dev_seeds()[0])}
+        commit = s.workspace.create(self.starting_source, files)
+        result = s.evaluate_cached(s.workspace.policy, video=True)
+        start = scored(commit, result)
+        if not self._recorded("run_started"):
+            s.ledger.append({"event": "run_started", "time": _now(), "run_id": s.run_id, "task": s.spec.id,
+                             "protocol": s.protocol, "dev_seeds": s.dev_seeds(), "start": start,
+                             "offline": s.llm is None})
+        return {"run_id": s.run_id, "status": "running", "stop_reason": None, "iteration": 0, "incumbent": start,
+                "start": start, "since_improvement": 0, "llm_failures": 0, "history": [],
+                "spent": self._spent(state)}
+
+    # ------------------------------------------------------------------ 1. evaluate
+
+    def evaluate(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        iteration = state["iteration"] + 1
+        s.workspace.reset_to(state["incumbent"]["commit"])
+        s.event("iteration", iteration=iteration)
+        s.evaluate_cached(s.workspace.policy, video=True)
+        return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None, "coder": None, "attempts": 0,
+                "check_error": None, "candidate": None, "tests": {}, "verification": None, "verdict": None,
+                "outcome": None}
+
+    # ------------------------------------------------------------------ 2. analyse (one node per role)
+
+    def analyse_with(self, role: Role) -> Callable[[RunState], dict[str, Any]]:
+        def analyse(state: RunState) -> dict[str, Any]:
+            s = self.s
+            # Analysts run in parallel, so they read the incumbent from git and never touch the working tree.
+            source = s.workspace.source_at(state["incumbent"]["commit"])
+            result = s.evaluate_cached(s.candidate_file(source), video=True)
+            data = AnalyseInput(task=s.spec.id, task_description=s.spec.description, policy_source=source,
+                                eval_result=result.model_dump(mode="json", by_alias=True))
+            ctx = s.context(state["iteration"], role)
+            s.event("role", role=role.name)
+            try:
+                report = role.run(data, ctx).model_dump(mode="json", by_alias=True)
+            except Exception as exc:  # an analyst that fails (a model down, a broken plug-in) costs its report only
+                ctx.transcript.write("error", error=f"{type(exc).__name__}: {exc}"[:1000],
+                                     traceback=traceback.format_exc()[-3000:])
+                report = {"summary": f"{role.name} failed: {type(exc).__name__}: {exc}"[:500], "failed": True}
+            return {"analyses": {role.name: report}}
+
+        analyse.__name__ = f"analyse_{role.name}"
+        return analyse
+
+    # ------------------------------------------------------------------ 3. recall
+
+    def recall(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        if s.memory is None:
+            return {"recall": None}
+        query = " ".join(r.get("summary", "") for r in state["analyses"].values())[:2000] or s.spec.description
+        found = s.memory.recall(query, k=5, family=s.spec.family)
+        return {"recall": found.model_dump(mode="json")}
+
+    # ------------------------------------------------------------------ 4. code
+
+    def code(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        coder = s.role("code")
+        previous = (state.get("coder") or {}).get("edit")
+        data = CoderInput(task=s.spec.id, task_description=s.spec.description,
+                          policy_source=s.workspace.source_at(state["incumbent"]["commit"]),
+                          incumbent=seeds_of(state["incumbent"]),
+                          analyses=state.get("analyses") or {}, recall=state.get("recall"),
+                          history=state.get("history", []), check_error=state.get("check_error"),
+                          previous_edit=Edit.model_validate(previous) if previous else None)
+        s.workspace.reset_to(state["incumbent"]["commit"])
+        s.event("role", role=coder.name)
+        try:
+            out = coder.run(data, s.context(state["iteration"], coder)).model_dump(mode="json")
+        except LLMError as exc:
+            out = {"edit": None, "reason": f"the coder's model failed: {exc}", "llm_failed": True}
+        return {"coder": out, "attempts": state.get("attempts", 0) + 1, "check_error": None}
+
+    # ------------------------------------------------------------------ 5. check
+
+    def check(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        edit = Edit.model_validate(state["coder"]["edit"])
+        source = s.workspace.source_at(state["incumbent"]["commit"])
+        try:
+            candidate = apply_edit(source, edit)
+            check_policy_source(candidate, "policy.py")
+            compile(candidate, "policy.py", "exec")
+        except (PolicyError, SyntaxError, ValueError) as exc:
+            return {"check_error": f"the edit does not apply or parse: {exc}", "candidate": None}
+        if candidate == source:
+            return {"check_error": "the edit changes nothing in the policy file", "candidate": None}
+        smoke_seed = s.dev_seeds()[0]
+        episode = s.evaluate_cached(s.candidate_file(candidate), "dev", [smoke_seed]).episodes[0]
+        if episode.status != "ok":
+            return {"check_error": f"the edited policy failed its smoke episode on dev seed {smoke_seed}: "
+                                   f"{episode.status}: {episode.error}", "candidate": None}
+        diff = unified_diff(source, candidate)
+        return {"check_error": None, "candidate": {"source": candidate, "diff": diff,
+                                                   "summary": diff_summary(diff)}}
+
+    # ------------------------------------------------------------------ 6. write tests
+
+    def write_tests(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        writer = s.role("test")
+        log = state["analyses"].get("log_parser", {})
+        data = TestWriterInput(task=s.spec.id, iteration=state["iteration"],
+                               edit=Edit.model_validate(state["coder"]["edit"]),
+                               candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
+                               failure_summary=log.get("summary", ""), seeds_by_kind=log.get("seeds_by_kind", {}),
+                               existing_tests=sorted(p.name for p in s.workspace.tests.glob("test_*.py")))
+        s.event("role", role=writer.name)
+        try:
+            test = writer.run(data, s.context(state["iteration"], writer))
+        except LLMError as exc:
+            return {"tests": {}, "verification": {"test_writer_error": str(exc)}}
+        return {"tests": {test.filename: test.source}}
+
+    # ------------------------------------------------------------------ 7. verify
+
+    def verify(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        self._materialise(state)
+        steps_file = s.run_dir / "scratch" / f"test-steps-{state['iteration']}.txt"
+        steps_file.parent.mkdir(parents=True, exist_ok=True)
+        steps_file.write_text("")
+        s.event("testing", tests=len(list(s.workspace.tests.glob("test_*.py"))))
+        run = run_sandboxed([sys.executable, "-m", "pytest"], s.workspace.root, s.limits(),
+                            timeout_s=s.config.eval.episode_timeout_s * 4,
+                            env={"HEURIST_STEPS_FILE": str(steps_file)})
+        test_steps = sum(int(x) for x in steps_file.read_text().split() if x.isdigit())
+        s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": state["iteration"],
+                         "passed": run.returncode == 0, "reason": run.reason, "env_steps": test_steps,
+                         "wall_s": round(run.wall_s, 3)})
+        result = s.evaluate_cached(s.workspace.policy)
+        previous = state.get("verification") or {}
+        return {"verification": {**previous, "tests_passed": run.returncode == 0,
+                                 "tests_report": run.output[-3000:] if run.returncode else run.output[-300:],
+                                 "tests_reason": run.reason, "candidate": scored("", result)}}
+
+    # ------------------------------------------------------------------ 8. review
+
+    def review(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        verification = state["verification"]
+        diff = state["candidate"]["diff"] + "".join(
+            unified_diff("", source, name) for name, source in state["tests"].items())
+        data = ReviewInput(task=s.spec.id, incumbent=seeds_of(state["incumbent"]),
+                           candidate=seeds_of(verification["candidate"]), tests_passed=verification["tests_passed"],
+                           tests_report=verification["tests_report"], diff=diff,
+                           rationale=state["coder"]["edit"]["rationale"])
+        verdicts, reasons, accept, llm_failed = {}, [], True, False
+        for reviewer in s.roles["review"]:
+            s.event("role", role=reviewer.name)
+            try:
+                verdict = reviewer.run(data, s.context(state["iteration"], reviewer)).model_dump(mode="json")
+            except LLMError as exc:
+                verdict = {"accept": False, "reasons": [f"{reviewer.name} could not review: {exc}"]}
+                llm_failed = True
+            verdicts[reviewer.name] = verdict
+            accept = accept and verdict["accept"]
+            reasons += verdict["reasons"]
+        if "test_writer_error" in verification:
+            reasons.append(f"no regression test was added: {verification['test_writer_error']}")
+        return {"verdict": {"accept": accept, "reasons": reasons, "by_role": verdicts, "llm_failed": llm_failed}}
+
+    # ------------------------------------------------------------------ 9. commit or roll back
+
+    def commit(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        iteration = state["iteration"]
+        edit = state["coder"]["edit"]
+        commit = s.workspace.commit_for_iteration(iteration)
+        if commit is None:
+            self._materialise(state)
+            verification, before = state["verification"], state["incumbent"]["mean"]
+            body = (f"{edit['rationale']}\n\nDev mean {before} -> {verification['candidate']['mean']} on "
+                    f"{len(s.dev_seeds())} dev seeds.\nReview: " + "; ".join(state["verdict"]["reasons"])
+                    + "\nTests added: " + (", ".join(state["tests"]) or "none"))
+            commit = s.workspace.commit(iteration, f"Iteration {iteration}: {_oneline(edit['rationale'], 58)}", body)
+        incumbent = {**state["verification"]["candidate"], "commit": commit}
+        return {"incumbent": incumbent, "since_improvement": 0,
+                "outcome": {"accepted": True, "commit": commit, "reason": "; ".join(state["verdict"]["reasons"])}}
+
+    def roll_back(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        s.workspace.reset_to(state["incumbent"]["commit"])
+        coder = state.get("coder") or {}
+        if state.get("verdict"):
+            reason = "; ".join(state["verdict"]["reasons"])
+        elif coder.get("edit") is None:
+            reason = f"no edit proposed: {coder.get('reason', 'the coder gave none')}"
+        else:
+            reason = f"the edit failed the check {state.get('attempts', 1)} times; last: {state.get('check_error')}"
+        return {"since_improvement": state.get("since_improvement", 0) + 1,
+                "outcome": {"accepted": False, "commit": None, "reason": reason}}
+
+    # ------------------------------------------------------------------ 10. remember
+
+    def remember(self, state: RunState) -> dict[str, Any]:
+        s = self.s
+        iteration, outcome = state["iteration"], state["outcome"]
+        coder = state.get("coder") or {}
+        edit = coder.get("edit")
+        baseline = state["baseline"]
+        candidate = (state.get("verification") or {}).get("candidate") or {}
+        failure_ids = self._remember_failures(state)
+        if edit is not None and s.memory is not None:
+            s.memory.add_fix(FixRecord(
+                run_id=s.run_id, rationale=edit["rationale"], diff_summary=(state.get("candidate") or {}).get(
+                    "summary", "did not apply"), task=s.spec.id, family=s.spec.family, iteration=iteration,
+                failure_ids=tuple(failure_ids), outcome="accepted" if outcome["accepted"] else "rejected",
+                reason=outcome["reason"][:2000], score_before=baseline["mean"], score_after=candidate.get("mean"),
+                policy_sha256_before=baseline["sha256"], policy_sha256_after=candidate.get("sha256", "")))
+        llm_failed = bool(coder.get("llm_failed") or (state.get("verdict") or {}).get("llm_failed"))
+        entry = {"iteration": iteration, "accepted": outcome["accepted"], "reason": _oneline(outcome["reason"], 300),
+                 "edit": _oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],
+                 "mean_candidate": candidate.get("mean"), "mean_after": state["incumbent"]["mean"], "commit": outcome["commit"]}
+        spent = self._spent(state)
+        if not self._recorded("iteration", iteration=iteration):
+            s.ledger.append({"event": "iteration", "time": _now(), "run_id": s.run_id, **entry,
+                             "tests_added": sorted(state.get("tests") or {}) if outcome["accepted"] else [],
+                             "verdict": state.get("verdict"), "policy_sha256": state["incumbent"]["sha256"],
+                             "spent": spent})
+        s.event("verdict", **entry)
+        return {"history": [*state.get("history", []), entry], "spent": spent,
+                "llm_failures": state.get("llm_failures", 0) + 1 if llm_failed else 0}
+
+    def _remember_failures(self, state: RunState) -> list[str]:
+        s = self.s
+        log = (state.get("analyses") or {}).get("log_parser") or {}
+        findings = log.get("findings", [])[:3]
+        if s.memory is None or not findings:
+            return []
+        visual = {(f["seed"], f["step"]): f["what_went_wrong"]
+                  for f in ((state["analyses"].get("video_analyst") or {}).get("findings") or [])}
+        ids = []
+        for f in findings:
+            text = f["description"] + (f" (mode {f['active_mode']})" if f.get("active_mode") else "")
+            if (f["seed"], f["step"]) in visual:
+                text += f"; seen: {visual[(f['seed'], f['step'])]}"
+            ids.append(s.memory.add_failure(FailureRecord(
+                run_id=s.run_id, description=f"{s.spec.id}: {text}", task=s.spec.id, family=s.spec.family,
+                protocol=s.protocol, iteration=state["iteration"], seed=f["seed"], step=f["step"], kind=f["kind"],
+                policy_sha256=state["baseline"]["sha256"])))
+        return ids
+
+    # ------------------------------------------------------------------ the end
+
+    def pause(self, state: RunState) -> dict[str, Any]:
+        reason = (f"paused after {state.get('llm_failures', 0)} iterations in a row failed on the model; "
+                  f"check the server, then `heurist resume {self.s.run_dir}`")
+        self.s.ledger.append({"event": "run_paused", "time": _now(), "run_id": self.s.run_id, "reason": reason})
+        return {"status": "paused", "stop_reason": reason}
+
+    def finish(self, state: RunState) -> dict[str, Any]:
+        """Freeze the best policy, evaluate it once on the holdout seeds, and write the summary."""
+        from graph.summary import write_summary
+        from graph.topology import stop_reason
+
+        s = self.s
+        reason = stop_reason(state, s.config, s.spec) or "stopped"
+        s.workspace.reset_to(state["incumbent"]["commit"])
+        s.workspace.git("tag", "-f", "heurist-final", state["incumbent"]["commit"])
+        best = s.run_dir / "best_policy.py"
+        atomic_write(best, s.workspace.policy.read_text())
+        holdout = None
+        if s.config.eval.holdout:
+            holdout_file = s.run_dir / "holdout.json"
+            if holdout_file.is_file():  # the one holdout evaluation already happened before a crash
+                holdout = json.loads(holdout_file.read_text())
+            else:
+                result = s.evaluate_cached(best, "holdout", list(s.spec.seeds.seeds("holdout")))
+                holdout = result.summary()
+                atomic_write(holdout_file, json.dumps(holdout, indent=2))
+        spent = self._spent(state)  # the holdout's env steps included
+        final = {**state, "stop_reason": reason, "status": "finished", "spent": spent}
+        write_summary(s, final, holdout)
+        if not self._recorded("run_finished"):
+            s.ledger.append({"event": "run_finished", "time": _now(), "run_id": s.run_id, "reason": reason,
+                             "best_mean": state["incumbent"]["mean"], "holdout": holdout, "spent": spent})
+        return {"status": "finished", "stop_reason": reason, "spent": spent}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _materialise(self, state: RunState) -> None:
+        """The workspace as the candidate: the incumbent's commit, the edited policy, the new tests."""
+        s = self.s
+        s.workspace.reset_to(state["incumbent"]["commit"])
+        atomic_write(s.workspace.policy, state["candidate"]["source"])
+        for name, source in (state.get("tests") or {}).items():
+            atomic_write(s.workspace.root / name, source)
+
+    def _recorded(self, event: str, **match: Any) -> bool:
+        """Whether this run's ledger already holds the record (a node run again must not add it twice)."""
+        return any(r.get("event") == event and r.get("run_id") == self.s.run_id
+                   and all(r.get(k) == v for k, v in match.items()) for r in self.s.ledger.read()[0])
+
+    def _spent(self, state: RunState) -> dict[str, float]:
+        s = self.s
+        records = s.ledger.read()[0]
+        env_steps = sum(int(r.get("env_steps") or 0) for r in records if r.get("event") in ("eval_finished", "tests_run"))
+        elapsed = s.elapsed_before + (time.monotonic() - s.session_started)
+        return {"env_steps": env_steps, "tokens": s.usage.tokens, "usd": round(s.usage.usd, 6),
+                "llm_calls": s.usage.calls, "elapsed_s": round(elapsed, 1)}

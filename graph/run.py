@@ -1,0 +1,246 @@
+"""Start, resume and replay runs: the run directory, its services, and the checkpointed graph.
+
+A run directory holds everything about one run:
+
+- ``run.json``: what was asked (the config, the task, offline or not), written once;
+- ``starting_policy.py``: a copy of the starting policy (the original is never touched);
+- ``workspace/``: a git repository of the policy and its regression tests, one commit per accepted edit;
+- ``checkpoints.sqlite``: LangGraph's SQLite checkpoints, thread id = run id, written synchronously;
+- ``ledger.jsonl``: append-only: every evaluation, test run and iteration;
+- ``transcripts/<iteration>/<role>.jsonl``: every model call and offline decision;
+- ``clips/``, ``evals/``, ``candidates/``: failure clips, cached evaluations, scored candidates;
+- ``summary.json``, ``summary.md``, ``best_policy.py``, ``holdout.json``: written when the run finishes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from envs.errors import HeuristError
+from envs.ledger import Ledger
+from envs.paths import heurist_home
+from envs.tasks import get_task
+from graph.config import RunConfig
+from graph.llm import LLMClient, ReplayClient, Usage
+from graph.nodes import Nodes
+from graph.services import Services
+from graph.topology import build
+from graph.transcripts import TranscriptRecorder
+from graph.workspace import Workspace, atomic_write
+from policies import starter_policy
+from policies.contract import check_policy_file, policy_sha256
+from roles.coder import Coder
+from roles.registry import resolve
+from roles.test_writer import TestWriter
+
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+class RunError(HeuristError):
+    """A run directory that cannot be started, resumed or replayed."""
+
+
+class RunRecord(BaseModel):
+    """``run.json``: written once when the run is created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    created: str
+    task: str
+    protocol: str
+    offline: bool
+    config: dict[str, Any]
+    starting_policy: str  # where it came from; the run uses its copy, starting_policy.py
+    starting_sha256: str
+    search_key: str
+    replay_of: str | None = None
+    heurist_version: str
+
+
+def runs_index() -> Ledger:
+    """Every run started on this machine (``heurist runs`` reads it), wherever its directory is."""
+    return Ledger(heurist_home() / "runs.jsonl")
+
+
+def is_offline(config: RunConfig) -> bool:
+    if config.offline is not None:
+        return config.offline
+    return not os.environ.get(config.llm.api_key_env) and config.llm.base_url is None
+
+
+def read_record(run_dir: Path) -> RunRecord:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a heurist run directory (no run.json); give a directory made by "
+                       f"`heurist run` (see `heurist runs`)")
+    try:
+        return RunRecord.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{path} is damaged ({str(exc).splitlines()[0]}); the run cannot be resumed") from None
+
+
+def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path | None = None) -> Path:
+    """A new run directory with run.json and a copy of the starting policy; nothing runs yet."""
+    spec = get_task(config.task)
+    protocol = spec.protocol(config.protocol).name
+    policy = Path(config.policy) if config.policy else starter_policy(spec)
+    check_policy_file(policy)
+    created = datetime.now(timezone.utc)
+    slug = "".join(c if c.isalnum() else "-" for c in spec.id.split("/")[-1]).strip("-").lower()
+    run_id = f"{created:%Y%m%d-%H%M%S}-{slug}-{uuid.uuid4().hex[:6]}"
+    run_dir = Path(run_dir or heurist_home() / "runs" / run_id).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already exists and is not empty; choose another --run-dir, "
+                       f"or `heurist resume {run_dir}` if it is a run")
+    recorded = read_record(replay_of) if replay_of else None
+    offline = recorded.offline if recorded else is_offline(config)
+    record = RunRecord(run_id=run_id, created=created.isoformat(timespec="seconds"), task=spec.id, protocol=protocol,
+                       offline=offline, config=config.model_dump(mode="json"), starting_policy=str(policy.resolve()),
+                       starting_sha256=policy_sha256(policy),
+                       search_key=recorded.search_key if recorded else run_id,
+                       replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "starting_policy.py", policy.read_text())
+        atomic_write(run_dir / "run.json", record.model_dump_json(indent=2))
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {run_dir}: {exc.strerror}; choose a writable --run-dir") from None
+    runs_index().append({"run_id": run_id, "run_dir": str(run_dir), "task": spec.id, "created": record.created,
+                         "replay_of": record.replay_of})
+    return run_dir
+
+
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """One process at a time per run directory: a second `heurist resume` must not race the first."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir} is being run by another heurist process; wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
+    """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
+    tokens, usd, calls = 0, 0.0, 0
+    for entry in recorder.read():
+        if entry.get("kind") == "llm_call" and "prompt_tokens" in entry:
+            tokens += entry["prompt_tokens"] + entry.get("completion_tokens", 0)
+            usd += entry.get("usd", 0.0)
+            calls += 1
+        elif entry.get("kind") == "parsed" and entry.get("replayed"):
+            tokens += entry.get("tokens", 0)
+            usd += entry.get("usd", 0.0)
+            calls += 1
+    return Usage(tokens, usd, calls)
+
+
+def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:
+    from memory.store import MemoryConfig, MemoryStore
+
+    record = read_record(run_dir)
+    config = RunConfig.model_validate(record.config)
+    spec = get_task(record.task)
+    recorder = TranscriptRecorder(run_dir)
+    usage = usage_from_transcripts(recorder)
+    llm: Any = None
+    if record.replay_of:
+        llm = None if record.offline else ReplayClient(Path(record.replay_of), usage)
+    elif not record.offline:
+        llm = LLMClient(config.llm, usage)
+    # A replay keeps its memory to itself, so re-running a run never adds its records to the shared store twice.
+    memory_config = MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory
+    memory = MemoryStore(memory_config)
+    roles = {"analyse": [resolve(name, "analyse") for name in config.stages.analyse],
+             "code": [Coder()], "test": [TestWriter()],
+             "review": [resolve(name, "review") for name in config.stages.review]}
+    if not roles["review"]:
+        raise RunError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
+    # This process holds the run's lock, so a git index lock left here is a crash's leftover, not a live git.
+    (run_dir / "workspace" / ".git" / "index.lock").unlink(missing_ok=True)
+    services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
+                        protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
+                        ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
+                        recorder=recorder, roles=roles, on_event=on_event)
+    return services, Nodes(services, (run_dir / "starting_policy.py").read_text()), record
+
+
+def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
+    """Run (or continue) the graph to its end, a pause, or an interruption; returns the final state."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    run_dir = Path(run_dir).resolve()
+    read_record(run_dir)
+    with _locked(run_dir):
+        services, nodes, record = open_services(run_dir, on_event)
+        connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
+        try:
+            app = build(nodes, services.config, services.spec, SqliteSaver(connection))
+            cfg = {"configurable": {"thread_id": record.run_id}, "recursion_limit": 1_000_000}
+            snapshot = app.get_state(cfg)
+            values = snapshot.values or {}
+            services.elapsed_before = float((values.get("spent") or {}).get("elapsed_s", 0.0))
+            services.session_started = time.monotonic()
+            if not values:
+                start: dict[str, Any] | None = {"run_id": record.run_id}
+            elif snapshot.next:
+                start = None  # continue at the node that did not finish
+                services.ledger.append({"event": "run_resumed", "time": _now(), "run_id": record.run_id,
+                                        "at": list(snapshot.next), "iteration": values.get("iteration")})
+            elif values.get("status") == "paused":
+                app.update_state(cfg, {"status": "running", "stop_reason": None, "llm_failures": 0}, as_node="remember")
+                services.ledger.append({"event": "run_resumed", "time": _now(), "run_id": record.run_id,
+                                        "at": ["evaluate"], "iteration": values.get("iteration"), "after": "pause"})
+                start = None
+            else:
+                return values  # finished: nothing to do
+            for update in app.stream(start, cfg, stream_mode="updates", durability="sync"):
+                if on_event is not None:
+                    for node in update:
+                        on_event("node", {"node": node})
+            return app.get_state(cfg).values
+        finally:
+            connection.close()
+            if services.memory is not None:
+                services.memory.close()
+
+
+def mermaid(config: RunConfig) -> str:
+    """The graph's topology for this config, as a Mermaid diagram (no run needed)."""
+    from graph.services import Services
+
+    spec = get_task(config.task)
+    roles = {"analyse": [resolve(name, "analyse") for name in config.stages.analyse], "code": [Coder()],
+             "test": [TestWriter()], "review": [resolve(name, "review") for name in config.stages.review]}
+    services = Services(run_dir=Path("."), run_id="", search_key="", config=config, spec=spec, protocol="",
+                        workspace=Workspace(Path(".")), ledger=Ledger(Path("/dev/null")), memory=None, llm=None,
+                        usage=Usage(), recorder=TranscriptRecorder(Path(".")), roles=roles)
+    return build(Nodes(services, ""), config, spec).get_graph().draw_mermaid()
+
+
+def decisions(run_dir: Path) -> list[dict[str, Any]]:
+    """What a run decided, iteration by iteration: the part a replay must reproduce."""
+    records, _ = Ledger(Path(run_dir) / "ledger.jsonl").read()
+    return [{"iteration": r["iteration"], "accepted": r["accepted"], "policy_sha256": r["policy_sha256"]}
+            for r in records if r.get("event") == "iteration"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,113 @@
+"""What nodes use but the state does not hold: the run's config, task, workspace, ledger, memory, model and roles.
+
+Rebuilt from the run directory on every start or resume, so nothing here has to survive
+a crash. Evaluations go through ``evaluate_cached``: a policy version's results on a set
+of seeds are stored under ``RUN_DIR/evals`` by policy hash, so a node that runs again
+after a resume reads them instead of spending the env steps twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from envs.evaluator import EvalRequest, EvalResult, evaluate
+from envs.ledger import Ledger
+from envs.sandbox import Limits
+from envs.tasks import Split, TaskSpec
+from graph.config import RunConfig
+from graph.llm import Usage
+from graph.transcripts import TranscriptRecorder
+from graph.workspace import Workspace, atomic_write
+from roles.base import Role, RoleContext
+
+
+@dataclass
+class Services:
+    run_dir: Path
+    run_id: str
+    search_key: str  # seeds the offline search; a replay uses the recorded run's, to reach its decisions
+    config: RunConfig
+    spec: TaskSpec
+    protocol: str
+    workspace: Workspace
+    ledger: Ledger
+    memory: Any | None  # memory.MemoryStore; None when memory is switched off
+    llm: Any | None  # graph.llm.LLMClient or ReplayClient; None offline
+    usage: Usage
+    recorder: TranscriptRecorder
+    roles: dict[str, list[Role]]  # stage -> roles, in the order the config names them
+    session_started: float = field(default_factory=time.monotonic)
+    elapsed_before: float = 0.0  # active seconds of earlier sessions of this run
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+
+    # ------------------------------------------------------------------ roles
+
+    def context(self, iteration: int, role: Role) -> RoleContext:
+        return RoleContext(task=self.spec, run_dir=self.run_dir, workspace=self.workspace.root, iteration=iteration,
+                           llm=self.llm, memory=self.memory, transcript=self.recorder.for_role(iteration, role.name),
+                           config=self.config, seed=iteration,
+                           extras={"run_id": self.search_key, "score_policies": self.score_policies})
+
+    def role(self, stage: str) -> Role:
+        return self.roles[stage][0]
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, fields)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def limits(self) -> Limits:
+        e = self.config.eval
+        return Limits(episode_timeout_s=e.episode_timeout_s, episode_cpu_s=e.episode_timeout_s, memory_mb=e.memory_mb)
+
+    def dev_seeds(self) -> list[int]:
+        seeds = list(self.spec.seeds.seeds("dev"))
+        return seeds[: self.config.eval.episodes] if self.config.eval.episodes else seeds
+
+    def evaluate_cached(self, policy: Path, split: Split = "dev", seeds: list[int] | None = None,
+                        video: bool = False) -> EvalResult:
+        """The policy's results on these seeds, from the cache when this version was evaluated before."""
+        seeds = list(seeds if seeds is not None else self.dev_seeds())
+        sha = hashlib.sha256(policy.read_bytes()).hexdigest()
+        key = hashlib.sha256(json.dumps([sha, split, seeds, video, self.protocol]).encode()).hexdigest()[:16]
+        cached = self.run_dir / "evals" / f"{sha[:12]}-{split}-{key}.json"
+        if cached.is_file():
+            return EvalResult.model_validate_json(cached.read_text())
+        self.event("evaluating", split=split, seeds=len(seeds), policy=sha[:12])
+        result = evaluate(self.spec, EvalRequest(
+            policy_path=policy, task_id=self.spec.id, protocol=self.protocol, split=split, seeds=seeds,
+            workers=self.config.eval.workers, limits=self.limits(), video=video and self.config.eval.video,
+            out_dir=self.run_dir / "clips", confirm_protected=split != "dev"), self.ledger)
+        atomic_write(cached, result.model_dump_json(by_alias=True))
+        return result
+
+    def score_policies(self, sources: list[str], seeds: list[int]) -> list[dict[int, float | None]]:
+        """Each source's return per seed (None: the episode failed), for the offline search and test writer."""
+        return [per_seed(self.evaluate_cached(self.candidate_file(source), "dev", seeds)) for source in sources]
+
+    def candidate_file(self, source: str) -> Path:
+        """A policy version as a file of its own, named by its hash, for the evaluator to run."""
+        path = self.run_dir / "candidates" / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}.py"
+        if not path.is_file():
+            atomic_write(path, source)
+        return path
+
+
+def per_seed(result: EvalResult) -> dict[int, float | None]:
+    return {e.seed: (e.return_ if e.status == "ok" else None) for e in result.episodes}
+
+
+def scored(commit: str, result: EvalResult) -> dict[str, Any]:
+    """The state's record of a policy version (JSON: seeds as strings)."""
+    return {"commit": commit, "sha256": result.policy_sha256, "mean": result.stats.mean if result.stats else None,
+            "per_seed": {str(k): v for k, v in per_seed(result).items()}, "status": result.status}
+
+
+def seeds_of(record: dict[str, Any]) -> dict[int, float | None]:
+    return {int(k): v for k, v in record["per_seed"].items()}

@@ -1,0 +1,176 @@
+"""The coder: proposes one edit to the policy file, as SEARCH/REPLACE blocks or new tunable values.
+
+With a model it reads the policy, the analyse stage's reports, the failures and fixes
+recalled from memory, and the run's history, and answers with an ``Edit``; when the
+previous attempt failed the check, the precise error (with the nearest lines for a
+SEARCH block that did not match) is part of the prompt.
+
+Offline it searches the policy's declared tunables with CMA-ES (the ``cma`` package):
+each tunable scaled to [0, 1] by its declared bounds, started from the incumbent's
+values, seeded by the run and iteration so a replay proposes the same values, and each
+candidate scored by the real evaluator on a rotating subset of the dev seeds. The best
+candidate that beats the incumbent on those seeds becomes a tunables edit; the reviewer
+then judges it on every dev seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import Field
+
+from policies.contract import read_tunables
+from roles.base import Role, RoleContext, RoleModel
+from roles.edits import Edit, apply_edit
+
+# scorer(sources, seeds) -> one {seed: return or None} per source, through the sandboxed evaluator.
+Scorer = Callable[[list[str], list[int]], list[dict[int, float | None]]]
+
+
+class CoderInput(RoleModel):
+    task: str
+    task_description: str
+    policy_source: str
+    incumbent: dict[int, float | None] = Field(..., description="Dev seed -> the incumbent's return (None: failed).")
+    analyses: dict[str, Any] = Field(default_factory=dict, description="Each analyse role's report, by role name.")
+    recall: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    check_error: str | None = Field(None, description="Why the previous attempt this iteration failed the check.")
+    previous_edit: Edit | None = None
+
+
+class CoderOutput(RoleModel):
+    edit: Edit | None
+    reason: str = Field(..., description="Why this edit, or why none.")
+    search: dict[str, Any] = Field(default_factory=dict, description="Offline search evidence (seeds, scores).")
+
+
+def _search_seeds(dev: list[int], iteration: int, n: int) -> list[int]:
+    """n dev seeds, rotating with the iteration so the search does not fit the same few seeds every time."""
+    if n >= len(dev):
+        return list(dev)
+    start = ((iteration - 1) * n) % len(dev)
+    return [dev[(start + i) % len(dev)] for i in range(n)]
+
+
+def _score(per_seed: dict[int, float | None], floor: float) -> float:
+    """Mean return, a failed episode counted at ``floor`` (below every completed one)."""
+    return float(np.mean([floor if r is None else r for r in per_seed.values()]))
+
+
+class Coder(Role[CoderInput, CoderOutput]):
+    name = "coder"
+    stage = "code"
+    Input = CoderInput
+    Output = CoderOutput
+
+    def run(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
+        if ctx.offline:
+            return self.search(data, ctx)
+        return self.ask_model(data, ctx)
+
+    # ------------------------------------------------------------------ with a model
+
+    def ask_model(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
+        tunables = read_tunables(data.policy_source)
+        parts = [f"Task: {data.task}: {data.task_description}",
+                 "Current policy file (policy.py):\n```python\n" + data.policy_source + "\n```",
+                 "Declared tunables: " + (", ".join(f"{t.name}={t.default} in [{t.low}, {t.high}] ({t.doc})"
+                                                    for t in tunables) or "none"),
+                 "Dev-seed returns of this policy (None = the episode failed): " + json.dumps(
+                     {str(k): v for k, v in data.incumbent.items()})]
+        for role, report in data.analyses.items():
+            parts.append(f"Report of the {role}:\n{json.dumps(report, default=str)[:6000]}")
+        if data.recall:
+            parts.append("Similar failures and fixes from memory (fixes that worked first):\n"
+                         + json.dumps(data.recall, default=str)[:6000])
+        if data.history:
+            parts.append("This run's history, one line per iteration:\n"
+                         + "\n".join(json.dumps(h, default=str) for h in data.history[-12:]))
+        if data.check_error:
+            parts.append("Your previous edit this iteration failed the check:\n" + data.check_error
+                         + "\nPrevious edit:\n" + (data.previous_edit.model_dump_json() if data.previous_edit else ""))
+        messages = [{"role": "system", "content": self.prompt()}, {"role": "user", "content": "\n\n".join(parts)}]
+        edit = ctx.llm.structured(ctx.transcript, messages, Edit)
+        return CoderOutput(edit=edit, reason=edit.rationale)
+
+    # ------------------------------------------------------------------ offline
+
+    def search(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
+        with warnings.catch_warnings():  # cma warns that matplotlib is absent; plotting is not used here
+            warnings.simplefilter("ignore")
+            import cma
+
+        tunables = read_tunables(data.policy_source)
+        if not tunables:
+            out = CoderOutput(edit=None, reason="the policy declares no tunables, so the offline coder has "
+                                                "nothing to search; run with a model to edit its code")
+            ctx.decide(out.reason)
+            return out
+        scorer: Scorer = ctx.extras["score_policies"]
+        settings = ctx.config.search
+        dev = sorted(data.incumbent)
+        seeds = _search_seeds(dev, ctx.iteration, settings.episodes)
+        completed = [r for r in data.incumbent.values() if r is not None]
+        spread = (max(completed) - min(completed)) if completed else 1.0
+        floor = (min(completed) if completed else 0.0) - max(spread, 1.0)
+        base = {s: data.incumbent[s] for s in seeds}
+        base_score = _score(base, floor)
+        low = np.array([t.low for t in tunables], dtype=float)
+        span = np.array([t.high - t.low for t in tunables], dtype=float)
+        span[span == 0] = 1.0
+        x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
+        seed = int(hashlib.sha256(f"{ctx.extras.get('run_id', '')}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
+        es = cma.CMAEvolutionStrategy(x0.tolist(), settings.sigma, {
+            "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
+        best: tuple[float, dict[str, float], dict[int, float | None]] | None = None
+        evaluated = 0
+        for generation in range(settings.generations):
+            points = es.ask()
+            values = [self._values(tunables, low + np.clip(p, 0, 1) * span) for p in points]
+            sources = [apply_edit(data.policy_source, Edit(kind="tunables", rationale="search", tunables=v))
+                       for v in values]
+            results = scorer(sources, seeds)
+            evaluated += len(sources)
+            scores = [_score(r, floor) for r in results]
+            es.tell(points, [-s for s in scores])
+            for score, value, result in zip(scores, values, results):
+                if best is None or score > best[0]:
+                    best = (score, value, result)
+            ctx.decide(f"CMA-ES generation {generation + 1}: best {max(scores):.3f} on seeds {seeds} "
+                       f"(incumbent {base_score:.3f})", generation=generation + 1,
+                       candidates=[{"tunables": v, "score": s} for v, s in zip(values, scores)])
+        evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score, "candidates": evaluated}
+        assert best is not None  # generations >= 1 and population >= 2
+        score, values, result = best
+        evidence.update(best_score=score, best=result, best_tunables=values)
+        if score <= base_score:
+            out = CoderOutput(edit=None, search=evidence,
+                              reason=f"no CMA-ES candidate of {evaluated} beat the incumbent on seeds {seeds} "
+                                     f"({score:.3f} vs {base_score:.3f})")
+            ctx.decide(out.reason)
+            return out
+        improved = [s for s in seeds if (result[s] if result[s] is not None else floor) >
+                    (base[s] if base[s] is not None else floor)]
+        kinds = sorted((data.analyses.get("log_parser") or {}).get("kind_counts", {}))
+        changes = ", ".join(f"{t.name} {t.default:g} -> {values[t.name]:g}" for t in tunables
+                            if values[t.name] != t.default)
+        edit = Edit(kind="tunables", tunables=values, target_seeds=improved, target_kinds=kinds,
+                    rationale=f"CMA-ES over the declared tunables ({evaluated} candidates on dev seeds {seeds}): "
+                              f"{changes}; mean return there {base_score:.2f} -> {score:.2f}")
+        out = CoderOutput(edit=edit, reason=edit.rationale, search=evidence)
+        ctx.decide("proposed the best search candidate", edit=edit.model_dump(mode="json"))
+        return out
+
+    @staticmethod
+    def _values(tunables, raw: np.ndarray) -> dict[str, float]:
+        """Readable values: integers for integer tunables, four significant digits otherwise, within bounds."""
+        out = {}
+        for t, v in zip(tunables, raw):
+            value = float(round(v)) if t.integer else float(f"{v:.4g}")
+            out[t.name] = min(max(value, t.low), t.high)
+        return out

@@ -1,0 +1,122 @@
+"""The test writer: a pytest regression test, kept in the workspace, for the failure an edit fixes.
+
+The tests call the workspace's ``heurist_testkit`` (written by heurist next to the
+policy), which runs one real episode of the task in the test's own sandboxed process.
+Every test ever accepted keeps running in every later iteration, so a capability that an
+edit once bought cannot silently be lost by a later one.
+
+Offline, tests come from a template: the test writer runs the candidate on the seeds the
+edit targets and pins, per seed, that the episode completes and keeps at least half of
+the gain over the incumbent. With a model, the model writes the test (it may also pin
+what a detector returns on a recorded observation, say); a file that does not parse or is
+not named ``tests/test_*.py`` is answered with the error and asked again.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from pydantic import Field, field_validator
+
+from roles.base import Role, RoleContext, RoleModel
+from roles.edits import Edit
+
+KIT_API = """heurist_testkit (import it in the test file):
+- run_episode(seed: int) -> dict: one episode of the workspace policy on the task. Keys: status ("ok",
+  "policy_error", "invalid_action", "env_error"), return, length, termination, events (list of
+  {step, kind, description}), trace ({actions, rewards, mode_counts, windows}).
+- first_event(result, kind) -> int | None: the step of the first failure event of that kind.
+- load_policy() -> the workspace's Policy instance, to test its methods on recorded observations."""
+
+
+class TestWriterInput(RoleModel):
+    task: str
+    iteration: int
+    edit: Edit
+    candidate_source: str
+    incumbent: dict[int, float | None]
+    failure_summary: str = ""
+    seeds_by_kind: dict[str, list[int]] = Field(default_factory=dict)
+    existing_tests: list[str] = Field(default_factory=list)
+
+
+class TestFile(RoleModel):
+    filename: str = Field(..., description="tests/test_<something>.py")
+    source: str
+    rationale: str
+    seeds: list[int] = Field(default_factory=list)
+
+    @field_validator("filename")
+    @classmethod
+    def _pytest_name(cls, value: str) -> str:
+        if not re.fullmatch(r"tests/test_[a-z0-9_]+\.py", value):
+            raise ValueError("filename must look like tests/test_<lowercase_words>.py")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            tree = ast.parse(value)
+        except SyntaxError as exc:
+            raise ValueError(f"the test file does not parse: line {exc.lineno}: {exc.msg}") from None
+        if not any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_") for n in tree.body):
+            raise ValueError("the test file defines no top-level test_ function")
+        return value
+
+
+def template_test(iteration: int, seeds: dict[int, tuple[float | None, float]], kinds: list[str]) -> TestFile:
+    """One test per seed: the episode completes, keeping at least half of the gain measured for the edit."""
+    functions = []
+    for seed, (before, after) in sorted(seeds.items()):
+        floor = after if before is None else before + 0.5 * (after - before)
+        was = "failed" if before is None else f"returned {before:g}"
+        functions.append(f'''
+
+def test_seed_{seed}_keeps_iteration_{iteration}_fix():
+    """Before iteration {iteration} seed {seed} {was}; the fix made it {after:g}. Keep at least {floor:g}."""
+    result = run_episode({seed})
+    assert result["status"] == "ok", result.get("error")
+    assert result["return"] >= {floor!r}, (result["return"], result["events"][:3])''')
+    if not functions:  # nothing completed to pin: at least the policy must load and reset
+        functions.append('''
+
+def test_policy_loads_and_resets():
+    policy = load_policy()
+    policy.reset(0)''')
+    kinds_text = ", ".join(kinds) or "its failures"
+    source = (f'"""Regression tests for iteration {iteration}: the seeds whose {kinds_text} the edit fixed."""\n\n'
+              "from heurist_testkit import load_policy, run_episode\n" + "".join(functions) + "\n")
+    return TestFile(filename=f"tests/test_iteration_{iteration:04d}.py", source=source, seeds=sorted(seeds),
+                    rationale=f"pins the gain on seeds {sorted(seeds)} so later edits cannot lose it")
+
+
+class TestWriter(Role[TestWriterInput, TestFile]):
+    name = "test_writer"
+    stage = "test"
+    Input = TestWriterInput
+    Output = TestFile
+
+    def run(self, data: TestWriterInput, ctx: RoleContext) -> TestFile:
+        if not ctx.offline:
+            return self.ask_model(data, ctx)
+        seeds = [s for s in data.edit.target_seeds if s in data.incumbent][:3]
+        if not seeds:  # no target named: the incumbent's worst seeds
+            seeds = sorted(data.incumbent, key=lambda s: (data.incumbent[s] is not None, data.incumbent[s] or 0))[:3]
+        measured = ctx.extras["score_policies"]([data.candidate_source], seeds)[0]
+        gains = {s: (data.incumbent[s], measured[s]) for s in seeds
+                 if measured[s] is not None and (data.incumbent[s] is None or measured[s] > data.incumbent[s])}
+        if not gains:  # the edit fixed none of them: pin that the episodes still complete at their new level
+            gains = {s: (measured[s], measured[s]) for s in seeds if measured[s] is not None}
+        test = template_test(data.iteration, gains, data.edit.target_kinds)
+        ctx.decide(f"wrote {test.filename} from the template", seeds=test.seeds, measured=measured)
+        return test
+
+    def ask_model(self, data: TestWriterInput, ctx: RoleContext) -> TestFile:
+        prompt = (f"Task: {data.task}\nIteration {data.iteration}. The edit:\n{data.edit.model_dump_json()}\n\n"
+                  f"Failures before the edit: {data.failure_summary}\nSeeds by failure kind: {data.seeds_by_kind}\n"
+                  f"Incumbent returns per dev seed: {data.incumbent}\n\nThe candidate policy:\n```python\n"
+                  f"{data.candidate_source}\n```\n\nExisting test files: {data.existing_tests}\n\n{KIT_API}")
+        return ctx.llm.structured(ctx.transcript, [{"role": "system", "content": self.prompt()},
+                                                   {"role": "user", "content": prompt}], TestFile)
