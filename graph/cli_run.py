@@ -99,9 +99,9 @@ def run_cmd(
     if "task" not in merged:
         raise HeuristError("no task: give --env TASK (see `heurist envs`) or set task in the --config file")
     config = build_config(merged, str(config_file) if config_file else "command line")
+    directory = create_run(config, run_dir)
     if is_offline(config):
         err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True)
-    directory = create_run(config, run_dir)
     err.print(f"run directory: {directory}", highlight=False)
     _finish_line(_execute(directory, not no_progress), directory)
 
@@ -334,7 +334,8 @@ def graph_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=
     from graph.run import mermaid
 
     data = load_config_file(config_file) if config_file else {}
-    print(mermaid(build_config(merge({"task": env}, data), str(config_file or "defaults"))))
+    drawn = mermaid(build_config(merge({"task": env}, data), str(config_file or "defaults")))
+    sys.stdout.write(drawn if drawn.endswith("\n") else drawn + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,228 @@
+"""The graph offline, through the installed ``heurist`` command: reaching the target, kill -9 and resume,
+plug-in roles, the topology, budgets, and bad input. Real CartPole, git, SQLite checkpoints and ChromaDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from envs.ledger import Ledger
+from envs.sandbox import Limits, run_sandboxed
+from envs.tasks import get_task
+from graph.config import RunConfig
+from graph.run import mermaid
+from graph.topology import stop_reason
+from graph.transcripts import TranscriptRecorder
+from graph.workspace import Workspace
+from policies import POLICY_DIR
+from policies.contract import read_tunables, rewrite_tunables
+from tests.test_cli import HEURIST
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "graph.mmd"
+EXAMPLE_PLUGIN = Path(__file__).parent / "plugins"
+
+
+def weak_cartpole() -> str:
+    """The CartPole starter with every gain set to zero: it always pushes left and falls in ~9 steps."""
+    source = (POLICY_DIR / "cartpole.py").read_text()
+    return rewrite_tunables(source, {t.name: 0.0 for t in read_tunables(source)})
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["HEURIST_HOME"] = str(tmp_path / "home")
+    (tmp_path / "weak.py").write_text(weak_cartpole())
+    return tmp_path, env
+
+
+def heurist(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([HEURIST, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_offline_run_from_a_weak_policy_reaches_the_target(home):
+    tmp, env = home
+    (tmp / "run.toml").write_text('[eval]\nepisodes = 10\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--iterations", 4, "--run-dir", tmp / "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "offline: no $OPENAI_API_KEY and no --base-url" in done.stderr
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    assert summary["dev"]["start_mean"] < 20
+    assert summary["dev"]["best_mean"] >= get_task("CartPole-v1").target
+    assert summary["stop_reason"].startswith("target reached")
+    assert summary["holdout"]["split"] == "holdout" and summary["holdout"]["episodes"] == 50
+    assert summary["offline"] and summary["spent"]["env_steps"] > 0 and summary["spent"]["tokens"] == 0
+    assert (tmp / "weak.py").read_text() == weak_cartpole()  # never modified in place
+    assert "Holdout split, seeds 1000..1049 (50 episodes, evaluated once)" in done.stdout
+
+    workspace = Workspace(tmp / "run" / "workspace")
+    accepted = [h["iteration"] for h in summary["history"] if h["accepted"]]
+    assert len(workspace.history()) == 1 + len(accepted)
+    regression_tests = sorted(p.name for p in workspace.tests.glob("test_iteration_*.py"))
+    assert regression_tests == [f"test_iteration_{i:04d}.py" for i in accepted]
+    assert (tmp / "run" / "best_policy.py").read_text() == workspace.policy.read_text()
+    assert workspace.git("describe", "--tags") == "heurist-final"
+    for role in ("video_analyst", "log_parser", "coder", "test_writer", "reviewer"):
+        assert TranscriptRecorder(tmp / "run").read(1, role), role
+
+    listed = json.loads(heurist(env, "runs", "--json").stdout)
+    assert [r["status"] for r in listed] == ["finished"] and listed[0]["best_mean"] >= 475
+    shown = heurist(env, "show", tmp / "run")
+    assert shown.returncode == 0 and "accepted" in shown.stdout and "holdout (once)" in shown.stdout
+    again = heurist(env, "resume", tmp / "run")  # a finished run: nothing runs twice
+    assert again.returncode == 0
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    assert sum(r["event"] == "run_finished" for r in records) == 1
+    assert sum(r["event"] == "eval_started" and r["split"] == "holdout" for r in records) == 1
+
+
+def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(home):
+    tmp, env = home
+    (tmp / "run.toml").write_text('[budget]\niterations = 4\nstop_at_target = false\npatience = 4\n'
+                                  '[eval]\nepisodes = 8\n[search]\npopulation = 6\n')
+    rng = random.Random(int(os.environ.get("HEURIST_KILL_SEED", "7")))
+    run_dir = tmp / "run"
+    command = [HEURIST, "run", "--env", "CartPole-v1", "--policy", str(tmp / "weak.py"), "--config",
+               str(tmp / "run.toml"), "--run-dir", str(run_dir), "--no-progress"]
+    kills = 0
+    for attempt in range(3):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        delay = rng.uniform(3.0, 10.0)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # heurist and its workers, as a crash or OOM kill would
+            proc.wait()
+            kills += 1
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        command = [HEURIST, "resume", str(run_dir), "--no-progress"]
+    done = heurist(env, "resume", run_dir, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert kills >= 1
+
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    iterations = [r for r in records if r["event"] == "iteration"]
+    assert [r["iteration"] for r in iterations] == [1, 2, 3, 4]  # none lost, none twice
+    assert sum(r["event"] == "run_finished" for r in records) == 1
+
+    workspace = Workspace(run_dir / "workspace")
+    committed = sorted(int(c["body"].rsplit("Heurist-Iteration: ", 1)[1]) for c in workspace.history()
+                       if "Heurist-Iteration: " in c["body"])
+    assert committed == [r["iteration"] for r in iterations if r["accepted"]]
+    assert workspace.git("status", "--porcelain") == ""
+    assert workspace.policy.read_text() == (run_dir / "best_policy.py").read_text()
+    assert workspace.head() == next(r for r in reversed(iterations) if r["accepted"])["commit"]
+
+    from memory.store import MemoryConfig, MemoryStore
+
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    with MemoryStore(MemoryConfig(path=tmp / "home" / "memory")) as store:
+        fixes = [r for r in store.records() if r.type == "fix" and r.run_id == run_id]
+    assert sorted(f.iteration for f in fixes) == [r["iteration"] for r in iterations if r["edit"]]
+
+    for path in (run_dir / "transcripts").rglob("*.jsonl"):
+        entries, bad = Ledger(path).read()
+        assert entries and bad <= 1, path  # at most the line being written at the kill
+
+
+def test_plug_in_role_from_an_entry_point_runs_in_its_stage(home):
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    listed = {r["name"]: r for r in json.loads(heurist(env, "roles", "--json").stdout)}
+    assert listed["failure_rate"]["stage"] == "analyse"
+    assert "entry point plugin_roles:FailureRate" in listed["failure_rate"]["source"]
+    assert listed["coder"]["source"] == "heurist"
+
+    (tmp / "run.toml").write_text('[stages]\nanalyse = ["log_parser", "failure_rate"]\n'
+                                  '[budget]\niterations = 1\n[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    decided = TranscriptRecorder(tmp / "run").read(1, "failure_rate")
+    assert decided and "pole_fell" in decided[0]["summary"]
+    assert not TranscriptRecorder(tmp / "run").read(1, "video_analyst")
+
+    (tmp / "bad.toml").write_text('[stages]\nreview = ["failure_rate"]\n')
+    wrong = heurist(env, "run", "--env", "CartPole-v1", "--config", tmp / "bad.toml", "--run-dir", tmp / "run2")
+    assert wrong.returncode == 2
+    assert "belongs to the analyse stage and cannot be placed in review" in wrong.stderr
+
+
+def test_role_given_as_module_path(monkeypatch):
+    from roles.registry import RoleError, resolve
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    assert resolve("plugin_roles:FailureRate", "analyse").name == "failure_rate"
+    with pytest.raises(RoleError, match="unknown role 'nope'"):
+        resolve("nope", "analyse")
+    with pytest.raises(RoleError, match="has no Missing"):
+        resolve("plugin_roles:Missing", "analyse")
+
+
+def test_graph_topology_matches_the_snapshot():
+    drawn = mermaid(RunConfig(task="CartPole-v1"))
+    assert drawn == SNAPSHOT.read_text(), "the graph changed: review it, then `heurist graph > tests/snapshots/graph.mmd`"
+
+
+def test_each_budget_is_a_stop():
+    config = RunConfig.model_validate({"task": "CartPole-v1", "budget": {
+        "iterations": 10, "hours": 1, "env_steps": 1000, "tokens": 500, "usd": 1.0, "patience": 3}})
+    spec = get_task("CartPole-v1")
+    base = {"iteration": 2, "since_improvement": 0, "incumbent": {"mean": 100.0},
+            "spent": {"elapsed_s": 10, "env_steps": 10, "tokens": 10, "usd": 0.1}}
+    assert stop_reason(base, config, spec) is None
+    cases = [({"iteration": 10}, "iteration budget"), ({"since_improvement": 3}, "patience"),
+             ({"incumbent": {"mean": 480.0}}, "target reached"),
+             ({"spent": {**base["spent"], "elapsed_s": 3600}}, "wall-time"),
+             ({"spent": {**base["spent"], "env_steps": 1000}}, "env-step"),
+             ({"spent": {**base["spent"], "tokens": 500}}, "token"), ({"spent": {**base["spent"], "usd": 1.0}}, "USD")]
+    for change, expected in cases:
+        assert expected in (stop_reason({**base, **change}, config, spec) or ""), change
+    keep_going = config.model_copy(update={"budget": config.budget.model_copy(update={"stop_at_target": False})})
+    assert stop_reason({**base, "incumbent": {"mean": 480.0}}, keep_going, spec) is None
+
+
+def test_workspace_tests_run_sandboxed(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    seen = run_sandboxed([sys.executable, "-c", "import os; print(os.environ.get('OPENAI_API_KEY'))"], tmp_path,
+                         Limits(), timeout_s=30)
+    assert seen.returncode == 0 and seen.output.strip() == "None"
+    started = time.monotonic()
+    hung = run_sandboxed([sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '60']); "
+                                                "time.sleep(60)"], tmp_path, Limits(), timeout_s=2)
+    assert hung.timed_out and "process group was killed" in hung.reason
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--env", "NoSuchTask-v0"], "unknown task"),
+    (["run"], "no task: give --env TASK"),
+    (["run", "--env", "CartPole-v1", "--policy", "missing.py"], "does not exist"),
+    (["resume", "."], "is not a heurist run directory"),
+    (["transcripts", "."], "is not a heurist run directory"),
+])
+def test_bad_input_is_one_line_and_exit_2(home, args, message):
+    tmp, env = home
+    done = subprocess.run([HEURIST, *args], capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_unknown_config_key_is_named(home):
+    tmp, env = home
+    (tmp / "bad.toml").write_text('[budget]\niteratons = 3\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--config", tmp / "bad.toml")
+    assert done.returncode == 2 and "budget.iteratons: unknown key" in done.stderr
