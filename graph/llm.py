@@ -33,12 +33,28 @@ class LLMError(HeuristError):
     """A model call that failed after its retries, or a reply that never matched its schema."""
 
 
-class Usage:
-    """Tokens and dollars spent, shared by every role of a run (thread-safe: analysts run in parallel)."""
+class BudgetSpent(LLMError):
+    """The run's token or USD budget is spent: no further model call is made."""
 
-    def __init__(self, tokens: int = 0, usd: float = 0.0, calls: int = 0):
+
+class Usage:
+    """Tokens and dollars spent, shared by every role of a run (thread-safe: analysts run in parallel).
+
+    With limits set, ``check`` refuses a call once either is reached, which makes the token
+    and USD budgets hard stops: the call that would overrun them is never sent.
+    """
+
+    def __init__(self, tokens: int = 0, usd: float = 0.0, calls: int = 0,
+                 max_tokens: int | None = None, max_usd: float | None = None):
         self._lock = threading.Lock()
         self.tokens, self.usd, self.calls = tokens, usd, calls
+        self.max_tokens, self.max_usd = max_tokens, max_usd
+
+    def check(self) -> None:
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            raise BudgetSpent(f"token budget spent ({self.tokens:,} of {self.max_tokens:,})")
+        if self.max_usd is not None and self.usd >= self.max_usd:
+            raise BudgetSpent(f"USD budget spent (${self.usd:.4f} of ${self.max_usd:.2f})")
 
     def add(self, tokens: int, usd: float) -> None:
         with self._lock:
@@ -122,6 +138,7 @@ class LLMClient:
         delay = self.config.retry_base_s
         last_error = ""
         for attempt in range(self.config.max_retries + 1):
+            self.usage.check()
             started = time.perf_counter()
             try:
                 response = self._client.chat.completions.create(

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from envs.errors import PolicyError
 from envs.sandbox import run_sandboxed
-from graph.llm import LLMError
+from graph.llm import BudgetSpent, LLMError
 from graph.services import Services, scored, seeds_of
 from graph.state import RunState
 from graph.workspace import atomic_write
@@ -147,8 +147,9 @@ class Nodes:
         s.event("role", role=coder.name)
         try:
             out = coder.run(data, s.context(state["iteration"], coder)).model_dump(mode="json")
-        except LLMError as exc:
-            out = {"edit": None, "reason": f"the coder's model failed: {exc}", "llm_failed": True}
+        except LLMError as exc:  # a spent budget is a stop, not a model failure: it must not pause the run
+            out = {"edit": None, "reason": f"the coder's model failed: {exc}",
+                   "llm_failed": not isinstance(exc, BudgetSpent)}
         return {"coder": out, "attempts": state.get("attempts", 0) + 1, "check_error": None}
 
     # ------------------------------------------------------------------ 5. check
@@ -232,7 +233,7 @@ class Nodes:
                 verdict = reviewer.run(data, s.context(state["iteration"], reviewer)).model_dump(mode="json")
             except LLMError as exc:
                 verdict = {"accept": False, "reasons": [f"{reviewer.name} could not review: {exc}"]}
-                llm_failed = True
+                llm_failed = llm_failed or not isinstance(exc, BudgetSpent)
             verdicts[reviewer.name] = verdict
             accept = accept and verdict["accept"]
             reasons += verdict["reasons"]

@@ -160,6 +160,7 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     spec = get_task(record.task)
     recorder = TranscriptRecorder(run_dir)
     usage = usage_from_transcripts(recorder)
+    usage.max_tokens, usage.max_usd = config.budget.tokens, config.budget.usd
     llm: Any = None
     if record.replay_of:
         llm = None if record.offline else ReplayClient(Path(record.replay_of), usage)

@@ -154,3 +154,47 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(home):
     shown = subprocess.run([HEURIST, "transcripts", str(run_dir), "--role", "coder", "--iter", "1"],
                            capture_output=True, text=True, env=env, timeout=60)
     assert shown.returncode == 0 and "iteration 1 · coder" in shown.stdout and "reply did not match" in shown.stdout
+
+
+def llm_config(server: ScriptedOpenAI, policy: Path, **budget) -> RunConfig:
+    return RunConfig.model_validate({
+        "task": "CartPole-v1", "policy": str(policy), "budget": {"patience": None, **budget},
+        "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 5,
+                "max_retries": 0, "validation_retries": 0, "max_consecutive_failures": 2},
+        "eval": {"episodes": 6, "holdout": False, "video": False}})
+
+
+def test_model_failures_in_a_row_pause_the_run_and_resume_continues(home):
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    with ScriptedOpenAI() as server:  # nothing queued: every call is answered 500
+        run_dir = create_run(llm_config(server, policy, iterations=3), home / "run")
+        state = execute(run_dir)
+        assert state["status"] == "paused" and state["iteration"] == 2
+        assert "failed on the model" in state["stop_reason"]
+        assert [h["accepted"] for h in state["history"]] == [False, False]
+        assert all("the coder's model failed" in h["reason"] for h in state["history"])
+
+        server.queue(edit(REACTS_LATE, BALANCES, "push toward the fall using the angle and its velocity"),
+                     written_test("tests/test_balance_seed_0.py", PIN_BALANCE),
+                     reply({"games_the_evaluation": False, "reasons": ["general rule"]}))
+        state = execute(run_dir)  # the model is back
+    assert state["status"] == "finished" and state["iteration"] == 3
+    assert [h["accepted"] for h in state["history"]] == [False, False, True]
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    assert [r["event"] for r in records if r["event"].startswith("run_")] == [
+        "run_started", "run_paused", "run_resumed", "run_finished"]
+
+
+def test_usd_budget_is_a_hard_stop_on_model_calls(home):
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    with ScriptedOpenAI() as server:
+        # One call of 1000 + 200 tokens costs $0.00072 at gpt-4.1-mini's list price: over a $0.0005 budget.
+        server.queue(edit(REACTS_LATE, BALANCES, "push toward the fall using the angle and its velocity"))
+        state = execute(create_run(llm_config(server, policy, iterations=5, usd=0.0005), home / "run"))
+        chat_calls = [r for r in server.requests if r["path"].endswith("/chat/completions")]
+    assert len(chat_calls) == 1  # the test writer's and reviewer's calls were never sent
+    assert state["status"] == "finished" and state["iteration"] == 1
+    assert state["stop_reason"].startswith("USD budget spent")
+    assert "USD budget spent" in state["history"][0]["reason"]
