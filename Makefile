@@ -9,9 +9,10 @@ export SDL_VIDEODRIVER ?= dummy
 
 setup: .venv/.installed
 
-# The main job, offline and with no key: evaluate the CartPole starter on the dev seeds, with failure clips.
+# The main job, offline and with no key: heurist improves a deliberately weak CartPole policy until it
+# reaches the task's target, then evaluates the best policy once on the holdout seeds.
 run: setup
-	.venv/bin/heurist eval policies/cartpole.py --env CartPole-v1 --video --out runs/clips
+	.venv/bin/heurist run --env CartPole-v1 --policy policies/cartpole_untuned.py --iterations 10 --run-dir runs/cartpole-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	.venv/bin/python -m pytest

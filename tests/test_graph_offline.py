@@ -23,7 +23,7 @@ from graph.topology import stop_reason
 from graph.transcripts import TranscriptRecorder
 from graph.workspace import Workspace
 from policies import POLICY_DIR
-from policies.contract import read_tunables, rewrite_tunables
+from policies.contract import read_tunables
 from tests.test_cli import HEURIST
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "graph.mmd"
@@ -31,9 +31,12 @@ EXAMPLE_PLUGIN = Path(__file__).parent / "plugins"
 
 
 def weak_cartpole() -> str:
-    """The CartPole starter with every gain set to zero: it always pushes left and falls in ~9 steps."""
-    source = (POLICY_DIR / "cartpole.py").read_text()
-    return rewrite_tunables(source, {t.name: 0.0 for t in read_tunables(source)})
+    """The CartPole starter with every gain at zero (make run's start): it always pushes left, falls in ~9 steps."""
+    source = (POLICY_DIR / "cartpole_untuned.py").read_text()
+    starter = (POLICY_DIR / "cartpole.py").read_text()
+    assert {t.name for t in read_tunables(source)} == {t.name for t in read_tunables(starter)}
+    assert all(t.default == 0 for t in read_tunables(source))
+    return source
 
 
 @pytest.fixture
@@ -226,3 +229,14 @@ def test_unknown_config_key_is_named(home):
     (tmp / "bad.toml").write_text('[budget]\niteratons = 3\n')
     done = heurist(env, "run", "--env", "CartPole-v1", "--config", tmp / "bad.toml")
     assert done.returncode == 2 and "budget.iteratons: unknown key" in done.stderr
+
+
+def test_readme_run_config_example_is_a_valid_config():
+    import tomllib
+
+    from graph.config import build_config
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("### Run config", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    config = build_config(tomllib.loads(example), "README")
+    assert config.stages.analyse == ["video_analyst", "log_parser"] and config.budget.usd == 20.0
