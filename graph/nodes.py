@@ -94,9 +94,9 @@ class Nodes:
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.event("iteration", iteration=iteration)
         s.evaluate_cached(s.workspace.policy, video=True)
-        return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None, "coder": None, "attempts": 0,
-                "check_error": None, "candidate": None, "tests": {}, "verification": None, "verdict": None,
-                "outcome": None}
+        return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None,
+                "coder": None, "attempts": 0, "check_error": None, "candidate": None, "tests": {},
+                "verification": None, "verdict": None, "outcome": None}
 
     # ------------------------------------------------------------------ 2. analyse (one node per role)
 
@@ -292,7 +292,8 @@ class Nodes:
         llm_failed = bool(coder.get("llm_failed") or (state.get("verdict") or {}).get("llm_failed"))
         entry = {"iteration": iteration, "accepted": outcome["accepted"], "reason": _oneline(outcome["reason"], 300),
                  "edit": _oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],
-                 "mean_candidate": candidate.get("mean"), "mean_after": state["incumbent"]["mean"], "commit": outcome["commit"]}
+                 "mean_candidate": candidate.get("mean"), "mean_after": state["incumbent"]["mean"],
+                 "commit": outcome["commit"]}
         spent = self._spent(state)
         if not self._recorded("iteration", iteration=iteration):
             s.ledger.append({"event": "iteration", "time": _now(), "run_id": s.run_id, **entry,
@@ -327,7 +328,9 @@ class Nodes:
     def pause(self, state: RunState) -> dict[str, Any]:
         reason = (f"paused after {state.get('llm_failures', 0)} iterations in a row failed on the model; "
                   f"check the server, then `heurist resume {self.s.run_dir}`")
-        self.s.ledger.append({"event": "run_paused", "time": _now(), "run_id": self.s.run_id, "reason": reason})
+        if not self._recorded("run_paused", iteration=state["iteration"]):
+            self.s.ledger.append({"event": "run_paused", "time": _now(), "run_id": self.s.run_id,
+                                  "iteration": state["iteration"], "reason": reason})
         return {"status": "paused", "stop_reason": reason}
 
     def finish(self, state: RunState) -> dict[str, Any]:

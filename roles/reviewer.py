@@ -51,6 +51,7 @@ def _mean(values: list[float]) -> float | None:
 def statistical_gate(data: ReviewInput, alpha: float, min_improvement: float) -> Verdict:
     seeds = sorted(set(data.incumbent) & set(data.candidate))
     new_failures = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is None]
+    fixed = [s for s in seeds if data.incumbent[s] is None and data.candidate[s] is not None]
     paired = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is not None]
     before = [data.incumbent[s] for s in paired]
     after = [data.candidate[s] for s in paired]
@@ -62,6 +63,13 @@ def statistical_gate(data: ReviewInput, alpha: float, min_improvement: float) ->
         reasons.append(f"regression tests failed: {data.tests_report.strip()[:300] or 'see the test transcript'}")
     if new_failures:
         reasons.append(f"episodes that completed before now fail on seeds {new_failures}")
+    if fixed and not new_failures and data.tests_passed and (verdict.mean_delta or 0.0) >= 0:
+        # Episodes that failed (a crash, a timeout, a bad action) now complete and nothing got worse
+        # on average: that is the improvement, even where no completed return can be paired.
+        verdict.accept = True
+        reasons.append(f"episodes that failed before now complete on seeds {fixed}; no new failures; "
+                       f"paired mean change {verdict.mean_delta or 0.0:+.2f} on {len(paired)} seeds; tests pass")
+        return verdict
     if not paired:
         reasons.append("no dev seed completed under both policies, so nothing can be compared")
         return verdict

@@ -100,6 +100,19 @@ def test_gate_accepts_a_real_gain_and_rejects_losses_ties_crashes_and_failed_tes
     assert not failed.accept and "regression tests failed: test_seed_3 failed" in failed.reasons
 
 
+def test_gate_accepts_a_fix_for_crashing_episodes_and_rejects_one_that_costs_elsewhere():
+    crashing = {0: None, 1: None, 2: 100.0, 3: 100.0}
+    fixed = statistical_gate(ReviewInput(task="t", incumbent=crashing, candidate={0: 80.0, 1: 90.0, 2: 100.0, 3: 101.0},
+                                         tests_passed=True), alpha=0.05, min_improvement=0.0)
+    assert fixed.accept and "now complete on seeds [0, 1]" in fixed.reasons[0]
+    nothing_ran_before = statistical_gate(ReviewInput(task="t", incumbent={0: None, 1: None}, candidate={0: 5.0, 1: None},
+                                                      tests_passed=True), alpha=0.05, min_improvement=0.0)
+    assert nothing_ran_before.accept
+    costly = statistical_gate(ReviewInput(task="t", incumbent=crashing, candidate={0: 80.0, 1: 90.0, 2: 50.0, 3: 40.0},
+                                          tests_passed=True), alpha=0.05, min_improvement=0.0)
+    assert not costly.accept
+
+
 def test_gate_needs_significance_not_one_lucky_seed():
     incumbent = {s: 100.0 for s in range(10)}
     lucky = {**incumbent, 0: 400.0}
