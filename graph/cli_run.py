@@ -134,11 +134,15 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     table = Table(title="decisions: recorded vs replayed")
     for column in ("iteration", "recorded", "replayed", "same"):
         table.add_column(column)
+    def shown(decision: dict[str, Any] | None) -> str:
+        if decision is None:
+            return "-"
+        return f"{'accept' if decision['accepted'] else 'reject'} {decision['policy_sha256'][:10]}"
+
     for i in range(max(len(recorded), len(replayed))):
         a = recorded[i] if i < len(recorded) else None
         b = replayed[i] if i < len(replayed) else None
-        show = lambda d: "-" if d is None else f"{'accept' if d['accepted'] else 'reject'} {d['policy_sha256'][:10]}"  # noqa: E731
-        table.add_row(str(i + 1), show(a), show(b), "yes" if a == b else "[red]no[/]")
+        table.add_row(str(i + 1), shown(a), shown(b), "yes" if a == b else "[red]no[/]")
     out.print(table)
     if recorded != replayed:
         raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
@@ -146,8 +150,6 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
 
 
 def _status(run_dir: Path) -> str:
-    from envs.ledger import Ledger
-
     lock = run_dir / ".lock"
     if lock.exists():
         fd = os.open(lock, os.O_RDWR)
@@ -157,19 +159,13 @@ def _status(run_dir: Path) -> str:
             return "running"
         finally:
             os.close(fd)
-    events = [r.get("event") for r in Ledger(run_dir / "ledger.jsonl").read()[0]]
+    events = [r.get("event") for r in _ledger(run_dir)]
     for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
         if event in events:
             last = len(events) - 1 - events[::-1].index(event)
             if "run_resumed" not in events[last:]:
                 return status
     return "stopped (resume it)" if events else "created"
-
-
-def _iterations(run_dir: Path) -> list[dict[str, Any]]:
-    from envs.ledger import Ledger
-
-    return [r for r in Ledger(run_dir / "ledger.jsonl").read()[0] if r.get("event") == "iteration"]
 
 
 def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
@@ -181,8 +177,9 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         directory = Path(entry["run_dir"])
         if not (directory / "run.json").is_file():
             continue
-        iterations = _iterations(directory)
-        start = next((r.get("start", {}).get("mean") for r in _ledger(directory) if r.get("event") == "run_started"), None)
+        records = _ledger(directory)
+        iterations = [r for r in records if r.get("event") == "iteration"]
+        start = next((r["start"]["mean"] for r in records if r.get("event") == "run_started"), None)
         best = iterations[-1]["mean_after"] if iterations else start
         rows.append({**entry, "status": _status(directory), "iterations": len(iterations), "start_mean": start,
                      "best_mean": best})
