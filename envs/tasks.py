@@ -106,6 +106,9 @@ class TaskSpec(_Strict):
     protocols: tuple[Protocol, ...] = (Protocol(name="standard", description="gymnasium defaults"),)
     seeds: SeedSplits = SeedSplits()
     target: float | None = None
+    # The most one episode can return, where the game has a ceiling (CartPole 500, Breakout 864,
+    # Pong 21): a dev mean there leaves nothing to improve, so a run may stop.
+    max_return: float | None = None
     random_score: float | None = None
     human_score: float | None = None
     failure_rules: FailureRules
@@ -163,7 +166,7 @@ def _classic_and_box2d() -> list[TaskSpec]:
     timeout = FailureRules(termination="success")
     return [
         TaskSpec(
-            id="CartPole-v1", gym_id="CartPole-v1", family="classic_control", target=475.0,
+            id="CartPole-v1", gym_id="CartPole-v1", family="classic_control", target=475.0, max_return=500.0,
             description="Balance a pole on a cart; +1 per step, 500 steps max. obs: x, x_dot, theta, theta_dot.",
             failure_rules=FailureRules(termination="failure", termination_kind="pole_fell",
                                        termination_text="pole fell past 12 degrees or cart left the track"),
@@ -242,6 +245,10 @@ def _snake(name: str) -> str:
     return out
 
 
+# Games with a ceiling: Breakout's two walls of bricks are worth 864, Pong ends at 21 points.
+_ATARI_MAX_RETURN = {"Breakout": 864.0, "Pong": 21.0}
+
+
 def _atari() -> list[TaskSpec]:
     import gymnasium as gym
     import ale_py
@@ -261,7 +268,7 @@ def _atari() -> list[TaskSpec]:
                 protocols=ATARI_PROTOCOLS, random_score=random_score, human_score=human_score,
                 failure_rules=rules, register_module="ale_py",
                 starter_policy=_ATARI_STARTERS.get(game) if obs_mode == "pixels" else None,
-                target=human_score,
+                target=human_score, max_return=_ATARI_MAX_RETURN.get(game),
             ))
     return specs
 

@@ -83,12 +83,16 @@ class Budget(_Strict):
     tokens: int | None = Field(None, ge=1)
     usd: float | None = Field(None, gt=0)
     patience: int | None = Field(8, ge=1, description="Stop after this many iterations without an accepted edit.")
-    stop_at_target: bool = Field(True, description="Stop once the dev mean reaches the task's target.")
+    stop_when: Literal["max", "target", "never"] = Field(
+        "max", description="max: stop when the dev mean reaches the task's maximum return (CartPole 500, Breakout "
+                           "864); target: already at the task's target; never: only budgets stop the run.")
 
 
 class ReviewConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="One-sided p-value a candidate must beat (paired, dev seeds).")
     min_improvement: float = Field(0.0, ge=0, description="Smallest dev-mean gain worth a commit.")
+    pareto_seeds: int = Field(2, ge=0, description="Accept without significance an edit that is better on at least "
+                                                   "this many paired dev seeds and worse on none (0: never).")
 
 
 class SearchConfig(_Strict):
@@ -98,6 +102,8 @@ class SearchConfig(_Strict):
     generations: int = Field(2, ge=1, description="CMA-ES generations per iteration.")
     episodes: int = Field(5, ge=1, description="Dev seeds each search candidate is scored on.")
     sigma: float = Field(0.25, gt=0, le=1, description="Initial step, as a fraction of each tunable's range.")
+    seed: int | None = Field(None, description="Seeds CMA-ES with this and the iteration (default: the run id), "
+                                               "for a run that proposes the same candidates every time.")
 
 
 class EvalConfig(_Strict):

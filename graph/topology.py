@@ -25,8 +25,11 @@ def stop_reason(state: RunState, config: RunConfig, spec: TaskSpec) -> str | Non
     budget, spent = config.budget, state.get("spent") or {}
     iteration = state.get("iteration", 0)
     mean = (state.get("incumbent") or {}).get("mean")
-    if budget.stop_at_target and spec.target is not None and mean is not None and mean >= spec.target:
-        return f"target reached: dev mean {mean:g} >= {spec.target:g}"
+    if budget.stop_when != "never" and mean is not None:
+        if spec.max_return is not None and mean >= spec.max_return:
+            return f"maximum return reached: dev mean {mean:g} = {spec.max_return:g}, nothing left to gain"
+        if budget.stop_when == "target" and spec.target is not None and mean >= spec.target:
+            return f"target reached: dev mean {mean:g} >= {spec.target:g}"
     if budget.iterations is not None and iteration >= budget.iterations:
         return f"iteration budget spent ({iteration} of {budget.iterations})"
     if budget.hours is not None and spent.get("elapsed_s", 0) >= budget.hours * 3600:

@@ -8,7 +8,8 @@ SEARCH block that did not match) is part of the prompt.
 Offline it searches the policy's declared tunables with CMA-ES (the ``cma`` package):
 each tunable scaled to [0, 1] by its declared bounds, started from the incumbent's
 values, seeded by the run and iteration so a replay proposes the same values, and each
-candidate scored by the real evaluator on a rotating subset of the dev seeds. The best
+candidate scored by the real evaluator on a subset of the dev seeds (the incumbent's worst,
+plus some that rotate with the iteration). The best
 candidate that beats the incumbent on those seeds becomes a tunables edit; the reviewer
 then judges it on every dev seed.
 """
@@ -49,12 +50,16 @@ class CoderOutput(RoleModel):
     search: dict[str, Any] = Field(default_factory=dict, description="Offline search evidence (seeds, scores).")
 
 
-def _search_seeds(dev: list[int], iteration: int, n: int) -> list[int]:
-    """n dev seeds, rotating with the iteration so the search does not fit the same few seeds every time."""
+def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) -> list[int]:
+    """n dev seeds: the incumbent's worst half (where there is something to gain), the rest rotating
+    with the iteration so that the search does not fit the same few seeds every time."""
+    dev = sorted(incumbent)
     if n >= len(dev):
-        return list(dev)
-    start = ((iteration - 1) * n) % len(dev)
-    return [dev[(start + i) % len(dev)] for i in range(n)]
+        return dev
+    worst = sorted(dev, key=lambda s: (incumbent[s] is not None, incumbent[s] or 0.0, s))[: (n + 1) // 2]
+    rest = [s for s in dev if s not in worst]
+    start = ((iteration - 1) * (n - len(worst))) % len(rest)
+    return sorted(worst + [rest[(start + i) % len(rest)] for i in range(n - len(worst))])
 
 
 def _score(per_seed: dict[int, float | None], floor: float) -> float:
@@ -113,8 +118,7 @@ class Coder(Role[CoderInput, CoderOutput]):
             return out
         scorer: Scorer = ctx.extras["score_policies"]
         settings = ctx.config.search
-        dev = sorted(data.incumbent)
-        seeds = _search_seeds(dev, ctx.iteration, settings.episodes)
+        seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
         completed = [r for r in data.incumbent.values() if r is not None]
         spread = (max(completed) - min(completed)) if completed else 1.0
         floor = (min(completed) if completed else 0.0) - max(spread, 1.0)
@@ -124,7 +128,8 @@ class Coder(Role[CoderInput, CoderOutput]):
         span = np.array([t.high - t.low for t in tunables], dtype=float)
         span[span == 0] = 1.0
         x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
-        seed = int(hashlib.sha256(f"{ctx.extras.get('run_id', '')}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
+        key = settings.seed if settings.seed is not None else ctx.extras.get("run_id", "")
+        seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
         es = cma.CMAEvolutionStrategy(x0.tolist(), settings.sigma, {
             "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
         best: tuple[float, dict[str, float], dict[int, float | None]] | None = None

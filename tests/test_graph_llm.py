@@ -100,7 +100,7 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(home):
         )
         config = RunConfig.model_validate({
             "task": "CartPole-v1", "policy": str(policy),
-            "budget": {"iterations": 2, "stop_at_target": False},
+            "budget": {"iterations": 2, "stop_when": "never"},
             "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 5},
             "eval": {"episodes": 8, "holdout": False}})
         run_dir = create_run(config, home / "run")

@@ -53,7 +53,7 @@ def heurist(env: dict, *args: str, timeout: float = 300) -> subprocess.Completed
 
 def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     tmp, env = home
-    (tmp / "run.toml").write_text('[eval]\nepisodes = 10\n')
+    (tmp / "run.toml").write_text('[eval]\nepisodes = 10\n[search]\nseed = 3\n')  # a fixed search: same run each time
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
                    "--iterations", 4, "--run-dir", tmp / "run")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -61,7 +61,7 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     summary = json.loads((tmp / "run" / "summary.json").read_text())
     assert summary["dev"]["start_mean"] < 20
     assert summary["dev"]["best_mean"] >= get_task("CartPole-v1").target
-    assert summary["stop_reason"].startswith("target reached")
+    assert summary["stop_reason"].startswith("maximum return reached: dev mean 500")
     assert summary["holdout"]["split"] == "holdout" and summary["holdout"]["episodes"] == 50
     assert summary["offline"] and summary["spent"]["env_steps"] > 0 and summary["spent"]["tokens"] == 0
     assert (tmp / "weak.py").read_text() == weak_cartpole()  # never modified in place
@@ -90,8 +90,8 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
 
 def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(home):
     tmp, env = home
-    (tmp / "run.toml").write_text('[budget]\niterations = 4\nstop_at_target = false\npatience = 4\n'
-                                  '[eval]\nepisodes = 8\n[search]\npopulation = 6\n')
+    (tmp / "run.toml").write_text('[budget]\niterations = 4\nstop_when = "never"\npatience = 4\n'
+                                  '[eval]\nepisodes = 8\n[search]\npopulation = 6\nseed = 4\n')
     rng = random.Random(int(os.environ.get("HEURIST_KILL_SEED", "7")))
     run_dir = tmp / "run"
     command = [HEURIST, "run", "--env", "CartPole-v1", "--policy", str(tmp / "weak.py"), "--config",
@@ -187,14 +187,18 @@ def test_each_budget_is_a_stop():
             "spent": {"elapsed_s": 10, "env_steps": 10, "tokens": 10, "usd": 0.1}}
     assert stop_reason(base, config, spec) is None
     cases = [({"iteration": 10}, "iteration budget"), ({"since_improvement": 3}, "patience"),
-             ({"incumbent": {"mean": 480.0}}, "target reached"),
+             ({"incumbent": {"mean": 500.0}}, "maximum return reached"),
              ({"spent": {**base["spent"], "elapsed_s": 3600}}, "wall-time"),
              ({"spent": {**base["spent"], "env_steps": 1000}}, "env-step"),
              ({"spent": {**base["spent"], "tokens": 500}}, "token"), ({"spent": {**base["spent"], "usd": 1.0}}, "USD")]
     for change, expected in cases:
         assert expected in (stop_reason({**base, **change}, config, spec) or ""), change
-    keep_going = config.model_copy(update={"budget": config.budget.model_copy(update={"stop_at_target": False})})
-    assert stop_reason({**base, "incumbent": {"mean": 480.0}}, keep_going, spec) is None
+    def stopping(when: str, mean: float) -> str | None:
+        budget = config.budget.model_copy(update={"stop_when": when})
+        return stop_reason({**base, "incumbent": {"mean": mean}}, config.model_copy(update={"budget": budget}), spec)
+
+    assert stopping("max", 480.0) is None and "target reached" in stopping("target", 480.0)
+    assert stopping("never", 500.0) is None
 
 
 def test_workspace_tests_run_sandboxed(tmp_path, monkeypatch):

@@ -121,6 +121,21 @@ def test_gate_needs_significance_not_one_lucky_seed():
     assert not verdict.accept and verdict.mean_delta == 30 and "not significant" in verdict.reasons[0]
 
 
+def test_gate_accepts_better_on_several_seeds_and_worse_on_none():
+    incumbent = {s: 500.0 for s in range(10)} | {3: 180.0, 7: 260.0}
+    fixed_last_two = {s: 500.0 for s in range(10)}
+    verdict = statistical_gate(ReviewInput(task="t", incumbent=incumbent, candidate=fixed_last_two, tests_passed=True),
+                               alpha=0.05, min_improvement=0.0, pareto_seeds=2)
+    assert verdict.accept and verdict.p_value > 0.05 and "better on 2 of 10 paired dev seeds and worse on none" in \
+        verdict.reasons[0]
+    one_worse = statistical_gate(ReviewInput(task="t", incumbent=incumbent, candidate=fixed_last_two | {0: 499.0},
+                                             tests_passed=True), alpha=0.05, min_improvement=0.0, pareto_seeds=2)
+    assert not one_worse.accept
+    switched_off = statistical_gate(ReviewInput(task="t", incumbent=incumbent, candidate=fixed_last_two,
+                                                tests_passed=True), alpha=0.05, min_improvement=0.0, pareto_seeds=0)
+    assert not switched_off.accept
+
+
 def test_llm_review_vetoes_an_edit_that_games_the_evaluation(tmp_path, cartpole_evals, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     weak, starter = per_seed(cartpole_evals["weak"]), per_seed(cartpole_evals["starter"])
