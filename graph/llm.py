@@ -13,12 +13,11 @@ tokens, cost and latency go to the role's transcript as it happens.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 

@@ -78,13 +78,14 @@ class Nodes:
         commit = s.workspace.create(self.starting_source, files)
         result = s.evaluate_cached(s.workspace.policy, video=True)
         start = scored(commit, result)
-        if not self._recorded("run_started"):
+        records = s.ledger.read()[0]
+        if not self._recorded("run_started", records):
             s.ledger.append({"event": "run_started", "time": _now(), "run_id": s.run_id, "task": s.spec.id,
                              "protocol": s.protocol, "dev_seeds": s.dev_seeds(), "start": start,
                              "offline": s.llm is None})
         return {"run_id": s.run_id, "status": "running", "stop_reason": None, "iteration": 0, "incumbent": start,
                 "start": start, "since_improvement": 0, "llm_failures": 0, "history": [],
-                "spent": self._spent(state)}
+                "spent": self._spent(records)}
 
     # ------------------------------------------------------------------ 1. evaluate
 
@@ -294,8 +295,9 @@ class Nodes:
                  "edit": _oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],
                  "mean_candidate": candidate.get("mean"), "mean_after": state["incumbent"]["mean"],
                  "commit": outcome["commit"]}
-        spent = self._spent(state)
-        if not self._recorded("iteration", iteration=iteration):
+        records = s.ledger.read()[0]
+        spent = self._spent(records)
+        if not self._recorded("iteration", records, iteration=iteration):
             s.ledger.append({"event": "iteration", "time": _now(), "run_id": s.run_id, **entry,
                              "tests_added": sorted(state.get("tests") or {}) if outcome["accepted"] else [],
                              "verdict": state.get("verdict"), "policy_sha256": state["incumbent"]["sha256"],
@@ -353,10 +355,11 @@ class Nodes:
                 result = s.evaluate_cached(best, "holdout", list(s.spec.seeds.seeds("holdout")))
                 holdout = result.summary()
                 atomic_write(holdout_file, json.dumps(holdout, indent=2))
-        spent = self._spent(state)  # the holdout's env steps included
+        records = s.ledger.read()[0]
+        spent = self._spent(records)  # the holdout's env steps included
         final = {**state, "stop_reason": reason, "status": "finished", "spent": spent}
         write_summary(s, final, holdout)
-        if not self._recorded("run_finished"):
+        if not self._recorded("run_finished", records):
             s.ledger.append({"event": "run_finished", "time": _now(), "run_id": s.run_id, "reason": reason,
                              "best_mean": state["incumbent"]["mean"], "holdout": holdout, "spent": spent})
         return {"status": "finished", "stop_reason": reason, "spent": spent}
@@ -371,14 +374,14 @@ class Nodes:
         for name, source in (state.get("tests") or {}).items():
             atomic_write(s.workspace.root / name, source)
 
-    def _recorded(self, event: str, **match: Any) -> bool:
+    def _recorded(self, event: str, records: list[dict] | None = None, **match: Any) -> bool:
         """Whether this run's ledger already holds the record (a node run again must not add it twice)."""
+        records = self.s.ledger.read()[0] if records is None else records
         return any(r.get("event") == event and r.get("run_id") == self.s.run_id
-                   and all(r.get(k) == v for k, v in match.items()) for r in self.s.ledger.read()[0])
+                   and all(r.get(k) == v for k, v in match.items()) for r in records)
 
-    def _spent(self, state: RunState) -> dict[str, float]:
+    def _spent(self, records: list[dict]) -> dict[str, float]:
         s = self.s
-        records = s.ledger.read()[0]
         env_steps = sum(int(r.get("env_steps") or 0) for r in records if r.get("event") in ("eval_finished", "tests_run"))
         elapsed = s.elapsed_before + (time.monotonic() - s.session_started)
         return {"env_steps": env_steps, "tokens": s.usage.tokens, "usd": round(s.usage.usd, 6),

@@ -41,6 +41,7 @@ from graph.transcripts import TranscriptRecorder
 from graph.workspace import Workspace, atomic_write
 from policies import starter_policy
 from policies.contract import check_policy_file, policy_sha256
+from roles.base import Role
 from roles.coder import Coder
 from roles.registry import resolve
 from roles.test_writer import TestWriter
@@ -152,6 +153,16 @@ def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
     return Usage(tokens, usd, calls)
 
 
+def stage_roles(config: RunConfig) -> dict[str, list[Role]]:
+    """The role instances of each stage, as the config places them."""
+    roles = {"analyse": [resolve(name, "analyse") for name in config.stages.analyse],
+             "code": [Coder()], "test": [TestWriter()],
+             "review": [resolve(name, "review") for name in config.stages.review]}
+    if not roles["review"]:
+        raise RunError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
+    return roles
+
+
 def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:
     from memory.store import MemoryConfig, MemoryStore
 
@@ -169,11 +180,7 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     # A replay keeps its memory to itself, so re-running a run never adds its records to the shared store twice.
     memory_config = MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory
     memory = MemoryStore(memory_config)
-    roles = {"analyse": [resolve(name, "analyse") for name in config.stages.analyse],
-             "code": [Coder()], "test": [TestWriter()],
-             "review": [resolve(name, "review") for name in config.stages.review]}
-    if not roles["review"]:
-        raise RunError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
+    roles = stage_roles(config)
     # This process holds the run's lock, so a git index lock left here is a crash's leftover, not a live git.
     (run_dir / "workspace" / ".git" / "index.lock").unlink(missing_ok=True)
     services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
@@ -225,14 +232,11 @@ def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
 
 def mermaid(config: RunConfig) -> str:
     """The graph's topology for this config, as a Mermaid diagram (no run needed)."""
-    from graph.services import Services
-
+    # Nothing runs: the services only shape the graph (which analyse nodes exist), so they point nowhere.
     spec = get_task(config.task)
-    roles = {"analyse": [resolve(name, "analyse") for name in config.stages.analyse], "code": [Coder()],
-             "test": [TestWriter()], "review": [resolve(name, "review") for name in config.stages.review]}
     services = Services(run_dir=Path("."), run_id="", search_key="", config=config, spec=spec, protocol="",
                         workspace=Workspace(Path(".")), ledger=Ledger(Path("/dev/null")), memory=None, llm=None,
-                        usage=Usage(), recorder=TranscriptRecorder(Path(".")), roles=roles)
+                        usage=Usage(), recorder=TranscriptRecorder(Path(".")), roles=stage_roles(config))
     return build(Nodes(services, ""), config, spec).get_graph().draw_mermaid()
 
 
