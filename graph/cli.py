@@ -18,6 +18,7 @@ from rich.table import Table
 from envs.errors import HeuristError
 from envs.paths import default_ledger_path
 from graph.cli_memory import memory_app
+from graph.cli_report import register as register_report_command
 from graph.cli_run import register as register_run_commands
 from graph.console import err, out
 
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="heurist: Heuristic Learning — improve readable Python policies by editing code, not weights.")
 app.add_typer(memory_app, name="memory")
 register_run_commands(app)
+register_report_command(app)
 
 
 @app.command("eval")

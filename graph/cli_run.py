@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,30 +17,6 @@ OFFLINE_NOTE = ("offline: no ${key} and no --base-url, so the roles run their of
                 "(log parser, OpenCV video analyst, CMA-ES coder over tunables, template tests, statistical gate)")
 
 
-class _Progress:
-    """One plain line per event on stderr: readable in a terminal and in an overnight log file."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.started = enabled, time.monotonic()
-
-    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
-        if not self.enabled or kind == "node":
-            return
-        stamp = f"[dim]{time.monotonic() - self.started:7.1f}s[/]"
-        if kind == "iteration":
-            err.print(f"{stamp} [bold]iteration {fields['iteration']}[/]", highlight=False)
-        elif kind == "role":
-            err.print(f"{stamp}   {fields['role']}", highlight=False)
-        elif kind == "evaluating":
-            err.print(f"{stamp}   evaluating {fields['policy']} on {fields['seeds']} {fields['split']} seeds",
-                      highlight=False)
-        elif kind == "testing":
-            err.print(f"{stamp}   running {fields['tests']} regression test files (sandboxed)", highlight=False)
-        elif kind == "verdict":
-            word = "[green]accepted[/]" if fields["accepted"] else "[yellow]rejected[/]"
-            err.print(f"{stamp}   {word}: {fields['reason']}", highlight=False, soft_wrap=True)
-
-
 def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
     status = state.get("status")
     if status == "paused":
@@ -52,14 +25,22 @@ def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
     summary_file = run_dir / "summary.md"
     if summary_file.is_file():
         out.print(summary_file.read_text(), highlight=False, markup=False)
+    report = run_dir / "report" / "index.html"
+    if report.is_file():
+        out.print(f"report: {report}", highlight=False)
     out.print(f"run directory: {run_dir}", highlight=False)
 
 
-def _execute(run_dir: Path, progress: bool) -> dict[str, Any]:
+def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
+    from graph.live import LiveView, LogLines
     from graph.run import execute
 
+    # The live panel only where a person watches; a log file or a pipe gets one line per iteration.
+    live = not no_progress and sys.stdout.isatty() and err.is_terminal
+    view = LiveView(err) if live else LogLines(err)
     try:
-        return execute(run_dir, _Progress(progress))
+        with view:
+            return execute(run_dir, view)
     except KeyboardInterrupt:
         err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}")
         raise typer.Exit(130) from None
@@ -76,7 +57,7 @@ def run_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Model for every role (per-role models: --config)."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the run goes (default: $HEURIST_HOME/runs/RUN_ID)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress lines, only the summary."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration, then the summary."),
 ) -> None:
     """Improve a policy overnight: evaluate, analyse, recall, code, check, test, verify, review, commit or roll back."""
     from graph.config import build_config, load_config_file, merge
@@ -103,21 +84,21 @@ def run_cmd(
     if is_offline(config):
         err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True)
     err.print(f"run directory: {directory}", highlight=False)
-    _finish_line(_execute(directory, not no_progress), directory)
+    _finish_line(_execute(directory, no_progress), directory)
 
 
 def resume_cmd(run_dir: Path = typer.Argument(..., help="A run directory (see `heurist runs`)."),
-               no_progress: bool = typer.Option(False, "--no-progress", help="No progress lines.")) -> None:
+               no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
     """Continue a run after a crash, a kill or a pause, exactly where it stopped."""
     from graph.run import read_record
 
     read_record(run_dir)
-    _finish_line(_execute(run_dir.resolve(), not no_progress), run_dir.resolve())
+    _finish_line(_execute(run_dir.resolve(), no_progress), run_dir.resolve())
 
 
 def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to replay."),
                into: Optional[Path] = typer.Option(None, "--run-dir", help="Where the replay goes (default: a new run)."),
-               no_progress: bool = typer.Option(False, "--no-progress", help="No progress lines.")) -> None:
+               no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
     """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
     from graph.config import RunConfig
     from graph.run import create_run, decisions, read_record
@@ -129,7 +110,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
         config = config.model_copy(update={"policy": run_dir.resolve() / "starting_policy.py"})
     directory = create_run(config, into, replay_of=run_dir)
     err.print(f"replaying {run_dir} into {directory}", highlight=False)
-    _execute(directory, not no_progress)
+    _execute(directory, no_progress)
     recorded, replayed = decisions(run_dir), decisions(directory)
     table = Table(title="decisions: recorded vs replayed")
     for column in ("iteration", "recorded", "replayed", "same"):
@@ -149,28 +130,9 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     out.print(f"same decisions in all {len(recorded)} iterations; replay at {directory}", highlight=False)
 
 
-def _status(run_dir: Path) -> str:
-    lock = run_dir / ".lock"
-    if lock.exists():
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "running"
-        finally:
-            os.close(fd)
-    events = [r.get("event") for r in _ledger(run_dir)]
-    for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
-        if event in events:
-            last = len(events) - 1 - events[::-1].index(event)
-            if "run_resumed" not in events[last:]:
-                return status
-    return "stopped (resume it)" if events else "created"
-
-
 def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the runs started on this machine, newest last."""
-    from graph.run import runs_index
+    from graph.run import run_status, runs_index
 
     rows = []
     for entry in runs_index().read()[0]:
@@ -181,7 +143,7 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         iterations = [r for r in records if r.get("event") == "iteration"]
         start = next((r["start"]["mean"] for r in records if r.get("event") == "run_started"), None)
         best = iterations[-1]["mean_after"] if iterations else start
-        rows.append({**entry, "status": _status(directory), "iterations": len(iterations), "start_mean": start,
+        rows.append({**entry, "status": run_status(directory), "iterations": len(iterations), "start_mean": start,
                      "best_mean": best})
     if as_json:
         print(json.dumps(rows))
@@ -207,7 +169,7 @@ def _num(value: float | None) -> str:
 
 def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """The score history, every edit with its verdict and reasons, and the budget used."""
-    from graph.run import read_record
+    from graph.run import read_record, run_status
 
     record = read_record(run_dir)
     records = _ledger(run_dir)
@@ -215,7 +177,7 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     iterations = [r for r in records if r.get("event") == "iteration"]
     out.print(f"[bold]{record.run_id}[/]  {record.task} · protocol {record.protocol} · "
               f"{'offline roles' if record.offline else 'model ' + record.config['llm']['model']} · "
-              f"{_status(run_dir)}", highlight=False)
+              f"{run_status(run_dir)}", highlight=False)
     if started:
         seeds = started["dev_seeds"]
         out.print(f"dev split, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} episodes); starting dev mean "

@@ -135,6 +135,7 @@ class RunConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     stages: StageRoles = Field(default_factory=StageRoles)
     check_retries: int = Field(2, ge=0, description="Times the coder may fix an edit that fails the check.")
+    report: bool = Field(True, description="Rewrite RUN_DIR/report/index.html at the end of every iteration.")
 
 
 def load_config_file(path: Path) -> dict:

@@ -50,6 +50,9 @@ def test_policy_runs_a_dev_episode():
 '''
 
 
+MAX_RECORDED_CHARS = 50_000  # an edit's diff or a test file, as the ledger keeps it
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -130,6 +133,12 @@ class Nodes:
             return {"recall": None}
         query = " ".join(r.get("summary", "") for r in state["analyses"].values())[:2000] or s.spec.description
         found = s.memory.recall(query, k=5, family=s.spec.family)
+        # Which records the coder was shown, by id: the report lists the memory each iteration used.
+        used = ([{"id": h.failure.id, "type": "failure", "similarity": h.similarity} for h in found.failures]
+                + [{"id": h.fix.id, "type": "fix", "similarity": h.similarity} for h in found.fixes]
+                + [{"id": h.lesson.id, "type": "lesson", "similarity": h.similarity} for h in found.lessons])
+        s.recorder.for_role(state["iteration"], "recall").write(
+            "decision", summary=f"recalled {len(used)} memory records", query=query, used=used)
         return {"recall": found.model_dump(mode="json")}
 
     # ------------------------------------------------------------------ 4. code
@@ -301,10 +310,23 @@ class Nodes:
             s.ledger.append({"event": "iteration", "time": _now(), "run_id": s.run_id, **entry,
                              "tests_added": sorted(state.get("tests") or {}) if outcome["accepted"] else [],
                              "verdict": state.get("verdict"), "policy_sha256": state["incumbent"]["sha256"],
-                             "spent": spent})
-        s.event("verdict", **entry)
+                             "spent": spent, **self._what_was_tried(state)})
+        s.event("verdict", **entry, spent=spent)
         return {"history": [*state.get("history", []), entry], "spent": spent,
                 "llm_failures": state.get("llm_failures", 0) + 1 if llm_failed else 0}
+
+    @staticmethod
+    def _what_was_tried(state: RunState) -> dict[str, Any]:
+        """The iteration's analyses, edit and tests as the ledger keeps them, so a report can show a rejected edit too."""
+        candidate = state.get("candidate") or {}
+        edit = (state.get("coder") or {}).get("edit") or {}
+        return {"baseline_sha256": state["baseline"]["sha256"], "rationale": edit.get("rationale"),
+                "candidate_sha256": ((state.get("verification") or {}).get("candidate") or {}).get("sha256"),
+                "analyses": {role: _oneline(report.get("summary", ""), 600)
+                             for role, report in (state.get("analyses") or {}).items()},
+                "diff": candidate.get("diff", "")[:MAX_RECORDED_CHARS],
+                "tests_written": {name: source[:MAX_RECORDED_CHARS] for name, source in (state.get("tests") or {}).items()},
+                "check_error": state.get("check_error")}
 
     def _remember_failures(self, state: RunState) -> list[str]:
         s = self.s

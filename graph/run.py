@@ -37,7 +37,7 @@ from graph.llm import LLMClient, ReplayClient, Usage
 from graph.nodes import Nodes
 from graph.services import Services
 from graph.topology import build
-from graph.transcripts import TranscriptRecorder
+from graph.transcripts import TranscriptRecorder, call_costs
 from graph.workspace import Workspace, atomic_write
 from policies import starter_policy
 from policies.contract import check_policy_file, policy_sha256
@@ -108,6 +108,11 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
                        f"or `heurist resume {run_dir}` if it is a run")
     recorded = read_record(replay_of) if replay_of else None
     offline = recorded.offline if recorded else is_offline(config)
+    if config.memory.url is None and config.memory.path is None:
+        # Pinned now: a resume or `heurist report` under another $HEURIST_HOME must find the same store.
+        from memory.store import default_memory_path
+
+        config = config.model_copy(update={"memory": config.memory.model_copy(update={"path": default_memory_path()})})
     record = RunRecord(run_id=run_id, created=created.isoformat(timespec="seconds"), task=spec.id, protocol=protocol,
                        offline=offline, config=config.model_dump(mode="json"), starting_policy=str(policy.resolve()),
                        starting_sha256=policy_sha256(policy),
@@ -140,17 +145,8 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
     """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
-    tokens, usd, calls = 0, 0.0, 0
-    for entry in recorder.read():
-        if entry.get("kind") == "llm_call" and "prompt_tokens" in entry:
-            tokens += entry["prompt_tokens"] + entry.get("completion_tokens", 0)
-            usd += entry.get("usd", 0.0)
-            calls += 1
-        elif entry.get("kind") == "parsed" and entry.get("replayed"):
-            tokens += entry.get("tokens", 0)
-            usd += entry.get("usd", 0.0)
-            calls += 1
-    return Usage(tokens, usd, calls)
+    costs = list(call_costs(recorder.read()))
+    return Usage(sum(c[1] for c in costs), sum(c[2] for c in costs), len(costs))
 
 
 def stage_roles(config: RunConfig) -> dict[str, list[Role]]:
@@ -219,15 +215,54 @@ def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
                 start = None
             else:
                 return values  # finished: nothing to do
+            services.event("started", run_id=record.run_id, task=record.task, offline=record.offline,
+                           model=services.config.llm.model, budget=services.config.budget.model_dump(),
+                           iteration=values.get("iteration", 0), spent=values.get("spent") or {},
+                           best=(values.get("incumbent") or {}).get("mean"), history=values.get("history") or [])
             for update in app.stream(start, cfg, stream_mode="updates", durability="sync"):
-                if on_event is not None:
-                    for node in update:
-                        on_event("node", {"node": node})
+                for node in update:
+                    services.event("node", node=node)
+                    if node in ("remember", "finish", "pause") and services.config.report:
+                        _publish_report(services)
             return app.get_state(cfg).values
         finally:
             connection.close()
             if services.memory is not None:
                 services.memory.close()
+
+
+def run_status(run_dir: Path) -> str:
+    """running (a process holds its lock), finished, paused, stopped (killed or interrupted: resume it) or created."""
+    lock = run_dir / ".lock"
+    if lock.exists():
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "running"
+        finally:
+            os.close(fd)
+    events = [r.get("event") for r in Ledger(run_dir / "ledger.jsonl").read()[0]]
+    for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
+        if event in events:
+            last = len(events) - 1 - events[::-1].index(event)
+            if "run_resumed" not in events[last:]:
+                return status
+    return "stopped (resume it)" if events else "created"
+
+
+def _publish_report(services: Services) -> None:
+    """Rewrite the run's report so it is always current. It is a view of records kept elsewhere,
+    so a report that cannot be written is told to the user and the run goes on."""
+    from graph.report.render import write_report
+
+    try:
+        path = write_report(services.run_dir, services.memory)
+    except Exception as exc:
+        services.event("warning", message=f"the report was not updated: {type(exc).__name__}: {exc}"[:300]
+                       + f"; the run goes on (`heurist report {services.run_dir}` rewrites it)")
+    else:
+        services.event("report", path=str(path))
 
 
 def mermaid(config: RunConfig) -> str:

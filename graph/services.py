@@ -57,8 +57,9 @@ class Services:
         return self.roles[stage][0]
 
     def event(self, kind: str, **fields: Any) -> None:
+        """Tell the live view what happens; every event carries the model budget spent so far."""
         if self.on_event is not None:
-            self.on_event(kind, fields)
+            self.on_event(kind, {**fields, "tokens": self.usage.tokens, "usd": self.usage.usd})
 
     # ------------------------------------------------------------------ evaluation
 
@@ -85,6 +86,8 @@ class Services:
             workers=self.config.eval.workers, limits=self.limits(), video=video and self.config.eval.video,
             out_dir=self.run_dir / "clips", confirm_protected=split != "dev"), self.ledger)
         atomic_write(cached, result.model_dump_json(by_alias=True))
+        self.event("evaluated", split=split, seeds=len(seeds), env_steps=result.env_steps,
+                   mean=result.stats.mean if result.stats else None)
         return result
 
     def score_policies(self, sources: list[str], seeds: list[int]) -> list[dict[int, float | None]]:

@@ -10,7 +10,7 @@ takes the same turns.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from langgraph.graph import END, START, StateGraph
 
@@ -68,17 +68,26 @@ def build(nodes: Nodes, config: RunConfig, spec: TaskSpec, checkpointer: Any = N
             return "pause"
         return "finish" if stop_reason(state, config, spec) else "evaluate"
 
+    def announced(name: str, node: Callable[[RunState], dict[str, Any]]) -> Callable[[RunState], dict[str, Any]]:
+        """The node, telling the live view it started (LangGraph's stream reports a node only when it ends)."""
+        def run(state: RunState) -> dict[str, Any]:
+            nodes.s.event("stage", node=name, iteration=state.get("iteration", 0))
+            return node(state)
+
+        run.__name__ = name
+        return run
+
     graph = StateGraph(RunState)
-    graph.add_node("begin", nodes.begin)
-    graph.add_node("evaluate", nodes.evaluate)
+    graph.add_node("begin", announced("begin", nodes.begin))
+    graph.add_node("evaluate", announced("evaluate", nodes.evaluate))
     analyse_nodes = []
     for role in analysts:
         name = f"analyse_{role.name}"
-        graph.add_node(name, nodes.analyse_with(role))
+        graph.add_node(name, announced(name, nodes.analyse_with(role)))
         analyse_nodes.append(name)
     for name in ("recall", "code", "check", "write_tests", "verify", "review", "commit", "roll_back", "remember",
                  "pause", "finish"):
-        graph.add_node(name, getattr(nodes, name))
+        graph.add_node(name, announced(name, getattr(nodes, name)))
 
     graph.add_edge(START, "begin")
     graph.add_conditional_edges("begin", after_begin, ["evaluate", "finish"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from envs.ledger import Ledger
@@ -37,6 +38,15 @@ class TranscriptRecorder:
                 records, _bad = Ledger(file).read()
                 entries += records
         return sorted(entries, key=lambda e: (e.get("iteration", 0), e.get("time", 0)))
+
+
+def call_costs(entries: list[dict[str, Any]]) -> Iterator[tuple[float, int, float]]:
+    """(time, tokens, usd) of every model call in these entries; a replay's recorded calls count as calls."""
+    for entry in entries:
+        if entry.get("kind") == "llm_call" and "prompt_tokens" in entry:
+            yield entry.get("time", 0.0), entry["prompt_tokens"] + entry.get("completion_tokens", 0), entry.get("usd", 0.0)
+        elif entry.get("kind") == "parsed" and entry.get("replayed"):
+            yield entry.get("time", 0.0), entry.get("tokens", 0), entry.get("usd", 0.0)
 
 
 class RoleTranscript:

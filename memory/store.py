@@ -335,6 +335,14 @@ class MemoryStore:
                     metas += collection.get(include=["metadatas"], limit=PAGE, offset=offset)["metadatas"]
         yield from sorted((_record(m) for m in metas), key=lambda r: (r.created_at, r.id))
 
+    def records_of_run(self, run_id: str) -> list[Record]:
+        """Every record one run wrote, oldest first (a lesson merged from several runs belongs to its first)."""
+        metas: list[dict] = []
+        with self._locked():
+            for collection in self._collections.values():
+                metas += collection.get(where={"run_id": run_id}, include=["metadatas"])["metadatas"]
+        return sorted((_record(m) for m in metas), key=lambda r: (r.created_at, r.id))
+
     def fixes_for(self, failure_ids: Iterable[str], outcome: str | None = None) -> dict[str, list[FixRecord]]:
         """The fixes that targeted each failure, the ones that worked first."""
         failure_ids = list(dict.fromkeys(failure_ids))

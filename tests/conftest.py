@@ -67,3 +67,15 @@ def run_eval(ledger, tmp_path):
         return evaluate(get_task(task), request, kw.pop("ledger", ledger))
 
     return run
+
+
+@pytest.fixture(scope="session")
+def llm_run(tmp_path_factory):
+    """One recorded two-iteration run on the LLM path (tests/scripted_runs.py), read by several tests."""
+    from tests.scripted_runs import record_llm_run
+
+    home = tmp_path_factory.mktemp("llm-run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HEURIST_HOME", str(home / "home"))
+        patch.delenv("OPENAI_API_KEY", raising=False)
+        return record_llm_run(home)

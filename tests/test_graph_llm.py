@@ -1,16 +1,12 @@
 """The graph on the LLM path: the real openai client against a scripted server, real CartPole, git and ChromaDB.
 
-Iteration 1: the video analyst is rate-limited once, the coder first answers with text that
-is not JSON and then with a SEARCH block that does not match (the check sends it back with
-the nearest lines), then a structural edit that balances the pole; the test writer pins
-it, the gate and the model review accept it, and it is committed. Iteration 2: an edit that
-breaks balancing passes the smoke check but fails iteration 1's regression test, so it is
-rejected and rolled back. Then ``heurist replay`` reaches the same decisions without the server.
+The recorded run (``llm_run``, see ``tests/scripted_runs.py``) commits a good edit and rolls
+back a bad one; ``heurist replay`` then reaches the same decisions without the server. Pauses
+after model failures and the USD budget run their own short runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,54 +19,8 @@ from graph.run import create_run, decisions, execute
 from graph.transcripts import TranscriptRecorder
 from graph.workspace import Workspace
 from tests.scripted_openai import ScriptedOpenAI
+from tests.scripted_runs import BALANCES, PIN_BALANCE, REACTS_LATE, WEAK, edit, reply, written_test
 from tests.test_cli import HEURIST
-from tests.test_llm import chat
-
-WEAK = '''class Policy:
-    def reset(self, seed):
-        pass
-
-    def act(self, obs, info):
-        self.diagnostics = {"mode": "lean"}
-        return 1 if obs[2] > 0.05 else 0
-'''
-REACTS_LATE = "        return 1 if obs[2] > 0.05 else 0\n"
-BALANCES = "        return 1 if obs[2] + 0.5 * obs[3] > 0 else 0\n"
-ALWAYS_LEFT = "        return 0\n"
-
-PIN_BALANCE = '''from heurist_testkit import first_event, run_episode
-
-
-def test_seed_0_pole_does_not_fall_before_step_400():
-    result = run_episode(0)
-    assert result["status"] == "ok", result.get("error")
-    fell = first_event(result, "pole_fell")
-    assert fell is None or fell >= 400, fell
-'''
-PIN_LOADS = '''from heurist_testkit import run_episode
-
-
-def test_seed_1_runs():
-    assert run_episode(1)["status"] == "ok"
-'''
-
-
-def reply(obj: dict) -> dict:
-    return chat(json.dumps(obj), prompt_tokens=1000, completion_tokens=200)
-
-
-def edit(search: str, replace: str, why: str) -> dict:
-    return reply({"kind": "search_replace", "rationale": why, "blocks": [{"search": search, "replace": replace}],
-                  "tunables": {}, "target_seeds": [0], "target_kinds": ["pole_fell"]})
-
-
-def seen(what: str) -> dict:
-    return reply({"findings": [{"seed": 0, "step": 9, "what_went_wrong": what, "evidence": "last frames"}],
-                  "summary": what})
-
-
-def written_test(name: str, source: str) -> dict:
-    return reply({"filename": name, "source": source, "rationale": "pins the fix", "seeds": [0]})
 
 
 @pytest.fixture
@@ -80,35 +30,9 @@ def home(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(home):
-    policy = home / "weak.py"
-    policy.write_text(WEAK)
-    with ScriptedOpenAI() as server:
-        server.queue(
-            # iteration 1
-            {"status": 429, "headers": {"Retry-After": "0"}, "json": {"error": {"message": "slow down"}}},
-            seen("the pole tips right and the cart reacts too late"),
-            chat("I think you should push earlier."),  # not JSON: re-asked with the validation error
-            edit("        return 1 if obs[2] > 0.1 else 0\n", BALANCES, "react to angular velocity"),  # no match
-            edit(REACTS_LATE, BALANCES, "push toward the fall using the angle and its velocity, not late"),
-            written_test("tests/test_balance_seed_0.py", PIN_BALANCE),
-            reply({"games_the_evaluation": False, "reasons": ["a general control rule, no seed branches"]}),
-            # iteration 2
-            seen("the episode ends at the time limit"),
-            edit(BALANCES, ALWAYS_LEFT, "simplify the rule"),
-            written_test("tests/test_seed_1_runs.py", PIN_LOADS),
-        )
-        config = RunConfig.model_validate({
-            "task": "CartPole-v1", "policy": str(policy),
-            "budget": {"iterations": 2, "stop_when": "never"},
-            "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 5},
-            "eval": {"episodes": 8, "holdout": False}})
-        run_dir = create_run(config, home / "run")
-        state = execute(run_dir)
-        assert not server.replies, f"{len(server.replies)} scripted replies were not used"
-        coder_prompts = [r["body"]["messages"][-1]["content"] for r in server.requests
-                         if "You are the coder" in r["body"]["messages"][0]["content"]]
-
+def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
+    assert llm_run.unused_replies == 0, f"{llm_run.unused_replies} scripted replies were not used"
+    state, run_dir, coder_prompts, policy = llm_run.state, llm_run.run_dir, llm_run.coder_prompts, llm_run.policy
     assert state["status"] == "finished" and state["iteration"] == 2
     # The check sent the unmatched SEARCH block back to the coder with the nearest lines.
     assert any("does not match the policy file exactly" in p and "nearest lines" in p for p in coder_prompts)
@@ -144,12 +68,13 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(home):
     assert [r["iteration"] for r in records if r["event"] == "iteration"] == [1, 2]
 
     # Replay: the recorded replies in place of the model (no server now) reach the same decisions.
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    done = subprocess.run([HEURIST, "replay", str(run_dir), "--run-dir", str(home / "replay"), "--no-progress"],
+    env = llm_run.env(dict(os.environ))
+    replay = llm_run.home / "replay"
+    done = subprocess.run([HEURIST, "replay", str(run_dir), "--run-dir", str(replay), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "same decisions in all 2 iterations" in done.stdout
-    assert decisions(home / "replay") == decisions(run_dir)
+    assert decisions(replay) == decisions(run_dir)
 
     shown = subprocess.run([HEURIST, "transcripts", str(run_dir), "--role", "coder", "--iter", "1"],
                            capture_output=True, text=True, env=env, timeout=60)

@@ -1,0 +1,252 @@
+"""The live view and the report: a recorded run rendered and opened in Debian's headless Chromium.
+
+The page is checked from its DOM (plots, playable clips, highlighted diffs, transcripts with
+the images sent to the model, tests, policy, git history, memory) and every request the
+browser makes is recorded: none may leave the machine, and from a moved copy of the report
+folder none may leave that folder. A full-page screenshot is kept in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import shutil
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from graph.report.render import write_report
+from tests.conftest import ARTIFACTS
+from tests.scripted_runs import BALANCES
+from tests.test_cli import HEURIST
+
+CHROMIUM = shutil.which("chromium")
+WAIT_FOR_VIDEOS = """async () => {
+    const videos = [...document.querySelectorAll('video')];
+    await Promise.all(videos.map(v => v.readyState >= 1 ? null : new Promise((ok, fail) => {
+        v.addEventListener('loadedmetadata', ok, {once: true});
+        v.addEventListener('error', () => fail(new Error('cannot play ' + v.src)), {once: true});
+        v.load();
+    })));
+    return videos.map(v => ({src: v.currentSrc, duration: v.duration, width: v.videoWidth}));
+}"""
+
+
+def heurist(env: dict, *args: object, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([HEURIST, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+class Browser:
+    """Headless Chromium with a fresh profile; every request is recorded, and any that is not a local file fails."""
+
+    def __init__(self, profile: Path):
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        self.context = self._playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, viewport={"width": 1200, "height": 900},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        self.requests: list[str] = []
+        self.context.on("request", lambda request: self.requests.append(request.url))
+        self.context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
+                           else route.abort())
+
+    def open(self, path: Path):
+        page = self.context.new_page()
+        page.goto(path.as_uri())
+        return page
+
+    def close(self) -> None:
+        self.context.close()
+        self._playwright.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed and could not be (scripts/bootstrap installs it with apt-get)")
+    opened = Browser(tmp_path / "chromium-profile")
+    yield opened
+    opened.close()
+
+
+def test_the_run_rewrote_its_report_at_every_iteration_and_at_the_end(llm_run):
+    reports = [fields["path"] for kind, fields in llm_run.events if kind == "report"]
+    assert len(reports) == 3  # after iterations 1 and 2, and when it finished
+    assert not [fields for kind, fields in llm_run.events if kind == "warning"]
+    assert Path(reports[-1]) == llm_run.run_dir / "report" / "index.html"
+    stages = [fields["node"] for kind, fields in llm_run.events if kind == "stage"]
+    assert stages[:2] == ["begin", "evaluate"] and stages.count("remember") == 2 and stages[-1] == "finish"
+
+
+def test_report_in_headless_chromium_shows_plots_clips_diffs_and_transcripts(llm_run, browser, tmp_path):
+    env = llm_run.env(dict(os.environ))
+    done = heurist(env, "report", llm_run.run_dir)
+    assert done.returncode == 0, done.stderr
+    index = llm_run.run_dir / "report" / "index.html"
+    assert done.stdout.strip() == f"report: {index}"
+
+    # Open a moved copy of the folder: it must need nothing outside itself.
+    moved = tmp_path / "moved-report"
+    shutil.copytree(index.parent, moved)
+    page = browser.open(moved / "index.html")
+    dom = page.locator
+
+    assert "finished" in dom("#run-status").inner_text()
+    assert "cumulative env steps" in dom("#score-plot svg").text_content()
+    assert "target 475" in dom("#score-plot svg").text_content()
+    assert "cumulative LLM cost (USD)" in dom("#cost-plot svg").text_content()  # a model run: score against cost
+    assert "pole_fell" in dom("#failure-plot svg").text_content()
+
+    first, second = dom("#iteration-1"), dom("#iteration-2")
+    assert "accepted" in first.get_attribute("class") and "rejected" in second.get_attribute("class")
+    # The diff is highlighted: Pygments marks inserted and deleted lines.
+    assert any(BALANCES.strip() in line for line in first.locator(".diff .gi").all_inner_texts())
+    assert first.locator(".diff .gd").count() >= 1
+    assert "regression tests failed" in second.locator(".verdict").inner_text()
+    assert "tests/test_balance_seed_0.py" in first.locator(".tests").inner_text()
+    assert "written but not added" in second.locator(".tests").inner_text()
+
+    # Every failure clip plays in the page, and its contact sheet is shown.
+    videos = page.evaluate(WAIT_FOR_VIDEOS)
+    assert len(videos) >= 2 and all(v["duration"] > 0 and v["width"] > 0 for v in videos), videos
+    assert first.locator("video").count() >= 1
+    sheets = page.evaluate("() => [...document.querySelectorAll('img.contact-sheet')].map(i => i.naturalWidth)")
+    assert sheets and all(width > 0 for width in sheets)
+
+    # Per-role transcripts, collapsed until opened: messages, the images the model saw, replies, parsed output.
+    roles = first.locator("details.transcript").evaluate_all("ds => ds.map(d => d.dataset.role)")
+    assert {"video_analyst", "log_parser", "recall", "coder", "test_writer", "reviewer"} <= set(roles)
+    assert not first.locator("details.transcript[data-role=coder]").evaluate("d => d.open")
+    coder = first.locator("details.transcript[data-role=coder]")
+    coder.locator("summary").first.click()
+    assert "model calls" in coder.locator("summary").first.inner_text()
+    assert "reply did not match the schema" in coder.inner_text()
+    assert "You are the coder" in coder.locator(".message pre").first.text_content()
+    analyst = first.locator("details.transcript[data-role=video_analyst]")
+    assert "RateLimitError" in analyst.text_content() or "429" in analyst.text_content()
+    seen = analyst.locator(".message img").evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth)")
+    assert seen and all(seen)
+
+    assert BALANCES.strip() in dom("#policy").inner_text()
+    assert dom("#git-history tr").count() == 3  # header, the start, iteration 1
+    assert dom("#memory-added tr").count() > 1
+
+    page.set_viewport_size({"width": 1200, "height": 900})
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    outside = [url for url in browser.requests if not url.startswith(moved.as_uri())]
+    assert browser.requests and not outside, outside
+
+
+def _in_terminal(args: list[str], env: dict, timeout: float = 180) -> tuple[int, str]:
+    """Run a command with a pseudo-terminal as stdin, stdout and stderr, as a person at a terminal would."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the command closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+    finally:
+        os.close(master)
+    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def terminal_run(llm_run, tmp_path_factory):
+    """An offline run of one iteration, watched in a terminal: the live panel."""
+    tmp = tmp_path_factory.mktemp("terminal-run")
+    (tmp / "run.toml").write_text("[eval]\nepisodes = 6\nholdout = false\n[search]\npopulation = 4\n"
+                                  "generations = 1\nseed = 3\n[budget]\nstop_when = \"never\"\n")
+    env = {**llm_run.env(dict(os.environ)), "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    code, output = _in_terminal([HEURIST, "run", "--env", "CartPole-v1", "--policy", str(llm_run.policy),
+                                 "--config", str(tmp / "run.toml"), "--iterations", "1", "--run-dir",
+                                 str(tmp / "run")], env)
+    return code, output, tmp / "run", env
+
+
+def test_a_terminal_gets_the_live_panel(terminal_run):
+    code, output, run_dir, _ = terminal_run
+    assert code == 0, output[-3000:]
+    assert "heurist · CartPole-v1 · offline roles" in output  # the panel's title
+    for row in ("iteration", "now", "dev mean", "spent", "last verdict"):
+        assert row in output
+    assert "iteration 1 accepted" in output or "iteration 1 rejected" in output
+    assert "env steps" in output and "tokens" in output and "min" in output
+    assert "\x1b[" in output  # redrawn in place, not printed line after line
+    assert f"report: {run_dir / 'report' / 'index.html'}" in output
+
+
+def test_no_progress_in_a_terminal_gives_quiet_log_lines(llm_run, terminal_run, tmp_path):
+    _, _, _, env = terminal_run
+    config = tmp_path / "fast.toml"
+    config.write_text("[eval]\nepisodes = 4\nholdout = false\nvideo = false\n[search]\npopulation = 2\n"
+                      "generations = 1\nseed = 1\n[budget]\nstop_when = \"never\"\n")
+    code, output = _in_terminal([HEURIST, "run", "--env", "CartPole-v1", "--policy", str(llm_run.policy),
+                                 "--iterations", "1", "--config", str(config), "--run-dir", str(tmp_path / "run"),
+                                 "--no-progress"], env)
+    assert code == 0, output[-3000:]
+    assert "heurist · CartPole-v1" not in output and "last verdict" not in output
+    lines = [line for line in output.splitlines() if " iteration 1 " in line]
+    assert len(lines) == 1 and ("accepted: dev" in lines[0] or "rejected: dev" in lines[0])
+    assert "env steps" in lines[0]
+
+
+def test_compare_puts_several_runs_on_one_plot(llm_run, terminal_run, browser, tmp_path):
+    _, _, offline_run, env = terminal_run
+    page_file = tmp_path / "compare.html"
+    done = heurist(env, "report", "--compare", llm_run.run_dir, offline_run, "--out", page_file)
+    assert done.returncode == 0, done.stderr
+    assert str(page_file) in done.stdout
+    page = browser.open(page_file)
+    legend = page.locator("#compare-plot svg").text_content()
+    for run_dir in (llm_run.run_dir, offline_run):
+        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        assert run_id in legend
+    assert page.locator("#compare-table tr").count() == 3
+    assert "model gpt-4.1-mini" in page.locator("#compare-table").inner_text()
+    assert all(url == page_file.as_uri() for url in browser.requests), browser.requests
+
+
+def test_a_damaged_run_still_reports_what_it_has(llm_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(llm_run.run_dir, run_dir, ignore=shutil.ignore_patterns("report", ".lock"))
+    with open(run_dir / "ledger.jsonl", "a") as ledger:
+        ledger.write('{"event": "iteration", "iter')  # a line torn by a crash mid-write
+    html = write_report(run_dir).read_text()
+    assert "1 torn ledger lines" in html
+    assert 'id="iteration-1"' in html and 'id="iteration-2"' in html
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "/"], "is not a heurist run directory"),
+    (["report", "--compare", "{run}"], "--compare needs at least two run directories"),
+    (["report", "{run}", "--out", "x.html"], "--out is for --compare"),
+])
+def test_report_bad_input_is_one_line(llm_run, args, message):
+    done = heurist(llm_run.env(dict(os.environ)), *[a.replace("{run}", str(llm_run.run_dir)) for a in args])
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
