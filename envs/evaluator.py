@@ -31,7 +31,7 @@ from scipy import stats as sstats
 from envs.errors import PolicyError, SplitGuardError
 from envs.failures import FailureEvent
 from envs.ledger import Ledger
-from envs.sandbox import Limits, WorkerDied, WorkerProcess, containment
+from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
 from policies.contract import check_policy_file, policy_sha256
 
@@ -291,7 +291,7 @@ class Evaluator:
                                                error=f"evaluation wall-clock limit of {req.eval_timeout_s:g} s reached")
                     else:
                         if worker is None:
-                            worker = WorkerProcess(req.limits, scratch)
+                            worker = WorkerProcess(req.limits, scratch, self._confinement(policy_path))
                             with lock:
                                 live.add(worker)
                         job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window,
@@ -358,6 +358,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------ clips
 
+    def _confinement(self, policy_path: Path, writable: list[Path] | None = None) -> Confinement:
+        """A worker reads its policy file and writes only clips; the ledger's folder (a run directory) is hidden."""
+        hidden = [self.ledger.path.parent] if self.ledger is not None else []
+        return Confinement(readable=[policy_path], writable=writable or [], hidden=hidden)
+
     def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> list[Clip]:
         """Re-simulate the worst episodes and render only the steps before their failure events."""
         req = self.req
@@ -366,7 +371,9 @@ class Evaluator:
         candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
         candidates.sort(key=lambda e: (not e.events, e.return_))
         clips: list[Clip] = []
-        worker = WorkerProcess(req.limits, scratch)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        confinement = self._confinement(policy_path, writable=[out_dir])
+        worker = WorkerProcess(req.limits, scratch, confinement)
         try:
             for episode in candidates[: req.clip_episodes]:
                 events = episode.events[: req.clip_events] or [
@@ -380,7 +387,7 @@ class Evaluator:
                     reply = worker.run(job, timeout=req.limits.episode_timeout_s * 2 + 30)
                 except WorkerDied:
                     worker.close()
-                    worker = WorkerProcess(req.limits, scratch)
+                    worker = WorkerProcess(req.limits, scratch, confinement)
                     continue
                 if reply.get("status") == "worker_error":
                     continue

@@ -20,7 +20,7 @@ def main() -> None:
     limits = json.loads(sys.argv[1])
     if sys.argv[2] != "--" or len(sys.argv) < 4:
         sys.exit("usage: python -m envs.limited LIMITS_JSON -- CMD ...")
-    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"])
+    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"], limits.get("max_processes"))
     cpu = int(limits["cpu_s"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     command = sys.argv[3:]

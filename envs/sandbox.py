@@ -9,12 +9,21 @@ Containment, in order of strength:
   CPU seconds per episode, file size (so output is bounded), open files, no core dumps;
 - a scrubbed environment built from an allow-list, so API keys and tokens are not
   inherited; HOME and the working directory are a private temp directory;
-- no network, through a new network namespace (``unshare -n``) where this machine
-  allows it; ``containment()`` reports whether it does.
+- a confined file system where bubblewrap works (Debian's ``bubblewrap``): the system
+  and heurist's code read-only, a private /tmp, the private home and only the paths a job
+  needs (the policy file; the workspace and clip folder where it writes); the run directory
+  and ``$HEURIST_HOME`` (ledger, checkpoints, transcripts, memory) hidden; its own PID, IPC
+  and network namespaces, so it sees no other process and no network;
+- else no network through a new network namespace (``unshare -n``) where this machine
+  allows it;
+- a pids cgroup where one can be made (a fork bomb stops at ``Limits.max_processes``), and
+  RLIMIT_NPROC, which the kernel enforces for users other than root.
+``containment()`` says which of these this machine gives.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -45,7 +54,19 @@ class Limits(BaseModel):
     memory_mb: int = 4096
     fsize_mb: int = 64
     nofile: int = 256
+    max_processes: int = 256  # processes and threads of one sandboxed tree
     network_isolation: bool = True
+    filesystem_isolation: bool = True
+
+
+class Confinement(BaseModel):
+    """What one sandboxed process may see beyond the system and heurist's code (both read-only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    readable: list[Path] = []  # files or folders, read-only
+    writable: list[Path] = []  # folders it may write to
+    hidden: list[Path] = []  # out of sight even where they lie under a readable root
 
 
 class WorkerDied(Exception):
@@ -72,17 +93,176 @@ def _netns_prefix() -> tuple[str, ...]:
     return ()
 
 
+@lru_cache(maxsize=1)
+def _bwrap() -> str | None:
+    """bubblewrap, if it is installed and this machine lets it make the namespaces heurist asks for."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None
+    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--unshare-pid",
+             "--unshare-ipc", "--die-with-parent", "true"]
+    try:
+        return bwrap if subprocess.run(probe, capture_output=True, timeout=10).returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def filesystem_confined(limits: Limits | None = None) -> bool:
+    """Whether sandboxed processes get the confined file system (bubblewrap works here and is not switched off)."""
+    return (limits or Limits()).filesystem_isolation and _bwrap() is not None
+
+
+def process_count_bounded() -> bool:
+    """Whether a fork bomb stops at ``Limits.max_processes``: a pids cgroup, or RLIMIT_NPROC for a non-root user."""
+    return pids_cgroups_work() or os.getuid() != 0
+
+
+def _system_roots() -> list[str]:
+    """What every sandboxed Python needs to read: the system, the interpreter, the packages, heurist's code."""
+    roots = {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/sys", "/opt",
+             sys.base_prefix, sys.prefix, str(HEURIST_ROOT)}
+    roots.update(p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p))
+    # A root inside another is bound by its parent already.
+    chosen = sorted(r for r in roots if os.path.exists(r))
+    return [r for r in chosen if not any(r != o and r.startswith(o.rstrip("/") + "/") for o in chosen)]
+
+
+def isolation_prefix(limits: Limits, confinement: Confinement, home: Path) -> list[str]:
+    """The command prefix that puts a process in its namespaces: bubblewrap, else ``unshare -n``, else nothing."""
+    from envs.paths import heurist_home
+
+    bwrap = _bwrap() if limits.filesystem_isolation else None
+    if bwrap is None:
+        return list(_netns_prefix()) if limits.network_isolation else []
+    roots = _system_roots()
+    args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    if limits.network_isolation:
+        args.append("--unshare-net")
+    for root in roots:
+        args += ["--ro-bind", root, root]
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for hidden in [heurist_home(), *confinement.hidden]:
+        hidden = hidden.resolve()
+        # Never a folder that holds the system or heurist's code (a ledger kept in the repository's root).
+        covers_code = any(root == str(hidden) or root.startswith(str(hidden).rstrip("/") + "/") for root in roots)
+        if hidden.exists() and not covers_code:
+            args += ["--tmpfs", str(hidden)]
+    for path in confinement.readable:
+        args += ["--ro-bind", str(path.resolve()), str(path.resolve())]
+    for path in [home, *confinement.writable]:
+        args += ["--bind", str(path.resolve()), str(path.resolve())]
+    return args + ["--"]
+
+
+class PidsCgroup:
+    """A pids cgroup around one sandboxed process tree, where this machine lets heurist make one.
+
+    RLIMIT_NPROC does not bind root, and heurist often runs as root in containers, so the
+    cgroup is what stops a fork bomb. The tree joins it through a shell that writes its own
+    pid into ``cgroup.procs`` and then execs the sandbox, so nothing starts outside it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def create(cls, max_processes: int) -> "PidsCgroup | None":
+        for parent in _pids_parents():
+            path = parent / f"heurist-{os.getpid()}-{next(_cgroup_serial)}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(max_processes))
+                return cls(path)
+            except OSError:
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+        return None
+
+    def prefix(self) -> list[str]:
+        return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.path)]
+
+    def remove(self) -> None:
+        """Kill whatever is left in it (processes that left the process group) and remove it."""
+        for _ in range(50):
+            try:
+                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.02)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+_cgroup_serial = itertools.count()
+
+
+@lru_cache(maxsize=1)
+def _pids_parents() -> tuple[Path, ...]:
+    """Folders where a pids cgroup might be made: cgroup v1's pids hierarchy, then this process's v2 cgroup."""
+    found = []
+    v1 = Path("/sys/fs/cgroup/pids")
+    if (v1 / "cgroup.procs").exists():
+        found.append(v1)
+    try:
+        own = next(line.split("::", 1)[1] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                   if line.startswith("0::"))
+        v2 = Path("/sys/fs/cgroup") / own.strip().lstrip("/")
+        if "pids" in (v2 / "cgroup.controllers").read_text().split():
+            found.append(v2)
+    except (OSError, StopIteration):
+        pass
+    return tuple(found)
+
+
+@lru_cache(maxsize=1)
+def pids_cgroups_work() -> bool:
+    probe = PidsCgroup.create(8)
+    if probe is None:
+        return False
+    probe.remove()
+    return True
+
+
 def containment(limits: Limits | None = None) -> dict[str, str]:
     """What this machine actually gives a worker, in words, for results and `heurist doctor`."""
     limits = limits or Limits()
-    net = "network namespace (unshare -n)" if limits.network_isolation and _netns_prefix() else "none: workers can reach the network"
+    confined = filesystem_confined(limits)
+    if limits.network_isolation and confined:
+        net = "network namespace (bubblewrap)"
+    elif limits.network_isolation and _netns_prefix():
+        net = "network namespace (unshare -n)"
+    else:
+        net = "none: workers can reach the network"
+    processes = (f"pids cgroup, at most {limits.max_processes}" if pids_cgroups_work()
+                 else f"RLIMIT_NPROC {limits.max_processes} (not enforced for root)")
     return {
         "process": "separate process group, SIGKILL on timeout",
         "environment": "allow-list (no API keys inherited)",
         "network": net,
+        "filesystem": ("bubblewrap: system read-only, private /tmp and home, run directory and $HEURIST_HOME hidden"
+                       if confined else "none: a worker can read and write wherever the user can"),
+        "processes": processes,
         "limits": f"address space {limits.memory_mb} MiB, CPU {limits.episode_cpu_s:g} s/episode, "
                   f"files {limits.fsize_mb} MiB, {limits.nofile} open files",
     }
+
+
+def _unwrapped(returncode: int, prefix: list[str]) -> int:
+    """bubblewrap and the cgroup shell report a child killed by signal N as exit code 128 + N; undo that."""
+    if prefix and returncode > 128 and returncode - 128 in signal.valid_signals():
+        return -(returncode - 128)
+    return returncode
 
 
 def _signal_reason(returncode: int) -> str:
@@ -124,24 +304,33 @@ class SandboxedRun(BaseModel):
     wall_s: float
 
 
+def _limit_args(limits: Limits, **extra: int) -> str:
+    return json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile,
+                       "max_processes": limits.max_processes, **extra})
+
+
 def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
-                  env: dict[str, str] | None = None, output_chars: int = 8000) -> SandboxedRun:
+                  env: dict[str, str] | None = None, output_chars: int = 8000,
+                  confinement: Confinement | None = None) -> SandboxedRun:
     """Run a command over model-written files (the workspace's pytest) with the workers' containment.
 
-    The same allow-listed environment, network namespace and resource limits as a worker
-    (applied by ``envs.limited`` before it execs the command), its own process group killed
-    with SIGKILL at the wall-clock limit, and its output captured to a size-limited file.
+    The same allow-listed environment, namespaces, file-system confinement and resource
+    limits as a worker (applied by ``envs.limited`` before it execs the command); ``cwd`` is
+    writable, the rest of ``confinement`` as given. Its own process group is killed with
+    SIGKILL at the wall-clock limit, and its output is captured to a size-limited file.
     """
     home = Path(tempfile.mkdtemp(prefix="heurist-sandbox-"))
     log = home / "output.log"
     full_env = sandbox_env(home) | (env or {})
-    limit_args = json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile,
-                             "cpu_s": int(timeout_s) + 1})
-    prefix = _netns_prefix() if limits.network_isolation else ()
+    confinement = confinement or Confinement()
+    confinement = confinement.model_copy(update={"writable": [Path(cwd), *confinement.writable]})
+    cgroup = PidsCgroup.create(limits.max_processes)
+    prefix = [*(cgroup.prefix() if cgroup else []), *isolation_prefix(limits, confinement, home)]
     started = time.perf_counter()
     try:
         with open(log, "wb") as out:
-            proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited", limit_args, "--", *cmd],
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited",
+                                     _limit_args(limits, cpu_s=int(timeout_s) + 1), "--", *cmd],
                                     cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
             timed_out = False
@@ -158,12 +347,15 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
             fh.seek(max(0, log.stat().st_size - output_chars))
             output = fh.read().decode(errors="replace")
     finally:
+        if cgroup is not None:
+            cgroup.remove()
         shutil.rmtree(home, ignore_errors=True)
     if timed_out:
         reason = f"wall-clock limit of {timeout_s:g} s exceeded; the process group was killed"
     elif code == 0:
         reason = "exited with code 0"
     else:
+        code = _unwrapped(code, prefix)
         reason = _signal_reason(code) if code < 0 else f"exited with code {code}"
     return SandboxedRun(returncode=code, timed_out=timed_out, output=output, reason=reason,
                         wall_s=time.perf_counter() - started)
@@ -172,17 +364,19 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
 class WorkerProcess:
     """One sandboxed worker. ``run`` sends a job and waits for its reply, at most ``timeout`` seconds."""
 
-    def __init__(self, limits: Limits, scratch: Path) -> None:
+    def __init__(self, limits: Limits, scratch: Path, confinement: Confinement | None = None) -> None:
         self.limits = limits
         self.home = Path(tempfile.mkdtemp(prefix="worker-", dir=scratch))
         self.log = self.home / "worker.log"
         job_r, self._job_w = os.pipe()
         self._res_r, res_w = os.pipe()
         env = sandbox_env(self.home)
-        limit_args = json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile})
-        prefix = _netns_prefix() if limits.network_isolation else ()
+        self.cgroup = PidsCgroup.create(limits.max_processes)
+        prefix = [*(self.cgroup.prefix() if self.cgroup else []),
+                  *isolation_prefix(limits, confinement or Confinement(), self.home)]
+        self.prefix = prefix
         cmd = [*prefix, sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
-               "--limits", limit_args, "--log", str(self.log)]
+               "--limits", _limit_args(limits), "--log", str(self.log)]
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.home, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      pass_fds=(job_r, res_w), start_new_session=True, close_fds=True)
@@ -220,7 +414,7 @@ class WorkerProcess:
             self.kill()
             code = self.proc.wait()
         tail = self.log_tail()
-        return _signal_reason(code) + (f"; last output: {tail}" if tail else "")
+        return _signal_reason(_unwrapped(code, self.prefix)) + (f"; last output: {tail}" if tail else "")
 
     def log_tail(self, chars: int = 300) -> str:
         try:
@@ -236,6 +430,8 @@ class WorkerProcess:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
     def close(self) -> None:
         try:

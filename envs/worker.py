@@ -37,11 +37,27 @@ class InvalidAction(Exception):
 
 # --------------------------------------------------------------------------- limits and I/O
 
-def apply_limits(memory_mb: int, fsize_mb: int, nofile: int) -> None:
+def apply_limits(memory_mb: int, fsize_mb: int, nofile: int, max_processes: int | None = None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_mb * 2**20, fsize_mb * 2**20))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    if max_processes is not None and os.getuid() != 0:
+        # RLIMIT_NPROC counts every process and thread of the user, so the cap is "what runs now + this many".
+        cap = _my_tasks() + max_processes
+        resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
+
+
+def _my_tasks() -> int:
+    """Processes and threads this user runs now (the count RLIMIT_NPROC is checked against)."""
+    count = 0
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            if proc_dir.name.isdigit() and proc_dir.stat().st_uid == os.getuid():
+                count += len(os.listdir(proc_dir / "task"))
+        except OSError:
+            continue  # it ended while we looked
+    return count
 
 
 def limit_cpu_for_next_episode(cpu_s: float) -> None:
@@ -367,7 +383,7 @@ def main() -> None:
     parser.add_argument("--log", required=True)
     args = parser.parse_args()
     limits = json.loads(args.limits)
-    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"])
+    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"], limits.get("max_processes"))
     log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)

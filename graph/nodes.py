@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from envs.errors import PolicyError
-from envs.sandbox import run_sandboxed
+from envs.sandbox import Confinement, run_sandboxed
 from graph.llm import BudgetSpent, LLMError
 from graph.services import Services, scored, seeds_of
 from graph.state import RunState
@@ -212,9 +212,11 @@ class Nodes:
         steps_file.parent.mkdir(parents=True, exist_ok=True)
         steps_file.write_text("")
         s.event("testing", tests=len(list(s.workspace.tests.glob("test_*.py"))))
+        # The tests see the workspace (writable) and their steps file; the rest of the run directory is hidden.
         run = run_sandboxed([sys.executable, "-m", "pytest"], s.workspace.root, s.limits(),
                             timeout_s=s.config.eval.episode_timeout_s * 4,
-                            env={"HEURIST_STEPS_FILE": str(steps_file)})
+                            env={"HEURIST_STEPS_FILE": str(steps_file)},
+                            confinement=Confinement(writable=[steps_file.parent], hidden=[s.run_dir]))
         test_steps = sum(int(x) for x in steps_file.read_text().split() if x.isdigit())
         s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": state["iteration"],
                          "passed": run.returncode == 0, "reason": run.reason, "env_steps": test_steps,

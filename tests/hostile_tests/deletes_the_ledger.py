@@ -1,0 +1,5 @@
+import os
+
+
+def test_deletes_the_ledger():
+    os.remove("{ledger}")

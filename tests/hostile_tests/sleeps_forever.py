@@ -1,0 +1,5 @@
+import time
+
+
+def test_sleeps_forever():
+    time.sleep(10_000)
