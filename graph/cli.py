@@ -17,6 +17,7 @@ from rich.table import Table
 
 from envs.errors import HeuristError
 from envs.paths import default_ledger_path
+from graph.cli_doctor import register as register_doctor_command
 from graph.cli_memory import memory_app
 from graph.cli_report import register as register_report_command
 from graph.cli_run import register as register_run_commands
@@ -27,6 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(memory_app, name="memory")
 register_run_commands(app)
 register_report_command(app)
+register_doctor_command(app)
 
 
 @app.command("eval")
