@@ -122,6 +122,10 @@ def _system_roots() -> list[str]:
     roots = {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/sys", "/opt",
              sys.base_prefix, sys.prefix, str(HEURIST_ROOT)}
     roots.update(p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p))
+    # Never the whole disk or the whole temp folder (a script run from /tmp puts /tmp on sys.path):
+    # the sandbox's /tmp is private.
+    temp = os.path.realpath(tempfile.gettempdir())
+    roots = {r for r in roots if r != "/" and not (temp + "/").startswith(r.rstrip("/") + "/")}
     # A root inside another is bound by its parent already.
     chosen = sorted(r for r in roots if os.path.exists(r))
     return [r for r in chosen if not any(r != o and r.startswith(o.rstrip("/") + "/") for o in chosen)]
@@ -138,9 +142,10 @@ def isolation_prefix(limits: Limits, confinement: Confinement, home: Path) -> li
     args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if limits.network_isolation:
         args.append("--unshare-net")
+    # The private /tmp first: heurist itself (a checkout, its virtual environment) may live under /tmp.
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for root in roots:
         args += ["--ro-bind", root, root]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for hidden in [heurist_home(), *confinement.hidden]:
         hidden = hidden.resolve()
         # Never a folder that holds the system or heurist's code (a ledger kept in the repository's root).

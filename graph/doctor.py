@@ -159,7 +159,7 @@ def check_disk(path: Path | None = None) -> Check:
     writable = os.access(probe, os.W_OK)
     if not writable:
         return Check(name="disk", status="fail", detail=f"{probe} is not writable",
-                     fix=f"make it writable, or set HEURIST_HOME to a folder you own")
+                     fix="make it writable, or set HEURIST_HOME to a folder you own")
     if free < 200 * 2**20:
         return Check(name="disk", status="fail", detail=f"{gib:.2f} GiB free at {probe}",
                      fix="free space: a run writes clips, evaluations and checkpoints (clean old runs with "
