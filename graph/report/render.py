@@ -78,7 +78,10 @@ def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
                 for message in entry.messages:
                     for part in message.parts:
                         if part.image is not None:
-                            part.image = media(part.image) or part.image
+                            copied = media(part.image)
+                            if copied is None:  # never a link out of the report's folder
+                                part.text = f"[image no longer on disk: {part.image}]"
+                            part.image = copied
     axis = cost_axis(data)
     return {"data": data, "score_plot": Markup(score_plot(data, "env_steps")),
             "cost_plot": Markup(score_plot(data, axis)) if axis else None, "cost_axis": axis,
