@@ -198,7 +198,12 @@ def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
         try:
             app = build(nodes, services.config, services.spec, SqliteSaver(connection))
             cfg = {"configurable": {"thread_id": record.run_id}, "recursion_limit": 1_000_000}
-            snapshot = app.get_state(cfg)
+            try:
+                snapshot = app.get_state(cfg)
+            except sqlite3.DatabaseError as exc:
+                raise RunError(f"{run_dir / 'checkpoints.sqlite'} is damaged ({exc}), so the run cannot continue "
+                               f"from it; its ledger, transcripts and workspace are intact: `heurist report "
+                               f"{run_dir}` shows it, `heurist replay {run_dir}` re-runs it from its transcripts") from None
             values = snapshot.values or {}
             services.elapsed_before = float((values.get("spent") or {}).get("elapsed_s", 0.0))
             services.session_started = time.monotonic()

@@ -244,3 +244,18 @@ def test_readme_run_config_example_is_a_valid_config():
     example = readme.split("### Run config", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
     config = build_config(tomllib.loads(example), "README")
     assert config.stages.analyse == ["video_analyst", "log_parser"] and config.budget.usd == 20.0
+
+
+def test_a_damaged_checkpoint_is_one_line_that_says_what_still_works(home):
+    tmp, env = home
+    (tmp / "run.toml").write_text("[eval]\nepisodes = 4\nholdout = false\nvideo = false\n[search]\npopulation = 2\n"
+                                  "generations = 1\nseed = 1\n")
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--iterations", 1, "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (tmp / "run" / "checkpoints.sqlite").write_bytes(b"this is not a database" * 100)
+    resumed = heurist(env, "resume", tmp / "run")
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "checkpoints.sqlite is damaged" in resumed.stderr and "heurist replay" in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    assert heurist(env, "report", tmp / "run").returncode == 0  # the records it was made from are intact
