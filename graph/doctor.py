@@ -110,7 +110,7 @@ def check_embedder() -> Check:
 
 
 def check_sandbox() -> list[Check]:
-    from envs.sandbox import Limits, containment, filesystem_confined, pids_cgroups_work
+    from envs.sandbox import Limits, containment, filesystem_confined, process_count_bounded
 
     said = containment(Limits())
     checks = [Check(name="sandbox: environment", status="ok", detail=said["environment"])]
@@ -122,7 +122,7 @@ def check_sandbox() -> list[Check]:
     checks.append(Check(name="sandbox: file system", status="ok" if confined else "warn", detail=said["filesystem"],
                         fix="" if confined else "apt-get install bubblewrap, and allow user namespaces "
                                                 "(sysctl kernel.unprivileged_userns_clone=1) or run as root"))
-    bounded = pids_cgroups_work() or os.getuid() != 0
+    bounded = process_count_bounded()
     checks.append(Check(name="sandbox: processes", status="ok" if bounded else "warn", detail=said["processes"],
                         fix="" if bounded else "run heurist as a user other than root, or give it a writable pids "
                                                "cgroup (cgroup v2 delegation)"))

@@ -28,7 +28,7 @@ from graph.report.plots import compare_plot, cost_axis, failure_plot, score_plot
 from graph.workspace import atomic_write
 
 TEMPLATES = Path(__file__).parent / "templates"
-_FORMATTER = HtmlFormatter(cssclass="hl", nowrap=False)
+_FORMATTER = HtmlFormatter(cssclass="hl")
 
 
 class ReportError(HeuristError):
