@@ -21,6 +21,10 @@ class LedgerError(HeuristError):
     """The ledger cannot be written."""
 
 
+class OutputError(HeuristError):
+    """A folder heurist was asked to write results into (clips, a report) cannot be used."""
+
+
 class MemoryStoreError(HeuristError):
     """The memory store cannot be opened, is foreign or corrupt, or was embedded by another model."""
 

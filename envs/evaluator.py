@@ -28,10 +28,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats as sstats
 
-from envs.errors import PolicyError, SplitGuardError
+from envs.errors import OutputError, PolicyError, SplitGuardError
 from envs.failures import FailureEvent
 from envs.ledger import Ledger
-from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment
+from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment, pair_cpus
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
 from policies.contract import check_policy_file, policy_sha256
 
@@ -227,6 +227,14 @@ class Evaluator:
                 raise SplitGuardError(f"the {req.split} split of {spec.id} has {len(seeds)} seeds; "
                                       f"ask for at most {len(seeds)} episodes")
             seeds = seeds[: req.episodes]
+        if req.video:
+            clips_root = Path(req.out_dir or "heurist-clips")
+            try:
+                clips_root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # before anything runs or is recorded
+                why = "it is a file" if clips_root.is_file() else exc.strerror
+                raise OutputError(f"cannot write clips to {clips_root}: {why}; choose a writable folder "
+                                  f"with --out") from None
         eval_id = uuid.uuid4().hex[:12]
         policy_path = Path(req.policy_path).resolve()
         sha = policy_sha256(policy_path)
@@ -281,7 +289,7 @@ class Evaluator:
                 live.discard(worker)
             worker.close()
 
-        def serve() -> None:
+        def serve(cpu: int) -> None:
             worker: WorkerProcess | None = None
             try:
                 while (seed := next_seed()) is not None:
@@ -291,7 +299,7 @@ class Evaluator:
                                                error=f"evaluation wall-clock limit of {req.eval_timeout_s:g} s reached")
                     else:
                         if worker is None:
-                            worker = WorkerProcess(req.limits, scratch, self._confinement(policy_path))
+                            worker = WorkerProcess(req.limits, scratch, self._confinement(policy_path), cpu)
                             with lock:
                                 live.add(worker)
                         job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window,
@@ -316,7 +324,7 @@ class Evaluator:
                     retire(worker)
 
         pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="heurist-eval")
-        futures = [pool.submit(serve) for _ in range(n_workers)]
+        futures = [pool.submit(serve, cpu) for cpu in pair_cpus(n_workers)]
         try:
             for future in futures:
                 future.result()

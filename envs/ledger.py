@@ -3,8 +3,9 @@
 Each evaluation writes an ``eval_started`` line before any episode runs and an
 ``eval_finished`` line at the end, so an evaluation killed in between is visible as
 started-but-never-finished. Appends take an exclusive ``flock`` and are fsync'ed, so two
-processes appending at once interleave whole lines; a reader skips (and counts) a torn
-last line left by a crash mid-write rather than failing.
+processes appending at once interleave whole lines; an append that fails (a full disk)
+takes back what it wrote, and a reader skips (and counts) a torn last line left by a
+crash mid-write rather than failing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Ledger:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise LedgerError(f"cannot write the ledger {self.path}: {exc.strerror}; choose a writable --ledger path") from exc
+        size = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             # A torn line from an earlier crash must not swallow this record: start on a fresh line.
@@ -43,12 +45,17 @@ class Ledger:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
+            if size is not None:  # a full disk took part of the line: take it back, so no torn line is left
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
             raise LedgerError(f"cannot append to the ledger {self.path}: {exc.strerror}") from exc
         finally:
             os.close(fd)
 
     def read(self) -> tuple[list[dict[str, Any]], int]:
-        """All readable records in order, and how many lines were unreadable (torn or corrupt)."""
+        """All readable records (JSON objects) in order, and how many lines were not (torn or corrupt)."""
         if not self.path.exists():
             return [], 0
         records, bad = [], 0
@@ -57,7 +64,11 @@ class Ledger:
                 if not raw.strip():
                     continue
                 try:
-                    records.append(json.loads(raw))
-                except json.JSONDecodeError:
+                    record = json.loads(raw)
+                except ValueError:  # not JSON; bytes that are not text at all raise UnicodeDecodeError
+                    record = None
+                if isinstance(record, dict):
+                    records.append(record)
+                else:
                     bad += 1
         return records, bad

@@ -1,11 +1,13 @@
 """Worker subprocesses that run untrusted policy code, and the means to stop them.
 
 Containment, in order of strength:
-- its own process: a policy never runs in heurist's process, so an exception, a hang,
-  ``os._exit`` or a segfault ends a worker, not heurist;
+- its own process: a policy never runs in heurist's process, nor in the env process that
+  keeps its score (``WorkerProcess`` is a pair; ``envs/wire.py`` is all they share), so an
+  exception, a hang, ``os._exit`` or a segfault ends a policy process, not heurist, and
+  whatever it patches changes only its own actions;
 - its own process group (``start_new_session``): a timeout kills the whole group,
   children included, with SIGKILL, which nothing can catch;
-- resource limits the worker puts on itself before reading policy code: address space,
+- resource limits the policy process puts on itself before reading policy code: address space,
   CPU seconds per episode, file size (so output is bounded), open files, no core dumps;
 - a scrubbed environment built from an allow-list, so API keys and tokens are not
   inherited; HOME and the working directory are a private temp directory;
@@ -27,6 +29,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import subprocess
@@ -38,6 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from envs.wire import observation_pipe
 
 HEURIST_ROOT = Path(__file__).resolve().parent.parent
 
@@ -252,7 +257,7 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
     processes = (f"pids cgroup, at most {limits.max_processes}" if pids_cgroups_work()
                  else f"RLIMIT_NPROC {limits.max_processes} (not enforced for root)")
     return {
-        "process": "separate process group, SIGKILL on timeout",
+        "process": "policy in its own process apart from the env and the score; process groups SIGKILLed on timeout",
         "environment": "allow-list (no API keys inherited)",
         "network": net,
         "filesystem": ("bubblewrap: system read-only, private /tmp and home, run directory and $HEURIST_HOME hidden"
@@ -270,9 +275,9 @@ def _unwrapped(returncode: int, prefix: list[str]) -> int:
     return returncode
 
 
-def _signal_reason(returncode: int) -> str:
+def _signal_reason(returncode: int, who: str = "policy process") -> str:
     if returncode >= 0:
-        return f"worker exited with code {returncode} (the policy called exit or os._exit?)"
+        return f"{who} exited with code {returncode}" + (" (the policy called exit or os._exit?)" if who else "")
     sig = -returncode
     known = {signal.SIGKILL: "killed (SIGKILL): out of memory or killed from outside",
              signal.SIGSEGV: "crashed with a segmentation fault (SIGSEGV)",
@@ -366,27 +371,62 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
                         wall_s=time.perf_counter() - started)
 
 
-class WorkerProcess:
-    """One sandboxed worker. ``run`` sends a job and waits for its reply, at most ``timeout`` seconds."""
+def pair_cpus(n: int) -> list[int]:
+    """A core for each of ``n`` workers, to pin its env process and policy process together.
 
-    def __init__(self, limits: Limits, scratch: Path, confinement: Confinement | None = None) -> None:
+    The two take turns and never run at once, and waking a process on the same core costs a
+    quarter of waking it on another (20 against 80 microseconds per round trip on the 2-core
+    machines measured; ``benchmarks/policy_ipc.py``), which is most of the price of keeping
+    the policy apart. The first core is drawn at random, so two runs on one machine do not
+    both start at core 0.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    start = random.randrange(len(cpus))
+    return [cpus[(start + i) % len(cpus)] for i in range(n)]
+
+
+class WorkerProcess:
+    """One evaluation worker: a trusted env process and the sandboxed policy process it talks to.
+
+    The env process (``envs.worker``) runs heurist's and the environment's code with a scrubbed
+    environment and its own limits; the policy process (``envs.policy_host``) runs the untrusted
+    file under the full containment (namespaces, confinement, pids cgroup, limits). They share
+    two pipes and nothing else; this process talks only to the env process, and ``run`` sends a
+    job and waits for its reply, at most ``timeout`` seconds.
+    """
+
+    def __init__(self, limits: Limits, scratch: Path, confinement: Confinement | None = None,
+                 cpu: int | None = None) -> None:
         self.limits = limits
         self.home = Path(tempfile.mkdtemp(prefix="worker-", dir=scratch))
-        self.log = self.home / "worker.log"
+        policy_home, env_home = self.home / "policy", self.home / "env"
+        policy_home.mkdir()
+        env_home.mkdir()
+        self.log = policy_home / "output.log"  # what the policy printed, for the reasons of its death
         job_r, self._job_w = os.pipe()
         self._res_r, res_w = os.pipe()
-        env = sandbox_env(self.home)
+        request_r, request_w = observation_pipe()
+        reply_r, reply_w = os.pipe()
+        pinned = ["--cpu", str(cpu)] if cpu is not None else []
         self.cgroup = PidsCgroup.create(limits.max_processes)
-        prefix = [*(self.cgroup.prefix() if self.cgroup else []),
-                  *isolation_prefix(limits, confinement or Confinement(), self.home)]
-        self.prefix = prefix
-        cmd = [*prefix, sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
-               "--limits", _limit_args(limits), "--log", str(self.log)]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=self.home, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     pass_fds=(job_r, res_w), start_new_session=True, close_fds=True)
-        os.close(job_r)
-        os.close(res_w)
+        self.prefix = [*(self.cgroup.prefix() if self.cgroup else []),
+                       *isolation_prefix(limits, confinement or Confinement(), policy_home)]
+        try:
+            self.policy_proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
+                 "--reply-fd", str(reply_w), "--limits", _limit_args(limits), "--log", str(self.log), *pinned],
+                env=sandbox_env(policy_home), cwd=policy_home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(request_r, reply_w), start_new_session=True, close_fds=True)
+            self.env_proc = subprocess.Popen(
+                [sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
+                 "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--limits", _limit_args(limits),
+                 "--log", str(env_home / "output.log"), *pinned],
+                env=sandbox_env(env_home), cwd=env_home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(job_r, res_w, request_w, reply_r), start_new_session=True,
+                close_fds=True)
+        finally:
+            for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w):
+                os.close(fd)  # each end now lives only in the process that uses it
         self._replies: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._read_replies, daemon=True)
         self._reader.start()
@@ -395,31 +435,46 @@ class WorkerProcess:
         with os.fdopen(self._res_r, "r") as replies:
             for line in replies:
                 self._replies.put(line)
-        self._replies.put(None)  # end of file: the worker is gone
+        self._replies.put(None)  # end of file: the env process is gone
 
     def run(self, job: dict, timeout: float) -> dict:
         try:
             os.write(self._job_w, (json.dumps(job) + "\n").encode())
         except (BrokenPipeError, OSError):
-            raise WorkerDied(self._death_reason()) from None
+            raise WorkerDied(self._env_death_reason()) from None
         try:
             line = self._replies.get(timeout=timeout)
         except queue.Empty:
             self.kill()
-            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process group was killed",
+            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process groups were killed",
                              timed_out=True) from None
         if line is None:
-            raise WorkerDied(self._death_reason())
-        return json.loads(line)
+            raise WorkerDied(self._env_death_reason())
+        reply = json.loads(line)
+        if reply.get("status") == "policy_gone":
+            if not reply["hung_up"]:  # it broke the protocol: what it sent is the reason, and it ends now
+                self.kill()
+                raise WorkerDied(reply["error"])
+            raise WorkerDied(self._policy_death_reason())
+        return reply
 
-    def _death_reason(self) -> str:
+    def _policy_death_reason(self) -> str:
+        """Why the policy process ended, from its exit status and its last output."""
         try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+            code = self.policy_proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # it closed its end of the pipe but lives on: end it
             self.kill()
-            code = self.proc.wait()
+            return "the policy process closed its pipe to the env process"
         tail = self.log_tail()
         return _signal_reason(_unwrapped(code, self.prefix)) + (f"; last output: {tail}" if tail else "")
+
+    def _env_death_reason(self) -> str:
+        try:
+            code = self.env_proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.env_proc.wait()
+        return "the env process " + _signal_reason(code, who="").lstrip()
 
     def log_tail(self, chars: int = 300) -> str:
         try:
@@ -430,22 +485,24 @@ class WorkerProcess:
             return ""
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
+        for proc in (self.policy_proc, self.env_proc):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
         if self.cgroup is not None:
             self.cgroup.remove()
 
     def close(self) -> None:
         try:
-            os.close(self._job_w)  # end of input: a healthy worker exits by itself
+            os.close(self._job_w)  # end of input: a healthy env process exits, and the policy process after it
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        for proc in (self.env_proc, self.policy_proc):
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         self.kill()
         shutil.rmtree(self.home, ignore_errors=True)

@@ -1,112 +1,88 @@
-"""The sandboxed worker: runs episodes of an untrusted policy file and reports typed results.
+"""The env process of an evaluation: runs episodes and reports typed results; the policy lives elsewhere.
 
-Started by envs/sandbox.py as ``python -m envs.worker``, with a scrubbed environment,
-its own process group and, where the machine allows, its own network namespace. It
-applies its resource limits to itself before it reads any policy code, then answers
-one JSON job per line on a private pipe. The policy's own prints go to a log file, so
-nothing a policy writes can corrupt the protocol.
+Started by envs/sandbox.py as ``python -m envs.worker`` with a scrubbed environment and
+its own process group. It runs only heurist's code and the environment's: the policy
+file runs in a separate, sandboxed process (``envs.policy_host``) that receives each
+observation and sends back an action and its diagnostics (``envs.wire``), which this
+process reads as data, validates and steps the env with. The environment, the reward,
+the failure detector and the trace all live here, so a policy that patches gymnasium,
+numpy or heurist's modules changes only its own process, never its score.
 
-Each episode loads the policy file into a fresh module, so state cannot leak from one
-seed to the next: a seed's result is the same whichever worker runs it, and in
-whatever order.
+It answers one JSON job per line on a private pipe. Each episode starts a fresh Policy
+from a fresh module, so state cannot leak from one seed to the next: a seed's result is
+the same whichever worker runs it, and in whatever order.
+
+``Worker`` also runs in-process with a ``PolicyRunner`` (``graph/testkit``): a workspace's
+regression tests are already wholly inside the sandbox.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import ctypes
 import json
 import os
-import resource
-import sys
 import time
 import traceback
-import types
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
-POLICY_MODULE = "heurist_policy"
+from envs.limited import apply_limits
+from envs.policy_host import PolicyFailed
+from envs.wire import (ProtocolBroken, action_from_wire, describe, jsonable, plain_diag, receive_from_policy,
+                       send_to_policy)
 
 
 class InvalidAction(Exception):
     pass
 
 
-# --------------------------------------------------------------------------- limits and I/O
+class PolicyGone(Exception):
+    """The policy process hung up (only the parent can say why it ended) or broke the protocol."""
 
-def apply_limits(memory_mb: int, fsize_mb: int, nofile: int, max_processes: int | None = None) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_mb * 2**20, fsize_mb * 2**20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    if max_processes is not None and os.getuid() != 0:
-        # RLIMIT_NPROC counts every process and thread of the user, so the cap is "what runs now + this many".
-        cap = _my_tasks() + max_processes
-        resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
+    def __init__(self, message: str, hung_up: bool) -> None:
+        super().__init__(message)
+        self.hung_up = hung_up
 
 
-def _my_tasks() -> int:
-    """Processes and threads this user runs now (the count RLIMIT_NPROC is checked against)."""
-    count = 0
-    for proc_dir in Path("/proc").iterdir():
+class EpisodePolicy(Protocol):
+    """What an episode needs from a policy: a fresh start per seed, then one action (and diagnostics) per step."""
+
+    def start(self, seed: int, action_space, cpu_s: float | None = None) -> None: ...
+
+    def act(self, obs, info) -> tuple[Any, Any]: ...
+
+
+class RemotePolicy:
+    """The sandboxed policy process, seen from the env process: its replies are untrusted data."""
+
+    def __init__(self, requests: IO[bytes], replies: IO[bytes], path: str) -> None:
+        self.requests, self.replies, self.path = requests, replies, path
+
+    def start(self, seed: int, action_space, cpu_s: float | None = None) -> None:
+        self._ask(("reset", {"policy_path": self.path, "seed": seed, "action_space": action_space, "cpu_s": cpu_s}))
+
+    def act(self, obs, info) -> tuple[Any, Any]:
+        reply = self._ask(("act", obs, info))
         try:
-            if proc_dir.name.isdigit() and proc_dir.stat().st_uid == os.getuid():
-                count += len(os.listdir(proc_dir / "task"))
-        except OSError:
-            continue  # it ended while we looked
-    return count
+            return action_from_wire(reply), reply.get("d")
+        except ProtocolBroken as exc:
+            raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
 
-
-def limit_cpu_for_next_episode(cpu_s: float) -> None:
-    """RLIMIT_CPU counts the whole process, so each episode moves the soft limit to 'used so far + budget'."""
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime
-    soft = int(used + cpu_s) + 1
-    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    if hard != resource.RLIM_INFINITY:  # inside run_sandboxed, whose hard limit bounds the whole test run
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """Diagnostics and actions as JSON; anything exotic becomes a short string rather than an error."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value if not isinstance(value, str) else value[:200]
-    if isinstance(value, float):
-        return round(value, 6) if np.isfinite(value) else str(value)
-    if isinstance(value, np.generic):
-        return jsonable(value.item(), depth)
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist(), depth) if value.size <= 64 else f"<array {value.shape} {value.dtype}>"
-    if depth < 3 and isinstance(value, dict):
-        return {str(k)[:60]: jsonable(v, depth + 1) for k, v in list(value.items())[:30]}
-    if depth < 3 and isinstance(value, (list, tuple)):
-        return [jsonable(v, depth + 1) for v in value[:64]]
-    return str(value)[:200]
-
-
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def plain_diag(diag: Any) -> Any:
-    """Diagnostics as JSON: a small flat dict of plain values passes as is; anything else is converted."""
-    if diag is None:
-        return None
-    if diag.__class__ is dict and len(diag) <= 30 and all(
-            v.__class__ in _PLAIN and (v.__class__ is not str or len(v) <= 200) for v in diag.values()):
-        return diag
-    return jsonable(diag)
-
-
-def plain_actions(actions: list) -> list:
-    """Actions as JSON: ints stay ints, vectors are rounded to 4 decimals (once, vectorised, not per step)."""
-    if not actions:
-        return []
-    if isinstance(actions[0], int):
-        return actions
-    return np.round(np.asarray(actions, dtype=np.float64), 4).tolist()
+    def _ask(self, message: tuple) -> dict[str, Any]:
+        try:
+            send_to_policy(self.requests, message)
+            reply = receive_from_policy(self.replies)
+        except (BrokenPipeError, EOFError, OSError):
+            raise PolicyGone("the policy process ended", hung_up=True) from None
+        except ProtocolBroken as exc:
+            raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
+        if "error" in reply:
+            raise PolicyFailed(str(reply["error"])[:2000])
+        return reply
 
 
 def summarise_obs(obs: Any) -> Any:
@@ -116,21 +92,13 @@ def summarise_obs(obs: Any) -> Any:
     return {"shape": list(arr.shape), "mean": round(float(arr.mean()), 3)}
 
 
-# --------------------------------------------------------------------------- policy
-
-def load_policy(path: str, code, action_space) -> Any:
-    """Execute the compiled policy file in a fresh module and construct its Policy."""
-    module = types.ModuleType(POLICY_MODULE)
-    module.__file__ = path
-    # dataclasses resolve string annotations through sys.modules, so the module must be there.
-    sys.modules[POLICY_MODULE] = module
-    exec(code, module.__dict__)
-    cls = getattr(module, "Policy", None)
-    if cls is None or not isinstance(cls, type):
-        raise TypeError(f"{path} defines no class Policy")
-    if "action_space" in inspect.signature(cls).parameters:
-        return cls(action_space=action_space)
-    return cls()
+def plain_actions(actions: list) -> list:
+    """Actions as JSON: ints stay ints, vectors are rounded to 4 decimals (once, vectorised, not per step)."""
+    if not actions:
+        return []
+    if isinstance(actions[0], int):
+        return actions
+    return np.round(np.asarray(actions, dtype=np.float64), 4).tolist()
 
 
 def action_coercer(space):
@@ -147,8 +115,7 @@ def action_coercer(space):
                 if isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
                     action = int(action)
                 else:
-                    raise InvalidAction(f"act() returned {str(action)[:60]!r} ({type(action).__name__}); "
-                                        f"this task needs an int in [{lo}, {hi})")
+                    raise InvalidAction(f"act() returned {describe(action)}; this task needs an int in [{lo}, {hi})")
             if not lo <= action < hi:
                 raise InvalidAction(f"act() returned {int(action)}, outside the action range [{lo}, {hi})")
             return int(action)
@@ -164,7 +131,7 @@ def action_coercer(space):
             try:
                 arr = np.asarray(action, dtype=np.float64)
             except (TypeError, ValueError):
-                raise InvalidAction(f"act() returned {str(action)[:60]!r} ({type(action).__name__}); "
+                raise InvalidAction(f"act() returned {describe(action)}; "
                                     f"this task needs a float array of shape {shape}") from None
             if arr.shape != shape:
                 raise InvalidAction(f"act() returned shape {arr.shape}; this task needs shape {shape}")
@@ -190,33 +157,16 @@ def action_coercer(space):
     return coerce_other
 
 
-def where_in_policy(exc: BaseException, path: str) -> str:
-    """'file.py:LINE in func' for the innermost frame inside the policy file."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f" at {Path(path).name}:{f.lineno} in {f.name}"
-
-
 # --------------------------------------------------------------------------- episodes
 
 class Worker:
-    def __init__(self, task_json: str, protocol: str, policy_path: str) -> None:
+    def __init__(self, task_json: str, protocol: str, policy: EpisodePolicy) -> None:
         from envs.tasks import TaskSpec
 
         self.spec = TaskSpec.model_validate_json(task_json)
         self.protocol = protocol
-        self.policy_path = policy_path
+        self.policy = policy
         self._env = None
-        self._code = None
-
-    def new_policy(self, action_space) -> Any:
-        """A fresh Policy from a fresh module for every episode, so no state crosses seeds; the file
-        is compiled once per worker, since recompiling it each episode would buy nothing."""
-        if self._code is None:
-            self._code = compile(Path(self.policy_path).read_text(), self.policy_path, "exec")
-        return load_policy(self.policy_path, self._code, action_space)
 
     def env(self):
         if self._env is None:
@@ -233,21 +183,20 @@ class Worker:
         self._env = None
 
     def episode(self, job: dict) -> dict:
+        """One episode of one seed. A policy failure ends the episode with a status; PolicyGone
+        (the policy process ended) propagates, since only the parent can say why it ended."""
         from envs.failures import FailureDetector
 
         seed, window = int(job["seed"]), int(job["trace_window"])
-        limit_cpu_for_next_episode(float(job["cpu_s"]))
         env = self.env()
+        policy = self.policy
         result: dict[str, Any] = {"seed": seed, "status": "ok", "error": None, "return": 0.0, "length": 0,
                                   "termination": None, "events": [], "trace": None}
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            policy = self.new_policy(env.action_space)
-            policy.reset(seed)
-        except BaseException as exc:
-            result.update(status="policy_error", termination="error",
-                          error=f"policy failed to load or reset{where_in_policy(exc, self.policy_path)}: "
-                                f"{type(exc).__name__}: {exc}")
+            policy.start(seed, env.action_space, float(job["cpu_s"]))
+        except PolicyFailed as exc:
+            result.update(status="policy_error", termination="error", error=str(exc))
             return self._finish(result, t0, c0)
 
         coerce = action_coercer(env.action_space)
@@ -263,18 +212,15 @@ class Worker:
         total, t, last_diag = 0.0, 0, None
         while True:
             try:
-                raw = policy.act(obs, info)
-            except BaseException as exc:
-                result.update(status="policy_error", termination="error",
-                              error=f"act() raised at step {t}{where_in_policy(exc, self.policy_path)}: "
-                                    f"{type(exc).__name__}: {exc}")
+                raw, diag = policy.act(obs, info)
+            except PolicyFailed as exc:
+                result.update(status="policy_error", termination="error", error=str(exc))
                 break
             try:
                 action = coerce(raw)
             except InvalidAction as exc:
                 result.update(status="invalid_action", termination="error", error=f"step {t}: {exc}")
                 break
-            diag = getattr(policy, "diagnostics", None)
             if diag.__class__ is dict:
                 try:
                     modes[diag.get("mode")] += 1
@@ -344,17 +290,15 @@ class Worker:
         windows = [(int(a), int(b)) for a, b in job["windows"]]
         expected = job["expected_actions"]
         last = max(b for _, b in windows)
-        limit_cpu_for_next_episode(float(job["cpu_s"]))
         env = self.spec.make_env(self.protocol, render_mode="rgb_array")
         try:
-            policy = self.new_policy(env.action_space)
-            policy.reset(seed)
+            self.policy.start(seed, env.action_space, float(job["cpu_s"]))
             coerce = action_coercer(env.action_space)
             frames: list[list] = [[] for _ in windows]
             obs, info = env.reset(seed=seed)
             diverged_at = None
             for t in range(last + 1):
-                action = coerce(policy.act(obs, info))
+                action = coerce(self.policy.act(obs, info)[0])
                 plain = plain_actions([action])[0]
                 if diverged_at is None and t < len(expected) and plain != expected[t]:
                     diverged_at = t
@@ -375,32 +319,52 @@ class Worker:
         return {"clips": clips, "replay_diverged_at": diverged_at}
 
 
+def _refuse_tracing() -> None:
+    """No process of the same user may attach to this one (ptrace, /proc/PID/mem). Where bubblewrap
+    works the policy process cannot even see this one; this guards the fallback without it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--job-fd", type=int, required=True)
     parser.add_argument("--result-fd", type=int, required=True)
+    parser.add_argument("--request-fd", type=int, required=True, help="to the policy process")
+    parser.add_argument("--reply-fd", type=int, required=True, help="from the policy process")
     parser.add_argument("--limits", required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--cpu", type=int, help="the core shared with the policy process (see envs.sandbox.pair_cpus)")
     args = parser.parse_args()
+    _refuse_tracing()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     limits = json.loads(args.limits)
-    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"], limits.get("max_processes"))
+    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"])
     log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     jobs = os.fdopen(args.job_fd, "r")
     results = os.fdopen(args.result_fd, "w")
+    requests, replies = os.fdopen(args.request_fd, "wb"), os.fdopen(args.reply_fd, "rb")
     worker: Worker | None = None
     for line in jobs:
         job = json.loads(line)
         if worker is None:
-            worker = Worker(job["task"], job["protocol"], job["policy_path"])
+            worker = Worker(job["task"], job["protocol"], RemotePolicy(requests, replies, job["policy_path"]))
         try:
             reply = worker.clip(job) if job["kind"] == "clip" else worker.episode(job)
+        except PolicyGone as exc:  # the parent, which started the policy process, says why it ended
+            reply = {"status": "policy_gone", "error": str(exc), "hung_up": exc.hung_up}
         except Exception as exc:  # heurist's own code failed (or a policy broke a clip replay): report, keep serving
             reply = {"status": "worker_error", "error": f"{type(exc).__name__}: {exc}",
                      "traceback": traceback.format_exc()[-2000:]}
         results.write(json.dumps(reply) + "\n")
         results.flush()
+        if reply.get("status") == "policy_gone":
+            return  # the parent starts a new pair of processes
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ CASES = [
     # CPython ignores SIGXFSZ, so the file-size limit surfaces as EFBIG inside the policy.
     ("prints_gigabytes.py", "CartPole-v1", "policy_error", "File too large"),
     ("nan_action.py", "Pendulum-v1", "invalid_action", "non-finite action"),
+    ("forges_replies.py", "CartPole-v1", "crash", "the policy process broke the protocol: it sent a reply that is not JSON"),
 ]
 
 
@@ -44,6 +45,24 @@ def test_hostile_policy_is_contained_and_explained(run_eval, ledger, name, task,
     records, bad = ledger.read()
     assert bad == 0 and [r["event"] for r in records] == ["eval_started", "eval_finished"]
     assert records[1]["status"] == "broken" and records[1]["per_episode"][0]["error"]
+
+
+def test_a_policy_cannot_change_its_own_score(run_eval, write_policy):
+    """Patching gymnasium, numpy and heurist's modules changes only the policy's process: the
+    score is exactly that of an honest policy taking the same actions."""
+    patched = run_eval(HOSTILE / "patches_evaluator.py", "CartPole-v1", episodes=3, workers=2)
+    honest = run_eval(write_policy("""
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return 0
+        """), "CartPole-v1", episodes=3, workers=2)
+    assert [e.status for e in patched.episodes] == ["ok"] * 3
+    assert [(e.return_, e.length, e.trace.actions, e.trace.rewards) for e in patched.episodes] == \
+           [(e.return_, e.length, e.trace.actions, e.trace.rewards) for e in honest.episodes]
+    assert patched.stats == honest.stats and patched.stats.max < 20
 
 
 def test_secrets_are_not_inherited(run_eval, monkeypatch):

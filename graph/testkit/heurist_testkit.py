@@ -1,7 +1,7 @@
 """Helpers for this workspace's regression tests. Written by heurist; edits here are overwritten.
 
 Each call runs one real episode of the task, in this (sandboxed) test process, with the
-same worker code the evaluator uses, so a test sees exactly what an evaluation sees.
+same env and policy code the evaluator uses, so a test sees exactly what an evaluation sees.
 """
 
 import json
@@ -21,9 +21,11 @@ def _count(steps):
 
 
 def run_episode(seed, policy=None):
+    from envs.policy_host import PolicyRunner
     from envs.worker import Worker
 
-    worker = Worker(json.dumps(_SETTINGS["task"]), _SETTINGS["protocol"], str(policy or HERE / "policy.py"))
+    runner = PolicyRunner(str(policy or HERE / "policy.py"))
+    worker = Worker(json.dumps(_SETTINGS["task"]), _SETTINGS["protocol"], runner)
     try:
         result = worker.episode({"seed": int(seed), "trace_window": 16, "max_windows": 3, "cpu_s": 120})
     finally:
