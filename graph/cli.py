@@ -143,21 +143,34 @@ def main() -> None:
     if debug:
         sys.argv.remove("--debug")
     try:
-        app(prog_name="heurist")
+        # Not standalone: click's own error box is several lines; a usage error here is one, like any other.
+        code = app(prog_name="heurist", standalone_mode=False)
+    except typer.TyperException as exc:  # a usage error: unknown option, wrong type, missing argument
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "heurist"
+        message = exc.format_message().rstrip(".")
+        if message:  # empty after a bare `heurist`, whose help was just printed
+            err.print(f"[red]error:[/] {message}; `{command} --help` lists what it takes", highlight=False,
+                      soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted")
+        sys.exit(130)
     except HeuristError as exc:
         if debug:
             raise
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
     except Exception as exc:  # a bug of ours: still one line, with the way to see more
         if debug:
             raise
         err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (run again with --debug for the traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. doctor's failed checks
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
     # The live panel only where a person watches; a log file or a pipe gets one line per iteration.
     live = not no_progress and sys.stdout.isatty() and err.is_terminal
     view = LiveView(err) if live else LogLines(err)
+    if (run_dir / "ledger.jsonl").exists():
+        _ledger(run_dir)  # says so if some lines are damaged; the run appends after them
     try:
         with view:
             return execute(run_dir, view)
@@ -158,9 +160,14 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
 
 
 def _ledger(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's ledger records; damaged lines are skipped, and said so, never fatal."""
     from envs.ledger import Ledger
 
-    return Ledger(run_dir / "ledger.jsonl").read()[0]
+    records, bad = Ledger(run_dir / "ledger.jsonl").read()
+    if bad:
+        err.print(f"warning: {bad} unreadable line(s) in {run_dir / 'ledger.jsonl'} skipped (torn by a crash or "
+                  f"damaged); every other record is used", highlight=False, soft_wrap=True)
+    return records
 
 
 def _num(value: float | None) -> str:

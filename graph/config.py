@@ -11,7 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from envs.errors import HeuristError
 from memory.store import MemoryConfig
@@ -69,6 +71,17 @@ class LLMConfig(_Strict):
     max_consecutive_failures: int = Field(5, ge=1, description="LLM failures in a row before the run pauses.")
     roles: dict[str, RoleLLM] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        # Caught here, not at the first model call an hour into the run.
+        if url is not None:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL; give the server's API root, "
+                                 f"e.g. http://127.0.0.1:8000/v1")
+        return url
 
     def price(self, model: str) -> Price | None:
         return self.prices.get(model) or DEFAULT_PRICES.get(model)
@@ -160,7 +173,7 @@ def build_config(data: dict, source: str = "config") -> RunConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{source}: {where}: {message}{more}; fix it (see README, \"Run config\")") from None
 

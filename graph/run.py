@@ -14,6 +14,7 @@ A run directory holds everything about one run:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -51,6 +52,33 @@ EventFn = Callable[[str, dict[str, Any]], None]
 
 class RunError(HeuristError):
     """A run directory that cannot be started, resumed or replayed."""
+
+
+# What a full or read-only disk looks like from inside: an OSError, or the words SQLite, git and
+# Chroma put into their own exceptions.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_STORAGE_WORDS = (*(os.strerror(e) for e in _STORAGE_ERRNOS), "database or disk is full",
+                  "attempt to write a readonly database", "disk I/O error")
+
+
+def storage_failure(exc: BaseException, run_dir: Path) -> str | None:
+    """Why the run could not write, if ``exc`` (or an exception behind it) is a full disk, a read-only
+    file system, or a permission refused inside the run directory; None for anything else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno in _STORAGE_ERRNOS:
+                return os.strerror(exc.errno)
+            if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename and \
+                    Path(exc.filename).resolve().is_relative_to(run_dir):
+                return f"{exc.strerror}: {exc.filename}"
+        text = str(exc)
+        for words in _STORAGE_WORDS:
+            if words.lower() in text.lower():
+                return words
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class RunRecord(BaseModel):
@@ -103,6 +131,8 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
     slug = "".join(c if c.isalnum() else "-" for c in spec.id.split("/")[-1]).strip("-").lower()
     run_id = f"{created:%Y%m%d-%H%M%S}-{slug}-{uuid.uuid4().hex[:6]}"
     run_dir = Path(run_dir or heurist_home() / "runs" / run_id).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file; give --run-dir a new or empty directory")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} already exists and is not empty; choose another --run-dir, "
                        f"or `heurist resume {run_dir}` if it is a run")
@@ -118,11 +148,23 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
                        starting_sha256=policy_sha256(policy),
                        search_key=recorded.search_key if recorded else run_id,
                        replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"))
+    existed = run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "starting_policy.py", policy.read_text())
         atomic_write(run_dir / "run.json", record.model_dump_json(indent=2))
     except OSError as exc:
+        # Half a run directory would block the next try ("not empty"): take back what was written.
+        for name in ("run.json", "starting_policy.py"):
+            try:
+                (run_dir / name).unlink(missing_ok=True)
+            except OSError:
+                pass
+        if not existed:
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
         raise RunError(f"cannot create the run directory {run_dir}: {exc.strerror}; choose a writable --run-dir") from None
     runs_index().append({"run_id": run_id, "run_dir": str(run_dir), "task": spec.id, "created": record.created,
                          "replay_of": record.replay_of})
@@ -188,10 +230,24 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
 
 def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
     """Run (or continue) the graph to its end, a pause, or an interruption; returns the final state."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
     run_dir = Path(run_dir).resolve()
     read_record(run_dir)
+    try:
+        return _execute(run_dir, on_event)
+    except Exception as exc:
+        reason = storage_failure(exc, run_dir)
+        if reason is None:
+            raise
+        # Every write is atomic or an append that takes itself back, and the checkpoint is SQLite's:
+        # the run stopped at its last checkpoint and continues from there.
+        raise RunError(f"the run cannot go on: it could not write ({reason}); free some space or make {run_dir} "
+                       f"and $HEURIST_HOME writable, then `heurist resume {run_dir}` continues from its last "
+                       f"checkpoint") from exc
+
+
+def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
     with _locked(run_dir):
         services, nodes, record = open_services(run_dir, on_event)
         connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
@@ -240,7 +296,7 @@ def run_status(run_dir: Path) -> str:
     """running (a process holds its lock), finished, paused, stopped (killed or interrupted: resume it) or created."""
     lock = run_dir / ".lock"
     if lock.exists():
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: status works on a read-only disk
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

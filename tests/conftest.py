@@ -16,6 +16,8 @@ from envs.ledger import Ledger  # noqa: E402
 from envs.sandbox import Limits  # noqa: E402
 from envs.tasks import get_task  # noqa: E402
 
+from tests.offline_runs import weak_cartpole  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -79,3 +81,12 @@ def llm_run(tmp_path_factory):
         patch.setenv("HEURIST_HOME", str(home / "home"))
         patch.delenv("OPENAI_API_KEY", raising=False)
         return record_llm_run(home)
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A private $HEURIST_HOME, no API key, and the weak CartPole policy at tmp_path/weak.py."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["HEURIST_HOME"] = str(tmp_path / "home")
+    (tmp_path / "weak.py").write_text(weak_cartpole())
+    return tmp_path, env

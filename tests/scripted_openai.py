@@ -1,8 +1,10 @@
 """A scripted OpenAI-compatible HTTP server on 127.0.0.1 for tests of the real ``openai`` client.
 
 Chat completions answer from a queue of scripted replies (a JSON body, an HTTP status with
-headers, a delay, or raw bytes that are not JSON); embeddings are computed: a hashed bag of
-words, so texts that share words get similar vectors. Every request is recorded.
+headers, a delay, raw bytes that are not JSON, or a dropped connection), and when the queue
+is empty from ``responder(request_body)`` if one is given (benchmarks/soak.py answers every
+role that way); embeddings are computed: a hashed bag of words, so texts that share words get
+similar vectors. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -28,8 +31,10 @@ def hashed_bag_of_words(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
 
 
 class ScriptedOpenAI:
-    def __init__(self):
+    def __init__(self, responder: Callable[[dict], dict] | None = None, record: bool = True):
         self.replies: deque[dict] = deque()
+        self.responder = responder
+        self.record = record  # a soak of thousands of calls keeps no list of them
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         server = self
@@ -40,8 +45,9 @@ class ScriptedOpenAI:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                with server._lock:
-                    server.requests.append({"path": self.path, "body": body})
+                if server.record:
+                    with server._lock:
+                        server.requests.append({"path": self.path, "body": body})
                 if self.path.endswith("/embeddings"):
                     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
                     data = [{"object": "embedding", "index": i, "embedding": hashed_bag_of_words(t)}
@@ -50,9 +56,14 @@ class ScriptedOpenAI:
                                      "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
                     return
                 with server._lock:
-                    reply = server.replies.popleft() if server.replies else {"status": 500, "json": {
+                    reply = server.replies.popleft() if server.replies else None
+                if reply is None:
+                    reply = server.responder(body) if server.responder else {"status": 500, "json": {
                         "error": {"message": "scripted server has no reply queued", "type": "server_error"}}}
                 time.sleep(reply.get("delay", 0))
+                if reply.get("drop"):  # the connection closes with no response at all
+                    self.close_connection = True
+                    return
                 if "raw" in reply:
                     self._send(reply.get("status", 200), reply["raw"].encode(), reply.get("headers"))
                 else:

@@ -1,12 +1,9 @@
-"""The graph offline, through the installed ``heurist`` command: reaching the target, kill -9 and resume,
-plug-in roles, the topology, budgets, and bad input. Real CartPole, git, SQLite checkpoints and ChromaDB."""
+"""The graph offline, through the installed ``heurist`` command: reaching the target (kill -9 and resume
+are in test_faults.py), plug-in roles, the topology, budgets, and bad input. Real CartPole, git, SQLite checkpoints and ChromaDB."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -22,33 +19,11 @@ from graph.run import mermaid
 from graph.topology import stop_reason
 from graph.transcripts import TranscriptRecorder
 from graph.workspace import Workspace
-from policies import POLICY_DIR
-from policies.contract import read_tunables
+from tests.offline_runs import heurist, weak_cartpole
 from tests.test_cli import HEURIST
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "graph.mmd"
 EXAMPLE_PLUGIN = Path(__file__).parent / "plugins"
-
-
-def weak_cartpole() -> str:
-    """The CartPole starter with every gain at zero (make run's start): it always pushes left, falls in ~9 steps."""
-    source = (POLICY_DIR / "cartpole_untuned.py").read_text()
-    starter = (POLICY_DIR / "cartpole.py").read_text()
-    assert {t.name for t in read_tunables(source)} == {t.name for t in read_tunables(starter)}
-    assert all(t.default == 0 for t in read_tunables(source))
-    return source
-
-
-@pytest.fixture
-def home(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env["HEURIST_HOME"] = str(tmp_path / "home")
-    (tmp_path / "weak.py").write_text(weak_cartpole())
-    return tmp_path, env
-
-
-def heurist(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([HEURIST, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_offline_run_from_a_weak_policy_reaches_the_target(home):
@@ -86,58 +61,6 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
     assert sum(r["event"] == "run_finished" for r in records) == 1
     assert sum(r["event"] == "eval_started" and r["split"] == "holdout" for r in records) == 1
-
-
-def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(home):
-    tmp, env = home
-    (tmp / "run.toml").write_text('[budget]\niterations = 4\nstop_when = "never"\npatience = 4\n'
-                                  '[eval]\nepisodes = 8\n[search]\npopulation = 6\nseed = 4\n')
-    rng = random.Random(int(os.environ.get("HEURIST_KILL_SEED", "7")))
-    run_dir = tmp / "run"
-    command = [HEURIST, "run", "--env", "CartPole-v1", "--policy", str(tmp / "weak.py"), "--config",
-               str(tmp / "run.toml"), "--run-dir", str(run_dir), "--no-progress"]
-    kills = 0
-    for attempt in range(3):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        delay = rng.uniform(3.0, 10.0)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # heurist and its workers, as a crash or OOM kill would
-            proc.wait()
-            kills += 1
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-        command = [HEURIST, "resume", str(run_dir), "--no-progress"]
-    done = heurist(env, "resume", run_dir, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert kills >= 1
-
-    records, _ = Ledger(run_dir / "ledger.jsonl").read()
-    iterations = [r for r in records if r["event"] == "iteration"]
-    assert [r["iteration"] for r in iterations] == [1, 2, 3, 4]  # none lost, none twice
-    assert sum(r["event"] == "run_finished" for r in records) == 1
-
-    workspace = Workspace(run_dir / "workspace")
-    committed = sorted(int(c["body"].rsplit("Heurist-Iteration: ", 1)[1]) for c in workspace.history()
-                       if "Heurist-Iteration: " in c["body"])
-    assert committed == [r["iteration"] for r in iterations if r["accepted"]]
-    assert workspace.git("status", "--porcelain") == ""
-    assert workspace.policy.read_text() == (run_dir / "best_policy.py").read_text()
-    assert workspace.head() == next(r for r in reversed(iterations) if r["accepted"])["commit"]
-
-    from memory.store import MemoryConfig, MemoryStore
-
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    with MemoryStore(MemoryConfig(path=tmp / "home" / "memory")) as store:
-        fixes = [r for r in store.records() if r.type == "fix" and r.run_id == run_id]
-    assert sorted(f.iteration for f in fixes) == [r["iteration"] for r in iterations if r["edit"]]
-
-    for path in (run_dir / "transcripts").rglob("*.jsonl"):
-        entries, bad = Ledger(path).read()
-        assert entries and bad <= 1, path  # at most the line being written at the kill
 
 
 def test_plug_in_role_from_an_entry_point_runs_in_its_stage(home):

@@ -16,7 +16,7 @@ from tests.test_cli import HEURIST
 
 def test_kill_9_mid_evaluation_leaves_earlier_records_intact(tmp_path, slow_balancer):
     ledger_path = tmp_path / "ledger.jsonl"
-    slow = slow_balancer(0.02)
+    slow = slow_balancer(0.004)  # 2 s an episode: 8 episodes on 2 workers are still running at the kill
     done = subprocess.run([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "1", "--json",
                            "--ledger", str(ledger_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -24,6 +24,7 @@ import pytest
 
 from graph.report.render import write_report
 from tests.conftest import ARTIFACTS
+from tests.offline_runs import heurist
 from tests.scripted_runs import BALANCES
 from tests.test_cli import HEURIST
 
@@ -37,10 +38,6 @@ WAIT_FOR_VIDEOS = """async () => {
     })));
     return videos.map(v => ({src: v.currentSrc, duration: v.duration, width: v.videoWidth}));
 }"""
-
-
-def heurist(env: dict, *args: object, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([HEURIST, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 class Browser:

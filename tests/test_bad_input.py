@@ -1,0 +1,156 @@
+"""Bad input to every command: one line that names the problem and what to do, a non-zero exit, no
+traceback (``--debug`` shows it). The sweep calls the CLI's entry point in this process, so it
+costs milliseconds per case; tests/test_cli.py and test_graph_offline.py run the installed
+command for the same wiring."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from graph.cli import main
+from policies import POLICY_DIR
+
+CARTPOLE = str(POLICY_DIR / "cartpole.py")
+
+FILES = {
+    "syntax.py": "class Policy:\n    def act(self\n",
+    "notpolicy.py": "def act(obs):\n    return 0\n",
+    "typo.toml": "[budget]\niteratons = 3\n",
+    "wrongtype.toml": '[budget]\niterations = "many"\n',
+    "broken.toml": "[budget\n",
+    "config.yaml": "budget:\n  iterations: 3\n",
+    "negative.json": '{"budget": {"iterations": -1}}',
+    "list.json": "[1, 2]",
+    "garbage.jsonl": "{garbage\n",
+    "afile": "x",
+    "foreign/notes.txt": "not a run",
+    "badrun/run.json": "{not json",
+    "wrongrun/run.json": '{"run_id": 3}',
+}
+
+CASES = [
+    # (command line, words the one line must contain)
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["run", "--bogus"], "No such option: --bogus"),
+    (["run", "--iterations", "many"], "Invalid value for '--iterations'"),
+    (["run", "--hours", "0"], "Invalid value for '--hours'"),
+    (["show"], "Missing argument 'run_dir'"),
+    (["run"], "no task: give --env TASK"),
+    (["run", "--env", "NoSuchTask-v0"], "unknown task 'NoSuchTask-v0'"),
+    (["run", "--env", "CartPole-v1", "--policy", "missing.py"], "does not exist"),
+    (["run", "--env", "CartPole-v1", "--policy", "foreign"], "does not exist"),
+    (["run", "--env", "CartPole-v1", "--policy", "syntax.py"], "syntax error at line 2"),
+    (["run", "--env", "CartPole-v1", "--policy", "notpolicy.py"], "defines no top-level class Policy"),
+    (["run", "--env", "CartPole-v1", "--config", "typo.toml"], "budget.iteratons: unknown key"),
+    (["run", "--env", "CartPole-v1", "--config", "wrongtype.toml"], "budget.iterations: Input should be a valid integer"),
+    (["run", "--env", "CartPole-v1", "--config", "broken.toml"], "broken.toml does not parse"),
+    (["run", "--env", "CartPole-v1", "--config", "config.yaml"], "config.yaml does not parse"),
+    (["run", "--env", "CartPole-v1", "--config", "negative.json"], "budget.iterations: Input should be greater than"),
+    (["run", "--env", "CartPole-v1", "--config", "list.json"], "list.json"),
+    (["run", "--env", "CartPole-v1", "--config", "missing.toml"], "config file missing.toml does not exist"),
+    (["run", "--env", "CartPole-v1", "--base-url", "localhost"], "'localhost' is not an http(s) URL"),
+    (["run", "--env", "CartPole-v1", "--run-dir", "afile"], "is a file; give --run-dir a new or empty directory"),
+    (["run", "--env", "CartPole-v1", "--run-dir", "foreign"], "already exists and is not empty"),
+    (["resume", "foreign"], "is not a heurist run directory"),
+    (["resume", "missing"], "is not a heurist run directory"),
+    (["resume", "afile"], "is not a heurist run directory"),
+    (["resume", "badrun"], "run.json is damaged"),
+    (["resume", "wrongrun"], "run.json is damaged"),
+    (["replay", "foreign"], "is not a heurist run directory"),
+    (["show", "badrun"], "run.json is damaged"),
+    (["transcripts", "foreign"], "is not a heurist run directory"),
+    (["report", "foreign"], "is not a heurist run directory"),
+    (["eval", "missing.py", "--env", "CartPole-v1"], "does not exist"),
+    (["eval", "syntax.py", "--env", "CartPole-v1"], "syntax error at line 2"),
+    (["eval", "notpolicy.py", "--env", "CartPole-v1"], "defines no top-level class Policy"),
+    (["eval", CARTPOLE, "--env", "NoSuchTask-v0"], "unknown task"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--split", "train"], "unknown split 'train'"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--protocol", "nope"], "has no protocol 'nope'"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--episodes", "0"], "Invalid value for '--episodes'"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--ledger", "foreign"], "cannot write the ledger"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--video", "--out", "afile"], "cannot write clips to afile: it is a file"),
+    (["graph", "--config", "typo.toml"], "budget.iteratons: unknown key"),
+    (["graph", "--env", "NoSuchTask-v0"], "unknown task"),
+    (["envs", "--family", "nope"], "no tasks in family 'nope'"),
+    (["doctor", "--skip-llm", "--config", "missing.toml"], "does not exist"),
+    (["doctor", "--skip-llm", "--config", "typo.toml"], "budget.iteratons: unknown key"),
+    (["memory", "nosuch"], "No such command 'nosuch'"),
+    (["memory", "import", "missing.jsonl"], "is not a file"),
+    (["memory", "import", "garbage.jsonl"], "garbage.jsonl:1 is not a memory record"),
+    (["memory", "search", "pole", "--memory", "afile"], "is a file, not a directory"),
+    (["memory", "stats", "--memory", "foreign"], "is not a heurist memory store"),
+    (["memory", "search", "pole", "--memory-url", "localhost:8000"], "is not http(s)://host[:port]"),
+    (["memory", "forget"], "Missing option '--run'"),
+    (["memory", "export", "foreign"], "cannot write"),
+]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    for name, text in FILES.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return tmp_path
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The installed command's entry point, in this process: exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["heurist", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+def test_bad_input_is_one_line_naming_the_problem(workdir, monkeypatch, capsys, args, words):
+    code, _, stderr = cli(monkeypatch, capsys, *args)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: ") and words in stderr, stderr
+
+
+def test_debug_shows_the_traceback_of_bad_input(workdir, monkeypatch, capsys):
+    with pytest.raises(Exception, match="budget.iteratons: unknown key"):
+        cli(monkeypatch, capsys, "--debug", "run", "--env", "CartPole-v1", "--config", "typo.toml")
+
+
+def test_a_bare_heurist_prints_its_help_and_no_error_line(workdir, monkeypatch, capsys):
+    code, stdout, stderr = cli(monkeypatch, capsys)
+    assert code == 2 and "Commands" in stdout + stderr and "error:" not in stderr
+
+
+def test_damaged_ledger_lines_are_skipped_with_one_warning_not_an_error(llm_run, workdir, monkeypatch, capsys):
+    """A torn line (a crash mid-write) or bytes that are not text at all: every command still works."""
+    run = workdir / "run"
+    shutil.copytree(llm_run.run_dir, run)
+    lines = (run / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+    lines[3:3] = [b'{"event": "eval_finished", "torn\n', b"\x00\x00\xff not text\n", b"42\n"]
+    (run / "ledger.jsonl").write_bytes(b"".join(lines))
+    for args in (["show", str(run)], ["resume", str(run), "--no-progress"], ["report", str(run)]):
+        code, stdout, stderr = cli(monkeypatch, capsys, *args)
+        assert code == 0, stderr
+        assert f"warning: 3 unreadable line(s) in {run / 'ledger.jsonl'} skipped" in stderr or args[0] == "report"
+        assert "Traceback" not in stderr
+    code, stdout, _ = cli(monkeypatch, capsys, "show", str(run))
+    assert "accepted" in stdout and "rejected" in stdout  # the records around the damage are all there
+
+
+def test_foreign_directories_are_never_touched(workdir, monkeypatch, capsys):
+    before = {p: p.read_bytes() for p in Path(workdir / "foreign").rglob("*") if p.is_file()}
+    for command in (["resume", "foreign"], ["run", "--env", "CartPole-v1", "--run-dir", "foreign"],
+                    ["report", "foreign"], ["replay", "foreign"]):
+        assert cli(monkeypatch, capsys, *command)[0] == 2
+    assert {p: p.read_bytes() for p in Path(workdir / "foreign").rglob("*") if p.is_file()} == before

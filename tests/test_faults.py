@@ -1,0 +1,172 @@
+"""Faults an overnight run must survive and lose nothing to: kill -9 again and again, a full disk, a
+read-only file system. Each is followed by ``heurist resume`` and a check of everything recorded:
+the ledger, the workspace's git history, the memory, the transcripts and the checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from envs.ledger import Ledger
+from tests.test_cli import HEURIST
+from tests.offline_runs import heurist, lost_or_repeated
+
+KILLS = 10
+
+
+def _start(command: list, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def _work_done(ledger: Ledger) -> int:
+    """Ledger records of finished work: not a resume's own line, nor the start of an evaluation (killing
+    every start within a second of its `eval_started` would kill the same evaluation forever)."""
+    return sum(r["event"] not in ("run_resumed", "eval_started") for r in ledger.read()[0])
+
+
+def _evaluations_done(ledger: Ledger) -> int:
+    return sum(r["event"] == "eval_finished" for r in ledger.read()[0])
+
+
+def _iterations_done(ledger: Ledger) -> int:
+    return sum(r["event"] == "iteration" for r in ledger.read()[0])
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll until ``condition()`` holds; False if the process ended first or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_ten_kill_9s_in_one_run_then_resume_lose_and_repeat_nothing(home):
+    """Each start makes some progress (a finished evaluation, test run or iteration), then heurist and all its workers get
+    SIGKILL after a random delay, so the kills land in evaluations, searches, test runs, commits
+    and memory writes across the iterations."""
+    tmp, env = home
+    iterations = 4
+    (tmp / "run.toml").write_text(f'[budget]\niterations = {iterations}\nstop_when = "never"\npatience = {iterations}\n'
+                                  '[eval]\nepisodes = 8\nvideo = false\nholdout = false\n'
+                                  '[search]\npopulation = 6\nseed = 4\n')
+    seed = int(os.environ.get("HEURIST_KILL_SEED", "7"))
+    rng = random.Random(seed)
+    run_dir = tmp / "run"
+    ledger = Ledger(run_dir / "ledger.jsonl")
+    command = [HEURIST, "run", "--env", "CartPole-v1", "--policy", str(tmp / "weak.py"), "--config",
+               str(tmp / "run.toml"), "--run-dir", str(run_dir), "--no-progress"]
+    killed_after: list[str] = []
+    while len(killed_after) < KILLS:
+        before = _work_done(ledger)
+        # Spread over the run: the k-th kill waits until k * iterations / KILLS iterations are done.
+        due = len(killed_after) * iterations // KILLS
+        proc = _start(command, env)
+        progressed = _wait_for(lambda: _work_done(ledger) > before and _iterations_done(ledger) >= due, proc,
+                               timeout=180)
+        if progressed:
+            time.sleep(rng.uniform(0.0, 0.8))
+        if proc.poll() is not None:
+            break  # it finished (or failed) before being killed: checked below
+        os.killpg(proc.pid, signal.SIGKILL)  # heurist and its workers, as a crash or the OOM killer would
+        proc.wait()
+        killed_after.append(ledger.read()[0][-1]["event"])
+        command = [HEURIST, "resume", str(run_dir), "--no-progress"]
+    assert len(killed_after) == KILLS, (f"the run ended after {len(killed_after)} kills (HEURIST_KILL_SEED={seed}): "
+                                        f"{proc.returncode} {proc.stderr.read().decode()[-2000:]}")
+    done = heurist(env, "resume", run_dir, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    records, _ = ledger.read()
+    assert sum(r["event"] == "run_resumed" for r in records) == KILLS  # every resume continued the run
+    finished_before_kill, finished = [], 0
+    for r in records:
+        finished += r["event"] == "iteration"
+        if r["event"] == "run_resumed":
+            finished_before_kill.append(finished)
+    assert finished_before_kill == sorted(finished_before_kill) and len(set(finished_before_kill)) == iterations, \
+        f"kills not spread over the iterations: {finished_before_kill}"
+    assert lost_or_repeated(run_dir, tmp / "home" / "memory", iterations) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of its own, to fill up and to make read-only while heurist writes to it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): filling a disk needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 20))
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _remount(disk: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True, capture_output=True)
+
+
+def test_a_full_disk_then_a_read_only_one_stop_the_run_cleanly_and_resume_finishes_it(home, small_disk):
+    """The run directory and $HEURIST_HOME (memory, the runs index) both live on the small disk."""
+    tmp, env = home
+    env["HEURIST_HOME"] = str(small_disk / "home")
+    iterations = 2
+    (tmp / "run.toml").write_text(f'[budget]\niterations = {iterations}\nstop_when = "never"\npatience = {iterations}\n'
+                                  '[eval]\nepisodes = 8\nvideo = false\nholdout = false\n'
+                                  '[search]\npopulation = 6\nseed = 4\n')
+    run_dir = small_disk / "run"
+    ledger = Ledger(run_dir / "ledger.jsonl")
+
+    def stops_cleanly(command: list, fault) -> None:
+        finished = _evaluations_done(ledger)
+        proc = _start(command, env)
+        assert _wait_for(lambda: _evaluations_done(ledger) > finished, proc, 120)  # the fault lands mid-run
+        fault()
+        _, stderr = proc.communicate(timeout=120)
+        lines = stderr.decode().strip().splitlines()
+        assert proc.returncode == 2, stderr.decode()[-3000:]
+        assert lines[-1].startswith("error: the run cannot go on: it could not write (")
+        assert f"heurist resume {run_dir}" in lines[-1] and "Traceback" not in stderr.decode()
+        assert ledger.read()[1] == 0  # no torn line
+        assert [r["status"] for r in json.loads(heurist(env, "runs", "--json").stdout)] == ["stopped (resume it)"]
+
+    filler: list[Path] = []
+
+    def fill_disk() -> None:
+        filler.append(_fill(small_disk))
+
+    stops_cleanly([HEURIST, "run", "--env", "CartPole-v1", "--policy", str(tmp / "weak.py"), "--config",
+                   str(tmp / "run.toml"), "--run-dir", str(run_dir), "--no-progress"], fill_disk)
+    filler[0].unlink()
+
+    stops_cleanly([HEURIST, "resume", str(run_dir), "--no-progress"], lambda: _remount(small_disk, "ro"))
+    refused = heurist(env, "resume", run_dir)  # still read-only: refused at once, in one line
+    assert refused.returncode == 2 and "Read-only file system" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    _remount(small_disk, "rw")
+
+    done = heurist(env, "resume", run_dir, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lost_or_repeated(run_dir, small_disk / "home" / "memory", iterations) == []
