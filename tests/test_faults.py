@@ -124,12 +124,21 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def _remount(disk: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True, capture_output=True)
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def _read_only_over(path: Path) -> None:
+    """Make one file read-only under a running process (a whole file system cannot be remounted
+    read-only while files on it are open for writing): a read-only bind mount over it."""
+    _mount("--bind", str(path), str(path))
+    _mount("-o", "remount,bind,ro", str(path))
 
 
 def test_a_full_disk_then_a_read_only_one_stop_the_run_cleanly_and_resume_finishes_it(home, small_disk):
-    """The run directory and $HEURIST_HOME (memory, the runs index) both live on the small disk."""
+    """The run directory and $HEURIST_HOME (memory, the runs index) both live on the small disk: it
+    fills up mid-run, then the ledger turns read-only mid-run, then the whole disk is read-only at a
+    resume; each stops cleanly in one line, and the last resume finishes the run with nothing lost."""
     tmp, env = home
     env["HEURIST_HOME"] = str(small_disk / "home")
     iterations = 2
@@ -161,11 +170,14 @@ def test_a_full_disk_then_a_read_only_one_stop_the_run_cleanly_and_resume_finish
                    str(tmp / "run.toml"), "--run-dir", str(run_dir), "--no-progress"], fill_disk)
     filler[0].unlink()
 
-    stops_cleanly([HEURIST, "resume", str(run_dir), "--no-progress"], lambda: _remount(small_disk, "ro"))
-    refused = heurist(env, "resume", run_dir)  # still read-only: refused at once, in one line
-    assert refused.returncode == 2 and "Read-only file system" in refused.stderr
+    stops_cleanly([HEURIST, "resume", str(run_dir), "--no-progress"], lambda: _read_only_over(run_dir / "ledger.jsonl"))
+    subprocess.run(["umount", str(run_dir / "ledger.jsonl")], check=True)
+
+    _mount("-o", "remount,ro", str(small_disk))  # the whole disk, with nothing running
+    refused = heurist(env, "resume", run_dir)  # refused at once, in one line
+    assert refused.returncode == 2 and "Read-only file system" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    _remount(small_disk, "rw")
+    _mount("-o", "remount,rw", str(small_disk))
 
     done = heurist(env, "resume", run_dir, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
