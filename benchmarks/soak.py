@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 # The scripted server and the run checks live in tests/, which is not an installed package.
@@ -174,7 +175,7 @@ def drive(command: list[str], resume: list[str], env: dict, ledger: Ledger, run_
     crashes: list[str] = []
     while time.monotonic() < deadline:
         done_before = iterations_done(ledger)
-        kill_at = done_before + max(1, round(rng.expovariate(1 / kill_every)))
+        kill_at = done_before + max(1, round(rng.expovariate(1 / kill_every))) if kill_every else float("inf")
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
         samples: list[tuple[int, float]] = []
@@ -211,21 +212,26 @@ def drive(command: list[str], resume: list[str], env: dict, ledger: Ledger, run_
     return {"sessions": sessions, "counts": counts, "crashes": crashes}
 
 
-def memory_growth(sessions: list[list[tuple[int, float]]], warmup: int = 3) -> list[dict]:
-    """Per session of 20+ iterations: resident MB against iterations done, after a short warm-up."""
-    rows = []
+def memory_growth(sessions: list[list[tuple[int, float]]], warmup: int = 3) -> dict:
+    """Resident MB of the heurist process against iterations done, after each session's warm-up:
+    per session of 20+ iterations, and one fit over every session together (the headline: a
+    session's own slope over a few dozen iterations is dominated by the sawtooth of allocations)."""
+    rows, everything = [], []
     for samples in sessions:
         if not samples:
             continue
         first = samples[0][0]
         kept = [(i, mb) for i, mb in samples if i >= first + warmup]
+        everything += kept
         if len(kept) < 5 or kept[-1][0] - kept[0][0] < 20:
             continue
         fit = stats.linregress([i for i, _ in kept], [mb for _, mb in kept])
-        rows.append({"iterations": [kept[0][0], kept[-1][0]], "rss_mb_first": round(kept[0][1], 1),
-                     "rss_mb_last": round(kept[-1][1], 1), "rss_mb_max": round(max(mb for _, mb in kept), 1),
-                     "mb_per_100_iterations": round(fit.slope * 100, 2)})
-    return rows
+        rows.append({"iterations": [kept[0][0], kept[-1][0]], "rss_mb_median": round(float(np.median([mb for _, mb in kept])), 1),
+                     "rss_mb_max": round(max(mb for _, mb in kept), 1), "mb_per_100_iterations": round(fit.slope * 100, 2)})
+    overall = None
+    if len({i for i, _ in everything}) >= 20:
+        overall = round(stats.linregress([i for i, _ in everything], [mb for _, mb in everything]).slope * 100, 2)
+    return {"mb_per_100_iterations": overall, "sessions": rows}
 
 
 def main() -> None:
@@ -233,10 +239,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="40 iterations, a kill every 10 (a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kill-every", type=float, default=40.0, help="mean iterations between kills")
+    parser.add_argument("--kill-every", type=float, default=40.0, help="mean iterations between kills (0: none)")
     parser.add_argument("--fault-rate", type=float, default=0.12, help="share of model calls answered with a fault")
     parser.add_argument("--hostile-rate", type=float, default=0.2, help="share of edits and tests that are hostile")
     parser.add_argument("--hours", type=float, default=3.0, help="give up after this long")
+    parser.add_argument("--no-report", action="store_true", help="runs without rewriting its HTML report (to compare)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -261,6 +268,7 @@ def main() -> None:
             "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "timeout_s": TIMEOUT_S,
                     "retry_base_s": 0.01, "max_retries": 2, "max_consecutive_failures": 4},
             "eval": {"episodes": 6, "video": False, "holdout": False, "episode_timeout_s": 5, "memory_mb": 1024},
+            "report": not args.no_report,
         }))
         ledger = Ledger(run_dir / "ledger.jsonl")
         driven = drive([HEURIST, "run", "--config", str(config), "--run-dir", str(run_dir), "--no-progress"],
@@ -288,7 +296,8 @@ def main() -> None:
         "memory_growth": growth, "run_dir": str(run_dir) if args.keep else None,
     }
     print(json.dumps(results, indent=2))
-    worst = max((g["mb_per_100_iterations"] for g in growth), default=None)
+    slope = growth["mb_per_100_iterations"]
+    flat = slope is not None and slope < 10
     ok = finished and not problems and not driven["crashes"] and not accepted_hostile and not outside.exists() \
         and not leaked
     print(f"\n{results['iterations_completed']}/{args.iterations} iterations in {results['minutes']} min; "
@@ -297,13 +306,13 @@ def main() -> None:
           "\nSOAK FAILED: see records_lost_or_repeated, heurist_crashes, hostile_candidates_accepted, "
           "secret_file_written_outside and api_key_found_in above")
     print(f"records lost or repeated: {len(problems)} (goal 0); heurist memory growth: "
-          f"{'n/a (no session of 20+ iterations)' if worst is None else f'{worst:+.2f} MB per 100 iterations'} "
-          f"at most (goal < 10)")
+          f"{'n/a (too few iterations)' if slope is None else f'{slope:+.2f} MB per 100 iterations'} "
+          f"(goal < 10: {'met' if flat else 'MISSED'})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if ok and flat else 1)
 
 
 if __name__ == "__main__":
