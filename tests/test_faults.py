@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from envs.ledger import Ledger
-from tests.test_cli import HEURIST
 from tests.offline_runs import heurist, lost_or_repeated
+from tests.test_cli import HEURIST
 
 KILLS = 10
 
@@ -53,9 +53,9 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float) -> bool:
 
 
 def test_ten_kill_9s_in_one_run_then_resume_lose_and_repeat_nothing(home):
-    """Each start makes some progress (a finished evaluation, test run or iteration), then heurist and all its workers get
-    SIGKILL after a random delay, so the kills land in evaluations, searches, test runs, commits
-    and memory writes across the iterations."""
+    """Each start makes some progress (a finished evaluation, test run or iteration), then heurist and
+    all its workers get SIGKILL after a random delay, so the kills land in evaluations, searches, test
+    runs, commits and memory writes across the iterations."""
     tmp, env = home
     iterations = 4
     (tmp / "run.toml").write_text(f'[budget]\niterations = {iterations}\nstop_when = "never"\npatience = {iterations}\n'
