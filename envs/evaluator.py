@@ -26,7 +26,6 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats as sstats
 
 from envs.errors import OutputError, PolicyError, SplitGuardError
 from envs.failures import FailureEvent
@@ -182,7 +181,9 @@ def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
     mean = float(arr.mean())
     ci = None
     if len(arr) > 1 and arr.std() > 0:
-        lo, hi = sstats.t.interval(0.95, len(arr) - 1, loc=mean, scale=sstats.sem(arr))
+        from scipy import stats  # here, not at import: the report reads EvalResults and needs no statistics
+
+        lo, hi = stats.t.interval(0.95, len(arr) - 1, loc=mean, scale=stats.sem(arr))
         ci = (float(lo), float(hi))
     return ScoreStats(mean=mean, std=float(arr.std()), median=float(np.median(arr)), min=float(arr.min()),
                       max=float(arr.max()), ci95=ci, hns_mean=spec.normalise(mean))

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -34,18 +34,16 @@ from envs.ledger import Ledger
 from envs.paths import heurist_home
 from envs.tasks import get_task
 from graph.config import RunConfig
-from graph.llm import LLMClient, ReplayClient, Usage
-from graph.nodes import Nodes
-from graph.services import Services
-from graph.topology import build
 from graph.transcripts import TranscriptRecorder, call_costs
 from graph.workspace import Workspace, atomic_write
 from policies import starter_policy
 from policies.contract import check_policy_file, policy_sha256
-from roles.base import Role
-from roles.coder import Coder
-from roles.registry import resolve
-from roles.test_writer import TestWriter
+
+if TYPE_CHECKING:  # the graph's machinery (LangGraph, the roles) loads only where a run executes:
+    from graph.llm import Usage  # `heurist report`, `runs` and the report's child process start faster
+    from graph.nodes import Nodes
+    from graph.services import Services
+    from roles.base import Role
 
 EventFn = Callable[[str, dict[str, Any]], None]
 REPORT_TIMEOUT_S = 600.0
@@ -187,12 +185,18 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 
 def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
+    from graph.llm import Usage
+
     """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
     costs = list(call_costs(recorder.read()))
     return Usage(sum(c[1] for c in costs), sum(c[2] for c in costs), len(costs))
 
 
 def stage_roles(config: RunConfig) -> dict[str, list[Role]]:
+    from roles.coder import Coder
+    from roles.registry import resolve
+    from roles.test_writer import TestWriter
+
     """The role instances of each stage, as the config places them."""
     roles = {"analyse": [resolve(name, "analyse") for name in config.stages.analyse],
              "code": [Coder()], "test": [TestWriter()],
@@ -203,6 +207,9 @@ def stage_roles(config: RunConfig) -> dict[str, list[Role]]:
 
 
 def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:
+    from graph.llm import LLMClient, ReplayClient
+    from graph.nodes import Nodes
+    from graph.services import Services
     from memory.store import MemoryConfig, MemoryStore
 
     record = read_record(run_dir)
@@ -248,6 +255,8 @@ def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
 
 def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
     from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from graph.topology import build
 
     with _locked(run_dir):
         services, nodes, record = open_services(run_dir, on_event)
@@ -339,6 +348,11 @@ def _publish_report(services: Services) -> None:
 
 def mermaid(config: RunConfig) -> str:
     """The graph's topology for this config, as a Mermaid diagram (no run needed)."""
+    from graph.llm import Usage
+    from graph.nodes import Nodes
+    from graph.services import Services
+    from graph.topology import build
+
     # Nothing runs: the services only shape the graph (which analyse nodes exist), so they point nowhere.
     spec = get_task(config.task)
     services = Services(run_dir=Path("."), run_id="", search_key="", config=config, spec=spec, protocol="",
