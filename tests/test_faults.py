@@ -58,7 +58,9 @@ def test_ten_kill_9s_in_one_run_then_resume_lose_and_repeat_nothing(home):
     runs, commits and memory writes across the iterations."""
     tmp, env = home
     iterations = 4
-    (tmp / "run.toml").write_text(f'[budget]\niterations = {iterations}\nstop_when = "never"\npatience = {iterations}\n'
+    # No HTML report: it is a view (tests/test_report.py), and its child process per iteration costs seconds here.
+    (tmp / "run.toml").write_text(f'report = false\n[budget]\niterations = {iterations}\nstop_when = "never"\n'
+                                  f'patience = {iterations}\n'
                                   '[eval]\nepisodes = 8\nvideo = false\nholdout = false\n'
                                   '[search]\npopulation = 6\nseed = 4\n')
     seed = int(os.environ.get("HEURIST_KILL_SEED", "7"))

@@ -71,7 +71,7 @@ def test_plug_in_role_from_an_entry_point_runs_in_its_stage(home):
     assert "entry point plugin_roles:FailureRate" in listed["failure_rate"]["source"]
     assert listed["coder"]["source"] == "heurist"
 
-    (tmp / "run.toml").write_text('[stages]\nanalyse = ["log_parser", "failure_rate"]\n'
+    (tmp / "run.toml").write_text('report = false\n[stages]\nanalyse = ["log_parser", "failure_rate"]\n'
                                   '[budget]\niterations = 1\n[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
                    "--run-dir", tmp / "run")
