@@ -229,7 +229,7 @@ class Evaluator:
                                       f"ask for at most {len(seeds)} episodes")
             seeds = seeds[: req.episodes]
         if req.video:
-            clips_root = Path(req.out_dir or "heurist-clips")
+            clips_root = self._clips_root()
             try:
                 clips_root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # before anything runs or is recorded
@@ -372,11 +372,14 @@ class Evaluator:
         hidden = [self.ledger.path.parent] if self.ledger is not None else []
         return Confinement(readable=[policy_path], writable=writable or [], hidden=hidden)
 
+    def _clips_root(self) -> Path:
+        return Path(self.req.out_dir or "heurist-clips")
+
     def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> list[Clip]:
         """Re-simulate the worst episodes and render only the steps before their failure events."""
         req = self.req
         # Absolute: the worker runs in its own private directory, where a relative path would vanish with it.
-        out_dir = (Path(req.out_dir or "heurist-clips") / result.eval_id).resolve()
+        out_dir = (self._clips_root() / result.eval_id).resolve()
         candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
         candidates.sort(key=lambda e: (not e.events, e.return_))
         clips: list[Clip] = []

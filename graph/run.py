@@ -18,6 +18,8 @@ import errno
 import fcntl
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -329,9 +331,6 @@ def _publish_report(services: Services) -> None:
     A child process builds it: reading the whole run each iteration made heurist's own memory
     grow by 17-24 MB per 100 iterations (5 without the report; benchmarks/soak.py), and in a
     child that memory goes back to the system each time. It costs about a second of imports."""
-    import subprocess
-    import sys
-
     try:
         done = subprocess.run([sys.executable, "-m", "graph.report", str(services.run_dir)], capture_output=True,
                               text=True, timeout=REPORT_TIMEOUT_S)

@@ -322,8 +322,8 @@ def _open_memory(record: Any, run_dir: Path) -> Any:
     return MemoryStore(MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory)
 
 
-def gather(run_dir: Path, memory: Any = None) -> ReportData:
-    """Everything the report shows. ``memory``: the run's open MemoryStore (during a run); else it is opened here."""
+def gather(run_dir: Path) -> ReportData:
+    """Everything the report shows, from the run directory and the memory store it names."""
     run_dir = Path(run_dir).resolve()
     record = read_record(run_dir)
     spec = get_task(record.task)
@@ -363,10 +363,9 @@ def gather(run_dir: Path, memory: Any = None) -> ReportData:
         previous_sha = r.get("policy_sha256")
 
     memory_note, added, used = None, [], []
-    store, opened_here = memory, False
+    store = None
     try:
-        if store is None:
-            store, opened_here = _open_memory(record, run_dir), True
+        store = _open_memory(record, run_dir)
         added = [_memory_view(m) for m in store.records_of_run(record.run_id)]
         found = {m.id: m for m in store.get(used_ids)}
         used = [_memory_view(found[i], used_ids[i][0]) for i in used_ids if i in found]
@@ -377,7 +376,7 @@ def gather(run_dir: Path, memory: Any = None) -> ReportData:
     except Exception as exc:  # the memory is a view here: a store that cannot open must not hide the rest
         memory_note = f"the memory store could not be read: {type(exc).__name__}: {exc}"[:400]
     finally:
-        if opened_here and store is not None:
+        if store is not None:
             store.close()
 
     workspace = Workspace(run_dir / "workspace")

@@ -89,10 +89,10 @@ def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
             "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def write_report(run_dir: Path, memory: Any = None) -> Path:
-    """Render the run's report; returns the path of index.html. ``memory``: the run's open store, if any."""
+def write_report(run_dir: Path) -> Path:
+    """Render the run's report; returns the path of index.html."""
     run_dir = Path(run_dir).resolve()
-    data = gather(run_dir, memory)
+    data = gather(run_dir)
     folder = run_dir / "report"
     html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media")))
     index = folder / "index.html"
