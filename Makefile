@@ -12,7 +12,7 @@ setup: .venv/.installed
 # The main job, offline and with no key: heurist improves a deliberately weak CartPole policy until it
 # reaches the task's target, then evaluates the best policy once on the holdout seeds.
 run: setup
-	.venv/bin/heurist run --env CartPole-v1 --policy policies/cartpole_untuned.py --iterations 10 --run-dir runs/cartpole-$$(date +%Y%m%d-%H%M%S)
+	.venv/bin/heurist run --env CartPole-v1 --policy policies/cartpole_untuned.py --iterations 10
 
 test: setup
 	.venv/bin/python -m pytest

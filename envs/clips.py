@@ -7,6 +7,7 @@ would resize Atari's 210-pixel-high frames to 224.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -32,11 +33,20 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else frame
 
 
+def _claim(path: Path) -> Path:
+    """Create ``path`` as a new, empty regular file, never through a link left at that name."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    return path
+
+
 def write_clip(shots: list[tuple[int, np.ndarray]], out_dir: Path, stem: str, fps: float, label: str) -> dict:
-    """Write ``stem.mp4`` and ``stem.png``; ``shots`` are (step, RGB frame) pairs in order."""
+    """Write ``stem.mp4`` and ``stem.png``; ``shots`` are (step, RGB frame) pairs in order.
+
+    The temp files are created exclusively and renamed over the final names (a rename replaces a
+    link, never writes through it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     mp4, png = out_dir / f"{stem}.mp4", out_dir / f"{stem}.png"
-    tmp = out_dir / f".{stem}.tmp.mp4"
+    tmp = _claim(out_dir / f".{stem}.tmp.mp4")
     with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=7,
                             pixelformat="yuv420p", ffmpeg_log_level="error") as writer:
         for _, frame in shots:
@@ -66,7 +76,7 @@ def contact_sheet(shots: list[tuple[int, np.ndarray]], path: Path, label: str) -
         r, c = divmod(k, cols)
         sheet[22 + r * h: 22 + (r + 1) * h, c * w: (c + 1) * w] = tile[:h, :w]
     cv2.putText(sheet, label[:90], (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = _claim(path.with_name(f".{path.name}.tmp.png"))
     if not cv2.imwrite(str(tmp), sheet):
         raise OSError(f"could not write contact sheet {path}")
     tmp.replace(path)

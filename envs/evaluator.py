@@ -5,6 +5,12 @@ time are always counted; every evaluation leaves an ``eval_started`` and an
 ``eval_finished`` (or ``eval_interrupted``) line in the append-only ledger. A policy
 that raises, hangs, crashes, exhausts memory or returns a bad action fails that
 episode, with the reason recorded; it never stops or hangs the evaluation.
+
+The policy file is read once: its bytes are hashed and those same bytes are what every
+worker runs (the source travels in each job; no sandboxed process reads the file), so the
+``policy_sha256`` of a result is the hash of what was scored. Clips are written by the
+trusted env process into a fresh folder no sandboxed process can see. Text that comes from
+the policy (its errors, its last output) is redacted of secrets before it is recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,10 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.errors import OutputError, PolicyError, SplitGuardError
 from envs.failures import FailureEvent
+from envs.gitsafe import run_git
 from envs.ledger import Ledger
+from envs.safe_text import redact
 from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment, pair_cpus
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
-from policies.contract import check_policy_file, policy_sha256
+from policies.contract import check_policy_file, check_policy_source
 
 EpisodeStatus = Literal["ok", "policy_error", "invalid_action", "env_error", "timeout", "crash", "not_run"]
 
@@ -162,16 +169,22 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_provenance(path: Path) -> dict[str, str | None]:
-    """Commit and a hash of the uncommitted diff of the git repository holding the policy, if any."""
+def _git_provenance(path: Path, data: bytes) -> dict[str, str | bool | None]:
+    """The commit of the git repository holding the policy, if any, and whether the scored bytes are
+    that commit's file. Only object lookups (``rev-parse``, ``hash-object --no-filters``): nothing
+    that refreshes an index or runs a filter, through ``envs.gitsafe``'s fixed configuration."""
+    none = {"commit": None, "committed_file": None, "uncommitted_changes": None}
     cwd = path.resolve().parent
     if shutil.which("git") is None:
-        return {"commit": None, "diff_sha256": None}
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
-    if head.returncode != 0:
-        return {"commit": None, "diff_sha256": None}
-    diff = subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True)
-    return {"commit": head.stdout.strip(), "diff_sha256": hashlib.sha256(diff.stdout).hexdigest()}
+        return none
+    top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd)
+    if top.returncode != 0:
+        return none
+    root, head = top.stdout.split()
+    relative = path.resolve().relative_to(Path(root).resolve()).as_posix()
+    committed = run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd).stdout.strip() or None
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id of these exact bytes
+    return {"commit": head, "committed_file": committed, "uncommitted_changes": committed != blob}
 
 
 def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
@@ -238,13 +251,20 @@ class Evaluator:
                                   f"with --out") from None
         eval_id = uuid.uuid4().hex[:12]
         policy_path = Path(req.policy_path).resolve()
-        sha = policy_sha256(policy_path)
+        # Read once: these bytes are hashed and these bytes are what every worker runs.
+        data = policy_path.read_bytes()
+        try:
+            self.source = data.decode()
+        except UnicodeDecodeError:
+            raise PolicyError(f"{policy_path} is not UTF-8 text; a policy is one Python source file") from None
+        check_policy_source(self.source, str(policy_path))
+        sha = hashlib.sha256(data).hexdigest()
         uses_before = _protected_uses(self.ledger, spec.id, req.split)
         base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol, "obs_mode": spec.obs_mode,
                 "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
         self._append({"event": "eval_started", "time": _now(), **base, "protected_split": req.split in PROTECTED_SPLITS,
                       "protected_uses_before": uses_before, "versions": _versions(),
-                      "git": _git_provenance(policy_path)})
+                      "git": _git_provenance(policy_path, data)})
         started = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
         try:
@@ -268,8 +288,8 @@ class Evaluator:
     # ------------------------------------------------------------------ episodes
 
     def _job(self, kind: str, policy_path: Path, **extra: Any) -> dict[str, Any]:
-        return {"kind": kind, "task": self._task_json, "protocol": self.protocol,
-                "policy_path": str(policy_path), "cpu_s": self.req.limits.episode_cpu_s, **extra}
+        return {"kind": kind, "task": self._task_json, "protocol": self.protocol, "policy_path": str(policy_path),
+                "policy_source": self.source, "cpu_s": self.req.limits.episode_cpu_s, **extra}
 
     def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:
         req = self.req
@@ -300,7 +320,7 @@ class Evaluator:
                                                error=f"evaluation wall-clock limit of {req.eval_timeout_s:g} s reached")
                     else:
                         if worker is None:
-                            worker = WorkerProcess(req.limits, scratch, self._confinement(policy_path), cpu)
+                            worker = WorkerProcess(req.limits, scratch, self._confinement(), cpu)
                             with lock:
                                 live.add(worker)
                         job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window,
@@ -309,9 +329,11 @@ class Evaluator:
                             reply = worker.run(job, timeout=min(req.limits.episode_timeout_s, remaining) + 10.0)
                             result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
                                 else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}")
+                            if result.error:  # the policy's own words: no secret of ours may ride on them
+                                result.error = redact(result.error)
                         except WorkerDied as died:
                             result = EpisodeResult(seed=seed, status="timeout" if died.timed_out else "crash",
-                                                   error=died.reason)
+                                                   error=redact(died.reason))
                             retire(worker)
                             worker = None
                     if stop.is_set():
@@ -367,24 +389,27 @@ class Evaluator:
 
     # ------------------------------------------------------------------ clips
 
-    def _confinement(self, policy_path: Path, writable: list[Path] | None = None) -> Confinement:
-        """A worker reads its policy file and writes only clips; the ledger's folder (a run directory) is hidden."""
+    def _confinement(self) -> Confinement:
+        """A policy process is bound nothing (its source comes over the pipe); the ledger's folder is hidden."""
         hidden = [self.ledger.path.parent] if self.ledger is not None else []
-        return Confinement(readable=[policy_path], writable=writable or [], hidden=hidden)
+        return Confinement(hidden=hidden)
 
     def _clips_root(self) -> Path:
         return Path(self.req.out_dir or "heurist-clips")
 
     def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> list[Clip]:
-        """Re-simulate the worst episodes and render only the steps before their failure events."""
+        """Re-simulate the worst episodes and render only the steps before their failure events.
+
+        The trusted env process writes the clips; the policy process is never bound the clips folder.
+        Each evaluation's folder is new (made here, exclusively), so nothing can wait in it."""
         req = self.req
         # Absolute: the worker runs in its own private directory, where a relative path would vanish with it.
         out_dir = (self._clips_root() / result.eval_id).resolve()
         candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
         candidates.sort(key=lambda e: (not e.events, e.return_))
         clips: list[Clip] = []
-        out_dir.mkdir(parents=True, exist_ok=True)
-        confinement = self._confinement(policy_path, writable=[out_dir])
+        out_dir.mkdir()
+        confinement = self._confinement()
         worker = WorkerProcess(req.limits, scratch, confinement)
         try:
             for episode in candidates[: req.clip_episodes]:

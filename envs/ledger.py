@@ -2,7 +2,8 @@
 
 Each evaluation writes an ``eval_started`` line before any episode runs and an
 ``eval_finished`` line at the end, so an evaluation killed in between is visible as
-started-but-never-finished. Appends take an exclusive ``flock`` and are fsync'ed, so two
+started-but-never-finished. Every line is redacted of secrets (``envs.safe_text``) as it is
+written; transcripts are written through the same append. Appends take an exclusive ``flock`` and are fsync'ed, so two
 processes appending at once interleave whole lines; an append that fails (a full disk)
 takes back what it wrote, and a reader skips (and counts) a torn last line left by a
 crash mid-write rather than failing.
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from envs.errors import LedgerError
+from envs.safe_text import redact
 
 
 class Ledger:
@@ -27,7 +29,8 @@ class Ledger:
 
     def append(self, record: BaseModel | dict[str, Any]) -> None:
         data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
-        line = (json.dumps(data, separators=(",", ":")) + "\n").encode()
+        # No secret of heurist's environment is ever written, whoever put it in the record (envs.safe_text).
+        line = (redact(json.dumps(data, separators=(",", ":"))) + "\n").encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)

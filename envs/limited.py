@@ -1,30 +1,100 @@
-"""Resource limits for untrusted code, and ``python -m envs.limited LIMITS_JSON -- CMD ...``.
+"""Limits and least privilege for untrusted code, and ``python -m envs.limited LIMITS_JSON -- CMD ...``.
 
-``apply_limits`` is how the sandboxed policy process (``envs.policy_host``) limits itself
-before it reads any policy code. The command form is started by ``envs.sandbox.run_sandboxed``
-inside the sandboxed environment: the limits are set here, in the child, and inherited across
-``exec`` by the command and everything it starts, which is how a model-written test suite gets
-the same address-space, file-size, open-file and CPU limits as a policy.
+``confine_self`` is how a sandboxed process limits itself before it reads any untrusted code:
+resource limits (``apply_limits``), then ``drop_privileges``. The sandboxed policy process (``envs.policy_host``)
+calls it at start; the command form is started by ``envs.sandbox.run_sandboxed`` inside the
+sandbox, applies the same and ``exec``s the command (a model-written test's pytest), which
+inherits all of it, as does everything it starts.
+
+Least privilege by construction: when heurist runs as root, bubblewrap's child would keep
+almost every capability (it could remount a read-only bind read-write, read ``/etc/shadow``,
+write into heurist's code). ``drop_privileges`` switches to an unprivileged uid and gid with
+no supplementary groups, empties every capability set (bounding set included), and sets
+``no_new_privs`` so no setuid binary or file capability can give any back; then it checks
+``/proc/self/status`` and refuses to go on if anything is left.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
 import sys
 from pathlib import Path
 
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-def apply_limits(memory_mb: int, fsize_mb: int, nofile: int, max_processes: int | None = None) -> None:
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+class PrivilegeError(RuntimeError):
+    """The process could not be made unprivileged; it must not run untrusted code."""
+
+
+def apply_limits(memory_mb: int, fsize_mb: int, nofile: int) -> None:
+    """Resource limits only: what the trusted env process puts on itself."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_mb * 2**20, fsize_mb * 2**20))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    if max_processes is not None and os.getuid() != 0:
+
+
+def confine_self(limits: dict) -> None:
+    """What a process about to run untrusted code does first: the limits, then no privileges at all."""
+    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"])
+    drop_privileges(limits.get("uid"), limits.get("gid"))
+    if limits.get("max_processes") is not None and os.getuid() != 0:
         # RLIMIT_NPROC counts every process and thread of the user, so the cap is "what runs now + this many".
-        cap = _my_tasks() + max_processes
+        cap = _my_tasks() + int(limits["max_processes"])
         resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
+
+
+def drop_privileges(uid: int | None, gid: int | None) -> None:
+    """Become ``uid``/``gid`` (when root) with no capabilities and no way to gain any; raise if that fails."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        if not uid or not gid:
+            raise PrivilegeError("running as root, and no unprivileged uid and gid to switch to")
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        for cap in range(last + 1):  # while CAP_SETPCAP is still held
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise PrivilegeError(f"could not drop capability {cap} from the bounding set "
+                                     f"({os.strerror(ctypes.get_errno())})")
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)  # clears the permitted and effective sets
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:  # the inheritable set too
+        raise PrivilegeError(f"could not clear the capability sets ({os.strerror(ctypes.get_errno())})")
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise PrivilegeError(f"could not set no_new_privs ({os.strerror(ctypes.get_errno())})")
+    left = privileges_left()
+    if left:
+        raise PrivilegeError("still privileged after dropping: " + ", ".join(left))
+
+
+def privileges_left() -> list[str]:
+    """What this process still holds that untrusted code must not: root, capabilities, a way to gain more."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    left = [f"{field} {status[field].strip()}" for field in ("CapInh", "CapPrm", "CapEff", "CapAmb")
+            if int(status[field], 16)]
+    if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
+        left.append("uid or gid 0")
+    if status.get("NoNewPrivs", "0").strip() != "1":
+        left.append("no_new_privs unset")
+    return left
 
 
 def _my_tasks() -> int:
@@ -43,7 +113,10 @@ def main() -> None:
     limits = json.loads(sys.argv[1])
     if sys.argv[2] != "--" or len(sys.argv) < 4:
         sys.exit("usage: python -m envs.limited LIMITS_JSON -- CMD ...")
-    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"], limits.get("max_processes"))
+    try:
+        confine_self(limits)
+    except (PrivilegeError, OSError) as exc:
+        sys.exit(f"heurist's sandbox refused to start: {exc}")
     cpu = int(limits["cpu_s"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     command = sys.argv[3:]

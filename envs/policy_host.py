@@ -1,16 +1,15 @@
 """The sandboxed policy process: runs an untrusted policy file and answers with actions, nothing else.
 
 Started by ``envs.sandbox.WorkerProcess`` as ``python -m envs.policy_host`` inside the
-sandbox (scrubbed environment, bubblewrap or ``unshare -n``, a pids cgroup). It limits
-itself before it reads any policy code, then serves the env process over two pipes
-(``envs.wire``): ``("reset", {...})`` starts an episode with a fresh Policy, ``("act", obs,
-info)`` asks for one action. It never sees the environment, the reward or the bookkeeping,
-so whatever the policy patches in here (gymnasium, numpy, heurist's own modules) changes
-only the actions it sends, never its score. The policy's own prints go to a log file, so
-nothing a policy writes to stdout can corrupt the protocol.
-
-``PolicyRunner`` is also the in-process policy of ``graph/testkit``: a workspace's
-regression tests already run wholly inside the sandbox.
+sandbox (scrubbed environment, bubblewrap or ``unshare -n``, a pids cgroup). Before it reads
+any policy code it limits itself and gives up every privilege (``envs.limited.confine_self``),
+then serves the env process over two pipes (``envs.wire``): ``("reset", {...})`` starts an
+episode with a fresh Policy compiled from the source the message carries (the policy file
+itself is never visible here, so the bytes that run are the bytes heurist hashed), ``("act",
+obs, info)`` asks for one action. It never sees the environment, the reward or the
+bookkeeping, so whatever the policy patches in here (gymnasium, numpy, heurist's own modules)
+changes only the actions it sends, never its score. Its stdout and stderr are a log heurist
+opened, so nothing a policy prints can corrupt the protocol.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from envs.limited import apply_limits
+from envs.limited import PrivilegeError, confine_self
 from envs.wire import action_to_wire, plain_diag, receive_from_env, send_to_env
 
 POLICY_MODULE = "heurist_policy"
@@ -71,11 +70,13 @@ def where_in_policy(exc: BaseException, path: str) -> str:
 
 
 class PolicyRunner:
-    """One policy file: a fresh Policy from a fresh module for every episode, so no state crosses
-    seeds; the file is compiled once, since recompiling it each episode would buy nothing."""
+    """One policy's source: a fresh Policy from a fresh module for every episode, so no state crosses
+    seeds; the source is compiled once, since recompiling it each episode would buy nothing. ``path``
+    names it in tracebacks and as the module's ``__file__``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, source: str) -> None:
         self.path = path
+        self.source = source
         self._code = None
         self._policy: Any = None
         self._step = 0
@@ -86,7 +87,7 @@ class PolicyRunner:
         self._policy, self._step = None, 0
         try:
             if self._code is None:
-                self._code = compile(Path(self.path).read_text(), self.path, "exec")
+                self._code = compile(self.source, self.path, "exec")
             policy = load_policy(self.path, self._code, action_space)
             policy.reset(seed)
         except BaseException as exc:
@@ -105,15 +106,15 @@ class PolicyRunner:
         return action, getattr(self._policy, "diagnostics", None)
 
 
-def serve(runner_for, requests, replies) -> None:
+def serve(requests, replies) -> None:
     """Answer the env process until it hangs up. A policy failure is a reply, never the end of the process."""
     runner: PolicyRunner | None = None
     while (message := receive_from_env(requests)) is not None:
         try:
             if message[0] == "reset":
                 job = message[1]
-                runner = runner if runner is not None and runner.path == job["policy_path"] \
-                    else runner_for(job["policy_path"])
+                if runner is None or (runner.path, runner.source) != (job["policy_path"], job["source"]):
+                    runner = PolicyRunner(job["policy_path"], job["source"])
                 runner.start(int(job["seed"]), job["action_space"], float(job["cpu_s"]))
                 reply: dict[str, Any] = {"ok": True}
             else:
@@ -131,18 +132,16 @@ def main() -> None:
     parser.add_argument("--request-fd", type=int, required=True)
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--limits", required=True)
-    parser.add_argument("--log", required=True)
     parser.add_argument("--cpu", type=int, help="the core shared with the env process (see envs.sandbox.pair_cpus)")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    limits = json.loads(args.limits)
-    apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"], limits.get("max_processes"))
-    log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
+    try:
+        confine_self(json.loads(args.limits))
+    except (PrivilegeError, OSError) as exc:  # never run policy code with privileges left
+        sys.exit(f"heurist's sandbox refused to start the policy: {exc}")
     with os.fdopen(args.request_fd, "rb") as requests, os.fdopen(args.reply_fd, "wb") as replies:
-        serve(PolicyRunner, requests, replies)
+        serve(requests, replies)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,26 @@ Containment, in order of strength:
   whatever it patches changes only its own actions;
 - its own process group (``start_new_session``): a timeout kills the whole group,
   children included, with SIGKILL, which nothing can catch;
-- resource limits the policy process puts on itself before reading policy code: address space,
-  CPU seconds per episode, file size (so output is bounded), open files, no core dumps;
-- a scrubbed environment built from an allow-list, so API keys and tokens are not
-  inherited; HOME and the working directory are a private temp directory;
-- a confined file system where bubblewrap works (Debian's ``bubblewrap``): the system
-  and heurist's code read-only, a private /tmp, the private home and only the paths a job
-  needs (the policy file; the workspace and clip folder where it writes); the run directory
-  and ``$HEURIST_HOME`` (ledger, checkpoints, transcripts, memory) hidden; its own PID, IPC
-  and network namespaces, so it sees no other process and no network;
+- no privileges (``envs.limited.confine_self``): before it reads untrusted code the process
+  drops to an unprivileged user (``nobody`` when heurist runs as root, else heurist's own
+  user), with every capability set empty and ``no_new_privs``, so ``mount``, raw devices and
+  root-only files stay out of reach;
+- resource limits the process puts on itself at the same moment: address space, CPU
+  seconds per episode, file size (so output is bounded), open files, no core dumps;
+- a scrubbed environment built from an allow-list, so API keys and tokens are not inherited;
+- a confined file system where bubblewrap works (Debian's ``bubblewrap``): only the system,
+  the interpreter and its packages and heurist's sandbox-side code (``envs/``), read-only,
+  plus what a job needs (a throwaway copy of a test); a private, size-limited ``/tmp`` that
+  is also its home; ``$HEURIST_HOME`` and the run directory hidden; its own PID, IPC, UTS and
+  network namespaces, so it sees no other process and no network;
 - else no network through a new network namespace (``unshare -n``) where this machine
   allows it;
 - a pids cgroup where one can be made (a fork bomb stops at ``Limits.max_processes``), and
-  RLIMIT_NPROC, which the kernel enforces for users other than root.
+  RLIMIT_NPROC, which the kernel enforces for the unprivileged user.
+
+What a sandboxed process prints goes to a file heurist opened before it started, in a folder
+it cannot see, and heurist reads it back through its own descriptor: a process that replaces
+its log with a link (to ``/proc/self/environ``, to a user's file) changes nothing heurist reads.
 ``containment()`` says which of these this machine gives.
 """
 
@@ -32,6 +39,7 @@ import queue
 import random
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -42,9 +50,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from envs.safe_text import redact
 from envs.wire import observation_pipe
 
 HEURIST_ROOT = Path(__file__).resolve().parent.parent
+# The only part of heurist a sandboxed process runs (``envs.limited``, ``envs.policy_host``, ``envs.wire``);
+# the rest of a checkout (its ``runs/``, say) stays out of sight.
+SANDBOX_CODE = Path(__file__).resolve().parent
+# Who sandboxed processes run as when heurist is root: the conventional unprivileged ``nobody``.
+NOBODY = 65534
 
 # Variables a worker may inherit; everything else (OPENAI_API_KEY, AWS_*, tokens...) is dropped.
 ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "MUJOCO_GL", "PYOPENGL_PLATFORM", "EGL_PLATFORM",
@@ -60,6 +74,7 @@ class Limits(BaseModel):
     fsize_mb: int = 64
     nofile: int = 256
     max_processes: int = 256  # processes and threads of one sandboxed tree
+    tmp_mb: int = 256  # the private /tmp, which is also the home: RAM-backed, so bounded
     network_isolation: bool = True
     filesystem_isolation: bool = True
 
@@ -118,17 +133,52 @@ def filesystem_confined(limits: Limits | None = None) -> bool:
 
 
 def process_count_bounded() -> bool:
-    """Whether a fork bomb stops at ``Limits.max_processes``: a pids cgroup, or RLIMIT_NPROC for a non-root user."""
-    return pids_cgroups_work() or os.getuid() != 0
+    """Whether a fork bomb stops at ``Limits.max_processes``: a pids cgroup, or RLIMIT_NPROC, which binds the
+    sandbox's user (never root: ``sandbox_user``)."""
+    return pids_cgroups_work() or sandbox_user()[0] != 0
+
+
+_PROBE = """
+import json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+try:
+    open("/etc/shadow").read(1)
+    shadow = True
+except OSError:
+    shadow = False
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                  "caps": {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+                  "no_new_privs": status.get("NoNewPrivs", "").strip() == "1", "shadow_readable": shadow}))
+"""
+
+
+def probe_privileges(limits: Limits | None = None) -> dict:
+    """What a sandboxed process actually holds, asked from inside one: its user, groups, capability sets,
+    ``no_new_privs``, and whether it can read ``/etc/shadow``; ``{"error": ...}`` if it did not start."""
+    ran = run_sandboxed([sys.executable, "-c", _PROBE], Path(tempfile.gettempdir()), limits or Limits(), timeout_s=60)
+    try:
+        return json.loads(ran.output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"{ran.reason}: {ran.output.strip()[-300:]}"}
+
+
+def sandbox_user() -> tuple[int, int]:
+    """The uid and gid sandboxed processes run as: ``nobody`` when heurist is root, else heurist's own user."""
+    if os.geteuid() == 0:
+        return NOBODY, NOBODY
+    return os.getuid(), os.getgid()
 
 
 def _system_roots() -> list[str]:
-    """What every sandboxed Python needs to read: the system, the interpreter, the packages, heurist's code."""
-    roots = {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/sys", "/opt",
-             sys.base_prefix, sys.prefix, str(HEURIST_ROOT)}
-    roots.update(p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p))
-    # Never the whole disk or the whole temp folder (a script run from /tmp puts /tmp on sys.path):
-    # the sandbox's /tmp is private.
+    """What every sandboxed Python needs to read: the system, the interpreter, its packages, heurist's ``envs/``.
+
+    An allow-list: never ``sys.path`` as a whole (a checkout on it would show its ``runs/``, a user's
+    folder on ``PYTHONPATH`` their files), never the whole disk or the whole temp folder.
+    """
+    roots = {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/sys", "/opt", sys.base_prefix,
+             sys.prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages(), str(SANDBOX_CODE)}
+    if site.ENABLE_USER_SITE:
+        roots.add(site.getusersitepackages())
     temp = os.path.realpath(tempfile.gettempdir())
     roots = {r for r in roots if r != "/" and not (temp + "/").startswith(r.rstrip("/") + "/")}
     # A root inside another is bound by its parent already.
@@ -136,8 +186,12 @@ def _system_roots() -> list[str]:
     return [r for r in chosen if not any(r != o and r.startswith(o.rstrip("/") + "/") for o in chosen)]
 
 
-def isolation_prefix(limits: Limits, confinement: Confinement, home: Path) -> list[str]:
-    """The command prefix that puts a process in its namespaces: bubblewrap, else ``unshare -n``, else nothing."""
+def isolation_prefix(limits: Limits, confinement: Confinement, chdir: Path | str) -> list[str]:
+    """The command prefix that puts a process in its namespaces: bubblewrap, else ``unshare -n``, else nothing.
+
+    Under bubblewrap the process starts in ``chdir`` (a path inside the sandbox); its home is the
+    private ``/tmp``.
+    """
     from envs.paths import heurist_home
 
     bwrap = _bwrap() if limits.filesystem_isolation else None
@@ -148,20 +202,96 @@ def isolation_prefix(limits: Limits, confinement: Confinement, home: Path) -> li
     if limits.network_isolation:
         args.append("--unshare-net")
     # The private /tmp first: heurist itself (a checkout, its virtual environment) may live under /tmp.
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for root in roots:
-        args += ["--ro-bind", root, root]
+    # It is RAM, so it is bounded; world-writable, since the sandbox's user is not the one who mounts it.
+    args += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(limits.tmp_mb * 2**20),
+             "--tmpfs", "/tmp"]
+    binds = [("--ro-bind", root) for root in roots]
+    binds += [("--ro-bind", str(path.resolve())) for path in confinement.readable]
+    binds += [("--bind", str(path.resolve())) for path in confinement.writable]
+    # bubblewrap makes the folders above a mount point 0700, which the sandbox's unprivileged user
+    # could not pass through (a pyenv interpreter under /root): make them 0755 first.
+    args += _parent_folders([target for _, target in binds], roots)
+    for option, target in binds:
+        args += [option, target, target]
     for hidden in [heurist_home(), *confinement.hidden]:
         hidden = hidden.resolve()
         # Never a folder that holds the system or heurist's code (a ledger kept in the repository's root).
         covers_code = any(root == str(hidden) or root.startswith(str(hidden).rstrip("/") + "/") for root in roots)
-        if hidden.exists() and not covers_code:
-            args += ["--tmpfs", str(hidden)]
-    for path in confinement.readable:
-        args += ["--ro-bind", str(path.resolve()), str(path.resolve())]
-    for path in [home, *confinement.writable]:
-        args += ["--bind", str(path.resolve()), str(path.resolve())]
-    return args + ["--"]
+        if hidden.exists() and not covers_code and any(_inside(str(hidden), target) for _, target in binds):
+            args += ["--size", str(2**16), "--tmpfs", str(hidden)]
+    return args + ["--chdir", str(chdir), "--"]
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _parent_folders(targets: list[str], roots: list[str]) -> list[str]:
+    """``--perms 0755 --dir`` for every folder above a mount point that no read-only root provides."""
+    made: list[str] = []
+    for target in targets:
+        for parent in reversed(Path(target).parents):
+            folder = str(parent)
+            if folder in ("/", "/tmp") or folder in made or any(_inside(folder, root) for root in roots):
+                continue
+            made.append(folder)
+    return [arg for folder in made for arg in ("--perms", "0755", "--dir", folder)]
+
+
+class SandboxDirs:
+    """The folders of one sandboxed process tree, made before it starts and removed after.
+
+    ``private``: heurist's alone (0700, never bound into a sandbox): the output log lives here and
+    is read back through the descriptor heurist opened, so nothing the sandbox does to a path can
+    change what heurist reads. ``home``: the sandbox's home and temp folder: its private ``/tmp``
+    under bubblewrap; without bubblewrap, a fresh folder on disk owned by the sandbox's user.
+    """
+
+    def __init__(self, limits: Limits, parent: Path | None = None) -> None:
+        self.confined = filesystem_confined(limits)
+        self.private = Path(tempfile.mkdtemp(prefix="heurist-private-", dir=parent))
+        self._home: Path | None = None
+        if self.confined:
+            self.home = Path("/tmp")
+        else:
+            self._home = Path(tempfile.mkdtemp(prefix="heurist-home-"))
+            uid, gid = sandbox_user()
+            if os.geteuid() == 0:
+                os.chown(self._home, uid, gid)
+            self.home = self._home
+
+    def log(self, name: str) -> "OutputLog":
+        return OutputLog(self.private / name)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.private, ignore_errors=True)
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
+
+
+class OutputLog:
+    """A file a sandboxed process writes its output to, opened by heurist before the process starts.
+
+    The process gets the descriptor (as stdout and stderr); heurist reads through its own, by
+    offset, never by path, so a replaced, deleted or linked file name changes nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+    def tail(self, chars: int) -> str:
+        try:
+            size = os.fstat(self.fd).st_size
+            start = max(0, size - chars)
+            return os.pread(self.fd, size - start, start).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
 
 
 class PidsCgroup:
@@ -255,13 +385,18 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
     else:
         net = "none: workers can reach the network"
     processes = (f"pids cgroup, at most {limits.max_processes}" if pids_cgroups_work()
-                 else f"RLIMIT_NPROC {limits.max_processes} (not enforced for root)")
+                 else f"RLIMIT_NPROC {limits.max_processes}")
+    uid, gid = sandbox_user()
+    user = (f"uid {uid}, gid {gid} (nobody: heurist runs as root), no capabilities, no_new_privs" if os.geteuid() == 0
+            else f"heurist's own user (uid {uid}), no capabilities, no_new_privs")
     return {
+        "user": user,
         "process": "policy in its own process apart from the env and the score; process groups SIGKILLed on timeout",
         "environment": "allow-list (no API keys inherited)",
         "network": net,
-        "filesystem": ("bubblewrap: system read-only, private /tmp and home, run directory and $HEURIST_HOME hidden"
-                       if confined else "none: a worker can read and write wherever the user can"),
+        "filesystem": (f"bubblewrap: system, interpreter and heurist's envs/ read-only, private {limits.tmp_mb} MiB "
+                       "/tmp as home, run directory and $HEURIST_HOME hidden"
+                       if confined else "none: a worker can read and write wherever its user can"),
         "processes": processes,
         "limits": f"address space {limits.memory_mb} MiB, CPU {limits.episode_cpu_s:g} s/episode, "
                   f"files {limits.fsize_mb} MiB, {limits.nofile} open files",
@@ -293,12 +428,21 @@ def _signal_reason(returncode: int, who: str = "policy process") -> str:
         return f"killed by signal {sig}"
 
 
+def import_path() -> list[str]:
+    """heurist's ``envs`` importable, and a user's site packages where heurist's own come from there
+    (``PYTHONNOUSERSITE``: the sandbox's own home, which it can write, is never a site folder)."""
+    path = [str(HEURIST_ROOT)]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        path.append(site.getusersitepackages())
+    return path
+
+
 def sandbox_env(home: Path) -> dict[str, str]:
     """The whole environment of a sandboxed process: the allow-list, a private HOME and TMPDIR, heurist importable."""
     env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
     env.update(HOME=str(home), TMPDIR=str(home), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(HEURIST_ROOT))
+               PYTHONPATH=os.pathsep.join(import_path()), PYTHONNOUSERSITE="1")
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("SDL_VIDEODRIVER", "dummy")
     return env
@@ -315,51 +459,54 @@ class SandboxedRun(BaseModel):
 
 
 def _limit_args(limits: Limits, **extra: int) -> str:
+    """The limits a sandboxed process puts on itself (``envs.limited.confine_self``), who it becomes included."""
+    uid, gid = sandbox_user()
     return json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile,
-                       "max_processes": limits.max_processes, **extra})
+                       "max_processes": limits.max_processes, "uid": uid, "gid": gid, **extra})
 
 
 def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
                   env: dict[str, str] | None = None, output_chars: int = 8000,
-                  confinement: Confinement | None = None) -> SandboxedRun:
-    """Run a command over model-written files (the workspace's pytest) with the workers' containment.
+                  confinement: Confinement | None = None, pass_fds: tuple[int, ...] = ()) -> SandboxedRun:
+    """Run a command over model-written files (a regression test's pytest) with the workers' containment.
 
-    The same allow-listed environment, namespaces, file-system confinement and resource
-    limits as a worker (applied by ``envs.limited`` before it execs the command); ``cwd`` is
-    writable, the rest of ``confinement`` as given. Its own process group is killed with
-    SIGKILL at the wall-clock limit, and its output is captured to a size-limited file.
+    The same allow-listed environment, namespaces, file-system confinement, resource limits
+    and dropped privileges as a policy process (applied by ``envs.limited`` before it execs
+    the command). It starts in ``cwd``, bound read-only unless ``confinement`` makes it writable;
+    nothing else is bound. ``pass_fds`` are inherited (the test kit's channel to heurist). Its
+    own process group is killed with SIGKILL at the wall-clock limit, and its output is read
+    back from a size-limited log heurist opened.
     """
-    home = Path(tempfile.mkdtemp(prefix="heurist-sandbox-"))
-    log = home / "output.log"
-    full_env = sandbox_env(home) | (env or {})
     confinement = confinement or Confinement()
-    confinement = confinement.model_copy(update={"writable": [Path(cwd), *confinement.writable]})
+    if not any(Path(cwd).resolve() == p.resolve() for p in [*confinement.readable, *confinement.writable]):
+        confinement = confinement.model_copy(update={"readable": [*confinement.readable, Path(cwd)]})
+    dirs = SandboxDirs(limits)
+    log = dirs.log("output.log")
+    full_env = sandbox_env(dirs.home) | (env or {})
     cgroup = PidsCgroup.create(limits.max_processes)
-    prefix = [*(cgroup.prefix() if cgroup else []), *isolation_prefix(limits, confinement, home)]
+    prefix = [*(cgroup.prefix() if cgroup else []), *isolation_prefix(limits, confinement, cwd)]
     started = time.perf_counter()
     try:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited",
-                                     _limit_args(limits, cpu_s=int(timeout_s) + 1), "--", *cmd],
-                                    cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-            timed_out = False
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited",
+                                 _limit_args(limits, cpu_s=int(timeout_s) + 1), "--", *cmd],
+                                cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=log.fd, stderr=log.fd,
+                                start_new_session=True, close_fds=True, pass_fds=pass_fds)
+        timed_out = False
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
             try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                code = proc.wait()
-        with open(log, "rb") as fh:
-            fh.seek(max(0, log.stat().st_size - output_chars))
-            output = fh.read().decode(errors="replace")
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            code = proc.wait()
+        output = log.tail(output_chars)
     finally:
         if cgroup is not None:
             cgroup.remove()
-        shutil.rmtree(home, ignore_errors=True)
+        log.close()
+        dirs.remove()
     if timed_out:
         reason = f"wall-clock limit of {timeout_s:g} s exceeded; the process group was killed"
     elif code == 0:
@@ -367,7 +514,7 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
     else:
         code = _unwrapped(code, prefix)
         reason = _signal_reason(code) if code < 0 else f"exited with code {code}"
-    return SandboxedRun(returncode=code, timed_out=timed_out, output=output, reason=reason,
+    return SandboxedRun(returncode=code, timed_out=timed_out, output=redact(output), reason=reason,
                         wall_s=time.perf_counter() - started)
 
 
@@ -390,19 +537,18 @@ class WorkerProcess:
 
     The env process (``envs.worker``) runs heurist's and the environment's code with a scrubbed
     environment and its own limits; the policy process (``envs.policy_host``) runs the untrusted
-    file under the full containment (namespaces, confinement, pids cgroup, limits). They share
-    two pipes and nothing else; this process talks only to the env process, and ``run`` sends a
-    job and waits for its reply, at most ``timeout`` seconds.
+    source it is sent under the full containment (namespaces, confinement, pids cgroup, limits,
+    no privileges). It is bound no file at all: the policy's source comes over the pipe. They
+    share two pipes and nothing else; this process talks only to the env process, and ``run``
+    sends a job and waits for its reply, at most ``timeout`` seconds.
     """
 
     def __init__(self, limits: Limits, scratch: Path, confinement: Confinement | None = None,
                  cpu: int | None = None) -> None:
         self.limits = limits
-        self.home = Path(tempfile.mkdtemp(prefix="worker-", dir=scratch))
-        policy_home, env_home = self.home / "policy", self.home / "env"
-        policy_home.mkdir()
-        env_home.mkdir()
-        self.log = policy_home / "output.log"  # what the policy printed, for the reasons of its death
+        self.dirs = SandboxDirs(limits, parent=scratch)
+        self.log = self.dirs.log("policy.log")  # what the policy printed, for the reasons of its death
+        self.env_log = self.dirs.log("env.log")
         job_r, self._job_w = os.pipe()
         self._res_r, res_w = os.pipe()
         request_r, request_w = observation_pipe()
@@ -410,20 +556,21 @@ class WorkerProcess:
         pinned = ["--cpu", str(cpu)] if cpu is not None else []
         self.cgroup = PidsCgroup.create(limits.max_processes)
         self.prefix = [*(self.cgroup.prefix() if self.cgroup else []),
-                       *isolation_prefix(limits, confinement or Confinement(), policy_home)]
+                       *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
         try:
             self.policy_proc = subprocess.Popen(
                 [*self.prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
-                 "--reply-fd", str(reply_w), "--limits", _limit_args(limits), "--log", str(self.log), *pinned],
-                env=sandbox_env(policy_home), cwd=policy_home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, pass_fds=(request_r, reply_w), start_new_session=True, close_fds=True)
+                 "--reply-fd", str(reply_w), "--limits", _limit_args(limits), *pinned],
+                env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
+                stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd, pass_fds=(request_r, reply_w),
+                start_new_session=True, close_fds=True)
             self.env_proc = subprocess.Popen(
                 [sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
                  "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--limits", _limit_args(limits),
-                 "--log", str(env_home / "output.log"), *pinned],
-                env=sandbox_env(env_home), cwd=env_home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, pass_fds=(job_r, res_w, request_w, reply_r), start_new_session=True,
-                close_fds=True)
+                 *pinned],
+                env=sandbox_env(self.dirs.private), cwd=self.dirs.private, stdin=subprocess.DEVNULL,
+                stdout=self.env_log.fd, stderr=self.env_log.fd, pass_fds=(job_r, res_w, request_w, reply_r),
+                start_new_session=True, close_fds=True)
         finally:
             for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w):
                 os.close(fd)  # each end now lives only in the process that uses it
@@ -477,12 +624,8 @@ class WorkerProcess:
         return "the env process " + _signal_reason(code, who="").lstrip()
 
     def log_tail(self, chars: int = 300) -> str:
-        try:
-            with open(self.log, "rb") as fh:
-                fh.seek(max(0, self.log.stat().st_size - chars))
-                return " | ".join(fh.read().decode(errors="replace").strip().splitlines()[-3:])
-        except OSError:
-            return ""
+        """The policy's last lines of output (untrusted text: redacted here, escaped where it is shown)."""
+        return redact(" | ".join(self.log.tail(chars).strip().splitlines()[-3:]))
 
     def kill(self) -> None:
         for proc in (self.policy_proc, self.env_proc):
@@ -505,4 +648,6 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
-        shutil.rmtree(self.home, ignore_errors=True)
+        self.log.close()
+        self.env_log.close()
+        self.dirs.remove()

@@ -22,7 +22,10 @@ from typing import IO, Any
 
 import numpy as np
 
-MAX_REPLY_BYTES = 1 << 20  # one action and its diagnostics; a longer line is a broken protocol
+MAX_REPLY_BYTES = 1 << 16  # one action and its diagnostics; a longer line is a broken protocol
+MAX_DIAG_CHARS = 4096  # what the env process keeps of one step's diagnostics, whatever the policy sends
+MAX_MODES = 64  # distinct diagnostic modes counted per episode; the rest are counted together
+OTHER_MODES = "<other modes>"
 
 
 class ProtocolBroken(Exception):
@@ -79,6 +82,33 @@ def plain_diag(diag: Any) -> Any:
             for k, v in diag.items()):
         return diag
     return jsonable(diag)
+
+
+def bounded_diag(diag: Any) -> Any:
+    """One step's diagnostics as the env process keeps them: bounded here, by heurist's code, since the
+    policy process's own trimming (``plain_diag``) runs where the policy can patch it."""
+    if diag is None:
+        return None
+    if diag.__class__ is dict and len(diag) <= 30 and all(
+            k.__class__ is str and len(k) <= 60 and v.__class__ in _PLAIN and (v.__class__ is not str or len(v) <= 200)
+            for k, v in diag.items()):
+        return diag  # the common case: a small flat dict, kept as is
+    trimmed = jsonable(diag)
+    text = json.dumps(trimmed)
+    if len(text) > MAX_DIAG_CHARS:
+        return {"truncated": text[:MAX_DIAG_CHARS]}
+    return trimmed
+
+
+def mode_key(diag: Any, seen: dict) -> str | None:
+    """The mode a step counts under: its ``mode`` as short text, at most ``MAX_MODES`` distinct ones an episode."""
+    if diag.__class__ is not dict:
+        return None
+    mode = diag.get("mode")
+    key = mode if mode is None or (mode.__class__ is str and len(mode) <= 60) else str(mode)[:60]
+    if key not in seen and len(seen) >= MAX_MODES:
+        return OTHER_MODES
+    return key
 
 
 # --------------------------------------------------------------------------- actions

@@ -10,10 +10,13 @@ numpy or heurist's modules changes only its own process, never its score.
 
 It answers one JSON job per line on a private pipe. Each episode starts a fresh Policy
 from a fresh module, so state cannot leak from one seed to the next: a seed's result is
-the same whichever worker runs it, and in whatever order.
+the same whichever worker runs it, and in whatever order. Every job carries the policy's
+source, which this process passes on; the policy process never reads a policy file.
+Whatever the policy sends is bounded here (``envs.wire.bounded_diag``), not where the
+policy could change the bounds.
 
-``Worker`` also runs in-process with a ``PolicyRunner`` (``graph/testkit``): a workspace's
-regression tests are already wholly inside the sandbox.
+Besides episodes and clips, ``policy_reset`` and ``policy_act`` jobs call the policy on
+observations a regression test recorded (``envs.testkit``'s ``load_policy``): no env steps.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import numpy as np
 
 from envs.limited import apply_limits
 from envs.policy_host import PolicyFailed
-from envs.wire import (ProtocolBroken, action_from_wire, describe, jsonable, plain_diag, receive_from_policy,
-                       send_to_policy)
+from envs.wire import (ProtocolBroken, action_from_wire, bounded_diag, describe, jsonable, mode_key, plain_diag,
+                       receive_from_policy, send_to_policy)
 
 
 class InvalidAction(Exception):
@@ -59,16 +62,17 @@ class EpisodePolicy(Protocol):
 class RemotePolicy:
     """The sandboxed policy process, seen from the env process: its replies are untrusted data."""
 
-    def __init__(self, requests: IO[bytes], replies: IO[bytes], path: str) -> None:
-        self.requests, self.replies, self.path = requests, replies, path
+    def __init__(self, requests: IO[bytes], replies: IO[bytes], path: str, source: str) -> None:
+        self.requests, self.replies, self.path, self.source = requests, replies, path, source
 
     def start(self, seed: int, action_space, cpu_s: float | None = None) -> None:
-        self._ask(("reset", {"policy_path": self.path, "seed": seed, "action_space": action_space, "cpu_s": cpu_s}))
+        self._ask(("reset", {"policy_path": self.path, "source": self.source, "seed": seed,
+                             "action_space": action_space, "cpu_s": cpu_s}))
 
     def act(self, obs, info) -> tuple[Any, Any]:
         reply = self._ask(("act", obs, info))
         try:
-            return action_from_wire(reply), reply.get("d")
+            return action_from_wire(reply), bounded_diag(reply.get("d"))
         except ProtocolBroken as exc:
             raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
 
@@ -222,10 +226,7 @@ class Worker:
                 result.update(status="invalid_action", termination="error", error=f"step {t}: {exc}")
                 break
             if diag.__class__ is dict:
-                try:
-                    modes[diag.get("mode")] += 1
-                except TypeError:  # an unhashable mode (a list, say) is the policy's odd choice, not our crash
-                    modes[str(diag.get("mode"))[:60]] += 1
+                modes[mode_key(diag, modes)] += 1
                 # A policy that mutates one dict in place would make every stored step show the last values.
                 if diag is last_diag:
                     diag = dict(diag)
@@ -318,6 +319,19 @@ class Worker:
                 clips.append(write_clip(shot, Path(job["out_dir"]), stem, fps, label) | {"seed": seed, "step": b})
         return {"clips": clips, "replay_diverged_at": diverged_at}
 
+    def policy_call(self, job: dict) -> dict:
+        """A test kit's call on the policy itself: ``policy_reset`` (a fresh Policy) or ``policy_act`` on an
+        observation the test gives; the reply carries the action as JSON and the bounded diagnostics."""
+        try:
+            if job["kind"] == "policy_reset":
+                self.policy.start(int(job["seed"]), self.env().action_space, float(job["cpu_s"]))
+                return {"status": "ok"}
+            obs = np.asarray(job["obs"], dtype=job["dtype"]) if job.get("dtype") else job["obs"]
+            action, diag = self.policy.act(obs, job.get("info") or {})
+        except PolicyFailed as exc:
+            return {"status": "policy_error", "error": str(exc)}
+        return {"status": "ok", "action": jsonable(action), "diagnostics": bounded_diag(diag)}
+
 
 def _refuse_tracing() -> None:
     """No process of the same user may attach to this one (ptrace, /proc/PID/mem). Where bubblewrap
@@ -335,7 +349,6 @@ def main() -> None:
     parser.add_argument("--request-fd", type=int, required=True, help="to the policy process")
     parser.add_argument("--reply-fd", type=int, required=True, help="from the policy process")
     parser.add_argument("--limits", required=True)
-    parser.add_argument("--log", required=True)
     parser.add_argument("--cpu", type=int, help="the core shared with the policy process (see envs.sandbox.pair_cpus)")
     args = parser.parse_args()
     _refuse_tracing()
@@ -343,9 +356,6 @@ def main() -> None:
         os.sched_setaffinity(0, {args.cpu})
     limits = json.loads(args.limits)
     apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"])
-    log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
     jobs = os.fdopen(args.job_fd, "r")
     results = os.fdopen(args.result_fd, "w")
     requests, replies = os.fdopen(args.request_fd, "wb"), os.fdopen(args.reply_fd, "rb")
@@ -353,9 +363,15 @@ def main() -> None:
     for line in jobs:
         job = json.loads(line)
         if worker is None:
-            worker = Worker(job["task"], job["protocol"], RemotePolicy(requests, replies, job["policy_path"]))
+            worker = Worker(job["task"], job["protocol"],
+                            RemotePolicy(requests, replies, job["policy_path"], job["policy_source"]))
         try:
-            reply = worker.clip(job) if job["kind"] == "clip" else worker.episode(job)
+            if job["kind"] == "clip":
+                reply = worker.clip(job)
+            elif job["kind"] in ("policy_reset", "policy_act"):
+                reply = worker.policy_call(job)
+            else:
+                reply = worker.episode(job)
         except PolicyGone as exc:  # the parent, which started the policy process, says why it ended
             reply = {"status": "policy_gone", "error": str(exc), "hung_up": exc.hung_up}
         except Exception as exc:  # heurist's own code failed (or a policy broke a clip replay): report, keep serving

@@ -14,14 +14,16 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from envs.errors import HeuristError
 from envs.paths import default_ledger_path
+from envs.safe_text import printable
 from graph.cli_doctor import register as register_doctor_command
 from graph.cli_memory import memory_app
 from graph.cli_report import register as register_report_command
 from graph.cli_run import register as register_run_commands
-from graph.console import err, out
+from graph.console import RedactingStream, err, out, shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="heurist: Heuristic Learning — improve readable Python policies by editing code, not weights.")
@@ -68,8 +70,8 @@ def eval_cmd(
         task = bar.add_task(f"{spec.id} {split}", total=total, last="")
 
         def tick(episode) -> None:
-            shown = f"seed {episode.seed}: {episode.return_:.1f}" if episode.status == "ok" else f"seed {episode.seed}: {episode.status}"
-            bar.update(task, advance=1, last=shown)
+            last = f"seed {episode.seed}: {episode.return_:.1f}" if episode.status == "ok" else f"seed {episode.seed}: {episode.status}"
+            bar.update(task, advance=1, last=last)
 
         result = evaluate(spec, request, Ledger(ledger_file), progress=tick)
 
@@ -90,7 +92,7 @@ def _print_result(result, ledger_file: Path) -> None:
     table.add_column(style="bold")
     table.add_column()
     failed = sum(e.status != "ok" for e in result.episodes)
-    table.add_row("policy", f"{result.policy_path} (sha256 {result.policy_sha256[:12]})")
+    table.add_row("policy", f"{shown(result.policy_path)} (sha256 {result.policy_sha256[:12]})")
     table.add_row("episodes", f"{len(result.episodes)} ({failed} failed)" if failed else str(len(result.episodes)))
     if s:
         table.add_row("mean ± std", f"{s.mean:.2f} ± {s.std:.2f}")
@@ -107,10 +109,10 @@ def _print_result(result, ledger_file: Path) -> None:
     table.add_row("failures", ", ".join(f"{k} ×{v}" for k, v in sorted(result.failures.items())) or "none")
     for e in result.episodes:
         if e.error:
-            table.add_row(f"seed {e.seed}", f"[red]{e.status}[/]: {e.error}")
+            table.add_row(f"seed {e.seed}", f"[red]{e.status}[/]: {shown(e.error)}")
     for clip in result.clips:
-        table.add_row("clip", f"{clip.mp4} ({clip.frames} frames)")
-    table.add_row("ledger", f"{ledger_file} (eval {result.eval_id})")
+        table.add_row("clip", f"{shown(clip.mp4)} ({clip.frames} frames)")
+    table.add_row("ledger", f"{shown(ledger_file)} (eval {result.eval_id})")
     out.print(table)
 
 
@@ -133,15 +135,23 @@ def envs_cmd(family: Optional[str] = typer.Option(None, "--family", help="Only t
     for col in ("task", "family", "obs", "target", "protocols", "starter", "source"):
         table.add_column(col)
     for s in specs:
-        table.add_row(s.id, s.family, s.obs_mode, "" if s.target is None else f"{s.target:g}",
-                      ", ".join(p.name for p in s.protocols), s.starter_policy or "random", reg.source(s.id))
+        table.add_row(shown(s.id), s.family, s.obs_mode, "" if s.target is None else f"{s.target:g}",
+                      shown(", ".join(p.name for p in s.protocols)), shown(s.starter_policy or "random"),
+                      shown(reg.source(s.id)))
     out.print(table)
+
+
+def _error(label: str, message: str) -> None:
+    """One error line: the label styled, the message (which may quote untrusted text) shown as plain text."""
+    err.print(Text.assemble((label, "red"), " ", printable(message)), highlight=False, soft_wrap=True)
 
 
 def main() -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    # Whatever any command prints, no secret of heurist's environment reaches the terminal or a log file.
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
         # Not standalone: click's own error box is several lines; a usage error here is one, like any other.
         code = app(prog_name="heurist", standalone_mode=False)
@@ -152,8 +162,7 @@ def main() -> None:
         command = ctx.command_path if ctx is not None else "heurist"
         message = exc.format_message().rstrip(".")
         if message:  # empty after a bare `heurist`, whose help was just printed
-            err.print(f"[red]error:[/] {message}; `{command} --help` lists what it takes", highlight=False,
-                      soft_wrap=True)
+            _error("error:", f"{message}; `{command} --help` lists what it takes")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
@@ -161,13 +170,12 @@ def main() -> None:
     except HeuristError as exc:
         if debug:
             raise
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error("error:", str(exc))
         sys.exit(2)
     except Exception as exc:  # a bug of ours: still one line, with the way to see more
         if debug:
             raise
-        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (run again with --debug for the traceback)",
-                  highlight=False, soft_wrap=True)
+        _error("internal error:", f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)")
         sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. doctor's failed checks
         sys.exit(code)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from graph.console import out
+from graph.console import out, shown
 
 MARK = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
@@ -38,7 +38,7 @@ def doctor_cmd(
         for column in ("check", "", "what was found", "fix"):
             table.add_column(column, overflow="fold")
         for c in checks:
-            table.add_row(c.name, MARK[c.status], c.detail, c.fix)
+            table.add_row(shown(c.name), MARK[c.status], shown(c.detail), shown(c.fix))
         out.print(table)
         warned = sum(c.status == "warn" for c in checks)
         out.print(f"{len(checks) - len(failed) - warned} ok, {warned} with a warning, {len(failed)} failing",

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from envs.errors import HeuristError
-from graph.console import err, out
+from envs.safe_text import printable
+from graph.console import err, out, shown
 
 OFFLINE_NOTE = ("offline: no ${key} and no --base-url, so the roles run their offline backends "
                 "(log parser, OpenCV video analyst, CMA-ES coder over tunables, template tests, statistical gate)")
@@ -20,11 +21,11 @@ OFFLINE_NOTE = ("offline: no ${key} and no --base-url, so the roles run their of
 def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
     status = state.get("status")
     if status == "paused":
-        err.print(f"[yellow]paused:[/] {state.get('stop_reason')}", soft_wrap=True)
+        err.print(f"[yellow]paused:[/] {shown(state.get('stop_reason'))}", soft_wrap=True)
         raise typer.Exit(3)
     summary_file = run_dir / "summary.md"
     if summary_file.is_file():
-        out.print(summary_file.read_text(), highlight=False, markup=False)
+        out.print(printable(summary_file.read_text()), highlight=False, markup=False)
     report = run_dir / "report" / "index.html"
     if report.is_file():
         out.print(f"report: {report}", highlight=False)
@@ -154,8 +155,8 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     for column in ("run", "task", "status", "iterations", "dev mean start → best", "directory"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["run_id"], r["task"], r["status"], str(r["iterations"]),
-                      f"{_num(r['start_mean'])} → {_num(r['best_mean'])}", r["run_dir"])
+        table.add_row(shown(r["run_id"]), shown(r["task"]), r["status"], str(r["iterations"]),
+                      f"{_num(r['start_mean'])} → {_num(r['best_mean'])}", shown(r["run_dir"]))
     out.print(table)
 
 
@@ -182,8 +183,8 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     records = _ledger(run_dir)
     started = next((r for r in records if r.get("event") == "run_started"), None)
     iterations = [r for r in records if r.get("event") == "iteration"]
-    out.print(f"[bold]{record.run_id}[/]  {record.task} · protocol {record.protocol} · "
-              f"{'offline roles' if record.offline else 'model ' + record.config['llm']['model']} · "
+    out.print(f"[bold]{shown(record.run_id)}[/]  {shown(record.task)} · protocol {shown(record.protocol)} · "
+              f"{'offline roles' if record.offline else 'model ' + shown(record.config['llm']['model'])} · "
               f"{run_status(run_dir)}", highlight=False)
     if started:
         seeds = started["dev_seeds"]
@@ -194,7 +195,8 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
         table.add_column(column, overflow="fold")
     for r in iterations:
         table.add_row(str(r["iteration"]), "[green]accepted[/]" if r["accepted"] else "[yellow]rejected[/]",
-                      _num(r["mean_before"]), _num(r["mean_candidate"]), r.get("edit") or "-", r["reason"])
+                      _num(r["mean_before"]), _num(r["mean_candidate"]), shown(r.get("edit") or "-"),
+                      shown(r["reason"]))
     out.print(table)
     spent = (iterations[-1]["spent"] if iterations else {}) | next(
         (r["spent"] for r in reversed(records) if r.get("event") == "run_finished"), {})
@@ -204,7 +206,8 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
                   highlight=False)
     finished = next((r for r in reversed(records) if r.get("event") == "run_finished"), None)
     if finished:
-        out.print(f"finished: {finished['reason']}; best dev mean {_num(finished['best_mean'])}", highlight=False)
+        out.print(f"finished: {shown(finished['reason'])}; best dev mean {_num(finished['best_mean'])}",
+                  highlight=False)
         if finished.get("holdout"):
             h = finished["holdout"]
             out.print(f"holdout (once), seeds {h['seeds'][0]}..{h['seeds'][-1]} ({h['episodes']} episodes): "
@@ -234,8 +237,8 @@ def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")
     for e in entries:
         if (e["iteration"], e["role"]) != current:
             current = (e["iteration"], e["role"])
-            out.rule(f"iteration {e['iteration']} · {e['role']}")
-        out.print(_render(e, width), highlight=False, markup=False, soft_wrap=True)
+            out.rule(f"iteration {e['iteration']} · {shown(e['role'])}")
+        out.print(printable(_render(e, width)), highlight=False, markup=False, soft_wrap=True)
 
 
 def _clip(text: Any, width: int) -> str:

@@ -126,6 +126,9 @@ class EvalConfig(_Strict):
     memory_mb: int = Field(4096, ge=256)
     video: bool = Field(True, description="Record failure clips for the video analyst.")
     holdout: bool = Field(True, description="Evaluate the best policy once on the holdout split at the end.")
+    allow_unconfined: bool = Field(False, description="Run model-written code even where bubblewrap cannot confine "
+                                                      "the file system (`heurist doctor` says why); it then sees "
+                                                      "whatever its user can.")
 
 
 class StageRoles(_Strict):

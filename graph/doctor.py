@@ -110,10 +110,11 @@ def check_embedder() -> Check:
 
 
 def check_sandbox() -> list[Check]:
-    from envs.sandbox import Limits, containment, filesystem_confined, process_count_bounded
+    from envs.sandbox import Limits, containment, filesystem_confined, probe_privileges, process_count_bounded
 
     said = containment(Limits())
-    checks = [Check(name="sandbox: environment", status="ok", detail=said["environment"])]
+    checks = [Check(name="sandbox: user", status="ok", detail=said["user"]), check_privileges(probe_privileges()),
+              Check(name="sandbox: environment", status="ok", detail=said["environment"])]
     network_ok = not said["network"].startswith("none")
     checks.append(Check(name="sandbox: network", status="ok" if network_ok else "warn", detail=said["network"],
                         fix="" if network_ok else "apt-get install bubblewrap (or util-linux for unshare), and run "
@@ -128,6 +129,24 @@ def check_sandbox() -> list[Check]:
                                                "cgroup (cgroup v2 delegation)"))
     checks.append(Check(name="sandbox: limits", status="ok", detail=said["limits"]))
     return checks
+
+
+def check_privileges(found: dict) -> Check:
+    """The sandbox's user and capabilities, as a process inside it reports them."""
+    if "error" in found:
+        return Check(name="sandbox: privileges", status="fail", detail=f"a sandboxed process did not start: "
+                                                                      f"{found['error']}"[:300],
+                     fix="the interpreter and its packages must be readable by the sandbox's user (uid 65534 when "
+                         "heurist runs as root); install bubblewrap, or keep the virtual environment outside /root")
+    caps = found["caps"]
+    held = {k: v for k, v in caps.items() if int(v, 16) and k != "CapBnd"}
+    user = f"uid {found['uid']}, gid {found['gid']}" + (f", groups {found['groups']}" if found["groups"] else "")
+    detail = (f"{user}; capabilities: effective {caps['CapEff']}, bounding {caps['CapBnd']}; no_new_privs "
+              f"{'set' if found['no_new_privs'] else 'unset'}; /etc/shadow "
+              f"{'readable' if found['shadow_readable'] else 'unreadable'}")
+    good = found["uid"] != 0 and not held and found["no_new_privs"] and not found["shadow_readable"]
+    return Check(name="sandbox: privileges", status="ok" if good else "fail", detail=detail,
+                  fix="" if good else "sandboxed processes must hold no privileges; report this as a bug of heurist")
 
 
 def check_tools() -> list[Check]:

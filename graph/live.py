@@ -17,6 +17,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from envs.safe_text import printable
+from graph.console import shown
+
 # What a node does, in the words the panel shows.
 STAGE_WORDS = {"begin": "starting: workspace and first evaluation", "evaluate": "evaluating the incumbent",
                "recall": "recalling similar failures and fixes", "code": "coding an edit",
@@ -123,16 +126,18 @@ class LiveView:
         iterations = t.budget.get("iterations")
         grid.add_row("iteration", f"{t.iteration}" + (f" of {iterations}" if iterations else ""))
         now = STAGE_WORDS.get(t.stage, t.stage.replace("_", " "))
-        grid.add_row("now", now + (f" · role [cyan]{t.role}[/]" if t.role else "")
-                     + (f" · {t.activity}" if t.activity else ""))
+        grid.add_row("now", now + (f" · role [cyan]{shown(t.role)}[/]" if t.role else "")
+                     + (f" · {shown(t.activity)}" if t.activity else ""))
         grid.add_row("dev mean", f"best {_num(t.best)} · latest candidate {_num(t.latest)}")
         grid.add_row("spent", t.budget_line())
         v = t.verdict
         colour = "green" if v and v["accepted"] else "yellow"
-        grid.add_row("last verdict", Text.from_markup(f"[{colour}]{t.verdict_line()}[/]") if v else "none yet")
+        # The verdict's reasons quote test output and model text: plain Text, never markup.
+        grid.add_row("last verdict", Text(printable(t.verdict_line()), style=colour) if v else "none yet")
         parts: list[Any] = [grid]
-        parts += [Text(f"warning: {w}", style="red") for w in t.warnings]
-        return Panel(Group(*parts), title=f"heurist · {t.task} · {t.roles}", subtitle=t.run_id, expand=True)
+        parts += [Text(printable(f"warning: {w}"), style="red") for w in t.warnings]
+        return Panel(Group(*parts), title=f"heurist · {shown(t.task)} · {shown(t.roles)}", subtitle=shown(t.run_id),
+                     expand=True)
 
 
 class LogLines:
@@ -150,7 +155,7 @@ class LogLines:
 
     def _line(self, text: str) -> None:
         stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        self.console.print(f"{stamp} {text}", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(printable(f"{stamp} {text}"), markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
         t = self.tally

@@ -22,6 +22,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from envs.errors import HeuristError
+from envs.safe_text import redact
 from graph.config import LLMConfig
 from graph.transcripts import RoleTranscript, TranscriptRecorder
 
@@ -80,6 +81,14 @@ def _loggable(messages: list[dict]) -> list[dict]:
     return shown
 
 
+def _redacted(message: dict) -> dict:
+    content = message["content"]
+    if isinstance(content, str):
+        return {**message, "content": redact(content)}
+    return {**message, "content": [{**part, "text": redact(part["text"])} if part.get("type") == "text" else part
+                                   for part in content]}
+
+
 def _json_schema_format(model: type[BaseModel]) -> dict:
     return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
 
@@ -112,7 +121,8 @@ class LLMClient:
     def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
         """A reply parsed into ``schema``; re-asks with the validation error when it does not match."""
         model, temperature, max_tokens = self.model_for(transcript.role)
-        conversation = list(messages)
+        # Nothing secret of heurist's environment is ever sent, whatever a prompt was built from.
+        conversation = [_redacted(m) for m in messages]
         for attempt in range(self.config.validation_retries + 1):
             content = self._complete(transcript, model, temperature, max_tokens, conversation, schema)
             try:

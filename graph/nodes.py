@@ -9,20 +9,21 @@ records have content-hash ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import sys
+import os
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
-from envs.errors import PolicyError
-from envs.sandbox import Confinement, run_sandboxed
+from envs.errors import HeuristError, PolicyError
+from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
 from graph.llm import BudgetSpent, LLMError
 from graph.services import Services, scored, seeds_of
 from graph.state import RunState
-from graph.workspace import atomic_write
+from graph.workspace import POLICY_FILE, atomic_write
 from memory.records import FailureRecord, FixRecord
 from policies.contract import check_policy_source
 from roles.base import AnalyseInput, Role
@@ -31,14 +32,6 @@ from roles.edits import Edit, apply_edit, diff_summary, unified_diff
 from roles.reviewer import ReviewInput
 from roles.test_writer import TestWriterInput
 
-TESTKIT = Path(__file__).parent / "testkit" / "heurist_testkit.py"
-PYTEST_INI = """[pytest]
-# Written by heurist: the workspace's own regression tests, run sandboxed before every review.
-testpaths = tests
-pythonpath = .
-addopts = -q -p no:cacheprovider
-timeout = 120
-"""
 FIRST_TEST = '''"""Written by heurist when the run began: the policy loads, resets and acts on the first dev seed."""
 
 from heurist_testkit import run_episode
@@ -74,12 +67,10 @@ class Nodes:
     def begin(self, state: RunState) -> dict[str, Any]:
         """Create the workspace from the starting policy (a copy: the original is never touched) and score it."""
         s = self.s
-        files = {"pytest.ini": PYTEST_INI, "heurist_testkit.py": TESTKIT.read_text(),
-                 "heurist_task.json": json.dumps({"task": s.spec.model_dump(mode="json"), "protocol": s.protocol}),
-                 ".gitignore": "__pycache__/\n*.pyc\n",
+        files = {".gitignore": "__pycache__/\n*.pyc\n",
                  "tests/test_policy_runs.py": FIRST_TEST.format(seed=s.dev_seeds()[0])}
         commit = s.workspace.create(self.starting_source, files)
-        result = s.evaluate_cached(s.workspace.policy, video=True)
+        result = s.evaluate_cached(s.candidate_file(s.workspace.source_at(commit)), video=True)
         start = scored(commit, result)
         records = s.ledger.read()[0]
         if not self._recorded("run_started", records):
@@ -97,7 +88,7 @@ class Nodes:
         iteration = state["iteration"] + 1
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.event("iteration", iteration=iteration)
-        s.evaluate_cached(s.workspace.policy, video=True)
+        s.evaluate_cached(s.candidate_file(s.workspace.source_at(state["incumbent"]["commit"])), video=True)
         return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None,
                 "coder": None, "attempts": 0, "check_error": None, "candidate": None, "tests": {},
                 "verification": None, "verdict": None, "outcome": None}
@@ -195,37 +186,90 @@ class Nodes:
                                edit=Edit.model_validate(state["coder"]["edit"]),
                                candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
                                failure_summary=log.get("summary", ""), seeds_by_kind=log.get("seeds_by_kind", {}),
-                               existing_tests=sorted(p.name for p in s.workspace.tests.glob("test_*.py")))
+                               existing_tests=sorted(s.workspace.tests_at(state["incumbent"]["commit"])))
         s.event("role", role=writer.name)
         try:
             test = writer.run(data, s.context(state["iteration"], writer))
         except LLMError as exc:
             return {"tests": {}, "verification": {"test_writer_error": str(exc)}}
-        return {"tests": {test.filename: test.source}}
+        # heurist names every new test file (the writer's name is a suggestion): an accepted test is never
+        # overwritten, and a new one cannot take an old one's place.
+        return {"tests": {self._new_test_name(state): test.source}}
+
+    def _new_test_name(self, state: RunState) -> str:
+        taken = set(self.s.workspace.tests_at(state["incumbent"]["commit"]))
+        name, n = f"tests/test_iteration_{state['iteration']:04d}.py", 1
+        while name in taken:
+            n += 1
+            name = f"tests/test_iteration_{state['iteration']:04d}_{n}.py"
+        return name
 
     # ------------------------------------------------------------------ 7. verify
 
     def verify(self, state: RunState) -> dict[str, Any]:
+        """Score the candidate from a copy out of every sandbox's reach, then run the regression tests.
+
+        Every accepted test file runs against the candidate; each new one against the candidate and
+        the incumbent, and is kept only if it fails on the incumbent and passes on the candidate
+        (fail-to-pass: a test that cannot fail guards nothing). Each file runs alone, sandboxed, on
+        a throwaway copy (``envs.regression``)."""
         s = self.s
-        self._materialise(state)
-        steps_file = s.run_dir / "scratch" / f"test-steps-{state['iteration']}.txt"
-        steps_file.parent.mkdir(parents=True, exist_ok=True)
-        steps_file.write_text("")
-        s.event("testing", tests=len(list(s.workspace.tests.glob("test_*.py"))))
-        # The tests see the workspace (writable) and their steps file; the rest of the run directory is hidden.
-        run = run_sandboxed([sys.executable, "-m", "pytest"], s.workspace.root, s.limits(),
-                            timeout_s=s.config.eval.episode_timeout_s * 4,
-                            env={"HEURIST_STEPS_FILE": str(steps_file)},
-                            confinement=Confinement(writable=[steps_file.parent], hidden=[s.run_dir]))
-        test_steps = sum(int(x) for x in steps_file.read_text().split() if x.isdigit())
-        s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": state["iteration"],
-                         "passed": run.returncode == 0, "reason": run.reason, "env_steps": test_steps,
-                         "wall_s": round(run.wall_s, 3)})
-        result = s.evaluate_cached(s.workspace.policy)
+        iteration, incumbent = state["iteration"], state["incumbent"]
+        source = state["candidate"]["source"]
+        result = s.evaluate_cached(s.candidate_file(source))
+        if result.policy_sha256 != hashlib.sha256(source.encode()).hexdigest():
+            raise HeuristError("the candidate scored is not the candidate the check accepted; the run stops "
+                               "rather than commit bytes it did not score")
+        old_source = s.workspace.source_at(incumbent["commit"])
+        candidate = s.policy_under_test(source, result)
+        before = s.policy_under_test(old_source, s.evaluate_cached(s.candidate_file(old_source), video=True))
+        accepted = s.workspace.tests_at(incumbent["commit"])
+        new = state.get("tests") or {}
+        jobs = [(name, text, candidate) for name, text in {**accepted, **new}.items()]
+        jobs += [(name, text, before) for name, text in new.items()]
+        s.event("testing", tests=len(accepted) + len(new))
+        on_candidate, on_incumbent = self._run_tests(jobs, candidate)
+        old_failed = [on_candidate[name] for name in accepted if not on_candidate[name].passed]
+        new_tests = {}
+        for name in new:
+            if not on_candidate[name].passed:
+                new_tests[name] = {"kept": False, "reason": f"it fails on the candidate: {on_candidate[name].reason}"}
+            elif on_incumbent[name].passed:
+                new_tests[name] = {"kept": False, "reason": "it passes on the incumbent too, so it guards nothing "
+                                                            "this edit changed (a regression test must fail before "
+                                                            "the edit and pass after it)"}
+            else:
+                new_tests[name] = {"kept": True, "reason": f"fails on the incumbent ({on_incumbent[name].reason}) "
+                                                           f"and passes on the candidate"}
+        passed = not old_failed
+        report = "\n".join(f"{r.name}: {r.reason}" + (f"\n{r.output[-1500:]}" if r.output else "")
+                           for r in old_failed)
+        files = {name: {"passed": r.passed, "reason": r.reason} for name, r in on_candidate.items()}
+        s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": iteration,
+                         "passed": passed, "reason": (f"{len(old_failed)} of {len(accepted)} accepted test files "
+                                                      f"failed" if old_failed else
+                                                      f"all {len(accepted)} accepted test files passed"),
+                         "files": files, "new_tests": new_tests,
+                         "wall_s": round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]), 3)})
         previous = state.get("verification") or {}
-        return {"verification": {**previous, "tests_passed": run.returncode == 0,
-                                 "tests_report": run.output[-3000:] if run.returncode else run.output[-300:],
-                                 "tests_reason": run.reason, "candidate": scored("", result)}}
+        return {"verification": {**previous, "tests_passed": passed, "tests_report": report[-3000:],
+                                 "tests_reason": "; ".join(f"{r.name}: {r.reason}" for r in old_failed)[:1000],
+                                 "test_files": files, "new_tests": new_tests,
+                                 "candidate": scored("", result)}}
+
+    def _run_tests(self, jobs: list[tuple[str, str, PolicyUnderTest]],
+                   candidate: PolicyUnderTest) -> tuple[dict[str, TestFileResult], dict[str, TestFileResult]]:
+        """Each (file, policy) pair in its own sandbox, as many at once as there are evaluation workers."""
+        s = self.s
+        timeout = s.config.eval.episode_timeout_s * 4
+        workers = max(1, min(len(jobs), s.config.eval.workers or os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heurist-tests") as pool:
+            futures = [(name, policy, pool.submit(run_test_file, name, text, policy, s.limits(), timeout))
+                       for name, text, policy in jobs]
+            results = [(name, policy, future.result()) for name, policy, future in futures]
+        on_candidate = {name: r for name, policy, r in results if policy is candidate}
+        on_incumbent = {name: r for name, policy, r in results if policy is not candidate}
+        return on_candidate, on_incumbent
 
     # ------------------------------------------------------------------ 8. review
 
@@ -251,25 +295,41 @@ class Nodes:
             reasons += verdict["reasons"]
         if "test_writer_error" in verification:
             reasons.append(f"no regression test was added: {verification['test_writer_error']}")
+        for name, decision in (verification.get("new_tests") or {}).items():
+            if not decision["kept"]:
+                reasons.append(f"{name} is not kept as a regression test: {decision['reason'][:300]}")
         return {"verdict": {"accept": accept, "reasons": reasons, "by_role": verdicts, "llm_failed": llm_failed}}
 
     # ------------------------------------------------------------------ 9. commit or roll back
 
     def commit(self, state: RunState) -> dict[str, Any]:
+        """Commit the bytes that were scored and the kept tests; then check the commit holds exactly those."""
         s = self.s
         iteration = state["iteration"]
         edit = state["coder"]["edit"]
+        verification, before = state["verification"], state["incumbent"]["mean"]
+        kept = self._kept_tests(state)
         commit = s.workspace.commit_for_iteration(iteration)
         if commit is None:
             self._materialise(state)
-            verification, before = state["verification"], state["incumbent"]["mean"]
             body = (f"{edit['rationale']}\n\nDev mean {before} -> {verification['candidate']['mean']} on "
                     f"{len(s.dev_seeds())} dev seeds.\nReview: " + "; ".join(state["verdict"]["reasons"])
-                    + "\nTests added: " + (", ".join(state["tests"]) or "none"))
+                    + "\nTests added: " + (", ".join(kept) or "none"))
             commit = s.workspace.commit(iteration, f"Iteration {iteration}: {_oneline(edit['rationale'], 58)}", body)
-        incumbent = {**state["verification"]["candidate"], "commit": commit}
+        committed = s.workspace.file_sha256(commit)
+        changed = set(s.workspace.changed_between(state["incumbent"]["commit"], commit))
+        if committed != verification["candidate"]["sha256"] or not changed <= {POLICY_FILE, *kept}:
+            raise HeuristError(f"commit {commit[:12]} does not hold what was scored and reviewed (policy sha256 "
+                               f"{committed[:12]}, scored {verification['candidate']['sha256'][:12]}; files changed: "
+                               f"{', '.join(sorted(changed)) or 'none'}); the run stops rather than keep it")
+        incumbent = {**verification["candidate"], "commit": commit}
         return {"incumbent": incumbent, "since_improvement": 0,
                 "outcome": {"accepted": True, "commit": commit, "reason": "; ".join(state["verdict"]["reasons"])}}
+
+    @staticmethod
+    def _kept_tests(state: RunState) -> list[str]:
+        decisions = (state.get("verification") or {}).get("new_tests") or {}
+        return sorted(name for name in (state.get("tests") or {}) if decisions.get(name, {}).get("kept"))
 
     def roll_back(self, state: RunState) -> dict[str, Any]:
         s = self.s
@@ -310,7 +370,7 @@ class Nodes:
         spent = self._spent(records)
         if not self._recorded("iteration", records, iteration=iteration):
             s.ledger.append({"event": "iteration", "time": _now(), "run_id": s.run_id, **entry,
-                             "tests_added": sorted(state.get("tests") or {}) if outcome["accepted"] else [],
+                             "tests_added": self._kept_tests(state) if outcome["accepted"] else [],
                              "verdict": state.get("verdict"), "policy_sha256": state["incumbent"]["sha256"],
                              "spent": spent, **self._what_was_tried(state)})
         s.event("verdict", **entry, spent=spent)
@@ -369,7 +429,7 @@ class Nodes:
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.workspace.git("tag", "-f", "heurist-final", state["incumbent"]["commit"])
         best = s.run_dir / "best_policy.py"
-        atomic_write(best, s.workspace.policy.read_text())
+        atomic_write(best, s.workspace.source_at(state["incumbent"]["commit"]))
         holdout = None
         if s.config.eval.holdout:
             holdout_file = s.run_dir / "holdout.json"
@@ -391,12 +451,21 @@ class Nodes:
     # ------------------------------------------------------------------ helpers
 
     def _materialise(self, state: RunState) -> None:
-        """The workspace as the candidate: the incumbent's commit, the edited policy, the new tests."""
+        """The workspace as the accepted candidate: the incumbent's commit, the scored bytes, the kept tests.
+
+        The policy is copied from ``RUN_DIR/candidates`` (out of every sandbox's reach, checked against
+        the scored hash); no file a sandboxed process could have written reaches the commit."""
         s = self.s
         s.workspace.reset_to(state["incumbent"]["commit"])
-        atomic_write(s.workspace.policy, state["candidate"]["source"])
-        for name, source in (state.get("tests") or {}).items():
-            atomic_write(s.workspace.root / name, source)
+        scored_copy = s.candidate_file(state["candidate"]["source"])
+        data = scored_copy.read_bytes()
+        if hashlib.sha256(data).hexdigest() != state["verification"]["candidate"]["sha256"]:
+            raise HeuristError(f"{scored_copy} is not the policy that was scored; the run stops rather than "
+                               f"commit it")
+        atomic_write(s.workspace.policy, data.decode())
+        tests = state.get("tests") or {}
+        for name in self._kept_tests(state):
+            atomic_write(s.workspace.root / name, tests[name])
 
     def _recorded(self, event: str, records: list[dict] | None = None, **match: Any) -> bool:
         """Whether this run's ledger already holds the record (a node run again must not add it twice)."""

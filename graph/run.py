@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict
 from envs.errors import HeuristError
 from envs.ledger import Ledger
 from envs.paths import heurist_home
+from envs.safe_text import RedactingSerializer, also_secret
+from envs.sandbox import filesystem_confined
 from envs.tasks import get_task
 from graph.config import RunConfig
 from graph.transcripts import TranscriptRecorder, call_costs
@@ -216,7 +218,12 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
 
     record = read_record(run_dir)
     config = RunConfig.model_validate(record.config)
+    also_secret(config.llm.api_key_env)  # whatever its name, the key is never recorded
     spec = get_task(record.task)
+    if not record.offline and not config.eval.allow_unconfined and not filesystem_confined():
+        raise RunError("model-written code would run without a confined file system here (bubblewrap is missing "
+                       "or cannot make namespaces; `heurist doctor` says which): install bubblewrap, or set "
+                       "eval.allow_unconfined = true in the run config to accept that")
     recorder = TranscriptRecorder(run_dir)
     usage = usage_from_transcripts(recorder)
     usage.max_tokens, usage.max_usd = config.budget.tokens, config.budget.usd
@@ -264,7 +271,9 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
         services, nodes, record = open_services(run_dir, on_event)
         connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
         try:
-            app = build(nodes, services.config, services.spec, SqliteSaver(connection))
+            saver = SqliteSaver(connection)
+            saver.serde = RedactingSerializer(saver.serde)  # no secret of heurist's environment is checkpointed
+            app = build(nodes, services.config, services.spec, saver)
             cfg = {"configurable": {"thread_id": record.run_id}, "recursion_limit": 1_000_000}
             try:
                 snapshot = app.get_state(cfg)

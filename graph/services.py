@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from envs.evaluator import EvalRequest, EvalResult, evaluate
+from envs.errors import HeuristError
 from envs.ledger import Ledger
+from envs.regression import KitRefused, PolicyUnderTest
 from envs.sandbox import Limits
 from envs.tasks import Split, TaskSpec
 from graph.config import RunConfig
@@ -44,6 +47,8 @@ class Services:
     session_started: float = field(default_factory=time.monotonic)
     elapsed_before: float = 0.0  # active seconds of earlier sessions of this run
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # Test files run in parallel and may ask for the same uncached seed: one evaluation at a time for them.
+    _test_episodes: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ roles
 
@@ -85,6 +90,9 @@ class Services:
             policy_path=policy, task_id=self.spec.id, protocol=self.protocol, split=split, seeds=seeds,
             workers=self.config.eval.workers, limits=self.limits(), video=video and self.config.eval.video,
             out_dir=self.run_dir / "clips", confirm_protected=split != "dev"), self.ledger)
+        if result.policy_sha256 != sha:  # the evaluator hashes what it ran: it must be what was asked for
+            raise HeuristError(f"{policy} changed while it was being evaluated (sha256 {sha[:12]} asked, "
+                               f"{result.policy_sha256[:12]} scored); the result is not stored")
         atomic_write(cached, result.model_dump_json(by_alias=True))
         self.event("evaluated", split=split, seeds=len(seeds), env_steps=result.env_steps,
                    mean=result.stats.mean if result.stats else None)
@@ -95,11 +103,35 @@ class Services:
         return [per_seed(self.evaluate_cached(self.candidate_file(source), "dev", seeds)) for source in sources]
 
     def candidate_file(self, source: str) -> Path:
-        """A policy version as a file of its own, named by its hash, for the evaluator to run."""
-        path = self.run_dir / "candidates" / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}.py"
-        if not path.is_file():
+        """A policy version as a file of its own, named by its hash, for the evaluator to run.
+
+        ``RUN_DIR/candidates`` is out of every sandbox's sight; a file there whose bytes are not its
+        name's (written by anything else) is rewritten, so what is scored is ``source`` exactly."""
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        path = self.run_dir / "candidates" / f"{sha[:16]}.py"
+        if path.is_symlink() or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            path.unlink(missing_ok=True)
             atomic_write(path, source)
         return path
+
+    def policy_under_test(self, source: str, full: EvalResult) -> PolicyUnderTest:
+        """What a regression test's kit reaches: this policy's dev episodes (from ``full``, its evaluation on
+        the dev seeds, else evaluated and recorded now) and sandboxed calls on the policy itself."""
+        policy = self.candidate_file(source)
+        dev = list(self.spec.seeds.seeds("dev"))
+        known = {e.seed: e for e in full.episodes}
+
+        def episode(seed: int) -> dict:
+            if seed not in dev:
+                raise KitRefused(f"seed {seed} is not a dev seed of {self.spec.id}; regression tests use the dev "
+                                 f"seeds {dev[0]}..{dev[-1]} (holdout and audit seeds are never used by tests)")
+            found = known.get(seed)
+            if found is None:
+                with self._test_episodes:
+                    found = self.evaluate_cached(policy, "dev", [seed]).episodes[0]
+            return found.model_dump(mode="json", by_alias=True)
+
+        return PolicyUnderTest(episode, self.spec.model_dump_json(), self.protocol, str(policy), source, self.limits())
 
 
 def per_seed(result: EvalResult) -> dict[int, float | None]:

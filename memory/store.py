@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from envs.errors import MemoryStoreError
 from envs.paths import heurist_home
+from envs.safe_text import redact_deep
 from memory.embedders import EMBEDDER_ADAPTER, Embedder, EmbedderConfig, MiniLMOnnxConfig, build_embedder
 from memory.records import (RECORD_ADAPTER, FailureHit, FailureRecord, FixHit, FixRecord, LessonHit, LessonRecord,
                             Recall, Record, RecordType, fix_rank_key)
@@ -254,8 +255,11 @@ class MemoryStore:
     # -- writing -----------------------------------------------------------------------------
 
     def add(self, records: Iterable[Record]) -> list[str]:
-        """Write records (upsert by id: adding one twice keeps one). Returns their ids."""
-        records = [r.with_id() for r in records]
+        """Write records (upsert by id: adding one twice keeps one). Returns their ids.
+
+        Their text is redacted first (``envs.safe_text``): memory is shared between runs and read
+        into prompts, so a secret that slipped into a failure's description must not be kept."""
+        records = [type(r).model_validate(redact_deep(r.model_dump())).with_id() for r in records]
         if not records:
             return []
         return self.write_vectors(records, self.embedder.embed([r.text for r in records]))

@@ -1,33 +1,35 @@
 """The test writer: a pytest regression test, kept in the workspace, for the failure an edit fixes.
 
-The tests call the workspace's ``heurist_testkit`` (written by heurist next to the
-policy), which runs one real episode of the task in the test's own sandboxed process.
-Every test ever accepted keeps running in every later iteration, so a capability that an
-edit once bought cannot silently be lost by a later one.
+The tests call ``heurist_testkit`` (``envs/testkit``), whose ``run_episode`` asks heurist
+for one real episode of the policy under test, run by heurist's sandboxed evaluator. Every
+test ever accepted keeps running in every later iteration, so a capability that an edit
+once bought cannot silently be lost by a later one. A new test is kept only if it fails on
+the incumbent and passes on the candidate (``graph.nodes.verify``), and heurist names its
+file, so a new test never replaces an accepted one.
 
 Offline, tests come from a template: the test writer runs the candidate on the seeds the
 edit targets and pins, per seed, that the episode completes and keeps at least half of
 the gain over the incumbent. With a model, the model writes the test (it may also pin
-what a detector returns on a recorded observation, say); a file that does not parse or is
-not named ``tests/test_*.py`` is answered with the error and asked again.
+what the policy does on a recorded observation, say); a file that does not parse or
+defines no test is answered with the error and asked again.
 """
 
 from __future__ import annotations
 
 import ast
-import re
 
 from pydantic import Field, field_validator
 
 from roles.base import Role, RoleContext, RoleModel
 from roles.edits import Edit
 
-KIT_API = """heurist_testkit (import it in the test file):
-- run_episode(seed: int) -> dict: one episode of the workspace policy on the task. Keys: status ("ok",
-  "policy_error", "invalid_action", "env_error"), return, length, termination, events (list of
-  {step, kind, description}), trace ({actions, rewards, mode_counts, windows}).
+KIT_API = """heurist_testkit (import it in the test file; the test runs alone, on a copy with no policy file):
+- run_episode(seed: int) -> dict: one episode of the policy under test on a dev seed. Keys: status ("ok",
+  "policy_error", "invalid_action", "env_error", "timeout", "crash"), return, length, termination, events
+  (list of {step, kind, description}), trace ({actions, rewards, mode_counts, windows}).
 - first_event(result, kind) -> int | None: the step of the first failure event of that kind.
-- load_policy() -> the workspace's Policy instance, to test its methods on recorded observations."""
+- load_policy() -> the policy under test, run elsewhere: reset(seed), then act(obs, info) returns its action
+  and sets .diagnostics; to pin what it does on an observation from a trace."""
 
 
 class TestWriterInput(RoleModel):
@@ -42,17 +44,10 @@ class TestWriterInput(RoleModel):
 
 
 class TestFile(RoleModel):
-    filename: str = Field(..., description="tests/test_<something>.py")
+    filename: str = Field("", description="a suggested name; heurist names the file tests/test_iteration_NNNN.py")
     source: str
     rationale: str
     seeds: list[int] = Field(default_factory=list)
-
-    @field_validator("filename")
-    @classmethod
-    def _pytest_name(cls, value: str) -> str:
-        if not re.fullmatch(r"tests/test_[a-z0-9_]+\.py", value):
-            raise ValueError("filename must look like tests/test_<lowercase_words>.py")
-        return value
 
     @field_validator("source")
     @classmethod

@@ -92,7 +92,7 @@ def test_result_and_ledger_name_everything_a_score_depends_on(run_eval, ledger):
     assert started["event"] == "eval_started" and finished["event"] == "eval_finished"
     assert started["eval_id"] == finished["eval_id"] == result.eval_id
     assert started["versions"]["gymnasium"] and started["policy_sha256"] == result.policy_sha256
-    assert set(started["git"]) == {"commit", "diff_sha256"}
+    assert set(started["git"]) == {"commit", "committed_file", "uncommitted_changes"}
     assert finished["mean"] == 500.0 and finished["per_episode"][0]["seed"] == 0
 
 

@@ -47,8 +47,10 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     assert len(log) == 2 and "Heurist-Iteration: 1" in log[0]["body"]
     assert "push toward the fall" in log[0]["subject"] + log[0]["body"]
     assert BALANCES in workspace.policy.read_text()  # the bad edit was rolled back
-    assert (workspace.tests / "test_balance_seed_0.py").read_text() == PIN_BALANCE
-    assert not (workspace.tests / "test_seed_1_runs.py").exists()
+    # heurist names new tests (the writer suggested tests/test_balance_seed_0.py): iteration 1's was kept
+    # (it fails on the weak policy and passes on the edit); iteration 2's edit was rejected with its test.
+    assert (workspace.tests / "test_iteration_0001.py").read_text() == PIN_BALANCE
+    assert sorted(p.name for p in workspace.tests.iterdir()) == ["test_iteration_0001.py", "test_policy_runs.py"]
     assert policy.read_text() == WEAK  # the starting file is never modified
 
     recorder = TranscriptRecorder(run_dir)

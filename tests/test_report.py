@@ -108,7 +108,7 @@ def test_report_in_headless_chromium_shows_plots_clips_diffs_and_transcripts(llm
     assert any(BALANCES.strip() in line for line in first.locator(".diff .gi").all_inner_texts())
     assert first.locator(".diff .gd").count() >= 1
     assert "regression tests failed" in second.locator(".verdict").inner_text()
-    assert "tests/test_balance_seed_0.py" in first.locator(".tests").inner_text()
+    assert "tests/test_iteration_0001.py" in first.locator(".tests").inner_text()
     assert "written but not added" in second.locator(".tests").inner_text()
 
     # Every failure clip plays in the page, and its contact sheet is shown.

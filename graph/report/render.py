@@ -25,6 +25,7 @@ from pygments.lexers import DiffLexer, PythonLexer
 from envs.errors import HeuristError
 from graph.report.data import ReportData, gather
 from graph.report.plots import compare_plot, cost_axis, failure_plot, score_plot
+from envs.safe_text import redact
 from graph.workspace import atomic_write
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -97,7 +98,7 @@ def write_report(run_dir: Path) -> Path:
     html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media")))
     index = folder / "index.html"
     try:
-        atomic_write(index, html)
+        atomic_write(index, redact(html))
     except OSError as exc:
         raise ReportError(f"cannot write {index}: {exc.strerror}; free space or make {folder} writable") from None
     return index
@@ -115,7 +116,7 @@ def write_compare(run_dirs: list[Path], out: Path) -> Path:
         generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
     out = Path(out)
     try:
-        atomic_write(out, html)
+        atomic_write(out, redact(html))
     except OSError as exc:
         raise ReportError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
     return out

@@ -1,0 +1,100 @@
+"""git as heurist runs it: a fixed configuration, a scrubbed environment, nothing a repository can make it run.
+
+git executes programs named in configuration and attributes: ``core.fsmonitor`` on any
+command that refreshes the index (``status``, ``diff``, ``add``, ``commit``, ``reset``),
+``diff.external`` and textconv drivers, clean and smudge ``filter``s, hooks, a pager, an
+editor, credential helpers. Anything that can write a repository's ``.git/config``,
+``.git/info/attributes`` or a ``.gitattributes`` could make heurist's own later git commands
+run its code with heurist's environment. So every git command heurist runs:
+
+- gets an environment built from nothing: a fixed ``PATH``, no ``HOME``, no system or global
+  config (``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL=/dev/null``), no system attributes, no
+  replace objects, no terminal prompt, ``cat`` as pager and ``true`` as editor, and none of
+  the user's variables (API keys, ``GIT_DIR``, ``GIT_SSH_COMMAND``...);
+- overrides on the command line what a repository's config could set: no hooks, no
+  fsmonitor, no external diff, no attributes file, no signing, no protocols;
+- and, for heurist's own workspaces, ``check_repository`` refuses a repository whose config
+  holds any key heurist does not write, whose ``info/attributes`` or any ``.gitattributes``
+  exists, that has a hook, or whose ``.git`` is not a plain folder: the reason names what was
+  found, because something other than heurist changed it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from envs.errors import HeuristError
+
+IDENTITY = {"GIT_AUTHOR_NAME": "heurist", "GIT_AUTHOR_EMAIL": "heurist@localhost",
+            "GIT_COMMITTER_NAME": "heurist", "GIT_COMMITTER_EMAIL": "heurist@localhost"}
+# Overrides of everything a repository's own config could set to run a program or reach out.
+OVERRIDES = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "core.untrackedCache=false",
+             "core.attributesFile=/dev/null", "core.pager=cat", "core.editor=true", "core.sshCommand=false",
+             "diff.noprefix=false", "commit.gpgSign=false", "tag.gpgSign=false",
+             "gpg.program=false", "credential.helper=", "protocol.allow=never", "submodule.recurse=false",
+             "safe.bareRepository=explicit")
+# The keys `git init` writes and heurist reads; a workspace's config holds these and nothing else.
+ALLOWED_CONFIG = frozenset({"core.repositoryformatversion", "core.filemode", "core.bare", "core.logallrefupdates"})
+
+
+class GitRefused(HeuristError):
+    """A repository heurist will not run git in, because it asks git to run something."""
+
+
+def git_binary() -> str:
+    found = shutil.which("git")
+    if found is None:
+        raise HeuristError("git is not installed; heurist keeps each run's policy history in git "
+                           "(apt-get install git, or run scripts/bootstrap)")
+    return found
+
+
+def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a git command heurist runs: built from nothing, never inherited."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent",
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_ATTR_NOSYSTEM": "1",
+            "GIT_NO_REPLACE_OBJECTS": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat",
+            "GIT_EDITOR": "true", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", **IDENTITY, **(extra or {})}
+
+
+def run_git(args: list[str], cwd: Path, *, binary: bool = False) -> subprocess.CompletedProcess:
+    """``git ARGS`` in ``cwd`` with the fixed configuration; never raises for a non-zero exit."""
+    overrides = [arg for pair in OVERRIDES for arg in ("-c", pair)]
+    return subprocess.run([git_binary(), *overrides, *args], cwd=cwd, env=git_env(), capture_output=True,
+                          text=not binary, stdin=subprocess.DEVNULL)
+
+
+def check_repository(root: Path) -> None:
+    """Refuse a workspace repository that asks git to run anything: heurist never writes such a thing."""
+    root = Path(root)
+    dot_git = root / ".git"
+    if dot_git.is_symlink() or not dot_git.is_dir():
+        raise GitRefused(f"{dot_git} is not a plain folder (a link or a gitdir file points elsewhere); heurist "
+                         f"made it as one, so something else changed it: the run cannot trust its history")
+    listed = subprocess.run([git_binary(), "config", "--file", str(dot_git / "config"), "--no-includes", "--null",
+                             "--list"], cwd="/", env=git_env(), capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    if listed.returncode != 0:
+        raise GitRefused(f"{dot_git / 'config'} cannot be read as git config ({listed.stderr.strip()[:200]}); "
+                         f"the run cannot trust its history")
+    keys = sorted({entry.split("\n", 1)[0].lower() for entry in listed.stdout.split("\0") if entry})
+    foreign = [key for key in keys if key not in ALLOWED_CONFIG]
+    if foreign:
+        raise GitRefused(f"{dot_git / 'config'} sets {', '.join(foreign)[:300]}, which heurist never writes; "
+                         f"something other than heurist changed it, and git could run a program it names. "
+                         f"Inspect the repository; the run will not use it as it is")
+    problems = [str(p.relative_to(root)) for p in (dot_git / "info" / "attributes", dot_git / "config.worktree",
+                                                  dot_git / "commondir")
+                if p.exists() or p.is_symlink()]
+    hooks = dot_git / "hooks"
+    if hooks.is_dir():
+        problems += [str(p.relative_to(root)) for p in hooks.iterdir() if not p.name.endswith(".sample")]
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not (Path(folder) == root and d == ".git")]
+        problems += [str((Path(folder) / f).relative_to(root)) for f in files if f == ".gitattributes"]
+    if problems:
+        raise GitRefused(f"the workspace {root} holds {', '.join(sorted(problems))[:300]}, which heurist never "
+                         f"writes and through which git could run a program; the run will not use it as it is")

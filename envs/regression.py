@@ -1,0 +1,315 @@
+"""Regression tests, run so that their verdicts cannot be forged: one file, one sandbox, one throwaway copy.
+
+A model-written test is untrusted code. Each test file runs alone in a sandboxed pytest
+process (``envs.sandbox.run_sandboxed``: no privileges, no network, no secrets) over a
+throwaway, read-only copy holding that file and heurist's test kit, nothing else: no
+``.git``, no policy file, no other test. So:
+
+- a test cannot change the workspace, its history, the run directory or another test;
+- a test cannot end another file's run early (``os._exit(0)`` at import ends its own);
+- the policy under test never runs in the test's process: ``run_episode`` asks heurist,
+  which answers from its sandboxed evaluator (the env steps are counted by heurist's code,
+  not reported by the test), and ``load_policy`` gives a proxy whose ``reset`` and ``act``
+  run the policy in a sandboxed worker pair;
+- a file passes only when heurist's pytest plugin (``testkit/heurist_report.py``) reported
+  at least one test, every one of them passed, and pytest's session ended with status 0;
+  an exit code alone is never taken as a verdict.
+
+Everything a test sends over its channel (``_Broker``) is read as untrusted data: bounded
+lines, JSON objects of a fixed shape, dev seeds only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from envs.safe_text import redact
+from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, import_path, run_sandboxed
+
+KIT_DIR = Path(__file__).parent / "testkit"
+KIT_FILES = ("heurist_testkit.py", "heurist_report.py")
+MAX_REQUEST_BYTES = 1 << 20  # one request: an observation of a few hundred kilobytes at most
+MAX_REPORTS = 2000  # test reports kept per file; more is a test file generating tests without end
+MESSAGE_CHARS = 2000
+
+
+class KitRefused(Exception):
+    """A request the policy under test will not answer; the message goes back to the test."""
+
+
+class _Op(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EpisodeOp(_Op):
+    op: Literal["episode"]
+    seed: int
+
+
+class ResetOp(_Op):
+    op: Literal["reset"]
+    seed: int
+
+
+class ActOp(_Op):
+    op: Literal["act"]
+    obs: Any
+    dtype: str | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReportOp(_Op):
+    op: Literal["report"]
+    kind: Literal["collect", "test", "finish"]
+    nodeid: str = ""
+    when: str = ""
+    outcome: str = ""
+    message: str = ""
+    exitstatus: int | None = None
+
+
+_REQUEST = TypeAdapter(Union[EpisodeOp, ResetOp, ActOp, ReportOp])
+
+
+class TestOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nodeid: str
+    outcome: Literal["passed", "failed", "error", "skipped"]
+    message: str = ""
+
+
+class TestFileResult(BaseModel):
+    """One test file's verdict against one policy, from the reports heurist received."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    passed: bool
+    reason: str
+    tests: list[TestOutcome] = Field(default_factory=list)
+    output: str = ""
+    wall_s: float = 0.0
+
+
+class PolicyUnderTest:
+    """What a test file's kit calls reach: one policy's episodes and a sandboxed instance of it.
+
+    ``episode(seed)`` comes from the caller (heurist's cached, ledger-recorded evaluations);
+    ``reset``/``act`` run the policy's source in a worker pair started on first use, one per
+    test file run (``session``).
+    """
+
+    def __init__(self, episode: Callable[[int], dict], task_json: str, protocol: str, policy_path: str,
+                 source: str, limits: Limits) -> None:
+        self.episode = episode
+        self.task_json, self.protocol, self.policy_path, self.source = task_json, protocol, policy_path, source
+        self.limits = limits
+
+    def session(self, scratch: Path) -> "PolicySession":
+        return PolicySession(self, scratch)
+
+
+class PolicySession:
+    def __init__(self, policy: PolicyUnderTest, scratch: Path) -> None:
+        self.policy, self.scratch = policy, scratch
+        self.worker: WorkerProcess | None = None
+        self.reset_done = False
+
+    def _run(self, kind: str, **fields: Any) -> dict:
+        p = self.policy
+        if self.worker is None:
+            self.worker = WorkerProcess(p.limits, self.scratch)
+        job = {"kind": kind, "task": p.task_json, "protocol": p.protocol, "policy_path": p.policy_path,
+               "policy_source": p.source, "cpu_s": p.limits.episode_cpu_s, **fields}
+        try:
+            reply = self.worker.run(job, timeout=p.limits.episode_timeout_s + 10.0)
+        except WorkerDied as died:
+            self.close()
+            raise KitRefused(f"the policy process died: {died.reason}") from None
+        if reply.get("status") != "ok":
+            raise KitRefused(f"{reply.get('status')}: {reply.get('error')}")
+        return reply
+
+    def reset(self, seed: int) -> None:
+        self._run("policy_reset", seed=seed)
+        self.reset_done = True
+
+    def act(self, request: ActOp) -> dict:
+        if not self.reset_done:
+            raise KitRefused("call reset(seed) before act()")
+        if request.dtype is not None:
+            try:
+                dtype = np.dtype(request.dtype)
+            except TypeError:
+                raise KitRefused(f"an observation dtype numpy does not know: {request.dtype[:40]!r}") from None
+            if dtype.kind not in "biuf":
+                raise KitRefused(f"an observation of dtype {dtype}; observations are numbers")
+            try:
+                np.asarray(request.obs, dtype=dtype)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise KitRefused(f"an observation that is not an array of {dtype}: {exc}") from None
+        reply = self._run("policy_act", obs=request.obs, dtype=request.dtype, info=request.info)
+        return {"action": reply["action"], "diagnostics": reply["diagnostics"]}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        self.reset_done = False
+
+
+class _Broker(threading.Thread):
+    """Answers one sandboxed test process's requests, one JSON line each, and keeps its reports."""
+
+    def __init__(self, requests_fd: int, replies_fd: int, policy: PolicyUnderTest, scratch: Path) -> None:
+        super().__init__(daemon=True)
+        self.requests = os.fdopen(requests_fd, "rb")
+        self.replies = os.fdopen(replies_fd, "wb")
+        self.policy = policy
+        self.session = policy.session(scratch)
+        self.reports: list[ReportOp] = []
+        self.failure: BaseException | None = None  # heurist's own failure while answering: the caller raises it
+
+    def run(self) -> None:
+        try:
+            while True:
+                line = self.requests.readline(MAX_REQUEST_BYTES + 1)
+                if not line:
+                    return
+                if len(line) > MAX_REQUEST_BYTES:
+                    self._reply({"ok": False, "error": f"a request longer than {MAX_REQUEST_BYTES} bytes"})
+                    return  # the rest of that line cannot be read as a request: stop answering
+                self._reply(self._answer(line))
+        except OSError:  # the test process is gone
+            return
+        except BaseException as exc:  # ours, not the test's (a full disk while evaluating, say)
+            self.failure = exc
+        finally:
+            self.session.close()
+            for stream in (self.requests, self.replies):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def _reply(self, reply: dict) -> None:
+        self.replies.write(json.dumps(reply).encode() + b"\n")
+        self.replies.flush()
+
+    def _answer(self, line: bytes) -> dict:
+        try:
+            request = _REQUEST.validate_json(line)
+        except (ValidationError, ValueError) as exc:
+            return {"ok": False, "error": f"not a request heurist understands: {str(exc).splitlines()[0][:200]}"}
+        try:
+            if isinstance(request, EpisodeOp):
+                return {"ok": True, "result": self.policy.episode(request.seed)}
+            if isinstance(request, ResetOp):
+                self.session.reset(request.seed)
+                return {"ok": True}
+            if isinstance(request, ActOp):
+                return {"ok": True, "result": self.session.act(request)}
+        except KitRefused as exc:
+            return {"ok": False, "error": redact(str(exc))[:MESSAGE_CHARS]}
+        if len(self.reports) < MAX_REPORTS:
+            self.reports.append(request.model_copy(update={"message": redact(request.message)[:MESSAGE_CHARS],
+                                                           "nodeid": request.nodeid[:300]}))
+        return {"ok": True}
+
+
+def _verdict(name: str, reports: list[ReportOp], returncode: int, reason: str,
+             timed_out: bool) -> tuple[bool, str, list[TestOutcome]]:
+    """Passed only on reports: at least one test, every test passed in every phase, the session ended with 0."""
+    outcomes: dict[str, TestOutcome] = {}
+    collect_errors = [r for r in reports if r.kind == "collect"]
+    for r in reports:
+        if r.kind != "test" or not r.nodeid:
+            continue
+        current = outcomes.get(r.nodeid)
+        if r.outcome == "failed":
+            outcome = "failed" if r.when == "call" else "error"
+        elif r.outcome == "skipped":
+            outcome = "skipped"
+        elif r.outcome == "passed":
+            outcome = "passed"
+        else:
+            outcome = "error"
+        if current is None or current.outcome == "passed":
+            outcomes[r.nodeid] = TestOutcome(nodeid=r.nodeid, outcome=outcome, message=r.message)
+    tests = list(outcomes.values())
+    finish = next((r for r in reports if r.kind == "finish"), None)
+    bad = [t for t in tests if t.outcome != "passed"]
+    if timed_out:
+        return False, reason, tests
+    if collect_errors:
+        return False, f"{name} could not be collected: {collect_errors[0].message.strip()[-300:]}", tests
+    if bad:
+        first = bad[0]
+        detail = first.message.strip().splitlines()[-1] if first.message.strip() else ""
+        return False, f"{first.nodeid} {first.outcome}" + (f": {detail[:300]}" if detail else ""), tests
+    if finish is None:
+        return False, f"the test process ended before pytest reported the end of its session ({reason})", tests
+    if not tests:
+        return False, "no test ran", tests
+    if finish.exitstatus != 0 or returncode != 0:
+        return False, f"pytest ended with status {finish.exitstatus} ({reason}) although every test reported " \
+                      f"passed", tests
+    return True, f"{len(tests)} passed", tests
+
+
+def run_test_file(name: str, source: str, policy: PolicyUnderTest, limits: Limits, timeout_s: float) -> TestFileResult:
+    """Run one test file, alone, on a throwaway copy, against ``policy``; the verdict comes from its reports."""
+    started = time.perf_counter()
+    copy = Path(tempfile.mkdtemp(prefix="heurist-test-"))
+    scratch = Path(tempfile.mkdtemp(prefix="heurist-test-workers-"))
+    request_r = request_w = reply_r = reply_w = -1
+    try:
+        os.chmod(copy, 0o755)  # read by the sandbox's unprivileged user; written by no one but heurist
+        (copy / "tests").mkdir(mode=0o755)
+        basename = Path(name).name
+        (copy / "tests" / basename).write_text(source)
+        for kit in KIT_FILES:
+            shutil.copyfile(KIT_DIR / kit, copy / kit)
+        (copy / "pytest.ini").write_text("[pytest]\n")  # this file's folder is the root; no other config applies
+        for path in copy.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        broker = _Broker(request_r, reply_w, policy, scratch)
+        request_r = reply_w = -1  # the broker owns them now
+        broker.start()
+        run = run_sandboxed(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "heurist_report", "-c",
+             str(copy / "pytest.ini"), "--rootdir", str(copy), f"tests/{basename}"],
+            copy, limits, timeout_s, confinement=Confinement(readable=[copy]), pass_fds=(request_w, reply_r),
+            env={"HEURIST_KIT_FDS": f"{request_w},{reply_r}", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                 "PYTHONPATH": os.pathsep.join([str(copy), *import_path()])})
+        for fd in (request_w, reply_r):
+            os.close(fd)  # the broker now sees the end of the channel once every process of the test is gone
+        request_w = reply_r = -1
+        # The sandbox's PID namespace (or cgroup) ends every process of the test with it, closing the channel;
+        # without either, a daemonised child could hold it open, so the wait is bounded.
+        broker.join(timeout=limits.episode_timeout_s + 30)
+        if broker.failure is not None:
+            raise broker.failure
+        passed, reason, tests = _verdict(name, broker.reports, run.returncode, run.reason, run.timed_out)
+        return TestFileResult(name=name, passed=passed, reason=redact(reason), tests=tests, output=run.output,
+                              wall_s=time.perf_counter() - started)
+    finally:
+        for fd in (request_r, request_w, reply_r, reply_w):
+            if fd >= 0:
+                os.close(fd)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
