@@ -6,9 +6,10 @@ The evaluator runs the environment in one process and the untrusted policy in an
 (``envs.policy_host``), so a policy cannot change its own score; every step is one round
 trip: the observation pickled one way, the action and diagnostics as a JSON line the other.
 For each task the same starter policy on the same seeds runs the same episode code
-(``envs.worker.Worker``) twice: with the policy in this process (``PolicyRunner``, what a
-workspace's tests use) and with the policy in a child process over the pipes. The child
-is started without the sandbox's namespaces, so the difference is the channel alone.
+(``envs.worker.Worker``) twice: with the policy in this process (``PolicyRunner``) and with
+the policy in a child process over the pipes. The child is started without the sandbox's
+namespaces (it still drops its privileges, as every policy process does), so the difference
+is the channel alone.
 Goal: the split costs no more than 25% of throughput on the slowest-stepping task
 (Atari), and the per-step cost is printed for every task.
 """
@@ -19,11 +20,12 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from envs.policy_host import PolicyRunner
-from envs.sandbox import HEURIST_ROOT, Limits, _limit_args, pair_cpus
+from envs.sandbox import HEURIST_ROOT, Confinement, Limits, _limit_args, filesystem_confined, isolation_prefix, pair_cpus
 from envs.tasks import TaskSpec, get_task
 from envs.wire import observation_pipe
 from envs.worker import RemotePolicy, Worker
@@ -42,7 +44,7 @@ def episodes(worker: Worker, seeds: list[int]) -> tuple[int, float]:
 
 
 def in_process(spec: TaskSpec, policy: Path, seeds: list[int]) -> tuple[int, float]:
-    worker = Worker(spec.model_dump_json(), spec.default_protocol, PolicyRunner(str(policy)))
+    worker = Worker(spec.model_dump_json(), spec.default_protocol, PolicyRunner(str(policy), policy.read_text()))
     worker.env()  # build the env before the clock starts, as the child's is below
     return episodes(worker, seeds)
 
@@ -54,14 +56,19 @@ def over_pipes(spec: TaskSpec, policy: Path, seeds: list[int], scratch: Path, cp
         os.sched_setaffinity(0, {cpu})
     request_r, request_w = observation_pipe()
     reply_r, reply_w = os.pipe()
-    child = subprocess.Popen([sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
-                              "--reply-fd", str(reply_w), "--limits", _limit_args(Limits(memory_mb=8192)),
-                              "--log", str(scratch / "policy.log"), *(["--cpu", str(cpu)] if cpu is not None else [])],
-                             pass_fds=(request_r, reply_w), env=os.environ | {"PYTHONPATH": str(HEURIST_ROOT)})
+    with open(scratch / "policy.log", "ab") as log:
+        # bubblewrap where it works, as the evaluator starts it (the sandbox's user could not reach a
+        # Python under /root without it); namespaces add nothing per step, so the difference stays the channel.
+        prefix = isolation_prefix(Limits(), Confinement(), "/tmp") if filesystem_confined() else []
+        child = subprocess.Popen([*prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
+                                  "--reply-fd", str(reply_w), "--limits", _limit_args(Limits(memory_mb=8192)),
+                                  *(["--cpu", str(cpu)] if cpu is not None else [])], stdout=log, stderr=log,
+                                 pass_fds=(request_r, reply_w), env=os.environ | {"PYTHONPATH": str(HEURIST_ROOT)})
     os.close(request_r)
     os.close(reply_w)
     with os.fdopen(request_w, "wb") as requests, os.fdopen(reply_r, "rb") as replies:
-        worker = Worker(spec.model_dump_json(), spec.default_protocol, RemotePolicy(requests, replies, str(policy)))
+        worker = Worker(spec.model_dump_json(), spec.default_protocol,
+                        RemotePolicy(requests, replies, str(policy), policy.read_text()))
         worker.env()
         worker.episode({"seed": seeds[0], "trace_window": 64, "max_windows": 5, "cpu_s": 600})  # child's imports
         measured = episodes(worker, seeds)
@@ -74,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter of the episodes (a smoke run, noisier)")
     args = parser.parse_args()
-    scratch = Path(os.environ.get("TMPDIR", "/tmp"))
+    scratch = Path(tempfile.mkdtemp(prefix="policy-ipc-"))
     cpu = pair_cpus(1)[0]
     print(f"{'task':22s} {'in-process':>11s} {'2 procs, 1 core':>16s} {'ratio':>6s} {'us/step':>8s}"
           f" {'2 procs, free':>14s} {'ratio':>6s} {'us/step':>8s}   (steps/s; us/step = time added per step)")

@@ -37,7 +37,7 @@ from envs.failures import FailureEvent
 from envs.gitsafe import run_git
 from envs.ledger import Ledger
 from envs.safe_text import redact
-from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment, pair_cpus
+from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment, pair_cpus, require_usable
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
 from policies.contract import check_policy_file, check_policy_source
 
@@ -229,6 +229,7 @@ class Evaluator:
             raise SplitGuardError(f"the {req.split} split is reserved for a deliberate, recorded evaluation; "
                                   f"add --confirm-protected to use it (the ledger records each use)")
         check_policy_file(req.policy_path)
+        require_usable(req.limits)
         seeds = list(spec.seeds.seeds(req.split))
         if req.seeds is not None:
             outside = sorted(set(req.seeds) - set(seeds))

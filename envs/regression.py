@@ -35,7 +35,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from envs.safe_text import redact
-from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, import_path, run_sandboxed
+from envs.sandbox import (Confinement, Limits, WorkerDied, WorkerProcess, import_path, require_usable,
+                          run_sandboxed)
 
 KIT_DIR = Path(__file__).parent / "testkit"
 KIT_FILES = ("heurist_testkit.py", "heurist_report.py")
@@ -83,6 +84,7 @@ _REQUEST = TypeAdapter(Union[EpisodeOp, ResetOp, ActOp, ReportOp])
 
 
 class TestOutcome(BaseModel):
+    __test__ = False  # a record, not a pytest test class
     model_config = ConfigDict(extra="forbid")
 
     nodeid: str
@@ -93,6 +95,7 @@ class TestOutcome(BaseModel):
 class TestFileResult(BaseModel):
     """One test file's verdict against one policy, from the reports heurist received."""
 
+    __test__ = False  # a record, not a pytest test class
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -189,8 +192,10 @@ class _Broker(threading.Thread):
                 if not line:
                     return
                 if len(line) > MAX_REQUEST_BYTES:
+                    while line and not line.endswith(b"\n"):  # the rest of that line is read and dropped
+                        line = self.requests.readline(MAX_REQUEST_BYTES)
                     self._reply({"ok": False, "error": f"a request longer than {MAX_REQUEST_BYTES} bytes"})
-                    return  # the rest of that line cannot be read as a request: stop answering
+                    continue
                 self._reply(self._answer(line))
         except OSError:  # the test process is gone
             return
@@ -229,6 +234,13 @@ class _Broker(threading.Thread):
         return {"ok": True}
 
 
+def _headline(message: str) -> str:
+    """The line of a pytest failure that says what went wrong: its first ``E`` line, else its last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return errors[0] if errors else (lines[-1] if lines else "")
+
+
 def _verdict(name: str, reports: list[ReportOp], returncode: int, reason: str,
              timed_out: bool) -> tuple[bool, str, list[TestOutcome]]:
     """Passed only on reports: at least one test, every test passed in every phase, the session ended with 0."""
@@ -257,7 +269,7 @@ def _verdict(name: str, reports: list[ReportOp], returncode: int, reason: str,
         return False, f"{name} could not be collected: {collect_errors[0].message.strip()[-300:]}", tests
     if bad:
         first = bad[0]
-        detail = first.message.strip().splitlines()[-1] if first.message.strip() else ""
+        detail = _headline(first.message)
         return False, f"{first.nodeid} {first.outcome}" + (f": {detail[:300]}" if detail else ""), tests
     if finish is None:
         return False, f"the test process ended before pytest reported the end of its session ({reason})", tests
@@ -271,6 +283,7 @@ def _verdict(name: str, reports: list[ReportOp], returncode: int, reason: str,
 
 def run_test_file(name: str, source: str, policy: PolicyUnderTest, limits: Limits, timeout_s: float) -> TestFileResult:
     """Run one test file, alone, on a throwaway copy, against ``policy``; the verdict comes from its reports."""
+    require_usable(limits)
     started = time.perf_counter()
     copy = Path(tempfile.mkdtemp(prefix="heurist-test-"))
     scratch = Path(tempfile.mkdtemp(prefix="heurist-test-workers-"))

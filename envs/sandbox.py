@@ -50,6 +50,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from envs.errors import HeuristError
 from envs.safe_text import redact
 from envs.wire import observation_pipe
 
@@ -85,8 +86,9 @@ class Confinement(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     readable: list[Path] = []  # files or folders, read-only
-    writable: list[Path] = []  # folders it may write to
     hidden: list[Path] = []  # out of sight even where they lie under a readable root
+    # Nothing is ever bound writable: a sandboxed process writes only its private /tmp, and heurist takes
+    # back nothing but what it asked for, over a pipe, read as untrusted data.
 
 
 class WorkerDied(Exception):
@@ -152,6 +154,29 @@ print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups
 """
 
 
+class SandboxUnusable(HeuristError):
+    """Sandboxed processes cannot start here; the message says why and what to change."""
+
+
+def require_usable(limits: Limits) -> None:
+    """Raise ``SandboxUnusable`` if the sandbox's user cannot run this Python. Only the case without
+    bubblewrap can fail: heurist as root drops sandboxed processes to ``nobody``, which cannot pass
+    through a folder such as /root (pyenv) unless bubblewrap lays the path out for it."""
+    if filesystem_confined(limits) or sandbox_user()[0] == os.getuid():
+        return
+    problem = _unprivileged_python_problem()
+    if problem:
+        raise SandboxUnusable(f"the sandbox's user (uid {sandbox_user()[0]}) cannot run {sys.executable}: {problem}; "
+                              f"install bubblewrap (scripts/bootstrap does), or use a Python and virtual environment "
+                              f"that other users can read")
+
+
+@lru_cache(maxsize=1)
+def _unprivileged_python_problem() -> str | None:
+    found = probe_privileges(Limits(filesystem_isolation=False))
+    return found.get("error")
+
+
 def probe_privileges(limits: Limits | None = None) -> dict:
     """What a sandboxed process actually holds, asked from inside one: its user, groups, capability sets,
     ``no_new_privs``, and whether it can read ``/etc/shadow``; ``{"error": ...}`` if it did not start."""
@@ -159,7 +184,8 @@ def probe_privileges(limits: Limits | None = None) -> dict:
     try:
         return json.loads(ran.output.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"error": f"{ran.reason}: {ran.output.strip()[-300:]}"}
+        last = ran.output.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"{ran.reason}: {last[0][-300:]}"}
 
 
 def sandbox_user() -> tuple[int, int]:
@@ -207,7 +233,6 @@ def isolation_prefix(limits: Limits, confinement: Confinement, chdir: Path | str
              "--tmpfs", "/tmp"]
     binds = [("--ro-bind", root) for root in roots]
     binds += [("--ro-bind", str(path.resolve())) for path in confinement.readable]
-    binds += [("--bind", str(path.resolve())) for path in confinement.writable]
     # bubblewrap makes the folders above a mount point 0700, which the sandbox's unprivileged user
     # could not pass through (a pyenv interpreter under /root): make them 0755 first.
     args += _parent_folders([target for _, target in binds], roots)
@@ -472,13 +497,13 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
 
     The same allow-listed environment, namespaces, file-system confinement, resource limits
     and dropped privileges as a policy process (applied by ``envs.limited`` before it execs
-    the command). It starts in ``cwd``, bound read-only unless ``confinement`` makes it writable;
-    nothing else is bound. ``pass_fds`` are inherited (the test kit's channel to heurist). Its
+    the command). It starts in ``cwd``, bound read-only with ``confinement.readable``; nothing
+    else is bound. ``pass_fds`` are inherited (the test kit's channel to heurist). Its
     own process group is killed with SIGKILL at the wall-clock limit, and its output is read
     back from a size-limited log heurist opened.
     """
     confinement = confinement or Confinement()
-    if not any(Path(cwd).resolve() == p.resolve() for p in [*confinement.readable, *confinement.writable]):
+    if not any(Path(cwd).resolve() == p.resolve() for p in confinement.readable):
         confinement = confinement.model_copy(update={"readable": [*confinement.readable, Path(cwd)]})
     dirs = SandboxDirs(limits)
     log = dirs.log("output.log")

@@ -29,6 +29,7 @@ def write_summary(s: Services, state: dict[str, Any], holdout: dict[str, Any] | 
         "accepted": sum(1 for h in history if h["accepted"]),
         "rejected": sum(1 for h in history if not h["accepted"]),
         "best_commit": state["incumbent"]["commit"], "best_policy": str(s.run_dir / "best_policy.py"),
+        "best_sha256": state["incumbent"]["sha256"],  # of the bytes scored, committed and copied to best_policy.py
         "spent": state.get("spent"), "history": history,
     }
     atomic_write(s.run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -136,3 +136,24 @@ def test_video_with_a_relative_out_dir_lands_where_asked(tmp_path):
         path = Path(clip)
         assert path.is_absolute() and path.is_relative_to(tmp_path / "clips") and path.stat().st_size > 0
         assert path.with_suffix(".png").is_file()
+
+
+def test_untrusted_error_text_is_shown_inert_and_secrets_never(tmp_path):
+    """A policy's error full of Rich markup and terminal escapes ends `heurist eval` with one plain line (it once
+    ended it with a MarkupError traceback); the API key in heurist's own environment appears nowhere."""
+    key = "sk-canary-0123456789abcdef"
+    hostile = Path(__file__).parent / "hostile" / "raises_markup.py"
+    proc = heurist("eval", str(hostile), "--env", "CartPole-v1", "--episodes", "1", "--ledger",
+                   str(tmp_path / "l.jsonl"), env_extra={"OPENAI_API_KEY": key})
+    assert_one_line_error(proc, "did not run on CartPole-v1", "[/bold] [red]x[/red]", "\\x1b[2J", "\\u202e")
+    assert "\x1b[2J" not in proc.stdout + proc.stderr and "\u202e" not in proc.stdout + proc.stderr
+    assert "MarkupError" not in proc.stdout + proc.stderr and "[/bold]" in proc.stdout  # the table shows it too
+    assert key not in proc.stdout + proc.stderr + (tmp_path / "l.jsonl").read_text()
+
+
+def test_secrets_heurist_prints_are_redacted(tmp_path):
+    """Second line of defence: were a secret of heurist's environment ever in a message, the console shows its name."""
+    key = "sk-canary-0123456789abcdef"
+    proc = heurist("eval", str(tmp_path / f"{key}.py"), "--env", "CartPole-v1", env_extra={"OPENAI_API_KEY": key})
+    assert_one_line_error(proc, "does not exist", "[redacted $OPENAI_API_KEY]")
+    assert key not in proc.stderr + proc.stdout

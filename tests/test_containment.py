@@ -1,8 +1,15 @@
-"""Model-written code cannot reach what it must not: hostile regression tests run as ``verify`` runs them, and
-policies that reach for the run's files, the repository or unbounded processes. Real sandbox, real bubblewrap."""
+"""Model-written code cannot reach what it must not, nor fake what heurist reports.
+
+Hostile regression tests run exactly as ``verify`` runs them (``envs.regression.run_test_file``: alone,
+sandboxed, on a throwaway copy, the policy under test reached only through the kit, a real evaluator
+answering ``run_episode``), next to a real run layout: a ledger, a git workspace, heurist's own code and a
+file of the user's. Real sandbox, real bubblewrap, real git.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import sys
 import threading
@@ -11,39 +18,84 @@ from pathlib import Path
 
 import pytest
 
-from envs.sandbox import HEURIST_ROOT, Confinement, Limits, SandboxedRun, filesystem_confined, \
-    process_count_bounded, run_sandboxed
+from envs.evaluator import EvalRequest, evaluate
+from envs.gitsafe import check_repository
+from envs.ledger import Ledger
+from envs.paths import heurist_home
+from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
+from envs.sandbox import (HEURIST_ROOT, SANDBOX_CODE, Limits, filesystem_confined, probe_privileges,
+                          process_count_bounded, run_sandboxed)
+from envs.tasks import get_task
+from graph.workspace import Workspace
+from policies import starter_policy
 
 HOSTILE_TESTS = Path(__file__).parent / "hostile_tests"
 HOSTILE = Path(__file__).parent / "hostile"
 LIMITS = Limits(episode_timeout_s=20, episode_cpu_s=20, memory_mb=1024, fsize_mb=16)
+CARTPOLE = get_task("CartPole-v1")
 needs_confinement = pytest.mark.skipif(not filesystem_confined(), reason="bubblewrap is not installed or cannot make "
                                        "namespaces here (apt-get install bubblewrap; `heurist doctor` says which)")
-needs_process_bound = pytest.mark.skipif(not process_count_bounded(), reason="no pids cgroup can be made and heurist "
-                                         "runs as root, so nothing bounds the process count (`heurist doctor`)")
+needs_process_bound = pytest.mark.skipif(not process_count_bounded(), reason="no pids cgroup and no unprivileged "
+                                         "sandbox user here, so nothing bounds the process count (`heurist doctor`)")
+
+
+def code_fingerprint() -> str:
+    """A hash of every file of heurist's sandbox-side code: a test that wrote into it would change this."""
+    digest = hashlib.sha256()
+    for path in sorted(SANDBOX_CODE.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 class RunLayout:
-    """A run directory as the graph makes one: a ledger beside the workspace the tests run in."""
+    """A run directory as the graph makes one (a ledger and a git workspace) and a file of the user's beside it."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, policy: Path | None = None):
+        self.tmp = tmp_path
         self.run_dir = tmp_path / "run"
-        self.workspace = self.run_dir / "workspace"
-        (self.workspace / "tests").mkdir(parents=True)
-        self.scratch = self.run_dir / "scratch"
-        self.scratch.mkdir()
-        self.ledger = self.run_dir / "ledger.jsonl"
-        self.ledger.write_text('{"event": "run_started"}\n')
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.ledger.append({"event": "run_started"})
+        self.workspace = Workspace(self.run_dir / "workspace")
+        self.policy = policy or starter_policy(CARTPOLE)
+        self.workspace.create(self.policy.read_text(), {"tests/test_policy_runs.py": "def test_x():\n    pass\n"})
         self.outside = tmp_path / "outside.txt"
+        self.canary = tmp_path / "payload-ran.txt"
+        self.git_config = (self.workspace.root / ".git" / "config").read_text()
 
-    def run_test(self, name: str, timeout_s: float = 30, **fill: object) -> SandboxedRun:
+    def policy_under_test(self) -> PolicyUnderTest:
+        def episode(seed: int) -> dict:
+            if seed not in CARTPOLE.seeds.seeds("dev"):
+                from envs.regression import KitRefused
+                raise KitRefused(f"seed {seed} is not a dev seed")
+            result = evaluate(CARTPOLE, EvalRequest(policy_path=self.policy, task_id=CARTPOLE.id, seeds=[seed],
+                                                    limits=LIMITS), self.ledger)
+            return result.episodes[0].model_dump(mode="json", by_alias=True)
+
+        return PolicyUnderTest(episode, CARTPOLE.model_dump_json(), "standard", str(self.policy),
+                               self.policy.read_text(), LIMITS)
+
+    def source(self, name: str, **fill: object) -> str:
         source = (HOSTILE_TESTS / name).read_text()
-        for key, value in {"ledger": self.ledger, "outside": self.outside, **fill}.items():
+        values = {"ledger": self.ledger.path, "outside": self.outside, "workspace": self.workspace.root,
+                  "canary": self.canary, "heurist_envs": SANDBOX_CODE, "heurist_home": heurist_home(),
+                  "checkout": HEURIST_ROOT, **fill}
+        for key, value in values.items():
             source = source.replace("{" + key + "}", str(value))
-        (self.workspace / "tests" / f"test_{name}").write_text(source)
-        return run_sandboxed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                             self.workspace, LIMITS, timeout_s=timeout_s,
-                             confinement=Confinement(writable=[self.scratch], hidden=[self.run_dir]))
+        return source
+
+    def run_test(self, name: str, timeout_s: float = 60, **fill: object) -> TestFileResult:
+        return run_test_file(f"tests/test_{name}", self.source(name, **fill), self.policy_under_test(), LIMITS,
+                             timeout_s)
+
+    def intact(self) -> None:
+        """The run's records, its repository, heurist's code and the user's files are as they were."""
+        records, bad = self.ledger.read()
+        assert bad == 0 and records[0] == {"event": "run_started"}
+        assert all(r["event"] in ("run_started", "eval_started", "eval_finished") for r in records)
+        assert (self.workspace.root / ".git" / "config").read_text() == self.git_config
+        check_repository(self.workspace.root)
+        self.workspace.reset_to(self.workspace.head())  # git touching the work tree runs no payload
+        assert not self.outside.exists() and not self.canary.exists()
 
 
 @pytest.fixture
@@ -51,44 +103,127 @@ def layout(tmp_path):
     return RunLayout(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def fingerprint():
+    before = code_fingerprint()
+    yield
+    assert code_fingerprint() == before, "a hostile test or policy changed heurist's code"
+
+
 def test_a_test_that_reads_secrets_sees_none(layout, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp-must-not-leak")
     ran = layout.run_test("reads_secrets.py")
-    assert ran.returncode == 0, ran.output
+    assert ran.passed, ran.reason
 
 
 @needs_confinement
 def test_a_test_cannot_delete_the_ledger(layout):
     ran = layout.run_test("deletes_the_ledger.py")
-    assert ran.returncode != 0 and "FileNotFoundError" in ran.output
-    assert layout.ledger.read_text() == '{"event": "run_started"}\n'
+    assert not ran.passed and "FileNotFoundError" in ran.output
+    layout.intact()
 
 
 @needs_confinement
-def test_a_test_cannot_write_outside_the_workspace(layout):
-    layout.run_test("writes_outside.py")
-    assert not layout.outside.exists()  # it wrote into the sandbox's private /tmp, which is gone
+def test_a_test_cannot_write_outside_its_copy(layout):
+    ran = layout.run_test("writes_outside.py")
+    assert not ran.passed
+    layout.intact()
+
+
+@needs_confinement
+def test_git_payloads_and_a_rewritten_policy_never_reach_the_workspace(layout, fingerprint):
+    layout.run_test("plants_git_payloads.py")
+    layout.intact()
+    assert layout.workspace.policy.read_text() == layout.policy.read_text()
+
+
+def test_git_refuses_a_workspace_that_asks_it_to_run_a_program(tmp_path):
+    """Defence in depth: were a workspace's repository changed anyway, heurist's git would not obey it."""
+    for change in ("config", "attributes", "info", "hook"):
+        workspace = Workspace(tmp_path / change)
+        workspace.create("class Policy:\n    pass\n", {})
+        dot_git = workspace.root / ".git"
+        if change == "config":
+            with open(dot_git / "config", "a") as fh:
+                fh.write(f"[core]\n\tfsmonitor = {tmp_path / 'payload.sh'}\n")
+        elif change == "attributes":
+            (workspace.root / ".gitattributes").write_text("* filter=x\n")
+        elif change == "info":
+            (dot_git / "info").mkdir(exist_ok=True)
+            (dot_git / "info" / "attributes").write_text("* diff=x\n")
+        else:
+            (dot_git / "hooks").mkdir(exist_ok=True)
+            (dot_git / "hooks" / "post-checkout").write_text("#!/bin/sh\n")
+        with pytest.raises(Exception, match="heurist never writes|which heurist never"):
+            workspace.reset_to(workspace.head())
+
+
+@needs_confinement
+def test_sandboxed_processes_hold_no_privileges(layout, fingerprint):
+    found = probe_privileges(LIMITS)
+    assert found["uid"] != 0 and found["gid"] != 0 and found["no_new_privs"] and not found["shadow_readable"]
+    assert all(int(value, 16) == 0 for value in found["caps"].values()), found["caps"]
+    ran = layout.run_test("escalates.py")
+    assert ran.passed, ran.reason  # it asserts that every attempt failed
+    layout.intact()
+
+
+def test_a_test_that_swaps_its_log_leaks_nothing(layout, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-canary-in-heurists-own-environment")
+    ran = layout.run_test("swaps_its_output.py")
+    assert not ran.passed
+    assert "sk-canary" not in ran.output + ran.reason and "OPENAI_API_KEY" not in ran.output
+    layout.intact()
+
+
+@pytest.mark.parametrize("name, words", [
+    ("exits_zero_at_import.py", "ended before pytest reported the end of its session"),
+    ("forges_its_report.py", "test_a_fails failed"),
+])
+def test_an_exit_code_or_a_forged_report_is_not_a_pass(layout, name, words):
+    ran = layout.run_test(name)
+    assert not ran.passed and words in ran.reason, ran.reason
+
+
+def test_a_test_that_abuses_its_channel_is_answered_and_refused(layout):
+    ran = layout.run_test("abuses_the_channel.py")
+    assert ran.passed, (ran.reason, ran.output[-2000:])
+    records, _ = layout.ledger.read()
+    assert {r.get("split") for r in records if r["event"] == "eval_started"} == {"dev"}  # never a protected split
+
+
+def test_the_private_tmp_is_bounded(layout):
+    started = time.monotonic()
+    ran = layout.run_test("fills_its_tmp.py")
+    assert not ran.passed and "No space left on device" in ran.output, ran.output[-500:]
+    assert time.monotonic() - started < 60
+
+
+def test_markup_and_escape_sequences_come_back_inert(layout):
+    ran = layout.run_test("prints_markup_and_escapes.py")
+    assert not ran.passed and "[/bold]" in ran.reason
+    from envs.safe_text import printable
+    assert "\x1b" not in printable(ran.reason) and "\\x1b" in printable(ran.reason + "\x1b")
 
 
 @needs_process_bound
 def test_a_fork_bomb_in_a_test_stops_at_the_process_limit(layout):
     started = time.monotonic()
     ran = layout.run_test("fork_bomb.py")
-    assert ran.returncode != 0 and not ran.timed_out
-    assert "Resource temporarily unavailable" in ran.output
-    assert time.monotonic() - started < 30
+    assert not ran.passed and "Resource temporarily unavailable" in ran.output
+    assert time.monotonic() - started < 40
 
 
 def test_a_test_that_sleeps_forever_is_killed_at_the_limit(layout):
     ran = layout.run_test("sleeps_forever.py", timeout_s=3)
-    assert ran.timed_out and "process group was killed" in ran.reason
+    assert not ran.passed and "process group was killed" in ran.reason
 
 
 def test_a_test_that_prints_gigabytes_is_cut_short(layout):
     started = time.monotonic()
     ran = layout.run_test("prints_gigabytes.py")
-    assert ran.returncode != 0 and len(ran.output) <= 8000
+    assert not ran.passed and len(ran.output) <= 8000
     assert time.monotonic() - started < 60
 
 
@@ -109,7 +244,30 @@ def test_a_test_cannot_call_a_server_on_loopback(layout):
     ran = layout.run_test("opens_a_socket.py", port=server.getsockname()[1])
     thread.join()
     server.close()
-    assert ran.returncode != 0 and accepted == []
+    assert not ran.passed and accepted == []
+
+
+def test_run_sandboxed_binds_its_folder_read_only_and_hides_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    seen = run_sandboxed([sys.executable, "-c", "import os; print(os.environ.get('OPENAI_API_KEY'))"], tmp_path,
+                         LIMITS, timeout_s=30)
+    assert seen.returncode == 0 and seen.output.strip() == "None"
+    if filesystem_confined():
+        wrote = run_sandboxed([sys.executable, "-c", "open('x', 'w')"], tmp_path, LIMITS, timeout_s=30)
+        assert wrote.returncode != 0 and not (tmp_path / "x").exists()
+        assert "Read-only file system" in wrote.output or "Permission denied" in wrote.output
+
+
+# --------------------------------------------------------------------------- hostile policies
+
+
+def _fill(name: str, tmp_path: Path, **values: object) -> Path:
+    source = (HOSTILE / name).read_text()
+    for key, value in values.items():
+        source = source.replace("{" + key + "}", str(value))
+    path = tmp_path / name
+    path.write_text(source)
+    return path
 
 
 @needs_confinement
@@ -121,14 +279,15 @@ def test_a_policy_sees_neither_the_ledger_nor_a_writable_repository(run_eval, le
         class Policy:
             def reset(self, seed):
                 escaped = []
-                try:
-                    Path("{ledger.path}").read_text()
-                    escaped.append("read the ledger")
-                except OSError:
-                    pass
+                for path in ("{ledger.path}", "{HEURIST_ROOT / 'README.md'}", "{HEURIST_ROOT / '.git' / 'config'}"):
+                    try:
+                        Path(path).read_text()
+                        escaped.append("read " + path)
+                    except OSError:
+                        pass
                 try:
                     Path("{HEURIST_ROOT}", "escaped.txt").write_text("x")
-                    escaped.append("wrote into heurist's code")
+                    escaped.append("wrote into heurist's checkout")
                 except OSError:
                     pass
                 Path("/tmp/scratch.txt").write_text("a private /tmp is fine")
@@ -143,6 +302,41 @@ def test_a_policy_sees_neither_the_ledger_nor_a_writable_repository(run_eval, le
     assert not (HEURIST_ROOT / "escaped.txt").exists()
     records, bad = ledger.read()
     assert bad == 0 and [r["event"] for r in records] == ["before", "eval_started", "eval_finished"]
+
+
+@needs_confinement
+def test_a_policy_cannot_escalate(run_eval, fingerprint):
+    result = run_eval(HOSTILE / "escalates.py", "CartPole-v1", episodes=1, limits=LIMITS)
+    assert result.episodes[0].status == "ok", result.episodes[0].error
+
+
+def test_a_policy_that_swaps_its_log_leaks_nothing(run_eval, ledger, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-canary-in-heurists-own-environment")
+    result = run_eval(HOSTILE / "swaps_its_log.py", "CartPole-v1", episodes=1, limits=LIMITS)
+    episode = result.episodes[0]
+    assert episode.status == "crash" and "exited with code 1" in episode.error
+    assert "sk-canary" not in ledger.path.read_text() and "OPENAI_API_KEY" not in episode.error
+
+
+def test_diagnostics_are_bounded_by_the_env_process(run_eval):
+    result = run_eval(HOSTILE / "floods_diagnostics.py", "CartPole-v1", episodes=1, limits=LIMITS)
+    episode = result.episodes[0]
+    assert episode.status == "ok" and episode.length == 500, episode.error
+    assert len(episode.trace.mode_counts) <= 65 and sum(episode.trace.mode_counts.values()) == 500
+    kept = max(len(json.dumps(step["diag"])) for window in episode.trace.windows for step in window.steps)
+    assert kept <= 4200, kept
+
+
+@needs_confinement
+def test_links_planted_for_clips_are_never_written_through(run_eval, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    clips = tmp_path / "clips"
+    policy = _fill("plants_clip_links.py", tmp_path, clips=clips, victim=victim)
+    result = run_eval(policy, "CartPole-v1", episodes=2, limits=LIMITS, video=True)  # clips go to tmp_path/clips
+    assert victim.read_text() == "the user's file"
+    assert result.clips and all(Path(c.mp4).is_file() and not Path(c.mp4).is_symlink() for c in result.clips)
+    assert not [p for p in clips.rglob("*") if p.is_symlink()]  # the policy could not even reach the folder
 
 
 @needs_process_bound
