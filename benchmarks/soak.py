@@ -24,9 +24,11 @@ which must stay flat: the goal is under 10 MB per 100 iterations in every long s
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -53,6 +55,7 @@ from tests.test_cli import HEURIST  # noqa: E402
 from tests.test_llm import chat  # noqa: E402
 
 HOSTILE_TESTS = Path(__file__).resolve().parent.parent / "tests" / "hostile_tests"
+ENVS = Path(__file__).resolve().parent.parent / "envs"
 SECRET = "sk-soak-must-never-reach-sandboxed-code"
 TIMEOUT_S = 2.0  # the model client's timeout; a "timeout" fault answers later than this
 
@@ -123,7 +126,7 @@ class Responder:
         if schema == "Edit":
             return self._edit()
         if schema == "TestFile":
-            return self._test()
+            return self._test(body)
         if schema == "LLMReview":
             return reply({"games_the_evaluation": False, "reasons": ["a general control rule"]})
         self.injected["unknown schema"] += 1
@@ -140,16 +143,28 @@ class Responder:
         return reply({"kind": "tunables", "rationale": "push toward the fall sooner", "tunables": values,
                       "target_kinds": ["pole_fell"]})
 
-    def _test(self) -> dict:
+    def _test(self, body: dict) -> dict:
         self.tests_written += 1
         name = f"tests/test_soak_{self.tests_written:05d}.py"
         if self.rng.random() < self.hostile_rate:
             path = self.rng.choice(sorted(p for p in HOSTILE_TESTS.glob("*.py")))
             self.injected[f"hostile test:{path.stem}"] += 1
-            source = path.read_text().replace("{ledger}", str(self.ledger)).replace("{outside}", str(self.outside))
+            source = path.read_text()
+            for key, value in {"ledger": self.ledger, "outside": self.outside, "canary": self.outside,
+                               "workspace": self.ledger.parent / "workspace", "heurist_envs": ENVS,
+                               "checkout": ENVS.parent}.items():
+                source = source.replace("{" + key + "}", str(value))
         else:
+            # A regression test as a model would write one: the incumbent's worst seed must now do better, so it
+            # fails before the edit and passes after it when the edit helped, and is kept (fail-to-pass).
+            prompt = body["messages"][-1]["content"]
+            found = re.search(r"Incumbent returns per dev seed: (\{.*?\})", prompt)
+            returns = ast.literal_eval(found.group(1)) if found else {0: 0.0}
+            seed, floor = min(((s, r) for s, r in returns.items() if r is not None), key=lambda x: x[1],
+                              default=(0, 0.0))
             source = ("from heurist_testkit import run_episode\n\n\n"
-                      "def test_seed_0_runs():\n    assert run_episode(0)['status'] == 'ok'\n")
+                      f"def test_seed_{seed}_does_better():\n    result = run_episode({seed})\n"
+                      f"    assert result['status'] == 'ok' and result['return'] > {floor!r}\n")
         return reply({"filename": name, "source": source, "rationale": "pins the fix", "seeds": [0]})
 
 

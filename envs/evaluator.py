@@ -180,7 +180,7 @@ def _git_provenance(path: Path, data: bytes) -> dict[str, str | bool | None]:
     top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd)
     if top.returncode != 0:
         return none
-    root, head = top.stdout.split()
+    root, head = top.stdout.splitlines()[:2]  # a path may hold spaces
     relative = path.resolve().relative_to(Path(root).resolve()).as_posix()
     committed = run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd).stdout.strip() or None
     blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id of these exact bytes

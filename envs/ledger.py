@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from envs.errors import LedgerError
-from envs.safe_text import redact
+from envs.safe_text import redact_deep
 
 
 class Ledger:
@@ -29,8 +29,9 @@ class Ledger:
 
     def append(self, record: BaseModel | dict[str, Any]) -> None:
         data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
-        # No secret of heurist's environment is ever written, whoever put it in the record (envs.safe_text).
-        line = (redact(json.dumps(data, separators=(",", ":"))) + "\n").encode()
+        # No secret of heurist's environment is ever written, whoever put it in the record (envs.safe_text);
+        # its strings are redacted, never its numbers or its structure.
+        line = (json.dumps(redact_deep(data), separators=(",", ":")) + "\n").encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)

@@ -27,6 +27,8 @@ _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -80,9 +82,73 @@ def drop_privileges(uid: int | None, gid: int | None) -> None:
         raise PrivilegeError(f"could not clear the capability sets ({os.strerror(ctypes.get_errno())})")
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"could not set no_new_privs ({os.strerror(ctypes.get_errno())})")
+    deny_new_namespaces(libc)
     left = privileges_left()
     if left:
         raise PrivilegeError("still privileged after dropping: " + ", ".join(left))
+
+
+# --------------------------------------------------------------------------- no new user namespaces
+#
+# Without capabilities a process can still create a user namespace and hold every capability inside it:
+# nothing of the host is reachable that way (read-only binds stay locked), but it opens the kernel's
+# namespace code to untrusted code. A seccomp filter refuses it, as container runtimes' default profiles do:
+# unshare and clone with CLONE_NEWUSER fail with EPERM, setns with EPERM, clone3 with ENOSYS (its flags are
+# in memory a filter cannot read; glibc then falls back to clone), and any other system-call ABI (32-bit
+# calls on x86_64) with EPERM. The program is classic BPF, written here because Python has no seccomp
+# binding in its standard library and this one filter does not warrant a dependency.
+
+_SYSCALLS = {  # machine -> (audit arch, unshare, clone, clone3, setns)
+    "x86_64": (0xC000003E, 272, 56, 435, 308),
+    "aarch64": (0xC00000B7, 97, 220, 435, 268),
+}
+_CLONE_NEWUSER = 0x10000000
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+_LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K ..., BPF_RET|K
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def namespace_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
+    """The filter's instructions (code, jt, jf, k) for this machine, or None where heurist has no table."""
+    if machine not in _SYSCALLS:
+        return None
+    arch, unshare, clone, clone3, setns = _SYSCALLS[machine]
+    eperm, enosys = _RET_ERRNO | 1, _RET_ERRNO | 38
+    x32 = 0x40000000 if machine == "x86_64" else 0xFFFFFFFF
+    return [
+        (_LD_ABS, 0, 0, 4),             # 0: A = seccomp_data.arch
+        (_JEQ, 1, 0, arch),             # 1: our ABI: go on (-> 3); else
+        (_RET, 0, 0, eperm),            # 2:   refuse every call of another ABI
+        (_LD_ABS, 0, 0, 0),             # 3: A = seccomp_data.nr
+        (_JGE, 7, 0, x32),              # 4: x32 numbering: refuse (-> 12)
+        (_JEQ, 7, 0, clone3),           # 5: clone3 (-> 13)
+        (_JEQ, 5, 0, setns),            # 6: setns (-> 12)
+        (_JEQ, 1, 0, unshare),          # 7: unshare (-> 9)
+        (_JEQ, 0, 2, clone),            # 8: clone (-> 9), anything else (-> 11)
+        (_LD_ABS, 0, 0, 16),            # 9: A = low 32 bits of the first argument: the flags
+        (_JSET, 1, 0, _CLONE_NEWUSER),  # 10: a new user namespace (-> 12)
+        (_RET, 0, 0, _RET_ALLOW),       # 11: allowed
+        (_RET, 0, 0, eperm),            # 12: refused
+        (_RET, 0, 0, enosys),           # 13: "not implemented": glibc falls back to clone
+    ]
+
+
+def deny_new_namespaces(libc) -> None:
+    """Install the filter; raise if the kernel refuses it (never run untrusted code without it where it applies)."""
+    program = namespace_filter(os.uname().machine)
+    if program is None:
+        return
+    filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
+    prog = _SockFprog(len(program), filters)
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise PrivilegeError(f"could not install the seccomp filter ({os.strerror(ctypes.get_errno())})")
 
 
 def privileges_left() -> list[str]:

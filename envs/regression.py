@@ -115,10 +115,11 @@ class PolicyUnderTest:
     """
 
     def __init__(self, episode: Callable[[int], dict], task_json: str, protocol: str, policy_path: str,
-                 source: str, limits: Limits) -> None:
+                 source: str, limits: Limits, hidden: list[Path] | None = None) -> None:
         self.episode = episode
         self.task_json, self.protocol, self.policy_path, self.source = task_json, protocol, policy_path, source
         self.limits = limits
+        self.hidden = hidden or []  # the run directory: out of sight even where it lies under a bound folder
 
     def session(self, scratch: Path) -> "PolicySession":
         return PolicySession(self, scratch)
@@ -133,7 +134,7 @@ class PolicySession:
     def _run(self, kind: str, **fields: Any) -> dict:
         p = self.policy
         if self.worker is None:
-            self.worker = WorkerProcess(p.limits, self.scratch)
+            self.worker = WorkerProcess(p.limits, self.scratch, Confinement(hidden=p.hidden))
         job = {"kind": kind, "task": p.task_json, "protocol": p.protocol, "policy_path": p.policy_path,
                "policy_source": p.source, "cpu_s": p.limits.episode_cpu_s, **fields}
         try:
@@ -153,16 +154,16 @@ class PolicySession:
         if not self.reset_done:
             raise KitRefused("call reset(seed) before act()")
         if request.dtype is not None:
-            try:
+            try:  # untrusted text: numpy raises TypeError, ValueError, even SyntaxError on odd dtype strings
                 dtype = np.dtype(request.dtype)
-            except TypeError:
+            except Exception:
                 raise KitRefused(f"an observation dtype numpy does not know: {request.dtype[:40]!r}") from None
-            if dtype.kind not in "biuf":
-                raise KitRefused(f"an observation of dtype {dtype}; observations are numbers")
+            if dtype.kind not in "biuf" or dtype.shape:
+                raise KitRefused(f"an observation of dtype {dtype}; observations are arrays of numbers")
             try:
                 np.asarray(request.obs, dtype=dtype)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise KitRefused(f"an observation that is not an array of {dtype}: {exc}") from None
+            except Exception as exc:
+                raise KitRefused(f"an observation that is not an array of {dtype}: {str(exc)[:200]}") from None
         reply = self._run("policy_act", obs=request.obs, dtype=request.dtype, info=request.info)
         return {"action": reply["action"], "diagnostics": reply["diagnostics"]}
 
@@ -187,31 +188,44 @@ class _Broker(threading.Thread):
 
     def run(self) -> None:
         try:
-            while True:
-                line = self.requests.readline(MAX_REQUEST_BYTES + 1)
-                if not line:
-                    return
+            while (line := self._read()) is not None:
                 if len(line) > MAX_REQUEST_BYTES:
                     while line and not line.endswith(b"\n"):  # the rest of that line is read and dropped
-                        line = self.requests.readline(MAX_REQUEST_BYTES)
-                    self._reply({"ok": False, "error": f"a request longer than {MAX_REQUEST_BYTES} bytes"})
-                    continue
-                self._reply(self._answer(line))
-        except OSError:  # the test process is gone
-            return
-        except BaseException as exc:  # ours, not the test's (a full disk while evaluating, say)
+                        line = self._read(MAX_REQUEST_BYTES) or b""
+                    answer = {"ok": False, "error": f"a request longer than {MAX_REQUEST_BYTES} bytes"}
+                else:
+                    answer = self._answer(line)  # heurist's own failures (a full disk) propagate from here
+                if not self._reply(answer):
+                    return
+        except BaseException as exc:  # ours, not the test's: the caller raises it
             self.failure = exc
         finally:
             self.session.close()
-            for stream in (self.requests, self.replies):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+            self.abandon()
 
-    def _reply(self, reply: dict) -> None:
-        self.replies.write(json.dumps(reply).encode() + b"\n")
-        self.replies.flush()
+    def _read(self, limit: int = MAX_REQUEST_BYTES + 1) -> bytes | None:
+        """The next request line; None once the test process is gone or the channel was abandoned."""
+        try:
+            return self.requests.readline(limit) or None
+        except (OSError, ValueError):
+            return None
+
+    def abandon(self) -> None:
+        """Close the channel: the thread stops at its next read or reply."""
+        for stream in (self.requests, self.replies):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+
+    def _reply(self, reply: dict) -> bool:
+        """Send one reply; False when the test process is gone."""
+        try:
+            self.replies.write(json.dumps(reply).encode() + b"\n")
+            self.replies.flush()
+            return True
+        except (OSError, ValueError):
+            return False
 
     def _answer(self, line: bytes) -> dict:
         try:
@@ -306,7 +320,8 @@ def run_test_file(name: str, source: str, policy: PolicyUnderTest, limits: Limit
         run = run_sandboxed(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "heurist_report", "-c",
              str(copy / "pytest.ini"), "--rootdir", str(copy), f"tests/{basename}"],
-            copy, limits, timeout_s, confinement=Confinement(readable=[copy]), pass_fds=(request_w, reply_r),
+            copy, limits, timeout_s, confinement=Confinement(readable=[copy], hidden=policy.hidden),
+            pass_fds=(request_w, reply_r),
             env={"HEURIST_KIT_FDS": f"{request_w},{reply_r}", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                  "PYTHONPATH": os.pathsep.join([str(copy), *import_path()])})
         for fd in (request_w, reply_r):
@@ -315,9 +330,12 @@ def run_test_file(name: str, source: str, policy: PolicyUnderTest, limits: Limit
         # The sandbox's PID namespace (or cgroup) ends every process of the test with it, closing the channel;
         # without either, a daemonised child could hold it open, so the wait is bounded.
         broker.join(timeout=limits.episode_timeout_s + 30)
+        if broker.is_alive():  # a daemonised child holds the channel: close it; the verdict is from what came
+            broker.abandon()
+            broker.join(timeout=limits.episode_timeout_s + 30)
         if broker.failure is not None:
             raise broker.failure
-        passed, reason, tests = _verdict(name, broker.reports, run.returncode, run.reason, run.timed_out)
+        passed, reason, tests = _verdict(name, list(broker.reports), run.returncode, run.reason, run.timed_out)
         return TestFileResult(name=name, passed=passed, reason=redact(reason), tests=tests, output=run.output,
                               wall_s=time.perf_counter() - started)
     finally:

@@ -5,9 +5,11 @@ Two second lines of defence, applied where text leaves heurist's hands:
 - ``redact``: the values of secret-looking variables in heurist's own environment (an API
   key, a token, a password) are replaced by ``[redacted $NAME]`` in every text heurist
   records or sends: the ledger and transcripts (``envs.ledger``), memory, prompts, the
-  report, the checkpoints and the console. Sandboxed code never sees these variables (the
+  report, commit messages, the summary and the console; text from untrusted code (an
+  episode's error, a test's output) is redacted where it enters heurist, so the run's state
+  and its checkpoints never hold it either. Sandboxed code never sees these variables (the
   sandbox's environment is an allow-list); this catches the ways one could still be copied
-  into a text by mistake.
+  into a text by mistake. Policy and test sources are never rewritten: they are hashed.
 - ``printable``: text written by untrusted code (a policy's error, a test's output) can
   carry terminal escape sequences, other control characters and bidirectional overrides;
   they are shown as visible escapes (``\\x1b``) so the text is displayed, never obeyed.
@@ -21,13 +23,13 @@ import os
 import re
 from typing import Any
 
-# Names that say a variable holds a secret; a value shorter than MIN_SECRET_CHARS ("1", "true")
-# is not worth hiding and would mangle unrelated text.
+# Names that say a variable holds a secret. A value shorter than MIN_SECRET_CHARS ("true", a short
+# password that is also a word) would mangle unrelated text wherever it occurs; keys and tokens are longer.
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH(?!OR)|COOKIE|SESSION|PRIVATE|_PASS$|^PASS",
                          re.IGNORECASE)
 NOT_SECRET = frozenset({"SSH_AUTH_SOCK", "XDG_SESSION_ID", "XDG_SESSION_TYPE", "XDG_SESSION_CLASS",
                         "XDG_SESSION_DESKTOP", "DBUS_SESSION_BUS_ADDRESS", "SESSION_MANAGER", "KEYTIMEOUT"})
-MIN_SECRET_CHARS = 8
+MIN_SECRET_CHARS = 12
 
 _extra_names: set[str] = set()
 
@@ -78,23 +80,10 @@ def redact_deep(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any
     return value
 
 
-class RedactingSerializer:
-    """LangGraph's checkpoint serializer with every string of a checkpoint redacted before it is written
-    (``checkpoints.sqlite`` holds the run's state: reasons, reports and test output among it)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        return self.inner.dumps_typed(redact_deep(obj))
-
-    def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        return self.inner.loads_typed(data)
-
-
-# C0 controls but newline and tab, DEL, C1 controls, and the Unicode controls that reorder or hide
-# what a terminal or a page shows (bidirectional overrides and isolates, zero-width joiners aside).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but newline and tab, DEL, C1 controls, the Unicode controls that reorder or hide what a
+# terminal or a page shows (bidirectional overrides and isolates, zero-width joiners aside), and lone
+# surrogates, which no encoder can write (a console would fail on them).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:

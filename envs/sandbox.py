@@ -121,8 +121,11 @@ def _bwrap() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return None
-    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--unshare-pid",
-             "--unshare-ipc", "--die-with-parent", "true"]
+    # Every option heurist uses: --size arrived in bubblewrap 0.7 and --perms in 0.5; an older one fails here,
+    # and heurist says the file system is not confined rather than failing every sandbox it starts.
+    probe = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(2**20),
+             "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/tmp/probe", "--chdir", "/tmp", "true"]
     try:
         return bwrap if subprocess.run(probe, capture_output=True, timeout=10).returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
@@ -141,16 +144,21 @@ def process_count_bounded() -> bool:
 
 
 _PROBE = """
-import json, os
+import ctypes, json, os
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 try:
     open("/etc/shadow").read(1)
     shadow = True
 except OSError:
     shadow = False
+userns = os.fork()
+if userns == 0:  # in a child: a new user namespace, if one is allowed, changes nothing of the parent's
+    os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0 else 1)
+userns = os.waitpid(userns, 0)[1] == 0
 print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
                   "caps": {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
-                  "no_new_privs": status.get("NoNewPrivs", "").strip() == "1", "shadow_readable": shadow}))
+                  "no_new_privs": status.get("NoNewPrivs", "").strip() == "1", "shadow_readable": shadow,
+                  "user_namespaces": userns, "seccomp": status.get("Seccomp", "0").strip() == "2"}))
 """
 
 
@@ -179,7 +187,8 @@ def _unprivileged_python_problem() -> str | None:
 
 def probe_privileges(limits: Limits | None = None) -> dict:
     """What a sandboxed process actually holds, asked from inside one: its user, groups, capability sets,
-    ``no_new_privs``, and whether it can read ``/etc/shadow``; ``{"error": ...}`` if it did not start."""
+    ``no_new_privs``, whether it can read ``/etc/shadow`` or make a user namespace, and whether a seccomp
+    filter applies; ``{"error": ...}`` if it did not start."""
     ran = run_sandboxed([sys.executable, "-c", _PROBE], Path(tempfile.gettempdir()), limits or Limits(), timeout_s=60)
     try:
         return json.loads(ran.output.strip().splitlines()[-1])
@@ -319,42 +328,70 @@ class OutputLog:
             pass
 
 
-class PidsCgroup:
-    """A pids cgroup around one sandboxed process tree, where this machine lets heurist make one.
+class SandboxCgroups:
+    """The pids and memory cgroups around one sandboxed process tree, where this machine lets heurist make them.
 
-    RLIMIT_NPROC does not bind root, and heurist often runs as root in containers, so the
-    cgroup is what stops a fork bomb. The tree joins it through a shell that writes its own
-    pid into ``cgroup.procs`` and then execs the sandbox, so nothing starts outside it.
+    RLIMIT_NPROC counts a user's processes machine-wide (every sandbox runs as the same user, so one
+    could starve another) and RLIMIT_AS bounds one process, not a tree of them nor the RAM its private
+    /tmp takes. A pids cgroup bounds the tree's processes; a memory cgroup bounds the tree's memory,
+    its tmpfs pages included, at ``memory_mb + tmp_mb`` (swap not allowed). The tree joins them through
+    a shell that writes its own pid into each ``cgroup.procs`` and then execs the sandbox, so nothing
+    starts outside them.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, paths: dict[str, Path]):
+        self.paths = paths  # controller -> the cgroup folder that applies it (one folder for both on cgroup v2)
 
     @classmethod
-    def create(cls, max_processes: int) -> "PidsCgroup | None":
-        for parent in _pids_parents():
-            path = parent / f"heurist-{os.getpid()}-{next(_cgroup_serial)}"
-            try:
-                path.mkdir()
-                (path / "pids.max").write_text(str(max_processes))
-                return cls(path)
-            except OSError:
+    def create(cls, limits: Limits) -> "SandboxCgroups":
+        name = f"heurist-{os.getpid()}-{next(_cgroup_serial)}"
+        memory = str((limits.memory_mb + limits.tmp_mb) * 2**20)
+        # In the order they must be written (v1 wants memsw at least the memory limit); absent files are skipped.
+        values = {"pids.max": str(limits.max_processes), "memory.limit_in_bytes": memory,
+                  "memory.memsw.limit_in_bytes": memory, "memory.max": memory, "memory.swap.max": "0"}
+        paths: dict[str, Path] = {}
+        for controller, required in (("pids", ("pids.max",)), ("memory", ("memory.limit_in_bytes", "memory.max"))):
+            for parent in _cgroup_parents(controller):
+                path = parent / name
+                made = not path.exists()
                 try:
-                    path.rmdir()
+                    path.mkdir(exist_ok=True)
+                    present = [f for f in values if f.startswith(controller + ".") and (path / f).exists()]
+                    if not set(required) & set(present):
+                        raise OSError(f"{path} does not apply the {controller} controller")
+                    for file in present:
+                        (path / file).write_text(values[file])
+                    paths[controller] = path
+                    break
                 except OSError:
-                    pass
-        return None
+                    if made:
+                        try:
+                            path.rmdir()
+                        except OSError:
+                            pass
+        return cls(paths)
+
+    def __contains__(self, controller: str) -> bool:
+        return controller in self.paths
 
     def prefix(self) -> list[str]:
-        return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.path)]
+        folders = sorted({str(p) for p in self.paths.values()})
+        if not folders:
+            return []
+        join = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; ' \
+               'exec "$@"'
+        return ["/bin/sh", "-c", join, "sh", str(len(folders)), *folders]
 
     def remove(self) -> None:
-        """Kill whatever is left in it (processes that left the process group) and remove it."""
+        """Kill whatever is left in them (processes that left the process group) and remove them."""
+        folders = sorted(set(self.paths.values()))
         for _ in range(50):
-            try:
-                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-            except OSError:
-                return
+            pids: set[int] = set()
+            for folder in folders:
+                try:
+                    pids.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
+                except OSError:
+                    pass
             if not pids:
                 break
             for pid in pids:
@@ -363,40 +400,52 @@ class PidsCgroup:
                 except (ProcessLookupError, PermissionError):
                     pass
             time.sleep(0.02)
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 _cgroup_serial = itertools.count()
 
 
-@lru_cache(maxsize=1)
-def _pids_parents() -> tuple[Path, ...]:
-    """Folders where a pids cgroup might be made: cgroup v1's pids hierarchy, then this process's v2 cgroup."""
-    found = []
-    v1 = Path("/sys/fs/cgroup/pids")
-    if (v1 / "cgroup.procs").exists():
-        found.append(v1)
+@lru_cache(maxsize=2)
+def _cgroup_parents(controller: str) -> tuple[Path, ...]:
+    """Folders where a cgroup with this controller might be made: this process's own cgroup and the root of
+    the controller's cgroup v1 hierarchy, then this process's cgroup v2 where it offers the controller."""
+    found: list[Path] = []
     try:
-        own = next(line.split("::", 1)[1] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.startswith("0::"))
-        v2 = Path("/sys/fs/cgroup") / own.strip().lstrip("/")
-        if "pids" in (v2 / "cgroup.controllers").read_text().split():
-            found.append(v2)
-    except (OSError, StopIteration):
-        pass
-    return tuple(found)
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        _, controllers, own = line.split(":", 2)
+        if controller in controllers.split(","):
+            root = Path("/sys/fs/cgroup") / controller
+            found += [p for p in (root / own.strip().lstrip("/"), root) if (p / "cgroup.procs").exists()]
+    for line in lines:
+        if line.startswith("0::"):
+            v2 = Path("/sys/fs/cgroup") / line.split("::", 1)[1].strip().lstrip("/")
+            try:
+                if controller in (v2 / "cgroup.controllers").read_text().split():
+                    found.append(v2)
+            except OSError:
+                pass
+    return tuple(dict.fromkeys(found))
 
 
 @lru_cache(maxsize=1)
-def pids_cgroups_work() -> bool:
-    probe = PidsCgroup.create(8)
-    if probe is None:
-        return False
+def cgroups_available() -> frozenset[str]:
+    """The controllers heurist can put a sandbox under on this machine (``pids``, ``memory``)."""
+    probe = SandboxCgroups.create(Limits())
+    available = frozenset(probe.paths)
     probe.remove()
-    return True
+    return available
+
+
+def pids_cgroups_work() -> bool:
+    return "pids" in cgroups_available()
 
 
 def containment(limits: Limits | None = None) -> dict[str, str]:
@@ -410,10 +459,13 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
     else:
         net = "none: workers can reach the network"
     processes = (f"pids cgroup, at most {limits.max_processes}" if pids_cgroups_work()
-                 else f"RLIMIT_NPROC {limits.max_processes}")
+                 else f"RLIMIT_NPROC {limits.max_processes} (shared by every sandbox: they run as one user)")
+    memory = (f"memory cgroup: the whole sandbox, its /tmp included, at most {limits.memory_mb + limits.tmp_mb} MiB"
+              if "memory" in cgroups_available() else "address space per process only (no memory cgroup)")
     uid, gid = sandbox_user()
-    user = (f"uid {uid}, gid {gid} (nobody: heurist runs as root), no capabilities, no_new_privs" if os.geteuid() == 0
-            else f"heurist's own user (uid {uid}), no capabilities, no_new_privs")
+    rest = "no capabilities, no_new_privs, no new user namespaces (seccomp)"
+    user = (f"uid {uid}, gid {gid} (nobody: heurist runs as root), {rest}" if os.geteuid() == 0
+            else f"heurist's own user (uid {uid}), {rest}")
     return {
         "user": user,
         "process": "policy in its own process apart from the env and the score; process groups SIGKILLed on timeout",
@@ -423,6 +475,7 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
                        "/tmp as home, run directory and $HEURIST_HOME hidden"
                        if confined else "none: a worker can read and write wherever its user can"),
         "processes": processes,
+        "memory": memory,
         "limits": f"address space {limits.memory_mb} MiB, CPU {limits.episode_cpu_s:g} s/episode, "
                   f"files {limits.fsize_mb} MiB, {limits.nofile} open files",
     }
@@ -483,11 +536,13 @@ class SandboxedRun(BaseModel):
     wall_s: float
 
 
-def _limit_args(limits: Limits, **extra: int) -> str:
-    """The limits a sandboxed process puts on itself (``envs.limited.confine_self``), who it becomes included."""
+def _limit_args(limits: Limits, cgroups: SandboxCgroups | None = None, **extra: int) -> str:
+    """The limits a sandboxed process puts on itself (``envs.limited.confine_self``), who it becomes included.
+    RLIMIT_NPROC only where no pids cgroup bounds the tree: it counts every sandbox's processes together."""
     uid, gid = sandbox_user()
+    nproc = None if cgroups is not None and "pids" in cgroups else limits.max_processes
     return json.dumps({"memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb, "nofile": limits.nofile,
-                       "max_processes": limits.max_processes, "uid": uid, "gid": gid, **extra})
+                       "max_processes": nproc, "uid": uid, "gid": gid, **extra})
 
 
 def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
@@ -505,15 +560,17 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
     confinement = confinement or Confinement()
     if not any(Path(cwd).resolve() == p.resolve() for p in confinement.readable):
         confinement = confinement.model_copy(update={"readable": [*confinement.readable, Path(cwd)]})
-    dirs = SandboxDirs(limits)
-    log = dirs.log("output.log")
-    full_env = sandbox_env(dirs.home) | (env or {})
-    cgroup = PidsCgroup.create(limits.max_processes)
-    prefix = [*(cgroup.prefix() if cgroup else []), *isolation_prefix(limits, confinement, cwd)]
     started = time.perf_counter()
+    dirs = SandboxDirs(limits)
+    log: OutputLog | None = None
+    cgroups = SandboxCgroups({})
     try:
+        log = dirs.log("output.log")
+        full_env = sandbox_env(dirs.home) | (env or {})
+        cgroups = SandboxCgroups.create(limits)
+        prefix = [*cgroups.prefix(), *isolation_prefix(limits, confinement, cwd)]
         proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited",
-                                 _limit_args(limits, cpu_s=int(timeout_s) + 1), "--", *cmd],
+                                 _limit_args(limits, cgroups, cpu_s=int(timeout_s) + 1), "--", *cmd],
                                 cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=log.fd, stderr=log.fd,
                                 start_new_session=True, close_fds=True, pass_fds=pass_fds)
         timed_out = False
@@ -528,9 +585,9 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
             code = proc.wait()
         output = log.tail(output_chars)
     finally:
-        if cgroup is not None:
-            cgroup.remove()
-        log.close()
+        cgroups.remove()
+        if log is not None:
+            log.close()
         dirs.remove()
     if timed_out:
         reason = f"wall-clock limit of {timeout_s:g} s exceeded; the process group was killed"
@@ -572,20 +629,36 @@ class WorkerProcess:
                  cpu: int | None = None) -> None:
         self.limits = limits
         self.dirs = SandboxDirs(limits, parent=scratch)
+        self.log = self.env_log = None
+        self.policy_proc = self.env_proc = None
+        self.cgroups = SandboxCgroups({})
+        self._job_w = self._res_r = -1
+        try:
+            self._start(confinement, cpu)
+        except BaseException:  # nothing half-started is left behind: processes, descriptors, folders, cgroups
+            if self._res_r >= 0:
+                os.close(self._res_r)
+            self.close()
+            raise
+        self._replies: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read_replies, daemon=True)
+        self._reader.start()
+
+    def _start(self, confinement: Confinement | None, cpu: int | None) -> None:
+        limits = self.limits
         self.log = self.dirs.log("policy.log")  # what the policy printed, for the reasons of its death
         self.env_log = self.dirs.log("env.log")
+        self.cgroups = SandboxCgroups.create(limits)
+        self.prefix = [*self.cgroups.prefix(), *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
+        pinned = ["--cpu", str(cpu)] if cpu is not None else []
         job_r, self._job_w = os.pipe()
         self._res_r, res_w = os.pipe()
         request_r, request_w = observation_pipe()
         reply_r, reply_w = os.pipe()
-        pinned = ["--cpu", str(cpu)] if cpu is not None else []
-        self.cgroup = PidsCgroup.create(limits.max_processes)
-        self.prefix = [*(self.cgroup.prefix() if self.cgroup else []),
-                       *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
         try:
             self.policy_proc = subprocess.Popen(
                 [*self.prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
-                 "--reply-fd", str(reply_w), "--limits", _limit_args(limits), *pinned],
+                 "--reply-fd", str(reply_w), "--limits", _limit_args(limits, self.cgroups), *pinned],
                 env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
                 stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd, pass_fds=(request_r, reply_w),
                 start_new_session=True, close_fds=True)
@@ -599,9 +672,6 @@ class WorkerProcess:
         finally:
             for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w):
                 os.close(fd)  # each end now lives only in the process that uses it
-        self._replies: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read_replies, daemon=True)
-        self._reader.start()
 
     def _read_replies(self) -> None:
         with os.fdopen(self._res_r, "r") as replies:
@@ -654,25 +724,31 @@ class WorkerProcess:
 
     def kill(self) -> None:
         for proc in (self.policy_proc, self.env_proc):
+            if proc is None:
+                continue
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             proc.wait()
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        self.cgroups.remove()
 
     def close(self) -> None:
-        try:
-            os.close(self._job_w)  # end of input: a healthy env process exits, and the policy process after it
-        except OSError:
-            pass
+        if self._job_w >= 0:
+            try:
+                os.close(self._job_w)  # end of input: a healthy env process exits, and the policy process after it
+            except OSError:
+                pass
+            self._job_w = -1
         for proc in (self.env_proc, self.policy_proc):
+            if proc is None:
+                continue
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
-        self.log.close()
-        self.env_log.close()
+        for log in (self.log, self.env_log):
+            if log is not None:
+                log.close()
         self.dirs.remove()

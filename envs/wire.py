@@ -18,12 +18,13 @@ import fcntl
 import json
 import os
 import pickle
+import re
 from typing import IO, Any
 
 import numpy as np
 
 MAX_REPLY_BYTES = 1 << 16  # one action and its diagnostics; a longer line is a broken protocol
-MAX_DIAG_CHARS = 4096  # what the env process keeps of one step's diagnostics, whatever the policy sends
+MAX_DIAG_CHARS = 2048  # what the env process keeps of one step's diagnostics, whatever the policy sends
 MAX_MODES = 64  # distinct diagnostic modes counted per episode; the rest are counted together
 OTHER_MODES = "<other modes>"
 
@@ -84,20 +85,25 @@ def plain_diag(diag: Any) -> Any:
     return jsonable(diag)
 
 
-def bounded_diag(diag: Any) -> Any:
-    """One step's diagnostics as the env process keeps them: bounded here, by heurist's code, since the
-    policy process's own trimming (``plain_diag``) runs where the policy can patch it."""
-    if diag is None:
-        return None
-    if diag.__class__ is dict and len(diag) <= 30 and all(
-            k.__class__ is str and len(k) <= 60 and v.__class__ in _PLAIN and (v.__class__ is not str or len(v) <= 200)
-            for k, v in diag.items()):
-        return diag  # the common case: a small flat dict, kept as is
+def _trimmed_diag(diag: Any) -> Any:
+    """Diagnostics from a reply too long to keep as sent: converted, then cut to ``MAX_DIAG_CHARS``."""
     trimmed = jsonable(diag)
     text = json.dumps(trimmed)
-    if len(text) > MAX_DIAG_CHARS:
-        return {"truncated": text[:MAX_DIAG_CHARS]}
-    return trimmed
+    return trimmed if len(text) <= MAX_DIAG_CHARS else {"truncated": text[:MAX_DIAG_CHARS]}
+
+
+def _without_surrogates(value: Any) -> Any:
+    """Every string of a decoded reply as valid text: a lone surrogate (JSON allows ``\\udc00``) becomes '?'."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def mode_key(diag: Any, seen: dict) -> str | None:
@@ -145,8 +151,8 @@ def action_from_wire(message: dict[str, Any]) -> Any:
             if value is None or isinstance(value, (bool, int, float, str)):
                 return value
         elif "np" in message:
-            dtype = np.dtype(str(message["dtype"]))
-            if dtype.kind not in _NUMERIC:
+            dtype = np.dtype(str(message["dtype"])[:40])
+            if dtype.kind not in _NUMERIC or dtype.shape:
                 raise ProtocolBroken(f"an action of dtype {dtype}")
             if message.get("scalar"):
                 return dtype.type(message["np"])
@@ -156,8 +162,10 @@ def action_from_wire(message: dict[str, Any]) -> Any:
             return arr
         elif "opaque" in message:
             return Opaque(str(message["opaque"])[:60], str(message.get("type", "object"))[:60])
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolBroken(f"an action that cannot be read ({exc})") from None
+    except ProtocolBroken:
+        raise
+    except Exception as exc:  # untrusted text: numpy raises TypeError, ValueError, even SyntaxError on odd dtypes
+        raise ProtocolBroken(f"an action that cannot be read ({type(exc).__name__}: {str(exc)[:100]})") from None
     raise ProtocolBroken("a reply without an action")
 
 
@@ -199,7 +207,9 @@ def send_to_env(stream: IO[bytes], reply: dict[str, Any]) -> None:
 
 
 def receive_from_policy(stream: IO[bytes]) -> dict[str, Any]:
-    """The policy process's next reply, read as untrusted data: bounded, JSON only, an object."""
+    """The policy process's next reply, read as untrusted data: bounded, JSON only, an object, valid text, and
+    diagnostics of at most ``MAX_DIAG_CHARS``. Bounded here, in the env process, because the policy process's
+    own trimming (``plain_diag``) runs where the policy can patch it."""
     line = stream.readline(MAX_REPLY_BYTES + 1)
     if not line:
         raise EOFError("the policy process hung up")
@@ -212,4 +222,8 @@ def receive_from_policy(stream: IO[bytes]) -> dict[str, Any]:
         raise ProtocolBroken(f"a reply that is not JSON ({str(exc)[:80]})") from None
     if not isinstance(reply, dict):
         raise ProtocolBroken("a reply that is not a JSON object")
+    if _SURROGATE_ESCAPE.search(line):  # rare: checked on the raw bytes, so the common reply costs one scan
+        reply = _without_surrogates(reply)
+    if len(line) > MAX_DIAG_CHARS and reply.get("d") is not None:  # a short reply holds short diagnostics
+        reply["d"] = _trimmed_diag(reply["d"])
     return reply

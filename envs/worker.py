@@ -12,8 +12,8 @@ It answers one JSON job per line on a private pipe. Each episode starts a fresh 
 from a fresh module, so state cannot leak from one seed to the next: a seed's result is
 the same whichever worker runs it, and in whatever order. Every job carries the policy's
 source, which this process passes on; the policy process never reads a policy file.
-Whatever the policy sends is bounded here (``envs.wire.bounded_diag``), not where the
-policy could change the bounds.
+Whatever the policy sends is bounded here (``envs.wire.receive_from_policy``), not where
+the policy could change the bounds.
 
 Besides episodes and clips, ``policy_reset`` and ``policy_act`` jobs call the policy on
 observations a regression test recorded (``envs.testkit``'s ``load_policy``): no env steps.
@@ -35,8 +35,8 @@ import numpy as np
 
 from envs.limited import apply_limits
 from envs.policy_host import PolicyFailed
-from envs.wire import (ProtocolBroken, action_from_wire, bounded_diag, describe, jsonable, mode_key, plain_diag,
-                       receive_from_policy, send_to_policy)
+from envs.wire import (ProtocolBroken, action_from_wire, describe, jsonable, mode_key, plain_diag, receive_from_policy,
+                       send_to_policy)
 
 
 class InvalidAction(Exception):
@@ -72,7 +72,7 @@ class RemotePolicy:
     def act(self, obs, info) -> tuple[Any, Any]:
         reply = self._ask(("act", obs, info))
         try:
-            return action_from_wire(reply), bounded_diag(reply.get("d"))
+            return action_from_wire(reply), reply.get("d")
         except ProtocolBroken as exc:
             raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
 
@@ -330,7 +330,7 @@ class Worker:
             action, diag = self.policy.act(obs, job.get("info") or {})
         except PolicyFailed as exc:
             return {"status": "policy_error", "error": str(exc)}
-        return {"status": "ok", "action": jsonable(action), "diagnostics": bounded_diag(diag)}
+        return {"status": "ok", "action": jsonable(action), "diagnostics": diag}
 
 
 def _refuse_tracing() -> None:

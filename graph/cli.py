@@ -67,7 +67,7 @@ def eval_cmd(
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err,
                   disable=as_json or not err.is_terminal, transient=True) as bar:
-        task = bar.add_task(f"{spec.id} {split}", total=total, last="")
+        task = bar.add_task(shown(f"{spec.id} {split}"), total=total, last="")
 
         def tick(episode) -> None:
             last = f"seed {episode.seed}: {episode.return_:.1f}" if episode.status == "ok" else f"seed {episode.seed}: {episode.status}"

@@ -90,13 +90,13 @@ def stats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON
     table = Table(title="memory", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("location", stats.location)
-    table.add_row("embedder", stats.embedder)
+    table.add_row("location", shown(stats.location))
+    table.add_row("embedder", shown(stats.embedder))
     table.add_row("records", str(stats.records))
-    table.add_row("by type", ", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items())) or "none")
-    table.add_row("fixes", ", ".join(f"{o} {n}" for o, n in sorted(stats.fixes_by_outcome.items())) or "none")
+    table.add_row("by type", shown(", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items())) or "none"))
+    table.add_row("fixes", shown(", ".join(f"{o} {n}" for o, n in sorted(stats.fixes_by_outcome.items())) or "none"))
     table.add_row("runs", str(stats.runs))
-    table.add_row("by task", ", ".join(f"{t} {n}" for t, n in stats.by_task.items()) or "none")
+    table.add_row("by task", shown(", ".join(f"{t} {n}" for t, n in stats.by_task.items()) or "none"))
     if stats.disk_bytes is not None:
         table.add_row("on disk", f"{stats.disk_bytes / 1e6:.1f} MB")
     out.print(table)
@@ -108,7 +108,7 @@ def export_cmd(file: Path = typer.Argument(..., help="JSONL file to write (one r
     """Write every record to FILE as JSON lines, oldest first."""
     with _open(memory, memory_url) as store:
         count = store.export(file)
-    out.print(f"exported {count} records to {file}")
+    out.print(f"exported {count} records to {file}", markup=False)
 
 
 @memory_app.command("import")
@@ -121,7 +121,8 @@ def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `h
         before = store.count()
         count = store.import_file(file)
         after = store.count()
-    out.print(f"imported {count} records from {file} ({after - before} new, {count - (after - before)} already there)")
+    out.print(f"imported {count} records from {file} ({after - before} new, {count - (after - before)} already there)",
+              markup=False)
 
 
 @memory_app.command("forget")
@@ -130,4 +131,4 @@ def forget_cmd(run: str = typer.Option(..., "--run", help="The run id whose reco
     """Delete every record that run RUN_ID wrote."""
     with _open(memory, memory_url) as store:
         count = store.forget(run)
-    out.print(f"forgot {count} records of run {run}")
+    out.print(f"forgot {count} records of run {run}", markup=False)

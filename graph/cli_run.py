@@ -28,8 +28,8 @@ def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
         out.print(printable(summary_file.read_text()), highlight=False, markup=False)
     report = run_dir / "report" / "index.html"
     if report.is_file():
-        out.print(f"report: {report}", highlight=False)
-    out.print(f"run directory: {run_dir}", highlight=False)
+        out.print(f"report: {report}", highlight=False, markup=False)
+    out.print(f"run directory: {run_dir}", highlight=False, markup=False)
 
 
 def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
         with view:
             return execute(run_dir, view)
     except KeyboardInterrupt:
-        err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}")
+        err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}", markup=False)
         raise typer.Exit(130) from None
 
 
@@ -85,8 +85,8 @@ def run_cmd(
     config = build_config(merged, str(config_file) if config_file else "command line")
     directory = create_run(config, run_dir)
     if is_offline(config):
-        err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True)
-    err.print(f"run directory: {directory}", highlight=False)
+        err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True, markup=False)
+    err.print(f"run directory: {directory}", highlight=False, markup=False)
     _finish_line(_execute(directory, no_progress), directory)
 
 
@@ -112,7 +112,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     if not config.policy.is_file():  # the original file moved: the run kept a copy
         config = config.model_copy(update={"policy": run_dir.resolve() / "starting_policy.py"})
     directory = create_run(config, into, replay_of=run_dir)
-    err.print(f"replaying {run_dir} into {directory}", highlight=False)
+    err.print(f"replaying {run_dir} into {directory}", highlight=False, markup=False)
     _execute(directory, no_progress)
     recorded, replayed = decisions(run_dir), decisions(directory)
     table = Table(title="decisions: recorded vs replayed")
@@ -130,7 +130,8 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     out.print(table)
     if recorded != replayed:
         raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
-    out.print(f"same decisions in all {len(recorded)} iterations; replay at {directory}", highlight=False)
+    out.print(f"same decisions in all {len(recorded)} iterations; replay at {directory}", highlight=False,
+              markup=False)
 
 
 def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
@@ -167,7 +168,7 @@ def _ledger(run_dir: Path) -> list[dict[str, Any]]:
     records, bad = Ledger(run_dir / "ledger.jsonl").read()
     if bad:
         err.print(f"warning: {bad} unreadable line(s) in {run_dir / 'ledger.jsonl'} skipped (torn by a crash or "
-                  f"damaged); every other record is used", highlight=False, soft_wrap=True)
+                  f"damaged); every other record is used", highlight=False, soft_wrap=True, markup=False)
     return records
 
 

@@ -33,7 +33,9 @@ class RedactingStream(io.TextIOBase):
         self._inner = inner
 
     def write(self, text: str) -> int:
-        self._inner.write(redact(text))
+        # Whatever the stream's encoding, a character it cannot take (a lone surrogate) is written as an escape.
+        encoding = getattr(self._inner, "encoding", None) or "utf-8"
+        self._inner.write(redact(text).encode(encoding, "backslashreplace").decode(encoding))
         return len(text)
 
     def flush(self) -> None:

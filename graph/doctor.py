@@ -127,6 +127,11 @@ def check_sandbox() -> list[Check]:
     checks.append(Check(name="sandbox: processes", status="ok" if bounded else "warn", detail=said["processes"],
                         fix="" if bounded else "run heurist as a user other than root, or give it a writable pids "
                                                "cgroup (cgroup v2 delegation)"))
+    bounded_memory = not said["memory"].startswith("address space per process")
+    checks.append(Check(name="sandbox: memory", status="ok" if bounded_memory else "warn", detail=said["memory"],
+                        fix="" if bounded_memory else "give heurist a writable memory cgroup (cgroup v2 delegation, "
+                                                      "or run as root): a policy's children and its /tmp are then "
+                                                      "bounded together"))
     checks.append(Check(name="sandbox: limits", status="ok", detail=said["limits"]))
     return checks
 
@@ -143,8 +148,10 @@ def check_privileges(found: dict) -> Check:
     user = f"uid {found['uid']}, gid {found['gid']}" + (f", groups {found['groups']}" if found["groups"] else "")
     detail = (f"{user}; capabilities: effective {caps['CapEff']}, bounding {caps['CapBnd']}; no_new_privs "
               f"{'set' if found['no_new_privs'] else 'unset'}; /etc/shadow "
-              f"{'readable' if found['shadow_readable'] else 'unreadable'}")
-    good = found["uid"] != 0 and not held and found["no_new_privs"] and not found["shadow_readable"]
+              f"{'readable' if found['shadow_readable'] else 'unreadable'}; new user namespaces "
+              f"{'allowed' if found['user_namespaces'] else 'refused (seccomp)'}")
+    good = (found["uid"] != 0 and not held and found["no_new_privs"] and not found["shadow_readable"]
+            and not found["user_namespaces"])
     return Check(name="sandbox: privileges", status="ok" if good else "fail", detail=detail,
                   fix="" if good else "sandboxed processes must hold no privileges; report this as a bug of heurist")
 

@@ -245,12 +245,14 @@ class Nodes:
         report = "\n".join(f"{r.name}: {r.reason}" + (f"\n{r.output[-1500:]}" if r.output else "")
                            for r in old_failed)
         files = {name: {"passed": r.passed, "reason": r.reason} for name, r in on_candidate.items()}
-        s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": iteration,
-                         "passed": passed, "reason": (f"{len(old_failed)} of {len(accepted)} accepted test files "
-                                                      f"failed" if old_failed else
-                                                      f"all {len(accepted)} accepted test files passed"),
-                         "files": files, "new_tests": new_tests,
-                         "wall_s": round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]), 3)})
+        if not self._recorded("tests_run", iteration=iteration):  # verify may run twice after a crash
+            s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": iteration,
+                             "passed": passed, "reason": (f"{len(old_failed)} of {len(accepted)} accepted test files "
+                                                          f"failed" if old_failed else
+                                                          f"all {len(accepted)} accepted test files passed"),
+                             "files": files, "new_tests": new_tests,
+                             "wall_s": round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]),
+                                             3)})
         previous = state.get("verification") or {}
         return {"verification": {**previous, "tests_passed": passed, "tests_report": report[-3000:],
                                  "tests_reason": "; ".join(f"{r.name}: {r.reason}" for r in old_failed)[:1000],
@@ -319,9 +321,12 @@ class Nodes:
         committed = s.workspace.file_sha256(commit)
         changed = set(s.workspace.changed_between(state["incumbent"]["commit"], commit))
         if committed != verification["candidate"]["sha256"] or not changed <= {POLICY_FILE, *kept}:
-            raise HeuristError(f"commit {commit[:12]} does not hold what was scored and reviewed (policy sha256 "
+            s.workspace.reset_to(state["incumbent"]["commit"])  # the branch never keeps a commit that fails this
+            raise HeuristError(f"commit {commit[:12]} did not hold what was scored and reviewed (policy sha256 "
                                f"{committed[:12]}, scored {verification['candidate']['sha256'][:12]}; files changed: "
-                               f"{', '.join(sorted(changed)) or 'none'}); the run stops rather than keep it")
+                               f"{', '.join(sorted(changed)) or 'none'}), so it was undone and the run stops; "
+                               f"inspect {s.run_dir / 'candidates'} and the workspace, which is at the last "
+                               f"accepted commit")
         incumbent = {**verification["candidate"], "commit": commit}
         return {"incumbent": incumbent, "since_improvement": 0,
                 "outcome": {"accepted": True, "commit": commit, "reason": "; ".join(state["verdict"]["reasons"])}}

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from envs.errors import HeuristError
 from envs.ledger import Ledger
 from envs.paths import heurist_home
-from envs.safe_text import RedactingSerializer, also_secret
+from envs.safe_text import also_secret
 from envs.sandbox import filesystem_confined
 from envs.tasks import get_task
 from graph.config import RunConfig
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # the graph's machinery (LangGraph, the roles) loads only whe
     from roles.base import Role
 
 EventFn = Callable[[str, dict[str, Any]], None]
+WORKSPACE_FORMAT = 2
 REPORT_TIMEOUT_S = 600.0
 
 
@@ -100,6 +101,10 @@ class RunRecord(BaseModel):
     search_key: str
     replay_of: str | None = None
     heurist_version: str
+    # 2: regression tests run one file at a time on throwaway copies and reach the policy only through the kit.
+    # Runs made before (1) kept a kit in the workspace and ran the policy inside the tests; their accepted
+    # tests may use what the kit no longer offers, so they are not resumed.
+    workspace_format: int = 1
 
 
 def runs_index() -> Ledger:
@@ -150,7 +155,8 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
                        offline=offline, config=config.model_dump(mode="json"), starting_policy=str(policy.resolve()),
                        starting_sha256=policy_sha256(policy),
                        search_key=recorded.search_key if recorded else run_id,
-                       replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"))
+                       replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"),
+                       workspace_format=WORKSPACE_FORMAT)
     existed = run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +223,11 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     from memory.store import MemoryConfig, MemoryStore
 
     record = read_record(run_dir)
+    if record.workspace_format < WORKSPACE_FORMAT:
+        raise RunError(f"{run_dir} was made by heurist {record.heurist_version}, whose regression tests ran the policy "
+                       f"inside the test; they cannot be trusted to run as this version runs tests. Start a new run "
+                       f"from its best policy: heurist run --env {record.task} --policy "
+                       f"{Path(run_dir) / 'workspace' / 'policy.py'}")
     config = RunConfig.model_validate(record.config)
     also_secret(config.llm.api_key_env)  # whatever its name, the key is never recorded
     spec = get_task(record.task)
@@ -271,9 +282,7 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
         services, nodes, record = open_services(run_dir, on_event)
         connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
         try:
-            saver = SqliteSaver(connection)
-            saver.serde = RedactingSerializer(saver.serde)  # no secret of heurist's environment is checkpointed
-            app = build(nodes, services.config, services.spec, saver)
+            app = build(nodes, services.config, services.spec, SqliteSaver(connection))
             cfg = {"configurable": {"thread_id": record.run_id}, "recursion_limit": 1_000_000}
             try:
                 snapshot = app.get_state(cfg)

@@ -47,8 +47,10 @@ class Services:
     session_started: float = field(default_factory=time.monotonic)
     elapsed_before: float = 0.0  # active seconds of earlier sessions of this run
     on_event: Callable[[str, dict[str, Any]], None] | None = None
-    # Test files run in parallel and may ask for the same uncached seed: one evaluation at a time for them.
-    _test_episodes: threading.Lock = field(default_factory=threading.Lock)
+    # Test files run in parallel and may ask for the same uncached seed: one lock per (policy, seed), so a
+    # seed is evaluated once while different seeds are evaluated side by side.
+    _episode_locks: dict[tuple[str, int], threading.Lock] = field(default_factory=dict)
+    _locks_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ roles
 
@@ -127,11 +129,14 @@ class Services:
                                  f"seeds {dev[0]}..{dev[-1]} (holdout and audit seeds are never used by tests)")
             found = known.get(seed)
             if found is None:
-                with self._test_episodes:
+                with self._locks_lock:
+                    lock = self._episode_locks.setdefault((full.policy_sha256, seed), threading.Lock())
+                with lock:
                     found = self.evaluate_cached(policy, "dev", [seed]).episodes[0]
             return found.model_dump(mode="json", by_alias=True)
 
-        return PolicyUnderTest(episode, self.spec.model_dump_json(), self.protocol, str(policy), source, self.limits())
+        return PolicyUnderTest(episode, self.spec.model_dump_json(), self.protocol, str(policy), source, self.limits(),
+                               hidden=[self.run_dir])
 
 
 def per_seed(result: EvalResult) -> dict[int, float | None]:

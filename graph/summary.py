@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from envs.safe_text import redact, redact_deep
 from graph.services import Services
 from graph.workspace import atomic_write
 
@@ -32,7 +33,7 @@ def write_summary(s: Services, state: dict[str, Any], holdout: dict[str, Any] | 
         "best_sha256": state["incumbent"]["sha256"],  # of the bytes scored, committed and copied to best_policy.py
         "spent": state.get("spent"), "history": history,
     }
-    atomic_write(s.run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(s.run_dir / "summary.json", json.dumps(redact_deep(summary), indent=2))
     lines = [f"# heurist run {s.run_id}", "",
              f"Task {s.spec.id}, protocol {s.protocol}, {'offline roles' if s.llm is None else 'model roles'}. "
              f"Stopped: {summary['stop_reason']}.", "",
@@ -51,5 +52,5 @@ def write_summary(s: Services, state: dict[str, Any], holdout: dict[str, Any] | 
     for h in history:
         lines.append(f"| {h['iteration']} | {'accepted' if h['accepted'] else 'rejected'} | {_fmt(h['mean_before'])} | "
                      f"{_fmt(h['mean_candidate'])} | {h['reason'].replace('|', '/')[:160]} |")
-    atomic_write(s.run_dir / "summary.md", "\n".join(lines) + "\n")
+    atomic_write(s.run_dir / "summary.md", redact("\n".join(lines) + "\n"))
     return summary

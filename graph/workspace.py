@@ -23,6 +23,7 @@ from pathlib import Path
 
 from envs.errors import HeuristError
 from envs.gitsafe import check_repository, run_git
+from envs.safe_text import redact
 
 POLICY_FILE = "policy.py"
 TESTS_DIR = "tests"
@@ -131,7 +132,9 @@ class Workspace:
             return existing
         self.check()
         self.git("add", "-A")
-        self.git("commit", "-q", "--allow-empty", "-m", f"{subject}\n\n{body.strip()}\n\n{TRAILER}: {iteration}")
+        # The message quotes review reasons, which may quote test output: no secret goes into history.
+        message = redact(f"{subject}\n\n{body.strip()}")
+        self.git("commit", "-q", "--allow-empty", "-m", f"{message}\n\n{TRAILER}: {iteration}")
         return self.head()
 
     def history(self) -> list[dict[str, str]]:

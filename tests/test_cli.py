@@ -157,3 +157,18 @@ def test_secrets_heurist_prints_are_redacted(tmp_path):
     proc = heurist("eval", str(tmp_path / f"{key}.py"), "--env", "CartPole-v1", env_extra={"OPENAI_API_KEY": key})
     assert_one_line_error(proc, "does not exist", "[redacted $OPENAI_API_KEY]")
     assert key not in proc.stderr + proc.stdout
+
+
+def test_a_policy_in_a_repository_whose_path_has_spaces(tmp_path):
+    """Provenance reads the repository's commit whatever its path; it once crashed on a space."""
+    repo = tmp_path / "my policies"
+    repo.mkdir()
+    shutil.copy(POLICY_DIR / "cartpole.py", repo / "policy.py")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "policy.py"], ["commit", "-qm", "policy"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    proc = heurist("eval", str(repo / "policy.py"), "--env", "CartPole-v1", "--episodes", "1", "--json",
+                   "--ledger", str(tmp_path / "l.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    started = json.loads((tmp_path / "l.jsonl").read_text().splitlines()[0])
+    assert started["git"]["commit"] and started["git"]["uncommitted_changes"] is False

@@ -24,9 +24,15 @@ def test_doctor_checks_the_installation_and_names_every_part(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     checks = {c["name"]: c for c in json.loads(done.stdout)}
     for name in ("python", "package langgraph", "package chromadb", "ALE ROMs", "MuJoCo rendering", "offline embedder",
-                 "sandbox: network", "sandbox: file system", "sandbox: processes", "git", "ffmpeg (clips)", "disk"):
+                 "sandbox: user", "sandbox: privileges", "sandbox: network", "sandbox: file system",
+                 "sandbox: processes", "sandbox: memory", "git", "ffmpeg (clips)", "disk"):
         assert name in checks, name
         assert checks[name]["status"] in ("ok", "warn"), checks[name]
+    # Asked from inside a sandbox: who it runs as and what it holds (the "say which applies").
+    privileges = checks["sandbox: privileges"]["detail"]
+    assert "uid 0," not in privileges and "effective 0000000000000000" in privileges, privileges
+    assert "/etc/shadow unreadable" in privileges and "new user namespaces refused" in privileges
+    assert "no capabilities" in checks["sandbox: user"]["detail"]
     assert checks["ALE ROMs"]["status"] == "ok" and "Breakout resets" in checks["ALE ROMs"]["detail"]
     assert "frame (480, 480, 3)" in checks["MuJoCo rendering"]["detail"]
     assert "384 dimensions" in checks["offline embedder"]["detail"]

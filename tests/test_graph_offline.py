@@ -182,3 +182,21 @@ def test_a_damaged_checkpoint_is_one_line_that_says_what_still_works(home):
     assert "checkpoints.sqlite is damaged" in resumed.stderr and "heurist replay" in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1
     assert heurist(env, "report", tmp / "run").returncode == 0  # the records it was made from are intact
+
+
+def test_a_run_made_before_tests_ran_on_throwaway_copies_is_not_resumed(home, monkeypatch):
+    """Its accepted tests were written for a kit that ran the policy inside the test; one line says what to do."""
+    from graph.config import build_config
+    from graph.run import create_run
+
+    tmp, env = home
+    monkeypatch.setenv("HEURIST_HOME", env["HEURIST_HOME"])
+    run_dir = create_run(build_config({"task": "CartPole-v1", "policy": str(tmp / "weak.py")}, "test"), tmp / "old")
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["workspace_format"] == 2
+    del record["workspace_format"]  # as heurist wrote run.json before the format was recorded
+    (run_dir / "run.json").write_text(json.dumps(record))
+    resumed = heurist(env, "resume", run_dir)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "Start a new run from its best policy: heurist run --env CartPole-v1 --policy" in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
-"""Sends the largest diagnostics the reply limit lets through, a new mode name every step, after patching its
-own process's trimming away: the env process must bound what it keeps itself."""
+"""Sends the largest diagnostics the reply limit lets through (long keys and values, a 4,000-digit integer), a new
+mode name every step, after patching its own process's trimming away: the env process must bound what it keeps
+itself."""
 
 import importlib
 import itertools
@@ -17,6 +18,6 @@ class Policy:
 
     def act(self, obs, info):
         n = next(_counter)
-        self.diagnostics = {"mode": f"mode-{n}-" + "m" * 5000,
-                            **{f"key-{n}-{i}-" + "k" * 300: "v" * 300 for i in range(80)}}
+        self.diagnostics = {"mode": f"mode-{n}-" + "m" * 5000, "big": 10 ** 4000,
+                            **{f"key-{n}-{i}-" + "k" * 300: "v" * 300 for i in range(70)}}
         return 1 if obs[2] + 0.5 * obs[3] > 0 else 0

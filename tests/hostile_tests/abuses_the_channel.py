@@ -28,7 +28,8 @@ def test_refused_requests():
     with pytest.raises(heurist_testkit.KitError):
         policy.act([0.0, 0.0, 0.0, 0.0])  # before reset
     policy.reset(0)
-    for obs, dtype in (([0.0] * 4, "object"), ([0.0] * 4, "<U10"), (["a"] * 4, "float32"), ([0.0] * 4, "V8")):
+    for obs, dtype in (([0.0] * 4, "object"), ([0.0] * 4, "<U10"), (["a"] * 4, "float32"), ([0.0] * 4, "V8"),
+                       ([0.0] * 4, "(,)f8"), ([0.0] * 4, "(-1,)f8"), ([0.0] * 4, "(2,)f8"), ([0.0] * 4, "\udc00")):
         with pytest.raises(heurist_testkit.KitError):
             heurist_testkit._ask({"op": "act", "obs": obs, "dtype": dtype, "info": {}})
     assert policy.act([0.0, 0.0, 0.1, 0.0]) in (0, 1)
