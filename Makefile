@@ -2,7 +2,7 @@
 export MUJOCO_GL ?= egl
 export SDL_VIDEODRIVER ?= dummy
 
-.PHONY: setup run test benchmark
+.PHONY: setup run test test-slow benchmark
 
 .venv/.installed: pyproject.toml scripts/bootstrap
 	./scripts/bootstrap
@@ -16,6 +16,10 @@ run: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+# Tests too slow for the suite (the Pong starter's 540,000 Atari steps); .ci/run runs them after `make test`.
+test-slow: setup
+	.venv/bin/python -m pytest -m slow
 
 benchmark: setup
 	.venv/bin/python benchmarks/eval_throughput.py

@@ -139,6 +139,7 @@ class EvalResult(_Record):
     clips: list[Clip]
     containment: dict[str, str]
     protected_uses_before: int = 0
+    clip_env_steps: int = 0  # the re-simulations that rendered the clips; included in env_steps
 
     def summary(self) -> dict[str, Any]:
         """The compact form for ``--json`` and the ledger: no traces."""
@@ -151,7 +152,7 @@ class EvalResult(_Record):
             "mean": s.mean if s else None, "std": s.std if s else None, "median": s.median if s else None,
             "min": s.min if s else None, "max": s.max if s else None, "ci95": s.ci95 if s else None,
             "hns_mean": s.hns_mean if s else None, "target": self.target,
-            "env_steps": self.env_steps, "wall_s": round(self.wall_s, 3),
+            "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "wall_s": round(self.wall_s, 3),
             "failures": self.failures, "clips": [c.mp4 for c in self.clips],
         }
 
@@ -272,7 +273,8 @@ class Evaluator:
             episodes = self._run_episodes(seeds, policy_path, scratch, started)
             result = self._assemble(base, episodes, uses_before, started)
             if req.video:
-                result.clips = self._clips(result, policy_path, scratch)
+                result.clips, result.clip_env_steps = self._clips(result, policy_path, scratch)
+                result.env_steps += result.clip_env_steps
                 result.wall_s = time.perf_counter() - started
         except BaseException as exc:
             self._append({"event": "eval_interrupted", "time": _now(), "eval_id": eval_id,
@@ -329,12 +331,15 @@ class Evaluator:
                         try:
                             reply = worker.run(job, timeout=min(req.limits.episode_timeout_s, remaining) + 10.0)
                             result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
-                                else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}")
+                                else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}",
+                                                   env_steps=worker.steps_taken())
                             if result.error:  # the policy's own words: no secret of ours may ride on them
                                 result.error = redact(result.error)
                         except WorkerDied as died:
+                            # The env process counted the steps it took before the policy died or time ran
+                            # out: they were spent, so they are counted.
                             result = EpisodeResult(seed=seed, status="timeout" if died.timed_out else "crash",
-                                                   error=redact(died.reason))
+                                                   error=redact(died.reason), env_steps=worker.steps_taken())
                             retire(worker)
                             worker = None
                     if stop.is_set():
@@ -398,7 +403,7 @@ class Evaluator:
     def _clips_root(self) -> Path:
         return Path(self.req.out_dir or "heurist-clips")
 
-    def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> list[Clip]:
+    def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> tuple[list[Clip], int]:
         """Re-simulate the worst episodes and render only the steps before their failure events.
 
         The trusted env process writes the clips; the policy process is never bound the clips folder.
@@ -409,6 +414,7 @@ class Evaluator:
         candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
         candidates.sort(key=lambda e: (not e.events, e.return_))
         clips: list[Clip] = []
+        steps = 0
         out_dir.mkdir()
         confinement = self._confinement()
         worker = WorkerProcess(req.limits, scratch, confinement)
@@ -424,16 +430,19 @@ class Evaluator:
                 try:
                     reply = worker.run(job, timeout=req.limits.episode_timeout_s * 2 + 30)
                 except WorkerDied:
+                    steps += worker.steps_taken()
                     worker.close()
                     worker = WorkerProcess(req.limits, scratch, confinement)
                     continue
                 if reply.get("status") == "worker_error":
+                    steps += worker.steps_taken()
                     continue
+                steps += int(reply["env_steps"])
                 for clip in reply["clips"]:
                     clips.append(Clip(**clip, replay_diverged_at=reply["replay_diverged_at"]))
         finally:
             worker.close()
-        return clips
+        return clips, steps
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.ledger is not None:

@@ -41,7 +41,7 @@ from envs.sandbox import (Confinement, Limits, WorkerDied, WorkerProcess, import
 KIT_DIR = Path(__file__).parent / "testkit"
 KIT_FILES = ("heurist_testkit.py", "heurist_report.py")
 MAX_REQUEST_BYTES = 1 << 20  # one request: an observation of a few hundred kilobytes at most
-MAX_REPORTS = 2000  # test reports kept per file; more is a test file generating tests without end
+MAX_REPORTS = 1000  # test reports kept per file (each at most about 2.3 KB); more is a file generating tests without end
 MESSAGE_CHARS = 2000
 
 
@@ -73,10 +73,10 @@ class ActOp(_Op):
 class ReportOp(_Op):
     op: Literal["report"]
     kind: Literal["collect", "test", "finish"]
-    nodeid: str = ""
-    when: str = ""
-    outcome: str = ""
-    message: str = ""
+    nodeid: str = Field("", max_length=1000)
+    when: Literal["setup", "call", "teardown", ""] = ""
+    outcome: Literal["passed", "failed", "skipped", ""] = ""
+    message: str = Field("", max_length=10_000)
     exitstatus: int | None = None
 
 

@@ -76,6 +76,7 @@ class Limits(BaseModel):
     nofile: int = 256
     max_processes: int = 256  # processes and threads of one sandboxed tree
     tmp_mb: int = 256  # the private /tmp, which is also the home: RAM-backed, so bounded
+    cpus: float = 1.0  # CPU time of a whole sandbox per period, in cores (a cpu cgroup's quota, where one applies)
     network_isolation: bool = True
     filesystem_isolation: bool = True
 
@@ -239,7 +240,8 @@ def isolation_prefix(limits: Limits, confinement: Confinement, chdir: Path | str
     # The private /tmp first: heurist itself (a checkout, its virtual environment) may live under /tmp.
     # It is RAM, so it is bounded; world-writable, since the sandbox's user is not the one who mounts it.
     args += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(limits.tmp_mb * 2**20),
-             "--tmpfs", "/tmp"]
+             "--tmpfs", "/tmp", "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/dev/shm"]
+    # /dev/shm, where multiprocessing keeps its semaphores, must be writable by the unprivileged user too.
     binds = [("--ro-bind", root) for root in roots]
     binds += [("--ro-bind", str(path.resolve())) for path in confinement.readable]
     # bubblewrap makes the folders above a mount point 0700, which the sandbox's unprivileged user
@@ -329,14 +331,16 @@ class OutputLog:
 
 
 class SandboxCgroups:
-    """The pids and memory cgroups around one sandboxed process tree, where this machine lets heurist make them.
+    """The pids, memory and cpu cgroups around one sandboxed process tree, where this machine lets heurist make them.
 
     RLIMIT_NPROC counts a user's processes machine-wide (every sandbox runs as the same user, so one
-    could starve another) and RLIMIT_AS bounds one process, not a tree of them nor the RAM its private
-    /tmp takes. A pids cgroup bounds the tree's processes; a memory cgroup bounds the tree's memory,
-    its tmpfs pages included, at ``memory_mb + tmp_mb`` (swap not allowed). The tree joins them through
-    a shell that writes its own pid into each ``cgroup.procs`` and then execs the sandbox, so nothing
-    starts outside them.
+    could starve another), RLIMIT_AS bounds one process, not a tree of them nor the RAM its private
+    /tmp takes, and RLIMIT_CPU one process's CPU time, not how much of the machine a tree of them takes
+    at once. A pids cgroup bounds the tree's processes; a memory cgroup bounds the tree's memory, its
+    tmpfs pages included, at ``memory_mb + tmp_mb`` (swap not allowed); a cpu cgroup bounds its share of
+    the machine at ``cpus`` cores, so a test that forks busy children cannot starve the test files run
+    beside it. The tree joins them through a shell that writes its own pid into each ``cgroup.procs``
+    and then execs the sandbox, so nothing starts outside them.
     """
 
     def __init__(self, paths: dict[str, Path]):
@@ -347,10 +351,13 @@ class SandboxCgroups:
         name = f"heurist-{os.getpid()}-{next(_cgroup_serial)}"
         memory = str((limits.memory_mb + limits.tmp_mb) * 2**20)
         # In the order they must be written (v1 wants memsw at least the memory limit); absent files are skipped.
+        quota = str(max(1000, int(limits.cpus * 100_000)))
         values = {"pids.max": str(limits.max_processes), "memory.limit_in_bytes": memory,
-                  "memory.memsw.limit_in_bytes": memory, "memory.max": memory, "memory.swap.max": "0"}
+                  "memory.memsw.limit_in_bytes": memory, "memory.max": memory, "memory.swap.max": "0",
+                  "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": quota, "cpu.max": f"{quota} 100000"}
         paths: dict[str, Path] = {}
-        for controller, required in (("pids", ("pids.max",)), ("memory", ("memory.limit_in_bytes", "memory.max"))):
+        for controller, required in (("pids", ("pids.max",)), ("memory", ("memory.limit_in_bytes", "memory.max")),
+                                     ("cpu", ("cpu.cfs_quota_us", "cpu.max"))):
             for parent in _cgroup_parents(controller):
                 path = parent / name
                 made = not path.exists()
@@ -410,10 +417,38 @@ class SandboxCgroups:
 _cgroup_serial = itertools.count()
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def _cgroup_parents(controller: str) -> tuple[Path, ...]:
     """Folders where a cgroup with this controller might be made: this process's own cgroup and the root of
-    the controller's cgroup v1 hierarchy, then this process's cgroup v2 where it offers the controller."""
+    the controller's cgroup v1 hierarchy, then this process's cgroup v2 where it offers the controller.
+    Empty cgroups left there by a heurist process that was killed (``kill -9`` skips the clean-up) are
+    removed on the way."""
+    found = _find_cgroup_parents(controller)
+    for parent in found:
+        _remove_orphans(parent)
+    return found
+
+
+def _remove_orphans(parent: Path) -> None:
+    try:
+        children = [p for p in parent.iterdir() if p.name.startswith("heurist-") and p.is_dir()]
+    except OSError:
+        return
+    for child in children:
+        try:
+            os.kill(int(child.name.split("-")[1]), 0)
+            continue  # its heurist process is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+        try:
+            child.rmdir()  # only an empty cgroup can be removed: nothing running is touched
+        except OSError:
+            pass
+
+
+def _find_cgroup_parents(controller: str) -> tuple[Path, ...]:
     found: list[Path] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -462,6 +497,8 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
                  else f"RLIMIT_NPROC {limits.max_processes} (shared by every sandbox: they run as one user)")
     memory = (f"memory cgroup: the whole sandbox, its /tmp included, at most {limits.memory_mb + limits.tmp_mb} MiB"
               if "memory" in cgroups_available() else "address space per process only (no memory cgroup)")
+    cpu = (f"cpu cgroup: the whole sandbox at most {limits.cpus:g} core(s)" if "cpu" in cgroups_available()
+           else "CPU seconds per process only (no cpu cgroup)")
     uid, gid = sandbox_user()
     rest = "no capabilities, no_new_privs, no new user namespaces (seccomp)"
     user = (f"uid {uid}, gid {gid} (nobody: heurist runs as root), {rest}" if os.geteuid() == 0
@@ -476,6 +513,7 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
                        if confined else "none: a worker can read and write wherever its user can"),
         "processes": processes,
         "memory": memory,
+        "cpu": cpu,
         "limits": f"address space {limits.memory_mb} MiB, CPU {limits.episode_cpu_s:g} s/episode, "
                   f"files {limits.fsize_mb} MiB, {limits.nofile} open files",
     }
@@ -629,7 +667,7 @@ class WorkerProcess:
                  cpu: int | None = None) -> None:
         self.limits = limits
         self.dirs = SandboxDirs(limits, parent=scratch)
-        self.log = self.env_log = None
+        self.log = self.env_log = self.step_file = None
         self.policy_proc = self.env_proc = None
         self.cgroups = SandboxCgroups({})
         self._job_w = self._res_r = -1
@@ -648,6 +686,8 @@ class WorkerProcess:
         limits = self.limits
         self.log = self.dirs.log("policy.log")  # what the policy printed, for the reasons of its death
         self.env_log = self.dirs.log("env.log")
+        self.step_file = self.dirs.log("steps")  # the env process's step count of the job in progress
+        os.ftruncate(self.step_file.fd, 8)
         self.cgroups = SandboxCgroups.create(limits)
         self.prefix = [*self.cgroups.prefix(), *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
         pinned = ["--cpu", str(cpu)] if cpu is not None else []
@@ -664,11 +704,11 @@ class WorkerProcess:
                 start_new_session=True, close_fds=True)
             self.env_proc = subprocess.Popen(
                 [sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
-                 "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--limits", _limit_args(limits),
-                 *pinned],
+                 "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--steps-fd", str(self.step_file.fd),
+                 "--limits", _limit_args(limits), *pinned],
                 env=sandbox_env(self.dirs.private), cwd=self.dirs.private, stdin=subprocess.DEVNULL,
-                stdout=self.env_log.fd, stderr=self.env_log.fd, pass_fds=(job_r, res_w, request_w, reply_r),
-                start_new_session=True, close_fds=True)
+                stdout=self.env_log.fd, stderr=self.env_log.fd,
+                pass_fds=(job_r, res_w, request_w, reply_r, self.step_file.fd), start_new_session=True, close_fds=True)
         finally:
             for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w):
                 os.close(fd)  # each end now lives only in the process that uses it
@@ -718,6 +758,15 @@ class WorkerProcess:
             code = self.env_proc.wait()
         return "the env process " + _signal_reason(code, who="").lstrip()
 
+    def steps_taken(self) -> int:
+        """Env steps of the job in progress or last run, as the env process counted them (readable after a kill)."""
+        if self.step_file is None:
+            return 0
+        try:
+            return max(0, int.from_bytes(os.pread(self.step_file.fd, 8, 0), sys.byteorder, signed=True))
+        except OSError:
+            return 0
+
     def log_tail(self, chars: int = 300) -> str:
         """The policy's last lines of output (untrusted text: redacted here, escaped where it is shown)."""
         return redact(" | ".join(self.log.tail(chars).strip().splitlines()[-3:]))
@@ -748,7 +797,7 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
-        for log in (self.log, self.env_log):
+        for log in (self.log, self.env_log, self.step_file):
             if log is not None:
                 log.close()
         self.dirs.remove()

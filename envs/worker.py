@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import mmap
 import os
 import time
 import traceback
@@ -164,13 +165,16 @@ def action_coercer(space):
 # --------------------------------------------------------------------------- episodes
 
 class Worker:
-    def __init__(self, task_json: str, protocol: str, policy: EpisodePolicy) -> None:
+    def __init__(self, task_json: str, protocol: str, policy: EpisodePolicy, steps: Any = None) -> None:
         from envs.tasks import TaskSpec
 
         self.spec = TaskSpec.model_validate_json(task_json)
         self.protocol = protocol
         self.policy = policy
         self._env = None
+        # Env steps of the job in progress, where the parent can read them even after killing this process
+        # (a shared page, see ``step_counter``): a crashed or timed-out episode's steps are counted too.
+        self.steps = steps if steps is not None else [0]
 
     def env(self):
         if self._env is None:
@@ -213,6 +217,8 @@ class Worker:
         max_windows = int(job["max_windows"])
         every_step = detector.needs_every_step
         obs, info = env.reset(seed=seed)
+        steps = self.steps
+        steps[0] = 0
         total, t, last_diag = 0.0, 0, None
         while True:
             try:
@@ -240,6 +246,7 @@ class Worker:
                               error=f"env.step raised at step {t}: {type(exc).__name__}: {exc}")
                 self.discard_env()
                 break
+            steps[0] = t + 1
             total += reward
             actions.append(action)
             rewards.append(reward)
@@ -297,6 +304,7 @@ class Worker:
             coerce = action_coercer(env.action_space)
             frames: list[list] = [[] for _ in windows]
             obs, info = env.reset(seed=seed)
+            self.steps[0] = 0
             diverged_at = None
             for t in range(last + 1):
                 action = coerce(self.policy.act(obs, info)[0])
@@ -304,6 +312,7 @@ class Worker:
                 if diverged_at is None and t < len(expected) and plain != expected[t]:
                     diverged_at = t
                 obs, _, terminated, truncated, info = env.step(action)
+                self.steps[0] = t + 1  # a re-simulation is env steps too
                 for i, (a, b) in enumerate(windows):
                     if a <= t <= b:
                         frames[i].append((t, env.render()))
@@ -317,7 +326,7 @@ class Worker:
             if shot:
                 stem = f"{job['stem']}-step{b}"
                 clips.append(write_clip(shot, Path(job["out_dir"]), stem, fps, label) | {"seed": seed, "step": b})
-        return {"clips": clips, "replay_diverged_at": diverged_at}
+        return {"clips": clips, "replay_diverged_at": diverged_at, "env_steps": self.steps[0]}
 
     def policy_call(self, job: dict) -> dict:
         """A test kit's call on the policy itself: ``policy_reset`` (a fresh Policy) or ``policy_act`` on an
@@ -331,6 +340,12 @@ class Worker:
         except PolicyFailed as exc:
             return {"status": "policy_error", "error": str(exc)}
         return {"status": "ok", "action": jsonable(action), "diagnostics": diag}
+
+
+def step_counter(fd: int) -> memoryview:
+    """The shared step count: one signed 64-bit integer in a file heurist created and reads by descriptor.
+    A write per step is a store to memory, so the count costs nothing measurable."""
+    return memoryview(mmap.mmap(fd, 8)).cast("q")
 
 
 def _refuse_tracing() -> None:
@@ -348,6 +363,7 @@ def main() -> None:
     parser.add_argument("--result-fd", type=int, required=True)
     parser.add_argument("--request-fd", type=int, required=True, help="to the policy process")
     parser.add_argument("--reply-fd", type=int, required=True, help="from the policy process")
+    parser.add_argument("--steps-fd", type=int, required=True, help="8 bytes heurist reads: env steps of the job")
     parser.add_argument("--limits", required=True)
     parser.add_argument("--cpu", type=int, help="the core shared with the policy process (see envs.sandbox.pair_cpus)")
     args = parser.parse_args()
@@ -364,7 +380,8 @@ def main() -> None:
         job = json.loads(line)
         if worker is None:
             worker = Worker(job["task"], job["protocol"],
-                            RemotePolicy(requests, replies, job["policy_path"], job["policy_source"]))
+                            RemotePolicy(requests, replies, job["policy_path"], job["policy_source"]),
+                            steps=step_counter(args.steps_fd))
         try:
             if job["kind"] == "clip":
                 reply = worker.clip(job)

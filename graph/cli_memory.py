@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +50,7 @@ def search_cmd(
         # what lessons are shared by.
         found = store.recall(text, k=k, task=env, family=family, kind=kind, outcome=outcome)
     if as_json:
-        print(found.model_dump_json())
+        print(json.dumps(found.model_dump(mode="json")))  # ASCII: no control character reaches a terminal
         return
     if not (found.failures or found.fixes or found.lessons):
         out.print("no matching records")
@@ -85,7 +86,7 @@ def stats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON
     with _open(memory, memory_url) as store:
         stats = store.stats()
     if as_json:
-        print(stats.model_dump_json())
+        print(json.dumps(stats.model_dump(mode="json")))
         return
     table = Table(title="memory", show_header=False)
     table.add_column(style="bold")

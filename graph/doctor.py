@@ -132,6 +132,11 @@ def check_sandbox() -> list[Check]:
                         fix="" if bounded_memory else "give heurist a writable memory cgroup (cgroup v2 delegation, "
                                                       "or run as root): a policy's children and its /tmp are then "
                                                       "bounded together"))
+    bounded_cpu = not said["cpu"].startswith("CPU seconds per process")
+    checks.append(Check(name="sandbox: cpu", status="ok" if bounded_cpu else "warn", detail=said["cpu"],
+                        fix="" if bounded_cpu else "give heurist a writable cpu cgroup (cgroup v2 delegation, or run "
+                                                   "as root): a test that forks busy children then cannot starve the "
+                                                   "test files run beside it"))
     checks.append(Check(name="sandbox: limits", status="ok", detail=said["limits"]))
     return checks
 

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,28 @@ def test_the_private_tmp_is_bounded(layout):
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.skipif("cpu" not in cgroups_available(), reason="no cpu cgroup can be made here (`heurist doctor`)")
+def test_a_test_that_forks_busy_children_does_not_starve_the_file_beside_it(layout):
+    """verify runs test files side by side; each sandbox gets at most one core, however many processes it has."""
+    honest = '''import time
+
+
+def test_a_second_of_work():
+    started = time.process_time()
+    while time.process_time() - started < 1.0:
+        pass
+'''
+    policy = layout.policy_under_test()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        starver = pool.submit(run_test_file, "tests/test_starves.py", layout.source("starves_the_cpu.py"), policy,
+                              LIMITS, 12)
+        time.sleep(1)  # the starver's children are running when the honest file starts
+        victim = run_test_file("tests/test_honest.py", honest, policy, LIMITS, 8)
+        assert not starver.result().passed
+    # Without a cpu cgroup the honest file would get 2 of 151 busy processes' share: 38 s for its second of work.
+    assert victim.passed, victim.reason
+
+
 def test_markup_and_escape_sequences_come_back_inert(layout):
     ran = layout.run_test("prints_markup_and_escapes.py")
     assert not ran.passed and "[/bold]" in ran.reason
@@ -303,6 +326,36 @@ def test_a_policy_sees_neither_the_ledger_nor_a_writable_repository(run_eval, le
     assert not (HEURIST_ROOT / "escaped.txt").exists()
     records, bad = ledger.read()
     assert bad == 0 and [r["event"] for r in records] == ["before", "eval_started", "eval_finished"]
+
+
+def test_legitimate_python_still_works_in_the_sandbox(run_eval, write_policy):
+    """No privileges and no new namespaces, but threads, subprocesses and multiprocessing (whose semaphores need a
+    writable /dev/shm) work as anywhere."""
+    policy = write_policy('''
+        import multiprocessing
+        import subprocess
+        import threading
+
+        def square(x):
+            return x * x
+
+        class Policy:
+            def reset(self, seed):
+                thread = threading.Thread(target=lambda: None)
+                thread.start()
+                thread.join()
+                assert subprocess.run(["true"]).returncode == 0
+                with multiprocessing.get_context("fork").Pool(2) as pool:
+                    assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
+                queue = multiprocessing.Queue()
+                queue.put(seed)
+                assert queue.get(timeout=5) == seed
+
+            def act(self, obs, info):
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    result = run_eval(policy, "CartPole-v1", episodes=1, limits=LIMITS)
+    assert result.episodes[0].status == "ok", result.episodes[0].error
 
 
 @needs_confinement

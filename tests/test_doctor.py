@@ -25,7 +25,7 @@ def test_doctor_checks_the_installation_and_names_every_part(tmp_path):
     checks = {c["name"]: c for c in json.loads(done.stdout)}
     for name in ("python", "package langgraph", "package chromadb", "ALE ROMs", "MuJoCo rendering", "offline embedder",
                  "sandbox: user", "sandbox: privileges", "sandbox: network", "sandbox: file system",
-                 "sandbox: processes", "sandbox: memory", "git", "ffmpeg (clips)", "disk"):
+                 "sandbox: processes", "sandbox: memory", "sandbox: cpu", "git", "ffmpeg (clips)", "disk"):
         assert name in checks, name
         assert checks[name]["status"] in ("ok", "warn"), checks[name]
     # Asked from inside a sandbox: who it runs as and what it holds (the "say which applies").

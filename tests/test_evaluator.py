@@ -141,6 +141,9 @@ def test_failure_clip_is_written_and_playable(run_eval, tmp_path, task, kind):
     clip = result.clips[0]
     assert clip.replay_diverged_at is None  # the re-simulation reproduced the episode exactly
     assert kind in clip.label  # the label carries the failure event's description
+    # The re-simulation up to the clipped step is env steps too, counted apart and in the total.
+    assert clip.step < result.clip_env_steps <= clip.step + 1
+    assert result.env_steps == sum(e.env_steps for e in result.episodes) + result.clip_env_steps
     reader = imageio_ffmpeg.read_frames(clip.mp4)
     meta = next(reader)
     count = sum(1 for _ in reader)

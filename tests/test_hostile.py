@@ -127,3 +127,26 @@ def test_a_failing_seed_does_not_stop_the_others(run_eval, write_policy):
     assert statuses == ["ok", "crash", "ok", "ok"]
     assert result.status == "partial"
     assert result.stats is not None and result.failures["crash"] == 1
+
+
+@pytest.mark.parametrize("ending, status", [("os._exit(0)", "crash"), ("time.sleep(3600)", "timeout")])
+def test_steps_of_an_episode_that_dies_are_counted(run_eval, write_policy, ending, status):
+    """400 env steps, then the policy process ends itself or hangs until killed: the steps were spent, so they count
+    (the env process keeps the count where heurist can read it after a kill)."""
+    policy = write_policy(f'''
+        import os
+        import time
+
+        class Policy:
+            def reset(self, seed):
+                self.t = 0
+
+            def act(self, obs, info):
+                self.t += 1
+                if self.t > 400:
+                    {ending}
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    result = run_eval(policy, "CartPole-v1", episodes=2, workers=2, limits=FAST)
+    assert [e.status for e in result.episodes] == [status, status]
+    assert [e.env_steps for e in result.episodes] == [400, 400] and result.env_steps == 800
