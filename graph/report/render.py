@@ -53,7 +53,8 @@ class _Media:
         self.folder = folder
 
     def __call__(self, path: str | None) -> str | None:
-        if not path or not Path(path).is_file():
+        # Only a regular file, never a link: a clip name that points elsewhere is shown as text, not copied.
+        if not path or Path(path).is_symlink() or not Path(path).is_file():
             return None
         source = Path(path)
         name = f"{hashlib.sha256(str(source.parent).encode()).hexdigest()[:10]}-{source.name}"
