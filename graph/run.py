@@ -293,12 +293,17 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
             values = snapshot.values or {}
             services.elapsed_before = float((values.get("spent") or {}).get("elapsed_s", 0.0))
             services.session_started = time.monotonic()
+            # The graph ended only where its state says so. An empty `next` alone is not an end: a kill between
+            # a node's saved writes and the step's checkpoint leaves a checkpoint whose only task is done, whose
+            # `next` is empty; continuing from it applies those writes and goes on.
+            ended = not snapshot.next and values.get("status") in ("finished", "paused")
             if not values:
                 start: dict[str, Any] | None = {"run_id": record.run_id}
-            elif snapshot.next:
+            elif not ended:
                 start = None  # continue at the node that did not finish
                 services.ledger.append({"event": "run_resumed", "time": _now(), "run_id": record.run_id,
-                                        "at": list(snapshot.next), "iteration": values.get("iteration")})
+                                        "at": list(snapshot.next) or [task.name for task in snapshot.tasks],
+                                        "iteration": values.get("iteration")})
             elif values.get("status") == "paused":
                 app.update_state(cfg, {"status": "running", "stop_reason": None, "llm_failures": 0}, as_node="remember")
                 services.ledger.append({"event": "run_resumed", "time": _now(), "run_id": record.run_id,

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -184,3 +185,32 @@ def test_a_full_disk_then_a_read_only_one_stop_the_run_cleanly_and_resume_finish
     done = heurist(env, "resume", run_dir, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert lost_or_repeated(run_dir, small_disk / "home" / "memory", iterations) == []
+
+
+def test_a_kill_between_a_nodes_writes_and_its_checkpoint_is_resumed(home):
+    """LangGraph saves a node's writes, then the step's checkpoint; a kill between the two leaves a checkpoint
+    whose only task is done and whose `next` is empty. That is not the end of the run: resume applies the
+    writes and goes on. (Seen in the ten-kill test, where resume used to exit 0 and do nothing.) Made here
+    by taking back the checkpoints after the last `remember`, the moment before `finish`."""
+    tmp, env = home
+    (tmp / "run.toml").write_text('report = false\n[budget]\niterations = 1\nstop_when = "never"\n'
+                                  '[eval]\nepisodes = 4\nvideo = false\nholdout = false\n'
+                                  '[search]\npopulation = 2\ngenerations = 1\nseed = 1\n')
+    run_dir = tmp / "run"
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", run_dir, "--no-progress")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with sqlite3.connect(run_dir / "checkpoints.sqlite") as db:
+        step = "json_extract(CAST(metadata AS TEXT), '$.step')"
+        remember_step = db.execute(f"SELECT {step} FROM checkpoints c JOIN writes w USING (checkpoint_id) "
+                                   "WHERE w.channel = 'branch:to:finish'").fetchone()[0]  # remember's edge
+        db.execute(f"DELETE FROM checkpoints WHERE {step} > ?", (remember_step,))
+        db.execute("DELETE FROM writes WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM checkpoints)")
+    (run_dir / "summary.json").unlink()  # finish had not run yet
+    resumed = heurist(env, "resume", run_dir, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    assert [r["at"] for r in records if r["event"] == "run_resumed"] == [["remember"]]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"  # finish ran
+    memory = Path(json.loads((run_dir / "run.json").read_text())["config"]["memory"]["path"])
+    assert lost_or_repeated(run_dir, memory, 1) == []
