@@ -1,7 +1,7 @@
 """The sandboxed policy process: runs an untrusted policy file and answers with actions, nothing else.
 
 Started by ``envs.sandbox.WorkerProcess`` as ``python -m envs.policy_host`` inside the
-sandbox (scrubbed environment, bubblewrap or ``unshare -n``, a pids cgroup). Before it reads
+sandbox (scrubbed environment, bubblewrap or ``unshare -n``, cgroups). Before it reads
 any policy code it limits itself and gives up every privilege (``envs.limited.confine_self``),
 then serves the env process over two pipes (``envs.wire``): ``("reset", {...})`` starts an
 episode with a fresh Policy compiled from the source the message carries (the policy file

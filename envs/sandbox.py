@@ -21,8 +21,9 @@ Containment, in order of strength:
   network namespaces, so it sees no other process and no network;
 - else no network through a new network namespace (``unshare -n``) where this machine
   allows it;
-- a pids cgroup where one can be made (a fork bomb stops at ``Limits.max_processes``), and
-  RLIMIT_NPROC, which the kernel enforces for the unprivileged user.
+- cgroups where they can be made (``SandboxCgroups``): pids (a fork bomb stops at
+  ``Limits.max_processes``; else RLIMIT_NPROC, which the kernel enforces for the unprivileged
+  user), memory (the whole tree and its RAM folders) and cpu (the whole tree at ``Limits.cpus``).
 
 What a sandboxed process prints goes to a file heurist opened before it started, in a folder
 it cannot see, and heurist reads it back through its own descriptor: a process that replaces
@@ -657,7 +658,7 @@ class WorkerProcess:
 
     The env process (``envs.worker``) runs heurist's and the environment's code with a scrubbed
     environment and its own limits; the policy process (``envs.policy_host``) runs the untrusted
-    source it is sent under the full containment (namespaces, confinement, pids cgroup, limits,
+    source it is sent under the full containment (namespaces, confinement, cgroups, limits,
     no privileges). It is bound no file at all: the policy's source comes over the pipe. They
     share two pipes and nothing else; this process talks only to the env process, and ``run``
     sends a job and waits for its reply, at most ``timeout`` seconds.
