@@ -24,11 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from envs.isolation import Confinement, filesystem_confined, isolation_prefix
+from envs.limits import Limits
 from envs.policy_host import PolicyRunner
-from envs.sandbox import HEURIST_ROOT, Confinement, Limits, _limit_args, filesystem_confined, isolation_prefix, pair_cpus
+from envs.sandbox import HEURIST_ROOT, limit_args
 from envs.tasks import TaskSpec, get_task
 from envs.wire import observation_pipe
 from envs.worker import RemotePolicy, Worker
+from envs.worker_pair import pair_cpus
 from policies import starter_policy
 
 EPISODES = {"CartPole-v1": 200, "ALE/Breakout-ram-v5": 4, "ALE/Breakout-v5": 4, "HalfCheetah-v5": 20}
@@ -61,7 +64,7 @@ def over_pipes(spec: TaskSpec, policy: Path, seeds: list[int], scratch: Path, cp
         # Python under /root without it); namespaces add nothing per step, so the difference stays the channel.
         prefix = isolation_prefix(Limits(), Confinement(), "/tmp") if filesystem_confined() else []
         child = subprocess.Popen([*prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
-                                  "--reply-fd", str(reply_w), "--limits", _limit_args(Limits(memory_mb=8192)),
+                                  "--reply-fd", str(reply_w), "--limits", limit_args(Limits(memory_mb=8192)),
                                   *(["--cpu", str(cpu)] if cpu is not None else [])], stdout=log, stderr=log,
                                  pass_fds=(request_r, reply_w), env=os.environ | {"PYTHONPATH": str(HEURIST_ROOT)})
     os.close(request_r)

@@ -45,10 +45,10 @@ from scipy import stats
 # The scripted server and the run checks live in tests/, which is not an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from envs.ledger import Ledger  # noqa: E402
-from graph.run import run_status  # noqa: E402
+from common.ledger import Ledger  # noqa: E402
+from envs.contract import read_tunables  # noqa: E402
 from policies import POLICY_DIR  # noqa: E402
-from policies.contract import read_tunables  # noqa: E402
+from store.rundir import run_status  # noqa: E402
 from tests.offline_runs import lost_or_repeated  # noqa: E402
 from tests.scripted_openai import ScriptedOpenAI  # noqa: E402
 from tests.test_cli import HEURIST  # noqa: E402

@@ -24,83 +24,30 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import OutputError, PolicyError, SplitGuardError
+from common.errors import OutputError, PolicyError, SplitGuardError
+from common.events import EpisodeLine, EvalFinished, EvalInterrupted, EvalStarted, LedgerEvent, read_events
+from common.ledger import Ledger
+from common.safe_text import redact
+from envs.containment import containment, require_usable
+from envs.contract import check_policy_file, check_policy_source
 from envs.failures import FailureEvent
 from envs.gitsafe import run_git
-from envs.ledger import Ledger
-from envs.safe_text import redact
-from envs.sandbox import Confinement, Limits, WorkerDied, WorkerProcess, containment, pair_cpus, require_usable
+from envs.isolation import Confinement
+from envs.limits import Limits
+from envs.results import Clip, EpisodeResult, EvalResult, score_stats
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
-from policies.contract import check_policy_file, check_policy_source
-
-EpisodeStatus = Literal["ok", "policy_error", "invalid_action", "env_error", "timeout", "crash", "not_run"]
+from envs.worker_pair import WorkerDied, WorkerProcess, pair_cpus
 
 
-class _Record(BaseModel):
+class EvalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class TraceWindow(_Record):
-    label: str
-    step: int
-    steps: list[dict[str, Any]]
-
-
-class EpisodeTrace(_Record):
-    actions: list[Any]
-    rewards: list[float]
-    mode_counts: dict[str, int]
-    windows: list[TraceWindow]
-
-
-class EpisodeResult(_Record):
-    seed: int
-    status: EpisodeStatus
-    error: str | None = None
-    return_: float | None = Field(default=None, alias="return")
-    length: int = 0
-    env_steps: int = 0
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    termination: str | None = None
-    events: list[FailureEvent] = Field(default_factory=list)
-    trace: EpisodeTrace | None = None
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class Clip(_Record):
-    seed: int
-    step: int
-    label: str
-    mp4: str
-    png: str
-    frames: int
-    replay_diverged_at: int | None = None
-
-
-class ScoreStats(_Record):
-    """Over completed episodes. ``std`` is the population standard deviation (ddof=0); ``ci95`` is a
-    t-interval for the mean (None with fewer than two episodes or no spread)."""
-
-    mean: float
-    std: float
-    median: float
-    min: float
-    max: float
-    ci95: tuple[float, float] | None
-    hns_mean: float | None = None
-
-
-class EvalRequest(_Record):
     policy_path: Path
     task_id: str
     protocol: str | None = None
@@ -118,43 +65,6 @@ class EvalRequest(_Record):
     clip_events: int = Field(default=3, ge=1)
     clip_steps: int = Field(default=60, ge=2)
     out_dir: Path | None = None
-
-
-class EvalResult(_Record):
-    eval_id: str
-    task: str
-    protocol: str
-    obs_mode: str
-    split: Split
-    seeds: list[int]
-    policy_path: str
-    policy_sha256: str
-    status: Literal["complete", "partial", "broken"]
-    stats: ScoreStats | None
-    target: float | None
-    episodes: list[EpisodeResult]
-    failures: dict[str, int]
-    env_steps: int
-    wall_s: float
-    clips: list[Clip]
-    containment: dict[str, str]
-    protected_uses_before: int = 0
-    clip_env_steps: int = 0  # the re-simulations that rendered the clips; included in env_steps
-
-    def summary(self) -> dict[str, Any]:
-        """The compact form for ``--json`` and the ledger: no traces."""
-        s = self.stats
-        return {
-            "eval_id": self.eval_id, "task": self.task, "protocol": self.protocol, "split": self.split,
-            "seeds": self.seeds, "policy": self.policy_path, "policy_sha256": self.policy_sha256,
-            "status": self.status, "episodes": len(self.episodes),
-            "episodes_failed": sum(e.status != "ok" for e in self.episodes),
-            "mean": s.mean if s else None, "std": s.std if s else None, "median": s.median if s else None,
-            "min": s.min if s else None, "max": s.max if s else None, "ci95": s.ci95 if s else None,
-            "hns_mean": s.hns_mean if s else None, "target": self.target,
-            "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "wall_s": round(self.wall_s, 3),
-            "failures": self.failures, "clips": [c.mp4 for c in self.clips],
-        }
 
 
 ProgressFn = Callable[[EpisodeResult], None]
@@ -188,26 +98,26 @@ def _git_provenance(path: Path, data: bytes) -> dict[str, str | bool | None]:
     return {"commit": head, "committed_file": committed, "uncommitted_changes": committed != blob}
 
 
-def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
-    if not returns:
-        return None
-    arr = np.asarray(returns, dtype=float)
-    mean = float(arr.mean())
-    ci = None
-    if len(arr) > 1 and arr.std() > 0:
-        from scipy import stats  # here, not at import: the report reads EvalResults and needs no statistics
-
-        lo, hi = stats.t.interval(0.95, len(arr) - 1, loc=mean, scale=stats.sem(arr))
-        ci = (float(lo), float(hi))
-    return ScoreStats(mean=mean, std=float(arr.std()), median=float(np.median(arr)), min=float(arr.min()),
-                      max=float(arr.max()), ci95=ci, hns_mean=spec.normalise(mean))
-
-
 def _protected_uses(ledger: Ledger | None, task: str, split: str) -> int:
     if ledger is None or split not in PROTECTED_SPLITS:
         return 0
-    records, _ = ledger.read()
-    return sum(1 for r in records if r.get("event") == "eval_started" and r.get("task") == task and r.get("split") == split)
+    records, _ = read_events(ledger)
+    return sum(1 for r in records if isinstance(r, EvalStarted) and r.task == task and r.split == split)
+
+
+def _on_threads(serve: Callable[[int], None], cpus: list[int], interrupt: Callable[[], None]) -> None:
+    """``serve(cpu)`` for each core, each on a thread of its own, until all return. On Ctrl-C or a bug,
+    ``interrupt()`` (which makes the other threads return soon) before the exception goes on."""
+    pool = ThreadPoolExecutor(max_workers=len(cpus), thread_name_prefix="heurist-eval")
+    futures = [pool.submit(serve, cpu) for cpu in cpus]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:
+        interrupt()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Evaluator:
@@ -231,26 +141,9 @@ class Evaluator:
                                   f"add --confirm-protected to use it (the ledger records each use)")
         check_policy_file(req.policy_path)
         require_usable(req.limits)
-        seeds = list(spec.seeds.seeds(req.split))
-        if req.seeds is not None:
-            outside = sorted(set(req.seeds) - set(seeds))
-            if outside or not req.seeds:
-                raise SplitGuardError(f"seeds {outside or '[]'} are not in the {req.split} split of {spec.id}; "
-                                      f"choose seeds from that split")
-            seeds = list(req.seeds)
-        elif req.episodes is not None:
-            if req.episodes > len(seeds):
-                raise SplitGuardError(f"the {req.split} split of {spec.id} has {len(seeds)} seeds; "
-                                      f"ask for at most {len(seeds)} episodes")
-            seeds = seeds[: req.episodes]
+        seeds = self._seeds()
         if req.video:
-            clips_root = self._clips_root()
-            try:
-                clips_root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # before anything runs or is recorded
-                why = "it is a file" if clips_root.is_file() else exc.strerror
-                raise OutputError(f"cannot write clips to {clips_root}: {why}; choose a writable folder "
-                                  f"with --out") from None
+            self._make_clips_root()
         eval_id = uuid.uuid4().hex[:12]
         policy_path = Path(req.policy_path).resolve()
         # Read once: these bytes are hashed and these bytes are what every worker runs.
@@ -264,9 +157,9 @@ class Evaluator:
         uses_before = _protected_uses(self.ledger, spec.id, req.split)
         base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol, "obs_mode": spec.obs_mode,
                 "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
-        self._append({"event": "eval_started", "time": _now(), **base, "protected_split": req.split in PROTECTED_SPLITS,
-                      "protected_uses_before": uses_before, "versions": _versions(),
-                      "git": _git_provenance(policy_path, data)})
+        self._append(EvalStarted(**base, protected_split=req.split in PROTECTED_SPLITS,
+                                 protected_uses_before=uses_before, versions=_versions(),
+                                 git=_git_provenance(policy_path, data)))
         started = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
         try:
@@ -277,16 +170,41 @@ class Evaluator:
                 result.env_steps += result.clip_env_steps
                 result.wall_s = time.perf_counter() - started
         except BaseException as exc:
-            self._append({"event": "eval_interrupted", "time": _now(), "eval_id": eval_id,
-                          "reason": f"{type(exc).__name__}: {exc}"[:500],
-                          "wall_s": time.perf_counter() - started})
+            self._append(EvalInterrupted(eval_id=eval_id, reason=f"{type(exc).__name__}: {exc}"[:500],
+                                         wall_s=time.perf_counter() - started))
             raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        self._append({"event": "eval_finished", "time": _now(), **result.summary(),
-                      "per_episode": [{"seed": e.seed, "status": e.status, "return": e.return_, "length": e.length,
-                                       "error": e.error} for e in result.episodes]})
+        self._append(EvalFinished(**result.summary(), per_episode=[
+            EpisodeLine(seed=e.seed, status=e.status, return_=e.return_, length=e.length, error=e.error)
+            for e in result.episodes]))
         return result
+
+    def _seeds(self) -> list[int]:
+        """The seeds to run: the request's own (all in the split), else the split's first ``episodes``, else all."""
+        req, spec = self.req, self.spec
+        seeds = list(spec.seeds.seeds(req.split))
+        if req.seeds is not None:
+            outside = sorted(set(req.seeds) - set(seeds))
+            if outside or not req.seeds:
+                raise SplitGuardError(f"seeds {outside or '[]'} are not in the {req.split} split of {spec.id}; "
+                                      f"choose seeds from that split")
+            seeds = list(req.seeds)
+        elif req.episodes is not None:
+            if req.episodes > len(seeds):
+                raise SplitGuardError(f"the {req.split} split of {spec.id} has {len(seeds)} seeds; "
+                                      f"ask for at most {len(seeds)} episodes")
+            seeds = seeds[: req.episodes]
+        return seeds
+
+    def _make_clips_root(self) -> None:
+        clips_root = self._clips_root()
+        try:
+            clips_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # before anything runs or is recorded
+            why = "it is a file" if clips_root.is_file() else exc.strerror
+            raise OutputError(f"cannot write clips to {clips_root}: {why}; choose a writable folder "
+                              f"with --out") from None
 
     # ------------------------------------------------------------------ episodes
 
@@ -326,20 +244,8 @@ class Evaluator:
                             worker = WorkerProcess(req.limits, scratch, self._confinement(), cpu)
                             with lock:
                                 live.add(worker)
-                        job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window,
-                                        max_windows=req.max_windows)
-                        try:
-                            reply = worker.run(job, timeout=min(req.limits.episode_timeout_s, remaining) + 10.0)
-                            result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
-                                else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}",
-                                                   env_steps=worker.steps_taken())
-                            if result.error:  # the policy's own words: no secret of ours may ride on them
-                                result.error = redact(result.error)
-                        except WorkerDied as died:
-                            # The env process counted the steps it took before the policy died or time ran
-                            # out: they were spent, so they are counted.
-                            result = EpisodeResult(seed=seed, status="timeout" if died.timed_out else "crash",
-                                                   error=redact(died.reason), env_steps=worker.steps_taken())
+                        result, died = self._episode(worker, policy_path, seed, remaining)
+                        if died:
                             retire(worker)
                             worker = None
                     if stop.is_set():
@@ -352,12 +258,7 @@ class Evaluator:
                 if worker is not None:
                     retire(worker)
 
-        pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="heurist-eval")
-        futures = [pool.submit(serve, cpu) for cpu in pair_cpus(n_workers)]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
+        def interrupt() -> None:
             # Ctrl-C or a bug: stop handing out seeds and kill every worker now, rather than
             # waiting for the episodes in flight to finish.
             stop.set()
@@ -365,10 +266,28 @@ class Evaluator:
                 doomed = list(live)
             for worker in doomed:
                 worker.kill()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+
+        _on_threads(serve, pair_cpus(n_workers), interrupt)
         return [results[s] for s in seeds]
+
+    def _episode(self, worker: WorkerProcess, policy_path: Path, seed: int,
+                 remaining: float) -> tuple[EpisodeResult, bool]:
+        """One seed's episode on a worker, and whether the worker died running it (then it must be retired)."""
+        req = self.req
+        job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window, max_windows=req.max_windows)
+        try:
+            reply = worker.run(job, timeout=min(req.limits.episode_timeout_s, remaining) + 10.0)
+        except WorkerDied as died:
+            # The env process counted the steps it took before the policy died or time ran
+            # out: they were spent, so they are counted.
+            return EpisodeResult(seed=seed, status="timeout" if died.timed_out else "crash",
+                                 error=redact(died.reason), env_steps=worker.steps_taken()), True
+        result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
+            else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}",
+                               env_steps=worker.steps_taken())
+        if result.error:  # the policy's own words: no secret of ours may ride on them
+            result.error = redact(result.error)
+        return result, False
 
     def _assemble(self, base: dict, episodes: list[EpisodeResult], uses_before: int, started: float) -> EvalResult:
         ran = [e for e in episodes if e.status != "not_run"]
@@ -444,13 +363,9 @@ class Evaluator:
             worker.close()
         return clips, steps
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: LedgerEvent) -> None:
         if self.ledger is not None:
             self.ledger.append(record)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def evaluate(spec: TaskSpec, request: EvalRequest, ledger: Ledger | None = None,
@@ -458,4 +373,4 @@ def evaluate(spec: TaskSpec, request: EvalRequest, ledger: Ledger | None = None,
     return Evaluator(spec, request, ledger, progress).run()
 
 
-__all__ = ["EvalRequest", "EvalResult", "EpisodeResult", "Evaluator", "evaluate", "PolicyError"]
+__all__ = ["EvalRequest", "Evaluator", "evaluate", "PolicyError"]

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from envs.errors import HeuristError
+from common.errors import HeuristError
 
 IDENTITY = {"GIT_AUTHOR_NAME": "heurist", "GIT_AUTHOR_EMAIL": "heurist@localhost",
             "GIT_COMMITTER_NAME": "heurist", "GIT_COMMITTER_EMAIL": "heurist@localhost"}

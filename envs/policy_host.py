@@ -1,6 +1,6 @@
 """The sandboxed policy process: runs an untrusted policy file and answers with actions, nothing else.
 
-Started by ``envs.sandbox.WorkerProcess`` as ``python -m envs.policy_host`` inside the
+Started by ``envs.worker_pair.WorkerProcess`` as ``python -m envs.policy_host`` inside the
 sandbox (scrubbed environment, bubblewrap or ``unshare -n``, cgroups). Before it reads
 any policy code it limits itself and gives up every privilege (``envs.limited.confine_self``),
 then serves the env process over two pipes (``envs.wire``): ``("reset", {...})`` starts an
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--request-fd", type=int, required=True)
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--limits", required=True)
-    parser.add_argument("--cpu", type=int, help="the core shared with the env process (see envs.sandbox.pair_cpus)")
+    parser.add_argument("--cpu", type=int, help="the core shared with the env process (see envs.worker_pair.pair_cpus)")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})

@@ -34,9 +34,12 @@ from typing import Any, Callable, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from envs.safe_text import redact
-from envs.sandbox import (Confinement, Limits, WorkerDied, WorkerProcess, import_path, require_usable,
-                          run_sandboxed)
+from common.safe_text import redact
+from envs.containment import require_usable
+from envs.isolation import Confinement
+from envs.limits import Limits
+from envs.sandbox import import_path, run_sandboxed
+from envs.worker_pair import WorkerDied, WorkerProcess
 
 KIT_DIR = Path(__file__).parent / "testkit"
 KIT_FILES = ("heurist_testkit.py", "heurist_report.py")

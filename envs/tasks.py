@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.errors import TaskError
 from envs.atari_scores import ATARI57_SCORES
-from envs.errors import TaskError
 
 # Headless rendering defaults; a user's explicit setting wins.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -250,8 +250,8 @@ _ATARI_MAX_RETURN = {"Breakout": 864.0, "Pong": 21.0}
 
 
 def _atari() -> list[TaskSpec]:
-    import gymnasium as gym
     import ale_py
+    import gymnasium as gym
 
     gym.register_envs(ale_py)
     games = sorted(k[len("ALE/"):-len("-v5")] for k in gym.registry if k.startswith("ALE/") and k.endswith("-v5"))

@@ -34,14 +34,18 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
+from envs.actions import InvalidAction, action_coercer, plain_actions
 from envs.limited import apply_limits
 from envs.policy_host import PolicyFailed
-from envs.wire import (ProtocolBroken, action_from_wire, describe, jsonable, mode_key, plain_diag, receive_from_policy,
-                       send_to_policy)
-
-
-class InvalidAction(Exception):
-    pass
+from envs.wire import (
+    ProtocolBroken,
+    action_from_wire,
+    jsonable,
+    mode_key,
+    plain_diag,
+    receive_from_policy,
+    send_to_policy,
+)
 
 
 class PolicyGone(Exception):
@@ -97,71 +101,6 @@ def summarise_obs(obs: Any) -> Any:
     return {"shape": list(arr.shape), "mean": round(float(arr.mean()), 3)}
 
 
-def plain_actions(actions: list) -> list:
-    """Actions as JSON: ints stay ints, vectors are rounded to 4 decimals (once, vectorised, not per step)."""
-    if not actions:
-        return []
-    if isinstance(actions[0], int):
-        return actions
-    return np.round(np.asarray(actions, dtype=np.float64), 4).tolist()
-
-
-def action_coercer(space):
-    """A fast validator for one action space: returns the action the env gets, or raises InvalidAction."""
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Discrete):
-        lo, hi = int(space.start), int(space.start + space.n)
-
-        def coerce_discrete(action):
-            if action.__class__ is int and lo <= action < hi:  # the common case, checked first
-                return action
-            if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
-                if isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
-                    action = int(action)
-                else:
-                    raise InvalidAction(f"act() returned {describe(action)}; this task needs an int in [{lo}, {hi})")
-            if not lo <= action < hi:
-                raise InvalidAction(f"act() returned {int(action)}, outside the action range [{lo}, {hi})")
-            return int(action)
-
-        return coerce_discrete
-
-    if isinstance(space, spaces.Box):
-        low, high, shape = space.low.astype(np.float64), space.high.astype(np.float64), space.shape
-        uniform = bool((low == low.flat[0]).all() and (high == high.flat[0]).all())
-        low_min, high_max = float(low.min()), float(high.max())
-
-        def coerce_box(action):
-            try:
-                arr = np.asarray(action, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise InvalidAction(f"act() returned {describe(action)}; "
-                                    f"this task needs a float array of shape {shape}") from None
-            if arr.shape != shape:
-                raise InvalidAction(f"act() returned shape {arr.shape}; this task needs shape {shape}")
-            # One range test on the hot path; NaN fails every comparison, so it lands below too.
-            if uniform:
-                inside = arr.min() >= low_min and arr.max() <= high_max
-            else:
-                inside = bool(((arr >= low) & (arr <= high)).all())
-            if not inside:
-                if not np.isfinite(arr).all():
-                    raise InvalidAction(f"act() returned a non-finite action {np.array2string(arr, precision=3)}")
-                raise InvalidAction(f"act() returned {np.array2string(arr, precision=3)}, outside the bounds "
-                                    f"[{np.array2string(low, precision=3)}, {np.array2string(high, precision=3)}]")
-            return arr
-
-        return coerce_box
-
-    def coerce_other(action):
-        if not space.contains(action):
-            raise InvalidAction(f"act() returned {str(action)[:60]!r}, not in {space}")
-        return action
-
-    return coerce_other
-
-
 # --------------------------------------------------------------------------- episodes
 
 class Worker:
@@ -193,20 +132,25 @@ class Worker:
     def episode(self, job: dict) -> dict:
         """One episode of one seed. A policy failure ends the episode with a status; PolicyGone
         (the policy process ended) propagates, since only the parent can say why it ended."""
-        from envs.failures import FailureDetector
-
         seed, window = int(job["seed"]), int(job["trace_window"])
         env = self.env()
-        policy = self.policy
         result: dict[str, Any] = {"seed": seed, "status": "ok", "error": None, "return": 0.0, "length": 0,
                                   "termination": None, "events": [], "trace": None}
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            policy.start(seed, env.action_space, float(job["cpu_s"]))
+            self.policy.start(seed, env.action_space, float(job["cpu_s"]))
         except PolicyFailed as exc:
             result.update(status="policy_error", termination="error", error=str(exc))
             return self._finish(result, t0, c0)
+        self._play(env, seed, window, int(job["max_windows"]), result)
+        return self._finish(result, t0, c0)
 
+    def _play(self, env, seed: int, window: int, max_windows: int, result: dict[str, Any]) -> None:
+        """Step a started episode until it ends or fails, and fill in ``result``: its status, return,
+        length, failure events and trace (windows of the last ``window`` steps before each event)."""
+        from envs.failures import FailureDetector
+
+        policy = self.policy
         coerce = action_coercer(env.action_space)
         detector = FailureDetector(self.spec.failure_rules, self.spec.target)
         recent: deque = deque(maxlen=window)
@@ -214,7 +158,6 @@ class Worker:
         actions: list = []
         rewards: list[float] = []
         modes: Counter = Counter()
-        max_windows = int(job["max_windows"])
         every_step = detector.needs_every_step
         obs, info = env.reset(seed=seed)
         steps = self.steps
@@ -260,13 +203,16 @@ class Worker:
                 break
         result.update({"return": float(total), "length": t, "events": [e.model_dump() for e in detector.events]})
         windows.append(self._window("end", t - 1, recent))
-        result["trace"] = {
+        result["trace"] = self._trace(actions, rewards, modes, windows)
+
+    @staticmethod
+    def _trace(actions: list, rewards: list[float], modes: Counter, windows: list[dict]) -> dict:
+        return {
             "actions": plain_actions(actions),
             "rewards": np.round(np.asarray(rewards, dtype=np.float64), 6).tolist(),
             "mode_counts": {str(k): v for k, v in modes.items()},
             "windows": windows,
         }
-        return self._finish(result, t0, c0)
 
     @staticmethod
     def _window(label: str, t: int, recent: deque) -> dict:

@@ -11,48 +11,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
-from envs.errors import HeuristError, PolicyError
-from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
-from graph.llm import BudgetSpent, LLMError
-from graph.services import Services, scored, seeds_of
+from common.errors import HeuristError, PolicyError
+from common.events import (
+    IterationDone,
+    RunFinished,
+    RunPaused,
+    RunStarted,
+    TestsRun,
+)
+from common.files import atomic_write
+from envs.contract import check_policy_source
+from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
+from graph.budget import stop_reason
+from graph.context import Services, scored, seeds_of
 from graph.state import RunState
-from graph.workspace import POLICY_FILE, atomic_write
+from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from memory.records import FailureRecord, FixRecord
-from policies.contract import check_policy_source
-from roles.base import AnalyseInput, Role
-from roles.coder import CoderInput
+from roles.base import Role
 from roles.edits import Edit, apply_edit, diff_summary, unified_diff
-from roles.reviewer import ReviewInput
-from roles.test_writer import TestWriterInput
-
-FIRST_TEST = '''"""Written by heurist when the run began: the policy loads, resets and acts on the first dev seed."""
-
-from heurist_testkit import run_episode
-
-
-def test_policy_runs_a_dev_episode():
-    result = run_episode({seed})
-    assert result["status"] == "ok", result.get("error")
-'''
+from roles.llm import BudgetSpent, LLMError
+from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
+from store.summary import write_summary
+from store.transcripts import Decision, RoleFailed
+from store.workspace import POLICY_FILE
 
 
-MAX_RECORDED_CHARS = 50_000  # an edit's diff or a test file, as the ledger keeps it
+class RoleContractError(HeuristError):
+    """A role that returned something other than what it declares."""
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _oneline(text: str, limit: int = 72) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class Nodes:
@@ -64,7 +53,7 @@ class Nodes:
 
     # ------------------------------------------------------------------ begin
 
-    def begin(self, state: RunState) -> dict[str, Any]:
+    def begin(self, state: RunState) -> RunState:
         """Create the workspace from the starting policy (a copy: the original is never touched) and score it."""
         s = self.s
         files = {".gitignore": "__pycache__/\n*.pyc\n",
@@ -72,18 +61,17 @@ class Nodes:
         commit = s.workspace.create(self.starting_source, files)
         result = s.evaluate_cached(s.candidate_file(s.workspace.source_at(commit)), video=True)
         start = scored(commit, result)
-        records = s.ledger.read()[0]
-        if not self._recorded("run_started", records):
-            s.ledger.append({"event": "run_started", "time": _now(), "run_id": s.run_id, "task": s.spec.id,
-                             "protocol": s.protocol, "dev_seeds": s.dev_seeds(), "start": start,
-                             "offline": s.llm is None})
+        records = events(s)
+        if not recorded(s, RunStarted, records):
+            s.ledger.append(RunStarted(run_id=s.run_id, task=s.spec.id, protocol=s.protocol, dev_seeds=s.dev_seeds(),
+                                       start=start, offline=s.llm is None))
         return {"run_id": s.run_id, "status": "running", "stop_reason": None, "iteration": 0, "incumbent": start,
                 "start": start, "since_improvement": 0, "llm_failures": 0, "history": [],
-                "spent": self._spent(records)}
+                "spent": spent_by(s, records)}
 
     # ------------------------------------------------------------------ 1. evaluate
 
-    def evaluate(self, state: RunState) -> dict[str, Any]:
+    def evaluate(self, state: RunState) -> RunState:
         s = self.s
         iteration = state["iteration"] + 1
         s.workspace.reset_to(state["incumbent"]["commit"])
@@ -95,20 +83,24 @@ class Nodes:
 
     # ------------------------------------------------------------------ 2. analyse (one node per role)
 
-    def analyse_with(self, role: Role) -> Callable[[RunState], dict[str, Any]]:
-        def analyse(state: RunState) -> dict[str, Any]:
+    def analyse_with(self, role: Role) -> Callable[[RunState], RunState]:
+        def analyse(state: RunState) -> RunState:
             s = self.s
             # Analysts run in parallel, so they read the incumbent from git and never touch the working tree.
             source = s.workspace.source_at(state["incumbent"]["commit"])
             result = s.evaluate_cached(s.candidate_file(source), video=True)
             data = AnalyseInput(task=s.spec.id, task_description=s.spec.description, policy_source=source,
-                                eval_result=result.model_dump(mode="json", by_alias=True))
+                                evaluation=result)
             ctx = s.context(state["iteration"], role)
             s.event("role", role=role.name)
             try:
                 report = role.run(data, ctx).model_dump(mode="json", by_alias=True)
+                missing = [fact for fact in sorted(role.produces) if report.get(fact) is None]
+                if missing:
+                    raise RoleContractError(f"{role.name} declares that it produces {', '.join(missing)} but "
+                                            f"returned none")
             except Exception as exc:  # an analyst that fails (a model down, a broken plug-in) costs its report only
-                ctx.transcript.write("error", error=f"{type(exc).__name__}: {exc}"[:1000],
+                ctx.transcript.write(RoleFailed, error=f"{type(exc).__name__}: {exc}"[:1000],
                                      traceback=traceback.format_exc()[-3000:])
                 report = {"summary": f"{role.name} failed: {type(exc).__name__}: {exc}"[:500], "failed": True}
             return {"analyses": {role.name: report}}
@@ -118,7 +110,7 @@ class Nodes:
 
     # ------------------------------------------------------------------ 3. recall
 
-    def recall(self, state: RunState) -> dict[str, Any]:
+    def recall(self, state: RunState) -> RunState:
         s = self.s
         if s.memory is None:
             return {"recall": None}
@@ -129,12 +121,12 @@ class Nodes:
                 + [{"id": h.fix.id, "type": "fix", "similarity": h.similarity} for h in found.fixes]
                 + [{"id": h.lesson.id, "type": "lesson", "similarity": h.similarity} for h in found.lessons])
         s.recorder.for_role(state["iteration"], "recall").write(
-            "decision", summary=f"recalled {len(used)} memory records", query=query, used=used)
+            Decision, summary=f"recalled {len(used)} memory records", details={"query": query, "used": used})
         return {"recall": found.model_dump(mode="json")}
 
     # ------------------------------------------------------------------ 4. code
 
-    def code(self, state: RunState) -> dict[str, Any]:
+    def code(self, state: RunState) -> RunState:
         s = self.s
         coder = s.role("code")
         previous = (state.get("coder") or {}).get("edit")
@@ -155,7 +147,7 @@ class Nodes:
 
     # ------------------------------------------------------------------ 5. check
 
-    def check(self, state: RunState) -> dict[str, Any]:
+    def check(self, state: RunState) -> RunState:
         s = self.s
         edit = Edit.model_validate(state["coder"]["edit"])
         source = s.workspace.source_at(state["incumbent"]["commit"])
@@ -178,14 +170,17 @@ class Nodes:
 
     # ------------------------------------------------------------------ 6. write tests
 
-    def write_tests(self, state: RunState) -> dict[str, Any]:
+    def write_tests(self, state: RunState) -> RunState:
         s = self.s
         writer = s.role("test")
-        log = state["analyses"].get("log_parser", {})
+        analyses = state.get("analyses") or {}
+        # The failures as the analysts that found them summed them up (by fact, never by role name).
+        failure_summary = " ".join(report["summary"] for report in analyses.values()
+                                   if report.get("failures") is not None or report.get("seeds_by_kind") is not None)
         data = TestWriterInput(task=s.spec.id, iteration=state["iteration"],
                                edit=Edit.model_validate(state["coder"]["edit"]),
                                candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
-                               failure_summary=log.get("summary", ""), seeds_by_kind=log.get("seeds_by_kind", {}),
+                               failure_summary=failure_summary, seeds_by_kind=gather(analyses, "seeds_by_kind"),
                                existing_tests=sorted(s.workspace.tests_at(state["incumbent"]["commit"])))
         s.event("role", role=writer.name)
         try:
@@ -194,19 +189,12 @@ class Nodes:
             return {"tests": {}, "verification": {"test_writer_error": str(exc)}}
         # heurist names every new test file (the writer's name is a suggestion): an accepted test is never
         # overwritten, and a new one cannot take an old one's place.
-        return {"tests": {self._new_test_name(state): test.source}}
-
-    def _new_test_name(self, state: RunState) -> str:
-        taken = set(self.s.workspace.tests_at(state["incumbent"]["commit"]))
-        name, n = f"tests/test_iteration_{state['iteration']:04d}.py", 1
-        while name in taken:
-            n += 1
-            name = f"tests/test_iteration_{state['iteration']:04d}_{n}.py"
-        return name
+        taken = set(s.workspace.tests_at(state["incumbent"]["commit"]))
+        return {"tests": {new_test_name(taken, state["iteration"]): test.source}}
 
     # ------------------------------------------------------------------ 7. verify
 
-    def verify(self, state: RunState) -> dict[str, Any]:
+    def verify(self, state: RunState) -> RunState:
         """Score the candidate from a copy out of every sandbox's reach, then run the regression tests.
 
         Every accepted test file runs against the candidate; each new one against the candidate and
@@ -229,54 +217,28 @@ class Nodes:
             before = s.policy_under_test(old_source, s.evaluate_cached(s.candidate_file(old_source), video=True))
             jobs += [(name, text, before) for name, text in new.items()]
         s.event("testing", tests=len(accepted) + len(new))
-        on_candidate, on_incumbent = self._run_tests(jobs, candidate)
+        on_candidate, on_incumbent = run_test_files(s, jobs, candidate)
         old_failed = [on_candidate[name] for name in accepted if not on_candidate[name].passed]
-        new_tests = {}
-        for name in new:
-            if not on_candidate[name].passed:
-                new_tests[name] = {"kept": False, "reason": f"it fails on the candidate: {on_candidate[name].reason}"}
-            elif on_incumbent[name].passed:
-                new_tests[name] = {"kept": False, "reason": "it passes on the incumbent too, so it guards nothing "
-                                                            "this edit changed (a regression test must fail before "
-                                                            "the edit and pass after it)"}
-            else:
-                new_tests[name] = {"kept": True, "reason": f"fails on the incumbent ({on_incumbent[name].reason}) "
-                                                           f"and passes on the candidate"}
+        new_tests = judge_new_tests(new, on_candidate, on_incumbent)
         passed = not old_failed
         report = "\n".join(f"{r.name}: {r.reason}" + (f"\n{r.output[-1500:]}" if r.output else "")
                            for r in old_failed)
         files = {name: {"passed": r.passed, "reason": r.reason} for name, r in on_candidate.items()}
-        if not self._recorded("tests_run", iteration=iteration):  # verify may run twice after a crash
-            s.ledger.append({"event": "tests_run", "time": _now(), "run_id": s.run_id, "iteration": iteration,
-                             "passed": passed, "reason": (f"{len(old_failed)} of {len(accepted)} accepted test files "
-                                                          f"failed" if old_failed else
-                                                          f"all {len(accepted)} accepted test files passed"),
-                             "files": files, "new_tests": new_tests,
-                             "wall_s": round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]),
-                                             3)})
+        if not recorded(s, TestsRun, iteration=iteration):  # verify may run twice after a crash
+            s.ledger.append(TestsRun(
+                run_id=s.run_id, iteration=iteration, passed=passed,
+                reason=(f"{len(old_failed)} of {len(accepted)} accepted test files failed" if old_failed else
+                        f"all {len(accepted)} accepted test files passed"), files=files, new_tests=new_tests,
+                wall_s=round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]), 3)))
         previous = state.get("verification") or {}
         return {"verification": {**previous, "tests_passed": passed, "tests_report": report[-3000:],
                                  "tests_reason": "; ".join(f"{r.name}: {r.reason}" for r in old_failed)[:1000],
                                  "test_files": files, "new_tests": new_tests,
                                  "candidate": scored("", result)}}
 
-    def _run_tests(self, jobs: list[tuple[str, str, PolicyUnderTest]],
-                   candidate: PolicyUnderTest) -> tuple[dict[str, TestFileResult], dict[str, TestFileResult]]:
-        """Each (file, policy) pair in its own sandbox, as many at once as there are evaluation workers."""
-        s = self.s
-        timeout = s.config.eval.episode_timeout_s * 4
-        workers = max(1, min(len(jobs), s.config.eval.workers or os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heurist-tests") as pool:
-            futures = [(name, policy, pool.submit(run_test_file, name, text, policy, s.limits(), timeout))
-                       for name, text, policy in jobs]
-            results = [(name, policy, future.result()) for name, policy, future in futures]
-        on_candidate = {name: r for name, policy, r in results if policy is candidate}
-        on_incumbent = {name: r for name, policy, r in results if policy is not candidate}
-        return on_candidate, on_incumbent
-
     # ------------------------------------------------------------------ 8. review
 
-    def review(self, state: RunState) -> dict[str, Any]:
+    def review(self, state: RunState) -> RunState:
         s = self.s
         verification = state["verification"]
         diff = state["candidate"]["diff"] + "".join(
@@ -305,20 +267,20 @@ class Nodes:
 
     # ------------------------------------------------------------------ 9. commit or roll back
 
-    def commit(self, state: RunState) -> dict[str, Any]:
+    def commit(self, state: RunState) -> RunState:
         """Commit the bytes that were scored and the kept tests; then check the commit holds exactly those."""
         s = self.s
         iteration = state["iteration"]
         edit = state["coder"]["edit"]
         verification, before = state["verification"], state["incumbent"]["mean"]
-        kept = self._kept_tests(state)
+        kept = kept_tests(state)
         commit = s.workspace.commit_for_iteration(iteration)
         if commit is None:
             self._materialise(state)
             body = (f"{edit['rationale']}\n\nDev mean {before} -> {verification['candidate']['mean']} on "
                     f"{len(s.dev_seeds())} dev seeds.\nReview: " + "; ".join(state["verdict"]["reasons"])
                     + "\nTests added: " + (", ".join(kept) or "none"))
-            commit = s.workspace.commit(iteration, f"Iteration {iteration}: {_oneline(edit['rationale'], 58)}", body)
+            commit = s.workspace.commit(iteration, f"Iteration {iteration}: {oneline(edit['rationale'], 58)}", body)
         committed = s.workspace.file_sha256(commit)
         changed = set(s.workspace.changed_between(state["incumbent"]["commit"], commit))
         if committed != verification["candidate"]["sha256"] or not changed <= {POLICY_FILE, *kept}:
@@ -332,12 +294,7 @@ class Nodes:
         return {"incumbent": incumbent, "since_improvement": 0,
                 "outcome": {"accepted": True, "commit": commit, "reason": "; ".join(state["verdict"]["reasons"])}}
 
-    @staticmethod
-    def _kept_tests(state: RunState) -> list[str]:
-        decisions = (state.get("verification") or {}).get("new_tests") or {}
-        return sorted(name for name in (state.get("tests") or {}) if decisions.get(name, {}).get("kept"))
-
-    def roll_back(self, state: RunState) -> dict[str, Any]:
+    def roll_back(self, state: RunState) -> RunState:
         s = self.s
         s.workspace.reset_to(state["incumbent"]["commit"])
         coder = state.get("coder") or {}
@@ -352,7 +309,7 @@ class Nodes:
 
     # ------------------------------------------------------------------ 10. remember
 
-    def remember(self, state: RunState) -> dict[str, Any]:
+    def remember(self, state: RunState) -> RunState:
         s = self.s
         iteration, outcome = state["iteration"], state["outcome"]
         coder = state.get("coder") or {}
@@ -368,67 +325,51 @@ class Nodes:
                 reason=outcome["reason"][:2000], score_before=baseline["mean"], score_after=candidate.get("mean"),
                 policy_sha256_before=baseline["sha256"], policy_sha256_after=candidate.get("sha256", "")))
         llm_failed = bool(coder.get("llm_failed") or (state.get("verdict") or {}).get("llm_failed"))
-        entry = {"iteration": iteration, "accepted": outcome["accepted"], "reason": _oneline(outcome["reason"], 300),
-                 "edit": _oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],
+        entry = {"iteration": iteration, "accepted": outcome["accepted"], "reason": oneline(outcome["reason"], 300),
+                 "edit": oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],
                  "mean_candidate": candidate.get("mean"), "mean_after": state["incumbent"]["mean"],
                  "commit": outcome["commit"]}
-        records = s.ledger.read()[0]
-        spent = self._spent(records)
-        if not self._recorded("iteration", records, iteration=iteration):
-            s.ledger.append({"event": "iteration", "time": _now(), "run_id": s.run_id, **entry,
-                             "tests_added": self._kept_tests(state) if outcome["accepted"] else [],
-                             "verdict": state.get("verdict"), "policy_sha256": state["incumbent"]["sha256"],
-                             "spent": spent, **self._what_was_tried(state)})
+        records = events(s)
+        spent = spent_by(s, records)
+        if not recorded(s, IterationDone, records, iteration=iteration):
+            s.ledger.append(IterationDone(
+                run_id=s.run_id, **entry, tests_added=kept_tests(state) if outcome["accepted"] else [],
+                verdict=state.get("verdict"), policy_sha256=state["incumbent"]["sha256"], spent=spent,
+                **what_was_tried(state)))
         s.event("verdict", **entry, spent=spent)
         return {"history": [*state.get("history", []), entry], "spent": spent,
                 "llm_failures": state.get("llm_failures", 0) + 1 if llm_failed else 0}
 
-    @staticmethod
-    def _what_was_tried(state: RunState) -> dict[str, Any]:
-        """The iteration's analyses, edit and tests as the ledger keeps them, so a report can show a rejected edit too."""
-        candidate = state.get("candidate") or {}
-        edit = (state.get("coder") or {}).get("edit") or {}
-        return {"baseline_sha256": state["baseline"]["sha256"], "rationale": edit.get("rationale"),
-                "candidate_sha256": ((state.get("verification") or {}).get("candidate") or {}).get("sha256"),
-                "analyses": {role: _oneline(report.get("summary", ""), 600)
-                             for role, report in (state.get("analyses") or {}).items()},
-                "diff": candidate.get("diff", "")[:MAX_RECORDED_CHARS],
-                "tests_written": {name: source[:MAX_RECORDED_CHARS] for name, source in (state.get("tests") or {}).items()},
-                "check_error": state.get("check_error")}
-
     def _remember_failures(self, state: RunState) -> list[str]:
         s = self.s
-        log = (state.get("analyses") or {}).get("log_parser") or {}
-        findings = log.get("findings", [])[:3]
+        analyses = state.get("analyses") or {}
+        findings: list[FailureFinding] = gather(analyses, "failures")[:3]
         if s.memory is None or not findings:
             return []
-        visual = {(f["seed"], f["step"]): f["what_went_wrong"]
-                  for f in ((state["analyses"].get("video_analyst") or {}).get("findings") or [])}
+        sightings: list[Sighting] = gather(analyses, "sightings")
+        seen = {(v.seed, v.step): v.what_went_wrong for v in sightings}
         ids = []
         for f in findings:
-            text = f["description"] + (f" (mode {f['active_mode']})" if f.get("active_mode") else "")
-            if (f["seed"], f["step"]) in visual:
-                text += f"; seen: {visual[(f['seed'], f['step'])]}"
+            text = f.description + (f" (mode {f.active_mode})" if f.active_mode else "")
+            if (f.seed, f.step) in seen:
+                text += f"; seen: {seen[(f.seed, f.step)]}"
             ids.append(s.memory.add_failure(FailureRecord(
                 run_id=s.run_id, description=f"{s.spec.id}: {text}", task=s.spec.id, family=s.spec.family,
-                protocol=s.protocol, iteration=state["iteration"], seed=f["seed"], step=f["step"], kind=f["kind"],
+                protocol=s.protocol, iteration=state["iteration"], seed=f.seed, step=f.step, kind=f.kind,
                 policy_sha256=state["baseline"]["sha256"])))
         return ids
 
     # ------------------------------------------------------------------ the end
 
-    def pause(self, state: RunState) -> dict[str, Any]:
+    def pause(self, state: RunState) -> RunState:
         reason = (f"paused after {state.get('llm_failures', 0)} iterations in a row failed on the model; "
                   f"check the server, then `heurist resume {self.s.run_dir}`")
-        if not self._recorded("run_paused", iteration=state["iteration"]):
-            self.s.ledger.append({"event": "run_paused", "time": _now(), "run_id": self.s.run_id,
-                                  "iteration": state["iteration"], "reason": reason})
+        if not recorded(self.s, RunPaused, iteration=state["iteration"]):
+            self.s.ledger.append(RunPaused(run_id=self.s.run_id, iteration=state["iteration"], reason=reason))
         return {"status": "paused", "stop_reason": reason}
 
-    def finish(self, state: RunState) -> dict[str, Any]:
+    def finish(self, state: RunState) -> RunState:
         """Freeze the best policy, evaluate it once on the holdout seeds, and write the summary."""
-        from graph.summary import write_summary
-        from graph.topology import stop_reason
 
         s = self.s
         reason = stop_reason(state, s.config, s.spec) or "stopped"
@@ -445,13 +386,13 @@ class Nodes:
                 result = s.evaluate_cached(best, "holdout", list(s.spec.seeds.seeds("holdout")))
                 holdout = result.summary()
                 atomic_write(holdout_file, json.dumps(holdout, indent=2))
-        records = s.ledger.read()[0]
-        spent = self._spent(records)  # the holdout's env steps included
+        records = events(s)
+        spent = spent_by(s, records)  # the holdout's env steps included
         final = {**state, "stop_reason": reason, "status": "finished", "spent": spent}
-        write_summary(s, final, holdout)
-        if not self._recorded("run_finished", records):
-            s.ledger.append({"event": "run_finished", "time": _now(), "run_id": s.run_id, "reason": reason,
-                             "best_mean": state["incumbent"]["mean"], "holdout": holdout, "spent": spent})
+        write_summary(s.run_dir, s.run_id, s.spec, s.protocol, s.llm is None, s.dev_seeds(), final, holdout)
+        if not recorded(s, RunFinished, records):
+            s.ledger.append(RunFinished(run_id=s.run_id, reason=reason, best_mean=state["incumbent"]["mean"],
+                                        holdout=holdout, spent=spent))
         return {"status": "finished", "stop_reason": reason, "spent": spent}
 
     # ------------------------------------------------------------------ helpers
@@ -470,18 +411,5 @@ class Nodes:
                                f"commit it")
         atomic_write(s.workspace.policy, data.decode())
         tests = state.get("tests") or {}
-        for name in self._kept_tests(state):
+        for name in kept_tests(state):
             atomic_write(s.workspace.root / name, tests[name])
-
-    def _recorded(self, event: str, records: list[dict] | None = None, **match: Any) -> bool:
-        """Whether this run's ledger already holds the record (a node run again must not add it twice)."""
-        records = self.s.ledger.read()[0] if records is None else records
-        return any(r.get("event") == event and r.get("run_id") == self.s.run_id
-                   and all(r.get(k) == v for k, v in match.items()) for r in records)
-
-    def _spent(self, records: list[dict]) -> dict[str, float]:
-        s = self.s
-        env_steps = sum(int(r.get("env_steps") or 0) for r in records if r.get("event") in ("eval_finished", "tests_run"))
-        elapsed = s.elapsed_before + (time.monotonic() - s.session_started)
-        return {"env_steps": env_steps, "tokens": s.usage.tokens, "usd": round(s.usage.usd, 6),
-                "llm_calls": s.usage.calls, "elapsed_s": round(elapsed, 1)}

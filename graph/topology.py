@@ -1,108 +1,95 @@
-"""Every edge of the graph, in one file, and the pure functions that route between nodes.
+"""Every edge of the graph, in one file, and the routers that choose between nodes.
 
 One iteration: evaluate -> analyse (each analyse role in parallel) -> recall -> code ->
 check (back to code with the error, a bounded number of times) -> write_tests -> verify ->
 review -> commit or roll_back -> remember -> evaluate again, or finish (freeze, holdout,
 summary), or pause (too many model failures in a row; `heurist resume` continues).
-Routing reads only the state and the config, never the outside world, so a resumed run
-takes the same turns.
+
+Routers are module-level functions of the state and the run's context (LangGraph's
+``Runtime``: the config and task, never the outside world), so a resumed run takes the same
+turns; each returns a ``Literal`` of the nodes it may choose, which is also how LangGraph
+draws the edges.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
-from envs.tasks import TaskSpec
-from graph.config import RunConfig
+from graph.budget import stop_reason
+from graph.context import Services
 from graph.nodes import Nodes
 from graph.state import RunState
 
 
-def stop_reason(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:
-    """Why the run must stop now, or None. Each budget is a hard stop, checked at every iteration's end."""
-    budget, spent = config.budget, state.get("spent") or {}
-    iteration = state.get("iteration", 0)
-    mean = (state.get("incumbent") or {}).get("mean")
-    if budget.stop_when != "never" and mean is not None:
-        if spec.max_return is not None and mean >= spec.max_return:
-            return f"maximum return reached: dev mean {mean:g} = {spec.max_return:g}, nothing left to gain"
-        if budget.stop_when == "target" and spec.target is not None and mean >= spec.target:
-            return f"target reached: dev mean {mean:g} >= {spec.target:g}"
-    if budget.iterations is not None and iteration >= budget.iterations:
-        return f"iteration budget spent ({iteration} of {budget.iterations})"
-    if budget.hours is not None and spent.get("elapsed_s", 0) >= budget.hours * 3600:
-        return f"wall-time budget spent ({spent['elapsed_s'] / 3600:.2f} of {budget.hours:g} h)"
-    if budget.env_steps is not None and spent.get("env_steps", 0) >= budget.env_steps:
-        return f"env-step budget spent ({spent['env_steps']:,} of {budget.env_steps:,})"
-    if budget.tokens is not None and spent.get("tokens", 0) >= budget.tokens:
-        return f"token budget spent ({spent['tokens']:,} of {budget.tokens:,})"
-    if budget.usd is not None and spent.get("usd", 0) >= budget.usd:
-        return f"USD budget spent (${spent['usd']:.2f} of ${budget.usd:.2f})"
-    if budget.patience is not None and state.get("since_improvement", 0) >= budget.patience:
-        return f"patience spent: {state['since_improvement']} iterations without an accepted edit"
-    return None
+def after_begin(state: RunState, runtime: Runtime[Services]) -> Literal["evaluate", "finish"]:
+    s = runtime.context
+    return "finish" if stop_reason(state, s.config, s.spec) else "evaluate"
 
 
-def build(nodes: Nodes, config: RunConfig, spec: TaskSpec, checkpointer: Any = None):
-    """The compiled graph for one run's roles and config."""
-    analysts = nodes.s.roles["analyse"]
+def after_code(state: RunState) -> Literal["check", "roll_back"]:
+    return "check" if (state.get("coder") or {}).get("edit") else "roll_back"
 
-    def after_begin(state: RunState) -> str:
-        return "finish" if stop_reason(state, config, spec) else "evaluate"
 
-    def after_code(state: RunState) -> str:
-        return "check" if (state.get("coder") or {}).get("edit") else "roll_back"
+def after_check(state: RunState, runtime: Runtime[Services]) -> Literal["write_tests", "code", "roll_back"]:
+    if state.get("candidate"):
+        return "write_tests"
+    return "code" if state.get("attempts", 0) <= runtime.context.config.check_retries else "roll_back"
 
-    def after_check(state: RunState) -> str:
-        if state.get("candidate"):
-            return "write_tests"
-        return "code" if state.get("attempts", 0) <= config.check_retries else "roll_back"
 
-    def after_review(state: RunState) -> str:
-        return "commit" if state["verdict"]["accept"] else "roll_back"
+def after_review(state: RunState) -> Literal["commit", "roll_back"]:
+    return "commit" if state["verdict"]["accept"] else "roll_back"
 
-    def after_remember(state: RunState) -> str:
-        if state.get("llm_failures", 0) >= config.llm.max_consecutive_failures:
-            return "pause"
-        return "finish" if stop_reason(state, config, spec) else "evaluate"
 
-    def announced(name: str, node: Callable[[RunState], dict[str, Any]]) -> Callable[[RunState], dict[str, Any]]:
-        """The node, telling the live view it started (LangGraph's stream reports a node only when it ends)."""
-        def run(state: RunState) -> dict[str, Any]:
-            nodes.s.event("stage", node=name, iteration=state.get("iteration", 0))
-            return node(state)
+def after_remember(state: RunState, runtime: Runtime[Services]) -> Literal["evaluate", "finish", "pause"]:
+    s = runtime.context
+    if state.get("llm_failures", 0) >= s.config.llm.max_consecutive_failures:
+        return "pause"
+    return "finish" if stop_reason(state, s.config, s.spec) else "evaluate"
 
-        run.__name__ = name
-        return run
 
-    graph = StateGraph(RunState)
-    graph.add_node("begin", announced("begin", nodes.begin))
-    graph.add_node("evaluate", announced("evaluate", nodes.evaluate))
-    analyse_nodes = []
-    for role in analysts:
-        name = f"analyse_{role.name}"
-        graph.add_node(name, announced(name, nodes.analyse_with(role)))
-        analyse_nodes.append(name)
-    for name in ("recall", "code", "check", "write_tests", "verify", "review", "commit", "roll_back", "remember",
-                 "pause", "finish"):
-        graph.add_node(name, announced(name, getattr(nodes, name)))
+def announced(name: str, node: Callable[[RunState], dict[str, Any]],
+              services: Services) -> Callable[[RunState], dict[str, Any]]:
+    """The node, telling the live view it started (LangGraph's stream reports a node only when it ends)."""
+    def run(state: RunState) -> dict[str, Any]:
+        services.event("stage", node=name, iteration=state.get("iteration", 0))
+        return node(state)
+
+    run.__name__ = name
+    return run
+
+
+STEPS = ("recall", "code", "check", "write_tests", "verify", "review", "commit", "roll_back", "remember", "pause",
+         "finish")
+
+
+def build(nodes: Nodes, checkpointer: Any = None):
+    """The compiled graph for one run's roles; run it with ``context=`` the same run's ``Services``."""
+    graph = StateGraph(RunState, context_schema=Services)
+    graph.add_node("begin", announced("begin", nodes.begin, nodes.s))
+    graph.add_node("evaluate", announced("evaluate", nodes.evaluate, nodes.s))
+    analyse_nodes = [f"analyse_{role.name}" for role in nodes.s.roles["analyse"]]
+    for name, role in zip(analyse_nodes, nodes.s.roles["analyse"]):
+        graph.add_node(name, announced(name, nodes.analyse_with(role), nodes.s))
+    for name in STEPS:
+        graph.add_node(name, announced(name, getattr(nodes, name), nodes.s))
 
     graph.add_edge(START, "begin")
-    graph.add_conditional_edges("begin", after_begin, ["evaluate", "finish"])
+    graph.add_conditional_edges("begin", after_begin)
     for name in analyse_nodes:  # fan out: the analysts run in parallel ...
         graph.add_edge("evaluate", name)
     graph.add_edge(analyse_nodes or "evaluate", "recall")  # ... and recall waits for all of them
     graph.add_edge("recall", "code")
-    graph.add_conditional_edges("code", after_code, ["check", "roll_back"])
-    graph.add_conditional_edges("check", after_check, ["write_tests", "code", "roll_back"])
+    graph.add_conditional_edges("code", after_code)
+    graph.add_conditional_edges("check", after_check)
     graph.add_edge("write_tests", "verify")
     graph.add_edge("verify", "review")
-    graph.add_conditional_edges("review", after_review, ["commit", "roll_back"])
+    graph.add_conditional_edges("review", after_review)
     graph.add_edge("commit", "remember")
     graph.add_edge("roll_back", "remember")
-    graph.add_conditional_edges("remember", after_remember, ["evaluate", "finish", "pause"])
+    graph.add_conditional_edges("remember", after_remember)
     graph.add_edge("pause", END)
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer)

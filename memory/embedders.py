@@ -22,7 +22,7 @@ from typing import Annotated, Literal, Protocol, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from envs.errors import EmbedderError
+from common.errors import EmbedderError
 
 DATA_DIR = Path(__file__).parent / "data"
 MINILM_TOKENIZER = DATA_DIR / "all-MiniLM-L6-v2.tokenizer.json"

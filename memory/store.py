@@ -1,48 +1,60 @@
-"""The memory store: failures, fixes and lessons in one ChromaDB collection, with their links.
+"""The memory store: failures, fixes and lessons in ChromaDB (a collection per record type), with their links.
 
 Local stores are a ``chromadb.PersistentClient`` directory; a URL gives a ``chromadb.HttpClient``
-so that several machines share one memory. Chroma's embedded mode is not safe for two
-processes writing one directory at once (two runs here raced to "table collections already
-exists" and "database is locked"), so every operation on a local store holds an exclusive
-``flock`` on a lock file inside it, plus a thread lock for the graph's parallel nodes.
+so that several machines share one memory (``memory/chroma.py`` opens both). Chroma's embedded
+mode is not safe for two processes writing one directory at once (two runs here raced to "table
+collections already exists" and "database is locked"), so every operation on a local store holds
+an exclusive ``flock`` on a lock file inside it, plus a thread lock for the graph's parallel nodes.
 
 heurist computes the vectors itself (``memory/embedders.py``) and passes them to Chroma, so
 the same code serves an embedded store and a server, and the collection records which
-embedder made its vectors: opening it with another is refused.
+embedder made its vectors: opening it with another is refused. How a query meets a filter
+quickly is ``memory/search.py``'s.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
-import math
 import os
 import threading
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from envs.errors import MemoryStoreError
-from envs.paths import heurist_home
-from envs.safe_text import redact_deep
+from common.errors import MemoryStoreError
+from common.paths import heurist_home
+from common.safe_text import redact_deep
+from memory.chroma import (
+    RECORD_TYPES,
+    check_embedder,
+    collection_name,
+    create_collection,
+    find_collections,
+    http_client,
+    persistent_client,
+    prepare_directory,
+)
 from memory.embedders import EMBEDDER_ADAPTER, Embedder, EmbedderConfig, MiniLMOnnxConfig, build_embedder
-from memory.records import (RECORD_ADAPTER, FailureHit, FailureRecord, FixHit, FixRecord, LessonHit, LessonRecord,
-                            Recall, Record, RecordType, fix_rank_key)
+from memory.records import (
+    RECORD_ADAPTER,
+    FailureHit,
+    FailureRecord,
+    FixHit,
+    FixRecord,
+    LessonHit,
+    LessonRecord,
+    Recall,
+    Record,
+    RecordType,
+    fix_rank_key,
+)
+from memory.search import all_of, nearest
 
-FORMAT_VERSION = 1
-MARKER = "heurist-memory.json"
 LOCK_FILE = ".heurist-memory.lock"
 PAGE = 1000
-RECORD_TYPES: tuple[RecordType, ...] = ("failure", "fix", "lesson")
-# Unfiltered neighbours fetched per wanted result before a filter is applied, and the most
-# fetched before Chroma's own (costlier for broad filters) filtering is used instead.
-OVERFETCH = 10
-MAX_OVERFETCH = 400
 
 
 def default_memory_path() -> Path:
@@ -72,13 +84,6 @@ class MemoryStats(BaseModel):
     disk_bytes: int | None
 
 
-def _and(conditions: list[dict]) -> dict | None:
-    """Chroma wants a bare condition for one, ``$and`` for two or more, and nothing for none."""
-    if not conditions:
-        return None
-    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
-
-
 def _metadata(record: Record) -> dict:
     meta: dict = {"type": record.type, "run_id": record.run_id, "task": record.task, "family": record.family,
                   "created_at": record.created_at, "record": record.model_dump_json()}
@@ -90,12 +95,6 @@ def _metadata(record: Record) -> dict:
         if record.failure_ids:  # Chroma refuses empty lists
             meta["failure_ids"] = list(record.failure_ids)
     return meta
-
-
-def _meets(metadata: dict, condition: dict) -> bool:
-    """Whether metadata meets one equality condition of the kind ``recall`` builds ({key: value})."""
-    [(key, value)] = condition.items()
-    return metadata.get(key) == value
 
 
 def _record(metadata: dict) -> Record:
@@ -111,16 +110,16 @@ class MemoryStore:
         self._lock_file = None
         if self.config.url:
             self.location = self.config.url
-            self._client = self._http_client(self.config.url)
+            self._client = http_client(self.config.url)
         else:
             self.path = (self.config.path or default_memory_path()).expanduser().resolve()
             self.location = str(self.path)
-            self._prepare_directory()
+            prepare_directory(self.path)
             self._lock_file = open(self.path / LOCK_FILE, "a")
             with self._locked():
-                self._client = self._persistent_client()
+                self._client = persistent_client(self.path)
         with self._locked():
-            existing = self._find_collections()
+            existing = find_collections(self._client, self.config.collection, self.location)
         if embedder is None:
             # No embedder named: the one the store was made with, so `heurist memory search`
             # works on any store; a new store gets the offline default.
@@ -134,100 +133,16 @@ class MemoryStore:
         self.embedder = embedder
         with self._locked():
             # Another process may have made some since we looked: look again under the lock.
-            existing = self._find_collections()
+            existing = find_collections(self._client, self.config.collection, self.location)
             self._collections = {t: existing.get(t) or self._create_collection(t) for t in RECORD_TYPES}
         for collection in self._collections.values():
-            self._check_embedder(collection)
+            check_embedder(collection, self.embedder.identity, self.location)
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _prepare_directory(self) -> None:
-        path = self.path
-        if path.exists() and not path.is_dir():
-            raise MemoryStoreError(f"memory path {path} is a file, not a directory; choose another with --memory")
-        marker = path / MARKER
-        if path.is_dir() and any(path.iterdir()) and not marker.exists():
-            raise MemoryStoreError(f"{path} is not a heurist memory store (no {MARKER}); choose an empty or new "
-                                   "directory with --memory")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            if not marker.exists():
-                tmp = path / f".{MARKER}.{os.getpid()}.tmp"
-                tmp.write_text(json.dumps({"format": FORMAT_VERSION, "created_at": time.time()}) + "\n")
-                os.replace(tmp, marker)
-        except OSError as exc:
-            raise MemoryStoreError(f"cannot create memory store at {path}: {exc.strerror}; choose a writable "
-                                   "directory with --memory") from None
-        try:
-            version = json.loads(marker.read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
-            raise MemoryStoreError(f"{marker} is unreadable; restore it or start a new store with --memory") from None
-        if version != FORMAT_VERSION:
-            raise MemoryStoreError(f"{path} holds memory format {version}; this heurist reads format "
-                                   f"{FORMAT_VERSION}: export it with the heurist that wrote it, then import")
-
-    def _settings(self):
-        import chromadb
-
-        # Telemetry would try the network on every call; heurist runs offline.
-        return chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
-
-    def _persistent_client(self):
-        import chromadb
-
-        try:
-            return chromadb.PersistentClient(path=str(self.path), settings=self._settings())
-        except Exception as exc:  # chromadb raises its own untyped errors for a damaged sqlite file
-            raise MemoryStoreError(f"memory store at {self.path} is unreadable ({type(exc).__name__}: {exc}); move it "
-                                   "aside and start a new one, or import a `heurist memory export` file") from None
-
-    def _http_client(self, url: str):
-        import chromadb
-
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise MemoryStoreError(f"memory URL {url!r} is not http(s)://host[:port]; e.g. http://127.0.0.1:8000")
-        try:
-            return chromadb.HttpClient(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                                       ssl=parsed.scheme == "https", settings=self._settings())
-        except Exception as exc:  # connection errors come from httpx inside chromadb
-            raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc}); start "
-                                   "it (`chroma run --path DIR`) or drop --memory-url") from None
-
-    def _collection_name(self, record_type: str) -> str:
-        return f"{self.config.collection}.{record_type}s"
-
-    def _find_collections(self) -> dict:
-        try:
-            names = {c.name for c in self._client.list_collections()}
-            return {t: self._client.get_collection(self._collection_name(t), embedding_function=None)
-                    for t in RECORD_TYPES if self._collection_name(t) in names}
-        except Exception as exc:  # chromadb's own errors for a damaged store or a failing server
-            raise MemoryStoreError(f"cannot open memory collections {self.config.collection!r}.* at {self.location} "
-                                   f"({type(exc).__name__}: {exc})") from None
-
-    def _create_collection(self, record_type: str):
-        metadata = {"hnsw:space": "cosine", "heurist:embedder": self.embedder.identity,
-                    "heurist:format": FORMAT_VERSION, "heurist:created_at": time.time()}
-        if self._embedder_config is not None:
-            metadata["heurist:embedder_config"] = self._embedder_config.model_dump_json()
-        name = self._collection_name(record_type)
-        try:
-            return self._client.create_collection(name, embedding_function=None, metadata=metadata)
-        except Exception as exc:
-            raise MemoryStoreError(f"cannot create memory collection {name!r} at {self.location} "
-                                   f"({type(exc).__name__}: {exc})") from None
-
-    def _check_embedder(self, collection) -> None:
-        name, identity = collection.name, self.embedder.identity
-        stored = (collection.metadata or {}).get("heurist:embedder")
-        if stored is None:
-            raise MemoryStoreError(f"collection {name!r} at {self.location} was not made by heurist; use another "
-                                   "--memory location or collection name")
-        if stored != identity:
-            raise MemoryStoreError(f"memory at {self.location} was embedded with {stored!r}, not {identity!r}; vectors "
-                                   "of two embedders cannot be mixed: use the same embedder, a new --memory location, "
-                                   "or `heurist memory export` and import into a store made with the new embedder")
+    def _create_collection(self, record_type: RecordType):
+        return create_collection(self._client, collection_name(self.config.collection, record_type), self.embedder,
+                                 self._embedder_config, self.location)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -257,7 +172,7 @@ class MemoryStore:
     def add(self, records: Iterable[Record]) -> list[str]:
         """Write records (upsert by id: adding one twice keeps one). Returns their ids.
 
-        Their text is redacted first (``envs.safe_text``): memory is shared between runs and read
+        Their text is redacted first (``common.safe_text``): memory is shared between runs and read
         into prompts, so a secret that slipped into a failure's description must not be kept."""
         records = [type(r).model_validate(redact_deep(r.model_dump())).with_id() for r in records]
         if not records:
@@ -358,7 +273,7 @@ class MemoryStore:
         if outcome:
             conditions.append({"outcome": outcome})
         with self._locked():
-            found = self._collections["fix"].get(where=_and(conditions), include=["metadatas"])
+            found = self._collections["fix"].get(where=all_of(conditions), include=["metadatas"])
         for meta in found["metadatas"]:
             fix = _record(meta)
             for failure_id in fix.failure_ids:
@@ -369,40 +284,12 @@ class MemoryStore:
         return result
 
     def _query(self, vector, record_type: RecordType, conditions: list[dict], k: int) -> list[tuple[Record, float]]:
-        """The k nearest records of one type that meet the conditions.
-
-        Measured here (benchmarks/memory_speed.py): Chroma filters a query by first
-        collecting every record that meets the filter, about 10 ms plus 25 µs per such
-        record (330 ms when all of 100,000 meet it), while an unfiltered query costs about
-        40 µs per neighbour returned. So the filter is first tried on the 50 nearest; from
-        how many of those meet it, the share of the store that does is estimated, and the
-        cheaper of a larger unfiltered fetch and Chroma's own filtering is used.
-        """
+        """The k nearest records of one type that meet the conditions (``memory.search.nearest``)."""
         collection = self._collections[record_type]
-        include = ["metadatas", "distances"]
-
-        def nearest(n: int, where: dict | None = None) -> tuple[list[tuple[dict, float]], bool]:
-            found = collection.query(query_embeddings=[vector], n_results=n, where=where, include=include)
-            rows = list(zip(found["metadatas"][0], found["distances"][0]))
-            return rows, len(rows) < n  # (rows, whether the collection ran out)
-
         with self._locked():
-            if not conditions:
-                rows, _ = nearest(k)
-            else:
-                first = max(OVERFETCH * k, 50)
-                rows, exhausted = nearest(first)
-                rows = [r for r in rows if all(_meets(r[0], c) for c in conditions)]
-                if len(rows) < k and not exhausted:
-                    share = max(len(rows), 0.5) / first
-                    wider = math.ceil(2 * k / share)
-                    if wider <= MAX_OVERFETCH:
-                        rows, exhausted = nearest(wider)
-                        rows = [r for r in rows if all(_meets(r[0], c) for c in conditions)]
-                    if len(rows) < k and not exhausted:
-                        rows, _ = nearest(k, _and(conditions))
+            rows = nearest(collection, vector, conditions, k)
         # Cosine distance in [0, 2]; similarity = 1 - distance.
-        return [(_record(m), 1.0 - d) for m, d in rows[:k]]
+        return [(_record(m), 1.0 - d) for m, d in rows]
 
     def recall(self, text: str, *, k: int = 5, task: str | None = None, family: str | None = None,
                kind: str | None = None, outcome: str | None = None, run_id: str | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envs.errors import PolicyError
+from common.errors import PolicyError
 from envs.tasks import TaskSpec
 
 POLICY_DIR = Path(__file__).resolve().parent

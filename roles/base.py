@@ -1,78 +1,71 @@
-"""What every role is: a name, a stage, typed input and output, a prompt template, and ``run``.
+"""What every role is: a name, a stage, the facts it reads and produces, typed input and output, and ``run``.
 
-The graph builds a ``RoleContext`` and hands it to the role: the LLM client (None when the
-run is offline), the memory store, the role's transcript and the run's paths. No role
-builds its own client or store, which is what lets a test swap the model for a scripted
-server and ``heurist replay`` swap it for recorded replies.
+The loop builds a ``RoleContext`` and hands it to the role: the model client (None when the
+run is offline), the memory store, the role's transcript, the run's config and the way to
+score policy sources on chosen dev seeds. No role builds its own client or store, which is
+what lets a test swap the model for a scripted server and ``heurist replay`` swap it for
+recorded replies. What each stage gives and takes is ``roles.stages``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from envs.tasks import TaskSpec
+from roles.stages import Fact, Scorer, Stage
+from store.config import RunConfig
+from store.transcripts import Decision, RoleTranscript
 
-Stage = Literal["analyse", "code", "test", "review"]
+if TYPE_CHECKING:  # typing only: the store and the client load where a run executes
+    from memory.store import MemoryStore
+    from roles.llm import LLMClient, ReplayClient
+
 PROMPTS = Path(__file__).parent / "prompts"
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
 
 
-class RoleModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AnalyseInput(RoleModel):
-    """What every role of the analyse stage gets: the incumbent's evaluation on the dev seeds."""
-
-    task: str
-    task_description: str
-    policy_source: str
-    eval_result: dict[str, Any] = Field(..., description="An EvalResult as JSON (envs/evaluator.py), clips included.")
-
-
-class AnalyseOutput(RoleModel):
-    """What the coder reads from an analyse role: a summary line plus the role's own structured findings."""
-
-    summary: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-@dataclass
+@dataclass(frozen=True)
 class RoleContext:
+    """What a role may use for one iteration; everything else it needs is in its input."""
+
     task: TaskSpec
-    run_dir: Path
-    workspace: Path
     iteration: int
-    llm: Any | None  # graph.llm.LLMClient or ReplayClient; None offline
-    memory: Any | None  # memory.MemoryStore
-    transcript: Any  # graph.transcripts.RoleTranscript
-    config: Any  # graph.config.RunConfig
-    seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    config: RunConfig
+    transcript: RoleTranscript  # transcripts/<iteration>/<role>.jsonl: every model call and decision
+    llm: LLMClient | ReplayClient | None  # None offline
+    memory: MemoryStore | None
+    score: Scorer  # scores policy sources on dev seeds through the sandboxed evaluator (env steps counted)
+    search_key: str  # seeds offline search; a replay uses the recorded run's, to reach its decisions
 
     @property
     def offline(self) -> bool:
         return self.llm is None
 
-    def decide(self, summary: str, **details: Any) -> None:
+    def decide(self, summary: str, **details: object) -> None:
         """Record an offline decision (what was decided and from what) in the transcript."""
-        self.transcript.write("decision", summary=summary, **details)
+        self.transcript.write(Decision, summary=summary, details=details)
 
 
 class Role(ABC, Generic[In, Out]):
-    """Subclass with ``name``, ``stage``, ``Input``, ``Output`` and ``run``; put the prompt in roles/prompts/<name>.md."""
+    """Subclass with ``name``, ``stage``, ``Input``, ``Output`` and ``run``; put the prompt in roles/prompts/<name>.md.
+
+    ``Input`` and ``Output`` are the stage's models (``roles.stages.STAGE_IO``) or subclasses of
+    them. ``produces`` names the facts an analyse role fills in; ``reads`` the facts a role of a
+    later stage needs (``roles.stages.FACTS``)."""
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
+    reads: ClassVar[frozenset[Fact]] = frozenset()
+    produces: ClassVar[frozenset[Fact]] = frozenset()
     prompt_file: ClassVar[str | None] = None
 
     def prompt(self) -> str:

@@ -19,35 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from typing import Any, Callable
 
 import numpy as np
-from pydantic import Field
 
-from policies.contract import read_tunables
-from roles.base import Role, RoleContext, RoleModel
+from envs.contract import read_tunables
+from roles.base import Role, RoleContext
 from roles.edits import Edit, apply_edit
-
-# scorer(sources, seeds) -> one {seed: return or None} per source, through the sandboxed evaluator.
-Scorer = Callable[[list[str], list[int]], list[dict[int, float | None]]]
-
-
-class CoderInput(RoleModel):
-    task: str
-    task_description: str
-    policy_source: str
-    incumbent: dict[int, float | None] = Field(..., description="Dev seed -> the incumbent's return (None: failed).")
-    analyses: dict[str, Any] = Field(default_factory=dict, description="Each analyse role's report, by role name.")
-    recall: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list)
-    check_error: str | None = Field(None, description="Why the previous attempt this iteration failed the check.")
-    previous_edit: Edit | None = None
-
-
-class CoderOutput(RoleModel):
-    edit: Edit | None
-    reason: str = Field(..., description="Why this edit, or why none.")
-    search: dict[str, Any] = Field(default_factory=dict, description="Offline search evidence (seeds, scores).")
+from roles.stages import CoderInput, CoderOutput, Scorer
 
 
 def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) -> list[int]:
@@ -116,7 +94,7 @@ class Coder(Role[CoderInput, CoderOutput]):
                                                 "nothing to search; run with a model to edit its code")
             ctx.decide(out.reason)
             return out
-        scorer: Scorer = ctx.extras["score_policies"]
+        scorer: Scorer = ctx.score
         settings = ctx.config.search
         seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
         completed = [r for r in data.incumbent.values() if r is not None]
@@ -128,7 +106,7 @@ class Coder(Role[CoderInput, CoderOutput]):
         span = np.array([t.high - t.low for t in tunables], dtype=float)
         span[span == 0] = 1.0
         x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
-        key = settings.seed if settings.seed is not None else ctx.extras.get("run_id", "")
+        key = settings.seed if settings.seed is not None else ctx.search_key
         seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
         es = cma.CMAEvolutionStrategy(x0.tolist(), settings.sigma, {
             "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import PolicyError
-from policies.contract import read_tunables, rewrite_tunables
+from common.errors import PolicyError
+from envs.contract import read_tunables, rewrite_tunables
 
 
 class EditError(PolicyError):

@@ -13,18 +13,17 @@ from typing import Any
 
 from pydantic import Field
 
-from roles.base import AnalyseInput, Role, RoleContext, RoleModel
+from envs.results import EvalResult, TraceWindow
+from roles.base import Role, RoleContext
+from roles.stages import AnalyseInput, AnalyseOutput, FailureFinding
 
 
-class SeedFinding(RoleModel):
-    seed: int
+class SeedFinding(FailureFinding):
+    """A failing seed's first failure, with what the policy saw, did and reported at that step."""
+
     status: str
     return_: float | None = Field(None, alias="return")
     length: int
-    kind: str
-    step: int
-    description: str
-    active_mode: str | None = None
     diagnostics: Any = None
     observation: Any = None
     action: Any = None
@@ -32,53 +31,52 @@ class SeedFinding(RoleModel):
     model_config = {"extra": "forbid", "populate_by_name": True}
 
 
-class FailureReport(RoleModel):
+class FailureReport(AnalyseOutput):
+    """The log parser's report: the ``failures`` and ``seeds_by_kind`` facts, counted from the evaluation."""
+
     task: str
     episodes: int
     kind_counts: dict[str, int]
     seeds_by_kind: dict[str, list[int]]
     mode_share: dict[str, float] = Field(default_factory=dict, description="Share of steps spent in each mode.")
-    findings: list[SeedFinding] = Field(default_factory=list, description="Worst seeds first.")
-    summary: str
+    failures: list[SeedFinding] = Field(default_factory=list, description="Worst seeds first.")
 
 
-def _step_at(windows: list[dict], step: int) -> dict | None:
+def _step_at(windows: list[TraceWindow], step: int) -> dict | None:
     """The traced step closest to (at or before) ``step``."""
     best = None
     for window in windows:
-        for record in window.get("steps", []):
+        for record in window.steps:
             if record["t"] <= step and (best is None or record["t"] > best["t"]):
                 best = record
     return best
 
 
-def parse_failures(eval_result: dict[str, Any], max_findings: int = 8) -> FailureReport:
-    episodes = eval_result["episodes"]
+def parse_failures(evaluation: EvalResult, max_findings: int = 8) -> FailureReport:
+    episodes = evaluation.episodes
     kinds: Counter = Counter()
     seeds_by_kind: dict[str, list[int]] = {}
     modes: Counter = Counter()
     findings: list[SeedFinding] = []
     for episode in episodes:
-        trace = episode.get("trace") or {}
-        modes.update({str(k): v for k, v in (trace.get("mode_counts") or {}).items()})
-        events = list(episode.get("events") or [])
-        if episode["status"] != "ok":
-            events.insert(0, {"step": episode.get("length", 0), "kind": episode["status"],
-                              "description": episode.get("error") or episode["status"]})
-        for event in events:
-            kinds[event["kind"]] += 1
-            seeds_by_kind.setdefault(event["kind"], [])
-            if episode["seed"] not in seeds_by_kind[event["kind"]]:
-                seeds_by_kind[event["kind"]].append(episode["seed"])
+        trace = episode.trace
+        modes.update({str(k): v for k, v in (trace.mode_counts if trace else {}).items()})
+        events = [(e.step, e.kind, e.description) for e in episode.events]
+        if episode.status != "ok":  # a crash, a timeout or an invalid action is a failure too, at the end
+            events.insert(0, (episode.length, episode.status, episode.error or episode.status))
+        for _step, kind, _description in events:
+            kinds[kind] += 1
+            seeds_by_kind.setdefault(kind, [])
+            if episode.seed not in seeds_by_kind[kind]:
+                seeds_by_kind[kind].append(episode.seed)
         if not events:
             continue
-        first = events[0]
-        at = _step_at(trace.get("windows") or [], first["step"]) or {}
+        step, kind, description = events[0]
+        at = _step_at(trace.windows if trace else [], step) or {}
         diag = at.get("diag")
         findings.append(SeedFinding(
-            seed=episode["seed"], status=episode["status"], return_=episode.get("return"),
-            length=episode.get("length", 0), kind=first["kind"], step=first["step"],
-            description=first["description"], diagnostics=diag,
+            seed=episode.seed, status=episode.status, return_=episode.return_, length=episode.length, kind=kind,
+            step=step, description=description, diagnostics=diag,
             active_mode=str(diag.get("mode")) if isinstance(diag, dict) and "mode" in diag else None,
             observation=at.get("obs"), action=at.get("action")))
     findings.sort(key=lambda f: (f.return_ is not None, f.return_ if f.return_ is not None else 0.0, f.step))
@@ -93,8 +91,8 @@ def parse_failures(eval_result: dict[str, Any], max_findings: int = 8) -> Failur
                     + (f" in mode {worst.active_mode!r}" if worst.active_mode else "") + f": {worst.description}.")
     else:
         summary = f"no failure events in {len(episodes)} episodes."
-    return FailureReport(task=eval_result["task"], episodes=len(episodes), kind_counts=dict(kinds),
-                         seeds_by_kind=seeds_by_kind, mode_share=mode_share, findings=findings[:max_findings],
+    return FailureReport(task=evaluation.task, episodes=len(episodes), kind_counts=dict(kinds),
+                         seeds_by_kind=seeds_by_kind, mode_share=mode_share, failures=findings[:max_findings],
                          summary=summary)
 
 
@@ -103,8 +101,9 @@ class LogParser(Role[AnalyseInput, FailureReport]):
     stage = "analyse"
     Input = AnalyseInput
     Output = FailureReport
+    produces = frozenset({"failures", "seeds_by_kind"})
 
     def run(self, data: AnalyseInput, ctx: RoleContext) -> FailureReport:
-        report = parse_failures(data.eval_result)
-        ctx.decide(report.summary, kind_counts=report.kind_counts, seeds=[f.seed for f in report.findings])
+        report = parse_failures(data.evaluation)
+        ctx.decide(report.summary, kind_counts=report.kind_counts, seeds=[f.seed for f in report.failures])
         return report

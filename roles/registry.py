@@ -12,13 +12,15 @@ import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from envs.errors import HeuristError
+from common.errors import HeuristError
 from roles.base import Role
 from roles.coder import Coder
 from roles.log_parser import LogParser
 from roles.reviewer import Reviewer
+from roles.stages import FACTS, STAGE_IO, STAGES, Fact, Stage
 from roles.test_writer import TestWriter
 from roles.video_analyst import VideoAnalyst
+from store.config import StageRoles
 
 GROUP = "heurist.roles"
 BUILT_IN: tuple[type[Role], ...] = (VideoAnalyst, LogParser, Coder, TestWriter, Reviewer)
@@ -36,12 +38,30 @@ class RoleInfo:
     cls: type[Role]
 
 
-def _check(cls: object, where: str) -> type[Role]:
+def check_role(cls: object, where: str) -> type[Role]:
     if not (isinstance(cls, type) and issubclass(cls, Role)):
         raise RoleError(f"{where} is not a heurist Role subclass; subclass roles.base.Role")
     for attribute in ("name", "stage", "Input", "Output"):
         if not hasattr(cls, attribute):
             raise RoleError(f"{where} has no {attribute}; a role needs name, stage, Input, Output and run()")
+    if cls.stage not in STAGES:
+        raise RoleError(f"{where} names stage {cls.stage!r}; a stage is one of {', '.join(STAGES)}")
+    given, taken = STAGE_IO[cls.stage]
+    if cls.Input is not given:
+        raise RoleError(f"{where}: the {cls.stage} stage gives its roles {given.__name__}, so Input must be "
+                        f"{given.__name__}, not {getattr(cls.Input, '__name__', cls.Input)}")
+    if not (isinstance(cls.Output, type) and issubclass(cls.Output, taken)):
+        raise RoleError(f"{where}: the {cls.stage} stage takes {taken.__name__} back, so Output must be "
+                        f"{taken.__name__} or a subclass of it (roles.stages)")
+    for attribute in ("reads", "produces"):
+        unknown = set(getattr(cls, attribute)) - set(FACTS)
+        if unknown:
+            raise RoleError(f"{where} {attribute} {', '.join(sorted(unknown))}, which is not a fact; the facts are "
+                            f"{', '.join(FACTS)} (roles.stages)")
+    if cls.produces and cls.stage != "analyse":
+        raise RoleError(f"{where} produces facts but is a {cls.stage} role; only analyse roles produce facts")
+    if cls.reads and cls.stage == "analyse":
+        raise RoleError(f"{where} reads facts, but analyse roles run side by side and cannot read each other's")
     return cls
 
 
@@ -55,7 +75,7 @@ def _load_path(path: str) -> type[Role]:
         raise RoleError(f"cannot import role module {module_name!r} ({exc}); install it or fix the path") from None
     if not hasattr(module, attribute):
         raise RoleError(f"module {module_name} has no {attribute}; check the module:Class path")
-    return _check(getattr(module, attribute), path)
+    return check_role(getattr(module, attribute), path)
 
 
 def available() -> dict[str, RoleInfo]:
@@ -67,7 +87,7 @@ def available() -> dict[str, RoleInfo]:
         except Exception as exc:  # a third party's import error must not read as heurist's crash
             raise RoleError(f"entry point {ep.name} ({ep.value}) of group {GROUP} failed to load: "
                             f"{type(exc).__name__}: {exc}") from None
-        cls = _check(loaded, f"entry point {ep.name} ({ep.value})")
+        cls = check_role(loaded, f"entry point {ep.name} ({ep.value})")
         if cls.name in roles:
             raise RoleError(f"entry point {ep.value} defines role {cls.name!r}, which "
                             f"{roles[cls.name].source} already defines; rename one")
@@ -77,7 +97,7 @@ def available() -> dict[str, RoleInfo]:
     return roles
 
 
-def resolve(name_or_path: str, stage: str) -> Role:
+def resolve(name_or_path: str, stage: Stage) -> Role:
     """An instance of the role, checked to belong to ``stage``."""
     known = available()
     if name_or_path in known:
@@ -90,3 +110,35 @@ def resolve(name_or_path: str, stage: str) -> Role:
     if cls.stage != stage:
         raise RoleError(f"role {cls.name} belongs to the {cls.stage} stage and cannot be placed in {stage}")
     return cls()
+
+
+def stage_roles(stages: StageRoles) -> dict[Stage, list[Role]]:
+    """The role instances of each stage, as the config places them, checked to fit together."""
+    roles: dict[Stage, list[Role]] = {
+        "analyse": [resolve(name, "analyse") for name in stages.analyse],
+        "code": [resolve(stages.code, "code")], "test": [resolve(stages.test, "test")],
+        "review": [resolve(name, "review") for name in stages.review]}
+    check_stages(roles)
+    return roles
+
+
+# What the loop itself reads, besides the roles: failures go to memory after every iteration.
+LOOP_READS: dict[str, frozenset[Fact]] = {"the memory of failures (written after every iteration)":
+                                          frozenset({"failures"})}
+
+
+def check_stages(roles: dict[Stage, list[Role]]) -> None:
+    """Refuse, in one line, a set of roles in which something reads a fact no analyse role produces."""
+    if not roles["review"]:
+        raise RoleError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
+    names = [role.name for stage in STAGES for role in roles[stage]]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise RoleError(f"role {', '.join(twice)} is placed twice in [stages]; each role runs once an iteration")
+    produced = {fact for role in roles["analyse"] for fact in role.produces}
+    readers = {f"{role.name} (the {stage} stage)": role.reads for stage in STAGES for role in roles[stage]}
+    for reader, reads in {**readers, **LOOP_READS}.items():
+        for fact in sorted(reads - produced):
+            makers = sorted(info.name for info in available().values() if fact in info.cls.produces)
+            raise RoleError(f"{reader} reads the fact {fact!r}, which no role in stages.analyse produces; add "
+                            f"{' or '.join(makers) or 'a role that produces it'} to stages.analyse")

@@ -11,38 +11,10 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
 from scipy import stats
 
-from roles.base import Role, RoleContext, RoleModel
-
-
-class ReviewInput(RoleModel):
-    task: str
-    incumbent: dict[int, float | None] = Field(..., description="Dev seed -> return; None where the episode failed.")
-    candidate: dict[int, float | None]
-    tests_passed: bool
-    tests_report: str = ""
-    diff: str = ""
-    rationale: str = ""
-
-
-class LLMReview(RoleModel):
-    games_the_evaluation: bool = Field(..., description="True if the diff special-cases seeds, reads hidden state "
-                                                        "the task forbids, or disables or weakens tests.")
-    reasons: list[str]
-
-
-class Verdict(RoleModel):
-    accept: bool
-    reasons: list[str]
-    mean_before: float | None = None
-    mean_after: float | None = None
-    mean_delta: float | None = None
-    p_value: float | None = None
-    paired_seeds: int = 0
-    new_failures: list[int] = Field(default_factory=list)
-    llm_review: LLMReview | None = None
+from roles.base import Role, RoleContext
+from roles.stages import LLMReview, ReviewInput, Verdict
 
 
 def _mean(values: list[float]) -> float | None:

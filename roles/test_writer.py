@@ -16,12 +16,8 @@ defines no test is answered with the error and asked again.
 
 from __future__ import annotations
 
-import ast
-
-from pydantic import Field, field_validator
-
-from roles.base import Role, RoleContext, RoleModel
-from roles.edits import Edit
+from roles.base import Role, RoleContext
+from roles.stages import TestFile, TestWriterInput
 
 KIT_API = """heurist_testkit (import it in the test file; the test runs alone, on a copy with no policy file):
 - run_episode(seed: int) -> dict: one episode of the policy under test on a dev seed. Keys: status ("ok",
@@ -30,35 +26,6 @@ KIT_API = """heurist_testkit (import it in the test file; the test runs alone, o
 - first_event(result, kind) -> int | None: the step of the first failure event of that kind.
 - load_policy() -> the policy under test, run elsewhere: reset(seed), then act(obs, info) returns its action
   and sets .diagnostics; to pin what it does on an observation from a trace."""
-
-
-class TestWriterInput(RoleModel):
-    task: str
-    iteration: int
-    edit: Edit
-    candidate_source: str
-    incumbent: dict[int, float | None]
-    failure_summary: str = ""
-    seeds_by_kind: dict[str, list[int]] = Field(default_factory=dict)
-    existing_tests: list[str] = Field(default_factory=list)
-
-
-class TestFile(RoleModel):
-    filename: str = Field("", description="a suggested name; heurist names the file tests/test_iteration_NNNN.py")
-    source: str
-    rationale: str
-    seeds: list[int] = Field(default_factory=list)
-
-    @field_validator("source")
-    @classmethod
-    def _parses(cls, value: str) -> str:
-        try:
-            tree = ast.parse(value)
-        except SyntaxError as exc:
-            raise ValueError(f"the test file does not parse: line {exc.lineno}: {exc.msg}") from None
-        if not any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_") for n in tree.body):
-            raise ValueError("the test file defines no top-level test_ function")
-        return value
 
 
 def template_test(iteration: int, seeds: dict[int, tuple[float | None, float]], kinds: list[str]) -> TestFile:
@@ -92,6 +59,7 @@ class TestWriter(Role[TestWriterInput, TestFile]):
     stage = "test"
     Input = TestWriterInput
     Output = TestFile
+    reads = frozenset({"seeds_by_kind"})
 
     def run(self, data: TestWriterInput, ctx: RoleContext) -> TestFile:
         if not ctx.offline:
@@ -99,7 +67,7 @@ class TestWriter(Role[TestWriterInput, TestFile]):
         seeds = [s for s in data.edit.target_seeds if s in data.incumbent][:3]
         if not seeds:  # no target named: the incumbent's worst seeds
             seeds = sorted(data.incumbent, key=lambda s: (data.incumbent[s] is not None, data.incumbent[s] or 0))[:3]
-        measured = ctx.extras["score_policies"]([data.candidate_source], seeds)[0]
+        measured = ctx.score([data.candidate_source], seeds)[0]
         gains = {s: (data.incumbent[s], measured[s]) for s in seeds
                  if measured[s] is not None and (data.incumbent[s] is None or measured[s] > data.incumbent[s])}
         if not gains:  # the edit fixed none of them: pin that the episodes still complete at their new level

@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from graph.llm import image_part
-from roles.base import AnalyseInput, Role, RoleContext, RoleModel
+from roles.base import Role, RoleContext
+from roles.llm import image_part
+from roles.stages import AnalyseInput, AnalyseOutput, RoleModel, Sighting
 
 MAX_CLIPS = 4
 MIN_AREA_FRACTION = 0.0005  # smaller blobs are noise or score digits flickering
@@ -42,23 +43,17 @@ class ClipMeasure(RoleModel):
     tracks: list[Track]
 
 
-class VisualFinding(RoleModel):
-    seed: int
-    step: int
-    what_went_wrong: str
-    evidence: str = ""
+class VideoReport(AnalyseOutput):
+    """The video analyst's report: the ``sightings`` fact, with the clips' measured tracks."""
 
-
-class VideoReport(RoleModel):
-    summary: str
     clips: list[ClipMeasure] = Field(default_factory=list)
-    findings: list[VisualFinding] = Field(default_factory=list)
+    sightings: list[Sighting] = Field(default_factory=list)
 
 
 class ModelReading(RoleModel):
     """What the vision model is asked to return."""
 
-    findings: list[VisualFinding]
+    findings: list[Sighting]
     summary: str
 
 
@@ -133,22 +128,23 @@ class VideoAnalyst(Role[AnalyseInput, VideoReport]):
     stage = "analyse"
     Input = AnalyseInput
     Output = VideoReport
+    produces = frozenset({"sightings"})
 
     def run(self, data: AnalyseInput, ctx: RoleContext) -> VideoReport:
-        clips = [c for c in data.eval_result.get("clips", []) if Path(c["mp4"]).is_file()][:MAX_CLIPS]
+        clips = [c for c in data.evaluation.clips if Path(c.mp4).is_file()][:MAX_CLIPS]
         if not clips:
             report = VideoReport(summary="no failure clips were recorded for this evaluation")
             ctx.decide(report.summary)
             return report
-        measures = [ClipMeasure(seed=c["seed"], step=c["step"], label=c["label"], mp4=c["mp4"], png=c["png"],
-                                frames=c["frames"], tracks=measure_clip(c["mp4"])) for c in clips]
-        findings = [VisualFinding(seed=m.seed, step=m.step,
+        measures = [ClipMeasure(seed=c.seed, step=c.step, label=c.label, mp4=c.mp4, png=c.png, frames=c.frames,
+                                tracks=measure_clip(c.mp4)) for c in clips]
+        findings = [Sighting(seed=m.seed, step=m.step,
                                   what_went_wrong=m.label.split(": ", 1)[-1],
                                   evidence="; ".join(_describe(t) for t in m.tracks) or "no moving object found")
                     for m in measures]
         summary = (f"measured {len(measures)} clips: " +
                    " | ".join(f"seed {f.seed} step {f.step}: {f.evidence.split(';')[0]}" for f in findings))
-        report = VideoReport(summary=summary, clips=measures, findings=findings)
+        report = VideoReport(summary=summary, clips=measures, sightings=findings)
         ctx.decide("measured failure clips with OpenCV", clips=[m.model_dump(mode="json") for m in measures])
         if ctx.offline:
             return report
@@ -161,4 +157,4 @@ class VideoAnalyst(Role[AnalyseInput, VideoReport]):
                 content.append({**image_part(Path(m.png)), "path": m.png})
         reading = ctx.llm.structured(ctx.transcript, [{"role": "system", "content": self.prompt()},
                                                       {"role": "user", "content": content}], ModelReading)
-        return VideoReport(summary=reading.summary, clips=measures, findings=reading.findings)
+        return VideoReport(summary=reading.summary, clips=measures, sightings=reading.findings)

@@ -11,11 +11,11 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from envs.evaluator import EvalRequest, EvalResult, evaluate  # noqa: E402
-from envs.ledger import Ledger  # noqa: E402
-from envs.sandbox import Limits  # noqa: E402
+from common.ledger import Ledger  # noqa: E402
+from envs.evaluator import EvalRequest, evaluate  # noqa: E402
+from envs.limits import Limits  # noqa: E402
+from envs.results import EvalResult  # noqa: E402
 from envs.tasks import get_task  # noqa: E402
-
 from tests.offline_runs import weak_cartpole  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

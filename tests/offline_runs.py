@@ -7,10 +7,10 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from envs.ledger import Ledger
-from graph.workspace import Workspace
+from common.ledger import Ledger
+from envs.contract import read_tunables
 from policies import POLICY_DIR
-from policies.contract import read_tunables
+from store.workspace import Workspace
 from tests.test_cli import HEURIST
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graph.config import RunConfig
-from graph.run import create_run, execute
+from runner.lifecycle import execute
+from store.config import RunConfig
+from store.rundir import create_run
 from tests.scripted_openai import ScriptedOpenAI
 from tests.test_llm import chat
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from graph.cli import main
+from cli.main import main
 from policies import POLICY_DIR
 
 CARTPOLE = str(POLICY_DIR / "cartpole.py")

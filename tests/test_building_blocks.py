@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from graph.config import ConfigError, build_config, load_config_file, merge
-from graph.workspace import Workspace
 from policies import POLICY_DIR
 from roles.edits import Edit, EditError, SearchReplace, apply_edit, diff_summary, unified_diff
+from store.config import ConfigError, build_config, load_config_file, merge
+from store.workspace import Workspace
 
 CARTPOLE = (POLICY_DIR / "cartpole.py").read_text()
 

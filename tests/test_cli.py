@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from policies import POLICY_DIR
 
 HEURIST = shutil.which("heurist", path=str(Path(sys.executable).parent)) or "heurist"

@@ -19,16 +19,19 @@ from pathlib import Path
 
 import pytest
 
+from common.ledger import Ledger
+from common.paths import heurist_home
+from envs.cgroups import cgroups_available
+from envs.containment import probe_privileges, process_count_bounded
 from envs.evaluator import EvalRequest, evaluate
 from envs.gitsafe import check_repository
-from envs.ledger import Ledger
-from envs.paths import heurist_home
+from envs.isolation import SANDBOX_CODE, filesystem_confined
+from envs.limits import Limits
 from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
-from envs.sandbox import (HEURIST_ROOT, SANDBOX_CODE, Limits, cgroups_available, filesystem_confined,
-                          probe_privileges, process_count_bounded, run_sandboxed)
+from envs.sandbox import HEURIST_ROOT, run_sandboxed
 from envs.tasks import get_task
-from graph.workspace import Workspace
 from policies import starter_policy
+from store.workspace import Workspace
 
 HOSTILE_TESTS = Path(__file__).parent / "hostile_tests"
 HOSTILE = Path(__file__).parent / "hostile"
@@ -227,7 +230,7 @@ def test_a_second_of_work():
 def test_markup_and_escape_sequences_come_back_inert(layout):
     ran = layout.run_test("prints_markup_and_escapes.py")
     assert not ran.passed and "[/bold]" in ran.reason
-    from envs.safe_text import printable
+    from common.safe_text import printable
     assert "\x1b" not in printable(ran.reason) and "\\x1b" in printable(ran.reason + "\x1b")
 
 

@@ -6,9 +6,9 @@ import difflib
 
 import pytest
 
-from envs.errors import PolicyError
+from common.errors import PolicyError
+from envs.contract import check_policy_source, read_tunables, rewrite_tunables
 from policies import POLICY_DIR
-from policies.contract import check_policy_source, read_tunables, rewrite_tunables
 
 STARTERS = sorted(p for p in POLICY_DIR.glob("*.py") if p.name not in ("__init__.py", "contract.py"))
 

@@ -6,8 +6,8 @@ import cv2
 import imageio_ffmpeg
 import pytest
 
-from envs.errors import PolicyError, SplitGuardError
-from envs.sandbox import Limits
+from common.errors import PolicyError, SplitGuardError
+from envs.limits import Limits
 from envs.tasks import get_task
 from policies import RANDOM_POLICY, starter_policy
 

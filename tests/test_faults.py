@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.ledger import Ledger
+from common.ledger import Ledger
 from tests.offline_runs import heurist, lost_or_repeated
 from tests.test_cli import HEURIST
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from envs.ledger import Ledger
-from graph.config import RunConfig
-from graph.run import create_run, decisions, execute
-from graph.transcripts import TranscriptRecorder
-from graph.workspace import Workspace
+from common.ledger import Ledger
+from runner.lifecycle import execute
+from store.config import RunConfig
+from store.rundir import create_run, decisions
+from store.transcripts import TranscriptRecorder
+from store.workspace import Workspace
 from tests.scripted_openai import ScriptedOpenAI
 from tests.scripted_runs import BALANCES, PIN_BALANCE, REACTS_LATE, WEAK, edit, reply, written_test
 from tests.test_cli import HEURIST
@@ -54,16 +55,16 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     assert policy.read_text() == WEAK  # the starting file is never modified
 
     recorder = TranscriptRecorder(run_dir)
-    calls = [e for e in recorder.read() if e["kind"] == "llm_call"]
-    assert any("429" in (e.get("error") or "") or "RateLimit" in (e.get("error") or "") for e in calls)
-    priced = [e for e in calls if e.get("prompt_tokens")]
-    assert priced and all(e["usd"] > 0 and e["latency_s"] >= 0 for e in priced)
-    assert any(e["kind"] == "validation_error" for e in recorder.read(1, "coder"))
-    video_call = next(e for e in calls if e["role"] == "video_analyst" and e.get("response"))
-    images = [p for m in video_call["messages"] if isinstance(m["content"], list)
+    calls = [e for e in recorder.read() if e.kind == "llm_call"]
+    assert any("429" in (e.error or "") or "RateLimit" in (e.error or "") for e in calls)
+    priced = [e for e in calls if e.prompt_tokens]
+    assert priced and all(e.usd > 0 and e.latency_s >= 0 for e in priced)
+    assert any(e.kind == "validation_error" for e in recorder.read(1, "coder"))
+    video_call = next(e for e in calls if e.role == "video_analyst" and e.response)
+    images = [p for m in video_call.messages if isinstance(m["content"], list)
               for p in m["content"] if p.get("type") == "image"]
     assert images and all(Path(p["path"]).is_file() for p in images)  # images by path, never base64
-    assert state["spent"]["tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in priced)
+    assert state["spent"]["tokens"] == sum(e.prompt_tokens + e.completion_tokens for e in priced)
 
     records, bad = Ledger(run_dir / "ledger.jsonl").read()
     assert bad == 0

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from envs.ledger import Ledger
-from envs.sandbox import Limits, run_sandboxed
+from common.ledger import Ledger
+from envs.limits import Limits
+from envs.sandbox import run_sandboxed
 from envs.tasks import get_task
-from graph.config import RunConfig
-from graph.run import mermaid
-from graph.topology import stop_reason
-from graph.transcripts import TranscriptRecorder
-from graph.workspace import Workspace
+from graph.budget import stop_reason
+from runner.lifecycle import mermaid
+from store.config import RunConfig
+from store.transcripts import TranscriptRecorder
+from store.workspace import Workspace
 from tests.offline_runs import heurist, weak_cartpole
 from tests.test_cli import HEURIST
 
@@ -77,13 +78,85 @@ def test_plug_in_role_from_an_entry_point_runs_in_its_stage(home):
                    "--run-dir", tmp / "run")
     assert done.returncode == 0, done.stderr[-3000:]
     decided = TranscriptRecorder(tmp / "run").read(1, "failure_rate")
-    assert decided and "pole_fell" in decided[0]["summary"]
+    assert decided and "pole_fell" in decided[0].summary
     assert not TranscriptRecorder(tmp / "run").read(1, "video_analyst")
 
     (tmp / "bad.toml").write_text('[stages]\nreview = ["failure_rate"]\n')
     wrong = heurist(env, "run", "--env", "CartPole-v1", "--config", tmp / "bad.toml", "--run-dir", tmp / "run2")
     assert wrong.returncode == 2
     assert "belongs to the analyse stage and cannot be placed in review" in wrong.stderr
+
+
+def test_the_log_parser_and_the_test_writer_are_replaced_by_plug_ins(home):
+    """Nodes read facts, never a built-in role: with neither the log parser nor the test writer, the
+    plug-ins' failures reach memory and the plug-in's test is what verify runs."""
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    (tmp / "run.toml").write_text('report = false\n[stages]\nanalyse = ["first_failures"]\n'
+                                  'test = "plugin_roles:CompletesTestWriter"\n[budget]\niterations = 1\n'
+                                  '[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorder = TranscriptRecorder(tmp / "run")
+    assert recorder.read(1, "completes_test_writer") and not recorder.read(1, "test_writer")
+    assert not recorder.read(1, "log_parser")
+    [iteration] = [r for r in Ledger(tmp / "run" / "ledger.jsonl").read()[0] if r["event"] == "iteration"]
+    [(name, source)] = iteration["tests_written"].items()
+    assert "does_better_than_before" in source and name == "tests/test_iteration_0001.py"
+
+    from memory import MemoryConfig, MemoryStore
+
+    store = MemoryStore(MemoryConfig(path=Path(env["HEURIST_HOME"]) / "memory"))
+    try:
+        found = store.recall("the pole fell", k=5, task="CartPole-v1")
+        assert found.failures and all(h.failure.kind == "pole_fell" for h in found.failures)
+    finally:
+        store.close()
+
+
+def test_a_stage_that_reads_a_fact_no_role_produces_is_one_line_at_start(home):
+    tmp, env = home
+    (tmp / "run.toml").write_text('[stages]\nanalyse = ["video_analyst"]\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--config", tmp / "run.toml", "--run-dir", tmp / "run")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: test_writer (the test stage) reads the fact 'seeds_by_kind', which no role in stages.analyse "
+        "produces; add log_parser to stages.analyse"]
+    assert not (tmp / "run").exists()
+
+
+def test_stage_checks_name_what_is_missing_and_refuse_misfits(monkeypatch):
+    from roles.registry import RoleError, check_role, check_stages, resolve
+    from roles.stages import AnalyseInput, AnalyseOutput
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    roles = {"analyse": [resolve("plugin_roles:FailureRate", "analyse")],
+             "code": [resolve("coder", "code")], "test": [resolve("plugin_roles:CompletesTestWriter", "test")],
+             "review": [resolve("reviewer", "review")]}
+    with pytest.raises(RoleError, match="completes_test_writer .the test stage. reads the fact 'seeds_by_kind'"):
+        check_stages(roles)
+    roles["test"][0].reads = frozenset()  # an instance attribute: this test's writer reads nothing
+    with pytest.raises(RoleError, match="the memory of failures .* reads the fact 'failures'.*add "
+                                        "(first_failures or log_parser|log_parser)"):
+        check_stages(roles)
+    roles["analyse"].append(resolve("plugin_roles:FirstFailures", "analyse"))
+    check_stages(roles)
+    roles["review"] = []
+    with pytest.raises(RoleError, match="stages.review is empty"):
+        check_stages(roles)
+
+    failure_rate = type(roles["analyse"][0])
+    wrong_output = type("WrongOutput", (failure_rate,), {"name": "wrong_output", "Output": AnalyseInput})
+    with pytest.raises(RoleError, match="Output must be AnalyseOutput or a subclass"):
+        check_role(wrong_output, "wrong_output")
+    greedy = type("Greedy", (failure_rate,), {"name": "greedy", "reads": frozenset({"failures"}),
+                                              "Output": AnalyseOutput})
+    with pytest.raises(RoleError, match="analyse roles run side by side"):
+        check_role(greedy, "greedy")
+    with pytest.raises(RoleError, match="'sightings', which no role in stages.analyse produces; add video_analyst"):
+        check_stages({**roles, "review": [resolve("reviewer", "review")],
+                      "code": [type("Looks", (type(roles["code"][0]),), {"reads": frozenset({"sightings"})})()]})
 
 
 def test_role_given_as_module_path(monkeypatch):
@@ -158,17 +231,6 @@ def test_unknown_config_key_is_named(home):
     assert done.returncode == 2 and "budget.iteratons: unknown key" in done.stderr
 
 
-def test_readme_run_config_example_is_a_valid_config():
-    import tomllib
-
-    from graph.config import build_config
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = readme.split("### Run config", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
-    config = build_config(tomllib.loads(example), "README")
-    assert config.stages.analyse == ["video_analyst", "log_parser"] and config.budget.usd == 20.0
-
-
 def test_a_damaged_checkpoint_is_one_line_that_says_what_still_works(home):
     tmp, env = home
     (tmp / "run.toml").write_text("[eval]\nepisodes = 4\nholdout = false\nvideo = false\n[search]\npopulation = 2\n"
@@ -186,8 +248,8 @@ def test_a_damaged_checkpoint_is_one_line_that_says_what_still_works(home):
 
 def test_a_run_made_before_tests_ran_on_throwaway_copies_is_not_resumed(home, monkeypatch):
     """Its accepted tests were written for a kit that ran the policy inside the test; one line says what to do."""
-    from graph.config import build_config
-    from graph.run import create_run
+    from store.config import build_config
+    from store.rundir import create_run
 
     tmp, env = home
     monkeypatch.setenv("HEURIST_HOME", env["HEURIST_HOME"])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from envs.sandbox import Limits, _netns_prefix
+from envs.isolation import netns_prefix
+from envs.limits import Limits
 
 HOSTILE = Path(__file__).parent / "hostile"
 FAST = Limits(episode_timeout_s=3, episode_cpu_s=3, memory_mb=1024, fsize_mb=16)
@@ -74,7 +75,7 @@ def test_secrets_are_not_inherited(run_eval, monkeypatch):
     assert result.episodes[0].status == "ok", result.episodes[0].error
 
 
-@pytest.mark.skipif(not _netns_prefix(), reason="this machine cannot create a network namespace (needs root or user namespaces)")
+@pytest.mark.skipif(not netns_prefix(), reason="this machine cannot create a network namespace (needs root or user namespaces)")
 def test_policy_cannot_reach_a_server_on_loopback(run_eval, write_policy):
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

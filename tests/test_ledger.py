@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from envs.ledger import Ledger
+from common.ledger import Ledger
 from tests.test_cli import HEURIST
 
 
@@ -75,7 +75,7 @@ def test_a_torn_last_line_is_skipped_and_never_merged_into_the_next(tmp_path):
 
 WRITER = textwrap.dedent('''
     import sys
-    from envs.ledger import Ledger
+    from common.ledger import Ledger
     ledger = Ledger(sys.argv[1])
     for i in range(300):
         ledger.append({"event": "w", "writer": sys.argv[2], "i": i, "pad": "x" * 5000})

@@ -7,9 +7,9 @@ import json
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from graph.config import LLMConfig, Price
-from graph.llm import LLMClient, LLMError, ReplayClient, Usage
-from graph.transcripts import TranscriptRecorder
+from roles.llm import LLMClient, LLMError, ReplayClient, Usage
+from store.config import LLMConfig, Price
+from store.transcripts import TranscriptRecorder
 from tests.scripted_openai import ScriptedOpenAI
 
 
@@ -50,10 +50,10 @@ def test_structured_reply_is_parsed_costed_and_recorded(tmp_path, server, client
     body = server.requests[0]["body"]
     assert body["model"] == "scripted" and body["response_format"]["json_schema"]["name"] == "Answer"
     assert client.usage.tokens == 120 and client.usage.usd == pytest.approx((100 * 1 + 20 * 2) / 1e6)
-    kinds = [e["kind"] for e in transcript.entries()]
+    kinds = [e.kind for e in transcript.entries()]
     assert kinds == ["llm_call", "parsed"]
     call = transcript.entries()[0]
-    assert call["prompt_tokens"] == 100 and call["latency_s"] > 0 and call["messages"][0]["content"] == "judge"
+    assert call.prompt_tokens == 100 and call.latency_s > 0 and call.messages[0]["content"] == "judge"
     assert transcript.path == tmp_path / "transcripts" / "0003" / "reviewer.jsonl"
 
 
@@ -64,9 +64,9 @@ def test_429_5xx_and_timeouts_are_retried(tmp_path, server, client):
                  chat(json.dumps({"verdict": "ok", "score": 0})))
     transcript = TranscriptRecorder(tmp_path).for_role(0, "coder")
     assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).verdict == "ok"
-    errors = [e.get("error", "") for e in transcript.entries() if e["kind"] == "llm_call"]
+    errors = [e.error or "" for e in transcript.entries() if e.kind == "llm_call"]
     assert "RateLimitError" in errors[0] and "InternalServerError" in errors[1] and "Timeout" in errors[2]
-    assert transcript.entries()[0]["retry_in_s"] == 0.05  # Retry-After was honoured
+    assert transcript.entries()[0].retry_in_s == 0.05  # Retry-After was honoured
 
 
 def test_invalid_json_is_asked_again_with_the_error(tmp_path, server, client):
@@ -76,7 +76,7 @@ def test_invalid_json_is_asked_again_with_the_error(tmp_path, server, client):
     assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).score == 2
     third = server.requests[2]["body"]["messages"]
     assert "score: Field required" in third[-1]["content"]
-    assert [e["kind"] for e in transcript.entries()].count("validation_error") == 2
+    assert [e.kind for e in transcript.entries()].count("validation_error") == 2
 
 
 def test_refusals_malformed_bodies_and_dead_servers_end_in_one_clear_error(tmp_path, server, client):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import MemoryStoreError
+from common.errors import MemoryStoreError
 from memory import FailureRecord, FixRecord, LessonRecord, MemoryConfig, MemoryStore
 from memory.embedders import MiniLMOnnx, OpenAIEmbedderConfig
 from tests.scripted_openai import ScriptedOpenAI

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from graph.report.render import write_report
+from report.render import write_report
 from tests.conftest import ARTIFACTS
 from tests.offline_runs import heurist
 from tests.scripted_runs import BALANCES

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from graph.config import LLMConfig, RunConfig
-from graph.llm import LLMClient, Usage
-from graph.transcripts import TranscriptRecorder
 from envs.tasks import get_task
 from policies import POLICY_DIR
 from roles.base import RoleContext
-from roles.base import AnalyseInput
+from roles.llm import LLMClient, Usage
 from roles.log_parser import LogParser
-from roles.reviewer import Reviewer, ReviewInput, statistical_gate
+from roles.reviewer import Reviewer, statistical_gate
+from roles.stages import AnalyseInput, ReviewInput
+from store.config import LLMConfig, RunConfig
+from store.transcripts import TranscriptRecorder
 from tests.scripted_openai import ScriptedOpenAI
 from tests.test_llm import chat
 
@@ -48,7 +48,7 @@ def per_seed(result) -> dict[int, float | None]:
 def cartpole_evals(tmp_path_factory):
     """The weak policy, the starter and a crasher on dev seeds 0..9, through the real evaluator."""
     from envs.evaluator import EvalRequest, evaluate
-    from envs.sandbox import Limits
+    from envs.limits import Limits
 
     tmp = tmp_path_factory.mktemp("evals")
     results = {}
@@ -62,23 +62,26 @@ def cartpole_evals(tmp_path_factory):
 
 
 def context(tmp_path, role: str, llm=None) -> RoleContext:
-    return RoleContext(task=get_task("CartPole-v1"), run_dir=tmp_path, workspace=tmp_path / "workspace", iteration=2,
-                       llm=llm, memory=None, transcript=TranscriptRecorder(tmp_path).for_role(2, role),
-                       config=RunConfig(task="CartPole-v1"))
+    def no_scoring(sources, seeds):
+        raise AssertionError("this role must not score policies here")
+
+    return RoleContext(task=get_task("CartPole-v1"), iteration=2, config=RunConfig(task="CartPole-v1"),
+                       transcript=TranscriptRecorder(tmp_path).for_role(2, role), llm=llm, memory=None,
+                       score=no_scoring, search_key="test")
 
 
 def test_log_parser_counts_failures_and_names_the_active_mode(tmp_path, cartpole_evals):
     ctx = context(tmp_path, "log_parser")
     report = LogParser().run(AnalyseInput(task="CartPole-v1", task_description="", policy_source=WEAK,
-                                           eval_result=cartpole_evals["weak"].model_dump(mode="json", by_alias=True)), ctx)
+                                           evaluation=cartpole_evals["weak"]), ctx)
     assert report.kind_counts["pole_fell"] == 10 and len(report.seeds_by_kind["pole_fell"]) == 10
-    worst = report.findings[0]
+    worst = report.failures[0]
     assert worst.kind == "pole_fell" and worst.active_mode in ("lean_right", "lean_left")
     assert len(worst.observation) == 4 and worst.step == worst.length - 1
     assert set(report.mode_share) == {"lean_right", "lean_left"}
     assert "pole_fell on 10/10 seeds" in report.summary
     [decision] = ctx.transcript.entries()
-    assert decision["kind"] == "decision" and decision["summary"] == report.summary
+    assert decision.kind == "decision" and decision.summary == report.summary
 
 
 def test_gate_accepts_a_real_gain_and_rejects_losses_ties_crashes_and_failed_tests(cartpole_evals):
@@ -148,4 +151,4 @@ def test_llm_review_vetoes_an_edit_that_games_the_evaluation(tmp_path, cartpole_
         assert "+ if seed == 3: return 1" in server.requests[0]["body"]["messages"][1]["content"]
     assert not verdict.accept and "games the evaluation: branches on seed 3" in verdict.reasons[0]
     assert verdict.p_value < 0.01  # the gate passed; the review vetoed
-    assert [e["kind"] for e in ctx.transcript.entries()] == ["decision", "llm_call", "parsed"]
+    assert [e.kind for e in ctx.transcript.entries()] == ["decision", "llm_call", "parsed"]

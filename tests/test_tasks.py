@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from common.errors import TaskError
 from envs.atari_scores import ATARI57_SCORES
-from envs.errors import TaskError
 from envs.tasks import FailureRules, SeedSplits, TaskSpec, build_registry, get_task, registry
 
 REQUIRED = ["CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Acrobot-v1", "Pendulum-v1",

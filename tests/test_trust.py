@@ -19,9 +19,10 @@ from pathlib import Path
 
 from envs.evaluator import EvalRequest, evaluate
 from envs.gitsafe import check_repository
-from envs.sandbox import SANDBOX_CODE, Limits
+from envs.isolation import SANDBOX_CODE
+from envs.limits import Limits
 from envs.tasks import get_task
-from graph.workspace import Workspace
+from store.workspace import Workspace
 from tests.offline_runs import heurist, lost_or_repeated
 from tests.scripted_openai import ScriptedOpenAI
 from tests.scripted_runs import BALANCES, REACTS_LATE, WEAK, edit, reply, written_test

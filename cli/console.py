@@ -1,0 +1,56 @@
+"""The two consoles every command prints to: results on stdout, progress and errors on stderr.
+
+Text that did not come from heurist itself (a policy's error, a test's output, a model's reply,
+a path the user gave) goes through ``shown``: control characters become visible escapes and
+Rich markup is escaped, so it is displayed, never interpreted. ``RedactingStream`` wraps the
+process's stdout and stderr in ``cli.main.main``, so no secret of heurist's environment reaches
+the terminal whatever printed it.
+"""
+
+import io
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from common.safe_text import printable, redact
+
+# Piped output is read by grep and scripts: never truncate a task id to fit 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200, emoji=False)
+err = Console(stderr=True, emoji=False)
+
+
+def shown(text: Any) -> str:
+    """Untrusted text for a console string that may hold markup: inert, visible, never interpreted."""
+    return escape(printable(str(text)))
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that writes through to another with every secret value redacted (``common.safe_text``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        # Whatever the stream's encoding, a character it cannot take (a lone surrogate) is written as an escape.
+        encoding = getattr(self._inner, "encoding", None) or "utf-8"
+        self._inner.write(redact(text).encode(encoding, "backslashreplace").decode(encoding))
+        return len(text)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def isatty(self) -> bool:
+        return self._inner.isatty()
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._inner.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self._inner.errors

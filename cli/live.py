@@ -1,0 +1,171 @@
+"""What ``heurist run`` shows while it works: a Rich live panel in a terminal, plain log lines elsewhere.
+
+Both are fed the run's events (``Services.event``): ``started``, ``stage`` (a node began),
+``iteration``, ``role``, ``evaluating``, ``evaluated``, ``testing``, ``verdict``, ``report``,
+``warning`` and ``node`` (a node ended). Every event carries the tokens and dollars spent so far.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cli.console import shown
+from common.formatting import score_text
+from common.safe_text import printable
+
+# What a node does, in the words the panel shows.
+STAGE_WORDS = {"begin": "starting: workspace and first evaluation", "evaluate": "evaluating the incumbent",
+               "recall": "recalling similar failures and fixes", "code": "coding an edit",
+               "check": "checking the edit (applies, parses, smoke episode)", "write_tests": "writing a regression test",
+               "verify": "running the regression tests and scoring the candidate", "review": "reviewing",
+               "commit": "committing the accepted edit", "roll_back": "rolling back", "remember": "remembering",
+               "finish": "finishing: holdout evaluation and summary", "pause": "pausing"}
+
+
+
+class _RunTally:
+    """The numbers both views show, kept up to date from the events."""
+
+    def __init__(self) -> None:
+        self.run_id = self.task = self.roles = ""
+        self.budget: dict[str, Any] = {}
+        self.iteration, self.best, self.latest = 0, None, None
+        self.env_steps, self.tokens, self.usd = 0, 0, 0.0
+        self.elapsed_before, self.started = 0.0, time.monotonic()
+        self.stage, self.role, self.activity = "starting", "", ""
+        self.verdict: dict[str, Any] | None = None
+        self.warnings: list[str] = []
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def update(self, kind: str, f: dict[str, Any]) -> None:
+        self.tokens, self.usd = f.get("tokens", self.tokens), f.get("usd", self.usd)
+        if kind == "started":
+            self.run_id, self.task, self.budget = f["run_id"], f["task"], f["budget"]
+            self.roles = "offline roles" if f["offline"] else f"model {f['model']}"
+            self.iteration, self.best = f["iteration"], f["best"]
+            spent = f["spent"]
+            self.env_steps, self.elapsed_before = int(spent.get("env_steps", 0)), float(spent.get("elapsed_s", 0.0))
+            self.started = time.monotonic()
+            if f["history"]:
+                self.verdict = f["history"][-1]
+                self.latest = self.verdict.get("mean_candidate")
+        elif kind == "stage":
+            self.stage, self.role, self.activity = f["node"], "", ""
+        elif kind == "iteration":
+            self.iteration = f["iteration"]
+        elif kind == "role":
+            self.role = f["role"]
+        elif kind == "evaluating":
+            self.activity = f"evaluating {f['policy']} on {f['seeds']} {f['split']} seeds"
+        elif kind == "evaluated":
+            self.env_steps += int(f.get("env_steps") or 0)
+            if f.get("seeds") and self.best is None and f.get("mean") is not None:
+                self.best = f["mean"]  # the starting policy's first evaluation
+        elif kind == "testing":
+            self.activity = f"running {f['tests']} regression test files (sandboxed)"
+        elif kind == "verdict":
+            self.verdict = f
+            self.best, self.latest = f["mean_after"], f["mean_candidate"]
+            self.env_steps = int(f["spent"].get("env_steps", self.env_steps))  # the ledger's count wins
+        elif kind == "warning":
+            self.warnings = [*self.warnings[-2:], f["message"]]
+
+    def budget_line(self) -> str:
+        """What was spent, each against its budget where there is one."""
+        b = self.budget
+        hours = b.get("hours")
+        shown = [(f"{self.env_steps:,} env steps", b.get("env_steps") and f"{b['env_steps']:,}"),
+                 (f"{self.tokens:,} tokens", b.get("tokens") and f"{b['tokens']:,}"),
+                 (f"${self.usd:.4f}", b.get("usd") and f"${b['usd']:g}"),
+                 (f"{self.elapsed_s() / 60:.1f} min", hours and f"{hours * 60:g} min")]
+        return " · ".join(used + (f" of {limit}" if limit else "") for used, limit in shown)
+
+    def verdict_line(self) -> str:
+        v = self.verdict
+        if not v:
+            return "none yet"
+        word = "accepted" if v["accepted"] else "rejected"
+        return f"iteration {v['iteration']} {word}: {v['reason']}"
+
+
+class LiveView:
+    """A Rich live panel on the terminal, redrawn four times a second."""
+
+    def __init__(self, console: Console):
+        self.tally = _RunTally()
+        self.console = console
+        self._live = Live(console=console, get_renderable=self.render, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> "LiveView":
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._live.__exit__(*exc)
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        self.tally.update(kind, fields)
+
+    def render(self) -> Panel:
+        t = self.tally
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        iterations = t.budget.get("iterations")
+        grid.add_row("iteration", f"{t.iteration}" + (f" of {iterations}" if iterations else ""))
+        now = STAGE_WORDS.get(t.stage, t.stage.replace("_", " "))
+        grid.add_row("now", now + (f" · role [cyan]{shown(t.role)}[/]" if t.role else "")
+                     + (f" · {shown(t.activity)}" if t.activity else ""))
+        grid.add_row("dev mean", f"best {score_text(t.best)} · latest candidate {score_text(t.latest)}")
+        grid.add_row("spent", t.budget_line())
+        v = t.verdict
+        colour = "green" if v and v["accepted"] else "yellow"
+        # The verdict's reasons quote test output and model text: plain Text, never markup.
+        grid.add_row("last verdict", Text(printable(t.verdict_line()), style=colour) if v else "none yet")
+        parts: list[Any] = [grid]
+        parts += [Text(printable(f"warning: {w}"), style="red") for w in t.warnings]
+        return Panel(Group(*parts), title=f"heurist · {shown(t.task)} · {shown(t.roles)}", subtitle=shown(t.run_id),
+                     expand=True)
+
+
+class LogLines:
+    """Quiet, log-friendly progress: one timestamped line per iteration, plus the start, warnings and the end."""
+
+    def __init__(self, console: Console):
+        self.tally = _RunTally()
+        self.console = console
+
+    def __enter__(self) -> "LogLines":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def _line(self, text: str) -> None:
+        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        self.console.print(printable(f"{stamp} {text}"), markup=False, highlight=False, soft_wrap=True)
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        t = self.tally
+        t.update(kind, fields)
+        if kind == "started":
+            self._line(f"run {t.run_id} · {t.task} · {t.roles} · from iteration {t.iteration}, best dev mean "
+                       f"{score_text(t.best)}")
+        elif kind == "verdict":
+            self._line(f"iteration {fields['iteration']} {'accepted' if fields['accepted'] else 'rejected'}: dev "
+                       f"{score_text(fields['mean_before'])} -> candidate {score_text(fields['mean_candidate'])}, best "
+                       f"{score_text(t.best)} · {t.budget_line()} · {fields['reason']}")
+        elif kind == "warning":
+            self._line(f"warning: {fields['message']}")
+        elif kind == "stage" and fields["node"] == "finish":
+            self._line("finishing: holdout evaluation and summary")

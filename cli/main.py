@@ -1,0 +1,185 @@
+"""The ``heurist`` command line.
+
+Bad input gets one line naming the problem and the fix, and a non-zero exit; ``--debug``
+(anywhere on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from cli.console import RedactingStream, err, out, shown
+from cli.doctor_commands import register as register_doctor_command
+from cli.memory_commands import memory_app
+from cli.report_commands import register as register_report_command
+from cli.run_commands import register as register_run_commands
+from common.errors import HeuristError
+from common.paths import default_ledger_path
+from common.safe_text import printable
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="heurist: Heuristic Learning — improve readable Python policies by editing code, not weights.")
+app.add_typer(memory_app, name="memory")
+register_run_commands(app)
+register_report_command(app)
+register_doctor_command(app)
+
+
+@app.command("eval")
+def eval_cmd(
+    policy_file: Path = typer.Argument(..., help="The policy .py file to evaluate."),
+    env: str = typer.Option(..., "--env", help="Task id (see `heurist envs`) or module:attr of a TaskSpec."),
+    split: str = typer.Option("dev", "--split", help="Seed split: dev, holdout or audit."),
+    episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="First N seeds of the split (default: all)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Task protocol, e.g. standard or deterministic for Atari."),
+    video: bool = typer.Option(False, "--video", help="Write failure clips (mp4 + contact sheet) for the worst episodes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout."),
+    confirm_protected: bool = typer.Option(False, "--confirm-protected", help="Allow the holdout or audit split; the ledger records it."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help="Append-only ledger file (default: $HEURIST_HOME/ledger.jsonl)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where clips go (default: ./heurist-clips)."),
+    episode_timeout: float = typer.Option(300.0, "--episode-timeout", min=1, help="Wall-clock seconds per episode."),
+    memory_mb: int = typer.Option(4096, "--memory-mb", min=256, help="Address-space limit per worker, MiB."),
+) -> None:
+    """Evaluate POLICY_FILE on a task's fixed seeds in sandboxed workers and append the result to the ledger."""
+    from common.ledger import Ledger
+    from envs.evaluator import EvalRequest, evaluate
+    from envs.limits import Limits
+    from envs.tasks import get_task
+
+    if split not in ("dev", "holdout", "audit"):
+        raise HeuristError(f"unknown split {split!r}; choose dev, holdout or audit")
+    spec = get_task(env)
+    request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split, episodes=episodes,
+                          workers=workers, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
+                          limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
+                                        memory_mb=memory_mb))
+    ledger_file = ledger or default_ledger_path()
+    total = episodes or len(spec.seeds.seeds(split))  # type: ignore[arg-type]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err,
+                  disable=as_json or not err.is_terminal, transient=True) as bar:
+        task = bar.add_task(shown(f"{spec.id} {split}"), total=total, last="")
+
+        def tick(episode) -> None:
+            last = f"seed {episode.seed}: {episode.return_:.1f}" if episode.status == "ok" else f"seed {episode.seed}: {episode.status}"
+            bar.update(task, advance=1, last=last)
+
+        result = evaluate(spec, request, Ledger(ledger_file), progress=tick)
+
+    summary = result.summary()
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print_result(result, ledger_file)
+    if result.status == "broken":
+        first = next((e.error for e in result.episodes if e.error), "no episode completed")
+        raise HeuristError(f"{policy_file} did not run on {spec.id}: {first}")
+
+
+def _print_result(result, ledger_file: Path) -> None:
+    s = result.stats
+    table = Table(title=f"{result.task} · protocol {result.protocol} · split {result.split} "
+                        f"· seeds {result.seeds[0]}..{result.seeds[-1]}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    failed = sum(e.status != "ok" for e in result.episodes)
+    table.add_row("policy", f"{shown(result.policy_path)} (sha256 {result.policy_sha256[:12]})")
+    table.add_row("episodes", f"{len(result.episodes)} ({failed} failed)" if failed else str(len(result.episodes)))
+    if s:
+        table.add_row("mean ± std", f"{s.mean:.2f} ± {s.std:.2f}")
+        table.add_row("median / min / max", f"{s.median:.2f} / {s.min:.2f} / {s.max:.2f}")
+        if s.ci95:
+            table.add_row("95% CI of mean", f"[{s.ci95[0]:.2f}, {s.ci95[1]:.2f}]")
+        if s.hns_mean is not None:
+            table.add_row("human-normalised", f"{s.hns_mean:.3f}")
+    if result.target is not None:
+        met = s is not None and s.mean >= result.target and not failed
+        table.add_row("target", f"{result.target:g} ({'met' if met else 'not met'})")
+    table.add_row("env steps", f"{result.env_steps:,}")
+    table.add_row("wall time", f"{result.wall_s:.1f} s")
+    table.add_row("failures", ", ".join(f"{k} ×{v}" for k, v in sorted(result.failures.items())) or "none")
+    for e in result.episodes:
+        if e.error:
+            table.add_row(f"seed {e.seed}", f"[red]{e.status}[/]: {shown(e.error)}")
+    for clip in result.clips:
+        table.add_row("clip", f"{shown(clip.mp4)} ({clip.frames} frames)")
+    table.add_row("ledger", f"{shown(ledger_file)} (eval {result.eval_id})")
+    out.print(table)
+
+
+@app.command("envs")
+def envs_cmd(family: Optional[str] = typer.Option(None, "--family", help="Only this family: classic_control, box2d, atari, mujoco, custom."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List registered tasks with their targets, protocols and starter policies."""
+    from envs.tasks import registry
+
+    reg = registry()
+    specs = [s for s in reg.all() if family is None or s.family == family]
+    if family is not None and not specs:
+        raise HeuristError(f"no tasks in family {family!r}; families: classic_control, box2d, atari, mujoco, custom")
+    if as_json:
+        print(json.dumps([{"id": s.id, "family": s.family, "obs_mode": s.obs_mode, "target": s.target,
+                           "protocols": [p.name for p in s.protocols], "starter_policy": s.starter_policy,
+                           "source": reg.source(s.id)} for s in specs]))
+        return
+    table = Table(title=f"{len(specs)} tasks")
+    for col in ("task", "family", "obs", "target", "protocols", "starter", "source"):
+        table.add_column(col)
+    for s in specs:
+        table.add_row(shown(s.id), s.family, s.obs_mode, "" if s.target is None else f"{s.target:g}",
+                      shown(", ".join(p.name for p in s.protocols)), shown(s.starter_policy or "random"),
+                      shown(reg.source(s.id)))
+    out.print(table)
+
+
+def _error(label: str, message: str) -> None:
+    """One error line: the label styled, the message (which may quote untrusted text) shown as plain text."""
+    err.print(Text.assemble((label, "red"), " ", printable(message)), highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    # Whatever any command prints, no secret of heurist's environment reaches the terminal or a log file.
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    try:
+        # Not standalone: click's own error box is several lines; a usage error here is one, like any other.
+        code = app(prog_name="heurist", standalone_mode=False)
+    except typer.TyperException as exc:  # a usage error: unknown option, wrong type, missing argument
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "heurist"
+        message = exc.format_message().rstrip(".")
+        if message:  # empty after a bare `heurist`, whose help was just printed
+            _error("error:", f"{message}; `{command} --help` lists what it takes")
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted")
+        sys.exit(130)
+    except HeuristError as exc:
+        if debug:
+            raise
+        _error("error:", str(exc))
+        sys.exit(2)
+    except Exception as exc:  # a bug of ours: still one line, with the way to see more
+        if debug:
+            raise
+        _error("internal error:", f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+        sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. doctor's failed checks
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""``heurist memory``: search, count, export, import and forget the records of past runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cli.console import out, shown
+from common.errors import HeuristError
+
+memory_app = typer.Typer(no_args_is_help=True, help="Search and manage the memory of past failures, fixes and lessons.")
+
+MEMORY_DIR = typer.Option(None, "--memory", help="Memory store directory (default: $HEURIST_HOME/memory).")
+MEMORY_URL = typer.Option(None, "--memory-url", envvar="HEURIST_MEMORY_URL",
+                          help="A Chroma server (http://host:port) shared by several machines.")
+
+
+def _open(memory: Optional[Path], memory_url: Optional[str]):
+    from memory.store import MemoryConfig, MemoryStore
+
+    return MemoryStore(MemoryConfig(path=memory, url=memory_url))
+
+
+@memory_app.command("search")
+def search_cmd(
+    text: str = typer.Argument(..., help="A failure described in words, e.g. \"ball passes the paddle on the left\"."),
+    env: Optional[str] = typer.Option(None, "--env", help="Only failures and fixes of this task; lessons of its family."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only failures of this kind, e.g. life_lost."),
+    outcome: Optional[str] = typer.Option(None, "--outcome", help="Only fixes that were accepted or rejected."),
+    k: int = typer.Option(5, "-k", "--k", min=1, max=1000, help="How many of each record type."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    memory: Optional[Path] = MEMORY_DIR,
+    memory_url: Optional[str] = MEMORY_URL,
+) -> None:
+    """Similar past failures with the fixes tried for them (worked first), similar fixes, and lessons."""
+    if outcome not in (None, "accepted", "rejected"):
+        raise HeuristError(f"unknown outcome {outcome!r}; choose accepted or rejected")
+    family = None
+    if env:
+        from envs.tasks import get_task
+
+        spec = get_task(env)
+        env, family = spec.id, spec.family
+    with _open(memory, memory_url) as store:
+        # The task narrows failures and fixes; its family (implied by the task for those) is
+        # what lessons are shared by.
+        found = store.recall(text, k=k, task=env, family=family, kind=kind, outcome=outcome)
+    if as_json:
+        print(json.dumps(found.model_dump(mode="json")))  # ASCII: no control character reaches a terminal
+        return
+    if not (found.failures or found.fixes or found.lessons):
+        out.print("no matching records")
+        return
+    for hit in found.failures:
+        f = hit.failure
+        out.print(f"[bold]failure[/] {hit.similarity:.2f}  " + shown(
+            f"{f.task} seed {f.seed} step {f.step} [{f.kind}] (run {f.run_id}, iteration {f.iteration})"),
+            highlight=False)
+        out.print("    " + shown(f.description), highlight=False)
+        for fix_hit in hit.fixes:
+            out.print(f"    ↳ {_fix_line(fix_hit.fix)}", highlight=False)
+    for hit in found.fixes:
+        out.print(f"[bold]fix[/] {hit.similarity:.2f}  {_fix_line(hit.fix)}", highlight=False)
+    for hit in found.lessons:
+        l = hit.lesson
+        out.print(f"[bold]lesson[/] {hit.similarity:.2f}  " + shown(f"[{l.family}] {l.statement} (learned on {l.task})"),
+                  highlight=False)
+
+
+def _fix_line(fix) -> str:
+    delta = fix.score_delta
+    change = f" Δ{delta:+.2f}" if delta is not None else ""
+    colour = "green" if fix.outcome == "accepted" else "red"
+    return f"[{colour}]{fix.outcome}[/]" + shown(f"{change}: {fix.rationale} — {fix.reason} "
+                                                  f"({fix.task}, run {fix.run_id}, iteration {fix.iteration})")
+
+
+@memory_app.command("stats")
+def stats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+              memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+    """How many records of each type, task and outcome; where the store is and which embedder it uses."""
+    with _open(memory, memory_url) as store:
+        stats = store.stats()
+    if as_json:
+        print(json.dumps(stats.model_dump(mode="json")))
+        return
+    table = Table(title="memory", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("location", shown(stats.location))
+    table.add_row("embedder", shown(stats.embedder))
+    table.add_row("records", str(stats.records))
+    table.add_row("by type", shown(", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items())) or "none"))
+    table.add_row("fixes", shown(", ".join(f"{o} {n}" for o, n in sorted(stats.fixes_by_outcome.items())) or "none"))
+    table.add_row("runs", str(stats.runs))
+    table.add_row("by task", shown(", ".join(f"{t} {n}" for t, n in stats.by_task.items()) or "none"))
+    if stats.disk_bytes is not None:
+        table.add_row("on disk", f"{stats.disk_bytes / 1e6:.1f} MB")
+    out.print(table)
+
+
+@memory_app.command("export")
+def export_cmd(file: Path = typer.Argument(..., help="JSONL file to write (one record a line)."),
+               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+    """Write every record to FILE as JSON lines, oldest first."""
+    with _open(memory, memory_url) as store:
+        count = store.export(file)
+    out.print(f"exported {count} records to {file}", markup=False)
+
+
+@memory_app.command("import")
+def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `heurist memory export`."),
+               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+    """Add the records of FILE, embedded by this store's embedder; records already there are not duplicated."""
+    if not file.is_file():
+        raise HeuristError(f"{file} is not a file; give a file written by `heurist memory export`")
+    with _open(memory, memory_url) as store:
+        before = store.count()
+        count = store.import_file(file)
+        after = store.count()
+    out.print(f"imported {count} records from {file} ({after - before} new, {count - (after - before)} already there)",
+              markup=False)
+
+
+@memory_app.command("forget")
+def forget_cmd(run: str = typer.Option(..., "--run", help="The run id whose records to delete."),
+               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+    """Delete every record that run RUN_ID wrote."""
+    with _open(memory, memory_url) as store:
+        count = store.forget(run)
+    out.print(f"forgot {count} records of run {run}", markup=False)

@@ -1,0 +1,320 @@
+"""``heurist run``, ``resume``, ``replay``, ``runs``, ``show``, ``transcripts``, ``roles`` and ``graph``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cli.console import err, out, shown
+from common.errors import HeuristError
+from common.events import LedgerEvent
+from common.formatting import score_text
+from common.safe_text import printable
+from store.transcripts import TranscriptLine
+
+OFFLINE_NOTE = ("offline: no ${key} and no --base-url, so the roles run their offline backends "
+                "(log parser, OpenCV video analyst, CMA-ES coder over tunables, template tests, statistical gate)")
+
+
+def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
+    status = state.get("status")
+    if status == "paused":
+        err.print(f"[yellow]paused:[/] {shown(state.get('stop_reason'))}", soft_wrap=True)
+        raise typer.Exit(3)
+    summary_file = run_dir / "summary.md"
+    if summary_file.is_file():
+        out.print(printable(summary_file.read_text()), highlight=False, markup=False)
+    report = run_dir / "report" / "index.html"
+    if report.is_file():
+        out.print(f"report: {report}", highlight=False, markup=False)
+    out.print(f"run directory: {run_dir}", highlight=False, markup=False)
+
+
+def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
+    from cli.live import LiveView, LogLines
+    from runner.lifecycle import execute
+
+    # The live panel only where a person watches; a log file or a pipe gets one line per iteration.
+    live = not no_progress and sys.stdout.isatty() and err.is_terminal
+    view = LiveView(err) if live else LogLines(err)
+    if (run_dir / "ledger.jsonl").exists():
+        _ledger(run_dir)  # says so if some lines are damaged; the run appends after them
+    try:
+        with view:
+            return execute(run_dir, view)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}", markup=False)
+        raise typer.Exit(130) from None
+
+
+def run_cmd(
+    env: Optional[str] = typer.Option(None, "--env", help="Task id (see `heurist envs`); or set task in --config."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Starting policy file (default: the task's starter)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Run config, .toml or .json (see docs/config.md)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Iteration budget."),
+    hours: Optional[float] = typer.Option(None, "--hours", min=0.001, help="Wall-time budget, hours."),
+    env_steps: Optional[int] = typer.Option(None, "--env-steps", min=1, help="Env-step budget (all evaluations and tests)."),
+    usd: Optional[float] = typer.Option(None, "--usd", min=0.0001, help="LLM spending budget, US dollars."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model for every role (per-role models: --config)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the run goes (default: $HEURIST_HOME/runs/RUN_ID)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration, then the summary."),
+) -> None:
+    """Improve a policy overnight: evaluate, analyse, recall, code, check, test, verify, review, commit or roll back."""
+    from roles.registry import stage_roles
+    from store.config import build_config, load_config_file, merge
+    from store.rundir import create_run, is_offline
+
+    data: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    override: dict[str, Any] = {}
+    if env:
+        override["task"] = env
+    if policy:
+        override["policy"] = str(policy)
+    budget = {k: v for k, v in {"iterations": iterations, "hours": hours, "env_steps": env_steps, "usd": usd}.items()
+              if v is not None}
+    if budget:
+        override["budget"] = budget
+    llm = {k: v for k, v in {"model": model, "base_url": base_url}.items() if v is not None}
+    if llm:
+        override["llm"] = llm
+    merged = merge(data, override)
+    if "task" not in merged:
+        raise HeuristError("no task: give --env TASK (see `heurist envs`) or set task in the --config file")
+    config = build_config(merged, str(config_file) if config_file else "command line")
+    stage_roles(config.stages)  # roles that do not fit together are refused before a run directory exists
+    directory = create_run(config, run_dir)
+    if is_offline(config):
+        err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True, markup=False)
+    err.print(f"run directory: {directory}", highlight=False, markup=False)
+    _finish_line(_execute(directory, no_progress), directory)
+
+
+def resume_cmd(run_dir: Path = typer.Argument(..., help="A run directory (see `heurist runs`)."),
+               no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
+    """Continue a run after a crash, a kill or a pause, exactly where it stopped."""
+    from store.rundir import read_record
+
+    read_record(run_dir)
+    _finish_line(_execute(run_dir.resolve(), no_progress), run_dir.resolve())
+
+
+def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to replay."),
+               into: Optional[Path] = typer.Option(None, "--run-dir", help="Where the replay goes (default: a new run)."),
+               no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
+    """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
+    from store.config import RunConfig
+    from store.rundir import create_run, decisions, read_record
+
+    record = read_record(run_dir)
+    config = RunConfig.model_validate(record.config)
+    config = config.model_copy(update={"policy": Path(record.starting_policy)})
+    if not config.policy.is_file():  # the original file moved: the run kept a copy
+        config = config.model_copy(update={"policy": run_dir.resolve() / "starting_policy.py"})
+    directory = create_run(config, into, replay_of=run_dir)
+    err.print(f"replaying {run_dir} into {directory}", highlight=False, markup=False)
+    _execute(directory, no_progress)
+    recorded, replayed = decisions(run_dir), decisions(directory)
+    table = Table(title="decisions: recorded vs replayed")
+    for column in ("iteration", "recorded", "replayed", "same"):
+        table.add_column(column)
+    def shown(decision: dict[str, Any] | None) -> str:
+        if decision is None:
+            return "-"
+        return f"{'accept' if decision['accepted'] else 'reject'} {decision['policy_sha256'][:10]}"
+
+    for i in range(max(len(recorded), len(replayed))):
+        a = recorded[i] if i < len(recorded) else None
+        b = replayed[i] if i < len(replayed) else None
+        table.add_row(str(i + 1), shown(a), shown(b), "yes" if a == b else "[red]no[/]")
+    out.print(table)
+    if recorded != replayed:
+        raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
+    out.print(f"same decisions in all {len(recorded)} iterations; replay at {directory}", highlight=False,
+              markup=False)
+
+
+def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the runs started on this machine, newest last."""
+    from common.events import IterationDone, RunStarted
+    from store.rundir import indexed_runs, run_status
+
+    rows = []
+    for entry in indexed_runs()[0]:
+        directory = Path(entry.run_dir)
+        if not (directory / "run.json").is_file():
+            continue
+        records = _ledger(directory)
+        iterations = [r for r in records if isinstance(r, IterationDone)]
+        start = next((r.start["mean"] for r in records if isinstance(r, RunStarted)), None)
+        best = iterations[-1].mean_after if iterations else start
+        rows.append({**entry.model_dump(), "status": run_status(directory), "iterations": len(iterations),
+                     "start_mean": start, "best_mean": best})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{len(rows)} runs")
+    for column in ("run", "task", "status", "iterations", "dev mean start → best", "directory"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(shown(r["run_id"]), shown(r["task"]), r["status"], str(r["iterations"]),
+                      f"{score_text(r['start_mean'])} → {score_text(r['best_mean'])}", shown(r["run_dir"]))
+    out.print(table)
+
+
+def _ledger(run_dir: Path) -> list[LedgerEvent]:
+    """The run's ledger records; damaged lines are skipped, and said so, never fatal."""
+    from common.events import read_events
+    from common.ledger import Ledger
+
+    records, bad = read_events(Ledger(run_dir / "ledger.jsonl"))
+    if bad:
+        err.print(f"warning: {bad} unreadable line(s) in {run_dir / 'ledger.jsonl'} skipped (torn by a crash or "
+                  f"damaged); every other record is used", highlight=False, soft_wrap=True, markup=False)
+    return records
+
+
+
+def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """The score history, every edit with its verdict and reasons, and the budget used."""
+    from common.events import IterationDone, RunFinished, RunStarted
+    from store.rundir import read_record, run_status
+
+    record = read_record(run_dir)
+    records = _ledger(run_dir)
+    started = next((r for r in records if isinstance(r, RunStarted)), None)
+    iterations = [r for r in records if isinstance(r, IterationDone)]
+    out.print(f"[bold]{shown(record.run_id)}[/]  {shown(record.task)} · protocol {shown(record.protocol)} · "
+              f"{'offline roles' if record.offline else 'model ' + shown(record.config['llm']['model'])} · "
+              f"{run_status(run_dir)}", highlight=False)
+    if started:
+        seeds = started.dev_seeds
+        out.print(f"dev split, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} episodes); starting dev mean "
+                  f"{score_text(started.start['mean'])}", highlight=False)
+    table = Table(title="iterations")
+    for column in ("#", "verdict", "dev mean before", "candidate", "edit", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in iterations:
+        table.add_row(str(r.iteration), "[green]accepted[/]" if r.accepted else "[yellow]rejected[/]",
+                      score_text(r.mean_before), score_text(r.mean_candidate), shown(r.edit or "-"), shown(r.reason))
+    out.print(table)
+    finished = next((r for r in reversed(records) if isinstance(r, RunFinished)), None)
+    spent = (iterations[-1].spent if iterations else {}) | (finished.spent if finished else {})
+    if spent:
+        out.print(f"spent: {int(spent['env_steps']):,} env steps, {int(spent['tokens']):,} tokens in "
+                  f"{int(spent.get('llm_calls', 0))} calls, ${spent['usd']:.4f}, {spent['elapsed_s'] / 60:.1f} min",
+                  highlight=False)
+    if finished:
+        out.print(f"finished: {shown(finished.reason)}; best dev mean {score_text(finished.best_mean)}",
+                  highlight=False)
+        if finished.holdout:
+            h = finished.holdout
+            out.print(f"holdout (once), seeds {h['seeds'][0]}..{h['seeds'][-1]} ({h['episodes']} episodes): "
+                      f"mean {score_text(h['mean'])} ± {score_text(h['std'])}", highlight=False)
+
+
+def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+                    role: Optional[str] = typer.Option(None, "--role", help="Only this role."),
+                    iteration: Optional[int] = typer.Option(None, "--iter", min=0, help="Only this iteration."),
+                    as_json: bool = typer.Option(False, "--json", help="Raw JSON lines."),
+                    width: int = typer.Option(1500, "--chars", min=80, help="Characters shown per message.")) -> None:
+    """Print the roles' transcripts readably: messages, images by path, replies, parsed output, tokens, cost."""
+    from store.rundir import read_record
+    from store.transcripts import TranscriptRecorder
+
+    read_record(run_dir)
+    entries = TranscriptRecorder(run_dir).read(iteration, role)
+    if not entries:
+        raise HeuristError(f"no transcripts in {run_dir}" + (f" for role {role}" if role else "")
+                           + (f" in iteration {iteration}" if iteration is not None else "")
+                           + "; see `heurist show` for the iterations it ran")
+    if as_json:
+        for entry in entries:
+            print(entry.model_dump_json(exclude_none=True))
+        return
+    current = None
+    for e in entries:
+        if (e.iteration, e.role) != current:
+            current = (e.iteration, e.role)
+            out.rule(f"iteration {e.iteration} · {shown(e.role)}")
+        out.print(printable(_render(e, width)), highlight=False, markup=False, soft_wrap=True)
+
+
+def _clip(text: Any, width: int) -> str:
+    text = text if isinstance(text, str) else json.dumps(text, default=str)
+    return text if len(text) <= width else text[:width] + f" … ({len(text) - width} more chars)"
+
+
+def _render(e: TranscriptLine, width: int) -> str:
+    from store.transcripts import Decision, LLMCall, Parsed, ValidationFailed
+
+    if isinstance(e, Decision):
+        return f"• decision: {e.summary}" + (f"\n  {_clip(e.details, width)}" if e.details else "")
+    if isinstance(e, LLMCall):
+        head = f"• call {e.model} attempt {e.attempt}: "
+        if e.error:
+            head += f"ERROR {e.error}"
+        else:
+            head += (f"{e.prompt_tokens or 0}+{e.completion_tokens or 0} tokens, ${e.usd or 0:.5f}, "
+                     f"{e.latency_s:.2f} s")
+        lines = [head]
+        for message in e.messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") if p.get("type") == "text" else f"[image {p.get('path')}]"
+                                   for p in content)
+            lines.append(f"  {message.get('role')}: {_clip(content, width)}")
+        if e.response:
+            lines.append(f"  reply: {_clip(e.response, width)}")
+        if e.refusal:
+            lines.append(f"  refusal: {e.refusal}")
+        return "\n".join(lines)
+    if isinstance(e, Parsed):
+        return f"• parsed{' (replayed)' if e.replayed else ''}: {_clip(e.parsed, width)}"
+    if isinstance(e, ValidationFailed):
+        return f"• reply did not match the schema (attempt {e.attempt}): {e.error}"
+    return f"• ERROR {e.error}"
+
+
+def roles_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Every role heurist can use, with its stage and where it comes from (built in or a plug-in)."""
+    from roles.registry import available
+
+    roles = available()
+    if as_json:
+        print(json.dumps([{"name": r.name, "stage": r.stage, "source": r.source} for r in roles.values()]))
+        return
+    table = Table(title=f"{len(roles)} roles")
+    for column in ("role", "stage", "source", "what it does"):
+        table.add_column(column, overflow="fold")
+    for r in roles.values():
+        doc = (r.cls.__doc__ or sys.modules[r.cls.__module__].__doc__ or "").strip().splitlines()
+        table.add_row(r.name, r.stage, r.source, doc[0] if doc else "")
+    out.print(table)
+
+
+def graph_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help="A run config; its stages shape the graph."),
+              env: str = typer.Option("CartPole-v1", "--env", help="Task (the topology does not depend on it).")) -> None:
+    """Print the graph's topology as a Mermaid diagram."""
+    from runner.lifecycle import mermaid
+    from store.config import build_config, load_config_file, merge
+
+    data = load_config_file(config_file) if config_file else {}
+    drawn = mermaid(build_config(merge({"task": env}, data), str(config_file or "defaults")))
+    sys.stdout.write(drawn if drawn.endswith("\n") else drawn + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("resume")(resume_cmd)
+    app.command("replay")(replay_cmd)
+    app.command("runs")(runs_cmd)
+    app.command("show")(show_cmd)
+    app.command("transcripts")(transcripts_cmd)
+    app.command("roles")(roles_cmd)
+    app.command("graph")(graph_cmd)

@@ -1,0 +1,187 @@
+"""The ledger's records, typed: every line of a ``ledger.jsonl`` is one of these, told apart by ``event``.
+
+Writers build a record and append it (``common.ledger.Ledger.append``); readers get records back
+through ``read_events``, so a renamed or missing field is an error where it is written, not a
+silent ``None`` where it is read. A line that is not one of these records (torn by a crash,
+edited by hand, written by another version) is counted as damaged, as a line that is not
+JSON is, and every reader says so once.
+
+Nested values that are records of other layers (a verdict, a holdout summary, the budget
+spent) are kept as JSON objects here: this module sits below them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from common.clock import now_iso
+from common.ledger import Ledger
+
+Json = dict[str, Any]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    time: str = Field(default_factory=now_iso)
+
+
+# ---------------------------------------------------------------------------------------------- evaluations
+
+class EvalStarted(_Event):
+    """Written before any episode runs, so an evaluation killed in between shows as started, never finished."""
+
+    event: Literal["eval_started"] = "eval_started"
+    eval_id: str
+    task: str
+    protocol: str
+    obs_mode: str
+    split: str
+    seeds: list[int]
+    policy_path: str
+    policy_sha256: str
+    protected_split: bool
+    protected_uses_before: int  # earlier evaluations of this task on this protected split
+    versions: dict[str, str]
+    git: dict[str, str | bool | None]
+
+
+class EpisodeLine(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    seed: int
+    status: str
+    return_: float | None = Field(None, alias="return")
+    length: int
+    error: str | None = None
+
+
+class EvalFinished(_Event):
+    """An evaluation's results, without traces; ``env_steps`` includes the clips' re-simulation."""
+
+    event: Literal["eval_finished"] = "eval_finished"
+    eval_id: str
+    task: str
+    protocol: str
+    split: str
+    seeds: list[int]
+    policy: str
+    policy_sha256: str
+    status: str
+    episodes: int
+    episodes_failed: int
+    mean: float | None
+    std: float | None
+    median: float | None
+    min: float | None
+    max: float | None
+    ci95: tuple[float, float] | None
+    hns_mean: float | None
+    target: float | None
+    env_steps: int
+    clip_env_steps: int
+    wall_s: float
+    failures: dict[str, int]
+    clips: list[str]
+    per_episode: list[EpisodeLine]
+
+
+class EvalInterrupted(_Event):
+    event: Literal["eval_interrupted"] = "eval_interrupted"
+    eval_id: str
+    reason: str
+    wall_s: float
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+class RunStarted(_Event):
+    event: Literal["run_started"] = "run_started"
+    run_id: str
+    task: str
+    protocol: str
+    dev_seeds: list[int]
+    start: Json  # the starting policy as scored (graph.state.Scored)
+    offline: bool
+
+
+class RunResumed(_Event):
+    event: Literal["run_resumed"] = "run_resumed"
+    run_id: str
+    at: list[str]  # the nodes the run continued at
+    iteration: int | None
+    after: Literal["pause"] | None = None
+
+
+class TestsRun(_Event):
+    """One verify step's regression tests: each file's verdict on the candidate, and each new test's fate."""
+
+    event: Literal["tests_run"] = "tests_run"
+    run_id: str
+    iteration: int
+    passed: bool
+    reason: str
+    files: dict[str, Json]  # path -> {passed, reason}
+    new_tests: dict[str, Json]  # path -> {kept, reason}
+    wall_s: float  # the test files' own episodes are evaluations, counted in their eval_finished lines
+
+
+class IterationDone(_Event):
+    """What one iteration tried and decided; the only record of a rejected edit once it is rolled back."""
+
+    event: Literal["iteration"] = "iteration"
+    run_id: str
+    iteration: int
+    accepted: bool
+    reason: str
+    edit: str | None
+    mean_before: float | None
+    mean_candidate: float | None
+    mean_after: float | None
+    commit: str | None
+    tests_added: list[str]
+    verdict: Json | None
+    policy_sha256: str
+    spent: Json
+    baseline_sha256: str
+    rationale: str | None
+    candidate_sha256: str | None
+    analyses: dict[str, str]  # analyse role -> its summary
+    diff: str
+    tests_written: dict[str, str]
+    check_error: str | None
+
+
+class RunPaused(_Event):
+    event: Literal["run_paused"] = "run_paused"
+    run_id: str
+    iteration: int
+    reason: str
+
+
+class RunFinished(_Event):
+    event: Literal["run_finished"] = "run_finished"
+    run_id: str
+    reason: str
+    best_mean: float | None
+    holdout: Json | None
+    spent: Json
+
+
+LedgerEvent = Annotated[Union[EvalStarted, EvalFinished, EvalInterrupted, RunStarted, RunResumed, TestsRun,
+                              IterationDone, RunPaused, RunFinished], Field(discriminator="event")]
+_EVENT = TypeAdapter(LedgerEvent)
+
+
+def read_events(ledger: Ledger) -> tuple[list[LedgerEvent], int]:
+    """Every record of the ledger in order, and how many lines are damaged (not JSON, or not a record)."""
+    raw, bad = ledger.read()
+    events: list[LedgerEvent] = []
+    for record in raw:
+        try:
+            events.append(_EVENT.validate_python(record))
+        except ValidationError:
+            bad += 1
+    return events, bad

@@ -1,0 +1,78 @@
+"""The append-only trial ledger: one JSON line per event, never rewritten, never deleted.
+
+Each evaluation writes an ``eval_started`` line before any episode runs and an
+``eval_finished`` line at the end, so an evaluation killed in between is visible as
+started-but-never-finished. Every line is redacted of secrets (``common.safe_text``) as it is
+written; transcripts are written through the same append. Appends take an exclusive ``flock`` and are fsync'ed, so two
+processes appending at once interleave whole lines; an append that fails (a full disk)
+takes back what it wrote, and a reader skips (and counts) a torn last line left by a
+crash mid-write rather than failing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from common.errors import LedgerError
+from common.safe_text import redact_deep
+
+
+class Ledger:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def append(self, record: BaseModel | dict[str, Any]) -> None:
+        data = record.model_dump(mode="json", by_alias=True) if isinstance(record, BaseModel) else record
+        # No secret of heurist's environment is ever written, whoever put it in the record (common.safe_text);
+        # its strings are redacted, never its numbers or its structure.
+        line = (json.dumps(redact_deep(data), separators=(",", ":")) + "\n").encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LedgerError(f"cannot write the ledger {self.path}: {exc.strerror}; choose a writable --ledger path") from exc
+        size = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A torn line from an earlier crash must not swallow this record: start on a fresh line.
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            if size is not None:  # a full disk took part of the line: take it back, so no torn line is left
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+            raise LedgerError(f"cannot append to the ledger {self.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[list[dict[str, Any]], int]:
+        """All readable records (JSON objects) in order, and how many lines were not (torn or corrupt)."""
+        if not self.path.exists():
+            return [], 0
+        records, bad = [], 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError:  # not JSON; bytes that are not text at all raise UnicodeDecodeError
+                    record = None
+                if isinstance(record, dict):
+                    records.append(record)
+                else:
+                    bad += 1
+        return records, bad

@@ -1,0 +1,91 @@
+"""Text heurist records, sends or shows: secrets taken out, and untrusted text made inert.
+
+Two second lines of defence, applied where text leaves heurist's hands:
+
+- ``redact``: the values of secret-looking variables in heurist's own environment (an API
+  key, a token, a password) are replaced by ``[redacted $NAME]`` in every text heurist
+  records or sends: the ledger and transcripts (``common.ledger``), memory, prompts, the
+  report, commit messages, the summary and the console; text from untrusted code (an
+  episode's error, a test's output) is redacted where it enters heurist, so the run's state
+  and its checkpoints never hold it either. Sandboxed code never sees these variables (the
+  sandbox's environment is an allow-list); this catches the ways one could still be copied
+  into a text by mistake. Policy and test sources are never rewritten: they are hashed.
+- ``printable``: text written by untrusted code (a policy's error, a test's output) can
+  carry terminal escape sequences, other control characters and bidirectional overrides;
+  they are shown as visible escapes (``\\x1b``) so the text is displayed, never obeyed.
+  ``cli.console.shown`` adds Rich markup escaping on top for the console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+# Names that say a variable holds a secret. A value shorter than MIN_SECRET_CHARS ("true", a short
+# password that is also a word) would mangle unrelated text wherever it occurs; keys and tokens are longer.
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH(?!OR)|COOKIE|SESSION|PRIVATE|_PASS$|^PASS",
+                         re.IGNORECASE)
+NOT_SECRET = frozenset({"SSH_AUTH_SOCK", "XDG_SESSION_ID", "XDG_SESSION_TYPE", "XDG_SESSION_CLASS",
+                        "XDG_SESSION_DESKTOP", "DBUS_SESSION_BUS_ADDRESS", "SESSION_MANAGER", "KEYTIMEOUT"})
+MIN_SECRET_CHARS = 12
+
+_extra_names: set[str] = set()
+
+
+def also_secret(name: str) -> None:
+    """Treat this variable as a secret whatever its name (the run's configured API key variable)."""
+    _extra_names.add(name)
+
+
+def secret_values() -> list[tuple[str, str]]:
+    """(value, name) of every secret-looking variable in this process's environment, longest first."""
+    found = {}
+    for name, value in os.environ.items():
+        if name in NOT_SECRET or len(value) < MIN_SECRET_CHARS:
+            continue
+        if name in _extra_names or SECRET_NAME.search(name):
+            found.setdefault(value, name)
+    return sorted(found.items(), key=lambda item: -len(item[0]))
+
+
+def redact(text: str, secrets: list[tuple[str, str]] | None = None) -> str:
+    """``text`` with every secret value (as is, and as JSON would escape it) replaced by its variable's name."""
+    if not text:
+        return text
+    for value, name in secret_values() if secrets is None else secrets:
+        if value in text:
+            text = text.replace(value, f"[redacted ${name}]")
+        escaped = json.dumps(value)[1:-1]
+        if escaped != value and escaped in text:
+            text = text.replace(escaped, f"[redacted ${name}]")
+    return text
+
+
+def redact_deep(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any:
+    """Every string inside plain dicts, lists and tuples redacted; any other object is returned as it is."""
+    secrets = secret_values() if secrets is None else secrets
+    if not secrets:
+        return value
+    kind = type(value)
+    if kind is str:
+        return redact(value, secrets)
+    if kind is dict:
+        return {redact_deep(k, secrets): redact_deep(v, secrets) for k, v in value.items()}
+    if kind is list:
+        return [redact_deep(v, secrets) for v in value]
+    if kind is tuple:
+        return tuple(redact_deep(v, secrets) for v in value)
+    return value
+
+
+# C0 controls but newline and tab, DEL, C1 controls, the Unicode controls that reorder or hide what a
+# terminal or a page shows (bidirectional overrides and isolates, zero-width joiners aside), and lone
+# surrogates, which no encoder can write (a console would fail on them).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """Untrusted text with control characters shown as visible escapes, so a terminal prints, never obeys, it."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)

@@ -1,0 +1,1 @@
+"""`heurist doctor`: one check per part of the installation."""

@@ -1,0 +1,80 @@
+"""What a policy's action must be for its task, checked in the env process before the env steps with it.
+
+``action_coercer`` makes one fast validator per action space (type, shape, bounds, finiteness),
+since it runs on every step; ``plain_actions`` writes actions as JSON for an episode's trace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.wire import describe
+
+
+class InvalidAction(Exception):
+    pass
+
+
+def plain_actions(actions: list) -> list:
+    """Actions as JSON: ints stay ints, vectors are rounded to 4 decimals (once, vectorised, not per step)."""
+    if not actions:
+        return []
+    if isinstance(actions[0], int):
+        return actions
+    return np.round(np.asarray(actions, dtype=np.float64), 4).tolist()
+
+
+def action_coercer(space):
+    """A fast validator for one action space: returns the action the env gets, or raises InvalidAction."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        lo, hi = int(space.start), int(space.start + space.n)
+
+        def coerce_discrete(action):
+            if action.__class__ is int and lo <= action < hi:  # the common case, checked first
+                return action
+            if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+                if isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
+                    action = int(action)
+                else:
+                    raise InvalidAction(f"act() returned {describe(action)}; this task needs an int in [{lo}, {hi})")
+            if not lo <= action < hi:
+                raise InvalidAction(f"act() returned {int(action)}, outside the action range [{lo}, {hi})")
+            return int(action)
+
+        return coerce_discrete
+
+    if isinstance(space, spaces.Box):
+        low, high, shape = space.low.astype(np.float64), space.high.astype(np.float64), space.shape
+        uniform = bool((low == low.flat[0]).all() and (high == high.flat[0]).all())
+        low_min, high_max = float(low.min()), float(high.max())
+
+        def coerce_box(action):
+            try:
+                arr = np.asarray(action, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InvalidAction(f"act() returned {describe(action)}; "
+                                    f"this task needs a float array of shape {shape}") from None
+            if arr.shape != shape:
+                raise InvalidAction(f"act() returned shape {arr.shape}; this task needs shape {shape}")
+            # One range test on the hot path; NaN fails every comparison, so it lands below too.
+            if uniform:
+                inside = arr.min() >= low_min and arr.max() <= high_max
+            else:
+                inside = bool(((arr >= low) & (arr <= high)).all())
+            if not inside:
+                if not np.isfinite(arr).all():
+                    raise InvalidAction(f"act() returned a non-finite action {np.array2string(arr, precision=3)}")
+                raise InvalidAction(f"act() returned {np.array2string(arr, precision=3)}, outside the bounds "
+                                    f"[{np.array2string(low, precision=3)}, {np.array2string(high, precision=3)}]")
+            return arr
+
+        return coerce_box
+
+    def coerce_other(action):
+        if not space.contains(action):
+            raise InvalidAction(f"act() returned {str(action)[:60]!r}, not in {space}")
+        return action
+
+    return coerce_other

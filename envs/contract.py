@@ -1,0 +1,155 @@
+"""The policy file contract, checked statically (parsing is safe; running is the sandbox's job).
+
+A policy is one self-contained ``.py`` file:
+
+- ``class Policy`` with ``reset(self, seed)`` and ``act(self, obs, info) -> action``;
+  ``__init__`` may accept ``action_space`` if the policy needs it;
+- optionally ``self.diagnostics = {"mode": ..., "reason": ...}`` set in ``act``; the
+  evaluator records it per step in the trace;
+- optionally ``@dataclass class Tunables`` whose fields are declared with
+  ``tunable(default, low, high, doc)``; a scalar search reads and rewrites those
+  defaults (and nothing else) through ``read_tunables`` / ``rewrite_tunables``;
+- imports limited to the standard library, numpy, scipy, cv2 and simulator packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from common.errors import PolicyError
+
+ALLOWED_THIRD_PARTY = frozenset({"numpy", "scipy", "cv2", "mujoco", "ale_py", "Box2D"})
+HEURIST_PACKAGES = frozenset({"graph", "roles", "memory", "envs", "policies", "heurist"})
+
+
+class Tunable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    default: float
+    low: float
+    high: float
+    doc: str
+    integer: bool = False
+
+
+def policy_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_policy_file(path: Path | str) -> ast.Module:
+    """Raise PolicyError with a one-line reason unless ``path`` is a well-formed policy file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"policy file {path} does not exist; give the path to a .py file with a class Policy")
+    if path.suffix != ".py":
+        raise PolicyError(f"{path} is not a .py file; a policy is one Python file with a class Policy")
+    source = path.read_text(errors="replace")
+    return check_policy_source(source, str(path))
+
+
+def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
+    try:
+        tree = ast.parse(source, filename=name)
+    except SyntaxError as exc:
+        raise PolicyError(f"{name} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    for node in ast.walk(tree):
+        modules = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise PolicyError(f"{name}:{node.lineno} uses a relative import; a policy must be self-contained")
+        for module in modules:
+            top = module.split(".")[0]
+            if top in HEURIST_PACKAGES:
+                raise PolicyError(f"{name}:{node.lineno} imports {module}; a policy must not import heurist itself")
+            if top not in sys.stdlib_module_names and top not in ALLOWED_THIRD_PARTY:
+                allowed = ", ".join(sorted(ALLOWED_THIRD_PARTY))
+                raise PolicyError(f"{name}:{node.lineno} imports {module}; policies may import only the standard "
+                                  f"library and {allowed}")
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    policy = classes.get("Policy")
+    if policy is None:
+        raise PolicyError(f"{name} defines no top-level class Policy; a policy file needs class Policy with reset(seed) and act(obs, info)")
+    methods = {n.name for n in policy.body if isinstance(n, ast.FunctionDef)}
+    missing = [m for m in ("reset", "act") if m not in methods]
+    if missing:
+        raise PolicyError(f"{name}: class Policy has no {' or '.join(missing)} method; it needs reset(self, seed) and act(self, obs, info)")
+    _tunable_calls(tree, name)  # validates declarations
+    return tree
+
+
+def _tunable_calls(tree: ast.Module, name: str) -> list[tuple[str, ast.Call]]:
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Tunables"), None)
+    if cls is None:
+        return []
+    calls = []
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(stmt.value, ast.Call) \
+                and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "tunable":
+            call = stmt.value
+            if len(call.args) + len(call.keywords) != 4:
+                raise PolicyError(f"{name}:{stmt.lineno} tunable() takes (default, low, high, doc)")
+            calls.append((stmt.target.id, call))
+    return calls
+
+
+def _arg(call: ast.Call, index: int, keyword: str) -> ast.expr:
+    if index < len(call.args):
+        return call.args[index]
+    for kw in call.keywords:
+        if kw.arg == keyword:
+            return kw.value
+    raise PolicyError(f"tunable() at line {call.lineno} is missing {keyword}")
+
+
+def read_tunables(source: str, name: str = "<policy>") -> list[Tunable]:
+    """The declared tunables with their current defaults and bounds."""
+    tree = check_policy_source(source, name)
+    out = []
+    for field_name, call in _tunable_calls(tree, name):
+        try:
+            default, low, high, doc = (ast.literal_eval(_arg(call, i, k))
+                                       for i, k in enumerate(("default", "low", "high", "doc")))
+        except ValueError:
+            raise PolicyError(f"{name}:{call.lineno} tunable {field_name!r} must use literal numbers and a string") from None
+        if not (low <= default <= high):
+            raise PolicyError(f"{name}:{call.lineno} tunable {field_name!r} default {default} is outside [{low}, {high}]")
+        out.append(Tunable(name=field_name, default=default, low=low, high=high, doc=doc,
+                           integer=isinstance(default, int) and not isinstance(default, bool)))
+    return out
+
+
+def rewrite_tunables(source: str, values: dict[str, float], name: str = "<policy>") -> str:
+    """Return ``source`` with the named tunables' defaults replaced, every other byte unchanged."""
+    tree = check_policy_source(source, name)
+    calls = dict(_tunable_calls(tree, name))
+    declared = {t.name: t for t in read_tunables(source, name)}
+    unknown = sorted(set(values) - set(calls))
+    if unknown:
+        raise PolicyError(f"{name} declares no tunable {', '.join(unknown)}; declared: {', '.join(calls) or 'none'}")
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line.encode()))
+    data = source.encode()
+    edits = []
+    for field_name, value in values.items():
+        spec = declared[field_name]
+        if not (spec.low <= value <= spec.high):
+            raise PolicyError(f"{field_name}={value} is outside its bounds [{spec.low}, {spec.high}]")
+        node = _arg(calls[field_name], 0, "default")
+        start = offsets[node.lineno - 1] + node.col_offset
+        end = offsets[node.end_lineno - 1] + node.end_col_offset
+        text = str(int(round(value))) if spec.integer else repr(float(value))
+        edits.append((start, end, text.encode()))
+    for start, end, text in sorted(edits, reverse=True):
+        data = data[:start] + text + data[end:]
+    return data.decode()

@@ -1,0 +1,125 @@
+"""What an evaluation reports: per-episode results with their traces, clips, score statistics, the whole result.
+
+``EvalResult`` is what ``envs.evaluator`` returns and what the report, the ledger and the
+roles read; ``score_stats`` computes its statistics over completed episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.failures import FailureEvent
+from envs.tasks import Split, TaskSpec
+
+EpisodeStatus = Literal["ok", "policy_error", "invalid_action", "env_error", "timeout", "crash", "not_run"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TraceWindow(_Record):
+    label: str
+    step: int
+    steps: list[dict[str, Any]]
+
+
+class EpisodeTrace(_Record):
+    actions: list[Any]
+    rewards: list[float]
+    mode_counts: dict[str, int]
+    windows: list[TraceWindow]
+
+
+class EpisodeResult(_Record):
+    seed: int
+    status: EpisodeStatus
+    error: str | None = None
+    return_: float | None = Field(default=None, alias="return")
+    length: int = 0
+    env_steps: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    termination: str | None = None
+    events: list[FailureEvent] = Field(default_factory=list)
+    trace: EpisodeTrace | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Clip(_Record):
+    seed: int
+    step: int
+    label: str
+    mp4: str
+    png: str
+    frames: int
+    replay_diverged_at: int | None = None
+
+
+class ScoreStats(_Record):
+    """Over completed episodes. ``std`` is the population standard deviation (ddof=0); ``ci95`` is a
+    t-interval for the mean (None with fewer than two episodes or no spread)."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    ci95: tuple[float, float] | None
+    hns_mean: float | None = None
+
+
+class EvalResult(_Record):
+    eval_id: str
+    task: str
+    protocol: str
+    obs_mode: str
+    split: Split
+    seeds: list[int]
+    policy_path: str
+    policy_sha256: str
+    status: Literal["complete", "partial", "broken"]
+    stats: ScoreStats | None
+    target: float | None
+    episodes: list[EpisodeResult]
+    failures: dict[str, int]
+    env_steps: int
+    wall_s: float
+    clips: list[Clip]
+    containment: dict[str, str]
+    protected_uses_before: int = 0
+    clip_env_steps: int = 0  # the re-simulations that rendered the clips; included in env_steps
+
+    def summary(self) -> dict[str, Any]:
+        """The compact form for ``--json`` and the ledger: no traces."""
+        s = self.stats
+        return {
+            "eval_id": self.eval_id, "task": self.task, "protocol": self.protocol, "split": self.split,
+            "seeds": self.seeds, "policy": self.policy_path, "policy_sha256": self.policy_sha256,
+            "status": self.status, "episodes": len(self.episodes),
+            "episodes_failed": sum(e.status != "ok" for e in self.episodes),
+            "mean": s.mean if s else None, "std": s.std if s else None, "median": s.median if s else None,
+            "min": s.min if s else None, "max": s.max if s else None, "ci95": s.ci95 if s else None,
+            "hns_mean": s.hns_mean if s else None, "target": self.target,
+            "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "wall_s": round(self.wall_s, 3),
+            "failures": self.failures, "clips": [c.mp4 for c in self.clips],
+        }
+
+
+def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
+    if not returns:
+        return None
+    arr = np.asarray(returns, dtype=float)
+    mean = float(arr.mean())
+    ci = None
+    if len(arr) > 1 and arr.std() > 0:
+        from scipy import stats  # here, not at import: the report reads EvalResults and needs no statistics
+
+        lo, hi = stats.t.interval(0.95, len(arr) - 1, loc=mean, scale=stats.sem(arr))
+        ci = (float(lo), float(hi))
+    return ScoreStats(mean=mean, std=float(arr.std()), median=float(np.median(arr)), min=float(arr.min()),
+                      max=float(arr.max()), ci95=ci, hns_mean=spec.normalise(mean))

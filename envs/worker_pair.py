@@ -1,0 +1,199 @@
+"""The worker of an evaluation: a trusted env process and the sandboxed policy process it talks to.
+
+``WorkerProcess`` starts the pair with the containment of ``envs/sandbox.py``, sends it jobs and
+reads its replies, and stops it: a wall-clock limit kills both process groups, and ``WorkerDied``
+says in words why a pair ended. ``pair_cpus`` gives each pair its core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from common.safe_text import redact
+from envs.cgroups import SandboxCgroups
+from envs.isolation import Confinement, isolation_prefix
+from envs.limits import Limits
+from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
+from envs.wire import observation_pipe
+
+
+class WorkerDied(Exception):
+    """The worker process ended or was killed; ``reason`` says why in words."""
+
+    def __init__(self, reason: str, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+def pair_cpus(n: int) -> list[int]:
+    """A core for each of ``n`` workers, to pin its env process and policy process together.
+
+    The two take turns and never run at once, and waking a process on the same core costs a
+    quarter of waking it on another (20 against 80 microseconds per round trip on the 2-core
+    machines measured; ``benchmarks/policy_ipc.py``), which is most of the price of keeping
+    the policy apart. The first core is drawn at random, so two runs on one machine do not
+    both start at core 0.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    start = random.randrange(len(cpus))
+    return [cpus[(start + i) % len(cpus)] for i in range(n)]
+
+
+class WorkerProcess:
+    """One evaluation worker: a trusted env process and the sandboxed policy process it talks to.
+
+    The env process (``envs.worker``) runs heurist's and the environment's code with a scrubbed
+    environment and its own limits; the policy process (``envs.policy_host``) runs the untrusted
+    source it is sent under the full containment (namespaces, confinement, cgroups, limits,
+    no privileges). It is bound no file at all: the policy's source comes over the pipe. They
+    share two pipes and nothing else; this process talks only to the env process, and ``run``
+    sends a job and waits for its reply, at most ``timeout`` seconds.
+    """
+
+    def __init__(self, limits: Limits, scratch: Path, confinement: Confinement | None = None,
+                 cpu: int | None = None) -> None:
+        self.limits = limits
+        self.dirs = SandboxDirs(limits, parent=scratch)
+        self.log = self.env_log = self.step_file = None
+        self.policy_proc = self.env_proc = None
+        self.cgroups = SandboxCgroups({})
+        self._job_w = self._res_r = -1
+        try:
+            self._start(confinement, cpu)
+        except BaseException:  # nothing half-started is left behind: processes, descriptors, folders, cgroups
+            if self._res_r >= 0:
+                os.close(self._res_r)
+            self.close()
+            raise
+        self._replies: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read_replies, daemon=True)
+        self._reader.start()
+
+    def _start(self, confinement: Confinement | None, cpu: int | None) -> None:
+        limits = self.limits
+        self.log = self.dirs.log("policy.log")  # what the policy printed, for the reasons of its death
+        self.env_log = self.dirs.log("env.log")
+        self.step_file = self.dirs.log("steps")  # the env process's step count of the job in progress
+        os.ftruncate(self.step_file.fd, 8)
+        self.cgroups = SandboxCgroups.create(limits)
+        self.prefix = [*self.cgroups.prefix(), *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
+        pinned = ["--cpu", str(cpu)] if cpu is not None else []
+        job_r, self._job_w = os.pipe()
+        self._res_r, res_w = os.pipe()
+        request_r, request_w = observation_pipe()
+        reply_r, reply_w = os.pipe()
+        try:
+            self.policy_proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
+                 "--reply-fd", str(reply_w), "--limits", limit_args(limits, self.cgroups), *pinned],
+                env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
+                stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd, pass_fds=(request_r, reply_w),
+                start_new_session=True, close_fds=True)
+            self.env_proc = subprocess.Popen(
+                [sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
+                 "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--steps-fd", str(self.step_file.fd),
+                 "--limits", limit_args(limits), *pinned],
+                env=sandbox_env(self.dirs.private), cwd=self.dirs.private, stdin=subprocess.DEVNULL,
+                stdout=self.env_log.fd, stderr=self.env_log.fd,
+                pass_fds=(job_r, res_w, request_w, reply_r, self.step_file.fd), start_new_session=True, close_fds=True)
+        finally:
+            for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w):
+                os.close(fd)  # each end now lives only in the process that uses it
+
+    def _read_replies(self) -> None:
+        with os.fdopen(self._res_r, "r") as replies:
+            for line in replies:
+                self._replies.put(line)
+        self._replies.put(None)  # end of file: the env process is gone
+
+    def run(self, job: dict, timeout: float) -> dict:
+        try:
+            os.write(self._job_w, (json.dumps(job) + "\n").encode())
+        except (BrokenPipeError, OSError):
+            raise WorkerDied(self._env_death_reason()) from None
+        try:
+            line = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process groups were killed",
+                             timed_out=True) from None
+        if line is None:
+            raise WorkerDied(self._env_death_reason())
+        reply = json.loads(line)
+        if reply.get("status") == "policy_gone":
+            if not reply["hung_up"]:  # it broke the protocol: what it sent is the reason, and it ends now
+                self.kill()
+                raise WorkerDied(reply["error"])
+            raise WorkerDied(self._policy_death_reason())
+        return reply
+
+    def _policy_death_reason(self) -> str:
+        """Why the policy process ended, from its exit status and its last output."""
+        try:
+            code = self.policy_proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # it closed its end of the pipe but lives on: end it
+            self.kill()
+            return "the policy process closed its pipe to the env process"
+        tail = self.log_tail()
+        return signal_reason(unwrapped_returncode(code, self.prefix)) + (f"; last output: {tail}" if tail else "")
+
+    def _env_death_reason(self) -> str:
+        try:
+            code = self.env_proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.env_proc.wait()
+        return "the env process " + signal_reason(code, who="").lstrip()
+
+    def steps_taken(self) -> int:
+        """Env steps of the job in progress or last run, as the env process counted them (readable after a kill)."""
+        if self.step_file is None:
+            return 0
+        try:
+            return max(0, int.from_bytes(os.pread(self.step_file.fd, 8, 0), sys.byteorder, signed=True))
+        except OSError:
+            return 0
+
+    def log_tail(self, chars: int = 300) -> str:
+        """The policy's last lines of output (untrusted text: redacted here, escaped where it is shown)."""
+        return redact(" | ".join(self.log.tail(chars).strip().splitlines()[-3:]))
+
+    def kill(self) -> None:
+        for proc in (self.policy_proc, self.env_proc):
+            if proc is None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        self.cgroups.remove()
+
+    def close(self) -> None:
+        if self._job_w >= 0:
+            try:
+                os.close(self._job_w)  # end of input: a healthy env process exits, and the policy process after it
+            except OSError:
+                pass
+            self._job_w = -1
+        for proc in (self.env_proc, self.policy_proc):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+        for log in (self.log, self.env_log, self.step_file):
+            if log is not None:
+                log.close()
+        self.dirs.remove()

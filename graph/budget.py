@@ -1,0 +1,32 @@
+"""When a run must stop: the one place budgets and targets are judged, from the state and config alone."""
+
+from __future__ import annotations
+
+from envs.tasks import TaskSpec
+from graph.state import RunState
+from store.config import RunConfig
+
+
+def stop_reason(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:
+    """Why the run must stop now, or None. Each budget is a hard stop, checked at every iteration's end."""
+    budget, spent = config.budget, state.get("spent") or {}
+    iteration = state.get("iteration", 0)
+    mean = (state.get("incumbent") or {}).get("mean")
+    if budget.stop_when != "never" and mean is not None:
+        if spec.max_return is not None and mean >= spec.max_return:
+            return f"maximum return reached: dev mean {mean:g} = {spec.max_return:g}, nothing left to gain"
+        if budget.stop_when == "target" and spec.target is not None and mean >= spec.target:
+            return f"target reached: dev mean {mean:g} >= {spec.target:g}"
+    if budget.iterations is not None and iteration >= budget.iterations:
+        return f"iteration budget spent ({iteration} of {budget.iterations})"
+    if budget.hours is not None and spent.get("elapsed_s", 0) >= budget.hours * 3600:
+        return f"wall-time budget spent ({spent['elapsed_s'] / 3600:.2f} of {budget.hours:g} h)"
+    if budget.env_steps is not None and spent.get("env_steps", 0) >= budget.env_steps:
+        return f"env-step budget spent ({spent['env_steps']:,} of {budget.env_steps:,})"
+    if budget.tokens is not None and spent.get("tokens", 0) >= budget.tokens:
+        return f"token budget spent ({spent['tokens']:,} of {budget.tokens:,})"
+    if budget.usd is not None and spent.get("usd", 0) >= budget.usd:
+        return f"USD budget spent (${spent['usd']:.2f} of ${budget.usd:.2f})"
+    if budget.patience is not None and state.get("since_improvement", 0) >= budget.patience:
+        return f"patience spent: {state['since_improvement']} iterations without an accepted edit"
+    return None

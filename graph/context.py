@@ -1,0 +1,158 @@
+"""What nodes use but the state does not hold: the run's config, task, workspace, ledger, memory, model and roles.
+
+Rebuilt from the run directory on every start or resume, so nothing here has to survive
+a crash. Evaluations go through ``evaluate_cached``: a policy version's results on a set
+of seeds are stored under ``RUN_DIR/evals`` by policy hash, so a node that runs again
+after a resume reads them instead of spending the env steps twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from common.errors import HeuristError
+from common.files import atomic_write
+from common.ledger import Ledger
+from envs.evaluator import EvalRequest, evaluate
+from envs.limits import Limits
+from envs.regression import KitRefused, PolicyUnderTest
+from envs.results import EvalResult
+from envs.tasks import Split, TaskSpec
+from graph.state import Scored
+from memory.store import MemoryStore
+from roles.base import Role, RoleContext
+from roles.llm import LLMClient, ReplayClient, Usage
+from roles.stages import Stage
+from store.config import RunConfig
+from store.transcripts import TranscriptRecorder
+from store.workspace import Workspace
+
+
+@dataclass
+class Services:
+    run_dir: Path
+    run_id: str
+    search_key: str  # seeds the offline search; a replay uses the recorded run's, to reach its decisions
+    config: RunConfig
+    spec: TaskSpec
+    protocol: str
+    workspace: Workspace
+    ledger: Ledger
+    memory: MemoryStore | None  # None only where nothing runs (the topology snapshot)
+    llm: LLMClient | ReplayClient | None  # None offline
+    usage: Usage
+    recorder: TranscriptRecorder
+    roles: dict[Stage, list[Role]]  # stage -> roles, in the order the config names them
+    session_started: float = field(default_factory=time.monotonic)
+    elapsed_before: float = 0.0  # active seconds of earlier sessions of this run
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # Test files run in parallel and may ask for the same uncached seed: one lock per (policy, seed), so a
+    # seed is evaluated once while different seeds are evaluated side by side.
+    _episode_locks: dict[tuple[str, int], threading.Lock] = field(default_factory=dict)
+    _locks_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ------------------------------------------------------------------ roles
+
+    def context(self, iteration: int, role: Role) -> RoleContext:
+        return RoleContext(task=self.spec, iteration=iteration, config=self.config,
+                           transcript=self.recorder.for_role(iteration, role.name), llm=self.llm, memory=self.memory,
+                           score=self.score_policies, search_key=self.search_key)
+
+    def role(self, stage: Stage) -> Role:
+        """The one role of a single-role stage (code, test)."""
+        return self.roles[stage][0]
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Tell the live view what happens; every event carries the model budget spent so far."""
+        if self.on_event is not None:
+            self.on_event(kind, {**fields, "tokens": self.usage.tokens, "usd": self.usage.usd})
+
+    # ------------------------------------------------------------------ evaluation
+
+    def limits(self) -> Limits:
+        e = self.config.eval
+        return Limits(episode_timeout_s=e.episode_timeout_s, episode_cpu_s=e.episode_timeout_s, memory_mb=e.memory_mb)
+
+    def dev_seeds(self) -> list[int]:
+        seeds = list(self.spec.seeds.seeds("dev"))
+        return seeds[: self.config.eval.episodes] if self.config.eval.episodes else seeds
+
+    def evaluate_cached(self, policy: Path, split: Split = "dev", seeds: list[int] | None = None,
+                        video: bool = False) -> EvalResult:
+        """The policy's results on these seeds, from the cache when this version was evaluated before."""
+        seeds = list(seeds if seeds is not None else self.dev_seeds())
+        sha = hashlib.sha256(policy.read_bytes()).hexdigest()
+        key = hashlib.sha256(json.dumps([sha, split, seeds, video, self.protocol]).encode()).hexdigest()[:16]
+        cached = self.run_dir / "evals" / f"{sha[:12]}-{split}-{key}.json"
+        if cached.is_file():
+            return EvalResult.model_validate_json(cached.read_text())
+        self.event("evaluating", split=split, seeds=len(seeds), policy=sha[:12])
+        result = evaluate(self.spec, EvalRequest(
+            policy_path=policy, task_id=self.spec.id, protocol=self.protocol, split=split, seeds=seeds,
+            workers=self.config.eval.workers, limits=self.limits(), video=video and self.config.eval.video,
+            out_dir=self.run_dir / "clips", confirm_protected=split != "dev"), self.ledger)
+        if result.policy_sha256 != sha:  # the evaluator hashes what it ran: it must be what was asked for
+            raise HeuristError(f"{policy} changed while it was being evaluated (sha256 {sha[:12]} asked, "
+                               f"{result.policy_sha256[:12]} scored); the result is not stored")
+        atomic_write(cached, result.model_dump_json(by_alias=True))
+        self.event("evaluated", split=split, seeds=len(seeds), env_steps=result.env_steps,
+                   mean=result.stats.mean if result.stats else None)
+        return result
+
+    def score_policies(self, sources: list[str], seeds: list[int]) -> list[dict[int, float | None]]:
+        """Each source's return per seed (None: the episode failed), for the offline search and test writer."""
+        return [per_seed(self.evaluate_cached(self.candidate_file(source), "dev", seeds)) for source in sources]
+
+    def candidate_file(self, source: str) -> Path:
+        """A policy version as a file of its own, named by its hash, for the evaluator to run.
+
+        ``RUN_DIR/candidates`` is out of every sandbox's sight; a file there whose bytes are not its
+        name's (written by anything else) is rewritten, so what is scored is ``source`` exactly."""
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        path = self.run_dir / "candidates" / f"{sha[:16]}.py"
+        if path.is_symlink() or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            path.unlink(missing_ok=True)
+            atomic_write(path, source)
+        return path
+
+    def policy_under_test(self, source: str, full: EvalResult) -> PolicyUnderTest:
+        """What a regression test's kit reaches: this policy's dev episodes (from ``full``, its evaluation on
+        the dev seeds, else evaluated and recorded now) and sandboxed calls on the policy itself."""
+        policy = self.candidate_file(source)
+        dev = list(self.spec.seeds.seeds("dev"))
+        known = {e.seed: e for e in full.episodes}
+
+        def episode(seed: int) -> dict:
+            if seed not in dev:
+                raise KitRefused(f"seed {seed} is not a dev seed of {self.spec.id}; regression tests use the dev "
+                                 f"seeds {dev[0]}..{dev[-1]} (holdout and audit seeds are never used by tests)")
+            found = known.get(seed)
+            if found is None:
+                with self._locks_lock:
+                    lock = self._episode_locks.setdefault((full.policy_sha256, seed), threading.Lock())
+                with lock:
+                    found = self.evaluate_cached(policy, "dev", [seed]).episodes[0]
+            return found.model_dump(mode="json", by_alias=True)
+
+        return PolicyUnderTest(episode, self.spec.model_dump_json(), self.protocol, str(policy), source, self.limits(),
+                               hidden=[self.run_dir])
+
+
+def per_seed(result: EvalResult) -> dict[int, float | None]:
+    return {e.seed: (e.return_ if e.status == "ok" else None) for e in result.episodes}
+
+
+def scored(commit: str, result: EvalResult) -> Scored:
+    """The state's record of a policy version (JSON: seeds as strings)."""
+    return {"commit": commit, "sha256": result.policy_sha256, "mean": result.stats.mean if result.stats else None,
+            "per_seed": {str(k): v for k, v in per_seed(result).items()}, "status": result.status}
+
+
+def seeds_of(record: dict[str, Any]) -> dict[int, float | None]:
+    return {int(k): v for k, v in record["per_seed"].items()}

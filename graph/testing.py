@@ -1,0 +1,67 @@
+"""Verify's regression tests: each test file against a policy version in a sandbox of its own, and the
+fail-to-pass rule that decides whether a new test is kept.
+
+Files run in parallel, as many at once as there are evaluation workers; each runs alone on a
+throwaway read-only copy (``envs.regression``), so no file can change another's verdict.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
+from graph.context import Services
+from graph.state import NewTestDecision
+
+FIRST_TEST = '''"""Written by heurist when the run began: the policy loads, resets and acts on the first dev seed."""
+
+from heurist_testkit import run_episode
+
+
+def test_policy_runs_a_dev_episode():
+    result = run_episode({seed})
+    assert result["status"] == "ok", result.get("error")
+'''
+
+
+def new_test_name(taken: set[str], iteration: int) -> str:
+    """heurist names every new test file (a writer's name is a suggestion): an accepted test is never
+    overwritten, and a new one cannot take an old one's place."""
+    name, n = f"tests/test_iteration_{iteration:04d}.py", 1
+    while name in taken:
+        n += 1
+        name = f"tests/test_iteration_{iteration:04d}_{n}.py"
+    return name
+
+
+def run_test_files(s: Services, jobs: list[tuple[str, str, PolicyUnderTest]],
+                   candidate: PolicyUnderTest) -> tuple[dict[str, TestFileResult], dict[str, TestFileResult]]:
+    """Each (file, source, policy) in its own sandbox; the results on the candidate and on the other policy."""
+    timeout = s.config.eval.episode_timeout_s * 4
+    workers = max(1, min(len(jobs), s.config.eval.workers or os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heurist-tests") as pool:
+        futures = [(name, policy, pool.submit(run_test_file, name, text, policy, s.limits(), timeout))
+                   for name, text, policy in jobs]
+        results = [(name, policy, future.result()) for name, policy, future in futures]
+    on_candidate = {name: r for name, policy, r in results if policy is candidate}
+    on_incumbent = {name: r for name, policy, r in results if policy is not candidate}
+    return on_candidate, on_incumbent
+
+
+def judge_new_tests(new: Iterable[str], on_candidate: dict[str, TestFileResult],
+                    on_incumbent: dict[str, TestFileResult]) -> dict[str, NewTestDecision]:
+    """Fail-to-pass: a new test is kept only if it fails on the incumbent and passes on the candidate."""
+    decisions: dict[str, NewTestDecision] = {}
+    for name in new:
+        if not on_candidate[name].passed:
+            decisions[name] = {"kept": False, "reason": f"it fails on the candidate: {on_candidate[name].reason}"}
+        elif on_incumbent[name].passed:
+            decisions[name] = {"kept": False, "reason": "it passes on the incumbent too, so it guards nothing "
+                                                        "this edit changed (a regression test must fail before "
+                                                        "the edit and pass after it)"}
+        else:
+            decisions[name] = {"kept": True, "reason": f"fails on the incumbent ({on_incumbent[name].reason}) "
+                                                       f"and passes on the candidate"}
+    return decisions

@@ -1,0 +1,292 @@
+"""What a run's report shows, gathered from the run directory alone.
+
+Read-only, and built only from records a crash cannot lose: the ledger, the transcripts,
+the cached evaluations, the workspace's git history and the memory store. So a report of
+a run killed an hour ago shows everything up to the kill, and a report written while the
+run goes on shows the run as it stands.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, read_events
+from common.ledger import Ledger
+from envs.results import EvalResult
+from envs.tasks import get_task
+from report.views import (
+    ClipView,
+    Commit,
+    Entry,
+    IterationView,
+    MemoryRecordView,
+    Message,
+    Part,
+    Point,
+    Recalled,
+    ReportData,
+    RoleTranscript,
+)
+from store.rundir import read_record, run_status
+from store.transcripts import (
+    Decision,
+    LLMCall,
+    Parsed,
+    RoleFailed,
+    TranscriptLine,
+    TranscriptRecorder,
+    ValidationFailed,
+    call_costs,
+)
+from store.workspace import Workspace
+
+
+def _iso_to_epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+class _CostClock:
+    """Cumulative model tokens and dollars at any moment of the run, from the transcripts' call records."""
+
+    def __init__(self, entries: list[TranscriptLine]):
+        costs = sorted(call_costs(entries))
+        self.times = [c[0] for c in costs]
+        self.tokens, self.usd = [0], [0.0]
+        for _, tokens, usd in costs:
+            self.tokens.append(self.tokens[-1] + tokens)
+            self.usd.append(self.usd[-1] + usd)
+
+    def at(self, epoch: float) -> tuple[int, float]:
+        i = bisect.bisect_right(self.times, epoch)
+        return self.tokens[i], self.usd[i]
+
+
+def _points(records: list[LedgerEvent], start_sha: str | None, dev_seeds: list[int],
+            clock: _CostClock) -> list[Point]:
+    """Every scored dev evaluation, in the order it happened, at the env steps spent by then."""
+    points: list[Point] = []
+    steps, started = 0, False
+    for r in records:
+        if isinstance(r, EvalFinished):
+            steps += r.env_steps
+            if r.split != "dev" or r.mean is None:
+                continue
+            tokens, usd = clock.at(_iso_to_epoch(r.time))
+            if not started and r.policy_sha256 == start_sha and r.seeds == dev_seeds:
+                points.append(Point(kind="start", mean=r.mean, env_steps=steps, usd=usd, tokens=tokens,
+                                    seeds=len(r.seeds), iteration=0, accepted=True))
+                started = True
+            elif len(r.seeds) >= 2 and r.seeds != dev_seeds:
+                # The coder's search and the test writer score candidates on a few dev seeds.
+                points.append(Point(kind="search", mean=r.mean, env_steps=steps, usd=usd, tokens=tokens,
+                                    seeds=len(r.seeds)))
+        elif isinstance(r, IterationDone) and r.mean_candidate is not None:
+            points.append(Point(kind="candidate", mean=r.mean_candidate, env_steps=steps,
+                                usd=float(r.spent.get("usd", 0.0)), tokens=int(r.spent.get("tokens", 0)),
+                                seeds=len(dev_seeds), iteration=r.iteration, accepted=r.accepted))
+        elif isinstance(r, RunFinished) and r.holdout and r.holdout.get("mean") is not None:
+            points.append(Point(kind="holdout", mean=r.holdout["mean"], env_steps=steps,
+                                usd=float(r.spent.get("usd", 0.0)), tokens=int(r.spent.get("tokens", 0)),
+                                seeds=r.holdout["episodes"]))
+    return points
+
+
+def _local(path: str, run_dir: Path) -> Path | None:
+    """A clip file recorded by absolute path, found again if the run directory has moved since."""
+    recorded = Path(path)
+    for candidate in (recorded, run_dir / "clips" / recorded.parent.name / recorded.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _clips(result: EvalResult | None, run_dir: Path) -> list[ClipView]:
+    views = []
+    for clip in result.clips if result else []:
+        mp4, png = _local(clip.mp4, run_dir), _local(clip.png, run_dir)
+        if mp4 is not None:
+            views.append(ClipView(seed=clip.seed, step=clip.step, label=clip.label, mp4=str(mp4),
+                                  png=str(png) if png else None))
+    return views
+
+
+def _baseline_eval(run_dir: Path, sha: str | None, dev_seeds: list[int]) -> EvalResult | None:
+    """The incumbent's evaluation an iteration analysed: all dev seeds, with its failure clips."""
+    if not sha:
+        return None
+    found = []
+    for path in (run_dir / "evals").glob(f"{sha[:12]}-dev-*.json"):
+        try:
+            result = EvalResult.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged cache file: the report shows the iteration without clips
+        if result.seeds == dev_seeds:
+            found.append(result)
+    return max(found, key=lambda r: len(r.clips), default=None)
+
+
+def _text_of(content: Any) -> list[Part]:
+    if isinstance(content, str):
+        return [Part(text=content)]
+    parts = []
+    for part in content or []:
+        if part.get("type") == "image":
+            parts.append(Part(image=part.get("path")))
+        else:
+            parts.append(Part(text=part.get("text", json.dumps(part))))
+    return parts
+
+
+def _entry(e: TranscriptLine) -> Entry:
+    when = _clock(e.time)
+    if isinstance(e, LLMCall):
+        if e.error:
+            heading = f"model call {e.model}, attempt {e.attempt}: failed"
+        else:
+            heading = (f"model call {e.model}, attempt {e.attempt}: {e.prompt_tokens or 0:,} + "
+                       f"{e.completion_tokens or 0:,} tokens, ${e.usd or 0.0:.5f}, {e.latency_s:.2f} s")
+        return Entry(kind=e.kind, heading=heading, time=when,
+                     messages=[Message(role=m.get("role", "?"), parts=_text_of(m.get("content")))
+                               for m in e.messages],
+                     response=e.response or None, error=e.error or e.refusal or None)
+    if isinstance(e, Parsed):
+        return Entry(kind=e.kind, heading="parsed answer" + (" (replayed)" if e.replayed else ""), time=when,
+                     parsed=json.dumps(e.parsed, indent=2))
+    if isinstance(e, ValidationFailed):
+        return Entry(kind=e.kind, heading=f"reply did not match the schema (attempt {e.attempt})", time=when,
+                     error=e.error, response=e.response)
+    if isinstance(e, RoleFailed):
+        return Entry(kind=e.kind, heading="role failed", time=when, error=e.error, details=e.traceback)
+    return Entry(kind=e.kind, heading=e.summary, time=when,
+                 details=json.dumps(e.details, indent=2, default=str) if e.details else None)
+
+
+def _transcripts(recorder: TranscriptRecorder, iteration: int) -> list[RoleTranscript]:
+    """Each role's transcript of one iteration, in the order the roles first spoke."""
+    by_role: dict[str, list[TranscriptLine]] = {}
+    for entry in sorted(recorder.read(iteration), key=lambda e: e.time):
+        by_role.setdefault(entry.role, []).append(entry)
+    views = []
+    for role, entries in by_role.items():
+        costs = list(call_costs(entries))
+        views.append(RoleTranscript(role=role, entries=[_entry(e) for e in entries], calls=len(costs),
+                                    tokens=sum(c[1] for c in costs), usd=sum(c[2] for c in costs),
+                                    latency_s=sum(e.latency_s for e in entries if isinstance(e, LLMCall))))
+    return views
+
+
+def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
+    kind = record.type
+    if kind == "failure":
+        detail = f"{record.kind} on seed {record.seed} at step {record.step}"
+    elif kind == "fix":
+        delta = record.score_delta
+        detail = f"{record.outcome}" + (f", {delta:+.2f} dev mean" if delta is not None else "")
+    else:
+        detail = f"from {len(record.source_fix_ids)} fixes"
+    return MemoryRecordView(type=kind, id=record.id, text=record.text, detail=detail,
+                            iteration=iteration if iteration is not None else getattr(record, "iteration", None))
+
+
+def _open_memory(record: Any, run_dir: Path) -> Any:
+    from memory.store import MemoryConfig, MemoryStore
+    from store.config import RunConfig
+
+    config = RunConfig.model_validate(record.config)
+    return MemoryStore(MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory)
+
+
+def _iteration_views(run_dir: Path, iterations: list[IterationDone], start_sha: str | None, dev_seeds: list[int],
+                     recorder: TranscriptRecorder) -> tuple[list[IterationView], dict[str, tuple[int, float | None]]]:
+    """Each iteration as the report shows it, and the memory records each recalled (id -> first use)."""
+    used_ids: dict[str, tuple[int, float | None]] = {}
+    views = []
+    previous_sha = start_sha
+    for r in iterations:
+        baseline = _baseline_eval(run_dir, r.baseline_sha256 or previous_sha, dev_seeds)
+        recalled = []
+        for entry in recorder.read(r.iteration, "recall"):
+            for hit in entry.details.get("used", []) if isinstance(entry, Decision) else []:
+                used_ids.setdefault(hit["id"], (r.iteration, hit.get("similarity")))
+                recalled.append(hit)
+        verdict = r.verdict or {}
+        views.append(IterationView(
+            iteration=r.iteration, accepted=r.accepted, reason=r.reason, reasons=verdict.get("reasons") or [r.reason],
+            edit=r.rationale or r.edit, mean_before=r.mean_before, mean_candidate=r.mean_candidate,
+            mean_after=r.mean_after, commit=r.commit, analyses=r.analyses, diff=r.diff, check_error=r.check_error,
+            tests_written=r.tests_written, tests_added=r.tests_added, failures=baseline.failures if baseline else {},
+            failure_seeds=sum(1 for e in baseline.episodes if e.events or e.status != "ok") if baseline else 0,
+            clips=_clips(baseline, run_dir),
+            recalled=[Recalled(type=h["type"], id=h["id"], similarity=h.get("similarity"), text="")
+                      for h in recalled],
+            transcripts=_transcripts(recorder, r.iteration), spent=r.spent))
+        previous_sha = r.policy_sha256
+    return views, used_ids
+
+
+def gather(run_dir: Path) -> ReportData:
+    """Everything the report shows, from the run directory and the memory store it names."""
+    run_dir = Path(run_dir).resolve()
+    record = read_record(run_dir)
+    spec = get_task(record.task)
+    records, torn = read_events(Ledger(run_dir / "ledger.jsonl"))
+    records = [r for r in records if getattr(r, "run_id", record.run_id) == record.run_id]
+    started = next((r for r in records if isinstance(r, RunStarted)), None)
+    finished = next((r for r in reversed(records) if isinstance(r, RunFinished)), None)
+    by_number = {r.iteration: r for r in records if isinstance(r, IterationDone)}  # once each, the last kept
+    dev_seeds = list(started.dev_seeds) if started else []
+    start = started.start if started else {}
+    recorder = TranscriptRecorder(run_dir)
+    clock = _CostClock(recorder.read())
+    iterations, used_ids = _iteration_views(run_dir, [by_number[n] for n in sorted(by_number)], start.get("sha256"),
+                                            dev_seeds, recorder)
+
+    memory_note, added, used = None, [], []
+    store = None
+    try:
+        store = _open_memory(record, run_dir)
+        added = [_memory_view(m) for m in store.records_of_run(record.run_id)]
+        found = {m.id: m for m in store.get(used_ids)}
+        used = [_memory_view(found[i], used_ids[i][0]) for i in used_ids if i in found]
+        texts = {m.id: m.text for m in found.values()}
+        for view in iterations:
+            view.recalled = [h.model_copy(update={"text": texts.get(h.id, "(no longer in memory)")})
+                             for h in view.recalled]
+    except Exception as exc:  # the memory is a view here: a store that cannot open must not hide the rest
+        memory_note = f"the memory store could not be read: {type(exc).__name__}: {exc}"[:400]
+    finally:
+        if store is not None:
+            store.close()
+
+    workspace = Workspace(run_dir / "workspace")
+    best = run_dir / "best_policy.py"
+    if best.is_file():
+        policy_label, policy_source = "the final policy (best_policy.py, tag heurist-final)", best.read_text()
+    elif (workspace.root / ".git").is_dir():
+        policy_label, policy_source = "the incumbent so far (workspace HEAD)", workspace.source_at("HEAD")
+    else:
+        policy_label, policy_source = "the starting policy (the run has not begun)", (
+            run_dir / "starting_policy.py").read_text()
+    history = [Commit(**c) for c in workspace.history()] if (workspace.root / ".git").is_dir() else []
+
+    last = by_number[max(by_number)] if by_number else None
+    spent = (finished.spent if finished else None) or (last.spent if last else None) or {}
+    kinds = sorted({k for view in iterations for k in view.failures})
+    return ReportData(
+        run_dir=str(run_dir), run_id=record.run_id, task=record.task, protocol=record.protocol,
+        roles_label="offline roles" if record.offline else f"model {record.config['llm']['model']}",
+        status=run_status(run_dir), stop_reason=finished.reason if finished else None, created=record.created,
+        replay_of=record.replay_of, dev_seeds=dev_seeds, target=spec.target, max_return=spec.max_return,
+        start_mean=start.get("mean"), best_mean=last.mean_after if last else start.get("mean"),
+        holdout=finished.holdout if finished else None, holdout_enabled=bool(record.config["eval"]["holdout"]), spent=spent,
+        points=_points(records, start.get("sha256"), dev_seeds, clock), iterations=iterations, failure_kinds=kinds,
+        policy_label=policy_label, policy_source=policy_source, git_history=history, memory_note=memory_note,
+        memory_added=added, memory_used=used, torn_lines=torn)

@@ -1,0 +1,124 @@
+"""Write ``RUN_DIR/report/index.html`` (and the ``--compare`` page) with Jinja2.
+
+The page needs no network: CSS is inline, plots are inline SVG, and the clips and contact
+sheets are copied (hard-linked where the file system allows) into ``report/media/`` next to
+it, so the folder opens from disk, moves as one piece, and a clip plays in the page. Media
+are not inlined as base64: a long Atari run has hundreds of clips, and rewriting them into
+one file after every iteration would cost more than the iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import DiffLexer, PythonLexer
+
+from common.errors import HeuristError
+from common.files import atomic_write
+from common.safe_text import redact
+from report.data import gather
+from report.plots import compare_plot, cost_axis, failure_plot, score_plot
+from report.views import ReportData
+
+TEMPLATES = Path(__file__).parent / "templates"
+_FORMATTER = HtmlFormatter(cssclass="hl")
+
+
+class ReportError(HeuristError):
+    """A report that cannot be written."""
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["diff"] = lambda text: Markup(highlight(text, DiffLexer(), _FORMATTER))
+    env.filters["python"] = lambda text: Markup(highlight(text, PythonLexer(), _FORMATTER))
+    env.filters["num"] = lambda value, digits=2: "n/a" if value is None else f"{value:,.{digits}f}"
+    env.filters["steps"] = lambda value: f"{int(value or 0):,}"
+    return env
+
+
+class _Media:
+    """Copies the files a page shows into its media folder, once each, and gives their relative paths."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, path: str | None) -> str | None:
+        # Only a regular file, never a link: a clip name that points elsewhere is shown as text, not copied.
+        if not path or Path(path).is_symlink() or not Path(path).is_file():
+            return None
+        source = Path(path)
+        name = f"{hashlib.sha256(str(source.parent).encode()).hexdigest()[:10]}-{source.name}"
+        target = self.folder / name
+        if not target.is_file() or target.stat().st_size != source.stat().st_size:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}.partial")  # `heurist report` may race the run
+            partial.unlink(missing_ok=True)
+            try:
+                os.link(source, partial)  # clips are never rewritten, so a hard link is a safe copy
+            except OSError:
+                shutil.copyfile(source, partial)
+            partial.replace(target)
+        return f"{self.folder.name}/{name}"
+
+
+def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
+    for view in data.iterations:
+        for clip in view.clips:
+            clip.mp4, clip.png = media(clip.mp4) or "", media(clip.png)
+        for transcript in view.transcripts:
+            for entry in transcript.entries:
+                for message in entry.messages:
+                    for part in message.parts:
+                        if part.image is not None:
+                            copied = media(part.image)
+                            if copied is None:  # never a link out of the report's folder
+                                part.text = f"[image no longer on disk: {part.image}]"
+                            part.image = copied
+    axis = cost_axis(data)
+    return {"data": data, "score_plot": Markup(score_plot(data, "env_steps")),
+            "cost_plot": Markup(score_plot(data, axis)) if axis else None, "cost_axis": axis,
+            "failure_plot": Markup(failure_plot(data) or ""), "pygments_css": _FORMATTER.get_style_defs(".hl"),
+            "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def write_report(run_dir: Path) -> Path:
+    """Render the run's report; returns the path of index.html."""
+    run_dir = Path(run_dir).resolve()
+    data = gather(run_dir)
+    folder = run_dir / "report"
+    html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media")))
+    index = folder / "index.html"
+    try:
+        atomic_write(index, redact(html))
+    except OSError as exc:
+        raise ReportError(f"cannot write {index}: {exc.strerror}; free space or make {folder} writable") from None
+    return index
+
+
+def write_compare(run_dirs: list[Path], out: Path) -> Path:
+    """One page with the score curves of several runs; a single file (plots only, no media)."""
+    if len(run_dirs) < 2:
+        raise ReportError("--compare needs at least two run directories")
+    runs = [gather(Path(d)) for d in run_dirs]
+    axis = "usd" if all(cost_axis(r) == "usd" for r in runs) else None
+    html = _environment().get_template("compare.html.j2").render(
+        runs=runs, plot=Markup(compare_plot(runs, "env_steps")),
+        cost_plot=Markup(compare_plot(runs, axis)) if axis else None,
+        generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
+    out = Path(out)
+    try:
+        atomic_write(out, redact(html))
+    except OSError as exc:
+        raise ReportError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
+    return out

@@ -1,0 +1,175 @@
+"""What each stage of an iteration gives its roles and takes back, and the facts analyse roles share.
+
+A role of a stage takes that stage's input model and returns its output model (or a subclass
+of it); that is what lets any role of any stage, the coder and test writer included, be
+replaced by a plug-in. Analyse roles also declare the *facts* they produce: typed fields of
+``AnalyseOutput`` that later stages and the loop read by name (``failures``,
+``seeds_by_kind``, ``sightings``), never by asking for a particular role. Roles declare the
+facts they read; ``roles.registry.check_stages`` refuses, at start, a configuration in which
+something reads a fact no analyse role produces.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from envs.results import EvalResult
+from roles.edits import Edit
+
+Stage = Literal["analyse", "code", "test", "review"]
+STAGES: tuple[Stage, ...] = ("analyse", "code", "test", "review")
+# A fact is a field of AnalyseOutput that some analyse role fills in (None where no role did).
+Fact = Literal["failures", "seeds_by_kind", "sightings"]
+FACTS: tuple[Fact, ...] = ("failures", "seeds_by_kind", "sightings")
+
+# scorer(sources, seeds) -> one {seed: return or None} per source, through the sandboxed evaluator.
+Scorer = Callable[[list[str], list[int]], list[dict[int, float | None]]]
+
+
+class RoleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------- analyse
+
+class AnalyseInput(RoleModel):
+    """What every role of the analyse stage gets: the incumbent's evaluation on the dev seeds."""
+
+    task: str
+    task_description: str
+    policy_source: str
+    evaluation: EvalResult = Field(..., description="The incumbent's evaluation on the dev seeds, clips included.")
+
+
+class FailureFinding(RoleModel):
+    """One failure seen in an episode: where it happened and what it was (the ``failures`` fact)."""
+
+    seed: int
+    step: int
+    kind: str
+    description: str
+    active_mode: str | None = None
+
+
+class Sighting(RoleModel):
+    """What was seen going wrong around a step of an episode's clip (the ``sightings`` fact)."""
+
+    seed: int
+    step: int
+    what_went_wrong: str
+    evidence: str = ""
+
+
+class AnalyseOutput(RoleModel):
+    """What an analyse role returns: a summary line the coder reads, the facts it declares, its own details."""
+
+    summary: str
+    failures: list[FailureFinding] | None = Field(None, description="Failures, worst seeds first (fact).")
+    seeds_by_kind: dict[str, list[int]] | None = Field(None, description="Failure kind -> dev seeds (fact).")
+    sightings: list[Sighting] | None = Field(None, description="What clips show going wrong (fact).")
+    details: dict[str, Any] = Field(default_factory=dict, description="Anything else, shown as it is.")
+
+
+def gather(analyses: dict[str, dict[str, Any]], fact: Fact) -> Any:
+    """One fact over every analyse report that carries it (reports as the state keeps them, JSON), in role
+    order: ``failures`` and ``sightings`` as lists of their models (a role's subclass cut down to the fact's
+    fields), ``seeds_by_kind`` as one merged table."""
+    values = [report[fact] for report in analyses.values() if report.get(fact) is not None]
+    if fact == "seeds_by_kind":
+        merged: dict[str, list[int]] = {}
+        for table in values:
+            for kind, seeds in table.items():
+                merged[kind] = [*merged.get(kind, []), *(s for s in seeds if s not in merged.get(kind, []))]
+        return merged
+    model = FailureFinding if fact == "failures" else Sighting
+    return [model.model_validate({k: item[k] for k in model.model_fields if k in item})
+            for items in values for item in items]
+
+
+# ---------------------------------------------------------------------------------------------- code
+
+class CoderInput(RoleModel):
+    task: str
+    task_description: str
+    policy_source: str
+    incumbent: dict[int, float | None] = Field(..., description="Dev seed -> the incumbent's return (None: failed).")
+    analyses: dict[str, Any] = Field(default_factory=dict, description="Each analyse role's report, by role name.")
+    recall: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    check_error: str | None = Field(None, description="Why the previous attempt this iteration failed the check.")
+    previous_edit: Edit | None = None
+
+
+class CoderOutput(RoleModel):
+    edit: Edit | None
+    reason: str = Field(..., description="Why this edit, or why none.")
+    search: dict[str, Any] = Field(default_factory=dict, description="Offline search evidence (seeds, scores).")
+
+
+# ---------------------------------------------------------------------------------------------- test
+
+class TestWriterInput(RoleModel):
+    task: str
+    iteration: int
+    edit: Edit
+    candidate_source: str
+    incumbent: dict[int, float | None]
+    failure_summary: str = ""
+    seeds_by_kind: dict[str, list[int]] = Field(default_factory=dict)
+    existing_tests: list[str] = Field(default_factory=list)
+
+
+class TestFile(RoleModel):
+    filename: str = Field("", description="a suggested name; heurist names the file tests/test_iteration_NNNN.py")
+    source: str
+    rationale: str
+    seeds: list[int] = Field(default_factory=list)
+
+    @field_validator("source")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            tree = ast.parse(value)
+        except SyntaxError as exc:
+            raise ValueError(f"the test file does not parse: line {exc.lineno}: {exc.msg}") from None
+        if not any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_") for n in tree.body):
+            raise ValueError("the test file defines no top-level test_ function")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------- review
+
+class ReviewInput(RoleModel):
+    task: str
+    incumbent: dict[int, float | None] = Field(..., description="Dev seed -> return; None where the episode failed.")
+    candidate: dict[int, float | None]
+    tests_passed: bool
+    tests_report: str = ""
+    diff: str = ""
+    rationale: str = ""
+
+
+class LLMReview(RoleModel):
+    games_the_evaluation: bool = Field(..., description="True if the diff special-cases seeds, reads hidden state "
+                                                        "the task forbids, or disables or weakens tests.")
+    reasons: list[str]
+
+
+class Verdict(RoleModel):
+    accept: bool
+    reasons: list[str]
+    mean_before: float | None = None
+    mean_after: float | None = None
+    mean_delta: float | None = None
+    p_value: float | None = None
+    paired_seeds: int = 0
+    new_failures: list[int] = Field(default_factory=list)
+    llm_review: LLMReview | None = None
+
+
+STAGE_IO: dict[Stage, tuple[type[BaseModel], type[BaseModel]]] = {
+    "analyse": (AnalyseInput, AnalyseOutput), "code": (CoderInput, CoderOutput),
+    "test": (TestWriterInput, TestFile), "review": (ReviewInput, Verdict)}

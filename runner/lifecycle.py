@@ -1,0 +1,181 @@
+"""Start, resume and replay runs: build a run's services and drive its checkpointed graph to an end.
+
+The run directory itself (``run.json``, the lock, the status) is ``store.rundir``'s; this module
+is the one place that puts the loop's pieces together: the services (``graph.context``), the
+nodes, the topology and LangGraph's SQLite checkpointer, then streams the graph and rewrites
+the report after every iteration.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.types import Command
+
+from common.events import RunResumed
+from common.ledger import Ledger
+from common.safe_text import also_secret
+from envs.isolation import filesystem_confined
+from envs.tasks import get_task
+from graph.context import Services
+from graph.nodes import Nodes
+from graph.topology import build
+from memory.store import MemoryConfig, MemoryStore
+from roles.llm import LLMClient, ReplayClient, Usage
+from roles.registry import stage_roles
+from store.config import RunConfig
+from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, read_record, storage_failure
+from store.transcripts import TranscriptRecorder, call_costs
+from store.workspace import Workspace
+
+EventFn = Callable[[str, dict[str, Any]], None]
+REPORT_TIMEOUT_S = 600.0
+
+def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
+    """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
+    costs = list(call_costs(recorder.read()))
+    return Usage(sum(c[1] for c in costs), sum(c[2] for c in costs), len(costs))
+
+
+def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:
+
+    record = read_record(run_dir)
+    if record.workspace_format < WORKSPACE_FORMAT:
+        raise RunError(f"{run_dir} was made by heurist {record.heurist_version}, whose regression tests ran the policy "
+                       f"inside the test; they cannot be trusted to run as this version runs tests. Start a new run "
+                       f"from its best policy: heurist run --env {record.task} --policy "
+                       f"{Path(run_dir) / 'workspace' / 'policy.py'}")
+    config = RunConfig.model_validate(record.config)
+    also_secret(config.llm.api_key_env)  # whatever its name, the key is never recorded
+    spec = get_task(record.task)
+    if not record.offline and not config.eval.allow_unconfined and not filesystem_confined():
+        raise RunError("model-written code would run without a confined file system here (bubblewrap is missing "
+                       "or cannot make namespaces; `heurist doctor` says which): install bubblewrap, or set "
+                       "eval.allow_unconfined = true in the run config to accept that")
+    recorder = TranscriptRecorder(run_dir)
+    usage = usage_from_transcripts(recorder)
+    usage.max_tokens, usage.max_usd = config.budget.tokens, config.budget.usd
+    llm: Any = None
+    if record.replay_of:
+        llm = None if record.offline else ReplayClient(Path(record.replay_of), usage)
+    elif not record.offline:
+        llm = LLMClient(config.llm, usage)
+    # A replay keeps its memory to itself, so re-running a run never adds its records to the shared store twice.
+    memory_config = MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory
+    memory = MemoryStore(memory_config)
+    roles = stage_roles(config.stages)
+    # This process holds the run's lock, so a git index lock left here is a crash's leftover, not a live git.
+    (run_dir / "workspace" / ".git" / "index.lock").unlink(missing_ok=True)
+    services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
+                        protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
+                        ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
+                        recorder=recorder, roles=roles, on_event=on_event)
+    return services, Nodes(services, (run_dir / "starting_policy.py").read_text()), record
+
+
+def execute(run_dir: Path, on_event: EventFn | None = None) -> dict[str, Any]:
+    """Run (or continue) the graph to its end, a pause, or an interruption; returns the final state."""
+    run_dir = Path(run_dir).resolve()
+    read_record(run_dir)
+    try:
+        return _execute(run_dir, on_event)
+    except Exception as exc:
+        reason = storage_failure(exc, run_dir)
+        if reason is None:
+            raise
+        # Every write is atomic or an append that takes itself back, and the checkpoint is SQLite's:
+        # the run stopped at its last checkpoint and continues from there.
+        raise RunError(f"the run cannot go on: it could not write ({reason}); free some space or make {run_dir} "
+                       f"and $HEURIST_HOME writable, then `heurist resume {run_dir}` continues from its last "
+                       f"checkpoint") from exc
+
+
+def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
+
+
+    with locked(run_dir):
+        services, nodes, record = open_services(run_dir, on_event)
+        connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
+        try:
+            app = build(nodes, SqliteSaver(connection))
+            cfg = {"configurable": {"thread_id": record.run_id}, "recursion_limit": 1_000_000}
+            try:
+                snapshot = app.get_state(cfg)
+            except sqlite3.DatabaseError as exc:
+                raise RunError(f"{run_dir / 'checkpoints.sqlite'} is damaged ({exc}), so the run cannot continue "
+                               f"from it; its ledger, transcripts and workspace are intact: `heurist report "
+                               f"{run_dir}` shows it, `heurist replay {run_dir}` re-runs it from its transcripts") from None
+            values = snapshot.values or {}
+            services.elapsed_before = float((values.get("spent") or {}).get("elapsed_s", 0.0))
+            services.session_started = time.monotonic()
+            # The graph ended only where its state says so. An empty `next` alone is not an end: a kill between
+            # a node's saved writes and the step's checkpoint leaves a checkpoint whose only task is done, whose
+            # `next` is empty; continuing from it applies those writes and goes on.
+            ended = not snapshot.next and values.get("status") in ("finished", "paused")
+            if not values:
+                start: dict[str, Any] | Command | None = {"run_id": record.run_id}
+            elif not ended:
+                start = None  # continue at the node that did not finish
+                services.ledger.append(RunResumed(run_id=record.run_id, iteration=values.get("iteration"),
+                                                  at=list(snapshot.next) or [task.name for task in snapshot.tasks]))
+            elif values.get("status") == "paused":
+                # Re-entered at evaluate, as if remember had routed there, with the pause undone (LangGraph's
+                # Command: the update and the jump are one checkpointed input step).
+                services.ledger.append(RunResumed(run_id=record.run_id, at=["evaluate"], iteration=values.get("iteration"),
+                                                  after="pause"))
+                start = Command(update={"status": "running", "stop_reason": None, "llm_failures": 0}, goto="evaluate")
+            else:
+                return values  # finished: nothing to do
+            services.event("started", run_id=record.run_id, task=record.task, offline=record.offline,
+                           model=services.config.llm.model, budget=services.config.budget.model_dump(),
+                           iteration=values.get("iteration", 0), spent=values.get("spent") or {},
+                           best=(values.get("incumbent") or {}).get("mean"), history=values.get("history") or [])
+            for update in app.stream(start, cfg, stream_mode="updates", durability="sync", context=services):
+                for node in update:
+                    services.event("node", node=node)
+                    if node in ("remember", "finish", "pause") and services.config.report:
+                        _publish_report(services)
+            return app.get_state(cfg).values
+        finally:
+            connection.close()
+            if services.memory is not None:
+                services.memory.close()
+
+def _publish_report(services: Services) -> None:
+    """Rewrite the run's report so it is always current. It is a view of records kept elsewhere,
+    so a report that cannot be written is told to the user and the run goes on.
+
+    A child process builds it: reading the whole run each iteration made heurist's own memory
+    grow by 17-24 MB per 100 iterations (5 without the report; benchmarks/soak.py), and in a
+    child that memory goes back to the system each time. It costs about a second of imports."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "report", str(services.run_dir)], capture_output=True,
+                              text=True, timeout=REPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        problem = f"it took longer than {REPORT_TIMEOUT_S:g} s"
+    else:
+        if done.returncode == 0:
+            services.event("report", path=done.stdout.strip())
+            return
+        problem = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    services.event("warning", message=f"the report was not updated: {problem}"[:300]
+                   + f"; the run goes on (`heurist report {services.run_dir}` rewrites it)")
+
+
+def mermaid(config: RunConfig) -> str:
+    """The graph's topology for this config, as a Mermaid diagram (no run needed)."""
+
+    # Nothing runs: the services only shape the graph (which analyse nodes exist), so they point nowhere.
+    spec = get_task(config.task)
+    services = Services(run_dir=Path("."), run_id="", search_key="", config=config, spec=spec, protocol="",
+                        workspace=Workspace(Path(".")), ledger=Ledger(Path("/dev/null")), memory=None, llm=None,
+                        usage=Usage(), recorder=TranscriptRecorder(Path(".")), roles=stage_roles(config.stages))
+    return build(Nodes(services, "")).get_graph().draw_mermaid()
+

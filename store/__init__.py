@@ -1,0 +1,1 @@
+"""What a run keeps on disk: its config, its directory, ledger, transcripts, workspace and summary."""

@@ -1,0 +1,196 @@
+"""The run configuration: one typed, strict model, read from a TOML or JSON file and the command line.
+
+Unknown keys are errors (``extra="forbid"``) so that a typo in an overnight run's config
+fails at once, not eight hours later.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.errors import HeuristError
+from memory.store import MemoryConfig
+
+
+class ConfigError(HeuristError):
+    """A run config that is missing, malformed, or has unknown keys or wrong types."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(_Strict):
+    """US dollars per million tokens."""
+
+    input: float = Field(..., ge=0)
+    output: float = Field(..., ge=0)
+
+
+# Public list prices (USD per million tokens) when this table was written; override any of
+# them, or add a model, with [llm.prices."model-name"] in the config. A model that is in
+# neither is counted at zero cost and the run says so once.
+DEFAULT_PRICES: dict[str, Price] = {
+    "gpt-4.1": Price(input=2.0, output=8.0),
+    "gpt-4.1-mini": Price(input=0.4, output=1.6),
+    "gpt-4.1-nano": Price(input=0.1, output=0.4),
+    "gpt-4o": Price(input=2.5, output=10.0),
+    "gpt-4o-mini": Price(input=0.15, output=0.6),
+    "o4-mini": Price(input=1.1, output=4.4),
+    "gpt-5": Price(input=1.25, output=10.0),
+    "gpt-5-mini": Price(input=0.25, output=2.0),
+    "gpt-5-nano": Price(input=0.05, output=0.4),
+}
+
+
+class RoleLLM(_Strict):
+    """Per-role overrides of the LLM settings."""
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class LLMConfig(_Strict):
+    model: str = "gpt-4.1-mini"
+    base_url: str | None = Field(None, description="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(4096, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and refused connections.")
+    retry_base_s: float = Field(1.0, ge=0, description="First backoff; doubles each retry (a Retry-After header wins).")
+    validation_retries: int = Field(2, ge=0, description="Re-asks when a reply is not valid JSON for its schema.")
+    max_consecutive_failures: int = Field(5, ge=1, description="LLM failures in a row before the run pauses.")
+    roles: dict[str, RoleLLM] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        # Caught here, not at the first model call an hour into the run.
+        if url is not None:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL; give the server's API root, "
+                                 f"e.g. http://127.0.0.1:8000/v1")
+        return url
+
+    def price(self, model: str) -> Price | None:
+        return self.prices.get(model) or DEFAULT_PRICES.get(model)
+
+
+class Budget(_Strict):
+    """Each is a hard stop; None means no limit of that kind."""
+
+    iterations: int | None = Field(20, ge=1)
+    hours: float | None = Field(None, gt=0)
+    env_steps: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+    usd: float | None = Field(None, gt=0)
+    patience: int | None = Field(8, ge=1, description="Stop after this many iterations without an accepted edit.")
+    stop_when: Literal["max", "target", "never"] = Field(
+        "max", description="max: stop when the dev mean reaches the task's maximum return (CartPole 500, Breakout "
+                           "864); target: already at the task's target; never: only budgets stop the run.")
+
+
+class ReviewConfig(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1, description="One-sided p-value a candidate must beat (paired, dev seeds).")
+    min_improvement: float = Field(0.0, ge=0, description="Smallest dev-mean gain worth a commit.")
+    pareto_seeds: int = Field(2, ge=0, description="Accept without significance an edit that is better on at least "
+                                                   "this many paired dev seeds and worse on none (0: never).")
+
+
+class SearchConfig(_Strict):
+    """The offline coder's scalar search over the policy's tunables (CMA-ES)."""
+
+    population: int = Field(8, ge=2)
+    generations: int = Field(2, ge=1, description="CMA-ES generations per iteration.")
+    episodes: int = Field(5, ge=1, description="Dev seeds each search candidate is scored on.")
+    sigma: float = Field(0.25, gt=0, le=1, description="Initial step, as a fraction of each tunable's range.")
+    seed: int | None = Field(None, description="Seeds CMA-ES with this and the iteration (default: the run id), "
+                                               "for a run that proposes the same candidates every time.")
+
+
+class EvalConfig(_Strict):
+    episodes: int | None = Field(None, ge=1, description="Dev seeds per evaluation (default: the whole dev split).")
+    workers: int | None = Field(None, ge=1)
+    episode_timeout_s: float = Field(120.0, gt=0)
+    memory_mb: int = Field(4096, ge=256)
+    video: bool = Field(True, description="Record failure clips for the video analyst.")
+    holdout: bool = Field(True, description="Evaluate the best policy once on the holdout split at the end.")
+    allow_unconfined: bool = Field(False, description="Run model-written code even where bubblewrap cannot confine "
+                                                      "the file system (`heurist doctor` says why); it then sees "
+                                                      "whatever its user can.")
+
+
+class StageRoles(_Strict):
+    """Which roles run in each stage, by name (`heurist roles`) or module:Class.
+
+    Analyse roles run side by side and every review role must accept; the code and test stages
+    have one role each."""
+
+    analyse: list[str] = Field(default_factory=lambda: ["video_analyst", "log_parser"])
+    code: str = "coder"
+    test: str = "test_writer"
+    review: list[str] = Field(default_factory=lambda: ["reviewer"])
+
+
+class RunConfig(_Strict):
+    task: str
+    policy: Path | None = Field(None, description="Starting policy file (default: the task's starter).")
+    protocol: str | None = None
+    budget: Budget = Field(default_factory=Budget)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    offline: bool | None = Field(None, description="Offline roles; default: offline when no API key and no base_url.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    stages: StageRoles = Field(default_factory=StageRoles)
+    check_retries: int = Field(2, ge=0, description="Times the coder may fix an edit that fails the check.")
+    report: bool = Field(True, description="Rewrite RUN_DIR/report/index.html at the end of every iteration.")
+
+
+def load_config_file(path: Path) -> dict:
+    """The raw mapping in a .toml or .json config file."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give a .toml or .json file")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            data = tomllib.loads(path.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table of settings")
+    return data
+
+
+def build_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {where}: {message}{more}; fix it (see docs/config.md)") from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Nested dict merge: override wins, tables merge."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,234 @@
+"""Run directories: create one, read what it records, lock it, and tell its status.
+
+A run directory holds everything about one run:
+
+- ``run.json``: what was asked (the config, the task, offline or not), written once;
+- ``starting_policy.py``: a copy of the starting policy (the original is never touched);
+- ``workspace/``: a git repository of the policy and its regression tests, one commit per accepted edit;
+- ``checkpoints.sqlite``: LangGraph's SQLite checkpoints, thread id = run id, written synchronously;
+- ``ledger.jsonl``: append-only: every evaluation, test run and iteration;
+- ``transcripts/<iteration>/<role>.jsonl``: every model call and offline decision;
+- ``clips/``, ``evals/``, ``candidates/``: failure clips, cached evaluations, scored candidates;
+- ``summary.json``, ``summary.md``, ``best_policy.py``, ``holdout.json``: written when the run finishes.
+
+Nothing here runs the graph (``runner.lifecycle`` does), so the report and ``heurist runs`` read a
+run without loading LangGraph or the roles.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from common.errors import HeuristError
+from common.events import IterationDone, read_events
+from common.files import atomic_write
+from common.ledger import Ledger
+from common.paths import heurist_home
+from envs.contract import check_policy_file, policy_sha256
+from envs.tasks import get_task
+from policies import starter_policy
+from store.config import RunConfig
+
+WORKSPACE_FORMAT = 2
+
+class RunError(HeuristError):
+    """A run directory that cannot be started, resumed or replayed."""
+
+
+# What a full or read-only disk looks like from inside: an OSError, or the words SQLite, git and
+# Chroma put into their own exceptions.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_STORAGE_WORDS = (*(os.strerror(e) for e in _STORAGE_ERRNOS), "database or disk is full",
+                  "attempt to write a readonly database", "disk I/O error")
+
+
+def storage_failure(exc: BaseException, run_dir: Path) -> str | None:
+    """Why the run could not write, if ``exc`` (or an exception behind it) is a full disk, a read-only
+    file system, or a permission refused inside the run directory; None for anything else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno in _STORAGE_ERRNOS:
+                return os.strerror(exc.errno)
+            if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename and \
+                    Path(exc.filename).resolve().is_relative_to(run_dir):
+                return f"{exc.strerror}: {exc.filename}"
+        text = str(exc)
+        for words in _STORAGE_WORDS:
+            if words.lower() in text.lower():
+                return words
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class RunRecord(BaseModel):
+    """``run.json``: written once when the run is created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    created: str
+    task: str
+    protocol: str
+    offline: bool
+    config: dict[str, Any]
+    starting_policy: str  # where it came from; the run uses its copy, starting_policy.py
+    starting_sha256: str
+    search_key: str
+    replay_of: str | None = None
+    heurist_version: str
+    # 2: regression tests run one file at a time on throwaway copies and reach the policy only through the kit.
+    # Runs made before (1) kept a kit in the workspace and ran the policy inside the tests; their accepted
+    # tests may use what the kit no longer offers, so they are not resumed.
+    workspace_format: int = 1
+
+
+class RunIndexEntry(BaseModel):
+    """A line of ``$HEURIST_HOME/runs.jsonl``: a run started on this machine, wherever its directory is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    run_dir: str
+    task: str
+    created: str
+    replay_of: str | None = None
+
+
+def runs_index() -> Ledger:
+    """Every run started on this machine (``heurist runs`` reads it, ``indexed_runs`` types it)."""
+    return Ledger(heurist_home() / "runs.jsonl")
+
+
+def indexed_runs() -> tuple[list[RunIndexEntry], int]:
+    """The runs index's entries, and how many of its lines are damaged."""
+    entries, bad = [], 0
+    for record in (raw := runs_index().read())[0]:
+        try:
+            entries.append(RunIndexEntry.model_validate(record))
+        except ValueError:
+            bad += 1
+    return entries, raw[1] + bad
+
+
+def is_offline(config: RunConfig) -> bool:
+    if config.offline is not None:
+        return config.offline
+    return not os.environ.get(config.llm.api_key_env) and config.llm.base_url is None
+
+
+def read_record(run_dir: Path) -> RunRecord:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a heurist run directory (no run.json); give a directory made by "
+                       f"`heurist run` (see `heurist runs`)")
+    try:
+        return RunRecord.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{path} is damaged ({str(exc).splitlines()[0]}); the run cannot be resumed") from None
+
+
+def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path | None = None) -> Path:
+    """A new run directory with run.json and a copy of the starting policy; nothing runs yet."""
+    spec = get_task(config.task)
+    protocol = spec.protocol(config.protocol).name
+    policy = Path(config.policy) if config.policy else starter_policy(spec)
+    check_policy_file(policy)
+    created = datetime.now(timezone.utc)
+    slug = "".join(c if c.isalnum() else "-" for c in spec.id.split("/")[-1]).strip("-").lower()
+    run_id = f"{created:%Y%m%d-%H%M%S}-{slug}-{uuid.uuid4().hex[:6]}"
+    run_dir = Path(run_dir or heurist_home() / "runs" / run_id).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file; give --run-dir a new or empty directory")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already exists and is not empty; choose another --run-dir, "
+                       f"or `heurist resume {run_dir}` if it is a run")
+    recorded = read_record(replay_of) if replay_of else None
+    offline = recorded.offline if recorded else is_offline(config)
+    if config.memory.url is None and config.memory.path is None:
+        # Pinned now: a resume or `heurist report` under another $HEURIST_HOME must find the same store.
+        from memory.store import default_memory_path
+
+        config = config.model_copy(update={"memory": config.memory.model_copy(update={"path": default_memory_path()})})
+    record = RunRecord(run_id=run_id, created=created.isoformat(timespec="seconds"), task=spec.id, protocol=protocol,
+                       offline=offline, config=config.model_dump(mode="json"), starting_policy=str(policy.resolve()),
+                       starting_sha256=policy_sha256(policy),
+                       search_key=recorded.search_key if recorded else run_id,
+                       replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"),
+                       workspace_format=WORKSPACE_FORMAT)
+    existed = run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "starting_policy.py", policy.read_text())
+        atomic_write(run_dir / "run.json", record.model_dump_json(indent=2))
+    except OSError as exc:
+        # Half a run directory would block the next try ("not empty"): take back what was written.
+        for name in ("run.json", "starting_policy.py"):
+            try:
+                (run_dir / name).unlink(missing_ok=True)
+            except OSError:
+                pass
+        if not existed:
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise RunError(f"cannot create the run directory {run_dir}: {exc.strerror}; choose a writable --run-dir") from None
+    runs_index().append(RunIndexEntry(run_id=run_id, run_dir=str(run_dir), task=spec.id, created=record.created,
+                                      replay_of=record.replay_of))
+    return run_dir
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """One process at a time per run directory: a second `heurist resume` must not race the first."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir} is being run by another heurist process; wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def run_status(run_dir: Path) -> str:
+    """running (a process holds its lock), finished, paused, stopped (killed or interrupted: resume it) or created."""
+    lock = run_dir / ".lock"
+    if lock.exists():
+        fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: status works on a read-only disk
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "running"
+        finally:
+            os.close(fd)
+    events = [r.event for r in read_events(Ledger(run_dir / "ledger.jsonl"))[0]]
+    for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
+        if event in events:
+            last = len(events) - 1 - events[::-1].index(event)
+            if "run_resumed" not in events[last:]:
+                return status
+    return "stopped (resume it)" if events else "created"
+
+
+def decisions(run_dir: Path) -> list[dict[str, Any]]:
+    """What a run decided, iteration by iteration: the part a replay must reproduce."""
+    records, _ = read_events(Ledger(Path(run_dir) / "ledger.jsonl"))
+    return [{"iteration": r.iteration, "accepted": r.accepted, "policy_sha256": r.policy_sha256}
+            for r in records if isinstance(r, IterationDone)]
+
+

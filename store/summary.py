@@ -1,0 +1,55 @@
+"""The run's summary: what was reached, on which seeds, at what cost, written when the run finishes.
+
+Every score names its task, protocol, split, seeds and episodes. ``summary.json`` is for
+tools; ``summary.md`` is what a person reads in the morning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common.files import atomic_write
+from common.formatting import score_text
+from common.safe_text import redact, redact_deep
+from envs.tasks import TaskSpec
+
+
+def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, offline: bool, dev: list[int],
+                  state: dict[str, Any], holdout: dict[str, Any] | None) -> dict[str, Any]:
+    """``summary.json`` and ``summary.md`` for the final ``state``; ``dev`` are the dev seeds every mean is on."""
+    history = state.get("history", [])
+    summary = {
+        "run_id": run_id, "task": spec.id, "protocol": protocol, "target": spec.target,
+        "offline": offline, "status": state.get("status"), "stop_reason": state.get("stop_reason"),
+        "dev": {"split": "dev", "seeds": dev, "episodes": len(dev), "start_mean": state["start"]["mean"],
+                "best_mean": state["incumbent"]["mean"]},
+        "holdout": holdout, "iterations": state.get("iteration", 0),
+        "accepted": sum(1 for h in history if h["accepted"]),
+        "rejected": sum(1 for h in history if not h["accepted"]),
+        "best_commit": state["incumbent"]["commit"], "best_policy": str(run_dir / "best_policy.py"),
+        "best_sha256": state["incumbent"]["sha256"],  # of the bytes scored, committed and copied to best_policy.py
+        "spent": state.get("spent"), "history": history,
+    }
+    atomic_write(run_dir / "summary.json", json.dumps(redact_deep(summary), indent=2))
+    lines = [f"# heurist run {run_id}", "",
+             f"Task {spec.id}, protocol {protocol}, {'offline roles' if offline else 'model roles'}. "
+             f"Stopped: {summary['stop_reason']}.", "",
+             f"- Dev split, seeds {dev[0]}..{dev[-1]} ({len(dev)} episodes): mean {score_text(summary['dev']['start_mean'])}"
+             f" at the start, {score_text(summary['dev']['best_mean'])} for the best policy (target {spec.target})."]
+    if holdout:
+        lines.append(f"- Holdout split, seeds {holdout['seeds'][0]}..{holdout['seeds'][-1]} ({holdout['episodes']} "
+                     f"episodes, evaluated once): mean {score_text(holdout['mean'])} ± {score_text(holdout['std'])}, "
+                     f"{holdout['episodes_failed']} failed.")
+    spent = state.get("spent") or {}
+    lines += [f"- Iterations: {summary['iterations']} ({summary['accepted']} accepted, {summary['rejected']} rejected).",
+              f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, {int(spent.get('tokens', 0)):,} LLM tokens, "
+              f"${spent.get('usd', 0):.4f}, {spent.get('elapsed_s', 0) / 60:.1f} min.",
+              f"- Best policy: {summary['best_policy']} (workspace commit {summary['best_commit'][:10]}, tag heurist-final).",
+              "", "| iteration | verdict | dev mean before | candidate | reason |", "|---|---|---|---|---|"]
+    for h in history:
+        lines.append(f"| {h['iteration']} | {'accepted' if h['accepted'] else 'rejected'} | {score_text(h['mean_before'])} | "
+                     f"{score_text(h['mean_candidate'])} | {h['reason'].replace('|', '/')[:160]} |")
+    atomic_write(run_dir / "summary.md", redact("\n".join(lines) + "\n"))
+    return summary

@@ -1,0 +1,158 @@
+"""Per-role transcripts: every model call and every offline role decision, typed and written as it happens.
+
+``RUN_DIR/transcripts/<iteration>/<role>.jsonl``, one line a record, appended and fsync'ed
+through the same locked append as the ledger, so a process killed mid-iteration loses
+nothing that was written and never leaves a half line that readers trip on. Each line is
+one of the ``TranscriptLine`` models, told apart by ``kind``; lines that are not (torn,
+edited by hand) are skipped by every reader.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from common.ledger import Ledger
+
+
+class _Line(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time: float  # epoch seconds
+    iteration: int
+    role: str
+
+
+class Decision(_Line):
+    """What a role decided without a model, or a node's own record (recall), and from what."""
+
+    kind: Literal["decision"] = "decision"
+    summary: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _details_inline(cls, data: Any) -> Any:
+        """Lines written before transcripts were typed put the details beside the summary: gather them."""
+        if isinstance(data, dict):
+            own = set(cls.model_fields)
+            extra = {k: v for k, v in data.items() if k not in own}
+            if extra:
+                data = {**{k: v for k, v in data.items() if k in own},
+                        "details": {**data.get("details", {}), **extra}}
+        return data
+
+
+class LLMCall(_Line):
+    """One request to the model: what was sent and what came back, or the error; never retried silently."""
+
+    kind: Literal["llm_call"] = "llm_call"
+    model: str
+    attempt: int
+    messages: list[dict[str, Any]]
+    latency_s: float
+    response: str | None = None
+    refusal: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    usd: float | None = None
+    priced: bool | None = None
+    error: str | None = None
+    retry_in_s: float | None = None
+
+
+class ValidationFailed(_Line):
+    """A reply that did not match the schema; the model is asked again with this error."""
+
+    kind: Literal["validation_error"] = "validation_error"
+    attempt: int
+    error: str
+    response: str
+
+
+class Parsed(_Line):
+    """The reply a role used, as its schema parsed it; a replay's carries the recorded call's cost."""
+
+    kind: Literal["parsed"] = "parsed"
+    attempt: int
+    parsed: dict[str, Any]
+    replayed: bool = False
+    tokens: int = 0
+    usd: float = 0.0
+
+
+class RoleFailed(_Line):
+    """An analyse role that raised: its report says it failed, the run goes on."""
+
+    kind: Literal["error"] = "error"
+    error: str
+    traceback: str
+
+
+TranscriptLine = Annotated[Union[Decision, LLMCall, ValidationFailed, Parsed, RoleFailed],
+                           Field(discriminator="kind")]
+_LINE = TypeAdapter(TranscriptLine)
+L = TypeVar("L", bound=_Line)
+
+
+def _typed(records: list[dict[str, Any]]) -> list[TranscriptLine]:
+    lines = []
+    for record in records:
+        try:
+            lines.append(_LINE.validate_python(record))
+        except ValidationError:
+            continue  # a damaged line: skipped, as the ledger's readers skip theirs
+    return lines
+
+
+class TranscriptRecorder:
+    """Bound to one run directory; ``for_role`` gives the writer a role uses in one iteration."""
+
+    def __init__(self, run_dir: Path):
+        self.root = Path(run_dir) / "transcripts"
+
+    def path(self, iteration: int, role: str) -> Path:
+        return self.root / f"{iteration:04d}" / f"{role}.jsonl"
+
+    def for_role(self, iteration: int, role: str) -> RoleTranscript:
+        return RoleTranscript(self.path(iteration, role), iteration, role)
+
+    def read(self, iteration: int | None = None, role: str | None = None) -> list[TranscriptLine]:
+        lines: list[TranscriptLine] = []
+        for folder in sorted(self.root.glob("[0-9]" * 4)):
+            if iteration is not None and int(folder.name) != iteration:
+                continue
+            for file in sorted(folder.glob("*.jsonl")):
+                if role is not None and file.stem != role:
+                    continue
+                lines += _typed(Ledger(file).read()[0])
+        return sorted(lines, key=lambda line: (line.iteration, line.time))
+
+
+def call_costs(lines: list[TranscriptLine]) -> Iterator[tuple[float, int, float]]:
+    """(time, tokens, usd) of every model call in these lines; a replay's recorded calls count as calls."""
+    for line in lines:
+        if isinstance(line, LLMCall) and line.prompt_tokens is not None:
+            yield line.time, line.prompt_tokens + (line.completion_tokens or 0), line.usd or 0.0
+        elif isinstance(line, Parsed) and line.replayed:
+            yield line.time, line.tokens, line.usd
+
+
+class RoleTranscript:
+    def __init__(self, path: Path, iteration: int, role: str):
+        self.path, self.iteration, self.role = path, iteration, role
+        self._ledger = Ledger(path)
+
+    def write(self, kind: type[L], **fields: Any) -> L:
+        """Append one line of this kind (``Decision``, ``LLMCall``, ...); it is checked before it is written."""
+        line = kind(time=time.time(), iteration=self.iteration, role=self.role, **fields)
+        self._ledger.append(line.model_dump(mode="json", exclude_none=True))
+        return line
+
+    def entries(self) -> list[TranscriptLine]:
+        return _typed(self._ledger.read()[0])

@@ -1,0 +1,128 @@
+"""The run workspace: a git repository holding the policy file and its regression tests.
+
+Each accepted edit is one commit whose message says what changed and why; a rejected
+edit is rolled back (reset to the last commit) and leaves a record in the ledger, not a
+commit. Every operation here is safe to repeat: a graph node that runs again after a
+crash finds the work already done and does not do it twice.
+
+No sandboxed process ever sees this repository: regression tests run on throwaway copies
+of their own files (``envs.regression``) and policies get their source over a pipe. git
+still runs only through ``envs.gitsafe`` (a fixed configuration, no secrets in its
+environment), and the repository is checked before every command that touches the work
+tree: a config key, hook or attributes file heurist did not write stops the run with the
+reason, instead of being obeyed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from common.errors import HeuristError
+from common.files import atomic_write
+from common.safe_text import redact
+from envs.gitsafe import check_repository, run_git
+
+POLICY_FILE = "policy.py"
+TESTS_DIR = "tests"
+TRAILER = "Heurist-Iteration"
+TEST_NAME = re.compile(r"tests/test_[A-Za-z0-9_]+\.py")
+
+
+class WorkspaceError(HeuristError):
+    """The workspace's git repository cannot be used."""
+
+
+class Workspace:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def policy(self) -> Path:
+        return self.root / POLICY_FILE
+
+    @property
+    def tests(self) -> Path:
+        return self.root / TESTS_DIR
+
+    def git(self, *args: str, check: bool = True, strip: bool = True) -> str:
+        # A fixed identity and configuration, no user config and no secrets (envs.gitsafe): commits
+        # are the same on every machine, and nothing in a repository can make git run a program.
+        done = run_git(list(args), self.root)
+        if check and done.returncode != 0:
+            raise WorkspaceError(f"git {' '.join(args)} failed in {self.root}: {done.stderr.strip()[:300]}")
+        return done.stdout.strip() if strip else done.stdout
+
+    def create(self, policy_source: str, files: dict[str, str]) -> str:
+        """A new repository with the starting policy and heurist's test files; returns the first commit."""
+        if (self.root / ".git").exists():
+            return self.head()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", "main", "--template=")  # no sample hooks, no template files
+        atomic_write(self.policy, policy_source)
+        for name, text in files.items():
+            atomic_write(self.root / name, text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", "Starting policy\n\nThe policy heurist was given, copied unchanged.")
+        return self.head()
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+    def source_at(self, commit: str) -> str:
+        """The policy file as committed at ``commit``, whatever the working tree holds now."""
+        return self.git("show", f"{commit}:{POLICY_FILE}", strip=False)
+
+    def file_sha256(self, commit: str, path: str = POLICY_FILE) -> str:
+        """The sha256 of a file's exact bytes as committed (no text decoding, no newline translation)."""
+        done = run_git(["show", f"{commit}:{path}"], self.root, binary=True)
+        if done.returncode != 0:
+            raise WorkspaceError(f"git show {commit}:{path} failed in {self.root}: "
+                                 f"{done.stderr.decode(errors='replace').strip()[:300]}")
+        return hashlib.sha256(done.stdout).hexdigest()
+
+    def tests_at(self, commit: str) -> dict[str, str]:
+        """The accepted regression test files at ``commit`` (``tests/test_*.py``), by name, as committed."""
+        names = self.git("ls-tree", "--name-only", commit, f"{TESTS_DIR}/").splitlines()
+        return {name: self.git("show", f"{commit}:{name}", strip=False)
+                for name in sorted(names) if TEST_NAME.fullmatch(name)}
+
+    def changed_between(self, before: str, after: str) -> list[str]:
+        """The files one commit changed against another (trees only: no work tree, no filters run)."""
+        return self.git("diff", "--name-only", "--no-ext-diff", "--no-textconv", before, after).splitlines()
+
+    def check(self) -> None:
+        """Refuse the repository if it holds anything heurist never writes (``envs.gitsafe.check_repository``)."""
+        check_repository(self.root)
+
+    def reset_to(self, commit: str) -> None:
+        """The workspace exactly at ``commit``: nothing staged, nothing untracked."""
+        self.check()
+        self.git("reset", "-q", "--hard", commit)
+        self.git("clean", "-q", "-fdx")
+
+    def commit_for_iteration(self, iteration: int) -> str | None:
+        """The commit already made for this iteration, if a previous attempt got that far."""
+        found = self.git("log", "--format=%H", f"--grep=^{TRAILER}: {iteration}$")
+        return found.splitlines()[0] if found else None
+
+    def commit(self, iteration: int, subject: str, body: str) -> str:
+        """Commit everything in the working tree as this iteration's accepted edit (once)."""
+        existing = self.commit_for_iteration(iteration)
+        if existing:
+            return existing
+        self.check()
+        self.git("add", "-A")
+        # The message quotes review reasons, which may quote test output: no secret goes into history.
+        message = redact(f"{subject}\n\n{body.strip()}")
+        self.git("commit", "-q", "--allow-empty", "-m", f"{message}\n\n{TRAILER}: {iteration}")
+        return self.head()
+
+    def history(self) -> list[dict[str, str]]:
+        out = self.git("log", "--format=%H%x1f%s%x1f%b%x1e")
+        rows = []
+        for entry in filter(None, (e.strip() for e in out.split("\x1e"))):
+            sha, subject, body = (entry.split("\x1f") + ["", ""])[:3]
+            rows.append({"commit": sha, "subject": subject, "body": body.strip()})
+        return rows
