@@ -4,5 +4,5 @@ Data flow: a TaskSpec (tasks.py) says how to build the environment and which see
 belong to which split; the evaluator (evaluator.py) runs a policy file on those seeds
 in sandboxed worker processes (sandbox.py, worker_pair.py, worker.py), detects failure events
 (failures.py), renders failure clips (clips.py) and appends one record per evaluation
-to the ledger (ledger.py).
+to the ledger (common/ledger.py; the records are common/events.py).
 """

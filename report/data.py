@@ -12,7 +12,7 @@ import bisect
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, read_events
 from common.ledger import Ledger
@@ -31,7 +31,7 @@ from report.views import (
     ReportData,
     RoleTranscript,
 )
-from store.rundir import read_record, run_status
+from store.rundir import RunRecord, memory_config, read_record, run_status
 from store.transcripts import (
     Decision,
     LLMCall,
@@ -43,6 +43,9 @@ from store.transcripts import (
     call_costs,
 )
 from store.workspace import Workspace
+
+if TYPE_CHECKING:
+    from memory.store import MemoryStore
 
 
 def _iso_to_epoch(stamp: str) -> float:
@@ -196,12 +199,10 @@ def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
                             iteration=iteration if iteration is not None else getattr(record, "iteration", None))
 
 
-def _open_memory(record: Any, run_dir: Path) -> Any:
-    from memory.store import MemoryConfig, MemoryStore
-    from store.config import RunConfig
+def _open_memory(record: RunRecord, run_dir: Path) -> MemoryStore:
+    from memory.store import MemoryStore  # Chroma loads only when a report shows memory
 
-    config = RunConfig.model_validate(record.config)
-    return MemoryStore(MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory)
+    return MemoryStore(memory_config(record, run_dir))
 
 
 def _iteration_views(run_dir: Path, iterations: list[IterationDone], start_sha: str | None, dev_seeds: list[int],

@@ -22,10 +22,10 @@ import warnings
 
 import numpy as np
 
-from envs.contract import read_tunables
+from envs.contract import Tunable, read_tunables
 from roles.base import Role, RoleContext
 from roles.edits import Edit, apply_edit
-from roles.stages import CoderInput, CoderOutput, Scorer
+from roles.stages import CoderInput, CoderOutput, gather
 
 
 def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) -> list[int]:
@@ -84,17 +84,12 @@ class Coder(Role[CoderInput, CoderOutput]):
     # ------------------------------------------------------------------ offline
 
     def search(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
-        with warnings.catch_warnings():  # cma warns that matplotlib is absent; plotting is not used here
-            warnings.simplefilter("ignore")
-            import cma
-
         tunables = read_tunables(data.policy_source)
         if not tunables:
             out = CoderOutput(edit=None, reason="the policy declares no tunables, so the offline coder has "
                                                 "nothing to search; run with a model to edit its code")
             ctx.decide(out.reason)
             return out
-        scorer: Scorer = ctx.score
         settings = ctx.config.search
         seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
         completed = [r for r in data.incumbent.values() if r is not None]
@@ -102,33 +97,10 @@ class Coder(Role[CoderInput, CoderOutput]):
         floor = (min(completed) if completed else 0.0) - max(spread, 1.0)
         base = {s: data.incumbent[s] for s in seeds}
         base_score = _score(base, floor)
-        low = np.array([t.low for t in tunables], dtype=float)
-        span = np.array([t.high - t.low for t in tunables], dtype=float)
-        span[span == 0] = 1.0
-        x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
         key = settings.seed if settings.seed is not None else ctx.search_key
         seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
-        es = cma.CMAEvolutionStrategy(x0.tolist(), settings.sigma, {
-            "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
-        best: tuple[float, dict[str, float], dict[int, float | None]] | None = None
-        evaluated = 0
-        for generation in range(settings.generations):
-            points = es.ask()
-            values = [self._values(tunables, low + np.clip(p, 0, 1) * span) for p in points]
-            sources = [apply_edit(data.policy_source, Edit(kind="tunables", rationale="search", tunables=v))
-                       for v in values]
-            results = scorer(sources, seeds)
-            evaluated += len(sources)
-            scores = [_score(r, floor) for r in results]
-            es.tell(points, [-s for s in scores])
-            for score, value, result in zip(scores, values, results):
-                if best is None or score > best[0]:
-                    best = (score, value, result)
-            ctx.decide(f"CMA-ES generation {generation + 1}: best {max(scores):.3f} on seeds {seeds} "
-                       f"(incumbent {base_score:.3f})", generation=generation + 1,
-                       candidates=[{"tunables": v, "score": s} for v, s in zip(values, scores)])
+        best, evaluated = self._cma(data.policy_source, tunables, seeds, floor, seed, base_score, ctx)
         evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score, "candidates": evaluated}
-        assert best is not None  # generations >= 1 and population >= 2
         score, values, result = best
         evidence.update(best_score=score, best=result, best_tunables=values)
         if score <= base_score:
@@ -139,7 +111,7 @@ class Coder(Role[CoderInput, CoderOutput]):
             return out
         improved = [s for s in seeds if (result[s] if result[s] is not None else floor) >
                     (base[s] if base[s] is not None else floor)]
-        kinds = sorted((data.analyses.get("log_parser") or {}).get("kind_counts", {}))
+        kinds = sorted(gather(data.analyses, "seeds_by_kind"))  # the failure kinds the analysts counted
         changes = ", ".join(f"{t.name} {t.default:g} -> {values[t.name]:g}" for t in tunables
                             if values[t.name] != t.default)
         edit = Edit(kind="tunables", tunables=values, target_seeds=improved, target_kinds=kinds,
@@ -148,6 +120,39 @@ class Coder(Role[CoderInput, CoderOutput]):
         out = CoderOutput(edit=edit, reason=edit.rationale, search=evidence)
         ctx.decide("proposed the best search candidate", edit=edit.model_dump(mode="json"))
         return out
+
+    def _cma(self, source: str, tunables: list[Tunable], seeds: list[int], floor: float, seed: int,
+             base_score: float, ctx: RoleContext) -> tuple[tuple[float, dict[str, float], dict[int, float | None]], int]:
+        """CMA-ES over the tunables scaled to [0, 1]; the best (score, values, per-seed returns) and how many ran."""
+        with warnings.catch_warnings():  # cma warns that matplotlib is absent; plotting is not used here
+            warnings.simplefilter("ignore")
+            import cma
+
+        settings, scorer = ctx.config.search, ctx.score
+        low = np.array([t.low for t in tunables], dtype=float)
+        span = np.array([t.high - t.low for t in tunables], dtype=float)
+        span[span == 0] = 1.0
+        x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
+        es = cma.CMAEvolutionStrategy(x0.tolist(), settings.sigma, {
+            "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
+        best: tuple[float, dict[str, float], dict[int, float | None]] | None = None
+        evaluated = 0
+        for generation in range(settings.generations):
+            points = es.ask()
+            values = [self._values(tunables, low + np.clip(p, 0, 1) * span) for p in points]
+            sources = [apply_edit(source, Edit(kind="tunables", rationale="search", tunables=v)) for v in values]
+            results = scorer(sources, seeds)
+            evaluated += len(sources)
+            scores = [_score(r, floor) for r in results]
+            es.tell(points, [-s for s in scores])
+            for score, value, result in zip(scores, values, results):
+                if best is None or score > best[0]:
+                    best = (score, value, result)
+            ctx.decide(f"CMA-ES generation {generation + 1}: best {max(scores):.3f} on seeds {seeds} "
+                       f"(incumbent {base_score:.3f})", generation=generation + 1,
+                       candidates=[{"tunables": v, "score": s} for v, s in zip(values, scores)])
+        assert best is not None  # generations >= 1 and population >= 2
+        return best, evaluated
 
     @staticmethod
     def _values(tunables, raw: np.ndarray) -> dict[str, float]:

@@ -27,11 +27,11 @@ from envs.tasks import get_task
 from graph.context import Services
 from graph.nodes import Nodes
 from graph.topology import build
-from memory.store import MemoryConfig, MemoryStore
+from memory.store import MemoryStore
 from roles.llm import LLMClient, ReplayClient, Usage
 from roles.registry import stage_roles
 from store.config import RunConfig
-from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, read_record, storage_failure
+from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
 from store.transcripts import TranscriptRecorder, call_costs
 from store.workspace import Workspace
 
@@ -67,9 +67,7 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
         llm = None if record.offline else ReplayClient(Path(record.replay_of), usage)
     elif not record.offline:
         llm = LLMClient(config.llm, usage)
-    # A replay keeps its memory to itself, so re-running a run never adds its records to the shared store twice.
-    memory_config = MemoryConfig(path=run_dir / "memory") if record.replay_of else config.memory
-    memory = MemoryStore(memory_config)
+    memory = MemoryStore(memory_config(record, run_dir))
     roles = stage_roles(config.stages)
     # This process holds the run's lock, so a git index lock left here is a crash's leftover, not a live git.
     (run_dir / "workspace" / ".git" / "index.lock").unlink(missing_ok=True)

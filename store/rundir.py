@@ -37,6 +37,7 @@ from common.ledger import Ledger
 from common.paths import heurist_home
 from envs.contract import check_policy_file, policy_sha256
 from envs.tasks import get_task
+from memory.store import MemoryConfig
 from policies import starter_policy
 from store.config import RunConfig
 
@@ -93,6 +94,14 @@ class RunRecord(BaseModel):
     # Runs made before (1) kept a kit in the workspace and ran the policy inside the tests; their accepted
     # tests may use what the kit no longer offers, so they are not resumed.
     workspace_format: int = 1
+
+
+def memory_config(record: RunRecord, run_dir: Path) -> MemoryConfig:
+    """Where a run's memory lives: the store its config names, except for a replay, which keeps its memory
+    to itself (``RUN_DIR/memory``), so re-running a run never adds its records to the shared store twice."""
+    if record.replay_of:
+        return MemoryConfig(path=Path(run_dir) / "memory")
+    return RunConfig.model_validate(record.config).memory
 
 
 class RunIndexEntry(BaseModel):
