@@ -234,8 +234,8 @@ def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")
                            + (f" in iteration {iteration}" if iteration is not None else "")
                            + "; see `heurist show` for the iterations it ran")
     if as_json:
-        for entry in entries:
-            print(entry.model_dump_json(exclude_none=True))
+        for line in TranscriptRecorder(run_dir).stored(iteration, role):
+            print(json.dumps(line))
         return
     current = None
     for e in entries:

@@ -7,7 +7,8 @@ edited by hand, written by another version) is counted as damaged, as a line tha
 JSON is, and every reader says so once.
 
 Nested values that are records of other layers (a verdict, a holdout summary, the budget
-spent) are kept as JSON objects here: this module sits below them all.
+spent) are kept as JSON objects here: this module sits below them all. Fields added after a record
+was first written have defaults, so a ledger written by an earlier heurist is still read whole.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class EvalFinished(_Event):
     hns_mean: float | None
     target: float | None
     env_steps: int
-    clip_env_steps: int
+    clip_env_steps: int = 0  # the clips' re-simulation, counted in env_steps (since 89d7c5e)
     wall_s: float
     failures: dict[str, int]
     clips: list[str]
@@ -123,9 +124,12 @@ class TestsRun(_Event):
     iteration: int
     passed: bool
     reason: str
-    files: dict[str, Json]  # path -> {passed, reason}
-    new_tests: dict[str, Json]  # path -> {kept, reason}
-    wall_s: float  # the test files' own episodes are evaluations, counted in their eval_finished lines
+    files: dict[str, Json] = Field(default_factory=dict)  # path -> {passed, reason}
+    new_tests: dict[str, Json] = Field(default_factory=dict)  # path -> {kept, reason}
+    wall_s: float
+    # Before tests reached the policy through the evaluator (9b2bbe0) they ran their own episodes, counted
+    # here; now their episodes are evaluations, counted in eval_finished lines, and this stays 0.
+    env_steps: int = 0
 
 
 class IterationDone(_Event):
@@ -145,19 +149,20 @@ class IterationDone(_Event):
     verdict: Json | None
     policy_sha256: str
     spent: Json
-    baseline_sha256: str
-    rationale: str | None
-    candidate_sha256: str | None
-    analyses: dict[str, str]  # analyse role -> its summary
-    diff: str
-    tests_written: dict[str, str]
-    check_error: str | None
+    # What was tried, recorded since 1128b7a (the report shows a rejected edit from these).
+    baseline_sha256: str | None = None
+    rationale: str | None = None
+    candidate_sha256: str | None = None
+    analyses: dict[str, str] = Field(default_factory=dict)  # analyse role -> its summary
+    diff: str = ""
+    tests_written: dict[str, str] = Field(default_factory=dict)
+    check_error: str | None = None
 
 
 class RunPaused(_Event):
     event: Literal["run_paused"] = "run_paused"
     run_id: str
-    iteration: int
+    iteration: int | None = None  # recorded since b8433ad
     reason: str
 
 

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from common.errors import PolicyError
 
 ALLOWED_THIRD_PARTY = frozenset({"numpy", "scipy", "cv2", "mujoco", "ale_py", "Box2D"})
-HEURIST_PACKAGES = frozenset({"graph", "roles", "memory", "envs", "policies", "heurist"})
+HEURIST_PACKAGES = frozenset({"common", "envs", "policies", "memory", "store", "roles", "graph", "runner",
+                              "report", "doctor", "cli", "heurist"})
 
 
 class Tunable(BaseModel):

@@ -94,7 +94,7 @@ class Nodes:
             ctx = s.context(state["iteration"], role)
             s.event("role", role=role.name)
             try:
-                report = role.run(data, ctx).model_dump(mode="json", by_alias=True)
+                report = role.run(data, ctx).model_dump(mode="json", by_alias=True, exclude_none=True)
                 missing = [fact for fact in sorted(role.produces) if report.get(fact) is None]
                 if missing:
                     raise RoleContractError(f"{role.name} declares that it produces {', '.join(missing)} but "

@@ -1,4 +1,4 @@
-"""Policy files: one self-contained .py per policy (see contract.py), starters for the built-in tasks.
+"""Policy files: one self-contained .py per policy (see envs/contract.py), starters for the built-in tasks.
 
 The starter files in this folder import nothing from heurist; heurist never imports them
 either: the evaluator executes them inside sandboxed workers.

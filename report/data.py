@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, read_events
+from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, TestsRun, read_events
 from common.ledger import Ledger
 from envs.results import EvalResult
 from envs.tasks import get_task
@@ -78,6 +78,8 @@ def _points(records: list[LedgerEvent], start_sha: str | None, dev_seeds: list[i
     points: list[Point] = []
     steps, started = 0, False
     for r in records:
+        if isinstance(r, TestsRun):  # a test's own episodes, in ledgers written before tests used the evaluator
+            steps += r.env_steps
         if isinstance(r, EvalFinished):
             steps += r.env_steps
             if r.split != "dev" or r.mean is None:

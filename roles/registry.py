@@ -112,13 +112,14 @@ def resolve(name_or_path: str, stage: Stage) -> Role:
     return cls()
 
 
-def stage_roles(stages: StageRoles) -> dict[Stage, list[Role]]:
-    """The role instances of each stage, as the config places them, checked to fit together."""
+def stage_roles(stages: StageRoles, require_facts: bool = True) -> dict[Stage, list[Role]]:
+    """The role instances of each stage, as the config places them, checked to fit together. A run that
+    already exists is opened with ``require_facts=False``: it goes on as it was started (``unmet_facts``)."""
     roles: dict[Stage, list[Role]] = {
         "analyse": [resolve(name, "analyse") for name in stages.analyse],
         "code": [resolve(stages.code, "code")], "test": [resolve(stages.test, "test")],
         "review": [resolve(name, "review") for name in stages.review]}
-    check_stages(roles)
+    check_stages(roles, require_facts)
     return roles
 
 
@@ -127,18 +128,28 @@ LOOP_READS: dict[str, frozenset[Fact]] = {"the memory of failures (written after
                                           frozenset({"failures"})}
 
 
-def check_stages(roles: dict[Stage, list[Role]]) -> None:
-    """Refuse, in one line, a set of roles in which something reads a fact no analyse role produces."""
+def check_stages(roles: dict[Stage, list[Role]], require_facts: bool = True) -> None:
+    """Refuse, in one line, stages without a reviewer, a role placed twice, or (with ``require_facts``)
+    something that reads a fact no analyse role produces."""
     if not roles["review"]:
         raise RoleError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
     names = [role.name for stage in STAGES for role in roles[stage]]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise RoleError(f"role {', '.join(twice)} is placed twice in [stages]; each role runs once an iteration")
+    unmet = unmet_facts(roles)
+    if unmet and require_facts:
+        raise RoleError(unmet[0])
+
+
+def unmet_facts(roles: dict[Stage, list[Role]]) -> list[str]:
+    """One line for each fact that something reads and no analyse role produces, naming who produces it."""
     produced = {fact for role in roles["analyse"] for fact in role.produces}
     readers = {f"{role.name} (the {stage} stage)": role.reads for stage in STAGES for role in roles[stage]}
+    unmet = []
     for reader, reads in {**readers, **LOOP_READS}.items():
         for fact in sorted(reads - produced):
             makers = sorted(info.name for info in available().values() if fact in info.cls.produces)
-            raise RoleError(f"{reader} reads the fact {fact!r}, which no role in stages.analyse produces; add "
-                            f"{' or '.join(makers) or 'a role that produces it'} to stages.analyse")
+            unmet.append(f"{reader} reads the fact {fact!r}, which no role in stages.analyse produces; add "
+                         f"{' or '.join(makers) or 'a role that produces it'} to stages.analyse")
+    return unmet

@@ -54,8 +54,8 @@ class FailureFinding(RoleModel):
     active_mode: str | None = None
 
 
-class Sighting(RoleModel):
-    """What was seen going wrong around a step of an episode's clip (the ``sightings`` fact)."""
+class Sighting(RoleModel):  # the ``sightings`` fact; its docstring is the vision model's schema description
+    """What was seen going wrong around a step of an episode's clip."""
 
     seed: int
     step: int
@@ -73,11 +73,23 @@ class AnalyseOutput(RoleModel):
     details: dict[str, Any] = Field(default_factory=dict, description="Anything else, shown as it is.")
 
 
+def _carried(report: dict[str, Any], fact: Fact) -> Any:
+    """The fact in one report. A report checkpointed by the previous version (a run resumed mid-iteration)
+    kept the log parser's failures and the video analyst's sightings under ``findings``."""
+    if report.get(fact) is not None:
+        return report[fact]
+    old = report.get("findings")
+    if isinstance(old, list) and old and isinstance(old[0], dict):
+        shape = "failures" if "kind" in old[0] else "sightings" if "what_went_wrong" in old[0] else None
+        return old if shape == fact else None
+    return None
+
+
 def gather(analyses: dict[str, dict[str, Any]], fact: Fact) -> Any:
     """One fact over every analyse report that carries it (reports as the state keeps them, JSON), in role
     order: ``failures`` and ``sightings`` as lists of their models (a role's subclass cut down to the fact's
     fields), ``seeds_by_kind`` as one merged table."""
-    values = [report[fact] for report in analyses.values() if report.get(fact) is not None]
+    values = [value for report in analyses.values() if (value := _carried(report, fact)) is not None]
     if fact == "seeds_by_kind":
         merged: dict[str, list[int]] = {}
         for table in values:

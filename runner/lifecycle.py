@@ -24,12 +24,13 @@ from common.ledger import Ledger
 from common.safe_text import also_secret
 from envs.isolation import filesystem_confined
 from envs.tasks import get_task
+from graph.budget import stop_reason
 from graph.context import Services
 from graph.nodes import Nodes
 from graph.topology import build
 from memory.store import MemoryStore
 from roles.llm import LLMClient, ReplayClient, Usage
-from roles.registry import stage_roles
+from roles.registry import stage_roles, unmet_facts
 from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
 from store.transcripts import TranscriptRecorder, call_costs
@@ -68,13 +69,16 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     elif not record.offline:
         llm = LLMClient(config.llm, usage)
     memory = MemoryStore(memory_config(record, run_dir))
-    roles = stage_roles(config.stages)
+    # A run made before roles declared their facts may leave one unmet: it goes on as it was started, and says so.
+    roles = stage_roles(config.stages, require_facts=False)
     # This process holds the run's lock, so a git index lock left here is a crash's leftover, not a live git.
     (run_dir / "workspace" / ".git" / "index.lock").unlink(missing_ok=True)
     services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
                         protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
                         ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
                         recorder=recorder, roles=roles, on_event=on_event)
+    for problem in unmet_facts(roles):
+        services.event("warning", message=f"this run's [stages] leave a fact unmet: {problem}")
     return services, Nodes(services, (run_dir / "starting_policy.py").read_text()), record
 
 
@@ -124,11 +128,14 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                 services.ledger.append(RunResumed(run_id=record.run_id, iteration=values.get("iteration"),
                                                   at=list(snapshot.next) or [task.name for task in snapshot.tasks]))
             elif values.get("status") == "paused":
-                # Re-entered at evaluate, as if remember had routed there, with the pause undone (LangGraph's
-                # Command: the update and the jump are one checkpointed input step).
-                services.ledger.append(RunResumed(run_id=record.run_id, at=["evaluate"], iteration=values.get("iteration"),
+                # Re-entered where remember would have routed with the pause undone: the next iteration, or the
+                # finish if a budget ran out on the iteration that paused. LangGraph's Command makes the update
+                # and the jump one checkpointed step (update_state(as_node=...) gives routers no context).
+                undone = {"status": "running", "stop_reason": None, "llm_failures": 0}
+                goto = "finish" if stop_reason({**values, **undone}, services.config, services.spec) else "evaluate"
+                services.ledger.append(RunResumed(run_id=record.run_id, at=[goto], iteration=values.get("iteration"),
                                                   after="pause"))
-                start = Command(update={"status": "running", "stop_reason": None, "llm_failures": 0}, goto="evaluate")
+                start = Command(update=undone, goto=goto)
             else:
                 return values  # finished: nothing to do
             services.event("started", run_id=record.run_id, task=record.task, offline=record.offline,
@@ -154,7 +161,7 @@ def _publish_report(services: Services) -> None:
     grow by 17-24 MB per 100 iterations (5 without the report; benchmarks/soak.py), and in a
     child that memory goes back to the system each time. It costs about a second of imports."""
     try:
-        done = subprocess.run([sys.executable, "-m", "report", str(services.run_dir)], capture_output=True,
+        done = subprocess.run([sys.executable, "-P", "-m", "report", str(services.run_dir)], capture_output=True,
                               text=True, timeout=REPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         problem = f"it took longer than {REPORT_TIMEOUT_S:g} s"

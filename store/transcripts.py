@@ -123,15 +123,20 @@ class TranscriptRecorder:
         return RoleTranscript(self.path(iteration, role), iteration, role)
 
     def read(self, iteration: int | None = None, role: str | None = None) -> list[TranscriptLine]:
-        lines: list[TranscriptLine] = []
+        """The lines of these transcripts, typed, in the order they were written (damaged ones skipped)."""
+        lines = _typed(self.stored(iteration, role))
+        return sorted(lines, key=lambda line: (line.iteration, line.time))
+
+    def stored(self, iteration: int | None = None, role: str | None = None) -> list[dict[str, Any]]:
+        """The lines exactly as stored (``heurist transcripts --json`` prints these)."""
+        records: list[dict[str, Any]] = []
         for folder in sorted(self.root.glob("[0-9]" * 4)):
             if iteration is not None and int(folder.name) != iteration:
                 continue
             for file in sorted(folder.glob("*.jsonl")):
-                if role is not None and file.stem != role:
-                    continue
-                lines += _typed(Ledger(file).read()[0])
-        return sorted(lines, key=lambda line: (line.iteration, line.time))
+                if role is None or file.stem == role:
+                    records += Ledger(file).read()[0]
+        return sorted(records, key=lambda r: (r.get("iteration", 0), r.get("time", 0)))
 
 
 def call_costs(lines: list[TranscriptLine]) -> Iterator[tuple[float, int, float]]:

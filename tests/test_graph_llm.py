@@ -114,6 +114,23 @@ def test_model_failures_in_a_row_pause_the_run_and_resume_continues(home):
         "run_started", "run_paused", "run_resumed", "run_finished"]
 
 
+def test_a_run_paused_on_its_last_budgeted_iteration_finishes_on_resume(home):
+    """Resuming undoes the pause, then routes as remember would: the iteration budget is spent, so it finishes."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    with ScriptedOpenAI() as server:  # nothing queued: every call is answered 500
+        run_dir = create_run(llm_config(server, policy, iterations=2), home / "run")
+        assert execute(run_dir)["status"] == "paused"
+        calls = len(server.requests)
+        state = execute(run_dir)
+        assert len(server.requests) == calls  # no model call: no further iteration ran
+    assert state["status"] == "finished" and state["iteration"] == 2
+    assert state["stop_reason"] == "iteration budget spent (2 of 2)"
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    assert [r.get("at") for r in records if r["event"] == "run_resumed"] == [["finish"]]
+    assert sum(r["event"] == "iteration" for r in records) == 2
+
+
 def test_usd_budget_is_a_hard_stop_on_model_calls(home):
     policy = home / "weak.py"
     policy.write_text(WEAK)

@@ -262,3 +262,25 @@ def test_a_run_made_before_tests_ran_on_throwaway_copies_is_not_resumed(home, mo
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
     assert "Start a new run from its best policy: heurist run --env CartPole-v1 --policy" in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_started_before_facts_goes_on_and_says_what_is_unmet(home, monkeypatch):
+    """A run directory whose [stages] leave a fact unmet (made before roles declared facts) is opened, with a
+    warning; only new runs are refused."""
+    from runner.lifecycle import open_services
+    from store.rundir import create_run
+
+    tmp, env = home
+    monkeypatch.setenv("HEURIST_HOME", env["HEURIST_HOME"])  # the runs index and the memory go there
+    config = RunConfig.model_validate({"task": "CartPole-v1", "policy": str(tmp / "weak.py"), "offline": True,
+                                       "stages": {"analyse": ["video_analyst"]}})
+    run_dir = create_run(config, tmp / "run")
+    events = []
+    services, _nodes, _record = open_services(run_dir, lambda kind, fields: events.append((kind, fields)))
+    try:
+        warnings = [f["message"] for kind, f in events if kind == "warning"]
+        assert any("reads the fact 'seeds_by_kind'" in w for w in warnings)
+        assert any("the memory of failures" in w and "'failures'" in w for w in warnings)
+        assert [role.name for role in services.roles["analyse"]] == ["video_analyst"]
+    finally:
+        services.memory.close()

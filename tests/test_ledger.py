@@ -92,3 +92,38 @@ def test_two_writer_processes_lose_nothing(tmp_path):
     for name in ("A", "B"):
         assert [r["i"] for r in records if r["writer"] == name] == list(range(300))
     assert all(json.dumps(r) for r in records)
+
+
+# Lines as earlier versions of heurist wrote them (fields were added over time), and one no version wrote.
+OLDER_LINES = [
+    {"event": "eval_finished", "time": "2026-11-20T10:00:00.000+00:00", "eval_id": "e1", "task": "CartPole-v1",
+     "protocol": "standard", "split": "dev", "seeds": [0, 1], "policy": "/p.py", "policy_sha256": "a" * 64,
+     "status": "complete", "episodes": 2, "episodes_failed": 0, "mean": 9.5, "std": 0.5, "median": 9.5, "min": 9.0,
+     "max": 10.0, "ci95": [3.1, 15.9], "hns_mean": None, "target": 475.0, "env_steps": 19, "wall_s": 0.2,
+     "failures": {"pole_fell": 2}, "clips": [],
+     "per_episode": [{"seed": 0, "status": "ok", "return": 9.0, "length": 9, "error": None},
+                     {"seed": 1, "status": "ok", "return": 10.0, "length": 10, "error": None}]},
+    {"event": "tests_run", "time": "2026-11-20T10:00:01.000+00:00", "run_id": "r", "iteration": 1, "passed": True,
+     "reason": "all 1 accepted test files passed", "env_steps": 7, "wall_s": 1.5},
+    {"event": "iteration", "time": "2026-11-20T10:00:02.000+00:00", "run_id": "r", "iteration": 1,
+     "accepted": False, "reason": "no gain", "edit": "tune", "mean_before": 9.5, "mean_candidate": 9.0,
+     "mean_after": 9.5, "commit": None, "tests_added": [], "verdict": None, "policy_sha256": "a" * 64,
+     "spent": {"env_steps": 26}},
+    {"event": "run_paused", "time": "2026-11-20T10:00:03.000+00:00", "run_id": "r", "reason": "model down"},
+    {"event": "run_exploded", "time": "2026-11-20T10:00:04.000+00:00", "run_id": "r"},
+]
+
+
+def test_ledgers_written_by_earlier_versions_are_read_whole(tmp_path):
+    from common.events import EvalFinished, IterationDone, RunPaused, TestsRun, read_events
+
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    for line in OLDER_LINES:
+        ledger.append(line)
+    events, bad = read_events(ledger)
+    assert bad == 1  # the event no version wrote is counted as damaged, never guessed at
+    finished, tests, iteration, paused = events
+    assert isinstance(finished, EvalFinished) and finished.clip_env_steps == 0 and finished.ci95 == (3.1, 15.9)
+    assert isinstance(tests, TestsRun) and tests.env_steps == 7 and tests.files == {}
+    assert isinstance(iteration, IterationDone) and iteration.baseline_sha256 is None and iteration.diff == ""
+    assert isinstance(paused, RunPaused) and paused.iteration is None

@@ -152,3 +152,19 @@ def test_llm_review_vetoes_an_edit_that_games_the_evaluation(tmp_path, cartpole_
     assert not verdict.accept and "games the evaluation: branches on seed 3" in verdict.reasons[0]
     assert verdict.p_value < 0.01  # the gate passed; the review vetoed
     assert [e.kind for e in ctx.transcript.entries()] == ["decision", "llm_call", "parsed"]
+
+
+def test_facts_are_gathered_from_reports_checkpointed_before_they_had_names():
+    """A run resumed mid-iteration from the previous version holds the analysts' reports as they were."""
+    from roles.stages import gather
+
+    old = {"log_parser": {"summary": "s", "seeds_by_kind": {"pole_fell": [3]},
+                          "findings": [{"seed": 3, "step": 40, "kind": "pole_fell", "description": "fell",
+                                        "status": "ok", "return": 41.0, "length": 41, "active_mode": "lean"}]},
+           "video_analyst": {"summary": "v", "findings": [{"seed": 3, "step": 40, "what_went_wrong": "late",
+                                                          "evidence": ""}]}}
+    [failure] = gather(old, "failures")
+    [sighting] = gather(old, "sightings")
+    assert (failure.seed, failure.kind, failure.active_mode) == (3, "pole_fell", "lean")
+    assert (sighting.seed, sighting.what_went_wrong) == (3, "late")
+    assert gather(old, "seeds_by_kind") == {"pole_fell": [3]}
