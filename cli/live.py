@@ -43,6 +43,7 @@ class _RunTally:
         self.stage, self.role, self.activity = "starting", "", ""
         self.verdict: dict[str, Any] | None = None
         self.warnings: list[str] = []
+        self.call: dict[str, Any] | None = None  # the model call under way, as it streams
 
     def elapsed_s(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
@@ -60,11 +61,13 @@ class _RunTally:
                 self.verdict = f["history"][-1]
                 self.latest = self.verdict.get("mean_candidate")
         elif kind == "stage":
-            self.stage, self.role, self.activity = f["node"], "", ""
+            self.stage, self.role, self.activity, self.call = f["node"], "", "", None
+        elif kind == "model_call":
+            self.call = f
         elif kind == "iteration":
             self.iteration = f["iteration"]
         elif kind == "role":
-            self.role = f["role"]
+            self.role, self.call = f["role"], None
         elif kind == "evaluating":
             self.activity = f"evaluating {f['policy']} on {f['seeds']} {f['split']} seeds"
         elif kind == "evaluated":
@@ -126,6 +129,11 @@ class LiveView:
         now = STAGE_WORDS.get(t.stage, t.stage.replace("_", " "))
         grid.add_row("now", now + (f" · role [cyan]{shown(t.role)}[/]" if t.role else "")
                      + (f" · {shown(t.activity)}" if t.activity else ""))
+        if t.call:  # a slow local model shows its progress, not a frozen "0 tokens"
+            c = t.call
+            grid.add_row("model call", f"{shown(c['role'])} · attempt {c['attempt']} · {c['elapsed_s']:.0f} s · "
+                                       f"{c['tokens']:,} tokens so far · gives up after {c['timeout_s']:g} s of silence")
+            grid.add_row("", Text(printable(" ".join(c["tail"].split())[-120:]), style="dim"))
         grid.add_row("dev mean", f"best {score_text(t.best)} · latest candidate {score_text(t.latest)}")
         grid.add_row("spent", t.budget_line())
         v = t.verdict

@@ -60,8 +60,10 @@ class Services:
     # ------------------------------------------------------------------ roles
 
     def context(self, iteration: int, role: Role) -> RoleContext:
+        settings = self.config.llm.roles.get(role.name)
+        llm = None if settings is not None and settings.offline else self.llm  # a role may stay offline
         return RoleContext(task=self.spec, iteration=iteration, config=self.config,
-                           transcript=self.recorder.for_role(iteration, role.name), llm=self.llm, memory=self.memory,
+                           transcript=self.recorder.for_role(iteration, role.name), llm=llm, memory=self.memory,
                            score=self.score_policies, search_key=self.search_key)
 
     def role(self, stage: Stage) -> Role:

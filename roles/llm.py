@@ -1,10 +1,18 @@
 """Language-model calls for roles: the real ``openai`` client, structured outputs, retries, cost, transcripts.
 
-``LLMClient.structured`` asks for a JSON object matching a pydantic model (JSON-schema
-structured output), validates the reply, and on a validation error asks again with the
-error quoted, a bounded number of times. Transport faults (429 with Retry-After, 5xx,
-timeouts, refused connections) are retried with exponential backoff. Every attempt, its
-tokens, cost and latency go to the role's transcript as it happens.
+``LLMClient.structured`` asks for a JSON object matching a pydantic model, validates the reply,
+and asks again when it does not match: with the error quoted and a different seed (a local server
+answers the same request the same way), keeping only the last failed reply so the prompt does not
+grow; a reply cut off at ``max_tokens`` is said to be cut off and asked again with room to finish.
+
+Calls stream, and the timeout is on silence: a slow model that keeps producing tokens is never cut
+off, a dead one is found within ``timeout_s``, and an abandoned stream is closed, so the server
+stops working on it. What the endpoint accepts (``roles.llm_requests.Capabilities``) narrows when
+the server refuses a request as invalid; such a refusal is never retried as if it were passing.
+Passing faults (429 with Retry-After, 5xx, timeouts, refused connections) are retried with
+backoff; a 5xx that repeats word for word is taken for a refusal. Every attempt, abandoned ones
+included, goes to the role's transcript with its tokens (counted from the text where the server
+gives none), cost and time, and into the run's usage.
 
 ``ReplayClient`` answers from a recorded run's transcripts instead of a model, so
 ``heurist replay`` reaches the same decisions without a network or a key.
@@ -13,20 +21,27 @@ tokens, cost and latency go to the role's transcript as it happens.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from common.errors import HeuristError
 from common.safe_text import redact
+from roles.llm_requests import Capabilities, json_text, looks_invalid, response_format, shaped_messages
 from store.config import LLMConfig
 from store.transcripts import LLMCall, Parsed, RoleTranscript, TranscriptRecorder, ValidationFailed
 
 T = TypeVar("T", bound=BaseModel)
+# progress(role, fields): a call under way (attempt, elapsed_s, tokens so far, the text's tail), at most ~4 a second.
+ProgressFn = Callable[[str, dict[str, Any]], None]
+PROGRESS_EVERY_S = 0.25
 
 
 class LLMError(HeuristError):
@@ -89,28 +104,112 @@ def _redacted(message: dict) -> dict:
                                    for part in content]}
 
 
-def _json_schema_format(model: type[BaseModel]) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
+@dataclass(frozen=True)
+class RoleSettings:
+    """One role's model settings: the run's, with the role's overrides."""
+
+    model: str
+    temperature: float
+    max_tokens: int
+    base_url: str | None
+    timeout_s: float
+
+
+@dataclass
+class Reply:
+    content: str
+    finish_reason: str | None
+    refusal: str | None = None
+
+
+class _Refused(Exception):
+    """The server refused the request as invalid: retrying it unchanged cannot help."""
+
+
+class _Fatal(Exception):
+    """A fault no retry or narrowing mends (a refused key, no such model)."""
+
+
+class _Passing(Exception):
+    """A fault that may pass: worth a retry after a wait."""
+
+    def __init__(self, message: str, wait: float | None = None, server_error: bool = False, billed: bool = False):
+        super().__init__(message)
+        # billed: the server was working on it (a stream cut off, a timeout): its tokens and time count.
+        self.wait, self.server_error, self.billed = wait, server_error, billed
+
+
+@dataclass
+class _Attempt:
+    """What one request cost, however it ended (the transcript and the usage get it either way)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    pieces: list[str] = field(default_factory=list)
+    chunks: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    last_progress: float = 0.0
+
+    def tokens(self, messages: list[dict]) -> tuple[int, int, bool]:
+        """(prompt, completion, estimated): the server's counts, else about four characters a token."""
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens, self.completion_tokens or 0, False
+        prompt = len(json.dumps(messages, default=str)) // 4
+        return prompt, self.chunks or len("".join(self.pieces)) // 4, True
 
 
 class LLMClient:
-    def __init__(self, config: LLMConfig, usage: Usage):
-        import openai
-
-        self.config, self.usage = config, usage
-        key = os.environ.get(config.api_key_env)
-        if not key and config.base_url is None:
+    def __init__(self, config: LLMConfig, usage: Usage, on_progress: ProgressFn | None = None):
+        self.config, self.usage, self.on_progress = config, usage, on_progress
+        self._key = os.environ.get(config.api_key_env)
+        if not self._key and config.base_url is None and not any(r.base_url for r in config.roles.values()):
             raise LLMError(f"no ${config.api_key_env} and no --base-url: set one, or run offline")
-        # max_retries=0: retries are ours, so each attempt reaches the transcript.
-        self._client = openai.OpenAI(api_key=key or "not-needed", base_url=config.base_url,
-                                     timeout=config.timeout_s, max_retries=0)
+        self._clients: dict[tuple[str | None, float], Any] = {}
+        self._capabilities: dict[str | None, Capabilities] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ settings
+
+    def settings_for(self, role: str) -> RoleSettings:
+        o, c = self.config.roles.get(role), self.config
+        return RoleSettings(model=(o and o.model) or c.model,
+                            temperature=o.temperature if o and o.temperature is not None else c.temperature,
+                            max_tokens=(o and o.max_tokens) or c.max_tokens, base_url=(o and o.base_url) or c.base_url,
+                            timeout_s=(o and o.timeout_s) or c.timeout_s)
 
     def model_for(self, role: str) -> tuple[str, float, int]:
-        override = self.config.roles.get(role)
-        model = (override and override.model) or self.config.model
-        temperature = override.temperature if override and override.temperature is not None else self.config.temperature
-        max_tokens = (override and override.max_tokens) or self.config.max_tokens
-        return model, temperature, max_tokens
+        s = self.settings_for(role)
+        return s.model, s.temperature, s.max_tokens
+
+    def capabilities(self, base_url: str | None) -> Capabilities:
+        """What heurist uses of this endpoint: the config's fixed choices, the strongest of the rest."""
+        with self._lock:
+            if base_url not in self._capabilities:
+                c, fixed = self.config, set()
+                caps = Capabilities()
+                if c.structured_mode != "auto":
+                    caps.structured, fixed = c.structured_mode, fixed | {"structured"}
+                if c.images is not None:
+                    caps.images, fixed = c.images, fixed | {"images"}
+                if c.stream is not None:
+                    caps.stream, fixed = c.stream, fixed | {"stream"}
+                caps.fixed = frozenset(fixed)
+                self._capabilities[base_url] = caps
+            return self._capabilities[base_url]
+
+    def _client(self, s: RoleSettings) -> Any:
+        import httpx
+        import openai
+
+        with self._lock:
+            key = (s.base_url, s.timeout_s)
+            if key not in self._clients:
+                # The read timeout is the silence allowed between two bytes: a streamed reply that keeps coming
+                # is never cut off. max_retries=0: retries are ours, so each attempt reaches the transcript.
+                timeout = httpx.Timeout(s.timeout_s, connect=min(s.timeout_s, 30.0))
+                self._clients[key] = openai.OpenAI(api_key=self._key or "not-needed", base_url=s.base_url,
+                                                   timeout=timeout, max_retries=0)
+            return self._clients[key]
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         price = self.config.price(model)
@@ -118,85 +217,210 @@ class LLMClient:
             return 0.0
         return (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
 
+    # ------------------------------------------------------------------ the structured call
+
     def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
-        """A reply parsed into ``schema``; re-asks with the validation error when it does not match."""
-        model, temperature, max_tokens = self.model_for(transcript.role)
+        """A reply parsed into ``schema``; asked again, differently, when it does not match or was cut off."""
+        s = self.settings_for(transcript.role)
+        caps = self.capabilities(s.base_url)
         # Nothing secret of heurist's environment is ever sent, whatever a prompt was built from.
         conversation = [_redacted(m) for m in messages]
+        follow_up: list[dict] = []  # what the next attempt says about the last one (only the last one)
+        max_tokens = s.max_tokens
         for attempt in range(self.config.validation_retries + 1):
-            content = self._complete(transcript, model, temperature, max_tokens, conversation, schema)
+            reply = self._complete(transcript, s, caps, conversation + follow_up, schema, max_tokens, attempt)
+            if reply.finish_reason == "length":
+                transcript.write(ValidationFailed, attempt=attempt, response=reply.content[-4000:],
+                                 error=f"the reply was cut off at max_tokens={max_tokens} before it was complete "
+                                       f"(raise llm.max_tokens for this role if this repeats)")
+                follow_up = [{"role": "user", "content": f"Your last reply was cut off after {max_tokens} tokens. "
+                                                         "Reply again with one complete, shorter JSON object."}]
+                max_tokens = min(max_tokens * 2, s.max_tokens * 4)
+                continue
             try:
-                parsed = schema.model_validate_json(content)
+                parsed = schema.model_validate_json(json_text(reply.content, caps))
             except ValidationError as exc:
                 problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(reply)'}: {e['msg']}" for e in exc.errors()[:5])
-                transcript.write(ValidationFailed, attempt=attempt, error=problem, response=content[:4000])
-                conversation = conversation + [
-                    {"role": "assistant", "content": content},
-                    {"role": "user", "content": f"That reply is not valid for the required JSON schema: {problem}. "
-                                                "Reply again with one JSON object that matches the schema."}]
+                transcript.write(ValidationFailed, attempt=attempt, error=problem, response=reply.content[:4000])
+                follow_up = [{"role": "assistant", "content": reply.content[:4000]},
+                             {"role": "user", "content": f"That reply is not valid for the required JSON schema: "
+                                                         f"{problem}. Reply again with one JSON object that matches "
+                                                         f"the schema."}]
                 continue
             transcript.write(Parsed, attempt=attempt, parsed=parsed.model_dump(mode="json"))
             return parsed
-        raise LLMError(f"{transcript.role}: {model} gave no reply matching {schema.__name__} in "
+        raise LLMError(f"{transcript.role}: {s.model} gave no reply matching {schema.__name__} in "
                        f"{self.config.validation_retries + 1} tries")
 
-    def _complete(self, transcript: RoleTranscript, model: str, temperature: float, max_tokens: int,
-                  messages: list[dict], schema: type[BaseModel]) -> str:
+    def _complete(self, transcript: RoleTranscript, s: RoleSettings, caps: Capabilities, messages: list[dict],
+                  schema: type[BaseModel], max_tokens: int, ask: int) -> Reply:
+        """One reply with content, through passing faults (retried) and refusals (narrowed, then sent again)."""
+        delay, retries, last_error, last_server_error = self.config.retry_base_s, 0, "", None
+        had_images = any(isinstance(m["content"], list) for m in messages)
+        while True:
+            self.usage.check()
+            shaped = shaped_messages(messages, caps, schema)
+            request = self._request(s, caps, shaped, schema, max_tokens, seed=ask + retries)
+            attempt = _Attempt()
+            try:
+                reply = self._send(transcript, s, caps, request, attempt, ask)
+            except _Refused as exc:
+                given_up = caps.narrow(str(exc), had_images)
+                self._record(transcript, s, attempt, messages, ask, billed=False, error=str(exc)[:500],
+                             narrowed=given_up)
+                if given_up:
+                    continue  # the same question, put as the server can take it
+                raise LLMError(f"{transcript.role}: {s.base_url or 'the OpenAI API'} refused the request as invalid "
+                               f"({str(exc)[:300]}) with {caps.summary()}; set llm.structured_mode, llm.images or "
+                               f"llm.stream in the run config to what it accepts (`heurist doctor` probes it)") from None
+            except _Fatal as exc:
+                self._record(transcript, s, attempt, messages, ask, billed=False, error=str(exc)[:500])
+                raise LLMError(f"{transcript.role}: {exc}") from None
+            except _Passing as exc:
+                last_error = str(exc)[:500]
+                repeated = exc.server_error and last_error == last_server_error
+                last_server_error = last_error if exc.server_error else None
+                given_up = caps.narrow(last_error, had_images) if repeated else None  # the same 5xx twice: the request
+                if given_up:
+                    self._record(transcript, s, attempt, messages, ask, billed=exc.billed, error=last_error,
+                                 narrowed=given_up)
+                    continue
+                wait = exc.wait if exc.wait is not None else delay
+                self._record(transcript, s, attempt, messages, ask, billed=exc.billed, error=last_error,
+                             retry_in_s=wait)
+                if retries >= self.config.max_retries:
+                    raise LLMError(f"{transcript.role}: {s.model} failed after {retries + 1} attempts: "
+                                   f"{last_error}") from None
+                retries += 1
+                time.sleep(wait)
+                delay *= 2
+                continue
+            self._record(transcript, s, attempt, messages, ask, billed=True, reply=reply)
+            if reply.refusal or not reply.content:
+                last_error = f"the model refused: {reply.refusal}" if reply.refusal else "empty reply"
+                if retries >= self.config.max_retries:
+                    raise LLMError(f"{transcript.role}: {s.model} failed after {retries + 1} attempts: {last_error}")
+                retries += 1
+                continue
+            return reply
+
+    def _request(self, s: RoleSettings, caps: Capabilities, messages: list[dict], schema: type[BaseModel],
+                 max_tokens: int, seed: int) -> dict[str, Any]:
+        request: dict[str, Any] = {"model": s.model, "messages": messages, caps.max_tokens_param: max_tokens}
+        if caps.seed:  # a re-ask differs from the ask: a local server answers one request the same way each time
+            request["seed"] = seed
+        if caps.temperature:
+            # A re-ask runs warmer: a server that answered one way at this temperature may answer the same again.
+            request["temperature"] = min(s.temperature + 0.2 * seed, 1.0)
+        fmt = response_format(caps, schema)
+        if fmt is not None:
+            request["response_format"] = fmt
+        if caps.stream:
+            request["stream"] = True
+            if caps.stream_usage:
+                request["stream_options"] = {"include_usage": True}
+        return request
+
+    def _send(self, transcript: RoleTranscript, s: RoleSettings, caps: Capabilities, request: dict[str, Any],
+              attempt: _Attempt, ask: int) -> Reply:
+        import httpx
         import openai
 
-        delay = self.config.retry_base_s
-        last_error = ""
-        for attempt in range(self.config.max_retries + 1):
-            self.usage.check()
-            started = time.perf_counter()
-            try:
-                response = self._client.chat.completions.create(
-                    model=model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                    response_format=_json_schema_format(schema))
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                    openai.APIConnectionError) as exc:
-                wait = delay
-                retry_after = getattr(getattr(exc, "response", None), "headers", {}) or {}
-                if retry_after.get("retry-after"):
-                    try:
-                        wait = float(retry_after["retry-after"])
-                    except ValueError:
-                        pass
-                last_error = f"{type(exc).__name__}: {exc}"[:500]
-                transcript.write(LLMCall, model=model, attempt=attempt, messages=_loggable(messages),
-                                 error=last_error, latency_s=time.perf_counter() - started, retry_in_s=wait)
-                if attempt < self.config.max_retries:
-                    time.sleep(wait)
-                    delay *= 2
-                continue
-            except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
-                last_error = f"{type(exc).__name__} {exc.status_code}: {exc.message}"[:500]
-                transcript.write(LLMCall, model=model, attempt=attempt, messages=_loggable(messages),
-                                 error=last_error, latency_s=time.perf_counter() - started)
-                raise LLMError(f"{transcript.role}: {model} refused the request: {last_error}") from None
-            except (openai.APIResponseValidationError, ValueError) as exc:  # a truncated body is a JSONDecodeError
-                last_error = f"malformed response: {type(exc).__name__}: {exc}"[:500]
-                transcript.write(LLMCall, model=model, attempt=attempt, messages=_loggable(messages),
-                                 error=last_error, latency_s=time.perf_counter() - started)
-                continue
-            latency = time.perf_counter() - started
-            usage = response.usage
-            prompt_tokens = usage.prompt_tokens if usage else 0
-            completion_tokens = usage.completion_tokens if usage else 0
-            cost = self.cost(model, prompt_tokens, completion_tokens)
-            self.usage.add(prompt_tokens + completion_tokens, cost)
-            choice = response.choices[0] if response.choices else None
-            content = (choice.message.content or "") if choice else ""
-            refusal = getattr(choice.message, "refusal", None) if choice else None
-            transcript.write(LLMCall, model=model, attempt=attempt, messages=_loggable(messages),
-                             response=content, refusal=refusal, finish_reason=choice.finish_reason if choice else None,
-                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, usd=cost,
-                             latency_s=latency, priced=self.config.price(model) is not None)
-            if refusal or not content:
-                last_error = f"the model refused: {refusal}" if refusal else "empty reply"
-                continue
-            return content
-        raise LLMError(f"{transcript.role}: {model} failed after {self.config.max_retries + 1} attempts: {last_error}")
+        client = self._client(s)
+        try:
+            if not request.get("stream"):
+                response = client.chat.completions.create(**request)
+                if response.usage:
+                    attempt.prompt_tokens = response.usage.prompt_tokens
+                    attempt.completion_tokens = response.usage.completion_tokens
+                choice = response.choices[0] if response.choices else None
+                if choice is None:
+                    raise _Passing("a response with no choices")
+                attempt.pieces.append(choice.message.content or "")
+                return Reply(choice.message.content or "", choice.finish_reason,
+                             getattr(choice.message, "refusal", None))
+            return self._stream(transcript, client, request, attempt, ask)
+        except openai.APIStatusError as exc:
+            raise self._classified(exc, s) from None
+        except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+            raise _Passing(f"{type(exc).__name__}: no reply for {s.timeout_s:g} s (llm.timeout_s, the silence "
+                           f"allowed): abandoned and closed after {attempt.chunks} chunks, {time.perf_counter() - attempt.started:.1f} s",
+                           billed=True) from None
+        except (openai.APIConnectionError, httpx.TransportError) as exc:
+            raise _Passing(f"{type(exc).__name__}: {exc}") from None
+        except (openai.APIResponseValidationError, ValueError) as exc:  # a truncated body is a JSONDecodeError
+            raise _Passing(f"malformed response: {type(exc).__name__}: {exc}") from None
+
+    def _stream(self, transcript: RoleTranscript, client: Any, request: dict[str, Any], attempt: _Attempt,
+                ask: int) -> Reply:
+        finish, refusal = None, []
+        # The context closes the response however the loop ends: the server sees the client leave and stops.
+        with client.chat.completions.create(**request) as stream:
+            for chunk in stream:
+                if chunk.usage is not None:
+                    attempt.prompt_tokens = chunk.usage.prompt_tokens
+                    attempt.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        attempt.pieces.append(delta.content)
+                        attempt.chunks += 1
+                    if delta is not None and getattr(delta, "refusal", None):
+                        refusal.append(delta.refusal)
+                    finish = choice.finish_reason or finish
+                self._progress(transcript, attempt, ask)
+        if finish is None:
+            raise _Passing(f"the stream ended before the reply did ({attempt.chunks} chunks)", billed=True)
+        return Reply("".join(attempt.pieces), finish, "".join(refusal) or None)
+
+    def _progress(self, transcript: RoleTranscript, attempt: _Attempt, ask: int) -> None:
+        now = time.perf_counter()
+        if self.on_progress is None or now - attempt.last_progress < PROGRESS_EVERY_S:
+            return
+        attempt.last_progress = now
+        tail = "".join(attempt.pieces)[-160:]
+        self.on_progress(transcript.role, {"attempt": ask + 1, "elapsed_s": round(now - attempt.started, 1),
+                                           "tokens": attempt.completion_tokens or attempt.chunks, "tail": tail,
+                                           "timeout_s": self.settings_for(transcript.role).timeout_s})
+
+    def _classified(self, exc: Any, s: RoleSettings) -> Exception:
+        where = s.base_url or "the OpenAI API"
+        message = f"{exc.status_code}: {getattr(exc, 'message', exc)}"  # the words a server gives, checked below
+        if exc.status_code == 429:
+            wait = None
+            retry_after = (getattr(getattr(exc, "response", None), "headers", None) or {}).get("retry-after")
+            if retry_after:
+                try:
+                    wait = float(retry_after)
+                except ValueError:
+                    pass
+            return _Passing(f"{type(exc).__name__} {message}", wait=wait)
+        if exc.status_code in (401, 403):
+            return _Fatal(f"{where} refused the key in ${self.config.api_key_env} ({message}); set a valid key")
+        if exc.status_code == 404:
+            return _Fatal(f"{where} has no model {s.model!r} or no chat completions there ({message}); check "
+                          f"llm.model and llm.base_url (`heurist doctor` tries them)")
+        if exc.status_code in (408, 409) or (exc.status_code >= 500 and not looks_invalid(message)):
+            return _Passing(f"{type(exc).__name__} {message}", server_error=exc.status_code >= 500)
+        return _Refused(message)
+
+    def _record(self, transcript: RoleTranscript, s: RoleSettings, attempt: _Attempt, messages: list[dict],
+                ask: int, billed: bool, reply: Reply | None = None, **outcome: Any) -> None:
+        """The attempt in the transcript, and in the usage when the server worked on it (an abandoned call
+        costs too, counted from its text where the server gave no count)."""
+        prompt, completion, estimated = attempt.tokens(messages)
+        cost = self.cost(s.model, prompt, completion) if billed else 0.0
+        if billed:
+            self.usage.add(prompt + completion, cost)
+        counts: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "usd": cost,
+                                  "tokens_estimated": estimated} if billed else {}
+        if reply is not None:
+            counts.update(response=reply.content, refusal=reply.refusal, finish_reason=reply.finish_reason)
+        elif attempt.pieces:
+            counts["partial"] = "".join(attempt.pieces)[-4000:]
+        transcript.write(LLMCall, model=s.model, attempt=ask, messages=_loggable(messages),
+                         latency_s=time.perf_counter() - attempt.started, priced=self.config.price(s.model) is not None,
+                         **counts, **outcome)
 
 
 class ReplayClient:

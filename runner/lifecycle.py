@@ -77,6 +77,8 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
                         protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
                         ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
                         recorder=recorder, roles=roles, on_event=on_event)
+    if isinstance(llm, LLMClient):  # the live view follows each call as it streams
+        llm.on_progress = lambda role, fields: services.event("model_call", role=role, **fields)
     for problem in unmet_facts(roles):
         services.event("warning", message=f"this run's [stages] leave a fact unmet: {problem}")
     return services, Nodes(services, (run_dir / "starting_policy.py").read_text()), record

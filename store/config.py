@@ -49,12 +49,30 @@ DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
+def _http_url(url: str | None) -> str | None:
+    # Caught when the config is read, not at the first model call an hour into the run.
+    if url is not None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{url!r} is not an http(s) URL; give the server's API root, "
+                             f"e.g. http://127.0.0.1:8000/v1")
+    return url
+
+
 class RoleLLM(_Strict):
-    """Per-role overrides of the LLM settings."""
+    """Per-role overrides of the LLM settings: put a small local model where it is good enough."""
 
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
+    base_url: str | None = Field(None, description="This role's own OpenAI-compatible server.")
+    timeout_s: float | None = Field(None, gt=0, description="This role's silence allowed, seconds.")
+    offline: bool = Field(False, description="This role runs its offline backend even when the others use a model.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        return _http_url(url)
 
 
 class LLMConfig(_Strict):
@@ -63,7 +81,14 @@ class LLMConfig(_Strict):
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = Field(0.2, ge=0, le=2)
     max_tokens: int = Field(4096, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="Seconds of silence from the server before a call is "
+                                                       "abandoned; a streamed reply that keeps coming is never cut off.")
+    structured_mode: Literal["auto", "json_schema", "json_object_schema", "json_object", "text"] = Field(
+        "auto", description="How replies are held to their schema: auto starts at json_schema and steps down when "
+                            "the server refuses it (json_object_schema is llama.cpp's); a fixed mode never changes.")
+    images: bool | None = Field(None, description="Send clip images to the video analyst (default: while the "
+                                                  "server takes them).")
+    stream: bool | None = Field(None, description="Stream replies (default: while the server streams).")
     max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and refused connections.")
     retry_base_s: float = Field(1.0, ge=0, description="First backoff; doubles each retry (a Retry-After header wins).")
     validation_retries: int = Field(2, ge=0, description="Re-asks when a reply is not valid JSON for its schema.")
@@ -74,13 +99,7 @@ class LLMConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _an_http_url(cls, url: str | None) -> str | None:
-        # Caught here, not at the first model call an hour into the run.
-        if url is not None:
-            parsed = urlparse(url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ValueError(f"{url!r} is not an http(s) URL; give the server's API root, "
-                                 f"e.g. http://127.0.0.1:8000/v1")
-        return url
+        return _http_url(url)
 
     def price(self, model: str) -> Price | None:
         return self.prices.get(model) or DEFAULT_PRICES.get(model)

@@ -133,9 +133,11 @@ def indexed_runs() -> tuple[list[RunIndexEntry], int]:
 
 
 def is_offline(config: RunConfig) -> bool:
+    """Whether no role has a model to call: no key, no server, and no role with a server of its own."""
     if config.offline is not None:
         return config.offline
-    return not os.environ.get(config.llm.api_key_env) and config.llm.base_url is None
+    return (not os.environ.get(config.llm.api_key_env) and config.llm.base_url is None
+            and not any(role.base_url for role in config.llm.roles.values()))
 
 
 def read_record(run_dir: Path) -> RunRecord:

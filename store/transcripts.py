@@ -64,6 +64,9 @@ class LLMCall(_Line):
     priced: bool | None = None
     error: str | None = None
     retry_in_s: float | None = None
+    partial: str | None = None  # the text that arrived before an abandoned or broken stream ended
+    tokens_estimated: bool | None = None  # the server gave no counts: about four characters a token
+    narrowed: str | None = None  # what heurist gave up of the endpoint after this refusal
 
 
 class ValidationFailed(_Line):

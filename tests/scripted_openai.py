@@ -5,6 +5,16 @@ headers, a delay, raw bytes that are not JSON, or a dropped connection), and whe
 is empty from ``responder(request_body)`` if one is given (benchmarks/soak.py answers every
 role that way); embeddings are computed: a hashed bag of words, so texts that share words get
 similar vectors. Every request is recorded.
+
+A request with ``stream: true`` gets its reply as server-sent events, the content in pieces, as
+the real API sends it (usage last, when ``stream_options.include_usage`` asks for it); a reply may
+stall after some chunks (``stall_after``, ``stall_s``: the connection stays open and silent) or
+drip them slowly (``chunk_delay``), and the server counts the streams a client left early
+(``abandoned``). It refuses what the real API refuses (``stream_options`` without ``stream``, a
+``json_schema`` without a name, ``json_object`` with no "json" in the messages), and with
+``profile="llama.cpp"`` also what llama-cpp-python's server refuses: a ``json_schema`` response
+format (a 500 naming the request's validation) and a message whose content is a list of parts (its
+chat template fails, a 500 that says nothing of why).
 """
 
 from __future__ import annotations
@@ -30,12 +40,61 @@ def hashed_bag_of_words(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
     return (vector / max(np.linalg.norm(vector), 1e-9)).tolist()
 
 
+def refusal(body: dict, profile: str) -> dict | None:
+    """The error reply a real server gives this request, or None if it accepts it."""
+    fmt = body.get("response_format") or {}
+    if body.get("stream_options") is not None and not body.get("stream"):
+        return _error(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+    if profile == "llama.cpp":
+        if fmt.get("type") == "json_schema":  # llama-cpp-python validates response_format as its own union
+            return _error(500, "1 validation error for CreateChatCompletionRequest\nresponse_format\n  Input "
+                               "should be a valid dictionary or instance of ResponseFormat")
+        if any(isinstance(m.get("content"), list) for m in body.get("messages", [])):
+            return _error(500, "can only concatenate str (not \"list\") to str")
+        return None
+    if fmt.get("type") == "json_schema" and not (fmt.get("json_schema") or {}).get("name"):
+        return _error(400, "Missing required parameter: 'response_format.json_schema.name'.")
+    if fmt.get("type") == "json_object" and "json" not in json.dumps(body.get("messages", [])).lower():
+        return _error(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                           "'json_object'.")
+    return None
+
+
+def _error(status: int, message: str) -> dict:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"status": status, "json": {"error": {"message": message, "type": kind, "param": None, "code": None}}}
+
+
+def stream_events(reply: dict, include_usage: bool) -> list[bytes]:
+    """A chat completion as the server-sent events of a streamed reply."""
+    body = reply.get("json", {})
+    choice = (body.get("choices") or [{}])[0]
+    content = (choice.get("message") or {}).get("content") or ""
+    size = reply.get("chunk_chars", 8)
+    base = {"id": body.get("id", "c1"), "object": "chat.completion.chunk", "created": 0,
+            "model": body.get("model", "scripted")}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": content[i:i + size]}, "finish_reason": None}]}
+               for i in range(0, len(content), size)]
+    refused = (choice.get("message") or {}).get("refusal")
+    if refused:
+        chunks.append({**base, "choices": [{"index": 0, "delta": {"refusal": refused}, "finish_reason": None}]})
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]})
+    if include_usage and body.get("usage"):
+        chunks.append({**base, "choices": [], "usage": body["usage"]})
+    return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
+
+
 class ScriptedOpenAI:
-    def __init__(self, responder: Callable[[dict], dict] | None = None, record: bool = True):
+    def __init__(self, responder: Callable[[dict], dict] | None = None, record: bool = True,
+                 profile: str = "openai"):
         self.replies: deque[dict] = deque()
         self.responder = responder
         self.record = record  # a soak of thousands of calls keeps no list of them
+        self.profile = profile
         self.requests: list[dict] = []
+        self.abandoned = 0  # streams the client left before their end
+        self.client_left = threading.Event()  # set when a client leaves a stream: tests wait on it, not on a clock
         self._lock = threading.Lock()
         server = self
 
@@ -55,6 +114,10 @@ class ScriptedOpenAI:
                     self._send(200, {"object": "list", "data": data, "model": body.get("model"),
                                      "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
                     return
+                refused = refusal(body, server.profile)
+                if refused is not None:
+                    self._send(refused["status"], refused["json"])
+                    return
                 with server._lock:
                     reply = server.replies.popleft() if server.replies else None
                 if reply is None:
@@ -66,8 +129,30 @@ class ScriptedOpenAI:
                     return
                 if "raw" in reply:
                     self._send(reply.get("status", 200), reply["raw"].encode(), reply.get("headers"))
+                elif body.get("stream") and reply.get("status", 200) == 200:
+                    self._stream(reply, bool((body.get("stream_options") or {}).get("include_usage")))
                 else:
                     self._send(reply.get("status", 200), reply.get("json", {}), reply.get("headers"))
+
+            def _stream(self, reply, include_usage):
+                events = stream_events(reply, include_usage)
+                stall_after = reply.get("stall_after")
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Cache-Control", "no-cache")
+                    self.end_headers()  # no Content-Length: the body ends when the connection closes
+                    self.close_connection = True
+                    for i, event in enumerate(events):
+                        if stall_after is not None and i == stall_after:
+                            time.sleep(reply.get("stall_s", 30))  # silent, as a server stuck mid-reply is
+                        self.wfile.write(event)
+                        self.wfile.flush()
+                        time.sleep(reply.get("chunk_delay", 0))
+                except (BrokenPipeError, ConnectionResetError):  # the client closed the stream: counted
+                    with server._lock:
+                        server.abandoned += 1
+                    server.client_left.set()
 
             def _send(self, status, payload, headers=None):
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

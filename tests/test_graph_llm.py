@@ -143,3 +143,22 @@ def test_usd_budget_is_a_hard_stop_on_model_calls(home):
     assert state["status"] == "finished" and state["iteration"] == 1
     assert state["stop_reason"].startswith("USD budget spent")
     assert "USD budget spent" in state["history"][0]["reason"]
+
+
+def test_a_role_can_stay_offline_while_the_others_use_the_model(home):
+    """[llm.roles.test_writer] offline = true: a model coder and reviewer, the template test writer."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    with ScriptedOpenAI() as server:
+        data = llm_config(server, policy, iterations=1).model_dump()
+        data["llm"]["roles"] = {"test_writer": {"offline": True}}
+        config = RunConfig.model_validate(data)
+        server.queue(edit(REACTS_LATE, BALANCES, "push toward the fall using the angle and its velocity"),
+                     reply({"games_the_evaluation": False, "reasons": ["general rule"]}))
+        state = execute(create_run(config, home / "run"))
+        prompts = [r["body"]["messages"][0]["content"] for r in server.requests if r["path"].endswith("/completions")]
+    assert state["history"][0]["accepted"], state["history"]
+    recorder = TranscriptRecorder(home / "run")
+    assert [line.kind for line in recorder.read(1, "test_writer")] == ["decision"]  # the template, no model
+    assert {line.kind for line in recorder.read(1, "coder")} >= {"llm_call", "parsed"}
+    assert len(prompts) == 2 and not any("test writer" in p.lower() for p in prompts)

@@ -111,3 +111,147 @@ def test_replay_answers_from_recorded_transcripts(tmp_path, server, client):
     assert replay.usage.tokens == 240
     with pytest.raises(LLMError, match="no reply number 3"):
         replay.structured(again, [], Answer)
+
+
+# ---------------------------------------------------------------------------------------------- slow, local, strict
+
+def local_client(server: ScriptedOpenAI, **settings) -> LLMClient:
+    config = LLMConfig(model="scripted", base_url=server.base_url, retry_base_s=0.01,
+                       **{"timeout_s": 2, "max_retries": 2, **settings})
+    return LLMClient(config, Usage())
+
+
+def chat_calls(server: ScriptedOpenAI) -> list[dict]:
+    return [r["body"] for r in server.requests if r["path"].endswith("/chat/completions")]
+
+
+def test_a_server_that_refuses_json_schema_is_asked_as_llama_cpp_asks(tmp_path):
+    """llama-cpp-python answers a json_schema response format with a 500 naming the request's validation:
+    heurist steps down to {"type": "json_object", "schema": ...} at once, with no retry, and keeps that mode."""
+    with ScriptedOpenAI(profile="llama.cpp") as server:
+        client = local_client(server)
+        server.queue(chat(json.dumps({"verdict": "ok", "score": 1})), chat(json.dumps({"verdict": "again", "score": 2})))
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).verdict == "ok"
+        assert client.structured(transcript, [{"role": "user", "content": "y"}], Answer).verdict == "again"
+        formats = [body.get("response_format", {}).get("type") for body in chat_calls(server)]
+    assert formats == ["json_schema", "json_object", "json_object"]  # the mode is kept for the next call
+    assert "schema" in chat_calls(server)[1]["response_format"]
+    refused = transcript.entries()[0]
+    assert refused.kind == "llm_call" and "validation error" in refused.error and refused.retry_in_s is None
+    assert refused.narrowed == "structured output json_schema -> json_object_schema"
+
+
+def test_images_a_chat_template_cannot_take_are_described_by_path(tmp_path):
+    """A message of parts makes llama-cpp-python's chat template fail with a 500 that names nothing; the same
+    500 twice is the request's fault, and the images go as text."""
+    with ScriptedOpenAI(profile="llama.cpp") as server:
+        client = local_client(server, structured_mode="json_object_schema")
+        server.queue(chat(json.dumps({"verdict": "seen", "score": 0})))
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "video_analyst")
+        parts = [{"type": "text", "text": "what went wrong?"},
+                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}, "path": "/clips/7.png"}]
+        assert client.structured(transcript, [{"role": "user", "content": parts}], Answer).verdict == "seen"
+        bodies = chat_calls(server)
+    assert [isinstance(b["messages"][0]["content"], list) for b in bodies] == [True, True, False]
+    assert "/clips/7.png" in bodies[2]["messages"][0]["content"] and "what went wrong?" in bodies[2]["messages"][0]["content"]
+    assert all("path" not in part for part in bodies[0]["messages"][0]["content"])  # heurist's note stays home
+    assert [e.narrowed for e in transcript.entries() if e.kind == "llm_call"][:2] == [
+        None, "images -> described by path in text"]
+
+
+def test_a_request_refused_as_invalid_is_not_retried_and_names_the_settings(tmp_path):
+    with ScriptedOpenAI() as server:
+        client = local_client(server, structured_mode="json_schema")
+        server.queue({"status": 400, "json": {"error": {"message": "Invalid schema for response_format 'Answer'",
+                                                       "type": "invalid_request_error"}}})
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        with pytest.raises(LLMError, match="refused the request as invalid .* set llm.structured_mode"):
+            client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
+        assert len(chat_calls(server)) == 1  # the mode is fixed by the config: not narrowed, not retried
+
+
+def test_reasoning_models_refusals_of_temperature_and_max_tokens_are_met(tmp_path):
+    """OpenAI's reasoning models refuse max_tokens and any temperature but 1: heurist sends what they take."""
+    with ScriptedOpenAI() as server:
+        client = local_client(server)
+        server.queue({"status": 400, "json": {"error": {"message": "Unsupported parameter: 'max_tokens' is not "
+                                                                  "supported with this model. Use "
+                                                                  "'max_completion_tokens' instead."}}},
+                     {"status": 400, "json": {"error": {"message": "Unsupported value: 'temperature' does not "
+                                                                  "support 0.2 with this model. Only the default "
+                                                                  "(1) value is supported."}}},
+                     chat(json.dumps({"verdict": "ok", "score": 1})))
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).verdict == "ok"
+        last = chat_calls(server)[-1]
+    assert "max_tokens" not in last and last["max_completion_tokens"] == 4096 and "temperature" not in last
+
+
+def test_a_stalled_stream_is_abandoned_on_silence_closed_and_counted(tmp_path):
+    """The timeout is on silence: a stream that stops mid-reply is left after timeout_s (not when the server
+    would have finished), the connection is closed so the server stops, and what it cost is counted."""
+    with ScriptedOpenAI() as server:
+        client = local_client(server, timeout_s=0.5)
+        stalled = {**chat(json.dumps({"verdict": "half way there", "score": 1})), "stall_after": 3, "stall_s": 4,
+                   "chunk_delay": 0.05}
+        server.queue(stalled, chat(json.dumps({"verdict": "ok", "score": 2})))
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).score == 2
+        abandoned = transcript.entries()[0]
+        assert "no reply for 0.5 s" in abandoned.error and abandoned.latency_s < 4  # not the stall's length
+        assert abandoned.partial and abandoned.tokens_estimated and abandoned.completion_tokens == 2
+        assert client.usage.calls == 2 and client.usage.tokens > 120  # the abandoned call's tokens count too
+        assert server.client_left.wait(30)  # the server saw the client leave: it stops generating
+
+
+def test_a_slow_stream_that_keeps_coming_is_never_cut_off(tmp_path):
+    with ScriptedOpenAI() as server:
+        client = local_client(server, timeout_s=2)
+        server.queue({**chat(json.dumps({"verdict": "slow but steady " * 3, "score": 3})), "chunk_delay": 0.2,
+                      "chunk_chars": 4})
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).score == 3
+        [call] = [e for e in transcript.entries() if e.kind == "llm_call"]
+    assert call.error is None and call.latency_s > 2  # longer than the silence allowed, and whole
+
+
+def test_truncation_is_named_and_the_reask_has_room_and_differs(tmp_path):
+    with ScriptedOpenAI() as server:
+        client = local_client(server, max_tokens=50)
+        cut = chat('{"verdict": "a long answer that')
+        cut["json"]["choices"][0]["finish_reason"] = "length"
+        server.queue(cut, chat("not json at all"), chat(json.dumps({"verdict": "ok", "score": 1})))
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).verdict == "ok"
+        first, second, third = chat_calls(server)
+    failures = [e for e in transcript.entries() if e.kind == "validation_error"]
+    assert "cut off at max_tokens=50" in failures[0].error and "EOF" not in failures[0].error
+    assert second["max_tokens"] == 100 and "cut off after 50 tokens" in second["messages"][-1]["content"]
+    assert '"verdict": "a long answer that' not in json.dumps(second["messages"])  # the cut reply is not resent
+    # Each re-ask differs from the request before it (seed and temperature), and only the last failure is quoted.
+    assert len({(b["seed"], b["temperature"]) for b in (first, second, third)}) == 3
+    assert len(third["messages"]) == len(first["messages"]) + 2 and "not json at all" in third["messages"][-2]["content"]
+
+
+def test_the_live_view_shows_a_call_as_it_streams(tmp_path):
+    """The client's progress reaches the panel: role, attempt, elapsed time, tokens so far and the text arriving."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from cli.live import LiveView
+
+    console = Console(file=StringIO(), width=160, force_terminal=False)
+    view = LiveView(console)
+    with ScriptedOpenAI() as server:
+        client = local_client(server)
+        client.on_progress = lambda role, fields: view("model_call", {"role": role, **fields})
+        server.queue({**chat(json.dumps({"verdict": "thinking it over", "score": 1})), "chunk_delay": 0.1,
+                      "chunk_chars": 4})
+        client.structured(TranscriptRecorder(tmp_path).for_role(1, "coder"), [{"role": "user", "content": "x"}],
+                          Answer)
+    console.print(view.render())
+    shown = console.file.getvalue()
+    assert "coder · attempt 1 ·" in shown and "tokens so far" in shown and "gives up after 2 s of silence" in shown
+    assert "thinking" in shown  # the text as it arrived

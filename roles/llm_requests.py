@@ -1,0 +1,161 @@
+"""How a structured request is put to an OpenAI-compatible server, and what the server's refusals mean.
+
+Servers differ in what they accept. OpenAI takes a JSON schema as ``response_format`` and
+refuses ``temperature`` and ``max_tokens`` for its reasoning models; llama-cpp-python's server
+refuses a ``json_schema`` response format (it takes ``{"type": "json_object", "schema": ...}``)
+and fails on a message whose content is a list of parts; some servers stream without usage.
+``Capabilities`` holds what heurist uses of one endpoint: it starts from the config (``auto``
+starts from the strongest) and narrows, one feature at a time, when the server refuses a
+request as invalid; a feature the config fixes never narrows, and its refusal names the setting.
+Every narrowing is recorded in the transcript of the call that met it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+StructuredMode = Literal["json_schema", "json_object_schema", "json_object", "text"]
+# Strongest first: the server enforces the schema, then is given it, then is asked for JSON, then nothing.
+MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object_schema", "json_object", "text")
+
+# Words in a refusal that name what was refused (lower case).
+_NAMES = {
+    "stream_usage": ("stream_options", "include_usage"),
+    "temperature": ("temperature",),
+    "seed": ("'seed'", '"seed"', "seed parameter", "parameter seed"),
+    "max_tokens": ("max_tokens", "max_completion_tokens"),
+    "structured": ("response_format", "json_schema", "json_object", "schema"),
+    "images": ("image", "image_url", "multimodal", "vision"),
+    "stream": ("stream",),
+}
+# Words of a server error that is the request's fault, not a passing fault of the server.
+_INVALID_WORDS = ("validation error", "invalid", "unsupported", "not supported", "unrecognized", "unknown parameter",
+                  "extra inputs are not permitted", "does not support", "response_format")
+
+
+@dataclass
+class Capabilities:
+    """What heurist uses of one endpoint (thread-safe: roles call in parallel)."""
+
+    structured: StructuredMode = "json_schema"
+    images: bool = True
+    stream: bool = True
+    stream_usage: bool = True
+    temperature: bool = True
+    seed: bool = True
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    fixed: frozenset[str] = frozenset()  # features the config fixed: never narrowed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def narrow(self, message: str, had_images: bool) -> str | None:
+        """Give up the feature a refusal names (or the next one that can go); what was given up, or None."""
+        text = message.lower()
+        named = [f for f, words in _NAMES.items() if any(w in text for w in words)]
+        # "stream" is in "stream_options": a refusal of the usage option is not a refusal of streaming.
+        if "stream_usage" in named and "stream" in named and not re.search(r"\bstream\b(?!_)", text):
+            named.remove("stream")
+        # A refusal that names nothing is not guessed at, except that a request with images is the unusual one:
+        # a chat template that takes only text fails on it without saying why.
+        order = named or (("images",) if had_images else ())
+        with self._lock:
+            for feature in order:
+                given_up = self._give_up(feature, had_images)
+                if given_up:
+                    return given_up
+        return None
+
+    def _give_up(self, feature: str, had_images: bool) -> str | None:
+        if feature in self.fixed:
+            return None
+        if feature == "structured" and self.structured != "text":
+            before = self.structured
+            self.structured = MODES[MODES.index(before) + 1]
+            return f"structured output {before} -> {self.structured}"
+        if feature == "images" and self.images and had_images:
+            self.images = False
+            return "images -> described by path in text"
+        if feature == "stream_usage" and self.stream and self.stream_usage:
+            self.stream_usage = False
+            return "usage in the stream -> counted from the text"
+        if feature == "stream" and self.stream:
+            self.stream = False
+            return "streaming -> one response"
+        if feature == "seed" and self.seed:
+            self.seed = False
+            return "seed -> not sent (re-asks differ by temperature and wording only)"
+        if feature == "temperature" and self.temperature:
+            self.temperature = False
+            return "temperature -> the model's default"
+        if feature == "max_tokens" and self.max_tokens_param == "max_tokens":
+            self.max_tokens_param = "max_completion_tokens"
+            return "max_tokens -> max_completion_tokens"
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {"structured": self.structured, "images": self.images, "stream": self.stream,
+                "stream_usage": self.stream_usage, "temperature": self.temperature, "seed": self.seed,
+                "max_tokens_param": self.max_tokens_param}
+
+
+def looks_invalid(message: str) -> bool:
+    """Whether a server error's words say the request itself was refused (so retrying it cannot help)."""
+    text = message.lower()
+    return any(word in text for word in _INVALID_WORDS)
+
+
+def schema_note(schema: type[BaseModel]) -> str:
+    """The schema as text, for modes where the server is not given it (it goes into the system message)."""
+    return ("Reply with one JSON object and nothing else (no prose, no code fence), matching this JSON schema:\n"
+            + json.dumps(schema.model_json_schema(), separators=(",", ":")))
+
+
+def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseModel]) -> list[dict]:
+    """The conversation as this endpoint can take it: images as text where it takes none, the schema in the
+    system message where the server is not given it (and "JSON" named, which json_object mode requires)."""
+    shaped = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list) and not caps.images:
+            content = "\n".join(part["text"] if part.get("type") == "text" else
+                                f"[an image, not shown to this model: {part.get('path', 'unnamed')}]"
+                                for part in content)
+        if isinstance(content, list):  # the path is heurist's note for the transcript, not part of the API
+            content = [{k: v for k, v in part.items() if k != "path"} for part in content]
+        shaped.append({**message, "content": content})
+    if caps.structured in ("json_object", "text"):
+        note = schema_note(schema)
+        if shaped and shaped[0]["role"] == "system" and isinstance(shaped[0]["content"], str):
+            shaped[0] = {**shaped[0], "content": shaped[0]["content"] + "\n\n" + note}
+        else:
+            shaped.insert(0, {"role": "system", "content": note})
+    return shaped
+
+
+def response_format(caps: Capabilities, schema: type[BaseModel]) -> dict | None:
+    if caps.structured == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
+    if caps.structured == "json_object_schema":  # llama.cpp's and llama-cpp-python's grammar-constrained JSON
+        return {"type": "json_object", "schema": schema.model_json_schema()}
+    if caps.structured == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
+
+
+def json_text(content: str, caps: Capabilities) -> str:
+    """The JSON object in a reply: the reply itself, or in text mode the object inside a fence or prose."""
+    if caps.structured != "text":
+        return content
+    fenced = _FENCE.search(content)
+    if fenced:
+        return fenced.group(1)
+    start, end = content.find("{"), content.rfind("}")
+    return content[start:end + 1] if 0 <= start < end else content
