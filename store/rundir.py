@@ -217,7 +217,17 @@ def locked(run_dir: Path) -> Iterator[None]:
 
 
 def run_status(run_dir: Path) -> str:
-    """running (a process holds its lock), finished, paused, stopped (killed or interrupted: resume it) or created."""
+    """finished or paused (the ledger says so, and no resume came after), running (a process holds its lock),
+    stopped (killed or interrupted: resume it) or created.
+
+    The ledger is read first: a run writes its last report after its end is recorded, while it still holds
+    its lock, and that report must say finished, not running."""
+    events = [r.event for r in read_events(Ledger(run_dir / "ledger.jsonl"))[0]]
+    for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
+        if event in events:
+            last = len(events) - 1 - events[::-1].index(event)
+            if "run_resumed" not in events[last:]:
+                return status
     lock = run_dir / ".lock"
     if lock.exists():
         fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: status works on a read-only disk
@@ -227,12 +237,6 @@ def run_status(run_dir: Path) -> str:
             return "running"
         finally:
             os.close(fd)
-    events = [r.event for r in read_events(Ledger(run_dir / "ledger.jsonl"))[0]]
-    for event, status in (("run_finished", "finished"), ("run_paused", "paused")):
-        if event in events:
-            last = len(events) - 1 - events[::-1].index(event)
-            if "run_resumed" not in events[last:]:
-                return status
     return "stopped (resume it)" if events else "created"
 
 

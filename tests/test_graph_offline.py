@@ -52,6 +52,8 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     assert workspace.git("describe", "--tags") == "heurist-final"
     for role in ("video_analyst", "log_parser", "coder", "test_writer", "reviewer"):
         assert TranscriptRecorder(tmp / "run").read(1, role), role
+    # The report the run wrote as it finished (while it still held its lock) says so.
+    assert '<strong id="run-status">finished</strong>' in (tmp / "run" / "report" / "index.html").read_text()
 
     listed = json.loads(heurist(env, "runs", "--json").stdout)
     assert [r["status"] for r in listed] == ["finished"] and listed[0]["best_mean"] >= 475
