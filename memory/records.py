@@ -48,14 +48,27 @@ class FailureRecord(_Record):
     step: int = Field(..., ge=0)
     kind: str = Field(..., min_length=1, description="Failure kind from the task's rules, e.g. life_lost, fall.")
     policy_sha256: str
+    # When it was seen, as "run_id:iteration": the same failure of the same policy, seen again (a rejected
+    # edit leaves the incumbent failing as before), is one record whose sightings grow, not a new record.
+    seen_in: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
         return self.description
 
+    @property
+    def sightings(self) -> int:
+        return max(len(self.seen_in), 1)
+
     def default_id(self) -> str:
-        return _content_id("failure", self.run_id, self.iteration, self.task, self.seed, self.step, self.kind,
+        # Not the iteration: a run sees what failed, where, in which policy version, once (forget --run removes
+        # a run's records, so two runs keep a record each).
+        return _content_id("failure", self.run_id, self.task, self.protocol, self.seed, self.step, self.kind,
                            self.policy_sha256, self.description)
+
+    @property
+    def sighting(self) -> str:
+        return f"{self.run_id}:{self.iteration}"
 
 
 class FixRecord(_Record):

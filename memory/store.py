@@ -89,7 +89,7 @@ def _metadata(record: Record) -> dict:
                   "created_at": record.created_at, "record": record.model_dump_json()}
     if isinstance(record, FailureRecord):
         meta.update(kind=record.kind, iteration=record.iteration, seed=record.seed, step=record.step,
-                    protocol=record.protocol)
+                    protocol=record.protocol, sightings=record.sightings)
     elif isinstance(record, FixRecord):
         meta.update(outcome=record.outcome, iteration=record.iteration)
         if record.failure_ids:  # Chroma refuses empty lists
@@ -183,7 +183,7 @@ class MemoryStore:
         """Write records with vectors already made by this store's embedder (``add`` embeds for you)."""
         records = [r.with_id() for r in records]
         with self._locked():
-            records = self._merge_lessons(records)
+            records = self._merge_repeats(records)
             for record_type, collection in self._collections.items():
                 rows = [i for i, r in enumerate(records) if r.type == record_type]
                 for start in range(0, len(rows), PAGE):
@@ -193,18 +193,21 @@ class MemoryStore:
                                       metadatas=[_metadata(records[i]) for i in batch])
         return [r.id for r in records]
 
-    def _merge_lessons(self, records: list[Record]) -> list[Record]:
-        """A lesson learned again keeps its first date and gains the new sources."""
-        lesson_ids = [r.id for r in records if isinstance(r, LessonRecord)]
-        if not lesson_ids:
-            return records
-        stored = {r.id: r for r in self.get(lesson_ids)}
+    def _merge_repeats(self, records: list[Record]) -> list[Record]:
+        """A lesson learned again keeps its first date and gains the new sources; a failure seen again keeps
+        its first record and gains the sighting (once per run and iteration, so a node run twice adds none)."""
+        ids = [r.id for r in records if isinstance(r, (LessonRecord, FailureRecord))]
+        stored = {r.id: r for r in self.get(ids)} if ids else {}
         merged = []
         for record in records:
             old = stored.get(record.id)
             if isinstance(record, LessonRecord) and isinstance(old, LessonRecord):
                 sources = tuple(dict.fromkeys(old.source_fix_ids + record.source_fix_ids))
                 record = old.model_copy(update={"source_fix_ids": sources})
+            elif isinstance(record, FailureRecord):
+                base = old if isinstance(old, FailureRecord) else record
+                seen = tuple(dict.fromkeys((*base.seen_in, *record.seen_in, record.sighting)))
+                record = base.model_copy(update={"seen_in": seen})
             merged.append(record)
         return merged
 

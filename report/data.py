@@ -184,7 +184,9 @@ def _transcripts(recorder: TranscriptRecorder, iteration: int) -> list[RoleTrans
         costs = list(call_costs(entries))
         views.append(RoleTranscript(role=role, entries=[_entry(e) for e in entries], calls=len(costs),
                                     tokens=sum(c[1] for c in costs), usd=sum(c[2] for c in costs),
-                                    latency_s=sum(e.latency_s for e in entries if isinstance(e, LLMCall))))
+                                    latency_s=sum(e.latency_s for e in entries if isinstance(e, LLMCall)),
+                                    prompt_tokens=max((e.prompt_tokens or 0 for e in entries if isinstance(e, LLMCall)),
+                                                      default=0)))
     return views
 
 

@@ -23,9 +23,36 @@ import warnings
 import numpy as np
 
 from envs.contract import Tunable, read_tunables
+from memory.records import FixRecord, Recall
 from roles.base import Role, RoleContext
 from roles.edits import Edit, apply_edit
 from roles.stages import CoderInput, CoderOutput, gather
+
+
+def recall_text(recall: Recall) -> str:
+    """Memory as the coder reads it: one line a record, each record once, no ids or vectors."""
+    lines, seen = [], set()
+
+    def add(key: str, line: str) -> None:
+        if key not in seen:
+            seen.add(key)
+            lines.append(line)
+
+    for hit in recall.failures:
+        f = hit.failure
+        add(f.id, f"- failure ({f.kind}, seed {f.seed}, step {f.step}, seen {f.sightings}x): {f.description}")
+        for fix_hit in hit.fixes:
+            add(fix_hit.fix.id, _fix_line(fix_hit.fix))
+    for fix_hit in recall.fixes:
+        add(fix_hit.fix.id, _fix_line(fix_hit.fix))
+    for lesson_hit in recall.lessons:
+        add(lesson_hit.lesson.id, f"- lesson: {lesson_hit.lesson.text}")
+    return "\n".join(lines) or "nothing similar yet"
+
+
+def _fix_line(fix: FixRecord) -> str:
+    scores = f", dev mean {fix.score_before} -> {fix.score_after}" if fix.score_before is not None else ""
+    return f"- fix {fix.outcome}{scores}: {fix.rationale[:300]} (why: {fix.reason[:200]})"
 
 
 def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) -> list[int]:
@@ -67,10 +94,12 @@ class Coder(Role[CoderInput, CoderOutput]):
                  "Dev-seed returns of this policy (None = the episode failed): " + json.dumps(
                      {str(k): v for k, v in data.incumbent.items()})]
         for role, report in data.analyses.items():
-            parts.append(f"Report of the {role}:\n{json.dumps(report, default=str)[:6000]}")
+            details = {k: v for k, v in report.items() if k != "summary"}
+            parts.append(f"Report of the {role}: {report.get('summary', '')}\n"
+                         + json.dumps(details, default=str, separators=(",", ":"))[:4000])
         if data.recall:
-            parts.append("Similar failures and fixes from memory (fixes that worked first):\n"
-                         + json.dumps(data.recall, default=str)[:6000])
+            parts.append("From memory (similar failures, then fixes, the ones that worked first):\n"
+                         + recall_text(Recall.model_validate(data.recall))[:4000])
         if data.history:
             parts.append("This run's history, one line per iteration:\n"
                          + "\n".join(json.dumps(h, default=str) for h in data.history[-12:]))

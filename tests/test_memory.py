@@ -293,3 +293,16 @@ def test_a_chroma_server_shared_by_two_clients(chroma_server, embedder):
         assert hit.failure.id == f1 and hit.fixes[0].fix.score_delta == 30
     with pytest.raises(MemoryStoreError, match="vectors of two embedders cannot be mixed"):
         MemoryStore(MemoryConfig(url=chroma_server, embedder=OpenAIEmbedderConfig(base_url="http://127.0.0.1:9/v1")))
+
+
+def test_a_failure_seen_again_is_one_record_whose_sightings_grow(store):
+    """A rejected edit leaves the incumbent failing as before: the next iteration sees the same failure, which
+    must count as a sighting, not fill recall with copies. A node run twice adds no sighting."""
+    first = store.add([failure("ball passed the paddle", iteration=1)])
+    again = store.add([failure("ball passed the paddle", iteration=2)])
+    twice = store.add([failure("ball passed the paddle", iteration=2)])  # remember run again after a crash
+    assert first == again == twice and store.count() == 1
+    [record] = store.records()
+    assert record.seen_in == ("run-a:1", "run-a:2") and record.sightings == 2 and record.iteration == 1
+    found = store.recall("the ball got past the paddle", k=5)
+    assert [h.failure.id for h in found.failures] == first

@@ -125,6 +125,7 @@ def test_report_in_headless_chromium_shows_plots_clips_diffs_and_transcripts(llm
     coder = first.locator("details.transcript[data-role=coder]")
     coder.locator("summary").first.click()
     assert "model calls" in coder.locator("summary").first.inner_text()
+    assert "prompt 1,000 tokens" in coder.locator("summary").first.inner_text()  # each role's prompt size
     assert "reply did not match the schema" in coder.inner_text()
     assert "You are the coder" in coder.locator(".message pre").first.text_content()
     analyst = first.locator("details.transcript[data-role=video_analyst]")

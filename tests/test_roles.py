@@ -168,3 +168,34 @@ def test_facts_are_gathered_from_reports_checkpointed_before_they_had_names():
     assert (failure.seed, failure.kind, failure.active_mode) == (3, "pole_fell", "lean")
     assert (sighting.seed, sighting.what_went_wrong) == (3, "late")
     assert gather(old, "seeds_by_kind") == {"pole_fell": [3]}
+
+
+def test_prompts_carry_no_placeholder_a_model_could_copy():
+    """A small local model copied "<python>" and "[...]" from a JSON template into its reply; the prompts
+    describe each field in words instead."""
+    from roles.base import PROMPTS
+
+    for prompt in sorted(PROMPTS.glob("*.md")):
+        text = prompt.read_text()
+        for placeholder in ("...", "<", '{"', "[...]"):
+            assert placeholder not in text, f"{prompt.name} holds {placeholder!r}"
+
+
+def test_memory_reaches_the_coder_once_a_record_in_one_line():
+    from memory.records import FailureHit, FailureRecord, FixHit, FixRecord, Recall
+    from roles.coder import recall_text
+
+    failure = FailureRecord(run_id="r", description="CartPole-v1: the pole fell right", task="CartPole-v1",
+                            family="classic_control", protocol="standard", iteration=1, seed=3, step=40,
+                            kind="pole_fell", policy_sha256="a" * 64, seen_in=("r:1", "r:2", "r:3")).with_id()
+    fix = FixRecord(run_id="r", rationale="lean into the fall", diff_summary="+1 -1", task="CartPole-v1",
+                    family="classic_control", iteration=1, failure_ids=(failure.id,), outcome="accepted",
+                    reason="better on 9 seeds", score_before=40.0, score_after=120.0).with_id()
+    recall = Recall(query="pole", failures=[FailureHit(failure=failure, similarity=0.9,
+                                                       fixes=[FixHit(fix=fix, similarity=None)])],
+                    fixes=[FixHit(fix=fix, similarity=0.8)])
+    text = recall_text(recall)
+    assert text.splitlines() == [
+        "- failure (pole_fell, seed 3, step 40, seen 3x): CartPole-v1: the pole fell right",
+        "- fix accepted, dev mean 40.0 -> 120.0: lean into the fall (why: better on 9 seeds)"]
+    assert failure.id not in text and fix.id not in text
