@@ -251,7 +251,7 @@ def _clip(text: Any, width: int) -> str:
 
 
 def _render(e: TranscriptLine, width: int) -> str:
-    from store.transcripts import Decision, LLMCall, Parsed, ValidationFailed
+    from store.transcripts import Decision, LLMCall, Parsed, Resumed, ValidationFailed
 
     if isinstance(e, Decision):
         return f"• decision: {e.summary}" + (f"\n  {_clip(e.details, width)}" if e.details else "")
@@ -278,6 +278,8 @@ def _render(e: TranscriptLine, width: int) -> str:
         return f"• parsed{' (replayed)' if e.replayed else ''}: {_clip(e.parsed, width)}"
     if isinstance(e, ValidationFailed):
         return f"• reply did not match the schema (attempt {e.attempt}): {e.error}"
+    if isinstance(e, Resumed):
+        return "— the run was resumed: a later session wrote what follows —"
     return f"• ERROR {e.error}"
 
 

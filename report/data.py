@@ -36,6 +36,7 @@ from store.transcripts import (
     Decision,
     LLMCall,
     Parsed,
+    Resumed,
     RoleFailed,
     TranscriptLine,
     TranscriptRecorder,
@@ -170,6 +171,8 @@ def _entry(e: TranscriptLine) -> Entry:
                      error=e.error, response=e.response)
     if isinstance(e, RoleFailed):
         return Entry(kind=e.kind, heading="role failed", time=when, error=e.error, details=e.traceback)
+    if isinstance(e, Resumed):
+        return Entry(kind=e.kind, heading="the run was resumed: a later session wrote what follows", time=when)
     return Entry(kind=e.kind, heading=e.summary, time=when,
                  details=json.dumps(e.details, indent=2, default=str) if e.details else None)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from graph.topology import build
 from memory.store import MemoryStore
 from roles.llm import LLMClient, ReplayClient, Usage
 from roles.registry import stage_roles, unmet_facts
+from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
 from store.transcripts import TranscriptRecorder, call_costs
@@ -117,8 +117,10 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                                f"from it; its ledger, transcripts and workspace are intact: `heurist report "
                                f"{run_dir}` shows it, `heurist replay {run_dir}` re-runs it from its transcripts") from None
             values = snapshot.values or {}
-            services.elapsed_before = float((values.get("spent") or {}).get("elapsed_s", 0.0))
-            services.session_started = time.monotonic()
+            # Active time from the last beat of the session before (a kill loses at most one beat), never less
+            # than the state's count at its last iteration's end.
+            clock = ActiveTime(run_dir, at_least_before=float((values.get("spent") or {}).get("elapsed_s", 0.0)))
+            services.elapsed_before, services.session_started = clock.before, clock.started
             # The graph ended only where its state says so. An empty `next` alone is not an end: a kill between
             # a node's saved writes and the step's checkpoint leaves a checkpoint whose only task is done, whose
             # `next` is empty; continuing from it applies those writes and goes on.
@@ -140,16 +142,18 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                 start = Command(update=undone, goto=goto)
             else:
                 return values  # finished: nothing to do
-            services.event("started", run_id=record.run_id, task=record.task, offline=record.offline,
-                           model=services.config.llm.model, budget=services.config.budget.model_dump(),
-                           iteration=values.get("iteration", 0), spent=values.get("spent") or {},
-                           best=(values.get("incumbent") or {}).get("mean"), history=values.get("history") or [])
-            for update in app.stream(start, cfg, stream_mode="updates", durability="sync", context=services):
-                for node in update:
-                    services.event("node", node=node)
-                    if node in ("remember", "finish", "pause") and services.config.report:
-                        _publish_report(services)
-            return app.get_state(cfg).values
+            with clock:
+                services.event("started", run_id=record.run_id, task=record.task, offline=record.offline,
+                               model=services.config.llm.model, budget=services.config.budget.model_dump(),
+                               iteration=values.get("iteration", 0),
+                               spent={**(values.get("spent") or {}), "elapsed_s": clock.before},
+                               best=(values.get("incumbent") or {}).get("mean"), history=values.get("history") or [])
+                for update in app.stream(start, cfg, stream_mode="updates", durability="sync", context=services):
+                    for node in update:
+                        services.event("node", node=node)
+                        if node in ("remember", "finish", "pause") and services.config.report:
+                            _publish_report(services)
+                return app.get_state(cfg).values
         finally:
             connection.close()
             if services.memory is not None:

@@ -9,6 +9,7 @@ edited by hand) are skipped by every reader.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +98,13 @@ class RoleFailed(_Line):
     traceback: str
 
 
-TranscriptLine = Annotated[Union[Decision, LLMCall, ValidationFailed, Parsed, RoleFailed],
+class Resumed(_Line):
+    """Where a later session of the run (after a kill, a stop or a pause) starts writing to this transcript."""
+
+    kind: Literal["resumed"] = "resumed"
+
+
+TranscriptLine = Annotated[Union[Decision, LLMCall, ValidationFailed, Parsed, RoleFailed, Resumed],
                            Field(discriminator="kind")]
 _LINE = TypeAdapter(TranscriptLine)
 L = TypeVar("L", bound=_Line)
@@ -118,12 +125,23 @@ class TranscriptRecorder:
 
     def __init__(self, run_dir: Path):
         self.root = Path(run_dir) / "transcripts"
+        # The transcripts this session has written to: one found with lines in it was an earlier session's.
+        self._ours: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, path: Path) -> bool:
+        """Whether this session writes to ``path`` for the first time, over lines an earlier session wrote."""
+        with self._lock:
+            if path in self._ours:
+                return False
+            self._ours.add(path)
+            return path.exists() and path.stat().st_size > 0
 
     def path(self, iteration: int, role: str) -> Path:
         return self.root / f"{iteration:04d}" / f"{role}.jsonl"
 
     def for_role(self, iteration: int, role: str) -> RoleTranscript:
-        return RoleTranscript(self.path(iteration, role), iteration, role)
+        return RoleTranscript(self.path(iteration, role), iteration, role, self)
 
     def read(self, iteration: int | None = None, role: str | None = None) -> list[TranscriptLine]:
         """The lines of these transcripts, typed, in the order they were written (damaged ones skipped)."""
@@ -152,12 +170,17 @@ def call_costs(lines: list[TranscriptLine]) -> Iterator[tuple[float, int, float]
 
 
 class RoleTranscript:
-    def __init__(self, path: Path, iteration: int, role: str):
+    def __init__(self, path: Path, iteration: int, role: str, recorder: TranscriptRecorder | None = None):
         self.path, self.iteration, self.role = path, iteration, role
         self._ledger = Ledger(path)
+        self._recorder = recorder
 
     def write(self, kind: type[L], **fields: Any) -> L:
-        """Append one line of this kind (``Decision``, ``LLMCall``, ...); it is checked before it is written."""
+        """Append one line of this kind (``Decision``, ``LLMCall``, ...); it is checked before it is written.
+        The first line a resumed session adds to a transcript is preceded by a ``Resumed`` mark."""
+        if self._recorder is not None and self._recorder.claim(self.path):
+            mark = Resumed(time=time.time(), iteration=self.iteration, role=self.role)
+            self._ledger.append(mark.model_dump(mode="json", exclude_none=True))
         line = kind(time=time.time(), iteration=self.iteration, role=self.role, **fields)
         self._ledger.append(line.model_dump(mode="json", exclude_none=True))
         return line

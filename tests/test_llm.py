@@ -255,3 +255,30 @@ def test_the_live_view_shows_a_call_as_it_streams(tmp_path):
     shown = console.file.getvalue()
     assert "coder · attempt 1 ·" in shown and "tokens so far" in shown and "gives up after 2 s of silence" in shown
     assert "thinking" in shown  # the text as it arrived
+
+
+def test_a_resumed_session_marks_where_it_starts_in_each_transcript(tmp_path):
+    from store.transcripts import Decision
+
+    first = TranscriptRecorder(tmp_path)
+    first.for_role(2, "coder").write(Decision, summary="before the kill")
+    first.for_role(2, "coder").write(Decision, summary="same session, another attempt")
+    second = TranscriptRecorder(tmp_path)  # the session after a resume
+    second.for_role(2, "coder").write(Decision, summary="after the resume")
+    second.for_role(2, "coder").write(Decision, summary="still after")
+    second.for_role(3, "coder").write(Decision, summary="a new iteration: nothing to mark")
+    assert [e.kind for e in second.read(2, "coder")] == ["decision", "decision", "resumed", "decision", "decision"]
+    assert [e.kind for e in second.read(3, "coder")] == ["decision"]
+
+
+def test_active_time_survives_a_kill_to_within_one_beat(tmp_path):
+    """The session's seconds are written down as it runs; the next session starts from them, not from the
+    state's count at the last iteration's end."""
+    from store.active_time import ActiveTime
+
+    killed = ActiveTime(tmp_path, at_least_before=30.0)
+    killed.started -= 600  # ten minutes into a slow iteration ...
+    killed.write()  # ... the last beat before the kill
+    resumed = ActiveTime(tmp_path, at_least_before=30.0)
+    assert resumed.before >= 630 and resumed.total_s() >= 630
+    assert ActiveTime(tmp_path / "new", at_least_before=42.0).before == 42.0  # no beat yet: the state's count
