@@ -34,7 +34,15 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import HeuristError
 from common.safe_text import redact
-from roles.llm_requests import Capabilities, json_text, looks_invalid, response_format, shaped_messages
+from roles.llm_requests import (
+    Capabilities,
+    capabilities_from,
+    json_text,
+    looks_invalid,
+    recorded_profile,
+    response_format,
+    shaped_messages,
+)
 from store.config import LLMConfig
 from store.transcripts import LLMCall, Parsed, RoleTranscript, TranscriptRecorder, ValidationFailed
 
@@ -165,7 +173,7 @@ class LLMClient:
         if not self._key and config.base_url is None and not any(r.base_url for r in config.roles.values()):
             raise LLMError(f"no ${config.api_key_env} and no --base-url: set one, or run offline")
         self._clients: dict[tuple[str | None, float], Any] = {}
-        self._capabilities: dict[str | None, Capabilities] = {}
+        self._capabilities: dict[tuple[str | None, str], Capabilities] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ settings
@@ -181,12 +189,14 @@ class LLMClient:
         s = self.settings_for(role)
         return s.model, s.temperature, s.max_tokens
 
-    def capabilities(self, base_url: str | None) -> Capabilities:
-        """What heurist uses of this endpoint: the config's fixed choices, the strongest of the rest."""
+    def capabilities(self, s: RoleSettings) -> Capabilities:
+        """What heurist uses of this endpoint and model: the config's fixed choices, and for the rest what
+        `heurist doctor` recorded, else the strongest (narrowed as the server refuses)."""
+        key = (s.base_url, s.model)
         with self._lock:
-            if base_url not in self._capabilities:
+            if key not in self._capabilities:
                 c, fixed = self.config, set()
-                caps = Capabilities()
+                caps = capabilities_from(recorded_profile(s.base_url, s.model))
                 if c.structured_mode != "auto":
                     caps.structured, fixed = c.structured_mode, fixed | {"structured"}
                 if c.images is not None:
@@ -194,8 +204,8 @@ class LLMClient:
                 if c.stream is not None:
                     caps.stream, fixed = c.stream, fixed | {"stream"}
                 caps.fixed = frozenset(fixed)
-                self._capabilities[base_url] = caps
-            return self._capabilities[base_url]
+                self._capabilities[key] = caps
+            return self._capabilities[key]
 
     def _client(self, s: RoleSettings) -> Any:
         import httpx
@@ -222,7 +232,7 @@ class LLMClient:
     def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
         """A reply parsed into ``schema``; asked again, differently, when it does not match or was cut off."""
         s = self.settings_for(transcript.role)
-        caps = self.capabilities(s.base_url)
+        caps = self.capabilities(s)
         # Nothing secret of heurist's environment is ever sent, whatever a prompt was built from.
         conversation = [_redacted(m) for m in messages]
         follow_up: list[dict] = []  # what the next attempt says about the last one (only the last one)

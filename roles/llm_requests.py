@@ -16,9 +16,13 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+
+from common.files import atomic_write
+from common.paths import heurist_home
 
 StructuredMode = Literal["json_schema", "json_object_schema", "json_object", "text"]
 # Strongest first: the server enforces the schema, then is given it, then is asked for JSON, then nothing.
@@ -159,3 +163,52 @@ def json_text(content: str, caps: Capabilities) -> str:
         return fenced.group(1)
     start, end = content.find("{"), content.rfind("}")
     return content[start:end + 1] if 0 <= start < end else content
+
+
+class EndpointProfile(BaseModel):
+    """What ``heurist doctor`` found an endpoint to accept, recorded so a run starts from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None
+    model: str
+    probed_at: str
+    structured: StructuredMode
+    images: bool
+    stream: bool
+    stream_usage: bool
+    tools: bool  # reported; the coder's tools (a later issue) will use it
+
+
+def _profiles_path() -> Path:
+    return heurist_home() / "endpoints.json"
+
+
+def _key(base_url: str | None, model: str) -> str:
+    return f"{base_url or 'https://api.openai.com/v1'} {model}"
+
+
+def recorded_profile(base_url: str | None, model: str) -> EndpointProfile | None:
+    try:
+        data = json.loads(_profiles_path().read_text())
+        return EndpointProfile.model_validate(data[_key(base_url, model)])
+    except (OSError, ValueError, KeyError):  # never probed, or a damaged file: start from the strongest
+        return None
+
+
+def record_profile(profile: EndpointProfile) -> None:
+    path = _profiles_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[_key(profile.base_url, profile.model)] = profile.model_dump(mode="json")
+    atomic_write(path, json.dumps(data, indent=2))
+
+
+def capabilities_from(profile: EndpointProfile | None) -> Capabilities:
+    caps = Capabilities()
+    if profile is not None:
+        caps.structured, caps.images = profile.structured, profile.images
+        caps.stream, caps.stream_usage = profile.stream, profile.stream_usage
+    return caps

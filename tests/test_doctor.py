@@ -40,15 +40,54 @@ def test_doctor_checks_the_installation_and_names_every_part(tmp_path):
     assert "LLM endpoint" not in checks
 
 
-def test_doctor_asks_the_endpoint_for_one_token():
-    with ScriptedOpenAI() as server:
-        server.queue(chat("OK", prompt_tokens=9, completion_tokens=1))
-        done = doctor("--base-url", server.base_url, "--model", "my-local-model")
+def answers_ok(body: dict) -> dict:
+    return chat('{"ok": true}', prompt_tokens=9, completion_tokens=1)
+
+
+def test_doctor_asks_the_endpoint_for_one_token_then_probes_what_it_can_do(tmp_path):
+    with ScriptedOpenAI(responder=answers_ok) as server:
+        done = doctor("--base-url", server.base_url, "--model", "my-local-model",
+                      env={"HEURIST_HOME": str(tmp_path / "home")})
         calls = [r["body"] for r in server.requests if r["path"].endswith("/chat/completions")]
     assert done.returncode == 0, done.stdout + done.stderr
-    llm = next(c for c in json.loads(done.stdout) if c["name"] == "LLM endpoint")
+    checks = {c["name"]: c for c in json.loads(done.stdout)}
+    llm = checks["LLM endpoint"]
     assert llm["status"] == "ok" and "my-local-model" in llm["detail"] and "10 tokens" in llm["detail"]
-    assert len(calls) == 1 and calls[0]["max_tokens"] == 1 and calls[0]["model"] == "my-local-model"
+    assert calls[0]["max_tokens"] == 1 and calls[0]["model"] == "my-local-model"
+    assert checks["LLM structured output"]["detail"].startswith("heurist will use json_schema")
+    for name in ("LLM images", "LLM streaming", "LLM tool calls"):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert len(calls) == 5  # one token, then one small call a capability
+
+
+def test_doctor_finds_llama_cpps_mode_and_runs_start_from_it(tmp_path, monkeypatch):
+    """llama-cpp-python refuses json_schema and messages of parts: doctor says which mode heurist will use,
+    records it, and a run's first call is put in that mode (no refused request every run)."""
+    from roles.llm import LLMClient, Usage
+    from store.config import LLMConfig
+    from store.transcripts import TranscriptRecorder
+    from tests.test_llm import Answer
+
+    home = tmp_path / "home"
+    with ScriptedOpenAI(responder=answers_ok, profile="llama.cpp") as server:
+        done = doctor("--base-url", server.base_url, "--model", "qwen", env={"HEURIST_HOME": str(home)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        checks = {c["name"]: c for c in json.loads(done.stdout)}
+        assert checks["LLM structured output"]["status"] == "warn"
+        assert checks["LLM structured output"]["detail"].startswith("heurist will use json_object_schema")
+        assert "json_schema: refused (500" in checks["LLM structured output"]["detail"]
+        assert checks["LLM images"]["status"] == "warn" and "refused (500" in checks["LLM images"]["detail"]
+        assert json.loads((home / "endpoints.json").read_text())[f"{server.base_url} qwen"]["structured"] == \
+            "json_object_schema"
+
+        monkeypatch.setenv("HEURIST_HOME", str(home))
+        before = len(server.requests)
+        server.queue(chat(json.dumps({"verdict": "ok", "score": 1})))
+        client = LLMClient(LLMConfig(model="qwen", base_url=server.base_url), Usage())
+        client.structured(TranscriptRecorder(tmp_path).for_role(1, "coder"), [{"role": "user", "content": "x"}],
+                          Answer)
+        [first] = [r["body"] for r in server.requests[before:]]
+    assert first["response_format"]["type"] == "json_object" and "schema" in first["response_format"]
 
 
 def test_doctor_fails_with_the_fix_when_the_endpoint_is_down():

@@ -1,0 +1,122 @@
+"""What an LLM endpoint can do, each found with one small call: structured output (json_schema, json_object
+with a schema, json_object, plain text), images, streaming (and usage in it), tool calls.
+
+``heurist doctor`` prints the mode heurist will use and records it (``$HEURIST_HOME/endpoints.json``);
+a run starts from that record, so a llama.cpp server is asked in its own mode from the first call
+instead of refusing the first request of every run. The probes go through the real ``openai`` client
+and the same request shapes the roles use (``roles.llm_requests``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from doctor.checks import Check
+from roles.llm_requests import (MODES, Capabilities, EndpointProfile, json_text, record_profile, response_format,
+                                shaped_messages)
+
+# A 1x1 white PNG: the smallest image a vision endpoint must take.
+PIXEL = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8ffff3f0005fe02fe"
+    "a7359a820000000049454e44ae426082")).decode()
+ASK = "Is the sky blue on a clear day? Answer as JSON with the field ok."
+
+
+class Probe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ok: bool
+
+
+def _client(base_url: str | None, key: str | None, timeout_s: float) -> Any:
+    import openai
+
+    return openai.OpenAI(api_key=key or "not-needed", base_url=base_url, timeout=timeout_s, max_retries=0)
+
+
+def _try(call) -> tuple[bool, str]:
+    """(accepted, what was seen): a refusal is the server's words, cut short."""
+    import openai
+
+    try:
+        return True, call()
+    except openai.APIStatusError as exc:
+        return False, f"refused ({exc.status_code}: {getattr(exc, 'message', exc)})"[:200]
+    except (openai.APIError, ValueError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _structured(client: Any, model: str) -> tuple[str | None, list[str]]:
+    """The strongest mode whose reply parses, and what each weaker attempt met."""
+    seen = []
+    for mode in MODES:
+        caps = Capabilities(structured=mode)
+        messages = shaped_messages([{"role": "user", "content": ASK}], caps, Probe)
+        request: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": 40}
+        fmt = response_format(caps, Probe)
+        if fmt is not None:
+            request["response_format"] = fmt
+
+        def ask() -> str:
+            reply = client.chat.completions.create(**request).choices[0].message.content or ""
+            Probe.model_validate_json(json_text(reply, caps))
+            return "parsed"
+
+        accepted, what = _try(ask)
+        if accepted:
+            return mode, seen
+        seen.append(f"{mode}: {what}")
+    return None, seen
+
+
+def probe_endpoint(base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY",
+                   timeout_s: float = 60) -> list[Check]:
+    """One check per capability, and the profile recorded for runs; nothing when no endpoint is configured."""
+    key = os.environ.get(api_key_env)
+    if not key and base_url is None:
+        return []
+    client = _client(base_url, key, timeout_s)
+    started = time.perf_counter()
+    mode, refused = _structured(client, model)
+    checks = [Check(name="LLM structured output", status="ok" if mode == MODES[0] else "warn" if mode else "fail",
+                    detail=(f"heurist will use {mode}" if mode else "no mode gave a reply that parses")
+                    + (f" ({'; '.join(refused)})" if refused else ""),
+                    fix="" if mode == MODES[0] else "nothing to do: heurist validates and re-asks; or fix the mode "
+                                                    "with llm.structured_mode" if mode else
+                    "use a model that can answer in JSON, or check the server's log")]
+    image = [{"type": "text", "text": ASK}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}]
+    images, seen = _try(lambda: client.chat.completions.create(
+        model=model, max_tokens=20, messages=[{"role": "user", "content": image}]) and "accepted")
+    checks.append(Check(name="LLM images", status="ok" if images else "warn", detail=seen,
+                        fix="" if images else "the video analyst then describes its clips by path and measurement"))
+    usage: list[Any] = []
+
+    def stream() -> str:
+        with client.chat.completions.create(model=model, max_tokens=20, stream=True,
+                                            stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": ASK}]) as chunks:
+            usage.extend(c.usage for c in chunks if c.usage is not None)
+        return "streams" + (", with usage" if usage else ", without usage (tokens are counted from the text)")
+
+    streams, seen = _try(stream)
+    checks.append(Check(name="LLM streaming", status="ok" if streams else "warn", detail=seen,
+                        fix="" if streams else "calls then wait for whole replies; set llm.timeout_s above the "
+                                               "slowest reply"))
+    tool = {"type": "function", "function": {"name": "ping", "description": "Answer that you are here.",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    tools, seen = _try(lambda: client.chat.completions.create(
+        model=model, max_tokens=20, tools=[tool], messages=[{"role": "user", "content": ASK}]) and "accepted")
+    checks.append(Check(name="LLM tool calls", status="ok" if tools else "warn", detail=seen,
+                        fix="" if tools else "not used yet; the coder's tools will need them"))
+    if mode is not None:
+        record_profile(EndpointProfile(base_url=base_url, model=model, structured=mode, images=images, stream=streams,
+                                       stream_usage=bool(usage), tools=tools,
+                                       probed_at=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+        checks[0].detail += f"; recorded for runs ({time.perf_counter() - started:.1f} s of probes)"
+    return checks
