@@ -174,6 +174,7 @@ class LLMClient:
             raise LLMError(f"no ${config.api_key_env} and no --base-url: set one, or run offline")
         self._clients: dict[tuple[str | None, float], Any] = {}
         self._capabilities: dict[tuple[str | None, str], Capabilities] = {}
+        self._asked: dict[tuple[int, str], int] = {}  # (iteration, role) -> seeds used so far
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ settings
@@ -236,8 +237,14 @@ class LLMClient:
         conversation = [_redacted(m) for m in messages]
         follow_up: list[dict] = []  # what the next attempt says about the last one (only the last one)
         max_tokens = s.max_tokens
+        # The role's later calls this iteration (the coder again after a failed check) start where this one's
+        # seeds end: a local server answers one request the same way each time, whatever the prompt adds.
+        with self._lock:
+            first = self._asked.get((transcript.iteration, transcript.role), 0)
+            self._asked[(transcript.iteration, transcript.role)] = first + self.config.validation_retries + 1
         for attempt in range(self.config.validation_retries + 1):
-            reply = self._complete(transcript, s, caps, conversation + follow_up, schema, max_tokens, attempt)
+            reply = self._complete(transcript, s, caps, conversation + follow_up, schema, max_tokens, attempt,
+                                   variant=first + attempt)
             if reply.finish_reason == "length":
                 transcript.write(ValidationFailed, attempt=attempt, response=reply.content[-4000:],
                                  error=f"the reply was cut off at max_tokens={max_tokens} before it was complete "
@@ -262,14 +269,14 @@ class LLMClient:
                        f"{self.config.validation_retries + 1} tries")
 
     def _complete(self, transcript: RoleTranscript, s: RoleSettings, caps: Capabilities, messages: list[dict],
-                  schema: type[BaseModel], max_tokens: int, ask: int) -> Reply:
+                  schema: type[BaseModel], max_tokens: int, ask: int, variant: int = 0) -> Reply:
         """One reply with content, through passing faults (retried) and refusals (narrowed, then sent again)."""
         delay, retries, last_error, last_server_error = self.config.retry_base_s, 0, "", None
         had_images = any(isinstance(m["content"], list) for m in messages)
         while True:
             self.usage.check()
             shaped = shaped_messages(messages, caps, schema)
-            request = self._request(s, caps, shaped, schema, max_tokens, seed=ask + retries)
+            request = self._request(s, caps, shaped, schema, max_tokens, seed=variant + retries)
             attempt = _Attempt()
             try:
                 reply = self._send(transcript, s, caps, request, attempt, ask)

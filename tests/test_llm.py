@@ -282,3 +282,16 @@ def test_active_time_survives_a_kill_to_within_one_beat(tmp_path):
     resumed = ActiveTime(tmp_path, at_least_before=30.0)
     assert resumed.before >= 630 and resumed.total_s() >= 630
     assert ActiveTime(tmp_path / "new", at_least_before=42.0).before == 42.0  # no beat yet: the state's count
+
+
+def test_a_roles_next_call_in_the_same_iteration_is_not_the_same_request(tmp_path):
+    """The coder asked again after a failed check must not get the identical answer from a local server that
+    answers one request the same way: its seed and temperature move on."""
+    with ScriptedOpenAI() as server:
+        client = local_client(server, validation_retries=1)
+        server.queue(chat(json.dumps({"verdict": "a", "score": 1})), chat(json.dumps({"verdict": "b", "score": 2})))
+        for _ in range(2):
+            client.structured(TranscriptRecorder(tmp_path).for_role(4, "coder"), [{"role": "user", "content": "x"}],
+                              Answer)
+        first, second = chat_calls(server)
+    assert (first["seed"], second["seed"]) == (0, 2) and second["temperature"] > first["temperature"]
