@@ -132,7 +132,7 @@ class LiveView:
         if t.call:  # a slow local model shows its progress, not a frozen "0 tokens"
             c = t.call
             grid.add_row("model call", f"{shown(c['role'])} · attempt {c['attempt']} · {c['elapsed_s']:.0f} s · "
-                                       f"{c['tokens']:,} tokens so far · gives up after {c['timeout_s']:g} s of silence")
+                                       f"{c['call_tokens']:,} tokens so far · gives up after {c['timeout_s']:g} s of silence")
             grid.add_row("", Text(printable(" ".join(c["tail"].split())[-120:]), style="dim"))
         grid.add_row("dev mean", f"best {score_text(t.best)} · latest candidate {score_text(t.latest)}")
         grid.add_row("spent", t.budget_line())

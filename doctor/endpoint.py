@@ -18,13 +18,25 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from doctor.checks import Check
-from roles.llm_requests import (MODES, Capabilities, EndpointProfile, json_text, record_profile, response_format,
-                                shaped_messages)
+from roles.llm_requests import (
+    MODES,
+    Capabilities,
+    EndpointProfile,
+    json_text,
+    looks_invalid,
+    record_profile,
+    response_format,
+    shaped_messages,
+)
 
-# A 1x1 white PNG: the smallest image a vision endpoint must take.
-PIXEL = base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8ffff3f0005fe02fe"
-    "a7359a820000000049454e44ae426082")).decode()
+
+def _image() -> str:
+    """A 64x64 PNG as base64: vision processors refuse images smaller than their patch (28 px for Qwen2-VL)."""
+    import cv2
+    import numpy as np
+
+    ok, data = cv2.imencode(".png", np.full((64, 64, 3), 200, dtype=np.uint8))
+    return base64.b64encode(data.tobytes()).decode()
 ASK = "Is the sky blue on a clear day? Answer as JSON with the field ok."
 
 
@@ -41,15 +53,25 @@ def _client(base_url: str | None, key: str | None, timeout_s: float) -> Any:
 
 
 def _try(call) -> tuple[bool, str]:
-    """(accepted, what was seen): a refusal is the server's words, cut short."""
+    """(accepted, what was seen): a refusal is the server's words, cut short. A fault that may pass (a
+    timeout, a dropped connection, a 429, a 5xx whose words do not blame the request, such as a server still
+    loading its model) is tried once more before it counts as not supported."""
     import openai
 
-    try:
-        return True, call()
-    except openai.APIStatusError as exc:
-        return False, f"refused ({exc.status_code}: {getattr(exc, 'message', exc)})"[:200]
-    except (openai.APIError, ValueError) as exc:
-        return False, f"{type(exc).__name__}: {exc}"[:200]
+    for attempt in range(2):
+        try:
+            return True, call()
+        except openai.APIStatusError as exc:
+            seen = f"refused ({exc.status_code}: {getattr(exc, 'message', exc)})"[:200]
+            passing = exc.status_code == 429 or (exc.status_code >= 500 and not looks_invalid(seen))
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            seen, passing = f"{type(exc).__name__}: {exc}"[:200], True
+        except (openai.APIError, ValueError) as exc:
+            seen, passing = f"{type(exc).__name__}: {exc}"[:200], False
+        if not passing or attempt == 1:
+            return False, seen
+        time.sleep(2.0)
+    return False, seen
 
 
 def _structured(client: Any, model: str) -> tuple[str | None, list[str]]:
@@ -90,21 +112,23 @@ def probe_endpoint(base_url: str | None, model: str, api_key_env: str = "OPENAI_
                     fix="" if mode == MODES[0] else "nothing to do: heurist validates and re-asks; or fix the mode "
                                                     "with llm.structured_mode" if mode else
                     "use a model that can answer in JSON, or check the server's log")]
-    image = [{"type": "text", "text": ASK}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}]
+    image = [{"type": "text", "text": ASK}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_image()}"}}]
     images, seen = _try(lambda: client.chat.completions.create(
         model=model, max_tokens=20, messages=[{"role": "user", "content": image}]) and "accepted")
     checks.append(Check(name="LLM images", status="ok" if images else "warn", detail=seen,
                         fix="" if images else "the video analyst then describes its clips by path and measurement"))
     usage: list[Any] = []
 
-    def stream() -> str:
-        with client.chat.completions.create(model=model, max_tokens=20, stream=True,
-                                            stream_options={"include_usage": True},
+    def stream(with_usage: bool) -> str:
+        extra = {"stream_options": {"include_usage": True}} if with_usage else {}
+        with client.chat.completions.create(model=model, max_tokens=20, stream=True, **extra,
                                             messages=[{"role": "user", "content": ASK}]) as chunks:
-            usage.extend(c.usage for c in chunks if c.usage is not None)
+            usage.extend(c.usage for c in chunks if getattr(c, "usage", None) is not None)
         return "streams" + (", with usage" if usage else ", without usage (tokens are counted from the text)")
 
-    streams, seen = _try(stream)
+    streams, seen = _try(lambda: stream(True))
+    if not streams:  # a server that streams but refuses the usage option (older vLLM forbids unknown fields)
+        streams, seen = _try(lambda: stream(False))
     checks.append(Check(name="LLM streaming", status="ok" if streams else "warn", detail=seen,
                         fix="" if streams else "calls then wait for whole replies; set llm.timeout_s above the "
                                                "slowest reply"))

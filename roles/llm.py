@@ -121,6 +121,7 @@ class RoleSettings:
     max_tokens: int
     base_url: str | None
     timeout_s: float
+    key: str | None  # the key this role's server gets: the run's key only goes to the run's server
 
 
 @dataclass
@@ -154,16 +155,20 @@ class _Attempt:
     started: float = field(default_factory=time.perf_counter)
     pieces: list[str] = field(default_factory=list)
     chunks: int = 0
+    sent: list[dict] = field(default_factory=list)  # the request's messages, images by path (not base64)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     last_progress: float = 0.0
 
-    def tokens(self, messages: list[dict]) -> tuple[int, int, bool]:
-        """(prompt, completion, estimated): the server's counts, else about four characters a token."""
+    def tokens(self) -> tuple[int, int, bool]:
+        """(prompt, completion, estimated): the server's counts, else about four characters a token (an image
+        counted as 1,000)."""
+        completion = self.chunks or len("".join(self.pieces)) // 4
         if self.prompt_tokens is not None:
-            return self.prompt_tokens, self.completion_tokens or 0, False
-        prompt = len(json.dumps(messages, default=str)) // 4
-        return prompt, self.chunks or len("".join(self.pieces)) // 4, True
+            given = self.completion_tokens is not None
+            return self.prompt_tokens, self.completion_tokens if given else completion, not given
+        images = json.dumps(self.sent, default=str).count('"type": "image"')
+        return len(json.dumps(self.sent, default=str)) // 4 + 1000 * images, completion, True
 
 
 class LLMClient:
@@ -172,7 +177,7 @@ class LLMClient:
         self._key = os.environ.get(config.api_key_env)
         if not self._key and config.base_url is None and not any(r.base_url for r in config.roles.values()):
             raise LLMError(f"no ${config.api_key_env} and no --base-url: set one, or run offline")
-        self._clients: dict[tuple[str | None, float], Any] = {}
+        self._clients: dict[tuple[str | None, float, str | None], Any] = {}
         self._capabilities: dict[tuple[str | None, str], Capabilities] = {}
         self._asked: dict[tuple[int, str], int] = {}  # (iteration, role) -> seeds used so far
         self._lock = threading.Lock()
@@ -184,7 +189,9 @@ class LLMClient:
         return RoleSettings(model=(o and o.model) or c.model,
                             temperature=o.temperature if o and o.temperature is not None else c.temperature,
                             max_tokens=(o and o.max_tokens) or c.max_tokens, base_url=(o and o.base_url) or c.base_url,
-                            timeout_s=(o and o.timeout_s) or c.timeout_s)
+                            timeout_s=(o and o.timeout_s) or c.timeout_s,
+                            key=os.environ.get(o.api_key_env) if o and o.base_url and o.api_key_env else
+                            None if o and o.base_url and o.base_url != c.base_url else self._key)
 
     def model_for(self, role: str) -> tuple[str, float, int]:
         s = self.settings_for(role)
@@ -212,12 +219,12 @@ class LLMClient:
         import openai
 
         with self._lock:
-            key = (s.base_url, s.timeout_s)
+            key = (s.base_url, s.timeout_s, s.key)
             if key not in self._clients:
                 # The read timeout is the silence allowed between two bytes: a streamed reply that keeps coming
                 # is never cut off. max_retries=0: retries are ours, so each attempt reaches the transcript.
                 timeout = openai.Timeout(s.timeout_s, connect=min(s.timeout_s, 30.0))  # the HTTP library openai uses
-                self._clients[key] = openai.OpenAI(api_key=self._key or "not-needed", base_url=s.base_url,
+                self._clients[key] = openai.OpenAI(api_key=s.key or "not-needed", base_url=s.base_url,
                                                    timeout=timeout, max_retries=0)
             return self._clients[key]
 
@@ -275,13 +282,14 @@ class LLMClient:
         had_images = any(isinstance(m["content"], list) for m in messages)
         while True:
             self.usage.check()
-            shaped = shaped_messages(messages, caps, schema)
-            request = self._request(s, caps, shaped, schema, max_tokens, seed=variant + retries)
-            attempt = _Attempt()
+            now = caps.snapshot()  # one consistent view for this request, however others narrow meanwhile
+            shaped = shaped_messages(messages, now, schema)
+            request = self._request(s, now, shaped, schema, max_tokens, seed=variant + retries)
+            attempt = _Attempt(sent=_loggable(shaped))
             try:
-                reply = self._send(transcript, s, caps, request, attempt, ask)
+                reply = self._send(transcript, s, now, request, attempt, ask)
             except _Refused as exc:
-                given_up = caps.narrow(str(exc), had_images)
+                given_up = caps.narrow(str(exc), had_images, now.version)
                 self._record(transcript, s, attempt, messages, ask, billed=False, error=str(exc)[:500],
                              narrowed=given_up)
                 if given_up:
@@ -294,9 +302,11 @@ class LLMClient:
                 raise LLMError(f"{transcript.role}: {exc}") from None
             except _Passing as exc:
                 last_error = str(exc)[:500]
-                repeated = exc.server_error and last_error == last_server_error
+                # The same 500 twice is the request's fault (502-504 are a proxy's or a loading server's: they pass);
+                # it gives up only what its words name, or the images a text-only template fails on.
+                repeated = exc.server_error and last_error == last_server_error and " 500:" in f" {last_error}"
                 last_server_error = last_error if exc.server_error else None
-                given_up = caps.narrow(last_error, had_images) if repeated else None  # the same 5xx twice: the request
+                given_up = caps.narrow(last_error, had_images, now.version) if repeated else None
                 if given_up:
                     self._record(transcript, s, attempt, messages, ask, billed=exc.billed, error=last_error,
                                  narrowed=given_up)
@@ -312,6 +322,8 @@ class LLMClient:
                 delay *= 2
                 continue
             self._record(transcript, s, attempt, messages, ask, billed=True, reply=reply)
+            if reply.finish_reason == "length":  # cut off, even before any content: the caller gives it room
+                return reply
             if reply.refusal or not reply.content:
                 last_error = f"the model refused: {reply.refusal}" if reply.refusal else "empty reply"
                 if retries >= self.config.max_retries:
@@ -327,7 +339,7 @@ class LLMClient:
             request["seed"] = seed
         if caps.temperature:
             # A re-ask runs warmer: a server that answered one way at this temperature may answer the same again.
-            request["temperature"] = min(s.temperature + 0.2 * seed, 1.0)
+            request["temperature"] = max(s.temperature, min(s.temperature + 0.2 * seed, 1.0))
         fmt = response_format(caps, schema)
         if fmt is not None:
             request["response_format"] = fmt
@@ -349,8 +361,8 @@ class LLMClient:
                     attempt.prompt_tokens = response.usage.prompt_tokens
                     attempt.completion_tokens = response.usage.completion_tokens
                 choice = response.choices[0] if response.choices else None
-                if choice is None:
-                    raise _Passing("a response with no choices")
+                if choice is None or choice.message is None:
+                    raise _Passing("a response with no message", billed=True)
                 attempt.pieces.append(choice.message.content or "")
                 return Reply(choice.message.content or "", choice.finish_reason,
                              getattr(choice.message, "refusal", None))
@@ -358,13 +370,23 @@ class LLMClient:
         except openai.APIStatusError as exc:
             raise self._classified(exc, s) from None
         except openai.APITimeoutError as exc:  # openai wraps its HTTP library's timeouts, mid-stream too
+            # A server that never took the connection did no work; one that took it and fell silent did.
+            connected = "connect" not in type(exc.__cause__).__name__.lower()
             raise _Passing(f"{type(exc).__name__}: no reply for {s.timeout_s:g} s (llm.timeout_s, the silence "
-                           f"allowed): abandoned and closed after {attempt.chunks} chunks, {time.perf_counter() - attempt.started:.1f} s",
-                           billed=True) from None
-        except openai.APIConnectionError as exc:
-            raise _Passing(f"{type(exc).__name__}: {exc}") from None
+                           f"allowed): abandoned and closed after {attempt.chunks} chunks, "
+                           f"{time.perf_counter() - attempt.started:.1f} s", billed=connected) from None
+        except openai.APIConnectionError as exc:  # a stream broken mid-reply cost what it sent
+            raise _Passing(f"{type(exc).__name__}: {exc}", billed=attempt.chunks > 0) from None
         except (openai.APIResponseValidationError, ValueError) as exc:  # a truncated body is a JSONDecodeError
-            raise _Passing(f"malformed response: {type(exc).__name__}: {exc}") from None
+            raise _Passing(f"malformed response: {type(exc).__name__}: {exc}", billed=attempt.chunks > 0) from None
+        except openai.APIError as exc:  # an error sent inside a stream (data: {"error": ...})
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            if looks_invalid(message):
+                raise _Refused(message) from None
+            raise _Passing(message, billed=attempt.chunks > 0) from None
+        except (TypeError, AttributeError, KeyError) as exc:  # a chunk of a shape the client did not expect
+            raise _Passing(f"unexpected response shape: {type(exc).__name__}: {exc}",
+                           billed=attempt.chunks > 0) from None
 
     def _stream(self, transcript: RoleTranscript, client: Any, request: dict[str, Any], attempt: _Attempt,
                 ask: int) -> Reply:
@@ -372,10 +394,10 @@ class LLMClient:
         # The context closes the response however the loop ends: the server sees the client leave and stops.
         with client.chat.completions.create(**request) as stream:
             for chunk in stream:
-                if chunk.usage is not None:
+                if getattr(chunk, "usage", None) is not None:
                     attempt.prompt_tokens = chunk.usage.prompt_tokens
                     attempt.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
+                for choice in chunk.choices or ():
                     delta = choice.delta
                     if delta is not None and delta.content:
                         attempt.pieces.append(delta.content)
@@ -395,7 +417,7 @@ class LLMClient:
         attempt.last_progress = now
         tail = "".join(attempt.pieces)[-160:]
         self.on_progress(transcript.role, {"attempt": ask + 1, "elapsed_s": round(now - attempt.started, 1),
-                                           "tokens": attempt.completion_tokens or attempt.chunks, "tail": tail,
+                                           "call_tokens": attempt.completion_tokens or attempt.chunks, "tail": tail,
                                            "timeout_s": self.settings_for(transcript.role).timeout_s})
 
     def _classified(self, exc: Any, s: RoleSettings) -> Exception:
@@ -406,7 +428,7 @@ class LLMClient:
             retry_after = (getattr(getattr(exc, "response", None), "headers", None) or {}).get("retry-after")
             if retry_after:
                 try:
-                    wait = float(retry_after)
+                    wait = min(max(float(retry_after), 0.0), 600.0)  # a server's word, bounded
                 except ValueError:
                     pass
             return _Passing(f"{type(exc).__name__} {message}", wait=wait)
@@ -423,7 +445,7 @@ class LLMClient:
                 ask: int, billed: bool, reply: Reply | None = None, **outcome: Any) -> None:
         """The attempt in the transcript, and in the usage when the server worked on it (an abandoned call
         costs too, counted from its text where the server gave no count)."""
-        prompt, completion, estimated = attempt.tokens(messages)
+        prompt, completion, estimated = attempt.tokens()
         cost = self.cost(s.model, prompt, completion) if billed else 0.0
         if billed:
             self.usage.add(prompt + completion, cost)

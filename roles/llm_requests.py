@@ -33,10 +33,12 @@ _NAMES = {
     "stream_usage": ("stream_options", "include_usage"),
     "temperature": ("temperature",),
     "seed": ("'seed'", '"seed"', "seed parameter", "parameter seed"),
-    "max_tokens": ("max_tokens", "max_completion_tokens"),
+    # Renamed only where the server says the parameter is not taken ("too large" is about its value).
+    "max_tokens": ("use 'max_completion_tokens'", "use max_completion_tokens", "'max_tokens' is not supported",
+                   "unsupported parameter: 'max_tokens'"),
     "structured": ("response_format", "json_schema", "json_object", "schema"),
     "images": ("image", "image_url", "multimodal", "vision"),
-    "stream": ("stream",),
+    "stream": (),  # matched as a whole word below: "upstream" is not a refusal of streaming
 }
 # Words of a server error that is the request's fault, not a passing fault of the server.
 _INVALID_WORDS = ("validation error", "invalid", "unsupported", "not supported", "unrecognized", "unknown parameter",
@@ -55,22 +57,31 @@ class Capabilities:
     seed: bool = True
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     fixed: frozenset[str] = frozenset()  # features the config fixed: never narrowed
+    version: int = 0  # grows with each narrowing: a refusal of an older version is not narrowed again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def narrow(self, message: str, had_images: bool) -> str | None:
-        """Give up the feature a refusal names (or the next one that can go); what was given up, or None."""
+    def snapshot(self) -> Capabilities:
+        """A consistent copy to build one request from (roles call in parallel while another narrows)."""
+        with self._lock:
+            return Capabilities(self.structured, self.images, self.stream, self.stream_usage, self.temperature,
+                                self.seed, self.max_tokens_param, self.fixed, self.version)
+
+    def narrow(self, message: str, had_images: bool, seen: int, guess_images: bool = True) -> str | None:
+        """Give up the feature a refusal names; what was given up, or None. A refusal of a request built
+        before another call narrowed (``seen`` < ``version``) gives nothing up: it is sent again as it is now.
+        ``guess_images``: a refusal that names nothing is taken for the images' when the request had some."""
         text = message.lower()
         named = [f for f, words in _NAMES.items() if any(w in text for w in words)]
-        # "stream" is in "stream_options": a refusal of the usage option is not a refusal of streaming.
-        if "stream_usage" in named and "stream" in named and not re.search(r"\bstream\b(?!_)", text):
-            named.remove("stream")
-        # A refusal that names nothing is not guessed at, except that a request with images is the unusual one:
-        # a chat template that takes only text fails on it without saying why.
-        order = named or (("images",) if had_images else ())
+        if re.search(r"\bstream\b(?!_)", text):
+            named.append("stream")
+        order = named or (("images",) if had_images and guess_images else ())
         with self._lock:
+            if seen < self.version:
+                return "nothing: another call narrowed first; sent again as it is now"
             for feature in order:
                 given_up = self._give_up(feature, had_images)
                 if given_up:
+                    self.version += 1
                     return given_up
         return None
 

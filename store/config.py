@@ -66,6 +66,8 @@ class RoleLLM(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
     base_url: str | None = Field(None, description="This role's own OpenAI-compatible server.")
+    api_key_env: str | None = Field(None, description="The variable holding the key for this role's own server "
+                                                      "(the run's key goes only to the run's server).")
     timeout_s: float | None = Field(None, gt=0, description="This role's silence allowed, seconds.")
     offline: bool = Field(False, description="This role runs its offline backend even when the others use a model.")
 

@@ -106,7 +106,8 @@ class ScriptedOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 if server.record:
                     with server._lock:
-                        server.requests.append({"path": self.path, "body": body})
+                        server.requests.append({"path": self.path, "body": body,
+                                                "auth": self.headers.get("Authorization")})
                 if self.path.endswith("/embeddings"):
                     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
                     data = [{"object": "embedding", "index": i, "embedding": hashed_bag_of_words(t)}
@@ -143,6 +144,9 @@ class ScriptedOpenAI:
                     self.send_header("Cache-Control", "no-cache")
                     self.end_headers()  # no Content-Length: the body ends when the connection closes
                     self.close_connection = True
+                    if reply.get("stream_error"):  # a server that fails mid-reply says so inside the stream
+                        events = events[:2] + [f"data: {json.dumps({'error': {'message': reply['stream_error']}})}\n\n"
+                                               .encode()]
                     for i, event in enumerate(events):
                         if stall_after is not None and i == stall_after:
                             time.sleep(reply.get("stall_s", 30))  # silent, as a server stuck mid-reply is

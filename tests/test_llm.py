@@ -295,3 +295,40 @@ def test_a_roles_next_call_in_the_same_iteration_is_not_the_same_request(tmp_pat
                               Answer)
         first, second = chat_calls(server)
     assert (first["seed"], second["seed"]) == (0, 2) and second["temperature"] > first["temperature"]
+
+
+def test_an_error_inside_a_stream_and_an_empty_cut_off_reply_fail_one_attempt_not_the_run(tmp_path):
+    """OpenAI and vLLM send a failure mid-stream as data: {"error": ...}; a reasoning model can spend all of
+    max_tokens before any content. Each is one recorded attempt; the call goes on."""
+    with ScriptedOpenAI() as server:
+        client = local_client(server, max_tokens=64)
+        empty_cut = chat("")
+        empty_cut["json"]["choices"][0]["finish_reason"] = "length"
+        server.queue({**chat(json.dumps({"verdict": "x", "score": 1})), "stream_error": "CUDA out of memory"},
+                     empty_cut, chat(json.dumps({"verdict": "ok", "score": 2})))
+        transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+        assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).score == 2
+        bodies = chat_calls(server)
+    calls = [e for e in transcript.entries() if e.kind == "llm_call"]
+    assert "CUDA out of memory" in calls[0].error and calls[0].retry_in_s is not None
+    assert any("cut off at max_tokens=64" in e.error for e in transcript.entries() if e.kind == "validation_error")
+    assert [b["max_tokens"] for b in bodies] == [64, 64, 128]
+
+
+def test_the_runs_key_goes_only_to_the_runs_server(tmp_path, monkeypatch):
+    """A role with a server of its own (a local coder) never gets the OpenAI key; it gets its own, if named."""
+    from store.config import RoleLLM
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-runs-key-0123456789")
+    monkeypatch.setenv("LOCAL_KEY", "local-key-0123456789")
+    with ScriptedOpenAI() as run_server, ScriptedOpenAI() as coder_server, ScriptedOpenAI() as tester_server:
+        config = LLMConfig(model="scripted", base_url=run_server.base_url, roles={
+            "coder": RoleLLM(base_url=coder_server.base_url),
+            "test_writer": RoleLLM(base_url=tester_server.base_url, api_key_env="LOCAL_KEY")})
+        client = LLMClient(config, Usage())
+        for server, role in ((run_server, "reviewer"), (coder_server, "coder"), (tester_server, "test_writer")):
+            server.queue(chat(json.dumps({"verdict": "ok", "score": 1})))
+            client.structured(TranscriptRecorder(tmp_path).for_role(1, role), [{"role": "user", "content": "x"}],
+                              Answer)
+        auth = [s.requests[0]["auth"] for s in (run_server, coder_server, tester_server)]
+    assert auth == ["Bearer sk-the-runs-key-0123456789", "Bearer not-needed", "Bearer local-key-0123456789"]
