@@ -27,7 +27,9 @@ from envs.tasks import Split, TaskSpec
 from graph.state import Scored
 from memory.store import MemoryStore
 from roles.base import Role, RoleContext
-from roles.llm import LLMClient, ReplayClient, Usage
+from roles.llm import LLMClient
+from roles.llm_replay import ReplayClient
+from roles.llm_usage import Usage
 from roles.stages import Stage
 from store.config import RunConfig
 from store.transcripts import TranscriptRecorder

@@ -32,7 +32,7 @@ from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_f
 from memory.records import FailureRecord, FixRecord
 from roles.base import Role
 from roles.edits import Edit, apply_edit, diff_summary, unified_diff
-from roles.llm import BudgetSpent, LLMError
+from roles.llm_usage import BudgetSpent, LLMError
 from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed

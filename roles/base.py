@@ -23,7 +23,8 @@ from store.transcripts import Decision, RoleTranscript
 
 if TYPE_CHECKING:  # typing only: the store and the client load where a run executes
     from memory.store import MemoryStore
-    from roles.llm import LLMClient, ReplayClient
+    from roles.llm import LLMClient
+    from roles.llm_replay import ReplayClient
 
 PROMPTS = Path(__file__).parent / "prompts"
 

@@ -14,8 +14,8 @@ backoff; a 5xx that repeats word for word is taken for a refusal. Every attempt,
 included, goes to the role's transcript with its tokens (counted from the text where the server
 gives none), cost and time, and into the run's usage.
 
-``ReplayClient`` answers from a recorded run's transcripts instead of a model, so
-``heurist replay`` reaches the same decisions without a network or a key.
+What calls cost and when they must stop is ``roles.llm_usage``; ``roles.llm_replay`` answers from a
+recorded run instead of a model.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from common.errors import HeuristError
 from common.safe_text import redact
 from roles.llm_requests import (
     Capabilities,
@@ -43,47 +42,14 @@ from roles.llm_requests import (
     response_format,
     shaped_messages,
 )
+from roles.llm_usage import LLMError, Usage
 from store.config import LLMConfig
-from store.transcripts import LLMCall, Parsed, RoleTranscript, TranscriptRecorder, ValidationFailed
+from store.transcripts import LLMCall, Parsed, RoleTranscript, ValidationFailed
 
 T = TypeVar("T", bound=BaseModel)
 # progress(role, fields): a call under way (attempt, elapsed_s, tokens so far, the text's tail), at most ~4 a second.
 ProgressFn = Callable[[str, dict[str, Any]], None]
 PROGRESS_EVERY_S = 0.25
-
-
-class LLMError(HeuristError):
-    """A model call that failed after its retries, or a reply that never matched its schema."""
-
-
-class BudgetSpent(LLMError):
-    """The run's token or USD budget is spent: no further model call is made."""
-
-
-class Usage:
-    """Tokens and dollars spent, shared by every role of a run (thread-safe: analysts run in parallel).
-
-    With limits set, ``check`` refuses a call once either is reached, which makes the token
-    and USD budgets hard stops: the call that would overrun them is never sent.
-    """
-
-    def __init__(self, tokens: int = 0, usd: float = 0.0, calls: int = 0,
-                 max_tokens: int | None = None, max_usd: float | None = None):
-        self._lock = threading.Lock()
-        self.tokens, self.usd, self.calls = tokens, usd, calls
-        self.max_tokens, self.max_usd = max_tokens, max_usd
-
-    def check(self) -> None:
-        if self.max_tokens is not None and self.tokens >= self.max_tokens:
-            raise BudgetSpent(f"token budget spent ({self.tokens:,} of {self.max_tokens:,})")
-        if self.max_usd is not None and self.usd >= self.max_usd:
-            raise BudgetSpent(f"USD budget spent (${self.usd:.4f} of ${self.max_usd:.2f})")
-
-    def add(self, tokens: int, usd: float) -> None:
-        with self._lock:
-            self.tokens += tokens
-            self.usd += usd
-            self.calls += 1
 
 
 def image_part(path: Path) -> dict:
@@ -458,32 +424,3 @@ class LLMClient:
         transcript.write(LLMCall, model=s.model, attempt=ask, messages=_loggable(messages),
                          latency_s=time.perf_counter() - attempt.started, priced=self.config.price(s.model) is not None,
                          **counts, **outcome)
-
-
-class ReplayClient:
-    """Answers each role's calls with the replies recorded in another run's transcripts, in order."""
-
-    def __init__(self, recorded_run: Path, usage: Usage):
-        self.usage = usage
-        self._recorder = TranscriptRecorder(recorded_run)
-        self._cursor: dict[tuple[int, str], int] = {}
-        self._lock = threading.Lock()
-
-    def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
-        key = (transcript.iteration, transcript.role)
-        entries = self._recorder.read(transcript.iteration, transcript.role)
-        recorded = [e for e in entries if isinstance(e, Parsed)]
-        with self._lock:
-            index = self._cursor.get(key, 0)
-            self._cursor[key] = index + 1
-        if index >= len(recorded):
-            raise LLMError(f"replay: the recorded run has no reply number {index + 1} for {transcript.role} "
-                           f"in iteration {transcript.iteration}")
-        calls = [e for e in entries if isinstance(e, LLMCall) and e.response]
-        tokens = sum((e.prompt_tokens or 0) + (e.completion_tokens or 0) for e in calls[index:index + 1])
-        usd = sum(e.usd or 0.0 for e in calls[index:index + 1])
-        self.usage.add(tokens, usd)
-        parsed = schema.model_validate(recorded[index].parsed)
-        transcript.write(Parsed, attempt=0, parsed=parsed.model_dump(mode="json"), replayed=True,
-                         tokens=tokens, usd=usd)
-        return parsed

@@ -28,7 +28,9 @@ from graph.context import Services
 from graph.nodes import Nodes
 from graph.topology import build
 from memory.store import MemoryStore
-from roles.llm import LLMClient, ReplayClient, Usage
+from roles.llm import LLMClient
+from roles.llm_replay import ReplayClient
+from roles.llm_usage import Usage
 from roles.registry import stage_roles, unmet_facts
 from store.active_time import ActiveTime
 from store.config import RunConfig

@@ -63,7 +63,8 @@ def test_doctor_asks_the_endpoint_for_one_token_then_probes_what_it_can_do(tmp_p
 def test_doctor_finds_llama_cpps_mode_and_runs_start_from_it(tmp_path, monkeypatch):
     """llama-cpp-python refuses json_schema and messages of parts: doctor says which mode heurist will use,
     records it, and a run's first call is put in that mode (no refused request every run)."""
-    from roles.llm import LLMClient, Usage
+    from roles.llm import LLMClient
+    from roles.llm_usage import Usage
     from store.config import LLMConfig
     from store.transcripts import TranscriptRecorder
     from tests.test_llm import Answer

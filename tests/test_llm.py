@@ -7,7 +7,9 @@ import json
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from roles.llm import LLMClient, LLMError, ReplayClient, Usage
+from roles.llm import LLMClient
+from roles.llm_replay import ReplayClient
+from roles.llm_usage import LLMError, Usage
 from store.config import LLMConfig, Price
 from store.transcripts import TranscriptRecorder
 from tests.scripted_openai import ScriptedOpenAI

@@ -9,7 +9,8 @@ import pytest
 from envs.tasks import get_task
 from policies import POLICY_DIR
 from roles.base import RoleContext
-from roles.llm import LLMClient, Usage
+from roles.llm import LLMClient
+from roles.llm_usage import Usage
 from roles.log_parser import LogParser
 from roles.reviewer import Reviewer, statistical_gate
 from roles.stages import AnalyseInput, ReviewInput

@@ -1,0 +1,46 @@
+"""What model calls cost, shared by every role of a run, and the errors that end a call.
+
+Tokens and dollars are counted as calls are made (abandoned ones included) and recounted from the
+transcripts on resume (``runner.lifecycle.usage_from_transcripts``); the token and USD budgets are
+checked before every call, so no call starts past them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from common.errors import HeuristError
+
+
+class LLMError(HeuristError):
+    """A model call that failed after its retries, or a reply that never matched its schema."""
+
+
+class BudgetSpent(LLMError):
+    """The run's token or USD budget is spent: no further model call is made."""
+
+
+class Usage:
+    """Tokens and dollars spent, shared by every role of a run (thread-safe: analysts run in parallel).
+
+    With limits set, ``check`` refuses a call once either is reached, which makes the token
+    and USD budgets hard stops: the call that would overrun them is never sent.
+    """
+
+    def __init__(self, tokens: int = 0, usd: float = 0.0, calls: int = 0,
+                 max_tokens: int | None = None, max_usd: float | None = None):
+        self._lock = threading.Lock()
+        self.tokens, self.usd, self.calls = tokens, usd, calls
+        self.max_tokens, self.max_usd = max_tokens, max_usd
+
+    def check(self) -> None:
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            raise BudgetSpent(f"token budget spent ({self.tokens:,} of {self.max_tokens:,})")
+        if self.max_usd is not None and self.usd >= self.max_usd:
+            raise BudgetSpent(f"USD budget spent (${self.usd:.4f} of ${self.max_usd:.2f})")
+
+    def add(self, tokens: int, usd: float) -> None:
+        with self._lock:
+            self.tokens += tokens
+            self.usd += usd
+            self.calls += 1
