@@ -159,10 +159,6 @@ class LLMClient:
                             key=os.environ.get(o.api_key_env) if o and o.base_url and o.api_key_env else
                             None if o and o.base_url and o.base_url != c.base_url else self._key)
 
-    def model_for(self, role: str) -> tuple[str, float, int]:
-        s = self.settings_for(role)
-        return s.model, s.temperature, s.max_tokens
-
     def capabilities(self, s: RoleSettings) -> Capabilities:
         """What heurist uses of this endpoint and model: the config's fixed choices, and for the rest what
         `heurist doctor` recorded, else the strongest (narrowed as the server refuses)."""
