@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.console import shown
-from common.formatting import score_text
+from common.formatting import cost_text, score_text
 from common.safe_text import printable
 
 # What a node does, in the words the panel shows.
@@ -38,18 +38,20 @@ class _RunTally:
         self.run_id = self.task = self.roles = ""
         self.budget: dict[str, Any] = {}
         self.iteration, self.best, self.latest = 0, None, None
-        self.env_steps, self.tokens, self.usd = 0, 0, 0.0
+        self.env_steps, self.tokens, self.usd, self.unpriced_tokens = 0, 0, 0.0, 0
         self.elapsed_before, self.started = 0.0, time.monotonic()
         self.stage, self.role, self.activity = "starting", "", ""
         self.verdict: dict[str, Any] | None = None
         self.warnings: list[str] = []
         self.call: dict[str, Any] | None = None  # the model call under way, as it streams
+        self.tool: dict[str, Any] | None = None  # the coder agent's last tool call
 
     def elapsed_s(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
 
     def update(self, kind: str, f: dict[str, Any]) -> None:
         self.tokens, self.usd = f.get("tokens", self.tokens), f.get("usd", self.usd)
+        self.unpriced_tokens = f.get("unpriced_tokens", self.unpriced_tokens)
         if kind == "started":
             self.run_id, self.task, self.budget = f["run_id"], f["task"], f["budget"]
             self.roles = "offline roles" if f["offline"] else f"model {f['model']}"
@@ -61,7 +63,7 @@ class _RunTally:
                 self.verdict = f["history"][-1]
                 self.latest = self.verdict.get("mean_candidate")
         elif kind == "stage":
-            self.stage, self.role, self.activity, self.call = f["node"], "", "", None
+            self.stage, self.role, self.activity, self.call, self.tool = f["node"], "", "", None, None
         elif kind == "model_call":
             self.call = f
         elif kind == "iteration":
@@ -82,6 +84,12 @@ class _RunTally:
             self.env_steps = int(f["spent"].get("env_steps", self.env_steps))  # the ledger's count wins
         elif kind == "warning":
             self.warnings = [*self.warnings[-2:], f["message"]]
+        elif kind == "agent_turn":
+            self.call = None
+            self.activity = f"turn {f['turn']}: " + (", ".join(f["tools"]) or "no tool called")
+        elif kind == "tool":
+            self.tool = f
+            self.activity = f"tool call {f['tool_calls']} of {f['max_tool_calls']}: {f['name']}"
 
     def budget_line(self) -> str:
         """What was spent, each against its budget where there is one."""
@@ -89,7 +97,7 @@ class _RunTally:
         hours = b.get("hours")
         shown = [(f"{self.env_steps:,} env steps", b.get("env_steps") and f"{b['env_steps']:,}"),
                  (f"{self.tokens:,} tokens", b.get("tokens") and f"{b['tokens']:,}"),
-                 (f"${self.usd:.4f}", b.get("usd") and f"${b['usd']:g}"),
+                 (cost_text(self.usd, self.unpriced_tokens), b.get("usd") and f"${b['usd']:g}"),
                  (f"{self.elapsed_s() / 60:.1f} min", hours and f"{hours * 60:g} min")]
         return " · ".join(used + (f" of {limit}" if limit else "") for used, limit in shown)
 
@@ -134,6 +142,11 @@ class LiveView:
             grid.add_row("model call", f"{shown(c['role'])} · attempt {c['attempt']} · {c['elapsed_s']:.0f} s · "
                                        f"{c['call_tokens']:,} tokens so far · gives up after {c['timeout_s']:g} s of silence")
             grid.add_row("", Text(printable(" ".join(c["tail"].split())[-120:]), style="dim"))
+        if t.tool:  # the coder agent's last tool call: what it cost and the start of what it returned
+            c = t.tool
+            grid.add_row("last tool", Text(printable(f"{c['name']}({c['arguments'][:80]}) · {c['seconds']:.1f} s · "
+                                                     f"{c['env_steps']:,} env steps"), style="cyan"))
+            grid.add_row("", Text(printable(" ".join(c["result"].split())[:160]), style="dim"))
         grid.add_row("dev mean", f"best {score_text(t.best)} · latest candidate {score_text(t.latest)}")
         grid.add_row("spent", t.budget_line())
         v = t.verdict
@@ -175,5 +188,9 @@ class LogLines:
                        f"{score_text(t.best)} · {t.budget_line()} · {fields['reason']}")
         elif kind == "warning":
             self._line(f"warning: {fields['message']}")
+        elif kind == "tool":  # the coder agent's tool calls, one line each: an overnight log shows the loop
+            self._line(f"  coder tool {fields['tool_calls']}/{fields['max_tool_calls']} {fields['name']}"
+                       f"({fields['arguments'][:80]}) {fields['seconds']:.1f} s, {fields['env_steps']:,} env steps: "
+                       + " ".join(fields["result"].split())[:160])
         elif kind == "stage" and fields["node"] == "finish":
             self._line("finishing: holdout evaluation and summary")

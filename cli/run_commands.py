@@ -13,7 +13,7 @@ from rich.table import Table
 from cli.console import err, out, shown
 from common.errors import HeuristError
 from common.events import LedgerEvent
-from common.formatting import score_text
+from common.formatting import cost_text, score_text
 from common.safe_text import printable
 from store.transcripts import TranscriptLine
 
@@ -67,7 +67,7 @@ def run_cmd(
 ) -> None:
     """Improve a policy overnight: evaluate, analyse, recall, code, check, test, verify, review, commit or roll back."""
     from roles.registry import stage_roles
-    from store.config import build_config, load_config_file, merge
+    from store.config import build_config, check_priced, load_config_file, merge
     from store.rundir import create_run, is_offline
 
     data: dict[str, Any] = load_config_file(config_file) if config_file else {}
@@ -88,6 +88,8 @@ def run_cmd(
         raise HeuristError("no task: give --env TASK (see `heurist envs`) or set task in the --config file")
     config = build_config(merged, str(config_file) if config_file else "command line")
     stage_roles(config.stages)  # roles that do not fit together are refused before a run directory exists
+    if not is_offline(config):
+        check_priced(config)
     directory = create_run(config, run_dir)
     if is_offline(config):
         err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True, markup=False)
@@ -207,7 +209,8 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     spent = (iterations[-1].spent if iterations else {}) | (finished.spent if finished else {})
     if spent:
         out.print(f"spent: {int(spent['env_steps']):,} env steps, {int(spent['tokens']):,} tokens in "
-                  f"{int(spent.get('llm_calls', 0))} calls, ${spent['usd']:.4f}, {spent['elapsed_s'] / 60:.1f} min",
+                  f"{int(spent.get('llm_calls', 0))} calls, {cost_text(spent['usd'], spent.get('unpriced_tokens', 0))}, "
+                  f"{spent['elapsed_s'] / 60:.1f} min",
                   highlight=False)
     if finished:
         out.print(f"finished: {shown(finished.reason)}; best dev mean {score_text(finished.best_mean)}",
@@ -251,7 +254,7 @@ def _clip(text: Any, width: int) -> str:
 
 
 def _render(e: TranscriptLine, width: int) -> str:
-    from store.transcripts import Decision, LLMCall, Parsed, Resumed, ValidationFailed
+    from store.transcripts import AgentTurn, Decision, LLMCall, Parsed, Resumed, ToolRun, ValidationFailed
 
     if isinstance(e, Decision):
         return f"• decision: {e.summary}" + (f"\n  {_clip(e.details, width)}" if e.details else "")
@@ -260,8 +263,8 @@ def _render(e: TranscriptLine, width: int) -> str:
         if e.error:
             head += f"ERROR {e.error}"
         else:
-            head += (f"{e.prompt_tokens or 0}+{e.completion_tokens or 0} tokens, ${e.usd or 0:.5f}, "
-                     f"{e.latency_s:.2f} s")
+            head += (f"{e.prompt_tokens or 0}+{e.completion_tokens or 0} tokens, "
+                     f"{cost_text(e.usd, 0, 5) if e.priced is not False else 'unpriced'}, {e.latency_s:.2f} s")
         lines = [head]
         for message in e.messages:
             content = message.get("content")
@@ -271,6 +274,8 @@ def _render(e: TranscriptLine, width: int) -> str:
             lines.append(f"  {message.get('role')}: {_clip(content, width)}")
         if e.response:
             lines.append(f"  reply: {_clip(e.response, width)}")
+        for call in e.tool_calls or []:
+            lines.append(f"  calls {call.get('name')}({_clip(call.get('arguments', ''), width)})")
         if e.refusal:
             lines.append(f"  refusal: {e.refusal}")
         return "\n".join(lines)
@@ -278,6 +283,13 @@ def _render(e: TranscriptLine, width: int) -> str:
         return f"• parsed{' (replayed)' if e.replayed else ''}: {_clip(e.parsed, width)}"
     if isinstance(e, ValidationFailed):
         return f"• reply did not match the schema (attempt {e.attempt}): {e.error}"
+    if isinstance(e, AgentTurn):
+        calls = "; ".join(f"{c['name']}({_clip(c['arguments'], 200)})" for c in e.tool_calls) or "no tool"
+        return (f"• {e.loop} turn {e.turn}{' (replayed)' if e.replayed else ''}: {e.tokens:,} tokens, calls {calls}"
+                + (f"\n  said: {_clip(e.content, width)}" if e.content else ""))
+    if isinstance(e, ToolRun):
+        return (f"• {e.loop} tool {e.name} ({e.seconds:.2f} s, {e.env_steps:,} env steps): "
+                f"{_clip(e.result, width)}" + (f" [image {e.image}]" if e.image else ""))
     if isinstance(e, Resumed):
         return "— the run was resumed: a later session wrote what follows —"
     return f"• ERROR {e.error}"

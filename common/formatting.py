@@ -6,3 +6,11 @@ from __future__ import annotations
 def score_text(value: float | None) -> str:
     """A mean return, or ``n/a`` where there is none (no completed episode)."""
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def cost_text(usd: float | None, unpriced_tokens: int = 0, digits: int = 4) -> str:
+    """Money spent on models, never $0 for a model with no price: its tokens are named instead."""
+    if usd is None or (not usd and unpriced_tokens):
+        return f"unpriced ({unpriced_tokens:,} tokens)" if unpriced_tokens else "unpriced"
+    text = f"${usd:.{digits}f}"
+    return text + (f" + {unpriced_tokens:,} unpriced tokens" if unpriced_tokens else "")

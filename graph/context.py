@@ -75,7 +75,8 @@ class Services:
     def event(self, kind: str, **fields: Any) -> None:
         """Tell the live view what happens; every event carries the model budget spent so far."""
         if self.on_event is not None:
-            self.on_event(kind, {**fields, "tokens": self.usage.tokens, "usd": self.usage.usd})
+            self.on_event(kind, {**fields, "tokens": self.usage.tokens, "usd": self.usage.usd,
+                                 "unpriced_tokens": self.usage.unpriced_tokens})
 
     # ------------------------------------------------------------------ evaluation
 
@@ -92,8 +93,7 @@ class Services:
         """The policy's results on these seeds, from the cache when this version was evaluated before."""
         seeds = list(seeds if seeds is not None else self.dev_seeds())
         sha = hashlib.sha256(policy.read_bytes()).hexdigest()
-        key = hashlib.sha256(json.dumps([sha, split, seeds, video, self.protocol]).encode()).hexdigest()[:16]
-        cached = self.run_dir / "evals" / f"{sha[:12]}-{split}-{key}.json"
+        cached = self.cache_file(sha, split, seeds, video)
         if cached.is_file():
             return EvalResult.model_validate_json(cached.read_text())
         self.event("evaluating", split=split, seeds=len(seeds), policy=sha[:12])
@@ -108,6 +108,11 @@ class Services:
         self.event("evaluated", split=split, seeds=len(seeds), env_steps=result.env_steps,
                    mean=result.stats.mean if result.stats else None)
         return result
+
+    def cache_file(self, policy_sha: str, split: Split, seeds: list[int], video: bool) -> Path:
+        """Where this evaluation is kept once made (``evaluate_cached`` reads it instead of evaluating again)."""
+        key = hashlib.sha256(json.dumps([policy_sha, split, seeds, video, self.protocol]).encode()).hexdigest()[:16]
+        return self.run_dir / "evals" / f"{policy_sha[:12]}-{split}-{key}.json"
 
     def score_policies(self, sources: list[str], seeds: list[int]) -> list[dict[int, float | None]]:
         """Each source's return per seed (None: the episode failed), for the offline search and test writer."""

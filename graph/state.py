@@ -8,7 +8,7 @@ in ``graph.context.Services``, rebuilt from the run directory on every start or 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 # An analyse role's report as JSON (a roles.stages.AnalyseOutput or a subclass of it).
 AnalysisReport = dict[str, Any]
@@ -88,7 +88,8 @@ class Spent(TypedDict):
 
     env_steps: int
     tokens: int
-    usd: float
+    usd: float  # of calls to priced models
+    unpriced_tokens: NotRequired[int]  # tokens of models with no price (absent in runs made before it was counted)
     llm_calls: int
     elapsed_s: float
 

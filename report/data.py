@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, TestsRun, read_events
+from common.formatting import cost_text
 from common.ledger import Ledger
 from envs.results import EvalResult
 from envs.tasks import get_task
@@ -33,11 +34,13 @@ from report.views import (
 )
 from store.rundir import RunRecord, memory_config, read_record, run_status
 from store.transcripts import (
+    AgentTurn,
     Decision,
     LLMCall,
     Parsed,
     Resumed,
     RoleFailed,
+    ToolRun,
     TranscriptLine,
     TranscriptRecorder,
     ValidationFailed,
@@ -64,7 +67,7 @@ class _CostClock:
         costs = sorted(call_costs(entries))
         self.times = [c[0] for c in costs]
         self.tokens, self.usd = [0], [0.0]
-        for _, tokens, usd in costs:
+        for _, tokens, usd, _unpriced in costs:
             self.tokens.append(self.tokens[-1] + tokens)
             self.usd.append(self.usd[-1] + usd)
 
@@ -151,6 +154,10 @@ def _text_of(content: Any) -> list[Part]:
     return parts
 
 
+def _calls_text(calls: list[dict[str, str]] | None) -> str:
+    return "\n".join(f"{c.get('name')}({c.get('arguments', '')})" for c in calls or [])
+
+
 def _entry(e: TranscriptLine) -> Entry:
     when = _clock(e.time)
     if isinstance(e, LLMCall):
@@ -158,11 +165,20 @@ def _entry(e: TranscriptLine) -> Entry:
             heading = f"model call {e.model}, attempt {e.attempt}: failed"
         else:
             heading = (f"model call {e.model}, attempt {e.attempt}: {e.prompt_tokens or 0:,} + "
-                       f"{e.completion_tokens or 0:,} tokens, ${e.usd or 0.0:.5f}, {e.latency_s:.2f} s")
+                       f"{e.completion_tokens or 0:,} tokens, "
+                       f"{cost_text(e.usd, 0, 5) if e.priced is not False else 'unpriced'}, {e.latency_s:.2f} s")
         return Entry(kind=e.kind, heading=heading, time=when,
                      messages=[Message(role=m.get("role", "?"), parts=_text_of(m.get("content")))
                                for m in e.messages],
-                     response=e.response or None, error=e.error or e.refusal or None)
+                     response=e.response or _calls_text(e.tool_calls) or None, error=e.error or e.refusal or None)
+    if isinstance(e, AgentTurn):
+        names = ", ".join(c["name"] for c in e.tool_calls) or "no tool"
+        return Entry(kind=e.kind, heading=f"{e.loop}, turn {e.turn}: called {names}" + (
+            " (replayed)" if e.replayed else ""), time=when, response=e.content or None,
+                     details=_calls_text(e.tool_calls) or None)
+    if isinstance(e, ToolRun):
+        return Entry(kind=e.kind, heading=f"{e.loop}, tool {e.name}: {e.seconds:.2f} s, {e.env_steps:,} env steps",
+                     time=when, details=e.arguments, response=e.result + (f"\n[image {e.image}]" if e.image else ""))
     if isinstance(e, Parsed):
         return Entry(kind=e.kind, heading="parsed answer" + (" (replayed)" if e.replayed else ""), time=when,
                      parsed=json.dumps(e.parsed, indent=2))
@@ -186,7 +202,8 @@ def _transcripts(recorder: TranscriptRecorder, iteration: int) -> list[RoleTrans
     for role, entries in by_role.items():
         costs = list(call_costs(entries))
         views.append(RoleTranscript(role=role, entries=[_entry(e) for e in entries], calls=len(costs),
-                                    tokens=sum(c[1] for c in costs), usd=sum(c[2] for c in costs),
+                                    tokens=sum(c.tokens for c in costs), usd=sum(c.usd for c in costs),
+                                    unpriced_tokens=sum(c.unpriced_tokens for c in costs),
                                     latency_s=sum(e.latency_s for e in entries if isinstance(e, LLMCall)),
                                     prompt_tokens=max((e.prompt_tokens or 0 for e in entries if isinstance(e, LLMCall)),
                                                       default=0)))

@@ -24,6 +24,7 @@ from pygments.lexers import DiffLexer, PythonLexer
 
 from common.errors import HeuristError
 from common.files import atomic_write
+from common.formatting import cost_text
 from common.safe_text import redact
 from report.data import gather
 from report.plots import compare_plot, cost_axis, failure_plot, score_plot
@@ -44,6 +45,8 @@ def _environment() -> Environment:
     env.filters["python"] = lambda text: Markup(highlight(text, PythonLexer(), _FORMATTER))
     env.filters["num"] = lambda value, digits=2: "n/a" if value is None else f"{value:,.{digits}f}"
     env.filters["steps"] = lambda value: f"{int(value or 0):,}"
+    # What a run spent on models: dollars, and the tokens of models with no price (never shown as $0).
+    env.filters["cost"] = lambda spent, digits=4: cost_text(spent.get("usd", 0), spent.get("unpriced_tokens", 0), digits)
     return env
 
 

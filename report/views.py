@@ -54,6 +54,7 @@ class RoleTranscript(_View):
     tokens: int
     usd: float
     latency_s: float
+    unpriced_tokens: int = 0
     prompt_tokens: int = 0  # the largest prompt this role sent this iteration (what trimming a prompt buys)
 
 

@@ -38,11 +38,12 @@ from roles.llm_requests import (
     capabilities_from,
     json_text,
     looks_invalid,
+    reasoning_model,
     recorded_profile,
     response_format,
     shaped_messages,
 )
-from roles.llm_usage import LLMError, Usage
+from roles.llm_usage import LLMError, ToolsUnsupported, Usage
 from store.config import LLMConfig
 from store.transcripts import LLMCall, Parsed, RoleTranscript, ValidationFailed
 
@@ -62,7 +63,7 @@ def _loggable(messages: list[dict]) -> list[dict]:
     """Messages as the transcript keeps them: images by path, never base64."""
     shown = []
     for message in messages:
-        content = message["content"]
+        content = message.get("content")
         if isinstance(content, list):
             content = [{"type": "image", "path": part.get("path")} if part.get("type") == "image_url" else part
                        for part in content]
@@ -71,7 +72,9 @@ def _loggable(messages: list[dict]) -> list[dict]:
 
 
 def _redacted(message: dict) -> dict:
-    content = message["content"]
+    content = message.get("content")
+    if content is None:  # an assistant turn that only called tools
+        return message
     if isinstance(content, str):
         return {**message, "content": redact(content)}
     return {**message, "content": [{**part, "text": redact(part["text"])} if part.get("type") == "text" else part
@@ -86,6 +89,8 @@ class RoleSettings:
     temperature: float
     max_tokens: int
     base_url: str | None
+    reasoning: bool  # OpenAI's reasoning models: max_completion_tokens, no temperature, reasoning_effort
+    reasoning_effort: str | None
     timeout_s: float
     key: str | None  # the key this role's server gets: the run's key only goes to the run's server
 
@@ -95,6 +100,8 @@ class Reply:
     content: str
     finish_reason: str | None
     refusal: str | None = None
+    # Tool calls the model made (chat completions `tools`): {"id", "name", "arguments"} with arguments as sent.
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
 
 
 class _Refused(Exception):
@@ -124,7 +131,14 @@ class _Attempt:
     sent: list[dict] = field(default_factory=list)  # the request's messages, images by path (not base64)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int = 0  # prompt tokens the server read from its cache (priced lower)
     last_progress: float = 0.0
+
+    def counted(self, usage: Any) -> None:
+        """The server's counts (its cached prompt tokens too, where it gives them)."""
+        self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        details = getattr(usage, "prompt_tokens_details", None)
+        self.cached_tokens = int(getattr(details, "cached_tokens", None) or 0)
 
     def tokens(self) -> tuple[int, int, bool]:
         """(prompt, completion, estimated): the server's counts, else about four characters a token (an image
@@ -138,13 +152,14 @@ class _Attempt:
 
 
 class LLMClient:
+    replays = False  # a ReplayClient answers from a recorded run instead
     def __init__(self, config: LLMConfig, usage: Usage, on_progress: ProgressFn | None = None):
         self.config, self.usage, self.on_progress = config, usage, on_progress
         self._key = os.environ.get(config.api_key_env)
         if not self._key and config.base_url is None and not any(r.base_url for r in config.roles.values()):
             raise LLMError(f"no ${config.api_key_env} and no --base-url: set one, or run offline")
         self._clients: dict[tuple[str | None, float, str | None], Any] = {}
-        self._capabilities: dict[tuple[str | None, str], Capabilities] = {}
+        self._capabilities: dict[tuple[str | None, str, bool], Capabilities] = {}
         self._asked: dict[tuple[int, str], int] = {}  # (iteration, role) -> seeds used so far
         self._lock = threading.Lock()
 
@@ -152,9 +167,13 @@ class LLMClient:
 
     def settings_for(self, role: str) -> RoleSettings:
         o, c = self.config.roles.get(role), self.config
-        return RoleSettings(model=(o and o.model) or c.model,
+        model = (o and o.model) or c.model
+        reasoning = next((v for v in (o and o.reasoning, c.reasoning) if v is not None), reasoning_model(model))
+        return RoleSettings(model=model,
                             temperature=o.temperature if o and o.temperature is not None else c.temperature,
-                            max_tokens=(o and o.max_tokens) or c.max_tokens, base_url=(o and o.base_url) or c.base_url,
+                            max_tokens=(o and o.max_tokens) or c.max_tokens or (16384 if reasoning else 4096),
+                            base_url=(o and o.base_url) or c.base_url, reasoning=reasoning,
+                            reasoning_effort=(o and o.reasoning_effort) or c.reasoning_effort,
                             timeout_s=(o and o.timeout_s) or c.timeout_s,
                             key=os.environ.get(o.api_key_env) if o and o.base_url and o.api_key_env else
                             None if o and o.base_url and o.base_url != c.base_url else self._key)
@@ -162,11 +181,17 @@ class LLMClient:
     def capabilities(self, s: RoleSettings) -> Capabilities:
         """What heurist uses of this endpoint and model: the config's fixed choices, and for the rest what
         `heurist doctor` recorded, else the strongest (narrowed as the server refuses)."""
-        key = (s.base_url, s.model)
+        key = (s.base_url, s.model, s.reasoning)
         with self._lock:
             if key not in self._capabilities:
                 c, fixed = self.config, set()
                 caps = capabilities_from(recorded_profile(s.base_url, s.model))
+                # Decided before the first call, not learnt from a 400: a reasoning model refuses max_tokens and
+                # any temperature; OpenAI's own API takes max_completion_tokens for every model.
+                if s.reasoning:
+                    caps.temperature = False
+                if s.reasoning or s.base_url is None:
+                    caps.max_tokens_param = "max_completion_tokens"
                 if c.structured_mode != "auto":
                     caps.structured, fixed = c.structured_mode, fixed | {"structured"}
                 if c.images is not None:
@@ -190,11 +215,15 @@ class LLMClient:
                                                    timeout=timeout, max_retries=0)
             return self._clients[key]
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
+        """US dollars, or None for a model with no price (reported in tokens, never as $0)."""
         price = self.config.price(model)
         if price is None:
-            return 0.0
-        return (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
+            return None
+        cached = min(cached_tokens, prompt_tokens)
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        return ((prompt_tokens - cached) * price.input + cached * cached_price
+                + completion_tokens * price.output) / 1e6
 
     # ------------------------------------------------------------------ the structured call
 
@@ -237,16 +266,39 @@ class LLMClient:
         raise LLMError(f"{transcript.role}: {s.model} gave no reply matching {schema.__name__} in "
                        f"{self.config.validation_retries + 1} tries")
 
+    # ------------------------------------------------------------------ a tool-using turn
+
+    def tools_supported(self, role: str) -> bool:
+        """Whether this role's endpoint is (still) sent chat completions `tools`."""
+        return self.capabilities(self.settings_for(role)).tools
+
+    def takes_images(self, role: str) -> bool:
+        """Whether this role's endpoint is (still) sent images."""
+        return self.capabilities(self.settings_for(role)).images
+
+    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict]) -> Reply:
+        """One turn of a conversation with tools: the model's text and the tools it called. Raises
+        ``ToolsUnsupported`` once the endpoint has refused `tools` (the caller then asks for calls as JSON)."""
+        s = self.settings_for(transcript.role)
+        with self._lock:
+            variant = self._asked.get((transcript.iteration, transcript.role), 0)
+            self._asked[(transcript.iteration, transcript.role)] = variant + 1
+        return self._complete(transcript, s, self.capabilities(s), [_redacted(m) for m in messages], None,
+                              s.max_tokens, 0, variant=variant, tools=tools)
+
     def _complete(self, transcript: RoleTranscript, s: RoleSettings, caps: Capabilities, messages: list[dict],
-                  schema: type[BaseModel], max_tokens: int, ask: int, variant: int = 0) -> Reply:
+                  schema: type[BaseModel] | None, max_tokens: int, ask: int, variant: int = 0,
+                  tools: list[dict] | None = None) -> Reply:
         """One reply with content, through passing faults (retried) and refusals (narrowed, then sent again)."""
         delay, retries, last_error, last_server_error = self.config.retry_base_s, 0, "", None
         had_images = any(isinstance(m["content"], list) for m in messages)
         while True:
             self.usage.check()
             now = caps.snapshot()  # one consistent view for this request, however others narrow meanwhile
+            if tools and not now.tools:
+                raise ToolsUnsupported(f"{s.base_url or 'the OpenAI API'} does not take tools for {s.model}")
             shaped = shaped_messages(messages, now, schema)
-            request = self._request(s, now, shaped, schema, max_tokens, seed=variant + retries)
+            request = self._request(s, now, shaped, schema, max_tokens, seed=variant + retries, tools=tools)
             attempt = _Attempt(sent=_loggable(shaped))
             try:
                 reply = self._send(transcript, s, now, request, attempt, ask)
@@ -286,7 +338,7 @@ class LLMClient:
             self._record(transcript, s, attempt, messages, ask, billed=True, reply=reply)
             if reply.finish_reason == "length":  # cut off, even before any content: the caller gives it room
                 return reply
-            if reply.refusal or not reply.content:
+            if reply.refusal or not (reply.content or reply.tool_calls):
                 last_error = f"the model refused: {reply.refusal}" if reply.refusal else "empty reply"
                 if retries >= self.config.max_retries:
                     raise LLMError(f"{transcript.role}: {s.model} failed after {retries + 1} attempts: {last_error}")
@@ -294,17 +346,21 @@ class LLMClient:
                 continue
             return reply
 
-    def _request(self, s: RoleSettings, caps: Capabilities, messages: list[dict], schema: type[BaseModel],
-                 max_tokens: int, seed: int) -> dict[str, Any]:
+    def _request(self, s: RoleSettings, caps: Capabilities, messages: list[dict], schema: type[BaseModel] | None,
+                 max_tokens: int, seed: int, tools: list[dict] | None = None) -> dict[str, Any]:
         request: dict[str, Any] = {"model": s.model, "messages": messages, caps.max_tokens_param: max_tokens}
         if caps.seed:  # a re-ask differs from the ask: a local server answers one request the same way each time
             request["seed"] = seed
+        if s.reasoning and s.reasoning_effort and caps.reasoning_effort:
+            request["reasoning_effort"] = s.reasoning_effort
         if caps.temperature:
             # A re-ask runs warmer: a server that answered one way at this temperature may answer the same again.
             request["temperature"] = max(s.temperature, min(s.temperature + 0.2 * seed, 1.0))
-        fmt = response_format(caps, schema)
+        fmt = response_format(caps, schema) if schema is not None else None
         if fmt is not None:
             request["response_format"] = fmt
+        if tools:
+            request["tools"], request["tool_choice"] = tools, "auto"
         if caps.stream:
             request["stream"] = True
             if caps.stream_usage:
@@ -320,14 +376,15 @@ class LLMClient:
             if not request.get("stream"):
                 response = client.chat.completions.create(**request)
                 if response.usage:
-                    attempt.prompt_tokens = response.usage.prompt_tokens
-                    attempt.completion_tokens = response.usage.completion_tokens
+                    attempt.counted(response.usage)
                 choice = response.choices[0] if response.choices else None
                 if choice is None or choice.message is None:
                     raise _Passing("a response with no message", billed=True)
                 attempt.pieces.append(choice.message.content or "")
+                calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments or ""}
+                         for c in choice.message.tool_calls or () if getattr(c, "function", None)]
                 return Reply(choice.message.content or "", choice.finish_reason,
-                             getattr(choice.message, "refusal", None))
+                             getattr(choice.message, "refusal", None), calls)
             return self._stream(transcript, client, request, attempt, ask)
         except openai.APIStatusError as exc:
             raise self._classified(exc, s) from None
@@ -352,25 +409,34 @@ class LLMClient:
 
     def _stream(self, transcript: RoleTranscript, client: Any, request: dict[str, Any], attempt: _Attempt,
                 ask: int) -> Reply:
-        finish, refusal = None, []
+        finish, refusal, content = None, [], []
+        calls: dict[int, dict[str, str]] = {}  # a tool call streams as pieces under its index
         # The context closes the response however the loop ends: the server sees the client leave and stops.
         with client.chat.completions.create(**request) as stream:
             for chunk in stream:
                 if getattr(chunk, "usage", None) is not None:
-                    attempt.prompt_tokens = chunk.usage.prompt_tokens
-                    attempt.completion_tokens = chunk.usage.completion_tokens
+                    attempt.counted(chunk.usage)
                 for choice in chunk.choices or ():
                     delta = choice.delta
                     if delta is not None and delta.content:
                         attempt.pieces.append(delta.content)
+                        content.append(delta.content)
                         attempt.chunks += 1
                     if delta is not None and getattr(delta, "refusal", None):
                         refusal.append(delta.refusal)
+                    for piece in (getattr(delta, "tool_calls", None) or ()) if delta is not None else ():
+                        call = calls.setdefault(piece.index or 0, {"id": "", "name": "", "arguments": ""})
+                        call["id"] = piece.id or call["id"]
+                        if piece.function is not None:
+                            call["name"] += piece.function.name or ""
+                            call["arguments"] += piece.function.arguments or ""
+                            attempt.pieces.append(piece.function.arguments or "")
+                            attempt.chunks += 1
                     finish = choice.finish_reason or finish
                 self._progress(transcript, attempt, ask)
         if finish is None:
             raise _Passing(f"the stream ended before the reply did ({attempt.chunks} chunks)", billed=True)
-        return Reply("".join(attempt.pieces), finish, "".join(refusal) or None)
+        return Reply("".join(content), finish, "".join(refusal) or None, [calls[i] for i in sorted(calls)])
 
     def _progress(self, transcript: RoleTranscript, attempt: _Attempt, ask: int) -> None:
         now = time.perf_counter()
@@ -408,13 +474,15 @@ class LLMClient:
         """The attempt in the transcript, and in the usage when the server worked on it (an abandoned call
         costs too, counted from its text where the server gave no count)."""
         prompt, completion, estimated = attempt.tokens()
-        cost = self.cost(s.model, prompt, completion) if billed else 0.0
+        cost = self.cost(s.model, prompt, completion, attempt.cached_tokens) if billed else 0.0
         if billed:
             self.usage.add(prompt + completion, cost)
         counts: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "usd": cost,
+                                  "cached_tokens": attempt.cached_tokens or None,
                                   "tokens_estimated": estimated} if billed else {}
         if reply is not None:
-            counts.update(response=reply.content, refusal=reply.refusal, finish_reason=reply.finish_reason)
+            counts.update(response=reply.content, refusal=reply.refusal, finish_reason=reply.finish_reason,
+                          tool_calls=reply.tool_calls or None)
         elif attempt.pieces:
             counts["partial"] = "".join(attempt.pieces)[-4000:]
         transcript.write(LLMCall, model=s.model, attempt=ask, messages=_loggable(messages),

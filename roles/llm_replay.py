@@ -1,16 +1,20 @@
 """``heurist replay``: a run whose model answers from another run's transcripts, in order per iteration and
-role, so it reaches the same decisions without a network or a key (and counts the recorded calls' cost)."""
+role, so it reaches the same decisions without a network or a key (and counts the recorded calls' cost).
+
+Structured replies come from the recorded ``Parsed`` lines; the coder agent's turns from its recorded
+``AgentTurn`` lines (the tools are run again, so the replay checks that they still answer the same)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from roles.llm_usage import LLMError, Usage
-from store.transcripts import LLMCall, Parsed, RoleTranscript, TranscriptRecorder
+from roles.llm import Reply
+from roles.llm_usage import LLMError, ToolsUnsupported, Usage
+from store.transcripts import AgentTurn, LLMCall, Parsed, RoleTranscript, TranscriptRecorder
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -18,27 +22,54 @@ T = TypeVar("T", bound=BaseModel)
 class ReplayClient:
     """Answers each role's calls with the replies recorded in another run's transcripts, in order."""
 
+    replays = True
+
     def __init__(self, recorded_run: Path, usage: Usage):
         self.usage = usage
         self._recorder = TranscriptRecorder(recorded_run)
-        self._cursor: dict[tuple[int, str], int] = {}
+        self._cursor: dict[tuple[int, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
-        key = (transcript.iteration, transcript.role)
-        entries = self._recorder.read(transcript.iteration, transcript.role)
-        recorded = [e for e in entries if isinstance(e, Parsed)]
+    def _next(self, transcript: RoleTranscript, kind: str) -> int:
+        key = (transcript.iteration, transcript.role, kind)
         with self._lock:
             index = self._cursor.get(key, 0)
             self._cursor[key] = index + 1
+        return index
+
+    def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
+        entries = self._recorder.read(transcript.iteration, transcript.role)
+        recorded = [e for e in entries if isinstance(e, Parsed)]
+        index = self._next(transcript, "parsed")
         if index >= len(recorded):
             raise LLMError(f"replay: the recorded run has no reply number {index + 1} for {transcript.role} "
                            f"in iteration {transcript.iteration}")
-        calls = [e for e in entries if isinstance(e, LLMCall) and e.response]
+        calls = [e for e in entries if isinstance(e, LLMCall) and e.response and not e.tool_calls]
         tokens = sum((e.prompt_tokens or 0) + (e.completion_tokens or 0) for e in calls[index:index + 1])
         usd = sum(e.usd or 0.0 for e in calls[index:index + 1])
-        self.usage.add(tokens, usd)
+        unpriced = any(e.priced is False for e in calls[index:index + 1])
+        self.usage.add(tokens, None if unpriced else usd)
         parsed = schema.model_validate(recorded[index].parsed)
         transcript.write(Parsed, attempt=0, parsed=parsed.model_dump(mode="json"), replayed=True,
-                         tokens=tokens, usd=usd)
+                         tokens=tokens, usd=usd, unpriced_tokens=tokens if unpriced else 0)
         return parsed
+
+    def tools_supported(self, role: str) -> bool:
+        return True  # what the recorded run used decides, turn by turn (``turn``)
+
+    def takes_images(self, role: str) -> bool:
+        return False  # the answers are recorded: nothing is shown to a model
+
+    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict[str, Any]]) -> Reply:
+        """The recorded coder loop's next turn (its tool calls as they were made)."""
+        turns = [e for e in self._recorder.read(transcript.iteration, transcript.role) if isinstance(e, AgentTurn)]
+        index = self._next(transcript, "turn")
+        if index >= len(turns):
+            raise LLMError(f"replay: the recorded run has no agent turn number {index + 1} for {transcript.role} "
+                           f"in iteration {transcript.iteration}")
+        recorded = turns[index]
+        if recorded.mode == "json":  # the recorded loop asked for JSON here: its replies are Parsed lines
+            raise ToolsUnsupported("the recorded loop asked for tool calls as JSON")
+        self.usage.add(recorded.tokens, recorded.usd)
+        return Reply(recorded.content, "tool_calls" if recorded.tool_calls else "stop", None,
+                     [dict(c) for c in recorded.tool_calls])

@@ -28,14 +28,27 @@ StructuredMode = Literal["json_schema", "json_object_schema", "json_object", "te
 # Strongest first: the server enforces the schema, then is given it, then is asked for JSON, then nothing.
 MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object_schema", "json_object", "text")
 
+# OpenAI's reasoning models by name: the gpt-5 family and the o-series, less the chat variants
+# (gpt-5-chat-latest takes a temperature). A provider prefix ("openai/gpt-5-mini") is ignored.
+_REASONING_NAME = re.compile(r"^(gpt-5|o[1-9])(?![0-9])(?!.*-chat)", re.I)
+
+
+def reasoning_model(model: str) -> bool:
+    """Whether the model name is one of OpenAI's reasoning models (they refuse max_tokens and temperature)."""
+    return bool(_REASONING_NAME.match(model.rsplit("/", 1)[-1]))
+
+
 # Words in a refusal that name what was refused (lower case).
 _NAMES = {
+    "reasoning_effort": ("reasoning_effort", "reasoning effort"),
     "stream_usage": ("stream_options", "include_usage"),
     "temperature": ("temperature",),
     "seed": ("'seed'", '"seed"', "seed parameter", "parameter seed"),
     # Renamed only where the server says the parameter is not taken ("too large" is about its value).
     "max_tokens": ("use 'max_completion_tokens'", "use max_completion_tokens", "'max_tokens' is not supported",
                    "unsupported parameter: 'max_tokens'"),
+    "tools": ("'tools'", '"tools"', "tool_choice", "tool calling", "function calling", "tools are not supported",
+              "does not support tools", "tool calls are not supported"),
     "structured": ("response_format", "json_schema", "json_object", "schema"),
     "images": ("image", "image_url", "multimodal", "vision"),
     "stream": (),  # matched as a whole word below: "upstream" is not a refusal of streaming
@@ -56,6 +69,8 @@ class Capabilities:
     temperature: bool = True
     seed: bool = True
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    reasoning_effort: bool = True  # sent where the role sets one
+    tools: bool = True  # chat completions `tools`; without them the coder's agent asks for each tool call as JSON
     fixed: frozenset[str] = frozenset()  # features the config fixed: never narrowed
     version: int = 0  # grows with each narrowing: a refusal of an older version is not narrowed again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -64,7 +79,8 @@ class Capabilities:
         """A consistent copy to build one request from (roles call in parallel while another narrows)."""
         with self._lock:
             return Capabilities(self.structured, self.images, self.stream, self.stream_usage, self.temperature,
-                                self.seed, self.max_tokens_param, self.fixed, self.version)
+                                self.seed, self.max_tokens_param, self.reasoning_effort, self.tools, self.fixed,
+                                self.version)
 
     def narrow(self, message: str, had_images: bool, seen: int, guess_images: bool = True) -> str | None:
         """Give up the feature a refusal names; what was given up, or None. A refusal of a request built
@@ -107,6 +123,12 @@ class Capabilities:
         if feature == "temperature" and self.temperature:
             self.temperature = False
             return "temperature -> the model's default"
+        if feature == "reasoning_effort" and self.reasoning_effort:
+            self.reasoning_effort = False
+            return "reasoning_effort -> the model's default"
+        if feature == "tools" and self.tools:
+            self.tools = False
+            return "tools -> each tool call asked for as a JSON object"
         if feature == "max_tokens" and self.max_tokens_param == "max_tokens":
             self.max_tokens_param = "max_completion_tokens"
             return "max_tokens -> max_completion_tokens"
@@ -115,7 +137,8 @@ class Capabilities:
     def summary(self) -> dict[str, Any]:
         return {"structured": self.structured, "images": self.images, "stream": self.stream,
                 "stream_usage": self.stream_usage, "temperature": self.temperature, "seed": self.seed,
-                "max_tokens_param": self.max_tokens_param}
+                "max_tokens_param": self.max_tokens_param, "reasoning_effort": self.reasoning_effort,
+                "tools": self.tools}
 
 
 def looks_invalid(message: str) -> bool:

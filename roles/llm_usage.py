@@ -16,6 +16,10 @@ class LLMError(HeuristError):
     """A model call that failed after its retries, or a reply that never matched its schema."""
 
 
+class ToolsUnsupported(LLMError):
+    """The endpoint refused chat completions `tools`: a tool-using role asks for each call as JSON instead."""
+
+
 class BudgetSpent(LLMError):
     """The run's token or USD budget is spent: no further model call is made."""
 
@@ -28,9 +32,10 @@ class Usage:
     """
 
     def __init__(self, tokens: int = 0, usd: float = 0.0, calls: int = 0,
-                 max_tokens: int | None = None, max_usd: float | None = None):
+                 max_tokens: int | None = None, max_usd: float | None = None, unpriced_tokens: int = 0):
         self._lock = threading.Lock()
         self.tokens, self.usd, self.calls = tokens, usd, calls
+        self.unpriced_tokens = unpriced_tokens  # of models with no price: never counted as $0
         self.max_tokens, self.max_usd = max_tokens, max_usd
 
     def check(self) -> None:
@@ -39,8 +44,12 @@ class Usage:
         if self.max_usd is not None and self.usd >= self.max_usd:
             raise BudgetSpent(f"USD budget spent (${self.usd:.4f} of ${self.max_usd:.2f})")
 
-    def add(self, tokens: int, usd: float) -> None:
+    def add(self, tokens: int, usd: float | None) -> None:
+        """One call's tokens and cost (None: its model has no price)."""
         with self._lock:
             self.tokens += tokens
-            self.usd += usd
+            if usd is None:
+                self.unpriced_tokens += tokens
+            else:
+                self.usd += usd
             self.calls += 1

@@ -33,7 +33,7 @@ from roles.llm_replay import ReplayClient
 from roles.llm_usage import Usage
 from roles.registry import stage_roles, unmet_facts
 from store.active_time import ActiveTime
-from store.config import RunConfig
+from store.config import RunConfig, check_priced
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
 from store.transcripts import TranscriptRecorder, call_costs
 from store.workspace import Workspace
@@ -44,7 +44,8 @@ REPORT_TIMEOUT_S = 600.0
 def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
     """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
     costs = list(call_costs(recorder.read()))
-    return Usage(sum(c[1] for c in costs), sum(c[2] for c in costs), len(costs))
+    return Usage(sum(c.tokens for c in costs), sum(c.usd for c in costs), len(costs),
+                 unpriced_tokens=sum(c.unpriced_tokens for c in costs))
 
 
 def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:
@@ -62,6 +63,8 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
         raise RunError("model-written code would run without a confined file system here (bubblewrap is missing "
                        "or cannot make namespaces; `heurist doctor` says which): install bubblewrap, or set "
                        "eval.allow_unconfined = true in the run config to accept that")
+    if not record.offline and not record.replay_of:
+        check_priced(config)
     recorder = TranscriptRecorder(run_dir)
     usage = usage_from_transcripts(recorder)
     usage.max_tokens, usage.max_usd = config.budget.tokens, config.budget.usd

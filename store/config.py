@@ -7,6 +7,7 @@ fails at once, not eight hours later.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -31,22 +32,37 @@ class Price(_Strict):
 
     input: float = Field(..., ge=0)
     output: float = Field(..., ge=0)
+    cached_input: float | None = Field(None, ge=0, description="Prompt tokens the server read from its cache "
+                                                               "(default: the input price).")
 
 
-# Public list prices (USD per million tokens) when this table was written; override any of
-# them, or add a model, with [llm.prices."model-name"] in the config. A model that is in
-# neither is counted at zero cost and the run says so once.
+# OpenAI's list prices, USD per million tokens (standard tier, short context), as its pricing page gave
+# them in June 2026; override any of them, or add a model, with [llm.prices."model-name"] in the config.
+# A dated snapshot ("gpt-5-mini-2025-08-07") takes its model's price. A model in neither is reported in
+# tokens, never at $0, and a run with a USD budget refuses to start on it.
+PRICES_CHECKED = "2026-06"
 DEFAULT_PRICES: dict[str, Price] = {
-    "gpt-4.1": Price(input=2.0, output=8.0),
-    "gpt-4.1-mini": Price(input=0.4, output=1.6),
-    "gpt-4.1-nano": Price(input=0.1, output=0.4),
-    "gpt-4o": Price(input=2.5, output=10.0),
-    "gpt-4o-mini": Price(input=0.15, output=0.6),
-    "o4-mini": Price(input=1.1, output=4.4),
-    "gpt-5": Price(input=1.25, output=10.0),
-    "gpt-5-mini": Price(input=0.25, output=2.0),
-    "gpt-5-nano": Price(input=0.05, output=0.4),
+    "gpt-5.5": Price(input=5.0, cached_input=0.5, output=30.0),
+    "gpt-5.5-pro": Price(input=30.0, output=180.0),
+    "gpt-5.4": Price(input=2.5, cached_input=0.25, output=15.0),
+    "gpt-5.4-mini": Price(input=0.75, cached_input=0.075, output=4.5),
+    "gpt-5.4-nano": Price(input=0.2, cached_input=0.02, output=1.25),
+    "gpt-5.4-pro": Price(input=30.0, output=180.0),
+    "gpt-5.1": Price(input=1.25, cached_input=0.125, output=10.0),
+    "gpt-5": Price(input=1.25, cached_input=0.125, output=10.0),
+    "gpt-5-mini": Price(input=0.25, cached_input=0.025, output=2.0),
+    "gpt-5-nano": Price(input=0.05, cached_input=0.005, output=0.4),
+    "o3": Price(input=2.0, cached_input=0.5, output=8.0),
+    "o4-mini": Price(input=1.1, cached_input=0.275, output=4.4),
+    "gpt-4.1": Price(input=2.0, cached_input=0.5, output=8.0),
+    "gpt-4.1-mini": Price(input=0.4, cached_input=0.1, output=1.6),
+    "gpt-4.1-nano": Price(input=0.1, cached_input=0.025, output=0.4),
+    "gpt-4o": Price(input=2.5, cached_input=1.25, output=10.0),
+    "gpt-4o-mini": Price(input=0.15, cached_input=0.075, output=0.6),
 }
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 def _http_url(url: str | None) -> str | None:
@@ -65,6 +81,8 @@ class RoleLLM(_Strict):
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
+    reasoning: bool | None = Field(None, description="This role's model is a reasoning model (see llm.reasoning).")
+    reasoning_effort: ReasoningEffort | None = None
     base_url: str | None = Field(None, description="This role's own OpenAI-compatible server.")
     api_key_env: str | None = Field(None, description="The variable holding the key for this role's own server "
                                                       "(the run's key goes only to the run's server).")
@@ -81,8 +99,14 @@ class LLMConfig(_Strict):
     model: str = "gpt-4.1-mini"
     base_url: str | None = Field(None, description="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = Field(0.2, ge=0, le=2)
-    max_tokens: int = Field(4096, ge=1)
+    temperature: float = Field(0.2, ge=0, le=2, description="Not sent to reasoning models, which refuse it.")
+    max_tokens: int | None = Field(None, ge=1, description="Tokens a reply may take (default 4096; 16384 for a "
+                                                           "reasoning model, whose limit counts its reasoning too).")
+    reasoning: bool | None = Field(None, description="The model is a reasoning model: sent max_completion_tokens, "
+                                                     "no temperature, and reasoning_effort where set (default: from "
+                                                     "its name: gpt-5*, o1/o3/o4*, except *-chat*).")
+    reasoning_effort: ReasoningEffort | None = Field(None, description="Sent to reasoning models only (default: "
+                                                                       "the model's own).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds of silence from the server before a call is "
                                                        "abandoned; a streamed reply that keeps coming is never cut off.")
     structured_mode: Literal["auto", "json_schema", "json_object_schema", "json_object", "text"] = Field(
@@ -104,7 +128,17 @@ class LLMConfig(_Strict):
         return _http_url(url)
 
     def price(self, model: str) -> Price | None:
-        return self.prices.get(model) or DEFAULT_PRICES.get(model)
+        """The model's price: the config's, else the table's; a dated snapshot takes its model's."""
+        for name in (model, _SNAPSHOT.sub("", model)):
+            found = self.prices.get(name) or DEFAULT_PRICES.get(name)
+            if found is not None:
+                return found
+        return None
+
+    def unpriced(self) -> list[str]:
+        """The models this config calls that have no price (a USD budget cannot be kept on them)."""
+        models = {self.model} | {r.model for r in self.roles.values() if r.model and not r.offline}
+        return sorted(m for m in models if self.price(m) is None)
 
 
 class Budget(_Strict):
@@ -137,6 +171,22 @@ class SearchConfig(_Strict):
     sigma: float = Field(0.25, gt=0, le=1, description="Initial step, as a fraction of each tunable's range.")
     seed: int | None = Field(None, description="Seeds CMA-ES with this and the iteration (default: the run id), "
                                                "for a run that proposes the same candidates every time.")
+
+
+class CodeConfig(_Strict):
+    """The model coder: a tool-using agent that reads, scores, traces and tests before it submits an edit
+    (default), or one structured call. Each loop limit is a hard stop that ends the loop with the best
+    candidate it scored above the incumbent, or none; the run's budgets hold as well."""
+
+    mode: Literal["agent", "single"] = Field("agent", description="agent: a tool loop per iteration; single: "
+                                                                  "one structured call (the offline coder is "
+                                                                  "CMA-ES either way).")
+    max_tool_calls: int = Field(30, ge=1, description="Tool calls per loop.")
+    max_env_steps: int | None = Field(None, ge=1, description="Env steps the loop's score, trace and frames "
+                                                             "calls may spend (default: only the run's budget).")
+    max_tokens: int | None = Field(200_000, ge=1, description="Model tokens per loop.")
+    max_wall_s: float | None = Field(1800.0, gt=0, description="Seconds per loop (model turns and tools).")
+    max_idle_turns: int = Field(3, ge=1, description="Turns in a row that call no tool before the loop ends.")
 
 
 class EvalConfig(_Strict):
@@ -174,9 +224,19 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    code: CodeConfig = Field(default_factory=CodeConfig)
     stages: StageRoles = Field(default_factory=StageRoles)
     check_retries: int = Field(2, ge=0, description="Times the coder may fix an edit that fails the check.")
     report: bool = Field(True, description="Rewrite RUN_DIR/report/index.html at the end of every iteration.")
+
+
+def check_priced(config: RunConfig) -> None:
+    """A USD budget needs a price for every model the run calls: refused at the start, not at the first bill."""
+    unpriced = config.llm.unpriced() if config.budget.usd else []
+    if unpriced:
+        raise ConfigError(f"budget.usd cannot be kept: {', '.join(unpriced)} has no price; add [llm.prices."
+                          f"\"{unpriced[0]}\"] with input and output (USD per million tokens) to the config, or "
+                          f"set budget.tokens instead")
 
 
 def load_config_file(path: Path) -> dict:

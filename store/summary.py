@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write
-from common.formatting import score_text
+from common.formatting import cost_text, score_text
 from common.safe_text import redact, redact_deep
 from envs.tasks import TaskSpec
 
@@ -45,7 +45,8 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
     spent = state.get("spent") or {}
     lines += [f"- Iterations: {summary['iterations']} ({summary['accepted']} accepted, {summary['rejected']} rejected).",
               f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, {int(spent.get('tokens', 0)):,} LLM tokens, "
-              f"${spent.get('usd', 0):.4f}, {spent.get('elapsed_s', 0) / 60:.1f} min.",
+              f"{cost_text(spent.get('usd', 0), spent.get('unpriced_tokens', 0))}, "
+              f"{spent.get('elapsed_s', 0) / 60:.1f} min.",
               f"- Best policy: {summary['best_policy']} (workspace commit {summary['best_commit'][:10]}, tag heurist-final).",
               "", "| iteration | verdict | dev mean before | candidate | reason |", "|---|---|---|---|---|"]
     for h in history:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -61,11 +61,13 @@ class LLMCall(_Line):
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    usd: float | None = None
+    usd: float | None = None  # None where the model has no price: its tokens are reported instead
     priced: bool | None = None
+    cached_tokens: int | None = None
     error: str | None = None
     retry_in_s: float | None = None
     partial: str | None = None  # the text that arrived before an abandoned or broken stream ended
+    tool_calls: list[dict[str, Any]] | None = None  # the tools the model called (the coder's agent)
     tokens_estimated: bool | None = None  # the server gave no counts: about four characters a token
     narrowed: str | None = None  # what heurist gave up of the endpoint after this refusal
 
@@ -88,6 +90,39 @@ class Parsed(_Line):
     replayed: bool = False
     tokens: int = 0
     usd: float = 0.0
+    unpriced_tokens: int = 0
+
+
+class AgentTurn(_Line):
+    """One turn of the coder's tool loop: what the model said and the tools it called (the journal a resumed
+    loop is rebuilt from, so no paid turn is asked twice; a replay's carries the recorded turn's cost)."""
+
+    kind: Literal["agent_turn"] = "agent_turn"
+    loop: str  # which loop of the iteration ("attempt-1", ...)
+    turn: int
+    mode: Literal["tools", "json"]  # chat completions `tools`, or each call asked for as a JSON object
+    content: str = ""
+    tool_calls: list[dict[str, str]] = Field(default_factory=list)  # {"id", "name", "arguments"}
+    tokens: int = 0
+    usd: float | None = 0.0
+    latency_s: float = 0.0
+    replayed: bool = False
+
+
+class ToolRun(_Line):
+    """One tool the coder's loop ran, with what it answered and the loop's state after it."""
+
+    kind: Literal["tool_run"] = "tool_run"
+    loop: str
+    turn: int
+    call_id: str
+    name: str
+    arguments: str
+    result: str
+    image: str | None = None  # a contact sheet shown to a vision model (by path)
+    env_steps: int = 0
+    seconds: float = 0.0
+    state: dict[str, Any] = Field(default_factory=dict)
 
 
 class RoleFailed(_Line):
@@ -104,7 +139,7 @@ class Resumed(_Line):
     kind: Literal["resumed"] = "resumed"
 
 
-TranscriptLine = Annotated[Union[Decision, LLMCall, ValidationFailed, Parsed, RoleFailed, Resumed],
+TranscriptLine = Annotated[Union[Decision, LLMCall, ValidationFailed, Parsed, AgentTurn, ToolRun, RoleFailed, Resumed],
                            Field(discriminator="kind")]
 _LINE = TypeAdapter(TranscriptLine)
 L = TypeVar("L", bound=_Line)
@@ -160,13 +195,24 @@ class TranscriptRecorder:
         return sorted(records, key=lambda r: (r.get("iteration", 0), r.get("time", 0)))
 
 
-def call_costs(lines: list[TranscriptLine]) -> Iterator[tuple[float, int, float]]:
-    """(time, tokens, usd) of every model call in these lines; a replay's recorded calls count as calls."""
+class CallCost(NamedTuple):
+    time: float
+    tokens: int
+    usd: float  # of the priced calls
+    unpriced_tokens: int  # tokens of a model with no price: reported as tokens, never as $0
+
+
+def call_costs(lines: list[TranscriptLine]) -> Iterator[CallCost]:
+    """What every model call in these lines cost; a replay's recorded calls count as calls."""
     for line in lines:
         if isinstance(line, LLMCall) and line.prompt_tokens is not None:
-            yield line.time, line.prompt_tokens + (line.completion_tokens or 0), line.usd or 0.0
+            tokens = line.prompt_tokens + (line.completion_tokens or 0)
+            unpriced = line.priced is False and not line.usd
+            yield CallCost(line.time, tokens, line.usd or 0.0, tokens if unpriced else 0)
         elif isinstance(line, Parsed) and line.replayed:
-            yield line.time, line.tokens, line.usd
+            yield CallCost(line.time, line.tokens, line.usd, line.unpriced_tokens)
+        elif isinstance(line, AgentTurn) and line.replayed and line.mode == "tools":  # json: its Parsed line counts
+            yield CallCost(line.time, line.tokens, line.usd or 0.0, line.tokens if line.usd is None else 0)
 
 
 class RoleTranscript:

@@ -12,7 +12,11 @@ stall after some chunks (``stall_after``, ``stall_s``: the connection stays open
 drip them slowly (``chunk_delay``), and the server counts the streams a client left early
 (``abandoned``). It refuses what the real API refuses (``stream_options`` without ``stream``, a
 ``json_schema`` without a name, ``json_object`` with no "json" in the messages), and with
-``profile="llama.cpp"`` also what llama-cpp-python's server refuses: a ``json_schema`` response
+``profile="openai"`` (the default) it is strict as the real API is: unknown request fields, ``max_tokens``
+or a temperature other than 1 for a reasoning model's name, ``reasoning_effort`` for another model,
+unknown keys in messages and content parts, tool messages that answer no tool call and tool calls left
+unanswered are refused with the API's 400. ``tool_call_reply`` scripts a reply that calls tools (streamed
+as the API streams them). With ``profile="llama.cpp"`` it refuses what llama-cpp-python's server refuses: a ``json_schema`` response
 format (a 500 naming the request's validation) and a message whose content is a list of parts (its
 chat template fails, a 500 that says nothing of why).
 """
@@ -40,11 +44,27 @@ def hashed_bag_of_words(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
     return (vector / max(np.linalg.norm(vector), 1e-9)).tolist()
 
 
+# What the real chat completions API takes; anything else is refused with a 400, as the API does.
+REQUEST_FIELDS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream",
+    "stream_options", "stop", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "user", "seed", "response_format", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort",
+    "service_tier", "store", "metadata", "modalities", "audio", "prediction", "verbosity", "prompt_cache_key",
+    "safety_identifier", "web_search_options"}
+MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
+PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"}}
+IMAGE_URL_FIELDS = {"url", "detail"}
+REASONING_MODEL = re.compile(r"^(gpt-5|o[1-9])(?![0-9])(?!.*-chat)")
+
+
 def refusal(body: dict, profile: str) -> dict | None:
     """The error reply a real server gives this request, or None if it accepts it."""
     fmt = body.get("response_format") or {}
     if body.get("stream_options") is not None and not body.get("stream"):
         return _error(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+    conversation = _conversation_refusal(body.get("messages") or [])
+    if conversation is not None:
+        return conversation
     if profile == "llama.cpp":
         if fmt.get("type") == "json_schema":  # llama-cpp-python validates response_format as its own union
             return _error(500, "1 validation error for CreateChatCompletionRequest\nresponse_format\n  Input "
@@ -52,12 +72,88 @@ def refusal(body: dict, profile: str) -> dict | None:
         if any(isinstance(m.get("content"), list) for m in body.get("messages", [])):
             return _error(500, "can only concatenate str (not \"list\") to str")
         return None
+    unknown = sorted(set(body) - REQUEST_FIELDS)
+    if unknown:
+        return _error(400, f"Unrecognized request argument supplied: {unknown[0]}")
+    reasoning = bool(REASONING_MODEL.match(str(body.get("model", "")).rsplit("/", 1)[-1]))  # as routers name them
+    if reasoning and "max_tokens" in body:
+        return _error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                           "'max_completion_tokens' instead.")
+    if reasoning and body.get("temperature", 1) != 1:
+        return _error(400, f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                           f"model. Only the default (1) value is supported.")
+    if not reasoning and "reasoning_effort" in body:
+        return _error(400, "Unsupported parameter: 'reasoning_effort' is not supported with this model.")
+    tools = _tools_refusal(body)
+    if tools is not None:
+        return tools
     if fmt.get("type") == "json_schema" and not (fmt.get("json_schema") or {}).get("name"):
         return _error(400, "Missing required parameter: 'response_format.json_schema.name'.")
     if fmt.get("type") == "json_object" and "json" not in json.dumps(body.get("messages", [])).lower():
         return _error(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
                            "'json_object'.")
     return None
+
+
+def _conversation_refusal(messages: list[dict]) -> dict | None:
+    """Unknown keys in a message or a content part; a tool message that answers no tool call; a tool call
+    left unanswered. Every server refuses these (llama.cpp's templates fail on them too)."""
+    open_calls: set[str] = set()
+    for i, message in enumerate(messages):
+        unknown = sorted(set(message) - MESSAGE_FIELDS)
+        if unknown:
+            return _error(400, f"Unrecognized request argument supplied: messages[{i}].{unknown[0]}")
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            allowed = PART_FIELDS.get(part.get("type"))
+            if allowed is None:
+                return _error(400, f"Invalid value: '{part.get('type')}'. Supported values are: 'text' and "
+                                   f"'image_url'. (messages[{i}].content[{j}].type)")
+            extra = sorted(set(part) - allowed) or sorted(set(part.get("image_url") or {}) - IMAGE_URL_FIELDS)
+            if extra:
+                return _error(400, f"Unrecognized request argument supplied: messages[{i}].content[{j}].{extra[0]}")
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") not in open_calls:
+                return _error(400, "Invalid parameter: messages with role 'tool' must be a response to a preceding "
+                                   "message with 'tool_calls'.")
+            open_calls.discard(message["tool_call_id"])
+            continue
+        if open_calls:
+            return _error(400, "An assistant message with 'tool_calls' must be followed by tool messages responding "
+                               f"to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                               f"{', '.join(sorted(open_calls))}")
+        if message.get("role") == "assistant":
+            open_calls = {call["id"] for call in message.get("tool_calls") or []}
+    return None
+
+
+def _tools_refusal(body: dict) -> dict | None:
+    for i, tool in enumerate(body.get("tools") or []):
+        function = tool.get("function") or {}
+        if tool.get("type") != "function" or not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", function.get("name", "")):
+            return _error(400, f"Invalid 'tools[{i}]': a function with a name of letters, digits, _ or -.")
+        extra = sorted(set(function) - {"name", "description", "parameters", "strict"})
+        if extra:
+            return _error(400, f"Unrecognized request argument supplied: tools[{i}].function.{extra[0]}")
+    if body.get("tool_choice") is not None and not body.get("tools"):
+        return _error(400, "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+                           "specified.")
+    return None
+
+
+def tool_call_reply(*calls: tuple[str, dict], content: str = "", prompt_tokens: int = 800,
+                    completion_tokens: int = 60, call_ids: list[str] | None = None) -> dict:
+    """A scripted chat completion that calls tools, as the real API returns one."""
+    ids = call_ids or [f"call_{hashlib.md5(json.dumps([n, a, i]).encode()).hexdigest()[:10]}"
+                       for i, (n, a) in enumerate(calls)]
+    tool_calls = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+                  for call_id, (name, args) in zip(ids, calls)]
+    return {"json": {"id": "chatcmpl-tools", "object": "chat.completion", "created": 0, "model": "scripted",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content or None,
+                                                          "tool_calls": tool_calls},
+                                  "finish_reason": "tool_calls"}],
+                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                               "total_tokens": prompt_tokens + completion_tokens}}}
 
 
 def _error(status: int, message: str) -> dict:
@@ -76,6 +172,15 @@ def stream_events(reply: dict, include_usage: bool) -> list[bytes]:
     chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
     chunks += [{**base, "choices": [{"index": 0, "delta": {"content": content[i:i + size]}, "finish_reason": None}]}
                for i in range(0, len(content), size)]
+    for index, call in enumerate((choice.get("message") or {}).get("tool_calls") or []):
+        # As the API streams a tool call: its id and name first, then the arguments in pieces.
+        arguments = call["function"]["arguments"]
+        chunks.append({**base, "choices": [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [{
+            "index": index, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""}}]}}]})
+        chunks += [{**base, "choices": [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [{
+            "index": index, "function": {"arguments": arguments[i:i + size * 2]}}]}}]}
+            for i in range(0, len(arguments), size * 2)]
     refused = (choice.get("message") or {}).get("refusal")
     if refused:
         chunks.append({**base, "choices": [{"index": 0, "delta": {"refusal": refused}, "finish_reason": None}]})

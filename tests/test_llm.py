@@ -118,8 +118,8 @@ def test_replay_answers_from_recorded_transcripts(tmp_path, server, client):
 # ---------------------------------------------------------------------------------------------- slow, local, strict
 
 def local_client(server: ScriptedOpenAI, **settings) -> LLMClient:
-    config = LLMConfig(model="scripted", base_url=server.base_url, retry_base_s=0.01,
-                       **{"timeout_s": 2, "max_retries": 2, **settings})
+    config = LLMConfig(base_url=server.base_url, retry_base_s=0.01,
+                       **{"model": "scripted", "timeout_s": 2, "max_retries": 2, **settings})
     return LLMClient(config, Usage())
 
 
@@ -334,3 +334,96 @@ def test_the_runs_key_goes_only_to_the_runs_server(tmp_path, monkeypatch):
                               Answer)
         auth = [s.requests[0]["auth"] for s in (run_server, coder_server, tester_server)]
     assert auth == ["Bearer sk-the-runs-key-0123456789", "Bearer not-needed", "Bearer local-key-0123456789"]
+
+
+# ---------------------------------------------------------------------------------------------- today's OpenAI models
+
+def post(server: ScriptedOpenAI, body: dict) -> tuple[int, str]:
+    """A raw request, for what the client itself would never send."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(server.base_url + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_strict_server_refuses_what_the_real_api_refuses(server):
+    user = {"role": "user", "content": "hi"}
+    cases = {
+        "Unrecognized request argument supplied: bogus": {"model": "gpt-4.1", "messages": [user], "bogus": 1},
+        "'max_tokens' is not supported": {"model": "gpt-5-mini", "messages": [user], "max_tokens": 10},
+        "'temperature' does not support 0.2": {"model": "o4-mini", "messages": [user], "temperature": 0.2},
+        "'reasoning_effort' is not supported": {"model": "gpt-4.1", "messages": [user], "reasoning_effort": "low"},
+        "content[0].path": {"model": "gpt-4.1", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "x", "path": "/tmp/a.png"}]}]},
+        "must be a response to a preceding message with 'tool_calls'": {"model": "gpt-4.1", "messages": [
+            user, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]},
+        "did not have response messages: call_9": {"model": "gpt-4.1", "messages": [
+            user, {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, user]},
+    }
+    for words, body in cases.items():
+        status, text = post(server, body)
+        assert status == 400 and words in text, (words, status, text)
+    # What the API takes: a reasoning model with max_completion_tokens and the default temperature.
+    server.queue(chat("fine"))
+    assert post(server, {"model": "gpt-5-mini", "messages": [user], "max_completion_tokens": 10,
+                         "temperature": 1, "reasoning_effort": "minimal"})[0] == 200
+
+
+@pytest.mark.parametrize("model", ["gpt-5-mini", "gpt-5.4", "o3", "o4-mini-2025-04-16", "openai/gpt-5-nano"])
+def test_a_reasoning_model_is_sent_what_it_accepts_from_the_first_call(tmp_path, server, model):
+    """No 400 to learn from: max_completion_tokens, no temperature, reasoning_effort where set, decided by name."""
+    client = local_client(server, model=model, reasoning_effort="low")
+    server.queue(chat(json.dumps({"verdict": "ok", "score": 1})))
+    transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+    assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).verdict == "ok"
+    body = chat_calls(server)[0]
+    assert len(chat_calls(server)) == 1
+    assert body["max_completion_tokens"] == 16384 and "max_tokens" not in body and "temperature" not in body
+    assert body["reasoning_effort"] == "low"
+
+
+def test_other_models_keep_their_temperature_and_the_config_overrides_the_name(tmp_path, server):
+    server.queue(chat(json.dumps({"verdict": "ok", "score": 1})), chat(json.dumps({"verdict": "ok", "score": 1})))
+    transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+    local_client(server, model="gpt-5-chat-latest", reasoning_effort="low").structured(
+        transcript, [{"role": "user", "content": "x"}], Answer)
+    local_client(server, model="my-o1-finetune-on-vllm", reasoning=False).structured(
+        transcript, [{"role": "user", "content": "x"}], Answer)
+    for body in chat_calls(server):
+        assert body["max_tokens"] == 4096 and body["temperature"] == 0.2 and "reasoning_effort" not in body
+
+
+def test_a_model_without_a_price_is_counted_in_tokens_never_as_zero_dollars(tmp_path, server):
+    from common.formatting import cost_text
+    from store.config import ConfigError, RunConfig, check_priced
+
+    client = local_client(server, model="qwen2.5-coder-local")
+    server.queue(chat(json.dumps({"verdict": "ok", "score": 1}), prompt_tokens=300, completion_tokens=30))
+    transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+    client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
+    call = transcript.entries()[0]
+    assert call.usd is None and call.priced is False
+    assert client.usage.usd == 0 and client.usage.unpriced_tokens == 330
+    assert cost_text(client.usage.usd, client.usage.unpriced_tokens) == "unpriced (330 tokens)"
+    # A USD budget cannot be kept on it: refused before the run starts, with the fix.
+    config = RunConfig.model_validate({"task": "CartPole-v1", "budget": {"usd": 1.0},
+                                       "llm": {"model": "qwen2.5-coder-local", "base_url": server.base_url}})
+    with pytest.raises(ConfigError, match=r'has no price; add \[llm.prices."qwen2.5-coder-local"\]'):
+        check_priced(config)
+
+
+def test_prices_of_dated_snapshots_and_cached_prompt_tokens():
+    config = LLMConfig()
+    assert config.price("gpt-5-mini-2025-08-07") == config.price("gpt-5-mini")
+    assert config.price("gpt-4.1-nano") is not None and config.price("llama-3-8b") is None
+    client = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1"), Usage())
+    full = client.cost("gpt-5.4", 1_000_000, 0)
+    assert full == pytest.approx(2.5) and client.cost("gpt-5.4", 1_000_000, 0, cached_tokens=1_000_000) == \
+        pytest.approx(0.25)
