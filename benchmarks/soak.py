@@ -280,6 +280,9 @@ def main() -> None:
         config.write_text(json.dumps({
             "task": "CartPole-v1", "policy": str(policy),
             "budget": {"iterations": args.iterations, "stop_when": "never", "patience": None},
+            # The responder answers by schema: the single-call coder (the agent's loop is driven by
+            # tests/test_coder_agent.py and benchmarks/llm_loop.py).
+            "code": {"mode": "single"},
             "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "timeout_s": TIMEOUT_S,
                     "retry_base_s": 0.01, "max_retries": 2, "max_consecutive_failures": 4},
             "eval": {"episodes": 6, "video": False, "holdout": False, "episode_timeout_s": 5, "memory_mb": 1024},

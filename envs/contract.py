@@ -87,6 +87,55 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     return tree
 
 
+# What a policy may hand its seed to: random generators (and int(), to make one).
+SEEDING_CALLS = {"Random", "seed", "default_rng", "RandomState", "SeedSequence", "Generator", "PCG64", "MT19937",
+                 "Philox", "SFC64", "int"}
+
+
+def _called_name(func: ast.expr) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def seed_special_cases(source: str) -> str | None:
+    """Why this policy special-cases seeds, or None: the seed ``reset`` is given (or an attribute it is stored
+    in) compared, used as a key or an index, or tested for membership. Seeding a random generator with it is
+    the one use a policy has for it. Code cannot see every trick; this catches the plain ones."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    policy = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Policy"), None)
+    reset = next((n for n in (policy.body if policy else []) if isinstance(n, ast.FunctionDef) and n.name == "reset"),
+                 None)
+    if reset is None or len(reset.args.args) < 2:
+        return None
+    seed = reset.args.args[1].arg
+    kept = {t.attr for node in ast.walk(reset) if isinstance(node, ast.Assign)
+            and any(isinstance(n, ast.Name) and n.id == seed for n in ast.walk(node.value))
+            for t in node.targets if isinstance(t, ast.Attribute)}
+
+    def is_seed(node: ast.AST) -> bool:
+        return any((isinstance(n, ast.Name) and n.id == seed and n in reset_nodes)
+                   or (isinstance(n, ast.Attribute) and n.attr in kept) for n in ast.walk(node))
+
+    reset_nodes = set(ast.walk(reset))
+    for node in ast.walk(policy):
+        uses = []
+        if isinstance(node, ast.Compare):
+            uses = [node.left, *node.comparators]
+        elif isinstance(node, ast.Subscript):
+            uses = [node.slice]
+        elif isinstance(node, ast.Match):
+            uses = [node.subject]
+        elif isinstance(node, ast.Call) and _called_name(node.func) not in SEEDING_CALLS:
+            uses = [*node.args, *(k.value for k in node.keywords)]
+        if any(is_seed(u) for u in uses):
+            return (f"line {node.lineno} special-cases the seed (compares it, indexes or looks up by it, or hands "
+                    f"it to something other than a random generator); a policy must act on what it observes, "
+                    f"never on which seed it runs")
+    return None
+
+
 def _tunable_calls(tree: ast.Module, name: str) -> list[tuple[str, ast.Call]]:
     cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Tunables"), None)
     if cls is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+from dataclasses import replace
 from typing import Callable
 
 from common.errors import HeuristError, PolicyError
@@ -23,12 +24,13 @@ from common.events import (
     TestsRun,
 )
 from common.files import atomic_write
-from envs.contract import check_policy_source
+from envs.contract import check_policy_source, seed_special_cases
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
 from graph.context import Services, scored, seeds_of
 from graph.state import RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
+from graph.workbench import RunWorkbench
 from memory.records import FailureRecord, FixRecord
 from roles.base import Role
 from roles.edits import Edit, apply_edit, diff_summary, unified_diff
@@ -135,11 +137,14 @@ class Nodes:
                           incumbent=seeds_of(state["incumbent"]),
                           analyses=state.get("analyses") or {}, recall=state.get("recall"),
                           history=state.get("history", []), check_error=state.get("check_error"),
-                          previous_edit=Edit.model_validate(previous) if previous else None)
+                          previous_edit=Edit.model_validate(previous) if previous else None,
+                          attempt=state.get("attempts", 0) + 1)
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.event("role", role=coder.name)
+        # The agent's tools reach the run through the workbench: sandboxed evaluations and tests, dev seeds only.
+        ctx = replace(s.context(state["iteration"], coder), workbench=RunWorkbench(s, state, coder.name))
         try:
-            out = coder.run(data, s.context(state["iteration"], coder)).model_dump(mode="json")
+            out = coder.run(data, ctx).model_dump(mode="json")
         except LLMError as exc:  # a spent budget is a stop, not a model failure: it must not pause the run
             out = {"edit": None, "reason": f"the coder's model failed: {exc}",
                    "llm_failed": not isinstance(exc, BudgetSpent)}
@@ -159,6 +164,9 @@ class Nodes:
             return {"check_error": f"the edit does not apply or parse: {exc}", "candidate": None}
         if candidate == source:
             return {"check_error": "the edit changes nothing in the policy file", "candidate": None}
+        special = seed_special_cases(candidate)
+        if special:
+            return {"check_error": f"the edited policy {special}", "candidate": None}
         smoke_seed = s.dev_seeds()[0]
         episode = s.evaluate_cached(s.candidate_file(candidate), "dev", [smoke_seed]).episodes[0]
         if episode.status != "ok":

@@ -23,6 +23,7 @@ from store.transcripts import Decision, RoleTranscript
 
 if TYPE_CHECKING:  # typing only: the store and the client load where a run executes
     from memory.store import MemoryStore
+    from roles.coder_tools import Workbench
     from roles.llm import LLMClient
     from roles.llm_replay import ReplayClient
 
@@ -44,6 +45,7 @@ class RoleContext:
     memory: MemoryStore | None
     score: Scorer  # scores policy sources on dev seeds through the sandboxed evaluator (env steps counted)
     search_key: str  # seeds offline search; a replay uses the recorded run's, to reach its decisions
+    workbench: Workbench | None = None  # the code stage's: what the coder's tools reach (roles.coder_tools)
 
     @property
     def offline(self) -> bool:
@@ -71,8 +73,12 @@ class Role(ABC, Generic[In, Out]):
 
     def prompt(self) -> str:
         """The role's system prompt template (its own file, so prompts are read and edited as text)."""
-        path = PROMPTS / (self.prompt_file or f"{self.name}.md")
-        return path.read_text()
+        return self.prompt_of(self.prompt_file or f"{self.name}.md")
+
+    @staticmethod
+    def prompt_of(file: str) -> str:
+        """Another prompt of the role's (roles/prompts/<file>), for a role with more than one mode."""
+        return (PROMPTS / file).read_text()
 
     @abstractmethod
     def run(self, data: In, ctx: RoleContext) -> Out:

@@ -25,6 +25,7 @@ import numpy as np
 from envs.contract import Tunable, read_tunables
 from memory.records import FixRecord, Recall
 from roles.base import Role, RoleContext
+from roles.coder_agent import CoderLoop, loop_key
 from roles.edits import Edit, apply_edit
 from roles.stages import CoderInput, CoderOutput, gather
 
@@ -81,11 +82,36 @@ class Coder(Role[CoderInput, CoderOutput]):
     def run(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
         if ctx.offline:
             return self.search(data, ctx)
+        if ctx.config.code.mode == "agent" and ctx.workbench is not None:
+            return self.experiment(data, ctx)
         return self.ask_model(data, ctx)
 
-    # ------------------------------------------------------------------ with a model
+    # ------------------------------------------------------------------ with a model: the agent
+
+    def experiment(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
+        """A tool loop (``roles.coder_agent``): read, score, trace, edit and test, then submit one edit."""
+        limits = ctx.config.code
+        budget = (f"This loop may make {limits.max_tool_calls} tool calls"
+                  + (f", spend {limits.max_env_steps:,} env steps" if limits.max_env_steps else "")
+                  + (f" and {limits.max_tokens:,} tokens" if limits.max_tokens else "") + "; at its end, the "
+                  "candidate you scored best above the incumbent is proposed if you have not submitted. Dev seeds: "
+                  + ", ".join(map(str, sorted(data.incumbent))) + ".")
+        loop = CoderLoop(ctx, ctx.workbench, loop_key(data.attempt), self.prompt_of("coder_agent.md"),
+                         "\n\n".join([*self._brief(data), budget]), ctx.llm.takes_images(self.name))
+        edit, reason, evidence = loop.run()
+        ctx.decide(f"the agent's loop ended: {reason}"[:500], **evidence)
+        return CoderOutput(edit=edit, reason=reason, search=evidence)
+
+    # ------------------------------------------------------------------ with a model: one call
 
     def ask_model(self, data: CoderInput, ctx: RoleContext) -> CoderOutput:
+        messages = [{"role": "system", "content": self.prompt()},
+                    {"role": "user", "content": "\n\n".join(self._brief(data))}]
+        edit = ctx.llm.structured(ctx.transcript, messages, Edit)
+        return CoderOutput(edit=edit, reason=edit.rationale)
+
+    def _brief(self, data: CoderInput) -> list[str]:
+        """What the coder is told of the iteration, in either mode."""
         tunables = read_tunables(data.policy_source)
         parts = [f"Task: {data.task}: {data.task_description}",
                  "Current policy file (policy.py):\n```python\n" + data.policy_source + "\n```",
@@ -106,9 +132,7 @@ class Coder(Role[CoderInput, CoderOutput]):
         if data.check_error:
             parts.append("Your previous edit this iteration failed the check:\n" + data.check_error
                          + "\nPrevious edit:\n" + (data.previous_edit.model_dump_json() if data.previous_edit else ""))
-        messages = [{"role": "system", "content": self.prompt()}, {"role": "user", "content": "\n\n".join(parts)}]
-        edit = ctx.llm.structured(ctx.transcript, messages, Edit)
-        return CoderOutput(edit=edit, reason=edit.rationale)
+        return parts
 
     # ------------------------------------------------------------------ offline
 

@@ -113,6 +113,7 @@ class CoderInput(RoleModel):
     history: list[dict[str, Any]] = Field(default_factory=list)
     check_error: str | None = Field(None, description="Why the previous attempt this iteration failed the check.")
     previous_edit: Edit | None = None
+    attempt: int = Field(1, ge=1, description="Which try of this iteration (a failed check sends the coder back).")
 
 
 class CoderOutput(RoleModel):

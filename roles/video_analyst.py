@@ -115,7 +115,7 @@ def measure_clip(path: str, max_objects: int = 4) -> list[Track]:
     return out
 
 
-def _describe(track: Track) -> str:
+def describe_track(track: Track) -> str:
     dx, dy = track.velocity_end
     moving = "still" if abs(dx) < 0.5 and abs(dy) < 0.5 else (
         ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up"))
@@ -140,7 +140,7 @@ class VideoAnalyst(Role[AnalyseInput, VideoReport]):
                                 tracks=measure_clip(c.mp4)) for c in clips]
         findings = [Sighting(seed=m.seed, step=m.step,
                                   what_went_wrong=m.label.split(": ", 1)[-1],
-                                  evidence="; ".join(_describe(t) for t in m.tracks) or "no moving object found")
+                                  evidence="; ".join(describe_track(t) for t in m.tracks) or "no moving object found")
                     for m in measures]
         summary = (f"measured {len(measures)} clips: " +
                    " | ".join(f"seed {f.seed} step {f.step}: {f.evidence.split(';')[0]}" for f in findings))

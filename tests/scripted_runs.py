@@ -107,7 +107,7 @@ def record_llm_run(home: Path) -> RecordedRun:
         )
         config = RunConfig.model_validate({
             "task": "CartPole-v1", "policy": str(policy),
-            "budget": {"iterations": 2, "stop_when": "never"},
+            "budget": {"iterations": 2, "stop_when": "never"}, "code": {"mode": "single"},
             "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 5},
             "eval": {"episodes": 8, "holdout": False}})
         run_dir = create_run(config, home / "run")

@@ -87,6 +87,7 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
 def llm_config(server: ScriptedOpenAI, policy: Path, **budget) -> RunConfig:
     return RunConfig.model_validate({
         "task": "CartPole-v1", "policy": str(policy), "budget": {"patience": None, **budget},
+        "code": {"mode": "single"},
         "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 5,
                 "max_retries": 0, "validation_retries": 0, "max_consecutive_failures": 2},
         "eval": {"episodes": 6, "holdout": False, "video": False}})

@@ -130,6 +130,8 @@ policy = "{policy}"
 [budget]
 iterations = 5
 stop_when = "never"
+[code]
+mode = "single"
 [llm]
 model = "gpt-4.1-mini"
 base_url = "{server.base_url}"

@@ -1,0 +1,72 @@
+"""What the coder agent's tools reach in a run (``roles.coder_tools.Workbench``), over the run's services.
+
+Everything goes through what verify and the evaluator already use: evaluations through
+``Services.evaluate_cached`` (sandboxed, dev seeds only, recorded in the ledger and so counted in the
+run's budget), tests through ``graph.testing.run_test_files`` on the same sandbox. The incumbent comes
+from git, never from the working tree, so no tool can touch it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from common.events import IterationDone, read_events
+from envs.results import EvalResult
+from graph.context import Services, seeds_of
+from graph.state import RunState
+from graph.testing import run_test_files
+from roles.coder_tools import TestOutcome
+
+MAX_HISTORY_FILES = 30
+
+
+class RunWorkbench:
+    def __init__(self, services: Services, state: RunState, role: str):
+        self.s, self.role = services, role
+        self.commit = state["incumbent"]["commit"]
+        self.iteration = state["iteration"]
+        self.incumbent = services.workspace.source_at(self.commit)
+        self.dev_seeds = services.dev_seeds()
+        self.incumbent_scores = seeds_of(state["incumbent"])
+
+    def files(self) -> dict[str, str]:
+        files = dict(self.s.workspace.tests_at(self.commit))
+        done = [r for r in read_events(self.s.ledger)[0]
+                if isinstance(r, IterationDone) and r.run_id == self.s.run_id and r.iteration < self.iteration]
+        for r in done[-MAX_HISTORY_FILES:]:
+            files[f"history/{r.iteration:04d}.md"] = _history(r)
+        return files
+
+    def evaluate(self, source: str, seeds: list[int] | None = None, video: bool = False) -> tuple[EvalResult, int]:
+        seeds = self.dev_seeds if seeds is None else seeds
+        fresh = not self.s.cache_file(hashlib.sha256(source.encode()).hexdigest(), "dev", seeds, video).is_file()
+        result = self.s.evaluate_cached(self.s.candidate_file(source), "dev", seeds, video=video)
+        return result, result.env_steps if fresh else 0
+
+    def run_tests(self, source: str) -> tuple[list[TestOutcome], int]:
+        accepted = self.s.workspace.tests_at(self.commit)
+        if not accepted:
+            return [], 0
+        full, spent = self.evaluate(source)  # a test's episodes come from the candidate's dev evaluation
+        candidate = self.s.policy_under_test(source, full)
+        on_candidate, _ = run_test_files(self.s, [(name, text, candidate) for name, text in accepted.items()],
+                                         candidate)
+        outcomes = [TestOutcome(name, r.passed, r.reason, r.output or "") for name, r in sorted(on_candidate.items())]
+        return outcomes, spent
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.s.event(kind, role=self.role, **fields)
+
+
+def _history(r: IterationDone) -> str:
+    """One earlier iteration as the agent reads it: the verdict, the reason, the edit and its diff."""
+    verdict = "accepted" if r.accepted else "rejected"
+    lines = [f"# Iteration {r.iteration}: {verdict}", "",
+             f"dev mean before {r.mean_before}, candidate {r.mean_candidate}, after {r.mean_after}",
+             f"reason: {r.reason}", f"edit: {r.rationale or r.edit or 'none'}"]
+    if r.check_error:
+        lines.append(f"check error: {r.check_error}")
+    if r.diff:
+        lines += ["", "```diff", r.diff[:8000], "```"]
+    return "\n".join(lines)

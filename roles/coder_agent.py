@@ -1,0 +1,436 @@
+"""The coder as an agent: a bounded tool loop in which the model reads, scores, traces, edits and tests
+before it submits one edit.
+
+Each turn the model answers with tool calls (chat completions ``tools``), or, on an endpoint that
+refuses tools, with one JSON object naming a tool and its arguments (checked against a schema, as
+every structured reply is). Tools run through the ``Workbench`` (``roles.coder_tools``): evaluations
+and tests only ever run sandboxed, on dev seeds, and never touch the incumbent.
+
+The loop keeps a journal in the coder's transcript: every model turn (``AgentTurn``) and every tool
+result with the loop's state after it (``ToolRun``). A loop run again after a kill -9 rebuilds its
+conversation and state from the journal and goes on from the first turn or tool run that was not
+recorded, so no paid call or tool run is done twice; `heurist replay` answers the turns from a
+recorded run's journal and runs the tools again. (The journal is a checkpoint inside the code node,
+finer than LangGraph's, whose checkpoints fall between nodes; the role stays a plug-in.)
+
+The loop ends when the model submits, or at a hard stop (tool calls, env steps, tokens, wall time of
+the loop, the run's own budgets, turns that call no tool): then with the candidate it scored best
+above the incumbent, if any.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from common.errors import HeuristError, PolicyError
+from envs.contract import check_policy_source, seed_special_cases
+from envs.results import EvalResult
+from roles.base import RoleContext
+from roles.coder_tools import (
+    MAX_SCORE_SEEDS,
+    TOOL_ARGS,
+    EditArgs,
+    FramesArgs,
+    ReadFileArgs,
+    ScoreArgs,
+    SubmitArgs,
+    TraceArgs,
+    Workbench,
+    clipped,
+    tool_specs,
+)
+from roles.edits import Edit, EditError, SearchReplace, apply_search_replace, unified_diff
+from roles.llm import image_part
+from roles.llm_usage import BudgetSpent, LLMError, ToolsUnsupported
+from roles.video_analyst import describe_track, measure_clip
+from store.transcripts import AgentTurn, ToolRun
+
+Mode = Literal["tools", "json"]
+NUDGE = "Call one of the tools. When candidate.py is the edit you want, call submit."
+TRACE_MAX_STEPS = 80
+
+
+class Best(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    blocks: list[SearchReplace]
+    gain: float  # mean return above the incumbent on the seeds it was scored on (a failed episode at the floor)
+    seeds: list[int]
+
+
+class LoopState(BaseModel):
+    """What the loop has done so far; journaled after every tool run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    blocks: list[SearchReplace] = Field(default_factory=list)
+    best: Best | None = None
+    submitted: SubmitArgs | None = None
+    tool_calls: int = 0
+    env_steps: int = 0
+
+
+class _ToolRequest(BaseModel):
+    """A tool call as a JSON object, for endpoints that refuse `tools` (the schema names the tools)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thought: str = Field("", description="What you want to learn or try, in one sentence.")
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+ToolRequest = create_model("ToolRequest", __base__=_ToolRequest,
+                           tool=(Literal[tuple(TOOL_ARGS)], ...))  # type: ignore[valid-type]
+
+
+def _floor(*scores: dict[int, float | None]) -> float:
+    completed = [r for s in scores for r in s.values() if r is not None]
+    spread = (max(completed) - min(completed)) if completed else 1.0
+    return (min(completed) if completed else 0.0) - max(spread, 1.0)
+
+
+class CoderLoop:
+    """One loop of one iteration: ``run()`` gives the submitted (or best) candidate's edit, or None and why."""
+
+    def __init__(self, ctx: RoleContext, workbench: Workbench, loop: str, system: str, brief: str,
+                 images: bool):
+        self.ctx, self.wb, self.loop = ctx, workbench, loop
+        self.settings = ctx.config.code
+        self.images = images
+        self.opening = [{"role": "system", "content": system}, {"role": "user", "content": brief}]
+        self.state = LoopState(source=workbench.incumbent)
+        self.mode: Mode = "tools" if ctx.llm is not None and ctx.llm.tools_supported(ctx.transcript.role) else "json"
+        self.turns: list[AgentTurn] = []
+        self.runs: dict[str, ToolRun] = {}  # call id -> its recorded run
+        self.tokens = 0
+        self.seconds = 0.0
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> tuple[Edit | None, str, dict[str, Any]]:
+        self._restore()
+        stop = None
+        idle = 0
+        while self.state.submitted is None:
+            stop = self._stop_reason()
+            if stop:
+                break
+            turn = self._pending_turn()
+            if turn is None:
+                try:
+                    turn = self._ask()
+                except BudgetSpent as exc:
+                    stop = f"the run's budget: {exc}"
+                    break
+                except LLMError as exc:
+                    if self.state.best is None:
+                        raise
+                    stop = f"the model failed: {exc}"
+                    break
+            idle = 0 if turn.tool_calls else idle + 1
+            if idle >= self.settings.max_idle_turns:
+                stop = f"{idle} turns in a row called no tool"
+                break
+            for call in turn.tool_calls:
+                if call["id"] not in self.runs:
+                    self._run_tool(turn, call)
+                if self.state.submitted is not None:
+                    break
+        return self._outcome(stop)
+
+    def _stop_reason(self) -> str | None:
+        s, st = self.settings, self.state
+        if st.tool_calls >= s.max_tool_calls:
+            return f"{st.tool_calls} tool calls (code.max_tool_calls)"
+        if s.max_env_steps is not None and st.env_steps >= s.max_env_steps:
+            return f"{st.env_steps:,} env steps (code.max_env_steps)"
+        if s.max_tokens is not None and self.tokens >= s.max_tokens:
+            return f"{self.tokens:,} tokens (code.max_tokens)"
+        if s.max_wall_s is not None and self.seconds >= s.max_wall_s:
+            return f"{self.seconds:.0f} s (code.max_wall_s)"
+        return None
+
+    def _outcome(self, stop: str | None) -> tuple[Edit | None, str, dict[str, Any]]:
+        st = self.state
+        evidence = {"loop": self.loop, "turns": len(self.turns), "tool_calls": st.tool_calls,
+                    "env_steps": st.env_steps, "tokens": self.tokens, "seconds": round(self.seconds, 1),
+                    "mode": self.mode, "stopped_by": stop}
+        if st.submitted is not None:
+            edit = Edit(kind="search_replace", blocks=st.blocks, rationale=st.submitted.rationale,
+                        target_seeds=st.submitted.target_seeds, target_kinds=st.submitted.target_kinds)
+            return edit, st.submitted.rationale, evidence
+        if st.best is not None:
+            why = (f"the loop stopped at {stop}; its best scored candidate is proposed: mean {st.best.gain:+.3f} "
+                   f"over the incumbent on dev seeds {st.best.seeds}")
+            edit = Edit(kind="search_replace", blocks=st.best.blocks, rationale=why, target_seeds=st.best.seeds)
+            return edit, why, evidence
+        return None, f"the loop stopped at {stop} with no candidate scored above the incumbent", evidence
+
+    # ------------------------------------------------------------------ model turns
+
+    def _ask(self) -> AgentTurn:
+        ctx, started = self.ctx, time.perf_counter()
+        usage = ctx.llm.usage
+        before = (usage.tokens, usage.usd, usage.unpriced_tokens)
+        number = len(self.turns) + 1
+        calls: list[dict[str, str]] = []
+        content = ""
+        if self.mode == "tools":
+            try:
+                reply = ctx.llm.turn(ctx.transcript, self._conversation(), tool_specs())
+                content, calls = reply.content, reply.tool_calls
+                calls = [{**c, "id": c["id"] or f"call-{number}-{i}"} for i, c in enumerate(calls)]
+            except ToolsUnsupported:
+                self.mode = "json"
+        if self.mode == "json":
+            request = ctx.llm.structured(ctx.transcript, self._conversation(), ToolRequest)
+            content = request.thought
+            calls = [{"id": f"json-{number}", "name": request.tool, "arguments": json.dumps(request.arguments)}]
+        spent = usage.tokens - before[0]
+        usd = None if usage.unpriced_tokens > before[2] else round(usage.usd - before[1], 8)
+        turn = ctx.transcript.write(AgentTurn, loop=self.loop, turn=number, mode=self.mode, content=content,
+                                    tool_calls=calls, tokens=spent, usd=usd, replayed=ctx.llm.replays,
+                                    latency_s=round(time.perf_counter() - started, 3))
+        self._take(turn)
+        self.wb.event("agent_turn", loop=self.loop, turn=number, tools=[c["name"] for c in calls],
+                      said=content[:200], tokens=spent)
+        return turn
+
+    def _pending_turn(self) -> AgentTurn | None:
+        """The last recorded turn if some of its tool calls were never run (a kill between them)."""
+        if self.turns and any(c["id"] not in self.runs for c in self.turns[-1].tool_calls):
+            return self.turns[-1]
+        return None
+
+    def _conversation(self) -> list[dict]:
+        """The messages so far, rebuilt from the journal in the current mode."""
+        messages = list(self.opening)
+        for turn in self.turns:
+            runs = [self.runs[c["id"]] for c in turn.tool_calls if c["id"] in self.runs]
+            if self.mode == "tools" and turn.mode == "tools" and turn.tool_calls:
+                messages.append({"role": "assistant", "content": turn.content or None, "tool_calls": [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for c in turn.tool_calls]})
+                answered = {r.call_id for r in runs}
+                messages += [{"role": "tool", "tool_call_id": c["id"],
+                              "content": self.runs[c["id"]].result if c["id"] in answered else
+                              "not run: the loop ended before this call"} for c in turn.tool_calls]
+            else:
+                said = [{"tool": c["name"], "arguments": _loads(c["arguments"])} for c in turn.tool_calls]
+                messages.append({"role": "assistant", "content": json.dumps(
+                    {"thought": turn.content, **said[0]} if len(said) == 1 else {"thought": turn.content,
+                                                                                "calls": said})})
+                if runs:
+                    messages.append({"role": "user", "content": "\n\n".join(
+                        f"Result of {r.name}:\n{r.result}" for r in runs)})
+            if not turn.tool_calls:
+                messages.append({"role": "user", "content": NUDGE})
+            images = [r.image for r in runs if r.image]
+            if images and self.images:
+                messages.append({"role": "user", "content": [{"type": "text", "text": "The frames asked for:"}]
+                                 + [{**image_part(path), "path": path} for path in images]})
+        return messages
+
+    # ------------------------------------------------------------------ tools
+
+    def _run_tool(self, turn: AgentTurn, call: dict[str, str]) -> None:
+        started, steps_before = time.perf_counter(), self.state.env_steps
+        image = None
+        try:
+            args = TOOL_ARGS[call["name"]].model_validate(_loads(call["arguments"], strict=True))
+            result, image = getattr(self, f"_tool_{call['name']}")(args)
+        except KeyError:
+            result = f"error: there is no tool {call['name']!r}; the tools are {', '.join(TOOL_ARGS)}"
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(arguments)'}: {e['msg']}"
+                                 for e in exc.errors()[:5])
+            result = f"error: the arguments of {call['name']} are not valid: {problems}"
+        except (ValueError, HeuristError) as exc:  # a refused seed, a bad edit, a policy the evaluator refused
+            result = f"error: {exc}"
+        self.state.tool_calls += 1
+        run = self.ctx.transcript.write(
+            ToolRun, loop=self.loop, turn=turn.turn, call_id=call["id"], name=call["name"],
+            arguments=call["arguments"][:20_000], result=clipped(result), image=image,
+            env_steps=self.state.env_steps - steps_before, seconds=round(time.perf_counter() - started, 3),
+            state=self.state.model_dump(mode="json"))
+        self.runs[run.call_id] = run
+        self.seconds += run.seconds
+        self.wb.event("tool", loop=self.loop, name=run.name, arguments=run.arguments[:160],
+                      result=run.result[:240], env_steps=run.env_steps, seconds=run.seconds,
+                      tool_calls=self.state.tool_calls, max_tool_calls=self.settings.max_tool_calls)
+
+    def _tool_read_file(self, args: ReadFileArgs) -> tuple[str, None]:
+        files = {"policy.py": self.wb.incumbent, "candidate.py": self.state.source, **self.wb.files()}
+        path = args.path.strip().lstrip("./") or "."
+        if path in (".", ""):
+            return "files:\n" + "\n".join(sorted(files)), None
+        if path not in files:
+            raise ValueError(f"no file {args.path!r}; the files are: {', '.join(sorted(files))}")
+        return files[path], None
+
+    def _tool_score(self, args: ScoreArgs) -> tuple[str, None]:
+        if args.source is not None:
+            self._set_candidate(args.source, [SearchReplace(search=self.wb.incumbent, replace=args.source)])
+        result = self._evaluate(self.state.source, args.seeds)
+        ours = {e.seed: (e.return_ if e.status == "ok" else None) for e in result.episodes}
+        theirs = {seed: self.wb.incumbent_scores.get(seed) for seed in ours}
+        floor = _floor(ours, theirs)
+        lines = []
+        for e in result.episodes:
+            mine, base = ours[e.seed], theirs[e.seed]
+            line = f"seed {e.seed}: {_num(mine)} (incumbent {_num(base)}), {e.length} steps"
+            if e.status != "ok":
+                line += f", {e.status}: {(e.error or '')[:300]}"
+            if e.events:
+                line += "; events: " + ", ".join(f"{ev.kind} at step {ev.step}" for ev in e.events[:4])
+            lines.append(line)
+        gain = sum((ours[s] if ours[s] is not None else floor) - (theirs[s] if theirs[s] is not None else floor)
+                   for s in ours) / len(ours)
+        if self.state.source != self.wb.incumbent and gain > 0 and (
+                self.state.best is None or gain > self.state.best.gain):
+            self.state.best = Best(source=self.state.source, blocks=list(self.state.blocks), gain=gain,
+                                   seeds=sorted(ours))
+        lines.append(f"mean change against the incumbent on these seeds: {gain:+.3f}")
+        return "\n".join(lines), None
+
+    def _tool_trace(self, args: TraceArgs) -> tuple[str, None]:
+        if args.last_step < args.first_step:
+            raise ValueError("last_step is before first_step")
+        episode = self._episode(args.policy, args.seed)
+        trace = episode.trace
+        if trace is None:
+            return f"seed {args.seed}: {episode.status}, no trace was recorded ({(episode.error or '')[:300]})", None
+        near = {step["t"]: step for window in trace.windows for step in window.steps}
+        last = min(args.last_step, len(trace.actions) - 1, args.first_step + TRACE_MAX_STEPS - 1)
+        lines = [f"{args.policy}, seed {args.seed}: {episode.status}, return {_num(episode.return_)}, "
+                 f"{episode.length} steps; events: " + (", ".join(f"{e.kind} at step {e.step}" for e in episode.events)
+                                                        or "none")]
+        for t in range(args.first_step, last + 1):
+            if t in near:
+                step = near[t]
+                lines.append(f"t={t} action={json.dumps(step['action'])} reward={step['reward']} "
+                             f"obs={json.dumps(step['obs'])[:300]} diag={json.dumps(step['diag'])[:200]}")
+            else:
+                lines.append(f"t={t} action={json.dumps(trace.actions[t])} reward={trace.rewards[t]}")
+        if last < args.last_step:
+            lines.append(f"(shown up to step {last}: at most {TRACE_MAX_STEPS} steps a call, and the episode "
+                         f"has {len(trace.actions)})")
+        windows = ", ".join(f"{w.label} at {w.step} (steps {w.steps[0]['t']}..{w.steps[-1]['t']})"
+                            for w in trace.windows if w.steps)
+        lines.append(f"observations are kept near: {windows or 'nowhere'}")
+        return "\n".join(lines), None
+
+    def _tool_frames(self, args: FramesArgs) -> tuple[str, str | None]:
+        source = self.wb.incumbent if args.policy == "incumbent" else self.state.source
+        result = self._evaluate(source, [args.seed], video=True)
+        clips = [c for c in result.clips if c.seed == args.seed]
+        if not clips:
+            return (f"no clip was recorded for seed {args.seed} of the {args.policy} (clips are recorded around "
+                    f"failure events and at the end of the worst episodes)"), None
+        clip = min(clips, key=lambda c: abs(c.step - args.step))
+        head = f"clip '{clip.label}' around step {clip.step} ({clip.frames} frames)"
+        if self.images:
+            return head + "; its contact sheet follows as an image", clip.png
+        tracks = measure_clip(clip.mp4)
+        return head + ", measured (pixels; x right, y down):\n" + (
+            "\n".join(describe_track(t) for t in tracks) or "nothing moved"), None
+
+    def _tool_edit(self, args: EditArgs) -> tuple[str, None]:
+        try:
+            source = apply_search_replace(self.state.source, args.blocks)
+        except EditError as exc:
+            raise ValueError(f"{exc} (candidate.py is unchanged)") from None
+        self._set_candidate(source, [*self.state.blocks, *args.blocks])
+        return "candidate.py now differs from the incumbent by:\n" + (unified_diff(
+            self.wb.incumbent, source, "policy.py") or "(nothing)"), None
+
+    def _tool_run_tests(self, _args: Any) -> tuple[str, None]:
+        if self.settings.max_env_steps is not None and self.state.env_steps >= self.settings.max_env_steps:
+            raise ValueError("the loop's env steps are spent")
+        outcomes, spent = self.wb.run_tests(self.state.source)
+        self.state.env_steps += spent
+        if not outcomes:
+            return "there are no accepted tests yet", None
+        failed = [o for o in outcomes if not o.passed]
+        lines = [f"{len(outcomes) - len(failed)} of {len(outcomes)} test files passed on candidate.py"]
+        lines += [f"{o.name} failed: {o.reason}\n{o.output[-1200:]}" for o in failed]
+        return "\n".join(lines), None
+
+    def _tool_submit(self, args: SubmitArgs) -> tuple[str, None]:
+        if self.state.source == self.wb.incumbent:
+            raise ValueError("candidate.py is the incumbent: change it (edit, or score with a source) first")
+        self.state.submitted = args
+        return "submitted", None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _set_candidate(self, source: str, blocks: list[SearchReplace]) -> None:
+        """Make ``source`` the working candidate once it passes the checks the check stage will make."""
+        try:
+            check_policy_source(source, "candidate.py")
+            compile(source, "candidate.py", "exec")
+        except (PolicyError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"the candidate would not pass the check: {exc} (candidate.py is unchanged)") from None
+        special = seed_special_cases(source)
+        if special:
+            raise ValueError(f"{special} (candidate.py is unchanged)")
+        self.state.source, self.state.blocks = source, blocks
+
+    def _evaluate(self, source: str, seeds: list[int], video: bool = False) -> EvalResult:
+        dev = set(self.wb.dev_seeds)
+        outside = [s for s in seeds if s not in dev]
+        if outside:
+            raise ValueError(f"seeds {outside} are not dev seeds; use dev seeds {min(dev)}..{max(dev)}")
+        if len(seeds) > MAX_SCORE_SEEDS:
+            raise ValueError(f"at most {MAX_SCORE_SEEDS} seeds a call")
+        result, spent = self.wb.evaluate(source, sorted(set(seeds)), video)
+        self.state.env_steps += spent
+        return result
+
+    def _episode(self, policy: str, seed: int):
+        source = self.wb.incumbent if policy == "incumbent" else self.state.source
+        return self._evaluate(source, [seed]).episodes[0]
+
+    def _take(self, turn: AgentTurn) -> None:
+        self.turns.append(turn)
+        self.tokens += turn.tokens
+        self.seconds += turn.latency_s
+
+    def _restore(self) -> None:
+        """Rebuild the loop from its journal (a loop run again after a kill goes on where it stopped)."""
+        for line in self.ctx.transcript.entries():
+            if isinstance(line, AgentTurn) and line.loop == self.loop:
+                self._take(line)
+                if line.mode == "json":
+                    self.mode = "json"
+            elif isinstance(line, ToolRun) and line.loop == self.loop:
+                self.runs[line.call_id] = line
+                self.seconds += line.seconds
+                self.state = LoopState.model_validate(line.state)
+
+
+def _loads(arguments: str, strict: bool = False) -> Any:
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError as exc:
+        if strict:
+            raise ValueError(f"the arguments are not JSON ({exc}); they may have been cut off") from None
+        return arguments
+    if strict and not isinstance(value, dict):
+        raise ValueError("the arguments must be a JSON object")
+    return value
+
+
+def _num(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.3f}"
+
+
+def loop_key(attempt: int) -> str:
+    return f"attempt-{attempt}"

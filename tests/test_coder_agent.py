@@ -1,0 +1,184 @@
+"""The coder as a tool-using agent, driven through the real ``openai`` client against the strict scripted
+server: real CartPole, real sandboxed evaluations and tests, real git and transcripts.
+
+The scripted model reads, traces, makes a SEARCH block that does not match (and is told the nearest
+lines), asks for a holdout seed (refused), edits, scores, runs the tests and submits; the iteration's
+edit is then checked, tested and reviewed like any other. A kill -9 in the middle of the loop is
+resumed from the loop's journal without asking a recorded turn again or running a recorded tool twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from common.ledger import Ledger
+from runner.lifecycle import execute
+from store.config import RunConfig
+from store.rundir import create_run
+from store.transcripts import AgentTurn, ToolRun, TranscriptRecorder
+from tests.scripted_openai import ScriptedOpenAI, tool_call_reply
+from tests.scripted_runs import BALANCES, PIN_BALANCE, REACTS_LATE, WEAK, reply, written_test
+from tests.test_cli import HEURIST
+from tests.test_faults import _start, _wait_for
+from tests.test_graph_llm import decisions
+
+WRONG_SEARCH = "        return 1 if obs[2] > 0.1 else 0\n"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return tmp_path
+
+
+def agent_config(server: ScriptedOpenAI, policy, **code) -> RunConfig:
+    return RunConfig.model_validate({
+        "task": "CartPole-v1", "policy": str(policy), "budget": {"iterations": 1, "patience": None},
+        "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 20,
+                "max_retries": 0, "validation_retries": 0},
+        "code": code, "eval": {"episodes": 6, "holdout": False, "video": False}})
+
+
+def loop_turns() -> list[dict]:
+    return [
+        tool_call_reply(("read_file", {"path": "."}), ("trace", {"seed": 0, "first_step": 0, "last_step": 4}),
+                        content="Look at the files and the first steps of seed 0."),
+        tool_call_reply(("edit", {"blocks": [{"search": WRONG_SEARCH, "replace": BALANCES}]})),
+        tool_call_reply(("score", {"seeds": [0, 1000]})),
+        tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]})),
+        tool_call_reply(("score", {"seeds": [0, 1]}), ("run_tests", {})),
+        tool_call_reply(("submit", {"rationale": "push toward the fall using the angle and its velocity",
+                                    "target_seeds": [0, 1], "target_kinds": ["pole_fell"]})),
+    ]
+
+
+def after_the_loop() -> list[dict]:
+    return [written_test("tests/test_balance_seed_0.py", PIN_BALANCE),
+            reply({"games_the_evaluation": False, "reasons": ["a general control rule"]})]
+
+
+def tool_runs(run_dir, iteration: int = 1) -> list[ToolRun]:
+    return [e for e in TranscriptRecorder(run_dir).read(iteration, "coder") if isinstance(e, ToolRun)]
+
+
+def test_the_agent_experiments_then_its_edit_is_checked_tested_and_committed(home):
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    events = []
+    with ScriptedOpenAI() as server:
+        server.queue(*loop_turns(), *after_the_loop())
+        run_dir = create_run(agent_config(server, policy), home / "run")
+        state = execute(run_dir, lambda kind, fields: events.append((kind, fields)))
+        requests = [r["body"] for r in server.requests if r["path"].endswith("/chat/completions")]
+        assert not server.replies, f"{len(server.replies)} scripted replies were not used"
+
+    assert state["history"][0]["accepted"], state["history"]
+    assert BALANCES in (run_dir / "workspace" / "policy.py").read_text()
+
+    runs = tool_runs(run_dir)
+    assert [r.name for r in runs] == ["read_file", "trace", "edit", "score", "edit", "score", "run_tests", "submit"]
+    listing, trace, bad_edit, holdout, _, score, tests, _ = (r.result for r in runs)
+    assert "candidate.py" in listing and "tests/test_policy_runs.py" in listing
+    assert trace.startswith("incumbent, seed 0") and "t=0 action=" in trace
+    assert "does not match" in bad_edit and "nearest lines" in bad_edit and "unchanged" in bad_edit
+    assert "not dev seeds" in holdout  # a holdout seed is refused, never run
+    assert "seed 0: 500.000 (incumbent" in score and "mean change against the incumbent" in score
+    assert tests.startswith("1 of 1 test files passed")
+    assert runs[5].env_steps > 0 and runs[6].env_steps > 0  # the candidate's seeds, then its dev evaluation
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    assert not any(r["event"] == "eval_started" and r.get("split") != "dev" for r in records)
+
+    # Every request was one the real API takes (the strict server refuses a tool message that answers no
+    # call, a call left unanswered, an unknown field); the tools went as chat completions `tools`.
+    loop_requests = [r for r in requests if r.get("tools")]
+    assert len(loop_requests) == 6 and all(r["tool_choice"] == "auto" for r in loop_requests)
+    last = loop_requests[-1]["messages"]
+    assert [m["role"] for m in last[:2]] == ["system", "user"] and sum(m["role"] == "tool" for m in last) == 7
+
+    turns = [e for e in TranscriptRecorder(run_dir).read(1, "coder") if isinstance(e, AgentTurn)]
+    assert [t.turn for t in turns] == [1, 2, 3, 4, 5, 6] and all(t.tokens > 0 for t in turns)
+    assert [f["name"] for kind, f in events if kind == "tool"][:2] == ["read_file", "trace"]
+    commit_body = state["history"][0]["edit"]
+    assert "angle and its velocity" in commit_body
+
+    # `heurist replay` replays the whole loop: the turns from the journal, the tools run again.
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run([HEURIST, "replay", str(run_dir), "--run-dir", str(home / "replay"), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert decisions(home / "replay") == decisions(run_dir)
+    assert [r.result for r in tool_runs(home / "replay")] == [r.result for r in runs]
+
+
+def test_a_kill_9_inside_the_loop_resumes_without_asking_or_running_anything_twice(home):
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    turns = loop_turns()
+    with ScriptedOpenAI() as server:
+        # Turn 4 hangs: the run is killed while it waits, after turns 1-3 and their tools were recorded.
+        server.queue(*turns[:3], {**turns[3], "delay": 120}, turns[3], *turns[4:], *after_the_loop())
+        run_dir = create_run(agent_config(server, policy), home / "run")
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        proc = _start([sys.executable, "-c", f"from runner.lifecycle import execute; execute({str(run_dir)!r})"], env)
+        try:
+            assert _wait_for(lambda: len(tool_runs(run_dir)) == 4 and len(server.requests) == 4, proc, 240), \
+                proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "the loop never got to turn 4"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        before = [json.dumps(r["body"]["messages"]) for r in server.requests]
+        state = execute(run_dir)
+        asked = len(server.requests) - len(before)
+
+    assert state["history"][0]["accepted"], state["history"]
+    # Resumed: turn 4 asked again (its answer was lost with the process), then turns 5-6, the test writer and
+    # the reviewer; turns 1-3 never again.
+    assert asked == 5
+    runs = tool_runs(run_dir)
+    assert len({r.call_id for r in runs}) == len(runs) == 8  # every tool ran once
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    started = [r for r in records if r["event"] == "eval_started"]
+    assert len({(r["policy_sha256"], tuple(r["seeds"])) for r in started}) == len(started)  # no evaluation twice
+
+
+def test_a_server_without_tools_gets_each_call_as_a_json_object(home):
+    """An endpoint that refuses `tools` (some local servers): the loop asks for one tool call at a time as a JSON
+    object with a schema, and goes on the same way."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    refused = {"status": 400, "json": {"error": {"message": "tools are not supported by this server",
+                                                 "type": "invalid_request_error"}}}
+    calls = [{"tool": "edit", "arguments": {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}},
+             {"tool": "score", "arguments": {"seeds": [0]}},
+             {"tool": "submit", "arguments": {"rationale": "push toward the fall", "target_seeds": [0]}}]
+    with ScriptedOpenAI() as server:
+        server.queue(refused, *[reply({"thought": "next", **c}) for c in calls], *after_the_loop())
+        state = execute(create_run(agent_config(server, policy), home / "run"))
+        bodies = [r["body"] for r in server.requests if r["path"].endswith("/chat/completions")]
+    assert state["history"][0]["accepted"], state["history"]
+    assert [r.name for r in tool_runs(home / "run")] == ["edit", "score", "submit"]
+    assert "tools" in bodies[0] and not any("tools" in b for b in bodies[1:])
+    assert bodies[1]["response_format"]["json_schema"]["name"] == "ToolRequest"
+    narrowed = [e for e in TranscriptRecorder(home / "run").read(1, "coder") if getattr(e, "narrowed", None)]
+    assert narrowed and "tools" in narrowed[0].narrowed
+
+
+def test_the_loop_budget_is_a_hard_stop_that_proposes_the_best_scored_candidate(home):
+    """At code.max_tool_calls the loop ends without a submit: the candidate it scored above the incumbent is
+    proposed, with the reason."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    with ScriptedOpenAI() as server:
+        server.queue(tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]})),
+                     tool_call_reply(("score", {"seeds": [0, 1]})), *after_the_loop())
+        state = execute(create_run(agent_config(server, policy, max_tool_calls=2), home / "run"))
+        assert not server.replies
+    assert state["history"][0]["accepted"], state["history"]
+    assert "2 tool calls (code.max_tool_calls)" in state["history"][0]["edit"]
