@@ -24,6 +24,7 @@ from roles.llm_requests import (
     EndpointProfile,
     json_text,
     looks_invalid,
+    reasoning_model,
     record_profile,
     response_format,
     shaped_messages,
@@ -74,13 +75,34 @@ def _try(call) -> tuple[bool, str]:
     return False, seen
 
 
-def _structured(client: Any, model: str) -> tuple[str | None, list[str]]:
+def _limit(base_url: str | None, model: str, tokens: int) -> dict[str, int]:
+    """A reply's token limit as the endpoint takes it: OpenAI's API and its reasoning models refuse max_tokens,
+    and a reasoning model's limit counts its reasoning, so it gets room to think before it answers."""
+    if reasoning_model(model):
+        return {"max_completion_tokens": max(tokens, 2048)}
+    return {"max_completion_tokens": tokens} if base_url is None else {"max_tokens": tokens}
+
+
+def _tool_call(client: Any, model: str, limit: dict[str, int]) -> str:
+    """A tool the model must call: a server that takes `tools` but leaves the call in the text (as some local
+    servers do) is no use to the coder's agent, which then asks for each call as a JSON object instead."""
+    tool = {"type": "function", "function": {"name": "ping", "description": "Say that you are here.",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    reply = client.chat.completions.create(model=model, **limit, tools=[tool], messages=[
+        {"role": "user", "content": "Call the function ping now."}])
+    message = reply.choices[0].message if reply.choices else None
+    if not any(c.function.name == "ping" for c in (message.tool_calls or []) if message and c.function):
+        raise ValueError("the server takes `tools` but the model answered in text, not with a tool call")
+    return "the model called the tool"
+
+
+def _structured(client: Any, model: str, limit: dict[str, int]) -> tuple[str | None, list[str]]:
     """The strongest mode whose reply parses, and what each weaker attempt met."""
     seen = []
     for mode in MODES:
         caps = Capabilities(structured=mode)
         messages = shaped_messages([{"role": "user", "content": ASK}], caps, Probe)
-        request: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": 40}
+        request: dict[str, Any] = {"model": model, "messages": messages, **limit}
         fmt = response_format(caps, Probe)
         if fmt is not None:
             request["response_format"] = fmt
@@ -105,7 +127,8 @@ def probe_endpoint(base_url: str | None, model: str, api_key_env: str = "OPENAI_
         return []
     client = _client(base_url, key, timeout_s)
     started = time.perf_counter()
-    mode, refused = _structured(client, model)
+    limit = _limit(base_url, model, 40)
+    mode, refused = _structured(client, model, limit)
     checks = [Check(name="LLM structured output", status="ok" if mode == MODES[0] else "warn" if mode else "fail",
                     detail=(f"heurist will use {mode}" if mode else "no mode gave a reply that parses")
                     + (f" ({'; '.join(refused)})" if refused else ""),
@@ -114,14 +137,14 @@ def probe_endpoint(base_url: str | None, model: str, api_key_env: str = "OPENAI_
                     "use a model that can answer in JSON, or check the server's log")]
     image = [{"type": "text", "text": ASK}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_image()}"}}]
     images, seen = _try(lambda: client.chat.completions.create(
-        model=model, max_tokens=20, messages=[{"role": "user", "content": image}]) and "accepted")
+        model=model, **limit, messages=[{"role": "user", "content": image}]) and "accepted")
     checks.append(Check(name="LLM images", status="ok" if images else "warn", detail=seen,
                         fix="" if images else "the video analyst then describes its clips by path and measurement"))
     usage: list[Any] = []
 
     def stream(with_usage: bool) -> str:
         extra = {"stream_options": {"include_usage": True}} if with_usage else {}
-        with client.chat.completions.create(model=model, max_tokens=20, stream=True, **extra,
+        with client.chat.completions.create(model=model, **limit, stream=True, **extra,
                                             messages=[{"role": "user", "content": ASK}]) as chunks:
             usage.extend(c.usage for c in chunks if getattr(c, "usage", None) is not None)
         return "streams" + (", with usage" if usage else ", without usage (tokens are counted from the text)")
@@ -132,12 +155,10 @@ def probe_endpoint(base_url: str | None, model: str, api_key_env: str = "OPENAI_
     checks.append(Check(name="LLM streaming", status="ok" if streams else "warn", detail=seen,
                         fix="" if streams else "calls then wait for whole replies; set llm.timeout_s above the "
                                                "slowest reply"))
-    tool = {"type": "function", "function": {"name": "ping", "description": "Answer that you are here.",
-                                             "parameters": {"type": "object", "properties": {}}}}
-    tools, seen = _try(lambda: client.chat.completions.create(
-        model=model, max_tokens=20, tools=[tool], messages=[{"role": "user", "content": ASK}]) and "accepted")
+    tools, seen = _try(lambda: _tool_call(client, model, limit))
     checks.append(Check(name="LLM tool calls", status="ok" if tools else "warn", detail=seen,
-                        fix="" if tools else "not used yet; the coder's tools will need them"))
+                        fix="" if tools else "nothing to do: the coder's agent asks for each tool call as a JSON "
+                                             "object; or set code.mode = \"single\""))
     if mode is not None:
         record_profile(EndpointProfile(base_url=base_url, model=model, structured=mode, images=images, stream=streams,
                                        stream_usage=bool(usage), tools=tools,

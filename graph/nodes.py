@@ -27,7 +27,7 @@ from common.files import atomic_write
 from envs.contract import check_policy_source, seed_special_cases
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
-from graph.context import Services, scored, seeds_of
+from graph.context import Services, per_seed, scored, seeds_of
 from graph.state import RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from graph.workbench import RunWorkbench
@@ -185,11 +185,16 @@ class Nodes:
         # The failures as the analysts that found them summed them up (by fact, never by role name).
         failure_summary = " ".join(report["summary"] for report in analyses.values()
                                    if report.get("failures") is not None or report.get("seeds_by_kind") is not None)
+        # The candidate is scored before its test is written, so the writer knows the gain to pin (verify reads
+        # the same evaluation from the cache).
+        scored_candidate = s.evaluate_cached(s.candidate_file(state["candidate"]["source"]))
+        accepted = s.workspace.tests_at(state["incumbent"]["commit"])
         data = TestWriterInput(task=s.spec.id, iteration=state["iteration"],
                                edit=Edit.model_validate(state["coder"]["edit"]),
                                candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
                                failure_summary=failure_summary, seeds_by_kind=gather(analyses, "seeds_by_kind"),
-                               existing_tests=sorted(s.workspace.tests_at(state["incumbent"]["commit"])))
+                               existing_tests=sorted(accepted), candidate=per_seed(scored_candidate),
+                               existing_test_sources=accepted)
         s.event("role", role=writer.name)
         try:
             test = writer.run(data, s.context(state["iteration"], writer))

@@ -21,6 +21,7 @@ above the incumbent, if any.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Literal
 
@@ -117,7 +118,7 @@ class CoderLoop:
     def run(self) -> tuple[Edit | None, str, dict[str, Any]]:
         self._restore()
         stop = None
-        idle = 0
+        idle = next((i for i, t in enumerate(reversed(self.turns)) if t.tool_calls), len(self.turns))
         while self.state.submitted is None:
             stop = self._stop_reason()
             if stop:
@@ -138,6 +139,10 @@ class CoderLoop:
             if idle >= self.settings.max_idle_turns:
                 stop = f"{idle} turns in a row called no tool"
                 break
+            if idle == 2 and self.mode == "tools":  # a model that will not call tools natively is asked for JSON
+                self.mode = "json"
+                self.ctx.decide("two turns in a row called no tool: each tool call is asked for as a JSON object "
+                                "from now on", loop=self.loop)
             for call in turn.tool_calls:
                 if call["id"] not in self.runs:
                     self._run_tool(turn, call)
@@ -185,7 +190,7 @@ class CoderLoop:
         if self.mode == "tools":
             try:
                 reply = ctx.llm.turn(ctx.transcript, self._conversation(), tool_specs())
-                content, calls = reply.content, reply.tool_calls
+                content, calls = reply.content, reply.tool_calls or calls_in_text(reply.content)
                 calls = [{**c, "id": c["id"] or f"call-{number}-{i}"} for i, c in enumerate(calls)]
             except ToolsUnsupported:
                 self.mode = "json"
@@ -414,6 +419,28 @@ class CoderLoop:
                 self.runs[line.call_id] = line
                 self.seconds += line.seconds
                 self.state = LoopState.model_validate(line.state)
+
+
+_TAGGED = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+
+
+def calls_in_text(content: str) -> list[dict[str, str]]:
+    """Tool calls a model wrote into its text instead of the API's field, as servers without a tool-call parser
+    pass them on: Qwen/Hermes ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``, or a reply that is one
+    such JSON object. Only calls that name a tool are taken."""
+    found = _TAGGED.findall(content or "")
+    if not found and (content or "").strip().startswith("{"):
+        found = [content.strip()]
+    calls = []
+    for text in found:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            continue
+        name = value.get("name") or value.get("tool") if isinstance(value, dict) else None
+        if name in TOOL_ARGS:
+            calls.append({"id": "", "name": name, "arguments": json.dumps(value.get("arguments") or {})})
+    return calls
 
 
 def _loads(arguments: str, strict: bool = False) -> Any:

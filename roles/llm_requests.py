@@ -211,7 +211,7 @@ class EndpointProfile(BaseModel):
     images: bool
     stream: bool
     stream_usage: bool
-    tools: bool  # reported; the coder's tools (a later issue) will use it
+    tools: bool  # the model calls a tool it is given (else the coder's agent asks for calls as JSON)
 
 
 def _profiles_path() -> Path:
@@ -245,4 +245,5 @@ def capabilities_from(profile: EndpointProfile | None) -> Capabilities:
     if profile is not None:
         caps.structured, caps.images = profile.structured, profile.images
         caps.stream, caps.stream_usage = profile.stream, profile.stream_usage
+        caps.tools = profile.tools
     return caps

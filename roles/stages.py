@@ -133,6 +133,9 @@ class TestWriterInput(RoleModel):
     failure_summary: str = ""
     seeds_by_kind: dict[str, list[int]] = Field(default_factory=dict)
     existing_tests: list[str] = Field(default_factory=list)
+    candidate: dict[int, float | None] = Field(default_factory=dict, description="The candidate's return per dev "
+                                               "seed (None: failed), measured before the test is written.")
+    existing_test_sources: dict[str, str] = Field(default_factory=dict, description="The accepted test files.")
 
 
 class TestFile(RoleModel):

@@ -54,6 +54,10 @@ def test_policy_loads_and_resets():
                     rationale=f"pins the gain on seeds {sorted(seeds)} so later edits cannot lose it")
 
 
+def _returned(value: float | None) -> str:
+    return "failed" if value is None else f"{value:g}"
+
+
 class TestWriter(Role[TestWriterInput, TestFile]):
     name = "test_writer"
     stage = "test"
@@ -67,7 +71,9 @@ class TestWriter(Role[TestWriterInput, TestFile]):
         seeds = [s for s in data.edit.target_seeds if s in data.incumbent][:3]
         if not seeds:  # no target named: the incumbent's worst seeds
             seeds = sorted(data.incumbent, key=lambda s: (data.incumbent[s] is not None, data.incumbent[s] or 0))[:3]
-        measured = ctx.score([data.candidate_source], seeds)[0]
+        # The candidate's dev returns, measured before the writer runs (a plug-in's caller may not give them).
+        measured = ({s: data.candidate[s] for s in seeds} if all(s in data.candidate for s in seeds)
+                    else ctx.score([data.candidate_source], seeds)[0])
         gains = {s: (data.incumbent[s], measured[s]) for s in seeds
                  if measured[s] is not None and (data.incumbent[s] is None or measured[s] > data.incumbent[s])}
         if not gains:  # the edit fixed none of them: pin that the episodes still complete at their new level
@@ -77,9 +83,15 @@ class TestWriter(Role[TestWriterInput, TestFile]):
         return test
 
     def ask_model(self, data: TestWriterInput, ctx: RoleContext) -> TestFile:
+        gains = "\n".join(f"seed {s}: {_returned(data.incumbent.get(s))} -> {_returned(r)}"
+                          for s, r in sorted(data.candidate.items()) if r != data.incumbent.get(s))
+        existing = "\n\n".join(f"# {name}\n{text}" for name, text in sorted(data.existing_test_sources.items()))
         prompt = (f"Task: {data.task}\nIteration {data.iteration}. The edit:\n{data.edit.model_dump_json()}\n\n"
                   f"Failures before the edit: {data.failure_summary}\nSeeds by failure kind: {data.seeds_by_kind}\n"
-                  f"Incumbent returns per dev seed: {data.incumbent}\n\nThe candidate policy:\n```python\n"
-                  f"{data.candidate_source}\n```\n\nExisting test files: {data.existing_tests}\n\n{KIT_API}")
+                  f"Incumbent returns per dev seed: {data.incumbent}\n"
+                  f"What the edit changed, measured on the dev seeds (incumbent -> candidate):\n"
+                  f"{gains or 'no seed changed'}\n\nThe candidate policy:\n```python\n{data.candidate_source}\n```\n\n"
+                  f"The accepted tests (they keep running; do not repeat them):\n{existing[:6000] or 'none'}\n\n"
+                  f"{KIT_API}")
         return ctx.llm.structured(ctx.transcript, [{"role": "system", "content": self.prompt()},
                                                    {"role": "user", "content": prompt}], TestFile)

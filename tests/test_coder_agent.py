@@ -107,6 +107,10 @@ def test_the_agent_experiments_then_its_edit_is_checked_tested_and_committed(hom
     assert [f["name"] for kind, f in events if kind == "tool"][:2] == ["read_file", "trace"]
     commit_body = state["history"][0]["edit"]
     assert "angle and its velocity" in commit_body
+    # The test writer wrote after the candidate was scored: it was told the gain per seed, and the accepted tests.
+    writer = next(r for r in requests if "test writer" in r["messages"][0]["content"])["messages"][-1]["content"]
+    assert "(incumbent -> candidate):\nseed 0: " in writer and "-> 500" in writer
+    assert "def test_policy_runs_a_dev_episode" in writer
 
     # `heurist replay` replays the whole loop: the turns from the journal, the tools run again.
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
@@ -182,3 +186,13 @@ def test_the_loop_budget_is_a_hard_stop_that_proposes_the_best_scored_candidate(
         assert not server.replies
     assert state["history"][0]["accepted"], state["history"]
     assert "2 tool calls (code.max_tool_calls)" in state["history"][0]["edit"]
+
+
+def test_tool_calls_written_in_the_text_are_taken_as_calls():
+    from roles.coder_agent import calls_in_text
+
+    hermes = 'Let me look.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "policy.py"}}\n</tool_call>'
+    assert calls_in_text(hermes) == [{"id": "", "name": "read_file", "arguments": '{"path": "policy.py"}'}]
+    assert [c["name"] for c in calls_in_text('{"tool": "run_tests", "arguments": {}}')] == ["run_tests"]
+    assert calls_in_text('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>') == []  # not a tool
+    assert calls_in_text("I would edit the angle gain.") == []

@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 
-from tests.scripted_openai import ScriptedOpenAI
+from tests.scripted_openai import ScriptedOpenAI, tool_call_reply
 from tests.test_cli import HEURIST
 from tests.test_llm import chat
 
@@ -41,7 +41,14 @@ def test_doctor_checks_the_installation_and_names_every_part(tmp_path):
 
 
 def answers_ok(body: dict) -> dict:
+    if body.get("tools"):
+        return tool_call_reply(("ping", {}))
     return chat('{"ok": true}', prompt_tokens=9, completion_tokens=1)
+
+
+def answers_in_text(body: dict) -> dict:
+    """As llama-cpp-python's generic chat handler does: `tools` taken, the call left in the text."""
+    return chat('<tool_call>{"name": "ping", "arguments": {}}</tool_call>' if body.get("tools") else '{"ok": true}')
 
 
 def test_doctor_asks_the_endpoint_for_one_token_then_probes_what_it_can_do(tmp_path):
@@ -70,7 +77,7 @@ def test_doctor_finds_llama_cpps_mode_and_runs_start_from_it(tmp_path, monkeypat
     from tests.test_llm import Answer
 
     home = tmp_path / "home"
-    with ScriptedOpenAI(responder=answers_ok, profile="llama.cpp") as server:
+    with ScriptedOpenAI(responder=answers_in_text, profile="llama.cpp") as server:
         done = doctor("--base-url", server.base_url, "--model", "qwen", env={"HEURIST_HOME": str(home)})
         assert done.returncode == 0, done.stdout + done.stderr
         checks = {c["name"]: c for c in json.loads(done.stdout)}
@@ -78,8 +85,10 @@ def test_doctor_finds_llama_cpps_mode_and_runs_start_from_it(tmp_path, monkeypat
         assert checks["LLM structured output"]["detail"].startswith("heurist will use json_object_schema")
         assert "json_schema: refused (500" in checks["LLM structured output"]["detail"]
         assert checks["LLM images"]["status"] == "warn" and "refused (500" in checks["LLM images"]["detail"]
-        assert json.loads((home / "endpoints.json").read_text())[f"{server.base_url} qwen"]["structured"] == \
-            "json_object_schema"
+        profile = json.loads((home / "endpoints.json").read_text())[f"{server.base_url} qwen"]
+        assert profile["structured"] == "json_object_schema"
+        # A model that leaves its tool call in the text: the coder's agent will ask for calls as JSON objects.
+        assert profile["tools"] is False and "answered in text" in checks["LLM tool calls"]["detail"]
 
         monkeypatch.setenv("HEURIST_HOME", str(home))
         before = len(server.requests)
