@@ -84,6 +84,8 @@ class _RunTally:
             self.env_steps = int(f["spent"].get("env_steps", self.env_steps))  # the ledger's count wins
         elif kind == "warning":
             self.warnings = [*self.warnings[-2:], f["message"]]
+        elif kind == "chosen":
+            self.activity = f["message"]
         elif kind == "agent_turn":
             self.call = None
             self.activity = f"turn {f['turn']}: " + (", ".join(f["tools"]) or "no tool called")
@@ -188,6 +190,8 @@ class LogLines:
                        f"{score_text(t.best)} · {t.budget_line()} · {fields['reason']}")
         elif kind == "warning":
             self._line(f"warning: {fields['message']}")
+        elif kind == "chosen":
+            self._line(fields["message"])
         elif kind == "tool":  # the coder agent's tool calls, one line each: an overnight log shows the loop
             self._line(f"  coder tool {fields['tool_calls']}/{fields['max_tool_calls']} {fields['name']}"
                        f"({fields['arguments'][:80]}) {fields['seconds']:.1f} s, {fields['env_steps']:,} env steps: "

@@ -28,7 +28,7 @@ from envs.contract import check_policy_source, seed_special_cases
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
 from graph.context import Services, per_seed, scored, seeds_of
-from graph.state import RunState
+from graph.state import Candidate, CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from graph.workbench import RunWorkbench
 from memory.records import FailureRecord, FixRecord
@@ -43,6 +43,21 @@ from store.workspace import POLICY_FILE
 
 class RoleContractError(HeuristError):
     """A role that returned something other than what it declares."""
+
+
+# What side-by-side coders pursue once the failures the analysts found are shared out.
+HYPOTHESES = ("a new rule in the policy's structure for the state it fails in",
+              "better values for the policy's thresholds and gains, the structure kept",
+              "a simpler policy that fails less, with rules that never fire removed")
+
+
+def focus_of(branch: int, failures: list[FailureFinding]) -> str:
+    """What the coder of one branch pursues: a different failure kind each, then a different hypothesis."""
+    distinct = list({f.kind: f for f in failures}.values())
+    if branch < len(distinct):
+        f = distinct[branch]
+        return f"fix the {f.kind} failure (seed {f.seed}, step {f.step}): {f.description[:300]}"
+    return f"try {HYPOTHESES[(branch - len(distinct)) % len(HYPOTHESES)]}"
 
 
 
@@ -81,7 +96,8 @@ class Nodes:
         s.evaluate_cached(s.candidate_file(s.workspace.source_at(state["incumbent"]["commit"])), video=True)
         return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None,
                 "coder": None, "attempts": 0, "check_error": None, "candidate": None, "tests": {},
-                "verification": None, "verdict": None, "outcome": None}
+                "verification": None, "verdict": None, "outcome": None, "proposals": None, "queue": [],
+                "tried": [], "branch_name": None}
 
     # ------------------------------------------------------------------ 2. analyse (one node per role)
 
@@ -129,52 +145,105 @@ class Nodes:
     # ------------------------------------------------------------------ 4. code
 
     def code(self, state: RunState) -> RunState:
+        self.s.workspace.reset_to(state["incumbent"]["commit"])
+        return {"coder": self._propose(state), "attempts": state.get("attempts", 0) + 1, "check_error": None}
+
+    def code_branch(self, state: RunState) -> RunState:
+        """One of ``code.parallel`` coders proposing side by side (a LangGraph ``Send`` carries its branch):
+        each pursues a different failure or hypothesis, and never touches the working tree."""
+        branch = int(state["branch"])  # type: ignore[typeddict-item]  # the Send's payload, not a channel
+        focus = focus_of(branch, gather(state.get("analyses") or {}, "failures"))
+        return {"proposals": {str(branch): self._propose(state, branch, focus)}}
+
+    def _propose(self, state: RunState, branch: int = 0, focus: str | None = None) -> CodeOutcome:
         s = self.s
         coder = s.role("code")
-        previous = (state.get("coder") or {}).get("edit")
+        previous = (state.get("coder") or {}).get("edit") if not branch else None
         data = CoderInput(task=s.spec.id, task_description=s.spec.description,
                           policy_source=s.workspace.source_at(state["incumbent"]["commit"]),
                           incumbent=seeds_of(state["incumbent"]),
                           analyses=state.get("analyses") or {}, recall=state.get("recall"),
                           history=state.get("history", []), check_error=state.get("check_error"),
                           previous_edit=Edit.model_validate(previous) if previous else None,
-                          attempt=state.get("attempts", 0) + 1)
-        s.workspace.reset_to(state["incumbent"]["commit"])
-        s.event("role", role=coder.name)
+                          attempt=state.get("attempts", 0) + 1, branch=branch, focus=focus)
+        s.event("role", role=coder.name, branch=branch)
         # The agent's tools reach the run through the workbench: sandboxed evaluations and tests, dev seeds only.
         ctx = replace(s.context(state["iteration"], coder), workbench=RunWorkbench(s, state, coder.name))
         try:
-            out = coder.run(data, ctx).model_dump(mode="json")
+            return coder.run(data, ctx).model_dump(mode="json")
         except LLMError as exc:  # a spent budget is a stop, not a model failure: it must not pause the run
-            out = {"edit": None, "reason": f"the coder's model failed: {exc}",
-                   "llm_failed": not isinstance(exc, BudgetSpent)}
-        return {"coder": out, "attempts": state.get("attempts", 0) + 1, "check_error": None}
+            return {"edit": None, "reason": f"the coder's model failed: {exc}",
+                    "llm_failed": not isinstance(exc, BudgetSpent)}
 
     # ------------------------------------------------------------------ 5. check
 
     def check(self, state: RunState) -> RunState:
+        candidate, error = self._checked(state, Edit.model_validate(state["coder"]["edit"]))
+        return {"check_error": error, "candidate": candidate}
+
+    def _checked(self, state: RunState, edit: Edit) -> tuple[Candidate | None, str | None]:
+        """The edited policy if it applies, parses, keeps the contract and the rules, and survives its smoke
+        episode; else why not."""
         s = self.s
-        edit = Edit.model_validate(state["coder"]["edit"])
         source = s.workspace.source_at(state["incumbent"]["commit"])
         try:
             candidate = apply_edit(source, edit)
             check_policy_source(candidate, "policy.py")
             compile(candidate, "policy.py", "exec")
         except (PolicyError, SyntaxError, ValueError) as exc:
-            return {"check_error": f"the edit does not apply or parse: {exc}", "candidate": None}
+            return None, f"the edit does not apply or parse: {exc}"
         if candidate == source:
-            return {"check_error": "the edit changes nothing in the policy file", "candidate": None}
+            return None, "the edit changes nothing in the policy file"
         special = seed_special_cases(candidate)
         if special:
-            return {"check_error": f"the edited policy {special}", "candidate": None}
+            return None, f"the edited policy {special}"
         smoke_seed = s.dev_seeds()[0]
         episode = s.evaluate_cached(s.candidate_file(candidate), "dev", [smoke_seed]).episodes[0]
         if episode.status != "ok":
-            return {"check_error": f"the edited policy failed its smoke episode on dev seed {smoke_seed}: "
-                                   f"{episode.status}: {episode.error}", "candidate": None}
+            return None, (f"the edited policy failed its smoke episode on dev seed {smoke_seed}: {episode.status}: "
+                          f"{episode.error}")
         diff = unified_diff(source, candidate)
-        return {"check_error": None, "candidate": {"source": candidate, "diff": diff,
-                                                   "summary": diff_summary(diff)}}
+        return {"source": candidate, "diff": diff, "summary": diff_summary(diff)}, None
+
+    # ------------------------------------------------------------------ 4-5 with candidates side by side
+
+    def choose(self, state: RunState) -> RunState:
+        """Every side-by-side proposal checked and scored on the dev seeds; the best goes on to the tests and the
+        gate, the others wait best first (``next_candidate``) in case it is rejected."""
+        s = self.s
+        proposals = state.get("proposals") or {}
+        ranked, notes = [], []
+        for key in sorted(proposals, key=int):
+            out, name = proposals[key], f"candidate {int(key) + 1}"
+            if not out.get("edit"):
+                notes.append(f"{name}: no edit: {out.get('reason', '')[:300]}")
+                continue
+            candidate, error = self._checked(state, Edit.model_validate(out["edit"]))
+            if candidate is None:
+                notes.append(f"{name}: {error[:300]}")
+                continue
+            result = s.evaluate_cached(s.candidate_file(candidate["source"]))
+            failed = sum(e.status != "ok" for e in result.episodes)
+            mean = result.stats.mean if result.stats else float("-inf")
+            ranked.append(((-failed, mean, -int(key)), {"coder": out, "candidate": candidate, "name": name}))
+        ranked.sort(key=lambda r: r[0], reverse=True)
+        if not ranked:
+            return {"coder": {"edit": None, "reason": "; ".join(notes) or "no candidate",
+                              "llm_failed": any(o.get("llm_failed") for o in proposals.values())},
+                    "candidate": None, "queue": [], "tried": notes, "attempts": 1}
+        first, *rest = [r[1] for r in ranked]
+        s.event("chosen", message=f"{first['name']} of {len(proposals)} goes to the tests and the gate first"
+                + (f"; {'; '.join(notes)}" if notes else ""))
+        return {"coder": first["coder"], "candidate": first["candidate"], "queue": rest, "tried": notes,
+                "attempts": 1, "check_error": None, "branch_name": first["name"]}
+
+    def next_candidate(self, state: RunState) -> RunState:
+        """The gate rejected this candidate: the next best side-by-side one goes through tests and gate."""
+        first, *rest = state["queue"]
+        rejected = f"{state.get('branch_name', 'candidate')}: " + "; ".join(state["verdict"]["reasons"])[:600]
+        return {"coder": first["coder"], "candidate": first["candidate"], "queue": rest,
+                "tried": [*(state.get("tried") or []), rejected], "branch_name": first["name"],
+                "tests": {}, "verification": None, "verdict": None}
 
     # ------------------------------------------------------------------ 6. write tests
 
@@ -304,15 +373,19 @@ class Nodes:
                                f"inspect {s.run_dir / 'candidates'} and the workspace, which is at the last "
                                f"accepted commit")
         incumbent = {**verification["candidate"], "commit": commit}
+        tried = [f"before it, {t}" for t in state.get("tried") or []]  # side-by-side candidates not taken
         return {"incumbent": incumbent, "since_improvement": 0,
-                "outcome": {"accepted": True, "commit": commit, "reason": "; ".join(state["verdict"]["reasons"])}}
+                "outcome": {"accepted": True, "commit": commit,
+                            "reason": "; ".join([*state["verdict"]["reasons"], *tried])}}
 
     def roll_back(self, state: RunState) -> RunState:
         s = self.s
         s.workspace.reset_to(state["incumbent"]["commit"])
         coder = state.get("coder") or {}
+        tried = state.get("tried") or []  # side-by-side candidates rejected before this one, or never gated
         if state.get("verdict"):
-            reason = "; ".join(state["verdict"]["reasons"])
+            last = "; ".join(state["verdict"]["reasons"])
+            reason = "; ".join([*tried, f"{state.get('branch_name')}: {last}"]) if tried else last
         elif coder.get("edit") is None:
             reason = f"no edit proposed: {coder.get('reason', 'the coder gave none')}"
         else:

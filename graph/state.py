@@ -116,6 +116,12 @@ class RunState(TypedDict, total=False):
     analyses: Annotated[dict[str, AnalysisReport], merge_reports]  # analyse role -> its report
     recall: dict[str, Any] | None  # a memory.records.Recall as JSON
     coder: CodeOutcome | None
+    # code.parallel > 1: each side-by-side coder's proposal by branch; the checked candidates still waiting,
+    # best first ({"coder", "candidate", "name"}); what was rejected or dropped before the one at the gate.
+    proposals: Annotated[dict[str, CodeOutcome], merge_reports]
+    queue: list[dict[str, Any]]
+    tried: list[str]
+    branch_name: str | None
     attempts: int  # coder attempts this iteration
     check_error: str | None
     candidate: Candidate | None

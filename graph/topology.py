@@ -4,6 +4,9 @@ One iteration: evaluate -> analyse (each analyse role in parallel) -> recall -> 
 check (back to code with the error, a bounded number of times) -> write_tests -> verify ->
 review -> commit or roll_back -> remember -> evaluate again, or finish (freeze, holdout,
 summary), or pause (too many model failures in a row; `heurist resume` continues).
+With ``code.parallel`` > 1 and a model, recall sends one ``code_branch`` per candidate, side by
+side; ``choose`` checks and scores them all, and the best goes to write_tests; a candidate the
+gate rejects hands over to the next best (``next_candidate``) before the iteration rolls back.
 
 Routers are module-level functions of the state and the run's context (LangGraph's
 ``Runtime``: the config and task, never the outside world), so a resumed run takes the same
@@ -17,6 +20,7 @@ from typing import Any, Callable, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 
 from graph.budget import stop_reason
 from graph.context import Services
@@ -33,14 +37,29 @@ def after_code(state: RunState) -> Literal["check", "roll_back"]:
     return "check" if (state.get("coder") or {}).get("edit") else "roll_back"
 
 
+def after_recall(state: RunState, runtime: Runtime[Services]) -> Literal["code"] | list[Send]:
+    """One coder, or ``code.parallel`` of them side by side (LangGraph ``Send``, each with its branch) where a
+    model codes; the offline coder's search proposes one."""
+    s = runtime.context
+    if s.config.code.parallel > 1 and s.llm is not None:
+        return [Send("code_branch", {**state, "branch": k}) for k in range(s.config.code.parallel)]
+    return "code"
+
+
+def after_choose(state: RunState) -> Literal["write_tests", "roll_back"]:
+    return "write_tests" if state.get("candidate") else "roll_back"
+
+
 def after_check(state: RunState, runtime: Runtime[Services]) -> Literal["write_tests", "code", "roll_back"]:
     if state.get("candidate"):
         return "write_tests"
     return "code" if state.get("attempts", 0) <= runtime.context.config.check_retries else "roll_back"
 
 
-def after_review(state: RunState) -> Literal["commit", "roll_back"]:
-    return "commit" if state["verdict"]["accept"] else "roll_back"
+def after_review(state: RunState) -> Literal["commit", "next_candidate", "roll_back"]:
+    if state["verdict"]["accept"]:
+        return "commit"
+    return "next_candidate" if state.get("queue") else "roll_back"
 
 
 def after_remember(state: RunState, runtime: Runtime[Services]) -> Literal["evaluate", "finish", "pause"]:
@@ -61,8 +80,8 @@ def announced(name: str, node: Callable[[RunState], dict[str, Any]],
     return run
 
 
-STEPS = ("recall", "code", "check", "write_tests", "verify", "review", "commit", "roll_back", "remember", "pause",
-         "finish")
+STEPS = ("recall", "code", "check", "code_branch", "choose", "next_candidate", "write_tests", "verify", "review",
+         "commit", "roll_back", "remember", "pause", "finish")
 
 
 def build(nodes: Nodes, checkpointer: Any = None):
@@ -81,9 +100,12 @@ def build(nodes: Nodes, checkpointer: Any = None):
     for name in analyse_nodes:  # fan out: the analysts run in parallel ...
         graph.add_edge("evaluate", name)
     graph.add_edge(analyse_nodes or "evaluate", "recall")  # ... and recall waits for all of them
-    graph.add_edge("recall", "code")
+    graph.add_conditional_edges("recall", after_recall, ["code", "code_branch"])
     graph.add_conditional_edges("code", after_code)
     graph.add_conditional_edges("check", after_check)
+    graph.add_edge("code_branch", "choose")  # waits for every branch: they run in one step
+    graph.add_conditional_edges("choose", after_choose)
+    graph.add_edge("next_candidate", "write_tests")
     graph.add_edge("write_tests", "verify")
     graph.add_edge("verify", "review")
     graph.add_conditional_edges("review", after_review)

@@ -96,8 +96,10 @@ class Coder(Role[CoderInput, CoderOutput]):
                   + (f" and {limits.max_tokens:,} tokens" if limits.max_tokens else "") + "; at its end, the "
                   "candidate you scored best above the incumbent is proposed if you have not submitted. Dev seeds: "
                   + ", ".join(map(str, sorted(data.incumbent))) + ".")
-        loop = CoderLoop(ctx, ctx.workbench, loop_key(data.attempt), self.prompt_of("coder_agent.md"),
-                         "\n\n".join([*self._brief(data), budget]), ctx.llm.takes_images(self.name))
+        focus = [f"Your focus in this loop (other loops pursue other ideas side by side): {data.focus}"] \
+            if data.focus else []
+        loop = CoderLoop(ctx, ctx.workbench, loop_key(data.attempt, data.branch), self.prompt_of("coder_agent.md"),
+                         "\n\n".join([*self._brief(data), *focus, budget]), ctx.llm.takes_images(self.name))
         edit, reason, evidence = loop.run()
         ctx.decide(f"the agent's loop ended: {reason}"[:500], **evidence)
         return CoderOutput(edit=edit, reason=reason, search=evidence)

@@ -25,7 +25,7 @@ import re
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import HeuristError, PolicyError
 from envs.contract import check_policy_source, seed_special_cases
@@ -42,6 +42,7 @@ from roles.coder_tools import (
     TraceArgs,
     Workbench,
     clipped,
+    tool_request_model,
     tool_specs,
 )
 from roles.edits import Edit, EditError, SearchReplace, apply_search_replace, unified_diff
@@ -77,18 +78,7 @@ class LoopState(BaseModel):
     env_steps: int = 0
 
 
-class _ToolRequest(BaseModel):
-    """A tool call as a JSON object, for endpoints that refuse `tools` (the schema names the tools)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    thought: str = Field("", description="What you want to learn or try, in one sentence.")
-    tool: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
-
-
-ToolRequest = create_model("ToolRequest", __base__=_ToolRequest,
-                           tool=(Literal[tuple(TOOL_ARGS)], ...))  # type: ignore[valid-type]
+ToolRequest = tool_request_model()
 
 
 def _floor(*scores: dict[int, float | None]) -> float:
@@ -182,24 +172,24 @@ class CoderLoop:
 
     def _ask(self) -> AgentTurn:
         ctx, started = self.ctx, time.perf_counter()
-        usage = ctx.llm.usage
-        before = (usage.tokens, usage.usd, usage.unpriced_tokens)
         number = len(self.turns) + 1
         calls: list[dict[str, str]] = []
         content = ""
-        if self.mode == "tools":
-            try:
-                reply = ctx.llm.turn(ctx.transcript, self._conversation(), tool_specs())
-                content, calls = reply.content, reply.tool_calls or calls_in_text(reply.content)
-                calls = [{**c, "id": c["id"] or f"call-{number}-{i}"} for i, c in enumerate(calls)]
-            except ToolsUnsupported:
-                self.mode = "json"
-        if self.mode == "json":
-            request = ctx.llm.structured(ctx.transcript, self._conversation(), ToolRequest)
-            content = request.thought
-            calls = [{"id": f"json-{number}", "name": request.tool, "arguments": json.dumps(request.arguments)}]
-        spent = usage.tokens - before[0]
-        usd = None if usage.unpriced_tokens > before[2] else round(usage.usd - before[1], 8)
+        with ctx.llm.usage.metered() as meter:  # this loop's own cost, while other loops call beside it
+            if self.mode == "tools":
+                try:
+                    reply = ctx.llm.turn(ctx.transcript, self._conversation(), tool_specs(), loop=self.loop)
+                    content, calls = reply.content, reply.tool_calls or calls_in_text(reply.content)
+                    calls = [{**c, "id": c["id"] or f"call-{number}-{i}"} for i, c in enumerate(calls)]
+                except ToolsUnsupported:
+                    self.mode = "json"
+            if self.mode == "json":
+                request = ctx.llm.structured(ctx.transcript, self._conversation(), ToolRequest)
+                content = request.thought
+                calls = [{"id": f"json-{number}", "name": request.call.tool,
+                          "arguments": request.call.arguments.model_dump_json()}]
+        spent = meter.tokens
+        usd = None if meter.unpriced_tokens else round(meter.usd, 8)
         turn = ctx.transcript.write(AgentTurn, loop=self.loop, turn=number, mode=self.mode, content=content,
                                     tool_calls=calls, tokens=spent, usd=usd, replayed=ctx.llm.replays,
                                     latency_s=round(time.perf_counter() - started, 3))
@@ -230,8 +220,8 @@ class CoderLoop:
             else:
                 said = [{"tool": c["name"], "arguments": _loads(c["arguments"])} for c in turn.tool_calls]
                 messages.append({"role": "assistant", "content": json.dumps(
-                    {"thought": turn.content, **said[0]} if len(said) == 1 else {"thought": turn.content,
-                                                                                "calls": said})})
+                    {"thought": turn.content, "call": said[0]} if len(said) == 1 else {"thought": turn.content,
+                                                                                      "calls": said})})
                 if runs:
                     messages.append({"role": "user", "content": "\n\n".join(
                         f"Result of {r.name}:\n{r.result}" for r in runs)})
@@ -260,6 +250,10 @@ class CoderLoop:
         except (ValueError, HeuristError) as exc:  # a refused seed, a bad edit, a policy the evaluator refused
             result = f"error: {exc}"
         self.state.tool_calls += 1
+        last = next((r for r in reversed(self.runs.values()) if r.loop == self.loop), None)
+        if result.startswith("error:") and last is not None and (last.name, last.arguments, last.result) == (
+                call["name"], call["arguments"][:20_000], clipped(result)):
+            result += "\nYou made this exact call before and it failed the same way: change it or do something else."
         run = self.ctx.transcript.write(
             ToolRun, loop=self.loop, turn=turn.turn, call_id=call["id"], name=call["name"],
             arguments=call["arguments"][:20_000], result=clipped(result), image=image,
@@ -459,5 +453,6 @@ def _num(value: float | None) -> str:
     return "failed" if value is None else f"{value:.3f}"
 
 
-def loop_key(attempt: int) -> str:
-    return f"attempt-{attempt}"
+def loop_key(attempt: int, branch: int = 0) -> str:
+    """The loop's name in the journal: one per try of the iteration, and per candidate when several run."""
+    return f"attempt-{attempt}" + (f"-candidate-{branch + 1}" if branch else "")

@@ -23,9 +23,9 @@ said once, here, and a call with wrong arguments is answered with the error, nev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from envs.results import EvalResult
 from roles.edits import SearchReplace
@@ -93,6 +93,18 @@ TOOL_DOCS: dict[str, str] = {
     "run_tests": "Run the accepted regression tests against candidate.py, as the verify stage will.",
     "submit": "End this iteration with candidate.py as the proposed edit.",
 }
+
+
+def tool_request_model() -> type[BaseModel]:
+    """One tool call as a JSON object, for endpoints that take no `tools`: ``{"thought", "call": {"tool",
+    "arguments"}}`` where each tool's arguments have that tool's schema (a grammar-constrained server, such as
+    llama.cpp, can then only write arguments that fit)."""
+    calls = [create_model(f"Call_{name}", __config__=ConfigDict(extra="forbid"), tool=(Literal[name], ...),
+                          arguments=(args, ...)) for name, args in TOOL_ARGS.items()]
+    call = Annotated[Union[tuple(calls)], Field(discriminator="tool")]  # type: ignore[valid-type]
+    return create_model("ToolRequest", __config__=ConfigDict(extra="forbid"),
+                        thought=(str, Field("", description="What you want to learn or try, in one sentence.")),
+                        call=(call, ...))
 
 
 def tool_specs() -> list[dict[str, Any]]:

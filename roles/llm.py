@@ -276,7 +276,7 @@ class LLMClient:
         """Whether this role's endpoint is (still) sent images."""
         return self.capabilities(self.settings_for(role)).images
 
-    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict]) -> Reply:
+    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict], loop: str = "") -> Reply:
         """One turn of a conversation with tools: the model's text and the tools it called. Raises
         ``ToolsUnsupported`` once the endpoint has refused `tools` (the caller then asks for calls as JSON)."""
         s = self.settings_for(transcript.role)

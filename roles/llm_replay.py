@@ -60,10 +60,13 @@ class ReplayClient:
     def takes_images(self, role: str) -> bool:
         return False  # the answers are recorded: nothing is shown to a model
 
-    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict[str, Any]]) -> Reply:
-        """The recorded coder loop's next turn (its tool calls as they were made)."""
-        turns = [e for e in self._recorder.read(transcript.iteration, transcript.role) if isinstance(e, AgentTurn)]
-        index = self._next(transcript, "turn")
+    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict[str, Any]],
+             loop: str = "") -> Reply:
+        """The recorded coder loop's next turn (its tool calls as they were made); loops that ran side by side
+        are told apart by name."""
+        turns = [e for e in self._recorder.read(transcript.iteration, transcript.role)
+                 if isinstance(e, AgentTurn) and e.loop == loop]
+        index = self._next(transcript, f"turn {loop}")
         if index >= len(turns):
             raise LLMError(f"replay: the recorded run has no agent turn number {index + 1} for {transcript.role} "
                            f"in iteration {transcript.iteration}")

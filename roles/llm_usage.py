@@ -8,6 +8,9 @@ checked before every call, so no call starts past them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from common.errors import HeuristError
 
@@ -24,6 +27,16 @@ class BudgetSpent(LLMError):
     """The run's token or USD budget is spent: no further model call is made."""
 
 
+@dataclass
+class Meter:
+    """What the calls made in one thread, inside ``Usage.metered``, cost (a coder loop's own turns, while other
+    loops call beside it)."""
+
+    tokens: int = 0
+    usd: float = 0.0
+    unpriced_tokens: int = 0
+
+
 class Usage:
     """Tokens and dollars spent, shared by every role of a run (thread-safe: analysts run in parallel).
 
@@ -37,6 +50,17 @@ class Usage:
         self.tokens, self.usd, self.calls = tokens, usd, calls
         self.unpriced_tokens = unpriced_tokens  # of models with no price: never counted as $0
         self.max_tokens, self.max_usd = max_tokens, max_usd
+        self._meters = threading.local()
+
+    @contextmanager
+    def metered(self) -> Iterator[Meter]:
+        """Count, besides the run's totals, what this thread's calls cost until the block ends."""
+        meter = Meter()
+        self._meters.current = meter
+        try:
+            yield meter
+        finally:
+            self._meters.current = None
 
     def check(self) -> None:
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
@@ -46,6 +70,7 @@ class Usage:
 
     def add(self, tokens: int, usd: float | None) -> None:
         """One call's tokens and cost (None: its model has no price)."""
+        meter = getattr(self._meters, "current", None)
         with self._lock:
             self.tokens += tokens
             if usd is None:
@@ -53,3 +78,7 @@ class Usage:
             else:
                 self.usd += usd
             self.calls += 1
+        if meter is not None:
+            meter.tokens += tokens
+            meter.usd += usd or 0.0
+            meter.unpriced_tokens += tokens if usd is None else 0

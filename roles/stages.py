@@ -114,6 +114,9 @@ class CoderInput(RoleModel):
     check_error: str | None = Field(None, description="Why the previous attempt this iteration failed the check.")
     previous_edit: Edit | None = None
     attempt: int = Field(1, ge=1, description="Which try of this iteration (a failed check sends the coder back).")
+    branch: int = Field(0, ge=0, description="Which of the candidates proposed side by side (code.parallel).")
+    focus: str | None = Field(None, description="The failure or hypothesis this candidate is to pursue, when "
+                                                "several are proposed side by side.")
 
 
 class CoderOutput(RoleModel):

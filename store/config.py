@@ -187,6 +187,9 @@ class CodeConfig(_Strict):
     max_tokens: int | None = Field(200_000, ge=1, description="Model tokens per loop.")
     max_wall_s: float | None = Field(1800.0, gt=0, description="Seconds per loop (model turns and tools).")
     max_idle_turns: int = Field(3, ge=1, description="Turns in a row that call no tool before the loop ends.")
+    parallel: int = Field(1, ge=1, le=8, description="Agents run side by side, each on a different failure or "
+                                                     "hypothesis; every candidate is checked and scored, then tested "
+                                                     "and gated best first until one is accepted.")
 
 
 class EvalConfig(_Strict):

@@ -163,13 +163,14 @@ def test_a_server_without_tools_gets_each_call_as_a_json_object(home):
              {"tool": "score", "arguments": {"seeds": [0]}},
              {"tool": "submit", "arguments": {"rationale": "push toward the fall", "target_seeds": [0]}}]
     with ScriptedOpenAI() as server:
-        server.queue(refused, *[reply({"thought": "next", **c}) for c in calls], *after_the_loop())
+        server.queue(refused, *[reply({"thought": "next", "call": c}) for c in calls], *after_the_loop())
         state = execute(create_run(agent_config(server, policy), home / "run"))
         bodies = [r["body"] for r in server.requests if r["path"].endswith("/chat/completions")]
     assert state["history"][0]["accepted"], state["history"]
     assert [r.name for r in tool_runs(home / "run")] == ["edit", "score", "submit"]
     assert "tools" in bodies[0] and not any("tools" in b for b in bodies[1:])
-    assert bodies[1]["response_format"]["json_schema"]["name"] == "ToolRequest"
+    schema = bodies[1]["response_format"]["json_schema"]
+    assert schema["name"] == "ToolRequest" and "Call_edit" in json.dumps(schema["schema"])  # each tool's arguments
     narrowed = [e for e in TranscriptRecorder(home / "run").read(1, "coder") if getattr(e, "narrowed", None)]
     assert narrowed and "tools" in narrowed[0].narrowed
 
@@ -196,3 +197,39 @@ def test_tool_calls_written_in_the_text_are_taken_as_calls():
     assert [c["name"] for c in calls_in_text('{"tool": "run_tests", "arguments": {}}')] == ["run_tests"]
     assert calls_in_text('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>') == []  # not a tool
     assert calls_in_text("I would edit the angle gain.") == []
+
+
+LEANS = "        return 1 if obs[2] + 0.4 * obs[3] > 0 else 0\n"
+
+
+def test_candidates_side_by_side_the_best_is_gated_first_and_the_next_takes_over(home):
+    """code.parallel = 2: two agents at once (LangGraph Send), each with its own focus; both candidates are
+    checked and scored, the better goes to the tests and the gate first, and when the reviewer rejects it the
+    other is tested and gated in turn and committed."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    reviews = iter([{"games_the_evaluation": True, "reasons": ["reads a hidden counter"]},
+                    {"games_the_evaluation": False, "reasons": ["a general control rule"]}])
+
+    def respond(body: dict) -> dict:
+        system, brief = body["messages"][0]["content"], body["messages"][1]["content"]
+        if body.get("tools"):
+            replace = LEANS if "try a new rule" in brief else BALANCES
+            turn = sum(m["role"] == "assistant" for m in body["messages"])
+            return [tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": replace}]})),
+                    tool_call_reply(("submit", {"rationale": f"lean on the spin ({replace.strip()[:30]})",
+                                                "target_seeds": [0]}))][turn]
+        if "test writer" in system:
+            return written_test("tests/test_balance_seed_0.py", PIN_BALANCE)
+        return reply(next(reviews))
+
+    with ScriptedOpenAI(responder=respond) as server:
+        state = execute(create_run(agent_config(server, policy, parallel=2), home / "run"))
+    entry = state["history"][0]
+    assert entry["accepted"], entry
+    assert LEANS in (home / "run" / "workspace" / "policy.py").read_text()  # the second candidate, committed
+    assert "before it, candidate 1: " in entry["reason"] and "reads a hidden counter" in entry["reason"]
+    loops = {e.loop for e in TranscriptRecorder(home / "run").read(1, "coder") if isinstance(e, AgentTurn)}
+    assert loops == {"attempt-1", "attempt-1-candidate-2"}
+    turns = [e for e in TranscriptRecorder(home / "run").read(1, "coder") if isinstance(e, AgentTurn)]
+    assert all(t.tokens == 860 for t in turns)  # each loop counts its own calls, though they ran at once
