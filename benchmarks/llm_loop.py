@@ -5,8 +5,9 @@
 It sets up what it needs through ``benchmarks/local_model.py`` (llama-cpp-python's server with
 Qwen2.5-Coder-0.5B-Instruct; it says so and stops when that cannot be done), starts the server if
 none answers (and stops it again at the end), asks ``heurist doctor`` what the endpoint takes, then
-runs ``heurist run`` from a weak start on each task twice, once with ``code.mode = "single"`` and
-once with ``code.mode = "agent"``, with the same iterations, dev seeds and budgets, and prints per
+runs ``heurist run`` from a weak start on each task three times, with ``code.mode = "single"``,
+with ``code.mode = "agent"``, and with two agents side by side (``code.parallel = 2``), with the
+same iterations, dev seeds and budgets (8 tool calls and 420 s a loop), and prints per
 task and mode, from each run's own records: the dev mean reached (and where it started), the
 iterations and accepted edits, the agent's tool calls, model replies that failed validation, model
 tokens, and wall time. A 0.5B model on two cores will not solve these tasks; the point is that the
@@ -57,6 +58,8 @@ class Policy:
         return 0
 '''
 STARTS = {"CartPole-v1": None, "Acrobot-v1": ACROBOT_WEAK, "LunarLander-v3": LUNAR_WEAK}
+# The single structured call, the agent, and two agents side by side (code.parallel = 2: what K = 2 buys).
+MODES = ("single", "agent", "agent-x2")
 
 
 def answering(port: int) -> bool:
@@ -75,9 +78,11 @@ def one_run(home: Path, task: str, mode: str, iterations: int, port: int) -> dic
     else:
         policy.write_text(STARTS[task])
     config = home / f"{mode}.toml"
+    parallel = 2 if mode == "agent-x2" else 1
     config.write_text("report = false\n[eval]\nepisodes = 6\nvideo = false\nholdout = false\n"
                       "[llm]\ntimeout_s = 300\nmax_retries = 1\n"
-                      f"[code]\nmode = \"{mode}\"\nmax_tool_calls = 8\nmax_wall_s = 420\n"
+                      f"[code]\nmode = \"{mode.removesuffix('-x2')}\"\nparallel = {parallel}\n"
+                      "max_tool_calls = 8\nmax_wall_s = 420\n"
                       "[budget]\npatience = 100\nstop_when = \"never\"\n")
     run_dir = home / f"{task}-{mode}"
     started = time.monotonic()
@@ -136,18 +141,18 @@ def main() -> None:
     rows = []
     try:
         for task in args.tasks.split(","):
-            for mode in ("single", "agent"):
+            for mode in MODES:
                 row = one_run(home, task, mode, args.iterations, args.port)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         if started_server:
             local_model.stop()
-    print(f"\n{'task':16} {'coder':7} {'dev mean start -> reached':28} {'iter':>4} {'acc':>4} {'tools':>5} "
+    print(f"\n{'task':16} {'coder':8} {'dev mean start -> reached':28} {'iter':>4} {'acc':>4} {'tools':>5} "
           f"{'tool err':>8} {'invalid':>7} {'tokens':>8} {'wall s':>7}")
     for r in rows:
         means = f"{r['dev_mean_start']} -> {r['dev_mean_reached']}"
-        print(f"{r['task']:16} {r['mode']:7} {means:28} {r['iterations']:>4} {r['accepted']:>4} {r['tool_calls']:>5} "
+        print(f"{r['task']:16} {r['mode']:8} {means:28} {r['iterations']:>4} {r['accepted']:>4} {r['tool_calls']:>5} "
               f"{r['tool_errors']:>8} {r['failed_validation']:>7} {r['tokens']:>8} {r['wall_s']:>7}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -54,6 +54,7 @@ from store.transcripts import AgentTurn, ToolRun
 Mode = Literal["tools", "json"]
 NUDGE = "Call one of the tools. When candidate.py is the edit you want, call submit."
 TRACE_MAX_STEPS = 80
+STUCK_AFTER = 3  # the same failing call this many times in a row ends the loop
 
 
 class Best(BaseModel):
@@ -99,7 +100,8 @@ class CoderLoop:
         self.state = LoopState(source=workbench.incumbent)
         self.mode: Mode = "tools" if ctx.llm is not None and ctx.llm.tools_supported(ctx.transcript.role) else "json"
         self.turns: list[AgentTurn] = []
-        self.runs: dict[str, ToolRun] = {}  # call id -> its recorded run
+        # (turn, call id) -> its recorded run: some servers give every turn's first call the same id.
+        self.runs: dict[tuple[int, str], ToolRun] = {}
         self.tokens = 0
         self.seconds = 0.0
 
@@ -134,11 +136,20 @@ class CoderLoop:
                 self.ctx.decide("two turns in a row called no tool: each tool call is asked for as a JSON object "
                                 "from now on", loop=self.loop)
             for call in turn.tool_calls:
-                if call["id"] not in self.runs:
+                if (turn.turn, call["id"]) not in self.runs:
                     self._run_tool(turn, call)
                 if self.state.submitted is not None:
                     break
+            if self._stuck():
+                stop = f"the model made the same failing call {STUCK_AFTER} times in a row"
+                break
         return self._outcome(stop)
+
+    def _stuck(self) -> bool:
+        """The same call failing the same way again and again: a model in a rut spends the budget for nothing."""
+        mine = [r for r in self.runs.values() if r.loop == self.loop][-STUCK_AFTER:]
+        return len(mine) == STUCK_AFTER and mine[0].result.startswith("error:") and len(
+            {(r.name, r.arguments) for r in mine}) == 1
 
     def _stop_reason(self) -> str | None:
         s, st = self.settings, self.state
@@ -200,7 +211,7 @@ class CoderLoop:
 
     def _pending_turn(self) -> AgentTurn | None:
         """The last recorded turn if some of its tool calls were never run (a kill between them)."""
-        if self.turns and any(c["id"] not in self.runs for c in self.turns[-1].tool_calls):
+        if self.turns and any((self.turns[-1].turn, c["id"]) not in self.runs for c in self.turns[-1].tool_calls):
             return self.turns[-1]
         return None
 
@@ -208,14 +219,14 @@ class CoderLoop:
         """The messages so far, rebuilt from the journal in the current mode."""
         messages = list(self.opening)
         for turn in self.turns:
-            runs = [self.runs[c["id"]] for c in turn.tool_calls if c["id"] in self.runs]
+            runs = [self.runs[(turn.turn, c["id"])] for c in turn.tool_calls if (turn.turn, c["id"]) in self.runs]
             if self.mode == "tools" and turn.mode == "tools" and turn.tool_calls:
                 messages.append({"role": "assistant", "content": turn.content or None, "tool_calls": [
                     {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
                     for c in turn.tool_calls]})
                 answered = {r.call_id for r in runs}
                 messages += [{"role": "tool", "tool_call_id": c["id"],
-                              "content": self.runs[c["id"]].result if c["id"] in answered else
+                              "content": self.runs[(turn.turn, c["id"])].result if c["id"] in answered else
                               "not run: the loop ended before this call"} for c in turn.tool_calls]
             else:
                 said = [{"tool": c["name"], "arguments": _loads(c["arguments"])} for c in turn.tool_calls]
@@ -259,7 +270,7 @@ class CoderLoop:
             arguments=call["arguments"][:20_000], result=clipped(result), image=image,
             env_steps=self.state.env_steps - steps_before, seconds=round(time.perf_counter() - started, 3),
             state=self.state.model_dump(mode="json"))
-        self.runs[run.call_id] = run
+        self.runs[(run.turn, run.call_id)] = run
         self.seconds += run.seconds
         self.wb.event("tool", loop=self.loop, name=run.name, arguments=run.arguments[:160],
                       result=run.result[:240], env_steps=run.env_steps, seconds=run.seconds,
@@ -410,7 +421,7 @@ class CoderLoop:
                 if line.mode == "json":
                     self.mode = "json"
             elif isinstance(line, ToolRun) and line.loop == self.loop:
-                self.runs[line.call_id] = line
+                self.runs[(line.turn, line.call_id)] = line
                 self.seconds += line.seconds
                 self.state = LoopState.model_validate(line.state)
 

@@ -233,3 +233,18 @@ def test_candidates_side_by_side_the_best_is_gated_first_and_the_next_takes_over
     assert loops == {"attempt-1", "attempt-1-candidate-2"}
     turns = [e for e in TranscriptRecorder(home / "run").read(1, "coder") if isinstance(e, AgentTurn)]
     assert all(t.tokens == 860 for t in turns)  # each loop counts its own calls, though they ran at once
+
+
+def test_a_model_stuck_on_one_failing_call_ends_its_loop_early(home):
+    """A small local model that repeats one failing call is told so, and after three the loop ends, rather than
+    spending its whole budget."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    stuck = tool_call_reply(("edit", {"blocks": [{"search": WRONG_SEARCH, "replace": BALANCES}]}))
+    with ScriptedOpenAI() as server:
+        server.queue(stuck, stuck, stuck)
+        state = execute(create_run(agent_config(server, policy), home / "run"))
+        assert not server.replies
+    runs = tool_runs(home / "run")
+    assert len(runs) == 3 and "You made this exact call before" in runs[1].result
+    assert "the same failing call 3 times in a row" in state["history"][0]["reason"]
