@@ -63,8 +63,9 @@ MODES = ("single", "agent", "agent-x2")
 
 
 def answering(port: int) -> bool:
+    """Whether a server answers there (a busy one answers once it has finished the reply it is writing)."""
     try:
-        with urllib.request.urlopen(f"{local_model.base_url(port)}/models", timeout=2):
+        with urllib.request.urlopen(f"{local_model.base_url(port)}/models", timeout=120):
             return True
     except OSError:
         return False

@@ -130,6 +130,7 @@ class TestsRun(_Event):
     # Before tests reached the policy through the evaluator (9b2bbe0) they ran their own episodes, counted
     # here; now their episodes are evaluations, counted in eval_finished lines, and this stays 0.
     env_steps: int = 0
+    candidate_sha256: str | None = None  # which candidate (side by side, an iteration may test several)
 
 
 class IterationDone(_Event):

@@ -96,32 +96,55 @@ def _called_name(func: ast.expr) -> str:
     return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
 
 
-def seed_special_cases(source: str) -> str | None:
-    """Why this policy special-cases seeds, or None: the seed ``reset`` is given (or an attribute it is stored
-    in) compared, used as a key or an index, or tested for membership. Seeding a random generator with it is
-    the one use a policy has for it. Code cannot see every trick; this catches the plain ones."""
+def seed_special_cases(source: str, before: str | None = None) -> str | None:
+    """Why this policy special-cases seeds, or None: the seed ``reset`` is given (or an attribute it is copied
+    into) compared, used as a key or an index, matched on, or handed to anything but a random generator.
+    Seeding a generator with it, and asking whether it is None, are the uses a policy has for it. With
+    ``before`` (the incumbent), only what the edit adds is reported: an existing policy is not blocked for
+    what it already did. Code cannot see every trick; this catches the plain ones."""
+    found = _seed_uses(source)
+    if before is not None:
+        found = {k: v for k, v in found.items() if k not in _seed_uses(before)}
+    if not found:
+        return None
+    line, text = min(found.values())
+    return (f"special-cases the seed at line {line} ({text[:80]}): it compares it, indexes or looks it up by it, "
+            f"or hands it to something other than a random generator; a policy must act on what it observes, "
+            f"never on which seed it runs")
+
+
+def _seed_uses(source: str) -> dict[str, tuple[int, str]]:
+    """Each suspect use of the reset seed, by its code (so the same use in two versions is the same key)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return None
+        return {}
     policy = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Policy"), None)
     reset = next((n for n in (policy.body if policy else []) if isinstance(n, ast.FunctionDef) and n.name == "reset"),
                  None)
-    if reset is None or len(reset.args.args) < 2:
-        return None
+    if policy is None or reset is None or len(reset.args.args) < 2:
+        return {}
     seed = reset.args.args[1].arg
-    kept = {t.attr for node in ast.walk(reset) if isinstance(node, ast.Assign)
-            and any(isinstance(n, ast.Name) and n.id == seed for n in ast.walk(node.value))
+    in_reset = set(ast.walk(reset))
+
+    def mentions_seed(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Name) and n.id == seed and n in in_reset for n in ast.walk(node))
+
+    # Attributes the seed is copied into (self.s = seed, self.s = seed % 7); one holding a generator built from
+    # it (self.rng = random.Random(seed)) is the generator, not the seed.
+    kept = {t.attr for node in ast.walk(reset) if isinstance(node, ast.Assign) and mentions_seed(node.value)
+            and not (isinstance(node.value, ast.Call) and _called_name(node.value.func) in SEEDING_CALLS)
             for t in node.targets if isinstance(t, ast.Attribute)}
 
     def is_seed(node: ast.AST) -> bool:
-        return any((isinstance(n, ast.Name) and n.id == seed and n in reset_nodes)
-                   or (isinstance(n, ast.Attribute) and n.attr in kept) for n in ast.walk(node))
+        return mentions_seed(node) or any(isinstance(n, ast.Attribute) and n.attr in kept for n in ast.walk(node))
 
-    reset_nodes = set(ast.walk(reset))
+    found: dict[str, tuple[int, str]] = {}
     for node in ast.walk(policy):
-        uses = []
-        if isinstance(node, ast.Compare):
+        uses: list[ast.AST] = []
+        if isinstance(node, ast.Compare) and not (
+                all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops)
+                and all(isinstance(c, ast.Constant) and c.value is None for c in node.comparators)):
             uses = [node.left, *node.comparators]
         elif isinstance(node, ast.Subscript):
             uses = [node.slice]
@@ -130,10 +153,9 @@ def seed_special_cases(source: str) -> str | None:
         elif isinstance(node, ast.Call) and _called_name(node.func) not in SEEDING_CALLS:
             uses = [*node.args, *(k.value for k in node.keywords)]
         if any(is_seed(u) for u in uses):
-            return (f"line {node.lineno} special-cases the seed (compares it, indexes or looks up by it, or hands "
-                    f"it to something other than a random generator); a policy must act on what it observes, "
-                    f"never on which seed it runs")
-    return None
+            text = ast.unparse(node)
+            found.setdefault(text, (node.lineno, text))
+    return found
 
 
 def _tunable_calls(tree: ast.Module, name: str) -> list[tuple[str, ast.Call]]:

@@ -194,7 +194,7 @@ class Nodes:
             return None, f"the edit does not apply or parse: {exc}"
         if candidate == source:
             return None, "the edit changes nothing in the policy file"
-        special = seed_special_cases(candidate)
+        special = seed_special_cases(candidate, before=source)
         if special:
             return None, f"the edited policy {special}"
         smoke_seed = s.dev_seeds()[0]
@@ -212,7 +212,7 @@ class Nodes:
         gate, the others wait best first (``next_candidate``) in case it is rejected."""
         s = self.s
         proposals = state.get("proposals") or {}
-        ranked, notes = [], []
+        ranked, notes, seen = [], [], {}
         for key in sorted(proposals, key=int):
             out, name = proposals[key], f"candidate {int(key) + 1}"
             if not out.get("edit"):
@@ -222,6 +222,10 @@ class Nodes:
             if candidate is None:
                 notes.append(f"{name}: {error[:300]}")
                 continue
+            if candidate["source"] in seen:  # the same policy twice is gated once
+                notes.append(f"{name}: the same policy as {seen[candidate['source']]}")
+                continue
+            seen[candidate["source"]] = name
             result = s.evaluate_cached(s.candidate_file(candidate["source"]))
             failed = sum(e.status != "ok" for e in result.episodes)
             mean = result.stats.mean if result.stats else float("-inf")
@@ -306,9 +310,10 @@ class Nodes:
         report = "\n".join(f"{r.name}: {r.reason}" + (f"\n{r.output[-1500:]}" if r.output else "")
                            for r in old_failed)
         files = {name: {"passed": r.passed, "reason": r.reason} for name, r in on_candidate.items()}
-        if not recorded(s, TestsRun, iteration=iteration):  # verify may run twice after a crash
+        # verify may run twice after a crash; side-by-side candidates each have their own record
+        if not recorded(s, TestsRun, iteration=iteration, candidate_sha256=result.policy_sha256):
             s.ledger.append(TestsRun(
-                run_id=s.run_id, iteration=iteration, passed=passed,
+                run_id=s.run_id, iteration=iteration, passed=passed, candidate_sha256=result.policy_sha256,
                 reason=(f"{len(old_failed)} of {len(accepted)} accepted test files failed" if old_failed else
                         f"all {len(accepted)} accepted test files passed"), files=files, new_tests=new_tests,
                 wall_s=round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]), 3)))

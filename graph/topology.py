@@ -38,11 +38,12 @@ def after_code(state: RunState) -> Literal["check", "roll_back"]:
 
 
 def after_recall(state: RunState, runtime: Runtime[Services]) -> Literal["code"] | list[Send]:
-    """One coder, or ``code.parallel`` of them side by side (LangGraph ``Send``, each with its branch) where a
-    model codes; the offline coder's search proposes one."""
+    """One coder, or ``code.parallel`` agents side by side (LangGraph ``Send``, each with its branch) where the
+    code role has a model; the offline search and the single call propose one (K of them would be alike)."""
     s = runtime.context
-    if s.config.code.parallel > 1 and s.llm is not None:
-        return [Send("code_branch", {**state, "branch": k}) for k in range(s.config.code.parallel)]
+    code = s.config.code
+    if code.parallel > 1 and code.mode == "agent" and s.context(0, s.role("code")).llm is not None:
+        return [Send("code_branch", {**state, "branch": k}) for k in range(code.parallel)]
     return "code"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from common.events import IterationDone, read_events
 from envs.results import EvalResult
+from graph.bookkeeping import events, spent_by
 from graph.context import Services, seeds_of
 from graph.state import RunState
 from graph.testing import run_test_files
@@ -54,6 +55,17 @@ class RunWorkbench:
                                          candidate)
         outcomes = [TestOutcome(name, r.passed, r.reason, r.output or "") for name, r in sorted(on_candidate.items())]
         return outcomes, spent
+
+    def run_budget_spent(self) -> str | None:
+        budget = self.s.config.budget
+        if budget.env_steps is None and budget.hours is None:
+            return None
+        spent = spent_by(self.s, events(self.s))  # the ledger's count, as the loop's routers read it
+        if budget.env_steps is not None and spent["env_steps"] >= budget.env_steps:
+            return f"env steps spent ({spent['env_steps']:,} of {budget.env_steps:,})"
+        if budget.hours is not None and spent["elapsed_s"] >= budget.hours * 3600:
+            return f"wall time spent ({spent['elapsed_s'] / 3600:.2f} of {budget.hours:g} h)"
+        return None
 
     def event(self, kind: str, **fields: Any) -> None:
         self.s.event(kind, role=self.role, **fields)

@@ -137,9 +137,13 @@ class CoderLoop:
                                 "from now on", loop=self.loop)
             for call in turn.tool_calls:
                 if (turn.turn, call["id"]) not in self.runs:
-                    self._run_tool(turn, call)
+                    stop = stop or self._stop_reason()
+                    self._run_tool(turn, call, refused=f"not run: the loop's limit was reached ({stop})" if stop
+                                   else None)
                 if self.state.submitted is not None:
                     break
+            if stop:
+                break
             if self._stuck():
                 stop = f"the model made the same failing call {STUCK_AFTER} times in a row"
                 break
@@ -152,7 +156,11 @@ class CoderLoop:
             {(r.name, r.arguments) for r in mine}) == 1
 
     def _stop_reason(self) -> str | None:
+        """The loop's own limits and the run's budgets (env steps, hours), checked before every turn and call."""
         s, st = self.settings, self.state
+        spent = self.wb.run_budget_spent()
+        if spent:
+            return f"the run's budget: {spent}"
         if st.tool_calls >= s.max_tool_calls:
             return f"{st.tool_calls} tool calls (code.max_tool_calls)"
         if s.max_env_steps is not None and st.env_steps >= s.max_env_steps:
@@ -187,14 +195,18 @@ class CoderLoop:
         calls: list[dict[str, str]] = []
         content = ""
         with ctx.llm.usage.metered() as meter:  # this loop's own cost, while other loops call beside it
-            if self.mode == "tools":
+            if ctx.llm.replays:  # the recorded loop's turn, however it was asked
+                reply = ctx.llm.turn(ctx.transcript, [], [], loop=self.loop, index=number - 1)
+                self.mode = reply.mode or self.mode
+                content, calls = reply.content, reply.tool_calls
+            elif self.mode == "tools":
                 try:
                     reply = ctx.llm.turn(ctx.transcript, self._conversation(), tool_specs(), loop=self.loop)
                     content, calls = reply.content, reply.tool_calls or calls_in_text(reply.content)
-                    calls = [{**c, "id": c["id"] or f"call-{number}-{i}"} for i, c in enumerate(calls)]
+                    calls = _unique_ids(calls, number)
                 except ToolsUnsupported:
                     self.mode = "json"
-            if self.mode == "json":
+            if self.mode == "json" and not ctx.llm.replays:
                 request = ctx.llm.structured(ctx.transcript, self._conversation(), ToolRequest)
                 content = request.thought
                 calls = [{"id": f"json-{number}", "name": request.call.tool,
@@ -220,7 +232,9 @@ class CoderLoop:
         messages = list(self.opening)
         for turn in self.turns:
             runs = [self.runs[(turn.turn, c["id"])] for c in turn.tool_calls if (turn.turn, c["id"]) in self.runs]
-            if self.mode == "tools" and turn.mode == "tools" and turn.tool_calls:
+            if self.mode == "tools" and turn.mode == "tools" and not turn.tool_calls:
+                messages.append({"role": "assistant", "content": turn.content or "(nothing)"})
+            elif self.mode == "tools" and turn.mode == "tools":
                 messages.append({"role": "assistant", "content": turn.content or None, "tool_calls": [
                     {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
                     for c in turn.tool_calls]})
@@ -246,21 +260,32 @@ class CoderLoop:
 
     # ------------------------------------------------------------------ tools
 
-    def _run_tool(self, turn: AgentTurn, call: dict[str, str]) -> None:
+    def _run_tool(self, turn: AgentTurn, call: dict[str, str], refused: str | None = None) -> None:
         started, steps_before = time.perf_counter(), self.state.env_steps
         image = None
-        try:
-            args = TOOL_ARGS[call["name"]].model_validate(_loads(call["arguments"], strict=True))
-            result, image = getattr(self, f"_tool_{call['name']}")(args)
-        except KeyError:
+        earlier = [self.runs.get((turn.turn, c["id"])) for c in turn.tool_calls[:turn.tool_calls.index(call)]]
+        failed_before = [r for r in earlier if r is not None and r.result.startswith("error:")]
+        if refused is not None:
+            result = refused
+        elif call["name"] not in TOOL_ARGS:
             result = f"error: there is no tool {call['name']!r}; the tools are {', '.join(TOOL_ARGS)}"
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(arguments)'}: {e['msg']}"
-                                 for e in exc.errors()[:5])
-            result = f"error: the arguments of {call['name']} are not valid: {problems}"
-        except (ValueError, HeuristError) as exc:  # a refused seed, a bad edit, a policy the evaluator refused
-            result = f"error: {exc}"
-        self.state.tool_calls += 1
+        elif call["name"] == "submit" and failed_before:
+            result = (f"error: not submitted: your {failed_before[-1].name} call before it in this turn failed "
+                      f"({failed_before[-1].result[:200]}); look at candidate.py and submit again when it is right")
+        else:
+            try:
+                args = TOOL_ARGS[call["name"]].model_validate(_loads(call["arguments"], strict=True))
+                result, image = getattr(self, f"_tool_{call['name']}")(args)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(arguments)'}: {e['msg']}"
+                                     for e in exc.errors()[:5])
+                result = f"error: the arguments of {call['name']} are not valid: {problems}"
+            except (ValueError, HeuristError) as exc:  # a refused seed, a bad edit, a policy the evaluator refused
+                result = f"error: {exc}"
+            except Exception as exc:  # a tool's own fault (a clip unreadable, a trace of an odd shape) ends one call
+                result = f"error: the tool failed: {type(exc).__name__}: {exc}"[:2000]
+        if refused is None:  # a call answered "not run" did not run
+            self.state.tool_calls += 1
         last = next((r for r in reversed(self.runs.values()) if r.loop == self.loop), None)
         if result.startswith("error:") and last is not None and (last.name, last.arguments, last.result) == (
                 call["name"], call["arguments"][:20_000], clipped(result)):
@@ -286,6 +311,7 @@ class CoderLoop:
         return files[path], None
 
     def _tool_score(self, args: ScoreArgs) -> tuple[str, None]:
+        self._dev_only(args.seeds)  # before anything changes: a refused call leaves candidate.py as it was
         if args.source is not None:
             self._set_candidate(args.source, [SearchReplace(search=self.wb.incumbent, replace=args.source)])
         result = self._evaluate(self.state.source, args.seeds)
@@ -388,18 +414,21 @@ class CoderLoop:
             compile(source, "candidate.py", "exec")
         except (PolicyError, SyntaxError, ValueError) as exc:
             raise ValueError(f"the candidate would not pass the check: {exc} (candidate.py is unchanged)") from None
-        special = seed_special_cases(source)
+        special = seed_special_cases(source, before=self.wb.incumbent)
         if special:
             raise ValueError(f"{special} (candidate.py is unchanged)")
         self.state.source, self.state.blocks = source, blocks
 
-    def _evaluate(self, source: str, seeds: list[int], video: bool = False) -> EvalResult:
+    def _dev_only(self, seeds: list[int]) -> None:
         dev = set(self.wb.dev_seeds)
         outside = [s for s in seeds if s not in dev]
         if outside:
             raise ValueError(f"seeds {outside} are not dev seeds; use dev seeds {min(dev)}..{max(dev)}")
         if len(seeds) > MAX_SCORE_SEEDS:
             raise ValueError(f"at most {MAX_SCORE_SEEDS} seeds a call")
+
+    def _evaluate(self, source: str, seeds: list[int], video: bool = False) -> EvalResult:
+        self._dev_only(seeds)
         result, spent = self.wb.evaluate(source, sorted(set(seeds)), video)
         self.state.env_steps += spent
         return result
@@ -424,6 +453,22 @@ class CoderLoop:
                 self.runs[(line.turn, line.call_id)] = line
                 self.seconds += line.seconds
                 self.state = LoopState.model_validate(line.state)
+        idle = next((i for i, t in enumerate(reversed(self.turns)) if t.tool_calls), len(self.turns))
+        if idle >= 2:  # the switch to JSON calls that followed two idle turns (it is not a line of its own)
+            self.mode = "json"
+
+
+def _unique_ids(calls: list[dict[str, str]], turn: int) -> list[dict[str, str]]:
+    """Every call of a turn with an id of its own (a server may give none, or the same one twice)."""
+    seen: set[str] = set()
+    out = []
+    for i, call in enumerate(calls):
+        call_id = call["id"] or f"call-{turn}-{i}"
+        if call_id in seen:
+            call_id = f"{call_id}-{i}"
+        seen.add(call_id)
+        out.append({**call, "id": call_id})
+    return out
 
 
 _TAGGED = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)

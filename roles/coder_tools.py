@@ -144,6 +144,9 @@ class Workbench(Protocol):
         """The accepted regression tests against this source, each in its own sandbox, and the env steps
         spent now (the source's dev evaluation, which the tests' episodes come from)."""
 
+    def run_budget_spent(self) -> str | None:
+        """Which of the run's own budgets (env steps, hours) is spent, if one is."""
+
     def event(self, kind: str, **fields: Any) -> None:
         """Tell the live view what the loop does."""
 

@@ -102,6 +102,7 @@ class Reply:
     refusal: str | None = None
     # Tool calls the model made (chat completions `tools`): {"id", "name", "arguments"} with arguments as sent.
     tool_calls: list[dict[str, str]] = field(default_factory=list)
+    mode: str | None = None  # a replayed coder turn: how the recorded loop asked ("tools" or "json")
 
 
 class _Refused(Exception):
@@ -276,7 +277,8 @@ class LLMClient:
         """Whether this role's endpoint is (still) sent images."""
         return self.capabilities(self.settings_for(role)).images
 
-    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict], loop: str = "") -> Reply:
+    def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict], loop: str = "",
+             index: int = 0) -> Reply:
         """One turn of a conversation with tools: the model's text and the tools it called. Raises
         ``ToolsUnsupported`` once the endpoint has refused `tools` (the caller then asks for calls as JSON)."""
         s = self.settings_for(transcript.role)

@@ -1,8 +1,9 @@
 """``heurist replay``: a run whose model answers from another run's transcripts, in order per iteration and
 role, so it reaches the same decisions without a network or a key (and counts the recorded calls' cost).
 
-Structured replies come from the recorded ``Parsed`` lines; the coder agent's turns from its recorded
-``AgentTurn`` lines (the tools are run again, so the replay checks that they still answer the same)."""
+Structured replies come from the recorded ``Parsed`` lines; the coder agent's turns, native or JSON, from
+its recorded ``AgentTurn`` lines by loop and number (the tools are run again, so the replay checks that they
+still answer the same)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from roles.llm import Reply
-from roles.llm_usage import LLMError, ToolsUnsupported, Usage
+from roles.llm_usage import LLMError, Usage
 from store.transcripts import AgentTurn, LLMCall, Parsed, RoleTranscript, TranscriptRecorder
 
 T = TypeVar("T", bound=BaseModel)
@@ -61,18 +62,16 @@ class ReplayClient:
         return False  # the answers are recorded: nothing is shown to a model
 
     def turn(self, transcript: RoleTranscript, messages: list[dict], tools: list[dict[str, Any]],
-             loop: str = "") -> Reply:
-        """The recorded coder loop's next turn (its tool calls as they were made); loops that ran side by side
-        are told apart by name."""
+             loop: str = "", index: int = 0) -> Reply:
+        """Turn number ``index`` of the recorded coder loop ``loop`` (its tool calls as they were made, asked
+        natively or as JSON): by name and number, so loops that ran side by side, and a replay resumed in
+        the middle of a loop, get the turns that were theirs."""
         turns = [e for e in self._recorder.read(transcript.iteration, transcript.role)
                  if isinstance(e, AgentTurn) and e.loop == loop]
-        index = self._next(transcript, f"turn {loop}")
         if index >= len(turns):
-            raise LLMError(f"replay: the recorded run has no agent turn number {index + 1} for {transcript.role} "
+            raise LLMError(f"replay: the recorded run has no turn {index + 1} of {loop} for {transcript.role} "
                            f"in iteration {transcript.iteration}")
         recorded = turns[index]
-        if recorded.mode == "json":  # the recorded loop asked for JSON here: its replies are Parsed lines
-            raise ToolsUnsupported("the recorded loop asked for tool calls as JSON")
         self.usage.add(recorded.tokens, recorded.usd)
         return Reply(recorded.content, "tool_calls" if recorded.tool_calls else "stop", None,
-                     [dict(c) for c in recorded.tool_calls])
+                     [dict(c) for c in recorded.tool_calls], mode=recorded.mode)

@@ -153,7 +153,7 @@ def schema_note(schema: type[BaseModel]) -> str:
             + json.dumps(schema.model_json_schema(), separators=(",", ":")))
 
 
-def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseModel]) -> list[dict]:
+def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseModel] | None) -> list[dict]:
     """The conversation as this endpoint can take it: images as text where it takes none, the schema in the
     system message where the server is not given it (and "JSON" named, which json_object mode requires)."""
     shaped = []
@@ -166,7 +166,7 @@ def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseM
         if isinstance(content, list):  # the path is heurist's note for the transcript, not part of the API
             content = [{k: v for k, v in part.items() if k != "path"} for part in content]
         shaped.append({**message, "content": content})
-    if caps.structured in ("json_object", "text"):
+    if caps.structured in ("json_object", "text") and schema is not None:  # a tool turn has no reply schema
         note = schema_note(schema)
         if shaped and shaped[0]["role"] == "system" and isinstance(shaped[0]["content"], str):
             shaped[0] = {**shaped[0], "content": shaped[0]["content"] + "\n\n" + note}

@@ -33,7 +33,7 @@ from roles.llm_replay import ReplayClient
 from roles.llm_usage import Usage
 from roles.registry import stage_roles, unmet_facts
 from store.active_time import ActiveTime
-from store.config import RunConfig, check_priced
+from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
 from store.transcripts import TranscriptRecorder, call_costs
 from store.workspace import Workspace
@@ -63,8 +63,6 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
         raise RunError("model-written code would run without a confined file system here (bubblewrap is missing "
                        "or cannot make namespaces; `heurist doctor` says which): install bubblewrap, or set "
                        "eval.allow_unconfined = true in the run config to accept that")
-    if not record.offline and not record.replay_of:
-        check_priced(config)
     recorder = TranscriptRecorder(run_dir)
     usage = usage_from_transcripts(recorder)
     usage.max_tokens, usage.max_usd = config.budget.tokens, config.budget.usd

@@ -211,7 +211,7 @@ def call_costs(lines: list[TranscriptLine]) -> Iterator[CallCost]:
             yield CallCost(line.time, tokens, line.usd or 0.0, tokens if unpriced else 0)
         elif isinstance(line, Parsed) and line.replayed:
             yield CallCost(line.time, line.tokens, line.usd, line.unpriced_tokens)
-        elif isinstance(line, AgentTurn) and line.replayed and line.mode == "tools":  # json: its Parsed line counts
+        elif isinstance(line, AgentTurn) and line.replayed:  # a replayed turn has no call line of its own
             yield CallCost(line.time, line.tokens, line.usd or 0.0, line.tokens if line.usd is None else 0)
 
 

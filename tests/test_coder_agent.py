@@ -248,3 +248,49 @@ def test_a_model_stuck_on_one_failing_call_ends_its_loop_early(home):
     runs = tool_runs(home / "run")
     assert len(runs) == 3 and "You made this exact call before" in runs[1].result
     assert "the same failing call 3 times in a row" in state["history"][0]["reason"]
+
+
+def test_a_submit_after_a_failed_call_is_refused_and_every_call_counts_against_the_limit(home):
+    """Calls of one turn run in order: a submit behind a failed edit is refused (the model is told why), and
+    the loop's limit is checked before every call, so calls past it are answered "not run", never run."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    good = {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}
+    with ScriptedOpenAI() as server:
+        server.queue(tool_call_reply(("edit", {"blocks": [{"search": WRONG_SEARCH, "replace": BALANCES}]}),
+                                     ("submit", {"rationale": "balances"})),
+                     tool_call_reply(("edit", good), ("score", {"seeds": [0]}), ("submit", {"rationale": "balances"})))
+        state = execute(create_run(agent_config(server, policy, max_tool_calls=3), home / "run"))
+        assert not server.replies
+    runs = tool_runs(home / "run")
+    assert [r.name for r in runs] == ["edit", "submit", "edit", "score", "submit"]
+    assert runs[1].result.startswith("error: not submitted: your edit call before it in this turn failed")
+    assert runs[3].result.startswith("not run: the loop's limit was reached (3 tool calls")
+    assert runs[3].env_steps == 0 and runs[4].result.startswith("not run")
+    assert "3 tool calls (code.max_tool_calls)" in state["history"][0]["reason"]
+
+
+def test_the_seed_rule_allows_generators_and_none_checks_and_blocks_only_what_an_edit_adds():
+    from envs.contract import seed_special_cases
+
+    seeded = '''import random
+import numpy as np
+
+
+class Policy:
+    def reset(self, seed=None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.noise = random.Random(int(seed or 0))
+
+    def act(self, obs, info):
+        return 0 if self.rng.random() < 0.1 else 1
+'''
+    assert seed_special_cases(seeded) is None
+    copied = seeded.replace("        self.noise", "        self.which = seed\n        self.noise")
+    for cheat in ("return 0 if self.which == 3 else 1", "return {3: 0}.get(self.which, 1)",
+                  "return [1, 0, 1][self.which % 3]"):
+        found = seed_special_cases(copied.replace("return 0 if self.rng.random() < 0.1 else 1", cheat))
+        assert found and "special-cases the seed" in found, cheat
+    old = copied.replace("return 0 if self.rng.random() < 0.1 else 1", "return 0 if self.which == 3 else 1")
+    assert seed_special_cases(old.replace("return 0", "return 1"), before=old) is None  # not this edit's doing

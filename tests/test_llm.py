@@ -427,3 +427,16 @@ def test_prices_of_dated_snapshots_and_cached_prompt_tokens():
     full = client.cost("gpt-5.4", 1_000_000, 0)
     assert full == pytest.approx(2.5) and client.cost("gpt-5.4", 1_000_000, 0, cached_tokens=1_000_000) == \
         pytest.approx(0.25)
+
+
+def test_a_tool_turn_on_an_endpoint_in_json_object_mode(tmp_path, server):
+    """A turn has no reply schema: a json_object or text endpoint gets no schema note, and the call goes out."""
+    from tests.scripted_openai import tool_call_reply
+
+    for mode in ("json_object", "text"):
+        client = local_client(server, structured_mode=mode)
+        server.queue(tool_call_reply(("read_file", {"path": "."})))
+        reply = client.turn(TranscriptRecorder(tmp_path).for_role(1, "coder"), [{"role": "user", "content": "go"}],
+                            [{"type": "function", "function": {"name": "read_file", "parameters": {}}}])
+        assert [c["name"] for c in reply.tool_calls] == ["read_file"]
+        assert "JSON schema" not in json.dumps(chat_calls(server)[-1]["messages"])
