@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import local_model  # noqa: E402
 
+from common.formatting import score_text  # noqa: E402
+
 # Weak starts: the untuned CartPole starter (always pushes left); for Acrobot and LunarLander a policy
 # that does one thing regardless of what it sees. Readable files a model has to improve.
 ACROBOT_WEAK = '''"""Acrobot-v1, a weak start: always applies +1 torque, whatever the links do."""
@@ -152,7 +154,7 @@ def main() -> None:
     print(f"\n{'task':16} {'coder':8} {'dev mean start -> reached':28} {'iter':>4} {'acc':>4} {'tools':>5} "
           f"{'tool err':>8} {'invalid':>7} {'tokens':>8} {'wall s':>7}")
     for r in rows:
-        means = f"{r['dev_mean_start']} -> {r['dev_mean_reached']}"
+        means = f"{score_text(r['dev_mean_start'])} -> {score_text(r['dev_mean_reached'])}"
         print(f"{r['task']:16} {r['mode']:8} {means:28} {r['iterations']:>4} {r['accepted']:>4} {r['tool_calls']:>5} "
               f"{r['tool_errors']:>8} {r['failed_validation']:>7} {r['tokens']:>8} {r['wall_s']:>7}")
     if args.json:

@@ -294,3 +294,28 @@ class Policy:
         assert found and "special-cases the seed" in found, cheat
     old = copied.replace("return 0 if self.rng.random() < 0.1 else 1", "return 0 if self.which == 3 else 1")
     assert seed_special_cases(old.replace("return 0", "return 1"), before=old) is None  # not this edit's doing
+
+
+def test_frames_shows_a_vision_model_the_contact_sheet_as_an_image(home):
+    """frames(seed, step): the clip nearest the step; its contact sheet goes to a model that takes images as an
+    image part with only the fields the API defines, after the tool messages (a tool message holds text)."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    with ScriptedOpenAI() as server:
+        config = agent_config(server, policy).model_dump()
+        config["eval"]["video"] = True
+        config["stages"] = {"analyse": ["log_parser"]}  # no video analyst: its calls are not what is tested here
+        server.queue(tool_call_reply(("frames", {"seed": 0, "step": 9})),
+                     tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}),
+                                     ("submit", {"rationale": "push toward the fall"})), *after_the_loop())
+        state = execute(create_run(RunConfig.model_validate(config), home / "run"))
+        requests = [r["body"] for r in server.requests if r["body"].get("tools")]
+    assert state["history"][0]["accepted"], state["history"]
+    frames = tool_runs(home / "run")[0]
+    assert frames.result.startswith("clip ") and frames.image and frames.image.endswith(".png")
+    shown = requests[1]["messages"]
+    assert [m["role"] for m in shown[-2:]] == ["tool", "user"]
+    [image] = [p for p in shown[-1]["content"] if p["type"] == "image_url"]
+    assert set(image) == {"type", "image_url"} and image["image_url"]["url"].startswith("data:image/png;base64,")
+    page = (home / "run" / "report" / "index.html").read_text()
+    assert "attempt-1, tool frames" in page and "attempt-1, turn 2: called edit, submit" in page
