@@ -87,9 +87,17 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     return tree
 
 
-# What a policy may hand its seed to: random generators (and int(), to make one).
-SEEDING_CALLS = {"Random", "seed", "default_rng", "RandomState", "SeedSequence", "Generator", "PCG64", "MT19937",
-                 "Philox", "SFC64", "int"}
+# What a policy may hand its seed to: random generators (and int(), to make one; reset(), a part's own).
+GENERATORS = {"Random", "seed", "default_rng", "RandomState", "SeedSequence", "Generator", "PCG64", "MT19937",
+              "Philox", "SFC64"}
+SEEDING_CALLS = GENERATORS | {"int", "reset"}
+
+
+def _none_check(node: ast.Compare) -> bool:
+    """``x is None``, ``None is not x``: asking whether a seed was given is not special-casing it."""
+    sides = [node.left, *node.comparators]
+    return all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops) and any(
+        isinstance(s, ast.Constant) and s.value is None for s in sides)
 
 
 def _called_name(func: ast.expr) -> str:
@@ -126,31 +134,38 @@ def _seed_uses(source: str) -> dict[str, tuple[int, str]]:
         return {}
     seed = reset.args.args[1].arg
     in_reset = set(ast.walk(reset))
+    own_methods = {n.name for n in policy.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
-    def mentions_seed(node: ast.AST) -> bool:
-        return any(isinstance(n, ast.Name) and n.id == seed and n in in_reset for n in ast.walk(node))
+    def copies_seed(node: ast.AST) -> bool:
+        """The seed's value flows out of this expression, not into a generator or a None check."""
+        if isinstance(node, ast.Call) and _called_name(node.func) in GENERATORS | own_methods:
+            return False  # a generator, or the policy's own helper (which is read as a whole policy is)
+        if isinstance(node, ast.Compare) and _none_check(node):
+            return False
+        if isinstance(node, ast.Name):
+            return node.id == seed and node in in_reset
+        return any(copies_seed(child) for child in ast.iter_child_nodes(node))
 
-    # Attributes the seed is copied into (self.s = seed, self.s = seed % 7); one holding a generator built from
-    # it (self.rng = random.Random(seed)) is the generator, not the seed.
-    kept = {t.attr for node in ast.walk(reset) if isinstance(node, ast.Assign) and mentions_seed(node.value)
-            and not (isinstance(node.value, ast.Call) and _called_name(node.value.func) in SEEDING_CALLS)
-            for t in node.targets if isinstance(t, ast.Attribute)}
+    # Attributes the seed is copied into (self.s = seed, self.s = int(seed) % 7); one holding a generator built
+    # from it (self.rng = random.Random(seed), or one made only when seed is not None) is not the seed.
+    kept = {t.attr for node in ast.walk(reset) if isinstance(node, (ast.Assign, ast.AnnAssign))
+            and node.value is not None and copies_seed(node.value)
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Attribute)}
 
     def is_seed(node: ast.AST) -> bool:
-        return mentions_seed(node) or any(isinstance(n, ast.Attribute) and n.attr in kept for n in ast.walk(node))
+        return copies_seed(node) or any(isinstance(n, ast.Attribute) and n.attr in kept
+                                        and isinstance(n.ctx, ast.Load) for n in ast.walk(node))
 
     found: dict[str, tuple[int, str]] = {}
     for node in ast.walk(policy):
         uses: list[ast.AST] = []
-        if isinstance(node, ast.Compare) and not (
-                all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops)
-                and all(isinstance(c, ast.Constant) and c.value is None for c in node.comparators)):
+        if isinstance(node, ast.Compare) and not _none_check(node):
             uses = [node.left, *node.comparators]
         elif isinstance(node, ast.Subscript):
             uses = [node.slice]
         elif isinstance(node, ast.Match):
             uses = [node.subject]
-        elif isinstance(node, ast.Call) and _called_name(node.func) not in SEEDING_CALLS:
+        elif isinstance(node, ast.Call) and _called_name(node.func) not in SEEDING_CALLS | own_methods:
             uses = [*node.args, *(k.value for k in node.keywords)]
         if any(is_seed(u) for u in uses):
             text = ast.unparse(node)

@@ -233,7 +233,8 @@ class Nodes:
         ranked.sort(key=lambda r: r[0], reverse=True)
         if not ranked:
             return {"coder": {"edit": None, "reason": "; ".join(notes) or "no candidate",
-                              "llm_failed": any(o.get("llm_failed") for o in proposals.values())},
+                              # a model failure only if no branch got an answer from it
+                              "llm_failed": bool(proposals) and all(o.get("llm_failed") for o in proposals.values())},
                     "candidate": None, "queue": [], "tried": notes, "attempts": 1}
         first, *rest = [r[1] for r in ranked]
         s.event("chosen", message=f"{first['name']} of {len(proposals)} goes to the tests and the gate first"

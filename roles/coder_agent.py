@@ -47,7 +47,7 @@ from roles.coder_tools import (
 )
 from roles.edits import Edit, EditError, SearchReplace, apply_search_replace, unified_diff
 from roles.llm import image_part
-from roles.llm_usage import BudgetSpent, LLMError, ToolsUnsupported
+from roles.llm_usage import BudgetSpent, LLMError, ReplayEnded, ToolsUnsupported
 from roles.video_analyst import describe_track, measure_clip
 from store.transcripts import AgentTurn, ToolRun
 
@@ -112,7 +112,10 @@ class CoderLoop:
         stop = None
         idle = next((i for i, t in enumerate(reversed(self.turns)) if t.tool_calls), len(self.turns))
         while self.state.submitted is None:
-            stop = self._stop_reason()
+            # The idle and stuck stops are checked here too: a loop that ended on them before a kill stays ended.
+            stop = self._stop_reason() or (f"{idle} turns in a row called no tool"
+                                           if idle >= self.settings.max_idle_turns else None) or (
+                f"the model made the same failing call {STUCK_AFTER} times in a row" if self._stuck() else None)
             if stop:
                 break
             turn = self._pending_turn()
@@ -122,6 +125,9 @@ class CoderLoop:
                 except BudgetSpent as exc:
                     stop = f"the run's budget: {exc}"
                     break
+                except ReplayEnded as exc:  # the recorded loop stopped here (a limit the replay does not re-time)
+                    stop = str(exc)
+                    break
                 except LLMError as exc:
                     if self.state.best is None:
                         raise
@@ -129,23 +135,20 @@ class CoderLoop:
                     break
             idle = 0 if turn.tool_calls else idle + 1
             if idle >= self.settings.max_idle_turns:
-                stop = f"{idle} turns in a row called no tool"
-                break
+                continue  # the check at the top ends the loop
             if idle == 2 and self.mode == "tools":  # a model that will not call tools natively is asked for JSON
                 self.mode = "json"
                 self.ctx.decide("two turns in a row called no tool: each tool call is asked for as a JSON object "
                                 "from now on", loop=self.loop)
-            for call in turn.tool_calls:
+            for position, call in enumerate(turn.tool_calls):
                 if (turn.turn, call["id"]) not in self.runs:
                     stop = stop or self._stop_reason()
-                    self._run_tool(turn, call, refused=f"not run: the loop's limit was reached ({stop})" if stop
-                                   else None)
+                    spends = call["name"] != "submit"  # a submit costs nothing: a finished edit is never lost
+                    self._run_tool(turn, position, refused=f"not run: the loop's limit was reached ({stop})"
+                                   if stop and spends else None)
                 if self.state.submitted is not None:
                     break
             if stop:
-                break
-            if self._stuck():
-                stop = f"the model made the same failing call {STUCK_AFTER} times in a row"
                 break
         return self._outcome(stop)
 
@@ -181,11 +184,11 @@ class CoderLoop:
                         target_seeds=st.submitted.target_seeds, target_kinds=st.submitted.target_kinds)
             return edit, st.submitted.rationale, evidence
         if st.best is not None:
-            why = (f"the loop stopped at {stop}; its best scored candidate is proposed: mean {st.best.gain:+.3f} "
+            why = (f"the loop ended ({stop}); its best scored candidate is proposed: mean {st.best.gain:+.3f} "
                    f"over the incumbent on dev seeds {st.best.seeds}")
             edit = Edit(kind="search_replace", blocks=st.best.blocks, rationale=why, target_seeds=st.best.seeds)
             return edit, why, evidence
-        return None, f"the loop stopped at {stop} with no candidate scored above the incumbent", evidence
+        return None, f"the loop ended ({stop}) with no candidate scored above the incumbent", evidence
 
     # ------------------------------------------------------------------ model turns
 
@@ -198,7 +201,7 @@ class CoderLoop:
             if ctx.llm.replays:  # the recorded loop's turn, however it was asked
                 reply = ctx.llm.turn(ctx.transcript, [], [], loop=self.loop, index=number - 1)
                 self.mode = reply.mode or self.mode
-                content, calls = reply.content, reply.tool_calls
+                content, calls = reply.content, _unique_ids(reply.tool_calls, number)
             elif self.mode == "tools":
                 try:
                     reply = ctx.llm.turn(ctx.transcript, self._conversation(), tool_specs(), loop=self.loop)
@@ -260,10 +263,11 @@ class CoderLoop:
 
     # ------------------------------------------------------------------ tools
 
-    def _run_tool(self, turn: AgentTurn, call: dict[str, str], refused: str | None = None) -> None:
+    def _run_tool(self, turn: AgentTurn, position: int, refused: str | None = None) -> None:
+        call = turn.tool_calls[position]
         started, steps_before = time.perf_counter(), self.state.env_steps
         image = None
-        earlier = [self.runs.get((turn.turn, c["id"])) for c in turn.tool_calls[:turn.tool_calls.index(call)]]
+        earlier = [self.runs.get((turn.turn, c["id"])) for c in turn.tool_calls[:position]]
         failed_before = [r for r in earlier if r is not None and r.result.startswith("error:")]
         if refused is not None:
             result = refused
@@ -464,7 +468,7 @@ def _unique_ids(calls: list[dict[str, str]], turn: int) -> list[dict[str, str]]:
     out = []
     for i, call in enumerate(calls):
         call_id = call["id"] or f"call-{turn}-{i}"
-        if call_id in seen:
+        while call_id in seen:
             call_id = f"{call_id}-{i}"
         seen.add(call_id)
         out.append({**call, "id": call_id})

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from roles.llm import Reply
-from roles.llm_usage import LLMError, Usage
+from roles.llm_usage import LLMError, ReplayEnded, Usage
 from store.transcripts import AgentTurn, LLMCall, Parsed, RoleTranscript, TranscriptRecorder
 
 T = TypeVar("T", bound=BaseModel)
@@ -69,8 +69,7 @@ class ReplayClient:
         turns = [e for e in self._recorder.read(transcript.iteration, transcript.role)
                  if isinstance(e, AgentTurn) and e.loop == loop]
         if index >= len(turns):
-            raise LLMError(f"replay: the recorded run has no turn {index + 1} of {loop} for {transcript.role} "
-                           f"in iteration {transcript.iteration}")
+            raise ReplayEnded(f"the recorded loop {loop} ended after {len(turns)} turns")
         recorded = turns[index]
         self.usage.add(recorded.tokens, recorded.usd)
         return Reply(recorded.content, "tool_calls" if recorded.tool_calls else "stop", None,

@@ -23,6 +23,10 @@ class ToolsUnsupported(LLMError):
     """The endpoint refused chat completions `tools`: a tool-using role asks for each call as JSON instead."""
 
 
+class ReplayEnded(LLMError):
+    """A replay asked for a coder turn past the recorded loop's last: the recorded loop stopped there."""
+
+
 class BudgetSpent(LLMError):
     """The run's token or USD budget is spent: no further model call is made."""
 

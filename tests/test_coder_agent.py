@@ -252,22 +252,24 @@ def test_a_model_stuck_on_one_failing_call_ends_its_loop_early(home):
 
 def test_a_submit_after_a_failed_call_is_refused_and_every_call_counts_against_the_limit(home):
     """Calls of one turn run in order: a submit behind a failed edit is refused (the model is told why), and
-    the loop's limit is checked before every call, so calls past it are answered "not run", never run."""
+    the loop's limit is checked before every call, so calls past it are answered "not run", never run; a
+    submit, which spends nothing, still ends the loop with the finished edit."""
     policy = home / "weak.py"
     policy.write_text(WEAK)
     good = {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}
     with ScriptedOpenAI() as server:
         server.queue(tool_call_reply(("edit", {"blocks": [{"search": WRONG_SEARCH, "replace": BALANCES}]}),
                                      ("submit", {"rationale": "balances"})),
-                     tool_call_reply(("edit", good), ("score", {"seeds": [0]}), ("submit", {"rationale": "balances"})))
+                     tool_call_reply(("edit", good), ("score", {"seeds": [0]}), ("submit", {"rationale": "balances"})),
+                     *after_the_loop())
         state = execute(create_run(agent_config(server, policy, max_tool_calls=3), home / "run"))
         assert not server.replies
     runs = tool_runs(home / "run")
     assert [r.name for r in runs] == ["edit", "submit", "edit", "score", "submit"]
     assert runs[1].result.startswith("error: not submitted: your edit call before it in this turn failed")
     assert runs[3].result.startswith("not run: the loop's limit was reached (3 tool calls")
-    assert runs[3].env_steps == 0 and runs[4].result.startswith("not run")
-    assert "3 tool calls (code.max_tool_calls)" in state["history"][0]["reason"]
+    assert runs[3].env_steps == 0 and runs[4].result == "submitted"
+    assert state["history"][0]["accepted"], state["history"]
 
 
 def test_the_seed_rule_allows_generators_and_none_checks_and_blocks_only_what_an_edit_adds():
@@ -287,9 +289,12 @@ class Policy:
         return 0 if self.rng.random() < 0.1 else 1
 '''
     assert seed_special_cases(seeded) is None
+    helper = seeded.replace("np.random.default_rng(seed)", "self._generator(seed)") + (
+        "\n    def _generator(self, seed):\n        return np.random.default_rng(seed)\n")
+    assert seed_special_cases(helper) is None
     copied = seeded.replace("        self.noise", "        self.which = seed\n        self.noise")
     for cheat in ("return 0 if self.which == 3 else 1", "return {3: 0}.get(self.which, 1)",
-                  "return [1, 0, 1][self.which % 3]"):
+                  "return [1, 0, 1][self.which % 3]", "return 0 if int(self.which) == 3 else 1"):
         found = seed_special_cases(copied.replace("return 0 if self.rng.random() < 0.1 else 1", cheat))
         assert found and "special-cases the seed" in found, cheat
     old = copied.replace("return 0 if self.rng.random() < 0.1 else 1", "return 0 if self.which == 3 else 1")
