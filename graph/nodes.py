@@ -15,7 +15,7 @@ import traceback
 from dataclasses import replace
 from typing import Callable
 
-from common.errors import HeuristError, PolicyError
+from common.errors import HeuristError
 from common.events import (
     IterationDone,
     RunFinished,
@@ -24,16 +24,16 @@ from common.events import (
     TestsRun,
 )
 from common.files import atomic_write
-from envs.contract import check_policy_source, seed_special_cases
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
+from graph.candidates import checked, focus_of, ranked_candidates
 from graph.context import Services, per_seed, scored, seeds_of
-from graph.state import Candidate, CodeOutcome, RunState
+from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from graph.workbench import RunWorkbench
 from memory.records import FailureRecord, FixRecord
 from roles.base import Role
-from roles.edits import Edit, apply_edit, diff_summary, unified_diff
+from roles.edits import Edit, unified_diff
 from roles.llm_usage import BudgetSpent, LLMError
 from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
 from store.summary import write_summary
@@ -43,22 +43,6 @@ from store.workspace import POLICY_FILE
 
 class RoleContractError(HeuristError):
     """A role that returned something other than what it declares."""
-
-
-# What side-by-side coders pursue once the failures the analysts found are shared out.
-HYPOTHESES = ("a new rule in the policy's structure for the state it fails in",
-              "better values for the policy's thresholds and gains, the structure kept",
-              "a simpler policy that fails less, with rules that never fire removed")
-
-
-def focus_of(branch: int, failures: list[FailureFinding]) -> str:
-    """What the coder of one branch pursues: a different failure kind each, then a different hypothesis."""
-    distinct = list({f.kind: f for f in failures}.values())
-    if branch < len(distinct):
-        f = distinct[branch]
-        return f"fix the {f.kind} failure (seed {f.seed}, step {f.step}): {f.description[:300]}"
-    return f"try {HYPOTHESES[(branch - len(distinct)) % len(HYPOTHESES)]}"
-
 
 
 class Nodes:
@@ -178,32 +162,8 @@ class Nodes:
     # ------------------------------------------------------------------ 5. check
 
     def check(self, state: RunState) -> RunState:
-        candidate, error = self._checked(state, Edit.model_validate(state["coder"]["edit"]))
+        candidate, error = checked(self.s, state["incumbent"]["commit"], Edit.model_validate(state["coder"]["edit"]))
         return {"check_error": error, "candidate": candidate}
-
-    def _checked(self, state: RunState, edit: Edit) -> tuple[Candidate | None, str | None]:
-        """The edited policy if it applies, parses, keeps the contract and the rules, and survives its smoke
-        episode; else why not."""
-        s = self.s
-        source = s.workspace.source_at(state["incumbent"]["commit"])
-        try:
-            candidate = apply_edit(source, edit)
-            check_policy_source(candidate, "policy.py")
-            compile(candidate, "policy.py", "exec")
-        except (PolicyError, SyntaxError, ValueError) as exc:
-            return None, f"the edit does not apply or parse: {exc}"
-        if candidate == source:
-            return None, "the edit changes nothing in the policy file"
-        special = seed_special_cases(candidate, before=source)
-        if special:
-            return None, f"the edited policy {special}"
-        smoke_seed = s.dev_seeds()[0]
-        episode = s.evaluate_cached(s.candidate_file(candidate), "dev", [smoke_seed]).episodes[0]
-        if episode.status != "ok":
-            return None, (f"the edited policy failed its smoke episode on dev seed {smoke_seed}: {episode.status}: "
-                          f"{episode.error}")
-        diff = unified_diff(source, candidate)
-        return {"source": candidate, "diff": diff, "summary": diff_summary(diff)}, None
 
     # ------------------------------------------------------------------ 4-5 with candidates side by side
 
@@ -212,31 +172,13 @@ class Nodes:
         gate, the others wait best first (``next_candidate``) in case it is rejected."""
         s = self.s
         proposals = state.get("proposals") or {}
-        ranked, notes, seen = [], [], {}
-        for key in sorted(proposals, key=int):
-            out, name = proposals[key], f"candidate {int(key) + 1}"
-            if not out.get("edit"):
-                notes.append(f"{name}: no edit: {out.get('reason', '')[:300]}")
-                continue
-            candidate, error = self._checked(state, Edit.model_validate(out["edit"]))
-            if candidate is None:
-                notes.append(f"{name}: {error[:300]}")
-                continue
-            if candidate["source"] in seen:  # the same policy twice is gated once
-                notes.append(f"{name}: the same policy as {seen[candidate['source']]}")
-                continue
-            seen[candidate["source"]] = name
-            result = s.evaluate_cached(s.candidate_file(candidate["source"]))
-            failed = sum(e.status != "ok" for e in result.episodes)
-            mean = result.stats.mean if result.stats else float("-inf")
-            ranked.append(((-failed, mean, -int(key)), {"coder": out, "candidate": candidate, "name": name}))
-        ranked.sort(key=lambda r: r[0], reverse=True)
+        ranked, notes = ranked_candidates(s, state["incumbent"]["commit"], proposals)
         if not ranked:
             return {"coder": {"edit": None, "reason": "; ".join(notes) or "no candidate",
                               # a model failure only if no branch got an answer from it
                               "llm_failed": bool(proposals) and all(o.get("llm_failed") for o in proposals.values())},
                     "candidate": None, "queue": [], "tried": notes, "attempts": 1}
-        first, *rest = [r[1] for r in ranked]
+        first, *rest = ranked
         s.event("chosen", message=f"{first['name']} of {len(proposals)} goes to the tests and the gate first"
                 + (f"; {'; '.join(notes)}" if notes else ""))
         return {"coder": first["coder"], "candidate": first["candidate"], "queue": rest, "tried": notes,
