@@ -4,6 +4,7 @@ the ledger, the workspace's git history, the memory, the transcripts and the che
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -53,6 +54,23 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def _lock_released(run_dir: Path) -> bool:
+    """Whether no process holds the run's lock any more (a killed run's last holder has gone)."""
+    if not (run_dir / ".lock").exists():
+        return True
+    fd = os.open(run_dir / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+# Waits are on events (progress in the ledger, the lock released); these bounds only stop a hang, so they are
+# far above what a loaded machine needs, and the test's own timeout is raised to match.
+@pytest.mark.timeout(1800)
 def test_ten_kill_9s_in_one_run_then_resume_lose_and_repeat_nothing(home):
     """Each start makes some progress (a finished evaluation, test run or iteration), then heurist and
     all its workers get SIGKILL after a random delay, so the kills land in evaluations, searches, test
@@ -77,18 +95,22 @@ def test_ten_kill_9s_in_one_run_then_resume_lose_and_repeat_nothing(home):
         due = len(killed_after) * iterations // KILLS
         proc = _start(command, env)
         progressed = _wait_for(lambda: _work_done(ledger) > before and _iterations_done(ledger) >= due, proc,
-                               timeout=180)
+                               timeout=900)
         if progressed:
             time.sleep(rng.uniform(0.0, 0.8))
         if proc.poll() is not None:
             break  # it finished (or failed) before being killed: checked below
         os.killpg(proc.pid, signal.SIGKILL)  # heurist and its workers, as a crash or the OOM killer would
         proc.wait()
+        # The resume must not find the lock still held by a process the kernel has not reaped yet.
+        deadline = time.monotonic() + 120
+        while not _lock_released(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
         killed_after.append(ledger.read()[0][-1]["event"])
         command = [HEURIST, "resume", str(run_dir), "--no-progress"]
     assert len(killed_after) == KILLS, (f"the run ended after {len(killed_after)} kills (HEURIST_KILL_SEED={seed}): "
                                         f"{proc.returncode} {proc.stderr.read().decode()[-2000:]}")
-    done = heurist(env, "resume", run_dir, timeout=400)
+    done = heurist(env, "resume", run_dir, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     records, _ = ledger.read()
