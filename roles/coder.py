@@ -1,9 +1,11 @@
 """The coder: proposes one edit to the policy file, as SEARCH/REPLACE blocks or new tunable values.
 
-With a model it reads the policy, the analyse stage's reports, the failures and fixes
-recalled from memory, and the run's history, and answers with an ``Edit``; when the
-previous attempt failed the check, the precise error (with the nearest lines for a
-SEARCH block that did not match) is part of the prompt.
+With a model it is told the policy, the analyse stage's reports, the failures and fixes
+recalled from memory, and the run's history (and, after a failed check, the precise error,
+with the nearest lines for a SEARCH block that did not match). By default
+(``code.mode = "agent"``) it then experiments in a bounded tool loop (``roles.coder_agent``:
+read, score, trace, frames, edit, run tests) before it submits an ``Edit``; with
+``code.mode = "single"`` it answers with an ``Edit`` in one structured call.
 
 Offline it searches the policy's declared tunables with CMA-ES (the ``cma`` package):
 each tunable scaled to [0, 1] by its declared bounds, started from the incumbent's
