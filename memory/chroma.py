@@ -28,7 +28,10 @@ def prepare_directory(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise MemoryStoreError(f"memory path {path} is a file, not a directory; choose another with --memory")
     marker = path / MARKER
-    if path.is_dir() and any(path.iterdir()) and not marker.exists():
+    # Another heurist process creating the same new store is mid-way when only its marker's temp file is there:
+    # that is no foreign content (two runs started at once on a fresh memory must both open it).
+    foreign = [p for p in path.iterdir() if not p.name.startswith(f".{MARKER}.")] if path.is_dir() else []
+    if foreign and not marker.exists():
         raise MemoryStoreError(f"{path} is not a heurist memory store (no {MARKER}); choose an empty or new "
                                "directory with --memory")
     try:
