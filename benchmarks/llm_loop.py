@@ -35,30 +35,17 @@ import local_model  # noqa: E402
 
 from common.formatting import score_text  # noqa: E402
 
+
 # Weak starts: the untuned CartPole starter (always pushes left); for Acrobot and LunarLander a policy
 # that does one thing regardless of what it sees. Readable files a model has to improve.
-ACROBOT_WEAK = '''"""Acrobot-v1, a weak start: always applies +1 torque, whatever the links do."""
+def constant_policy(doc: str, action: int, mode: str) -> str:
+    return (f'"""{doc}"""\n\n\nclass Policy:\n    def reset(self, seed):\n        pass\n\n'
+            f'    def act(self, obs, info):\n        self.diagnostics = {{"mode": "{mode}"}}\n'
+            f'        return {action}\n')
 
 
-class Policy:
-    def reset(self, seed):
-        pass
-
-    def act(self, obs, info):
-        self.diagnostics = {"mode": "push"}
-        return 2
-'''
-LUNAR_WEAK = '''"""LunarLander-v3, a weak start: fires nothing and falls."""
-
-
-class Policy:
-    def reset(self, seed):
-        pass
-
-    def act(self, obs, info):
-        self.diagnostics = {"mode": "idle"}
-        return 0
-'''
+ACROBOT_WEAK = constant_policy("Acrobot-v1, a weak start: always applies +1 torque, whatever the links do.", 2, "push")
+LUNAR_WEAK = constant_policy("LunarLander-v3, a weak start: fires nothing and falls.", 0, "idle")
 STARTS = {"CartPole-v1": None, "Acrobot-v1": ACROBOT_WEAK, "LunarLander-v3": LUNAR_WEAK}
 # The single structured call, the agent, and two agents side by side (code.parallel = 2: what K = 2 buys).
 MODES = ("single", "agent", "agent-x2")
