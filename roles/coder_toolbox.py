@@ -28,6 +28,7 @@ from roles.coder_tools import (
 )
 from roles.edits import EditError, SearchReplace, apply_search_replace, unified_diff
 from roles.video_analyst import describe_track, measure_clip
+from store.config import CodeConfig
 
 TRACE_MAX_STEPS = 80
 
@@ -54,8 +55,8 @@ class LoopState(BaseModel):
     env_steps: int = 0
 
 
-
 def _floor(*scores: dict[int, float | None]) -> float:
+    """Where a failed episode counts when gains are compared: below every completed one."""
     completed = [r for s in scores for r in s.values() if r is not None]
     spread = (max(completed) - min(completed)) if completed else 1.0
     return (min(completed) if completed else 0.0) - max(spread, 1.0)
@@ -67,6 +68,7 @@ class ToolBox:
 
     wb: Workbench
     state: LoopState
+    settings: CodeConfig
     images: bool
 
     def _tool_read_file(self, args: ReadFileArgs) -> tuple[str, None]:
