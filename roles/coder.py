@@ -28,6 +28,7 @@ from envs.contract import Tunable, read_tunables
 from memory.records import FixRecord, Recall
 from roles.base import Role, RoleContext
 from roles.coder_agent import CoderLoop, loop_key
+from roles.coder_toolbox import failure_floor
 from roles.edits import Edit, apply_edit
 from roles.stages import CoderInput, CoderOutput, gather
 
@@ -149,9 +150,7 @@ class Coder(Role[CoderInput, CoderOutput]):
             return out
         settings = ctx.config.search
         seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
-        completed = [r for r in data.incumbent.values() if r is not None]
-        spread = (max(completed) - min(completed)) if completed else 1.0
-        floor = (min(completed) if completed else 0.0) - max(spread, 1.0)
+        floor = failure_floor(data.incumbent)
         base = {s: data.incumbent[s] for s in seeds}
         base_score = _score(base, floor)
         key = settings.seed if settings.seed is not None else ctx.search_key

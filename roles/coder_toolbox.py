@@ -55,7 +55,7 @@ class LoopState(BaseModel):
     env_steps: int = 0
 
 
-def _floor(*scores: dict[int, float | None]) -> float:
+def failure_floor(*scores: dict[int, float | None]) -> float:
     """Where a failed episode counts when gains are compared: below every completed one."""
     completed = [r for s in scores for r in s.values() if r is not None]
     spread = (max(completed) - min(completed)) if completed else 1.0
@@ -87,7 +87,7 @@ class ToolBox:
         result = self._evaluate(self.state.source, args.seeds)
         ours = {e.seed: (e.return_ if e.status == "ok" else None) for e in result.episodes}
         theirs = {seed: self.wb.incumbent_scores.get(seed) for seed in ours}
-        floor = _floor(ours, theirs)
+        floor = failure_floor(ours, theirs)
         lines = []
         for e in result.episodes:
             mine, base = ours[e.seed], theirs[e.seed]

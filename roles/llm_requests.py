@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,16 @@ _INVALID_WORDS = ("validation error", "invalid", "unsupported", "not supported",
                   "extra inputs are not permitted", "does not support", "response_format")
 
 
+# Features given up by switching them off, and what the transcript says of it.
+_SWITCHED_OFF = {
+    "stream": "streaming -> one response",
+    "seed": "seed -> not sent (re-asks differ by temperature and wording only)",
+    "temperature": "temperature -> the model's default",
+    "reasoning_effort": "reasoning_effort -> the model's default",
+    "tools": "tools -> each tool call asked for as a JSON object",
+}
+
+
 @dataclass
 class Capabilities:
     """What heurist uses of one endpoint (thread-safe: roles call in parallel)."""
@@ -78,9 +88,7 @@ class Capabilities:
     def snapshot(self) -> Capabilities:
         """A consistent copy to build one request from (roles call in parallel while another narrows)."""
         with self._lock:
-            return Capabilities(self.structured, self.images, self.stream, self.stream_usage, self.temperature,
-                                self.seed, self.max_tokens_param, self.reasoning_effort, self.tools, self.fixed,
-                                self.version)
+            return replace(self, _lock=threading.Lock())
 
     def narrow(self, message: str, had_images: bool, seen: int, guess_images: bool = True) -> str | None:
         """Give up the feature a refusal names; what was given up, or None. A refusal of a request built
@@ -114,31 +122,17 @@ class Capabilities:
         if feature == "stream_usage" and self.stream and self.stream_usage:
             self.stream_usage = False
             return "usage in the stream -> counted from the text"
-        if feature == "stream" and self.stream:
-            self.stream = False
-            return "streaming -> one response"
-        if feature == "seed" and self.seed:
-            self.seed = False
-            return "seed -> not sent (re-asks differ by temperature and wording only)"
-        if feature == "temperature" and self.temperature:
-            self.temperature = False
-            return "temperature -> the model's default"
-        if feature == "reasoning_effort" and self.reasoning_effort:
-            self.reasoning_effort = False
-            return "reasoning_effort -> the model's default"
-        if feature == "tools" and self.tools:
-            self.tools = False
-            return "tools -> each tool call asked for as a JSON object"
+        if feature in _SWITCHED_OFF and getattr(self, feature):
+            setattr(self, feature, False)
+            return _SWITCHED_OFF[feature]
         if feature == "max_tokens" and self.max_tokens_param == "max_tokens":
             self.max_tokens_param = "max_completion_tokens"
             return "max_tokens -> max_completion_tokens"
         return None
 
     def summary(self) -> dict[str, Any]:
-        return {"structured": self.structured, "images": self.images, "stream": self.stream,
-                "stream_usage": self.stream_usage, "temperature": self.temperature, "seed": self.seed,
-                "max_tokens_param": self.max_tokens_param, "reasoning_effort": self.reasoning_effort,
-                "tools": self.tools}
+        """What is used of the endpoint now (the bookkeeping fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fixed", "version", "_lock")}
 
 
 def looks_invalid(message: str) -> bool:
