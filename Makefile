@@ -23,6 +23,5 @@ test-slow: setup
 
 benchmark: setup
 	.venv/bin/python benchmarks/eval_throughput.py
-	.venv/bin/python benchmarks/policy_ipc.py
 	.venv/bin/python benchmarks/memory_speed.py
 	.venv/bin/python benchmarks/soak.py

@@ -1,14 +1,26 @@
 """Env steps per second: the sandboxed evaluator against a bare loop, measured side by side in one run.
 
-    python benchmarks/eval_throughput.py [--quick]
+    python benchmarks/eval_throughput.py [--quick] [--only TASK]
 
-For CartPole, Breakout (pixels) and HalfCheetah, the same starter policy on the same
-seeds runs three ways: a bare loop in this process (``act`` then ``env.step``, nothing
-else), ``heurist``'s evaluator with one worker, and with one worker per core. Goals
-from the foundation issue: one sandboxed worker no more than 15% below the bare loop,
-and all workers at least 1.7x one worker on 2 cores. The evaluator's time includes
-starting its workers, reloading the policy per episode, traces and the ledger-ready
-result; the bare loop has none of that, which is the point of the comparison.
+For CartPole-v1, ALE/Breakout-v5 (pixels) under the standard protocol and under the
+deterministic one, and HalfCheetah-v5, the same starter policy on the same seeds runs:
+
+- ``bare``: a loop in this process, ``env.step(policy.act(obs, info))`` and nothing else;
+- ``in-process``: heurist's episode code (``envs.lockstep``) with the policy in this process:
+  everything an evaluation records (trace, failure events, diagnostics), no second process;
+- ``1 worker, 1 at a time``: the sandboxed evaluator with one worker and one episode per
+  message (``lockstep = 1``: how every evaluation ran before lockstep);
+- ``1 worker``: one worker, episodes in lockstep (the task family's default width);
+- ``N workers``: one worker per core, in lockstep.
+
+Goals (the evaluation-speed issue): one sandboxed worker at 0.85x the bare loop or better,
+and all workers at 1.8x one worker or better on 2 cores. The evaluator's time includes
+starting its workers and everything it records; the bare loop has none of that.
+
+Each setting also prints where an env step's microseconds go: ``env+act`` (the bare loop),
+``record`` (the episode code's bookkeeping: in-process minus bare), ``sandbox`` (the policy in
+its own process: one worker minus in-process, which holds the channel, the start of the
+two processes and the CPU the two share), and the same for one episode per message.
 """
 
 from __future__ import annotations
@@ -19,12 +31,14 @@ import runpy
 import time
 from pathlib import Path
 
-from envs.evaluator import EvalRequest, evaluate
+from envs.evaluator import EvalRequest, evaluate, lockstep_width
 from envs.tasks import SeedSplits, TaskSpec, get_task
+from envs.worker import LocalPolicy, Worker
 from policies import starter_policy
 
-# Episodes per task: enough env steps that worker start-up (about a second) is amortised.
-EPISODES = {"CartPole-v1": 600, "ALE/Breakout-v5": 24, "HalfCheetah-v5": 100}
+# (task, protocol, episodes): enough env steps that starting the workers (about a second) is amortised.
+SETTINGS = [("CartPole-v1", None, 600), ("ALE/Breakout-v5", None, 24), ("ALE/Breakout-v5", "deterministic", 4),
+            ("HalfCheetah-v5", None, 100)]
 
 
 def with_dev_seeds(spec: TaskSpec, n: int) -> TaskSpec:
@@ -33,8 +47,8 @@ def with_dev_seeds(spec: TaskSpec, n: int) -> TaskSpec:
     return spec.model_copy(update={"seeds": SeedSplits(dev=dev, holdout=spec.seeds.holdout, audit=spec.seeds.audit)})
 
 
-def bare_loop(spec: TaskSpec, policy: Path, seeds: tuple[int, ...]) -> tuple[int, float]:
-    env = spec.make_env()
+def bare_loop(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...]) -> tuple[int, float]:
+    env = spec.make_env(protocol)
     module = runpy.run_path(str(policy))
     steps, started = 0, time.perf_counter()
     for seed in seeds:
@@ -51,8 +65,24 @@ def bare_loop(spec: TaskSpec, policy: Path, seeds: tuple[int, ...]) -> tuple[int
     return steps, elapsed
 
 
-def sandboxed(spec: TaskSpec, policy: Path, workers: int) -> tuple[int, float]:
-    request = EvalRequest(policy_path=policy, task_id=spec.id, workers=workers)
+def in_process(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...],
+               width: int) -> tuple[int, float]:
+    """The episode code in lockstep groups of ``width``, the policy in this process."""
+    worker = Worker(spec.model_dump_json(), spec.protocol(protocol).name, LocalPolicy(str(policy), policy.read_text()))
+    queue, steps, started = list(reversed(seeds)), 0, time.perf_counter()
+    group = worker.episodes
+    while queue or len(group):
+        while queue and len(group) < width:
+            slot = min(set(range(width)) - {run.slot for run in group.runs})
+            group.add({"seed": queue.pop(), "slot": slot, "trace_window": 64, "max_windows": 5})
+        for result in group.round():
+            steps += result["env_steps"]
+    return steps, time.perf_counter() - started
+
+
+def sandboxed(spec: TaskSpec, protocol: str | None, policy: Path, workers: int,
+              lockstep: int | None) -> tuple[int, float]:
+    request = EvalRequest(policy_path=policy, task_id=spec.id, protocol=protocol, workers=workers, lockstep=lockstep)
     started = time.perf_counter()
     result = evaluate(spec, request)
     elapsed = time.perf_counter() - started
@@ -63,21 +93,34 @@ def sandboxed(spec: TaskSpec, policy: Path, workers: int) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter of the episodes (a smoke run, noisier)")
+    parser.add_argument("--only", help="one task id")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    print(f"{'task':18s} {'bare steps/s':>13s} {'1 worker':>10s} {f'{cores} workers':>10s} "
-          f"{'1w / bare':>10s} {'all / 1w':>9s}")
-    for task_id, episodes in EPISODES.items():
-        spec = with_dev_seeds(get_task(task_id), max(4, episodes // 4) if args.quick else episodes)
+    print(f"{'setting':32s} {'bare':>9s} {'in-proc':>9s} {'1w 1-at-a-time':>15s} {'1 worker':>9s} "
+          f"{f'{cores} workers':>10s} {'1w / bare':>10s} {'all / 1w':>9s}   (env steps/s)")
+    for task_id, protocol, episodes in SETTINGS:
+        if args.only and task_id != args.only:
+            continue
+        spec = with_dev_seeds(get_task(task_id), max(2, episodes // 4) if args.quick else episodes)
         policy = starter_policy(spec)
-        steps_bare, t_bare = bare_loop(spec, policy, spec.seeds.dev)
-        steps_one, t_one = sandboxed(spec, policy, 1)
-        steps_all, t_all = sandboxed(spec, policy, cores)
-        assert steps_bare == steps_one == steps_all, "the three runs must take the same env steps"
-        bare, one, every = steps_bare / t_bare, steps_one / t_one, steps_all / t_all
-        print(f"{task_id:18s} {bare:13,.0f} {one:10,.0f} {every:10,.0f} {one / bare:10.2f} {every / one:9.2f}"
-              f"   ({steps_bare:,} steps each)")
-    print("goals: 1w / bare >= 0.85; all / 1w >= 1.7 on 2 cores")
+        seeds = spec.seeds.dev
+        name = f"{task_id} ({spec.protocol(protocol).name})"
+        width = lockstep_width(spec, None)
+        n, t_bare = bare_loop(spec, protocol, policy, seeds)
+        runs = {"in": in_process(spec, protocol, policy, seeds, width),
+                "solo": sandboxed(spec, protocol, policy, 1, 1),
+                "one": sandboxed(spec, protocol, policy, 1, None),
+                "all": sandboxed(spec, protocol, policy, cores, None)}
+        assert all(steps == n for steps, _ in runs.values()), "every way must take the same env steps"
+        rate = {k: n / t for k, (_, t) in runs.items()} | {"bare": n / t_bare}
+        print(f"{name:32s} {rate['bare']:9,.0f} {rate['in']:9,.0f} {rate['solo']:15,.0f} {rate['one']:9,.0f} "
+              f"{rate['all']:10,.0f} {rate['one'] / rate['bare']:10.2f} {rate['all'] / rate['one']:9.2f}"
+              f"   ({n:,} steps)")
+        us = {k: 1e6 / r for k, r in rate.items()}
+        print(f"{'':32s} us/step: env+act {us['bare']:.1f} | record {us['in'] - us['bare']:+.1f} | "
+              f"sandbox {us['one'] - us['in']:+.1f} in lockstep of {min(width, len(seeds))}, "
+              f"{us['solo'] - us['in']:+.1f} one at a time")
+    print("goals: 1w / bare >= 0.85; all / 1w >= 1.8 on 2 cores")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ def eval_cmd(
     split: str = typer.Option("dev", "--split", help="Seed split: dev, holdout or audit."),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="First N seeds of the split (default: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores)."),
+    lockstep: Optional[int] = typer.Option(None, "--lockstep", min=1, max=64,
+                                           help="Episodes each worker steps together (1: one at a time; "
+                                                "default: 4 for Atari, 32 otherwise)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Task protocol, e.g. standard or deterministic for Atari."),
     video: bool = typer.Option(False, "--video", help="Write failure clips (mp4 + contact sheet) for the worst episodes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout."),
@@ -59,7 +62,7 @@ def eval_cmd(
         raise HeuristError(f"unknown split {split!r}; choose dev, holdout or audit")
     spec = get_task(env)
     request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split, episodes=episodes,
-                          workers=workers, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
+                          workers=workers, lockstep=lockstep, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
                           limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
                                         memory_mb=memory_mb))
     ledger_file = ledger or default_ledger_path()

@@ -20,10 +20,8 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import OutputError, PolicyError, SplitGuardError
 from common.events import EpisodeLine, EvalFinished, EvalInterrupted, EvalStarted, LedgerEvent, read_events
 from common.ledger import Ledger
-from common.safe_text import redact
 from envs.containment import containment, require_usable
 from envs.contract import check_policy_file, check_policy_source
 from envs.failures import FailureEvent
@@ -41,8 +38,9 @@ from envs.gitsafe import run_git
 from envs.isolation import Confinement
 from envs.limits import Limits
 from envs.results import Clip, EpisodeResult, EvalResult, score_stats
+from envs.scheduling import Schedule, Scheduler
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
-from envs.worker_pair import WorkerDied, WorkerProcess, pair_cpus
+from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess
 
 
 class EvalRequest(BaseModel):
@@ -65,9 +63,23 @@ class EvalRequest(BaseModel):
     clip_events: int = Field(default=3, ge=1)
     clip_steps: int = Field(default=60, ge=2)
     out_dir: Path | None = None
+    lockstep: int | None = Field(default=None, ge=1, le=MAX_SLOTS,
+                                 description="Episodes each worker runs at once, stepped together (1: one at a "
+                                             "time); by default the task family's (``lockstep_width``).")
 
 
 ProgressFn = Callable[[EpisodeResult], None]
+
+# Episodes a worker runs at once unless asked. Wide groups pay the round trip to the policy process once for
+# many steps, which matters where a step takes microseconds. An Atari step takes hundreds, and each episode in
+# flight needs its own emulator (about 0.1 s to load a ROM), so a few at once buy almost all there is to buy
+# (benchmarks/eval_throughput.py; docs/benchmarks.md).
+LOCKSTEP_WIDTH = {"atari": 4}
+DEFAULT_LOCKSTEP_WIDTH = 32
+
+
+def lockstep_width(spec: TaskSpec, asked: int | None) -> int:
+    return asked if asked is not None else LOCKSTEP_WIDTH.get(spec.family, DEFAULT_LOCKSTEP_WIDTH)
 
 
 def _versions() -> dict[str, str]:
@@ -103,21 +115,6 @@ def _protected_uses(ledger: Ledger | None, task: str, split: str) -> int:
         return 0
     records, _ = read_events(ledger)
     return sum(1 for r in records if isinstance(r, EvalStarted) and r.task == task and r.split == split)
-
-
-def _on_threads(serve: Callable[[int], None], cpus: list[int], interrupt: Callable[[], None]) -> None:
-    """``serve(cpu)`` for each core, each on a thread of its own, until all return. On Ctrl-C or a bug,
-    ``interrupt()`` (which makes the other threads return soon) before the exception goes on."""
-    pool = ThreadPoolExecutor(max_workers=len(cpus), thread_name_prefix="heurist-eval")
-    futures = [pool.submit(serve, cpu) for cpu in cpus]
-    try:
-        for future in futures:
-            future.result()
-    except BaseException:
-        interrupt()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Evaluator:
@@ -214,80 +211,16 @@ class Evaluator:
 
     def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:
         req = self.req
-        n_workers = min(req.workers or os.cpu_count() or 1, len(seeds))
-        pending = list(reversed(seeds))
-        lock = threading.Lock()
-        results: dict[int, EpisodeResult] = {}
-        live: set[WorkerProcess] = set()
-        stop = threading.Event()
-        deadline = started + req.eval_timeout_s
-
-        def next_seed() -> int | None:
-            with lock:
-                return pending.pop() if pending and not stop.is_set() else None
-
-        def retire(worker: WorkerProcess) -> None:
-            with lock:
-                live.discard(worker)
-            worker.close()
-
-        def serve(cpu: int) -> None:
-            worker: WorkerProcess | None = None
-            try:
-                while (seed := next_seed()) is not None:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        result = EpisodeResult(seed=seed, status="not_run",
-                                               error=f"evaluation wall-clock limit of {req.eval_timeout_s:g} s reached")
-                    else:
-                        if worker is None:
-                            worker = WorkerProcess(req.limits, scratch, self._confinement(), cpu)
-                            with lock:
-                                live.add(worker)
-                        result, died = self._episode(worker, policy_path, seed, remaining)
-                        if died:
-                            retire(worker)
-                            worker = None
-                    if stop.is_set():
-                        return  # interrupted: a killed worker's episode is not a result
-                    with lock:
-                        results[seed] = result
-                    if self.progress:
-                        self.progress(result)
-            finally:
-                if worker is not None:
-                    retire(worker)
-
-        def interrupt() -> None:
-            # Ctrl-C or a bug: stop handing out seeds and kill every worker now, rather than
-            # waiting for the episodes in flight to finish.
-            stop.set()
-            with lock:
-                doomed = list(live)
-            for worker in doomed:
-                worker.kill()
-
-        _on_threads(serve, pair_cpus(n_workers), interrupt)
+        confinement = self._confinement()
+        plan = Schedule(
+            seeds=seeds, workers=req.workers or os.cpu_count() or 1, width=lockstep_width(self.spec, req.lockstep),
+            episode_timeout_s=req.limits.episode_timeout_s, deadline=started + req.eval_timeout_s,
+            eval_timeout_s=req.eval_timeout_s, progress=self.progress,
+            job=lambda seed, slot: self._job("episode", policy_path, seed=seed, slot=slot,
+                                             trace_window=req.trace_window, max_windows=req.max_windows),
+            start_worker=lambda cpu: WorkerProcess(req.limits, scratch, confinement, cpu))
+        results = Scheduler(plan).run()
         return [results[s] for s in seeds]
-
-    def _episode(self, worker: WorkerProcess, policy_path: Path, seed: int,
-                 remaining: float) -> tuple[EpisodeResult, bool]:
-        """One seed's episode on a worker, and whether the worker died running it (then it must be retired)."""
-        req = self.req
-        job = self._job("episode", policy_path, seed=seed, trace_window=req.trace_window, max_windows=req.max_windows)
-        try:
-            reply = worker.run(job, timeout=min(req.limits.episode_timeout_s, remaining) + 10.0)
-        except WorkerDied as died:
-            # The env process counted the steps it took before the policy died or time ran
-            # out: they were spent, so they are counted.
-            return EpisodeResult(seed=seed, status="timeout" if died.timed_out else "crash",
-                                 error=redact(died.reason), env_steps=worker.steps_taken()), True
-        result = EpisodeResult.model_validate(reply) if reply.get("status") != "worker_error" \
-            else EpisodeResult(seed=seed, status="crash", error=f"worker error: {reply['error']}",
-                               env_steps=worker.steps_taken())
-        if result.error:  # the policy's own words: no secret of ours may ride on them
-            result.error = redact(result.error)
-        return result, False
 
     def _assemble(self, base: dict, episodes: list[EpisodeResult], uses_before: int, started: float) -> EvalResult:
         ran = [e for e in episodes if e.status != "not_run"]

@@ -7,15 +7,25 @@ its diagnostics, nothing else. The two directions differ on purpose:
 
 - env → policy: pickle, because the sender is trusted and pickle carries numpy arrays and
   the env's ``info`` dict exactly and fast. Only the policy process unpickles.
-- policy → env: one JSON line of at most ``MAX_REPLY_BYTES``, because the sender is not
-  trusted: unpickling its bytes would run its code in the process that keeps the score.
+- policy → env: one JSON line of at most ``MAX_REPLY_BYTES`` per episode, because the sender
+  is not trusted: unpickling its bytes would run its code in the process that keeps the score.
   Actions keep their exact values (JSON floats round-trip; float32 arrays keep their dtype).
+
+Episodes run in lockstep (``envs.lockstep``), so a message carries a batch: the observations
+of every episode in flight, and the reply their actions (``actions_to_wire``). Observations
+that are all arrays of one shape travel as one stacked array, and large ones (Atari frames)
+through shared memory the policy process maps read-only (``ObservationChannel``): only a small
+header crosses the pipe, and the policy process copies the frames out, so what it keeps of
+one step is never overwritten by the next.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fcntl
 import json
+import mmap
 import os
 import pickle
 import re
@@ -23,7 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
-MAX_REPLY_BYTES = 1 << 16  # one action and its diagnostics; a longer line is a broken protocol
+MAX_REPLY_BYTES = 1 << 16  # one episode's action, or one step's diagnostics; a longer line is a broken protocol
 MAX_DIAG_CHARS = 2048  # what the env process keeps of one step's diagnostics, whatever the policy sends
 MAX_MODES = 64  # distinct diagnostic modes counted per episode; the rest are counted together
 OTHER_MODES = "<other modes>"
@@ -206,15 +216,15 @@ def send_to_env(stream: IO[bytes], reply: dict[str, Any]) -> None:
     stream.flush()
 
 
-def receive_from_policy(stream: IO[bytes]) -> dict[str, Any]:
-    """The policy process's next reply, read as untrusted data: bounded, JSON only, an object, valid text, and
-    diagnostics of at most ``MAX_DIAG_CHARS``. Bounded here, in the env process, because the policy process's
-    own trimming (``plain_diag``) runs where the policy can patch it."""
-    line = stream.readline(MAX_REPLY_BYTES + 1)
+def receive_from_policy(stream: IO[bytes], limit: int = MAX_REPLY_BYTES) -> dict[str, Any]:
+    """The policy process's next reply, read as untrusted data: at most ``limit`` bytes, JSON only, an object,
+    valid text. Bounded here, in the env process, because the policy process's own trimming (``plain_diag``)
+    runs where the policy can patch it; diagnostics are bounded by ``bounded_diagnostics``."""
+    line = stream.readline(limit + 1)
     if not line:
         raise EOFError("the policy process hung up")
     if not line.endswith(b"\n"):
-        raise ProtocolBroken(f"a reply longer than {MAX_REPLY_BYTES} bytes" if len(line) > MAX_REPLY_BYTES
+        raise ProtocolBroken(f"a reply longer than {limit} bytes" if len(line) > limit
                              else "a reply cut off before its end")
     try:
         reply = json.loads(line)
@@ -224,6 +234,192 @@ def receive_from_policy(stream: IO[bytes]) -> dict[str, Any]:
         raise ProtocolBroken("a reply that is not a JSON object")
     if _SURROGATE_ESCAPE.search(line):  # rare: checked on the raw bytes, so the common reply costs one scan
         reply = _without_surrogates(reply)
-    if len(line) > MAX_DIAG_CHARS and reply.get("d") is not None:  # a short reply holds short diagnostics
-        reply["d"] = _trimmed_diag(reply["d"])
     return reply
+
+
+def bounded_diagnostics(diagnostics: Any, n: int) -> list:
+    """The ``n`` diagnostics of a window as the policy process sent them, each cut to ``MAX_DIAG_CHARS``."""
+    if not isinstance(diagnostics, list) or len(diagnostics) != n:
+        raise ProtocolBroken(f"{_count(diagnostics)} diagnostics for {n} steps")
+    return [d if d is None or len(json.dumps(d)) <= MAX_DIAG_CHARS else _trimmed_diag(d) for d in diagnostics]
+
+
+def bounded_modes(modes: Any, steps: int) -> dict[str, int]:
+    """An episode's mode counts as the policy process sent them: at most ``MAX_MODES`` + 1 short names,
+    counts that add up to no more than the steps taken."""
+    if not isinstance(modes, dict) or len(modes) > MAX_MODES + 1:
+        raise ProtocolBroken(f"mode counts that are not an object of at most {MAX_MODES} modes")
+    counts = {str(k)[:60]: v for k, v in modes.items()}
+    if not all(v.__class__ is int and v > 0 for v in counts.values()) or sum(counts.values()) > steps:
+        raise ProtocolBroken("mode counts that are not counts of the steps taken")
+    return counts
+
+
+# --------------------------------------------------------------------------- batches of actions
+
+def actions_to_wire(actions: list, failed: dict[int, str]) -> dict[str, Any]:
+    """The actions of one lockstep step as a JSON object: ``a`` (all plain ints, the common case),
+    ``b`` (all numeric arrays of one shape and dtype: their bytes, base64) or ``w`` (each its own
+    ``action_to_wire``); ``e`` maps the position of each episode whose policy failed to its error."""
+    reply: dict[str, Any]
+    first = actions[0] if actions else None
+    if not failed and all(a.__class__ is int for a in actions):
+        reply = {"a": actions}
+    elif not failed and isinstance(first, np.ndarray) and first.ndim >= 1 and first.dtype.kind in _NUMERIC and all(
+            a.__class__ is np.ndarray and a.shape == first.shape and a.dtype == first.dtype for a in actions):
+        batch = np.ascontiguousarray(np.stack(actions))
+        reply = {"b": base64.b64encode(batch.tobytes()).decode(), "dtype": batch.dtype.str, "shape": list(batch.shape)}
+    else:
+        reply = {"w": [{"a": None} if i in failed else action_to_wire(a) for i, a in enumerate(actions)]}
+    if failed:
+        reply["e"] = {str(i): message for i, message in failed.items()}
+    return reply
+
+
+def actions_from_wire(reply: dict[str, Any], n: int) -> tuple[list, dict[int, str]]:
+    """The ``n`` actions of a lockstep reply and the policy's failures by position, read as untrusted data;
+    raises ProtocolBroken on anything malformed."""
+    failed: dict[int, str] = {}
+    errors = reply.get("e")
+    if errors is not None:
+        if not isinstance(errors, dict):
+            raise ProtocolBroken("failures that are not an object")
+        for key, message in errors.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) < n):
+                raise ProtocolBroken(f"a failure for an episode it was not asked about ({key[:20]!r})")
+            failed[int(key)] = str(message)[:2000]
+    if "a" in reply:
+        actions = reply["a"]
+        if not isinstance(actions, list) or len(actions) != n:
+            raise ProtocolBroken(f"{_count(actions)} actions for {n} episodes")
+        for action in actions:
+            if action is not None and action.__class__ not in (int, float, bool, str):
+                raise ProtocolBroken("an action that is not a plain value")
+        return actions, failed
+    if "b" in reply:
+        return _array_actions(reply, n), failed
+    if "w" in reply:
+        messages = reply["w"]
+        if not isinstance(messages, list) or len(messages) != n:
+            raise ProtocolBroken(f"{_count(messages)} actions for {n} episodes")
+        return [None if i in failed else action_from_wire(m if isinstance(m, dict) else {})
+                for i, m in enumerate(messages)], failed
+    raise ProtocolBroken("a reply without actions")
+
+
+def _count(value: Any) -> str:
+    return str(len(value)) if isinstance(value, list) else "no list of"
+
+
+def _array_actions(reply: dict[str, Any], n: int) -> list:
+    try:
+        dtype = np.dtype(str(reply["dtype"])[:40])
+        shape = [int(d) for d in reply["shape"]]
+        raw = base64.b64decode(str(reply["b"]), validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ProtocolBroken(f"an action batch that cannot be read ({type(exc).__name__})") from None
+    if dtype.kind not in _NUMERIC or dtype.shape or not shape or shape[0] != n or min(shape) < 0:
+        raise ProtocolBroken(f"an action batch of dtype {dtype} and shape {shape} for {n} episodes")
+    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+        raise ProtocolBroken("an action batch whose size does not match its shape")
+    # A bytearray, so the actions are writable arrays, as single replies' actions are.
+    batch = np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+    return list(batch)
+
+
+# --------------------------------------------------------------------------- batches of observations
+
+SHARED_OBS_BYTES = 8192  # an observation this large goes through shared memory rather than the pipe
+
+
+def stack_observations(observations: list) -> tuple:
+    """A lockstep step's observations as ``("stack", array)`` when they are arrays of one shape and dtype
+    (one pickled array instead of many), else ``("list", observations)``."""
+    first = observations[0]
+    if first.__class__ is np.ndarray:
+        dtype = first.dtype
+        # Identity of the dtype object is the cheap test (numpy keeps one per built-in type); anything
+        # less certain travels as a list, exactly as it was.
+        if all(o.__class__ is np.ndarray and o.dtype is dtype for o in observations):
+            try:
+                batch = np.array(observations)
+            except ValueError:  # shapes that differ
+                return ("list", observations)
+            if batch.shape[1:] == first.shape and batch.dtype is dtype:
+                return ("stack", batch)
+    return ("list", observations)
+
+
+class ObservationChannel:
+    """The env process's side of the shared observation memory: a memfd it writes each step's frames into.
+
+    The policy process gets a read-only descriptor of the same memory (``ObservationView``). The env
+    process only ever writes here and never reads back, so nothing the policy does to the memory can
+    reach the score. It only grows, and is sealed against shrinking, so the env's own mapping stays valid."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.size, self.memory = fd, 0, None
+
+    def pack(self, observations: list) -> tuple:
+        """The observations as a message part: through shared memory when they are large arrays of one kind."""
+        first = observations[0]
+        if first.__class__ is not np.ndarray or first.nbytes < SHARED_OBS_BYTES:
+            return stack_observations(observations)
+        dtype, shape = first.dtype, first.shape
+        if not all(o.__class__ is np.ndarray and o.dtype is dtype and o.shape == shape for o in observations):
+            return ("list", observations)
+        n = len(observations)
+        self._fit(n * first.nbytes)
+        rows = np.frombuffer(self.memory, dtype=dtype, count=n * first.size).reshape((n, *shape))
+        for row, obs in zip(rows, observations):  # one copy, straight into the shared memory
+            row[...] = obs
+        return ("shared", (n, *shape), dtype.str)
+
+    def _fit(self, nbytes: int) -> None:
+        if nbytes <= self.size:
+            return
+        size = max(nbytes, 2 * self.size)
+        os.ftruncate(self.fd, size)
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        except (OSError, AttributeError):  # a kernel or Python without seals: the policy cannot reach the fd to shrink it
+            pass
+        if self.memory is not None:
+            self.memory.close()
+        self.memory = mmap.mmap(self.fd, size)
+        self.size = size
+
+
+class ObservationView:
+    """The policy process's read-only map of the shared observations."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd, self.size, self.memory = fd, 0, None  # no descriptor: observations come over the pipe only
+
+    def unpack(self, payload: tuple) -> list:
+        kind = payload[0]
+        if kind == "list":
+            return payload[1]
+        if kind == "stack":
+            return list(payload[1])
+        shape, dtype = payload[1], np.dtype(payload[2])
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > self.size:
+            if self.memory is not None:
+                self.memory.close()
+            self.size = os.fstat(self.fd).st_size
+            self.memory = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
+        # One private copy: what the policy keeps of one step is never overwritten by the next.
+        batch = np.frombuffer(self.memory, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape).copy()
+        return list(batch)
+
+
+def shared_memory_pair() -> tuple[int, int]:
+    """A memfd for the observations: a read-write descriptor for the env process, a read-only one for the policy."""
+    fd = os.memfd_create("heurist-observations", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        read_only = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, read_only

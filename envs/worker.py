@@ -1,22 +1,25 @@
 """The env process of an evaluation: runs episodes and reports typed results; the policy lives elsewhere.
 
-Started by envs/sandbox.py as ``python -m envs.worker`` with a scrubbed environment and
+Started by envs/worker_pair.py as ``python -m envs.worker`` with a scrubbed environment and
 its own process group. It runs only heurist's code and the environment's: the policy
-file runs in a separate, sandboxed process (``envs.policy_host``) that receives each
-observation and sends back an action and its diagnostics (``envs.wire``), which this
-process reads as data, validates and steps the env with. The environment, the reward,
-the failure detector and the trace all live here, so a policy that patches gymnasium,
-numpy or heurist's modules changes only its own process, never its score.
+file runs in a separate, sandboxed process (``envs.policy_host``) that receives observations
+and sends back actions (``envs.wire``), which this process reads as data, validates and steps
+the env with. The environment, the reward, the failure detector and the trace all live here,
+so a policy that patches gymnasium, numpy or heurist's modules changes only its own process,
+never its score.
 
-It answers one JSON job per line on a private pipe. Each episode starts a fresh Policy
-from a fresh module, so state cannot leak from one seed to the next: a seed's result is
-the same whichever worker runs it, and in whatever order. Every job carries the policy's
-source, which this process passes on; the policy process never reads a policy file.
-Whatever the policy sends is bounded here (``envs.wire.receive_from_policy``), not where
-the policy could change the bounds.
+It reads JSON jobs, one per line, on a private pipe, and answers each with one JSON line.
+Episode jobs join the episodes in flight (``envs.lockstep``), which step together, one
+message to the policy process per step for all of them; each episode's result is written as
+it ends. Each episode starts a fresh Policy from a fresh module, so state cannot leak from
+one seed to the next: a seed's result is the same whichever worker runs it, beside whichever
+others, and in whatever order. Every job carries the policy's source, which this process
+passes on; the policy process never reads a policy file. Whatever the policy sends is bounded
+here (``envs.wire``), not where the policy could change the bounds.
 
-Besides episodes and clips, ``policy_reset`` and ``policy_act`` jobs call the policy on
-observations a regression test recorded (``envs.testkit``'s ``load_policy``): no env steps.
+Besides episodes, ``clip`` re-simulates an episode to film it, and ``policy_reset`` and
+``policy_act`` call the policy on observations a regression test recorded (``envs.testkit``'s
+``load_policy``): no env steps. These run when no episode is in flight.
 """
 
 from __future__ import annotations
@@ -26,25 +29,29 @@ import ctypes
 import json
 import mmap
 import os
-import time
+import pickle
+import select
 import traceback
-from collections import Counter, deque
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import numpy as np
 
-from envs.actions import InvalidAction, action_coercer, plain_actions
+from envs.actions import action_coercer, plain_actions
 from envs.limited import apply_limits
-from envs.policy_host import PolicyFailed
+from envs.lockstep import Lockstep, PolicyClient
+from envs.policy_slots import PolicyFailed, PolicySlots
 from envs.wire import (
+    MAX_REPLY_BYTES,
+    ObservationChannel,
     ProtocolBroken,
-    action_from_wire,
+    actions_from_wire,
+    bounded_diagnostics,
+    bounded_modes,
     jsonable,
-    mode_key,
-    plain_diag,
     receive_from_policy,
     send_to_policy,
+    stack_observations,
 )
 
 
@@ -56,185 +63,95 @@ class PolicyGone(Exception):
         self.hung_up = hung_up
 
 
-class EpisodePolicy(Protocol):
-    """What an episode needs from a policy: a fresh start per seed, then one action (and diagnostics) per step."""
-
-    def start(self, seed: int, action_space, cpu_s: float | None = None) -> None: ...
-
-    def act(self, obs, info) -> tuple[Any, Any]: ...
-
-
 class RemotePolicy:
     """The sandboxed policy process, seen from the env process: its replies are untrusted data."""
 
-    def __init__(self, requests: IO[bytes], replies: IO[bytes], path: str, source: str) -> None:
+    def __init__(self, requests: IO[bytes], replies: IO[bytes], path: str, source: str,
+                 observations: ObservationChannel | None = None) -> None:
         self.requests, self.replies, self.path, self.source = requests, replies, path, source
+        self.observations = observations
 
-    def start(self, seed: int, action_space, cpu_s: float | None = None) -> None:
-        self._ask(("reset", {"policy_path": self.path, "source": self.source, "seed": seed,
-                             "action_space": action_space, "cpu_s": cpu_s}))
+    def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
+        reply = self._ask(("start", slot, {"policy_path": self.path, "source": self.source, "seed": seed,
+                                           "action_space": action_space, "cpu_s": cpu_s, "window": window,
+                                           "live": live}))
+        if "error" in reply:  # the policy's own failure to load or reset: that episode's result
+            raise PolicyFailed(str(reply["error"])[:2000])
 
-    def act(self, obs, info) -> tuple[Any, Any]:
-        reply = self._ask(("act", obs, info))
+    def act(self, slots: list[int], observations: list, infos: list) -> tuple[list, dict[int, str]]:
+        packed = self.observations.pack(observations) if self.observations is not None \
+            else stack_observations(observations)
+        reply = self._ask(("act", slots, packed, infos), MAX_REPLY_BYTES * len(slots))
+        return self._read(actions_from_wire, reply, len(slots))
+
+    def diagnostics(self, slot: int, first: int, last: int) -> list:
+        n = last - first + 1
+        reply = self._ask(("diag", slot, first, last), MAX_REPLY_BYTES * n)
+        return self._read(bounded_diagnostics, reply.get("d"), n)
+
+    def end(self, slot: int, accepted: int) -> dict[str, int]:
+        return self._read(bounded_modes, self._ask(("end", slot, accepted)).get("modes"), accepted)
+
+    @staticmethod
+    def _read(reader, *args):
         try:
-            return action_from_wire(reply), reply.get("d")
+            return reader(*args)
         except ProtocolBroken as exc:
             raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
 
-    def _ask(self, message: tuple) -> dict[str, Any]:
+    def _ask(self, message: tuple, limit: int = MAX_REPLY_BYTES) -> dict[str, Any]:
         try:
             send_to_policy(self.requests, message)
-            reply = receive_from_policy(self.replies)
+            reply = receive_from_policy(self.replies, limit)
         except (BrokenPipeError, EOFError, OSError):
             raise PolicyGone("the policy process ended", hung_up=True) from None
         except ProtocolBroken as exc:
             raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
-        if "error" in reply:
-            raise PolicyFailed(str(reply["error"])[:2000])
         return reply
 
 
-def summarise_obs(obs: Any) -> Any:
-    arr = np.asarray(obs)
-    if arr.ndim == 1 and arr.size <= 256:
-        return [round(float(v), 5) for v in arr] if arr.dtype.kind == "f" else arr.tolist()
-    return {"shape": list(arr.shape), "mean": round(float(arr.mean()), 3)}
+class LocalPolicy:
+    """The policy in this process (benchmarks and tests of the episode code): the same slots, no channel."""
+
+    def __init__(self, path: str, source: str) -> None:
+        self.slots = PolicySlots(path, source)
+
+    def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
+        self.slots.start(slot, seed, action_space, window)
+
+    def act(self, slots: list[int], observations: list, infos: list) -> tuple[list, dict[int, str]]:
+        return self.slots.act(slots, observations, infos)
+
+    def diagnostics(self, slot: int, first: int, last: int) -> list:
+        return bounded_diagnostics(json.loads(json.dumps(self.slots.diagnostics(slot, first, last))), last - first + 1)
+
+    def end(self, slot: int, accepted: int) -> dict[str, int]:
+        return self.slots.end(slot, accepted)
 
 
-# --------------------------------------------------------------------------- episodes
+# --------------------------------------------------------------------------- jobs
 
 class Worker:
-    def __init__(self, task_json: str, protocol: str, policy: EpisodePolicy, steps: Any = None) -> None:
+    def __init__(self, task_json: str, protocol: str, policy: PolicyClient, steps: Any = None) -> None:
         from envs.tasks import TaskSpec
 
         self.spec = TaskSpec.model_validate_json(task_json)
         self.protocol = protocol
         self.policy = policy
-        self._env = None
-        # Env steps of the job in progress, where the parent can read them even after killing this process
-        # (a shared page, see ``step_counter``): a crashed or timed-out episode's steps are counted too.
-        self.steps = steps if steps is not None else [0]
-
-    def env(self):
-        if self._env is None:
-            self._env = self.spec.make_env(self.protocol)
-        return self._env
-
-    def discard_env(self) -> None:
-        """After an error mid-episode the env's state is suspect: the next episode gets a new one."""
-        if self._env is not None:
-            try:
-                self._env.close()
-            except Exception:
-                pass
-        self._env = None
+        # Env steps of each slot's episode in progress, where the parent can read them even after killing
+        # this process (a shared page, see ``step_counter``): a crashed or timed-out episode's steps count too.
+        self.steps = steps if steps is not None else [0] * 256
+        self.episodes = Lockstep(self.spec, protocol, policy, self.steps)
+        self._kit_env = None
+        self._kit_steps = 0
 
     def episode(self, job: dict) -> dict:
-        """One episode of one seed. A policy failure ends the episode with a status; PolicyGone
-        (the policy process ended) propagates, since only the parent can say why it ended."""
-        seed, window = int(job["seed"]), int(job["trace_window"])
-        env = self.env()
-        result: dict[str, Any] = {"seed": seed, "status": "ok", "error": None, "return": 0.0, "length": 0,
-                                  "termination": None, "events": [], "trace": None}
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            self.policy.start(seed, env.action_space, float(job["cpu_s"]))
-        except PolicyFailed as exc:
-            result.update(status="policy_error", termination="error", error=str(exc))
-            return self._finish(result, t0, c0)
-        self._play(env, seed, window, int(job["max_windows"]), result)
-        return self._finish(result, t0, c0)
-
-    def _play(self, env, seed: int, window: int, max_windows: int, result: dict[str, Any]) -> None:
-        """Step a started episode until it ends or fails, and fill in ``result``: its status, return,
-        length, failure events and trace (windows of the last ``window`` steps before each event)."""
-        from envs.failures import FailureDetector
-
-        policy = self.policy
-        coerce = action_coercer(env.action_space)
-        detector = FailureDetector(self.spec.failure_rules, self.spec.target)
-        recent: deque = deque(maxlen=window)
-        windows: list[dict] = []
-        actions: list = []
-        rewards: list[float] = []
-        modes: Counter = Counter()
-        every_step = detector.needs_every_step
-        obs, info = env.reset(seed=seed)
-        steps = self.steps
-        steps[0] = 0
-        total, t, last_diag = 0.0, 0, None
-        while True:
-            try:
-                raw, diag = policy.act(obs, info)
-            except PolicyFailed as exc:
-                result.update(status="policy_error", termination="error", error=str(exc))
-                break
-            try:
-                action = coerce(raw)
-            except InvalidAction as exc:
-                result.update(status="invalid_action", termination="error", error=f"step {t}: {exc}")
-                break
-            if diag.__class__ is dict:
-                modes[mode_key(diag, modes)] += 1
-                # A policy that mutates one dict in place would make every stored step show the last values.
-                if diag is last_diag:
-                    diag = dict(diag)
-                else:
-                    last_diag = diag
-            seen = obs  # a trace step pairs the observation acted on with the action and its reward
-            try:
-                obs, reward, terminated, truncated, info = env.step(action)
-            except Exception as exc:
-                result.update(status="env_error", termination="error",
-                              error=f"env.step raised at step {t}: {type(exc).__name__}: {exc}")
-                self.discard_env()
-                break
-            steps[0] = t + 1
-            total += reward
-            actions.append(action)
-            rewards.append(reward)
-            recent.append((t, seen, action, reward, diag))
-            if (every_step or terminated or truncated) and detector.step(t, obs, reward, total, terminated, truncated, info) \
-                    and len(windows) < max_windows:
-                windows.append(self._window(detector.events[-1].kind, t, recent))
-            t += 1
-            if terminated or truncated:
-                result["termination"] = "terminated" if terminated else "truncated"
-                break
-        result.update({"return": float(total), "length": t, "events": [e.model_dump() for e in detector.events]})
-        windows.append(self._window("end", t - 1, recent))
-        result["trace"] = self._trace(actions, rewards, modes, windows)
-
-    @staticmethod
-    def _trace(actions: list, rewards: list[float], modes: Counter, windows: list[dict]) -> dict:
-        return {
-            "actions": plain_actions(actions),
-            "rewards": np.round(np.asarray(rewards, dtype=np.float64), 6).tolist(),
-            "mode_counts": {str(k): v for k, v in modes.items()},
-            "windows": windows,
-        }
-
-    @staticmethod
-    def _window(label: str, t: int, recent: deque) -> dict:
-        records = list(recent)
-        if not records:
-            return {"label": label, "step": t, "steps": []}
-        first = np.asarray(records[0][1])
-        if first.ndim == 1 and first.size <= 256 and first.dtype.kind == "f":
-            # Small float vectors (classic control, MuJoCo): one vectorised rounding for the whole window.
-            observations = np.round(np.asarray([o for _, o, _, _, _ in records], dtype=np.float64), 5).tolist()
-        else:
-            observations = [summarise_obs(o) for _, o, _, _, _ in records]
-        steps = [{"t": s, "obs": obs, "action": jsonable(a), "reward": round(float(r), 6), "diag": plain_diag(d)}
-                 for (s, _, a, r, d), obs in zip(records, observations)]
-        return {"label": label, "step": t, "steps": steps}
-
-    @staticmethod
-    def _finish(result: dict, t0: float, c0: float) -> dict:
-        result["wall_s"] = time.perf_counter() - t0
-        result["cpu_s"] = time.process_time() - c0
-        result["env_steps"] = result["length"]
-        return result
+        """One episode, alone, to its end (what a group of one does)."""
+        ended = self.episodes.add(job)
+        while ended is None:
+            results = self.episodes.round()
+            ended = results[0] if results else None
+        return ended
 
     def clip(self, job: dict) -> dict:
         """Re-simulate a deterministic episode and keep frames only inside the windows before failure events."""
@@ -246,14 +163,17 @@ class Worker:
         last = max(b for _, b in windows)
         env = self.spec.make_env(self.protocol, render_mode="rgb_array")
         try:
-            self.policy.start(seed, env.action_space, float(job["cpu_s"]))
+            self.policy.start(0, seed, pickle.dumps(env.action_space), job.get("cpu_s"), 1, 1)
             coerce = action_coercer(env.action_space)
             frames: list[list] = [[] for _ in windows]
             obs, info = env.reset(seed=seed)
             self.steps[0] = 0
             diverged_at = None
             for t in range(last + 1):
-                action = coerce(self.policy.act(obs, info)[0])
+                actions, failed = self.policy.act([0], [obs], [info])
+                if failed:
+                    raise PolicyFailed(failed[0])
+                action = coerce(actions[0])
                 plain = plain_actions([action])[0]
                 if diverged_at is None and t < len(expected) and plain != expected[t]:
                     diverged_at = t
@@ -267,6 +187,7 @@ class Worker:
             fps = fps_for(env, self.spec, self.protocol)
         finally:
             env.close()
+        self.policy.end(0, self.steps[0])  # frees the slot; a replay's mode counts are not kept
         clips = []
         for (a, b), label, shot in zip(windows, job["labels"], frames):
             if shot:
@@ -279,19 +200,107 @@ class Worker:
         observation the test gives; the reply carries the action as JSON and the bounded diagnostics."""
         try:
             if job["kind"] == "policy_reset":
-                self.policy.start(int(job["seed"]), self.env().action_space, float(job["cpu_s"]))
+                if self._kit_env is None:
+                    self._kit_env = self.spec.make_env(self.protocol, lean=True)
+                self.policy.start(0, int(job["seed"]), pickle.dumps(self._kit_env.action_space), job.get("cpu_s"),
+                                  1, 1)
+                self._kit_steps = 0
                 return {"status": "ok"}
             obs = np.asarray(job["obs"], dtype=job["dtype"]) if job.get("dtype") else job["obs"]
-            action, diag = self.policy.act(obs, job.get("info") or {})
+            actions, failed = self.policy.act([0], [obs], [job.get("info") or {}])
+            if failed:
+                raise PolicyFailed(failed[0])
+            self._kit_steps += 1
+            diag = self.policy.diagnostics(0, self._kit_steps - 1, self._kit_steps - 1)[0]
         except PolicyFailed as exc:
             return {"status": "policy_error", "error": str(exc)}
-        return {"status": "ok", "action": jsonable(action), "diagnostics": diag}
+        return {"status": "ok", "action": jsonable(actions[0]), "diagnostics": diag}
 
 
 def step_counter(fd: int) -> memoryview:
-    """The shared step count: one signed 64-bit integer in a file heurist created and reads by descriptor.
-    A write per step is a store to memory, so the count costs nothing measurable."""
-    return memoryview(mmap.mmap(fd, 8)).cast("q")
+    """The shared step counts: a signed 64-bit integer per slot in a file heurist created and reads by
+    descriptor. A write per step is a store to memory, so the counts cost nothing measurable."""
+    return memoryview(mmap.mmap(fd, 0)).cast("q")
+
+
+class JobReader:
+    """Job lines from the parent: waited for when nothing is in flight, picked up between rounds otherwise.
+
+    Read with ``os.read`` rather than a buffered file, so ``select`` sees every byte not yet taken."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer, self.closed = fd, b"", False
+
+    def take(self, wait: bool) -> list[dict]:
+        while not self.closed:
+            if not wait and not select.select([self.fd], [], [], 0)[0]:
+                break
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                self.closed = True
+                break
+            self.buffer += chunk
+            if b"\n" in chunk:
+                break
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def serve(reader: JobReader, results: IO[str], make_worker) -> None:
+    """Answer jobs until the parent closes the pipe, or the policy process is gone."""
+    worker: Worker | None = None
+    waiting: list[dict] = []  # clips and test-kit calls wait until no episode is in flight
+
+    def answer(reply: dict) -> None:
+        results.write(json.dumps(reply) + "\n")
+        results.flush()
+
+    while True:
+        busy = worker is not None and len(worker.episodes) > 0
+        jobs = reader.take(wait=not busy and not waiting)
+        if not jobs and not busy and not waiting and reader.closed:
+            return
+        try:
+            for job in jobs:
+                if worker is None:
+                    worker = make_worker(job)
+                if job["kind"] == "episode":
+                    started = _guarded(worker, job, lambda: worker.episodes.add(job))
+                    if started is not None:
+                        answer(started)
+                else:
+                    waiting.append(job)
+            if worker is not None and len(worker.episodes):
+                try:
+                    for result in worker.episodes.round():
+                        answer(result)
+                except PolicyGone:
+                    raise
+                except Exception as exc:  # heurist's own code failed mid-round: every episode in flight reports it
+                    for seed in worker.episodes.abandon():
+                        answer(_worker_error(exc, seed))
+            elif waiting:
+                job = waiting.pop(0)
+                answer(_guarded(worker, job, lambda: worker.clip(job) if job["kind"] == "clip"
+                                else worker.policy_call(job)))
+        except PolicyGone as exc:  # the parent, which started the policy process, says why it ended
+            answer({"status": "policy_gone", "error": str(exc), "hung_up": exc.hung_up})
+            return  # the parent starts a new pair of processes
+
+
+def _guarded(worker: Worker, job: dict, call) -> dict | None:
+    """A job's answer; heurist's own failure (or a policy breaking a clip replay) is reported, not fatal."""
+    try:
+        return call()
+    except PolicyGone:
+        raise
+    except Exception as exc:
+        return _worker_error(exc, job.get("seed"))
+
+
+def _worker_error(exc: BaseException, seed: Any) -> dict:
+    return {"status": "worker_error", "seed": seed, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-2000:]}
 
 
 def _refuse_tracing() -> None:
@@ -309,7 +318,8 @@ def main() -> None:
     parser.add_argument("--result-fd", type=int, required=True)
     parser.add_argument("--request-fd", type=int, required=True, help="to the policy process")
     parser.add_argument("--reply-fd", type=int, required=True, help="from the policy process")
-    parser.add_argument("--steps-fd", type=int, required=True, help="8 bytes heurist reads: env steps of the job")
+    parser.add_argument("--steps-fd", type=int, required=True, help="env steps of each slot's episode, read by heurist")
+    parser.add_argument("--observations-fd", type=int, help="the shared observations, written here")
     parser.add_argument("--limits", required=True)
     parser.add_argument("--cpu", type=int, help="the core shared with the policy process (see envs.sandbox.pair_cpus)")
     args = parser.parse_args()
@@ -318,32 +328,16 @@ def main() -> None:
         os.sched_setaffinity(0, {args.cpu})
     limits = json.loads(args.limits)
     apply_limits(limits["memory_mb"], limits["fsize_mb"], limits["nofile"])
-    jobs = os.fdopen(args.job_fd, "r")
     results = os.fdopen(args.result_fd, "w")
     requests, replies = os.fdopen(args.request_fd, "wb"), os.fdopen(args.reply_fd, "rb")
-    worker: Worker | None = None
-    for line in jobs:
-        job = json.loads(line)
-        if worker is None:
-            worker = Worker(job["task"], job["protocol"],
-                            RemotePolicy(requests, replies, job["policy_path"], job["policy_source"]),
-                            steps=step_counter(args.steps_fd))
-        try:
-            if job["kind"] == "clip":
-                reply = worker.clip(job)
-            elif job["kind"] in ("policy_reset", "policy_act"):
-                reply = worker.policy_call(job)
-            else:
-                reply = worker.episode(job)
-        except PolicyGone as exc:  # the parent, which started the policy process, says why it ended
-            reply = {"status": "policy_gone", "error": str(exc), "hung_up": exc.hung_up}
-        except Exception as exc:  # heurist's own code failed (or a policy broke a clip replay): report, keep serving
-            reply = {"status": "worker_error", "error": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc()[-2000:]}
-        results.write(json.dumps(reply) + "\n")
-        results.flush()
-        if reply.get("status") == "policy_gone":
-            return  # the parent starts a new pair of processes
+    channel = ObservationChannel(args.observations_fd) if args.observations_fd is not None else None
+    counts = step_counter(args.steps_fd)
+
+    def make_worker(job: dict) -> Worker:
+        policy = RemotePolicy(requests, replies, job["policy_path"], job["policy_source"], channel)
+        return Worker(job["task"], job["protocol"], policy, steps=counts)
+
+    serve(JobReader(args.job_fd), results, make_worker)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from envs.cgroups import SandboxCgroups
 from envs.isolation import Confinement, isolation_prefix
 from envs.limits import Limits
 from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
-from envs.wire import observation_pipe
+from envs.wire import observation_pipe, shared_memory_pair
+
+MAX_SLOTS = 64  # episodes one worker runs at once, at most: the step file has a count for each
 
 
 class WorkerDied(Exception):
@@ -39,7 +41,7 @@ def pair_cpus(n: int) -> list[int]:
 
     The two take turns and never run at once, and waking a process on the same core costs a
     quarter of waking it on another (20 against 80 microseconds per round trip on the 2-core
-    machines measured; ``benchmarks/policy_ipc.py``), which is most of the price of keeping
+    machines measured), which is most of the price of keeping
     the policy apart. The first core is drawn at random, so two runs on one machine do not
     both start at core 0.
     """
@@ -82,8 +84,8 @@ class WorkerProcess:
         limits = self.limits
         self.log = self.dirs.log("policy.log")  # what the policy printed, for the reasons of its death
         self.env_log = self.dirs.log("env.log")
-        self.step_file = self.dirs.log("steps")  # the env process's step count of the job in progress
-        os.ftruncate(self.step_file.fd, 8)
+        self.step_file = self.dirs.log("steps")  # the env process's step count of each slot's episode
+        os.ftruncate(self.step_file.fd, 8 * MAX_SLOTS)
         self.cgroups = SandboxCgroups.create(limits)
         self.prefix = [*self.cgroups.prefix(), *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
         pinned = ["--cpu", str(cpu)] if cpu is not None else []
@@ -91,22 +93,25 @@ class WorkerProcess:
         self._res_r, res_w = os.pipe()
         request_r, request_w = observation_pipe()
         reply_r, reply_w = os.pipe()
+        frames_w, frames_r = shared_memory_pair()  # observations: written by the env process, read by the policy's
         try:
             self.policy_proc = subprocess.Popen(
                 [*self.prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
-                 "--reply-fd", str(reply_w), "--limits", limit_args(limits, self.cgroups), *pinned],
+                 "--reply-fd", str(reply_w), "--observations-fd", str(frames_r),
+                 "--limits", limit_args(limits, self.cgroups), *pinned],
                 env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
-                stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd, pass_fds=(request_r, reply_w),
-                start_new_session=True, close_fds=True)
+                stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd,
+                pass_fds=(request_r, reply_w, frames_r), start_new_session=True, close_fds=True)
             self.env_proc = subprocess.Popen(
                 [sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
                  "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--steps-fd", str(self.step_file.fd),
-                 "--limits", limit_args(limits), *pinned],
+                 "--observations-fd", str(frames_w), "--limits", limit_args(limits), *pinned],
                 env=sandbox_env(self.dirs.private), cwd=self.dirs.private, stdin=subprocess.DEVNULL,
                 stdout=self.env_log.fd, stderr=self.env_log.fd,
-                pass_fds=(job_r, res_w, request_w, reply_r, self.step_file.fd), start_new_session=True, close_fds=True)
+                pass_fds=(job_r, res_w, request_w, reply_r, self.step_file.fd, frames_w), start_new_session=True,
+                close_fds=True)
         finally:
-            for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w):
+            for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w, frames_w, frames_r):
                 os.close(fd)  # each end now lives only in the process that uses it
 
     def _read_replies(self) -> None:
@@ -116,16 +121,28 @@ class WorkerProcess:
         self._replies.put(None)  # end of file: the env process is gone
 
     def run(self, job: dict, timeout: float) -> dict:
+        """Send one job and wait for its reply, at most ``timeout`` seconds (then both processes are killed)."""
+        self.send(job)
+        reply = self.receive(timeout)
+        if reply is None:
+            self.kill()
+            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process groups were killed",
+                             timed_out=True)
+        return reply
+
+    def send(self, job: dict) -> None:
         try:
             os.write(self._job_w, (json.dumps(job) + "\n").encode())
         except (BrokenPipeError, OSError):
             raise WorkerDied(self._env_death_reason()) from None
+
+    def receive(self, timeout: float) -> dict | None:
+        """The next reply, or None when ``timeout`` seconds pass without one (the processes live on);
+        raises WorkerDied when the pair has ended."""
         try:
             line = self._replies.get(timeout=timeout)
         except queue.Empty:
-            self.kill()
-            raise WorkerDied(f"wall-clock limit of {timeout:g} s exceeded; the worker's process groups were killed",
-                             timed_out=True) from None
+            return None
         if line is None:
             raise WorkerDied(self._env_death_reason())
         reply = json.loads(line)
@@ -154,12 +171,13 @@ class WorkerProcess:
             code = self.env_proc.wait()
         return "the env process " + signal_reason(code, who="").lstrip()
 
-    def steps_taken(self) -> int:
-        """Env steps of the job in progress or last run, as the env process counted them (readable after a kill)."""
+    def steps_taken(self, slot: int = 0) -> int:
+        """Env steps of the episode in ``slot`` (in progress, or the last one there), as the env process
+        counted them; readable after a kill."""
         if self.step_file is None:
             return 0
         try:
-            return max(0, int.from_bytes(os.pread(self.step_file.fd, 8, 0), sys.byteorder, signed=True))
+            return max(0, int.from_bytes(os.pread(self.step_file.fd, 8, 8 * slot), sys.byteorder, signed=True))
         except OSError:
             return 0
 

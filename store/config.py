@@ -195,6 +195,9 @@ class CodeConfig(_Strict):
 class EvalConfig(_Strict):
     episodes: int | None = Field(None, ge=1, description="Dev seeds per evaluation (default: the whole dev split).")
     workers: int | None = Field(None, ge=1)
+    lockstep: int | None = Field(None, ge=1, le=64,
+                                 description="Episodes each worker runs at once, stepped together (1: one at a "
+                                             "time; default: 4 for Atari, 32 otherwise).")
     episode_timeout_s: float = Field(120.0, gt=0)
     memory_mb: int = Field(4096, ge=256)
     video: bool = Field(True, description="Record failure clips for the video analyst.")

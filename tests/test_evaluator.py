@@ -128,10 +128,22 @@ def test_atari_life_lost_events(run_eval):
 
 def test_evaluation_deadline_marks_the_rest_not_run(run_eval, slow_balancer):
     policy = slow_balancer(0.05)
-    result = run_eval(policy, "CartPole-v1", episodes=6, workers=1, eval_timeout_s=2,
+    result = run_eval(policy, "CartPole-v1", episodes=6, workers=1, eval_timeout_s=2, lockstep=1,
                       limits=Limits(episode_timeout_s=60, episode_cpu_s=60))
     statuses = [e.status for e in result.episodes]
     assert "not_run" in statuses and result.status in ("partial", "broken")
+
+
+def test_evaluation_deadline_cuts_a_group_in_flight(run_eval, slow_balancer):
+    """In lockstep every episode of the group was started: each is cut off at the evaluation's limit, says so,
+    and keeps the env steps it took; none is run again."""
+    policy = slow_balancer(0.05)
+    result = run_eval(policy, "CartPole-v1", episodes=6, workers=1, eval_timeout_s=2, lockstep=3,
+                      limits=Limits(episode_timeout_s=60, episode_cpu_s=60))
+    assert [e.status for e in result.episodes[:3]] == ["timeout"] * 3
+    assert [e.status for e in result.episodes[3:]] == ["not_run"] * 3
+    assert all("evaluation wall-clock limit of 2 s" in e.error for e in result.episodes)
+    assert all(e.env_steps > 0 for e in result.episodes[:3]) and result.status == "broken"
 
 
 @pytest.mark.parametrize("task,kind", [("ALE/Breakout-v5", "life lost"), ("Hopper-v5", "robot became unhealthy")])

@@ -1,0 +1,236 @@
+"""Episodes in lockstep: the env process steps every episode in flight once per message to the policy.
+
+Keeping the policy in a process of its own costs a round trip between two processes per
+message; one episode per message made that the price of every env step (``benchmarks/
+eval_throughput.py``). A ``Lockstep`` group holds the episodes one worker runs at once, each with
+its own env, slot in the policy process and bookkeeping (``EpisodeRun``): one message carries
+all their observations, one reply all their actions, and each episode then steps, records and
+ends on its own. An episode's result depends only on its seed, so running several side by side
+changes no return, length, failure event or trace; how many run at once is the evaluator's
+choice (``envs.scheduling``), and one is the same code with a group of one.
+
+Everything per episode stays per episode: a policy failure, a refused action or an env error
+ends that episode alone, with its reason; CPU and wall time are shared out over the episodes
+of each round; env steps are counted per slot where the evaluator can read them after a kill.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import deque
+from typing import Any, Protocol
+
+import numpy as np
+
+from envs.actions import InvalidAction, action_coercer, plain_actions
+from envs.failures import FailureDetector
+from envs.policy_slots import PolicyFailed
+from envs.wire import jsonable, plain_diag
+
+
+class PolicyClient(Protocol):
+    """What the env process needs from the policy's side: slots started, batches acted, diagnostics fetched."""
+
+    def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
+        """A fresh Policy for one episode in ``slot``; raises PolicyFailed with the policy's own error."""
+
+    def act(self, slots: list[int], observations: list, infos: list) -> tuple[list, dict[int, str]]:
+        """One action per slot, and the policy failures by position."""
+
+    def diagnostics(self, slot: int, first: int, last: int) -> list:
+        """The diagnostics the policy gave at steps ``first``..``last`` of the episode in ``slot``."""
+
+    def end(self, slot: int, accepted: int) -> dict[str, int]:
+        """The episode in ``slot`` is over after ``accepted`` steps: its mode counts; the slot is free."""
+
+
+def summarise_obs(obs: Any) -> Any:
+    arr = np.asarray(obs)
+    if arr.ndim == 1 and arr.size <= 256:
+        return [round(float(v), 5) for v in arr] if arr.dtype.kind == "f" else arr.tolist()
+    return {"shape": list(arr.shape), "mean": round(float(arr.mean()), 3)}
+
+
+class EpisodeRun:
+    """One episode in flight: its env, the observation the policy is to act on, and everything recorded so far."""
+
+    __slots__ = ("seed", "slot", "env", "policy", "coerce", "detector", "every_step", "recent", "windows",
+                 "max_windows", "actions", "rewards", "total", "t", "obs", "info", "steps", "result",
+                 "wall_s", "cpu_s", "env_broken", "accepted")
+
+    def __init__(self, job: dict, slot: int, env, policy: PolicyClient, spec, steps) -> None:
+        self.seed, self.slot, self.env, self.policy, self.steps = int(job["seed"]), slot, env, policy, steps
+        self.coerce = action_coercer(env.action_space)
+        self.detector = FailureDetector(spec.failure_rules, spec.target)
+        self.every_step = self.detector.needs_every_step
+        self.recent: deque = deque(maxlen=int(job["trace_window"]))  # (t, observation acted on, action, reward)
+        self.windows: list[dict] = []
+        self.max_windows = int(job["max_windows"])
+        self.actions: list = []
+        self.rewards: list[float] = []
+        self.total, self.t, self.accepted = 0.0, 0, 0
+        self.obs = self.info = None
+        self.wall_s = self.cpu_s = 0.0
+        self.env_broken = False
+        self.result: dict[str, Any] = {"seed": self.seed, "status": "ok", "error": None, "return": 0.0, "length": 0,
+                                       "termination": None, "events": [], "trace": None}
+
+    def fail_to_start(self, error: str) -> dict:
+        self.result.update(status="policy_error", termination="error", error=error)
+        return self.finish(traced=False)
+
+    def begin(self) -> None:
+        self.obs, self.info = self.env.reset(seed=self.seed)
+        self.steps[self.slot] = 0
+
+    def advance(self, raw: Any, failure: str | None) -> bool:
+        """One step with the policy's action (or its failure); True when the episode has ended."""
+        t = self.t
+        if failure is not None:
+            self.result.update(status="policy_error", termination="error", error=failure)
+            return True
+        try:
+            action = self.coerce(raw)
+        except InvalidAction as exc:
+            self.result.update(status="invalid_action", termination="error", error=f"step {t}: {exc}")
+            return True
+        seen = self.obs  # a trace step pairs the observation acted on with the action and its reward
+        self.accepted = t + 1  # the policy's diagnostics of this step count, whatever the env does with it
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except Exception as exc:
+            self.result.update(status="env_error", termination="error",
+                               error=f"env.step raised at step {t}: {type(exc).__name__}: {exc}")
+            self.env_broken = True  # its state is suspect: it is not used again
+            return True
+        self.steps[self.slot] = t + 1
+        self.total += reward
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.recent.append((t, seen, action, reward))
+        if (self.every_step or terminated or truncated) \
+                and self.detector.step(t, obs, reward, self.total, terminated, truncated, info) \
+                and len(self.windows) < self.max_windows:
+            self.windows.append(self._window(self.detector.events[-1].kind, t))
+        self.t = t + 1
+        if terminated or truncated:
+            self.result["termination"] = "terminated" if terminated else "truncated"
+            return True
+        self.obs, self.info = obs, info
+        return False
+
+    def finish(self, traced: bool = True) -> dict:
+        """The episode's result: return, length, failure events, and its trace ending with the last steps."""
+        result = self.result
+        if traced:
+            result.update({"return": float(self.total), "length": self.t,
+                           "events": [e.model_dump() for e in self.detector.events]})
+            self.windows.append(self._window("end", self.t - 1))
+        modes = self.policy.end(self.slot, self.accepted)
+        if traced:
+            result["trace"] = {
+                "actions": plain_actions(self.actions),
+                "rewards": np.round(np.asarray(self.rewards, dtype=np.float64), 6).tolist(),
+                "mode_counts": modes,
+                "windows": self.windows,
+            }
+        result["wall_s"], result["cpu_s"], result["env_steps"] = self.wall_s, self.cpu_s, result["length"]
+        return result
+
+    def _window(self, label: str, t: int) -> dict:
+        records = list(self.recent)
+        if not records:
+            return {"label": label, "step": t, "steps": []}
+        diags = self.policy.diagnostics(self.slot, records[0][0], records[-1][0])
+        first = np.asarray(records[0][1])
+        if first.ndim == 1 and first.size <= 256 and first.dtype.kind == "f":
+            # Small float vectors (classic control, MuJoCo): one vectorised rounding for the whole window.
+            observations = np.round(np.asarray([o for _, o, _, _ in records], dtype=np.float64), 5).tolist()
+        else:
+            observations = [summarise_obs(o) for _, o, _, _ in records]
+        steps = [{"t": s, "obs": obs, "action": jsonable(a), "reward": round(float(r), 6), "diag": plain_diag(d)}
+                 for (s, _, a, r), obs, d in zip(records, observations, diags)]
+        return {"label": label, "step": t, "steps": steps}
+
+
+class Lockstep:
+    """The episodes one env process runs at once, stepped together: one policy message per round."""
+
+    def __init__(self, spec, protocol: str, policy: PolicyClient, steps) -> None:
+        self.spec, self.protocol, self.policy, self.steps = spec, protocol, policy, steps
+        self.runs: list[EpisodeRun] = []
+        self.spare_envs: list = []  # envs of finished episodes, reset by the next episode's seed
+        self._mark = (time.perf_counter(), time.process_time())  # when who is in flight last changed
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def add(self, job: dict) -> dict | None:
+        """Start an episode; its result at once when its policy failed to start, else None."""
+        self._share_time()
+        env = self.spare_envs.pop() if self.spare_envs else self.spec.make_env(self.protocol, lean=True)
+        slot = int(job.get("slot", 0))
+        run = EpisodeRun(job, slot, env, self.policy, self.spec, self.steps)
+        try:
+            self.policy.start(slot, run.seed, pickle.dumps(env.action_space), job.get("cpu_s"),
+                              int(job["trace_window"]) + 1, len(self.runs) + 1)
+        except PolicyFailed as exc:
+            self.spare_envs.append(env)
+            self._share_time([run])
+            return run.fail_to_start(str(exc))
+        run.begin()
+        self.runs.append(run)
+        self._share_time([run])
+        return None
+
+    def _share_time(self, runs: list[EpisodeRun] | None = None) -> None:
+        """Share the wall and CPU time since the last change of who is in flight among those in flight then
+        (or ``runs``). Read at each change, not each round: reading the CPU clock is a system call."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        marked, self._mark = self._mark, (wall, cpu)
+        runs = self.runs if runs is None else runs
+        if not runs:
+            return
+        wall_share, cpu_share = (wall - marked[0]) / len(runs), (cpu - marked[1]) / len(runs)
+        for run in runs:
+            run.wall_s += wall_share
+            run.cpu_s += cpu_share
+
+    def round(self) -> list[dict]:
+        """Every episode in flight steps once; the results of those that ended."""
+        runs = self.runs
+        actions, failed = self.policy.act([r.slot for r in runs], [r.obs for r in runs], [r.info for r in runs])
+        if failed:
+            ended = [run for i, (run, action) in enumerate(zip(runs, actions)) if run.advance(action, failed.get(i))]
+        else:
+            ended = [run for run, action in zip(runs, actions) if run.advance(action, None)]
+        if not ended:
+            return []
+        self._share_time()
+        self.runs = [run for run in runs if run not in ended]
+        results = []
+        for run in ended:
+            results.append(run.finish())
+            if run.env_broken:
+                try:
+                    run.env.close()
+                except Exception:
+                    pass
+            else:
+                self.spare_envs.append(run.env)
+        return results
+
+    def abandon(self) -> list[int]:
+        """Drop every episode in flight (heurist's own code failed mid-round); their seeds."""
+        seeds = [run.seed for run in self.runs]
+        for run in self.runs:
+            try:
+                run.env.close()
+            except Exception:
+                pass
+        self.runs = []
+        return seeds
+
+
+__all__ = ["EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "summarise_obs"]

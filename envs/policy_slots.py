@@ -1,0 +1,252 @@
+"""The policies of the episodes one policy process serves at once: one fresh instance per episode.
+
+An evaluation worker runs several episodes in lockstep (``envs.lockstep``): each step, one
+message carries an observation for every episode in flight and one reply carries their actions,
+so one wake-up of the policy process serves many env steps. Each episode has a slot here, and
+each slot its own ``PolicyRunner``: a Policy built from a fresh module (the source is compiled
+once), reset with the episode's seed, so no state of the policy's own crosses episodes.
+
+What a policy could still share between the episodes of one process is the global random
+generators of ``random`` and ``numpy.random``: a policy that calls ``np.random.seed(seed)`` in
+``reset`` and draws in ``act`` would, interleaved, draw from another episode's stream. So where
+the source names ``random``, each slot gets its own pair of generators, switched in before the
+slot's code runs (``SlotRandom``); a source that never names them pays nothing.
+
+Diagnostics stay here until they are needed: each step the slot keeps a snapshot of the policy's
+``diagnostics`` (the same value the env process used to receive every step) in a ring as long as
+the trace window, and counts its mode. The env process asks for a window's diagnostics when it
+records a failure event, and for the mode counts when the episode ends, instead of receiving and
+parsing them on every step. All of it is the policy's own account of itself, bounded again where
+the env process reads it (``envs.wire``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import random
+import resource
+import sys
+import traceback
+import types
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+from envs.wire import MAX_MODES, OTHER_MODES, mode_key, plain_diag
+
+POLICY_MODULE = "heurist_policy"
+
+
+class PolicyFailed(Exception):
+    """The policy's own code failed (load, reset or act); the message says where and how."""
+
+
+def limit_cpu(cpu_s: float) -> None:
+    """RLIMIT_CPU counts the whole process, so a new episode moves the soft limit to 'used so far + budget'.
+
+    In lockstep the budget is that of every episode in flight together: the process cannot tell
+    which episode spent its CPU. An episode that overruns kills the process, and the evaluator
+    runs each episode that was in flight again alone, under its own budget (``envs.scheduling``)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(usage.ru_utime + usage.ru_stime + cpu_s) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    if hard != resource.RLIM_INFINITY:  # inside run_sandboxed, whose hard limit bounds the whole test run
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def load_policy(path: str, code, action_space) -> Any:
+    """Execute the compiled policy file in a fresh module and construct its Policy."""
+    module = types.ModuleType(POLICY_MODULE)
+    module.__file__ = path
+    # dataclasses resolve string annotations through sys.modules, so the module must be there.
+    sys.modules[POLICY_MODULE] = module
+    exec(code, module.__dict__)
+    cls = getattr(module, "Policy", None)
+    if cls is None or not isinstance(cls, type):
+        raise TypeError(f"{path} defines no class Policy")
+    if "action_space" in inspect.signature(cls).parameters:
+        return cls(action_space=action_space)
+    return cls()
+
+
+def where_in_policy(exc: BaseException, path: str) -> str:
+    """'file.py:LINE in func' for the innermost frame inside the policy file."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {Path(path).name}:{f.lineno} in {f.name}"
+
+
+class SlotRandom:
+    """Each slot's own global generators: ``random``'s module functions and ``numpy.random``'s.
+
+    Both modules bind their functions to one hidden instance at import (``random._inst``,
+    ``numpy.random.mtrand._rand``), so they are replaced once by functions that call the current
+    slot's instance, and ``use`` switches the instance (two assignments). ``np.random.seed`` and
+    everything that reaches ``mtrand._rand`` itself (scipy's default generator) follow the switch."""
+
+    def __init__(self) -> None:
+        from numpy.random import mtrand
+
+        self._mtrand = mtrand
+        self.python: random.Random = random._inst
+        for name in dir(random):
+            if getattr(getattr(random, name), "__self__", None) is random._inst:
+                setattr(random, name, self._python_call(name))
+        import numpy.random as np_random
+
+        legacy = mtrand._rand
+        for module in (np_random, mtrand):
+            for name in dir(module):
+                if getattr(getattr(module, name), "__self__", None) is legacy:
+                    setattr(module, name, self._numpy_call(name))
+
+    def _python_call(self, name: str):
+        def call(*args, **kwargs):
+            return getattr(self.python, name)(*args, **kwargs)
+        call.__name__ = name
+        return call
+
+    def _numpy_call(self, name: str):
+        mtrand = self._mtrand
+
+        def call(*args, **kwargs):
+            return getattr(mtrand._rand, name)(*args, **kwargs)
+        call.__name__ = name
+        return call
+
+    @staticmethod
+    def fresh() -> tuple:
+        import numpy as np
+
+        return random.Random(), np.random.RandomState()
+
+    def use(self, pair: tuple) -> None:
+        self.python, self._mtrand._rand = pair
+
+
+_SLOT_RANDOM: list[SlotRandom] = []
+
+
+def slot_random() -> SlotRandom:
+    """The process's one SlotRandom: the module functions are replaced once, whatever sources follow."""
+    if not _SLOT_RANDOM:
+        _SLOT_RANDOM.append(SlotRandom())
+    return _SLOT_RANDOM[0]
+
+
+class PolicyRunner:
+    """One episode's policy: a fresh Policy from a fresh module, its step count, its diagnostics ring and modes.
+
+    ``path`` names the file in tracebacks and as the module's ``__file__``; ``code`` is the source compiled once."""
+
+    __slots__ = ("path", "code", "window", "policy", "step", "ring", "modes", "rng")
+
+    def __init__(self, path: str, code, window: int, rng: tuple | None = None) -> None:
+        self.path, self.code, self.window, self.rng = path, code, window, rng
+        self.policy: Any = None
+        self.step = 0
+        self.ring: deque = deque(maxlen=window)  # (step, diagnostics snapshot, mode key)
+        self.modes: Counter = Counter()
+
+    def start(self, seed: int, action_space) -> None:
+        try:
+            policy = load_policy(self.path, self.code, action_space)
+            policy.reset(seed)
+        except BaseException as exc:
+            raise PolicyFailed(f"policy failed to load or reset{where_in_policy(exc, self.path)}: "
+                               f"{type(exc).__name__}: {exc}") from None
+        self.policy = policy
+
+    def act(self, obs, info) -> Any:
+        """The policy's action, as returned; its diagnostics are kept here, as they were at this step."""
+        try:
+            action = self.policy.act(obs, info)
+        except BaseException as exc:
+            raise PolicyFailed(f"act() raised at step {self.step}{where_in_policy(exc, self.path)}: "
+                               f"{type(exc).__name__}: {exc}") from None
+        diag = getattr(self.policy, "diagnostics", None)
+        if diag is not None:
+            if diag.__class__ is dict:
+                # A shallow copy keeps this step's values of a dict the policy changes in place; the
+                # conversion to JSON waits until a window asks for it (``diagnostics``).
+                snapshot = dict(diag)
+                mode = snapshot.get("mode")
+                if mode is not None and (mode.__class__ is not str or len(mode) > 60):
+                    mode = mode_key(plain_diag(snapshot), self.modes)  # as the JSON of this step would say it
+                elif mode not in self.modes and len(self.modes) >= MAX_MODES:
+                    mode = OTHER_MODES
+                self.modes[mode] += 1
+                self.ring.append((self.step, snapshot, mode))
+            else:
+                self.ring.append((self.step, plain_diag(diag), False))
+        self.step += 1
+        return action
+
+    def diagnostics(self, first: int, last: int) -> list:
+        """The snapshots of steps ``first``..``last`` (None where the policy had none or the ring has moved on)."""
+        kept = {step: snapshot for step, snapshot, _ in self.ring}
+        return [plain_diag(kept.get(step)) for step in range(first, last + 1)]
+
+    def mode_counts(self, accepted: int) -> dict[str, int]:
+        """Modes of the steps the env took: an act whose action was refused (step ``accepted``) is not counted."""
+        modes = Counter(self.modes)
+        for step, _, key in self.ring:
+            if step >= accepted and key is not False:
+                modes[key] -= 1
+        return {str(k): v for k, v in modes.items() if v > 0}
+
+
+class PolicySlots:
+    """The runners of one policy source, by slot; what the policy process (or a local caller) serves."""
+
+    def __init__(self, path: str, source: str) -> None:
+        self.path, self.source = path, source
+        self.code = None
+        self.runners: dict[int, PolicyRunner] = {}
+        self.random = slot_random() if "random" in source else None
+
+    def start(self, slot: int, seed: int, action_space, window: int) -> None:
+        """A fresh Policy in ``slot`` for the episode of ``seed``; raises PolicyFailed."""
+        self.runners.pop(slot, None)
+        if self.code is None:
+            try:
+                self.code = compile(self.source, self.path, "exec")
+            except BaseException as exc:
+                raise PolicyFailed(f"policy failed to load or reset: {type(exc).__name__}: {exc}") from None
+        rng = self.random.fresh() if self.random is not None else None
+        runner = PolicyRunner(self.path, self.code, window, rng)
+        if rng is not None:
+            self.random.use(rng)
+        if isinstance(action_space, bytes):  # each episode gets its own copy: a space's sampler is its state
+            action_space = pickle.loads(action_space)
+        runner.start(seed, action_space)
+        self.runners[slot] = runner
+
+    def act(self, slots: list[int], observations, infos: list) -> tuple[list, dict[int, str]]:
+        """One action for each slot, in order (None where the policy failed), and the failures by position."""
+        actions: list = []
+        failed: dict[int, str] = {}
+        runners = self.runners
+        switch = self.random.use if self.random is not None else None
+        for i, (slot, obs, info) in enumerate(zip(slots, observations, infos)):
+            runner = runners[slot]
+            if switch is not None:
+                switch(runner.rng)
+            try:
+                actions.append(runner.act(obs, info))
+            except PolicyFailed as exc:
+                actions.append(None)
+                failed[i] = str(exc)
+        return actions, failed
+
+    def diagnostics(self, slot: int, first: int, last: int) -> list:
+        return self.runners[slot].diagnostics(first, last)
+
+    def end(self, slot: int, accepted: int) -> dict[str, int]:
+        """The episode in ``slot`` is over: its mode counts, and the slot is free."""
+        runner = self.runners.pop(slot, None)
+        return runner.mode_counts(accepted) if runner is not None else {}

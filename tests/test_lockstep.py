@@ -1,0 +1,129 @@
+"""Episodes in lockstep: one worker steps several episodes per message to its policy process, and no
+result changes for it. Every comparison here is against the same seeds run one episode at a time
+(``lockstep=1``), field by field, traces included."""
+
+from __future__ import annotations
+
+import pytest
+
+from envs.limits import Limits
+from envs.tasks import get_task
+from policies import RANDOM_POLICY, starter_policy
+
+FAST = Limits(episode_timeout_s=2, episode_cpu_s=1, memory_mb=1024)
+
+
+def episodes(result) -> list[dict]:
+    """What an episode's result says, without the times (which differ run to run)."""
+    return [e.model_dump(by_alias=True, exclude={"wall_s", "cpu_s"}) for e in result.episodes]
+
+
+@pytest.mark.parametrize("task,policy", [
+    ("CartPole-v1", "starter"), ("Acrobot-v1", "starter"), ("LunarLander-v3", "starter"),
+    ("HalfCheetah-v5", "random"), ("ALE/Breakout-v5", "random"), ("ALE/Breakout-ram-v5", "random"),
+])
+def test_lockstep_changes_no_result(run_eval, task, policy):
+    path = starter_policy(get_task(task)) if policy == "starter" else RANDOM_POLICY
+    n = 2 if task == "HalfCheetah-v5" else 4
+    together = run_eval(path, task, episodes=n, workers=1, lockstep=n)
+    alone = run_eval(path, task, episodes=n, workers=1, lockstep=1)
+    assert together.status == "complete"
+    assert episodes(together) == episodes(alone)
+    assert together.episodes[0].trace.windows and together.episodes[0].trace.mode_counts
+
+
+def test_each_episode_has_its_own_global_random_streams(run_eval, write_policy):
+    """A policy that seeds `random` and `numpy.random` in reset and draws in act gets the same draws beside
+    other episodes as alone, though they all share one process."""
+    policy = write_policy("""
+        import random
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                random.seed(seed)
+                np.random.seed(seed)
+
+            def act(self, obs, info):
+                self.diagnostics = {"mode": "draw", "u": random.random()}
+                return int(np.random.randint(2)) if random.random() < 0.5 else int(obs[2] > 0)
+        """)
+    together = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=4)
+    alone = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=1)
+    assert episodes(together) == episodes(alone)
+    assert len({e.length for e in together.episodes}) > 1  # the seeds really differ
+
+
+def test_a_policy_keeps_earlier_frames_unchanged(run_eval, write_policy):
+    """Atari frames reach the policy through shared memory; what it keeps of one step is never overwritten."""
+    policy = write_policy("""
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.kept = []
+
+            def act(self, obs, info):
+                for frame, total in self.kept:
+                    if int(frame.sum()) != total:
+                        raise RuntimeError("a kept frame changed")
+                self.kept = (self.kept + [(obs, int(obs.sum()))])[-3:]
+                return 1 if len(self.kept) % 2 else 3
+        """)
+    result = run_eval(policy, "ALE/Breakout-v5", episodes=3, workers=1, lockstep=3)
+    assert [e.status for e in result.episodes] == ["ok"] * 3, result.episodes[0].error
+
+
+def test_a_refused_action_and_a_raising_policy_end_only_their_episode(run_eval, write_policy):
+    policy = write_policy("""
+        class Policy:
+            def reset(self, seed):
+                self.seed, self.t = seed, 0
+
+            def act(self, obs, info):
+                self.t += 1
+                self.diagnostics = {"mode": "right" if obs[2] > 0 else "left"}
+                if self.seed == 1 and self.t == 30:
+                    raise ValueError("seed one gives up")
+                if self.seed == 2 and self.t == 40:
+                    self.diagnostics = {"mode": "refused"}
+                    return 7
+                return int(obs[2] + 0.5 * obs[3] > 0)
+        """)
+    together = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=4)
+    alone = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=1)
+    assert [e.status for e in together.episodes] == ["ok", "policy_error", "invalid_action", "ok"]
+    assert episodes(together) == episodes(alone)
+    assert "refused" not in together.episodes[2].trace.mode_counts  # the refused step was never taken
+
+
+@pytest.mark.parametrize("how,status,reason", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crash", "segmentation fault"),
+    ("while True: pass", "crash", "CPU time limit exceeded"),
+    ("import time; time.sleep(600)", "timeout", "wall-clock limit"),
+])
+def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how, status, reason):
+    """Whatever kills the policy process in the middle of a group is blamed on no one: each episode of the
+    group runs again alone, the one that misbehaves fails with its own reason, and the others' results are
+    those they have alone. The steps the lost group took are still counted."""
+    policy = write_policy(f"""
+        class Policy:
+            def reset(self, seed):
+                self.seed, self.t = seed, 0
+
+            def act(self, obs, info):
+                self.t += 1
+                if self.seed == 1 and self.t == 50:
+                    {how}
+                return int(obs[2] + 0.5 * obs[3] > 0)
+        """)
+    together = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=3, limits=FAST)
+    alone = run_eval(policy, "CartPole-v1", seeds=[0, 2], workers=1, lockstep=1, limits=FAST)
+    assert [e.status for e in together.episodes] == ["ok", status, "ok"]
+    assert reason in together.episodes[1].error
+    kept = [episodes(together)[0], episodes(together)[2]]
+    assert [e | {"env_steps": 0} for e in kept] == [e | {"env_steps": 0} for e in episodes(alone)]
+    # The lost group's steps are counted with the episodes that ran again: the one that failed took 49
+    # steps in the group and 49 alone; the others at least what they take alone.
+    assert together.episodes[1].env_steps >= 2 * 49
+    assert all(t["env_steps"] >= a.env_steps for t, a in zip(kept, alone.episodes))
