@@ -186,7 +186,7 @@ class Evaluator:
             if outside or not req.seeds:
                 raise SplitGuardError(f"seeds {outside or '[]'} are not in the {req.split} split of {spec.id}; "
                                       f"choose seeds from that split")
-            seeds = list(req.seeds)
+            seeds = list(dict.fromkeys(req.seeds))  # a seed's result is its own: asked twice, it runs once
         elif req.episodes is not None:
             if req.episodes > len(seeds):
                 raise SplitGuardError(f"the {req.split} split of {spec.id} has {len(seeds)} seeds; "

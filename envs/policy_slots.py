@@ -33,7 +33,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from envs.wire import MAX_MODES, OTHER_MODES, mode_key, plain_diag
+from envs.wire import _PLAIN, MAX_MODES, OTHER_MODES, mode_key, plain_diag
 
 POLICY_MODULE = "heurist_policy"
 
@@ -170,9 +170,9 @@ class PolicyRunner:
                                f"{type(exc).__name__}: {exc}") from None
         diag = getattr(self.policy, "diagnostics", None)
         if diag is not None:
-            if diag.__class__ is dict:
-                # A shallow copy keeps this step's values of a dict the policy changes in place; the
-                # conversion to JSON waits until a window asks for it (``diagnostics``).
+            if diag.__class__ is dict and all(v.__class__ in _PLAIN for v in diag.values()):
+                # Plain values cannot change, so a shallow copy is this step's value; the conversion to JSON
+                # waits until a window asks for it (``diagnostics``). Anything nested is converted now.
                 snapshot = dict(diag)
                 mode = snapshot.get("mode")
                 if mode is not None and (mode.__class__ is not str or len(mode) > 60):
@@ -182,7 +182,11 @@ class PolicyRunner:
                 self.modes[mode] += 1
                 self.ring.append((self.step, snapshot, mode))
             else:
-                self.ring.append((self.step, plain_diag(diag), False))
+                snapshot = plain_diag(diag)
+                key = mode_key(snapshot, self.modes) if snapshot.__class__ is dict else False
+                if key is not False:
+                    self.modes[key] += 1
+                self.ring.append((self.step, snapshot, key))
         self.step += 1
         return action
 

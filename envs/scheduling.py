@@ -104,14 +104,21 @@ class Scheduler:
                     if time.perf_counter() >= self.plan.deadline:
                         self._finish({}, EpisodeResult(seed=seed, status="not_run", error=self._eval_limit()))
                         continue
-                    if worker is None:
+                    fresh = worker is None
+                    if fresh:
                         worker = self.plan.start_worker(cpu)
                         with self.lock:
                             self.live.add(worker)
                     slot = min(set(range(MAX_SLOTS)) - {f.slot for f in flights.values()})
                     flights[seed] = Flight(seed, slot, time.perf_counter(), width)
+                    job = self.plan.job(seed, slot)
+                    if not fresh:
+                        # The env process keeps the task and the source from a worker's first job; later jobs are
+                        # a few hundred bytes, so a full group of them never fills the job pipe and blocks here.
+                        job = {k: v for k, v in job.items() if k not in ("task", "policy_source")}
+                    worker.clear_steps(slot)  # the last episode in this slot is over: its count is not this one's
                     try:
-                        worker.send(self.plan.job(seed, slot))
+                        worker.send(job)
                     except WorkerDied:
                         break  # the reply wait below reports the death
                 if not flights:

@@ -14,7 +14,7 @@ its diagnostics, nothing else. The two directions differ on purpose:
 Episodes run in lockstep (``envs.lockstep``), so a message carries a batch: the observations
 of every episode in flight, and the reply their actions (``actions_to_wire``). Observations
 that are all arrays of one shape travel as one stacked array, and large ones (Atari frames)
-through shared memory the policy process maps read-only (``ObservationChannel``): only a small
+through shared memory of a sealed, fixed size that the policy process maps read-only (``ObservationChannel``): only a small
 header crosses the pipe, and the policy process copies the frames out, so what it keeps of
 one step is never overwritten by the next.
 """
@@ -285,7 +285,7 @@ def actions_from_wire(reply: dict[str, Any], n: int) -> tuple[list, dict[int, st
         if not isinstance(errors, dict):
             raise ProtocolBroken("failures that are not an object")
         for key, message in errors.items():
-            if not (isinstance(key, str) and key.isdigit() and int(key) < n):
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 4 and int(key) < n):
                 raise ProtocolBroken(f"a failure for an episode it was not asked about ({key[:20]!r})")
             failed[int(key)] = str(message)[:2000]
     if "a" in reply:
@@ -318,9 +318,12 @@ def _array_actions(reply: dict[str, Any], n: int) -> list:
         raw = base64.b64decode(str(reply["b"]), validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise ProtocolBroken(f"an action batch that cannot be read ({type(exc).__name__})") from None
-    if dtype.kind not in _NUMERIC or dtype.shape or not shape or shape[0] != n or min(shape) < 0:
-        raise ProtocolBroken(f"an action batch of dtype {dtype} and shape {shape} for {n} episodes")
-    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+    if dtype.kind not in _NUMERIC or dtype.shape or not shape or len(shape) > 8 or shape[0] != n or min(shape) < 0:
+        raise ProtocolBroken(f"an action batch of dtype {dtype} and shape {shape[:9]} for {n} episodes")
+    size = 1
+    for d in shape:  # Python ints: numpy's product would wrap around
+        size *= d
+    if len(raw) != size * dtype.itemsize:
         raise ProtocolBroken("an action batch whose size does not match its shape")
     # A bytearray, so the actions are writable arrays, as single replies' actions are.
     batch = np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
@@ -355,10 +358,13 @@ class ObservationChannel:
 
     The policy process gets a read-only descriptor of the same memory (``ObservationView``). The env
     process only ever writes here and never reads back, so nothing the policy does to the memory can
-    reach the score. It only grows, and is sealed against shrinking, so the env's own mapping stays valid."""
+    reach the score. A batch larger than the memory goes over the pipe."""
 
     def __init__(self, fd: int) -> None:
-        self.fd, self.size, self.memory = fd, 0, None
+        # Sized and sealed by the parent before either process started (``shared_memory_pair``): the policy
+        # process can neither shrink it under this mapping nor change its seals.
+        self.fd, self.size = fd, os.fstat(fd).st_size
+        self.memory = mmap.mmap(fd, self.size) if self.size else None
 
     def pack(self, observations: list) -> tuple:
         """The observations as a message part: through shared memory when they are large arrays of one kind."""
@@ -369,25 +375,12 @@ class ObservationChannel:
         if not all(o.__class__ is np.ndarray and o.dtype is dtype and o.shape == shape for o in observations):
             return ("list", observations)
         n = len(observations)
-        self._fit(n * first.nbytes)
+        if n * first.nbytes > self.size:
+            return stack_observations(observations)
         rows = np.frombuffer(self.memory, dtype=dtype, count=n * first.size).reshape((n, *shape))
         for row, obs in zip(rows, observations):  # one copy, straight into the shared memory
             row[...] = obs
         return ("shared", (n, *shape), dtype.str)
-
-    def _fit(self, nbytes: int) -> None:
-        if nbytes <= self.size:
-            return
-        size = max(nbytes, 2 * self.size)
-        os.ftruncate(self.fd, size)
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-        except (OSError, AttributeError):  # a kernel or Python without seals: the policy cannot reach the fd to shrink it
-            pass
-        if self.memory is not None:
-            self.memory.close()
-        self.memory = mmap.mmap(self.fd, size)
-        self.size = size
 
 
 class ObservationView:
@@ -414,10 +407,23 @@ class ObservationView:
         return list(batch)
 
 
+SHARED_OBS_CAPACITY = 8 << 20  # 64 Atari frames and then some; pages are only allocated when written
+
+
 def shared_memory_pair() -> tuple[int, int]:
-    """A memfd for the observations: a read-write descriptor for the env process, a read-only one for the policy."""
+    """A memfd for the observations: a read-write descriptor for the env process, a read-only one for the policy.
+
+    Its size is fixed and sealed here, before any sandboxed process exists: a policy process could reopen
+    its descriptor read-write through /proc, but it can neither shrink the memory under the env process's
+    mapping (which would kill it with SIGBUS) nor add seals of its own. Where sealing is refused the size
+    is 0 and observations go over the pipe."""
     fd = os.memfd_create("heurist-observations", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
+        try:
+            os.ftruncate(fd, SHARED_OBS_CAPACITY)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        except (OSError, AttributeError):
+            os.ftruncate(fd, 0)  # still unsealed at 0 bytes: the env process never maps it
         read_only = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         os.close(fd)

@@ -96,8 +96,9 @@ class RemotePolicy:
     def _read(reader, *args):
         try:
             return reader(*args)
-        except ProtocolBroken as exc:
-            raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
+        except Exception as exc:  # untrusted data: whatever the readers raise on it is a broken protocol
+            what = str(exc) if isinstance(exc, ProtocolBroken) else f"a reply that cannot be read ({type(exc).__name__})"
+            raise PolicyGone(f"the policy process broke the protocol: it sent {what}", hung_up=False) from None
 
     def _ask(self, message: tuple, limit: int = MAX_REPLY_BYTES) -> dict[str, Any]:
         try:

@@ -130,6 +130,11 @@ class WorkerProcess:
                              timed_out=True)
         return reply
 
+    def clear_steps(self, slot: int) -> None:
+        """Zero a free slot's step count before its next episode is sent."""
+        if self.step_file is not None:
+            os.pwrite(self.step_file.fd, bytes(8), 8 * slot)
+
     def send(self, job: dict) -> None:
         try:
             os.write(self._job_w, (json.dumps(job) + "\n").encode())

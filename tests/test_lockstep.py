@@ -127,3 +127,40 @@ def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how,
     # steps in the group and 49 alone; the others at least what they take alone.
     assert together.episodes[1].env_steps >= 2 * 49
     assert all(t["env_steps"] >= a.env_steps for t, a in zip(kept, alone.episodes))
+
+
+@pytest.mark.parametrize("reply", [
+    {"a": [0], "e": {"²": "x"}},  # a digit to str.isdigit, not to int()
+    {"a": [0], "e": {"9" * 5000: "x"}},
+    {"b": "", "dtype": "<f4", "shape": [1] + [1] * 70},
+    {"b": "", "dtype": "<f4", "shape": [1, 2**32, 2**32]},  # a size numpy's product would wrap to 0
+    {"w": [{"np": [1.0], "dtype": "O"}]},
+])
+def test_a_malformed_batch_reply_is_a_broken_protocol(reply):
+    from envs.wire import ProtocolBroken, actions_from_wire
+
+    with pytest.raises(ProtocolBroken):
+        actions_from_wire(reply, 1)
+
+
+def test_the_policy_cannot_resize_or_reseal_the_observation_memory():
+    """Reopened read-write through /proc (as a policy process could), the memory still cannot shrink under
+    the env process's mapping, grow, or take new seals."""
+    import fcntl
+    import os
+
+    from envs.wire import SHARED_OBS_CAPACITY, ObservationChannel, shared_memory_pair
+
+    fd, read_only = shared_memory_pair()
+    upgraded = os.open(f"/proc/self/fd/{read_only}", os.O_RDWR)
+    try:
+        assert os.fstat(fd).st_size == SHARED_OBS_CAPACITY
+        for size in (0, 2 * SHARED_OBS_CAPACITY):
+            with pytest.raises(PermissionError):
+                os.ftruncate(upgraded, size)
+        with pytest.raises(PermissionError):
+            fcntl.fcntl(upgraded, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        assert ObservationChannel(fd).size == SHARED_OBS_CAPACITY
+    finally:
+        for f in (fd, read_only, upgraded):
+            os.close(f)
