@@ -33,7 +33,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from envs.wire import _PLAIN, MAX_MODES, OTHER_MODES, mode_key, plain_diag
+from envs.wire import mode_key, plain_diag
 
 POLICY_MODULE = "heurist_policy"
 
@@ -170,30 +170,22 @@ class PolicyRunner:
                                f"{type(exc).__name__}: {exc}") from None
         diag = getattr(self.policy, "diagnostics", None)
         if diag is not None:
-            if diag.__class__ is dict and all(v.__class__ in _PLAIN for v in diag.values()):
-                # Plain values cannot change, so a shallow copy is this step's value; the conversion to JSON
-                # waits until a window asks for it (``diagnostics``). Anything nested is converted now.
+            # What the env process would have received at this step: plain values as they are (a shallow copy,
+            # since the policy may change its dict in place later), anything else converted now.
+            snapshot = plain_diag(diag)
+            if snapshot is diag:
                 snapshot = dict(diag)
-                mode = snapshot.get("mode")
-                if mode is not None and (mode.__class__ is not str or len(mode) > 60):
-                    mode = mode_key(plain_diag(snapshot), self.modes)  # as the JSON of this step would say it
-                elif mode not in self.modes and len(self.modes) >= MAX_MODES:
-                    mode = OTHER_MODES
-                self.modes[mode] += 1
-                self.ring.append((self.step, snapshot, mode))
-            else:
-                snapshot = plain_diag(diag)
-                key = mode_key(snapshot, self.modes) if snapshot.__class__ is dict else False
-                if key is not False:
-                    self.modes[key] += 1
-                self.ring.append((self.step, snapshot, key))
+            key = mode_key(snapshot, self.modes) if snapshot.__class__ is dict else False
+            if key is not False:
+                self.modes[key] += 1
+            self.ring.append((self.step, snapshot, key))
         self.step += 1
         return action
 
     def diagnostics(self, first: int, last: int) -> list:
         """The snapshots of steps ``first``..``last`` (None where the policy had none or the ring has moved on)."""
         kept = {step: snapshot for step, snapshot, _ in self.ring}
-        return [plain_diag(kept.get(step)) for step in range(first, last + 1)]
+        return [kept.get(step) for step in range(first, last + 1)]
 
     def mode_counts(self, accepted: int) -> dict[str, int]:
         """Modes of the steps the env took: an act whose action was refused (step ``accepted``) is not counted."""

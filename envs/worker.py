@@ -171,10 +171,7 @@ class Worker:
             self.steps[0] = 0
             diverged_at = None
             for t in range(last + 1):
-                actions, failed = self.policy.act([0], [obs], [info])
-                if failed:
-                    raise PolicyFailed(failed[0])
-                action = coerce(actions[0])
+                action = coerce(self._act_alone(obs, info))
                 plain = plain_actions([action])[0]
                 if diverged_at is None and t < len(expected) and plain != expected[t]:
                     diverged_at = t
@@ -208,14 +205,19 @@ class Worker:
                 self._kit_steps = 0
                 return {"status": "ok"}
             obs = np.asarray(job["obs"], dtype=job["dtype"]) if job.get("dtype") else job["obs"]
-            actions, failed = self.policy.act([0], [obs], [job.get("info") or {}])
-            if failed:
-                raise PolicyFailed(failed[0])
+            action = self._act_alone(obs, job.get("info") or {})
             self._kit_steps += 1
             diag = self.policy.diagnostics(0, self._kit_steps - 1, self._kit_steps - 1)[0]
         except PolicyFailed as exc:
             return {"status": "policy_error", "error": str(exc)}
-        return {"status": "ok", "action": jsonable(actions[0]), "diagnostics": diag}
+        return {"status": "ok", "action": jsonable(action), "diagnostics": diag}
+
+    def _act_alone(self, obs, info) -> Any:
+        """The action of the one policy in slot 0 (a clip's replay, a test kit's call); raises PolicyFailed."""
+        actions, failed = self.policy.act([0], [obs], [info])
+        if failed:
+            raise PolicyFailed(failed[0])
+        return actions[0]
 
 
 def step_counter(fd: int) -> memoryview:
