@@ -14,8 +14,10 @@ setup: .venv/.installed
 run: setup
 	.venv/bin/heurist run --env CartPole-v1 --policy policies/cartpole_untuned.py --iterations 10
 
+# One pytest process per core (at most 4): most tests wait on subprocesses, servers and limits, so two
+# at once on 2 cores take half the time; every test waits on events, never on a guess at how fast this is.
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 # Tests too slow for the suite (the Pong starter's 540,000 Atari steps); .ci/run runs them after `make test`.
 test-slow: setup

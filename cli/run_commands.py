@@ -31,8 +31,8 @@ def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
         out.print(printable(summary_file.read_text()), highlight=False, markup=False)
     report = run_dir / "report" / "index.html"
     if report.is_file():
-        out.print(f"report: {report}", highlight=False, markup=False)
-    out.print(f"run directory: {run_dir}", highlight=False, markup=False)
+        out.print(f"report: {report}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"run directory: {run_dir}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:

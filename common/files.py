@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+
+# What atomic_write's temp files are called: "." + the file's name + "." + mkstemp's 8 characters + ".tmp".
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -22,3 +26,19 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:  # a full disk or a kill mid-write: leave the old file, not a stray temp
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sweep_torn_writes(root: Path) -> list[Path]:
+    """Remove the temp files of writes a kill cut short under ``root`` (the file each was for is whole: its
+    old version or none); the removed paths. Only for a folder no other process is writing to (a run
+    directory whose lock is held); git's own folders are left alone."""
+    removed = []
+    for path in root.rglob(".*.tmp"):
+        if ".git" in path.relative_to(root).parts or not _TEMP_NAME.fullmatch(path.name) or not path.is_file():
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # a read-only disk: the run stops with its own clear error later
+            continue
+        removed.append(path)
+    return removed

@@ -214,7 +214,7 @@ class Evaluator:
         confinement = self._confinement()
         plan = Schedule(
             seeds=seeds, workers=req.workers or os.cpu_count() or 1, width=lockstep_width(self.spec, req.lockstep),
-            episode_timeout_s=req.limits.episode_timeout_s, deadline=started + req.eval_timeout_s,
+            episode_timeout_s=req.limits.episode_timeout_s, episode_cpu_s=req.limits.episode_cpu_s, deadline=started + req.eval_timeout_s,
             eval_timeout_s=req.eval_timeout_s, progress=self.progress,
             job=lambda seed, slot: self._job("episode", policy_path, seed=seed, slot=slot,
                                              trace_window=req.trace_window, max_windows=req.max_windows),

@@ -12,9 +12,13 @@ and every episode that was in flight runs again alone, where a crash or a timeou
 episode's own result, as it would have been with no lockstep at all. Env steps the lost group
 took are still counted: each re-run episode carries those of its own slot.
 
-Time limits: an episode alone has ``episode_timeout_s``; a group shares one core, so an
-episode in flight beside others may take that limit times the group's width, and a group
-whose env steps stop advancing for ``episode_timeout_s`` is taken to hang.
+Time limits: an episode alone has ``episode_timeout_s`` from the moment the env process takes
+it. No episode in a group gets more than it would alone: a group is cut, and its episodes run
+again alone, once one of them has been in flight longer than its wall-clock limit or its CPU
+limit (on its one core it cannot have used more CPU than that), or when its env steps stop
+advancing for ``episode_timeout_s``. A result a group returns therefore came in less time than
+the episode would have had alone. The evaluation's own limit cuts whatever is in flight, with
+no grace, and nothing runs again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ from envs.results import EpisodeResult
 from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess, pair_cpus
 
 POLL_S = 2.0  # how often a waiting group is checked for progress and for its limits
+START_POLL_S = 0.05  # how often a lone episode's worker is checked for having taken it
+STARTUP_S = 10.0  # how long a worker may take to start up and take an episode, beyond the episode's limit
+
+
+def wall_grace(episode_timeout_s: float) -> float:
+    """What a lone episode gets beyond its wall-clock limit, so that a policy burning CPU is stopped by its
+    CPU limit first (a crash that says so) and only one that waits is stopped by the wall clock; the
+    default limits are equal. At most 10 s, and never more than the limit itself, so short limits stay short."""
+    return min(10.0, episode_timeout_s)
 
 
 @dataclass
@@ -37,7 +50,8 @@ class Flight:
     seed: int
     slot: int
     sent_at: float
-    width: int  # the group's width when it was sent: its share of the core
+    width: int  # the group's width when it was sent; 1: alone, where a crash or a timeout is its own
+    started_at: float | None = None  # when the env process took it (its clock starts then)
 
 
 @dataclass
@@ -48,6 +62,7 @@ class Schedule:
     workers: int
     width: int  # episodes in flight per worker, at most
     episode_timeout_s: float
+    episode_cpu_s: float
     deadline: float  # perf_counter time when the evaluation's own limit is reached
     eval_timeout_s: float
     job: Callable[[int, int], dict]  # (seed, slot) -> the episode job
@@ -133,18 +148,13 @@ class Scheduler:
     def _wait(self, worker: WorkerProcess, flights: dict[int, Flight], again: list[int]) -> bool:
         """Wait for the next result of this worker's flights and record it; True when the worker is gone."""
         alone = len(flights) == 1 and next(iter(flights.values())).width == 1
-        progress, progress_at = self._steps(worker, flights), time.perf_counter()
+        progress, progress_at = self._progress(worker, flights), time.perf_counter()
         while True:
             now = time.perf_counter()
-            if alone:
-                flight = next(iter(flights.values()))
-                limit = flight.sent_at + min(self.plan.episode_timeout_s, self.plan.deadline - flight.sent_at) + 10.0
-                wait = limit - now
-            else:
-                # No grace here: a group that runs past these is not blamed, only run again one episode at a time.
-                oldest = min(f.sent_at + self.plan.episode_timeout_s * f.width for f in flights.values())
-                limit = min(oldest, progress_at + self.plan.episode_timeout_s, self.plan.deadline + 10.0)
-                wait = min(POLL_S, limit - now)
+            for flight in flights.values():
+                if flight.started_at is None and worker.started(flight.slot):
+                    flight.started_at = now
+            wait = self._limit(flights, progress_at, now)[1]
             try:
                 reply = worker.receive(max(0.0, wait)) if wait > 0 else None
             except WorkerDied as died:
@@ -154,25 +164,46 @@ class Scheduler:
                 return False
             if self.stop.is_set():
                 return True
-            if not alone:
-                steps = self._steps(worker, flights)
-                if steps != progress:
-                    progress, progress_at = steps, time.perf_counter()
-                    continue
-            if time.perf_counter() >= limit:
-                worker.kill()
-                if alone:
-                    allowed = limit - next(iter(flights.values())).sent_at
-                    return self._lost(worker, flights, again, WorkerDied(
-                        f"wall-clock limit of {allowed:g} s exceeded; the worker's process groups were killed",
-                        timed_out=True))
-                if time.perf_counter() >= self.plan.deadline:  # the evaluation's own limit: nothing runs again
-                    for flight in list(flights.values()):
-                        self._finish(flights, EpisodeResult(seed=flight.seed, status="timeout",
-                                                            error=self._eval_limit(),
-                                                            env_steps=worker.steps_taken(flight.slot)))
-                    return True
-                return self._lost(worker, flights, again, WorkerDied("a group ran past its limits", timed_out=True))
+            steps = self._progress(worker, flights)
+            if steps != progress or not any(f.started_at is not None for f in flights.values()):
+                # Env steps advanced, or the pair is still starting up: the group is not stalled.
+                progress, progress_at = steps, time.perf_counter()
+            if time.perf_counter() < self._limit(flights, progress_at, time.perf_counter())[0]:
+                continue
+            worker.kill()
+            if time.perf_counter() >= self.plan.deadline:  # the evaluation's own limit: nothing runs again
+                for flight in list(flights.values()):
+                    self._finish(flights, EpisodeResult(seed=flight.seed, status="timeout", error=self._eval_limit(),
+                                                        env_steps=worker.steps_taken(flight.slot)))
+                return True
+            if alone:
+                timeout = self.plan.episode_timeout_s
+                return self._lost(worker, flights, again, WorkerDied(
+                    f"wall-clock limit of {timeout:g} s (and {wall_grace(timeout):g} s of grace) exceeded; the "
+                    "worker's process groups were killed", timed_out=True))
+            return self._lost(worker, flights, again, WorkerDied("a group ran past its limits", timed_out=True))
+
+    def _limit(self, flights: dict[int, Flight], progress_at: float, now: float) -> tuple[float, float]:
+        """When this worker's flights run out of time, and how long to wait for a reply before looking again.
+
+        An episode's clock starts when the env process takes it (``WorkerProcess.started``), so the pair's own
+        start-up is not the policy's time; a pair that never takes it is given ``STARTUP_S`` more. A lone
+        episode has its limit and ``wall_grace`` (CPU-bound policies meet their CPU limit first). The
+        evaluation's own deadline has no grace. A group ends when one of its episodes has been in flight as
+        long as it could run alone (see the module's docstring), or its env steps stop advancing for the
+        limit; no grace there either, as a group that runs past these is not blamed, only run again alone."""
+        timeout = self.plan.episode_timeout_s
+        if len(flights) == 1 and next(iter(flights.values())).width == 1:
+            flight = next(iter(flights.values()))
+            if flight.started_at is None:
+                return min(flight.sent_at + STARTUP_S + timeout, self.plan.deadline), min(START_POLL_S, timeout)
+            limit = min(flight.started_at + timeout + wall_grace(timeout), self.plan.deadline)
+            return limit, limit - now
+        alone_at_most = min(timeout + wall_grace(timeout), self.plan.episode_cpu_s)
+        oldest = min((f.sent_at + STARTUP_S if f.started_at is None else f.started_at) + alone_at_most
+                     for f in flights.values())
+        limit = min(oldest, progress_at + timeout, self.plan.deadline)
+        return limit, min(POLL_S, limit - now)
 
     def _lost(self, worker: WorkerProcess, flights: dict[int, Flight], again: list[int], died: WorkerDied) -> bool:
         """The worker died or was killed: one episode alone takes the blame; a group runs again, alone."""
@@ -229,7 +260,7 @@ class Scheduler:
             return self.pending.pop() if self.pending and not self.stop.is_set() else None
 
     @staticmethod
-    def _steps(worker: WorkerProcess, flights: dict[int, Flight]) -> int:
+    def _progress(worker: WorkerProcess, flights: dict[int, Flight]) -> int:
         return sum(worker.steps_taken(f.slot) for f in flights.values())
 
     def _eval_limit(self) -> str:

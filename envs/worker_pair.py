@@ -25,6 +25,7 @@ from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, un
 from envs.wire import observation_pipe, shared_memory_pair
 
 MAX_SLOTS = 64  # episodes one worker runs at once, at most: the step file has a count for each
+NOT_STARTED = -1  # a slot's count between heurist sending its episode and the env process taking it
 
 
 class WorkerDied(Exception):
@@ -131,9 +132,14 @@ class WorkerProcess:
         return reply
 
     def clear_steps(self, slot: int) -> None:
-        """Zero a free slot's step count before its next episode is sent."""
+        """Mark a free slot "sent, not started" before its next episode is sent: the env process sets the
+        count to 0 when it takes the job, so the episode's clock starts then, not while the pair starts up."""
         if self.step_file is not None:
-            os.pwrite(self.step_file.fd, bytes(8), 8 * slot)
+            os.pwrite(self.step_file.fd, NOT_STARTED.to_bytes(8, sys.byteorder, signed=True), 8 * slot)
+
+    def started(self, slot: int) -> bool:
+        """Whether the env process has taken the episode sent to ``slot`` (see ``clear_steps``)."""
+        return self._count(slot) != NOT_STARTED
 
     def send(self, job: dict) -> None:
         try:
@@ -179,10 +185,13 @@ class WorkerProcess:
     def steps_taken(self, slot: int = 0) -> int:
         """Env steps of the episode in ``slot`` (in progress, or the last one there), as the env process
         counted them; readable after a kill."""
+        return max(0, self._count(slot))
+
+    def _count(self, slot: int) -> int:
         if self.step_file is None:
             return 0
         try:
-            return max(0, int.from_bytes(os.pread(self.step_file.fd, 8, 8 * slot), sys.byteorder, signed=True))
+            return int.from_bytes(os.pread(self.step_file.fd, 8, 8 * slot), sys.byteorder, signed=True)
         except OSError:
             return 0
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from common.errors import HeuristError
 from common.events import IterationDone, read_events
-from common.files import atomic_write
+from common.files import atomic_write, sweep_torn_writes
 from common.ledger import Ledger
 from common.paths import heurist_home
 from envs.contract import check_policy_file, policy_sha256
@@ -211,6 +211,7 @@ def locked(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunError(f"{run_dir} is being run by another heurist process; wait for it or stop it") from None
+        sweep_torn_writes(run_dir)  # a run killed mid-write left them; nothing else writes here now
         yield
     finally:
         os.close(fd)

@@ -38,7 +38,10 @@ CASES = [
 @pytest.mark.parametrize("name,task,status,reason", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_hostile_policy_is_contained_and_explained(run_eval, ledger, name, task, status, reason):
     started = time.monotonic()
-    result = run_eval(HOSTILE / name, task, episodes=2, workers=2, limits=FAST)
+    # A loop that burns CPU gets a wall-clock limit far above its CPU limit: on a loaded machine its CPU
+    # time grows slower than the wall clock, and it must still meet its CPU limit first.
+    limits = FAST.model_copy(update={"episode_timeout_s": 30}) if name == "infinite_loop.py" else FAST
+    result = run_eval(HOSTILE / name, task, episodes=2, workers=2, limits=limits)
     assert time.monotonic() - started < 40
     assert [e.status for e in result.episodes] == [status, status]
     assert all(reason in e.error for e in result.episodes), result.episodes[0].error

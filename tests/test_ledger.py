@@ -127,3 +127,26 @@ def test_ledgers_written_by_earlier_versions_are_read_whole(tmp_path):
     assert isinstance(tests, TestsRun) and tests.env_steps == 7 and tests.files == {}
     assert isinstance(iteration, IterationDone) and iteration.baseline_sha256 is None and iteration.diff == ""
     assert isinstance(paused, RunPaused) and paused.iteration is None
+
+
+def test_a_write_cut_short_by_a_kill_leaves_no_temp_file_once_the_run_is_resumed(tmp_path):
+    """A kill between atomic_write's temp file and its rename leaves the temp file beside the whole old file;
+    taking the run's lock (every start and resume does) removes such files, and only those."""
+    import tempfile
+
+    from store.rundir import locked
+
+    run_dir = tmp_path / "run"
+    (run_dir / "evals").mkdir(parents=True)
+    (run_dir / "workspace" / ".git").mkdir(parents=True)
+    (run_dir / "evals" / "a.json").write_text("{}")
+    fd, torn = tempfile.mkstemp(prefix=".a.json.", suffix=".tmp", dir=run_dir / "evals")  # as atomic_write names it
+    os.write(fd, b'{"half')
+    os.close(fd)
+    gits = run_dir / "workspace" / ".git" / ".index.abcdefgh.tmp"
+    gits.write_text("git's own")
+    theirs = run_dir / ".notes.tmp"  # not a name atomic_write makes
+    theirs.write_text("someone's")
+    with locked(run_dir):
+        assert not os.path.exists(torn)
+    assert gits.exists() and theirs.exists() and (run_dir / "evals" / "a.json").read_text() == "{}"

@@ -97,12 +97,17 @@ def test_a_refused_action_and_a_raising_policy_end_only_their_episode(run_eval, 
     assert "refused" not in together.episodes[2].trace.mode_counts  # the refused step was never taken
 
 
-@pytest.mark.parametrize("how,status,reason", [
-    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crash", "segmentation fault"),
-    ("while True: pass", "crash", "CPU time limit exceeded"),
-    ("import time; time.sleep(600)", "timeout", "wall-clock limit"),
+# A loop that burns CPU gets a wall-clock limit far above its CPU limit: on a loaded machine its CPU time
+# grows slower than the wall clock, and it must still meet its CPU limit first.
+CPU_BOUND = FAST.model_copy(update={"episode_timeout_s": 30})
+
+
+@pytest.mark.parametrize("how,status,reason,limits", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crash", "segmentation fault", FAST),
+    ("while True: pass", "crash", "CPU time limit exceeded", CPU_BOUND),
+    ("import time; time.sleep(600)", "timeout", "wall-clock limit", FAST),
 ])
-def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how, status, reason):
+def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how, status, reason, limits):
     """Whatever kills the policy process in the middle of a group is blamed on no one: each episode of the
     group runs again alone, the one that misbehaves fails with its own reason, and the others' results are
     those they have alone. The steps the lost group took are still counted."""
@@ -117,8 +122,8 @@ def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how,
                     {how}
                 return int(obs[2] + 0.5 * obs[3] > 0)
         """)
-    together = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=3, limits=FAST)
-    alone = run_eval(policy, "CartPole-v1", seeds=[0, 2], workers=1, lockstep=1, limits=FAST)
+    together = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=3, limits=limits)
+    alone = run_eval(policy, "CartPole-v1", seeds=[0, 2], workers=1, lockstep=1, limits=limits)
     assert [e.status for e in together.episodes] == ["ok", status, "ok"]
     assert reason in together.episodes[1].error
     kept = [episodes(together)[0], episodes(together)[2]]
@@ -127,6 +132,30 @@ def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how,
     # steps in the group and 49 alone; the others at least what they take alone.
     assert together.episodes[1].env_steps >= 2 * 49
     assert all(t["env_steps"] >= a.env_steps for t, a in zip(kept, alone.episodes))
+
+
+def test_no_episode_gets_more_time_in_a_group_than_alone(run_eval, write_policy):
+    """Alone, seed 1's episode (500 steps of 6 ms) runs past its 1 s limit and 1 s of grace and times out.
+    Beside three quick ones it would finish within the group's old allowance (the limit times the width):
+    the group is cut when it has been in flight as long as it could be alone, and it times out as alone."""
+    policy = write_policy("""
+        import time
+
+        class Policy:
+            def reset(self, seed):
+                self.slow = seed == 1
+
+            def act(self, obs, info):
+                if self.slow:
+                    time.sleep(0.006)
+                return int(obs[2] + 0.5 * obs[3] > 0)
+        """)
+    limits = Limits(episode_timeout_s=1, episode_cpu_s=20, memory_mb=1024)
+    together = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=4, limits=limits)
+    alone = run_eval(policy, "CartPole-v1", seeds=[1], workers=1, lockstep=1, limits=limits)
+    assert alone.episodes[0].status == "timeout"
+    assert [e.status for e in together.episodes] == ["ok", "timeout", "ok", "ok"]
+    assert "wall-clock limit of 1 s" in together.episodes[1].error
 
 
 @pytest.mark.parametrize("reply", [

@@ -194,7 +194,7 @@ def test_a_terminal_gets_the_live_panel(terminal_run):
     assert "iteration 1 accepted" in output or "iteration 1 rejected" in output
     assert "env steps" in output and "tokens" in output and "min" in output
     assert "\x1b[" in output  # redrawn in place, not printed line after line
-    assert f"report: {run_dir / 'report' / 'index.html'}" in output
+    assert f"report: {run_dir / 'report' / 'index.html'}" in output, repr(output[-1500:])
 
 
 def test_no_progress_in_a_terminal_gives_quiet_log_lines(llm_run, terminal_run, tmp_path):
