@@ -9,15 +9,17 @@ ends on its own. An episode's result depends only on its seed, so running severa
 changes no return, length, failure event or trace; how many run at once is the evaluator's
 choice (``envs.scheduling``), and one is the same code with a group of one.
 
-Everything per episode stays per episode: a policy failure, a refused action or an env error
-ends that episode alone, with its reason; CPU and wall time are shared out over the episodes
-of each round; env steps are counted per slot where the evaluator can read them after a kill.
+Everything per episode stays per episode: a policy failure, a refused action, an env error or
+heurist's own failure to finish a result ends that episode alone, with its reason; CPU and wall
+time are shared out over the episodes of each round; env steps are counted per slot where the
+evaluator can read them after a kill.
 """
 
 from __future__ import annotations
 
 import pickle
 import time
+import traceback
 from collections import deque
 from typing import Any, Protocol
 
@@ -30,7 +32,8 @@ from envs.wire import jsonable, plain_diag
 
 
 class PolicyClient(Protocol):
-    """What the env process needs from the policy's side: slots started, batches acted, diagnostics fetched."""
+    """What the env process needs from the policy's side: slots started, batches acted, diagnostics fetched.
+    Any call raises PolicyGone when the policy's process is gone or broke the protocol (the whole group ends)."""
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         """A fresh Policy for one episode in ``slot``; raises PolicyFailed with the policy's own error."""
@@ -50,6 +53,20 @@ def summarise_obs(obs: Any) -> Any:
     if arr.ndim == 1 and arr.size <= 256:
         return [round(float(v), 5) for v in arr] if arr.dtype.kind == "f" else arr.tolist()
     return {"shape": list(arr.shape), "mean": round(float(arr.mean()), 3)}
+
+
+class PolicyGone(Exception):
+    """The policy process hung up (only the parent can say why it ended) or broke the protocol."""
+
+    def __init__(self, message: str, hung_up: bool) -> None:
+        super().__init__(message)
+        self.hung_up = hung_up
+
+
+def worker_error(exc: BaseException, seed: Any) -> dict:
+    """The reply for an episode that heurist's own code failed (not the policy's): the scheduler records a crash."""
+    return {"status": "worker_error", "seed": seed, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-2000:]}
 
 
 class EpisodeRun:
@@ -212,7 +229,13 @@ class Lockstep:
         self.runs = [run for run in runs if run not in ended]
         results = []
         for run in ended:
-            results.append(run.finish())
+            try:
+                results.append(run.finish())
+            except PolicyGone:
+                raise
+            except Exception as exc:  # heurist's own code failed finishing this episode: it alone says so
+                results.append(worker_error(exc, run.seed))
+                run.env_broken = True
             if run.env_broken:
                 try:
                     run.env.close()
@@ -234,4 +257,4 @@ class Lockstep:
         return seeds
 
 
-__all__ = ["EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "summarise_obs"]
+__all__ = ["EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "PolicyGone", "summarise_obs", "worker_error"]

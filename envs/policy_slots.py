@@ -143,11 +143,12 @@ class PolicyRunner:
 
     ``path`` names the file in tracebacks and as the module's ``__file__``; ``code`` is the source compiled once."""
 
-    __slots__ = ("path", "code", "window", "policy", "step", "ring", "modes", "rng")
+    __slots__ = ("path", "code", "window", "policy", "module", "step", "ring", "modes", "rng")
 
     def __init__(self, path: str, code, window: int, rng: tuple | None = None) -> None:
         self.path, self.code, self.window, self.rng = path, code, window, rng
         self.policy: Any = None
+        self.module: types.ModuleType | None = None
         self.step = 0
         self.ring: deque = deque(maxlen=window)  # (step, diagnostics snapshot, mode key)
         self.modes: Counter = Counter()
@@ -155,6 +156,7 @@ class PolicyRunner:
     def start(self, seed: int, action_space) -> None:
         try:
             policy = load_policy(self.path, self.code, action_space)
+            self.module = sys.modules[POLICY_MODULE]
             policy.reset(seed)
         except BaseException as exc:
             raise PolicyFailed(f"policy failed to load or reset{where_in_policy(exc, self.path)}: "
@@ -228,8 +230,12 @@ class PolicySlots:
         failed: dict[int, str] = {}
         runners = self.runners
         switch = self.random.use if self.random is not None else None
+        modules = sys.modules
         for i, (slot, obs, info) in enumerate(zip(slots, observations, infos)):
             runner = runners[slot]
+            # Each slot's code sees its own module under the policy's module name, as it would alone: pickle
+            # finds the policy's classes there, and dataclasses and typing resolve names through it.
+            modules[POLICY_MODULE] = runner.module
             if switch is not None:
                 switch(runner.rng)
             try:

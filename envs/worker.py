@@ -31,7 +31,6 @@ import mmap
 import os
 import pickle
 import select
-import traceback
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,7 +38,7 @@ import numpy as np
 
 from envs.actions import action_coercer, plain_actions
 from envs.limited import apply_limits
-from envs.lockstep import Lockstep, PolicyClient
+from envs.lockstep import Lockstep, PolicyClient, PolicyGone, worker_error
 from envs.policy_slots import PolicyFailed, PolicySlots
 from envs.wire import (
     MAX_REPLY_BYTES,
@@ -53,14 +52,6 @@ from envs.wire import (
     send_to_policy,
     stack_observations,
 )
-
-
-class PolicyGone(Exception):
-    """The policy process hung up (only the parent can say why it ended) or broke the protocol."""
-
-    def __init__(self, message: str, hung_up: bool) -> None:
-        super().__init__(message)
-        self.hung_up = hung_up
 
 
 class RemotePolicy:
@@ -281,7 +272,7 @@ def serve(reader: JobReader, results: IO[str], make_worker) -> None:
                     raise
                 except Exception as exc:  # heurist's own code failed mid-round: every episode in flight reports it
                     for seed in worker.episodes.abandon():
-                        answer(_worker_error(exc, seed))
+                        answer(worker_error(exc, seed))
             elif waiting:
                 job = waiting.pop(0)
                 answer(_guarded(worker, job, lambda: worker.clip(job) if job["kind"] == "clip"
@@ -298,12 +289,7 @@ def _guarded(worker: Worker, job: dict, call) -> dict | None:
     except PolicyGone:
         raise
     except Exception as exc:
-        return _worker_error(exc, job.get("seed"))
-
-
-def _worker_error(exc: BaseException, seed: Any) -> dict:
-    return {"status": "worker_error", "seed": seed, "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc()[-2000:]}
+        return worker_error(exc, job.get("seed"))
 
 
 def _refuse_tracing() -> None:

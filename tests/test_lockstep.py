@@ -74,6 +74,31 @@ def test_a_policy_keeps_earlier_frames_unchanged(run_eval, write_policy):
     assert [e.status for e in result.episodes] == ["ok"] * 3, result.episodes[0].error
 
 
+def test_each_episode_finds_its_own_classes_under_the_policy_module(run_eval, write_policy):
+    """pickle looks a class up by its module's name: beside other episodes, each finds its own module's
+    class there, as alone (before, the last episode started named every episode's module)."""
+    policy = write_policy("""
+        import pickle
+        from dataclasses import dataclass
+
+        @dataclass
+        class Memory:
+            lean: float
+
+        class Policy:
+            def reset(self, seed):
+                self.memory = Memory(0.0)
+
+            def act(self, obs, info):
+                self.memory = pickle.loads(pickle.dumps(Memory(0.9 * self.memory.lean + float(obs[2]))))
+                return int(self.memory.lean + 0.5 * obs[3] > 0)
+        """)
+    together = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=3)
+    alone = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=1)
+    assert together.status == "complete", together.episodes[0].error
+    assert episodes(together) == episodes(alone)
+
+
 def test_a_refused_action_and_a_raising_policy_end_only_their_episode(run_eval, write_policy):
     policy = write_policy("""
         class Policy:
@@ -193,3 +218,31 @@ def test_the_policy_cannot_resize_or_reseal_the_observation_memory():
     finally:
         for f in (fd, read_only, upgraded):
             os.close(f)
+
+
+def test_heurist_failing_to_finish_one_episode_loses_no_other(monkeypatch):
+    """Fault injection into heurist's own code: finishing seed 1's result raises. Seed 1 alone reports
+    heurist's failure; the episodes that ended in the same round keep their results."""
+    from envs.lockstep import EpisodeRun, Lockstep
+    from envs.worker import LocalPolicy
+
+    spec = get_task("CartPole-v1")
+    path = starter_policy(spec)
+    finish = EpisodeRun.finish
+
+    def failing_finish(self, traced=True):
+        if self.seed == 1:
+            raise RuntimeError("injected: heurist's own code failed")
+        return finish(self, traced)
+
+    monkeypatch.setattr(EpisodeRun, "finish", failing_finish)
+    group = Lockstep(spec, spec.protocol("standard").name, LocalPolicy(str(path), path.read_text()), [0] * 8)
+    for slot in range(3):
+        assert group.add({"seed": slot, "slot": slot, "trace_window": 5, "max_windows": 2}) is None
+    results = []
+    while len(group):
+        results += group.round()
+    by_seed = {r["seed"]: r for r in results}
+    assert sorted(by_seed) == [0, 1, 2]  # the starter balances all 500 steps: all three end in one round
+    assert by_seed[1]["status"] == "worker_error" and "injected" in by_seed[1]["error"]
+    assert by_seed[0]["status"] == by_seed[2]["status"] == "ok" and by_seed[0]["length"] == 500
