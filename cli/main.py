@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from cli.campaign_commands import register as register_campaign_commands
 from cli.console import RedactingStream, err, out, shown
 from cli.doctor_commands import register as register_doctor_command
 from cli.memory_commands import memory_app
@@ -31,6 +32,7 @@ app.add_typer(memory_app, name="memory")
 register_run_commands(app)
 register_report_command(app)
 register_doctor_command(app)
+register_campaign_commands(app)
 
 
 @app.command("eval")

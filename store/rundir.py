@@ -217,6 +217,21 @@ def locked(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def run_lock_free(run_dir: Path) -> bool:
+    """Whether no process holds the run's lock (a run that never started has none)."""
+    lock = run_dir / ".lock"
+    if not lock.exists():
+        return True
+    fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: status works on a read-only disk
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def run_status(run_dir: Path) -> str:
     """finished or paused (the ledger says so, and no resume came after), running (a process holds its lock),
     stopped (killed or interrupted: resume it) or created.
@@ -229,15 +244,8 @@ def run_status(run_dir: Path) -> str:
             last = len(events) - 1 - events[::-1].index(event)
             if "run_resumed" not in events[last:]:
                 return status
-    lock = run_dir / ".lock"
-    if lock.exists():
-        fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: status works on a read-only disk
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "running"
-        finally:
-            os.close(fd)
+    if not run_lock_free(run_dir):
+        return "running"
     return "stopped (resume it)" if events else "created"
 
 

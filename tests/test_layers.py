@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("store",),  # what a run keeps on disk: config, run directory, transcripts, workspace, summary
     ("roles",),  # the roles, what each stage takes and gives, the model client
     ("graph",),  # the loop: state, topology, nodes, their context
-    ("runner", "report", "doctor"),  # driving a run; views of a run and of the installation
+    ("runner", "report", "doctor", "campaign"),  # driving a run; views of a run and of the installation; campaigns
     ("cli",),  # the command line
 ]
 LAYER = {package: level for level, packages in enumerate(LAYERS) for package in packages}

@@ -1,0 +1,62 @@
+"""The campaign's budget, shared out: each run gets its share when it starts, as its own run budget.
+
+A run's share of each kind is what is left (the budget, less what ended runs spent and what runs
+in flight were given) divided by the runs not yet started. Runs in flight count at their whole
+share, so whatever they spend, the runs together stay within the budget; a run that ends under
+its share leaves the rest to the runs after it. What a run spent is counted from what survives
+a kill: env steps from its ledger, tokens and dollars from its transcripts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from campaign.plan import CampaignBudget
+from common.events import EvalFinished, TestsRun, read_events
+from common.ledger import Ledger
+from store.transcripts import TranscriptRecorder, call_costs
+
+KINDS = ("env_steps", "tokens", "usd")
+
+
+def run_spent(run_dir: Path) -> dict[str, float | int]:
+    """What one run has spent, from its own records."""
+    env_steps = 0
+    if (run_dir / "ledger.jsonl").exists():
+        records = read_events(Ledger(run_dir / "ledger.jsonl"))[0]
+        env_steps = sum(r.env_steps for r in records if isinstance(r, (EvalFinished, TestsRun)))
+    costs = list(call_costs(TranscriptRecorder(run_dir).read())) if (run_dir / "transcripts").exists() else []
+    return {"env_steps": env_steps, "tokens": sum(c.tokens for c in costs), "usd": round(sum(c.usd for c in costs), 6)}
+
+
+def share(budget: CampaignBudget, ended: list[dict[str, Any]], in_flight: list[dict[str, Any]],
+          not_started: int) -> dict[str, float | int | None] | None:
+    """The next run's share of each budgeted kind (None where the campaign sets no limit), or None when the
+    campaign has nothing left to give it."""
+    out: dict[str, float | int | None] = {}
+    for kind in KINDS:
+        limit = getattr(budget, kind)
+        if limit is None:
+            out[kind] = None
+            continue
+        used = sum(float(s.get(kind) or 0) for s in ended) + sum(float(a.get(kind) or 0) for a in in_flight)
+        part = (limit - used) / max(1, not_started)
+        part = int(part) if kind != "usd" else round(part, 6)
+        if part <= 0:
+            return None
+        out[kind] = part
+    return out
+
+
+def with_share(config: dict[str, Any], allotment: dict[str, float | int | None], hours_left: float | None) -> dict:
+    """The run's config with each budget no larger than its share (and the campaign's hours left)."""
+    budget = dict(config.get("budget") or {})
+    limits = dict(allotment)
+    limits["hours"] = hours_left
+    for kind, part in limits.items():
+        if part is None:
+            continue
+        own = budget.get(kind)
+        budget[kind] = part if own is None else min(own, part)
+    return {**config, "budget": budget}

@@ -1,0 +1,288 @@
+"""Driving a campaign on Ray: each run is a Ray task that runs `heurist resume RUN_DIR` on some node.
+
+With no address, ``ray.init()`` starts Ray on this machine (nothing to set up); with an address
+(``--address`` or ``RAY_ADDRESS``), runs go to that cluster's nodes, each holding the CPUs the
+campaign file gives a run. Ray is the engine because it already schedules tasks by declared
+resources over nodes and reports a lost node as an error on the task's result; heurist adds only
+what a campaign needs on top: shares of the budget, a ledger of every start and end, and starting a
+lost run again from its checkpoint.
+
+A run is an ordinary run directory under ``CAMPAIGN_DIR/runs``; the task runs the installed
+``heurist`` next to the node's Python, as a child that dies with the Ray worker (``PR_SET_PDEATHSIG``),
+so a lost node leaves no run half-alive holding its lock. Run directories must be on a path every
+node reaches (a shared file system); the memory store is shared through ``memory.url`` (a Chroma
+server) or, on one machine, the default local store.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from campaign.budget import run_spent, share, with_share
+from campaign.record import CampaignDir, CampaignEnded, CampaignStarted, RunEnded, RunLaunched
+from common.safe_text import redact
+from store.config import build_config
+from store.rundir import create_run, run_lock_free, run_status
+
+POLL_S = 1.0  # how often the driver looks for a stop request while runs are in flight
+STOP_GRACE_S = 60.0  # how long a stopped run has to record its interruption before it is killed
+AGAIN = ("lost", "stopped")  # ends after which a run starts again (a lost node; a stopped campaign resumed)
+LOCK_WAIT_S = 120.0  # how long a run started again waits for its last process to let go of its lock
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the Ray worker that started it dies (a lost node, a kill)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
+def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
+    """Run (or continue) one run to its end in this process's node: the body of the Ray task."""
+    import ray
+
+    heurist = Path(sys.executable).with_name("heurist")
+    # A start again after a lost driver may find the run's last process not yet reaped by the kernel.
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not run_lock_free(Path(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    env = dict(os.environ)
+    if home:
+        env["HEURIST_HOME"] = home
+    log = open(Path(run_dir) / "campaign-task.log", "ab")
+    proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        code = proc.wait()
+    except BaseException:  # ray.cancel: Ctrl-C to the run, which records its interruption, then a kill
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=STOP_GRACE_S)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise
+    finally:
+        log.close()
+    return {"returncode": code, "node": ray.get_runtime_context().get_node_id()}
+
+
+@dataclass
+class Flight:
+    key: str
+    attempt: int
+    allotment: dict[str, Any]
+
+
+@dataclass
+class Driver:
+    """One process driving a campaign until every run has ended, the budget is spent, or a stop is asked."""
+
+    campaign: CampaignDir
+    address: str | None
+    max_concurrent: int | None
+    home: str | None
+    on_line: Callable[[str], None] = print
+    in_flight: dict[Any, Flight] = field(default_factory=dict)  # Ray object ref -> its run
+
+    def run(self) -> str:
+        import ray
+
+        record = self.campaign.record()
+        spec = record.spec
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            limit = self.max_concurrent or max(1, int(cpus // spec.resources.cpus_per_run))
+            self.campaign.ledger.append(CampaignStarted(address=self.address or "local", cpus=cpus,
+                                                        max_concurrent=limit))
+            task = ray.remote(execute_run).options(num_cpus=spec.resources.cpus_per_run, max_retries=0)
+            started = self._first_start()
+            status, reason = "finished", "every run has ended"
+            while True:
+                if self.campaign.stop_requested():
+                    self._stop_all()
+                    status, reason = "stopped", "stopped by `heurist campaign stop`"
+                    break
+                waiting = self._waiting()
+                hours_left = self._hours_left(spec.budget.hours, started)
+                while waiting and len(self.in_flight) < limit:
+                    key = waiting.pop(0)
+                    if not self._launch(task, key, hours_left):
+                        break
+                if not self.in_flight:
+                    if self._waiting():
+                        status, reason = "finished", "the campaign budget is spent; the runs not started were skipped"
+                        self._skip_rest(reason)
+                    break
+                ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    self._ended(ref)
+            self.campaign.ledger.append(CampaignEnded(status=status, reason=reason))
+            return status
+        finally:
+            ray.shutdown()
+
+    # ------------------------------------------------------------------ what the ledger says
+
+    def _first_start(self) -> float:
+        """The wall-clock time of the campaign's first start (its hours count from there)."""
+        for event in self.campaign.events():
+            if isinstance(event, CampaignStarted):
+                return _epoch(event.time)
+        return time.time()
+
+    def _state(self) -> tuple[dict[str, RunLaunched], dict[str, RunEnded]]:
+        launched: dict[str, RunLaunched] = {}
+        ended: dict[str, RunEnded] = {}
+        for event in self.campaign.events():
+            if isinstance(event, RunLaunched):
+                launched[event.key] = event
+            elif isinstance(event, RunEnded) and event.status not in AGAIN:
+                ended[event.key] = event
+        return launched, ended
+
+    def _waiting(self) -> list[str]:
+        """Runs to start, in the plan's order: not ended, not in flight (those a killed driver left count)."""
+        _, ended = self._state()
+        flying = {f.key for f in self.in_flight.values()}
+        return [r.key for r in self.campaign.record().runs if r.key not in ended and r.key not in flying]
+
+    # ------------------------------------------------------------------ starting and ending runs
+
+    def _launch(self, task, key: str, hours_left: float | None) -> bool:
+        """Start (or start again) one run; False when the campaign's budget has nothing left for it."""
+        record = self.campaign.record()
+        planned = next(r for r in record.runs if r.key == key)
+        launched, ended = self._state()
+        attempts = sum(1 for e in self.campaign.events() if isinstance(e, RunLaunched) and e.key == key)
+        run_dir = self.campaign.run_dir(key)
+        if key in launched:  # started before (a lost node, a killed driver): same share, from its checkpoint
+            allotment = launched[key].allotment
+        else:
+            if hours_left is not None and hours_left <= 0:
+                return False
+            # Every run started and not ended holds its whole share, in flight or waiting to start again.
+            others = [e.allotment for k, e in launched.items() if k not in ended]
+            spent = [e.spent for e in ended.values()]
+            not_started = sum(1 for r in record.runs if r.key not in launched)
+            part = share(record.spec.budget, spent, others, not_started)
+            if part is None:
+                return False
+            allotment = dict(part)
+            config = build_config(with_share(planned.config, part, hours_left), f"campaign run {key}")
+            create_run(config, run_dir)
+        if attempts >= record.spec.max_attempts:
+            self._record_end(Flight(key, attempts, allotment), "failed",
+                             f"started {attempts} times without ending (max_attempts); `heurist resume {run_dir}` "
+                             f"continues it by hand")
+            return True
+        self.campaign.ledger.append(RunLaunched(key=key, attempt=attempts + 1, run_dir=str(run_dir),
+                                                allotment=allotment))
+        ref = task.remote(str(run_dir), self.home)
+        self.in_flight[ref] = Flight(key, attempts + 1, allotment)
+        self.on_line(f"started {key} (attempt {attempts + 1})")
+        return True
+
+    def _ended(self, ref) -> None:
+        import ray
+
+        flight = self.in_flight.pop(ref)
+        outcome: dict[str, Any] = {}
+        lost: str | None = None
+        try:
+            outcome = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            lost = "stopped"
+        except ray.exceptions.RayError as exc:  # the node, the worker or the task itself was lost
+            lost = f"{type(exc).__name__}: {redact(' '.join(str(exc).split())[:300])}"
+        run_dir = self.campaign.run_dir(flight.key)
+        status = run_status(run_dir)
+        if status in ("finished", "paused"):  # its own ledger says it ended, whatever happened to the task after
+            self._record_end(flight, status, _stop_reason(run_dir) or status, node=outcome.get("node"))
+        elif lost == "stopped":
+            self._record_end(flight, "stopped", "stopped by `heurist campaign stop`")
+        elif lost is not None:
+            self._record_end(flight, "lost", f"{lost}; it starts again from its checkpoint")
+        else:
+            tail = _log_tail(run_dir / "campaign-task.log")
+            self._record_end(flight, "failed", f"heurist exited with {outcome['returncode']}: {tail}",
+                             node=outcome["node"])
+
+    def _record_end(self, flight: Flight, status: str, reason: str, node: str | None = None) -> None:
+        run_dir = self.campaign.run_dir(flight.key)
+        spent = run_spent(run_dir) if run_dir.exists() else {}
+        best = _best_mean(run_dir)
+        self.campaign.ledger.append(RunEnded(key=flight.key, attempt=flight.attempt, status=status, reason=reason,
+                                             node=node, spent=spent, best_mean=best))
+        self.on_line(f"{flight.key}: {status} ({reason})")
+
+    def _skip_rest(self, reason: str) -> None:
+        for key in self._waiting():
+            self.campaign.ledger.append(RunEnded(key=key, attempt=0, status="skipped", reason=reason))
+
+    def _stop_all(self) -> None:
+        import ray
+
+        for ref in list(self.in_flight):
+            ray.cancel(ref)  # a KeyboardInterrupt in the task: the run records its interruption and stops
+        while self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=STOP_GRACE_S + 30)
+            for ref in ready:
+                self._ended(ref)
+            if not ready:
+                for ref in list(self.in_flight):
+                    ray.cancel(ref, force=True)
+
+    @staticmethod
+    def _hours_left(hours: float | None, started: float) -> float | None:
+        return None if hours is None else hours - (time.time() - started) / 3600
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _stop_reason(run_dir: Path) -> str | None:
+    from common.events import RunFinished, RunPaused, read_events
+    from common.ledger import Ledger
+
+    for event in reversed(read_events(Ledger(run_dir / "ledger.jsonl"))[0]):
+        if isinstance(event, (RunFinished, RunPaused)):
+            return event.reason
+    return None
+
+
+def _best_mean(run_dir: Path) -> float | None:
+    from common.events import RunFinished, read_events
+    from common.ledger import Ledger
+
+    if not (run_dir / "ledger.jsonl").exists():
+        return None
+    for event in reversed(read_events(Ledger(run_dir / "ledger.jsonl"))[0]):
+        if isinstance(event, RunFinished):
+            return event.best_mean
+    return None
+
+
+def _log_tail(path: Path, chars: int = 300) -> str:
+    try:
+        text = path.read_bytes()[-chars:].decode(errors="replace")
+    except OSError:
+        return "(no output)"
+    return redact(" | ".join(text.strip().splitlines()[-3:])) or "(no output)"
+
+
+__all__ = ["Driver", "execute_run"]

@@ -1,0 +1,164 @@
+"""A campaign file, read strictly, and the runs it plans: every task and observation mode, times its repeats.
+
+A campaign file is TOML, strict as a run config: an unknown key or a task heurist does not know is
+one line naming it and the fix. Its ``[run]`` table is a run config without ``task``, ``policy``
+and ``protocol`` (those are the campaign's), checked for every planned run before anything starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from common.errors import HeuristError
+from envs.atari_scores import ATARI57_SCORES
+from envs.tasks import get_task, registry
+from store.config import build_config, merge
+
+
+class CampaignError(HeuristError):
+    """A campaign file or directory that cannot be used as it is."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CampaignBudget(_Strict):
+    """What all the campaign's runs may spend together; None means no limit of that kind. Each run is given a
+    share when it starts (``campaign.budget``), so no set of runs can exceed these."""
+
+    env_steps: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+    usd: float | None = Field(None, gt=0)
+    hours: float | None = Field(None, gt=0, description="Wall-clock hours from the campaign's first start.")
+
+
+class Resources(_Strict):
+    cpus_per_run: float = Field(1.0, gt=0, description="Ray CPUs each run holds; its evaluator gets that many workers.")
+
+
+class CampaignSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    tasks: list[str] = Field(default_factory=list)
+    suite: Literal["atari57", "classic", "mujoco"] | None = None
+    modes: list[Literal["pixels", "ram"]] = Field(default_factory=lambda: ["pixels"],
+                                                  description="Atari observation modes; other families have one.")
+    protocol: str | None = None
+    repeats: int = Field(1, ge=1, le=100)
+    policies: dict[str, Path] = Field(default_factory=dict, description="Starting policy by task id; else the starter.")
+    run: dict[str, Any] = Field(default_factory=dict, description="The config of every run (docs/config.md).")
+    budget: CampaignBudget = Field(default_factory=CampaignBudget)
+    resources: Resources = Field(default_factory=Resources)
+    max_attempts: int = Field(3, ge=1, le=20, description="Starts of one run, counting those after a node was lost.")
+
+    @model_validator(mode="after")
+    def _one_source_of_tasks(self) -> CampaignSpec:
+        if bool(self.tasks) == (self.suite is not None):
+            raise ValueError("give either tasks (a list of task ids) or suite (atari57, classic or mujoco)")
+        if not self.modes:
+            raise ValueError("modes must name at least one of pixels, ram")
+        for key in ("task", "policy", "protocol"):
+            if key in self.run:
+                raise ValueError(f"[run] may not set {key}: it is the campaign's (tasks, policies, protocol)")
+        return self
+
+
+class PlannedRun(_Strict):
+    """One run of the campaign: its key (its folder under runs/), task, repeat and full run config."""
+
+    key: str
+    task: str
+    repeat: int
+    config: dict[str, Any]
+
+
+def suite_tasks(suite: str) -> list[str]:
+    """The task ids of a named suite, before observation modes."""
+    if suite == "atari57":
+        by_snake = {_snake(s.gym_id[len("ALE/"):-len("-v5")]): s.gym_id for s in registry().all()
+                    if s.family == "atari" and s.obs_mode == "pixels"}
+        missing = sorted(set(ATARI57_SCORES) - set(by_snake))
+        if missing:
+            raise CampaignError(f"suite atari57 needs ROMs that ale-py does not have here: {', '.join(missing[:5])}; "
+                                "list the games you have under tasks instead")
+        return sorted(by_snake[name] for name in ATARI57_SCORES)
+    family = {"classic": ("classic_control", "box2d"), "mujoco": ("mujoco",)}[suite]
+    return sorted(s.id for s in registry().all() if s.family in family)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def _with_mode(task_id: str, mode: str) -> str | None:
+    """The task id of ``task_id`` in observation ``mode``; None where the family has no such mode."""
+    spec = get_task(task_id)
+    if spec.family != "atari":
+        return task_id if mode == "pixels" else None
+    game = spec.gym_id[len("ALE/"):-len("-v5")]
+    return f"ALE/{game}{'-ram' if mode == 'ram' else ''}-v5"
+
+
+def run_key(task_id: str, repeat: int) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in task_id.removeprefix("ALE/")).strip("-").lower()
+    return f"{slug}-r{repeat}"
+
+
+def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
+    """Every run of the campaign, in the order they start, each config checked as `heurist run` would."""
+    tasks = spec.tasks or suite_tasks(spec.suite or "")
+    for task_id in tasks:
+        get_task(task_id)  # an unknown id is one line that lists where to look
+    ids = []
+    for task_id in tasks:
+        for mode in spec.modes:
+            moded = _with_mode(task_id, mode)
+            if moded is not None and moded not in ids:
+                ids.append(moded)
+    unknown = sorted(set(spec.policies) - set(ids))
+    if unknown:
+        raise CampaignError(f"{source}: policies names {unknown[0]}, which is not among the campaign's runs "
+                            f"({', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''}); fix the task id")
+    if spec.protocol:
+        for task_id in ids:
+            get_task(task_id).protocol(spec.protocol)  # an unknown protocol is refused here, not mid-campaign
+    runs = []
+    for repeat in range(spec.repeats):
+        for task_id in ids:
+            data = merge(spec.run, {"task": task_id})
+            if spec.protocol:
+                data["protocol"] = spec.protocol
+            if task_id in spec.policies:
+                data["policy"] = str(spec.policies[task_id])
+            data.setdefault("eval", {}).setdefault("workers", max(1, int(spec.resources.cpus_per_run)))
+            build_config(data, f"{source} [run] for {task_id}")
+            runs.append(PlannedRun(key=run_key(task_id, repeat), task=task_id, repeat=repeat, config=data))
+    return runs
+
+
+def load_campaign(path: Path) -> tuple[CampaignSpec, list[PlannedRun]]:
+    """Read and check a campaign file; its runs, planned."""
+    if not path.is_file():
+        raise CampaignError(f"campaign file {path} does not exist; give a .toml file (see docs/campaigns.md)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CampaignError(f"{path} does not parse: {exc}") from None
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise CampaignError(f"{path}: {where}: {message}; fix it (see docs/campaigns.md)") from None
+    # Relative policy paths are the campaign file's, wherever heurist is started from.
+    spec = spec.model_copy(update={"policies": {k: (path.parent / p).resolve() for k, p in spec.policies.items()}})
+    return spec, plan_runs(spec, str(path))
+
+
+__all__ = ["CampaignBudget", "CampaignError", "CampaignSpec", "PlannedRun", "load_campaign", "plan_runs", "run_key",
+           "suite_tasks"]

@@ -1,0 +1,175 @@
+"""What a campaign keeps on disk: its directory, its record, and its append-only ledger of runs.
+
+::
+
+    CAMPAIGN_DIR/
+      campaign.toml      the file it was started from, as it was
+      campaign.json      the record: name, the planned runs with their configs, when it started
+      ledger.jsonl       append-only: each start of a run (with its share of the budget), each end and why
+      runs/KEY/          ordinary run directories (`heurist resume`, `heurist report` work on each)
+      .lock              held by the process driving the campaign
+      stop               written by `heurist campaign stop`; the driver stops the runs and itself
+
+The ledger is the truth about runs: a run is done when a ``campaign_run_ended`` line says so, and
+one started but never ended (the driver was killed) is started again on resume, from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from campaign.plan import CampaignError, CampaignSpec, PlannedRun
+from common.files import atomic_write
+from common.ledger import Ledger
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class CampaignRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    created: str
+    spec: CampaignSpec
+    runs: list[PlannedRun]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time: str = Field(default_factory=now_iso)
+
+
+class CampaignStarted(_Event):
+    event: Literal["campaign_started"] = "campaign_started"
+    address: str  # "local" for the embedded Ray, else the cluster's address
+    cpus: float  # the CPUs Ray reported for the cluster at this start
+    max_concurrent: int
+
+
+class RunLaunched(_Event):
+    """One start of one run (a first start, or a start again after its node or the driver was lost)."""
+
+    event: Literal["campaign_run_started"] = "campaign_run_started"
+    key: str
+    attempt: int
+    run_dir: str
+    allotment: dict[str, float | int | None]  # its share of the campaign budget, as given to the run's own budget
+
+
+class RunEnded(_Event):
+    event: Literal["campaign_run_ended"] = "campaign_run_ended"
+    key: str
+    attempt: int
+    status: Literal["finished", "paused", "failed", "lost", "stopped", "skipped"]
+    reason: str
+    node: str | None = None
+    spent: dict[str, float | int] = Field(default_factory=dict)
+    best_mean: float | None = None
+
+
+class CampaignEnded(_Event):
+    event: Literal["campaign_ended"] = "campaign_ended"
+    status: Literal["finished", "stopped"]
+    reason: str
+
+
+CampaignEvent = Annotated[Union[CampaignStarted, RunLaunched, RunEnded, CampaignEnded], Field(discriminator="event")]
+_EVENT = TypeAdapter(CampaignEvent)
+
+
+class CampaignDir:
+    """A campaign's directory: its record, ledger, runs, lock and stop request."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.ledger = Ledger(self.root / "ledger.jsonl")
+
+    @classmethod
+    def create(cls, root: Path, source: Path, spec: CampaignSpec, runs: list[PlannedRun]) -> CampaignDir:
+        root = Path(root).resolve()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise CampaignError(f"{root} already exists and is not an empty folder; choose another --dir, or "
+                                f"`heurist campaign resume {root}` if it is a campaign")
+        try:
+            (root / "runs").mkdir(parents=True, exist_ok=True)
+            atomic_write(root / "campaign.toml", source.read_text())
+            record = CampaignRecord(name=spec.name, created=now_iso(), spec=spec, runs=runs)
+            atomic_write(root / "campaign.json", record.model_dump_json(indent=2))
+        except OSError as exc:
+            raise CampaignError(f"cannot create the campaign directory {root}: {exc.strerror}; choose a writable "
+                                f"--dir") from None
+        return cls(root)
+
+    def record(self) -> CampaignRecord:
+        path = self.root / "campaign.json"
+        if not path.is_file():
+            raise CampaignError(f"{self.root} is not a campaign directory (no campaign.json); give the folder "
+                                f"`heurist campaign start` made")
+        try:
+            return CampaignRecord.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise CampaignError(f"{path} is damaged ({exc.errors()[0]['msg']}); the runs under {self.root / 'runs'} "
+                                f"are intact and each resumes with `heurist resume`") from None
+
+    def events(self) -> list[CampaignEvent]:
+        """The ledger's events; a torn or foreign line is skipped (the ledger counts it)."""
+        out = []
+        for raw in self.ledger.read()[0]:
+            try:
+                out.append(_EVENT.validate_python(raw))
+            except ValidationError:
+                continue
+        return out
+
+    def run_dir(self, key: str) -> Path:
+        return self.root / "runs" / key
+
+    # ------------------------------------------------------------------ the driver's lock and the stop request
+
+    @contextmanager
+    def driving(self) -> Iterator[None]:
+        """One driver at a time: a second `campaign start`/`resume` on the same folder is refused."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CampaignError(f"{self.root} is being driven by another heurist process; `heurist campaign "
+                                    f"status {self.root}` shows it, `heurist campaign stop {self.root}` stops it") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def driven(self) -> bool:
+        """Whether a process is driving the campaign now."""
+        lock = self.root / ".lock"
+        if not lock.exists():
+            return False
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def request_stop(self) -> None:
+        atomic_write(self.root / "stop", now_iso() + "\n")
+
+    def stop_requested(self) -> bool:
+        return (self.root / "stop").exists()
+
+    def clear_stop(self) -> None:
+        (self.root / "stop").unlink(missing_ok=True)

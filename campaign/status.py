@@ -1,0 +1,47 @@
+"""Where a campaign stands: each planned run's state from the campaign ledger and its own run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from campaign.budget import run_spent
+from campaign.engine import AGAIN
+from campaign.record import CampaignDir, CampaignEnded, RunEnded, RunLaunched
+from store.rundir import run_status
+
+
+def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per planned run, and the campaign's totals and state."""
+    campaign = CampaignDir(directory)
+    record = campaign.record()
+    events = campaign.events()
+    rows = []
+    for planned in record.runs:
+        attempts = sum(1 for e in events if isinstance(e, RunLaunched) and e.key == planned.key)
+        ends = [e for e in events if isinstance(e, RunEnded) and e.key == planned.key]
+        run_dir = campaign.run_dir(planned.key)
+        spent = run_spent(run_dir) if run_dir.exists() else {"env_steps": 0, "tokens": 0, "usd": 0.0}
+        final = ends[-1] if ends and ends[-1].status not in AGAIN else None
+        if final is not None:
+            status, reason, best = final.status, final.reason, final.best_mean
+        elif attempts:
+            live = run_status(run_dir) if run_dir.exists() else "created"
+            status = "running" if live == "running" else f"{ends[-1].status if ends else 'stopped'} (resume it)"
+            reason, best = (ends[-1].reason if ends else None), None
+        else:
+            status, reason, best = "not started", None, None
+        rows.append({"key": planned.key, "task": planned.task, "status": status, "attempts": attempts,
+                     "env_steps": int(spent["env_steps"]), "tokens": int(spent["tokens"]), "usd": spent["usd"],
+                     "best_mean": best, "reason": reason})
+    ended = [e for e in events if isinstance(e, CampaignEnded)]
+    if campaign.driven():
+        state = "running"
+    elif ended and not any(isinstance(e, RunLaunched) for e in events[events.index(ended[-1]):]):
+        state = ended[-1].status
+    else:
+        state = "stopped (resume it)" if events else "created"
+    summary = {"name": record.name, "state": state, "runs": len(rows),
+               "ended": sum(1 for r in rows if r["status"] in ("finished", "paused", "failed", "skipped", "stopped")),
+               "env_steps": sum(r["env_steps"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
+    return rows, summary

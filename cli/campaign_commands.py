@@ -1,0 +1,115 @@
+"""``heurist campaign``: many runs across tasks, on this machine or a Ray cluster (start, status, resume, stop)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cli.console import err, out, shown
+from common.errors import HeuristError
+
+campaign_app = typer.Typer(no_args_is_help=True,
+                           help="Campaigns: every task and observation mode of a file, times its repeats, on Ray.")
+
+ADDRESS = typer.Option(None, "--address", envvar="RAY_ADDRESS",
+                       help="A Ray cluster (e.g. 10.0.0.5:6379); default: Ray started on this machine.")
+MAX_CONCURRENT = typer.Option(None, "--max-concurrent", min=1,
+                              help="Runs at once, at most (default: the cluster's CPUs / resources.cpus_per_run).")
+
+
+def _drive(directory: Path, address: Optional[str], max_concurrent: Optional[int]) -> None:
+    from campaign.engine import Driver
+    from campaign.record import CampaignDir
+    from common.paths import heurist_home
+
+    driver = Driver(CampaignDir(directory), address=address, max_concurrent=max_concurrent, home=str(heurist_home()),
+                    on_line=lambda line: err.print(shown(line), highlight=False, soft_wrap=True))
+    with driver.campaign.driving():
+        driver.campaign.clear_stop()  # a stop asked of an earlier driver is not one asked of this one
+        status = driver.run()
+    out.print(f"campaign {status}: {directory}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"status: heurist campaign status {directory}", highlight=False, markup=False, soft_wrap=True)
+
+
+@campaign_app.command("start")
+def start_cmd(
+    file: Path = typer.Argument(..., help="The campaign file (TOML; see docs/campaigns.md)."),
+    directory: Optional[Path] = typer.Option(None, "--dir",
+                                             help="Where the campaign goes (default: $HEURIST_HOME/campaigns/NAME-TIME)."),
+    address: Optional[str] = ADDRESS,
+    max_concurrent: Optional[int] = MAX_CONCURRENT,
+    memory_url: Optional[str] = typer.Option(None, "--memory-url", envvar="HEURIST_MEMORY_URL",
+                                             help="A Chroma server every run shares (needed across machines)."),
+) -> None:
+    """Plan every run of FILE, then drive them on Ray until each has ended or the campaign budget is spent."""
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+    from common.paths import heurist_home
+    from store.config import merge
+
+    spec, runs = load_campaign(file)
+    if memory_url:
+        runs = [r.model_copy(update={"config": merge(r.config, {"memory": {"url": memory_url}})}) for r in runs]
+    if directory is None:
+        directory = heurist_home() / "campaigns" / f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    CampaignDir.create(directory, file, spec, runs)
+    err.print(f"campaign directory: {directory.resolve()} ({len(runs)} runs)", highlight=False, markup=False,
+              soft_wrap=True)
+    _drive(directory.resolve(), address, max_concurrent)
+
+
+@campaign_app.command("resume")
+def resume_cmd(
+    directory: Path = typer.Argument(..., help="A campaign directory."),
+    address: Optional[str] = ADDRESS,
+    max_concurrent: Optional[int] = MAX_CONCURRENT,
+) -> None:
+    """Go on with a stopped or killed campaign: runs not ended start (again) from their checkpoints."""
+    from campaign.record import CampaignDir
+
+    CampaignDir(directory).record()  # not a campaign: one line, before Ray starts
+    _drive(directory.resolve(), address, max_concurrent)
+
+
+@campaign_app.command("stop")
+def stop_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")) -> None:
+    """Ask the process driving the campaign to stop its runs (each records its interruption) and itself."""
+    from campaign.record import CampaignDir
+
+    campaign = CampaignDir(directory)
+    campaign.record()
+    if not campaign.driven():
+        raise HeuristError(f"no process is driving {directory}; nothing to stop (`heurist campaign resume "
+                           f"{directory}` goes on with it)")
+    campaign.request_stop()
+    out.print(f"stop asked; the runs record their interruption and the driver ends: {directory}", highlight=False,
+              markup=False, soft_wrap=True)
+
+
+@campaign_app.command("status")
+def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")) -> None:
+    """Each run of the campaign: where it stands, its attempts, what it spent, its best dev mean."""
+    from campaign.status import campaign_status
+
+    rows, summary = campaign_status(directory)
+    table = Table(title=f"campaign {summary['name']}: {summary['state']}")
+    for column in ("run", "task", "status", "attempts", "env steps", "tokens", "best dev mean", "why"):
+        table.add_column(column)
+    for row in rows:
+        best = row["best_mean"]
+        table.add_row(row["key"], row["task"], row["status"], str(row["attempts"]), f"{row['env_steps']:,}",
+                      f"{row['tokens']:,}", "-" if best is None else f"{best:g}", shown(row["reason"] or ""))
+    out.print(table)
+    out.print(f"{summary['ended']} of {summary['runs']} runs ended; env steps {summary['env_steps']:,}, tokens "
+              f"{summary['tokens']:,}", highlight=False, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(campaign_app, name="campaign")
+
+
+__all__ = ["campaign_app", "register"]

@@ -1,0 +1,256 @@
+"""Campaigns: a strict campaign file, shares of one budget, and runs driven on a real Ray, embedded or a cluster
+of processes (`ray start`) that loses a node mid-campaign."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from campaign.budget import share
+from campaign.plan import CampaignBudget, CampaignSpec, plan_runs
+from common.ledger import Ledger
+from tests.offline_runs import heurist, lost_or_repeated
+from tests.test_cli import HEURIST
+
+# Each run: one offline iteration with small evaluations, no report; the campaign's runs share 2 CPUs.
+RUN = textwrap.dedent("""
+    [run]
+    report = false
+    [run.budget]
+    iterations = 1
+    stop_when = "never"
+    [run.eval]
+    episodes = 4
+    video = false
+    holdout = false
+    [run.search]
+    population = 4
+    generations = 1
+    seed = 3
+""")
+
+
+def _campaign_file(tmp: Path, head: str) -> Path:
+    path = tmp / "campaign.toml"
+    path.write_text(textwrap.dedent(head) + RUN)
+    return path
+
+
+@pytest.mark.parametrize("head,words", [
+    ('name = "c"\ntasks = ["CartPole-v1"]\ncolour = "red"\n', "colour: unknown key"),
+    ('name = "c"\ntasks = ["NoSuchTask-v0"]\n', "NoSuchTask-v0"),
+    ('name = "c"\ntasks = ["CartPole-v1"]\nsuite = "classic"\n', "either tasks"),
+    ('name = "c"\ntasks = ["CartPole-v1"]\nprotocol = "deterministic"\n', "has no protocol 'deterministic'"),
+    ('name = "c"\ntasks = ["CartPole-v1"]\n[policies]\n"Acrobot-v1" = "p.py"\n', "not among the campaign's runs"),
+    ('name = "c"\ntasks = ["CartPole-v1"]\n[budget]\nusd = -1\n', "budget.usd"),
+])
+def test_a_bad_campaign_file_is_one_line_before_anything_starts(home, head, words):
+    tmp, env = home
+    done = heurist(env, "campaign", "start", _campaign_file(tmp, head), "--dir", tmp / "c")
+    assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp / "c").exists()
+
+
+def test_a_run_table_may_not_set_what_the_campaign_sets(home):
+    tmp, env = home
+    path = tmp / "campaign.toml"
+    path.write_text('name = "c"\ntasks = ["CartPole-v1"]\n[run]\ntask = "Acrobot-v1"\n')
+    done = heurist(env, "campaign", "start", path)
+    assert done.returncode == 2 and "[run] may not set task" in done.stderr
+
+
+def test_suites_modes_and_repeats_plan_every_run():
+    classic = plan_runs(CampaignSpec(name="c", suite="classic", repeats=2), "test")
+    assert len(classic) == 2 * 7 and classic[0].key == "acrobot-v1-r0" and classic[-1].key == "pendulum-v1-r1"
+    atari = plan_runs(CampaignSpec(name="a", tasks=["ALE/Breakout-v5", "CartPole-v1"], modes=["pixels", "ram"]), "test")
+    assert [r.task for r in atari] == ["ALE/Breakout-v5", "ALE/Breakout-ram-v5", "CartPole-v1"]
+    assert len({r.key for r in atari}) == 3
+
+
+def test_shares_never_add_up_past_the_campaign_budget():
+    budget = CampaignBudget(env_steps=1000, usd=3.0)
+    given, ended = [], []
+    for start in range(4):  # each run starts while the one before is in flight, then ends under its share
+        part = share(budget, ended, given[-1:], 4 - start)
+        assert part is not None
+        given.append(part)
+        ended.append({"env_steps": part["env_steps"] // 2, "usd": part["usd"] / 2})
+    assert sum(g["env_steps"] for g in given) <= 1000 + sum(g["env_steps"] for g in given[:-1]) // 2
+    assert given[0] == {"env_steps": 250, "tokens": None, "usd": 0.75}
+    assert given[-1]["env_steps"] > 250  # what earlier runs left is handed on
+    assert share(CampaignBudget(env_steps=10), [{"env_steps": 10}], [], 1) is None
+
+
+def _events(directory: Path) -> list[dict]:
+    return Ledger(directory / "ledger.jsonl").read()[0]
+
+
+def _wait(predicate, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
+    tmp, env = home
+    path = _campaign_file(tmp, f'''
+        name = "two"
+        tasks = ["CartPole-v1", "MountainCar-v0"]
+        [policies]
+        "CartPole-v1" = "{tmp / "weak.py"}"
+        [budget]
+        env_steps = 400000
+        ''')
+    directory = tmp / "camp"
+    proc = subprocess.Popen([HEURIST, "campaign", "start", str(path), "--dir", str(directory)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        # Stop once both runs have started and one has evaluated its policy.
+        _wait(lambda: (directory / "ledger.jsonl").exists()
+              and sum(e["event"] == "campaign_run_started" for e in _events(directory)) == 2
+              and any((r / "ledger.jsonl").exists() and '"eval_finished"' in (r / "ledger.jsonl").read_text()
+                      for r in (directory / "runs").iterdir()),
+              proc, timeout=240)
+        stopped = heurist(env, "campaign", "stop", directory)
+        assert stopped.returncode == 0, stopped.stderr
+        assert proc.wait(timeout=180) == 0, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    events = _events(directory)
+    assert events[-1]["event"] == "campaign_ended" and events[-1]["status"] == "stopped"
+    again = heurist(env, "campaign", "resume", directory, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    events = _events(directory)
+    ends = [e for e in events if e["event"] == "campaign_run_ended"]
+    final = {e["key"]: e for e in ends if e["status"] not in ("lost", "stopped")}
+    assert sorted(final) == ["cartpole-v1-r0", "mountaincar-v0-r0"]
+    assert all(e["status"] == "finished" and e["spent"]["env_steps"] > 0 for e in final.values())
+    assert events[-1] == events[-1] | {"event": "campaign_ended", "status": "finished"}
+    for key in final:  # each run is whole: one of each iteration, one end, nothing lost or doubled
+        assert lost_or_repeated(directory / "runs" / key, tmp / "home" / "memory", 1) == []
+        config = json.loads((directory / "runs" / key / "run.json").read_text())["config"]
+        assert config["budget"]["env_steps"] <= 200_000  # its share of the campaign's 400,000
+    status = heurist(env, "campaign", "status", directory)
+    assert status.returncode == 0 and status.stdout.count("finished") >= 2 and "2 of 2 runs ended" in status.stdout
+
+
+def test_stopping_a_campaign_no_one_drives_says_so(home):
+    tmp, env = home
+    path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+
+    spec, runs = load_campaign(path)
+    CampaignDir.create(tmp / "camp", path, spec, runs)
+    done = heurist(env, "campaign", "stop", tmp / "camp")
+    assert done.returncode == 2 and "no process is driving" in done.stderr
+    status = heurist(env, "campaign", "status", tmp / "camp")
+    assert status.returncode == 0 and "not started" in status.stdout and "created" in status.stdout
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL a process and every descendant, however they grouped themselves (Ray's workers start sessions of
+    their own), as a machine that dies takes everything on it: stopped first, so none starts another."""
+    doomed, frontier = set(), {root}
+    while frontier:
+        doomed |= frontier
+        for pid in frontier:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) in frontier:
+                children.add(int(stat.parent.name))
+        frontier = children - doomed
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _ray(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    ray = Path(HEURIST).with_name("ray")
+    return subprocess.run([str(ray), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home):
+    """A real Ray cluster of two nodes on this machine (`ray start` twice, one CPU each, token auth on); the
+    second node is killed while a run is on it: that run starts again on the head from its checkpoint, and
+    every run ends once, whole."""
+    import secrets
+
+    tmp, env = home
+    env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+    port = str(6400 + os.getpid() % 500)
+    head = _ray(env, "start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard=false",
+                "--disable-usage-stats")
+    assert head.returncode == 0, head.stderr[-2000:]
+    node = subprocess.Popen([str(Path(HEURIST).with_name("ray")), "start", "--address", f"127.0.0.1:{port}",
+                             "--num-cpus", "1", "--block"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    campaign = None
+    try:
+        deadline = time.monotonic() + 120
+        while "2.0 CPU" not in _ray(env, "status", "--address", f"127.0.0.1:{port}").stdout:
+            assert time.monotonic() < deadline, "the second node never joined"
+            time.sleep(1)
+        path = _campaign_file(tmp, '''
+            name = "cluster"
+            tasks = ["CartPole-v1", "MountainCar-v0", "Acrobot-v1"]
+            repeats = 2
+            ''').read_text().replace("iterations = 1", "iterations = 3")
+        (tmp / "campaign.toml").write_text(path)
+        directory = tmp / "camp"
+        campaign = subprocess.Popen([HEURIST, "campaign", "start", str(tmp / "campaign.toml"), "--dir", str(directory),
+                                     "--address", f"127.0.0.1:{port}", "--max-concurrent", "2"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+        def both_running() -> bool:
+            events = _events(directory) if (directory / "ledger.jsonl").exists() else []
+            started = [e["key"] for e in events if e["event"] == "campaign_run_started"]
+            ledgers = [directory / "runs" / key / "ledger.jsonl" for key in started]
+            # Both mid-run: each evaluated its policy once and neither has ended, so the killed node's run is cut.
+            return len(started) == 2 and all(p.exists() and '"eval_finished"' in p.read_text()
+                                             and '"run_finished"' not in p.read_text() for p in ledgers)
+
+        _wait(both_running, campaign, timeout=300)
+        _kill_tree(node.pid)  # the second node and everything on it, as a machine that dies
+        node.wait()
+        assert campaign.wait(timeout=1200) == 0, campaign.stderr.read().decode()[-3000:]
+    finally:
+        for proc in (campaign, node):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _ray(env, "stop", "--force")
+
+    events = _events(directory)
+    ends = [e for e in events if e["event"] == "campaign_run_ended"]
+    assert any(e["status"] == "lost" for e in ends), ends  # the run on the killed node
+    final = [e for e in ends if e["status"] != "lost"]
+    assert sorted(e["key"] for e in final) == sorted(r.key for r in plan_runs(
+        CampaignSpec(name="x", tasks=["CartPole-v1", "MountainCar-v0", "Acrobot-v1"], repeats=2), "t"))
+    assert all(e["status"] == "finished" for e in final), final
+    assert events[-1]["event"] == "campaign_ended" and events[-1]["status"] == "finished"
+    for e in final:
+        assert lost_or_repeated(directory / "runs" / e["key"], tmp / "home" / "memory", 3) == [], e["key"]
