@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from campaign.budget import run_spent, share, with_share
+from campaign.budget import KINDS, run_spent, share, with_share
+from campaign.plan import CampaignError
 from campaign.record import CampaignDir, CampaignEnded, CampaignStarted, RunEnded, RunLaunched
+from common.errors import HeuristError
 from common.safe_text import redact
 from store.config import build_config
 from store.rundir import create_run, run_lock_free, run_status
@@ -48,32 +50,38 @@ def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
     import ray
 
     heurist = Path(sys.executable).with_name("heurist")
+    node = ray.get_runtime_context().get_node_id()
     # A start again after a lost driver may find the run's last process not yet reaped by the kernel.
     deadline = time.monotonic() + LOCK_WAIT_S
-    while not run_lock_free(Path(run_dir)) and time.monotonic() < deadline:
+    while not run_lock_free(Path(run_dir)):
+        if time.monotonic() > deadline:
+            return {"returncode": None, "node": node, "lock_held": True}
         time.sleep(0.2)
     env = dict(os.environ)
     if home:
         env["HEURIST_HOME"] = home
-    log = open(Path(run_dir) / "campaign-task.log", "ab")
-    proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log, env=env, start_new_session=True, preexec_fn=_die_with_parent)
-    try:
-        code = proc.wait()
-    except BaseException:  # ray.cancel: Ctrl-C to the run, which records its interruption, then a kill
+    proc = None
+    with open(Path(run_dir) / "campaign-task.log", "ab") as log:
         try:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=STOP_GRACE_S)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        raise
-    finally:
-        log.close()
-    return {"returncode": code, "node": ray.get_runtime_context().get_node_id()}
+            proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
+            code = proc.wait()
+        except BaseException:  # ray.cancel: Ctrl-C to the run, which records its interruption; a kill after that
+            if proc is not None:
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    proc.wait(timeout=STOP_GRACE_S)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+            raise
+        finally:  # whatever ended this task (a second Ctrl-C included), the run does not outlive it
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    return {"returncode": code, "node": node, "lock_held": False}
 
 
 @dataclass
@@ -93,6 +101,7 @@ class Driver:
     home: str | None
     on_line: Callable[[str], None] = print
     in_flight: dict[Any, Flight] = field(default_factory=dict)  # Ray object ref -> its run
+    stop_reason: str = "stopped"  # why runs cancelled now are stopped
 
     def run(self) -> str:
         import ray
@@ -100,38 +109,58 @@ class Driver:
         record = self.campaign.record()
         spec = record.spec
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise CampaignError(f"cannot reach Ray at {self.address or 'this machine'} "
+                                    f"({' '.join(str(exc).split())[:200]}); check --address or RAY_ADDRESS, and "
+                                    f"RAY_AUTH_TOKEN where the cluster uses token authentication") from None
         try:
-            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            cpus = float(ray.cluster_resources().get("CPU", 0.0))
+            largest = max((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+            if largest < spec.resources.cpus_per_run:
+                raise CampaignError(f"no node of the Ray cluster has {spec.resources.cpus_per_run:g} CPUs for a run "
+                                    f"(the largest has {largest:g}); lower resources.cpus_per_run in the campaign file")
             limit = self.max_concurrent or max(1, int(cpus // spec.resources.cpus_per_run))
             self.campaign.ledger.append(CampaignStarted(address=self.address or "local", cpus=cpus,
                                                         max_concurrent=limit))
             task = ray.remote(execute_run).options(num_cpus=spec.resources.cpus_per_run, max_retries=0)
-            started = self._first_start()
-            status, reason = "finished", "every run has ended"
-            while True:
-                if self.campaign.stop_requested():
-                    self._stop_all()
-                    status, reason = "stopped", "stopped by `heurist campaign stop`"
-                    break
-                waiting = self._waiting()
-                hours_left = self._hours_left(spec.budget.hours, started)
-                while waiting and len(self.in_flight) < limit:
-                    key = waiting.pop(0)
-                    if not self._launch(task, key, hours_left):
-                        break
-                if not self.in_flight:
-                    if self._waiting():
-                        status, reason = "finished", "the campaign budget is spent; the runs not started were skipped"
-                        self._skip_rest(reason)
-                    break
-                ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
-                for ref in ready:
-                    self._ended(ref)
+            status, reason = self._drive(task, limit, self._first_start())
             self.campaign.ledger.append(CampaignEnded(status=status, reason=reason))
             return status
         finally:
             ray.shutdown()
+
+    def _drive(self, task, limit: int, started: float) -> tuple[str, str]:
+        """Start runs as room and budget allow until none is left; the campaign's end and why."""
+        import ray
+
+        hours = self.campaign.record().spec.budget.hours
+        while True:
+            if self.campaign.stop_requested():
+                self._stop_all("stopped by `heurist campaign stop`")
+                return "stopped", "stopped by `heurist campaign stop`"
+            hours_left = self._hours_left(hours, started)
+            if hours_left is not None and hours_left <= 0:
+                # The campaign's wall-clock budget: runs in flight stop (each records its interruption) and none
+                # starts again; `heurist resume RUN_DIR` can go on with one outside the campaign's budget.
+                why = f"the campaign's {hours:g} h are spent"
+                self._stop_all(why)
+                self._skip_rest(why)
+                return "finished", why
+            waiting = self._waiting()
+            while waiting and len(self.in_flight) < limit:
+                if not self._launch(task, waiting.pop(0), hours_left):
+                    break
+            if not self.in_flight:
+                if not self._waiting():
+                    return "finished", "every run has ended"
+                why = "the campaign budget is spent; the runs not started were skipped"
+                self._skip_rest(why)
+                return "finished", why
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                self._ended(ref)
 
     # ------------------------------------------------------------------ what the ledger says
 
@@ -165,13 +194,16 @@ class Driver:
         record = self.campaign.record()
         planned = next(r for r in record.runs if r.key == key)
         launched, ended = self._state()
-        attempts = sum(1 for e in self.campaign.events() if isinstance(e, RunLaunched) and e.key == key)
         run_dir = self.campaign.run_dir(key)
-        if key in launched:  # started before (a lost node, a killed driver): same share, from its checkpoint
-            allotment = launched[key].allotment
+        if key in launched or (run_dir / "run.json").exists():
+            # Started before (a lost node, a stop, a killed driver): the same share, from its checkpoint. A run
+            # whose own ledger says it ended (it finished as its driver was killed) is recorded, not started.
+            allotment = launched[key].allotment if key in launched else self._recovered_share(run_dir)
+            status = run_status(run_dir)
+            if status in ("finished", "paused"):
+                self._record_end(Flight(key, self._attempts(key), allotment), status, _stop_reason(run_dir) or status)
+                return True
         else:
-            if hours_left is not None and hours_left <= 0:
-                return False
             # Every run started and not ended holds its whole share, in flight or waiting to start again.
             others = [e.allotment for k, e in launched.items() if k not in ended]
             spent = [e.spent for e in ended.values()]
@@ -180,19 +212,41 @@ class Driver:
             if part is None:
                 return False
             allotment = dict(part)
-            config = build_config(with_share(planned.config, part, hours_left), f"campaign run {key}")
-            create_run(config, run_dir)
+            try:
+                config = build_config(with_share(planned.config, part, hours_left), f"campaign run {key}")
+                create_run(config, run_dir)
+            except HeuristError as exc:  # its policy file went away since the campaign started, say
+                self._record_end(Flight(key, 0, allotment), "failed", str(exc))
+                return True
+        attempts = self._attempts(key)
         if attempts >= record.spec.max_attempts:
             self._record_end(Flight(key, attempts, allotment), "failed",
-                             f"started {attempts} times without ending (max_attempts); `heurist resume {run_dir}` "
-                             f"continues it by hand")
+                             f"lost {attempts} times (max_attempts); `heurist resume {run_dir}` continues it by hand, "
+                             f"outside the campaign's budget")
             return True
-        self.campaign.ledger.append(RunLaunched(key=key, attempt=attempts + 1, run_dir=str(run_dir),
-                                                allotment=allotment))
+        attempt = len([e for e in self.campaign.events() if isinstance(e, RunLaunched) and e.key == key]) + 1
+        self.campaign.ledger.append(RunLaunched(key=key, attempt=attempt, run_dir=str(run_dir), allotment=allotment))
         ref = task.remote(str(run_dir), self.home)
-        self.in_flight[ref] = Flight(key, attempts + 1, allotment)
-        self.on_line(f"started {key} (attempt {attempts + 1})")
+        self.in_flight[ref] = Flight(key, attempt, allotment)
+        self.on_line(f"started {key} (attempt {attempt})")
         return True
+
+    def _attempts(self, key: str) -> int:
+        """Starts of a run that count against max_attempts: those that were lost or never ended (a driver killed
+        with it in flight); a start that a stop ended does not count."""
+        events = self.campaign.events()
+        starts = sum(1 for e in events if isinstance(e, RunLaunched) and e.key == key)
+        stops = sum(1 for e in events if isinstance(e, RunEnded) and e.key == key and e.status == "stopped")
+        return starts - stops
+
+    def _recovered_share(self, run_dir: Path) -> dict[str, Any]:
+        """The share of a run made just before its driver was killed (its run.json, no ledger line): the budget
+        caps it was given, which are no larger than its share."""
+        from store.rundir import read_record
+
+        budget = read_record(run_dir).config.get("budget") or {}
+        limits = self.campaign.record().spec.budget
+        return {kind: (budget.get(kind) if getattr(limits, kind) is not None else None) for kind in KINDS}
 
     def _ended(self, ref) -> None:
         import ray
@@ -211,9 +265,12 @@ class Driver:
         if status in ("finished", "paused"):  # its own ledger says it ended, whatever happened to the task after
             self._record_end(flight, status, _stop_reason(run_dir) or status, node=outcome.get("node"))
         elif lost == "stopped":
-            self._record_end(flight, "stopped", "stopped by `heurist campaign stop`")
+            self._record_end(flight, "stopped", self.stop_reason)
         elif lost is not None:
             self._record_end(flight, "lost", f"{lost}; it starts again from its checkpoint")
+        elif outcome.get("lock_held"):
+            self._record_end(flight, "lost", f"its last process still held the run's lock after {LOCK_WAIT_S:g} s; it "
+                                             f"starts again later", node=outcome.get("node"))
         else:
             tail = _log_tail(run_dir / "campaign-task.log")
             self._record_end(flight, "failed", f"heurist exited with {outcome['returncode']}: {tail}",
@@ -231,9 +288,10 @@ class Driver:
         for key in self._waiting():
             self.campaign.ledger.append(RunEnded(key=key, attempt=0, status="skipped", reason=reason))
 
-    def _stop_all(self) -> None:
+    def _stop_all(self, why: str) -> None:
         import ray
 
+        self.stop_reason = why
         for ref in list(self.in_flight):
             ray.cancel(ref)  # a KeyboardInterrupt in the task: the run records its interruption and stops
         while self.in_flight:

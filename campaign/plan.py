@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from common.errors import HeuristError
 from envs.atari_scores import ATARI57_SCORES
+from envs.contract import check_policy_file
 from envs.tasks import get_task, registry
-from store.config import build_config, merge
+from policies import starter_policy
+from store.config import build_config, check_priced, merge
+from store.rundir import is_offline
 
 
 class CampaignError(HeuristError):
@@ -94,11 +97,14 @@ def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
-def _with_mode(task_id: str, mode: str) -> str | None:
-    """The task id of ``task_id`` in observation ``mode``; None where the family has no such mode."""
+def _with_mode(task_id: str, mode: str, modes: list[str]) -> str | None:
+    """The task id of ``task_id`` in observation ``mode``; None where the family has no such mode. An Atari id
+    that names its mode (``ALE/Breakout-ram-v5``) is kept as it is, whatever ``modes`` say."""
     spec = get_task(task_id)
     if spec.family != "atari":
-        return task_id if mode == "pixels" else None
+        return task_id if mode == modes[0] else None  # one mode only: planned once
+    if spec.obs_mode == "ram":
+        return task_id if mode == modes[0] else None
     game = spec.gym_id[len("ALE/"):-len("-v5")]
     return f"ALE/{game}{'-ram' if mode == 'ram' else ''}-v5"
 
@@ -116,9 +122,11 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
     ids = []
     for task_id in tasks:
         for mode in spec.modes:
-            moded = _with_mode(task_id, mode)
+            moded = _with_mode(task_id, mode, spec.modes)
             if moded is not None and moded not in ids:
                 ids.append(moded)
+    if not ids:
+        raise CampaignError(f"{source}: the campaign plans no runs; give tasks or a suite")
     unknown = sorted(set(spec.policies) - set(ids))
     if unknown:
         raise CampaignError(f"{source}: policies names {unknown[0]}, which is not among the campaign's runs "
@@ -135,7 +143,11 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
             if task_id in spec.policies:
                 data["policy"] = str(spec.policies[task_id])
             data.setdefault("eval", {}).setdefault("workers", max(1, int(spec.resources.cpus_per_run)))
-            build_config(data, f"{source} [run] for {task_id}")
+            config = build_config(data, f"{source} [run] for {task_id}")
+            # What `heurist run` refuses before a run directory exists is refused here, before anything starts.
+            check_policy_file(config.policy or starter_policy(get_task(task_id)))
+            if not is_offline(config):
+                check_priced(config)
             runs.append(PlannedRun(key=run_key(task_id, repeat), task=task_id, repeat=repeat, config=data))
     return runs
 

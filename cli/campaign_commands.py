@@ -57,9 +57,21 @@ def start_cmd(
     if directory is None:
         directory = heurist_home() / "campaigns" / f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     CampaignDir.create(directory, file, spec, runs)
+    _say_which_runs_are_offline(runs)
     err.print(f"campaign directory: {directory.resolve()} ({len(runs)} runs)", highlight=False, markup=False,
               soft_wrap=True)
     _drive(directory.resolve(), address, max_concurrent)
+
+
+def _say_which_runs_are_offline(runs) -> None:
+    """As `heurist run` does, where it is decided: here, from this environment (the key itself is never recorded)."""
+    from store.config import build_config
+    from store.rundir import is_offline
+
+    offline = sum(is_offline(build_config(r.config)) for r in runs)
+    if offline:
+        err.print(f"offline: {offline} of {len(runs)} runs have no API key or server here, so their roles run their "
+                  "offline backends (docs/campaigns.md)", highlight=False, markup=False, soft_wrap=True)
 
 
 @campaign_app.command("resume")

@@ -73,6 +73,9 @@ def test_suites_modes_and_repeats_plan_every_run():
     atari = plan_runs(CampaignSpec(name="a", tasks=["ALE/Breakout-v5", "CartPole-v1"], modes=["pixels", "ram"]), "test")
     assert [r.task for r in atari] == ["ALE/Breakout-v5", "ALE/Breakout-ram-v5", "CartPole-v1"]
     assert len({r.key for r in atari}) == 3
+    # A family with one mode is planned once whatever the modes; an id that names its mode is kept as it is.
+    kept = plan_runs(CampaignSpec(name="k", tasks=["CartPole-v1", "ALE/Breakout-ram-v5"], modes=["ram"]), "test")
+    assert [r.task for r in kept] == ["CartPole-v1", "ALE/Breakout-ram-v5"]
 
 
 def test_shares_never_add_up_past_the_campaign_budget():
@@ -106,21 +109,25 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
     path = _campaign_file(tmp, f'''
         name = "two"
         tasks = ["CartPole-v1", "MountainCar-v0"]
+        max_attempts = 1
         [policies]
         "CartPole-v1" = "{tmp / "weak.py"}"
         [budget]
         env_steps = 400000
-        ''')
+        ''').read_text().replace("iterations = 1", "iterations = 3")
+    (tmp / "campaign.toml").write_text(path)
+    path = tmp / "campaign.toml"
     directory = tmp / "camp"
     proc = subprocess.Popen([HEURIST, "campaign", "start", str(path), "--dir", str(directory)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        # Stop once both runs have started and one has evaluated its policy.
-        _wait(lambda: (directory / "ledger.jsonl").exists()
-              and sum(e["event"] == "campaign_run_started" for e in _events(directory)) == 2
-              and any((r / "ledger.jsonl").exists() and '"eval_finished"' in (r / "ledger.jsonl").read_text()
-                      for r in (directory / "runs").iterdir()),
-              proc, timeout=240)
+        # Stop once both runs are in flight and have evaluated their policy, and neither has ended.
+        def both_mid_run() -> bool:
+            ledgers = [directory / "runs" / key / "ledger.jsonl" for key in ("cartpole-v1-r0", "mountaincar-v0-r0")]
+            return all(p.exists() and '"eval_finished"' in p.read_text() and '"run_finished"' not in p.read_text()
+                       for p in ledgers)
+
+        _wait(both_mid_run, proc, timeout=240)
         stopped = heurist(env, "campaign", "stop", directory)
         assert stopped.returncode == 0, stopped.stderr
         assert proc.wait(timeout=180) == 0, proc.stderr.read().decode()[-3000:]
@@ -129,6 +136,8 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
             os.killpg(proc.pid, signal.SIGKILL)
     events = _events(directory)
     assert events[-1]["event"] == "campaign_ended" and events[-1]["status"] == "stopped"
+    stopped = [e["key"] for e in events if e["event"] == "campaign_run_ended" and e["status"] == "stopped"]
+    assert stopped, events  # cut mid-run; with max_attempts = 1 a stop must not use a run's one start up
     again = heurist(env, "campaign", "resume", directory, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
 
@@ -139,7 +148,7 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
     assert all(e["status"] == "finished" and e["spent"]["env_steps"] > 0 for e in final.values())
     assert events[-1] == events[-1] | {"event": "campaign_ended", "status": "finished"}
     for key in final:  # each run is whole: one of each iteration, one end, nothing lost or doubled
-        assert lost_or_repeated(directory / "runs" / key, tmp / "home" / "memory", 1) == []
+        assert lost_or_repeated(directory / "runs" / key, tmp / "home" / "memory", 3) == []
         config = json.loads((directory / "runs" / key / "run.json").read_text())["config"]
         assert config["budget"]["env_steps"] <= 200_000  # its share of the campaign's 400,000
     status = heurist(env, "campaign", "status", directory)
@@ -254,3 +263,23 @@ def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home
     assert events[-1]["event"] == "campaign_ended" and events[-1]["status"] == "finished"
     for e in final:
         assert lost_or_repeated(directory / "runs" / e["key"], tmp / "home" / "memory", 3) == [], e["key"]
+
+
+def test_a_spent_budget_skips_the_runs_not_started(home):
+    """One run at a time, 100 env steps for two runs: the first is given 50 and passes them within its first
+    iteration (a run checks its budget at each iteration's end), so nothing is left for the second."""
+    tmp, env = home
+    path = _campaign_file(tmp, '''
+        name = "tight"
+        tasks = ["CartPole-v1"]
+        repeats = 2
+        [budget]
+        env_steps = 100
+        ''')
+    done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", "--max-concurrent", "1", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ends = {e["key"]: e for e in _events(tmp / "camp") if e["event"] == "campaign_run_ended"}
+    assert ends["cartpole-v1-r0"]["status"] == "finished" and ends["cartpole-v1-r0"]["spent"]["env_steps"] > 100
+    assert ends["cartpole-v1-r1"]["status"] == "skipped" and "budget is spent" in ends["cartpole-v1-r1"]["reason"]
+    first = json.loads((tmp / "camp" / "runs" / "cartpole-v1-r0" / "run.json").read_text())["config"]["budget"]
+    assert first["env_steps"] == 50 and not (tmp / "camp" / "runs" / "cartpole-v1-r1").exists()
