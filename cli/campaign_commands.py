@@ -120,6 +120,15 @@ def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
               f"{summary['tokens']:,}", highlight=False, markup=False)
 
 
+@campaign_app.command("report")
+def report_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")) -> None:
+    """Write DIR/report/index.html: HNS aggregates with bootstrap intervals, sample-efficiency curves, performance
+    profiles, each task and run, beside published numbers."""
+    from report.campaign_page import write_campaign_report
+
+    out.print(f"report: {write_campaign_report(directory)}", highlight=False, markup=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(campaign_app, name="campaign")
 

@@ -33,12 +33,15 @@ def sweep_torn_writes(root: Path) -> list[Path]:
     old version or none); the removed paths. Only for a folder no other process is writing to (a run
     directory whose lock is held); git's own folders are left alone."""
     removed = []
-    for path in root.rglob(".*.tmp"):
-        if ".git" in path.relative_to(root).parts or not _TEMP_NAME.fullmatch(path.name) or not path.is_file():
-            continue
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:  # a read-only disk: the run stops with its own clear error later
-            continue
-        removed.append(path)
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".git"]  # git's own, and large: not walked
+        for name in files:
+            path = Path(folder) / name
+            if not _TEMP_NAME.fullmatch(name) or path.is_symlink():
+                continue
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a read-only disk: the run stops with its own clear error later
+                continue
+            removed.append(path)
     return removed

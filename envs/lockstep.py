@@ -187,8 +187,10 @@ class Lockstep:
         """Start an episode; its result at once when its policy failed to start, else None."""
         self._share_time()
         slot = int(job.get("slot", 0))
-        self.steps[slot] = 0  # taken: heurist starts this episode's clock (envs.worker_pair.clear_steps)
         env = self.spare_envs.pop() if self.spare_envs else self.spec.make_env(self.protocol, lean=True)
+        # Taken, its env built (heurist's own time, imports included): this episode's clock starts now
+        # (envs.worker_pair.clear_steps).
+        self.steps[slot] = 0
         run = EpisodeRun(job, slot, env, self.policy, self.spec, self.steps)
         try:
             self.policy.start(slot, run.seed, pickle.dumps(env.action_space), job.get("cpu_s"),

@@ -56,8 +56,8 @@ def limit_cpu(cpu_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def load_policy(path: str, code, action_space) -> Any:
-    """Execute the compiled policy file in a fresh module and construct its Policy."""
+def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
+    """Execute the compiled policy file in a fresh module and construct its Policy; the Policy and its module."""
     module = types.ModuleType(POLICY_MODULE)
     module.__file__ = path
     # dataclasses resolve string annotations through sys.modules, so the module must be there.
@@ -67,8 +67,8 @@ def load_policy(path: str, code, action_space) -> Any:
     if cls is None or not isinstance(cls, type):
         raise TypeError(f"{path} defines no class Policy")
     if "action_space" in inspect.signature(cls).parameters:
-        return cls(action_space=action_space)
-    return cls()
+        return cls(action_space=action_space), module
+    return cls(), module
 
 
 def where_in_policy(exc: BaseException, path: str) -> str:
@@ -155,8 +155,7 @@ class PolicyRunner:
 
     def start(self, seed: int, action_space) -> None:
         try:
-            policy = load_policy(self.path, self.code, action_space)
-            self.module = sys.modules[POLICY_MODULE]
+            policy, self.module = load_policy(self.path, self.code, action_space)
             policy.reset(seed)
         except BaseException as exc:
             raise PolicyFailed(f"policy failed to load or reset{where_in_policy(exc, self.path)}: "

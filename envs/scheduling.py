@@ -51,7 +51,8 @@ class Flight:
     slot: int
     sent_at: float
     width: int  # the group's width when it was sent; 1: alone, where a crash or a timeout is its own
-    started_at: float | None = None  # when the env process took it (its clock starts then)
+    started_at: float | None = None  # when the env process took it, at the earliest (its clock starts then)
+    unstarted_at: float = 0.0  # the last time it was seen not yet taken
 
 
 @dataclass
@@ -125,7 +126,8 @@ class Scheduler:
                         with self.lock:
                             self.live.add(worker)
                     slot = min(set(range(MAX_SLOTS)) - {f.slot for f in flights.values()})
-                    flights[seed] = Flight(seed, slot, time.perf_counter(), width)
+                    sent = time.perf_counter()
+                    flights[seed] = Flight(seed, slot, sent, width, unstarted_at=sent)
                     job = self.plan.job(seed, slot)
                     if not fresh:
                         # The env process keeps the task and the source from a worker's first job; later jobs are
@@ -152,8 +154,13 @@ class Scheduler:
         while True:
             now = time.perf_counter()
             for flight in flights.values():
-                if flight.started_at is None and worker.started(flight.slot):
-                    flight.started_at = now
+                if flight.started_at is None:
+                    if worker.started(flight.slot):
+                        # Taken at some moment since it was last seen not taken: its clock starts at the earliest
+                        # such moment, so no episode gets more time than it had, in a group or alone.
+                        flight.started_at = flight.unstarted_at
+                    else:
+                        flight.unstarted_at = now
             wait = self._limit(flights, progress_at, now)[1]
             try:
                 reply = worker.receive(max(0.0, wait)) if wait > 0 else None
@@ -168,14 +175,19 @@ class Scheduler:
             if steps != progress or not any(f.started_at is not None for f in flights.values()):
                 # Env steps advanced, or the pair is still starting up: the group is not stalled.
                 progress, progress_at = steps, time.perf_counter()
-            if time.perf_counter() < self._limit(flights, progress_at, time.perf_counter())[0]:
+            limit = self._limit(flights, progress_at, time.perf_counter())[0]
+            if time.perf_counter() < limit:
                 continue
             worker.kill()
-            if time.perf_counter() >= self.plan.deadline:  # the evaluation's own limit: nothing runs again
+            if limit >= self.plan.deadline:  # the evaluation's own limit fired: nothing runs again
                 for flight in list(flights.values()):
                     self._finish(flights, EpisodeResult(seed=flight.seed, status="timeout", error=self._eval_limit(),
                                                         env_steps=worker.steps_taken(flight.slot)))
                 return True
+            if alone and next(iter(flights.values())).started_at is None:
+                return self._lost(worker, flights, again, WorkerDied(
+                    f"the worker did not take the episode within {STARTUP_S + self.plan.episode_timeout_s:g} s of "
+                    "it being sent; the worker's process groups were killed", timed_out=True))
             if alone:
                 timeout = self.plan.episode_timeout_s
                 return self._lost(worker, flights, again, WorkerDied(
@@ -203,7 +215,9 @@ class Scheduler:
         oldest = min((f.sent_at + STARTUP_S if f.started_at is None else f.started_at) + alone_at_most
                      for f in flights.values())
         limit = min(oldest, progress_at + timeout, self.plan.deadline)
-        return limit, min(POLL_S, limit - now)
+        # While one is not taken yet, look often: when it is taken is when its clock starts.
+        poll = START_POLL_S if any(f.started_at is None for f in flights.values()) else POLL_S
+        return limit, min(poll, limit - now)
 
     def _lost(self, worker: WorkerProcess, flights: dict[int, Flight], again: list[int], died: WorkerDied) -> bool:
         """The worker died or was killed: one episode alone takes the blame; a group runs again, alone."""

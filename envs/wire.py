@@ -228,12 +228,12 @@ def receive_from_policy(stream: IO[bytes], limit: int = MAX_REPLY_BYTES) -> dict
                              else "a reply cut off before its end")
     try:
         reply = json.loads(line)
+        if _SURROGATE_ESCAPE.search(line):  # rare: checked on the raw bytes, so the common reply costs one scan
+            reply = _without_surrogates(reply)  # recursive: a deeply nested reply is refused with the rest
     except (ValueError, RecursionError) as exc:
         raise ProtocolBroken(f"a reply that is not JSON ({str(exc)[:80]})") from None
     if not isinstance(reply, dict):
         raise ProtocolBroken("a reply that is not a JSON object")
-    if _SURROGATE_ESCAPE.search(line):  # rare: checked on the raw bytes, so the common reply costs one scan
-        reply = _without_surrogates(reply)
     return reply
 
 

@@ -99,6 +99,9 @@ class RemotePolicy:
             raise PolicyGone("the policy process ended", hung_up=True) from None
         except ProtocolBroken as exc:
             raise PolicyGone(f"the policy process broke the protocol: it sent {exc}", hung_up=False) from None
+        except Exception as exc:  # anything else its bytes make the reader raise is a broken protocol too
+            raise PolicyGone(f"the policy process broke the protocol: it sent a reply that cannot be read "
+                             f"({type(exc).__name__})", hung_up=False) from None
         return reply
 
 

@@ -153,6 +153,10 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
         assert config["budget"]["env_steps"] <= 200_000  # its share of the campaign's 400,000
     status = heurist(env, "campaign", "status", directory)
     assert status.returncode == 0 and status.stdout.count("finished") >= 2 and "2 of 2 runs ended" in status.stdout
+    report = heurist(env, "campaign", "report", directory)
+    assert report.returncode == 0, report.stderr
+    page = (directory / "report" / "index.html").read_text()
+    assert 'id="no-aggregates"' in page and "cartpole-v1-r0" in page and "mountaincar-v0-r0" in page
 
 
 def test_stopping_a_campaign_no_one_drives_says_so(home):
@@ -283,3 +287,71 @@ def test_a_spent_budget_skips_the_runs_not_started(home):
     assert ends["cartpole-v1-r1"]["status"] == "skipped" and "budget is spent" in ends["cartpole-v1-r1"]["reason"]
     first = json.loads((tmp / "camp" / "runs" / "cartpole-v1-r0" / "run.json").read_text())["config"]["budget"]
     assert first["env_steps"] == 50 and not (tmp / "camp" / "runs" / "cartpole-v1-r1").exists()
+
+
+def _fake_run(run_dir: Path, start: float, improved: float) -> None:
+    """A run's own ledger as a finished run leaves it: its first dev evaluation, two iterations, its end."""
+    from common.events import EvalFinished, IterationDone, RunFinished
+
+    ledger = Ledger(run_dir / "ledger.jsonl")
+    ledger.append(EvalFinished(eval_id="e", task="t", protocol="standard", split="dev", seeds=list(range(4)), policy="p",
+                               policy_sha256="0" * 64, status="complete", episodes=4, episodes_failed=0, mean=start,
+                               std=0.0, median=start, min=start, max=start, ci95=None, hns_mean=None, target=None,
+                               env_steps=10_000, wall_s=1.0, failures={}, clips=[], per_episode=[]))
+    for i, (mean, steps) in enumerate([(start, 400_000), (improved, 1_200_000)], start=1):
+        ledger.append(IterationDone(run_id="r", iteration=i, accepted=mean > start, reason="", edit=None,
+                                    mean_before=start, mean_candidate=mean, mean_after=mean, commit=None,
+                                    tests_added=[], verdict=None, policy_sha256="0" * 64,
+                                    spent={"env_steps": steps, "tokens": 0, "usd": 0.0}))
+    ledger.append(RunFinished(run_id="r", reason="iteration budget spent", best_mean=improved, holdout=None,
+                              spent={"env_steps": 1_200_000}))
+
+
+def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_numbers(tmp_path):
+    """Three Atari games, two repeats, runs' ledgers as finished runs leave them: the page's aggregates are
+    rliable's over the HNS of each run's best, its curves and profile are drawn, and each number names its
+    protocol."""
+    from campaign.record import CampaignDir
+    from envs.tasks import get_task
+    from report.campaign_page import write_campaign_report
+
+    games = ["ALE/Breakout-v5", "ALE/Pong-v5", "ALE/Freeway-v5"]
+    path = tmp_path / "atari.toml"
+    path.write_text(f'name = "atari"\ntasks = {json.dumps(games)}\nrepeats = 2\n')
+    from campaign.plan import load_campaign
+
+    spec, runs = load_campaign(path)
+    campaign = CampaignDir.create(tmp_path / "camp", path, spec, runs)
+    finals = {}
+    for k, run in enumerate(runs):
+        task = get_task(run.task)
+        improved = task.random_score + (0.2 + 0.3 * k) * (task.human_score - task.random_score)  # HNS 0.2, 0.5, ...
+        _fake_run(campaign.run_dir(run.key), task.random_score, improved)
+        finals[run.key] = task.normalise(improved)
+    index = write_campaign_report(tmp_path / "camp")
+    page = index.read_text()
+
+    by_task = [[finals[r.key] for r in runs if r.task == game] for game in games]  # tasks × repeats
+    median = float(sorted(sum(t) / 2 for t in by_task)[1])  # rliable: the median of per-task means
+    assert f"{median:,.2f} (" in page.split('id="aggregates"')[1].split("</table>")[0]
+    for section in ('id="efficiency-plot"', 'id="profile-plot"', 'id="task-curves"', 'id="references"'):
+        assert section in page
+    assert "0.32" in page and "frame skip 1, no sticky actions" in page  # the original's number, with its protocol
+    assert "this campaign, pixels" in page  # its own median at ~1M steps, beside them
+    assert "<script" not in page
+
+
+def test_a_report_of_tasks_without_human_scores_says_no_aggregate_is_defined(home):
+    tmp, env = home
+    path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+
+    spec, runs = load_campaign(path)
+    campaign = CampaignDir.create(tmp / "camp", path, spec, runs)
+    _fake_run(campaign.run_dir(runs[0].key), 9.0, 500.0)
+    done = heurist(env, "campaign", "report", tmp / "camp")
+    assert done.returncode == 0, done.stderr
+    page = (tmp / "camp" / "report" / "index.html").read_text()
+    assert 'id="no-aggregates"' in page and "CartPole-v1: no published human and random scores" in page
+    assert "500.00" in page

@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("store",),  # what a run keeps on disk: config, run directory, transcripts, workspace, summary
     ("roles",),  # the roles, what each stage takes and gives, the model client
     ("graph",),  # the loop: state, topology, nodes, their context
-    ("runner", "report", "doctor", "campaign"),  # driving a run; views of a run and of the installation; campaigns
+    ("campaign",),  # many runs on Ray: the file, the ledger, budget shares, the driver (runs `heurist resume`)
+    ("runner", "report", "doctor"),  # driving a run; views of a run, a campaign and the installation
     ("cli",),  # the command line
 ]
 LAYER = {package: level for level, packages in enumerate(LAYERS) for package in packages}

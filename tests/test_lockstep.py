@@ -122,16 +122,18 @@ def test_a_refused_action_and_a_raising_policy_end_only_their_episode(run_eval, 
     assert "refused" not in together.episodes[2].trace.mode_counts  # the refused step was never taken
 
 
-# A loop that burns CPU gets a wall-clock limit far above its CPU limit: on a loaded machine its CPU time
-# grows slower than the wall clock, and it must still meet its CPU limit first.
-CPU_BOUND = FAST.model_copy(update={"episode_timeout_s": 30})
+# A group is cut once an episode has been in flight as long as its CPU limit: 3 s leaves the group time to
+# reach step 50 on a loaded machine. A loop that burns CPU gets a wall-clock limit far above its CPU limit:
+# on a loaded machine its CPU time grows slower than the wall clock, and alone it must meet its CPU limit first.
+GROUP = FAST.model_copy(update={"episode_cpu_s": 3})
+CPU_BOUND = GROUP.model_copy(update={"episode_timeout_s": 30})
 
 
 @pytest.mark.parametrize("how,status,reason,limits", [
-    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crash", "segmentation fault", FAST),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crash", "segmentation fault", GROUP),
     ("while True: pass", "crash", "CPU time limit exceeded", CPU_BOUND),
-    ("import time; time.sleep(600)", "timeout", "wall-clock limit", FAST),
-])
+    ("import time; time.sleep(600)", "timeout", "wall-clock limit", GROUP),
+], ids=["segfault", "busy-loop", "sleep"])
 def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how, status, reason, limits):
     """Whatever kills the policy process in the middle of a group is blamed on no one: each episode of the
     group runs again alone, the one that misbehaves fails with its own reason, and the others' results are
@@ -160,9 +162,9 @@ def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how,
 
 
 def test_no_episode_gets_more_time_in_a_group_than_alone(run_eval, write_policy):
-    """Alone, seed 1's episode (500 steps of 6 ms) runs past its 1 s limit and 1 s of grace and times out.
-    Beside three quick ones it would finish within the group's old allowance (the limit times the width):
-    the group is cut when it has been in flight as long as it could be alone, and it times out as alone."""
+    """Alone, seed 1's episode (500 steps of 7 ms) runs past its 1 s limit and 1 s of grace and times out.
+    Beside seven quick ones it would finish well within the group's old allowance (the limit times the width,
+    8 s): the group is cut when it has been in flight as long as it could be alone, and it times out as alone."""
     policy = write_policy("""
         import time
 
@@ -172,14 +174,14 @@ def test_no_episode_gets_more_time_in_a_group_than_alone(run_eval, write_policy)
 
             def act(self, obs, info):
                 if self.slow:
-                    time.sleep(0.006)
+                    time.sleep(0.007)
                 return int(obs[2] + 0.5 * obs[3] > 0)
         """)
     limits = Limits(episode_timeout_s=1, episode_cpu_s=20, memory_mb=1024)
-    together = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=4, limits=limits)
+    together = run_eval(policy, "CartPole-v1", episodes=8, workers=1, lockstep=8, limits=limits)
     alone = run_eval(policy, "CartPole-v1", seeds=[1], workers=1, lockstep=1, limits=limits)
     assert alone.episodes[0].status == "timeout"
-    assert [e.status for e in together.episodes] == ["ok", "timeout", "ok", "ok"]
+    assert [e.status for e in together.episodes] == ["ok", "timeout"] + ["ok"] * 6
     assert "wall-clock limit of 1 s" in together.episodes[1].error
 
 
@@ -195,6 +197,18 @@ def test_a_malformed_batch_reply_is_a_broken_protocol(reply):
 
     with pytest.raises(ProtocolBroken):
         actions_from_wire(reply, 1)
+
+
+def test_a_deeply_nested_reply_with_a_lone_surrogate_is_a_broken_protocol():
+    """Valid JSON that only the surrogate clean-up recurses into too deeply: refused as the policy's broken
+    protocol, never raised as heurist's own error (which would fail every episode of a group for good)."""
+    import io
+
+    from envs.wire import ProtocolBroken, receive_from_policy
+
+    line = ('{"a": [0], "d": ' + '{"x": ' * 600 + '"\\udc00"' + "}" * 600 + "}\n").encode()
+    with pytest.raises(ProtocolBroken):
+        receive_from_policy(io.BytesIO(line), limit=len(line) + 1)
 
 
 def test_the_policy_cannot_resize_or_reseal_the_observation_memory():

@@ -1,0 +1,196 @@
+"""What a campaign's report shows: each run's curve, each task's scores, and the aggregates RL papers publish.
+
+Scores are human-normalised (HNS = (score - random) / (human - random), ``envs/atari_scores.py``)
+wherever a task has published random and human scores; tasks without them are shown with their
+raw scores and left out of every aggregate, which says so. Aggregates follow rliable (Agarwal et
+al. 2021, the library the field uses): median, interquartile mean, mean and optimality gap over a
+runs × tasks matrix, with stratified bootstrap confidence intervals, and performance profiles.
+A run's score is its best dev mean so far (the incumbent's mean on the dev seeds); a curve takes
+that score at each iteration's end against what the run had spent by then.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from campaign.record import CampaignDir
+from campaign.status import campaign_status
+from common.events import EvalFinished, IterationDone, read_events
+from common.ledger import Ledger
+from envs.tasks import get_task
+
+BOOTSTRAP_REPS = 2000  # rliable's examples use 50,000; 2,000 keeps a 57-game page to seconds
+METRICS = ("median", "IQM", "mean", "optimality gap")
+
+# Published aggregate numbers a reader compares against, each with the protocol it was measured under.
+REFERENCES: list[dict[str, Any]] = [
+    {"who": "Learning Beyond Gradients (the original), pixels", "metric": "median HNS", "value": 0.32,
+     "env_steps": "~1M", "protocol": "EnvPool: frame skip 1, no sticky actions, full game, FIRE on reset, 108,000 steps"},
+    {"who": "Learning Beyond Gradients, pixels", "metric": "median HNS", "value": 0.81, "env_steps": "~9.7M",
+     "protocol": "as above"},
+    {"who": "Learning Beyond Gradients, RAM", "metric": "median HNS", "value": 0.26, "env_steps": "~1M",
+     "protocol": "as above"},
+    {"who": "Learning Beyond Gradients, RAM", "metric": "median HNS", "value": 0.59, "env_steps": "~9.7M",
+     "protocol": "as above"},
+    {"who": "Learning Beyond Gradients, best mode per game", "metric": "median HNS", "value": 0.83,
+     "env_steps": "~9.7M", "protocol": "as above"},
+    {"who": "PPO2 (OpenAI baselines), as the original cites it", "metric": "median HNS", "value": 0.80,
+     "env_steps": "10M", "protocol": "baselines' Atari wrappers (frame skip 4, episodic life, clipped rewards)"},
+    {"who": "CleanRL EnvPool PPO, as the original cites it", "metric": "median HNS", "value": 0.98,
+     "env_steps": "10M", "protocol": "EnvPool's Atari defaults (frame skip 4, episodic life, clipped rewards)"},
+]
+
+
+@dataclass
+class RunCurve:
+    """One run: its best dev mean at each iteration's end against what it had spent by then."""
+
+    key: str
+    task: str
+    obs_mode: str
+    repeat: int
+    status: str
+    env_steps: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    usd: list[float] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+
+    def add(self, env_steps: int, tokens: int, usd: float, best: float) -> None:
+        self.env_steps.append(env_steps)
+        self.tokens.append(tokens)
+        self.usd.append(usd)
+        self.best.append(best)
+
+    @property
+    def final(self) -> float | None:
+        return self.best[-1] if self.best else None
+
+
+def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> RunCurve:
+    spec = get_task(task)
+    curve = RunCurve(key=key, task=task, obs_mode=spec.obs_mode or "state", repeat=repeat, status=status)
+    if not (run_dir / "ledger.jsonl").exists():
+        return curve
+    steps, best = 0, None
+    for event in read_events(Ledger(run_dir / "ledger.jsonl"))[0]:
+        if isinstance(event, EvalFinished):
+            steps += event.env_steps
+            if best is None and event.split == "dev" and event.mean is not None:
+                best = event.mean  # the starting policy's score, at what its first evaluation cost
+                curve.add(steps, 0, 0.0, best)
+        elif isinstance(event, IterationDone) and event.mean_after is not None:
+            spent = event.spent if isinstance(event.spent, dict) else {}
+            best = event.mean_after if best is None else max(best, event.mean_after)
+            curve.add(int(spent.get("env_steps", steps)), int(spent.get("tokens", 0)), float(spent.get("usd", 0.0)),
+                      best)
+    return curve
+
+
+def at(curve: RunCurve, axis: str, x: float) -> float | None:
+    """The run's best score once it had spent ``x`` of ``axis``: a step function, None before its first point."""
+    xs = getattr(curve, axis)
+    value = None
+    for xi, yi in zip(xs, curve.best):
+        if xi > x:
+            break
+        value = yi
+    return value
+
+
+@dataclass
+class CampaignResults:
+    name: str
+    runs: list[RunCurve]
+    rows: list[dict[str, Any]]  # the per-task table
+    modes: list[str]  # observation modes with at least one normalised task
+    excluded: list[str]  # tasks left out of the aggregates, with why
+
+
+def gather_campaign(directory: Path) -> CampaignResults:
+    campaign = CampaignDir(directory)
+    record = campaign.record()
+    status_rows, _ = campaign_status(directory)
+    status = {r["key"]: r["status"] for r in status_rows}
+    runs = [run_curve(campaign.run_dir(r.key), r.key, r.task, r.repeat, status[r.key]) for r in record.runs]
+    rows, excluded = [], []
+    for task in dict.fromkeys(r.task for r in runs):
+        spec = get_task(task)
+        mine = [r for r in runs if r.task == task]
+        finals = [r.final for r in mine]
+        scored = [f for f in finals if f is not None]
+        hns = [spec.normalise(f) for f in scored] if spec.human_score is not None and spec.random_score is not None \
+            else []
+        rows.append({"task": task, "obs_mode": mine[0].obs_mode, "repeats": len(mine), "scores": finals,
+                     "mean": float(np.mean(scored)) if scored else None, "random": spec.random_score,
+                     "human": spec.human_score, "hns": float(np.mean(hns)) if hns else None,
+                     "steps": max((r.env_steps[-1] for r in mine if r.env_steps), default=0)})
+        if spec.human_score is None or spec.random_score is None:
+            excluded.append(f"{task}: no published human and random scores")
+        elif len(scored) < len(mine):
+            excluded.append(f"{task}: {len(mine) - len(scored)} of {len(mine)} runs have no score yet")
+    left_out = {e.split(":")[0] for e in excluded}
+    modes = sorted({r.obs_mode for r in runs if r.task not in left_out})
+    return CampaignResults(record.name, runs, rows, modes, excluded)
+
+
+def score_matrix(results: CampaignResults, mode: str, axis: str | None = None, x: float | None = None) -> np.ndarray:
+    """HNS as rliable wants it: repeats × tasks, for the tasks of ``mode`` that have human and random scores and
+    a score in every repeat (their final one, or the one at ``x`` of ``axis``; a run not there yet has its first)."""
+    left_out = {e.split(":")[0] for e in results.excluded}
+    tasks = [row["task"] for row in results.rows if row["obs_mode"] == mode and row["task"] not in left_out]
+    repeats = max((r.repeat for r in results.runs), default=-1) + 1
+    matrix = np.full((repeats, len(tasks)), np.nan)
+    for j, task in enumerate(tasks):
+        spec = get_task(task)
+        for run in (r for r in results.runs if r.task == task):
+            score = run.final if axis is None else at(run, axis, x)
+            if score is None and run.best:
+                score = run.best[0]  # not there yet: the score it started from
+            if score is not None:
+                matrix[run.repeat, j] = spec.normalise(score)
+    return matrix[:, ~np.isnan(matrix).any(axis=0)] if matrix.size else matrix
+
+
+@contextmanager
+def _quiet_arch():
+    """rliable hands arch a RandomState, which arch 7 warns it will stop taking; the seeding is still honoured."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def aggregates(matrix: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Median, IQM, mean and optimality gap of a runs × tasks HNS matrix with 95% stratified bootstrap intervals
+    (rliable's ``get_interval_estimates``): metric -> (point, low, high)."""
+    from rliable import library, metrics
+
+    def all_four(scores: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_median(scores), metrics.aggregate_iqm(scores),
+                         metrics.aggregate_mean(scores), metrics.aggregate_optimality_gap(scores)])
+
+    np.random.seed(seed)  # and numpy's global generator, which arch's bootstrap also draws from
+    with _quiet_arch():
+        points, intervals = library.get_interval_estimates({"heurist": matrix}, all_four, reps=reps,
+                                                           random_state=np.random.RandomState(seed))  # same page twice
+    return {name: (float(points["heurist"][i]), float(intervals["heurist"][0][i]), float(intervals["heurist"][1][i]))
+            for i, name in enumerate(METRICS)}
+
+
+def performance_profile(matrix: np.ndarray, taus: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0):
+    """The fraction of runs whose HNS is above each tau, with a 95% bootstrap band: rliable's
+    ``create_performance_profile`` (score distributions), called through ``get_interval_estimates`` as it does
+    itself, so that the bootstrap can be seeded."""
+    from rliable import library
+
+    np.random.seed(seed)
+    with _quiet_arch():
+        profile, bands = library.get_interval_estimates(
+            {"heurist": matrix}, lambda scores: library.score_distributions(scores, taus), reps=reps,
+            random_state=np.random.RandomState(seed))
+    return profile["heurist"], bands["heurist"]

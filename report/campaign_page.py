@@ -1,0 +1,145 @@
+"""``heurist campaign report``: one self-contained HTML page for a campaign (plots inline, no media).
+
+What it shows is gathered by ``report.campaign_data``; this module draws the plots (matplotlib,
+inline SVG, as the run report) and writes ``CAMPAIGN_DIR/report/index.html``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from markupsafe import Markup
+from matplotlib.figure import Figure
+
+from common.files import atomic_write
+from common.safe_text import redact
+from envs.tasks import get_task
+from report.campaign_data import (
+    METRICS,
+    REFERENCES,
+    CampaignResults,
+    aggregates,
+    gather_campaign,
+    performance_profile,
+    score_matrix,
+)
+from report.plots import AXIS_LABEL, COLOURS, _svg
+from report.render import ReportError, _environment
+
+CURVE_POINTS = 24  # checkpoints of a sample-efficiency curve
+CURVE_REPS = 500  # bootstrap replications at each checkpoint (the final aggregates use more)
+MAX_TASK_PANELS = 12  # per-task curves are drawn up to this many tasks; beyond it the aggregates speak
+
+
+def efficiency_plot(results: CampaignResults, axis: str) -> tuple[str, dict[str, list[dict[str, float]]]]:
+    """Median and IQM HNS against what the runs had spent, one pair of lines per observation mode, with 95%
+    bootstrap bands; also the numbers drawn, by mode."""
+    top = max((getattr(r, axis)[-1] for r in results.runs if getattr(r, axis)), default=0)
+    xs = np.linspace(0, top, CURVE_POINTS)
+    figure = Figure(figsize=(9, 4.2))
+    ax = figure.add_subplot()
+    table: dict[str, list[dict[str, float]]] = {}
+    for i, mode in enumerate(results.modes):
+        rows = []
+        for x in xs:
+            matrix = score_matrix(results, mode, axis, float(x))
+            if matrix.size == 0:
+                continue
+            found = aggregates(matrix, reps=CURVE_REPS)
+            rows.append({"x": float(x), **{f"{m}_{k}": v for m in ("median", "IQM")
+                                          for k, v in zip(("point", "low", "high"), found[m])}})
+        table[mode] = rows
+        for j, metric in enumerate(("median", "IQM")):
+            colour = COLOURS[(2 * i + j) % len(COLOURS)]
+            ax.plot([r["x"] for r in rows], [r[f"{metric}_point"] for r in rows], color=colour,
+                    label=f"{metric} HNS, {mode}", drawstyle="steps-post")
+            ax.fill_between([r["x"] for r in rows], [r[f"{metric}_low"] for r in rows],
+                            [r[f"{metric}_high"] for r in rows], color=colour, alpha=0.15, step="post")
+    ax.set_xlabel(AXIS_LABEL[axis])
+    ax.set_ylabel("human-normalised score (best dev mean so far)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _svg(figure, f"campaign-efficiency-{axis}"), table
+
+
+def profile_plot(results: CampaignResults) -> str:
+    """Performance profiles: the fraction of runs above each HNS threshold, per observation mode."""
+    figure = Figure(figsize=(9, 3.8))
+    ax = figure.add_subplot()
+    for i, mode in enumerate(results.modes):
+        matrix = score_matrix(results, mode)
+        taus = np.linspace(0.0, max(2.0, float(np.nanmax(matrix)) if matrix.size else 2.0), 81)
+        profile, band = performance_profile(matrix, taus)
+        colour = COLOURS[i % len(COLOURS)]
+        ax.plot(taus, profile, color=colour, label=f"heurist, {mode}")
+        ax.fill_between(taus, band[0], band[1], color=colour, alpha=0.15)
+    ax.set_xlabel("human-normalised score τ")
+    ax.set_ylabel("fraction of runs with HNS > τ")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _svg(figure, "campaign-profile")
+
+
+def task_curves_plot(results: CampaignResults) -> str | None:
+    """Each task's runs, best dev mean so far against env steps, one panel per task (a few tasks only)."""
+    tasks = [row["task"] for row in results.rows]
+    if not tasks or len(tasks) > MAX_TASK_PANELS:
+        return None
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    figure = Figure(figsize=(3.2 * cols, 2.6 * rows))
+    for k, task in enumerate(tasks):
+        ax = figure.add_subplot(rows, cols, k + 1)
+        for run in (r for r in results.runs if r.task == task and r.env_steps):
+            ax.plot(run.env_steps, run.best, drawstyle="steps-post", color=COLOURS[run.repeat % len(COLOURS)],
+                    label=f"repeat {run.repeat}")
+        target = get_task(task).target
+        if target is not None:
+            ax.axhline(target, color="#555", linestyle="--", linewidth=1)
+        ax.set_title(task, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    figure.supxlabel("env steps", fontsize=8)
+    figure.supylabel("best dev mean so far (-- target)", fontsize=8)
+    figure.tight_layout()
+    return _svg(figure, "campaign-tasks")
+
+
+def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
+    finals = {mode: aggregates(score_matrix(results, mode)) for mode in results.modes
+              if score_matrix(results, mode).size}
+    efficiency, efficiency_table = efficiency_plot(results, "env_steps") if finals else (None, {})
+    costs = [a for a in ("usd", "tokens") if any(getattr(r, a) and getattr(r, a)[-1] > 0 for r in results.runs)]
+    cost_plot = efficiency_plot(results, costs[0])[0] if finals and costs else None
+    milestones = {mode: {label: next((r["median_point"] for r in reversed(rows) if r["x"] <= steps), None)
+                         for label, steps in (("~1M", 1e6), ("~9.7M", 9.7e6))}
+                  for mode, rows in efficiency_table.items()}
+    return {
+        "name": results.name, "directory": str(directory), "rows": results.rows, "runs": results.runs,
+        "excluded": results.excluded, "finals": finals, "metrics": METRICS, "references": REFERENCES,
+        "milestones": milestones,
+        "profile": Markup(profile_plot(results)) if finals else None,
+        "efficiency": Markup(efficiency) if efficiency else None,
+        "cost_plot": Markup(cost_plot) if cost_plot else None, "cost_axis": costs[0] if costs else None,
+        "task_curves": Markup(plot) if (plot := task_curves_plot(results)) else None,
+        "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def write_campaign_report(directory: Path) -> Path:
+    """Render the campaign's page; returns the path of its index.html."""
+    directory = Path(directory).resolve()
+    results = gather_campaign(directory)
+    html = _environment().get_template("campaign.html.j2").render(**_context(results, directory))
+    index = directory / "report" / "index.html"
+    try:
+        atomic_write(index, redact(html))
+    except OSError as exc:
+        raise ReportError(f"cannot write {index}: {exc.strerror}; free space or make {index.parent} writable") from None
+    return index
+
+
+__all__ = ["write_campaign_report"]
