@@ -108,15 +108,29 @@ def task_curves_plot(results: CampaignResults) -> str | None:
     return _svg(figure, "campaign-tasks")
 
 
+def _milestones(results: CampaignResults) -> dict[str, dict[str, float]]:
+    """This campaign's median HNS at the env steps the published numbers are given at, where every run of the
+    mode got that far (a run stopped earlier would count its last score as its score there)."""
+    out: dict[str, dict[str, float]] = {}
+    for mode in results.modes:
+        runs = [r for r in results.runs if r.obs_mode == mode]
+        reached = min((r.env_steps[-1] if r.env_steps else 0) for r in runs) if runs else 0
+        found = {}
+        for label, steps in (("~1M", 1e6), ("~9.7M", 9.7e6)):
+            matrix = score_matrix(results, mode, "env_steps", steps)
+            if reached >= steps and matrix.size:
+                found[label] = aggregates(matrix, reps=CURVE_REPS)["median"][0]
+        out[mode] = found
+    return out
+
+
 def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
     finals = {mode: aggregates(score_matrix(results, mode)) for mode in results.modes
               if score_matrix(results, mode).size}
-    efficiency, efficiency_table = efficiency_plot(results, "env_steps") if finals else (None, {})
+    efficiency = efficiency_plot(results, "env_steps")[0] if finals else None
     costs = [a for a in ("usd", "tokens") if any(getattr(r, a) and getattr(r, a)[-1] > 0 for r in results.runs)]
     cost_plot = efficiency_plot(results, costs[0])[0] if finals and costs else None
-    milestones = {mode: {label: next((r["median_point"] for r in reversed(rows) if r["x"] <= steps), None)
-                         for label, steps in (("~1M", 1e6), ("~9.7M", 9.7e6))}
-                  for mode, rows in efficiency_table.items()}
+    milestones = _milestones(results) if finals else {}
     return {
         "name": results.name, "directory": str(directory), "rows": results.rows, "runs": results.runs,
         "excluded": results.excluded, "finals": finals, "metrics": METRICS, "references": REFERENCES,
