@@ -33,6 +33,7 @@ from common.errors import HeuristError
 from common.safe_text import redact
 from store.config import build_config
 from store.rundir import create_run, run_lock_free, run_status
+from store.scalars import write_scalars
 
 POLL_S = 1.0  # how often the driver looks for a stop request while runs are in flight
 STOP_GRACE_S = 60.0  # how long a stopped run has to record its interruption before it is killed
@@ -283,6 +284,10 @@ class Driver:
         self.campaign.ledger.append(RunEnded(key=flight.key, attempt=flight.attempt, status=status, reason=reason,
                                              node=node, spent=spent, best_mean=best))
         self.on_line(f"{flight.key}: {status} ({reason})")
+        try:
+            write_scalars(self.campaign.root / "tensorboard", campaign_scalars(self.campaign))
+        except Exception as exc:  # a view of the ledger: the campaign goes on without it
+            self.on_line(f"warning: the campaign's TensorBoard scalars were not updated: {type(exc).__name__}: {exc}")
 
     def _skip_rest(self, reason: str) -> None:
         for key in self._waiting():
@@ -305,6 +310,25 @@ class Driver:
     @staticmethod
     def _hours_left(hours: float | None, started: float) -> float | None:
         return None if hours is None else hours - (time.time() - started) / 3600
+
+
+def campaign_scalars(campaign: CampaignDir) -> list[tuple[str, float, int]]:
+    """The campaign's scalars, one point per ended run at the env steps its ended runs spent by then."""
+    scalars: list[tuple[str, float, int]] = []
+    totals = {"env_steps": 0.0, "tokens": 0.0, "usd": 0.0}
+    ended = 0
+    for event in campaign.events():
+        if not isinstance(event, RunEnded) or event.status in AGAIN:
+            continue
+        ended += 1
+        for kind in totals:
+            totals[kind] += float(event.spent.get(kind, 0) or 0)
+        step = int(totals["env_steps"])
+        scalars += [("campaign/runs_ended", float(ended), step), ("campaign/tokens", totals["tokens"], step),
+                    ("campaign/usd", totals["usd"], step)]
+        if event.best_mean is not None:
+            scalars.append((f"campaign/best_return/{event.key}", float(event.best_mean), step))
+    return scalars
 
 
 def _epoch(iso: str) -> float:

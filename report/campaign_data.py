@@ -21,7 +21,7 @@ import numpy as np
 
 from campaign.record import CampaignDir
 from campaign.status import campaign_status
-from common.events import EvalFinished, IterationDone, read_events
+from common.events import EvalFinished, IterationDone, RunFinished, RunStarted, read_events
 from common.ledger import Ledger
 from envs.tasks import get_task
 
@@ -49,7 +49,7 @@ REFERENCES: list[dict[str, Any]] = [
 
 @dataclass
 class RunCurve:
-    """One run: its best dev mean at each iteration's end against what it had spent by then."""
+    """One run: its kept policy's dev mean at each iteration's end against what it had spent by then."""
 
     key: str
     task: str
@@ -60,6 +60,7 @@ class RunCurve:
     tokens: list[int] = field(default_factory=list)
     usd: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
+    holdout: float | None = None  # the final policy's mean on the holdout seeds, once, at the run's end
 
     def add(self, env_steps: int, tokens: int, usd: float, best: float) -> None:
         self.env_steps.append(env_steps)
@@ -73,22 +74,28 @@ class RunCurve:
 
 
 def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> RunCurve:
+    """The kept policy's dev mean after each iteration (as the run report's best line), starting from the starting
+    policy's score (``run_started``); and the holdout mean, measured once at the run's end."""
     spec = get_task(task)
     curve = RunCurve(key=key, task=task, obs_mode=spec.obs_mode or "state", repeat=repeat, status=status)
     if not (run_dir / "ledger.jsonl").exists():
         return curve
-    steps, best = 0, None
+    steps, started = 0, False
     for event in read_events(Ledger(run_dir / "ledger.jsonl"))[0]:
         if isinstance(event, EvalFinished):
             steps += event.env_steps
-            if best is None and event.split == "dev" and event.mean is not None:
-                best = event.mean  # the starting policy's score, at what its first evaluation cost
-                curve.add(steps, 0, 0.0, best)
+        elif isinstance(event, RunStarted) and not started:
+            started = True
+            mean = event.start.get("mean") if isinstance(event.start, dict) else None
+            if mean is not None:
+                curve.add(steps, 0, 0.0, float(mean))
         elif isinstance(event, IterationDone) and event.mean_after is not None:
             spent = event.spent if isinstance(event.spent, dict) else {}
-            best = event.mean_after if best is None else max(best, event.mean_after)
             curve.add(int(spent.get("env_steps", steps)), int(spent.get("tokens", 0)), float(spent.get("usd", 0.0)),
-                      best)
+                      float(event.mean_after))
+        elif isinstance(event, RunFinished) and isinstance(event.holdout, dict):
+            holdout = event.holdout.get("mean")
+            curve.holdout = float(holdout) if isinstance(holdout, (int, float)) else None
     return curve
 
 
@@ -106,10 +113,15 @@ def at(curve: RunCurve, axis: str, x: float) -> float | None:
 @dataclass
 class CampaignResults:
     name: str
+    protocol: str  # the campaign's protocol, or "each task's default"
     runs: list[RunCurve]
     rows: list[dict[str, Any]]  # the per-task table
-    modes: list[str]  # observation modes with at least one normalised task
-    excluded: list[str]  # tasks left out of the aggregates, with why
+    modes: list[str]  # observation modes with at least one task in the aggregates
+    excluded: dict[str, str]  # task -> why it is left out of the aggregates
+
+    @property
+    def unfinished(self) -> int:
+        return sum(1 for r in self.runs if r.status != "finished")
 
 
 def gather_campaign(directory: Path) -> CampaignResults:
@@ -118,43 +130,50 @@ def gather_campaign(directory: Path) -> CampaignResults:
     status_rows, _ = campaign_status(directory)
     status = {r["key"]: r["status"] for r in status_rows}
     runs = [run_curve(campaign.run_dir(r.key), r.key, r.task, r.repeat, status[r.key]) for r in record.runs]
-    rows, excluded = [], []
+    rows, excluded = [], {}
     for task in dict.fromkeys(r.task for r in runs):
         spec = get_task(task)
         mine = [r for r in runs if r.task == task]
         finals = [r.final for r in mine]
         scored = [f for f in finals if f is not None]
-        hns = [spec.normalise(f) for f in scored] if spec.human_score is not None and spec.random_score is not None \
-            else []
+        published = spec.human_score is not None and spec.random_score is not None
+        hns = [spec.normalise(f) for f in scored] if published else []
         rows.append({"task": task, "obs_mode": mine[0].obs_mode, "repeats": len(mine), "scores": finals,
                      "mean": float(np.mean(scored)) if scored else None, "random": spec.random_score,
                      "human": spec.human_score, "hns": float(np.mean(hns)) if hns else None,
+                     "holdout": [r.holdout for r in mine],
                      "steps": max((r.env_steps[-1] for r in mine if r.env_steps), default=0)})
-        if spec.human_score is None or spec.random_score is None:
-            excluded.append(f"{task}: no published human and random scores")
+        if not published:
+            excluded[task] = "no published human and random scores"
         elif len(scored) < len(mine):
-            excluded.append(f"{task}: {len(mine) - len(scored)} of {len(mine)} runs have no score yet")
-    left_out = {e.split(":")[0] for e in excluded}
-    modes = sorted({r.obs_mode for r in runs if r.task not in left_out})
-    return CampaignResults(record.name, runs, rows, modes, excluded)
+            excluded[task] = f"{len(mine) - len(scored)} of {len(mine)} runs have no score (not started, or failed " \
+                             f"before their first evaluation)"
+    modes = sorted({r.obs_mode for r in runs if r.task not in excluded})
+    return CampaignResults(record.name, record.spec.protocol or "each task's default", runs, rows, modes, excluded)
 
 
-def score_matrix(results: CampaignResults, mode: str, axis: str | None = None, x: float | None = None) -> np.ndarray:
-    """HNS as rliable wants it: repeats × tasks, for the tasks of ``mode`` that have human and random scores and
-    a score in every repeat (their final one, or the one at ``x`` of ``axis``; a run not there yet has its first)."""
-    left_out = {e.split(":")[0] for e in results.excluded}
-    tasks = [row["task"] for row in results.rows if row["obs_mode"] == mode and row["task"] not in left_out]
+def score_matrix(results: CampaignResults, mode: str, axis: str | None = None, x: float | None = None,
+                 holdout: bool = False) -> np.ndarray:
+    """HNS as rliable wants it: repeats × tasks, for the tasks of ``mode`` in the aggregates: each run's final dev
+    score, its holdout score (``holdout``: empty unless every run has one), or its score once it had spent ``x``
+    of ``axis`` (a run not there yet counts the score it started from)."""
+    tasks = [row["task"] for row in results.rows if row["obs_mode"] == mode and row["task"] not in results.excluded]
     repeats = max((r.repeat for r in results.runs), default=-1) + 1
     matrix = np.full((repeats, len(tasks)), np.nan)
     for j, task in enumerate(tasks):
         spec = get_task(task)
         for run in (r for r in results.runs if r.task == task):
-            score = run.final if axis is None else at(run, axis, x)
-            if score is None and run.best:
-                score = run.best[0]  # not there yet: the score it started from
+            if holdout:
+                score = run.holdout
+            else:
+                score = run.final if axis is None else at(run, axis, x)
+                if score is None and run.best:
+                    score = run.best[0]
             if score is not None:
                 matrix[run.repeat, j] = spec.normalise(score)
-    return matrix[:, ~np.isnan(matrix).any(axis=0)] if matrix.size else matrix
+    if holdout and np.isnan(matrix).any():
+        return np.empty((0, 0))
+    return matrix
 
 
 @contextmanager

@@ -113,7 +113,7 @@ def _milestones(results: CampaignResults) -> dict[str, dict[str, float]]:
     mode got that far (a run stopped earlier would count its last score as its score there)."""
     out: dict[str, dict[str, float]] = {}
     for mode in results.modes:
-        runs = [r for r in results.runs if r.obs_mode == mode]
+        runs = [r for r in results.runs if r.obs_mode == mode and r.task not in results.excluded]
         reached = min((r.env_steps[-1] if r.env_steps else 0) for r in runs) if runs else 0
         found = {}
         for label, steps in (("~1M", 1e6), ("~9.7M", 9.7e6)):
@@ -127,14 +127,18 @@ def _milestones(results: CampaignResults) -> dict[str, dict[str, float]]:
 def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
     finals = {mode: aggregates(score_matrix(results, mode)) for mode in results.modes
               if score_matrix(results, mode).size}
+    holdouts = {mode: aggregates(score_matrix(results, mode, holdout=True)) for mode in results.modes
+                if score_matrix(results, mode, holdout=True).size}
+    shape = {mode: score_matrix(results, mode).shape for mode in finals}  # (repeats, tasks) in each aggregate
     efficiency = efficiency_plot(results, "env_steps")[0] if finals else None
     costs = [a for a in ("usd", "tokens") if any(getattr(r, a) and getattr(r, a)[-1] > 0 for r in results.runs)]
     cost_plot = efficiency_plot(results, costs[0])[0] if finals and costs else None
     milestones = _milestones(results) if finals else {}
     return {
         "name": results.name, "directory": str(directory), "rows": results.rows, "runs": results.runs,
-        "excluded": results.excluded, "finals": finals, "metrics": METRICS, "references": REFERENCES,
-        "milestones": milestones,
+        "excluded": results.excluded, "finals": finals, "holdouts": holdouts, "shape": shape, "metrics": METRICS,
+        "references": REFERENCES, "milestones": milestones, "protocol": results.protocol,
+        "unfinished": results.unfinished,
         "profile": Markup(profile_plot(results)) if finals else None,
         "efficiency": Markup(efficiency) if efficiency else None,
         "cost_plot": Markup(cost_plot) if cost_plot else None, "cost_axis": costs[0] if costs else None,

@@ -35,6 +35,7 @@ from roles.registry import stage_roles, unmet_facts
 from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
+from store.scalars import write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
 from store.workspace import Workspace
 
@@ -154,13 +155,25 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                 for update in app.stream(start, cfg, stream_mode="updates", durability="sync", context=services):
                     for node in update:
                         services.event("node", node=node)
-                        if node in ("remember", "finish", "pause") and services.config.report:
-                            _publish_report(services)
+                        if node in ("remember", "finish", "pause"):
+                            _publish_scalars(services)
+                            if services.config.report:
+                                _publish_report(services)
                 return app.get_state(cfg).values
         finally:
             connection.close()
             if services.memory is not None:
                 services.memory.close()
+
+def _publish_scalars(services: Services) -> None:
+    """Rewrite RUN_DIR/tensorboard from the ledger (CleanRL's scalar names): a view, so a failure is told and the
+    run goes on."""
+    try:
+        write_run_scalars(services.run_dir)
+    except Exception as exc:  # a view of records kept elsewhere: the run never stops for it
+        services.event("warning", message=f"the TensorBoard scalars were not updated: {type(exc).__name__}: "
+                                          f"{exc}"[:300] + "; the run goes on")
+
 
 def _publish_report(services: Services) -> None:
     """Rewrite the run's report so it is always current. It is a view of records kept elsewhere,

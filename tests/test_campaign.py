@@ -92,6 +92,25 @@ def test_shares_never_add_up_past_the_campaign_budget():
     assert share(CampaignBudget(env_steps=10), [{"env_steps": 10}], [], 1) is None
 
 
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Read a TensorBoard event file back as TensorBoard does: TFRecords (length, its CRC, data, its CRC) of
+    protobuf Events; tag -> [(step, value)]."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    files = list(folder.glob("*tfevents*"))
+    assert len(files) == 1, files
+    data, out, at = files[0].read_bytes(), {}, 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        event = Event.FromString(data[at + 12:at + 12 + length])
+        at += 12 + length + 4
+        for value in event.summary.value:
+            out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
 def _events(directory: Path) -> list[dict]:
     return Ledger(directory / "ledger.jsonl").read()[0]
 
@@ -153,6 +172,11 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
         assert config["budget"]["env_steps"] <= 200_000  # its share of the campaign's 400,000
     status = heurist(env, "campaign", "status", directory)
     assert status.returncode == 0 and status.stdout.count("finished") >= 2 and "2 of 2 runs ended" in status.stdout
+    # TensorBoard: each run's scalars, CleanRL's names, one point per iteration; the campaign's, one per ended run.
+    for key in final:
+        returns = _scalars(directory / "runs" / key / "tensorboard")["charts/episodic_return"]
+        assert len(returns) == 3 and returns == sorted(returns, key=lambda p: p[0]), returns
+    assert [v for _, v in _scalars(directory / "tensorboard")["campaign/runs_ended"]][-1] == 2
     report = heurist(env, "campaign", "report", directory)
     assert report.returncode == 0, report.stderr
     page = (directory / "report" / "index.html").read_text()
@@ -289,28 +313,34 @@ def test_a_spent_budget_skips_the_runs_not_started(home):
     assert first["env_steps"] == 50 and not (tmp / "camp" / "runs" / "cartpole-v1-r1").exists()
 
 
-def _fake_run(run_dir: Path, start: float, improved: float) -> None:
-    """A run's own ledger as a finished run leaves it: its first dev evaluation, two iterations, its end."""
-    from common.events import EvalFinished, IterationDone, RunFinished
+def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | None = None) -> None:
+    """A run's own ledger as a finished run leaves it: its start, two iterations, its end (and holdout)."""
+    from common.events import EvalFinished, IterationDone, RunFinished, RunStarted
 
     ledger = Ledger(run_dir / "ledger.jsonl")
     ledger.append(EvalFinished(eval_id="e", task="t", protocol="standard", split="dev", seeds=list(range(4)), policy="p",
                                policy_sha256="0" * 64, status="complete", episodes=4, episodes_failed=0, mean=start,
                                std=0.0, median=start, min=start, max=start, ci95=None, hns_mean=None, target=None,
                                env_steps=10_000, wall_s=1.0, failures={}, clips=[], per_episode=[]))
+    ledger.append(RunStarted(run_id="r", task="t", protocol="standard", dev_seeds=list(range(4)),
+                             start={"mean": start}, offline=True))
     for i, (mean, steps) in enumerate([(start, 400_000), (improved, 1_200_000)], start=1):
         ledger.append(IterationDone(run_id="r", iteration=i, accepted=mean > start, reason="", edit=None,
                                     mean_before=start, mean_candidate=mean, mean_after=mean, commit=None,
                                     tests_added=[], verdict=None, policy_sha256="0" * 64,
                                     spent={"env_steps": steps, "tokens": 0, "usd": 0.0}))
-    ledger.append(RunFinished(run_id="r", reason="iteration budget spent", best_mean=improved, holdout=None,
-                              spent={"env_steps": 1_200_000}))
+    ledger.append(RunFinished(run_id="r", reason="iteration budget spent", best_mean=improved,
+                              holdout=None if holdout is None else {"mean": holdout}, spent={"env_steps": 1_200_000}))
 
 
 def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_numbers(tmp_path):
-    """Three Atari games, two repeats, runs' ledgers as finished runs leave them: the page's aggregates are
-    rliable's over the HNS of each run's best, its curves and profile are drawn, and each number names its
-    protocol."""
+    """Three Atari games, two repeats, runs' ledgers as finished runs leave them. Every aggregate on the page is
+    rliable's own, computed here on the repeats × tasks matrix (the transposed matrix would give another median),
+    on the dev seeds and on the holdout; its curves and profile are drawn; each number names its protocol."""
+    import numpy as np
+    from rliable import library, metrics
+
+    from campaign.plan import load_campaign
     from campaign.record import CampaignDir
     from envs.tasks import get_task
     from report.campaign_page import write_campaign_report
@@ -318,26 +348,32 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
     games = ["ALE/Breakout-v5", "ALE/Pong-v5", "ALE/Freeway-v5"]
     path = tmp_path / "atari.toml"
     path.write_text(f'name = "atari"\ntasks = {json.dumps(games)}\nrepeats = 2\n')
-    from campaign.plan import load_campaign
-
     spec, runs = load_campaign(path)
     campaign = CampaignDir.create(tmp_path / "camp", path, spec, runs)
-    finals = {}
-    for k, run in enumerate(runs):
+    dev_hns = {"ALE/Breakout-v5": [0.1, 1.9], "ALE/Pong-v5": [0.3, 0.35], "ALE/Freeway-v5": [0.9, 0.05]}
+    for run in runs:
         task = get_task(run.task)
-        improved = task.random_score + (0.2 + 0.3 * k) * (task.human_score - task.random_score)  # HNS 0.2, 0.5, ...
-        _fake_run(campaign.run_dir(run.key), task.random_score, improved)
-        finals[run.key] = task.normalise(improved)
-    index = write_campaign_report(tmp_path / "camp")
-    page = index.read_text()
+        hns = dev_hns[run.task][run.repeat]
+        _fake_run(campaign.run_dir(run.key), task.random_score,
+                  task.random_score + hns * (task.human_score - task.random_score),
+                  holdout=task.random_score + hns / 2 * (task.human_score - task.random_score))
+    page = write_campaign_report(tmp_path / "camp").read_text()
 
-    by_task = [[finals[r.key] for r in runs if r.task == game] for game in games]  # tasks × repeats
-    median = float(sorted(sum(t) / 2 for t in by_task)[1])  # rliable: the median of per-task means
-    assert f"{median:,.2f} (" in page.split('id="aggregates"')[1].split("</table>")[0]
+    matrix = np.array([[dev_hns[g][r] for g in games] for r in range(2)])  # repeats × tasks
+    assert metrics.aggregate_median(matrix) != metrics.aggregate_median(matrix.T)
+    table = page.split('id="aggregates"')[1].split("</table>")[0]
+    dev_row, holdout_row = table.split("<tr")[2], table.split("<tr")[3]
+    for row, scores in ((dev_row, matrix), (holdout_row, matrix / 2)):
+        for func in (metrics.aggregate_median, metrics.aggregate_iqm, metrics.aggregate_mean,
+                     metrics.aggregate_optimality_gap):
+            point, ci = library.get_interval_estimates({"x": scores}, lambda s: np.array([func(s)]), reps=2000,
+                                                       random_state=np.random.RandomState(0))
+            assert f"{point['x'][0]:,.2f} (" in row, (func.__name__, row)
+    assert "3 × 2" in dev_row and "holdout" in holdout_row
     for section in ('id="efficiency-plot"', 'id="profile-plot"', 'id="task-curves"', 'id="references"'):
         assert section in page
     assert "0.32" in page and "frame skip 1, no sticky actions" in page  # the original's number, with its protocol
-    assert "this campaign, pixels" in page  # its own median at ~1M steps, beside them
+    assert "this campaign, pixels (3 tasks × 2 runs, dev seeds)" in page  # its own median at ~1M steps, beside them
     assert "<script" not in page
 
 
