@@ -16,8 +16,6 @@ one started but never ended (the driver was killed) is started again on resume, 
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from campaign.plan import CampaignError, CampaignSpec, PlannedRun
 from common.files import atomic_write
 from common.ledger import Ledger
+from common.locks import exclusive, held
 
 
 def now_iso() -> str:
@@ -140,30 +139,15 @@ class CampaignDir:
     @contextmanager
     def driving(self) -> Iterator[None]:
         """One driver at a time: a second `campaign start`/`resume` on the same folder is refused."""
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise CampaignError(f"{self.root} is being driven by another heurist process; `heurist campaign "
-                                    f"status {self.root}` shows it, `heurist campaign stop {self.root}` stops it") from None
+        busy = lambda: CampaignError(  # noqa: E731
+            f"{self.root} is being driven by another heurist process; `heurist campaign status {self.root}` shows "
+            f"it, `heurist campaign stop {self.root}` stops it")
+        with exclusive(self.root / ".lock", busy):
             yield
-        finally:
-            os.close(fd)
 
     def driven(self) -> bool:
         """Whether a process is driving the campaign now."""
-        lock = self.root / ".lock"
-        if not lock.exists():
-            return False
-        fd = os.open(lock, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return held(self.root / ".lock")
 
     def request_stop(self) -> None:
         atomic_write(self.root / "stop", now_iso() + "\n")

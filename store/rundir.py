@@ -18,7 +18,6 @@ run without loading LangGraph or the roles.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from common.errors import HeuristError
 from common.events import IterationDone, read_events
 from common.files import atomic_write, sweep_torn_writes
 from common.ledger import Ledger
+from common.locks import exclusive, held
 from common.paths import heurist_home
 from envs.contract import check_policy_file, policy_sha256
 from envs.tasks import get_task
@@ -205,31 +205,15 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
 @contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
     """One process at a time per run directory: a second `heurist resume` must not race the first."""
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{run_dir} is being run by another heurist process; wait for it or stop it") from None
+    busy = lambda: RunError(f"{run_dir} is being run by another heurist process; wait for it or stop it")  # noqa: E731
+    with exclusive(run_dir / ".lock", busy):
         sweep_torn_writes(run_dir)  # a run killed mid-write left them; nothing else writes here now
         yield
-    finally:
-        os.close(fd)
 
 
 def run_lock_free(run_dir: Path) -> bool:
     """Whether no process holds the run's lock (a run that never started has none)."""
-    lock = run_dir / ".lock"
-    if not lock.exists():
-        return True
-    fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: status works on a read-only disk
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return not held(run_dir / ".lock")
 
 
 def run_status(run_dir: Path) -> str:
