@@ -110,6 +110,7 @@ class Driver:
         record = self.campaign.record()
         spec = record.spec
         if not ray.is_initialized():
+            check_address(self.address)
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -312,6 +313,21 @@ class Driver:
         return None if hours is None else hours - (time.time() - started) / 3600
 
 
+def check_address(address: str | None) -> None:
+    """A cluster address of the host:port form that nothing answers on is refused at once: Ray itself retries
+    for minutes before it gives up."""
+    import socket
+
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise CampaignError(f"cannot reach a Ray cluster at {address} ({exc}); check --address or RAY_ADDRESS "
+                            f"(the head's host:port, as `ray start --head` printed it)") from None
+
+
 def campaign_scalars(campaign: CampaignDir) -> list[tuple[str, float, int]]:
     """The campaign's scalars, one point per ended run at the env steps its ended runs spent by then."""
     scalars: list[tuple[str, float, int]] = []
@@ -367,4 +383,4 @@ def _log_tail(path: Path, chars: int = 300) -> str:
     return redact(" | ".join(text.strip().splitlines()[-3:])) or "(no output)"
 
 
-__all__ = ["Driver", "execute_run"]
+__all__ = ["Driver", "check_address", "execute_run"]

@@ -46,12 +46,14 @@ def start_cmd(
                                              help="A Chroma server every run shares (needed across machines)."),
 ) -> None:
     """Plan every run of FILE, then drive them on Ray until each has ended or the campaign budget is spent."""
+    from campaign.engine import check_address
     from campaign.plan import load_campaign
     from campaign.record import CampaignDir
     from common.paths import heurist_home
     from store.config import merge
 
     spec, runs = load_campaign(file)
+    check_address(address)  # before the campaign's folder exists
     if memory_url:
         runs = [r.model_copy(update={"config": merge(r.config, {"memory": {"url": memory_url}})}) for r in runs]
     if directory is None:

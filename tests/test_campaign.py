@@ -183,6 +183,15 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
     assert 'id="no-aggregates"' in page and "cartpole-v1-r0" in page and "mountaincar-v0-r0" in page
 
 
+def test_a_cluster_address_nothing_answers_on_is_one_line(home):
+    tmp, env = home
+    path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
+    done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", "--address", "127.0.0.1:1", timeout=120)
+    assert done.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in done.stderr, done.stderr[-2000:]
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp / "camp").exists()
+
+
 def test_stopping_a_campaign_no_one_drives_says_so(home):
     tmp, env = home
     path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
