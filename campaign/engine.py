@@ -127,7 +127,11 @@ class Driver:
             self.campaign.ledger.append(CampaignStarted(address=self.address or "local", cpus=cpus,
                                                         max_concurrent=limit))
             task = ray.remote(execute_run).options(num_cpus=spec.resources.cpus_per_run, max_retries=0)
-            status, reason = self._drive(task, limit, self._first_start())
+            try:
+                status, reason = self._drive(task, limit, self._first_start())
+            except KeyboardInterrupt:  # as a stop: each run records its interruption, and no start is used up
+                status, reason = "stopped", "interrupted (Ctrl-C)"
+                self._stop_all(reason)
             self.campaign.ledger.append(CampaignEnded(status=status, reason=reason))
             return status
         finally:
