@@ -22,6 +22,7 @@ from report.campaign_data import (
     REFERENCES,
     CampaignResults,
     aggregates,
+    curves,
     gather_campaign,
     performance_profile,
     score_matrix,
@@ -30,39 +31,32 @@ from report.plots import AXIS_LABEL, COLOURS, _svg
 from report.render import ReportError, _environment
 
 CURVE_POINTS = 24  # checkpoints of a sample-efficiency curve
-CURVE_REPS = 500  # bootstrap replications at each checkpoint (the final aggregates use more)
+CURVE_REPS = 1000  # bootstrap replications of a curve (one bootstrap for all its checkpoints)
 MAX_TASK_PANELS = 12  # per-task curves are drawn up to this many tasks; beyond it the aggregates speak
 
 
-def efficiency_plot(results: CampaignResults, axis: str) -> tuple[str, dict[str, list[dict[str, float]]]]:
+def efficiency_plot(results: CampaignResults, axis: str) -> str:
     """Median and IQM HNS against what the runs had spent, one pair of lines per observation mode, with 95%
-    bootstrap bands; also the numbers drawn, by mode."""
+    bootstrap bands."""
     top = max((getattr(r, axis)[-1] for r in results.runs if getattr(r, axis)), default=0)
     xs = np.linspace(0, top, CURVE_POINTS)
     figure = Figure(figsize=(9, 4.2))
     ax = figure.add_subplot()
-    table: dict[str, list[dict[str, float]]] = {}
     for i, mode in enumerate(results.modes):
-        rows = []
-        for x in xs:
-            matrix = score_matrix(results, mode, axis, float(x))
-            if matrix.size == 0:
-                continue
-            found = aggregates(matrix, reps=CURVE_REPS)
-            rows.append({"x": float(x), **{f"{m}_{k}": v for m in ("median", "IQM")
-                                          for k, v in zip(("point", "low", "high"), found[m])}})
-        table[mode] = rows
+        scores = np.stack([score_matrix(results, mode, axis, float(x)) for x in xs], axis=-1)
+        if scores.size == 0:
+            continue
+        found = curves(scores, reps=CURVE_REPS)
         for j, metric in enumerate(("median", "IQM")):
             colour = COLOURS[(2 * i + j) % len(COLOURS)]
-            ax.plot([r["x"] for r in rows], [r[f"{metric}_point"] for r in rows], color=colour,
-                    label=f"{metric} HNS, {mode}", drawstyle="steps-post")
-            ax.fill_between([r["x"] for r in rows], [r[f"{metric}_low"] for r in rows],
-                            [r[f"{metric}_high"] for r in rows], color=colour, alpha=0.15, step="post")
+            point, low, high = found[metric]
+            ax.plot(xs, point, color=colour, label=f"{metric} HNS, {mode}", drawstyle="steps-post")
+            ax.fill_between(xs, low, high, color=colour, alpha=0.15, step="post")
     ax.set_xlabel(AXIS_LABEL[axis])
-    ax.set_ylabel("human-normalised score (best dev mean so far)")
+    ax.set_ylabel("human-normalised score (kept policy's dev mean)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _svg(figure, f"campaign-efficiency-{axis}"), table
+    return _svg(figure, f"campaign-efficiency-{axis}")
 
 
 def profile_plot(results: CampaignResults) -> str:
@@ -130,9 +124,9 @@ def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
     holdouts = {mode: aggregates(score_matrix(results, mode, holdout=True)) for mode in results.modes
                 if score_matrix(results, mode, holdout=True).size}
     shape = {mode: score_matrix(results, mode).shape for mode in finals}  # (repeats, tasks) in each aggregate
-    efficiency = efficiency_plot(results, "env_steps")[0] if finals else None
+    efficiency = efficiency_plot(results, "env_steps") if finals else None
     costs = [a for a in ("usd", "tokens") if any(getattr(r, a) and getattr(r, a)[-1] > 0 for r in results.runs)]
-    cost_plot = efficiency_plot(results, costs[0])[0] if finals and costs else None
+    cost_plot = efficiency_plot(results, costs[0]) if finals and costs else None
     milestones = _milestones(results) if finals else {}
     return {
         "name": results.name, "directory": str(directory), "rows": results.rows, "runs": results.runs,

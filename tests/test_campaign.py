@@ -379,6 +379,14 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
                                                        random_state=np.random.RandomState(0))
             assert f"{point['x'][0]:,.2f} (" in row, (func.__name__, row)
     assert "3 × 2" in dev_row and "holdout" in holdout_row
+    # The curves' vectorised median and IQM are rliable's, at every checkpoint.
+    from report.campaign_data import curves
+
+    stack = np.stack([matrix, matrix / 2, matrix * 3], axis=-1)
+    found = curves(stack, reps=50)
+    for k in range(3):
+        assert found["median"][0][k] == pytest.approx(metrics.aggregate_median(stack[..., k]))
+        assert found["IQM"][0][k] == pytest.approx(metrics.aggregate_iqm(stack[..., k]))
     for section in ('id="efficiency-plot"', 'id="profile-plot"', 'id="task-curves"', 'id="references"'):
         assert section in page
     assert "0.32" in page and "frame skip 1, no sticky actions" in page  # the original's number, with its protocol
