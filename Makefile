@@ -19,7 +19,8 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
-# Tests too slow for the suite (the Pong starter's 540,000 Atari steps); .ci/run runs them after `make test`.
+# Tests too slow for the suite (the Pong starter's 540,000 Atari steps, a two-node Ray cluster losing a node);
+# .ci/run runs them after `make test`.
 test-slow: setup
 	.venv/bin/python -m pytest -m slow
 
