@@ -23,13 +23,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
 from campaign.budget import KINDS, run_spent, share, with_share
 from campaign.plan import CampaignError
-from campaign.record import CampaignDir, CampaignEnded, CampaignStarted, RunEnded, RunLaunched
+from campaign.record import CampaignDir, CampaignEnded, CampaignRecord, CampaignStarted, RunEnded, RunLaunched
 from common.errors import HeuristError
+from common.events import RunFinished, RunPaused
 from common.safe_text import redact
 from store.config import build_config
 from store.rundir import create_run, run_lock_free, run_status
@@ -104,11 +106,15 @@ class Driver:
     in_flight: dict[Any, Flight] = field(default_factory=dict)  # Ray object ref -> its run
     stop_reason: str = "stopped"  # why runs cancelled now are stopped
 
+    @cached_property
+    def record(self) -> CampaignRecord:
+        """The campaign's plan: written once at its start, so read once here."""
+        return self.campaign.record()
+
     def run(self) -> str:
         import ray
 
-        record = self.campaign.record()
-        spec = record.spec
+        spec = self.record.spec
         if not ray.is_initialized():
             check_address(self.address)
             try:
@@ -141,7 +147,7 @@ class Driver:
         """Start runs as room and budget allow until none is left; the campaign's end and why."""
         import ray
 
-        hours = self.campaign.record().spec.budget.hours
+        hours = self.record.spec.budget.hours
         while True:
             if self.campaign.stop_requested():
                 self._stop_all("stopped by `heurist campaign stop`")
@@ -191,13 +197,13 @@ class Driver:
         """Runs to start, in the plan's order: not ended, not in flight (those a killed driver left count)."""
         _, ended = self._state()
         flying = {f.key for f in self.in_flight.values()}
-        return [r.key for r in self.campaign.record().runs if r.key not in ended and r.key not in flying]
+        return [r.key for r in self.record.runs if r.key not in ended and r.key not in flying]
 
     # ------------------------------------------------------------------ starting and ending runs
 
     def _launch(self, task, key: str, hours_left: float | None) -> bool:
         """Start (or start again) one run; False when the campaign's budget has nothing left for it."""
-        record = self.campaign.record()
+        record = self.record
         planned = next(r for r in record.runs if r.key == key)
         launched, ended = self._state()
         run_dir = self.campaign.run_dir(key)
@@ -207,7 +213,7 @@ class Driver:
             allotment = launched[key].allotment if key in launched else self._recovered_share(run_dir)
             status = run_status(run_dir)
             if status in ("finished", "paused"):
-                self._record_end(Flight(key, self._attempts(key), allotment), status, _stop_reason(run_dir) or status)
+                self._record_end(Flight(key, self._attempts(key), allotment), status)
                 return True
         else:
             # Every run started and not ended holds its whole share, in flight or waiting to start again.
@@ -230,7 +236,7 @@ class Driver:
                              f"lost {attempts} times (max_attempts); `heurist resume {run_dir}` continues it by hand, "
                              f"outside the campaign's budget")
             return True
-        attempt = len([e for e in self.campaign.events() if isinstance(e, RunLaunched) and e.key == key]) + 1
+        attempt = launched[key].attempt + 1 if key in launched else 1
         self.campaign.ledger.append(RunLaunched(key=key, attempt=attempt, run_dir=str(run_dir), allotment=allotment))
         ref = task.remote(str(run_dir), self.home)
         self.in_flight[ref] = Flight(key, attempt, allotment)
@@ -251,7 +257,7 @@ class Driver:
         from store.rundir import read_record
 
         budget = read_record(run_dir).config.get("budget") or {}
-        limits = self.campaign.record().spec.budget
+        limits = self.record.spec.budget
         return {kind: (budget.get(kind) if getattr(limits, kind) is not None else None) for kind in KINDS}
 
     def _ended(self, ref) -> None:
@@ -269,7 +275,7 @@ class Driver:
         run_dir = self.campaign.run_dir(flight.key)
         status = run_status(run_dir)
         if status in ("finished", "paused"):  # its own ledger says it ended, whatever happened to the task after
-            self._record_end(flight, status, _stop_reason(run_dir) or status, node=outcome.get("node"))
+            self._record_end(flight, status, node=outcome.get("node"))
         elif lost == "stopped":
             self._record_end(flight, "stopped", self.stop_reason)
         elif lost is not None:
@@ -282,10 +288,15 @@ class Driver:
             self._record_end(flight, "failed", f"heurist exited with {outcome['returncode']}: {tail}",
                              node=outcome["node"])
 
-    def _record_end(self, flight: Flight, status: str, reason: str, node: str | None = None) -> None:
+    def _record_end(self, flight: Flight, status: str, reason: str | None = None, node: str | None = None) -> None:
+        """Record a run's end; without a ``reason``, the one its own ledger gives (it finished or paused)."""
         run_dir = self.campaign.run_dir(flight.key)
         spent = run_spent(run_dir) if run_dir.exists() else {}
-        best = _best_mean(run_dir)
+        if reason is None:
+            end = _last(run_dir, RunFinished, RunPaused)
+            reason = end.reason if end is not None else status
+        finished = _last(run_dir, RunFinished)
+        best = finished.best_mean if finished is not None else None
         self.campaign.ledger.append(RunEnded(key=flight.key, attempt=flight.attempt, status=status, reason=reason,
                                              node=node, spent=spent, best_mean=best))
         self.on_line(f"{flight.key}: {status} ({reason})")
@@ -357,26 +368,14 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def _stop_reason(run_dir: Path) -> str | None:
-    from common.events import RunFinished, RunPaused, read_events
-    from common.ledger import Ledger
-
-    for event in reversed(read_events(Ledger(run_dir / "ledger.jsonl"))[0]):
-        if isinstance(event, (RunFinished, RunPaused)):
-            return event.reason
-    return None
-
-
-def _best_mean(run_dir: Path) -> float | None:
-    from common.events import RunFinished, read_events
+def _last(run_dir: Path, *kinds: type):
+    """The last record of one of ``kinds`` in the run's own ledger; None if it has none."""
+    from common.events import read_events
     from common.ledger import Ledger
 
     if not (run_dir / "ledger.jsonl").exists():
         return None
-    for event in reversed(read_events(Ledger(run_dir / "ledger.jsonl"))[0]):
-        if isinstance(event, RunFinished):
-            return event.best_mean
-    return None
+    return next((e for e in reversed(read_events(Ledger(run_dir / "ledger.jsonl"))[0]) if isinstance(e, kinds)), None)
 
 
 def _log_tail(path: Path, chars: int = 300) -> str:

@@ -119,11 +119,11 @@ def _milestones(results: CampaignResults) -> dict[str, dict[str, float]]:
 
 
 def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
-    finals = {mode: aggregates(score_matrix(results, mode)) for mode in results.modes
-              if score_matrix(results, mode).size}
-    holdouts = {mode: aggregates(score_matrix(results, mode, holdout=True)) for mode in results.modes
-                if score_matrix(results, mode, holdout=True).size}
-    shape = {mode: score_matrix(results, mode).shape for mode in finals}  # (repeats, tasks) in each aggregate
+    dev = {mode: score_matrix(results, mode) for mode in results.modes}
+    held = {mode: score_matrix(results, mode, holdout=True) for mode in results.modes}
+    finals = {mode: aggregates(matrix) for mode, matrix in dev.items() if matrix.size}
+    holdouts = {mode: aggregates(matrix) for mode, matrix in held.items() if matrix.size}
+    shape = {mode: dev[mode].shape for mode in finals}  # (repeats, tasks) in each aggregate
     efficiency = efficiency_plot(results, "env_steps") if finals else None
     costs = [a for a in ("usd", "tokens") if any(getattr(r, a) and getattr(r, a)[-1] > 0 for r in results.runs)]
     cost_plot = efficiency_plot(results, costs[0]) if finals and costs else None
