@@ -68,11 +68,11 @@ HOSTILE_EDITS = {
     "eats_memory": "hoard = [bytearray(2**28) for _ in range(64)]\n",
     "reads_api_key": "import os\nassert not os.environ.get('OPENAI_API_KEY'), 'leaked'\n"
                      "raise RuntimeError('no key here: ' + str(sorted(os.environ)))\n",
-    "patches_the_evaluator": "import importlib\nimportlib.import_module('envs.worker').Worker.episode = "
-                             "lambda self, job: {'seed': job['seed'], 'status': 'ok', 'return': 1e9}\n",
+    "patches_the_evaluator": "import importlib\nimportlib.import_module('envs.lockstep').EpisodeRun.finish = "
+                             "lambda self, traced=True: {'seed': self.seed, 'status': 'ok', 'return': 1e9}\n",
 }
 MARKERS = ("while True:\n    pass", "time.sleep(10_000)", "os._exit(3)", "string_at(0)", "bytearray(2**28)",
-           "OPENAI_API_KEY", "Worker.episode")
+           "OPENAI_API_KEY", "EpisodeRun.finish")
 
 FAULTS = {
     "429": {"status": 429, "headers": {"Retry-After": "0"}, "json": {"error": {"message": "slow down"}}},

@@ -99,7 +99,6 @@ class EpisodeRun:
 
     def begin(self) -> None:
         self.obs, self.info = self.env.reset(seed=self.seed)
-        self.steps[self.slot] = 0
 
     def advance(self, raw: Any, failure: str | None) -> bool:
         """One step with the policy's action (or its failure); True when the episode has ended."""

@@ -30,10 +30,9 @@ from envs.wire import ObservationView, actions_to_wire, receive_from_env, send_t
 __all__ = ["PolicyFailed", "serve"]
 
 
-def serve(requests, replies, observations: ObservationView | None = None) -> None:
+def serve(requests, replies, observations: ObservationView) -> None:
     """Answer the env process until it hangs up. A policy failure is a reply, never the end of the process."""
     slots: PolicySlots | None = None
-    observations = observations or ObservationView(None)
     while (message := receive_from_env(requests)) is not None:
         kind = message[0]
         if kind == "act":
@@ -72,7 +71,7 @@ def main() -> None:
     except (PrivilegeError, OSError) as exc:  # never run policy code with privileges left
         sys.exit(f"heurist's sandbox refused to start the policy: {exc}")
     with os.fdopen(args.request_fd, "rb") as requests, os.fdopen(args.reply_fd, "wb") as replies:
-        serve(requests, replies, ObservationView(args.observations_fd) if args.observations_fd is not None else None)
+        serve(requests, replies, ObservationView(args.observations_fd))
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ class Scheduler:
         if flight is None:  # heurist's own failure outside any episode: every flight reports it
             for other in list(flights.values()):
                 self._finish(flights, EpisodeResult(seed=other.seed, status="crash",
-                                                    error=f"worker error: {reply.get('error')}",
+                                                    error=redact(f"worker error: {reply.get('error')}"),
                                                     env_steps=worker.steps_taken(other.slot)))
             return
         if reply.get("status") == "worker_error":

@@ -140,14 +140,6 @@ class Worker:
         self._kit_env = None
         self._kit_steps = 0
 
-    def episode(self, job: dict) -> dict:
-        """One episode, alone, to its end (what a group of one does)."""
-        ended = self.episodes.add(job)
-        while ended is None:
-            results = self.episodes.round()
-            ended = results[0] if results else None
-        return ended
-
     def clip(self, job: dict) -> dict:
         """Re-simulate a deterministic episode and keep frames only inside the windows before failure events."""
         from envs.clips import fps_for, write_clip
