@@ -50,7 +50,7 @@ class Flight:
     seed: int
     slot: int
     sent_at: float
-    width: int  # the group's width when it was sent; 1: alone, where a crash or a timeout is its own
+    alone: bool  # sent to run alone (not in a group), where a crash or a timeout is its own
     started_at: float | None = None  # when the env process took it, at the earliest (its clock starts then)
     unstarted_at: float = 0.0  # the last time it was seen not yet taken
 
@@ -70,6 +70,11 @@ class Schedule:
     start_worker: Callable[[int], WorkerProcess]  # cpu -> a new worker
     progress: Callable[[EpisodeResult], None] | None = None
     results: dict[int, EpisodeResult] = field(default_factory=dict)
+
+
+def _alone(flights: dict[int, Flight]) -> bool:
+    """Whether a worker's one flight runs alone: its failure is its own, not a group's."""
+    return len(flights) == 1 and next(iter(flights.values())).alone
 
 
 def on_threads(serve: Callable[[int], None], cpus: list[int], interrupt: Callable[[], None]) -> None:
@@ -127,7 +132,7 @@ class Scheduler:
                             self.live.add(worker)
                     slot = min(set(range(MAX_SLOTS)) - {f.slot for f in flights.values()})
                     sent = time.perf_counter()
-                    flights[seed] = Flight(seed, slot, sent, width, unstarted_at=sent)
+                    flights[seed] = Flight(seed, slot, sent, width == 1, unstarted_at=sent)
                     job = self.plan.job(seed, slot)
                     if not fresh:
                         # The env process keeps the task and the source from a worker's first job; later jobs are
@@ -149,7 +154,7 @@ class Scheduler:
 
     def _wait(self, worker: WorkerProcess, flights: dict[int, Flight], again: list[int]) -> bool:
         """Wait for the next result of this worker's flights and record it; True when the worker is gone."""
-        alone = len(flights) == 1 and next(iter(flights.values())).width == 1
+        alone = _alone(flights)
         progress, progress_at = self._progress(worker, flights), time.perf_counter()
         while True:
             now = time.perf_counter()
@@ -205,7 +210,7 @@ class Scheduler:
         long as it could run alone (see the module's docstring), or its env steps stop advancing for the
         limit; no grace there either, as a group that runs past these is not blamed, only run again alone."""
         timeout = self.plan.episode_timeout_s
-        if len(flights) == 1 and next(iter(flights.values())).width == 1:
+        if _alone(flights):
             flight = next(iter(flights.values()))
             if flight.started_at is None:
                 return min(flight.sent_at + STARTUP_S + timeout, self.plan.deadline), min(START_POLL_S, timeout)
@@ -221,7 +226,7 @@ class Scheduler:
 
     def _lost(self, worker: WorkerProcess, flights: dict[int, Flight], again: list[int], died: WorkerDied) -> bool:
         """The worker died or was killed: one episode alone takes the blame; a group runs again, alone."""
-        if len(flights) == 1 and next(iter(flights.values())).width == 1:
+        if _alone(flights):
             flight = next(iter(flights.values()))
             # The env process counted the steps it took before the policy died or time ran out: they were spent.
             self._finish(flights, EpisodeResult(seed=flight.seed, status="timeout" if died.timed_out else "crash",
