@@ -63,6 +63,8 @@ def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
     env = dict(os.environ)
     if home:
         env["HEURIST_HOME"] = home
+    # A run with eval.backend = "ray" spreads its episodes over this campaign's own cluster.
+    env.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     proc = None
     with open(Path(run_dir) / "campaign-task.log", "ab") as log:
         try:
@@ -129,7 +131,7 @@ class Driver:
             if largest < spec.resources.cpus_per_run:
                 raise CampaignError(f"no node of the Ray cluster has {spec.resources.cpus_per_run:g} CPUs for a run "
                                     f"(the largest has {largest:g}); lower resources.cpus_per_run in the campaign file")
-            limit = self.max_concurrent or max(1, int(cpus // spec.resources.cpus_per_run))
+            limit = self._concurrency(cpus)
             self.campaign.ledger.append(CampaignStarted(address=self.address or "local", cpus=cpus,
                                                         max_concurrent=limit))
             task = ray.remote(execute_run).options(num_cpus=spec.resources.cpus_per_run, max_retries=0)
@@ -142,6 +144,23 @@ class Driver:
             return status
         finally:
             ray.shutdown()
+
+    def _concurrency(self, cpus: float) -> int:
+        """Runs in flight at once. Runs whose evaluation runs on Ray (``eval.backend = "ray"``) must leave at least
+        one CPU of the cluster for their episodes, or every run would wait for a CPU another run holds."""
+        per_run = self.record.spec.resources.cpus_per_run
+        limit = self.max_concurrent or max(1, int(cpus // per_run))
+        if not any(r.config.get("eval", {}).get("backend") == "ray" for r in self.record.runs):
+            return limit
+        room = int((cpus - 1) // per_run)
+        if room < 1:
+            raise CampaignError(f"the Ray cluster's {cpus:g} CPUs leave none for the episodes of runs with "
+                                f"eval.backend = \"ray\" once one run holds {per_run:g}; add CPUs or lower "
+                                f"resources.cpus_per_run (a fraction such as 0.5 is allowed)")
+        if self.max_concurrent and self.max_concurrent > room:
+            raise CampaignError(f"--max-concurrent {self.max_concurrent} runs would hold every CPU of the cluster "
+                                f"and leave none for their episodes (eval.backend = \"ray\"); use at most {room}")
+        return min(limit, room)
 
     def _drive(self, task, limit: int, started: float) -> tuple[str, str]:
         """Start runs as room and budget allow until none is left; the campaign's end and why."""

@@ -142,7 +142,9 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
                 data["protocol"] = spec.protocol
             if task_id in spec.policies:
                 data["policy"] = str(spec.policies[task_id])
-            data.setdefault("eval", {}).setdefault("workers", max(1, int(spec.resources.cpus_per_run)))
+            evaluation = data.setdefault("eval", {})
+            if evaluation.get("backend", "local") == "local":  # the ray backend's pairs take CPUs of their own
+                evaluation.setdefault("workers", max(1, int(spec.resources.cpus_per_run)))
             config = build_config(data, f"{source} [run] for {task_id}")
             # What `heurist run` refuses before a run directory exists is refused here, before anything starts.
             check_policy_file(config.policy or starter_policy(get_task(task_id)))

@@ -53,6 +53,10 @@ def eval_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where clips go (default: ./heurist-clips)."),
     episode_timeout: float = typer.Option(300.0, "--episode-timeout", min=1, help="Wall-clock seconds per episode."),
     memory_mb: int = typer.Option(4096, "--memory-mb", min=256, help="Address-space limit per worker, MiB."),
+    backend: str = typer.Option("local", "--backend", help="Where worker pairs run: local (this machine) or ray "
+                                                           "(Ray tasks over a cluster's nodes, one CPU each)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                               help="The Ray cluster for --backend ray (default: Ray started here)."),
 ) -> None:
     """Evaluate POLICY_FILE on a task's fixed seeds in sandboxed workers and append the result to the ledger."""
     from common.ledger import Ledger
@@ -62,9 +66,12 @@ def eval_cmd(
 
     if split not in ("dev", "holdout", "audit"):
         raise HeuristError(f"unknown split {split!r}; choose dev, holdout or audit")
+    if backend not in ("local", "ray"):
+        raise HeuristError(f"unknown backend {backend!r}; choose local or ray")
     spec = get_task(env)
     request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split, episodes=episodes,
                           workers=workers, lockstep=lockstep, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
+                          backend=backend, ray_address=ray_address if backend == "ray" else None,
                           limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
                                         memory_mb=memory_mb))
     ledger_file = ledger or default_ledger_path()
@@ -81,6 +88,8 @@ def eval_cmd(
         result = evaluate(spec, request, Ledger(ledger_file), progress=tick)
 
     summary = result.summary()
+    if result.backend == "ray":
+        summary |= {"backend": "ray", "nodes": result.nodes}
     if as_json:
         print(json.dumps(summary))
     else:
@@ -111,6 +120,8 @@ def _print_result(result, ledger_file: Path) -> None:
         table.add_row("target", f"{result.target:g} ({'met' if met else 'not met'})")
     table.add_row("env steps", f"{result.env_steps:,}")
     table.add_row("wall time", f"{result.wall_s:.1f} s")
+    if result.backend == "ray":
+        table.add_row("ran on", ", ".join(f"{shown(node)} ×{n}" for node, n in sorted(result.nodes.items())))
     table.add_row("failures", ", ".join(f"{k} ×{v}" for k, v in sorted(result.failures.items())) or "none")
     for e in result.episodes:
         if e.error:

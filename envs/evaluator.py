@@ -24,7 +24,7 @@ import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +66,11 @@ class EvalRequest(BaseModel):
     lockstep: int | None = Field(default=None, ge=1, le=MAX_SLOTS,
                                  description="Episodes each worker runs at once, stepped together (1: one at a "
                                              "time); by default the task family's (``lockstep_width``).")
+    backend: Literal["local", "ray"] = Field(default="local", description=(
+        "Where the worker pairs run: this machine, or Ray tasks on a cluster's nodes (``envs.ray_backend``), "
+        "where ``workers`` is the pairs at once (default: the cluster's CPUs)."))
+    ray_address: str | None = Field(default=None, description="The cluster for the ray backend (default: "
+                                                              "RAY_ADDRESS, else Ray started on this machine).")
 
 
 ProgressFn = Callable[[EpisodeResult], None]
@@ -128,6 +133,7 @@ class Evaluator:
         self.progress = progress
         self.protocol = spec.protocol(request.protocol).name
         self._task_json = spec.model_dump_json()  # sent with every job; serialise once
+        self.nodes: dict[str, int] = {}  # episodes each Ray node ran (the ray backend)
 
     # ------------------------------------------------------------------ public
 
@@ -212,6 +218,14 @@ class Evaluator:
     def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:
         req = self.req
         confinement = self._confinement()
+        if req.backend == "ray":
+            from envs.ray_backend import run_on_ray
+
+            job = self._job("episode", policy_path, trace_window=req.trace_window, max_windows=req.max_windows)
+            results, self.nodes = run_on_ray(
+                seeds, job, req.limits.model_dump_json(), lockstep_width(self.spec, req.lockstep), req.workers,
+                started + req.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress)
+            return [results[s] for s in seeds]
         plan = Schedule(
             seeds=seeds, workers=req.workers or os.cpu_count() or 1, width=lockstep_width(self.spec, req.lockstep),
             episode_timeout_s=req.limits.episode_timeout_s, episode_cpu_s=req.limits.episode_cpu_s, deadline=started + req.eval_timeout_s,
@@ -243,7 +257,8 @@ class Evaluator:
         return EvalResult(**base, status=status, stats=score_stats(returns, self.spec),
                           target=self.spec.target, episodes=episodes, failures=failures,
                           env_steps=sum(e.env_steps for e in episodes), wall_s=time.perf_counter() - started,
-                          clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before)
+                          clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before,
+                          backend=self.req.backend, nodes=dict(self.nodes))
 
     # ------------------------------------------------------------------ clips
 

@@ -93,6 +93,8 @@ class EvalResult(_Record):
     containment: dict[str, str]
     protected_uses_before: int = 0
     clip_env_steps: int = 0  # the re-simulations that rendered the clips; included in env_steps
+    backend: Literal["local", "ray"] = "local"  # where the episodes ran (``envs.ray_backend``)
+    nodes: dict[str, int] = {}  # the ray backend: episodes each node (host:node id) ran
 
     def summary(self) -> dict[str, Any]:
         """The compact form for ``--json`` and the ledger: no traces."""

@@ -200,6 +200,13 @@ class EvalConfig(_Strict):
                                              "time; default: 4 for Atari, 32 otherwise).")
     episode_timeout_s: float = Field(120.0, gt=0)
     memory_mb: int = Field(4096, ge=256)
+    backend: Literal["local", "ray"] = Field("local", description=(
+        "Where episodes run: worker pairs on this machine, or Ray tasks over a cluster's nodes (one CPU each, "
+        "under the same sandbox on each node; `workers` is then the pairs at once, default the cluster's CPUs). "
+        "For expensive policies such as model-predictive control."))
+    ray_address: str | None = Field(None, description="The Ray cluster for backend = \"ray\" (default: "
+                                                      "RAY_ADDRESS, which a campaign sets to its own cluster; "
+                                                      "else Ray started on this machine).")
     video: bool = Field(True, description="Record failure clips for the video analyst.")
     holdout: bool = Field(True, description="Evaluate the best policy once on the holdout split at the end.")
     allow_unconfined: bool = Field(False, description="Run model-written code even where bubblewrap cannot confine "

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from campaign.budget import share
 from campaign.plan import CampaignBudget, CampaignSpec, plan_runs
 from common.ledger import Ledger
+from policies import POLICY_DIR
 from tests.offline_runs import heurist, lost_or_repeated
 from tests.test_cli import HEURIST
 
@@ -238,16 +240,14 @@ def _ray(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedPro
     return subprocess.run([str(ray), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home):
-    """A real Ray cluster of two nodes on this machine (`ray start` twice, one CPU each, token auth on); the
-    second node is killed while a run is on it: that run starts again on the head from its checkpoint, and
-    every run ends once, whole."""
+@contextmanager
+def two_node_cluster(env: dict):
+    """A real Ray cluster of two nodes on this machine (`ray start --head`, and a second `ray start --block` as a
+    process of its own), one CPU each, token auth on: the environment to reach it, its address, the second node."""
     import secrets
 
-    tmp, env = home
     env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
     port = str(6400 + os.getpid() % 500)
     head = _ray(env, "start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard=false",
                 "--disable-usage-stats")
@@ -255,12 +255,50 @@ def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home
     node = subprocess.Popen([str(Path(HEURIST).with_name("ray")), "start", "--address", f"127.0.0.1:{port}",
                              "--num-cpus", "1", "--block"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    campaign = None
     try:
         deadline = time.monotonic() + 120
         while "2.0 CPU" not in _ray(env, "status", "--address", f"127.0.0.1:{port}").stdout:
             assert time.monotonic() < deadline, "the second node never joined"
             time.sleep(1)
+        yield env, f"127.0.0.1:{port}", node
+    finally:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+        _ray(env, "stop", "--force")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_an_evaluation_spreads_over_the_nodes_of_a_cluster_with_the_local_results(home):
+    """`eval.backend = "ray"` on two nodes: episodes ran on both, each under its node's sandbox, and every episode's
+    result is the one this machine gives alone."""
+    tmp, env = home
+    common = ["eval", POLICY_DIR / "mountaincar.py", "--env", "MountainCar-v0", "--episodes", "8", "--workers", "2",
+              "--lockstep", "2", "--json"]
+    local = heurist(env, *common, "--ledger", tmp / "local.jsonl")
+    assert local.returncode == 0, local.stderr[-2000:]
+    with two_node_cluster(env) as (cluster_env, address, _):
+        spread = heurist(cluster_env, *common, "--backend", "ray", "--ray-address", address,
+                         "--ledger", tmp / "ray.jsonl")
+    assert spread.returncode == 0, spread.stderr[-2000:]
+    nodes = json.loads(spread.stdout)["nodes"]
+    assert len(nodes) == 2 and sum(nodes.values()) == 8, nodes
+
+    def episodes(ledger: Path) -> list:
+        return [json.loads(line) for line in ledger.read_text().splitlines() if '"eval_finished"' in line][-1][
+            "per_episode"]
+
+    assert episodes(tmp / "ray.jsonl") == episodes(tmp / "local.jsonl")
+    assert cluster_env["RAY_AUTH_TOKEN"] not in (tmp / "ray.jsonl").read_text() + spread.stdout + spread.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home):
+    """A real Ray cluster of two nodes on this machine; the second node is killed while a run is on it: that run
+    starts again on the head from its checkpoint, and every run ends once, whole."""
+    tmp, env = home
+    with two_node_cluster(env) as (env, address, node):
         path = _campaign_file(tmp, '''
             name = "cluster"
             tasks = ["CartPole-v1", "MountainCar-v0", "Acrobot-v1"]
@@ -269,26 +307,24 @@ def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home
         (tmp / "campaign.toml").write_text(path)
         directory = tmp / "camp"
         campaign = subprocess.Popen([HEURIST, "campaign", "start", str(tmp / "campaign.toml"), "--dir", str(directory),
-                                     "--address", f"127.0.0.1:{port}", "--max-concurrent", "2"], env=env,
+                                     "--address", address, "--max-concurrent", "2"], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            def both_running() -> bool:
+                events = _events(directory) if (directory / "ledger.jsonl").exists() else []
+                started = [e["key"] for e in events if e["event"] == "campaign_run_started"]
+                ledgers = [directory / "runs" / key / "ledger.jsonl" for key in started]
+                # Both mid-run: each evaluated its policy once and neither has ended, so the killed node's run is cut.
+                return len(started) == 2 and all(p.exists() and '"eval_finished"' in p.read_text()
+                                                 and '"run_finished"' not in p.read_text() for p in ledgers)
 
-        def both_running() -> bool:
-            events = _events(directory) if (directory / "ledger.jsonl").exists() else []
-            started = [e["key"] for e in events if e["event"] == "campaign_run_started"]
-            ledgers = [directory / "runs" / key / "ledger.jsonl" for key in started]
-            # Both mid-run: each evaluated its policy once and neither has ended, so the killed node's run is cut.
-            return len(started) == 2 and all(p.exists() and '"eval_finished"' in p.read_text()
-                                             and '"run_finished"' not in p.read_text() for p in ledgers)
-
-        _wait(both_running, campaign, timeout=300)
-        _kill_tree(node.pid)  # the second node and everything on it, as a machine that dies
-        node.wait()
-        assert campaign.wait(timeout=1200) == 0, campaign.stderr.read().decode()[-3000:]
-    finally:
-        for proc in (campaign, node):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        _ray(env, "stop", "--force")
+            _wait(both_running, campaign, timeout=300)
+            _kill_tree(node.pid)  # the second node and everything on it, as a machine that dies
+            node.wait()
+            assert campaign.wait(timeout=1200) == 0, campaign.stderr.read().decode()[-3000:]
+        finally:
+            if campaign.poll() is None:
+                os.killpg(campaign.pid, signal.SIGKILL)
 
     events = _events(directory)
     ends = [e for e in events if e["event"] == "campaign_run_ended"]

@@ -1,0 +1,79 @@
+"""Evaluation on Ray (``eval.backend = "ray"``): the same episodes, the same sandbox, shards on any node.
+
+A real Ray, started on this machine by `heurist eval --backend ray` itself (the cluster case, two nodes
+started with `ray start`, is in tests/test_campaign.py's slow tests)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from envs.ray_backend import shards
+from tests.offline_runs import heurist
+
+SECRET = "sk-test-ray-backend-0123456789abcdef"
+
+
+def _probe_policy(tmp: Path, hidden: Path) -> Path:
+    """A CartPole policy that fails its episode if it can see the key or the ledger's folder, and on seed 2 by
+    design, so a sandbox that leaks on a Ray node, or a failure that spreads beyond its episode, shows."""
+    path = tmp / "probe.py"
+    path.write_text(textwrap.dedent(f"""
+        import os
+
+
+        class Policy:
+            def reset(self, seed):
+                self.seed, self.t = seed, 0
+
+            def act(self, obs, info):
+                self.t += 1
+                seen = [k for k, v in os.environ.items() if "{SECRET}" in v or k == "OPENAI_API_KEY"]
+                if seen or os.path.exists({str(hidden)!r}):
+                    raise RuntimeError(f"the sandbox leaked: {{seen}}")
+                if self.seed == 2 and self.t == 5:
+                    raise ValueError("seed 2 fails at step 5")
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+    """))
+    return path
+
+
+def _episodes(ledger: Path) -> tuple[list[dict], int]:
+    finished = [json.loads(line) for line in ledger.read_text().splitlines() if '"eval_finished"' in line][-1]
+    return finished["per_episode"], finished["env_steps"]
+
+
+def test_shards_keep_every_pair_busy_and_no_shard_wider_than_a_pair():
+    assert shards(list(range(10)), 2, 32) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert shards(list(range(5)), 2, 2) == [[0, 1], [2, 3], [4]]
+    assert shards([7], 4, 4) == [[7]]
+    assert sum(shards(list(range(23)), 3, 4), []) == list(range(23))
+
+
+def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
+    tmp, env = home
+    ledgers = tmp / "ledgers"
+    ledgers.mkdir()
+    env = {**env, "OPENAI_API_KEY": SECRET, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    policy = _probe_policy(tmp, ledgers)
+    common = ["eval", policy, "--env", "CartPole-v1", "--episodes", "6", "--workers", "2", "--lockstep", "2", "--json"]
+    local = heurist(env, *common, "--ledger", ledgers / "local.jsonl")
+    on_ray = heurist(env, *common, "--backend", "ray", "--ledger", ledgers / "ray.jsonl")
+    assert local.returncode == 0 and on_ray.returncode == 0, (local.stderr[-2000:], on_ray.stderr[-2000:])
+    summary = json.loads(on_ray.stdout)
+    assert summary["backend"] == "ray" and sum(summary["nodes"].values()) == 6, summary
+    episodes, steps = _episodes(ledgers / "ray.jsonl")
+    assert (episodes, steps) == _episodes(ledgers / "local.jsonl")
+    by_seed = {e["seed"]: e for e in episodes}
+    assert by_seed[2]["status"] == "policy_error" and "seed 2 fails at step 5" in by_seed[2]["error"]
+    assert all(e["status"] == "ok" for s, e in by_seed.items() if s != 2), episodes  # nothing leaked anywhere
+    assert SECRET not in (ledgers / "ray.jsonl").read_text() + on_ray.stdout + on_ray.stderr
+
+
+def test_an_unknown_backend_is_one_line(home):
+    tmp, env = home
+    done = heurist(env, "eval", tmp / "weak.py", "--env", "CartPole-v1", "--backend", "spark")
+    assert done.returncode != 0 and "unknown backend 'spark'; choose local or ray" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
