@@ -194,6 +194,51 @@ def test_a_cluster_address_nothing_answers_on_is_one_line(home):
     assert not (tmp / "camp").exists()
 
 
+def test_runs_that_evaluate_on_ray_must_leave_the_cluster_a_cpu_for_their_episodes(home):
+    """Every CPU held by a run whose episodes wait for a CPU would wait forever: refused in one line."""
+    tmp, env = home
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    path = _campaign_file(tmp, f'''
+        name = "greedy"
+        tasks = ["CartPole-v1"]
+        [resources]
+        cpus_per_run = {os.cpu_count()}
+        ''')
+    path.write_text(path.read_text().replace("[run.eval]\n", "[run.eval]\nbackend = \"ray\"\n"))
+    done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", timeout=180)
+    assert done.returncode == 2 and "leave none for the episodes of runs with eval.backend" in done.stderr, done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_campaign_run_spreads_its_evaluations_over_the_campaigns_own_ray(home):
+    """A run with eval.backend = "ray" inside a campaign joins the campaign's Ray (the address it is given), and
+    its evaluations ran there: the same numbers as a run evaluated locally."""
+    tmp, env = home
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    head = '''
+        name = "spread"
+        tasks = ["CartPole-v1"]
+        [policies]
+        "CartPole-v1" = "weak.py"
+        [resources]
+        cpus_per_run = 0.5
+        '''
+    path = _campaign_file(tmp, head)
+    path.write_text(path.read_text().replace("[run.eval]\n", "[run.eval]\nbackend = \"ray\"\nworkers = 1\n"))
+    done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp / "camp" / "runs" / "cartpole-v1-r0"
+    evals = [json.loads(p.read_text()) for p in sorted((run_dir / "evals").glob("*.json"))]
+    assert evals and all(e["backend"] == "ray" and sum(e["nodes"].values()) == len(e["episodes"]) for e in evals)
+    local = heurist(env, "eval", tmp / "weak.py", "--env", "CartPole-v1", "--episodes", "4", "--json",
+                    "--ledger", tmp / "l.jsonl")
+    first = next(e for e in evals if e["policy_sha256"] == json.loads(local.stdout)["policy_sha256"])
+    assert [ep["return"] for ep in first["episodes"]] == [
+        line["return"] for line in json.loads((tmp / "l.jsonl").read_text().splitlines()[-1])["per_episode"]]
+
+
 def test_stopping_a_campaign_no_one_drives_says_so(home):
     tmp, env = home
     path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
