@@ -10,8 +10,8 @@ lost run again from its checkpoint.
 A run is an ordinary run directory under ``CAMPAIGN_DIR/runs``; the task runs the installed
 ``heurist`` next to the node's Python, as a child that dies with the Ray worker (``PR_SET_PDEATHSIG``),
 so a lost node leaves no run half-alive holding its lock. Run directories must be on a path every
-node reaches (a shared file system); the memory store is shared through ``memory.url`` (a Chroma
-server) or, on one machine, the default local store.
+node reaches (a shared file system); the memory store is a Chroma server every run reaches: the
+one the campaign serves while it is driven (``campaign.memory_server``), or the user's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from campaign.budget import KINDS, run_spent, share, with_share
-from campaign.plan import CampaignError
+from campaign.memory_server import MemoryServer
+from campaign.plan import CampaignError, CampaignSpec
 from campaign.record import CampaignDir, CampaignEnded, CampaignRecord, CampaignStarted, RunEnded, RunLaunched
 from common.errors import HeuristError
 from common.events import RunFinished, RunPaused
@@ -43,9 +44,12 @@ AGAIN = ("lost", "stopped")  # ends after which a run starts again (a lost node;
 LOCK_WAIT_S = 120.0  # how long a run started again waits for its last process to let go of its lock
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the Ray worker that started it dies (a lost node, a kill)."""
+def _prepare_child() -> None:
+    """In the child, before exec: SIGKILL when the Ray worker that started it dies (a lost node, a kill); and no
+    signal blocked. A Ray worker blocks SIGINT, and a child inherits its parent's mask through exec, so without
+    this the run would never see the Ctrl-C that a stop sends it."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
@@ -70,8 +74,8 @@ def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
         try:
             proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, env=env, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
-            code = proc.wait()
+                                    preexec_fn=_prepare_child)
+            code = _wait_interruptibly(proc)
         except BaseException:  # ray.cancel: Ctrl-C to the run, which records its interruption; a kill after that
             if proc is not None:
                 try:
@@ -87,6 +91,17 @@ def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
                 except ProcessLookupError:
                     pass
     return {"returncode": code, "node": node, "lock_held": False}
+
+
+def _wait_interruptibly(proc: subprocess.Popen) -> int:
+    """The child's exit code. Ray cancels a task with a simulated Ctrl-C (``_thread.interrupt_main``), which no
+    blocking system call notices: a plain ``proc.wait()`` would hold the cancel until the run ended by itself.
+    Short waits let the KeyboardInterrupt through within half a second."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @dataclass
@@ -114,9 +129,22 @@ class Driver:
         return self.campaign.record()
 
     def run(self) -> str:
+        spec = self.record.spec
+        memory = None
+        if self.record.memory_server:
+            memory = MemoryServer(self.campaign.root / "memory", self.record.memory_server,
+                                  self.campaign.root / "memory-server.log")
+            memory.start()
+            self.on_line(f"memory: served at {self.record.memory_server} from {self.campaign.root / 'memory'}")
+        try:
+            return self._run_on_ray(spec)
+        finally:
+            if memory is not None:
+                memory.stop()
+
+    def _run_on_ray(self, spec: CampaignSpec) -> str:
         import ray
 
-        spec = self.record.spec
         if not ray.is_initialized():
             check_address(self.address)
             try:

@@ -7,6 +7,7 @@
       campaign.json      the record: name, the planned runs with their configs, when it started
       ledger.jsonl       append-only: each start of a run (with its share of the budget), each end and why
       runs/KEY/          ordinary run directories (`heurist resume`, `heurist report` work on each)
+      memory/            the runs' memory, which the driver serves (``campaign.memory_server``) unless told otherwise
       .lock              held by the process driving the campaign
       stop               written by `heurist campaign stop`; the driver stops the runs and itself
 
@@ -41,6 +42,9 @@ class CampaignRecord(BaseModel):
     created: str
     spec: CampaignSpec
     runs: list[PlannedRun]
+    # Where the campaign serves its runs' memory (``campaign.memory_server``), chosen at its start; None when
+    # the runs use a store of their own (``--memory-url``, or ``[run.memory]``).
+    memory_server: str | None = None
 
 
 class _Event(BaseModel):
@@ -95,7 +99,8 @@ class CampaignDir:
         self.ledger = Ledger(self.root / "ledger.jsonl")
 
     @classmethod
-    def create(cls, root: Path, source: Path, spec: CampaignSpec, runs: list[PlannedRun]) -> CampaignDir:
+    def create(cls, root: Path, source: Path, spec: CampaignSpec, runs: list[PlannedRun],
+               memory_server: str | None = None) -> CampaignDir:
         root = Path(root).resolve()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise CampaignError(f"{root} already exists and is not an empty folder; choose another --dir, or "
@@ -103,7 +108,7 @@ class CampaignDir:
         try:
             (root / "runs").mkdir(parents=True, exist_ok=True)
             atomic_write(root / "campaign.toml", source.read_text())
-            record = CampaignRecord(name=spec.name, created=now_iso(), spec=spec, runs=runs)
+            record = CampaignRecord(name=spec.name, created=now_iso(), spec=spec, runs=runs, memory_server=memory_server)
             atomic_write(root / "campaign.json", record.model_dump_json(indent=2))
         except OSError as exc:
             raise CampaignError(f"cannot create the campaign directory {root}: {exc.strerror}; choose a writable "

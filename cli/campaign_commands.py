@@ -43,10 +43,12 @@ def start_cmd(
     address: Optional[str] = ADDRESS,
     max_concurrent: Optional[int] = MAX_CONCURRENT,
     memory_url: Optional[str] = typer.Option(None, "--memory-url", envvar="HEURIST_MEMORY_URL",
-                                             help="A Chroma server every run shares (needed across machines)."),
+                                             help="A Chroma server every run shares (default: one the campaign "
+                                                  "serves from DIR/memory while it runs)."),
 ) -> None:
     """Plan every run of FILE, then drive them on Ray until each has ended or the campaign budget is spent."""
     from campaign.engine import check_address
+    from campaign.memory_server import choose_url
     from campaign.plan import load_campaign
     from campaign.record import CampaignDir
     from common.paths import heurist_home
@@ -54,11 +56,14 @@ def start_cmd(
 
     spec, runs = load_campaign(file)
     check_address(address)  # before the campaign's folder exists
+    served = None
+    if not memory_url and not any({"url", "path"} & set(r.config.get("memory") or {}) for r in runs):
+        served = memory_url = choose_url(address)  # the runs name no memory of their own: the campaign serves one
     if memory_url:
         runs = [r.model_copy(update={"config": merge(r.config, {"memory": {"url": memory_url}})}) for r in runs]
     if directory is None:
         directory = heurist_home() / "campaigns" / f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    CampaignDir.create(directory, file, spec, runs)
+    CampaignDir.create(directory, file, spec, runs, memory_server=served)
     _say_which_runs_are_offline(runs)
     err.print(f"campaign directory: {directory.resolve()} ({len(runs)} runs)", highlight=False, markup=False,
               soft_wrap=True)

@@ -106,6 +106,12 @@ def create_collection(client, name: str, embedder: Embedder, embedder_config: Em
     try:
         return client.create_collection(name, embedding_function=None, metadata=metadata)
     except Exception as exc:
+        # On a shared server, two runs starting at once both find no collection and both create it: the one that
+        # lost the race takes the winner's (its embedder is checked like any existing collection's).
+        try:
+            return client.get_collection(name, embedding_function=None)
+        except Exception:
+            pass
         raise MemoryStoreError(f"cannot create memory collection {name!r} at {location} "
                                f"({type(exc).__name__}: {exc})") from None
 

@@ -125,6 +125,43 @@ def _wait(predicate, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _run_pid(run_dir: Path) -> int | None:
+    """The process running `heurist resume RUN_DIR` (a campaign's run), if any."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "resume" in args and str(run_dir) in args:
+            return int(cmdline.parent.name)
+    return None
+
+
+def _freeze(pids, predicate, proc: subprocess.Popen, timeout: float) -> list[int]:
+    """SIGSTOP the process groups of ``pids()`` at a moment ``predicate()`` holds (checked while they are stopped,
+    so it still holds when this returns); the pids."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = pids()
+        if all(found):
+            for pid in found:
+                os.killpg(pid, signal.SIGSTOP)
+            if predicate():
+                return found
+            for pid in found:
+                os.killpg(pid, signal.SIGCONT)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+def _interrupt_pending(pid: int) -> bool:
+    """Whether a SIGINT waits to be delivered to the (stopped) process ``pid``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = int(next(line for line in status.splitlines() if line.startswith("ShdPnd:")).split()[1], 16)
+    return bool(pending & (1 << (signal.SIGINT - 1)))
+
+
 def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
     tmp, env = home
     path = _campaign_file(tmp, f'''
@@ -148,9 +185,15 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
             return all(p.exists() and '"eval_finished"' in p.read_text() and '"run_finished"' not in p.read_text()
                        for p in ledgers)
 
-        _wait(both_mid_run, proc, timeout=240)
+        # Frozen (SIGSTOP) while mid-run, and thawed only once the stop's Ctrl-C waits on each, so the stop
+        # reaches both runs mid-run however fast or slow this machine is.
+        frozen = _freeze(lambda: [_run_pid(directory / "runs" / key) for key in ("cartpole-v1-r0", "mountaincar-v0-r0")],
+                         both_mid_run, proc, timeout=240)
         stopped = heurist(env, "campaign", "stop", directory)
         assert stopped.returncode == 0, stopped.stderr
+        _wait(lambda: all(_interrupt_pending(pid) for pid in frozen), proc, timeout=120)
+        for pid in frozen:
+            os.killpg(pid, signal.SIGCONT)
         assert proc.wait(timeout=180) == 0, proc.stderr.read().decode()[-3000:]
     finally:
         if proc.poll() is None:
@@ -168,8 +211,12 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
     assert sorted(final) == ["cartpole-v1-r0", "mountaincar-v0-r0"]
     assert all(e["status"] == "finished" and e["spent"]["env_steps"] > 0 for e in final.values())
     assert events[-1] == events[-1] | {"event": "campaign_ended", "status": "finished"}
+    # The campaign served its runs' memory (a Chroma server on 127.0.0.1), from a folder that is a heurist store.
+    assert json.loads((directory / "runs" / "cartpole-v1-r0" / "run.json").read_text())["config"]["memory"][
+        "url"].startswith("http://127.0.0.1:")
+    assert not (tmp / "home" / "memory").exists()
     for key in final:  # each run is whole: one of each iteration, one end, nothing lost or doubled
-        assert lost_or_repeated(directory / "runs" / key, tmp / "home" / "memory", 3) == []
+        assert lost_or_repeated(directory / "runs" / key, directory / "memory", 3) == []
         config = json.loads((directory / "runs" / key / "run.json").read_text())["config"]
         assert config["budget"]["env_steps"] <= 200_000  # its share of the campaign's 400,000
     status = heurist(env, "campaign", "status", directory)
@@ -380,7 +427,7 @@ def test_a_cluster_that_loses_a_node_mid_campaign_loses_and_doubles_nothing(home
     assert all(e["status"] == "finished" for e in final), final
     assert events[-1]["event"] == "campaign_ended" and events[-1]["status"] == "finished"
     for e in final:
-        assert lost_or_repeated(directory / "runs" / e["key"], tmp / "home" / "memory", 3) == [], e["key"]
+        assert lost_or_repeated(directory / "runs" / e["key"], directory / "memory", 3) == [], e["key"]
 
 
 def test_a_spent_budget_skips_the_runs_not_started(home):
@@ -489,3 +536,30 @@ def test_a_report_of_tasks_without_human_scores_says_no_aggregate_is_defined(hom
     page = (tmp / "camp" / "report" / "index.html").read_text()
     assert 'id="no-aggregates"' in page and "CartPole-v1: no published human and random scores" in page
     assert "500.00" in page
+
+
+def test_the_campaigns_memory_server_serves_a_heurist_store_and_says_when_its_port_is_taken(tmp_path):
+    import socket
+
+    from campaign.memory_server import MemoryServer, choose_url
+    from campaign.plan import CampaignError
+    from memory.store import MemoryConfig, MemoryStore
+
+    url = choose_url(None)
+    assert url.startswith("http://127.0.0.1:")
+    server = MemoryServer(tmp_path / "memory", url, tmp_path / "server.log")
+    server.start()
+    try:
+        with MemoryStore(MemoryConfig(url=url)) as store:
+            assert list(store.records()) == []
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None and (tmp_path / "memory" / "heurist-memory.json").is_file()
+    with MemoryStore(MemoryConfig(path=tmp_path / "memory")):  # once no server holds it, a local store
+        pass
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CampaignError, match=f"could not start on 127.0.0.1:{port}"):
+            MemoryServer(tmp_path / "memory", f"http://127.0.0.1:{port}", tmp_path / "server.log").start()
