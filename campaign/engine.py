@@ -34,9 +34,11 @@ from campaign.record import CampaignDir, CampaignEnded, CampaignRecord, Campaign
 from common.errors import HeuristError
 from common.events import RunFinished, RunPaused
 from common.safe_text import redact
-from store.config import build_config
+from envs.ray_backend import unreachable
+from store.config import WandbConfig, build_config
 from store.rundir import create_run, run_lock_free, run_status
 from store.scalars import write_scalars
+from store.wandb_log import by_iteration, log_scalars
 
 POLL_S = 1.0  # how often the driver looks for a stop request while runs are in flight
 STOP_GRACE_S = 60.0  # how long a stopped run has to record its interruption before it is killed
@@ -347,10 +349,24 @@ class Driver:
         self.campaign.ledger.append(RunEnded(key=flight.key, attempt=flight.attempt, status=status, reason=reason,
                                              node=node, spent=spent, best_mean=best))
         self.on_line(f"{flight.key}: {status} ({reason})")
+        scalars = campaign_scalars(self.campaign)
         try:
-            write_scalars(self.campaign.root / "tensorboard", campaign_scalars(self.campaign))
+            write_scalars(self.campaign.root / "tensorboard", scalars)
         except Exception as exc:  # a view of the ledger: the campaign goes on without it
             self.on_line(f"warning: the campaign's TensorBoard scalars were not updated: {type(exc).__name__}: {exc}")
+        wandb = self._wandb()
+        if wandb is not None:
+            try:
+                log_scalars(self.campaign.root, f"campaign-{self.record.name}-{self.record.created}", wandb,
+                            by_iteration(scalars, "campaign/runs_ended"), {"campaign": self.record.name})
+            except Exception as exc:  # as for TensorBoard; the next run's end sends what is missing
+                self.on_line(redact(f"warning: W&B was not updated: {type(exc).__name__}: {exc}"[:300]))
+
+    def _wandb(self) -> WandbConfig | None:
+        """The campaign logs to W&B where its runs do, in their project and group."""
+        config = next((r.config.get("wandb") for r in self.record.runs if (r.config.get("wandb") or {}).get("enabled")),
+                      None)
+        return WandbConfig.model_validate(config) if config else None
 
     def _skip_rest(self, reason: str) -> None:
         for key in self._waiting():
@@ -378,16 +394,10 @@ class Driver:
 def check_address(address: str | None) -> None:
     """A cluster address of the host:port form that nothing answers on is refused at once: Ray itself retries
     for minutes before it gives up."""
-    import socket
-
-    if not address or address == "auto" or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except (OSError, ValueError) as exc:
-        raise CampaignError(f"cannot reach a Ray cluster at {address} ({exc}); check --address or RAY_ADDRESS "
-                            f"(the head's host:port, as `ray start --head` printed it)") from None
+    why = unreachable(address)
+    if why is not None:
+        raise CampaignError(f"cannot reach a Ray cluster at {address} ({why}); check --address or RAY_ADDRESS "
+                            f"(the head's host:port, as `ray start --head` printed it)")
 
 
 def campaign_scalars(campaign: CampaignDir) -> list[tuple[str, float, int]]:

@@ -20,6 +20,7 @@ from envs.tasks import get_task, registry
 from policies import starter_policy
 from store.config import build_config, check_priced, merge
 from store.rundir import is_offline
+from store.wandb_log import check_wandb
 
 
 class CampaignError(HeuristError):
@@ -142,6 +143,8 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
                 data["protocol"] = spec.protocol
             if task_id in spec.policies:
                 data["policy"] = str(spec.policies[task_id])
+            if (data.get("wandb") or {}).get("enabled"):  # a campaign's runs are one W&B group, named after it
+                data["wandb"] = {"group": spec.name, **data["wandb"]}
             evaluation = data.setdefault("eval", {})
             if evaluation.get("backend", "local") == "local":  # the ray backend's pairs take CPUs of their own
                 evaluation.setdefault("workers", max(1, int(spec.resources.cpus_per_run)))
@@ -150,6 +153,7 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
             check_policy_file(config.policy or starter_policy(get_task(task_id)))
             if not is_offline(config):
                 check_priced(config)
+            check_wandb(config.wandb)
             runs.append(PlannedRun(key=run_key(task_id, repeat), task=task_id, repeat=repeat, config=data))
     return runs
 

@@ -64,11 +64,13 @@ def run_cmd(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the run goes (default: $HEURIST_HOME/runs/RUN_ID)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration, then the summary."),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log the run's scalars to Weights & Biases (needs wandb)."),
 ) -> None:
     """Improve a policy overnight: evaluate, analyse, recall, code, check, test, verify, review, commit or roll back."""
     from roles.registry import stage_roles
     from store.config import build_config, check_priced, load_config_file, merge
     from store.rundir import create_run, is_offline
+    from store.wandb_log import check_wandb
 
     data: dict[str, Any] = load_config_file(config_file) if config_file else {}
     override: dict[str, Any] = {}
@@ -83,6 +85,8 @@ def run_cmd(
     llm = {k: v for k, v in {"model": model, "base_url": base_url}.items() if v is not None}
     if llm:
         override["llm"] = llm
+    if wandb:
+        override["wandb"] = {"enabled": True}
     merged = merge(data, override)
     if "task" not in merged:
         raise HeuristError("no task: give --env TASK (see `heurist envs`) or set task in the --config file")
@@ -90,6 +94,7 @@ def run_cmd(
     stage_roles(config.stages)  # roles that do not fit together are refused before a run directory exists
     if not is_offline(config):
         check_priced(config)
+    check_wandb(config.wandb)
     directory = create_run(config, run_dir)
     if is_offline(config):
         err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True, markup=False)

@@ -22,6 +22,7 @@ node (DEVELOPERS.md, Known gaps).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import socket
 import tempfile
@@ -42,19 +43,33 @@ class RayBackendError(HeuristError):
     pass
 
 
+def unreachable(address: str | None) -> str | None:
+    """Why nothing answers at a cluster address of the host:port form; None when something does, or when the
+    address is of another form (``auto``, ``ray://``), which Ray resolves itself. Checked first because Ray
+    retries an address nothing answers on for minutes before it gives up."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (else ``RAY_ADDRESS``; else start Ray on this machine), once per process."""
     import ray
 
     if ray.is_initialized():
         return
-    from campaign.engine import check_address
-
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    why = unreachable(address)
+    if why is not None:
+        raise RayBackendError(f"cannot reach a Ray cluster at {address} ({why}) for eval.backend = \"ray\"; check "
+                              f"eval.ray_address (--ray-address) or RAY_ADDRESS")
     try:
-        check_address(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except HeuristError as exc:
-        raise RayBackendError(str(exc).replace("--address or RAY_ADDRESS", "eval.ray_address or RAY_ADDRESS")) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayBackendError(f"cannot reach Ray at {address or 'this machine'} ({' '.join(str(exc).split())[:200]}) "
                               f"for eval.backend = \"ray\"; check eval.ray_address or RAY_ADDRESS, and RAY_AUTH_TOKEN "

@@ -20,7 +20,7 @@ from langgraph.types import Command
 
 from common.events import RunResumed
 from common.ledger import Ledger
-from common.safe_text import also_secret
+from common.safe_text import also_secret, redact
 from envs.isolation import filesystem_confined
 from envs.tasks import get_task
 from graph.budget import stop_reason
@@ -35,8 +35,9 @@ from roles.registry import stage_roles, unmet_facts
 from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
-from store.scalars import write_run_scalars
+from store.scalars import run_scalars, write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
+from store.wandb_log import by_iteration, log_scalars
 from store.workspace import Workspace
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -173,6 +174,14 @@ def _publish_scalars(services: Services) -> None:
     except Exception as exc:  # a view of records kept elsewhere: the run never stops for it
         services.event("warning", message=f"the TensorBoard scalars were not updated: {type(exc).__name__}: "
                                           f"{exc}"[:300] + "; the run goes on")
+    if services.config.wandb.enabled:
+        try:
+            log_scalars(services.run_dir, services.run_id, services.config.wandb,
+                        by_iteration(run_scalars(services.run_dir)),
+                        {"task": services.spec.id, "protocol": services.protocol, "run_id": services.run_id})
+        except Exception as exc:  # W&B down, a bad key: the run goes on; the next iteration sends what is missing
+            services.event("warning", message=redact(f"W&B was not updated: {type(exc).__name__}: {exc}"[:300])
+                           + "; the run goes on, and the next iteration sends what is missing")
 
 
 def _publish_report(services: Services) -> None:

@@ -155,6 +155,18 @@ class Budget(_Strict):
                            "864); target: already at the task's target; never: only budgets stop the run.")
 
 
+class WandbConfig(_Strict):
+    """Weights & Biases logging (optional: needs ``wandb`` installed); TensorBoard files are always written."""
+
+    enabled: bool = Field(False, description="Log the run's scalars to W&B (`heurist run --wandb`).")
+    project: str = Field("heurist", min_length=1, max_length=128)
+    entity: str | None = Field(None, description="W&B team or user (default: the key's).")
+    group: str | None = Field(None, description="W&B group (a campaign sets its name).")
+    mode: Literal["online", "offline"] | None = Field(
+        None, description="Default: wandb's own (WANDB_MODE, else online); offline writes RUN_DIR/wandb to sync "
+                          "later with `wandb sync`.")
+
+
 class ReviewConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="One-sided p-value a candidate must beat (paired, dev seeds).")
     min_improvement: float = Field(0.0, ge=0, description="Smallest dev-mean gain worth a commit.")
@@ -241,6 +253,7 @@ class RunConfig(_Strict):
     stages: StageRoles = Field(default_factory=StageRoles)
     check_retries: int = Field(2, ge=0, description="Times the coder may fix an edit that fails the check.")
     report: bool = Field(True, description="Rewrite RUN_DIR/report/index.html at the end of every iteration.")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
 
 
 def check_priced(config: RunConfig) -> None:

@@ -172,8 +172,10 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
         "CartPole-v1" = "{tmp / "weak.py"}"
         [budget]
         env_steps = 400000
-        ''').read_text().replace("iterations = 1", "iterations = 3")
+        ''').read_text().replace("iterations = 1", "iterations = 3") + "[run.wandb]\nenabled = true\n"
     (tmp / "campaign.toml").write_text(path)
+    env = {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+           "WANDB_CACHE_DIR": str(tmp / "wandb-cache"), "WANDB_DATA_DIR": str(tmp / "wandb-data")}
     path = tmp / "campaign.toml"
     directory = tmp / "camp"
     proc = subprocess.Popen([HEURIST, "campaign", "start", str(path), "--dir", str(directory)],
@@ -226,6 +228,14 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
         returns = _scalars(directory / "runs" / key / "tensorboard")["charts/episodic_return"]
         assert len(returns) == 3 and returns == sorted(returns, key=lambda p: p[0]), returns
     assert [v for _, v in _scalars(directory / "tensorboard")["campaign/runs_ended"]][-1] == 2
+    # W&B, asked for in [run.wandb]: each run's iterations once each across its stop and resume; the campaign's
+    # ended runs beside them, in a group named after the campaign.
+    from tests.test_wandb import _history
+
+    for key in final:
+        assert [r["_step"] for r in _history(directory / "runs" / key)] == [1, 2, 3], key
+        assert json.loads((directory / "runs" / key / "run.json").read_text())["config"]["wandb"]["group"] == "two"
+    assert [r["campaign/runs_ended"] for r in _history(directory)][-1] == 2
     report = heurist(env, "campaign", "report", directory)
     assert report.returncode == 0, report.stderr
     page = (directory / "report" / "index.html").read_text()

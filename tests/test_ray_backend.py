@@ -70,10 +70,3 @@ def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
     assert by_seed[2]["status"] == "policy_error" and "seed 2 fails at step 5" in by_seed[2]["error"]
     assert all(e["status"] == "ok" for s, e in by_seed.items() if s != 2), episodes  # nothing leaked anywhere
     assert SECRET not in (ledgers / "ray.jsonl").read_text() + on_ray.stdout + on_ray.stderr
-
-
-def test_an_unknown_backend_is_one_line(home):
-    tmp, env = home
-    done = heurist(env, "eval", tmp / "weak.py", "--env", "CartPole-v1", "--backend", "spark")
-    assert done.returncode != 0 and "unknown backend 'spark'; choose local or ray" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
