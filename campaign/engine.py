@@ -37,8 +37,8 @@ from common.safe_text import redact
 from envs.ray_backend import unreachable
 from store.config import WandbConfig, build_config
 from store.rundir import create_run, run_lock_free, run_status
-from store.scalars import write_scalars
-from store.wandb_log import by_iteration, log_scalars
+from store.scalars import Row, flatten, write_scalars
+from store.wandb_log import by_index, log_scalars
 
 POLL_S = 1.0  # how often the driver looks for a stop request while runs are in flight
 STOP_GRACE_S = 60.0  # how long a stopped run has to record its interruption before it is killed
@@ -156,12 +156,13 @@ class Driver:
                                     f"({' '.join(str(exc).split())[:200]}); check --address or RAY_ADDRESS, and "
                                     f"RAY_AUTH_TOKEN where the cluster uses token authentication") from None
         try:
+            self._check_memory_reachable()
             cpus = float(ray.cluster_resources().get("CPU", 0.0))
             largest = max((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
             if largest < spec.resources.cpus_per_run:
                 raise CampaignError(f"no node of the Ray cluster has {spec.resources.cpus_per_run:g} CPUs for a run "
                                     f"(the largest has {largest:g}); lower resources.cpus_per_run in the campaign file")
-            limit = self._concurrency(cpus)
+            limit = self.max_concurrent or max(1, int(cpus // spec.resources.cpus_per_run))
             self.campaign.ledger.append(CampaignStarted(address=self.address or "local", cpus=cpus,
                                                         max_concurrent=limit))
             task = ray.remote(execute_run).options(num_cpus=spec.resources.cpus_per_run, max_retries=0)
@@ -175,22 +176,19 @@ class Driver:
         finally:
             ray.shutdown()
 
-    def _concurrency(self, cpus: float) -> int:
-        """Runs in flight at once. Runs whose evaluation runs on Ray (``eval.backend = "ray"``) must leave at least
-        one CPU of the cluster for their episodes, or every run would wait for a CPU another run holds."""
-        per_run = self.record.spec.resources.cpus_per_run
-        limit = self.max_concurrent or max(1, int(cpus // per_run))
-        if not any(r.config.get("eval", {}).get("backend") == "ray" for r in self.record.runs):
-            return limit
-        room = int((cpus - 1) // per_run)
-        if room < 1:
-            raise CampaignError(f"the Ray cluster's {cpus:g} CPUs leave none for the episodes of runs with "
-                                f"eval.backend = \"ray\" once one run holds {per_run:g}; add CPUs or lower "
-                                f"resources.cpus_per_run (a fraction such as 0.5 is allowed)")
-        if self.max_concurrent and self.max_concurrent > room:
-            raise CampaignError(f"--max-concurrent {self.max_concurrent} runs would hold every CPU of the cluster "
-                                f"and leave none for their episodes (eval.backend = \"ray\"); use at most {room}")
-        return min(limit, room)
+    def _check_memory_reachable(self) -> None:
+        """A memory served on this machine's loopback is out of every other node's reach (a campaign started
+        without an address that Ray joined to a cluster of several nodes, or resumed on one)."""
+        from urllib.parse import urlparse
+
+        import ray
+
+        served = self.record.memory_server
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        if served and urlparse(served).hostname in ("127.0.0.1", "localhost") and len(alive) > 1:
+            raise CampaignError(f"the campaign's memory is served at {served}, which the other {len(alive) - 1} "
+                                f"node(s) of this Ray cluster cannot reach; start the campaign again with --address "
+                                f"(its memory is then served where the cluster reaches it) or with --memory-url")
 
     def _drive(self, task, limit: int, started: float) -> tuple[str, str]:
         """Start runs as room and budget allow until none is left; the campaign's end and why."""
@@ -287,6 +285,10 @@ class Driver:
             return True
         attempt = launched[key].attempt + 1 if key in launched else 1
         self.campaign.ledger.append(RunLaunched(key=key, attempt=attempt, run_dir=str(run_dir), allotment=allotment))
+        if (planned.config.get("eval") or {}).get("backend") == "ray":
+            # Its episodes hold the CPUs (one per worker pair, as Ray tasks of their own); were the run to hold
+            # some too, runs holding every CPU would wait forever for their episodes.
+            task = task.options(num_cpus=0)
         ref = task.remote(str(run_dir), self.home)
         self.in_flight[ref] = Flight(key, attempt, allotment)
         self.on_line(f"started {key} (attempt {attempt})")
@@ -349,16 +351,16 @@ class Driver:
         self.campaign.ledger.append(RunEnded(key=flight.key, attempt=flight.attempt, status=status, reason=reason,
                                              node=node, spent=spent, best_mean=best))
         self.on_line(f"{flight.key}: {status} ({reason})")
-        scalars = campaign_scalars(self.campaign)
+        rows = campaign_rows(self.campaign)
         try:
-            write_scalars(self.campaign.root / "tensorboard", scalars)
+            write_scalars(self.campaign.root / "tensorboard", flatten(rows))
         except Exception as exc:  # a view of the ledger: the campaign goes on without it
             self.on_line(f"warning: the campaign's TensorBoard scalars were not updated: {type(exc).__name__}: {exc}")
         wandb = self._wandb()
         if wandb is not None:
             try:
                 log_scalars(self.campaign.root, f"campaign-{self.record.name}-{self.record.created}", wandb,
-                            by_iteration(scalars, "campaign/runs_ended"), {"campaign": self.record.name})
+                            by_index(rows, "campaign/runs_ended"), {"campaign": self.record.name})
             except Exception as exc:  # as for TensorBoard; the next run's end sends what is missing
                 self.on_line(redact(f"warning: W&B was not updated: {type(exc).__name__}: {exc}"[:300]))
 
@@ -400,9 +402,9 @@ def check_address(address: str | None) -> None:
                             f"(the head's host:port, as `ray start --head` printed it)")
 
 
-def campaign_scalars(campaign: CampaignDir) -> list[tuple[str, float, int]]:
-    """The campaign's scalars, one point per ended run at the env steps its ended runs spent by then."""
-    scalars: list[tuple[str, float, int]] = []
+def campaign_rows(campaign: CampaignDir) -> list[Row]:
+    """The campaign's points, one row per ended run, at the env steps its ended runs spent by then."""
+    rows: list[Row] = []
     totals = {"env_steps": 0.0, "tokens": 0.0, "usd": 0.0}
     ended = 0
     for event in campaign.events():
@@ -411,12 +413,12 @@ def campaign_scalars(campaign: CampaignDir) -> list[tuple[str, float, int]]:
         ended += 1
         for kind in totals:
             totals[kind] += float(event.spent.get(kind, 0) or 0)
-        step = int(totals["env_steps"])
-        scalars += [("campaign/runs_ended", float(ended), step), ("campaign/tokens", totals["tokens"], step),
-                    ("campaign/usd", totals["usd"], step)]
+        points = {"campaign/runs_ended": float(ended), "campaign/tokens": totals["tokens"],
+                  "campaign/usd": totals["usd"]}
         if event.best_mean is not None:
-            scalars.append((f"campaign/best_return/{event.key}", float(event.best_mean), step))
-    return scalars
+            points[f"campaign/best_return/{event.key}"] = float(event.best_mean)
+        rows.append((int(totals["env_steps"]), points))
+    return rows
 
 
 def _epoch(iso: str) -> float:

@@ -76,6 +76,16 @@ class MemoryServer:
             raise CampaignError(f"cannot serve the campaign's memory: {chroma} is missing (it comes with chromadb); "
                                 f"reinstall heurist, or give --memory-url")
         prepare_directory(self.path)
+        # Another server on this port (another campaign's, say) would answer the heartbeat for this one.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As a server binds: connections the last server closed, still in TIME_WAIT, do not hold the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((parsed.hostname, parsed.port))
+            except OSError as exc:
+                raise CampaignError(f"the campaign's memory is served at {self.url}, and {parsed.hostname}:"
+                                    f"{parsed.port} cannot be taken here ({exc.strerror}); stop what holds that "
+                                    f"port, or resume the campaign on the machine it started on") from None
         env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ} | {"HOME": str(self.path),
                                                                         "ANONYMIZED_TELEMETRY": "False"}
         with open(self.log, "ab") as log:
@@ -84,7 +94,7 @@ class MemoryServer:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=self.path, start_new_session=True,
                 preexec_fn=_die_with_parent)
         deadline = time.monotonic() + READY_S
-        while not self._answers():
+        while not (self._answers() and self.proc.poll() is None):
             if self.proc.poll() is not None:
                 raise CampaignError(f"the campaign's memory server could not start on {parsed.hostname}:"
                                     f"{parsed.port} ({self._log_tail()}); free that port, or resume the campaign "

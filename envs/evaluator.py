@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import tempfile
 import time
 import uuid
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -37,6 +35,7 @@ from envs.failures import FailureEvent
 from envs.gitsafe import run_git
 from envs.isolation import Confinement
 from envs.limits import Limits
+from envs.ray_backend import package_versions
 from envs.results import Clip, EpisodeResult, EvalResult, score_stats
 from envs.scheduling import Schedule, Scheduler
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
@@ -87,16 +86,6 @@ def lockstep_width(spec: TaskSpec, asked: int | None) -> int:
     return asked if asked is not None else LOCKSTEP_WIDTH.get(spec.family, DEFAULT_LOCKSTEP_WIDTH)
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("heurist", "gymnasium", "ale-py", "mujoco", "numpy", "box2d"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _git_provenance(path: Path, data: bytes) -> dict[str, str | bool | None]:
     """The commit of the git repository holding the policy, if any, and whether the scored bytes are
     that commit's file. Only object lookups (``rev-parse``, ``hash-object --no-filters``): nothing
@@ -144,6 +133,10 @@ class Evaluator:
                                   f"add --confirm-protected to use it (the ledger records each use)")
         check_policy_file(req.policy_path)
         require_usable(req.limits)
+        if req.backend == "ray":  # an unreachable cluster is said before anything is recorded
+            from envs.ray_backend import connect
+
+            connect(req.ray_address)
         seeds = self._seeds()
         if req.video:
             self._make_clips_root()
@@ -161,7 +154,7 @@ class Evaluator:
         base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol, "obs_mode": spec.obs_mode,
                 "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
         self._append(EvalStarted(**base, protected_split=req.split in PROTECTED_SPLITS,
-                                 protected_uses_before=uses_before, versions=_versions(),
+                                 protected_uses_before=uses_before, versions=package_versions(),
                                  git=_git_provenance(policy_path, data)))
         started = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
@@ -223,7 +216,7 @@ class Evaluator:
 
             job = self._job("episode", policy_path, trace_window=req.trace_window, max_windows=req.max_windows)
             results, self.nodes = run_on_ray(
-                seeds, job, req.limits.model_dump_json(), lockstep_width(self.spec, req.lockstep), req.workers,
+                seeds, job, req.limits, lockstep_width(self.spec, req.lockstep), req.workers,
                 started + req.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress)
             return [results[s] for s in seeds]
         plan = Schedule(

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from common.errors import HeuristError
 from common.safe_text import redact
+from envs.limits import Limits
 from envs.results import EpisodeResult
 
 LOST_NODE_RETRIES = 2  # Ray starts a shard again this many times when its node or worker dies
@@ -83,12 +86,60 @@ def shards(seeds: list[int], pairs: int, width: int) -> list[list[int]]:
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
-def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: int, time_left_s: float,
-              hidden: list[str]) -> dict[str, Any]:
-    """The body of one Ray task, on its node: ``seeds`` through one sandboxed worker pair, as locally."""
+def node_refusal(limits: Limits, expected: dict[str, Any]) -> str | None:
+    """Why this node must not run the driver's episodes, or None: its sandbox gives less than (or other than) the
+    driver's machine gives, or its packages differ, so an episode here could end otherwise than there."""
+    from envs.containment import SandboxUnusable, containment, require_usable
+
+    try:
+        require_usable(limits)
+    except SandboxUnusable as exc:
+        return str(exc)
+    mine = {k: v for k, v in containment(limits).items() if k != "user"}  # the uid may differ between machines
+    differs = sorted(k for k in set(mine) | set(expected["containment"]) if mine.get(k) != expected["containment"].get(k))
+    if differs:
+        first = differs[0]
+        return (f"its sandbox differs from this machine's in {', '.join(differs)} ({first}: "
+                f"{mine.get(first, 'none')!r} there, {expected['containment'].get(first, 'none')!r} here); give "
+                f"every node the same sandbox (`heurist doctor` on each says what it has)")
+    versions = package_versions()
+    if versions != expected["versions"]:
+        pkg = next(k for k in sorted(set(versions) | set(expected["versions"]))
+                   if versions.get(k) != expected["versions"].get(k))
+        return (f"it runs {pkg} {versions.get(pkg, '(none)')}, this machine {expected['versions'].get(pkg, '(none)')}; "
+                f"install the same versions on every node")
+    return None
+
+
+def expectations(limits: Limits) -> dict[str, Any]:
+    """What every node must match: this machine's sandbox and package versions."""
+    from envs.containment import containment
+
+    return {"containment": {k: v for k, v in containment(limits).items() if k != "user"},
+            "versions": package_versions()}
+
+
+def package_versions() -> dict[str, str]:
+    """The versions an episode's result may depend on (recorded with every evaluation; equal on every node)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for pkg in ("heurist", "gymnasium", "ale-py", "mujoco", "numpy", "box2d"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: int, deadline_epoch: float,
+              hidden: list[str], expected: dict[str, Any]) -> dict[str, Any]:
+    """The body of one Ray task, on its node: ``seeds`` through one sandboxed worker pair, as locally.
+
+    ``deadline_epoch`` is the evaluation's own deadline in wall-clock time, so a shard that waited in Ray's queue,
+    or runs again after a lost node, gets no more time than the evaluation has left."""
     import ray
 
-    from envs.containment import require_usable
     from envs.isolation import Confinement
     from envs.limits import Limits
     from envs.scheduling import Schedule, Scheduler
@@ -96,25 +147,49 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
 
     where = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
     limits = Limits.model_validate_json(limits_json)
-    try:
-        require_usable(limits)  # this node's sandbox, checked here: nodes differ
-    except HeuristError as exc:
-        return {"node": where, "refused": str(exc)}
+    refusal = node_refusal(limits, expected)  # checked here: nodes differ
+    if refusal is not None:
+        return {"node": where, "refused": refusal}
     scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
     confinement = Confinement(hidden=[Path(p) for p in hidden])
-    started = time.perf_counter()
+    left = deadline_epoch - time.time()
+    # Not pinned to a core (``cpu`` is ignored): Ray decides how many shards share this node, and pairs pinned at
+    # random could share a core while others idle, so that an episode would meet its wall-clock limit here before
+    # its CPU limit, unlike on the driver's machine.
+    plan = Schedule(seeds=seeds, workers=1, width=width, episode_timeout_s=limits.episode_timeout_s,
+                    episode_cpu_s=limits.episode_cpu_s, deadline=time.perf_counter() + left, eval_timeout_s=left,
+                    job=lambda seed, slot: {**job, "seed": seed, "slot": slot},
+                    start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, None))
+    scheduler = Scheduler(plan)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["results"] = scheduler.run()
+        except BaseException as exc:  # handed to the task's own thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="heurist-shard", daemon=True)
+    worker.start()
     try:
-        plan = Schedule(seeds=seeds, workers=1, width=width, episode_timeout_s=limits.episode_timeout_s,
-                        episode_cpu_s=limits.episode_cpu_s, deadline=started + time_left_s,
-                        eval_timeout_s=time_left_s, job=lambda seed, slot: {**job, "seed": seed, "slot": slot},
-                        start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, cpu))
-        results = Scheduler(plan).run()  # a cancel (KeyboardInterrupt here) kills the pair on its way out
+        while worker.is_alive():
+            # Short joins: Ray cancels a task with a simulated Ctrl-C (``_thread.interrupt_main``), which only
+            # Python code between them notices; a blocking join would hold the cancel until the shard ended.
+            worker.join(0.5)
+    except BaseException:
+        scheduler.interrupt()  # every worker pair killed now, not when its episodes end
+        worker.join(CANCEL_GRACE_S)
+        raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not worker.is_alive():
+            shutil.rmtree(scratch, ignore_errors=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    results = outcome["results"]
     return {"node": where, "episodes": [results[s].model_dump(mode="json", by_alias=True) for s in seeds]}
 
 
-def run_on_ray(seeds: list[int], job: dict[str, Any], limits_json: str, width: int, pairs: int | None,
+def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int, pairs: int | None,
                deadline: float, hidden: list[str], address: str | None,
                progress: Callable[[EpisodeResult], None] | None = None) -> tuple[dict[int, EpisodeResult], dict[str, int]]:
     """Every seed's result, and how many episodes each node ran; ``deadline`` is this process's perf_counter."""
@@ -131,33 +206,38 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits_json: str, width: i
     flying: dict[Any, list[int]] = {}
     results: dict[int, EpisodeResult] = {}
     nodes: dict[str, int] = {}
+    expected = expectations(limits)
+    deadline_epoch = time.time() + (deadline - time.perf_counter())
+    limits_json = limits.model_dump_json()
 
     def finish(result: EpisodeResult) -> None:
         results[result.seed] = result
         if progress is not None:
             progress(result)
 
+    def not_run(shard: list[int], why: str) -> None:
+        for seed in shard:
+            finish(EpisodeResult(seed=seed, status="not_run", error=why))
+
     try:
         while waiting or flying:
             while waiting and len(flying) < pairs:
                 shard = waiting.pop(0)
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    for seed in shard:
-                        finish(EpisodeResult(seed=seed, status="not_run", error="the evaluation's time limit was reached"))
+                if time.perf_counter() >= deadline:
+                    not_run(shard, "the evaluation's time limit was reached")
                     continue
-                flying[task.remote(job, shard, limits_json, width, left, hidden)] = shard
+                flying[task.remote(job, shard, limits_json, width, deadline_epoch, hidden, expected)] = shard
             if not flying:
                 break
             ready, _ = ray.wait(list(flying), num_returns=1,
                                 timeout=max(0.0, deadline + SHARD_SLACK_S - time.perf_counter()))
             if not ready:  # shards that never came back (a node hung, the cluster lost): cut, nothing runs again
-                for ref, shard in list(flying.items()):
-                    ray.cancel(ref, force=True)
-                    for seed in shard:
-                        finish(EpisodeResult(seed=seed, status="not_run", error="its shard never came back from the "
-                                                                               "Ray cluster before the time limit"))
+                _cancel(flying)
+                for shard in [*flying.values(), *waiting]:
+                    not_run(shard, "its shard did not come back from the Ray cluster before the evaluation's time "
+                                   "limit")
                 flying.clear()
+                waiting.clear()
                 break
             for ref in ready:
                 shard = flying.pop(ref)
@@ -174,25 +254,34 @@ def _shard_results(ref, shard: list[int], nodes: dict[str, int]) -> list[Episode
 
     try:
         out = ray.get(ref)
-    except ray.exceptions.RayError as exc:  # lost LOST_NODE_RETRIES + 1 times, or the task itself failed
+    except ray.exceptions.RayTaskError as exc:  # heurist's own code failed on the node: no episode's fault
+        why = redact(" ".join(str(exc).split())[:500])
+        raise RayBackendError(f"an evaluation shard failed on the Ray cluster: {why}") from None
+    except ray.exceptions.RayError as exc:  # its node or worker was lost, LOST_NODE_RETRIES + 1 times
         why = redact(" ".join(str(exc).split())[:300])
-        return [EpisodeResult(seed=s, status="not_run", error=f"its Ray shard failed: {type(exc).__name__}: {why}")
+        return [EpisodeResult(seed=s, status="not_run", error=f"its Ray shard was lost: {type(exc).__name__}: {why}")
                 for s in shard]
     if "refused" in out:
-        raise RayBackendError(f"node {out['node']} cannot run the sandbox: {out['refused']}")
-    nodes[out["node"]] = nodes.get(out["node"], 0) + len(out["episodes"])
-    return [EpisodeResult.model_validate(e) for e in out["episodes"]]
+        raise RayBackendError(f"node {out['node']} must not run this evaluation: {out['refused']}")
+    episodes = [EpisodeResult.model_validate(e) for e in out["episodes"]]
+    if [e.seed for e in episodes] != shard:
+        raise RayBackendError(f"node {out['node']} answered for seeds {[e.seed for e in episodes]}, not the shard's "
+                              f"{shard}")
+    nodes[out["node"]] = nodes.get(out["node"], 0) + len(episodes)
+    return episodes
 
 
 def _cancel(flying: dict[Any, list[int]]) -> None:
-    """Cancel shards in flight: a KeyboardInterrupt in each (its worker pair is killed), then a kill."""
+    """Cancel shards in flight: a simulated Ctrl-C in each (its worker pairs are killed), then a kill."""
     import ray
 
+    if not flying:
+        return
     for ref in flying:
         ray.cancel(ref)
-    _, stuck = ray.wait(list(flying), num_returns=len(flying), timeout=CANCEL_GRACE_S) if flying else ([], [])
+    _, stuck = ray.wait(list(flying), num_returns=len(flying), timeout=CANCEL_GRACE_S)
     for ref in stuck:
         ray.cancel(ref, force=True)
 
 
-__all__ = ["RayBackendError", "connect", "run_on_ray", "run_shard", "shards"]
+__all__ = ["RayBackendError", "connect", "expectations", "node_refusal", "run_on_ray", "run_shard", "shards", "unreachable"]

@@ -290,6 +290,10 @@ class Scheduler:
             self.live.discard(worker)
         worker.close()
 
+    def interrupt(self) -> None:
+        """Stop now, from another thread: no more seeds, and every worker pair killed."""
+        self._interrupt()
+
     def _interrupt(self) -> None:
         # Ctrl-C or a bug: stop handing out seeds and kill every worker now, rather than
         # waiting for the episodes in flight to finish.

@@ -35,9 +35,9 @@ from roles.registry import stage_roles, unmet_facts
 from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
-from store.scalars import run_scalars, write_run_scalars
+from store.scalars import run_rows, write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
-from store.wandb_log import by_iteration, log_scalars
+from store.wandb_log import by_index, log_scalars
 from store.workspace import Workspace
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -177,7 +177,7 @@ def _publish_scalars(services: Services) -> None:
     if services.config.wandb.enabled:
         try:
             log_scalars(services.run_dir, services.run_id, services.config.wandb,
-                        by_iteration(run_scalars(services.run_dir)),
+                        by_index(run_rows(services.run_dir), "heurist/iteration"),
                         {"task": services.spec.id, "protocol": services.protocol, "run_id": services.run_id})
         except Exception as exc:  # W&B down, a bad key: the run goes on; the next iteration sends what is missing
             services.event("warning", message=redact(f"W&B was not updated: {type(exc).__name__}: {exc}"[:300])

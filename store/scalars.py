@@ -28,11 +28,12 @@ from common.ledger import Ledger
 EVENT_FILE = "events.out.tfevents.heurist"  # TensorBoard reads any file whose name holds "tfevents"
 
 Scalar = tuple[str, float, int]  # (tag, value, global step)
+Row = tuple[int, dict[str, float]]  # (global step, the points logged at it): one iteration of a run
 
 
-def run_scalars(run_dir: Path) -> list[Scalar]:
-    """A run's scalars from its ledger, in order."""
-    scalars: list[Scalar] = []
+def run_rows(run_dir: Path) -> list[Row]:
+    """A run's points from its ledger, one row per iteration, in order."""
+    rows: list[Row] = []
     accepted = 0
     for event in read_events(Ledger(run_dir / "ledger.jsonl"))[0]:
         if not isinstance(event, IterationDone):
@@ -45,8 +46,17 @@ def run_scalars(run_dir: Path) -> list[Scalar]:
                   "heurist/accepted_edits": accepted, "heurist/tokens": spent.get("tokens", 0),
                   "heurist/usd": spent.get("usd", 0.0), "heurist/iteration": event.iteration,
                   "charts/SPS": step / elapsed if elapsed > 0 else None}
-        scalars += [(tag, float(value), step) for tag, value in points.items() if value is not None]
-    return scalars
+        rows.append((step, {tag: float(value) for tag, value in points.items() if value is not None}))
+    return rows
+
+
+def flatten(rows: list[Row]) -> list[Scalar]:
+    return [(tag, value, step) for step, points in rows for tag, value in points.items()]
+
+
+def run_scalars(run_dir: Path) -> list[Scalar]:
+    """A run's scalars from its ledger, in order."""
+    return flatten(run_rows(run_dir))
 
 
 def write_scalars(folder: Path, scalars: Iterable[Scalar]) -> Path:

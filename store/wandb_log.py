@@ -18,6 +18,7 @@ redacted from heurist's records and never reaches a sandbox.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -26,9 +27,10 @@ from typing import Any
 
 from common.files import atomic_write
 from store.config import ConfigError, WandbConfig
-from store.scalars import Scalar
+from store.scalars import Row
 
 STATE = Path("wandb") / "heurist-logged.json"
+INIT_TIMEOUT_S = 30.0  # an unreachable W&B costs a run this much per iteration, not wandb's default 90 s
 
 
 def check_wandb(config: WandbConfig) -> None:
@@ -39,22 +41,18 @@ def check_wandb(config: WandbConfig) -> None:
 
 
 def wandb_id(name: str) -> str:
-    """A W&B run id from a heurist id: W&B allows letters, digits, - and _, at most 64."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", name)[:64]
+    """A W&B run id from a heurist name: W&B allows letters, digits, - and _, at most 64; a long name keeps its
+    start and a hash of the whole, so two names never share a W&B run."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "-", name)
+    if clean == name and len(name) <= 64:
+        return name
+    return f"{clean[:51]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
-def by_iteration(scalars: list[Scalar], index: str = "heurist/iteration") -> dict[int, dict[str, float]]:
-    """Scalars as one row per value of ``index`` (a run's iteration; a campaign's runs ended), each with its
-    points and ``global_step`` (the env steps spent by then)."""
-    # The scalars come row by row; two rows may share a step (an iteration served from the evaluation cache
-    # spends no env steps), so a row ends where the step changes or a tag comes again.
-    grouped: list[tuple[int, dict[str, float]]] = []
-    for tag, value, step in scalars:
-        if not grouped or grouped[-1][0] != step or tag in grouped[-1][1]:
-            grouped.append((step, {}))
-        grouped[-1][1][tag] = value
-    rows = {int(points[index]): {**points, "global_step": step} for step, points in grouped if index in points}
-    return dict(sorted(rows.items()))
+def by_index(rows: list[Row], index: str) -> dict[int, dict[str, float]]:
+    """Rows keyed by their ``index`` point (a run's iteration; a campaign's runs ended), each with
+    ``global_step`` (the env steps spent by then) beside its points."""
+    return {int(points[index]): {**points, "global_step": step} for step, points in rows if index in points}
 
 
 def log_scalars(folder: Path, run_name: str, config: WandbConfig, rows: dict[int, dict[str, float]],
@@ -75,7 +73,8 @@ def log_scalars(folder: Path, run_name: str, config: WandbConfig, rows: dict[int
         resume="allow", dir=str(folder), mode=config.mode, config=about, reinit="create_new",
         settings=wandb.Settings(silent=True, console="off", disable_git=True, disable_code=True, save_code=False,
                                 disable_job_creation=True, x_disable_stats=True, x_disable_meta=True,
-                                x_disable_machine_info=True, x_save_requirements=False))
+                                x_disable_machine_info=True, x_save_requirements=False,
+                                init_timeout=INIT_TIMEOUT_S))
     try:
         run.define_metric("global_step")
         for pattern in ("charts/*", "heurist/*", "campaign/*"):
@@ -89,4 +88,4 @@ def log_scalars(folder: Path, run_name: str, config: WandbConfig, rows: dict[int
     return len(new)
 
 
-__all__ = ["by_iteration", "check_wandb", "log_scalars", "wandb_id"]
+__all__ = ["by_index", "check_wandb", "log_scalars", "wandb_id"]

@@ -70,3 +70,17 @@ def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
     assert by_seed[2]["status"] == "policy_error" and "seed 2 fails at step 5" in by_seed[2]["error"]
     assert all(e["status"] == "ok" for s, e in by_seed.items() if s != 2), episodes  # nothing leaked anywhere
     assert SECRET not in (ledgers / "ray.jsonl").read_text() + on_ray.stdout + on_ray.stderr
+
+
+def test_a_node_whose_sandbox_or_packages_differ_from_this_machines_refuses_to_run_episodes():
+    from envs.limits import Limits
+    from envs.ray_backend import expectations, node_refusal
+
+    limits = Limits()
+    here = expectations(limits)
+    assert node_refusal(limits, here) is None  # this machine, as a node of its own cluster
+    weaker = {**here, "containment": {**here["containment"],
+                                      "filesystem": "none: a worker can read and write wherever its user can"}}
+    assert "its sandbox differs from this machine's in filesystem" in node_refusal(limits, weaker)
+    other = {**here, "versions": {**here["versions"], "gymnasium": "0.0.1"}}
+    assert "runs gymnasium" in node_refusal(limits, other) and "0.0.1" in node_refusal(limits, other)

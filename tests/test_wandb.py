@@ -65,12 +65,22 @@ def test_a_run_logs_its_scalars_to_wandb_once_each_under_cleanrls_names(home):
     assert {"charts/SPS", "heurist/accepted_edits", "heurist/tokens", "heurist/usd"} <= set(rows[0])
 
     # The node that sends them runs again (a resume after a kill): nothing is sent twice, no new W&B run is made.
-    from store.scalars import run_scalars
-    from store.wandb_log import by_iteration, log_scalars
+    from store.scalars import run_rows
+    from store.wandb_log import by_index, log_scalars
 
     runs_before = sorted(run_dir.glob("wandb/offline-run-*"))
-    sent = log_scalars(run_dir, "x", WandbConfig(enabled=True, mode="offline"), by_iteration(run_scalars(run_dir)), {})
+    sent = log_scalars(run_dir, "x", WandbConfig(enabled=True, mode="offline"),
+                       by_index(run_rows(run_dir), "heurist/iteration"), {})
     assert sent == 0 and sorted(run_dir.glob("wandb/offline-run-*")) == runs_before
+
+
+def test_wandb_ids_are_valid_and_two_names_never_share_one():
+    from store.wandb_log import wandb_id
+
+    assert wandb_id("20261203-041341-cartpole-v1-15637b") == "20261203-041341-cartpole-v1-15637b"
+    long = "campaign-" + "x" * 60
+    ids = {wandb_id(long + "-2026-12-03T04:13:41+00:00"), wandb_id(long + "-2026-12-04T04:13:41+00:00")}
+    assert len(ids) == 2 and all(len(i) <= 64 and i.replace("-", "").replace("_", "").isalnum() for i in ids)
 
 
 def test_wandb_asked_for_where_it_is_not_installed_is_refused_before_the_run(monkeypatch):
