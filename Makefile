@@ -29,3 +29,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/memory_speed.py
 	.venv/bin/python benchmarks/soak.py
 	.venv/bin/python benchmarks/campaign_scaling.py
+	.venv/bin/python benchmarks/eval_on_ray.py

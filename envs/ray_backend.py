@@ -79,10 +79,10 @@ def connect(address: str | None) -> None:
                               f"where the cluster uses token authentication") from None
 
 
-def shards(seeds: list[int], pairs: int, width: int) -> list[list[int]]:
-    """Seeds in shards of at most ``width`` (a worker pair's episodes in flight), at least one shard per pair
-    while seeds last, so every pair is busy and a slow shard holds back as few seeds as it can."""
-    size = max(1, min(width, math.ceil(len(seeds) / max(1, pairs))))
+def shards(seeds: list[int], pairs: int) -> list[list[int]]:
+    """Seeds in shards, two per pair while seeds last: a shard pays a worker pair's start (about half a second),
+    so fewer is cheaper, and two per pair let a pair that drew short episodes take over from a slow one."""
+    size = max(1, math.ceil(len(seeds) / (2 * max(1, pairs))))
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
@@ -202,7 +202,7 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int
                               "eval.backend = \"local\"")
     pairs = pairs or cpus
     task = ray.remote(run_shard).options(num_cpus=1, max_retries=LOST_NODE_RETRIES, retry_exceptions=False)
-    waiting = shards(seeds, pairs, width)
+    waiting = shards(seeds, pairs)
     flying: dict[Any, list[int]] = {}
     results: dict[int, EpisodeResult] = {}
     nodes: dict[str, int] = {}

@@ -44,11 +44,11 @@ def _episodes(ledger: Path) -> tuple[list[dict], int]:
     return finished["per_episode"], finished["env_steps"]
 
 
-def test_shards_keep_every_pair_busy_and_no_shard_wider_than_a_pair():
-    assert shards(list(range(10)), 2, 32) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
-    assert shards(list(range(5)), 2, 2) == [[0, 1], [2, 3], [4]]
-    assert shards([7], 4, 4) == [[7]]
-    assert sum(shards(list(range(23)), 3, 4), []) == list(range(23))
+def test_shards_are_two_per_pair_and_cover_every_seed_once():
+    assert shards(list(range(8)), 2) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert shards(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    assert shards([7], 4) == [[7]]
+    assert sum(shards(list(range(23)), 3), []) == list(range(23))
 
 
 def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
