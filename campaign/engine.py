@@ -165,7 +165,7 @@ class Driver:
             limit = self.max_concurrent or max(1, int(cpus // spec.resources.cpus_per_run))
             self.campaign.ledger.append(CampaignStarted(address=self.address or "local", cpus=cpus,
                                                         max_concurrent=limit))
-            task = ray.remote(execute_run).options(num_cpus=spec.resources.cpus_per_run, max_retries=0)
+            task = ray.remote(execute_run)
             try:
                 status, reason = self._drive(task, limit, self._first_start())
             except KeyboardInterrupt:  # as a stop: each run records its interruption, and no start is used up
@@ -184,11 +184,11 @@ class Driver:
         import ray
 
         served = self.record.memory_server
-        alive = [n for n in ray.nodes() if n.get("Alive")]
-        if served and urlparse(served).hostname in ("127.0.0.1", "localhost") and len(alive) > 1:
-            raise CampaignError(f"the campaign's memory is served at {served}, which the other {len(alive) - 1} "
-                                f"node(s) of this Ray cluster cannot reach; start the campaign again with --address "
-                                f"(its memory is then served where the cluster reaches it) or with --memory-url")
+        machines = {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+        if served and urlparse(served).hostname in ("127.0.0.1", "localhost") and len(machines) > 1:
+            raise CampaignError(f"the campaign's memory is served at {served}, which the cluster's other machines "
+                                f"({len(machines) - 1}) cannot reach; start the campaign again with --address (its "
+                                f"memory is then served where the cluster reaches it) or with --memory-url")
 
     def _drive(self, task, limit: int, started: float) -> tuple[str, str]:
         """Start runs as room and budget allow until none is left; the campaign's end and why."""
@@ -285,11 +285,11 @@ class Driver:
             return True
         attempt = launched[key].attempt + 1 if key in launched else 1
         self.campaign.ledger.append(RunLaunched(key=key, attempt=attempt, run_dir=str(run_dir), allotment=allotment))
-        if (planned.config.get("eval") or {}).get("backend") == "ray":
-            # Its episodes hold the CPUs (one per worker pair, as Ray tasks of their own); were the run to hold
-            # some too, runs holding every CPU would wait forever for their episodes.
-            task = task.options(num_cpus=0)
-        ref = task.remote(str(run_dir), self.home)
+        # A run whose episodes run on Ray holds no CPU itself: they hold one per worker pair, as Ray tasks of their
+        # own, and runs holding every CPU would wait forever for them.
+        on_ray = (planned.config.get("eval") or {}).get("backend") == "ray"
+        ref = task.options(num_cpus=0 if on_ray else record.spec.resources.cpus_per_run,
+                           max_retries=0).remote(str(run_dir), self.home)
         self.in_flight[ref] = Flight(key, attempt, allotment)
         self.on_line(f"started {key} (attempt {attempt})")
         return True
