@@ -191,6 +191,15 @@ def _classic_and_box2d() -> list[TaskSpec]:
             starter_policy="cartpole.py",
         ),
         TaskSpec(
+            id="CartPoleLongPole-v1", gym_id="heurist/CartPoleLongPole-v1", family="classic_control", target=475.0,
+            max_return=500.0, register_module="envs.variants",
+            description="CartPole-v1 with a pole twice as long (half-length 1.0 m): it falls more slowly. +1 per "
+                        "step, 500 steps max. obs: x, x_dot, theta, theta_dot.",
+            failure_rules=FailureRules(termination="failure", termination_kind="pole_fell",
+                                       termination_text="pole fell past 12 degrees or cart left the track"),
+            starter_policy="cartpole.py",
+        ),
+        TaskSpec(
             id="MountainCar-v0", gym_id="MountainCar-v0", family="classic_control", target=-110.0,
             description="Drive an underpowered car up a hill; -1 per step, 200 steps max. obs: position, velocity.",
             failure_rules=timeout, starter_policy="mountaincar.py",

@@ -31,6 +31,7 @@ from graph.context import Services, per_seed, scored, seeds_of
 from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from graph.workbench import RunWorkbench
+from memory.lessons import distil
 from memory.records import FailureRecord, FixRecord
 from roles.base import Role
 from roles.edits import Edit, unified_diff
@@ -352,12 +353,19 @@ class Nodes:
         candidate = (state.get("verification") or {}).get("candidate") or {}
         failure_ids = self._remember_failures(state)
         if edit is not None and s.memory is not None:
-            s.memory.add_fix(FixRecord(
+            fix = FixRecord(
                 run_id=s.run_id, rationale=edit["rationale"], diff_summary=(state.get("candidate") or {}).get(
                     "summary", "did not apply"), task=s.spec.id, family=s.spec.family, iteration=iteration,
                 failure_ids=tuple(failure_ids), outcome="accepted" if outcome["accepted"] else "rejected",
                 reason=outcome["reason"][:2000], score_before=baseline["mean"], score_after=candidate.get("mean"),
-                policy_sha256_before=baseline["sha256"], policy_sha256_after=candidate.get("sha256", "")))
+                policy_sha256_before=baseline["sha256"], policy_sha256_after=candidate.get("sha256", ""))
+            fix = fix.model_copy(update={"id": s.memory.add_fix(fix)})
+            lesson = distil(fix, edit, s.run_id)  # an accepted or clearly worse edit teaches one line
+            if lesson is not None:
+                s.memory.add_lesson(lesson)
+        if s.memory is not None:  # the lessons the coder was shown, counted, and whether they helped this time
+            shown = [h["lesson"]["id"] for h in (state.get("recall") or {}).get("lessons") or []]
+            s.memory.note_lessons_used(shown, f"{s.run_id}:{iteration}", helped=bool(outcome["accepted"]))
         llm_failed = bool(coder.get("llm_failed") or (state.get("verdict") or {}).get("llm_failed"))
         entry = {"iteration": iteration, "accepted": outcome["accepted"], "reason": oneline(outcome["reason"], 300),
                  "edit": oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],

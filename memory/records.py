@@ -104,13 +104,27 @@ class FixRecord(_Record):
 
 
 class LessonRecord(_Record):
-    """A short, general statement distilled from accepted fixes, shared across a task family."""
+    """A short, general statement distilled from an accepted (or a clearly rejected) edit, shared across runs.
+
+    The same statement learned again, in any run of the family, is one lesson whose sources and evidence grow
+    (``memory.store`` merges them). Each time it is shown to a coder, the iteration is added to ``recalled_in``,
+    and to ``helped_in`` when the edit that followed was accepted: lessons are ranked by how often they helped
+    when recalled."""
 
     type: Literal["lesson"] = "lesson"
     statement: str = Field(..., min_length=1)
     family: Family
-    task: str = Field(..., description="The task it was learned on.")
+    task: str = Field(..., description="The task it was first learned on.")
+    outcome: Literal["helped", "did_not_help"] = Field(
+        "helped", description="Whether the edit it was distilled from was accepted, or clearly worse.")
+    failure_kind: str | None = Field(None, description="The failure kind the edit targeted, if any.")
     source_fix_ids: tuple[str, ...] = ()
+    evidence: tuple[str, ...] = Field((), description="Per source: task, run and iteration, the dev means.")
+    settings: dict[str, float] = Field(
+        default_factory=dict, description="The tunable values of the policy the edit produced (the latest "
+                                          "source's), which a later search on a task of the family may start from.")
+    recalled_in: tuple[str, ...] = Field((), description="Where it was shown to a coder, as run_id:iteration.")
+    helped_in: tuple[str, ...] = Field((), description="Where the edit that followed was accepted.")
 
     @field_validator("statement")
     @classmethod
@@ -121,9 +135,24 @@ class LessonRecord(_Record):
     def text(self) -> str:
         return self.statement
 
+    @property
+    def times_recalled(self) -> int:
+        return len(self.recalled_in)
+
+    @property
+    def times_helped(self) -> int:
+        return len(self.helped_in)
+
     def default_id(self) -> str:
         # The same statement learned twice in one family is one lesson with more sources.
         return _content_id("lesson", self.family, self.statement.lower())
+
+
+def lesson_rank_key(lesson: LessonRecord, similarity: float) -> tuple:
+    """Lessons that helped when recalled come first (a Laplace-smoothed rate, so a new lesson sits between one
+    that always helped and one that never did), then lessons from accepted edits, then the closer match."""
+    rate = (lesson.times_helped + 1) / (lesson.times_recalled + 2)
+    return (-rate, 0 if lesson.outcome == "helped" else 1, -similarity)
 
 
 Record = Annotated[Union[FailureRecord, FixRecord, LessonRecord], Field(discriminator="type")]
@@ -152,6 +181,7 @@ class LessonHit(BaseModel):
 
     lesson: LessonRecord
     similarity: float
+    same_family: bool = Field(True, description="Learned on a task of the recalling run's family.")
 
 
 class Recall(BaseModel):

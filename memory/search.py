@@ -23,8 +23,14 @@ def all_of(conditions: list[dict]) -> dict | None:
 
 
 def _meets(metadata: dict, condition: dict) -> bool:
-    """Whether metadata meets one equality condition of the kind ``recall`` builds ({key: value})."""
+    """Whether metadata meets one condition of the kinds ``recall`` builds: {key: value}, or {key: {"$ne": value}}
+    (Chroma's own spelling, so the same condition also goes to Chroma's filter)."""
     [(key, value)] = condition.items()
+    if isinstance(value, dict):
+        [(operator, operand)] = value.items()
+        if operator != "$ne":
+            raise ValueError(f"unsupported memory condition {condition}")
+        return metadata.get(key) != operand
     return metadata.get(key) == value
 
 

@@ -50,6 +50,7 @@ from memory.records import (
     Record,
     RecordType,
     fix_rank_key,
+    lesson_rank_key,
 )
 from memory.search import all_of, nearest
 
@@ -202,8 +203,9 @@ class MemoryStore:
         for record in records:
             old = stored.get(record.id)
             if isinstance(record, LessonRecord) and isinstance(old, LessonRecord):
-                sources = tuple(dict.fromkeys(old.source_fix_ids + record.source_fix_ids))
-                record = old.model_copy(update={"source_fix_ids": sources})
+                union = {field: tuple(dict.fromkeys(getattr(old, field) + getattr(record, field)))
+                         for field in ("source_fix_ids", "evidence", "recalled_in", "helped_in")}
+                record = old.model_copy(update={**union, "settings": record.settings or old.settings})
             elif isinstance(record, FailureRecord):
                 base = old if isinstance(old, FailureRecord) else record
                 seen = tuple(dict.fromkeys((*base.seen_in, *record.seen_in, record.sighting)))
@@ -326,9 +328,31 @@ class MemoryStore:
             result.fixes = sorted((FixHit(fix=fix, similarity=s, failures=self._targets(fix, targets))
                                    for fix, s in hits), key=lambda h: fix_rank_key(h.fix, h.similarity))
         if "lesson" in types:
-            lesson_scope = [{"family": family}] if family else []
-            result.lessons = [LessonHit(lesson=r, similarity=s) for r, s in self._query(vector, "lesson", lesson_scope, k)]
+            result.lessons = self._lessons(vector, family, k)
         return result
+
+    def _lessons(self, vector, family: str | None, k: int) -> list[LessonHit]:
+        """Up to ``k`` lessons: the family's first, then other families' to fill (lessons travel between tasks of
+        a family first, and across families when there is room), each group by how often they helped."""
+        if family is None:
+            found = [LessonHit(lesson=r, similarity=s) for r, s in self._query(vector, "lesson", [], k)]
+            return sorted(found, key=lambda h: lesson_rank_key(h.lesson, h.similarity))
+        own = [LessonHit(lesson=r, similarity=s) for r, s in self._query(vector, "lesson", [{"family": family}], k)]
+        own.sort(key=lambda h: lesson_rank_key(h.lesson, h.similarity))
+        if len(own) >= k:
+            return own
+        others = [LessonHit(lesson=r, similarity=s, same_family=False)
+                  for r, s in self._query(vector, "lesson", [{"family": {"$ne": family}}], k - len(own))]
+        return own + sorted(others, key=lambda h: lesson_rank_key(h.lesson, h.similarity))
+
+    def note_lessons_used(self, ids: Iterable[str], sighting: str, helped: bool) -> None:
+        """Count lessons shown to a coder at ``sighting`` (run_id:iteration), and whether the edit that followed
+        was accepted. Idempotent: a sighting is counted once however often this runs."""
+        lessons = [r for r in self.get(ids) if isinstance(r, LessonRecord)]
+        if lessons:
+            self.add([r.model_copy(update={"recalled_in": (*r.recalled_in, sighting),
+                                           "helped_in": (*r.helped_in, sighting) if helped else r.helped_in})
+                      for r in lessons])
 
     @staticmethod
     def _targets(fix: FixRecord, known: dict[str, Record]) -> list[FailureRecord]:

@@ -24,6 +24,7 @@ from report.views import (
     Commit,
     Entry,
     IterationView,
+    LessonUse,
     MemoryRecordView,
     Message,
     Part,
@@ -218,9 +219,23 @@ def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
         delta = record.score_delta
         detail = f"{record.outcome}" + (f", {delta:+.2f} dev mean" if delta is not None else "")
     else:
-        detail = f"from {len(record.source_fix_ids)} fixes"
+        detail = (f"{record.outcome.replace('_', ' ')}, from {len(record.source_fix_ids)} fixes; helped "
+                  f"{record.times_helped} of {record.times_recalled} times recalled")
     return MemoryRecordView(type=kind, id=record.id, text=record.text, detail=detail,
                             iteration=iteration if iteration is not None else getattr(record, "iteration", None))
+
+
+def _lessons_used(iterations: list[IterationView], found: dict[str, Any]) -> list[LessonUse]:
+    """Each lesson shown to this run's coder: the iterations, and how many of them accepted their edit."""
+    shown: dict[str, list[IterationView]] = {}
+    for view in iterations:
+        for hit in view.recalled:
+            if hit.type == "lesson":
+                shown.setdefault(hit.id, []).append(view)
+    return [LessonUse(id=i, statement=found[i].text, family=found[i].family, iterations=[v.iteration for v in views],
+                      accepted=sum(v.accepted for v in views),
+                      helped_everywhere=f"{found[i].times_helped} of {found[i].times_recalled}")
+            for i, views in shown.items() if i in found]
 
 
 def _open_memory(record: RunRecord, run_dir: Path) -> MemoryStore:
@@ -274,7 +289,7 @@ def gather(run_dir: Path) -> ReportData:
     iterations, used_ids = _iteration_views(run_dir, [by_number[n] for n in sorted(by_number)], start.get("sha256"),
                                             dev_seeds, recorder)
 
-    memory_note, added, used = None, [], []
+    memory_note, added, used, lessons_used = None, [], [], []
     store = None
     try:
         store = _open_memory(record, run_dir)
@@ -282,6 +297,7 @@ def gather(run_dir: Path) -> ReportData:
         found = {m.id: m for m in store.get(used_ids)}
         used = [_memory_view(found[i], used_ids[i][0]) for i in used_ids if i in found]
         texts = {m.id: m.text for m in found.values()}
+        lessons_used = _lessons_used(iterations, found)
         for view in iterations:
             view.recalled = [h.model_copy(update={"text": texts.get(h.id, "(no longer in memory)")})
                              for h in view.recalled]
@@ -314,4 +330,4 @@ def gather(run_dir: Path) -> ReportData:
         holdout=finished.holdout if finished else None, holdout_enabled=bool(record.config["eval"]["holdout"]), spent=spent,
         points=_points(records, start.get("sha256"), dev_seeds, clock), iterations=iterations, failure_kinds=kinds,
         policy_label=policy_label, policy_source=policy_source, git_history=history, memory_note=memory_note,
-        memory_added=added, memory_used=used, torn_lines=torn)
+        memory_added=added, memory_used=used, lessons_used=lessons_used, torn_lines=torn)

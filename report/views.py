@@ -104,6 +104,17 @@ class MemoryRecordView(_View):
     detail: str
 
 
+class LessonUse(_View):
+    """A lesson this run was shown, and what became of the edits that followed."""
+
+    id: str
+    statement: str
+    family: str
+    iterations: list[int]  # where the coder was shown it
+    accepted: int  # of those iterations, how many accepted their edit
+    helped_everywhere: str  # its record across every run: helped N of M times recalled
+
+
 class Commit(_View):
     commit: str
     subject: str
@@ -137,4 +148,5 @@ class ReportData(_View):
     memory_note: str | None
     memory_added: list[MemoryRecordView]
     memory_used: list[MemoryRecordView]
+    lessons_used: list[LessonUse] = []
     torn_lines: int

@@ -50,13 +50,30 @@ def recall_text(recall: Recall) -> str:
     for fix_hit in recall.fixes:
         add(fix_hit.fix.id, _fix_line(fix_hit.fix))
     for lesson_hit in recall.lessons:
-        add(lesson_hit.lesson.id, f"- lesson: {lesson_hit.lesson.text}")
+        lesson = lesson_hit.lesson
+        where = "" if lesson_hit.same_family else f", from the {lesson.family} family"
+        evidence = f"; e.g. {lesson.evidence[-1]}" if lesson.evidence else ""
+        add(lesson.id, f"- lesson (helped {lesson.times_helped} of {lesson.times_recalled} times recalled{where}): "
+                       f"{lesson.text}{evidence}")
     return "\n".join(lines) or "nothing similar yet"
 
 
 def _fix_line(fix: FixRecord) -> str:
     scores = f", dev mean {fix.score_before} -> {fix.score_after}" if fix.score_before is not None else ""
     return f"- fix {fix.outcome}{scores}: {fix.rationale[:300]} (why: {fix.reason[:200]})"
+
+
+def lesson_start(recall: dict | None, tunables: list[Tunable]) -> tuple[str, dict[str, float]] | None:
+    """Where an offline search may start: the best-ranked recalled lesson that helped and names every tunable of
+    this policy (its values clipped to this policy's bounds), as (lesson id, values); None when none does.
+    Recall ranks the family's lessons first, by how often they helped."""
+    if not recall:
+        return None
+    for hit in Recall.model_validate(recall).lessons:
+        lesson = hit.lesson
+        if lesson.outcome == "helped" and tunables and all(t.name in lesson.settings for t in tunables):
+            return lesson.id, {t.name: min(max(lesson.settings[t.name], t.low), t.high) for t in tunables}
+    return None
 
 
 def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) -> list[int]:
@@ -155,8 +172,11 @@ class Coder(Role[CoderInput, CoderOutput]):
         base_score = _score(base, floor)
         key = settings.seed if settings.seed is not None else ctx.search_key
         seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
-        best, evaluated = self._cma(data.policy_source, tunables, seeds, floor, seed, base_score, ctx)
-        evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score, "candidates": evaluated}
+        start = lesson_start(data.recall, tunables)
+        best, evaluated, started_from = self._cma(data.policy_source, tunables, seeds, floor, seed, base_score, ctx,
+                                                  start, ctx.task.target)
+        evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score, "candidates": evaluated,
+                    "lesson_start": started_from}
         score, values, result = best
         evidence.update(best_score=score, best=result, best_tunables=values)
         if score <= base_score:
@@ -170,16 +190,27 @@ class Coder(Role[CoderInput, CoderOutput]):
         kinds = sorted(gather(data.analyses, "seeds_by_kind"))  # the failure kinds the analysts counted
         changes = ", ".join(f"{t.name} {t.default:g} -> {values[t.name]:g}" for t in tunables
                             if values[t.name] != t.default)
+        how = f"CMA-ES over the declared tunables ({evaluated} candidates on dev seeds {seeds})"
+        if started_from is not None:
+            how = (f"CMA-ES over the declared tunables ({evaluated} candidates on dev seeds {seeds}), started from "
+                   f"lesson {started_from}'s settings" if evaluated > 1 else
+                   f"the settings of lesson {started_from}, recalled from memory, scored on dev seeds {seeds}")
         edit = Edit(kind="tunables", tunables=values, target_seeds=improved, target_kinds=kinds,
-                    rationale=f"CMA-ES over the declared tunables ({evaluated} candidates on dev seeds {seeds}): "
-                              f"{changes}; mean return there {base_score:.2f} -> {score:.2f}")
+                    rationale=f"{how}: {changes}; mean return there {base_score:.2f} -> {score:.2f}")
         out = CoderOutput(edit=edit, reason=edit.rationale, search=evidence)
         ctx.decide("proposed the best search candidate", edit=edit.model_dump(mode="json"))
         return out
 
     def _cma(self, source: str, tunables: list[Tunable], seeds: list[int], floor: float, seed: int,
-             base_score: float, ctx: RoleContext) -> tuple[tuple[float, dict[str, float], dict[int, float | None]], int]:
-        """CMA-ES over the tunables scaled to [0, 1]; the best (score, values, per-seed returns) and how many ran."""
+             base_score: float, ctx: RoleContext, start: tuple[str, dict[str, float]] | None = None,
+             target: float | None = None,
+             ) -> tuple[tuple[float, dict[str, float], dict[int, float | None]], int, str | None]:
+        """CMA-ES over the tunables scaled to [0, 1]; the best (score, values, per-seed returns), how many ran, and
+        the lesson it started from, if any.
+
+        ``start``: a recalled lesson's settings (``lesson_start``), scored first. Where they beat the incumbent the
+        search starts from them; where they already reach the task's ``target`` on every search seed, they are
+        the proposal and no generation runs (the lesson saved the search its env steps)."""
         with warnings.catch_warnings():  # cma warns that matplotlib is absent; plotting is not used here
             warnings.simplefilter("ignore")
             import cma
@@ -189,10 +220,23 @@ class Coder(Role[CoderInput, CoderOutput]):
         span = np.array([t.high - t.low for t in tunables], dtype=float)
         span[span == 0] = 1.0
         x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
-        es = cma.CMAEvolutionStrategy(x0.tolist(), settings.sigma, {
-            "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
         best: tuple[float, dict[str, float], dict[int, float | None]] | None = None
-        evaluated = 0
+        evaluated, started_from = 0, None
+        if start is not None:
+            lesson_id, values = start
+            [result] = scorer([apply_edit(source, Edit(kind="tunables", rationale="search", tunables=values))], seeds)
+            evaluated, score = 1, _score(result, floor)
+            ctx.decide(f"scored the settings of lesson {lesson_id}: {score:.3f} on seeds {seeds} (incumbent "
+                       f"{base_score:.3f})", lesson=lesson_id, tunables=values, score=score)
+            if score > base_score:
+                best, started_from = (score, values, result), lesson_id
+                x0 = (np.array([values[t.name] for t in tunables], dtype=float) - low) / span
+                if target is not None and all(r is not None and r >= target for r in result.values()):
+                    ctx.decide(f"lesson {lesson_id}'s settings reach the target {target:g} on every search seed; "
+                               f"proposed without a search", lesson=lesson_id)
+                    return best, evaluated, started_from
+        es = cma.CMAEvolutionStrategy(np.clip(x0, 0, 1).tolist(), settings.sigma, {
+            "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
         for generation in range(settings.generations):
             points = es.ask()
             values = [self._values(tunables, low + np.clip(p, 0, 1) * span) for p in points]
@@ -208,7 +252,7 @@ class Coder(Role[CoderInput, CoderOutput]):
                        f"(incumbent {base_score:.3f})", generation=generation + 1,
                        candidates=[{"tunables": v, "score": s} for v, s in zip(values, scores)])
         assert best is not None  # generations >= 1 and population >= 2
-        return best, evaluated
+        return best, evaluated, started_from
 
     @staticmethod
     def _values(tunables, raw: np.ndarray) -> dict[str, float]:

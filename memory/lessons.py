@@ -1,0 +1,61 @@
+"""Lessons distilled from edits: one general line per accepted (or clearly rejected) edit, with its evidence.
+
+Offline, a lesson is a template filled from the edit itself: its kind (tunables searched, or code
+changed), the failure kind it targeted, and what it did to the dev mean. The statement leaves the
+numbers out, so the same lesson learned again (another seed, another run, another task of the
+family) is one lesson whose evidence grows (``memory.store`` merges them by statement); the numbers
+go into ``evidence``, and the tuned values into ``settings``, where a later offline search on a task
+of the same family can start from them (``roles.coder``).
+
+An edit is clearly rejected when its candidate's dev mean fell below the incumbent's: a rejection for
+a gain too small to trust teaches nothing either way, so it leaves no lesson.
+"""
+
+from __future__ import annotations
+
+import re
+
+from memory.records import FixRecord, LessonRecord
+
+FAMILY_WORDS = {"classic_control": "classic-control", "box2d": "Box2D", "atari": "Atari", "mujoco": "MuJoCo",
+                "custom": "custom"}
+
+
+def distil(fix: FixRecord, edit: dict, run_id: str) -> LessonRecord | None:
+    """The lesson of one remembered edit, or None when it teaches none (rejected without a clear loss, or never
+    evaluated)."""
+    gain = fix.score_delta
+    if gain is None:
+        return None
+    helped = fix.outcome == "accepted"
+    if not helped and gain >= 0:
+        return None
+    kinds = [k for k in edit.get("target_kinds") or [] if k]
+    against = f"against {kinds[0]}" if kinds else "on the failures seen"
+    family = FAMILY_WORDS.get(fix.family, fix.family)
+    if edit.get("kind") == "tunables" and edit.get("tunables"):
+        what = f"Tuning {_names(edit['tunables'])}"
+    else:
+        what = f"Editing the code ({_first_clause(edit.get('rationale') or fix.rationale)})"
+    effect = "raised the dev mean" if helped else "lowered the dev mean"
+    return LessonRecord(
+        run_id=run_id, statement=f"{what} {effect} {against} on {family} tasks", family=fix.family, task=fix.task,
+        outcome="helped" if helped else "did_not_help", failure_kind=kinds[0] if kinds else None,
+        source_fix_ids=(fix.id,) if fix.id else (),
+        evidence=(f"{fix.task} {run_id}:{fix.iteration}: dev mean {fix.score_before:.4g} -> "
+                  f"{fix.score_after:.4g} ({gain:+.4g})",),
+        settings={k: float(v) for k, v in (edit.get("tunables") or {}).items()} if helped else {})
+
+
+def _names(tunables: dict) -> str:
+    names = sorted(tunables)
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _first_clause(text: str) -> str:
+    """The rationale's first clause, short: the lesson is one line."""
+    first = re.split(r"(?<=[.;:])\s|\n", " ".join(text.split()), maxsplit=1)[0].rstrip(".;:")
+    return first if len(first) <= 120 else first[:117].rstrip() + "..."
+
+
+__all__ = ["distil"]
