@@ -117,8 +117,28 @@ def test_lessons_are_shared_by_family_and_merged_when_learned_again(store):
                                   family="mujoco", task="Ant-v5"))
     assert store.count() == 2
     lessons = store.recall("where will the ball land", family="atari", types=("lesson",)).lessons
-    assert [l.lesson.task for l in lessons] == ["ALE/Breakout-v5"]  # learned on Breakout, offered to Pong
+    # Learned on Breakout, offered to Pong first; another family's after it, marked as such.
+    assert [(l.lesson.task, l.same_family) for l in lessons] == [("ALE/Breakout-v5", True), ("Ant-v5", False)]
     assert lessons[0].lesson.source_fix_ids == ("fix-1", "fix-2")
+
+
+def test_lessons_rank_by_how_often_they_helped_when_recalled_and_count_each_showing_once(store):
+    def lesson(statement: str) -> LessonRecord:
+        return LessonRecord(run_id="run-a", statement=statement, family="atari", task="ALE/Breakout-v5")
+
+    often, never = lesson("Track the ball's landing point"), lesson("Track the ball's landing spot")
+    often_id, never_id = store.add([often, never])
+    for i in range(3):
+        store.note_lessons_used([often_id, never_id], f"run-b:{i}", helped=False)
+        store.note_lessons_used([often_id], f"run-b:{i}", helped=True)  # the same showing again: counted once
+    store.note_lessons_used([often_id], "run-b:2", helped=True)
+    [first, second] = store.recall("the ball's landing", family="atari", types=("lesson",)).lessons
+    assert first.lesson.id == often_id and (first.lesson.times_helped, first.lesson.times_recalled) == (3, 3)
+    assert second.lesson.id == never_id and (second.lesson.times_helped, second.lesson.times_recalled) == (0, 3)
+    # Learned again in another run: one lesson, evidence and counts kept.
+    store.add_lesson(often.model_copy(update={"run_id": "run-c", "evidence": ("Pong run-c:1: dev mean 1 -> 5",)}))
+    again = store.get([often_id])[0]
+    assert again.evidence == ("Pong run-c:1: dev mean 1 -> 5",) and again.times_helped == 3
 
 
 def test_adding_the_same_record_twice_keeps_one(store):

@@ -1,0 +1,100 @@
+"""Lessons that travel: distilled from edits, merged and counted in memory, carried to a related task, where an
+offline search starts from them; two real offline runs, CartPole-v1 and then CartPoleLongPole-v1, sharing a memory."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from memory.lessons import distil
+from memory.records import FixRecord, LessonHit, LessonRecord, Recall
+from policies import POLICY_DIR
+from roles.coder import lesson_start
+from store.transcripts import TranscriptRecorder
+from tests.offline_runs import heurist
+
+
+def _fix(outcome: str, before: float | None, after: float | None) -> FixRecord:
+    return FixRecord(id="fix-1", run_id="run-a", rationale="CMA-ES over the declared tunables: angle_gain 0 -> 1.8",
+                     diff_summary="4 lines", task="CartPole-v1", family="classic_control", iteration=2,
+                     outcome=outcome, reason="paired test", score_before=before, score_after=after)
+
+
+TUNE = {"kind": "tunables", "tunables": {"spin_gain": 2.5, "angle_gain": 1.8}, "target_kinds": ["pole_fell"],
+        "rationale": "CMA-ES over the declared tunables"}
+
+
+def test_an_accepted_edit_leaves_a_general_lesson_with_its_evidence_and_settings():
+    lesson = distil(_fix("accepted", 9.4, 500.0), TUNE, "run-a")
+    assert lesson.statement == ("Tuning angle_gain, spin_gain raised the dev mean against pole_fell on "
+                                "classic-control tasks")
+    assert (lesson.outcome, lesson.failure_kind, lesson.source_fix_ids) == ("helped", "pole_fell", ("fix-1",))
+    assert lesson.evidence == ("CartPole-v1 run-a:2: dev mean 9.4 -> 500 (+490.6)",)
+    assert lesson.settings == {"spin_gain": 2.5, "angle_gain": 1.8}
+
+
+def test_only_a_clearly_worse_rejection_teaches_and_never_its_settings():
+    worse = distil(_fix("rejected", 200.0, 150.0), TUNE, "run-a")
+    assert worse.outcome == "did_not_help" and "lowered the dev mean" in worse.statement and worse.settings == {}
+    assert distil(_fix("rejected", 200.0, 201.0), TUNE, "run-a") is None  # a gain too small to trust: no lesson
+    assert distil(_fix("rejected", 200.0, None), TUNE, "run-a") is None  # never evaluated
+    code = {"kind": "search_replace", "rationale": "Aim at the predicted landing point. Then serve.",
+            "target_kinds": []}
+    assert distil(_fix("accepted", 1.0, 2.0), code, "run-a").statement == (
+        "Editing the code (Aim at the predicted landing point) raised the dev mean on the failures seen on "
+        "classic-control tasks")
+
+
+def test_a_search_starts_only_from_a_lesson_that_helped_and_names_every_tunable():
+    from envs.contract import read_tunables
+
+    tunables = read_tunables((POLICY_DIR / "cartpole_untuned.py").read_text())
+    names = {t.name: 9.0 for t in tunables}  # beyond every bound: clipped to this policy's
+    hits = [LessonHit(lesson=LessonRecord(id="lesson-partial", run_id="r", statement="a", family="classic_control",
+                                          task="t", settings={"angle_gain": 1.0}), similarity=0.9),
+            LessonHit(lesson=LessonRecord(id="lesson-worse", run_id="r", statement="b", family="classic_control",
+                                          task="t", outcome="did_not_help", settings=names), similarity=0.9),
+            LessonHit(lesson=LessonRecord(id="lesson-whole", run_id="r", statement="c", family="classic_control",
+                                          task="t", settings=names), similarity=0.5)]
+    recall = Recall(query="q", lessons=hits).model_dump(mode="json")
+    chosen, values = lesson_start(recall, tunables)
+    assert chosen == "lesson-whole" and values == {t.name: t.high for t in tunables}
+    assert lesson_start(Recall(query="q", lessons=hits[:2]).model_dump(mode="json"), tunables) is None
+
+
+def test_a_lesson_learned_on_cartpole_carries_to_the_long_pole_variant(home):
+    tmp, env = home
+    (tmp / "run.toml").write_text(textwrap.dedent("""
+        report = false
+        [budget]
+        iterations = 2
+        stop_when = "target"
+        [eval]
+        episodes = 8
+        video = false
+        holdout = false
+        [search]
+        population = 6
+        generations = 2
+        seed = 3
+    """))
+    runs = {}
+    for name, task in (("a", "CartPole-v1"), ("b", "CartPoleLongPole-v1")):
+        done = heurist(env, "run", "--env", task, "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                       "--run-dir", tmp / name, "--no-progress")
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = [json.loads(line) for line in (tmp / name / "ledger.jsonl").read_text().splitlines()]
+    # The long-pole run's search scored the CartPole lesson's settings first, and they reached the target.
+    decisions = [e.summary for e in TranscriptRecorder(tmp / "b").read(1, "coder")]
+    assert any("reach the target 475 on every search seed; proposed without a search" in d for d in decisions), decisions
+    first = next(e for e in runs["b"] if e["event"] == "iteration")
+    assert first["accepted"] and first["mean_after"] == 500.0
+    report = heurist(env, "report", tmp / "b")
+    assert report.returncode == 0, report.stderr
+    page = (tmp / "b" / "report" / "index.html").read_text()
+    assert 'id="lessons-used"' in page and "raised the dev mean against pole_fell" in page and "1 of 1" in page
+    # One lesson, learned on both tasks, shown once, and it helped that once.
+    found = heurist(env, "memory", "search", "tuning the gains", "--json")
+    [lesson] = [h["lesson"] for h in json.loads(found.stdout)["lessons"]]
+    assert [e.split()[0] for e in lesson["evidence"]] == ["CartPole-v1", "CartPoleLongPole-v1"]
+    assert len(lesson["recalled_in"]) == 1 and lesson["helped_in"] == lesson["recalled_in"]
