@@ -21,7 +21,7 @@ MEASURED = re.compile(r"Measured \(heurist eval, dev split seeds (\d+)\.\.(\d+),
 
 
 def starter_tasks() -> list[str]:
-    return [s.id for s in registry().all() if s.starter_policy]
+    return [s.id for s in registry().all() if s.starter_policy and s.variant_of is None]
 
 
 def measure(task_id: str):

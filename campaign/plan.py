@@ -91,7 +91,7 @@ def suite_tasks(suite: str) -> list[str]:
                                 "list the games you have under tasks instead")
         return sorted(by_snake[name] for name in ATARI57_SCORES)
     family = {"classic": ("classic_control", "box2d"), "mujoco": ("mujoco",)}[suite]
-    return sorted(s.id for s in registry().all() if s.family in family)
+    return sorted(s.id for s in registry().all() if s.family in family and s.variant_of is None)
 
 
 def _snake(name: str) -> str:

@@ -47,9 +47,27 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
     try:
         with view:
             return execute(run_dir, view)
+    except Exception as exc:
+        if not _from_ctrl_c(exc):
+            raise
+        interrupted = True
     except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
         err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}", markup=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(130)
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """Whether Ctrl-C caused this error: a KeyboardInterrupt raised inside a native module's first import comes out
+    as that module's ImportError ("initialization failed"), with the interrupt as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_cmd(

@@ -96,7 +96,8 @@ def node_refusal(limits: Limits, expected: dict[str, Any]) -> str | None:
     except SandboxUnusable as exc:
         return str(exc)
     mine = {k: v for k, v in containment(limits).items() if k != "user"}  # the uid may differ between machines
-    differs = sorted(k for k in set(mine) | set(expected["containment"]) if mine.get(k) != expected["containment"].get(k))
+    theirs = expected["containment"]
+    differs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differs:
         first = differs[0]
         return (f"its sandbox differs from this machine's in {', '.join(differs)} ({first}: "
@@ -191,7 +192,8 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
 
 def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int, pairs: int | None,
                deadline: float, hidden: list[str], address: str | None,
-               progress: Callable[[EpisodeResult], None] | None = None) -> tuple[dict[int, EpisodeResult], dict[str, int]]:
+               progress: Callable[[EpisodeResult], None] | None = None,
+               ) -> tuple[dict[int, EpisodeResult], dict[str, int]]:
     """Every seed's result, and how many episodes each node ran; ``deadline`` is this process's perf_counter."""
     import ray
 
@@ -284,4 +286,5 @@ def _cancel(flying: dict[Any, list[int]]) -> None:
         ray.cancel(ref, force=True)
 
 
-__all__ = ["RayBackendError", "connect", "expectations", "node_refusal", "run_on_ray", "run_shard", "shards", "unreachable"]
+__all__ = ["RayBackendError", "connect", "expectations", "node_refusal", "run_on_ray", "run_shard", "shards",
+           "unreachable"]

@@ -115,6 +115,9 @@ class TaskSpec(_Strict):
     starter_policy: str | None = None
     # Imported before gymnasium.make so that the env id is registered (e.g. "ale_py").
     register_module: str | None = None
+    # A variant of another task (``envs.variants``): registered to carry what a run learned to a related task, left
+    # out of suites and of the starters' measured scores (the starter's docstring names the task it was made for).
+    variant_of: str | None = None
 
     @field_validator("protocols")
     @classmethod
@@ -192,7 +195,7 @@ def _classic_and_box2d() -> list[TaskSpec]:
         ),
         TaskSpec(
             id="CartPoleLongPole-v1", gym_id="heurist/CartPoleLongPole-v1", family="classic_control", target=475.0,
-            max_return=500.0, register_module="envs.variants",
+            max_return=500.0, register_module="envs.variants", variant_of="CartPole-v1",
             description="CartPole-v1 with a pole twice as long (half-length 1.0 m): it falls more slowly. +1 per "
                         "step, 500 steps max. obs: x, x_dot, theta, theta_dot.",
             failure_rules=FailureRules(termination="failure", termination_kind="pole_fell",

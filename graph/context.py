@@ -54,6 +54,9 @@ class Services:
     session_started: float = field(default_factory=time.monotonic)
     elapsed_before: float = 0.0  # active seconds of earlier sessions of this run
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # A replay's recorded run: its recall node gives what the recorded run recalled, since the replay's own memory
+    # (RUN_DIR/memory) lacks what earlier runs had left, and the coder's decisions depend on it.
+    replay_of: Path | None = None
     # Test files run in parallel and may ask for the same uncached seed: one lock per (policy, seed), so a
     # seed is evaluated once while different seeds are evaluated side by side.
     _episode_locks: dict[tuple[str, int], threading.Lock] = field(default_factory=dict)

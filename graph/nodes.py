@@ -32,13 +32,13 @@ from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from graph.workbench import RunWorkbench
 from memory.lessons import distil
-from memory.records import FailureRecord, FixRecord
+from memory.records import FailureRecord, FixRecord, Recall
 from roles.base import Role
 from roles.edits import Edit, unified_diff
 from roles.llm_usage import BudgetSpent, LLMError
 from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
 from store.summary import write_summary
-from store.transcripts import Decision, RoleFailed
+from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
 
 
@@ -118,14 +118,26 @@ class Nodes:
         if s.memory is None:
             return {"recall": None}
         query = " ".join(r.get("summary", "") for r in state["analyses"].values())[:2000] or s.spec.description
-        found = s.memory.recall(query, k=5, family=s.spec.family)
+        found = self._recorded_recall(state["iteration"]) or s.memory.recall(query, k=5, family=s.spec.family)
         # Which records the coder was shown, by id: the report lists the memory each iteration used.
         used = ([{"id": h.failure.id, "type": "failure", "similarity": h.similarity} for h in found.failures]
                 + [{"id": h.fix.id, "type": "fix", "similarity": h.similarity} for h in found.fixes]
                 + [{"id": h.lesson.id, "type": "lesson", "similarity": h.similarity} for h in found.lessons])
+        recall = found.model_dump(mode="json")
         s.recorder.for_role(state["iteration"], "recall").write(
-            Decision, summary=f"recalled {len(used)} memory records", details={"query": query, "used": used})
-        return {"recall": found.model_dump(mode="json")}
+            Decision, summary=f"recalled {len(used)} memory records",
+            details={"query": query, "used": used, "recall": recall})
+        return {"recall": recall}
+
+    def _recorded_recall(self, iteration: int) -> Recall | None:
+        """In a replay, what the recorded run recalled at this iteration (None elsewhere, or where the recorded
+        run did not keep it)."""
+        if self.s.replay_of is None:
+            return None
+        for entry in TranscriptRecorder(self.s.replay_of).read(iteration, "recall"):
+            if isinstance(entry, Decision) and "recall" in entry.details:
+                return Recall.model_validate(entry.details["recall"])
+        return None
 
     # ------------------------------------------------------------------ 4. code
 
@@ -363,9 +375,9 @@ class Nodes:
             lesson = distil(fix, edit, s.run_id)  # an accepted or clearly worse edit teaches one line
             if lesson is not None:
                 s.memory.add_lesson(lesson)
-        if s.memory is not None:  # the lessons the coder was shown, counted, and whether they helped this time
-            shown = [h["lesson"]["id"] for h in (state.get("recall") or {}).get("lessons") or []]
-            s.memory.note_lessons_used(shown, f"{s.run_id}:{iteration}", helped=bool(outcome["accepted"]))
+        if edit is not None and s.memory is not None:  # the lessons behind this edit, and whether it helped
+            s.memory.note_lessons_used(self._lessons_behind(state), f"{s.run_id}:{iteration}",
+                                       helped=bool(outcome["accepted"]))
         llm_failed = bool(coder.get("llm_failed") or (state.get("verdict") or {}).get("llm_failed"))
         entry = {"iteration": iteration, "accepted": outcome["accepted"], "reason": oneline(outcome["reason"], 300),
                  "edit": oneline(edit["rationale"], 200) if edit else None, "mean_before": baseline["mean"],
@@ -381,6 +393,16 @@ class Nodes:
         s.event("verdict", **entry, spent=spent)
         return {"history": [*state.get("history", []), entry], "spent": spent,
                 "llm_failures": state.get("llm_failures", 0) + 1 if llm_failed else 0}
+
+    @staticmethod
+    def _lessons_behind(state: RunState) -> list[str]:
+        """The lessons an edit was made with: the one an offline search started from (it reads no statement),
+        else every lesson the coder's brief showed (``roles.coder.recall_text`` puts them first)."""
+        coder = state.get("coder") or {}
+        if coder.get("search"):
+            start = coder["search"].get("lesson_start")
+            return [start] if start else []
+        return [h["lesson"]["id"] for h in (state.get("recall") or {}).get("lessons") or []]
 
     def _remember_failures(self, state: RunState) -> list[str]:
         s = self.s

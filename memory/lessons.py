@@ -17,6 +17,7 @@ import re
 
 from memory.records import FixRecord, LessonRecord
 
+KIND = re.compile(r"[a-z][a-z0-9_]{0,39}")
 FAMILY_WORDS = {"classic_control": "classic-control", "box2d": "Box2D", "atari": "Atari", "mujoco": "MuJoCo",
                 "custom": "custom"}
 
@@ -30,7 +31,9 @@ def distil(fix: FixRecord, edit: dict, run_id: str) -> LessonRecord | None:
     helped = fix.outcome == "accepted"
     if not helped and gain >= 0:
         return None
-    kinds = [k for k in edit.get("target_kinds") or [] if k]
+    # A model names the kinds it targets: only a word that can be a failure kind goes into a lesson, which other
+    # runs' prompts will read.
+    kinds = [k for k in edit.get("target_kinds") or [] if isinstance(k, str) and KIND.fullmatch(k)]
     against = f"against {kinds[0]}" if kinds else "on the failures seen"
     family = FAMILY_WORDS.get(fix.family, fix.family)
     if edit.get("kind") == "tunables" and edit.get("tunables"):
@@ -44,7 +47,8 @@ def distil(fix: FixRecord, edit: dict, run_id: str) -> LessonRecord | None:
         source_fix_ids=(fix.id,) if fix.id else (),
         evidence=(f"{fix.task} {run_id}:{fix.iteration}: dev mean {fix.score_before:.4g} -> "
                   f"{fix.score_after:.4g} ({gain:+.4g})",),
-        settings={k: float(v) for k, v in (edit.get("tunables") or {}).items()} if helped else {})
+        settings={k: float(v) for k, v in (edit.get("tunables") or {}).items()} if helped else {},
+        settings_mean=fix.score_after if helped and edit.get("tunables") else None)
 
 
 def _names(tunables: dict) -> str:

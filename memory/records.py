@@ -13,6 +13,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from common.safe_text import printable
+
+RECENT = 50  # showings a lesson remembers by name (so a node run twice counts once); its counts go on past them
 Family = Literal["classic_control", "box2d", "atari", "mujoco", "custom"]
 Outcome = Literal["accepted", "rejected"]
 
@@ -121,15 +124,21 @@ class LessonRecord(_Record):
     source_fix_ids: tuple[str, ...] = ()
     evidence: tuple[str, ...] = Field((), description="Per source: task, run and iteration, the dev means.")
     settings: dict[str, float] = Field(
-        default_factory=dict, description="The tunable values of the policy the edit produced (the latest "
-                                          "source's), which a later search on a task of the family may start from.")
-    recalled_in: tuple[str, ...] = Field((), description="Where it was shown to a coder, as run_id:iteration.")
-    helped_in: tuple[str, ...] = Field((), description="Where the edit that followed was accepted.")
+        default_factory=dict, description="The tunable values of the policy an accepted edit produced (of the "
+                                          "source whose dev mean was highest), which a later search on a task of "
+                                          "the family may start from.")
+    settings_mean: float | None = Field(None, description="The dev mean those settings reached where learned.")
+    recalled: int = Field(0, ge=0, description="Times it was shown to a coder.")
+    helped: int = Field(0, ge=0, description="Of those, times the edit that followed was accepted.")
+    recalled_in: tuple[str, ...] = Field((), description=f"The last {RECENT} showings, as run_id:iteration.")
+    helped_in: tuple[str, ...] = Field((), description=f"The last {RECENT} showings that helped.")
 
     @field_validator("statement")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        return " ".join(value.split())
+        # Read into other runs' prompts: one printable line, bounded, whatever the edit it came from held.
+        line = printable(" ".join(value.split()))
+        return line if len(line) <= 300 else line[:297] + "..."
 
     @property
     def text(self) -> str:
@@ -137,15 +146,29 @@ class LessonRecord(_Record):
 
     @property
     def times_recalled(self) -> int:
-        return len(self.recalled_in)
+        return self.recalled
 
     @property
     def times_helped(self) -> int:
-        return len(self.helped_in)
+        return self.helped
 
     def default_id(self) -> str:
         # The same statement learned twice in one family is one lesson with more sources.
         return _content_id("lesson", self.family, self.statement.lower())
+
+
+def merge_lessons(old: LessonRecord, new: LessonRecord) -> LessonRecord:
+    """The stored lesson learned again, or counted again: its first date and run kept, sources and evidence
+    joined, counts never lower (a count is only ever raised from the stored one), the best settings kept."""
+    joined = {f: tuple(dict.fromkeys(getattr(old, f) + getattr(new, f))) for f in ("source_fix_ids", "evidence")}
+    recent = {f: tuple(dict.fromkeys(getattr(old, f) + getattr(new, f)))[-RECENT:]
+              for f in ("recalled_in", "helped_in")}
+    better = new.settings and (old.settings_mean is None or (new.settings_mean is not None
+                                                             and new.settings_mean > old.settings_mean))
+    return old.model_copy(update={
+        **joined, **recent, "recalled": max(old.recalled, new.recalled), "helped": max(old.helped, new.helped),
+        "settings": new.settings if better or not old.settings else old.settings,
+        "settings_mean": new.settings_mean if better or not old.settings else old.settings_mean})
 
 
 def lesson_rank_key(lesson: LessonRecord, similarity: float) -> tuple:

@@ -39,6 +39,7 @@ from memory.chroma import (
 )
 from memory.embedders import EMBEDDER_ADAPTER, Embedder, EmbedderConfig, MiniLMOnnxConfig, build_embedder
 from memory.records import (
+    RECENT,
     RECORD_ADAPTER,
     FailureHit,
     FailureRecord,
@@ -51,6 +52,7 @@ from memory.records import (
     RecordType,
     fix_rank_key,
     lesson_rank_key,
+    merge_lessons,
 )
 from memory.search import all_of, nearest
 
@@ -108,6 +110,7 @@ class MemoryStore:
     def __init__(self, config: MemoryConfig | None = None, embedder: Embedder | None = None):
         self.config = config or MemoryConfig()
         self._thread_lock = threading.RLock()
+        self._lock_depth = 0
         self._lock_file = None
         if self.config.url:
             self.location = self.config.url
@@ -151,11 +154,17 @@ class MemoryStore:
             if self._lock_file is None:
                 yield
                 return
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            # Held across nested calls (a write reads what it merges with): only the outermost takes and lets go of
+            # the file lock, or the inner one would let another process in between the read and the write.
+            self._lock_depth += 1
+            if self._lock_depth == 1:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._lock_file is not None:
@@ -203,9 +212,7 @@ class MemoryStore:
         for record in records:
             old = stored.get(record.id)
             if isinstance(record, LessonRecord) and isinstance(old, LessonRecord):
-                union = {field: tuple(dict.fromkeys(getattr(old, field) + getattr(record, field)))
-                         for field in ("source_fix_ids", "evidence", "recalled_in", "helped_in")}
-                record = old.model_copy(update={**union, "settings": record.settings or old.settings})
+                record = merge_lessons(old, record)
             elif isinstance(record, FailureRecord):
                 base = old if isinstance(old, FailureRecord) else record
                 seen = tuple(dict.fromkeys((*base.seen_in, *record.seen_in, record.sighting)))
@@ -347,12 +354,25 @@ class MemoryStore:
 
     def note_lessons_used(self, ids: Iterable[str], sighting: str, helped: bool) -> None:
         """Count lessons shown to a coder at ``sighting`` (run_id:iteration), and whether the edit that followed
-        was accepted. Idempotent: a sighting is counted once however often this runs."""
-        lessons = [r for r in self.get(ids) if isinstance(r, LessonRecord)]
-        if lessons:
-            self.add([r.model_copy(update={"recalled_in": (*r.recalled_in, sighting),
-                                           "helped_in": (*r.helped_in, sighting) if helped else r.helped_in})
-                      for r in lessons])
+        was accepted. Idempotent: a sighting is counted once however often this runs. Their text is unchanged,
+        so their stored vectors are written back as they are (no embedder call, which may cost money)."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return
+        with self._locked():
+            found = self._collections["lesson"].get(ids=ids, include=["metadatas", "embeddings"])
+            counted, vectors = [], []
+            for meta, vector in zip(found["metadatas"], found["embeddings"]):
+                lesson = _record(meta)
+                if not isinstance(lesson, LessonRecord) or sighting in lesson.recalled_in:
+                    continue
+                counted.append(lesson.model_copy(update={
+                    "recalled": lesson.recalled + 1, "recalled_in": (*lesson.recalled_in, sighting)[-RECENT:],
+                    "helped": lesson.helped + helped,
+                    "helped_in": (*lesson.helped_in, sighting)[-RECENT:] if helped else lesson.helped_in}))
+                vectors.append(vector)
+            if counted:
+                self.write_vectors(counted, vectors)
 
     @staticmethod
     def _targets(fix: FixRecord, known: dict[str, Record]) -> list[FailureRecord]:

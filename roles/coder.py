@@ -42,6 +42,13 @@ def recall_text(recall: Recall) -> str:
             seen.add(key)
             lines.append(line)
 
+    # Lessons first: short and general, they are what a cut brief must keep (and what the run counts as shown).
+    for lesson_hit in recall.lessons:
+        lesson = lesson_hit.lesson
+        where = "" if lesson_hit.same_family else f", from the {lesson.family} family"
+        evidence = f"; e.g. {lesson.evidence[-1]}" if lesson.evidence else ""
+        add(lesson.id, f"- lesson (helped {lesson.times_helped} of {lesson.times_recalled} times recalled{where}): "
+                       f"{lesson.text}{evidence}")
     for hit in recall.failures:
         f = hit.failure
         add(f.id, f"- failure ({f.kind}, seed {f.seed}, step {f.step}, seen {f.sightings}x): {f.description}")
@@ -49,12 +56,6 @@ def recall_text(recall: Recall) -> str:
             add(fix_hit.fix.id, _fix_line(fix_hit.fix))
     for fix_hit in recall.fixes:
         add(fix_hit.fix.id, _fix_line(fix_hit.fix))
-    for lesson_hit in recall.lessons:
-        lesson = lesson_hit.lesson
-        where = "" if lesson_hit.same_family else f", from the {lesson.family} family"
-        evidence = f"; e.g. {lesson.evidence[-1]}" if lesson.evidence else ""
-        add(lesson.id, f"- lesson (helped {lesson.times_helped} of {lesson.times_recalled} times recalled{where}): "
-                       f"{lesson.text}{evidence}")
     return "\n".join(lines) or "nothing similar yet"
 
 
@@ -72,7 +73,10 @@ def lesson_start(recall: dict | None, tunables: list[Tunable]) -> tuple[str, dic
     for hit in Recall.model_validate(recall).lessons:
         lesson = hit.lesson
         if lesson.outcome == "helped" and tunables and all(t.name in lesson.settings for t in tunables):
-            return lesson.id, {t.name: min(max(lesson.settings[t.name], t.low), t.high) for t in tunables}
+            values = {t.name: min(max(float(round(lesson.settings[t.name])) if t.integer else lesson.settings[t.name],
+                                      t.low), t.high) for t in tunables}
+            if any(values[t.name] != t.default for t in tunables):  # not the policy's own values already
+                return lesson.id, values
     return None
 
 

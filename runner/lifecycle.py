@@ -81,7 +81,8 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
                         protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
                         ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
-                        recorder=recorder, roles=roles, on_event=on_event)
+                        recorder=recorder, roles=roles, on_event=on_event,
+                        replay_of=Path(record.replay_of) if record.replay_of else None)
     if isinstance(llm, LLMClient):  # the live view follows each call as it streams
         llm.on_progress = lambda role, fields: services.event("model_call", role=role, **fields)
     for problem in unmet_facts(roles):

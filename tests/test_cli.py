@@ -119,7 +119,8 @@ def test_envs_lists_tasks_with_targets():
     tasks = {t["id"]: t for t in json.loads(proc.stdout)}
     assert tasks["CartPole-v1"]["target"] == 475.0
     assert tasks["ALE/Breakout-v5"]["protocols"] == ["standard", "deterministic"]
-    assert len(tasks) == 11 + 208
+    assert len(tasks) == 12 + 208  # CartPoleLongPole-v1, a variant, among them
+    assert tasks["CartPoleLongPole-v1"]["target"] == 475.0
     table = heurist("envs", "--family", "mujoco")
     assert "HalfCheetah-v5" in table.stdout and "CartPole" not in table.stdout
     assert_one_line_error(heurist("envs", "--family", "robots"), "no tasks in family 'robots'")

@@ -92,9 +92,14 @@ def test_a_lesson_learned_on_cartpole_carries_to_the_long_pole_variant(home):
     report = heurist(env, "report", tmp / "b")
     assert report.returncode == 0, report.stderr
     page = (tmp / "b" / "report" / "index.html").read_text()
-    assert 'id="lessons-used"' in page and "raised the dev mean against pole_fell" in page and "1 of 1" in page
+    table = page[page.index('id="lessons-used"'):page.index("</table>", page.index('id="lessons-used"'))]
+    assert "raised the dev mean against pole_fell" in table and "<td>1 of 1</td>" in table
+    # A replay reaches the same decisions: it is given what the recorded run recalled, not its own empty memory.
+    replay = heurist(env, "replay", tmp / "b", "--run-dir", tmp / "b-replay")
+    assert replay.returncode == 0, replay.stderr[-2000:]
     # One lesson, learned on both tasks, shown once, and it helped that once.
     found = heurist(env, "memory", "search", "tuning the gains", "--json")
     [lesson] = [h["lesson"] for h in json.loads(found.stdout)["lessons"]]
     assert [e.split()[0] for e in lesson["evidence"]] == ["CartPole-v1", "CartPoleLongPole-v1"]
-    assert len(lesson["recalled_in"]) == 1 and lesson["helped_in"] == lesson["recalled_in"]
+    assert (lesson["recalled"], lesson["helped"]) == (1, 1) and lesson["helped_in"] == lesson["recalled_in"]
+    assert lesson["settings_mean"] == 500.0

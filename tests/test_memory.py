@@ -129,9 +129,9 @@ def test_lessons_rank_by_how_often_they_helped_when_recalled_and_count_each_show
     often, never = lesson("Track the ball's landing point"), lesson("Track the ball's landing spot")
     often_id, never_id = store.add([often, never])
     for i in range(3):
-        store.note_lessons_used([often_id, never_id], f"run-b:{i}", helped=False)
-        store.note_lessons_used([often_id], f"run-b:{i}", helped=True)  # the same showing again: counted once
-    store.note_lessons_used([often_id], "run-b:2", helped=True)
+        store.note_lessons_used([often_id], f"run-b:{i}", helped=True)
+        store.note_lessons_used([never_id], f"run-b:{i}", helped=False)
+        store.note_lessons_used([often_id, never_id], f"run-b:{i}", helped=False)  # the same showing: counted once
     [first, second] = store.recall("the ball's landing", family="atari", types=("lesson",)).lessons
     assert first.lesson.id == often_id and (first.lesson.times_helped, first.lesson.times_recalled) == (3, 3)
     assert second.lesson.id == never_id and (second.lesson.times_helped, second.lesson.times_recalled) == (0, 3)
@@ -326,3 +326,21 @@ def test_a_failure_seen_again_is_one_record_whose_sightings_grow(store):
     assert record.seen_in == ("run-a:1", "run-a:2") and record.sightings == 2 and record.iteration == 1
     found = store.recall("the ball got past the paddle", k=5)
     assert [h.failure.id for h in found.failures] == first
+
+
+def test_another_familys_lesson_comes_through_chromas_own_filter_when_it_is_rare(store, monkeypatch):
+    """Among 121 lessons one is of another family, and far from the query: the over-fetch cannot find it, so the
+    ``$ne`` condition goes to Chroma's own filter (``memory.search.all_of``), which must understand it too."""
+    import memory.search as search
+
+    sent = []
+    real = search.all_of
+    monkeypatch.setattr(search, "all_of", lambda conditions: sent.append(conditions) or real(conditions))
+    store.add([LessonRecord(run_id="run-a", statement=f"Serve the ball to brick column {i} of the wall", family="atari",
+                            task="ALE/Breakout-v5") for i in range(120)])
+    store.add_lesson(LessonRecord(run_id="run-a", statement="Keep the torso level before pushing forward",
+                                  family="mujoco", task="Ant-v5"))
+    lessons = store.recall("serve the ball to a brick column", family="atari", k=123, types=("lesson",)).lessons
+    assert [{"family": {"$ne": "atari"}}] in sent  # the rare one was asked of Chroma's own filter
+    assert len(lessons) == 121 and (lessons[-1].lesson.task, lessons[-1].same_family) == ("Ant-v5", False)
+    assert all(h.same_family for h in lessons[:120])
