@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, TestsRun, read_events
 from common.formatting import cost_text
 from common.ledger import Ledger
+from envs.complexity import complexity
 from envs.results import EvalResult
 from envs.tasks import get_task
 from report.views import (
     ClipView,
     Commit,
+    ComplexityPoint,
     Entry,
     IterationView,
     LessonUse,
@@ -225,6 +227,23 @@ def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
                             iteration=iteration if iteration is not None else getattr(record, "iteration", None))
 
 
+def _complexity(run_dir: Path, workspace: Workspace, iterations: list[IterationView]) -> list[ComplexityPoint]:
+    """The kept policy's complexity after each iteration: the starting policy's, then each accepted commit's."""
+    start = run_dir / "starting_policy.py"
+    if not start.is_file():
+        return []
+    source, points = start.read_text(), []
+    for iteration, view in [(0, None), *((v.iteration, v) for v in iterations)]:
+        if view is not None and view.accepted and view.commit and (workspace.root / ".git").is_dir():
+            source = workspace.source_at(view.commit)
+        try:
+            measured = complexity(source)
+        except SyntaxError:  # only checked policies are committed; a starting file is the user's
+            continue
+        points.append(ComplexityPoint(iteration=iteration, **measured.model_dump()))
+    return points
+
+
 def _lessons_used(iterations: list[IterationView], found: dict[str, Any]) -> list[LessonUse]:
     """Each lesson shown to this run's coder: the iterations, and how many of them accepted their edit."""
     shown: dict[str, list[IterationView]] = {}
@@ -317,6 +336,7 @@ def gather(run_dir: Path) -> ReportData:
         policy_label, policy_source = "the starting policy (the run has not begun)", (
             run_dir / "starting_policy.py").read_text()
     history = [Commit(**c) for c in workspace.history()] if (workspace.root / ".git").is_dir() else []
+    complexity_points = _complexity(run_dir, workspace, iterations)
 
     last = by_number[max(by_number)] if by_number else None
     spent = (finished.spent if finished else None) or (last.spent if last else None) or {}
@@ -330,4 +350,5 @@ def gather(run_dir: Path) -> ReportData:
         holdout=finished.holdout if finished else None, holdout_enabled=bool(record.config["eval"]["holdout"]), spent=spent,
         points=_points(records, start.get("sha256"), dev_seeds, clock), iterations=iterations, failure_kinds=kinds,
         policy_label=policy_label, policy_source=policy_source, git_history=history, memory_note=memory_note,
-        memory_added=added, memory_used=used, lessons_used=lessons_used, torn_lines=torn)
+        memory_added=added, memory_used=used, lessons_used=lessons_used, complexity=complexity_points,
+        torn_lines=torn)

@@ -91,6 +91,26 @@ def score_plot(data: ReportData, axis: Axis = "env_steps") -> str:
     return _svg(figure, f"score-{axis}")
 
 
+def complexity_plot(data: ReportData) -> str | None:
+    """The kept policy's lines of code, branches and AST nodes after each iteration, one panel each."""
+    if not data.complexity:
+        return None
+    figure = Figure(figsize=(9, 2.6))
+    iterations = [p.iteration for p in data.complexity]
+    measures = (("lines", "lines of code"), ("branches", "branches"), ("ast_nodes", "AST nodes"))
+    for i, (field, label) in enumerate(measures):
+        ax = figure.add_subplot(1, 3, i + 1)
+        ax.plot(iterations, [getattr(p, field) for p in data.complexity], marker="o", drawstyle="steps-post",
+                color=COLOURS[i])
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return _svg(figure, "complexity")
+
+
 def failure_plot(data: ReportData) -> str | None:
     """How often each failure kind occurs on the dev seeds, for the incumbent each iteration started from."""
     if not data.failure_kinds:

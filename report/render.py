@@ -27,7 +27,7 @@ from common.files import atomic_write
 from common.formatting import cost_text
 from common.safe_text import redact
 from report.data import gather
-from report.plots import compare_plot, cost_axis, failure_plot, score_plot
+from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot, score_plot
 from report.views import ReportData
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -91,7 +91,7 @@ def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
     axis = cost_axis(data)
     return {"data": data, "score_plot": Markup(score_plot(data, "env_steps")),
             "cost_plot": Markup(score_plot(data, axis)) if axis else None, "cost_axis": axis,
-            "failure_plot": Markup(failure_plot(data) or ""), "pygments_css": _FORMATTER.get_style_defs(".hl"),
+            "failure_plot": Markup(failure_plot(data) or ""), "complexity_plot": Markup(complexity_plot(data) or ""), "pygments_css": _FORMATTER.get_style_defs(".hl"),
             "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 

@@ -104,6 +104,15 @@ class MemoryRecordView(_View):
     detail: str
 
 
+class ComplexityPoint(_View):
+    """The kept policy's complexity after an iteration (0: the starting policy), ``envs.complexity``'s measures."""
+
+    iteration: int
+    lines: int
+    branches: int
+    ast_nodes: int
+
+
 class LessonUse(_View):
     """A lesson this run was shown, and what became of the edits that followed."""
 
@@ -149,4 +158,5 @@ class ReportData(_View):
     memory_added: list[MemoryRecordView]
     memory_used: list[MemoryRecordView]
     lessons_used: list[LessonUse] = []
+    complexity: list[ComplexityPoint] = []
     torn_lines: int

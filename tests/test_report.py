@@ -101,6 +101,13 @@ def test_report_in_headless_chromium_shows_plots_clips_diffs_and_transcripts(llm
     assert "target 475" in dom("#score-plot svg").text_content()
     assert "cumulative LLM cost (USD)" in dom("#cost-plot svg").text_content()  # a model run: score against cost
     assert "pole_fell" in dom("#failure-plot svg").text_content()
+    # Complexity beside the score: the three measures, and the last point is the final policy's.
+    from envs.complexity import complexity
+
+    assert all(label in dom("#complexity-plot svg").text_content() for label in ("lines of code", "branches", "AST nodes"))
+    final = complexity((llm_run.run_dir / "best_policy.py").read_text())
+    caption = " ".join(dom("#complexity-plot figcaption").inner_text().split())
+    assert f"Last: {final.lines} lines, {final.branches} branches, {final.ast_nodes} AST nodes" in caption
 
     first, second = dom("#iteration-1"), dom("#iteration-2")
     assert "accepted" in first.get_attribute("class") and "rejected" in second.get_attribute("class")

@@ -1,0 +1,44 @@
+"""A policy's complexity, three ways: what counts as a line of code, as a branch, and as an AST node."""
+
+from __future__ import annotations
+
+import ast
+
+from envs.complexity import complexity
+
+SOURCE = '''"""A module docstring
+over two lines."""
+# a comment
+
+def decide(x, y, z, items):
+    """A function docstring."""
+    value = 1 if x and y or z else 0  # a trailing comment
+    for item in items:
+        if item > 0:
+            value += 1
+        elif item < 0:
+            value -= 1
+    try:
+        value = [a for a in items if a if a != 3]
+    except ValueError:
+        pass
+    while value and False:
+        break
+    return value
+'''
+
+
+def test_lines_are_code_only_and_branches_are_decision_points():
+    measured = complexity(SOURCE)
+    # def, value =, for, if, value +=, elif, value -=, try, value = [...], except, pass, while, break, return
+    assert measured.lines == 14
+    # if-expression 1, and/or 2, for 1, if 1, elif 1, comprehension ifs 2, except 1, while 1, its and 1
+    assert measured.branches == 11
+    assert measured.ast_nodes == sum(1 for _ in ast.walk(ast.parse(SOURCE)))
+
+
+def test_removing_comments_and_docstrings_is_not_a_simplification():
+    bare = "\n".join(line.split("#")[0].rstrip() for line in SOURCE.splitlines() if '"""' not in line
+                     and "over two lines" not in line)
+    assert complexity(bare).lines == complexity(SOURCE).lines
+    assert complexity(bare).branches == complexity(SOURCE).branches
