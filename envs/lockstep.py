@@ -195,7 +195,7 @@ class Lockstep:
             self.policy.start(slot, run.seed, pickle.dumps(env.action_space), job.get("cpu_s"),
                               int(job["trace_window"]) + 1, len(self.runs) + 1)
         except PolicyFailed as exc:
-            self.spare_envs.append(env)
+            self._retire(env, broken=False)
             self._share_time([run])
             return run.fail_to_start(str(exc))
         run.begin()
@@ -237,14 +237,19 @@ class Lockstep:
             except Exception as exc:  # heurist's own code failed finishing this episode: it alone says so
                 results.append(worker_error(exc, run.seed))
                 run.env_broken = True
-            if run.env_broken:
-                try:
-                    run.env.close()
-                except Exception:
-                    pass
-            else:
-                self.spare_envs.append(run.env)
+            self._retire(run.env, broken=run.env_broken)
         return results
+
+    def _retire(self, env, broken: bool) -> None:
+        """An env whose episode ended: kept for the next seed where the task allows it (``TaskSpec.reuse_env``),
+        else closed."""
+        if self.spec.reuse_env and not broken:
+            self.spare_envs.append(env)
+            return
+        try:
+            env.close()
+        except Exception:  # a broken env may fail to close too; it is dropped either way
+            pass
 
     def abandon(self) -> list[int]:
         """Drop every episode in flight (heurist's own code failed mid-round); their seeds."""

@@ -118,6 +118,10 @@ class TaskSpec(_Strict):
     # A variant of another task (``envs.variants``): registered to carry what a run learned to a related task, left
     # out of suites and of the starters' measured scores (the starter's docstring names the task it was made for).
     variant_of: str | None = None
+    # Whether an env may run another seed after its episode ends. Box2D's world keeps state across resets
+    # (BipedalWalker's returns changed with the episodes its env ran before), so those tasks get a fresh env per
+    # episode: an episode's result must depend on its task, protocol, policy and seed alone.
+    reuse_env: bool = True
 
     @field_validator("protocols")
     @classmethod
@@ -223,14 +227,14 @@ def _classic_and_box2d() -> list[TaskSpec]:
             failure_rules=FailureRules(termination="neutral"), starter_policy="pendulum.py",
         ),
         TaskSpec(
-            id="LunarLander-v3", gym_id="LunarLander-v3", family="box2d", target=200.0,
+            id="LunarLander-v3", gym_id="LunarLander-v3", family="box2d", target=200.0, reuse_env=False,
             description="Land between the flags; -100 for a crash, +100 for resting, fuel costs. 1000 steps max.",
             failure_rules=FailureRules(termination="by_reward", crash_reward=-100.0, termination_kind="crash",
                                        termination_text="lander crashed or flew off screen"),
             starter_policy="lunarlander.py",
         ),
         TaskSpec(
-            id="BipedalWalker-v3", gym_id="BipedalWalker-v3", family="box2d", target=300.0,
+            id="BipedalWalker-v3", gym_id="BipedalWalker-v3", family="box2d", target=300.0, reuse_env=False,
             description="Walk a 2D biped to the end of rough terrain; -100 for falling, 1600 steps max.",
             failure_rules=FailureRules(termination="by_reward", crash_reward=-100.0, termination_kind="fall",
                                        termination_text="walker's hull touched the ground"),

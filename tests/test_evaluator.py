@@ -37,6 +37,21 @@ def test_serial_equals_parallel(run_eval, task, policy):
     assert serial.stats == parallel.stats
 
 
+@pytest.mark.parametrize("task", ["CartPole-v1", "LunarLander-v3", "BipedalWalker-v3", "HalfCheetah-v5",
+                                  "ALE/Breakout-v5"])
+def test_an_episodes_result_depends_on_its_seed_alone_not_on_the_episodes_before_it(run_eval, task):
+    """One per family, Box2D's two among them: the same seeds one after another in one env, in another order, and
+    two workers at once give each seed the same episode. (BipedalWalker's world kept state across resets, so its
+    returns changed with the order; such tasks now get a fresh env per episode, ``TaskSpec.reuse_env``.)"""
+    seeds = [0, 1, 2]
+    by_seed = lambda result: {f[0]: f for f in _fingerprint(result)}  # noqa: E731
+    serial = by_seed(run_eval(RANDOM_POLICY, task, seeds=seeds, workers=1, lockstep=1))
+    shuffled = by_seed(run_eval(RANDOM_POLICY, task, seeds=[2, 0, 1], workers=1, lockstep=1))
+    parallel = by_seed(run_eval(RANDOM_POLICY, task, seeds=seeds, workers=2, lockstep=2))
+    assert serial == shuffled == parallel
+    assert all(f[1] == "ok" for f in serial.values())
+
+
 def test_policy_state_does_not_leak_between_episodes(run_eval, write_policy):
     """Module globals persist only within one episode: a worker reloads the file for each seed."""
     policy = write_policy('''
