@@ -134,7 +134,8 @@ def _print_result(result, ledger_file: Path) -> None:
 
 @app.command("envs")
 def envs_cmd(family: Optional[str] = typer.Option(None, "--family", help="Only this family: classic_control, box2d, atari, mujoco, custom."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+             protocols: bool = typer.Option(False, "--protocols", help="Each protocol's settings, and its tasks.")) -> None:
     """List registered tasks with their targets, protocols and starter policies."""
     from envs.tasks import registry
 
@@ -142,6 +143,9 @@ def envs_cmd(family: Optional[str] = typer.Option(None, "--family", help="Only t
     specs = [s for s in reg.all() if family is None or s.family == family]
     if family is not None and not specs:
         raise HeuristError(f"no tasks in family {family!r}; families: classic_control, box2d, atari, mujoco, custom")
+    if protocols:
+        _print_protocols(specs, as_json)
+        return
     if as_json:
         print(json.dumps([{"id": s.id, "family": s.family, "obs_mode": s.obs_mode, "target": s.target,
                            "protocols": [p.name for p in s.protocols], "starter_policy": s.starter_policy,
@@ -154,6 +158,30 @@ def envs_cmd(family: Optional[str] = typer.Option(None, "--family", help="Only t
         table.add_row(shown(s.id), s.family, s.obs_mode, "" if s.target is None else f"{s.target:g}",
                       shown(", ".join(p.name for p in s.protocols)), shown(s.starter_policy or "random"),
                       shown(reg.source(s.id)))
+    out.print(table)
+
+
+def _print_protocols(specs, as_json: bool) -> None:
+    """Every distinct protocol (name and settings) of these tasks, with the tasks that have it."""
+    groups: dict[str, dict] = {}
+    for spec in specs:
+        for protocol in spec.protocols:
+            settings = protocol.settings()
+            key = json.dumps([protocol.name, settings], sort_keys=True, default=str)
+            group = groups.setdefault(key, {"protocol": protocol.name, "description": protocol.description,
+                                            "settings": settings, "tasks": []})
+            group["tasks"].append(spec.id)
+    if as_json:
+        print(json.dumps(list(groups.values()), default=str))
+        return
+    table = Table(title=f"{len(groups)} protocols")
+    for col in ("protocol", "settings", "tasks", "description"):
+        table.add_column(col)
+    for g in groups.values():
+        tasks = g["tasks"]
+        named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        table.add_row(g["protocol"], shown(", ".join(f"{k}={v}" for k, v in g["settings"].items())), shown(named),
+                      shown(g["description"]))
     out.print(table)
 
 

@@ -47,6 +47,7 @@ class EvalStarted(_Event):
     protected_uses_before: int  # earlier evaluations of this task on this protected split
     versions: dict[str, str]
     git: dict[str, str | bool | None]
+    protocol_settings: dict[str, Any] = Field(default_factory=dict)  # every setting of the protocol (envs.tasks)
 
 
 class EpisodeLine(BaseModel):

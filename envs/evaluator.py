@@ -151,7 +151,8 @@ class Evaluator:
         check_policy_source(self.source, str(policy_path))
         sha = hashlib.sha256(data).hexdigest()
         uses_before = _protected_uses(self.ledger, spec.id, req.split)
-        base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol, "obs_mode": spec.obs_mode,
+        base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol,
+                "protocol_settings": spec.protocol(self.protocol).settings(), "obs_mode": spec.obs_mode,
                 "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
         self._append(EvalStarted(**base, protected_split=req.split in PROTECTED_SPLITS,
                                  protected_uses_before=uses_before, versions=package_versions(),

@@ -61,12 +61,21 @@ class SeedSplits(_Strict):
 
 
 class Protocol(_Strict):
-    """A named way of running a task: kwargs layered over the task's own, and an episode budget."""
+    """A named way of running a task: kwargs layered over the task's own, an episode budget, and what happens at
+    reset beyond the env's own (``envs.atari_reset``: EnvPool's fire-reset and no-ops, Atari only)."""
 
     name: str
     description: str
     make_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_episode_steps: int | None = None
+    fire_reset: bool = False
+    noop_max: int = Field(0, ge=0, description="EnvPool's: n in [0, noop_max) drawn, n + 1 no-ops at reset (one "
+                                               "fewer where the game fires); 0: none.")
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting, as ``heurist envs --protocols`` prints it and every result records it."""
+        return {**self.make_kwargs, "max_episode_steps": self.max_episode_steps, "fire_reset": self.fire_reset,
+                "noop_max": self.noop_max}
 
 
 class StallRule(_Strict):
@@ -170,6 +179,10 @@ class TaskSpec(_Strict):
         if lean:
             kwargs["disable_env_checker"] = True
         env = gym.make(self.gym_id, **kwargs)
+        if chosen.fire_reset or chosen.noop_max:
+            from envs.atari_reset import EnvPoolReset
+
+            env = EnvPoolReset(env, chosen.fire_reset, chosen.noop_max)
         if lean:
             outer, inner = None, env
             while isinstance(inner, gym.Wrapper) and not isinstance(inner, OrderEnforcing):
@@ -264,9 +277,19 @@ def _mujoco() -> list[TaskSpec]:
 ATARI_PROTOCOLS = (
     Protocol(name="standard", description="ALE v5: frameskip 4, sticky actions 0.25, 108,000 frames max",
              make_kwargs={"frameskip": 4, "repeat_action_probability": 0.25, "max_num_frames_per_episode": 108_000}),
+    # The original's (EnvPool: frame_skip 1, repeat_action_probability 0, use_fire_reset, noop_max 1, no episodic
+    # life, no reward clipping, max_episode_steps 108,000): the reset's FIRE frame is not a step, so ALE's frame
+    # limit is one above the step budget.
     Protocol(name="deterministic",
-             description="the anchor's Breakout-864 protocol: frameskip 1, no sticky actions, full game "
-                         "(no episodic life), 108,000 steps max",
+             description="the anchor's Breakout-864 protocol, as EnvPool ran it: frameskip 1, no sticky actions, "
+                         "FIRE once at reset where the game has FIRE (else one no-op), full game (no episodic "
+                         "life), no reward clipping, 108,000 steps max",
+             make_kwargs={"frameskip": 1, "repeat_action_probability": 0.0, "max_num_frames_per_episode": 108_001},
+             max_episode_steps=108_000, fire_reset=True, noop_max=1),
+    Protocol(name="deterministic-no-fire",
+             description="the deterministic protocol without EnvPool's reset: frameskip 1, no sticky actions, "
+                         "full game, 108,000 steps max, reset as ALE does (no FIRE, no no-op); what heurist "
+                         "called deterministic before",
              make_kwargs={"frameskip": 1, "repeat_action_probability": 0.0, "max_num_frames_per_episode": 108_000},
              max_episode_steps=108_000),
 )

@@ -118,7 +118,13 @@ def test_envs_lists_tasks_with_targets():
     assert proc.returncode == 0
     tasks = {t["id"]: t for t in json.loads(proc.stdout)}
     assert tasks["CartPole-v1"]["target"] == 475.0
-    assert tasks["ALE/Breakout-v5"]["protocols"] == ["standard", "deterministic"]
+    assert tasks["ALE/Breakout-v5"]["protocols"] == ["standard", "deterministic", "deterministic-no-fire"]
+    printed = json.loads(heurist("envs", "--family", "atari", "--protocols", "--json").stdout)
+    settings = {g["protocol"]: g["settings"] for g in printed}
+    assert settings["deterministic"] == {"frameskip": 1, "repeat_action_probability": 0.0,
+                                         "max_num_frames_per_episode": 108_001, "max_episode_steps": 108_000,
+                                         "fire_reset": True, "noop_max": 1}
+    assert all(len(g["tasks"]) == 208 for g in printed)
     assert len(tasks) == 12 + 208  # CartPoleLongPole-v1, a variant, among them
     assert tasks["CartPoleLongPole-v1"]["target"] == 475.0
     table = heurist("envs", "--family", "mujoco")

@@ -44,6 +44,27 @@ def test_hns_covers_all_57_games_with_published_scores():
     assert get_task("CartPole-v1").normalise(500) is None
 
 
+@pytest.mark.parametrize("protocol,launched", [("deterministic", True), ("deterministic-no-fire", False)])
+def test_the_deterministic_protocol_resets_as_envpool_did_so_the_ball_is_already_launched(protocol, launched):
+    """EnvPool (use_fire_reset, noop_max=1) pressed FIRE once at reset: a policy that never fires still sees the
+    ball in play and loses a life; reset as ALE does, the ball never leaves. The FIRE frame is the reset's, not a
+    step: the step budget and the return count from after it."""
+    env = get_task("ALE/Breakout-ram-v5").make_env(protocol, lean=True)
+    try:
+        obs, info = env.reset(seed=0)
+        assert info["episode_frame_number"] == (1 if launched else 0)
+        ball = set()
+        for _ in range(300):
+            obs, reward, terminated, truncated, info = env.step(0)  # NOOP, never FIRE
+            ball.add((int(obs[99]), int(obs[101])))  # the ball's x and y in Breakout's RAM
+        assert (len(ball) > 10, info["lives"] < 5) == (launched, launched)
+        assert info["episode_frame_number"] == 300 + launched  # 300 steps after the reset's frame
+    finally:
+        env.close()
+    results = [e.settings() for e in get_task("ALE/Breakout-v5").protocols if e.name == protocol]
+    assert results[0]["fire_reset"] is launched and results[0]["noop_max"] == int(launched)
+
+
 def test_atari_protocols_are_named_and_differ_as_the_anchor_says():
     spec = get_task("ALE/Breakout-v5")
     standard, deterministic = spec.protocol("standard"), spec.protocol("deterministic")
