@@ -39,7 +39,13 @@ register_campaign_commands(app)
 def eval_cmd(
     policy_file: Path = typer.Argument(..., help="The policy .py file to evaluate."),
     env: str = typer.Option(..., "--env", help="Task id (see `heurist envs`) or module:attr of a TaskSpec."),
-    split: str = typer.Option("dev", "--split", help="Seed split: dev, holdout or audit."),
+    split: Optional[str] = typer.Option(None, "--split", help="Seed split: dev (default), holdout or audit."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Any seeds instead of a split, e.g. 100-104 or 3,7,9-12 "
+                                                              "(recorded as a custom split)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cut each episode after this many steps: "
+                                                                            "a quick look, not the protocol's score."),
+    eval_timeout: float = typer.Option(3600.0, "--eval-timeout", min=1, help="Wall-clock seconds for the whole "
+                                                                             "evaluation; what is left is not run."),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="First N seeds of the split (default: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores)."),
     lockstep: Optional[int] = typer.Option(None, "--lockstep", min=1, max=64,
@@ -64,18 +70,23 @@ def eval_cmd(
     from envs.limits import Limits
     from envs.tasks import get_task
 
-    if split not in ("dev", "holdout", "audit"):
+    if seeds is not None and split is not None:
+        raise HeuristError("give --seeds or --split, not both (--seeds is a split of its own: custom)")
+    split = "custom" if seeds is not None else (split or "dev")
+    if split not in ("dev", "holdout", "audit", "custom"):
         raise HeuristError(f"unknown split {split!r}; choose dev, holdout or audit")
+    chosen = parse_seeds(seeds) if seeds is not None else None
     if backend not in ("local", "ray"):
         raise HeuristError(f"unknown backend {backend!r}; choose local or ray")
     spec = get_task(env)
     request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split, episodes=episodes,
+                          seeds=chosen, max_steps=max_steps, eval_timeout_s=eval_timeout,
                           workers=workers, lockstep=lockstep, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
                           backend=backend, ray_address=ray_address if backend == "ray" else None,
                           limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
                                         memory_mb=memory_mb))
     ledger_file = ledger or default_ledger_path()
-    total = episodes or len(spec.seeds.seeds(split))  # type: ignore[arg-type]
+    total = len(chosen) if chosen else (episodes or len(spec.seeds.seeds(split)))  # type: ignore[arg-type]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err,
                   disable=as_json or not err.is_terminal, transient=True) as bar:
@@ -90,6 +101,8 @@ def eval_cmd(
     summary = result.summary()
     if result.backend == "ray":
         summary |= {"backend": "ray", "nodes": result.nodes}
+    if result.max_steps is not None:
+        summary["max_steps"] = result.max_steps  # episodes were cut: not the protocol's score
     if as_json:
         print(json.dumps(summary))
     else:
@@ -97,6 +110,24 @@ def eval_cmd(
     if result.status == "broken":
         first = next((e.error for e in result.episodes if e.error), "no episode completed")
         raise HeuristError(f"{policy_file} did not run on {spec.id}: {first}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``100-104``, ``3,7,9-12``: the seeds, in order, each once; anything else is one line naming it."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-") if not part.startswith("-") else (part, "", "")
+        try:
+            first, last = (int(low), int(high)) if dash else (int(part), int(part))
+        except ValueError:
+            raise HeuristError(f"--seeds {text!r}: {part!r} is not a seed or a range; e.g. 100-104 or 3,7,9-12") from None
+        if first < 0 or last < first:
+            raise HeuristError(f"--seeds {text!r}: {part!r} is not a range of seeds from low to high, both at least 0")
+        if last - first >= 100_000:
+            raise HeuristError(f"--seeds {text!r}: {part!r} holds more than 100,000 seeds; give fewer")
+        seeds.extend(range(first, last + 1))
+    return list(dict.fromkeys(seeds))
 
 
 def _print_result(result, ledger_file: Path) -> None:
@@ -118,6 +149,9 @@ def _print_result(result, ledger_file: Path) -> None:
     if result.target is not None:
         met = s is not None and s.mean >= result.target and not failed
         table.add_row("target", f"{result.target:g} ({'met' if met else 'not met'})")
+    if result.max_steps is not None:
+        table.add_row("cut", f"[yellow]every episode at {result.max_steps:,} steps (--max-steps): a quick look, "
+                             f"not the protocol's score[/]")
     table.add_row("env steps", f"{result.env_steps:,}")
     table.add_row("wall time", f"{result.wall_s:.1f} s")
     if result.backend == "ray":

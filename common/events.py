@@ -48,6 +48,7 @@ class EvalStarted(_Event):
     versions: dict[str, str]
     git: dict[str, str | bool | None]
     protocol_settings: dict[str, Any] = Field(default_factory=dict)  # every setting of the protocol (envs.tasks)
+    max_steps: int | None = None  # episodes cut after this many steps (heurist eval --max-steps): not the protocol's
 
 
 class EpisodeLine(BaseModel):

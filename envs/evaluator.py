@@ -62,6 +62,8 @@ class EvalRequest(BaseModel):
     clip_events: int = Field(default=3, ge=1)
     clip_steps: int = Field(default=60, ge=2)
     out_dir: Path | None = None
+    max_steps: int | None = Field(default=None, ge=1, description=(
+        "Cut every episode after this many steps, for a quick look: not the protocol's score, and recorded so."))
     lockstep: int | None = Field(default=None, ge=1, le=MAX_SLOTS,
                                  description="Episodes each worker runs at once, stepped together (1: one at a "
                                              "time); by default the task family's (``lockstep_width``).")
@@ -104,11 +106,16 @@ def _git_provenance(path: Path, data: bytes) -> dict[str, str | bool | None]:
     return {"commit": head, "committed_file": committed, "uncommitted_changes": committed != blob}
 
 
-def _protected_uses(ledger: Ledger | None, task: str, split: str) -> int:
-    if ledger is None or split not in PROTECTED_SPLITS:
+def _protected_uses(ledger: Ledger | None, spec: TaskSpec, split: str, seeds: list[int]) -> int:
+    """Earlier evaluations of this task that used the protected split(s) these seeds are in: those of the split,
+    and those of custom seeds that overlapped it."""
+    touched = [s for s in PROTECTED_SPLITS
+               if s == split or (split == "custom" and set(seeds) & set(spec.seeds.seeds(s)))]
+    if ledger is None or not touched:
         return 0
     records, _ = read_events(ledger)
-    return sum(1 for r in records if isinstance(r, EvalStarted) and r.task == task and r.split == split)
+    return sum(1 for r in records if isinstance(r, EvalStarted) and r.task == spec.id and any(
+        r.split == s or (r.split == "custom" and set(r.seeds) & set(spec.seeds.seeds(s))) for s in touched))
 
 
 class Evaluator:
@@ -150,11 +157,12 @@ class Evaluator:
             raise PolicyError(f"{policy_path} is not UTF-8 text; a policy is one Python source file") from None
         check_policy_source(self.source, str(policy_path))
         sha = hashlib.sha256(data).hexdigest()
-        uses_before = _protected_uses(self.ledger, spec.id, req.split)
+        uses_before = _protected_uses(self.ledger, spec, req.split, seeds)
+        protected = req.split in PROTECTED_SPLITS or bool(self._protected_overlap(seeds))
         base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol,
                 "protocol_settings": spec.protocol(self.protocol).settings(), "obs_mode": spec.obs_mode,
                 "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
-        self._append(EvalStarted(**base, protected_split=req.split in PROTECTED_SPLITS,
+        self._append(EvalStarted(**base, protected_split=protected, max_steps=req.max_steps,
                                  protected_uses_before=uses_before, versions=package_versions(),
                                  git=_git_provenance(policy_path, data)))
         started = time.perf_counter()
@@ -177,9 +185,27 @@ class Evaluator:
             for e in result.episodes]))
         return result
 
+    def _protected_overlap(self, seeds: list[int]) -> dict[str, list[int]]:
+        """Custom seeds that lie in a protected split, by split."""
+        if self.req.split != "custom":
+            return {}
+        found = {s: sorted(set(seeds) & set(self.spec.seeds.seeds(s))) for s in sorted(PROTECTED_SPLITS)}
+        return {s: overlap for s, overlap in found.items() if overlap}
+
     def _seeds(self) -> list[int]:
         """The seeds to run: the request's own (all in the split), else the split's first ``episodes``, else all."""
         req, spec = self.req, self.spec
+        if req.split == "custom":
+            if not req.seeds:
+                raise SplitGuardError("a custom split runs the seeds you give; give them (--seeds 100-104)")
+            seeds = list(dict.fromkeys(req.seeds))
+            overlap = self._protected_overlap(seeds)
+            if overlap and not req.confirm_protected:
+                split, some = next(iter(overlap.items()))
+                raise SplitGuardError(f"seeds {some[:5]} are in the {split} split of {spec.id}, which is reserved "
+                                      f"for a deliberate, recorded evaluation; add --confirm-protected to use them "
+                                      f"(the ledger counts it as a use of that split), or choose other seeds")
+            return seeds
         seeds = list(spec.seeds.seeds(req.split))
         if req.seeds is not None:
             outside = sorted(set(req.seeds) - set(seeds))
@@ -207,7 +233,8 @@ class Evaluator:
 
     def _job(self, kind: str, policy_path: Path, **extra: Any) -> dict[str, Any]:
         return {"kind": kind, "task": self._task_json, "protocol": self.protocol, "policy_path": str(policy_path),
-                "policy_source": self.source, "cpu_s": self.req.limits.episode_cpu_s, **extra}
+                "policy_source": self.source, "cpu_s": self.req.limits.episode_cpu_s, "max_steps": self.req.max_steps,
+                **extra}
 
     def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:
         req = self.req
@@ -252,7 +279,7 @@ class Evaluator:
                           target=self.spec.target, episodes=episodes, failures=failures,
                           env_steps=sum(e.env_steps for e in episodes), wall_s=time.perf_counter() - started,
                           clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before,
-                          backend=self.req.backend, nodes=dict(self.nodes))
+                          backend=self.req.backend, nodes=dict(self.nodes), max_steps=self.req.max_steps)
 
     # ------------------------------------------------------------------ clips
 

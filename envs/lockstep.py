@@ -74,7 +74,7 @@ class EpisodeRun:
 
     __slots__ = ("seed", "slot", "env", "policy", "coerce", "detector", "every_step", "recent", "windows",
                  "max_windows", "actions", "rewards", "total", "t", "obs", "info", "steps", "result",
-                 "wall_s", "cpu_s", "env_broken", "accepted")
+                 "wall_s", "cpu_s", "env_broken", "accepted", "max_steps")
 
     def __init__(self, job: dict, slot: int, env, policy: PolicyClient, spec, steps) -> None:
         self.seed, self.slot, self.env, self.policy, self.steps = int(job["seed"]), slot, env, policy, steps
@@ -84,6 +84,7 @@ class EpisodeRun:
         self.recent: deque = deque(maxlen=int(job["trace_window"]))  # (t, observation acted on, action, reward)
         self.windows: list[dict] = []
         self.max_windows = int(job["max_windows"])
+        self.max_steps = job.get("max_steps")  # heurist eval --max-steps: a quick look, recorded as such
         self.actions: list = []
         self.rewards: list[float] = []
         self.total, self.t, self.accepted = 0.0, 0, 0
@@ -132,6 +133,9 @@ class EpisodeRun:
         self.t = t + 1
         if terminated or truncated:
             self.result["termination"] = "terminated" if terminated else "truncated"
+            return True
+        if self.max_steps is not None and self.t >= self.max_steps:  # cut, not truncated: no failure event
+            self.result["termination"] = "max_steps"
             return True
         self.obs, self.info = obs, info
         return False

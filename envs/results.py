@@ -95,6 +95,7 @@ class EvalResult(_Record):
     clip_env_steps: int = 0  # the re-simulations that rendered the clips; included in env_steps
     backend: Literal["local", "ray"] = "local"  # where the episodes ran (``envs.ray_backend``)
     protocol_settings: dict[str, Any] = {}  # every setting of the protocol the episodes ran under
+    max_steps: int | None = None  # episodes cut after this many steps (a quick look, not the protocol's score)
     nodes: dict[str, int] = {}  # the ray backend: episodes each node (host:node id) ran
 
     def summary(self) -> dict[str, Any]:

@@ -113,6 +113,25 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+def test_any_seeds_are_a_custom_split_counted_as_a_use_of_the_protected_split_they_touch(tmp_path):
+    ledger = tmp_path / "l.jsonl"
+    cut = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--seeds", "100-102,7",
+                  "--max-steps", "40", "--json", "--ledger", str(ledger))
+    assert cut.returncode == 0, cut.stderr
+    summary = json.loads(cut.stdout)
+    assert (summary["split"], summary["seeds"], summary["max_steps"]) == ("custom", [100, 101, 102, 7], 40)
+    assert summary["mean"] == 40.0 and summary["env_steps"] == 160  # every episode cut at 40 steps, and said so
+    touched = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--seeds", "1000",
+                      "--confirm-protected", "--ledger", str(ledger))
+    assert touched.returncode == 0, touched.stderr
+    holdout = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--split", "holdout",
+                      "--episodes", "1", "--confirm-protected", "--ledger", str(ledger))
+    assert holdout.returncode == 0, holdout.stderr
+    started = [json.loads(line) for line in ledger.read_text().splitlines() if '"eval_started"' in line]
+    assert [(s["split"], s["protected_split"], s["protected_uses_before"], s["max_steps"]) for s in started] == [
+        ("custom", False, 0, 40), ("custom", True, 0, None), ("holdout", True, 1, None)]
+
+
 def test_envs_lists_tasks_with_targets():
     proc = heurist("envs", "--json")
     assert proc.returncode == 0
