@@ -85,6 +85,10 @@ def eval_cmd(
                           backend=backend, ray_address=ray_address if backend == "ray" else None,
                           limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
                                         memory_mb=memory_mb))
+    from envs.contract import check_policy_file, lazy_imports
+
+    for warning in lazy_imports(check_policy_file(policy_file), policy_file.name):
+        err.print(f"warning: {shown(warning)}", highlight=False, markup=False, soft_wrap=True)
     ledger_file = ledger or default_ledger_path()
     total = len(chosen) if chosen else (episodes or len(spec.seeds.seeds(split)))  # type: ignore[arg-type]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -9,23 +9,22 @@ A policy is one self-contained ``.py`` file:
 - optionally ``@dataclass class Tunables`` whose fields are declared with
   ``tunable(default, low, high, doc)``; a scalar search reads and rewrites those
   defaults (and nothing else) through ``read_tunables`` / ``rewrite_tunables``;
-- imports limited to the standard library, numpy, scipy, cv2 and simulator packages.
+- imports limited to the standard library, numpy, scipy, cv2 and simulator packages: refused
+  here where they run when the file loads (module and class level); an import inside a function
+  runs only if that code does, so it is a warning here (``lazy_imports``) and is enforced where it
+  runs, in the policy process (``allowed_import``): a refused import fails that episode, with why.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from common.errors import PolicyError
-
-ALLOWED_THIRD_PARTY = frozenset({"numpy", "scipy", "cv2", "mujoco", "ale_py", "Box2D"})
-HEURIST_PACKAGES = frozenset({"common", "envs", "policies", "memory", "store", "roles", "graph", "runner",
-                              "report", "doctor", "cli", "heurist"})
+from envs.import_rule import HEURIST_PACKAGES, allowed_import
 
 
 class Tunable(BaseModel):
@@ -54,27 +53,42 @@ def check_policy_file(path: Path | str) -> ast.Module:
     return check_policy_source(source, str(path))
 
 
+def _imports(tree: ast.Module, name: str) -> list[tuple[ast.stmt, str, bool]]:
+    """Every import as (statement, module, whether it runs when the file loads: not inside a function)."""
+    found: list[tuple[ast.stmt, str, bool]] = []
+
+    def visit(node: ast.AST, at_load: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend((child, alias.name, at_load) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level > 0:
+                raise PolicyError(f"{name}:{child.lineno} uses a relative import; a policy must be self-contained")
+            elif isinstance(child, ast.ImportFrom) and child.module:
+                found.append((child, child.module, at_load))
+            visit(child, at_load and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, True)
+    return found
+
+
+def lazy_imports(tree: ast.Module, name: str = "<policy>") -> list[str]:
+    """Warnings for imports inside functions that the policy process would refuse if that code ran."""
+    return [f"{name}:{node.lineno} {why} (inside a function: that episode fails if it runs)"
+            for node, module, at_load in _imports(tree, name) if not at_load and (why := allowed_import(module))]
+
+
 def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     try:
         tree = ast.parse(source, filename=name)
+        # Compiled too: some errors only compilation finds (a `from __future__` after other code, `return`
+        # outside a function), and each would otherwise fail every episode at load.
+        compile(tree, name, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise PolicyError(f"{name} has a syntax error at line {exc.lineno}: {exc.msg}") from None
-    for node in ast.walk(tree):
-        modules = []
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules = [node.module]
-        elif isinstance(node, ast.ImportFrom) and node.level > 0:
-            raise PolicyError(f"{name}:{node.lineno} uses a relative import; a policy must be self-contained")
-        for module in modules:
-            top = module.split(".")[0]
-            if top in HEURIST_PACKAGES:
-                raise PolicyError(f"{name}:{node.lineno} imports {module}; a policy must not import heurist itself")
-            if top not in sys.stdlib_module_names and top not in ALLOWED_THIRD_PARTY:
-                allowed = ", ".join(sorted(ALLOWED_THIRD_PARTY))
-                raise PolicyError(f"{name}:{node.lineno} imports {module}; policies may import only the standard "
-                                  f"library and {allowed}")
+    for node, module, at_load in _imports(tree, name):
+        why = allowed_import(module)
+        if why is not None and (at_load or module.split(".")[0] in HEURIST_PACKAGES):
+            raise PolicyError(f"{name}:{node.lineno} {why}")
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     policy = classes.get("Policy")
     if policy is None:

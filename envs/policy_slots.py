@@ -22,6 +22,7 @@ the env process reads it (``envs.wire``).
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import pickle
 import random
@@ -33,6 +34,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+from envs.import_rule import allowed_import
 from envs.wire import mode_key, plain_diag
 
 POLICY_MODULE = "heurist_policy"
@@ -60,6 +62,9 @@ def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
     """Execute the compiled policy file in a fresh module and construct its Policy; the Policy and its module."""
     module = types.ModuleType(POLICY_MODULE)
     module.__file__ = path
+    # The policy's own import statements (wherever they run, a function's included) go through this: the import
+    # rule is enforced where an import happens, while the libraries it imports import what they need freely.
+    module.__builtins__ = {**builtins.__dict__, "__import__": _policy_import}
     # dataclasses resolve string annotations through sys.modules, so the module must be there.
     sys.modules[POLICY_MODULE] = module
     exec(code, module.__dict__)
@@ -69,6 +74,12 @@ def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
     if "action_space" in inspect.signature(cls).parameters:
         return cls(action_space=action_space), module
     return cls(), module
+
+
+def _policy_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and (why := allowed_import(name)) is not None:
+        raise ImportError(f"the policy {why}")
+    return builtins.__import__(name, globals, locals, fromlist, level)
 
 
 def where_in_policy(exc: BaseException, path: str) -> str:

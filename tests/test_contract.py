@@ -31,10 +31,54 @@ def test_every_starter_satisfies_the_contract():
     ("class Policy:\n    def act(self, o, i): return 0\n", "no reset method"),
     ("class Policy:\n    def reset(self, s):\n        pass\n", "no act method"),
     ("x = (\n", "syntax error at line 1"),
+    # Only compiling finds these; each would fail every episode at load.
+    ("import math\nfrom __future__ import annotations\nclass Policy:\n    def reset(self, s): pass\n"
+     "    def act(self, o, i): return 0\n", "syntax error at line 2: from __future__ imports must occur"),
+    ("return 3\nclass Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n",
+     "syntax error at line 1: 'return' outside function"),
+    # Loaded with the file, inside a class body: refused as a top-level import is.
+    ("class Policy:\n    import requests\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n",
+     "p.py:2 imports requests"),
+    # heurist itself is refused wherever the import is.
+    ("class Policy:\n    def reset(self, s):\n        import envs.tasks\n    def act(self, o, i): return 0\n",
+     "must not import heurist itself"),
 ])
 def test_contract_violations_are_named(source, message):
     with pytest.raises(PolicyError, match=message):
         check_policy_source(source, "p.py")
+
+
+LAZY = """
+import numpy as np
+
+
+class Policy:
+    def reset(self, seed):
+        self.seed, self.t = seed, 0
+
+    def act(self, obs, info):
+        self.t += 1
+        if self.seed == 1 and self.t == 3:
+            import envpool  # used: this episode fails, with why
+        if obs is None:
+            import requests  # never runs: a warning at the check, nothing more
+        return int(np.dot(obs, [0.0, 0.0, 1.0, 0.5]) > 0)
+"""
+
+
+def test_an_import_inside_a_function_is_a_warning_and_fails_only_the_episode_that_runs_it(run_eval, write_policy):
+    from envs.contract import lazy_imports
+
+    tree = check_policy_source(LAZY, "lazy.py")  # accepted: neither import runs when the file loads
+    assert lazy_imports(tree, "lazy.py") == [
+        "lazy.py:12 imports envpool; policies may import only the standard library and Box2D, ale_py, cv2, mujoco, "
+        "numpy, scipy (inside a function: that episode fails if it runs)",
+        "lazy.py:14 imports requests; policies may import only the standard library and Box2D, ale_py, cv2, mujoco, "
+        "numpy, scipy (inside a function: that episode fails if it runs)"]
+    result = run_eval(write_policy(LAZY, "lazy.py"), "CartPole-v1", seeds=[0, 1, 2], workers=1)
+    by_seed = {e.seed: e for e in result.episodes}
+    assert by_seed[1].status == "policy_error" and "ImportError: the policy imports envpool" in by_seed[1].error
+    assert by_seed[0].status == by_seed[2].status == "ok"  # numpy, from inside the same code, is imported freely
 
 
 def test_rewrite_changes_only_the_named_defaults():
