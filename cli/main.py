@@ -72,6 +72,8 @@ def eval_cmd(
 
     if seeds is not None and split is not None:
         raise HeuristError("give --seeds or --split, not both (--seeds is a split of its own: custom)")
+    if seeds is not None and episodes is not None:
+        raise HeuristError("give --seeds or --episodes, not both (--seeds runs exactly the seeds it names)")
     split = "custom" if seeds is not None else (split or "dev")
     if split not in ("dev", "holdout", "audit", "custom"):
         raise HeuristError(f"unknown split {split!r}; choose dev, holdout or audit")
@@ -105,8 +107,6 @@ def eval_cmd(
     summary = result.summary()
     if result.backend == "ray":
         summary |= {"backend": "ray", "nodes": result.nodes}
-    if result.max_steps is not None:
-        summary["max_steps"] = result.max_steps  # episodes were cut: not the protocol's score
     if as_json:
         print(json.dumps(summary))
     else:
@@ -128,8 +128,8 @@ def parse_seeds(text: str) -> list[int]:
             raise HeuristError(f"--seeds {text!r}: {part!r} is not a seed or a range; e.g. 100-104 or 3,7,9-12") from None
         if first < 0 or last < first:
             raise HeuristError(f"--seeds {text!r}: {part!r} is not a range of seeds from low to high, both at least 0")
-        if last - first >= 100_000:
-            raise HeuristError(f"--seeds {text!r}: {part!r} holds more than 100,000 seeds; give fewer")
+        if len(seeds) + last - first >= 100_000:
+            raise HeuristError(f"--seeds {text!r} names more than 100,000 seeds; give fewer")
         seeds.extend(range(first, last + 1))
     return list(dict.fromkeys(seeds))
 

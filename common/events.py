@@ -85,6 +85,7 @@ class EvalFinished(_Event):
     target: float | None
     env_steps: int
     clip_env_steps: int = 0  # the clips' re-simulation, counted in env_steps (since 89d7c5e)
+    max_steps: int | None = None  # episodes cut after this many steps: not the protocol's score
     wall_s: float
     failures: dict[str, int]
     clips: list[str]

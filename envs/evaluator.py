@@ -275,8 +275,11 @@ class Evaluator:
             status = "partial"
         else:
             status = "complete"
-        return EvalResult(**base, status=status, stats=score_stats(returns, self.spec),
-                          target=self.spec.target, episodes=episodes, failures=failures,
+        stats = score_stats(returns, self.spec)
+        if self.req.max_steps is not None and stats is not None:  # cut episodes: no target met, no normalised score
+            stats = stats.model_copy(update={"hns_mean": None})
+        return EvalResult(**base, status=status, stats=stats,
+                          target=None if self.req.max_steps is not None else self.spec.target, episodes=episodes, failures=failures,
                           env_steps=sum(e.env_steps for e in episodes), wall_s=time.perf_counter() - started,
                           clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before,
                           backend=self.req.backend, nodes=dict(self.nodes), max_steps=self.req.max_steps)

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from envs.import_rule import allowed_import
+from envs.import_rule import HEURIST_PACKAGES, allowed_import
 from envs.wire import mode_key, plain_diag
 
 POLICY_MODULE = "heurist_policy"
@@ -77,8 +77,13 @@ def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
 
 
 def _policy_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if level == 0 and (why := allowed_import(name)) is not None:
-        raise ImportError(f"the policy {why}")
+    """The policy's ``__import__``. C code that imports while the policy's frame is current (pickle finding the
+    policy's own module, numpy loading a part of itself) comes here too, so the policy's module and modules
+    already loaded pass; heurist never does, loaded or not."""
+    if level == 0 and name != POLICY_MODULE and (name.split(".")[0] in HEURIST_PACKAGES or name not in sys.modules):
+        why = allowed_import(name)
+        if why is not None:
+            raise ImportError(f"the policy {why}")
     return builtins.__import__(name, globals, locals, fromlist, level)
 
 

@@ -109,7 +109,8 @@ class EvalResult(_Record):
             "mean": s.mean if s else None, "std": s.std if s else None, "median": s.median if s else None,
             "min": s.min if s else None, "max": s.max if s else None, "ci95": s.ci95 if s else None,
             "hns_mean": s.hns_mean if s else None, "target": self.target,
-            "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "wall_s": round(self.wall_s, 3),
+            "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "max_steps": self.max_steps,
+            "wall_s": round(self.wall_s, 3),
             "failures": self.failures, "clips": [c.mp4 for c in self.clips],
         }
 

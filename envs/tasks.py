@@ -132,7 +132,16 @@ class TaskSpec(_Strict):
     # Whether an env may run another seed after its episode ends. Box2D's world keeps state across resets
     # (BipedalWalker's returns changed with the episodes its env ran before), so those tasks get a fresh env per
     # episode: an episode's result must depend on its task, protocol, policy and seed alone.
-    reuse_env: bool = True
+    reuse_env: bool | None = None  # default: every family but box2d
+
+    @model_validator(mode="after")
+    def _reset_rules(self) -> TaskSpec:
+        if self.family != "atari" and any(p.fire_reset or p.noop_max for p in self.protocols):
+            raise ValueError(f"task {self.id}: fire_reset and noop_max are EnvPool's Atari reset; only atari tasks "
+                             f"may set them")
+        if self.reuse_env is None:
+            object.__setattr__(self, "reuse_env", self.family != "box2d")  # frozen: set once, here
+        return self
 
     @field_validator("protocols")
     @classmethod
@@ -242,14 +251,14 @@ def _classic_and_box2d() -> list[TaskSpec]:
             failure_rules=FailureRules(termination="neutral"), starter_policy="pendulum.py",
         ),
         TaskSpec(
-            id="LunarLander-v3", gym_id="LunarLander-v3", family="box2d", target=200.0, reuse_env=False,
+            id="LunarLander-v3", gym_id="LunarLander-v3", family="box2d", target=200.0,
             description="Land between the flags; -100 for a crash, +100 for resting, fuel costs. 1000 steps max.",
             failure_rules=FailureRules(termination="by_reward", crash_reward=-100.0, termination_kind="crash",
                                        termination_text="lander crashed or flew off screen"),
             starter_policy="lunarlander.py",
         ),
         TaskSpec(
-            id="BipedalWalker-v3", gym_id="BipedalWalker-v3", family="box2d", target=300.0, reuse_env=False,
+            id="BipedalWalker-v3", gym_id="BipedalWalker-v3", family="box2d", target=300.0,
             description="Walk a 2D biped to the end of rough terrain; -100 for falling, 1600 steps max.",
             failure_rules=FailureRules(termination="by_reward", crash_reward=-100.0, termination_kind="fall",
                                        termination_text="walker's hull touched the ground"),
@@ -280,13 +289,13 @@ ATARI_PROTOCOLS = (
     Protocol(name="standard", description="ALE v5: frameskip 4, sticky actions 0.25, 108,000 frames max",
              make_kwargs={"frameskip": 4, "repeat_action_probability": 0.25, "max_num_frames_per_episode": 108_000}),
     # The original's (EnvPool: frame_skip 1, repeat_action_probability 0, use_fire_reset, noop_max 1, no episodic
-    # life, no reward clipping, max_episode_steps 108,000): the reset's FIRE frame is not a step, so ALE's frame
-    # limit is one above the step budget.
+    # life, no reward clipping, max_episode_steps 108,000). The reset's frames are not steps, and EnvPool sets no
+    # frame limit of ALE's: ALE's is off (0) and the step budget is Gymnasium's TimeLimit, as EnvPool's is its own.
     Protocol(name="deterministic",
              description="the anchor's Breakout-864 protocol, as EnvPool ran it: frameskip 1, no sticky actions, "
                          "FIRE once at reset where the game has FIRE (else one no-op), full game (no episodic "
                          "life), no reward clipping, 108,000 steps max",
-             make_kwargs={"frameskip": 1, "repeat_action_probability": 0.0, "max_num_frames_per_episode": 108_001},
+             make_kwargs={"frameskip": 1, "repeat_action_probability": 0.0, "max_num_frames_per_episode": 0},
              max_episode_steps=108_000, fire_reset=True, noop_max=1),
     Protocol(name="deterministic-no-fire",
              description="the deterministic protocol without EnvPool's reset: frameskip 1, no sticky actions, "

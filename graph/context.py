@@ -115,7 +115,11 @@ class Services:
 
     def cache_file(self, policy_sha: str, split: Split, seeds: list[int], video: bool) -> Path:
         """Where this evaluation is kept once made (``evaluate_cached`` reads it instead of evaluating again)."""
-        key = hashlib.sha256(json.dumps([policy_sha, split, seeds, video, self.protocol]).encode()).hexdigest()[:16]
+        # The protocol's settings, not only its name: a protocol that changes (deterministic gained EnvPool's
+        # reset) must not serve results of the old one to a resumed run.
+        settings = self.spec.protocol(self.protocol).settings()
+        key = hashlib.sha256(json.dumps([policy_sha, split, seeds, video, self.protocol, settings],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
         return self.run_dir / "evals" / f"{policy_sha[:12]}-{split}-{key}.json"
 
     def score_policies(self, sources: list[str], seeds: list[int]) -> list[dict[int, float | None]]:

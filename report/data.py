@@ -89,7 +89,7 @@ def _points(records: list[LedgerEvent], start_sha: str | None, dev_seeds: list[i
             steps += r.env_steps
         if isinstance(r, EvalFinished):
             steps += r.env_steps
-            if r.split != "dev" or r.mean is None:
+            if r.split != "dev" or r.mean is None or r.max_steps is not None:  # a cut evaluation is not a score
                 continue
             tokens, usd = clock.at(_iso_to_epoch(r.time))
             if not started and r.policy_sha256 == start_sha and r.seeds == dev_seeds:

@@ -77,6 +77,8 @@ CASES = [
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "abc"], "'abc' is not a seed or a range"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "9-3"], "'9-3' is not a range of seeds from low to high"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "3", "--split", "dev"], "give --seeds or --split, not both"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "3", "--episodes", "2"], "give --seeds or --episodes"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "0-60000,70000-130000"], "more than 100,000 seeds"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "1-10,1049"], "seeds [1049] are in the holdout split"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--max-steps", "0"], "Invalid value for '--max-steps'"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--backend", "ray", "--ray-address", "127.0.0.1:1"],

@@ -121,6 +121,7 @@ def test_any_seeds_are_a_custom_split_counted_as_a_use_of_the_protected_split_th
     summary = json.loads(cut.stdout)
     assert (summary["split"], summary["seeds"], summary["max_steps"]) == ("custom", [100, 101, 102, 7], 40)
     assert summary["mean"] == 40.0 and summary["env_steps"] == 160  # every episode cut at 40 steps, and said so
+    assert summary["target"] is None  # a cut episode meets no target
     touched = heurist("eval", str(POLICY_DIR / "cartpole.py"), "--env", "CartPole-v1", "--seeds", "1000",
                       "--confirm-protected", "--ledger", str(ledger))
     assert touched.returncode == 0, touched.stderr
@@ -130,6 +131,8 @@ def test_any_seeds_are_a_custom_split_counted_as_a_use_of_the_protected_split_th
     started = [json.loads(line) for line in ledger.read_text().splitlines() if '"eval_started"' in line]
     assert [(s["split"], s["protected_split"], s["protected_uses_before"], s["max_steps"]) for s in started] == [
         ("custom", False, 0, 40), ("custom", True, 0, None), ("holdout", True, 1, None)]
+    finished = [json.loads(line) for line in ledger.read_text().splitlines() if '"eval_finished"' in line]
+    assert [f["max_steps"] for f in finished] == [40, None, None]
 
 
 def test_envs_lists_tasks_with_targets():
@@ -141,7 +144,7 @@ def test_envs_lists_tasks_with_targets():
     printed = json.loads(heurist("envs", "--family", "atari", "--protocols", "--json").stdout)
     settings = {g["protocol"]: g["settings"] for g in printed}
     assert settings["deterministic"] == {"frameskip": 1, "repeat_action_probability": 0.0,
-                                         "max_num_frames_per_episode": 108_001, "max_episode_steps": 108_000,
+                                         "max_num_frames_per_episode": 0, "max_episode_steps": 108_000,
                                          "fire_reset": True, "noop_max": 1}
     assert all(len(g["tasks"]) == 208 for g in printed)
     assert len(tasks) == 12 + 208  # CartPoleLongPole-v1, a variant, among them

@@ -65,6 +65,19 @@ def test_the_deterministic_protocol_resets_as_envpool_did_so_the_ball_is_already
     assert results[0]["fire_reset"] is launched and results[0]["noop_max"] == int(launched)
 
 
+def test_box2d_tasks_get_a_fresh_env_per_episode_and_only_atari_may_act_at_reset():
+    from envs.tasks import FailureRules, Protocol, TaskSpec
+
+    rules = FailureRules(termination="failure", termination_kind="crash", termination_text="crashed")
+    assert [get_task(t).reuse_env for t in ("LunarLander-v3", "BipedalWalker-v3", "CartPole-v1")] == [
+        False, False, True]
+    mine = TaskSpec(id="my/Car-v0", gym_id="CarRacing-v3", family="box2d", description="d", failure_rules=rules)
+    assert mine.reuse_env is False  # a user's Box2D task too, unless it says otherwise
+    with pytest.raises(ValueError, match="only atari tasks may set them"):
+        TaskSpec(id="my/Pole-v0", gym_id="CartPole-v1", family="custom", description="d", failure_rules=rules,
+                 protocols=(Protocol(name="standard", description="d", fire_reset=True),))
+
+
 def test_atari_protocols_are_named_and_differ_as_the_anchor_says():
     spec = get_task("ALE/Breakout-v5")
     standard, deterministic = spec.protocol("standard"), spec.protocol("deterministic")

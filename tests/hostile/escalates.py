@@ -5,10 +5,11 @@ secrets, other runs, a file outside. Fails its episode, naming what escaped, if 
 import ctypes
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 MS_REMOUNT, MS_BIND = 32, 4096
-ENVS = Path(__import__("envs").__file__).parent
+ENVS = Path(sys.modules["envs"].__file__).parent  # loaded in this process (importing heurist is refused)
 
 
 class Policy:
