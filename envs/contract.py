@@ -6,6 +6,8 @@ A policy is one self-contained ``.py`` file:
   ``__init__`` may accept ``action_space`` if the policy needs it;
 - optionally ``self.diagnostics = {"mode": ..., "reason": ...}`` set in ``act``; the
   evaluator records it per step in the trace;
+- optionally ``observe(self, reward, terminated, truncated, info)``, called after every step
+  (the last one included) with what the env's step returned, before the next ``act``;
 - optionally ``@dataclass class Tunables`` whose fields are declared with
   ``tunable(default, low, high, doc)``; a scalar search reads and rewrites those
   defaults (and nothing else) through ``read_tunables`` / ``rewrite_tunables``;
@@ -93,12 +95,26 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     policy = classes.get("Policy")
     if policy is None:
         raise PolicyError(f"{name} defines no top-level class Policy; a policy file needs class Policy with reset(seed) and act(obs, info)")
-    methods = {n.name for n in policy.body if isinstance(n, ast.FunctionDef)}
+    methods = {n.name: n for n in policy.body if isinstance(n, ast.FunctionDef)}
     missing = [m for m in ("reset", "act") if m not in methods]
     if missing:
         raise PolicyError(f"{name}: class Policy has no {' or '.join(missing)} method; it needs reset(self, seed) and act(self, obs, info)")
+    observe = methods.get("observe")
+    if observe is not None and not observe.args.vararg and len(observe.args.args) < 5:
+        raise PolicyError(f"{name}:{observe.lineno} observe takes observe(self, reward, terminated, truncated, info); "
+                          f"it is called after every step with what the step returned")
     _tunable_calls(tree, name)  # validates declarations
     return tree
+
+
+def policy_observes(source: str) -> bool:
+    """Whether the policy's class Policy defines ``observe`` (called after each step with its reward)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return any(isinstance(n, ast.ClassDef) and n.name == "Policy" and any(
+        isinstance(m, ast.FunctionDef) and m.name == "observe" for m in n.body) for n in tree.body)
 
 
 # What a policy may hand its seed to: random generators (and int(), to make one; reset(), a part's own).

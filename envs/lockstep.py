@@ -38,13 +38,16 @@ class PolicyClient(Protocol):
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         """A fresh Policy for one episode in ``slot``; raises PolicyFailed with the policy's own error."""
 
-    def act(self, slots: list[int], observations: list, infos: list) -> tuple[list, dict[int, str]]:
+    observes: bool  # the policy defines observe(): each step's reward, terminated, truncated go to it
+
+    def act(self, slots: list[int], observations: list, infos: list,
+            feedback: list | None = None) -> tuple[list, dict[int, str]]:
         """One action per slot, and the policy failures by position."""
 
     def diagnostics(self, slot: int, first: int, last: int) -> list:
         """The diagnostics the policy gave at steps ``first``..``last`` of the episode in ``slot``."""
 
-    def end(self, slot: int, accepted: int) -> dict[str, int]:
+    def end(self, slot: int, accepted: int, final: list | None = None) -> tuple[dict[str, int], str | None]:
         """The episode in ``slot`` is over after ``accepted`` steps: its mode counts; the slot is free."""
 
 
@@ -74,7 +77,7 @@ class EpisodeRun:
 
     __slots__ = ("seed", "slot", "env", "policy", "coerce", "detector", "every_step", "recent", "windows",
                  "max_windows", "actions", "rewards", "total", "t", "obs", "info", "steps", "result",
-                 "wall_s", "cpu_s", "env_broken", "accepted", "max_steps")
+                 "wall_s", "cpu_s", "env_broken", "accepted", "max_steps", "feedback", "final")
 
     def __init__(self, job: dict, slot: int, env, policy: PolicyClient, spec, steps) -> None:
         self.seed, self.slot, self.env, self.policy, self.steps = int(job["seed"]), slot, env, policy, steps
@@ -85,6 +88,10 @@ class EpisodeRun:
         self.windows: list[dict] = []
         self.max_windows = int(job["max_windows"])
         self.max_steps = job.get("max_steps")  # heurist eval --max-steps: a quick look, recorded as such
+        # For a policy's observe(): the last step's (reward, terminated, truncated), sent with the next act (None
+        # before the first step), and the last step's, with its info, sent when the episode ends.
+        self.feedback: list | None = None
+        self.final: list | None = None
         self.actions: list = []
         self.rewards: list[float] = []
         self.total, self.t, self.accepted = 0.0, 0, 0
@@ -133,11 +140,14 @@ class EpisodeRun:
         self.t = t + 1
         if terminated or truncated:
             self.result["termination"] = "terminated" if terminated else "truncated"
+            self.final = [float(reward), bool(terminated), bool(truncated), info]
             return True
         if self.max_steps is not None and self.t >= self.max_steps:  # cut, not truncated: no failure event
             self.result["termination"] = "max_steps"
+            self.final = [float(reward), False, True, info]  # to the policy, the end of its episode
             return True
         self.obs, self.info = obs, info
+        self.feedback = [float(reward), False, False]
         return False
 
     def finish(self, traced: bool = True) -> dict:
@@ -147,7 +157,10 @@ class EpisodeRun:
             result.update({"return": float(self.total), "length": self.t,
                            "events": [e.model_dump() for e in self.detector.events]})
             self.windows.append(self._window("end", self.t - 1))
-        modes = self.policy.end(self.slot, self.accepted)
+        modes, observe_failed = self.policy.end(self.slot, self.accepted,
+                                                self.final if self.policy.observes else None)
+        if observe_failed is not None and result["status"] == "ok":  # the last step's observe() is the policy's too
+            result.update(status="policy_error", termination="error", error=observe_failed)
         if traced:
             result["trace"] = {
                 "actions": plain_actions(self.actions),
@@ -223,7 +236,9 @@ class Lockstep:
     def round(self) -> list[dict]:
         """Every episode in flight steps once; the results of those that ended."""
         runs = self.runs
-        actions, failed = self.policy.act([r.slot for r in runs], [r.obs for r in runs], [r.info for r in runs])
+        feedback = [r.feedback for r in runs] if self.policy.observes else None
+        actions, failed = self.policy.act([r.slot for r in runs], [r.obs for r in runs], [r.info for r in runs],
+                                          feedback)
         if failed:
             ended = [run for i, (run, action) in enumerate(zip(runs, actions)) if run.advance(action, failed.get(i))]
         else:

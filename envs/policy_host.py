@@ -36,7 +36,7 @@ def serve(requests, replies, observations: ObservationView) -> None:
     while (message := receive_from_env(requests)) is not None:
         kind = message[0]
         if kind == "act":
-            actions, failed = slots.act(message[1], observations.unpack(message[2]), message[3])
+            actions, failed = slots.act(message[1], observations.unpack(message[2]), message[3], message[4])
             reply: dict[str, Any] = actions_to_wire(actions, failed)
         elif kind == "start":
             job = message[2]
@@ -52,7 +52,8 @@ def serve(requests, replies, observations: ObservationView) -> None:
         elif kind == "diag":
             reply = {"d": slots.diagnostics(int(message[1]), int(message[2]), int(message[3]))}
         else:  # "end"
-            reply = {"modes": slots.end(int(message[1]), int(message[2])) if slots is not None else {}}
+            modes, failed = slots.end(int(message[1]), int(message[2]), message[3]) if slots is not None else ({}, None)
+            reply = {"modes": modes, "observe_error": failed}
         send_to_env(replies, reply)
 
 

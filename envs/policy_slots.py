@@ -199,6 +199,14 @@ class PolicyRunner:
         self.step += 1
         return action
 
+    def observe(self, reward: float, terminated: bool, truncated: bool, info) -> None:
+        """What the last step returned, for a policy that defines ``observe``."""
+        try:
+            self.policy.observe(reward, terminated, truncated, info)
+        except BaseException as exc:
+            raise PolicyFailed(f"observe() raised after step {self.step - 1}{where_in_policy(exc, self.path)}: "
+                               f"{type(exc).__name__}: {exc}") from None
+
     def diagnostics(self, first: int, last: int) -> list:
         """The snapshots of steps ``first``..``last`` (None where the policy had none or the ring has moved on)."""
         kept = {step: snapshot for step, snapshot, _ in self.ring}
@@ -239,8 +247,12 @@ class PolicySlots:
         runner.start(seed, action_space)
         self.runners[slot] = runner
 
-    def act(self, slots: list[int], observations, infos: list) -> tuple[list, dict[int, str]]:
-        """One action for each slot, in order (None where the policy failed), and the failures by position."""
+    def act(self, slots: list[int], observations, infos: list,
+            feedback: list | None = None) -> tuple[list, dict[int, str]]:
+        """One action for each slot, in order (None where the policy failed), and the failures by position.
+
+        ``feedback`` (for a policy that defines ``observe``): each slot's last step's (reward, terminated,
+        truncated), None at an episode's first step; ``observe`` gets it, with the step's info, before ``act``."""
         actions: list = []
         failed: dict[int, str] = {}
         runners = self.runners
@@ -254,6 +266,8 @@ class PolicySlots:
             if switch is not None:
                 switch(runner.rng)
             try:
+                if feedback is not None and feedback[i] is not None:
+                    runner.observe(*feedback[i], info)
                 actions.append(runner.act(obs, info))
             except PolicyFailed as exc:
                 actions.append(None)
@@ -263,7 +277,16 @@ class PolicySlots:
     def diagnostics(self, slot: int, first: int, last: int) -> list:
         return self.runners[slot].diagnostics(first, last)
 
-    def end(self, slot: int, accepted: int) -> dict[str, int]:
-        """The episode in ``slot`` is over: its mode counts, and the slot is free."""
+    def end(self, slot: int, accepted: int, final: list | None = None) -> tuple[dict[str, int], str | None]:
+        """The episode in ``slot`` is over: its mode counts, and why ``observe`` failed on its last step (``final``:
+        that step's reward, terminated, truncated and info), if it did; the slot is free."""
         runner = self.runners.pop(slot, None)
-        return runner.mode_counts(accepted) if runner is not None else {}
+        if runner is None:
+            return {}, None
+        failed = None
+        if final is not None:
+            try:
+                runner.observe(*final)
+            except PolicyFailed as exc:
+                failed = str(exc)
+        return runner.mode_counts(accepted), failed

@@ -37,6 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from envs.actions import action_coercer, plain_actions
+from envs.contract import policy_observes
 from envs.limited import apply_limits
 from envs.lockstep import Lockstep, PolicyClient, PolicyGone, worker_error
 from envs.policy_slots import PolicyFailed, PolicySlots
@@ -61,6 +62,7 @@ class RemotePolicy:
                  observations: ObservationChannel | None = None) -> None:
         self.requests, self.replies, self.path, self.source = requests, replies, path, source
         self.observations = observations
+        self.observes = policy_observes(source)  # whether each step's reward is sent for ``observe``
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         reply = self._ask(("start", slot, {"policy_path": self.path, "source": self.source, "seed": seed,
@@ -69,10 +71,11 @@ class RemotePolicy:
         if "error" in reply:  # the policy's own failure to load or reset: that episode's result
             raise PolicyFailed(str(reply["error"])[:2000])
 
-    def act(self, slots: list[int], observations: list, infos: list) -> tuple[list, dict[int, str]]:
+    def act(self, slots: list[int], observations: list, infos: list,
+            feedback: list | None = None) -> tuple[list, dict[int, str]]:
         packed = self.observations.pack(observations) if self.observations is not None \
             else stack_observations(observations)
-        reply = self._ask(("act", slots, packed, infos), MAX_REPLY_BYTES * len(slots))
+        reply = self._ask(("act", slots, packed, infos, feedback), MAX_REPLY_BYTES * len(slots))
         return self._read(actions_from_wire, reply, len(slots))
 
     def diagnostics(self, slot: int, first: int, last: int) -> list:
@@ -80,8 +83,11 @@ class RemotePolicy:
         reply = self._ask(("diag", slot, first, last), MAX_REPLY_BYTES * n)
         return self._read(bounded_diagnostics, reply.get("d"), n)
 
-    def end(self, slot: int, accepted: int) -> dict[str, int]:
-        return self._read(bounded_modes, self._ask(("end", slot, accepted)).get("modes"), accepted)
+    def end(self, slot: int, accepted: int, final: list | None = None) -> tuple[dict[str, int], str | None]:
+        reply = self._ask(("end", slot, accepted, final))
+        failed = reply.get("observe_error")
+        return (self._read(bounded_modes, reply.get("modes"), accepted),
+                str(failed)[:2000] if failed else None)  # untrusted text: redacted where results are recorded
 
     @staticmethod
     def _read(reader, *args):
@@ -110,18 +116,20 @@ class LocalPolicy:
 
     def __init__(self, path: str, source: str) -> None:
         self.slots = PolicySlots(path, source)
+        self.observes = policy_observes(source)
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         self.slots.start(slot, seed, action_space, window)
 
-    def act(self, slots: list[int], observations: list, infos: list) -> tuple[list, dict[int, str]]:
-        return self.slots.act(slots, observations, infos)
+    def act(self, slots: list[int], observations: list, infos: list,
+            feedback: list | None = None) -> tuple[list, dict[int, str]]:
+        return self.slots.act(slots, observations, infos, feedback)
 
     def diagnostics(self, slot: int, first: int, last: int) -> list:
         return bounded_diagnostics(json.loads(json.dumps(self.slots.diagnostics(slot, first, last))), last - first + 1)
 
-    def end(self, slot: int, accepted: int) -> dict[str, int]:
-        return self.slots.end(slot, accepted)
+    def end(self, slot: int, accepted: int, final: list | None = None) -> tuple[dict[str, int], str | None]:
+        return self.slots.end(slot, accepted, final)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -156,12 +164,14 @@ class Worker:
             obs, info = env.reset(seed=seed)
             self.steps[0] = 0
             diverged_at = None
+            feedback = None  # a policy that observes gets each step's reward here as in its episode
             for t in range(last + 1):
-                action = coerce(self._act_alone(obs, info))
+                action = coerce(self._act_alone(obs, info, feedback))
                 plain = plain_actions([action])[0]
                 if diverged_at is None and t < len(expected) and plain != expected[t]:
                     diverged_at = t
-                obs, _, terminated, truncated, info = env.step(action)
+                obs, reward, terminated, truncated, info = env.step(action)
+                feedback = [float(reward), False, False]
                 self.steps[0] = t + 1  # a re-simulation is env steps too
                 for i, (a, b) in enumerate(windows):
                     if a <= t <= b:
@@ -198,9 +208,9 @@ class Worker:
             return {"status": "policy_error", "error": str(exc)}
         return {"status": "ok", "action": jsonable(action), "diagnostics": diag}
 
-    def _act_alone(self, obs, info) -> Any:
+    def _act_alone(self, obs, info, feedback: list | None = None) -> Any:
         """The action of the one policy in slot 0 (a clip's replay, a test kit's call); raises PolicyFailed."""
-        actions, failed = self.policy.act([0], [obs], [info])
+        actions, failed = self.policy.act([0], [obs], [info], [feedback] if self.policy.observes else None)
         if failed:
             raise PolicyFailed(failed[0])
         return actions[0]

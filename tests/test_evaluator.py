@@ -52,6 +52,45 @@ def test_an_episodes_result_depends_on_its_seed_alone_not_on_the_episodes_before
     assert all(f[1] == "ok" for f in serial.values())
 
 
+OBSERVES = """
+class Policy:
+    def reset(self, seed):
+        self.rewards, self.acts = [], 0
+
+    def observe(self, reward, terminated, truncated, info):
+        self.rewards.append(reward)
+        if terminated or truncated:  # the last step's call: said through a failure, the one way out of an episode
+            raise RuntimeError(f"last observe: {len(self.rewards)} rewards, sum {sum(self.rewards)}, "
+                               f"terminated={terminated} truncated={truncated}")
+
+    def act(self, obs, info):
+        if len(self.rewards) != self.acts:
+            raise ValueError(f"act {self.acts} came after {len(self.rewards)} observes")
+        self.acts += 1
+        return 0  # always left: the pole falls within a few steps
+"""
+
+
+@pytest.mark.parametrize("lockstep", [1, 4])
+def test_observe_gets_every_steps_reward_before_the_next_act_and_the_last_at_the_end(run_eval, write_policy,
+                                                                                      lockstep):
+    always_left = "class Policy:\n    def reset(self, seed):\n        pass\n\n    def act(self, obs, info):\n        return 0\n"
+    plain = run_eval(write_policy(always_left, "plain.py"), "CartPole-v1", episodes=4, workers=1, lockstep=lockstep)
+    observed = run_eval(write_policy(OBSERVES, "observes.py"), "CartPole-v1", episodes=4, workers=1, lockstep=lockstep)
+    for alone, seen in zip(plain.episodes, observed.episodes):
+        assert alone.status == "ok" and seen.status == "policy_error", seen.error
+        assert (f"last observe: {alone.length} rewards, sum {float(alone.return_)}, terminated=True truncated=False"
+                in seen.error)
+
+
+def test_an_observe_that_cannot_take_what_a_step_returns_is_refused_at_the_check():
+    from envs.contract import check_policy_source
+
+    with pytest.raises(PolicyError, match="observe takes observe\\(self, reward, terminated, truncated, info\\)"):
+        check_policy_source("class Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n"
+                            "    def observe(self, reward): pass\n", "p.py")
+
+
 def test_policy_state_does_not_leak_between_episodes(run_eval, write_policy):
     """Module globals persist only within one episode: a worker reloads the file for each seed."""
     policy = write_policy('''
