@@ -100,9 +100,12 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     if missing:
         raise PolicyError(f"{name}: class Policy has no {' or '.join(missing)} method; it needs reset(self, seed) and act(self, obs, info)")
     observe = methods.get("observe")
-    if observe is not None and not observe.args.vararg and len(observe.args.args) < 5:
-        raise PolicyError(f"{name}:{observe.lineno} observe takes observe(self, reward, terminated, truncated, info); "
-                          f"it is called after every step with what the step returned")
+    if observe is not None and not observe.decorator_list and not observe.args.vararg:
+        positional = len(observe.args.posonlyargs) + len(observe.args.args)
+        required = positional - len(observe.args.defaults)
+        if positional < 5 or required > 5:
+            raise PolicyError(f"{name}:{observe.lineno} observe takes observe(self, reward, terminated, truncated, "
+                              f"info); it is called after every step with what the step returned")
     _tunable_calls(tree, name)  # validates declarations
     return tree
 

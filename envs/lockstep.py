@@ -157,8 +157,10 @@ class EpisodeRun:
             result.update({"return": float(self.total), "length": self.t,
                            "events": [e.model_dump() for e in self.detector.events]})
             self.windows.append(self._window("end", self.t - 1))
+        ending = time.perf_counter()
         modes, observe_failed = self.policy.end(self.slot, self.accepted,
                                                 self.final if self.policy.observes else None)
+        self.wall_s += time.perf_counter() - ending  # the last observe() is this episode's time
         if observe_failed is not None and result["status"] == "ok":  # the last step's observe() is the policy's too
             result.update(status="policy_error", termination="error", error=observe_failed)
         if traced:

@@ -46,7 +46,7 @@ def serve(requests, replies, observations: ObservationView) -> None:
                 if job.get("cpu_s") is not None:
                     limit_cpu(float(job["cpu_s"]) * int(job.get("live", 1)))
                 slots.start(int(message[1]), int(job["seed"]), job["action_space"], int(job["window"]))
-                reply = {"ok": True}
+                reply = {"ok": True, "observes": slots.observes(int(message[1]))}
             except PolicyFailed as exc:
                 reply = {"error": str(exc)}
         elif kind == "diag":

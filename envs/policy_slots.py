@@ -23,6 +23,7 @@ the env process reads it (``envs.wire``).
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import inspect
 import pickle
 import random
@@ -34,7 +35,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from envs.import_rule import HEURIST_PACKAGES, allowed_import
+from envs.import_rule import allowed_import
 from envs.wire import mode_key, plain_diag
 
 POLICY_MODULE = "heurist_policy"
@@ -78,13 +79,28 @@ def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
 
 def _policy_import(name, globals=None, locals=None, fromlist=(), level=0):
     """The policy's ``__import__``. C code that imports while the policy's frame is current (pickle finding the
-    policy's own module, numpy loading a part of itself) comes here too, so the policy's module and modules
-    already loaded pass; heurist never does, loaded or not."""
-    if level == 0 and name != POLICY_MODULE and (name.split(".")[0] in HEURIST_PACKAGES or name not in sys.modules):
-        why = allowed_import(name)
-        if why is not None:
-            raise ImportError(f"the policy {why}")
+    policy's own module, numpy loading a part of itself) comes here too: the policy's own module passes, and the
+    libraries' parts are under their allowed names. A relative import is checked by the name it resolves to."""
+    absolute = name
+    if level > 0:
+        package = (globals or {}).get("__package__") or ""
+        try:
+            absolute = importlib.util.resolve_name("." * level + name, package)
+        except (ImportError, ValueError):
+            absolute = name
+    if absolute != POLICY_MODULE and (why := allowed_import(absolute)) is not None:
+        raise ModuleNotFoundError(f"the policy {why}", name=absolute)  # what a missing module raises, too
     return builtins.__import__(name, globals, locals, fromlist, level)
+
+
+def _failure(what: str, exc: BaseException, path: str) -> PolicyFailed:
+    """The policy's failure, in one bounded line: its text crosses to the env process, which refuses long
+    replies, and an exception whose ``str`` itself raises still says what it was."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "(its message could not be read)"
+    return PolicyFailed(f"{what}{where_in_policy(exc, path)}: {type(exc).__name__}: {text}"[:2000])
 
 
 def where_in_policy(exc: BaseException, path: str) -> str:
@@ -174,8 +190,7 @@ class PolicyRunner:
             policy, self.module = load_policy(self.path, self.code, action_space)
             policy.reset(seed)
         except BaseException as exc:
-            raise PolicyFailed(f"policy failed to load or reset{where_in_policy(exc, self.path)}: "
-                               f"{type(exc).__name__}: {exc}") from None
+            raise _failure("policy failed to load or reset", exc, self.path) from None
         self.policy = policy
 
     def act(self, obs, info) -> Any:
@@ -183,8 +198,7 @@ class PolicyRunner:
         try:
             action = self.policy.act(obs, info)
         except BaseException as exc:
-            raise PolicyFailed(f"act() raised at step {self.step}{where_in_policy(exc, self.path)}: "
-                               f"{type(exc).__name__}: {exc}") from None
+            raise _failure(f"act() raised at step {self.step}", exc, self.path) from None
         diag = getattr(self.policy, "diagnostics", None)
         if diag is not None:
             # What the env process would have received at this step: plain values as they are (a shallow copy,
@@ -204,8 +218,11 @@ class PolicyRunner:
         try:
             self.policy.observe(reward, terminated, truncated, info)
         except BaseException as exc:
-            raise PolicyFailed(f"observe() raised after step {self.step - 1}{where_in_policy(exc, self.path)}: "
-                               f"{type(exc).__name__}: {exc}") from None
+            raise _failure(f"observe() raised after step {self.step - 1}", exc, self.path) from None
+
+    @property
+    def observes(self) -> bool:
+        return callable(getattr(self.policy, "observe", None))
 
     def diagnostics(self, first: int, last: int) -> list:
         """The snapshots of steps ``first``..``last`` (None where the policy had none or the ring has moved on)."""
@@ -285,8 +302,17 @@ class PolicySlots:
             return {}, None
         failed = None
         if final is not None:
+            # As in act: the slot's own module and generators, so the episode is what it would be alone.
+            sys.modules[POLICY_MODULE] = runner.module
+            if self.random is not None:
+                self.random.use(runner.rng)
             try:
                 runner.observe(*final)
             except PolicyFailed as exc:
                 failed = str(exc)
         return runner.mode_counts(accepted), failed
+
+    def observes(self, slot: int) -> bool:
+        """Whether the Policy in ``slot`` has an ``observe`` (defined, inherited or assigned)."""
+        runner = self.runners.get(slot)
+        return runner is not None and runner.observes

@@ -70,6 +70,9 @@ class RemotePolicy:
                                            "live": live}))
         if "error" in reply:  # the policy's own failure to load or reset: that episode's result
             raise PolicyFailed(str(reply["error"])[:2000])
+        # Whether rewards go to it: the policy process says (an inherited observe counts), and trusting it costs
+        # nothing but the rewards it is sent.
+        self.observes = self.observes or reply.get("observes") is True
 
     def act(self, slots: list[int], observations: list, infos: list,
             feedback: list | None = None) -> tuple[list, dict[int, str]]:
@@ -120,6 +123,7 @@ class LocalPolicy:
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         self.slots.start(slot, seed, action_space, window)
+        self.observes = self.observes or self.slots.observes(slot)
 
     def act(self, slots: list[int], observations: list, infos: list,
             feedback: list | None = None) -> tuple[list, dict[int, str]]:

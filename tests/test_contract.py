@@ -77,7 +77,7 @@ def test_an_import_inside_a_function_is_a_warning_and_fails_only_the_episode_tha
         "numpy, scipy (inside a function: that episode fails if it runs)"]
     result = run_eval(write_policy(LAZY, "lazy.py"), "CartPole-v1", seeds=[0, 1, 2], workers=1)
     by_seed = {e.seed: e for e in result.episodes}
-    assert by_seed[1].status == "policy_error" and "ImportError: the policy imports envpool" in by_seed[1].error
+    assert by_seed[1].status == "policy_error" and "ModuleNotFoundError: the policy imports envpool" in by_seed[1].error
     assert by_seed[0].status == by_seed[2].status == "ok"  # numpy, from inside the same code, is imported freely
 
 

@@ -83,6 +83,38 @@ def test_observe_gets_every_steps_reward_before_the_next_act_and_the_last_at_the
                 in seen.error)
 
 
+DRAWS_IN_OBSERVE = """
+import numpy as np
+
+
+class Base:
+    def observe(self, reward, terminated, truncated, info):  # inherited: still called
+        self.noise = np.random.rand()
+
+
+class Policy(Base):
+    def reset(self, seed):
+        np.random.seed(seed)
+        self.noise = 0.5
+
+    def act(self, obs, info):
+        return int(obs[2] + 0.2 * (self.noise - 0.5) > 0)
+"""
+
+
+def test_an_observe_that_draws_random_numbers_gives_the_same_episodes_beside_others(run_eval, write_policy):
+    """Each episode's last observe() draws from its own generator, not from the slot that acted last, so episodes
+    of different lengths in one group end as they would alone."""
+    policy = write_policy(DRAWS_IN_OBSERVE, "draws.py")
+    alone = run_eval(policy, "CartPole-v1", episodes=6, workers=1, lockstep=1)
+    grouped = run_eval(policy, "CartPole-v1", episodes=6, workers=1, lockstep=6)
+    assert _fingerprint(alone) == _fingerprint(grouped)
+    assert len({e.length for e in alone.episodes}) > 1  # they end at different rounds
+    plain = run_eval(write_policy(DRAWS_IN_OBSERVE.replace("np.random.rand()", "0.5"), "still.py"), "CartPole-v1",
+                     episodes=6, workers=1, lockstep=1)
+    assert _fingerprint(plain) != _fingerprint(alone)  # observe ran: its draws changed the episodes
+
+
 def test_an_observe_that_cannot_take_what_a_step_returns_is_refused_at_the_check():
     from envs.contract import check_policy_source
 
