@@ -283,7 +283,7 @@ class PolicySlots:
             if switch is not None:
                 switch(runner.rng)
             try:
-                if feedback is not None and feedback[i] is not None:
+                if feedback is not None and feedback[i] is not None and runner.observes:
                     runner.observe(*feedback[i], info)
                 actions.append(runner.act(obs, info))
             except PolicyFailed as exc:
@@ -301,7 +301,7 @@ class PolicySlots:
         if runner is None:
             return {}, None
         failed = None
-        if final is not None:
+        if final is not None and runner.observes:
             # As in act: the slot's own module and generators, so the episode is what it would be alone.
             sys.modules[POLICY_MODULE] = runner.module
             if self.random is not None:

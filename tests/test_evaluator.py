@@ -115,6 +115,25 @@ def test_an_observe_that_draws_random_numbers_gives_the_same_episodes_beside_oth
     assert _fingerprint(plain) != _fingerprint(alone)  # observe ran: its draws changed the episodes
 
 
+def test_rewards_go_only_to_the_episodes_whose_policy_observes(run_eval, write_policy):
+    """observe() set on some instances only (odd seeds): the others are never called, and fail nothing."""
+    policy = write_policy("""
+class Policy:
+    def reset(self, seed):
+        self.seen = 0
+        if seed % 2:
+            self.observe = self._count
+
+    def _count(self, reward, terminated, truncated, info):
+        self.seen += 1
+
+    def act(self, obs, info):
+        return int(obs[2] + 0.5 * obs[3] > 0)
+""", "some.py")
+    result = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=4)
+    assert [e.status for e in result.episodes] == ["ok"] * 4, [e.error for e in result.episodes]
+
+
 def test_an_observe_that_cannot_take_what_a_step_returns_is_refused_at_the_check():
     from envs.contract import check_policy_source
 
