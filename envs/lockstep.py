@@ -77,7 +77,7 @@ class EpisodeRun:
 
     __slots__ = ("seed", "slot", "env", "policy", "coerce", "detector", "every_step", "recent", "windows",
                  "max_windows", "actions", "rewards", "total", "t", "obs", "info", "steps", "result",
-                 "wall_s", "cpu_s", "env_broken", "accepted", "max_steps", "feedback", "final")
+                 "wall_s", "cpu_s", "env_broken", "accepted", "max_steps", "feedback", "final", "observing")
 
     def __init__(self, job: dict, slot: int, env, policy: PolicyClient, spec, steps) -> None:
         self.seed, self.slot, self.env, self.policy, self.steps = int(job["seed"]), slot, env, policy, steps
@@ -92,6 +92,7 @@ class EpisodeRun:
         # before the first step), and the last step's, with its info, sent when the episode ends.
         self.feedback: list | None = None
         self.final: list | None = None
+        self.observing = False  # known once the policy has started (``begin``)
         self.actions: list = []
         self.rewards: list[float] = []
         self.total, self.t, self.accepted = 0.0, 0, 0
@@ -107,6 +108,7 @@ class EpisodeRun:
 
     def begin(self) -> None:
         self.obs, self.info = self.env.reset(seed=self.seed)
+        self.observing = self.policy.observes  # a policy without observe() costs the step loop nothing
 
     def advance(self, raw: Any, failure: str | None) -> bool:
         """One step with the policy's action (or its failure); True when the episode has ended."""
@@ -147,7 +149,8 @@ class EpisodeRun:
             self.final = [float(reward), False, True, info]  # to the policy, the end of its episode
             return True
         self.obs, self.info = obs, info
-        self.feedback = [float(reward), False, False]
+        if self.observing:
+            self.feedback = [float(reward), False, False]
         return False
 
     def finish(self, traced: bool = True) -> dict:
