@@ -37,15 +37,17 @@ register_campaign_commands(app)
 
 @app.command("eval")
 def eval_cmd(
-    policy_file: Path = typer.Argument(..., help="The policy .py file to evaluate."),
+    policy_file: Path = typer.Argument(..., help="The policy .py file to evaluate, or a folder holding policy.py "
+                                                 "and the data files it reads (read-only in the sandbox)."),
     env: str = typer.Option(..., "--env", help="Task id (see `heurist envs`) or module:attr of a TaskSpec."),
     split: Optional[str] = typer.Option(None, "--split", help="Seed split: dev (default), holdout or audit."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Any seeds instead of a split, e.g. 100-104 or 3,7,9-12 "
                                                               "(recorded as a custom split)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cut each episode after this many steps: "
                                                                             "a quick look, not the protocol's score."),
-    eval_timeout: float = typer.Option(3600.0, "--eval-timeout", min=1, help="Wall-clock seconds for the whole "
-                                                                             "evaluation; what is left is not run."),
+    eval_timeout: Optional[float] = typer.Option(None, "--eval-timeout", min=1, help=(
+        "Wall-clock seconds for the whole evaluation; what is left is not run (default: an hour, or each worker's "
+        "share of the seeds at the episode limit, if longer).")),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="First N seeds of the split (default: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores)."),
     lockstep: Optional[int] = typer.Option(None, "--lockstep", min=1, max=64,
@@ -57,7 +59,12 @@ def eval_cmd(
     confirm_protected: bool = typer.Option(False, "--confirm-protected", help="Allow the holdout or audit split; the ledger records it."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", help="Append-only ledger file (default: $HEURIST_HOME/ledger.jsonl)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where clips go (default: ./heurist-clips)."),
-    episode_timeout: float = typer.Option(300.0, "--episode-timeout", min=1, help="Wall-clock seconds per episode."),
+    episode_timeout: float = typer.Option(300.0, "--episode-timeout", min=1, help=(
+        "Wall-clock and CPU seconds per episode, at least; --step-seconds may size it up from the task.")),
+    step_seconds: float = typer.Option(0.005, "--step-seconds", min=0, help=(
+        "Seconds a policy may spend per env step: each episode's limit is at least this times the most steps an "
+        "episode of the task can take (e.g. 1.5 for a planner spending a CPU-second a step; 0: the episode "
+        "limit alone).")),
     memory_mb: int = typer.Option(4096, "--memory-mb", min=256, help="Address-space limit per worker, MiB."),
     backend: str = typer.Option("local", "--backend", help="Where worker pairs run: local (this machine) or ray "
                                                            "(Ray tasks over a cluster's nodes, one CPU each)."),
@@ -82,14 +89,16 @@ def eval_cmd(
         raise HeuristError(f"unknown backend {backend!r}; choose local or ray")
     spec = get_task(env)
     request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split, episodes=episodes,
-                          seeds=chosen, max_steps=max_steps, eval_timeout_s=eval_timeout,
+                          seeds=chosen, max_steps=max_steps, eval_timeout_s=eval_timeout, step_s=step_seconds,
                           workers=workers, lockstep=lockstep, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
                           backend=backend, ray_address=ray_address if backend == "ray" else None,
                           limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
                                         memory_mb=memory_mb))
-    from envs.contract import check_policy_file, lazy_imports
+    from envs.contract import check_policy_source, lazy_imports
+    from envs.policy_files import read_policy
 
-    for warning in lazy_imports(check_policy_file(policy_file), policy_file.name):
+    bundle = read_policy(policy_file)
+    for warning in lazy_imports(check_policy_source(bundle.source, str(bundle.entry)), bundle.entry.name):
         err.print(f"warning: {shown(warning)}", highlight=False, markup=False, soft_wrap=True)
     ledger_file = ledger or default_ledger_path()
     total = len(chosen) if chosen else (episodes or len(spec.seeds.seeds(split)))  # type: ignore[arg-type]
@@ -156,6 +165,14 @@ def _print_result(result, ledger_file: Path) -> None:
     if result.max_steps is not None:
         table.add_row("cut", f"[yellow]every episode at {result.max_steps:,} steps (--max-steps): a quick look, "
                              f"not the protocol's score[/]")
+    if result.policy_files:
+        table.add_row("data files", f"{len(result.policy_files)} (read-only, in the policy's sha256)")
+    if result.setup_runs:
+        table.add_row("set-up", f"ran {result.setup_runs} time{'s' if result.setup_runs != 1 else ''} "
+                                f"(once per worker), {sum(e.setup_s or 0 for e in result.episodes):.1f} CPU s")
+    if result.limits:
+        table.add_row("limits", f"{result.limits['episode_timeout_s']:g} s per episode, "
+                                f"{result.limits['eval_timeout_s']:g} s in all")
     table.add_row("env steps", f"{result.env_steps:,}")
     table.add_row("wall time", f"{result.wall_s:.1f} s")
     if result.backend == "ray":

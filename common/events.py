@@ -49,6 +49,8 @@ class EvalStarted(_Event):
     git: dict[str, str | bool | None]
     protocol_settings: dict[str, Any] = Field(default_factory=dict)  # every setting of the protocol (envs.tasks)
     max_steps: int | None = None  # episodes cut after this many steps (heurist eval --max-steps): not the protocol's
+    policy_files: dict[str, str] = Field(default_factory=dict)  # a policy folder's data files: sha256 by path
+    limits: dict[str, float] = Field(default_factory=dict)  # each episode's time limits, as sized (envs.evaluator)
 
 
 class EpisodeLine(BaseModel):
@@ -86,6 +88,7 @@ class EvalFinished(_Event):
     env_steps: int
     clip_env_steps: int = 0  # the clips' re-simulation, counted in env_steps (since 89d7c5e)
     max_steps: int | None = None  # episodes cut after this many steps: not the protocol's score
+    setup_runs: int = 0  # times the policy's setup() ran (once per policy process)
     wall_s: float
     failures: dict[str, int]
     clips: list[str]

@@ -3,7 +3,14 @@
 A policy is one self-contained ``.py`` file:
 
 - ``class Policy`` with ``reset(self, seed)`` and ``act(self, obs, info) -> action``;
-  ``__init__`` may accept ``action_space`` if the policy needs it;
+  ``__init__`` is given what it declares of ``action_space``, ``simulator_model`` (the path of the task's
+  simulator model, a MuJoCo task's XML, else None) and ``setup`` (below);
+- optionally a top-level ``setup()`` for expensive, deterministic set-up (a planner's table): run once per
+  worker with ``random`` and ``numpy.random`` seeded with 0, given what it declares of ``simulator_model``
+  and ``action_space``; each episode's ``Policy.__init__(setup=...)`` gets its own copy of the value (numpy
+  arrays shared read-only), so an episode still depends on its seed alone (``envs.policy_slots``);
+- a policy may be a folder: ``policy.py`` plus the data files it reads, found beside ``__file__`` and
+  read-only (``envs.policy_files``);
 - optionally ``self.diagnostics = {"mode": ..., "reason": ...}`` set in ``act``; the
   evaluator records it per step in the trace;
 - optionally ``observe(self, reward, terminated, truncated, info)``, called after every step
@@ -47,8 +54,11 @@ def policy_sha256(path: Path) -> str:
 def check_policy_file(path: Path | str) -> ast.Module:
     """Raise PolicyError with a one-line reason unless ``path`` is a well-formed policy file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise PolicyError(f"policy file {path} does not exist; give the path to a .py file with a class Policy")
+    if path.is_dir():
+        raise PolicyError(f"{path} is a folder; a run starts from one policy .py file (heurist eval also reads "
+                          f"policy folders: policy.py and its data files)")
     if path.suffix != ".py":
         raise PolicyError(f"{path} is not a .py file; a policy is one Python file with a class Policy")
     source = path.read_text(errors="replace")
@@ -99,6 +109,11 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     missing = [m for m in ("reset", "act") if m not in methods]
     if missing:
         raise PolicyError(f"{name}: class Policy has no {' or '.join(missing)} method; it needs reset(self, seed) and act(self, obs, info)")
+    init = methods.get("__init__")
+    takes = {a.arg for a in [*init.args.args, *init.args.kwonlyargs]} if init is not None else set()
+    if "setup" in takes and not any(isinstance(n, ast.FunctionDef) and n.name == "setup" for n in tree.body):
+        raise PolicyError(f"{name}:{init.lineno} Policy.__init__ takes setup, but the file defines no top-level "
+                          f"function setup(); define setup() to compute what every episode shares, once per worker")
     observe = methods.get("observe")
     if observe is not None and not observe.decorator_list and not observe.args.vararg:
         positional = len(observe.args.posonlyargs) + len(observe.args.args)

@@ -30,11 +30,12 @@ from common.errors import OutputError, PolicyError, SplitGuardError
 from common.events import EpisodeLine, EvalFinished, EvalInterrupted, EvalStarted, LedgerEvent, read_events
 from common.ledger import Ledger
 from envs.containment import containment, require_usable
-from envs.contract import check_policy_file, check_policy_source
+from envs.contract import check_policy_source
 from envs.failures import FailureEvent
 from envs.gitsafe import run_git
 from envs.isolation import Confinement
 from envs.limits import Limits
+from envs.policy_files import PolicyBundle, StagedPolicy, read_policy
 from envs.ray_backend import package_versions
 from envs.results import Clip, EpisodeResult, EvalResult, score_stats
 from envs.scheduling import Schedule, Scheduler
@@ -45,7 +46,8 @@ from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess
 class EvalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy_path: Path
+    policy_path: Path = Field(description="A policy .py file, or a folder holding policy.py and the data files it "
+                                          "reads (``envs.policy_files``).")
     task_id: str
     protocol: str | None = None
     split: Split = "dev"
@@ -54,7 +56,13 @@ class EvalRequest(BaseModel):
     workers: int | None = Field(default=None, ge=1)
     confirm_protected: bool = False
     limits: Limits = Field(default_factory=Limits)
-    eval_timeout_s: float = 3600.0
+    step_s: float = Field(default=0.0, ge=0, description=(
+        "Seconds, wall-clock and CPU, a policy may spend per env step: each episode's limits become the larger of "
+        "``limits``' and this times the most steps an episode can take (the protocol's cap, or ``max_steps``), "
+        "so a planner spending a second a step gets the time its task needs. 0: ``limits`` as given."))
+    eval_timeout_s: float | None = Field(default=None, gt=0, description=(
+        "The whole evaluation's wall-clock limit (default: an hour, or longer where the episodes' limits need it: "
+        "each worker's share of the seeds at its episode limit)."))
     trace_window: int = Field(default=64, ge=1)
     max_windows: int = Field(default=5, ge=0)
     video: bool = False
@@ -88,22 +96,40 @@ def lockstep_width(spec: TaskSpec, asked: int | None) -> int:
     return asked if asked is not None else LOCKSTEP_WIDTH.get(spec.family, DEFAULT_LOCKSTEP_WIDTH)
 
 
-def _git_provenance(path: Path, data: bytes) -> dict[str, str | bool | None]:
-    """The commit of the git repository holding the policy, if any, and whether the scored bytes are
-    that commit's file. Only object lookups (``rev-parse``, ``hash-object --no-filters``): nothing
-    that refreshes an index or runs a filter, through ``envs.gitsafe``'s fixed configuration."""
+def _git_provenance(bundle: PolicyBundle) -> dict[str, str | bool | None]:
+    """The commit of the git repository holding the policy, if any, and whether the scored bytes are that
+    commit's (every file of a policy folder, its data files included). Only object lookups (``rev-parse``,
+    ``ls-tree``): nothing that refreshes an index or runs a filter, through ``envs.gitsafe``'s fixed configuration."""
     none = {"commit": None, "committed_file": None, "uncommitted_changes": None}
-    cwd = path.resolve().parent
+    entry = bundle.entry.resolve()
+    cwd = entry.parent
     if shutil.which("git") is None:
         return none
     top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd)
     if top.returncode != 0:
         return none
     root, head = top.stdout.splitlines()[:2]  # a path may hold spaces
-    relative = path.resolve().relative_to(Path(root).resolve()).as_posix()
+    relative = entry.relative_to(Path(root).resolve()).as_posix()
     committed = run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd).stdout.strip() or None
-    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id of these exact bytes
-    return {"commit": head, "committed_file": committed, "uncommitted_changes": committed != blob}
+    changed = committed != _blob_id(bundle.data)
+    if bundle.folder and not changed:
+        # One listing of the folder at HEAD: every data file must be there with these bytes, and nothing more.
+        folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
+        listing = run_git(["ls-tree", "-r", "-z", "HEAD", "--", folder or "."], cwd).stdout
+        at_head = {}
+        for line in filter(None, listing.split("\0")):
+            meta, _, name = line.partition("\t")
+            name = name[len(folder) + 1:] if folder else name
+            if not any(part.startswith(".") or part == "__pycache__" for part in name.split("/")):
+                at_head[name] = meta.split()[2]
+        at_head.pop("policy.py", None)
+        changed = at_head != {name: _blob_id(data) for name, data in bundle.files.items()}
+    return {"commit": head, "committed_file": committed, "uncommitted_changes": changed}
+
+
+def _blob_id(data: bytes) -> str:
+    """git's id of these exact bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _protected_uses(ledger: Ledger | None, spec: TaskSpec, split: str, seeds: list[int]) -> int:
@@ -138,7 +164,8 @@ class Evaluator:
         if req.split in PROTECTED_SPLITS and not req.confirm_protected:
             raise SplitGuardError(f"the {req.split} split is reserved for a deliberate, recorded evaluation; "
                                   f"add --confirm-protected to use it (the ledger records each use)")
-        check_policy_file(req.policy_path)
+        # Read once: these bytes are hashed and these bytes are what every worker runs and reads.
+        bundle = read_policy(req.policy_path)
         require_usable(req.limits)
         if req.backend == "ray":  # an unreachable cluster is said before anything is recorded
             from envs.ray_backend import connect
@@ -149,14 +176,11 @@ class Evaluator:
             self._make_clips_root()
         eval_id = uuid.uuid4().hex[:12]
         policy_path = Path(req.policy_path).resolve()
-        # Read once: these bytes are hashed and these bytes are what every worker runs.
-        data = policy_path.read_bytes()
-        try:
-            self.source = data.decode()
-        except UnicodeDecodeError:
-            raise PolicyError(f"{policy_path} is not UTF-8 text; a policy is one Python source file") from None
-        check_policy_source(self.source, str(policy_path))
-        sha = hashlib.sha256(data).hexdigest()
+        self.source = bundle.source
+        self.policy_files = bundle.file_hashes()
+        check_policy_source(self.source, str(bundle.entry))
+        sha = bundle.sha256
+        self.limits, self.eval_timeout_s = self._sized_limits(seeds)
         uses_before = _protected_uses(self.ledger, spec, req.split, seeds)
         protected = req.split in PROTECTED_SPLITS or bool(self._protected_overlap(seeds))
         base = {"eval_id": eval_id, "task": spec.id, "protocol": self.protocol,
@@ -164,14 +188,17 @@ class Evaluator:
                 "split": req.split, "seeds": seeds, "policy_path": str(policy_path), "policy_sha256": sha}
         self._append(EvalStarted(**base, protected_split=protected, max_steps=req.max_steps,
                                  protected_uses_before=uses_before, versions=package_versions(),
-                                 git=_git_provenance(policy_path, data)))
+                                 git=_git_provenance(bundle), policy_files=self.policy_files,
+                                 limits=self._limits_record()))
         started = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
+        staged: StagedPolicy | None = None
         try:
-            episodes = self._run_episodes(seeds, policy_path, scratch, started)
+            staged = self._staged(bundle)
+            episodes = self._run_episodes(seeds, bundle, staged, scratch, started)
             result = self._assemble(base, episodes, uses_before, started)
             if req.video:
-                result.clips, result.clip_env_steps = self._clips(result, policy_path, scratch)
+                result.clips, result.clip_env_steps = self._clips(result, staged, scratch)
                 result.env_steps += result.clip_env_steps
                 result.wall_s = time.perf_counter() - started
         except BaseException as exc:
@@ -179,11 +206,41 @@ class Evaluator:
                                          wall_s=time.perf_counter() - started))
             raise
         finally:
+            if staged is not None:
+                staged.close()
             shutil.rmtree(scratch, ignore_errors=True)
         self._append(EvalFinished(**result.summary(), per_episode=[
             EpisodeLine(seed=e.seed, status=e.status, return_=e.return_, length=e.length, error=e.error)
             for e in result.episodes]))
         return result
+
+    def _staged(self, bundle: PolicyBundle) -> StagedPolicy:
+        """The policy folder's read-only copy and the task's simulator model, for the local workers. A Ray node
+        stages its own (``envs.ray_backend.run_shard``); here only the source's name is needed for its jobs."""
+        if self.req.backend == "ray":
+            return StagedPolicy(PolicyBundle(path=bundle.entry, data=bundle.data), None)
+        return StagedPolicy(bundle, self.spec.simulator_model(self.protocol))
+
+    def _sized_limits(self, seeds: list[int]) -> tuple[Limits, float]:
+        """Each episode's limits, sized from the task where ``step_s`` asks (``EvalRequest.step_s``), and the
+        evaluation's wall-clock limit."""
+        req = self.req
+        limits = req.limits
+        cap = self.spec.episode_step_cap(self.protocol)
+        steps = min(c for c in (cap, req.max_steps) if c is not None) if (cap or req.max_steps) else None
+        if req.step_s > 0 and steps is not None:
+            needed = req.step_s * steps
+            limits = limits.model_copy(update={"episode_timeout_s": max(limits.episode_timeout_s, needed),
+                                               "episode_cpu_s": max(limits.episode_cpu_s, needed)})
+        if req.eval_timeout_s is not None:
+            return limits, req.eval_timeout_s
+        workers = max(1, req.workers or os.cpu_count() or 1)
+        rounds = -(-len(seeds) // workers)
+        return limits, max(3600.0, rounds * limits.episode_timeout_s + 60.0)
+
+    def _limits_record(self) -> dict[str, float]:
+        return {"episode_timeout_s": self.limits.episode_timeout_s, "episode_cpu_s": self.limits.episode_cpu_s,
+                "eval_timeout_s": self.eval_timeout_s, "step_s": self.req.step_s}
 
     def _protected_overlap(self, seeds: list[int]) -> dict[str, list[int]]:
         """Custom seeds that lie in a protected split, by split."""
@@ -231,29 +288,32 @@ class Evaluator:
 
     # ------------------------------------------------------------------ episodes
 
-    def _job(self, kind: str, policy_path: Path, **extra: Any) -> dict[str, Any]:
-        return {"kind": kind, "task": self._task_json, "protocol": self.protocol, "policy_path": str(policy_path),
-                "policy_source": self.source, "cpu_s": self.req.limits.episode_cpu_s, "max_steps": self.req.max_steps,
-                **extra}
+    def _job(self, kind: str, staged: StagedPolicy, **extra: Any) -> dict[str, Any]:
+        return {"kind": kind, "task": self._task_json, "protocol": self.protocol,
+                "policy_path": staged.policy_path(), "policy_source": self.source,
+                "simulator_model": staged.simulator_model, "cpu_s": self.limits.episode_cpu_s,
+                "max_steps": self.req.max_steps, **extra}
 
-    def _run_episodes(self, seeds: list[int], policy_path: Path, scratch: Path, started: float) -> list[EpisodeResult]:
-        req = self.req
-        confinement = self._confinement()
+    def _run_episodes(self, seeds: list[int], bundle: PolicyBundle, staged: StagedPolicy, scratch: Path,
+                      started: float) -> list[EpisodeResult]:
+        req, limits = self.req, self.limits
+        confinement = self._confinement(staged)
         if req.backend == "ray":
             from envs.ray_backend import run_on_ray
 
-            job = self._job("episode", policy_path, trace_window=req.trace_window, max_windows=req.max_windows)
+            job = self._job("episode", staged, trace_window=req.trace_window, max_windows=req.max_windows)
             results, self.nodes = run_on_ray(
-                seeds, job, req.limits, lockstep_width(self.spec, req.lockstep), req.workers,
-                started + req.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress)
+                seeds, job, limits, lockstep_width(self.spec, req.lockstep), req.workers,
+                started + self.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress,
+                bundle=bundle)
             return [results[s] for s in seeds]
         plan = Schedule(
             seeds=seeds, workers=req.workers or os.cpu_count() or 1, width=lockstep_width(self.spec, req.lockstep),
-            episode_timeout_s=req.limits.episode_timeout_s, episode_cpu_s=req.limits.episode_cpu_s, deadline=started + req.eval_timeout_s,
-            eval_timeout_s=req.eval_timeout_s, progress=self.progress,
-            job=lambda seed, slot: self._job("episode", policy_path, seed=seed, slot=slot,
+            episode_timeout_s=limits.episode_timeout_s, episode_cpu_s=limits.episode_cpu_s,
+            deadline=started + self.eval_timeout_s, eval_timeout_s=self.eval_timeout_s, progress=self.progress,
+            job=lambda seed, slot: self._job("episode", staged, seed=seed, slot=slot,
                                              trace_window=req.trace_window, max_windows=req.max_windows),
-            start_worker=lambda cpu: WorkerProcess(req.limits, scratch, confinement, cpu))
+            start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, cpu))
         results = Scheduler(plan).run()
         return [results[s] for s in seeds]
 
@@ -282,19 +342,21 @@ class Evaluator:
                           target=None if self.req.max_steps is not None else self.spec.target, episodes=episodes, failures=failures,
                           env_steps=sum(e.env_steps for e in episodes), wall_s=time.perf_counter() - started,
                           clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before,
-                          backend=self.req.backend, nodes=dict(self.nodes), max_steps=self.req.max_steps)
+                          backend=self.req.backend, nodes=dict(self.nodes), max_steps=self.req.max_steps,
+                          policy_files=self.policy_files, limits=self._limits_record())
 
     # ------------------------------------------------------------------ clips
 
-    def _confinement(self) -> Confinement:
-        """A policy process is bound nothing (its source comes over the pipe); the ledger's folder is hidden."""
+    def _confinement(self, staged: StagedPolicy) -> Confinement:
+        """A policy process is bound only its folder's read-only copy and the task's simulator model, if any (its
+        source comes over the pipe); the ledger's folder is hidden."""
         hidden = [self.ledger.path.parent] if self.ledger is not None else []
-        return Confinement(hidden=hidden)
+        return Confinement(readable=staged.readable(), hidden=hidden)
 
     def _clips_root(self) -> Path:
         return Path(self.req.out_dir or "heurist-clips")
 
-    def _clips(self, result: EvalResult, policy_path: Path, scratch: Path) -> tuple[list[Clip], int]:
+    def _clips(self, result: EvalResult, staged: StagedPolicy, scratch: Path) -> tuple[list[Clip], int]:
         """Re-simulate the worst episodes and render only the steps before their failure events.
 
         The trusted env process writes the clips; the policy process is never bound the clips folder.
@@ -307,23 +369,23 @@ class Evaluator:
         clips: list[Clip] = []
         steps = 0
         out_dir.mkdir()
-        confinement = self._confinement()
-        worker = WorkerProcess(req.limits, scratch, confinement)
+        confinement = self._confinement(staged)
+        worker = WorkerProcess(self.limits, scratch, confinement)
         try:
             for episode in candidates[: req.clip_episodes]:
                 events = episode.events[: req.clip_events] or [
                     FailureEvent(step=episode.length - 1, kind="end", description="last steps of the episode")]
                 windows = [(max(0, ev.step - req.clip_steps + 1), ev.step) for ev in events]
-                job = self._job("clip", policy_path, seed=episode.seed, windows=windows,
+                job = self._job("clip", staged, seed=episode.seed, windows=windows,
                                 labels=[f"{self.spec.id} seed {episode.seed}: {ev.description}" for ev in events],
                                 expected_actions=episode.trace.actions[: max(b for _, b in windows) + 1],
                                 out_dir=str(out_dir), stem=f"seed{episode.seed}")
                 try:
-                    reply = worker.run(job, timeout=req.limits.episode_timeout_s * 2 + 30)
+                    reply = worker.run(job, timeout=self.limits.episode_timeout_s * 2 + 30)
                 except WorkerDied:
                     steps += worker.steps_taken()
                     worker.close()
-                    worker = WorkerProcess(req.limits, scratch, confinement)
+                    worker = WorkerProcess(self.limits, scratch, confinement)
                     continue
                 if reply.get("status") == "worker_error":
                     steps += worker.steps_taken()

@@ -39,6 +39,7 @@ class PolicyClient(Protocol):
         """A fresh Policy for one episode in ``slot``; raises PolicyFailed with the policy's own error."""
 
     observes: bool  # the policy defines observe(): each step's reward, terminated, truncated go to it
+    setup_s: float | None  # CPU seconds of the policy's setup() if the last start ran it (once per process)
 
     def act(self, slots: list[int], observations: list, infos: list,
             feedback: list | None = None) -> tuple[list, dict[int, str]]:
@@ -219,7 +220,9 @@ class Lockstep:
         except PolicyFailed as exc:
             self._retire(env, broken=False)
             self._share_time([run])
+            run.result["setup_s"] = self.policy.setup_s
             return run.fail_to_start(str(exc))
+        run.result["setup_s"] = self.policy.setup_s  # this start ran the policy's set-up (once per process)
         run.begin()
         self.runs.append(run)
         self._share_time([run])

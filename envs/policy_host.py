@@ -9,7 +9,8 @@ slot here (``envs.policy_slots``): ``("start", slot, {...})`` builds a fresh Pol
 episode from the source the message carries (the policy file itself is never visible here, so
 the bytes that run are the bytes heurist hashed); ``("act", slots, observations, infos)`` asks
 for one action per slot; ``("diag", slot, first, last)`` for the diagnostics of a trace window;
-``("end", slot, accepted)`` frees the slot and answers its mode counts. It never sees the
+``("end", slot, accepted)`` frees the slot and answers its mode counts. A start that ran the policy's
+``setup()`` (once per process, see ``PolicySlots``) says how long it took. It never sees the
 environment, the reward or the bookkeeping, so whatever the policy patches in here (gymnasium,
 numpy or heurist's own modules) changes only the actions it sends, never its score. Its stdout
 and stderr are a log heurist opened, so nothing a policy prints can corrupt the protocol.
@@ -45,10 +46,12 @@ def serve(requests, replies, observations: ObservationView) -> None:
             try:
                 if job.get("cpu_s") is not None:
                     limit_cpu(float(job["cpu_s"]) * int(job.get("live", 1)))
-                slots.start(int(message[1]), int(job["seed"]), job["action_space"], int(job["window"]))
+                slots.start(int(message[1]), int(job["seed"]), job["action_space"], int(job["window"]),
+                            job.get("simulator_model"))
                 reply = {"ok": True, "observes": slots.observes(int(message[1]))}
             except PolicyFailed as exc:
                 reply = {"error": str(exc)}
+            reply["setup_s"] = slots.take_setup()  # the set-up ran in this start: counted by the env process
         elif kind == "diag":
             reply = {"d": slots.diagnostics(int(message[1]), int(message[2]), int(message[3]))}
         else:  # "end"

@@ -29,11 +29,12 @@ import pickle
 import random
 import resource
 import sys
+import time
 import traceback
 import types
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from envs.import_rule import allowed_import
 from envs.wire import mode_key, plain_diag
@@ -43,6 +44,10 @@ POLICY_MODULE = "heurist_policy"
 
 class PolicyFailed(Exception):
     """The policy's own code failed (load, reset or act); the message says where and how."""
+
+
+class SetupFailed(Exception):
+    """The policy's ``setup()`` failed earlier in this process; the message is its failure, said once for all."""
 
 
 def limit_cpu(cpu_s: float) -> None:
@@ -59,8 +64,28 @@ def limit_cpu(cpu_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
-    """Execute the compiled policy file in a fresh module and construct its Policy; the Policy and its module."""
+def load_policy(path: str, code, offered: dict[str, Any],
+                setup: Callable[[], Any] | None = None) -> tuple[Any, types.ModuleType]:
+    """Execute the compiled policy file in a fresh module and construct its Policy; the Policy and its module.
+
+    ``Policy.__init__`` is given what it declares of ``offered`` (``action_space``, ``simulator_model``), and,
+    where it declares ``setup``, this episode's own copy of the set-up's value (``setup()``, see ``PolicySlots``)."""
+    module = fresh_module(path)
+    exec(code, module.__dict__)
+    cls = getattr(module, "Policy", None)
+    if cls is None or not isinstance(cls, type):
+        raise TypeError(f"{path} defines no class Policy")
+    parameters = inspect.signature(cls).parameters
+    kwargs = {name: value for name, value in offered.items() if name in parameters}
+    if "setup" in parameters:
+        if setup is None:
+            raise TypeError("Policy.__init__ takes setup, which is given only to a policy loaded by heurist")
+        kwargs["setup"] = setup()
+    return cls(**kwargs), module
+
+
+def fresh_module(path: str) -> types.ModuleType:
+    """An empty module for the policy's code, current under the policy's module name."""
     module = types.ModuleType(POLICY_MODULE)
     module.__file__ = path
     # The policy's own import statements (wherever they run, a function's included) go through this: the import
@@ -68,13 +93,7 @@ def load_policy(path: str, code, action_space) -> tuple[Any, types.ModuleType]:
     module.__builtins__ = {**builtins.__dict__, "__import__": _policy_import}
     # dataclasses resolve string annotations through sys.modules, so the module must be there.
     sys.modules[POLICY_MODULE] = module
-    exec(code, module.__dict__)
-    cls = getattr(module, "Policy", None)
-    if cls is None or not isinstance(cls, type):
-        raise TypeError(f"{path} defines no class Policy")
-    if "action_space" in inspect.signature(cls).parameters:
-        return cls(action_space=action_space), module
-    return cls(), module
+    return module
 
 
 def _policy_import(name, globals=None, locals=None, fromlist=(), level=0):
@@ -156,6 +175,15 @@ class SlotRandom:
 
         return random.Random(), np.random.RandomState()
 
+    @staticmethod
+    def seeded(seed: int) -> tuple:
+        import numpy as np
+
+        return random.Random(seed), np.random.RandomState(seed)
+
+    def current(self) -> tuple:
+        return self.python, self._mtrand._rand
+
     def use(self, pair: tuple) -> None:
         self.python, self._mtrand._rand = pair
 
@@ -185,9 +213,9 @@ class PolicyRunner:
         self.ring: deque = deque(maxlen=window)  # (step, diagnostics snapshot, mode key)
         self.modes: Counter = Counter()
 
-    def start(self, seed: int, action_space) -> None:
+    def start(self, seed: int, offered: dict[str, Any], setup: Callable[[], Any] | None = None) -> None:
         try:
-            policy, self.module = load_policy(self.path, self.code, action_space)
+            policy, self.module = load_policy(self.path, self.code, offered, setup)
             policy.reset(seed)
         except BaseException as exc:
             raise _failure("policy failed to load or reset", exc, self.path) from None
@@ -239,15 +267,28 @@ class PolicyRunner:
 
 
 class PolicySlots:
-    """The runners of one policy source, by slot; what the policy process (or a local caller) serves."""
+    """The runners of one policy source, by slot; what the policy process (or a local caller) serves.
+
+    A policy's expensive, deterministic set-up (a planner's table, a parsed tree) is paid once per process, not
+    once per episode: a policy file may define a top-level ``setup()``, and a ``Policy.__init__`` that declares
+    ``setup`` receives its value. ``setup()`` runs once, at the first episode that asks, in a module of its own,
+    with ``random`` and ``numpy.random`` seeded with 0, and is given what it declares of ``simulator_model`` and
+    ``action_space``; so its value is the same in every worker whatever seeds ran before. Each episode then gets a
+    fresh copy (pickled once, unpickled per episode), except numpy arrays' data, which every episode shares
+    read-only (pickle's out-of-band buffers held as immutable ``bytes``; numpy refuses to make such an array
+    writable), so a 145 MB table costs its memory once. What one episode does to its copy reaches no other."""
 
     def __init__(self, path: str, source: str) -> None:
         self.path, self.source = path, source
         self.code = None
         self.runners: dict[int, PolicyRunner] = {}
         self.random = slot_random() if "random" in source else None
+        self._setup: tuple[bytes, list[bytes]] | None = None
+        self._setup_failed: str | None = None
+        self.setup_s: float | None = None  # CPU seconds of the set-up, once it ran; reported once (``take_setup``)
+        self._setup_reported = False
 
-    def start(self, slot: int, seed: int, action_space, window: int) -> None:
+    def start(self, slot: int, seed: int, action_space, window: int, simulator_model: str | None = None) -> None:
         """A fresh Policy in ``slot`` for the episode of ``seed``; raises PolicyFailed."""
         self.runners.pop(slot, None)
         if self.code is None:
@@ -257,12 +298,62 @@ class PolicySlots:
                 raise PolicyFailed(f"policy failed to load or reset: {type(exc).__name__}: {exc}") from None
         rng = self.random.fresh() if self.random is not None else None
         runner = PolicyRunner(self.path, self.code, window, rng)
-        if rng is not None:
-            self.random.use(rng)
         if isinstance(action_space, bytes):  # each episode gets its own copy: a space's sampler is its state
             action_space = pickle.loads(action_space)
-        runner.start(seed, action_space)
+        offered = {"action_space": action_space, "simulator_model": simulator_model}
+        if rng is not None:
+            self.random.use(rng)
+        runner.start(seed, offered, lambda: self._setup_copy(offered))
         self.runners[slot] = runner
+
+    def _setup_copy(self, offered: dict[str, Any]) -> Any:
+        """This episode's copy of the set-up's value, the set-up run first if no episode of this process ran it."""
+        if self._setup is None and self._setup_failed is None:
+            self._run_setup(offered)
+        if self._setup_failed is not None:  # the same reason for every episode; the set-up is not run again
+            raise SetupFailed(self._setup_failed)
+        data, buffers = self._setup
+        return pickle.loads(data, buffers=buffers)  # classes resolve in the episode's module, current now
+
+    def _run_setup(self, offered: dict[str, Any]) -> None:
+        episode_module = sys.modules.get(POLICY_MODULE)
+        saved = self.random.current() if self.random is not None else None
+        started = time.process_time()
+        try:
+            module = fresh_module(self.path)
+            if self.random is not None:
+                self.random.use(self.random.seeded(0))
+            exec(self.code, module.__dict__)
+            setup = module.__dict__.get("setup")
+            if not callable(setup):
+                raise TypeError("Policy.__init__ takes setup, but the file defines no top-level function setup()")
+            wanted = inspect.signature(setup).parameters
+            value = setup(**{k: v for k, v in offered.items() if k in wanted})
+            buffers: list[bytes] = []
+
+            def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+                try:
+                    buffers.append(bytes(buffer.raw()))  # immutable: arrays over it cannot be made writable
+                    return False
+                except BufferError:  # not contiguous: copied in-band instead
+                    return True
+
+            data = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+            self._setup = (data, buffers)
+        except BaseException as exc:
+            self._setup_failed = str(_failure("setup() failed", exc, self.path))
+        finally:
+            self.setup_s = time.process_time() - started
+            sys.modules[POLICY_MODULE] = episode_module
+            if saved is not None:
+                self.random.use(saved)
+
+    def take_setup(self) -> float | None:
+        """The set-up's CPU seconds if it ran since this was last asked, else None: each run is reported once."""
+        if self.setup_s is None or self._setup_reported:
+            return None
+        self._setup_reported = True
+        return self.setup_s
 
     def act(self, slots: list[int], observations, infos: list,
             feedback: list | None = None) -> tuple[list, dict[int, str]]:

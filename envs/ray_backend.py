@@ -11,7 +11,8 @@ protocol, policy and seed alone, never on which shard or node ran it (tested).
 
 What stays on the machine that asked: the ledger lines, the statistics, the clips (re-simulated
 locally, since they are written to the run's folder). What travels: the task, protocol, policy
-source and limits in each shard's arguments, and plain episode results back; no key or token is
+source and limits in each shard's arguments (a policy folder's files once, in Ray's object store; each node
+stages its own read-only copy and finds the task's simulator model in its own packages), and plain episode results back; no key or token is
 ever an argument, and each node's sandbox scrubs its own environment as it does locally.
 
 A lost node fails its shard with Ray's error; Ray runs the shard again elsewhere
@@ -35,6 +36,7 @@ from typing import Any, Callable
 from common.errors import HeuristError
 from common.safe_text import redact
 from envs.limits import Limits
+from envs.policy_files import PolicyBundle
 from envs.results import EpisodeResult
 
 LOST_NODE_RETRIES = 2  # Ray starts a shard again this many times when its node or worker dies
@@ -134,7 +136,7 @@ def package_versions() -> dict[str, str]:
 
 
 def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: int, deadline_epoch: float,
-              hidden: list[str], expected: dict[str, Any]) -> dict[str, Any]:
+              hidden: list[str], expected: dict[str, Any], bundle: PolicyBundle | None = None) -> dict[str, Any]:
     """The body of one Ray task, on its node: ``seeds`` through one sandboxed worker pair, as locally.
 
     ``deadline_epoch`` is the evaluation's own deadline in wall-clock time, so a shard that waited in Ray's queue,
@@ -143,7 +145,9 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
 
     from envs.isolation import Confinement
     from envs.limits import Limits
+    from envs.policy_files import StagedPolicy
     from envs.scheduling import Schedule, Scheduler
+    from envs.tasks import TaskSpec
     from envs.worker_pair import WorkerProcess
 
     where = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
@@ -152,7 +156,13 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
     if refusal is not None:
         return {"node": where, "refused": refusal}
     scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
-    confinement = Confinement(hidden=[Path(p) for p in hidden])
+    # The policy folder's copy and the simulator model are this node's: its site packages may lie elsewhere.
+    staged = StagedPolicy(bundle, TaskSpec.model_validate_json(job["task"]).simulator_model(job["protocol"])) \
+        if bundle is not None else None
+    if staged is not None:
+        job = {**job, "policy_path": staged.policy_path(), "simulator_model": staged.simulator_model}
+    confinement = Confinement(readable=staged.readable() if staged is not None else [],
+                              hidden=[Path(p) for p in hidden])
     left = deadline_epoch - time.time()
     # Not pinned to a core (``cpu`` is ignored): Ray decides how many shards share this node, and pairs pinned at
     # random could share a core while others idle, so that an episode would meet its wall-clock limit here before
@@ -184,6 +194,8 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
     finally:
         if not worker.is_alive():
             shutil.rmtree(scratch, ignore_errors=True)
+            if staged is not None:
+                staged.close()
     if "error" in outcome:
         raise outcome["error"]
     results = outcome["results"]
@@ -192,7 +204,7 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
 
 def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int, pairs: int | None,
                deadline: float, hidden: list[str], address: str | None,
-               progress: Callable[[EpisodeResult], None] | None = None,
+               progress: Callable[[EpisodeResult], None] | None = None, bundle: PolicyBundle | None = None,
                ) -> tuple[dict[int, EpisodeResult], dict[str, int]]:
     """Every seed's result, and how many episodes each node ran; ``deadline`` is this process's perf_counter."""
     import ray
@@ -211,6 +223,7 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int
     expected = expectations(limits)
     deadline_epoch = time.time() + (deadline - time.perf_counter())
     limits_json = limits.model_dump_json()
+    bundle_ref = ray.put(bundle) if bundle is not None else None  # a policy folder's bytes, stored once
 
     def finish(result: EpisodeResult) -> None:
         results[result.seed] = result
@@ -228,7 +241,8 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int
                 if time.perf_counter() >= deadline:
                     not_run(shard, "the evaluation's time limit was reached")
                     continue
-                flying[task.remote(job, shard, limits_json, width, deadline_epoch, hidden, expected)] = shard
+                flying[task.remote(job, shard, limits_json, width, deadline_epoch, hidden, expected,
+                                   bundle_ref)] = shard
             if not flying:
                 break
             ready, _ = ray.wait(list(flying), num_returns=1,

@@ -39,6 +39,7 @@ from envs.containment import require_usable
 from envs.isolation import Confinement
 from envs.limits import Limits
 from envs.sandbox import import_path, run_sandboxed
+from envs.tasks import TaskSpec
 from envs.worker_pair import WorkerDied, WorkerProcess
 
 KIT_DIR = Path(__file__).parent / "testkit"
@@ -132,14 +133,19 @@ class PolicySession:
     def __init__(self, policy: PolicyUnderTest, scratch: Path) -> None:
         self.policy, self.scratch = policy, scratch
         self.worker: WorkerProcess | None = None
+        self.model: Path | None = None
         self.reset_done = False
 
     def _run(self, kind: str, **fields: Any) -> dict:
         p = self.policy
         if self.worker is None:
-            self.worker = WorkerProcess(p.limits, self.scratch, Confinement(hidden=p.hidden))
+            # The task's simulator model, as an evaluation gives it (a planner builds its model in __init__).
+            self.model = TaskSpec.model_validate_json(p.task_json).simulator_model(p.protocol)
+            readable = [self.model.parent] if self.model is not None else []
+            self.worker = WorkerProcess(p.limits, self.scratch, Confinement(readable=readable, hidden=p.hidden))
         job = {"kind": kind, "task": p.task_json, "protocol": p.protocol, "policy_path": p.policy_path,
-               "policy_source": p.source, "cpu_s": p.limits.episode_cpu_s, **fields}
+               "policy_source": p.source, "cpu_s": p.limits.episode_cpu_s,
+               "simulator_model": str(self.model) if self.model is not None else None, **fields}
         try:
             reply = self.worker.run(job, timeout=p.limits.episode_timeout_s + 10.0)
         except WorkerDied as died:

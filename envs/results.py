@@ -46,6 +46,7 @@ class EpisodeResult(_Record):
     termination: str | None = None
     events: list[FailureEvent] = Field(default_factory=list)
     trace: EpisodeTrace | None = None
+    setup_s: float | None = None  # CPU seconds of the policy's setup(), where this episode's start ran it
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -97,6 +98,13 @@ class EvalResult(_Record):
     protocol_settings: dict[str, Any] = {}  # every setting of the protocol the episodes ran under
     max_steps: int | None = None  # episodes cut after this many steps (a quick look, not the protocol's score)
     nodes: dict[str, int] = {}  # the ray backend: episodes each node (host:node id) ran
+    policy_files: dict[str, str] = {}  # a policy folder's data files (sha256 by relative path), all in its identity
+    limits: dict[str, float] = {}  # each episode's time limits and the evaluation's, as sized from the task
+
+    @property
+    def setup_runs(self) -> int:
+        """Times the policy's ``setup()`` ran: once per policy process (a worker pair), as reported."""
+        return sum(e.setup_s is not None for e in self.episodes)
 
     def summary(self) -> dict[str, Any]:
         """The compact form for ``--json`` and the ledger: no traces."""
@@ -110,6 +118,7 @@ class EvalResult(_Record):
             "min": s.min if s else None, "max": s.max if s else None, "ci95": s.ci95 if s else None,
             "hns_mean": s.hns_mean if s else None, "target": self.target,
             "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "max_steps": self.max_steps,
+            "setup_runs": self.setup_runs,
             "wall_s": round(self.wall_s, 3),
             "failures": self.failures, "clips": [c.mp4 for c in self.clips],
         }

@@ -15,6 +15,7 @@ import importlib
 import os
 from functools import lru_cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +31,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 # protected split unless confirmed, and then counted as a use of it.
 Split = Literal["dev", "holdout", "audit", "custom"]
 PROTECTED_SPLITS: frozenset[str] = frozenset({"holdout", "audit"})
+_SIMULATOR_MODELS: dict[tuple[str, str], Path | None] = {}  # TaskSpec.simulator_model, once per process
 
 
 class _Strict(BaseModel):
@@ -168,6 +170,66 @@ class TaskSpec(_Strict):
         if self.random_score is None or self.human_score is None:
             return None
         return (score - self.random_score) / (self.human_score - self.random_score)
+
+    def episode_step_cap(self, protocol: str | None = None) -> int | None:
+        """The most steps one episode of this task can take under ``protocol`` (its own cap, else Gymnasium's
+        time limit, else ALE's frame limit over its frameskip); None where nothing caps it."""
+        chosen = self.protocol(protocol)
+        if chosen.max_episode_steps is not None:
+            return chosen.max_episode_steps
+        import gymnasium as gym
+
+        if self.register_module:
+            gym.register_envs(importlib.import_module(self.register_module))
+        try:
+            registered = gym.spec(self.gym_id)
+        except gym.error.Error:
+            return None
+        if registered.max_episode_steps is not None:
+            return registered.max_episode_steps
+        kwargs = {**registered.kwargs, **self.make_kwargs, **chosen.make_kwargs}
+        frames, skip = kwargs.get("max_num_frames_per_episode"), kwargs.get("frameskip", 1)
+        if isinstance(frames, int) and frames > 0 and isinstance(skip, int) and skip > 0:
+            return -(-frames // skip)
+        return None
+
+    def simulator_model(self, protocol: str | None = None) -> Path | None:
+        """The file this task's simulator is built from (a Gymnasium MuJoCo env's XML), for a policy that plans with
+        its own copy of the model; None where the task has none. Read from the env's class and kwargs, as Gymnasium
+        resolves it, without making the env (MuJoCo would write its warnings' log into the current folder)."""
+        key = (self.model_dump_json(), protocol or self.default_protocol)
+        if key not in _SIMULATOR_MODELS:
+            _SIMULATOR_MODELS[key] = self._find_simulator_model(protocol)
+        return _SIMULATOR_MODELS[key]
+
+    def _find_simulator_model(self, protocol: str | None) -> Path | None:
+        if self.family not in ("mujoco", "custom"):
+            return None
+        import inspect
+
+        import gymnasium as gym
+        from gymnasium.envs.registration import load_env_creator
+
+        if self.register_module:
+            gym.register_envs(importlib.import_module(self.register_module))
+        try:
+            registered = gym.spec(self.gym_id)
+            creator = load_env_creator(registered.entry_point) if isinstance(registered.entry_point, str) \
+                else registered.entry_point
+            from gymnasium.envs.mujoco.mujoco_env import MujocoEnv, expand_model_path
+        except Exception:  # not registered here, or no MuJoCo: the episodes say what is wrong
+            return None
+        if not (isinstance(creator, type) and issubclass(creator, MujocoEnv)):
+            return None
+        kwargs = {**registered.kwargs, **self.make_kwargs, **self.protocol(protocol).make_kwargs}
+        default = inspect.signature(creator.__init__).parameters.get("xml_file")
+        xml = kwargs.get("xml_file", default.default if default is not None else None)
+        if not isinstance(xml, str):
+            return None
+        try:
+            return Path(expand_model_path(xml)).resolve()
+        except OSError:
+            return None
 
     def make_env(self, protocol: str | None = None, render_mode: str | None = None, lean: bool = False):
         """Build the gymnasium environment for a protocol. Runs inside worker processes.

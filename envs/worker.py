@@ -55,19 +55,29 @@ from envs.wire import (
 )
 
 
+def seconds_or_none(value: Any) -> float | None:
+    """A duration the policy process reported (untrusted): a finite, non-negative float, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return None
+
+
 class RemotePolicy:
     """The sandboxed policy process, seen from the env process: its replies are untrusted data."""
 
     def __init__(self, requests: IO[bytes], replies: IO[bytes], path: str, source: str,
-                 observations: ObservationChannel | None = None) -> None:
+                 observations: ObservationChannel | None = None, simulator_model: str | None = None) -> None:
         self.requests, self.replies, self.path, self.source = requests, replies, path, source
         self.observations = observations
+        self.simulator_model = simulator_model
         self.observes = policy_observes(source)  # whether each step's reward is sent for ``observe``
+        self.setup_s: float | None = None
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         reply = self._ask(("start", slot, {"policy_path": self.path, "source": self.source, "seed": seed,
                                            "action_space": action_space, "cpu_s": cpu_s, "window": window,
-                                           "live": live}))
+                                           "live": live, "simulator_model": self.simulator_model}))
+        self.setup_s = seconds_or_none(reply.get("setup_s"))
         if "error" in reply:  # the policy's own failure to load or reset: that episode's result
             raise PolicyFailed(str(reply["error"])[:2000])
         # Whether rewards go to it: the policy process says (an inherited observe counts), and trusting it costs
@@ -117,12 +127,17 @@ class RemotePolicy:
 class LocalPolicy:
     """The policy in this process (benchmarks and tests of the episode code): the same slots, no channel."""
 
-    def __init__(self, path: str, source: str) -> None:
+    def __init__(self, path: str, source: str, simulator_model: str | None = None) -> None:
         self.slots = PolicySlots(path, source)
+        self.simulator_model = simulator_model
         self.observes = policy_observes(source)
+        self.setup_s: float | None = None
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
-        self.slots.start(slot, seed, action_space, window)
+        try:
+            self.slots.start(slot, seed, action_space, window, self.simulator_model)
+        finally:
+            self.setup_s = self.slots.take_setup()
         self.observes = self.observes or self.slots.observes(slot)
 
     def act(self, slots: list[int], observations: list, infos: list,
@@ -332,7 +347,8 @@ def main() -> None:
     counts = step_counter(args.steps_fd)
 
     def make_worker(job: dict) -> Worker:
-        policy = RemotePolicy(requests, replies, job["policy_path"], job["policy_source"], channel)
+        policy = RemotePolicy(requests, replies, job["policy_path"], job["policy_source"], channel,
+                              job.get("simulator_model"))
         return Worker(job["task"], job["protocol"], policy, steps=counts)
 
     serve(JobReader(args.job_fd), results, make_worker)

@@ -102,7 +102,8 @@ class Services:
         self.event("evaluating", split=split, seeds=len(seeds), policy=sha[:12])
         result = evaluate(self.spec, EvalRequest(
             policy_path=policy, task_id=self.spec.id, protocol=self.protocol, split=split, seeds=seeds,
-            workers=self.config.eval.workers, lockstep=self.config.eval.lockstep, limits=self.limits(), video=video and self.config.eval.video,
+            workers=self.config.eval.workers, lockstep=self.config.eval.lockstep, limits=self.limits(),
+            step_s=self.config.eval.step_s, video=video and self.config.eval.video,
             backend=self.config.eval.backend, ray_address=self.config.eval.ray_address,
             out_dir=self.run_dir / "clips", confirm_protected=split != "dev"), self.ledger)
         if result.policy_sha256 != sha:  # the evaluator hashes what it ran: it must be what was asked for

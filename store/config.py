@@ -210,7 +210,11 @@ class EvalConfig(_Strict):
     lockstep: int | None = Field(None, ge=1, le=64,
                                  description="Episodes each worker runs at once, stepped together (1: one at a "
                                              "time; default: 4 for Atari, 32 otherwise).")
-    episode_timeout_s: float = Field(120.0, gt=0)
+    episode_timeout_s: float = Field(120.0, gt=0, description="Wall-clock and CPU seconds per episode, at least.")
+    step_s: float = Field(0.005, ge=0, description=(
+        "Seconds a policy may spend per env step: each episode's limit is at least this times the most steps an "
+        "episode of the task can take (a planner spending a CPU-second a step needs about 1.5; 0: "
+        "episode_timeout_s alone)."))
     memory_mb: int = Field(4096, ge=256)
     backend: Literal["local", "ray"] = Field("local", description=(
         "Where episodes run: worker pairs on this machine, or Ray tasks over a cluster's nodes (one CPU each, "

@@ -42,7 +42,7 @@ CASES = [
     (["run"], "no task: give --env TASK"),
     (["run", "--env", "NoSuchTask-v0"], "unknown task 'NoSuchTask-v0'"),
     (["run", "--env", "CartPole-v1", "--policy", "missing.py"], "does not exist"),
-    (["run", "--env", "CartPole-v1", "--policy", "foreign"], "does not exist"),
+    (["run", "--env", "CartPole-v1", "--policy", "foreign"], "is a folder; a run starts from one policy .py file"),
     (["run", "--env", "CartPole-v1", "--policy", "syntax.py"], "syntax error at line 2"),
     (["run", "--env", "CartPole-v1", "--policy", "notpolicy.py"], "defines no top-level class Policy"),
     (["run", "--env", "CartPole-v1", "--config", "typo.toml"], "budget.iteratons: unknown key"),

@@ -1,0 +1,284 @@
+"""Bring your own policy: policy folders with data files, the task's simulator model, set-up once per worker, and
+episode limits sized from the task. Real evaluations through the sandboxed worker pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from common.errors import PolicyError
+from envs.evaluator import EvalRequest, evaluate
+from envs.limits import Limits
+from envs.policy_files import folder_sha256, read_policy
+from envs.tasks import get_task
+from tests.test_cli import assert_one_line_error, heurist
+
+# Reads a JSON table beside it and the task's MuJoCo XML; fails its episode unless both are what they should be and
+# the copy it reads cannot be written.
+FOLDER_POLICY = '''
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    HERE = Path(__file__).parent
+
+
+    class Policy:
+        def __init__(self, simulator_model, action_space):
+            import mujoco
+
+            model = mujoco.MjModel.from_xml_path(simulator_model)
+            if model.nu != action_space.shape[0]:
+                raise ValueError(f"the model has {model.nu} actuators, the env {action_space.shape[0]}")
+            self.table = json.loads((HERE / "tables" / "tree.json").read_text())
+            try:
+                with open(HERE / "tables" / "tree.json", "w") as handle:
+                    handle.write("{}")
+            except OSError:
+                pass
+            else:
+                raise RuntimeError("the policy's data could be written")
+            self.nu = model.nu
+
+        def reset(self, seed):
+            self.t = 0
+
+        def act(self, obs, info):
+            self.t += 1
+            return np.full(self.nu, self.table["gain"] * (1 if self.t % 20 < 10 else -1), dtype=np.float32)
+'''
+
+
+def _folder(root: Path, gain: float, source: str = FOLDER_POLICY) -> Path:
+    (root / "tables").mkdir(parents=True, exist_ok=True)
+    (root / "policy.py").write_text(textwrap.dedent(source))
+    (root / "tables" / "tree.json").write_text(json.dumps({"gain": gain, "nodes": list(range(2000))}))
+    return root
+
+
+def _quick(policy: Path, task: str, ledger_dir: Path, **kw):
+    from common.ledger import Ledger
+
+    limits = kw.pop("limits", Limits(episode_timeout_s=60, episode_cpu_s=60, memory_mb=2048))
+    request = EvalRequest(policy_path=policy, task_id=task, limits=limits, **kw)
+    return evaluate(get_task(task), request, Ledger(ledger_dir / "ledger.jsonl"))
+
+
+def test_a_policy_folder_reads_its_data_and_the_simulator_model_read_only_and_both_are_its_identity(tmp_path):
+    folder = _folder(tmp_path / "mpc", gain=0.5)
+    result = _quick(folder, "HalfCheetah-v5", tmp_path, episodes=2, workers=1, max_steps=40)
+    assert result.status == "complete", [e.error for e in result.episodes]
+    assert result.policy_files == {"tables/tree.json": read_policy(folder).file_hashes()["tables/tree.json"]}
+    assert result.policy_sha256 == folder_sha256((folder / "policy.py").read_bytes(),
+                                                 {"tables/tree.json": (folder / "tables" / "tree.json").read_bytes()})
+    assert json.loads((folder / "tables" / "tree.json").read_text())["gain"] == 0.5  # the user's folder untouched
+
+    # The data decides the actions, and another table is another policy.
+    _folder(folder, gain=-0.5)
+    other = _quick(folder, "HalfCheetah-v5", tmp_path, episodes=2, workers=1, max_steps=40)
+    assert other.status == "complete" and other.policy_sha256 != result.policy_sha256
+    assert [e.return_ for e in other.episodes] != [e.return_ for e in result.episodes]
+    records = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert records[0]["policy_files"] == result.policy_files  # the ledger names every file the score depends on
+
+
+def test_a_folder_policy_without_its_data_fails_its_episodes_with_the_reason(tmp_path):
+    folder = _folder(tmp_path / "mpc", gain=0.5)
+    (folder / "tables" / "tree.json").unlink()
+    result = _quick(folder, "HalfCheetah-v5", tmp_path, episodes=1, workers=1, max_steps=5)
+    assert result.status == "broken" and "tree.json" in result.episodes[0].error
+
+
+def test_a_policy_folder_never_hands_over_links_special_files_or_hidden_files(tmp_path):
+    folder = _folder(tmp_path / "p", gain=1.0)
+    (folder / ".env").write_text("OPENAI_API_KEY=sk-secret")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_text("[core]")
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    assert set(read_policy(folder).files) == {"tables/tree.json"}
+
+    (folder / "secret").symlink_to(tmp_path / "elsewhere.txt")
+    (tmp_path / "elsewhere.txt").write_text("the user's file")
+    with pytest.raises(PolicyError, match="secret is a symbolic link"):
+        read_policy(folder)
+    (folder / "secret").unlink()
+    (folder / "linked").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(PolicyError, match="linked is a symbolic link"):
+        read_policy(folder)
+    (folder / "linked").unlink()
+    os.mkfifo(folder / "pipe")  # reading it would wait forever
+    with pytest.raises(PolicyError, match="pipe is not a regular file"):
+        read_policy(folder)
+    (folder / "pipe").unlink()
+    (folder / "policy.py").unlink()
+    with pytest.raises(PolicyError, match="has no policy.py"):
+        read_policy(folder)
+
+
+def test_the_cli_evaluates_a_folder_and_says_what_is_wrong_with_one_in_one_line(tmp_path):
+    folder = tmp_path / "tabular"
+    folder.mkdir()
+    (folder / "policy.py").write_text(textwrap.dedent('''
+        import json
+        from pathlib import Path
+
+        class Policy:
+            def __init__(self):
+                self.push = json.loads((Path(__file__).parent / "push.json").read_text())
+
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return int(obs[2] + obs[3] * self.push["gain"] > 0)
+    '''))
+    (folder / "push.json").write_text('{"gain": 0.5}')
+    home = {"HEURIST_HOME": str(tmp_path / "home")}
+    args = ["eval", str(folder), "--env", "CartPole-v1", "--episodes", "2", "--json"]
+    done = heurist(*args, env_extra=home)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "complete" and summary["mean"] > 100
+
+    (folder / "policy.py").unlink()
+    done = heurist(*args, env_extra=home)
+    assert done.returncode == 2
+    assert_one_line_error(done, "has no policy.py")
+
+
+SETUP_POLICY = '''
+    import numpy as np
+
+
+    def setup(action_space):
+        # Deterministic (numpy's generator is seeded with 0 for it) and expensive enough to matter.
+        return {"table": np.random.uniform(-1, 1, size=(256, 4)), "seen": [], "n": action_space.n}
+
+
+    class Policy:
+        def __init__(self, setup):
+            self.shared = setup
+            if setup["seen"]:
+                raise RuntimeError(f"another episode's changes reached this one: {setup['seen']}")
+            try:
+                setup["table"][0, 0] = 99.0
+            except ValueError:
+                pass
+            else:
+                raise RuntimeError("the shared table could be written")
+
+        def reset(self, seed):
+            self.shared["seen"].append(seed)  # this episode's copy only
+            self.t = 0
+
+        def act(self, obs, info):
+            self.t += 1
+            row = self.shared["table"][self.t % 256]
+            return int((obs @ row[:4] if obs.shape[0] == 4 else row[0]) + obs[2] * 10 + obs[3] > 0)
+'''
+
+
+def test_set_up_runs_once_per_worker_and_episodes_still_depend_on_their_seed_alone(tmp_path):
+    policy = tmp_path / "setup.py"
+    policy.write_text(textwrap.dedent(SETUP_POLICY))
+    serial = _quick(policy, "CartPole-v1", tmp_path, episodes=6, workers=1)
+    assert serial.status == "complete", [e.error for e in serial.episodes]
+    assert serial.setup_runs == 1 and serial.summary()["setup_runs"] == 1
+    parallel = _quick(policy, "CartPole-v1", tmp_path, episodes=6, workers=2, lockstep=1)
+    assert parallel.setup_runs == 2
+    shuffled = _quick(policy, "CartPole-v1", tmp_path, seeds=[5, 3, 1, 0, 4, 2], workers=2, lockstep=3)
+    by_seed = {e.seed: (e.return_, e.length) for e in shuffled.episodes}
+    assert [(e.return_, e.length) for e in serial.episodes] == [(e.return_, e.length) for e in parallel.episodes] \
+        == [by_seed[s] for s in range(6)]
+    records = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [r["setup_runs"] for r in records if r["event"] == "eval_finished"] == [1, 2, 2]
+
+
+def test_a_failing_set_up_fails_every_episode_with_its_reason_and_runs_once_per_worker(tmp_path):
+    policy = tmp_path / "bad_setup.py"
+    policy.write_text(textwrap.dedent('''
+        def setup():
+            raise MemoryError("the table does not fit")
+
+
+        class Policy:
+            def __init__(self, setup):
+                pass
+
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return 0
+    '''))
+    result = _quick(policy, "CartPole-v1", tmp_path, episodes=4, workers=1)
+    assert result.status == "broken" and result.setup_runs == 1
+    assert all("setup() failed at bad_setup.py:3 in setup: MemoryError: the table does not fit" in e.error
+               for e in result.episodes)
+
+
+def test_the_check_refuses_a_policy_that_takes_setup_without_defining_it(tmp_path):
+    policy = tmp_path / "no_setup.py"
+    policy.write_text("class Policy:\n    def __init__(self, setup):\n        pass\n    def reset(self, seed):\n"
+                      "        pass\n    def act(self, obs, info):\n        return 0\n")
+    with pytest.raises(PolicyError, match="defines no top-level function setup"):
+        _quick(policy, "CartPole-v1", tmp_path, episodes=1)
+
+
+SLOW_STEPS = '''
+    import time
+
+    class Policy:
+        def reset(self, seed):
+            pass
+
+        def act(self, obs, info):
+            time.sleep(0.3)
+            return 0
+'''
+
+
+def test_episode_limits_are_sized_from_the_task_and_recorded(tmp_path):
+    policy = tmp_path / "slow.py"
+    policy.write_text(textwrap.dedent(SLOW_STEPS))
+    floor = Limits(episode_timeout_s=1, episode_cpu_s=1, memory_mb=2048)
+    # Ten steps of 0.3 s: over a one-second limit, within one sized at a second a step.
+    cut = _quick(policy, "CartPole-v1", tmp_path, episodes=1, workers=1, max_steps=10, limits=floor)
+    assert cut.episodes[0].status == "timeout" and cut.limits["episode_timeout_s"] == 1
+    sized = _quick(policy, "CartPole-v1", tmp_path, episodes=1, workers=1, max_steps=10, limits=floor, step_s=1.0)
+    assert sized.status == "complete" and sized.episodes[0].length == 10
+    assert sized.limits == {"episode_timeout_s": 10.0, "episode_cpu_s": 10.0, "eval_timeout_s": 3600.0, "step_s": 1.0}
+    records = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert records[-2]["event"] == "eval_started" and records[-2]["limits"] == sized.limits
+
+
+def test_the_step_cap_and_the_evaluation_limit_follow_the_task_and_protocol(tmp_path):
+    assert get_task("ALE/Breakout-v5").episode_step_cap("deterministic") == 108_000
+    assert get_task("ALE/Breakout-v5").episode_step_cap("standard") == 27_000  # 108,000 frames at frameskip 4
+    assert get_task("HalfCheetah-v5").episode_step_cap() == 1000
+    assert get_task("HalfCheetah-v5").simulator_model().name == "half_cheetah.xml"
+    assert get_task("CartPole-v1").simulator_model() is None
+    policy = tmp_path / "fast.py"
+    policy.write_text("class Policy:\n    def reset(self, seed):\n        pass\n    def act(self, obs, info):\n"
+                      "        return 0\n")
+    # A planner at 1.5 s a step on HalfCheetah: 1,500 s an episode; 20 seeds on 2 workers need 10 rounds of it.
+    request = EvalRequest(policy_path=policy, task_id="HalfCheetah-v5", step_s=1.5, workers=2)
+    from envs.evaluator import Evaluator
+
+    evaluator = Evaluator(get_task("HalfCheetah-v5"), request)
+    limits, whole = evaluator._sized_limits(list(range(20)))
+    assert limits.episode_timeout_s == limits.episode_cpu_s == 1500.0 and whole == 10 * 1500.0 + 60
+    explicit = Evaluator(get_task("HalfCheetah-v5"), request.model_copy(update={"eval_timeout_s": 100.0}))
+    assert explicit._sized_limits(list(range(20)))[1] == 100.0
+
+
+def test_the_cli_refuses_a_negative_step_allowance(tmp_path):
+    done = heurist("eval", str(tmp_path / "p.py"), "--env", "CartPole-v1", "--step-seconds", "-1",
+                   env_extra={"HEURIST_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2 and "--step-seconds" in done.stderr and "Traceback" not in done.stderr
