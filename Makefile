@@ -31,3 +31,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/campaign_scaling.py
 	.venv/bin/python benchmarks/eval_on_ray.py
 	.venv/bin/python benchmarks/lessons_transfer.py
+	.venv/bin/python benchmarks/setup_once.py
