@@ -16,14 +16,26 @@ SECRET = "sk-test-ray-backend-0123456789abcdef"
 
 
 def _probe_policy(tmp: Path, hidden: Path) -> Path:
-    """A CartPole policy that fails its episode if it can see the key or the ledger's folder, and on seed 2 by
-    design, so a sandbox that leaks on a Ray node, or a failure that spreads beyond its episode, shows."""
-    path = tmp / "probe.py"
-    path.write_text(textwrap.dedent(f"""
+    """A CartPole policy folder that fails its episode if it can see the key or the ledger's folder, and on seed 2
+    by design, so a sandbox that leaks on a Ray node, or a failure that spreads beyond its episode, shows. Its
+    gains are a data file beside it, read by its ``setup()``: a node must stage the folder as this machine does."""
+    folder = tmp / "probe"
+    folder.mkdir()
+    (folder / "gains.json").write_text('{"angle": 1.0, "velocity": 0.5}')
+    (folder / "policy.py").write_text(textwrap.dedent(f"""
+        import json
         import os
+        from pathlib import Path
+
+
+        def setup():
+            return json.loads((Path(__file__).parent / "gains.json").read_text())
 
 
         class Policy:
+            def __init__(self, setup):
+                self.gains = setup
+
             def reset(self, seed):
                 self.seed, self.t = seed, 0
 
@@ -34,9 +46,9 @@ def _probe_policy(tmp: Path, hidden: Path) -> Path:
                     raise RuntimeError(f"the sandbox leaked: {{seen}}")
                 if self.seed == 2 and self.t == 5:
                     raise ValueError("seed 2 fails at step 5")
-                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+                return 1 if self.gains["angle"] * obs[2] + self.gains["velocity"] * obs[3] > 0 else 0
     """))
-    return path
+    return folder
 
 
 def _episodes(ledger: Path) -> tuple[list[dict], int]:
@@ -64,6 +76,9 @@ def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
     assert local.returncode == 0 and on_ray.returncode == 0, (local.stderr[-2000:], on_ray.stderr[-2000:])
     summary = json.loads(on_ray.stdout)
     assert summary["backend"] == "ray" and sum(summary["nodes"].values()) == 6, summary
+    # One set-up per worker pair: two locally, one per shard on Ray; the same policy (its data in its identity).
+    assert json.loads(local.stdout)["setup_runs"] == 2 and summary["setup_runs"] == len(shards(list(range(6)), 2))
+    assert summary["policy_sha256"] == json.loads(local.stdout)["policy_sha256"]
     episodes, steps = _episodes(ledgers / "ray.jsonl")
     assert (episodes, steps) == _episodes(ledgers / "local.jsonl")
     by_seed = {e["seed"]: e for e in episodes}
