@@ -115,7 +115,7 @@ def _git_provenance(bundle: PolicyBundle) -> dict[str, str | bool | None]:
     if bundle.folder and not changed:
         # One listing of the folder at HEAD: every data file must be there with these bytes, and nothing more.
         folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
-        listing = run_git(["ls-tree", "-r", "-z", "HEAD", "--", folder or "."], cwd).stdout
+        listing = run_git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", folder or "."], Path(root)).stdout
         at_head = {}
         for line in filter(None, listing.split("\0")):
             meta, _, name = line.partition("\t")
@@ -156,6 +156,7 @@ class Evaluator:
         self.protocol = spec.protocol(request.protocol).name
         self._task_json = spec.model_dump_json()  # sent with every job; serialise once
         self.nodes: dict[str, int] = {}  # episodes each Ray node ran (the ray backend)
+        self.setup_runs = 0  # the policy's set-ups the workers completed
 
     # ------------------------------------------------------------------ public
 
@@ -165,7 +166,7 @@ class Evaluator:
             raise SplitGuardError(f"the {req.split} split is reserved for a deliberate, recorded evaluation; "
                                   f"add --confirm-protected to use it (the ledger records each use)")
         # Read once: these bytes are hashed and these bytes are what every worker runs and reads.
-        bundle = read_policy(req.policy_path)
+        bundle = read_policy(req.policy_path, self._heurists_files())
         require_usable(req.limits)
         if req.backend == "ray":  # an unreachable cluster is said before anything is recorded
             from envs.ray_backend import connect
@@ -198,6 +199,9 @@ class Evaluator:
             episodes = self._run_episodes(seeds, bundle, staged, scratch, started)
             result = self._assemble(base, episodes, uses_before, started)
             if req.video:
+                if req.backend == "ray":  # clips are re-simulated here: the folder and the model staged here too
+                    staged.close()
+                    staged = StagedPolicy(bundle, self.spec.simulator_model(self.protocol))
                 result.clips, result.clip_env_steps = self._clips(result, staged, scratch)
                 result.env_steps += result.clip_env_steps
                 result.wall_s = time.perf_counter() - started
@@ -213,6 +217,15 @@ class Evaluator:
             EpisodeLine(seed=e.seed, status=e.status, return_=e.return_, length=e.length, error=e.error)
             for e in result.episodes]))
         return result
+
+    def _heurists_files(self) -> list[Path]:
+        """What heurist writes that may lie inside a policy folder: never the policy's (``read_policy``)."""
+        from common.paths import heurist_home
+
+        found = [heurist_home(), self._clips_root()]
+        if self.ledger is not None:
+            found.append(self.ledger.path)
+        return found
 
     def _staged(self, bundle: PolicyBundle) -> StagedPolicy:
         """The policy folder's read-only copy and the task's simulator model, for the local workers. A Ray node
@@ -302,7 +315,7 @@ class Evaluator:
             from envs.ray_backend import run_on_ray
 
             job = self._job("episode", staged, trace_window=req.trace_window, max_windows=req.max_windows)
-            results, self.nodes = run_on_ray(
+            results, self.nodes, self.setup_runs = run_on_ray(
                 seeds, job, limits, lockstep_width(self.spec, req.lockstep), req.workers,
                 started + self.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress,
                 bundle=bundle)
@@ -315,6 +328,7 @@ class Evaluator:
                                              trace_window=req.trace_window, max_windows=req.max_windows),
             start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, cpu))
         results = Scheduler(plan).run()
+        self.setup_runs = plan.setup_runs
         return [results[s] for s in seeds]
 
     def _assemble(self, base: dict, episodes: list[EpisodeResult], uses_before: int, started: float) -> EvalResult:
@@ -343,7 +357,7 @@ class Evaluator:
                           env_steps=sum(e.env_steps for e in episodes), wall_s=time.perf_counter() - started,
                           clips=[], containment=containment(self.req.limits), protected_uses_before=uses_before,
                           backend=self.req.backend, nodes=dict(self.nodes), max_steps=self.req.max_steps,
-                          policy_files=self.policy_files, limits=self._limits_record())
+                          policy_files=self.policy_files, limits=self._limits_record(), setup_runs=self.setup_runs)
 
     # ------------------------------------------------------------------ clips
 

@@ -28,7 +28,7 @@ import numpy as np
 from envs.actions import InvalidAction, action_coercer, plain_actions
 from envs.failures import FailureDetector
 from envs.policy_slots import PolicyFailed
-from envs.wire import jsonable, plain_diag
+from envs.wire import SETUP_RUNS, jsonable, plain_diag
 
 
 class PolicyClient(Protocol):
@@ -200,6 +200,7 @@ class Lockstep:
         self.spec, self.protocol, self.policy, self.steps = spec, protocol, policy, steps
         self.runs: list[EpisodeRun] = []
         self.spare_envs: list = []  # envs of finished episodes, reset by the next episode's seed
+        self.started_any = False  # whether the policy process has started an episode (its first may run set-up)
         self._mark = (time.perf_counter(), time.process_time())  # when who is in flight last changed
 
     def __len__(self) -> int:
@@ -211,22 +212,37 @@ class Lockstep:
         slot = int(job.get("slot", 0))
         env = self.spare_envs.pop() if self.spare_envs else self.spec.make_env(self.protocol, lean=True)
         # Taken, its env built (heurist's own time, imports included): this episode's clock starts now
-        # (envs.worker_pair.clear_steps).
-        self.steps[slot] = 0
+        # (envs.worker_pair.clear_steps). Except at the policy process's first start, which may run the policy's
+        # set-up (once per process): that is the pair's start-up, not this episode's time, so its clock starts after.
+        first = not self.started_any
+        if not first:
+            self.steps[slot] = 0
         run = EpisodeRun(job, slot, env, self.policy, self.spec, self.steps)
         try:
             self.policy.start(slot, run.seed, pickle.dumps(env.action_space), job.get("cpu_s"),
                               int(job["trace_window"]) + 1, len(self.runs) + 1)
         except PolicyFailed as exc:
+            self._started(slot, first)
             self._retire(env, broken=False)
             self._share_time([run])
             run.result["setup_s"] = self.policy.setup_s
             return run.fail_to_start(str(exc))
+        self._started(slot, first)
         run.result["setup_s"] = self.policy.setup_s  # this start ran the policy's set-up (once per process)
         run.begin()
         self.runs.append(run)
         self._share_time([run])
         return None
+
+    def _started(self, slot: int, first: bool) -> None:
+        """After a start: the first one's clock starts now, and a set-up it ran is counted where heurist reads it."""
+        if first:
+            self.steps[slot] = 0
+            self.started_any = True
+        if self.policy.setup_s is not None and len(self.steps) > SETUP_RUNS:
+            self.steps[SETUP_RUNS] += 1
+        if first:
+            self._mark = (time.perf_counter(), time.process_time())  # the set-up's wait is no episode's time
 
     def _share_time(self, runs: list[EpisodeRun] | None = None) -> None:
         """Share the wall and CPU time since the last change of who is in flight among those in flight then

@@ -26,12 +26,15 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from common.errors import PolicyError
+from envs.isolation import sandbox_user
 
 ENTRY = "policy.py"  # the readable policy of a folder
 MAX_FILES = 1000
 MAX_BYTES = 256 * 2**20
+MAX_DEPTH = 32  # folders inside folders: os.walk recurses, and a deep tree is no policy's data
 MANIFEST_TAG = b"heurist-policy-folder-v1\n"
 
 
@@ -71,11 +74,15 @@ def folder_sha256(source: bytes, files: dict[str, bytes]) -> str:
     return hashlib.sha256(MANIFEST_TAG + b"".join(lines)).hexdigest()
 
 
-def read_policy(path: Path | str) -> PolicyBundle:
-    """The policy at ``path`` (a ``.py`` file or a folder with ``policy.py``), read once; PolicyError in one line."""
+def read_policy(path: Path | str, leave_out: Iterable[Path] = ()) -> PolicyBundle:
+    """The policy at ``path`` (a ``.py`` file or a folder with ``policy.py``), read once; PolicyError in one line.
+
+    ``leave_out``: what heurist itself writes that may lie inside a policy folder (the ledger, the clips, its
+    home); never handed to the policy, never part of its identity, so two evaluations of one folder are one
+    policy even when the first wrote its ledger there."""
     path = Path(path)
     if path.is_dir():
-        return _read_folder(path)
+        return _read_folder(path, [Path(p).resolve() for p in leave_out])
     if not path.is_file():
         raise PolicyError(f"policy {path} does not exist; give a .py file with a class Policy, or a folder holding "
                           f"{ENTRY} and the files it reads")
@@ -94,33 +101,55 @@ def _utf8(data: bytes, path: Path) -> None:
         raise PolicyError(f"{path} is not UTF-8 text; a policy is Python source") from None
 
 
-def _read_folder(folder: Path) -> PolicyBundle:
+def _read_folder(folder: Path, leave_out: list[Path]) -> PolicyBundle:
     entry = folder / ENTRY
-    if entry.is_symlink() or not entry.is_file():
+    if entry.is_symlink():
+        raise PolicyError(f"{entry} is a symbolic link; a policy folder holds its own {ENTRY} (copy it in)")
+    if not entry.is_file():
         raise PolicyError(f"policy folder {folder} has no {ENTRY}; a policy folder holds {ENTRY} (with its class "
                           f"Policy) and the data files it reads")
     files: dict[str, bytes] = {}
     total = 0
-    for root, dirs, names in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not _left_out(d))
+
+    def unreadable(exc: OSError) -> None:  # os.walk would skip a folder it cannot list, silently
+        raise PolicyError(f"cannot list {exc.filename} in policy folder {folder}: {exc.strerror}; make it readable "
+                          f"or move it out of the folder")
+
+    for root, dirs, names in os.walk(folder, followlinks=False, onerror=unreadable):
+        here = Path(root)
+        if len(here.relative_to(folder).parts) >= MAX_DEPTH:
+            raise PolicyError(f"policy folder {folder} nests folders more than {MAX_DEPTH} deep; keep only what the "
+                              f"policy reads")
+        for name in dirs:  # a link to a folder is listed among the folders, and os.walk does not enter it
+            if (here / name).is_symlink():
+                raise PolicyError(f"{here / name} is a symbolic link; a policy folder holds its own files "
+                                  f"(copy the data in rather than linking to it)")
+        dirs[:] = sorted(d for d in dirs if not _left_out(d) and not _heurists(here / d, leave_out))
         for name in sorted(names):
-            if _left_out(name):
+            full = here / name
+            if _left_out(name) or _heurists(full, leave_out):
                 continue
-            full = Path(root) / name
             relative = full.relative_to(folder).as_posix()
+            try:
+                relative.encode()
+            except UnicodeEncodeError:
+                raise PolicyError(f"{full!r} has a name that is not UTF-8; rename it (policy files are named in "
+                                  f"the ledger)") from None
             data = _read_regular(full, folder)
             total += len(data)
             if len(files) >= MAX_FILES or total > MAX_BYTES:
                 raise PolicyError(f"policy folder {folder} holds more than {MAX_FILES} files or "
                                   f"{MAX_BYTES // 2**20} MiB; keep only what the policy reads")
             files[relative] = data
-        for name in dirs:  # a link to a folder is listed among the folders, and os.walk does not enter it
-            if (Path(root) / name).is_symlink():
-                raise PolicyError(f"{Path(root) / name} is a symbolic link; a policy folder holds its own files "
-                                  f"(copy the data in rather than linking to it)")
     data = files.pop(ENTRY)
     _utf8(data, entry)
     return PolicyBundle(path=folder, data=data, files=files, folder=True)
+
+
+def _heurists(path: Path, leave_out: list[Path]) -> bool:
+    """Whether ``path`` is (or lies in) something heurist writes: left out of the policy."""
+    resolved = path.resolve()
+    return any(resolved == p or p in resolved.parents for p in leave_out)
 
 
 def _left_out(name: str) -> bool:
@@ -135,7 +164,8 @@ def _read_regular(path: Path, folder: Path) -> bytes:
         if path.is_symlink():
             raise PolicyError(f"{path} is a symbolic link; a policy folder holds its own files (copy the data in "
                               f"rather than linking to it)") from None
-        raise PolicyError(f"cannot read {path} in policy folder {folder}: {exc.strerror}") from None
+        raise PolicyError(f"cannot read {path} in policy folder {folder}: {exc.strerror}; make it readable or move "
+                          f"it out of the folder") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PolicyError(f"{path} is not a regular file; a policy folder holds only files and folders")
@@ -146,51 +176,83 @@ def _read_regular(path: Path, folder: Path) -> bytes:
 
 
 def materialise(bundle: PolicyBundle) -> Path:
-    """The bundle's files written into a fresh folder that everyone may read and nobody may write (the sandbox's
-    unprivileged user reads it, bound read-only where bubblewrap confines it); the folder. ``remove`` ends it.
+    """The bundle's files (``policy.py`` included) written into a fresh read-only folder; the folder.
 
     The policy process still receives its source over the pipe; ``policy.py`` is written too, so that the
     module's ``__file__`` names a real file and ``Path(__file__).parent / "table.json"`` finds the data."""
-    top = Path(tempfile.mkdtemp(prefix="heurist-policy-"))
+    return _stage({**bundle.files, ENTRY: bundle.data}, "heurist-policy-")
+
+
+def _stage(files: dict[str, bytes], prefix: str) -> Path:
+    """``files`` written into a fresh temp folder that the sandbox's user may read and nobody may write; the folder.
+
+    As root, the sandbox runs as ``nobody``: the copy stays root's, readable by nobody's group alone (0440/0550), so
+    the sandbox can neither change its modes nor write it. Otherwise the sandbox runs as heurist's own user: the
+    copy is that user's alone (0400/0500). Either way no other user of the machine reads it."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    as_root = os.geteuid() == 0
+    file_mode, dir_mode = (0o440, 0o550) if as_root else (0o400, 0o500)
     try:
-        for name, data in [*bundle.files.items(), (ENTRY, bundle.data)]:
+        for name, data in files.items():
             target = top / name
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-        for root, dirs, _ in os.walk(top, topdown=False):
+        for root, dirs, names in os.walk(top, topdown=False):
+            for name in names:
+                _freeze(Path(root) / name, file_mode, as_root)
             for name in dirs:
-                os.chmod(Path(root) / name, 0o555)
-        os.chmod(top, 0o555)
+                _freeze(Path(root) / name, dir_mode, as_root)
+        _freeze(top, dir_mode, as_root)
     except BaseException:
         remove(top)
         raise
     return top
 
 
+def _freeze(path: Path, mode: int, as_root: bool) -> None:
+    if as_root:  # the sandbox's group (nobody's) may read; the owner stays root
+        os.chown(path, 0, sandbox_user()[1], follow_symlinks=False)
+    os.chmod(path, mode)
+
+
 def remove(top: Path) -> None:
-    """Remove a materialised folder (its folders are read-only, so they are made writable first)."""
+    """Remove a staged folder (its folders are read-only, so they are made writable first)."""
     for root, dirs, _ in os.walk(top):
         for name in [".", *dirs]:
             try:
-                os.chmod(Path(root) / name, 0o755)
+                os.chmod(Path(root) / name, 0o700)
             except OSError:
                 pass
     shutil.rmtree(top, ignore_errors=True)
 
 
 class StagedPolicy:
-    """What one evaluation's policy processes are shown: the policy folder's copy (read-only) and the folder of the
-    task's simulator model, if it has one; used as a context manager, the copy is removed at the end.
+    """What one evaluation's policy processes are shown: the policy folder's copy and a copy of the task's simulator
+    model, if it has one (``simulator_model``: that copy's path), both read-only; as a context manager, the copies
+    are removed at the end.
 
-    The simulator model (a MuJoCo task's XML) is resolved by whoever runs the workers, on their machine (a Ray node's
-    site packages may lie elsewhere), and its whole folder is readable, since a model may include files beside it."""
+    The model file alone is copied, never the folder it lies in (a custom task's XML may sit in a project or home
+    folder beside anything); a model that includes other files (meshes, ``<include>``) finds them missing. Whoever
+    runs the workers resolves the model on their machine (a Ray node's site packages may lie elsewhere)."""
 
     def __init__(self, bundle: PolicyBundle, simulator_model: Path | None) -> None:
         self.bundle = bundle
-        self.model = simulator_model
-        self.copy: Path | None = materialise(bundle) if bundle.folder else None
+        self.copy: Path | None = None
+        self.model_copy: Path | None = None
+        self.model_name = simulator_model.name if simulator_model is not None else None
+        try:
+            self.copy = materialise(bundle) if bundle.folder else None
+            if simulator_model is not None:
+                data = simulator_model.read_bytes()[: MAX_BYTES + 1]
+                if len(data) > MAX_BYTES:
+                    raise PolicyError(f"the task's simulator model {simulator_model} is over "
+                                      f"{MAX_BYTES // 2**20} MiB")
+                self.model_copy = _stage({simulator_model.name: data}, "heurist-model-")
+        except BaseException:
+            self.close()
+            raise
 
     def policy_path(self) -> str:
         """The path the policy's module is given as ``__file__`` (and tracebacks name)."""
@@ -198,15 +260,16 @@ class StagedPolicy:
 
     @property
     def simulator_model(self) -> str | None:
-        return str(self.model) if self.model is not None else None
+        return str(self.model_copy / self.model_name) if self.model_copy is not None else None
 
     def readable(self) -> list[Path]:
-        return [p for p in (self.copy, self.model.parent if self.model is not None else None) if p is not None]
+        return [p for p in (self.copy, self.model_copy) if p is not None]
 
     def close(self) -> None:
-        if self.copy is not None:
-            remove(self.copy)
-            self.copy = None
+        for folder in (self.copy, self.model_copy):
+            if folder is not None:
+                remove(folder)
+        self.copy = self.model_copy = None
 
     def __enter__(self) -> StagedPolicy:
         return self

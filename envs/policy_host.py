@@ -43,9 +43,13 @@ def serve(requests, replies, observations: ObservationView) -> None:
             job = message[2]
             if slots is None or (slots.path, slots.source) != (job["policy_path"], job["source"]):
                 slots = PolicySlots(job["policy_path"], job["source"])
+                slots.announce = True
             try:
                 if job.get("cpu_s") is not None:
-                    limit_cpu(float(job["cpu_s"]) * int(job.get("live", 1)))
+                    # The episodes in flight share a budget; a set-up (once per process) has one of its own.
+                    slots.cpu_budget = float(job["cpu_s"]) * int(job.get("live", 1))
+                    slots.setup_cpu_s = float(job["cpu_s"])
+                    limit_cpu(slots.cpu_budget)
                 slots.start(int(message[1]), int(job["seed"]), job["action_space"], int(job["window"]),
                             job.get("simulator_model"))
                 reply = {"ok": True, "observes": slots.observes(int(message[1]))}

@@ -23,6 +23,7 @@ the env process reads it (``envs.wire``).
 from __future__ import annotations
 
 import builtins
+import importlib
 import importlib.util
 import inspect
 import pickle
@@ -33,6 +34,7 @@ import time
 import traceback
 import types
 from collections import Counter, deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,6 +46,25 @@ POLICY_MODULE = "heurist_policy"
 
 class PolicyFailed(Exception):
     """The policy's own code failed (load, reset or act); the message says where and how."""
+
+
+def _frozen(value: Any) -> tuple[bytes, list[bytes]]:
+    """The set-up's value, pickled once; numpy arrays' data out of band, as immutable ``bytes``."""
+    buffers: list[bytes] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(bytes(buffer.raw()))  # immutable: arrays over it cannot be made writable
+            return False
+        except BufferError:  # not contiguous: copied in-band instead
+            return True
+
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=out_of_band), buffers
+    except Exception as exc:
+        raise TypeError(f"its value cannot be copied into each episode ({type(exc).__name__}: {exc}); setup() must "
+                        f"return plain data, numpy arrays or instances of classes defined at the top of the policy "
+                        f"file") from None
 
 
 class SetupFailed(Exception):
@@ -137,12 +158,14 @@ class SlotRandom:
     Both modules bind their functions to one hidden instance at import (``random._inst``,
     ``numpy.random.mtrand._rand``), so they are replaced once by functions that call the current
     slot's instance, and ``use`` switches the instance (two assignments). ``np.random.seed`` and
-    everything that reaches ``mtrand._rand`` itself (scipy's default generator) follow the switch."""
+    everything that reaches ``mtrand._rand`` itself (scipy's default generator) follow the switch; a library object
+    that captured the generator at import (``scipy.stats.norm``'s) keeps the original, shared by every slot."""
 
     def __init__(self) -> None:
         from numpy.random import mtrand
 
         self._mtrand = mtrand
+        self.original_numpy = mtrand._rand  # the generator libraries captured at import (scipy.stats' distributions)
         self.python: random.Random = random._inst
         for name in dir(random):
             if getattr(getattr(random, name), "__self__", None) is random._inst:
@@ -174,6 +197,19 @@ class SlotRandom:
         import numpy as np
 
         return random.Random(), np.random.RandomState()
+
+    def import_with_originals(self, module: str) -> None:
+        """Import ``module`` while the original generators are current: what it captures at import (scipy.stats'
+        distributions keep ``mtrand._rand``) is then the process's own generator, which the set-up seeds, never one
+        episode's."""
+        saved = self.current()
+        self.use((random._inst, self.original_numpy))
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+        finally:
+            self.use(saved)
 
     @staticmethod
     def seeded(seed: int) -> tuple:
@@ -283,10 +319,17 @@ class PolicySlots:
         self.code = None
         self.runners: dict[int, PolicyRunner] = {}
         self.random = slot_random() if "random" in source else None
+        if self.random is not None and "scipy" in source:
+            self.random.import_with_originals("scipy.stats")
         self._setup: tuple[bytes, list[bytes]] | None = None
         self._setup_failed: str | None = None
         self.setup_s: float | None = None  # CPU seconds of the set-up, once it ran; reported once (``take_setup``)
         self._setup_reported = False
+        # Set by the policy process (None elsewhere): the CPU budget of the episodes in flight, armed again after the
+        # set-up, and the set-up's own; and whether the set-up says in the log that it runs.
+        self.cpu_budget: float | None = None
+        self.setup_cpu_s: float | None = None
+        self.announce = False
 
     def start(self, slot: int, seed: int, action_space, window: int, simulator_model: str | None = None) -> None:
         """A fresh Policy in ``slot`` for the episode of ``seed``; raises PolicyFailed."""
@@ -298,12 +341,15 @@ class PolicySlots:
                 raise PolicyFailed(f"policy failed to load or reset: {type(exc).__name__}: {exc}") from None
         rng = self.random.fresh() if self.random is not None else None
         runner = PolicyRunner(self.path, self.code, window, rng)
+        raw_space = action_space
         if isinstance(action_space, bytes):  # each episode gets its own copy: a space's sampler is its state
             action_space = pickle.loads(action_space)
         offered = {"action_space": action_space, "simulator_model": simulator_model}
         if rng is not None:
             self.random.use(rng)
-        runner.start(seed, offered, lambda: self._setup_copy(offered))
+        # The set-up gets a space of its own too: what it does to it must not reach this episode alone.
+        runner.start(seed, offered, lambda: self._setup_copy(
+            {**offered, "action_space": pickle.loads(raw_space) if isinstance(raw_space, bytes) else raw_space}))
         self.runners[slot] = runner
 
     def _setup_copy(self, offered: dict[str, Any]) -> Any:
@@ -313,40 +359,63 @@ class PolicySlots:
         if self._setup_failed is not None:  # the same reason for every episode; the set-up is not run again
             raise SetupFailed(self._setup_failed)
         data, buffers = self._setup
-        return pickle.loads(data, buffers=buffers)  # classes resolve in the episode's module, current now
+        try:
+            return pickle.loads(data, buffers=buffers)  # classes resolve in the episode's module, current now
+        except Exception as exc:
+            raise SetupFailed(f"setup()'s value cannot be copied into this episode ({type(exc).__name__}: {exc}); "
+                              f"the classes of what it returns must be defined at the top of the policy file") from None
 
     def _run_setup(self, offered: dict[str, Any]) -> None:
+        """Run ``setup()`` once, under a CPU budget of its own (``setup_cpu_s``, then the episode's budget is armed
+        again, so the set-up costs no episode its time), with every global generator seeded with 0."""
         episode_module = sys.modules.get(POLICY_MODULE)
-        saved = self.random.current() if self.random is not None else None
         started = time.process_time()
+        if self.announce:  # the log's last line if the set-up is killed: the reason then names it
+            print("heurist: running the policy's setup() (once per worker)", flush=True)
+        if self.setup_cpu_s is not None:
+            limit_cpu(self.setup_cpu_s)
         try:
-            module = fresh_module(self.path)
-            if self.random is not None:
-                self.random.use(self.random.seeded(0))
-            exec(self.code, module.__dict__)
-            setup = module.__dict__.get("setup")
-            if not callable(setup):
-                raise TypeError("Policy.__init__ takes setup, but the file defines no top-level function setup()")
-            wanted = inspect.signature(setup).parameters
-            value = setup(**{k: v for k, v in offered.items() if k in wanted})
-            buffers: list[bytes] = []
-
-            def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-                try:
-                    buffers.append(bytes(buffer.raw()))  # immutable: arrays over it cannot be made writable
-                    return False
-                except BufferError:  # not contiguous: copied in-band instead
-                    return True
-
-            data = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
-            self._setup = (data, buffers)
+            with self._seeded_globals():
+                module = fresh_module(self.path)
+                exec(self.code, module.__dict__)
+                setup = module.__dict__.get("setup")
+                if not callable(setup):
+                    raise TypeError("Policy.__init__ takes setup, but the file defines no top-level function setup()")
+                wanted = inspect.signature(setup).parameters
+                value = setup(**{k: v for k, v in offered.items() if k in wanted})
+            self._setup = _frozen(value)
         except BaseException as exc:
             self._setup_failed = str(_failure("setup() failed", exc, self.path))
         finally:
             self.setup_s = time.process_time() - started
             sys.modules[POLICY_MODULE] = episode_module
-            if saved is not None:
-                self.random.use(saved)
+            if self.cpu_budget is not None:
+                limit_cpu(self.cpu_budget)
+            if self.announce:
+                print(f"heurist: setup() ended after {self.setup_s:.1f} CPU s", flush=True)
+
+    @contextmanager
+    def _seeded_globals(self):
+        """Every global generator seeded with 0 for the set-up, and put back after: ``random``'s and
+        ``numpy.random``'s as the policy's code reaches them, and numpy's original global generator, which
+        libraries that captured it at import (``scipy.stats``' distributions) still draw from."""
+        from numpy.random import mtrand
+
+        python = random._inst
+        numpy_original = self.random.original_numpy if self.random is not None else mtrand._rand
+        saved = (python.getstate(), numpy_original.get_state())
+        current = self.random.current() if self.random is not None else None
+        python.seed(0)
+        numpy_original.seed(0)
+        if self.random is not None:
+            self.random.use(self.random.seeded(0))
+        try:
+            yield
+        finally:
+            python.setstate(saved[0])
+            numpy_original.set_state(saved[1])
+            if current is not None:
+                self.random.use(current)
 
     def take_setup(self) -> float | None:
         """The set-up's CPU seconds if it ran since this was last asked, else None: each run is reported once."""

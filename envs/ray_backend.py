@@ -155,10 +155,10 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
     refusal = node_refusal(limits, expected)  # checked here: nodes differ
     if refusal is not None:
         return {"node": where, "refused": refusal}
-    scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
     # The policy folder's copy and the simulator model are this node's: its site packages may lie elsewhere.
     staged = StagedPolicy(bundle, TaskSpec.model_validate_json(job["task"]).simulator_model(job["protocol"])) \
         if bundle is not None else None
+    scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
     if staged is not None:
         job = {**job, "policy_path": staged.policy_path(), "simulator_model": staged.simulator_model}
     confinement = Confinement(readable=staged.readable() if staged is not None else [],
@@ -199,14 +199,16 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
     if "error" in outcome:
         raise outcome["error"]
     results = outcome["results"]
-    return {"node": where, "episodes": [results[s].model_dump(mode="json", by_alias=True) for s in seeds]}
+    return {"node": where, "episodes": [results[s].model_dump(mode="json", by_alias=True) for s in seeds],
+            "setup_runs": plan.setup_runs}
 
 
 def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int, pairs: int | None,
                deadline: float, hidden: list[str], address: str | None,
                progress: Callable[[EpisodeResult], None] | None = None, bundle: PolicyBundle | None = None,
-               ) -> tuple[dict[int, EpisodeResult], dict[str, int]]:
-    """Every seed's result, and how many episodes each node ran; ``deadline`` is this process's perf_counter."""
+               ) -> tuple[dict[int, EpisodeResult], dict[str, int], int]:
+    """Every seed's result, how many episodes each node ran, and the policy's set-ups the shards' worker pairs
+    completed; ``deadline`` is this process's perf_counter."""
     import ray
 
     connect(address)
@@ -220,6 +222,7 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int
     flying: dict[Any, list[int]] = {}
     results: dict[int, EpisodeResult] = {}
     nodes: dict[str, int] = {}
+    tally = {"setup_runs": 0}
     expected = expectations(limits)
     deadline_epoch = time.time() + (deadline - time.perf_counter())
     limits_json = limits.model_dump_json()
@@ -257,15 +260,15 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int
                 break
             for ref in ready:
                 shard = flying.pop(ref)
-                for result in _shard_results(ref, shard, nodes):
+                for result in _shard_results(ref, shard, nodes, tally):
                     finish(result)
     except BaseException:
         _cancel(flying)
         raise
-    return results, nodes
+    return results, nodes, tally["setup_runs"]
 
 
-def _shard_results(ref, shard: list[int], nodes: dict[str, int]) -> list[EpisodeResult]:
+def _shard_results(ref, shard: list[int], nodes: dict[str, int], tally: dict[str, int]) -> list[EpisodeResult]:
     import ray
 
     try:
@@ -284,6 +287,8 @@ def _shard_results(ref, shard: list[int], nodes: dict[str, int]) -> list[Episode
         raise RayBackendError(f"node {out['node']} answered for seeds {[e.seed for e in episodes]}, not the shard's "
                               f"{shard}")
     nodes[out["node"]] = nodes.get(out["node"], 0) + len(episodes)
+    runs = out.get("setup_runs", 0)
+    tally["setup_runs"] += runs if isinstance(runs, int) and 0 <= runs <= len(shard) + LOST_NODE_RETRIES + 64 else 0
     return episodes
 
 

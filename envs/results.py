@@ -100,11 +100,7 @@ class EvalResult(_Record):
     nodes: dict[str, int] = {}  # the ray backend: episodes each node (host:node id) ran
     policy_files: dict[str, str] = {}  # a policy folder's data files (sha256 by relative path), all in its identity
     limits: dict[str, float] = {}  # each episode's time limits and the evaluation's, as sized from the task
-
-    @property
-    def setup_runs(self) -> int:
-        """Times the policy's ``setup()`` ran: once per policy process (a worker pair), as reported."""
-        return sum(e.setup_s is not None for e in self.episodes)
+    setup_runs: int = 0  # times the policy's setup() completed: once per worker pair (and per pair started again)
 
     def summary(self) -> dict[str, Any]:
         """The compact form for ``--json`` and the ledger: no traces."""

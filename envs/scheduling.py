@@ -70,6 +70,7 @@ class Schedule:
     start_worker: Callable[[int], WorkerProcess]  # cpu -> a new worker
     progress: Callable[[EpisodeResult], None] | None = None
     results: dict[int, EpisodeResult] = field(default_factory=dict)
+    setup_runs: int = 0  # the policy's set-ups the workers completed, killed workers' included
 
 
 def _alone(flights: dict[int, Flight]) -> bool:
@@ -286,8 +287,10 @@ class Scheduler:
         return f"evaluation wall-clock limit of {self.plan.eval_timeout_s:g} s reached"
 
     def _retire(self, worker: WorkerProcess) -> None:
+        runs = worker.setup_runs()  # read before close: the count lives in the pair's step file
         with self.lock:
             self.live.discard(worker)
+            self.plan.setup_runs += runs
         worker.close()
 
     def interrupt(self) -> None:

@@ -179,8 +179,7 @@ class TaskSpec(_Strict):
             return chosen.max_episode_steps
         import gymnasium as gym
 
-        if self.register_module:
-            gym.register_envs(importlib.import_module(self.register_module))
+        self._register()
         try:
             registered = gym.spec(self.gym_id)
         except gym.error.Error:
@@ -192,6 +191,19 @@ class TaskSpec(_Strict):
         if isinstance(frames, int) and frames > 0 and isinstance(skip, int) and skip > 0:
             return -(-frames // skip)
         return None
+
+    def _register(self) -> None:
+        """Import the module that registers this task's env id with Gymnasium, or say in one line what is missing."""
+        if not self.register_module:
+            return
+        import gymnasium as gym
+
+        try:
+            module = importlib.import_module(self.register_module)
+        except ImportError as exc:
+            raise TaskError(f"task {self.id} needs the module {self.register_module}, which cannot be imported "
+                            f"({exc}); install the package that provides it") from None
+        gym.register_envs(module)
 
     def simulator_model(self, protocol: str | None = None) -> Path | None:
         """The file this task's simulator is built from (a Gymnasium MuJoCo env's XML), for a policy that plans with
@@ -210,8 +222,7 @@ class TaskSpec(_Strict):
         import gymnasium as gym
         from gymnasium.envs.registration import load_env_creator
 
-        if self.register_module:
-            gym.register_envs(importlib.import_module(self.register_module))
+        self._register()
         try:
             registered = gym.spec(self.gym_id)
             creator = load_env_creator(registered.entry_point) if isinstance(registered.entry_point, str) \

@@ -33,6 +33,9 @@ from typing import IO, Any
 
 import numpy as np
 
+MAX_SLOTS = 64  # episodes one worker runs at once, at most: the step file has a count for each
+SETUP_RUNS = MAX_SLOTS  # the step file's last count: the policy's set-ups the env process saw complete (setup())
+
 MAX_REPLY_BYTES = 1 << 16  # one episode's action, or one step's diagnostics; a longer line is a broken protocol
 MAX_DIAG_CHARS = 2048  # what the env process keeps of one step's diagnostics, whatever the policy sends
 MAX_MODES = 64  # distinct diagnostic modes counted per episode; the rest are counted together

@@ -22,9 +22,8 @@ from envs.cgroups import SandboxCgroups
 from envs.isolation import Confinement, isolation_prefix
 from envs.limits import Limits
 from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
-from envs.wire import observation_pipe, shared_memory_pair
+from envs.wire import MAX_SLOTS, SETUP_RUNS, observation_pipe, shared_memory_pair
 
-MAX_SLOTS = 64  # episodes one worker runs at once, at most: the step file has a count for each
 NOT_STARTED = -1  # a slot's count between heurist sending its episode and the env process taking it
 
 
@@ -86,7 +85,7 @@ class WorkerProcess:
         self.log = self.dirs.log("policy.log")  # what the policy printed, for the reasons of its death
         self.env_log = self.dirs.log("env.log")
         self.step_file = self.dirs.log("steps")  # the env process's step count of each slot's episode
-        os.ftruncate(self.step_file.fd, 8 * MAX_SLOTS)
+        os.ftruncate(self.step_file.fd, 8 * (MAX_SLOTS + 1))
         self.cgroups = SandboxCgroups.create(limits)
         self.prefix = [*self.cgroups.prefix(), *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
         pinned = ["--cpu", str(cpu)] if cpu is not None else []
@@ -186,6 +185,11 @@ class WorkerProcess:
         """Env steps of the episode in ``slot`` (in progress, or the last one there), as the env process
         counted them; readable after a kill."""
         return max(0, self._count(slot))
+
+    def setup_runs(self) -> int:
+        """How many times the policy's ``setup()`` completed in this pair, as the env process counted; readable
+        after a kill."""
+        return max(0, self._count(SETUP_RUNS))
 
     def _count(self, slot: int) -> int:
         if self.step_file is None:

@@ -282,3 +282,185 @@ def test_the_cli_refuses_a_negative_step_allowance(tmp_path):
     done = heurist("eval", str(tmp_path / "p.py"), "--env", "CartPole-v1", "--step-seconds", "-1",
                    env_extra={"HEURIST_HOME": str(tmp_path / "home")})
     assert done.returncode == 2 and "--step-seconds" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_simulator_model_is_a_copy_of_the_file_alone_never_the_folder_beside_it(tmp_path):
+    """A custom task's XML may sit in a project or home folder beside secrets: only the model file is handed over."""
+    import shutil
+
+    from envs.tasks import FailureRules, TaskSpec
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(get_task("HalfCheetah-v5").simulator_model(), project / "cheetah.xml")
+    (project / ".env").write_text("AWS_SECRET_ACCESS_KEY=hunter2")
+    spec = TaskSpec(id="MyCheetah-v0", gym_id="HalfCheetah-v5", family="custom", description="a cheetah of my own",
+                    make_kwargs={"xml_file": str(project / "cheetah.xml")},
+                    failure_rules=FailureRules(termination="neutral"))
+    assert spec.simulator_model() == (project / "cheetah.xml").resolve()
+    policy = tmp_path / "peek.py"
+    policy.write_text(textwrap.dedent('''
+        import os
+
+        import numpy as np
+
+
+        class Policy:
+            def __init__(self, simulator_model):
+                seen = sorted(os.listdir(os.path.dirname(simulator_model)))
+                if seen != ["cheetah.xml"] or os.access(simulator_model, os.W_OK):
+                    raise RuntimeError(f"beside the model: {seen}")
+                with open(simulator_model) as handle:
+                    self.size = len(handle.read())
+
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return np.zeros(6, dtype=np.float32)
+    '''))
+    from common.ledger import Ledger
+
+    result = evaluate(spec, EvalRequest(policy_path=policy, task_id=spec.id, seeds=[0], split="custom", max_steps=5,
+                                        workers=1, limits=Limits(episode_timeout_s=60, episode_cpu_s=60)),
+                      Ledger(tmp_path / "ledger.jsonl"))
+    assert result.status == "complete", result.episodes[0].error
+    assert "hunter2" not in (tmp_path / "ledger.jsonl").read_text()
+
+
+def test_set_up_time_is_the_pairs_start_up_not_an_episodes_budget(tmp_path):
+    """A set-up that takes most of an episode's CPU budget, then episodes that take most of it too: every episode
+    completes, whichever runs first on its worker (before, the first one on each worker ran out of CPU)."""
+    policy = tmp_path / "slow_setup.py"
+    policy.write_text(textwrap.dedent('''
+        import time
+
+
+        def burn(seconds):
+            end = time.process_time() + seconds
+            while time.process_time() < end:
+                pass
+
+
+        def setup():
+            burn(1.8)
+            return 0.5
+
+
+        class Policy:
+            def __init__(self, setup):
+                self.gain = setup
+
+            def reset(self, seed):
+                burn(1.5)
+
+            def act(self, obs, info):
+                return int(obs[2] + self.gain * obs[3] > 0)
+    '''))
+    limits = Limits(episode_timeout_s=2, episode_cpu_s=2, memory_mb=2048)
+    result = _quick(policy, "CartPole-v1", tmp_path, episodes=2, workers=1, lockstep=1, limits=limits, step_s=0.0)
+    assert [e.status for e in result.episodes] == ["ok", "ok"], [e.error for e in result.episodes]
+    assert result.setup_runs == 1 and result.episodes[0].setup_s >= 1.8
+
+
+def test_set_up_failures_say_why_and_what_to_return(tmp_path):
+    policy = tmp_path / "unpicklable.py"
+    policy.write_text(textwrap.dedent('''
+        def setup():
+            return (n for n in range(3))
+
+
+        class Policy:
+            def __init__(self, setup):
+                pass
+
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return 0
+    '''))
+    result = _quick(policy, "CartPole-v1", tmp_path, episodes=2, workers=1)
+    assert result.setup_runs == 1  # it ran once; its failure is every episode's, not run again
+    assert all("setup() failed" in e.error and "must return plain data, numpy arrays" in e.error
+               for e in result.episodes)
+
+
+def test_set_up_draws_are_the_same_in_every_worker_scipy_included(tmp_path):
+    policy = tmp_path / "draws.py"
+    policy.write_text(textwrap.dedent('''
+        import numpy as np
+        import scipy.stats
+
+
+        def setup():
+            return [float(np.random.rand()), float(scipy.stats.norm.rvs())]
+
+
+        class Policy:
+            def __init__(self, setup):
+                self.draws = setup
+
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return int(obs[2] + 0.5 * obs[3] + 0.01 * (self.draws[0] + self.draws[1]) > 0)
+    '''))
+    first = _quick(policy, "CartPole-v1", tmp_path, episodes=4, workers=2, lockstep=1)
+    again = _quick(policy, "CartPole-v1", tmp_path, episodes=4, workers=1)
+    assert first.status == again.status == "complete"
+    assert [e.trace.actions for e in first.episodes] == [e.trace.actions for e in again.episodes]
+
+
+def test_a_ledger_or_clips_inside_the_policy_folder_are_never_the_policys(tmp_path):
+    from common.ledger import Ledger
+
+    folder = tmp_path / "tabular"
+    folder.mkdir()
+    (folder / "policy.py").write_text("class Policy:\n    def reset(self, seed):\n        pass\n"
+                                      "    def act(self, obs, info):\n        return int(obs[2] > 0)\n")
+    ledger = Ledger(folder / "ledger.jsonl")
+    runs = [evaluate(get_task("CartPole-v1"), EvalRequest(policy_path=folder, task_id="CartPole-v1", episodes=1,
+                                                          out_dir=folder / "clips"), ledger) for _ in range(2)]
+    assert runs[0].policy_sha256 == runs[1].policy_sha256 and runs[1].policy_files == {}
+
+
+def test_a_committed_policy_folder_in_a_subfolder_is_recorded_as_committed(tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    folder = repo / "policies" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "policy.py").write_text("import json\nfrom pathlib import Path\n\n\nclass Policy:\n"
+                                      "    def reset(self, seed):\n        pass\n"
+                                      "    def act(self, obs, info):\n        return int(obs[2] > 0)\n")
+    (folder / "data.json").write_text("{}")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "policy"], check=True)
+    from envs.evaluator import _git_provenance
+
+    assert _git_provenance(read_policy(folder))["uncommitted_changes"] is False
+    (folder / "data.json").write_text('{"changed": true}')
+    assert _git_provenance(read_policy(folder))["uncommitted_changes"] is True
+    (folder / "data.json").write_text("{}")
+    (folder / "extra.json").write_text("{}")
+    assert _git_provenance(read_policy(folder))["uncommitted_changes"] is True
+
+
+def test_odd_folders_are_one_line_naming_the_problem(tmp_path):
+    folder = _folder(tmp_path / "p", gain=1.0)
+    odd = os.fsencode(str(folder)) + b"/data\xff.bin"
+    with open(odd, "wb") as handle:
+        handle.write(b"x")
+    with pytest.raises(PolicyError, match="not UTF-8; rename it"):
+        read_policy(folder)
+    os.unlink(odd)
+    deep = folder
+    for _ in range(40):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    with pytest.raises(PolicyError, match="nests folders more than 32 deep"):
+        read_policy(folder)
