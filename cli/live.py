@@ -86,6 +86,9 @@ class _RunTally:
             self.warnings = [*self.warnings[-2:], f["message"]]
         elif kind == "chosen":
             self.activity = f["message"]
+        elif kind == "simplified":
+            self.activity = f"simplify after iteration {f['iteration']}: {'kept' if f['accepted'] else 'not kept'}: " \
+                            f"{f['message']}"
         elif kind == "agent_turn":
             self.call = None
             self.activity = f"turn {f['turn']}: " + (", ".join(f["tools"]) or "no tool called")
@@ -192,6 +195,8 @@ class LogLines:
             self._line(f"warning: {fields['message']}")
         elif kind == "chosen":
             self._line(fields["message"])
+        elif kind == "simplified":
+            self._line(t.activity)
         elif kind == "tool":  # the coder agent's tool calls, one line each: an overnight log shows the loop
             self._line(f"  coder tool {fields['tool_calls']}/{fields['max_tool_calls']} {fields['name']}"
                        f"({fields['arguments'][:80]}) {fields['seconds']:.1f} s, {fields['env_steps']:,} env steps: "

@@ -166,6 +166,26 @@ class IterationDone(_Event):
     check_error: str | None = None
 
 
+class SimplifyDone(_Event):
+    """A simplify stage after an iteration (``graph.simplify``): what it proposed, and whether it was kept."""
+
+    event: Literal["simplify"] = "simplify"
+    run_id: str
+    iteration: int  # the iteration it followed
+    accepted: bool
+    reason: str
+    applied: list[str] = Field(default_factory=list)  # what was simplified, one line each
+    complexity_before: dict[str, int]  # lines, branches, ast_nodes (envs.complexity)
+    complexity_after: dict[str, int] | None = None
+    mean_before: float | None = None
+    mean_after: float | None = None
+    policy_sha256_before: str
+    policy_sha256_after: str | None = None
+    commit: str | None = None
+    verdict: Json | None = None
+    diff: str = ""
+
+
 class RunPaused(_Event):
     event: Literal["run_paused"] = "run_paused"
     run_id: str
@@ -183,7 +203,7 @@ class RunFinished(_Event):
 
 
 LedgerEvent = Annotated[Union[EvalStarted, EvalFinished, EvalInterrupted, RunStarted, RunResumed, TestsRun,
-                              IterationDone, RunPaused, RunFinished], Field(discriminator="event")]
+                              IterationDone, SimplifyDone, RunPaused, RunFinished], Field(discriminator="event")]
 _EVENT = TypeAdapter(LedgerEvent)
 
 

@@ -9,14 +9,25 @@ from store.config import RunConfig
 
 def stop_reason(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:
     """Why the run must stop now, or None. Each budget is a hard stop, checked at every iteration's end."""
-    budget, spent = config.budget, state.get("spent") or {}
-    iteration = state.get("iteration", 0)
+    return goal_reached(state, config, spec) or budget_spent(state, config)
+
+
+def goal_reached(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:
+    """The run has nothing left to gain (``budget.stop_when``): the maximum return, or the target if asked."""
+    budget = config.budget
     mean = (state.get("incumbent") or {}).get("mean")
     if budget.stop_when != "never" and mean is not None:
         if spec.max_return is not None and mean >= spec.max_return:
             return f"maximum return reached: dev mean {mean:g} = {spec.max_return:g}, nothing left to gain"
         if budget.stop_when == "target" and spec.target is not None and mean >= spec.target:
             return f"target reached: dev mean {mean:g} >= {spec.target:g}"
+    return None
+
+
+def budget_spent(state: RunState, config: RunConfig) -> str | None:
+    """A budget is spent: nothing more may be spent, a simplification included."""
+    budget, spent = config.budget, state.get("spent") or {}
+    iteration = state.get("iteration", 0)
     if budget.iterations is not None and iteration >= budget.iterations:
         return f"iteration budget spent ({iteration} of {budget.iterations})"
     if budget.hours is not None and spent.get("elapsed_s", 0) >= budget.hours * 3600:

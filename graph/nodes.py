@@ -28,6 +28,7 @@ from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, w
 from graph.budget import stop_reason
 from graph.candidates import checked, focus_of, ranked_candidates
 from graph.context import Services, per_seed, scored, seeds_of
+from graph.simplify import run_simplify
 from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
 from graph.workbench import RunWorkbench
@@ -393,6 +394,12 @@ class Nodes:
         s.event("verdict", **entry, spent=spent)
         return {"history": [*state.get("history", []), entry], "spent": spent,
                 "llm_failures": state.get("llm_failures", 0) + 1 if llm_failed else 0}
+
+    # ------------------------------------------------------------------ 11. simplify (every simplify.every accepted)
+
+    def simplify(self, state: RunState) -> RunState:
+        """A shorter, clearer incumbent with the same behaviour, kept only if it loses nothing (``graph.simplify``)."""
+        return run_simplify(self.s, state)
 
     @staticmethod
     def _lessons_behind(state: RunState) -> list[str]:

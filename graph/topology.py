@@ -3,7 +3,9 @@
 One iteration: evaluate -> analyse (each analyse role in parallel) -> recall -> code ->
 check (back to code with the error, a bounded number of times) -> write_tests -> verify ->
 review -> commit or roll_back -> remember -> evaluate again, or finish (freeze, holdout,
-summary), or pause (too many model failures in a row; `heurist resume` continues).
+summary), or pause (too many model failures in a row; `heurist resume` continues). After every
+``simplify.every`` accepted edits, ``simplify`` comes between remember and the next evaluate: a
+shorter policy with the same behaviour, kept only through the non-inferiority gate (``graph.simplify``).
 With ``code.parallel`` > 1 and a model, recall sends one ``code_branch`` per candidate, side by
 side; ``choose`` checks and scores them all, and the best goes to write_tests; a candidate the
 gate rejects hands over to the next best (``next_candidate``) before the iteration rolls back.
@@ -22,9 +24,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from graph.budget import stop_reason
+from graph.budget import budget_spent, goal_reached, stop_reason
 from graph.context import Services
 from graph.nodes import Nodes
+from graph.simplify import simplify_due
 from graph.state import RunState
 
 
@@ -63,10 +66,23 @@ def after_review(state: RunState) -> Literal["commit", "next_candidate", "roll_b
     return "next_candidate" if state.get("queue") else "roll_back"
 
 
-def after_remember(state: RunState, runtime: Runtime[Services]) -> Literal["evaluate", "finish", "pause"]:
+def after_remember(state: RunState,
+                   runtime: Runtime[Services]) -> Literal["evaluate", "simplify", "finish", "pause"]:
+    """Pause on a failing model; the end once a budget is spent (a simplification would spend more); else simplify
+    when due (``simplify.every`` accepted edits; also when the goal was just reached, so the final policy is the
+    simpler one); else the next iteration, or the end at the goal."""
     s = runtime.context
     if state.get("llm_failures", 0) >= s.config.llm.max_consecutive_failures:
         return "pause"
+    if budget_spent(state, s.config):
+        return "finish"
+    if simplify_due(state, s.config.simplify.every):
+        return "simplify"
+    return "finish" if goal_reached(state, s.config, s.spec) else "evaluate"
+
+
+def after_simplify(state: RunState, runtime: Runtime[Services]) -> Literal["evaluate", "finish"]:
+    s = runtime.context
     return "finish" if stop_reason(state, s.config, s.spec) else "evaluate"
 
 
@@ -82,7 +98,7 @@ def announced(name: str, node: Callable[[RunState], dict[str, Any]],
 
 
 STEPS = ("recall", "code", "check", "code_branch", "choose", "next_candidate", "write_tests", "verify", "review",
-         "commit", "roll_back", "remember", "pause", "finish")
+         "commit", "roll_back", "remember", "simplify", "pause", "finish")
 
 
 def build(nodes: Nodes, checkpointer: Any = None):
@@ -113,6 +129,7 @@ def build(nodes: Nodes, checkpointer: Any = None):
     graph.add_edge("commit", "remember")
     graph.add_edge("roll_back", "remember")
     graph.add_conditional_edges("remember", after_remember)
+    graph.add_conditional_edges("simplify", after_simplify)
     graph.add_edge("pause", END)
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer)

@@ -14,7 +14,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.events import EvalFinished, IterationDone, LedgerEvent, RunFinished, RunStarted, TestsRun, read_events
+from common.events import (
+    EvalFinished,
+    IterationDone,
+    LedgerEvent,
+    RunFinished,
+    RunStarted,
+    SimplifyDone,
+    TestsRun,
+    read_events,
+)
 from common.formatting import cost_text
 from common.ledger import Ledger
 from envs.complexity import complexity
@@ -227,20 +236,29 @@ def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
                             iteration=iteration if iteration is not None else getattr(record, "iteration", None))
 
 
-def _complexity(run_dir: Path, workspace: Workspace, iterations: list[IterationView]) -> list[ComplexityPoint]:
-    """The kept policy's complexity after each iteration: the starting policy's, then each accepted commit's."""
+def _complexity(run_dir: Path, workspace: Workspace, iterations: list[IterationView],
+                simplified: dict[int, str]) -> list[ComplexityPoint]:
+    """The kept policy's complexity after each iteration: the starting policy's, then each accepted commit's, and
+    after an iteration whose simplify stage kept a simplification (``simplified``: iteration -> commit), that one's
+    too, at the same iteration (the plot drops there)."""
     start = run_dir / "starting_policy.py"
     if not start.is_file():
         return []
     source, points = start.read_text(), []
+    has_git = (workspace.root / ".git").is_dir()
     for iteration, view in [(0, None), *((v.iteration, v) for v in iterations)]:
-        if view is not None and view.accepted and view.commit and (workspace.root / ".git").is_dir():
+        if view is not None and view.accepted and view.commit and has_git:
             source = workspace.source_at(view.commit)
-        try:
-            measured = complexity(source)
-        except SyntaxError:  # only checked policies are committed; a starting file is the user's
-            continue
-        points.append(ComplexityPoint(iteration=iteration, **measured.model_dump()))
+        versions = [(source, False)]
+        if iteration in simplified and has_git:
+            source = workspace.source_at(simplified[iteration])
+            versions.append((source, True))
+        for text, after_simplify in versions:
+            try:
+                measured = complexity(text)
+            except SyntaxError:  # only checked policies are committed; a starting file is the user's
+                continue
+            points.append(ComplexityPoint(iteration=iteration, simplified=after_simplify, **measured.model_dump()))
     return points
 
 
@@ -336,7 +354,9 @@ def gather(run_dir: Path) -> ReportData:
         policy_label, policy_source = "the starting policy (the run has not begun)", (
             run_dir / "starting_policy.py").read_text()
     history = [Commit(**c) for c in workspace.history()] if (workspace.root / ".git").is_dir() else []
-    complexity_points = _complexity(run_dir, workspace, iterations)
+    simplified = {r.iteration: r.commit for r in records
+                  if isinstance(r, SimplifyDone) and r.accepted and r.commit}
+    complexity_points = _complexity(run_dir, workspace, iterations, simplified)
 
     last = by_number[max(by_number)] if by_number else None
     spent = (finished.spent if finished else None) or (last.spent if last else None) or {}

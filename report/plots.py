@@ -92,7 +92,8 @@ def score_plot(data: ReportData, axis: Axis = "env_steps") -> str:
 
 
 def complexity_plot(data: ReportData) -> str | None:
-    """The kept policy's lines of code, branches and AST nodes after each iteration, one panel each."""
+    """The kept policy's lines of code, branches and AST nodes after each iteration, one panel each; a triangle marks
+    a simplification kept after an iteration."""
     if not data.complexity:
         return None
     figure = Figure(figsize=(9, 2.6))
@@ -102,6 +103,11 @@ def complexity_plot(data: ReportData) -> str | None:
         ax = figure.add_subplot(1, 3, i + 1)
         ax.plot(iterations, [getattr(p, field) for p in data.complexity], marker="o", drawstyle="steps-post",
                 color=COLOURS[i])
+        kept = [p for p in data.complexity if p.simplified]
+        if kept:  # where a simplify stage kept a shorter policy
+            ax.plot([p.iteration for p in kept], [getattr(p, field) for p in kept], linestyle="none", marker="v",
+                    markersize=8, color="black", label="simplified")
+            ax.legend(fontsize=7, loc="lower left")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylim(bottom=0)

@@ -111,6 +111,7 @@ class ComplexityPoint(_View):
     lines: int
     branches: int
     ast_nodes: int
+    simplified: bool = False  # the policy a simplify stage kept after this iteration (graph.simplify)
 
 
 class LessonUse(_View):

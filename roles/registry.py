@@ -17,13 +17,14 @@ from roles.base import Role
 from roles.coder import Coder
 from roles.log_parser import LogParser
 from roles.reviewer import Reviewer
+from roles.simplifier import Simplifier
 from roles.stages import FACTS, STAGE_IO, STAGES, Fact, Stage
 from roles.test_writer import TestWriter
 from roles.video_analyst import VideoAnalyst
 from store.config import StageRoles
 
 GROUP = "heurist.roles"
-BUILT_IN: tuple[type[Role], ...] = (VideoAnalyst, LogParser, Coder, TestWriter, Reviewer)
+BUILT_IN: tuple[type[Role], ...] = (VideoAnalyst, LogParser, Coder, TestWriter, Reviewer, Simplifier)
 
 
 class RoleError(HeuristError):
@@ -118,7 +119,8 @@ def stage_roles(stages: StageRoles, require_facts: bool = True) -> dict[Stage, l
     roles: dict[Stage, list[Role]] = {
         "analyse": [resolve(name, "analyse") for name in stages.analyse],
         "code": [resolve(stages.code, "code")], "test": [resolve(stages.test, "test")],
-        "review": [resolve(name, "review") for name in stages.review]}
+        "review": [resolve(name, "review") for name in stages.review],
+        "simplify": [resolve(stages.simplify, "simplify")]}
     check_stages(roles, require_facts)
     return roles
 
@@ -133,7 +135,7 @@ def check_stages(roles: dict[Stage, list[Role]], require_facts: bool = True) -> 
     something that reads a fact no analyse role produces."""
     if not roles["review"]:
         raise RoleError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
-    names = [role.name for stage in STAGES for role in roles[stage]]
+    names = [role.name for stage in STAGES for role in roles.get(stage, [])]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise RoleError(f"role {', '.join(twice)} is placed twice in [stages]; each role runs once an iteration")
@@ -145,7 +147,7 @@ def check_stages(roles: dict[Stage, list[Role]], require_facts: bool = True) -> 
 def unmet_facts(roles: dict[Stage, list[Role]]) -> list[str]:
     """One line for each fact that something reads and no analyse role produces, naming who produces it."""
     produced = {fact for role in roles["analyse"] for fact in role.produces}
-    readers = {f"{role.name} (the {stage} stage)": role.reads for stage in STAGES for role in roles[stage]}
+    readers = {f"{role.name} (the {stage} stage)": role.reads for stage in STAGES for role in roles.get(stage, [])}
     unmet = []
     for reader, reads in {**readers, **LOOP_READS}.items():
         for fact in sorted(reads - produced):

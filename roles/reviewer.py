@@ -4,7 +4,8 @@ The gate compares the candidate with the incumbent on the identical dev seeds: e
 regression test must pass, no seed that completed before may fail now, and the paired
 per-seed gain must be positive and either significant by a one-sided Wilcoxon signed-rank
 test (scipy) or free of losses (better on some seeds, worse on none). Offline, the gate is
-the whole review.
+the whole review. A simplification (``graph.nodes.Nodes.simplify``) is judged by the non-inferiority
+gate instead: it must lose nothing, not gain something.
 """
 
 from __future__ import annotations
@@ -73,6 +74,58 @@ def statistical_gate(data: ReviewInput, alpha: float, min_improvement: float, pa
         verdict.accept = True
         reasons.append(f"mean {verdict.mean_before:.2f} -> {verdict.mean_after:.2f} ({gain:+.2f}) on "
                        f"{len(paired)} paired dev seeds, one-sided Wilcoxon p={verdict.p_value:.3g}; tests pass")
+    return verdict
+
+
+def non_inferiority_gate(data: ReviewInput, seed_tolerance: float = 0.0, mean_tolerance: float = 0.0,
+                         alpha: float = 0.05) -> Verdict:
+    """Whether a simplification loses nothing on the identical dev seeds: every regression test passes, no episode
+    that completed before fails now, no seed's return falls by more than ``seed_tolerance``, and the mean does not
+    fall by more than ``mean_tolerance``: identical returns, or no seed worse at all, pass outright; otherwise a
+    one-sided Wilcoxon signed-rank test of the paired changes shifted by the margin must reject "worse by the
+    margin or more" at ``alpha`` (a paired non-inferiority test)."""
+    seeds = sorted(set(data.incumbent) & set(data.candidate))
+    new_failures = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is None]
+    still_failing = [s for s in seeds if data.incumbent[s] is None and data.candidate[s] is None]
+    paired = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is not None]
+    deltas = [data.candidate[s] - data.incumbent[s] for s in paired]
+    verdict = Verdict(accept=False, reasons=[], mean_before=_mean([data.incumbent[s] for s in paired]),
+                      mean_after=_mean([data.candidate[s] for s in paired]), mean_delta=_mean(deltas),
+                      paired_seeds=len(paired), new_failures=new_failures)
+    reasons = verdict.reasons
+    if not data.tests_passed:
+        reasons.append(f"regression tests failed: {data.tests_report.strip()[:300] or 'see the test transcript'}")
+    if new_failures:
+        reasons.append(f"episodes that completed before now fail on seeds {new_failures}")
+    worse = [(s, d) for s, d in zip(paired, deltas) if d < -seed_tolerance]
+    if worse:
+        listed = ", ".join(f"{s} ({d:+.3g})" for s, d in worse[:5])
+        reasons.append(f"worse beyond the tolerance of {seed_tolerance:g} on seeds {listed}")
+    if reasons:
+        return verdict
+    if not paired and not still_failing:
+        reasons.append("no dev seed completed under both policies, so nothing can be compared")
+        return verdict
+    if all(d >= 0 for d in deltas):
+        verdict.accept = True
+        same = all(d == 0 for d in deltas)
+        reasons.append((f"identical returns on all {len(paired)} paired dev seeds" if same else
+                        f"worse on no seed (mean {verdict.mean_delta or 0.0:+.3g})") + "; no new failures; tests pass")
+        return verdict
+    shifted = [d + mean_tolerance for d in deltas]
+    if mean_tolerance <= 0 or all(d == 0 for d in shifted):
+        reasons.append(f"mean change {verdict.mean_delta:+.3g} with no tolerance for a loss (simplify.mean_tolerance)")
+        return verdict
+    verdict.p_value = float(stats.wilcoxon(shifted, alternative="greater", zero_method="zsplit").pvalue)
+    if math.isnan(verdict.p_value):
+        verdict.p_value = 1.0
+    if verdict.p_value >= alpha:
+        reasons.append(f"mean change {verdict.mean_delta:+.3g}: not shown to be within {mean_tolerance:g} of the "
+                       f"incumbent (one-sided Wilcoxon p={verdict.p_value:.3g}, needs < {alpha:g})")
+        return verdict
+    verdict.accept = True
+    reasons.append(f"mean change {verdict.mean_delta:+.3g}, within {mean_tolerance:g} (one-sided Wilcoxon "
+                   f"p={verdict.p_value:.3g}); no seed worse beyond {seed_tolerance:g}; no new failures; tests pass")
     return verdict
 
 

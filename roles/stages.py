@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from envs.results import EvalResult
 from roles.edits import Edit
 
-Stage = Literal["analyse", "code", "test", "review"]
-STAGES: tuple[Stage, ...] = ("analyse", "code", "test", "review")
+Stage = Literal["analyse", "code", "test", "review", "simplify"]
+STAGES: tuple[Stage, ...] = ("analyse", "code", "test", "review", "simplify")
 # A fact is a field of AnalyseOutput that some analyse role fills in (None where no role did).
 Fact = Literal["failures", "seeds_by_kind", "sightings"]
 FACTS: tuple[Fact, ...] = ("failures", "seeds_by_kind", "sightings")
@@ -189,6 +189,25 @@ class Verdict(RoleModel):
     llm_review: LLMReview | None = None
 
 
+# ---------------------------------------------------------------------------------------------- simplify
+
+class SimplifyInput(RoleModel):
+    task: str
+    task_description: str = ""
+    policy_source: str = Field(..., description="The incumbent policy, to make shorter and clearer.")
+    complexity: dict[str, int] = Field(default_factory=dict, description="Its lines, branches and AST nodes.")
+    incumbent: dict[int, float | None] = Field(default_factory=dict, description="Dev seed -> return (None: failed); "
+                                                                                 "the simplification must keep them.")
+    tests: list[str] = Field(default_factory=list, description="The accepted regression test files it must pass.")
+
+
+class SimplifyOutput(RoleModel):
+    edit: Edit | None = Field(None, description="A shorter, clearer policy with the same behaviour; None: none found.")
+    reason: str = ""
+    applied: list[str] = Field(default_factory=list, description="What was simplified, one line each.")
+
+
 STAGE_IO: dict[Stage, tuple[type[BaseModel], type[BaseModel]]] = {
     "analyse": (AnalyseInput, AnalyseOutput), "code": (CoderInput, CoderOutput),
-    "test": (TestWriterInput, TestFile), "review": (ReviewInput, Verdict)}
+    "test": (TestWriterInput, TestFile), "review": (ReviewInput, Verdict),
+    "simplify": (SimplifyInput, SimplifyOutput)}

@@ -240,6 +240,19 @@ class StageRoles(_Strict):
     code: str = "coder"
     test: str = "test_writer"
     review: list[str] = Field(default_factory=lambda: ["reviewer"])
+    simplify: str = "simplifier"
+
+
+class SimplifyConfig(_Strict):
+    """The simplify stage: a shorter, clearer policy with the same behaviour, kept only if it loses nothing."""
+
+    every: int = Field(5, ge=0, description="Run it after every N accepted edits (1: after each new best, since only "
+                                            "a better policy is ever accepted; 0: never).")
+    seed_tolerance: float = Field(0.0, ge=0, description="The most any dev seed's return may fall, in the task's "
+                                                         "return units (0: no seed may be worse).")
+    mean_tolerance: float = Field(0.0, ge=0, description="The most the dev mean may fall, shown by a paired "
+                                                         "one-sided Wilcoxon test at alpha (0: no loss at all).")
+    alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class RunConfig(_Strict):
@@ -252,6 +265,7 @@ class RunConfig(_Strict):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    simplify: SimplifyConfig = Field(default_factory=SimplifyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     code: CodeConfig = Field(default_factory=CodeConfig)
     stages: StageRoles = Field(default_factory=StageRoles)

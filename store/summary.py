@@ -32,6 +32,7 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
         "best_sha256": state["incumbent"]["sha256"],  # of the bytes scored, committed and copied to best_policy.py
         "spent": state.get("spent"), "history": history,
     }
+    summary["simplifications"] = state.get("simplifications", [])
     atomic_write(run_dir / "summary.json", json.dumps(redact_deep(summary), indent=2))
     lines = [f"# heurist run {run_id}", "",
              f"Task {spec.id}, protocol {protocol}, {'offline roles' if offline else 'model roles'}. "
@@ -47,8 +48,14 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
               f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, {int(spent.get('tokens', 0)):,} LLM tokens, "
               f"{cost_text(spent.get('usd', 0), spent.get('unpriced_tokens', 0))}, "
               f"{spent.get('elapsed_s', 0) / 60:.1f} min.",
-              f"- Best policy: {summary['best_policy']} (workspace commit {summary['best_commit'][:10]}, tag heurist-final).",
-              "", "| iteration | verdict | dev mean before | candidate | reason |", "|---|---|---|---|---|"]
+              f"- Best policy: {summary['best_policy']} (workspace commit {summary['best_commit'][:10]}, tag heurist-final)."]
+    for done in summary["simplifications"]:
+        b, a = done["before"], done.get("after")
+        change = (f"lines {b['lines']} -> {a['lines']}, branches {b['branches']} -> {a['branches']}, AST nodes "
+                  f"{b['ast_nodes']} -> {a['ast_nodes']}" if a else "nothing proposed or checked")
+        lines.append(f"- Simplify after iteration {done['iteration']}: {'kept' if done['accepted'] else 'not kept'} "
+                     f"({change}): {done['reason'][:160]}")
+    lines += ["", "| iteration | verdict | dev mean before | candidate | reason |", "|---|---|---|---|---|"]
     for h in history:
         lines.append(f"| {h['iteration']} | {'accepted' if h['accepted'] else 'rejected'} | {score_text(h['mean_before'])} | "
                      f"{score_text(h['mean_candidate'])} | {h['reason'].replace('|', '/')[:160]} |")

@@ -27,6 +27,7 @@ from envs.gitsafe import check_repository, run_git
 POLICY_FILE = "policy.py"
 TESTS_DIR = "tests"
 TRAILER = "Heurist-Iteration"
+SIMPLIFY_TRAILER = "Heurist-Simplify"  # a simplification kept after the iteration it names
 TEST_NAME = re.compile(r"tests/test_[A-Za-z0-9_]+\.py")
 
 
@@ -102,21 +103,23 @@ class Workspace:
         self.git("reset", "-q", "--hard", commit)
         self.git("clean", "-q", "-fdx")
 
-    def commit_for_iteration(self, iteration: int) -> str | None:
-        """The commit already made for this iteration, if a previous attempt got that far."""
-        found = self.git("log", "--format=%H", f"--grep=^{TRAILER}: {iteration}$")
+    def commit_for_iteration(self, iteration: int, trailer: str = TRAILER) -> str | None:
+        """The commit already made for this iteration (or, with ``SIMPLIFY_TRAILER``, for the simplification that
+        followed it), if a previous attempt got that far."""
+        found = self.git("log", "--format=%H", f"--grep=^{trailer}: {iteration}$")
         return found.splitlines()[0] if found else None
 
-    def commit(self, iteration: int, subject: str, body: str) -> str:
-        """Commit everything in the working tree as this iteration's accepted edit (once)."""
-        existing = self.commit_for_iteration(iteration)
+    def commit(self, iteration: int, subject: str, body: str, trailer: str = TRAILER) -> str:
+        """Commit everything in the working tree as this iteration's accepted edit, or the simplification after it
+        (once each: the trailer names it)."""
+        existing = self.commit_for_iteration(iteration, trailer)
         if existing:
             return existing
         self.check()
         self.git("add", "-A")
         # The message quotes review reasons, which may quote test output: no secret goes into history.
         message = redact(f"{subject}\n\n{body.strip()}")
-        self.git("commit", "-q", "--allow-empty", "-m", f"{message}\n\n{TRAILER}: {iteration}")
+        self.git("commit", "-q", "--allow-empty", "-m", f"{message}\n\n{trailer}: {iteration}")
         return self.head()
 
     def history(self) -> list[dict[str, str]]:

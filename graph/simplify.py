@@ -1,0 +1,144 @@
+"""The simplify stage: after every ``simplify.every`` accepted edits, a shorter, clearer policy with the same
+behaviour, kept only if it loses nothing.
+
+A run that only ever adds rules grows a ball of mud. Here the simplify role (``roles.simplifier``: mechanical
+rules offline, the model in a simplify mode otherwise) proposes a simplification of the incumbent, and it is kept
+only if all of these hold:
+
+- it applies, parses, keeps the contract and adds no seed special case (``graph.candidates.checked``, whose smoke
+  episode runs in the sandbox);
+- its complexity falls: none of lines, branches and AST nodes rises, and at least one falls
+  (``envs.complexity``);
+- on the same dev seeds, through the sandboxed evaluator, it passes the non-inferiority gate
+  (``roles.reviewer.non_inferiority_gate``: no new failed episode, no seed worse beyond ``seed_tolerance``, the
+  mean not lower beyond ``mean_tolerance`` by a paired test);
+- every accepted regression test passes on it.
+
+A kept simplification is committed with a ``Heurist-Simplify: N`` trailer (N: the iteration it followed) and
+becomes the incumbent; every attempt leaves one ``simplify`` ledger line. The stage may run twice after a crash:
+its commit is found by its trailer, its ledger line by its iteration, its evaluations come from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.errors import HeuristError
+from common.events import SimplifyDone
+from common.files import atomic_write
+from envs.complexity import Complexity, complexity
+from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded
+from graph.candidates import checked
+from graph.context import Services, per_seed, scored, seeds_of
+from graph.state import RunState
+from graph.testing import run_test_files
+from roles.llm_usage import LLMError
+from roles.reviewer import non_inferiority_gate
+from roles.stages import ReviewInput, SimplifyInput, SimplifyOutput
+from store.workspace import POLICY_FILE, SIMPLIFY_TRAILER
+
+
+def simplify_due(state: RunState, every: int) -> bool:
+    """Whether this iteration ends with a simplify stage: ``every`` accepted edits since the last one ran."""
+    if every <= 0 or not (state.get("outcome") or {}).get("accepted"):
+        return False
+    since = state.get("simplified_at", 0)
+    accepted = sum(1 for h in state.get("history", []) if h["accepted"] and h["iteration"] > since)
+    return accepted >= every
+
+
+def falls(before: Complexity, after: Complexity) -> bool:
+    """Simpler: no measure grows and at least one shrinks."""
+    pairs = [(before.lines, after.lines), (before.branches, after.branches), (before.ast_nodes, after.ast_nodes)]
+    return all(b >= a for b, a in pairs) and any(b > a for b, a in pairs)
+
+
+def run_simplify(s: Services, state: RunState) -> dict[str, Any]:
+    """The stage's whole work; what changed in the state (the incumbent, if a simplification was kept)."""
+    iteration, incumbent = state["iteration"], state["incumbent"]
+    done: dict[str, Any] = {"simplified_at": iteration}
+    kept = s.workspace.commit_for_iteration(iteration, SIMPLIFY_TRAILER)
+    if kept is not None:  # committed before a crash: it is the incumbent, scored from the cache
+        source = s.workspace.source_at(kept)
+        return {**done, "incumbent": scored(kept, s.evaluate_cached(s.candidate_file(source)))}
+    if recorded(s, SimplifyDone, events(s), iteration=iteration):  # decided (and not kept) before a crash
+        return done
+    s.workspace.reset_to(incumbent["commit"])
+    source = s.workspace.source_at(incumbent["commit"])
+    before = complexity(source)
+    tests = s.workspace.tests_at(incumbent["commit"])
+    role = s.role("simplify")
+    s.event("role", role=role.name)
+    data = SimplifyInput(task=s.spec.id, task_description=s.spec.description, policy_source=source,
+                         complexity=before.model_dump(), incumbent=seeds_of(incumbent), tests=sorted(tests))
+    try:
+        out = role.run(data, s.context(iteration, role))
+    except LLMError as exc:
+        out = SimplifyOutput(reason=f"the simplifier's model failed: {exc}")
+    if not isinstance(out, SimplifyOutput):
+        out = SimplifyOutput(reason=f"the {role.name} role returned {type(out).__name__}, not SimplifyOutput")
+    record = {"run_id": s.run_id, "iteration": iteration, "applied": out.applied,
+              "complexity_before": before.model_dump(), "mean_before": incumbent["mean"],
+              "policy_sha256_before": incumbent["sha256"]}
+
+    def decided(accepted: bool, reason: str, **more: Any) -> None:
+        if not recorded(s, SimplifyDone, iteration=iteration):
+            s.ledger.append(SimplifyDone(**record, accepted=accepted, reason=reason[:2000], **more))
+        s.event("simplified", iteration=iteration, accepted=accepted, message=oneline(reason, 200))
+        after = more.get("complexity_after")
+        done["simplifications"] = [*state.get("simplifications", []), {
+            "iteration": iteration, "accepted": accepted, "reason": oneline(reason, 300),
+            "before": before.model_dump(), "after": after}]
+
+    if out.edit is None:
+        decided(False, out.reason or "no simplification proposed")
+        return done
+    candidate, error = checked(s, incumbent["commit"], out.edit)
+    if candidate is None:
+        decided(False, error or "the simplification failed the check")
+        return done
+    after = complexity(candidate["source"])
+    diff = candidate["diff"][:MAX_RECORDED_CHARS]
+    if not falls(before, after):
+        decided(False, f"not simpler: lines {before.lines} -> {after.lines}, branches {before.branches} -> "
+                       f"{after.branches}, AST nodes {before.ast_nodes} -> {after.ast_nodes}",
+                complexity_after=after.model_dump(), diff=diff)
+        return done
+    result = s.evaluate_cached(s.candidate_file(candidate["source"]))
+    under_test = s.policy_under_test(candidate["source"], result)
+    on_candidate, _ = run_test_files(s, [(name, text, under_test) for name, text in tests.items()], under_test)
+    failed = [r for r in on_candidate.values() if not r.passed]
+    verdict = non_inferiority_gate(
+        ReviewInput(task=s.spec.id, incumbent=seeds_of(incumbent), candidate=per_seed(result),
+                    tests_passed=not failed, tests_report="\n".join(f"{r.name}: {r.reason}" for r in failed)),
+        s.config.simplify.seed_tolerance, s.config.simplify.mean_tolerance, s.config.simplify.alpha)
+    outcome = {"complexity_after": after.model_dump(), "mean_after": result.stats.mean if result.stats else None,
+               "policy_sha256_after": result.policy_sha256, "verdict": verdict.model_dump(mode="json"), "diff": diff}
+    if not verdict.accept:
+        decided(False, "; ".join(verdict.reasons), **outcome)
+        return done
+    commit = _commit(s, iteration, candidate["source"], result.policy_sha256, incumbent["commit"], before, after,
+                     out, verdict.reasons)
+    decided(True, "; ".join(verdict.reasons), commit=commit, **outcome)
+    return {**done, "incumbent": scored(commit, result)}
+
+
+def _commit(s: Services, iteration: int, source: str, sha256: str, incumbent_commit: str, before: Complexity,
+            after: Complexity, out: SimplifyOutput, reasons: list[str]) -> str:
+    """Commit the scored bytes (from ``RUN_DIR/candidates``) as the simplification; check the commit holds them."""
+    s.workspace.reset_to(incumbent_commit)
+    data = s.candidate_file(source).read_bytes()
+    atomic_write(s.workspace.policy, data.decode())
+    body = (f"{out.reason}\n\nLines {before.lines} -> {after.lines}, branches {before.branches} -> {after.branches}, "
+            f"AST nodes {before.ast_nodes} -> {after.ast_nodes}.\nGate: " + "; ".join(reasons))
+    commit = s.workspace.commit(iteration, f"Simplify after iteration {iteration}: {oneline(out.reason, 40)}", body,
+                                trailer=SIMPLIFY_TRAILER)
+    changed = set(s.workspace.changed_between(incumbent_commit, commit))
+    if s.workspace.file_sha256(commit) != sha256 or not changed <= {POLICY_FILE}:
+        s.workspace.reset_to(incumbent_commit)
+        raise HeuristError(f"the simplification's commit {commit[:12]} did not hold what was scored (files changed: "
+                           f"{', '.join(sorted(changed)) or 'none'}), so it was undone and the run stops")
+    return commit
+
+
+__all__ = ["falls", "run_simplify", "simplify_due"]

@@ -1,0 +1,262 @@
+"""The simplify stage: mechanical simplifications that keep behaviour, the non-inferiority gate, and the stage in a
+real offline run (kept when it loses nothing, refused when it plays worse)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import textwrap
+
+from common.ledger import Ledger
+from envs.complexity import complexity
+from roles.reviewer import non_inferiority_gate
+from roles.simplify_rules import simplify
+from roles.stages import ReviewInput
+from tests.offline_runs import heurist
+from tests.test_graph_offline import EXAMPLE_PLUGIN
+
+
+def _final(source: str) -> str:
+    steps = simplify(textwrap.dedent(source))
+    return steps[-1].source if steps else textwrap.dedent(source)
+
+
+def test_unused_imports_helpers_tunables_and_constants_go_and_everything_used_stays():
+    source = '''
+        """Docstring."""
+        from __future__ import annotations
+
+        import json
+        import math, os
+        from dataclasses import dataclass, field
+
+        DEBUG = False
+        SCALE = 2.0  # read below
+
+
+        def tunable(default, low, high, doc):
+            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
+
+
+        @dataclass
+        class Tunables:
+            gain: float = tunable(1.0, 0.0, 5.0, "read by act")
+            named: float = tunable(1.0, 0.0, 5.0, "read through getattr")
+            dead: float = tunable(0.3, 0.0, 5.0, "read by nothing")
+
+
+        def unused_helper(x):
+            return unused_helper(x - 1) if x else 0  # calls itself, nothing else calls it
+
+
+        def used_helper(x):
+            return math.copysign(1.0, x)
+
+
+        class Policy:
+            def __init__(self):
+                self.p = Tunables()
+
+            def reset(self, seed):
+                self.t = 0
+
+            def _called(self, obs):
+                return used_helper(obs[2]) * SCALE
+
+            def _never_called(self):
+                return json.dumps({})
+
+            def act(self, obs, info):
+                # the rule: lean with the pole
+                push = self.p.gain * self._called(obs) + getattr(self.p, "named") * obs[3]
+                return int(push > 0)
+    '''
+    out = _final(source)
+    for gone in ("import json", "os", "DEBUG", "dead:", "unused_helper", "_never_called"):
+        assert gone not in out, gone
+    for kept in ("from __future__ import annotations", "import math", "SCALE = 2.0  # read below", "named:",
+                 "used_helper", "_called", "# the rule: lean with the pole", '"""Docstring."""'):
+        assert kept in out, kept
+    compile(out, "policy.py", "exec")
+    assert simplify(out) == []  # a fixed point
+    before, after = complexity(textwrap.dedent(source)), complexity(out)
+    assert after.lines < before.lines and after.ast_nodes < before.ast_nodes
+
+
+def test_constant_branches_keep_the_branch_taken_and_leave_what_is_not_constant():
+    source = '''
+        VERBOSE = False
+        MODE = 1
+        FLIP = True
+
+
+        def toggle():
+            global FLIP
+            FLIP = not FLIP
+
+
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                if obs[1] > 5:
+                    toggle()
+                if VERBOSE:
+                    print(obs)
+                if MODE:
+                    # kept, dedented
+                    action = int(obs[2] > 0)
+                else:
+                    action = 0
+                if FLIP:
+                    action = 1 - action
+                if obs[0] > 1:
+                    action = 0
+                elif False:
+                    action = 1
+                return action
+    '''
+    out = _final(source)
+    assert "if VERBOSE" not in out and "print(obs)" not in out
+    assert "if MODE" not in out and "        # kept, dedented\n        action = int(obs[2] > 0)\n" in out
+    assert "else:\n            action = 0" not in out
+    assert "if FLIP:" in out  # FLIP is rebound by `global` in a helper act calls: not a constant
+    assert "elif False:" in out  # an elif chain is left as written
+    compile(out, "policy.py", "exec")
+
+
+def test_constant_folding_shortens_literal_arithmetic_and_never_lengthens_it():
+    out = _final('''
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                third = 1.0 / 3.0
+                return int(obs[2] * (2 * 0.5) + obs[3] * (60 * 60) + obs[1] * 60 * 60 + third > 0)
+    ''')
+    assert "obs[2] * 1.0" in out and "obs[3] * 3600" in out and "1.0 / 3.0" in out
+    assert "obs[1] * 60 * 60" in out  # (obs[1] * 60) * 60: reassociating floats could change the result
+
+
+def _review(incumbent, candidate, tests_passed=True):
+    return ReviewInput(task="t", incumbent=dict(enumerate(incumbent)), candidate=dict(enumerate(candidate)),
+                       tests_passed=tests_passed, tests_report="tests/test_a.py: failed")
+
+
+def test_the_non_inferiority_gate_keeps_only_what_loses_nothing():
+    same = [500.0, 480.0, 300.0, None]
+    assert non_inferiority_gate(_review(same, same)).accept
+    assert non_inferiority_gate(_review(same, [500.0, 490.0, 300.0, 10.0])).accept  # better, and fixes a failure
+    worse = non_inferiority_gate(_review(same, [500.0, 479.0, 300.0, None]))
+    assert not worse.accept and "worse beyond the tolerance of 0 on seeds 1 (-1)" in worse.reasons[0]
+    failed = non_inferiority_gate(_review(same, [None, 480.0, 300.0, None]))
+    assert not failed.accept and failed.new_failures == [0]
+    tests = non_inferiority_gate(_review(same, same, tests_passed=False))
+    assert not tests.accept and "regression tests failed" in tests.reasons[0]
+
+
+def test_the_non_inferiority_gate_allows_a_small_loss_only_within_its_tolerances_and_by_the_test():
+    before = [100.0 + i for i in range(20)]
+    small = [b - 0.5 for b in before]  # every seed half a point worse
+    assert not non_inferiority_gate(_review(before, small)).accept  # no tolerance: no loss
+    assert not non_inferiority_gate(_review(before, small), seed_tolerance=1.0).accept  # mean tolerance 0
+    kept = non_inferiority_gate(_review(before, small), seed_tolerance=1.0, mean_tolerance=1.0)
+    assert kept.accept and kept.p_value < 0.05
+    beyond = non_inferiority_gate(_review(before, small), seed_tolerance=1.0, mean_tolerance=0.5)
+    assert not beyond.accept  # a loss exactly at the margin is not shown to be within it
+    few = non_inferiority_gate(_review(before[:3], small[:3]), seed_tolerance=1.0, mean_tolerance=1.0)
+    assert not few.accept and "not shown to be within" in few.reasons[0]  # three seeds cannot show it
+
+
+BLOAT = {
+    "from dataclasses import dataclass, field\n": "import json\nimport math\nfrom dataclasses import dataclass, field\n"
+                                                  "\nDEBUG = False\n",
+    '    velocity_gain: float = tunable(0.0, -1.0, 1.0, "weight on the cart velocity: damps drift")\n':
+        '    velocity_gain: float = tunable(0.0, -1.0, 1.0, "weight on the cart velocity: damps drift")\n'
+        '    legacy_gain: float = tunable(0.0, -1.0, 1.0, "a gain an old rule read; nothing reads it now")\n\n\n'
+        'def old_rule(obs):\n    """The first rule, superseded by Policy.act."""\n    return int(obs[2] > 0)\n',
+    "        action = 1 if push > 0 else 0\n": "        if DEBUG:\n            print(json.dumps([x, x_dot]))\n"
+                                             "        action = 1 if push > 0 else 0\n"}
+
+
+def _bloated(tmp) -> str:
+    source = (tmp / "weak.py").read_text()
+    for old, new in BLOAT.items():
+        assert old in source
+        source = source.replace(old, new)
+    (tmp / "bloated.py").write_text(source)
+    return source
+
+
+def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
+    tmp, env = home
+    source = _bloated(tmp)
+    (tmp / "run.toml").write_text("[simplify]\nevery = 1\n[eval]\nepisodes = 10\nvideo = false\nholdout = false\n"
+                                  "[budget]\niterations = 2\n")
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "bloated.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    [first, *_] = [r for r in records if r["event"] == "simplify"]
+    assert first["accepted"] and first["iteration"] == 1, first
+    assert "identical returns" in first["reason"]
+    assert first["complexity_after"]["lines"] < first["complexity_before"]["lines"]
+    best = (tmp / "run" / "best_policy.py").read_text()
+    assert "old_rule" not in best and "legacy_gain" not in best and "import json" not in best
+    assert "angle_gain" in best and best != source
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    assert summary["simplifications"][0]["accepted"] and "Simplify after iteration 1: kept" in \
+        (tmp / "run" / "summary.md").read_text()
+    # The commit names the iteration it followed, and holds the bytes that were scored.
+    log = subprocess.run(["git", "-C", str(tmp / "run" / "workspace"), "log", "-1", "--format=%B", "heurist-final"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Heurist-Simplify: 1" in log
+    assert hashlib.sha256(best.encode()).hexdigest() == first["policy_sha256_after"] == summary["best_sha256"]
+
+
+def test_a_simplification_that_plays_worse_is_refused_by_the_gate(home):
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    (tmp / "run.toml").write_text('[stages]\nsimplify = "simplify_roles:DropsATerm"\n[simplify]\nevery = 1\n'
+                                  "[eval]\nepisodes = 10\nvideo = false\nholdout = false\n[budget]\niterations = 2\n")
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    iteration = next(r for r in records if r["event"] == "iteration")
+    [simplified] = [r for r in records if r["event"] == "simplify"]
+    assert iteration["accepted"] and not simplified["accepted"], simplified
+    assert "worse beyond the tolerance" in simplified["reason"] or "now fail" in simplified["reason"]
+    assert simplified["applied"] == ["dropped the spin term"] and simplified["commit"] is None
+    assert "spin_gain * theta_dot" in (tmp / "run" / "best_policy.py").read_text()
+
+
+def test_with_a_model_the_simplifier_asks_for_blocks_through_the_real_client(tmp_path, monkeypatch):
+    from roles.llm import LLMClient
+    from roles.llm_usage import Usage
+    from roles.simplifier import Simplifier
+    from roles.stages import SimplifyInput
+    from store.config import LLMConfig
+    from tests.scripted_openai import ScriptedOpenAI
+    from tests.test_llm import chat
+    from tests.test_roles import context
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    source = "import math\n\n\nclass Policy:\n    def reset(self, seed):\n        pass\n\n" \
+             "    def act(self, obs, info):\n        return int(obs[2] > 0)\n"
+    edit = {"kind": "search_replace", "rationale": "math is never used", "tunables": {}, "target_seeds": [],
+            "target_kinds": [], "blocks": [{"search": "import math\n\n\n", "replace": ""}]}
+    with ScriptedOpenAI() as server:
+        server.queue(chat(json.dumps(edit)))
+        llm = LLMClient(LLMConfig(model="scripted", base_url=server.base_url), Usage())
+        ctx = context(tmp_path, "simplifier", llm=llm)
+        out = Simplifier().run(SimplifyInput(task="CartPole-v1", policy_source=source, complexity=
+                                             complexity(source).model_dump(), incumbent={0: 500.0},
+                                             tests=["tests/test_iteration_0001.py"]), ctx)
+        brief = server.requests[0]["body"]["messages"][1]["content"]
+    assert "import math" in brief and "tests/test_iteration_0001.py" in brief and '"0": 500.0' in brief
+    assert out.edit is not None and out.edit.blocks[0].search == "import math\n\n\n"
+    assert [e.kind for e in ctx.transcript.entries()] == ["llm_call", "parsed"]
