@@ -59,8 +59,7 @@ def run_simplify(s: Services, state: RunState) -> dict[str, Any]:
     done: dict[str, Any] = {"simplified_at": iteration}
     kept = s.workspace.commit_for_iteration(iteration, SIMPLIFY_TRAILER)
     if kept is not None:  # committed before a crash: it is the incumbent, scored from the cache
-        source = s.workspace.source_at(kept)
-        return {**done, "incumbent": scored(kept, s.evaluate_cached(s.candidate_file(source)))}
+        return {**done, **_resumed(s, state, kept)}
     if recorded(s, SimplifyDone, events(s), iteration=iteration):  # decided (and not kept) before a crash
         return done
     s.workspace.reset_to(incumbent["commit"])
@@ -121,6 +120,25 @@ def run_simplify(s: Services, state: RunState) -> dict[str, Any]:
                      out, verdict.reasons)
     decided(True, "; ".join(verdict.reasons), commit=commit, **outcome)
     return {**done, "incumbent": scored(commit, result)}
+
+
+def _resumed(s: Services, state: RunState, kept: str) -> dict[str, Any]:
+    """A simplification committed before a crash: the incumbent, and its ledger line if the crash came first."""
+    iteration, incumbent = state["iteration"], state["incumbent"]
+    source = s.workspace.source_at(kept)
+    result = s.evaluate_cached(s.candidate_file(source))
+    before = complexity(s.workspace.source_at(incumbent["commit"])).model_dump()
+    after = complexity(source).model_dump()
+    reason = "kept; committed before an interruption, so its gate's reasons are in the commit message"
+    if not recorded(s, SimplifyDone, iteration=iteration):
+        s.ledger.append(SimplifyDone(run_id=s.run_id, iteration=iteration, accepted=True, reason=reason,
+                                     complexity_before=before, complexity_after=after, mean_before=incumbent["mean"],
+                                     mean_after=result.stats.mean if result.stats else None,
+                                     policy_sha256_before=incumbent["sha256"],
+                                     policy_sha256_after=result.policy_sha256, commit=kept))
+    entry = {"iteration": iteration, "accepted": True, "reason": reason, "before": before, "after": after}
+    known = [e for e in state.get("simplifications", []) if e["iteration"] != iteration]
+    return {"incumbent": scored(kept, result), "simplifications": [*known, entry]}
 
 
 def _commit(s: Services, iteration: int, source: str, sha256: str, incumbent_commit: str, before: Complexity,
