@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -45,6 +46,16 @@ class Tunable(BaseModel):
     high: float
     doc: str
     integer: bool = False
+
+
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def source_lines(source: str) -> list[str]:
+    """The source's lines as Python numbers them (``ast``'s ``lineno``), line ends kept: split at ``\\n``, ``\\r\\n``
+    and ``\\r`` only. ``str.splitlines`` also splits at form feeds, ``\\x1c``-``\\x1e``, ``\\x85`` and ``\\u2028``, which
+    a comment or string may hold, and every offset after one would land on the wrong line."""
+    return _LINES.findall(source)
 
 
 def policy_sha256(path: Path) -> str:
@@ -270,7 +281,7 @@ def rewrite_tunables(source: str, values: dict[str, float], name: str = "<policy
     unknown = sorted(set(values) - set(calls))
     if unknown:
         raise PolicyError(f"{name} declares no tunable {', '.join(unknown)}; declared: {', '.join(calls) or 'none'}")
-    lines = source.splitlines(keepends=True)
+    lines = source_lines(source)
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line.encode()))

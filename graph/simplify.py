@@ -27,7 +27,7 @@ from common.errors import HeuristError
 from common.events import SimplifyDone
 from common.files import atomic_write
 from envs.complexity import Complexity, complexity
-from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded
+from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded, spent_by
 from graph.candidates import checked
 from graph.context import Services, per_seed, scored, seeds_of
 from graph.state import RunState
@@ -54,7 +54,13 @@ def falls(before: Complexity, after: Complexity) -> bool:
 
 
 def run_simplify(s: Services, state: RunState) -> dict[str, Any]:
-    """The stage's whole work; what changed in the state (the incumbent, if a simplification was kept)."""
+    """The stage's whole work; what changed in the state (the incumbent, if a simplification was kept), and what the
+    run has spent after it, so the budgets judged next count the stage's evaluations, tests and model calls."""
+    changed = _simplify(s, state)
+    return {**changed, "spent": spent_by(s, events(s))}
+
+
+def _simplify(s: Services, state: RunState) -> dict[str, Any]:
     iteration, incumbent = state["iteration"], state["incumbent"]
     done: dict[str, Any] = {"simplified_at": iteration}
     kept = s.workspace.commit_for_iteration(iteration, SIMPLIFY_TRAILER)
@@ -74,6 +80,8 @@ def run_simplify(s: Services, state: RunState) -> dict[str, Any]:
         out = role.run(data, s.context(iteration, role))
     except LLMError as exc:
         out = SimplifyOutput(reason=f"the simplifier's model failed: {exc}")
+    except Exception as exc:  # a plug-in's (or the rules') bug costs this simplification, never the run
+        out = SimplifyOutput(reason=f"the {role.name} role failed: {type(exc).__name__}: {exc}"[:1000])
     if not isinstance(out, SimplifyOutput):
         out = SimplifyOutput(reason=f"the {role.name} role returned {type(out).__name__}, not SimplifyOutput")
     record = {"run_id": s.run_id, "iteration": iteration, "applied": out.applied,

@@ -1,4 +1,4 @@
-"""Mechanical simplifications of a policy file: edits that remove code without changing what it does.
+"""Mechanical simplifications of a policy file: edits meant to remove code without changing what it does.
 
 The offline simplifier's whole repertoire (``roles.simplifier``); each rule finds spans of the source to
 delete or replace, so every other byte (comments, formatting, the order of things) stays as the policy's
@@ -14,10 +14,12 @@ author wrote it. ``ast.unparse`` would be shorter to write and would throw the c
 - **constant folding**: arithmetic on number literals (``0.5 * 2``) written as its value where that is no
   longer than the expression.
 
-Each rule is applied to a fixed point, since removing a helper can leave its import unused. Whatever the
-rules produce still goes through the check, the sandboxed evaluation, every regression test and the
-non-inferiority gate before it is kept: a rule that is wrong about a policy costs an evaluation, never a
-regression. Branches that are merely never taken in the recorded traces are not removed: a trace shows
+Each rule is applied to a fixed point, since removing a helper can leave its import unused. The rules are
+conservative where Python is dynamic (a decorated or subclassing definition, a name bound in any other
+scope, a dataclass read whole, a generator's dead ``yield`` are left alone), a rule that fails or would not
+parse is skipped, and whatever they produce still goes through the check, the sandboxed evaluation, every
+regression test and the non-inferiority gate before it is kept: a rule that is wrong about a policy costs an
+evaluation, never a regression. Branches that are merely never taken in the recorded traces are not removed: a trace shows
 what happened on the dev seeds, not what cannot happen.
 """
 
@@ -28,6 +30,8 @@ import math
 import operator
 import textwrap
 from dataclasses import dataclass
+
+from envs.contract import source_lines
 
 KEPT_NAMES = frozenset({"Policy", "Tunables", "tunable", "setup"})
 # Methods heurist (or Python) calls by name: never unused, whatever the file says.
@@ -59,15 +63,15 @@ def simplify(source: str) -> list[Simplification]:
         for kind, rule in RULES:
             try:
                 tree = ast.parse(source)
-            except SyntaxError:
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
                 return applied
-            spans, what = rule(source, tree)
-            if not spans:
-                continue
-            candidate = _apply(source, spans)
             try:
+                spans, what = rule(source, tree)
+                if not spans:
+                    continue
+                candidate = _apply(source, spans)
                 ast.parse(candidate)
-            except SyntaxError:  # a rule that would break the file is skipped, never forced
+            except Exception:  # a rule that fails, or would break the file, is skipped, never forced
                 continue
             source = candidate
             applied.append(Simplification(kind, "; ".join(what), source))
@@ -82,7 +86,7 @@ def simplify(source: str) -> list[Simplification]:
 
 def _offsets(source: str) -> list[int]:
     offsets = [0]
-    for line in source.splitlines(keepends=True):
+    for line in source_lines(source):
         offsets.append(offsets[-1] + len(line.encode()))
     return offsets
 
@@ -103,7 +107,7 @@ def _statement_lines(source: str, node: ast.stmt) -> _Span:
     separated it from the statement before; the separator after it stays), to delete it cleanly. Lines between
     two statements are blank or comments, never inside a string, so taking blank ones changes no value."""
     offsets = _offsets(source)
-    lines = source.splitlines(keepends=True)
+    lines = source_lines(source)
     first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
     while first > 1 and not lines[first - 2].strip():
         first -= 1
@@ -185,7 +189,7 @@ def unused_helpers(source: str, tree: ast.Module) -> tuple[list[_Span], list[str
     spans, what = [], []
     for stmt in tree.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name not in KEPT_NAMES \
-                and not stmt.name.startswith("__") and _alone(tree.body, stmt) \
+                and not stmt.name.startswith("__") and _alone(tree.body, stmt) and not _acts_when_defined(stmt) \
                 and stmt.name not in _mentioned(tree, skip=stmt):
             spans.append(_statement_lines(source, stmt))
             what.append(f"removed the unused {'class' if isinstance(stmt, ast.ClassDef) else 'function'} {stmt.name}")
@@ -208,12 +212,24 @@ def unused_helpers(source: str, tree: ast.Module) -> tuple[list[_Span], list[str
     return spans, what
 
 
+def _acts_when_defined(stmt: ast.stmt) -> bool:
+    """A definition whose mere existence may do something: a decorator (a registry), a base class
+    (``__init_subclass__``), a metaclass or class keyword."""
+    return bool(stmt.decorator_list) or (isinstance(stmt, ast.ClassDef) and bool(stmt.bases or stmt.keywords))
+
+
+# Ways to read a dataclass's fields all at once: a field nothing names may still be read through them.
+WHOLE_READS = frozenset({"astuple", "asdict", "fields", "replace", "vars", "__dict__", "__dataclass_fields__"})
+
+
 def unused_tunables(source: str, tree: ast.Module) -> tuple[list[_Span], list[str]]:
     tunables = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Tunables"), None)
     if tunables is None:
         return [], []
     fields = [s for s in tunables.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
     used = _mentioned(tree, skip=tunables)
+    if used & WHOLE_READS:
+        return [], []
     unused = [f for f in fields if f.target.id not in used and _alone(tunables.body, f)]
     if len(unused) == len(tunables.body):  # an empty class body would not parse; leave the last one
         unused = unused[1:]
@@ -221,28 +237,44 @@ def unused_tunables(source: str, tree: ast.Module) -> tuple[list[_Span], list[st
             [f"removed the unused tunable {f.target.id}" for f in unused])
 
 
-def _module_constants(tree: ast.Module) -> dict[str, object]:
-    """Module-level names assigned exactly once, to a literal, and never assigned anywhere else."""
-    assigned: dict[str, int] = {}
+def _bindings(tree: ast.Module) -> dict[str, int]:
+    """How many times each name is bound anywhere in the file, in any scope: assignments and deletions, loop, with,
+    walrus and comprehension targets, parameters, ``except ... as``, ``match`` captures, imports, definitions, and
+    ``global``/``nonlocal`` (a name rebound elsewhere through them is never a constant)."""
+    bound: dict[str, int] = {}
+
+    def add(name: str | None, times: int = 1) -> None:
+        if name:
+            bound[name] = bound.get(name, 0) + times
+
     for node in ast.walk(tree):
-        targets = []
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        elif isinstance(node, (ast.For, ast.With, ast.comprehension)):
-            targets = [getattr(node, "target", None)]
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            add(node.id)
+        elif isinstance(node, ast.arg):
+            add(node.arg)
+        elif isinstance(node, ast.ExceptHandler):
+            add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)):
+            add(node.name)
+        elif isinstance(node, ast.MatchMapping):
+            add(node.rest)
+        elif isinstance(node, ast.alias):
+            add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            add(node.name)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             for name in node.names:
-                assigned[name] = assigned.get(name, 0) + 2  # rebindable elsewhere: never a constant
-        for target in targets:
-            for name in ast.walk(target) if target is not None else ():
-                if isinstance(name, ast.Name):
-                    assigned[name.id] = assigned.get(name.id, 0) + 1
+                add(name, 2)
+    return bound
+
+
+def _module_constants(tree: ast.Module) -> dict[str, object]:
+    """Module-level names assigned exactly once, to a literal, and bound nowhere else in any scope."""
+    bound = _bindings(tree)
     constants: dict[str, object] = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
-                and assigned.get(stmt.targets[0].id) == 1:
+                and bound.get(stmt.targets[0].id) == 1:
             try:
                 constants[stmt.targets[0].id] = ast.literal_eval(stmt.value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -264,7 +296,7 @@ def _constant_test(test: ast.expr, constants: dict[str, object]) -> tuple[bool, 
 
 def constant_branches(source: str, tree: ast.Module) -> tuple[list[_Span], list[str]]:
     constants = _module_constants(tree)
-    lines = source.splitlines(keepends=True)
+    lines = source_lines(source)
     elifs = {id(n.orelse[0]) for n in ast.walk(tree) if isinstance(n, ast.If) and len(n.orelse) == 1
              and isinstance(n.orelse[0], ast.If)}
     spans, what = [], []
@@ -275,9 +307,15 @@ def constant_branches(source: str, tree: ast.Module) -> tuple[list[_Span], list[
             if not lines[stmt.lineno - 1][stmt.col_offset:].startswith("if"):
                 continue  # an `elif` written out: its own `if` is the one to judge
             known, truth = _constant_test(stmt.test, constants)
-            if not known:
+            if not known or stmt.body[0].lineno == stmt.lineno:  # `if X: y` on one line: nothing to dedent
                 continue
+            if any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal))
+                   for n in ast.walk(stmt)):
+                continue  # even a branch never taken makes a function a generator, or a name global
             kept = stmt.body if truth else stmt.orelse
+            if any(isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes)) and n.end_lineno != n.lineno
+                   for branch in kept for n in ast.walk(branch)):
+                continue  # re-indenting would change a multi-line string's contents
             whole = _statement_lines(source, stmt)
             test_text = ast.unparse(stmt.test)
             if not kept:

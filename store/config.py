@@ -249,9 +249,10 @@ class SimplifyConfig(_Strict):
     every: int = Field(5, ge=0, description="Run it after every N accepted edits (1: after each new best, since only "
                                             "a better policy is ever accepted; 0: never).")
     seed_tolerance: float = Field(0.0, ge=0, description="The most any dev seed's return may fall, in the task's "
-                                                         "return units (0: no seed may be worse).")
-    mean_tolerance: float = Field(0.0, ge=0, description="The most the dev mean may fall, shown by a paired "
-                                                         "one-sided Wilcoxon test at alpha (0: no loss at all).")
+                                                         "return units, while the mean does not fall (0: no seed "
+                                                         "may be worse).")
+    mean_tolerance: float = Field(0.0, ge=0, description="The most the dev mean may fall, shown to be within it by "
+                                                         "a paired one-sided Wilcoxon test at alpha (0: none).")
     alpha: float = Field(0.05, gt=0, lt=1)
 
 

@@ -163,6 +163,11 @@ def test_the_non_inferiority_gate_allows_a_small_loss_only_within_its_tolerances
     small = [b - 0.5 for b in before]  # every seed half a point worse
     assert not non_inferiority_gate(_review(before, small)).accept  # no tolerance: no loss
     assert not non_inferiority_gate(_review(before, small), seed_tolerance=1.0).accept  # mean tolerance 0
+    mixed = [b + (1.0 if i % 2 else -0.5) for i, b in enumerate(before)]  # some seeds lower, the mean higher
+    assert non_inferiority_gate(_review(before, mixed), seed_tolerance=1.0).accept
+    far = [b - (10.0 if i < 4 else 0.9) for i, b in enumerate(before)]  # the mean falls 2.7: beyond a margin of 1
+    verdict = non_inferiority_gate(_review(before, far), seed_tolerance=10.0, mean_tolerance=1.0)
+    assert not verdict.accept and "more than the tolerance of 1" in verdict.reasons[0]
     kept = non_inferiority_gate(_review(before, small), seed_tolerance=1.0, mean_tolerance=1.0)
     assert kept.accept and kept.p_value < 0.05
     beyond = non_inferiority_gate(_review(before, small), seed_tolerance=1.0, mean_tolerance=0.5)
@@ -182,6 +187,11 @@ BLOAT = {
                                              "        action = 1 if push > 0 else 0\n"}
 
 
+# A short run: one accepted edit from a small search, then the simplify stage, then the goal or the budget.
+QUICK = ("[eval]\nepisodes = 6\nvideo = false\nholdout = false\n[budget]\niterations = 2\n"
+         "[search]\npopulation = 4\ngenerations = 1\nepisodes = 3\nseed = 1\n")
+
+
 def _bloated(tmp) -> str:
     source = (tmp / "weak.py").read_text()
     for old, new in BLOAT.items():
@@ -194,8 +204,7 @@ def _bloated(tmp) -> str:
 def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
     tmp, env = home
     source = _bloated(tmp)
-    (tmp / "run.toml").write_text("[simplify]\nevery = 1\n[eval]\nepisodes = 10\nvideo = false\nholdout = false\n"
-                                  "[budget]\niterations = 2\n")
+    (tmp / "run.toml").write_text(f"[simplify]\nevery = 1\n{QUICK}")
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "bloated.py", "--config", tmp / "run.toml",
                    "--run-dir", tmp / "run", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -210,18 +219,20 @@ def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
     summary = json.loads((tmp / "run" / "summary.json").read_text())
     assert summary["simplifications"][0]["accepted"] and "Simplify after iteration 1: kept" in \
         (tmp / "run" / "summary.md").read_text()
-    # The commit names the iteration it followed, and holds the bytes that were scored.
-    log = subprocess.run(["git", "-C", str(tmp / "run" / "workspace"), "log", "-1", "--format=%B", "heurist-final"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "Heurist-Simplify: 1" in log
-    assert hashlib.sha256(best.encode()).hexdigest() == first["policy_sha256_after"] == summary["best_sha256"]
+    # The commit names the iteration it followed and holds the bytes that were scored; later edits build on it.
+    git = ["git", "-C", str(tmp / "run" / "workspace")]
+    message = subprocess.run([*git, "log", "-1", "--format=%B", first["commit"]], capture_output=True, text=True,
+                             check=True).stdout
+    committed = subprocess.run([*git, "show", f"{first['commit']}:policy.py"], capture_output=True, check=True).stdout
+    assert "Heurist-Simplify: 1" in message
+    assert hashlib.sha256(committed).hexdigest() == first["policy_sha256_after"]
+    assert hashlib.sha256(best.encode()).hexdigest() == summary["best_sha256"]
 
 
 def test_a_simplification_that_plays_worse_is_refused_by_the_gate(home):
     tmp, env = home
     env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text('[stages]\nsimplify = "simplify_roles:DropsATerm"\n[simplify]\nevery = 1\n'
-                                  "[eval]\nepisodes = 10\nvideo = false\nholdout = false\n[budget]\niterations = 2\n")
+    (tmp / "run.toml").write_text(f'[stages]\nsimplify = "simplify_roles:DropsATerm"\n[simplify]\nevery = 1\n{QUICK}')
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
                    "--run-dir", tmp / "run", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -260,3 +271,162 @@ def test_with_a_model_the_simplifier_asks_for_blocks_through_the_real_client(tmp
     assert "import math" in brief and "tests/test_iteration_0001.py" in brief and '"0": 500.0' in brief
     assert out.edit is not None and out.edit.blocks[0].search == "import math\n\n\n"
     assert [e.kind for e in ctx.transcript.entries()] == ["llm_call", "parsed"]
+
+
+def _behaviour(source: str) -> object:
+    """What the scratch module computes (its RESULT), run here: these are the test's own sources, not a policy's."""
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(source), "<scratch>", "exec"), namespace)
+    return namespace["RESULT"]
+
+
+RULE_TRAPS = {
+    "a form feed and wide characters before the code": '''
+        # the policy \x0c, section two
+        label = "xθθθθ"
+        k = 5
+
+
+        def f():
+            y = k * 3
+            z = 2 * 3
+            return y, z
+
+
+        RESULT = (f(), label)
+    ''',
+    "definitions that act by existing": '''
+        RULES = []
+
+
+        def rule(fn):
+            RULES.append(fn)
+            return fn
+
+
+        @rule
+        def lean(obs):
+            return 1
+
+
+        class Base:
+            seen = []
+
+            def __init_subclass__(cls):
+                Base.seen.append(cls.__name__)
+
+
+        class Registered(Base):
+            pass
+
+
+        RESULT = (len(RULES), Base.seen)
+    ''',
+    "a constant's name bound elsewhere": '''
+        VERBOSE = False
+        USE = False
+
+
+        def clip(x, VERBOSE=True):
+            if VERBOSE:
+                return "verbose"
+            return "quiet"
+
+
+        def walrus():
+            if (USE := True):
+                pass
+            if USE:
+                return "walrus"
+            return "no"
+
+
+        RESULT = (clip(1), walrus())
+    ''',
+    "a dead yield, a multi-line string, a one-line if": '''
+        OFF = False
+        ON = True
+
+
+        def gen():
+            if OFF:
+                yield 1
+            return
+
+
+        def text():
+            if ON:
+                return """rule:
+            lean"""
+
+
+        def one():
+            if ON: return "one"
+
+
+        RESULT = (type(gen()).__name__, text(), one())
+    ''',
+    "tunables read whole": '''
+        from dataclasses import astuple, dataclass, field
+
+
+        def tunable(default, low, high, doc):
+            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
+
+
+        @dataclass
+        class Tunables:
+            a: float = tunable(1.0, 0.0, 5.0, "a")
+            b: float = tunable(2.0, 0.0, 5.0, "b")
+
+
+        RESULT = sum(astuple(Tunables()))
+    ''',
+}
+
+
+def test_the_rules_keep_the_behaviour_of_code_that_python_makes_tricky():
+    import ast
+
+    import pytest
+
+    from roles.simplify_rules import constant_folding
+
+    for name, source in RULE_TRAPS.items():
+        out = _final(source)
+        assert _behaviour(out) == _behaviour(source), (name, out)
+    deep = "W = [0.5] * 1500\n\n\ndef f(obs):\n    return " + " + ".join(f"W[{i}] * obs[{i}]" for i in range(1500)) \
+        + "\n\n\nRESULT = 1\n"
+    with pytest.raises(RecursionError):  # too deep for constant folding's recursion ...
+        constant_folding(deep, ast.parse(deep))
+    assert isinstance(simplify(deep), list)  # ... which is skipped, never a crash
+
+
+def test_tunables_are_rewritten_in_place_after_a_form_feed():
+    """Offsets count lines as Python does: a form feed in a comment once sent the search's rewrite one line off."""
+    from envs.contract import read_tunables, rewrite_tunables
+
+    source = textwrap.dedent('''
+        # tuned by hand \x0c then by heurist
+        from dataclasses import dataclass, field
+
+
+        def tunable(default, low, high, doc):
+            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
+
+
+        @dataclass
+        class Tunables:
+            angle_gain: float = tunable(1.0, 0.0, 5.0, "weight on the pole angle")
+
+
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return int(Tunables().angle_gain * obs[2] > 0)
+    ''')
+    rewritten = rewrite_tunables(source, {"angle_gain": 2.5})
+    assert [t.default for t in read_tunables(rewritten)] == [2.5]
+    assert rewritten.replace("2.5", "1.0") == source
