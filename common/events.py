@@ -166,6 +166,19 @@ class IterationDone(_Event):
     check_error: str | None = None
 
 
+class ScenariosSaved(_Event):
+    """The failure scenarios saved from one evaluation of the incumbent (``envs.scenario_files``), and the env
+    steps their replay and verification took."""
+
+    event: Literal["scenarios_saved"] = "scenarios_saved"
+    run_id: str
+    iteration: int
+    policy_sha256: str
+    scenarios: dict[str, list[str]] = Field(default_factory=dict)  # seed -> scenario names
+    discarded: dict[str, str] = Field(default_factory=dict)  # what could not be a scenario, and why
+    env_steps: int = 0
+
+
 class SimplifyDone(_Event):
     """A simplify stage after an iteration (``graph.simplify``): what it proposed, and whether it was kept."""
 
@@ -203,7 +216,8 @@ class RunFinished(_Event):
 
 
 LedgerEvent = Annotated[Union[EvalStarted, EvalFinished, EvalInterrupted, RunStarted, RunResumed, TestsRun,
-                              IterationDone, SimplifyDone, RunPaused, RunFinished], Field(discriminator="event")]
+                              IterationDone, SimplifyDone, ScenariosSaved, RunPaused, RunFinished],
+                        Field(discriminator="event")]
 _EVENT = TypeAdapter(LedgerEvent)
 
 

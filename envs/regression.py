@@ -38,7 +38,9 @@ from common.safe_text import redact
 from envs.containment import require_usable
 from envs.isolation import Confinement
 from envs.limits import Limits
+from envs.policy_files import PolicyBundle, StagedPolicy
 from envs.sandbox import import_path, run_sandboxed
+from envs.scenario_files import ScenarioError, load_scenario
 from envs.tasks import TaskSpec
 from envs.worker_pair import WorkerDied, WorkerProcess
 
@@ -74,6 +76,11 @@ class ActOp(_Op):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
+class ScenarioOp(_Op):
+    op: Literal["scenario"]
+    name: str = Field(..., max_length=200)
+
+
 class ReportOp(_Op):
     op: Literal["report"]
     kind: Literal["collect", "test", "finish"]
@@ -84,7 +91,7 @@ class ReportOp(_Op):
     exitstatus: int | None = None
 
 
-_REQUEST = TypeAdapter(Union[EpisodeOp, ResetOp, ActOp, ReportOp])
+_REQUEST = TypeAdapter(Union[EpisodeOp, ResetOp, ActOp, ScenarioOp, ReportOp])
 
 
 class TestOutcome(BaseModel):
@@ -119,11 +126,19 @@ class PolicyUnderTest:
     """
 
     def __init__(self, episode: Callable[[int], dict], task_json: str, protocol: str, policy_path: str,
-                 source: str, limits: Limits, hidden: list[Path] | None = None) -> None:
+                 source: str, limits: Limits, hidden: list[Path] | None = None,
+                 scenarios: Path | None = None) -> None:
         self.episode = episode
         self.task_json, self.protocol, self.policy_path, self.source = task_json, protocol, policy_path, source
         self.limits = limits
         self.hidden = hidden or []  # the run directory: out of sight even where it lies under a bound folder
+        self.scenarios = scenarios  # the run's saved failure scenarios (envs.scenario_files), read by name
+        self._steps_lock = threading.Lock()
+        self.scenario_steps = 0  # env steps of scenario runs (an episode's are its evaluation's), for the ledger
+
+    def count(self, steps: int) -> None:
+        with self._steps_lock:
+            self.scenario_steps += steps
 
     def session(self, scratch: Path) -> "PolicySession":
         return PolicySession(self, scratch)
@@ -133,24 +148,30 @@ class PolicySession:
     def __init__(self, policy: PolicyUnderTest, scratch: Path) -> None:
         self.policy, self.scratch = policy, scratch
         self.worker: WorkerProcess | None = None
-        self.model: Path | None = None
+        self.staged: StagedPolicy | None = None
         self.reset_done = False
 
     def _run(self, kind: str, **fields: Any) -> dict:
         p = self.policy
         if self.worker is None:
-            # The task's simulator model, as an evaluation gives it (a planner builds its model in __init__).
-            self.model = TaskSpec.model_validate_json(p.task_json).simulator_model(p.protocol)
-            readable = [self.model.parent] if self.model is not None else []
-            self.worker = WorkerProcess(p.limits, self.scratch, Confinement(readable=readable, hidden=p.hidden))
+            # The task's simulator model, as an evaluation gives it (a planner builds its model in __init__): a
+            # read-only copy of the one file.
+            model = TaskSpec.model_validate_json(p.task_json).simulator_model(p.protocol)
+            self.staged = StagedPolicy(PolicyBundle(path=Path(p.policy_path), data=p.source.encode()), model)
+            self.worker = WorkerProcess(p.limits, self.scratch,
+                                        Confinement(readable=self.staged.readable(), hidden=p.hidden))
         job = {"kind": kind, "task": p.task_json, "protocol": p.protocol, "policy_path": p.policy_path,
                "policy_source": p.source, "cpu_s": p.limits.episode_cpu_s,
-               "simulator_model": str(self.model) if self.model is not None else None, **fields}
+               "simulator_model": self.staged.simulator_model if self.staged is not None else None, **fields}
         try:
             reply = self.worker.run(job, timeout=p.limits.episode_timeout_s + 10.0)
         except WorkerDied as died:
+            if kind == "scenario_run":  # what it stepped before it died is spent all the same
+                p.count(self.worker.steps_taken())
             self.close()
             raise KitRefused(f"the policy process died: {died.reason}") from None
+        if kind == "scenario_run":
+            p.count(self.worker.steps_taken())
         if reply.get("status") != "ok":
             raise KitRefused(f"{reply.get('status')}: {reply.get('error')}")
         return reply
@@ -176,10 +197,23 @@ class PolicySession:
         reply = self._run("policy_act", obs=request.obs, dtype=request.dtype, info=request.info)
         return {"action": reply["action"], "diagnostics": reply["diagnostics"]}
 
+    def scenario(self, name: str) -> dict:
+        """A saved failure scenario run with the policy under test (``envs.scenarios.run_scenario``)."""
+        p = self.policy
+        scenario = load_scenario(p.scenarios, name)
+        if scenario.task != TaskSpec.model_validate_json(p.task_json).id or scenario.protocol != p.protocol:
+            raise KitRefused(f"scenario {name} is of {scenario.task} ({scenario.protocol}), not of the task under test")
+        reply = self._run("scenario_run", scenario=scenario.model_dump(mode="json"))
+        self.reset_done = False  # slot 0 held the scenario's policy: a load_policy() test resets again
+        return reply["result"]
+
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.staged is not None:
+            self.staged.close()
+            self.staged = None
         self.reset_done = False
 
 
@@ -249,7 +283,9 @@ class _Broker(threading.Thread):
                 return {"ok": True}
             if isinstance(request, ActOp):
                 return {"ok": True, "result": self.session.act(request)}
-        except KitRefused as exc:
+            if isinstance(request, ScenarioOp):
+                return {"ok": True, "result": self.session.scenario(request.name)}
+        except (KitRefused, ScenarioError) as exc:
             return {"ok": False, "error": redact(str(exc))[:MESSAGE_CHARS]}
         if len(self.reports) < MAX_REPORTS:
             self.reports.append(request.model_copy(update={"message": redact(request.message)[:MESSAGE_CHARS],

@@ -227,6 +227,61 @@ class Worker:
             return {"status": "policy_error", "error": str(exc)}
         return {"status": "ok", "action": jsonable(action), "diagnostics": diag}
 
+    def waiting_job(self, job: dict) -> dict:
+        """A job that runs when no episode is in flight: a clip, a test kit's call, a scenario."""
+        kind = job["kind"]
+        if kind == "clip":
+            return self.clip(job)
+        if kind == "scenario_save":
+            return self.scenario_save(job)
+        if kind == "scenario_run":
+            return self.scenario_run(job)
+        return self.policy_call(job)
+
+    def _counter(self):
+        self.steps[0] = 0
+
+        def count(n: int) -> None:  # where heurist reads it, even after a kill
+            self.steps[0] += n
+        return count
+
+    def scenario_save(self, job: dict) -> dict:
+        """The scenarios of an episode's failure events (``envs.scenarios``): the env alone, no policy."""
+        from envs.scenarios import record_scenario
+
+        count = self._counter()
+        probe = self.spec.make_env(self.protocol, lean=True)
+        coerce = action_coercer(probe.action_space)
+        probe.close()
+        saved, discarded = [], {}
+        for event in job["events"]:
+            found = record_scenario(self.spec, self.protocol, int(job["seed"]), job["actions"], str(event["kind"]),
+                                    int(event["step"]), str(event.get("description", "")), int(job["before"]),
+                                    int(job["warmup"]), coerce, count)
+            if isinstance(found, str):
+                discarded[f"{event['kind']} at step {event['step']}"] = found
+            else:
+                saved.append(found.model_dump(mode="json"))
+        return {"status": "ok", "scenarios": saved, "discarded": discarded, "env_steps": self.steps[0]}
+
+    def scenario_run(self, job: dict) -> dict:
+        """A test kit's ``run_scenario``: the saved state restored, a fresh policy warmed up, the window run."""
+        from envs.scenarios import Scenario, run_scenario
+
+        scenario = Scenario.model_validate(job["scenario"])
+        count = self._counter()
+        probe = self.spec.make_env(self.protocol, lean=True)
+        space, coerce = pickle.dumps(probe.action_space), action_coercer(probe.action_space)
+        probe.close()
+        try:
+            self.policy.start(0, scenario.seed, space, job.get("cpu_s"), 1, 1)
+            result = run_scenario(self.spec, scenario, lambda obs, info: self._act_alone(obs, info), coerce, count)
+        except PolicyFailed as exc:
+            self.policy.end(0, 0)
+            return {"status": "policy_error", "error": str(exc), "env_steps": self.steps[0]}
+        self.policy.end(0, self.steps[0])
+        return {"status": "ok", "result": result, "env_steps": self.steps[0]}
+
     def _act_alone(self, obs, info, feedback: list | None = None) -> Any:
         """The action of the one policy in slot 0 (a clip's replay, a test kit's call); raises PolicyFailed."""
         actions, failed = self.policy.act([0], [obs], [info], [feedback] if self.policy.observes else None)
@@ -299,8 +354,7 @@ def serve(reader: JobReader, results: IO[str], make_worker) -> None:
                         answer(worker_error(exc, seed))
             elif waiting:
                 job = waiting.pop(0)
-                answer(_guarded(worker, job, lambda: worker.clip(job) if job["kind"] == "clip"
-                                else worker.policy_call(job)))
+                answer(_guarded(worker, job, lambda: worker.waiting_job(job)))
         except PolicyGone as exc:  # the parent, which started the policy process, says why it ended
             answer({"status": "policy_gone", "error": str(exc), "hung_up": exc.hung_up})
             return  # the parent starts a new pair of processes

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common.errors import HeuristError
+from common.events import ScenariosSaved, read_events
 from common.files import atomic_write
 from common.ledger import Ledger
 from envs.evaluator import EvalRequest, evaluate
 from envs.limits import Limits
 from envs.regression import KitRefused, PolicyUnderTest
 from envs.results import EvalResult
+from envs.scenario_files import save_scenarios
 from envs.tasks import Split, TaskSpec
 from graph.state import Scored
 from memory.store import MemoryStore
@@ -159,7 +161,30 @@ class Services:
             return found.model_dump(mode="json", by_alias=True)
 
         return PolicyUnderTest(episode, self.spec.model_dump_json(), self.protocol, str(policy), source, self.limits(),
-                               hidden=[self.run_dir])
+                               hidden=[self.run_dir], scenarios=self.scenario_folder)
+
+    @property
+    def scenario_folder(self) -> Path:
+        """Where the run's failure scenarios are kept: out of every sandbox's sight, read by name."""
+        return self.run_dir / "scenarios"
+
+    def save_scenarios(self, source: str, result: EvalResult, iteration: int) -> dict[str, list[str]]:
+        """The scenarios of the incumbent's failures in this evaluation (seed -> names), saved once per iteration
+        (a node run twice finds its ledger line), the env steps they took recorded in the ledger."""
+        config = self.config.scenarios
+        before = config.steps_before(self.spec.family)
+        for record in read_events(self.ledger)[0]:
+            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id and record.iteration == iteration:
+                return record.scenarios
+        if before == 0 or config.per_evaluation == 0:
+            return {}
+        saved = save_scenarios(result, self.spec.model_dump_json(), source, str(self.candidate_file(source)),
+                               self.limits(), self.scenario_folder, [self.run_dir], before, config.warmup,
+                               config.per_evaluation)
+        by_seed = {str(seed): names for seed, names in saved.by_seed.items()}
+        self.ledger.append(ScenariosSaved(run_id=self.run_id, iteration=iteration, policy_sha256=result.policy_sha256,
+                                          scenarios=by_seed, discarded=saved.discarded, env_steps=saved.env_steps))
+        return by_seed
 
 
 def per_seed(result: EvalResult) -> dict[int, float | None]:

@@ -38,9 +38,14 @@ from roles.base import Role
 from roles.edits import Edit, unified_diff
 from roles.llm_usage import BudgetSpent, LLMError
 from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
+from roles.test_writer import scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
+
+
+def _scenarios_of(state: RunState) -> dict[int, list[str]]:
+    return {int(seed): names for seed, names in (state.get("scenarios") or {}).items()}
 
 
 class RoleContractError(HeuristError):
@@ -79,8 +84,12 @@ class Nodes:
         iteration = state["iteration"] + 1
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.event("iteration", iteration=iteration)
-        s.evaluate_cached(s.candidate_file(s.workspace.source_at(state["incumbent"]["commit"])), video=True)
-        return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None,
+        source = s.workspace.source_at(state["incumbent"]["commit"])
+        result = s.evaluate_cached(s.candidate_file(source), video=True)
+        # The moments before its failures, for regression tests that replay them (graph.testing, envs.scenarios).
+        scenarios = s.save_scenarios(source, result, iteration)
+        return {"iteration": iteration, "baseline": state["incumbent"], "scenarios": scenarios,
+                "analyses": None, "recall": None,
                 "coder": None, "attempts": 0, "check_error": None, "candidate": None, "tests": {},
                 "verification": None, "verdict": None, "outcome": None, "proposals": None, "queue": [],
                 "tried": [], "branch_name": None}
@@ -224,7 +233,7 @@ class Nodes:
                                candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
                                failure_summary=failure_summary, seeds_by_kind=gather(analyses, "seeds_by_kind"),
                                existing_tests=sorted(accepted), candidate=per_seed(scored_candidate),
-                               existing_test_sources=accepted)
+                               existing_test_sources=accepted, scenarios=_scenarios_of(state))
         s.event("role", role=writer.name)
         try:
             test = writer.run(data, s.context(state["iteration"], writer))
@@ -233,7 +242,17 @@ class Nodes:
         # heurist names every new test file (the writer's name is a suggestion): an accepted test is never
         # overwritten, and a new one cannot take an old one's place.
         taken = set(s.workspace.tests_at(state["incumbent"]["commit"]))
-        return {"tests": {new_test_name(taken, state["iteration"]): test.source}}
+        tests = {new_test_name(taken, state["iteration"]): test.source}
+        # Beside it, heurist's own scenario test for the seeds the edit improved, where their failure was saved:
+        # kept, like any new test, only if it fails on the incumbent and passes on the candidate.
+        candidate, incumbent = per_seed(scored_candidate), seeds_of(state["incumbent"])
+        improved = {seed: names for seed, names in _scenarios_of(state).items()
+                    if candidate.get(seed) is not None and (incumbent.get(seed) is None or
+                                                            candidate[seed] > incumbent[seed])}
+        source = scenario_test(state["iteration"], improved)
+        if source is not None:
+            tests[new_test_name(taken | set(tests), state["iteration"])] = source
+        return {"tests": tests}
 
     # ------------------------------------------------------------------ 7. verify
 
@@ -273,6 +292,7 @@ class Nodes:
                 run_id=s.run_id, iteration=iteration, passed=passed, candidate_sha256=result.policy_sha256,
                 reason=(f"{len(old_failed)} of {len(accepted)} accepted test files failed" if old_failed else
                         f"all {len(accepted)} accepted test files passed"), files=files, new_tests=new_tests,
+                env_steps=candidate.scenario_steps + (before.scenario_steps if new else 0),
                 wall_s=round(sum(r.wall_s for r in [*on_candidate.values(), *on_incumbent.values()]), 3)))
         previous = state.get("verification") or {}
         return {"verification": {**previous, "tests_passed": passed, "tests_report": report[-3000:],

@@ -139,6 +139,8 @@ class TestWriterInput(RoleModel):
     candidate: dict[int, float | None] = Field(default_factory=dict, description="The candidate's return per dev "
                                                "seed (None: failed), measured before the test is written.")
     existing_test_sources: dict[str, str] = Field(default_factory=dict, description="The accepted test files.")
+    scenarios: dict[int, list[str]] = Field(default_factory=dict, description="The incumbent's saved failure "
+                                            "scenarios by dev seed, for run_scenario(name).")
 
 
 class TestFile(RoleModel):

@@ -23,6 +23,10 @@ KIT_API = """heurist_testkit (import it in the test file; the test runs alone, o
 - run_episode(seed: int) -> dict: one episode of the policy under test on a dev seed. Keys: status ("ok",
   "policy_error", "invalid_action", "env_error", "timeout", "crash"), return, length, termination, events
   (list of {step, kind, description}), trace ({actions, rewards, mode_counts, windows}).
+- run_scenario(name: str) -> dict: a saved failure scenario of the incumbent (names below): the simulator restored
+  some steps before that failure, the policy under test warmed up, then run over the window with its own
+  actions. Keys: scenario, return (over the window), length, ending, events, failed_again (the same failure
+  happened again). A test that the fix holds at the moment of failure, without replaying a whole episode.
 - first_event(result, kind) -> int | None: the step of the first failure event of that kind.
 - load_policy() -> the policy under test, run elsewhere: reset(seed), then act(obs, info) returns its action
   and sets .diagnostics; to pin what it does on an observation from a trace."""
@@ -52,6 +56,26 @@ def test_policy_loads_and_resets():
               "from heurist_testkit import load_policy, run_episode\n" + "".join(functions) + "\n")
     return TestFile(filename=f"tests/test_iteration_{iteration:04d}.py", source=source, seeds=sorted(seeds),
                     rationale=f"pins the gain on seeds {sorted(seeds)} so later edits cannot lose it")
+
+
+def scenario_test(iteration: int, scenarios: dict[int, list[str]]) -> str | None:
+    """One test per saved scenario of the seeds an edit improved: from the moment before the incumbent's failure,
+    the policy must not fail that way again. heurist adds it beside the writer's test (``graph.nodes.write_tests``);
+    like every new test, it is kept only if it fails on the incumbent and passes on the candidate."""
+    functions = []
+    for seed, names in sorted(scenarios.items()):
+        for name in names[:1]:
+            function = "test_" + "".join(c if c.isalnum() else "_" for c in name.lower())
+            functions.append(
+                f"\n\ndef {function}():\n"
+                f'    """Seed {seed}\'s failure before iteration {iteration}, replayed from the saved moment before it."""\n'
+                f"    result = run_scenario({name!r})\n"
+                f'    assert not result["failed_again"], (result["events"][:3], result["return"])')
+    if not functions:
+        return None
+    return (f'"""Scenario tests for iteration {iteration}: the incumbent\'s failures on seeds {sorted(scenarios)}, '
+            f'replayed from the saved\nmoments before them (envs.scenarios)."""\n\n'
+            "from heurist_testkit import run_scenario\n" + "".join(functions) + "\n")
 
 
 def _returned(value: float | None) -> str:
@@ -92,6 +116,7 @@ class TestWriter(Role[TestWriterInput, TestFile]):
                   f"What the edit changed, measured on the dev seeds (incumbent -> candidate):\n"
                   f"{gains or 'no seed changed'}\n\nThe candidate policy:\n```python\n{data.candidate_source}\n```\n\n"
                   f"The accepted tests (they keep running; do not repeat them):\n{existing[:6000] or 'none'}\n\n"
+                  f"Saved failure scenarios of the incumbent, by dev seed: {data.scenarios or 'none'}\n\n"
                   f"{KIT_API}")
         return ctx.llm.structured(ctx.transcript, [{"role": "system", "content": self.prompt()},
                                                    {"role": "user", "content": prompt}], TestFile)

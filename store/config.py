@@ -243,6 +243,20 @@ class StageRoles(_Strict):
     simplify: str = "simplifier"
 
 
+class ScenarioConfig(_Strict):
+    """Failure scenarios (envs.scenarios): the simulator's state saved before the incumbent's failures, which
+    regression tests replay instead of whole episodes."""
+
+    before: int | None = Field(None, ge=0, le=5000, description="Steps before a failure the state is saved at (default: "
+                                                                "300 for Atari, 50 otherwise; 0: no scenarios).")
+    warmup: int = Field(8, ge=0, le=64, description="Observations before that, replayed to a stateful policy first.")
+    per_evaluation: int = Field(3, ge=0, le=20, description="Failed episodes whose first failure is saved, per "
+                                                             "evaluation of the incumbent (the worst first).")
+
+    def steps_before(self, family: str) -> int:
+        return self.before if self.before is not None else (300 if family == "atari" else 50)
+
+
 class SimplifyConfig(_Strict):
     """The simplify stage: a shorter, clearer policy with the same behaviour, kept only if it loses nothing."""
 
@@ -267,6 +281,7 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     simplify: SimplifyConfig = Field(default_factory=SimplifyConfig)
+    scenarios: ScenarioConfig = Field(default_factory=ScenarioConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     code: CodeConfig = Field(default_factory=CodeConfig)
     stages: StageRoles = Field(default_factory=StageRoles)

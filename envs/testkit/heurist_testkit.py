@@ -8,6 +8,11 @@ here is a request to heurist over a private channel, answered by heurist's own c
   A dict: seed, status ("ok", "policy_error", "invalid_action", "env_error", "timeout",
   "crash"), error, return, length, termination, events ([{step, kind, description}]), trace
   ({actions, rewards, mode_counts, windows}), env_steps.
+- ``run_scenario(name)``: a saved failure scenario (heurist names them: the seed, the failure's kind and
+  step): the simulator restored a few steps before that failure, the policy under test warmed up on what
+  it saw before, then run over the window with its own actions. A dict: scenario, return (over the
+  window), length, ending (None, "terminated" or "truncated"), events, failed_again (whether the
+  scenario's failure happened again). A Breakout test is then the frames before a lost life, not a game.
 - ``first_event(result, kind)``: the step of the first failure event of that kind, or None.
 - ``load_policy()``: the policy under test, run in its own sandboxed process: ``reset(seed)``,
   then ``act(obs, info)`` returns its action (an int, a float or a list) and sets
@@ -50,6 +55,10 @@ def run_episode(seed, policy=None):
     if policy is not None:
         raise KitError("regression tests run against the policy under test only; call run_episode(seed)")
     return _ask({"op": "episode", "seed": int(seed)})
+
+
+def run_scenario(name):
+    return _ask({"op": "scenario", "name": str(name)})
 
 
 def first_event(result, kind):

@@ -1,0 +1,111 @@
+"""Failure scenarios on disk: saved from an evaluation's failure events, and read back by name (``envs.scenarios``).
+
+``save_scenarios`` hands a worker pair's trusted env process one ``scenario_save`` job per failed episode (its
+seed, its recorded actions, its failure events); what comes back verified is written to a folder heurist owns
+and no sandbox sees (a run's ``RUN_DIR/scenarios``), one JSON file per scenario, named by the seed, the failure's
+kind and step and the recorded window's hash: a name always means the same scenario, so a regression test that
+names one finds exactly it in every later iteration. ``load_scenario`` reads one back by name for a test's
+``run_scenario``; names are checked, never paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.files import atomic_write
+from envs.isolation import Confinement
+from envs.limits import Limits
+from envs.results import EvalResult
+from envs.scenarios import Scenario
+from envs.worker_pair import WorkerDied, WorkerProcess
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,160}$")
+
+
+class ScenarioError(Exception):
+    """A scenario a test asked for that does not exist or cannot be read; the message goes back to the test."""
+
+
+class SavedScenarios(BaseModel):
+    """What one ``save_scenarios`` did: the scenarios by seed, what was discarded and why, the env steps taken."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by_seed: dict[int, list[str]] = Field(default_factory=dict)
+    discarded: dict[str, str] = Field(default_factory=dict)
+    env_steps: int = 0
+
+
+def file_name(scenario: Scenario) -> str:
+    return f"{scenario.name}-{scenario.trajectory_sha256[:8]}"
+
+
+def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path: str, limits: Limits,
+                   folder: Path, hidden: list[Path], before: int, warmup: int, most: int,
+                   events_per_episode: int = 1) -> SavedScenarios:
+    """The scenarios of the first failure events of each failed episode (at most ``most`` episodes, worst first,
+    and ``events_per_episode`` events of each)."""
+    saved = SavedScenarios()
+    failed = [e for e in result.episodes if e.events and e.trace is not None and e.trace.actions]
+    failed.sort(key=lambda e: (e.return_ is None, -(e.return_ or 0.0)), reverse=True)
+    if not failed or most <= 0:
+        return saved
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="heurist-scenarios-") as scratch:
+        worker = WorkerProcess(limits, Path(scratch), Confinement(hidden=hidden))
+        try:
+            for episode in failed[:most]:
+                events = episode.events[:events_per_episode]
+                job = {"kind": "scenario_save", "task": task_json, "protocol": result.protocol,
+                       "policy_path": policy_path, "policy_source": source, "seed": episode.seed,
+                       "actions": episode.trace.actions[: max(e.step for e in events) + 1],
+                       "events": [e.model_dump() for e in events],
+                       "before": before, "warmup": warmup, "cpu_s": limits.episode_cpu_s}
+                try:
+                    reply = worker.run(job, timeout=limits.episode_timeout_s * 2 + 30)
+                except WorkerDied as died:
+                    saved.env_steps += worker.steps_taken()
+                    saved.discarded[f"seed {episode.seed}"] = f"the env process died: {died.reason}"[:300]
+                    worker.close()
+                    worker = WorkerProcess(limits, Path(scratch), Confinement(hidden=hidden))
+                    continue
+                saved.env_steps += int(reply.get("env_steps") or worker.steps_taken())
+                if reply.get("status") != "ok":
+                    saved.discarded[f"seed {episode.seed}"] = str(reply.get("error"))[:300]
+                    continue
+                for key, why in reply["discarded"].items():
+                    saved.discarded[f"seed {episode.seed}: {key}"] = why[:300]
+                for data in reply["scenarios"]:
+                    scenario = Scenario.model_validate(data)  # from the trusted env process; checked all the same
+                    name = file_name(scenario)
+                    target = folder / f"{name}.json"
+                    if not target.is_file():
+                        atomic_write(target, scenario.model_dump_json())
+                    saved.by_seed.setdefault(episode.seed, []).append(name)
+        finally:
+            worker.close()
+    return saved
+
+
+def load_scenario(folder: Path | None, name: str) -> Scenario:
+    """The scenario of that name, or ScenarioError saying why not (in words a test's author can act on)."""
+    if folder is None:
+        raise ScenarioError("this run keeps no scenarios (scenarios.before = 0)")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ScenarioError(f"{str(name)[:80]!r} is not a scenario name (letters, digits, '-' and '_')")
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.json"))[:10] if folder.is_dir() else []
+        raise ScenarioError(f"no scenario {name}; this run has: {', '.join(known) or 'none'}")
+    try:
+        return Scenario.model_validate(json.loads(path.read_text()))
+    except (ValidationError, ValueError) as exc:
+        raise ScenarioError(f"scenario {name} cannot be read: {str(exc).splitlines()[0][:200]}") from None
+
+
+__all__ = ["SavedScenarios", "ScenarioError", "file_name", "load_scenario", "save_scenarios"]

@@ -1,0 +1,291 @@
+"""Failure scenarios: the simulator's full state a few steps before a recorded failure, saved, verified and replayed.
+
+A regression test that replays a whole Breakout game to reach the moment it lost a life spends 100,000 frames
+on a few hundred that matter. A scenario is that moment kept: the env's full state ``before`` steps ahead of a
+failure event (ALE ``cloneState`` with its RNG; MuJoCo's integration state; classic control's state vector),
+the env's random generator and time-limit count, the observations (and infos) the policy saw in the steps before
+it, so a stateful policy can be warmed up to the same internal state, and the actions recorded from there to
+the failure.
+
+- ``record_scenario`` (in the trusted env process) replays an episode's recorded actions from its seed, saves the
+  state at the window's start, and verifies it: a fresh env restored from the saved state and given the same
+  actions must reproduce the original's every observation, reward and ending up to the failure, or the
+  scenario is discarded with the reason. A task whose simulator cannot be saved (Box2D's world) says so.
+- ``run_scenario`` restores the state, warms a fresh policy up on the saved observations (its actions then
+  are ignored), and runs the window with the policy's own actions, and as long again past the failure's step
+  (a fix must carry the policy beyond that moment); what happened (return, length, failure events, whether
+  the scenario's failure happened again) is the result. Its env steps are counted by the
+  env process, as an episode's are.
+
+Everything in a scenario is plain JSON (the ALE state as its own serialisation, base64), never a pickle: a
+scenario file is data heurist reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.actions import plain_actions
+from envs.failures import FailureDetector
+
+MAX_WARMUP = 64  # observations kept before a scenario's start, at most
+MAX_WINDOW = 5_000  # steps from a scenario's start to its failure, at most
+
+
+class SavedObservation(BaseModel):
+    """One observation the policy saw, as exact bytes (zlib, base64) with its dtype and shape, and its info."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    dtype: str
+    shape: list[int]
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, obs: Any, info: dict) -> SavedObservation:
+        arr = np.ascontiguousarray(np.asarray(obs))
+        return cls(data=base64.b64encode(zlib.compress(arr.tobytes(), 6)).decode(), dtype=arr.dtype.str,
+                   shape=list(arr.shape), info=_plain_info(info))
+
+    def array(self) -> np.ndarray:
+        dtype = np.dtype(self.dtype)
+        if dtype.kind not in "biuf":
+            raise ValueError(f"a saved observation of dtype {dtype}")
+        size = int(np.prod(self.shape)) * dtype.itemsize
+        raw = zlib.decompressobj().decompress(base64.b64decode(self.data), size + 1)  # bounded: no zip bomb
+        return np.frombuffer(raw[:size], dtype=dtype).reshape(self.shape).copy()
+
+
+class Scenario(BaseModel):
+    """A failure's moment, ready to replay (see the module's docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    task: str
+    protocol: str
+    seed: int
+    event_kind: str
+    event_step: int
+    event_description: str
+    start: int  # the step the state was saved before; the window runs start..event_step
+    state: dict[str, Any]
+    observation: SavedObservation  # what the policy acts on at ``start``
+    warmup: list[SavedObservation] = Field(default_factory=list)  # what it saw at the steps just before
+    actions: list[Any]  # recorded, start..event_step
+    return_before: float  # the episode's return before ``start``
+    trajectory_sha256: str  # of the recorded window (observations, rewards, endings), which the restore reproduced
+
+
+def scenario_name(seed: int, kind: str, step: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in kind)[:40]
+    return f"seed{seed}-{safe}-step{step}"
+
+
+def _plain_info(info: dict) -> dict[str, Any]:
+    """The info's plain scalars (lives, frame numbers): what a policy reads from it, JSON-safe."""
+    out: dict[str, Any] = {}
+    for key, value in (info or {}).items():
+        if isinstance(value, (bool, int, float, str)) and isinstance(key, str):
+            out[key] = value
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+    return out
+
+
+# --------------------------------------------------------------------------- saving and restoring the simulator
+
+
+def _time_limit(env):
+    from gymnasium.wrappers import TimeLimit
+
+    inner = env
+    while inner is not None:
+        if isinstance(inner, TimeLimit):
+            return inner
+        inner = getattr(inner, "env", None)
+    return None
+
+
+def save_state(env) -> dict[str, Any] | None:
+    """The env's full state as JSON, or None where its simulator cannot be saved (Box2D's world)."""
+    u = env.unwrapped
+    state: dict[str, Any] = {"rng": _jsonable_rng(u.np_random.bit_generator.state)}
+    limit = _time_limit(env)
+    if limit is not None:
+        state["elapsed_steps"] = int(limit._elapsed_steps or 0)
+    if hasattr(u, "ale"):
+        state["ale"] = base64.b64encode(u.ale.cloneState(include_rng=True).serialize()).decode()
+    elif hasattr(u, "data") and hasattr(u, "model") and hasattr(u, "set_state"):
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        full = np.empty(mujoco.mj_stateSize(u.model, spec))
+        mujoco.mj_getState(u.model, u.data, full, spec)
+        state["mujoco"] = full.tolist()
+    elif isinstance(getattr(u, "state", None), (np.ndarray, list, tuple)) and not hasattr(u, "world"):
+        state["classic"] = np.asarray(u.state, dtype=np.float64).tolist()
+        if hasattr(u, "steps_beyond_terminated"):
+            state["steps_beyond_terminated"] = u.steps_beyond_terminated
+    else:
+        return None
+    return state
+
+
+def restore_state(env, state: dict[str, Any]) -> None:
+    """Put a freshly reset env in the saved state."""
+    u = env.unwrapped
+    u.np_random.bit_generator.state = _rng_state(state["rng"])
+    limit = _time_limit(env)
+    if limit is not None and "elapsed_steps" in state:
+        limit._elapsed_steps = int(state["elapsed_steps"])
+    if "ale" in state:
+        import ale_py
+
+        u.ale.restoreState(ale_py.ALEState(base64.b64decode(state["ale"])))
+    elif "mujoco" in state:
+        import mujoco
+
+        mujoco.mj_setState(u.model, u.data, np.asarray(state["mujoco"], dtype=np.float64),
+                           mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(u.model, u.data)
+    elif "classic" in state:
+        u.state = np.asarray(state["classic"], dtype=np.float64)
+        if "steps_beyond_terminated" in state:
+            u.steps_beyond_terminated = state["steps_beyond_terminated"]
+    else:
+        raise ValueError("a scenario state of no kind heurist knows")
+
+
+def _jsonable_rng(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable_rng(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"__array__": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _rng_state(value: Any) -> Any:
+    if isinstance(value, dict) and "__array__" in value:
+        return np.asarray(value["__array__"], dtype=np.dtype(value["dtype"]))
+    if isinstance(value, dict):
+        return {k: _rng_state(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- recording and verifying
+
+
+def _digest(steps: list[tuple[Any, float, bool, bool]]) -> str:
+    h = hashlib.sha256()
+    for obs, reward, terminated, truncated in steps:
+        arr = np.ascontiguousarray(np.asarray(obs))
+        h.update(arr.dtype.str.encode() + str(arr.shape).encode() + arr.tobytes())
+        h.update(np.float64(reward).tobytes() + bytes([terminated, truncated]))
+    return h.hexdigest()
+
+
+def record_scenario(spec, protocol: str, seed: int, actions: list, event_kind: str, event_step: int,
+                    event_description: str, before: int, warmup: int, coerce, counter) -> Scenario | str:
+    """The scenario of one failure event, verified; or why there is none. ``actions`` are the episode's recorded
+    actions (at least to ``event_step``), ``coerce`` turns one into what the env takes, ``counter(n)`` counts env
+    steps taken."""
+    if event_step >= len(actions):
+        return f"the episode's recorded actions end at step {len(actions) - 1}, before the event at {event_step}"
+    start = max(0, event_step - before)
+    if event_step - start + 1 > MAX_WINDOW:
+        return f"a window of {event_step - start + 1} steps is over {MAX_WINDOW}"
+    env = spec.make_env(protocol, lean=True)
+    try:
+        obs, info = env.reset(seed=seed)
+        seen: list[tuple[Any, dict]] = []
+        total, state, window = 0.0, None, []
+        start_obs = start_info = None
+        for t in range(event_step + 1):
+            if t == start:
+                state = save_state(env)
+                if state is None:
+                    return f"the {spec.family} simulator of {spec.id} cannot be saved; test the whole episode"
+                start_obs, start_info = obs, info
+            elif t < start:
+                seen.append((obs, info))
+                seen = seen[-min(warmup, MAX_WARMUP):] if warmup > 0 else []
+            obs, reward, terminated, truncated, info = env.step(coerce(actions[t]))
+            counter(1)
+            if t < start:
+                total += float(reward)
+            else:
+                window.append((obs, float(reward), bool(terminated), bool(truncated)))
+            if (terminated or truncated) and t < event_step:
+                return f"the replayed episode ended at step {t}, before the event at {event_step}"
+    finally:
+        env.close()
+    recorded = _digest(window)
+    replay = spec.make_env(protocol, lean=True)
+    try:
+        replay.reset(seed=seed)
+        restore_state(replay, state)
+        again = []
+        for t in range(start, event_step + 1):
+            obs, reward, terminated, truncated, _ = replay.step(coerce(actions[t]))
+            counter(1)
+            again.append((obs, float(reward), bool(terminated), bool(truncated)))
+    finally:
+        replay.close()
+    if _digest(again) != recorded:
+        first = next((i for i, (a, b) in enumerate(zip(window, again))
+                      if not (np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and a[1:] == b[1:])), len(window))
+        return f"restored from its saved state, the episode diverged at step {start + first}; not a scenario"
+    return Scenario(name=scenario_name(seed, event_kind, event_step), task=spec.id, protocol=protocol, seed=seed,
+                    event_kind=event_kind, event_step=event_step, event_description=event_description[:300],
+                    start=start, state=state, observation=SavedObservation.of(start_obs, start_info),
+                    warmup=[SavedObservation.of(o, i) for o, i in seen],
+                    actions=plain_actions(list(actions[start:event_step + 1])),
+                    return_before=total, trajectory_sha256=recorded)
+
+
+def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: int | None = None) -> dict[str, Any]:
+    """Replay the scenario's window with the policy's own actions (``policy_act(obs, info)``, a fresh policy
+    already reset with the scenario's seed): warm it up on the saved observations, then step. What happened."""
+    for saved in scenario.warmup:  # the policy's internal state as it was; these actions are not taken
+        policy_act(saved.array(), dict(saved.info))
+    env = spec.make_env(scenario.protocol, lean=True)
+    detector = FailureDetector(spec.failure_rules, spec.target)
+    # Past the moment the recorded policy failed, by as long again: a fix must carry the policy beyond it.
+    horizon = steps if steps is not None else 2 * len(scenario.actions)
+    total, length, ending = scenario.return_before, 0, None
+    try:
+        env.reset(seed=scenario.seed)
+        restore_state(env, scenario.state)
+        obs, info = scenario.observation.array(), dict(scenario.observation.info)
+        if spec.failure_rules.lives and "lives" in info:
+            detector.step(scenario.start - 1, obs, 0.0, total, False, False, info)  # the lives it starts with
+        for t in range(scenario.start, scenario.start + horizon):
+            action = coerce(policy_act(obs, info))
+            obs, reward, terminated, truncated, info = env.step(action)
+            counter(1)
+            total += float(reward)
+            length += 1
+            detector.step(t, obs, float(reward), total, bool(terminated), bool(truncated), info)
+            if terminated or truncated:
+                ending = "terminated" if terminated else "truncated"
+                break
+    finally:
+        env.close()
+    events = [e.model_dump() for e in detector.events]
+    return {"scenario": scenario.name, "return": total - scenario.return_before, "length": length,
+            "ending": ending, "events": events,
+            "failed_again": any(e["kind"] == scenario.event_kind for e in events)}
+
+
+__all__ = ["SavedObservation", "Scenario", "record_scenario", "restore_state", "run_scenario", "save_state",
+           "scenario_name"]

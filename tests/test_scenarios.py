@@ -1,0 +1,174 @@
+"""Failure scenarios from saved simulator state: saved and verified for every family that can save its state,
+replayed by a regression test's run_scenario through the sandboxed kit, and used by a run's own regression tests."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from common.ledger import Ledger
+from envs.actions import action_coercer
+from envs.evaluator import EvalRequest, evaluate
+from envs.failures import FailureDetector
+from envs.limits import Limits
+from envs.regression import PolicyUnderTest, run_test_file
+from envs.scenario_files import load_scenario, save_scenarios
+from envs.scenarios import record_scenario, run_scenario
+from envs.tasks import get_task
+from policies import POLICY_DIR
+from tests.offline_runs import heurist
+
+LIMITS = Limits(episode_timeout_s=60, episode_cpu_s=60, memory_mb=2048)
+
+
+def _first_failure(task: str, protocol: str, seed: int, act, steps: int = 20_000):
+    """A fixed policy's episode up to its first failure event: (actions, event), played here (our own code)."""
+    spec = get_task(task)
+    env = spec.make_env(protocol, lean=True)
+    coerce = action_coercer(env.action_space)
+    detector = FailureDetector(spec.failure_rules, spec.target)
+    obs, info = env.reset(seed=seed)
+    actions, total = [], 0.0
+    try:
+        for t in range(steps):
+            action = act(obs, t)
+            actions.append(action)
+            obs, reward, terminated, truncated, info = env.step(coerce(action))
+            total += float(reward)
+            detector.step(t, obs, float(reward), total, terminated, truncated, info)
+            if detector.events or terminated or truncated:
+                break
+    finally:
+        env.close()
+    return spec, coerce, actions, detector.events[0]
+
+
+CASES = {
+    "CartPole-v1": ("standard", lambda obs, t: 0),
+    "Acrobot-v1": ("standard", lambda obs, t: 1),
+    "ALE/Breakout-v5 (deterministic)": ("deterministic", lambda obs, t: 0),  # the ball is missed: a life lost
+    "ALE/Breakout-v5 (standard, sticky actions)": ("standard", lambda obs, t: 1 if t % 50 == 0 else 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_scenario_replays_the_failure_exactly_from_the_saved_state(case):
+    task = case.split(" (")[0]
+    protocol, act = CASES[case]
+    spec, coerce, actions, event = _first_failure(task, protocol, 3, act)
+    steps = []
+    scenario = record_scenario(spec, protocol, 3, actions, event.kind, event.step, event.description,
+                               before=40, warmup=4, coerce=coerce, counter=steps.append)
+    assert not isinstance(scenario, str), scenario
+    assert scenario.start == max(0, event.step - 40) and len(scenario.actions) == event.step - scenario.start + 1
+    assert sum(steps) == event.step + 1 + len(scenario.actions)  # the replay, then the verification, counted
+    # The warm-up's actions are not taken; the recorded ones are the window's; then the policy's own, past it.
+    replayed = iter([0] * len(scenario.warmup) + scenario.actions + [act(None, t) for t in range(len(actions))])
+    same = run_scenario(spec, scenario, lambda obs, info: next(replayed), coerce, steps.append)
+    assert same["failed_again"] and same["length"] >= len(scenario.actions), same
+    json.loads(scenario.model_dump_json())  # plain JSON, no pickle
+
+
+def test_a_mujoco_scenario_restores_the_integration_state_exactly():
+    gait = lambda obs, t: np.full(6, 0.6 if (t // 15) % 2 else -0.6, dtype=np.float32)  # noqa: E731
+    spec = get_task("HalfCheetah-v5")
+    env = spec.make_env(None, lean=True)
+    coerce = action_coercer(env.action_space)
+    env.close()
+    actions = [gait(None, t) for t in range(300)]
+    scenario = record_scenario(spec, "standard", 5, actions, "short_of_target", 299, "the window's end", before=100,
+                               warmup=2, coerce=coerce, counter=lambda n: None)
+    assert not isinstance(scenario, str), scenario
+    replayed = iter([[0.0] * 6] * len(scenario.warmup) + scenario.actions)
+    result = run_scenario(spec, scenario, lambda obs, info: np.asarray(next(replayed), dtype=np.float32), coerce,
+                          lambda n: None, steps=len(scenario.actions))
+    assert result["length"] == 100 + 1 and result["ending"] is None
+    # The same actions from the restored state give the recorded trajectory's return over the window.
+    replay = spec.make_env("standard", lean=True)
+    replay.reset(seed=5)
+    recorded = sum(float(replay.step(coerce(a))[1]) for a in actions)
+    replay.close()
+    assert abs(result["return"] + scenario.return_before - recorded) < 1e-6
+
+
+def test_a_simulator_that_cannot_be_saved_says_so():
+    spec, coerce, actions, event = _first_failure("LunarLander-v3", "standard", 1, lambda obs, t: 0)
+    why = record_scenario(spec, "standard", 1, actions, event.kind, event.step, event.description, before=20,
+                          warmup=0, coerce=coerce, counter=lambda n: None)
+    assert why == "the box2d simulator of LunarLander-v3 cannot be saved; test the whole episode"
+
+
+def _evaluation(tmp_path, source: str, name: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    return path, evaluate(get_task("CartPole-v1"), EvalRequest(policy_path=path, task_id="CartPole-v1", episodes=3,
+                                                              workers=1, limits=LIMITS), Ledger(tmp_path / "l.jsonl"))
+
+
+SCENARIO_TEST = '''
+from heurist_testkit import KitError, run_scenario
+
+
+def test_the_failure_does_not_happen_again():
+    result = run_scenario("{name}")
+    assert result["length"] > 0
+    assert not result["failed_again"], result["events"]
+
+
+def test_an_unknown_scenario_is_a_clear_refusal():
+    try:
+        run_scenario("../../etc/passwd")
+    except KitError as exc:
+        assert "is not a scenario name" in str(exc)
+    else:
+        raise AssertionError("refused nothing")
+'''
+
+
+def test_a_test_replays_a_saved_scenario_through_the_sandboxed_kit_and_it_tells_the_policies_apart(tmp_path):
+    weak_path, weak = _evaluation(tmp_path, (POLICY_DIR / "cartpole_untuned.py").read_text(), "weak")
+    good_path, good = _evaluation(tmp_path, (POLICY_DIR / "cartpole.py").read_text(), "good")
+    folder = tmp_path / "scenarios"
+    saved = save_scenarios(weak, get_task("CartPole-v1").model_dump_json(), weak_path.read_text(), str(weak_path),
+                           LIMITS, folder, [], before=50, warmup=4, most=2)
+    assert len(saved.by_seed) == 2 and saved.env_steps > 0 and not saved.discarded, saved
+    [name] = saved.by_seed[weak.episodes[0].seed] if weak.episodes[0].seed in saved.by_seed else \
+        next(iter(saved.by_seed.values()))
+    assert load_scenario(folder, name).event_kind == "pole_fell"
+    source = textwrap.dedent(SCENARIO_TEST).replace("{name}", name)
+
+    def under_test(path, result):
+        episodes = {e.seed: e for e in result.episodes}
+        return PolicyUnderTest(lambda seed: episodes[seed].model_dump(mode="json", by_alias=True),
+                               get_task("CartPole-v1").model_dump_json(), "standard", str(path), path.read_text(),
+                               LIMITS, scenarios=folder)
+
+    on_weak, on_good = under_test(weak_path, weak), under_test(good_path, good)
+    failing = run_test_file("tests/test_scenario.py", source, on_weak, LIMITS, 120)
+    passing = run_test_file("tests/test_scenario.py", source, on_good, LIMITS, 120)
+    assert not failing.passed and "failed_again" in failing.reason or "pole_fell" in failing.reason, failing
+    assert passing.passed, passing
+    window = len(load_scenario(folder, name).actions)
+    assert on_weak.scenario_steps == window  # it fell where it fell before, and heurist counted the steps
+    assert on_good.scenario_steps == 2 * window  # it balanced past that moment, as long again
+
+
+def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_the_fix(home):
+    tmp, env = home
+    (tmp / "run.toml").write_text("[eval]\nepisodes = 6\nvideo = false\nholdout = false\n[budget]\niterations = 1\n"
+                                  "[search]\npopulation = 4\ngenerations = 1\nepisodes = 3\nseed = 1\n")
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    [saved] = [r for r in records if r["event"] == "scenarios_saved"]
+    assert saved["scenarios"] and saved["env_steps"] > 0
+    [tests_run] = [r for r in records if r["event"] == "tests_run"]
+    kept = [name for name, decision in tests_run["new_tests"].items() if decision["kept"]]
+    assert "tests/test_iteration_0001_2.py" in kept, tests_run["new_tests"]
+    assert tests_run["env_steps"] > 0  # the scenario runs, counted
+    scenario_test = (tmp / "run" / "workspace" / "tests" / "test_iteration_0001_2.py").read_text()
+    assert "run_scenario(" in scenario_test
