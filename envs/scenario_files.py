@@ -64,6 +64,7 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                 job = {"kind": "scenario_save", "task": task_json, "protocol": result.protocol,
                        "policy_path": policy_path, "policy_source": source, "seed": episode.seed,
                        "actions": episode.trace.actions[: max(e.step for e in events) + 1],
+                       "rewards": episode.trace.rewards[: max(e.step for e in events) + 1],
                        "events": [e.model_dump() for e in events],
                        "before": before, "warmup": warmup, "cpu_s": limits.episode_cpu_s}
                 try:

@@ -195,20 +195,24 @@ def _digest(steps: list[tuple[Any, float, bool, bool]]) -> str:
 
 
 def record_scenario(spec, protocol: str, seed: int, actions: list, event_kind: str, event_step: int,
-                    event_description: str, before: int, warmup: int, coerce, counter) -> Scenario | str:
+                    event_description: str, before: int, warmup: int, coerce, counter,
+                    rewards: list[float] | None = None) -> Scenario | str:
     """The scenario of one failure event, verified; or why there is none. ``actions`` are the episode's recorded
-    actions (at least to ``event_step``), ``coerce`` turns one into what the env takes, ``counter(n)`` counts env
-    steps taken."""
+    actions (at least to ``event_step``), ``rewards`` its recorded rewards (where known: the replay must give
+    them), ``coerce`` turns an action into what the env takes, ``counter(n)`` counts env steps taken. The replay
+    from the seed must fail as recorded (the failure detector sees the same event at the same step), and the
+    replay from the saved state must reproduce it exactly."""
     if event_step >= len(actions):
         return f"the episode's recorded actions end at step {len(actions) - 1}, before the event at {event_step}"
     start = max(0, event_step - before)
     if event_step - start + 1 > MAX_WINDOW:
         return f"a window of {event_step - start + 1} steps is over {MAX_WINDOW}"
     env = spec.make_env(protocol, lean=True)
+    detector = FailureDetector(spec.failure_rules, spec.target)
     try:
         obs, info = env.reset(seed=seed)
         seen: list[tuple[Any, dict]] = []
-        total, state, window = 0.0, None, []
+        total, state, window, running = 0.0, None, [], 0.0
         start_obs = start_info = None
         for t in range(event_step + 1):
             if t == start:
@@ -221,6 +225,10 @@ def record_scenario(spec, protocol: str, seed: int, actions: list, event_kind: s
                 seen = seen[-min(warmup, MAX_WARMUP):] if warmup > 0 else []
             obs, reward, terminated, truncated, info = env.step(coerce(actions[t]))
             counter(1)
+            running += float(reward)
+            if rewards is not None and t < len(rewards) and abs(float(reward) - float(rewards[t])) > 1e-5:
+                return f"replayed from its seed, the episode's reward at step {t} differs from the recorded one"
+            detector.step(t, obs, float(reward), running, bool(terminated), bool(truncated), info)
             if t < start:
                 total += float(reward)
             else:
@@ -229,6 +237,8 @@ def record_scenario(spec, protocol: str, seed: int, actions: list, event_kind: s
                 return f"the replayed episode ended at step {t}, before the event at {event_step}"
     finally:
         env.close()
+    if not any(e.kind == event_kind and e.step == event_step for e in detector.events):
+        return f"replayed from its seed, the episode did not fail with {event_kind} at step {event_step}"
     recorded = _digest(window)
     replay = spec.make_env(protocol, lean=True)
     try:
@@ -254,10 +264,12 @@ def record_scenario(spec, protocol: str, seed: int, actions: list, event_kind: s
 
 
 def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: int | None = None) -> dict[str, Any]:
-    """Replay the scenario's window with the policy's own actions (``policy_act(obs, info)``, a fresh policy
-    already reset with the scenario's seed): warm it up on the saved observations, then step. What happened."""
-    for saved in scenario.warmup:  # the policy's internal state as it was; these actions are not taken
-        policy_act(saved.array(), dict(saved.info))
+    """Replay the scenario's window with the policy's own actions (``policy_act(obs, info, feedback)``, a fresh
+    policy already reset with the scenario's seed; ``feedback`` the last step's reward, terminated and truncated,
+    for a policy's ``observe``, None at first): warm it up on the saved observations (observations only: their
+    actions are not taken), then step. What happened."""
+    for saved in scenario.warmup:  # the policy's internal state as it was
+        policy_act(saved.array(), dict(saved.info), None)
     env = spec.make_env(scenario.protocol, lean=True)
     detector = FailureDetector(spec.failure_rules, spec.target)
     # Past the moment the recorded policy failed, by as long again: a fix must carry the policy beyond it.
@@ -269,9 +281,11 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
         obs, info = scenario.observation.array(), dict(scenario.observation.info)
         if spec.failure_rules.lives and "lives" in info:
             detector.step(scenario.start - 1, obs, 0.0, total, False, False, info)  # the lives it starts with
+        feedback = None
         for t in range(scenario.start, scenario.start + horizon):
-            action = coerce(policy_act(obs, info))
+            action = coerce(policy_act(obs, info, feedback))
             obs, reward, terminated, truncated, info = env.step(action)
+            feedback = [float(reward), False, False]
             counter(1)
             total += float(reward)
             length += 1

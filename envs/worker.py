@@ -257,7 +257,7 @@ class Worker:
         for event in job["events"]:
             found = record_scenario(self.spec, self.protocol, int(job["seed"]), job["actions"], str(event["kind"]),
                                     int(event["step"]), str(event.get("description", "")), int(job["before"]),
-                                    int(job["warmup"]), coerce, count)
+                                    int(job["warmup"]), coerce, count, job.get("rewards"))
             if isinstance(found, str):
                 discarded[f"{event['kind']} at step {event['step']}"] = found
             else:
@@ -275,7 +275,7 @@ class Worker:
         probe.close()
         try:
             self.policy.start(0, scenario.seed, space, job.get("cpu_s"), 1, 1)
-            result = run_scenario(self.spec, scenario, lambda obs, info: self._act_alone(obs, info), coerce, count)
+            result = run_scenario(self.spec, scenario, self._act_alone, coerce, count)
         except PolicyFailed as exc:
             self.policy.end(0, 0)
             return {"status": "policy_error", "error": str(exc), "env_steps": self.steps[0]}

@@ -30,7 +30,7 @@ from graph.candidates import checked, focus_of, ranked_candidates
 from graph.context import Services, per_seed, scored, seeds_of
 from graph.simplify import run_simplify
 from graph.state import CodeOutcome, RunState
-from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files
+from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files, scenario_test_name
 from graph.workbench import RunWorkbench
 from memory.lessons import distil
 from memory.records import FailureRecord, FixRecord, Recall
@@ -251,7 +251,7 @@ class Nodes:
                                                             candidate[seed] > incumbent[seed])}
         source = scenario_test(state["iteration"], improved)
         if source is not None:
-            tests[new_test_name(taken | set(tests), state["iteration"])] = source
+            tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
         return {"tests": tests}
 
     # ------------------------------------------------------------------ 7. verify

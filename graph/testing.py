@@ -36,6 +36,20 @@ def new_test_name(taken: set[str], iteration: int) -> str:
     return name
 
 
+def scenario_test_name(taken: set[str], iteration: int) -> str:
+    """heurist's own scenario test of an iteration (``roles.test_writer.scenario_test``), named apart from the test
+    writer's so a reader sees which is which."""
+    name, n = f"tests/test_scenarios_{iteration:04d}.py", 1
+    while name in taken:
+        n += 1
+        name = f"tests/test_scenarios_{iteration:04d}_{n}.py"
+    return name
+
+
+def is_scenario_test(name: str) -> bool:
+    return name.startswith("tests/test_scenarios_")
+
+
 def run_test_files(s: Services, jobs: list[tuple[str, str, PolicyUnderTest]],
                    candidate: PolicyUnderTest) -> tuple[dict[str, TestFileResult], dict[str, TestFileResult]]:
     """Each (file, source, policy) in its own sandbox; the results on the candidate and on the other policy."""

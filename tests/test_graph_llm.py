@@ -51,7 +51,9 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     # heurist names new tests (the writer suggested tests/test_balance_seed_0.py): iteration 1's was kept
     # (it fails on the weak policy and passes on the edit); iteration 2's edit was rejected with its test.
     assert (workspace.tests / "test_iteration_0001.py").read_text() == PIN_BALANCE
-    assert sorted(p.name for p in workspace.tests.iterdir()) == ["test_iteration_0001.py", "test_policy_runs.py"]
+    # The writer's test and the first one, beside heurist's own scenario tests (test_scenarios_*.py).
+    assert sorted(p.name for p in workspace.tests.iterdir() if not p.name.startswith("test_scenarios_")) \
+        == ["test_iteration_0001.py", "test_policy_runs.py"]
     assert policy.read_text() == WEAK  # the starting file is never modified
 
     recorder = TranscriptRecorder(run_dir)

@@ -47,10 +47,9 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     accepted = [h["iteration"] for h in summary["history"] if h["accepted"]]
     assert len(workspace.history()) == 1 + len(accepted)
     regression_tests = sorted(p.name for p in workspace.tests.glob("test_iteration_*.py"))
-    written = [name for name in regression_tests if not name.endswith("_2.py")]
-    assert written == [f"test_iteration_{i:04d}.py" for i in accepted]
-    # Beside each, heurist's own test of a failure scenario the edit fixed, where one was kept (fail-to-pass).
-    scenario_tests = [name for name in regression_tests if name.endswith("_2.py")]
+    assert regression_tests == [f"test_iteration_{i:04d}.py" for i in accepted]
+    # Beside them, heurist's own tests of the failure scenarios the edits fixed, where kept (fail-to-pass).
+    scenario_tests = sorted(p.name for p in workspace.tests.glob("test_scenarios_*.py"))
     assert scenario_tests and all("run_scenario(" in (workspace.tests / name).read_text() for name in scenario_tests)
     assert (tmp / "run" / "best_policy.py").read_text() == workspace.policy.read_text()
     assert workspace.git("describe", "--tags") == "heurist-final"
@@ -110,7 +109,7 @@ def test_the_log_parser_and_the_test_writer_are_replaced_by_plug_ins(home):
     [iteration] = [r for r in Ledger(tmp / "run" / "ledger.jsonl").read()[0] if r["event"] == "iteration"]
     written = iteration["tests_written"]
     assert "does_better_than_before" in written["tests/test_iteration_0001.py"]
-    assert set(written) <= {"tests/test_iteration_0001.py", "tests/test_iteration_0001_2.py"}  # and heurist's own
+    assert set(written) <= {"tests/test_iteration_0001.py", "tests/test_scenarios_0001.py"}  # and heurist's own
 
     from memory import MemoryConfig, MemoryStore
 

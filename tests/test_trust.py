@@ -22,6 +22,7 @@ from envs.gitsafe import check_repository
 from envs.isolation import SANDBOX_CODE
 from envs.limits import Limits
 from envs.tasks import get_task
+from graph.testing import is_scenario_test
 from store.workspace import Workspace
 from tests.offline_runs import heurist, lost_or_repeated
 from tests.scripted_openai import ScriptedOpenAI
@@ -172,13 +173,15 @@ analyse = ["log_parser"]
     ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
     iterations = [r for r in ledger if r["event"] == "iteration"]
     assert [r["accepted"] for r in iterations] == [True, False, False, False, False]
-    assert all(r["tests_added"] == [] for r in iterations)
+    # No test the model wrote was kept; heurist's own scenario tests (test_scenarios_*.py) may be.
+    assert all([t for t in r["tests_added"] if not is_scenario_test(t)] == [] for r in iterations)
     workspace = Workspace(workspace_root)
-    assert sorted(workspace.tests_at(workspace.head())) == [FIRST_TEST]
+    assert [t for t in sorted(workspace.tests_at(workspace.head())) if not is_scenario_test(t)] == [FIRST_TEST]
     assert "def test_policy_runs_a_dev_episode" in (workspace_root / FIRST_TEST).read_text()
-    refused = {name: d["reason"] for r in ledger if r["event"] == "tests_run" for name, d in r["new_tests"].items()}
+    refused = {name: d["reason"] for r in ledger if r["event"] == "tests_run" for name, d in r["new_tests"].items()
+               if not is_scenario_test(name)}
     assert len(refused) == 5 and all(not d["kept"] for r in ledger if r["event"] == "tests_run"
-                                     for d in r["new_tests"].values())
+                                     for name, d in r["new_tests"].items() if not is_scenario_test(name))
     assert "passes on the incumbent too" in refused["tests/test_iteration_0001.py"]
     assert "ended before pytest reported" in refused["tests/test_iteration_0003.py"]
     assert "test_a_fails failed" in refused["tests/test_iteration_0004.py"]
