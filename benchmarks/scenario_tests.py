@@ -1,7 +1,10 @@
 """Regression tests that replay failure scenarios against tests that replay whole episodes, on Breakout.
 
-The Breakout starter (pixels) is evaluated under the ``deterministic`` protocol (frameskip 1, up to 108,000 steps)
-on a few dev seeds; every life it lost becomes a scenario, saved 300 steps before the loss (``envs.scenarios``).
+The Breakout starter (pixels) loses no life under the ``deterministic`` protocol (frameskip 1, up to 108,000 steps)
+on the first dev seeds (it plays all 108,000 steps), so the policy here is the starter with two tunables weakened
+(``--tunables``, default ``lead=0.7,dead_zone=9``: it loses its five lives in a few thousand steps; with
+``aim_offset=5`` it loses one life in a 108,000-step game). It is evaluated on a few dev seeds; every life it lost
+becomes a scenario, saved 300 steps before the loss (``envs.scenarios``).
 Two regression suites pin the same failures through the real sandboxed kit (``envs.regression.run_test_file``):
 
 - whole episodes: one test per lost life runs its seed's whole episode (``run_episode``, evaluated afresh, as a
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.ledger import Ledger  # noqa: E402
+from envs.contract import rewrite_tunables  # noqa: E402
 from envs.evaluator import EvalRequest, evaluate  # noqa: E402
 from envs.limits import Limits  # noqa: E402
 from envs.regression import PolicyUnderTest, run_test_file  # noqa: E402
@@ -40,11 +44,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--before", type=int, default=300, help="steps before each lost life the state is saved")
+    parser.add_argument("--tunables", default="lead=0.7,dead_zone=9", help="the starter's tunables changed")
     args = parser.parse_args()
     spec = get_task(TASK)
-    policy = POLICY_DIR / "breakout.py"
+    values = {k: float(v) for k, v in (pair.split("=") for pair in args.tunables.split(",") if pair)}
     with tempfile.TemporaryDirectory(prefix="heurist-bench-") as tmp:
         tmp = Path(tmp)
+        policy = tmp / "breakout_weakened.py"
+        policy.write_text(rewrite_tunables((POLICY_DIR / "breakout.py").read_text(), values))
         ledger = Ledger(tmp / "ledger.jsonl")
         seeds = list(spec.seeds.seeds("dev"))[: args.seeds]
         result = evaluate(spec, EvalRequest(policy_path=policy, task_id=TASK, protocol=PROTOCOL, seeds=seeds,
@@ -82,7 +89,8 @@ def main() -> None:
         started = time.perf_counter()
         on_scenarios = run_test_file("tests/test_scenarios.py", "".join(scenario), under_test, LIMITS, 3600)
         scenario_s = time.perf_counter() - started
-    print(f"{TASK}, protocol {PROTOCOL}, the Breakout starter on dev seeds {seeds}: {len(lost)} lives lost, "
+    print(f"{TASK}, protocol {PROTOCOL}, the Breakout starter with {args.tunables} on dev seeds {seeds}: "
+          f"{len(lost)} lives lost in {result.env_steps:,} env steps, "
           f"{len(names)} scenarios saved {args.before} steps before them in {save_s:.1f} s "
           f"({saved.env_steps:,} env steps to replay and verify), {len(saved.discarded)} discarded")
     print(f"{'regression suite':<28} {'wall s':>8} {'env steps':>11} {'tests pass on the failing policy':>34}")

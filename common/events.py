@@ -179,6 +179,17 @@ class ScenariosSaved(_Event):
     env_steps: int = 0
 
 
+class ScenarioSteps(_Event):
+    """Env steps of failure scenarios replayed by regression tests outside verify (the coder's ``run_tests`` tool,
+    the simplify stage), which no ``tests_run`` line counts."""
+
+    event: Literal["scenario_steps"] = "scenario_steps"
+    run_id: str
+    iteration: int
+    where: str
+    env_steps: int
+
+
 class SimplifyDone(_Event):
     """A simplify stage after an iteration (``graph.simplify``): what it proposed, and whether it was kept."""
 
@@ -216,7 +227,7 @@ class RunFinished(_Event):
 
 
 LedgerEvent = Annotated[Union[EvalStarted, EvalFinished, EvalInterrupted, RunStarted, RunResumed, TestsRun,
-                              IterationDone, SimplifyDone, ScenariosSaved, RunPaused, RunFinished],
+                              IterationDone, SimplifyDone, ScenariosSaved, ScenarioSteps, RunPaused, RunFinished],
                         Field(discriminator="event")]
 _EVENT = TypeAdapter(LedgerEvent)
 

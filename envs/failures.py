@@ -77,5 +77,15 @@ class FailureDetector:
                                             f"short of target {self.target:g}{describe_obs(obs)}")
         return len(self.events) - before
 
+    def state(self) -> dict[str, Any]:
+        """What the detector carries from one step to the next (lives seen, a stall's run): a scenario saves it."""
+        return {"lives": self._lives, "stall_run": self._stall_run}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Go on from a saved ``state`` (a scenario's window starts mid-episode)."""
+        lives, run = state.get("lives"), state.get("stall_run", 0)
+        self._lives = int(lives) if isinstance(lives, int) else None
+        self._stall_run = int(run) if isinstance(run, int) and run >= 0 else 0
+
     def _add(self, step: int, kind: str, description: str) -> None:
         self.events.append(FailureEvent(step=step, kind=kind, description=description))

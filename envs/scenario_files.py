@@ -64,7 +64,6 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                 job = {"kind": "scenario_save", "task": task_json, "protocol": result.protocol,
                        "policy_path": policy_path, "policy_source": source, "seed": episode.seed,
                        "actions": episode.trace.actions[: max(e.step for e in events) + 1],
-                       "rewards": episode.trace.rewards[: max(e.step for e in events) + 1],
                        "events": [e.model_dump() for e in events],
                        "before": before, "warmup": warmup, "cpu_s": limits.episode_cpu_s}
                 try:
@@ -79,11 +78,18 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                 if reply.get("status") != "ok":
                     saved.discarded[f"seed {episode.seed}"] = str(reply.get("error"))[:300]
                     continue
-                for key, why in reply["discarded"].items():
-                    saved.discarded[f"seed {episode.seed}: {key}"] = why[:300]
-                for data in reply["scenarios"]:
-                    scenario = Scenario.model_validate(data)  # from the trusted env process; checked all the same
+                for key, why in dict(reply.get("discarded") or {}).items():
+                    saved.discarded[f"seed {episode.seed}: {str(key)[:100]}"] = str(why)[:300]
+                for data in reply.get("scenarios") or []:
+                    try:  # from the trusted env process; checked all the same, and a bad one is no scenario
+                        scenario = Scenario.model_validate(data)
+                    except ValidationError as exc:
+                        saved.discarded[f"seed {episode.seed}"] = f"an unreadable scenario: {str(exc)[:200]}"
+                        continue
                     name = file_name(scenario)
+                    if not NAME.fullmatch(name):
+                        saved.discarded[f"seed {episode.seed}"] = f"a scenario named {name[:80]!r}"
+                        continue
                     target = folder / f"{name}.json"
                     if not target.is_file():
                         atomic_write(target, scenario.model_dump_json())
@@ -96,8 +102,8 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
 def load_scenario(folder: Path | None, name: str) -> Scenario:
     """The scenario of that name, or ScenarioError saying why not (in words a test's author can act on)."""
     if folder is None:
-        raise ScenarioError("this run keeps no scenarios (scenarios.before = 0)")
-    if not isinstance(name, str) or not NAME.match(name):
+        raise ScenarioError("no scenarios are kept for this policy under test")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ScenarioError(f"{str(name)[:80]!r} is not a scenario name (letters, digits, '-' and '_')")
     path = folder / f"{name}.json"
     if not path.is_file():

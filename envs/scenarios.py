@@ -7,10 +7,12 @@ the env's random generator and time-limit count, the observations (and infos) th
 it, so a stateful policy can be warmed up to the same internal state, and the actions recorded from there to
 the failure.
 
-- ``record_scenario`` (in the trusted env process) replays an episode's recorded actions from its seed, saves the
-  state at the window's start, and verifies it: a fresh env restored from the saved state and given the same
-  actions must reproduce the original's every observation, reward and ending up to the failure, or the
-  scenario is discarded with the reason. A task whose simulator cannot be saved (Box2D's world) says so.
+- ``record_scenario`` (in the trusted env process) re-runs the episode from its seed (the policy's actions again,
+  checked against the recorded ones: an episode depends on its seed alone), checks that it fails as recorded,
+  saves the state at the window's start with the failure detector's own (lives seen, a stall's run), and
+  verifies it: a fresh env restored from the saved state and given the same actions must reproduce every
+  observation, reward and ending, and the failure, or the scenario is discarded with the reason. A task whose
+  simulator cannot be saved (Box2D's world) says so.
 - ``run_scenario`` restores the state, warms a fresh policy up on the saved observations (its actions then
   are ignored), and runs the window with the policy's own actions, and as long again past the failure's step
   (a fix must carry the policy beyond that moment); what happened (return, length, failure events, whether
@@ -35,7 +37,7 @@ from envs.actions import plain_actions
 from envs.failures import FailureDetector
 
 MAX_WARMUP = 64  # observations kept before a scenario's start, at most
-MAX_WINDOW = 5_000  # steps from a scenario's start to its failure, at most
+MAX_WINDOW = 5_001  # steps from a scenario's start to its failure, at most (``scenarios.before`` is at most 5,000)
 
 
 class SavedObservation(BaseModel):
@@ -77,6 +79,7 @@ class Scenario(BaseModel):
     event_description: str
     start: int  # the step the state was saved before; the window runs start..event_step
     state: dict[str, Any]
+    detector: dict[str, Any] = Field(default_factory=dict)  # the failure detector's state at ``start`` (lives, stall)
     observation: SavedObservation  # what the policy acts on at ``start``
     warmup: list[SavedObservation] = Field(default_factory=list)  # what it saw at the steps just before
     actions: list[Any]  # recorded, start..event_step
@@ -185,82 +188,84 @@ def _rng_state(value: Any) -> Any:
 # --------------------------------------------------------------------------- recording and verifying
 
 
-def _digest(steps: list[tuple[Any, float, bool, bool]]) -> str:
-    h = hashlib.sha256()
-    for obs, reward, terminated, truncated in steps:
-        arr = np.ascontiguousarray(np.asarray(obs))
-        h.update(arr.dtype.str.encode() + str(arr.shape).encode() + arr.tobytes())
-        h.update(np.float64(reward).tobytes() + bytes([terminated, truncated]))
-    return h.hexdigest()
+def _step_digest(obs: Any, reward: float, terminated: bool, truncated: bool) -> bytes:
+    arr = np.ascontiguousarray(np.asarray(obs))
+    return hashlib.sha256(arr.dtype.str.encode() + str(arr.shape).encode() + arr.tobytes()
+                          + np.float64(reward).tobytes() + bytes([terminated, truncated])).digest()
 
 
-def record_scenario(spec, protocol: str, seed: int, actions: list, event_kind: str, event_step: int,
-                    event_description: str, before: int, warmup: int, coerce, counter,
-                    rewards: list[float] | None = None) -> Scenario | str:
-    """The scenario of one failure event, verified; or why there is none. ``actions`` are the episode's recorded
-    actions (at least to ``event_step``), ``rewards`` its recorded rewards (where known: the replay must give
-    them), ``coerce`` turns an action into what the env takes, ``counter(n)`` counts env steps taken. The replay
-    from the seed must fail as recorded (the failure detector sees the same event at the same step), and the
-    replay from the saved state must reproduce it exactly."""
-    if event_step >= len(actions):
-        return f"the episode's recorded actions end at step {len(actions) - 1}, before the event at {event_step}"
+def record_scenario(spec, protocol: str, seed: int, act, event_kind: str, event_step: int, event_description: str,
+                    before: int, warmup: int, coerce, counter) -> Scenario | str:
+    """The scenario of one failure event, verified; or why there is none.
+
+    ``act(t, obs, info, feedback)`` gives the action of step ``t``: the policy's own, re-run (an episode depends on
+    its seed alone, so it takes the recorded actions again; the caller checks that it does), or recorded actions
+    where they are exact. ``coerce`` turns an action into what the env takes; ``counter(n)`` counts env steps.
+    The replay from the seed must fail as recorded (the failure detector sees the same event at the same step), and
+    a replay of the same actions from the saved state must reproduce every observation, reward and ending, and the
+    failure, exactly."""
     start = max(0, event_step - before)
     if event_step - start + 1 > MAX_WINDOW:
         return f"a window of {event_step - start + 1} steps is over {MAX_WINDOW}"
     env = spec.make_env(protocol, lean=True)
     detector = FailureDetector(spec.failure_rules, spec.target)
+    taken: list[Any] = []  # the window's actions, exactly as the env got them
+    digests: list[bytes] = []  # one per window step: the observations themselves are not kept
     try:
         obs, info = env.reset(seed=seed)
         seen: list[tuple[Any, dict]] = []
-        total, state, window, running = 0.0, None, [], 0.0
-        start_obs = start_info = None
+        total, running, state, feedback = 0.0, 0.0, None, None
+        start_obs = start_info = detector_state = None
         for t in range(event_step + 1):
             if t == start:
                 state = save_state(env)
                 if state is None:
                     return f"the {spec.family} simulator of {spec.id} cannot be saved; test the whole episode"
-                start_obs, start_info = obs, info
-            elif t < start:
-                seen.append((obs, info))
-                seen = seen[-min(warmup, MAX_WARMUP):] if warmup > 0 else []
-            obs, reward, terminated, truncated, info = env.step(coerce(actions[t]))
+                start_obs, start_info, detector_state = obs, info, detector.state()
+            elif t < start and warmup > 0:
+                seen = [*seen[-(min(warmup, MAX_WARMUP) - 1):], (obs, info)] if min(warmup, MAX_WARMUP) > 1 \
+                    else [(obs, info)]
+            action = coerce(act(t, obs, info, feedback))
+            obs, reward, terminated, truncated, info = env.step(action)
             counter(1)
+            feedback = [float(reward), False, False]
             running += float(reward)
-            if rewards is not None and t < len(rewards) and abs(float(reward) - float(rewards[t])) > 1e-5:
-                return f"replayed from its seed, the episode's reward at step {t} differs from the recorded one"
             detector.step(t, obs, float(reward), running, bool(terminated), bool(truncated), info)
             if t < start:
                 total += float(reward)
             else:
-                window.append((obs, float(reward), bool(terminated), bool(truncated)))
+                taken.append(action)
+                digests.append(_step_digest(obs, float(reward), bool(terminated), bool(truncated)))
             if (terminated or truncated) and t < event_step:
                 return f"the replayed episode ended at step {t}, before the event at {event_step}"
     finally:
         env.close()
     if not any(e.kind == event_kind and e.step == event_step for e in detector.events):
         return f"replayed from its seed, the episode did not fail with {event_kind} at step {event_step}"
-    recorded = _digest(window)
     replay = spec.make_env(protocol, lean=True)
+    again = FailureDetector(spec.failure_rules, spec.target)
+    again.resume(detector_state)
     try:
         replay.reset(seed=seed)
         restore_state(replay, state)
-        again = []
-        for t in range(start, event_step + 1):
-            obs, reward, terminated, truncated, _ = replay.step(coerce(actions[t]))
+        running = total
+        for i, action in enumerate(taken):
+            obs, reward, terminated, truncated, info = replay.step(action)
             counter(1)
-            again.append((obs, float(reward), bool(terminated), bool(truncated)))
+            running += float(reward)
+            again.step(start + i, obs, float(reward), running, bool(terminated), bool(truncated), info)
+            if _step_digest(obs, float(reward), bool(terminated), bool(truncated)) != digests[i]:
+                return f"restored from its saved state, the episode diverged at step {start + i}; not a scenario"
     finally:
         replay.close()
-    if _digest(again) != recorded:
-        first = next((i for i, (a, b) in enumerate(zip(window, again))
-                      if not (np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and a[1:] == b[1:])), len(window))
-        return f"restored from its saved state, the episode diverged at step {start + first}; not a scenario"
+    if not any(e.kind == event_kind and e.step == event_step for e in again.events):
+        return f"restored from its saved state, the replay does not show {event_kind} at step {event_step}"
     return Scenario(name=scenario_name(seed, event_kind, event_step), task=spec.id, protocol=protocol, seed=seed,
                     event_kind=event_kind, event_step=event_step, event_description=event_description[:300],
-                    start=start, state=state, observation=SavedObservation.of(start_obs, start_info),
-                    warmup=[SavedObservation.of(o, i) for o, i in seen],
-                    actions=plain_actions(list(actions[start:event_step + 1])),
-                    return_before=total, trajectory_sha256=recorded)
+                    start=start, state=state, detector=detector_state,
+                    observation=SavedObservation.of(start_obs, start_info),
+                    warmup=[SavedObservation.of(o, i) for o, i in seen], actions=plain_actions(taken),
+                    return_before=total, trajectory_sha256=hashlib.sha256(b"".join(digests)).hexdigest())
 
 
 def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: int | None = None) -> dict[str, Any]:
@@ -272,6 +277,7 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
         policy_act(saved.array(), dict(saved.info), None)
     env = spec.make_env(scenario.protocol, lean=True)
     detector = FailureDetector(spec.failure_rules, spec.target)
+    detector.resume(scenario.detector)
     # Past the moment the recorded policy failed, by as long again: a fix must carry the policy beyond it.
     horizon = steps if steps is not None else 2 * len(scenario.actions)
     total, length, ending = scenario.return_before, 0, None
@@ -279,8 +285,6 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
         env.reset(seed=scenario.seed)
         restore_state(env, scenario.state)
         obs, info = scenario.observation.array(), dict(scenario.observation.info)
-        if spec.failure_rules.lives and "lives" in info:
-            detector.step(scenario.start - 1, obs, 0.0, total, False, False, info)  # the lives it starts with
         feedback = None
         for t in range(scenario.start, scenario.start + horizon):
             action = coerce(policy_act(obs, info, feedback))

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from envs.actions import action_coercer, plain_actions
+from envs.actions import InvalidAction, action_coercer, plain_actions
 from envs.contract import policy_observes
 from envs.limited import apply_limits
 from envs.lockstep import Lockstep, PolicyClient, PolicyGone, worker_error
@@ -60,6 +60,10 @@ def seconds_or_none(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9:
         return float(value)
     return None
+
+
+class Diverged(Exception):
+    """A re-run policy acted otherwise than in its recorded episode, at the step given."""
 
 
 class RemotePolicy:
@@ -246,20 +250,44 @@ class Worker:
         return count
 
     def scenario_save(self, job: dict) -> dict:
-        """The scenarios of an episode's failure events (``envs.scenarios``): the env alone, no policy."""
+        """The scenarios of an episode's failure events (``envs.scenarios``): the episode re-run from its seed with
+        the policy (its actions exact; the trace's are rounded), checked against the recorded actions."""
         from envs.scenarios import record_scenario
 
         count = self._counter()
         probe = self.spec.make_env(self.protocol, lean=True)
-        coerce = action_coercer(probe.action_space)
+        space, coerce = pickle.dumps(probe.action_space), action_coercer(probe.action_space)
         probe.close()
+        expected = job["actions"]
         saved, discarded = [], {}
         for event in job["events"]:
-            found = record_scenario(self.spec, self.protocol, int(job["seed"]), job["actions"], str(event["kind"]),
-                                    int(event["step"]), str(event.get("description", "")), int(job["before"]),
-                                    int(job["warmup"]), coerce, count, job.get("rewards"))
+            acts = [0]
+
+            def act(t, obs, info, feedback):
+                acts[0] += 1
+                action = self._act_alone(obs, info, feedback)
+                if t < len(expected) and plain_actions([action])[0] != expected[t]:
+                    raise Diverged(t)
+                return action
+
+            key = f"{event['kind']} at step {event['step']}"
+            try:
+                self.policy.start(0, int(job["seed"]), space, job.get("cpu_s"), 1, 1)
+                found = record_scenario(self.spec, self.protocol, int(job["seed"]), act, str(event["kind"]),
+                                        int(event["step"]), str(event.get("description", "")), int(job["before"]),
+                                        int(job["warmup"]), coerce, count)
+            except PolicyGone:
+                raise  # the policy process is gone: the parent says why
+            except Diverged as exc:
+                found = f"re-run from its seed, the policy acted otherwise at step {exc.args[0]} than it did in its " \
+                        f"episode (a policy whose actions depend on more than its seed cannot be replayed)"
+            except PolicyFailed as exc:
+                found = f"re-run from its seed, the policy failed: {str(exc)[:200]}"
+            except Exception as exc:  # the env or an action failing on re-run (InvalidAction): no scenario
+                found = f"re-run from its seed, the episode failed: {type(exc).__name__}: {str(exc)[:200]}"
+            self.policy.end(0, acts[0])
             if isinstance(found, str):
-                discarded[f"{event['kind']} at step {event['step']}"] = found
+                discarded[key] = found
             else:
                 saved.append(found.model_dump(mode="json"))
         return {"status": "ok", "scenarios": saved, "discarded": discarded, "env_steps": self.steps[0]}
@@ -273,13 +301,20 @@ class Worker:
         probe = self.spec.make_env(self.protocol, lean=True)
         space, coerce = pickle.dumps(probe.action_space), action_coercer(probe.action_space)
         probe.close()
+        acts = [0]  # the warm-up's acts and the window's: the mode counts the policy sends are of these
+
+        def act(obs, info, feedback):
+            acts[0] += 1
+            return self._act_alone(obs, info, feedback)
+
         try:
             self.policy.start(0, scenario.seed, space, job.get("cpu_s"), 1, 1)
-            result = run_scenario(self.spec, scenario, self._act_alone, coerce, count)
-        except PolicyFailed as exc:
-            self.policy.end(0, 0)
-            return {"status": "policy_error", "error": str(exc), "env_steps": self.steps[0]}
-        self.policy.end(0, self.steps[0])
+            result = run_scenario(self.spec, scenario, act, coerce, count)
+        except (PolicyFailed, InvalidAction) as exc:
+            self.policy.end(0, acts[0])
+            status = "policy_error" if isinstance(exc, PolicyFailed) else "invalid_action"
+            return {"status": status, "error": str(exc)[:2000], "env_steps": self.steps[0]}
+        self.policy.end(0, acts[0])
         return {"status": "ok", "result": result, "env_steps": self.steps[0]}
 
     def _act_alone(self, obs, info, feedback: list | None = None) -> Any:

@@ -174,7 +174,10 @@ class Services:
         config = self.config.scenarios
         before = config.steps_before(self.spec.family)
         for record in read_events(self.ledger)[0]:
-            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id and record.iteration == iteration:
+            # Saved already for this iteration (a node run twice), or for this very policy in an earlier iteration
+            # (an edit rejected: the incumbent is unchanged, and so are its failures).
+            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id and (
+                    record.iteration == iteration or record.policy_sha256 == result.policy_sha256):
                 return record.scenarios
         if before == 0 or config.per_evaluation == 0:
             return {}

@@ -249,9 +249,10 @@ class Nodes:
         improved = {seed: names for seed, names in _scenarios_of(state).items()
                     if candidate.get(seed) is not None and (incumbent.get(seed) is None or
                                                             candidate[seed] > incumbent[seed])}
-        source = scenario_test(state["iteration"], improved)
-        if source is not None:
-            tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
+        for seed, names in sorted(improved.items()):  # a file each: fail-to-pass judges each scenario on its own
+            source = scenario_test(state["iteration"], {seed: names})
+            if source is not None:
+                tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
         return {"tests": tests}
 
     # ------------------------------------------------------------------ 7. verify

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.errors import HeuristError
-from common.events import SimplifyDone
+from common.events import ScenarioSteps, SimplifyDone
 from common.files import atomic_write
 from envs.complexity import Complexity, complexity
 from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded, spent_by
@@ -114,6 +114,9 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
     result = s.evaluate_cached(s.candidate_file(candidate["source"]))
     under_test = s.policy_under_test(candidate["source"], result)
     on_candidate, _ = run_test_files(s, [(name, text, under_test) for name, text in tests.items()], under_test)
+    if under_test.scenario_steps:  # the scenarios the tests replayed: spent, so counted
+        s.ledger.append(ScenarioSteps(run_id=s.run_id, iteration=iteration, where="the simplify stage's tests",
+                                      env_steps=under_test.scenario_steps))
     failed = [r for r in on_candidate.values() if not r.passed]
     verdict = non_inferiority_gate(
         ReviewInput(task=s.spec.id, incumbent=seeds_of(incumbent), candidate=per_seed(result),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from common.events import IterationDone, read_events
+from common.events import IterationDone, ScenarioSteps, read_events
 from envs.results import EvalResult
 from graph.bookkeeping import events, spent_by
 from graph.context import Services, seeds_of
@@ -54,7 +54,10 @@ class RunWorkbench:
         on_candidate, _ = run_test_files(self.s, [(name, text, candidate) for name, text in accepted.items()],
                                          candidate)
         outcomes = [TestOutcome(name, r.passed, r.reason, r.output or "") for name, r in sorted(on_candidate.items())]
-        return outcomes, spent
+        if candidate.scenario_steps:  # the scenarios the tests replayed: spent, so counted
+            self.s.ledger.append(ScenarioSteps(run_id=self.s.run_id, iteration=self.iteration,
+                                               where="the coder's run_tests tool", env_steps=candidate.scenario_steps))
+        return outcomes, spent + candidate.scenario_steps
 
     def run_budget_spent(self) -> str | None:
         budget = self.s.config.budget

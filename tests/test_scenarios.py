@@ -61,7 +61,8 @@ def test_a_scenario_replays_the_failure_exactly_from_the_saved_state(case):
     protocol, act = CASES[case]
     spec, coerce, actions, event = _first_failure(task, protocol, 3, act)
     steps = []
-    scenario = record_scenario(spec, protocol, 3, actions, event.kind, event.step, event.description,
+    recorded = lambda t, obs, info, feedback: actions[t]  # noqa: E731
+    scenario = record_scenario(spec, protocol, 3, recorded, event.kind, event.step, event.description,
                                before=40, warmup=4, coerce=coerce, counter=steps.append)
     assert not isinstance(scenario, str), scenario
     assert scenario.start == max(0, event.step - 40) and len(scenario.actions) == event.step - scenario.start + 1
@@ -73,16 +74,59 @@ def test_a_scenario_replays_the_failure_exactly_from_the_saved_state(case):
     assert same["failed_again"] and same["length"] >= len(scenario.actions), same
     json.loads(scenario.model_dump_json())  # plain JSON, no pickle
     # A failure the replay does not show is no scenario.
-    wrong = record_scenario(spec, protocol, 3, actions, "no_such_kind", event.step, "", before=40, warmup=0,
+    wrong = record_scenario(spec, protocol, 3, recorded, "no_such_kind", event.step, "", before=40, warmup=0,
                             coerce=coerce, counter=steps.append)
     assert wrong == f"replayed from its seed, the episode did not fail with no_such_kind at step {event.step}"
 
 
 def test_a_simulator_that_cannot_be_saved_says_so():
     spec, coerce, actions, event = _first_failure("LunarLander-v3", "standard", 1, lambda obs, t: 0)
-    why = record_scenario(spec, "standard", 1, actions, event.kind, event.step, event.description, before=20,
-                          warmup=0, coerce=coerce, counter=lambda n: None)
+    why = record_scenario(spec, "standard", 1, lambda t, *_: actions[t], event.kind, event.step, event.description,
+                          before=20, warmup=0, coerce=coerce, counter=lambda n: None)
     assert why == "the box2d simulator of LunarLander-v3 cannot be saved; test the whole episode"
+
+
+def test_a_stall_longer_than_the_window_fails_again_from_the_saved_detector_state():
+    """HalfCheetah's stall rule counts steps below a speed: the window starts inside the run of slow steps, which
+    the saved detector state carries, so the replayed failure is the recorded one."""
+    spec = get_task("HalfCheetah-v5")
+    if spec.failure_rules.stall is None:
+        pytest.skip("no stall rule")
+    still = lambda obs, t: np.zeros(6, dtype=np.float32)  # noqa: E731
+    spec, coerce, actions, event = _first_failure("HalfCheetah-v5", "standard", 3, still)
+    assert event.kind == "stall"
+    scenario = record_scenario(spec, "standard", 3, lambda t, *_: actions[t], event.kind, event.step,
+                               event.description, before=5, warmup=0, coerce=coerce, counter=lambda n: None)
+    assert not isinstance(scenario, str), scenario
+    assert scenario.detector["stall_run"] > 0
+    result = run_scenario(spec, scenario, lambda obs, info, fb: np.zeros(6, dtype=np.float32), coerce,
+                          lambda n: None)
+    assert result["failed_again"], result
+
+
+RANDOM_PENDULUM = """
+import numpy as np
+
+
+class Policy:
+    def reset(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs, info):
+        return self.rng.uniform(-2.0, 2.0, size=1).astype(np.float32)  # full precision: the trace rounds it
+"""
+
+
+def test_continuous_actions_the_trace_rounds_are_replayed_exactly_by_re_running_the_policy(tmp_path):
+    path = tmp_path / "random_pendulum.py"
+    path.write_text(RANDOM_PENDULUM)
+    spec = get_task("Pendulum-v1")
+    result = evaluate(spec, EvalRequest(policy_path=path, task_id=spec.id, episodes=2, workers=1, limits=LIMITS),
+                      Ledger(tmp_path / "l.jsonl"))
+    assert all(e.events for e in result.episodes)  # a random pendulum falls short of the target
+    saved = save_scenarios(result, spec.model_dump_json(), RANDOM_PENDULUM, str(path), LIMITS, tmp_path / "s", [],
+                           before=50, warmup=2, most=2)
+    assert len(saved.by_seed) == 2 and not saved.discarded, saved
 
 
 def _evaluation(tmp_path, source: str, name: str):
@@ -152,7 +196,7 @@ def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_th
     assert saved["scenarios"] and saved["env_steps"] > 0
     [tests_run] = [r for r in records if r["event"] == "tests_run"]
     kept = [name for name, decision in tests_run["new_tests"].items() if decision["kept"]]
-    assert "tests/test_scenarios_0001.py" in kept, tests_run["new_tests"]
+    assert "tests/test_scenarios_0001.py" in kept, tests_run["new_tests"]  # one file per improved seed
     assert tests_run["env_steps"] > 0  # the scenario runs, counted
     scenario_test = (tmp / "run" / "workspace" / "tests" / "test_scenarios_0001.py").read_text()
     assert "run_scenario(" in scenario_test
