@@ -32,3 +32,4 @@ benchmark: setup
 	.venv/bin/python benchmarks/eval_on_ray.py
 	.venv/bin/python benchmarks/lessons_transfer.py
 	.venv/bin/python benchmarks/setup_once.py
+	.venv/bin/python benchmarks/scenario_tests.py

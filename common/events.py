@@ -167,13 +167,14 @@ class IterationDone(_Event):
 
 
 class ScenariosSaved(_Event):
-    """The failure scenarios saved from one evaluation of the incumbent (``envs.scenario_files``), and the env
+    """The failure scenarios saved for some of the incumbent's failed seeds (``envs.scenario_files``), and the env
     steps their replay and verification took."""
 
     event: Literal["scenarios_saved"] = "scenarios_saved"
     run_id: str
     iteration: int
     policy_sha256: str
+    seeds: list[int] = Field(default_factory=list)  # the seeds whose failures were asked for
     scenarios: dict[str, list[str]] = Field(default_factory=dict)  # seed -> scenario names
     discarded: dict[str, str] = Field(default_factory=dict)  # what could not be a scenario, and why
     env_steps: int = 0

@@ -168,26 +168,34 @@ class Services:
         """Where the run's failure scenarios are kept: out of every sandbox's sight, read by name."""
         return self.run_dir / "scenarios"
 
-    def save_scenarios(self, source: str, result: EvalResult, iteration: int) -> dict[str, list[str]]:
-        """The scenarios of the incumbent's failures in this evaluation (seed -> names), saved once per iteration
-        (a node run twice finds its ledger line), the env steps they took recorded in the ledger."""
+    def save_scenarios(self, source: str, result: EvalResult, iteration: int,
+                       seeds: list[int]) -> dict[int, list[str]]:
+        """The scenarios of this policy's failures on ``seeds`` (seed -> names), saved once per policy and seed (a
+        node run twice, or a later iteration with the same incumbent, finds them in the ledger), the env steps
+        they took recorded there."""
         config = self.config.scenarios
         before = config.steps_before(self.spec.family)
-        for record in read_events(self.ledger)[0]:
-            # Saved already for this iteration (a node run twice), or for this very policy in an earlier iteration
-            # (an edit rejected: the incumbent is unchanged, and so are its failures).
-            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id and (
-                    record.iteration == iteration or record.policy_sha256 == result.policy_sha256):
-                return record.scenarios
-        if before == 0 or config.per_evaluation == 0:
+        if before == 0 or not seeds:
             return {}
-        saved = save_scenarios(result, self.spec.model_dump_json(), source, str(self.candidate_file(source)),
-                               self.limits(), self.scenario_folder, [self.run_dir], before, config.warmup,
-                               config.per_evaluation)
-        by_seed = {str(seed): names for seed, names in saved.by_seed.items()}
-        self.ledger.append(ScenariosSaved(run_id=self.run_id, iteration=iteration, policy_sha256=result.policy_sha256,
-                                          scenarios=by_seed, discarded=saved.discarded, env_steps=saved.env_steps))
-        return by_seed
+        known: dict[int, list[str]] = {}
+        tried: set[int] = set()
+        for record in read_events(self.ledger)[0]:
+            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id \
+                    and record.policy_sha256 == result.policy_sha256:
+                tried.update(record.seeds)
+                known.update({int(seed): names for seed, names in record.scenarios.items()})
+        missing = [seed for seed in seeds if seed not in tried]
+        if missing:
+            chosen = result.model_copy(update={"episodes": [e for e in result.episodes if e.seed in missing]})
+            saved = save_scenarios(chosen, self.spec.model_dump_json(), source, str(self.candidate_file(source)),
+                                   self.limits(), self.scenario_folder, [self.run_dir], before, config.warmup,
+                                   len(missing))
+            self.ledger.append(ScenariosSaved(
+                run_id=self.run_id, iteration=iteration, policy_sha256=result.policy_sha256, seeds=missing,
+                scenarios={str(seed): names for seed, names in saved.by_seed.items()}, discarded=saved.discarded,
+                env_steps=saved.env_steps))
+            known.update(saved.by_seed)
+        return {seed: known[seed] for seed in seeds if seed in known}
 
 
 def per_seed(result: EvalResult) -> dict[int, float | None]:

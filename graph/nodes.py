@@ -44,10 +44,6 @@ from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
 
 
-def _scenarios_of(state: RunState) -> dict[int, list[str]]:
-    return {int(seed): names for seed, names in (state.get("scenarios") or {}).items()}
-
-
 class RoleContractError(HeuristError):
     """A role that returned something other than what it declares."""
 
@@ -84,12 +80,8 @@ class Nodes:
         iteration = state["iteration"] + 1
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.event("iteration", iteration=iteration)
-        source = s.workspace.source_at(state["incumbent"]["commit"])
-        result = s.evaluate_cached(s.candidate_file(source), video=True)
-        # The moments before its failures, for regression tests that replay them (graph.testing, envs.scenarios).
-        scenarios = s.save_scenarios(source, result, iteration)
-        return {"iteration": iteration, "baseline": state["incumbent"], "scenarios": scenarios,
-                "analyses": None, "recall": None,
+        s.evaluate_cached(s.candidate_file(s.workspace.source_at(state["incumbent"]["commit"])), video=True)
+        return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None,
                 "coder": None, "attempts": 0, "check_error": None, "candidate": None, "tests": {},
                 "verification": None, "verdict": None, "outcome": None, "proposals": None, "queue": [],
                 "tried": [], "branch_name": None}
@@ -228,12 +220,22 @@ class Nodes:
         # the same evaluation from the cache).
         scored_candidate = s.evaluate_cached(s.candidate_file(state["candidate"]["source"]))
         accepted = s.workspace.tests_at(state["incumbent"]["commit"])
+        # The moment before the incumbent's failure on the seed the edit improved most, saved (envs.scenarios) for a
+        # test that replays it: only where an edit improves a failed seed, so an iteration pays for no other.
+        candidate, incumbent = per_seed(scored_candidate), seeds_of(state["incumbent"])
+        gains = {seed: (candidate[seed] - (incumbent[seed] if incumbent.get(seed) is not None else -1e18))
+                 for seed in candidate if candidate[seed] is not None and seed in incumbent
+                 and (incumbent[seed] is None or candidate[seed] > incumbent[seed])}
+        best = sorted(gains, key=lambda seed: (-gains[seed], seed))[: s.config.scenarios.tests_per_edit]
+        incumbent_source = s.workspace.source_at(state["incumbent"]["commit"])
+        scenarios = s.save_scenarios(incumbent_source, s.evaluate_cached(s.candidate_file(incumbent_source),
+                                                                         video=True), state["iteration"], best)
         data = TestWriterInput(task=s.spec.id, iteration=state["iteration"],
                                edit=Edit.model_validate(state["coder"]["edit"]),
                                candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
                                failure_summary=failure_summary, seeds_by_kind=gather(analyses, "seeds_by_kind"),
                                existing_tests=sorted(accepted), candidate=per_seed(scored_candidate),
-                               existing_test_sources=accepted, scenarios=_scenarios_of(state))
+                               existing_test_sources=accepted, scenarios=scenarios)
         s.event("role", role=writer.name)
         try:
             test = writer.run(data, s.context(state["iteration"], writer))
@@ -243,13 +245,9 @@ class Nodes:
         # overwritten, and a new one cannot take an old one's place.
         taken = set(s.workspace.tests_at(state["incumbent"]["commit"]))
         tests = {new_test_name(taken, state["iteration"]): test.source}
-        # Beside it, heurist's own scenario test for the seeds the edit improved, where their failure was saved:
-        # kept, like any new test, only if it fails on the incumbent and passes on the candidate.
-        candidate, incumbent = per_seed(scored_candidate), seeds_of(state["incumbent"])
-        improved = {seed: names for seed, names in _scenarios_of(state).items()
-                    if candidate.get(seed) is not None and (incumbent.get(seed) is None or
-                                                            candidate[seed] > incumbent[seed])}
-        for seed, names in sorted(improved.items()):  # a file each: fail-to-pass judges each scenario on its own
+        # Beside it, heurist's own test of that scenario, in a file of its own: kept, like any new test, only if it
+        # fails on the incumbent and passes on the candidate.
+        for seed, names in sorted(scenarios.items()):
             source = scenario_test(state["iteration"], {seed: names})
             if source is not None:
                 tests[scenario_test_name(taken | set(tests), state["iteration"])] = source

@@ -132,7 +132,6 @@ class RunState(TypedDict, total=False):
     since_improvement: int
     llm_failures: int  # consecutive iterations that failed on the model
     spent: Spent  # counted at each iteration's end
-    scenarios: dict[str, list[str]]  # the incumbent's failure scenarios saved this iteration: seed -> names
     simplified_at: int  # the iteration the last simplify stage followed (graph.simplify), 0 before any
     simplifications: list[dict[str, Any]]  # each simplify stage: iteration, accepted, reason, complexity before/after
     history: list[HistoryEntry]

@@ -250,8 +250,8 @@ class ScenarioConfig(_Strict):
     before: int | None = Field(None, ge=0, le=5000, description="Steps before a failure the state is saved at (default: "
                                                                 "300 for Atari, 50 otherwise; 0: no scenarios).")
     warmup: int = Field(8, ge=0, le=64, description="Observations before that, replayed to a stateful policy first.")
-    per_evaluation: int = Field(3, ge=0, le=20, description="Failed episodes whose first failure is saved, per "
-                                                             "evaluation of the incumbent (the worst first).")
+    tests_per_edit: int = Field(1, ge=0, le=20, description="Scenario tests heurist adds for an edit: the seeds it "
+                                                             "improved most whose failure could be saved (0: none).")
 
     def steps_before(self, family: str) -> int:
         return self.before if self.before is not None else (300 if family == "atari" else 50)

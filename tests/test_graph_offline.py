@@ -109,7 +109,8 @@ def test_the_log_parser_and_the_test_writer_are_replaced_by_plug_ins(home):
     [iteration] = [r for r in Ledger(tmp / "run" / "ledger.jsonl").read()[0] if r["event"] == "iteration"]
     written = iteration["tests_written"]
     assert "does_better_than_before" in written["tests/test_iteration_0001.py"]
-    assert set(written) <= {"tests/test_iteration_0001.py", "tests/test_scenarios_0001.py"}  # and heurist's own
+    assert all(name == "tests/test_iteration_0001.py" or name.startswith("tests/test_scenarios_0001")
+               for name in written)  # and heurist's own
 
     from memory import MemoryConfig, MemoryStore
 
