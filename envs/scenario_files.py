@@ -52,6 +52,13 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
     and ``events_per_episode`` events of each)."""
     saved = SavedScenarios()
     failed = [e for e in result.episodes if e.events and e.trace is not None and e.trace.actions]
+    # A failure within the first ``before`` steps would be saved at the episode's start: that scenario is the whole
+    # episode, which a test of the episode pins as well, so it is not made (nor a worker pair started for it).
+    early = [e for e in failed if e.events[0].step <= before]
+    for episode in early:
+        saved.discarded[f"seed {episode.seed}"] = (f"its failure at step {episode.events[0].step} is within the first "
+                                                   f"{before} steps: the whole episode is the test")
+    failed = [e for e in failed if e not in early]
     failed.sort(key=lambda e: (e.return_ is None, -(e.return_ or 0.0)), reverse=True)
     if not failed or most <= 0:
         return saved

@@ -48,9 +48,8 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     assert len(workspace.history()) == 1 + len(accepted)
     regression_tests = sorted(p.name for p in workspace.tests.glob("test_iteration_*.py"))
     assert regression_tests == [f"test_iteration_{i:04d}.py" for i in accepted]
-    # Beside them, heurist's own tests of the failure scenarios the edits fixed, where kept (fail-to-pass).
-    scenario_tests = sorted(p.name for p in workspace.tests.glob("test_scenarios_*.py"))
-    assert scenario_tests and all("run_scenario(" in (workspace.tests / name).read_text() for name in scenario_tests)
+    # No scenario test: the weak policy falls within the first 50 steps, where a scenario is the whole episode.
+    assert not list(workspace.tests.glob("test_scenarios_*.py"))
     assert (tmp / "run" / "best_policy.py").read_text() == workspace.policy.read_text()
     assert workspace.git("describe", "--tags") == "heurist-final"
     for role in ("video_analyst", "log_parser", "coder", "test_writer", "reviewer"):

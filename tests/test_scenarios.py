@@ -160,8 +160,12 @@ def test_a_test_replays_a_saved_scenario_through_the_sandboxed_kit_and_it_tells_
     weak_path, weak = _evaluation(tmp_path, (POLICY_DIR / "cartpole_untuned.py").read_text(), "weak")
     good_path, good = _evaluation(tmp_path, (POLICY_DIR / "cartpole.py").read_text(), "good")
     folder = tmp_path / "scenarios"
-    saved = save_scenarios(weak, get_task("CartPole-v1").model_dump_json(), weak_path.read_text(), str(weak_path),
+    early = save_scenarios(weak, get_task("CartPole-v1").model_dump_json(), weak_path.read_text(), str(weak_path),
                            LIMITS, folder, [], before=50, warmup=4, most=2)
+    assert not early.by_seed and early.env_steps == 0  # it falls in ~9 steps: the whole episode is the test
+    assert all("the whole episode is the test" in why for why in early.discarded.values()), early
+    saved = save_scenarios(weak, get_task("CartPole-v1").model_dump_json(), weak_path.read_text(), str(weak_path),
+                           LIMITS, folder, [], before=4, warmup=2, most=2)
     assert len(saved.by_seed) == 2 and saved.env_steps > 0 and not saved.discarded, saved
     [name] = saved.by_seed[weak.episodes[0].seed] if weak.episodes[0].seed in saved.by_seed else \
         next(iter(saved.by_seed.values()))
@@ -187,7 +191,8 @@ def test_a_test_replays_a_saved_scenario_through_the_sandboxed_kit_and_it_tells_
 def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_the_fix(home):
     tmp, env = home
     (tmp / "run.toml").write_text("[eval]\nepisodes = 6\nvideo = false\nholdout = false\n[budget]\niterations = 1\n"
-                                  "[search]\npopulation = 4\ngenerations = 1\nepisodes = 3\nseed = 1\n")
+                                  "[search]\npopulation = 4\ngenerations = 1\nepisodes = 3\nseed = 1\n"
+                                  "[scenarios]\nbefore = 4\n")  # the weak policy falls within ~9 steps
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
                    "--run-dir", tmp / "run", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
