@@ -58,6 +58,14 @@ def source_lines(source: str) -> list[str]:
     return _LINES.findall(source)
 
 
+def line_offsets(source: str) -> list[int]:
+    """The UTF-8 byte offset where each line starts (``ast``'s ``col_offset`` counts bytes too), and the end."""
+    offsets = [0]
+    for line in source_lines(source):
+        offsets.append(offsets[-1] + len(line.encode()))
+    return offsets
+
+
 def policy_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -281,10 +289,7 @@ def rewrite_tunables(source: str, values: dict[str, float], name: str = "<policy
     unknown = sorted(set(values) - set(calls))
     if unknown:
         raise PolicyError(f"{name} declares no tunable {', '.join(unknown)}; declared: {', '.join(calls) or 'none'}")
-    lines = source_lines(source)
-    offsets = [0]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line.encode()))
+    offsets = line_offsets(source)
     data = source.encode()
     edits = []
     for field_name, value in values.items():

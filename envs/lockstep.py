@@ -222,27 +222,29 @@ class Lockstep:
             self.policy.start(slot, run.seed, pickle.dumps(env.action_space), job.get("cpu_s"),
                               int(job["trace_window"]) + 1, len(self.runs) + 1)
         except PolicyFailed as exc:
-            self._started(slot, first)
+            self._started(slot, first, run)
             self._retire(env, broken=False)
             self._share_time([run])
-            run.result["setup_s"] = self.policy.setup_s
             return run.fail_to_start(str(exc))
-        self._started(slot, first)
-        run.result["setup_s"] = self.policy.setup_s  # this start ran the policy's set-up (once per process)
+        self._started(slot, first, run)
         run.begin()
         self.runs.append(run)
         self._share_time([run])
         return None
 
-    def _started(self, slot: int, first: bool) -> None:
-        """After a start: the first one's clock starts now, and a set-up it ran is counted where heurist reads it."""
-        if first:
-            self.steps[slot] = 0
-            self.started_any = True
-        if self.policy.setup_s is not None and len(self.steps) > SETUP_RUNS:
-            self.steps[SETUP_RUNS] += 1
-        if first:
-            self._mark = (time.perf_counter(), time.process_time())  # the set-up's wait is no episode's time
+    def _started(self, slot: int, first: bool, run: EpisodeRun) -> None:
+        """After a start: the first one's clock starts now, and a set-up it ran is counted where heurist reads it.
+        Only the first start of a policy process can run the set-up, so only its report is believed: the policy
+        process says how long its set-up took, and must not be able to count set-ups that never ran."""
+        if not first:
+            return
+        self.steps[slot] = 0
+        self.started_any = True
+        self._mark = (time.perf_counter(), time.process_time())  # the set-up's wait is no episode's time
+        if self.policy.setup_s is not None:
+            run.result["setup_s"] = self.policy.setup_s
+            if len(self.steps) > SETUP_RUNS:
+                self.steps[SETUP_RUNS] += 1
 
     def _share_time(self, runs: list[EpisodeRun] | None = None) -> None:
         """Share the wall and CPU time since the last change of who is in flight among those in flight then

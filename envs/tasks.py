@@ -253,8 +253,7 @@ class TaskSpec(_Strict):
         from gymnasium.wrappers import OrderEnforcing
 
         chosen = self.protocol(protocol)
-        if self.register_module:
-            gym.register_envs(importlib.import_module(self.register_module))
+        self._register()
         kwargs = {**self.make_kwargs, **chosen.make_kwargs}
         if chosen.max_episode_steps is not None:
             kwargs["max_episode_steps"] = chosen.max_episode_steps

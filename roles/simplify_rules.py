@@ -31,7 +31,7 @@ import operator
 import textwrap
 from dataclasses import dataclass
 
-from envs.contract import source_lines
+from envs.contract import line_offsets, source_lines
 
 KEPT_NAMES = frozenset({"Policy", "Tunables", "tunable", "setup"})
 # Methods heurist (or Python) calls by name: never unused, whatever the file says.
@@ -84,13 +84,6 @@ def simplify(source: str) -> list[Simplification]:
 # --------------------------------------------------------------------------- positions
 
 
-def _offsets(source: str) -> list[int]:
-    offsets = [0]
-    for line in source_lines(source):
-        offsets.append(offsets[-1] + len(line.encode()))
-    return offsets
-
-
 def _apply(source: str, spans: list[_Span]) -> str:
     data = source.encode()
     last = len(data) + 1
@@ -106,7 +99,7 @@ def _statement_lines(source: str, node: ast.stmt) -> _Span:
     """The whole lines a statement occupies (decorators included), and the blank lines just above it (what
     separated it from the statement before; the separator after it stays), to delete it cleanly. Lines between
     two statements are blank or comments, never inside a string, so taking blank ones changes no value."""
-    offsets = _offsets(source)
+    offsets = line_offsets(source)
     lines = source_lines(source)
     first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
     while first > 1 and not lines[first - 2].strip():
@@ -178,7 +171,7 @@ def unused_imports(source: str, tree: ast.Module) -> tuple[list[_Span], list[str
             else:
                 kept = [alias for alias in stmt.names if alias not in unused]
                 rebuilt = ast.unparse(type(stmt)(**{**{f: getattr(stmt, f) for f in stmt._fields}, "names": kept}))
-                offsets = _offsets(source)
+                offsets = line_offsets(source)
                 spans.append(_Span(offsets[stmt.lineno - 1] + stmt.col_offset,
                                    offsets[stmt.end_lineno - 1] + stmt.end_col_offset, rebuilt))
             what.append("removed the unused import of " + ", ".join(a.asname or a.name for a in unused))
@@ -368,7 +361,7 @@ def _number(node: ast.expr) -> float | int | None:
 
 
 def constant_folding(source: str, tree: ast.Module) -> tuple[list[_Span], list[str]]:
-    offsets = _offsets(source)
+    offsets = line_offsets(source)
     data = source.encode()
     spans, what = [], []
     tunables = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Tunables"), None)
