@@ -21,7 +21,7 @@ from common.files import atomic_write
 from envs.isolation import Confinement
 from envs.limits import Limits
 from envs.results import EvalResult
-from envs.scenarios import Scenario
+from envs.scenarios import Scenario, scenario_name
 from envs.worker_pair import WorkerDied, WorkerProcess
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,160}$")
@@ -93,17 +93,38 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                     except ValidationError as exc:
                         saved.discarded[f"seed {episode.seed}"] = f"an unreadable scenario: {str(exc)[:200]}"
                         continue
-                    name = file_name(scenario)
-                    if not NAME.fullmatch(name):
-                        saved.discarded[f"seed {episode.seed}"] = f"a scenario named {name[:80]!r}"
+                    try:
+                        name = keep_scenario(folder, scenario)
+                    except ScenarioError as exc:
+                        saved.discarded[f"seed {episode.seed}"] = str(exc)
                         continue
-                    target = folder / f"{name}.json"
-                    if not target.is_file():
-                        atomic_write(target, scenario.model_dump_json())
                     saved.by_seed.setdefault(episode.seed, []).append(name)
         finally:
             worker.close()
     return saved
+
+
+def keep_scenario(folder: Path, scenario: Scenario) -> str:
+    """Write a scenario into a scenarios folder under the name that says what it is (kept as it is when that name
+    is there already: a name always means the same scenario); its name. A scenario read from elsewhere (memory,
+    saved by an earlier run) is checked to be named as heurist would name it, so it can never take the name of
+    another moment."""
+    if scenario.name != scenario_name(scenario.seed, scenario.event_kind, scenario.event_step):
+        raise ScenarioError(f"a scenario named {scenario.name[:80]!r} for seed {scenario.seed}'s "
+                            f"{scenario.event_kind[:40]} at step {scenario.event_step}")
+    name = file_name(scenario)
+    if not NAME.fullmatch(name):
+        raise ScenarioError(f"a scenario named {name[:80]!r}")
+    target = folder / f"{name}.json"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, scenario.model_dump_json())
+    return name
+
+
+def scenario_names(folder: Path) -> list[str]:
+    """The scenarios a folder holds, by name."""
+    return sorted(p.stem for p in folder.glob("*.json") if NAME.fullmatch(p.stem)) if folder.is_dir() else []
 
 
 def load_scenario(folder: Path | None, name: str) -> Scenario:
@@ -114,7 +135,7 @@ def load_scenario(folder: Path | None, name: str) -> Scenario:
         raise ScenarioError(f"{str(name)[:80]!r} is not a scenario name (letters, digits, '-' and '_')")
     path = folder / f"{name}.json"
     if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.json"))[:10] if folder.is_dir() else []
+        known = scenario_names(folder)[:10]
         raise ScenarioError(f"no scenario {name}; this run has: {', '.join(known) or 'none'}")
     try:
         return Scenario.model_validate(json.loads(path.read_text()))
@@ -122,4 +143,5 @@ def load_scenario(folder: Path | None, name: str) -> Scenario:
         raise ScenarioError(f"scenario {name} cannot be read: {str(exc).splitlines()[0][:200]}") from None
 
 
-__all__ = ["SavedScenarios", "ScenarioError", "file_name", "load_scenario", "save_scenarios"]
+__all__ = ["SavedScenarios", "ScenarioError", "file_name", "keep_scenario", "load_scenario", "save_scenarios",
+           "scenario_names"]

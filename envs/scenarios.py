@@ -37,6 +37,7 @@ from envs.actions import plain_actions
 from envs.failures import FailureDetector
 
 MAX_WARMUP = 64  # observations kept before a scenario's start, at most
+TRACE_OBS_NUMBERS = 64  # a recorded step keeps its observation up to this size (a state vector, not a frame)
 MAX_WINDOW = 5_001  # steps from a scenario's start to its failure, at most (``scenarios.before`` is at most 5,000)
 
 
@@ -268,11 +269,14 @@ def record_scenario(spec, protocol: str, seed: int, act, event_kind: str, event_
                     return_before=total, trajectory_sha256=hashlib.sha256(b"".join(digests)).hexdigest())
 
 
-def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: int | None = None) -> dict[str, Any]:
+def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: int | None = None,
+                 record: bool = False) -> dict[str, Any]:
     """Replay the scenario's window with the policy's own actions (``policy_act(obs, info, feedback)``, a fresh
     policy already reset with the scenario's seed; ``feedback`` the last step's reward, terminated and truncated,
     for a policy's ``observe``, None at first): warm it up on the saved observations (observations only: their
-    actions are not taken), then step. What happened."""
+    actions are not taken), then step. What happened; with ``record``, also each step (``trace``: its step
+    number, action and reward, and the observation it was taken on where that is at most ``TRACE_OBS_NUMBERS``
+    numbers), for the coder's scenario tool."""
     for saved in scenario.warmup:  # the policy's internal state as it was
         policy_act(saved.array(), dict(saved.info), None)
     env = spec.make_env(scenario.protocol, lean=True)
@@ -281,6 +285,7 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
     # Past the moment the recorded policy failed, by as long again: a fix must carry the policy beyond it.
     horizon = steps if steps is not None else 2 * len(scenario.actions)
     total, length, ending = scenario.return_before, 0, None
+    trace: list[dict[str, Any]] = []
     try:
         env.reset(seed=scenario.seed)
         restore_state(env, scenario.state)
@@ -288,7 +293,13 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
         feedback = None
         for t in range(scenario.start, scenario.start + horizon):
             action = coerce(policy_act(obs, info, feedback))
+            if record:
+                seen = np.asarray(obs)
+                trace.append({"t": t, "action": plain_actions([action])[0],
+                              "obs": seen.round(4).tolist() if seen.size <= TRACE_OBS_NUMBERS else None})
             obs, reward, terminated, truncated, info = env.step(action)
+            if record:
+                trace[-1]["reward"] = float(reward)
             feedback = [float(reward), False, False]
             counter(1)
             total += float(reward)
@@ -300,9 +311,10 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
     finally:
         env.close()
     events = [e.model_dump() for e in detector.events]
-    return {"scenario": scenario.name, "return": total - scenario.return_before, "length": length,
-            "ending": ending, "events": events,
-            "failed_again": any(e["kind"] == scenario.event_kind for e in events)}
+    result = {"scenario": scenario.name, "return": total - scenario.return_before, "length": length,
+              "ending": ending, "events": events,
+              "failed_again": any(e["kind"] == scenario.event_kind for e in events)}
+    return {**result, "trace": trace} if record else result
 
 
 __all__ = ["SavedObservation", "Scenario", "record_scenario", "restore_state", "run_scenario", "save_state",

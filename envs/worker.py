@@ -309,7 +309,7 @@ class Worker:
 
         try:
             self.policy.start(0, scenario.seed, space, job.get("cpu_s"), 1, 1)
-            result = run_scenario(self.spec, scenario, act, coerce, count)
+            result = run_scenario(self.spec, scenario, act, coerce, count, record=bool(job.get("record")))
         except (PolicyFailed, InvalidAction) as exc:
             self.policy.end(0, acts[0])
             status = "policy_error" if isinstance(exc, PolicyFailed) else "invalid_action"

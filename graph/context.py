@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,16 +18,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common.errors import HeuristError
-from common.events import ScenariosSaved, read_events
+from common.events import ScenariosSaved, ScenarioSteps, read_events
 from common.files import atomic_write
 from common.ledger import Ledger
 from envs.evaluator import EvalRequest, evaluate
 from envs.limits import Limits
 from envs.regression import KitRefused, PolicyUnderTest
 from envs.results import EvalResult
-from envs.scenario_files import save_scenarios
+from envs.scenario_files import ScenarioError, keep_scenario, load_scenario, save_scenarios
+from envs.scenarios import Scenario
 from envs.tasks import Split, TaskSpec
 from graph.state import Scored
+from memory.records import ScenarioRecord
 from memory.store import MemoryStore
 from roles.base import Role, RoleContext
 from roles.llm import LLMClient
@@ -196,6 +199,58 @@ class Services:
                 env_steps=saved.env_steps))
             known.update(saved.by_seed)
         return {seed: known[seed] for seed in seeds if seed in known}
+
+
+    def saved_scenarios(self, policy_sha256: str) -> list[Scenario]:
+        """Every scenario this run saved of one policy's failures, read back from the run's folder."""
+        names: dict[str, None] = {}
+        for record in read_events(self.ledger)[0]:
+            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id \
+                    and record.policy_sha256 == policy_sha256:
+                names.update(dict.fromkeys(n for group in record.scenarios.values() for n in group))
+        found = []
+        for name in names:
+            try:
+                found.append(load_scenario(self.scenario_folder, name))
+            except ScenarioError:  # a file gone from RUN_DIR: nothing to remember of it
+                continue
+        return found
+
+    def replay_scenario(self, source: str, name: str, iteration: int, where: str) -> tuple[dict[str, Any], int]:
+        """One saved scenario replayed with ``source`` in the sandbox, each step recorded (``envs.scenarios``): what
+        happened, and the env steps it took (in the ledger, so the run's budget counts them). ScenarioError or
+        KitRefused say why it could not run."""
+
+        def no_episodes(seed: int) -> dict:
+            raise KitRefused("a scenario replay runs no episodes")
+
+        policy = PolicyUnderTest(no_episodes, self.spec.model_dump_json(), self.protocol,
+                                 str(self.candidate_file(source)), source, self.limits(), hidden=[self.run_dir],
+                                 scenarios=self.scenario_folder)
+        with tempfile.TemporaryDirectory(prefix="heurist-scenario-") as scratch:
+            session = policy.session(Path(scratch))
+            try:
+                result = session.scenario(name, record=True)
+            finally:
+                session.close()
+                if policy.scenario_steps:
+                    self.ledger.append(ScenarioSteps(run_id=self.run_id, iteration=iteration, where=where,
+                                                     env_steps=policy.scenario_steps))
+        return result, policy.scenario_steps
+
+    def import_scenarios(self, records: list[ScenarioRecord]) -> dict[str, str]:
+        """Earlier runs' scenarios, recalled from memory with their failures, put in this run's folder so tests
+        and the coder's tools can replay them by name: name -> what failed there. One that is not of this task
+        and protocol, or not named as heurist names it, is left out."""
+        imported = {}
+        for record in records:
+            if record.scenario.task != self.spec.id or record.scenario.protocol != self.protocol:
+                continue
+            try:
+                imported[keep_scenario(self.scenario_folder, record.scenario)] = record.description
+            except ScenarioError:
+                continue
+        return imported
 
 
 def per_seed(result: EvalResult) -> dict[int, float | None]:

@@ -24,6 +24,7 @@ from common.events import (
     TestsRun,
 )
 from common.files import atomic_write
+from envs.scenario_files import file_name
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
 from graph.candidates import checked, focus_of, ranked_candidates
@@ -33,15 +34,19 @@ from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files, scenario_test_name
 from graph.workbench import RunWorkbench
 from memory.lessons import distil
-from memory.records import FailureRecord, FixRecord, Recall
+from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
 from roles.base import Role
 from roles.edits import Edit, unified_diff
 from roles.llm_usage import BudgetSpent, LLMError
 from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
-from roles.test_writer import scenario_test
+from roles.test_writer import recalled_scenario_test, scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
+
+# A saved moment larger than this stays in its run's folder only: memory is read whole by every recall that reaches
+# it, and a shared Chroma server takes it in one request. (Breakout's, with 8 warm-up frames, is tens of KiB.)
+MEMORY_SCENARIO_BYTES = 4 << 20
 
 
 class RoleContractError(HeuristError):
@@ -118,18 +123,24 @@ class Nodes:
     def recall(self, state: RunState) -> RunState:
         s = self.s
         if s.memory is None:
-            return {"recall": None}
+            return {"recall": None, "recalled_scenarios": {}}
         query = " ".join(r.get("summary", "") for r in state["analyses"].values())[:2000] or s.spec.description
         found = self._recorded_recall(state["iteration"]) or s.memory.recall(query, k=5, family=s.spec.family)
         # Which records the coder was shown, by id: the report lists the memory each iteration used.
         used = ([{"id": h.failure.id, "type": "failure", "similarity": h.similarity} for h in found.failures]
                 + [{"id": h.fix.id, "type": "fix", "similarity": h.similarity} for h in found.fixes]
                 + [{"id": h.lesson.id, "type": "lesson", "similarity": h.similarity} for h in found.lessons])
+        # The saved moments of the recalled failures of this task (an earlier run's), replayable here by name: the
+        # tests can hold a fix to an old failure, and the coder's scenario tool can look at it.
+        failures = [h.failure for h in found.failures] + [f for h in found.fixes for f in h.failures] + [
+            f for h in found.failures for x in h.fixes for f in x.failures]
+        scenarios = s.import_scenarios(s.memory.scenarios_of(failures, s.spec.id, s.protocol))
         recall = found.model_dump(mode="json")
         s.recorder.for_role(state["iteration"], "recall").write(
-            Decision, summary=f"recalled {len(used)} memory records",
-            details={"query": query, "used": used, "recall": recall})
-        return {"recall": recall}
+            Decision, summary=f"recalled {len(used)} memory records" + (
+                f" and {len(scenarios)} saved failure scenarios" if scenarios else ""),
+            details={"query": query, "used": used, "recall": recall, "scenarios": scenarios})
+        return {"recall": recall, "recalled_scenarios": scenarios}
 
     def _recorded_recall(self, iteration: int) -> Recall | None:
         """In a replay, what the recorded run recalled at this iteration (None elsewhere, or where the recorded
@@ -235,7 +246,8 @@ class Nodes:
                                candidate_source=state["candidate"]["source"], incumbent=seeds_of(state["incumbent"]),
                                failure_summary=failure_summary, seeds_by_kind=gather(analyses, "seeds_by_kind"),
                                existing_tests=sorted(accepted), candidate=per_seed(scored_candidate),
-                               existing_test_sources=accepted, scenarios=scenarios)
+                               existing_test_sources=accepted, scenarios=scenarios,
+                               recalled_scenarios=state.get("recalled_scenarios") or {})
         s.event("role", role=writer.name)
         try:
             test = writer.run(data, s.context(state["iteration"], writer))
@@ -249,6 +261,16 @@ class Nodes:
         # fails on the incumbent and passes on the candidate.
         for seed, names in sorted(scenarios.items()):
             source = scenario_test(state["iteration"], {seed: names})
+            if source is not None:
+                tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
+        # And of earlier runs' failures recalled with their saved moments, those no accepted test replays yet: the
+        # edit is held to old failures too, and a test is kept for each one it fixes.
+        pinned = " ".join(accepted.values())
+        own = {name for names in scenarios.values() for name in names}  # this run saved the same moment again
+        recalled = [name for name in sorted(state.get("recalled_scenarios") or {})
+                    if name not in own and repr(name) not in pinned][: s.config.scenarios.recalled_per_edit]
+        for name in recalled:  # one file each: fail-to-pass judges a file, and each old failure is its own case
+            source = recalled_scenario_test(state["iteration"], [name])
             if source is not None:
                 tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
         return {"tests": tests}
@@ -434,19 +456,32 @@ class Nodes:
         s = self.s
         analyses = state.get("analyses") or {}
         findings: list[FailureFinding] = gather(analyses, "failures")[:3]
-        if s.memory is None or not findings:
+        if s.memory is None:
             return []
         sightings: list[Sighting] = gather(analyses, "sightings")
         seen = {(v.seed, v.step): v.what_went_wrong for v in sightings}
-        ids = []
+        # The moments saved of this policy's failures (write_tests saves them where an edit fixed one) go into
+        # memory with their failure, found or not among the analysts' first three: a later run can replay them.
+        moments = {(m.seed, m.event_kind, m.event_step): m for m in s.saved_scenarios(state["baseline"]["sha256"])}
+        failures = []
         for f in findings:
             text = f.description + (f" (mode {f.active_mode})" if f.active_mode else "")
             if (f.seed, f.step) in seen:
                 text += f"; seen: {seen[(f.seed, f.step)]}"
+            failures.append((f.seed, f.step, f.kind, text, moments.pop((f.seed, f.kind, f.step), None)))
+        failures += [(m.seed, m.event_step, m.event_kind, m.event_description, m) for m in moments.values()]
+        ids = []
+        for seed, step, kind, text, moment in failures:
+            description = f"{s.spec.id}: {text}"
+            scenarios = ()
+            if moment is not None and len(moment.model_dump_json()) <= MEMORY_SCENARIO_BYTES:
+                scenarios = (s.memory.add_scenario(ScenarioRecord(
+                    run_id=s.run_id, task=s.spec.id, family=s.spec.family, protocol=s.protocol,
+                    name=file_name(moment), description=description, scenario=moment)),)
             ids.append(s.memory.add_failure(FailureRecord(
-                run_id=s.run_id, description=f"{s.spec.id}: {text}", task=s.spec.id, family=s.spec.family,
-                protocol=s.protocol, iteration=state["iteration"], seed=f.seed, step=f.step, kind=f.kind,
-                policy_sha256=state["baseline"]["sha256"])))
+                run_id=s.run_id, description=description, task=s.spec.id, family=s.spec.family,
+                protocol=s.protocol, iteration=state["iteration"], seed=seed, step=step, kind=kind,
+                policy_sha256=state["baseline"]["sha256"], scenarios=scenarios)))
         return ids
 
     # ------------------------------------------------------------------ the end

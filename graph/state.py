@@ -115,6 +115,7 @@ class RunState(TypedDict, total=False):
     baseline: Scored  # the incumbent when this iteration began
     analyses: Annotated[dict[str, AnalysisReport], merge_reports]  # analyse role -> its report
     recall: dict[str, Any] | None  # a memory.records.Recall as JSON
+    recalled_scenarios: dict[str, str]  # earlier runs' failure scenarios the recall brought into RUN_DIR/scenarios
     coder: CodeOutcome | None
     # code.parallel > 1: each side-by-side coder's proposal by branch; the checked candidates still waiting,
     # best first ({"coder", "candidate", "name"}); what was rejected or dropped before the one at the gate.

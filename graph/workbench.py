@@ -12,7 +12,9 @@ import hashlib
 from typing import Any
 
 from common.events import IterationDone, ScenarioSteps, read_events
+from envs.regression import KitRefused
 from envs.results import EvalResult
+from envs.scenario_files import ScenarioError, load_scenario, scenario_names
 from graph.bookkeeping import events, spent_by
 from graph.context import Services, seeds_of
 from graph.state import RunState
@@ -20,6 +22,7 @@ from graph.testing import run_test_files
 from roles.coder_tools import TestOutcome
 
 MAX_HISTORY_FILES = 30
+MAX_SCENARIOS = 40  # listed to the coder
 
 
 class RunWorkbench:
@@ -30,6 +33,7 @@ class RunWorkbench:
         self.incumbent = services.workspace.source_at(self.commit)
         self.dev_seeds = services.dev_seeds()
         self.incumbent_scores = seeds_of(state["incumbent"])
+        self.recalled = set(state.get("recalled_scenarios") or {})
 
     def files(self) -> dict[str, str]:
         files = dict(self.s.workspace.tests_at(self.commit))
@@ -58,6 +62,29 @@ class RunWorkbench:
             self.s.ledger.append(ScenarioSteps(run_id=self.s.run_id, iteration=self.iteration,
                                                where="the coder's run_tests tool", env_steps=candidate.scenario_steps))
         return outcomes, spent + candidate.scenario_steps
+
+    def scenarios(self) -> dict[str, str]:
+        described = {}
+        folder = self.s.scenario_folder
+        # The newest first, when there are more than the brief lists: the incumbent's and those recalled this
+        # iteration were written or touched last.
+        newest = sorted(scenario_names(folder), key=lambda n: (n not in self.recalled,
+                                                               -(folder / f"{n}.json").stat().st_mtime, n))
+        for name in newest[:MAX_SCENARIOS]:
+            try:
+                moment = load_scenario(self.s.scenario_folder, name)
+            except ScenarioError:
+                continue
+            described[name] = (f"seed {moment.seed}: {moment.event_kind} at step {moment.event_step}, saved "
+                               f"{moment.event_step - moment.start} steps before"
+                               + (", an earlier run's, recalled from memory" if name in self.recalled else ""))
+        return described
+
+    def run_scenario(self, source: str, name: str) -> tuple[dict[str, Any], int]:
+        try:
+            return self.s.replay_scenario(source, name, self.iteration, "the coder's scenario tool")
+        except (ScenarioError, KitRefused) as exc:
+            raise ValueError(str(exc)) from None
 
     def run_budget_spent(self) -> str | None:
         budget = self.s.config.budget

@@ -21,7 +21,7 @@ from memory.records import RecordType
 
 FORMAT_VERSION = 1
 MARKER = "heurist-memory.json"
-RECORD_TYPES: tuple[RecordType, ...] = ("failure", "fix", "lesson")
+RECORD_TYPES: tuple[RecordType, ...] = ("failure", "fix", "lesson", "scenario")
 
 
 def prepare_directory(path: Path) -> None:

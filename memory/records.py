@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from common.safe_text import printable
+from envs.scenarios import Scenario
 
 RECENT = 50  # showings a lesson remembers by name (so a node run twice counts once); its counts go on past them
 Family = Literal["classic_control", "box2d", "atari", "mujoco", "custom"]
@@ -54,6 +55,8 @@ class FailureRecord(_Record):
     # When it was seen, as "run_id:iteration": the same failure of the same policy, seen again (a rejected
     # edit leaves the incumbent failing as before), is one record whose sightings grow, not a new record.
     seen_in: tuple[str, ...] = ()
+    scenarios: tuple[str, ...] = Field((), description="Ids of the ScenarioRecords that replay it (its moment saved "
+                                                       "from the simulator's state), which a later run can test.")
 
     @property
     def text(self) -> str:
@@ -157,6 +160,30 @@ class LessonRecord(_Record):
         return _content_id("lesson", self.family, self.statement.lower())
 
 
+class ScenarioRecord(_Record):
+    """A failure's moment saved from the simulator's state (``envs.scenarios.Scenario``), kept beside the failure
+    so a later run on the same task and protocol can replay it: a fix tested against an old failure, not only the
+    failures of its own run. Never searched by similarity (``MemoryStore.recall`` reaches it through its failure);
+    its text is the failure's description all the same, so it sits in a collection like every record."""
+
+    type: Literal["scenario"] = "scenario"
+    task: str
+    family: Family
+    protocol: str
+    name: str = Field(..., description="Its file name in a run's scenarios folder (envs.scenario_files.file_name).")
+    description: str = Field(..., min_length=1)
+    scenario: Scenario
+
+    @property
+    def text(self) -> str:
+        return self.description
+
+    def default_id(self) -> str:
+        # The name holds the seed, the failure's kind and step and the recorded window's hash: with the task and
+        # protocol it says which moment this is, whichever run saved it.
+        return _content_id("scenario", self.task, self.protocol, self.name, self.scenario.trajectory_sha256)
+
+
 def merge_lessons(old: LessonRecord, new: LessonRecord) -> LessonRecord:
     """The stored lesson learned again, or counted again: its first date and run kept, sources and evidence
     joined, counts never lower (a count is only ever raised from the stored one), the best settings kept."""
@@ -178,9 +205,9 @@ def lesson_rank_key(lesson: LessonRecord, similarity: float) -> tuple:
     return (-rate, 0 if lesson.outcome == "helped" else 1, -similarity)
 
 
-Record = Annotated[Union[FailureRecord, FixRecord, LessonRecord], Field(discriminator="type")]
+Record = Annotated[Union[FailureRecord, FixRecord, LessonRecord, ScenarioRecord], Field(discriminator="type")]
 RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
-RecordType = Literal["failure", "fix", "lesson"]
+RecordType = Literal["failure", "fix", "lesson", "scenario"]
 
 
 class FixHit(BaseModel):

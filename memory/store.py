@@ -50,6 +50,7 @@ from memory.records import (
     Recall,
     Record,
     RecordType,
+    ScenarioRecord,
     fix_rank_key,
     lesson_rank_key,
     merge_lessons,
@@ -97,6 +98,8 @@ def _metadata(record: Record) -> dict:
         meta.update(outcome=record.outcome, iteration=record.iteration)
         if record.failure_ids:  # Chroma refuses empty lists
             meta["failure_ids"] = list(record.failure_ids)
+    elif isinstance(record, ScenarioRecord):
+        meta.update(protocol=record.protocol, name=record.name)
     return meta
 
 
@@ -216,7 +219,9 @@ class MemoryStore:
             elif isinstance(record, FailureRecord):
                 base = old if isinstance(old, FailureRecord) else record
                 seen = tuple(dict.fromkeys((*base.seen_in, *record.seen_in, record.sighting)))
-                record = base.model_copy(update={"seen_in": seen})
+                # A moment saved later (a scenario is saved only when an edit fixes the failure) joins the record.
+                scenarios = tuple(dict.fromkeys((*base.scenarios, *record.scenarios)))
+                record = base.model_copy(update={"seen_in": seen, "scenarios": scenarios})
             merged.append(record)
         return merged
 
@@ -228,6 +233,16 @@ class MemoryStore:
 
     def add_lesson(self, record: LessonRecord) -> str:
         return self.add([record])[0]
+
+    def add_scenario(self, record: ScenarioRecord) -> str:
+        return self.add([record])[0]
+
+    def scenarios_of(self, failures: Iterable[FailureRecord], task: str, protocol: str) -> list[ScenarioRecord]:
+        """The saved moments of these failures that a run of ``task`` under ``protocol`` can replay (a scenario
+        restores one task's simulator under one protocol's rules), each once."""
+        wanted = [i for f in failures if f.task == task and f.protocol == protocol for i in f.scenarios]
+        return [r for r in self.get(wanted)
+                if isinstance(r, ScenarioRecord) and r.task == task and r.protocol == protocol]
 
     def forget(self, run_id: str) -> int:
         """Delete every record a run wrote. Returns how many."""

@@ -122,6 +122,10 @@ class Coder(Role[CoderInput, CoderOutput]):
                   + ", ".join(map(str, sorted(data.incumbent))) + ".")
         focus = [f"Your focus in this loop (other loops pursue other ideas side by side): {data.focus}"] \
             if data.focus else []
+        scenarios = ctx.workbench.scenarios()
+        if scenarios:  # the moments before failures, saved: the scenario tool replays them in a few hundred steps
+            focus.append("Saved failure scenarios (replay one with the scenario tool, on the incumbent or your "
+                         "candidate):\n" + "\n".join(f"- {n}: {d}" for n, d in sorted(scenarios.items())))
         loop = CoderLoop(ctx, ctx.workbench, loop_key(data.attempt, data.branch), self.prompt_of("coder_agent.md"),
                          "\n\n".join([*self._brief(data), *focus, budget]), ctx.llm.takes_images(self.name))
         edit, reason, evidence = loop.run()

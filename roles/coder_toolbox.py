@@ -21,6 +21,7 @@ from roles.coder_tools import (
     EditArgs,
     FramesArgs,
     ReadFileArgs,
+    ScenarioArgs,
     ScoreArgs,
     SubmitArgs,
     TraceArgs,
@@ -147,6 +148,36 @@ class ToolBox:
         tracks = measure_clip(clip.mp4)
         return head + ", measured (pixels; x right, y down):\n" + (
             "\n".join(describe_track(t) for t in tracks) or "nothing moved"), None
+
+    def _tool_scenario(self, args: ScenarioArgs) -> tuple[str, None]:
+        known = self.wb.scenarios()
+        if args.name.strip() in (".", ""):
+            return "scenarios:\n" + ("\n".join(f"{n}: {d}" for n, d in sorted(known.items())) or "none saved"), None
+        if args.name not in known:
+            raise ValueError(f"no scenario {args.name!r}; the scenarios are: {', '.join(sorted(known)) or 'none'}")
+        if self.settings.max_env_steps is not None and self.state.env_steps >= self.settings.max_env_steps:
+            raise ValueError("the loop's env steps are spent")
+        source = self.wb.incumbent if args.policy == "incumbent" else self.state.source
+        result, spent = self.wb.run_scenario(source, args.name)
+        self.state.env_steps += spent
+        steps = result.get("trace") or []
+        lines = [f"{args.policy} from scenario {args.name} ({known[args.name][:200]}): "
+                 + ("failed that way again" if result.get("failed_again") else "did not fail that way")
+                 + f"; return over the replay {_num(result.get('return'))}, {result.get('length')} steps, ending "
+                 f"{result.get('ending') or 'none'}; events: "
+                 + (", ".join(f"{e['kind']} at step {e['step']}" for e in result.get("events") or []) or "none")]
+        if steps:
+            first_t = steps[0]["t"]
+            event = next((e["step"] for e in result.get("events") or []), steps[-1]["t"])
+            first = args.first_step if args.first_step is not None else max(first_t, event - TRACE_MAX_STEPS + 1)
+            last = min(args.last_step if args.last_step is not None else event, first + TRACE_MAX_STEPS - 1)
+            for step in steps:
+                if first <= step["t"] <= last:
+                    obs = "" if step.get("obs") is None else f" obs={json.dumps(step['obs'])[:300]}"
+                    lines.append(f"t={step['t']} action={json.dumps(step['action'])} reward={step.get('reward')}{obs}")
+            lines.append(f"(the replay ran steps {first_t}..{steps[-1]['t']}; shown {first}..{last}, at most "
+                         f"{TRACE_MAX_STEPS} a call)")
+        return "\n".join(lines), None
 
     def _tool_edit(self, args: EditArgs) -> tuple[str, None]:
         try:

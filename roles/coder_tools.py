@@ -11,6 +11,9 @@ Each tool is a thin wrapper over a piece heurist already has, reached through a 
   observations and diagnostics inside the windows the evaluator kept);
 - ``frames``: the contact sheet of the clip nearest a step, as an image where the model takes images,
   else the moving objects measured in it, as text;
+- ``scenario``: a saved failure scenario (this run's, or an earlier run's recalled from memory) replayed with
+  the incumbent or the candidate from the moment before that failure, each step shown: a failure looked at and
+  a fix tried in a few hundred steps, not a whole episode;
 - ``edit``: SEARCH/REPLACE on the working candidate, answered with its diff against the incumbent or the
   precise failure (nearest lines); the incumbent is never touched;
 - ``run_tests``: the accepted regression tests against the working candidate, sandboxed as verify runs them;
@@ -62,6 +65,14 @@ class FramesArgs(_Args):
     policy: Literal["candidate", "incumbent"] = "incumbent"
 
 
+class ScenarioArgs(_Args):
+    name: str = Field(..., description="A saved failure scenario's name (listed in the brief), or '.' to list them.")
+    policy: Literal["candidate", "incumbent"] = "incumbent"
+    first_step: int | None = Field(None, ge=0, description="Show steps from here (default: the last ones shown "
+                                                           "before the recorded failure).")
+    last_step: int | None = Field(None, ge=0)
+
+
 class EditArgs(_Args):
     blocks: list[SearchReplace] = Field(..., min_length=1, description="Applied in order to candidate.py; each "
                                                                        "SEARCH must match it exactly once.")
@@ -78,8 +89,8 @@ class SubmitArgs(_Args):
 
 
 TOOL_ARGS: dict[str, type[_Args]] = {
-    "read_file": ReadFileArgs, "score": ScoreArgs, "trace": TraceArgs, "frames": FramesArgs, "edit": EditArgs,
-    "run_tests": RunTestsArgs, "submit": SubmitArgs}
+    "read_file": ReadFileArgs, "score": ScoreArgs, "trace": TraceArgs, "frames": FramesArgs,
+    "scenario": ScenarioArgs, "edit": EditArgs, "run_tests": RunTestsArgs, "submit": SubmitArgs}
 TOOL_DOCS: dict[str, str] = {
     "read_file": "Read a file of the workspace: the incumbent, your candidate, a test, or an earlier iteration's "
                  "diff and verdict.",
@@ -88,6 +99,9 @@ TOOL_DOCS: dict[str, str] = {
     "trace": "The recorded steps of one episode between two steps: action and reward each step; observation and "
              "diagnostics near the failure events.",
     "frames": "The frames of the recorded clip nearest a step of one episode.",
+    "scenario": "Replay a saved failure scenario with the incumbent or candidate.py, from the moment saved before "
+                "that failure: whether it fails that way again, and each step's action and reward (and observation "
+                "where it is small). Costs a few env steps: the window and as long again.",
     "edit": "Apply SEARCH/REPLACE blocks to candidate.py; answers with the diff against the incumbent or why a "
             "block did not apply.",
     "run_tests": "Run the accepted regression tests against candidate.py, as the verify stage will.",
@@ -143,6 +157,13 @@ class Workbench(Protocol):
     def run_tests(self, source: str) -> tuple[list[TestOutcome], int]:
         """The accepted regression tests against this source, each in its own sandbox, and the env steps
         spent now (the source's dev evaluation, which the tests' episodes come from)."""
+
+    def scenarios(self) -> dict[str, str]:
+        """The saved failure scenarios the ``scenario`` tool can replay: name -> what failed there."""
+
+    def run_scenario(self, source: str, name: str) -> tuple[dict[str, Any], int]:
+        """One scenario replayed with this source, each step recorded (``envs.scenarios.run_scenario``), and the
+        env steps it took; ValueError says why it could not run."""
 
     def run_budget_spent(self) -> str | None:
         """Which of the run's own budgets (env steps, hours) is spent, if one is."""

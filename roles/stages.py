@@ -141,6 +141,8 @@ class TestWriterInput(RoleModel):
     existing_test_sources: dict[str, str] = Field(default_factory=dict, description="The accepted test files.")
     scenarios: dict[int, list[str]] = Field(default_factory=dict, description="The incumbent's saved failure "
                                             "scenarios by dev seed, for run_scenario(name).")
+    recalled_scenarios: dict[str, str] = Field(default_factory=dict, description="Earlier runs' failure scenarios "
+                                               "of this task, recalled from memory: name -> what failed there.")
 
 
 class TestFile(RoleModel):

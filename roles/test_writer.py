@@ -23,7 +23,8 @@ KIT_API = """heurist_testkit (import it in the test file; the test runs alone, o
 - run_episode(seed: int) -> dict: one episode of the policy under test on a dev seed. Keys: status ("ok",
   "policy_error", "invalid_action", "env_error", "timeout", "crash"), return, length, termination, events
   (list of {step, kind, description}), trace ({actions, rewards, mode_counts, windows}).
-- run_scenario(name: str) -> dict: a saved failure scenario of the incumbent (names below): the simulator restored
+- run_scenario(name: str) -> dict: a saved failure scenario (names below: the incumbent's, and earlier runs'
+  recalled from memory): the simulator restored
   some steps before that failure, the policy under test warmed up, then run over the window with its own
   actions. Keys: scenario, return (over the window), length, ending, events, failed_again (the same failure
   happened again). A test that the fix holds at the moment of failure, without replaying a whole episode.
@@ -78,6 +79,26 @@ def scenario_test(iteration: int, scenarios: dict[int, list[str]]) -> str | None
             "from heurist_testkit import run_scenario\n" + "".join(functions) + "\n")
 
 
+def recalled_scenario_test(iteration: int, names: list[str]) -> str | None:
+    """One test per scenario recalled from memory (an earlier run's failure of this task, its moment saved): the
+    policy must not fail that way there. Kept, like every new test, only if it fails on the incumbent and passes on
+    the candidate: an old failure the incumbent already survives needs no test, one the edit fixes gets one."""
+    functions = [
+        f"\n\ndef test_recalled_{''.join(c if c.isalnum() else '_' for c in name.lower())}():\n"
+        f'    """An earlier run\'s failure, recalled from memory, replayed from the saved moment before it."""\n'
+        f"    result = run_scenario({name!r})\n"
+        f'    assert not result["failed_again"], (result["events"][:3], result["return"])' for name in names]
+    if not functions:
+        return None
+    return (f'"""Scenario tests for iteration {iteration}: earlier runs\' failures of this task, recalled from '
+            f'memory with their\nsaved moments (envs.scenarios)."""\n\n'
+            "from heurist_testkit import run_scenario\n" + "".join(functions) + "\n")
+
+
+def _recalled(scenarios: dict[str, str]) -> str:
+    return "; ".join(f"{name} ({text[:160]})" for name, text in sorted(scenarios.items())) or "none"
+
+
 def _returned(value: float | None) -> str:
     return "failed" if value is None else f"{value:g}"
 
@@ -116,7 +137,9 @@ class TestWriter(Role[TestWriterInput, TestFile]):
                   f"What the edit changed, measured on the dev seeds (incumbent -> candidate):\n"
                   f"{gains or 'no seed changed'}\n\nThe candidate policy:\n```python\n{data.candidate_source}\n```\n\n"
                   f"The accepted tests (they keep running; do not repeat them):\n{existing[:6000] or 'none'}\n\n"
-                  f"Saved failure scenarios of the incumbent, by dev seed: {data.scenarios or 'none'}\n\n"
+                  f"Saved failure scenarios of the incumbent, by dev seed: {data.scenarios or 'none'}\n"
+                  f"Earlier runs' failures of this task recalled from memory, as scenarios: "
+                  f"{_recalled(data.recalled_scenarios)}\n\n"
                   f"{KIT_API}")
         return ctx.llm.structured(ctx.transcript, [{"role": "system", "content": self.prompt()},
                                                    {"role": "user", "content": prompt}], TestFile)

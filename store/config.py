@@ -252,6 +252,10 @@ class ScenarioConfig(_Strict):
     warmup: int = Field(8, ge=0, le=64, description="Observations before that, replayed to a stateful policy first.")
     tests_per_edit: int = Field(1, ge=0, le=20, description="Scenario tests heurist adds for an edit: the seeds it "
                                                              "improved most whose failure could be saved (0: none).")
+    recalled_per_edit: int = Field(2, ge=0, le=20, description="Scenario tests heurist adds for an edit from earlier "
+                                                                "runs' failures, recalled from memory with their saved "
+                                                                "moments (0: none); kept only if the incumbent fails "
+                                                                "them and the candidate does not.")
 
     def steps_before(self, family: str) -> int:
         return self.before if self.before is not None else (300 if family == "atari" else 50)

@@ -18,6 +18,10 @@ import sys
 import pytest
 
 from common.ledger import Ledger
+from envs.evaluator import EvalRequest, evaluate
+from envs.limits import Limits
+from envs.scenario_files import load_scenario, save_scenarios
+from envs.tasks import get_task
 from runner.lifecycle import execute
 from store.config import RunConfig
 from store.rundir import create_run
@@ -324,3 +328,37 @@ def test_frames_shows_a_vision_model_the_contact_sheet_as_an_image(home):
     assert set(image) == {"type", "image_url"} and image["image_url"]["url"].startswith("data:image/png;base64,")
     page = (home / "run" / "report" / "index.html").read_text()
     assert "attempt-1, tool frames" in page and "attempt-1, turn 2: called edit, submit" in page
+
+
+def test_the_scenario_tool_replays_a_saved_failure_on_the_incumbent_and_on_the_candidate(home):
+    """scenario(name): the moment saved before a failure (here the incumbent's own, saved in the run's folder as
+    write_tests or a recall would) replayed in the sandbox with either policy, each step shown, its env steps in
+    the ledger."""
+    policy = home / "weak.py"
+    policy.write_text(WEAK)
+    result = evaluate(get_task("CartPole-v1"), EvalRequest(policy_path=policy, task_id="CartPole-v1", episodes=1,
+                                                           workers=1, limits=Limits()), Ledger(home / "l.jsonl"))
+    with ScriptedOpenAI() as server:
+        run_dir = create_run(agent_config(server, policy), home / "run")
+        saved = save_scenarios(result, get_task("CartPole-v1").model_dump_json(), WEAK, str(policy), Limits(),
+                               run_dir / "scenarios", [], before=10, warmup=1, most=1)
+        [[name]] = saved.by_seed.values()
+        server.queue(tool_call_reply(("scenario", {"name": "."}), ("scenario", {"name": name}),
+                                     ("scenario", {"name": "seed0-nothing-step1"})),
+                     tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}),
+                                     ("scenario", {"name": name, "policy": "candidate"}),
+                                     ("submit", {"rationale": "push toward the fall"})), *after_the_loop())
+        state = execute(run_dir)
+        first_prompt = next(r["body"] for r in server.requests if r["body"].get("tools"))
+    assert state["history"][0]["accepted"], state["history"]
+    assert name in json.dumps(first_prompt["messages"])  # the brief lists the saved scenarios
+    listing, incumbent, unknown, _, candidate, _ = (r.result for r in tool_runs(run_dir))
+    assert listing.startswith("scenarios:") and name in listing
+    assert incumbent.startswith(f"incumbent from scenario {name}") and "failed that way again" in incumbent
+    assert "t=" in incumbent and "action=" in incumbent and "obs=[" in incumbent
+    assert candidate.startswith(f"candidate from scenario {name}") and "did not fail that way" in candidate
+    assert unknown.startswith("error: no scenario 'seed0-nothing-step1'") and name in unknown
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    counted = [r for r in records if r["event"] == "scenario_steps" and r["where"] == "the coder's scenario tool"]
+    window = len(load_scenario(run_dir / "scenarios", name).actions)
+    assert [r["env_steps"] for r in counted] == [window, 2 * window]  # fell where it fell; balanced as long again

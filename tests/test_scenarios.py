@@ -18,6 +18,8 @@ from envs.regression import PolicyUnderTest, run_test_file
 from envs.scenario_files import load_scenario, save_scenarios
 from envs.scenarios import record_scenario, run_scenario
 from envs.tasks import get_task
+from memory.records import FailureRecord, ScenarioRecord
+from memory.store import MemoryConfig, MemoryStore
 from policies import POLICY_DIR
 from tests.offline_runs import heurist
 
@@ -205,3 +207,25 @@ def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_th
     assert tests_run["env_steps"] > 0  # the scenario runs, counted
     scenario_test = (tmp / "run" / "workspace" / "tests" / "test_scenarios_0001.py").read_text()
     assert "run_scenario(" in scenario_test
+
+    # The saved moment went into memory with its failure: a second run on the task, in another run directory and
+    # saving no scenario of its own, recalls it, replays it and keeps a test of the old failure its edit fixes.
+    with MemoryStore(MemoryConfig(path=tmp / "home" / "memory")) as memory:
+        stored = list(memory.records())
+    moments = [r for r in stored if isinstance(r, ScenarioRecord)]
+    assert {f"{m.name}" for m in moments} >= set(sum(saved["scenarios"].values(), []))
+    linked = [r for r in stored if isinstance(r, FailureRecord) and r.scenarios]
+    assert {i for r in linked for i in r.scenarios} == {m.id for m in moments}
+    (tmp / "second.toml").write_text((tmp / "run.toml").read_text() + "tests_per_edit = 0\n")
+    again = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config",
+                    tmp / "second.toml", "--run-dir", tmp / "second", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    records, _ = Ledger(tmp / "second" / "ledger.jsonl").read()
+    assert not [r for r in records if r["event"] == "scenarios_saved"]  # none of its own
+    assert {p.stem for p in (tmp / "second" / "scenarios").glob("*.json")} == {m.name for m in moments}
+    [tests_run] = [r for r in records if r["event"] == "tests_run"]
+    kept = [name for name, decision in tests_run["new_tests"].items() if decision["kept"]]
+    recalled_tests = [name for name in kept if name.startswith("tests/test_scenarios_")]
+    assert recalled_tests, tests_run["new_tests"]
+    text = (tmp / "second" / "workspace" / recalled_tests[0]).read_text()
+    assert "test_recalled_" in text and any(repr(m.name) in text for m in moments)
