@@ -197,14 +197,16 @@ class PolicySession:
         reply = self._run("policy_act", obs=request.obs, dtype=request.dtype, info=request.info)
         return {"action": reply["action"], "diagnostics": reply["diagnostics"]}
 
-    def scenario(self, name: str, record: bool = False) -> dict:
+    def scenario(self, name: str, record: bool = False, film_dir: Path | None = None) -> dict:
         """A saved failure scenario run with the policy under test (``envs.scenarios.run_scenario``); ``record``
-        keeps each step (for the coder's scenario tool; a test's kit never asks for it)."""
+        keeps each step, and ``film_dir`` gets a clip of the steps around the failure (both for the coder's
+        scenario tool; a test's kit asks for neither)."""
         p = self.policy
         scenario = load_scenario(p.scenarios, name)
         if scenario.task != TaskSpec.model_validate_json(p.task_json).id or scenario.protocol != p.protocol:
             raise KitRefused(f"scenario {name} is of {scenario.task} ({scenario.protocol}), not of the task under test")
-        reply = self._run("scenario_run", scenario=scenario.model_dump(mode="json"), record=record)
+        reply = self._run("scenario_run", scenario=scenario.model_dump(mode="json"), record=record,
+                          film_dir=str(film_dir) if film_dir is not None else None)
         self.reset_done = False  # slot 0 held the scenario's policy: a load_policy() test resets again
         return reply["result"]
 

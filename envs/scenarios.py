@@ -37,6 +37,7 @@ from envs.actions import plain_actions
 from envs.failures import FailureDetector
 
 MAX_WARMUP = 64  # observations kept before a scenario's start, at most
+FILM_BEFORE, FILM_AFTER = 48, 16  # a filmed replay keeps the steps around the recorded failure, as a clip does
 TRACE_OBS_NUMBERS = 64  # a recorded step keeps its observation up to this size (a state vector, not a frame)
 MAX_WINDOW = 5_001  # steps from a scenario's start to its failure, at most (``scenarios.before`` is at most 5,000)
 
@@ -270,16 +271,18 @@ def record_scenario(spec, protocol: str, seed: int, act, event_kind: str, event_
 
 
 def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: int | None = None,
-                 record: bool = False) -> dict[str, Any]:
+                 record: bool = False, film: list | None = None) -> dict[str, Any]:
     """Replay the scenario's window with the policy's own actions (``policy_act(obs, info, feedback)``, a fresh
     policy already reset with the scenario's seed; ``feedback`` the last step's reward, terminated and truncated,
     for a policy's ``observe``, None at first): warm it up on the saved observations (observations only: their
     actions are not taken), then step. What happened; with ``record``, also each step (``trace``: its step
     number, action and reward, and the observation it was taken on where that is at most ``TRACE_OBS_NUMBERS``
-    numbers), for the coder's scenario tool."""
+    numbers), for the coder's scenario tool; with ``film`` (a list), the rendered frames of the steps around the
+    recorded failure (``FILM_BEFORE`` up to it, ``FILM_AFTER`` past it) are appended to it as (step, frame)."""
     for saved in scenario.warmup:  # the policy's internal state as it was
         policy_act(saved.array(), dict(saved.info), None)
-    env = spec.make_env(scenario.protocol, lean=True)
+    env = spec.make_env(scenario.protocol, lean=True, render_mode="rgb_array" if film is not None else None)
+    filmed = range(scenario.event_step - FILM_BEFORE + 1, scenario.event_step + FILM_AFTER + 1)
     detector = FailureDetector(spec.failure_rules, spec.target)
     detector.resume(scenario.detector)
     # Past the moment the recorded policy failed, by as long again: a fix must carry the policy beyond it.
@@ -300,6 +303,8 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
             obs, reward, terminated, truncated, info = env.step(action)
             if record:
                 trace[-1]["reward"] = float(reward)
+            if film is not None and t in filmed:
+                film.append((t, env.render()))
             feedback = [float(reward), False, False]
             counter(1)
             total += float(reward)

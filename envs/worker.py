@@ -309,12 +309,23 @@ class Worker:
 
         try:
             self.policy.start(0, scenario.seed, space, job.get("cpu_s"), 1, 1)
-            result = run_scenario(self.spec, scenario, act, coerce, count, record=bool(job.get("record")))
+            film = [] if job.get("film_dir") else None
+            result = run_scenario(self.spec, scenario, act, coerce, count, record=bool(job.get("record")), film=film)
         except (PolicyFailed, InvalidAction) as exc:
             self.policy.end(0, acts[0])
             status = "policy_error" if isinstance(exc, PolicyFailed) else "invalid_action"
             return {"status": status, "error": str(exc)[:2000], "env_steps": self.steps[0]}
         self.policy.end(0, acts[0])
+        if film:  # written by this trusted process, as an evaluation's clips are; the policy never sees the folder
+            from envs.clips import fps_for, write_clip
+
+            probe = self.spec.make_env(self.protocol, lean=True)
+            fps = fps_for(probe, self.spec, self.protocol)
+            probe.close()
+            stem = f"{scenario.name}-{scenario.trajectory_sha256[:8]}"  # as its file is named (envs.scenario_files)
+            result["clip"] = write_clip(film, Path(job["film_dir"]), stem, fps,
+                                        f"{self.spec.id} {scenario.name}: {scenario.event_description}"[:200]) | {
+                "seed": scenario.seed, "step": film[-1][0]}
         return {"status": "ok", "result": result, "env_steps": self.steps[0]}
 
     def _act_alone(self, obs, info, feedback: list | None = None) -> Any:

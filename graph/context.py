@@ -216,9 +216,11 @@ class Services:
                 continue
         return found
 
-    def replay_scenario(self, source: str, name: str, iteration: int, where: str) -> tuple[dict[str, Any], int]:
+    def replay_scenario(self, source: str, name: str, iteration: int, where: str,
+                        film: bool = False) -> tuple[dict[str, Any], int]:
         """One saved scenario replayed with ``source`` in the sandbox, each step recorded (``envs.scenarios``): what
-        happened, and the env steps it took (in the ledger, so the run's budget counts them). ScenarioError or
+        happened, and the env steps it took (in the ledger, so the run's budget counts them); with ``film``, a clip
+        of the steps around the failure under ``RUN_DIR/clips/scenarios`` (``result["clip"]``). ScenarioError or
         KitRefused say why it could not run."""
 
         def no_episodes(seed: int) -> dict:
@@ -230,7 +232,12 @@ class Services:
         with tempfile.TemporaryDirectory(prefix="heurist-scenario-") as scratch:
             session = policy.session(Path(scratch))
             try:
-                result = session.scenario(name, record=True)
+                # Absolute, and out of every sandbox's sight (the run directory is hidden from the policy process).
+                film_dir = (self.run_dir / "clips" / "scenarios" /
+                            hashlib.sha256(source.encode()).hexdigest()[:12]).resolve() if film else None
+                if film_dir is not None:
+                    film_dir.mkdir(parents=True, exist_ok=True)
+                result = session.scenario(name, record=True, film_dir=film_dir)
             finally:
                 session.close()
                 if policy.scenario_steps:

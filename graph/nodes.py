@@ -33,12 +33,21 @@ from graph.simplify import run_simplify
 from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files, scenario_test_name
 from graph.workbench import RunWorkbench
-from memory.lessons import distil
+from memory.lessons import distil, teaches, template_statement
 from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
 from roles.base import Role
 from roles.edits import Edit, unified_diff
 from roles.llm_usage import BudgetSpent, LLMError
-from roles.stages import AnalyseInput, CoderInput, FailureFinding, ReviewInput, Sighting, TestWriterInput, gather
+from roles.stages import (
+    AnalyseInput,
+    CoderInput,
+    FailureFinding,
+    LessonInput,
+    ReviewInput,
+    Sighting,
+    TestWriterInput,
+    gather,
+)
 from roles.test_writer import recalled_scenario_test, scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
@@ -414,9 +423,8 @@ class Nodes:
                 reason=outcome["reason"][:2000], score_before=baseline["mean"], score_after=candidate.get("mean"),
                 policy_sha256_before=baseline["sha256"], policy_sha256_after=candidate.get("sha256", ""))
             fix = fix.model_copy(update={"id": s.memory.add_fix(fix)})
-            lesson = distil(fix, edit, s.run_id)  # an accepted or clearly worse edit teaches one line
-            if lesson is not None:
-                s.memory.add_lesson(lesson)
+            if teaches(fix):  # an accepted or clearly worse edit teaches one line, the lesson writer's
+                s.memory.add_lesson(distil(fix, edit, s.run_id, self._lesson_line(state, fix, edit)))
         if edit is not None and s.memory is not None:  # the lessons behind this edit, and whether it helped
             s.memory.note_lessons_used(self._lessons_behind(state), f"{s.run_id}:{iteration}",
                                        helped=bool(outcome["accepted"]))
@@ -441,6 +449,33 @@ class Nodes:
     def simplify(self, state: RunState) -> RunState:
         """A shorter, clearer incumbent with the same behaviour, kept only if it loses nothing (``graph.simplify``)."""
         return run_simplify(self.s, state)
+
+    def _lesson_line(self, state: RunState, fix: FixRecord, edit: dict) -> str:
+        """The lesson writer's line for this fix (``roles.lesson_writer``); heurist's template where the role
+        fails (a model down, a budget spent, a broken plug-in): the lesson is kept either way. A node run again
+        after a crash takes the line its transcript holds, so the same fix never teaches two lessons."""
+        s = self.s
+        role = s.role("lesson")
+        template = template_statement(fix, edit)
+        ctx = s.context(state["iteration"], role)
+        for entry in s.recorder.read(state["iteration"], role.name):
+            if isinstance(entry, Decision) and entry.details.get("fix") == fix.id and entry.details.get("statement"):
+                return str(entry.details["statement"])
+        known = [h.lesson.statement for h in s.memory.recall(
+            f"{fix.rationale}\n{template}", k=5, family=s.spec.family, types=("lesson",)).lessons if h.same_family]
+        data = LessonInput(task=s.spec.id, family=s.spec.family, task_description=s.spec.description,
+                           edit=Edit.model_validate(edit), diff_summary=fix.diff_summary, accepted=fix.outcome ==
+                           "accepted", reason=fix.reason, score_before=fix.score_before, score_after=fix.score_after,
+                           template=template, known=known)
+        s.event("role", role=role.name)
+        try:
+            statement = role.run(data, ctx).statement
+        except Exception as exc:  # a lesson writer that fails costs its wording only: the template stands in
+            ctx.transcript.write(RoleFailed, error=f"{type(exc).__name__}: {exc}"[:1000],
+                                 traceback=traceback.format_exc()[-3000:])
+            statement = template
+        ctx.decide(f"the lesson of {fix.id}: {statement}"[:500], fix=fix.id, statement=statement)
+        return statement
 
     @staticmethod
     def _lessons_behind(state: RunState) -> list[str]:

@@ -80,9 +80,9 @@ class RunWorkbench:
                                + (", an earlier run's, recalled from memory" if name in self.recalled else ""))
         return described
 
-    def run_scenario(self, source: str, name: str) -> tuple[dict[str, Any], int]:
+    def run_scenario(self, source: str, name: str, film: bool = False) -> tuple[dict[str, Any], int]:
         try:
-            return self.s.replay_scenario(source, name, self.iteration, "the coder's scenario tool")
+            return self.s.replay_scenario(source, name, self.iteration, "the coder's scenario tool", film=film)
         except (ScenarioError, KitRefused) as exc:
             raise ValueError(str(exc)) from None
 

@@ -1,6 +1,7 @@
 """Lessons distilled from edits: one general line per accepted (or clearly rejected) edit, with its evidence.
 
-Offline, a lesson is a template filled from the edit itself: its kind (tunables searched, or code
+A lesson's line is written by the lesson writer (``roles.lesson_writer``): with a model, one general sentence;
+offline, a template filled from the edit itself: its kind (tunables searched, or code
 changed), the failure kind it targeted, and what it did to the dev mean. The statement leaves the
 numbers out, so the same lesson learned again (another seed, another run, another task of the
 family) is one lesson whose evidence grows (``memory.store`` merges them by statement); the numbers
@@ -22,27 +23,42 @@ FAMILY_WORDS = {"classic_control": "classic-control", "box2d": "Box2D", "atari":
                 "custom": "custom"}
 
 
-def distil(fix: FixRecord, edit: dict, run_id: str) -> LessonRecord | None:
-    """The lesson of one remembered edit, or None when it teaches none (rejected without a clear loss, or never
-    evaluated)."""
+def teaches(fix: FixRecord) -> bool:
+    """Whether a remembered edit teaches a lesson: accepted, or rejected with a clear loss (and evaluated)."""
     gain = fix.score_delta
-    if gain is None:
-        return None
-    helped = fix.outcome == "accepted"
-    if not helped and gain >= 0:
-        return None
+    return gain is not None and (fix.outcome == "accepted" or gain < 0)
+
+
+def target_kinds(edit: dict) -> list[str]:
     # A model names the kinds it targets: only a word that can be a failure kind goes into a lesson, which other
     # runs' prompts will read.
-    kinds = [k for k in edit.get("target_kinds") or [] if isinstance(k, str) and KIND.fullmatch(k)]
+    return [k for k in edit.get("target_kinds") or [] if isinstance(k, str) and KIND.fullmatch(k)]
+
+
+def template_statement(fix: FixRecord, edit: dict) -> str:
+    """The offline lesson: what kind of change it was, what it did to the dev mean, against which failure."""
+    kinds = target_kinds(edit)
     against = f"against {kinds[0]}" if kinds else "on the failures seen"
     family = FAMILY_WORDS.get(fix.family, fix.family)
     if edit.get("kind") == "tunables" and edit.get("tunables"):
         what = f"Tuning {_names(edit['tunables'])}"
     else:
         what = f"Editing the code ({_first_clause(edit.get('rationale') or fix.rationale)})"
-    effect = "raised the dev mean" if helped else "lowered the dev mean"
+    effect = "raised the dev mean" if fix.outcome == "accepted" else "lowered the dev mean"
+    return f"{what} {effect} {against} on {family} tasks"
+
+
+def distil(fix: FixRecord, edit: dict, run_id: str, statement: str | None = None) -> LessonRecord | None:
+    """The lesson of one remembered edit, or None when it teaches none (rejected without a clear loss, or never
+    evaluated). ``statement``: the lesson writer's line (a model's, ``roles.lesson_writer``), else the template's;
+    the evidence, the settings and the outcome are heurist's own, from the fix record, whoever wrote the line."""
+    if not teaches(fix):
+        return None
+    gain = fix.score_delta
+    helped = fix.outcome == "accepted"
+    kinds = target_kinds(edit)
     return LessonRecord(
-        run_id=run_id, statement=f"{what} {effect} {against} on {family} tasks", family=fix.family, task=fix.task,
+        run_id=run_id, statement=statement or template_statement(fix, edit), family=fix.family, task=fix.task,
         outcome="helped" if helped else "did_not_help", failure_kind=kinds[0] if kinds else None,
         source_fix_ids=(fix.id,) if fix.id else (),
         evidence=(f"{fix.task} {run_id}:{fix.iteration}: dev mean {fix.score_before:.4g} -> "
@@ -62,4 +78,4 @@ def _first_clause(text: str) -> str:
     return first if len(first) <= 120 else first[:117].rstrip() + "..."
 
 
-__all__ = ["distil"]
+__all__ = ["distil", "target_kinds", "teaches", "template_statement"]

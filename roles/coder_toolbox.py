@@ -149,7 +149,7 @@ class ToolBox:
         return head + ", measured (pixels; x right, y down):\n" + (
             "\n".join(describe_track(t) for t in tracks) or "nothing moved"), None
 
-    def _tool_scenario(self, args: ScenarioArgs) -> tuple[str, None]:
+    def _tool_scenario(self, args: ScenarioArgs) -> tuple[str, str | None]:
         known = self.wb.scenarios()
         if args.name.strip() in (".", ""):
             return "scenarios:\n" + ("\n".join(f"{n}: {d}" for n, d in sorted(known.items())) or "none saved"), None
@@ -158,7 +158,7 @@ class ToolBox:
         if self.settings.max_env_steps is not None and self.state.env_steps >= self.settings.max_env_steps:
             raise ValueError("the loop's env steps are spent")
         source = self.wb.incumbent if args.policy == "incumbent" else self.state.source
-        result, spent = self.wb.run_scenario(source, args.name)
+        result, spent = self.wb.run_scenario(source, args.name, film=args.frames)
         self.state.env_steps += spent
         steps = result.get("trace") or []
         lines = [f"{args.policy} from scenario {args.name} ({known[args.name][:200]}): "
@@ -177,6 +177,17 @@ class ToolBox:
                     lines.append(f"t={step['t']} action={json.dumps(step['action'])} reward={step.get('reward')}{obs}")
             lines.append(f"(the replay ran steps {first_t}..{steps[-1]['t']}; shown {first}..{last}, at most "
                          f"{TRACE_MAX_STEPS} a call)")
+        clip = result.get("clip")
+        if args.frames and not clip:
+            lines.append("no frames: the replay rendered none around the failure's step")
+        if clip and self.images:
+            lines.append(f"its frames around step {clip['step']} ({clip['frames']} frames): the contact sheet follows "
+                         f"as an image")
+            return "\n".join(lines), clip["png"]
+        if clip:
+            tracks = measure_clip(clip["mp4"])
+            lines.append(f"its frames around step {clip['step']}, measured (pixels; x right, y down):\n"
+                         + ("\n".join(describe_track(t) for t in tracks) or "nothing moved"))
         return "\n".join(lines), None
 
     def _tool_edit(self, args: EditArgs) -> tuple[str, None]:

@@ -71,6 +71,7 @@ class ScenarioArgs(_Args):
     first_step: int | None = Field(None, ge=0, description="Show steps from here (default: the last ones shown "
                                                            "before the recorded failure).")
     last_step: int | None = Field(None, ge=0)
+    frames: bool = Field(False, description="Also film the replay around the failure's step, shown as frames.")
 
 
 class EditArgs(_Args):
@@ -101,7 +102,8 @@ TOOL_DOCS: dict[str, str] = {
     "frames": "The frames of the recorded clip nearest a step of one episode.",
     "scenario": "Replay a saved failure scenario with the incumbent or candidate.py, from the moment saved before "
                 "that failure: whether it fails that way again, and each step's action and reward (and observation "
-                "where it is small). Costs a few env steps: the window and as long again.",
+                "where it is small); with frames, the frames around the failure's step too. Costs a few env steps: "
+                "the window and as long again.",
     "edit": "Apply SEARCH/REPLACE blocks to candidate.py; answers with the diff against the incumbent or why a "
             "block did not apply.",
     "run_tests": "Run the accepted regression tests against candidate.py, as the verify stage will.",
@@ -161,9 +163,10 @@ class Workbench(Protocol):
     def scenarios(self) -> dict[str, str]:
         """The saved failure scenarios the ``scenario`` tool can replay: name -> what failed there."""
 
-    def run_scenario(self, source: str, name: str) -> tuple[dict[str, Any], int]:
-        """One scenario replayed with this source, each step recorded (``envs.scenarios.run_scenario``), and the
-        env steps it took; ValueError says why it could not run."""
+    def run_scenario(self, source: str, name: str, film: bool = False) -> tuple[dict[str, Any], int]:
+        """One scenario replayed with this source, each step recorded (``envs.scenarios.run_scenario``; with
+        ``film``, a clip of it as ``result["clip"]``: mp4, png, frames, label), and the env steps it took;
+        ValueError says why it could not run."""
 
     def run_budget_spent(self) -> str | None:
         """Which of the run's own budgets (env steps, hours) is spent, if one is."""

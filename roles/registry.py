@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from common.errors import HeuristError
 from roles.base import Role
 from roles.coder import Coder
+from roles.lesson_writer import LessonWriter
 from roles.log_parser import LogParser
 from roles.reviewer import Reviewer
 from roles.simplifier import Simplifier
@@ -24,7 +25,7 @@ from roles.video_analyst import VideoAnalyst
 from store.config import StageRoles
 
 GROUP = "heurist.roles"
-BUILT_IN: tuple[type[Role], ...] = (VideoAnalyst, LogParser, Coder, TestWriter, Reviewer, Simplifier)
+BUILT_IN: tuple[type[Role], ...] = (VideoAnalyst, LogParser, Coder, TestWriter, Reviewer, Simplifier, LessonWriter)
 
 
 class RoleError(HeuristError):
@@ -120,7 +121,7 @@ def stage_roles(stages: StageRoles, require_facts: bool = True) -> dict[Stage, l
         "analyse": [resolve(name, "analyse") for name in stages.analyse],
         "code": [resolve(stages.code, "code")], "test": [resolve(stages.test, "test")],
         "review": [resolve(name, "review") for name in stages.review],
-        "simplify": [resolve(stages.simplify, "simplify")]}
+        "simplify": [resolve(stages.simplify, "simplify")], "lesson": [resolve(stages.lesson, "lesson")]}
     check_stages(roles, require_facts)
     return roles
 

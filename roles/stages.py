@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from envs.results import EvalResult
 from roles.edits import Edit
 
-Stage = Literal["analyse", "code", "test", "review", "simplify"]
-STAGES: tuple[Stage, ...] = ("analyse", "code", "test", "review", "simplify")
+Stage = Literal["analyse", "code", "test", "review", "simplify", "lesson"]
+STAGES: tuple[Stage, ...] = ("analyse", "code", "test", "review", "simplify", "lesson")
 # A fact is a field of AnalyseOutput that some analyse role fills in (None where no role did).
 Fact = Literal["failures", "seeds_by_kind", "sightings"]
 FACTS: tuple[Fact, ...] = ("failures", "seeds_by_kind", "sightings")
@@ -211,7 +211,33 @@ class SimplifyOutput(RoleModel):
     applied: list[str] = Field(default_factory=list, description="What was simplified, one line each.")
 
 
+# ---------------------------------------------------------------------------------------------- lesson
+
+class LessonInput(RoleModel):
+    """One remembered edit that teaches a lesson (accepted, or clearly worse), for its one general line."""
+
+    task: str
+    family: str
+    task_description: str = ""
+    edit: Edit
+    diff_summary: str = ""
+    accepted: bool
+    reason: str = Field("", description="The verdict's reasons.")
+    score_before: float
+    score_after: float
+    template: str = Field(..., description="heurist's own line for it (what the offline lesson writer says).")
+    known: list[str] = Field(default_factory=list, description="The family's lessons nearest to it, verbatim: one "
+                                                               "that says the same is answered word for word, so "
+                                                               "the two merge into one lesson with more evidence.")
+
+
+class LessonOutput(RoleModel):
+    statement: str = Field(..., min_length=1, max_length=300, description="One general line, no numbers: heurist "
+                                                                          "attaches the measured evidence.")
+    reason: str = ""
+
+
 STAGE_IO: dict[Stage, tuple[type[BaseModel], type[BaseModel]]] = {
     "analyse": (AnalyseInput, AnalyseOutput), "code": (CoderInput, CoderOutput),
     "test": (TestWriterInput, TestFile), "review": (ReviewInput, Verdict),
-    "simplify": (SimplifyInput, SimplifyOutput)}
+    "simplify": (SimplifyInput, SimplifyOutput), "lesson": (LessonInput, LessonOutput)}

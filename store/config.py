@@ -241,6 +241,7 @@ class StageRoles(_Strict):
     test: str = "test_writer"
     review: list[str] = Field(default_factory=lambda: ["reviewer"])
     simplify: str = "simplifier"
+    lesson: str = "lesson_writer"
 
 
 class ScenarioConfig(_Strict):

@@ -65,6 +65,15 @@ def seen(what: str) -> dict:
                   "summary": what})
 
 
+LESSON = "Pushing toward the fall from the angle and its velocity keeps the pole up where reacting late does not"
+WORSE_LESSON = "Replacing a feedback rule with a constant action loses the balance at once"
+
+
+def lesson(statement: str = LESSON) -> dict:
+    """The lesson writer's reply (roles.lesson_writer), asked after each edit that taught something."""
+    return reply({"statement": statement})
+
+
 def written_test(name: str, source: str) -> dict:
     return reply({"filename": name, "source": source, "rationale": "pins the fix", "seeds": [0]})
 
@@ -100,10 +109,12 @@ def record_llm_run(home: Path) -> RecordedRun:
             edit(REACTS_LATE, BALANCES, "push toward the fall using the angle and its velocity, not late"),
             written_test("tests/test_balance_seed_0.py", PIN_BALANCE),
             reply({"games_the_evaluation": False, "reasons": ["a general control rule, no seed branches"]}),
+            lesson(),
             # iteration 2
             seen("the episode ends at the time limit"),
             edit(BALANCES, ALWAYS_LEFT, "simplify the rule"),
             written_test("tests/test_seed_1_runs.py", PIN_LOADS),
+            lesson(WORSE_LESSON),  # rejected, and clearly worse: a lesson too
         )
         config = RunConfig.model_validate({
             "task": "CartPole-v1", "policy": str(policy),

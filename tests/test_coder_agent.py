@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,7 @@ from store.config import RunConfig
 from store.rundir import create_run
 from store.transcripts import AgentTurn, ToolRun, TranscriptRecorder
 from tests.scripted_openai import ScriptedOpenAI, tool_call_reply
-from tests.scripted_runs import BALANCES, PIN_BALANCE, REACTS_LATE, WEAK, reply, written_test
+from tests.scripted_runs import BALANCES, PIN_BALANCE, REACTS_LATE, WEAK, lesson, reply, written_test
 from tests.test_cli import HEURIST
 from tests.test_faults import _start, _wait_for
 from tests.test_graph_llm import decisions
@@ -65,7 +66,7 @@ def loop_turns() -> list[dict]:
 
 def after_the_loop() -> list[dict]:
     return [written_test("tests/test_balance_seed_0.py", PIN_BALANCE),
-            reply({"games_the_evaluation": False, "reasons": ["a general control rule"]})]
+            reply({"games_the_evaluation": False, "reasons": ["a general control rule"]}), lesson()]
 
 
 def tool_runs(run_dir, iteration: int = 1) -> list[ToolRun]:
@@ -146,9 +147,9 @@ def test_a_kill_9_inside_the_loop_resumes_without_asking_or_running_anything_twi
         asked = len(server.requests) - len(before)
 
     assert state["history"][0]["accepted"], state["history"]
-    # Resumed: turn 4 asked again (its answer was lost with the process), then turns 5-6, the test writer and
-    # the reviewer; turns 1-3 never again.
-    assert asked == 5
+    # Resumed: turn 4 asked again (its answer was lost with the process), then turns 5-6, the test writer, the
+    # reviewer and the lesson writer; turns 1-3 never again.
+    assert asked == 6
     runs = tool_runs(run_dir)
     assert len({r.call_id for r in runs}) == len(runs) == 8  # every tool ran once
     records, _ = Ledger(run_dir / "ledger.jsonl").read()
@@ -346,7 +347,7 @@ def test_the_scenario_tool_replays_a_saved_failure_on_the_incumbent_and_on_the_c
         server.queue(tool_call_reply(("scenario", {"name": "."}), ("scenario", {"name": name}),
                                      ("scenario", {"name": "seed0-nothing-step1"})),
                      tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}),
-                                     ("scenario", {"name": name, "policy": "candidate"}),
+                                     ("scenario", {"name": name, "policy": "candidate", "frames": True}),
                                      ("submit", {"rationale": "push toward the fall"})), *after_the_loop())
         state = execute(run_dir)
         first_prompt = next(r["body"] for r in server.requests if r["body"].get("tools"))
@@ -357,6 +358,9 @@ def test_the_scenario_tool_replays_a_saved_failure_on_the_incumbent_and_on_the_c
     assert incumbent.startswith(f"incumbent from scenario {name}") and "failed that way again" in incumbent
     assert "t=" in incumbent and "action=" in incumbent and "obs=[" in incumbent
     assert candidate.startswith(f"candidate from scenario {name}") and "did not fail that way" in candidate
+    filmed = tool_runs(run_dir)[4]
+    assert "contact sheet follows as an image" in candidate and filmed.image.endswith(".png")
+    assert (run_dir / "clips" / "scenarios") in Path(filmed.image).parents  # in the run, out of every sandbox
     assert unknown.startswith("error: no scenario 'seed0-nothing-step1'") and name in unknown
     records, _ = Ledger(run_dir / "ledger.jsonl").read()
     counted = [r for r in records if r["event"] == "scenario_steps" and r["where"] == "the coder's scenario tool"]

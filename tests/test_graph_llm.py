@@ -14,13 +14,26 @@ from pathlib import Path
 import pytest
 
 from common.ledger import Ledger
+from memory.records import LessonRecord
+from memory.store import MemoryConfig, MemoryStore
 from runner.lifecycle import execute
 from store.config import RunConfig
 from store.rundir import create_run, decisions
 from store.transcripts import TranscriptRecorder
 from store.workspace import Workspace
 from tests.scripted_openai import ScriptedOpenAI
-from tests.scripted_runs import BALANCES, PIN_BALANCE, REACTS_LATE, WEAK, edit, reply, written_test
+from tests.scripted_runs import (
+    BALANCES,
+    LESSON,
+    PIN_BALANCE,
+    REACTS_LATE,
+    WEAK,
+    WORSE_LESSON,
+    edit,
+    lesson,
+    reply,
+    written_test,
+)
 from tests.test_cli import HEURIST
 
 
@@ -71,6 +84,15 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     records, bad = Ledger(run_dir / "ledger.jsonl").read()
     assert bad == 0
     assert [r["iteration"] for r in records if r["event"] == "iteration"] == [1, 2]
+
+    # The lessons are the model's lines with heurist's measured evidence: the accepted edit's helped, the clearly
+    # worse one's did not (roles.lesson_writer).
+    with MemoryStore(MemoryConfig(path=llm_run.home / "home" / "memory")) as memory:
+        lessons = {r.statement: r for r in memory.records() if isinstance(r, LessonRecord)}
+    assert set(lessons) == {LESSON, WORSE_LESSON}
+    assert lessons[LESSON].outcome == "helped" and lessons[WORSE_LESSON].outcome == "did_not_help"
+    assert "dev mean" in lessons[LESSON].evidence[0] and f"{run_dir.name}" not in lessons[LESSON].statement
+    assert any(e.kind == "parsed" for e in recorder.read(1, "lesson_writer"))
 
     # Replay: the recorded replies in place of the model (no server now) reach the same decisions.
     env = llm_run.env(dict(os.environ))
@@ -157,11 +179,11 @@ def test_a_role_can_stay_offline_while_the_others_use_the_model(home):
         data["llm"]["roles"] = {"test_writer": {"offline": True}}
         config = RunConfig.model_validate(data)
         server.queue(edit(REACTS_LATE, BALANCES, "push toward the fall using the angle and its velocity"),
-                     reply({"games_the_evaluation": False, "reasons": ["general rule"]}))
+                     reply({"games_the_evaluation": False, "reasons": ["general rule"]}), lesson())
         state = execute(create_run(config, home / "run"))
         prompts = [r["body"]["messages"][0]["content"] for r in server.requests if r["path"].endswith("/completions")]
     assert state["history"][0]["accepted"], state["history"]
     recorder = TranscriptRecorder(home / "run")
     assert [line.kind for line in recorder.read(1, "test_writer")] == ["decision"]  # the template, no model
     assert {line.kind for line in recorder.read(1, "coder")} >= {"llm_call", "parsed"}
-    assert len(prompts) == 2 and not any("test writer" in p.lower() for p in prompts)
+    assert len(prompts) == 3 and not any("test writer" in p.lower() for p in prompts)  # coder, reviewer, lesson

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
+
 from memory.lessons import distil
 from memory.records import FixRecord, LessonHit, LessonRecord, Recall
 from policies import POLICY_DIR
@@ -43,6 +45,27 @@ def test_only_a_clearly_worse_rejection_teaches_and_never_its_settings():
     assert distil(_fix("accepted", 1.0, 2.0), code, "run-a").statement == (
         "Editing the code (Aim at the predicted landing point) raised the dev mean on the failures seen on "
         "classic-control tasks")
+
+
+def test_a_model_lesson_is_one_general_line_without_numbers_of_its_own():
+    """The model writes the line; numbers would read as measured, so they are sent back (heurist attaches the
+    measured dev means as evidence), and the evidence, outcome and settings stay heurist's."""
+    from pydantic import ValidationError
+
+    from roles.lesson_writer import LessonLine
+
+    assert LessonLine(statement="  Pushing toward\nthe fall   keeps the pole up ").statement == \
+        "Pushing toward the fall keeps the pole up"
+    for claim in ("Raising the gain to 2.5 keeps the pole up", "It raised the mean by 300"):
+        with pytest.raises(ValidationError, match="leave numbers out"):
+            LessonLine(statement=claim)
+    fix = FixRecord(id="fix-1", run_id="r", rationale="push earlier", diff_summary="", task="CartPole-v1",
+                    family="classic_control", iteration=1, outcome="accepted", reason="better",
+                    score_before=20.0, score_after=500.0)
+    lesson = distil(fix, {"kind": "search_replace", "target_kinds": ["pole_fell"]}, "r",
+                    "Pushing toward the fall keeps the pole up")
+    assert lesson.statement == "Pushing toward the fall keeps the pole up" and lesson.outcome == "helped"
+    assert lesson.evidence == ("CartPole-v1 r:1: dev mean 20 -> 500 (+480)",)
 
 
 def test_a_search_starts_only_from_a_lesson_that_helped_and_names_every_tunable():
