@@ -181,8 +181,8 @@ class ScenariosSaved(_Event):
 
 
 class ScenarioSteps(_Event):
-    """Env steps of failure scenarios replayed by regression tests outside verify (the coder's ``run_tests`` tool,
-    the simplify stage), which no ``tests_run`` line counts."""
+    """Env steps of failure scenarios replayed outside verify (by regression tests in the coder's ``run_tests`` tool
+    and the simplify stage, and by the coder's ``scenario`` tool), which no ``tests_run`` line counts."""
 
     event: Literal["scenario_steps"] = "scenario_steps"
     run_id: str

@@ -94,7 +94,7 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                         saved.discarded[f"seed {episode.seed}"] = f"an unreadable scenario: {str(exc)[:200]}"
                         continue
                     try:
-                        name = keep_scenario(folder, scenario)
+                        name = keep_scenario(folder, scenario, verified=True)
                     except ScenarioError as exc:
                         saved.discarded[f"seed {episode.seed}"] = str(exc)
                         continue
@@ -104,11 +104,12 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
     return saved
 
 
-def keep_scenario(folder: Path, scenario: Scenario) -> str:
-    """Write a scenario into a scenarios folder under the name that says what it is (kept as it is when that name
-    is there already: a name always means the same scenario); its name. A scenario read from elsewhere (memory,
-    saved by an earlier run) is checked to be named as heurist would name it, so it can never take the name of
-    another moment."""
+def keep_scenario(folder: Path, scenario: Scenario, verified: bool = False) -> str:
+    """Write a scenario into a scenarios folder under the name its own fields give it (seed, failure kind and step,
+    the recorded window's hash); its name. ``verified``: saved and verified just now by this run's env process,
+    so it replaces a file of that name (one brought in from memory, say); otherwise a file already there is kept.
+    A scenario read from elsewhere (memory) must be named as heurist would name it; its window's hash is a field
+    of it, taken as written (a scenario from memory is as trusted as the store it came from)."""
     if scenario.name != scenario_name(scenario.seed, scenario.event_kind, scenario.event_step):
         raise ScenarioError(f"a scenario named {scenario.name[:80]!r} for seed {scenario.seed}'s "
                             f"{scenario.event_kind[:40]} at step {scenario.event_step}")
@@ -116,7 +117,7 @@ def keep_scenario(folder: Path, scenario: Scenario) -> str:
     if not NAME.fullmatch(name):
         raise ScenarioError(f"a scenario named {name[:80]!r}")
     target = folder / f"{name}.json"
-    if not target.is_file():
+    if verified or not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(target, scenario.model_dump_json())
     return name

@@ -28,11 +28,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.safe_text import printable
 from envs.actions import plain_actions
 from envs.failures import FailureDetector
 
@@ -42,15 +43,31 @@ TRACE_OBS_NUMBERS = 64  # a recorded step keeps its observation up to this size 
 MAX_WINDOW = 5_001  # steps from a scenario's start to its failure, at most (``scenarios.before`` is at most 5,000)
 
 
+MAX_OBSERVATION_BYTES = 64 << 20  # one saved observation, unpacked (an Atari frame is 100 KiB)
+STATE_KINDS = ("ale", "mujoco", "classic")
+MAX_STATE_NUMBERS = 1 << 20  # MuJoCo's integration state of the largest task is thousands of numbers
+MAX_ALE_STATE_CHARS = 4 << 20  # base64 of ALE's serialised state (a few KiB)
+
+
 class SavedObservation(BaseModel):
     """One observation the policy saw, as exact bytes (zlib, base64) with its dtype and shape, and its info."""
 
     model_config = ConfigDict(extra="forbid")
 
     data: str
-    dtype: str
-    shape: list[int]
+    dtype: str = Field(..., max_length=16)
+    shape: list[Annotated[int, Field(ge=0)]] = Field(..., max_length=8)
     info: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SavedObservation:
+        try:
+            itemsize = np.dtype(self.dtype).itemsize
+        except Exception:  # numpy raises TypeError, ValueError, even SyntaxError on odd dtype strings
+            raise ValueError(f"an observation dtype numpy does not know: {self.dtype!r}") from None
+        if int(np.prod(self.shape, dtype=np.float64)) * itemsize > MAX_OBSERVATION_BYTES:
+            raise ValueError(f"an observation of shape {self.shape} is larger than heurist saves")
+        return self
 
     @classmethod
     def of(cls, obs: Any, info: dict) -> SavedObservation:
@@ -72,21 +89,46 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    task: str
-    protocol: str
+    # Bounded, since a scenario may come from memory (a store shared between runs): its fields reach a prompt, a
+    # file name, a test's source (its name, checked by envs.scenario_files) and the simulator's own restore.
+    name: str = Field(..., max_length=200)
+    task: str = Field(..., max_length=200)
+    protocol: str = Field(..., max_length=64)
     seed: int
-    event_kind: str
-    event_step: int
-    event_description: str
-    start: int  # the step the state was saved before; the window runs start..event_step
+    event_kind: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    event_step: int = Field(..., ge=0)
+    event_description: str = Field(..., max_length=500)
+    start: int = Field(..., ge=0)  # the step the state was saved before; the window runs start..event_step
     state: dict[str, Any]
     detector: dict[str, Any] = Field(default_factory=dict)  # the failure detector's state at ``start`` (lives, stall)
     observation: SavedObservation  # what the policy acts on at ``start``
-    warmup: list[SavedObservation] = Field(default_factory=list)  # what it saw at the steps just before
-    actions: list[Any]  # recorded, start..event_step
+    warmup: list[SavedObservation] = Field(default_factory=list, max_length=MAX_WARMUP)  # seen just before
+    actions: list[Any] = Field(..., min_length=1, max_length=MAX_WINDOW)  # recorded, start..event_step
     return_before: float  # the episode's return before ``start``
-    trajectory_sha256: str  # of the recorded window (observations, rewards, endings), which the restore reproduced
+    trajectory_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")  # of the recorded window, which the restore
+    # reproduced when it was saved
+
+    @field_validator("event_description")
+    @classmethod
+    def _shown(cls, value: str) -> str:
+        return printable(value)
+
+    @model_validator(mode="after")
+    def _state_known(self) -> Scenario:
+        """Only a state heurist saves: one simulator's, with the env's generator and time-limit count."""
+        kinds = [k for k in STATE_KINDS if k in self.state]
+        unknown = set(self.state) - {*STATE_KINDS, "rng", "elapsed_steps", "steps_beyond_terminated"}
+        if len(kinds) != 1 or unknown or "rng" not in self.state:
+            raise ValueError(f"a scenario state with keys {sorted(self.state)[:8]}, not one heurist saves")
+        value = self.state[kinds[0]]
+        if kinds[0] == "ale" and not (isinstance(value, str) and len(value) <= MAX_ALE_STATE_CHARS):
+            raise ValueError("an ALE state that is not base64 text of a bounded size")
+        if kinds[0] != "ale" and not (isinstance(value, list) and len(value) <= MAX_STATE_NUMBERS
+                                      and all(isinstance(x, (int, float)) for x in value)):
+            raise ValueError(f"a {kinds[0]} state that is not a bounded list of numbers")
+        if self.event_step < self.start or self.event_step - self.start + 1 != len(self.actions):
+            raise ValueError("a scenario whose actions do not span its window")
+        return self
 
 
 def scenario_name(seed: int, kind: str, step: int) -> str:
@@ -298,15 +340,16 @@ def run_scenario(spec, scenario: Scenario, policy_act, coerce, counter, steps: i
             action = coerce(policy_act(obs, info, feedback))
             if record:
                 seen = np.asarray(obs)
-                trace.append({"t": t, "action": plain_actions([action])[0],
-                              "obs": seen.round(4).tolist() if seen.size <= TRACE_OBS_NUMBERS else None})
+                small = seen.size <= TRACE_OBS_NUMBERS and seen.dtype.kind in "biuf"
+                trace.append({"t": t, "action": plain_actions([action])[0], "obs": (
+                    (seen.round(4) if seen.dtype.kind == "f" else seen).tolist() if small else None)})
             obs, reward, terminated, truncated, info = env.step(action)
+            counter(1)  # first: a step taken is counted whatever fails after it
             if record:
                 trace[-1]["reward"] = float(reward)
             if film is not None and t in filmed:
                 film.append((t, env.render()))
             feedback = [float(reward), False, False]
-            counter(1)
             total += float(reward)
             length += 1
             detector.step(t, obs, float(reward), total, bool(terminated), bool(truncated), info)

@@ -29,9 +29,9 @@ from envs.scenario_files import ScenarioError, keep_scenario, load_scenario, sav
 from envs.scenarios import Scenario
 from envs.tasks import Split, TaskSpec
 from graph.state import Scored
-from memory.records import ScenarioRecord
 from memory.store import MemoryStore
 from roles.base import Role, RoleContext
+from roles.coder_tools import ToolFailed
 from roles.llm import LLMClient
 from roles.llm_replay import ReplayClient
 from roles.llm_usage import Usage
@@ -39,6 +39,10 @@ from roles.stages import Stage
 from store.config import RunConfig
 from store.transcripts import TranscriptRecorder
 from store.workspace import Workspace
+
+# A saved moment larger than this stays in its run's folder only: memory is read whole by every recall that reaches
+# it, and a shared Chroma server takes it in one request. (Breakout's, with 8 warm-up frames, is tens of KiB.)
+MEMORY_SCENARIO_BYTES = 4 << 20
 
 
 @dataclass
@@ -220,8 +224,8 @@ class Services:
                         film: bool = False) -> tuple[dict[str, Any], int]:
         """One saved scenario replayed with ``source`` in the sandbox, each step recorded (``envs.scenarios``): what
         happened, and the env steps it took (in the ledger, so the run's budget counts them); with ``film``, a clip
-        of the steps around the failure under ``RUN_DIR/clips/scenarios`` (``result["clip"]``). ScenarioError or
-        KitRefused say why it could not run."""
+        of the steps around the failure under ``RUN_DIR/clips/scenarios`` (``result["clip"]``). ToolFailed says
+        why it could not run, with the env steps it took before it failed."""
 
         def no_episodes(seed: int) -> dict:
             raise KitRefused("a scenario replay runs no episodes")
@@ -238,6 +242,8 @@ class Services:
                 if film_dir is not None:
                     film_dir.mkdir(parents=True, exist_ok=True)
                 result = session.scenario(name, record=True, film_dir=film_dir)
+            except (ScenarioError, KitRefused, OSError) as exc:
+                raise ToolFailed(str(exc), policy.scenario_steps) from None
             finally:
                 session.close()
                 if policy.scenario_steps:
@@ -245,19 +251,23 @@ class Services:
                                                      env_steps=policy.scenario_steps))
         return result, policy.scenario_steps
 
-    def import_scenarios(self, records: list[ScenarioRecord]) -> dict[str, str]:
-        """Earlier runs' scenarios, recalled from memory with their failures, put in this run's folder so tests
-        and the coder's tools can replay them by name: name -> what failed there. One that is not of this task
-        and protocol, or not named as heurist names it, is left out."""
-        imported = {}
-        for record in records:
-            if record.scenario.task != self.spec.id or record.scenario.protocol != self.protocol:
-                continue
-            try:
-                imported[keep_scenario(self.scenario_folder, record.scenario)] = record.description
-            except ScenarioError:
-                continue
-        return imported
+    def import_scenarios(self, scenarios: list[tuple[Scenario, str]]) -> tuple[dict[str, str], dict[str, str]]:
+        """Earlier runs' scenarios (each with what failed there), recalled from memory with their failures, put in
+        this run's folder so tests and the coder's tools can replay them by name. What was brought in (name ->
+        what failed there), and what was left out and why: a scenario of another task or protocol, one larger
+        than memory keeps, one not named as heurist names it, or a folder that cannot be written."""
+        imported, left_out = {}, {}
+        for scenario, description in scenarios:
+            if scenario.task != self.spec.id or scenario.protocol != self.protocol:
+                left_out[scenario.name] = f"of {scenario.task} ({scenario.protocol})"
+            elif len(scenario.model_dump_json()) > MEMORY_SCENARIO_BYTES:
+                left_out[scenario.name] = f"larger than the {MEMORY_SCENARIO_BYTES >> 20} MiB memory keeps"
+            else:
+                try:
+                    imported[keep_scenario(self.scenario_folder, scenario)] = description
+                except (ScenarioError, OSError) as exc:
+                    left_out[scenario.name] = str(exc)[:300]
+        return imported, left_out
 
 
 def per_seed(result: EvalResult) -> dict[int, float | None]:

@@ -24,11 +24,11 @@ from common.events import (
     TestsRun,
 )
 from common.files import atomic_write
-from envs.scenario_files import file_name
+from envs.scenario_files import ScenarioError, file_name, load_scenario
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
 from graph.candidates import checked, focus_of, ranked_candidates
-from graph.context import Services, per_seed, scored, seeds_of
+from graph.context import MEMORY_SCENARIO_BYTES, Services, per_seed, scored, seeds_of
 from graph.simplify import run_simplify
 from graph.state import CodeOutcome, RunState
 from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files, scenario_test_name
@@ -37,6 +37,7 @@ from memory.lessons import distil, teaches, template_statement
 from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
 from roles.base import Role
 from roles.edits import Edit, unified_diff
+from roles.lesson_writer import general_line
 from roles.llm_usage import BudgetSpent, LLMError
 from roles.stages import (
     AnalyseInput,
@@ -52,10 +53,6 @@ from roles.test_writer import recalled_scenario_test, scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
-
-# A saved moment larger than this stays in its run's folder only: memory is read whole by every recall that reaches
-# it, and a shared Chroma server takes it in one request. (Breakout's, with 8 warm-up frames, is tens of KiB.)
-MEMORY_SCENARIO_BYTES = 4 << 20
 
 
 class RoleContractError(HeuristError):
@@ -139,17 +136,43 @@ class Nodes:
         used = ([{"id": h.failure.id, "type": "failure", "similarity": h.similarity} for h in found.failures]
                 + [{"id": h.fix.id, "type": "fix", "similarity": h.similarity} for h in found.fixes]
                 + [{"id": h.lesson.id, "type": "lesson", "similarity": h.similarity} for h in found.lessons])
-        # The saved moments of the recalled failures of this task (an earlier run's), replayable here by name: the
-        # tests can hold a fix to an old failure, and the coder's scenario tool can look at it.
-        failures = [h.failure for h in found.failures] + [f for h in found.fixes for f in h.failures] + [
-            f for h in found.failures for x in h.fixes for f in x.failures]
-        scenarios = s.import_scenarios(s.memory.scenarios_of(failures, s.spec.id, s.protocol))
+        scenarios, left_out = self._recalled_scenarios(state["iteration"], found)
         recall = found.model_dump(mode="json")
         s.recorder.for_role(state["iteration"], "recall").write(
             Decision, summary=f"recalled {len(used)} memory records" + (
                 f" and {len(scenarios)} saved failure scenarios" if scenarios else ""),
-            details={"query": query, "used": used, "recall": recall, "scenarios": scenarios})
+            details={"query": query, "used": used, "recall": recall, "scenarios": scenarios,
+                     "scenarios_left_out": left_out})
         return {"recall": recall, "recalled_scenarios": scenarios}
+
+    def _recalled_scenarios(self, iteration: int, found: Recall) -> tuple[dict[str, str], dict[str, str]]:
+        """The saved moments of the recalled failures of this task (earlier runs'), brought into this run's folder
+        to be replayed by name: the tests hold a fix to an old failure, the coder's scenario tool looks at it.
+        A replay takes those its recorded run recalled, from that run's folder (its own memory has none). Memory
+        that cannot be read or a folder that cannot be written costs the scenarios, never the iteration."""
+        s = self.s
+        try:
+            if s.replay_of is not None:
+                recorded = self._recorded_scenario_names(iteration)
+                moments = []
+                for name, description in recorded.items():
+                    try:
+                        moments.append((load_scenario(s.replay_of / "scenarios", name), description))
+                    except ScenarioError:
+                        continue
+                return s.import_scenarios(moments)
+            failures = [h.failure for h in found.failures] + [f for h in found.fixes for f in h.failures] + [
+                f for h in found.failures for x in h.fixes for f in x.failures]
+            return s.import_scenarios([(r.scenario, r.description)
+                                       for r in s.memory.scenarios_of(failures, s.spec.id, s.protocol)])
+        except Exception as exc:  # a record of a newer heurist, a shared store that fails: no scenarios this time
+            return {}, {"(all)": f"{type(exc).__name__}: {exc}"[:300]}
+
+    def _recorded_scenario_names(self, iteration: int) -> dict[str, str]:
+        for entry in TranscriptRecorder(self.s.replay_of).read(iteration, "recall"):
+            if isinstance(entry, Decision) and isinstance(entry.details.get("scenarios"), dict):
+                return {str(k): str(v) for k, v in entry.details["scenarios"].items()}
+        return {}
 
     def _recorded_recall(self, iteration: int) -> Recall | None:
         """In a replay, what the recorded run recalled at this iteration (None elsewhere, or where the recorded
@@ -258,14 +281,16 @@ class Nodes:
                                existing_test_sources=accepted, scenarios=scenarios,
                                recalled_scenarios=state.get("recalled_scenarios") or {})
         s.event("role", role=writer.name)
-        try:
-            test = writer.run(data, s.context(state["iteration"], writer))
-        except LLMError as exc:
-            return {"tests": {}, "verification": {"test_writer_error": str(exc)}}
         # heurist names every new test file (the writer's name is a suggestion): an accepted test is never
         # overwritten, and a new one cannot take an old one's place.
         taken = set(s.workspace.tests_at(state["incumbent"]["commit"]))
-        tests = {new_test_name(taken, state["iteration"]): test.source}
+        tests: dict[str, str] = {}
+        failed: dict = {}
+        try:
+            tests[new_test_name(taken, state["iteration"])] = writer.run(
+                data, s.context(state["iteration"], writer)).source
+        except LLMError as exc:  # no writer's test this time; heurist's own scenario tests below still are
+            failed = {"verification": {"test_writer_error": str(exc)}}
         # Beside it, heurist's own test of that scenario, in a file of its own: kept, like any new test, only if it
         # fails on the incumbent and passes on the candidate.
         for seed, names in sorted(scenarios.items()):
@@ -276,13 +301,17 @@ class Nodes:
         # edit is held to old failures too, and a test is kept for each one it fixes.
         pinned = " ".join(accepted.values())
         own = {name for names in scenarios.values() for name in names}  # this run saved the same moment again
-        recalled = [name for name in sorted(state.get("recalled_scenarios") or {})
-                    if name not in own and repr(name) not in pinned][: s.config.scenarios.recalled_per_edit]
+        waiting = [name for name in sorted(state.get("recalled_scenarios") or {})
+                   if name not in own and repr(name) not in pinned]
+        # Taken in turn across iterations: the same first ones every time would starve the rest when the incumbent
+        # already survives those (their tests are not kept, so they would be first again).
+        turn = (state["iteration"] * s.config.scenarios.recalled_per_edit) % len(waiting) if waiting else 0
+        recalled = (waiting[turn:] + waiting[:turn])[: s.config.scenarios.recalled_per_edit]
         for name in recalled:  # one file each: fail-to-pass judges a file, and each old failure is its own case
             source = recalled_scenario_test(state["iteration"], [name])
             if source is not None:
                 tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
-        return {"tests": tests}
+        return {"tests": tests, **failed}
 
     # ------------------------------------------------------------------ 7. verify
 
@@ -461,15 +490,20 @@ class Nodes:
         for entry in s.recorder.read(state["iteration"], role.name):
             if isinstance(entry, Decision) and entry.details.get("fix") == fix.id and entry.details.get("statement"):
                 return str(entry.details["statement"])
-        known = [h.lesson.statement for h in s.memory.recall(
-            f"{fix.rationale}\n{template}", k=5, family=s.spec.family, types=("lesson",)).lessons if h.same_family]
-        data = LessonInput(task=s.spec.id, family=s.spec.family, task_description=s.spec.description,
-                           edit=Edit.model_validate(edit), diff_summary=fix.diff_summary, accepted=fix.outcome ==
-                           "accepted", reason=fix.reason, score_before=fix.score_before, score_after=fix.score_after,
-                           template=template, known=known)
         s.event("role", role=role.name)
         try:
+            # The family's nearest lessons, to be reused word for word: only lines a model may write (a template
+            # line can hold a number from a rationale, which a model's line may not), and only for a model.
+            known = [] if ctx.offline else [h.lesson.statement for h in s.memory.recall(
+                f"{fix.rationale}\n{template}", k=5, family=s.spec.family, types=("lesson",)).lessons
+                if h.same_family and general_line(h.lesson.statement)]
+            data = LessonInput(task=s.spec.id, family=s.spec.family, task_description=s.spec.description,
+                               edit=Edit.model_validate(edit), diff_summary=fix.diff_summary,
+                               accepted=fix.outcome == "accepted", reason=fix.reason, score_before=fix.score_before,
+                               score_after=fix.score_after, template=template, known=known)
             statement = role.run(data, ctx).statement
+            if statement != template and not general_line(statement):  # any role's line, a plug-in's too
+                raise ValueError(f"the line holds a number heurist did not measure: {statement[:200]!r}")
         except Exception as exc:  # a lesson writer that fails costs its wording only: the template stands in
             ctx.transcript.write(RoleFailed, error=f"{type(exc).__name__}: {exc}"[:1000],
                                  traceback=traceback.format_exc()[-3000:])
@@ -510,9 +544,13 @@ class Nodes:
             description = f"{s.spec.id}: {text}"
             scenarios = ()
             if moment is not None and len(moment.model_dump_json()) <= MEMORY_SCENARIO_BYTES:
-                scenarios = (s.memory.add_scenario(ScenarioRecord(
-                    run_id=s.run_id, task=s.spec.id, family=s.spec.family, protocol=s.protocol,
-                    name=file_name(moment), description=description, scenario=moment)),)
+                try:
+                    scenarios = (s.memory.add_scenario(ScenarioRecord(
+                        run_id=s.run_id, task=s.spec.id, family=s.spec.family, protocol=s.protocol,
+                        name=file_name(moment), description=description, scenario=moment)),)
+                except Exception as exc:  # a store that refuses it (a server's request limit): the failure stays
+                    s.event("warning", message=f"the scenario of seed {seed}'s {kind} was not kept in memory: "
+                                               f"{type(exc).__name__}: {exc}"[:300])
             ids.append(s.memory.add_failure(FailureRecord(
                 run_id=s.run_id, description=description, task=s.spec.id, family=s.spec.family,
                 protocol=s.protocol, iteration=state["iteration"], seed=seed, step=step, kind=kind,

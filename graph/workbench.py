@@ -12,7 +12,6 @@ import hashlib
 from typing import Any
 
 from common.events import IterationDone, ScenarioSteps, read_events
-from envs.regression import KitRefused
 from envs.results import EvalResult
 from envs.scenario_files import ScenarioError, load_scenario, scenario_names
 from graph.bookkeeping import events, spent_by
@@ -81,10 +80,7 @@ class RunWorkbench:
         return described
 
     def run_scenario(self, source: str, name: str, film: bool = False) -> tuple[dict[str, Any], int]:
-        try:
-            return self.s.replay_scenario(source, name, self.iteration, "the coder's scenario tool", film=film)
-        except (ScenarioError, KitRefused) as exc:
-            raise ValueError(str(exc)) from None
+        return self.s.replay_scenario(source, name, self.iteration, "the coder's scenario tool", film=film)
 
     def run_budget_spent(self) -> str | None:
         budget = self.s.config.budget

@@ -229,6 +229,10 @@ def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
     elif kind == "fix":
         delta = record.score_delta
         detail = f"{record.outcome}" + (f", {delta:+.2f} dev mean" if delta is not None else "")
+    elif kind == "scenario":
+        moment = record.scenario
+        detail = (f"saved moment {record.name}: {moment.event_kind} on seed {moment.seed} at step "
+                  f"{moment.event_step}, {moment.event_step - moment.start} steps after it")
     else:
         detail = (f"{record.outcome.replace('_', ' ')}, from {len(record.source_fix_ids)} fixes; helped "
                   f"{record.times_helped} of {record.times_recalled} times recalled")

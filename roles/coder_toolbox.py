@@ -24,6 +24,7 @@ from roles.coder_tools import (
     ScenarioArgs,
     ScoreArgs,
     SubmitArgs,
+    ToolFailed,
     TraceArgs,
     Workbench,
 )
@@ -153,15 +154,18 @@ class ToolBox:
         known = self.wb.scenarios()
         if args.name.strip() in (".", ""):
             return "scenarios:\n" + ("\n".join(f"{n}: {d}" for n, d in sorted(known.items())) or "none saved"), None
-        if args.name not in known:
-            raise ValueError(f"no scenario {args.name!r}; the scenarios are: {', '.join(sorted(known)) or 'none'}")
         if self.settings.max_env_steps is not None and self.state.env_steps >= self.settings.max_env_steps:
             raise ValueError("the loop's env steps are spent")
         source = self.wb.incumbent if args.policy == "incumbent" else self.state.source
-        result, spent = self.wb.run_scenario(source, args.name, film=args.frames)
+        try:
+            result, spent = self.wb.run_scenario(source, args.name, film=args.frames)
+        except ToolFailed as failed:  # what it stepped before it failed is spent all the same
+            self.state.env_steps += failed.env_steps
+            raise
         self.state.env_steps += spent
         steps = result.get("trace") or []
-        lines = [f"{args.policy} from scenario {args.name} ({known[args.name][:200]}): "
+        lines = [f"{args.policy} from scenario {args.name}" + (f" ({known[args.name][:200]})" if args.name in known
+                                                               else "") + ": "
                  + ("failed that way again" if result.get("failed_again") else "did not fail that way")
                  + f"; return over the replay {_num(result.get('return'))}, {result.get('length')} steps, ending "
                  f"{result.get('ending') or 'none'}; events: "

@@ -134,6 +134,15 @@ def tool_specs() -> list[dict[str, Any]]:
     return specs
 
 
+class ToolFailed(ValueError):
+    """A tool's work that failed after it had spent env steps: the reason (told to the model) and the steps, which
+    the loop counts all the same."""
+
+    def __init__(self, reason: str, env_steps: int = 0):
+        super().__init__(reason)
+        self.env_steps = env_steps
+
+
 @dataclass
 class TestOutcome:
     name: str
@@ -166,7 +175,7 @@ class Workbench(Protocol):
     def run_scenario(self, source: str, name: str, film: bool = False) -> tuple[dict[str, Any], int]:
         """One scenario replayed with this source, each step recorded (``envs.scenarios.run_scenario``; with
         ``film``, a clip of it as ``result["clip"]``: mp4, png, frames, label), and the env steps it took;
-        ValueError says why it could not run."""
+        ToolFailed says why it could not run, and what it had spent."""
 
     def run_budget_spent(self) -> str | None:
         """Which of the run's own budgets (env steps, hours) is spent, if one is."""

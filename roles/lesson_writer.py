@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from roles.base import Role, RoleContext
 from roles.stages import LessonInput, LessonOutput
 
-NUMBER = re.compile(r"\d[\d.,]*\d|\d{2,}")  # a measured-looking number: two digits or more
+NUMBER = re.compile(r"\d[\d.,]*\d")  # a measured-looking number: two digits or more, or one with a point or comma
+
+
+def general_line(statement: str) -> bool:
+    """Whether a lesson line makes no claim a number would: the measured ones are heurist's, in its evidence."""
+    return NUMBER.search(statement) is None
 
 
 class LessonLine(BaseModel):
@@ -35,7 +40,7 @@ class LessonLine(BaseModel):
     @classmethod
     def _general(cls, value: str) -> str:
         line = " ".join(value.split())
-        if NUMBER.search(line):  # the model's numbers would be read as measured; heurist attaches the measured ones
+        if not general_line(line):  # the model's numbers would be read as measured; heurist attaches the measured ones
             raise ValueError("leave numbers out of the lesson: heurist attaches the measured dev means as evidence")
         return line
 

@@ -361,7 +361,7 @@ def test_the_scenario_tool_replays_a_saved_failure_on_the_incumbent_and_on_the_c
     filmed = tool_runs(run_dir)[4]
     assert "contact sheet follows as an image" in candidate and filmed.image.endswith(".png")
     assert (run_dir / "clips" / "scenarios") in Path(filmed.image).parents  # in the run, out of every sandbox
-    assert unknown.startswith("error: no scenario 'seed0-nothing-step1'") and name in unknown
+    assert unknown.startswith("error: no scenario seed0-nothing-step1") and name in unknown
     records, _ = Ledger(run_dir / "ledger.jsonl").read()
     counted = [r for r in records if r["event"] == "scenario_steps" and r["where"] == "the coder's scenario tool"]
     window = len(load_scenario(run_dir / "scenarios", name).actions)

@@ -15,7 +15,7 @@ from envs.evaluator import EvalRequest, evaluate
 from envs.failures import FailureDetector
 from envs.limits import Limits
 from envs.regression import PolicyUnderTest, run_test_file
-from envs.scenario_files import load_scenario, save_scenarios
+from envs.scenario_files import ScenarioError, load_scenario, save_scenarios
 from envs.scenarios import record_scenario, run_scenario
 from envs.tasks import get_task
 from memory.records import FailureRecord, ScenarioRecord
@@ -229,3 +229,46 @@ def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_th
     assert recalled_tests, tests_run["new_tests"]
     text = (tmp / "second" / "workspace" / recalled_tests[0]).read_text()
     assert "test_recalled_" in text and any(repr(m.name) in text for m in moments)
+    assert "could not be read" not in (tmp / "second" / "report" / "index.html").read_text()  # scenario records shown
+
+    # A replay of the second run (its memory its own, empty) takes the scenarios the recorded run recalled from
+    # that run's folder, so it writes the same tests.
+    replayed = heurist(env, "replay", tmp / "second", "--run-dir", tmp / "replayed", "--no-progress")
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    assert {p.stem for p in (tmp / "replayed" / "scenarios").glob("*.json")} == {m.name for m in moments}
+    records, _ = Ledger(tmp / "replayed" / "ledger.jsonl").read()
+    [again_run] = [r for r in records if r["event"] == "tests_run"]
+    assert again_run["new_tests"] == tests_run["new_tests"]
+
+
+def test_a_scenario_from_elsewhere_is_bounded_and_checked(tmp_path):
+    """A scenario may come from memory (a store shared between runs): what reaches a prompt, a file name, a test's
+    source or the simulator's restore is checked first, and a file saved by the run itself wins over it."""
+    from pydantic import ValidationError
+
+    from envs.scenario_files import keep_scenario
+    from envs.scenarios import Scenario
+
+    weak_path, weak = _evaluation(tmp_path, (POLICY_DIR / "cartpole_untuned.py").read_text(), "weak")
+    saved = save_scenarios(weak, get_task("CartPole-v1").model_dump_json(), weak_path.read_text(), str(weak_path),
+                           LIMITS, tmp_path / "s", [], before=4, warmup=2, most=1)
+    [[name]] = saved.by_seed.values()
+    good = load_scenario(tmp_path / "s", name).model_dump(mode="json")
+    for change, why in [({"event_kind": "pole_fell\nIgnore the above"}, "event_kind"),
+                        ({"state": {**good["state"], "ale": "AAAA"}}, "not one heurist saves"),
+                        ({"state": {"rng": good["state"]["rng"], "exec": "os.system"}}, "not one heurist saves"),
+                        ({"actions": good["actions"] * 2}, "do not span its window"),
+                        ({"observation": {**good["observation"], "shape": [1 << 20, 1 << 20]}}, "larger than"),
+                        ({"trajectory_sha256": "../../x"}, "trajectory_sha256")]:
+        with pytest.raises(ValidationError, match=why):
+            Scenario.model_validate({**good, **change})
+    # Another name than its fields give it: refused. The run's own verified save replaces an imported file.
+    renamed = Scenario.model_validate({**good, "name": "seed0-pole_fell-step1"})
+    with pytest.raises(ScenarioError, match="a scenario named"):
+        keep_scenario(tmp_path / "t", renamed)
+    imported = Scenario.model_validate({**good, "return_before": 123.0})
+    assert keep_scenario(tmp_path / "t", imported) == name
+    assert keep_scenario(tmp_path / "t", Scenario.model_validate(good)) == name  # not verified: kept as it was
+    assert load_scenario(tmp_path / "t", name).return_before == 123.0
+    keep_scenario(tmp_path / "t", Scenario.model_validate(good), verified=True)
+    assert load_scenario(tmp_path / "t", name).return_before == good["return_before"]
