@@ -382,7 +382,7 @@ class Nodes:
             accept = accept and verdict["accept"]
             reasons += verdict["reasons"]
         if "test_writer_error" in verification:
-            reasons.append(f"no regression test was added: {verification['test_writer_error']}")
+            reasons.append(f"the test writer wrote no test: {verification['test_writer_error']}")
         for name, decision in (verification.get("new_tests") or {}).items():
             if not decision["kept"]:
                 reasons.append(f"{name} is not kept as a regression test: {decision['reason'][:300]}")
