@@ -25,7 +25,7 @@ from envs.evaluator import EvalRequest, evaluate
 from envs.limits import Limits
 from envs.regression import KitRefused, PolicyUnderTest
 from envs.results import EvalResult
-from envs.scenario_files import ScenarioError, keep_scenario, load_scenario, save_scenarios
+from envs.scenario_files import ScenarioError, keep_scenario, load_scenario, save_scenarios, scenario_names
 from envs.scenarios import Scenario
 from envs.tasks import Split, TaskSpec
 from graph.state import Scored
@@ -35,7 +35,7 @@ from roles.coder_tools import ToolFailed
 from roles.llm import LLMClient
 from roles.llm_replay import ReplayClient
 from roles.llm_usage import Usage
-from roles.stages import Stage
+from roles.stages import ScenarioReplay, Stage
 from store.config import RunConfig
 from store.transcripts import TranscriptRecorder
 from store.workspace import Workspace
@@ -43,6 +43,7 @@ from store.workspace import Workspace
 # A saved moment larger than this stays in its run's folder only: memory is read whole by every recall that reaches
 # it, and a shared Chroma server takes it in one request. (Breakout's, with 8 warm-up frames, is tens of KiB.)
 MEMORY_SCENARIO_BYTES = 4 << 20
+MAX_ANALYSED_SCENARIOS = 3  # old failures' moments replayed for the analysts each iteration (hundreds of steps each)
 
 
 @dataclass
@@ -220,8 +221,45 @@ class Services:
                 continue
         return found
 
+    def scenario_menu(self, first: set[str] | None = None) -> list[str]:
+        """The run's saved scenarios by name: ``first`` (those recalled this iteration) ahead, then the newest."""
+        folder, first = self.scenario_folder, first or set()
+        return sorted(scenario_names(folder), key=lambda n: (n not in first, -(folder / f"{n}.json").stat().st_mtime,
+                                                             n))
+
+    def scenario_replays(self, source: str, iteration: int, pinned: str) -> list[ScenarioReplay]:
+        """The saved scenarios no accepted test replays (``pinned``: the accepted tests' sources), at most
+        ``MAX_ANALYSED_SCENARIOS``, newest first, replayed with this policy and filmed where the run records clips,
+        for the analysts: an earlier policy's failure this one may have again, an earlier run's recalled one.
+        Once per policy and scenario (a file beside the clip says what happened), the env steps in the ledger;
+        one that cannot be replayed is left out."""
+        replays = []
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        for name in [n for n in self.scenario_menu() if repr(n) not in pinned][:MAX_ANALYSED_SCENARIOS]:
+            seen = self.run_dir / "clips" / "scenarios" / sha[:12] / f"{name}.replay.json"
+            if seen.is_file():
+                try:
+                    replays.append(ScenarioReplay.model_validate_json(seen.read_text()))
+                    continue
+                except ValueError:
+                    pass  # written by a heurist that recorded less: replayed again
+            try:
+                moment = load_scenario(self.scenario_folder, name)
+                result, _ = self.replay_scenario(source, name, iteration, "the analyse stage",
+                                                 film=self.config.eval.video, record=False)
+            except (ScenarioError, ToolFailed):
+                continue
+            clip = result.get("clip") or {}
+            replay = ScenarioReplay(name=name, seed=moment.seed, step=moment.event_step, kind=moment.event_kind,
+                                    description=moment.event_description, failed_again=bool(result["failed_again"]),
+                                    mp4=clip.get("mp4"), png=clip.get("png"), frames=int(clip.get("frames") or 0))
+            seen.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(seen, replay.model_dump_json())
+            replays.append(replay)
+        return replays
+
     def replay_scenario(self, source: str, name: str, iteration: int, where: str,
-                        film: bool = False) -> tuple[dict[str, Any], int]:
+                        film: bool = False, record: bool = True) -> tuple[dict[str, Any], int]:
         """One saved scenario replayed with ``source`` in the sandbox, each step recorded (``envs.scenarios``): what
         happened, and the env steps it took (in the ledger, so the run's budget counts them); with ``film``, a clip
         of the steps around the failure under ``RUN_DIR/clips/scenarios`` (``result["clip"]``). ToolFailed says
@@ -241,7 +279,7 @@ class Services:
                             hashlib.sha256(source.encode()).hexdigest()[:12]).resolve() if film else None
                 if film_dir is not None:
                     film_dir.mkdir(parents=True, exist_ok=True)
-                result = session.scenario(name, record=True, film_dir=film_dir)
+                result = session.scenario(name, record=record, film_dir=film_dir)
             except (ScenarioError, KitRefused, OSError) as exc:
                 raise ToolFailed(str(exc), policy.scenario_steps) from None
             finally:

@@ -91,7 +91,11 @@ class Nodes:
         iteration = state["iteration"] + 1
         s.workspace.reset_to(state["incumbent"]["commit"])
         s.event("iteration", iteration=iteration)
-        s.evaluate_cached(s.candidate_file(s.workspace.source_at(state["incumbent"]["commit"])), video=True)
+        source = s.workspace.source_at(state["incumbent"]["commit"])
+        s.evaluate_cached(s.candidate_file(source), video=True)
+        # Old failures' saved moments replayed with the incumbent, once here for every analyst (analyse_with reads
+        # them back): an earlier policy's failure this one may have again, an earlier run's.
+        s.scenario_replays(source, iteration, self._pinned(state))
         return {"iteration": iteration, "baseline": state["incumbent"], "analyses": None, "recall": None,
                 "coder": None, "attempts": 0, "check_error": None, "candidate": None, "tests": {},
                 "verification": None, "verdict": None, "outcome": None, "proposals": None, "queue": [],
@@ -106,7 +110,8 @@ class Nodes:
             source = s.workspace.source_at(state["incumbent"]["commit"])
             result = s.evaluate_cached(s.candidate_file(source), video=True)
             data = AnalyseInput(task=s.spec.id, task_description=s.spec.description, policy_source=source,
-                                evaluation=result)
+                                evaluation=result,
+                                scenarios=s.scenario_replays(source, state["iteration"], self._pinned(state)))
             ctx = s.context(state["iteration"], role)
             s.event("role", role=role.name)
             try:
@@ -123,6 +128,10 @@ class Nodes:
 
         analyse.__name__ = f"analyse_{role.name}"
         return analyse
+
+    def _pinned(self, state: RunState) -> str:
+        """The accepted tests' sources, where a scenario a test replays is named."""
+        return " ".join(self.s.workspace.tests_at(state["incumbent"]["commit"]).values())
 
     # ------------------------------------------------------------------ 3. recall
 

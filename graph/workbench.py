@@ -13,7 +13,7 @@ from typing import Any
 
 from common.events import IterationDone, ScenarioSteps, read_events
 from envs.results import EvalResult
-from envs.scenario_files import ScenarioError, load_scenario, scenario_names
+from envs.scenario_files import ScenarioError, load_scenario
 from graph.bookkeeping import events, spent_by
 from graph.context import Services, seeds_of
 from graph.state import RunState
@@ -64,12 +64,7 @@ class RunWorkbench:
 
     def scenarios(self) -> dict[str, str]:
         described = {}
-        folder = self.s.scenario_folder
-        # The newest first, when there are more than the brief lists: the incumbent's and those recalled this
-        # iteration were written or touched last.
-        newest = sorted(scenario_names(folder), key=lambda n: (n not in self.recalled,
-                                                               -(folder / f"{n}.json").stat().st_mtime, n))
-        for name in newest[:MAX_SCENARIOS]:
+        for name in self.s.scenario_menu(self.recalled)[:MAX_SCENARIOS]:
             try:
                 moment = load_scenario(self.s.scenario_folder, name)
             except ScenarioError:

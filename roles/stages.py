@@ -35,13 +35,31 @@ class RoleModel(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- analyse
 
+class ScenarioReplay(RoleModel):
+    """A saved failure scenario (an earlier policy's failure, or an earlier run's) replayed with the incumbent and
+    filmed around the moment of that failure: whether the failure happened again, and its clip."""
+
+    name: str
+    seed: int
+    step: int = Field(..., description="The step of the recorded failure (the clip ends shortly after it).")
+    kind: str
+    description: str
+    failed_again: bool
+    mp4: str | None = None
+    png: str | None = None
+    frames: int = 0
+
+
 class AnalyseInput(RoleModel):
-    """What every role of the analyse stage gets: the incumbent's evaluation on the dev seeds."""
+    """What every role of the analyse stage gets: the incumbent's evaluation on the dev seeds, and the saved failure
+    scenarios that no accepted test holds it to, replayed with it."""
 
     task: str
     task_description: str
     policy_source: str
     evaluation: EvalResult = Field(..., description="The incumbent's evaluation on the dev seeds, clips included.")
+    scenarios: list[ScenarioReplay] = Field(default_factory=list, description="Old failures' saved moments replayed "
+                                            "with the incumbent (filmed where clips are recorded).")
 
 
 class FailureFinding(RoleModel):

@@ -1,5 +1,9 @@
 """The video analyst: watches the failure clips and says what went wrong visually, per failure event.
 
+It also watches the saved failure scenarios the incumbent fails again (``AnalyseInput.scenarios``: an earlier
+policy's failure, or an earlier run's recalled from memory, replayed from the moment before it and filmed), and
+reports them as old failures.
+
 Offline it measures rather than guesses: OpenCV separates what moves from the still
 background (the clip's median frame), finds the moving objects as connected components,
 and follows each one's centroid through the frames before the failure, so the report says
@@ -43,11 +47,24 @@ class ClipMeasure(RoleModel):
     tracks: list[Track]
 
 
+class OldFailure(RoleModel):
+    """A saved failure scenario the incumbent failed again, replayed and filmed (``AnalyseInput.scenarios``)."""
+
+    scenario: str
+    seed: int
+    step: int
+    kind: str
+    description: str
+    tracks: list[Track] = Field(default_factory=list)
+
+
 class VideoReport(AnalyseOutput):
-    """The video analyst's report: the ``sightings`` fact, with the clips' measured tracks."""
+    """The video analyst's report: the ``sightings`` fact, with the clips' measured tracks, and the old failures
+    (saved scenarios) the incumbent has again."""
 
     clips: list[ClipMeasure] = Field(default_factory=list)
     sightings: list[Sighting] = Field(default_factory=list)
+    old_failures: list[OldFailure] = Field(default_factory=list)
 
 
 class ModelReading(RoleModel):
@@ -132,8 +149,17 @@ class VideoAnalyst(Role[AnalyseInput, VideoReport]):
 
     def run(self, data: AnalyseInput, ctx: RoleContext) -> VideoReport:
         clips = [c for c in data.evaluation.clips if Path(c.mp4).is_file()][:MAX_CLIPS]
-        if not clips:
-            report = VideoReport(summary="no failure clips were recorded for this evaluation")
+        # Old failures' saved moments that the incumbent failed again, filmed from the saved state: a few hundred
+        # steps each, however deep in an episode the moment was.
+        again = [r for r in data.scenarios if r.failed_again][:MAX_CLIPS]
+        old = [OldFailure(scenario=r.name, seed=r.seed, step=r.step, kind=r.kind, description=r.description,
+                          tracks=measure_clip(r.mp4) if r.mp4 and Path(r.mp4).is_file() else [])
+               for r in again]
+        old_text = [f"scenario {o.scenario} ({o.kind} on seed {o.seed} at step {o.step}) happens again: "
+                    + ("; ".join(describe_track(t) for t in o.tracks) or "not filmed or nothing moved") for o in old]
+        if not clips and not old:
+            report = VideoReport(summary="no failure clips were recorded for this evaluation, and no saved "
+                                         "scenario failed again")
             ctx.decide(report.summary)
             return report
         measures = [ClipMeasure(seed=c.seed, step=c.step, label=c.label, mp4=c.mp4, png=c.png, frames=c.frames,
@@ -142,19 +168,27 @@ class VideoAnalyst(Role[AnalyseInput, VideoReport]):
                                   what_went_wrong=m.label.split(": ", 1)[-1],
                                   evidence="; ".join(describe_track(t) for t in m.tracks) or "no moving object found")
                     for m in measures]
-        summary = (f"measured {len(measures)} clips: " +
-                   " | ".join(f"seed {f.seed} step {f.step}: {f.evidence.split(';')[0]}" for f in findings))
-        report = VideoReport(summary=summary, clips=measures, sightings=findings)
-        ctx.decide("measured failure clips with OpenCV", clips=[m.model_dump(mode="json") for m in measures])
+        parts = []
+        if measures:
+            parts.append(f"measured {len(measures)} clips: " + " | ".join(
+                f"seed {f.seed} step {f.step}: {f.evidence.split(';')[0]}" for f in findings))
+        if old:
+            parts.append(f"{len(old)} old failures happen again: " + " | ".join(t.split(": ", 1)[0] for t in old_text))
+        summary = " | ".join(parts)
+        report = VideoReport(summary=summary, clips=measures, sightings=findings, old_failures=old)
+        ctx.decide("measured failure clips with OpenCV", clips=[m.model_dump(mode="json") for m in measures],
+                   old_failures=[o.model_dump(mode="json") for o in old])
         if ctx.offline:
             return report
         content: list[dict] = [{"type": "text", "text": (
             f"Task: {data.task_description}\nThe clips end at the failure event named in each label. Measured "
             f"motion of the moving objects (pixels, origin top-left):\n"
-            + "\n".join(f"- seed {f.seed}, step {f.step}, {m.label}: {f.evidence}" for f, m in zip(findings, measures)))}]
-        for m in measures:
-            if Path(m.png).is_file():
-                content.append({**image_part(Path(m.png)), "path": m.png})
+            + "\n".join(f"- seed {f.seed}, step {f.step}, {m.label}: {f.evidence}" for f, m in zip(findings, measures))
+            + ("\nEarlier failures, replayed from their saved moments, that this policy has again (their frames "
+               "follow the clips'):\n" + "\n".join(f"- {t}" for t in old_text) if old else ""))}]
+        for png in [m.png for m in measures] + [r.png for r in again if r.png]:
+            if Path(png).is_file():
+                content.append({**image_part(Path(png)), "path": png})
         reading = ctx.llm.structured(ctx.transcript, [{"role": "system", "content": self.prompt()},
                                                       {"role": "user", "content": content}], ModelReading)
-        return VideoReport(summary=reading.summary, clips=measures, sightings=reading.findings)
+        return VideoReport(summary=reading.summary, clips=measures, sightings=reading.findings, old_failures=old)

@@ -340,7 +340,9 @@ def test_the_scenario_tool_replays_a_saved_failure_on_the_incumbent_and_on_the_c
     result = evaluate(get_task("CartPole-v1"), EvalRequest(policy_path=policy, task_id="CartPole-v1", episodes=1,
                                                            workers=1, limits=Limits()), Ledger(home / "l.jsonl"))
     with ScriptedOpenAI() as server:
-        run_dir = create_run(agent_config(server, policy), home / "run")
+        config = agent_config(server, policy).model_dump()
+        config["stages"] = {"analyse": ["log_parser"]}  # the video analyst would watch the old failure: not here
+        run_dir = create_run(RunConfig.model_validate(config), home / "run")
         saved = save_scenarios(result, get_task("CartPole-v1").model_dump_json(), WEAK, str(policy), Limits(),
                                run_dir / "scenarios", [], before=10, warmup=1, most=1)
         [[name]] = saved.by_seed.values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,35 @@ def test_a_scenario_from_elsewhere_is_bounded_and_checked(tmp_path):
     assert load_scenario(tmp_path / "t", name).return_before == 123.0
     keep_scenario(tmp_path / "t", Scenario.model_validate(good), verified=True)
     assert load_scenario(tmp_path / "t", name).return_before == good["return_before"]
+
+
+def test_the_video_analyst_watches_saved_failures_the_incumbent_has_again(tmp_path, monkeypatch):
+    """A saved scenario no accepted test holds the incumbent to (here an old failure of this very policy, put in the
+    run's folder as a recall would) is replayed with the incumbent once per iteration, filmed, and reported by the
+    offline video analyst as an old failure that happens again, its env steps in the ledger."""
+    from runner.lifecycle import execute
+    from store.config import RunConfig
+    from store.rundir import create_run
+    from store.transcripts import Decision, TranscriptRecorder
+
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    weak_path, weak = _evaluation(tmp_path, (POLICY_DIR / "cartpole_untuned.py").read_text(), "weak")
+    config = RunConfig.model_validate({
+        "task": "CartPole-v1", "policy": str(weak_path), "budget": {"iterations": 1, "patience": None},
+        "eval": {"episodes": 4, "holdout": False}, "search": {"population": 2, "generations": 1, "episodes": 2},
+        "stages": {"analyse": ["video_analyst", "log_parser"]}})
+    run_dir = create_run(config, tmp_path / "run")
+    saved = save_scenarios(weak, get_task("CartPole-v1").model_dump_json(), weak_path.read_text(), str(weak_path),
+                           LIMITS, run_dir / "scenarios", [], before=4, warmup=2, most=1)
+    [[name]] = saved.by_seed.values()
+    execute(run_dir)
+    [decision] = [e for e in TranscriptRecorder(run_dir).read(1, "video_analyst") if isinstance(e, Decision)]
+    [old] = decision.details["old_failures"]
+    assert old["scenario"] == name and old["kind"] == "pole_fell" and "tracks" in old  # measured as clips are
+    replay = json.loads(next((run_dir / "clips" / "scenarios").glob(f"*/{name}.replay.json")).read_text())
+    window = len(load_scenario(run_dir / "scenarios", name).actions)
+    assert replay["failed_again"] and replay["frames"] == window and Path(replay["mp4"]).is_file()
+    records, _ = Ledger(run_dir / "ledger.jsonl").read()
+    assert [r["env_steps"] for r in records if r["event"] == "scenario_steps" and r["where"] == "the analyse stage"] \
+        == [window]  # once for every analyst, counted
