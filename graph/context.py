@@ -205,7 +205,6 @@ class Services:
             known.update(saved.by_seed)
         return {seed: known[seed] for seed in seeds if seed in known}
 
-
     def saved_scenarios(self, policy_sha256: str) -> list[Scenario]:
         """Every scenario this run saved of one policy's failures, read back from the run's folder."""
         names: dict[str, None] = {}
