@@ -82,7 +82,9 @@ def read_policy(path: Path | str, leave_out: Iterable[Path] = ()) -> PolicyBundl
     policy even when the first wrote its ledger there."""
     path = Path(path)
     if path.is_dir():
-        return _read_folder(path, [Path(p).resolve() for p in leave_out])
+        # Only what lies inside the folder: a home or clips folder that holds the policy folder leaves nothing out.
+        inside = path.resolve()
+        return _read_folder(path, [p for p in (Path(q).resolve() for q in leave_out) if inside in p.parents])
     if not path.is_file():
         raise PolicyError(f"policy {path} does not exist; give a .py file with a class Policy, or a folder holding "
                           f"{ENTRY} and the files it reads")
@@ -147,7 +149,9 @@ def _read_folder(folder: Path, leave_out: list[Path]) -> PolicyBundle:
 
 
 def _heurists(path: Path, leave_out: list[Path]) -> bool:
-    """Whether ``path`` is (or lies in) something heurist writes: left out of the policy."""
+    """Whether ``path`` is (or lies in) something heurist writes inside the folder: left out of the policy."""
+    if not leave_out:
+        return False
     resolved = path.resolve()
     return any(resolved == p or p in resolved.parents for p in leave_out)
 

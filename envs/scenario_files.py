@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.files import atomic_write
 from envs.isolation import Confinement
 from envs.limits import Limits
+from envs.policy_files import PolicyBundle, StagedPolicy
 from envs.results import EvalResult
 from envs.scenarios import Scenario, scenario_name
+from envs.tasks import TaskSpec
 from envs.worker_pair import WorkerDied, WorkerProcess
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,160}$")
@@ -63,8 +65,12 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
     if not failed or most <= 0:
         return saved
     folder.mkdir(parents=True, exist_ok=True)
+    # The policy re-run as in its evaluation: its read-only copy, and the task's simulator model for a planner.
+    staged = StagedPolicy(PolicyBundle(path=Path(policy_path), data=source.encode()),
+                          TaskSpec.model_validate_json(task_json).simulator_model(result.protocol))
+    confinement = Confinement(readable=staged.readable(), hidden=hidden)
     with tempfile.TemporaryDirectory(prefix="heurist-scenarios-") as scratch:
-        worker = WorkerProcess(limits, Path(scratch), Confinement(hidden=hidden))
+        worker = WorkerProcess(limits, Path(scratch), confinement)
         try:
             for episode in failed[:most]:
                 events = episode.events[:events_per_episode]
@@ -72,16 +78,17 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                        "policy_path": policy_path, "policy_source": source, "seed": episode.seed,
                        "actions": episode.trace.actions[: max(e.step for e in events) + 1],
                        "events": [e.model_dump() for e in events],
-                       "before": before, "warmup": warmup, "cpu_s": limits.episode_cpu_s}
+                       "before": before, "warmup": warmup, "cpu_s": limits.episode_cpu_s,
+                       "simulator_model": staged.simulator_model}
                 try:
                     reply = worker.run(job, timeout=limits.episode_timeout_s * 2 + 30)
                 except WorkerDied as died:
                     saved.env_steps += worker.steps_taken()
                     saved.discarded[f"seed {episode.seed}"] = f"the env process died: {died.reason}"[:300]
                     worker.close()
-                    worker = WorkerProcess(limits, Path(scratch), Confinement(hidden=hidden))
+                    worker = WorkerProcess(limits, Path(scratch), confinement)
                     continue
-                saved.env_steps += int(reply.get("env_steps") or worker.steps_taken())
+                saved.env_steps += worker.steps_taken()
                 if reply.get("status") != "ok":
                     saved.discarded[f"seed {episode.seed}"] = str(reply.get("error"))[:300]
                     continue
@@ -101,6 +108,7 @@ def save_scenarios(result: EvalResult, task_json: str, source: str, policy_path:
                     saved.by_seed.setdefault(episode.seed, []).append(name)
         finally:
             worker.close()
+            staged.close()
     return saved
 
 
@@ -139,9 +147,12 @@ def load_scenario(folder: Path | None, name: str) -> Scenario:
         known = scenario_names(folder)[:10]
         raise ScenarioError(f"no scenario {name}; this run has: {', '.join(known) or 'none'}")
     try:
-        return Scenario.model_validate(json.loads(path.read_text()))
+        scenario = Scenario.model_validate(json.loads(path.read_text()))
     except (ValidationError, ValueError) as exc:
         raise ScenarioError(f"scenario {name} cannot be read: {str(exc).splitlines()[0][:200]}") from None
+    if file_name(scenario) != name:  # a name always means the same scenario, and its fields name its clips
+        raise ScenarioError(f"scenario file {name} holds another scenario ({file_name(scenario)[:80]})")
+    return scenario
 
 
 __all__ = ["SavedScenarios", "ScenarioError", "file_name", "keep_scenario", "load_scenario", "save_scenarios",

@@ -102,6 +102,13 @@ def test_a_policy_folder_never_hands_over_links_special_files_or_hidden_files(tm
     (folder / "__pycache__").mkdir()
     (folder / "__pycache__" / "x.pyc").write_bytes(b"\0")
     assert set(read_policy(folder).files) == {"tables/tree.json"}
+    # What heurist writes is left out only inside the folder: a home or clips folder holding it leaves out nothing.
+    (folder / "clips").mkdir()
+    (folder / "clips" / "seed0.png").write_bytes(b"\0")
+    assert set(read_policy(folder, [folder / "clips"]).files) == {"tables/tree.json"}
+    assert set(read_policy(folder, [tmp_path, folder.parent]).files) == {"tables/tree.json", "clips/seed0.png"}
+    (folder / "clips" / "seed0.png").unlink()
+    (folder / "clips").rmdir()
 
     (folder / "secret").symlink_to(tmp_path / "elsewhere.txt")
     (tmp_path / "elsewhere.txt").write_text("the user's file")
