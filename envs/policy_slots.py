@@ -319,7 +319,7 @@ class PolicySlots:
         self.code = None
         self.runners: dict[int, PolicyRunner] = {}
         self.random = slot_random() if "random" in source else None
-        if self.random is not None and "scipy" in source:
+        if self.random is not None and ("scipy.stats" in source or "from scipy import" in source):
             self.random.import_with_originals("scipy.stats")
         self._setup: tuple[bytes, list[bytes]] | None = None
         self._setup_failed: str | None = None
@@ -347,15 +347,15 @@ class PolicySlots:
         offered = {"action_space": action_space, "simulator_model": simulator_model}
         if rng is not None:
             self.random.use(rng)
-        # The set-up gets a space of its own too: what it does to it must not reach this episode alone.
-        runner.start(seed, offered, lambda: self._setup_copy(
-            {**offered, "action_space": pickle.loads(raw_space) if isinstance(raw_space, bytes) else raw_space}))
+        runner.start(seed, offered, lambda: self._setup_copy(offered, raw_space))
         self.runners[slot] = runner
 
-    def _setup_copy(self, offered: dict[str, Any]) -> Any:
+    def _setup_copy(self, offered: dict[str, Any], raw_space: Any) -> Any:
         """This episode's copy of the set-up's value, the set-up run first if no episode of this process ran it."""
         if self._setup is None and self._setup_failed is None:
-            self._run_setup(offered)
+            # The set-up gets a space of its own too: what it does to it must not reach this episode alone.
+            self._run_setup({**offered, "action_space": pickle.loads(raw_space) if isinstance(raw_space, bytes)
+                             else raw_space})
         if self._setup_failed is not None:  # the same reason for every episode; the set-up is not run again
             raise SetupFailed(self._setup_failed)
         data, buffers = self._setup

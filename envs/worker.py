@@ -212,15 +212,19 @@ class Worker:
                 clips.append(write_clip(shot, Path(job["out_dir"]), stem, fps, label) | {"seed": seed, "step": b})
         return {"clips": clips, "replay_diverged_at": diverged_at, "env_steps": self.steps[0]}
 
+    def _kit(self):
+        """An env of the task kept for jobs that only need its spaces or metadata (a test kit's calls, scenarios):
+        built once per worker, since building one loads a ROM or compiles a model."""
+        if self._kit_env is None:
+            self._kit_env = self.spec.make_env(self.protocol, lean=True)
+        return self._kit_env
+
     def policy_call(self, job: dict) -> dict:
         """A test kit's call on the policy itself: ``policy_reset`` (a fresh Policy) or ``policy_act`` on an
         observation the test gives; the reply carries the action as JSON and the bounded diagnostics."""
         try:
             if job["kind"] == "policy_reset":
-                if self._kit_env is None:
-                    self._kit_env = self.spec.make_env(self.protocol, lean=True)
-                self.policy.start(0, int(job["seed"]), pickle.dumps(self._kit_env.action_space), job.get("cpu_s"),
-                                  1, 1)
+                self.policy.start(0, int(job["seed"]), pickle.dumps(self._kit().action_space), job.get("cpu_s"), 1, 1)
                 self._kit_steps = 0
                 return {"status": "ok"}
             obs = np.asarray(job["obs"], dtype=job["dtype"]) if job.get("dtype") else job["obs"]
@@ -255,9 +259,7 @@ class Worker:
         from envs.scenarios import record_scenario
 
         count = self._counter()
-        probe = self.spec.make_env(self.protocol, lean=True)
-        space, coerce = pickle.dumps(probe.action_space), action_coercer(probe.action_space)
-        probe.close()
+        space, coerce = pickle.dumps(self._kit().action_space), action_coercer(self._kit().action_space)
         expected = job["actions"]
         saved, discarded = [], {}
         for event in job["events"]:
@@ -298,9 +300,7 @@ class Worker:
 
         scenario = Scenario.model_validate(job["scenario"])
         count = self._counter()
-        probe = self.spec.make_env(self.protocol, lean=True)
-        space, coerce = pickle.dumps(probe.action_space), action_coercer(probe.action_space)
-        probe.close()
+        space, coerce = pickle.dumps(self._kit().action_space), action_coercer(self._kit().action_space)
         acts = [0]  # the warm-up's acts and the window's: the mode counts the policy sends are of these
 
         def act(obs, info, feedback):
@@ -319,9 +319,7 @@ class Worker:
         if film:  # written by this trusted process, as an evaluation's clips are; the policy never sees the folder
             from envs.clips import fps_for, write_clip
 
-            probe = self.spec.make_env(self.protocol, lean=True)
-            fps = fps_for(probe, self.spec, self.protocol)
-            probe.close()
+            fps = fps_for(self._kit(), self.spec, self.protocol)
             stem = f"{scenario.name}-{scenario.trajectory_sha256[:8]}"  # as its file is named (envs.scenario_files)
             result["clip"] = write_clip(film, Path(job["film_dir"]), stem, fps,
                                         f"{self.spec.id} {scenario.name}: {scenario.event_description}"[:200]) | {

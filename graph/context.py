@@ -25,7 +25,14 @@ from envs.evaluator import EvalRequest, evaluate
 from envs.limits import Limits
 from envs.regression import KitRefused, PolicyUnderTest
 from envs.results import EvalResult
-from envs.scenario_files import ScenarioError, keep_scenario, load_scenario, save_scenarios, scenario_names
+from envs.scenario_files import (
+    ScenarioError,
+    file_name,
+    keep_scenario,
+    load_scenario,
+    save_scenarios,
+    scenario_names,
+)
 from envs.scenarios import Scenario
 from envs.tasks import Split, TaskSpec
 from graph.state import Scored
@@ -187,11 +194,9 @@ class Services:
             return {}
         known: dict[int, list[str]] = {}
         tried: set[int] = set()
-        for record in read_events(self.ledger)[0]:
-            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id \
-                    and record.policy_sha256 == result.policy_sha256:
-                tried.update(record.seeds)
-                known.update({int(seed): names for seed, names in record.scenarios.items()})
+        for record in self._saves_of(result.policy_sha256):
+            tried.update(record.seeds)
+            known.update({int(seed): names for seed, names in record.scenarios.items()})
         missing = [seed for seed in seeds if seed not in tried]
         if missing:
             chosen = result.model_copy(update={"episodes": [e for e in result.episodes if e.seed in missing]})
@@ -205,13 +210,28 @@ class Services:
             known.update(saved.by_seed)
         return {seed: known[seed] for seed in seeds if seed in known}
 
-    def saved_scenarios(self, policy_sha256: str) -> list[Scenario]:
-        """Every scenario this run saved of one policy's failures, read back from the run's folder."""
-        names: dict[str, None] = {}
-        for record in read_events(self.ledger)[0]:
-            if isinstance(record, ScenariosSaved) and record.run_id == self.run_id \
-                    and record.policy_sha256 == policy_sha256:
-                names.update(dict.fromkeys(n for group in record.scenarios.values() for n in group))
+    def check_commit(self, base: str, commit: str, sha256: str, allowed: set[str], what: str) -> None:
+        """The branch never keeps a commit that does not hold exactly the scored bytes (and, beside the policy, only
+        the ``allowed`` files): it is undone and the run stops."""
+        committed = self.workspace.file_sha256(commit)
+        changed = set(self.workspace.changed_between(base, commit))
+        if committed != sha256 or not changed <= allowed:
+            self.workspace.reset_to(base)
+            raise HeuristError(f"{what} {commit[:12]} did not hold what was scored (policy sha256 {committed[:12]}, "
+                               f"scored {sha256[:12]}; files changed: {', '.join(sorted(changed)) or 'none'}), so it "
+                               f"was undone and the run stops; inspect {self.run_dir / 'candidates'} and the "
+                               f"workspace, which is at the last accepted commit")
+
+    def _saves_of(self, policy_sha256: str) -> list[ScenariosSaved]:
+        """This run's ledger lines of the scenarios saved of one policy's failures."""
+        return [r for r in read_events(self.ledger)[0] if isinstance(r, ScenariosSaved) and r.run_id == self.run_id
+                and r.policy_sha256 == policy_sha256]
+
+    def saved_scenarios(self, policy_sha256: str, iteration: int) -> list[Scenario]:
+        """The scenarios this run saved of one policy's failures at one iteration, read back from the run's folder
+        (an earlier iteration's were remembered at that iteration)."""
+        names = dict.fromkeys(n for record in self._saves_of(policy_sha256) if record.iteration == iteration
+                              for group in record.scenarios.values() for n in group)
         found = []
         for name in names:
             try:
@@ -226,36 +246,47 @@ class Services:
         return sorted(scenario_names(folder), key=lambda n: (n not in first, -(folder / f"{n}.json").stat().st_mtime,
                                                              n))
 
-    def scenario_replays(self, source: str, iteration: int, pinned: str) -> list[ScenarioReplay]:
-        """The saved scenarios no accepted test replays (``pinned``: the accepted tests' sources), at most
+    def scenario_clips(self, source: str) -> Path:
+        """Where a policy's filmed scenario replays go: in the run, out of every sandbox's sight."""
+        return (self.run_dir / "clips" / "scenarios" / hashlib.sha256(source.encode()).hexdigest()[:12]).resolve()
+
+    def scenario_replays(self, source: str, iteration: int, pinned: set[str]) -> list[ScenarioReplay]:
+        """The saved scenarios no accepted test replays (``pinned``: the names the accepted tests replay), at most
         ``MAX_ANALYSED_SCENARIOS``, newest first, replayed with this policy and filmed where the run records clips,
         for the analysts: an earlier policy's failure this one may have again, an earlier run's recalled one.
-        Once per policy and scenario (a file beside the clip says what happened), the env steps in the ledger;
-        one that cannot be replayed is left out."""
+        Once per policy and scenario, whatever happened (a file beside the clips says what), the env steps in the
+        ledger; one that cannot be replayed is left out and gives its place to the next."""
         replays = []
-        sha = hashlib.sha256(source.encode()).hexdigest()
-        for name in [n for n in self.scenario_menu() if repr(n) not in pinned][:MAX_ANALYSED_SCENARIOS]:
-            seen = self.run_dir / "clips" / "scenarios" / sha[:12] / f"{name}.replay.json"
-            if seen.is_file():
-                try:
-                    replays.append(ScenarioReplay.model_validate_json(seen.read_text()))
-                    continue
-                except ValueError:
-                    pass  # written by a heurist that recorded less: replayed again
+        for name in [n for n in self.scenario_menu() if n not in pinned]:
+            if len(replays) >= MAX_ANALYSED_SCENARIOS:
+                break
+            seen = self.scenario_clips(source) / f"{name}.replay.json"
             try:
-                moment = load_scenario(self.scenario_folder, name)
-                result, _ = self.replay_scenario(source, name, iteration, "the analyse stage",
-                                                 film=self.config.eval.video, record=False)
-            except (ScenarioError, ToolFailed):
-                continue
-            clip = result.get("clip") or {}
-            replay = ScenarioReplay(name=name, seed=moment.seed, step=moment.event_step, kind=moment.event_kind,
-                                    description=moment.event_description, failed_again=bool(result["failed_again"]),
-                                    mp4=clip.get("mp4"), png=clip.get("png"), frames=int(clip.get("frames") or 0))
-            seen.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(seen, replay.model_dump_json())
-            replays.append(replay)
+                replay = ScenarioReplay.model_validate_json(seen.read_text())
+            except (OSError, ValueError):  # not replayed yet with this policy (or by a heurist that recorded less)
+                try:
+                    moment = load_scenario(self.scenario_folder, name)
+                except ScenarioError:  # an unreadable file: nothing replayed, nothing spent
+                    continue
+                replay = self._replay_for_analysts(source, moment, iteration)
+                seen.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(seen, replay.model_dump_json())
+            if replay.error is None:
+                replays.append(replay)
         return replays
+
+    def _replay_for_analysts(self, source: str, moment: Scenario, iteration: int) -> ScenarioReplay:
+        name = file_name(moment)
+        replay = ScenarioReplay(name=name, seed=moment.seed, step=moment.event_step, kind=moment.event_kind,
+                                description=moment.event_description, failed_again=False)
+        try:
+            result, _ = self.replay_scenario(source, name, iteration, "the analyse stage",
+                                             film=self.config.eval.video, record=False)
+        except ToolFailed as exc:
+            return replay.model_copy(update={"error": str(exc)[:300]})
+        clip = result.get("clip") or {}
+        return replay.model_copy(update={"failed_again": bool(result["failed_again"]), "mp4": clip.get("mp4"),
+                                         "png": clip.get("png"), "frames": int(clip.get("frames") or 0)})
 
     def replay_scenario(self, source: str, name: str, iteration: int, where: str,
                         film: bool = False, record: bool = True) -> tuple[dict[str, Any], int]:
@@ -273,9 +304,7 @@ class Services:
         with tempfile.TemporaryDirectory(prefix="heurist-scenario-") as scratch:
             session = policy.session(Path(scratch))
             try:
-                # Absolute, and out of every sandbox's sight (the run directory is hidden from the policy process).
-                film_dir = (self.run_dir / "clips" / "scenarios" /
-                            hashlib.sha256(source.encode()).hexdigest()[:12]).resolve() if film else None
+                film_dir = self.scenario_clips(source) if film else None
                 if film_dir is not None:
                     film_dir.mkdir(parents=True, exist_ok=True)
                 result = session.scenario(name, record=record, film_dir=film_dir)

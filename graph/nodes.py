@@ -31,7 +31,14 @@ from graph.candidates import checked, focus_of, ranked_candidates
 from graph.context import MEMORY_SCENARIO_BYTES, Services, per_seed, scored, seeds_of
 from graph.simplify import run_simplify
 from graph.state import CodeOutcome, RunState
-from graph.testing import FIRST_TEST, judge_new_tests, new_test_name, run_test_files, scenario_test_name
+from graph.testing import (
+    FIRST_TEST,
+    judge_new_tests,
+    new_test_name,
+    replayed_scenarios,
+    run_test_files,
+    scenario_test_name,
+)
 from graph.workbench import RunWorkbench
 from memory.lessons import distil, teaches, template_statement
 from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
@@ -49,7 +56,7 @@ from roles.stages import (
     TestWriterInput,
     gather,
 )
-from roles.test_writer import recalled_scenario_test, scenario_test
+from roles.test_writer import scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
@@ -129,9 +136,9 @@ class Nodes:
         analyse.__name__ = f"analyse_{role.name}"
         return analyse
 
-    def _pinned(self, state: RunState) -> str:
-        """The accepted tests' sources, where a scenario a test replays is named."""
-        return " ".join(self.s.workspace.tests_at(state["incumbent"]["commit"]).values())
+    def _pinned(self, state: RunState) -> set[str]:
+        """The scenarios the accepted tests replay."""
+        return replayed_scenarios(self.s.workspace.tests_at(state["incumbent"]["commit"]).values())
 
     # ------------------------------------------------------------------ 3. recall
 
@@ -178,20 +185,23 @@ class Nodes:
             return {}, {"(all)": f"{type(exc).__name__}: {exc}"[:300]}
 
     def _recorded_scenario_names(self, iteration: int) -> dict[str, str]:
-        for entry in TranscriptRecorder(self.s.replay_of).read(iteration, "recall"):
-            if isinstance(entry, Decision) and isinstance(entry.details.get("scenarios"), dict):
-                return {str(k): str(v) for k, v in entry.details["scenarios"].items()}
-        return {}
+        scenarios = self._recorded_recall_details(iteration).get("scenarios")
+        return {str(k): str(v) for k, v in scenarios.items()} if isinstance(scenarios, dict) else {}
 
     def _recorded_recall(self, iteration: int) -> Recall | None:
         """In a replay, what the recorded run recalled at this iteration (None elsewhere, or where the recorded
         run did not keep it)."""
+        details = self._recorded_recall_details(iteration)
+        return Recall.model_validate(details["recall"]) if "recall" in details else None
+
+    def _recorded_recall_details(self, iteration: int) -> dict:
+        """In a replay, the recall decision its recorded run wrote at this iteration ({} elsewhere)."""
         if self.s.replay_of is None:
-            return None
+            return {}
         for entry in TranscriptRecorder(self.s.replay_of).read(iteration, "recall"):
             if isinstance(entry, Decision) and "recall" in entry.details:
-                return Recall.model_validate(entry.details["recall"])
-        return None
+                return entry.details
+        return {}
 
     # ------------------------------------------------------------------ 4. code
 
@@ -302,24 +312,21 @@ class Nodes:
             failed = {"verification": {"test_writer_error": str(exc)}}
         # Beside it, heurist's own test of that scenario, in a file of its own: kept, like any new test, only if it
         # fails on the incumbent and passes on the candidate.
-        for seed, names in sorted(scenarios.items()):
-            source = scenario_test(state["iteration"], {seed: names})
-            if source is not None:
-                tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
+        for _, names in sorted(scenarios.items()):
+            tests[scenario_test_name(taken | set(tests), state["iteration"])] = scenario_test(state["iteration"],
+                                                                                              names[0])
         # And of earlier runs' failures recalled with their saved moments, those no accepted test replays yet: the
         # edit is held to old failures too, and a test is kept for each one it fixes.
-        pinned = " ".join(accepted.values())
-        own = {name for names in scenarios.values() for name in names}  # this run saved the same moment again
-        waiting = [name for name in sorted(state.get("recalled_scenarios") or {})
-                   if name not in own and repr(name) not in pinned]
+        # Not those this run saved again, nor those an accepted test replays already.
+        skip = {name for names in scenarios.values() for name in names} | replayed_scenarios(accepted.values())
+        waiting = [name for name in sorted(state.get("recalled_scenarios") or {}) if name not in skip]
         # Taken in turn across iterations: the same first ones every time would starve the rest when the incumbent
         # already survives those (their tests are not kept, so they would be first again).
         turn = (state["iteration"] * s.config.scenarios.recalled_per_edit) % len(waiting) if waiting else 0
         recalled = (waiting[turn:] + waiting[:turn])[: s.config.scenarios.recalled_per_edit]
         for name in recalled:  # one file each: fail-to-pass judges a file, and each old failure is its own case
-            source = recalled_scenario_test(state["iteration"], [name])
-            if source is not None:
-                tests[scenario_test_name(taken | set(tests), state["iteration"])] = source
+            tests[scenario_test_name(taken | set(tests), state["iteration"])] = scenario_test(state["iteration"],
+                                                                                              name, recalled=True)
         return {"tests": tests, **failed}
 
     # ------------------------------------------------------------------ 7. verify
@@ -413,15 +420,8 @@ class Nodes:
                     f"{len(s.dev_seeds())} dev seeds.\nReview: " + "; ".join(state["verdict"]["reasons"])
                     + "\nTests added: " + (", ".join(kept) or "none"))
             commit = s.workspace.commit(iteration, f"Iteration {iteration}: {oneline(edit['rationale'], 58)}", body)
-        committed = s.workspace.file_sha256(commit)
-        changed = set(s.workspace.changed_between(state["incumbent"]["commit"], commit))
-        if committed != verification["candidate"]["sha256"] or not changed <= {POLICY_FILE, *kept}:
-            s.workspace.reset_to(state["incumbent"]["commit"])  # the branch never keeps a commit that fails this
-            raise HeuristError(f"commit {commit[:12]} did not hold what was scored and reviewed (policy sha256 "
-                               f"{committed[:12]}, scored {verification['candidate']['sha256'][:12]}; files changed: "
-                               f"{', '.join(sorted(changed)) or 'none'}), so it was undone and the run stops; "
-                               f"inspect {s.run_dir / 'candidates'} and the workspace, which is at the last "
-                               f"accepted commit")
+        s.check_commit(state["incumbent"]["commit"], commit, verification["candidate"]["sha256"],
+                       {POLICY_FILE, *kept}, "commit")
         incumbent = {**verification["candidate"], "commit": commit}
         tried = [f"before it, {t}" for t in state.get("tried") or []]  # side-by-side candidates not taken
         return {"incumbent": incumbent, "since_improvement": 0,
@@ -540,7 +540,8 @@ class Nodes:
         seen = {(v.seed, v.step): v.what_went_wrong for v in sightings}
         # The moments saved of this policy's failures (write_tests saves them where an edit fixed one) go into
         # memory with their failure, found or not among the analysts' first three: a later run can replay them.
-        moments = {(m.seed, m.event_kind, m.event_step): m for m in s.saved_scenarios(state["baseline"]["sha256"])}
+        moments = {(m.seed, m.event_kind, m.event_step): m for m in s.saved_scenarios(state["baseline"]["sha256"],
+                                                                                 state["iteration"])}
         failures = []
         for f in findings:
             text = f.description + (f" (mode {f.active_mode})" if f.active_mode else "")

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.errors import HeuristError
-from common.events import ScenarioSteps, SimplifyDone
+from common.events import SimplifyDone
 from common.files import atomic_write
 from envs.complexity import Complexity, complexity
 from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded, spent_by
 from graph.candidates import checked
 from graph.context import Services, per_seed, scored, seeds_of
 from graph.state import RunState
-from graph.testing import run_test_files
+from graph.testing import run_accepted_tests
 from roles.llm_usage import LLMError
 from roles.reviewer import non_inferiority_gate
 from roles.stages import ReviewInput, SimplifyInput, SimplifyOutput
@@ -89,8 +88,7 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
               "policy_sha256_before": incumbent["sha256"]}
 
     def decided(accepted: bool, reason: str, **more: Any) -> None:
-        if not recorded(s, SimplifyDone, iteration=iteration):
-            s.ledger.append(SimplifyDone(**record, accepted=accepted, reason=reason[:2000], **more))
+        s.ledger.append(SimplifyDone(**record, accepted=accepted, reason=reason[:2000], **more))  # none yet: above
         s.event("simplified", iteration=iteration, accepted=accepted, message=oneline(reason, 200))
         after = more.get("complexity_after")
         done["simplifications"] = [*state.get("simplifications", []), {
@@ -113,10 +111,7 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
         return done
     result = s.evaluate_cached(s.candidate_file(candidate["source"]))
     under_test = s.policy_under_test(candidate["source"], result)
-    on_candidate, _ = run_test_files(s, [(name, text, under_test) for name, text in tests.items()], under_test)
-    if under_test.scenario_steps:  # the scenarios the tests replayed: spent, so counted
-        s.ledger.append(ScenarioSteps(run_id=s.run_id, iteration=iteration, where="the simplify stage's tests",
-                                      env_steps=under_test.scenario_steps))
+    on_candidate = run_accepted_tests(s, tests, under_test, iteration, "the simplify stage's tests")
     failed = [r for r in on_candidate.values() if not r.passed]
     verdict = non_inferiority_gate(
         ReviewInput(task=s.spec.id, incumbent=seeds_of(incumbent), candidate=per_seed(result),
@@ -162,11 +157,7 @@ def _commit(s: Services, iteration: int, source: str, sha256: str, incumbent_com
             f"AST nodes {before.ast_nodes} -> {after.ast_nodes}.\nGate: " + "; ".join(reasons))
     commit = s.workspace.commit(iteration, f"Simplify after iteration {iteration}: {oneline(out.reason, 40)}", body,
                                 trailer=SIMPLIFY_TRAILER)
-    changed = set(s.workspace.changed_between(incumbent_commit, commit))
-    if s.workspace.file_sha256(commit) != sha256 or not changed <= {POLICY_FILE}:
-        s.workspace.reset_to(incumbent_commit)
-        raise HeuristError(f"the simplification's commit {commit[:12]} did not hold what was scored (files changed: "
-                           f"{', '.join(sorted(changed)) or 'none'}), so it was undone and the run stops")
+    s.check_commit(incumbent_commit, commit, sha256, {POLICY_FILE}, "the simplification's commit")
     return commit
 
 

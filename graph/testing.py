@@ -8,9 +8,11 @@ throwaway read-only copy (``envs.regression``), so no file can change another's 
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
+from common.events import ScenarioSteps
 from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
 from graph.context import Services
 from graph.state import NewTestDecision
@@ -26,24 +28,28 @@ def test_policy_runs_a_dev_episode():
 '''
 
 
-def new_test_name(taken: set[str], iteration: int) -> str:
+def new_test_name(taken: set[str], iteration: int, stem: str = "iteration") -> str:
     """heurist names every new test file (a writer's name is a suggestion): an accepted test is never
     overwritten, and a new one cannot take an old one's place."""
-    name, n = f"tests/test_iteration_{iteration:04d}.py", 1
+    name, n = f"tests/test_{stem}_{iteration:04d}.py", 1
     while name in taken:
         n += 1
-        name = f"tests/test_iteration_{iteration:04d}_{n}.py"
+        name = f"tests/test_{stem}_{iteration:04d}_{n}.py"
     return name
 
 
 def scenario_test_name(taken: set[str], iteration: int) -> str:
     """heurist's own scenario test of an iteration (``roles.test_writer.scenario_test``), named apart from the test
     writer's so a reader sees which is which."""
-    name, n = f"tests/test_scenarios_{iteration:04d}.py", 1
-    while name in taken:
-        n += 1
-        name = f"tests/test_scenarios_{iteration:04d}_{n}.py"
-    return name
+    return new_test_name(taken, iteration, "scenarios")
+
+
+REPLAYED = re.compile(r"""run_scenario\(\s*(['"])([A-Za-z0-9_-]{1,160})\1""")
+
+
+def replayed_scenarios(sources: Iterable[str]) -> set[str]:
+    """The scenarios these test files replay by name (heurist's own tests and a writer's alike)."""
+    return {match.group(2) for text in sources for match in REPLAYED.finditer(text)}
 
 
 def is_scenario_test(name: str) -> bool:
@@ -62,6 +68,17 @@ def run_test_files(s: Services, jobs: list[tuple[str, str, PolicyUnderTest]],
     on_candidate = {name: r for name, policy, r in results if policy is candidate}
     on_incumbent = {name: r for name, policy, r in results if policy is not candidate}
     return on_candidate, on_incumbent
+
+
+def run_accepted_tests(s: Services, tests: dict[str, str], under_test: PolicyUnderTest, iteration: int,
+                       where: str) -> dict[str, TestFileResult]:
+    """The accepted test files against one policy outside verify (the coder's run_tests tool, the simplify stage),
+    the env steps of the scenarios they replayed written to the ledger, since no tests_run line counts them."""
+    results, _ = run_test_files(s, [(name, text, under_test) for name, text in tests.items()], under_test)
+    if under_test.scenario_steps:
+        s.ledger.append(ScenarioSteps(run_id=s.run_id, iteration=iteration, where=where,
+                                      env_steps=under_test.scenario_steps))
+    return results
 
 
 def judge_new_tests(new: Iterable[str], on_candidate: dict[str, TestFileResult],

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from common.events import IterationDone, ScenarioSteps, read_events
+from common.events import IterationDone, read_events
 from envs.results import EvalResult
 from envs.scenario_files import ScenarioError, load_scenario
 from graph.bookkeeping import events, spent_by
 from graph.context import Services, seeds_of
 from graph.state import RunState
-from graph.testing import run_test_files
+from graph.testing import run_accepted_tests
 from roles.coder_tools import TestOutcome
 
 MAX_HISTORY_FILES = 30
@@ -33,6 +33,7 @@ class RunWorkbench:
         self.dev_seeds = services.dev_seeds()
         self.incumbent_scores = seeds_of(state["incumbent"])
         self.recalled = set(state.get("recalled_scenarios") or {})
+        self._scenarios: dict[str, str] | None = None
 
     def files(self) -> dict[str, str]:
         files = dict(self.s.workspace.tests_at(self.commit))
@@ -54,15 +55,16 @@ class RunWorkbench:
             return [], 0
         full, spent = self.evaluate(source)  # a test's episodes come from the candidate's dev evaluation
         candidate = self.s.policy_under_test(source, full)
-        on_candidate, _ = run_test_files(self.s, [(name, text, candidate) for name, text in accepted.items()],
-                                         candidate)
+        on_candidate = run_accepted_tests(self.s, accepted, candidate, self.iteration, "the coder's run_tests tool")
         outcomes = [TestOutcome(name, r.passed, r.reason, r.output or "") for name, r in sorted(on_candidate.items())]
-        if candidate.scenario_steps:  # the scenarios the tests replayed: spent, so counted
-            self.s.ledger.append(ScenarioSteps(run_id=self.s.run_id, iteration=self.iteration,
-                                               where="the coder's run_tests tool", env_steps=candidate.scenario_steps))
         return outcomes, spent + candidate.scenario_steps
 
     def scenarios(self) -> dict[str, str]:
+        if self._scenarios is None:  # read once: scenarios are saved after the code stage, never during it
+            self._scenarios = self._describe_scenarios()
+        return self._scenarios
+
+    def _describe_scenarios(self) -> dict[str, str]:
         described = {}
         for name in self.s.scenario_menu(self.recalled)[:MAX_SCENARIOS]:
             try:

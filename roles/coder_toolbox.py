@@ -143,10 +143,15 @@ class ToolBox:
             return (f"no clip was recorded for seed {args.seed} of the {args.policy} (clips are recorded around "
                     f"failure events and at the end of the worst episodes)"), None
         clip = min(clips, key=lambda c: abs(c.step - args.step))
-        head = f"clip '{clip.label}' around step {clip.step} ({clip.frames} frames)"
+        return self._clip_view(f"clip '{clip.label}' around step {clip.step} ({clip.frames} frames)", clip.mp4,
+                               clip.png)
+
+    def _clip_view(self, head: str, mp4: str, png: str) -> tuple[str, str | None]:
+        """A clip as the model reads it: its contact sheet as an image where the model takes images, else the
+        moving objects measured in it."""
         if self.images:
-            return head + "; its contact sheet follows as an image", clip.png
-        tracks = measure_clip(clip.mp4)
+            return head + "; its contact sheet follows as an image", png
+        tracks = measure_clip(mp4)
         return head + ", measured (pixels; x right, y down):\n" + (
             "\n".join(describe_track(t) for t in tracks) or "nothing moved"), None
 
@@ -182,17 +187,13 @@ class ToolBox:
             lines.append(f"(the replay ran steps {first_t}..{steps[-1]['t']}; shown {first}..{last}, at most "
                          f"{TRACE_MAX_STEPS} a call)")
         clip = result.get("clip")
-        if args.frames and not clip:
-            lines.append("no frames: the replay rendered none around the failure's step")
-        if clip and self.images:
-            lines.append(f"its frames around step {clip['step']} ({clip['frames']} frames): the contact sheet follows "
-                         f"as an image")
-            return "\n".join(lines), clip["png"]
-        if clip:
-            tracks = measure_clip(clip["mp4"])
-            lines.append(f"its frames around step {clip['step']}, measured (pixels; x right, y down):\n"
-                         + ("\n".join(describe_track(t) for t in tracks) or "nothing moved"))
-        return "\n".join(lines), None
+        if not clip:
+            if args.frames:
+                lines.append("no frames: the replay rendered none around the failure's step")
+            return "\n".join(lines), None
+        view, image = self._clip_view(f"its frames around step {clip['step']} ({clip['frames']} frames)",
+                                      clip["mp4"], clip["png"])
+        return "\n".join([*lines, view]), image
 
     def _tool_edit(self, args: EditArgs) -> tuple[str, None]:
         try:

@@ -136,7 +136,7 @@ def check_stages(roles: dict[Stage, list[Role]], require_facts: bool = True) -> 
     something that reads a fact no analyse role produces."""
     if not roles["review"]:
         raise RoleError("stages.review is empty; keep at least the reviewer, whose gate decides every commit")
-    names = [role.name for stage in STAGES for role in roles.get(stage, [])]
+    names = [role.name for stage in STAGES for role in roles[stage]]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise RoleError(f"role {', '.join(twice)} is placed twice in [stages]; each role runs once an iteration")
@@ -148,7 +148,7 @@ def check_stages(roles: dict[Stage, list[Role]], require_facts: bool = True) -> 
 def unmet_facts(roles: dict[Stage, list[Role]]) -> list[str]:
     """One line for each fact that something reads and no analyse role produces, naming who produces it."""
     produced = {fact for role in roles["analyse"] for fact in role.produces}
-    readers = {f"{role.name} (the {stage} stage)": role.reads for stage in STAGES for role in roles.get(stage, [])}
+    readers = {f"{role.name} (the {stage} stage)": role.reads for stage in STAGES for role in roles[stage]}
     unmet = []
     for reader, reads in {**readers, **LOOP_READS}.items():
         for fact in sorted(reads - produced):

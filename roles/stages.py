@@ -48,6 +48,7 @@ class ScenarioReplay(RoleModel):
     mp4: str | None = None
     png: str | None = None
     frames: int = 0
+    error: str | None = Field(None, description="Why it could not be replayed (such a replay is not shown).")
 
 
 class AnalyseInput(RoleModel):

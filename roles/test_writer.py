@@ -59,40 +59,21 @@ def test_policy_loads_and_resets():
                     rationale=f"pins the gain on seeds {sorted(seeds)} so later edits cannot lose it")
 
 
-def scenario_test(iteration: int, scenarios: dict[int, list[str]]) -> str | None:
-    """One test per saved scenario of the seeds an edit improved: from the moment before the incumbent's failure,
-    the policy must not fail that way again. heurist adds it beside the writer's test (``graph.nodes.write_tests``);
-    like every new test, it is kept only if it fails on the incumbent and passes on the candidate."""
-    functions = []
-    for seed, names in sorted(scenarios.items()):
-        for name in names[:1]:
-            function = "test_" + "".join(c if c.isalnum() else "_" for c in name.lower())
-            functions.append(
-                f"\n\ndef {function}():\n"
-                f'    """Seed {seed}\'s failure before iteration {iteration}, replayed from the saved moment before it."""\n'
-                f"    result = run_scenario({name!r})\n"
-                f'    assert not result["failed_again"], (result["events"][:3], result["return"])')
-    if not functions:
-        return None
-    return (f'"""Scenario tests for iteration {iteration}: the incumbent\'s failures on seeds {sorted(scenarios)}, '
-            f'replayed from the saved\nmoments before them (envs.scenarios)."""\n\n'
-            "from heurist_testkit import run_scenario\n" + "".join(functions) + "\n")
-
-
-def recalled_scenario_test(iteration: int, names: list[str]) -> str | None:
-    """One test per scenario recalled from memory (an earlier run's failure of this task, its moment saved): the
-    policy must not fail that way there. Kept, like every new test, only if it fails on the incumbent and passes on
-    the candidate: an old failure the incumbent already survives needs no test, one the edit fixes gets one."""
-    functions = [
-        f"\n\ndef test_recalled_{''.join(c if c.isalnum() else '_' for c in name.lower())}():\n"
-        f'    """An earlier run\'s failure, recalled from memory, replayed from the saved moment before it."""\n'
-        f"    result = run_scenario({name!r})\n"
-        f'    assert not result["failed_again"], (result["events"][:3], result["return"])' for name in names]
-    if not functions:
-        return None
-    return (f'"""Scenario tests for iteration {iteration}: earlier runs\' failures of this task, recalled from '
-            f'memory with their\nsaved moments (envs.scenarios)."""\n\n'
-            "from heurist_testkit import run_scenario\n" + "".join(functions) + "\n")
+def scenario_test(iteration: int, name: str, recalled: bool = False) -> str:
+    """One test of one saved scenario: from the moment before that failure, the policy must not fail that way again.
+    heurist adds it beside the writer's test (``graph.nodes.write_tests``), in a file of its own; like every new
+    test, it is kept only if it fails on the incumbent and passes on the candidate. ``recalled``: an earlier run's
+    failure of this task, recalled from memory (one the incumbent already survives gets no test; one the edit fixes
+    does)."""
+    whose = "an earlier run's failure, recalled from memory" if recalled else \
+        f"the incumbent's failure before iteration {iteration}"
+    function = ("test_recalled_" if recalled else "test_") + "".join(c if c.isalnum() else "_" for c in name.lower())
+    return (f'"""Scenario test for iteration {iteration}: {whose}, replayed from the saved moment before it\n'
+            f'(envs.scenarios)."""\n\n'
+            "from heurist_testkit import run_scenario\n\n\n"
+            f"def {function}():\n"
+            f"    result = run_scenario({name!r})\n"
+            f'    assert not result["failed_again"], (result["events"][:3], result["return"])\n')
 
 
 def _recalled(scenarios: dict[str, str]) -> str:

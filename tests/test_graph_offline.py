@@ -139,7 +139,8 @@ def test_stage_checks_name_what_is_missing_and_refuse_misfits(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
     roles = {"analyse": [resolve("plugin_roles:FailureRate", "analyse")],
              "code": [resolve("coder", "code")], "test": [resolve("plugin_roles:CompletesTestWriter", "test")],
-             "review": [resolve("reviewer", "review")]}
+             "review": [resolve("reviewer", "review")], "simplify": [resolve("simplifier", "simplify")],
+             "lesson": [resolve("lesson_writer", "lesson")]}
     with pytest.raises(RoleError, match="completes_test_writer .the test stage. reads the fact 'seeds_by_kind'"):
         check_stages(roles)
     roles["test"][0].reads = frozenset()  # an instance attribute: this test's writer reads nothing
