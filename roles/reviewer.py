@@ -12,10 +12,19 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
-
 from roles.base import Role, RoleContext
 from roles.stages import LLMReview, ReviewInput, Verdict
+
+
+def _wilcoxon_greater(values: list[float]) -> float:
+    """One-sided Wilcoxon signed-rank p-value that ``values`` lie above 0 (NaN read as 1: no evidence).
+
+    scipy.stats is imported here, at the first gate, not with this module: it takes half a second, and every
+    heurist command (``heurist show``, a resume that finds the run finished) would pay it."""
+    from scipy import stats
+
+    p_value = float(stats.wilcoxon(values, alternative="greater", zero_method="zsplit").pvalue)
+    return 1.0 if math.isnan(p_value) else p_value
 
 
 def _mean(values: list[float]) -> float | None:
@@ -50,9 +59,7 @@ def statistical_gate(data: ReviewInput, alpha: float, min_improvement: float, pa
     if all(d == 0 for d in deltas):
         reasons.append(f"identical returns on all {len(paired)} paired seeds")
         return verdict
-    verdict.p_value = float(stats.wilcoxon(deltas, alternative="greater", zero_method="zsplit").pvalue)
-    if math.isnan(verdict.p_value):
-        verdict.p_value = 1.0
+    verdict.p_value = _wilcoxon_greater(deltas)
     gain = verdict.mean_delta or 0.0
     # On identical seeds, better on several and worse on none is an improvement even when too
     # few seeds differ for a rank test: a policy at the ceiling on most seeds that fixes the
@@ -124,10 +131,7 @@ def non_inferiority_gate(data: ReviewInput, seed_tolerance: float = 0.0, mean_to
                        f"(simplify.mean_tolerance)")
         return verdict
     shifted = [d + mean_tolerance for d in deltas]
-    verdict.p_value = float(stats.wilcoxon(shifted, alternative="greater", zero_method="zsplit").pvalue) \
-        if any(d != 0 for d in shifted) else 1.0
-    if math.isnan(verdict.p_value):
-        verdict.p_value = 1.0
+    verdict.p_value = _wilcoxon_greater(shifted) if any(d != 0 for d in shifted) else 1.0
     if verdict.p_value >= alpha:
         reasons.append(f"mean change {delta:+.3g}: not shown to be within {mean_tolerance:g} of the incumbent "
                        f"(one-sided Wilcoxon p={verdict.p_value:.3g}, needs < {alpha:g})")
