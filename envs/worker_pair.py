@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.safe_text import redact
 from envs.cgroups import SandboxCgroups
+from envs.forkserver import preload_task, start_env_process
 from envs.isolation import Confinement, isolation_prefix
 from envs.limits import Limits
 from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
@@ -69,6 +70,7 @@ class WorkerProcess:
         self.policy_proc = self.env_proc = None
         self.cgroups = SandboxCgroups({})
         self._job_w = self._res_r = -1
+        self._preloaded = False
         try:
             self._start(confinement, cpu)
         except BaseException:  # nothing half-started is left behind: processes, descriptors, folders, cgroups
@@ -102,14 +104,13 @@ class WorkerProcess:
                 env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
                 stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd,
                 pass_fds=(request_r, reply_w, frames_r), start_new_session=True, close_fds=True)
-            self.env_proc = subprocess.Popen(
-                [sys.executable, "-m", "envs.worker", "--job-fd", str(job_r), "--result-fd", str(res_w),
-                 "--request-fd", str(request_w), "--reply-fd", str(reply_r), "--steps-fd", str(self.step_file.fd),
-                 "--observations-fd", str(frames_w), "--limits", limit_args(limits), *pinned],
-                env=sandbox_env(self.dirs.private), cwd=self.dirs.private, stdin=subprocess.DEVNULL,
-                stdout=self.env_log.fd, stderr=self.env_log.fd,
-                pass_fds=(job_r, res_w, request_w, reply_r, self.step_file.fd, frames_w), start_new_session=True,
-                close_fds=True)
+            self.env_proc = start_env_process(
+                "envs.worker",
+                ["--job-fd", str(job_r), "--result-fd", str(res_w), "--request-fd", str(request_w),
+                 "--reply-fd", str(reply_r), "--steps-fd", str(self.step_file.fd), "--observations-fd",
+                 str(frames_w), "--limits", limit_args(limits), *pinned],
+                env=sandbox_env(self.dirs.private), cwd=self.dirs.private, log_fd=self.env_log.fd,
+                pass_fds=(job_r, res_w, request_w, reply_r, self.step_file.fd, frames_w))
         finally:
             for fd in (job_r, res_w, request_r, request_w, reply_r, reply_w, frames_w, frames_r):
                 os.close(fd)  # each end now lives only in the process that uses it
@@ -141,6 +142,9 @@ class WorkerProcess:
         return self._count(slot) != NOT_STARTED
 
     def send(self, job: dict) -> None:
+        if not self._preloaded and isinstance(job.get("task"), str):
+            preload_task(job["task"])  # this task's simulator, imported once for the env processes after this one
+            self._preloaded = True
         try:
             os.write(self._job_w, (json.dumps(job) + "\n").encode())
         except (BrokenPipeError, OSError):
@@ -179,6 +183,8 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.env_proc.wait()
+        if getattr(self.env_proc, "status_lost", False):
+            return "the env process ended; how is not known, since heurist's fork server of env processes died first"
         return "the env process " + signal_reason(code, who="").lstrip()
 
     def steps_taken(self, slot: int = 0) -> int:

@@ -1,0 +1,397 @@
+"""A warm parent for env processes: each is forked from it instead of starting Python and its imports again.
+
+Starting a worker pair cost about 0.27 s of CPU, 0.2 s of it the env process importing numpy, pydantic,
+Gymnasium and heurist's episode code before its first step (``benchmarks/eval_throughput.py`` prints it). An
+evaluation pays that once per worker and a run evaluates hundreds of times: the test suite started 900 pairs,
+and a 20-seed CartPole evaluation steps for less time than its pair took to start. So heurist starts one fork
+server per process, the first time it needs an env process: ``python -P -m envs.forkserver``, with the same
+scrubbed environment an env process gets (``envs.sandbox.sandbox_env``: no API key, no token), which imports
+all that once and then forks each env process, in a few milliseconds. When an env process takes its first
+job, the fork server is also asked to import that task's simulator (ALE, MuJoCo, a plug-in's module), so the
+next env processes of the task have it too.
+
+Only the env process comes from here. It runs heurist's code and the environment's, never the policy's, and
+is trusted as before; a forked one is what ``subprocess.Popen`` made: its own process group, no descriptor
+but those it is given (under the same numbers), the log as stdout and stderr, /dev/null as stdin, its own
+working folder and environment, not traceable. The policy process is still started fresh in its own sandbox
+for every worker (``envs.worker_pair``), so no two policies ever share a process, a namespace or anything one
+could leave behind, and nothing untrusted ever runs in the fork server or reaches it.
+
+Why not ``multiprocessing``'s forkserver: it starts with heurist's own environment (the key among it), and
+its children cannot be given a process group, descriptors by number and a log as stdout, which the env
+process needs. ``HEURIST_FORK_SERVER=0`` turns it off (each env process then starts Python as before), for a
+simulator plug-in that cannot be forked once imported (one that starts threads at import, say); a fork server
+that cannot start or has died is replaced by the same fallback, for the rest of the process.
+
+The protocol, on a SOCK_SEQPACKET socket pair (one message each way per request):
+- ``{"kind": "spawn", "module": ..., "argv": [...], "env": {...}, "cwd": ..., "fds": [n, ...]}`` with the
+  descriptors: a pipe's write end for the exit status, the log, then one per entry of ``fds`` (the number
+  the child gets it under); the answer is ``{"pid": ...}`` or ``{"error": ...}``;
+- ``{"kind": "preload", "task": <TaskSpec JSON>}``, no answer: import the task's simulator modules.
+When a child ends, the fork server writes its exit code (``subprocess``'s convention: minus the signal) to
+its status pipe and closes it; ``ForkedProcess.wait`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+
+MAX_MESSAGE = 1 << 16
+MAX_FDS = 16
+SPAWN_TIMEOUT_S = 300.0  # a bound on a hung fork server only: a first preload on a loaded machine takes seconds
+STATUS_LOST = 255  # the exit code given when the fork server died before it could say (see ForkedProcess.wait)
+
+
+class ForkServerFailed(Exception):
+    """The fork server could not start, or could not fork: the caller starts the process the usual way."""
+
+
+class ForkedProcess:
+    """An env process forked by the fork server: what ``envs.worker_pair`` uses of a ``subprocess.Popen``.
+
+    Not this process's child, so its exit code comes from the fork server, over a pipe of its own."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid, self.returncode, self.status_lost = pid, None, False
+        self._status_fd = status_fd
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(timeout=0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._lock:
+            if self.returncode is not None:
+                return self.returncode
+            if not select.select([self._status_fd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(f"env process {self.pid}", timeout or 0)
+            text = os.read(self._status_fd, 64)
+            os.close(self._status_fd)
+            try:
+                self.returncode = int(text)
+            except ValueError:  # the fork server died first (its end closed with nothing written): a bug, said so
+                self.returncode, self.status_lost = STATUS_LOST, True
+            return self.returncode
+
+    def __del__(self) -> None:
+        if self.returncode is None:
+            try:
+                os.close(self._status_fd)
+            except OSError:
+                pass
+
+
+class ForkServer:
+    """The client side: one fork server per heurist process, shared by its threads (``shared()``)."""
+
+    _shared: ForkServer | None = None
+    _shared_pid: int | None = None
+    _broken = False
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        from envs.sandbox import sandbox_env  # here, not at import: the fork server itself imports this module
+
+        self._lock = threading.Lock()
+        self._preloaded: set[str] = set()
+        self.home = Path(tempfile.mkdtemp(prefix="heurist-forkserver-"))
+        self.log = tempfile.TemporaryFile(prefix="heurist-forkserver-")  # its own output: read only on failure
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "envs.forkserver", "--socket-fd", str(theirs.fileno()),
+                 "--home", str(self.home)],
+                env=sandbox_env(self.home), cwd=self.home, stdin=subprocess.DEVNULL, stdout=self.log,
+                stderr=self.log, pass_fds=(theirs.fileno(),), close_fds=True,
+                start_new_session=True)  # not in heurist's group: a Ctrl-C is heurist's to handle, not its
+        except OSError as exc:
+            ours.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise ForkServerFailed(f"could not start: {exc}") from None
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.sock.settimeout(SPAWN_TIMEOUT_S)
+
+    @classmethod
+    def shared(cls) -> ForkServer | None:
+        """This process's fork server, started at the first call; None where it is turned off or has failed."""
+        if os.environ.get("HEURIST_FORK_SERVER", "1") == "0":
+            return None
+        with cls._guard:
+            if cls._shared_pid != os.getpid():  # a forked heurist process must not share its parent's socket
+                cls._shared, cls._shared_pid, cls._broken = None, os.getpid(), False
+            if cls._broken:
+                return None
+            if cls._shared is None:
+                try:
+                    cls._shared = ForkServer()
+                except ForkServerFailed:
+                    cls._broken = True
+                    return None
+                atexit.register(cls._shared.close)
+            return cls._shared
+
+    @classmethod
+    def give_up(cls, server: ForkServer) -> None:
+        """A fork server that failed: closed, and not used again by this process."""
+        with cls._guard:
+            if cls._shared is server:
+                cls._shared, cls._broken = None, True
+        server.close()
+
+    def spawn(self, module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
+              pass_fds: tuple[int, ...]) -> ForkedProcess:
+        """``python -m module *argv`` as a fork of the warm server: ``pass_fds`` under the same numbers."""
+        if any(fd < 3 for fd in pass_fds):
+            raise ValueError("descriptors 0-2 are the child's stdin and log")
+        request = json.dumps({"kind": "spawn", "module": module, "argv": argv, "env": env, "cwd": str(cwd),
+                              "fds": list(pass_fds)}).encode()
+        status_r, status_w = os.pipe()
+        try:
+            with self._lock:
+                socket.send_fds(self.sock, [request], [status_w, log_fd, *pass_fds])
+                answer = self.sock.recv(MAX_MESSAGE)
+            reply = json.loads(answer) if answer else {"error": f"it has ended; {self.output()}"}
+        except (OSError, ValueError) as exc:  # a timeout included
+            os.close(status_r)
+            raise ForkServerFailed(f"no answer: {exc}; {self.output()}") from None
+        finally:
+            os.close(status_w)  # the fork server has its own copy now
+        if "pid" not in reply:
+            os.close(status_r)
+            raise ForkServerFailed(str(reply.get("error")))
+        return ForkedProcess(int(reply["pid"]), status_r)
+
+    def preload(self, task_json: str) -> None:
+        """Ask the fork server to import this task's simulator modules (once per task), for its next forks."""
+        key = hashlib.sha256(task_json.encode()).hexdigest()
+        with self._lock:
+            if key in self._preloaded:
+                return
+            self._preloaded.add(key)
+            try:
+                self.sock.send(json.dumps({"kind": "preload", "task": task_json}).encode())
+            except OSError:
+                pass  # the next spawn finds out and says so
+
+    def output(self) -> str:
+        """The fork server's last output, for the reason it failed."""
+        try:
+            self.log.seek(0)
+            return "its output: " + self.log.read()[-600:].decode(errors="replace").strip().replace("\n", " | ")
+        except (OSError, ValueError):
+            return "no output"
+
+    def close(self) -> None:
+        """End of input: the fork server ends (its children live on to the end of their jobs)."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+        self.log.close()
+
+
+def start_env_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
+                      pass_fds: tuple[int, ...]) -> ForkedProcess | subprocess.Popen:
+    """An env process: forked from the warm fork server where there is one, else started as a new Python."""
+    server = ForkServer.shared()
+    if server is not None:
+        try:
+            return server.spawn(module, argv, env, cwd, log_fd, pass_fds)
+        except ForkServerFailed as exc:
+            print(f"heurist: the fork server of env processes failed ({exc}); each env process now starts "
+                  f"its own Python", file=sys.stderr)
+            ForkServer.give_up(server)
+    return subprocess.Popen([sys.executable, "-m", module, *argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=log_fd, stderr=log_fd, pass_fds=pass_fds, start_new_session=True,
+                            close_fds=True)
+
+
+def preload_task(task_json: str) -> None:
+    """The task's simulator, imported by the fork server for the env processes after this one (if there is one)."""
+    server = ForkServer._shared if ForkServer._shared_pid == os.getpid() else None
+    if server is not None:
+        server.preload(task_json)
+
+
+# --------------------------------------------------------------------------- the fork server's side
+
+
+def _preload(task_json: str) -> None:
+    """Import what ``TaskSpec.make_env`` will import for this task. A failure is the env process's to report."""
+    from envs.tasks import TaskSpec
+
+    try:
+        import gymnasium
+
+        spec = TaskSpec.model_validate_json(task_json)
+        spec._register()
+        entry = gymnasium.spec(spec.gym_id).entry_point
+        if isinstance(entry, str):
+            importlib.import_module(entry.split(":")[0])
+        if any(p.fire_reset or p.noop_max for p in spec.protocols):
+            importlib.import_module("envs.atari_reset")
+    except Exception:
+        traceback.print_exc()
+
+
+def _reap(status_of: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = status_of.pop(pid, None)
+        if fd is None:
+            continue
+        try:
+            os.write(fd, str(os.waitstatus_to_exitcode(status)).encode())
+        except OSError:  # nobody waits for it any more
+            pass
+        os.close(fd)
+
+
+def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
+    """In the forked child: become the process ``subprocess.Popen`` would have started, then run the module."""
+    code = 1
+    try:
+        os.setpgid(0, 0)  # the server sets it too, so a kill of the group works as soon as the pid is known
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in [*server_fds, fds[0]]:  # the server's socket and wake-up pipe, the exit status pipe
+            os.close(fd)
+        targets = [int(n) for n in request["fds"]]
+        keep = fds[1:]  # the log, then one per target
+        top = max([*keep, *targets, 2]) + 1
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in keep]  # out of every target's way
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(moved[0], 1)
+        os.dup2(moved[0], 2)
+        for fd, number in zip(moved[1:], targets):
+            os.dup2(fd, number, inheritable=True)
+        wanted = {0, 1, 2, *targets}
+        for name in os.listdir("/proc/self/fd"):  # close_fds: nothing else of the server's reaches the child
+            if int(name) not in wanted:
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        tempfile.tempdir = None  # found again from TMPDIR, which is this child's own
+        sys.argv = [request["module"], *request["argv"]]
+        importlib.import_module(request["module"]).main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)  # never the server's own clean-up (atexit, its objects), as after an exec
+
+
+def serve(sock: socket.socket, home: Path) -> None:
+    import gymnasium  # noqa: F401  (imported once here is the point of this process)
+
+    import envs.worker  # noqa: F401
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that SIGCHLD writes to the wake-up pipe
+    signal.set_wakeup_fd(wake_w)
+    status_of: dict[int, int] = {}
+    try:
+        while True:
+            ready = select.select([sock, wake_r], [], [])[0]
+            if wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                _reap(status_of)
+            if sock not in ready:
+                continue
+            message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+            if not message:
+                for fd in fds:
+                    os.close(fd)
+                return  # heurist closed its end, or has died
+            request = json.loads(message)
+            if request["kind"] == "preload":
+                _preload(request["task"])
+                continue
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
+                sock.send(json.dumps({"error": f"fork failed: {exc}"}).encode())
+                continue
+            if pid == 0:
+                _become(request, fds, [sock.fileno(), wake_r, wake_w])
+            try:
+                os.setpgid(pid, pid)
+            except OSError:  # it has done so itself, or ended already
+                pass
+            status_of[pid] = fds[0]
+            for fd in fds[1:]:
+                os.close(fd)
+            sock.send(json.dumps({"pid": pid}).encode())
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="heurist's fork server of env processes (started by heurist)")
+    parser.add_argument("--socket-fd", type=int, required=True)
+    parser.add_argument("--home", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, inherited by every fork
+    except (OSError, AttributeError):
+        pass
+    serve(socket.socket(fileno=args.socket_fd), args.home)
+
+
+if __name__ == "__main__":
+    main()

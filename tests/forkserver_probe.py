@@ -1,0 +1,38 @@
+"""Started by tests/test_forkserver.py through the fork server: reports what the process it became looks like."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import tempfile
+
+
+def main() -> None:
+    report_fd, mode = int(sys.argv[1]), sys.argv[2]
+    print("probe on stdout", flush=True)
+    print("probe on stderr", file=sys.stderr, flush=True)
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    report = {"pid": os.getpid(), "pgid": os.getpgid(0), "cwd": os.getcwd(), "environ": dict(os.environ),
+              "initial_environ": open("/proc/self/environ", "rb").read().decode(errors="replace"),
+              "fds": fds, "tempdir": tempfile.gettempdir(), "argv": sys.argv,
+              "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}  # PR_GET_DUMPABLE
+    os.write(report_fd, json.dumps(report).encode())
+    os.close(report_fd)
+    if mode == "exit3":
+        sys.exit(3)
+    if mode == "raise":
+        raise RuntimeError("the probe failed on purpose")
+    if mode == "wait":
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()

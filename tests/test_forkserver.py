@@ -1,0 +1,108 @@
+"""Env processes forked from the warm fork server are what a fresh Python was: same secrets (none), same
+descriptors, same group, same exit codes, same results; and when the fork server fails, evaluations go on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from envs.forkserver import ForkServer
+from envs.sandbox import sandbox_env
+from envs.tasks import get_task
+from policies import RANDOM_POLICY, starter_policy
+
+SECRET = "sk-forkserver-test-0123456789abcdef"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A fork server of its own, started while heurist's environment holds an API key."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    started = ForkServer()
+    yield started
+    started.close()
+
+
+def _spawn(server: ForkServer, tmp_path, mode: str):
+    """The probe forked with its report pipe passed under a number of its own; its log, its report."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    log = open(tmp_path / "log", "wb")
+    report_r, report_w = os.pipe()
+    proc = server.spawn("tests.forkserver_probe", [str(report_w), mode], sandbox_env(home), home, log.fileno(),
+                        (report_w,))
+    os.close(report_w)
+    log.close()
+    with os.fdopen(report_r, "rb") as report:
+        data = report.read()
+    return proc, json.loads(data) if data else None, home, report_w
+
+
+def test_a_forked_env_process_has_no_secret_no_stray_descriptor_and_its_own_group(server, tmp_path):
+    proc, report, home, report_w = _spawn(server, tmp_path, "exit0")
+    assert proc.wait(timeout=60) == 0
+    assert SECRET not in json.dumps(report["environ"]) and SECRET not in report["initial_environ"]
+    assert report["environ"]["HOME"] == str(home) and report["tempdir"] == str(home) and report["cwd"] == str(home)
+    # Exactly stdin, the log twice and the one descriptor passed, under the number it was passed as.
+    assert sorted(report["fds"]) == sorted(["0", "1", "2", str(report_w)]), report["fds"]
+    assert report["fds"]["0"] == "/dev/null" and report["fds"]["1"] == report["fds"]["2"] == str(tmp_path / "log")
+    assert report["pgid"] == report["pid"] == proc.pid
+    assert report["dumpable"] == 0  # no process of the same user can attach to it
+    assert (tmp_path / "log").read_text() == "probe on stdout\nprobe on stderr\n"
+    # The fork server holds nothing of heurist's either: its socket, its wake-up pipe and its log.
+    held = {os.readlink(f"/proc/{server.proc.pid}/fd/{n}") for n in os.listdir(f"/proc/{server.proc.pid}/fd")}
+    assert all(h.startswith(("pipe:", "socket:", "/dev/null")) or h.endswith("(deleted)") for h in held), held
+    assert SECRET.encode() not in open(f"/proc/{server.proc.pid}/environ", "rb").read()
+
+
+@pytest.mark.parametrize("mode,code", [("exit3", 3), ("raise", 1)])
+def test_exit_codes_come_back_as_a_fresh_pythons_would(server, tmp_path, mode, code):
+    proc, report, _, _ = _spawn(server, tmp_path, mode)
+    assert report is not None and proc.wait(timeout=60) == code
+    if mode == "raise":
+        assert "RuntimeError: the probe failed on purpose" in (tmp_path / "log").read_text()
+
+
+def test_a_group_kill_right_after_the_fork_reaches_the_child(server, tmp_path):
+    """The fork server sets the child's group before it answers: a kill at once cannot miss."""
+    home = tmp_path / "home"
+    home.mkdir()
+    report_r, report_w = os.pipe()
+    proc = server.spawn("tests.forkserver_probe", [str(report_w), "wait"], sandbox_env(home), home, 2, (report_w,))
+    os.close(report_w)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    os.close(report_r)
+
+
+def _episodes(result):
+    return [e.model_dump(exclude={"wall_s", "cpu_s"}) for e in result.episodes]
+
+
+@pytest.mark.parametrize("task,policy,steps", [("CartPole-v1", None, None), ("ALE/Breakout-v5", RANDOM_POLICY, 300)])
+def test_forked_and_fresh_env_processes_give_the_same_results(run_eval, monkeypatch, task, policy, steps):
+    """Twice forked (the second time the fork server has imported the task's simulator) and once from a fresh
+    Python: the same returns, lengths, events and traces."""
+    policy = policy or starter_policy(get_task(task))
+    forked = [_episodes(run_eval(policy, task, episodes=3, workers=2, max_steps=steps)) for _ in range(2)]
+    monkeypatch.setenv("HEURIST_FORK_SERVER", "0")
+    fresh = _episodes(run_eval(policy, task, episodes=3, workers=2, max_steps=steps))
+    assert forked[0] == forked[1] == fresh
+    assert all(e["status"] == "ok" for e in fresh)
+
+
+def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd):
+    monkeypatch.setattr(ForkServer, "_shared", None)
+    monkeypatch.setattr(ForkServer, "_shared_pid", None)
+    monkeypatch.setattr(ForkServer, "_broken", False)
+    server = ForkServer.shared()
+    assert server is not None
+    server.proc.kill()
+    server.proc.wait()
+    result = run_eval(starter_policy(get_task("CartPole-v1")), "CartPole-v1", episodes=2, workers=1)
+    assert result.status == "complete" and all(e.status == "ok" for e in result.episodes)
+    assert "the fork server of env processes failed" in capfd.readouterr().err
+    assert ForkServer.shared() is None  # not tried again by this process
