@@ -35,7 +35,10 @@ OVERRIDES = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "core.untracked
              "core.attributesFile=/dev/null", "core.pager=cat", "core.editor=true", "core.sshCommand=false",
              "diff.noprefix=false", "commit.gpgSign=false", "tag.gpgSign=false",
              "gpg.program=false", "credential.helper=", "protocol.allow=never", "submodule.recurse=false",
-             "safe.bareRepository=explicit")
+             "safe.bareRepository=explicit",
+             # No housekeeping started behind heurist's back: a commit would otherwise spawn `git maintenance run
+             # --auto`, and a gc prunes unreachable objects (a rolled-back edit) that a reader may still want.
+             "maintenance.auto=false", "gc.auto=0")
 # The keys `git init` writes and heurist reads; a workspace's config holds these and nothing else.
 ALLOWED_CONFIG = frozenset({"core.repositoryformatversion", "core.filemode", "core.bare", "core.logallrefupdates"})
 
