@@ -17,6 +17,12 @@ Goals (the evaluation-speed issue): one sandboxed worker at 0.85x the bare loop 
 and all workers at 1.8x one worker or better on 2 cores. The evaluator's time includes
 starting its workers and everything it records; the bare loop has none of that.
 
+Before the table, the start of an evaluation on its own: a one-step CartPole evaluation with one worker,
+its env process forked from heurist's warm fork server (``envs/forkserver.py``, what every evaluation does)
+against one that starts its own Python (``HEURIST_FORK_SERVER=0``, how every evaluation started before). The
+fork server is started, and has imported each task's simulator, before the table's timings, as it has in a
+run after its first evaluation.
+
 Each setting also prints where an env step's microseconds go: ``env+act`` (the bare loop),
 ``record`` (the episode code's bookkeeping: in-process minus bare), ``sandbox`` (the policy in
 its own process: one worker minus in-process, which holds the channel, the start of the
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
+import statistics
 import time
 from pathlib import Path
 
@@ -90,12 +97,39 @@ def sandboxed(spec: TaskSpec, protocol: str | None, policy: Path, workers: int,
     return result.env_steps, elapsed
 
 
+def start_up(spec: TaskSpec, policy: Path, fork_server: bool, tries: int = 7) -> float:
+    """Median seconds of a one-step evaluation with one worker: starting its pair is nearly all of it."""
+    os.environ["HEURIST_FORK_SERVER"] = "1" if fork_server else "0"
+    times = []
+    try:
+        for _ in range(tries):
+            request = EvalRequest(policy_path=policy, task_id=spec.id, workers=1, max_steps=1)
+            started = time.perf_counter()
+            assert evaluate(spec, request).status == "complete"
+            times.append(time.perf_counter() - started)
+    finally:
+        os.environ.pop("HEURIST_FORK_SERVER")
+    return statistics.median(times)
+
+
+def warm_fork_server(spec: TaskSpec, protocol: str | None, policy: Path) -> None:
+    """One short evaluation of the task, so that the fork server runs and has imported its simulator."""
+    request = EvalRequest(policy_path=policy, task_id=spec.id, protocol=protocol, workers=1, max_steps=1)
+    for _ in range(2):  # the first one's env process asks the fork server to import the task's simulator
+        assert evaluate(spec, request).status == "complete"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter of the episodes (a smoke run, noisier)")
     parser.add_argument("--only", help="one task id")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
+    cartpole = with_dev_seeds(get_task("CartPole-v1"), 1)
+    warm_fork_server(cartpole, None, starter_policy(cartpole))
+    fresh, forked = (start_up(cartpole, starter_policy(cartpole), fork_server) for fork_server in (False, True))
+    print(f"evaluation start-up (CartPole, 1 worker, 1 step, median of 7): {fresh:.3f} s starting Python, "
+          f"{forked:.3f} s forked from the fork server ({fresh / forked:.2f}x faster)\n")
     print(f"{'setting':32s} {'bare':>9s} {'in-proc':>9s} {'1w 1-at-a-time':>15s} {'1 worker':>9s} "
           f"{f'{cores} workers':>10s} {'1w / bare':>10s} {'all / 1w':>9s}   (env steps/s)")
     for task_id, protocol, episodes in SETTINGS:
@@ -106,6 +140,7 @@ def main() -> None:
         seeds = spec.seeds.dev
         name = f"{task_id} ({spec.protocol(protocol).name})"
         width = lockstep_width(spec, None)
+        warm_fork_server(spec, protocol, policy)
         n, t_bare = bare_loop(spec, protocol, policy, seeds)
         runs = {"in": in_process(spec, protocol, policy, seeds, width),
                 "solo": sandboxed(spec, protocol, policy, 1, 1),
