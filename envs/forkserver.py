@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -57,6 +58,7 @@ MAX_MESSAGE = 1 << 16
 MAX_FDS = 16
 SPAWN_TIMEOUT_S = 300.0  # a bound on a hung fork server only: a first preload on a loaded machine takes seconds
 STATUS_LOST = 255  # the exit code given when the fork server died before it could say (see ForkedProcess.wait)
+STATUS_GRACE_S = 10.0  # how long an ended env process's exit code may take to come (the fork server is busy)
 
 
 class ForkServerFailed(Exception):
@@ -66,11 +68,13 @@ class ForkServerFailed(Exception):
 class ForkedProcess:
     """An env process forked by the fork server: what ``envs.worker_pair`` uses of a ``subprocess.Popen``.
 
-    Not this process's child, so its exit code comes from the fork server, over a pipe of its own."""
+    Not this process's child, so its exit code comes from the fork server, over a pipe of its own; and a pidfd
+    (from the fork server, opened before the child could be reaped) says when it has ended whatever the fork
+    server is doing, so no wait and no kill here depends on the fork server being alive or free."""
 
-    def __init__(self, pid: int, status_fd: int) -> None:
+    def __init__(self, pid: int, status_fd: int, pidfd: int | None) -> None:
         self.pid, self.returncode, self.status_lost = pid, None, False
-        self._status_fd = status_fd
+        self._status_fd, self._pidfd = status_fd, pidfd
         self._lock = threading.Lock()
 
     def poll(self) -> int | None:
@@ -80,25 +84,76 @@ class ForkedProcess:
             return None
 
     def wait(self, timeout: float | None = None) -> int:
-        with self._lock:
-            if self.returncode is not None:
-                return self.returncode
-            if not select.select([self._status_fd], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired(f"env process {self.pid}", timeout or 0)
-            text = os.read(self._status_fd, 64)
-            os.close(self._status_fd)
-            try:
-                self.returncode = int(text)
-            except ValueError:  # the fork server died first (its end closed with nothing written): a bug, said so
-                self.returncode, self.status_lost = STATUS_LOST, True
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise subprocess.TimeoutExpired(f"env process {self.pid}", timeout or 0)
+        try:
+            if self.returncode is None:
+                self._wait(None if timeout is None else time.monotonic() + timeout, timeout)
             return self.returncode
+        finally:
+            self._lock.release()
+
+    def _wait(self, deadline: float | None, timeout: float | None) -> None:
+        poller = select.poll()
+        poller.register(self._status_fd, select.POLLIN)
+        if self._pidfd is not None:
+            poller.register(self._pidfd, select.POLLIN)
+        ended_at = None  # when the pidfd said it ended, the fork server not having said how yet
+        while True:
+            now = time.monotonic()
+            limits = [t for t in (deadline, ended_at and ended_at + STATUS_GRACE_S) if t]
+            wait_ms = None if not limits else max(0, int((min(limits) - now) * 1000))
+            ready = {fd for fd, _ in poller.poll(wait_ms)}
+            if self._status_fd in ready:
+                text = os.read(self._status_fd, 64)
+                try:
+                    return self._ended(int(text))
+                except ValueError:  # the fork server died first (its end closed with nothing written)
+                    return self._ended(STATUS_LOST, lost=True)
+            if self._pidfd in ready and ended_at is None:
+                ended_at = time.monotonic()
+                poller.unregister(self._pidfd)
+                continue
+            if ended_at is not None and time.monotonic() >= ended_at + STATUS_GRACE_S:
+                return self._ended(STATUS_LOST, lost=True)  # the fork server is stuck (a preload that hangs)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"env process {self.pid}", timeout or 0)
+
+    def _ended(self, code: int, lost: bool = False) -> None:
+        self.returncode, self.status_lost = code, lost
+        for fd in (self._status_fd, self._pidfd):
+            if fd is not None:
+                os.close(fd)
+
+    def running(self) -> bool:
+        """Whether it has not ended (the pidfd says, where there is one): its pid cannot have been reused."""
+        if self.returncode is not None:
+            return False
+        if self._pidfd is None:
+            return True
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def __del__(self) -> None:
         if self.returncode is None:
-            try:
-                os.close(self._status_fd)
-            except OSError:
-                pass
+            for fd in (self._status_fd, self._pidfd):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+
+def kill_group(proc: ForkedProcess | subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal a process's group (``start_new_session`` made it its own). A forked env process is reaped by the
+    fork server, not here, so once it has ended its pid may be another's: its group is then left alone."""
+    if isinstance(proc, ForkedProcess) and not proc.running():
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class ForkServer:
@@ -114,6 +169,7 @@ class ForkServer:
 
         self._lock = threading.Lock()
         self._preloaded: set[str] = set()
+        self.owner = os.getpid()
         self.home = Path(tempfile.mkdtemp(prefix="heurist-forkserver-"))
         self.log = tempfile.TemporaryFile(prefix="heurist-forkserver-")  # its own output: read only on failure
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -171,17 +227,24 @@ class ForkServer:
         try:
             with self._lock:
                 socket.send_fds(self.sock, [request], [status_w, log_fd, *pass_fds])
-                answer = self.sock.recv(MAX_MESSAGE)
+                answer, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
             reply = json.loads(answer) if answer else {"error": f"it has ended; {self.output()}"}
-        except (OSError, ValueError) as exc:  # a timeout included
+        except BaseException as exc:  # a timeout, a broken socket, a Ctrl-C between the request and its answer
             os.close(status_r)
-            raise ForkServerFailed(f"no answer: {exc}; {self.output()}") from None
+            # Killed, not only closed: it must not fork this request later (while heurist starts the env process
+            # itself on the same pipes), nor answer the next request with this one's pid.
+            self.kill()
+            if isinstance(exc, (OSError, ValueError)):
+                raise ForkServerFailed(f"no answer: {exc}; {self.output()}") from None
+            raise
         finally:
             os.close(status_w)  # the fork server has its own copy now
         if "pid" not in reply:
             os.close(status_r)
+            for fd in fds:
+                os.close(fd)
             raise ForkServerFailed(str(reply.get("error")))
-        return ForkedProcess(int(reply["pid"]), status_r)
+        return ForkedProcess(int(reply["pid"]), status_r, fds[0] if fds else None)
 
     def preload(self, task_json: str) -> None:
         """Ask the fork server to import this task's simulator modules (once per task), for its next forks."""
@@ -203,8 +266,17 @@ class ForkServer:
         except (OSError, ValueError):
             return "no output"
 
+    def kill(self) -> None:
+        """Ended at once, whatever it is doing (its children live on to the end of their jobs)."""
+        if os.getpid() != self.owner:
+            return
+        self.proc.kill()
+        self.close()
+
     def close(self) -> None:
         """End of input: the fork server ends (its children live on to the end of their jobs)."""
+        if os.getpid() != self.owner:  # a fork of heurist's process: the fork server is its parent's
+            return
         try:
             self.sock.close()
         except OSError:
@@ -260,6 +332,19 @@ def _preload(task_json: str) -> None:
             importlib.import_module("envs.atari_reset")
     except Exception:
         traceback.print_exc()
+
+
+def _refuse(sock: socket.socket, fds: list[int], why: str) -> None:
+    for fd in fds:
+        os.close(fd)
+    sock.send(json.dumps({"error": why}).encode())
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):  # a kernel before 5.3: waits then rely on the fork server alone
+        return None
 
 
 def _reap(status_of: dict[int, int]) -> None:
@@ -360,12 +445,16 @@ def serve(sock: socket.socket, home: Path) -> None:
             if request["kind"] == "preload":
                 _preload(request["task"])
                 continue
+            threads = len(os.listdir("/proc/self/task"))
+            if threads > 1:  # a simulator's import started a thread: a fork could copy a lock it holds
+                _refuse(sock, fds, f"an import left it with {threads} threads, and forking is safe only with one")
+                continue
+            sys.stdout.flush()  # what an import printed is the fork server's, not copied into every child's log
+            sys.stderr.flush()
             try:
                 pid = os.fork()
             except OSError as exc:
-                for fd in fds:
-                    os.close(fd)
-                sock.send(json.dumps({"error": f"fork failed: {exc}"}).encode())
+                _refuse(sock, fds, f"fork failed: {exc}")
                 continue
             if pid == 0:
                 _become(request, fds, [sock.fileno(), wake_r, wake_w])
@@ -373,10 +462,13 @@ def serve(sock: socket.socket, home: Path) -> None:
                 os.setpgid(pid, pid)
             except OSError:  # it has done so itself, or ended already
                 pass
+            pidfd = _pidfd(pid)  # before the loop can reap it: the pidfd is this child's whoever gets the pid later
             status_of[pid] = fds[0]
             for fd in fds[1:]:
                 os.close(fd)
-            sock.send(json.dumps({"pid": pid}).encode())
+            socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd] if pidfd is not None else [])
+            if pidfd is not None:
+                os.close(pidfd)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

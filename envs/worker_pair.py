@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from common.safe_text import redact
 from envs.cgroups import SandboxCgroups
-from envs.forkserver import preload_task, start_env_process
+from envs.forkserver import kill_group, preload_task, start_env_process
 from envs.isolation import Confinement, isolation_prefix
 from envs.limits import Limits
 from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
@@ -213,10 +212,7 @@ class WorkerProcess:
         for proc in (self.policy_proc, self.env_proc):
             if proc is None:
                 continue
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(proc)
             proc.wait()
         self.cgroups.remove()
 

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from envs.forkserver import ForkServer
+from envs.forkserver import STATUS_LOST, ForkServer, ForkServerFailed, kill_group
 from envs.sandbox import sandbox_env
 from envs.tasks import get_task
 from policies import RANDOM_POLICY, starter_policy
@@ -52,6 +52,8 @@ def test_a_forked_env_process_has_no_secret_no_stray_descriptor_and_its_own_grou
     assert report["pgid"] == report["pid"] == proc.pid
     assert report["dumpable"] == 0  # no process of the same user can attach to it
     assert (tmp_path / "log").read_text() == "probe on stdout\nprobe on stderr\n"
+    if os.geteuid() != 0:
+        return  # the fork server cannot be traced, so only root reads its descriptors and environment
     # The fork server holds nothing of heurist's either: its socket, its wake-up pipe and its log.
     held = {os.readlink(f"/proc/{server.proc.pid}/fd/{n}") for n in os.listdir(f"/proc/{server.proc.pid}/fd")}
     assert all(h.startswith(("pipe:", "socket:", "/dev/null")) or h.endswith("(deleted)") for h in held), held
@@ -106,3 +108,33 @@ def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes
     assert result.status == "complete" and all(e.status == "ok" for e in result.episodes)
     assert "the fork server of env processes failed" in capfd.readouterr().err
     assert ForkServer.shared() is None  # not tried again by this process
+
+
+def test_a_stuck_fork_server_delays_no_wait_and_no_kill(server, tmp_path, monkeypatch):
+    """A fork server that cannot answer (a preload that hangs, here stopped) still lets heurist kill an env process
+    and learn that it ended, from the pidfd, without its exit code."""
+    monkeypatch.setattr("envs.forkserver.STATUS_GRACE_S", 0.5)
+    home = tmp_path / "home"
+    home.mkdir()
+    report_r, report_w = os.pipe()
+    proc = server.spawn("tests.forkserver_probe", [str(report_w), "wait"], sandbox_env(home), home, 2, (report_w,))
+    os.close(report_w)
+    assert os.read(report_r, 1)  # it runs
+    os.close(report_r)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        assert proc.running()
+        kill_group(proc)
+        assert proc.wait() == STATUS_LOST and proc.status_lost
+        assert not proc.running()
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_fork_server_an_import_left_with_threads_refuses_to_fork(server, tmp_path):
+    """A task whose module starts a thread at import: forking then could copy a held lock, so the fork server says
+    no and heurist starts env processes itself (``start_env_process``)."""
+    task = get_task("CartPole-v1").model_copy(update={"register_module": "tests.threaded_import"})
+    server.preload(task.model_dump_json())
+    with pytest.raises(ForkServerFailed, match="threads"):
+        _spawn(server, tmp_path, "exit0")
