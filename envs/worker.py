@@ -1,7 +1,7 @@
 """The env process of an evaluation: runs episodes and reports typed results; the policy lives elsewhere.
 
-Started by envs/worker_pair.py as ``python -m envs.worker`` with a scrubbed environment and
-its own process group. It runs only heurist's code and the environment's: the policy
+Started by envs/worker_pair.py (forked from the warm fork server of ``envs/forkserver.py``, else as
+``python -m envs.worker``) with a scrubbed environment and its own process group. It runs only heurist's code and the environment's: the policy
 file runs in a separate, sandboxed process (``envs.policy_host``) that receives observations
 and sends back actions (``envs.wire``), which this process reads as data, validates and steps
 the env with. The environment, the reward, the failure detector and the trace all live here,
