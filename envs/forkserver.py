@@ -57,7 +57,7 @@ from pathlib import Path
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 16
 SPAWN_TIMEOUT_S = 300.0  # a bound on a hung fork server only: a first preload on a loaded machine takes seconds
-STATUS_LOST = 255  # the exit code given when the fork server died before it could say (see ForkedProcess.wait)
+STATUS_LOST = 255  # the exit code given when the fork server did not say (see ForkedProcess.wait)
 STATUS_GRACE_S = 10.0  # how long an ended env process's exit code may take to come (the fork server is busy)
 
 
@@ -99,18 +99,25 @@ class ForkedProcess:
         if self._pidfd is not None:
             poller.register(self._pidfd, select.POLLIN)
         ended_at = None  # when the pidfd said it ended, the fork server not having said how yet
+        server_gone = False  # the fork server ended without a word on this child: only the pidfd can tell
         while True:
             now = time.monotonic()
             limits = [t for t in (deadline, ended_at and ended_at + STATUS_GRACE_S) if t]
             wait_ms = None if not limits else max(0, int((min(limits) - now) * 1000))
             ready = {fd for fd, _ in poller.poll(wait_ms)}
-            if self._status_fd in ready:
+            if self._status_fd in ready and not server_gone:
                 text = os.read(self._status_fd, 64)
-                try:
+                if text:
                     return self._ended(int(text))
-                except ValueError:  # the fork server died first (its end closed with nothing written)
+                # The fork server has ended (given up, or killed): the child may well be running still.
+                if self._pidfd is None or ended_at is not None:
                     return self._ended(STATUS_LOST, lost=True)
+                server_gone = True
+                poller.unregister(self._status_fd)
+                continue
             if self._pidfd in ready and ended_at is None:
+                if server_gone:
+                    return self._ended(STATUS_LOST, lost=True)
                 ended_at = time.monotonic()
                 poller.unregister(self._pidfd)
                 continue
@@ -209,12 +216,15 @@ class ForkServer:
             return cls._shared
 
     @classmethod
-    def give_up(cls, server: ForkServer) -> None:
-        """A fork server that failed: closed, and not used again by this process."""
+    def give_up(cls, server: ForkServer) -> bool:
+        """A fork server that failed: closed, and not used again by this process; False if another thread gave it
+        up first."""
         with cls._guard:
-            if cls._shared is server:
+            first = cls._shared is server
+            if first:
                 cls._shared, cls._broken = None, True
         server.close()
+        return first
 
     def spawn(self, module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
               pass_fds: tuple[int, ...]) -> ForkedProcess:
@@ -224,13 +234,15 @@ class ForkServer:
         request = json.dumps({"kind": "spawn", "module": module, "argv": argv, "env": env, "cwd": str(cwd),
                               "fds": list(pass_fds)}).encode()
         status_r, status_w = os.pipe()
+        fds: list[int] = []
         try:
             with self._lock:
                 socket.send_fds(self.sock, [request], [status_w, log_fd, *pass_fds])
                 answer, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
             reply = json.loads(answer) if answer else {"error": f"it has ended; {self.output()}"}
         except BaseException as exc:  # a timeout, a broken socket, a Ctrl-C between the request and its answer
-            os.close(status_r)
+            for fd in (status_r, *fds):
+                os.close(fd)
             # Killed, not only closed: it must not fork this request later (while heurist starts the env process
             # itself on the same pipes), nor answer the next request with this one's pid.
             self.kill()
@@ -298,9 +310,9 @@ def start_env_process(module: str, argv: list[str], env: dict[str, str], cwd: Pa
         try:
             return server.spawn(module, argv, env, cwd, log_fd, pass_fds)
         except ForkServerFailed as exc:
-            print(f"heurist: the fork server of env processes failed ({exc}); each env process now starts "
-                  f"its own Python", file=sys.stderr)
-            ForkServer.give_up(server)
+            if ForkServer.give_up(server):
+                print(f"heurist: the fork server of env processes failed ({exc}); each env process now starts "
+                      f"its own Python", file=sys.stderr)
     return subprocess.Popen([sys.executable, "-m", module, *argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                             stdout=log_fd, stderr=log_fd, pass_fds=pass_fds, start_new_session=True,
                             close_fds=True)

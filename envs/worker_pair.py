@@ -183,7 +183,8 @@ class WorkerProcess:
             self.kill()
             code = self.env_proc.wait()
         if getattr(self.env_proc, "status_lost", False):
-            return "the env process ended; how is not known, since heurist's fork server of env processes died first"
+            return ("the env process ended; how is not known: heurist's fork server of env processes did not say (it "
+                    "had ended, or was busy importing a simulator)")
         return "the env process " + signal_reason(code, who="").lstrip()
 
     def steps_taken(self, slot: int = 0) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 
@@ -85,21 +86,39 @@ def _episodes(result):
 
 
 @pytest.mark.parametrize("task,policy,steps", [("CartPole-v1", None, None), ("ALE/Breakout-v5", RANDOM_POLICY, 300)])
-def test_forked_and_fresh_env_processes_give_the_same_results(run_eval, monkeypatch, task, policy, steps):
+def test_forked_and_fresh_env_processes_give_the_same_results(run_eval, monkeypatch, capfd, task, policy, steps):
     """Twice forked (the second time the fork server has imported the task's simulator) and once from a fresh
     Python: the same returns, lengths, events and traces."""
+    _fresh_shared_server(monkeypatch)
+    forked_pids = []
+    spawn = ForkServer.spawn
+
+    def counted(self, *args, **kwargs):
+        child = spawn(self, *args, **kwargs)
+        forked_pids.append(child.pid)
+        return child
+
+    monkeypatch.setattr(ForkServer, "spawn", counted)
     policy = policy or starter_policy(get_task(task))
     forked = [_episodes(run_eval(policy, task, episodes=3, workers=2, max_steps=steps)) for _ in range(2)]
+    # Forked indeed: every env process of both evaluations came from the fork server, which never failed.
+    assert len(forked_pids) >= 4 and ForkServer.shared() is not None
+    assert "fork server" not in capfd.readouterr().err
     monkeypatch.setenv("HEURIST_FORK_SERVER", "0")
     fresh = _episodes(run_eval(policy, task, episodes=3, workers=2, max_steps=steps))
     assert forked[0] == forked[1] == fresh
     assert all(e["status"] == "ok" for e in fresh)
 
 
-def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd):
+def _fresh_shared_server(monkeypatch) -> None:
+    """This test's own shared fork server, whatever earlier tests in this process did to theirs."""
     monkeypatch.setattr(ForkServer, "_shared", None)
     monkeypatch.setattr(ForkServer, "_shared_pid", None)
     monkeypatch.setattr(ForkServer, "_broken", False)
+
+
+def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd):
+    _fresh_shared_server(monkeypatch)
     server = ForkServer.shared()
     assert server is not None
     server.proc.kill()
@@ -138,3 +157,21 @@ def test_a_fork_server_an_import_left_with_threads_refuses_to_fork(server, tmp_p
     server.preload(task.model_dump_json())
     with pytest.raises(ForkServerFailed, match="threads"):
         _spawn(server, tmp_path, "exit0")
+
+
+def test_an_env_process_outliving_its_fork_server_is_still_waited_for_and_killed(server, tmp_path):
+    """The fork server ends (given up by another thread, killed): its children's status pipes close, yet a child
+    still running is seen as running, and is killed and reaped through its pidfd."""
+    home = tmp_path / "home"
+    home.mkdir()
+    report_r, report_w = os.pipe()
+    proc = server.spawn("tests.forkserver_probe", [str(report_w), "wait"], sandbox_env(home), home, 2, (report_w,))
+    os.close(report_w)
+    assert os.read(report_r, 1)
+    os.close(report_r)
+    server.kill()
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.2)  # not taken for ended because the fork server has
+    assert proc.running()
+    kill_group(proc)
+    assert proc.wait() == STATUS_LOST and proc.status_lost and not proc.running()
