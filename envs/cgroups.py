@@ -79,7 +79,10 @@ class SandboxCgroups:
     def remove(self) -> None:
         """Kill whatever is left in them (processes that left the process group) and remove them."""
         folders = sorted(set(self.paths.values()))
-        for _ in range(50):
+        # Killed processes leave the group within a millisecond or two: look again soon, then less often (at most
+        # about a second in all, as before). A flat 20 ms was most of the time every pair spent closing.
+        pauses = [0.001 * 2 ** min(i, 4) for i in range(8)] + [0.02] * 45
+        for pause in pauses:
             pids: set[int] = set()
             for folder in folders:
                 try:
@@ -93,7 +96,7 @@ class SandboxCgroups:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            time.sleep(0.02)
+            time.sleep(pause)
         for folder in folders:
             try:
                 folder.rmdir()

@@ -224,11 +224,12 @@ class WorkerProcess:
             except OSError:
                 pass
             self._job_w = -1
-        for proc in (self.env_proc, self.policy_proc):
-            if proc is None:
-                continue
+        # The env process finishes what it writes (a result, a clip); the policy process, which has nothing left
+        # to give, is not waited for: its own exit (an interpreter's shutdown, its sandbox's) took half the
+        # 40 ms a pair spent closing, and the kill below ends it as surely.
+        if self.env_proc is not None:
             try:
-                proc.wait(timeout=5)
+                self.env_proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
