@@ -99,16 +99,20 @@ def sandboxed(spec: TaskSpec, protocol: str | None, policy: Path, workers: int,
 
 def start_up(spec: TaskSpec, policy: Path, fork_server: bool, tries: int = 7) -> float:
     """Median seconds of a one-step evaluation with one worker: starting its pair is nearly all of it."""
+    before = os.environ.get("HEURIST_FORK_SERVER")
     os.environ["HEURIST_FORK_SERVER"] = "1" if fork_server else "0"
+    request = EvalRequest(policy_path=policy, task_id=spec.id, workers=1, max_steps=1)
     times = []
     try:
         for _ in range(tries):
-            request = EvalRequest(policy_path=policy, task_id=spec.id, workers=1, max_steps=1)
             started = time.perf_counter()
             assert evaluate(spec, request).status == "complete"
             times.append(time.perf_counter() - started)
     finally:
-        os.environ.pop("HEURIST_FORK_SERVER")
+        if before is None:
+            os.environ.pop("HEURIST_FORK_SERVER")
+        else:
+            os.environ["HEURIST_FORK_SERVER"] = before
     return statistics.median(times)
 
 
@@ -126,8 +130,9 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     cartpole = with_dev_seeds(get_task("CartPole-v1"), 1)
-    warm_fork_server(cartpole, None, starter_policy(cartpole))
-    fresh, forked = (start_up(cartpole, starter_policy(cartpole), fork_server) for fork_server in (False, True))
+    balancer = starter_policy(cartpole)
+    warm_fork_server(cartpole, None, balancer)
+    fresh, forked = (start_up(cartpole, balancer, fork_server) for fork_server in (False, True))
     print(f"evaluation start-up (CartPole, 1 worker, 1 step, median of 7): {fresh:.3f} s starting Python, "
           f"{forked:.3f} s forked from the fork server ({fresh / forked:.2f}x faster)\n")
     print(f"{'setting':32s} {'bare':>9s} {'in-proc':>9s} {'1w 1-at-a-time':>15s} {'1 worker':>9s} "

@@ -77,12 +77,6 @@ class ForkedProcess:
         self._status_fd, self._pidfd = status_fd, pidfd
         self._lock = threading.Lock()
 
-    def poll(self) -> int | None:
-        try:
-            return self.wait(timeout=0)
-        except subprocess.TimeoutExpired:
-            return None
-
     def wait(self, timeout: float | None = None) -> int:
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             raise subprocess.TimeoutExpired(f"env process {self.pid}", timeout or 0)
@@ -189,6 +183,7 @@ class ForkServer:
                 start_new_session=True)  # not in heurist's group: a Ctrl-C is heurist's to handle, not its
         except OSError as exc:
             ours.close()
+            self.log.close()
             shutil.rmtree(self.home, ignore_errors=True)
             raise ForkServerFailed(f"could not start: {exc}") from None
         finally:
