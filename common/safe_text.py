@@ -39,13 +39,22 @@ def also_secret(name: str) -> None:
     _extra_names.add(name)
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a variable of this name holds a secret (by its name, or because heurist was told so)."""
+    return name not in NOT_SECRET and (name in _extra_names or bool(SECRET_NAME.search(name)))
+
+
+def environ_without_secrets() -> dict[str, str]:
+    """This process's environment less every secret-looking variable, whatever its value's length: for the
+    trusted child processes heurist runs that need no key (the report's)."""
+    return {name: value for name, value in os.environ.items() if not is_secret_name(name)}
+
+
 def secret_values() -> list[tuple[str, str]]:
     """(value, name) of every secret-looking variable in this process's environment, longest first."""
     found = {}
     for name, value in os.environ.items():
-        if name in NOT_SECRET or len(value) < MIN_SECRET_CHARS:
-            continue
-        if name in _extra_names or SECRET_NAME.search(name):
+        if len(value) >= MIN_SECRET_CHARS and is_secret_name(name):
             found.setdefault(value, name)
     return sorted(found.items(), key=lambda item: -len(item[0]))
 

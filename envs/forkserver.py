@@ -1,4 +1,6 @@
-"""A warm parent for env processes: each is forked from it instead of starting Python and its imports again.
+"""A warm parent for heurist's own child processes: each is forked from it instead of starting Python and its
+imports again. Env processes come from one (``ENV_PROCESSES``), the report rebuilt after every iteration from
+another (``runner/lifecycle.py``), so neither carries the other's imports.
 
 Starting a worker pair cost about 0.27 s of CPU, 0.2 s of it the env process importing numpy, pydantic,
 Gymnasium and heurist's episode code before its first step (``benchmarks/eval_throughput.py`` prints it). An
@@ -16,6 +18,11 @@ but those it is given (under the same numbers), the log as stdout and stderr, /d
 working folder and environment, not traceable. The policy process is still started fresh in its own sandbox
 for every worker (``envs.worker_pair``), so no two policies ever share a process, a namespace or anything one
 could leave behind, and nothing untrusted ever runs in the fork server or reaches it.
+
+The report's child is heurist's code too, reading the run directory: it gets heurist's environment without its
+secrets (the values it must redact come over a pipe of its own, never through the fork server). Its fork server
+imports the report's libraries (Chroma, matplotlib, Jinja2: 1.5 s a report spent before on imports) once per
+heurist process, and is started when a run starts, so even the first report finds them imported.
 
 Why not ``multiprocessing``'s forkserver: it starts with heurist's own environment (the key among it), and
 its children cannot be given a process group, descriptors by number and a log as stdout, which the env
@@ -53,12 +60,23 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 16
 SPAWN_TIMEOUT_S = 300.0  # a bound on a hung fork server only: a first preload on a loaded machine takes seconds
 STATUS_LOST = 255  # the exit code given when the fork server did not say (see ForkedProcess.wait)
 STATUS_GRACE_S = 10.0  # how long an ended env process's exit code may take to come (the fork server is busy)
+
+
+class Warm(NamedTuple):
+    """A kind of child process and what its fork server imports before the first fork: one server per name."""
+
+    name: str
+    imports: tuple[str, ...]
+
+
+ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"))
 
 
 class ForkServerFailed(Exception):
@@ -158,16 +176,17 @@ def kill_group(proc: ForkedProcess | subprocess.Popen, sig: int = signal.SIGKILL
 
 
 class ForkServer:
-    """The client side: one fork server per heurist process, shared by its threads (``shared()``)."""
+    """The client side: one fork server per kind per heurist process, shared by its threads (``shared()``)."""
 
-    _shared: ForkServer | None = None
+    _shared: dict[str, ForkServer] = {}
     _shared_pid: int | None = None
-    _broken = False
+    _broken: set[str] = set()
     _guard = threading.Lock()
 
-    def __init__(self) -> None:
+    def __init__(self, warm: Warm = ENV_PROCESSES) -> None:
         from envs.sandbox import sandbox_env  # here, not at import: the fork server itself imports this module
 
+        self.warm = warm
         self._lock = threading.Lock()
         self._preloaded: set[str] = set()
         self.owner = os.getpid()
@@ -177,7 +196,7 @@ class ForkServer:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "envs.forkserver", "--socket-fd", str(theirs.fileno()),
-                 "--home", str(self.home)],
+                 "--home", str(self.home), "--imports", ",".join(warm.imports)],
                 env=sandbox_env(self.home), cwd=self.home, stdin=subprocess.DEVNULL, stdout=self.log,
                 stderr=self.log, pass_fds=(theirs.fileno(),), close_fds=True,
                 start_new_session=True)  # not in heurist's group: a Ctrl-C is heurist's to handle, not its
@@ -192,32 +211,35 @@ class ForkServer:
         self.sock.settimeout(SPAWN_TIMEOUT_S)
 
     @classmethod
-    def shared(cls) -> ForkServer | None:
-        """This process's fork server, started at the first call; None where it is turned off or has failed."""
+    def shared(cls, warm: Warm = ENV_PROCESSES) -> ForkServer | None:
+        """This process's fork server of that kind, started at the first call (it imports in the background, so a
+        caller can start it early); None where it is turned off or has failed."""
         if os.environ.get("HEURIST_FORK_SERVER", "1") == "0":
             return None
         with cls._guard:
-            if cls._shared_pid != os.getpid():  # a forked heurist process must not share its parent's socket
-                cls._shared, cls._shared_pid, cls._broken = None, os.getpid(), False
-            if cls._broken:
+            if cls._shared_pid != os.getpid():  # a forked heurist process must not share its parent's sockets
+                cls._shared, cls._shared_pid, cls._broken = {}, os.getpid(), set()
+            if warm.name in cls._broken:
                 return None
-            if cls._shared is None:
+            server = cls._shared.get(warm.name)
+            if server is None:
                 try:
-                    cls._shared = ForkServer()
+                    server = cls._shared[warm.name] = ForkServer(warm)
                 except ForkServerFailed:
-                    cls._broken = True
+                    cls._broken.add(warm.name)
                     return None
-                atexit.register(cls._shared.close)
-            return cls._shared
+                atexit.register(server.close)
+            return server
 
     @classmethod
     def give_up(cls, server: ForkServer) -> bool:
         """A fork server that failed: closed, and not used again by this process; False if another thread gave it
         up first."""
         with cls._guard:
-            first = cls._shared is server
+            first = cls._shared.get(server.warm.name) is server
             if first:
-                cls._shared, cls._broken = None, True
+                del cls._shared[server.warm.name]
+                cls._broken.add(server.warm.name)
         server.close()
         return first
 
@@ -297,25 +319,27 @@ class ForkServer:
         self.log.close()
 
 
-def start_env_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
-                      pass_fds: tuple[int, ...]) -> ForkedProcess | subprocess.Popen:
-    """An env process: forked from the warm fork server where there is one, else started as a new Python."""
-    server = ForkServer.shared()
+def start_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
+                  pass_fds: tuple[int, ...], warm: Warm = ENV_PROCESSES) -> ForkedProcess | subprocess.Popen:
+    """``python -P -m module *argv`` in its own process group: forked from the warm fork server of its kind where
+    there is one, else started as a new Python."""
+    server = ForkServer.shared(warm)
     if server is not None:
         try:
             return server.spawn(module, argv, env, cwd, log_fd, pass_fds)
         except ForkServerFailed as exc:
             if ForkServer.give_up(server):
-                print(f"heurist: the fork server of env processes failed ({exc}); each env process now starts "
-                      f"its own Python", file=sys.stderr)
-    return subprocess.Popen([sys.executable, "-m", module, *argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=log_fd, stderr=log_fd, pass_fds=pass_fds, start_new_session=True,
-                            close_fds=True)
+                print(f"heurist: the fork server of {warm.name} processes failed ({exc}); each {warm.name} process "
+                      f"now starts its own Python", file=sys.stderr)
+    # -P as the fork server has: the working folder is never on the import path.
+    return subprocess.Popen([sys.executable, "-P", "-m", module, *argv], env=env, cwd=cwd,
+                            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=pass_fds,
+                            start_new_session=True, close_fds=True)
 
 
 def preload_task(task_json: str) -> None:
     """The task's simulator, imported by the fork server for the env processes after this one (if there is one)."""
-    server = ForkServer._shared if ForkServer._shared_pid == os.getpid() else None
+    server = ForkServer._shared.get(ENV_PROCESSES.name) if ForkServer._shared_pid == os.getpid() else None
     if server is not None:
         server.preload(task_json)
 
@@ -419,10 +443,9 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
             os._exit(code)  # never the server's own clean-up (atexit, its objects), as after an exec
 
 
-def serve(sock: socket.socket, home: Path) -> None:
-    import gymnasium  # noqa: F401  (imported once here is the point of this process)
-
-    import envs.worker  # noqa: F401
+def serve(sock: socket.socket, home: Path, imports: list[str]) -> None:
+    for name in imports:  # imported once here is the point of this process
+        importlib.import_module(name)
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -481,15 +504,16 @@ def serve(sock: socket.socket, home: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="heurist's fork server of env processes (started by heurist)")
+    parser = argparse.ArgumentParser(description="heurist's fork server of its own processes (started by heurist)")
     parser.add_argument("--socket-fd", type=int, required=True)
     parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--imports", default="", help="comma-separated modules to import before the first fork")
     args = parser.parse_args()
     try:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, inherited by every fork
     except (OSError, AttributeError):
         pass
-    serve(socket.socket(fileno=args.socket_fd), args.home)
+    serve(socket.socket(fileno=args.socket_fd), args.home, [m for m in args.imports.split(",") if m])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common.safe_text import redact
 from envs.cgroups import SandboxCgroups
-from envs.forkserver import kill_group, preload_task, start_env_process
+from envs.forkserver import kill_group, preload_task, start_process
 from envs.isolation import Confinement, isolation_prefix
 from envs.limits import Limits
 from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
@@ -103,7 +103,7 @@ class WorkerProcess:
                 env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
                 stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd,
                 pass_fds=(request_r, reply_w, frames_r), start_new_session=True, close_fds=True)
-            self.env_proc = start_env_process(
+            self.env_proc = start_process(
                 "envs.worker",
                 ["--job-fd", str(job_r), "--result-fd", str(res_w), "--request-fd", str(request_w),
                  "--reply-fd", str(reply_r), "--steps-fd", str(self.step_file.fd), "--observations-fd",

@@ -1,12 +1,16 @@
-"""``python -m report RUN_DIR``: write the run's report and print its path.
+"""``python -m report RUN_DIR [--secrets-fd N]``: write the run's report and print its path.
 
-``runner/lifecycle.py`` runs this in a child process after every iteration, so that what building
+``report/child.py`` runs this in a child process after every iteration, so that what building
 the page allocates (it reads the whole run, and grows with it) is returned to the system
-each time and heurist's own memory stays flat over a long run (``benchmarks/soak.py``).
+each time and heurist's own memory stays flat over a long run (``benchmarks/soak.py``). The
+child's environment has no secrets; the values to redact come as JSON on descriptor N.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +19,16 @@ from report.render import write_report
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m report RUN_DIR")
+    parser = argparse.ArgumentParser(prog="python -m report", description="write a run's report")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--secrets-fd", type=int, help="a descriptor to read the (value, name) pairs to redact from")
+    args = parser.parse_args()
+    secrets = None
+    if args.secrets_fd is not None:
+        with os.fdopen(args.secrets_fd, "rb") as pipe:
+            secrets = [(value, name) for value, name in json.loads(pipe.read() or b"[]")]
     try:
-        print(write_report(Path(sys.argv[1])))
+        print(write_report(args.run_dir, secrets))
     except HeuristError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)

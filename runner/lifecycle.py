@@ -9,8 +9,6 @@ the report after every iteration.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from graph.context import Services
 from graph.nodes import Nodes
 from graph.topology import build
 from memory.store import MemoryStore
+from report.child import ReportFailed, rebuild, warm_up
 from roles.llm import LLMClient
 from roles.llm_replay import ReplayClient
 from roles.llm_usage import Usage
@@ -41,7 +40,6 @@ from store.wandb_log import by_index, log_scalars
 from store.workspace import Workspace
 
 EventFn = Callable[[str, dict[str, Any]], None]
-REPORT_TIMEOUT_S = 600.0
 
 def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
     """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
@@ -112,6 +110,8 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
 
     with locked(run_dir):
         services, nodes, record = open_services(run_dir, on_event)
+        if services.config.report:
+            warm_up()  # the report's fork server imports while the run evaluates
         connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
         try:
             app = build(nodes, SqliteSaver(connection))
@@ -186,22 +186,15 @@ def _publish_scalars(services: Services) -> None:
 
 
 def _publish_report(services: Services) -> None:
-    """Rewrite the run's report so it is always current. It is a view of records kept elsewhere,
-    so a report that cannot be written is told to the user and the run goes on.
-
-    A child process builds it: reading the whole run each iteration made heurist's own memory
-    grow by 17-24 MB per 100 iterations (5 without the report; benchmarks/soak.py), and in a
-    child that memory goes back to the system each time. It costs about a second of imports."""
+    """Rewrite the run's report so it is always current, in a child process (``report/child.py``). It is a
+    view of records kept elsewhere, so a report that cannot be written is told to the user and the run goes on."""
     try:
-        done = subprocess.run([sys.executable, "-P", "-m", "report", str(services.run_dir)], capture_output=True,
-                              text=True, timeout=REPORT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        problem = f"it took longer than {REPORT_TIMEOUT_S:g} s"
+        path = rebuild(services.run_dir)
+    except ReportFailed as exc:
+        problem = str(exc)
     else:
-        if done.returncode == 0:
-            services.event("report", path=done.stdout.strip())
-            return
-        problem = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        services.event("report", path=str(path))
+        return
     services.event("warning", message=f"the report was not updated: {problem}"[:300]
                    + f"; the run goes on (`heurist report {services.run_dir}` rewrites it)")
 

@@ -23,7 +23,8 @@ def main() -> None:
     report = {"pid": os.getpid(), "pgid": os.getpgid(0), "cwd": os.getcwd(), "environ": dict(os.environ),
               "initial_environ": open("/proc/self/environ", "rb").read().decode(errors="replace"),
               "fds": fds, "tempdir": tempfile.gettempdir(), "argv": sys.argv,
-              "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}  # PR_GET_DUMPABLE
+              "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
+              "imported": sorted(m for m in ("gymnasium", "chromadb", "matplotlib") if m in sys.modules)}
     os.write(report_fd, json.dumps(report).encode())
     os.close(report_fd)
     if mode == "exit3":

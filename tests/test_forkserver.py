@@ -112,9 +112,9 @@ def test_forked_and_fresh_env_processes_give_the_same_results(run_eval, monkeypa
 
 def _fresh_shared_server(monkeypatch) -> None:
     """This test's own shared fork server, whatever earlier tests in this process did to theirs."""
-    monkeypatch.setattr(ForkServer, "_shared", None)
+    monkeypatch.setattr(ForkServer, "_shared", {})
     monkeypatch.setattr(ForkServer, "_shared_pid", None)
-    monkeypatch.setattr(ForkServer, "_broken", False)
+    monkeypatch.setattr(ForkServer, "_broken", set())
 
 
 def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd):
@@ -152,7 +152,7 @@ def test_a_stuck_fork_server_delays_no_wait_and_no_kill(server, tmp_path, monkey
 
 def test_a_fork_server_an_import_left_with_threads_refuses_to_fork(server, tmp_path):
     """A task whose module starts a thread at import: forking then could copy a held lock, so the fork server says
-    no and heurist starts env processes itself (``start_env_process``)."""
+    no and heurist starts env processes itself (``start_process``)."""
     task = get_task("CartPole-v1").model_copy(update={"register_module": "tests.threaded_import"})
     server.preload(task.model_dump_json())
     with pytest.raises(ForkServerFailed, match="threads"):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from envs.forkserver import ENV_PROCESSES, ForkServer, start_process
+from report.child import REPORT_PROCESSES, rebuild
 from report.render import write_report
 from tests.conftest import ARTIFACTS
 from tests.offline_runs import heurist
@@ -243,6 +245,58 @@ def test_a_damaged_run_still_reports_what_it_has(llm_run, tmp_path):
     html = write_report(run_dir).read_text()
     assert "1 torn ledger lines" in html
     assert 'id="iteration-1"' in html and 'id="iteration-2"' in html
+
+
+def test_the_report_child_is_forked_warm_has_no_secret_and_still_redacts_them(llm_run, tmp_path, monkeypatch):
+    """The report rebuilt after every iteration comes from a fork server of its own, whose imports (Chroma,
+    matplotlib) env processes never carry; the child's environment holds no secret, yet the values heurist must
+    redact reach it (the API key, and the run's key variable whatever its name) and are redacted on the page."""
+    for name, value in llm_run.env({}).items():
+        monkeypatch.setenv(name, value)
+    key, plain = "sk-report-child-0123456789abcdef", "plain-named-but-secret-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.setenv("RUN_KEY_VARIABLE_PLAINLY_NAMED", plain)
+    monkeypatch.setattr("common.safe_text._extra_names", {"RUN_KEY_VARIABLE_PLAINLY_NAMED"})
+    monkeypatch.setattr(ForkServer, "_shared", {})  # fork servers of this test's own, started with the key set
+    monkeypatch.setattr(ForkServer, "_shared_pid", None)
+    monkeypatch.setattr(ForkServer, "_broken", set())
+    forked, environments = [], []
+    spawn = ForkServer.spawn
+
+    def counted(server, module, argv, env, *rest):
+        forked.append((server.warm.name, module))
+        environments.append(env)
+        return spawn(server, module, argv, env, *rest)
+
+    monkeypatch.setattr(ForkServer, "spawn", counted)
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(llm_run.run_dir, run_dir, ignore=shutil.ignore_patterns("report", ".lock"))
+    policy = run_dir / "best_policy.py"
+    policy.write_text(policy.read_text() + f"# a key pasted by mistake: {key}, and the other one: {plain}\n")
+    for _ in range(2):
+        page = rebuild(run_dir).read_text()
+        assert key not in page and plain not in page
+        assert "[redacted $OPENAI_API_KEY]" in page and "[redacted $RUN_KEY_VARIABLE_PLAINLY_NAMED]" in page
+    assert forked == [("report", "report.__main__")] * 2
+    assert all(key not in json.dumps(env) and plain not in json.dumps(env) for env in environments)
+    assert environments[0]["HEURIST_HOME"] == os.environ["HEURIST_HOME"]  # the rest of heurist's environment
+
+    def probe(warm, name):
+        report_r, report_w = os.pipe()
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            child = start_process("tests.forkserver_probe", [str(report_w), "exit0"], dict(os.environ), tmp_path,
+                                  log.fileno(), (report_w,), warm=warm)
+        os.close(report_w)
+        with os.fdopen(report_r, "rb") as report:
+            seen = json.loads(report.read())
+        assert child.wait(timeout=60) == 0
+        return seen
+
+    as_report, as_env = probe(REPORT_PROCESSES, "report"), probe(ENV_PROCESSES, "env")
+    assert {"chromadb", "matplotlib"} <= set(as_report["imported"])
+    assert "chromadb" not in as_env["imported"] and "matplotlib" not in as_env["imported"]
+    assert forked[2:] == [("report", "tests.forkserver_probe"), ("env", "tests.forkserver_probe")]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,75 @@
+"""The run's report rebuilt in a child process, as ``runner/lifecycle.py`` does after every iteration.
+
+A child, because reading the whole run each iteration made heurist's own memory grow by 17-24 MB per 100
+iterations (5 without the report; ``benchmarks/soak.py``), and a child's memory goes back to the system each
+time. Forked from a warm fork server of its own (``envs/forkserver.py``), because a fresh Python spent 1.5 s of
+each report's 2.6 s importing Chroma, matplotlib and Jinja2; the run starts that server when it starts
+(``warm_up``), so its imports are done by the first report.
+
+The child is heurist's code reading heurist's records, but it gets heurist's environment without its secrets,
+like every other tool heurist runs; the values the page must redact come over a pipe of its own (never through
+the fork server, whose memory every later child would share).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common.safe_text import environ_without_secrets, secret_values
+from envs.forkserver import ForkServer, Warm, kill_group, start_process
+
+# What the report's fork server imports before its first fork: the page, its plots and the memory store's client.
+REPORT_PROCESSES = Warm("report", ("report.render", "memory.chroma", "chromadb"))
+REPORT_TIMEOUT_S = 600.0
+
+
+class ReportFailed(Exception):
+    """The child did not write the report: why, in one line."""
+
+
+def warm_up() -> None:
+    """Start the report's fork server now: it imports in the background while the run evaluates."""
+    ForkServer.shared(REPORT_PROCESSES)
+
+
+def rebuild(run_dir: Path, timeout: float = REPORT_TIMEOUT_S) -> Path:
+    """Rewrite RUN_DIR/report/index.html in a child process and return its path; ``ReportFailed`` says why not,
+    in one line (the child's last line of output, or the time limit)."""
+    run_dir = Path(run_dir).resolve()
+    secrets_r, secrets_w = os.pipe()
+    with tempfile.TemporaryFile(prefix="heurist-report-") as log:
+        try:
+            child = start_process("report.__main__", [str(run_dir), "--secrets-fd", str(secrets_r)],
+                                  environ_without_secrets(), run_dir, log.fileno(), (secrets_r,), warm=REPORT_PROCESSES)
+        finally:
+            os.close(secrets_r)
+        try:
+            _send_secrets(secrets_w)
+            code = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(child, signal.SIGKILL)
+            child.wait()
+            raise ReportFailed(f"it took longer than {timeout:g} s") from None
+        except BaseException:  # a Ctrl-C: the child is in its own process group, so it is ended here
+            kill_group(child, signal.SIGKILL)
+            raise
+        if code == 0:
+            return run_dir / "report" / "index.html"
+        log.seek(0)
+        lines = log.read()[-4000:].decode(errors="replace").strip().splitlines()
+        raise ReportFailed(lines[-1] if lines else f"exit code {code}")
+
+
+def _send_secrets(fd: int) -> None:
+    """The values to redact, as JSON, then end of file. Written after the child started, so no pipe buffer bounds
+    them; a child that ended before reading them has failed already and says why in its log."""
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(json.dumps(secret_values()).encode())
+    except BrokenPipeError:
+        pass
