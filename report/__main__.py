@@ -1,6 +1,6 @@
 """``python -m report RUN_DIR [--secrets-fd N]``: write the run's report and print its path.
 
-``report/child.py`` runs this in a child process after every iteration, so that what building
+``runner/report_child.py`` runs this in a child process after every iteration, so that what building
 the page allocates (it reads the whole run, and grows with it) is returned to the system
 each time and heurist's own memory stays flat over a long run (``benchmarks/soak.py``). The
 child's environment has no secrets; the values to redact come as JSON on descriptor N.

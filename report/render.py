@@ -97,7 +97,7 @@ def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
 
 def write_report(run_dir: Path, secrets: list[tuple[str, str]] | None = None) -> Path:
     """Render the run's report; returns the path of index.html. ``secrets``: the (value, name) pairs to redact,
-    where they are not this process's own environment's (``report/child.py``)."""
+    where they are not this process's own environment's (``runner/report_child.py``)."""
     run_dir = Path(run_dir).resolve()
     data = gather(run_dir)
     folder = run_dir / "report"

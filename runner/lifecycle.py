@@ -26,11 +26,11 @@ from graph.context import Services
 from graph.nodes import Nodes
 from graph.topology import build
 from memory.store import MemoryStore
-from report.child import ReportFailed, rebuild, warm_up
 from roles.llm import LLMClient
 from roles.llm_replay import ReplayClient
 from roles.llm_usage import Usage
 from roles.registry import stage_roles, unmet_facts
+from runner.report_child import ReportFailed, rebuild, warm_up
 from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
@@ -110,8 +110,6 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
 
     with locked(run_dir):
         services, nodes, record = open_services(run_dir, on_event)
-        if services.config.report:
-            warm_up()  # the report's fork server imports while the run evaluates
         connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
         try:
             app = build(nodes, SqliteSaver(connection))
@@ -148,6 +146,8 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                 start = Command(update=undone, goto=goto)
             else:
                 return values  # finished: nothing to do
+            if services.config.report:
+                warm_up()  # the report's fork server imports while the run evaluates
             with clock:
                 services.event("started", run_id=record.run_id, task=record.task, offline=record.offline,
                                model=services.config.llm.model, budget=services.config.budget.model_dump(),
@@ -186,7 +186,7 @@ def _publish_scalars(services: Services) -> None:
 
 
 def _publish_report(services: Services) -> None:
-    """Rewrite the run's report so it is always current, in a child process (``report/child.py``). It is a
+    """Rewrite the run's report so it is always current, in a child process (``runner/report_child.py``). It is a
     view of records kept elsewhere, so a report that cannot be written is told to the user and the run goes on."""
     try:
         path = rebuild(services.run_dir)

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from envs.forkserver import ENV_PROCESSES, ForkServer, start_process
-from report.child import REPORT_PROCESSES, rebuild
 from report.render import write_report
+from runner.report_child import REPORT_PROCESSES, rebuild
 from tests.conftest import ARTIFACTS
 from tests.offline_runs import heurist
 from tests.scripted_runs import BALANCES
