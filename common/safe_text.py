@@ -45,9 +45,22 @@ def is_secret_name(name: str) -> bool:
 
 
 def environ_without_secrets() -> dict[str, str]:
-    """This process's environment less every secret-looking variable, whatever its value's length: for the
-    trusted child processes heurist runs that need no key (the report's)."""
+    """This process's environment less every secret-looking variable, whatever its value's length."""
     return {name: value for name, value in os.environ.items() if not is_secret_name(name)}
+
+
+def secrets_to_hand_on() -> dict:
+    """What a trusted child of heurist needs to have heurist's secrets, as JSON can carry it: the variables
+    ``environ_without_secrets`` leaves out, and the names heurist was told are secret (``also_secret``)."""
+    return {"environ": {name: value for name, value in os.environ.items() if is_secret_name(name)},
+            "also_secret": sorted(_extra_names)}
+
+
+def take_secrets(handed_on: dict) -> None:
+    """In that child: heurist's secret variables back in its environment, and treated as secret as in heurist."""
+    os.environ.update({str(name): str(value) for name, value in handed_on["environ"].items()})
+    for name in handed_on["also_secret"]:
+        also_secret(str(name))
 
 
 def secret_values() -> list[tuple[str, str]]:

@@ -60,7 +60,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 16
@@ -70,10 +70,13 @@ STATUS_GRACE_S = 10.0  # how long an ended env process's exit code may take to c
 
 
 class Warm(NamedTuple):
-    """A kind of child process and what its fork server imports before the first fork: one server per name."""
+    """A kind of child process, what its fork server imports before the first fork, and the environment those
+    imports see: the sandbox's allow-list (``"sandbox"``), or heurist's own without its secrets (``"heurist"``:
+    the user's settings, paths and home, as a fresh child of heurist would see them). One server per name."""
 
     name: str
     imports: tuple[str, ...]
+    environment: Literal["sandbox", "heurist"] = "sandbox"
 
 
 ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"))
@@ -184,8 +187,6 @@ class ForkServer:
     _guard = threading.Lock()
 
     def __init__(self, warm: Warm = ENV_PROCESSES) -> None:
-        from envs.sandbox import sandbox_env  # here, not at import: the fork server itself imports this module
-
         self.warm = warm
         self._lock = threading.Lock()
         self._preloaded: set[str] = set()
@@ -197,7 +198,7 @@ class ForkServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "envs.forkserver", "--socket-fd", str(theirs.fileno()),
                  "--home", str(self.home), "--imports", ",".join(warm.imports)],
-                env=sandbox_env(self.home), cwd=self.home, stdin=subprocess.DEVNULL, stdout=self.log,
+                env=self._environment(), cwd=self.home, stdin=subprocess.DEVNULL, stdout=self.log,
                 stderr=self.log, pass_fds=(theirs.fileno(),), close_fds=True,
                 start_new_session=True)  # not in heurist's group: a Ctrl-C is heurist's to handle, not its
         except OSError as exc:
@@ -209,6 +210,18 @@ class ForkServer:
             theirs.close()
         self.sock = ours
         self.sock.settimeout(SPAWN_TIMEOUT_S)
+
+    def _environment(self) -> dict[str, str]:
+        from common.safe_text import environ_without_secrets
+        from envs.sandbox import import_path, sandbox_env  # here, not at import: the fork server imports this module
+
+        if self.warm.environment == "sandbox":
+            return sandbox_env(self.home)
+        env = environ_without_secrets()
+        # One thread: a BLAS pool started at import would make every fork unsafe (see ``serve``).
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=str(self.home),
+                   PYTHONPATH=os.pathsep.join([*import_path(), *filter(None, [env.get("PYTHONPATH")])]))
+        return env
 
     @classmethod
     def shared(cls, warm: Warm = ENV_PROCESSES) -> ForkServer | None:

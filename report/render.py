@@ -95,16 +95,15 @@ def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
             "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def write_report(run_dir: Path, secrets: list[tuple[str, str]] | None = None) -> Path:
-    """Render the run's report; returns the path of index.html. ``secrets``: the (value, name) pairs to redact,
-    where they are not this process's own environment's (``runner/report_child.py``)."""
+def write_report(run_dir: Path) -> Path:
+    """Render the run's report; returns the path of index.html."""
     run_dir = Path(run_dir).resolve()
     data = gather(run_dir)
     folder = run_dir / "report"
     html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media")))
     index = folder / "index.html"
     try:
-        atomic_write(index, redact(html, secrets))
+        atomic_write(index, redact(html))
     except OSError as exc:
         raise ReportError(f"cannot write {index}: {exc.strerror}; free space or make {folder} writable") from None
     return index

@@ -20,11 +20,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common.safe_text import environ_without_secrets, secret_values
+from common.safe_text import environ_without_secrets, secrets_to_hand_on
 from envs.forkserver import ForkServer, Warm, kill_group, start_process
 
-# What the report's fork server imports before its first fork: the page, its plots and the memory store's client.
-REPORT_PROCESSES = Warm("report", ("report.render", "memory.chroma", "chromadb"))
+# What the report's fork server imports before its first fork (the page, its plots, the memory store's client),
+# seeing heurist's environment (the user's matplotlib settings and fonts, PYTHONPATH) less its secrets.
+REPORT_PROCESSES = Warm("report", ("report.render", "memory.chroma", "chromadb"), environment="heurist")
 REPORT_TIMEOUT_S = 600.0
 
 
@@ -39,37 +40,50 @@ def warm_up() -> None:
 
 def rebuild(run_dir: Path, timeout: float = REPORT_TIMEOUT_S) -> Path:
     """Rewrite RUN_DIR/report/index.html in a child process and return its path; ``ReportFailed`` says why not,
-    in one line (the child's last line of output, or the time limit)."""
+    in one line (the child's last line of output, the time limit, or what could not be started)."""
     run_dir = Path(run_dir).resolve()
-    secrets_r, secrets_w = os.pipe()
-    with tempfile.TemporaryFile(prefix="heurist-report-") as log:
-        try:
-            child = start_process("report.__main__", [str(run_dir), "--secrets-fd", str(secrets_r)],
-                                  environ_without_secrets(), run_dir, log.fileno(), (secrets_r,), warm=REPORT_PROCESSES)
-        finally:
-            os.close(secrets_r)
-        try:
-            _send_secrets(secrets_w)
-            code = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(child, signal.SIGKILL)
-            child.wait()
-            raise ReportFailed(f"it took longer than {timeout:g} s") from None
-        except BaseException:  # a Ctrl-C: the child is in its own process group, so it is ended here
-            kill_group(child, signal.SIGKILL)
-            raise
-        if code == 0:
-            return run_dir / "report" / "index.html"
-        log.seek(0)
-        lines = log.read()[-4000:].decode(errors="replace").strip().splitlines()
-        raise ReportFailed(lines[-1] if lines else f"exit code {code}")
-
-
-def _send_secrets(fd: int) -> None:
-    """The values to redact, as JSON, then end of file. Written after the child started, so no pipe buffer bounds
-    them; a child that ended before reading them has failed already and says why in its log."""
+    index = run_dir / "report" / "index.html"
     try:
-        with os.fdopen(fd, "wb") as pipe:
-            pipe.write(json.dumps(secret_values()).encode())
+        with tempfile.TemporaryFile(prefix="heurist-report-") as log:
+            child = _start(run_dir, log)
+            try:
+                code = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(child, signal.SIGKILL)
+                child.wait()
+                raise ReportFailed(f"it took longer than {timeout:g} s") from None
+            except BaseException:  # a Ctrl-C: the child is in its own process group, so it is ended here
+                kill_group(child, signal.SIGKILL)
+                raise
+            log.seek(0)
+            lines = log.read()[-4000:].decode(errors="replace").strip().splitlines()
+    except OSError as exc:  # no descriptor, no temporary file, no process: the report is a view, the run goes on
+        raise ReportFailed(f"its process could not run: {exc}") from None
+    # An exit code lost with its fork server: the child's last line says whether it wrote the page.
+    if code == 0 or (getattr(child, "status_lost", False) and lines and lines[-1] == str(index)):
+        return index
+    raise ReportFailed(lines[-1] if lines else f"exit code {code}")
+
+
+def _start(run_dir: Path, log):
+    """The child, started in heurist's working folder (a relative memory path means what it meant to the run),
+    then sent heurist's secrets: after it started, so no pipe buffer bounds them and they never pass through the
+    fork server. A child that reads no secrets writes no page (``report/__main__.py``)."""
+    secrets_r, secrets_w = os.pipe()
+    try:
+        child = start_process("report.__main__", [str(run_dir), "--secrets-fd", str(secrets_r)],
+                              environ_without_secrets(), Path.cwd(), log.fileno(), (secrets_r,), warm=REPORT_PROCESSES)
+    except BaseException:
+        os.close(secrets_w)
+        raise
+    finally:
+        os.close(secrets_r)
+    try:
+        with os.fdopen(secrets_w, "wb") as pipe:
+            pipe.write(json.dumps(secrets_to_hand_on()).encode())
     except BrokenPipeError:
-        pass
+        pass  # it ended before reading them, and says why in its log
+    except BaseException:
+        kill_group(child, signal.SIGKILL)
+        raise
+    return child

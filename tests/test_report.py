@@ -16,12 +16,14 @@ import select
 import shutil
 import struct
 import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
 
 import pytest
 
+from common.safe_text import environ_without_secrets
 from envs.forkserver import ENV_PROCESSES, ForkServer, start_process
 from report.render import write_report
 from runner.report_child import REPORT_PROCESSES, rebuild
@@ -247,10 +249,11 @@ def test_a_damaged_run_still_reports_what_it_has(llm_run, tmp_path):
     assert 'id="iteration-1"' in html and 'id="iteration-2"' in html
 
 
-def test_the_report_child_is_forked_warm_has_no_secret_and_still_redacts_them(llm_run, tmp_path, monkeypatch):
+def test_the_report_child_is_forked_warm_and_no_secret_passes_through_its_fork_server(llm_run, tmp_path, monkeypatch):
     """The report rebuilt after every iteration comes from a fork server of its own, whose imports (Chroma,
-    matplotlib) env processes never carry; the child's environment holds no secret, yet the values heurist must
-    redact reach it (the API key, and the run's key variable whatever its name) and are redacted on the page."""
+    matplotlib) env processes never carry. Neither the fork server nor the request to fork holds a secret; the
+    child gets heurist's secret variables over a pipe, so the page is redacted (the API key, and the run's key
+    variable whatever its name), forked or started fresh; a child whose secrets never came writes no page."""
     for name, value in llm_run.env({}).items():
         monkeypatch.setenv(name, value)
     key, plain = "sk-report-child-0123456789abcdef", "plain-named-but-secret-0123456789"
@@ -269,34 +272,56 @@ def test_the_report_child_is_forked_warm_has_no_secret_and_still_redacts_them(ll
         return spawn(server, module, argv, env, *rest)
 
     monkeypatch.setattr(ForkServer, "spawn", counted)
-
     run_dir = tmp_path / "copy"
     shutil.copytree(llm_run.run_dir, run_dir, ignore=shutil.ignore_patterns("report", ".lock"))
     policy = run_dir / "best_policy.py"
     policy.write_text(policy.read_text() + f"# a key pasted by mistake: {key}, and the other one: {plain}\n")
-    for _ in range(2):
-        page = rebuild(run_dir).read_text()
-        assert key not in page and plain not in page
-        assert "[redacted $OPENAI_API_KEY]" in page and "[redacted $RUN_KEY_VARIABLE_PLAINLY_NAMED]" in page
-    assert forked == [("report", "report.__main__")] * 2
-    assert all(key not in json.dumps(env) and plain not in json.dumps(env) for env in environments)
-    assert environments[0]["HEURIST_HOME"] == os.environ["HEURIST_HOME"]  # the rest of heurist's environment
+
+    def redacted(page: str) -> bool:
+        return (key not in page and plain not in page and "[redacted $OPENAI_API_KEY]" in page
+                and "[redacted $RUN_KEY_VARIABLE_PLAINLY_NAMED]" in page)
 
     def probe(warm, name):
         report_r, report_w = os.pipe()
         with open(tmp_path / f"{name}.log", "wb") as log:
-            child = start_process("tests.forkserver_probe", [str(report_w), "exit0"], dict(os.environ), tmp_path,
-                                  log.fileno(), (report_w,), warm=warm)
+            child = start_process("tests.forkserver_probe", [str(report_w), "exit0"], environ_without_secrets(),
+                                  tmp_path, log.fileno(), (report_w,), warm=warm)
         os.close(report_w)
         with os.fdopen(report_r, "rb") as report:
             seen = json.loads(report.read())
         assert child.wait(timeout=60) == 0
         return seen
 
-    as_report, as_env = probe(REPORT_PROCESSES, "report"), probe(ENV_PROCESSES, "env")
-    assert {"chromadb", "matplotlib"} <= set(as_report["imported"])
-    assert "chromadb" not in as_env["imported"] and "matplotlib" not in as_env["imported"]
-    assert forked[2:] == [("report", "tests.forkserver_probe"), ("env", "tests.forkserver_probe")]
+    try:
+        for _ in range(2):
+            assert redacted(rebuild(run_dir).read_text())
+        assert forked == [("report", "report.__main__")] * 2
+        assert all(key not in json.dumps(env) and plain not in json.dumps(env) for env in environments)
+        assert environments[0]["HEURIST_HOME"] == os.environ["HEURIST_HOME"]  # the rest of heurist's environment
+
+        as_report, as_env = probe(REPORT_PROCESSES, "report"), probe(ENV_PROCESSES, "env")
+        assert {"chromadb", "matplotlib"} <= set(as_report["imported"])
+        assert "chromadb" not in as_env["imported"] and "matplotlib" not in as_env["imported"]
+        assert forked[2:] == [("report", "tests.forkserver_probe"), ("env", "tests.forkserver_probe")]
+        # A forked child's initial environment is its fork server's: heurist's own for the report's, less secrets.
+        assert key not in as_report["initial_environ"] and plain not in as_report["initial_environ"]
+        assert f"HEURIST_HOME={os.environ['HEURIST_HOME']}" in as_report["initial_environ"].split("\0")
+    finally:
+        for server in list(ForkServer._shared.values()):
+            server.close()
+
+    monkeypatch.setenv("HEURIST_FORK_SERVER", "0")  # a fresh Python, the secrets over the same pipe
+    (run_dir / "report" / "index.html").unlink()
+    assert redacted(rebuild(run_dir).read_text()) and len(forked) == 4
+
+    (run_dir / "report" / "index.html").unlink()
+    secrets_r, secrets_w = os.pipe()
+    os.close(secrets_w)  # heurist "ended" before sending them
+    done = subprocess.run([sys.executable, "-P", "-m", "report", str(run_dir), "--secrets-fd", str(secrets_r)],
+                          pass_fds=(secrets_r,), capture_output=True, text=True, env=environ_without_secrets())
+    os.close(secrets_r)
+    assert done.returncode != 0 and "secrets did not come" in done.stderr
+    assert not (run_dir / "report" / "index.html").exists()
 
 
 @pytest.mark.parametrize("args, message", [
