@@ -19,10 +19,11 @@ working folder and environment, not traceable. The policy process is still start
 for every worker (``envs.worker_pair``), so no two policies ever share a process, a namespace or anything one
 could leave behind, and nothing untrusted ever runs in the fork server or reaches it.
 
-The report's child is heurist's code too, reading the run directory: it gets heurist's environment without its
-secrets (the values it must redact come over a pipe of its own, never through the fork server). Its fork server
-imports the report's libraries (Chroma, matplotlib, Jinja2: 1.5 s a report spent before on imports) once per
-heurist process, and is started when a run starts, so even the first report finds them imported.
+The report's child is heurist's code too, reading the run directory. Its fork server imports the report's
+libraries (Chroma, matplotlib, Jinja2: 1.5 s a report spent before on imports) once per heurist process, under
+heurist's environment less its secrets (``Warm.environment``), and is started when a run goes on, so even the
+first report finds them imported. No fork server ever holds a secret: the report child's come to it over a pipe
+of its own (``runner/report_child.py``).
 
 Why not ``multiprocessing``'s forkserver: it starts with heurist's own environment (the key among it), and
 its children cannot be given a process group, descriptors by number and a log as stdout, which the env

@@ -6,9 +6,9 @@ time. Forked from a warm fork server of its own (``envs/forkserver.py``), becaus
 each report's 2.6 s importing Chroma, matplotlib and Jinja2; the run starts that server when it starts
 (``warm_up``), so its imports are done by the first report.
 
-The child is heurist's code reading heurist's records, but it gets heurist's environment without its secrets,
-like every other tool heurist runs; the values the page must redact come over a pipe of its own (never through
-the fork server, whose memory every later child would share).
+Neither the fork server nor a request to fork holds a secret (the server's memory is every later child's): the
+child is forked with heurist's environment less its secret-looking variables, and they come to it over a pipe of
+its own (the page redacts their values; a Chroma server's credentials may be among them).
 """
 
 from __future__ import annotations
