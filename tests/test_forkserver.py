@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from envs.forkserver import STATUS_LOST, ForkServer, ForkServerFailed, kill_group
+from envs.forkserver import STATUS_LOST, ForkServer, ForkServerFailed, Warm, kill_group
 from envs.sandbox import sandbox_env
 from envs.tasks import get_task
 from policies import RANDOM_POLICY, starter_policy
@@ -117,7 +117,8 @@ def _fresh_shared_server(monkeypatch) -> None:
     monkeypatch.setattr(ForkServer, "_broken", set())
 
 
-def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd):
+def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd,
+                                                                                    tmp_path):
     _fresh_shared_server(monkeypatch)
     server = ForkServer.shared()
     assert server is not None
@@ -127,6 +128,13 @@ def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes
     assert result.status == "complete" and all(e.status == "ok" for e in result.episodes)
     assert "the fork server of env processes failed" in capfd.readouterr().err
     assert ForkServer.shared() is None  # not tried again by this process
+    other = ForkServer.shared(Warm("another kind", ()))  # each kind fails on its own (the report's, say)
+    assert other is not None
+    try:
+        proc, report, _, _ = _spawn(other, tmp_path, "exit3")
+        assert report is not None and proc.wait(timeout=60) == 3
+    finally:
+        other.close()
 
 
 def test_a_stuck_fork_server_delays_no_wait_and_no_kill(server, tmp_path, monkeypatch):
