@@ -214,13 +214,13 @@ class ForkServer:
 
     def _environment(self) -> dict[str, str]:
         from common.safe_text import environ_without_secrets
-        from envs.sandbox import import_path, sandbox_env  # here, not at import: the fork server imports this module
+        from envs.sandbox import ONE_THREAD, import_path, sandbox_env  # here: the fork server imports this module
 
         if self.warm.environment == "sandbox":
             return sandbox_env(self.home)
         env = environ_without_secrets()
-        # One thread: a BLAS pool started at import would make every fork unsafe (see ``serve``).
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=str(self.home),
+        env.update(ONE_THREAD)  # a BLAS pool started at import would make every fork unsafe (see ``serve``)
+        env.update(TMPDIR=str(self.home),
                    PYTHONPATH=os.pathsep.join([*import_path(), *filter(None, [env.get("PYTHONPATH")])]))
         return env
 

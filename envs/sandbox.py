@@ -152,11 +152,16 @@ def import_path() -> list[str]:
     return path
 
 
+# Numerical libraries' thread pools held to one thread: a sandbox's CPU is its limit, and a fork server must stay
+# single-threaded to fork safely (envs/forkserver.py).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def sandbox_env(home: Path) -> dict[str, str]:
     """The whole environment of a sandboxed process: the allow-list, a private HOME and TMPDIR, heurist importable."""
     env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    env.update(ONE_THREAD)
     env.update(HOME=str(home), TMPDIR=str(home), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
-               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(import_path()), PYTHONNOUSERSITE="1")
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("SDL_VIDEODRIVER", "dummy")

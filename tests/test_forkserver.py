@@ -89,7 +89,7 @@ def _episodes(result):
 def test_forked_and_fresh_env_processes_give_the_same_results(run_eval, monkeypatch, capfd, task, policy, steps):
     """Twice forked (the second time the fork server has imported the task's simulator) and once from a fresh
     Python: the same returns, lengths, events and traces."""
-    _fresh_shared_server(monkeypatch)
+    fresh_shared_servers(monkeypatch)
     forked_pids = []
     spawn = ForkServer.spawn
 
@@ -110,8 +110,8 @@ def test_forked_and_fresh_env_processes_give_the_same_results(run_eval, monkeypa
     assert all(e["status"] == "ok" for e in fresh)
 
 
-def _fresh_shared_server(monkeypatch) -> None:
-    """This test's own shared fork server, whatever earlier tests in this process did to theirs."""
+def fresh_shared_servers(monkeypatch) -> None:
+    """This test's own shared fork servers, whatever earlier tests in this process did to theirs."""
     monkeypatch.setattr(ForkServer, "_shared", {})
     monkeypatch.setattr(ForkServer, "_shared_pid", None)
     monkeypatch.setattr(ForkServer, "_broken", set())
@@ -119,7 +119,7 @@ def _fresh_shared_server(monkeypatch) -> None:
 
 def test_a_dead_fork_server_is_replaced_by_fresh_pythons_and_the_evaluation_goes_on(run_eval, monkeypatch, capfd,
                                                                                     tmp_path):
-    _fresh_shared_server(monkeypatch)
+    fresh_shared_servers(monkeypatch)
     server = ForkServer.shared()
     assert server is not None
     server.proc.kill()

@@ -31,6 +31,7 @@ from tests.conftest import ARTIFACTS
 from tests.offline_runs import heurist
 from tests.scripted_runs import BALANCES
 from tests.test_cli import HEURIST
+from tests.test_forkserver import fresh_shared_servers
 
 CHROMIUM = shutil.which("chromium")
 WAIT_FOR_VIDEOS = """async () => {
@@ -260,9 +261,7 @@ def test_the_report_child_is_forked_warm_and_no_secret_passes_through_its_fork_s
     monkeypatch.setenv("OPENAI_API_KEY", key)
     monkeypatch.setenv("RUN_KEY_VARIABLE_PLAINLY_NAMED", plain)
     monkeypatch.setattr("common.safe_text._extra_names", {"RUN_KEY_VARIABLE_PLAINLY_NAMED"})
-    monkeypatch.setattr(ForkServer, "_shared", {})  # fork servers of this test's own, started with the key set
-    monkeypatch.setattr(ForkServer, "_shared_pid", None)
-    monkeypatch.setattr(ForkServer, "_broken", set())
+    fresh_shared_servers(monkeypatch)  # fork servers of this test's own, started with the key set
     forked, environments = [], []
     spawn = ForkServer.spawn
 
