@@ -48,7 +48,9 @@ def agent_config(server: ScriptedOpenAI, policy, **code) -> RunConfig:
         "task": "CartPole-v1", "policy": str(policy), "budget": {"iterations": 1, "patience": None},
         "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 20,
                 "max_retries": 0, "validation_retries": 0},
-        "code": code, "eval": {"episodes": 6, "holdout": False, "video": False}})
+        "code": code, "eval": {"episodes": 6, "holdout": False, "video": False},
+        # No HTML report unless a test reads it: a view (tests/test_report.py) costing a second per iteration here.
+        "report": False})
 
 
 def loop_turns() -> list[dict]:
@@ -314,6 +316,7 @@ def test_frames_shows_a_vision_model_the_contact_sheet_as_an_image(home):
     with ScriptedOpenAI() as server:
         config = agent_config(server, policy).model_dump()
         config["eval"]["video"] = True
+        config["report"] = True  # the page shows the tool's contact sheet
         config["stages"] = {"analyse": ["log_parser"]}  # no video analyst: its calls are not what is tested here
         server.queue(tool_call_reply(("frames", {"seed": 0, "step": 9})),
                      tool_call_reply(("edit", {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}),

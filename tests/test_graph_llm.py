@@ -114,7 +114,8 @@ def llm_config(server: ScriptedOpenAI, policy: Path, **budget) -> RunConfig:
         "code": {"mode": "single"},
         "llm": {"model": "gpt-4.1-mini", "base_url": server.base_url, "retry_base_s": 0.01, "timeout_s": 5,
                 "max_retries": 0, "validation_retries": 0, "max_consecutive_failures": 2},
-        "eval": {"episodes": 6, "holdout": False, "video": False}})
+        "eval": {"episodes": 6, "holdout": False, "video": False},
+        "report": False})  # a view (tests/test_report.py, which reads the recorded run's): a second per iteration here
 
 
 def test_model_failures_in_a_row_pause_the_run_and_resume_continues(home):

@@ -192,7 +192,8 @@ def test_a_test_replays_a_saved_scenario_through_the_sandboxed_kit_and_it_tells_
 
 def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_the_fix(home):
     tmp, env = home
-    (tmp / "run.toml").write_text("[eval]\nepisodes = 6\nvideo = false\nholdout = false\n[budget]\niterations = 1\n"
+    (tmp / "run.toml").write_text("report = false\n[eval]\nepisodes = 6\nvideo = false\nholdout = false\n"
+                                  "[budget]\niterations = 1\n"
                                   "[search]\npopulation = 4\ngenerations = 1\nepisodes = 3\nseed = 1\n"
                                   "[scenarios]\nbefore = 4\n")  # the weak policy falls within ~9 steps
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
@@ -216,7 +217,9 @@ def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_th
     assert {f"{m.name}" for m in moments} >= set(sum(saved["scenarios"].values(), []))
     linked = [r for r in stored if isinstance(r, FailureRecord) and r.scenarios]
     assert {i for r in linked for i in r.scenarios} == {m.id for m in moments}
-    (tmp / "second.toml").write_text((tmp / "run.toml").read_text() + "tests_per_edit = 0\n")
+    # This run's report is read below (the scenario records it recalled are shown).
+    (tmp / "second.toml").write_text((tmp / "run.toml").read_text().replace("report = false", "report = true")
+                                     + "tests_per_edit = 0\n")
     again = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config",
                     tmp / "second.toml", "--run-dir", tmp / "second", "--no-progress")
     assert again.returncode == 0, again.stderr[-3000:]

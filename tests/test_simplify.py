@@ -187,7 +187,9 @@ BLOAT = {
                                              "        action = 1 if push > 0 else 0\n"}
 
 
-# A short run: one accepted edit from a small search, then the simplify stage, then the goal or the budget.
+# A short run: one accepted edit from a small search, then the simplify stage, then the goal or the budget. No HTML
+# report (a view, tests/test_report.py): top-level keys come before the tables, so each file starts with NO_REPORT.
+NO_REPORT = "report = false\n"
 QUICK = ("[eval]\nepisodes = 6\nvideo = false\nholdout = false\n[budget]\niterations = 2\n"
          "[search]\npopulation = 4\ngenerations = 1\nepisodes = 3\nseed = 1\n")
 
@@ -204,7 +206,7 @@ def _bloated(tmp) -> str:
 def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
     tmp, env = home
     source = _bloated(tmp)
-    (tmp / "run.toml").write_text(f"[simplify]\nevery = 1\n{QUICK}")
+    (tmp / "run.toml").write_text(f"{NO_REPORT}[simplify]\nevery = 1\n{QUICK}")
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "bloated.py", "--config", tmp / "run.toml",
                    "--run-dir", tmp / "run", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -232,7 +234,8 @@ def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
 def test_a_simplification_that_plays_worse_is_refused_by_the_gate(home):
     tmp, env = home
     env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text(f'[stages]\nsimplify = "simplify_roles:DropsATerm"\n[simplify]\nevery = 1\n{QUICK}')
+    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:DropsATerm"\n'
+                                  f'[simplify]\nevery = 1\n{QUICK}')
     done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
                    "--run-dir", tmp / "run", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
