@@ -29,6 +29,7 @@ import inspect
 import pickle
 import random
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -71,18 +72,47 @@ class SetupFailed(Exception):
     """The policy's ``setup()`` failed earlier in this process; the message is its failure, said once for all."""
 
 
+# ITIMER_PROF counts down on the clock the kernel checks RLIMIT_CPU against: user and system time charged a tick at a
+# time to whichever process is running when the tick comes. getrusage does not show that clock (it rescales to the
+# scheduler's exact runtime), and the two part on a core shared with processes that wake often, such as another
+# evaluation's pair: there the ticks land on the busy process, which was charged 4.1 s for 3.0 s run here. A limit
+# set from getrusage then came early, and earlier with each episode a process ran, since the difference adds up.
+PROF_HORIZON_S = 10_000_000.0
+_prof_origin: float | None = None  # the process's CPU seconds (getrusage) when it armed its ITIMER_PROF
+
+
+def charged_cpu_s() -> float:
+    """CPU seconds this process has been charged, on RLIMIT_CPU's own clock.
+
+    The timer is armed at the first call (the process's start, before any policy code runs, when the clocks still
+    agree). A policy that disarms it harms only itself: the clock starts again from getrusage and its limit comes
+    sooner; it could raise its own soft limit anyway, and the parent's wall-clock kill is the guarantee."""
+    global _prof_origin
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    exact = usage.ru_utime + usage.ru_stime
+    remaining = signal.getitimer(signal.ITIMER_PROF)[0]
+    if _prof_origin is None or remaining <= 0:
+        _prof_origin = exact
+        signal.setitimer(signal.ITIMER_PROF, PROF_HORIZON_S)  # SIGPROF would end the process: not in 115 days
+        return exact
+    return max(exact, _prof_origin + PROF_HORIZON_S - remaining)
+
+
+def cpu_soft_limit(charged_s: float, cpu_s: float, hard: int) -> int:
+    """The soft RLIMIT_CPU giving ``cpu_s`` more from ``charged_s``: whole seconds, rounded up, at most ``hard``."""
+    soft = int(charged_s + cpu_s) + 1
+    return soft if hard == resource.RLIM_INFINITY else min(soft, hard)  # inside run_sandboxed: bounds the test run
+
+
 def limit_cpu(cpu_s: float) -> None:
-    """RLIMIT_CPU counts the whole process, so a new episode moves the soft limit to 'used so far + budget'.
+    """RLIMIT_CPU counts the whole process, so a new episode moves the soft limit to 'charged so far + budget',
+    on the kernel's own clock (``charged_cpu_s``).
 
     In lockstep the budget is that of every episode in flight together: the process cannot tell
     which episode spent its CPU. An episode that overruns kills the process, and the evaluator
     runs each episode that was in flight again alone, under its own budget (``envs.scheduling``)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    soft = int(usage.ru_utime + usage.ru_stime + cpu_s) + 1
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    if hard != resource.RLIM_INFINITY:  # inside run_sandboxed, whose hard limit bounds the whole test run
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft_limit(charged_cpu_s(), cpu_s, hard), hard))
 
 
 def load_policy(path: str, code, offered: dict[str, Any],
