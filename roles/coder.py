@@ -98,14 +98,14 @@ def _score(per_seed: dict[int, float | None], floor: float) -> float:
     return float(np.mean([floor if r is None else r for r in per_seed.values()]))
 
 
-
 def import_cma():
     """The ``cma`` package, imported without matplotlib.
 
     ``cma`` imports ``matplotlib.pyplot`` at import time for its plotting helpers (``cma.s``), which heurist never
     calls: 0.4 s of every offline run's start-up. matplotlib is hidden while ``cma`` imports (it then warns, silenced
-    here, that plotting is unavailable) and given back at once, so anything imported later finds it as usual. Where
-    matplotlib is already imported, nothing is hidden."""
+    here, that plotting is unavailable) and given back at once, so anything imported later finds it as usual (no
+    other thread of heurist's imports matplotlib meanwhile: the report is drawn in a child process). Where matplotlib
+    is already imported, nothing is hidden."""
     if "cma" in sys.modules:
         return sys.modules["cma"]
     hidden = "matplotlib" not in sys.modules
@@ -119,6 +119,7 @@ def import_cma():
         if hidden and sys.modules.get("matplotlib", 0) is None:
             del sys.modules["matplotlib"]
     return cma
+
 
 class Coder(Role[CoderInput, CoderOutput]):
     name = "coder"
