@@ -19,7 +19,7 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
-# Tests too slow for the suite (the Pong starter's 540,000 Atari steps, a two-node Ray cluster losing a node);
+# Tests too slow for the suite (the Pong starter's 540,000 Atari steps, a two-node Ray cluster losing a node, ten kill -9s in one run);
 # .ci/run runs them after `make test`.
 test-slow: setup
 	.venv/bin/python -m pytest -m slow

@@ -69,7 +69,9 @@ def _lock_released(run_dir: Path) -> bool:
 
 
 # Waits are on events (progress in the ledger, the lock released); these bounds only stop a hang, so they are
-# far above what a loaded machine needs, and the test's own timeout is raised to match.
+# far above what a loaded machine needs, and the test's own timeout is raised to match. Eleven starts of heurist
+# (about 76 CPU seconds, the suite's longest test): a slow test, which .ci/run runs after the suite.
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_ten_kill_9s_in_one_run_then_resume_lose_and_repeat_nothing(home):
     """Each start makes some progress (a finished evaluation, test run or iteration), then heurist and
