@@ -85,8 +85,10 @@ def charged_cpu_s() -> float:
     """CPU seconds this process has been charged, on RLIMIT_CPU's own clock.
 
     The timer is armed at the first call (the process's start, before any policy code runs, when the clocks still
-    agree). A policy that disarms it harms only itself: the clock starts again from getrusage and its limit comes
-    sooner; it could raise its own soft limit anyway, and the parent's wall-clock kill is the guarantee."""
+    agree). The policy can reach the timer: disarmed, the clock starts again from getrusage and its own limit comes
+    sooner; shortened, the reading is held to three times the exact time (ticks never came near that here), so it
+    gains no more than calling setrlimit on its own soft limit would, which it can. The parent's wall-clock kill is
+    the guarantee either way."""
     global _prof_origin
     usage = resource.getrusage(resource.RUSAGE_SELF)
     exact = usage.ru_utime + usage.ru_stime
@@ -95,7 +97,7 @@ def charged_cpu_s() -> float:
         _prof_origin = exact
         signal.setitimer(signal.ITIMER_PROF, PROF_HORIZON_S)  # SIGPROF would end the process: not in 115 days
         return exact
-    return max(exact, _prof_origin + PROF_HORIZON_S - remaining)
+    return min(max(exact, _prof_origin + PROF_HORIZON_S - remaining), 3 * exact + 1)
 
 
 def cpu_soft_limit(charged_s: float, cpu_s: float, hard: int) -> int:
