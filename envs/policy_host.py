@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from envs.limited import PrivilegeError, confine_self
-from envs.policy_slots import PolicyFailed, PolicySlots, limit_cpu
+from envs.policy_slots import PolicyFailed, PolicySlots, charged_cpu_s, limit_cpu
 from envs.wire import ObservationView, actions_to_wire, receive_from_env, send_to_env
 
 __all__ = ["PolicyFailed", "serve"]
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--observations-fd", type=int, help="the shared observations, read-only")
     parser.add_argument("--cpu", type=int, help="the core shared with the env process (see envs.worker_pair.pair_cpus)")
     args = parser.parse_args()
+    charged_cpu_s()  # arms the charged-CPU clock while it still agrees with getrusage (see limit_cpu)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     try:

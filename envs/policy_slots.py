@@ -84,11 +84,11 @@ _prof_origin: float | None = None  # the process's CPU seconds (getrusage) when 
 def charged_cpu_s() -> float:
     """CPU seconds this process has been charged, on RLIMIT_CPU's own clock.
 
-    The timer is armed at the first call (the process's start, before any policy code runs, when the clocks still
-    agree). The policy can reach the timer: disarmed, the clock starts again from getrusage and its own limit comes
-    sooner; shortened, the reading is held to three times the exact time (ticks never came near that here), so it
-    gains no more than calling setrlimit on its own soft limit would, which it can. The parent's wall-clock kill is
-    the guarantee either way."""
+    The timer is armed at the first call (``envs.policy_host`` makes it first thing, before any policy code runs,
+    when the two clocks still agree). The policy can reach the timer: disarmed, the clock starts again from getrusage
+    and its own limit comes sooner; shortened, the reading is held to three times the exact time (ticks never came
+    near that here), so it gains no more than calling setrlimit on its own soft limit would, which it can. The
+    parent's wall-clock kill is the guarantee either way."""
     global _prof_origin
     usage = resource.getrusage(resource.RUSAGE_SELF)
     exact = usage.ru_utime + usage.ru_stime

@@ -128,12 +128,13 @@ def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
     ci = None
     if len(arr) > 1 and arr.std() > 0:
         # Student's t interval, as scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=scipy.stats.sem(arr)) computes
-        # it, bit for bit (tests/test_evaluator.py), from scipy.special alone: importing scipy.stats takes 0.9 s more,
+        # it, bit for bit (tests/test_evaluator.py; sem divides by n ** 0.5 as scipy 1.17's does, where np.sqrt(n)
+        # differs in the last bit at some sizes), from scipy.special alone: importing scipy.stats takes 0.9 s more,
         # on every `heurist eval` and every process that scores without a gate. Imported here, not at import: the
         # report reads EvalResults and needs no statistics.
         from scipy.special import stdtrit
 
-        df, sem = len(arr) - 1, np.std(arr, ddof=1) / np.sqrt(arr.shape[0])
+        df, sem = len(arr) - 1, np.std(arr, ddof=1) / arr.shape[0] ** 0.5
         ci = (float(stdtrit(df, (1 - 0.95) / 2) * sem + mean), float(stdtrit(df, (1 + 0.95) / 2) * sem + mean))
     return ScoreStats(mean=mean, std=float(arr.std()), median=float(np.median(arr)), min=float(arr.min()),
                       max=float(arr.max()), ci95=ci, hns_mean=spec.normalise(mean))

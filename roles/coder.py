@@ -106,9 +106,7 @@ def import_cma():
     here, that plotting is unavailable) and given back at once, so anything imported later finds it as usual (no
     other thread of heurist's imports matplotlib meanwhile: the report is drawn in a child process). Where matplotlib
     is already imported, nothing is hidden."""
-    if "cma" in sys.modules:
-        return sys.modules["cma"]
-    hidden = "matplotlib" not in sys.modules
+    hidden = "matplotlib" not in sys.modules and "cma" not in sys.modules
     if hidden:
         sys.modules["matplotlib"] = None  # type: ignore[assignment]  # makes `import matplotlib` raise ImportError
     try:
