@@ -129,8 +129,12 @@ class Scheduler:
                     fresh = worker is None
                     if fresh:
                         worker = self.plan.start_worker(cpu)
-                        with self.lock:
+                        with self.lock:  # the same lock as _interrupt's: it kills this pair, or this sees its stop
                             self.live.add(worker)
+                            stopped = self.stop.is_set()
+                        if stopped:  # Ctrl-C came while the pair started, before _interrupt could look
+                            worker.kill()
+                            return  # as for every seed not handed out once stopped: the stop's caller decides
                     slot = min(set(range(MAX_SLOTS)) - {f.slot for f in flights.values()})
                     sent = time.perf_counter()
                     flights[seed] = Flight(seed, slot, sent, width == 1, unstarted_at=sent)
@@ -300,8 +304,8 @@ class Scheduler:
     def _interrupt(self) -> None:
         # Ctrl-C or a bug: stop handing out seeds and kill every worker now, rather than
         # waiting for the episodes in flight to finish.
-        self.stop.set()
         with self.lock:
+            self.stop.set()
             doomed = list(self.live)
         for worker in doomed:
             worker.kill()

@@ -317,3 +317,31 @@ def test_odd_diagnostics_are_recorded_not_fatal(run_eval, write_policy):
     assert episode.trace.mode_counts == {"['a', 'list']": 500}
     steps = episode.trace.windows[-1].steps
     assert [round(s["diag"]["angle"], 5) for s in steps] == [round(s["obs"][2], 5) for s in steps]
+
+
+def test_a_stop_that_lands_while_a_worker_pair_starts_kills_that_pair_at_once(tmp_path):
+    """Ctrl-C landing while a pair started, before the scheduler had listed it, once found nothing to kill: the
+    pair took its episode and the stop waited for it (5 s on a slow policy, past 20 s on a loaded machine)."""
+    import time
+
+    from envs.scheduling import Schedule, Scheduler
+    from envs.worker_pair import WorkerProcess
+
+    limits = Limits(episode_timeout_s=60, episode_cpu_s=60, memory_mb=1024)
+    started: list[WorkerProcess] = []
+
+    def start_worker(cpu: int) -> WorkerProcess:
+        worker = WorkerProcess(limits, tmp_path, None, cpu)
+        started.append(worker)
+        scheduler.interrupt()  # the stop lands now: the pair exists, and the scheduler has not listed it yet
+        return worker
+
+    def job(seed: int, slot: int) -> dict:
+        raise AssertionError(f"seed {seed} was sent to a pair after the stop")
+
+    plan = Schedule(seeds=[0, 1], workers=1, width=1, episode_timeout_s=60, episode_cpu_s=60,
+                    deadline=time.perf_counter() + 600, eval_timeout_s=600, job=job, start_worker=start_worker)
+    scheduler = Scheduler(plan)
+    assert scheduler.run() == {}
+    [worker] = started
+    assert worker.env_proc.returncode is not None and worker.env_proc.returncode < 0  # killed, not closed
