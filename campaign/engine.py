@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +31,15 @@ from typing import Any, Callable
 from campaign.budget import KINDS, run_spent, share, with_share
 from campaign.memory_server import MemoryServer
 from campaign.plan import CampaignError, CampaignSpec
-from campaign.record import CampaignDir, CampaignEnded, CampaignRecord, CampaignStarted, RunEnded, RunLaunched
+from campaign.record import (
+    CampaignDir,
+    CampaignEnded,
+    CampaignRecord,
+    CampaignStarted,
+    RunEnded,
+    RunLaunched,
+    stop_marked,
+)
 from common.errors import HeuristError
 from common.events import RunFinished, RunPaused
 from common.safe_text import redact
@@ -54,37 +63,50 @@ def _prepare_child() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
-    """Run (or continue) one run to its end in this process's node: the body of the Ray task."""
+def execute_run(run_dir: str, home: str | None, campaign_root: str | None = None,
+                driver: str | None = None) -> dict[str, Any]:
+    """The body of the Ray task: ``supervise_run`` on this process's node."""
     import ray
 
+    context = ray.get_runtime_context()
+    stopping = (lambda: stop_marked(Path(campaign_root), driver)) if campaign_root and driver else (lambda: False)
+    return supervise_run(run_dir, home, stopping, context.get_node_id(), context.gcs_address)
+
+
+def supervise_run(run_dir: str, home: str | None, stopping: Callable[[], bool], node: str | None,
+                  ray_address: str | None) -> dict[str, Any]:
+    """Run (or continue) one run to its end. It ends early, its run given the Ctrl-C, on a KeyboardInterrupt
+    (Ray's cancel) or once ``stopping()`` says the driver is stopping."""
     heurist = Path(sys.executable).with_name("heurist")
-    node = ray.get_runtime_context().get_node_id()
+    stopped = {"returncode": None, "node": node, "lock_held": False, "stopped": True}
     # A start again after a lost driver may find the run's last process not yet reaped by the kernel.
     deadline = time.monotonic() + LOCK_WAIT_S
     while not run_lock_free(Path(run_dir)):
+        if stopping():
+            return stopped
         if time.monotonic() > deadline:
             return {"returncode": None, "node": node, "lock_held": True}
         time.sleep(0.2)
+    if stopping():
+        return stopped
     env = dict(os.environ)
     if home:
         env["HEURIST_HOME"] = home
-    # A run with eval.backend = "ray" spreads its episodes over this campaign's own cluster.
-    env.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if ray_address:  # a run with eval.backend = "ray" spreads its episodes over this campaign's own cluster
+        env.setdefault("RAY_ADDRESS", ray_address)
     proc = None
     with open(Path(run_dir) / "campaign-task.log", "ab") as log:
         try:
             proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, env=env, start_new_session=True,
                                     preexec_fn=_prepare_child)
-            code = _wait_interruptibly(proc)
+            code = _wait_interruptibly(proc, stopping)
+            if code is None:  # the driver is stopping
+                _interrupt(proc)
+                return {**stopped, "returncode": proc.returncode}
         except BaseException:  # ray.cancel: Ctrl-C to the run, which records its interruption; a kill after that
             if proc is not None:
-                try:
-                    os.killpg(proc.pid, signal.SIGINT)
-                    proc.wait(timeout=STOP_GRACE_S)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
+                _interrupt(proc)
             raise
         finally:  # whatever ended this task (a second Ctrl-C included), the run does not outlive it
             if proc is not None and proc.poll() is None:
@@ -95,15 +117,36 @@ def execute_run(run_dir: str, home: str | None) -> dict[str, Any]:
     return {"returncode": code, "node": node, "lock_held": False}
 
 
-def _wait_interruptibly(proc: subprocess.Popen) -> int:
-    """The child's exit code. Ray cancels a task with a simulated Ctrl-C (``_thread.interrupt_main``), which no
-    blocking system call notices: a plain ``proc.wait()`` would hold the cancel until the run ended by itself.
-    Short waits let the KeyboardInterrupt through within half a second."""
+def _wait_interruptibly(proc: subprocess.Popen, stopping: Callable[[], bool]) -> int | None:
+    """The child's exit code, or None once ``stopping()`` says so. Ray cancels a task with a simulated Ctrl-C
+    (``_thread.interrupt_main``), which no blocking system call notices: a plain ``proc.wait()`` would hold the
+    cancel until the run ended by itself. Short waits let the KeyboardInterrupt through within half a second."""
     while True:
         try:
             return proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
-            continue
+            if stopping():
+                return None
+
+
+def _interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C to the run's process group, then up to STOP_GRACE_S for it to record its interruption and exit.
+    The driver stops both ways at once (its marker and Ray's cancel), so a KeyboardInterrupt from the second
+    may arrive during the grace: it changes nothing, and the run keeps the rest of its grace."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return
+        except subprocess.TimeoutExpired:
+            return
+        except KeyboardInterrupt:
+            if time.monotonic() >= deadline:
+                return
 
 
 @dataclass
@@ -124,6 +167,7 @@ class Driver:
     on_line: Callable[[str], None] = print
     in_flight: dict[Any, Flight] = field(default_factory=dict)  # Ray object ref -> its run
     stop_reason: str = "stopped"  # why runs cancelled now are stopped
+    name: str = field(default_factory=lambda: uuid.uuid4().hex)  # this driver, as its tasks' stop marker names it
 
     @cached_property
     def record(self) -> CampaignRecord:
@@ -289,7 +333,7 @@ class Driver:
         # own, and runs holding every CPU would wait forever for them.
         on_ray = (planned.config.get("eval") or {}).get("backend") == "ray"
         ref = task.options(num_cpus=0 if on_ray else record.spec.resources.cpus_per_run,
-                           max_retries=0).remote(str(run_dir), self.home)
+                           max_retries=0).remote(str(run_dir), self.home, str(self.campaign.root), self.name)
         self.in_flight[ref] = Flight(key, attempt, allotment)
         self.on_line(f"started {key} (attempt {attempt})")
         return True
@@ -327,7 +371,7 @@ class Driver:
         status = run_status(run_dir)
         if status in ("finished", "paused"):  # its own ledger says it ended, whatever happened to the task after
             self._record_end(flight, status, node=outcome.get("node"))
-        elif lost == "stopped":
+        elif lost == "stopped" or outcome.get("stopped"):
             self._record_end(flight, "stopped", self.stop_reason)
         elif lost is not None:
             self._record_end(flight, "lost", f"{lost}; it starts again from its checkpoint")
@@ -378,8 +422,16 @@ class Driver:
         import ray
 
         self.stop_reason = why
+        # Two ways to each task, since Ray's cancel is best effort: the marker every task polls, then the cancel
+        # (a KeyboardInterrupt in the task), which also takes back a task Ray has not started yet.
+        if self.in_flight:
+            try:
+                self.campaign.mark_stopping(self.name)
+            except OSError as exc:  # a full disk, say: the cancel alone must do
+                self.on_line(f"warning: could not mark the campaign as stopping ({exc.strerror}); Ray's cancel "
+                             f"alone stops its runs")
         for ref in list(self.in_flight):
-            ray.cancel(ref)  # a KeyboardInterrupt in the task: the run records its interruption and stops
+            ray.cancel(ref)
         while self.in_flight:
             ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=STOP_GRACE_S + 30)
             for ref in ready:

@@ -10,6 +10,7 @@
       memory/            the runs' memory, which the driver serves (``campaign.memory_server``) unless told otherwise
       .lock              held by the process driving the campaign
       stop               written by `heurist campaign stop`; the driver stops the runs and itself
+      stopping           written by the driver as it stops its runs (for any reason): each run's task sees it
 
 The ledger is the truth about runs: a run is done when a ``campaign_run_ended`` line says so, and
 one started but never ended (the driver was killed) is started again on resume, from its checkpoint.
@@ -162,3 +163,19 @@ class CampaignDir:
 
     def clear_stop(self) -> None:
         (self.root / "stop").unlink(missing_ok=True)
+
+    def mark_stopping(self, driver: str) -> None:
+        """Tell the tasks of the driver named ``driver`` to give their runs the Ctrl-C now (``stop_marked``).
+        Ray's own cancel, a KeyboardInterrupt raised in the task, is best effort: under load one was seen never
+        to arrive, and its run was killed when the stop's grace ran out, without recording its interruption. A
+        file in the campaign directory, which every task already reaches for its run, does not depend on it."""
+        atomic_write(self.root / "stopping", driver + "\n")
+
+
+def stop_marked(root: Path, driver: str) -> bool:
+    """Whether the driver named ``driver`` is stopping its runs. A marker an earlier driver left names that
+    driver, so a campaign resumed after a stop does not stop again."""
+    try:
+        return (Path(root) / "stopping").read_text().strip() == driver
+    except OSError:
+        return False

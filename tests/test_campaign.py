@@ -561,3 +561,82 @@ def test_the_campaigns_memory_server_serves_a_heurist_store_and_says_when_its_po
         port = taken.getsockname()[1]
         with pytest.raises(CampaignError, match=f"127.0.0.1:{port} cannot be taken here"):
             MemoryServer(tmp_path / "memory", f"http://127.0.0.1:{port}", tmp_path / "server.log").start()
+
+
+INTERRUPTIBLE_CHILD = textwrap.dedent("""
+    import signal, sys
+    signal.signal(signal.SIGINT, lambda *_: print("interrupted", flush=True))
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go" comes once the supervisor has had its second stop
+    sys.exit(3)
+""")
+
+
+def test_a_second_stop_during_the_grace_leaves_the_run_the_rest_of_it():
+    """The driver stops each task two ways (its marker, then Ray's cancel): the cancel's KeyboardInterrupt may come
+    while the run is recording its interruption, and must not cut its grace short with a kill."""
+    import _thread
+    import sys
+    import threading
+
+    from campaign.engine import _interrupt
+
+    child = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+
+        def second_stop() -> None:
+            if child.stdout.readline() == "interrupted\n":  # the run has its Ctrl-C and is recording it
+                _thread.interrupt_main()  # as Ray cancels a task
+            child.stdin.write("go\n")
+            child.stdin.flush()
+
+        helper = threading.Thread(target=second_stop)
+        helper.start()
+        try:
+            _interrupt(child)
+        except KeyboardInterrupt:
+            pytest.fail("the second stop cut the run's grace short")
+        helper.join()
+        assert child.returncode == 3  # it exited by itself, not killed
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_a_stopping_driver_stops_its_runs_without_rays_cancel(home, monkeypatch):
+    """Ray's cancel is best effort: under load one never arrived, and its run was killed when the stop's grace ran
+    out, without recording its interruption. The marker the driver writes stops a run by itself; a marker an
+    earlier driver left stops nothing."""
+    import threading
+
+    from campaign.engine import supervise_run
+    from campaign.record import CampaignDir, stop_marked
+    from store.config import build_config
+    from store.rundir import create_run
+
+    tmp, env = home
+    monkeypatch.setenv("HEURIST_HOME", env["HEURIST_HOME"])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    campaign = CampaignDir(tmp / "camp")
+    run_dir = create_run(build_config({"task": "CartPole-v1", "policy": str(tmp / "weak.py"), "offline": True,
+                                       "report": False, "budget": {"iterations": 50, "stop_when": "never"}},
+                                      "test"), campaign.run_dir("r"))
+    campaign.mark_stopping("an-earlier-driver")
+    outcome: dict = {}
+    task = threading.Thread(target=lambda: outcome.update(supervise_run(
+        str(run_dir), env["HEURIST_HOME"], lambda: stop_marked(campaign.root, "this-driver"), "node", None)))
+    task.start()
+    ledger = run_dir / "ledger.jsonl"
+    deadline = time.monotonic() + 240
+    while not (ledger.exists() and '"eval_finished"' in ledger.read_text()):  # mid-run
+        assert task.is_alive() and time.monotonic() < deadline, (run_dir / "campaign-task.log").read_text()[-2000:]
+        time.sleep(0.1)
+    campaign.mark_stopping("this-driver")
+    task.join(timeout=240)
+    assert not task.is_alive()
+    log = (run_dir / "campaign-task.log").read_text()
+    assert outcome["stopped"] and outcome["returncode"] == 130, (outcome, log[-2000:])
+    assert "interrupted; nothing recorded is lost" in log, log[-2000:]
