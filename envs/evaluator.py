@@ -38,7 +38,7 @@ from envs.limits import Limits
 from envs.policy_files import PolicyBundle, StagedPolicy, read_policy
 from envs.ray_backend import package_versions
 from envs.results import Clip, EpisodeResult, EvalResult, score_stats
-from envs.scheduling import Schedule, Scheduler
+from envs.scheduling import STAGGER_S, Schedule, Scheduler
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
 from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess
 
@@ -53,7 +53,12 @@ class EvalRequest(BaseModel):
     split: Split = "dev"
     episodes: int | None = Field(default=None, ge=1)
     seeds: list[int] | None = Field(default=None, description="Run these seeds of the split (default: its first `episodes`).")
-    workers: int | None = Field(default=None, ge=1)
+    workers: int | None = Field(default=None, ge=1, description=(
+        "Worker pairs at most (default: all cores). Pairs after the first start once episodes have stepped for "
+        "``stagger_s`` with seeds still waiting (``envs.scheduling``)."))
+    stagger_s: float = Field(default=STAGGER_S, ge=0, description=(
+        "How long episodes step before a second pair starts, if seeds still wait; 0: every pair at once. An "
+        "evaluation one pair finishes sooner does not pay the others' start-up."))
     confirm_protected: bool = False
     limits: Limits = Field(default_factory=Limits)
     step_s: float = Field(default=0.0, ge=0, description=(
@@ -324,6 +329,7 @@ class Evaluator:
             seeds=seeds, workers=req.workers or os.cpu_count() or 1, width=lockstep_width(self.spec, req.lockstep),
             episode_timeout_s=limits.episode_timeout_s, episode_cpu_s=limits.episode_cpu_s,
             deadline=started + self.eval_timeout_s, eval_timeout_s=self.eval_timeout_s, progress=self.progress,
+            stagger_s=req.stagger_s,
             job=lambda seed, slot: self._job("episode", staged, seed=seed, slot=slot,
                                              trace_window=req.trace_window, max_windows=req.max_windows),
             start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, cpu))

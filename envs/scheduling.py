@@ -19,6 +19,14 @@ limit (on its one core it cannot have used more CPU than that), or when its env 
 advancing for ``episode_timeout_s``. A result a group returns therefore came in less time than
 the episode would have had alone. The evaluation's own limit cuts whatever is in flight, with
 no grace, and nothing runs again.
+
+Pairs after the first start only once an episode has been stepping for ``stagger_s`` (default
+``STAGGER_S``) with seeds still waiting. A pair's start-up costs about 0.35 CPU-seconds (an
+interpreter, numpy, the simulator, the policy's import and set-up), more than the episodes of most
+small evaluations on a fast simulator: one pair finishes eight CartPole episodes in lockstep
+within a few hundred milliseconds, and the second pair would only have doubled the CPU spent. A
+longer evaluation loses at most ``stagger_s`` of its parallel time. Which pair runs a seed never
+changes its result (each episode depends on its seed alone), so this decides cost, never scores.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from common.safe_text import redact
@@ -36,6 +45,7 @@ from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess, pair_cpus
 POLL_S = 2.0  # how often a waiting group is checked for progress and for its limits
 START_POLL_S = 0.05  # how often a lone episode's worker is checked for having taken it
 STARTUP_S = 10.0  # how long a worker may take to start up and take an episode, beyond the episode's limit
+STAGGER_S = 0.5  # how long episodes step before a second pair starts, if seeds still wait (see the docstring)
 
 
 def wall_grace(episode_timeout_s: float) -> float:
@@ -69,8 +79,10 @@ class Schedule:
     job: Callable[[int, int], dict]  # (seed, slot) -> the episode job
     start_worker: Callable[[int], WorkerProcess]  # cpu -> a new worker
     progress: Callable[[EpisodeResult], None] | None = None
+    stagger_s: float = STAGGER_S  # 0: every pair starts at once
     results: dict[int, EpisodeResult] = field(default_factory=dict)
     setup_runs: int = 0  # the policy's set-ups the workers completed, killed workers' included
+    pairs: int = 0  # the worker pairs started, replacements included
 
 
 def _alone(flights: dict[int, Flight]) -> bool:
@@ -78,11 +90,11 @@ def _alone(flights: dict[int, Flight]) -> bool:
     return len(flights) == 1 and next(iter(flights.values())).alone
 
 
-def on_threads(serve: Callable[[int], None], cpus: list[int], interrupt: Callable[[], None]) -> None:
-    """``serve(cpu)`` for each core, each on a thread of its own, until all return. On Ctrl-C or a bug,
-    ``interrupt()`` (which makes the other threads return soon) before the exception goes on."""
-    pool = ThreadPoolExecutor(max_workers=len(cpus), thread_name_prefix="heurist-eval")
-    futures = [pool.submit(serve, cpu) for cpu in cpus]
+def on_threads(serves: list[Callable[[], None]], interrupt: Callable[[], None]) -> None:
+    """Each of ``serves`` on a thread of its own, until all return. On Ctrl-C or a bug, ``interrupt()``
+    (which makes the other threads return soon) before the exception goes on."""
+    pool = ThreadPoolExecutor(max_workers=len(serves), thread_name_prefix="heurist-eval")
+    futures = [pool.submit(serve) for serve in serves]
     try:
         for future in futures:
             future.result()
@@ -106,16 +118,30 @@ class Scheduler:
         self.lock = threading.Lock()
         self.live: set[WorkerProcess] = set()
         self.stop = threading.Event()
+        self.drained = threading.Event()  # no seed waits (or the evaluation stopped): no later pair is needed
+        self.underway = threading.Event()  # an env process has taken an episode, or drained
         self.alone = self.width == 1  # once a group fails, every episode runs alone
         self.wasted: dict[int, int] = {}  # env steps a lost group took, by seed
 
     def run(self) -> dict[int, EpisodeResult]:
-        on_threads(self._serve, pair_cpus(self.n_workers), self._interrupt)
+        cpus = pair_cpus(self.n_workers)
+        on_threads([partial(self._serve, cpu, later=i > 0) for i, cpu in enumerate(cpus)], self._interrupt)
         return self.plan.results
 
     # ------------------------------------------------------------------ one worker's thread
 
-    def _serve(self, cpu: int) -> None:
+    def _wanted(self) -> bool:
+        """For a pair after the first: whether seeds still wait once episodes have stepped for ``stagger_s``."""
+        self.underway.wait()
+        return not self.drained.wait(self.plan.stagger_s)
+
+    def _drain(self) -> None:
+        self.drained.set()
+        self.underway.set()
+
+    def _serve(self, cpu: int, later: bool = False) -> None:
+        if later and self.plan.stagger_s > 0 and not self._wanted():
+            return
         worker: WorkerProcess | None = None
         flights: dict[int, Flight] = {}  # by seed
         again: list[int] = []  # this thread's seeds to run again, alone
@@ -131,6 +157,7 @@ class Scheduler:
                         worker = self.plan.start_worker(cpu)
                         with self.lock:  # the same lock as _interrupt's: it kills this pair, or this sees its stop
                             self.live.add(worker)
+                            self.plan.pairs += 1
                             stopped = self.stop.is_set()
                         if stopped:  # Ctrl-C came while the pair started, before _interrupt could look
                             worker.kill()
@@ -166,6 +193,7 @@ class Scheduler:
             for flight in flights.values():
                 if flight.started_at is None:
                     if worker.started(flight.slot):
+                        self.underway.set()
                         # Taken at some moment since it was last seen not taken: its clock starts at the earliest
                         # such moment, so no episode gets more time than it had, in a group or alone.
                         flight.started_at = flight.unstarted_at
@@ -281,7 +309,10 @@ class Scheduler:
 
     def _next_seed(self) -> int | None:
         with self.lock:
-            return self.pending.pop() if self.pending and not self.stop.is_set() else None
+            seed = self.pending.pop() if self.pending and not self.stop.is_set() else None
+            if not self.pending or self.stop.is_set():
+                self._drain()
+            return seed
 
     @staticmethod
     def _progress(worker: WorkerProcess, flights: dict[int, Flight]) -> int:
@@ -306,6 +337,7 @@ class Scheduler:
         # waiting for the episodes in flight to finish.
         with self.lock:
             self.stop.set()
+            self._drain()
             doomed = list(self.live)
         for worker in doomed:
             worker.kill()

@@ -345,3 +345,41 @@ def test_a_stop_that_lands_while_a_worker_pair_starts_kills_that_pair_at_once(tm
     assert scheduler.run() == {}
     [worker] = started
     assert worker.env_proc.returncode is not None and worker.env_proc.returncode < 0  # killed, not closed
+
+
+PAIR_COUNTING_POLICY = '''
+    import time
+
+
+    def setup():
+        return {}  # counted once per worker pair (EvalResult.setup_runs)
+
+
+    class Policy:
+        def __init__(self, setup):
+            pass
+
+        def reset(self, seed):
+            pass
+
+        def act(self, obs, info):
+            time.sleep(SLEEP)
+            return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+'''
+
+
+def test_a_second_pair_starts_only_if_seeds_still_wait_once_episodes_have_stepped_a_while(run_eval, write_policy):
+    """A pair's start-up costs more CPU than a small evaluation's episodes on a fast simulator, so pairs after the
+    first wait ``stagger_s`` after the first episode is taken, and start only if seeds are still waiting then."""
+    fast = write_policy(PAIR_COUNTING_POLICY.replace("SLEEP", "0"), name="fast.py")
+    # No later pair can start before 600 s; one pair finishes the six episodes long before, and nothing waits
+    # out the 600 s once no seed is left.
+    alone = run_eval(fast, "CartPole-v1", episodes=6, workers=2, stagger_s=600)
+    assert alone.status == "complete" and alone.setup_runs == 1
+    # Episodes of two seconds at least (40 steps of 50 ms, two at a time): seeds are still waiting after 0.2 s.
+    slow = write_policy(PAIR_COUNTING_POLICY.replace("SLEEP", "0.05"), name="slow.py")
+    both = run_eval(slow, "CartPole-v1", episodes=4, workers=2, lockstep=2, max_steps=40, stagger_s=0.2)
+    assert both.status == "complete" and both.setup_runs == 2
+    at_once = run_eval(fast, "CartPole-v1", episodes=6, workers=2)  # run_eval's default: stagger_s=0
+    assert at_once.setup_runs == 2
+    assert [(e.return_, e.length) for e in alone.episodes] == [(e.return_, e.length) for e in at_once.episodes]

@@ -65,6 +65,7 @@ def _quick(policy: Path, task: str, ledger_dir: Path, **kw):
     from common.ledger import Ledger
 
     limits = kw.pop("limits", Limits(episode_timeout_s=60, episode_cpu_s=60, memory_mb=2048))
+    kw.setdefault("stagger_s", 0)  # as conftest's run_eval: the pairs asked for, side by side
     request = EvalRequest(policy_path=policy, task_id=task, limits=limits, **kw)
     return evaluate(get_task(task), request, Ledger(ledger_dir / "ledger.jsonl"))
 

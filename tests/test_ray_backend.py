@@ -76,8 +76,9 @@ def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
     assert local.returncode == 0 and on_ray.returncode == 0, (local.stderr[-2000:], on_ray.stderr[-2000:])
     summary = json.loads(on_ray.stdout)
     assert summary["backend"] == "ray" and sum(summary["nodes"].values()) == 6, summary
-    # One set-up per worker pair: two locally, one per shard on Ray; the same policy (its data in its identity).
-    assert json.loads(local.stdout)["setup_runs"] == 2 and summary["setup_runs"] == len(shards(list(range(6)), 2))
+    # One set-up per worker pair: one or two locally (a second pair starts only if seeds still wait after
+    # envs.scheduling.STAGGER_S), one per shard on Ray; the same policy (its data in its identity).
+    assert json.loads(local.stdout)["setup_runs"] in (1, 2) and summary["setup_runs"] == len(shards(list(range(6)), 2))
     assert summary["policy_sha256"] == json.loads(local.stdout)["policy_sha256"]
     episodes, steps = _episodes(ledgers / "ray.jsonl")
     assert (episodes, steps) == _episodes(ledgers / "local.jsonl")
