@@ -95,6 +95,7 @@ def supervise_run(run_dir: str, home: str | None, stopping: Callable[[], bool], 
     if ray_address:  # a run with eval.backend = "ray" spreads its episodes over this campaign's own cluster
         env.setdefault("RAY_ADDRESS", ray_address)
     proc = None
+    sent: list[bool] = []  # the run's Ctrl-C, once sent: a second one would cut its recording short
     with open(Path(run_dir) / "campaign-task.log", "ab") as log:
         try:
             proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
@@ -102,11 +103,11 @@ def supervise_run(run_dir: str, home: str | None, stopping: Callable[[], bool], 
                                     preexec_fn=_prepare_child)
             code = _wait_interruptibly(proc, stopping)
             if code is None:  # the driver is stopping
-                _interrupt(proc)
+                _interrupt(proc, sent)
                 return {**stopped, "returncode": proc.returncode}
         except BaseException:  # ray.cancel: Ctrl-C to the run, which records its interruption; a kill after that
             if proc is not None:
-                _interrupt(proc)
+                _interrupt(proc, sent)
             raise
         finally:  # whatever ended this task (a second Ctrl-C included), the run does not outlive it
             if proc is not None and proc.poll() is None:
@@ -129,15 +130,18 @@ def _wait_interruptibly(proc: subprocess.Popen, stopping: Callable[[], bool]) ->
                 return None
 
 
-def _interrupt(proc: subprocess.Popen) -> None:
-    """Ctrl-C to the run's process group, then up to STOP_GRACE_S for it to record its interruption and exit.
-    The driver stops both ways at once (its marker and Ray's cancel), so a KeyboardInterrupt from the second
-    may arrive during the grace: it changes nothing, and the run keeps the rest of its grace."""
+def _interrupt(proc: subprocess.Popen, sent: list[bool]) -> None:
+    """Ctrl-C to the run's process group (unless ``sent`` says it was), then up to STOP_GRACE_S for it to record
+    its interruption and exit. The driver stops both ways at once (its marker and Ray's cancel), so a
+    KeyboardInterrupt from the second may arrive during the grace: it changes nothing, and the run keeps the rest
+    of its grace."""
     deadline = time.monotonic() + STOP_GRACE_S
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-    except ProcessLookupError:
-        return
+    if not sent:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        sent.append(True)
     while True:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -428,8 +432,8 @@ class Driver:
             try:
                 self.campaign.mark_stopping(self.name)
             except OSError as exc:  # a full disk, say: the cancel alone must do
-                self.on_line(f"warning: could not mark the campaign as stopping ({exc.strerror}); Ray's cancel "
-                             f"alone stops its runs")
+                self.on_line(f"warning: could not mark the campaign as stopping ({exc.strerror or exc}); Ray's "
+                             f"cancel alone stops its runs")
         for ref in list(self.in_flight):
             ray.cancel(ref)
         while self.in_flight:

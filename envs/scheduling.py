@@ -20,13 +20,16 @@ advancing for ``episode_timeout_s``. A result a group returns therefore came in 
 the episode would have had alone. The evaluation's own limit cuts whatever is in flight, with
 no grace, and nothing runs again.
 
-Pairs after the first start only once an episode has been stepping for ``stagger_s`` (default
-``STAGGER_S``) with seeds still waiting. A pair's start-up costs about 0.35 CPU-seconds (an
-interpreter, numpy, the simulator, the policy's import and set-up), more than the episodes of most
-small evaluations on a fast simulator: one pair finishes eight CartPole episodes in lockstep
-within a few hundred milliseconds, and the second pair would only have doubled the CPU spent. A
-longer evaluation loses at most ``stagger_s`` of its parallel time. Which pair runs a seed never
-changes its result (each episode depends on its seed alone), so this decides cost, never scores.
+Pairs after the first start only if seeds still wait ``stagger_s`` (default ``STAGGER_S``) after
+the first pair's first episode got under way (its env process took it, after the pair's start-up
+and the policy's set-up), or after ``STAGGER_CAP_S`` if none has by then (a slow set-up, a pair
+that dies before taking one). A pair's start-up costs about 0.35 CPU-seconds (an interpreter,
+numpy, the simulator, the policy's import and set-up), more than the episodes of most small
+evaluations on a fast simulator: one pair finishes eight CartPole episodes in lockstep within a
+few hundred milliseconds, and the second pair would only have doubled the CPU spent. A longer
+evaluation loses at most ``STAGGER_CAP_S + stagger_s`` of its parallel time. Which pair runs a
+seed never changes its result (each episode depends on its seed alone), so this decides cost,
+never scores; ``setup_runs`` counts the pairs that ran, so it may differ between two runs.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ POLL_S = 2.0  # how often a waiting group is checked for progress and for its li
 START_POLL_S = 0.05  # how often a lone episode's worker is checked for having taken it
 STARTUP_S = 10.0  # how long a worker may take to start up and take an episode, beyond the episode's limit
 STAGGER_S = 0.5  # how long episodes step before a second pair starts, if seeds still wait (see the docstring)
+STAGGER_CAP_S = 3.0  # the most a second pair waits for the first pair's first episode to get under way
 
 
 def wall_grace(episode_timeout_s: float) -> float:
@@ -82,7 +86,6 @@ class Schedule:
     stagger_s: float = STAGGER_S  # 0: every pair starts at once
     results: dict[int, EpisodeResult] = field(default_factory=dict)
     setup_runs: int = 0  # the policy's set-ups the workers completed, killed workers' included
-    pairs: int = 0  # the worker pairs started, replacements included
 
 
 def _alone(flights: dict[int, Flight]) -> bool:
@@ -119,7 +122,7 @@ class Scheduler:
         self.live: set[WorkerProcess] = set()
         self.stop = threading.Event()
         self.drained = threading.Event()  # no seed waits (or the evaluation stopped): no later pair is needed
-        self.underway = threading.Event()  # an env process has taken an episode, or drained
+        self.underway = threading.Event()  # an env process has taken an episode (or one ended), or drained
         self.alone = self.width == 1  # once a group fails, every episode runs alone
         self.wasted: dict[int, int] = {}  # env steps a lost group took, by seed
 
@@ -132,7 +135,7 @@ class Scheduler:
 
     def _wanted(self) -> bool:
         """For a pair after the first: whether seeds still wait once episodes have stepped for ``stagger_s``."""
-        self.underway.wait()
+        self.underway.wait(STAGGER_CAP_S)
         return not self.drained.wait(self.plan.stagger_s)
 
     def _drain(self) -> None:
@@ -157,7 +160,6 @@ class Scheduler:
                         worker = self.plan.start_worker(cpu)
                         with self.lock:  # the same lock as _interrupt's: it kills this pair, or this sees its stop
                             self.live.add(worker)
-                            self.plan.pairs += 1
                             stopped = self.stop.is_set()
                         if stopped:  # Ctrl-C came while the pair started, before _interrupt could look
                             worker.kill()
@@ -292,6 +294,8 @@ class Scheduler:
         self._finish(flights, result)
 
     def _finish(self, flights: dict[int, Flight], result: EpisodeResult) -> None:
+        # An episode alone can be taken and end between two looks at whether it was taken: it was under way.
+        self.underway.set()
         flights.pop(result.seed, None)
         with self.lock:
             result.env_steps += self.wasted.pop(result.seed, 0)

@@ -595,7 +595,7 @@ def test_a_second_stop_during_the_grace_leaves_the_run_the_rest_of_it():
         helper = threading.Thread(target=second_stop)
         helper.start()
         try:
-            _interrupt(child)
+            _interrupt(child, [])
         except KeyboardInterrupt:
             pytest.fail("the second stop cut the run's grace short")
         helper.join()

@@ -380,6 +380,18 @@ def test_a_second_pair_starts_only_if_seeds_still_wait_once_episodes_have_steppe
     slow = write_policy(PAIR_COUNTING_POLICY.replace("SLEEP", "0.05"), name="slow.py")
     both = run_eval(slow, "CartPole-v1", episodes=4, workers=2, lockstep=2, max_steps=40, stagger_s=0.2)
     assert both.status == "complete" and both.setup_runs == 2
+    # Lone episodes of one 20 ms step end within one look at whether they were taken (every 50 ms): an episode
+    # that ends was under way, so with a hundred seeds waiting the second pair starts all the same.
+    brief = write_policy(PAIR_COUNTING_POLICY.replace("SLEEP", "0.02"), name="brief.py")
+    lone = run_eval(brief, "CartPole-v1", split="custom", seeds=list(range(100, 200)), workers=2, lockstep=1,
+                    max_steps=1, stagger_s=0.2)
+    assert lone.status == "complete" and lone.setup_runs == 2
+    # A set-up of 5 s: no episode is under way before it ends, so the second pair starts 3 s in (STAGGER_CAP_S)
+    # rather than after the first pair's set-up, when that pair would take the last seed itself.
+    slow_setup = write_policy(PAIR_COUNTING_POLICY.replace("return {}", "time.sleep(5)\n        return {}")
+                              .replace("SLEEP", "0"), name="slow_setup.py")
+    capped = run_eval(slow_setup, "CartPole-v1", episodes=2, workers=2, lockstep=1, stagger_s=0.1)
+    assert capped.status == "complete" and capped.setup_runs == 2
     at_once = run_eval(fast, "CartPole-v1", episodes=6, workers=2)  # run_eval's default: stagger_s=0
     assert at_once.setup_runs == 2
     assert [(e.return_, e.length) for e in alone.episodes] == [(e.return_, e.length) for e in at_once.episodes]
