@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -20,6 +24,26 @@ from tests.offline_runs import weak_cartpole  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
+T = TypeVar("T")
+
+
+def once_per_session(tmp_path_factory, worker_id: str, name: str, make: Callable[[Path], T]) -> T:
+    """``make(folder)`` once per pytest session however many xdist workers ask: the first one makes it and saves
+    it pickled, the others wait on a lock and read it (pytest-xdist's documented way to share a session fixture).
+    Readers must leave what it made as it is. A worker whose ``make`` failed saves nothing, so the next one to ask
+    makes it again, in a folder of its own."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the session's folder, above each worker's
+    saved = shared / f"{name}.pickle"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, by a failure too
+        if saved.exists():
+            return pickle.loads(saved.read_bytes())
+        made = make(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)))
+        partial = saved.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(made))
+        partial.rename(saved)
+        return made
 
 
 @pytest.fixture
@@ -75,15 +99,18 @@ def run_eval(ledger, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def llm_run(tmp_path_factory):
-    """One recorded two-iteration run on the LLM path (tests/scripted_runs.py), read by several tests."""
+def llm_run(tmp_path_factory, worker_id):
+    """One recorded two-iteration run on the LLM path (tests/scripted_runs.py), read by several tests: recorded
+    once per session (about 15 CPU-seconds), not once per xdist worker. Tests copy it before they change it."""
     from tests.scripted_runs import record_llm_run
 
-    home = tmp_path_factory.mktemp("llm-run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HEURIST_HOME", str(home / "home"))
-        patch.delenv("OPENAI_API_KEY", raising=False)
-        return record_llm_run(home)
+    def record(home: Path):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HEURIST_HOME", str(home / "home"))
+            patch.delenv("OPENAI_API_KEY", raising=False)
+            return record_llm_run(home)
+
+    return once_per_session(tmp_path_factory, worker_id, "llm-run", record)
 
 
 @pytest.fixture

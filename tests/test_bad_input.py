@@ -145,7 +145,7 @@ def test_a_bare_heurist_prints_its_help_and_no_error_line(workdir, monkeypatch, 
 def test_damaged_ledger_lines_are_skipped_with_one_warning_not_an_error(llm_run, workdir, monkeypatch, capsys):
     """A torn line (a crash mid-write) or bytes that are not text at all: every command still works."""
     run = workdir / "run"
-    shutil.copytree(llm_run.run_dir, run)
+    shutil.copytree(llm_run.run_dir, run, ignore=shutil.ignore_patterns("report", ".lock"))  # rewritten elsewhere
     lines = (run / "ledger.jsonl").read_bytes().splitlines(keepends=True)
     lines[3:3] = [b'{"event": "eval_finished", "torn\n', b"\x00\x00\xff not text\n", b"42\n"]
     (run / "ledger.jsonl").write_bytes(b"".join(lines))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import termios
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from common.safe_text import environ_without_secrets
 from envs.forkserver import ENV_PROCESSES, ForkServer, start_process
 from report.render import write_report
 from runner.report_child import REPORT_PROCESSES, rebuild
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, once_per_session
 from tests.offline_runs import heurist
 from tests.scripted_runs import BALANCES
 from tests.test_cli import HEURIST
@@ -183,13 +184,18 @@ def _in_terminal(args: list[str], env: dict, timeout: float = 180) -> tuple[int,
     return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def terminal_run(llm_run, tmp_path_factory):
-    """An offline run of one iteration, watched in a terminal: the live panel."""
-    tmp = tmp_path_factory.mktemp("terminal-run")
+@pytest.fixture(scope="session")
+def terminal_run(llm_run, tmp_path_factory, worker_id):
+    """An offline run of one iteration, watched in a terminal: the live panel. Made once per session, for the
+    tests on every xdist worker that read it."""
+    return once_per_session(tmp_path_factory, worker_id, "terminal-run", partial(_watch_a_run, llm_run))
+
+
+def _watch_a_run(llm_run, tmp: Path):
     (tmp / "run.toml").write_text("[eval]\nepisodes = 6\nholdout = false\n[search]\npopulation = 4\n"
                                   "generations = 1\nseed = 3\n[budget]\nstop_when = \"never\"\n")
-    env = {**llm_run.env(dict(os.environ)), "TERM": "xterm-256color"}
+    # A home of its own: the recorded run's memory is read by tests on other xdist workers meanwhile.
+    env = {**llm_run.env(dict(os.environ)), "TERM": "xterm-256color", "HEURIST_HOME": str(tmp / "home")}
     env.pop("NO_COLOR", None)
     code, output = _in_terminal([HEURIST, "run", "--env", "CartPole-v1", "--policy", str(llm_run.policy),
                                  "--config", str(tmp / "run.toml"), "--iterations", "1", "--run-dir",
