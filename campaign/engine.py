@@ -63,14 +63,13 @@ def _prepare_child() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def execute_run(run_dir: str, home: str | None, campaign_root: str | None = None,
-                driver: str | None = None) -> dict[str, Any]:
-    """The body of the Ray task: ``supervise_run`` on this process's node."""
+def execute_run(run_dir: str, home: str | None, campaign_root: str, driver: str) -> dict[str, Any]:
+    """The body of the Ray task: ``supervise_run`` on this process's node, stopped by ``driver``'s marker."""
     import ray
 
     context = ray.get_runtime_context()
-    stopping = (lambda: stop_marked(Path(campaign_root), driver)) if campaign_root and driver else (lambda: False)
-    return supervise_run(run_dir, home, stopping, context.get_node_id(), context.gcs_address)
+    return supervise_run(run_dir, home, lambda: stop_marked(Path(campaign_root), driver), context.get_node_id(),
+                         context.gcs_address)
 
 
 def supervise_run(run_dir: str, home: str | None, stopping: Callable[[], bool], node: str | None,
@@ -81,21 +80,21 @@ def supervise_run(run_dir: str, home: str | None, stopping: Callable[[], bool], 
     stopped = {"returncode": None, "node": node, "lock_held": False, "stopped": True}
     # A start again after a lost driver may find the run's last process not yet reaped by the kernel.
     deadline = time.monotonic() + LOCK_WAIT_S
-    while not run_lock_free(Path(run_dir)):
+    while True:
         if stopping():
             return stopped
+        if run_lock_free(Path(run_dir)):
+            break
         if time.monotonic() > deadline:
             return {"returncode": None, "node": node, "lock_held": True}
         time.sleep(0.2)
-    if stopping():
-        return stopped
     env = dict(os.environ)
     if home:
         env["HEURIST_HOME"] = home
     if ray_address:  # a run with eval.backend = "ray" spreads its episodes over this campaign's own cluster
         env.setdefault("RAY_ADDRESS", ray_address)
     proc = None
-    sent: list[bool] = []  # the run's Ctrl-C, once sent: a second one would cut its recording short
+    sent: list[float] = []  # when the grace of the run's Ctrl-C ends, once sent: a second would cut it short
     with open(Path(run_dir) / "campaign-task.log", "ab") as log:
         try:
             proc = subprocess.Popen([str(heurist), "resume", run_dir, "--no-progress"], stdin=subprocess.DEVNULL,
@@ -130,18 +129,18 @@ def _wait_interruptibly(proc: subprocess.Popen, stopping: Callable[[], bool]) ->
                 return None
 
 
-def _interrupt(proc: subprocess.Popen, sent: list[bool]) -> None:
-    """Ctrl-C to the run's process group (unless ``sent`` says it was), then up to STOP_GRACE_S for it to record
-    its interruption and exit. The driver stops both ways at once (its marker and Ray's cancel), so a
-    KeyboardInterrupt from the second may arrive during the grace: it changes nothing, and the run keeps the rest
-    of its grace."""
-    deadline = time.monotonic() + STOP_GRACE_S
+def _interrupt(proc: subprocess.Popen, sent: list[float]) -> None:
+    """Ctrl-C to the run's process group (unless ``sent`` holds the end of its grace: it was), then up to
+    STOP_GRACE_S from that Ctrl-C for the run to record its interruption and exit. The driver stops both ways at
+    once (its marker and Ray's cancel), so a KeyboardInterrupt from the second may arrive during the grace: it
+    changes nothing, and the run keeps the rest of its grace."""
     if not sent:
         try:
             os.killpg(proc.pid, signal.SIGINT)
         except ProcessLookupError:
             return
-        sent.append(True)
+        sent.append(time.monotonic() + STOP_GRACE_S)
+    deadline = sent[0]
     while True:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))

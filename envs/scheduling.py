@@ -314,7 +314,7 @@ class Scheduler:
     def _next_seed(self) -> int | None:
         with self.lock:
             seed = self.pending.pop() if self.pending and not self.stop.is_set() else None
-            if not self.pending or self.stop.is_set():
+            if not self.pending:  # (a stop drained already: _interrupt)
                 self._drain()
             return seed
 
