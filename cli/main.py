@@ -22,6 +22,7 @@ from cli.doctor_commands import register as register_doctor_command
 from cli.memory_commands import memory_app
 from cli.report_commands import register as register_report_command
 from cli.run_commands import register as register_run_commands
+from common import interrupts
 from common.errors import HeuristError
 from common.paths import default_ledger_path
 from common.safe_text import printable
@@ -253,6 +254,7 @@ def main() -> None:
         sys.argv.remove("--debug")
     # Whatever any command prints, no secret of heurist's environment reaches the terminal or a log file.
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    interrupts.install()  # a Ctrl-C is remembered, so one a library swallows still stops a run or an evaluation
     try:
         # Not standalone: click's own error box is several lines; a usage error here is one, like any other.
         code = app(prog_name="heurist", standalone_mode=False)

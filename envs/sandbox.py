@@ -50,6 +50,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from common import interrupts
 from common.safe_text import redact
 from envs.cgroups import SandboxCgroups
 from envs.isolation import Confinement, filesystem_confined, isolation_prefix, sandbox_user
@@ -187,6 +188,21 @@ def limit_args(limits: Limits, cgroups: SandboxCgroups | None = None, **extra: i
                        "max_processes": nproc, "uid": uid, "gid": gid, **extra})
 
 
+def _wait_unless_stopping(proc: subprocess.Popen, timeout_s: float) -> int:
+    """The process's exit code; ``TimeoutExpired`` after ``timeout_s``. Often run by a thread working for the main
+    one (the test files of a verify run side by side), which a Ctrl-C cannot interrupt: it looks for one between
+    short waits and raises KeyboardInterrupt, so a stopping run does not wait its tests out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(interrupts.POLL_S, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if interrupts.received.is_set():
+                raise KeyboardInterrupt("Ctrl-C: the sandboxed process group was killed") from None
+            if time.monotonic() >= deadline:
+                raise
+
+
 def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
                   env: dict[str, str] | None = None, output_chars: int = 8000,
                   confinement: Confinement | None = None, pass_fds: tuple[int, ...] = ()) -> SandboxedRun:
@@ -217,14 +233,16 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
                                 start_new_session=True, close_fds=True, pass_fds=pass_fds)
         timed_out = False
         try:
-            code = proc.wait(timeout=timeout_s)
+            code = _wait_unless_stopping(proc, timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            code = proc.wait()
+        finally:
+            if proc.returncode is None:  # the time limit, or a Ctrl-C: the group does not outlive this call
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                code = proc.wait()
         output = log.tail(output_chars)
     finally:
         cgroups.remove()

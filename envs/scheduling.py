@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
+from common import interrupts
 from common.safe_text import redact
 from envs.results import EpisodeResult
 from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess, pair_cpus
@@ -97,10 +98,9 @@ def on_threads(serves: list[Callable[[], None]], interrupt: Callable[[], None]) 
     """Each of ``serves`` on a thread of its own, until all return. On Ctrl-C or a bug, ``interrupt()``
     (which makes the other threads return soon) before the exception goes on."""
     pool = ThreadPoolExecutor(max_workers=len(serves), thread_name_prefix="heurist-eval")
-    futures = [pool.submit(serve) for serve in serves]
     try:
-        for future in futures:
-            future.result()
+        # In steps, not one blocking wait: a Ctrl-C the kernel gave another thread still stops it (common/interrupts).
+        interrupts.results([pool.submit(serve) for serve in serves])
     except BaseException:
         interrupt()
         raise

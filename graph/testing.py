@@ -12,6 +12,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
+from common import interrupts
 from common.events import ScenarioSteps
 from envs.regression import PolicyUnderTest, TestFileResult, run_test_file
 from graph.context import Services
@@ -64,7 +65,10 @@ def run_test_files(s: Services, jobs: list[tuple[str, str, PolicyUnderTest]],
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heurist-tests") as pool:
         futures = [(name, policy, pool.submit(run_test_file, name, text, policy, s.limits(), timeout))
                    for name, text, policy in jobs]
-        results = [(name, policy, future.result()) for name, policy, future in futures]
+        # In steps: a Ctrl-C stops the wait wherever the kernel delivered it, and the tests' threads then kill
+        # their sandboxes (common/interrupts.py) rather than this run waiting them out.
+        done = interrupts.results(future for _, _, future in futures)
+        results = [(name, policy, result) for (name, policy, _), result in zip(futures, done)]
     on_candidate = {name: r for name, policy, r in results if policy is candidate}
     on_incumbent = {name: r for name, policy, r in results if policy is not candidate}
     return on_candidate, on_incumbent

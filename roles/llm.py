@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from common import interrupts
 from common.safe_text import redact
 from roles.llm_requests import (
     Capabilities,
@@ -334,7 +335,7 @@ class LLMClient:
                     raise LLMError(f"{transcript.role}: {s.model} failed after {retries + 1} attempts: "
                                    f"{last_error}") from None
                 retries += 1
-                time.sleep(wait)
+                interrupts.sleep(wait)  # a Ctrl-C stops the wait, wherever the kernel delivered it
                 delay *= 2
                 continue
             self._record(transcript, s, attempt, messages, ask, billed=True, reply=reply)
@@ -436,6 +437,7 @@ class LLMClient:
                             attempt.chunks += 1
                     finish = choice.finish_reason or finish
                 self._progress(transcript, attempt, ask)
+                interrupts.check()  # a Ctrl-C another thread took, or one swallowed, ends a long stream here
         if finish is None:
             raise _Passing(f"the stream ended before the reply did ({attempt.chunks} chunks)", billed=True)
         return Reply("".join(content), finish, "".join(refusal) or None, [calls[i] for i in sorted(calls)])

@@ -16,6 +16,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
+from common import interrupts
 from common.events import RunResumed
 from common.ledger import Ledger
 from common.safe_text import also_secret, redact
@@ -155,6 +156,7 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                                spent={**(values.get("spent") or {}), "elapsed_s": clock.before},
                                best=(values.get("incumbent") or {}).get("mean"), history=values.get("history") or [])
                 for update in app.stream(start, cfg, stream_mode="updates", durability="sync", context=services):
+                    interrupts.check()  # a Ctrl-C that something in the node swallowed stops the run here
                     for node in update:
                         services.event("node", node=node)
                         if node in ("remember", "finish", "pause"):

@@ -1,0 +1,81 @@
+"""A Ctrl-C stops a heurist process soon, whichever of its threads the kernel gave it to, and even if some library
+swallowed the KeyboardInterrupt it raised.
+
+Python runs signal handlers in the main thread only, when that thread next executes bytecode. The kernel may
+hand a process's SIGINT to any thread that does not block it (under load, often a thread that just spawned a
+process: ``_posixsubprocess`` blocks every signal around its fork and unblocks them after, which makes that thread
+the one that takes a pending signal). The main thread, blocked in a lock's wait with no time limit (a future's
+``result()``), is then never woken: the Ctrl-C waits until the evaluation or the tests it waits for end by
+themselves, an hour for a slow policy. And a KeyboardInterrupt raised inside a native module's first import comes
+out as that module's ImportError, which an optional import (``try: import x / except ImportError:``) swallows.
+
+So heurist's commands install ``on_sigint``, which remembers the Ctrl-C before raising as Python's own handler
+does; long waits in the main thread go in short steps (``results``) and call ``check`` between them, which runs a
+handler the interpreter has not run yet and raises again for a Ctrl-C that was seen and swallowed; and the loops
+that run between graph nodes call ``check`` too. Threads doing work for the main thread (sandboxed tests) look at
+``received`` to stop their processes rather than wait them out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+POLL_S = 0.2  # how often a waiting main thread looks for a Ctrl-C that reached another thread
+
+received = threading.Event()  # a Ctrl-C reached this process: it is stopping, whatever caught the first raise
+
+
+def on_sigint(signum: int, frame: Any) -> None:
+    """The SIGINT handler: remember it, then raise KeyboardInterrupt as Python's default handler does."""
+    received.set()
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Make ``on_sigint`` this process's SIGINT handler, unless SIGINT is ignored or handled by someone else
+    (a process started to ignore Ctrl-C keeps ignoring it)."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+def check() -> None:
+    """At a safe point: raise KeyboardInterrupt for a Ctrl-C this process got and has not acted on.
+
+    In the main thread, first run the handler of any signal the interpreter has seen but not yet handled (one
+    taken by another thread while this one was blocked): ``PyErr_CheckSignals`` does that, and through ctypes'
+    ``pythonapi`` (which holds the GIL and raises the error a call leaves) its KeyboardInterrupt comes out here."""
+    if threading.current_thread() is threading.main_thread():
+        ctypes.pythonapi.PyErr_CheckSignals()
+    if received.is_set():
+        raise KeyboardInterrupt("Ctrl-C (acted on at the next safe point)")
+
+
+def results(futures: Iterable[Future[T]]) -> list[T]:
+    """Each future's result, in order, waiting in steps of POLL_S with a ``check`` after each, so that a Ctrl-C
+    stops the wait within a step wherever it was delivered. The first failure is raised as soon as it happens."""
+    futures = list(futures)
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                future.result()  # raises it
+        check()
+    return [future.result() for future in futures]
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` in steps of POLL_S with a ``check`` after each (a model server's Retry-After may be minutes)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(POLL_S, left))
+        check()

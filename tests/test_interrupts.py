@@ -1,0 +1,175 @@
+"""A Ctrl-C stops a heurist process soon: one the kernel gave a thread other than the main one, one a library
+swallowed, and one that comes while sandboxed tests run on other threads (``common/interrupts.py``).
+
+Each case runs in a process of its own, given a real SIGINT. What it waits for would take 600 s; the process must
+end long before (the limits below are only there so a regression fails rather than hangs)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from common import interrupts
+
+ENDS_WITHIN_S = 120  # far above the ~0.2 s it takes, far below the 600 s the waits would take without the fix
+
+
+def _start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    try:
+        out, err = proc.communicate(timeout=ENDS_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the Ctrl-C did not stop the process")
+    assert proc.returncode == 130, err
+    return out
+
+
+ELSEWHERE = '''
+    import signal, sys, threading
+    from envs.scheduling import on_threads
+
+    release = threading.Event()
+    threading.Thread(target=release.wait, daemon=True).start()  # SIGINT unblocked here: the kernel picks this thread
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # blocked in the main thread and those it starts
+    try:
+        print("ready", flush=True)
+        on_threads([lambda: release.wait(600)], release.set)  # an evaluation whose episodes take 600 s
+    except KeyboardInterrupt:
+        sys.exit(130)
+'''
+
+
+def test_a_ctrl_c_another_thread_took_still_stops_an_evaluation():
+    # As under load, when a thread that has just spawned a worker takes the process's SIGINT: the main thread,
+    # waiting for the evaluation's threads, is not woken by it.
+    proc = _start(ELSEWHERE)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _finish(proc)
+
+
+SWALLOWED = '''
+    import os, signal, sys, threading, time
+    from common import interrupts
+    from envs.scheduling import on_threads
+
+    interrupts.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        pass  # as an optional import does, when the Ctrl-C came during the import it guards
+    print("swallowed", flush=True)
+    release = threading.Event()
+    try:
+        on_threads([lambda: release.wait(600)], release.set)
+    except KeyboardInterrupt:
+        sys.exit(130)
+'''
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_process_at_its_next_wait():
+    assert _finish(_start(SWALLOWED)) == "swallowed\n"
+
+
+SANDBOXED = '''
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+    from common import interrupts
+    from envs.limits import Limits
+    from envs.sandbox import run_sandboxed
+
+    interrupts.install()
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(run_sandboxed, [sys.executable, "-c", "import time; time.sleep(600)"], Path(sys.argv[1]),
+                         Limits(), 900)
+    try:
+        print("ready", flush=True)
+        with pool:  # as verify's test files: their threads are joined before the Ctrl-C goes on
+            interrupts.results([future])
+    except KeyboardInterrupt:
+        print(f"{type(future.exception()).__name__}: {future.exception()}", flush=True)
+        sys.exit(130)
+'''
+
+
+def test_a_ctrl_c_stops_sandboxed_tests_that_other_threads_wait_for(tmp_path):
+    proc = _start(SANDBOXED, str(tmp_path))
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    assert _finish(proc) == "KeyboardInterrupt: Ctrl-C: the sandboxed process group was killed\n"
+
+
+def test_results_come_in_order_and_the_first_failure_is_raised():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        assert interrupts.results([pool.submit(lambda n=n: n * n) for n in range(5)]) == [0, 1, 4, 9, 16]
+        with pytest.raises(ZeroDivisionError):
+            interrupts.results([pool.submit(lambda: 1), pool.submit(lambda: 1 / 0)])
+
+
+def test_ctrl_c_is_not_taken_over_where_it_is_ignored():
+    script = '''
+        import signal
+        from common import interrupts
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupts.install()
+        print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    '''
+    assert subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=60).stdout == "True\n"
+
+
+def test_a_remembered_ctrl_c_ends_a_sleep_and_stops_at_a_check():
+    interrupts.received.set()  # as on_sigint leaves it after a KeyboardInterrupt that something swallowed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.sleep(600)  # a model server's Retry-After
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    finally:
+        interrupts.received.clear()
+    interrupts.check()  # nothing remembered: nothing raised
+    interrupts.sleep(0.01)
+
+
+def test_a_run_whose_node_swallowed_a_ctrl_c_stops_at_the_next_node(home, monkeypatch):
+    from common.ledger import Ledger
+    from runner.lifecycle import execute
+    from store.config import RunConfig
+    from store.rundir import create_run
+
+    tmp, env = home
+    monkeypatch.setenv("HEURIST_HOME", env["HEURIST_HOME"])
+    config = RunConfig.model_validate({"task": "CartPole-v1", "policy": str(tmp / "weak.py"), "offline": True,
+                                       "report": False, "budget": {"iterations": 1, "stop_when": "never"},
+                                       "eval": {"episodes": 4, "holdout": False}})
+    run_dir = create_run(config, tmp / "run")
+    nodes: list[str] = []
+
+    def swallow_once(kind: str, fields: dict) -> None:
+        if kind == "node":
+            nodes.append(fields["node"])
+            if len(nodes) == 1:
+                interrupts.received.set()  # as on_sigint leaves it when the node's KeyboardInterrupt was swallowed
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(run_dir, swallow_once)
+    finally:
+        interrupts.received.clear()
+    assert nodes == ["begin"]  # stopped in the next node (its evaluation's wait), not at the run's end
+    events = [r["event"] for r in Ledger(run_dir / "ledger.jsonl").read()[0]]
+    assert "run_finished" not in events  # (resuming an interrupted run: tests/test_faults.py)
