@@ -40,6 +40,7 @@ from campaign.record import (
     RunLaunched,
     stop_marked,
 )
+from common import interrupts
 from common.errors import HeuristError
 from common.events import RunFinished, RunPaused
 from common.safe_text import redact
@@ -143,13 +144,18 @@ def _interrupt(proc: subprocess.Popen, sent: list[float]) -> None:
     deadline = sent[0]
     while True:
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            proc.wait(timeout=min(interrupts.POLL_S, max(0.0, deadline - time.monotonic())))
             return
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+        if time.monotonic() >= deadline:
             return
+        try:
+            # The other stop's KeyboardInterrupt, acted on (and ignored) now: the interpreter may hold a simulated
+            # Ctrl-C past this wait, to be raised later in whatever this Ray worker runs next.
+            interrupts.check()
         except KeyboardInterrupt:
-            if time.monotonic() >= deadline:
-                return
+            pass
 
 
 @dataclass

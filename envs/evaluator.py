@@ -38,7 +38,7 @@ from envs.limits import Limits
 from envs.policy_files import PolicyBundle, StagedPolicy, read_policy
 from envs.ray_backend import package_versions
 from envs.results import Clip, EpisodeResult, EvalResult, score_stats
-from envs.scheduling import STAGGER_S, Schedule, Scheduler
+from envs.scheduling import Schedule, Scheduler
 from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
 from envs.worker_pair import MAX_SLOTS, WorkerDied, WorkerProcess
 
@@ -56,9 +56,10 @@ class EvalRequest(BaseModel):
     workers: int | None = Field(default=None, ge=1, description=(
         "Worker pairs at most (default: all cores). Pairs after the first start once episodes have stepped for "
         "``stagger_s`` with seeds still waiting (``envs.scheduling``)."))
-    stagger_s: float = Field(default=STAGGER_S, ge=0, description=(
+    stagger_s: float | None = Field(default=None, ge=0, description=(
         "How long episodes step before a second pair starts, if seeds still wait; 0: every pair at once. An "
-        "evaluation one pair finishes sooner does not pay the others' start-up."))
+        "evaluation one pair finishes sooner does not pay the others' start-up. Default: 0.5 s, or 0 for an "
+        "evaluation long enough that every pair would run two full lockstep groups (``envs.scheduling``)."))
     confirm_protected: bool = False
     limits: Limits = Field(default_factory=Limits)
     step_s: float = Field(default=0.0, ge=0, description=(

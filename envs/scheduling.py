@@ -26,8 +26,11 @@ and the policy's set-up), or after ``STAGGER_CAP_S`` if none has by then (a slow
 that dies before taking one). A pair's start-up costs about 0.35 CPU-seconds (an interpreter,
 numpy, the simulator, the policy's import and set-up), more than the episodes of most small
 evaluations on a fast simulator: one pair finishes eight CartPole episodes in lockstep within a
-few hundred milliseconds, and the second pair would only have doubled the CPU spent. A longer
-evaluation loses at most ``STAGGER_CAP_S + stagger_s`` of its parallel time. Which pair runs a
+few hundred milliseconds, and the second pair would only have doubled the CPU spent. An evaluation
+long enough that every pair would run ``STAGGER_GROUPS`` full groups or more starts all its pairs at once
+(``default_stagger``): that much work outweighs a start-up on any simulator, and waiting cost such an evaluation
+on CartPole an eighth of its two-pair speed-up. A staggered evaluation loses at most ``STAGGER_CAP_S + stagger_s``
+of its parallel time. Which pair runs a
 seed never changes its result (each episode depends on its seed alone), so this decides cost,
 never scores; ``setup_runs`` counts the pairs that ran, so it may differ between two runs.
 """
@@ -51,6 +54,7 @@ START_POLL_S = 0.05  # how often a lone episode's worker is checked for having t
 STARTUP_S = 10.0  # how long a worker may take to start up and take an episode, beyond the episode's limit
 STAGGER_S = 0.5  # how long episodes step before a second pair starts, if seeds still wait (see the docstring)
 STAGGER_CAP_S = 3.0  # the most a second pair waits for the first pair's first episode to get under way
+STAGGER_GROUPS = 2  # full groups a pair would run from which every pair starts at once (see the docstring)
 
 
 def wall_grace(episode_timeout_s: float) -> float:
@@ -84,7 +88,7 @@ class Schedule:
     job: Callable[[int, int], dict]  # (seed, slot) -> the episode job
     start_worker: Callable[[int], WorkerProcess]  # cpu -> a new worker
     progress: Callable[[EpisodeResult], None] | None = None
-    stagger_s: float = STAGGER_S  # 0: every pair starts at once
+    stagger_s: float | None = None  # 0: every pair starts at once; None: default_stagger's choice
     results: dict[int, EpisodeResult] = field(default_factory=dict)
     setup_runs: int = 0  # the policy's set-ups the workers completed, killed workers' included
 
@@ -108,6 +112,13 @@ def on_threads(serves: list[Callable[[], None]], interrupt: Callable[[], None]) 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def default_stagger(seeds: int, width: int, workers: int) -> float:
+    """How long later pairs wait (``STAGGER_S``), or 0 where every pair would run ``STAGGER_GROUPS`` full groups of
+    ``width`` episodes or more: an evaluation that long starts all its pairs at once."""
+    groups = -(-seeds // max(1, width))
+    return 0.0 if workers <= 1 or groups >= STAGGER_GROUPS * workers else STAGGER_S
+
+
 class Scheduler:
     """Runs a Schedule's seeds over its workers; ``run`` returns every seed's result."""
 
@@ -117,6 +128,8 @@ class Scheduler:
         share = -(-len(plan.seeds) // max(1, n_workers))  # no worker takes more than its share of the seeds
         self.n_workers = n_workers
         self.width = max(1, min(plan.width, share, MAX_SLOTS))
+        self.stagger_s = default_stagger(len(plan.seeds), self.width, n_workers) if plan.stagger_s is None \
+            else plan.stagger_s
         self.pending = list(reversed(plan.seeds))
         self.lock = threading.Lock()
         self.live: set[WorkerProcess] = set()
@@ -136,14 +149,14 @@ class Scheduler:
     def _wanted(self) -> bool:
         """For a pair after the first: whether seeds still wait once episodes have stepped for ``stagger_s``."""
         self.underway.wait(STAGGER_CAP_S)
-        return not self.drained.wait(self.plan.stagger_s)
+        return not self.drained.wait(self.stagger_s)
 
     def _drain(self) -> None:
         self.drained.set()
         self.underway.set()
 
     def _serve(self, cpu: int, later: bool = False) -> None:
-        if later and self.plan.stagger_s > 0 and not self._wanted():
+        if later and self.stagger_s > 0 and not self._wanted():
             return
         worker: WorkerProcess | None = None
         flights: dict[int, Flight] = {}  # by seed

@@ -27,6 +27,22 @@ ARTIFACTS = REPO / "test-artifacts"
 T = TypeVar("T")
 
 
+@pytest.fixture(autouse=True)
+def no_ctrl_c_left_pending():
+    """A test that leaves a Ctrl-C pending fails itself, rather than the later test whose wait acts on it.
+
+    CPython may hold a signal (a simulated Ctrl-C from ``_thread.interrupt_main``, as Ray cancels a task) past the
+    wait it was meant for, and ``common.interrupts.check`` runs pending handlers: such a Ctrl-C once took down the
+    pytest worker in an unrelated test that waited on an evaluation."""
+    yield
+    import ctypes
+
+    try:
+        ctypes.pythonapi.PyErr_CheckSignals()
+    except KeyboardInterrupt:
+        pytest.fail("this test left a Ctrl-C pending (see conftest.no_ctrl_c_left_pending)")
+
+
 def once_per_session(tmp_path_factory, worker_id: str, name: str, make: Callable[[Path], T]) -> T:
     """``make(folder)`` once per pytest session however many xdist workers ask: the first one makes it and saves
     it pickled, the others wait on a lock and read it (pytest-xdist's documented way to share a session fixture).

@@ -16,6 +16,7 @@ import pytest
 
 from campaign.budget import share
 from campaign.plan import CampaignBudget, CampaignSpec, plan_runs
+from common import interrupts
 from common.ledger import Ledger
 from policies import POLICY_DIR
 from tests.offline_runs import heurist, lost_or_repeated
@@ -600,6 +601,10 @@ def test_a_second_stop_during_the_grace_leaves_the_run_the_rest_of_it():
             pytest.fail("the second stop cut the run's grace short")
         helper.join()
         assert child.returncode == 3  # it exited by itself, not killed
+        try:  # a simulated Ctrl-C the interpreter still holds (the child may exit first) must not reach a later test
+            interrupts.check()
+        except KeyboardInterrupt:
+            pass
     finally:
         if child.poll() is None:
             child.kill()

@@ -368,6 +368,17 @@ PAIR_COUNTING_POLICY = '''
 '''
 
 
+def test_only_short_evaluations_stagger_their_pairs_by_default():
+    from envs.scheduling import STAGGER_S, default_stagger
+
+    # (seeds, lockstep width, workers): a run's 20 CartPole episodes (width 10 on 2 workers: one group a pair) and
+    # a test's few episodes wait; the benchmark's 600 (19 groups), 24 Breakout episodes of width 4 (6) and
+    # 100 HalfCheetah episodes (4 groups: two a pair) start every pair at once, as does one worker.
+    assert [default_stagger(*case) for case in [(20, 10, 2), (6, 3, 2), (3, 1, 2), (12, 2, 4)]] == [STAGGER_S] * 4
+    assert [default_stagger(*case) for case in [(600, 32, 2), (24, 4, 2), (100, 32, 2), (4, 1, 2), (50, 32, 1)]] \
+        == [0.0] * 5
+
+
 def test_a_second_pair_starts_only_if_seeds_still_wait_once_episodes_have_stepped_a_while(run_eval, write_policy):
     """A pair's start-up costs more CPU than a small evaluation's episodes on a fast simulator, so pairs after the
     first wait ``stagger_s`` after the first episode is taken, and start only if seeds are still waiting then."""
