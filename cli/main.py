@@ -51,8 +51,9 @@ def eval_cmd(
         "share of the seeds at the episode limit, if longer).")),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="First N seeds of the split (default: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker pairs at most (default: all cores); "
-                                                              "locally, pairs after the first start only if seeds "
-                                                              "still wait after half a second of episodes."),
+                                                              "locally, in a short evaluation, pairs after the first "
+                                                              "start only if seeds still wait after half a second of "
+                                                              "episodes."),
     lockstep: Optional[int] = typer.Option(None, "--lockstep", min=1, max=64,
                                            help="Episodes each worker steps together (1: one at a time; "
                                                 "default: 4 for Atari, 32 otherwise)."),

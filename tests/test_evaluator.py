@@ -368,6 +368,22 @@ PAIR_COUNTING_POLICY = '''
 '''
 
 
+def test_lockstep_groups_are_as_even_as_the_rounds_they_need_allow():
+    import time
+
+    from envs.scheduling import Schedule, Scheduler
+
+    def width(seeds: int, workers: int, asked: int) -> int:
+        plan = Schedule(seeds=list(range(seeds)), workers=workers, width=asked, episode_timeout_s=60,
+                        episode_cpu_s=60, deadline=time.perf_counter() + 600, eval_timeout_s=600,
+                        job=lambda seed, slot: {}, start_worker=lambda cpu: None)
+        return Scheduler(plan).width
+
+    # 100 episodes of equal length on two pairs: 25 + 25 on each, not 32 + 32 on one and 32 + 4 on the other.
+    assert width(100, 2, 32) == 25 and width(100, 1, 32) == 25  # 4 rounds either way
+    assert width(600, 2, 32) == 30 and width(64, 2, 32) == 32 and width(6, 1, 4) == 3 and width(3, 2, 32) == 2
+
+
 def test_only_short_evaluations_stagger_their_pairs_by_default():
     from envs.scheduling import STAGGER_S, default_stagger
 
