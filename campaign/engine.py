@@ -151,8 +151,8 @@ def _interrupt(proc: subprocess.Popen, sent: list[float]) -> None:
         if time.monotonic() >= deadline:
             return
         try:
-            # The other stop's KeyboardInterrupt, acted on (and ignored) now: the interpreter may hold a simulated
-            # Ctrl-C past this wait, to be raised later in whatever this Ray worker runs next.
+            # The other stop's KeyboardInterrupt (a simulated Ctrl-C), acted on and ignored here, during the wait
+            # it belongs to, rather than raised later in whatever this Ray worker runs next.
             interrupts.check()
         except KeyboardInterrupt:
             pass

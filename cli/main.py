@@ -250,12 +250,17 @@ def _error(label: str, message: str) -> None:
 
 
 def main() -> None:
+    # A Ctrl-C is remembered, so one a library swallows still stops a run or an evaluation (common/interrupts.py).
+    with interrupts.remembering():
+        _main()
+
+
+def _main() -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
     # Whatever any command prints, no secret of heurist's environment reaches the terminal or a log file.
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
-    interrupts.install()  # a Ctrl-C is remembered, so one a library swallows still stops a run or an evaluation
     try:
         # Not standalone: click's own error box is several lines; a usage error here is one, like any other.
         code = app(prog_name="heurist", standalone_mode=False)

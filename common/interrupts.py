@@ -9,10 +9,11 @@ the one that takes a pending signal). The main thread, blocked in a lock's wait 
 themselves, an hour for a slow policy. And a KeyboardInterrupt raised inside a native module's first import comes
 out as that module's ImportError, which an optional import (``try: import x / except ImportError:``) swallows.
 
-So heurist's commands install ``on_sigint``, which remembers the Ctrl-C before raising as Python's own handler
-does; long waits in the main thread go in short steps (``results``) and call ``check`` between them, which runs a
-handler the interpreter has not run yet and raises again for a Ctrl-C that was seen and swallowed; and the loops
-that run between graph nodes call ``check`` too. Threads doing work for the main thread (sandboxed tests) look at
+So heurist's commands run with ``on_sigint`` as their handler (``remembering``), which remembers the Ctrl-C
+before raising as Python's own handler does; long waits in the main thread go in short steps (``results``,
+``sleep``) and call ``check`` between them, which runs a handler the interpreter has not run yet and raises again
+for a Ctrl-C that was seen and swallowed; and the loop that runs the graph's nodes, and a streamed model reply,
+call ``check`` too. Threads doing work for the main thread (sandboxed tests) look at
 ``received`` to stop their processes rather than wait them out.
 """
 
@@ -22,8 +23,9 @@ import ctypes
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -39,12 +41,23 @@ def on_sigint(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Make ``on_sigint`` this process's SIGINT handler, unless SIGINT is ignored or handled by someone else
-    (a process started to ignore Ctrl-C keeps ignoring it)."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+@contextmanager
+def remembering() -> Iterator[None]:
+    """``on_sigint`` as this process's SIGINT handler for the block, unless SIGINT is ignored or handled by someone
+    else (a process started to ignore Ctrl-C keeps ignoring it); after it, Python's handler again and nothing
+    remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
+    gets that process back as it was, so a simulated Ctrl-C there later is not remembered for ever."""
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
         signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if ours:
+            if signal.getsignal(signal.SIGINT) is on_sigint:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            received.clear()
 
 
 def check() -> None:

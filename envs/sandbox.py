@@ -215,6 +215,8 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
     own process group is killed with SIGKILL at the wall-clock limit, and its output is read
     back from a size-limited log heurist opened.
     """
+    if interrupts.received.is_set():  # queued behind a thread's earlier work, after the Ctrl-C: nothing starts
+        raise KeyboardInterrupt("Ctrl-C: the sandboxed process was not started")
     confinement = confinement or Confinement()
     if not any(Path(cwd).resolve() == p.resolve() for p in confinement.readable):
         confinement = confinement.model_copy(update={"readable": [*confinement.readable, Path(cwd)]})

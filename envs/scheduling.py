@@ -115,8 +115,8 @@ def on_threads(serves: list[Callable[[], None]], interrupt: Callable[[], None]) 
 def default_stagger(seeds: int, width: int, workers: int) -> float:
     """How long later pairs wait (``STAGGER_S``), or 0 where every pair would run ``STAGGER_GROUPS`` full groups of
     ``width`` episodes or more: an evaluation that long starts all its pairs at once."""
-    groups = -(-seeds // max(1, width))
-    return 0.0 if workers <= 1 or groups >= STAGGER_GROUPS * workers else STAGGER_S
+    full_groups = seeds // max(1, width)
+    return 0.0 if workers <= 1 or full_groups >= STAGGER_GROUPS * workers else STAGGER_S
 
 
 class Scheduler:
@@ -131,7 +131,7 @@ class Scheduler:
         # As many rounds of groups as that width needs, in groups as even as they can be: 100 HalfCheetah episodes
         # (all 1000 steps) on two pairs ran as 32 + 32 on one and 32 + 4 on the other, which then waited; 25 a
         # group runs 50 on each. Results never depend on the width (tests/test_lockstep.py).
-        self.width = -(-share // -(-share // width))
+        self.width = -(-share // max(1, -(-share // width)))
         self.stagger_s = default_stagger(len(plan.seeds), self.width, n_workers) if plan.stagger_s is None \
             else plan.stagger_s
         self.pending = list(reversed(plan.seeds))

@@ -156,13 +156,15 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                                spent={**(values.get("spent") or {}), "elapsed_s": clock.before},
                                best=(values.get("incumbent") or {}).get("mean"), history=values.get("history") or [])
                 for update in app.stream(start, cfg, stream_mode="updates", durability="sync", context=services):
-                    interrupts.check()  # a Ctrl-C that something in the node swallowed stops the run here
                     for node in update:
                         services.event("node", node=node)
                         if node in ("remember", "finish", "pause"):
                             _publish_scalars(services)
                             if services.config.report:
                                 _publish_report(services)
+                    # A Ctrl-C that something in the node swallowed stops the run here, once what the node's end
+                    # publishes (scalars, the report) is out.
+                    interrupts.check()
                 return app.get_state(cfg).values
         finally:
             connection.close()

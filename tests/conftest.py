@@ -28,19 +28,30 @@ T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
-def no_ctrl_c_left_pending():
-    """A test that leaves a Ctrl-C pending fails itself, rather than the later test whose wait acts on it.
-
-    CPython may hold a signal (a simulated Ctrl-C from ``_thread.interrupt_main``, as Ray cancels a task) past the
-    wait it was meant for, and ``common.interrupts.check`` runs pending handlers: such a Ctrl-C once took down the
-    pytest worker in an unrelated test that waited on an evaluation."""
+def no_ctrl_c_left_behind():
+    """A test that leaves a Ctrl-C behind fails itself, rather than the later test whose wait acts on it: one
+    pending (``common.interrupts.check`` runs pending handlers), or one remembered (``interrupts.received``), or
+    heurist's handler left in place (then a simulated Ctrl-C, as Ray cancels a task, is remembered for good). One
+    such Ctrl-C took down a pytest worker in an unrelated test that waited on an evaluation."""
     yield
     import ctypes
+    import signal
 
+    from common import interrupts
+
+    left = []
     try:
         ctypes.pythonapi.PyErr_CheckSignals()
     except KeyboardInterrupt:
-        pytest.fail("this test left a Ctrl-C pending (see conftest.no_ctrl_c_left_pending)")
+        left.append("a Ctrl-C pending")
+    if interrupts.received.is_set():
+        interrupts.received.clear()
+        left.append("a Ctrl-C remembered")
+    if signal.getsignal(signal.SIGINT) is interrupts.on_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        left.append("heurist's SIGINT handler installed")
+    if left:
+        pytest.fail(f"this test left {' and '.join(left)} (see conftest.no_ctrl_c_left_behind)")
 
 
 def once_per_session(tmp_path_factory, worker_id: str, name: str, make: Callable[[Path], T]) -> T:

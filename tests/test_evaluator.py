@@ -387,11 +387,13 @@ def test_lockstep_groups_are_as_even_as_the_rounds_they_need_allow():
 def test_only_short_evaluations_stagger_their_pairs_by_default():
     from envs.scheduling import STAGGER_S, default_stagger
 
-    # (seeds, lockstep width, workers): a run's 20 CartPole episodes (width 10 on 2 workers: one group a pair) and
-    # a test's few episodes wait; the benchmark's 600 (19 groups), 24 Breakout episodes of width 4 (6) and
-    # 100 HalfCheetah episodes (4 groups: two a pair) start every pair at once, as does one worker.
-    assert [default_stagger(*case) for case in [(20, 10, 2), (6, 3, 2), (3, 1, 2), (12, 2, 4)]] == [STAGGER_S] * 4
-    assert [default_stagger(*case) for case in [(600, 32, 2), (24, 4, 2), (100, 32, 2), (4, 1, 2), (50, 32, 1)]] \
+    # (seeds, the evened lockstep width, workers): a run's 20 CartPole episodes (width 10 on 2 workers: one group a
+    # pair), a test's few episodes and 7 in groups of 2 (three full groups, not four) wait; the benchmark's 600
+    # (20 groups of 30), 24 Breakout episodes of width 4 (6) and 100 HalfCheetah episodes (4 groups of 25: two a
+    # pair) start every pair at once, as does one worker.
+    assert [default_stagger(*case) for case in [(20, 10, 2), (6, 3, 2), (3, 1, 2), (12, 2, 4), (7, 2, 2)]] \
+        == [STAGGER_S] * 5
+    assert [default_stagger(*case) for case in [(600, 30, 2), (24, 4, 2), (100, 25, 2), (4, 1, 2), (50, 32, 1)]] \
         == [0.0] * 5
 
 

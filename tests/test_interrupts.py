@@ -63,18 +63,18 @@ SWALLOWED = '''
     from common import interrupts
     from envs.scheduling import on_threads
 
-    interrupts.install()
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(60)
-    except KeyboardInterrupt:
-        pass  # as an optional import does, when the Ctrl-C came during the import it guards
-    print("swallowed", flush=True)
-    release = threading.Event()
-    try:
-        on_threads([lambda: release.wait(600)], release.set)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    with interrupts.remembering():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pass  # as an optional import does, when the Ctrl-C came during the import it guards
+        print("swallowed", flush=True)
+        release = threading.Event()
+        try:
+            on_threads([lambda: release.wait(600)], release.set)
+        except KeyboardInterrupt:
+            sys.exit(130)
 '''
 
 
@@ -90,17 +90,17 @@ SANDBOXED = '''
     from envs.limits import Limits
     from envs.sandbox import run_sandboxed
 
-    interrupts.install()
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(run_sandboxed, [sys.executable, "-c", "import time; time.sleep(600)"], Path(sys.argv[1]),
-                         Limits(), 900)
-    try:
-        print("ready", flush=True)
-        with pool:  # as verify's test files: their threads are joined before the Ctrl-C goes on
-            interrupts.results([future])
-    except KeyboardInterrupt:
-        print(f"{type(future.exception()).__name__}: {future.exception()}", flush=True)
-        sys.exit(130)
+    with interrupts.remembering():
+        pool = ThreadPoolExecutor(1)
+        future = pool.submit(run_sandboxed, [sys.executable, "-c", "import time; time.sleep(600)"],
+                             Path(sys.argv[1]), Limits(), 900)
+        try:
+            print("ready", flush=True)
+            with pool:  # as verify's test files: their threads are joined before the Ctrl-C goes on
+                interrupts.results([future])
+        except KeyboardInterrupt:
+            print(f"{type(future.exception()).__name__}: {future.exception()}", flush=True)
+            sys.exit(130)
 '''
 
 
@@ -120,16 +120,19 @@ def test_results_come_in_order_and_the_first_failure_is_raised():
             interrupts.results([pool.submit(lambda: 1), pool.submit(lambda: 1 / 0)])
 
 
-def test_ctrl_c_is_not_taken_over_where_it_is_ignored():
+def test_ctrl_c_is_remembered_only_while_a_command_runs_and_never_where_it_is_ignored():
     script = '''
         import signal
         from common import interrupts
+        with interrupts.remembering():
+            print(signal.getsignal(signal.SIGINT) is interrupts.on_sigint)
+        print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # as it was, for a later caller
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        interrupts.install()
-        print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        with interrupts.remembering():
+            print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
     '''
     assert subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          timeout=60).stdout == "True\n"
+                          timeout=60).stdout == "True\nTrue\nTrue\n"
 
 
 def test_a_remembered_ctrl_c_ends_a_sleep_and_stops_at_a_check():
