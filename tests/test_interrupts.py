@@ -148,7 +148,7 @@ def test_a_remembered_ctrl_c_ends_a_sleep_and_stops_at_a_check():
     interrupts.sleep(0.01)
 
 
-def test_a_run_whose_node_swallowed_a_ctrl_c_stops_at_the_next_node(home, monkeypatch):
+def test_a_run_whose_node_swallowed_a_ctrl_c_stops_when_that_node_ends(home, monkeypatch):
     from common.ledger import Ledger
     from runner.lifecycle import execute
     from store.config import RunConfig
@@ -173,6 +173,6 @@ def test_a_run_whose_node_swallowed_a_ctrl_c_stops_at_the_next_node(home, monkey
             execute(run_dir, swallow_once)
     finally:
         interrupts.received.clear()
-    assert nodes == ["begin"]  # stopped in the next node (its evaluation's wait), not at the run's end
+    assert nodes == ["begin"]  # stopped once the node it came in had ended, not at the run's end
     events = [r["event"] for r in Ledger(run_dir / "ledger.jsonl").read()[0]]
     assert "run_finished" not in events  # (resuming an interrupted run: tests/test_faults.py)
