@@ -73,14 +73,23 @@ STATUS_GRACE_S = 10.0  # how long an ended env process's exit code may take to c
 class Warm(NamedTuple):
     """A kind of child process, what its fork server imports before the first fork, and the environment those
     imports see: the sandbox's allow-list (``"sandbox"``), or heurist's own without its secrets (``"heurist"``:
-    the user's settings, paths and home, as a fresh child of heurist would see them). One server per name."""
+    the user's settings, paths and home, as a fresh child of heurist would see them). One server per name.
+    ``python_flags`` are the interpreter's options, the fork server's and so every child's (and a child's that
+    starts its own Python when there is no fork server): ``-P`` always, so the working folder is never on the
+    import path."""
 
     name: str
     imports: tuple[str, ...]
     environment: Literal["sandbox", "heurist"] = "sandbox"
+    python_flags: tuple[str, ...] = ("-P",)
 
 
-ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"))
+# The env process runs with -O: the simulators' own asserts go. Gymnasium's envs assert, every step, that the action is
+# in their space (``Discrete.contains`` through ``np.issubdtype``), which envs/actions.py has checked already before
+# any env.step: on CartPole that repeated check was 2.8 of the env process's 10 us a step (a third of the step itself).
+# heurist's own code in the env process asserts nothing (tests/test_evaluator.py reads it), and a simulator plug-in
+# must raise, not assert, to stop an episode: what an assert guards is gone under -O, as anywhere Python runs with it.
+ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"), python_flags=("-P", "-O"))
 
 
 class ForkServerFailed(Exception):
@@ -197,7 +206,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "envs.forkserver", "--socket-fd", str(theirs.fileno()),
+                [sys.executable, *warm.python_flags, "-m", "envs.forkserver", "--socket-fd", str(theirs.fileno()),
                  "--home", str(self.home), "--imports", ",".join(warm.imports)],
                 env=self._environment(), cwd=self.home, stdin=subprocess.DEVNULL, stdout=self.log,
                 stderr=self.log, pass_fds=(theirs.fileno(),), close_fds=True,
@@ -335,8 +344,8 @@ class ForkServer:
 
 def start_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
                   pass_fds: tuple[int, ...], warm: Warm = ENV_PROCESSES) -> ForkedProcess | subprocess.Popen:
-    """``python -P -m module *argv`` in its own process group: forked from the warm fork server of its kind where
-    there is one, else started as a new Python."""
+    """``python -P -m module *argv`` (with the kind's ``python_flags``) in its own process group: forked from the warm
+    fork server of its kind where there is one, else started as a new Python."""
     server = ForkServer.shared(warm)
     if server is not None:
         try:
@@ -345,8 +354,8 @@ def start_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, 
             if ForkServer.give_up(server):
                 print(f"heurist: the fork server of {warm.name} processes failed ({exc}); each {warm.name} process "
                       f"now starts its own Python", file=sys.stderr)
-    # -P as the fork server has: the working folder is never on the import path.
-    return subprocess.Popen([sys.executable, "-P", "-m", module, *argv], env=env, cwd=cwd,
+    # The fork server's flags: -P (the working folder is never on the import path), and the kind's own.
+    return subprocess.Popen([sys.executable, *warm.python_flags, "-m", module, *argv], env=env, cwd=cwd,
                             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=pass_fds,
                             start_new_session=True, close_fds=True)
 

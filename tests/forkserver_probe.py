@@ -24,7 +24,8 @@ def main() -> None:
               "initial_environ": open("/proc/self/environ", "rb").read().decode(errors="replace"),
               "fds": fds, "tempdir": tempfile.gettempdir(), "argv": sys.argv,
               "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
-              "imported": sorted(m for m in ("gymnasium", "chromadb", "matplotlib") if m in sys.modules)}
+              "imported": sorted(m for m in ("gymnasium", "chromadb", "matplotlib") if m in sys.modules),
+              "flags": {"optimize": sys.flags.optimize, "safe_path": sys.flags.safe_path}}
     os.write(report_fd, json.dumps(report).encode())
     os.close(report_fd)
     if mode == "exit3":

@@ -424,3 +424,31 @@ def test_a_second_pair_starts_only_if_seeds_still_wait_once_episodes_have_steppe
     at_once = run_eval(fast, "CartPole-v1", episodes=6, workers=2)  # run_eval's default: stagger_s=0
     assert at_once.setup_runs == 2
     assert [(e.return_, e.length) for e in alone.episodes] == [(e.return_, e.length) for e in at_once.episodes]
+
+
+def test_the_env_process_runs_without_asserts_and_the_policy_with_them(run_eval, write_policy):
+    """Env processes run under -O (envs/forkserver.py's ENV_PROCESSES), so none of heurist's code there may check
+    anything with assert: it reads envs/ and common/ for one. The policy's own asserts still hold: its process is
+    not the env process, and a policy that asserts is scored as it would be anywhere."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    asserting = [f"{path.relative_to(root)}:{node.lineno}" for folder in ("envs", "common")
+                 for path in sorted((root / folder).rglob("*.py"))
+                 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
+    assert asserting == [], f"asserts in code the env process runs under -O: {asserting}"
+
+    policy = write_policy('''
+        class Policy:
+            def reset(self, seed):
+                self.t = 0
+
+            def act(self, obs, info):
+                self.t += 1
+                assert self.t < 4, "the policy's own check"
+                return 0
+        ''')
+    episode = run_eval(policy, "CartPole-v1", episodes=1).episodes[0]
+    assert episode.status == "policy_error" and "AssertionError: the policy's own check" in episode.error
+    assert episode.length == 3

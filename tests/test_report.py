@@ -286,11 +286,11 @@ def test_the_report_child_is_forked_warm_and_no_secret_passes_through_its_fork_s
         return (key not in page and plain not in page and "[redacted $OPENAI_API_KEY]" in page
                 and "[redacted $RUN_KEY_VARIABLE_PLAINLY_NAMED]" in page)
 
-    def probe(warm, name):
+    def probe(warm, name, environ=None):
         report_r, report_w = os.pipe()
         with open(tmp_path / f"{name}.log", "wb") as log:
-            child = start_process("tests.forkserver_probe", [str(report_w), "exit0"], environ_without_secrets(),
-                                  tmp_path, log.fileno(), (report_w,), warm=warm)
+            child = start_process("tests.forkserver_probe", [str(report_w), "exit0"],
+                                  environ or environ_without_secrets(), tmp_path, log.fileno(), (report_w,), warm=warm)
         os.close(report_w)
         with os.fdopen(report_r, "rb") as report:
             seen = json.loads(report.read())
@@ -308,6 +308,10 @@ def test_the_report_child_is_forked_warm_and_no_secret_passes_through_its_fork_s
         assert {"chromadb", "matplotlib"} <= set(as_report["imported"])
         assert "chromadb" not in as_env["imported"] and "matplotlib" not in as_env["imported"]
         assert forked[2:] == [("report", "tests.forkserver_probe"), ("env", "tests.forkserver_probe")]
+        # Each kind's interpreter flags: -P for both; -O for env processes only (the simulators' asserts repeat
+        # heurist's action check), never for the report, which runs heurist's code as it is.
+        assert as_env["flags"] == {"optimize": 1, "safe_path": True}
+        assert as_report["flags"] == {"optimize": 0, "safe_path": True}
         # A forked child's initial environment is its fork server's: heurist's own for the report's, less secrets.
         assert key not in as_report["initial_environ"] and plain not in as_report["initial_environ"]
         assert f"HEURIST_HOME={os.environ['HEURIST_HOME']}" in as_report["initial_environ"].split("\0")
@@ -316,6 +320,10 @@ def test_the_report_child_is_forked_warm_and_no_secret_passes_through_its_fork_s
             server.close()
 
     monkeypatch.setenv("HEURIST_FORK_SERVER", "0")  # a fresh Python, the secrets over the same pipe
+    # An env process that starts its own Python has the same flags (the probe is found through PYTHONPATH: -P).
+    project = str(Path(__file__).resolve().parent.parent)
+    fresh = probe(ENV_PROCESSES, "env started fresh", environ_without_secrets() | {"PYTHONPATH": project})
+    assert fresh["flags"] == {"optimize": 1, "safe_path": True}
     (run_dir / "report" / "index.html").unlink()
     assert redacted(rebuild(run_dir).read_text()) and len(forked) == 4
 
