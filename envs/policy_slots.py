@@ -13,8 +13,8 @@ the source names ``random``, each slot gets its own pair of generators, switched
 slot's code runs (``SlotRandom``); a source that never names them pays nothing.
 
 Diagnostics stay here until they are needed: each step the slot keeps a snapshot of the policy's
-``diagnostics`` (the same value the env process used to receive every step) in a ring as long as
-the trace window, and counts its mode. The env process asks for a window's diagnostics when it
+``diagnostics`` (the same value the env process used to receive every step; numpy numbers in it are
+converted only if read, ``envs.wire.snapshot_diag``) in a ring as long as the trace window, and counts its mode. The env process asks for a window's diagnostics when it
 records a failure event, and for the mode counts when the episode ends, instead of receiving and
 parsing them on every step. All of it is the policy's own account of itself, bounded again where
 the env process reads it (``envs.wire``).
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from envs.import_rule import allowed_import
-from envs.wire import mode_key, plain_diag
+from envs.wire import read_diag, snapshot_diag, snapshot_mode
 
 POLICY_MODULE = "heurist_policy"
 
@@ -297,12 +297,9 @@ class PolicyRunner:
             raise _failure(f"act() raised at step {self.step}", exc, self.path) from None
         diag = getattr(self.policy, "diagnostics", None)
         if diag is not None:
-            # What the env process would have received at this step: plain values as they are (a shallow copy,
-            # since the policy may change its dict in place later), anything else converted now.
-            snapshot = plain_diag(diag)
-            if snapshot is diag:
-                snapshot = dict(diag)
-            key = mode_key(snapshot, self.modes) if snapshot.__class__ is dict else False
+            # What the env process would have received at this step, kept as envs.wire's snapshot_diag says.
+            snapshot = snapshot_diag(diag)
+            key = snapshot_mode(snapshot, self.modes)
             if key is not False:
                 self.modes[key] += 1
             self.ring.append((self.step, snapshot, key))
@@ -323,7 +320,7 @@ class PolicyRunner:
     def diagnostics(self, first: int, last: int) -> list:
         """The snapshots of steps ``first``..``last`` (None where the policy had none or the ring has moved on)."""
         kept = {step: snapshot for step, snapshot, _ in self.ring}
-        return [kept.get(step) for step in range(first, last + 1)]
+        return [read_diag(kept.get(step)) for step in range(first, last + 1)]
 
     def mode_counts(self, accepted: int) -> dict[str, int]:
         """Modes of the steps the env took: an act whose action was refused (step ``accepted``) is not counted."""

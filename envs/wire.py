@@ -130,6 +130,61 @@ def mode_key(diag: Any, seen: dict) -> str | None:
     return key
 
 
+class Deferred:
+    """One step's diagnostics kept as the policy gave them, converted (``jsonable``) only if a trace window reads them."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: dict) -> None:
+        self.value = value
+
+
+# numpy's scalar types, by exact class: their values cannot change, so converting one later gives what converting it
+# now would. Subclasses (the policy's own) are converted at once, as anything else is.
+_NUMPY_SCALARS = frozenset(t for t in set(np.sctypeDict.values()) if issubclass(t, (np.number, np.bool_)))
+_KEEPABLE = frozenset(_PLAIN) | _NUMPY_SCALARS
+
+
+def snapshot_diag(diag: Any) -> Any:
+    """One step's diagnostics as the policy process keeps them until the env process asks (``read_diag``).
+
+    What a trace window later reads is what ``plain_diag`` made of the diagnostics at this step. A small flat dict of
+    plain values is copied (it is sent as it is); a dict of numbers, numpy scalars and short lists or tuples of them
+    (the diagnostics a policy computing with numpy gives) is copied and converted only if read: most steps leave the
+    ring unread, and converting on every step was a tenth of a Breakout step. Anything else is converted now, since
+    the policy may change what it holds in place."""
+    if diag.__class__ is not dict or len(diag) > 30:
+        return plain_diag(diag)
+    plain = True
+    for key, value in diag.items():
+        kind = value.__class__
+        if key.__class__ is not str:
+            return plain_diag(diag)
+        if kind in _PLAIN:
+            if kind is str and len(value) > 200:
+                plain = False
+        elif kind in _NUMPY_SCALARS or ((kind is list or kind is tuple) and len(value) <= 64
+                                        and all(v.__class__ in _KEEPABLE for v in value)):
+            plain = False
+        else:
+            return plain_diag(diag)
+    if plain:
+        return dict(diag)  # a copy: the policy may change its dict in place later
+    return Deferred({k: list(v) if v.__class__ is list else v for k, v in diag.items()})
+
+
+def snapshot_mode(snapshot: Any, seen: dict) -> str | None | bool:
+    """The mode a kept snapshot counts under (``mode_key`` of what it converts to); False when that is no dict."""
+    if snapshot.__class__ is Deferred:
+        return mode_key({"mode": jsonable(snapshot.value.get("mode"))}, seen)
+    return mode_key(snapshot, seen) if snapshot.__class__ is dict else False
+
+
+def read_diag(snapshot: Any) -> Any:
+    """A kept snapshot as sent to the env process: a deferred one converted now."""
+    return jsonable(snapshot.value) if snapshot.__class__ is Deferred else snapshot
+
+
 # --------------------------------------------------------------------------- actions
 
 _NUMERIC = "biuf"

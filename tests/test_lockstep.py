@@ -4,6 +4,9 @@ result changes for it. Every comparison here is against the same seeds run one e
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from envs.limits import Limits
@@ -260,3 +263,61 @@ def test_heurist_failing_to_finish_one_episode_loses_no_other(monkeypatch):
     assert sorted(by_seed) == [0, 1, 2]  # the starter balances all 500 steps: all three end in one round
     assert by_seed[1]["status"] == "worker_error" and "injected" in by_seed[1]["error"]
     assert by_seed[0]["status"] == by_seed[2]["status"] == "ok" and by_seed[0]["length"] == 500
+
+
+def test_diagnostics_are_kept_as_they_were_at_their_step_however_late_they_are_read():
+    """The policy process converts numpy numbers in diagnostics only when a trace window reads them
+    (``envs.wire.snapshot_diag``): what it reads must be what converting at the step gave, whatever the policy
+    changed in place since, and every step counts under the same mode."""
+    import numpy as np
+
+    from envs.wire import mode_key, plain_diag, read_diag, snapshot_diag, snapshot_mode
+
+    shared_list, shared_dict = [np.float64(0.5), 2.0000001], {"inner": 1}
+    diagnostics = [
+        {"mode": "plain", "x": 1.23456789, "n": 3},
+        {"mode": "numpy", "x": np.float64(1.23456789), "y": np.float32(0.1), "i": np.int64(7), "b": np.bool_(True)},
+        {"mode": ["a", "list"], "xs": shared_list, "t": (1, np.int32(2))},
+        {"mode": np.float64(2.5), "s": "x" * 250, "nan": np.float64("nan")},
+        {"mode": "nested", "d": shared_dict, "arr": np.arange(3)},
+        {5: "a key that is no string"},
+        ["not", "a", "dict"],
+        np.float64(3.0),
+        {"mode": "long list", "xs": list(range(70))},
+    ]
+    for diag in diagnostics:
+        expected = plain_diag(diag)
+        expected = dict(expected) if expected is diag else expected
+        expected_key = mode_key(expected, {}) if expected.__class__ is dict else False
+        snapshot = snapshot_diag(diag)
+        key = snapshot_mode(snapshot, {})
+        expected_text = json.dumps(expected)
+        shared_list[0] = np.float64(-1.0)  # the policy changes what it holds, in place, after the step
+        shared_dict["inner"] = 2
+        if isinstance(diag, dict):
+            diag["added later"] = 1
+        assert json.dumps(read_diag(snapshot)) == expected_text and key == expected_key, diag
+        shared_list[0], shared_dict["inner"] = np.float64(0.5), 1
+
+
+def test_a_trace_window_shows_each_steps_numpy_diagnostics_from_a_list_changed_in_place(run_eval, write_policy):
+    policy = write_policy('''
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.history = [np.float64(0.0), np.float64(0.0)]
+                self.diagnostics = {"mode": "watch", "history": self.history}
+
+            def act(self, obs, info):
+                self.history[0] = self.history[1]  # the same list every step, changed in place
+                self.history[1] = np.float64(obs[2])
+                self.diagnostics["angle"] = np.float32(obs[2])
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    episode = run_eval(policy, "CartPole-v1", episodes=1, trace_window=4).episodes[0]
+    assert episode.status == "ok" and episode.trace.mode_counts == {"watch": 500}
+    steps = episode.trace.windows[-1].steps
+    assert all(abs(s["diag"]["history"][1] - s["obs"][2]) < 1e-5 for s in steps)  # each step's own angle
+    assert [s["diag"]["history"][1] for s in steps] == [s["diag"]["angle"] for s in steps]
+    assert [s["diag"]["history"][0] for s in steps[1:]] == [s["diag"]["history"][1] for s in steps[:-1]]
