@@ -321,3 +321,30 @@ def test_a_trace_window_shows_each_steps_numpy_diagnostics_from_a_list_changed_i
     assert all(abs(s["diag"]["history"][1] - s["obs"][2]) < 1e-5 for s in steps)  # each step's own angle
     assert [s["diag"]["history"][1] for s in steps] == [s["diag"]["angle"] for s in steps]
     assert [s["diag"]["history"][0] for s in steps[1:]] == [s["diag"]["history"][1] for s in steps[:-1]]
+
+
+@pytest.mark.parametrize("low, high", [(-1.0, 1.0), ([-1.0, -2.0, 0.0, -np.inf], [1.0, 2.0, 0.5, np.inf]),
+                                       (-np.inf, np.inf)], ids=["uniform", "per-joint", "unbounded"])
+def test_a_few_continuous_actions_are_accepted_and_refused_as_numpy_would(low, high):
+    """envs/actions.py checks small Box actions as Python floats: the same verdict as numpy's comparisons, for
+    values at, inside and beyond the bounds, infinities and NaN."""
+    from gymnasium import spaces
+
+    from envs.actions import InvalidAction, action_coercer
+
+    space = spaces.Box(low=np.asarray(low, dtype=np.float32) * np.ones(4, dtype=np.float32),
+                       high=np.asarray(high, dtype=np.float32) * np.ones(4, dtype=np.float32), dtype=np.float32)
+    coerce = action_coercer(space)
+    lo, hi = space.low.astype(np.float64), space.high.astype(np.float64)
+    values = [-np.inf, -3.0, -2.0, -1.0, -1e-300, -0.0, 0.0, 0.25, 0.5, 1.0, np.nextafter(1.0, 2.0), 2.0, np.inf, np.nan]
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        action = rng.choice(values, size=4)
+        expected = bool(((action >= lo) & (action <= hi)).all())
+        try:
+            accepted = coerce(action)
+        except InvalidAction as exc:
+            assert not expected, (action, str(exc))
+            assert ("non-finite" in str(exc)) == (not np.isfinite(action).all())
+        else:
+            assert expected and accepted is action, action
