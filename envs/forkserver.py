@@ -6,7 +6,7 @@ Starting a worker pair cost about 0.27 s of CPU, 0.2 s of it the env process imp
 Gymnasium and heurist's episode code before its first step (``benchmarks/eval_throughput.py`` prints it). An
 evaluation pays that once per worker and a run evaluates hundreds of times: the test suite started 900 pairs,
 and a 20-seed CartPole evaluation steps for less time than its pair took to start. So heurist starts one fork
-server per process, the first time it needs an env process: ``python -P -m envs.forkserver``, with the same
+server per process, the first time it needs an env process: ``python -P -O -m envs.forkserver``, with the same
 scrubbed environment an env process gets (``envs.sandbox.sandbox_env``: no API key, no token), which imports
 all that once and then forks each env process, in a few milliseconds. When an env process takes its first
 job, the fork server is also asked to import that task's simulator (ALE, MuJoCo, a plug-in's module), so the
