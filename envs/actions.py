@@ -49,10 +49,10 @@ def action_coercer(space):
         low, high, shape = space.low.astype(np.float64), space.high.astype(np.float64), space.shape
         uniform = bool((low == low.flat[0]).all() and (high == high.flat[0]).all())
         low_min, high_max = float(low.min()), float(high.max())
-        # A few numbers (a MuJoCo robot's torques) are checked as Python floats: two numpy reductions cost 2-3 us a
-        # step, comparing six floats a third of that. The same comparisons either way, NaN failing each of them.
+        # A few numbers (a MuJoCo robot's torques) are checked as Python floats: two numpy reductions cost 3.7 us per
+        # HalfCheetah action, comparing six floats half that. The same comparisons either way, NaN failing each of them.
         few = low.size <= 32
-        bounds = list(zip(low.ravel().tolist(), high.ravel().tolist()))
+        bounds = list(zip(low.ravel().tolist(), high.ravel().tolist())) if few and not uniform else []
 
         def coerce_box(action):
             try:

@@ -13,8 +13,9 @@ the source names ``random``, each slot gets its own pair of generators, switched
 slot's code runs (``SlotRandom``); a source that never names them pays nothing.
 
 Diagnostics stay here until they are needed: each step the slot keeps a snapshot of the policy's
-``diagnostics`` (the same value the env process used to receive every step; numpy numbers in it are
-converted only if read, ``envs.wire.snapshot_diag``) in a ring as long as the trace window, and counts its mode. The env process asks for a window's diagnostics when it
+``diagnostics`` (the same value the env process used to receive every step; numpy numbers in it
+are converted only if read, ``envs.wire.snapshot_diag``) in a ring as long as the trace window,
+and counts its mode. The env process asks for a window's diagnostics when it
 records a failure event, and for the mode counts when the episode ends, instead of receiving and
 parsing them on every step. All of it is the policy's own account of itself, bounded again where
 the env process reads it (``envs.wire``).

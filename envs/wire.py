@@ -74,7 +74,9 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return round(value, 6) if np.isfinite(value) else str(value)
     if isinstance(value, np.generic):
-        return jsonable(value.item(), depth)
+        item = value.item()
+        # np.longdouble's item() is an np.longdouble again: its text, rather than recursing until Python stops it.
+        return str(value)[:200] if isinstance(item, np.generic) else jsonable(item, depth)
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist(), depth) if value.size <= 64 else f"<array {value.shape} {value.dtype}>"
     if depth < 3 and isinstance(value, dict):
@@ -131,7 +133,7 @@ def mode_key(diag: Any, seen: dict) -> str | None:
 
 
 class Deferred:
-    """One step's diagnostics kept as the policy gave them, converted (``jsonable``) only if a trace window reads them."""
+    """One step's diagnostics kept as the policy gave them, converted (``jsonable``) only if a window reads them."""
 
     __slots__ = ("value",)
 
@@ -139,9 +141,11 @@ class Deferred:
         self.value = value
 
 
-# numpy's scalar types, by exact class: their values cannot change, so converting one later gives what converting it
-# now would. Subclasses (the policy's own) are converted at once, as anything else is.
-_NUMPY_SCALARS = frozenset(t for t in set(np.sctypeDict.values()) if issubclass(t, (np.number, np.bool_)))
+# numpy's scalar types, by exact type: their values cannot change, so converting one later gives what converting it
+# now would. Subclasses (the policy's own) are converted at once, as anything else is; so are the extended-precision
+# types, whose conversion is text rather than a number.
+_NUMPY_SCALARS = frozenset(t for t in set(np.sctypeDict.values()) if issubclass(t, (np.number, np.bool_))
+                           and t not in (np.longdouble, np.clongdouble))
 _KEEPABLE = frozenset(_PLAIN) | _NUMPY_SCALARS
 
 
@@ -152,19 +156,22 @@ def snapshot_diag(diag: Any) -> Any:
     plain values is copied (it is sent as it is); a dict of numbers, numpy scalars and short lists or tuples of them
     (the diagnostics a policy computing with numpy gives) is copied and converted only if read: most steps leave the
     ring unread, and converting on every step was a tenth of a Breakout step. Anything else is converted now, since
-    the policy may change what it holds in place."""
-    if diag.__class__ is not dict or len(diag) > 30:
+    the policy may change what it holds in place. Types are read with ``type()``, which an object cannot fake as it
+    can ``__class__``: a value that only says it is a number is converted at once. Diagnostics that are no dict
+    (a string, a number) are kept as converted: before, copying them as a dict failed and took the policy process
+    down with it."""
+    if type(diag) is not dict or len(diag) > 30:
         return plain_diag(diag)
     plain = True
     for key, value in diag.items():
-        kind = value.__class__
-        if key.__class__ is not str:
+        kind = type(value)
+        if type(key) is not str:
             return plain_diag(diag)
         if kind in _PLAIN:
             if kind is str and len(value) > 200:
                 plain = False
         elif kind in _NUMPY_SCALARS or ((kind is list or kind is tuple) and len(value) <= 64
-                                        and all(v.__class__ in _KEEPABLE for v in value)):
+                                        and all(type(v) in _KEEPABLE for v in value)):
             plain = False
         else:
             return plain_diag(diag)

@@ -273,7 +273,17 @@ def test_diagnostics_are_kept_as_they_were_at_their_step_however_late_they_are_r
 
     from envs.wire import mode_key, plain_diag, read_diag, snapshot_diag, snapshot_mode
 
-    shared_list, shared_dict = [np.float64(0.5), 2.0000001], {"inner": 1}
+    class Pretender:  # a policy's object that claims to be a numpy integer
+        value = 1
+
+        @property
+        def __class__(self):
+            return np.int64
+
+        def item(self):
+            return self.value
+
+    shared_list, shared_dict, pretender = [np.float64(0.5), 2.0000001], {"inner": 1}, Pretender()
     diagnostics = [
         {"mode": "plain", "x": 1.23456789, "n": 3},
         {"mode": "numpy", "x": np.float64(1.23456789), "y": np.float32(0.1), "i": np.int64(7), "b": np.bool_(True)},
@@ -284,8 +294,11 @@ def test_diagnostics_are_kept_as_they_were_at_their_step_however_late_they_are_r
         ["not", "a", "dict"],
         np.float64(3.0),
         {"mode": "long list", "xs": list(range(70))},
+        {"mode": "extended", "x": np.longdouble(1.5)},  # converted at once, to text: its item() is itself
+        {"mode": "pretender", "x": pretender},          # says it is an np.int64; converted at once all the same
     ]
     for diag in diagnostics:
+        shared_list[0], shared_dict["inner"], pretender.value = np.float64(0.5), 1, 1
         expected = plain_diag(diag)
         expected = dict(expected) if expected is diag else expected
         expected_key = mode_key(expected, {}) if expected.__class__ is dict else False
@@ -294,10 +307,33 @@ def test_diagnostics_are_kept_as_they_were_at_their_step_however_late_they_are_r
         expected_text = json.dumps(expected)
         shared_list[0] = np.float64(-1.0)  # the policy changes what it holds, in place, after the step
         shared_dict["inner"] = 2
+        pretender.value = 99
         if isinstance(diag, dict):
             diag["added later"] = 1
         assert json.dumps(read_diag(snapshot)) == expected_text and key == expected_key, diag
-        shared_list[0], shared_dict["inner"] = np.float64(0.5), 1
+    assert read_diag(snapshot_diag({"mode": "extended", "x": np.longdouble(1.5)})) == {"mode": "extended", "x": "1.5"}
+
+    # Diagnostics that are no dict are kept as they are and count under no mode (copying them as a dict, as
+    # before, failed and took the policy process down, or made "" an empty dict counted under None).
+    for diag in ("searching", "", 7, True, 2.5):
+        snapshot = snapshot_diag(diag)
+        assert read_diag(snapshot) == diag and snapshot_mode(snapshot, {}) is False
+
+
+def test_diagnostics_that_are_a_string_are_recorded_not_fatal(run_eval, write_policy):
+    policy = write_policy('''
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                self.diagnostics = "leaning right" if obs[2] > 0 else "leaning left"
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        ''')
+    episode = run_eval(policy, "CartPole-v1", episodes=1, trace_window=3).episodes[0]
+    assert episode.status == "ok" and episode.trace.mode_counts == {}
+    steps = episode.trace.windows[-1].steps
+    assert [s["diag"] for s in steps] == ["leaning right" if s["obs"][2] > 0 else "leaning left" for s in steps]
 
 
 def test_a_trace_window_shows_each_steps_numpy_diagnostics_from_a_list_changed_in_place(run_eval, write_policy):
