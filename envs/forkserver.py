@@ -74,14 +74,14 @@ class Warm(NamedTuple):
     """A kind of child process, what its fork server imports before the first fork, and the environment those
     imports see: the sandbox's allow-list (``"sandbox"``), or heurist's own without its secrets (``"heurist"``:
     the user's settings, paths and home, as a fresh child of heurist would see them). One server per name.
-    ``python_flags`` are the interpreter's options, the fork server's and so every child's (and a child's that
-    starts its own Python when there is no fork server): ``-P`` always, so the working folder is never on the
-    import path."""
+    ``python_flags`` are the interpreter's options after ``-P`` (always given, so the working folder is never on the
+    import path): the fork server's, and so every child's, and a child's that starts its own Python when there is
+    no fork server."""
 
     name: str
     imports: tuple[str, ...]
     environment: Literal["sandbox", "heurist"] = "sandbox"
-    python_flags: tuple[str, ...] = ("-P",)
+    python_flags: tuple[str, ...] = ()
 
 
 # The env process runs with -O: the simulators' own asserts go. Gymnasium's envs assert, every step, that the action is
@@ -89,7 +89,7 @@ class Warm(NamedTuple):
 # any env.step: on CartPole that repeated check was 2.8 of the env process's 10 us a step (a third of the step itself).
 # heurist's own code in the env process asserts nothing (tests/test_evaluator.py reads it), and a simulator plug-in
 # must raise, not assert, to stop an episode: what an assert guards is gone under -O, as anywhere Python runs with it.
-ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"), python_flags=("-P", "-O"))
+ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"), python_flags=("-O",))
 
 
 class ForkServerFailed(Exception):
@@ -206,8 +206,8 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, *warm.python_flags, "-m", "envs.forkserver", "--socket-fd", str(theirs.fileno()),
-                 "--home", str(self.home), "--imports", ",".join(warm.imports)],
+                [sys.executable, "-P", *warm.python_flags, "-m", "envs.forkserver",
+                 "--socket-fd", str(theirs.fileno()), "--home", str(self.home), "--imports", ",".join(warm.imports)],
                 env=self._environment(), cwd=self.home, stdin=subprocess.DEVNULL, stdout=self.log,
                 stderr=self.log, pass_fds=(theirs.fileno(),), close_fds=True,
                 start_new_session=True)  # not in heurist's group: a Ctrl-C is heurist's to handle, not its
@@ -355,7 +355,7 @@ def start_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, 
                 print(f"heurist: the fork server of {warm.name} processes failed ({exc}); each {warm.name} process "
                       f"now starts its own Python", file=sys.stderr)
     # The fork server's flags: -P (the working folder is never on the import path), and the kind's own.
-    return subprocess.Popen([sys.executable, *warm.python_flags, "-m", module, *argv], env=env, cwd=cwd,
+    return subprocess.Popen([sys.executable, "-P", *warm.python_flags, "-m", module, *argv], env=env, cwd=cwd,
                             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=pass_fds,
                             start_new_session=True, close_fds=True)
 
