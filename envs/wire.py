@@ -177,7 +177,7 @@ def snapshot_diag(diag: Any) -> Any:
             return plain_diag(diag)
     if plain:
         return dict(diag)  # a copy: the policy may change its dict in place later
-    return Deferred({k: list(v) if v.__class__ is list else v for k, v in diag.items()})
+    return Deferred({k: list(v) if type(v) is list else v for k, v in diag.items()})
 
 
 def snapshot_mode(snapshot: Any, seen: dict) -> str | None | bool:
