@@ -317,6 +317,15 @@ class LLMClient:
             except _Fatal as exc:
                 self._record(transcript, s, attempt, messages, ask, billed=False, error=str(exc)[:500])
                 raise LLMError(f"{transcript.role}: {exc}") from None
+            except KeyboardInterrupt:
+                # A Ctrl-C mid-call (wherever it landed: the stream's loop checks for one after each chunk). The server
+                # worked on the request as far as it got, and a resumed run counts what was spent from the
+                # transcripts, so the attempt is recorded and billed before the Ctrl-C goes on: its prompt, and what
+                # streamed, estimated where the server gave no count (over rather than under the budget).
+                self._record(transcript, s, attempt, messages, ask, billed=True,
+                             error=f"interrupted by Ctrl-C after {attempt.chunks} chunks, "
+                                   f"{time.perf_counter() - attempt.started:.1f} s")
+                raise
             except _Passing as exc:
                 last_error = str(exc)[:500]
                 # The same 500 twice is the request's fault (502-504 are a proxy's or a loading server's: they pass);

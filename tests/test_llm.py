@@ -207,6 +207,39 @@ def test_a_stalled_stream_is_abandoned_on_silence_closed_and_counted(tmp_path):
         assert server.client_left.wait(30)  # the server saw the client leave: it stops generating
 
 
+def test_a_call_cut_off_by_ctrl_c_is_in_its_transcript_and_counted_after_a_resume(tmp_path):
+    """A Ctrl-C mid-stream stops the call at once, closes the connection, and the attempt is recorded first: its
+    partial text, and its tokens billed (estimated from its text), so a resumed run counts them from the transcript."""
+    from common import interrupts
+    from runner.lifecycle import usage_from_transcripts
+
+    with ScriptedOpenAI() as server:
+        client = local_client(server, timeout_s=30)
+        server.queue({**chat(json.dumps({"verdict": "a long and careful answer " * 8, "score": 1})),
+                      "chunk_delay": 0.05, "chunk_chars": 4})
+        arrived: list[int] = []
+
+        def ctrl_c_after_three_chunks(role, fields):  # as the SIGINT handler does, read at the stream's next check
+            arrived.append(fields["call_tokens"])
+            if fields["call_tokens"] >= 3:
+                interrupts.received.set()
+
+        client.on_progress = ctrl_c_after_three_chunks
+        recorder = TranscriptRecorder(tmp_path)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.structured(recorder.for_role(1, "coder"), [{"role": "user", "content": "x"}], Answer)
+        finally:
+            interrupts.received.clear()
+        assert server.client_left.wait(30)  # the server saw the client leave: it stops generating
+    [call] = [e for e in recorder.read() if e.kind == "llm_call"]
+    assert call.error.startswith("interrupted by Ctrl-C after ") and call.partial and call.response is None
+    assert call.tokens_estimated and call.completion_tokens >= 3 and call.prompt_tokens > 0
+    assert client.usage.calls == 1 and client.usage.tokens == call.prompt_tokens + call.completion_tokens
+    resumed = usage_from_transcripts(TranscriptRecorder(tmp_path))
+    assert (resumed.calls, resumed.tokens) == (1, client.usage.tokens)
+
+
 def test_a_slow_stream_that_keeps_coming_is_never_cut_off(tmp_path):
     with ScriptedOpenAI() as server:
         client = local_client(server, timeout_s=2)
