@@ -322,9 +322,12 @@ class LLMClient:
                 # worked on the request as far as it got, and a resumed run counts what was spent from the
                 # transcripts, so the attempt is recorded and billed before the Ctrl-C goes on: its prompt, and what
                 # streamed, estimated where the server gave no count (over rather than under the budget).
-                self._record(transcript, s, attempt, messages, ask, billed=True,
-                             error=f"interrupted by Ctrl-C after {attempt.chunks} chunks, "
-                                   f"{time.perf_counter() - attempt.started:.1f} s")
+                try:
+                    self._record(transcript, s, attempt, messages, ask, billed=True,
+                                 error=f"interrupted by Ctrl-C after {attempt.chunks} chunks, "
+                                       f"{time.perf_counter() - attempt.started:.1f} s")
+                except Exception:  # a transcript that cannot be written (a full disk) must not replace the Ctrl-C
+                    pass
                 raise
             except _Passing as exc:
                 last_error = str(exc)[:500]

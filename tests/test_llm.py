@@ -240,6 +240,32 @@ def test_a_call_cut_off_by_ctrl_c_is_in_its_transcript_and_counted_after_a_resum
     assert (resumed.calls, resumed.tokens) == (1, client.usage.tokens)
 
 
+def test_a_ctrl_c_stays_a_ctrl_c_when_its_call_cannot_be_recorded(tmp_path, monkeypatch):
+    """A full disk while the cut-off call is written: the Ctrl-C goes on (the run stops as interrupted), not the
+    write's error."""
+    import errno
+
+    from common import interrupts
+    from store.transcripts import RoleTranscript
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with ScriptedOpenAI() as server:
+        client = local_client(server, timeout_s=30)
+        server.queue({**chat(json.dumps({"verdict": "an answer " * 8, "score": 1})), "chunk_delay": 0.05,
+                      "chunk_chars": 4})
+        client.on_progress = lambda role, fields: interrupts.received.set()
+        monkeypatch.setattr(RoleTranscript, "write", disk_full)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.structured(TranscriptRecorder(tmp_path).for_role(1, "coder"), [{"role": "user", "content": "x"}],
+                                  Answer)
+        finally:
+            interrupts.received.clear()
+    assert client.usage.calls == 1  # counted in this session all the same
+
+
 def test_a_slow_stream_that_keeps_coming_is_never_cut_off(tmp_path):
     with ScriptedOpenAI() as server:
         client = local_client(server, timeout_s=2)
