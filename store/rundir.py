@@ -50,8 +50,10 @@ class RunError(HeuristError):
 # What a full or read-only disk looks like from inside: an OSError, or the words SQLite, git and
 # Chroma put into their own exceptions.
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# The words of what reports a failed write as text: SQLite's, and git's (the workspace's git writes its index through
+# a hash file that reports a full disk as "write error. Out of diskspace", with no errno text).
 _STORAGE_WORDS = (*(os.strerror(e) for e in _STORAGE_ERRNOS), "database or disk is full",
-                  "attempt to write a readonly database", "disk I/O error")
+                  "attempt to write a readonly database", "disk I/O error", "Out of diskspace")
 
 
 def storage_failure(exc: BaseException, run_dir: Path) -> str | None:

@@ -238,3 +238,20 @@ def test_a_kill_between_a_nodes_writes_and_its_checkpoint_is_resumed(home):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"  # finish ran
     memory = Path(json.loads((run_dir / "run.json").read_text())["config"]["memory"]["path"])
     assert lost_or_repeated(run_dir, memory, 1) == []
+
+
+def test_git_failing_on_a_full_disk_is_a_storage_failure(small_disk):
+    """A full disk can land while git writes the workspace (its objects, its index): git says so in its own words
+    ("write error. Out of diskspace" among them), and the run must stop with the same clean line as for any other
+    write, not with git's error. Real git, on a disk that is really full."""
+    from store.rundir import storage_failure
+    from store.workspace import Workspace, WorkspaceError
+
+    workspace = Workspace(small_disk / "run" / "workspace")
+    first = workspace.create("class Policy:\n    pass\n", {})
+    workspace.policy.write_text("class Policy:\n    edited = True\n")  # a candidate, as a rollback finds it
+    _fill(small_disk)
+    with pytest.raises(WorkspaceError) as failed:  # the rollback of the CI run that found this
+        workspace.git("reset", "-q", "--hard", first)
+    assert storage_failure(failed.value, small_disk / "run") is not None, str(failed.value)
+    assert storage_failure(WorkspaceError("git log failed in /x: fatal: bad revision 'nope'"), small_disk) is None
