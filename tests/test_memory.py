@@ -198,13 +198,16 @@ def test_two_writer_processes_at_once_lose_nothing(tmp_path, embedder):
 
 def test_a_writer_killed_mid_write_leaves_the_store_readable(tmp_path, embedder):
     path = tmp_path / "memory"
-    writer = subprocess.Popen([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), "run-k", "100000",
-                               "progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert writer.stdout.readline().strip() == "open"
+    # Its errors go to a file: a pipe nobody reads while this waits on its progress could fill and stop it.
+    errors = tmp_path / "writer.err"
+    with open(errors, "w") as err:
+        writer = subprocess.Popen([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), "run-k",
+                                   "100000", "progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    assert writer.stdout.readline().strip() == "open", errors.read_text()[-2000:]
     # Mid-loop, however slow this machine is: five records are written (each add embeds, upserts and commits) and
     # the next is under way.
     for expected in range(1, 6):
-        assert writer.stdout.readline().strip() == f"added {expected}"
+        assert writer.stdout.readline().strip() == f"added {expected}", errors.read_text()[-2000:]
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(timeout=30)
     with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
