@@ -118,19 +118,20 @@ def limit_cpu(cpu_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft_limit(charged_cpu_s(), cpu_s, hard), hard))
 
 
-def load_policy(path: str, code, offered: dict[str, Any],
+def load_policy(path: str, code, offered: dict[str, Callable[[], Any]],
                 setup: Callable[[], Any] | None = None) -> tuple[Any, types.ModuleType]:
     """Execute the compiled policy file in a fresh module and construct its Policy; the Policy and its module.
 
-    ``Policy.__init__`` is given what it declares of ``offered`` (``action_space``, ``simulator_model``), and,
-    where it declares ``setup``, this episode's own copy of the set-up's value (``setup()``, see ``PolicySlots``)."""
+    ``Policy.__init__`` is given what it declares of ``offered`` (``action_space``, ``simulator_model``: each made
+    only if declared), and, where it declares ``setup``, this episode's own copy of the set-up's value (``setup()``,
+    see ``PolicySlots``)."""
     module = fresh_module(path)
     exec(code, module.__dict__)
     cls = getattr(module, "Policy", None)
     if cls is None or not isinstance(cls, type):
         raise TypeError(f"{path} defines no class Policy")
     parameters = inspect.signature(cls).parameters
-    kwargs = {name: value for name, value in offered.items() if name in parameters}
+    kwargs = {name: make() for name, make in offered.items() if name in parameters}
     if "setup" in parameters:
         if setup is None:
             raise TypeError("Policy.__init__ takes setup, which is given only to a policy loaded by heurist")
@@ -282,7 +283,7 @@ class PolicyRunner:
         self.ring: deque = deque(maxlen=window)  # (step, diagnostics snapshot, mode key)
         self.modes: Counter = Counter()
 
-    def start(self, seed: int, offered: dict[str, Any], setup: Callable[[], Any] | None = None) -> None:
+    def start(self, seed: int, offered: dict[str, Callable[[], Any]], setup: Callable[[], Any] | None = None) -> None:
         try:
             policy, self.module = load_policy(self.path, self.code, offered, setup)
             policy.reset(seed)
@@ -371,21 +372,31 @@ class PolicySlots:
                 raise PolicyFailed(f"policy failed to load or reset: {type(exc).__name__}: {exc}") from None
         rng = self.random.fresh() if self.random is not None else None
         runner = PolicyRunner(self.path, self.code, window, rng)
-        raw_space = action_space
-        if isinstance(action_space, bytes):  # each episode gets its own copy: a space's sampler is its state
-            action_space = pickle.loads(action_space)
-        offered = {"action_space": action_space, "simulator_model": simulator_model}
+        offered = self._offered(action_space, simulator_model)
         if rng is not None:
             self.random.use(rng)
-        runner.start(seed, offered, lambda: self._setup_copy(offered, raw_space))
+        runner.start(seed, offered, lambda: self._setup_copy(action_space, simulator_model))
         self.runners[slot] = runner
 
-    def _setup_copy(self, offered: dict[str, Any], raw_space: Any) -> Any:
+    @staticmethod
+    def _offered(action_space: Any, simulator_model: str | None) -> dict[str, Callable[[], Any]]:
+        """What a Policy (or ``setup()``) may declare, each made only if it is declared. The action space comes
+        pickled and is unpickled for each taker (a space's sampler is its state, so each has its own copy), and only
+        for a taker: unpickling it imports gymnasium, 0.15 s of CPU at the start of every policy process that would
+        not otherwise need it (most policies never ask for the space)."""
+        if isinstance(action_space, bytes):
+            def space() -> Any:
+                return pickle.loads(action_space)
+        else:
+            def space() -> Any:
+                return action_space
+        return {"action_space": space, "simulator_model": lambda: simulator_model}
+
+    def _setup_copy(self, action_space: Any, simulator_model: str | None) -> Any:
         """This episode's copy of the set-up's value, the set-up run first if no episode of this process ran it."""
         if self._setup is None and self._setup_failed is None:
             # The set-up gets a space of its own too: what it does to it must not reach this episode alone.
-            self._run_setup({**offered, "action_space": pickle.loads(raw_space) if isinstance(raw_space, bytes)
-                             else raw_space})
+            self._run_setup(self._offered(action_space, simulator_model))
         if self._setup_failed is not None:  # the same reason for every episode; the set-up is not run again
             raise SetupFailed(self._setup_failed)
         data, buffers = self._setup
@@ -395,7 +406,7 @@ class PolicySlots:
             raise SetupFailed(f"setup()'s value cannot be copied into this episode ({type(exc).__name__}: {exc}); "
                               f"the classes of what it returns must be defined at the top of the policy file") from None
 
-    def _run_setup(self, offered: dict[str, Any]) -> None:
+    def _run_setup(self, offered: dict[str, Callable[[], Any]]) -> None:
         """Run ``setup()`` once, under a CPU budget of its own (``setup_cpu_s``, then the episode's budget is armed
         again, so the set-up costs no episode its time), with every global generator seeded with 0."""
         episode_module = sys.modules.get(POLICY_MODULE)
@@ -412,7 +423,7 @@ class PolicySlots:
                 if not callable(setup):
                     raise TypeError("Policy.__init__ takes setup, but the file defines no top-level function setup()")
                 wanted = inspect.signature(setup).parameters
-                value = setup(**{k: v for k, v in offered.items() if k in wanted})
+                value = setup(**{k: make() for k, make in offered.items() if k in wanted})
             self._setup = _frozen(value)
         except BaseException as exc:
             self._setup_failed = str(_failure("setup() failed", exc, self.path))
