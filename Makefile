@@ -9,7 +9,7 @@ export SDL_VIDEODRIVER ?= dummy
 
 # heurist's own modules compiled ahead, plain and under -O (the env processes'): where PYTHONDONTWRITEBYTECODE is set,
 # as in many containers and on our CI machines, no process writes them, so every process heurist starts (a run, its
-# sandboxed policy and test processes, its fork servers) compiled what it imports again; about 0.15 s of CPU per run
+# sandboxed policy and test processes, its fork servers) compiled what it imports again: 0.1-0.3 s of CPU per run
 # command. Only files changed since the last compile are compiled again.
 PACKAGES := campaign cli common doctor envs graph memory policies report roles runner store
 bytecode: .venv/.installed

@@ -382,8 +382,8 @@ class PolicySlots:
     def _offered(action_space: Any, simulator_model: str | None) -> dict[str, Callable[[], Any]]:
         """What a Policy (or ``setup()``) may declare, each made only if it is declared. The action space comes
         pickled and is unpickled for each taker (a space's sampler is its state, so each has its own copy), and only
-        for a taker: unpickling it imports gymnasium, 0.15 s of CPU at the start of every policy process that would
-        not otherwise need it (most policies never ask for the space)."""
+        for a taker: unpickling it imports gymnasium, about 0.075 s of CPU at the start of every policy process that
+        would not otherwise need it (most policies never ask for the space)."""
         if isinstance(action_space, bytes):
             def space() -> Any:
                 return pickle.loads(action_space)
