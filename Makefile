@@ -10,11 +10,11 @@ export SDL_VIDEODRIVER ?= dummy
 # heurist's own modules compiled ahead, plain and under -O (the env processes'): where PYTHONDONTWRITEBYTECODE is set,
 # as in many containers and on our CI machines, no process writes them, so every process heurist starts (a run, its
 # sandboxed policy and test processes, its fork servers) compiled what it imports again: 0.1-0.3 s of CPU per run
-# command. Only files changed since the last compile are compiled again.
-PACKAGES := campaign cli common doctor envs graph memory policies report roles runner store
+# command. Only files changed since the last compile are compiled again. The packages are pyproject.toml's own list.
 bytecode: .venv/.installed
-	.venv/bin/python -m compileall -q -j 0 $(PACKAGES) >/dev/null
-	.venv/bin/python -O -m compileall -q -j 0 $(PACKAGES) >/dev/null
+	packages=$$(.venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["packages"])') && \
+	.venv/bin/python -m compileall -q -j 0 $$packages >/dev/null && \
+	.venv/bin/python -O -m compileall -q -j 0 $$packages >/dev/null
 
 setup: .venv/.installed bytecode
 

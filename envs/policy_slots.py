@@ -384,12 +384,9 @@ class PolicySlots:
         pickled and is unpickled for each taker (a space's sampler is its state, so each has its own copy), and only
         for a taker: unpickling it imports gymnasium, about 0.075 s of CPU at the start of every policy process that
         would not otherwise need it (most policies never ask for the space)."""
-        if isinstance(action_space, bytes):
-            def space() -> Any:
-                return pickle.loads(action_space)
-        else:
-            def space() -> Any:
-                return action_space
+        def space() -> Any:
+            return pickle.loads(action_space) if isinstance(action_space, bytes) else action_space
+
         return {"action_space": space, "simulator_model": lambda: simulator_model}
 
     def _setup_copy(self, action_space: Any, simulator_model: str | None) -> Any:
