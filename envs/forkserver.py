@@ -25,6 +25,9 @@ heurist's environment less its secrets (``Warm.environment``), and is started wh
 first report finds them imported. No fork server ever holds a secret: the report child's come to it over a pipe
 of its own (``runner/report_child.py``).
 
+The test suite forks its ``heurist`` commands from a third kind (``tests/warm_cli.py``), whose children get a
+stdin, stdout and stderr of their own and end as Python ends (``Stdio``): heurist itself never starts one.
+
 Why not ``multiprocessing``'s forkserver: it starts with heurist's own environment (the key among it), and
 its children cannot be given a process group, descriptors by number and a log as stdout, which the env
 process needs. ``HEURIST_FORK_SERVER=0`` turns it off (each env process then starts Python as before), for a
@@ -90,6 +93,19 @@ class Warm(NamedTuple):
 # heurist's own code in the env process asserts nothing (tests/test_evaluator.py reads it), and a simulator plug-in
 # must raise, not assert, to stop an episode: what an assert guards is gone under -O, as anywhere Python runs with it.
 ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"), python_flags=("-O",))
+
+
+class Stdio(NamedTuple):
+    """A forked child that is to look like a command run from a shell, not like an env process: these three
+    descriptors as its stdin, stdout and stderr, ``argv0`` as its ``sys.argv[0]``, its own ``$PYTHONPATH`` first on
+    its import path, and at its end what Python's own exit does (non-daemon threads joined, then the ``atexit``
+    handlers: its own, and those its imports registered in the fork server, as a fresh Python's imports would
+    have). ``tests/warm_cli.py`` starts ``heurist`` this way."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+    argv0: str
 
 
 class ForkServerFailed(Exception):
@@ -267,17 +283,21 @@ class ForkServer:
         return first
 
     def spawn(self, module: str, argv: list[str], env: dict[str, str], cwd: Path, log_fd: int,
-              pass_fds: tuple[int, ...]) -> ForkedProcess:
-        """``python -m module *argv`` as a fork of the warm server: ``pass_fds`` under the same numbers."""
+              pass_fds: tuple[int, ...], stdio: Stdio | None = None) -> ForkedProcess:
+        """``python -m module *argv`` as a fork of the warm server: ``pass_fds`` under the same numbers; the log as
+        stdout and stderr and /dev/null as stdin, or ``stdio`` (``log_fd`` is then not used)."""
         if any(fd < 3 for fd in pass_fds):
             raise ValueError("descriptors 0-2 are the child's stdin and log")
-        request = json.dumps({"kind": "spawn", "module": module, "argv": argv, "env": env, "cwd": str(cwd),
-                              "fds": list(pass_fds)}).encode()
+        request = {"kind": "spawn", "module": module, "argv": argv, "env": env, "cwd": str(cwd), "fds": list(pass_fds)}
+        given = [log_fd]
+        if stdio is not None:
+            request.update(stdio="own", argv0=stdio.argv0, finalize=True)
+            given = [stdio.stdin, stdio.stdout, stdio.stderr]
         status_r, status_w = os.pipe()
         fds: list[int] = []
         try:
             with self._lock:
-                socket.send_fds(self.sock, [request], [status_w, log_fd, *pass_fds])
+                socket.send_fds(self.sock, [json.dumps(request).encode()], [status_w, *given, *pass_fds])
                 answer, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
             reply = json.loads(answer) if answer else {"error": f"it has ended; {self.output()}"}
         except BaseException as exc:  # a timeout, a broken socket, a Ctrl-C between the request and its answer
@@ -429,14 +449,14 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
         for fd in [*server_fds, fds[0]]:  # the server's socket and wake-up pipe, the exit status pipe
             os.close(fd)
         targets = [int(n) for n in request["fds"]]
-        keep = fds[1:]  # the log, then one per target
+        keep = fds[1:]  # stdin, stdout and stderr (``Stdio``) or the log alone, then one per target
         top = max([*keep, *targets, 2]) + 1
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in keep]  # out of every target's way
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(moved[0], 1)
-        os.dup2(moved[0], 2)
-        for fd, number in zip(moved[1:], targets):
+        own = request.get("stdio") == "own"
+        stdio = moved[:3] if own else [os.open(os.devnull, os.O_RDONLY), moved[0], moved[0]]
+        for fd, number in zip(stdio, (0, 1, 2)):
+            os.dup2(fd, number)
+        for fd, number in zip(moved[3:] if own else moved[1:], targets):
             os.dup2(fd, number, inheritable=True)
         wanted = {0, 1, 2, *targets}
         for name in os.listdir("/proc/self/fd"):  # close_fds: nothing else of the server's reaches the child
@@ -445,25 +465,67 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
                     os.close(int(name))
                 except OSError:
                     pass
+        server_path = _absolute_paths(os.environ.get("PYTHONPATH", ""))  # from the server's own folder
         os.chdir(request["cwd"])
+        if own:  # a command: its own $PYTHONPATH (heurist's children keep the import path heurist gave the server)
+            _import_path(server_path, _absolute_paths(request["env"].get("PYTHONPATH", "")))
         os.environ.clear()
         os.environ.update(request["env"])
         tempfile.tempdir = None  # found again from TMPDIR, which is this child's own
-        sys.argv = [request["module"], *request["argv"]]
-        importlib.import_module(request["module"]).main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
-    except BaseException:
+        sys.argv = [request.get("argv0") or request["module"], *request["argv"]]
+        code = _run_main(request["module"])
+        if request.get("finalize"):
+            _finalize()
+    except BaseException:  # it could not become that process (its folder is gone, say): the log says why
         traceback.print_exc()
     finally:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(code)  # never the server's own clean-up (atexit, its objects), as after an exec
+            os._exit(code)  # never the server's own clean-up (its home, its objects), as after an exec
+
+
+def _absolute_paths(python_path: str) -> list[str]:
+    """A ``$PYTHONPATH``'s folders as Python's start puts them on ``sys.path``: absolute, from the working folder."""
+    return [os.path.abspath(p) for p in python_path.split(os.pathsep) if p]
+
+
+def _import_path(server: list[str], child: list[str]) -> None:
+    """The child's ``$PYTHONPATH`` on its import path in place of the fork server's, where Python would have put
+    it at its start: first (``-P``: no script folder before it)."""
+    if sys.path[:len(server)] == server:
+        del sys.path[:len(server)]
+    sys.path[:0] = child
+    importlib.invalidate_caches()
+
+
+def _run_main(module: str) -> int:
+    """``module.main()``, and the exit code Python would give it."""
+    try:
+        importlib.import_module(module).main()
+        return 0
+    except SystemExit as exc:
+        return _exit_code(exc)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if not isinstance(exc.code, (int, type(None))):
+        print(exc.code, file=sys.stderr)
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
+def _finalize() -> None:
+    """What Python does at its exit before it flushes: wait for the non-daemon threads, then run ``atexit``'s
+    handlers. ``atexit._run_exitfuncs`` is how: the module keeps its list in C, and this is its one way to run it.
+    A handler that raises, ``sys.exit`` included, is printed and passed over, as at a real exit."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
 
 
 def serve(sock: socket.socket, home: Path, imports: list[str]) -> None:

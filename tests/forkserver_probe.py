@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import os
 import signal
 import sys
 import tempfile
+import threading
+import time
 
 
 def main() -> None:
@@ -25,7 +28,8 @@ def main() -> None:
               "fds": fds, "tempdir": tempfile.gettempdir(), "argv": sys.argv,
               "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
               "imported": sorted(m for m in ("gymnasium", "chromadb", "matplotlib") if m in sys.modules),
-              "flags": {"optimize": sys.flags.optimize, "safe_path": sys.flags.safe_path}}
+              "flags": {"optimize": sys.flags.optimize, "safe_path": sys.flags.safe_path},
+              "path": sys.path[:2]}
     os.write(report_fd, json.dumps(report).encode())
     os.close(report_fd)
     if mode == "exit3":
@@ -34,6 +38,10 @@ def main() -> None:
         raise RuntimeError("the probe failed on purpose")
     if mode == "wait":
         signal.pause()
+    if mode == "shell":  # what Python's exit does: the thread's line comes before the atexit handler's
+        atexit.register(lambda: print("atexit handler ran", flush=True))
+        threading.Thread(target=lambda: (time.sleep(0.2), print("thread finished", flush=True))).start()
+        sys.exit(5)
 
 
 if __name__ == "__main__":

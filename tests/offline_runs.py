@@ -11,7 +11,7 @@ from common.ledger import Ledger
 from envs.contract import read_tunables
 from policies import POLICY_DIR
 from store.workspace import Workspace
-from tests.test_cli import HEURIST
+from tests.warm_cli import run_heurist
 
 
 def weak_cartpole() -> str:
@@ -24,7 +24,7 @@ def weak_cartpole() -> str:
 
 
 def heurist(env: dict, *args: object, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([HEURIST, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    return run_heurist(list(args), env, timeout=timeout)
 
 
 def lost_or_repeated(run_dir: Path, memory_path: Path, iterations: int) -> list[str]:

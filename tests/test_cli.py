@@ -6,17 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from policies import POLICY_DIR
-
-HEURIST = shutil.which("heurist", path=str(Path(sys.executable).parent)) or "heurist"
+from tests.warm_cli import HEURIST, run_heurist
 
 
 def heurist(*args, cwd=None, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([HEURIST, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return run_heurist(list(args), {**os.environ, **(env_extra or {})}, cwd)
 
 
 def assert_one_line_error(proc, *words):

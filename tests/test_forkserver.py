@@ -7,11 +7,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
-from envs.forkserver import STATUS_LOST, ForkServer, ForkServerFailed, Warm, kill_group
-from envs.sandbox import sandbox_env
+from envs.forkserver import STATUS_LOST, ForkServer, ForkServerFailed, Stdio, Warm, kill_group
+from envs.sandbox import HEURIST_ROOT, sandbox_env
 from envs.tasks import get_task
 from policies import RANDOM_POLICY, starter_policy
 
@@ -67,6 +68,43 @@ def test_exit_codes_come_back_as_a_fresh_pythons_would(server, tmp_path, mode, c
     assert report is not None and proc.wait(timeout=60) == code
     if mode == "raise":
         assert "RuntimeError: the probe failed on purpose" in (tmp_path / "log").read_text()
+
+
+def test_a_command_forked_with_its_own_stdio_ends_as_a_fresh_python_would(tmp_path):
+    """The tests' warm ``heurist`` (tests/warm_cli.py): stdout and stderr apart, the child's $PYTHONPATH first on its
+    import path, and at the end its non-daemon threads joined, then its atexit handlers, then the exit code."""
+    server = ForkServer(Warm("shell command", ("json",), environment="heurist"))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    env = {**sandbox_env(tmp_path), "PYTHONPATH": os.pathsep.join([str(extra), str(HEURIST_ROOT)])}
+    outputs = []
+    try:
+        for forked in (True, False):
+            out, err = (open(tmp_path / f"{forked}.{name}", "w+b") for name in ("out", "err"))
+            report_r, report_w = os.pipe()
+            if forked:
+                proc = server.spawn("tests.forkserver_probe", [str(report_w), "shell"], env, tmp_path, out.fileno(),
+                                    (report_w,), Stdio(0, out.fileno(), err.fileno(), "probe-command"))
+            else:
+                proc = subprocess.Popen([sys.executable, "-P", "-m", "tests.forkserver_probe", str(report_w), "shell"],
+                                        env=env, cwd=tmp_path, stdout=out, stderr=err, pass_fds=(report_w,))
+            os.close(report_w)
+            with os.fdopen(report_r, "rb") as report:
+                data = json.loads(report.read())
+            code = proc.wait(timeout=60)
+            outputs.append((code, (tmp_path / f"{forked}.out").read_text(), (tmp_path / f"{forked}.err").read_text(),
+                            data["path"], data["argv"][1:], data["pgid"] == data["pid"]))
+            out.close()
+            err.close()
+            if forked:
+                assert data["argv"][0] == "probe-command"
+    finally:
+        server.close()
+    forked, fresh = outputs
+    assert forked[:5] == fresh[:5]
+    assert forked[0] == 5 and forked[1] == "probe on stdout\nthread finished\natexit handler ran\n"
+    assert forked[2] == "probe on stderr\n" and forked[3] == [str(extra), str(HEURIST_ROOT)]
+    assert forked[5]  # a group of its own, as every forked child
 
 
 def test_a_group_kill_right_after_the_fork_reaches_the_child(server, tmp_path):

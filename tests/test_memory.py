@@ -16,9 +16,9 @@ from common.errors import MemoryStoreError
 from memory import FailureRecord, FixRecord, LessonRecord, MemoryConfig, MemoryStore
 from memory.embedders import MiniLMOnnx, OpenAIEmbedderConfig
 from tests.scripted_openai import ScriptedOpenAI
+from tests.warm_cli import run_heurist
 
 REPO = Path(__file__).resolve().parent.parent
-HEURIST = Path(sys.executable).parent / "heurist"
 
 # Pairs of descriptions of the same failure in different words, from different tasks.
 PARAPHRASES = [
@@ -176,8 +176,8 @@ def test_records_persist_across_processes(tmp_path):
     path = tmp_path / "memory"
     subprocess.run([sys.executable, str(REPO / "tests" / "memory_writer.py"), str(path), "run-x", "3"],
                    check=True, cwd=REPO, capture_output=True)
-    found = subprocess.run([str(HEURIST), "memory", "search", "the cart left the track", "--memory", str(path),
-                            "--json", "-k", "10"], check=True, capture_output=True, text=True)
+    found = run_heurist(["memory", "search", "the cart left the track", "--memory", path, "--json", "-k", "10"])
+    assert found.returncode == 0, found.stderr
     hits = json.loads(found.stdout)["failures"]
     assert len(hits) == 3 and {h["failure"]["run_id"] for h in hits} == {"run-x"}
 
@@ -255,7 +255,7 @@ def test_a_foreign_or_corrupt_store_is_one_line_error(tmp_path, damage):
         (path / "chroma.sqlite3").write_bytes(b"this is not a database" * 100)
     else:
         path.write_text("a file")
-    done = subprocess.run([str(HEURIST), "memory", "stats", "--memory", str(path)], capture_output=True, text=True)
+    done = run_heurist(["memory", "stats", "--memory", path])
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
@@ -268,7 +268,7 @@ def test_cli_search_export_import_forget(tmp_path, embedder):
         store.add([fix([f1], "accepted", 100, 150), fix([f1], "rejected", 100, 90, rationale="move earlier")])
 
     def heurist(*args: str) -> str:
-        done = subprocess.run([str(HEURIST), "memory", *args], capture_output=True, text=True)
+        done = run_heurist(["memory", *args])
         assert done.returncode == 0, done.stderr
         return done.stdout
 

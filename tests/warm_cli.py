@@ -1,0 +1,67 @@
+"""The tests' ``heurist`` command, forked from a warm Python instead of started cold.
+
+A ``heurist`` process spent 2 to 4 s of CPU importing its libraries before it did anything (LangGraph with
+LangSmith, Chroma, SciPy through cma, Gymnasium: ``python -X importtime``), and the suite starts about 150 of
+them: a third of its CPU, on a machine whose two cores the suite keeps busy from start to end. So each pytest
+worker keeps one of heurist's own fork servers (``envs/forkserver.py``) that has imported those libraries, and
+the command-line tests run ``heurist`` as a fork of it: a process of its own (own pid, process group,
+environment, working folder, stdin/stdout/stderr, exit code, ``atexit`` at its end), running ``cli.main.main``
+as the installed command does. heurist's own modules are imported in each child, not in the fork server, so
+whatever they read from the environment when imported comes from the test's environment, as it would.
+
+What this does not test is the installed command's own start (its script, a cold import); the tests that
+start ``heurist`` with ``subprocess.Popen`` (faults, interrupts, campaigns, doctor, replay) still do, and so
+does ``make run``. ``HEURIST_FORK_SERVER=0`` in the tests' environment turns the warm start off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from envs.forkserver import ForkServer, ForkServerFailed, Stdio, Warm, kill_group
+
+HEURIST = shutil.which("heurist", path=str(Path(sys.executable).parent)) or "heurist"  # the installed command
+
+# Only libraries, and only those whose import starts no thread (the fork server refuses to fork with two) and
+# reads nothing from the environment that a test changes: not onnxruntime (a thread at import), not
+# matplotlib (its config folder comes from $HOME at import), not cma (it imports matplotlib, which heurist
+# keeps it from doing: roles.coder.import_cma), not Ray.
+HEURIST_CLI = Warm("heurist-cli", environment="heurist", imports=(
+    "numpy", "pydantic", "typer", "rich.progress", "rich.table", "openai", "langgraph.types", "langgraph.graph",
+    "langgraph.checkpoint.sqlite", "langchain_core.messages", "chromadb", "tokenizers", "scipy.stats", "jinja2",
+    "gymnasium", "ale_py", "pandas", "tensorboardX", "imageio", "cv2"))
+
+
+def run_heurist(args: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """``subprocess.run([heurist, *args], capture_output=True, text=True, ...)``, from the warm fork server."""
+    args = [str(a) for a in args]
+    env = dict(os.environ if env is None else env)
+    server = ForkServer.shared(HEURIST_CLI)
+    if server is None:
+        return subprocess.run([HEURIST, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null:
+        try:
+            proc = server.spawn("cli.main", args, env, Path(cwd or os.getcwd()).resolve(), out.fileno(), (),
+                                Stdio(null.fileno(), out.fileno(), err.fileno(), HEURIST))
+        except ForkServerFailed:
+            ForkServer.give_up(server)
+            return subprocess.run([HEURIST, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            proc.wait()
+            raise subprocess.TimeoutExpired([HEURIST, *args], timeout, _read(out), _read(err)) from None
+        return subprocess.CompletedProcess([HEURIST, *args], code, _read(out), _read(err))
+
+
+def _read(file) -> str:
+    """A captured stream as ``text=True`` gives it: decoded, universal newlines."""
+    file.seek(0)
+    return file.read().decode().replace("\r\n", "\n").replace("\r", "\n")
