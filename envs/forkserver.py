@@ -467,12 +467,15 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
                     pass
         server_path = _absolute_paths(os.environ.get("PYTHONPATH", ""))  # from the server's own folder
         os.chdir(request["cwd"])
-        if own:  # a command: its own $PYTHONPATH (heurist's children keep the import path heurist gave the server)
+        if own:  # a command: its own $PYTHONPATH (heurist's children keep the import path heurist gave the server),
             _import_path(server_path, _absolute_paths(request["env"].get("PYTHONPATH", "")))
+            _set_dumpable(1)  # and traceable by its user, as a command is (the server is not: see ``main``)
         os.environ.clear()
         os.environ.update(request["env"])
         tempfile.tempdir = None  # found again from TMPDIR, which is this child's own
         sys.argv = [request.get("argv0") or request["module"], *request["argv"]]
+        if own:
+            _fresh_random_state()
         code = _run_main(request["module"])
         if request.get("finalize"):
             _finalize()
@@ -483,12 +486,17 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(code)  # never the server's own clean-up (its home, its objects), as after an exec
+            if code == INTERRUPTED:  # Python's way out of an uncaught Ctrl-C: killed by SIGINT
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
+            os._exit(code & 0xFF)  # never the server's own clean-up (its home, its objects), as after an exec
 
 
 def _absolute_paths(python_path: str) -> list[str]:
-    """A ``$PYTHONPATH``'s folders as Python's start puts them on ``sys.path``: absolute, from the working folder."""
-    return [os.path.abspath(p) for p in python_path.split(os.pathsep) if p]
+    """A ``$PYTHONPATH``'s folders as Python's start puts them on ``sys.path``: absolute, from the working folder
+    (an empty one is that folder), each once."""
+    folders = [os.path.abspath(p) for p in python_path.split(os.pathsep)] if python_path else []
+    return list(dict.fromkeys(folders))
 
 
 def _import_path(server: list[str], child: list[str]) -> None:
@@ -500,6 +508,17 @@ def _import_path(server: list[str], child: list[str]) -> None:
     importlib.invalidate_caches()
 
 
+def _fresh_random_state() -> None:
+    """numpy's global generator seeded anew, as a fresh Python's import would (``random`` reseeds itself at a fork):
+    two forks must not draw the same numbers where two fresh commands would not."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
+INTERRUPTED = -signal.SIGINT  # _run_main's code for an uncaught KeyboardInterrupt
+
+
 def _run_main(module: str) -> int:
     """``module.main()``, and the exit code Python would give it."""
     try:
@@ -507,6 +526,9 @@ def _run_main(module: str) -> int:
         return 0
     except SystemExit as exc:
         return _exit_code(exc)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        return INTERRUPTED
     except BaseException:
         traceback.print_exc()
         return 1
@@ -519,12 +541,12 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _finalize() -> None:
-    """What Python does at its exit before it flushes: wait for the non-daemon threads, then run ``atexit``'s
-    handlers. ``atexit._run_exitfuncs`` is how: the module keeps its list in C, and this is its one way to run it.
-    A handler that raises, ``sys.exit`` included, is printed and passed over, as at a real exit."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    """What Python does at its exit before it flushes: ``threading._shutdown`` (threading's own exit hooks, such as
+    the one that ends ``concurrent.futures``' idle workers, then a wait for the non-daemon threads), then ``atexit``'s
+    handlers. Both are private, and both are what the interpreter itself calls at its exit: there is no public way to
+    run them in a process that leaves through ``os._exit``. A handler that raises, ``sys.exit`` included, is
+    printed and passed over, as at a real exit."""
+    threading._shutdown()
     atexit._run_exitfuncs()
 
 
@@ -588,16 +610,21 @@ def serve(sock: socket.socket, home: Path, imports: list[str]) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _set_dumpable(value: int) -> None:
+    """``PR_SET_DUMPABLE``: 0, and no process of the same user can attach to this one or read its memory."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="heurist's fork server of its own processes (started by heurist)")
     parser.add_argument("--socket-fd", type=int, required=True)
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--imports", default="", help="comma-separated modules to import before the first fork")
     args = parser.parse_args()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, inherited by every fork
-    except (OSError, AttributeError):
-        pass
+    _set_dumpable(0)  # inherited by every fork
     serve(socket.socket(fileno=args.socket_fd), args.home, [m for m in args.imports.split(",") if m])
 
 

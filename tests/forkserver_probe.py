@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 
 def main() -> None:
@@ -41,6 +42,9 @@ def main() -> None:
     if mode == "shell":  # what Python's exit does: the thread's line comes before the atexit handler's
         atexit.register(lambda: print("atexit handler ran", flush=True))
         threading.Thread(target=lambda: (time.sleep(0.2), print("thread finished", flush=True))).start()
+        global POOL  # a pool still held at exit: threading's exit hook ends its idle worker, or exit waits forever
+        POOL = ThreadPoolExecutor(1)
+        POOL.submit(print, "pool task ran", file=sys.stderr, flush=True).result()
         sys.exit(5)
 
 

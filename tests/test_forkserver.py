@@ -72,7 +72,8 @@ def test_exit_codes_come_back_as_a_fresh_pythons_would(server, tmp_path, mode, c
 
 def test_a_command_forked_with_its_own_stdio_ends_as_a_fresh_python_would(tmp_path):
     """The tests' warm ``heurist`` (tests/warm_cli.py): stdout and stderr apart, the child's $PYTHONPATH first on its
-    import path, and at the end its non-daemon threads joined, then its atexit handlers, then the exit code."""
+    import path, dumpable, and at the end its non-daemon threads joined, then its atexit handlers, then the exit
+    code: all as a fresh Python gives them."""
     server = ForkServer(Warm("shell command", ("json",), environment="heurist"))
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -93,7 +94,7 @@ def test_a_command_forked_with_its_own_stdio_ends_as_a_fresh_python_would(tmp_pa
                 data = json.loads(report.read())
             code = proc.wait(timeout=60)
             outputs.append((code, (tmp_path / f"{forked}.out").read_text(), (tmp_path / f"{forked}.err").read_text(),
-                            data["path"], data["argv"][1:], data["pgid"] == data["pid"]))
+                            data["path"], data["argv"][1:], data["dumpable"], data["pgid"] == data["pid"]))
             out.close()
             err.close()
             if forked:
@@ -101,10 +102,11 @@ def test_a_command_forked_with_its_own_stdio_ends_as_a_fresh_python_would(tmp_pa
     finally:
         server.close()
     forked, fresh = outputs
-    assert forked[:5] == fresh[:5]
+    assert forked[:6] == fresh[:6]
     assert forked[0] == 5 and forked[1] == "probe on stdout\nthread finished\natexit handler ran\n"
-    assert forked[2] == "probe on stderr\n" and forked[3] == [str(extra), str(HEURIST_ROOT)]
-    assert forked[5]  # a group of its own, as every forked child
+    assert forked[2] == "probe on stderr\npool task ran\n" and forked[3] == [str(extra), str(HEURIST_ROOT)]
+    assert forked[5] == 1  # traceable by its user, as a command is (an env process is not)
+    assert forked[6]  # a group of its own, as every forked child
 
 
 def test_a_group_kill_right_after_the_fork_reaches_the_child(server, tmp_path):

@@ -9,9 +9,16 @@ environment, working folder, stdin/stdout/stderr, exit code, ``atexit`` at its e
 as the installed command does. heurist's own modules are imported in each child, not in the fork server, so
 whatever they read from the environment when imported comes from the test's environment, as it would.
 
-What this does not test is the installed command's own start (its script, a cold import); the tests that
-start ``heurist`` with ``subprocess.Popen`` (faults, interrupts, campaigns, doctor, replay) still do, and so
-does ``make run``. ``HEURIST_FORK_SERVER=0`` in the tests' environment turns the warm start off.
+What a fork cannot be is a fresh interpreter, so some commands start fresh, as before:
+- a command whose environment holds a secret (an API key): its ``/proc/self/environ`` would be the fork
+  server's, and the tests that give heurist a key look for it everywhere heurist could leak it from;
+- the tests that start ``heurist`` with ``subprocess.Popen`` (faults, interrupts, campaigns, doctor, replays,
+  the terminal runs), and ``make run``: the installed command's own start (its script, a cold import) stays
+  tested.
+Forked commands share the fork server's hash seed (string hashing, so the order of a set of strings): a test
+that compares two commands to show a result does not depend on the process must start them fresh. numpy's
+global generator is seeded anew in each (``envs.forkserver._fresh_random_state``). ``HEURIST_FORK_SERVER=0`` in
+the tests' environment turns the warm start off.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.safe_text import is_secret_name
 from envs.forkserver import ForkServer, ForkServerFailed, Stdio, Warm, kill_group
 
 HEURIST = shutil.which("heurist", path=str(Path(sys.executable).parent)) or "heurist"  # the installed command
@@ -42,7 +50,9 @@ def run_heurist(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
     """``subprocess.run([heurist, *args], capture_output=True, text=True, ...)``, from the warm fork server."""
     args = [str(a) for a in args]
     env = dict(os.environ if env is None else env)
-    server = ForkServer.shared(HEURIST_CLI)
+    # A command holding a secret starts fresh: a fork's /proc/self/environ is the fork server's, which has none,
+    # and the tests that give heurist a key are there to find it wherever heurist could leak it from.
+    server = None if any(is_secret_name(name) for name in env) else ForkServer.shared(HEURIST_CLI)
     if server is None:
         return subprocess.run([HEURIST, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null:
@@ -58,6 +68,10 @@ def run_heurist(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
             kill_group(proc)
             proc.wait()
             raise subprocess.TimeoutExpired([HEURIST, *args], timeout, _read(out), _read(err)) from None
+        except BaseException:  # pytest-timeout's alarm, a Ctrl-C: as subprocess.run, the command does not outlive it
+            kill_group(proc)
+            proc.wait()
+            raise
         return subprocess.CompletedProcess([HEURIST, *args], code, _read(out), _read(err))
 
 
