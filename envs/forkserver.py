@@ -98,9 +98,10 @@ ENV_PROCESSES = Warm("env", ("gymnasium", "envs.worker"), python_flags=("-O",))
 class Stdio(NamedTuple):
     """A forked child that is to look like a command run from a shell, not like an env process: these three
     descriptors as its stdin, stdout and stderr, ``argv0`` as its ``sys.argv[0]``, its own ``$PYTHONPATH`` first on
-    its import path, and at its end what Python's own exit does (non-daemon threads joined, then the ``atexit``
-    handlers: its own, and those its imports registered in the fork server, as a fresh Python's imports would
-    have). ``tests/warm_cli.py`` starts ``heurist`` this way."""
+    its import path, traceable by its user, numpy's global generator seeded anew, and at its end what Python's own
+    exit does (``_finalize``: threads, then the ``atexit`` handlers, its own and those its imports registered in the
+    fork server, as a fresh Python's imports would have; an uncaught Ctrl-C kills it with SIGINT).
+    ``tests/warm_cli.py`` starts ``heurist`` this way."""
 
     stdin: int
     stdout: int
