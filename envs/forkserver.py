@@ -292,7 +292,7 @@ class ForkServer:
         request = {"kind": "spawn", "module": module, "argv": argv, "env": env, "cwd": str(cwd), "fds": list(pass_fds)}
         given = [log_fd]
         if stdio is not None:
-            request.update(stdio="own", argv0=stdio.argv0, finalize=True)
+            request.update(stdio="own", argv0=stdio.argv0)
             given = [stdio.stdin, stdio.stdout, stdio.stderr]
         status_r, status_w = os.pipe()
         fds: list[int] = []
@@ -478,7 +478,7 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
         if own:
             _fresh_random_state()
         code = _run_main(request["module"])
-        if request.get("finalize"):
+        if own:
             _finalize()
     except BaseException:  # it could not become that process (its folder is gone, say): the log says why
         traceback.print_exc()
@@ -526,19 +526,15 @@ def _run_main(module: str) -> int:
         importlib.import_module(module).main()
         return 0
     except SystemExit as exc:
-        return _exit_code(exc)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
         traceback.print_exc()
         return INTERRUPTED
     except BaseException:
         traceback.print_exc()
         return 1
-
-
-def _exit_code(exc: SystemExit) -> int:
-    if not isinstance(exc.code, (int, type(None))):
-        print(exc.code, file=sys.stderr)
-    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
 def _finalize() -> None:

@@ -375,7 +375,7 @@ class PolicySlots:
         offered = self._offered(action_space, simulator_model)
         if rng is not None:
             self.random.use(rng)
-        runner.start(seed, offered, lambda: self._setup_copy(action_space, simulator_model))
+        runner.start(seed, offered, lambda: self._setup_copy(offered))
         self.runners[slot] = runner
 
     @staticmethod
@@ -389,11 +389,12 @@ class PolicySlots:
 
         return {"action_space": space, "simulator_model": lambda: simulator_model}
 
-    def _setup_copy(self, action_space: Any, simulator_model: str | None) -> Any:
+    def _setup_copy(self, offered: dict[str, Callable[[], Any]]) -> Any:
         """This episode's copy of the set-up's value, the set-up run first if no episode of this process ran it."""
         if self._setup is None and self._setup_failed is None:
-            # The set-up gets a space of its own too: what it does to it must not reach this episode alone.
-            self._run_setup(self._offered(action_space, simulator_model))
+            # The set-up gets a space of its own too (each maker call unpickles anew): what it does to it must not
+            # reach this episode alone.
+            self._run_setup(offered)
         if self._setup_failed is not None:  # the same reason for every episode; the set-up is not run again
             raise SetupFailed(self._setup_failed)
         data, buffers = self._setup

@@ -53,15 +53,19 @@ def run_heurist(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
     # A command holding a secret starts fresh: a fork's /proc/self/environ is the fork server's, which has none,
     # and the tests that give heurist a key are there to find it wherever heurist could leak it from.
     server = None if any(is_secret_name(name) for name in env) else ForkServer.shared(HEURIST_CLI)
-    if server is None:
+
+    def fresh() -> subprocess.CompletedProcess:
         return subprocess.run([HEURIST, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+    if server is None:
+        return fresh()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null:
         try:
             proc = server.spawn("cli.main", args, env, Path(cwd or os.getcwd()).resolve(), out.fileno(), (),
                                 Stdio(null.fileno(), out.fileno(), err.fileno(), HEURIST))
         except ForkServerFailed:
             ForkServer.give_up(server)
-            return subprocess.run([HEURIST, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+            return fresh()
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
