@@ -57,11 +57,16 @@ LOCK_WAIT_S = 120.0  # how long a run started again waits for its last process t
 
 
 def _prepare_child() -> None:
-    """In the child, before exec: SIGKILL when the Ray worker that started it dies (a lost node, a kill); and no
-    signal blocked. A Ray worker blocks SIGINT, and a child inherits its parent's mask through exec, so without
-    this the run would never see the Ctrl-C that a stop sends it."""
+    """In the child, before exec: SIGKILL when the Ray worker that started it dies (a lost node, a kill); no
+    signal blocked; and Ctrl-C's default action. A stop reaches a run only as a Ctrl-C, and a child inherits
+    through exec both its parent's mask and a signal its parent ignores: a Ray worker blocks SIGINT, and one
+    seen here ignored SIGINT and SIGQUIT, as does every process of a campaign started in the background by a
+    script (a shell without job control starts background commands so). A run started ignoring Ctrl-C keeps
+    ignoring it (``common.interrupts.remembering``): each stop would then wait out its grace and kill the run
+    without its interruption recorded."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # exec makes the run's Python install its own handler
 
 
 def execute_run(run_dir: str, home: str | None, campaign_root: str, driver: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle
+import signal
 import tempfile
 import textwrap
 from pathlib import Path
@@ -14,6 +15,14 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+# A suite started in the background by a script (`.ci/run &`: a shell without job control starts it so) ignores
+# Ctrl-C, and so would every heurist process a test starts: a heurist command started ignoring Ctrl-C keeps
+# ignoring it, as a Unix command should, and the tests that stop one with a Ctrl-C would wait out their timeouts
+# and fail. They stand for a command started from a terminal, so the suite takes Ctrl-C as a terminal's command
+# does; the tests of an ignored Ctrl-C set it up themselves. (pytest-xdist's workers inherit this from here.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from common.ledger import Ledger  # noqa: E402
 from envs.evaluator import EvalRequest, evaluate  # noqa: E402

@@ -127,15 +127,22 @@ def _wait(predicate, proc: subprocess.Popen, timeout: float) -> None:
 
 
 def _run_pid(run_dir: Path) -> int | None:
-    """The process running `heurist resume RUN_DIR` (a campaign's run), if any."""
+    """The process running `heurist resume RUN_DIR` (a campaign's run), if any: the one whose parent is not such a
+    process too, and which leads its process group. A child the run forks has the run's command line until it
+    runs another program, and may lead a group of its own (``start_new_session``); stopping it instead of the run
+    would leave the run to take the stop's Ctrl-C while this test waits on the wrong process."""
+    matches = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            stat = (cmdline.parent / "stat").read_text()
         except OSError:
             continue
         if "resume" in args and str(run_dir) in args:
-            return int(cmdline.parent.name)
-    return None
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+            matches[int(cmdline.parent.name)] = (int(fields[1]), int(fields[2]))
+    runs = [pid for pid, (parent, group) in matches.items() if parent not in matches and group == pid]
+    return runs[0] if len(runs) == 1 else None
 
 
 def _freeze(pids, predicate, proc: subprocess.Popen, timeout: float) -> list[int]:
@@ -156,11 +163,20 @@ def _freeze(pids, predicate, proc: subprocess.Popen, timeout: float) -> list[int
         time.sleep(0.2)
 
 
-def _interrupt_pending(pid: int) -> bool:
-    """Whether a SIGINT waits to be delivered to the (stopped) process ``pid``."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    pending = int(next(line for line in status.splitlines() if line.startswith("ShdPnd:")).split()[1], 16)
-    return bool(pending & (1 << (signal.SIGINT - 1)))
+def _interrupt_pending(pid: int, run_dir: Path) -> bool:
+    """Whether a SIGINT waits to be delivered to the (stopped) process ``pid``, the run in ``run_dir``."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # it will never take the Ctrl-C: say what the run and its campaign task saw
+        log = run_dir / "campaign-task.log"
+        pytest.fail(f"the stopped run {run_dir.name} (pid {pid}) ended before the stop's Ctrl-C reached it; its "
+                    f"task's log:\n{log.read_text()[-2000:] if log.exists() else '(none)'}\nits ledger's end:\n"
+                    f"{(run_dir / 'ledger.jsonl').read_text()[-1500:]}")
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("ShdPnd:", "SigIgn:"))}
+    sigint = 1 << (signal.SIGINT - 1)
+    assert not masks["SigIgn"] & sigint, f"the run {run_dir.name} ignores Ctrl-C, so a stop cannot reach it"
+    return bool(masks["ShdPnd"] & sigint)
 
 
 def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
@@ -190,11 +206,12 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
 
         # Frozen (SIGSTOP) while mid-run, and thawed only once the stop's Ctrl-C waits on each, so the stop
         # reaches both runs mid-run however fast or slow this machine is.
-        frozen = _freeze(lambda: [_run_pid(directory / "runs" / key) for key in ("cartpole-v1-r0", "mountaincar-v0-r0")],
-                         both_mid_run, proc, timeout=240)
+        run_dirs = [directory / "runs" / key for key in ("cartpole-v1-r0", "mountaincar-v0-r0")]
+        frozen = _freeze(lambda: [_run_pid(run_dir) for run_dir in run_dirs], both_mid_run, proc, timeout=240)
         stopped = heurist(env, "campaign", "stop", directory)
         assert stopped.returncode == 0, stopped.stderr
-        _wait(lambda: all(_interrupt_pending(pid) for pid in frozen), proc, timeout=120)
+        _wait(lambda: all(_interrupt_pending(pid, run_dir) for pid, run_dir in zip(frozen, run_dirs)), proc,
+              timeout=120)
         for pid in frozen:
             os.killpg(pid, signal.SIGCONT)
         assert proc.wait(timeout=180) == 0, proc.stderr.read().decode()[-3000:]
@@ -614,7 +631,16 @@ def test_a_second_stop_during_the_grace_leaves_the_run_the_rest_of_it():
 def test_a_stopping_driver_stops_its_runs_without_rays_cancel(home, monkeypatch):
     """Ray's cancel is best effort: under load one never arrived, and its run was killed when the stop's grace ran
     out, without recording its interruption. The marker the driver writes stops a run by itself; a marker an
-    earlier driver left stops nothing."""
+    earlier driver left stops nothing. And the task ignores Ctrl-C here, as Ray workers were seen to and as every
+    process of a campaign a script starts in the background does: the run must take the stop's Ctrl-C anyway."""
+    ignoring = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _stop_a_run_by_the_marker(home, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, ignoring)
+
+
+def _stop_a_run_by_the_marker(home, monkeypatch) -> None:
     import threading
 
     from campaign.engine import supervise_run
