@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
 import sys
 import threading
@@ -207,7 +209,12 @@ def test_the_private_tmp_is_bounded(layout):
 
 @pytest.mark.skipif("cpu" not in cgroups_available(), reason="no cpu cgroup can be made here (`heurist doctor`)")
 def test_a_test_that_forks_busy_children_does_not_starve_the_file_beside_it(layout):
-    """verify runs test files side by side; each sandbox gets at most one core, however many processes it has."""
+    """verify runs test files side by side; each sandbox gets at most one core, however many processes it has.
+
+    Events, not guesses at this machine's speed: the honest file starts once 50 of the starver's busy children
+    run (the rest follow), and the starver is killed as soon as the honest file is done. The honest file has
+    30 s for about two seconds of CPU (its pytest and its second of work); without a cpu cgroup it would get
+    at most 2 cores' share among 51 busy processes, and need over 50 s."""
     honest = '''import time
 
 
@@ -217,14 +224,59 @@ def test_a_second_of_work():
         pass
 '''
     policy = layout.policy_under_test()
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    before = set(_sandbox_cgroups())
+    with ThreadPoolExecutor(max_workers=1) as pool:
         starver = pool.submit(run_test_file, "tests/test_starves.py", layout.source("starves_the_cpu.py"), policy,
-                              LIMITS, 7)
-        time.sleep(1)  # the starver's children are running when the honest file starts
-        victim = run_test_file("tests/test_honest.py", honest, policy, LIMITS, 5)
+                              LIMITS, 120)
+        group = _busy_cgroup(before, starver, processes=50)
+        try:
+            victim = run_test_file("tests/test_honest.py", honest, policy, LIMITS, 30)
+        finally:
+            _kill_everything_in(group)
         assert not starver.result().passed
-    # Without a cpu cgroup the honest file gets 2 of 151 busy processes' share: 38 s for its second of work.
     assert victim.passed, victim.reason
+
+
+def _sandbox_cgroups() -> list[Path]:
+    """The cgroups of this process's sandboxes now, of every controller (``envs.cgroups.SandboxCgroups`` names
+    them by pid): the starver is found by whichever it joined, so the test fails on its verdict, not here, if
+    the cpu one is left out."""
+    from envs.cgroups import _cgroup_parents
+
+    return [group for controller in ("pids", "memory", "cpu") for parent in _cgroup_parents(controller)
+            for group in parent.glob(f"heurist-{os.getpid()}-*")]
+
+
+def _busy_cgroup(before: set[Path], starver, processes: int) -> Path:
+    """A cgroup of the starver's, once at least ``processes`` processes run in it."""
+    deadline = time.monotonic() + 120  # a guard against a hang, not a guess at the machine's speed
+    while True:
+        assert not starver.done(), starver.result()
+        assert time.monotonic() < deadline, "the starver's children never ran"
+        for group in set(_sandbox_cgroups()) - before:
+            try:
+                if len((group / "cgroup.procs").read_text().split()) >= processes:
+                    return group
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+def _kill_everything_in(group: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
+        except OSError:  # its sandbox has ended and removed it
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
 
 
 def test_markup_and_escape_sequences_come_back_inert(layout):
