@@ -20,7 +20,9 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 # Ctrl-C, and so would every heurist process a test starts: a heurist command started ignoring Ctrl-C keeps
 # ignoring it, as a Unix command should, and the tests that stop one with a Ctrl-C would wait out their timeouts
 # and fail. They stand for a command started from a terminal, so the suite takes Ctrl-C as a terminal's command
-# does; the tests of an ignored Ctrl-C set it up themselves. (pytest-xdist's workers inherit this from here.)
+# does; the tests of an ignored Ctrl-C set it up themselves. (pytest-xdist's workers inherit this from here.) So
+# started, a Ctrl-C meant for the script's foreground command, which shares the suite's process group, stops the
+# suite too.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -50,13 +50,19 @@ def test_ctrl_c_records_the_interruption(tmp_path, slow_balancer):
     ledger_path = tmp_path / "ledger.jsonl"
     slow = slow_balancer(0.5)  # 20 episodes of 500 steps: over an hour unless Ctrl-C stops it
     proc = subprocess.Popen([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "20", "--workers", "1",
-                             "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not ledger_path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=20)  # stops now, not when the episode in flight ends
+                             "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ledger_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)  # stops now, not when the episode in flight ends
+    finally:  # a failed test does not leave an hour-long evaluation behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130 and "Traceback" not in stderr
     records, _ = Ledger(ledger_path).read()
     assert [r["event"] for r in records] == ["eval_started", "eval_interrupted"]
