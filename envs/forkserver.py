@@ -466,7 +466,7 @@ def _become(request: dict, fds: list[int], server_fds: list[int]) -> None:
                     os.close(int(name))
                 except OSError:
                     pass
-        server_path = _absolute_paths(os.environ.get("PYTHONPATH", ""))  # from the server's own folder
+        server_path = _absolute_paths(os.environ.get("PYTHONPATH", "")) if own else []  # from the server's folder
         os.chdir(request["cwd"])
         if own:  # a command: its own $PYTHONPATH (heurist's children keep the import path heurist gave the server),
             _import_path(server_path, _absolute_paths(request["env"].get("PYTHONPATH", "")))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -23,7 +22,7 @@ import pytest
 
 from common.ledger import Ledger
 from common.paths import heurist_home
-from envs.cgroups import cgroups_available
+from envs.cgroups import SandboxCgroups, cgroups_available
 from envs.containment import probe_privileges, process_count_bounded
 from envs.evaluator import EvalRequest, evaluate
 from envs.gitsafe import check_repository
@@ -237,8 +236,8 @@ def test_a_second_of_work():
             group = _busy_cgroup(before, starver, processes=50)
             try:
                 victim = run_test_file("tests/test_honest.py", honest, policy, LIMITS, 30)
-            finally:
-                _kill_everything_in(group)
+            finally:  # the starver ends now: its cgroup's clean-up kills everything in it
+                SandboxCgroups({"starver": group}).remove()
             assert not starver.result().passed
     finally:
         os.sched_setaffinity(0, everywhere)
@@ -268,23 +267,6 @@ def _busy_cgroup(before: set[Path], starver, processes: int) -> Path:
             except OSError:
                 pass
         time.sleep(0.05)
-
-
-def _kill_everything_in(group: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            pids = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
-        except OSError:  # its sandbox has ended and removed it
-            return
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
 
 
 def test_markup_and_escape_sequences_come_back_inert(layout):

@@ -68,13 +68,11 @@ def run_heurist(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
             return fresh()
         try:
             code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
+        except BaseException as exc:  # its timeout, pytest-timeout's alarm, a Ctrl-C: as subprocess.run, the
+            kill_group(proc)  # command does not outlive it
             proc.wait()
-            raise subprocess.TimeoutExpired([HEURIST, *args], timeout, _read(out), _read(err)) from None
-        except BaseException:  # pytest-timeout's alarm, a Ctrl-C: as subprocess.run, the command does not outlive it
-            kill_group(proc)
-            proc.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise subprocess.TimeoutExpired([HEURIST, *args], timeout, _read(out), _read(err)) from None
             raise
         return subprocess.CompletedProcess([HEURIST, *args], code, _read(out), _read(err))
 
