@@ -26,7 +26,9 @@ run after its first evaluation.
 Each setting also prints where an env step's microseconds go: ``env+act`` (the bare loop),
 ``record`` (the episode code's bookkeeping: in-process minus bare), ``sandbox`` (the policy in
 its own process: one worker minus in-process, which holds the channel, the start of the
-two processes and the CPU the two share), and the same for one episode per message.
+two processes and the CPU the two share), and the same for one episode per message. A third line
+fits the sandbox's cost over those two widths as so much a round plus so much a step (``sandbox_fit``),
+and gives the ratio to the bare loop that one worker could reach at any lockstep width.
 """
 
 from __future__ import annotations
@@ -123,6 +125,21 @@ def warm_fork_server(spec: TaskSpec, protocol: str | None, policy: Path) -> None
         assert evaluate(spec, request).status == "complete"
 
 
+def sandbox_fit(us: dict[str, float], wide: int) -> str:
+    """The sandbox's cost per step, fitted as ``a + r / w`` at lockstep width w from the two widths measured (1 and
+    ``wide``): ``r`` what a round costs however many episodes it carries (two wake-ups, two processes' caches
+    refilled, the messages' fixed part), ``a`` what each episode adds to it. A wider lockstep only shrinks ``r / w``,
+    so ``bare / (in-proc + a)`` is the most one worker can reach at any width. A fit of two noisy points, and a cost
+    cannot be negative: an ``a`` that comes out below zero is within the noise of nothing, and the ceiling is then
+    read with none (``bare / in-proc``: heurist's own record alone)."""
+    at_one, at_wide = us["solo"] - us["in"], us["one"] - us["in"]
+    per_round = (at_one - at_wide) / (1 - 1 / wide)
+    per_step = at_one - per_round
+    step = f"{per_step:.1f} us a step" if per_step >= 0 else f"{per_step:.1f} us a step (noise: read as 0)"
+    return (f"sandbox fitted over widths 1 and {wide}: {per_round:.0f} us a round + {step}; "
+            f"at any width, 1w / bare <= {us['bare'] / (us['in'] + max(per_step, 0.0)):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter of the episodes (a smoke run, noisier)")
@@ -157,9 +174,12 @@ def main() -> None:
               f"{rate['all']:10,.0f} {rate['one'] / rate['bare']:10.2f} {rate['all'] / rate['one']:9.2f}"
               f"   ({n:,} steps)")
         us = {k: 1e6 / r for k, r in rate.items()}
+        wide = min(width, len(seeds))
         print(f"{'':32s} us/step: env+act {us['bare']:.1f} | record {us['in'] - us['bare']:+.1f} | "
-              f"sandbox {us['one'] - us['in']:+.1f} in lockstep of {min(width, len(seeds))}, "
+              f"sandbox {us['one'] - us['in']:+.1f} in lockstep of {wide}, "
               f"{us['solo'] - us['in']:+.1f} one at a time")
+        if wide > 1:
+            print(f"{'':32s} {sandbox_fit(us, wide)}")
     print("goals: 1w / bare >= 0.85; all / 1w >= 1.8 on 2 cores")
 
 
