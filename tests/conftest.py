@@ -65,13 +65,14 @@ def no_ctrl_c_left_behind():
         pytest.fail(f"this test left {' and '.join(left)} (see conftest.no_ctrl_c_left_behind)")
 
 
-def once_per_session(tmp_path_factory, worker_id: str, name: str, make: Callable[[Path], T]) -> T:
+def once_per_session(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
     """``make(folder)`` once per pytest session however many xdist workers ask: the first one makes it and saves
     it pickled, the others wait on a lock and read it (pytest-xdist's documented way to share a session fixture).
     Readers must leave what it made as it is. A worker whose ``make`` failed saves nothing, so the next one to ask
-    makes it again, in a folder of its own."""
+    makes it again, in a folder of its own. An xdist worker is told by ``PYTEST_XDIST_WORKER`` (xdist sets it in each
+    worker), not by xdist's ``worker_id`` fixture, so that ``pytest -p no:xdist`` (a debugger's run) works too."""
     base = tmp_path_factory.getbasetemp()
-    shared = base if worker_id == "master" else base.parent  # the session's folder, above each worker's
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, above each worker's
     saved = shared / f"{name}.pickle"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, by a failure too
@@ -137,7 +138,7 @@ def run_eval(ledger, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def llm_run(tmp_path_factory, worker_id):
+def llm_run(tmp_path_factory):
     """One recorded two-iteration run on the LLM path (tests/scripted_runs.py), read by several tests: recorded
     once per session (about 15 CPU-seconds), not once per xdist worker. Tests copy it before they change it."""
     from tests.scripted_runs import record_llm_run
@@ -148,7 +149,7 @@ def llm_run(tmp_path_factory, worker_id):
             patch.delenv("OPENAI_API_KEY", raising=False)
             return record_llm_run(home)
 
-    return once_per_session(tmp_path_factory, worker_id, "llm-run", record)
+    return once_per_session(tmp_path_factory, "llm-run", record)
 
 
 @pytest.fixture

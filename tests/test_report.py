@@ -185,10 +185,10 @@ def _in_terminal(args: list[str], env: dict, timeout: float = 180) -> tuple[int,
 
 
 @pytest.fixture(scope="session")
-def terminal_run(llm_run, tmp_path_factory, worker_id):
+def terminal_run(llm_run, tmp_path_factory):
     """An offline run of one iteration, watched in a terminal: the live panel. Made once per session, for the
     tests on every xdist worker that read it."""
-    return once_per_session(tmp_path_factory, worker_id, "terminal-run", partial(_watch_a_run, llm_run))
+    return once_per_session(tmp_path_factory, "terminal-run", partial(_watch_a_run, llm_run))
 
 
 def _watch_a_run(llm_run, tmp: Path):
