@@ -35,7 +35,7 @@ class SandboxCgroups:
 
     @classmethod
     def create(cls, limits: Limits) -> "SandboxCgroups":
-        name = f"heurist-{os.getpid()}-{next(_cgroup_serial)}"
+        name = f"{_own_prefix()}{next(_cgroup_serial)}"
         memory = str((limits.memory_mb + limits.tmp_mb) * 2**20)
         # In the order they must be written (v1 wants memsw at least the memory limit); absent files are skipped.
         quota = str(max(1000, int(limits.cpus * 100_000)))
@@ -105,6 +105,17 @@ class SandboxCgroups:
 
 
 _cgroup_serial = itertools.count()
+
+
+def _own_prefix() -> str:
+    """The start of the name of every sandbox cgroup this process makes (its pid: ``_remove_orphans`` reads it)."""
+    return f"heurist-{os.getpid()}-"
+
+
+def own_sandbox_cgroups() -> list[Path]:
+    """The cgroups of this process's sandboxes that exist now, of every controller heurist uses."""
+    return [group for controller in ("pids", "memory", "cpu") for parent in _cgroup_parents(controller)
+            for group in parent.glob(f"{_own_prefix()}*")]
 
 
 @lru_cache(maxsize=4)

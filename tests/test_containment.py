@@ -22,7 +22,7 @@ import pytest
 
 from common.ledger import Ledger
 from common.paths import heurist_home
-from envs.cgroups import SandboxCgroups, cgroups_available
+from envs.cgroups import SandboxCgroups, cgroups_available, own_sandbox_cgroups
 from envs.containment import probe_privileges, process_count_bounded
 from envs.evaluator import EvalRequest, evaluate
 from envs.gitsafe import check_repository
@@ -225,7 +225,7 @@ def test_a_second_of_work():
         pass
 '''
     policy = layout.policy_under_test()
-    before = set(_sandbox_cgroups())
+    before = set(own_sandbox_cgroups())
     everywhere = os.sched_getaffinity(0)
     # Threads, and the sandboxes they start, inherit the affinity of the thread that starts them.
     os.sched_setaffinity(0, sorted(everywhere)[:2])
@@ -244,23 +244,14 @@ def test_a_second_of_work():
     assert victim.passed, victim.reason
 
 
-def _sandbox_cgroups() -> list[Path]:
-    """The cgroups of this process's sandboxes now, of every controller (``envs.cgroups.SandboxCgroups`` names
-    them by pid): the starver is found by whichever it joined, so the test fails on its verdict, not here, if
-    the cpu one is left out."""
-    from envs.cgroups import _cgroup_parents
-
-    return [group for controller in ("pids", "memory", "cpu") for parent in _cgroup_parents(controller)
-            for group in parent.glob(f"heurist-{os.getpid()}-*")]
-
-
 def _busy_cgroup(before: set[Path], starver, processes: int) -> Path:
-    """A cgroup of the starver's, once at least ``processes`` processes run in it."""
+    """A cgroup of the starver's, once at least ``processes`` processes run in it. Looked for in every controller's
+    cgroups, so the test fails on its verdict, not here, if the sandbox is left out of the cpu one."""
     deadline = time.monotonic() + 120  # a guard against a hang, not a guess at the machine's speed
     while True:
         assert not starver.done(), starver.result()
         assert time.monotonic() < deadline, "the starver's children never ran"
-        for group in set(_sandbox_cgroups()) - before:
+        for group in set(own_sandbox_cgroups()) - before:
             try:
                 if len((group / "cgroup.procs").read_text().split()) >= processes:
                     return group
