@@ -326,13 +326,15 @@ class Evaluator:
                 started + self.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress,
                 bundle=bundle)
             return [results[s] for s in seeds]
+        # The same for every seed but the seed and the slot: built once (resolving the policy's path per episode
+        # was a tenth of the scheduler's CPU on a 600-episode CartPole evaluation).
+        episode = self._job("episode", staged, trace_window=req.trace_window, max_windows=req.max_windows)
         plan = Schedule(
             seeds=seeds, workers=req.workers or os.cpu_count() or 1, width=lockstep_width(self.spec, req.lockstep),
             episode_timeout_s=limits.episode_timeout_s, episode_cpu_s=limits.episode_cpu_s,
             deadline=started + self.eval_timeout_s, eval_timeout_s=self.eval_timeout_s, progress=self.progress,
             stagger_s=req.stagger_s,
-            job=lambda seed, slot: self._job("episode", staged, seed=seed, slot=slot,
-                                             trace_window=req.trace_window, max_windows=req.max_windows),
+            job=lambda seed, slot: {**episode, "seed": seed, "slot": slot},
             start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, cpu))
         results = Scheduler(plan).run()
         self.setup_runs = plan.setup_runs

@@ -338,7 +338,7 @@ class Scheduler:
 
     @staticmethod
     def _progress(worker: WorkerProcess, flights: dict[int, Flight]) -> int:
-        return sum(worker.steps_taken(f.slot) for f in flights.values())
+        return worker.steps_in(f.slot for f in flights.values())
 
     def _eval_limit(self) -> str:
         return f"evaluation wall-clock limit of {self.plan.eval_timeout_s:g} s reached"

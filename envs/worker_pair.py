@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Iterable
 
 from common.safe_text import redact
 from envs.cgroups import SandboxCgroups
@@ -191,6 +192,19 @@ class WorkerProcess:
         """Env steps of the episode in ``slot`` (in progress, or the last one there), as the env process
         counted them; readable after a kill."""
         return max(0, self._count(slot))
+
+    def steps_in(self, slots: Iterable[int]) -> int:
+        """Env steps of the episodes in ``slots`` together (as ``steps_taken`` counts each), from one read of the
+        step file: a group's progress is looked at after every result, and a read per slot was the scheduler's
+        largest cost after decoding the results."""
+        if self.step_file is None:
+            return 0
+        try:
+            data = os.pread(self.step_file.fd, 8 * MAX_SLOTS, 0)
+        except OSError:
+            return 0
+        counts = memoryview(data.ljust(8 * MAX_SLOTS, b"\0")).cast("q")  # native order, as _count reads them
+        return sum(max(0, counts[slot]) for slot in slots)
 
     def setup_runs(self) -> int:
         """How many times the policy's ``setup()`` completed in this pair, as the env process counted; readable
