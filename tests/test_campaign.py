@@ -179,6 +179,10 @@ def _interrupt_pending(pid: int, run_dir: Path) -> bool:
     return bool(masks["ShdPnd"] & sigint)
 
 
+# Ray started twice, two runs of three iterations, W&B and TensorBoard: 48 CPU-seconds, the suite's most. Slow
+# (`make test-slow`, which .ci/run runs after the suite), as the cluster that loses a node is.
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
     tmp, env = home
     path = _campaign_file(tmp, f'''

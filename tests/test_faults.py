@@ -162,6 +162,9 @@ def _read_only_over(path: Path) -> None:
     _mount("-o", "remount,bind,ro", str(path))
 
 
+# Four starts of heurist, 27 CPU-seconds: slow (`make test-slow`, which .ci/run runs after the suite).
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_full_disk_then_a_read_only_one_stop_the_run_cleanly_and_resume_finishes_it(home, small_disk):
     """The run directory and $HEURIST_HOME (memory, the runs index) both live on the small disk: it
     fills up mid-run, then the ledger turns read-only mid-run, then the whole disk is read-only at a
