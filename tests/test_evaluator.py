@@ -347,6 +347,29 @@ def test_a_stop_that_lands_while_a_worker_pair_starts_kills_that_pair_at_once(tm
     assert worker.env_proc.returncode is not None and worker.env_proc.returncode < 0  # killed, not closed
 
 
+def test_a_groups_progress_is_the_sum_of_its_slots_counts_read_at_once(tmp_path):
+    """The scheduler looks at a group's progress (``steps_in``, one read of the pair's step file) after every
+    result: it must say what reading each slot's count (``steps_taken``) says, with a slot not yet taken as 0,
+    or a group still stepping would look stalled and be cut."""
+    import os
+    import sys
+
+    from envs.wire import MAX_SLOTS
+    from envs.worker_pair import NOT_STARTED, WorkerProcess
+
+    worker = WorkerProcess(Limits(episode_timeout_s=60, episode_cpu_s=60, memory_mb=1024), tmp_path, None, 0)
+    try:
+        counts = {0: 12, 5: 3_000_000_000, 17: NOT_STARTED, MAX_SLOTS - 1: 7}  # as the env process writes them
+        for slot, count in counts.items():
+            os.pwrite(worker.step_file.fd, count.to_bytes(8, sys.byteorder, signed=True), 8 * slot)
+        assert [worker.steps_taken(slot) for slot in counts] == [12, 3_000_000_000, 0, 7]
+        assert worker.steps_in(counts) == 3_000_000_019
+        assert worker.steps_in([5, 2]) == 3_000_000_000  # slot 2: never written, 0
+        assert worker.steps_in([]) == 0
+    finally:
+        worker.close()
+
+
 PAIR_COUNTING_POLICY = '''
     import time
 
