@@ -25,7 +25,32 @@ def plain_actions(actions: list) -> list:
 
 
 def action_coercer(space):
-    """A fast validator for one action space: returns the action the env gets, or raises InvalidAction."""
+    """A fast validator for one action space: returns the action the env gets, or raises InvalidAction and
+    nothing else. The action is the policy's, so whatever checking it raises is that episode's invalid action:
+    an exception of another kind would reach the code that runs every episode in flight (``envs.lockstep``), and
+    end the episodes beside it too."""
+    check = _checker(space)
+
+    def coerce(action):
+        try:
+            return check(action)
+        except InvalidAction:
+            raise
+        except Exception as exc:
+            raise InvalidAction(f"act() returned {_named(action)}, which cannot be checked "
+                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    return coerce
+
+
+def _named(action) -> str:
+    try:
+        return describe(action)
+    except Exception:  # its text cannot be made (an int past Python's digit limit): its type alone
+        return f"a {type(action).__name__}"
+
+
+def _checker(space):
     from gymnasium import spaces
 
     if isinstance(space, spaces.Discrete):
@@ -57,8 +82,8 @@ def action_coercer(space):
         def coerce_box(action):
             try:
                 arr = np.asarray(action, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise InvalidAction(f"act() returned {describe(action)}; "
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float64's range
+                raise InvalidAction(f"act() returned {_named(action)}; "
                                     f"this task needs a float array of shape {shape}") from None
             if arr.shape != shape:
                 raise InvalidAction(f"act() returned shape {arr.shape}; this task needs shape {shape}")

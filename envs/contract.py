@@ -154,6 +154,27 @@ def policy_observes(source: str) -> bool:
         isinstance(m, ast.FunctionDef) and m.name == "observe" for m in n.body) for n in tree.body)
 
 
+def binds_setup(source: str) -> bool:
+    """Whether the policy file binds the name ``setup`` at its top (a def, an assignment, an import, or a ``*``
+    import that may bring one): heurist runs a set-up only where the file's module has one, so a policy process
+    that reports a set-up of a file without one reports what never ran."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == "setup":
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (alias.asname or alias.name.split(".")[0]) in ("setup", "*") for alias in node.names):
+            return True
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        if any(isinstance(n, ast.Name) and n.id == "setup" for t in targets for n in ast.walk(t)):
+            return True
+    return False
+
+
 # What a policy may hand its seed to: random generators (and int(), to make one; reset(), a part's own).
 GENERATORS = {"Random", "seed", "default_rng", "RandomState", "SeedSequence", "Generator", "PCG64", "MT19937",
               "Philox", "SFC64"}

@@ -38,7 +38,7 @@ class PolicyClient(Protocol):
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
         """A fresh Policy for one episode in ``slot``; raises PolicyFailed with the policy's own error."""
 
-    observes: bool  # the policy defines observe(): each step's reward, terminated, truncated go to it
+    observes: bool  # the episode started last has observe(): each step's reward, terminated, truncated go to it
     setup_s: float | None  # CPU seconds of the policy's setup() if the last start ran it (once per process)
 
     def act(self, slots: list[int], observations: list, infos: list,
@@ -109,7 +109,8 @@ class EpisodeRun:
 
     def begin(self) -> None:
         self.obs, self.info = self.env.reset(seed=self.seed)
-        self.observing = self.policy.observes  # a policy without observe() costs the step loop nothing
+        # Read right after this episode's start: its own answer. A policy without observe() costs the loop nothing.
+        self.observing = self.policy.observes
 
     def advance(self, raw: Any, failure: str | None) -> bool:
         """One step with the policy's action (or its failure); True when the episode has ended."""
@@ -162,8 +163,7 @@ class EpisodeRun:
                            "events": [e.model_dump() for e in self.detector.events]})
             self.windows.append(self._window("end", self.t - 1))
         ending = time.perf_counter()
-        modes, observe_failed = self.policy.end(self.slot, self.accepted,
-                                                self.final if self.policy.observes else None)
+        modes, observe_failed = self.policy.end(self.slot, self.accepted, self.final if self.observing else None)
         self.wall_s += time.perf_counter() - ending  # the last observe() is this episode's time
         if observe_failed is not None and result["status"] == "ok":  # the last step's observe() is the policy's too
             result.update(status="policy_error", termination="error", error=observe_failed)
@@ -262,7 +262,8 @@ class Lockstep:
     def round(self) -> list[dict]:
         """Every episode in flight steps once; the results of those that ended."""
         runs = self.runs
-        feedback = [r.feedback for r in runs] if self.policy.observes else None
+        # Each episode's last step (None for one that does not observe: its feedback is never set).
+        feedback = [r.feedback for r in runs] if any(r.observing for r in runs) else None
         actions, failed = self.policy.act([r.slot for r in runs], [r.obs for r in runs], [r.info for r in runs],
                                           feedback)
         if failed:

@@ -292,7 +292,10 @@ def receive_from_policy(stream: IO[bytes], limit: int = MAX_REPLY_BYTES) -> dict
         raise ProtocolBroken(f"a reply longer than {limit} bytes" if len(line) > limit
                              else "a reply cut off before its end")
     try:
-        reply = json.loads(line)
+        # Decoded here, strictly, as UTF-8: json.loads on bytes guesses UTF-16 and UTF-32 too and decodes with
+        # 'surrogatepass', so a raw lone surrogate would pass the check below for escaped ones, and text no JSON
+        # writer can hold (the results' error strings) would reach the evaluation's record.
+        reply = json.loads(line.decode("utf-8"))
         if _SURROGATE_ESCAPE.search(line):  # rare: checked on the raw bytes, so the common reply costs one scan
             reply = _without_surrogates(reply)  # recursive: a deeply nested reply is refused with the rest
     except (ValueError, RecursionError) as exc:

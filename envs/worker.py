@@ -31,18 +31,20 @@ import mmap
 import os
 import pickle
 import select
+import time
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from envs.actions import InvalidAction, action_coercer, plain_actions
-from envs.contract import policy_observes
+from envs.contract import binds_setup, policy_observes
 from envs.limited import apply_limits
 from envs.lockstep import Lockstep, PolicyClient, PolicyGone, worker_error
 from envs.policy_slots import PolicyFailed, PolicySlots
 from envs.wire import (
     MAX_REPLY_BYTES,
+    MAX_SLOTS,
     ObservationChannel,
     ProtocolBroken,
     actions_from_wire,
@@ -74,25 +76,36 @@ class RemotePolicy:
         self.requests, self.replies, self.path, self.source = requests, replies, path, source
         self.observations = observations
         self.simulator_model = simulator_model
-        self.observes = policy_observes(source)  # whether each step's reward is sent for ``observe``
+        self.declares_observe = policy_observes(source)
+        self.may_set_up = binds_setup(source)
+        self.observes = False  # whether the episode started last gets each step's reward for ``observe``
         self.setup_s: float | None = None
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
+        asked = time.perf_counter()
         reply = self._ask(("start", slot, {"policy_path": self.path, "source": self.source, "seed": seed,
                                            "action_space": action_space, "cpu_s": cpu_s, "window": window,
                                            "live": live, "simulator_model": self.simulator_model}))
-        self.setup_s = seconds_or_none(reply.get("setup_s"))
+        # The policy process says how long its set-up took, and a hostile one could say so when none ran: believed
+        # only where the source binds a setup at its top, and never above what this start's wall time allows on the
+        # cores the pair may use (one, where it is pinned to one).
+        claimed = seconds_or_none(reply.get("setup_s"))
+        most = (time.perf_counter() - asked) * len(os.sched_getaffinity(0))
+        self.setup_s = min(claimed, most) if claimed is not None and self.may_set_up else None
         if "error" in reply:  # the policy's own failure to load or reset: that episode's result
             raise PolicyFailed(str(reply["error"])[:2000])
-        # Whether rewards go to it: the policy process says (an inherited observe counts), and trusting it costs
-        # nothing but the rewards it is sent.
-        self.observes = self.observes or reply.get("observes") is True
+        # Whether rewards go to this episode: the policy process says (an inherited observe counts), and trusting it
+        # costs nothing but the rewards it is sent. Each episode's own answer, never one carried over from the
+        # episodes this pair ran before: what an episode is sent must depend on its seed alone.
+        self.observes = self.declares_observe or reply.get("observes") is True
 
     def act(self, slots: list[int], observations: list, infos: list,
             feedback: list | None = None) -> tuple[list, dict[int, str]]:
         packed = self.observations.pack(observations) if self.observations is not None \
             else stack_observations(observations)
-        reply = self._ask(("act", slots, packed, infos, feedback), MAX_REPLY_BYTES * len(slots))
+        # The bound is the same at every width: an action too large to read alone must be too large beside others,
+        # or a seed's result would depend on how many episodes ran with it.
+        reply = self._ask(("act", slots, packed, infos, feedback), MAX_REPLY_BYTES * MAX_SLOTS)
         return self._read(actions_from_wire, reply, len(slots))
 
     def diagnostics(self, slot: int, first: int, last: int) -> list:
@@ -134,7 +147,8 @@ class LocalPolicy:
     def __init__(self, path: str, source: str, simulator_model: str | None = None) -> None:
         self.slots = PolicySlots(path, source)
         self.simulator_model = simulator_model
-        self.observes = policy_observes(source)
+        self.declares_observe = policy_observes(source)
+        self.observes = False
         self.setup_s: float | None = None
 
     def start(self, slot: int, seed: int, action_space: bytes, cpu_s: float | None, window: int, live: int) -> None:
@@ -142,7 +156,7 @@ class LocalPolicy:
             self.slots.start(slot, seed, action_space, window, self.simulator_model)
         finally:
             self.setup_s = self.slots.take_setup()
-        self.observes = self.observes or self.slots.observes(slot)
+        self.observes = self.declares_observe or self.slots.observes(slot)  # this episode's, as RemotePolicy's
 
     def act(self, slots: list[int], observations: list, infos: list,
             feedback: list | None = None) -> tuple[list, dict[int, str]]:

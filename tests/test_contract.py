@@ -111,3 +111,23 @@ def test_tunable_default_outside_bounds_is_refused():
               "class Policy:\n    def reset(self, s): pass\n    def act(self, o, i): return 0\n")
     with pytest.raises(PolicyError, match="default 9.0 is outside"):
         read_tunables(source)
+
+
+@pytest.mark.parametrize("source, binds", [
+    ("def setup():\n    return 1\n", True),
+    ("from helpers import setup\n", True),
+    ("from helpers import make as setup\n", True),
+    ("from helpers import *\n", True),  # may bring one
+    ("import setup\n", True),
+    ("setup = lambda: 1\n", True),
+    ("setup, other = make()\n", True),
+    ("class Policy:\n    def setup(self):\n        pass\n", False),  # a method, not the module's
+    ("def make():\n    setup = 1\n    return setup\n", False),
+    ("import helpers.setup\n", False),  # binds helpers
+    ("def broken(:\n", False),
+])
+def test_whether_a_policy_file_binds_setup_at_its_top(source, binds):
+    """The env process believes a set-up the policy process reports only where the file's module can have one."""
+    from envs.contract import binds_setup
+
+    assert binds_setup(source) is binds

@@ -157,6 +157,36 @@ class Policy:
     assert [e.status for e in result.episodes] == ["ok"] * 4, [e.error for e in result.episodes]
 
 
+def test_whether_an_episode_is_sent_its_rewards_depends_on_it_alone(run_eval, write_policy):
+    """Seed 0 takes on observe() at its reset, seed 1 at its first act. Whether an episode gets its rewards is its own
+    start's answer: it used to be one flag per pair, turned on for good by the first episode that observed, so seed 1
+    heard its rewards (and played otherwise) only when seed 0 had run before it in the same pair."""
+    policy = write_policy("""
+class Policy:
+    def reset(self, seed):
+        self.seed, self.t, self.heard = seed, 0, 0
+        if seed == 0:
+            self.observe = self._watch
+
+    def _watch(self, reward, terminated, truncated, info):
+        self.heard += 1
+
+    def act(self, obs, info):
+        self.t += 1
+        if self.seed == 1 and self.t == 1:
+            self.observe = self._watch
+        if self.heard:
+            return 0
+        return int(obs[2] + 0.5 * obs[3] > 0)
+""", "late_observer.py")
+    alone = run_eval(policy, "CartPole-v1", seeds=[1], workers=1, lockstep=1)
+    after = run_eval(policy, "CartPole-v1", seeds=[0, 1], workers=1, lockstep=1)
+    beside = run_eval(policy, "CartPole-v1", seeds=[0, 1], workers=1, lockstep=2)
+    assert alone.episodes[0].return_ == 500.0  # never told its rewards: it balances throughout
+    assert _fingerprint(after)[1:] == _fingerprint(beside)[1:] == _fingerprint(alone)
+    assert after.episodes[0].return_ < 500.0  # seed 0 does hear them, and acts on them
+
+
 def test_an_observe_that_cannot_take_what_a_step_returns_is_refused_at_the_check():
     from envs.contract import check_policy_source
 

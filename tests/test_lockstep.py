@@ -214,6 +214,65 @@ def test_a_deeply_nested_reply_with_a_lone_surrogate_is_a_broken_protocol():
         receive_from_policy(io.BytesIO(line), limit=len(line) + 1)
 
 
+@pytest.mark.parametrize("encoded", [
+    '{"a": [0], "e": {"0": "lone \ud800 surrogate"}}\n'.encode("utf-8", "surrogatepass"),  # raw, not escaped
+    '{"a": [0], "e": {"0": "lone \ud800 surrogate"}}\n'.encode("utf-16-be", "surrogatepass"),
+    '{"a": [0]}\n'.encode("utf-16-le"),  # text json.loads on bytes would take for UTF-16
+    '{"a": [0]}\n'.encode("utf-32-be"),
+], ids=["utf-8-surrogate", "utf-16-surrogate", "utf-16", "utf-32"])
+def test_a_reply_that_is_not_utf_8_is_a_broken_protocol(encoded):
+    """json.loads on bytes guesses UTF-16 and UTF-32 and lets raw lone surrogates through: an error string holding
+    one reached the evaluation's record, which no JSON writer could then write, and `heurist run` stopped."""
+    import io
+
+    from envs.wire import ProtocolBroken, receive_from_policy
+
+    line = encoded if encoded.endswith(b"\n") else encoded + b"\n"
+    with pytest.raises(ProtocolBroken, match="not JSON"):
+        receive_from_policy(io.BytesIO(line), limit=len(line) + 1)
+
+
+# An action that reaches the env process as JSON but that no check can read (an int past float64's range, 80 KB
+# of list where one reply used to be bounded at 64 KiB for each episode it carried).
+ODD_ACTIONS = {"MountainCarContinuous-v0": ("10 ** 400", "np.array([1.0 if obs[1] >= 0 else -1.0])"),
+               "CartPole-v1": ("[0] * 40000", "int(obs[2] + 0.5 * obs[3] > 0)")}
+
+
+@pytest.mark.parametrize("task", sorted(ODD_ACTIONS))
+def test_an_action_no_check_can_read_ends_its_own_episode_alone_and_beside_others(run_eval, write_policy, task):
+    odd, usual = ODD_ACTIONS[task]
+    policy = write_policy(f"""
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.seed, self.t = seed, 0
+
+            def act(self, obs, info):
+                self.t += 1
+                if self.seed == 1 and self.t == 5:
+                    return {odd}
+                return {usual}
+        """)
+    together = run_eval(policy, task, episodes=3, workers=1, lockstep=3)
+    alone = run_eval(policy, task, episodes=3, workers=1, lockstep=1)
+    assert [e.status for e in together.episodes] == ["ok", "invalid_action", "ok"], [e.error for e in together.episodes]
+    assert episodes(together) == episodes(alone)
+    assert together.episodes[1].length == 4
+
+
+def test_the_action_check_raises_nothing_but_invalid_action():
+    from gymnasium import spaces
+
+    from envs.actions import InvalidAction, action_coercer
+
+    for space, action in [(spaces.Box(-1.0, 1.0, (1,)), 10 ** 400), (spaces.Box(-1.0, 1.0, (2,)), [1.0, 10 ** 400]),
+                          (spaces.Discrete(2), 10 ** 400), (spaces.MultiDiscrete([2, 3]), [10 ** 400, 0]),
+                          (spaces.MultiDiscrete([2, 3]), "ab")]:
+        with pytest.raises(InvalidAction):
+            action_coercer(space)(action)
+
+
 def test_the_policy_cannot_resize_or_reseal_the_observation_memory():
     """Reopened read-write through /proc (as a policy process could), the memory still cannot shrink under
     the env process's mapping, grow, or take new seals."""

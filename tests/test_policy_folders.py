@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,54 @@ def test_set_up_runs_once_per_worker_and_episodes_still_depend_on_their_seed_alo
         == [by_seed[s] for s in range(6)]
     records = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert [r["setup_runs"] for r in records if r["event"] == "eval_finished"] == [1, 2, 2]
+
+
+# The policy process reports its set-up's CPU seconds in its first start's reply: a policy can rewrite that reply
+# (its host module is in its own process), so what it says is only believed where it can be true.
+CLAIMS_A_SET_UP = '''
+    import sys
+
+    _host = sys.modules["__main__"]  # envs.policy_host, run as python -m
+    _send = _host.send_to_env
+
+
+    def _claim(stream, reply):
+        if "observes" in reply or "error" in reply:  # a start's reply
+            reply["setup_s"] = 12345.0
+        _send(stream, reply)
+
+
+    _host.send_to_env = _claim
+    {setup}
+
+    class Policy:
+        {init}
+
+        def reset(self, seed):
+            pass
+
+        def act(self, obs, info):
+            return int(obs[2] + 0.5 * obs[3] > 0)
+'''
+
+
+def test_a_set_up_the_policy_process_claims_is_believed_only_where_it_can_be_true(tmp_path):
+    none = tmp_path / "no_setup.py"
+    none.write_text(textwrap.dedent(CLAIMS_A_SET_UP.format(setup="", init="pass")))
+    result = _quick(none, "CartPole-v1", tmp_path, episodes=3, workers=2)
+    assert result.status == "complete", [e.error for e in result.episodes]
+    assert result.setup_runs == 0 and [e.setup_s for e in result.episodes] == [None] * 3
+    real = tmp_path / "setup.py"
+    real.write_text(textwrap.dedent(CLAIMS_A_SET_UP.format(
+        setup="\n    def setup():\n        return {}\n",
+        init="def __init__(self, setup):\n            pass")))
+    started = time.perf_counter()
+    result = _quick(real, "CartPole-v1", tmp_path, episodes=3, workers=1)
+    took = time.perf_counter() - started
+    assert result.status == "complete", [e.error for e in result.episodes]
+    claimed = [e.setup_s for e in result.episodes if e.setup_s is not None]
+    # Not 12345 s: at most what the start's wall time allows on the cores the pair may use.
+    assert result.setup_runs == 1 and len(claimed) == 1 and 0 < claimed[0] <= took * len(os.sched_getaffinity(0))
 
 
 def test_a_failing_set_up_fails_every_episode_with_its_reason_and_runs_once_per_worker(tmp_path):
