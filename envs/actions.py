@@ -40,6 +40,17 @@ def action_coercer(space):
             raise InvalidAction(f"act() returned {_named(action)}, which cannot be checked "
                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):  # the common case (every Atari step) first, with no call beyond this one
+        lo, hi = int(space.start), int(space.start + space.n)
+
+        def coerce_in_range(action):
+            if action.__class__ is int and lo <= action < hi:  # comparing two ints raises nothing
+                return action
+            return coerce(action)
+
+        return coerce_in_range
     return coerce
 
 
@@ -57,8 +68,6 @@ def _checker(space):
         lo, hi = int(space.start), int(space.start + space.n)
 
         def coerce_discrete(action):
-            if action.__class__ is int and lo <= action < hi:  # the common case, checked first
-                return action
             if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
                 if isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
                     action = int(action)
