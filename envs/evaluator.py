@@ -35,6 +35,7 @@ from envs.failures import FailureEvent
 from envs.gitsafe import run_git
 from envs.isolation import Confinement
 from envs.limits import Limits
+from envs.lockstep import TRACE_WINDOW
 from envs.policy_files import PolicyBundle, StagedPolicy, read_policy
 from envs.ray_backend import package_versions
 from envs.results import Clip, EpisodeResult, EvalResult, score_stats
@@ -69,7 +70,7 @@ class EvalRequest(BaseModel):
     eval_timeout_s: float | None = Field(default=None, gt=0, description=(
         "The whole evaluation's wall-clock limit (default: an hour, or longer where the episodes' limits need it: "
         "each worker's share of the seeds at its episode limit)."))
-    trace_window: int = Field(default=64, ge=1)
+    trace_window: int = Field(default=TRACE_WINDOW, ge=1)
     max_windows: int = Field(default=5, ge=0)
     video: bool = False
     clip_episodes: int = Field(default=2, ge=0)
@@ -402,7 +403,7 @@ class Evaluator:
                 job = self._job("clip", staged, seed=episode.seed, windows=windows,
                                 labels=[f"{self.spec.id} seed {episode.seed}: {ev.description}" for ev in events],
                                 expected_actions=episode.trace.actions[: max(b for _, b in windows) + 1],
-                                out_dir=str(out_dir), stem=f"seed{episode.seed}")
+                                out_dir=str(out_dir), stem=f"seed{episode.seed}", trace_window=req.trace_window)
                 try:
                     reply = worker.run(job, timeout=self.limits.episode_timeout_s * 2 + 30)
                 except WorkerDied:

@@ -31,6 +31,9 @@ from envs.policy_slots import PolicyFailed
 from envs.wire import SETUP_RUNS, jsonable, plain_diag
 
 
+TRACE_WINDOW = 64  # the steps a trace window shows before its event, unless an evaluation asks for another
+
+
 class PolicyClient(Protocol):
     """What the env process needs from the policy's side: slots started, batches acted, diagnostics fetched.
     Any call raises PolicyGone when the policy's process is gone or broke the protocol (the whole group ends)."""
@@ -309,4 +312,4 @@ class Lockstep:
         return seeds
 
 
-__all__ = ["EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "PolicyGone", "summarise_obs", "worker_error"]
+__all__ = ["TRACE_WINDOW", "EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "PolicyGone", "summarise_obs", "worker_error"]

@@ -40,7 +40,7 @@ import numpy as np
 from envs.actions import InvalidAction, action_coercer, plain_actions
 from envs.contract import binds_setup, policy_observes
 from envs.limited import apply_limits
-from envs.lockstep import Lockstep, PolicyClient, PolicyGone, worker_error
+from envs.lockstep import TRACE_WINDOW, Lockstep, PolicyClient, PolicyGone, worker_error
 from envs.policy_slots import PolicyFailed, PolicySlots
 from envs.wire import (
     MAX_REPLY_BYTES,
@@ -186,27 +186,33 @@ class Worker:
         self._kit_steps = 0
 
     def clip(self, job: dict) -> dict:
-        """Re-simulate a deterministic episode and keep frames only inside the windows before failure events."""
+        """Re-simulate a deterministic episode and keep frames only inside the windows before failure events.
+
+        The re-simulation stops where the policy's action first differs from the episode's: what follows is not
+        the episode (a policy that is not deterministic, or one that acts otherwise when it is filmed), so a window
+        that does not end before that step is not filmed, and no clip shows a failure the episode did not have."""
         from envs.clips import fps_for, write_clip
 
+        self.steps[0] = 0  # before anything the policy can fail: a failed start must not count the last clip's again
         seed = int(job["seed"])
         windows = [(int(a), int(b)) for a, b in job["windows"]]
         expected = job["expected_actions"]
         last = max(b for _, b in windows)
         env = self.spec.make_env(self.protocol, render_mode="rgb_array")
+        diverged_at = None
         try:
-            self.policy.start(0, seed, pickle.dumps(env.action_space), job.get("cpu_s"), 1, 1)
+            # Started as the episode's was (its diagnostics window), so this is not a start the policy can tell apart.
+            self.policy.start(0, seed, pickle.dumps(env.action_space), job.get("cpu_s"), _window(job), 1)
             coerce = action_coercer(env.action_space)
             frames: list[list] = [[] for _ in windows]
             obs, info = env.reset(seed=seed)
-            self.steps[0] = 0
-            diverged_at = None
             feedback = None  # a policy that observes gets each step's reward here as in its episode
             for t in range(last + 1):
                 action = coerce(self._act_alone(obs, info, feedback))
                 plain = plain_actions([action])[0]
-                if diverged_at is None and t < len(expected) and plain != expected[t]:
+                if t < len(expected) and plain != expected[t]:
                     diverged_at = t
+                    break
                 obs, reward, terminated, truncated, info = env.step(action)
                 feedback = [float(reward), False, False]
                 self.steps[0] = t + 1  # a re-simulation is env steps too
@@ -221,7 +227,7 @@ class Worker:
         self.policy.end(0, self.steps[0])  # frees the slot; a replay's mode counts are not kept
         clips = []
         for (a, b), label, shot in zip(windows, job["labels"], frames):
-            if shot:
+            if shot and (diverged_at is None or b < diverged_at):
                 stem = f"{job['stem']}-step{b}"
                 clips.append(write_clip(shot, Path(job["out_dir"]), stem, fps, label) | {"seed": seed, "step": b})
         return {"clips": clips, "replay_diverged_at": diverged_at, "env_steps": self.steps[0]}
@@ -238,7 +244,8 @@ class Worker:
         observation the test gives; the reply carries the action as JSON and the bounded diagnostics."""
         try:
             if job["kind"] == "policy_reset":
-                self.policy.start(0, int(job["seed"]), pickle.dumps(self._kit().action_space), job.get("cpu_s"), 1, 1)
+                self.policy.start(0, int(job["seed"]), pickle.dumps(self._kit().action_space), job.get("cpu_s"),
+                                  _window(job), 1)
                 self._kit_steps = 0
                 return {"status": "ok"}
             obs = np.asarray(job["obs"], dtype=job["dtype"]) if job.get("dtype") else job["obs"]
@@ -288,7 +295,7 @@ class Worker:
 
             key = f"{event['kind']} at step {event['step']}"
             try:
-                self.policy.start(0, int(job["seed"]), space, job.get("cpu_s"), 1, 1)
+                self.policy.start(0, int(job["seed"]), space, job.get("cpu_s"), _window(job), 1)
                 found = record_scenario(self.spec, self.protocol, int(job["seed"]), act, str(event["kind"]),
                                         int(event["step"]), str(event.get("description", "")), int(job["before"]),
                                         int(job["warmup"]), coerce, count)
@@ -322,7 +329,7 @@ class Worker:
             return self._act_alone(obs, info, feedback)
 
         try:
-            self.policy.start(0, scenario.seed, space, job.get("cpu_s"), 1, 1)
+            self.policy.start(0, scenario.seed, space, job.get("cpu_s"), _window(job), 1)
             film = [] if job.get("film_dir") else None
             result = run_scenario(self.spec, scenario, act, coerce, count, record=bool(job.get("record")), film=film)
         except (PolicyFailed, InvalidAction) as exc:
@@ -346,6 +353,13 @@ class Worker:
         if failed:
             raise PolicyFailed(failed[0])
         return actions[0]
+
+
+def _window(job: dict) -> int:
+    """The diagnostics window a re-simulation, a scenario or a test kit's policy starts with: an evaluation's
+    episode's (its trace window and one), so that a policy cannot tell from its start that it is not in an
+    episode of an evaluation (it could, from ``1``, and act otherwise when filmed or tested)."""
+    return int(job.get("trace_window") or TRACE_WINDOW) + 1
 
 
 def step_counter(fd: int) -> memoryview:

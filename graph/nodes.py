@@ -179,8 +179,9 @@ class Nodes:
                 return s.import_scenarios(moments)
             failures = [h.failure for h in found.failures] + [f for h in found.fixes for f in h.failures] + [
                 f for h in found.failures for x in h.fixes for f in x.failures]
-            return s.import_scenarios([(r.scenario, r.description)
-                                       for r in s.memory.scenarios_of(failures, s.spec.id, s.protocol)])
+            records, unreadable = s.memory.scenarios_of(failures, s.spec.id, s.protocol)
+            imported, left_out = s.import_scenarios([(r.scenario, r.description) for r in records])
+            return imported, left_out | unreadable
         except Exception as exc:  # a record of a newer heurist, a shared store that fails: no scenarios this time
             return {}, {"(all)": f"{type(exc).__name__}: {exc}"[:300]}
 

@@ -237,12 +237,23 @@ class MemoryStore:
     def add_scenario(self, record: ScenarioRecord) -> str:
         return self.add([record])[0]
 
-    def scenarios_of(self, failures: Iterable[FailureRecord], task: str, protocol: str) -> list[ScenarioRecord]:
+    def scenarios_of(self, failures: Iterable[FailureRecord], task: str,
+                     protocol: str) -> tuple[list[ScenarioRecord], dict[str, str]]:
         """The saved moments of these failures that a run of ``task`` under ``protocol`` can replay (a scenario
-        restores one task's simulator under one protocol's rules), each once."""
+        restores one task's simulator under one protocol's rules), each once; and those that cannot be read (a
+        record of a newer heurist, a damaged one), by id with the reason. Each is read on its own: one that cannot
+        be read costs that scenario, not the others."""
         wanted = [i for f in failures if f.task == task and f.protocol == protocol for i in f.scenarios]
-        return [r for r in self.get(wanted)
-                if isinstance(r, ScenarioRecord) and r.task == task and r.protocol == protocol]
+        found, unreadable = [], {}
+        for i, metadata in self._metadatas(wanted):
+            try:
+                record = _record(metadata)
+            except (ValidationError, KeyError, TypeError) as exc:
+                unreadable[i] = f"a record this heurist cannot read ({str(exc).splitlines()[0][:200]})"
+                continue
+            if isinstance(record, ScenarioRecord) and record.task == task and record.protocol == protocol:
+                found.append(record)
+        return found, unreadable
 
     def forget(self, run_id: str) -> int:
         """Delete every record a run wrote. Returns how many."""
@@ -258,6 +269,10 @@ class MemoryStore:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, ids: Iterable[str]) -> list[Record]:
+        return [_record(m) for _, m in self._metadatas(ids)]
+
+    def _metadatas(self, ids: Iterable[str]) -> list[tuple[str, dict]]:
+        """The stored metadata of each of ``ids`` that is in the store, in the order asked, each once."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             return []
@@ -265,8 +280,8 @@ class MemoryStore:
         with self._locked():
             for collection in self._collections.values():
                 found = collection.get(ids=ids, include=["metadatas"])
-                by_id.update((i, _record(m)) for i, m in zip(found["ids"], found["metadatas"]))
-        return [by_id[i] for i in ids if i in by_id]
+                by_id.update(zip(found["ids"], found["metadatas"]))
+        return [(i, by_id[i]) for i in ids if i in by_id]
 
     def count(self) -> int:
         with self._locked():

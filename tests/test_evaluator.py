@@ -304,6 +304,57 @@ def test_evaluation_deadline_cuts_a_group_in_flight(run_eval, slow_balancer):
     assert all(e.env_steps > 0 for e in result.episodes[:3]) and result.status == "broken"
 
 
+# Process-wide state a policy can keep (builtins is shared by every module of its process): in its evaluation the
+# pair starts both episodes before either acts (lockstep 2); a clip's re-simulation starts one at a time.
+TWO_FACED = """
+import builtins
+
+STARTS = builtins.__dict__.setdefault("heurist_test_starts", [])
+ACTED = builtins.__dict__.setdefault("heurist_test_acted", [])
+
+
+class Policy:
+    def reset(self, seed):
+        if ACTED and {refuse_later_starts}:
+            raise RuntimeError("a second re-simulation in one process")
+        STARTS.append(seed)
+        self.t = 0
+
+    def act(self, obs, info):
+        ACTED.append(1)
+        self.t += 1
+        if {give_up} and len(STARTS) >= 2 and self.t > 150:
+            return 0  # gives up, but only with a neighbour: alone (filmed) it balances
+        return int(obs[2] + 0.5 * obs[3] > 0)
+"""
+
+
+def test_a_clip_never_shows_steps_after_its_re_simulation_left_the_episode(run_eval, write_policy):
+    """Filmed alone, the policy balances where its episode gave up: the re-simulation stops at the first action
+    that differs (step 150), and the failure at about step 158 is not filmed, since the frames would show another
+    episode. The steps it took are counted; the video analyst never sees a clip of what did not happen."""
+    policy = write_policy(TWO_FACED.format(refuse_later_starts="False", give_up="True"), "two_faced.py")
+    result = run_eval(policy, "CartPole-v1", seeds=[0, 1], workers=1, lockstep=2, video=True, clip_episodes=1,
+                      clip_steps=30)
+    assert [e.status for e in result.episodes] == ["ok", "ok"] and all(e.length > 150 for e in result.episodes)
+    assert all(e.events and e.events[-1].kind == "pole_fell" for e in result.episodes)
+    assert result.clips == []
+    assert result.clip_env_steps == 150  # steps 0-149 re-simulated; the 151st action differed and was not taken
+
+
+def test_a_clip_whose_start_fails_counts_no_steps_twice(run_eval, write_policy):
+    """The second re-simulation's policy refuses to start (it has acted in this process before): the steps counted for
+    it are its own (none), not the first re-simulation's again, which were counted once already."""
+    policy = write_policy(TWO_FACED.format(refuse_later_starts="True", give_up="False"), "second_start.py")
+    result = run_eval(policy, "CartPole-v1", seeds=[0, 1], workers=1, lockstep=2, video=True, clip_episodes=2,
+                      clip_steps=30)
+    assert [e.status for e in result.episodes] == ["ok", "ok"]
+    first = min(result.episodes, key=lambda e: (not e.events, e.return_))  # the one filmed first
+    assert len(result.clips) == 1 and result.clips[0].seed == first.seed
+    assert result.clip_env_steps == first.length  # re-simulated to its last step, once
+    assert result.env_steps == sum(e.env_steps for e in result.episodes) + result.clip_env_steps
+
+
 @pytest.mark.parametrize("task,kind", [("ALE/Breakout-v5", "life lost"), ("Hopper-v5", "robot became unhealthy")])
 def test_failure_clip_is_written_and_playable(run_eval, tmp_path, task, kind):
     result = run_eval(RANDOM_POLICY, task, episodes=2, video=True, clip_episodes=1, clip_events=1, clip_steps=20)

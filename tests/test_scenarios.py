@@ -338,3 +338,29 @@ def test_a_planner_is_re_run_with_the_task_s_simulator_model_when_its_failure_is
     saved = save_scenarios(result, spec.model_dump_json(), PLANNER, str(path), LIMITS, tmp_path / "s", [],
                            before=5, warmup=0, most=1)
     assert saved.by_seed and not saved.discarded, saved
+
+
+def test_a_scenario_record_memory_cannot_read_costs_that_scenario_not_the_others(tmp_path):
+    """A record of a newer heurist (here one field more in its scenario, written straight into Chroma as that heurist
+    would) is left out with its reason; the readable scenario linked from the same failure is still recalled."""
+    spec, coerce, actions, event = _first_failure("CartPole-v1", "standard", 3, lambda obs, t: 0)
+    scenario = record_scenario(spec, "standard", 3, lambda t, obs, info, feedback: actions[t], event.kind, event.step,
+                               event.description, before=4, warmup=2, coerce=coerce, counter=lambda n: None)
+    assert not isinstance(scenario, str), scenario
+    with MemoryStore(MemoryConfig(path=tmp_path / "memory")) as memory:
+        readable = ScenarioRecord(run_id="r1", task="CartPole-v1", family="classic_control", protocol="standard",
+                                  name=scenario.name, description="pole fell", scenario=scenario).with_id()
+        newer = readable.model_copy(update={"id": "scenario-newer"})
+        memory.add_scenario(readable)
+        memory.add_scenario(newer)
+        collection = memory._collections["scenario"]  # as a newer heurist writes it: no way in through this one's API
+        metadata = collection.get(ids=["scenario-newer"], include=["metadatas"])["metadatas"][0]
+        record = json.loads(metadata["record"])
+        record["scenario"]["field_of_a_newer_heurist"] = 1
+        collection.update(ids=["scenario-newer"], metadatas=[{**metadata, "record": json.dumps(record)}])
+        failure = FailureRecord(run_id="r1", description="pole fell", task="CartPole-v1", family="classic_control",
+                                protocol="standard", iteration=0, seed=3, step=event.step, kind=event.kind,
+                                policy_sha256="a" * 64, scenarios=(readable.id, "scenario-newer"))
+        found, unreadable = memory.scenarios_of([failure], "CartPole-v1", "standard")
+    assert [r.id for r in found] == [readable.id]
+    assert list(unreadable) == ["scenario-newer"] and "cannot read" in unreadable["scenario-newer"]
