@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import sys
 import tempfile
@@ -177,6 +178,14 @@ class PolicySession:
         return reply
 
     def reset(self, seed: int) -> None:
+        # A test drives the policy on seeds of its own choosing, but never on the task's protected ones: their
+        # returns would reach the model through the test's failure message, and holdout seeds are used once, on
+        # purpose, by heurist alone. (A test can still build the environment itself: see DEVELOPERS.md.)
+        seeds = TaskSpec.model_validate_json(self.policy.task_json).seeds
+        for split in ("holdout", "audit"):
+            if seed in getattr(seeds, split):
+                raise KitRefused(f"seed {seed} is one of the task's {split} seeds, which tests may not use; "
+                                 f"use a dev seed ({seeds.dev[0]}..{seeds.dev[-1]}) or any other")
         self._run("policy_reset", seed=seed)
         self.reset_done = True
 
@@ -221,12 +230,22 @@ class PolicySession:
 
 
 class _Broker(threading.Thread):
-    """Answers one sandboxed test process's requests, one JSON line each, and keeps its reports."""
+    """Answers one sandboxed test process's requests, one JSON line each, and keeps its reports.
+
+    It reads and writes the channel's descriptors itself, a short wait at a time, and looks between waits for
+    ``abandon``: a process the sandbox did not end (a daemon, where there is no PID namespace or cgroup) can hold
+    the channel open and silent, and a thread blocked in a buffered stream's ``readline`` could be stopped by no
+    one (closing the stream from another thread waits for that very read to end)."""
+
+    POLL_MS = 200  # how long one wait on the channel lasts before looking for ``abandon``
 
     def __init__(self, requests_fd: int, replies_fd: int, policy: PolicyUnderTest, scratch: Path) -> None:
         super().__init__(daemon=True)
-        self.requests = os.fdopen(requests_fd, "rb")
-        self.replies = os.fdopen(replies_fd, "wb")
+        self.requests_fd, self.replies_fd = requests_fd, replies_fd
+        os.set_blocking(replies_fd, False)  # a reply the test never reads must not block the thread past abandon
+        self._pending = bytearray()  # read, not yet taken as a line
+        self._ended = False  # the test's side closed the channel
+        self._abandoned = threading.Event()
         self.policy = policy
         self.session = policy.session(scratch)
         self.reports: list[ReportOp] = []
@@ -247,31 +266,59 @@ class _Broker(threading.Thread):
             self.failure = exc
         finally:
             self.session.close()
-            self.abandon()
+            for fd in (self.requests_fd, self.replies_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _wait(self, fd: int, event: int) -> bool:
+        """Wait until ``fd`` is ready for ``event`` (or hung up); False once the channel is abandoned."""
+        poller = select.poll()
+        poller.register(fd, event)
+        while not self._abandoned.is_set():
+            if poller.poll(self.POLL_MS):
+                return True
+        return False
 
     def _read(self, limit: int = MAX_REQUEST_BYTES + 1) -> bytes | None:
-        """The next request line; None once the test process is gone or the channel was abandoned."""
-        try:
-            return self.requests.readline(limit) or None
-        except (OSError, ValueError):
-            return None
+        """The next request line (at most ``limit`` bytes of it); None once the test process is gone or the
+        channel was abandoned."""
+        while True:
+            end = self._pending.find(b"\n", 0, limit)
+            if end >= 0 or len(self._pending) >= limit or (self._ended and self._pending):
+                size = end + 1 if end >= 0 else min(limit, len(self._pending))
+                line = bytes(self._pending[:size])
+                del self._pending[:size]
+                return line
+            if self._ended or not self._wait(self.requests_fd, select.POLLIN):
+                return None
+            try:
+                chunk = os.read(self.requests_fd, 1 << 16)
+            except OSError:
+                return None
+            if chunk:
+                self._pending += chunk
+            else:
+                self._ended = True
 
     def abandon(self) -> None:
-        """Close the channel: the thread stops at its next read or reply."""
-        for stream in (self.requests, self.replies):
-            try:
-                stream.close()
-            except (OSError, ValueError):
-                pass
+        """Stop answering: the thread ends within ``POLL_MS`` of its next wait on the channel, and closes it."""
+        self._abandoned.set()
 
     def _reply(self, reply: dict) -> bool:
-        """Send one reply; False when the test process is gone."""
-        try:
-            self.replies.write(json.dumps(reply).encode() + b"\n")
-            self.replies.flush()
-            return True
-        except (OSError, ValueError):
-            return False
+        """Send one reply; False when the test process is gone or the channel was abandoned."""
+        data = memoryview(json.dumps(reply).encode() + b"\n")
+        while data:
+            if not self._wait(self.replies_fd, select.POLLOUT):
+                return False
+            try:
+                data = data[os.write(self.replies_fd, data):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False
+        return True
 
     def _answer(self, line: bytes) -> dict:
         try:

@@ -467,3 +467,31 @@ def test_a_fork_bomb_policy_is_stopped_and_recorded(run_eval):
     result = run_eval(HOSTILE / "fork_bomb.py", "CartPole-v1", episodes=2, workers=2, limits=LIMITS)
     assert [e.status for e in result.episodes] == ["policy_error", "policy_error"]
     assert all("Resource temporarily unavailable" in e.error for e in result.episodes), result.episodes[0].error
+
+
+def test_a_channel_held_open_and_silent_is_abandoned_and_the_broker_ends(layout, tmp_path):
+    """Where no PID namespace or cgroup ends a test's processes with it, a daemon it left can hold the channel open
+    and say nothing: the broker answered what came, and abandoning it ends it (it used to wait in a read no other
+    thread could stop, and run_test_file with it)."""
+    import json
+    import os
+
+    from envs.regression import _Broker
+
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    broker = _Broker(request_r, reply_w, layout.policy_under_test(), tmp_path)
+    broker.start()
+    try:
+        os.write(request_w, json.dumps({"op": "report", "kind": "test", "nodeid": "t", "when": "call",
+                                        "outcome": "passed"}).encode() + b"\n")
+        with os.fdopen(os.dup(reply_r), "rb") as replies:
+            assert json.loads(replies.readline()) == {"ok": True}
+        broker.abandon()  # the write end stays open: nothing but abandon can end the broker's wait
+        broker.join(timeout=60)
+        assert not broker.is_alive() and broker.failure is None
+        assert [r.nodeid for r in broker.reports] == ["t"]
+    finally:
+        broker.abandon()
+        for fd in (request_w, reply_r):
+            os.close(fd)

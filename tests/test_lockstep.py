@@ -16,6 +16,23 @@ from policies import RANDOM_POLICY, starter_policy
 FAST = Limits(episode_timeout_s=2, episode_cpu_s=1, memory_mb=1024)
 
 
+def seed_one_at(step: int, then: str, otherwise: str = "int(obs[2] + 0.5 * obs[3] > 0)") -> str:
+    """A policy that does ``then`` (a statement) at step ``step`` of seed 1's episode, and acts ``otherwise``."""
+    return f"""
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.seed, self.t = seed, 0
+
+            def act(self, obs, info):
+                self.t += 1
+                if self.seed == 1 and self.t == {step}:
+                    {then}
+                return {otherwise}
+        """
+
+
 def episodes(result) -> list[dict]:
     """What an episode's result says, without the times (which differ run to run)."""
     return [e.model_dump(by_alias=True, exclude={"wall_s", "cpu_s"}) for e in result.episodes]
@@ -141,17 +158,7 @@ def test_a_group_that_dies_runs_again_one_at_a_time(run_eval, write_policy, how,
     """Whatever kills the policy process in the middle of a group is blamed on no one: each episode of the
     group runs again alone, the one that misbehaves fails with its own reason, and the others' results are
     those they have alone. The steps the lost group took are still counted."""
-    policy = write_policy(f"""
-        class Policy:
-            def reset(self, seed):
-                self.seed, self.t = seed, 0
-
-            def act(self, obs, info):
-                self.t += 1
-                if self.seed == 1 and self.t == 50:
-                    {how}
-                return int(obs[2] + 0.5 * obs[3] > 0)
-        """)
+    policy = write_policy(seed_one_at(50, how))
     together = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=3, limits=limits)
     alone = run_eval(policy, "CartPole-v1", seeds=[0, 2], workers=1, lockstep=1, limits=limits)
     assert [e.status for e in together.episodes] == ["ok", status, "ok"]
@@ -241,19 +248,7 @@ ODD_ACTIONS = {"MountainCarContinuous-v0": ("10 ** 400", "np.array([1.0 if obs[1
 @pytest.mark.parametrize("task", sorted(ODD_ACTIONS))
 def test_an_action_no_check_can_read_ends_its_own_episode_alone_and_beside_others(run_eval, write_policy, task):
     odd, usual = ODD_ACTIONS[task]
-    policy = write_policy(f"""
-        import numpy as np
-
-        class Policy:
-            def reset(self, seed):
-                self.seed, self.t = seed, 0
-
-            def act(self, obs, info):
-                self.t += 1
-                if self.seed == 1 and self.t == 5:
-                    return {odd}
-                return {usual}
-        """)
+    policy = write_policy(seed_one_at(5, f"return {odd}", usual))
     together = run_eval(policy, task, episodes=3, workers=1, lockstep=3)
     alone = run_eval(policy, task, episodes=3, workers=1, lockstep=1)
     assert [e.status for e in together.episodes] == ["ok", "invalid_action", "ok"], [e.error for e in together.episodes]

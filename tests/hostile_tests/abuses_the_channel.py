@@ -1,5 +1,6 @@
 """Sends heurist's test channel what it does not expect: lines that are not JSON, unknown operations, extra
-keys, an observation with an absurd dtype, holdout and negative seeds, a line too long to read; every request
+keys, an observation with an absurd dtype, holdout and negative seeds (for an episode and for the policy's
+reset), a line too long to read; every request
 must be refused with a reason and heurist must keep answering."""
 
 import json
@@ -27,6 +28,9 @@ def test_refused_requests():
     policy = heurist_testkit.load_policy()
     with pytest.raises(heurist_testkit.KitError):
         policy.act([0.0, 0.0, 0.0, 0.0])  # before reset
+    for seed in (1000, 2049):  # the task's holdout and audit seeds: never a test's
+        with pytest.raises(heurist_testkit.KitError, match="holdout|audit"):
+            policy.reset(seed)
     policy.reset(0)
     for obs, dtype in (([0.0] * 4, "object"), ([0.0] * 4, "<U10"), (["a"] * 4, "float32"), ([0.0] * 4, "V8"),
                        ([0.0] * 4, "(,)f8"), ([0.0] * 4, "(-1,)f8"), ([0.0] * 4, "(2,)f8"), ([0.0] * 4, "\udc00")):
