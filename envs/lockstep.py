@@ -312,4 +312,5 @@ class Lockstep:
         return seeds
 
 
-__all__ = ["TRACE_WINDOW", "EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "PolicyGone", "summarise_obs", "worker_error"]
+__all__ = ["TRACE_WINDOW", "EpisodeRun", "Lockstep", "PolicyClient", "PolicyFailed", "PolicyGone", "summarise_obs",
+           "worker_error"]
