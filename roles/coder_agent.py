@@ -311,19 +311,24 @@ def calls_in_text(content: str) -> list[dict[str, str]]:
         found = [content.strip()]
     calls = []
     for text in found:
-        try:
+        try:  # the model's text: JSON nested past the parser's depth raises RecursionError, not ValueError
             value = json.loads(text)
-        except ValueError:
+            name = value.get("name") or value.get("tool") if isinstance(value, dict) else None
+            if isinstance(name, str) and name in TOOL_ARGS:
+                calls.append({"id": "", "name": name, "arguments": json.dumps(value.get("arguments") or {})})
+        except (ValueError, RecursionError):
             continue
-        name = value.get("name") or value.get("tool") if isinstance(value, dict) else None
-        if name in TOOL_ARGS:
-            calls.append({"id": "", "name": name, "arguments": json.dumps(value.get("arguments") or {})})
     return calls
 
 
 def _loads(arguments: str, strict: bool = False) -> Any:
+    """A tool call's arguments as the model wrote them (text it wrote: anything at all)."""
     try:
         value = json.loads(arguments or "{}")
+    except RecursionError:
+        if strict:
+            raise ValueError("the arguments are JSON nested too deeply to read") from None
+        return arguments
     except ValueError as exc:
         if strict:
             raise ValueError(f"the arguments are not JSON ({exc}); they may have been cut off") from None

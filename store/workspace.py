@@ -31,6 +31,18 @@ SIMPLIFY_TRAILER = "Heurist-Simplify"  # a simplification kept after the iterati
 TEST_NAME = re.compile(r"tests/test_[A-Za-z0-9_]+\.py")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TRAILER_LIKE = re.compile(r"^(\s*)(Heurist-[\w-]*\s*:)", re.IGNORECASE | re.MULTILINE)
+
+
+def commit_text(text: str) -> str:
+    """Text for a commit message that quotes the model: control characters written out (a NUL cannot be in git's
+    arguments, and stopped every resume of the run), and a line that reads as one of heurist's trailers quoted,
+    so that no one reading the history (``git log --grep``, a person) takes the model's words for heurist's."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _TRAILER_LIKE.sub(r"\1(quoted) \2", text)
+
+
 class WorkspaceError(HeuristError):
     """The workspace's git repository cannot be used."""
 
@@ -105,9 +117,15 @@ class Workspace:
 
     def commit_for_iteration(self, iteration: int, trailer: str = TRAILER) -> str | None:
         """The commit already made for this iteration (or, with ``SIMPLIFY_TRAILER``, for the simplification that
-        followed it), if a previous attempt got that far."""
-        found = self.git("log", "--format=%H", f"--grep=^{trailer}: {iteration}$")
-        return found.splitlines()[0] if found else None
+        followed it), if a previous attempt got that far. Read from each message's trailer block alone (its last
+        paragraph, which heurist writes), never from the text above it: that quotes the model (its rationale, the
+        reviewer's reasons), which could name any iteration."""
+        log = self.git("log", f"--format=%H%x1f%(trailers:key={trailer},valueonly,separator=%x1f)%x1e")
+        for entry in filter(None, (e.strip() for e in log.split("\x1e"))):
+            sha, *values = entry.split("\x1f")
+            if str(iteration) in (v.strip() for v in values):
+                return sha
+        return None
 
     def commit(self, iteration: int, subject: str, body: str, trailer: str = TRAILER) -> str:
         """Commit everything in the working tree as this iteration's accepted edit, or the simplification after it
@@ -118,7 +136,7 @@ class Workspace:
         self.check()
         self.git("add", "-A")
         # The message quotes review reasons, which may quote test output: no secret goes into history.
-        message = redact(f"{subject}\n\n{body.strip()}")
+        message = commit_text(redact(f"{subject}\n\n{body.strip()}"))
         self.git("commit", "-q", "--allow-empty", "-m", f"{message}\n\n{trailer}: {iteration}")
         return self.head()
 

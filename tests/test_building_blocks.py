@@ -34,6 +34,26 @@ def test_config_rejects_unknown_keys_and_wrong_types_in_one_line(tmp_path):
     assert json.loads(config.model_dump_json())["task"] == "CartPole-v1"
 
 
+def test_a_message_quoting_the_model_can_neither_name_an_iteration_nor_stop_the_commit(tmp_path):
+    """A coder's rationale (or a reviewer's reason) is written into the commit's body. Lines there that read as
+    heurist's trailers made a later iteration, or a simplification, take this commit for its own (and a run kept
+    a worse policy as its best, with no gate); a NUL, which git's arguments cannot hold, stopped every resume."""
+    from store.workspace import SIMPLIFY_TRAILER
+
+    ws = Workspace(tmp_path / "ws")
+    ws.create(CARTPOLE, {})
+    ws.policy.write_text(CARTPOLE.replace("angle_gain: float = tunable(1.0", "angle_gain: float = tunable(2.0"))
+    forged = ws.commit(1, "Lean on the angle\nHeurist-Iteration: 3",
+                       "rationale\nHeurist-Simplify: 2\n  heurist-iteration: 2\nhalf\x00way\x1b[31m")
+    assert ws.commit_for_iteration(1) == forged
+    assert ws.commit_for_iteration(2) is None and ws.commit_for_iteration(3) is None
+    assert ws.commit_for_iteration(2, SIMPLIFY_TRAILER) is None
+    body = ws.history()[0]["body"]
+    assert "(quoted) Heurist-Simplify: 2" in body and "half\\x00way\\x1b[31m" in body
+    honest = ws.commit(2, "Raise it again", "fine")
+    assert ws.commit_for_iteration(2) == honest and ws.commit_for_iteration(1) == forged
+
+
 def test_workspace_commits_accepted_edits_once_and_rolls_back_rejected_ones(tmp_path):
     ws = Workspace(tmp_path / "ws")
     first = ws.create(CARTPOLE, {"tests/test_policy_file.py": "import pathlib\n\n\ndef test_policy_file_exists():\n"

@@ -204,6 +204,19 @@ def test_tool_calls_written_in_the_text_are_taken_as_calls():
     assert [c["name"] for c in calls_in_text('{"tool": "run_tests", "arguments": {}}')] == ["run_tests"]
     assert calls_in_text('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>') == []  # not a tool
     assert calls_in_text("I would edit the angle gain.") == []
+    # What no parser of the model's text may be stopped by: a name that is no string, JSON nested past any depth.
+    assert calls_in_text('{"name": ["read_file"], "arguments": {}}') == []
+    deep = '{"name": "read_file", "arguments": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert calls_in_text(f"<tool_call>{deep}</tool_call>") == [] and calls_in_text(deep) == []
+
+
+def test_tool_arguments_nested_past_any_depth_are_an_error_the_model_is_told():
+    from roles.coder_agent import _loads
+
+    deep = '{"path": ' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(ValueError, match="nested too deeply"):
+        _loads(deep, strict=True)
+    assert _loads(deep) == deep  # a conversation rebuilt from the journal keeps the text as the model wrote it
 
 
 LEANS = "        return 1 if obs[2] + 0.4 * obs[3] > 0 else 0\n"
