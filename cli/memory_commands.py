@@ -100,6 +100,9 @@ def stats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON
     table.add_row("by task", shown(", ".join(f"{t} {n}" for t, n in stats.by_task.items()) or "none"))
     if stats.disk_bytes is not None:
         table.add_row("on disk", f"{stats.disk_bytes / 1e6:.1f} MB")
+    if stats.unreadable:
+        table.add_row("unreadable", shown(f"{len(stats.unreadable)} left out of every answer (a newer heurist's?): "
+                                          + ", ".join(stats.unreadable[:5])))
     out.print(table)
 
 
@@ -115,14 +118,12 @@ def export_cmd(file: Path = typer.Argument(..., help="JSONL file to write (one r
 @memory_app.command("import")
 def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `heurist memory export`."),
                memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
-    """Add the records of FILE, embedded by this store's embedder; records already there are not duplicated."""
+    """Add the records of FILE, embedded by this store's embedder; records already there are left as they were."""
     if not file.is_file():
         raise HeuristError(f"{file} is not a file; give a file written by `heurist memory export`")
     with _open(memory, memory_url) as store:
-        before = store.count()
-        count = store.import_file(file)
-        after = store.count()
-    out.print(f"imported {count} records from {file} ({after - before} new, {count - (after - before)} already there)",
+        added, held = store.import_file(file)
+    out.print(f"imported {added + held} records from {file} ({added} new, {held} already there, left as they were)",
               markup=False)
 
 

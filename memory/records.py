@@ -11,7 +11,7 @@ import json
 import time
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from common.safe_text import printable
 from envs.scenarios import Scenario
@@ -26,14 +26,35 @@ def _content_id(prefix: str, *parts: object) -> str:
     return f"{prefix}-{digest[:20]}"
 
 
+MAX_TEXT = 20_000  # characters of one free-text field: more than any heurist writes, far less than a file can hold
+MAX_COUNT = 10**9  # a lesson shown this often would be a very long life; a count past it is no count
+
+
+def _bounded(value: str) -> str:
+    """A free-text field as kept: at most ``MAX_TEXT`` characters (a record may come from a stranger's file)."""
+    return value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 3] + "..."
+
+
+def _line(value: str, most: int) -> str:
+    """One printable line of at most ``most`` characters: text read into other runs' prompts as a line of its own."""
+    line = printable(" ".join(value.split()))
+    return line if len(line) <= most else line[: most - 3] + "..."
+
+
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are written as such and read back (JSON's null would not read back as a float).
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
     id: str = ""
     created_at: float = Field(default_factory=time.time)
     run_id: str = Field(..., min_length=1, description="The run that wrote this record (forget --run removes them).")
 
     # Each record type defines ``text`` (what is embedded and searched) and ``default_id()``.
+
+    @field_validator("description", "rationale", "reason", "diff_summary", check_fields=False)
+    @classmethod
+    def _bounded_text(cls, value: str) -> str:
+        return _bounded(value)
 
     def with_id(self):
         return self if self.id else self.model_copy(update={"id": self.default_id()})  # type: ignore[attr-defined]
@@ -131,8 +152,8 @@ class LessonRecord(_Record):
                                           "source whose dev mean was highest), which a later search on a task of "
                                           "the family may start from.")
     settings_mean: float | None = Field(None, description="The dev mean those settings reached where learned.")
-    recalled: int = Field(0, ge=0, description="Times it was shown to a coder.")
-    helped: int = Field(0, ge=0, description="Of those, times the edit that followed was accepted.")
+    recalled: int = Field(0, ge=0, le=MAX_COUNT, description="Times it was shown to a coder.")
+    helped: int = Field(0, ge=0, le=MAX_COUNT, description="Of those, times the edit that followed was accepted.")
     recalled_in: tuple[str, ...] = Field((), description=f"The last {RECENT} showings, as run_id:iteration.")
     helped_in: tuple[str, ...] = Field((), description=f"The last {RECENT} showings that helped.")
 
@@ -140,8 +161,25 @@ class LessonRecord(_Record):
     @classmethod
     def _one_line(cls, value: str) -> str:
         # Read into other runs' prompts: one printable line, bounded, whatever the edit it came from held.
-        line = printable(" ".join(value.split()))
-        return line if len(line) <= 300 else line[:297] + "..."
+        return _line(value, 300)
+
+    @field_validator("evidence")
+    @classmethod
+    def _evidence_lines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Each is a line of the coder's brief: a newline in one would read as a lesson or a failure of heurist's.
+        return tuple(_line(v, 300) for v in value)
+
+    @field_validator("failure_kind")
+    @classmethod
+    def _kind_line(cls, value: str | None) -> str | None:
+        return None if value is None else _line(value, 60)
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> "LessonRecord":
+        if self.helped > self.recalled:
+            raise ValueError(f"helped {self.helped} times of {self.recalled} recalled: a lesson helps only when "
+                             "recalled")
+        return self
 
     @property
     def text(self) -> str:

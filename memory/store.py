@@ -15,12 +15,13 @@ quickly is ``memory/search.py``'s.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import threading
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -86,6 +87,8 @@ class MemoryStats(BaseModel):
     fixes_by_outcome: dict[str, int]
     runs: int
     disk_bytes: int | None
+    unreadable: list[str] = Field(default_factory=list, description="Ids of records this heurist cannot read (a "
+                                                                   "newer heurist's), left out of every answer.")
 
 
 def _metadata(record: Record) -> dict:
@@ -107,11 +110,28 @@ def _record(metadata: dict) -> Record:
     return RECORD_ADAPTER.validate_json(metadata["record"])
 
 
+def _raw_id(metadata: Any) -> str:
+    """The id a stored record says it has, read without validating it (it could not be validated)."""
+    try:
+        return str(json.loads(metadata["record"]).get("id"))[:200]
+    except Exception:  # not even JSON with an id: the record is named by what is left
+        return "a record without a readable id"
+
+
+MAX_IMPORT_LINE = 8 << 20  # bytes: a scenario record is kept in memory up to 4 MiB of JSON; nothing else comes close
+
+
+# What reading one stored record can raise: a record of a newer heurist (a field this one does not know), one written
+# by hand or by a broken writer to a shared server. One such record costs itself, never the records beside it.
+UNREADABLE = (ValidationError, KeyError, TypeError, ValueError, OverflowError)
+
+
 class MemoryStore:
     """Add, search, export, import and forget memory records. Safe to share between processes."""
 
     def __init__(self, config: MemoryConfig | None = None, embedder: Embedder | None = None):
         self.config = config or MemoryConfig()
+        self.unreadable: set[str] = set()  # ids of stored records this heurist could not read (left out of answers)
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._lock_file = None
@@ -269,7 +289,18 @@ class MemoryStore:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, ids: Iterable[str]) -> list[Record]:
-        return [_record(m) for _, m in self._metadatas(ids)]
+        return self._readable(m for _, m in self._metadatas(ids))
+
+    def _readable(self, metadatas: Iterable[dict]) -> list[Record]:
+        """The records these stored metadata hold, each read on its own; the ids of those that cannot be read are
+        kept in ``unreadable`` (``heurist memory stats`` names them), and the rest are read all the same."""
+        records = []
+        for metadata in metadatas:
+            try:
+                records.append(_record(metadata))
+            except UNREADABLE:
+                self.unreadable.add(_raw_id(metadata))
+        return records
 
     def _metadatas(self, ids: Iterable[str]) -> list[tuple[str, dict]]:
         """The stored metadata of each of ``ids`` that is in the store, in the order asked, each once."""
@@ -294,7 +325,7 @@ class MemoryStore:
             for collection in self._collections.values():
                 for offset in range(0, collection.count(), PAGE):
                     metas += collection.get(include=["metadatas"], limit=PAGE, offset=offset)["metadatas"]
-        yield from sorted((_record(m) for m in metas), key=lambda r: (r.created_at, r.id))
+        yield from sorted(self._readable(metas), key=lambda r: (r.created_at, r.id))
 
     def records_of_run(self, run_id: str) -> list[Record]:
         """Every record one run wrote, oldest first (a lesson merged from several runs belongs to its first)."""
@@ -302,7 +333,7 @@ class MemoryStore:
         with self._locked():
             for collection in self._collections.values():
                 metas += collection.get(where={"run_id": run_id}, include=["metadatas"])["metadatas"]
-        return sorted((_record(m) for m in metas), key=lambda r: (r.created_at, r.id))
+        return sorted(self._readable(metas), key=lambda r: (r.created_at, r.id))
 
     def fixes_for(self, failure_ids: Iterable[str], outcome: str | None = None) -> dict[str, list[FixRecord]]:
         """The fixes that targeted each failure, the ones that worked first."""
@@ -316,8 +347,7 @@ class MemoryStore:
             conditions.append({"outcome": outcome})
         with self._locked():
             found = self._collections["fix"].get(where=all_of(conditions), include=["metadatas"])
-        for meta in found["metadatas"]:
-            fix = _record(meta)
+        for fix in self._readable(found["metadatas"]):
             for failure_id in fix.failure_ids:
                 if failure_id in result:
                     result[failure_id].append(fix)
@@ -331,7 +361,11 @@ class MemoryStore:
         with self._locked():
             rows = nearest(collection, vector, conditions, k)
         # Cosine distance in [0, 2]; similarity = 1 - distance.
-        return [(_record(m), 1.0 - d) for m, d in rows]
+        readable = []
+        for metadata, distance in rows:
+            [*record] = self._readable([metadata])
+            readable += [(r, 1.0 - distance) for r in record]
+        return readable
 
     def recall(self, text: str, *, k: int = 5, task: str | None = None, family: str | None = None,
                kind: str | None = None, outcome: str | None = None, run_id: str | None = None,
@@ -393,7 +427,8 @@ class MemoryStore:
             found = self._collections["lesson"].get(ids=ids, include=["metadatas", "embeddings"])
             counted, vectors = [], []
             for meta, vector in zip(found["metadatas"], found["embeddings"]):
-                lesson = _record(meta)
+                [*read] = self._readable([meta])
+                lesson = read[0] if read else None
                 if not isinstance(lesson, LessonRecord) or sighting in lesson.recalled_in:
                     continue
                 counted.append(lesson.model_copy(update={
@@ -417,7 +452,7 @@ class MemoryStore:
             location=self.location, embedder=self.embedder.identity, records=len(records),
             by_type=dict(Counter(r.type for r in records)), by_task=dict(Counter(r.task for r in records).most_common()),
             fixes_by_outcome=dict(Counter(r.outcome for r in records if isinstance(r, FixRecord))),
-            runs=len({r.run_id for r in records}), disk_bytes=disk)
+            runs=len({r.run_id for r in records}), disk_bytes=disk, unreadable=sorted(self.unreadable))
 
     # -- moving records between stores -----------------------------------------------------------
 
@@ -439,24 +474,52 @@ class MemoryStore:
             raise MemoryStoreError(f"cannot write {path}: {exc.strerror}; choose a writable path") from None
         return count
 
-    def import_file(self, path: Path) -> int:
-        """Add every record of an export file (re-embedded by this store's embedder). Returns how many."""
+    def import_file(self, path: Path) -> tuple[int, int]:
+        """Add the records of an export file (re-embedded by this store's embedder) that this store does not hold
+        yet. Returns how many were added, and how many it held already (left as they were).
+
+        The file may be a stranger's, so each record is data and nothing more: its id is made again from its own
+        fields (an id written in the file could name, and overwrite, another run's record, or one of another type);
+        a record this store already holds is left as it is (an import adds no sighting, source or count to it);
+        a line longer than any record heurist writes is refused; and the whole file is read and checked before
+        anything is written."""
         path = Path(path)
+        records: dict[str, Record] = {}
         try:
-            lines = path.read_text().splitlines()
+            with path.open("rb") as lines:
+                for number, raw in enumerate(iter(lambda: lines.readline(MAX_IMPORT_LINE + 1), b""), start=1):
+                    if len(raw) > MAX_IMPORT_LINE:
+                        raise MemoryStoreError(f"{path}:{number} is longer than {MAX_IMPORT_LINE >> 20} MiB, more "
+                                               "than any record heurist writes; remove that line")
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise MemoryStoreError(f"{path}:{number} is not text; give the file `heurist memory "
+                                               "export` wrote, uncompressed") from None
+                    if not line.strip():
+                        continue
+                    record = self._imported(path, number, line)
+                    records.setdefault(record.id, record)  # a file holding a record twice adds it once
         except OSError as exc:
             raise MemoryStoreError(f"cannot read {path}: {exc.strerror}") from None
-        records = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(RECORD_ADAPTER.validate_json(line))
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise MemoryStoreError(f"{path}:{number} is not a memory record ({where}: {first['msg']}); "
-                                       "fix or remove that line") from None
-        for start in range(0, len(records), PAGE):
-            self.add(records[start:start + PAGE])
-        return len(records)
+        held = {r.id for r in self.get(records)}
+        new = [r for i, r in records.items() if i not in held]
+        for start in range(0, len(new), PAGE):
+            self.add(new[start:start + PAGE])
+        return len(new), len(records) - len(new)
+
+    @staticmethod
+    def _imported(path: Path, number: int, line: str) -> Record:
+        try:
+            record = RECORD_ADAPTER.validate_json(line)
+            # As ``add`` keeps it (redacted), with the id its own fields give it.
+            record = type(record).model_validate({**redact_deep(record.model_dump()), "id": ""})
+            return record.model_copy(update={"id": record.default_id()})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise MemoryStoreError(f"{path}:{number} is not a memory record ({where}: {first['msg']}); "
+                                   "fix or remove that line") from None
+        except (ValueError, RecursionError, OverflowError) as exc:
+            raise MemoryStoreError(f"{path}:{number} is not a memory record ({type(exc).__name__}); "
+                                   "fix or remove that line") from None
