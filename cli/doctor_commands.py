@@ -29,11 +29,16 @@ def doctor_cmd(
     if config_file is not None:
         data = load_config_file(config_file)
         llm = build_config({"task": "CartPole-v1", **data}, str(config_file)).llm
+    from common.safe_text import also_secret, redact
+
+    for name in llm.key_variables():  # a server's error may echo the key: whatever its variable's name, never shown
+        also_secret(name)
     checks = run_checks(base_url or llm.base_url, model or llm.model, llm.api_key_env, skip_llm)
     if not skip_llm and checks[-1].name == "LLM endpoint" and checks[-1].status == "ok":
         from doctor.endpoint import probe_endpoint  # what the endpoint can do, each with one small call
 
         checks += probe_endpoint(base_url or llm.base_url, model or llm.model, llm.api_key_env)
+    checks = [c.model_copy(update={"detail": redact(c.detail), "fix": redact(c.fix)}) for c in checks]
     failed = [c for c in checks if c.status == "fail"]
     if as_json:
         print(json.dumps([c.model_dump() for c in checks]))

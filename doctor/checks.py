@@ -229,7 +229,8 @@ def check_llm(base_url: str | None, model: str, api_key_env: str = "OPENAI_API_K
     except openai.APIError as exc:
         return Check(name="LLM endpoint", status="fail", detail=f"{where}: {type(exc).__name__}: {exc}"[:300],
                      fix="check the server's log")
-    tokens = reply.usage.total_tokens if reply.usage else "?"
+    tokens = getattr(getattr(reply, "usage", None), "total_tokens", None)  # a server's reply: any shape at all
+    tokens = tokens if type(tokens) is int else "?"
     return Check(name="LLM endpoint", status="ok",
                  detail=f"{where}, model {model}: answered in {time.perf_counter() - started:.2f} s ({tokens} tokens)")
 

@@ -137,20 +137,34 @@ class _Attempt:
     last_progress: float = 0.0
 
     def counted(self, usage: Any) -> None:
-        """The server's counts (its cached prompt tokens too, where it gives them)."""
-        self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        """The server's counts (its cached prompt tokens too, where it gives them), where they are counts at all:
+        a server's word, which a broken or hostile one can make negative, fractional, NaN or text (a negative
+        count took a run past its budget; a NaN stopped it on every resume)."""
+        self.prompt_tokens = server_count(getattr(usage, "prompt_tokens", None))
+        self.completion_tokens = server_count(getattr(usage, "completion_tokens", None))
         details = getattr(usage, "prompt_tokens_details", None)
-        self.cached_tokens = int(getattr(details, "cached_tokens", None) or 0)
+        self.cached_tokens = min(server_count(getattr(details, "cached_tokens", None)) or 0, self.prompt_tokens or 0)
 
     def tokens(self) -> tuple[int, int, bool]:
         """(prompt, completion, estimated): the server's counts, else about four characters a token (an image
-        counted as 1,000)."""
+        counted as 1,000). A count of 0 for text that was sent or received is no count: a server that says 0 would
+        otherwise never meet a budget."""
         completion = self.chunks or len("".join(self.pieces)) // 4
-        if self.prompt_tokens is not None:
-            given = self.completion_tokens is not None
-            return self.prompt_tokens, self.completion_tokens if given else completion, not given
+        given_completion = self.completion_tokens if self.completion_tokens or not completion else None
+        if self.prompt_tokens:
+            return self.prompt_tokens, given_completion if given_completion is not None else completion, \
+                given_completion is None
         images = json.dumps(self.sent, default=str).count('"type": "image"')
         return len(json.dumps(self.sent, default=str)) // 4 + 1000 * images, completion, True
+
+
+MAX_CALL_TOKENS = 10_000_000  # no one call's prompt or reply comes near this; a count past it is no count
+
+
+def server_count(value: Any) -> int | None:
+    """A token count as a server gave it, if it is one (a whole number from 0 to ``MAX_CALL_TOKENS``), else None:
+    counted from the text instead."""
+    return value if type(value) is int and 0 <= value <= MAX_CALL_TOKENS else None
 
 
 class LLMClient:
@@ -426,9 +440,16 @@ class LLMClient:
                 ask: int) -> Reply:
         finish, refusal, content = None, [], []
         calls: dict[int, dict[str, str]] = {}  # a tool call streams as pieces under its index
+        # A server that keeps sending chunks with nothing of the reply in them (no choices, empty deltas), or more
+        # reply than max_tokens allows, is never silent, so the read timeout never ends the call: these two bound it.
+        silence_s = self.settings_for(transcript.role).timeout_s
+        most = request.get("max_completion_tokens") or request.get("max_tokens")
+        most_chunks = 2 * most + 256 if isinstance(most, int) else None  # a chunk is a token or less, as sent
+        progressed = time.perf_counter()
         # The context closes the response however the loop ends: the server sees the client leave and stops.
         with client.chat.completions.create(**request) as stream:
             for chunk in stream:
+                before = (attempt.chunks, len(refusal), finish)
                 if getattr(chunk, "usage", None) is not None:
                     attempt.counted(chunk.usage)
                 for choice in chunk.choices or ():
@@ -448,6 +469,15 @@ class LLMClient:
                             attempt.pieces.append(piece.function.arguments or "")
                             attempt.chunks += 1
                     finish = choice.finish_reason or finish
+                now = time.perf_counter()
+                if (attempt.chunks, len(refusal), finish) != before or getattr(chunk, "usage", None) is not None:
+                    progressed = now
+                elif now - progressed > silence_s:
+                    raise _Passing(f"the server sent chunks with nothing of the reply in them for {silence_s:g} s",
+                                   billed=True)
+                if most_chunks is not None and attempt.chunks > most_chunks:
+                    raise _Passing(f"the server sent {attempt.chunks} chunks of reply, past the {most} tokens asked "
+                                   "for at most", billed=True)
                 self._progress(transcript, attempt, ask)
                 interrupts.check()  # a Ctrl-C another thread took, or one swallowed, ends a long stream here
         if finish is None:

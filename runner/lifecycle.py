@@ -58,7 +58,8 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
                        f"from its best policy: heurist run --env {record.task} --policy "
                        f"{Path(run_dir) / 'workspace' / 'policy.py'}")
     config = RunConfig.model_validate(record.config)
-    also_secret(config.llm.api_key_env)  # whatever its name, the key is never recorded
+    for name in config.llm.key_variables():  # whatever their names, the keys are never recorded
+        also_secret(name)
     spec = get_task(record.task)
     if not record.offline and not config.eval.allow_unconfined and not filesystem_confined():
         raise RunError("model-written code would run without a confined file system here (bubblewrap is missing "

@@ -99,6 +99,10 @@ class LLMConfig(_Strict):
     model: str = "gpt-4.1-mini"
     base_url: str | None = Field(None, description="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = "OPENAI_API_KEY"
+
+    def key_variables(self) -> list[str]:
+        """Every variable that holds a key for a model: the run's, and each role's own server's."""
+        return [self.api_key_env, *(r.api_key_env for r in self.roles.values() if r.api_key_env)]
     temperature: float = Field(0.2, ge=0, le=2, description="Not sent to reasoning models, which refuse it.")
     max_tokens: int | None = Field(None, ge=1, description="Tokens a reply may take (default 4096; 16384 for a "
                                                            "reasoning model, whose limit counts its reasoning too).")

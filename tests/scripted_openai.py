@@ -184,6 +184,8 @@ def stream_events(reply: dict, include_usage: bool) -> list[bytes]:
     refused = (choice.get("message") or {}).get("refusal")
     if refused:
         chunks.append({**base, "choices": [{"index": 0, "delta": {"refusal": refused}, "finish_reason": None}]})
+    # A server that goes on sending chunks with nothing of the reply in them (no choices), as a broken one can.
+    chunks += [{**base, "choices": []} for _ in range(reply.get("empty_chunks", 0))]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]})
     if include_usage and body.get("usage"):
         chunks.append({**base, "choices": [], "usage": body["usage"]})

@@ -108,3 +108,25 @@ def test_doctor_fails_with_the_fix_when_the_endpoint_is_down():
     assert done.returncode == 1
     llm = next(c for c in json.loads(done.stdout) if c["name"] == "LLM endpoint")
     assert llm["status"] == "fail" and "cannot connect" in llm["detail"] and "start the server" in llm["fix"]
+
+
+def test_doctor_never_shows_a_key_a_server_echoes_whatever_its_variables_name(tmp_path):
+    """The key's variable is the config's (here one whose name does not look secret), and the server's error
+    quotes the key back: doctor's answer names the variable, never the value. A reply whose usage is no object is
+    an answer all the same, not a crash."""
+    from tests.scripted_openai import ScriptedOpenAI
+
+    key = "opaque-value-0123456789abcdef"
+    with ScriptedOpenAI() as server:
+        config = tmp_path / "run.toml"
+        config.write_text(f'[llm]\nbase_url = "{server.base_url}"\napi_key_env = "LLM_BEARER"\n')
+        server.queue({"status": 500, "json": {"error": {"message": f"bad bearer {key}", "type": "server_error"}}})
+        done = doctor("--config", str(config), env={"LLM_BEARER": key, "HEURIST_HOME": str(tmp_path / "home")})
+        assert key not in done.stdout + done.stderr and "[redacted $LLM_BEARER]" in done.stdout, done.stdout[-2000:]
+        server.queue({"json": {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "usage": "odd",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": "OK"}}]}})
+        from doctor.checks import check_llm
+
+        llm = check_llm(server.base_url, "m")  # it raised AttributeError, and doctor said "internal error"
+    assert llm.status == "ok" and "(? tokens)" in llm.detail

@@ -456,6 +456,47 @@ def test_other_models_keep_their_temperature_and_the_config_overrides_the_name(t
         assert body["max_tokens"] == 4096 and body["temperature"] == 0.2 and "reasoning_effort" not in body
 
 
+# ("12" and true reach heurist as 12 and 1: the openai client's own models read them as counts.)
+@pytest.mark.parametrize("count", [-1000, 0, float("nan"), float("inf"), 10.7, 10**12])
+def test_a_servers_token_counts_that_are_no_counts_are_counted_from_the_text(tmp_path, server, client, count):
+    """A server's usage is its word: negative counts took a run past its budget, zero let it go on for ever, NaN
+    or text stopped it (on every resume). Such a count is no count: the call is counted from its text, as one
+    with no usage at all is, and recorded as estimated."""
+    import math
+
+    reply = chat(json.dumps({"verdict": "accept", "score": 1.5}) + " " * 400)
+    reply["json"]["usage"] = {"prompt_tokens": count, "completion_tokens": count, "total_tokens": count}
+    server.queue(reply)
+    transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+    assert client.structured(transcript, [{"role": "user", "content": "judge " * 200}], Answer).verdict == "accept"
+    call = transcript.entries()[0]
+    assert call.tokens_estimated and call.prompt_tokens >= 200 and call.completion_tokens > 0
+    assert client.usage.tokens == call.prompt_tokens + call.completion_tokens
+    assert math.isfinite(client.usage.usd) and client.usage.usd > 0
+
+
+def test_a_stream_that_never_goes_silent_is_still_bounded(tmp_path, server, monkeypatch):
+    """The read timeout ends a silent stream, not one that keeps sending: chunks with nothing of the reply in them
+    end the call after the silence allowed, and a reply past max_tokens is left where it passes it. Each call
+    is billed for what came, and the server sees the client leave."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = LLMConfig(model="scripted", base_url=server.base_url, retry_base_s=0.01, timeout_s=1, max_retries=0,
+                       max_tokens=50, prices={"scripted": Price(input=1.0, output=2.0)})
+    client = LLMClient(config, Usage())
+    transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+    # Empty chunks every 50 ms, for more than the second of silence allowed: ended, whatever this machine's speed.
+    answer = json.dumps({"verdict": "ok", "score": 1})
+    server.queue({**chat(answer), "empty_chunks": 200, "chunk_delay": 0.05})
+    with pytest.raises(LLMError, match="nothing of the reply in them"):
+        client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
+    server.queue({**chat(answer + " " * 10_000), "chunk_chars": 1})  # 10,000 chunks against max_tokens 50
+    with pytest.raises(LLMError, match="past the 50 tokens"):
+        client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
+    calls = [e for e in transcript.entries() if e.kind == "llm_call"]
+    assert len(calls) == 2 and all(c.completion_tokens is not None for c in calls)
+    assert client.usage.tokens > 0
+
+
 def test_a_model_without_a_price_is_counted_in_tokens_never_as_zero_dollars(tmp_path, server):
     from common.formatting import cost_text
     from store.config import ConfigError, RunConfig, check_priced
@@ -496,3 +537,11 @@ def test_a_tool_turn_on_an_endpoint_in_json_object_mode(tmp_path, server):
                             [{"type": "function", "function": {"name": "read_file", "parameters": {}}}])
         assert [c["name"] for c in reply.tool_calls] == ["read_file"]
         assert "JSON schema" not in json.dumps(chat_calls(server)[-1]["messages"])
+
+
+def test_every_variable_holding_a_key_is_named_the_runs_and_each_roles():
+    """A run treats each as a secret whatever its name (runner.lifecycle): a role's own server's key, in a variable
+    whose name does not look secret, reached transcripts, the ledger and the summary when a server echoed it."""
+    config = LLMConfig.model_validate({"api_key_env": "MY_KEY", "roles": {
+        "coder": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "CODER_BEARER"}, "reviewer": {"model": "m"}}})
+    assert config.key_variables() == ["MY_KEY", "CODER_BEARER"]
