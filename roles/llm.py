@@ -158,6 +158,13 @@ class _Attempt:
         return len(json.dumps(self.sent, default=str)) // 4 + 1000 * images, completion, True
 
 
+def _reasons(delta: Any) -> bool:
+    """Whether a streamed delta carries reasoning, under the names OpenAI-compatible servers give it: the reply's
+    progress too, though not its text."""
+    extra = getattr(delta, "model_extra", None) or {}
+    return any(bool(getattr(delta, name, None) or extra.get(name)) for name in ("reasoning_content", "reasoning"))
+
+
 MAX_CALL_TOKENS = 10_000_000  # no one call's prompt or reply comes near this; a count past it is no count
 
 
@@ -450,9 +457,11 @@ class LLMClient:
         with client.chat.completions.create(**request) as stream:
             for chunk in stream:
                 before = (attempt.chunks, len(refusal), finish)
+                thinking = False  # reasoning a server streams apart (vLLM's reasoning_content, Ollama's reasoning)
                 if getattr(chunk, "usage", None) is not None:
                     attempt.counted(chunk.usage)
                 for choice in chunk.choices or ():
+                    thinking = thinking or _reasons(choice.delta)
                     delta = choice.delta
                     if delta is not None and delta.content:
                         attempt.pieces.append(delta.content)
@@ -470,7 +479,8 @@ class LLMClient:
                             attempt.chunks += 1
                     finish = choice.finish_reason or finish
                 now = time.perf_counter()
-                if (attempt.chunks, len(refusal), finish) != before or getattr(chunk, "usage", None) is not None:
+                if (attempt.chunks, len(refusal), finish) != before or thinking \
+                        or getattr(chunk, "usage", None) is not None:
                     progressed = now
                 elif now - progressed > silence_s:
                     raise _Passing(f"the server sent chunks with nothing of the reply in them for {silence_s:g} s",

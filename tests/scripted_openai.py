@@ -170,6 +170,9 @@ def stream_events(reply: dict, include_usage: bool) -> list[bytes]:
     base = {"id": body.get("id", "c1"), "object": "chat.completion.chunk", "created": 0,
             "model": body.get("model", "scripted")}
     chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    # Reasoning streamed apart from the reply, as vLLM's reasoning parser sends it (no content while it thinks).
+    chunks += [{**base, "choices": [{"index": 0, "delta": {"reasoning_content": "."}, "finish_reason": None}]}
+               for _ in range(reply.get("reasoning_chunks", 0))]
     chunks += [{**base, "choices": [{"index": 0, "delta": {"content": content[i:i + size]}, "finish_reason": None}]}
                for i in range(0, len(content), size)]
     for index, call in enumerate((choice.get("message") or {}).get("tool_calls") or []):

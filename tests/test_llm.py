@@ -495,6 +495,10 @@ def test_a_stream_that_never_goes_silent_is_still_bounded(tmp_path, server, monk
     calls = [e for e in transcript.entries() if e.kind == "llm_call"]
     assert len(calls) == 2 and all(c.completion_tokens is not None for c in calls)
     assert client.usage.tokens > 0
+    # Reasoning streamed apart (no reply text while the model thinks, for longer than the silence allowed) is
+    # progress all the same: the answer comes.
+    server.queue({**chat(answer), "reasoning_chunks": 60, "chunk_delay": 0.05})
+    assert client.structured(transcript, [{"role": "user", "content": "x"}], Answer).verdict == "ok"
 
 
 def test_a_model_without_a_price_is_counted_in_tokens_never_as_zero_dollars(tmp_path, server):
