@@ -23,12 +23,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -135,6 +136,7 @@ class _Attempt:
     completion_tokens: int | None = None
     cached_tokens: int = 0  # prompt tokens the server read from its cache (priced lower)
     last_progress: float = 0.0
+    progressed: float = 0.0  # when a streamed reply last grew (its text, a tool call, reasoning, its end)
 
     def counted(self, usage: Any) -> None:
         """The server's counts (its cached prompt tokens too, where it gives them), where they are counts at all:
@@ -156,6 +158,50 @@ class _Attempt:
                 given_completion is None
         images = json.dumps(self.sent, default=str).count('"type": "image"')
         return len(json.dumps(self.sent, default=str)) // 4 + 1000 * images, completion, True
+
+
+class _Watchdog:
+    """Ends a stream whose bytes keep coming with nothing of the reply in them for twice ``silence_s`` (SSE
+    keep-alive comments, a byte at a time): the read timeout counts bytes, so only this ends it (twice, so that a
+    server silent altogether meets the read timeout first, as before). It shuts the connection's
+    socket down from its own thread, which wakes the read blocked on it (closing a stream from another thread would
+    wait for that very read); the loop then ends as the server's failure to reply, billed for what came."""
+
+    def __init__(self, stream: Any, attempt: "_Attempt", silence_s: float) -> None:
+        self.stream, self.attempt, self.silence_s = stream, attempt, silence_s
+        self.fired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="heurist-llm-watchdog", daemon=True)
+
+    def __enter__(self) -> "_Watchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def chunks(self) -> Iterator[Any]:
+        """The stream's chunks; once this has shut the connection down, the reason (the stream then ends early,
+        with an error or without one, by the HTTP library's reading of the shut socket)."""
+        try:
+            yield from self.stream
+        except Exception:
+            if not self.fired:
+                raise
+        if self.fired:
+            raise _Passing(f"the server sent nothing of the reply for {2 * self.silence_s:g} s (twice "
+                           f"llm.timeout_s), though it kept its connection busy", billed=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.silence_s / 4)):
+            if time.perf_counter() - self.attempt.progressed > 2 * self.silence_s:
+                self.fired = True
+                try:
+                    network = self.stream.response.extensions.get("network_stream")
+                    network.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                except Exception:  # no socket to reach (another transport): the read timeout is all there is
+                    pass
+                return
 
 
 def _reasons(delta: Any) -> bool:
@@ -452,10 +498,10 @@ class LLMClient:
         silence_s = self.settings_for(transcript.role).timeout_s
         most = request.get("max_completion_tokens") or request.get("max_tokens")
         most_chunks = 2 * most + 256 if isinstance(most, int) else None  # a chunk is a token or less, as sent
-        progressed = time.perf_counter()
+        progressed = attempt.progressed = time.perf_counter()
         # The context closes the response however the loop ends: the server sees the client leave and stops.
-        with client.chat.completions.create(**request) as stream:
-            for chunk in stream:
+        with client.chat.completions.create(**request) as stream, _Watchdog(stream, attempt, silence_s) as watchdog:
+            for chunk in watchdog.chunks():
                 before = (attempt.chunks, len(refusal), finish)
                 thinking = False  # reasoning a server streams apart (vLLM's reasoning_content, Ollama's reasoning)
                 if getattr(chunk, "usage", None) is not None:
@@ -481,7 +527,7 @@ class LLMClient:
                 now = time.perf_counter()
                 if (attempt.chunks, len(refusal), finish) != before or thinking \
                         or getattr(chunk, "usage", None) is not None:
-                    progressed = now
+                    progressed = attempt.progressed = now
                 elif now - progressed > silence_s:
                     raise _Passing(f"the server sent chunks with nothing of the reply in them for {silence_s:g} s",
                                    billed=True)

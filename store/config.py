@@ -112,7 +112,8 @@ class LLMConfig(_Strict):
     reasoning_effort: ReasoningEffort | None = Field(None, description="Sent to reasoning models only (default: "
                                                                        "the model's own).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds of silence from the server before a call is "
-                                                       "abandoned; a streamed reply that keeps coming is never cut off.")
+                                                       "abandoned (keep-alive bytes are silence too: after twice "
+                                                       "this); a streamed reply that keeps coming is never cut off.")
     structured_mode: Literal["auto", "json_schema", "json_object_schema", "json_object", "text"] = Field(
         "auto", description="How replies are held to their schema: auto starts at json_schema and steps down when "
                             "the server refuses it (json_object_schema is llama.cpp's); a fixed mode never changes.")

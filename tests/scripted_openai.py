@@ -257,6 +257,10 @@ class ScriptedOpenAI:
                     if reply.get("stream_error"):  # a server that fails mid-reply says so inside the stream
                         events = events[:2] + [f"data: {json.dumps({'error': {'message': reply['stream_error']}})}\n\n"
                                                .encode()]
+                    for _ in range(reply.get("keepalives", 0)):  # SSE comments: bytes, none of them a chunk
+                        self.wfile.write(b": keep-alive\n\n")
+                        self.wfile.flush()
+                        time.sleep(reply.get("chunk_delay", 0))
                     for i, event in enumerate(events):
                         if stall_after is not None and i == stall_after:
                             time.sleep(reply.get("stall_s", 30))  # silent, as a server stuck mid-reply is

@@ -493,8 +493,13 @@ def test_a_stream_that_never_goes_silent_is_still_bounded(tmp_path, server, monk
     with pytest.raises(LLMError, match="past the 50 tokens"):
         client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
     calls = [e for e in transcript.entries() if e.kind == "llm_call"]
-    assert len(calls) == 2 and all(c.completion_tokens is not None for c in calls)
+    assert len(calls) == 2 and all(c.completion_tokens is not None for c in calls)  # each billed
     assert client.usage.tokens > 0
+    # Keep-alive comments every 50 ms (for 30 s: long past any machine's delay): bytes, never a chunk, so the read
+    # timeout never fires; ended at twice the silence allowed.
+    server.queue({**chat(answer), "keepalives": 600, "chunk_delay": 0.05})
+    with pytest.raises(LLMError, match="kept its connection busy"):
+        client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
     # Reasoning streamed apart (no reply text while the model thinks, for longer than the silence allowed) is
     # progress all the same: the answer comes.
     server.queue({**chat(answer), "reasoning_chunks": 60, "chunk_delay": 0.05})
