@@ -76,8 +76,9 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     memory = MemoryStore(memory_config(record, run_dir))
     # A run made before roles declared their facts may leave one unmet: it goes on as it was started, and says so.
     roles = stage_roles(config.stages, require_facts=False)
-    # This process holds the run's lock, so a git index lock left here is a crash's leftover, not a live git.
-    (run_dir / "workspace" / ".git" / "index.lock").unlink(missing_ok=True)
+    # This process holds the run's lock, so a git lock file left here is a crash's leftover, not a live git.
+    if (run_dir / "workspace" / ".git").is_dir():
+        Workspace(run_dir / "workspace").clear_crash_locks()
     services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
                         protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
                         ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,

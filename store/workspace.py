@@ -16,6 +16,7 @@ reason, instead of being obeyed.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -108,6 +109,21 @@ class Workspace:
     def check(self) -> None:
         """Refuse the repository if it holds anything heurist never writes (``envs.gitsafe.check_repository``)."""
         check_repository(self.root)
+
+    def clear_crash_locks(self) -> list[str]:
+        """Remove the lock files a git killed mid-write leaves (``index.lock``, ``HEAD.lock``, a ref's): git
+        refuses to write while one exists, and a run killed in a commit or a reset could then never resume. Only
+        for a caller that holds the run's lock, so that no git of heurist's is at work here. No ref may end in
+        ``.lock``, so nothing else is taken. Returns what was removed, relative to ``.git``."""
+        git_dir = self.root / ".git"
+        removed = []
+        for folder, _, files in os.walk(git_dir):  # links are not followed
+            for name in files:
+                if name.endswith(".lock"):
+                    path = Path(folder) / name
+                    path.unlink(missing_ok=True)
+                    removed.append(str(path.relative_to(git_dir)))
+        return sorted(removed)
 
     def reset_to(self, commit: str) -> None:
         """The workspace exactly at ``commit``: nothing staged, nothing untracked."""

@@ -9,7 +9,7 @@ import pytest
 from policies import POLICY_DIR
 from roles.edits import Edit, EditError, SearchReplace, apply_edit, diff_summary, unified_diff
 from store.config import ConfigError, build_config, load_config_file, merge
-from store.workspace import Workspace
+from store.workspace import Workspace, WorkspaceError
 
 CARTPOLE = (POLICY_DIR / "cartpole.py").read_text()
 
@@ -52,6 +52,22 @@ def test_a_message_quoting_the_model_can_neither_name_an_iteration_nor_stop_the_
     assert "(quoted) Heurist-Simplify: 2" in body and "half\\x00way\\x1b[31m" in body
     honest = ws.commit(2, "Raise it again", "fine")
     assert ws.commit_for_iteration(2) == honest and ws.commit_for_iteration(1) == forged
+
+
+def test_the_locks_a_git_killed_mid_write_leaves_are_cleared_and_the_workspace_writes_again(tmp_path):
+    """kill -9 in a commit or a reset leaves HEAD.lock (or index.lock, or a ref's lock): git then refuses every
+    write, and the run could never resume (the ten-kill test met it). A resume holding the run's lock clears them."""
+    ws = Workspace(tmp_path / "ws")
+    first = ws.create(CARTPOLE, {})
+    git_dir = ws.root / ".git"
+    for lock in ("HEAD.lock", "index.lock", "refs/heads/main.lock"):
+        (git_dir / lock).write_text("")
+    with pytest.raises(WorkspaceError, match="File exists"):
+        ws.reset_to(first)
+    assert ws.clear_crash_locks() == ["HEAD.lock", "index.lock", "refs/heads/main.lock"]
+    ws.reset_to(first)
+    ws.policy.write_text(CARTPOLE.replace("angle_gain: float = tunable(1.0", "angle_gain: float = tunable(2.0"))
+    assert ws.commit(1, "Raise it", "again") != first and ws.clear_crash_locks() == []
 
 
 def test_workspace_commits_accepted_edits_once_and_rolls_back_rejected_ones(tmp_path):
