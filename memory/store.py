@@ -264,16 +264,11 @@ class MemoryStore:
         record of a newer heurist, a damaged one), by id with the reason. Each is read on its own: one that cannot
         be read costs that scenario, not the others."""
         wanted = [i for f in failures if f.task == task and f.protocol == protocol for i in f.scenarios]
-        found, unreadable = [], {}
-        for i, metadata in self._metadatas(wanted):
-            try:
-                record = _record(metadata)
-            except (ValidationError, KeyError, TypeError) as exc:
-                unreadable[i] = f"a record this heurist cannot read ({str(exc).splitlines()[0][:200]})"
-                continue
-            if isinstance(record, ScenarioRecord) and record.task == task and record.protocol == protocol:
-                found.append(record)
-        return found, unreadable
+        stored = self._metadatas(wanted)
+        read = {r.id: r for r in self._readable(m for _, m in stored)}
+        found = [r for i, _ in stored if isinstance(r := read.get(i), ScenarioRecord)
+                 and r.task == task and r.protocol == protocol]
+        return found, {i: "a record this heurist cannot read (a newer heurist's?)" for i, _ in stored if i not in read}
 
     def forget(self, run_id: str) -> int:
         """Delete every record a run wrote. Returns how many."""
@@ -361,11 +356,7 @@ class MemoryStore:
         with self._locked():
             rows = nearest(collection, vector, conditions, k)
         # Cosine distance in [0, 2]; similarity = 1 - distance.
-        readable = []
-        for metadata, distance in rows:
-            [*record] = self._readable([metadata])
-            readable += [(r, 1.0 - distance) for r in record]
-        return readable
+        return [(record, 1.0 - distance) for metadata, distance in rows for record in self._readable([metadata])]
 
     def recall(self, text: str, *, k: int = 5, task: str | None = None, family: str | None = None,
                kind: str | None = None, outcome: str | None = None, run_id: str | None = None,
@@ -427,8 +418,7 @@ class MemoryStore:
             found = self._collections["lesson"].get(ids=ids, include=["metadatas", "embeddings"])
             counted, vectors = [], []
             for meta, vector in zip(found["metadatas"], found["embeddings"]):
-                [*read] = self._readable([meta])
-                lesson = read[0] if read else None
+                lesson = next(iter(self._readable([meta])), None)
                 if not isinstance(lesson, LessonRecord) or sighting in lesson.recalled_in:
                     continue
                 counted.append(lesson.model_copy(update={
