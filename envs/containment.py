@@ -103,7 +103,9 @@ def containment(limits: Limits | None = None) -> dict[str, str]:
             else f"heurist's own user (uid {uid}), {rest}")
     return {
         "user": user,
-        "process": "policy in its own process apart from the env and the score; process groups SIGKILLed on timeout",
+        "process": "policy in its own process apart from the env and the score; process groups SIGKILLed on timeout; "
+                   + ("what a sandbox leaves behind ends with it: " + ("its PID namespace" if confined else
+                      "its cgroups" if cgroups_available() else "a reaper above it")),
         "environment": "allow-list (no API keys inherited)",
         "network": net,
         "filesystem": (f"bubblewrap: system, interpreter and heurist's envs/ read-only, private {limits.tmp_mb} MiB "

@@ -1,10 +1,13 @@
-"""Limits and least privilege for untrusted code, and ``python -m envs.limited LIMITS_JSON -- CMD ...``.
+"""Limits and least privilege for untrusted code, and ``python -m envs.limited [--reap] LIMITS_JSON -- CMD ...``.
 
 ``confine_self`` is how a sandboxed process limits itself before it reads any untrusted code:
 resource limits (``apply_limits``), then ``drop_privileges``. The sandboxed policy process (``envs.policy_host``)
 calls it at start; the command form is started by ``envs.sandbox.run_sandboxed`` inside the
 sandbox, applies the same and ``exec``s the command (a model-written test's pytest), which
 inherits all of it, as does everything it starts.
+
+``become_reaper`` is for a machine where nothing else ends what a sandbox leaves behind (no PID namespace from
+bubblewrap, no cgroup to empty): a trusted process stays above the sandboxed one and ends every process it left.
 
 Least privilege by construction: when heurist runs as root, bubblewrap's child would keep
 almost every capability (it could remount a read-only bind read-write, read ``/etc/shadow``,
@@ -20,6 +23,7 @@ import ctypes
 import json
 import os
 import resource
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +32,7 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _PR_SET_SECCOMP = 22
+_PR_SET_CHILD_SUBREAPER = 36
 _SECCOMP_MODE_FILTER = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -175,17 +180,147 @@ def _my_tasks() -> int:
     return count
 
 
-def main() -> None:
-    limits = json.loads(sys.argv[1])
-    if sys.argv[2] != "--" or len(sys.argv) < 4:
-        sys.exit("usage: python -m envs.limited LIMITS_JSON -- CMD ...")
+# --------------------------------------------------------------------------- a reaper where nothing else ends the tree
+#
+# Under bubblewrap the sandbox has its own PID namespace, which the kernel empties when its first process ends; where
+# a cgroup could be made, heurist kills whatever is left in it. Where neither applies, a process a policy or a test
+# detached (a double fork, ``setsid``) outlived its sandbox: its process group is killed, and it is no longer in it.
+# ``become_reaper`` forks before anything is confined: the child goes on to run the sandboxed code; the parent stays
+# as it was (root, where heurist is: the sandbox's user cannot signal it), is made a "child subreaper", so that every
+# process of the tree whose parent ends is handed to it rather than to init, and when the child has ended (or heurist
+# sends SIGTERM) it kills what is left, down to the last descendant, and exits as the child did.
+
+_reaped_child: list[int] = []  # the sandboxed child while it may run: its pidfd, else its pid (the SIGTERM handler's)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """heurist asks for the tree's end: the child is killed, and the reaper goes on as when a child ends. Through a
+    pidfd where the kernel has them: a pid the reaper has waited for may be another process's by now."""
+    for handle in _reaped_child:
+        try:
+            if hasattr(signal, "pidfd_send_signal") and handle >= 0:
+                signal.pidfd_send_signal(handle, signal.SIGKILL)
+            else:
+                os.kill(-handle, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+
+def become_reaper() -> None:
+    """Fork. Returns in the child, which goes on to confine itself and run the sandboxed code; the parent never
+    returns: it waits for the child, ends every process the tree left behind, and exits with the child's status."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise PrivilegeError(f"could not become the sandbox's reaper ({os.strerror(ctypes.get_errno())})")
+    # Held off across the fork, so that a SIGTERM from heurist is never lost: it is taken once the child is known.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    child = os.fork()
+    if child == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)  # the sandboxed code adopts nothing: it is all the reaper's
+        return
+    os.closerange(3, _highest_fd() + 1)  # the sandbox's pipes are its own: the other end must see it hang up
     try:
+        _reaped_child.append(os.pidfd_open(child))
+    except (AttributeError, OSError):
+        _reaped_child.append(-child)  # no pidfds (Linux before 5.3): the pid, which is ours until waited for
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    status = _wait_for(child)
+    if _reaped_child[0] < 0:
+        _reaped_child.clear()
+    _end_all_children()
+    _exit_as(status)
+
+
+def _wait_for(pid: int) -> int:
+    """The child's wait status; orphans handed to this process on the way are reaped as they end (a zombie still
+    counts against the sandbox user's process limit)."""
+    while True:
+        try:
+            found, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0x9  # not ours to wait for any more: only a lost child, which counts as killed
+        if found == pid:
+            return status
+
+
+def _end_all_children() -> None:
+    """Kill this process's children until it has none: each one killed hands its own children to this process
+    (a subreaper), so the tree is ended from the top down, however it forked or detached."""
+    while True:
+        for pid in _children():
+            _kill(pid)
+        try:
+            os.waitpid(-1, 0)  # one has ended (they all will: SIGKILL); its orphans are ours now
+        except ChildProcessError:
+            return  # none left
+
+
+def _children() -> list[int]:
+    """This process's living children, from ``/proc`` (``ppid`` is the fourth field of ``/proc/PID/stat``, after a
+    command name that may hold spaces and parentheses)."""
+    me, found = os.getpid(), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # it ended while we looked
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(entry.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _highest_fd() -> int:
+    try:
+        return max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    except (OSError, ValueError):
+        return 1023
+
+
+def _exit_as(status: int) -> None:
+    """End this process as the child ended: the same exit code, or killed by the same signal (so heurist reads the
+    reaper's status as the sandboxed process's)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig != signal.SIGKILL and sig in signal.valid_signals():
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # a signal whose default is not to end a process
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    reap = bool(args) and args[0] == "--reap"
+    args = args[1:] if reap else args
+    if len(args) < 3 or args[1] != "--":
+        sys.exit("usage: python -m envs.limited [--reap] LIMITS_JSON -- CMD ...")
+    limits = json.loads(args[0])
+    try:
+        if reap:
+            become_reaper()
         confine_self(limits)
     except (PrivilegeError, OSError) as exc:
         sys.exit(f"heurist's sandbox refused to start: {exc}")
     cpu = int(limits["cpu_s"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    command = sys.argv[3:]
+    command = args[2:]
     os.execvp(command[0], command)
 
 

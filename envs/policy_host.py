@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from envs.limited import PrivilegeError, confine_self
+from envs.limited import PrivilegeError, become_reaper, confine_self
 from envs.policy_slots import PolicyFailed, PolicySlots, charged_cpu_s, limit_cpu
 from envs.wire import ObservationView, actions_to_wire, receive_from_env, send_to_env
 
@@ -71,7 +71,14 @@ def main() -> None:
     parser.add_argument("--limits", required=True)
     parser.add_argument("--observations-fd", type=int, help="the shared observations, read-only")
     parser.add_argument("--cpu", type=int, help="the core shared with the env process (see envs.worker_pair.pair_cpus)")
+    parser.add_argument("--reap", action="store_true",
+                        help="stay above the policy process and end what it leaves behind (envs.limited.become_reaper)")
     args = parser.parse_args()
+    if args.reap:
+        try:
+            become_reaper()  # returns in the child, which is the policy process from here on
+        except PrivilegeError as exc:
+            sys.exit(f"heurist's sandbox refused to start the policy: {exc}")
     charged_cpu_s()  # arms the charged-CPU clock while it still agrees with getrusage (see limit_cpu)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})

@@ -10,7 +10,9 @@ Containment, in order of strength:
   exception, a hang, ``os._exit`` or a segfault ends a policy process, not heurist, and
   whatever it patches changes only its own actions;
 - its own process group (``start_new_session``): a timeout kills the whole group,
-  children included, with SIGKILL, which nothing can catch;
+  children included, with SIGKILL, which nothing can catch; and nothing it started outlives it: its PID
+  namespace (bubblewrap) or its cgroups are emptied when it ends, and where neither applies a trusted reaper
+  above it (``envs.limited.become_reaper``) ends every process it left, detached or not;
 - no privileges (``envs.limited.confine_self``): before it reads untrusted code the process
   drops to an unprivileged user (``nobody`` when heurist runs as root, else heurist's own
   user), with every capability set empty and ``no_new_privs``, so ``mount``, raw devices and
@@ -188,6 +190,34 @@ def limit_args(limits: Limits, cgroups: SandboxCgroups | None = None, **extra: i
                        "max_processes": nproc, "uid": uid, "gid": gid, **extra})
 
 
+def needs_reaper(dirs: SandboxDirs, cgroups: SandboxCgroups) -> bool:
+    """Whether nothing else ends what a sandboxed process leaves behind: no PID namespace (bubblewrap) and no cgroup
+    to empty. Then a reaper stays above it (``envs.limited.become_reaper``)."""
+    return not dirs.confined and not cgroups.paths
+
+
+REAPER_GRACE_S = 10.0  # a reaper asked to end its tree kills and reaps: milliseconds, unless the machine is stalled
+
+
+def end_tree(proc: subprocess.Popen, reaped: bool) -> int:
+    """End a sandboxed process and everything it started; its exit code. A reaper is asked first (SIGTERM), since
+    it alone can reach what left the process group; then, or without one, the group is killed."""
+    if reaped and proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            return proc.wait(timeout=REAPER_GRACE_S)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return proc.wait()
+
+
 def _wait_unless_stopping(proc: subprocess.Popen, timeout_s: float) -> int:
     """The process's exit code; ``TimeoutExpired`` after ``timeout_s``. Often run by a thread working for the main
     one (the test files of a verify run side by side), which a Ctrl-C cannot interrupt: it looks for one between
@@ -229,7 +259,8 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
         full_env = sandbox_env(dirs.home) | (env or {})
         cgroups = SandboxCgroups.create(limits)
         prefix = [*cgroups.prefix(), *isolation_prefix(limits, confinement, cwd)]
-        proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited",
+        reaped = needs_reaper(dirs, cgroups)
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "envs.limited", *(["--reap"] if reaped else []),
                                  limit_args(limits, cgroups, cpu_s=int(timeout_s) + 1), "--", *cmd],
                                 cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=log.fd, stderr=log.fd,
                                 start_new_session=True, close_fds=True, pass_fds=pass_fds)
@@ -239,12 +270,8 @@ def run_sandboxed(cmd: list[str], cwd: Path, limits: Limits, timeout_s: float,
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            if proc.returncode is None:  # the time limit, or a Ctrl-C: the group does not outlive this call
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                code = proc.wait()
+            if proc.returncode is None:  # the time limit, or a Ctrl-C: the tree does not outlive this call
+                code = end_tree(proc, reaped)
         output = log.tail(output_chars)
     finally:
         cgroups.remove()

@@ -22,7 +22,8 @@ from envs.cgroups import SandboxCgroups
 from envs.forkserver import kill_group, preload_task, start_process
 from envs.isolation import Confinement, isolation_prefix
 from envs.limits import Limits
-from envs.sandbox import SandboxDirs, limit_args, sandbox_env, signal_reason, unwrapped_returncode
+from envs.sandbox import (SandboxDirs, end_tree, limit_args, needs_reaper, sandbox_env, signal_reason,
+                          unwrapped_returncode)
 from envs.wire import MAX_SLOTS, SETUP_RUNS, observation_pipe, shared_memory_pair
 
 NOT_STARTED = -1  # a slot's count between heurist sending its episode and the env process taking it
@@ -69,6 +70,7 @@ class WorkerProcess:
         self.log = self.env_log = self.step_file = None
         self.policy_proc = self.env_proc = None
         self.cgroups = SandboxCgroups({})
+        self.reaped = False
         self._job_w = self._res_r = -1
         self._preloaded = False
         try:
@@ -91,6 +93,7 @@ class WorkerProcess:
         self.cgroups = SandboxCgroups.create(limits)
         self.prefix = [*self.cgroups.prefix(), *isolation_prefix(limits, confinement or Confinement(), self.dirs.home)]
         pinned = ["--cpu", str(cpu)] if cpu is not None else []
+        self.reaped = needs_reaper(self.dirs, self.cgroups)
         job_r, self._job_w = os.pipe()
         self._res_r, res_w = os.pipe()
         request_r, request_w = observation_pipe()
@@ -100,7 +103,7 @@ class WorkerProcess:
             self.policy_proc = subprocess.Popen(
                 [*self.prefix, sys.executable, "-m", "envs.policy_host", "--request-fd", str(request_r),
                  "--reply-fd", str(reply_w), "--observations-fd", str(frames_r),
-                 "--limits", limit_args(limits, self.cgroups), *pinned],
+                 "--limits", limit_args(limits, self.cgroups), *pinned, *(["--reap"] if self.reaped else [])],
                 env=sandbox_env(self.dirs.home), cwd=self.dirs.private if self.dirs.confined else self.dirs.home,
                 stdin=subprocess.DEVNULL, stdout=self.log.fd, stderr=self.log.fd,
                 pass_fds=(request_r, reply_w, frames_r), start_new_session=True, close_fds=True)
@@ -224,11 +227,11 @@ class WorkerProcess:
         return redact(" | ".join(self.log.tail(chars).strip().splitlines()[-3:]))
 
     def kill(self) -> None:
-        for proc in (self.policy_proc, self.env_proc):
-            if proc is None:
-                continue
-            kill_group(proc)
-            proc.wait()
+        if self.policy_proc is not None:
+            end_tree(self.policy_proc, self.reaped)
+        if self.env_proc is not None:
+            kill_group(self.env_proc)
+            self.env_proc.wait()
         self.cgroups.remove()
 
     def close(self) -> None:

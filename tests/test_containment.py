@@ -495,3 +495,90 @@ def test_a_channel_held_open_and_silent_is_abandoned_and_the_broker_ends(layout,
         broker.abandon()
         for fd in (request_w, reply_r):
             os.close(fd)
+
+
+# A sandboxed command that detaches two processes from its group (``setsid``: one directly, one a grandchild of a
+# subshell that detached), prints their pids, and ends (or, with the tail added, outlives its time limit).
+DETACHES = 'setsid sleep 1000 & echo $!; (setsid sh -c "sleep 1000 & echo \\$!; wait") & sleep 0.2; echo started'
+
+
+def _still_running(pids: list[int]) -> list[int]:
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
+@pytest.mark.parametrize("outlives_its_limit", [False, True])
+def test_where_no_namespace_or_cgroup_would_a_reaper_ends_what_a_sandbox_detached(monkeypatch, tmp_path,
+                                                                                    outlives_its_limit):
+    """Without bubblewrap's PID namespace and without a cgroup to empty, processes a test or policy detached from its
+    process group used to outlive its sandbox (a known gap until 2026-12-05). The trusted reaper above it
+    (envs.limited.become_reaper) ends them before run_sandboxed returns: when the command ends, and at its limit."""
+    import envs.sandbox
+
+    # This machine as one without cgroups: what SandboxCgroups.create gives where none can be made.
+    monkeypatch.setattr(envs.sandbox.SandboxCgroups, "create", classmethod(lambda cls, limits: cls({})))
+    command = DETACHES + ("; sleep 1000" if outlives_its_limit else "")
+    ran = run_sandboxed(["/bin/sh", "-c", command], tmp_path, Limits(filesystem_isolation=False),
+                        timeout_s=5 if outlives_its_limit else 60)
+    pids = [int(word) for word in ran.output.split() if word.isdigit()]
+    try:
+        assert "started" in ran.output and len(pids) == 2, ran.output
+        assert (ran.timed_out, ran.returncode) == ((True, -9) if outlives_its_limit else (False, 0)), ran
+        assert _still_running(pids) == []
+    finally:
+        for pid in _still_running(pids):
+            os.kill(pid, 9)
+
+
+@pytest.mark.parametrize(("command", "returncode", "reason"), [
+    ("exit 3", 3, "exited with code 3"),
+    ("kill -SEGV $$", -11, "crashed with a segmentation fault (SIGSEGV)"),
+])
+def test_a_reaped_sandbox_ends_as_its_process_did(monkeypatch, tmp_path, command, returncode, reason):
+    """The reaper exits as the sandboxed process did, so heurist's reasons read the same with it as without."""
+    import envs.sandbox
+
+    monkeypatch.setattr(envs.sandbox.SandboxCgroups, "create", classmethod(lambda cls, limits: cls({})))
+    ran = run_sandboxed(["/bin/sh", "-c", command], tmp_path, Limits(filesystem_isolation=False), timeout_s=60)
+    assert (ran.returncode, ran.reason) == (returncode, reason)
+
+
+def _sandbox_user_cannot_run_python() -> str | None:
+    from envs.containment import _unprivileged_python_problem
+
+    return _unprivileged_python_problem()
+
+
+@pytest.mark.skipif("_sandbox_user_cannot_run_python()",
+                    reason="the sandbox's user cannot run this Python without bubblewrap (heurist as root with a "
+                           "Python under /root): a policy process cannot start unconfined here")
+def test_a_daemon_a_policy_left_ends_with_its_pair_where_no_namespace_or_cgroup_would(monkeypatch, run_eval, tmp_path):
+    """The policy process's own reaper (envs.policy_host --reap) ends the daemons its episodes detached when the pair
+    closes, as the PID namespace and the cgroups do where they apply."""
+    import envs.sandbox
+
+    monkeypatch.setattr(envs.sandbox.SandboxCgroups, "create", classmethod(lambda cls, limits: cls({})))
+    import shutil
+    import tempfile
+
+    pids = Path(tempfile.mkdtemp(prefix="heurist-daemons-"))  # where the sandbox's user can write (tmp_path is 0700)
+    pids.chmod(0o777)
+    daemons: list[int] = []
+    try:
+        policy = _fill("detaches_a_daemon.py", tmp_path, pids=pids)
+        result = run_eval(policy, "CartPole-v1", episodes=2, max_steps=5,
+                          limits=LIMITS.model_copy(update={"filesystem_isolation": False}))
+        daemons = [int(mark.stem) for mark in pids.iterdir()]
+        assert [e.status for e in result.episodes] == ["ok", "ok"], result.episodes[0].error
+        assert len(daemons) == 2 and _still_running(daemons) == []
+    finally:
+        for pid in _still_running(daemons):
+            os.kill(pid, 9)
+        shutil.rmtree(pids, ignore_errors=True)
