@@ -80,7 +80,12 @@ def check_policy_file(path: Path | str) -> ast.Module:
                           f"policy folders: policy.py and its data files)")
     if path.suffix != ".py":
         raise PolicyError(f"{path} is not a .py file; a policy is one Python file with a class Policy")
-    source = path.read_text(errors="replace")
+    try:
+        source = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:  # every reader after this one (the run's copy, git, the sandbox) takes it as UTF-8
+        raise PolicyError(f"{path} is not UTF-8 text; a policy is Python source: save it as UTF-8") from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
     return check_policy_source(source, str(path))
 
 

@@ -15,7 +15,6 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from common.files import atomic_write
-from common.safe_text import redact
 from envs.tasks import get_task
 from report.campaign_data import (
     METRICS,
@@ -28,7 +27,7 @@ from report.campaign_data import (
     score_matrix,
 )
 from report.plots import AXIS_LABEL, COLOURS, _svg
-from report.render import ReportError, _environment
+from report.render import ReportError, _environment, page_text
 
 CURVE_POINTS = 24  # checkpoints of a sample-efficiency curve
 CURVE_REPS = 1000  # bootstrap replications of a curve (one bootstrap for all its checkpoints)
@@ -148,7 +147,7 @@ def write_campaign_report(directory: Path) -> Path:
     html = _environment().get_template("campaign.html.j2").render(**_context(results, directory))
     index = directory / "report" / "index.html"
     try:
-        atomic_write(index, redact(html))
+        atomic_write(index, page_text(html))
     except OSError as exc:
         raise ReportError(f"cannot write {index}: {exc.strerror}; free space or make {index.parent} writable") from None
     return index

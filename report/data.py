@@ -120,6 +120,16 @@ def _points(records: list[LedgerEvent], start_sha: str | None, dev_seeds: list[i
     return points
 
 
+def _failed_on_dev(records: list[LedgerEvent], sha: str | None, dev_seeds: list[int]) -> int | None:
+    """Episodes that failed in the last full dev evaluation of this policy (its mean is over the others), or None
+    where there is none."""
+    for r in reversed(records):
+        if (isinstance(r, EvalFinished) and r.policy_sha256 == sha and r.split == "dev" and r.seeds == dev_seeds
+                and r.max_steps is None):
+            return r.episodes_failed
+    return None
+
+
 def _local(path: str, run_dir: Path) -> Path | None:
     """A clip file recorded by absolute path, found again if the run directory has moved since."""
     recorded = Path(path)
@@ -371,6 +381,8 @@ def gather(run_dir: Path) -> ReportData:
         status=run_status(run_dir), stop_reason=finished.reason if finished else None, created=record.created,
         replay_of=record.replay_of, dev_seeds=dev_seeds, target=spec.target, max_return=spec.max_return,
         start_mean=start.get("mean"), best_mean=last.mean_after if last else start.get("mean"),
+        start_failed=_failed_on_dev(records, start.get("sha256"), dev_seeds),
+        best_failed=_failed_on_dev(records, last.policy_sha256 if last else start.get("sha256"), dev_seeds),
         holdout=finished.holdout if finished else None, holdout_enabled=bool(record.config["eval"]["holdout"]), spent=spent,
         points=_points(records, start.get("sha256"), dev_seeds, clock), iterations=iterations, failure_kinds=kinds,
         policy_label=policy_label, policy_source=policy_source, git_history=history, memory_note=memory_note,

@@ -19,6 +19,11 @@ AXIS_LABEL = {"env_steps": "cumulative env steps (every evaluation, search and r
               "usd": "cumulative LLM cost (USD)", "tokens": "cumulative LLM tokens"}
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
+# Titles and legends carry run ids, tasks and model names from a user's config: text to show, never mathtext to
+# parse (a model named "acme/$\frac{x}{y$" stopped the compare page). Read when each Text is made, so set for every
+# figure of this process (the report child, or `heurist report --compare`).
+matplotlib.rcParams["text.parse_math"] = False
+
 
 def _svg(figure: Figure, name: str) -> str:
     """The figure as an <svg> element; ids are salted by name so several plots can share a page."""

@@ -25,7 +25,7 @@ from pygments.lexers import DiffLexer, PythonLexer
 from common.errors import HeuristError
 from common.files import atomic_write
 from common.formatting import cost_text
-from common.safe_text import redact
+from common.safe_text import printable, redact, secret_values
 from report.data import gather
 from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot, score_plot
 from report.views import ReportData
@@ -38,11 +38,27 @@ class ReportError(HeuristError):
     """A report that cannot be written."""
 
 
+def shown(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any:
+    """What a page shows of a value: a text is redacted and made inert (control characters, bidirectional overrides
+    and lone surrogates written as visible escapes: ``printable``) before Jinja escapes it. Before, not after: a
+    secret holding ``&`` or ``<`` is no longer itself once escaped, and a right-to-left override in a policy's error
+    or a model's code would make the page show other text than the one recorded. Markup (plots, highlighted code)
+    is heurist's own and passes as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(redact(value, secrets))
+    return value
+
+
 def _environment() -> Environment:
+    secrets = secret_values()  # read once per page: every value shown is redacted with them
+
+    def code(lexer) -> Any:
+        return lambda text: Markup(highlight(shown(text, secrets), lexer, _FORMATTER))
+
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters["diff"] = lambda text: Markup(highlight(text, DiffLexer(), _FORMATTER))
-    env.filters["python"] = lambda text: Markup(highlight(text, PythonLexer(), _FORMATTER))
+                      trim_blocks=True, lstrip_blocks=True, finalize=lambda value: shown(value, secrets))
+    env.filters["diff"] = code(DiffLexer())
+    env.filters["python"] = code(PythonLexer())
     env.filters["num"] = lambda value, digits=2: "n/a" if value is None else f"{value:,.{digits}f}"
     env.filters["steps"] = lambda value: f"{int(value or 0):,}"
     # What a run spent on models: dollars, and the tokens of models with no price (never shown as $0).
@@ -95,6 +111,12 @@ def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
             "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def page_text(html: str) -> str:
+    """The page as written: redacted once more as a whole, and encodable whatever reached it (a lone surrogate in a
+    model's reply once made every later report fail to write)."""
+    return redact(html).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_report(run_dir: Path) -> Path:
     """Render the run's report; returns the path of index.html."""
     run_dir = Path(run_dir).resolve()
@@ -103,7 +125,7 @@ def write_report(run_dir: Path) -> Path:
     html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media")))
     index = folder / "index.html"
     try:
-        atomic_write(index, redact(html))
+        atomic_write(index, page_text(html))
     except OSError as exc:
         raise ReportError(f"cannot write {index}: {exc.strerror}; free space or make {folder} writable") from None
     return index
@@ -121,7 +143,7 @@ def write_compare(run_dirs: list[Path], out: Path) -> Path:
         generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
     out = Path(out)
     try:
-        atomic_write(out, redact(html))
+        atomic_write(out, page_text(html))
     except OSError as exc:
         raise ReportError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
     return out

@@ -146,6 +146,8 @@ class ReportData(_View):
     max_return: float | None
     start_mean: float | None
     best_mean: float | None
+    start_failed: int | None = None  # episodes of its dev evaluation that failed: its mean is over the others
+    best_failed: int | None = None
     holdout: dict[str, Any] | None
     holdout_enabled: bool
     spent: dict[str, float]

@@ -12,8 +12,16 @@ from typing import Any
 
 from common.files import atomic_write
 from common.formatting import cost_text, score_text
-from common.safe_text import redact, redact_deep
+from common.safe_text import printable, redact, redact_deep
 from envs.tasks import TaskSpec
+
+
+def _inert(text: str, limit: int = 160) -> str:
+    """Text a model or a policy wrote, in one line of markdown that shows it and does nothing else: control
+    characters visible (``printable``), no line breaks, and what markdown or a table would read (HTML tags, a cell's
+    ``|``) escaped."""
+    text = printable(" ".join(str(text).split()))[:limit]
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")
 
 
 def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, offline: bool, dev: list[int],
@@ -36,7 +44,7 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
     atomic_write(run_dir / "summary.json", json.dumps(redact_deep(summary), indent=2))
     lines = [f"# heurist run {run_id}", "",
              f"Task {spec.id}, protocol {protocol}, {'offline roles' if offline else 'model roles'}. "
-             f"Stopped: {summary['stop_reason']}.", "",
+             f"Stopped: {_inert(summary['stop_reason'] or '', 400)}.", "",
              f"- Dev split, seeds {dev[0]}..{dev[-1]} ({len(dev)} episodes): mean {score_text(summary['dev']['start_mean'])}"
              f" at the start, {score_text(summary['dev']['best_mean'])} for the best policy (target {spec.target})."]
     if holdout:
@@ -54,10 +62,10 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
         change = (f"lines {b['lines']} -> {a['lines']}, branches {b['branches']} -> {a['branches']}, AST nodes "
                   f"{b['ast_nodes']} -> {a['ast_nodes']}" if a else "nothing proposed or checked")
         lines.append(f"- Simplify after iteration {done['iteration']}: {'kept' if done['accepted'] else 'not kept'} "
-                     f"({change}): {done['reason'][:160]}")
+                     f"({change}): {_inert(done['reason'])}")
     lines += ["", "| iteration | verdict | dev mean before | candidate | reason |", "|---|---|---|---|---|"]
     for h in history:
         lines.append(f"| {h['iteration']} | {'accepted' if h['accepted'] else 'rejected'} | {score_text(h['mean_before'])} | "
-                     f"{score_text(h['mean_candidate'])} | {h['reason'].replace('|', '/')[:160]} |")
+                     f"{score_text(h['mean_candidate'])} | {_inert(h['reason'])} |")
     atomic_write(run_dir / "summary.md", redact("\n".join(lines) + "\n"))
     return summary

@@ -19,6 +19,8 @@ CARTPOLE = str(POLICY_DIR / "cartpole.py")
 FILES = {
     "syntax.py": "class Policy:\n    def act(self\n",
     "notpolicy.py": "def act(obs):\n    return 0\n",
+    "latin1.py": b"# caf\xe9\nclass Policy:\n    def reset(self, seed):\n        pass\n    def act(self, obs, info):\n"
+                 b"        return 0\n",
     "typo.toml": "[budget]\niteratons = 3\n",
     "wrongtype.toml": '[budget]\niterations = "many"\n',
     "broken.toml": "[budget\n",
@@ -45,6 +47,7 @@ CASES = [
     (["run", "--env", "CartPole-v1", "--policy", "foreign"], "is a folder; a run starts from one policy .py file"),
     (["run", "--env", "CartPole-v1", "--policy", "syntax.py"], "syntax error at line 2"),
     (["run", "--env", "CartPole-v1", "--policy", "notpolicy.py"], "defines no top-level class Policy"),
+    (["run", "--env", "CartPole-v1", "--policy", "latin1.py"], "is not UTF-8 text"),
     (["run", "--env", "CartPole-v1", "--config", "typo.toml"], "budget.iteratons: unknown key"),
     (["run", "--env", "CartPole-v1", "--config", "wrongtype.toml"], "budget.iterations: Input should be a valid integer"),
     (["run", "--env", "CartPole-v1", "--config", "broken.toml"], "broken.toml does not parse"),
@@ -104,7 +107,7 @@ def workdir(tmp_path, monkeypatch):
     for name, text in FILES.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

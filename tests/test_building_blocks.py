@@ -111,3 +111,22 @@ def test_tunable_edits_stay_inside_declared_bounds():
         apply_edit(CARTPOLE, Edit(kind="tunables", rationale="x", tunables={"spin_gain": 9.0}))
     with pytest.raises(EditError, match="'nope' is not declared"):
         apply_edit(CARTPOLE, Edit(kind="tunables", rationale="x", tunables={"nope": 1.0}))
+
+
+def test_the_summary_shows_what_a_model_or_policy_wrote_in_its_own_cell_and_nothing_more(tmp_path):
+    """A rejected edit's reason quotes a policy's error: in summary.md it stays one table cell, shown, not read
+    (a `|` used to become `/`, and HTML, line breaks and control characters went through as they were)."""
+    from envs.tasks import get_task
+    from store.summary import write_summary
+
+    reason = "episode failed: <script>alert(1)</script> | x\nsecond line \x1b[31m \u202e"
+    start = {"commit": "0" * 40, "sha256": "a" * 64, "mean": 10.0, "per_seed": {}, "status": "complete"}
+    history = [{"iteration": 1, "accepted": False, "mean_before": 10.0, "mean_candidate": 9.0, "reason": reason}]
+    state = {"start": start, "incumbent": start, "history": history, "iteration": 1, "stop_reason": "budget: 1 "
+             "iteration", "status": "finished", "spent": {}}
+    write_summary(tmp_path, "r1", get_task("CartPole-v1"), "standard", True, [0, 1], state, None)
+    row = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| 1 |")]
+    assert len(row) == 1  # one line: the line break did not end the row
+    assert row[0].count("|") - row[0].count("\\|") == 6  # five cells; the reason's own bar is escaped
+    assert "<script>" not in row[0] and "\\<script\\>" in row[0]
+    assert "\x1b" not in row[0] and "\u202e" not in row[0] and "\\\\x1b" in row[0]

@@ -28,6 +28,7 @@ from common.safe_text import environ_without_secrets
 from envs.forkserver import ENV_PROCESSES, ForkServer, start_process
 from report.render import write_report
 from runner.report_child import REPORT_PROCESSES, rebuild
+from store.transcripts import LLMCall, TranscriptRecorder
 from tests.conftest import ARTIFACTS, once_per_session
 from tests.offline_runs import heurist
 from tests.scripted_runs import BALANCES
@@ -252,7 +253,7 @@ def test_a_damaged_run_still_reports_what_it_has(llm_run, tmp_path):
     with open(run_dir / "ledger.jsonl", "a") as ledger:
         ledger.write('{"event": "iteration", "iter')  # a line torn by a crash mid-write
     html = write_report(run_dir).read_text()
-    assert "1 torn ledger lines" in html
+    assert "1 ledger lines could not be read (torn by a crash mid-write" in html
     assert 'id="iteration-1"' in html and 'id="iteration-2"' in html
 
 
@@ -347,3 +348,51 @@ def test_report_bad_input_is_one_line(llm_run, args, message):
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_what_untrusted_code_wrote_is_shown_inert_and_every_mean_says_what_it_is_over(llm_run, tmp_path, monkeypatch):
+    """Found by a red-team review (2026-12-05), each through text a model or a policy could really have written:
+    a right-to-left override in a policy's error or a model's edit made the page show other text than the one
+    recorded (the diff's condition read as a comment); a lone surrogate in a model's reply (valid JSON, kept in its
+    transcript) made every later report fail to write; a secret holding ``&`` or ``<`` was escaped before it was
+    redacted, so it was no longer itself and stayed on the page; a dev mean over the episodes that completed read
+    as a mean over every seed; and a model name with ``$`` in it stopped the compare page (matplotlib's mathtext)."""
+    secret = "Tr0ub4dor&3-<horse>-staple"
+    monkeypatch.setenv("HEURIST_CHROMA_PASSWORD", secret)
+    run_dir = tmp_path / "copy"
+    shutil.copytree(llm_run.run_dir, run_dir, ignore=shutil.ignore_patterns("report", ".lock"))
+    override = '"unset\u202e \u2066# skip the guard when unseeded\u2069 \u2066"'
+    policy = run_dir / "best_policy.py"
+    policy.write_text(policy.read_text() + f"# pasted by mistake: {secret}\nSEED = {override}\n")
+    lines = (run_dir / "ledger.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    start_sha = next(r for r in records if r["event"] == "run_started")["start"]["sha256"]
+    dev_seeds = next(r for r in records if r["event"] == "run_started")["dev_seeds"]
+    for record in records:
+        if record["event"] == "iteration" and record["iteration"] == 1:
+            record["diff"] += f"\n+    if self.seed != {override}:\n+        return 0\n"
+            record["reason"] = "episode verdict: \u202edeliaf ton did edosipe\u202c ok \x1b[31m"  # a policy's error
+            record["verdict"] = {**(record["verdict"] or {}), "reasons": [record["reason"]]}
+        if record["event"] == "eval_finished" and record["policy_sha256"] == start_sha and record["seeds"] == dev_seeds:
+            record["episodes_failed"] = 3  # as when 3 of its episodes crashed: the mean is over the others
+    (run_dir / "ledger.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    # A model's reply as the client recorded it: valid JSON, whose string holds a lone surrogate.
+    TranscriptRecorder(run_dir).for_role(1, "coder").write(
+        LLMCall, model="gpt-4.1-mini", attempt=1, messages=[{"role": "user", "content": "edit"}], latency_s=0.1,
+        response='{"rationale": "half a pair \ud800 here"}', error="UnicodeEncodeError: surrogates not allowed")
+
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    assert secret not in html and "Tr0ub4dor&amp;3" not in html and "[redacted $HEURIST_CHROMA_PASSWORD]" in html
+    for character in ("\u202e", "\u2066", "\u2069", "\x1b", "\ud800"):
+        assert character not in html
+    assert "\\u202edeliaf ton did edosipe\\u202c ok \\x1b[31m" in html and "half a pair \\ud800 here" in html
+    assert html.count("\\u202e") >= 3  # the error, the diff and the policy: each shows the override it holds
+    assert f"(over {len(dev_seeds) - 3} of {len(dev_seeds)} episodes: 3 failed)" in html
+
+    record = json.loads((run_dir / "run.json").read_text())
+    record["config"]["llm"]["model"] = "acme/$\\frac{x}{y$-chat"
+    (run_dir / "run.json").write_text(json.dumps(record))
+    done = heurist(llm_run.env(dict(os.environ)), "report", "--compare", run_dir, llm_run.run_dir,
+                   "--out", tmp_path / "c.html")
+    assert done.returncode == 0, done.stderr
+    assert "acme/$\\frac{x}{y$-chat" in (tmp_path / "c.html").read_text()
