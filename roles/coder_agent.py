@@ -206,10 +206,7 @@ class CoderLoop(ToolBox):
                               "content": self.runs[(turn.turn, c["id"])].result if c["id"] in answered else
                               "not run: the loop ended before this call"} for c in turn.tool_calls]
             else:
-                said = [{"tool": c["name"], "arguments": _loads(c["arguments"])} for c in turn.tool_calls]
-                messages.append({"role": "assistant", "content": json.dumps(
-                    {"thought": turn.content, "call": said[0]} if len(said) == 1 else {"thought": turn.content,
-                                                                                      "calls": said})})
+                messages.append({"role": "assistant", "content": json_turn(turn.content, turn.tool_calls)})
                 if runs:
                     messages.append({"role": "user", "content": "\n\n".join(
                         f"Result of {r.name}:\n{r.result}" for r in runs)})
@@ -319,6 +316,20 @@ def calls_in_text(content: str) -> list[dict[str, str]]:
         except (ValueError, RecursionError):
             continue
     return calls
+
+
+def json_turn(thought: str | None, tool_calls: list[dict]) -> str:
+    """A turn as a model in JSON mode is shown it again: its thought and its call (or calls), the arguments parsed.
+    Arguments read just under the parser's depth limit cannot always be written one level deeper: they are then
+    quoted as the model sent them (the journal holds the turn, so it must render on every resume)."""
+    def said(calls: list[dict]) -> str:
+        return json.dumps({"thought": thought, "call": calls[0]} if len(calls) == 1 else {"thought": thought,
+                                                                                           "calls": calls})
+
+    try:
+        return said([{"tool": c["name"], "arguments": _loads(c["arguments"])} for c in tool_calls])
+    except (RecursionError, ValueError):
+        return said([{"tool": c["name"], "arguments": c["arguments"]} for c in tool_calls])
 
 
 def _loads(arguments: str, strict: bool = False) -> Any:

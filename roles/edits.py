@@ -40,19 +40,54 @@ class Edit(BaseModel):
     target_kinds: list[str] = Field(default_factory=list, description="Failure kinds it targets.")
 
 
+# The nearest-lines hint is a hint: what it costs must not grow with what the model sends. A window-by-window
+# SequenceMatcher was quadratic (8 s for one failed SEARCH of 4,000 lines in an 8,000-line file, holding the GIL).
+_COMMON_LINE = 50  # a line found more often than this ("return 0", "else:") says nothing about where a block is
+_COMPARED_LINES, _COMPARED_CHARS = 100, 4000  # of a window and of the SEARCH, when their likeness is measured
+# Where no line of the SEARCH is in the file as it is, windows are measured by likeness: at most this many, and at
+# most this many characters compared in all (a stride through the file where there are more, then every window
+# within a stride of the best).
+_MOST_WINDOWS, _MOST_CHARS = 400, 1_000_000
+
+
 def _nearest(source: str, search: str) -> str:
     lines = source.splitlines()
     wanted = search.strip("\n").splitlines()
     if not lines or not wanted:
         return ""
     size = len(wanted)
-    best, best_ratio = 0, -1.0
-    for start in range(max(1, len(lines) - size + 1)):
-        ratio = difflib.SequenceMatcher(None, "\n".join(lines[start:start + size]), "\n".join(wanted)).ratio()
-        if ratio > best_ratio:
-            best, best_ratio = start, ratio
-    shown = "\n".join(lines[best:best + size])
-    return f"the nearest lines (from line {best + 1}, {best_ratio:.0%} alike) are:\n{shown}"
+    last = max(0, len(lines) - size)
+    compared = min(size, _COMPARED_LINES)
+    target = "\n".join(wanted[:compared])[:_COMPARED_CHARS]
+
+    def likeness(start: int) -> float:
+        window = "\n".join(lines[start:start + compared])[:_COMPARED_CHARS]
+        return difflib.SequenceMatcher(None, window, target).ratio()
+
+    # Where the SEARCH's own lines are (whitespace aside), each votes for the start its offset gives.
+    where: dict[str, list[int]] = {}
+    for number, line in enumerate(lines):
+        if line.strip():
+            where.setdefault(line.strip(), []).append(number)
+    votes: dict[int, int] = {}
+    for offset, line in enumerate(wanted):
+        found = where.get(line.strip(), [])
+        if 0 < len(found) <= _COMMON_LINE:
+            for number in found:
+                start = min(max(0, number - offset), last)
+                votes[start] = votes.get(start, 0) + 1
+    if votes:
+        most = max(votes.values())
+        candidates, stride = sorted(start for start, count in votes.items() if count == most)[:_MOST_WINDOWS], 1
+    else:
+        stride = max(-(-(last + 1) // _MOST_WINDOWS), -(-(last + 1) * max(1, len(target)) // _MOST_CHARS))
+        candidates = list(range(0, last + 1, stride))
+    alike, best = max((likeness(start), -start) for start in candidates)
+    if stride > 1:
+        alike, best = max((likeness(start), -start) for start in range(max(0, -best - stride + 1),
+                                                                          min(last, -best + stride - 1) + 1))
+    shown = "\n".join(lines[-best:-best + size])
+    return f"the nearest lines (from line {1 - best}, {alike:.0%} alike) are:\n{shown}"
 
 
 def apply_search_replace(source: str, blocks: list[SearchReplace]) -> str:

@@ -462,11 +462,12 @@ class LLMClient:
                 choice = response.choices[0] if response.choices else None
                 if choice is None or choice.message is None:
                     raise _Passing("a response with no message", billed=True)
-                attempt.pieces.append(choice.message.content or "")
-                calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments or ""}
+                content = _text(choice.message.content, "the message's content") or ""
+                attempt.pieces.append(content)
+                calls = [_call(c.id, c.function.name, c.function.arguments)
                          for c in choice.message.tool_calls or () if getattr(c, "function", None)]
-                return Reply(choice.message.content or "", choice.finish_reason,
-                             getattr(choice.message, "refusal", None), calls)
+                return Reply(content, _text(choice.finish_reason, "finish_reason"),
+                             _text(getattr(choice.message, "refusal", None), "refusal"), calls)
             return self._stream(transcript, client, request, attempt, ask)
         except openai.APIStatusError as exc:
             raise self._classified(exc, s) from None
@@ -510,11 +511,11 @@ class LLMClient:
                     thinking = thinking or _reasons(choice.delta)
                     delta = choice.delta
                     if delta is not None and delta.content:
-                        attempt.pieces.append(delta.content)
+                        attempt.pieces.append(_text(delta.content, "a chunk's content"))
                         content.append(delta.content)
                         attempt.chunks += 1
                     if delta is not None and getattr(delta, "refusal", None):
-                        refusal.append(delta.refusal)
+                        refusal.append(_text(delta.refusal, "a chunk's refusal"))
                     for piece in (getattr(delta, "tool_calls", None) or ()) if delta is not None else ():
                         call = calls.setdefault(piece.index or 0, {"id": "", "name": "", "arguments": ""})
                         call["id"] = piece.id or call["id"]
@@ -538,7 +539,8 @@ class LLMClient:
                 interrupts.check()  # a Ctrl-C another thread took, or one swallowed, ends a long stream here
         if finish is None:
             raise _Passing(f"the stream ended before the reply did ({attempt.chunks} chunks)", billed=True)
-        return Reply("".join(content), finish, "".join(refusal) or None, [calls[i] for i in sorted(calls)])
+        return Reply("".join(content), _text(finish, "finish_reason"), "".join(refusal) or None,
+                     [_call(calls[i]["id"], calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)])
 
     def _progress(self, transcript: RoleTranscript, attempt: _Attempt, ask: int) -> None:
         now = time.perf_counter()
@@ -590,3 +592,18 @@ class LLMClient:
         transcript.write(LLMCall, model=s.model, attempt=ask, messages=_loggable(messages),
                          latency_s=time.perf_counter() - attempt.started, priced=self.config.price(s.model) is not None,
                          **counts, **outcome)
+
+
+def _text(value: object, what: str) -> str | None:
+    """A field of the server's reply that must be text or absent. The client does not type what a server sends
+    (a list as the content, a number as a call's id, an object as its arguments: some proxies send that): any other
+    type is a reply of an unexpected shape, which fails its attempt (``_send``) rather than the run further on."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"{what} is {type(value).__name__}, not text")
+
+
+def _call(call_id: object, name: object, arguments: object) -> dict[str, str]:
+    """A tool call the server sent, as text."""
+    return {"id": _text(call_id, "a tool call's id") or "", "name": _text(name, "a tool call's name") or "",
+            "arguments": _text(arguments, "a tool call's arguments") or ""}

@@ -130,3 +130,35 @@ def test_the_summary_shows_what_a_model_or_policy_wrote_in_its_own_cell_and_noth
     assert row[0].count("|") - row[0].count("\\|") == 6  # five cells; the reason's own bar is escaped
     assert "<script>" not in row[0] and "\\<script\\>" in row[0]
     assert "\x1b" not in row[0] and "\u202e" not in row[0] and "\\\\x1b" in row[0]
+
+
+def test_the_nearest_lines_hint_finds_the_block_and_its_work_does_not_grow_with_the_edit(monkeypatch):
+    """A SEARCH that does not match is answered with the nearest lines: found where the block's own lines are (one
+    line changed), or by likeness where none is as it is (every line re-indented). Found by a red-team review
+    (2026-12-05): its window-by-window comparison was quadratic, 8 s for one failed SEARCH of 4,000 lines in an
+    8,000-line file; what it compares is now bounded whatever the model sends."""
+    import difflib
+
+    from roles.edits import _MOST_WINDOWS
+
+    lines = CARTPOLE.splitlines()
+    start = next(i for i, line in enumerate(lines) if "action = 1 if push > 0 else 0" in line)
+    block = lines[start - 2:start + 2]
+    one_changed = "\n".join(block[:2] + [block[2] + "  # typo"] + block[3:])
+    reindented = "\n".join("  " + line for line in block)
+    for search in (one_changed, reindented):
+        with pytest.raises(EditError, match=rf"nearest lines \(from line {start - 1}, "):
+            apply_edit(CARTPOLE, Edit(kind="search_replace", rationale="x",
+                                      blocks=[SearchReplace(search=search, replace="")]))
+
+    measured = []
+    ratio = difflib.SequenceMatcher.ratio
+    monkeypatch.setattr(difflib.SequenceMatcher, "ratio", lambda self: measured.append(1) or ratio(self))
+    big = "\n".join(f"x_{i} = compute({i}, {i * 7 % 13})" for i in range(8000)) + "\n"
+    for search in ("\n".join(f"x_{i} = compute({i}, {i})" for i in range(2000, 6000)),  # no line as it is
+                   "\n".join(f"x_{i} = compute({i}, {i * 7 % 13})" for i in range(2000, 6000)) + "\n# end"):
+        measured.clear()
+        with pytest.raises(EditError, match="nearest lines"):
+            apply_edit(big, Edit(kind="search_replace", rationale="x", blocks=[SearchReplace(search=search,
+                                                                                             replace="")]))
+        assert len(measured) <= 2 * _MOST_WINDOWS  # a stride through the file, then around its best window

@@ -219,6 +219,18 @@ def test_tool_arguments_nested_past_any_depth_are_an_error_the_model_is_told():
     assert _loads(deep) == deep  # a conversation rebuilt from the journal keeps the text as the model wrote it
 
 
+def test_a_turn_whose_arguments_the_parser_just_read_is_shown_again_in_json_mode():
+    """Found by a red-team review (2026-12-05): arguments nested just under the parser's depth limit were read, then
+    could not be written one level deeper when the conversation was rebuilt in JSON mode; the run stopped, and
+    on every resume (the journal holds the turn). Whatever the depth, the turn renders: parsed, or as sent."""
+    from roles.coder_agent import json_turn
+
+    for depth in range(850, 1000):  # the window is one level wide, where depends on the stack: all of them
+        arguments = '{"path": ' + "[" * depth + "]" * depth + "}"
+        shown = json.loads(json_turn("looking", [{"id": "c", "name": "read_file", "arguments": arguments}]))
+        assert shown["call"]["tool"] == "read_file" and shown["thought"] == "looking"
+
+
 LEANS = "        return 1 if obs[2] + 0.4 * obs[3] > 0 else 0\n"
 
 

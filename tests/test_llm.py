@@ -554,3 +554,39 @@ def test_every_variable_holding_a_key_is_named_the_runs_and_each_roles():
     config = LLMConfig.model_validate({"api_key_env": "MY_KEY", "roles": {
         "coder": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "CODER_BEARER"}, "reviewer": {"model": "m"}}})
     assert config.key_variables() == ["MY_KEY", "CODER_BEARER"]
+
+
+def _odd(variant: str) -> dict:
+    """A tool-calling reply with one field of a JSON type the API never sends (some servers and proxies do)."""
+    from tests.scripted_openai import tool_call_reply
+
+    if variant == "id":
+        return tool_call_reply(("read_file", {"path": "."}), call_ids=[123])
+    reply = tool_call_reply(("read_file", {"path": "."}))
+    message = reply["json"]["choices"][0]["message"]
+    if variant == "name":
+        message["tool_calls"][0]["function"]["name"] = 7
+    elif variant == "arguments":
+        message["tool_calls"][0]["function"]["arguments"] = {"path": "."}
+    else:
+        message["content"] = [{"type": "text", "text": "looking"}]
+    return reply
+
+
+@pytest.mark.parametrize(("variant", "stream"), [("id", True), ("name", False), ("arguments", False),
+                                                 ("content", False), ("content", True)])
+def test_a_reply_field_of_the_wrong_json_type_fails_one_attempt_not_the_run(tmp_path, server, variant, stream):
+    """Found by a red-team review (2026-12-05): a tool call's id or name that is a number, arguments
+    sent as an object, or content sent as a list went past the attempt into the transcript's records and the
+    coder's journal, whose validation ended the run (for every role, for the content). Each is now a reply of an
+    unexpected shape: one failed attempt, and the call goes on."""
+    from tests.scripted_openai import tool_call_reply
+
+    client = local_client(server, stream=stream)
+    server.queue(_odd(variant), tool_call_reply(("read_file", {"path": "policy.py"})))
+    transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
+    reply = client.turn(transcript, [{"role": "user", "content": "go"}],
+                        [{"type": "function", "function": {"name": "read_file", "parameters": {}}}])
+    assert [(c["name"], json.loads(c["arguments"])) for c in reply.tool_calls] == [("read_file", {"path": "policy.py"})]
+    calls = [e for e in transcript.entries() if e.kind == "llm_call"]
+    assert len(calls) == 2 and "unexpected response shape" in calls[0].error and "not text" in calls[0].error
