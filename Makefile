@@ -31,8 +31,8 @@ TEST_PROCESSES := $(shell n=$$(( $$(nproc) * 2 )); [ $$n -gt 8 ] && n=8; echo $$
 test: setup
 	.venv/bin/python -m pytest -n $(TEST_PROCESSES) --dist worksteal
 
-# Tests too slow for the suite (the Pong and Breakout starters' 20 episodes, a campaign on the embedded Ray stopped and
-# resumed, a two-node Ray cluster losing a node, ten kill -9s in one run, a full disk then a read-only one);
+# Tests too slow for the suite (the Pong and Breakout starters' 20 episodes, campaigns driven to their end on the
+# embedded Ray, a two-node Ray cluster losing a node, ten kill -9s in one run, a full disk then a read-only one);
 # .ci/run runs them after `make test`.
 test-slow: setup
 	.venv/bin/python -m pytest -m slow

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.plan import CampaignBudget
-from common.events import EvalFinished, TestsRun, read_events
+from common.events import read_events, steps_in
 from common.ledger import Ledger
 from store.transcripts import TranscriptRecorder, call_costs
 
@@ -23,10 +23,10 @@ KINDS = ("env_steps", "tokens", "usd")
 def run_spent(run_dir: Path) -> dict[str, float | int]:
     """What one run has spent, from its own records."""
     env_steps = 0
-    if (run_dir / "ledger.jsonl").exists():
+    if (run_dir / "ledger.jsonl").is_file():
         records = read_events(Ledger(run_dir / "ledger.jsonl"))[0]
-        env_steps = sum(r.env_steps for r in records if isinstance(r, (EvalFinished, TestsRun)))
-    costs = list(call_costs(TranscriptRecorder(run_dir).read())) if (run_dir / "transcripts").exists() else []
+        env_steps = sum(steps_in(r) for r in records)  # as the run counts its own (graph.bookkeeping.spent_by)
+    costs = list(call_costs(TranscriptRecorder(run_dir).read())) if (run_dir / "transcripts").is_dir() else []
     return {"env_steps": env_steps, "tokens": sum(c.tokens for c in costs), "usd": round(sum(c.usd for c in costs), 6)}
 
 
@@ -40,9 +40,12 @@ def share(budget: CampaignBudget, ended: list[dict[str, Any]], in_flight: list[d
         if limit is None:
             out[kind] = None
             continue
-        used = sum(float(s.get(kind) or 0) for s in ended) + sum(float(a.get(kind) or 0) for a in in_flight)
-        part = (limit - used) / max(1, not_started)
-        part = int(part) if kind != "usd" else round(part, 6)
+        if kind == "usd":
+            used = sum(float(s.get(kind) or 0) for s in ended) + sum(float(a.get(kind) or 0) for a in in_flight)
+            part = round((limit - used) / max(1, not_started), 6)
+        else:  # counts: whole numbers throughout (a float past 2**53 rounded a share above the budget)
+            used = sum(int(s.get(kind) or 0) for s in ended) + sum(int(a.get(kind) or 0) for a in in_flight)
+            part = (limit - used) // max(1, not_started)
         if part <= 0:
             return None
         out[kind] = part

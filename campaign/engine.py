@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,6 +182,7 @@ class Driver:
     on_line: Callable[[str], None] = print
     in_flight: dict[Any, Flight] = field(default_factory=dict)  # Ray object ref -> its run
     stop_reason: str = "stopped"  # why runs cancelled now are stopped
+    stop_status: str = "stopped"  # what they are recorded as: "stopped" starts again on resume; "out_of_time" does not
     name: str = field(default_factory=lambda: uuid.uuid4().hex)  # this driver, as its tasks' stop marker names it
 
     @cached_property
@@ -262,13 +264,14 @@ class Driver:
                 # The campaign's wall-clock budget: runs in flight stop (each records its interruption) and none
                 # starts again; `heurist resume RUN_DIR` can go on with one outside the campaign's budget.
                 why = f"the campaign's {hours:g} h are spent"
-                self._stop_all(why)
+                self._stop_all(why, status="out_of_time")
                 self._skip_rest(why)
                 return "finished", why
             waiting = self._waiting()
             while waiting and len(self.in_flight) < limit:
-                if not self._launch(task, waiting.pop(0), hours_left):
-                    break
+                # A new run the budget has no share for is passed over, not the runs after it: one started before
+                # (lost, or stopped) goes on with the share it was given.
+                self._launch(task, waiting.pop(0), hours_left)
             if not self.in_flight:
                 if not self._waiting():
                     return "finished", "every run has ended"
@@ -331,9 +334,17 @@ class Driver:
             allotment = dict(part)
             try:
                 config = build_config(with_share(planned.config, part, hours_left), f"campaign run {key}")
+                # Made in part by a driver killed in create_run: without run.json no run ever started there.
+                if run_dir.is_symlink() or run_dir.is_file():
+                    run_dir.unlink()
+                elif run_dir.exists():
+                    shutil.rmtree(run_dir)
                 create_run(config, run_dir)
             except HeuristError as exc:  # its policy file went away since the campaign started, say
                 self._record_end(Flight(key, 0, allotment), "failed", str(exc))
+                return True
+            except OSError as exc:
+                self._record_end(Flight(key, 0, allotment), "failed", f"cannot make {run_dir}: {exc.strerror}")
                 return True
         attempts = self._attempts(key)
         if attempts >= record.spec.max_attempts:
@@ -346,8 +357,13 @@ class Driver:
         # A run whose episodes run on Ray holds no CPU itself: they hold one per worker pair, as Ray tasks of their
         # own, and runs holding every CPU would wait forever for them.
         on_ray = (planned.config.get("eval") or {}).get("backend") == "ray"
-        ref = task.options(num_cpus=0 if on_ray else record.spec.resources.cpus_per_run,
-                           max_retries=0).remote(str(run_dir), self.home, str(self.campaign.root), self.name)
+        try:
+            ref = task.options(num_cpus=0 if on_ray else record.spec.resources.cpus_per_run,
+                               max_retries=0).remote(str(run_dir), self.home, str(self.campaign.root), self.name)
+        except (ValueError, TypeError) as exc:  # Ray refused the task: recorded as this start's end, not the driver's
+            self._record_end(Flight(key, attempt, allotment), "failed",
+                             f"Ray refused to start it: {' '.join(str(exc).split())[:300]}")
+            return True
         self.in_flight[ref] = Flight(key, attempt, allotment)
         self.on_line(f"started {key} (attempt {attempt})")
         return True
@@ -386,7 +402,7 @@ class Driver:
         if status in ("finished", "paused"):  # its own ledger says it ended, whatever happened to the task after
             self._record_end(flight, status, node=outcome.get("node"))
         elif lost == "stopped" or outcome.get("stopped"):
-            self._record_end(flight, "stopped", self.stop_reason)
+            self._record_end(flight, self.stop_status, self.stop_reason)
         elif lost is not None:
             self._record_end(flight, "lost", f"{lost}; it starts again from its checkpoint")
         elif outcome.get("lock_held"):
@@ -429,13 +445,19 @@ class Driver:
         return WandbConfig.model_validate(config) if config else None
 
     def _skip_rest(self, reason: str) -> None:
+        """The runs left are not started: those never started are skipped; one started before (stopped, or lost)
+        ends as it stands, with what it spent (``heurist resume RUN_DIR`` can go on with it by hand)."""
+        launched, _ = self._state()
         for key in self._waiting():
-            self.campaign.ledger.append(RunEnded(key=key, attempt=0, status="skipped", reason=reason))
+            if key in launched:
+                self._record_end(Flight(key, launched[key].attempt, launched[key].allotment), "out_of_time", reason)
+            else:
+                self.campaign.ledger.append(RunEnded(key=key, attempt=0, status="skipped", reason=reason))
 
-    def _stop_all(self, why: str) -> None:
+    def _stop_all(self, why: str, status: str = "stopped") -> None:
         import ray
 
-        self.stop_reason = why
+        self.stop_reason, self.stop_status = why, status
         # Two ways to each task, since Ray's cancel is best effort: the marker every task polls, then the cancel
         # (a KeyboardInterrupt in the task), which also takes back a task Ray has not started yet.
         if self.in_flight:

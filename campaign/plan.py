@@ -42,7 +42,9 @@ class CampaignBudget(_Strict):
 
 
 class Resources(_Strict):
-    cpus_per_run: float = Field(1.0, gt=0, description="Ray CPUs each run holds; its evaluator gets that many workers.")
+    # Ray takes a fraction of a CPU down to 0.0001 (a finer one failed each start of the run, after it was recorded).
+    cpus_per_run: float = Field(1.0, ge=0.0001, le=100_000, allow_inf_nan=False,
+                                description="Ray CPUs each run holds; its evaluator gets that many workers.")
 
 
 class CampaignSpec(_Strict):

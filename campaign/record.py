@@ -75,7 +75,8 @@ class RunEnded(_Event):
     event: Literal["campaign_run_ended"] = "campaign_run_ended"
     key: str
     attempt: int
-    status: Literal["finished", "paused", "failed", "lost", "stopped", "skipped"]
+    # out_of_time: started, then cut off by the campaign's hours (or left stopped when they ran out): final.
+    status: Literal["finished", "paused", "failed", "lost", "stopped", "skipped", "out_of_time"]
     reason: str
     node: str | None = None
     spent: dict[str, float | int] = Field(default_factory=dict)
@@ -122,9 +123,10 @@ class CampaignDir:
             raise CampaignError(f"{self.root} is not a campaign directory (no campaign.json); give the folder "
                                 f"`heurist campaign start` made")
         try:
-            return CampaignRecord.model_validate_json(path.read_text())
-        except ValidationError as exc:
-            raise CampaignError(f"{path} is damaged ({exc.errors()[0]['msg']}); the runs under {self.root / 'runs'} "
+            return CampaignRecord.model_validate_json(path.read_bytes())
+        except (ValidationError, OSError) as exc:
+            why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc.strerror
+            raise CampaignError(f"{path} is damaged ({why}); the runs under {self.root / 'runs'} "
                                 f"are intact and each resumes with `heurist resume`") from None
 
     def events(self) -> list[CampaignEvent]:

@@ -41,7 +41,8 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
         state = ended[-1].status
     else:
         state = "stopped (resume it)" if events else "created"
+    final = ("finished", "paused", "failed", "skipped", "stopped", "out_of_time")
     summary = {"name": record.name, "state": state, "runs": len(rows),
-               "ended": sum(1 for r in rows if r["status"] in ("finished", "paused", "failed", "skipped", "stopped")),
+               "ended": sum(1 for r in rows if r["status"] in final),
                "env_steps": sum(r["env_steps"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
     return rows, summary

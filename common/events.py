@@ -233,6 +233,17 @@ LedgerEvent = Annotated[Union[EvalStarted, EvalFinished, EvalInterrupted, RunSta
 _EVENT = TypeAdapter(LedgerEvent)
 
 
+# Every record that carries env steps heurist ran: evaluations (their clips' re-simulation included), regression
+# tests' own episodes, scenarios saved and replayed. The one definition of a run's steps: its own budget (``graph``),
+# a campaign's share of its budget (``campaign.budget``) and the report's axes all count these.
+STEP_RECORDS = (EvalFinished, TestsRun, ScenariosSaved, ScenarioSteps)
+
+
+def steps_in(record: LedgerEvent) -> int:
+    """The env steps one record says were run (0 for a record of another kind)."""
+    return record.env_steps if isinstance(record, STEP_RECORDS) else 0
+
+
 def read_events(ledger: Ledger) -> tuple[list[LedgerEvent], int]:
     """Every record of the ledger in order, and how many lines are damaged (not JSON, or not a record)."""
     raw, bad = ledger.read()

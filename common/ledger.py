@@ -63,16 +63,19 @@ class Ledger:
         if not self.path.exists():
             return [], 0
         records, bad = [], 0
-        with open(self.path, "rb") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except ValueError:  # not JSON; bytes that are not text at all raise UnicodeDecodeError
-                    record = None
-                if isinstance(record, dict):
-                    records.append(record)
-                else:
-                    bad += 1
+        try:
+            with open(self.path, "rb") as fh:
+                for raw in fh:
+                    if not raw.strip():
+                        continue
+                    try:
+                        record = json.loads(raw)
+                    except ValueError:  # not JSON; bytes that are not text at all raise UnicodeDecodeError
+                        record = None
+                    if isinstance(record, dict):
+                        records.append(record)
+                    else:
+                        bad += 1
+        except OSError as exc:  # a folder where the ledger should be, no permission: one line naming it
+            raise LedgerError(f"cannot read the ledger {self.path}: {exc.strerror}") from None
         return records, bad

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from common.events import EvalFinished, LedgerEvent, ScenariosSaved, ScenarioSteps, TestsRun, read_events
+from common.events import LedgerEvent, read_events, steps_in
 from graph.context import Services
 from graph.state import RunState, Spent
 
@@ -35,8 +35,7 @@ def recorded(s: Services, kind: type[LedgerEvent], records: list[LedgerEvent] | 
 
 def spent_by(s: Services, records: list[LedgerEvent]) -> Spent:
     """What the run has spent so far (the state's ``spent``)."""
-    env_steps = sum(r.env_steps for r in records
-                    if isinstance(r, (EvalFinished, TestsRun, ScenariosSaved, ScenarioSteps)))
+    env_steps = sum(steps_in(r) for r in records)
     elapsed = s.elapsed_before + (time.monotonic() - s.session_started)
     return {"env_steps": env_steps, "tokens": s.usage.tokens, "usd": round(s.usage.usd, 6),
             "unpriced_tokens": s.usage.unpriced_tokens, "llm_calls": s.usage.calls, "elapsed_s": round(elapsed, 1)}

@@ -21,7 +21,7 @@ import numpy as np
 
 from campaign.record import CampaignDir
 from campaign.status import campaign_status
-from common.events import EvalFinished, IterationDone, RunFinished, RunStarted, read_events
+from common.events import IterationDone, RunFinished, RunStarted, read_events, steps_in
 from common.ledger import Ledger
 from envs.tasks import get_task
 
@@ -78,13 +78,12 @@ def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> R
     policy's score (``run_started``); and the holdout mean, measured once at the run's end."""
     spec = get_task(task)
     curve = RunCurve(key=key, task=task, obs_mode=spec.obs_mode or "state", repeat=repeat, status=status)
-    if not (run_dir / "ledger.jsonl").exists():
+    if not (run_dir / "ledger.jsonl").is_file():
         return curve
     steps, started = 0, False
     for event in read_events(Ledger(run_dir / "ledger.jsonl"))[0]:
-        if isinstance(event, EvalFinished):
-            steps += event.env_steps
-        elif isinstance(event, RunStarted) and not started:
+        steps += steps_in(event)
+        if isinstance(event, RunStarted) and not started:
             started = True
             mean = event.start.get("mean") if isinstance(event.start, dict) else None
             if mean is not None:

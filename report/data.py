@@ -21,8 +21,8 @@ from common.events import (
     RunFinished,
     RunStarted,
     SimplifyDone,
-    TestsRun,
     read_events,
+    steps_in,
 )
 from common.formatting import cost_text
 from common.ledger import Ledger
@@ -94,10 +94,8 @@ def _points(records: list[LedgerEvent], start_sha: str | None, dev_seeds: list[i
     points: list[Point] = []
     steps, started = 0, False
     for r in records:
-        if isinstance(r, TestsRun):  # a test's own episodes, in ledgers written before tests used the evaluator
-            steps += r.env_steps
+        steps += steps_in(r)  # as the run counts its own
         if isinstance(r, EvalFinished):
-            steps += r.env_steps
             if r.split != "dev" or r.mean is None or r.max_steps is not None:  # a cut evaluation is not a score
                 continue
             tokens, usd = clock.at(_iso_to_epoch(r.time))

@@ -53,6 +53,8 @@ def _campaign_file(tmp: Path, head: str) -> Path:
     ('name = "c"\ntasks = ["CartPole-v1"]\nprotocol = "deterministic"\n', "has no protocol 'deterministic'"),
     ('name = "c"\ntasks = ["CartPole-v1"]\n[policies]\n"Acrobot-v1" = "p.py"\n', "not among the campaign's runs"),
     ('name = "c"\ntasks = ["CartPole-v1"]\n[budget]\nusd = -1\n', "budget.usd"),
+    ('name = "c"\ntasks = ["CartPole-v1"]\n[resources]\ncpus_per_run = 0.00001\n', "resources.cpus_per_run"),
+    ('name = "c"\ntasks = ["CartPole-v1"]\n[resources]\ncpus_per_run = inf\n', "resources.cpus_per_run"),
 ])
 def test_a_bad_campaign_file_is_one_line_before_anything_starts(home, head, words):
     tmp, env = home
@@ -93,6 +95,8 @@ def test_shares_never_add_up_past_the_campaign_budget():
     assert given[0] == {"env_steps": 250, "tokens": None, "usd": 0.75}
     assert given[-1]["env_steps"] > 250  # what earlier runs left is handed on
     assert share(CampaignBudget(env_steps=10), [{"env_steps": 10}], [], 1) is None
+    huge = 99999999999999999999999999  # past 2**53: a float share once came out above the budget
+    assert share(CampaignBudget(env_steps=huge), [], [], 1)["env_steps"] == huge
 
 
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -320,6 +324,60 @@ def test_stopping_a_campaign_no_one_drives_says_so(home):
     assert status.returncode == 0 and "not started" in status.stdout and "created" in status.stdout
 
 
+# One run of one iteration on the embedded Ray: about 15 CPU-seconds. Slow, as the other campaigns driven to the end.
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_run_a_killed_driver_left_half_made_is_made_again(home):
+    """Found by a red-team review (2026-12-05): a driver killed inside create_run left the run's folder with its
+    starting policy and no run.json; every resume then recorded the run failed for good ("already exists and is not
+    empty"), with advice that could not work. Without run.json nothing ever ran there: the folder is made again."""
+    tmp, env = home
+    path = _campaign_file(tmp, f'''
+        name = "one"
+        tasks = ["CartPole-v1"]
+        [policies]
+        "CartPole-v1" = "{tmp / "weak.py"}"
+        ''')
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+
+    spec, runs = load_campaign(path)
+    campaign = CampaignDir.create(tmp / "camp", path, spec, runs)
+    debris = campaign.run_dir(runs[0].key)
+    debris.mkdir(parents=True)
+    (debris / "starting_policy.py").write_text((tmp / "weak.py").read_text())
+    (debris / ".run.json.k3j4h5g6.tmp").write_text("{")  # the temp file of the write the kill cut short
+    done = heurist(env, "campaign", "resume", tmp / "camp", "--max-concurrent", "1", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ends = [e for e in _events(tmp / "camp") if e["event"] == "campaign_run_ended"]
+    assert [(e["key"], e["status"]) for e in ends] == [(runs[0].key, "finished")], ends
+    assert not (debris / ".run.json.k3j4h5g6.tmp").exists()
+
+
+def test_a_damaged_campaign_file_or_run_ledger_is_one_line(home):
+    """Found by a red-team review (2026-12-05): a campaign.json that is not UTF-8, or a run's ledger that is a
+    folder, was an internal error in status, report, resume and stop."""
+    tmp, env = home
+    path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir, RunLaunched
+
+    spec, runs = load_campaign(path)
+    campaign = CampaignDir.create(tmp / "camp", path, spec, runs)
+    run_dir = campaign.run_dir(runs[0].key)
+    (run_dir / "ledger.jsonl").mkdir(parents=True)
+    campaign.ledger.append(RunLaunched(key=runs[0].key, attempt=1, run_dir=str(run_dir), allotment={}))
+    for command in ("status", "report"):
+        done = heurist(env, "campaign", command, tmp / "camp")
+        assert done.returncode == 2 and "cannot read the ledger" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    (tmp / "camp" / "campaign.json").write_bytes(b"\xff\xfe{")
+    for command in ("status", "report", "resume"):
+        done = heurist(env, "campaign", command, tmp / "camp")
+        assert done.returncode == 2 and "campaign.json is damaged" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
 def _kill_tree(root: int) -> None:
     """SIGKILL a process and every descendant, however they grouped themselves (Ray's workers start sessions of
     their own), as a machine that dies takes everything on it: stopped first, so none starts another."""
@@ -468,6 +526,50 @@ def test_a_spent_budget_skips_the_runs_not_started(home):
     assert ends["cartpole-v1-r1"]["status"] == "skipped" and "budget is spent" in ends["cartpole-v1-r1"]["reason"]
     first = json.loads((tmp / "camp" / "runs" / "cartpole-v1-r0" / "run.json").read_text())["config"]["budget"]
     assert first["env_steps"] == 50 and not (tmp / "camp" / "runs" / "cartpole-v1-r1").exists()
+
+
+# A policy whose every episode takes 20 s (its reset waits): the run's first evaluation outlasts the campaign's
+# hours on any machine, so the campaign, not the run's own hours budget, ends it.
+SLOW_TO_RESET = """
+import time
+
+
+class Policy:
+    def reset(self, seed):
+        time.sleep(20)
+
+    def act(self, obs, info):
+        return 0
+"""
+
+
+def test_a_run_the_campaigns_hours_cut_off_ends_once_with_what_it_spent(home):
+    """Found by a red-team review (2026-12-05): when the hours ran out, a run in flight was recorded "stopped" (with
+    what it spent), then "skipped" (with nothing): its status said skipped, its steps were gone from the campaign's
+    totals, and a resume would not pick it up. It now ends once, out_of_time, with what it spent; the run never
+    started is skipped. The hours are 9 s; the run could not end by itself in under 20."""
+    tmp, env = home
+    (tmp / "slow.py").write_text(SLOW_TO_RESET)
+    path = tmp / "campaign.toml"
+    path.write_text(textwrap.dedent(f'''
+        name = "short"
+        tasks = ["CartPole-v1"]
+        repeats = 2
+        [policies]
+        "CartPole-v1" = "{tmp / "slow.py"}"
+        [budget]
+        hours = 0.0025
+        ''') + RUN)
+    done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", "--max-concurrent", "1", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ends = [e for e in _events(tmp / "camp") if e["event"] == "campaign_run_ended"]
+    assert [(e["key"], e["status"]) for e in ends] == [("cartpole-v1-r0", "out_of_time"), ("cartpole-v1-r1", "skipped")]
+    assert "h are spent" in ends[0]["reason"]
+    from campaign.budget import run_spent
+
+    assert ends[0]["spent"] == run_spent(tmp / "camp" / "runs" / "cartpole-v1-r0")
+    status = heurist(env, "campaign", "status", tmp / "camp")
+    assert status.returncode == 0 and "out_of_time" in status.stdout, status.stdout
 
 
 def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | None = None) -> None:

@@ -208,6 +208,12 @@ def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_th
     assert tests_run["env_steps"] > 0  # the scenario runs, counted
     scenario_test = (tmp / "run" / "workspace" / "tests" / "test_scenarios_0001.py").read_text()
     assert "run_scenario(" in scenario_test
+    # A campaign counts a run's steps as the run does, its scenarios' included (it once left them out, and so
+    # gave later runs more than the campaign's budget held).
+    from campaign.budget import run_spent
+
+    own = json.loads((tmp / "run" / "summary.json").read_text())["spent"]["env_steps"]
+    assert run_spent(tmp / "run")["env_steps"] == own > saved["env_steps"]
 
     # The saved moment went into memory with its failure: a second run on the task, in another run directory and
     # saving no scenario of its own, recalls it, replays it and keeps a test of the old failure its edit fixes.
