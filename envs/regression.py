@@ -177,15 +177,18 @@ class PolicySession:
             raise KitRefused(f"{reply.get('status')}: {reply.get('error')}")
         return reply
 
-    def reset(self, seed: int) -> None:
+    def _refuse_protected(self, seed: int, what: str) -> None:
         # A test drives the policy on seeds of its own choosing, but never on the task's protected ones: their
         # returns would reach the model through the test's failure message, and holdout seeds are used once, on
         # purpose, by heurist alone. (A test can still build the environment itself: see DEVELOPERS.md.)
         seeds = TaskSpec.model_validate_json(self.policy.task_json).seeds
         for split in ("holdout", "audit"):
             if seed in getattr(seeds, split):
-                raise KitRefused(f"seed {seed} is one of the task's {split} seeds, which tests may not use; "
+                raise KitRefused(f"{what} seed {seed}, one of the task's {split} seeds, which tests may not use; "
                                  f"use a dev seed ({seeds.dev[0]}..{seeds.dev[-1]}) or any other")
+
+    def reset(self, seed: int) -> None:
+        self._refuse_protected(seed, "a reset on")
         self._run("policy_reset", seed=seed)
         self.reset_done = True
 
@@ -214,6 +217,7 @@ class PolicySession:
         scenario = load_scenario(p.scenarios, name)
         if scenario.task != TaskSpec.model_validate_json(p.task_json).id or scenario.protocol != p.protocol:
             raise KitRefused(f"scenario {name} is of {scenario.task} ({scenario.protocol}), not of the task under test")
+        self._refuse_protected(scenario.seed, f"scenario {name} is of")  # heurist saves none: one from elsewhere
         reply = self._run("scenario_run", scenario=scenario.model_dump(mode="json"), record=record,
                           film_dir=str(film_dir) if film_dir is not None else None)
         self.reset_done = False  # slot 0 held the scenario's policy: a load_policy() test resets again

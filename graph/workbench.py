@@ -32,6 +32,7 @@ class RunWorkbench:
         self.incumbent = services.workspace.source_at(self.commit)
         self.dev_seeds = services.dev_seeds()
         self.incumbent_scores = seeds_of(state["incumbent"])
+        self.films = services.config.eval.video
         self.recalled = set(state.get("recalled_scenarios") or {})
         self._scenarios: dict[str, str] | None = None
 

@@ -136,6 +136,8 @@ class ToolBox:
         return "\n".join(lines), None
 
     def _tool_frames(self, args: FramesArgs) -> tuple[str, str | None]:
+        if not self.wb.films:  # an evaluation would spend env steps and still record no clip
+            return "no frames: this run records no clips (eval.video = false); use trace for the steps", None
         source = self.wb.incumbent if args.policy == "incumbent" else self.state.source
         result = self._evaluate(source, [args.seed], video=True)
         clips = [c for c in result.clips if c.seed == args.seed]

@@ -157,6 +157,7 @@ class Workbench(Protocol):
     incumbent: str  # the incumbent policy's source
     dev_seeds: list[int]
     incumbent_scores: dict[int, float | None]
+    films: bool  # whether evaluations record clips (eval.video): without, the frames tool has nothing to show
 
     def files(self) -> dict[str, str]:
         """Readable files by path: the accepted tests (tests/...) and history/NNNN.md."""

@@ -166,7 +166,8 @@ def test_a_server_without_tools_gets_each_call_as_a_json_object(home):
     policy.write_text(WEAK)
     refused = {"status": 400, "json": {"error": {"message": "tools are not supported by this server",
                                                  "type": "invalid_request_error"}}}
-    calls = [{"tool": "edit", "arguments": {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}},
+    calls = [{"tool": "frames", "arguments": {"seed": 1, "step": 3}},  # this run films nothing (eval.video off)
+             {"tool": "edit", "arguments": {"blocks": [{"search": REACTS_LATE, "replace": BALANCES}]}},
              {"tool": "score", "arguments": {"seeds": [0]}},
              {"tool": "submit", "arguments": {"rationale": "push toward the fall", "target_seeds": [0]}}]
     with ScriptedOpenAI() as server:
@@ -174,7 +175,10 @@ def test_a_server_without_tools_gets_each_call_as_a_json_object(home):
         state = execute(create_run(agent_config(server, policy), home / "run"))
         bodies = [r["body"] for r in server.requests if r["path"].endswith("/chat/completions")]
     assert state["history"][0]["accepted"], state["history"]
-    assert [r.name for r in tool_runs(home / "run")] == ["edit", "score", "submit"]
+    runs = tool_runs(home / "run")
+    assert [r.name for r in runs] == ["frames", "edit", "score", "submit"]
+    # A run that records no clips says so and spends nothing (an evaluation for a clip it would never film, before).
+    assert runs[0].result.startswith("no frames: this run records no clips") and not runs[0].env_steps
     assert "tools" in bodies[0] and not any("tools" in b for b in bodies[1:])
     schema = bodies[1]["response_format"]["json_schema"]
     assert schema["name"] == "ToolRequest" and "Call_edit" in json.dumps(schema["schema"])  # each tool's arguments

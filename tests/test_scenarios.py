@@ -189,6 +189,29 @@ def test_a_test_replays_a_saved_scenario_through_the_sandboxed_kit_and_it_tells_
     assert on_weak.scenario_steps == window  # it fell where it fell before, and heurist counted the steps
     assert on_good.scenario_steps == 2 * window  # it balanced past that moment, as long again
 
+    # A scenario of a holdout seed (heurist saves none: one imported from elsewhere) is refused to a test, as an
+    # episode or a reset on that seed is.
+    from envs.scenario_files import keep_scenario
+    from envs.scenarios import scenario_name
+
+    good_record = load_scenario(folder, name)
+    protected = good_record.model_copy(update={"seed": 1000, "name": scenario_name(
+        1000, good_record.event_kind, good_record.event_step)})
+    kept = keep_scenario(folder, Scenario.model_validate(protected.model_dump(mode="json")))
+    refused = run_test_file("tests/test_scenario.py", textwrap.dedent(f'''
+        from heurist_testkit import KitError, run_scenario
+
+
+        def test_a_holdout_scenario():
+            try:
+                run_scenario("{kept}")
+            except KitError as exc:
+                assert "holdout seeds, which tests may not use" in str(exc), str(exc)
+            else:
+                raise AssertionError("a holdout seed's scenario ran")
+        '''), on_weak, LIMITS, 120)
+    assert refused.passed, refused
+
 
 def test_a_run_saves_its_failures_and_keeps_a_scenario_test_that_fails_before_the_fix(home):
     tmp, env = home
