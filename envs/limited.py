@@ -23,8 +23,10 @@ import ctypes
 import json
 import os
 import resource
+import select
 import signal
 import sys
+import time
 from pathlib import Path
 
 _PR_CAPBSET_DROP = 24
@@ -212,6 +214,7 @@ def become_reaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"could not become the sandbox's reaper ({os.strerror(ctypes.get_errno())})")
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # inherited as ignored, children would be reaped unseen
     # Held off across the fork, so that a SIGTERM from heurist is never lost: it is taken once the child is known.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -223,45 +226,88 @@ def become_reaper() -> None:
         return
     os.closerange(3, _highest_fd() + 1)  # the sandbox's pipes are its own: the other end must see it hang up
     try:
-        _reaped_child.append(os.pidfd_open(child))
+        pidfd: int | None = os.pidfd_open(child)
+        _reaped_child.append(pidfd)
     except (AttributeError, OSError):
+        pidfd = None
         _reaped_child.append(-child)  # no pidfds (Linux before 5.3): the pid, which is ours until waited for
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    status = _wait_for(child)
-    if _reaped_child[0] < 0:
+    status = _wait_for(child, pidfd)
+    if pidfd is None:
         _reaped_child.clear()
     _end_all_children()
     _exit_as(status)
 
 
-def _wait_for(pid: int) -> int:
-    """The child's wait status; orphans handed to this process on the way are reaped as they end (a zombie still
-    counts against the sandbox user's process limit)."""
+# The wait statuses of children reaped while looking for another (an orphan ending as the child is waited for).
+_statuses: dict[int, int] = {}
+
+
+def _reap_ended() -> None:
+    """Reap every child that has ended and can be reaped, without waiting."""
     while True:
         try:
-            found, status = os.waitpid(-1, 0)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return 0x9  # not ours to wait for any more: only a lost child, which counts as killed
-        if found == pid:
-            return status
+            return
+        if pid == 0:
+            return
+        _statuses[pid] = status
+
+
+def _wait_for(child: int, pidfd: int | None) -> int:
+    """The child's wait status; orphans handed to this process on the way are reaped as they end (a zombie still
+    counts against the sandbox user's process limit). Where the kernel has pidfds the wait is on the child's: a
+    child that another process of the sandbox's user traces is not reported to waitpid until the tracer lets go
+    (which it need never do), but its pidfd says it has ended, and /proc says how."""
+    if pidfd is None:
+        while True:
+            try:
+                found, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return 0x9  # not ours to wait for any more: only a lost child, which counts as killed
+            if found == child:
+                return status
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    while True:
+        ended = poller.poll(1000)
+        _reap_ended()
+        if child in _statuses:
+            return _statuses.pop(child)
+        if ended:  # ended, and not reaped: held by a tracer
+            return _status_in_proc(child)
+
+
+def _status_in_proc(pid: int) -> int:
+    """A zombie's wait status, as the kernel keeps it (``exit_code``, the 52nd field of ``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rpartition(b")")[2].split()[49])
+    except (OSError, ValueError, IndexError):
+        return 0x9
 
 
 def _end_all_children() -> None:
-    """Kill this process's children until it has none: each one killed hands its own children to this process
-    (a subreaper), so the tree is ended from the top down, however it forked or detached."""
+    """Kill this process's children until none of them lives: each one killed hands its own children to this
+    process (a subreaper), so the tree is ended from the top down, however it forked or detached. A zombie a
+    tracer holds is left (it runs nothing; init reaps it once this process has gone)."""
+    pause = 0.001
     while True:
-        for pid in _children():
+        living = [pid for pid, zombie in _children() if not zombie]
+        for pid in living:
             _kill(pid)
-        try:
-            os.waitpid(-1, 0)  # one has ended (they all will: SIGKILL); its orphans are ours now
-        except ChildProcessError:
-            return  # none left
+        _reap_ended()
+        if not living:
+            return
+        time.sleep(pause)  # killed processes end within a millisecond or two; their children are ours then
+        pause = min(pause * 2, 0.02)
 
 
-def _children() -> list[int]:
-    """This process's living children, from ``/proc`` (``ppid`` is the fourth field of ``/proc/PID/stat``, after a
-    command name that may hold spaces and parentheses)."""
+def _children() -> list[tuple[int, bool]]:
+    """This process's children, each with whether it is a zombie, from ``/proc`` (state and ``ppid`` are the third
+    and fourth fields of ``/proc/PID/stat``, after a command name that may hold spaces and parentheses)."""
     me, found = os.getpid(), []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -272,7 +318,7 @@ def _children() -> list[int]:
         except OSError:
             continue  # it ended while we looked
         if len(fields) > 1 and int(fields[1]) == me:
-            found.append(int(entry.name))
+            found.append((int(entry.name), fields[0] in (b"Z", b"X")))
     return found
 
 
