@@ -41,13 +41,12 @@ class Edit(BaseModel):
 
 
 # The nearest-lines hint is a hint: what it costs must not grow with what the model sends. A window-by-window
-# SequenceMatcher was quadratic (8 s for one failed SEARCH of 4,000 lines in an 8,000-line file, holding the GIL).
+# SequenceMatcher was quadratic (8 s for one failed SEARCH of 4,000 lines in an 8,000-line file, holding the GIL);
+# its ratio() is quadratic in the characters compared, so few windows get it, and on few characters.
 _COMMON_LINE = 50  # a line found more often than this ("return 0", "else:") says nothing about where a block is
-_COMPARED_LINES, _COMPARED_CHARS = 100, 4000  # of a window and of the SEARCH, when their likeness is measured
-# Where no line of the SEARCH is in the file as it is, windows are measured by likeness: at most this many, and at
-# most this many characters compared in all (a stride through the file where there are more, then every window
-# within a stride of the best).
-_MOST_WINDOWS, _MOST_CHARS = 400, 1_000_000
+_COMPARED_LINES, _COMPARED_CHARS = 40, 1000  # of a window and of the SEARCH, when their likeness is measured
+_MOST_WINDOWS = 400  # looked at (by the cheap quick_ratio) in a pass through the file, and again around the best
+_MEASURED = 8  # of those, the best by quick_ratio get the full ratio()
 
 
 def _nearest(source: str, search: str) -> str:
@@ -59,10 +58,19 @@ def _nearest(source: str, search: str) -> str:
     last = max(0, len(lines) - size)
     compared = min(size, _COMPARED_LINES)
     target = "\n".join(wanted[:compared])[:_COMPARED_CHARS]
+    matcher = difflib.SequenceMatcher(None, b=target)  # b is analysed once, for every window
 
-    def likeness(start: int) -> float:
-        window = "\n".join(lines[start:start + compared])[:_COMPARED_CHARS]
-        return difflib.SequenceMatcher(None, window, target).ratio()
+    def best_of(starts: list[int]) -> tuple[float, int]:
+        """The most alike of these windows, as (likeness, -start): the earliest on a tie."""
+        quick = []
+        for start in starts:
+            matcher.set_seq1("\n".join(lines[start:start + compared])[:_COMPARED_CHARS])
+            quick.append((matcher.quick_ratio(), -start))
+        measured = []
+        for _, negative in sorted(quick, reverse=True)[:_MEASURED]:
+            matcher.set_seq1("\n".join(lines[-negative:-negative + compared])[:_COMPARED_CHARS])
+            measured.append((matcher.ratio(), negative))
+        return max(measured)
 
     # Where the SEARCH's own lines are (whitespace aside), each votes for the start its offset gives.
     where: dict[str, list[int]] = {}
@@ -78,14 +86,13 @@ def _nearest(source: str, search: str) -> str:
                 votes[start] = votes.get(start, 0) + 1
     if votes:
         most = max(votes.values())
-        candidates, stride = sorted(start for start, count in votes.items() if count == most)[:_MOST_WINDOWS], 1
-    else:
-        stride = max(-(-(last + 1) // _MOST_WINDOWS), -(-(last + 1) * max(1, len(target)) // _MOST_CHARS))
-        candidates = list(range(0, last + 1, stride))
-    alike, best = max((likeness(start), -start) for start in candidates)
-    if stride > 1:
-        alike, best = max((likeness(start), -start) for start in range(max(0, -best - stride + 1),
-                                                                          min(last, -best + stride - 1) + 1))
+        alike, best = best_of(sorted(start for start, count in votes.items() if count == most)[:_MOST_WINDOWS])
+    else:  # a pass through the file, then every window around the best (at most _MOST_WINDOWS each)
+        stride = -(-(last + 1) // _MOST_WINDOWS)
+        alike, best = best_of(list(range(0, last + 1, stride)))
+        if stride > 1:
+            near = range(max(0, -best - stride + 1), min(last, -best + stride - 1) + 1)
+            alike, best = best_of(list(near)[::-(-len(near) // _MOST_WINDOWS)])
     shown = "\n".join(lines[-best:-best + size])
     return f"the nearest lines (from line {1 - best}, {alike:.0%} alike) are:\n{shown}"
 
