@@ -268,10 +268,16 @@ class Driver:
                 self._skip_rest(why)
                 return "finished", why
             waiting = self._waiting()
+            launched_before = set(self._state()[0])
+            no_share = False
             while waiting and len(self.in_flight) < limit:
-                # A new run the budget has no share for is passed over, not the runs after it: one started before
-                # (lost, or stopped) goes on with the share it was given.
-                self._launch(task, waiting.pop(0), hours_left)
+                # Once a new run finds no share, the others this pass would not either (a share is the same for
+                # every run not started): they wait. A run started before (lost, or stopped) goes on with its own.
+                key = waiting.pop(0)
+                if no_share and key not in launched_before:
+                    continue
+                if not self._launch(task, key, hours_left):
+                    no_share = True
             if not self.in_flight:
                 if not self._waiting():
                     return "finished", "every run has ended"
@@ -450,7 +456,12 @@ class Driver:
         launched, _ = self._state()
         for key in self._waiting():
             if key in launched:
-                self._record_end(Flight(key, launched[key].attempt, launched[key].allotment), "out_of_time", reason)
+                flight = Flight(key, launched[key].attempt, launched[key].allotment)
+                status = run_status(self.campaign.run_dir(key))
+                if status in ("finished", "paused"):  # it ended by itself as its driver was killed: as it says
+                    self._record_end(flight, status)
+                else:
+                    self._record_end(flight, "out_of_time", reason)
             else:
                 self.campaign.ledger.append(RunEnded(key=key, attempt=0, status="skipped", reason=reason))
 
