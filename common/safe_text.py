@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from functools import lru_cache
 from typing import Any
 
 # Names that say a variable holds a secret. A value shorter than MIN_SECRET_CHARS ("true", a short
@@ -79,10 +80,16 @@ def redact(text: str, secrets: list[tuple[str, str]] | None = None) -> str:
     for value, name in secret_values() if secrets is None else secrets:
         if value in text:
             text = text.replace(value, f"[redacted ${name}]")
-        escaped = json.dumps(value)[1:-1]
+        escaped = _json_escaped(value)
         if escaped != value and escaped in text:
             text = text.replace(escaped, f"[redacted ${name}]")
     return text
+
+
+@lru_cache(maxsize=64)
+def _json_escaped(value: str) -> str:
+    """A secret as JSON writes it inside a string (a page redacts every value it shows: worked out once each)."""
+    return json.dumps(value)[1:-1]
 
 
 def redact_deep(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any:

@@ -45,7 +45,7 @@ def shown(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any:
     or a model's code would make the page show other text than the one recorded. Markup (plots, highlighted code)
     is heurist's own and passes as it is."""
     if isinstance(value, str) and not isinstance(value, Markup):
-        return printable(redact(value, secrets))
+        return printable(redact(value, secrets).replace("\r\n", "\n"))  # a CRLF file's lines, not a \r on each
     return value
 
 

@@ -7,6 +7,7 @@ tools; ``summary.md`` is what a person reads in the morning.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,15 @@ from common.safe_text import printable, redact, redact_deep
 from envs.tasks import TaskSpec
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]()!<>|#~])")  # what markdown or a table would read: links, images, tags, cells
+
+
 def _inert(text: str, limit: int = 160) -> str:
-    """Text a model or a policy wrote, in one line of markdown that shows it and does nothing else: control
-    characters visible (``printable``), no line breaks, and what markdown or a table would read (HTML tags, a cell's
-    ``|``) escaped."""
-    text = printable(" ".join(str(text).split()))[:limit]
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")
+    """Text a model or a policy wrote, in one line of markdown that shows it and does nothing else: redacted first
+    (an escaped secret is no longer itself), control characters visible (``printable``), no line breaks, and every
+    character markdown would read escaped."""
+    text = printable(" ".join(redact(str(text)).split()))[:limit]
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
 def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, offline: bool, dev: list[int],

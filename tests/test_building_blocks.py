@@ -113,13 +113,16 @@ def test_tunable_edits_stay_inside_declared_bounds():
         apply_edit(CARTPOLE, Edit(kind="tunables", rationale="x", tunables={"nope": 1.0}))
 
 
-def test_the_summary_shows_what_a_model_or_policy_wrote_in_its_own_cell_and_nothing_more(tmp_path):
+def test_the_summary_shows_what_a_model_or_policy_wrote_in_its_own_cell_and_nothing_more(tmp_path, monkeypatch):
     """A rejected edit's reason quotes a policy's error: in summary.md it stays one table cell, shown, not read
-    (a `|` used to become `/`, and HTML, line breaks and control characters went through as they were)."""
+    (a `|` used to become `/`, and HTML, links, line breaks and control characters went through as they were), and
+    a secret in it is redacted before anything is escaped (escaped first, it was no longer itself)."""
     from envs.tasks import get_task
     from store.summary import write_summary
 
-    reason = "episode failed: <script>alert(1)</script> | x\nsecond line \x1b[31m \u202e"
+    secret = "Tr0ub4dor&3-<horse>-staple"
+    monkeypatch.setenv("HEURIST_CHROMA_PASSWORD", secret)
+    reason = f"episode failed: <script>alert(1)</script> | x\nsecond ![](http://e/x.png) \x1b[31m \u202e {secret}"
     start = {"commit": "0" * 40, "sha256": "a" * 64, "mean": 10.0, "per_seed": {}, "status": "complete"}
     history = [{"iteration": 1, "accepted": False, "mean_before": 10.0, "mean_candidate": 9.0, "reason": reason}]
     state = {"start": start, "incumbent": start, "history": history, "iteration": 1, "stop_reason": "budget: 1 "
@@ -130,6 +133,9 @@ def test_the_summary_shows_what_a_model_or_policy_wrote_in_its_own_cell_and_noth
     assert row[0].count("|") - row[0].count("\\|") == 6  # five cells; the reason's own bar is escaped
     assert "<script>" not in row[0] and "\\<script\\>" in row[0]
     assert "\x1b" not in row[0] and "\u202e" not in row[0] and "\\\\x1b" in row[0]
+    assert "\\!\\[\\]\\(http" in row[0]  # an image markdown would fetch, shown as text
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Tr0ub4dor" not in summary and "redacted" in summary
 
 
 def test_the_nearest_lines_hint_finds_the_block_and_its_work_does_not_grow_with_the_edit(monkeypatch):
