@@ -21,6 +21,7 @@ recorded run instead of a model.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -302,6 +303,20 @@ class LLMClient:
         caps = self.capabilities(s)
         # Nothing secret of heurist's environment is ever sent, whatever a prompt was built from.
         conversation = [_redacted(m) for m in messages]
+        # A node run again after a crash asks again what it asked before the crash: that answer was paid for, and a
+        # replay of the run gives it, so the run takes it too (else the run and its replay act on different ones).
+        ask = hashlib.sha256(json.dumps([schema.__name__, conversation], sort_keys=True, default=str)
+                             .encode()).hexdigest()[:16]
+        earlier = transcript.answered_before(ask)
+        if earlier is not None:
+            try:
+                parsed = schema.model_validate(earlier)
+            except ValidationError:  # recorded under another schema (heurist changed between sessions): asked anew
+                parsed = None
+            if parsed is not None:
+                transcript.write(Parsed, attempt=0, parsed=parsed.model_dump(mode="json"), ask=ask,
+                                 session=transcript.session, reused=True)
+                return parsed
         follow_up: list[dict] = []  # what the next attempt says about the last one (only the last one)
         max_tokens = s.max_tokens
         # The role's later calls this iteration (the coder again after a failed check) start where this one's
@@ -330,7 +345,8 @@ class LLMClient:
                                                          f"{problem}. Reply again with one JSON object that matches "
                                                          f"the schema."}]
                 continue
-            transcript.write(Parsed, attempt=attempt, parsed=parsed.model_dump(mode="json"))
+            transcript.write(Parsed, attempt=attempt, parsed=parsed.model_dump(mode="json"), ask=ask,
+                             session=transcript.session)
             return parsed
         raise LLMError(f"{transcript.role}: {s.model} gave no reply matching {schema.__name__} in "
                        f"{self.config.validation_retries + 1} tries")
@@ -462,7 +478,7 @@ class LLMClient:
                 choice = response.choices[0] if response.choices else None
                 if choice is None or choice.message is None:
                     raise _Passing("a response with no message", billed=True)
-                content = _text(choice.message.content, "the message's content") or ""
+                content = _content(choice.message.content) or ""
                 attempt.pieces.append(content)
                 calls = [_call(c.id, c.function.name, c.function.arguments)
                          for c in choice.message.tool_calls or () if getattr(c, "function", None)]
@@ -603,7 +619,16 @@ def _text(value: object, what: str) -> str | None:
     raise TypeError(f"{what} is {type(value).__name__}, not text")
 
 
+def _content(value: object) -> str | None:
+    """A message's content: text, or the list of text parts some servers send in its place, joined."""
+    if isinstance(value, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    return _text(value, "the message's content")
+
+
 def _call(call_id: object, name: object, arguments: object) -> dict[str, str]:
-    """A tool call the server sent, as text."""
+    """A tool call the server sent, as text (arguments sent as a JSON object, as some proxies do, written as JSON)."""
+    if isinstance(arguments, dict):
+        arguments = json.dumps(arguments)
     return {"id": _text(call_id, "a tool call's id") or "", "name": _text(name, "a tool call's name") or "",
             "arguments": _text(arguments, "a tool call's arguments") or ""}

@@ -40,7 +40,8 @@ class ReplayClient:
 
     def structured(self, transcript: RoleTranscript, messages: list[dict], schema: type[T]) -> T:
         entries = self._recorder.read(transcript.iteration, transcript.role)
-        recorded = [e for e in entries if isinstance(e, Parsed)]
+        # A reused answer repeats one given earlier (a node run again after a crash): the run acted on it once.
+        recorded = [e for e in entries if isinstance(e, Parsed) and not e.reused]
         index = self._next(transcript, "parsed")
         if index >= len(recorded):
             raise LLMError(f"replay: the recorded run has no reply number {index + 1} for {transcript.role} "

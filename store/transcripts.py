@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar, Union
@@ -91,6 +92,12 @@ class Parsed(_Line):
     tokens: int = 0
     usd: float = 0.0
     unpriced_tokens: int = 0
+    # The request it answers (a hash of its messages and schema) and the session that asked it: a node run again
+    # after a crash asks the same request, and takes this answer instead of paying for another (``reused``), so
+    # the run acts on the answer a replay gives it (``roles.llm.LLMClient.structured``).
+    ask: str | None = None
+    session: str | None = None
+    reused: bool | None = None
 
 
 class AgentTurn(_Line):
@@ -160,6 +167,7 @@ class TranscriptRecorder:
 
     def __init__(self, run_dir: Path):
         self.root = Path(run_dir) / "transcripts"
+        self.session = uuid.uuid4().hex[:12]  # this process's session of the run (a resume is another)
         # The transcripts this session has written to: one found with lines in it was an earlier session's.
         self._ours: set[Path] = set()
         self._lock = threading.Lock()
@@ -233,3 +241,18 @@ class RoleTranscript:
 
     def entries(self) -> list[TranscriptLine]:
         return _typed(self._ledger.read()[0])
+
+    @property
+    def session(self) -> str | None:
+        return self._recorder.session if self._recorder is not None else None
+
+    def answered_before(self, ask: str) -> dict[str, Any] | None:
+        """The answer an earlier session of the run got to this request, not yet taken by this session: the n-th
+        time this session asks it, the n-th answer earlier sessions got (a request asked twice is answered twice).
+        None where there is none, or where this transcript knows no session (nothing to tell apart)."""
+        if self.session is None:
+            return None
+        answers = [e for e in self.entries() if isinstance(e, Parsed) and e.ask == ask]
+        earlier = [e.parsed for e in answers if e.session != self.session and not e.reused]
+        taken = sum(1 for e in answers if e.session == self.session)
+        return earlier[taken] if taken < len(earlier) else None

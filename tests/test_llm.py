@@ -348,9 +348,9 @@ def test_a_roles_next_call_in_the_same_iteration_is_not_the_same_request(tmp_pat
     with ScriptedOpenAI() as server:
         client = local_client(server, validation_retries=1)
         server.queue(chat(json.dumps({"verdict": "a", "score": 1})), chat(json.dumps({"verdict": "b", "score": 2})))
+        recorder = TranscriptRecorder(tmp_path)  # one session of the run (another would take the first answer)
         for _ in range(2):
-            client.structured(TranscriptRecorder(tmp_path).for_role(4, "coder"), [{"role": "user", "content": "x"}],
-                              Answer)
+            client.structured(recorder.for_role(4, "coder"), [{"role": "user", "content": "x"}], Answer)
         first, second = chat_calls(server)
     assert (first["seed"], second["seed"]) == (0, 2) and second["temperature"] > first["temperature"]
 
@@ -567,19 +567,23 @@ def _odd(variant: str) -> dict:
     if variant == "name":
         message["tool_calls"][0]["function"]["name"] = 7
     elif variant == "arguments":
+        message["tool_calls"][0]["function"]["arguments"] = ["path", "."]
+    elif variant == "text parts":  # some servers send content so: taken as the text it holds
+        message["content"] = [{"type": "text", "text": "look"}, {"type": "text", "text": "ing"}]
+    elif variant == "object arguments":  # some proxies send arguments so: taken as the JSON they are
         message["tool_calls"][0]["function"]["arguments"] = {"path": "."}
     else:
-        message["content"] = [{"type": "text", "text": "looking"}]
+        message["content"] = [{"type": "image_url", "image_url": {"url": "x"}}]
     return reply
 
 
 @pytest.mark.parametrize(("variant", "stream"), [("id", True), ("name", False), ("arguments", False),
-                                                 ("content", False), ("content", True)])
+                                                 ("content", False), ("content", True), ("text parts", True)])
 def test_a_reply_field_of_the_wrong_json_type_fails_one_attempt_not_the_run(tmp_path, server, variant, stream):
     """Found by a red-team review (2026-12-05): a tool call's id or name that is a number, arguments
-    sent as an object, or content sent as a list went past the attempt into the transcript's records and the
+    sent as a list, or content that is no text went past the attempt into the transcript's records and the
     coder's journal, whose validation ended the run (for every role, for the content). Each is now a reply of an
-    unexpected shape: one failed attempt, and the call goes on."""
+    unexpected shape: one failed attempt, and the call goes on. (Streamed, even text parts are no chunk's content.)"""
     from tests.scripted_openai import tool_call_reply
 
     client = local_client(server, stream=stream)
@@ -590,3 +594,44 @@ def test_a_reply_field_of_the_wrong_json_type_fails_one_attempt_not_the_run(tmp_
     assert [(c["name"], json.loads(c["arguments"])) for c in reply.tool_calls] == [("read_file", {"path": "policy.py"})]
     calls = [e for e in transcript.entries() if e.kind == "llm_call"]
     assert len(calls) == 2 and "unexpected response shape" in calls[0].error and "not text" in calls[0].error
+
+
+def test_a_node_run_again_after_a_crash_takes_the_answer_its_request_got_and_its_replay_gives_the_same(tmp_path,
+                                                                                                     server):
+    """Found by a red-team review (2026-12-05): a run killed between a role's answer and its node's checkpoint asked
+    the model again on resume (a second paid call), acted on the second answer, and its replay gave the first.
+    Now the same request in a later session is answered from the transcript, as many times as it was answered
+    before; a request that differs is asked."""
+    asked = [{"role": "user", "content": "propose"}]
+    first_session = local_client(server)
+    server.queue(chat(json.dumps({"verdict": "A", "score": 1})), chat(json.dumps({"verdict": "A2", "score": 2})))
+    before = TranscriptRecorder(tmp_path).for_role(1, "simplifier")
+    assert first_session.structured(before, asked, Answer).verdict == "A"
+    assert first_session.structured(before, asked, Answer).verdict == "A2"  # the same request, asked again
+    # The process is killed before the node's checkpoint; a resume is another session, with its own client.
+    resumed = TranscriptRecorder(tmp_path).for_role(1, "simplifier")
+    again = local_client(server)
+    requests = len(chat_calls(server))
+    assert [again.structured(resumed, asked, Answer).verdict for _ in range(2)] == ["A", "A2"]
+    assert len(chat_calls(server)) == requests  # nothing asked, nothing paid
+    server.queue(chat(json.dumps({"verdict": "C", "score": 3})))
+    assert again.structured(resumed, asked, Answer).verdict == "C"  # a third time: never answered before
+    server.queue(chat(json.dumps({"verdict": "D", "score": 4})))
+    assert again.structured(resumed, [{"role": "user", "content": "other"}], Answer).verdict == "D"  # another request
+    reused = [e for e in resumed.entries() if e.kind == "parsed" and e.reused]
+    assert len(reused) == 2
+
+    replay = ReplayClient(tmp_path, Usage())
+    replayed = TranscriptRecorder(tmp_path / "replay").for_role(1, "simplifier")
+    assert [replay.structured(replayed, asked, Answer).verdict for _ in range(4)] == ["A", "A2", "C", "D"]
+
+
+@pytest.mark.parametrize("variant", ["text parts", "object arguments"])
+def test_content_as_text_parts_and_arguments_as_an_object_are_taken_as_what_they_hold(tmp_path, server, variant):
+    client = local_client(server, stream=False)
+    server.queue(_odd(variant))
+    reply = client.turn(TranscriptRecorder(tmp_path).for_role(1, "coder"), [{"role": "user", "content": "go"}],
+                        [{"type": "function", "function": {"name": "read_file", "parameters": {}}}])
+    assert [(c["name"], json.loads(c["arguments"])) for c in reply.tool_calls] == [("read_file", {"path": "."})]
+    assert reply.content == ("looking" if variant == "text parts" else "")
+
