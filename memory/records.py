@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from typing import Annotated, Literal, Union
 
@@ -151,7 +152,8 @@ class LessonRecord(_Record):
         default_factory=dict, description="The tunable values of the policy an accepted edit produced (of the "
                                           "source whose dev mean was highest), which a later search on a task of "
                                           "the family may start from.")
-    settings_mean: float | None = Field(None, description="The dev mean those settings reached where learned.")
+    settings_mean: float | None = Field(None, allow_inf_nan=False,
+                                       description="The dev mean those settings reached where learned.")
     recalled: int = Field(0, ge=0, le=MAX_COUNT, description="Times it was shown to a coder.")
     helped: int = Field(0, ge=0, le=MAX_COUNT, description="Of those, times the edit that followed was accepted.")
     recalled_in: tuple[str, ...] = Field((), description=f"The last {RECENT} showings, as run_id:iteration.")
@@ -173,6 +175,16 @@ class LessonRecord(_Record):
     @classmethod
     def _kind_line(cls, value: str | None) -> str | None:
         return None if value is None else _line(value, 60)
+
+    @field_validator("settings")
+    @classmethod
+    def _finite_settings(cls, value: dict[str, float]) -> dict[str, float]:
+        # A search starts from these: a NaN is inside no tunable's bounds (clipping leaves it NaN), and one imported
+        # lesson holding it stopped every offline run that recalled it, on every resume.
+        for name, number in value.items():
+            if not math.isfinite(number):
+                raise ValueError(f"setting {name[:60]!r} is {number}, not a finite number")
+        return value
 
     @model_validator(mode="after")
     def _counts_agree(self) -> "LessonRecord":

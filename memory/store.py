@@ -60,6 +60,9 @@ from memory.search import all_of, nearest
 
 LOCK_FILE = ".heurist-memory.lock"
 PAGE = 1000
+# A recall's scenarios are each a file in the run, a line in the test writer's prompt and maybe a test: a failure
+# linked to hundreds (a stranger's import) must not bring them all.
+MOST_SCENARIOS = 20
 
 
 def default_memory_path() -> Path:
@@ -257,13 +260,14 @@ class MemoryStore:
     def add_scenario(self, record: ScenarioRecord) -> str:
         return self.add([record])[0]
 
-    def scenarios_of(self, failures: Iterable[FailureRecord], task: str,
-                     protocol: str) -> tuple[list[ScenarioRecord], dict[str, str]]:
+    def scenarios_of(self, failures: Iterable[FailureRecord], task: str, protocol: str,
+                     most: int = MOST_SCENARIOS) -> tuple[list[ScenarioRecord], dict[str, str]]:
         """The saved moments of these failures that a run of ``task`` under ``protocol`` can replay (a scenario
-        restores one task's simulator under one protocol's rules), each once; and those that cannot be read (a
-        record of a newer heurist, a damaged one), by id with the reason. Each is read on its own: one that cannot
-        be read costs that scenario, not the others."""
-        wanted = [i for f in failures if f.task == task and f.protocol == protocol for i in f.scenarios]
+        restores one task's simulator under one protocol's rules), each once and at most ``most``, the first
+        failures' first; and those that cannot be read (a record of a newer heurist, a damaged one), by id with the
+        reason. Each is read on its own: one that cannot be read costs that scenario, not the others."""
+        wanted = list(dict.fromkeys(i for f in failures if f.task == task and f.protocol == protocol
+                                    for i in f.scenarios))[:most]
         stored = self._metadatas(wanted)
         read = {r.id: r for r in self._readable(m for _, m in stored)}
         found = [r for i, _ in stored if isinstance(r := read.get(i), ScenarioRecord)

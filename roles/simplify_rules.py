@@ -178,8 +178,33 @@ def unused_imports(source: str, tree: ast.Module) -> tuple[list[_Span], list[str
     return spans, what
 
 
+# Calls and attributes through which code reaches a name it does not spell out: where the file uses one with a
+# name it computes (getattr(self, "_mode_" + m)), any function, method or constant may be reached, so none is removed.
+DYNAMIC_LOOKUPS = frozenset({"getattr", "hasattr", "setattr", "delattr", "attrgetter", "methodcaller", "globals",
+                             "locals", "vars", "eval", "exec", "__dict__", "__getattribute__", "__getattr__"})
+
+
+def _looks_up_by_computed_name(tree: ast.Module) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name in DYNAMIC_LOOKUPS:
+                named = node.args[1:2] if name in ("getattr", "hasattr", "setattr", "delattr") else node.args[:1]
+                if name in ("globals", "locals", "vars", "eval", "exec") or not all(
+                        isinstance(a, ast.Constant) and isinstance(a.value, str) for a in named):
+                    return True
+        elif isinstance(node, ast.Attribute) and node.attr in ("__dict__", "__getattribute__", "__getattr__"):
+            return True
+        elif isinstance(node, ast.Name) and node.id in ("globals", "locals", "vars"):
+            return True
+    return False
+
+
 def unused_helpers(source: str, tree: ast.Module) -> tuple[list[_Span], list[str]]:
     spans, what = [], []
+    if _looks_up_by_computed_name(tree):
+        return spans, what
     for stmt in tree.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name not in KEPT_NAMES \
                 and not stmt.name.startswith("__") and _alone(tree.body, stmt) and not _acts_when_defined(stmt) \
@@ -269,10 +294,18 @@ def _module_constants(tree: ast.Module) -> dict[str, object]:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
                 and bound.get(stmt.targets[0].id) == 1:
             try:
-                constants[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+                value = ast.literal_eval(stmt.value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 continue
+            if _immutable(value):  # a list or a dict may be filled in later (MODES.append(...)): never a constant
+                constants[stmt.targets[0].id] = value
     return constants
+
+
+def _immutable(value: object) -> bool:
+    if isinstance(value, tuple):
+        return all(_immutable(v) for v in value)
+    return isinstance(value, (bool, int, float, complex, str, bytes, type(None), frozenset))
 
 
 def _constant_test(test: ast.expr, constants: dict[str, object]) -> tuple[bool, bool]:

@@ -76,8 +76,10 @@ def scenario_test(iteration: int, name: str, recalled: bool = False) -> str:
             f'    assert not result["failed_again"], (result["events"][:3], result["return"])\n')
 
 
-def _recalled(scenarios: dict[str, str]) -> str:
-    return "; ".join(f"{name} ({text[:160]})" for name, text in sorted(scenarios.items())) or "none"
+def _recalled(scenarios: dict[str, str], most: int = 20) -> str:
+    names = sorted(scenarios.items())
+    more = f"; and {len(names) - most} more" if len(names) > most else ""
+    return "; ".join(f"{name} ({text[:160]})" for name, text in names[:most]) + more or "none"
 
 
 def _returned(value: float | None) -> str:

@@ -208,6 +208,14 @@ def test_an_imported_file_is_data_it_cannot_rewrite_or_inflate_what_the_store_ho
         LessonRecord(run_id="x", statement="s", family="atari", task="t", recalled=5, helped=999)
     lesson = LessonRecord(run_id="x", statement="s", family="atari", task="t", evidence=("a\n- failure: b",))
     assert lesson.evidence == ("a - failure: b",)
+    # Settings a search would start from, that are no numbers: one such lesson, recalled, stopped every offline run
+    # (a NaN is inside no tunable's bounds) on every resume. Refused at import, with the line that holds it.
+    nan_lesson = json.loads(LessonRecord(run_id="stranger", statement="tune it", family="classic_control",
+                                         task="CartPole-v1").model_dump_json())
+    nan_lesson["settings"] = {"angle_gain": float("nan")}
+    (tmp_path / "nan.jsonl").write_text(json.dumps(nan_lesson) + "\n")
+    with pytest.raises(MemoryStoreError, match=r"nan.jsonl:1 .*not a finite number"):
+        store.import_file(tmp_path / "nan.jsonl")
     # A file that is no text, or one with a line longer than any record: one line saying so.
     (tmp_path / "zipped.jsonl").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(128, 256)))
     with pytest.raises(MemoryStoreError, match="is not text"):

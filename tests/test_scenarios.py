@@ -391,5 +391,9 @@ def test_a_scenario_record_memory_cannot_read_costs_that_scenario_not_the_others
                                 protocol="standard", iteration=0, seed=3, step=event.step, kind=event.kind,
                                 policy_sha256="a" * 64, scenarios=(readable.id, "scenario-newer"))
         found, unreadable = memory.scenarios_of([failure], "CartPole-v1", "standard")
+        # At most so many, the first failures' first: a failure a stranger linked to hundreds brings few.
+        many = failure.model_copy(update={"scenarios": ("scenario-newer",) + tuple(f"s{i}" for i in range(300))})
+        capped, left_out = memory.scenarios_of([many, failure], "CartPole-v1", "standard", most=2)
     assert [r.id for r in found] == [readable.id]
     assert list(unreadable) == ["scenario-newer"] and "cannot read" in unreadable["scenario-newer"]
+    assert capped == [] and list(left_out) == ["scenario-newer"]  # s0 is in no store; readable.id is third

@@ -385,6 +385,38 @@ RULE_TRAPS = {
 
         RESULT = sum(astuple(Tunables()))
     ''',
+    # Found by a red-team review (2026-12-05): a list literal filled in later was read as a falsy constant and its
+    # branch removed; a method reached only through a computed name was removed as unused.
+    "a list filled in later": '''
+        RECOVERY_MODES = []
+        RECOVERY_MODES.append("recover")
+
+
+        def mode():
+            if RECOVERY_MODES:
+                return "recover"
+            return "balance"
+
+
+        RESULT = mode()
+    ''',
+    "a method reached by a computed name": '''
+        class Policy:
+            def reset(self, seed):
+                pass
+
+            def act(self, obs, info):
+                return getattr(self, "_guard_" + ("right" if obs > 0 else "left"))()
+
+            def _guard_right(self):
+                return 0
+
+            def _guard_left(self):
+                return 1
+
+
+        RESULT = (Policy().act(1, {}), Policy().act(-1, {}))
+    ''',
 }
 
 
