@@ -66,6 +66,8 @@ import traceback
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from envs.limited import ended_children
+
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 16
 SPAWN_TIMEOUT_S = 300.0  # a bound on a hung fork server only: a first preload on a loaded machine takes seconds
@@ -423,13 +425,7 @@ def _pidfd(pid: int) -> int | None:
 
 
 def _reap(status_of: dict[int, int]) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    for pid, status in ended_children():
         fd = status_of.pop(pid, None)
         if fd is None:
             continue

@@ -27,6 +27,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _PR_CAPBSET_DROP = 24
@@ -244,8 +245,8 @@ def become_reaper() -> None:
 _statuses: dict[int, int] = {}
 
 
-def _reap_ended() -> None:
-    """Reap every child that has ended and can be reaped, without waiting."""
+def ended_children() -> Iterator[tuple[int, int]]:
+    """Every child that has ended and can be reaped, reaped now without waiting, as (pid, wait status)."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -253,7 +254,11 @@ def _reap_ended() -> None:
             return
         if pid == 0:
             return
-        _statuses[pid] = status
+        yield pid, status
+
+
+def _reap_ended() -> None:
+    _statuses.update(ended_children())
 
 
 def _wait_for(child: int, pidfd: int | None) -> int:
