@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,10 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
                                f"from it; its ledger, transcripts and workspace are intact: `heurist report "
                                f"{run_dir}` shows it, `heurist replay {run_dir}` re-runs it from its transcripts") from None
             values = snapshot.values or {}
+            # A node that asked a model after this checkpoint was cut off, and runs again: the answers it got then
+            # are the ones it takes again (RoleTranscript.answered_before); those of nodes checkpointed before are not.
+            if snapshot.created_at:
+                services.recorder.resumed_after = datetime.fromisoformat(snapshot.created_at).timestamp()
             # Active time from the last beat of the session before (a kill loses at most one beat), never less
             # than the state's count at its last iteration's end.
             clock = ActiveTime(run_dir, at_least_before=float((values.get("spent") or {}).get("elapsed_s", 0.0)))

@@ -168,9 +168,28 @@ class TranscriptRecorder:
     def __init__(self, run_dir: Path):
         self.root = Path(run_dir) / "transcripts"
         self.session = uuid.uuid4().hex[:12]  # this process's session of the run (a resume is another)
+        # The time of the checkpoint this session resumed from (None for a fresh start): the answers written after
+        # it went to nodes that were cut off and run again; those before it, to nodes whose results were kept.
+        self.resumed_after: float | None = None
+        self._cut_off: dict[Path, list[Parsed]] = {}  # per transcript, read once: earlier sessions' lines never change
+        self._asked: dict[tuple[Path, str], int] = {}  # how often this session asked each request, per transcript
         # The transcripts this session has written to: one found with lines in it was an earlier session's.
         self._ours: set[Path] = set()
         self._lock = threading.Lock()
+
+    def answer_cut_off(self, path: Path, ask: str) -> dict[str, Any] | None:
+        """See ``RoleTranscript.answered_before``; counts this ask."""
+        if self.resumed_after is None:
+            return None
+        with self._lock:
+            if path not in self._cut_off:
+                lines = _typed(Ledger(path).read()[0]) if path.exists() else []
+                self._cut_off[path] = [e for e in lines if isinstance(e, Parsed) and e.session != self.session
+                                       and not e.reused and e.time > self.resumed_after]
+            taken = self._asked.get((path, ask), 0)
+            self._asked[(path, ask)] = taken + 1
+            answers = [e.parsed for e in self._cut_off[path] if e.ask == ask]
+        return answers[taken] if taken < len(answers) else None
 
     def claim(self, path: Path) -> bool:
         """Whether this session writes to ``path`` for the first time, over lines an earlier session wrote."""
@@ -200,7 +219,16 @@ class TranscriptRecorder:
             for file in sorted(folder.glob("*.jsonl")):
                 if role is None or file.stem == role:
                     records += Ledger(file).read()[0]
-        return sorted(records, key=lambda r: (r.get("iteration", 0), r.get("time", 0)))
+        return sorted(records, key=_when)
+
+
+def _when(record: dict[str, Any]) -> tuple[float, float]:
+    """Where a stored line sorts: by iteration, then time; a damaged line's values that are no numbers count as 0
+    (it is shown where it falls, and left out of every typed read)."""
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+    return number(record.get("iteration")), number(record.get("time"))
 
 
 class CallCost(NamedTuple):
@@ -247,12 +275,11 @@ class RoleTranscript:
         return self._recorder.session if self._recorder is not None else None
 
     def answered_before(self, ask: str) -> dict[str, Any] | None:
-        """The answer an earlier session of the run got to this request, not yet taken by this session: the n-th
-        time this session asks it, the n-th answer earlier sessions got (a request asked twice is answered twice).
-        None where there is none, or where this transcript knows no session (nothing to tell apart)."""
-        if self.session is None:
+        """The answer this request got from a node that was cut off before its checkpoint and now runs again, not
+        yet taken by this session: the n-th time this session asks it, the n-th such answer (a request asked twice
+        is answered twice). Only answers written after the checkpoint this session resumed from count: one a node
+        kept before it was used, and the same request asked by a later node is a new question. None where there is
+        none, or where this session resumed from no checkpoint (a fresh run reads nothing for it)."""
+        if self._recorder is None:
             return None
-        answers = [e for e in self.entries() if isinstance(e, Parsed) and e.ask == ask]
-        earlier = [e.parsed for e in answers if e.session != self.session and not e.reused]
-        taken = sum(1 for e in answers if e.session == self.session)
-        return earlier[taken] if taken < len(earlier) else None
+        return self._recorder.answer_cut_off(self.path, ask)

@@ -600,30 +600,40 @@ def test_a_node_run_again_after_a_crash_takes_the_answer_its_request_got_and_its
                                                                                                      server):
     """Found by a red-team review (2026-12-05): a run killed between a role's answer and its node's checkpoint asked
     the model again on resume (a second paid call), acted on the second answer, and its replay gave the first.
-    Now the same request in a later session is answered from the transcript, as many times as it was answered
-    before; a request that differs is asked."""
+    Now a request asked again in a resumed session takes the answer it got after the checkpoint the session
+    resumed from, as many times as it got one; an answer a node got before that checkpoint was used, and the same
+    request asked again later is a new question (a review of the first version handed such an answer out again)."""
+    import time as clock
+
     asked = [{"role": "user", "content": "propose"}]
     first_session = local_client(server)
-    server.queue(chat(json.dumps({"verdict": "A", "score": 1})), chat(json.dumps({"verdict": "A2", "score": 2})))
+    server.queue(*[chat(json.dumps({"verdict": v, "score": 1})) for v in ("kept", "A", "A2")])
     before = TranscriptRecorder(tmp_path).for_role(1, "simplifier")
-    assert first_session.structured(before, asked, Answer).verdict == "A"
-    assert first_session.structured(before, asked, Answer).verdict == "A2"  # the same request, asked again
-    # The process is killed before the node's checkpoint; a resume is another session, with its own client.
-    resumed = TranscriptRecorder(tmp_path).for_role(1, "simplifier")
+    assert first_session.structured(before, asked, Answer).verdict == "kept"  # a node whose result was checkpointed
+    checkpoint = clock.time()
+    while clock.time() <= checkpoint:  # the next lines are written after it, whatever the clock's resolution
+        clock.sleep(0.001)
+    assert [first_session.structured(before, asked, Answer).verdict for _ in range(2)] == ["A", "A2"]
+    # Killed before the next checkpoint; a resume is another session, with its own client, from that checkpoint.
+    recorder = TranscriptRecorder(tmp_path)
+    recorder.resumed_after = checkpoint
+    resumed = recorder.for_role(1, "simplifier")
     again = local_client(server)
     requests = len(chat_calls(server))
     assert [again.structured(resumed, asked, Answer).verdict for _ in range(2)] == ["A", "A2"]
     assert len(chat_calls(server)) == requests  # nothing asked, nothing paid
-    server.queue(chat(json.dumps({"verdict": "C", "score": 3})))
-    assert again.structured(resumed, asked, Answer).verdict == "C"  # a third time: never answered before
-    server.queue(chat(json.dumps({"verdict": "D", "score": 4})))
+    server.queue(chat(json.dumps({"verdict": "C", "score": 3})), chat(json.dumps({"verdict": "D", "score": 4})))
+    assert again.structured(resumed, asked, Answer).verdict == "C"  # a third time: never answered after it
     assert again.structured(resumed, [{"role": "user", "content": "other"}], Answer).verdict == "D"  # another request
-    reused = [e for e in resumed.entries() if e.kind == "parsed" and e.reused]
-    assert len(reused) == 2
+    assert len([e for e in resumed.entries() if e.kind == "parsed" and e.reused]) == 2
+    # A fresh start (no checkpoint) takes nothing from the transcript.
+    fresh = TranscriptRecorder(tmp_path).for_role(1, "simplifier")
+    server.queue(chat(json.dumps({"verdict": "E", "score": 5})))
+    assert local_client(server).structured(fresh, asked, Answer).verdict == "E"
 
     replay = ReplayClient(tmp_path, Usage())
     replayed = TranscriptRecorder(tmp_path / "replay").for_role(1, "simplifier")
-    assert [replay.structured(replayed, asked, Answer).verdict for _ in range(4)] == ["A", "A2", "C", "D"]
+    assert [replay.structured(replayed, asked, Answer).verdict for _ in range(4)] == ["kept", "A", "A2", "C"]
 
 
 @pytest.mark.parametrize("variant", ["text parts", "object arguments"])
