@@ -241,10 +241,6 @@ def become_reaper() -> None:
     _exit_as(status)
 
 
-# The wait statuses of children reaped while looking for another (an orphan ending as the child is waited for).
-_statuses: dict[int, int] = {}
-
-
 def ended_children() -> Iterator[tuple[int, int]]:
     """Every child that has ended and can be reaped, reaped now without waiting, as (pid, wait status)."""
     while True:
@@ -257,15 +253,12 @@ def ended_children() -> Iterator[tuple[int, int]]:
         yield pid, status
 
 
-def _reap_ended() -> None:
-    _statuses.update(ended_children())
-
-
 def _wait_for(child: int, pidfd: int | None) -> int:
     """The child's wait status; orphans handed to this process on the way are reaped as they end (a zombie still
     counts against the sandbox user's process limit). Where the kernel has pidfds the wait is on the child's: a
     child that another process of the sandbox's user traces is not reported to waitpid until the tracer lets go
-    (which it need never do), but its pidfd says it has ended, and /proc says how."""
+    (which it need never do), but its pidfd says it has ended, and /proc says how. A SIGCHLD wakes the wait (through
+    a pipe the signal writes to), so orphans are reaped as they end, not a poll's timeout later."""
     if pidfd is None:
         while True:
             try:
@@ -274,14 +267,26 @@ def _wait_for(child: int, pidfd: int | None) -> int:
                 return 0x9  # not ours to wait for any more: only a lost child, which counts as killed
             if found == child:
                 return status
+    woken, wake = os.pipe()
+    for fd in (woken, wake):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler, so the signal writes to the pipe
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
+    poller.register(woken, select.POLLIN)
     while True:
-        ended = poller.poll(1000)
-        _reap_ended()
-        if child in _statuses:
-            return _statuses.pop(child)
-        if ended:  # ended, and not reaped: held by a tracer
+        ready = {fd for fd, _ in poller.poll(1000)}
+        if woken in ready:
+            try:
+                while os.read(woken, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        for pid, status in ended_children():
+            if pid == child:
+                return status
+        if pidfd in ready:  # ended, and not reaped: held by a tracer
             return _status_in_proc(child)
 
 
@@ -303,7 +308,8 @@ def _end_all_children() -> None:
         living = [pid for pid, zombie in _children() if not zombie]
         for pid in living:
             _kill(pid)
-        _reap_ended()
+        for _ in ended_children():
+            pass
         if not living:
             return
         time.sleep(pause)  # killed processes end within a millisecond or two; their children are ours then
