@@ -272,12 +272,16 @@ class Driver:
             no_share = False
             while waiting and len(self.in_flight) < limit:
                 # Once a new run finds no share, the others this pass would not either (a share is the same for
-                # every run not started): they wait. A run started before (lost, or stopped) goes on with its own.
+                # every run not started): they wait, until an end recorded meanwhile frees some budget. A run started
+                # before (lost, stopped, or made by a driver killed before it recorded the start) goes on with its own.
                 key = waiting.pop(0)
-                if no_share and key not in launched_before:
+                if no_share and key not in launched_before and not (self.campaign.run_dir(key) / "run.json").exists():
                     continue
+                flying = len(self.in_flight)
                 if not self._launch(task, key, hours_left):
                     no_share = True
+                elif len(self.in_flight) == flying:  # it ended instead of starting (recorded): budget may be back
+                    no_share = False
             if not self.in_flight:
                 if not self._waiting():
                     return "finished", "every run has ended"

@@ -94,6 +94,7 @@ def _nearest(source: str, search: str) -> str:
             near = range(max(0, -best - stride + 1), min(last, -best + stride - 1) + 1)
             alike, best = best_of(list(near)[::-(-len(near) // _MOST_WINDOWS)])
     shown = "\n".join(lines[-best:-best + size])
+    alike = min(alike, 0.99)  # measured on the first lines only: never "100%" for a SEARCH that does not match
     return f"the nearest lines (from line {1 - best}, {alike:.0%} alike) are:\n{shown}"
 
 

@@ -180,23 +180,26 @@ def unused_imports(source: str, tree: ast.Module) -> tuple[list[_Span], list[str
 
 # Calls and attributes through which code reaches a name it does not spell out: where the file uses one with a
 # name it computes (getattr(self, "_mode_" + m)), any function, method or constant may be reached, so none is removed.
-DYNAMIC_LOOKUPS = frozenset({"getattr", "hasattr", "setattr", "delattr", "attrgetter", "methodcaller", "globals",
-                             "locals", "vars", "eval", "exec", "__dict__", "__getattribute__", "__getattr__"})
+DYNAMIC_LOOKUPS = frozenset({"getattr", "hasattr", "attrgetter", "methodcaller", "globals", "locals", "vars",
+                             "eval", "exec"})
 
 
 def _looks_up_by_computed_name(tree: ast.Module) -> bool:
+    """Whether the file reaches a name it computes: a builtin lookup (``getattr(obj, name)``, ``globals()``) whose
+    name is not a literal, or a class's or instance's ``__dict__``. (A method of the same name on some object,
+    ``net.eval()``, is not one; ``setattr`` only writes.)"""
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             func = node.func
-            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            name = (func.id if isinstance(func, ast.Name) else
+                    func.attr if isinstance(func, ast.Attribute) and func.attr in ("attrgetter", "methodcaller")
+                    else None)
             if name in DYNAMIC_LOOKUPS:
-                named = node.args[1:2] if name in ("getattr", "hasattr", "setattr", "delattr") else node.args[:1]
+                named = node.args[1:2] if name in ("getattr", "hasattr") else node.args[:1]
                 if name in ("globals", "locals", "vars", "eval", "exec") or not all(
                         isinstance(a, ast.Constant) and isinstance(a.value, str) for a in named):
                     return True
         elif isinstance(node, ast.Attribute) and node.attr in ("__dict__", "__getattribute__", "__getattr__"):
-            return True
-        elif isinstance(node, ast.Name) and node.id in ("globals", "locals", "vars"):
             return True
     return False
 
@@ -246,7 +249,7 @@ def unused_tunables(source: str, tree: ast.Module) -> tuple[list[_Span], list[st
         return [], []
     fields = [s for s in tunables.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
     used = _mentioned(tree, skip=tunables)
-    if used & WHOLE_READS:
+    if used & WHOLE_READS or _looks_up_by_computed_name(tree):  # getattr(p, f"amp_{j}") reads fields by name
         return [], []
     unused = [f for f in fields if f.target.id not in used and _alone(tunables.body, f)]
     if len(unused) == len(tunables.body):  # an empty class body would not parse; leave the last one
@@ -286,8 +289,9 @@ def _bindings(tree: ast.Module) -> dict[str, int]:
     return bound
 
 
-def _module_constants(tree: ast.Module) -> dict[str, object]:
-    """Module-level names assigned exactly once, to a literal, and bound nowhere else in any scope."""
+def _module_constants(tree: ast.Module, immutable: bool = False) -> dict[str, object]:
+    """Module-level names assigned exactly once, to a literal, and bound nowhere else in any scope; with
+    ``immutable``, only those whose value cannot change (a list or a dict may be filled in later: MODES.append)."""
     bound = _bindings(tree)
     constants: dict[str, object] = {}
     for stmt in tree.body:
@@ -297,7 +301,7 @@ def _module_constants(tree: ast.Module) -> dict[str, object]:
                 value = ast.literal_eval(stmt.value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 continue
-            if _immutable(value):  # a list or a dict may be filled in later (MODES.append(...)): never a constant
+            if not immutable or _immutable(value):
                 constants[stmt.targets[0].id] = value
     return constants
 
@@ -321,7 +325,7 @@ def _constant_test(test: ast.expr, constants: dict[str, object]) -> tuple[bool, 
 
 
 def constant_branches(source: str, tree: ast.Module) -> tuple[list[_Span], list[str]]:
-    constants = _module_constants(tree)
+    constants = _module_constants(tree, immutable=True)
     lines = source_lines(source)
     elifs = {id(n.orelse[0]) for n in ast.walk(tree) if isinstance(n, ast.If) and len(n.orelse) == 1
              and isinstance(n.orelse[0], ast.If)}

@@ -400,6 +400,24 @@ RULE_TRAPS = {
 
         RESULT = mode()
     ''',
+    # Found by a review of that fix: the tunables the MuJoCo starters read as getattr(p, f"amp_{j}") were removed as
+    # unused, and the simplified policy raised AttributeError.
+    "tunables read by a computed name": '''
+        from dataclasses import dataclass, field
+
+
+        def tunable(default, low, high, doc):
+            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
+
+
+        @dataclass
+        class Tunables:
+            amp_0: float = tunable(1.0, 0.0, 5.0, "a")
+            amp_1: float = tunable(2.0, 0.0, 5.0, "b")
+
+
+        RESULT = sum(getattr(Tunables(), f"amp_{j}") for j in range(2))
+    ''',
     "a method reached by a computed name": '''
         class Policy:
             def reset(self, seed):
