@@ -76,7 +76,7 @@ class CampaignSpec(_Strict):
 class PlannedRun(_Strict):
     """One run of the campaign: its key (its folder under runs/), task, repeat and full run config."""
 
-    key: str
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,199}$")  # a folder name under runs/ (``run_key``), never a path
     task: str
     repeat: int
     config: dict[str, Any]

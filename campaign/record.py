@@ -39,7 +39,7 @@ def now_iso() -> str:
 class CampaignRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as CampaignSpec.name: a folder may be a stranger's
     created: str
     spec: CampaignSpec
     runs: list[PlannedRun]

@@ -115,13 +115,15 @@ def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
     from campaign.status import campaign_status
 
     rows, summary = campaign_status(directory)
-    table = Table(title=f"campaign {summary['name']}: {summary['state']}")
+    # A campaign folder may be a stranger's: every text in it is shown, never read as markup or escapes.
+    table = Table(title=f"campaign {shown(summary['name'])}: {shown(summary['state'])}")
     for column in ("run", "task", "status", "attempts", "env steps", "tokens", "best dev mean", "why"):
         table.add_column(column)
     for row in rows:
         best = row["best_mean"]
-        table.add_row(row["key"], row["task"], row["status"], str(row["attempts"]), f"{row['env_steps']:,}",
-                      f"{row['tokens']:,}", "-" if best is None else f"{best:g}", shown(row["reason"] or ""))
+        table.add_row(shown(row["key"]), shown(row["task"]), shown(row["status"]), str(row["attempts"]),
+                      f"{row['env_steps']:,}", f"{row['tokens']:,}", "-" if best is None else f"{best:g}",
+                      shown(row["reason"] or ""))
     out.print(table)
     out.print(f"{summary['ended']} of {summary['runs']} runs ended; env steps {summary['env_steps']:,}, tokens "
               f"{summary['tokens']:,}", highlight=False, markup=False)

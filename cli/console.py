@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from common.safe_text import printable, redact
+from common.safe_text import one_line, printable, redact
 
 # Piped output is read by grep and scripts: never truncate a task id to fit 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200, emoji=False)
@@ -24,6 +24,11 @@ err = Console(stderr=True, emoji=False)
 def shown(text: Any) -> str:
     """Untrusted text for a console string that may hold markup: inert, visible, never interpreted."""
     return escape(printable(str(text)))
+
+
+def shown_line(text: Any) -> str:
+    """As ``shown``, for a place that is one line: its line breaks written out, so it cannot add a line of its own."""
+    return escape(one_line(str(text)))
 
 
 class RedactingStream(io.TextIOBase):

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from cli.console import shown
 from common.formatting import cost_text, score_text
-from common.safe_text import printable
+from common.safe_text import cut, one_line, printable
 
 # What a node does, in the words the panel shows.
 STAGE_WORDS = {"begin": "starting: workspace and first evaluation", "evaluate": "evaluating the incumbent",
@@ -149,9 +149,9 @@ class LiveView:
             grid.add_row("", Text(printable(" ".join(c["tail"].split())[-120:]), style="dim"))
         if t.tool:  # the coder agent's last tool call: what it cost and the start of what it returned
             c = t.tool
-            grid.add_row("last tool", Text(printable(f"{c['name']}({c['arguments'][:80]}) · {c['seconds']:.1f} s · "
+            grid.add_row("last tool", Text(printable(f"{c['name']}({cut(c['arguments'], 80)}) · {c['seconds']:.1f} s · "
                                                      f"{c['env_steps']:,} env steps"), style="cyan"))
-            grid.add_row("", Text(printable(" ".join(c["result"].split())[:160]), style="dim"))
+            grid.add_row("", Text(printable(cut(" ".join(c["result"].split()), 160)), style="dim"))
         grid.add_row("dev mean", f"best {score_text(t.best)} · latest candidate {score_text(t.latest)}")
         grid.add_row("spent", t.budget_line())
         v = t.verdict
@@ -179,7 +179,7 @@ class LogLines:
 
     def _line(self, text: str) -> None:
         stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        self.console.print(printable(f"{stamp} {text}"), markup=False, highlight=False, soft_wrap=True)
+        self.console.print(one_line(f"{stamp} {text}"), markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
         t = self.tally
@@ -199,7 +199,7 @@ class LogLines:
             self._line(t.activity)
         elif kind == "tool":  # the coder agent's tool calls, one line each: an overnight log shows the loop
             self._line(f"  coder tool {fields['tool_calls']}/{fields['max_tool_calls']} {fields['name']}"
-                       f"({fields['arguments'][:80]}) {fields['seconds']:.1f} s, {fields['env_steps']:,} env steps: "
-                       + " ".join(fields["result"].split())[:160])
+                       f"({cut(fields['arguments'], 80)}) {fields['seconds']:.1f} s, {fields['env_steps']:,} env steps: "
+                       + cut(" ".join(fields["result"].split()), 160))
         elif kind == "stage" and fields["node"] == "finish":
             self._line("finishing: holdout evaluation and summary")

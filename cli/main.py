@@ -25,7 +25,7 @@ from cli.run_commands import register as register_run_commands
 from common import interrupts
 from common.errors import HeuristError
 from common.paths import default_ledger_path
-from common.safe_text import printable
+from common.safe_text import one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="heurist: Heuristic Learning — improve readable Python policies by editing code, not weights.")
@@ -246,7 +246,7 @@ def _print_protocols(specs, as_json: bool) -> None:
 
 def _error(label: str, message: str) -> None:
     """One error line: the label styled, the message (which may quote untrusted text) shown as plain text."""
-    err.print(Text.assemble((label, "red"), " ", printable(message)), highlight=False, soft_wrap=True)
+    err.print(Text.assemble((label, "red"), " ", one_line(message)), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

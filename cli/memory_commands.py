@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.console import out, shown
+from cli.console import out, shown, shown_line
 from common.errors import HeuristError
 
 memory_app = typer.Typer(no_args_is_help=True, help="Search and manage the memory of past failures, fixes and lessons.")
@@ -57,17 +57,17 @@ def search_cmd(
         return
     for hit in found.failures:
         f = hit.failure
-        out.print(f"[bold]failure[/] {hit.similarity:.2f}  " + shown(
+        out.print(f"[bold]failure[/] {hit.similarity:.2f}  " + shown_line(
             f"{f.task} seed {f.seed} step {f.step} [{f.kind}] (run {f.run_id}, iteration {f.iteration})"),
             highlight=False)
-        out.print("    " + shown(f.description), highlight=False)
+        out.print("    " + shown_line(f.description), highlight=False)
         for fix_hit in hit.fixes:
             out.print(f"    ↳ {_fix_line(fix_hit.fix)}", highlight=False)
     for hit in found.fixes:
         out.print(f"[bold]fix[/] {hit.similarity:.2f}  {_fix_line(hit.fix)}", highlight=False)
     for hit in found.lessons:
         l = hit.lesson
-        out.print(f"[bold]lesson[/] {hit.similarity:.2f}  " + shown(f"[{l.family}] {l.statement} (learned on {l.task})"),
+        out.print(f"[bold]lesson[/] {hit.similarity:.2f}  " + shown_line(f"[{l.family}] {l.statement} (learned on {l.task})"),
                   highlight=False)
 
 
@@ -75,7 +75,7 @@ def _fix_line(fix) -> str:
     delta = fix.score_delta
     change = f" Δ{delta:+.2f}" if delta is not None else ""
     colour = "green" if fix.outcome == "accepted" else "red"
-    return f"[{colour}]{fix.outcome}[/]" + shown(f"{change}: {fix.rationale} — {fix.reason} "
+    return f"[{colour}]{fix.outcome}[/]" + shown_line(f"{change}: {fix.rationale} — {fix.reason} "
                                                   f"({fix.task}, run {fix.run_id}, iteration {fix.iteration})")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -28,7 +29,7 @@ def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
         raise typer.Exit(3)
     summary_file = run_dir / "summary.md"
     if summary_file.is_file():
-        out.print(printable(summary_file.read_text()), highlight=False, markup=False)
+        out.print(printable(summary_file.read_text(errors="replace")), highlight=False, markup=False)
     report = run_dir / "report" / "index.html"
     if report.is_file():
         out.print(f"report: {report}", highlight=False, markup=False, soft_wrap=True)
@@ -217,10 +218,11 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     out.print(f"[bold]{shown(record.run_id)}[/]  {shown(record.task)} · protocol {shown(record.protocol)} · "
               f"{'offline roles' if record.offline else 'model ' + shown(record.config['llm']['model'])} · "
               f"{run_status(run_dir)}", highlight=False)
-    if started:
+    if started and started.dev_seeds:
         seeds = started.dev_seeds
         out.print(f"dev split, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} episodes); starting dev mean "
-                  f"{score_text(started.start['mean'])}", highlight=False)
+                  f"{score_text(started.start.get('mean') if isinstance(started.start, dict) else None)}",
+                  highlight=False)
     table = Table(title="iterations")
     for column in ("#", "verdict", "dev mean before", "candidate", "edit", "reason"):
         table.add_column(column, overflow="fold")
@@ -231,9 +233,13 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     finished = next((r for r in reversed(records) if isinstance(r, RunFinished)), None)
     spent = (iterations[-1].spent if iterations else {}) | (finished.spent if finished else {})
     if spent:
-        out.print(f"spent: {int(spent['env_steps']):,} env steps, {int(spent['tokens']):,} tokens in "
-                  f"{int(spent.get('llm_calls', 0))} calls, {cost_text(spent['usd'], spent.get('unpriced_tokens', 0))}, "
-                  f"{spent['elapsed_s'] / 60:.1f} min",
+        def count(name: str) -> float:  # a damaged ledger's value that is no finite number counts as 0
+            value = spent.get(name, 0)
+            return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+        out.print(f"spent: {int(count('env_steps')):,} env steps, {int(count('tokens')):,} tokens in "
+                  f"{int(count('llm_calls'))} calls, {cost_text(count('usd'), int(count('unpriced_tokens')))}, "
+                  f"{count('elapsed_s') / 60:.1f} min",
                   highlight=False)
     if finished:
         out.print(f"finished: {shown(finished.reason)}; best dev mean {score_text(finished.best_mean)}",

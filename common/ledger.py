@@ -70,8 +70,8 @@ class Ledger:
                         continue
                     try:
                         record = json.loads(raw)
-                    except ValueError:  # not JSON; bytes that are not text at all raise UnicodeDecodeError
-                        record = None
+                    except (ValueError, RecursionError):  # not JSON (bytes that are not text: UnicodeDecodeError),
+                        record = None  # or JSON nested deeper than the parser goes: a damaged line either way
                     if isinstance(record, dict):
                         records.append(record)
                     else:

@@ -86,6 +86,21 @@ def redact(text: str, secrets: list[tuple[str, str]] | None = None) -> str:
     return text
 
 
+def cut(text: str, most: int, keep: str = "start") -> str:
+    """At most ``most`` characters of ``text`` (its start, or with ``keep="end"`` its end), redacted whole first:
+    a secret cut in two is no longer found, and each half was shown (the live panel showed a key's first 38
+    characters, then its last 39). Text still arriving may end in the first characters of a secret: held back."""
+    text = redact(text)
+    if keep == "end":
+        for value, _ in secret_values():
+            for size in range(min(len(value) - 1, len(text)), 2, -1):
+                if text.endswith(value[:size]):
+                    text = text[:-size]
+                    break
+        return text[-most:]
+    return text[:most]
+
+
 @lru_cache(maxsize=64)
 def _json_escaped(value: str) -> str:
     """A secret as JSON writes it inside a string (a page redacts every value it shows: worked out once each)."""
@@ -110,11 +125,19 @@ def redact_deep(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any
 
 
 # C0 controls but newline and tab, DEL, C1 controls, the Unicode controls that reorder or hide what a
-# terminal or a page shows (bidirectional overrides and isolates, zero-width joiners aside), and lone
-# surrogates, which no encoder can write (a console would fail on them).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# terminal or a page shows (bidirectional marks, overrides and isolates, zero-width joiners aside), the line and
+# paragraph separators (a new line to some terminals and editors), and lone surrogates, which no encoder can write
+# (a console would fail on them).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
     """Untrusted text with control characters shown as visible escapes, so a terminal prints, never obeys, it."""
     return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def one_line(text: str) -> str:
+    """Untrusted text for a place that is one line (an error, a log line, a search hit): ``printable``, and its line
+    breaks written out, so it cannot make a line of its own that reads as heurist's."""
+    return printable(text).replace("\r", "\\r").replace("\n", "\\n")

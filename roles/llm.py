@@ -35,7 +35,7 @@ from typing import Any, Iterator, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from common import interrupts
-from common.safe_text import redact
+from common.safe_text import cut, redact
 from roles.llm_requests import (
     Capabilities,
     capabilities_from,
@@ -563,7 +563,7 @@ class LLMClient:
         if self.on_progress is None or now - attempt.last_progress < PROGRESS_EVERY_S:
             return
         attempt.last_progress = now
-        tail = "".join(attempt.pieces)[-160:]
+        tail = cut("".join(attempt.pieces), 160, keep="end")  # redacted whole, then cut: no half of a secret
         self.on_progress(transcript.role, {"attempt": ask + 1, "elapsed_s": round(now - attempt.started, 1),
                                            "call_tokens": attempt.completion_tokens or attempt.chunks, "tail": tail,
                                            "timeout_s": self.settings_for(transcript.role).timeout_s})

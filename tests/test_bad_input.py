@@ -150,13 +150,18 @@ def test_damaged_ledger_lines_are_skipped_with_one_warning_not_an_error(llm_run,
     run = workdir / "run"
     shutil.copytree(llm_run.run_dir, run, ignore=shutil.ignore_patterns("report", ".lock"))  # rewritten elsewhere
     lines = (run / "ledger.jsonl").read_bytes().splitlines(keepends=True)
-    lines[3:3] = [b'{"event": "eval_finished", "torn\n', b"\x00\x00\xff not text\n", b"42\n"]
+    # Torn, not text, no record, and JSON nested deeper than the parser goes (RecursionError, not ValueError).
+    lines[3:3] = [b'{"event": "eval_finished", "torn\n', b"\x00\x00\xff not text\n", b"42\n", b"[" * 100_000 + b"\n"]
     (run / "ledger.jsonl").write_bytes(b"".join(lines))
-    for args in (["show", str(run)], ["resume", str(run), "--no-progress"], ["report", str(run)]):
+    # A transcript line whose time and iteration are no numbers: the others are still listed, sorted.
+    with open(next((run / "transcripts").glob("*/*.jsonl")), "a") as transcript:
+        transcript.write('{"time": "soon", "iteration": "one", "role": "coder", "kind": "decision"}\n')
+    for args in (["show", str(run)], ["resume", str(run), "--no-progress"], ["report", str(run)],
+                 ["transcripts", str(run)], ["transcripts", str(run), "--json"]):
         code, stdout, stderr = cli(monkeypatch, capsys, *args)
         assert code == 0, stderr
-        assert f"warning: 3 unreadable line(s) in {run / 'ledger.jsonl'} skipped" in stderr or args[0] == "report"
-        assert "Traceback" not in stderr
+        assert f"warning: 4 unreadable line(s) in {run / 'ledger.jsonl'} skipped" in stderr or args[0] in ("report", "transcripts")
+        assert "Traceback" not in stderr and "internal error" not in stderr
     code, stdout, _ = cli(monkeypatch, capsys, "show", str(run))
     assert "accepted" in stdout and "rejected" in stdout  # the records around the damage are all there
 

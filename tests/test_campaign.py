@@ -371,6 +371,21 @@ def test_a_damaged_campaign_file_or_run_ledger_is_one_line(home):
         done = heurist(env, "campaign", command, tmp / "camp")
         assert done.returncode == 2 and "cannot read the ledger" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+    # A campaign folder may be a stranger's: its texts are shown, never obeyed; a name or key that is no folder's is
+    # refused (a key is a path under runs/).
+    record = json.loads((tmp / "camp" / "campaign.json").read_text())
+    (run_dir / "ledger.jsonl").rmdir()
+    record["runs"][0]["task"] = "\u202elive\x1b]0;TITLE\x07\x1b]52;c;ZXZpbA==\x07[bold red]pwned[/]"
+    (tmp / "camp" / "campaign.json").write_text(json.dumps(record))
+    done = heurist(env, "campaign", "status", tmp / "camp")
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\u202e" not in done.stdout and "[bold red]pwned[/]" in done.stdout
+    for field, value in (("name", "x\x1b]0;owned\x07"), ("key", "../../elsewhere")):
+        hostile = json.loads(json.dumps(record))
+        (hostile if field == "name" else hostile["runs"][0])[field] = value
+        (tmp / "camp" / "campaign.json").write_text(json.dumps(hostile))
+        done = heurist(env, "campaign", "status", tmp / "camp")
+        assert done.returncode == 2 and "campaign.json is damaged" in done.stderr and "\x1b" not in done.stderr
     (tmp / "camp" / "campaign.json").write_bytes(b"\xff\xfe{")
     for command in ("status", "report", "resume"):
         done = heurist(env, "campaign", command, tmp / "camp")

@@ -172,6 +172,9 @@ def test_untrusted_error_text_is_shown_inert_and_secrets_never(tmp_path):
                    str(tmp_path / "l.jsonl"), env_extra={"OPENAI_API_KEY": key})
     assert_one_line_error(proc, "did not run on CartPole-v1", "[/bold] [red]x[/red]", "\\x1b[2J", "\\u202e")
     assert "\x1b[2J" not in proc.stdout + proc.stderr and "\u202e" not in proc.stdout + proc.stderr
+    for hidden in ("\u061c", "\u2028"):
+        assert hidden not in proc.stdout + proc.stderr
+    assert "\\n2026-12-05 06:00:00 iteration 1 accepted" in proc.stderr  # its line break written out: no line of its own
     assert "MarkupError" not in proc.stdout + proc.stderr and "[/bold]" in proc.stdout  # the table shows it too
     assert key not in proc.stdout + proc.stderr + (tmp_path / "l.jsonl").read_text()
 
@@ -197,3 +200,19 @@ def test_a_policy_in_a_repository_whose_path_has_spaces(tmp_path):
     assert proc.returncode == 0, proc.stderr
     started = json.loads((tmp_path / "l.jsonl").read_text().splitlines()[0])
     assert started["git"]["commit"] and started["git"]["uncommitted_changes"] is False
+
+
+def test_a_secret_streaming_past_a_window_is_never_shown_in_part(monkeypatch):
+    """Found by a red-team review (2026-12-05): the live panel cut a streamed reply to its last characters before
+    anything redacted it, so a key in the reply was shown in two halves (its first 38 characters, then its last
+    39), neither of which redaction knew. Every window of the growing reply is now cut from the redacted whole,
+    with the start of a secret still arriving held back."""
+    from common.safe_text import cut
+
+    key = "sk-proj-Zq7Xw2Lm9Vb4Nc8Rt1Yh6Gf3Dk5Sa0xyz12"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    reply = "the analyst says: the pole tips right, and here is a key " + key + " and more words after it"
+    for end in range(1, len(reply) + 1):
+        for window in (cut(reply[:end], 40, keep="end"), cut(reply[:end], 40)):
+            assert not any(key[i:i + 8] in window for i in range(len(key) - 7)), (end, window)
+    assert cut(reply, 200, keep="end").endswith("[redacted $OPENAI_API_KEY] and more words after it")
