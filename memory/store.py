@@ -266,12 +266,14 @@ class MemoryStore:
         restores one task's simulator under one protocol's rules), each once and at most ``most``, the first
         failures' first; and those that cannot be read (a record of a newer heurist, a damaged one), by id with the
         reason. Each is read on its own: one that cannot be read costs that scenario, not the others."""
+        # Looked up a few times over: ids no longer in the store, or of records that cannot be read, do not crowd
+        # the readable ones out; the lookup stays bounded whatever a failure links to.
         wanted = list(dict.fromkeys(i for f in failures if f.task == task and f.protocol == protocol
-                                    for i in f.scenarios))[:most]
+                                    for i in f.scenarios))[:4 * most]
         stored = self._metadatas(wanted)
         read = {r.id: r for r in self._readable(m for _, m in stored)}
         found = [r for i, _ in stored if isinstance(r := read.get(i), ScenarioRecord)
-                 and r.task == task and r.protocol == protocol]
+                 and r.task == task and r.protocol == protocol][:most]
         return found, {i: "a record this heurist cannot read (a newer heurist's?)" for i, _ in stored if i not in read}
 
     def forget(self, run_id: str) -> int:

@@ -394,6 +394,10 @@ def test_a_scenario_record_memory_cannot_read_costs_that_scenario_not_the_others
         # At most so many, the first failures' first: a failure a stranger linked to hundreds brings few.
         many = failure.model_copy(update={"scenarios": ("scenario-newer",) + tuple(f"s{i}" for i in range(300))})
         capped, left_out = memory.scenarios_of([many, failure], "CartPole-v1", "standard", most=2)
+        # Ids that are gone or unreadable do not crowd a readable one out, within a few times the cap.
+        few = failure.model_copy(update={"scenarios": ("scenario-newer", "gone-1", "gone-2", readable.id)})
+        past_the_gone, _ = memory.scenarios_of([few], "CartPole-v1", "standard", most=2)
     assert [r.id for r in found] == [readable.id]
     assert list(unreadable) == ["scenario-newer"] and "cannot read" in unreadable["scenario-newer"]
-    assert capped == [] and list(left_out) == ["scenario-newer"]  # s0 is in no store; readable.id is third
+    assert capped == [] and list(left_out) == ["scenario-newer"]  # the s<i> are in no store; readable.id is past 8
+    assert [r.id for r in past_the_gone] == [readable.id]
