@@ -303,8 +303,8 @@ class LLMClient:
         caps = self.capabilities(s)
         # Nothing secret of heurist's environment is ever sent, whatever a prompt was built from.
         conversation = [_redacted(m) for m in messages]
-        # A node run again after a crash asks again what it asked before the crash: that answer was paid for, and a
-        # replay of the run gives it, so the run takes it too (else the run and its replay act on different ones).
+        # A node cut off before its checkpoint asks again, on resume, what it asked before: the answer it got then
+        # was paid for, and a replay of the run gives it, so the run takes it too (RoleTranscript.answered_before).
         ask = hashlib.sha256(json.dumps([schema.__name__, conversation], sort_keys=True, default=str)
                              .encode()).hexdigest()[:16]
         earlier = transcript.answered_before(ask)
@@ -611,9 +611,9 @@ class LLMClient:
 
 
 def _text(value: object, what: str) -> str | None:
-    """A field of the server's reply that must be text or absent. The client does not type what a server sends
-    (a list as the content, a number as a call's id, an object as its arguments: some proxies send that): any other
-    type is a reply of an unexpected shape, which fails its attempt (``_send``) rather than the run further on."""
+    """A field of the server's reply that must be text or absent. The client does not type what a server sends (a
+    number as a call's id or name, a list of anything but text parts as the content): any other type is a reply of
+    an unexpected shape, which fails its attempt (``_send``) rather than the run further on."""
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"{what} is {type(value).__name__}, not text")
