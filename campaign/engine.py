@@ -275,7 +275,7 @@ class Driver:
                 # every run not started): they wait, until an end recorded meanwhile frees some budget. A run started
                 # before (lost, stopped, or made by a driver killed before it recorded the start) goes on with its own.
                 key = waiting.pop(0)
-                if no_share and key not in launched_before and not (self.campaign.run_dir(key) / "run.json").exists():
+                if no_share and not self._started_before(key, launched_before):
                     continue
                 flying = len(self.in_flight)
                 if not self._launch(task, key, hours_left):
@@ -325,7 +325,7 @@ class Driver:
         planned = next(r for r in record.runs if r.key == key)
         launched, ended = self._state()
         run_dir = self.campaign.run_dir(key)
-        if key in launched or (run_dir / "run.json").exists():
+        if self._started_before(key, launched):
             # Started before (a lost node, a stop, a killed driver): the same share, from its checkpoint. A run
             # whose own ledger says it ended (it finished as its driver was killed) is recorded, not started.
             allotment = launched[key].allotment if key in launched else self._recovered_share(run_dir)
@@ -377,6 +377,11 @@ class Driver:
         self.in_flight[ref] = Flight(key, attempt, allotment)
         self.on_line(f"started {key} (attempt {attempt})")
         return True
+
+    def _started_before(self, key: str, launched) -> bool:
+        """Whether a run was started before (its start recorded, or its run.json made by a driver killed before it
+        recorded the start): it goes on with the share it was given, and needs none now."""
+        return key in launched or (self.campaign.run_dir(key) / "run.json").exists()
 
     def _attempts(self, key: str) -> int:
         """Starts of a run that count against max_attempts: those that were lost or never ended (a driver killed

@@ -290,12 +290,21 @@ def _wait_for(child: int, pidfd: int | None) -> int:
             return _status_in_proc(child)
 
 
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` from the third (the state) on, after a command name that may hold spaces and
+    parentheses; none where the process has gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return []
+
+
 def _status_in_proc(pid: int) -> int:
     """A zombie's wait status, as the kernel keeps it (``exit_code``, the 52nd field of ``/proc/PID/stat``)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rpartition(b")")[2].split()[49])
-    except (OSError, ValueError, IndexError):
+        return int(_stat_fields(pid)[49])
+    except (ValueError, IndexError):
         return 0x9
 
 
@@ -323,11 +332,7 @@ def _children() -> list[tuple[int, bool]]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rpartition(b")")[2].split()
-        except OSError:
-            continue  # it ended while we looked
+        fields = _stat_fields(entry.name)  # none for a process that ended while we looked
         if len(fields) > 1 and int(fields[1]) == me:
             found.append((int(entry.name), fields[0] in (b"Z", b"X")))
     return found

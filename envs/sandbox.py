@@ -206,11 +206,9 @@ def end_tree(proc: subprocess.Popen, reaped: bool) -> int:
         try:
             os.kill(proc.pid, signal.SIGTERM)
             return proc.wait(timeout=REAPER_GRACE_S)
-        except ProcessLookupError:
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        except subprocess.TimeoutExpired:
-            pass
-    if proc.returncode is None:
+    if proc.returncode is None:  # (envs.forkserver.kill_group does this too; the fork server imports this module)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -283,6 +283,21 @@ def _behaviour(source: str) -> object:
     return namespace["RESULT"]
 
 
+# A policy's tunables, as each policy file declares them (a policy may not import heurist's helper).
+TUNABLES = '''
+        from dataclasses import astuple, dataclass, field
+
+
+        def tunable(default, low, high, doc):
+            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
+
+
+        @dataclass
+        class Tunables:
+            a: float = tunable(1.0, 0.0, 5.0, "a")
+            b: float = tunable(2.0, 0.0, 5.0, "b")
+'''
+
 RULE_TRAPS = {
     "a form feed and wide characters before the code": '''
         # the policy \x0c, section two
@@ -369,19 +384,7 @@ RULE_TRAPS = {
 
         RESULT = (type(gen()).__name__, text(), one())
     ''',
-    "tunables read whole": '''
-        from dataclasses import astuple, dataclass, field
-
-
-        def tunable(default, low, high, doc):
-            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
-
-
-        @dataclass
-        class Tunables:
-            a: float = tunable(1.0, 0.0, 5.0, "a")
-            b: float = tunable(2.0, 0.0, 5.0, "b")
-
+    "tunables read whole": TUNABLES + '''
 
         RESULT = sum(astuple(Tunables()))
     ''',
@@ -402,21 +405,9 @@ RULE_TRAPS = {
     ''',
     # Found by a review of that fix: the tunables the MuJoCo starters read as getattr(p, f"amp_{j}") were removed as
     # unused, and the simplified policy raised AttributeError.
-    "tunables read by a computed name": '''
-        from dataclasses import dataclass, field
+    "tunables read by a computed name": TUNABLES + '''
 
-
-        def tunable(default, low, high, doc):
-            return field(default=default, metadata={"low": low, "high": high, "doc": doc})
-
-
-        @dataclass
-        class Tunables:
-            amp_0: float = tunable(1.0, 0.0, 5.0, "a")
-            amp_1: float = tunable(2.0, 0.0, 5.0, "b")
-
-
-        RESULT = sum(getattr(Tunables(), f"amp_{j}") for j in range(2))
+        RESULT = sum(getattr(Tunables(), chr(ord("a") + j)) for j in range(2))
     ''',
     "a method reached by a computed name": '''
         class Policy:
