@@ -118,13 +118,15 @@ def export_cmd(file: Path = typer.Argument(..., help="JSONL file to write (one r
 @memory_app.command("import")
 def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `heurist memory export`."),
                memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
-    """Add the records of FILE, embedded by this store's embedder; records already there are left as they were."""
+    """Add the records of FILE, embedded by this store's embedder; records already there are left as they were.
+    The runs the new ones name are another store's, named imported:RUN_ID here."""
     if not file.is_file():
         raise HeuristError(f"{file} is not a file; give a file written by `heurist memory export`")
     with _open(memory, memory_url) as store:
         added, held = store.import_file(file)
-    out.print(f"imported {added + held} records from {file} ({added} new, {held} already there, left as they were)",
-              markup=False)
+    out.print(f"imported {added + held} records from {file} ({added} new, {held} already there, left as they were)"
+              + ("; their runs are named imported:RUN_ID here (`heurist memory forget --run imported:RUN_ID` removes "
+                 "one's)" if added else ""), markup=False)
 
 
 @memory_app.command("forget")

@@ -301,3 +301,40 @@ def fix_rank_key(fix: FixRecord, similarity: float | None = None) -> tuple:
     return (0 if fix.outcome == "accepted" else 1,
             -(delta if delta is not None else float("-inf")),
             -(similarity if similarity is not None else 0.0))
+
+IMPORTED = "imported:"  # how a run of another store is named here: no run of this store's begins so
+
+
+def imported_name(run_or_sighting: str) -> str:
+    """A run id, or a ``run_id:iteration`` sighting, of the store a record was exported from, as this store keeps
+    it: marked, so that it never reads as one of this store's runs (its report's "Added by this run", ``forget
+    --run``, a lesson's showings). Marked once: a record exported again after its import keeps its one mark."""
+    return run_or_sighting if run_or_sighting.startswith(IMPORTED) else IMPORTED + run_or_sighting
+
+
+def as_imported(records: list) -> list:
+    """``records`` of another store as this store adds them: every run and sighting they name marked as imported
+    (``imported_name``), each id made again from the marked fields, and the links between them (a fix's failures,
+    a lesson's fixes) following the new ids. A link to a record outside ``records`` is kept as it is."""
+    renamed: dict[str, str] = {}
+    marked = []
+    for record in records:
+        update: dict = {"run_id": imported_name(record.run_id)}
+        if isinstance(record, FailureRecord):
+            update["seen_in"] = tuple(imported_name(s) for s in record.seen_in)
+        if isinstance(record, LessonRecord):
+            update["recalled_in"] = tuple(imported_name(s) for s in record.recalled_in)
+            update["helped_in"] = tuple(imported_name(s) for s in record.helped_in)
+        copy = type(record).model_validate({**record.model_dump(), **update, "id": ""})
+        copy = copy.model_copy(update={"id": copy.default_id()})
+        renamed[record.id] = copy.id
+        marked.append(copy)
+    linked = []
+    for record in marked:
+        if isinstance(record, FixRecord):
+            record = record.model_copy(update={"failure_ids": tuple(renamed.get(i, i) for i in record.failure_ids)})
+        elif isinstance(record, LessonRecord):
+            record = record.model_copy(
+                update={"source_fix_ids": tuple(renamed.get(i, i) for i in record.source_fix_ids)})
+        linked.append(record)
+    return linked

@@ -50,6 +50,7 @@ from memory.records import (
     LessonRecord,
     Recall,
     Record,
+    as_imported,
     RecordType,
     ScenarioRecord,
     fix_rank_key,
@@ -477,6 +478,7 @@ class MemoryStore:
         The file may be a stranger's, so each record is data and nothing more: its id is made again from its own
         fields (an id written in the file could name, and overwrite, another run's record, or one of another type);
         a record this store already holds is left as it is (an import adds no sighting, source or count to it);
+        every run the others name is marked ``imported:`` (``memory.records.as_imported``);
         a line longer than any record heurist writes is refused; and the whole file is read and checked before
         anything is written."""
         path = Path(path)
@@ -498,8 +500,13 @@ class MemoryStore:
                     records.setdefault(record.id, record)  # a file holding a record twice adds it once
         except OSError as exc:
             raise MemoryStoreError(f"cannot read {path}: {exc.strerror}") from None
+        # A record this store holds already (the store's own export read back) is held as it is; every other one
+        # is added as another store's, its runs marked (``as_imported``): a stranger's record cannot claim a run of
+        # this store, its report's "Added by this run" or what ``forget --run`` of that run removes.
         held = {r.id for r in self.get(records)}
-        new = [r for i, r in records.items() if i not in held]
+        marked = as_imported([r for i, r in records.items() if i not in held])
+        held_marked = {r.id for r in self.get([r.id for r in marked])}  # the same file imported before
+        new = list({r.id: r for r in marked if r.id not in held_marked}.values())  # runs "x", "imported:x": one
         for start in range(0, len(new), PAGE):
             self.add(new[start:start + PAGE])
         return len(new), len(records) - len(new)

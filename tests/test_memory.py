@@ -164,8 +164,18 @@ def test_export_import_round_trip(tmp_path, store, embedder):
     with MemoryStore(MemoryConfig(path=tmp_path / "other"), embedder=embedder) as other:
         assert other.import_file(exported) == (3, 0)
         assert other.import_file(exported) == (0, 3) and other.count() == 3  # importing again adds nothing
-        assert list(other.records()) == list(store.records())
+        # The same records, their runs marked as another store's; the fix still names its failure.
+        assert [(r.type, r.text, r.created_at) for r in other.records()] == \
+            [(r.type, r.text, r.created_at) for r in store.records()]
+        assert {r.run_id for r in other.records()} == {"imported:run-a"}
+        assert [r.seen_in for r in other.records() if r.type == "failure"] == [("imported:run-a:0",)]
         assert other.recall("ball passed the paddle", k=1).failures[0].fixes[0].fix.outcome == "accepted"
+        # Exported again and read back into the first store: marked once, and what that store holds is held.
+        again = tmp_path / "again.jsonl"
+        other.export(again)
+    assert store.import_file(exported) == (0, 3)
+    assert store.import_file(again) == (2, 1)  # the lesson is one whatever its run; the failure and fix come in
+    assert {r.run_id for r in store.records()} == {"run-a", "imported:run-a"}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(exported.read_text().splitlines()[0] + "\n" + '{"type": "failure", "run_id": "x"}\n')
     with pytest.raises(MemoryStoreError, match=r"bad.jsonl:2 is not a memory record"):
@@ -200,9 +210,24 @@ def test_an_imported_file_is_data_it_cannot_rewrite_or_inflate_what_the_store_ho
     after = {r.id: r for r in store.records()}
     assert all(after[i] == record for i, record in before.items())  # the victim's records, as they were
     assert after[victim_failure].sightings == 1 and after[victim_lesson].recalled == 0
-    forged = [r for r in after.values() if r.run_id == "stranger" and r.type == "fix"]
-    assert len(forged) == 1 and forged[0].id != victim_fix  # kept apart: forget --run stranger removes it alone
-    assert store.forget("stranger") == 3 and set({r.id for r in store.records()}) == set(before)
+    forged = [r for r in after.values() if r.run_id == "imported:stranger" and r.type == "fix"]
+    assert len(forged) == 1 and forged[0].id != victim_fix  # kept apart: forget --run removes it alone
+    assert store.forget("imported:stranger") == 3 and set({r.id for r in store.records()}) == set(before)
+    # A record that names a run of this store, with content of its own, is another store's: it cannot be listed
+    # under that run (its report's "Added by this run") nor be forgotten with it, nor claim its showings.
+    claim = [failure("ball went through the bricks", run_id="victim", seen_in=("victim:7",)),
+             fix([victim_failure], "accepted", 1, 50, run_id="victim", rationale="serve left"),
+             LessonRecord(run_id="victim", statement="serve left", family="atari", task="ALE/Breakout-v5",
+                          recalled=1, recalled_in=("victim:3",))]
+    (tmp_path / "claim.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in claim))
+    assert store.import_file(tmp_path / "claim.jsonl") == (3, 0)
+    assert {r.id for r in store.records_of_run("victim")} == set(before)
+    claimed = [r for r in store.records() if r.id not in before]
+    assert {r.run_id for r in claimed} == {"imported:victim"}
+    assert [r.seen_in for r in claimed if r.type == "failure"] == [("imported:victim:7", "imported:victim:0")]
+    assert [r.recalled_in for r in claimed if r.type == "lesson"] == [("imported:victim:3",)]
+    assert [r.failure_ids for r in claimed if r.type == "fix"] == [(victim_failure,)]  # a link out is kept
+    assert store.forget("victim") == 3 and {r.id for r in store.records()} == {r.id for r in claimed}
     # Counts that cannot be, and evidence that would read as lines of heurist's own.
     with pytest.raises(ValueError, match="helps only when recalled"):
         LessonRecord(run_id="x", statement="s", family="atari", task="t", recalled=5, helped=999)
@@ -349,7 +374,9 @@ def test_cli_search_export_import_forget(tmp_path, embedder):
     assert json.loads(heurist("stats", "--json", "--memory", str(path)))["by_type"] == {"failure": 1, "fix": 2}
     assert "exported 3 records" in heurist("export", str(exported), "--memory", str(path))
     assert "3 new, 0 already there" in heurist("import", str(exported), "--memory", str(copy))
-    assert "forgot 3 records of run run-a" in heurist("forget", "--run", "run-a", "--memory", str(copy))
+    assert "forgot 0 records of run run-a" in heurist("forget", "--run", "run-a", "--memory", str(copy))
+    assert "forgot 3 records of run imported:run-a" in heurist("forget", "--run", "imported:run-a", "--memory",
+                                                               str(copy))
     assert json.loads(heurist("stats", "--json", "--memory", str(copy)))["records"] == 0
 
 
