@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from campaign.plan import CampaignError, CampaignSpec, PlannedRun
 from common.files import atomic_write
-from common.ledger import Ledger
+from common.ledger import Ledger, LedgerTail
 from common.locks import exclusive, held
 
 
@@ -49,7 +49,7 @@ class CampaignRecord(BaseModel):
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)  # read once, then shared by every later read (LedgerTail)
 
     time: str = Field(default_factory=now_iso)
 
@@ -93,12 +93,22 @@ CampaignEvent = Annotated[Union[CampaignStarted, RunLaunched, RunEnded, Campaign
 _EVENT = TypeAdapter(CampaignEvent)
 
 
+def _event(raw: dict) -> CampaignEvent | None:
+    """A ledger line as a typed event; None for a line of another version's (the ledger counts what is torn)."""
+    try:
+        return _EVENT.validate_python(raw)
+    except ValidationError:
+        return None
+
+
 class CampaignDir:
     """A campaign's directory: its record, ledger, runs, lock and stop request."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.ledger = Ledger(self.root / "ledger.jsonl")
+        # The driver reads the ledger several times per run it starts or ends: each read parses the new lines only.
+        self._events = LedgerTail(self.ledger, _event)
 
     @classmethod
     def create(cls, root: Path, source: Path, spec: CampaignSpec, runs: list[PlannedRun],
@@ -131,13 +141,7 @@ class CampaignDir:
 
     def events(self) -> list[CampaignEvent]:
         """The ledger's events; a torn or foreign line is skipped (the ledger counts it)."""
-        out = []
-        for raw in self.ledger.read()[0]:
-            try:
-                out.append(_EVENT.validate_python(raw))
-            except ValidationError:
-                continue
-        return out
+        return self._events.read()[0]
 
     def run_dir(self, key: str) -> Path:
         return self.root / "runs" / key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
@@ -14,15 +15,28 @@ _TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 def atomic_write(path: Path, text: str) -> None:
     """Write a file others may read: a temp file renamed over it, so it is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_and_rename(path, text)
+    except FileNotFoundError:
+        # Its temp file was swept: a process that took the folder's lock (``heurist resume`` of a run whose page
+        # ``heurist report`` was writing) sweeps what a kill left, and can meet a temp file before this write
+        # holds it (the flock below). Written once more; a second sweep is not taken at the same moment.
+        if not path.parent.is_dir():
+            raise
+        _write_and_rename(path, text)
+
+
+def _write_and_rename(path: Path, text: str) -> None:
     # A unique temp name per call: nodes in parallel threads may write the same file at once.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a write in progress: ``sweep_torn_writes`` leaves it (released at close)
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; these files are for the user's other tools and readers too
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:  # a full disk or a kill mid-write: leave the old file, not a stray temp
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -30,14 +44,15 @@ def atomic_write(path: Path, text: str) -> None:
 
 def sweep_torn_writes(root: Path) -> list[Path]:
     """Remove the temp files of writes a kill cut short under ``root`` (the file each was for is whole: its
-    old version or none); the removed paths. Only for a folder no other process is writing to (a run
-    directory whose lock is held); git's own folders are left alone."""
+    old version or none); the removed paths. For a folder whose lock is held (a run directory): a write in
+    progress by a process that does not take the lock (``heurist report``) holds its temp file's flock and is
+    left alone. git's own folders are left alone."""
     removed = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d != ".git"]  # git's own, and large: not walked
         for name in files:
             path = Path(folder) / name
-            if not _TEMP_NAME.fullmatch(name) or path.is_symlink():
+            if not _TEMP_NAME.fullmatch(name) or path.is_symlink() or _being_written(path):
                 continue
             try:
                 path.unlink(missing_ok=True)
@@ -45,3 +60,21 @@ def sweep_torn_writes(root: Path) -> list[Path]:
                 continue
             removed.append(path)
     return removed
+
+
+def _being_written(path: Path) -> bool:
+    """Whether another process is writing ``path`` now (``atomic_write`` holds its temp file's flock until it is
+    renamed): such a temp file is no torn write. One that cannot be opened is not known to be written."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False

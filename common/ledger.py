@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
@@ -66,16 +66,67 @@ class Ledger:
         try:
             with open(self.path, "rb") as fh:
                 for raw in fh:
-                    if not raw.strip():
-                        continue
-                    try:
-                        record = json.loads(raw)
-                    except (ValueError, RecursionError):  # not JSON (bytes that are not text: UnicodeDecodeError),
-                        record = None  # or JSON nested deeper than the parser goes: a damaged line either way
-                    if isinstance(record, dict):
-                        records.append(record)
-                    else:
-                        bad += 1
+                    bad += _take(raw, records)
         except OSError as exc:  # a folder where the ledger should be, no permission: one line naming it
             raise LedgerError(f"cannot read the ledger {self.path}: {exc.strerror}") from None
         return records, bad
+
+
+class LedgerTail:
+    """A ledger read as it grows: each ``read`` parses only the lines appended since the last, so a process that
+    reads its ledger often (a campaign's driver, several times per run it starts or ends) pays for the new lines,
+    not for the whole file each time.
+
+    Only whole lines are taken: a line still being written (no newline yet) is read once it is whole, and a torn
+    one, which the next append ends with a newline, counts as unreadable then, as ``Ledger.read`` counts it. A file
+    that is replaced or shorter than what was read (never by heurist: a ledger is append-only) is read again from
+    its start."""
+
+    def __init__(self, ledger: Ledger, parse: Callable[[dict[str, Any]], Any] = lambda record: record) -> None:
+        self.ledger = ledger
+        self.parse = parse  # each record as the reader keeps it (a typed event), or None to leave it out
+        self.records: list[Any] = []
+        self.bad = 0
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file read
+        self._offset = 0  # bytes taken: up to the end of the last whole line
+
+    def read(self) -> tuple[list[Any], int]:
+        """Every readable record so far as ``parse`` gave it, in order (a new list), and how many lines were not
+        records (torn or corrupt; what ``parse`` leaves out is not counted)."""
+        path = self.ledger.path
+        try:
+            with open(path, "rb") as fh:
+                stat = os.fstat(fh.fileno())
+                if self._file != (stat.st_dev, stat.st_ino) or stat.st_size < self._offset:
+                    self.records, self.bad, self._offset = [], 0, 0
+                    self._file = (stat.st_dev, stat.st_ino)
+                fh.seek(self._offset)
+                for raw in fh:
+                    if not raw.endswith(b"\n"):
+                        break  # a line not yet whole: taken when it is
+                    self._offset += len(raw)
+                    taken: list[dict[str, Any]] = []
+                    self.bad += _take(raw, taken)
+                    for record in taken:
+                        parsed = self.parse(record)
+                        if parsed is not None:
+                            self.records.append(parsed)
+        except FileNotFoundError:
+            self.records, self.bad, self._offset, self._file = [], 0, 0, None
+        except OSError as exc:
+            raise LedgerError(f"cannot read the ledger {path}: {exc.strerror}") from None
+        return list(self.records), self.bad
+
+
+def _take(raw: bytes, records: list[dict[str, Any]]) -> int:
+    """Add the record one ledger line holds to ``records``; 1 when the line holds none (torn or corrupt), else 0."""
+    if not raw.strip():
+        return 0
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (bytes that are not text: UnicodeDecodeError),
+        record = None  # or JSON nested deeper than the parser goes: a damaged line either way
+    if isinstance(record, dict):
+        records.append(record)
+        return 0
+    return 1

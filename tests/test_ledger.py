@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from common.ledger import Ledger
+from common.ledger import Ledger, LedgerTail
 from tests.test_cli import HEURIST
 
 
@@ -79,9 +79,48 @@ def test_a_torn_last_line_is_skipped_and_never_merged_into_the_next(tmp_path):
     assert [r["event"] for r in records] == ["a", "c"] and bad == 1
 
 
+def test_a_ledger_read_as_it_grows_parses_each_line_once_and_gives_what_a_whole_read_gives(tmp_path):
+    """A campaign's driver reads its ledger several times per run it starts or ends: it parses the new lines
+    only, and reads what ``Ledger.read`` reads, a line still being written once it is whole."""
+    ledger = Ledger(tmp_path / "l.jsonl")
+    parsed: list[int] = []
+
+    def parse(record: dict):
+        parsed.append(record["n"])
+        return record if record["event"] != "foreign" else None  # a line the reader leaves out
+
+    tail = LedgerTail(ledger, parse)
+    assert tail.read() == ([], 0)  # no file yet
+    ledger.append({"event": "a", "n": 1})
+    ledger.append({"event": "foreign", "n": 2})
+    assert tail.read() == ([{"event": "a", "n": 1}], 0) and parsed == [1, 2]
+    with open(ledger.path, "ab") as fh:
+        fh.write(b'{"event": "b", "n": 3')  # being written: not yet a line
+    assert tail.read() == ([{"event": "a", "n": 1}], 0) and parsed == [1, 2]
+    with open(ledger.path, "ab") as fh:
+        fh.write(b'}\n')
+    assert [r["n"] for r in tail.read()[0]] == [1, 3] and parsed == [1, 2, 3]
+    with open(ledger.path, "ab") as fh:
+        fh.write(b'{"event": "c", "n"')  # torn by a crash: the next append ends it, and it counts as unreadable
+    ledger.append({"event": "d", "n": 5})
+    records, bad = tail.read()
+    assert [r["n"] for r in records] == [1, 3, 5] and bad == 1 and parsed == [1, 2, 3, 5]
+    whole, whole_bad = ledger.read()
+    assert [r for r in whole if r["event"] != "foreign"] == records and whole_bad == bad
+    records.append({"event": "mine", "n": 7})  # a new list each time: what a reader adds to its list stays there
+    assert len(tail.read()[0]) == 3
+    # A file replaced by another (never by heurist: a ledger is append-only) is read again from its start.
+    replacement = tmp_path / "other.jsonl"
+    replacement.write_text('{"event": "e", "n": 6}\n')
+    os.replace(replacement, ledger.path)
+    assert [r["n"] for r in tail.read()[0]] == [6]
+    ledger.path.unlink()
+    assert tail.read() == ([], 0)
+
+
 WRITER = textwrap.dedent('''
     import sys
-    from common.ledger import Ledger
+    from common.ledger import Ledger, LedgerTail
     ledger = Ledger(sys.argv[1])
     for i in range(300):
         ledger.append({"event": "w", "writer": sys.argv[2], "i": i, "pad": "x" * 5000})
@@ -156,3 +195,38 @@ def test_a_write_cut_short_by_a_kill_leaves_no_temp_file_once_the_run_is_resumed
     with locked(run_dir):
         assert not os.path.exists(torn)
     assert gits.exists() and theirs.exists() and (run_dir / "evals" / "a.json").read_text() == "{}"
+
+
+def test_a_page_written_while_a_resume_takes_the_lock_is_written_whole(tmp_path, monkeypatch):
+    """`heurist report RUN_DIR` writes without the run's lock; a resume taking the lock meanwhile sweeps the temp
+    files of torn writes. A write in progress holds its temp file's flock and is left alone; one swept between its
+    temp file and that flock is written again (before, the report failed once)."""
+    import fcntl
+    import tempfile
+
+    from common import files
+    from store.rundir import locked
+
+    run_dir = tmp_path / "run"
+    (run_dir / "report").mkdir(parents=True)
+    fd, writing = tempfile.mkstemp(prefix=".index.html.", suffix=".tmp", dir=run_dir / "report")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as atomic_write holds it until its rename
+    with locked(run_dir):
+        assert os.path.exists(writing)
+    os.close(fd)
+    with locked(run_dir):  # its writer gone, it is a torn write
+        assert not os.path.exists(writing)
+
+    real_fsync, swept = os.fsync, []
+
+    def sweep_first(fileno):  # the resume's sweep, at the worst moment: before this write held its temp file
+        real_fsync(fileno)
+        if not swept:
+            for temp in (run_dir / "report").glob(".index.html.*.tmp"):
+                temp.unlink()
+                swept.append(temp)
+
+    monkeypatch.setattr(files.os, "fsync", sweep_first)
+    files.atomic_write(run_dir / "report" / "index.html", "<p>whole</p>")
+    assert swept and (run_dir / "report" / "index.html").read_text() == "<p>whole</p>"
+    assert not list((run_dir / "report").glob("*.tmp"))
