@@ -30,7 +30,10 @@ def _write_and_rename(path: Path, text: str) -> None:
     # A unique temp name per call: nodes in parallel threads may write the same file at once.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a write in progress: ``sweep_torn_writes`` leaves it (released at close)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a write in progress: ``sweep_torn_writes`` leaves it (released at close)
+        except OSError:  # a file system without locks (ENOLCK): written all the same, as before
+            pass
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; these files are for the user's other tools and readers too
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
