@@ -70,6 +70,17 @@ def policy_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# What a policy's source may weigh. Parsing takes about 300 times a file's size in memory (a 4 MB table of numbers
+# took 1.2 GB in heurist's own process, which no sandbox bounds), and no policy's logic is that long: a table
+# belongs in a data file of a policy folder, which the policy reads in its sandbox.
+MAX_SOURCE_BYTES = 2**20
+
+
+def too_large(name: str) -> str:
+    return (f"{name} is larger than {MAX_SOURCE_BYTES >> 20} MiB of source, more than any policy's code; keep large "
+            f"tables in data files (a policy folder: policy.py and the files it reads)")
+
+
 def check_policy_file(path: Path | str) -> ast.Module:
     """Raise PolicyError with a one-line reason unless ``path`` is a well-formed policy file."""
     path = Path(path)
@@ -81,6 +92,8 @@ def check_policy_file(path: Path | str) -> ast.Module:
     if path.suffix != ".py":
         raise PolicyError(f"{path} is not a .py file; a policy is one Python file with a class Policy")
     try:
+        if path.stat().st_size > MAX_SOURCE_BYTES:  # before reading it: it may be any size
+            raise PolicyError(too_large(str(path)))
         source = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:  # every reader after this one (the run's copy, git, the sandbox) takes it as UTF-8
         raise PolicyError(f"{path} is not UTF-8 text; a policy is Python source: save it as UTF-8") from None
@@ -114,6 +127,8 @@ def lazy_imports(tree: ast.Module, name: str = "<policy>") -> list[str]:
 
 
 def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
+    if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        raise PolicyError(too_large(name))
     try:
         tree = ast.parse(source, filename=name)
         # Compiled too: some errors only compilation finds (a `from __future__` after other code, `return`
@@ -121,6 +136,9 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
         compile(tree, name, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise PolicyError(f"{name} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except (RecursionError, MemoryError):  # a sum of thousands of terms, thousands of nested lambdas
+        raise PolicyError(f"{name} is nested too deeply for Python to parse (an expression of thousands of terms "
+                          f"or levels); split it into smaller ones, or keep the numbers in a data file") from None
     for node, module, at_load in _imports(tree, name):
         why = allowed_import(module)
         if why is not None and (at_load or module.split(".")[0] in HEURIST_PACKAGES):
@@ -153,7 +171,7 @@ def policy_observes(source: str) -> bool:
     """Whether the policy's class Policy defines ``observe`` (called after each step with its reward)."""
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # checked before: the check said why
         return False
     return any(isinstance(n, ast.ClassDef) and n.name == "Policy" and any(
         isinstance(m, ast.FunctionDef) and m.name == "observe" for m in n.body) for n in tree.body)
@@ -165,7 +183,7 @@ def binds_setup(source: str) -> bool:
     that reports a set-up of a file without one reports what never ran."""
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # checked before: the check said why
         return False
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == "setup":

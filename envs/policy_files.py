@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from common.errors import PolicyError
+from envs.contract import MAX_SOURCE_BYTES, too_large
 from envs.isolation import sandbox_user
 
 ENTRY = "policy.py"  # the readable policy of a folder
@@ -91,6 +92,8 @@ def read_policy(path: Path | str, leave_out: Iterable[Path] = ()) -> PolicyBundl
     if path.suffix != ".py":
         raise PolicyError(f"{path} is not a .py file; a policy is one Python file with a class Policy, or a folder "
                           f"holding {ENTRY} and the files it reads")
+    if path.stat().st_size > MAX_SOURCE_BYTES:  # before reading it: it may be any size
+        raise PolicyError(too_large(str(path)))
     data = path.read_bytes()
     _utf8(data, path)
     return PolicyBundle(path=path, data=data)
@@ -144,6 +147,8 @@ def _read_folder(folder: Path, leave_out: list[Path]) -> PolicyBundle:
                                   f"{MAX_BYTES // 2**20} MiB; keep only what the policy reads")
             files[relative] = data
     data = files.pop(ENTRY)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise PolicyError(too_large(str(entry)))
     _utf8(data, entry)
     return PolicyBundle(path=folder, data=data, files=files, folder=True)
 

@@ -16,7 +16,7 @@ import os
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,15 +35,18 @@ _SIMULATOR_MODELS: dict[tuple[str, str], Path | None] = {}  # TaskSpec.simulator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A task's numbers are finite: JSON writes NaN as null (a task travels to its env process as JSON, and a NaN
+    # stall threshold killed it), and a NaN target made `heurist eval --json` print what is not JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SeedSplits(_Strict):
     """Fixed seeds per split. The anchor's protocol: dev 0..19, holdout 1000..1049, audit 2000..2049."""
 
-    dev: tuple[int, ...] = tuple(range(0, 20))
-    holdout: tuple[int, ...] = tuple(range(1000, 1050))
-    audit: tuple[int, ...] = tuple(range(2000, 2050))
+    # Gymnasium takes seeds from 0 to 2**64 - 1; a seed outside failed every episode, blamed on the policy.
+    dev: tuple[Annotated[int, Field(ge=0, lt=2**64)], ...] = tuple(range(0, 20))
+    holdout: tuple[Annotated[int, Field(ge=0, lt=2**64)], ...] = tuple(range(1000, 1050))
+    audit: tuple[Annotated[int, Field(ge=0, lt=2**64)], ...] = tuple(range(2000, 2050))
 
     @model_validator(mode="after")
     def _never_overlap(self) -> SeedSplits:
@@ -71,7 +74,7 @@ class Protocol(_Strict):
     name: str
     description: str
     make_kwargs: dict[str, Any] = Field(default_factory=dict)
-    max_episode_steps: int | None = None
+    max_episode_steps: int | None = Field(None, ge=1)
     fire_reset: bool = False
     noop_max: int = Field(0, ge=0, description="EnvPool's: n in [0, noop_max) drawn, n + 1 no-ops at reset (one "
                                                "fewer where the game fires); 0: none.")
@@ -141,6 +144,9 @@ class TaskSpec(_Strict):
         if self.family != "atari" and any(p.fire_reset or p.noop_max for p in self.protocols):
             raise ValueError(f"task {self.id}: fire_reset and noop_max are EnvPool's Atari reset; only atari tasks "
                              f"may set them")
+        if self.random_score is not None and self.random_score == self.human_score:
+            raise ValueError(f"task {self.id}: random_score and human_score are both {self.random_score:g}, so no "
+                             f"score can be normalised between them; give the published scores, or neither")
         if self.reuse_env is None:
             object.__setattr__(self, "reuse_env", self.family != "box2d")  # frozen: set once, here
         return self
@@ -467,7 +473,16 @@ def _load_spec_path(path: str) -> TaskSpec:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise TaskError(f"cannot load task {path!r}: {exc}; give an importable module:attribute") from exc
-    specs = _as_specs(obj, path)
+    except Exception as exc:  # the module itself failed (a TaskSpec it declares refused, say): named, not hidden
+        raise TaskError(f"cannot load task {path!r}: importing {module_name} raised {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:500]}; fix the module") from exc
+    try:
+        specs = _as_specs(obj, path)
+    except TaskError:
+        raise
+    except Exception as exc:  # a task factory that raised
+        raise TaskError(f"cannot load task {path!r}: calling {attr} raised {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:500]}; fix it") from exc
     if len(specs) != 1:
         raise TaskError(f"{path} gives {len(specs)} tasks; a module:attr task id must name exactly one")
     return specs[0]

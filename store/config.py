@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import HeuristError
+from common.safe_text import without_url_passwords
+from envs.limits import MAX_MIB, MAX_SECONDS
 from memory.store import MemoryConfig
 
 
@@ -65,12 +67,17 @@ _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
-def _http_url(url: str | None) -> str | None:
-    # Caught when the config is read, not at the first model call an hour into the run.
+def http_url(url: str | None) -> str | None:
+    """``url`` if it is an http(s) URL with a host, else ValueError in words (a run's and doctor's --base-url, and
+    every base_url of a config). Caught when the config is read, not at the first model call an hour into the run."""
     if url is not None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"{url!r} is not an http(s) URL; give the server's API root, "
+        try:
+            parsed = urlparse(url)
+            host = parsed.hostname
+        except ValueError:  # "http://[::1": no URL at all
+            parsed, host = None, None
+        if parsed is None or parsed.scheme not in ("http", "https") or not host:
+            raise ValueError(f"{without_url_passwords(url)!r} is not an http(s) URL; give the server's API root, "
                              f"e.g. http://127.0.0.1:8000/v1")
     return url
 
@@ -92,7 +99,7 @@ class RoleLLM(_Strict):
     @field_validator("base_url")
     @classmethod
     def _an_http_url(cls, url: str | None) -> str | None:
-        return _http_url(url)
+        return http_url(url)
 
 
 class LLMConfig(_Strict):
@@ -130,7 +137,7 @@ class LLMConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _an_http_url(cls, url: str | None) -> str | None:
-        return _http_url(url)
+        return http_url(url)
 
     def price(self, model: str) -> Price | None:
         """The model's price: the config's, else the table's; a dated snapshot takes its model's."""
@@ -215,12 +222,13 @@ class EvalConfig(_Strict):
     lockstep: int | None = Field(None, ge=1, le=64,
                                  description="Episodes each worker runs at once, stepped together (1: one at a "
                                              "time; default: 4 for Atari, 32 otherwise).")
-    episode_timeout_s: float = Field(120.0, gt=0, description="Wall-clock and CPU seconds per episode, at least.")
-    step_s: float = Field(0.005, ge=0, description=(
+    episode_timeout_s: float = Field(120.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False,
+                                     description="Wall-clock and CPU seconds per episode, at least.")
+    step_s: float = Field(0.005, ge=0, le=MAX_SECONDS, allow_inf_nan=False, description=(
         "Seconds a policy may spend per env step: each episode's limit is at least this times the most steps an "
         "episode of the task can take (a planner spending a CPU-second a step needs about 1.5; 0: "
         "episode_timeout_s alone)."))
-    memory_mb: int = Field(4096, ge=256)
+    memory_mb: int = Field(4096, ge=256, le=MAX_MIB)
     backend: Literal["local", "ray"] = Field("local", description=(
         "Where episodes run: worker pairs on this machine, or Ray tasks over a cluster's nodes (one CPU each, "
         "under the same sandbox on each node; `workers` is then the pairs at once, default the cluster's CPUs). "

@@ -568,3 +568,22 @@ def test_odd_folders_are_one_line_naming_the_problem(tmp_path):
     deep.mkdir(parents=True)
     with pytest.raises(PolicyError, match="nests folders more than 32 deep"):
         read_policy(folder)
+
+
+def test_provenance_of_a_folder_beside_files_whose_names_are_not_utf8(tmp_path):
+    """git prints paths as they are: a file beside the policy whose name is not UTF-8 (left out of the policy, as
+    every dot-file is) stopped the evaluation with an internal error, recording nothing."""
+    import subprocess
+
+    from envs.evaluator import _git_provenance
+
+    repo = tmp_path / "repo"
+    folder = _folder(repo / "mine", gain=1.0)
+    with open(os.fsencode(str(folder)) + b"/.notes-\xff", "wb") as handle:
+        handle.write(b"x")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "policy"], check=True)
+    provenance = _git_provenance(read_policy(folder))
+    assert provenance["uncommitted_changes"] is False and provenance["committed_file"]
