@@ -229,7 +229,7 @@ class Driver:
             try:
                 status, reason = self._drive(task, limit, self._first_start())
             except KeyboardInterrupt:  # as a stop: each run records its interruption, and no start is used up
-                status, reason = "stopped", "interrupted (Ctrl-C)"
+                status, reason = "stopped", f"interrupted ({interrupts.what_stopped()})"
                 self._stop_all(reason)
             self.campaign.ledger.append(CampaignEnded(status=status, reason=reason))
             return status

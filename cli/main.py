@@ -77,7 +77,9 @@ def eval_cmd(
 ) -> None:
     """Evaluate POLICY_FILE on a task's fixed seeds in sandboxed workers and append the result to the ledger."""
     from common.ledger import Ledger
-    from envs.evaluator import EvalRequest, evaluate
+    from pydantic import ValidationError
+
+    from envs.evaluator import EvalRequest, evaluate, heurists_files
     from envs.limits import Limits
     from envs.tasks import get_task
 
@@ -92,19 +94,25 @@ def eval_cmd(
     if backend not in ("local", "ray"):
         raise HeuristError(f"unknown backend {backend!r}; choose local or ray")
     spec = get_task(env)
-    request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split, episodes=episodes,
-                          seeds=chosen, max_steps=max_steps, eval_timeout_s=eval_timeout, step_s=step_seconds,
-                          workers=workers, lockstep=lockstep, confirm_protected=confirm_protected, video=video, out_dir=out_dir,
-                          backend=backend, ray_address=ray_address if backend == "ray" else None,
-                          limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
-                                        memory_mb=memory_mb))
+    try:
+        request = EvalRequest(policy_path=policy_file, task_id=spec.id, protocol=protocol, split=split,
+                              episodes=episodes, seeds=chosen, max_steps=max_steps, eval_timeout_s=eval_timeout,
+                              step_s=step_seconds, workers=workers, lockstep=lockstep,
+                              confirm_protected=confirm_protected, video=video, out_dir=out_dir, backend=backend,
+                              ray_address=ray_address if backend == "ray" else None,
+                              limits=Limits(episode_timeout_s=episode_timeout, episode_cpu_s=episode_timeout,
+                                            memory_mb=memory_mb))
+    except ValidationError as exc:  # a limit past what a clock or the kernel takes ("inf", "nan", 1e300)
+        first = exc.errors()[0]
+        raise HeuristError(f"{first['loc'][-1]}: {first['msg']} (given {first.get('input')!r}); give a finite "
+                           f"number within it (`heurist eval --help`)") from None
     from envs.contract import check_policy_source, lazy_imports
     from envs.policy_files import read_policy
 
-    bundle = read_policy(policy_file)
+    ledger_file = ledger or default_ledger_path()
+    bundle = read_policy(policy_file, heurists_files(request, ledger_file))  # as the evaluator reads it
     for warning in lazy_imports(check_policy_source(bundle.source, str(bundle.entry)), bundle.entry.name):
         err.print(f"warning: {shown(warning)}", highlight=False, markup=False, soft_wrap=True)
-    ledger_file = ledger or default_ledger_path()
     total = len(chosen) if chosen else (episodes or len(spec.seeds.seeds(split)))  # type: ignore[arg-type]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err,
@@ -149,8 +157,9 @@ def parse_seeds(text: str) -> list[int]:
 
 def _print_result(result, ledger_file: Path) -> None:
     s = result.stats
-    table = Table(title=f"{result.task} · protocol {result.protocol} · split {result.split} "
-                        f"· seeds {result.seeds[0]}..{result.seeds[-1]}", show_header=False)
+    # A task's id and protocol may be a plug-in's (``module:attr``): shown, never read as markup or escapes.
+    table = Table(title=shown(f"{result.task} · protocol {result.protocol} · split {result.split} "
+                              f"· seeds {result.seeds[0]}..{result.seeds[-1]}"), show_header=False)
     table.add_column(style="bold")
     table.add_column()
     failed = sum(e.status != "ok" for e in result.episodes)
@@ -181,12 +190,14 @@ def _print_result(result, ledger_file: Path) -> None:
     table.add_row("wall time", f"{result.wall_s:.1f} s")
     if result.backend == "ray":
         table.add_row("ran on", ", ".join(f"{shown(node)} ×{n}" for node, n in sorted(result.nodes.items())))
-    table.add_row("failures", ", ".join(f"{k} ×{v}" for k, v in sorted(result.failures.items())) or "none")
+    table.add_row("failures", shown(", ".join(f"{k} ×{v}" for k, v in sorted(result.failures.items())) or "none"))
     for e in result.episodes:
         if e.error:
             table.add_row(f"seed {e.seed}", f"[red]{e.status}[/]: {shown(e.error)}")
     for clip in result.clips:
         table.add_row("clip", f"{shown(clip.mp4)} ({clip.frames} frames)")
+    for error in result.clip_errors:
+        table.add_row("no clip", shown(error))
     table.add_row("ledger", f"{shown(ledger_file)} (eval {result.eval_id})")
     out.print(table)
 
@@ -239,7 +250,7 @@ def _print_protocols(specs, as_json: bool) -> None:
     for g in groups.values():
         tasks = g["tasks"]
         named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
-        table.add_row(g["protocol"], shown(", ".join(f"{k}={v}" for k, v in g["settings"].items())), shown(named),
+        table.add_row(shown(g["protocol"]), shown(", ".join(f"{k}={v}" for k, v in g["settings"].items())), shown(named),
                       shown(g["description"]))
     out.print(table)
 
@@ -275,7 +286,7 @@ def _main() -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(interrupts.exit_code())
     except HeuristError as exc:
         if debug:
             raise
@@ -286,6 +297,9 @@ def _main() -> None:
             raise
         _error("internal error:", f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)")
         sys.exit(1)
+    if code == 130 and interrupts.received.is_set():  # typer's own answer to a KeyboardInterrupt a command let out
+        err.print("interrupted")
+        sys.exit(interrupts.exit_code())  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
     if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. doctor's failed checks
         sys.exit(code)
 

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from cli.console import err, out, shown
+from common import interrupts
 from common.errors import HeuristError
 from common.events import LedgerEvent
 from common.formatting import cost_text, score_text
@@ -56,7 +57,7 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
         interrupted = True
     if interrupted:
         err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}", markup=False)
-        raise typer.Exit(130)
+        raise typer.Exit(interrupts.exit_code())
 
 
 def _from_ctrl_c(exc: BaseException) -> bool:

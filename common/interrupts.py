@@ -33,31 +33,65 @@ T = TypeVar("T")
 POLL_S = 0.2  # how often a waiting main thread looks for a Ctrl-C that reached another thread
 
 received = threading.Event()  # a Ctrl-C reached this process: it is stopping, whatever caught the first raise
+stopped_by: list[int] = []  # the signal that stopped it (SIGINT, or a SIGTERM or SIGHUP taken as one)
+
+# Asked to stop by something other than a person: `timeout`, systemd, a batch scheduler or `docker stop` send
+# SIGTERM, a closed terminal SIGHUP. Taken as a Ctrl-C, so a run or an evaluation records its interruption and
+# removes its temporary folders; by default they ended the process at once, leaving both behind.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def on_sigint(signum: int, frame: Any) -> None:
     """The SIGINT handler: remember it, then raise KeyboardInterrupt as Python's default handler does."""
     received.set()
+    stopped_by.append(signum)
     raise KeyboardInterrupt
+
+
+def on_stop_signal(signum: int, frame: Any) -> None:
+    """The SIGTERM and SIGHUP handler: as a Ctrl-C, its KeyboardInterrupt naming the signal."""
+    received.set()
+    stopped_by.append(signum)
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def what_stopped() -> str:
+    """In words: "Ctrl-C", or the signal taken as one."""
+    if not stopped_by or stopped_by[-1] == signal.SIGINT:
+        return "Ctrl-C"
+    return signal.Signals(stopped_by[-1]).name
+
+
+def exit_code() -> int:
+    """The exit status of a process a signal stopped, as the shell reports one: 128 + the signal (130 for Ctrl-C)."""
+    return 128 + (stopped_by[-1] if stopped_by else signal.SIGINT)
 
 
 @contextmanager
 def remembering() -> Iterator[None]:
     """``on_sigint`` as this process's SIGINT handler for the block, unless SIGINT is ignored or handled by someone
-    else (a process started to ignore Ctrl-C keeps ignoring it); after it, Python's handler again and nothing
-    remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
+    else (a process started to ignore Ctrl-C keeps ignoring it), and ``on_stop_signal`` for SIGTERM and SIGHUP where
+    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were and
+    nothing remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
     gets that process back as it was, so a simulated Ctrl-C there later is not remembered for ever."""
-    ours = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    main = threading.current_thread() is threading.main_thread()
+    ours = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if ours:
         signal.signal(signal.SIGINT, on_sigint)
+    taken = [s for s in STOP_SIGNALS if main and signal.getsignal(s) is signal.SIG_DFL]
+    for signum in taken:
+        signal.signal(signum, on_stop_signal)
     try:
         yield
     finally:
-        if ours:
-            if signal.getsignal(signal.SIGINT) is on_sigint:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+        if ours and signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in taken:
+            if signal.getsignal(signum) is on_stop_signal:
+                signal.signal(signum, signal.SIG_DFL)
+        if ours or taken:
             received.clear()
+            stopped_by.clear()
 
 
 def check() -> None:

@@ -22,6 +22,12 @@ FILES = {
     "latin1.py": b"# caf\xe9\nclass Policy:\n    def reset(self, seed):\n        pass\n    def act(self, obs, info):\n"
                  b"        return 0\n",
     "typo.toml": "[budget]\niteratons = 3\n",
+    # More source than any policy's code (a table of numbers belongs in a data file): parsing such a file took 300
+    # times its size in heurist's own memory. And a sum of 3,000 terms, which Python's parser cannot nest.
+    "table.py": "class Policy:\n    def reset(self, seed):\n        pass\n    def act(self, obs, info):\n"
+                "        return 0\n\n\nTABLE = [" + "1," * 600_000 + "]\n",
+    "deep.py": "class Policy:\n    def reset(self, seed):\n        pass\n    def act(self, obs, info):\n        return "
+               + " + ".join(f"obs[0] * {i}" for i in range(3000)) + "\n",
     "wrongtype.toml": '[budget]\niterations = "many"\n',
     "broken.toml": "[budget\n",
     "config.yaml": "budget:\n  iterations: 3\n",
@@ -84,12 +90,24 @@ CASES = [
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "0-60000,70000-130000"], "more than 100,000 seeds"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "1-10,1049"], "seeds [1049] are in the holdout split"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--max-steps", "0"], "Invalid value for '--max-steps'"),
+    (["eval", "table.py", "--env", "CartPole-v1"], "larger than 1 MiB of source"),
+    (["run", "--env", "CartPole-v1", "--policy", "table.py"], "larger than 1 MiB of source"),
+    (["eval", "deep.py", "--env", "CartPole-v1"], "nested too deeply for Python to parse"),
+    (["run", "--env", "CartPole-v1", "--policy", "deep.py"], "nested too deeply for Python to parse"),
+    # "No limit" given as a number no clock or kernel takes: before, every episode failed, blamed on the policy.
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--episode-timeout", "inf"], "episode_timeout_s: Input should be a "
+                                                                            "finite number"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--episode-timeout", "1e300"], "less than or equal to 10000000"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--step-seconds", "inf"], "step_s: Input should be a finite"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--memory-mb", "99999999999999"], "memory_mb: Input should be less"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--backend", "ray", "--ray-address", "127.0.0.1:1"],
      "cannot reach a Ray cluster at 127.0.0.1:1"),
     (["graph", "--config", "typo.toml"], "budget.iteratons: unknown key"),
     (["graph", "--env", "NoSuchTask-v0"], "unknown task"),
     (["envs", "--family", "nope"], "no tasks in family 'nope'"),
     (["doctor", "--skip-llm", "--config", "missing.toml"], "does not exist"),
+    (["doctor", "--base-url", "http://[::1"], "--base-url 'http://[::1' is not an http(s) URL"),
+    (["doctor", "--base-url", "127.0.0.1:8000/v1"], "is not an http(s) URL"),
     (["doctor", "--skip-llm", "--config", "typo.toml"], "budget.iteratons: unknown key"),
     (["memory", "nosuch"], "No such command 'nosuch'"),
     (["memory", "import", "missing.jsonl"], "is not a file"),
@@ -135,6 +153,43 @@ def test_bad_input_is_one_line_naming_the_problem(workdir, monkeypatch, capsys, 
     assert stderr.startswith("error: ") and words in stderr, stderr
 
 
+TASKS = """
+from envs.tasks import FailureRules, Protocol, SeedSplits, StallRule, TaskSpec
+
+def task(**kw):
+    return TaskSpec(**{"id": "Mine-v0", "gym_id": "CartPole-v1", "family": "custom", "description": "mine",
+                       "failure_rules": FailureRules(termination="failure"), **kw})
+
+NEGATIVE = lambda: task(seeds=SeedSplits(dev=(-1, 2)))
+NO_STEPS = lambda: task(protocols=(Protocol(name="standard", description="d", max_episode_steps=0),))
+NAN_STALL = lambda: task(failure_rules=FailureRules(termination="failure",
+                                                    stall=StallRule(info_key="x", below=float("nan"), steps=3)))
+NAN_TARGET = lambda: task(target=float("nan"))
+SAME_SCORES = lambda: task(random_score=1.0, human_score=1.0)
+OVERLAP = lambda: task(seeds=SeedSplits(dev=(1000,)))
+"""
+
+
+@pytest.mark.parametrize("attr, words", [
+    ("NEGATIVE", "greater than or equal to 0"), ("NO_STEPS", "greater than or equal to 1"),
+    ("NAN_STALL", "finite number"), ("NAN_TARGET", "finite number"), ("SAME_SCORES", "no score can be normalised"),
+    ("OVERLAP", "calling OVERLAP raised ValidationError"), ("BROKEN", "importing tasks_broken raised RuntimeError")])
+def test_a_task_of_ones_own_that_cannot_be_is_one_line_naming_it(workdir, monkeypatch, capsys, attr, words):
+    """A task given as module:attr whose values no simulator or score takes (negative seeds, no steps, NaN, equal
+    human and random scores), whose factory or module raises: one line naming it at load. Before, each failed every
+    episode blamed on the policy, stopped the env process, or was an internal error once every episode had run."""
+    (workdir / "tasks_of_mine.py").write_text(TASKS)
+    (workdir / "tasks_broken.py").write_text("raise RuntimeError('a plug-in that fails as it loads')\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    module = "tasks_broken" if attr == "BROKEN" else "tasks_of_mine"
+    try:
+        code, _, stderr = cli(monkeypatch, capsys, "eval", CARTPOLE, "--env", f"{module}:{attr}")
+    finally:
+        sys.modules.pop(module, None)
+    assert code == 2 and "internal error" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert f"{module}:{attr}" in stderr and words in stderr, stderr
+
+
 def test_debug_shows_the_traceback_of_bad_input(workdir, monkeypatch, capsys):
     with pytest.raises(Exception, match="budget.iteratons: unknown key"):
         cli(monkeypatch, capsys, "--debug", "run", "--env", "CartPole-v1", "--config", "typo.toml")
@@ -172,3 +227,37 @@ def test_foreign_directories_are_never_touched(workdir, monkeypatch, capsys):
                     ["report", "foreign"], ["replay", "foreign"]):
         assert cli(monkeypatch, capsys, *command)[0] == 2
     assert {p: p.read_bytes() for p in Path(workdir / "foreign").rglob("*") if p.is_file()} == before
+
+
+def test_what_eval_prints_of_a_plug_in_task_is_shown_not_interpreted(workdir, monkeypatch, capsys):
+    """A task of one's own names its id, protocol and failure kinds: Rich markup in them swallowed text, and escape
+    sequences reached the terminal raw (a colour change, a window title set)."""
+    (workdir / "odd_tasks.py").write_text(TASKS + '''
+ODD = lambda: task(id="Mine[v2]\\x1b]0;pwned\\x07", protocols=(Protocol(name="[bold]std", description="d"),),
+                   failure_rules=FailureRules(termination="failure", termination_kind="[red]fell"))
+''')
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        code, stdout, stderr = cli(monkeypatch, capsys, "eval", CARTPOLE, "--env", "odd_tasks:ODD", "--episodes", "1",
+                                   "--max-steps", "20", "--ledger", str(workdir / "ledger.jsonl"))
+    finally:
+        sys.modules.pop("odd_tasks", None)
+    assert code == 0, stderr
+    assert "\x1b" not in stdout and "\x07" not in stdout
+    assert "Mine[v2]" in stdout and "protocol [bold]std" in stdout
+
+
+def test_eval_of_a_policy_folder_leaves_out_what_heurist_wrote_there_from_its_first_read(workdir, monkeypatch, capsys):
+    """`heurist eval .` from inside a policy folder: the clips of earlier evaluations are heurist's, not the
+    policy's. The evaluator left them out, and the command line's own first read did not, refusing the folder."""
+    folder = workdir / "mine"
+    folder.mkdir()
+    shutil.copy(CARTPOLE, folder / "policy.py")
+    clips = folder / "heurist-clips" / "old"
+    clips.mkdir(parents=True)
+    for i in range(1001):
+        (clips / f"seed{i}.png").write_bytes(b"x")
+    monkeypatch.chdir(folder)
+    code, stdout, stderr = cli(monkeypatch, capsys, "eval", ".", "--env", "CartPole-v1", "--episodes", "1",
+                               "--max-steps", "20", "--ledger", str(workdir / "ledger.jsonl"))
+    assert code == 0 and "holds more than 1000 files" not in stderr, stderr

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from common.ledger import Ledger, LedgerTail
 from tests.test_cli import HEURIST
 
@@ -46,27 +48,35 @@ def test_kill_9_mid_evaluation_leaves_earlier_records_intact(tmp_path, slow_bala
     assert ledger_path.read_bytes().startswith(after)
 
 
-def test_ctrl_c_records_the_interruption(tmp_path, slow_balancer):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_a_stop_signal_records_the_interruption(tmp_path, slow_balancer, signum):
+    """Ctrl-C, and the SIGTERM that `timeout`, systemd or a batch scheduler send (which before ended heurist at once,
+    recording nothing and leaving the policy's copy and the sandbox's folders in the temp folder)."""
     ledger_path = tmp_path / "ledger.jsonl"
-    slow = slow_balancer(0.5)  # 20 episodes of 500 steps: over an hour unless Ctrl-C stops it
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    slow = slow_balancer(0.5)  # 20 episodes of 500 steps: over an hour unless the signal stops it
     proc = subprocess.Popen([HEURIST, "eval", str(slow), "--env", "CartPole-v1", "--episodes", "20", "--workers", "1",
                              "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "TMPDIR": str(temp)})
     try:
         deadline = time.monotonic() + 60
         while not ledger_path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=20)  # stops now, not when the episode in flight ends
     finally:  # a failed test does not leave an hour-long evaluation behind
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr
     records, _ = Ledger(ledger_path).read()
     assert [r["event"] for r in records] == ["eval_started", "eval_interrupted"]
     assert "KeyboardInterrupt" in records[1]["reason"]
+    if signum == signal.SIGTERM:
+        assert "SIGTERM" in records[1]["reason"]
+    assert not list(temp.iterdir())  # the policy's copy and the sandbox's folders are gone
 
 
 def test_a_torn_last_line_is_skipped_and_never_merged_into_the_next(tmp_path):
