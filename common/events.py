@@ -92,6 +92,7 @@ class EvalFinished(_Event):
     wall_s: float
     failures: dict[str, int]
     clips: list[str]
+    clip_errors: list[str] = []  # clips that were not made, and why (since 2026-12-05)
     per_episode: list[EpisodeLine]
 
 

@@ -34,7 +34,7 @@ from envs.contract import check_policy_source
 from envs.failures import FailureEvent
 from envs.gitsafe import run_git
 from envs.isolation import Confinement
-from envs.limits import Limits
+from envs.limits import MAX_SECONDS, Limits
 from envs.lockstep import TRACE_WINDOW
 from envs.policy_files import PolicyBundle, StagedPolicy, read_policy
 from envs.ray_backend import package_versions
@@ -63,11 +63,11 @@ class EvalRequest(BaseModel):
         "evaluation long enough that every pair would run two full lockstep groups (``envs.scheduling``)."))
     confirm_protected: bool = False
     limits: Limits = Field(default_factory=Limits)
-    step_s: float = Field(default=0.0, ge=0, description=(
+    step_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False, description=(
         "Seconds, wall-clock and CPU, a policy may spend per env step: each episode's limits become the larger of "
         "``limits``' and this times the most steps an episode can take (the protocol's cap, or ``max_steps``), "
         "so a planner spending a second a step gets the time its task needs. 0: ``limits`` as given."))
-    eval_timeout_s: float | None = Field(default=None, gt=0, description=(
+    eval_timeout_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False, description=(
         "The whole evaluation's wall-clock limit (default: an hour, or longer where the episodes' limits need it: "
         "each worker's share of the seeds at its episode limit)."))
     trace_window: int = Field(default=TRACE_WINDOW, ge=1)
@@ -112,17 +112,21 @@ def _git_provenance(bundle: PolicyBundle) -> dict[str, str | bool | None]:
     cwd = entry.parent
     if shutil.which("git") is None:
         return none
-    top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd)
+    # Read as bytes and named as the file system names them (``os.fsdecode``): git prints paths as they are, and
+    # a repository's path or a file beside the policy need not be UTF-8 (a strict decoding stopped the evaluation).
+    top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd, binary=True)
     if top.returncode != 0:
         return none
-    root, head = top.stdout.splitlines()[:2]  # a path may hold spaces
+    root, head = (os.fsdecode(line) for line in top.stdout.splitlines()[:2])  # a path may hold spaces
     relative = entry.relative_to(Path(root).resolve()).as_posix()
-    committed = run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd).stdout.strip() or None
+    committed = os.fsdecode(run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd,
+                                    binary=True).stdout).strip() or None
     changed = committed != _blob_id(bundle.data)
     if bundle.folder and not changed:
         # One listing of the folder at HEAD: every data file must be there with these bytes, and nothing more.
         folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
-        listing = run_git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", folder or "."], Path(root)).stdout
+        listing = os.fsdecode(run_git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", folder or "."],
+                                      Path(root), binary=True).stdout)
         at_head = {}
         for line in filter(None, listing.split("\0")):
             meta, _, name = line.partition("\t")
@@ -209,7 +213,8 @@ class Evaluator:
                 if req.backend == "ray":  # clips are re-simulated here: the folder and the model staged here too
                     staged.close()
                     staged = StagedPolicy(bundle, self.spec.simulator_model(self.protocol))
-                result.clips, result.clip_env_steps = self._clips(result, staged, scratch)
+                result.clips, result.clip_env_steps, result.clip_errors = self._clips(
+                    result, staged, scratch, started + self.eval_timeout_s)
                 result.env_steps += result.clip_env_steps
                 result.wall_s = time.perf_counter() - started
         except BaseException as exc:
@@ -226,13 +231,7 @@ class Evaluator:
         return result
 
     def _heurists_files(self) -> list[Path]:
-        """What heurist writes that may lie inside a policy folder: never the policy's (``read_policy``)."""
-        from common.paths import heurist_home
-
-        found = [heurist_home(), self._clips_root()]
-        if self.ledger is not None:
-            found.append(self.ledger.path)
-        return found
+        return heurists_files(self.req, self.ledger.path if self.ledger is not None else None)
 
     def _staged(self, bundle: PolicyBundle) -> StagedPolicy:
         """The policy folder's read-only copy and the task's simulator model, for the local workers. A Ray node
@@ -249,7 +248,7 @@ class Evaluator:
         cap = self.spec.episode_step_cap(self.protocol)
         steps = min(c for c in (cap, req.max_steps) if c is not None) if (cap or req.max_steps) else None
         if req.step_s > 0 and steps is not None:
-            needed = req.step_s * steps
+            needed = min(req.step_s * steps, MAX_SECONDS)
             limits = limits.model_copy(update={"episode_timeout_s": max(limits.episode_timeout_s, needed),
                                                "episode_cpu_s": max(limits.episode_cpu_s, needed)})
         if req.eval_timeout_s is not None:
@@ -378,25 +377,35 @@ class Evaluator:
         return Confinement(readable=staged.readable(), hidden=hidden)
 
     def _clips_root(self) -> Path:
-        return Path(self.req.out_dir or "heurist-clips")
+        return clips_root(self.req)
 
-    def _clips(self, result: EvalResult, staged: StagedPolicy, scratch: Path) -> tuple[list[Clip], int]:
-        """Re-simulate the worst episodes and render only the steps before their failure events.
+    def _clips(self, result: EvalResult, staged: StagedPolicy, scratch: Path,
+               deadline: float) -> tuple[list[Clip], int, list[str]]:
+        """Re-simulate the worst episodes and render only the steps before their failure events: the clips, the
+        env steps they took, and the clips not made with why.
 
         The trusted env process writes the clips; the policy process is never bound the clips folder.
-        Each evaluation's folder is new (made here, exclusively), so nothing can wait in it."""
+        Each evaluation's folder is new (made here, exclusively), so nothing can wait in it. They are made within
+        the evaluation's wall-clock limit (``deadline``, on ``time.perf_counter``), which bounds the whole
+        evaluation: a clip is cut at it, and none starts after it."""
         req = self.req
         # Absolute: the worker runs in its own private directory, where a relative path would vanish with it.
         out_dir = (self._clips_root() / result.eval_id).resolve()
         candidates = [e for e in result.episodes if e.status == "ok" and e.trace is not None]
         candidates.sort(key=lambda e: (not e.events, e.return_))
         clips: list[Clip] = []
+        errors: list[str] = []
         steps = 0
         out_dir.mkdir()
         confinement = self._confinement(staged)
         worker = WorkerProcess(self.limits, scratch, confinement)
         try:
             for episode in candidates[: req.clip_episodes]:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    errors.append(f"seed {episode.seed}: not filmed: the evaluation's wall-clock limit of "
+                                  f"{self.eval_timeout_s:g} s was reached")
+                    continue
                 events = episode.events[: req.clip_events] or [
                     FailureEvent(step=episode.length - 1, kind="end", description="last steps of the episode")]
                 windows = [(max(0, ev.step - req.clip_steps + 1), ev.step) for ev in events]
@@ -405,25 +414,39 @@ class Evaluator:
                                 expected_actions=episode.trace.actions[: max(b for _, b in windows) + 1],
                                 out_dir=str(out_dir), stem=f"seed{episode.seed}", trace_window=req.trace_window)
                 try:
-                    reply = worker.run(job, timeout=self.limits.episode_timeout_s * 2 + 30)
-                except WorkerDied:
+                    reply = worker.run(job, timeout=min(self.limits.episode_timeout_s * 2 + 30, left))
+                except WorkerDied as exc:
                     steps += worker.steps_taken()
+                    errors.append(f"seed {episode.seed}: not filmed: {exc.reason}"[:500])
                     worker.close()
                     worker = WorkerProcess(self.limits, scratch, confinement)
                     continue
                 if reply.get("status") == "worker_error":
                     steps += worker.steps_taken()
+                    errors.append(f"seed {episode.seed}: not filmed: {reply.get('error')}"[:500])
                     continue
                 steps += int(reply["env_steps"])
                 for clip in reply["clips"]:
                     clips.append(Clip(**clip, replay_diverged_at=reply["replay_diverged_at"]))
         finally:
             worker.close()
-        return clips, steps
+        return clips, steps, errors
 
     def _append(self, record: LedgerEvent) -> None:
         if self.ledger is not None:
             self.ledger.append(record)
+
+
+def clips_root(req: EvalRequest) -> Path:
+    return Path(req.out_dir or "heurist-clips")
+
+
+def heurists_files(req: EvalRequest, ledger: Path | None) -> list[Path]:
+    """What heurist writes that may lie inside a policy folder (its home, the clips, the ledger): never the
+    policy's (``read_policy``), for the evaluator as for the command line's first read."""
+    from common.paths import heurist_home
+
+    return [heurist_home(), clips_root(req), *([ledger] if ledger is not None else [])]
 
 
 def evaluate(spec: TaskSpec, request: EvalRequest, ledger: Ledger | None = None,
@@ -431,4 +454,4 @@ def evaluate(spec: TaskSpec, request: EvalRequest, ledger: Ledger | None = None,
     return Evaluator(spec, request, ledger, progress).run()
 
 
-__all__ = ["EvalRequest", "Evaluator", "evaluate", "PolicyError"]
+__all__ = ["EvalRequest", "Evaluator", "clips_root", "evaluate", "heurists_files", "PolicyError"]

@@ -94,6 +94,7 @@ class EvalResult(_Record):
     containment: dict[str, str]
     protected_uses_before: int = 0
     clip_env_steps: int = 0  # the re-simulations that rendered the clips; included in env_steps
+    clip_errors: list[str] = []  # clips that were not made, and why (a render that failed, a full disk, no time left)
     backend: Literal["local", "ray"] = "local"  # where the episodes ran (``envs.ray_backend``)
     protocol_settings: dict[str, Any] = {}  # every setting of the protocol the episodes ran under
     max_steps: int | None = None  # episodes cut after this many steps (a quick look, not the protocol's score)
@@ -116,7 +117,7 @@ class EvalResult(_Record):
             "env_steps": self.env_steps, "clip_env_steps": self.clip_env_steps, "max_steps": self.max_steps,
             "setup_runs": self.setup_runs,
             "wall_s": round(self.wall_s, 3),
-            "failures": self.failures, "clips": [c.mp4 for c in self.clips],
+            "failures": self.failures, "clips": [c.mp4 for c in self.clips], "clip_errors": self.clip_errors,
         }
 
 

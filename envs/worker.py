@@ -226,9 +226,16 @@ class Worker:
             env.close()
         self.policy.end(0, self.steps[0])  # frees the slot; a replay's mode counts are not kept
         clips = []
+        stems: set[str] = set()
         for (a, b), label, shot in zip(windows, job["labels"], frames):
             if shot and (diverged_at is None or b < diverged_at):
-                stem = f"{job['stem']}-step{b}"
+                # Two events at one step (a stall and a fall, say) each get their clip, under a name of its own.
+                stem = base = f"{job['stem']}-step{b}"
+                again = 1
+                while stem in stems:
+                    again += 1
+                    stem = f"{base}-{again}"
+                stems.add(stem)
                 clips.append(write_clip(shot, Path(job["out_dir"]), stem, fps, label) | {"seed": seed, "step": b})
         return {"clips": clips, "replay_diverged_at": diverged_at, "env_steps": self.steps[0]}
 

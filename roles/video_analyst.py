@@ -161,8 +161,11 @@ class VideoAnalyst(Role[AnalyseInput, VideoReport]):
         old_text = [f"scenario {o.scenario} ({o.kind} on seed {o.seed} at step {o.step}) happens again: "
                     + ("; ".join(describe_track(t) for t in o.tracks) or "not filmed or nothing moved") for o in old]
         if not clips and not old:
+            unmade = data.evaluation.clip_errors
             report = VideoReport(summary="no failure clips were recorded for this evaluation, and no saved "
-                                         "scenario failed again")
+                                         "scenario failed again"
+                                         + (f"; {len(unmade)} could not be made: {'; '.join(unmade)[:600]}"
+                                            if unmade else ""))
             ctx.decide(report.summary)
             return report
         measures = [ClipMeasure(seed=c.seed, step=c.step, label=c.label, mp4=c.mp4, png=c.png, frames=c.frames,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import imageio_ffmpeg
 import pytest
@@ -556,3 +558,97 @@ def test_the_env_process_runs_without_asserts_and_the_policy_with_them(run_eval,
     episode = run_eval(policy, "CartPole-v1", episodes=1).episodes[0]
     assert episode.status == "policy_error" and "AssertionError: the policy's own check" in episode.error
     assert episode.length == 3
+
+
+STANDS_STILL = """
+class Policy:
+    def reset(self, seed):
+        pass
+
+    def act(self, obs, info):
+        return 0
+"""
+
+
+def test_two_failures_at_one_step_each_get_their_own_clip(run_eval, write_policy):
+    """A stall and a fall on one step: both clips were named seed0-step49, the second written over the first, so
+    the stall's clip showed the fall's label."""
+    result = run_eval(write_policy(STANDS_STILL, "still.py"), "tests.stall_then_fall:TASK", seeds=[0], video=True,
+                      clip_episodes=1, clip_steps=10)
+    assert sorted(e.kind for e in result.episodes[0].events) == ["fell", "stall"]
+    assert len(result.clips) == 2 and len({c.mp4 for c in result.clips}) == 2 and not result.clip_errors
+    assert all(c.step == 49 for c in result.clips)
+    labels = sorted(c.label.split(": ", 1)[-1] for c in result.clips)
+    assert labels[0].startswith("fell") and labels[1].startswith("stalled from step 0")
+
+
+HANGS_WHEN_FILMED = """
+import builtins
+import time
+
+STARTS = builtins.__dict__.setdefault("heurist_test_starts", [])  # process-wide, as TWO_FACED's
+
+
+class Policy:
+    def reset(self, seed):
+        STARTS.append(seed)
+        self.t = 0
+
+    def act(self, obs, info):
+        self.t += 1
+        if len(STARTS) == 1 and self.t > 5:
+            time.sleep(3600)  # alone in its process: the clip's re-simulation (its episodes ran two in lockstep)
+        return 0
+"""
+
+
+def test_clips_are_made_within_the_evaluations_wall_clock_limit_and_one_not_made_says_why(run_eval, write_policy):
+    """The evaluation's wall-clock limit bounds the whole evaluation: a clip whose re-simulation hangs was given
+    twice the episode's limit and 30 s more, past it (37 minutes on deterministic Breakout), and a clip that could
+    not be made said nothing."""
+    policy = write_policy(HANGS_WHEN_FILMED, "hangs_filmed.py")
+    limits = Limits(episode_timeout_s=60, episode_cpu_s=60, memory_mb=2048)
+    result = run_eval(policy, "CartPole-v1", seeds=[0, 1], workers=1, lockstep=2, video=True, clip_episodes=1,
+                      eval_timeout_s=15, limits=limits)
+    assert [e.status for e in result.episodes] == ["ok", "ok"]
+    assert result.clips == [] and len(result.clip_errors) == 1 and "not filmed" in result.clip_errors[0]
+    assert result.wall_s < 60  # within the evaluation's 15 s, not the clip's 150 s (margin for a slow machine)
+
+
+def test_a_clip_write_is_not_stopped_by_a_dead_writers_leftover_nor_by_another_write_and_cleans_up(tmp_path,
+                                                                                                  monkeypatch):
+    """Scenario films go to one folder under one name per scenario and policy: the temp file of a write a kill cut
+    short stopped every later film of it (FileExistsError), and two loops filming it at once failed one of them.
+    A write that fails removes its temp file; an mp4 that does not read back whole is not put in place."""
+    import threading
+
+    import numpy as np
+
+    from envs import clips
+
+    shots = [(t, np.full((32, 48, 3), t * 10, np.uint8)) for t in range(12)]
+    (tmp_path / ".seed4-fell.tmp.mp4").write_bytes(b"")  # the name a write used before
+    (tmp_path / f".seed4-fell.{os.getpid()}-deadbeef.tmp.mp4").write_bytes(b"half")
+    written, failed = [], []
+
+    def film() -> None:
+        try:
+            written.append(clips.write_clip(shots, tmp_path, "seed4-fell", 15.0, "fell"))
+        except Exception as exc:  # noqa: BLE001 - what the test reports
+            failed.append(exc)
+
+    threads = [threading.Thread(target=film) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed and len(written) == 2 and written[0]["frames"] == 12
+    assert (tmp_path / "seed4-fell.mp4").stat().st_size > 0 and (tmp_path / "seed4-fell.png").is_file()
+    leftovers = {p.name for p in tmp_path.iterdir() if ".tmp" in p.name}
+    assert leftovers == {".seed4-fell.tmp.mp4", f".seed4-fell.{os.getpid()}-deadbeef.tmp.mp4"}  # only the planted
+
+    monkeypatch.setattr(clips, "_frames_in", lambda path: 5)  # as a full disk leaves it: fewer frames than written
+    with pytest.raises(OSError, match="reads back with 5 of its 12 frames"):
+        clips.write_clip(shots, tmp_path, "seed5-fell", 15.0, "fell")
+    assert not (tmp_path / "seed5-fell.mp4").exists()
+    assert {p.name for p in tmp_path.iterdir() if ".tmp" in p.name} == leftovers
