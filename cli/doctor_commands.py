@@ -22,9 +22,14 @@ def doctor_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Check Python packages, ALE ROMs, MuJoCo rendering, the offline embedder, the sandbox, tools, disk and the LLM endpoint."""
-    from doctor.checks import run_checks
-    from store.config import LLMConfig, build_config, load_config_file
+    from common.errors import HeuristError
+    from doctor.checks import check_llm, run_checks
+    from store.config import LLMConfig, build_config, http_url, load_config_file
 
+    try:
+        http_url(base_url)
+    except ValueError as exc:
+        raise HeuristError(f"--base-url {exc}") from None
     llm = LLMConfig()
     if config_file is not None:
         data = load_config_file(config_file)
@@ -33,11 +38,18 @@ def doctor_cmd(
 
     for name in llm.key_variables():  # a server's error may echo the key: whatever its variable's name, never shown
         also_secret(name)
-    checks = run_checks(base_url or llm.base_url, model or llm.model, llm.api_key_env, skip_llm)
-    if not skip_llm and checks[-1].name == "LLM endpoint" and checks[-1].status == "ok":
+    checks = run_checks(base_url or llm.base_url, model or llm.model, llm.api_key_env, skip_llm=True)
+    if not skip_llm:
         from doctor.endpoint import probe_endpoint  # what the endpoint can do, each with one small call
 
-        checks += probe_endpoint(base_url or llm.base_url, model or llm.model, llm.api_key_env)
+        for (url, name, key_env), roles in endpoints(llm, base_url, model).items():
+            before = len(checks)
+            checks.append(check_llm(url, name, key_env))
+            if checks[-1].status == "ok":
+                checks += probe_endpoint(url, name, key_env)
+            if roles:  # a role's own server or model: each of its checks says whose it is
+                for check in checks[before:]:
+                    check.name += f" ({', '.join(roles)})"
     checks = [c.model_copy(update={"detail": redact(c.detail), "fix": redact(c.fix)}) for c in checks]
     failed = [c for c in checks if c.status == "fail"]
     if as_json:
@@ -54,6 +66,24 @@ def doctor_cmd(
                   highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def endpoints(llm, base_url: str | None, model: str | None) -> dict[tuple[str | None, str, str], list[str]]:
+    """Each distinct (server, model, key variable) a run would call, with the roles that call it alone (none for
+    the run's own): a role given its own server or model in ``llm.roles`` is checked too. As ``roles.llm``'s
+    ``settings_for`` picks them: the run's key goes to the run's server only."""
+    run = (base_url or llm.base_url, model or llm.model, llm.api_key_env)
+    found: dict[tuple[str | None, str, str], list[str]] = {run: []}
+    for role, own in sorted(llm.roles.items()):
+        if own.offline or not (own.base_url or own.model):
+            continue
+        server = own.base_url or run[0]
+        key = own.api_key_env if own.base_url and own.api_key_env else \
+            "" if own.base_url and own.base_url != run[0] else run[2]
+        endpoint = (server, own.model or run[1], key)
+        if endpoint != run:  # the run's own, checked as such
+            found.setdefault(endpoint, []).append(role)
+    return found
 
 
 def register(app: typer.Typer) -> None:

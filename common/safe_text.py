@@ -73,8 +73,14 @@ def secret_values() -> list[tuple[str, str]]:
     return sorted(found.items(), key=lambda item: -len(item[0]))
 
 
+# A password written into a URL (http://user:password@host/...: a --base-url or --memory-url given so): whatever
+# variable it came from, or none, it is a secret wherever the URL is recorded, sent or shown.
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#@]+@")
+
+
 def redact(text: str, secrets: list[tuple[str, str]] | None = None) -> str:
-    """``text`` with every secret value (as is, and as JSON would escape it) replaced by its variable's name."""
+    """``text`` with every secret value (as is, and as JSON would escape it) replaced by its variable's name, and
+    every password written into a URL by ``[redacted]``."""
     if not text:
         return text
     for value, name in secret_values() if secrets is None else secrets:
@@ -83,7 +89,12 @@ def redact(text: str, secrets: list[tuple[str, str]] | None = None) -> str:
         escaped = _json_escaped(value)
         if escaped != value and escaped in text:
             text = text.replace(escaped, f"[redacted ${name}]")
-    return text
+    return without_url_passwords(text)
+
+
+def without_url_passwords(text: str) -> str:
+    """``text`` with every password written into a URL replaced by ``[redacted]``."""
+    return URL_PASSWORD.sub(r"\1:[redacted]@", text) if "@" in text else text
 
 
 def cut(text: str, most: int, keep: str = "start") -> str:

