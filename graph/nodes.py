@@ -42,7 +42,7 @@ from graph.testing import (
 from graph.workbench import RunWorkbench
 from memory.lessons import distil, teaches, template_statement
 from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
-from roles.base import Role
+from roles.base import Role, RoleOutputError, answer
 from roles.edits import Edit, unified_diff
 from roles.lesson_writer import general_line
 from roles.llm_usage import BudgetSpent, LLMError
@@ -60,6 +60,20 @@ from roles.test_writer import scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
+
+
+def role_failed(exc: Exception) -> bool:
+    """Whether ``exc`` is a role's own failure (a plug-in's bug, an answer its stage cannot take), which costs that
+    role's part of the iteration, rather than heurist's (a full disk, a refused repository), which stops the run as
+    it always did. A model's failure (LLMError) each node handles on its own."""
+    return isinstance(exc, (RoleOutputError, RoleContractError)) or not isinstance(exc, HeuristError)
+
+
+def record_failure(ctx, exc: Exception) -> str:
+    """A role's failure in its transcript (with the traceback, for whoever reads it); its one line."""
+    line = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]
+    ctx.transcript.write(RoleFailed, error=line, traceback=traceback.format_exc()[-3000:])
+    return line
 
 
 class RoleContractError(HeuristError):
@@ -122,7 +136,7 @@ class Nodes:
             ctx = s.context(state["iteration"], role)
             s.event("role", role=role.name)
             try:
-                report = role.run(data, ctx).model_dump(mode="json", by_alias=True, exclude_none=True)
+                report = answer(role, data, ctx).model_dump(mode="json", by_alias=True, exclude_none=True)
                 missing = [fact for fact in sorted(role.produces) if report.get(fact) is None]
                 if missing:
                     raise RoleContractError(f"{role.name} declares that it produces {', '.join(missing)} but "
@@ -232,10 +246,14 @@ class Nodes:
         # The agent's tools reach the run through the workbench: sandboxed evaluations and tests, dev seeds only.
         ctx = replace(s.context(state["iteration"], coder), workbench=RunWorkbench(s, state, coder.name))
         try:
-            return coder.run(data, ctx).model_dump(mode="json")
+            return answer(coder, data, ctx).model_dump(mode="json")
         except LLMError as exc:  # a spent budget is a stop, not a model failure: it must not pause the run
             return {"edit": None, "reason": f"the coder's model failed: {exc}",
                     "llm_failed": not isinstance(exc, BudgetSpent)}
+        except Exception as exc:  # a plug-in coder's bug costs this iteration's edit, not the run
+            if not role_failed(exc):
+                raise
+            return {"edit": None, "reason": f"the coder {coder.name} failed: {record_failure(ctx, exc)}"[:1000]}
 
     # ------------------------------------------------------------------ 5. check
 
@@ -306,11 +324,15 @@ class Nodes:
         taken = set(s.workspace.tests_at(state["incumbent"]["commit"]))
         tests: dict[str, str] = {}
         failed: dict = {}
+        ctx = s.context(state["iteration"], writer)
         try:
-            tests[new_test_name(taken, state["iteration"])] = writer.run(
-                data, s.context(state["iteration"], writer)).source
+            tests[new_test_name(taken, state["iteration"])] = answer(writer, data, ctx).source
         except LLMError as exc:  # no writer's test this time; heurist's own scenario tests below still are
             failed = {"verification": {"test_writer_error": str(exc)}}
+        except Exception as exc:  # a plug-in writer's bug: as a model's failure, no test of its this time
+            if not role_failed(exc):
+                raise
+            failed = {"verification": {"test_writer_error": f"{writer.name} failed: {record_failure(ctx, exc)}"}}
         # Beside it, heurist's own test of that scenario, in a file of its own: kept, like any new test, only if it
         # fails on the incumbent and passes on the candidate.
         for _, names in sorted(scenarios.items()):
@@ -390,11 +412,16 @@ class Nodes:
         verdicts, reasons, accept, llm_failed = {}, [], True, False
         for reviewer in s.roles["review"]:
             s.event("role", role=reviewer.name)
+            ctx = s.context(state["iteration"], reviewer)
             try:
-                verdict = reviewer.run(data, s.context(state["iteration"], reviewer)).model_dump(mode="json")
+                verdict = answer(reviewer, data, ctx).model_dump(mode="json")
             except LLMError as exc:
                 verdict = {"accept": False, "reasons": [f"{reviewer.name} could not review: {exc}"]}
                 llm_failed = llm_failed or not isinstance(exc, BudgetSpent)
+            except Exception as exc:  # a reviewer that fails accepts nothing: the edit is rolled back
+                if not role_failed(exc):
+                    raise
+                verdict = {"accept": False, "reasons": [f"{reviewer.name} failed: {record_failure(ctx, exc)}"[:1000]]}
             verdicts[reviewer.name] = verdict
             accept = accept and verdict["accept"]
             reasons += verdict["reasons"]
@@ -511,7 +538,7 @@ class Nodes:
                                edit=Edit.model_validate(edit), diff_summary=fix.diff_summary,
                                accepted=fix.outcome == "accepted", reason=fix.reason, score_before=fix.score_before,
                                score_after=fix.score_after, template=template, known=known)
-            statement = role.run(data, ctx).statement
+            statement = answer(role, data, ctx).statement
             if statement != template and not general_line(statement):  # any role's line, a plug-in's too
                 raise ValueError(f"the line holds a number heurist did not measure: {statement[:200]!r}")
         except Exception as exc:  # a lesson writer that fails costs its wording only: the template stands in

@@ -31,6 +31,7 @@ from graph.candidates import checked
 from graph.context import Services, per_seed, scored, seeds_of
 from graph.state import RunState
 from graph.testing import run_accepted_tests
+from roles.base import answer
 from roles.llm_usage import LLMError
 from roles.reviewer import non_inferiority_gate
 from roles.stages import ReviewInput, SimplifyInput, SimplifyOutput
@@ -76,13 +77,11 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
     data = SimplifyInput(task=s.spec.id, task_description=s.spec.description, policy_source=source,
                          complexity=before.model_dump(), incumbent=seeds_of(incumbent), tests=sorted(tests))
     try:
-        out = role.run(data, s.context(iteration, role))
+        out = answer(role, data, s.context(iteration, role))
     except LLMError as exc:
         out = SimplifyOutput(reason=f"the simplifier's model failed: {exc}")
-    except Exception as exc:  # a plug-in's (or the rules') bug costs this simplification, never the run
+    except Exception as exc:  # a plug-in's (or the rules') bug, or an answer it cannot take, costs this simplification
         out = SimplifyOutput(reason=f"the {role.name} role failed: {type(exc).__name__}: {exc}"[:1000])
-    if not isinstance(out, SimplifyOutput):
-        out = SimplifyOutput(reason=f"the {role.name} role returned {type(out).__name__}, not SimplifyOutput")
     record = {"run_id": s.run_id, "iteration": iteration, "applied": out.applied,
               "complexity_before": before.model_dump(), "mean_before": incumbent["mean"],
               "policy_sha256_before": incumbent["sha256"]}

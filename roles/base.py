@@ -83,3 +83,34 @@ class Role(ABC, Generic[In, Out]):
     @abstractmethod
     def run(self, data: In, ctx: RoleContext) -> Out:
         """Do the role's work on ``data``; record what was decided through ``ctx``."""
+
+
+# What one role's answer may weigh, as JSON: an answer is kept in the run's state and checkpointed after every node
+# (a plug-in's 40 MB report made a 441 MB checkpoint in one iteration). Far above any of heurist's own: a coder's
+# edit holds at most a policy of 1 MiB twice over (envs.contract.MAX_SOURCE_BYTES).
+MAX_ANSWER_CHARS = 4 * 2**20
+
+
+class RoleOutputError(Exception):
+    """A role (a plug-in's, most likely) returned what its stage cannot take: the role's failure, not heurist's."""
+
+
+def answer(role: Role, data: BaseModel, ctx: RoleContext) -> BaseModel:
+    """What ``role.run`` returns, checked before anything acts on it: an instance of the role's ``Output``, valid
+    field by field (a model made with ``model_construct`` skips every check: a reviewer's ``accept="no"`` committed
+    an edit, being truthy), in strict mode (no "no" read as False either), and no larger than ``MAX_ANSWER_CHARS``.
+    Every node asks its roles through this; RoleOutputError says what was wrong."""
+    out = role.run(data, ctx)
+    if not isinstance(out, role.Output):
+        raise RoleOutputError(f"role {role.name} returned {type(out).__name__}, not {role.Output.__name__}")
+    text = out.model_dump_json(by_alias=True, warnings=False)
+    if len(text) > MAX_ANSWER_CHARS:
+        raise RoleOutputError(f"role {role.name} returned {len(text):,} characters of JSON, more than "
+                              f"{MAX_ANSWER_CHARS:,}")
+    try:
+        return type(out).model_validate_json(text, strict=True)
+    except ValueError as exc:  # pydantic's ValidationError
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"]) or "(the whole answer)"
+        raise RoleOutputError(f"role {role.name} returned a {type(out).__name__} whose {where} is invalid: "
+                              f"{first['msg']}") from None

@@ -9,6 +9,7 @@ its stage and where it came from.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -40,12 +41,18 @@ class RoleInfo:
     cls: type[Role]
 
 
+ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a role's name names its transcript file and its report's section
+
+
 def check_role(cls: object, where: str) -> type[Role]:
     if not (isinstance(cls, type) and issubclass(cls, Role)):
         raise RoleError(f"{where} is not a heurist Role subclass; subclass roles.base.Role")
     for attribute in ("name", "stage", "Input", "Output"):
         if not hasattr(cls, attribute):
             raise RoleError(f"{where} has no {attribute}; a role needs name, stage, Input, Output and run()")
+    if not (isinstance(cls.name, str) and ROLE_NAME.fullmatch(cls.name)):
+        raise RoleError(f"{where} is named {cls.name!r}; a role's name is lower-case letters, digits and _, "
+                        f"starting with a letter (it names the role's transcript file)")
     if cls.stage not in STAGES:
         raise RoleError(f"{where} names stage {cls.stage!r}; a stage is one of {', '.join(STAGES)}")
     given, taken = STAGE_IO[cls.stage]
@@ -75,9 +82,21 @@ def _load_path(path: str) -> type[Role]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RoleError(f"cannot import role module {module_name!r} ({exc}); install it or fix the path") from None
+    except (Exception, SystemExit) as exc:  # the module's own code failed, or exited: named, never heurist's crash
+        raise RoleError(f"role module {module_name!r} failed to load: {_why(exc)}; fix the module") from None
     if not hasattr(module, attribute):
         raise RoleError(f"module {module_name} has no {attribute}; check the module:Class path")
-    return check_role(getattr(module, attribute), path)
+    cls = check_role(getattr(module, attribute), path)
+    if cls.name in {role.name for role in BUILT_IN}:
+        raise RoleError(f"{path} names its role {cls.name!r}, heurist's own {cls.name}'s name; rename it, so its "
+                        f"transcript and report are not read as heurist's")
+    return cls
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) as it was imported"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def available() -> dict[str, RoleInfo]:
@@ -86,9 +105,9 @@ def available() -> dict[str, RoleInfo]:
     for ep in entry_points(group=GROUP):
         try:
             loaded = ep.load()
-        except Exception as exc:  # a third party's import error must not read as heurist's crash
-            raise RoleError(f"entry point {ep.name} ({ep.value}) of group {GROUP} failed to load: "
-                            f"{type(exc).__name__}: {exc}") from None
+        except (Exception, SystemExit) as exc:  # a third party's failure (or exit) must not read as heurist's
+            raise RoleError(f"entry point {ep.name} ({ep.value}) of group {GROUP} failed to load: {_why(exc)}; "
+                            f"fix or uninstall the package that declares it") from None
         cls = check_role(loaded, f"entry point {ep.name} ({ep.value})")
         if cls.name in roles:
             raise RoleError(f"entry point {ep.value} defines role {cls.name!r}, which "
@@ -111,7 +130,10 @@ def resolve(name_or_path: str, stage: Stage) -> Role:
                         f"(or give module:Class)")
     if cls.stage != stage:
         raise RoleError(f"role {cls.name} belongs to the {cls.stage} stage and cannot be placed in {stage}")
-    return cls()
+    try:
+        return cls()
+    except (Exception, SystemExit) as exc:  # a plug-in whose __init__ fails: named, never heurist's crash
+        raise RoleError(f"role {cls.name} ({name_or_path}) failed to start: {_why(exc)}; fix the role") from None
 
 
 def stage_roles(stages: StageRoles, require_facts: bool = True) -> dict[Stage, list[Role]]:

@@ -291,3 +291,57 @@ def test_a_run_started_before_facts_goes_on_and_says_what_is_unmet(home, monkeyp
         assert [role.name for role in services.roles["analyse"]] == ["video_analyst"]
     finally:
         services.memory.close()
+
+
+def test_a_plug_in_that_cannot_start_is_one_line_naming_it(monkeypatch):
+    """A role module that exits as it loads, a role whose __init__ raises, a name that is no file name, and a name
+    that is a built-in role's: each refused before the run starts, in one line that names it."""
+    from roles.registry import RoleError, check_role, resolve
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    with pytest.raises(RoleError, match=r"exits_on_import' failed to load: it called sys.exit\(0\)"):
+        resolve("exits_on_import:Reviewer", "review")
+    with pytest.raises(RoleError, match=r"role starts_badly .* failed to start: RuntimeError: no configuration"):
+        resolve("hostile_roles:StartsBadly", "review")
+    from tests.plugins import hostile_roles  # noqa: F401 - imported as the run imports it, by module path
+
+    with pytest.raises(RoleError, match="is named '../../escaped'; a role's name is lower-case letters"):
+        check_role(hostile_roles.Escapes, "hostile_roles:Escapes")
+    with pytest.raises(RoleError, match="names its role 'log_parser', heurist's own log_parser's name"):
+        resolve("hostile_roles:FakeLogParser", "analyse")
+
+
+def test_what_a_role_returns_is_checked_before_anything_acts_on_it(monkeypatch):
+    """A Verdict made with model_construct (no checks) whose accept is "no", a dict for a Verdict, a 5 MB report:
+    each is the role's failure, RoleOutputError, never an answer a node acts on."""
+    from roles.base import RoleOutputError, answer
+    from roles.registry import resolve
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    with pytest.raises(RoleOutputError, match=r"says_no_as_text returned a Verdict whose accept is invalid"):
+        answer(resolve("hostile_roles:SaysNoAsText", "review"), None, None)
+    with pytest.raises(RoleOutputError, match="returns_a_dict returned dict, not Verdict"):
+        answer(resolve("hostile_roles:ReturnsADict", "review"), None, None)
+    with pytest.raises(RoleOutputError, match="huge returned 5,242,.* characters of JSON, more than 4,194,304"):
+        answer(resolve("hostile_roles:Huge", "analyse"), None, None)
+
+
+def test_a_reviewer_whose_answer_is_no_verdict_refuses_the_edit_and_the_run_goes_on(home):
+    """Before, a plug-in reviewer's accept="no" (truthy) committed the edit it meant to refuse, and a reviewer that
+    raised ended the run as heurist's internal error. Now each is that reviewer's failure: recorded in its
+    transcript, and a refusal."""
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    (tmp / "run.toml").write_text('report = false\n[stages]\nreview = ["reviewer", "hostile_roles:SaysNoAsText", '
+                                  '"hostile_roles:Raises"]\n[budget]\niterations = 1\n'
+                                  '[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    [iteration] = [r for r in Ledger(tmp / "run" / "ledger.jsonl").read()[0] if r["event"] == "iteration"]
+    assert iteration["accepted"] is False
+    reasons = " ".join(iteration["verdict"]["reasons"])
+    assert iteration["verdict"]["by_role"]["says_no_as_text"]["accept"] is False
+    assert "says_no_as_text failed: RoleOutputError" in reasons and "raises failed: ValueError: my reviewer" in reasons
+    recorder = TranscriptRecorder(tmp / "run")
+    assert any(getattr(line, "error", "").startswith("RoleOutputError") for line in recorder.read(1, "says_no_as_text"))
