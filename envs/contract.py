@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
         if positional < 5 or required > 5:
             raise PolicyError(f"{name}:{observe.lineno} observe takes observe(self, reward, terminated, truncated, "
                               f"info); it is called after every step with what the step returned")
-    _tunable_calls(tree, name)  # validates declarations
+    _declared_tunables(tree, name)  # validates declarations
     return tree
 
 
@@ -310,18 +311,37 @@ def _arg(call: ast.Call, index: int, keyword: str) -> ast.expr:
 
 def read_tunables(source: str, name: str = "<policy>") -> list[Tunable]:
     """The declared tunables with their current defaults and bounds."""
-    tree = check_policy_source(source, name)
+    return _declared_tunables(check_policy_source(source, name), name)
+
+
+def _declared_tunables(tree: ast.Module, name: str) -> list[Tunable]:
+    """The tunables ``tree`` declares, each checked as a search needs it: literal whole or real numbers (not bools,
+    strings, None or complex), finite, ``low <= default <= high`` with a finite span, whole-number bounds for a
+    whole-number tunable (a search rounds its values and must stay within them), and a string doc. Checked when a
+    policy is checked (``check_policy_source``), so a declaration no search can use stops nothing later."""
     out = []
     for field_name, call in _tunable_calls(tree, name):
+        where = f"{name}:{call.lineno} tunable {field_name!r}"
         try:
             default, low, high, doc = (ast.literal_eval(_arg(call, i, k))
                                        for i, k in enumerate(("default", "low", "high", "doc")))
-        except ValueError:
-            raise PolicyError(f"{name}:{call.lineno} tunable {field_name!r} must use literal numbers and a string") from None
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise PolicyError(f"{where} must use literal numbers and a string") from None
+        numbers = (default, low, high)
+        if not all(type(v) in (int, float) for v in numbers):
+            raise PolicyError(f"{where} must use whole or real numbers for its default and bounds, not "
+                              f"{', '.join(sorted({type(v).__name__ for v in numbers if type(v) not in (int, float)}))}")
+        if not all(math.isfinite(v) for v in numbers) or not math.isfinite(float(high) - float(low)):
+            raise PolicyError(f"{where} needs finite numbers, and bounds whose span is finite")
+        if not isinstance(doc, str):
+            raise PolicyError(f"{where} takes a string as its doc")
         if not (low <= default <= high):
-            raise PolicyError(f"{name}:{call.lineno} tunable {field_name!r} default {default} is outside [{low}, {high}]")
-        out.append(Tunable(name=field_name, default=default, low=low, high=high, doc=doc,
-                           integer=isinstance(default, int) and not isinstance(default, bool)))
+            raise PolicyError(f"{where} default {default} is outside [{low}, {high}]")
+        integer = type(default) is int
+        if integer and not all(float(v).is_integer() for v in (low, high)):
+            raise PolicyError(f"{where} is a whole number, so its bounds must be whole numbers too (a search rounds "
+                              f"its values); write {math.ceil(low)} and {math.floor(high)}, or a real default")
+        out.append(Tunable(name=field_name, default=default, low=low, high=high, doc=doc, integer=integer))
     return out
 
 
@@ -343,7 +363,10 @@ def rewrite_tunables(source: str, values: dict[str, float], name: str = "<policy
         node = _arg(calls[field_name], 0, "default")
         start = offsets[node.lineno - 1] + node.col_offset
         end = offsets[node.end_lineno - 1] + node.end_col_offset
-        text = str(int(round(value))) if spec.integer else repr(float(value))
+        written = int(round(value)) if spec.integer else float(value)
+        if not (spec.low <= written <= spec.high and math.isfinite(written)):  # what is written is what is checked
+            raise PolicyError(f"{field_name}={written} (from {value}) is outside its bounds [{spec.low}, {spec.high}]")
+        text = str(written) if spec.integer else repr(written)
         edits.append((start, end, text.encode()))
     for start, end, text in sorted(edits, reverse=True):
         data = data[:start] + text + data[end:]

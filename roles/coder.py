@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import warnings
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,7 +32,6 @@ from envs.contract import Tunable, read_tunables
 from memory.records import FixRecord, Recall
 from roles.base import Role, RoleContext
 from roles.coder_agent import CoderLoop, loop_key
-from roles.coder_toolbox import failure_floor
 from roles.edits import Edit, apply_edit
 from roles.stages import CoderInput, CoderOutput, gather
 
@@ -93,9 +95,41 @@ def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) ->
     return sorted(worst + [rest[(start + i) % len(rest)] for i in range(n - len(worst))])
 
 
-def _score(per_seed: dict[int, float | None], floor: float) -> float:
-    """Mean return, a failed episode counted at ``floor`` (below every completed one)."""
-    return float(np.mean([floor if r is None else r for r in per_seed.values()]))
+class SearchScore(NamedTuple):
+    """How the offline search ranks a policy on its seeds, as the gate does: fewer failed episodes first (an episode
+    that completes where it failed is a gain whatever it returns), then the higher mean return of those completed.
+    A failure counted at a floor below the incumbent's returns (as before) ranked a candidate that crashed on 4 of 5
+    seeds above one that completed all 5 at lower returns, which the gate would have accepted."""
+
+    failed: int
+    mean: float  # over the completed episodes; -inf where none completed
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return (-self.failed, self.mean)
+
+    def __str__(self) -> str:
+        mean = "no episode completed" if self.failed and self.mean == -math.inf else f"{self.mean:.3f}"
+        return mean + (f" ({self.failed} failed)" if self.failed else "")
+
+    def plain(self) -> dict[str, float | int | None]:
+        """As JSON has it (no infinity)."""
+        return {"failed": self.failed, "mean": None if self.mean == -math.inf else self.mean}
+
+
+def _score(per_seed: dict[int, float | None]) -> SearchScore:
+    completed = [r for r in per_seed.values() if r is not None]
+    return SearchScore(len(per_seed) - len(completed), float(np.mean(completed)) if completed else -math.inf)
+
+
+def _ranks(scores: list[SearchScore]) -> list[float]:
+    """What CMA-ES is told of one generation, to minimise: each candidate's rank (0 the best). CMA-ES uses only the
+    order of a generation's values, so ranks lose nothing, and a lexicographic score needs no scalar stand-in."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i].key, reverse=True)
+    ranks = [0.0] * len(scores)
+    for rank, i in enumerate(order):
+        ranks[i] = float(rank)
+    return ranks
 
 
 def import_cma():
@@ -197,26 +231,25 @@ class Coder(Role[CoderInput, CoderOutput]):
             return out
         settings = ctx.config.search
         seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
-        floor = failure_floor(data.incumbent)
         base = {s: data.incumbent[s] for s in seeds}
-        base_score = _score(base, floor)
+        base_score = _score(base)
         key = settings.seed if settings.seed is not None else ctx.search_key
         seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
         start = lesson_start(data.recall, tunables)
-        best, evaluated, started_from = self._cma(data.policy_source, tunables, seeds, floor, seed, base_score, ctx,
+        best, evaluated, started_from = self._cma(data.policy_source, tunables, seeds, seed, base_score, ctx,
                                                   start, ctx.task.target)
-        evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score, "candidates": evaluated,
+        evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score.plain(), "candidates": evaluated,
                     "lesson_start": started_from}
         score, values, result = best
-        evidence.update(best_score=score, best=result, best_tunables=values)
-        if score <= base_score:
+        evidence.update(best_score=score.plain(), best=result, best_tunables=values)
+        if score.key <= base_score.key:
             out = CoderOutput(edit=None, search=evidence,
                               reason=f"no CMA-ES candidate of {evaluated} beat the incumbent on seeds {seeds} "
-                                     f"({score:.3f} vs {base_score:.3f})")
+                                     f"({score} vs {base_score})")
             ctx.decide(out.reason)
             return out
-        improved = [s for s in seeds if (result[s] if result[s] is not None else floor) >
-                    (base[s] if base[s] is not None else floor)]
+        # Per seed as the gate sees it: an episode that completes where it failed is improved, whatever it returns.
+        improved = [s for s in seeds if result[s] is not None and (base[s] is None or result[s] > base[s])]
         kinds = sorted(gather(data.analyses, "seeds_by_kind"))  # the failure kinds the analysts counted
         changes = ", ".join(f"{t.name} {t.default:g} -> {values[t.name]:g}" for t in tunables
                             if values[t.name] != t.default)
@@ -226,15 +259,15 @@ class Coder(Role[CoderInput, CoderOutput]):
                    f"lesson {started_from}'s settings" if evaluated > 1 else
                    f"the settings of lesson {started_from}, recalled from memory, scored on dev seeds {seeds}")
         edit = Edit(kind="tunables", tunables=values, target_seeds=improved, target_kinds=kinds,
-                    rationale=f"{how}: {changes}; mean return there {base_score:.2f} -> {score:.2f}")
+                    rationale=f"{how}: {changes}; mean return there {base_score} -> {score}")
         out = CoderOutput(edit=edit, reason=edit.rationale, search=evidence)
         ctx.decide("proposed the best search candidate", edit=edit.model_dump(mode="json"))
         return out
 
-    def _cma(self, source: str, tunables: list[Tunable], seeds: list[int], floor: float, seed: int,
-             base_score: float, ctx: RoleContext, start: tuple[str, dict[str, float]] | None = None,
+    def _cma(self, source: str, tunables: list[Tunable], seeds: list[int], seed: int,
+             base_score: SearchScore, ctx: RoleContext, start: tuple[str, dict[str, float]] | None = None,
              target: float | None = None,
-             ) -> tuple[tuple[float, dict[str, float], dict[int, float | None]], int, str | None]:
+             ) -> tuple[tuple[SearchScore, dict[str, float], dict[int, float | None]], int, str | None]:
         """CMA-ES over the tunables scaled to [0, 1]; the best (score, values, per-seed returns), how many ran, and
         the lesson it started from, if any.
 
@@ -247,45 +280,53 @@ class Coder(Role[CoderInput, CoderOutput]):
         span = np.array([t.high - t.low for t in tunables], dtype=float)
         span[span == 0] = 1.0
         x0 = (np.array([t.default for t in tunables], dtype=float) - low) / span
-        best: tuple[float, dict[str, float], dict[int, float | None]] | None = None
+        best: tuple[SearchScore, dict[str, float], dict[int, float | None]] | None = None
         evaluated, started_from = 0, None
         if start is not None:
             lesson_id, values = start
             [result] = scorer([apply_edit(source, Edit(kind="tunables", rationale="search", tunables=values))], seeds)
-            evaluated, score = 1, _score(result, floor)
-            ctx.decide(f"scored the settings of lesson {lesson_id}: {score:.3f} on seeds {seeds} (incumbent "
-                       f"{base_score:.3f})", lesson=lesson_id, tunables=values, score=score)
-            if score > base_score:
+            evaluated, score = 1, _score(result)
+            ctx.decide(f"scored the settings of lesson {lesson_id}: {score} on seeds {seeds} (incumbent "
+                       f"{base_score})", lesson=lesson_id, tunables=values, score=score.plain())
+            if score.key > base_score.key:
                 best, started_from = (score, values, result), lesson_id
                 x0 = (np.array([values[t.name] for t in tunables], dtype=float) - low) / span
                 if target is not None and all(r is not None and r >= target for r in result.values()):
                     ctx.decide(f"lesson {lesson_id}'s settings reach the target {target:g} on every search seed; "
                                f"proposed without a search", lesson=lesson_id)
                     return best, evaluated, started_from
-        es = cma.CMAEvolutionStrategy(np.clip(x0, 0, 1).tolist(), settings.sigma, {
+        # cma's bounded search cannot start in one dimension (its step sizes are never set up: "not yet initialized",
+        # in most seeds, on every resume of the same iteration): one tunable gets a second coordinate nothing reads.
+        dims = len(tunables)
+        start_point = np.clip(x0, 0, 1).tolist() + ([0.5] if dims == 1 else [])
+        es = cma.CMAEvolutionStrategy(start_point, settings.sigma, {
             "bounds": [0.0, 1.0], "popsize": settings.population, "seed": seed % (2**31 - 1) + 1, "verbose": -9})
         for generation in range(settings.generations):
             points = es.ask()
-            values = [self._values(tunables, low + np.clip(p, 0, 1) * span) for p in points]
+            values = [self._values(tunables, low + np.clip(np.asarray(p)[:dims], 0, 1) * span) for p in points]
             sources = [apply_edit(source, Edit(kind="tunables", rationale="search", tunables=v)) for v in values]
             results = scorer(sources, seeds)
             evaluated += len(sources)
-            scores = [_score(r, floor) for r in results]
-            es.tell(points, [-s for s in scores])
+            scores = [_score(r) for r in results]
+            es.tell(points, _ranks(scores))
             for score, value, result in zip(scores, values, results):
-                if best is None or score > best[0]:
+                if best is None or score.key > best[0].key:
                     best = (score, value, result)
-            ctx.decide(f"CMA-ES generation {generation + 1}: best {max(scores):.3f} on seeds {seeds} "
-                       f"(incumbent {base_score:.3f})", generation=generation + 1,
-                       candidates=[{"tunables": v, "score": s} for v, s in zip(values, scores)])
+            ctx.decide(f"CMA-ES generation {generation + 1}: best {max(scores, key=lambda x: x.key)} on seeds {seeds} "
+                       f"(incumbent {base_score})", generation=generation + 1,
+                       candidates=[{"tunables": v, "score": s.plain()} for v, s in zip(values, scores)])
         assert best is not None  # generations >= 1 and population >= 2
         return best, evaluated, started_from
 
     @staticmethod
     def _values(tunables, raw: np.ndarray) -> dict[str, float]:
-        """Readable values: integers for integer tunables, four significant digits otherwise, within bounds."""
+        """Readable values within bounds: whole numbers for whole-number tunables (whose bounds are whole), else
+        about four significant digits of the tunable's span (of the value itself, a span of 0.1 around 1000
+        collapsed every candidate onto one value)."""
         out = {}
         for t, v in zip(tunables, raw):
-            value = float(round(v)) if t.integer else float(f"{v:.4g}")
+            span = t.high - t.low
+            digits = 4 - math.floor(math.log10(span)) if span > 0 else 4
+            value = float(round(v)) if t.integer else float(round(float(v), digits))
             out[t.name] = min(max(value, t.low), t.high)
         return out

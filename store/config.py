@@ -26,7 +26,9 @@ class ConfigError(HeuristError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only: JSON has no infinity, so an `inf` in a config was written to run.json as null and the
+    # run (and every resume) then failed to read its own config; a budget of `hours = inf` silently became none.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Price(_Strict):
@@ -177,6 +179,16 @@ class WandbConfig(_Strict):
     mode: Literal["online", "offline"] | None = Field(
         None, description="Default: wandb's own (WANDB_MODE, else online); offline writes RUN_DIR/wandb to sync "
                           "later with `wandb sync`.")
+
+    @field_validator("project")
+    @classmethod
+    def _a_wandb_project(cls, project: str) -> str:
+        # W&B refuses these in a project's name; refused here, before the run starts, rather than at every iteration.
+        bad = sorted({c for c in project if c in '/\\#?%:' or not c.isprintable()})
+        if bad:
+            raise ValueError(f"{project!r} holds {''.join(bad)!r}, which W&B refuses in a project's name; choose "
+                             f"another wandb.project")
+        return project
 
 
 class ReviewConfig(_Strict):

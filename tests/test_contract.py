@@ -131,3 +131,51 @@ def test_whether_a_policy_file_binds_setup_at_its_top(source, binds):
     from envs.contract import binds_setup
 
     assert binds_setup(source) is binds
+
+
+TUNED = """
+from dataclasses import dataclass
+
+
+def tunable(default, low, high, doc):
+    return default
+
+
+@dataclass
+class Tunables:
+    x: float = {declaration}
+
+
+class Policy:
+    def reset(self, seed):
+        pass
+
+    def act(self, obs, info):
+        return 0
+"""
+
+
+@pytest.mark.parametrize("declaration, message", [
+    ('tunable(1, 0, 1.9, "mode")', "whole number, so its bounds must be whole numbers too"),
+    ('tunable(1 + 1j, 0, 2, "c")', "not complex"),
+    ('tunable(None, 0, 1, "n")', "not NoneType"),
+    ('tunable("5", "10", "9", "s")', "not str"),
+    ('tunable(True, 0, 1, "b")', "not bool"),
+    ('tunable(0.0, -1e999, 1e999, "i")', "finite numbers"),
+    ('tunable(0.0, -1e308, 1e308, "h")', "span is finite"),
+    ('tunable(0.5, 0.0, 1.0, 3)', "takes a string as its doc"),
+    ('tunable(2.0, 0.0, 1.0, "out")', "default 2.0 is outside"),
+])
+def test_a_tunable_no_search_can_use_is_refused_when_the_policy_is_checked(declaration, message):
+    """Each passed the start check and then stopped the run mid-way (an internal error, or a search pinned at
+    1e308); a whole-number tunable with a fractional bound had a value written outside its bounds (2 in
+    [0, 1.9]), which stopped every later iteration as the policy's fault."""
+    with pytest.raises(PolicyError, match=message):
+        check_policy_source(TUNED.format(declaration=declaration), "p.py")
+
+
+def test_what_a_tunables_edit_writes_is_within_its_bounds():
+    source = TUNED.format(declaration='tunable(0.5, 0.0, 1.0, "x")')
+    assert "tunable(0.75, 0.0, 1.0" in rewrite_tunables(source, {"x": 0.75})
+    with pytest.raises(PolicyError, match="outside its bounds"):
+        rewrite_tunables(source, {"x": 1.5})

@@ -226,3 +226,83 @@ def test_the_offline_search_imports_cma_without_matplotlib_and_leaves_matplotlib
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout) < 0.18  # it searched: the start point scores 0.18
+
+
+ONE_TUNABLE = '''
+from dataclasses import dataclass
+
+
+def tunable(default, low, high, doc):
+    return default
+
+
+@dataclass
+class Tunables:
+    {field}
+
+
+class Policy:
+    def reset(self, seed):
+        self.p = Tunables()
+
+    def act(self, obs, info):
+        return 0
+'''
+
+
+def _offline_coder(tmp_path, source: str, incumbent: dict, scorer, key: str = "run", iteration: int = 1):
+    """The offline coder's search on ``source``, each candidate scored by ``scorer(tunables) -> {seed: return}``
+    (no simulator: the search's own logic is what is under test)."""
+    from envs.contract import read_tunables
+    from roles.coder import Coder
+    from roles.stages import CoderInput
+
+    def score(sources, seeds):
+        return [{s: scorer({t.name: t.default for t in read_tunables(src)})[s] for s in seeds} for src in sources]
+
+    config = RunConfig.model_validate({"task": "CartPole-v1", "search": {"population": 6, "generations": 2,
+                                                                          "episodes": len(incumbent)}})
+    ctx = RoleContext(task=get_task("CartPole-v1"), iteration=iteration, config=config,
+                      transcript=TranscriptRecorder(tmp_path).for_role(iteration, "coder"), llm=None, memory=None,
+                      score=score, search_key=key)
+    data = CoderInput(task="CartPole-v1", task_description="x", policy_source=source, incumbent=incumbent)
+    return Coder().run(data, ctx)
+
+
+def test_the_offline_search_takes_one_tunable(tmp_path):
+    """cma's bounded search cannot start in one dimension: a policy with one tunable stopped the offline coder in
+    most runs (27 seeds of 40), and every resume of that iteration again."""
+    source = ONE_TUNABLE.format(field='gain: float = tunable(0.1, 0.0, 1.0, "how hard")')
+    incumbent = {s: 10.0 for s in range(5)}
+    for key in range(12):  # a dozen search seeds
+        out = _offline_coder(tmp_path / str(key), source, incumbent, lambda t: {s: 100 * t["gain"] for s in range(5)},
+                             key=str(key))
+        assert out.edit is not None and out.edit.tunables["gain"] > 0.1, out.reason
+
+
+def test_the_offline_search_ranks_fewer_failures_first_as_the_gate_does(tmp_path):
+    """A failure was counted at a floor below the incumbent's completed returns: a candidate completing every seed at
+    107 ranked below the incumbent crashing on 4 of 5 (and 499 on the fifth), though the gate accepts it."""
+    source = ONE_TUNABLE.format(field='guard: float = tunable(0.1, 0.0, 1.0, "how careful")')
+
+    def returns(t):
+        return {s: 107.0 for s in range(5)} if t["guard"] >= 0.3 else {0: 499.0, **{s: None for s in range(1, 5)}}
+
+    out = _offline_coder(tmp_path, source, returns({"guard": 0.1}), returns)
+    assert out.edit is not None and out.edit.tunables["guard"] >= 0.3, out.reason
+    assert sorted(out.edit.target_seeds) == [1, 2, 3, 4]
+    assert "(4 failed)" in out.edit.rationale
+
+
+def test_search_values_keep_the_precision_of_the_span_and_whole_number_bounds():
+    """A tunable in [1000.0, 1000.1] kept four significant digits of its value: every candidate was 1000.0."""
+    import numpy as np
+
+    from envs.contract import Tunable
+    from roles.coder import Coder
+
+    narrow = Tunable(name="x", default=1000.05, low=1000.0, high=1000.1, doc="")
+    values = {Coder._values([narrow], np.array([v]))["x"] for v in (1000.01, 1000.03, 1000.07, 1000.09)}
+    assert len(values) == 4
+    whole = Tunable(name="n", default=1, low=0, high=2, doc="", integer=True)
+    assert Coder._values([whole], np.array([1.9]))["n"] == 2.0
