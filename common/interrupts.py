@@ -67,6 +67,22 @@ def exit_code() -> int:
     return 128 + (stopped_by[-1] if stopped_by else signal.SIGINT)
 
 
+def reclaim(before: dict[int, Any]) -> None:
+    """After a library installed handlers of its own (``ray.init`` makes SIGTERM a ``sys.exit(15)``, which skipped
+    a campaign's stop and its record): heurist's, where they were heurist's ``before`` (``signal.getsignal`` of each
+    stop signal, taken before the call)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in before.items():
+        if handler is on_stop_signal and signal.getsignal(signum) is not on_stop_signal:
+            signal.signal(signum, on_stop_signal)
+
+
+def handlers() -> dict[int, Any]:
+    """The stop signals' handlers now, for ``reclaim``."""
+    return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+
 @contextmanager
 def remembering() -> Iterator[None]:
     """``on_sigint`` as this process's SIGINT handler for the block, unless SIGINT is ignored or handled by someone

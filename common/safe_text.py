@@ -75,7 +75,9 @@ def secret_values() -> list[tuple[str, str]]:
 
 # A password written into a URL (http://user:password@host/...: a --base-url or --memory-url given so): whatever
 # variable it came from, or none, it is a secret wherever the URL is recorded, sent or shown.
-URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#@]+@")
+# The password runs to the last "@" before a host (one with an unencoded "@" in it, as urlparse reads it), and never
+# across a quote, so compact JSON ("http://h:8000","x":"a@b.c") is not taken for a URL with a password.
+URL_PASSWORD = re.compile(r"""(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:"']*):[^\s/?#"']*@(?=[^\s/?#@"']*(?:[/?#\s"']|$))""")
 
 
 def redact(text: str, secrets: list[tuple[str, str]] | None = None) -> str:
@@ -121,8 +123,6 @@ def _json_escaped(value: str) -> str:
 def redact_deep(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any:
     """Every string inside plain dicts, lists and tuples redacted; any other object is returned as it is."""
     secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return value
     kind = type(value)
     if kind is str:
         return redact(value, secrets)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from common import interrupts
 from common.errors import HeuristError
 from common.safe_text import redact
 from envs.limits import Limits
@@ -75,7 +76,9 @@ def connect(address: str | None) -> None:
         raise RayBackendError(f"cannot reach a Ray cluster at {address} ({why}) for eval.backend = \"ray\"; check "
                               f"eval.ray_address (--ray-address) or RAY_ADDRESS")
     try:
+        ours = interrupts.handlers()
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        interrupts.reclaim(ours)  # Ray makes SIGTERM a sys.exit: heurist's records the interruption first
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayBackendError(f"cannot reach Ray at {address or 'this machine'} ({' '.join(str(exc).split())[:200]}) "
                               f"for eval.backend = \"ray\"; check eval.ray_address or RAY_ADDRESS, and RAY_AUTH_TOKEN "

@@ -9,6 +9,7 @@ records have content-hash ids.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import traceback
@@ -43,6 +44,7 @@ from graph.workbench import RunWorkbench
 from memory.lessons import distil, teaches, template_statement
 from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
 from roles.base import Role, RoleOutputError, answer
+from roles.registry import BUILT_IN
 from roles.edits import Edit, unified_diff
 from roles.lesson_writer import general_line
 from roles.llm_usage import BudgetSpent, LLMError
@@ -62,11 +64,23 @@ from store.transcripts import Decision, RoleFailed, TranscriptRecorder
 from store.workspace import POLICY_FILE
 
 
-def role_failed(exc: Exception) -> bool:
-    """Whether ``exc`` is a role's own failure (a plug-in's bug, an answer its stage cannot take), which costs that
-    role's part of the iteration, rather than heurist's (a full disk, a refused repository), which stops the run as
-    it always did. A model's failure (LLMError) each node handles on its own."""
-    return isinstance(exc, (RoleOutputError, RoleContractError)) or not isinstance(exc, HeuristError)
+# What a full or broken disk raises: heurist's own failure wherever it surfaces (a role's scoring writes the candidate
+# and the ledger), which stops the run with the way to resume it.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def role_failed(role: Role, exc: Exception) -> bool:
+    """Whether ``exc`` is a plug-in role's own failure (its bug, an answer its stage cannot take), which costs that
+    role's part of the iteration, rather than heurist's, which stops the run as it always did: anything a built-in
+    role raises, heurist's own errors (``HeuristError``: a refused repository, a ledger that cannot be written), a
+    full or read-only disk, memory run out. A model's failure (LLMError) each node handles on its own."""
+    if type(role) in BUILT_IN:
+        return False
+    if isinstance(exc, (RoleOutputError, RoleContractError)):
+        return True
+    if isinstance(exc, (HeuristError, MemoryError)):
+        return False
+    return not (isinstance(exc, OSError) and exc.errno in DISK_ERRNOS)
 
 
 def record_failure(ctx, exc: Exception) -> str:
@@ -251,7 +265,7 @@ class Nodes:
             return {"edit": None, "reason": f"the coder's model failed: {exc}",
                     "llm_failed": not isinstance(exc, BudgetSpent)}
         except Exception as exc:  # a plug-in coder's bug costs this iteration's edit, not the run
-            if not role_failed(exc):
+            if not role_failed(coder, exc):
                 raise
             return {"edit": None, "reason": f"the coder {coder.name} failed: {record_failure(ctx, exc)}"[:1000]}
 
@@ -330,7 +344,7 @@ class Nodes:
         except LLMError as exc:  # no writer's test this time; heurist's own scenario tests below still are
             failed = {"verification": {"test_writer_error": str(exc)}}
         except Exception as exc:  # a plug-in writer's bug: as a model's failure, no test of its this time
-            if not role_failed(exc):
+            if not role_failed(writer, exc):
                 raise
             failed = {"verification": {"test_writer_error": f"{writer.name} failed: {record_failure(ctx, exc)}"}}
         # Beside it, heurist's own test of that scenario, in a file of its own: kept, like any new test, only if it
@@ -419,7 +433,7 @@ class Nodes:
                 verdict = {"accept": False, "reasons": [f"{reviewer.name} could not review: {exc}"]}
                 llm_failed = llm_failed or not isinstance(exc, BudgetSpent)
             except Exception as exc:  # a reviewer that fails accepts nothing: the edit is rolled back
-                if not role_failed(exc):
+                if not role_failed(reviewer, exc):
                     raise
                 verdict = {"accept": False, "reasons": [f"{reviewer.name} failed: {record_failure(ctx, exc)}"[:1000]]}
             verdicts[reviewer.name] = verdict

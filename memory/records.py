@@ -312,6 +312,25 @@ def imported_name(run_or_sighting: str) -> str:
     return run_or_sighting if run_or_sighting.startswith(IMPORTED) else IMPORTED + run_or_sighting
 
 
+def unmarked(record):
+    """``record`` as the store it was exported from held it, before an import marked its runs (``as_imported``):
+    what a store's own records look like after a trip through another store and back."""
+    if not record.run_id.startswith(IMPORTED):
+        return record
+
+    def strip(value: str) -> str:
+        return value[len(IMPORTED):] if value.startswith(IMPORTED) else value
+
+    update: dict = {"run_id": strip(record.run_id)}
+    if isinstance(record, FailureRecord):
+        update["seen_in"] = tuple(strip(s) for s in record.seen_in)
+    if isinstance(record, LessonRecord):
+        update["recalled_in"] = tuple(strip(s) for s in record.recalled_in)
+        update["helped_in"] = tuple(strip(s) for s in record.helped_in)
+    copy = record.model_copy(update=update)
+    return copy.model_copy(update={"id": copy.default_id()})
+
+
 def as_imported(records: list) -> list:
     """``records`` of another store as this store adds them: every run and sighting they name marked as imported
     (``imported_name``), each id made again from the marked fields, and the links between them (a fix's failures,

@@ -51,6 +51,7 @@ from memory.records import (
     Recall,
     Record,
     as_imported,
+    unmarked,
     RecordType,
     ScenarioRecord,
     fix_rank_key,
@@ -503,7 +504,11 @@ class MemoryStore:
         # A record this store holds already (the store's own export read back) is held as it is; every other one
         # is added as another store's, its runs marked (``as_imported``): a stranger's record cannot claim a run of
         # this store, its report's "Added by this run" or what ``forget --run`` of that run removes.
-        held = {r.id for r in self.get(records)}
+        # A record held already, as it is, or as it was before another store's import marked it (this store's own
+        # records back from a trip through another store: their content is this store's, so nothing is forged).
+        origin = {i: unmarked(r).id for i, r in records.items()}
+        found = {r.id for r in self.get(set(records) | set(origin.values()))}
+        held = {i for i in records if i in found or origin[i] in found}
         marked = as_imported([r for i, r in records.items() if i not in held])
         held_marked = {r.id for r in self.get([r.id for r in marked])}  # the same file imported before
         new = list({r.id: r for r in marked if r.id not in held_marked}.values())  # runs "x", "imported:x": one

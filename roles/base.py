@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from envs.tasks import TaskSpec
 from roles.stages import Fact, Scorer, Stage
@@ -103,7 +104,14 @@ def answer(role: Role, data: BaseModel, ctx: RoleContext) -> BaseModel:
     out = role.run(data, ctx)
     if not isinstance(out, role.Output):
         raise RoleOutputError(f"role {role.name} returned {type(out).__name__}, not {role.Output.__name__}")
-    text = out.model_dump_json(by_alias=True, warnings=False)
+    # The declared fields under their aliases, as validation takes them: a computed field (a property a plug-in's
+    # subclass adds) is not one, and a field excluded from dumps still is; NaN and infinities are kept as such.
+    fields = {field.alias or name: getattr(out, name, None) for name, field in type(out).model_fields.items()}
+    try:
+        text = to_json(fields, inf_nan_mode="constants", serialize_unknown=True).decode()
+    except (ValueError, TypeError) as exc:  # pydantic_core's serialisation error
+        raise RoleOutputError(f"role {role.name} returned a {type(out).__name__} that cannot be written as JSON: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
     if len(text) > MAX_ANSWER_CHARS:
         raise RoleOutputError(f"role {role.name} returned {len(text):,} characters of JSON, more than "
                               f"{MAX_ANSWER_CHARS:,}")

@@ -202,6 +202,15 @@ def test_each_budget_is_a_stop():
 
     assert stopping("max", 480.0) is None and "target reached" in stopping("target", 480.0)
     assert stopping("never", 500.0) is None
+    # The mean is over completed episodes: while one fails, making it complete is a gain, and the run goes on
+    # (a policy crashing on 16 of 20 seeds and balancing on 4 "reached the maximum return" before).
+    crashing = {"mean": 500.0, "per_seed": {"0": 500.0, "1": None}}
+    assert stop_reason({**base, "incumbent": crashing}, config, spec) is None
+    assert "maximum return" in stop_reason({**base, "incumbent": {**crashing, "per_seed": {"0": 500.0}}}, config, spec)
+    with pytest.raises(ValueError, match="finite number"):  # JSON has no inf: run.json would hold null
+        RunConfig.model_validate({"task": "CartPole-v1", "review": {"min_improvement": float("inf")}})
+    with pytest.raises(ValueError, match="which W&B refuses in a project's name"):  # not at every iteration
+        RunConfig.model_validate({"task": "CartPole-v1", "wandb": {"enabled": True, "project": "rt proj/x"}})
 
 
 def test_workspace_tests_run_sandboxed(tmp_path, monkeypatch):
@@ -345,3 +354,24 @@ def test_a_reviewer_whose_answer_is_no_verdict_refuses_the_edit_and_the_run_goes
     assert "says_no_as_text failed: RoleOutputError" in reasons and "raises failed: ValueError: my reviewer" in reasons
     recorder = TranscriptRecorder(tmp / "run")
     assert any(getattr(line, "error", "").startswith("RoleOutputError") for line in recorder.read(1, "says_no_as_text"))
+
+
+def test_only_a_plug_ins_own_failure_costs_its_part_and_heuristss_own_stop_the_run(monkeypatch):
+    """A full disk met while a role scores (the coder's candidates are written to disk) is heurist's failure: it
+    stops the run with the way to resume, as before, and is never taken for the role's; a built-in role's failure
+    is heurist's too."""
+    import errno
+
+    from common.errors import LedgerError
+    from graph.nodes import role_failed
+    from roles.base import RoleOutputError
+    from roles.registry import resolve
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    plug = resolve("hostile_roles:Raises", "review")
+    assert role_failed(plug, ValueError("a plug-in's bug")) and role_failed(plug, RoleOutputError("no Verdict"))
+    assert role_failed(plug, FileNotFoundError(errno.ENOENT, "its own file"))
+    assert not role_failed(plug, OSError(errno.ENOSPC, "No space left on device"))
+    assert not role_failed(plug, OSError(errno.EROFS, "Read-only file system"))
+    assert not role_failed(plug, LedgerError("cannot append to the ledger")) and not role_failed(plug, MemoryError())
+    assert not role_failed(resolve("coder", "code"), ValueError("heurist's own bug"))

@@ -176,3 +176,17 @@ def test_a_run_whose_node_swallowed_a_ctrl_c_stops_when_that_node_ends(home, mon
     assert nodes == ["begin"]  # stopped once the node it came in had ended, not at the run's end
     events = [r["event"] for r in Ledger(run_dir / "ledger.jsonl").read()[0]]
     assert "run_finished" not in events  # (resuming an interrupted run: tests/test_faults.py)
+
+
+def test_a_library_that_takes_sigterm_gives_it_back_to_heurist():
+    """ray.init makes SIGTERM a sys.exit(15): a campaign driver stopped by systemd skipped its stop and its record.
+    heurist takes the handler back after such a call (campaign.engine, envs.ray_backend)."""
+    import signal
+
+    with interrupts.remembering():
+        ours = interrupts.handlers()
+        assert ours[signal.SIGTERM] is interrupts.on_stop_signal
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as ray.init does
+        interrupts.reclaim(ours)
+        assert signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
