@@ -59,3 +59,12 @@ class RedactingStream(io.TextIOBase):
     @property
     def errors(self) -> str | None:  # type: ignore[override]
         return self._inner.errors
+
+
+def say_stopped(text: str) -> None:
+    """The line that says heurist was stopped, where a terminal may already be gone (SIGHUP: a write then fails with
+    EIO, which must not turn the stop into a traceback and another exit status)."""
+    try:
+        err.print(text, markup=False, highlight=False)
+    except OSError:
+        pass

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.campaign_commands import register as register_campaign_commands
-from cli.console import RedactingStream, err, out, shown
+from cli.console import RedactingStream, err, out, say_stopped, shown
 from cli.doctor_commands import register as register_doctor_command
 from cli.memory_commands import memory_app
 from cli.report_commands import register as register_report_command
@@ -285,7 +285,7 @@ def _main() -> None:
             _error("error:", f"{message}; `{command} --help` lists what it takes")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted")
+        say_stopped("interrupted")
         sys.exit(interrupts.exit_code())
     except HeuristError as exc:
         if debug:
@@ -298,7 +298,7 @@ def _main() -> None:
         _error("internal error:", f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)")
         sys.exit(1)
     if code == 130 and interrupts.received.is_set():  # typer's own answer to a KeyboardInterrupt a command let out
-        err.print("interrupted")
+        say_stopped("interrupted")
         sys.exit(interrupts.exit_code())  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
     if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. doctor's failed checks
         sys.exit(code)

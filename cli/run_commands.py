@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cli.console import err, out, shown
+from cli.console import err, out, say_stopped, shown
 from common import interrupts
 from common.errors import HeuristError
 from common.events import LedgerEvent
@@ -56,7 +56,7 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
-        err.print(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}", markup=False)
+        say_stopped(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}")
         raise typer.Exit(interrupts.exit_code())
 
 
