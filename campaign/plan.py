@@ -28,7 +28,8 @@ class CampaignError(HeuristError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only, as a run's config: an `inf` budget was written to campaign.json as null, read back as none.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CampaignBudget(_Strict):

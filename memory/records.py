@@ -331,11 +331,13 @@ def unmarked(record):
     return copy.model_copy(update={"id": copy.default_id()})
 
 
-def as_imported(records: list) -> list:
+def as_imported(records: list, held_as: dict[str, str] | None = None) -> list:
     """``records`` of another store as this store adds them: every run and sighting they name marked as imported
     (``imported_name``), each id made again from the marked fields, and the links between them (a fix's failures,
-    a lesson's fixes) following the new ids. A link to a record outside ``records`` is kept as it is."""
-    renamed: dict[str, str] = {}
+    a lesson's fixes) following the new ids. ``held_as``: records of the file this store holds already under
+    another id (its own, back from another store: ``unmarked``), which links to them follow. A link to a record
+    outside both is kept as it is."""
+    renamed: dict[str, str] = dict(held_as or {})
     marked = []
     for record in records:
         update: dict = {"run_id": imported_name(record.run_id)}

@@ -509,7 +509,8 @@ class MemoryStore:
         origin = {i: unmarked(r).id for i, r in records.items()}
         found = {r.id for r in self.get(set(records) | set(origin.values()))}
         held = {i for i in records if i in found or origin[i] in found}
-        marked = as_imported([r for i, r in records.items() if i not in held])
+        held_as = {i: origin[i] for i in held if i not in found}  # links to them follow (a fix of another store's)
+        marked = as_imported([r for i, r in records.items() if i not in held], held_as)
         held_marked = {r.id for r in self.get([r.id for r in marked])}  # the same file imported before
         new = list({r.id: r for r in marked if r.id not in held_marked}.values())  # runs "x", "imported:x": one
         for start in range(0, len(new), PAGE):

@@ -96,30 +96,49 @@ def _search_seeds(incumbent: dict[int, float | None], iteration: int, n: int) ->
 
 
 class SearchScore(NamedTuple):
-    """How the offline search ranks a policy on its seeds, as the gate does: fewer failed episodes first (an episode
-    that completes where it failed is a gain whatever it returns), then the higher mean return of those completed.
-    A failure counted at a floor below the incumbent's returns (as before) ranked a candidate that crashed on 4 of 5
-    seeds above one that completed all 5 at lower returns, which the gate would have accepted."""
+    """How the offline search ranks a policy on its seeds against the incumbent's returns there, in the order the
+    gate decides (``roles.reviewer.statistical_gate``): fewer episodes that completed before and fail now; then what
+    the gate accepts outright, episodes that failed and now complete with the paired mean no lower, before a paired
+    gain alone, which a rank test must still find; then fewer failed episodes, the higher paired gain, the higher
+    mean of the completed ones. A failure counted at a floor below the incumbent's returns (as before) ranked a
+    candidate that crashed on 4 seeds of 5 above one that completed all 5 at lower returns, which the gate accepts;
+    and a mean over all seeds ranked a candidate that fixed one seed and lost on the others above one the gate
+    accepts."""
 
+    new_failures: int
+    tier: int  # 2: fixes with the paired mean no lower (the gate accepts), 1: a paired gain, 0: neither
     failed: int
+    gain: float  # the paired mean change on the seeds both completed (0 where none)
     mean: float  # over the completed episodes; -inf where none completed
 
     @property
-    def key(self) -> tuple[int, float]:
-        return (-self.failed, self.mean)
+    def key(self) -> tuple[int, int, int, float, float]:
+        return (-self.new_failures, self.tier, -self.failed, self.gain, self.mean)
 
     def __str__(self) -> str:
-        mean = "no episode completed" if self.failed and self.mean == -math.inf else f"{self.mean:.3f}"
-        return mean + (f" ({self.failed} failed)" if self.failed else "")
+        text = "no episode completed" if self.mean == -math.inf else f"{self.mean:.3f}"
+        if self.failed:
+            text += f" ({self.failed} failed)"
+        if self.new_failures:
+            text += f", {self.new_failures} of them completed before"
+        return text
 
     def plain(self) -> dict[str, float | int | None]:
         """As JSON has it (no infinity)."""
-        return {"failed": self.failed, "mean": None if self.mean == -math.inf else self.mean}
+        return {"failed": self.failed, "new_failures": self.new_failures, "paired_gain": self.gain,
+                "mean": None if self.mean == -math.inf else self.mean}
 
 
-def _score(per_seed: dict[int, float | None]) -> SearchScore:
+def _score(per_seed: dict[int, float | None], base: dict[int, float | None]) -> SearchScore:
+    """``per_seed``'s score against the incumbent's returns ``base`` on the same seeds."""
     completed = [r for r in per_seed.values() if r is not None]
-    return SearchScore(len(per_seed) - len(completed), float(np.mean(completed)) if completed else -math.inf)
+    new = sum(1 for s, r in per_seed.items() if r is None and base.get(s) is not None)
+    fixed = sum(1 for s, r in per_seed.items() if r is not None and base.get(s) is None)
+    deltas = [r - base[s] for s, r in per_seed.items() if r is not None and base.get(s) is not None]
+    gain = float(np.mean(deltas)) if deltas else 0.0
+    tier = 2 if fixed and not new and gain >= 0 else 1 if not new and gain > 0 else 0
+    return SearchScore(new, tier, len(per_seed) - len(completed), gain,
+                       float(np.mean(completed)) if completed else -math.inf)
 
 
 def _ranks(scores: list[SearchScore]) -> list[float]:
@@ -232,11 +251,11 @@ class Coder(Role[CoderInput, CoderOutput]):
         settings = ctx.config.search
         seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
         base = {s: data.incumbent[s] for s in seeds}
-        base_score = _score(base)
+        base_score = _score(base, base)
         key = settings.seed if settings.seed is not None else ctx.search_key
         seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
         start = lesson_start(data.recall, tunables)
-        best, evaluated, started_from = self._cma(data.policy_source, tunables, seeds, seed, base_score, ctx,
+        best, evaluated, started_from = self._cma(data.policy_source, tunables, seeds, seed, base, base_score, ctx,
                                                   start, ctx.task.target)
         evidence = {"seeds": seeds, "incumbent": base, "incumbent_score": base_score.plain(), "candidates": evaluated,
                     "lesson_start": started_from}
@@ -265,7 +284,7 @@ class Coder(Role[CoderInput, CoderOutput]):
         return out
 
     def _cma(self, source: str, tunables: list[Tunable], seeds: list[int], seed: int,
-             base_score: SearchScore, ctx: RoleContext, start: tuple[str, dict[str, float]] | None = None,
+             base: dict[int, float | None], base_score: SearchScore, ctx: RoleContext, start: tuple[str, dict[str, float]] | None = None,
              target: float | None = None,
              ) -> tuple[tuple[SearchScore, dict[str, float], dict[int, float | None]], int, str | None]:
         """CMA-ES over the tunables scaled to [0, 1]; the best (score, values, per-seed returns), how many ran, and
@@ -285,7 +304,7 @@ class Coder(Role[CoderInput, CoderOutput]):
         if start is not None:
             lesson_id, values = start
             [result] = scorer([apply_edit(source, Edit(kind="tunables", rationale="search", tunables=values))], seeds)
-            evaluated, score = 1, _score(result)
+            evaluated, score = 1, _score(result, base)
             ctx.decide(f"scored the settings of lesson {lesson_id}: {score} on seeds {seeds} (incumbent "
                        f"{base_score})", lesson=lesson_id, tunables=values, score=score.plain())
             if score.key > base_score.key:
@@ -307,7 +326,7 @@ class Coder(Role[CoderInput, CoderOutput]):
             sources = [apply_edit(source, Edit(kind="tunables", rationale="search", tunables=v)) for v in values]
             results = scorer(sources, seeds)
             evaluated += len(sources)
-            scores = [_score(r) for r in results]
+            scores = [_score(r, base) for r in results]
             es.tell(points, _ranks(scores))
             for score, value, result in zip(scores, values, results):
                 if best is None or score.key > best[0].key:

@@ -375,3 +375,51 @@ def test_only_a_plug_ins_own_failure_costs_its_part_and_heuristss_own_stop_the_r
     assert not role_failed(plug, OSError(errno.EROFS, "Read-only file system"))
     assert not role_failed(plug, LedgerError("cannot append to the ledger")) and not role_failed(plug, MemoryError())
     assert not role_failed(resolve("coder", "code"), ValueError("heurist's own bug"))
+
+
+CRASHES_BESIDE_OTHERS = '''
+import builtins
+from dataclasses import dataclass
+
+
+def tunable(default, low, high, doc):
+    return default
+
+
+@dataclass
+class Tunables:
+    care: float = tunable(0.1, 0.0, 1.0, "how careful (read only where it crashes)")
+
+
+STARTED = builtins.__dict__.setdefault("heurist_test_started", [])  # process-wide: the episodes beside this one
+
+
+class Policy:
+    def reset(self, seed):
+        self.p, self.seed = Tunables(), seed
+        STARTED.append(seed)
+
+    def act(self, obs, info):
+        if self.seed == 7 and len(STARTED) > 5 and self.p.care == 0.1:
+            raise RuntimeError("crashes only beside many others")
+        return int(obs[2] + 0.5 * obs[3] > 0)
+'''
+
+
+def test_a_failure_the_incumbent_does_not_repeat_is_not_credited_as_the_edits_fix(home):
+    """The incumbent crashes on seed 7 only beside other episodes; any edit of its tunable completes it. Before, the
+    gate credited the edit with fixing seed 7. Now verify runs the incumbent on seed 7 again (alone, it completes):
+    the failure was not the seed's, and the edit is not accepted for it."""
+    tmp, env = home
+    (tmp / "flaky.py").write_text(CRASHES_BESIDE_OTHERS)
+    (tmp / "run.toml").write_text('report = false\n[budget]\niterations = 1\n[eval]\nworkers = 1\nvideo = false\n'
+                                  'holdout = false\n[stages]\nsimplify = "simplifier"\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "flaky.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = Ledger(tmp / "run" / "ledger.jsonl").read()[0]
+    [iteration] = [r for r in records if r["event"] == "iteration"]
+    reasons = " ".join(iteration["verdict"]["reasons"])
+    assert iteration["accepted"] is False and "seeds [7] did not repeat" in reasons, reasons
+    rerun = [r for r in records if r["event"] == "eval_started" and r["seeds"] == [7]]
+    assert len(rerun) == 1  # the incumbent, on seed 7 alone

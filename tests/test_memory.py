@@ -170,12 +170,18 @@ def test_export_import_round_trip(tmp_path, store, embedder):
         assert {r.run_id for r in other.records()} == {"imported:run-a"}
         assert [r.seen_in for r in other.records() if r.type == "failure"] == [("imported:run-a:0",)]
         assert other.recall("ball passed the paddle", k=1).failures[0].fixes[0].fix.outcome == "accepted"
-        # Exported again and read back into the first store: marked once, and what that store holds is held.
+        # The other store's own run fixes the failure it imported; exported again and read back into the first
+        # store, which holds its own records as they were and takes the new fix, linked to its own failure.
+        [theirs] = [r for r in other.records() if r.type == "failure"]
+        other.add([fix([theirs.id], "accepted", 2, 9, run_id="run-b", rationale="lead the ball by two frames")])
         again = tmp_path / "again.jsonl"
         other.export(again)
     assert store.import_file(exported) == (0, 3)
-    assert store.import_file(again) == (0, 3)  # its own records back from the other store: held, not copied
-    assert {r.run_id for r in store.records()} == {"run-a"} and store.count() == 3
+    assert store.import_file(again) == (1, 3)  # its own records back from the other store: held, not copied
+    assert {r.run_id for r in store.records()} == {"run-a", "imported:run-b"} and store.count() == 4
+    fixes = store.recall("ball passed the paddle", k=1).failures[0].fixes
+    assert sorted(h.fix.rationale for h in fixes) == ["aim the paddle at the predicted landing point",
+                                                     "lead the ball by two frames"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(exported.read_text().splitlines()[0] + "\n" + '{"type": "failure", "run_id": "x"}\n')
     with pytest.raises(MemoryStoreError, match=r"bad.jsonl:2 is not a memory record"):

@@ -306,3 +306,31 @@ def test_search_values_keep_the_precision_of_the_span_and_whole_number_bounds():
     assert len(values) == 4
     whole = Tunable(name="n", default=1, low=0, high=2, doc="", integer=True)
     assert Coder._values([whole], np.array([1.9]))["n"] == 2.0
+
+
+def test_the_offline_search_proposes_what_the_gate_accepts_over_a_higher_mean_it_rejects(tmp_path):
+    """The incumbent scores 100 on seeds 0-3 and fails seed 4. A candidate completing seed 4 at 10 and keeping the
+    rest is what the gate accepts; one completing seed 4 at 500 but losing 10 on every other seed has the higher
+    mean and the gate rejects it (a paired loss). The search proposed the second whenever it met both."""
+    from roles.reviewer import statistical_gate
+    from roles.stages import ReviewInput
+
+    source = ONE_TUNABLE.format(field='x: float = tunable(0.1, 0.0, 1.0, "which")')
+    incumbent = {0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0, 4: None}
+    kept = {0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0, 4: 10.0}
+    lossy = {0: 90.0, 1: 90.0, 2: 90.0, 3: 90.0, 4: 500.0}
+
+    def returns(t):
+        return incumbent if t["x"] == 0.1 else kept if t["x"] < 0.5 else lossy
+
+    def gate(candidate):
+        return statistical_gate(ReviewInput(task="t", incumbent=incumbent, candidate=candidate, tests_passed=True),
+                                alpha=0.05, min_improvement=0.0).accept
+
+    assert gate(kept) and not gate(lossy)
+    proposed = []
+    for key in range(6):
+        out = _offline_coder(tmp_path / str(key), source, incumbent, returns, key=str(key))
+        assert out.edit is not None
+        proposed.append(out.edit.tunables["x"])
+    assert all(x < 0.5 for x in proposed), proposed  # never the candidate the gate rejects
