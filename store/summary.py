@@ -28,6 +28,15 @@ def _inert(text: str, limit: int = 160) -> str:
     return _MARKDOWN.sub(r"\\\1", text)
 
 
+def _failed(scored: dict[str, Any]) -> int:
+    """Dev episodes a scored policy failed (its per-seed return is None)."""
+    return sum(r is None for r in (scored.get("per_seed") or {}).values())
+
+
+def _failed_text(failed: int, episodes: int) -> str:
+    return f" (over {episodes - failed} of {episodes} episodes: {failed} failed)" if failed else ""
+
+
 def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, offline: bool, dev: list[int],
                   state: dict[str, Any], holdout: dict[str, Any] | None) -> dict[str, Any]:
     """``summary.json`` and ``summary.md`` for the final ``state``; ``dev`` are the dev seeds every mean is on."""
@@ -35,8 +44,11 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
     summary = {
         "run_id": run_id, "task": spec.id, "protocol": protocol, "target": spec.target,
         "offline": offline, "status": state.get("status"), "stop_reason": state.get("stop_reason"),
+        # Means over the episodes that completed, with how many failed: a mean that says nothing of them read as a
+        # policy at its ceiling when 16 of 20 episodes crashed.
         "dev": {"split": "dev", "seeds": dev, "episodes": len(dev), "start_mean": state["start"]["mean"],
-                "best_mean": state["incumbent"]["mean"]},
+                "start_failed": _failed(state["start"]), "best_mean": state["incumbent"]["mean"],
+                "best_failed": _failed(state["incumbent"])},
         "holdout": holdout, "iterations": state.get("iteration", 0),
         "accepted": sum(1 for h in history if h["accepted"]),
         "rejected": sum(1 for h in history if not h["accepted"]),
@@ -50,7 +62,9 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
              f"Task {spec.id}, protocol {protocol}, {'offline roles' if offline else 'model roles'}. "
              f"Stopped: {_inert(summary['stop_reason'] or '', 400)}.", "",
              f"- Dev split, seeds {dev[0]}..{dev[-1]} ({len(dev)} episodes): mean {score_text(summary['dev']['start_mean'])}"
-             f" at the start, {score_text(summary['dev']['best_mean'])} for the best policy (target {spec.target})."]
+             f"{_failed_text(summary['dev']['start_failed'], len(dev))} at the start, "
+             f"{score_text(summary['dev']['best_mean'])}{_failed_text(summary['dev']['best_failed'], len(dev))} for "
+             f"the best policy (target {spec.target})."]
     if holdout:
         lines.append(f"- Holdout split, seeds {holdout['seeds'][0]}..{holdout['seeds'][-1]} ({holdout['episodes']} "
                      f"episodes, evaluated once): mean {score_text(holdout['mean'])} ± {score_text(holdout['std'])}, "

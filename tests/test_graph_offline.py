@@ -423,3 +423,7 @@ def test_a_failure_the_incumbent_does_not_repeat_is_not_credited_as_the_edits_fi
     assert iteration["accepted"] is False and "seeds [7] did not repeat" in reasons, reasons
     rerun = [r for r in records if r["event"] == "eval_started" and r["seeds"] == [7]]
     assert len(rerun) == 1  # the incumbent, on seed 7 alone
+    # Its means are over the episodes that completed, and say so (a mean alone read as a policy at its ceiling).
+    summary = json.loads((tmp / "run" / "summary.json").read_text())["dev"]
+    assert summary["start_failed"] == summary["best_failed"] == 1
+    assert "(over 19 of 20 episodes: 1 failed) at the start" in (tmp / "run" / "summary.md").read_text()
