@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import time
-from typing import Annotated, Literal, Union
+from typing import Annotated, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -302,6 +302,7 @@ def fix_rank_key(fix: FixRecord, similarity: float | None = None) -> tuple:
             -(delta if delta is not None else float("-inf")),
             -(similarity if similarity is not None else 0.0))
 
+
 IMPORTED = "imported:"  # how a run of another store is named here: no run of this store's begins so
 
 
@@ -312,23 +313,27 @@ def imported_name(run_or_sighting: str) -> str:
     return run_or_sighting if run_or_sighting.startswith(IMPORTED) else IMPORTED + run_or_sighting
 
 
+def _original_name(run_or_sighting: str) -> str:
+    return run_or_sighting[len(IMPORTED):] if run_or_sighting.startswith(IMPORTED) else run_or_sighting
+
+
+def _runs_renamed(record, rename: Callable[[str], str]):
+    """``record`` with its run and every sighting or showing it names passed through ``rename``, checked again, and
+    its id made from the renamed fields."""
+    update: dict = {"run_id": rename(record.run_id)}
+    if isinstance(record, FailureRecord):
+        update["seen_in"] = tuple(rename(s) for s in record.seen_in)
+    if isinstance(record, LessonRecord):
+        update["recalled_in"] = tuple(rename(s) for s in record.recalled_in)
+        update["helped_in"] = tuple(rename(s) for s in record.helped_in)
+    copy = type(record).model_validate({**record.model_dump(), **update, "id": ""})
+    return copy.model_copy(update={"id": copy.default_id()})
+
+
 def unmarked(record):
     """``record`` as the store it was exported from held it, before an import marked its runs (``as_imported``):
     what a store's own records look like after a trip through another store and back."""
-    if not record.run_id.startswith(IMPORTED):
-        return record
-
-    def strip(value: str) -> str:
-        return value[len(IMPORTED):] if value.startswith(IMPORTED) else value
-
-    update: dict = {"run_id": strip(record.run_id)}
-    if isinstance(record, FailureRecord):
-        update["seen_in"] = tuple(strip(s) for s in record.seen_in)
-    if isinstance(record, LessonRecord):
-        update["recalled_in"] = tuple(strip(s) for s in record.recalled_in)
-        update["helped_in"] = tuple(strip(s) for s in record.helped_in)
-    copy = record.model_copy(update=update)
-    return copy.model_copy(update={"id": copy.default_id()})
+    return _runs_renamed(record, _original_name) if record.run_id.startswith(IMPORTED) else record
 
 
 def as_imported(records: list, held_as: dict[str, str] | None = None) -> list:
@@ -340,14 +345,7 @@ def as_imported(records: list, held_as: dict[str, str] | None = None) -> list:
     renamed: dict[str, str] = dict(held_as or {})
     marked = []
     for record in records:
-        update: dict = {"run_id": imported_name(record.run_id)}
-        if isinstance(record, FailureRecord):
-            update["seen_in"] = tuple(imported_name(s) for s in record.seen_in)
-        if isinstance(record, LessonRecord):
-            update["recalled_in"] = tuple(imported_name(s) for s in record.recalled_in)
-            update["helped_in"] = tuple(imported_name(s) for s in record.helped_in)
-        copy = type(record).model_validate({**record.model_dump(), **update, "id": ""})
-        copy = copy.model_copy(update={"id": copy.default_id()})
+        copy = _runs_renamed(record, imported_name)
         renamed[record.id] = copy.id
         marked.append(copy)
     linked = []

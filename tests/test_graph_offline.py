@@ -27,6 +27,16 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "graph.mmd"
 EXAMPLE_PLUGIN = Path(__file__).parent / "plugins"
 
 
+def run_once(tmp: Path, env: dict, config: str, policy: str = "weak.py") -> list[dict]:
+    """One offline run of ``policy`` (in ``tmp``) on CartPole with ``config`` (TOML) into ``tmp/run``, which must
+    end well; its ledger's records."""
+    (tmp / "run.toml").write_text(config)
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / policy, "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Ledger(tmp / "run" / "ledger.jsonl").read()[0]
+
+
 def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     tmp, env = home
     (tmp / "run.toml").write_text('[eval]\nepisodes = 10\n[search]\nseed = 3\n')  # a fixed search: same run each time
@@ -96,16 +106,13 @@ def test_the_log_parser_and_the_test_writer_are_replaced_by_plug_ins(home):
     plug-ins' failures reach memory and the plug-in's test is what verify runs."""
     tmp, env = home
     env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text('report = false\n[stages]\nanalyse = ["first_failures"]\n'
-                                  'test = "plugin_roles:CompletesTestWriter"\n[budget]\niterations = 1\n'
-                                  '[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
+    records = run_once(tmp, env, 'report = false\n[stages]\nanalyse = ["first_failures"]\n'
+                                 'test = "plugin_roles:CompletesTestWriter"\n[budget]\niterations = 1\n'
+                                 '[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
     recorder = TranscriptRecorder(tmp / "run")
     assert recorder.read(1, "completes_test_writer") and not recorder.read(1, "test_writer")
     assert not recorder.read(1, "log_parser")
-    [iteration] = [r for r in Ledger(tmp / "run" / "ledger.jsonl").read()[0] if r["event"] == "iteration"]
+    [iteration] = [r for r in records if r["event"] == "iteration"]
     written = iteration["tests_written"]
     assert "does_better_than_before" in written["tests/test_iteration_0001.py"]
     assert all(name == "tests/test_iteration_0001.py" or name.startswith("tests/test_scenarios_0001")
@@ -341,13 +348,10 @@ def test_a_reviewer_whose_answer_is_no_verdict_refuses_the_edit_and_the_run_goes
     transcript, and a refusal."""
     tmp, env = home
     env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text('report = false\n[stages]\nreview = ["reviewer", "hostile_roles:SaysNoAsText", '
-                                  '"hostile_roles:Raises"]\n[budget]\niterations = 1\n'
-                                  '[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
-    [iteration] = [r for r in Ledger(tmp / "run" / "ledger.jsonl").read()[0] if r["event"] == "iteration"]
+    records = run_once(tmp, env, 'report = false\n[stages]\nreview = ["reviewer", "hostile_roles:SaysNoAsText", '
+                                 '"hostile_roles:Raises"]\n[budget]\niterations = 1\n'
+                                 '[eval]\nepisodes = 5\nvideo = false\nholdout = false\n')
+    [iteration] = [r for r in records if r["event"] == "iteration"]
     assert iteration["accepted"] is False
     reasons = " ".join(iteration["verdict"]["reasons"])
     assert iteration["verdict"]["by_role"]["says_no_as_text"]["accept"] is False
@@ -412,12 +416,8 @@ def test_a_failure_the_incumbent_does_not_repeat_is_not_credited_as_the_edits_fi
     the failure was not the seed's, and the edit is not accepted for it."""
     tmp, env = home
     (tmp / "flaky.py").write_text(CRASHES_BESIDE_OTHERS)
-    (tmp / "run.toml").write_text('report = false\n[budget]\niterations = 1\n[eval]\nworkers = 1\nvideo = false\n'
-                                  'holdout = false\n[stages]\nsimplify = "simplifier"\n')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "flaky.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = Ledger(tmp / "run" / "ledger.jsonl").read()[0]
+    records = run_once(tmp, env, 'report = false\n[budget]\niterations = 1\n[eval]\nworkers = 1\nvideo = false\n'
+                                 'holdout = false\n', policy="flaky.py")
     [iteration] = [r for r in records if r["event"] == "iteration"]
     reasons = " ".join(iteration["verdict"]["reasons"])
     assert iteration["accepted"] is False and "seeds [7] did not repeat" in reasons, reasons
