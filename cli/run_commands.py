@@ -221,8 +221,12 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
               f"{run_status(run_dir)}", highlight=False)
     if started and started.dev_seeds:
         seeds = started.dev_seeds
+        start = started.start if isinstance(started.start, dict) else {}
+        per_seed = start.get("per_seed") if isinstance(start.get("per_seed"), dict) else {}
+        failed = sum(r is None for r in per_seed.values())  # the mean is over the episodes that completed
         out.print(f"dev split, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} episodes); starting dev mean "
-                  f"{score_text(started.start.get('mean') if isinstance(started.start, dict) else None)}",
+                  f"{score_text(start.get('mean'))}" + (f" over {len(per_seed) - failed} of {len(per_seed)} "
+                                                        f"episodes ({failed} failed)" if failed else ""),
                   highlight=False)
     table = Table(title="iterations")
     for column in ("#", "verdict", "dev mean before", "candidate", "edit", "reason"):

@@ -7,8 +7,9 @@ from typing import Any
 
 from common.errors import PolicyError
 from envs.contract import check_policy_source, seed_special_cases
-from graph.context import Services
+from graph.context import Services, per_seed
 from graph.state import Candidate, CodeOutcome
+from roles.coder import search_score
 from roles.edits import Edit, apply_edit, diff_summary, unified_diff
 from roles.stages import FailureFinding
 
@@ -51,10 +52,13 @@ def checked(s: Services, incumbent_commit: str, edit: Edit) -> tuple[Candidate |
     return {"source": candidate, "diff": diff, "summary": diff_summary(diff)}, None
 
 
-def ranked_candidates(s: Services, incumbent_commit: str,
+def ranked_candidates(s: Services, incumbent_commit: str, incumbent: dict[int, float | None],
                       proposals: dict[str, CodeOutcome]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every side-by-side proposal checked and scored on the dev seeds, best first (fewest failed episodes,
-    then highest mean, then the earlier branch), as {"coder", "candidate", "name"}; and why the others fell."""
+    """Every side-by-side proposal checked and scored on the dev seeds, best first in the gate's order against the
+    incumbent (``roles.coder.search_score``: the offline search's order; then the earlier branch), as {"coder",
+    "candidate", "name"}; and why the others fell. Ranked by failures and mean alone, a candidate that lost on every
+    other seed to complete a failed one went to the gate, and was rejected, before one the gate accepts.
+    ``incumbent``: its returns by dev seed, as the gate reads them."""
     ranked, notes, seen = [], [], {}
     for key in sorted(proposals, key=int):
         out, name = proposals[key], f"candidate {int(key) + 1}"
@@ -70,8 +74,7 @@ def ranked_candidates(s: Services, incumbent_commit: str,
             continue
         seen[candidate["source"]] = name
         result = s.evaluate_cached(s.candidate_file(candidate["source"]))
-        failed = sum(e.status != "ok" for e in result.episodes)
-        mean = result.stats.mean if result.stats else float("-inf")
-        ranked.append(((-failed, mean, -int(key)), {"coder": out, "candidate": candidate, "name": name}))
+        ranked.append(((search_score(per_seed(result), incumbent).key, -int(key)),
+                       {"coder": out, "candidate": candidate, "name": name}))
     ranked.sort(key=lambda r: r[0], reverse=True)
     return [r[1] for r in ranked], notes

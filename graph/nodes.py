@@ -44,10 +44,10 @@ from graph.workbench import RunWorkbench
 from memory.lessons import distil, teaches, template_statement
 from memory.records import FailureRecord, FixRecord, Recall, ScenarioRecord
 from roles.base import Role, RoleOutputError, answer
-from roles.registry import BUILT_IN
 from roles.edits import Edit, unified_diff
 from roles.lesson_writer import general_line
 from roles.llm_usage import BudgetSpent, LLMError
+from roles.registry import BUILT_IN
 from roles.stages import (
     AnalyseInput,
     CoderInput,
@@ -282,7 +282,7 @@ class Nodes:
         gate, the others wait best first (``next_candidate``) in case it is rejected."""
         s = self.s
         proposals = state.get("proposals") or {}
-        ranked, notes = ranked_candidates(s, state["incumbent"]["commit"], proposals)
+        ranked, notes = ranked_candidates(s, state["incumbent"]["commit"], seeds_of(state["incumbent"]), proposals)
         if not ranked:
             return {"coder": {"edit": None, "reason": "; ".join(notes) or "no candidate",
                               # a model failure only if no branch got an answer from it
@@ -383,16 +383,6 @@ class Nodes:
             raise HeuristError("the candidate scored is not the candidate the check accepted; the run stops "
                                "rather than commit bytes it did not score")
         candidate = s.policy_under_test(source, result)
-        # Episodes the incumbent failed that the candidate completes are a fix the gate credits whatever they
-        # return: the incumbent runs them once more (cached per seed list, so a node run twice runs them once), and
-        # one that completes now was a failure by chance, not the edit's fix (a policy that crashed one episode in
-        # 40 had an edit of unused tunables accepted for "now completing" two seeds).
-        fixed = sorted(seed for seed, r in per_seed(result).items() if r is not None and seed in seeds_of(incumbent)
-                       and seeds_of(incumbent)[seed] is None)
-        by_chance: dict[str, float] = {}
-        if fixed:
-            again = s.evaluate_cached(s.candidate_file(s.workspace.source_at(incumbent["commit"])), seeds=fixed)
-            by_chance = {str(seed): r for seed, r in per_seed(again).items() if r is not None}
         accepted = s.workspace.tests_at(incumbent["commit"])
         new = state.get("tests") or {}
         jobs = [(name, text, candidate) for name, text in {**accepted, **new}.items()]
@@ -420,7 +410,7 @@ class Nodes:
         return {"verification": {**previous, "tests_passed": passed, "tests_report": report[-3000:],
                                  "tests_reason": "; ".join(f"{r.name}: {r.reason}" for r in old_failed)[:1000],
                                  "test_files": files, "new_tests": new_tests,
-                                 "candidate": scored("", result), "incumbent_by_chance": by_chance}}
+                                 "candidate": scored("", result)}}
 
     # ------------------------------------------------------------------ 8. review
 
@@ -429,9 +419,7 @@ class Nodes:
         verification = state["verification"]
         diff = state["candidate"]["diff"] + "".join(
             unified_diff("", source, name) for name, source in state["tests"].items())
-        # Failures of the incumbent that did not repeat count as its returns, run again (verify): not as fixes.
-        by_chance = {int(seed): r for seed, r in (verification.get("incumbent_by_chance") or {}).items()}
-        data = ReviewInput(task=s.spec.id, incumbent={**seeds_of(state["incumbent"]), **by_chance},
+        data = ReviewInput(task=s.spec.id, incumbent=seeds_of(state["incumbent"]),
                            candidate=seeds_of(verification["candidate"]), tests_passed=verification["tests_passed"],
                            tests_report=verification["tests_report"], diff=diff,
                            rationale=state["coder"]["edit"]["rationale"])
@@ -451,9 +439,6 @@ class Nodes:
             verdicts[reviewer.name] = verdict
             accept = accept and verdict["accept"]
             reasons += verdict["reasons"]
-        if by_chance:
-            reasons.append(f"the incumbent's failures on seeds {sorted(by_chance)} did not repeat when it ran them "
-                           f"again (the policy is not deterministic there): they count as its returns, not as fixes")
         if "test_writer_error" in verification:
             reasons.append(f"the test writer wrote no test: {verification['test_writer_error']}")
         for name, decision in (verification.get("new_tests") or {}).items():

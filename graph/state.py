@@ -68,9 +68,6 @@ class Verification(TypedDict, total=False):
     test_files: dict[str, FileVerdict]
     new_tests: dict[str, NewTestDecision]
     test_writer_error: str  # the test stage failed on the model: no new test this iteration
-    # The incumbent's failed episodes the candidate completes, run again on the incumbent: those it completed then
-    # (dev seed as a string -> return), which the gate counts as its returns, not as the edit's fixes.
-    incumbent_by_chance: dict[str, float]
 
 
 class Verdict(TypedDict):

@@ -129,7 +129,7 @@ class SearchScore(NamedTuple):
                 "mean": None if self.mean == -math.inf else self.mean}
 
 
-def _score(per_seed: dict[int, float | None], base: dict[int, float | None]) -> SearchScore:
+def search_score(per_seed: dict[int, float | None], base: dict[int, float | None]) -> SearchScore:
     """``per_seed``'s score against the incumbent's returns ``base`` on the same seeds."""
     completed = [r for r in per_seed.values() if r is not None]
     new = sum(1 for s, r in per_seed.items() if r is None and base.get(s) is not None)
@@ -251,7 +251,7 @@ class Coder(Role[CoderInput, CoderOutput]):
         settings = ctx.config.search
         seeds = _search_seeds(data.incumbent, ctx.iteration, settings.episodes)
         base = {s: data.incumbent[s] for s in seeds}
-        base_score = _score(base, base)
+        base_score = search_score(base, base)
         key = settings.seed if settings.seed is not None else ctx.search_key
         seed = int(hashlib.sha256(f"{key}:{ctx.iteration}".encode()).hexdigest()[:8], 16)
         start = lesson_start(data.recall, tunables)
@@ -261,10 +261,10 @@ class Coder(Role[CoderInput, CoderOutput]):
                     "lesson_start": started_from}
         score, values, result = best
         evidence.update(best_score=score.plain(), best=result, best_tunables=values)
-        if score.key <= base_score.key:
+        if score.key <= base_score.key or score.tier == 0:  # tier 0: the gate would reject it, whatever it beat
             out = CoderOutput(edit=None, search=evidence,
-                              reason=f"no CMA-ES candidate of {evaluated} beat the incumbent on seeds {seeds} "
-                                     f"({score} vs {base_score})")
+                              reason=f"no CMA-ES candidate of {evaluated} beat the incumbent on seeds {seeds} as the "
+                                     f"gate judges ({score} vs {base_score})")
             ctx.decide(out.reason)
             return out
         # Per seed as the gate sees it: an episode that completes where it failed is improved, whatever it returns.
@@ -304,7 +304,7 @@ class Coder(Role[CoderInput, CoderOutput]):
         if start is not None:
             lesson_id, values = start
             [result] = scorer([apply_edit(source, Edit(kind="tunables", rationale="search", tunables=values))], seeds)
-            evaluated, score = 1, _score(result, base)
+            evaluated, score = 1, search_score(result, base)
             ctx.decide(f"scored the settings of lesson {lesson_id}: {score} on seeds {seeds} (incumbent "
                        f"{base_score})", lesson=lesson_id, tunables=values, score=score.plain())
             if score.key > base_score.key:
@@ -326,7 +326,7 @@ class Coder(Role[CoderInput, CoderOutput]):
             sources = [apply_edit(source, Edit(kind="tunables", rationale="search", tunables=v)) for v in values]
             results = scorer(sources, seeds)
             evaluated += len(sources)
-            scores = [_score(r, base) for r in results]
+            scores = [search_score(r, base) for r in results]
             es.tell(points, _ranks(scores))
             for score, value, result in zip(scores, values, results):
                 if best is None or score.key > best[0].key:

@@ -410,20 +410,18 @@ class Policy:
 '''
 
 
-def test_a_failure_the_incumbent_does_not_repeat_is_not_credited_as_the_edits_fix(home):
-    """The incumbent crashes on seed 7 only beside other episodes; any edit of its tunable completes it. Before, the
-    gate credited the edit with fixing seed 7. Now verify runs the incumbent on seed 7 again (alone, it completes):
-    the failure was not the seed's, and the edit is not accepted for it."""
+def test_a_failure_the_edit_removes_where_it_was_measured_is_credited_and_means_say_what_failed(home):
+    """The incumbent crashes on seed 7 only beside other episodes (process-wide state), in every dev evaluation;
+    any edit of its tunable removes the crash. That is a fix where it was measured, and the gate credits it (a recheck
+    of seed 7 alone, tried and withdrawn the same day, called it chance and rejected the fix for ever). The run
+    goes on while seed 7 fails, though the others are at the maximum, and its summary says how many failed."""
     tmp, env = home
     (tmp / "flaky.py").write_text(CRASHES_BESIDE_OTHERS)
-    records = run_once(tmp, env, 'report = false\n[budget]\niterations = 1\n[eval]\nworkers = 1\nvideo = false\n'
+    records = run_once(tmp, env, 'report = false\n[budget]\niterations = 2\n[eval]\nworkers = 1\nvideo = false\n'
                                  'holdout = false\n', policy="flaky.py")
     [iteration] = [r for r in records if r["event"] == "iteration"]
-    reasons = " ".join(iteration["verdict"]["reasons"])
-    assert iteration["accepted"] is False and "seeds [7] did not repeat" in reasons, reasons
-    rerun = [r for r in records if r["event"] == "eval_started" and r["seeds"] == [7]]
-    assert len(rerun) == 1  # the incumbent, on seed 7 alone
-    # Its means are over the episodes that completed, and say so (a mean alone read as a policy at its ceiling).
+    assert iteration["accepted"] is True and "now complete on seeds [7]" in " ".join(iteration["verdict"]["reasons"])
     summary = json.loads((tmp / "run" / "summary.json").read_text())["dev"]
-    assert summary["start_failed"] == summary["best_failed"] == 1
+    assert summary["start_failed"] == 1 and summary["best_failed"] == 0
     assert "(over 19 of 20 episodes: 1 failed) at the start" in (tmp / "run" / "summary.md").read_text()
+    assert "over 19 of 20 episodes (1 failed)" in heurist(env, "show", tmp / "run").stdout

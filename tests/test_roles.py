@@ -281,12 +281,13 @@ def test_the_offline_search_takes_one_tunable(tmp_path):
 
 
 def test_the_offline_search_ranks_fewer_failures_first_as_the_gate_does(tmp_path):
-    """A failure was counted at a floor below the incumbent's completed returns: a candidate completing every seed at
-    107 ranked below the incumbent crashing on 4 of 5 (and 499 on the fifth), though the gate accepts it."""
+    """A failure was counted at a floor below the incumbent's completed returns: a candidate keeping 499 on seed 0
+    and completing the other four at 107 ranked below the incumbent crashing on those four, though the gate accepts
+    it (failed episodes now complete, the paired mean no lower)."""
     source = ONE_TUNABLE.format(field='guard: float = tunable(0.1, 0.0, 1.0, "how careful")')
 
     def returns(t):
-        return {s: 107.0 for s in range(5)} if t["guard"] >= 0.3 else {0: 499.0, **{s: None for s in range(1, 5)}}
+        return {0: 499.0, **{s: (107.0 if t["guard"] >= 0.3 else None) for s in range(1, 5)}}
 
     out = _offline_coder(tmp_path, source, returns({"guard": 0.1}), returns)
     assert out.edit is not None and out.edit.tunables["guard"] >= 0.3, out.reason
