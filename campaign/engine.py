@@ -210,9 +210,8 @@ class Driver:
         if not ray.is_initialized():
             check_address(self.address)
             try:
-                ours = interrupts.handlers()
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-                interrupts.reclaim(ours)  # Ray's own SIGTERM handler would skip the stop below and its record
+                with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise CampaignError(f"cannot reach Ray at {self.address or 'this machine'} "
                                     f"({' '.join(str(exc).split())[:200]}); check --address or RAY_ADDRESS, and "

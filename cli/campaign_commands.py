@@ -33,6 +33,10 @@ def _drive(directory: Path, address: Optional[str], max_concurrent: Optional[int
         status = driver.run()
     out.print(f"campaign {status}: {directory}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"status: heurist campaign status {directory}", highlight=False, markup=False, soft_wrap=True)
+    from common import interrupts
+
+    if interrupts.received.is_set():  # stopped by Ctrl-C, SIGTERM or SIGHUP: said as every command says it
+        raise typer.Exit(interrupts.exit_code())
 
 
 @campaign_app.command("start")

@@ -8,6 +8,7 @@ the terminal whatever printed it.
 """
 
 import io
+import os
 import sys
 from typing import Any
 
@@ -16,9 +17,27 @@ from rich.markup import escape
 
 from common.safe_text import one_line, printable, redact
 
+
+class _Console(Console):
+    """Rich's console, but a reader gone is no reason to stop heurist."""
+
+    def on_broken_pipe(self) -> None:
+        """The pipe's reader is gone (`heurist ... | tee LOG` stopped with heurist by a group's SIGTERM): what this
+        console prints from now on goes nowhere, and the command goes on (a stop still recorded, its exit status its
+        own). Rich's default raises SystemExit(1) wherever the print was, in the middle of recording a stop."""
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.file.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            os.close(devnull)
+
+
 # Piped output is read by grep and scripts: never truncate a task id to fit 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200, emoji=False)
-err = Console(stderr=True, emoji=False)
+out = _Console(width=None if sys.stdout.isatty() else 200, emoji=False)
+err = _Console(stderr=True, emoji=False)
 
 
 def shown(text: Any) -> str:

@@ -78,6 +78,24 @@ def reclaim(before: dict[int, Any]) -> None:
             signal.signal(signum, on_stop_signal)
 
 
+@contextmanager
+def library_init() -> Iterator[None]:
+    """Around a call that installs a SIGTERM handler of its own at its start and runs on for seconds (``ray.init``:
+    ``sys.exit(signum)``): a SIGTERM meanwhile is taken as heurist's stop, and heurist's handlers are back after it,
+    whether the call returned or raised."""
+    before = handlers()
+    try:
+        yield
+    except SystemExit as exc:
+        if before.get(signal.SIGTERM) is on_stop_signal and exc.code == signal.SIGTERM:
+            received.set()
+            stopped_by.append(signal.SIGTERM)
+            raise KeyboardInterrupt("stopped by SIGTERM") from None
+        raise
+    finally:
+        reclaim(before)
+
+
 def handlers() -> dict[int, Any]:
     """The stop signals' handlers now, for ``reclaim``."""
     return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
@@ -87,8 +105,8 @@ def handlers() -> dict[int, Any]:
 def remembering() -> Iterator[None]:
     """``on_sigint`` as this process's SIGINT handler for the block, unless SIGINT is ignored or handled by someone
     else (a process started to ignore Ctrl-C keeps ignoring it), and ``on_stop_signal`` for SIGTERM and SIGHUP where
-    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were and
-    nothing remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
+    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were (SIGTERM
+    and SIGHUP ignored instead, where one of them stopped the block: the process is ending) and nothing remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
     gets that process back as it was, so a simulated Ctrl-C there later is not remembered for ever."""
     main = threading.current_thread() is threading.main_thread()
     ours = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -102,9 +120,13 @@ def remembering() -> Iterator[None]:
     finally:
         if ours and signal.getsignal(signal.SIGINT) is on_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        # After a stop signal was taken, another one (systemd and `timeout` may send a second) is ignored rather than
+        # given its default action: the process is ending, and what it does at its exit (closing its fork servers,
+        # Ray's shutdown) would be cut short. A caller of ``cli.main.main`` in a process of its own sets them back.
+        after = signal.SIG_IGN if any(s in STOP_SIGNALS for s in stopped_by) else signal.SIG_DFL
         for signum in taken:
             if signal.getsignal(signum) is on_stop_signal:
-                signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signum, after)
         if ours or taken:
             received.clear()
             stopped_by.clear()

@@ -66,6 +66,7 @@ import traceback
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from common import interrupts
 from envs.limited import ended_children
 
 MAX_MESSAGE = 1 << 16
@@ -374,7 +375,9 @@ def start_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, 
         try:
             return server.spawn(module, argv, env, cwd, log_fd, pass_fds)
         except ForkServerFailed as exc:
-            if ForkServer.give_up(server):
+            # Said unless heurist is stopping: a stop signal sent to the whole group ends the fork server too, and
+            # that is no failure worth a line.
+            if ForkServer.give_up(server) and not interrupts.received.is_set():
                 print(f"heurist: the fork server of {warm.name} processes failed ({exc}); each {warm.name} process "
                       f"now starts its own Python", file=sys.stderr)
     # The fork server's flags: -P (the working folder is never on the import path), and the kind's own.

@@ -76,9 +76,8 @@ def connect(address: str | None) -> None:
         raise RayBackendError(f"cannot reach a Ray cluster at {address} ({why}) for eval.backend = \"ray\"; check "
                               f"eval.ray_address (--ray-address) or RAY_ADDRESS")
     try:
-        ours = interrupts.handlers()
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        interrupts.reclaim(ours)  # Ray makes SIGTERM a sys.exit: heurist's records the interruption first
+        with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayBackendError(f"cannot reach Ray at {address or 'this machine'} ({' '.join(str(exc).split())[:200]}) "
                               f"for eval.backend = \"ray\"; check eval.ray_address or RAY_ADDRESS, and RAY_AUTH_TOKEN "

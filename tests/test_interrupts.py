@@ -190,3 +190,39 @@ def test_a_library_that_takes_sigterm_gives_it_back_to_heurist():
         interrupts.reclaim(ours)
         assert signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_stop_signal_during_a_librarys_start_and_after_the_stop_is_heurists():
+    """ray.init installs its SIGTERM handler (sys.exit(15)) at its start and runs on for seconds: a SIGTERM then
+    ended heurist with status 15, saying nothing. And a second SIGTERM while heurist ends (closing its fork servers,
+    Ray's shutdown) killed it at once: after a stop signal, the stop signals are ignored."""
+    import signal
+
+    import pytest
+
+    with interrupts.remembering():
+        with pytest.raises(KeyboardInterrupt, match="stopped by SIGTERM"):
+            with interrupts.library_init():
+                signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as ray.init does at its start
+                raise SystemExit(signal.SIGTERM)  # what its handler does on a SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal and interrupts.exit_code() == 143
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_a_reader_gone_does_not_stop_heurist(tmp_path):
+    """`heurist run ... | tee LOG` stopped by a group's SIGTERM kills tee too: rich answered the broken pipe with
+    SystemExit(1) wherever it printed, in a campaign's stop before its runs' ends were recorded."""
+    import os
+
+    from cli.console import _Console
+
+    read, write = os.pipe()
+    os.close(read)
+    console = _Console(file=os.fdopen(write, "w"), emoji=False)
+    console.print("interrupted; nothing recorded is lost")  # EPIPE: before, SystemExit(1)
+    console.print("and on")
+    assert console.quiet
