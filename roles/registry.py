@@ -133,7 +133,7 @@ def resolve(name_or_path: str, stage: Stage) -> Role:
     try:
         return cls()
     except (Exception, SystemExit) as exc:  # a plug-in whose __init__ fails: named, never heurist's crash
-        raise RoleError(f"role {cls.name} ({name_or_path}) failed to start: {_why(exc, "as it started")}; fix the role") from None
+        raise RoleError(f"role {cls.name} ({name_or_path}) failed to start: {_why(exc, 'as it started')}; fix the role") from None
 
 
 def stage_roles(stages: StageRoles, require_facts: bool = True) -> dict[Stage, list[Role]]:
