@@ -66,7 +66,6 @@ import traceback
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from common import interrupts
 from envs.limited import ended_children
 
 MAX_MESSAGE = 1 << 16
@@ -376,7 +375,10 @@ def start_process(module: str, argv: list[str], env: dict[str, str], cwd: Path, 
             return server.spawn(module, argv, env, cwd, log_fd, pass_fds)
         except ForkServerFailed as exc:
             # Said unless heurist is stopping: a stop signal sent to the whole group ends the fork server too, and
-            # that is no failure worth a line.
+            # that is no failure worth a line. Imported here, not at the top: every fork server imports this module
+            # at its start, and common.interrupts brings concurrent.futures (6 ms) it never uses.
+            from common import interrupts
+
             if ForkServer.give_up(server) and not interrupts.received.is_set():
                 print(f"heurist: the fork server of {warm.name} processes failed ({exc}); each {warm.name} process "
                       f"now starts its own Python", file=sys.stderr)
