@@ -427,6 +427,7 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, TaskSpec] = {}
         self._sources: dict[str, str] = {}
+        self._paths: dict[str, str] = {}  # module:attr -> the id of the task it gave (it is loaded once)
 
     def register(self, spec: TaskSpec, source: str = "heurist") -> None:
         if not isinstance(spec, TaskSpec):
@@ -439,9 +440,12 @@ class TaskRegistry:
     def get(self, task_id: str) -> TaskSpec:
         if task_id in self._specs:
             return self._specs[task_id]
+        if task_id in self._paths:  # a module:attr asked again (a run reads it at start and at each resume)
+            return self._specs[self._paths[task_id]]
         if ":" in task_id and "/" not in task_id:
             spec = _load_spec_path(task_id)
             self.register(spec, source=task_id)
+            self._paths[task_id] = spec.id
             return spec
         by_case = {t.lower(): t for t in self._specs}
         close = [t for t in self._specs if task_id.lower() in t.lower()][:3]

@@ -28,7 +28,6 @@ from common.formatting import cost_text
 from common.ledger import Ledger
 from envs.complexity import complexity
 from envs.results import EvalResult
-from envs.tasks import get_task
 from report.views import (
     ClipView,
     Commit,
@@ -44,7 +43,7 @@ from report.views import (
     ReportData,
     RoleTranscript,
 )
-from store.rundir import RunRecord, memory_config, read_record, run_status
+from store.rundir import RunRecord, memory_config, read_record, run_status, run_task
 from store.transcripts import (
     AgentTurn,
     Decision,
@@ -325,7 +324,7 @@ def gather(run_dir: Path) -> ReportData:
     """Everything the report shows, from the run directory and the memory store it names."""
     run_dir = Path(run_dir).resolve()
     record = read_record(run_dir)
-    spec = get_task(record.task)
+    spec = run_task(record)
     records, torn = read_events(Ledger(run_dir / "ledger.jsonl"))
     records = [r for r in records if getattr(r, "run_id", record.run_id) == record.run_id]
     started = next((r for r in records if isinstance(r, RunStarted)), None)

@@ -35,7 +35,8 @@ from roles.registry import stage_roles, unmet_facts
 from runner.report_child import ReportFailed, rebuild, warm_up
 from store.active_time import ActiveTime
 from store.config import RunConfig
-from store.rundir import WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, storage_failure
+from store.rundir import (WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, run_task,
+                          storage_failure)
 from store.scalars import run_rows, write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
 from store.wandb_log import by_index, log_scalars
@@ -61,7 +62,7 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     config = RunConfig.model_validate(record.config)
     for name in config.llm.key_variables():  # whatever their names, the keys are never recorded
         also_secret(name)
-    spec = get_task(record.task)
+    spec = run_task(record)
     if not record.offline and not config.eval.allow_unconfined and not filesystem_confined():
         raise RunError("model-written code would run without a confined file system here (bubblewrap is missing "
                        "or cannot make namespaces; `heurist doctor` says which): install bubblewrap, or set "

@@ -36,7 +36,7 @@ from common.ledger import Ledger
 from common.locks import exclusive, held
 from common.paths import heurist_home
 from envs.contract import check_policy_file, policy_sha256
-from envs.tasks import get_task
+from envs.tasks import TaskSpec, get_task
 from memory.store import MemoryConfig
 from policies import starter_policy
 from store.config import RunConfig
@@ -96,6 +96,18 @@ class RunRecord(BaseModel):
     # Runs made before (1) kept a kit in the workspace and ran the policy inside the tests; their accepted
     # tests may use what the kit no longer offers, so they are not resumed.
     workspace_format: int = 1
+
+
+def run_task(record: RunRecord) -> TaskSpec:
+    """The task a run is on, looked up as the run was told it. ``record.task`` is the task's id, which names a task
+    of one's own (``module:attr``) only in a process that has loaded it: a resume or a report in a new process
+    asks for it by the name it was started with."""
+    named = record.config.get("task")
+    spec = get_task(named if isinstance(named, str) and named else record.task)
+    if spec.id != record.task:
+        raise RunError(f"{named} now gives the task {spec.id}, but the run is on {record.task}; restore the module "
+                       f"the run was started with, or start a new run")
+    return spec
 
 
 def memory_config(record: RunRecord, run_dir: Path) -> MemoryConfig:

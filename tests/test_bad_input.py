@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from envs.tasks import registry
 from policies import POLICY_DIR
 
 CARTPOLE = str(POLICY_DIR / "cartpole.py")
@@ -227,6 +228,21 @@ def test_foreign_directories_are_never_touched(workdir, monkeypatch, capsys):
                     ["report", "foreign"], ["replay", "foreign"]):
         assert cli(monkeypatch, capsys, *command)[0] == 2
     assert {p: p.read_bytes() for p in Path(workdir / "foreign").rglob("*") if p.is_file()} == before
+
+
+def test_a_run_on_a_task_of_ones_own_resumes_and_reports_in_a_new_process(workdir, monkeypatch, capsys):
+    """run.json names a run's task by its id, which a task given as module:attr has only in a process that loaded
+    it: a resume (after a crash, say) or a report in a new process stopped at "unknown task". They now ask for it
+    by the name the run was started with."""
+    (workdir / "quiet.toml").write_text('report = false\n[budget]\nstop_when = "never"\n')
+    code, _, stderr = cli(monkeypatch, capsys, "run", "--env", "tests.stall_then_fall:TASK", "--config", "quiet.toml",
+                          "--iterations", "1", "--run-dir", "run", "--no-progress")
+    assert code == 0, stderr
+    for command in (["report", "run"], ["resume", "run", "--no-progress"], ["show", "run"]):
+        registry.cache_clear()  # what a new process knows: the built-in tasks alone
+        code, stdout, stderr = cli(monkeypatch, capsys, *command)
+        assert code == 0, stderr
+    assert (workdir / "run" / "report" / "index.html").is_file() and "StallThenFall-v0" in stdout
 
 
 def test_what_eval_prints_of_a_plug_in_task_is_shown_not_interpreted(workdir, monkeypatch, capsys):

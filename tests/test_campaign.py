@@ -81,6 +81,9 @@ def test_suites_modes_and_repeats_plan_every_run():
     # A family with one mode is planned once whatever the modes; an id that names its mode is kept as it is.
     kept = plan_runs(CampaignSpec(name="k", tasks=["CartPole-v1", "ALE/Breakout-ram-v5"], modes=["ram"]), "test")
     assert [r.task for r in kept] == ["CartPole-v1", "ALE/Breakout-ram-v5"]
+    # A task of one's own, which planning looks up several times (it was "registered twice" at the second).
+    own = plan_runs(CampaignSpec(name="o", tasks=["tests.stall_then_fall:TASK"], repeats=2), "test")
+    assert [r.key for r in own] == ["tests-stall-then-fall-task-r0", "tests-stall-then-fall-task-r1"]
 
 
 def test_shares_never_add_up_past_the_campaign_budget():

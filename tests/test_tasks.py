@@ -132,6 +132,8 @@ from envs.tasks import FailureRules, TaskSpec
 SPEC = TaskSpec(id="MyPole-v0", gym_id="CartPole-v1", family="custom", description="a user's task",
                 target=100.0, failure_rules=FailureRules(termination="failure"))
 NOT_A_SPEC = {"id": "nope"}
+SAME_ID = TaskSpec(id="MyPole-v0", gym_id="CartPole-v1", family="custom", description="another task of that id",
+                   failure_rules=FailureRules(termination="failure"))
 '''
 
 
@@ -151,6 +153,17 @@ def test_module_attr_task_path(plugin_module):
         reg.get("my_heurist_plugin:NOT_A_SPEC")
     with pytest.raises(TaskError, match="cannot load task"):
         reg.get("my_heurist_plugin:MISSING")
+
+
+def test_a_module_attr_task_asked_again_is_the_same_task(plugin_module):
+    """Asked a second time in one process (a campaign checks each task several times as it plans), a module:attr
+    task was "registered twice" and refused. It is the task loaded the first time; another path that gives the same
+    id is still refused."""
+    reg = build_registry()
+    first = reg.get("my_heurist_plugin:SPEC")
+    assert reg.get("my_heurist_plugin:SPEC") is first and reg.get("MyPole-v0") is first
+    with pytest.raises(TaskError, match="registered twice"):
+        reg.get("my_heurist_plugin:SAME_ID")
 
 
 def _install_entry_point(root, value):
