@@ -28,7 +28,7 @@ import numpy as np
 from envs.actions import InvalidAction, action_coercer, plain_actions
 from envs.failures import FailureDetector
 from envs.policy_slots import PolicyFailed
-from envs.wire import SETUP_RUNS, jsonable, plain_diag
+from envs.wire import SETUP_RUNS, describe, jsonable, plain_diag
 
 
 TRACE_WINDOW = 64  # the steps a trace window shows before its event, unless an evaluation asks for another
@@ -60,6 +60,17 @@ def summarise_obs(obs: Any) -> Any:
     if arr.ndim == 1 and arr.size <= 256:
         return [round(float(v), 5) for v in arr] if arr.dtype.kind == "f" else arr.tolist()
     return {"shape": list(arr.shape), "mean": round(float(arr.mean()), 3)}
+
+
+def unscorable_reward(reward: Any, t: int) -> str:
+    """Why an episode whose env gave ``reward`` at step ``t`` has no return: the env's own failure, not the policy's."""
+    try:
+        finite = np.isfinite(float(reward))
+    except Exception:  # not a number
+        return f"env.step returned the reward {describe(reward)} at step {t}, which is not a number"
+    if not finite:
+        return f"env.step returned the reward {float(reward)!r} at step {t}; only finite rewards can be scored"
+    return f"the return passed the range of a float at step {t} (reward {float(reward)!r}); it cannot be scored"
 
 
 class PolicyGone(Exception):
@@ -136,7 +147,15 @@ class EpisodeRun:
             self.env_broken = True  # its state is suspect: it is not used again
             return True
         self.steps[self.slot] = t + 1
-        self.total += reward
+        try:
+            total = self.total + reward
+            if total - total != 0.0:  # NaN or ±inf: a mean over it, and every comparison with it, means nothing
+                raise ValueError
+        except Exception:  # that, or no number at all (a task plug-in's None or text)
+            self.result.update(status="env_error", termination="error", error=unscorable_reward(reward, t))
+            self.env_broken = True  # a simulator that gave it is not trusted with the next seed
+            return True
+        self.total = total
         self.actions.append(action)
         self.rewards.append(reward)
         self.recent.append((t, seen, action, reward))

@@ -413,6 +413,35 @@ def test_a_trace_window_shows_each_steps_numpy_diagnostics_from_a_list_changed_i
     assert [s["diag"]["history"][0] for s in steps[1:]] == [s["diag"]["history"][1] for s in steps[:-1]]
 
 
+def strict_json(line: str):
+    """A JSON line as a parser that holds to the standard reads it: NaN and Infinity are no JSON."""
+    def refuse(token):
+        raise ValueError(f"{token} in the ledger")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_a_reward_that_is_no_finite_number_fails_its_episode_as_the_envs_error(run_eval, ledger):
+    """A task plug-in's env that rewards NaN, +inf or None, or whose rewards sum past a float's range, made a NaN
+    mean of a "complete" evaluation (and NaN in the ledger, which no strict JSON reader takes). That episode is now
+    the env's error, alone and beside others; the others keep their scores."""
+    policy = starter_policy(get_task("CartPole-v1"))
+    seeds = [0, 1, 2, 3, 4]
+    together = run_eval(policy, "tests.unscorable_rewards:TASK", seeds=seeds, workers=1, lockstep=5)
+    alone = run_eval(policy, "tests.unscorable_rewards:TASK", seeds=seeds, workers=1, lockstep=1)
+    assert episodes(together) == episodes(alone)
+    by_seed = {e.seed: e for e in together.episodes}
+    assert by_seed[0].status == "ok" and by_seed[0].return_ == 50.0
+    assert [by_seed[s].status for s in (1, 2, 3, 4)] == ["env_error"] * 4
+    assert by_seed[1].error == "env.step returned the reward nan at step 5; only finite rewards can be scored"
+    assert by_seed[2].error == "env.step returned the reward inf at step 3; only finite rewards can be scored"
+    assert by_seed[3].error == "env.step returned the reward 'None' (NoneType) at step 2, which is not a number"
+    assert by_seed[4].error.startswith("the return passed the range of a float at step 1")
+    assert [by_seed[s].length for s in (1, 2, 3, 4)] == [5, 3, 2, 1]  # the steps before it, as when env.step raises
+    assert together.stats.mean == 50.0  # over the completed episode alone
+    for line in ledger.path.read_text().splitlines():
+        strict_json(line)
+
+
 @pytest.mark.parametrize("low, high", [(-1.0, 1.0), ([-1.0, -2.0, 0.0, -np.inf], [1.0, 2.0, 0.5, np.inf]),
                                        (-np.inf, np.inf)], ids=["uniform", "per-joint", "unbounded"])
 def test_a_few_continuous_actions_are_accepted_and_refused_as_numpy_would(low, high):
