@@ -61,7 +61,7 @@ from roles.stages import (
 from roles.test_writer import scenario_test
 from store.summary import write_summary
 from store.transcripts import Decision, RoleFailed, TranscriptRecorder
-from store.workspace import POLICY_FILE
+from store.workspace import POLICY_FILE, object_name
 
 
 # What a full or broken disk raises: heurist's own failure wherever it surfaces (a role's scoring writes the candidate
@@ -624,7 +624,7 @@ class Nodes:
         s = self.s
         reason = stop_reason(state, s.config, s.spec) or "stopped"
         s.workspace.reset_to(state["incumbent"]["commit"])
-        s.workspace.git("tag", "-f", "heurist-final", state["incumbent"]["commit"])
+        s.workspace.git("tag", "-f", "heurist-final", object_name(state["incumbent"]["commit"]))
         best = s.run_dir / "best_policy.py"
         atomic_write(best, s.workspace.source_at(state["incumbent"]["commit"]))
         holdout = None

@@ -26,6 +26,7 @@ from common.events import (
 )
 from common.formatting import cost_text
 from common.ledger import Ledger
+from common.safe_text import without_url_passwords
 from envs.complexity import complexity
 from envs.results import EvalResult
 from report.views import (
@@ -43,7 +44,7 @@ from report.views import (
     ReportData,
     RoleTranscript,
 )
-from store.rundir import RunRecord, memory_config, read_record, run_status, run_task
+from store.rundir import RunRecord, memory_config, read_record, run_status, run_task, started_here
 from store.transcripts import (
     AgentTurn,
     Decision,
@@ -57,7 +58,8 @@ from store.transcripts import (
     ValidationFailed,
     call_costs,
 )
-from store.workspace import Workspace
+from envs.gitsafe import GitRefused
+from store.workspace import Workspace, WorkspaceError
 
 if TYPE_CHECKING:
     from memory.store import MemoryStore
@@ -127,12 +129,44 @@ def _failed_on_dev(records: list[LedgerEvent], sha: str | None, dev_seeds: list[
     return None
 
 
+def inside_run(path: Path, run_dir: Path) -> Path | None:
+    """``path`` as a regular file inside the run directory, links resolved; None for anything else.
+
+    A run directory is data, and may come from someone else (a colleague's run, an archive): a clip or a policy file
+    that is a link (or under a linked folder) to ``/etc/passwd`` or a key would be shown in the page, or copied into
+    ``report/media`` to travel with it."""
+    try:
+        resolved = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a loop of links, unreadable
+        return None
+    if not resolved.is_relative_to(Path(run_dir).resolve()) or not resolved.is_file():
+        return None
+    return resolved
+
+
+def run_text(path: Path, run_dir: Path, limit: int = 4 << 20) -> str | None:
+    """A text file of the run as the page shows it: inside the run (``inside_run``), at most ``limit`` bytes, bytes
+    that are not UTF-8 written as escapes. None where there is no such file."""
+    found = inside_run(path, run_dir)
+    if found is None:
+        return None
+    try:
+        with open(found, "rb") as file:
+            data = file.read(limit + 1)
+    except OSError:
+        return None
+    text = data[:limit].decode("utf-8", "backslashreplace")
+    return text + f"\n[cut: {found.name} is longer than {limit} bytes]" if len(data) > limit else text
+
+
 def _local(path: str, run_dir: Path) -> Path | None:
-    """A clip file recorded by absolute path, found again if the run directory has moved since."""
+    """A clip file recorded by absolute path, found again if the run directory has moved since; only inside the run."""
     recorded = Path(path)
-    for candidate in (recorded, run_dir / "clips" / recorded.parent.name / recorded.name):
-        if candidate.is_file():
-            return candidate
+    for candidate in ((recorded,) if recorded.is_absolute() else ()) + (
+            run_dir / "clips" / recorded.parent.name / recorded.name,):
+        found = inside_run(candidate, run_dir)
+        if found is not None:
+            return found
     return None
 
 
@@ -247,22 +281,30 @@ def _memory_view(record: Any, iteration: int | None = None) -> MemoryRecordView:
                             iteration=iteration if iteration is not None else getattr(record, "iteration", None))
 
 
-def _complexity(run_dir: Path, workspace: Workspace, iterations: list[IterationView],
+def _committed(workspace: Workspace, commit: str, otherwise: str) -> str:
+    """The policy at a commit the ledger names, or ``otherwise`` where the ledger's commit is no commit id (a damaged
+    or edited record: ``store.workspace.object_name``) or the repository does not hold it."""
+    try:
+        return workspace.source_at(commit)
+    except WorkspaceError:
+        return otherwise
+
+
+def _complexity(run_dir: Path, workspace: Workspace, has_git: bool, iterations: list[IterationView],
                 simplified: dict[int, str]) -> list[ComplexityPoint]:
     """The kept policy's complexity after each iteration: the starting policy's, then each accepted commit's, and
     after an iteration whose simplify stage kept a simplification (``simplified``: iteration -> commit), that one's
     too, at the same iteration (the plot drops there)."""
-    start = run_dir / "starting_policy.py"
-    if not start.is_file():
+    source = run_text(run_dir / "starting_policy.py", run_dir)
+    if source is None:
         return []
-    source, points = start.read_text(), []
-    has_git = (workspace.root / ".git").is_dir()
+    points: list[ComplexityPoint] = []
     for iteration, view in [(0, None), *((v.iteration, v) for v in iterations)]:
         if view is not None and view.accepted and view.commit and has_git:
-            source = workspace.source_at(view.commit)
+            source = _committed(workspace, view.commit, source)
         versions = [(source, False)]
         if iteration in simplified and has_git:
-            source = workspace.source_at(simplified[iteration])
+            source = _committed(workspace, simplified[iteration], source)
             versions.append((source, True))
         for text, after_simplify in versions:
             try:
@@ -286,10 +328,28 @@ def _lessons_used(iterations: list[IterationView], found: dict[str, Any]) -> lis
             for i, views in shown.items() if i in found]
 
 
-def _open_memory(record: RunRecord, run_dir: Path) -> MemoryStore:
-    from memory.store import MemoryStore  # Chroma loads only when a report shows memory
+def _open_memory(record: RunRecord, run_dir: Path) -> MemoryStore | str:
+    """The memory store the run names, or why the report does not read it. A report is a reader: it makes no store
+    where none is (a run directory from elsewhere names a path on its own machine, or any path at all), and it
+    contacts the Chroma server a run names only for a run started on this machine (``heurist runs``): a run
+    directory from someone else would otherwise have the report reach out to a server of theirs when opened."""
+    from memory.chroma import MARKER
+    from memory.store import MemoryStore, default_memory_path  # Chroma loads only when a report shows memory
 
-    return MemoryStore(memory_config(record, run_dir))
+    config = memory_config(record, run_dir)
+    if config.url:
+        if not started_here(record, run_dir):
+            return (f"the memory server this run names ({without_url_passwords(config.url)}) is not contacted: the run "
+                    f"was not started on this machine (`heurist runs` lists those that were)")
+    else:
+        path = (config.path or default_memory_path()).expanduser()
+        if not (path / MARKER).is_file():
+            return f"no memory store at {path} on this machine"
+    return MemoryStore(config)
+
+
+class _NotRead(Exception):
+    """The report does not read the memory store, for the reason given."""
 
 
 def _iteration_views(run_dir: Path, iterations: list[IterationDone], start_sha: str | None, dev_seeds: list[int],
@@ -340,7 +400,10 @@ def gather(run_dir: Path) -> ReportData:
     memory_note, added, used, lessons_used = None, [], [], []
     store = None
     try:
-        store = _open_memory(record, run_dir)
+        opened = _open_memory(record, run_dir)
+        if isinstance(opened, str):
+            raise _NotRead(opened)
+        store = opened
         added = [_memory_view(m) for m in store.records_of_run(record.run_id)]
         found = {m.id: m for m in store.get(used_ids)}
         used = [_memory_view(found[i], used_ids[i][0]) for i in used_ids if i in found]
@@ -349,6 +412,8 @@ def gather(run_dir: Path) -> ReportData:
         for view in iterations:
             view.recalled = [h.model_copy(update={"text": texts.get(h.id, "(no longer in memory)")})
                              for h in view.recalled]
+    except _NotRead as why:
+        memory_note = str(why)
     except Exception as exc:  # the memory is a view here: a store that cannot open must not hide the rest
         memory_note = f"the memory store could not be read: {type(exc).__name__}: {exc}"[:400]
     finally:
@@ -356,18 +421,25 @@ def gather(run_dir: Path) -> ReportData:
             store.close()
 
     workspace = Workspace(run_dir / "workspace")
-    best = run_dir / "best_policy.py"
-    if best.is_file():
-        policy_label, policy_source = "the final policy (best_policy.py, tag heurist-final)", best.read_text()
-    elif (workspace.root / ".git").is_dir():
+    git_note = None
+    has_git = (workspace.root / ".git").is_dir()
+    if has_git:
+        try:
+            workspace.check()  # git runs here only in a repository that asks it to run nothing (envs.gitsafe)
+        except GitRefused as exc:
+            has_git, git_note = False, f"the workspace's history is not shown: {exc}"
+    best = run_text(run_dir / "best_policy.py", run_dir)
+    if best is not None:
+        policy_label, policy_source = "the final policy (best_policy.py, tag heurist-final)", best
+    elif has_git:
         policy_label, policy_source = "the incumbent so far (workspace HEAD)", workspace.source_at("HEAD")
     else:
-        policy_label, policy_source = "the starting policy (the run has not begun)", (
-            run_dir / "starting_policy.py").read_text()
-    history = [Commit(**c) for c in workspace.history()] if (workspace.root / ".git").is_dir() else []
+        policy_label = "the starting policy (the run has not begun)"
+        policy_source = run_text(run_dir / "starting_policy.py", run_dir) or "(starting_policy.py is not in the run)"
+    history = [Commit(**c) for c in workspace.history()] if has_git else []
     simplified = {r.iteration: r.commit for r in records
                   if isinstance(r, SimplifyDone) and r.accepted and r.commit}
-    complexity_points = _complexity(run_dir, workspace, iterations, simplified)
+    complexity_points = _complexity(run_dir, workspace, has_git, iterations, simplified)
 
     last = by_number[max(by_number)] if by_number else None
     spent = (finished.spent if finished else None) or (last.spent if last else None) or {}
@@ -382,6 +454,7 @@ def gather(run_dir: Path) -> ReportData:
         best_failed=_failed_on_dev(records, last.policy_sha256 if last else start.get("sha256"), dev_seeds),
         holdout=finished.holdout if finished else None, holdout_enabled=bool(record.config["eval"]["holdout"]), spent=spent,
         points=_points(records, start.get("sha256"), dev_seeds, clock), iterations=iterations, failure_kinds=kinds,
-        policy_label=policy_label, policy_source=policy_source, git_history=history, memory_note=memory_note,
+        policy_label=policy_label, policy_source=policy_source, git_history=history, git_note=git_note,
+        memory_note=memory_note,
         memory_added=added, memory_used=used, lessons_used=lessons_used, complexity=complexity_points,
         torn_lines=torn)

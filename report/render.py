@@ -26,7 +26,7 @@ from common.errors import HeuristError
 from common.files import atomic_write
 from common.formatting import cost_text
 from common.safe_text import printable, redact, secret_values
-from report.data import gather
+from report.data import gather, inside_run
 from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot, score_plot
 from report.views import ReportData
 
@@ -69,26 +69,40 @@ def _environment() -> Environment:
 class _Media:
     """Copies the files a page shows into its media folder, once each, and gives their relative paths."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, run_dir: Path):
+        self.folder, self.run_dir = folder, run_dir
 
     def __call__(self, path: str | None) -> str | None:
-        # Only a regular file, never a link: a clip name that points elsewhere is shown as text, not copied.
-        if not path or Path(path).is_symlink() or not Path(path).is_file():
+        # Only a regular file of the run (``inside_run``: links resolved): a clip or an image recorded as /etc/passwd,
+        # or under a folder linked out of the run, is shown as text, not copied to travel with the page.
+        source = inside_run(Path(path), self.run_dir) if path else None
+        if source is None or source.is_relative_to(self.folder.resolve()):
             return None
-        source = Path(path)
         name = f"{hashlib.sha256(str(source.parent).encode()).hexdigest()[:10]}-{source.name}"
         target = self.folder / name
-        if not target.is_file() or target.stat().st_size != source.stat().st_size:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{name}.{os.getpid()}.partial")  # `heurist report` may race the run
-            partial.unlink(missing_ok=True)
-            try:
-                os.link(source, partial)  # clips are never rewritten, so a hard link is a safe copy
-            except OSError:
-                shutil.copyfile(source, partial)
-            partial.replace(target)
+        try:
+            if target.is_symlink() or not target.is_file() or target.stat().st_size != source.stat().st_size:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{name}.{os.getpid()}.partial")  # `heurist report` may race the run
+                partial.unlink(missing_ok=True)
+                try:
+                    os.link(source, partial)  # clips are never rewritten, so a hard link is a safe copy
+                except OSError:
+                    shutil.copyfile(source, partial)
+                partial.replace(target)
+        except OSError as exc:
+            raise ReportError(f"cannot copy {source.name} into {self.folder}: {exc.strerror}; free space or make "
+                              f"{self.folder} writable") from None
         return f"{self.folder.name}/{name}"
+
+
+def plain_folder(folder: Path) -> None:
+    """Refuse to write the report through a link or over a file: a run directory from elsewhere whose ``report`` links
+    to another folder would have the page, and the media copied into it, written there."""
+    for path in (folder, folder / "media"):
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise ReportError(f"{path} is not a plain folder (a link or a file); heurist writes the report only into a "
+                              f"folder of the run: remove {path} and write the report again")
 
 
 def _page_context(data: ReportData, media: _Media) -> dict[str, Any]:
@@ -122,7 +136,8 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir).resolve()
     data = gather(run_dir)
     folder = run_dir / "report"
-    html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media")))
+    plain_folder(folder)
+    html = _environment().get_template("report.html.j2").render(**_page_context(data, _Media(folder / "media", run_dir)))
     index = folder / "index.html"
     try:
         atomic_write(index, page_text(html))

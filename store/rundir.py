@@ -146,6 +146,13 @@ def indexed_runs() -> tuple[list[RunIndexEntry], int]:
     return entries, raw[1] + bad
 
 
+def started_here(record: RunRecord, run_dir: Path) -> bool:
+    """Whether this machine's runs index lists this run, in this directory: a run started here, not one brought in."""
+    here = Path(run_dir).resolve()
+    return any(entry.run_id == record.run_id and Path(entry.run_dir).resolve() == here
+               for entry in indexed_runs()[0])
+
+
 def is_offline(config: RunConfig) -> bool:
     """Whether no role has a model to call: no key, no server, and no role with a server of its own."""
     if config.offline is not None:

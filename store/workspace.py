@@ -48,6 +48,20 @@ class WorkspaceError(HeuristError):
     """The workspace's git repository cannot be used."""
 
 
+# What heurist records of a commit: its full id (``rev-parse HEAD``), or HEAD. A commit read from a ledger or a
+# checkpoint that is anything else was not written by heurist: "--output=FILE" given to `git show` writes a file, and
+# with it git prints a diff, which a textconv driver in the repository turns into a program run.
+_OBJECT_NAME = re.compile(r"[0-9a-f]{7,64}|HEAD")
+
+
+def object_name(commit: str) -> str:
+    """``commit`` if it is a commit id or HEAD; otherwise WorkspaceError, naming the damage."""
+    if not isinstance(commit, str) or not _OBJECT_NAME.fullmatch(commit):
+        raise WorkspaceError(f"{str(commit)[:80]!r} is not a commit id, so heurist did not record it: the run's "
+                             f"records were changed by something else; restore them from a copy")
+    return commit
+
+
 class Workspace:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -86,11 +100,11 @@ class Workspace:
 
     def source_at(self, commit: str) -> str:
         """The policy file as committed at ``commit``, whatever the working tree holds now."""
-        return self.git("show", f"{commit}:{POLICY_FILE}", strip=False)
+        return self.git("show", f"{object_name(commit)}:{POLICY_FILE}", strip=False)
 
     def file_sha256(self, commit: str, path: str = POLICY_FILE) -> str:
         """The sha256 of a file's exact bytes as committed (no text decoding, no newline translation)."""
-        done = run_git(["show", f"{commit}:{path}"], self.root, binary=True)
+        done = run_git(["show", f"{object_name(commit)}:{path}"], self.root, binary=True)
         if done.returncode != 0:
             raise WorkspaceError(f"git show {commit}:{path} failed in {self.root}: "
                                  f"{done.stderr.decode(errors='replace').strip()[:300]}")
@@ -98,13 +112,14 @@ class Workspace:
 
     def tests_at(self, commit: str) -> dict[str, str]:
         """The accepted regression test files at ``commit`` (``tests/test_*.py``), by name, as committed."""
-        names = self.git("ls-tree", "--name-only", commit, f"{TESTS_DIR}/").splitlines()
+        names = self.git("ls-tree", "--name-only", object_name(commit), "--", f"{TESTS_DIR}/").splitlines()
         return {name: self.git("show", f"{commit}:{name}", strip=False)
                 for name in sorted(names) if TEST_NAME.fullmatch(name)}
 
     def changed_between(self, before: str, after: str) -> list[str]:
         """The files one commit changed against another (trees only: no work tree, no filters run)."""
-        return self.git("diff", "--name-only", "--no-ext-diff", "--no-textconv", before, after).splitlines()
+        return self.git("diff", "--name-only", "--no-ext-diff", "--no-textconv", object_name(before), object_name(after),
+                        "--").splitlines()
 
     def check(self) -> None:
         """Refuse the repository if it holds anything heurist never writes (``envs.gitsafe.check_repository``)."""
@@ -128,7 +143,7 @@ class Workspace:
     def reset_to(self, commit: str) -> None:
         """The workspace exactly at ``commit``: nothing staged, nothing untracked."""
         self.check()
-        self.git("reset", "-q", "--hard", commit)
+        self.git("reset", "-q", "--hard", object_name(commit))
         self.git("clean", "-q", "-fdx")
 
     def commit_for_iteration(self, iteration: int, trailer: str = TRAILER) -> str | None:

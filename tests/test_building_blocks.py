@@ -70,6 +70,21 @@ def test_the_locks_a_git_killed_mid_write_leaves_are_cleared_and_the_workspace_w
     assert ws.commit(1, "Raise it", "again") != first and ws.clear_crash_locks() == []
 
 
+def test_a_commit_that_is_no_commit_id_is_refused_before_git_reads_it(tmp_path):
+    """Commits come back from the ledger and the checkpoints: one edited to ``--output=FILE`` was given to `git show`
+    as an option, which wrote FILE (a red-team review of the report, 2026-12-05)."""
+    ws = Workspace(tmp_path / "ws")
+    first = ws.create(CARTPOLE, {})
+    written = tmp_path / "written"
+    for call in (lambda c: ws.source_at(c), lambda c: ws.tests_at(c), lambda c: ws.file_sha256(c),
+                 lambda c: ws.reset_to(c), lambda c: ws.changed_between(first, c)):
+        for commit in (f"--output={written}", "-p", f"{first}~1", "main", "", first.upper()):
+            with pytest.raises(WorkspaceError, match="is not a commit id"):
+                call(commit)
+    assert not list(tmp_path.glob("written*"))
+    assert ws.source_at(first) == ws.source_at(first[:10]) == ws.source_at("HEAD") == CARTPOLE
+
+
 def test_workspace_commits_accepted_edits_once_and_rolls_back_rejected_ones(tmp_path):
     ws = Workspace(tmp_path / "ws")
     first = ws.create(CARTPOLE, {"tests/test_policy_file.py": "import pathlib\n\n\ndef test_policy_file_exists():\n"

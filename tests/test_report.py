@@ -26,7 +26,8 @@ import pytest
 
 from common.safe_text import environ_without_secrets
 from envs.forkserver import ENV_PROCESSES, ForkServer, start_process
-from report.render import write_report
+from envs.gitsafe import run_git
+from report.render import ReportError, write_report
 from runner.report_child import REPORT_PROCESSES, rebuild
 from store.transcripts import LLMCall, TranscriptRecorder
 from tests.conftest import ARTIFACTS, once_per_session
@@ -396,3 +397,58 @@ def test_what_untrusted_code_wrote_is_shown_inert_and_every_mean_says_what_it_is
                    "--out", tmp_path / "c.html")
     assert done.returncode == 0, done.stderr
     assert "acme/$\\frac{x}{y$-chat" in (tmp_path / "c.html").read_text()
+
+
+def test_a_run_directory_from_elsewhere_makes_the_report_run_read_or_write_nothing_outside_it(llm_run, tmp_path):
+    """A red-team review (2026-12-05): a run directory is data, and may be someone else's (a colleague's, an
+    archive's). Edited, it had `heurist report` run a program (a ledger commit of ``--output=FILE`` given to
+    `git show`, and a textconv driver in the workspace's config), copy /etc/passwd into ``report/media`` (a clip
+    recorded by that path, or under a folder linked out of the run) and show it (``best_policy.py`` a link), write the
+    page through a linked ``report`` folder, and make a memory store wherever run.json named one."""
+    run_dir, outside = tmp_path / "copy", tmp_path / "outside"
+    shutil.copytree(llm_run.run_dir, run_dir, ignore=shutil.ignore_patterns("report", ".lock"))
+    outside.mkdir()
+    (outside / "secret.txt").write_text("TOPSECRET-0451\n")
+    proof = outside / "a program ran"
+    workspace = run_dir / "workspace"
+    run_git(["config", "diff.x.textconv", f"touch '{proof}'; cat"], workspace)
+    (workspace / ".gitattributes").write_text("*.py diff=x\n")
+    records = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    accepted = [r for r in records if r["event"] == "iteration" and r["accepted"]]
+    assert accepted
+    for record in accepted:
+        record["commit"] = f"--output={outside / 'written'}"
+    (run_dir / "ledger.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (run_dir / "clips" / "linked").symlink_to(outside)
+    changed = 0
+    for cached in (run_dir / "evals").glob("*.json"):
+        result = json.loads(cached.read_text())
+        for clip in result.get("clips") or []:
+            clip["mp4"], clip["png"] = str(outside / "secret.txt"), str(run_dir / "clips" / "linked" / "secret.txt")
+            changed += 1
+        cached.write_text(json.dumps(result))
+    assert changed
+    (run_dir / "best_policy.py").unlink()
+    (run_dir / "best_policy.py").symlink_to(outside / "secret.txt")
+    record = json.loads((run_dir / "run.json").read_text())
+    record["config"]["memory"] = {"path": str(outside / "made by the report")}
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+    html = write_report(run_dir).read_text()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]  # nothing ran, nothing was written or made
+    media = run_dir / "report" / "media"
+    assert "TOPSECRET" not in html and not any("TOPSECRET" in p.read_text(errors="replace")
+                                               for p in (media.iterdir() if media.is_dir() else []))
+    assert "the workspace&#39;s history is not shown" in html and "diff.x.textconv" in html
+    assert f"no memory store at {outside / 'made by the report'} on this machine" in html
+
+    # A memory server named by a run this machine did not start is not contacted; the run's own is (llm_run's store).
+    record["config"]["memory"] = {"url": "http://127.0.0.1:9/"}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert "is not contacted: the run was not started on this machine" in write_report(run_dir).read_text()
+
+    shutil.rmtree(run_dir / "report")
+    (run_dir / "report").symlink_to(outside)
+    with pytest.raises(ReportError, match="is not a plain folder"):
+        write_report(run_dir)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
