@@ -44,7 +44,8 @@ from report.views import (
     ReportData,
     RoleTranscript,
 )
-from store.rundir import RunRecord, memory_config, read_record, run_status, run_task, started_here
+from store.rundir import (RunRecord, memory_config, names_code, read_record, run_status, run_task,
+                          started_here)
 from store.transcripts import (
     AgentTurn,
     Decision,
@@ -384,7 +385,8 @@ def gather(run_dir: Path) -> ReportData:
     """Everything the report shows, from the run directory and the memory store it names."""
     run_dir = Path(run_dir).resolve()
     record = read_record(run_dir)
-    spec = run_task(record)
+    # A task of one's own is imported only for a run started here: a run directory from elsewhere names any module.
+    spec = run_task(record) if not names_code(record) or started_here(record, run_dir) else None
     records, torn = read_events(Ledger(run_dir / "ledger.jsonl"))
     records = [r for r in records if getattr(r, "run_id", record.run_id) == record.run_id]
     started = next((r for r in records if isinstance(r, RunStarted)), None)
@@ -448,7 +450,8 @@ def gather(run_dir: Path) -> ReportData:
         run_dir=str(run_dir), run_id=record.run_id, task=record.task, protocol=record.protocol,
         roles_label="offline roles" if record.offline else f"model {record.config['llm']['model']}",
         status=run_status(run_dir), stop_reason=finished.reason if finished else None, created=record.created,
-        replay_of=record.replay_of, dev_seeds=dev_seeds, target=spec.target, max_return=spec.max_return,
+        replay_of=record.replay_of, dev_seeds=dev_seeds, target=spec.target if spec else None,
+        max_return=spec.max_return if spec else None,
         start_mean=start.get("mean"), best_mean=last.mean_after if last else start.get("mean"),
         start_failed=_failed_on_dev(records, start.get("sha256"), dev_seeds),
         best_failed=_failed_on_dev(records, last.policy_sha256 if last else start.get("sha256"), dev_seeds),

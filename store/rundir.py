@@ -98,6 +98,13 @@ class RunRecord(BaseModel):
     workspace_format: int = 1
 
 
+def names_code(record: RunRecord) -> bool:
+    """Whether the run's task is a task of one's own named as ``module:attr``: looking it up imports that module and
+    may call what it names. A reader of a run directory from elsewhere (``heurist report``) does not."""
+    return any(isinstance(name, str) and ":" in name and "/" not in name
+               for name in (record.config.get("task"), record.task))
+
+
 def run_task(record: RunRecord) -> TaskSpec:
     """The task a run is on, looked up as the run was told it. ``record.task`` is the task's id, which names a task
     of one's own (``module:attr``) only in a process that has loaded it: a resume or a report in a new process

@@ -399,12 +399,14 @@ def test_what_untrusted_code_wrote_is_shown_inert_and_every_mean_says_what_it_is
     assert "acme/$\\frac{x}{y$-chat" in (tmp_path / "c.html").read_text()
 
 
-def test_a_run_directory_from_elsewhere_makes_the_report_run_read_or_write_nothing_outside_it(llm_run, tmp_path):
+def test_a_run_directory_from_elsewhere_makes_the_report_run_read_or_write_nothing_outside_it(llm_run, tmp_path,
+                                                                                                 monkeypatch):
     """A red-team review (2026-12-05): a run directory is data, and may be someone else's (a colleague's, an
     archive's). Edited, it had `heurist report` run a program (a ledger commit of ``--output=FILE`` given to
     `git show`, and a textconv driver in the workspace's config), copy /etc/passwd into ``report/media`` (a clip
     recorded by that path, or under a folder linked out of the run) and show it (``best_policy.py`` a link), write the
-    page through a linked ``report`` folder, and make a memory store wherever run.json named one."""
+    page through a linked ``report`` folder, make a memory store wherever run.json named one, and import the module a
+    ``module:attr`` task in run.json named."""
     run_dir, outside = tmp_path / "copy", tmp_path / "outside"
     shutil.copytree(llm_run.run_dir, run_dir, ignore=shutil.ignore_patterns("report", ".lock"))
     outside.mkdir()
@@ -446,6 +448,14 @@ def test_a_run_directory_from_elsewhere_makes_the_report_run_read_or_write_nothi
     record["config"]["memory"] = {"url": "http://127.0.0.1:9/"}
     (run_dir / "run.json").write_text(json.dumps(record))
     assert "is not contacted: the run was not started on this machine" in write_report(run_dir).read_text()
+
+    # A task of one's own named by such a run is not imported (it names any module, and may be called).
+    (outside / "planted_task.py").write_text(f"open({str(proof)!r}, 'w').close()\nTASK = None\n")
+    monkeypatch.syspath_prepend(str(outside))
+    record["task"] = record["config"]["task"] = "planted_task:TASK"
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert "planted_task:TASK" in write_report(run_dir).read_text() and not proof.exists()
+    (outside / "planted_task.py").unlink()
 
     shutil.rmtree(run_dir / "report")
     (run_dir / "report").symlink_to(outside)
