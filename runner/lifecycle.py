@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
@@ -117,7 +118,9 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
         services, nodes, record = open_services(run_dir, on_event)
         connection = sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False)
         try:
-            app = build(nodes, SqliteSaver(connection))
+            # Plain types only: by default LangGraph rebuilds any object a checkpoint names (imports its module and
+            # calls it), so an edited checkpoints.sqlite ran code on resume. heurist's state is plain data.
+            app = build(nodes, SqliteSaver(connection, serde=JsonPlusSerializer(allowed_msgpack_modules=None)))
             cfg = {"configurable": {"thread_id": record.run_id}, "recursion_limit": 1_000_000}
             try:
                 snapshot = app.get_state(cfg)

@@ -243,6 +243,43 @@ def test_a_kill_between_a_nodes_writes_and_its_checkpoint_is_resumed(home):
     assert lost_or_repeated(run_dir, memory, 1) == []
 
 
+def test_a_checkpoint_that_names_code_is_not_run_by_resume(home):
+    """LangGraph's checkpoint serializer rebuilt any object a checkpoint named, by importing its module and calling
+    it: a checkpoints.sqlite edited to hold ``os.system("...")`` ran the command on `heurist resume` (a red-team
+    review, 2026-12-05). Checkpoints are read with the allowlist of plain types only (heurist's state is plain data)."""
+    import ormsgpack
+    from langgraph.checkpoint.serde import jsonplus
+
+    tmp, env = home
+    (tmp / "run.toml").write_text('report = false\n[budget]\niterations = 1\nstop_when = "never"\n'
+                                  '[eval]\nepisodes = 4\nvideo = false\nholdout = false\n'
+                                  '[search]\npopulation = 2\ngenerations = 1\nseed = 1\n')
+    run_dir, proof = tmp / "run", tmp / "a command ran"
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", run_dir, "--no-progress")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    class Planted:
+        pass
+
+    def default(value):
+        if isinstance(value, Planted):
+            return ormsgpack.Ext(jsonplus.EXT_CONSTRUCTOR_POS_ARGS,
+                                 ormsgpack.packb(["os", "system", [f"touch '{proof}'"]]))
+        return jsonplus._msgpack_default(value)
+
+    serde = jsonplus.JsonPlusSerializer()
+    with sqlite3.connect(run_dir / "checkpoints.sqlite") as db:
+        for thread, checkpoint_id, kind, blob in db.execute(
+                "SELECT thread_id, checkpoint_id, type, checkpoint FROM checkpoints").fetchall():
+            checkpoint = serde.loads_typed((kind, blob))
+            checkpoint["channel_values"]["stop_reason"] = Planted()
+            db.execute("UPDATE checkpoints SET checkpoint = ? WHERE thread_id = ? AND checkpoint_id = ?",
+                       (ormsgpack.packb(checkpoint, default=default, option=jsonplus._option), thread, checkpoint_id))
+    heurist(env, "resume", run_dir, "--no-progress")
+    assert not proof.exists()
+
+
 def test_git_failing_on_a_full_disk_is_a_storage_failure(small_disk):
     """A full disk can land while git writes the workspace (its objects, its index): git says so in its own words
     ("write error. Out of diskspace" among them), and the run must stop with the same clean line as for any other
