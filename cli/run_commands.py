@@ -135,14 +135,29 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
                into: Optional[Path] = typer.Option(None, "--run-dir", help="Where the replay goes (default: a new run)."),
                no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
     """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
+    from envs.contract import policy_sha256
     from store.config import RunConfig
-    from store.rundir import create_run, decisions, read_record
+    from store.rundir import create_run, decisions, names_code, read_record, started_here
 
     record = read_record(run_dir)
-    config = RunConfig.model_validate(record.config)
-    config = config.model_copy(update={"policy": Path(record.starting_policy)})
-    if not config.policy.is_file():  # the original file moved: the run kept a copy
-        config = config.model_copy(update={"policy": run_dir.resolve() / "starting_policy.py"})
+    try:
+        config = RunConfig.model_validate(record.config)
+    except ValueError as exc:
+        raise HeuristError(f"{run_dir / 'run.json'} holds a config this heurist cannot read "
+                           f"({' '.join(str(exc).split())[:300]}); replay it with the heurist that made it") from None
+    if names_code(record) and not started_here(record, run_dir):
+        raise HeuristError(f"{run_dir} was not started on this machine and names a task of its own "
+                           f"({record.config.get('task')!s:.80}), which a replay would import and run; start a run "
+                           f"with --env if you trust that module")
+    # The run's own copy of its starting policy, as hashed when the run began: the file it was copied from may have
+    # changed since (the replay then started elsewhere and "diverged"), or, in a run directory from elsewhere, name
+    # any file on this machine. And evaluations on this machine: a replay contacts no Ray cluster a run.json names.
+    starting = run_dir.resolve() / "starting_policy.py"
+    if not starting.is_file() or policy_sha256(starting) != record.starting_sha256:
+        raise HeuristError(f"{starting} is missing or is not the policy the run started from (its sha256 differs "
+                           f"from run.json's); restore the run's copy to replay it")
+    config = config.model_copy(update={"policy": starting,
+                                       "eval": config.eval.model_copy(update={"backend": "local", "ray_address": None})})
     directory = create_run(config, into, replay_of=run_dir)
     err.print(f"replaying {run_dir} into {directory}", highlight=False, markup=False)
     _execute(directory, no_progress)
@@ -150,15 +165,15 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     table = Table(title="decisions: recorded vs replayed")
     for column in ("iteration", "recorded", "replayed", "same"):
         table.add_column(column)
-    def shown(decision: dict[str, Any] | None) -> str:
+    def decision_text(decision: dict[str, Any] | None) -> str:  # what the ledger holds, shown inert
         if decision is None:
             return "-"
-        return f"{'accept' if decision['accepted'] else 'reject'} {decision['policy_sha256'][:10]}"
+        return shown(f"{'accept' if decision['accepted'] else 'reject'} {str(decision['policy_sha256'])[:10]}")
 
     for i in range(max(len(recorded), len(replayed))):
         a = recorded[i] if i < len(recorded) else None
         b = replayed[i] if i < len(replayed) else None
-        table.add_row(str(i + 1), shown(a), shown(b), "yes" if a == b else "[red]no[/]")
+        table.add_row(str(i + 1), decision_text(a), decision_text(b), "yes" if a == b else "[red]no[/]")
     out.print(table)
     if recorded != replayed:
         raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
@@ -207,6 +222,12 @@ def _ledger(run_dir: Path) -> list[LedgerEvent]:
 
 
 
+def _model_of(config: dict[str, Any]) -> str:
+    """The run's model as run.json records it; "?" where a damaged record holds none."""
+    llm = config.get("llm")
+    return str(llm.get("model", "?")) if isinstance(llm, dict) else "?"
+
+
 def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """The score history, every edit with its verdict and reasons, and the budget used."""
     from common.events import IterationDone, RunFinished, RunStarted
@@ -217,7 +238,7 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     started = next((r for r in records if isinstance(r, RunStarted)), None)
     iterations = [r for r in records if isinstance(r, IterationDone)]
     out.print(f"[bold]{shown(record.run_id)}[/]  {shown(record.task)} · protocol {shown(record.protocol)} · "
-              f"{'offline roles' if record.offline else 'model ' + shown(record.config['llm']['model'])} · "
+              f"{'offline roles' if record.offline else 'model ' + shown(_model_of(record.config))} · "
               f"{run_status(run_dir)}", highlight=False)
     if started and started.dev_seeds:
         seeds = started.dev_seeds
@@ -251,8 +272,9 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
                   highlight=False)
         if finished.holdout:
             h = finished.holdout
-            out.print(f"holdout (once), seeds {h['seeds'][0]}..{h['seeds'][-1]} ({h['episodes']} episodes): "
-                      f"mean {score_text(h['mean'])} ± {score_text(h['std'])}", highlight=False)
+            seeds = h.get("seeds") if isinstance(h.get("seeds"), list) and h.get("seeds") else ["?"]
+            out.print(shown(f"holdout (once), seeds {seeds[0]}..{seeds[-1]} ({h.get('episodes')} episodes): "
+                            f"mean {score_text(h.get('mean'))} ± {score_text(h.get('std'))}"), highlight=False)
 
 
 def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),

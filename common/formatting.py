@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def score_text(value: float | None) -> str:
-    """A mean return, or ``n/a`` where there is none (no completed episode)."""
-    return "n/a" if value is None else f"{value:.2f}"
+    """A mean return, or ``n/a`` where there is none (no completed episode) or what a damaged record holds is no
+    number (a ledger edited by hand: "internal error" was all `heurist show` said of it)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.2f}"
 
 
 def cost_text(usd: float | None, unpriced_tokens: int = 0, digits: int = 4) -> str:

@@ -5,6 +5,7 @@ command for the same wiring."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -220,6 +221,36 @@ def test_damaged_ledger_lines_are_skipped_with_one_warning_not_an_error(llm_run,
         assert "Traceback" not in stderr and "internal error" not in stderr
     code, stdout, _ = cli(monkeypatch, capsys, "show", str(run))
     assert "accepted" in stdout and "rejected" in stdout  # the records around the damage are all there
+
+
+def test_a_run_directory_from_elsewhere_is_shown_inert_and_not_replayed_into_code(llm_run, workdir, monkeypatch,
+                                                                                   capsys):
+    """A red-team review of the read-side commands (2026-12-05): a recorded holdout's seeds with Rich markup and
+    escape sequences reached the terminal through `heurist show` (a hyperlink made, the screen cleared); values of
+    the wrong type were "internal error"; `heurist replay` imported the module a run.json's module:attr task named
+    (``os:abort`` killed it), and replayed whatever file run.json's starting_policy named."""
+    run = workdir / "run"
+    shutil.copytree(llm_run.run_dir, run, ignore=shutil.ignore_patterns("report", ".lock"))
+    lines = (run / "ledger.jsonl").read_text().splitlines()
+    hostile = "[bold red]X[/][link=https://evil.example]c[/link]\x1b[31mESC\x1b]8;;http://x\x07"
+    finish = {"event": "run_finished", "time": "2026-12-05T10:00:00+00:00", "run_id": json.loads(
+        (run / "run.json").read_text())["run_id"], "reason": "done", "best_mean": 500.0, "spent": {},
+        "holdout": {"seeds": [hostile, 2], "episodes": 2, "mean": "x", "std": None}}
+    (run / "ledger.jsonl").write_text("\n".join([*lines, json.dumps(finish)]) + "\n")
+    code, stdout, stderr = cli(monkeypatch, capsys, "show", str(run))
+    assert code == 0, stderr
+    assert "\x1b[31mESC" not in stdout and "\x1b]8;" not in stdout and "\\x1b[31mESC" in stdout
+    assert "[bold red]X[/][link=https://evil.example]" in stdout and "mean n/a ± n/a" in stdout
+
+    record = json.loads((run / "run.json").read_text())
+    (run / "starting_policy.py").write_text("# not the policy the run started from\n")
+    code, _, stderr = cli(monkeypatch, capsys, "replay", str(run), "--run-dir", "replayed")
+    assert code != 0 and "is not the policy the run started from" in stderr and "Traceback" not in stderr
+    record["task"] = record["config"]["task"] = "os:abort"
+    (run / "run.json").write_text(json.dumps(record))
+    code, _, stderr = cli(monkeypatch, capsys, "replay", str(run), "--run-dir", "replayed")
+    assert code != 0 and "was not started on this machine and names a task of its own (os:abort)" in stderr
+    assert not (workdir / "replayed").exists()
 
 
 def test_foreign_directories_are_never_touched(workdir, monkeypatch, capsys):

@@ -7,7 +7,9 @@ after model failures and the USD budget run their own short runs.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -94,10 +96,19 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     assert "dev mean" in lessons[LESSON].evidence[0] and f"{run_dir.name}" not in lessons[LESSON].statement
     assert any(e.kind == "parsed" for e in recorder.read(1, "lesson_writer"))
 
-    # Replay: the recorded replies in place of the model (no server now) reach the same decisions.
+    # Replay: the recorded replies in place of the model (no server now) reach the same decisions. From the run's own
+    # copy of its starting policy, though the file it was copied from has changed since (the replay started from
+    # the changed file, and "diverged"); and on this machine, though run.json names a Ray cluster.
     env = llm_run.env(dict(os.environ))
-    replay = llm_run.home / "replay"
-    done = subprocess.run([HEURIST, "replay", str(run_dir), "--run-dir", str(replay), "--no-progress"],
+    replay, recorded = llm_run.home / "replay", llm_run.home / "recorded"
+    shutil.copytree(run_dir, recorded, ignore=shutil.ignore_patterns("report", ".lock"))
+    changed = llm_run.home / "changed since.py"
+    changed.write_text(WEAK + "\n# edited after the run\n")
+    record = json.loads((recorded / "run.json").read_text())
+    record["starting_policy"] = str(changed)
+    record["config"]["eval"].update(backend="ray", ray_address="127.0.0.1:9")
+    (recorded / "run.json").write_text(json.dumps(record))
+    done = subprocess.run([HEURIST, "replay", str(recorded), "--run-dir", str(replay), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "same decisions in all 2 iterations" in done.stdout
