@@ -191,9 +191,14 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         directory = Path(entry.run_dir)
         if not (directory / "run.json").is_file():
             continue
-        records = _ledger(directory)
+        try:
+            records = _ledger(directory)
+        except HeuristError as exc:  # one run's damage is said, and the others are listed
+            err.print(f"warning: {exc}", highlight=False, soft_wrap=True, markup=False)
+            continue
         iterations = [r for r in records if isinstance(r, IterationDone)]
-        start = next((r.start["mean"] for r in records if isinstance(r, RunStarted)), None)
+        start = next((r.start.get("mean") for r in records if isinstance(r, RunStarted) and isinstance(r.start, dict)),
+                     None)
         best = iterations[-1].mean_after if iterations else start
         rows.append({**entry.model_dump(), "status": run_status(directory), "iterations": len(iterations),
                      "start_mean": start, "best_mean": best})
@@ -301,7 +306,11 @@ def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")
         if (e.iteration, e.role) != current:
             current = (e.iteration, e.role)
             out.rule(f"iteration {e.iteration} · {shown(e.role)}")
-        out.print(printable(_render(e, width)), highlight=False, markup=False, soft_wrap=True)
+        try:
+            text = _render(e, width)
+        except Exception as exc:  # a line of the right kind whose parts are not (a message's content of numbers)
+            text = f"• a damaged {e.kind} line ({type(exc).__name__}): {_clip(e.model_dump(mode='json'), width)}"
+        out.print(printable(text), highlight=False, markup=False, soft_wrap=True)
 
 
 def _clip(text: Any, width: int) -> str:
@@ -313,11 +322,11 @@ def _render(e: TranscriptLine, width: int) -> str:
     from store.transcripts import AgentTurn, Decision, LLMCall, Parsed, Resumed, ToolRun, ValidationFailed
 
     if isinstance(e, Decision):
-        return f"• decision: {e.summary}" + (f"\n  {_clip(e.details, width)}" if e.details else "")
+        return f"• decision: {_clip(e.summary, width)}" + (f"\n  {_clip(e.details, width)}" if e.details else "")
     if isinstance(e, LLMCall):
         head = f"• call {e.model} attempt {e.attempt}: "
         if e.error:
-            head += f"ERROR {e.error}"
+            head += f"ERROR {_clip(e.error, width)}"
         else:
             head += (f"{e.prompt_tokens or 0}+{e.completion_tokens or 0} tokens, "
                      f"{cost_text(e.usd, 0, 5) if e.priced is not False else 'unpriced'}, {e.latency_s:.2f} s")
@@ -331,16 +340,17 @@ def _render(e: TranscriptLine, width: int) -> str:
         if e.response:
             lines.append(f"  reply: {_clip(e.response, width)}")
         for call in e.tool_calls or []:
-            lines.append(f"  calls {call.get('name')}({_clip(call.get('arguments', ''), width)})")
+            lines.append(f"  calls {_clip(call.get('name'), 200)}({_clip(call.get('arguments', ''), width)})")
         if e.refusal:
-            lines.append(f"  refusal: {e.refusal}")
+            lines.append(f"  refusal: {_clip(e.refusal, width)}")
         return "\n".join(lines)
     if isinstance(e, Parsed):
         return f"• parsed{' (replayed)' if e.replayed else ''}: {_clip(e.parsed, width)}"
     if isinstance(e, ValidationFailed):
-        return f"• reply did not match the schema (attempt {e.attempt}): {e.error}"
+        return f"• reply did not match the schema (attempt {e.attempt}): {_clip(e.error, width)}"
     if isinstance(e, AgentTurn):
-        calls = "; ".join(f"{c['name']}({_clip(c['arguments'], 200)})" for c in e.tool_calls) or "no tool"
+        calls = "; ".join(f"{_clip(c.get('name'), 200)}({_clip(c.get('arguments'), 200)})" for c in e.tool_calls) \
+            or "no tool"
         return (f"• {e.loop} turn {e.turn}{' (replayed)' if e.replayed else ''}: {e.tokens:,} tokens, calls {calls}"
                 + (f"\n  said: {_clip(e.content, width)}" if e.content else ""))
     if isinstance(e, ToolRun):
@@ -348,7 +358,7 @@ def _render(e: TranscriptLine, width: int) -> str:
                 f"{_clip(e.result, width)}" + (f" [image {e.image}]" if e.image else ""))
     if isinstance(e, Resumed):
         return "— the run was resumed: a later session wrote what follows —"
-    return f"• ERROR {e.error}"
+    return f"• ERROR {_clip(e.error, width)}"
 
 
 def roles_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:

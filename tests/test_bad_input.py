@@ -14,6 +14,7 @@ import pytest
 
 from cli.main import main
 from envs.tasks import registry
+from store.transcripts import Decision, LLMCall, TranscriptRecorder
 from policies import POLICY_DIR
 
 CARTPOLE = str(POLICY_DIR / "cartpole.py")
@@ -241,6 +242,16 @@ def test_a_run_directory_from_elsewhere_is_shown_inert_and_not_replayed_into_cod
     assert code == 0, stderr
     assert "\x1b[31mESC" not in stdout and "\x1b]8;" not in stdout and "\\x1b[31mESC" in stdout
     assert "[bold red]X[/][link=https://evil.example]" in stdout and "mean n/a ± n/a" in stdout
+
+    # Every field of a transcript is cut at --chars (a 5 MB summary printed whole), and a line of the right kind with
+    # parts of the wrong shape is shown as damaged ("internal error" before, for the whole command).
+    coder = TranscriptRecorder(run).for_role(1, "coder")
+    coder.write(Decision, summary="S" * 5_000_000, details={})
+    coder.write(LLMCall, model="m", attempt=1, messages=[{"role": "user", "content": ["hello", 3]}], latency_s=0.1,
+                refusal="R" * 3_000_000)
+    code, stdout, stderr = cli(monkeypatch, capsys, "transcripts", str(run), "--role", "coder", "--iter", "1")
+    assert code == 0, stderr
+    assert len(stdout) < 100_000 and "(4998500 more chars)" in stdout and "a damaged llm_call line" in stdout
 
     record = json.loads((run / "run.json").read_text())
     (run / "starting_policy.py").write_text("# not the policy the run started from\n")
