@@ -137,7 +137,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
     from envs.contract import policy_sha256
     from store.config import RunConfig
-    from store.rundir import create_run, decisions, names_code, read_record, started_here
+    from store.rundir import create_run, decisions, names_code, read_record, run_status, started_here
 
     record = read_record(run_dir)
     try:
@@ -158,6 +158,15 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
                            f"from run.json's); restore the run's copy to replay it")
     config = config.model_copy(update={"policy": starting,
                                        "eval": config.eval.model_copy(update={"backend": "local", "ray_address": None})})
+    status, done = run_status(run_dir), len(decisions(run_dir))
+    if status != "finished":
+        # A run stopped, paused or still going has decided only its recorded iterations: a replay past them has no
+        # replies to give, and would report as a divergence what was never decided.
+        if not done:
+            raise HeuristError(f"{run_dir} has not finished an iteration yet ({status}); there is nothing to replay")
+        config = config.model_copy(update={"budget": config.budget.model_copy(update={"iterations": done})})
+        err.print(f"the recorded run is {status} after {done} iterations: the replay runs those", highlight=False,
+                  markup=False, soft_wrap=True)
     directory = create_run(config, into, replay_of=run_dir)
     err.print(f"replaying {run_dir} into {directory}", highlight=False, markup=False)
     _execute(directory, no_progress)

@@ -114,6 +114,17 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     assert "same decisions in all 2 iterations" in done.stdout
     assert decisions(replay) == decisions(run_dir)
 
+    # A run stopped after its first iteration (killed in the second): the replay runs the iteration it decided, not its
+    # whole budget, which reported the second as a divergence.
+    lines = (recorded / "ledger.jsonl").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == "iteration")
+    (recorded / "ledger.jsonl").write_text("".join(lines[:first + 1]))
+    done = subprocess.run([HEURIST, "replay", str(recorded), "--run-dir", str(llm_run.home / "replay-1"),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "is stopped (resume it) after 1 iterations: the replay runs those" in done.stderr
+    assert "same decisions in all 1 iterations" in done.stdout
+
     shown = subprocess.run([HEURIST, "transcripts", str(run_dir), "--role", "coder", "--iter", "1"],
                            capture_output=True, text=True, env=env, timeout=60)
     assert shown.returncode == 0 and "iteration 1 · coder" in shown.stdout and "reply did not match" in shown.stdout
