@@ -236,23 +236,17 @@ def _ledger(run_dir: Path) -> list[LedgerEvent]:
 
 
 
-def _model_of(config: dict[str, Any]) -> str:
-    """The run's model as run.json records it; "?" where a damaged record holds none."""
-    llm = config.get("llm")
-    return str(llm.get("model", "?")) if isinstance(llm, dict) else "?"
-
-
 def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """The score history, every edit with its verdict and reasons, and the budget used."""
     from common.events import IterationDone, RunFinished, RunStarted
-    from store.rundir import read_record, run_status
+    from store.rundir import read_record, recorded_model, run_status
 
     record = read_record(run_dir)
     records = _ledger(run_dir)
     started = next((r for r in records if isinstance(r, RunStarted)), None)
     iterations = [r for r in records if isinstance(r, IterationDone)]
     out.print(f"[bold]{shown(record.run_id)}[/]  {shown(record.task)} · protocol {shown(record.protocol)} · "
-              f"{'offline roles' if record.offline else 'model ' + shown(_model_of(record.config))} · "
+              f"{'offline roles' if record.offline else 'model ' + shown(recorded_model(record.config))} · "
               f"{run_status(run_dir)}", highlight=False)
     if started and started.dev_seeds:
         seeds = started.dev_seeds

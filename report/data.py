@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +45,8 @@ from report.views import (
     ReportData,
     RoleTranscript,
 )
-from store.rundir import (RunRecord, memory_config, names_code, read_record, run_status, run_task,
-                          started_here)
+from store.rundir import (RunRecord, memory_config, names_code, read_record, recorded_model, run_status,
+                          run_task, started_here)
 from store.transcripts import (
     AgentTurn,
     Decision,
@@ -67,7 +68,50 @@ if TYPE_CHECKING:
 
 
 def _iso_to_epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except (TypeError, ValueError, OverflowError):  # a damaged record's time: at the start, not the page's end
+        return 0.0
+
+
+def _number(value: Any) -> float | int | None:
+    """A finite number from a record's free-form part (``Json`` fields), or None: a ledger edited by hand or damaged
+    must not stop the page at its formatting ("internal error")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) and abs(value) < 1e300 else None
+
+
+def _numbers(values: Any) -> dict[str, float | int]:
+    return {str(k): v for k, v in values.items() if _number(v) is not None} if isinstance(values, dict) else {}
+
+
+def _holdout(value: Any) -> dict[str, Any] | None:
+    """A recorded holdout result as the page shows it, or None where its parts are not what heurist writes."""
+    if not isinstance(value, dict):
+        return None
+    seeds, episodes = value.get("seeds"), value.get("episodes")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds) and isinstance(episodes, int)):
+        return None
+    failed = value.get("episodes_failed", 0)
+    return {**value, "mean": _number(value.get("mean")), "std": _number(value.get("std")),
+            "episodes_failed": failed if isinstance(failed, int) else 0}
+
+
+def _plain_records(records: list[LedgerEvent]) -> list[LedgerEvent]:
+    """The records the page reads, their free-form parts (spent, holdout, the starting score) made what heurist writes:
+    a value of the wrong type is dropped, not formatted."""
+    plain: list[LedgerEvent] = []
+    for r in records:
+        if isinstance(r, RunFinished):
+            r = r.model_copy(update={"holdout": _holdout(r.holdout), "spent": _numbers(r.spent)})
+        elif isinstance(r, IterationDone):
+            r = r.model_copy(update={"spent": _numbers(r.spent)})
+        elif isinstance(r, RunStarted):
+            start = dict(r.start) if isinstance(r.start, dict) else {}
+            r = r.model_copy(update={"start": {**start, "mean": _number(start.get("mean"))}})
+        plain.append(r)
+    return plain
 
 
 def _clock(epoch: float) -> str:
@@ -388,7 +432,7 @@ def gather(run_dir: Path) -> ReportData:
     # A task of one's own is imported only for a run started here: a run directory from elsewhere names any module.
     spec = run_task(record) if not names_code(record) or started_here(record, run_dir) else None
     records, torn = read_events(Ledger(run_dir / "ledger.jsonl"))
-    records = [r for r in records if getattr(r, "run_id", record.run_id) == record.run_id]
+    records = _plain_records([r for r in records if getattr(r, "run_id", record.run_id) == record.run_id])
     started = next((r for r in records if isinstance(r, RunStarted)), None)
     finished = next((r for r in reversed(records) if isinstance(r, RunFinished)), None)
     by_number = {r.iteration: r for r in records if isinstance(r, IterationDone)}  # once each, the last kept
@@ -448,14 +492,14 @@ def gather(run_dir: Path) -> ReportData:
     kinds = sorted({k for view in iterations for k in view.failures})
     return ReportData(
         run_dir=str(run_dir), run_id=record.run_id, task=record.task, protocol=record.protocol,
-        roles_label="offline roles" if record.offline else f"model {record.config['llm']['model']}",
+        roles_label="offline roles" if record.offline else f"model {recorded_model(record.config)}",
         status=run_status(run_dir), stop_reason=finished.reason if finished else None, created=record.created,
         replay_of=record.replay_of, dev_seeds=dev_seeds, target=spec.target if spec else None,
         max_return=spec.max_return if spec else None,
         start_mean=start.get("mean"), best_mean=last.mean_after if last else start.get("mean"),
         start_failed=_failed_on_dev(records, start.get("sha256"), dev_seeds),
         best_failed=_failed_on_dev(records, last.policy_sha256 if last else start.get("sha256"), dev_seeds),
-        holdout=finished.holdout if finished else None, holdout_enabled=bool(record.config["eval"]["holdout"]), spent=spent,
+        holdout=finished.holdout if finished else None, holdout_enabled=bool((record.config.get("eval") or {}).get("holdout", True)), spent=spent,
         points=_points(records, start.get("sha256"), dev_seeds, clock), iterations=iterations, failure_kinds=kinds,
         policy_label=policy_label, policy_source=policy_source, git_history=history, git_note=git_note,
         memory_note=memory_note,

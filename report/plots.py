@@ -7,7 +7,7 @@ which matters when a report is drawn inside a long run after every iteration.
 from __future__ import annotations
 
 import io
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -141,6 +141,20 @@ def failure_plot(data: ReportData) -> str | None:
     return _svg(figure, "failures")
 
 
+def incomparable(runs: list[ReportData]) -> list[str]:
+    """What differs between runs whose scores a comparison puts side by side: the task, the protocol (Atari's
+    deterministic protocol counts every frame an env step, the standard one every fourth), the dev seeds the curves
+    are means over, the holdout seeds. Empty where their numbers are measured alike."""
+    def seeds(values: Any) -> str:
+        return f"{values[0]}..{values[-1]} ({len(values)})" if isinstance(values, list) and values else "none"
+
+    aspects = [("tasks", [d.task for d in runs]), ("protocols", [d.protocol for d in runs]),
+               ("dev seeds", [seeds(d.dev_seeds) for d in runs]),
+               ("holdout seeds", [seeds(d.holdout.get("seeds")) for d in runs if isinstance(d.holdout, dict)])]
+    return [f"{name} ({', '.join(dict.fromkeys(str(v) for v in values))})"
+            for name, values in aspects if len(set(values)) > 1]
+
+
 def compare_plot(runs: list[ReportData], axis: Axis = "env_steps") -> str:
     """The best-so-far curves of several runs on one plot, each run's candidates as faint points."""
     figure = Figure(figsize=(9, 4.6))
@@ -158,11 +172,12 @@ def compare_plot(runs: list[ReportData], axis: Axis = "env_steps") -> str:
         holdout = [p for p in data.points if p.kind == "holdout"]
         if holdout:
             ax.scatter([getattr(holdout[0], axis)], [holdout[0].mean], marker="*", s=140, color=colour, zorder=5)
-    tasks = {data.task for data in runs}
-    if len(tasks) == 1:
+    differs = incomparable(runs)
+    if not differs:
         _targets(ax, runs[0])
-    ax.set_title("best dev mean so far" + (f" · {runs[0].task}" if len(tasks) == 1 else
-                                           " · different tasks: compare shapes, not heights"), fontsize=10)
+    ax.set_title("best dev mean so far" + (f" · {runs[0].task}" if not differs else
+                                           f" · different {', '.join(d.split(' (')[0] for d in differs)}: compare "
+                                           f"shapes, not heights"), fontsize=10)
     ax.set_xlabel(AXIS_LABEL[axis])
     ax.set_ylabel("mean return (dev seeds); ★ holdout")
     ax.grid(alpha=0.3)

@@ -27,7 +27,7 @@ from common.files import atomic_write
 from common.formatting import cost_text
 from common.safe_text import printable, redact, secret_values
 from report.data import gather, inside_run
-from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot, score_plot
+from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot, incomparable, score_plot
 from report.views import ReportData
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -59,7 +59,8 @@ def _environment() -> Environment:
                       trim_blocks=True, lstrip_blocks=True, finalize=lambda value: shown(value, secrets))
     env.filters["diff"] = code(DiffLexer())
     env.filters["python"] = code(PythonLexer())
-    env.filters["num"] = lambda value, digits=2: "n/a" if value is None else f"{value:,.{digits}f}"
+    env.filters["num"] = lambda value, digits=2: f"{value:,.{digits}f}" if isinstance(value, (int, float)) \
+        and not isinstance(value, bool) else "n/a"
     env.filters["steps"] = lambda value: f"{int(value or 0):,}"
     # What a run spent on models: dollars, and the tokens of models with no price (never shown as $0).
     env.filters["cost"] = lambda spent, digits=4: cost_text(spent.get("usd", 0), spent.get("unpriced_tokens", 0), digits)
@@ -153,7 +154,7 @@ def write_compare(run_dirs: list[Path], out: Path) -> Path:
     runs = [gather(Path(d)) for d in run_dirs]
     axis = "usd" if all(cost_axis(r) == "usd" for r in runs) else None
     html = _environment().get_template("compare.html.j2").render(
-        runs=runs, plot=Markup(compare_plot(runs, "env_steps")),
+        runs=runs, differs=incomparable(runs), plot=Markup(compare_plot(runs, "env_steps")),
         cost_plot=Markup(compare_plot(runs, axis)) if axis else None,
         generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
     out = Path(out)

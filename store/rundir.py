@@ -98,6 +98,12 @@ class RunRecord(BaseModel):
     workspace_format: int = 1
 
 
+def recorded_model(config: dict[str, Any]) -> str:
+    """The run's model as run.json records it; "?" where a damaged record holds none."""
+    llm = config.get("llm")
+    return str(llm.get("model", "?")) if isinstance(llm, dict) else "?"
+
+
 def names_code(record: RunRecord) -> bool:
     """Whether the run's task is a task of one's own named as ``module:attr``: looking it up imports that module and
     may call what it names. A reader of a run directory from elsewhere (``heurist report``) does not."""

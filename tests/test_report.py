@@ -245,6 +245,14 @@ def test_compare_puts_several_runs_on_one_plot(llm_run, terminal_run, browser, t
         assert run_id in legend
     assert page.locator("#compare-table tr").count() == 3
     assert "model gpt-4.1-mini" in page.locator("#compare-table").inner_text()
+    # Scored on different dev seeds: the page says their heights do not compare (a red-team review found
+    # only different tasks were named, and seeds or protocols drew as one axis with the target).
+    seeds = [json.loads(l)["dev_seeds"] for d in (llm_run.run_dir, offline_run)
+             for l in (d / "ledger.jsonl").read_text().splitlines() if '"run_started"' in l]
+    assert seeds[0] != seeds[1]
+    shown = [f"{s[0]}..{s[-1]} ({len(s)})" for s in seeds]
+    assert f"These runs differ in dev seeds ({shown[0]}, {shown[1]})" in page.locator("header").inner_text()
+    assert "different dev seeds: compare shapes, not heights" in legend
     assert all(url == page_file.as_uri() for url in browser.requests), browser.requests
 
 
@@ -256,6 +264,27 @@ def test_a_damaged_run_still_reports_what_it_has(llm_run, tmp_path):
     html = write_report(run_dir).read_text()
     assert "1 ledger lines could not be read (torn by a crash mid-write" in html
     assert 'id="iteration-1"' in html and 'id="iteration-2"' in html
+
+    # Values of the wrong type in a record's free-form parts (a ledger edited by hand) were "internal error".
+    records = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()[:-1]]
+    for record in records:
+        if record["event"] == "run_started":
+            record["start"]["mean"] = "abc"
+        if record["event"] == "iteration":
+            record["spent"]["env_steps"] = "lots"
+        if record["event"] == "eval_finished":
+            record["time"] = "yesterday"
+    run_id = next(r["run_id"] for r in records if r["event"] == "run_started")
+    finish = {"event": "run_finished", "time": "2026-12-05T10:00:00+00:00", "run_id": run_id,
+              "reason": "done", "best_mean": 500.0, "spent": {"usd": "lots"}}
+    config = json.loads((run_dir / "run.json").read_text())
+    del config["config"]["llm"]
+    (run_dir / "run.json").write_text(json.dumps(config))
+    for holdout in ({"x": 1}, {"seeds": [], "episodes": 0, "mean": 1.0}, {"seeds": [1, 2], "episodes": 2, "mean": "abc"}):
+        lines = [*(json.dumps(r) for r in records), json.dumps({**finish, "holdout": holdout})]
+        (run_dir / "ledger.jsonl").write_text("\n".join(lines) + "\n")
+        html = write_report(run_dir).read_text()
+        assert 'id="iteration-2"' in html and "model ?" in html
 
 
 def test_the_report_child_is_forked_warm_and_no_secret_passes_through_its_fork_server(llm_run, tmp_path, monkeypatch):
