@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 # What atomic_write's temp files are called: "." + the file's name + "." + mkstemp's 8 characters + ".tmp".
 _TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file; otherwise OSError (EINVAL, "not a regular file").
+
+    A run directory may come from elsewhere: a FIFO in a ledger's or a lock's place blocked its reader until someone
+    wrote to it (`heurist show` hung), and a link to /dev/zero is a line without end. Opened without blocking, so
+    that a FIFO is seen for what it is before anything waits on it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -15,11 +15,12 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from pydantic import BaseModel
 
 from common.errors import LedgerError
+from common.files import open_regular
 from common.safe_text import redact_deep
 
 
@@ -64,8 +65,8 @@ class Ledger:
             return [], 0
         records, bad = [], 0
         try:
-            with open(self.path, "rb") as fh:
-                for raw in fh:
+            with open_regular(self.path) as fh:
+                for raw in _lines(fh):
                     bad += _take(raw, records)
         except OSError as exc:  # a folder where the ledger should be, no permission: one line naming it
             raise LedgerError(f"cannot read the ledger {self.path}: {exc.strerror}") from None
@@ -95,7 +96,7 @@ class LedgerTail:
         records (torn or corrupt; what ``parse`` leaves out is not counted)."""
         path = self.ledger.path
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 stat = os.fstat(fh.fileno())
                 if self._file != (stat.st_dev, stat.st_ino) or stat.st_size < self._offset:
                     self.records, self.bad, self._offset = [], 0, 0
@@ -116,6 +117,21 @@ class LedgerTail:
         except OSError as exc:
             raise LedgerError(f"cannot read the ledger {path}: {exc.strerror}") from None
         return list(self.records), self.bad
+
+
+MAX_LINE_BYTES = 64 << 20  # a ledger or transcript line longer than this is damaged (heurist's longest: a few MB)
+
+
+def _lines(fh: BinaryIO) -> Iterator[bytes]:
+    """The file's lines, each at most ``MAX_LINE_BYTES``: a longer one (a file with no newline for gigabytes) is read
+    past in pieces and given as one damaged line, not held whole in memory."""
+    while raw := fh.readline(MAX_LINE_BYTES + 1):
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = fh.readline(1 << 20)
+            yield b"\0 a line too long to read"
+            continue
+        yield raw
 
 
 def _take(raw: bytes, records: list[dict[str, Any]]) -> int:

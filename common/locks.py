@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.files import open_regular
+
 
 @contextmanager
 def exclusive(lock: Path, busy: Callable[[], Exception]) -> Iterator[None]:
@@ -31,11 +33,15 @@ def held(lock: Path) -> bool:
     """Whether a process holds ``lock`` now (a missing lock file is held by no one)."""
     if not lock.exists():
         return False
-    fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: this works on a read-only disk
+    try:
+        file = open_regular(lock)  # flock needs no write access: this works on a read-only disk
+    except OSError:  # a FIFO or a device in the lock's place (a run directory from elsewhere): no process's lock
+        return False
+    fd = file.fileno()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
-        os.close(fd)
+        file.close()
     return False

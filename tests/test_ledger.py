@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from common.ledger import Ledger, LedgerTail
+from common.errors import LedgerError
+from common.ledger import MAX_LINE_BYTES, Ledger, LedgerTail
+from common.locks import held
 from tests.test_cli import HEURIST
 
 
@@ -89,6 +91,26 @@ def test_a_torn_last_line_is_skipped_and_never_merged_into_the_next(tmp_path):
     assert [r["event"] for r in records] == ["a", "c"] and bad == 1
 
 
+def test_a_fifo_a_device_or_a_line_without_end_is_no_ledger_a_reader_waits_on(tmp_path):
+    """A run directory from elsewhere (a red-team review, 2026-12-05): a FIFO as the ledger or the run's lock hung
+    `heurist show` and `transcripts` until someone wrote to it; a ledger linked to /dev/zero, or a line gigabytes
+    long, was read whole into memory."""
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(LedgerError, match="not a regular file"):
+            Ledger(path).read()
+        with pytest.raises(LedgerError, match="not a regular file"):
+            LedgerTail(Ledger(path)).read()
+    assert held(fifo) is False  # no process's lock, and no wait for a writer
+    long = tmp_path / "long.jsonl"
+    with open(long, "wb") as file:
+        file.write(b'{"event": "a"}\n' + b"x" * (MAX_LINE_BYTES + (3 << 20)) + b'\n{"event": "b"}\n')
+    assert Ledger(long).read() == ([{"event": "a"}, {"event": "b"}], 1)
+
+
 def test_a_ledger_read_as_it_grows_parses_each_line_once_and_gives_what_a_whole_read_gives(tmp_path):
     """A campaign's driver reads its ledger several times per run it starts or ends: it parses the new lines
     only, and reads what ``Ledger.read`` reads, a line still being written once it is whole."""
@@ -130,7 +152,7 @@ def test_a_ledger_read_as_it_grows_parses_each_line_once_and_gives_what_a_whole_
 
 WRITER = textwrap.dedent('''
     import sys
-    from common.ledger import Ledger, LedgerTail
+    from common.ledger import Ledger
     ledger = Ledger(sys.argv[1])
     for i in range(300):
         ledger.append({"event": "w", "writer": sys.argv[2], "i": i, "pad": "x" * 5000})
