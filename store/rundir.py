@@ -27,11 +27,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.errors import HeuristError
 from common.events import IterationDone, read_events
-from common.files import atomic_write, sweep_torn_writes
+from common.files import atomic_write, open_regular, sweep_torn_writes
 from common.ledger import Ledger
 from common.locks import exclusive, held
 from common.paths import heurist_home
@@ -174,15 +174,30 @@ def is_offline(config: RunConfig) -> bool:
             and not any(role.base_url for role in config.llm.roles.values()))
 
 
+MAX_RECORD_BYTES = 16 << 20  # run.json holds a config: kilobytes
+
+
 def read_record(run_dir: Path) -> RunRecord:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a heurist run directory (no run.json); give a directory made by "
                        f"`heurist run` (see `heurist runs`)")
     try:
-        return RunRecord.model_validate_json(path.read_text())
+        with open_regular(path) as file:  # not a FIFO or a device in a run directory from elsewhere
+            text = file.read(MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror}; give a directory made by `heurist run`") from None
+    try:
+        if len(text) > MAX_RECORD_BYTES:
+            raise ValueError(f"longer than {MAX_RECORD_BYTES} bytes")
+        return RunRecord.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the record"
+        raise RunError(f"{path} is damaged ({exc.error_count()} problem(s); {where}: {first['msg']}); restore it "
+                       f"from a copy of the run") from None
     except ValueError as exc:
-        raise RunError(f"{path} is damaged ({str(exc).splitlines()[0]}); the run cannot be resumed") from None
+        raise RunError(f"{path} is damaged ({str(exc).splitlines()[0]}); restore it from a copy of the run") from None
 
 
 def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path | None = None) -> Path:

@@ -72,6 +72,7 @@ CASES = [
     (["resume", "afile"], "is not a heurist run directory"),
     (["resume", "badrun"], "run.json is damaged"),
     (["resume", "wrongrun"], "run.json is damaged"),
+    (["show", "wrongrun"], "problem(s); run_id: Input should be a valid string); restore it from a copy of the run"),
     (["replay", "foreign"], "is not a heurist run directory"),
     (["show", "badrun"], "run.json is damaged"),
     (["transcripts", "foreign"], "is not a heurist run directory"),
