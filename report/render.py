@@ -31,6 +31,7 @@ from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot,
 from report.views import ReportData
 
 TEMPLATES = Path(__file__).parent / "templates"
+MAX_SHOWN_CHARS = 200_000  # of any one text the page shows (a reply, a test's output, a policy, a diff)
 _FORMATTER = HtmlFormatter(cssclass="hl")
 
 
@@ -45,7 +46,10 @@ def shown(value: Any, secrets: list[tuple[str, str]] | None = None) -> Any:
     or a model's code would make the page show other text than the one recorded. Markup (plots, highlighted code)
     is heurist's own and passes as it is."""
     if isinstance(value, str) and not isinstance(value, Markup):
-        return printable(redact(value, secrets).replace("\r\n", "\n"))  # a CRLF file's lines, not a \r on each
+        text = redact(value, secrets)  # redacted before it is cut: a cut secret is no longer found
+        if len(text) > MAX_SHOWN_CHARS:  # a 40 MB reply made a 100 MB page, rewritten after every iteration
+            text = text[:MAX_SHOWN_CHARS] + f"\n[... {len(text) - MAX_SHOWN_CHARS:,} more characters, in the run's files]"
+        return printable(text.replace("\r\n", "\n"))  # a CRLF file's lines, not a \r on each
     return value
 
 

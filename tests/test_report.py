@@ -410,6 +410,10 @@ def test_what_untrusted_code_wrote_is_shown_inert_and_every_mean_says_what_it_is
     TranscriptRecorder(run_dir).for_role(1, "coder").write(
         LLMCall, model="gpt-4.1-mini", attempt=1, messages=[{"role": "user", "content": "edit"}], latency_s=0.1,
         response='{"rationale": "half a pair \ud800 here"}', error="UnicodeEncodeError: surrogates not allowed")
+    # A reply of 1.6 MB (a server's non-streamed reply is read whole): the page shows its first 200,000 characters.
+    TranscriptRecorder(run_dir).for_role(1, "coder").write(
+        LLMCall, model="gpt-4.1-mini", attempt=2, messages=[{"role": "user", "content": "edit"}], latency_s=0.1,
+        response="<b>A</b>" * 200_000)
 
     html = write_report(run_dir).read_text(encoding="utf-8")
     assert secret not in html and "Tr0ub4dor&amp;3" not in html and "[redacted $HEURIST_CHROMA_PASSWORD]" in html
@@ -418,6 +422,7 @@ def test_what_untrusted_code_wrote_is_shown_inert_and_every_mean_says_what_it_is
     assert "\\u202edeliaf ton did edosipe\\u202c ok \\x1b[31m" in html and "half a pair \\ud800 here" in html
     assert html.count("\\u202e") >= 3  # the error, the diff and the policy: each shows the override it holds
     assert f"(over {len(dev_seeds) - 3} of {len(dev_seeds)} episodes: 3 failed)" in html
+    assert "[... 1,400,000 more characters, in the run&#39;s files]" in html and len(html) < 3_000_000
 
     record = json.loads((run_dir / "run.json").read_text())
     record["config"]["llm"]["model"] = "acme/$\\frac{x}{y$-chat"
