@@ -23,7 +23,7 @@ from campaign.record import CampaignDir
 from campaign.status import campaign_status
 from common.events import IterationDone, RunFinished, RunStarted, read_events, steps_in
 from common.ledger import Ledger
-from envs.tasks import get_task
+from envs.tasks import TaskSpec, get_task
 
 BOOTSTRAP_REPS = 2000  # rliable's examples use 50,000; 2,000 keeps a 57-game page to seconds
 METRICS = ("median", "IQM", "mean", "optimality gap")
@@ -73,11 +73,19 @@ class RunCurve:
         return self.best[-1] if self.best else None
 
 
+def known_task(task: str) -> TaskSpec | None:
+    """The task a campaign names, as the report reads it: a built-in or installed one; None for a task of one's own
+    named ``module:attr``, which the report does not import (a campaign directory may come from elsewhere and name
+    any module). Such a task is shown without its target and left out of the HNS aggregates, with the reason."""
+    return None if ":" in task and "/" not in task else get_task(task)
+
+
 def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> RunCurve:
     """The kept policy's dev mean after each iteration (as the run report's best line), starting from the starting
     policy's score (``run_started``); and the holdout mean, measured once at the run's end."""
-    spec = get_task(task)
-    curve = RunCurve(key=key, task=task, obs_mode=spec.obs_mode or "state", repeat=repeat, status=status)
+    spec = known_task(task)
+    curve = RunCurve(key=key, task=task, obs_mode=(spec.obs_mode if spec else None) or "state", repeat=repeat,
+                     status=status)
     if not (run_dir / "ledger.jsonl").is_file():
         return curve
     steps, started = 0, False
@@ -131,18 +139,20 @@ def gather_campaign(directory: Path) -> CampaignResults:
     runs = [run_curve(campaign.run_dir(r.key), r.key, r.task, r.repeat, status[r.key]) for r in record.runs]
     rows, excluded = [], {}
     for task in dict.fromkeys(r.task for r in runs):
-        spec = get_task(task)
+        spec = known_task(task)
         mine = [r for r in runs if r.task == task]
         finals = [r.final for r in mine]
         scored = [f for f in finals if f is not None]
-        published = spec.human_score is not None and spec.random_score is not None
-        hns = [spec.normalise(f) for f in scored] if published else []
+        published = spec is not None and spec.human_score is not None and spec.random_score is not None
+        hns = [spec.normalise(f) for f in scored] if spec is not None and published else []
         rows.append({"task": task, "obs_mode": mine[0].obs_mode, "repeats": len(mine), "scores": finals,
-                     "mean": float(np.mean(scored)) if scored else None, "random": spec.random_score,
-                     "human": spec.human_score, "hns": float(np.mean(hns)) if hns else None,
+                     "mean": float(np.mean(scored)) if scored else None, "random": spec.random_score if spec else None,
+                     "human": spec.human_score if spec else None, "hns": float(np.mean(hns)) if hns else None,
                      "holdout": [r.holdout for r in mine],
                      "steps": max((r.env_steps[-1] for r in mine if r.env_steps), default=0)})
-        if not published:
+        if spec is None:
+            excluded[task] = "a task of one's own (module:attr), which the report does not import"
+        elif not published:
             excluded[task] = "no published human and random scores"
         elif len(scored) < len(mine):
             excluded[task] = f"{len(mine) - len(scored)} of {len(mine)} runs have no score (not started, or failed " \
@@ -160,7 +170,9 @@ def score_matrix(results: CampaignResults, mode: str, axis: str | None = None, x
     repeats = max((r.repeat for r in results.runs), default=-1) + 1
     matrix = np.full((repeats, len(tasks)), np.nan)
     for j, task in enumerate(tasks):
-        spec = get_task(task)
+        spec = known_task(task)
+        if spec is None:  # never among the aggregates' tasks (``gather_campaign`` leaves it out); kept safe here
+            continue
         for run in (r for r in results.runs if r.task == task):
             if holdout:
                 score = run.holdout

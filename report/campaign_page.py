@@ -15,7 +15,6 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from common.files import atomic_write
-from envs.tasks import get_task
 from report.campaign_data import (
     METRICS,
     REFERENCES,
@@ -23,6 +22,7 @@ from report.campaign_data import (
     aggregates,
     curves,
     gather_campaign,
+    known_task,
     performance_profile,
     score_matrix,
 )
@@ -89,7 +89,8 @@ def task_curves_plot(results: CampaignResults) -> str | None:
         for run in (r for r in results.runs if r.task == task and r.env_steps):
             ax.plot(run.env_steps, run.best, drawstyle="steps-post", color=COLOURS[run.repeat % len(COLOURS)],
                     label=f"repeat {run.repeat}")
-        target = get_task(task).target
+        spec = known_task(task)
+        target = spec.target if spec else None
         if target is not None:
             ax.axhline(target, color="#555", linestyle="--", linewidth=1)
         ax.set_title(task, fontsize=9)

@@ -662,6 +662,37 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
     assert "<script" not in page
 
 
+def test_the_campaign_report_imports_no_task_module_a_campaign_names(tmp_path, monkeypatch):
+    """A campaign directory may come from elsewhere and name any module as a module:attr task; `heurist campaign
+    report` does not import it (it did, and called what it named): the task is shown, left out of the aggregates
+    with the reason, and drawn without a target."""
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+    from envs import tasks
+    from envs.tasks import get_task
+    from report.campaign_page import write_campaign_report
+
+    path = tmp_path / "own.toml"
+    path.write_text('name = "own"\ntasks = ["ALE/Breakout-v5", "tests.stall_then_fall:TASK"]\nrepeats = 1\n')
+    spec, runs = load_campaign(path)
+    campaign = CampaignDir.create(tmp_path / "camp", path, spec, runs)
+    for run in runs:
+        random = get_task(run.task).random_score or 0.0
+        _fake_run(campaign.run_dir(run.key), random, random + 5.0)
+
+    def imported(task_path):
+        raise AssertionError(f"the report imported {task_path}")
+
+    monkeypatch.setattr(tasks, "_load_spec_path", imported)
+    tasks.registry.cache_clear()  # a new process: the module:attr task was never loaded
+    try:
+        page = write_campaign_report(tmp_path / "camp").read_text()
+    finally:
+        tasks.registry.cache_clear()
+    assert "tests.stall_then_fall:TASK" in page and "a task of one&#39;s own (module:attr), which the report does not " \
+        "import" in page
+
+
 def test_a_report_of_tasks_without_human_scores_says_no_aggregate_is_defined(home):
     tmp, env = home
     path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
