@@ -209,6 +209,30 @@ def _on_sigterm(signum, frame) -> None:
             pass
 
 
+def fresh_signals(python: bool) -> None:
+    """Signals as a process started from a terminal has them: none blocked, none ignored; and, for this Python
+    (``python``), Ctrl-C as KeyboardInterrupt and SIGPIPE and SIGXFSZ ignored, as Python's own start sets them.
+
+    A sandboxed process inherits through fork and exec the signals its parent blocks and ignores: a Ray worker
+    blocks SIGINT, and a script's background job ignores SIGINT and SIGQUIT. A policy's own use of signals then
+    behaved otherwise there (a red-team review, 2026-12-05: a policy raising SIGINT in itself scored 500 locally,
+    9.75 on Ray), and the results of one policy must not depend on how heurist was started."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):  # a signal this platform reserves
+            pass
+    if python:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if hasattr(signal, "SIGXFSZ"):
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def become_reaper() -> None:
     """Fork. Returns in the child, which goes on to confine itself and run the sandboxed code; the parent never
     returns: it waits for the child, ends every process the tree left behind, and exits with the child's status."""
@@ -374,6 +398,7 @@ def main() -> None:
     if len(args) < 3 or args[1] != "--":
         sys.exit("usage: python -m envs.limited [--reap] LIMITS_JSON -- CMD ...")
     limits = json.loads(args[0])
+    fresh_signals(python=False)  # for the command it becomes (exec keeps what is blocked or ignored)
     try:
         if reap:
             become_reaper()

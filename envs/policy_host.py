@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from envs.limited import PrivilegeError, become_reaper, confine_self
+from envs.limited import PrivilegeError, become_reaper, confine_self, fresh_signals
 from envs.policy_slots import PolicyFailed, PolicySlots, charged_cpu_s, limit_cpu
 from envs.wire import ObservationView, actions_to_wire, receive_from_env, send_to_env
 
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--reap", action="store_true",
                         help="stay above the policy process and end what it leaves behind (envs.limited.become_reaper)")
     args = parser.parse_args()
+    fresh_signals(python=True)  # as a policy process started from a terminal, however heurist was started
     if args.reap:
         try:
             become_reaper()  # returns in the child, which is the policy process from here on

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -392,6 +393,50 @@ def test_legitimate_python_still_works_in_the_sandbox(run_eval, write_policy):
         ''')
     result = run_eval(policy, "CartPole-v1", episodes=1, limits=LIMITS)
     assert result.episodes[0].status == "ok", result.episodes[0].error
+
+
+SIGNALS_AS_FROM_A_TERMINAL = """
+import json, signal, sys
+from pathlib import Path
+from envs.evaluator import EvalRequest, evaluate
+from envs.limits import Limits
+from envs.tasks import get_task
+# As a Ray worker starts its tasks (SIGINT blocked) and a script its background jobs (SIGINT and SIGQUIT ignored).
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+request = EvalRequest(policy_path=Path(sys.argv[1]), task_id="CartPole-v1", episodes=2, workers=1, stagger_s=0,
+                      limits=Limits(episode_timeout_s=60, episode_cpu_s=30, memory_mb=2048), out_dir=Path(sys.argv[2]))
+result = evaluate(get_task("CartPole-v1"), request)
+print(json.dumps([[e.status, e.return_, e.error] for e in result.episodes]))
+"""
+
+
+def test_a_policy_gets_the_signals_of_a_fresh_process_however_heurist_was_started(write_policy, tmp_path):
+    """A policy process inherited the signals heurist's process blocked or ignored: on Ray (a worker blocks SIGINT)
+    a policy raising SIGINT in itself went on as if nothing happened, and scored 9.75 where it scored 500 locally
+    (a red-team review, 2026-12-05). Started blocking and ignoring them, heurist's policy process has none of it."""
+    policy = write_policy('''
+        import signal
+
+        class Policy:
+            def reset(self, seed):
+                self.seen = False
+
+            def act(self, obs, info):
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt:  # delivered, as in any Python started from a terminal: balance
+                    assert signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL
+                    assert not signal.pthread_sigmask(signal.SIG_BLOCK, set())
+                    return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+                return 0  # blocked or ignored: push left until the pole falls
+        ''')
+    done = subprocess.run([sys.executable, "-c", SIGNALS_AS_FROM_A_TERMINAL, str(policy), str(tmp_path)],
+                          capture_output=True, text=True, cwd=HEURIST_ROOT, timeout=300,
+                          env={**os.environ, "HEURIST_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["ok", 500.0, None]] * 2
 
 
 @needs_confinement
