@@ -211,7 +211,9 @@ class Driver:
             check_address(self.address)
             try:
                 with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
-                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                    # No address: a Ray of its own, never one /tmp/ray/ray_current_cluster names (envs.ray_backend).
+                    ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
+                             configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise CampaignError(f"cannot reach Ray at {self.address or 'this machine'} "
                                     f"({' '.join(str(exc).split())[:200]}); check --address or RAY_ADDRESS, and "

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import OutputError, PolicyError, SplitGuardError
 from common.events import EpisodeLine, EvalFinished, EvalInterrupted, EvalStarted, LedgerEvent, read_events
 from common.ledger import Ledger
+from common.paths import heurist_home
 from envs.containment import containment, require_usable
 from envs.contract import check_policy_source
 from envs.failures import FailureEvent
@@ -372,8 +373,10 @@ class Evaluator:
 
     def _confinement(self, staged: StagedPolicy) -> Confinement:
         """A policy process is bound only its folder's read-only copy and the task's simulator model, if any (its
-        source comes over the pipe); the ledger's folder is hidden."""
-        hidden = [self.ledger.path.parent] if self.ledger is not None else []
+        source comes over the pipe); the ledger's folder and this process's ``$HEURIST_HOME`` are hidden. The latter
+        is named here, not only where the sandbox is made: a Ray node's worker may have another ``$HEURIST_HOME``
+        of its own, and this one (its runs, its memory) lie under a folder the sandbox reads there."""
+        hidden = [heurist_home(), *([self.ledger.path.parent] if self.ledger is not None else [])]
         return Confinement(readable=staged.readable(), hidden=hidden)
 
     def _clips_root(self) -> Path:

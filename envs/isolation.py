@@ -134,8 +134,7 @@ def isolation_prefix(limits: Limits, confinement: Confinement, chdir: Path | str
     args += _parent_folders([target for _, target in binds], roots)
     for option, target in binds:
         args += [option, target, target]
-    for hidden in [heurist_home(), *confinement.hidden]:
-        hidden = hidden.resolve()
+    for hidden in dict.fromkeys(p.resolve() for p in [heurist_home(), *confinement.hidden]):
         # Never a folder that holds the system or heurist's code (a ledger kept in the repository's root).
         covers_code = any(root == str(hidden) or root.startswith(str(hidden).rstrip("/") + "/") for root in roots)
         if hidden.exists() and not covers_code and any(_inside(str(hidden), target) for _, target in binds):

@@ -77,7 +77,11 @@ def connect(address: str | None) -> None:
                               f"eval.ray_address (--ray-address) or RAY_ADDRESS")
     try:
         with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # No address: a Ray of this process's own ("local"). Left to itself, ray.init joins whatever cluster
+            # /tmp/ray/ray_current_cluster names: another user's `ray start`, or one killed without `ray stop`,
+            # where it retried an address nothing answers on for more than ten minutes.
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayBackendError(f"cannot reach Ray at {address or 'this machine'} ({' '.join(str(exc).split())[:200]}) "
                               f"for eval.backend = \"ray\"; check eval.ray_address or RAY_ADDRESS, and RAY_AUTH_TOKEN "

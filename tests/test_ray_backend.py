@@ -6,6 +6,8 @@ started with `ray start`, is in tests/test_campaign.py's slow tests)."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -67,12 +69,21 @@ def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
     tmp, env = home
     ledgers = tmp / "ledgers"
     ledgers.mkdir()
-    env = {**env, "OPENAI_API_KEY": SECRET, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's own folder, where a cluster killed without `ray stop` left its address behind: with no address given,
+    # ray.init joined what that file named, and retried an address nothing answers on for more than ten minutes (a
+    # red-team review, 2026-12-05). heurist starts a Ray of its own. (A short path: Ray's sockets live under it.)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("198.51.100.1:6399")  # TEST-NET-2: nothing answers there
+    env = {**env, "OPENAI_API_KEY": SECRET, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(ray_tmp)}
     env.pop("RAY_ADDRESS", None)
     policy = _probe_policy(tmp, ledgers)
     common = ["eval", policy, "--env", "CartPole-v1", "--episodes", "6", "--workers", "2", "--lockstep", "2", "--json"]
     local = heurist(env, *common, "--ledger", ledgers / "local.jsonl")
-    on_ray = heurist(env, *common, "--backend", "ray", "--ledger", ledgers / "ray.jsonl")
+    try:
+        on_ray = heurist(env, *common, "--backend", "ray", "--ledger", ledgers / "ray.jsonl", timeout=240)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert local.returncode == 0 and on_ray.returncode == 0, (local.stderr[-2000:], on_ray.stderr[-2000:])
     summary = json.loads(on_ray.stdout)
     assert summary["backend"] == "ray" and sum(summary["nodes"].values()) == 6, summary
