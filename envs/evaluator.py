@@ -325,7 +325,7 @@ class Evaluator:
             results, self.nodes, self.setup_runs = run_on_ray(
                 seeds, job, limits, lockstep_width(self.spec, req.lockstep), req.workers,
                 started + self.eval_timeout_s, [str(p) for p in confinement.hidden], req.ray_address, self.progress,
-                bundle=bundle)
+                bundle=bundle, eval_timeout_s=self.eval_timeout_s)
             return [results[s] for s in seeds]
         # The same for every seed but the seed and the slot: built once (resolving the policy's path per episode
         # was a tenth of the scheduler's CPU on a 600-episode CartPole evaluation).

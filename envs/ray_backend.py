@@ -64,6 +64,9 @@ def unreachable(address: str | None) -> str | None:
     return None
 
 
+NO_MEMORY_MONITOR = {"memory_monitor_refresh_ms": 0}  # Ray's switch for its memory monitor: 0 turns it off
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (else ``RAY_ADDRESS``; else start Ray on this machine), once per process."""
     import ray
@@ -80,8 +83,11 @@ def connect(address: str | None) -> None:
             # No address: a Ray of this process's own ("local"). Left to itself, ray.init joins whatever cluster
             # /tmp/ray/ray_current_cluster names: another user's `ray start`, or one killed without `ray stop`,
             # where it retried an address nothing answers on for more than ten minutes.
+            # And on a Ray of its own, no memory monitor: it killed a shard whose policy used memory its sandbox
+            # allows, whenever the node as a whole passed 95%, and retried it without end (Ray's OOM retries ignore
+            # max_retries). The sandbox's own memory limit, and the kernel, decide as they do without Ray.
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, **({} if address else {"_system_config": NO_MEMORY_MONITOR}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayBackendError(f"cannot reach Ray at {address or 'this machine'} ({' '.join(str(exc).split())[:200]}) "
                               f"for eval.backend = \"ray\"; check eval.ray_address or RAY_ADDRESS, and RAY_AUTH_TOKEN "
@@ -150,7 +156,8 @@ def _installed_versions() -> dict[str, str]:
 
 
 def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: int, deadline_epoch: float,
-              hidden: list[str], expected: dict[str, Any], bundle: PolicyBundle | None = None) -> dict[str, Any]:
+              hidden: list[str], expected: dict[str, Any], bundle: PolicyBundle | None = None,
+              eval_timeout_s: float | None = None) -> dict[str, Any]:
     """The body of one Ray task, on its node: ``seeds`` through one sandboxed worker pair, as locally.
 
     ``deadline_epoch`` is the evaluation's own deadline in wall-clock time, so a shard that waited in Ray's queue,
@@ -182,7 +189,9 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
     # random could share a core while others idle, so that an episode would meet its wall-clock limit here before
     # its CPU limit, unlike on the driver's machine.
     plan = Schedule(seeds=seeds, workers=1, width=width, episode_timeout_s=limits.episode_timeout_s,
-                    episode_cpu_s=limits.episode_cpu_s, deadline=time.perf_counter() + left, eval_timeout_s=left,
+                    episode_cpu_s=limits.episode_cpu_s, deadline=time.perf_counter() + left,
+                    # The evaluation's own limit, for what an episode cut by it says (as locally): not the time left.
+                    eval_timeout_s=eval_timeout_s if eval_timeout_s is not None else max(left, 0.0),
                     job=lambda seed, slot: {**job, "seed": seed, "slot": slot},
                     start_worker=lambda cpu: WorkerProcess(limits, scratch, confinement, None))
     scheduler = Scheduler(plan)
@@ -220,7 +229,7 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
 def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int, pairs: int | None,
                deadline: float, hidden: list[str], address: str | None,
                progress: Callable[[EpisodeResult], None] | None = None, bundle: PolicyBundle | None = None,
-               ) -> tuple[dict[int, EpisodeResult], dict[str, int], int]:
+               eval_timeout_s: float | None = None) -> tuple[dict[int, EpisodeResult], dict[str, int], int]:
     """Every seed's result, how many episodes each node ran, and the policy's set-ups the shards' worker pairs
     completed; ``deadline`` is this process's perf_counter."""
     import ray
@@ -259,7 +268,7 @@ def run_on_ray(seeds: list[int], job: dict[str, Any], limits: Limits, width: int
                     not_run(shard, "the evaluation's time limit was reached")
                     continue
                 flying[task.remote(job, shard, limits_json, width, deadline_epoch, hidden, expected,
-                                   bundle_ref)] = shard
+                                   bundle_ref, eval_timeout_s)] = shard
             if not flying:
                 break
             ready, _ = ray.wait(list(flying), num_returns=1,
