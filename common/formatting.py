@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 def score_text(value: float | None) -> str:
     """A mean return, or ``n/a`` where there is none (no completed episode) or what a damaged record holds is no
@@ -17,3 +20,11 @@ def cost_text(usd: float | None, unpriced_tokens: int = 0, digits: int = 4) -> s
         return f"unpriced ({unpriced_tokens:,} tokens)" if unpriced_tokens else "unpriced"
     text = f"${usd:.{digits}f}"
     return text + (f" + {unpriced_tokens:,} unpriced tokens" if unpriced_tokens else "")
+
+
+def finite_number(value: Any) -> float | int | None:
+    """A finite number from a record's free-form part (a ledger's ``spent``, a holdout), or None: a record edited by
+    hand or damaged must not stop a page or a table at its formatting ("internal error")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) and abs(value) < 1e300 else None

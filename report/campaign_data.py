@@ -22,6 +22,7 @@ import numpy as np
 from campaign.record import CampaignDir
 from campaign.status import campaign_status
 from common.events import IterationDone, RunFinished, RunStarted, read_events, steps_in
+from common.formatting import finite_number
 from common.ledger import Ledger
 from envs.tasks import TaskSpec, get_task
 
@@ -98,7 +99,12 @@ def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> R
                 curve.add(steps, 0, 0.0, float(mean))
         elif isinstance(event, IterationDone) and event.mean_after is not None:
             spent = event.spent if isinstance(event.spent, dict) else {}
-            curve.add(int(spent.get("env_steps", steps)), int(spent.get("tokens", 0)), float(spent.get("usd", 0.0)),
+
+            def number(name: str, default: float) -> float:  # a value of the wrong type (an edited ledger): the default
+                found = finite_number(spent.get(name))
+                return default if found is None else found
+
+            curve.add(int(number("env_steps", steps)), int(number("tokens", 0)), float(number("usd", 0.0)),
                       float(event.mean_after))
         elif isinstance(event, RunFinished) and isinstance(event.holdout, dict):
             holdout = event.holdout.get("mean")

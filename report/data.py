@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from common.events import (
     read_events,
     steps_in,
 )
-from common.formatting import cost_text
+from common.formatting import cost_text, finite_number
 from common.ledger import Ledger
 from common.safe_text import without_url_passwords
 from envs.complexity import complexity
@@ -74,16 +73,8 @@ def _iso_to_epoch(stamp: str) -> float:
         return 0.0
 
 
-def _number(value: Any) -> float | int | None:
-    """A finite number from a record's free-form part (``Json`` fields), or None: a ledger edited by hand or damaged
-    must not stop the page at its formatting ("internal error")."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return value if math.isfinite(value) and abs(value) < 1e300 else None
-
-
 def _numbers(values: Any) -> dict[str, float | int]:
-    return {str(k): v for k, v in values.items() if _number(v) is not None} if isinstance(values, dict) else {}
+    return {str(k): v for k, v in values.items() if finite_number(v) is not None} if isinstance(values, dict) else {}
 
 
 def _holdout(value: Any) -> dict[str, Any] | None:
@@ -94,7 +85,7 @@ def _holdout(value: Any) -> dict[str, Any] | None:
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds) and isinstance(episodes, int)):
         return None
     failed = value.get("episodes_failed", 0)
-    return {**value, "mean": _number(value.get("mean")), "std": _number(value.get("std")),
+    return {**value, "mean": finite_number(value.get("mean")), "std": finite_number(value.get("std")),
             "episodes_failed": failed if isinstance(failed, int) else 0}
 
 
@@ -109,7 +100,7 @@ def _plain_records(records: list[LedgerEvent]) -> list[LedgerEvent]:
             r = r.model_copy(update={"spent": _numbers(r.spent)})
         elif isinstance(r, RunStarted):
             start = dict(r.start) if isinstance(r.start, dict) else {}
-            r = r.model_copy(update={"start": {**start, "mean": _number(start.get("mean"))}})
+            r = r.model_copy(update={"start": {**start, "mean": finite_number(start.get("mean"))}})
         plain.append(r)
     return plain
 

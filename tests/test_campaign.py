@@ -665,7 +665,7 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
 def test_the_campaign_report_imports_no_task_module_a_campaign_names(tmp_path, monkeypatch):
     """A campaign directory may come from elsewhere and name any module as a module:attr task; `heurist campaign
     report` does not import it (it did, and called what it named): the task is shown, left out of the aggregates
-    with the reason, and drawn without a target."""
+    with the reason, and drawn without a target. Nor does a run's ledger with values of the wrong type stop it."""
     from campaign.plan import load_campaign
     from campaign.record import CampaignDir
     from envs import tasks
@@ -679,6 +679,13 @@ def test_the_campaign_report_imports_no_task_module_a_campaign_names(tmp_path, m
     for run in runs:
         random = get_task(run.task).random_score or 0.0
         _fake_run(campaign.run_dir(run.key), random, random + 5.0)
+    # And a run's spent values of the wrong type (its ledger edited): dropped, not formatted ("internal error").
+    with open(campaign.run_dir(runs[0].key) / "ledger.jsonl", "a") as ledger:
+        ledger.write(json.dumps({"event": "iteration", "time": "2026-12-05T10:00:00+00:00", "run_id": "r",
+                                 "iteration": 3, "accepted": True, "reason": "", "edit": None, "mean_before": 1.0,
+                                 "mean_candidate": 2.0, "mean_after": 2.0, "commit": None, "tests_added": [],
+                                 "verdict": None, "policy_sha256": "0" * 64,
+                                 "spent": {"env_steps": "lots", "usd": "lots", "tokens": None}}) + "\n")
 
     def imported(task_path):
         raise AssertionError(f"the report imported {task_path}")
