@@ -295,7 +295,11 @@ def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")
     from store.transcripts import TranscriptRecorder
 
     read_record(run_dir)
-    entries = TranscriptRecorder(run_dir).read(iteration, role)
+    recorder = TranscriptRecorder(run_dir)
+    entries = recorder.read(iteration, role)
+    if recorder.skipped:  # said, as the ledger's readers say theirs: a role with only damaged lines is not "none"
+        err.print(f"warning: {recorder.skipped} damaged transcript line(s) skipped (not JSON, or of no known kind)",
+                  highlight=False, soft_wrap=True, markup=False)
     if not entries:
         raise HeuristError(f"no transcripts in {run_dir}" + (f" for role {role}" if role else "")
                            + (f" in iteration {iteration}" if iteration is not None else "")

@@ -173,6 +173,7 @@ class TranscriptRecorder:
         self.resumed_after: float | None = None
         self._cut_off: dict[Path, list[Parsed]] = {}  # per transcript, read once: earlier sessions' lines never change
         self._asked: dict[tuple[Path, str], int] = {}  # how often this session asked each request, per transcript
+        self.skipped = 0  # the last read's damaged lines (not JSON, or no transcript line of a known kind)
         # The transcripts this session has written to: one found with lines in it was an earlier session's.
         self._ours: set[Path] = set()
         self._lock = threading.Lock()
@@ -207,18 +208,23 @@ class TranscriptRecorder:
 
     def read(self, iteration: int | None = None, role: str | None = None) -> list[TranscriptLine]:
         """The lines of these transcripts, typed, in the order they were written (damaged ones skipped)."""
-        lines = _typed(self.stored(iteration, role))
+        stored = self.stored(iteration, role)
+        lines = _typed(stored)
+        self.skipped += len(stored) - len(lines)
         return sorted(lines, key=lambda line: (line.iteration, line.time))
 
     def stored(self, iteration: int | None = None, role: str | None = None) -> list[dict[str, Any]]:
         """The lines exactly as stored (``heurist transcripts --json`` prints these)."""
         records: list[dict[str, Any]] = []
+        self.skipped = 0
         for folder in sorted(self.root.glob("[0-9]" * 4)):
             if iteration is not None and int(folder.name) != iteration:
                 continue
             for file in sorted(folder.glob("*.jsonl")):
                 if role is None or file.stem == role:
-                    records += Ledger(file).read()[0]
+                    found, bad = Ledger(file).read()
+                    records += found
+                    self.skipped += bad
         return sorted(records, key=_when)
 
 

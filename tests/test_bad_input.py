@@ -250,9 +250,12 @@ def test_a_run_directory_from_elsewhere_is_shown_inert_and_not_replayed_into_cod
     coder.write(Decision, summary="S" * 5_000_000, details={})
     coder.write(LLMCall, model="m", attempt=1, messages=[{"role": "user", "content": ["hello", 3]}], latency_s=0.1,
                 refusal="R" * 3_000_000)
+    with open(next((run / "transcripts" / "0001").glob("coder.jsonl")), "ab") as transcript:
+        transcript.write(b'{"kind": "decision", "summary": "\xff not text"}\n{"kind": "no such kind"}\n')
     code, stdout, stderr = cli(monkeypatch, capsys, "transcripts", str(run), "--role", "coder", "--iter", "1")
     assert code == 0, stderr
     assert len(stdout) < 100_000 and "(4998500 more chars)" in stdout and "a damaged llm_call line" in stdout
+    assert "warning: 2 damaged transcript line(s) skipped" in stderr  # dropped without a word before
 
     record = json.loads((run / "run.json").read_text())
     (run / "starting_policy.py").write_text("# not the policy the run started from\n")
