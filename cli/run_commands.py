@@ -146,15 +146,19 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
         raise HeuristError(f"{run_dir / 'run.json'} holds a config this heurist cannot read "
                            f"({' '.join(str(exc).split())[:300]}); replay it with the heurist that made it") from None
     if names_code(record) and not started_here(record, run_dir):
-        raise HeuristError(f"{run_dir} was not started on this machine and names a task of its own "
-                           f"({record.config.get('task')!s:.80}), which a replay would import and run; start a run "
-                           f"with --env if you trust that module")
+        raise HeuristError(f"{run_dir} is not a run this machine's runs index lists here (moved, or started "
+                           f"elsewhere) and names a task of its own ({record.config.get('task')!s:.80}), which a "
+                           f"replay would import and run; start a run with --env if you trust that module")
     # The run's own copy of its starting policy, as hashed when the run began: the file it was copied from may have
     # changed since (the replay then started elsewhere and "diverged"), or, in a run directory from elsewhere, name
     # any file on this machine. And evaluations on this machine: a replay contacts no Ray cluster a run.json names.
-    starting = run_dir.resolve() / "starting_policy.py"
-    if not starting.is_file() or policy_sha256(starting) != record.starting_sha256:
-        raise HeuristError(f"{starting} is missing or is not the policy the run started from (its sha256 differs "
+    # (Runs made before 2026-12-05 copied it as text: a CRLF file's copy differs from the bytes run.json hashed, and
+    # the original, where it is unchanged, is the policy then.)
+    copy = run_dir.resolve() / "starting_policy.py"
+    starting = next((p for p in (copy, Path(record.starting_policy))
+                     if p.is_file() and policy_sha256(p) == record.starting_sha256), None)
+    if starting is None:
+        raise HeuristError(f"{copy} is missing or is not the policy the run started from (its sha256 differs "
                            f"from run.json's); restore the run's copy to replay it")
     config = config.model_copy(update={"policy": starting,
                                        "eval": config.eval.model_copy(update={"backend": "local", "ray_address": None})})

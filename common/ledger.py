@@ -90,6 +90,7 @@ class LedgerTail:
         self.bad = 0
         self._file: tuple[int, int] | None = None  # (device, inode) of the file read
         self._offset = 0  # bytes taken: up to the end of the last whole line
+        self._skipping = False  # within a line longer than MAX_LINE_BYTES, counted once as damaged
 
     def read(self) -> tuple[list[Any], int]:
         """Every readable record so far as ``parse`` gave it, in order (a new list), and how many lines were not
@@ -99,12 +100,21 @@ class LedgerTail:
             with open_regular(path) as fh:
                 stat = os.fstat(fh.fileno())
                 if self._file != (stat.st_dev, stat.st_ino) or stat.st_size < self._offset:
-                    self.records, self.bad, self._offset = [], 0, 0
+                    self.records, self.bad, self._offset, self._skipping = [], 0, 0, False
                     self._file = (stat.st_dev, stat.st_ino)
                 fh.seek(self._offset)
-                for raw in fh:
+                while raw := fh.readline(MAX_LINE_BYTES + 1):
+                    if self._skipping:  # the rest of a line too long to be heurist's, read past in pieces
+                        self._offset += len(raw)
+                        self._skipping = not raw.endswith(b"\n")
+                        continue
                     if not raw.endswith(b"\n"):
-                        break  # a line not yet whole: taken when it is
+                        if len(raw) <= MAX_LINE_BYTES:
+                            break  # a line not yet whole: taken when it is
+                        self._offset += len(raw)  # no writer of heurist's makes it: damaged, and not read again
+                        self.bad += 1
+                        self._skipping = True
+                        continue
                     self._offset += len(raw)
                     taken: list[dict[str, Any]] = []
                     self.bad += _take(raw, taken)

@@ -487,6 +487,9 @@ def gather(run_dir: Path) -> ReportData:
         status=run_status(run_dir), stop_reason=finished.reason if finished else None, created=record.created,
         replay_of=record.replay_of, dev_seeds=dev_seeds, target=spec.target if spec else None,
         max_return=spec.max_return if spec else None,
+        task_note=None if spec else ("no target shown: the module of this task of one's own is imported only for a "
+                                     "run this machine's runs index lists in this directory (`heurist runs`); this "
+                                     "one was moved here or started elsewhere"),
         start_mean=start.get("mean"), best_mean=last.mean_after if last else start.get("mean"),
         start_failed=_failed_on_dev(records, start.get("sha256"), dev_seeds),
         best_failed=_failed_on_dev(records, last.policy_sha256 if last else start.get("sha256"), dev_seeds),

@@ -158,6 +158,7 @@ class ReportData(_View):
     policy_source: str
     git_history: list[Commit]
     git_note: str | None = None  # why the workspace's history is not shown
+    task_note: str | None = None  # why the task's target is not shown
     memory_note: str | None
     memory_added: list[MemoryRecordView]
     memory_used: list[MemoryRecordView]

@@ -231,7 +231,9 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
     existed = run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "starting_policy.py", policy.read_text())
+        # Its exact bytes (a CRLF file's too), so that the copy hashes as run.json's starting_sha256 says; the run
+        # reads it as text, its line ends made \n, as before.
+        atomic_write(run_dir / "starting_policy.py", policy.read_bytes().decode("utf-8"))
         atomic_write(run_dir / "run.json", record.model_dump_json(indent=2))
     except OSError as exc:
         # Half a run directory would block the next try ("not empty"): take back what was written.

@@ -258,13 +258,15 @@ def test_a_run_directory_from_elsewhere_is_shown_inert_and_not_replayed_into_cod
     assert "warning: 2 damaged transcript line(s) skipped" in stderr  # dropped without a word before
 
     record = json.loads((run / "run.json").read_text())
+    record["starting_policy"] = str(workdir / "moved away.py")  # the original file is gone, and the copy changed
+    (run / "run.json").write_text(json.dumps(record))
     (run / "starting_policy.py").write_text("# not the policy the run started from\n")
     code, _, stderr = cli(monkeypatch, capsys, "replay", str(run), "--run-dir", "replayed")
     assert code != 0 and "is not the policy the run started from" in stderr and "Traceback" not in stderr
     record["task"] = record["config"]["task"] = "os:abort"
     (run / "run.json").write_text(json.dumps(record))
     code, _, stderr = cli(monkeypatch, capsys, "replay", str(run), "--run-dir", "replayed")
-    assert code != 0 and "was not started on this machine and names a task of its own (os:abort)" in stderr
+    assert code != 0 and "(moved, or started elsewhere) and names a task of its own (os:abort)" in stderr
     assert not (workdir / "replayed").exists()
 
 

@@ -183,3 +183,19 @@ def test_the_nearest_lines_hint_finds_the_block_and_its_work_does_not_grow_with_
             apply_edit(big, Edit(kind="search_replace", rationale="x", blocks=[SearchReplace(search=search,
                                                                                              replace="")]))
         assert len(measured) <= 2 * _MOST_WINDOWS  # a stride through the file, then around its best window
+
+
+def test_a_run_keeps_the_exact_bytes_of_a_crlf_starting_policy(tmp_path, monkeypatch):
+    """The run's copy of its starting policy was written as text: a CRLF file's copy then hashed otherwise than
+    run.json's starting_sha256, and `heurist replay`, which checks the copy, refused every such run."""
+    from envs.contract import policy_sha256
+    from store.rundir import create_run, read_record
+
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    policy = tmp_path / "crlf.py"
+    policy.write_bytes((POLICY_DIR / "cartpole.py").read_bytes().replace(b"\n", b"\r\n"))
+    run_dir = create_run(build_config({"task": "CartPole-v1", "policy": str(policy), "offline": True}, "test"),
+                         tmp_path / "run")
+    copy = run_dir / "starting_policy.py"
+    assert copy.read_bytes() == policy.read_bytes()
+    assert policy_sha256(copy) == read_record(run_dir).starting_sha256

@@ -109,6 +109,15 @@ def test_a_fifo_a_device_or_a_line_without_end_is_no_ledger_a_reader_waits_on(tm
     with open(long, "wb") as file:
         file.write(b'{"event": "a"}\n' + b"x" * (MAX_LINE_BYTES + (3 << 20)) + b'\n{"event": "b"}\n')
     assert Ledger(long).read() == ([{"event": "a"}, {"event": "b"}], 1)
+    tail = LedgerTail(Ledger(long))
+    assert tail.read() == ([{"event": "a"}, {"event": "b"}], 1)
+    growing = tmp_path / "growing.jsonl"  # read while the too-long line is still without its end
+    growing.write_bytes(b'{"event": "a"}\n' + b"x" * (MAX_LINE_BYTES + 5))
+    tail = LedgerTail(Ledger(growing))
+    assert tail.read() == ([{"event": "a"}], 1)
+    with open(growing, "ab") as file:
+        file.write(b'yyy\n{"event": "b"}\n')
+    assert tail.read() == ([{"event": "a"}, {"event": "b"}], 1)
 
 
 def test_a_ledger_read_as_it_grows_parses_each_line_once_and_gives_what_a_whole_read_gives(tmp_path):

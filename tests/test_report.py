@@ -488,7 +488,9 @@ def test_a_run_directory_from_elsewhere_makes_the_report_run_read_or_write_nothi
     monkeypatch.syspath_prepend(str(outside))
     record["task"] = record["config"]["task"] = "planted_task:TASK"
     (run_dir / "run.json").write_text(json.dumps(record))
-    assert "planted_task:TASK" in write_report(run_dir).read_text() and not proof.exists()
+    html = write_report(run_dir).read_text()
+    assert "planted_task:TASK" in html and "no target shown: the module of this task of one" in html
+    assert not proof.exists()
     (outside / "planted_task.py").unlink()
 
     shutil.rmtree(run_dir / "report")
