@@ -16,6 +16,8 @@ import traceback
 from dataclasses import replace
 from typing import Callable
 
+from pydantic import ValidationError
+
 from common.errors import HeuristError
 from common.events import (
     IterationDone,
@@ -221,7 +223,13 @@ class Nodes:
         """In a replay, what the recorded run recalled at this iteration (None elsewhere, or where the recorded
         run did not keep it)."""
         details = self._recorded_recall_details(iteration)
-        return Recall.model_validate(details["recall"]) if "recall" in details else None
+        if "recall" not in details:
+            return None
+        try:
+            return Recall.model_validate(details["recall"])
+        except ValidationError:  # a recall transcript changed since the run: a replay cannot act on it
+            raise LLMError(f"replay: the recall the recorded run wrote in iteration {iteration} is damaged; its "
+                           f"transcript was changed since the run") from None
 
     def _recorded_recall_details(self, iteration: int) -> dict:
         """In a replay, the recall decision its recorded run wrote at this iteration ({} elsewhere)."""

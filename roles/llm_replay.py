@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from roles.llm import Reply
 from roles.llm_usage import LLMError, ReplayEnded, Usage
@@ -51,7 +51,13 @@ class ReplayClient:
         usd = sum(e.usd or 0.0 for e in calls[index:index + 1])
         unpriced = any(e.priced is False for e in calls[index:index + 1])
         self.usage.add(tokens, None if unpriced else usd)
-        parsed = schema.model_validate(recorded[index].parsed)
+        try:
+            parsed = schema.model_validate(recorded[index].parsed)
+        except ValidationError as exc:  # a transcript damaged or edited since: not this heurist's own failure
+            raise LLMError(f"replay: the recorded reply number {index + 1} of {transcript.role} in iteration "
+                           f"{transcript.iteration} is not a valid {schema.__name__} ({exc.error_count()} problem(s), first "
+                           f"at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'the top'}); its transcript was "
+                           f"changed since the run") from None
         transcript.write(Parsed, attempt=0, parsed=parsed.model_dump(mode="json"), replayed=True,
                          tokens=tokens, usd=usd, unpriced_tokens=tokens if unpriced else 0)
         return parsed

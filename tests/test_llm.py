@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from roles.edits import Edit
 from roles.llm import LLMClient
 from roles.llm_replay import ReplayClient
 from roles.llm_usage import LLMError, Usage
@@ -113,6 +114,10 @@ def test_replay_answers_from_recorded_transcripts(tmp_path, server, client):
     assert replay.usage.tokens == 240
     with pytest.raises(LLMError, match="no reply number 3"):
         replay.structured(again, [], Answer)
+    # A recorded answer edited since, so that it no longer fits: the model's failure, said (it was "internal error").
+    other = ReplayClient(tmp_path / "recorded", Usage())
+    with pytest.raises(LLMError, match="reply number 1 of coder in iteration 1 is not a valid Edit"):
+        other.structured(TranscriptRecorder(tmp_path / "again").for_role(1, "coder"), [], Edit)
 
 
 # ---------------------------------------------------------------------------------------------- slow, local, strict
