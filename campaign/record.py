@@ -24,12 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from campaign.plan import CampaignError, CampaignSpec, PlannedRun
-from common.files import atomic_write
+from campaign.plan import CampaignError, CampaignSpec, PlannedRun, run_key
+from common.files import atomic_write, open_regular
 from common.ledger import Ledger, LedgerTail
 from common.locks import exclusive, held
+
+
+MAX_RECORD_BYTES = 16 << 20  # campaign.json: its runs' configs, kilobytes each
 
 
 def now_iso() -> str:
@@ -46,6 +49,23 @@ class CampaignRecord(BaseModel):
     # Where the campaign serves its runs' memory (``campaign.memory_server``), chosen at its start; None when
     # the runs use a store of their own (``--memory-url``, or ``[run.memory]``).
     memory_server: str | None = None
+
+    @model_validator(mode="after")
+    def _runs_as_planned(self) -> CampaignRecord:
+        """The runs as ``plan_runs`` makes them: each key its task's and repeat's, none twice, repeats within the
+        spec's. A folder may be a stranger's: a run counted twice, or a repeat of -1 or 10**12, made the report's
+        aggregates count runs that are not there (or ask numpy for terabytes)."""
+        seen_keys, seen_pairs = set(), set()
+        for run in self.runs:
+            if not 0 <= run.repeat < self.spec.repeats:
+                raise ValueError(f"run {run.key} has repeat {run.repeat}, outside 0..{self.spec.repeats - 1}")
+            if run.key != run_key(run.task, run.repeat):
+                raise ValueError(f"run {run.key} is not the key of task {run.task[:80]!r}, repeat {run.repeat}")
+            if run.key in seen_keys or (run.task, run.repeat) in seen_pairs:
+                raise ValueError(f"run {run.key} is planned twice")
+            seen_keys.add(run.key)
+            seen_pairs.add((run.task, run.repeat))
+        return self
 
 
 class _Event(BaseModel):
@@ -133,7 +153,11 @@ class CampaignDir:
             raise CampaignError(f"{self.root} is not a campaign directory (no campaign.json); give the folder "
                                 f"`heurist campaign start` made")
         try:
-            return CampaignRecord.model_validate_json(path.read_bytes())
+            with open_regular(path) as file:  # not a FIFO or a device in a folder from elsewhere
+                data = file.read(MAX_RECORD_BYTES + 1)
+            if len(data) > MAX_RECORD_BYTES:
+                raise OSError(0, f"longer than {MAX_RECORD_BYTES} bytes")
+            return CampaignRecord.model_validate_json(data)
         except (ValidationError, OSError) as exc:
             why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc.strerror
             raise CampaignError(f"{path} is damaged ({why}); the runs under {self.root / 'runs'} "
@@ -145,6 +169,17 @@ class CampaignDir:
 
     def run_dir(self, key: str) -> Path:
         return self.root / "runs" / key
+
+    def run_inside(self, key: str) -> bool:
+        """Whether the run's folder is this campaign's own: not a link out of it (its ``runs`` folder or the run's),
+        so that a report or a status shows nothing from elsewhere on the reader's machine as this campaign's."""
+        runs = self.root / "runs"
+        if runs.is_symlink():
+            return False
+        try:
+            return self.run_dir(key).resolve().is_relative_to(runs.resolve())
+        except (OSError, RuntimeError):
+            return False
 
     # ------------------------------------------------------------------ the driver's lock and the stop request
 

@@ -21,9 +21,12 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
         attempts = sum(1 for e in events if isinstance(e, RunLaunched) and e.key == planned.key)
         ends = [e for e in events if isinstance(e, RunEnded) and e.key == planned.key]
         run_dir = campaign.run_dir(planned.key)
-        spent = run_spent(run_dir) if run_dir.exists() else {"env_steps": 0, "tokens": 0, "usd": 0.0}
+        inside = campaign.run_inside(planned.key)  # a run folder linked out of the campaign is not read
+        spent = run_spent(run_dir) if inside and run_dir.exists() else {"env_steps": 0, "tokens": 0, "usd": 0.0}
         final = ends[-1] if ends and ends[-1].status not in AGAIN else None
-        if final is not None:
+        if not inside:
+            status, reason, best = "not read", "its folder is a link out of the campaign", None
+        elif final is not None:
             status, reason, best = final.status, final.reason, final.best_mean
         elif attempts:
             live = run_status(run_dir) if run_dir.exists() else "created"

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.console import err, out, shown
 from common.errors import HeuristError
+from common.formatting import finite_number
 
 campaign_app = typer.Typer(no_args_is_help=True,
                            help="Campaigns: every task and observation mode of a file, times its repeats, on Ray.")
@@ -113,6 +114,12 @@ def stop_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")
               markup=False, soft_wrap=True)
 
 
+def _cut(text: str, chars: int = 200) -> str:
+    """At most ``chars`` of a recorded text in a table row: a 20 MB reason in a stranger's ledger held status for
+    minutes."""
+    return text if len(text) <= chars else text[:chars] + f" … ({len(text) - chars:,} more characters)"
+
+
 @campaign_app.command("status")
 def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")) -> None:
     """Each run of the campaign: where it stands, its attempts, what it spent, its best dev mean."""
@@ -125,9 +132,10 @@ def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
         table.add_column(column)
     for row in rows:
         best = row["best_mean"]
-        table.add_row(shown(row["key"]), shown(row["task"]), shown(row["status"]), str(row["attempts"]),
-                      f"{row['env_steps']:,}", f"{row['tokens']:,}", "-" if best is None else f"{best:g}",
-                      shown(row["reason"] or ""))
+        table.add_row(shown(_cut(row["key"])), shown(_cut(row["task"])), shown(_cut(row["status"])),
+                      str(row["attempts"]), f"{row['env_steps']:,}", f"{row['tokens']:,}",
+                      "-" if finite_number(best) is None else f"{best:g}",
+                      shown(_cut(row["reason"] or "", 500)))
     out.print(table)
     out.print(f"{summary['ended']} of {summary['runs']} runs ended; env steps {summary['env_steps']:,}, tokens "
               f"{summary['tokens']:,}", highlight=False, markup=False)

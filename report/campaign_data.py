@@ -24,6 +24,7 @@ from campaign.status import campaign_status
 from common.events import IterationDone, RunFinished, RunStarted, read_events, steps_in
 from common.formatting import finite_number
 from common.ledger import Ledger
+from common.errors import TaskError
 from envs.tasks import TaskSpec, get_task
 
 BOOTSTRAP_REPS = 2000  # rliable's examples use 50,000; 2,000 keeps a 57-game page to seconds
@@ -62,6 +63,7 @@ class RunCurve:
     usd: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
     holdout: float | None = None  # the final policy's mean on the holdout seeds, once, at the run's end
+    recorded: tuple[str, str, tuple[int, ...]] | None = None  # the task, protocol and dev seeds its ledger says it ran
 
     def add(self, env_steps: int, tokens: int, usd: float, best: float) -> None:
         self.env_steps.append(env_steps)
@@ -78,7 +80,12 @@ def known_task(task: str) -> TaskSpec | None:
     """The task a campaign names, as the report reads it: a built-in or installed one; None for a task of one's own
     named ``module:attr``, which the report does not import (a campaign directory may come from elsewhere and name
     any module). Such a task is shown without its target and left out of the HNS aggregates, with the reason."""
-    return None if ":" in task and "/" not in task else get_task(task)
+    if ":" in task and "/" not in task:
+        return None
+    try:
+        return get_task(task)
+    except TaskError:  # a plug-in installed only where the campaign ran: its runs are shown, not aggregated
+        return None
 
 
 def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> RunCurve:
@@ -94,10 +101,11 @@ def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> R
         steps += steps_in(event)
         if isinstance(event, RunStarted) and not started:
             started = True
-            mean = event.start.get("mean") if isinstance(event.start, dict) else None
+            curve.recorded = (event.task, event.protocol, tuple(event.dev_seeds))
+            mean = finite_number(event.start.get("mean")) if isinstance(event.start, dict) else None
             if mean is not None:
                 curve.add(steps, 0, 0.0, float(mean))
-        elif isinstance(event, IterationDone) and event.mean_after is not None:
+        elif isinstance(event, IterationDone) and finite_number(event.mean_after) is not None:
             spent = event.spent if isinstance(event.spent, dict) else {}
 
             def number(name: str, default: float) -> float:  # a value of the wrong type (an edited ledger): the default
@@ -107,8 +115,8 @@ def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> R
             curve.add(int(number("env_steps", steps)), int(number("tokens", 0)), float(number("usd", 0.0)),
                       float(event.mean_after))
         elif isinstance(event, RunFinished) and isinstance(event.holdout, dict):
-            holdout = event.holdout.get("mean")
-            curve.holdout = float(holdout) if isinstance(holdout, (int, float)) else None
+            holdout = finite_number(event.holdout.get("mean"))
+            curve.holdout = float(holdout) if holdout is not None else None
     return curve
 
 
@@ -142,7 +150,9 @@ def gather_campaign(directory: Path) -> CampaignResults:
     record = campaign.record()
     status_rows, _ = campaign_status(directory)
     status = {r["key"]: r["status"] for r in status_rows}
-    runs = [run_curve(campaign.run_dir(r.key), r.key, r.task, r.repeat, status[r.key]) for r in record.runs]
+    # A run folder linked out of the campaign is not read (``CampaignDir.run_inside``): its curve stays empty.
+    runs = [run_curve(campaign.run_dir(r.key) if campaign.run_inside(r.key) else campaign.root / "runs" / ".not-read",
+                      r.key, r.task, r.repeat, status[r.key]) for r in record.runs]
     rows, excluded = [], {}
     for task in dict.fromkeys(r.task for r in runs):
         spec = known_task(task)
@@ -156,8 +166,18 @@ def gather_campaign(directory: Path) -> CampaignResults:
                      "human": spec.human_score if spec else None, "hns": float(np.mean(hns)) if hns else None,
                      "holdout": [r.holdout for r in mine],
                      "steps": max((r.env_steps[-1] for r in mine if r.env_steps), default=0)})
+        measured = {r.recorded[1:] for r in mine if r.recorded is not None}  # protocol and dev seeds, per repeat
+        other = [r for r in mine if r.recorded is not None and spec is not None and r.recorded[0] != spec.id]
+        protocol = record.spec.protocol or (spec.protocol(None).name if spec is not None else None)
         if spec is None:
-            excluded[task] = "a task of one's own (module:attr), which the report does not import"
+            excluded[task] = ("a task of one's own (module:attr), which the report does not import" if ":" in task
+                              else "a task not registered here (a plug-in of the machine the campaign ran on?)")
+        elif other:
+            excluded[task] = f"run {other[0].key} recorded the task {other[0].recorded[0]}, not {task}"
+        elif len(measured) > 1 or any(p != protocol for p, _ in measured):
+            excluded[task] = (f"its runs were not measured alike: protocols and dev seeds "
+                              f"{sorted((p, f'{d[0]}..{d[-1]} ({len(d)})' if d else 'none') for p, d in measured)}"
+                              f" where the campaign plans protocol {protocol}")
         elif not published:
             excluded[task] = "no published human and random scores"
         elif len(scored) < len(mine):

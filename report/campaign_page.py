@@ -15,6 +15,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from common.files import atomic_write
+from common.safe_text import printable
 from report.campaign_data import (
     METRICS,
     REFERENCES,
@@ -27,7 +28,7 @@ from report.campaign_data import (
     score_matrix,
 )
 from report.plots import AXIS_LABEL, COLOURS, _svg
-from report.render import ReportError, _environment, page_text
+from report.render import ReportError, _environment, page_text, plain_folder
 
 CURVE_POINTS = 24  # checkpoints of a sample-efficiency curve
 CURVE_REPS = 1000  # bootstrap replications of a curve (one bootstrap for all its checkpoints)
@@ -93,7 +94,7 @@ def task_curves_plot(results: CampaignResults) -> str | None:
         target = spec.target if spec else None
         if target is not None:
             ax.axhline(target, color="#555", linestyle="--", linewidth=1)
-        ax.set_title(task, fontsize=9)
+        ax.set_title(printable(task), fontsize=9)  # a task name's control characters, written out
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     figure.supxlabel("env steps", fontsize=8)
@@ -144,6 +145,7 @@ def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
 def write_campaign_report(directory: Path) -> Path:
     """Render the campaign's page; returns the path of its index.html."""
     directory = Path(directory).resolve()
+    plain_folder(directory / "report")  # never written through a link out of the campaign (report.render)
     results = gather_campaign(directory)
     html = _environment().get_template("campaign.html.j2").render(**_context(results, directory))
     index = directory / "report" / "index.html"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from campaign.budget import share
-from campaign.plan import CampaignBudget, CampaignSpec, plan_runs
+from campaign.plan import CampaignBudget, CampaignError, CampaignSpec, plan_runs, run_key
 from common import interrupts
 from common.ledger import Ledger
 from policies import POLICY_DIR
@@ -379,6 +380,7 @@ def test_a_damaged_campaign_file_or_run_ledger_is_one_line(home):
     record = json.loads((tmp / "camp" / "campaign.json").read_text())
     (run_dir / "ledger.jsonl").rmdir()
     record["runs"][0]["task"] = "\u202elive\x1b]0;TITLE\x07\x1b]52;c;ZXZpbA==\x07[bold red]pwned[/]"
+    record["runs"][0]["key"] = run_key(record["runs"][0]["task"], 0)  # as planned: a key its task's and repeat's
     (tmp / "camp" / "campaign.json").write_text(json.dumps(record))
     done = heurist(env, "campaign", "status", tmp / "camp")
     assert done.returncode == 0, done.stderr
@@ -590,7 +592,8 @@ def test_a_run_the_campaigns_hours_cut_off_ends_once_with_what_it_spent(home):
     assert status.returncode == 0 and "out_of_time" in status.stdout, status.stdout
 
 
-def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | None = None) -> None:
+def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | None = None, task: str = "t",
+              protocol: str = "standard") -> None:
     """A run's own ledger as a finished run leaves it: its start, two iterations, its end (and holdout)."""
     from common.events import EvalFinished, IterationDone, RunFinished, RunStarted
 
@@ -599,7 +602,7 @@ def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | Non
                                policy_sha256="0" * 64, status="complete", episodes=4, episodes_failed=0, mean=start,
                                std=0.0, median=start, min=start, max=start, ci95=None, hns_mean=None, target=None,
                                env_steps=10_000, wall_s=1.0, failures={}, clips=[], per_episode=[]))
-    ledger.append(RunStarted(run_id="r", task="t", protocol="standard", dev_seeds=list(range(4)),
+    ledger.append(RunStarted(run_id="r", task=task, protocol=protocol, dev_seeds=list(range(4)),
                              start={"mean": start}, offline=True))
     for i, (mean, steps) in enumerate([(start, 400_000), (improved, 1_200_000)], start=1):
         ledger.append(IterationDone(run_id="r", iteration=i, accepted=mean > start, reason="", edit=None,
@@ -633,7 +636,7 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
         hns = dev_hns[run.task][run.repeat]
         _fake_run(campaign.run_dir(run.key), task.random_score,
                   task.random_score + hns * (task.human_score - task.random_score),
-                  holdout=task.random_score + hns / 2 * (task.human_score - task.random_score))
+                  holdout=task.random_score + hns / 2 * (task.human_score - task.random_score), task=run.task)
     page = write_campaign_report(tmp_path / "camp").read_text()
 
     matrix = np.array([[dev_hns[g][r] for g in games] for r in range(2)])  # repeats × tasks
@@ -678,7 +681,7 @@ def test_the_campaign_report_imports_no_task_module_a_campaign_names(tmp_path, m
     campaign = CampaignDir.create(tmp_path / "camp", path, spec, runs)
     for run in runs:
         random = get_task(run.task).random_score or 0.0
-        _fake_run(campaign.run_dir(run.key), random, random + 5.0)
+        _fake_run(campaign.run_dir(run.key), random, random + 5.0, task=get_task(run.task).id)
     # And a run's spent values of the wrong type (its ledger edited): dropped, not formatted ("internal error").
     with open(campaign.run_dir(runs[0].key) / "ledger.jsonl", "a") as ledger:
         ledger.write(json.dumps({"event": "iteration", "time": "2026-12-05T10:00:00+00:00", "run_id": "r",
@@ -700,6 +703,64 @@ def test_the_campaign_report_imports_no_task_module_a_campaign_names(tmp_path, m
         "import" in page
 
 
+def test_a_campaign_directory_from_elsewhere_is_read_as_data(tmp_path):
+    """A red-team review of the campaign's read-side commands (2026-12-05): a `report` folder linked out of the
+    campaign had the page written there; a run folder linked out was read and aggregated as the campaign's; a run
+    that recorded another task or protocol was normalised as the planned one; a repeat of -1 or a run planned twice
+    counted runs that are not there; a task not registered here refused the whole report; a 20 MB reason held
+    `status` for minutes (2 MB printed 4.4 MB)."""
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+    from campaign.status import campaign_status
+    from envs.tasks import get_task
+    from report.campaign_page import write_campaign_report
+    from report.render import ReportError
+
+    games = ["ALE/Breakout-v5", "ALE/Pong-v5", "ALE/Freeway-v5"]
+    path = tmp_path / "atari.toml"
+    path.write_text(f'name = "atari"\ntasks = {json.dumps(games)}\nrepeats = 2\n')
+    spec, runs = load_campaign(path)
+    root = tmp_path / "camp"
+    campaign = CampaignDir.create(root, path, spec, runs)
+    outside = tmp_path / "outside"
+    for run in runs:
+        task = get_task(run.task)
+        _fake_run(campaign.run_dir(run.key) if run.task != "ALE/Freeway-v5" or run.repeat else outside,
+                  task.random_score, task.human_score, task=run.task if run.key != "pong-v5-r1" else "CartPole-v1")
+    campaign.run_dir("freeway-v5-r0").symlink_to(outside)  # its numbers live outside the campaign
+    page = write_campaign_report(root).read_text()
+    assert "ALE/Pong-v5: run pong-v5-r1 recorded the task CartPole-v1, not ALE/Pong-v5" in page
+    assert "ALE/Freeway-v5: 1 of 2 runs have no score" in page  # the linked run was not read
+    rows = {r["key"]: r for r in campaign_status(root)[0]}
+    assert rows["freeway-v5-r0"]["status"] == "not read" and rows["freeway-v5-r0"]["env_steps"] == 0
+
+    record = json.loads((root / "campaign.json").read_text())
+    for change in ({"repeat": -1}, {"repeat": 10**12}, {"key": record["runs"][1]["key"], "task": record["runs"][1]["task"],
+                                                         "repeat": record["runs"][1]["repeat"]}):
+        damaged = json.loads(json.dumps(record))
+        damaged["runs"][0].update(change)
+        (root / "campaign.json").write_text(json.dumps(damaged))
+        with pytest.raises(CampaignError, match="campaign.json is damaged"):
+            write_campaign_report(root)
+    record["runs"] = [r for r in record["runs"] if r["task"] != "ALE/Freeway-v5"]
+    record["runs"][0]["task"], record["runs"][0]["key"] = "NotHere-v0", "nothere-v0-r0"
+    (root / "campaign.json").write_text(json.dumps(record))
+    assert "NotHere-v0: a task not registered here" in write_campaign_report(root).read_text()
+
+    with open(root / "ledger.jsonl", "a") as ledger:
+        ledger.write(json.dumps({"event": "campaign_run_ended", "key": "pong-v5-r0", "attempt": 1,
+                                 "status": "failed", "reason": "R" * 2_000_000}) + "\n")
+    done = subprocess.run([HEURIST, "campaign", "status", str(root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout) < 20_000 and "RRRRRRRR" in done.stdout  # shown, cut (a table wraps the note)
+
+    shutil.rmtree(root / "report")
+    (root / "report").symlink_to(outside)
+    with pytest.raises(ReportError, match="is not a plain folder"):
+        write_campaign_report(root)
+    assert not (outside / "index.html").exists()
+
+
 def test_a_report_of_tasks_without_human_scores_says_no_aggregate_is_defined(home):
     tmp, env = home
     path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
@@ -708,7 +769,7 @@ def test_a_report_of_tasks_without_human_scores_says_no_aggregate_is_defined(hom
 
     spec, runs = load_campaign(path)
     campaign = CampaignDir.create(tmp / "camp", path, spec, runs)
-    _fake_run(campaign.run_dir(runs[0].key), 9.0, 500.0)
+    _fake_run(campaign.run_dir(runs[0].key), 9.0, 500.0, task="CartPole-v1")
     done = heurist(env, "campaign", "report", tmp / "camp")
     assert done.returncode == 0, done.stderr
     page = (tmp / "camp" / "report" / "index.html").read_text()
