@@ -137,7 +137,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
     from envs.contract import policy_sha256
     from store.config import RunConfig
-    from store.rundir import create_run, decisions, names_code, read_record, run_status, started_here
+    from store.rundir import create_run, decisions, plug_in_modules, read_record, run_status, started_here
 
     record = read_record(run_dir)
     try:
@@ -145,10 +145,11 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     except ValueError as exc:
         raise HeuristError(f"{run_dir / 'run.json'} holds a config this heurist cannot read "
                            f"({' '.join(str(exc).split())[:300]}); replay it with the heurist that made it") from None
-    if names_code(record) and not started_here(record, run_dir):
+    modules = plug_in_modules(record)
+    if modules and not started_here(record, run_dir):
         raise HeuristError(f"{run_dir} is not a run this machine's runs index lists here (moved, or started "
-                           f"elsewhere) and names a task of its own ({record.config.get('task')!s:.80}), which a "
-                           f"replay would import and run; start a run with --env if you trust that module")
+                           f"elsewhere) and names code of its own ({', '.join(modules)[:120]}), which a replay would "
+                           f"import and run; start a run with --env (and --config) if you trust it")
     # The run's own copy of its starting policy, as hashed when the run began: the file it was copied from may have
     # changed since (the replay then started elsewhere and "diverged"), or, in a run directory from elsewhere, name
     # any file on this machine. And evaluations on this machine: a replay contacts no Ray cluster a run.json names.

@@ -111,6 +111,16 @@ def names_code(record: RunRecord) -> bool:
                for name in (record.config.get("task"), record.task))
 
 
+def plug_in_modules(record: RunRecord) -> list[str]:
+    """What of the run's config names code to import: a ``module:attr`` task and ``module:Class`` roles in its
+    stages. A replay of a run directory from elsewhere would import them as it builds the run."""
+    named = [str(record.config.get("task"))] if names_code(record) else []
+    stages = record.config.get("stages")
+    for value in stages.values() if isinstance(stages, dict) else []:
+        named += [str(v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and ":" in v]
+    return named
+
+
 def run_task(record: RunRecord) -> TaskSpec:
     """The task a run is on, looked up as the run was told it. ``record.task`` is the task's id, which names a task
     of one's own (``module:attr``) only in a process that has loaded it: a resume or a report in a new process

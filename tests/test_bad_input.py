@@ -266,7 +266,12 @@ def test_a_run_directory_from_elsewhere_is_shown_inert_and_not_replayed_into_cod
     record["task"] = record["config"]["task"] = "os:abort"
     (run / "run.json").write_text(json.dumps(record))
     code, _, stderr = cli(monkeypatch, capsys, "replay", str(run), "--run-dir", "replayed")
-    assert code != 0 and "(moved, or started elsewhere) and names a task of its own (os:abort)" in stderr
+    assert code != 0 and "(moved, or started elsewhere) and names code of its own (os:abort)" in stderr
+    record["task"] = record["config"]["task"] = "CartPole-v1"
+    record["config"]["stages"] = {**record["config"].get("stages", {}), "review": ["reviewer", "os:Planted"]}
+    (run / "run.json").write_text(json.dumps(record))
+    code, _, stderr = cli(monkeypatch, capsys, "replay", str(run), "--run-dir", "replayed")
+    assert code != 0 and "names code of its own (os:Planted)" in stderr  # a plug-in role, imported as it is built
     assert not (workdir / "replayed").exists()
 
 
