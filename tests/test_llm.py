@@ -485,18 +485,22 @@ def test_a_stream_that_never_goes_silent_is_still_bounded(tmp_path, server, monk
     end the call after the silence allowed, and a reply past max_tokens is left where it passes it. Each call
     is billed for what came, and the server sees the client leave."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    config = LLMConfig(model="scripted", base_url=server.base_url, retry_base_s=0.01, timeout_s=1, max_retries=0,
+    # Two seconds of silence allowed: enough for the scripted server's first byte on a loaded machine (with one, a
+    # CI run beside other tests saw none within it), and the streams below outlast it many times over.
+    config = LLMConfig(model="scripted", base_url=server.base_url, retry_base_s=0.01, timeout_s=2, max_retries=0,
                        max_tokens=50, prices={"scripted": Price(input=1.0, output=2.0)})
     client = LLMClient(config, Usage())
     transcript = TranscriptRecorder(tmp_path).for_role(1, "coder")
-    # Empty chunks every 50 ms, for more than the second of silence allowed: ended, whatever this machine's speed.
+    # Empty chunks every 50 ms, for more than the silence allowed: ended, whatever this machine's speed.
     answer = json.dumps({"verdict": "ok", "score": 1})
     server.queue({**chat(answer), "empty_chunks": 200, "chunk_delay": 0.05})
     with pytest.raises(LLMError, match="nothing of the reply in them"):
         client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
+    # The cut at max_tokens needs no silence at all: a patient client, as the same usage.
+    patient = LLMClient(config.model_copy(update={"timeout_s": 60}), client.usage)
     server.queue({**chat(answer + " " * 10_000), "chunk_chars": 1})  # 10,000 chunks against max_tokens 50
     with pytest.raises(LLMError, match="past the 50 tokens"):
-        client.structured(transcript, [{"role": "user", "content": "x"}], Answer)
+        patient.structured(transcript, [{"role": "user", "content": "x"}], Answer)
     calls = [e for e in transcript.entries() if e.kind == "llm_call"]
     assert len(calls) == 2 and all(c.completion_tokens is not None for c in calls)  # each billed
     assert client.usage.tokens > 0
