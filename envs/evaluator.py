@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +29,7 @@ from common.errors import OutputError, PolicyError, SplitGuardError
 from common.events import EpisodeLine, EvalFinished, EvalInterrupted, EvalStarted, LedgerEvent, read_events
 from common.ledger import Ledger
 from common.paths import heurist_home
+from common.scratch import ScratchDir
 from envs.containment import containment, require_usable
 from envs.contract import check_policy_source
 from envs.failures import FailureEvent
@@ -204,7 +204,8 @@ class Evaluator:
                                  git=_git_provenance(bundle), policy_files=self.policy_files,
                                  limits=self._limits_record()))
         started = time.perf_counter()
-        scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
+        held = ScratchDir("eval")  # removed below; one a kill -9 left is removed by a later evaluation
+        scratch = held.path
         staged: StagedPolicy | None = None
         try:
             staged = self._staged(bundle)
@@ -225,7 +226,7 @@ class Evaluator:
         finally:
             if staged is not None:
                 staged.close()
-            shutil.rmtree(scratch, ignore_errors=True)
+            held.remove()
         self._append(EvalFinished(**result.summary(), per_episode=[
             EpisodeLine(seed=e.seed, status=e.status, return_=e.return_, length=e.length, error=e.error)
             for e in result.episodes]))

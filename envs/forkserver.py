@@ -63,6 +63,7 @@ import tempfile
 import threading
 import time
 import traceback
+from common.scratch import ScratchDir
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -220,7 +221,8 @@ class ForkServer:
         self._lock = threading.Lock()
         self._preloaded: set[str] = set()
         self.owner = os.getpid()
-        self.home = Path(tempfile.mkdtemp(prefix="heurist-forkserver-"))
+        self._home = ScratchDir("forkserver")  # one a killed heurist left is removed by a later fork server's start
+        self.home = self._home.path
         self.log = tempfile.TemporaryFile(prefix="heurist-forkserver-")  # its own output: read only on failure
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -233,7 +235,7 @@ class ForkServer:
         except OSError as exc:
             ours.close()
             self.log.close()
-            shutil.rmtree(self.home, ignore_errors=True)
+            self._home.remove()
             raise ForkServerFailed(f"could not start: {exc}") from None
         finally:
             theirs.close()
@@ -361,7 +363,7 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        shutil.rmtree(self.home, ignore_errors=True)
+        self._home.remove()
         self.log.close()
 
 

@@ -26,9 +26,7 @@ import functools
 import math
 import os
 import platform
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any, Callable
 from common import interrupts
 from common.errors import HeuristError
 from common.safe_text import redact
+from common.scratch import ScratchDir
 from envs.limits import Limits
 from envs.policy_files import PolicyBundle
 from envs.results import EpisodeResult
@@ -179,7 +178,8 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
     # The policy folder's copy and the simulator model are this node's: its site packages may lie elsewhere.
     staged = StagedPolicy(bundle, TaskSpec.model_validate_json(job["task"]).simulator_model(job["protocol"])) \
         if bundle is not None else None
-    scratch = Path(tempfile.mkdtemp(prefix="heurist-eval-"))
+    held = ScratchDir("eval")  # a worker killed mid-shard leaves it: a later evaluation on this node removes it
+    scratch = held.path
     if staged is not None:
         job = {**job, "policy_path": staged.policy_path(), "simulator_model": staged.simulator_model}
     confinement = Confinement(readable=staged.readable() if staged is not None else [],
@@ -216,7 +216,7 @@ def run_shard(job: dict[str, Any], seeds: list[int], limits_json: str, width: in
         raise
     finally:
         if not worker.is_alive():
-            shutil.rmtree(scratch, ignore_errors=True)
+            held.remove()
             if staged is not None:
                 staged.close()
     if "error" in outcome:

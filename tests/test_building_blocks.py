@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +201,34 @@ def test_a_run_keeps_the_exact_bytes_of_a_crlf_starting_policy(tmp_path, monkeyp
     copy = run_dir / "starting_policy.py"
     assert copy.read_bytes() == policy.read_bytes()
     assert policy_sha256(copy) == read_record(run_dir).starting_sha256
+
+
+def test_a_scratch_folder_whose_maker_died_is_removed_by_the_next_and_a_live_one_never(tmp_path):
+    """An evaluation's scratch folder (the policy's log in it) and a fork server's home stayed in /tmp when their
+    maker was killed: kill -9, or a Ray worker killed mid-shard (a red-team review, 2026-12-05). A folder whose
+    owner lock no process holds is removed by the next heurist process to make one of its kind; one held, never."""
+    import subprocess
+    import sys
+
+    from common import scratch
+
+    kind = f"test{os.getpid()}"
+    make = (f"import os, sys; from common.scratch import ScratchDir; d = ScratchDir({kind!r}); print(d.path, "
+            f"flush=True); sys.stdin.readline() if sys.argv[1] == 'live' else os._exit(0)")
+    live = subprocess.Popen([sys.executable, "-c", make, "live"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        held = Path(live.stdout.readline().strip())
+        # Made after the live one: its own sweep, at its start, leaves the live one alone.
+        dead = subprocess.run([sys.executable, "-c", make, "dead"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        orphan = Path(dead.stdout.strip())
+        assert orphan.is_dir() and held.is_dir()
+        scratch._swept.discard(kind)
+        assert scratch.sweep_orphans(kind) == [orphan]
+        assert not orphan.exists() and held.is_dir()
+        assert scratch.sweep_orphans(kind) == []  # once per process and kind
+    finally:
+        live.communicate("\n", timeout=30)
+    scratch._swept.discard(kind)
+    assert scratch.sweep_orphans(kind) == [held]  # its maker has ended now
