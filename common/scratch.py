@@ -30,10 +30,15 @@ class ScratchDir:
     def __init__(self, kind: str) -> None:
         sweep_orphans(kind)
         self.path = Path(tempfile.mkdtemp(prefix=f"heurist-{kind}-"))
-        claim = self.path / f"{OWNER}.new"
-        self._fd = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # held for the folder's life; released by the kernel if this dies
-        os.rename(claim, self.path / OWNER)
+        self._fd = -1
+        try:
+            claim = self.path / f"{OWNER}.new"
+            self._fd = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # held for the folder's life; released by the kernel if this dies
+            os.rename(claim, self.path / OWNER)
+        except BaseException:  # a full disk, say: no folder left half made
+            self.remove()
+            raise
 
     def remove(self) -> None:
         """The folder and everything in it, then the lock."""
