@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.console import err, out, shown
+from cli.console import clipped, err, out, shown
 from common.errors import HeuristError
 from common.formatting import finite_number
 
@@ -114,12 +114,6 @@ def stop_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")
               markup=False, soft_wrap=True)
 
 
-def _cut(text: str, chars: int = 200) -> str:
-    """At most ``chars`` of a recorded text in a table row: a 20 MB reason in a stranger's ledger held status for
-    minutes."""
-    return text if len(text) <= chars else text[:chars] + f" … ({len(text) - chars:,} more characters)"
-
-
 @campaign_app.command("status")
 def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")) -> None:
     """Each run of the campaign: where it stands, its attempts, what it spent, its best dev mean."""
@@ -132,10 +126,10 @@ def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
         table.add_column(column)
     for row in rows:
         best = row["best_mean"]
-        table.add_row(shown(_cut(row["key"])), shown(_cut(row["task"])), shown(_cut(row["status"])),
-                      str(row["attempts"]), f"{row['env_steps']:,}", f"{row['tokens']:,}",
-                      "-" if finite_number(best) is None else f"{best:g}",
-                      shown(_cut(row["reason"] or "", 500)))
+        table.add_row(shown(clipped(row["key"], 200)), shown(clipped(row["task"], 200)),
+                      shown(clipped(row["status"], 200)), str(row["attempts"]), f"{row['env_steps']:,}",
+                      f"{row['tokens']:,}", "-" if finite_number(best) is None else f"{best:g}",
+                      shown(clipped(row["reason"] or "", 500)))
     out.print(table)
     out.print(f"{summary['ended']} of {summary['runs']} runs ended; env steps {summary['env_steps']:,}, tokens "
               f"{summary['tokens']:,}", highlight=False, markup=False)

@@ -8,6 +8,7 @@ the terminal whatever printed it.
 """
 
 import io
+import json
 import os
 import sys
 from typing import Any
@@ -43,6 +44,13 @@ err = _Console(stderr=True, emoji=False)
 def shown(text: Any) -> str:
     """Untrusted text for a console string that may hold markup: inert, visible, never interpreted."""
     return escape(printable(str(text)))
+
+
+def clipped(text: Any, chars: int) -> str:
+    """At most ``chars`` of a recorded text (JSON for what is not text), and how much more there was: a reply of
+    megabytes, or a 20 MB reason in a campaign ledger from elsewhere, printed whole held the terminal for minutes."""
+    text = text if isinstance(text, str) else json.dumps(text, default=str)
+    return text if len(text) <= chars else text[:chars] + f" … ({len(text) - chars} more chars)"
 
 
 def shown_line(text: Any) -> str:

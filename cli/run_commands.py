@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cli.console import err, out, say_stopped, shown
+from cli.console import clipped, err, out, say_stopped, shown
 from common import interrupts
 from common.errors import HeuristError
 from common.events import LedgerEvent
@@ -321,24 +321,19 @@ def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")
         try:
             text = _render(e, width)
         except Exception as exc:  # a line of the right kind whose parts are not (a message's content of numbers)
-            text = f"• a damaged {e.kind} line ({type(exc).__name__}): {_clip(e.model_dump(mode='json'), width)}"
+            text = f"• a damaged {e.kind} line ({type(exc).__name__}): {clipped(e.model_dump(mode='json'), width)}"
         out.print(printable(text), highlight=False, markup=False, soft_wrap=True)
-
-
-def _clip(text: Any, width: int) -> str:
-    text = text if isinstance(text, str) else json.dumps(text, default=str)
-    return text if len(text) <= width else text[:width] + f" … ({len(text) - width} more chars)"
 
 
 def _render(e: TranscriptLine, width: int) -> str:
     from store.transcripts import AgentTurn, Decision, LLMCall, Parsed, Resumed, ToolRun, ValidationFailed
 
     if isinstance(e, Decision):
-        return f"• decision: {_clip(e.summary, width)}" + (f"\n  {_clip(e.details, width)}" if e.details else "")
+        return f"• decision: {clipped(e.summary, width)}" + (f"\n  {clipped(e.details, width)}" if e.details else "")
     if isinstance(e, LLMCall):
         head = f"• call {e.model} attempt {e.attempt}: "
         if e.error:
-            head += f"ERROR {_clip(e.error, width)}"
+            head += f"ERROR {clipped(e.error, width)}"
         else:
             head += (f"{e.prompt_tokens or 0}+{e.completion_tokens or 0} tokens, "
                      f"{cost_text(e.usd, 0, 5) if e.priced is not False else 'unpriced'}, {e.latency_s:.2f} s")
@@ -348,29 +343,29 @@ def _render(e: TranscriptLine, width: int) -> str:
             if isinstance(content, list):
                 content = " ".join(p.get("text", "") if p.get("type") == "text" else f"[image {p.get('path')}]"
                                    for p in content)
-            lines.append(f"  {message.get('role')}: {_clip(content, width)}")
+            lines.append(f"  {message.get('role')}: {clipped(content, width)}")
         if e.response:
-            lines.append(f"  reply: {_clip(e.response, width)}")
+            lines.append(f"  reply: {clipped(e.response, width)}")
         for call in e.tool_calls or []:
-            lines.append(f"  calls {_clip(call.get('name'), 200)}({_clip(call.get('arguments', ''), width)})")
+            lines.append(f"  calls {clipped(call.get('name'), 200)}({clipped(call.get('arguments', ''), width)})")
         if e.refusal:
-            lines.append(f"  refusal: {_clip(e.refusal, width)}")
+            lines.append(f"  refusal: {clipped(e.refusal, width)}")
         return "\n".join(lines)
     if isinstance(e, Parsed):
-        return f"• parsed{' (replayed)' if e.replayed else ''}: {_clip(e.parsed, width)}"
+        return f"• parsed{' (replayed)' if e.replayed else ''}: {clipped(e.parsed, width)}"
     if isinstance(e, ValidationFailed):
-        return f"• reply did not match the schema (attempt {e.attempt}): {_clip(e.error, width)}"
+        return f"• reply did not match the schema (attempt {e.attempt}): {clipped(e.error, width)}"
     if isinstance(e, AgentTurn):
-        calls = "; ".join(f"{_clip(c.get('name'), 200)}({_clip(c.get('arguments'), 200)})" for c in e.tool_calls) \
+        calls = "; ".join(f"{clipped(c.get('name'), 200)}({clipped(c.get('arguments'), 200)})" for c in e.tool_calls) \
             or "no tool"
         return (f"• {e.loop} turn {e.turn}{' (replayed)' if e.replayed else ''}: {e.tokens:,} tokens, calls {calls}"
-                + (f"\n  said: {_clip(e.content, width)}" if e.content else ""))
+                + (f"\n  said: {clipped(e.content, width)}" if e.content else ""))
     if isinstance(e, ToolRun):
         return (f"• {e.loop} tool {e.name} ({e.seconds:.2f} s, {e.env_steps:,} env steps): "
-                f"{_clip(e.result, width)}" + (f" [image {e.image}]" if e.image else ""))
+                f"{clipped(e.result, width)}" + (f" [image {e.image}]" if e.image else ""))
     if isinstance(e, Resumed):
         return "— the run was resumed: a later session wrote what follows —"
-    return f"• ERROR {_clip(e.error, width)}"
+    return f"• ERROR {clipped(e.error, width)}"
 
 
 def roles_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:

@@ -88,13 +88,19 @@ def known_task(task: str) -> TaskSpec | None:
         return None
 
 
-def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> RunCurve:
+def _spent(spent: dict, name: str, default: float) -> float:
+    """One of an iteration's spent values; ``default`` where it is no finite number (a ledger edited by hand)."""
+    found = finite_number(spent.get(name))
+    return default if found is None else found
+
+
+def run_curve(run_dir: Path | None, key: str, task: str, repeat: int, status: str) -> RunCurve:
     """The kept policy's dev mean after each iteration (as the run report's best line), starting from the starting
     policy's score (``run_started``); and the holdout mean, measured once at the run's end."""
     spec = known_task(task)
     curve = RunCurve(key=key, task=task, obs_mode=(spec.obs_mode if spec else None) or "state", repeat=repeat,
                      status=status)
-    if not (run_dir / "ledger.jsonl").is_file():
+    if run_dir is None or not (run_dir / "ledger.jsonl").is_file():  # None: not the campaign's own to read
         return curve
     steps, started = 0, False
     for event in read_events(Ledger(run_dir / "ledger.jsonl"))[0]:
@@ -107,13 +113,8 @@ def run_curve(run_dir: Path, key: str, task: str, repeat: int, status: str) -> R
                 curve.add(steps, 0, 0.0, float(mean))
         elif isinstance(event, IterationDone) and finite_number(event.mean_after) is not None:
             spent = event.spent if isinstance(event.spent, dict) else {}
-
-            def number(name: str, default: float) -> float:  # a value of the wrong type (an edited ledger): the default
-                found = finite_number(spent.get(name))
-                return default if found is None else found
-
-            curve.add(int(number("env_steps", steps)), int(number("tokens", 0)), float(number("usd", 0.0)),
-                      float(event.mean_after))
+            curve.add(int(_spent(spent, "env_steps", steps)), int(_spent(spent, "tokens", 0)),
+                      float(_spent(spent, "usd", 0.0)), float(event.mean_after))
         elif isinstance(event, RunFinished) and isinstance(event.holdout, dict):
             holdout = finite_number(event.holdout.get("mean"))
             curve.holdout = float(holdout) if holdout is not None else None
@@ -151,8 +152,8 @@ def gather_campaign(directory: Path) -> CampaignResults:
     status_rows, _ = campaign_status(directory)
     status = {r["key"]: r["status"] for r in status_rows}
     # A run folder linked out of the campaign is not read (``CampaignDir.run_inside``): its curve stays empty.
-    runs = [run_curve(campaign.run_dir(r.key) if campaign.run_inside(r.key) else campaign.root / "runs" / ".not-read",
-                      r.key, r.task, r.repeat, status[r.key]) for r in record.runs]
+    runs = [run_curve(campaign.run_dir(r.key) if campaign.run_inside(r.key) else None, r.key, r.task, r.repeat,
+                      status[r.key]) for r in record.runs]
     rows, excluded = [], {}
     for task in dict.fromkeys(r.task for r in runs):
         spec = known_task(task)
