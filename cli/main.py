@@ -110,8 +110,12 @@ def eval_cmd(
     from envs.policy_files import read_policy
 
     ledger_file = ledger or default_ledger_path()
-    bundle = read_policy(policy_file, heurists_files(request, ledger_file))  # as the evaluator reads it
-    for warning in lazy_imports(check_policy_source(bundle.source, str(bundle.entry)), bundle.entry.name):
+    # Read as the evaluator reads it, for its warnings; only the source is kept (the evaluator reads the folder
+    # again, and a folder's data files may be hundreds of MiB).
+    bundle = read_policy(policy_file, heurists_files(request, ledger_file))
+    source, entry = bundle.source, bundle.entry
+    del bundle
+    for warning in lazy_imports(check_policy_source(source, str(entry)), entry.name):
         err.print(f"warning: {shown(warning)}", highlight=False, markup=False, soft_wrap=True)
     total = len(chosen) if chosen else (episodes or len(spec.seeds.seeds(split)))  # type: ignore[arg-type]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -104,6 +104,9 @@ def lockstep_width(spec: TaskSpec, asked: int | None) -> int:
     return asked if asked is not None else LOCKSTEP_WIDTH.get(spec.family, DEFAULT_LOCKSTEP_WIDTH)
 
 
+PROVENANCE_GIT_S = 30.0  # each git command reading where the policy was committed (a repository from anywhere)
+
+
 def _git_provenance(bundle: PolicyBundle) -> dict[str, str | bool | None]:
     """The commit of the git repository holding the policy, if any, and whether the scored bytes are that
     commit's (every file of a policy folder, its data files included). Only object lookups (``rev-parse``,
@@ -115,19 +118,31 @@ def _git_provenance(bundle: PolicyBundle) -> dict[str, str | bool | None]:
         return none
     # Read as bytes and named as the file system names them (``os.fsdecode``): git prints paths as they are, and
     # a repository's path or a file beside the policy need not be UTF-8 (a strict decoding stopped the evaluation).
-    top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd, binary=True)
-    if top.returncode != 0:
+    # The repository is the user's (or anyone's): it may make git wait (a FIFO in its config or refs) or name a
+    # work tree elsewhere. Provenance is a note beside the score, so any of that gives none rather than no score.
+    top = run_git(["rev-parse", "--show-toplevel", "HEAD"], cwd, binary=True, timeout_s=PROVENANCE_GIT_S)
+    lines = top.stdout.splitlines()
+    if top.returncode != 0 or len(lines) < 2:
         return none
-    root, head = (os.fsdecode(line) for line in top.stdout.splitlines()[:2])  # a path may hold spaces
-    relative = entry.relative_to(Path(root).resolve()).as_posix()
-    committed = os.fsdecode(run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd,
-                                    binary=True).stdout).strip() or None
+    root, head = (os.fsdecode(line) for line in lines[:2])  # a path may hold spaces
+    try:
+        relative = entry.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:  # the repository's core.worktree names a folder the policy is not in
+        return none
+    found = run_git(["rev-parse", "--verify", "--quiet", f"HEAD:{relative}"], cwd, binary=True,
+                    timeout_s=PROVENANCE_GIT_S)
+    if found.returncode not in (0, 1):  # 1: not committed; anything else (a timeout): unknown
+        return none
+    committed = os.fsdecode(found.stdout).strip() or None
     changed = committed != _blob_id(bundle.data)
     if bundle.folder and not changed:
         # One listing of the folder at HEAD: every data file must be there with these bytes, and nothing more.
         folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
-        listing = os.fsdecode(run_git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", folder or "."],
-                                      Path(root), binary=True).stdout)
+        listed = run_git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", folder or "."], Path(root),
+                         binary=True, timeout_s=PROVENANCE_GIT_S)
+        if listed.returncode != 0:
+            return none
+        listing = os.fsdecode(listed.stdout)
         at_head = {}
         for line in filter(None, listing.split("\0")):
             meta, _, name = line.partition("\t")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -63,11 +64,28 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "GIT_EDITOR": "true", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", **IDENTITY, **(extra or {})}
 
 
-def run_git(args: list[str], cwd: Path, *, binary: bool = False) -> subprocess.CompletedProcess:
-    """``git ARGS`` in ``cwd`` with the fixed configuration; never raises for a non-zero exit."""
+# How long one git command heurist runs may take. heurist's own repositories answer in milliseconds; a repository
+# from elsewhere can make git wait for ever (a FIFO named by its config's include.path, or as a ref): a command
+# past this is answered as a failed one, so an overnight run or an evaluation stops waiting and says so.
+GIT_TIMEOUT_S = 300.0
+
+
+def run_git(args: list[str], cwd: Path, *, binary: bool = False,
+            timeout_s: float = GIT_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``git ARGS`` in ``cwd`` with the fixed configuration; never raises for a non-zero exit, and a command that
+    outlasts ``timeout_s`` comes back as one that failed (exit 124, the reason in its stderr).
+
+    git runs in a session of its own: with no controlling terminal, a repository that names ``/dev/tty`` (as an
+    include, say) gets an error, not the user's keyboard."""
     overrides = [arg for pair in OVERRIDES for arg in ("-c", pair)]
-    return subprocess.run([git_binary(), *overrides, *args], cwd=cwd, env=git_env(), capture_output=True,
-                          text=not binary, stdin=subprocess.DEVNULL)
+    command = [git_binary(), *overrides, *args]
+    try:
+        return subprocess.run(command, cwd=cwd, env=git_env(), capture_output=True, text=not binary,
+                              stdin=subprocess.DEVNULL, start_new_session=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        reason = f"git {args[0] if args else ''} did not finish in {timeout_s:g} s"
+        return subprocess.CompletedProcess(command, 124, b"" if binary else "",
+                                           reason.encode() if binary else reason)
 
 
 def check_repository(root: Path) -> None:
@@ -77,9 +95,21 @@ def check_repository(root: Path) -> None:
     if dot_git.is_symlink() or not dot_git.is_dir():
         raise GitRefused(f"{dot_git} is not a plain folder (a link or a gitdir file points elsewhere); heurist "
                          f"made it as one, so something else changed it: the run cannot trust its history")
-    listed = subprocess.run([git_binary(), "config", "--file", str(dot_git / "config"), "--no-includes", "--null",
-                             "--list"], cwd="/", env=git_env(), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL)
+    # git writes plain files and folders only; a link, a FIFO or a device in .git (a ref, the config) could make git
+    # read outside the repository or wait for ever.
+    odd = [str(Path(folder, name).relative_to(root)) for folder, dirs, files in os.walk(dot_git)
+           for name in (*dirs, *files) if not _plain(Path(folder, name))]
+    if odd:
+        raise GitRefused(f"the workspace {root} holds {', '.join(sorted(odd))[:300]}, which is not a plain file or "
+                         f"folder as git writes; something other than heurist put it there, and the run cannot trust "
+                         f"its history")
+    try:
+        listed = subprocess.run([git_binary(), "config", "--file", str(dot_git / "config"), "--no-includes",
+                                 "--null", "--list"], cwd="/", env=git_env(), capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, start_new_session=True, timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # a FIFO where the config should be
+        raise GitRefused(f"{dot_git / 'config'} could not be read in {GIT_TIMEOUT_S:g} s (is it a regular file?); "
+                         f"the run cannot trust its history") from None
     if listed.returncode != 0:
         raise GitRefused(f"{dot_git / 'config'} cannot be read as git config ({listed.stderr.strip()[:200]}); "
                          f"the run cannot trust its history")
@@ -90,7 +120,8 @@ def check_repository(root: Path) -> None:
                          f"something other than heurist changed it, and git could run a program it names. "
                          f"Inspect the repository; the run will not use it as it is")
     problems = [str(p.relative_to(root)) for p in (dot_git / "info" / "attributes", dot_git / "config.worktree",
-                                                  dot_git / "commondir")
+                                                  dot_git / "commondir", dot_git / "objects" / "info" / "alternates",
+                                                  dot_git / "objects" / "info" / "http-alternates")
                 if p.exists() or p.is_symlink()]
     hooks = dot_git / "hooks"
     if hooks.is_dir():
@@ -101,3 +132,12 @@ def check_repository(root: Path) -> None:
     if problems:
         raise GitRefused(f"the workspace {root} holds {', '.join(sorted(problems))[:300]}, which heurist never "
                          f"writes and through which git could run a program; the run will not use it as it is")
+
+
+def _plain(path: Path) -> bool:
+    """A regular file or a folder, not through a link."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:  # gone since it was listed (git's own lock files come and go)
+        return True
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)

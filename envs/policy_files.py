@@ -12,13 +12,18 @@ sha256, so adding, renaming or changing any data file makes another policy.
 
 What a folder may hold. Regular files only: a symbolic link is refused, not followed (it could name
 a file of the user's outside the folder, which heurist, reading as the user, would hand to untrusted
-code), and so is anything that is not a plain file. Names starting with a dot (``.git``, ``.env``,
-``.venv``) and ``__pycache__`` are left out. At most ``MAX_FILES`` files and ``MAX_BYTES`` bytes: the
-bytes are held in memory and copied into every evaluation's scratch folder.
+code), and so is a file with other hard links (for the same reason) and anything that is not a plain
+file (looked at before it is opened: opening a device can do something). The folder is read by
+descriptors, so one that changes while it is read cannot lead outside it (see ``_FolderReader``).
+Names starting with a dot (``.git``, ``.env``, ``.venv``) and ``__pycache__`` are left out. At most
+``MAX_FILES`` files, ``MAX_BYTES`` bytes (a file's size is looked at before it is read) and paths of
+``MAX_PATH_BYTES`` inside the folder: the bytes are held in memory and copied into every evaluation's
+scratch folder.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -83,9 +88,7 @@ def read_policy(path: Path | str, leave_out: Iterable[Path] = ()) -> PolicyBundl
     policy even when the first wrote its ledger there."""
     path = Path(path)
     if path.is_dir():
-        # Only what lies inside the folder: a home or clips folder that holds the policy folder leaves nothing out.
-        inside = path.resolve()
-        return _read_folder(path, [p for p in (Path(q).resolve() for q in leave_out) if inside in p.parents])
+        return _read_folder(path, leave_out)
     if not path.is_file():
         raise PolicyError(f"policy {path} does not exist; give a .py file with a class Policy, or a folder holding "
                           f"{ENTRY} and the files it reads")
@@ -106,82 +109,162 @@ def _utf8(data: bytes, path: Path) -> None:
         raise PolicyError(f"{path} is not UTF-8 text; a policy is Python source") from None
 
 
-def _read_folder(folder: Path, leave_out: list[Path]) -> PolicyBundle:
+# Every folder below the one the user named is opened relative to its parent's descriptor, never through a link, and
+# every file is looked at (``lstat``) before it is opened, so nothing outside the folder is reached even if the
+# folder changes while it is read (a subfolder swapped for a link between its listing and its reading: a red-team
+# review, 2026-12-05, got a 0600 file of the user's into the sandbox that way through ``os.walk``). os.fwalk walks by
+# descriptors too, but opens each subfolder without O_NOFOLLOW or O_NONBLOCK (a folder swapped for a link to a FIFO
+# blocks it) and skips a swapped one silently; a folder that changes while it is read is refused here instead.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+MAX_PATH_BYTES = 1024  # a data file's path inside the folder: it is staged under a temp folder, within PATH_MAX
+
+
+class _FolderReader:
+    """One reading of a policy folder: its files by relative path, within the limits."""
+
+    def __init__(self, folder: Path, leave_out: Iterable[Path]) -> None:
+        self.folder = folder
+        self.files: dict[str, bytes] = {}
+        self.total = 0
+        # heurist's own files are known by what they are (device and inode), not by their path: a path can name
+        # them through a link, and their identity cannot be forged.
+        self.heurists: set[tuple[int, int]] = set()
+        for own in leave_out:
+            try:
+                found = os.stat(own)
+            except OSError:  # not written yet: nothing of it to leave out
+                continue
+            self.heurists.add((found.st_dev, found.st_ino))
+
+    def read(self) -> dict[str, bytes]:
+        try:
+            top = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # as the user named it
+        except OSError as exc:
+            raise self._unlistable(self.folder, exc) from None
+        try:
+            self._read_tree(top, self.folder, ())
+        finally:
+            os.close(top)
+        return self.files
+
+    def _unlistable(self, where: Path, exc: OSError) -> PolicyError:
+        return PolicyError(f"cannot list {where} in policy folder {self.folder}: {exc.strerror}; make it readable "
+                           f"or move it out of the folder")
+
+    def _too_much(self) -> PolicyError:
+        return PolicyError(f"policy folder {self.folder} holds more than {MAX_FILES} files or "
+                           f"{MAX_BYTES // 2**20} MiB; keep only what the policy reads")
+
+    def _changed(self, where: Path) -> PolicyError:
+        return PolicyError(f"{where} changed while heurist read policy folder {self.folder}; evaluate it once "
+                           f"nothing is writing to it")
+
+    def _read_tree(self, dir_fd: int, here: Path, parts: tuple[str, ...]) -> None:
+        if len(parts) >= MAX_DEPTH:
+            raise PolicyError(f"policy folder {self.folder} nests folders more than {MAX_DEPTH} deep; keep only "
+                              f"what the policy reads")
+        try:
+            names = sorted(os.listdir(dir_fd))
+        except OSError as exc:
+            raise self._unlistable(here, exc) from None
+        for name in names:
+            if _left_out(name):
+                continue
+            full = here / name
+            try:
+                seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:  # removed since the listing: it is not part of the policy
+                continue
+            except OSError as exc:
+                raise PolicyError(f"cannot read {full} in policy folder {self.folder}: {exc.strerror}; make it "
+                                  f"readable or move it out of the folder") from None
+            if (seen.st_dev, seen.st_ino) in self.heurists:
+                continue
+            relative = "/".join((*parts, name))
+            try:
+                length = len(relative.encode())
+            except UnicodeEncodeError:
+                raise PolicyError(f"{full!r} has a name that is not UTF-8; rename it (policy files are named in "
+                                  f"the ledger)") from None
+            if stat.S_ISLNK(seen.st_mode):
+                raise PolicyError(f"{full} is a symbolic link; a policy folder holds its own files (copy the data in "
+                                  f"rather than linking to it)")
+            if stat.S_ISDIR(seen.st_mode):
+                self._read_subfolder(dir_fd, name, full, (*parts, name), seen)
+                continue
+            if not stat.S_ISREG(seen.st_mode):  # a FIFO, a socket, a device: refused before it is opened
+                raise PolicyError(f"{full} is not a regular file; a policy folder holds only files and folders")
+            if length > MAX_PATH_BYTES:
+                raise PolicyError(f"{full!r} is named by a path over {MAX_PATH_BYTES} bytes inside policy folder "
+                                  f"{self.folder}; shorten its folders' and its names")
+            if len(self.files) >= MAX_FILES or self.total + seen.st_size > MAX_BYTES:  # before reading any of it
+                raise self._too_much()
+            data = self._read_file(dir_fd, name, full, seen)
+            self.total += len(data)
+            if self.total > MAX_BYTES:  # it grew since it was looked at
+                raise self._too_much()
+            self.files[relative] = data
+
+    def _read_subfolder(self, dir_fd: int, name: str, full: Path, parts: tuple[str, ...], seen: os.stat_result) -> None:
+        try:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):  # swapped since it was looked at
+                raise self._changed(full) from None
+            raise self._unlistable(full, exc) from None
+        try:
+            opened = os.fstat(sub)
+            if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+                raise self._changed(full)
+            self._read_tree(sub, full, parts)
+        finally:
+            os.close(sub)
+
+    def _read_file(self, dir_fd: int, name: str, full: Path, seen: os.stat_result) -> bytes:
+        """A regular file's bytes, never through a link; refused if it has other names (hard links)."""
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT):
+                raise self._changed(full) from None
+            raise PolicyError(f"cannot read {full} in policy folder {self.folder}: {exc.strerror}; make it readable "
+                              f"or move it out of the folder") from None
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(opened.st_mode):
+                raise self._changed(full)
+            if opened.st_nlink > 1:
+                # Another name of the same file may lie anywhere on the file system (a key, heurist's own ledger):
+                # the reason a link is refused holds for a hard link too.
+                raise PolicyError(f"{full} has {opened.st_nlink - 1} other hard link(s) and could be a file from "
+                                  f"outside the folder; a policy folder holds its own files (copy it in: cp, not ln)")
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                return handle.read(MAX_BYTES - self.total + 1)
+        finally:
+            os.close(fd)
+
+
+def _read_folder(folder: Path, leave_out: Iterable[Path]) -> PolicyBundle:
     entry = folder / ENTRY
     if entry.is_symlink():
         raise PolicyError(f"{entry} is a symbolic link; a policy folder holds its own {ENTRY} (copy it in)")
     if not entry.is_file():
         raise PolicyError(f"policy folder {folder} has no {ENTRY}; a policy folder holds {ENTRY} (with its class "
                           f"Policy) and the data files it reads")
-    files: dict[str, bytes] = {}
-    total = 0
-
-    def unreadable(exc: OSError) -> None:  # os.walk would skip a folder it cannot list, silently
-        raise PolicyError(f"cannot list {exc.filename} in policy folder {folder}: {exc.strerror}; make it readable "
-                          f"or move it out of the folder")
-
-    for root, dirs, names in os.walk(folder, followlinks=False, onerror=unreadable):
-        here = Path(root)
-        if len(here.relative_to(folder).parts) >= MAX_DEPTH:
-            raise PolicyError(f"policy folder {folder} nests folders more than {MAX_DEPTH} deep; keep only what the "
-                              f"policy reads")
-        for name in dirs:  # a link to a folder is listed among the folders, and os.walk does not enter it
-            if (here / name).is_symlink():
-                raise PolicyError(f"{here / name} is a symbolic link; a policy folder holds its own files "
-                                  f"(copy the data in rather than linking to it)")
-        dirs[:] = sorted(d for d in dirs if not _left_out(d) and not _heurists(here / d, leave_out))
-        for name in sorted(names):
-            full = here / name
-            if _left_out(name) or _heurists(full, leave_out):
-                continue
-            relative = full.relative_to(folder).as_posix()
-            try:
-                relative.encode()
-            except UnicodeEncodeError:
-                raise PolicyError(f"{full!r} has a name that is not UTF-8; rename it (policy files are named in "
-                                  f"the ledger)") from None
-            data = _read_regular(full, folder)
-            total += len(data)
-            if len(files) >= MAX_FILES or total > MAX_BYTES:
-                raise PolicyError(f"policy folder {folder} holds more than {MAX_FILES} files or "
-                                  f"{MAX_BYTES // 2**20} MiB; keep only what the policy reads")
-            files[relative] = data
-    data = files.pop(ENTRY)
+    files = _FolderReader(folder, leave_out).read()
+    data = files.pop(ENTRY, None)
+    if data is None:  # gone since it was looked at, or one of heurist's own files (a ledger named policy.py)
+        raise PolicyError(f"policy folder {folder} has no {ENTRY} of its own to read; a policy folder holds {ENTRY} "
+                          f"(with its class Policy) and the data files it reads")
     if len(data) > MAX_SOURCE_BYTES:
         raise PolicyError(too_large(str(entry)))
     _utf8(data, entry)
     return PolicyBundle(path=folder, data=data, files=files, folder=True)
 
 
-def _heurists(path: Path, leave_out: list[Path]) -> bool:
-    """Whether ``path`` is (or lies in) something heurist writes inside the folder: left out of the policy."""
-    if not leave_out:
-        return False
-    resolved = path.resolve()
-    return any(resolved == p or p in resolved.parents for p in leave_out)
-
-
 def _left_out(name: str) -> bool:
     return name.startswith(".") or name == "__pycache__"
-
-
-def _read_regular(path: Path, folder: Path) -> bytes:
-    """A regular file's bytes, never through a link (checked on the descriptor that is read)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if path.is_symlink():
-            raise PolicyError(f"{path} is a symbolic link; a policy folder holds its own files (copy the data in "
-                              f"rather than linking to it)") from None
-        raise PolicyError(f"cannot read {path} in policy folder {folder}: {exc.strerror}; make it readable or move "
-                          f"it out of the folder") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PolicyError(f"{path} is not a regular file; a policy folder holds only files and folders")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read(MAX_BYTES + 1)
-    finally:
-        os.close(fd)
 
 
 def materialise(bundle: PolicyBundle) -> Path:
@@ -198,7 +281,11 @@ def _stage(files: dict[str, bytes], prefix: str) -> Path:
     As root, the sandbox runs as ``nobody``: the copy stays root's, readable by nobody's group alone (0440/0550), so
     the sandbox can neither change its modes nor write it. Otherwise the sandbox runs as heurist's own user: the
     copy is that user's alone (0400/0500). Either way no other user of the machine reads it."""
-    top = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        top = Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as exc:
+        raise PolicyError(f"cannot make a folder in {tempfile.gettempdir()} for the policy's files: {exc.strerror}; "
+                          f"free space there (or point TMPDIR elsewhere)") from None
     as_root = os.geteuid() == 0
     file_mode, dir_mode = (0o440, 0o550) if as_root else (0o400, 0o500)
     try:
@@ -214,6 +301,10 @@ def _stage(files: dict[str, bytes], prefix: str) -> Path:
             for name in dirs:
                 _freeze(Path(root) / name, dir_mode, as_root)
         _freeze(top, dir_mode, as_root)
+    except OSError as exc:  # a full or read-only temp folder: said in one line, the copy removed
+        remove(top)
+        raise PolicyError(f"cannot copy the policy's files for the sandbox into {top}: {exc.strerror}; free space "
+                          f"in {tempfile.gettempdir()} (or point TMPDIR elsewhere)") from None
     except BaseException:
         remove(top)
         raise

@@ -591,3 +591,140 @@ def test_provenance_of_a_folder_beside_files_whose_names_are_not_utf8(tmp_path):
     subprocess.run([*git, "commit", "-qm", "policy"], check=True)
     provenance = _git_provenance(read_policy(folder))
     assert provenance["uncommitted_changes"] is False and provenance["committed_file"]
+
+
+def test_a_subfolder_swapped_for_a_link_while_the_folder_is_read_hands_over_nothing_outside(tmp_path, monkeypatch):
+    """A red-team review (2026-12-05) swapped a subfolder for a link to a folder holding a 0600 file of the user's
+    while heurist read a big file inside it: the next file was opened by its path, through the link, and reached
+    the sandbox. The same swap happens here as that file is opened; what is read is the folder's own."""
+    folder = _folder(tmp_path / "p", gain=1.0)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "aaa.bin").write_bytes(b"first")
+    (folder / "sub" / "zz.txt").write_text("innocuous")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "zz.txt").write_text("OPENAI_API_KEY=sk-from-the-users-home")
+    real_open, swapped = os.open, []
+
+    def swap() -> None:
+        (folder / "sub").rename(tmp_path / f"sub_old{len(swapped)}")
+        (folder / "sub").symlink_to(victim, target_is_directory=True)
+        swapped.append(True)
+
+    def open_then_swap(path, *args, **kwargs):
+        if str(path).endswith("aaa.bin") and not swapped:
+            swap()
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_then_swap)
+    bundle = read_policy(folder)
+    assert swapped and bundle.files["sub/zz.txt"] == b"innocuous"
+    assert not any(b"sk-from" in data for data in bundle.files.values())
+
+    # Swapped between being looked at and being opened: refused, not followed.
+    (folder / "sub").unlink()
+    (tmp_path / "sub_old0").rename(folder / "sub")
+    swapped.clear()
+
+    def open_folder_then_swap(path, *args, **kwargs):
+        if path == "sub" and not swapped:
+            swap()
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_folder_then_swap)
+    with pytest.raises(PolicyError, match="sub changed while heurist read policy folder"):
+        read_policy(folder)
+    assert swapped
+
+
+def test_a_hard_link_a_device_a_huge_file_or_a_long_path_is_refused_before_it_is_read(tmp_path):
+    from envs.policy_files import MAX_BYTES
+
+    folder = _folder(tmp_path / "p", gain=1.0)
+    secret = tmp_path / "key.txt"
+    secret.write_text("OPENAI_API_KEY=sk-secret")
+    os.link(secret, folder / "table.txt")  # the same file under a second name, inside the folder
+    with pytest.raises(PolicyError, match=r"table.txt has 1 other hard link\(s\).*cp, not ln"):
+        read_policy(folder)
+    (folder / "table.txt").unlink()
+    # Looked at, not opened: opening a FIFO for reading waits for a writer (here O_NONBLOCK spared it) and opening
+    # some devices does something.
+    os.mkfifo(folder / "pipe")
+    with pytest.raises(PolicyError, match="pipe is not a regular file"):
+        read_policy(folder)
+    (folder / "pipe").unlink()
+    with open(folder / "huge.bin", "wb") as handle:  # sparse: no disk, and refused by its size before any read
+        handle.truncate(MAX_BYTES + 1)
+    with pytest.raises(PolicyError, match="more than 1000 files or 256 MiB"):
+        read_policy(folder)
+    (folder / "huge.bin").unlink()
+    deep = folder
+    for _ in range(6):
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    (deep / "data.json").write_text("{}")  # fine here, but past PATH_MAX once staged under a temp folder
+    with pytest.raises(PolicyError, match="named by a path over 1024 bytes"):
+        read_policy(folder)
+
+
+def test_a_folder_whose_policy_py_is_heuristss_own_file_is_one_line_not_an_internal_error(tmp_path):
+    folder = _folder(tmp_path / "p", gain=1.0)
+    with pytest.raises(PolicyError, match="has no policy.py of its own to read"):
+        read_policy(folder, [folder / "policy.py"])  # `heurist eval FOLDER --ledger FOLDER/policy.py`
+
+
+def test_a_temp_folder_that_cannot_take_the_copy_is_one_line(tmp_path, monkeypatch):
+    import tempfile
+
+    from envs.policy_files import materialise
+
+    bundle = read_policy(_folder(tmp_path / "p", gain=1.0))
+    not_a_folder = tmp_path / "tmp-is-a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    with pytest.raises(PolicyError, match="for the policy's files: Not a directory; free space there"):
+        materialise(bundle)
+
+
+def test_a_repository_that_makes_git_wait_or_names_a_work_tree_elsewhere_gives_no_provenance(tmp_path, monkeypatch):
+    """A red-team review (2026-12-05): a policy's repository whose config includes a FIFO kept `heurist eval`
+    waiting for ever in `git rev-parse`, and one whose core.worktree named another folder stopped it with an
+    internal error. Provenance is a note beside the score: either gives none, and the evaluation goes on."""
+    import subprocess
+
+    import envs.evaluator
+    from envs.evaluator import _git_provenance
+
+    repo = tmp_path / "repo"
+    folder = _folder(repo / "mine", gain=1.0)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "policy"], check=True)
+    assert _git_provenance(read_policy(folder))["uncommitted_changes"] is False
+    none = {"commit": None, "committed_file": None, "uncommitted_changes": None}
+    subprocess.run([*git, "config", "core.worktree", str(tmp_path / "elsewhere")], check=True)
+    assert _git_provenance(read_policy(folder)) == none
+    subprocess.run([*git, "config", "--unset", "core.worktree"], check=True)
+    os.mkfifo(repo / ".git" / "waits")
+    subprocess.run([*git, "config", "include.path", str(repo / ".git" / "waits")], check=True)
+    monkeypatch.setattr(envs.evaluator, "PROVENANCE_GIT_S", 1.0)
+    assert _git_provenance(read_policy(folder)) == none
+
+
+def test_a_workspace_with_a_fifo_or_a_link_in_its_git_folder_is_refused_before_git_reads_it(tmp_path):
+    from envs.gitsafe import GitRefused, check_repository
+    from store.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    workspace.create("class Policy:\n    pass\n", {})
+    check_repository(workspace.root)
+    head = workspace.root / ".git" / "refs" / "heads" / "main"
+    head.unlink()
+    os.mkfifo(head)  # git reading the branch would wait for a writer for ever
+    with pytest.raises(GitRefused, match=r"holds \.git/refs/heads/main, which is not a plain file"):
+        check_repository(workspace.root)
+    head.unlink()
+    (workspace.root / ".git" / "objects" / "info" / "alternates").write_text("/somewhere/else/objects\n")
+    with pytest.raises(GitRefused, match="objects/info/alternates"):
+        check_repository(workspace.root)
