@@ -18,13 +18,15 @@ one started but never ended (the driver was killed) is started again on resume, 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from campaign.plan import CampaignError, CampaignSpec, PlannedRun, run_key
 from common.files import atomic_write, open_regular
@@ -49,6 +51,26 @@ class CampaignRecord(BaseModel):
     # Where the campaign serves its runs' memory (``campaign.memory_server``), chosen at its start; None when
     # the runs use a store of their own (``--memory-url``, or ``[run.memory]``).
     memory_server: str | None = None
+
+    @field_validator("memory_server")
+    @classmethod
+    def _one_address_with_a_port(cls, url: str | None) -> str | None:
+        """As ``campaign.memory_server.choose_url`` makes it: http:// one IP address of a machine, and a port. A
+        folder may be a stranger's: "0.0.0.0" served the campaign's memory, which has no authentication, on every
+        interface, and a URL without a port stopped the driver with an internal error (a red-team review,
+        2026-12-05)."""
+        if url is None:
+            return None
+        parsed = urlparse(url)
+        try:
+            address = ipaddress.ip_address(parsed.hostname or "")
+            port = parsed.port
+        except ValueError:
+            raise ValueError(f"memory_server {url!r} is not http://ADDRESS:PORT") from None
+        if parsed.scheme != "http" or port is None or not 0 < port < 65536 or address.is_unspecified \
+                or address.is_multicast or parsed.path not in ("", "/"):
+            raise ValueError(f"memory_server {url!r} is not http:// one address of this machine and a port")
+        return url
 
     @model_validator(mode="after")
     def _runs_as_planned(self) -> CampaignRecord:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.console import out, shown, shown_line
+from cli.console import err, out, shown, shown_line
 from common.errors import HeuristError
 
 memory_app = typer.Typer(no_args_is_help=True, help="Search and manage the memory of past failures, fixes and lessons.")
@@ -19,10 +19,29 @@ MEMORY_URL = typer.Option(None, "--memory-url", envvar="HEURIST_MEMORY_URL",
                           help="A Chroma server (http://host:port) shared by several machines.")
 
 
-def _open(memory: Optional[Path], memory_url: Optional[str]):
+EMBEDDER = typer.Option(None, "--embedder", metavar="JSON",
+                        help="The embedder to use, as memory.embedder in a run's config, e.g. "
+                             "'{\"kind\": \"openai\", \"model\": \"text-embedding-3-small\"}' (default: the "
+                             "offline one the store was made with; a store's own server or model file is never "
+                             "taken unless named here).")
+
+
+def _open(memory: Optional[Path], memory_url: Optional[str], embedder: Optional[str]):
+    from pydantic import ValidationError
+
+    from memory.embedders import EMBEDDER_ADAPTER
     from memory.store import MemoryConfig, MemoryStore
 
-    return MemoryStore(MemoryConfig(path=memory, url=memory_url))
+    named = None
+    if embedder is not None:
+        try:
+            named = EMBEDDER_ADAPTER.validate_json(embedder)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the value"
+            raise HeuristError(f"--embedder is not an embedder ({where}: {first['msg']}); give JSON such as "
+                               f"'{{\"kind\": \"minilm-onnx\"}}' (docs/memory.md)") from None
+    return MemoryStore(MemoryConfig(path=memory, url=memory_url, embedder=named))
 
 
 @memory_app.command("search")
@@ -35,6 +54,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     memory: Optional[Path] = MEMORY_DIR,
     memory_url: Optional[str] = MEMORY_URL,
+    embedder: Optional[str] = EMBEDDER,
 ) -> None:
     """Similar past failures with the fixes tried for them (worked first), similar fixes, and lessons."""
     if outcome not in (None, "accepted", "rejected"):
@@ -45,7 +65,7 @@ def search_cmd(
 
         spec = get_task(env)
         env, family = spec.id, spec.family
-    with _open(memory, memory_url) as store:
+    with _open(memory, memory_url, embedder) as store:
         # The task narrows failures and fixes; its family (implied by the task for those) is
         # what lessons are shared by.
         found = store.recall(text, k=k, task=env, family=family, kind=kind, outcome=outcome)
@@ -81,9 +101,10 @@ def _fix_line(fix) -> str:
 
 @memory_app.command("stats")
 def stats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-              memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+              memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL,
+               embedder: Optional[str] = EMBEDDER) -> None:
     """How many records of each type, task and outcome; where the store is and which embedder it uses."""
-    with _open(memory, memory_url) as store:
+    with _open(memory, memory_url, embedder) as store:
         stats = store.stats()
     if as_json:
         print(json.dumps(stats.model_dump(mode="json")))
@@ -108,21 +129,28 @@ def stats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON
 
 @memory_app.command("export")
 def export_cmd(file: Path = typer.Argument(..., help="JSONL file to write (one record a line)."),
-               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL,
+               embedder: Optional[str] = EMBEDDER) -> None:
     """Write every record to FILE as JSON lines, oldest first."""
-    with _open(memory, memory_url) as store:
+    with _open(memory, memory_url, embedder) as store:
         count = store.export(file)
+        left_out = sorted(store.unreadable)
     out.print(f"exported {count} records to {file}", markup=False)
+    if left_out:  # an export is how a store moves: what it cannot carry is said, not lost quietly
+        err.print(shown_line(f"warning: {len(left_out)} records this heurist cannot read (a newer heurist's, or "
+                             f"damaged) were left out: {', '.join(left_out[:5])}"
+                             + (" ..." if len(left_out) > 5 else "")), markup=False, highlight=False)
 
 
 @memory_app.command("import")
 def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `heurist memory export`."),
-               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL,
+               embedder: Optional[str] = EMBEDDER) -> None:
     """Add the records of FILE, embedded by this store's embedder; records already there are left as they were.
     The runs the new ones name are another store's, named imported:RUN_ID here."""
     if not file.is_file():
         raise HeuristError(f"{file} is not a file; give a file written by `heurist memory export`")
-    with _open(memory, memory_url) as store:
+    with _open(memory, memory_url, embedder) as store:
         added, held = store.import_file(file)
     out.print(f"imported {added + held} records from {file} ({added} new, {held} already there, left as they were)"
               + ("; their runs are named imported:RUN_ID here (`heurist memory forget --run imported:RUN_ID` removes "
@@ -131,8 +159,9 @@ def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `h
 
 @memory_app.command("forget")
 def forget_cmd(run: str = typer.Option(..., "--run", help="The run id whose records to delete."),
-               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL) -> None:
+               memory: Optional[Path] = MEMORY_DIR, memory_url: Optional[str] = MEMORY_URL,
+               embedder: Optional[str] = EMBEDDER) -> None:
     """Delete every record that run RUN_ID wrote."""
-    with _open(memory, memory_url) as store:
+    with _open(memory, memory_url, embedder) as store:
         count = store.forget(run)
     out.print(f"forgot {count} records of run {run}", markup=False)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from common.errors import MemoryStoreError
+from common.files import open_regular
 from memory.embedders import Embedder, EmbedderConfig
 from memory.records import RecordType
 
@@ -24,9 +26,14 @@ MARKER = "heurist-memory.json"
 RECORD_TYPES: tuple[RecordType, ...] = ("failure", "fix", "lesson", "scenario")
 
 
+MAX_MARKER_BYTES = 4096  # the marker is one short JSON line
+
+
 def prepare_directory(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise MemoryStoreError(f"memory path {path} is a file, not a directory; choose another with --memory")
+    if path.is_dir():
+        check_plain(path)
     marker = path / MARKER
     # Another heurist process creating the same new store is mid-way when only its marker's temp file is there:
     # that is no foreign content (two runs started at once on a fresh memory must both open it).
@@ -44,7 +51,8 @@ def prepare_directory(path: Path) -> None:
         raise MemoryStoreError(f"cannot create memory store at {path}: {exc.strerror}; choose a writable "
                                "directory with --memory") from None
     try:
-        version = json.loads(marker.read_text()).get("format")
+        with open_regular(marker) as handle:
+            version = json.loads(handle.read(MAX_MARKER_BYTES + 1)).get("format")
     except (OSError, ValueError, AttributeError):
         raise MemoryStoreError(f"{marker} is unreadable; restore it or start a new store with --memory") from None
     if version != FORMAT_VERSION:
@@ -52,18 +60,41 @@ def prepare_directory(path: Path) -> None:
                                f"{FORMAT_VERSION}: export it with the heurist that wrote it, then import")
 
 
-def _settings():
+def check_plain(path: Path) -> None:
+    """Refuse a store holding anything but plain files and folders: Chroma writes its index files and its database in
+    place, following links, so a store from elsewhere whose index files were links made even ``memory stats``
+    overwrite the files they named (a red-team review, 2026-12-05), and a FIFO or a device in a file's place hangs or
+    fills memory. heurist and Chroma write none of those."""
+    for folder, dirs, files in os.walk(path):  # os.walk does not enter a linked folder; it is refused below
+        for name in (*dirs, *files):
+            entry = Path(folder, name)
+            try:
+                mode = entry.lstat().st_mode
+            except FileNotFoundError:  # a temp file another process finished with
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+                raise MemoryStoreError(f"{entry} in memory store {path} is {what}; a store holds only the files "
+                                       f"heurist and Chroma write. Move it aside, or import the store's export "
+                                       f"into a new one")
+
+
+def _settings(**pinned):
     import chromadb
 
-    # Telemetry would try the network on every call; heurist runs offline.
-    return chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
+    # Telemetry would try the network on every call; heurist runs offline. No `.env` file is read: Chroma's settings
+    # read one from the current folder by default, so a folder holding one (a colleague's unpacked project) sent a
+    # "local" store's every call to a server it named (a red-team review, 2026-12-05). What kind of client it is is
+    # pinned too, whatever the environment says.
+    return chromadb.Settings(_env_file=None, anonymized_telemetry=False, allow_reset=False, **pinned)
 
 
 def persistent_client(path: Path):
     import chromadb
 
     try:
-        return chromadb.PersistentClient(path=str(path), settings=_settings())
+        return chromadb.PersistentClient(path=str(path), settings=_settings(
+            chroma_api_impl="chromadb.api.rust.RustBindingsAPI"))
     except Exception as exc:  # chromadb raises its own untyped errors for a damaged sqlite file
         raise MemoryStoreError(f"memory store at {path} is unreadable ({type(exc).__name__}: {exc}); move it "
                                "aside and start a new one, or import a `heurist memory export` file") from None
@@ -76,11 +107,61 @@ def http_client(url: str):
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise MemoryStoreError(f"memory URL {url!r} is not http(s)://host[:port]; e.g. http://127.0.0.1:8000")
     try:
-        return chromadb.HttpClient(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                                   ssl=parsed.scheme == "https", settings=_settings())
+        port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+    except ValueError:  # a port that is no number, or past 65535
+        raise MemoryStoreError(f"memory URL {url!r} has no valid port; e.g. http://127.0.0.1:8000") from None
+    # Chroma makes its HTTP session with no timeout and has no setting for one, so a server that accepted a
+    # connection and never answered kept `heurist memory stats`, and every run sharing that server, waiting for ever
+    # (a red-team review, 2026-12-05). The client's first requests (its tenant check) are made while it is created,
+    # before its session can be bounded, so the server is asked once first, with a timeout; then the session is.
+    probe(parsed.scheme, parsed.hostname, port, url)
+    try:
+        client = chromadb.HttpClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https",
+                                     settings=_settings())
     except Exception as exc:  # connection errors come from httpx inside chromadb
         raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc}); start "
                                "it (`chroma run --path DIR`) or drop --memory-url") from None
+    bound_session(client, url)
+    return client
+
+
+SERVER_TIMEOUT_S = 60.0  # connecting to a memory server, and each wait for more of its reply
+MAX_REPLY_BYTES = 256 << 20  # one reply a memory server announces: far past a page of 1,000 records and vectors
+
+
+def probe(scheme: str, host: str, port: int, url: str) -> None:
+    """Whether the server answers at all within ``SERVER_TIMEOUT_S`` (any answer: Chroma's client says what is wrong
+    with it)."""
+    import httpx
+
+    try:
+        httpx.get(f"{scheme}://{host}:{port}/api/v2/heartbeat", timeout=SERVER_TIMEOUT_S, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc or 'no answer'}"
+                               f"); start it (`chroma run --path DIR`) or drop --memory-url") from None
+
+
+def bound_session(client, url: str) -> None:
+    """A timeout, and a cap on a reply's announced size, on the HTTP session inside Chroma's client. The session is
+    Chroma's own attribute (``_server._session`` in chromadb 1.x): if a later Chroma moves it, this refuses to go on
+    unbounded rather than silently (tests/test_memory.py holds it to that). A reply streamed without a length is
+    bounded by the timeout between its pieces, not by its size."""
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if not isinstance(session, httpx.Client):
+        raise MemoryStoreError(f"this chromadb keeps its HTTP session where heurist cannot bound its waits; install "
+                               f"the chromadb version heurist pins, or use a local store instead of {url}")
+    session.timeout = httpx.Timeout(SERVER_TIMEOUT_S)
+
+    def announced_size(response) -> None:
+        size = response.headers.get("content-length", "")
+        if size.isdigit() and int(size) > MAX_REPLY_BYTES:
+            response.close()
+            raise MemoryStoreError(f"the memory server at {url} announced a reply of {int(size):,} bytes, past "
+                                   f"{MAX_REPLY_BYTES >> 20} MiB; it is not a Chroma server heurist can use")
+
+    session.event_hooks["response"] = [*session.event_hooks.get("response", []), announced_size]
 
 
 def collection_name(collection: str, record_type: str) -> str:

@@ -25,6 +25,8 @@ def all_of(conditions: list[dict]) -> dict | None:
 def _meets(metadata: dict, condition: dict) -> bool:
     """Whether metadata meets one condition of the kinds ``recall`` builds: {key: value}, or {key: {"$ne": value}}
     (Chroma's own spelling, so the same condition also goes to Chroma's filter)."""
+    if not isinstance(metadata, dict):  # a record stored without metadata (by hand, on a shared server) meets nothing
+        return False
     [(key, value)] = condition.items()
     if isinstance(value, dict):
         [(operator, operand)] = value.items()

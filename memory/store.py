@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -38,7 +39,14 @@ from memory.chroma import (
     persistent_client,
     prepare_directory,
 )
-from memory.embedders import EMBEDDER_ADAPTER, Embedder, EmbedderConfig, MiniLMOnnxConfig, build_embedder
+from memory.embedders import (
+    EMBEDDER_ADAPTER,
+    ChromaDefaultConfig,
+    Embedder,
+    EmbedderConfig,
+    MiniLMOnnxConfig,
+    build_embedder,
+)
 from memory.records import (
     RECENT,
     RECORD_ADAPTER,
@@ -96,6 +104,46 @@ class MemoryStats(BaseModel):
                                                                    "newer heurist's), left out of every answer.")
 
 
+def _open_lock(path: Path, store: Path):
+    """The store's lock file, opened to append (never through a link, never a FIFO: a store may come from elsewhere).
+
+    A store on a read-only disk cannot be locked, so cannot be read either (Chroma writes even to read): said so."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise MemoryStoreError(f"cannot open the lock of memory store {store} ({exc.strerror}); heurist and Chroma "
+                               f"write to a store even to read it: copy it somewhere writable (cp -r) and give that "
+                               f"with --memory") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MemoryStoreError(f"{path} is not a regular file; a store's lock is one heurist makes. Move it aside")
+    return os.fdopen(fd, "a")
+
+
+def recorded_embedder(recorded: Any, location: str) -> EmbedderConfig:
+    """The embedder a store says it was made with, as far as a store may choose it: its kind, never where it reaches.
+
+    A store may be anyone's (a colleague's folder, a shared server anyone on the network can write), and its
+    collections' metadata is its own to write. Taken whole, it chose the server an OpenAI-compatible embedder sends
+    the query to and the environment variable whose value goes along as the key, a model file to read, and how many
+    threads to start (a red-team review, 2026-12-05: a key sent to a server of the store's choosing; 100,000 threads
+    and 16 GB). So the offline model is taken with this heurist's own settings, Chroma's default as it is (it fetches
+    its fixed model), and anything naming a server, a key or a file only where the user names it."""
+    try:
+        config = EMBEDDER_ADAPTER.validate_json(recorded if isinstance(recorded, (str, bytes)) else "")
+    except ValidationError:
+        raise MemoryStoreError(f"memory at {location} records an embedder this heurist cannot read; name the one to "
+                               f"use (--embedder, or memory.embedder in the run's config)") from None
+    if isinstance(config, MiniLMOnnxConfig) and config.model_path is None:
+        return MiniLMOnnxConfig()
+    if isinstance(config, ChromaDefaultConfig):
+        return config
+    raise MemoryStoreError(f"memory at {location} was made with the embedder {config.model_dump_json()}, which reads "
+                           f"a file or sends your text and a key to a server; heurist uses such an embedder only "
+                           f"where you name it: --embedder '<that JSON>' (or memory.embedder in the run's config), "
+                           f"once you trust it")
+
+
 def _metadata(record: Record) -> dict:
     meta: dict = {"type": record.type, "run_id": record.run_id, "task": record.task, "family": record.family,
                   "created_at": record.created_at, "record": record.model_dump_json()}
@@ -147,7 +195,7 @@ class MemoryStore:
             self.path = (self.config.path or default_memory_path()).expanduser().resolve()
             self.location = str(self.path)
             prepare_directory(self.path)
-            self._lock_file = open(self.path / LOCK_FILE, "a")
+            self._lock_file = _open_lock(self.path / LOCK_FILE, self.path)
             with self._locked():
                 self._client = persistent_client(self.path)
         with self._locked():
@@ -156,7 +204,7 @@ class MemoryStore:
             # No embedder named: the one the store was made with, so `heurist memory search`
             # works on any store; a new store gets the offline default.
             recorded = next(((c.metadata or {}).get("heurist:embedder_config") for c in existing.values()), None)
-            embedder_config = self.config.embedder or (EMBEDDER_ADAPTER.validate_json(recorded) if recorded
+            embedder_config = self.config.embedder or (recorded_embedder(recorded, self.location) if recorded
                                                        else MiniLMOnnxConfig())
             embedder = build_embedder(embedder_config)
             self._embedder_config = embedder_config
@@ -177,10 +225,27 @@ class MemoryStore:
                                  self._embedder_config, self.location)
 
     @contextmanager
+    def _chroma_errors(self) -> Iterator[None]:
+        """Chroma's own errors and its HTTP client's, said in one line that names the store: a damaged store, a
+        collection whose vectors changed size, a full disk, a server that stopped answering (each was an internal
+        error with a traceback before: a red-team review, 2026-12-05)."""
+        import httpx
+        from chromadb.errors import ChromaError
+
+        try:
+            yield
+        except (ChromaError, httpx.HTTPError) as exc:
+            where = "the server" if self.config.url else "the store"
+            raise MemoryStoreError(f"memory at {self.location} failed: {type(exc).__name__}: {str(exc)[:300]}; check "
+                                   f"{where} (a server must be up; a damaged local store can be exported and "
+                                   f"imported into a new one, and a full disk needs space)") from None
+
+    @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._thread_lock:
             if self._lock_file is None:
-                yield
+                with self._chroma_errors():
+                    yield
                 return
             # Held across nested calls (a write reads what it merges with): only the outermost takes and lets go of
             # the file lock, or the inner one would let another process in between the read and the write.
@@ -188,7 +253,8 @@ class MemoryStore:
             if self._lock_depth == 1:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             try:
-                yield
+                with self._chroma_errors():
+                    yield
             finally:
                 self._lock_depth -= 1
                 if self._lock_depth == 0:
@@ -294,15 +360,22 @@ class MemoryStore:
     def get(self, ids: Iterable[str]) -> list[Record]:
         return self._readable(m for _, m in self._metadatas(ids))
 
-    def _readable(self, metadatas: Iterable[dict]) -> list[Record]:
+    def _readable(self, metadatas: Iterable[dict], kind: RecordType | None = None) -> list[Record]:
         """The records these stored metadata hold, each read on its own; the ids of those that cannot be read are
-        kept in ``unreadable`` (``heurist memory stats`` names them), and the rest are read all the same."""
+        kept in ``unreadable`` (``heurist memory stats`` names them), and the rest are read all the same. With
+        ``kind``, a record of another type (a lesson written into the failures' collection, on a shared server) is
+        one that cannot be read: it stopped every recall before."""
         records = []
         for metadata in metadatas:
             try:
-                records.append(_record(metadata))
+                record = _record(metadata)
             except UNREADABLE:
                 self.unreadable.add(_raw_id(metadata))
+                continue
+            if kind is not None and record.type != kind:
+                self.unreadable.add(_raw_id(metadata))
+                continue
+            records.append(record)
         return records
 
     def _metadatas(self, ids: Iterable[str]) -> list[tuple[str, dict]]:
@@ -313,8 +386,11 @@ class MemoryStore:
         by_id = {}
         with self._locked():
             for collection in self._collections.values():
-                found = collection.get(ids=ids, include=["metadatas"])
-                by_id.update(zip(found["ids"], found["metadatas"]))
+                # In pages: SQLite takes at most 32,766 variables a statement, and an import of a store's own export
+                # of 40,000 records looked them all up at once ("too many SQL variables").
+                for start in range(0, len(ids), PAGE):
+                    found = collection.get(ids=ids[start:start + PAGE], include=["metadatas"])
+                    by_id.update(zip(found["ids"], found["metadatas"]))
         return [(i, by_id[i]) for i in ids if i in by_id]
 
     def count(self) -> int:
@@ -350,7 +426,7 @@ class MemoryStore:
             conditions.append({"outcome": outcome})
         with self._locked():
             found = self._collections["fix"].get(where=all_of(conditions), include=["metadatas"])
-        for fix in self._readable(found["metadatas"]):
+        for fix in self._readable(found["metadatas"], "fix"):
             for failure_id in fix.failure_ids:
                 if failure_id in result:
                     result[failure_id].append(fix)
@@ -364,7 +440,8 @@ class MemoryStore:
         with self._locked():
             rows = nearest(collection, vector, conditions, k)
         # Cosine distance in [0, 2]; similarity = 1 - distance.
-        return [(record, 1.0 - distance) for metadata, distance in rows for record in self._readable([metadata])]
+        return [(record, 1.0 - distance) for metadata, distance in rows
+                for record in self._readable([metadata], record_type)]
 
     def recall(self, text: str, *, k: int = 5, task: str | None = None, family: str | None = None,
                kind: str | None = None, outcome: str | None = None, run_id: str | None = None,
@@ -513,9 +590,27 @@ class MemoryStore:
         marked = as_imported([r for i, r in records.items() if i not in held], held_as)
         held_marked = {r.id for r in self.get([r.id for r in marked])}  # the same file imported before
         new = list({r.id: r for r in marked if r.id not in held_marked}.values())  # runs "x", "imported:x": one
-        for start in range(0, len(new), PAGE):
-            self.add(new[start:start + PAGE])
+        written: list[str] = []
+        try:
+            for start in range(0, len(new), PAGE):
+                written += self.add(new[start:start + PAGE])
+        except BaseException:
+            # All or nothing: the pages written so far are taken out again (they are new ids, none held before), so
+            # a failure part-way (a full disk, Ctrl-C) leaves the store as it was and the import can simply be run
+            # again. Before, 1,000 of 1,501 records stayed (a red-team review, 2026-12-05).
+            self._remove(written)
+            raise
         return len(new), len(records) - len(new)
+
+    def _remove(self, ids: list[str]) -> None:
+        """Take out records just written; best effort, since it runs when writing has already failed."""
+        try:
+            with self._locked():
+                for collection in self._collections.values():
+                    for start in range(0, len(ids), PAGE):
+                        collection.delete(ids=ids[start:start + PAGE])
+        except Exception:  # the store refuses writes now (a full disk): the import's own error says what happened
+            pass
 
     @staticmethod
     def _imported(path: Path, number: int, line: str) -> Record:
@@ -523,7 +618,7 @@ class MemoryStore:
             record = RECORD_ADAPTER.validate_json(line)
             # As ``add`` keeps it (redacted), with the id its own fields give it.
             record = type(record).model_validate({**redact_deep(record.model_dump()), "id": ""})
-            return record.model_copy(update={"id": record.default_id()})
+            record = record.model_copy(update={"id": record.default_id()})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -532,3 +627,10 @@ class MemoryStore:
         except (ValueError, RecursionError, OverflowError) as exc:
             raise MemoryStoreError(f"{path}:{number} is not a memory record ({type(exc).__name__}); "
                                    "fix or remove that line") from None
+        # What Chroma stores as a number must fit its 64 bits: a 400-digit seed passed the record's own checks and
+        # failed only when written, after a page of other records (checked here, with every line, before writing).
+        for key, value in _metadata(record).items():
+            if isinstance(value, int) and not -2**63 <= value < 2**63:
+                raise MemoryStoreError(f"{path}:{number} has a {key} of {value.bit_length()} bits, past what the "
+                                       f"store keeps (64-bit integers); fix or remove that line")
+        return record

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from common.safe_text import one_line
 from envs.contract import Tunable, read_tunables
 from memory.records import FixRecord, Recall
 from roles.base import Role, RoleContext
@@ -41,9 +42,12 @@ def recall_text(recall: Recall) -> str:
     lines, seen = [], set()
 
     def add(key: str, line: str) -> None:
+        # Each record one line, whatever its text holds: a description or rationale from a store anyone can write
+        # (an import, a shared server) broke into lines of heurist's own format and forged lessons and accepted
+        # fixes in the brief (a red-team review, 2026-12-05).
         if key not in seen:
             seen.add(key)
-            lines.append(line)
+            lines.append(one_line(line))
 
     # Lessons first: short and general, they are what a cut brief must keep (and what the run counts as shown).
     for lesson_hit in recall.lessons:

@@ -16,6 +16,7 @@ defines no test is answered with the error and asked again.
 
 from __future__ import annotations
 
+from common.safe_text import one_line
 from roles.base import Role, RoleContext
 from roles.stages import TestFile, TestWriterInput
 
@@ -79,7 +80,8 @@ def scenario_test(iteration: int, name: str, recalled: bool = False) -> str:
 def _recalled(scenarios: dict[str, str], most: int = 20) -> str:
     names = sorted(scenarios.items())
     more = f"; and {len(names) - most} more" if len(names) > most else ""
-    return "; ".join(f"{name} ({text[:160]})" for name, text in names[:most]) + more or "none"
+    # The text is a recalled failure's description: from a store anyone may write, so one line whatever it holds.
+    return "; ".join(one_line(f"{name} ({text[:160]})") for name, text in names[:most]) + more or "none"
 
 
 def _returned(value: float | None) -> str:

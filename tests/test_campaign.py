@@ -742,6 +742,13 @@ def test_a_campaign_directory_from_elsewhere_is_read_as_data(tmp_path):
         (root / "campaign.json").write_text(json.dumps(damaged))
         with pytest.raises(CampaignError, match="campaign.json is damaged"):
             write_campaign_report(root)
+    # The memory it serves: every interface (the memory has no authentication), or no port (an internal error).
+    for served in ("http://0.0.0.0:18752", "http://127.0.0.1", "http://[::1", "http://example.org:80", "file:///x"):
+        (root / "campaign.json").write_text(json.dumps({**record, "memory_server": served}))
+        with pytest.raises(CampaignError, match="campaign.json is damaged"):
+            write_campaign_report(root)
+    (root / "campaign.json").write_text(json.dumps({**record, "memory_server": "http://127.0.0.1:18752"}))
+    write_campaign_report(root)
     record["runs"] = [r for r in record["runs"] if r["task"] != "ALE/Freeway-v5"]
     record["runs"][0]["task"], record["runs"][0]["key"] = "NotHere-v0", "nothere-v0-r0"
     (root / "campaign.json").write_text(json.dumps(record))
