@@ -45,7 +45,7 @@ from common import interrupts
 from common.errors import HeuristError
 from common.events import RunFinished, RunPaused
 from common.safe_text import redact
-from envs.ray_backend import NO_MEMORY_MONITOR, unreachable
+from envs.ray_backend import init_ray, unreachable
 from store.config import WandbConfig, build_config
 from store.rundir import create_run, run_lock_free, run_status
 from store.scalars import Row, flatten, write_scalars
@@ -210,11 +210,7 @@ class Driver:
         if not ray.is_initialized():
             check_address(self.address)
             try:
-                with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
-                    # No address: a Ray of its own, never one /tmp/ray/ray_current_cluster names (envs.ray_backend).
-                    # And no memory monitor on a Ray of its own (envs.ray_backend.NO_MEMORY_MONITOR).
-                    ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
-                             configure_logging=False, **({} if self.address else {"_system_config": NO_MEMORY_MONITOR}))
+                init_ray(self.address)  # as an evaluation joins Ray (envs.ray_backend.init_ray)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise CampaignError(f"cannot reach Ray at {self.address or 'this machine'} "
                                     f"({' '.join(str(exc).split())[:200]}); check --address or RAY_ADDRESS, and "

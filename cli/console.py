@@ -95,3 +95,37 @@ def say_stopped(text: str) -> None:
         err.print(text, markup=False, highlight=False)
     except OSError:
         pass
+
+
+def stdout_for_json_only():
+    """A text stream on this process's stdout, for a command's one JSON object; stdout itself (descriptor 1) goes
+    to stderr from now on, for the rest of the process.
+
+    ``--json`` promises one JSON object and nothing else on stdout, but a library prints where it likes: Ray's
+    driver printed a lost node's raylet messages on stdout, before and after the JSON (a red-team review,
+    2026-12-05). Not put back: Ray's threads print until the process ends. What is written here is redacted as
+    everything heurist prints is (``RedactingStream``)."""
+    if getattr(sys.stdout, "_inner", sys.stdout) is not sys.__stdout__:
+        return _PrintedJson()  # a caller's own stream (the command run inside another program): printed to it
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    kept = os.dup(1)
+    os.dup2(2, 1)
+    return _RedactedJson(os.fdopen(kept, "w", encoding="utf-8"))
+
+
+class _RedactedJson:
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def print(self, text: str) -> None:
+        self.stream.write(redact(text) + "\n")
+        self.stream.flush()
+
+
+class _PrintedJson:
+    def print(self, text: str) -> None:
+        print(text)

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.campaign_commands import register as register_campaign_commands
-from cli.console import RedactingStream, err, out, say_stopped, shown
+from cli.console import RedactingStream, err, out, say_stopped, shown, stdout_for_json_only
 from cli.doctor_commands import register as register_doctor_command
 from cli.memory_commands import memory_app
 from cli.report_commands import register as register_report_command
@@ -83,6 +83,7 @@ def eval_cmd(
     from envs.limits import Limits
     from envs.tasks import get_task
 
+    json_out = stdout_for_json_only() if as_json else None
     if seeds is not None and split is not None:
         raise HeuristError("give --seeds or --split, not both (--seeds is a split of its own: custom)")
     if seeds is not None and episodes is not None:
@@ -132,8 +133,8 @@ def eval_cmd(
     summary = result.summary()
     if result.backend == "ray":
         summary |= {"backend": "ray", "nodes": result.nodes}
-    if as_json:
-        print(json.dumps(summary))
+    if json_out is not None:
+        json_out.print(json.dumps(summary))
     else:
         _print_result(result, ledger_file)
     if result.status == "broken":

@@ -97,7 +97,7 @@ def check_repository(root: Path) -> None:
                          f"made it as one, so something else changed it: the run cannot trust its history")
     # git writes plain files and folders only; a link, a FIFO or a device in .git (a ref, the config) could make git
     # read outside the repository or wait for ever.
-    odd = [str(Path(folder, name).relative_to(root)) for folder, dirs, files in os.walk(dot_git)
+    odd = [str(Path(folder, name).relative_to(root)) for folder, dirs, files in os.walk(dot_git, onerror=_unlistable)
            for name in (*dirs, *files) if not _plain(Path(folder, name))]
     if odd:
         raise GitRefused(f"the workspace {root} holds {', '.join(sorted(odd))[:300]}, which is not a plain file or "
@@ -126,7 +126,7 @@ def check_repository(root: Path) -> None:
     hooks = dot_git / "hooks"
     if hooks.is_dir():
         problems += [str(p.relative_to(root)) for p in hooks.iterdir() if not p.name.endswith(".sample")]
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root, onerror=_unlistable):
         dirs[:] = [d for d in dirs if not (Path(folder) == root and d == ".git")]
         problems += [str((Path(folder) / f).relative_to(root)) for f in files if f == ".gitattributes"]
     if problems:
@@ -140,4 +140,12 @@ def _plain(path: Path) -> bool:
         mode = path.lstat().st_mode
     except FileNotFoundError:  # gone since it was listed (git's own lock files come and go)
         return True
+    except OSError as exc:
+        _unlistable(exc)
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def _unlistable(exc: OSError) -> None:
+    """A folder of the workspace that cannot be listed (os.walk would skip it silently) hides what it holds."""
+    raise GitRefused(f"{exc.filename} cannot be read ({exc.strerror}); heurist made every folder of its workspace "
+                     f"readable, so something else changed it: the run cannot trust its history")

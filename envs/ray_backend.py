@@ -57,13 +57,77 @@ def unreachable(address: str | None) -> str | None:
         return None
     host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=10).close()
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            if not _speaks_grpc(connection):
+                return ("something answers there, but not as a Ray cluster's head (a gRPC server) does: is it the "
+                        "dashboard's port (8265) or another service's? The head's address is the one "
+                        "`ray start --head` printed, port 6379 unless chosen")
     except (OSError, ValueError) as exc:
         return str(exc)
     return None
 
 
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (a Ray head's GCS) answers with a SETTINGS frame
+# of its own. Ray itself, given any other service's address (the dashboard's HTTP port, say), retried it for 14
+# minutes before giving up (a red-team review, 2026-12-05).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+H2_SETTINGS = 4
+GRPC_PROBE_S = 5.0
+
+
+def _speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server at the other end answers HTTP/2's preface with a SETTINGS frame, as a gRPC server does.
+    A cluster using TLS (``RAY_USE_TLS``) is not asked: its handshake comes first, and Ray checks it itself."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    connection.settimeout(GRPC_PROBE_S)
+    try:
+        connection.sendall(H2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:  # a timeout (a server that never answers) or a reset
+        return False
+    return header[3] == H2_SETTINGS
+
+
 NO_MEMORY_MONITOR = {"memory_monitor_refresh_ms": 0}  # Ray's switch for its memory monitor: 0 turns it off
+CODE_ROOT = Path(__file__).resolve().parent.parent  # where heurist's own packages are: what Ray's workers import
+
+
+def init_ray(address: str | None) -> None:
+    """``ray.init`` as heurist calls it, for an evaluation or a campaign: no dashboard, no worker logs in heurist's
+    output, heurist's own signal handling, no memory monitor on a Ray of its own, and heurist's code alone on the
+    workers' path.
+
+    Ray puts the driver's current folder first on every worker's ``sys.path``, on every node: a package there named
+    as one of heurist's (``envs``, a cloned repository's ``common``) was imported by the Ray workers running shards,
+    outside the sandbox, before it existed (a red-team review, 2026-12-05). So ``ray.init`` runs from the folder
+    holding heurist's own packages, and the current folder is restored at once (every path heurist holds is absolute
+    by then; nothing else in the process runs during ``ray.init``)."""
+    import ray
+
+    try:
+        here: str | None = os.getcwd()
+    except OSError:  # the current folder was removed: nothing to go back to
+        here = None
+    os.chdir(CODE_ROOT)
+    try:
+        with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
+            # No address: a Ray of this process's own ("local"). Left to itself, ray.init joins whatever cluster
+            # /tmp/ray/ray_current_cluster names: another user's `ray start`, or one killed without `ray stop`,
+            # where it retried an address nothing answers on for more than ten minutes.
+            # And on a Ray of its own, no memory monitor: it killed a shard whose policy used memory its sandbox
+            # allows, whenever the node as a whole passed 95%, and retried it without end (Ray's OOM retries ignore
+            # max_retries). The sandbox's own memory limit, and the kernel, decide as they do without Ray.
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **({} if address else {"_system_config": NO_MEMORY_MONITOR}))
+    finally:
+        if here is not None:
+            os.chdir(here)
 
 
 def connect(address: str | None) -> None:
@@ -78,15 +142,7 @@ def connect(address: str | None) -> None:
         raise RayBackendError(f"cannot reach a Ray cluster at {address} ({why}) for eval.backend = \"ray\"; check "
                               f"eval.ray_address (--ray-address) or RAY_ADDRESS")
     try:
-        with interrupts.library_init():  # Ray's SIGTERM handler (sys.exit) from its start: heurist's again
-            # No address: a Ray of this process's own ("local"). Left to itself, ray.init joins whatever cluster
-            # /tmp/ray/ray_current_cluster names: another user's `ray start`, or one killed without `ray stop`,
-            # where it retried an address nothing answers on for more than ten minutes.
-            # And on a Ray of its own, no memory monitor: it killed a shard whose policy used memory its sandbox
-            # allows, whenever the node as a whole passed 95%, and retried it without end (Ray's OOM retries ignore
-            # max_retries). The sandbox's own memory limit, and the kernel, decide as they do without Ray.
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, **({} if address else {"_system_config": NO_MEMORY_MONITOR}))
+        init_ray(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayBackendError(f"cannot reach Ray at {address or 'this machine'} ({' '.join(str(exc).split())[:200]}) "
                               f"for eval.backend = \"ray\"; check eval.ray_address or RAY_ADDRESS, and RAY_AUTH_TOKEN "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -65,13 +66,19 @@ def check_plain(path: Path) -> None:
     place, following links, so a store from elsewhere whose index files were links made even ``memory stats``
     overwrite the files they named (a red-team review, 2026-12-05), and a FIFO or a device in a file's place hangs or
     fills memory. heurist and Chroma write none of those."""
-    for folder, dirs, files in os.walk(path):  # os.walk does not enter a linked folder; it is refused below
+    def unlistable(exc: OSError) -> None:  # os.walk skips a folder it cannot list, silently: what it holds is unknown
+        raise MemoryStoreError(f"cannot list {exc.filename} in memory store {path} ({exc.strerror}); a store's folders "
+                               f"are all readable: fix its permissions, or import its export into a new store")
+
+    for folder, dirs, files in os.walk(path, onerror=unlistable):  # a linked folder is not entered; refused below
         for name in (*dirs, *files):
             entry = Path(folder, name)
             try:
                 mode = entry.lstat().st_mode
             except FileNotFoundError:  # a temp file another process finished with
                 continue
+            except OSError as exc:
+                unlistable(exc)
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
                 raise MemoryStoreError(f"{entry} in memory store {path} is {what}; a store holds only the files "
@@ -112,33 +119,33 @@ def http_client(url: str):
         raise MemoryStoreError(f"memory URL {url!r} has no valid port; e.g. http://127.0.0.1:8000") from None
     # Chroma makes its HTTP session with no timeout and has no setting for one, so a server that accepted a
     # connection and never answered kept `heurist memory stats`, and every run sharing that server, waiting for ever
-    # (a red-team review, 2026-12-05). The client's first requests (its tenant check) are made while it is created,
-    # before its session can be bounded, so the server is asked once first, with a timeout; then the session is.
-    probe(parsed.scheme, parsed.hostname, port, url)
-    try:
-        client = chromadb.HttpClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https",
-                                     settings=_settings())
-    except Exception as exc:  # connection errors come from httpx inside chromadb
-        raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc}); start "
-                               "it (`chroma run --path DIR`) or drop --memory-url") from None
+    # (a red-team review, 2026-12-05). The client makes its first requests (identity, tenant) while it is created,
+    # before its session can be bounded, so it is created in a thread that is waited on for a bounded time (one that
+    # never returns is left waiting, as a daemon, and this process goes on without it); then the session is bounded.
+    made: dict = {}
+
+    def make() -> None:
+        try:
+            made["client"] = chromadb.HttpClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https",
+                                                 settings=_settings())
+        except BaseException as exc:  # handed to the waiting thread, which says it
+            made["error"] = exc
+
+    maker = threading.Thread(target=make, name="heurist-chroma-connect", daemon=True)
+    maker.start()
+    maker.join(SERVER_TIMEOUT_S)
+    if "client" not in made:
+        exc = made.get("error")
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else f"no answer in {SERVER_TIMEOUT_S:g} s"
+        raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({why}); start it (`chroma run --path DIR`) "
+                               f"or drop --memory-url")
+    client = made["client"]
     bound_session(client, url)
     return client
 
 
 SERVER_TIMEOUT_S = 60.0  # connecting to a memory server, and each wait for more of its reply
 MAX_REPLY_BYTES = 256 << 20  # one reply a memory server announces: far past a page of 1,000 records and vectors
-
-
-def probe(scheme: str, host: str, port: int, url: str) -> None:
-    """Whether the server answers at all within ``SERVER_TIMEOUT_S`` (any answer: Chroma's client says what is wrong
-    with it)."""
-    import httpx
-
-    try:
-        httpx.get(f"{scheme}://{host}:{port}/api/v2/heartbeat", timeout=SERVER_TIMEOUT_S, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc or 'no answer'}"
-                               f"); start it (`chroma run --path DIR`) or drop --memory-url") from None
 
 
 def bound_session(client, url: str) -> None:
@@ -195,6 +202,42 @@ def create_collection(client, name: str, embedder: Embedder, embedder_config: Em
             pass
         raise MemoryStoreError(f"cannot create memory collection {name!r} at {location} "
                                f"({type(exc).__name__}: {exc})") from None
+
+
+NO_FUNCTION = {"type": "unknown"}  # how Chroma records "none named" (heurist's collections name none)
+
+
+def _run_by_chroma(value) -> list:
+    """What a collection's stored configuration or schema asks Chroma to run: each embedding function it names,
+    and each sparse index it enables (which runs one on every upsert)."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "embedding_function" and item is not None and item != NO_FUNCTION:
+                found.append(item)
+            elif key == "sparse_vector_index" and isinstance(item, dict) and item.get("enabled"):
+                found.append(item)
+            else:
+                found += _run_by_chroma(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _run_by_chroma(item)
+    return found
+
+
+def check_configuration(collection, location: str) -> None:
+    """Refuse a collection whose stored configuration asks Chroma to embed anything.
+
+    heurist computes every vector itself and makes its collections with no embedding function; Chroma runs one a
+    collection's schema names on every upsert, built from the store's own record of it, key variable and server
+    included (a sparse embedder posted a record's text with the user's key to a server of the store's choosing: a
+    review, 2026-12-05)."""
+    model = collection.get_model()
+    asked = _run_by_chroma([model.configuration_json, model.serialized_schema])
+    if asked:
+        raise MemoryStoreError(f"collection {collection.name!r} at {location} asks Chroma to run an embedding "
+                               f"function ({str(asked[0])[:200]}); heurist makes its collections with none. Use "
+                               f"another --memory location, or import this store's export into a new one")
 
 
 def check_embedder(collection, identity: str, location: str) -> None:

@@ -31,6 +31,7 @@ from common.paths import heurist_home
 from common.safe_text import redact_deep
 from memory.chroma import (
     RECORD_TYPES,
+    check_configuration,
     check_embedder,
     collection_name,
     create_collection,
@@ -217,6 +218,7 @@ class MemoryStore:
             self._collections = {t: existing.get(t) or self._create_collection(t) for t in RECORD_TYPES}
         for collection in self._collections.values():
             check_embedder(collection, self.embedder.identity, self.location)
+            check_configuration(collection, self.location)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -593,7 +595,9 @@ class MemoryStore:
         written: list[str] = []
         try:
             for start in range(0, len(new), PAGE):
-                written += self.add(new[start:start + PAGE])
+                page = new[start:start + PAGE]
+                written += [r.id for r in page]  # before: a page writes one collection after another
+                self.add(page)
         except BaseException:
             # All or nothing: the pages written so far are taken out again (they are new ids, none held before), so
             # a failure part-way (a full disk, Ctrl-C) leaves the store as it was and the import can simply be run

@@ -246,3 +246,21 @@ def test_a_password_written_into_a_url_is_redacted_wherever_heurist_records_it(m
     # an unbounded scheme took 8.7 s (timed apart, not here: a timing is no test's verdict).
     assert re.search(r"\]\{0,31\}://", URL_PASSWORD.pattern)
     assert redact("a." * 40_000 + " user@example.com").endswith(" user@example.com")
+
+
+def test_json_is_the_only_thing_on_stdout_whatever_a_library_prints_there(tmp_path):
+    """A red-team review (2026-12-05): Ray's driver printed a lost node's raylet messages on stdout, before and after
+    the one JSON object `--json` promises. Here a task plug-in prints on stdout as it loads, through Python and
+    straight to the descriptor, as a library may."""
+    (tmp_path / "noisy_tasks.py").write_text(
+        "import os\nfrom envs.tasks import FailureRules, TaskSpec\n"
+        "print('noise through print')\nos.write(1, b'noise straight to the descriptor\\n')\n"
+        "MINE = lambda: TaskSpec(id='Noisy-v0', gym_id='CartPole-v1', family='custom', description='noisy',\n"
+        "                        failure_rules=FailureRules(termination='failure'))\n")
+    done = subprocess.run([HEURIST, "eval", str(POLICY_DIR / "cartpole.py"), "--env",
+                           "noisy_tasks:MINE", "--episodes", "1", "--json", "--ledger", str(tmp_path / "l.jsonl")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parent.parent}"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["task"] == "Noisy-v0", done.stdout
+    assert "noise through print" in done.stderr and "noise straight to the descriptor" in done.stderr

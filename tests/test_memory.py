@@ -607,3 +607,96 @@ def test_a_memory_server_that_never_answers_is_an_error_in_bounded_time_not_a_wa
     opener.join(60)  # far past the 1 s timeout; before, it waited for ever
     listener.close()
     assert outcome and outcome[0].startswith(f"cannot reach the Chroma server at http://127.0.0.1:{port}"), outcome
+
+    # One that answers the first request (a heartbeat) and then never again: the client's creation is bounded too.
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stalled = threading.Event()
+
+    class AnswersOnce(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.endswith("/heartbeat"):
+                body = b'{"nanosecond heartbeat": 1}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            stalled.wait(120)  # until the test ends
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnswersOnce)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    outcome.clear()
+    opener = threading.Thread(target=open_store, daemon=True)
+    opener.start()
+    opener.join(60)
+    stalled.set()
+    server.shutdown()
+    assert outcome and outcome[0].startswith(f"cannot reach the Chroma server at http://127.0.0.1:{port}"), outcome
+
+
+def test_a_collection_that_asks_chroma_to_embed_is_refused_before_any_text_reaches_it(tmp_path, embedder):
+    """A review (2026-12-05): a sparse index in a collection's stored schema made Chroma run the embedder it names
+    on every upsert, with a key read from the variable the store chose, posting the record's text to its server."""
+    import sqlite3
+
+    path = tmp_path / "memory"
+    with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
+        store.add([failure("the ball passed the paddle")])
+    database = sqlite3.connect(path / "chroma.sqlite3")
+    for identity, schema in database.execute("select id, schema_str from collections").fetchall():
+        schema = json.loads(schema)
+        schema["keys"]["sparse"] = {"sparse_vector": {"sparse_vector_index": {"enabled": True, "config": {
+            "embedding_function": {"type": "known", "name": "chroma-cloud-splade",
+                                   "config": {"api_key_env_var": "MY_CLOUD_SECRET"}}, "source_key": "#document"}}}}
+        database.execute("update collections set schema_str = ? where id = ?", (json.dumps(schema), identity))
+    database.commit()
+    database.close()
+    with pytest.raises(MemoryStoreError, match="asks Chroma to run an embedding function"):
+        MemoryStore(MemoryConfig(path=path), embedder=embedder)
+
+
+def without_root_powers(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a Python whose file permissions apply, even to root (CI runs as root, who lists any folder)."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped_by_the_store_and_git_checks(tmp_path, embedder):
+    """A review (2026-12-05): os.walk skips a folder it cannot list, so a link inside a store's segment folder (mode
+    0111: entered, not listed) went unseen and Chroma overwrote what it named; a FIFO for a branch in a workspace's
+    .git/refs/heads likewise."""
+    path = tmp_path / "memory"
+    with MemoryStore(MemoryConfig(path=path), embedder=embedder) as store:
+        store.add([failure("the ball passed the paddle")])
+    segment = next(p for p in path.iterdir() if p.is_dir())
+    index = next(segment.glob("*.bin"))
+    index.unlink()
+    index.symlink_to(tmp_path / "precious.txt")
+    segment.chmod(0o111)
+    try:
+        done = without_root_powers(f"from pathlib import Path\nfrom memory.chroma import check_plain\n"
+                                   f"check_plain(Path({str(path)!r}))")
+    finally:
+        segment.chmod(0o755)
+    assert "MemoryStoreError: cannot list" in done.stderr and "fix its permissions" in done.stderr, done.stderr
+
+    from store.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    workspace.create("class Policy:\n    pass\n", {})
+    heads = workspace.root / ".git" / "refs" / "heads"
+    (heads / "main").unlink()
+    os.mkfifo(heads / "main")
+    heads.chmod(0o311)
+    try:
+        done = without_root_powers(f"from pathlib import Path\nfrom envs.gitsafe import check_repository\n"
+                                   f"check_repository(Path({str(workspace.root)!r}))")
+    finally:
+        heads.chmod(0o755)
+    assert "GitRefused:" in done.stderr and "cannot be read" in done.stderr, done.stderr

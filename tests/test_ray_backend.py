@@ -13,6 +13,7 @@ from pathlib import Path
 
 from envs.ray_backend import shards
 from tests.offline_runs import heurist
+from tests.warm_cli import run_heurist
 
 SECRET = "sk-test-ray-backend-0123456789abcdef"
 
@@ -80,10 +81,20 @@ def test_ray_backend_gives_the_local_results_under_the_same_sandbox(home):
     policy = _probe_policy(tmp, ledgers)
     common = ["eval", policy, "--env", "CartPole-v1", "--episodes", "6", "--workers", "2", "--lockstep", "2", "--json"]
     local = heurist(env, *common, "--ledger", ledgers / "local.jsonl")
+    # Run from a folder holding a package named as one of heurist's (a cloned repository's): Ray put the driver's
+    # current folder first on every worker's path, and its workers imported that package, outside the sandbox (a
+    # red-team review, 2026-12-05).
+    here = tmp / "a-cloned-repository"
+    (here / "envs").mkdir(parents=True)
+    marker = tmp / "imported-from-the-current-folder"
+    (here / "envs" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                             f"__path__.append({str(Path(shards.__code__.co_filename).parent)!r})\n")
     try:
-        on_ray = heurist(env, *common, "--backend", "ray", "--ledger", ledgers / "ray.jsonl", timeout=240)
+        on_ray = run_heurist([*common, "--backend", "ray", "--ledger", ledgers / "ray.jsonl"], env, cwd=here,
+                             timeout=240)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not marker.exists()
     assert local.returncode == 0 and on_ray.returncode == 0, (local.stderr[-2000:], on_ray.stderr[-2000:])
     summary = json.loads(on_ray.stdout)
     assert summary["backend"] == "ray" and sum(summary["nodes"].values()) == 6, summary
@@ -111,3 +122,33 @@ def test_a_node_whose_sandbox_or_packages_differ_from_this_machines_refuses_to_r
     assert "its sandbox differs from this machine's in filesystem" in node_refusal(limits, weaker)
     other = {**here, "versions": {**here["versions"], "gymnasium": "0.0.1"}}
     assert "runs gymnasium" in node_refusal(limits, other) and "0.0.1" in node_refusal(limits, other)
+
+
+def test_an_address_where_something_other_than_a_ray_head_answers_is_refused_at_once(monkeypatch):
+    """A red-team review (2026-12-05): given the dashboard's port, or any other service's, Ray retried it for 14
+    minutes; a connection that opened was all heurist checked."""
+    import socket
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import envs.ray_backend
+    from envs.ray_backend import unreachable
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        assert "not as a Ray cluster's head (a gRPC server) does" in unreachable(f"127.0.0.1:{web.server_address[1]}")
+    finally:
+        web.shutdown()
+    monkeypatch.setattr(envs.ray_backend, "GRPC_PROBE_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel accepts; nothing ever answers
+    try:
+        assert "not as a Ray cluster's head" in unreachable(f"127.0.0.1:{silent.getsockname()[1]}")
+    finally:
+        silent.close()
