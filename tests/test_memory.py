@@ -667,6 +667,15 @@ def without_root_powers(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
+def checked_unlisted(folder: Path, mode: int, check: str) -> str:
+    """The stderr of ``check`` (Python, with ``Path`` imported) run while ``folder`` has ``mode``."""
+    folder.chmod(mode)
+    try:
+        return without_root_powers(f"from pathlib import Path\n{check}").stderr
+    finally:
+        folder.chmod(0o755)
+
+
 def test_a_folder_that_cannot_be_listed_is_refused_not_skipped_by_the_store_and_git_checks(tmp_path, embedder):
     """A review (2026-12-05): os.walk skips a folder it cannot list, so a link inside a store's segment folder (mode
     0111: entered, not listed) went unseen and Chroma overwrote what it named; a FIFO for a branch in a workspace's
@@ -678,13 +687,8 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped_by_the_store_and_
     index = next(segment.glob("*.bin"))
     index.unlink()
     index.symlink_to(tmp_path / "precious.txt")
-    segment.chmod(0o111)
-    try:
-        done = without_root_powers(f"from pathlib import Path\nfrom memory.chroma import check_plain\n"
-                                   f"check_plain(Path({str(path)!r}))")
-    finally:
-        segment.chmod(0o755)
-    assert "MemoryStoreError: cannot list" in done.stderr and "fix its permissions" in done.stderr, done.stderr
+    stderr = checked_unlisted(segment, 0o111, f"from memory.chroma import check_plain\ncheck_plain(Path({str(path)!r}))")
+    assert "MemoryStoreError: cannot list" in stderr and "fix its permissions" in stderr, stderr
 
     from store.workspace import Workspace
 
@@ -693,10 +697,6 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped_by_the_store_and_
     heads = workspace.root / ".git" / "refs" / "heads"
     (heads / "main").unlink()
     os.mkfifo(heads / "main")
-    heads.chmod(0o311)
-    try:
-        done = without_root_powers(f"from pathlib import Path\nfrom envs.gitsafe import check_repository\n"
-                                   f"check_repository(Path({str(workspace.root)!r}))")
-    finally:
-        heads.chmod(0o755)
-    assert "GitRefused:" in done.stderr and "cannot be read" in done.stderr, done.stderr
+    stderr = checked_unlisted(heads, 0o311, f"from envs.gitsafe import check_repository\n"
+                                            f"check_repository(Path({str(workspace.root)!r}))")
+    assert "GitRefused:" in stderr and "cannot be read" in stderr, stderr
