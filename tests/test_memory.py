@@ -687,7 +687,8 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped_by_the_store_and_
     index = next(segment.glob("*.bin"))
     index.unlink()
     index.symlink_to(tmp_path / "precious.txt")
-    stderr = checked_unlisted(segment, 0o111, f"from memory.chroma import check_plain\ncheck_plain(Path({str(path)!r}))")
+    stderr = checked_unlisted(segment, 0o111, f"from memory.chroma import check_plain\n"
+                                              f"check_plain(Path({str(path)!r}))")
     assert "MemoryStoreError: cannot list" in stderr and "fix its permissions" in stderr, stderr
 
     from store.workspace import Workspace
