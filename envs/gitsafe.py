@@ -70,16 +70,21 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 GIT_TIMEOUT_S = 300.0
 
 
-def run_git(args: list[str], cwd: Path, *, binary: bool = False,
-            timeout_s: float = GIT_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_git(args: list[str], cwd: Path, *, binary: bool = False, timeout_s: float = GIT_TIMEOUT_S,
+            stdin_text: str | None = None) -> subprocess.CompletedProcess:
     """``git ARGS`` in ``cwd`` with the fixed configuration; never raises for a non-zero exit, and a command that
     outlasts ``timeout_s`` comes back as one that failed (exit 124, the reason in its stderr).
 
     git runs in a session of its own: with no controlling terminal, a repository that names ``/dev/tty`` (as an
-    include, say) gets an error, not the user's keyboard."""
+    include, say) gets an error, not the user's keyboard. ``stdin_text`` is its standard input (else none): how a
+    long text reaches it (``commit -F -``), since one argument is at most 128 KiB on Linux."""
     overrides = [arg for pair in OVERRIDES for arg in ("-c", pair)]
     command = [git_binary(), *overrides, *args]
     try:
+        if stdin_text is not None:
+            return subprocess.run(command, cwd=cwd, env=git_env(), capture_output=True, text=not binary,
+                                  input=stdin_text if not binary else stdin_text.encode(), start_new_session=True,
+                                  timeout=timeout_s)
         return subprocess.run(command, cwd=cwd, env=git_env(), capture_output=True, text=not binary,
                               stdin=subprocess.DEVNULL, start_new_session=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:  # subprocess.run has killed it

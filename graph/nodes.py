@@ -168,7 +168,7 @@ class Nodes:
 
     def _pinned(self, state: RunState) -> set[str]:
         """The scenarios the accepted tests replay."""
-        return replayed_scenarios(self.s.workspace.tests_at(state["incumbent"]["commit"]).values())
+        return replayed_scenarios(self.s.workspace.tests_at(state["incumbent"]["commit"]))
 
     # ------------------------------------------------------------------ 3. recall
 
@@ -363,7 +363,7 @@ class Nodes:
         # And of earlier runs' failures recalled with their saved moments, those no accepted test replays yet: the
         # edit is held to old failures too, and a test is kept for each one it fixes.
         # Not those this run saved again, nor those an accepted test replays already.
-        skip = {name for names in scenarios.values() for name in names} | replayed_scenarios(accepted.values())
+        skip = {name for names in scenarios.values() for name in names} | replayed_scenarios(accepted)
         waiting = [name for name in sorted(state.get("recalled_scenarios") or {}) if name not in skip]
         # Taken in turn across iterations: the same first ones every time would starve the rest when the incumbent
         # already survives those (their tests are not kept, so they would be first again).

@@ -48,9 +48,14 @@ def scenario_test_name(taken: set[str], iteration: int) -> str:
 REPLAYED = re.compile(r"""run_scenario\(\s*(['"])([A-Za-z0-9_-]{1,160})\1""")
 
 
-def replayed_scenarios(sources: Iterable[str]) -> set[str]:
-    """The scenarios these test files replay by name (heurist's own tests and a writer's alike)."""
-    return {match.group(2) for text in sources for match in REPLAYED.finditer(text)}
+def replayed_scenarios(tests: dict[str, str]) -> set[str]:
+    """The scenarios heurist's own scenario tests among these (name -> source) replay by name: the ones that pin them.
+
+    Only heurist's own (``roles.test_writer.scenario_test``, each asserting the failure does not come back): a
+    writer's test pinned a scenario by naming it anywhere, a comment or a call whose result it never checked, and so
+    kept it from the analysts and from a test of its own (a red-team review, 2026-12-05)."""
+    return {match.group(2) for name, text in tests.items() if is_scenario_test(name)
+            for match in REPLAYED.finditer(text)}
 
 
 def is_scenario_test(name: str) -> bool:

@@ -255,7 +255,10 @@ class CoderLoop(ToolBox):
             ToolRun, loop=self.loop, turn=turn.turn, call_id=call["id"], name=call["name"],
             arguments=call["arguments"][:20_000], result=clipped(result), image=image,
             env_steps=self.state.env_steps - steps_before, seconds=round(time.perf_counter() - started, 3),
-            state=self.state.model_dump(mode="json"))
+            # The loop's state only after a call that ran: a refused one changed nothing, and a turn of 350 calls past
+            # the limit wrote the whole state (source, blocks, best candidate) 350 times, 54 MB (a red-team review,
+            # 2026-12-05).
+            state=self.state.model_dump(mode="json") if refused is None else {})
         self.runs[(run.turn, run.call_id)] = run
         self.seconds += run.seconds
         self.wb.event("tool", loop=self.loop, name=run.name, arguments=run.arguments[:160],
@@ -277,7 +280,8 @@ class CoderLoop(ToolBox):
             elif isinstance(line, ToolRun) and line.loop == self.loop:
                 self.runs[(line.turn, line.call_id)] = line
                 self.seconds += line.seconds
-                self.state = LoopState.model_validate(line.state)
+                if line.state:  # none after a refused call: the state before it holds
+                    self.state = LoopState.model_validate(line.state)
         idle = next((i for i, t in enumerate(reversed(self.turns)) if t.tool_calls), len(self.turns))
         if idle >= 2:  # the switch to JSON calls that followed two idle turns (it is not a line of its own)
             self.mode = "json"

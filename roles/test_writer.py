@@ -16,6 +16,8 @@ defines no test is answered with the error and asked again.
 
 from __future__ import annotations
 
+import re
+
 from common.safe_text import one_line
 from roles.base import Role, RoleContext
 from roles.stages import TestFile, TestWriterInput
@@ -53,7 +55,10 @@ def test_seed_{seed}_keeps_iteration_{iteration}_fix():
 def test_policy_loads_and_resets():
     policy = load_policy()
     policy.reset(0)''')
-    kinds_text = ", ".join(kinds) or "its failures"
+    # The kinds are the coder's words (its edit's target_kinds): in heurist's own test file only as plain names. A
+    # kind holding '"""' closed the docstring, and the model's code after it ran in every later test run, though
+    # the user had set the test writer offline (a red-team review, 2026-12-05).
+    kinds_text = ", ".join(re.sub(r"[^A-Za-z0-9_. -]", "_", kind)[:64] for kind in kinds[:10]) or "its failures"
     source = (f'"""Regression tests for iteration {iteration}: the seeds whose {kinds_text} the edit fixed."""\n\n'
               "from heurist_testkit import load_policy, run_episode\n" + "".join(functions) + "\n")
     return TestFile(filename=f"tests/test_iteration_{iteration:04d}.py", source=source, seeds=sorted(seeds),

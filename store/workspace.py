@@ -22,12 +22,13 @@ from pathlib import Path
 
 from common.errors import HeuristError
 from common.files import atomic_write
-from common.safe_text import redact
+from common.safe_text import cut, redact
 from envs.gitsafe import check_repository, run_git
 
 POLICY_FILE = "policy.py"
 TESTS_DIR = "tests"
 TRAILER = "Heurist-Iteration"
+MAX_MESSAGE_CHARS = 50_000  # the model's text in a commit message, as the ledger keeps an edit's diff
 SIMPLIFY_TRAILER = "Heurist-Simplify"  # a simplification kept after the iteration it names
 TEST_NAME = re.compile(r"tests/test_[A-Za-z0-9_]+\.py")
 
@@ -74,10 +75,10 @@ class Workspace:
     def tests(self) -> Path:
         return self.root / TESTS_DIR
 
-    def git(self, *args: str, check: bool = True, strip: bool = True) -> str:
+    def git(self, *args: str, check: bool = True, strip: bool = True, stdin_text: str | None = None) -> str:
         # A fixed identity and configuration, no user config and no secrets (envs.gitsafe): commits
         # are the same on every machine, and nothing in a repository can make git run a program.
-        done = run_git(list(args), self.root)
+        done = run_git(list(args), self.root, stdin_text=stdin_text)
         if check and done.returncode != 0:
             raise WorkspaceError(f"git {' '.join(args)} failed in {self.root}: {done.stderr.strip()[:300]}")
         return done.stdout.strip() if strip else done.stdout
@@ -166,9 +167,16 @@ class Workspace:
             return existing
         self.check()
         self.git("add", "-A")
-        # The message quotes review reasons, which may quote test output: no secret goes into history.
-        message = commit_text(redact(f"{subject}\n\n{body.strip()}"))
-        self.git("commit", "-q", "--allow-empty", "-m", f"{message}\n\n{trailer}: {iteration}")
+        # The message quotes review reasons, which may quote test output: no secret goes into history. It quotes the
+        # model too, at most MAX_MESSAGE_CHARS of it, and reaches git on its standard input: as one argument, a
+        # 140,000-character rationale made git fail to start ("Argument list too long"), and every resume of the run
+        # failed the same way at the same commit (a red-team review, 2026-12-05).
+        body = body.strip()
+        if len(body) > MAX_MESSAGE_CHARS:
+            body = f"{cut(body, MAX_MESSAGE_CHARS)}\n[... {len(body) - MAX_MESSAGE_CHARS:,} more characters cut]"
+        message = commit_text(redact(f"{subject}\n\n{body}"))
+        self.git("commit", "-q", "--allow-empty", "-F", "-",
+                 stdin_text=f"{message}\n\n{trailer}: {iteration}\n")
         return self.head()
 
     def history(self) -> list[dict[str, str]]:

@@ -56,6 +56,20 @@ def test_a_message_quoting_the_model_can_neither_name_an_iteration_nor_stop_the_
     assert ws.commit_for_iteration(2) == honest and ws.commit_for_iteration(1) == forged
 
 
+def test_a_rationale_longer_than_one_argument_may_be_is_committed_cut_and_once(tmp_path):
+    """A red-team review (2026-12-05): a 140,000-character rationale went to git as one argument, past Linux's 128 KiB,
+    so git never started ("Argument list too long") and every resume failed at the same commit."""
+    from store.workspace import MAX_MESSAGE_CHARS
+
+    ws = Workspace(tmp_path / "ws")
+    ws.create(CARTPOLE, {})
+    ws.policy.write_text(CARTPOLE.replace("angle_gain: float = tunable(1.0", "angle_gain: float = tunable(2.0"))
+    commit = ws.commit(1, "Balance", "balance " + "=" * 140_000 + "\n\nDev mean 10 -> 20")
+    assert ws.commit_for_iteration(1) == commit and ws.commit(1, "Balance", "again") == commit
+    body = ws.history()[0]["body"]
+    assert MAX_MESSAGE_CHARS < len(body) < MAX_MESSAGE_CHARS + 200 and "more characters cut]" in body
+
+
 def test_the_locks_a_git_killed_mid_write_leaves_are_cleared_and_the_workspace_writes_again(tmp_path):
     """kill -9 in a commit or a reset leaves HEAD.lock (or index.lock, or a ref's lock): git then refuses every
     write, and the run could never resume (the ten-kill test met it). A resume holding the run's lock clears them."""

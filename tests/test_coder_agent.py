@@ -305,6 +305,8 @@ def test_a_submit_after_a_failed_call_is_refused_and_every_call_counts_against_t
     assert runs[1].result.startswith("error: not submitted: your edit call before it in this turn failed")
     assert runs[3].result.startswith("not run: the loop's limit was reached (3 tool calls")
     assert runs[3].env_steps == 0 and runs[4].result == "submitted"
+    # A refused call changed nothing: its line holds no copy of the loop's state (350 of them wrote 54 MB).
+    assert runs[3].state == {} and runs[2].state and runs[4].state
     assert state["history"][0]["accepted"], state["history"]
 
 

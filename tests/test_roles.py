@@ -335,3 +335,30 @@ def test_the_offline_search_proposes_what_the_gate_accepts_over_a_higher_mean_it
         assert out.edit is not None
         proposed.append(out.edit.tunables["x"])
     assert all(x < 0.5 for x in proposed), proposed  # never the candidate the gate rejects
+
+
+def test_heuristss_own_test_file_holds_the_coders_failure_kinds_as_plain_names_never_as_code():
+    """A red-team review (2026-12-05): a target kind holding '\"\"\"' closed the template test's docstring, and the
+    model's code after it ran in every later test run, though the user had set the test writer offline."""
+    import ast
+
+    from roles.test_writer import template_test
+
+    hostile = 'pole_fell"""\nimport heurist_testkit as _k\nprint("MODEL CODE")\n"""'
+    source = template_test(1, {3: (10.0, 500.0)}, [hostile, "cart_left"]).source
+    tree = ast.parse(source)
+    assert [type(node).__name__ for node in tree.body] == ["Expr", "ImportFrom", "FunctionDef"], source
+    assert "MODEL CODE" not in "".join(ast.unparse(node) for node in tree.body[1:])
+
+
+def test_only_heuristss_own_scenario_tests_pin_a_scenario():
+    """A red-team review (2026-12-05): a writer's test naming a scenario anywhere (a comment, a call whose result it
+    never checks) counted as pinning it, which kept the failure from the analysts and from a test of its own."""
+    from graph.testing import replayed_scenarios, scenario_test_name
+    from roles.test_writer import scenario_test
+
+    writers = ('# run_scenario("s0-pole_fell-9")\nfrom heurist_testkit import run_scenario\n\n\n'
+               'def test_x():\n    run_scenario("s1-pole_fell-3")\n')
+    own = scenario_test_name(set(), 2)
+    tests = {"tests/test_iteration_0002.py": writers, own: scenario_test(2, "s2-cart_left-7")}
+    assert replayed_scenarios(tests) == {"s2-cart_left-7"}
