@@ -7,6 +7,7 @@ process's stdout and stderr in ``cli.main.main``, so no secret of heurist's envi
 the terminal whatever printed it.
 """
 
+import fcntl
 import io
 import json
 import os
@@ -110,10 +111,18 @@ def stdout_for_json_only():
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: no stderr at all (``2>&-``)
             pass
-    kept = os.dup(1)
-    os.dup2(2, 1)
+    # Above the three standard descriptors (with stderr closed, a plain dup took 2's place and the redirection
+    # below put stdout back on 1) and not inherited by the processes heurist starts.
+    kept = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    try:
+        os.fstat(2)
+        os.dup2(2, 1)
+    except OSError:  # stderr closed: what libraries print goes nowhere, rather than into the JSON
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
     return _RedactedJson(os.fdopen(kept, "w", encoding="utf-8"))
 
 

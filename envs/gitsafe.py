@@ -151,6 +151,9 @@ def _plain(path: Path) -> bool:
 
 
 def _unlistable(exc: OSError) -> None:
-    """A folder of the workspace that cannot be listed (os.walk would skip it silently) hides what it holds."""
+    """A folder of the workspace that cannot be listed (os.walk would skip it silently) hides what it holds; one
+    removed since it was listed (git's own temporary folders) holds nothing."""
+    if isinstance(exc, FileNotFoundError):
+        return
     raise GitRefused(f"{exc.filename} cannot be read ({exc.strerror}); heurist made every folder of its workspace "
                      f"readable, so something else changed it: the run cannot trust its history")

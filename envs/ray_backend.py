@@ -107,9 +107,20 @@ def init_ray(address: str | None) -> None:
     as one of heurist's (``envs``, a cloned repository's ``common``) was imported by the Ray workers running shards,
     outside the sandbox, before it existed (a red-team review, 2026-12-05). So ``ray.init`` runs from the folder
     holding heurist's own packages, and the current folder is restored at once (every path heurist holds is absolute
-    by then; nothing else in the process runs during ``ray.init``)."""
+    by then: a run's, a campaign's and an evaluation's folders are resolved when they are opened). Threads that join
+    at once (a run's test files, each evaluating) take turns, and only the first starts Ray."""
     import ray
 
+    with _JOINING:  # one thread at a time: a second one saved the first's CODE_ROOT as its "current folder"
+        if ray.is_initialized():
+            return
+        _init_from_code_root(ray, address)
+
+
+_JOINING = threading.Lock()
+
+
+def _init_from_code_root(ray, address: str | None) -> None:
     try:
         here: str | None = os.getcwd()
     except OSError:  # the current folder was removed: nothing to go back to

@@ -67,6 +67,8 @@ def check_plain(path: Path) -> None:
     overwrite the files they named (a red-team review, 2026-12-05), and a FIFO or a device in a file's place hangs or
     fills memory. heurist and Chroma write none of those."""
     def unlistable(exc: OSError) -> None:  # os.walk skips a folder it cannot list, silently: what it holds is unknown
+        if isinstance(exc, FileNotFoundError):  # removed since it was listed: nothing of it is left to check
+            return
         raise MemoryStoreError(f"cannot list {exc.filename} in memory store {path} ({exc.strerror}); a store's folders "
                                f"are all readable: fix its permissions, or import its export into a new store")
 

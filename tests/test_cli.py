@@ -264,3 +264,9 @@ def test_json_is_the_only_thing_on_stdout_whatever_a_library_prints_there(tmp_pa
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["task"] == "Noisy-v0", done.stdout
     assert "noise through print" in done.stderr and "noise straight to the descriptor" in done.stderr
+    # With no stderr at all (`2>&-`), the JSON still comes, and the noise goes nowhere.
+    done = subprocess.run([HEURIST, "eval", str(POLICY_DIR / "cartpole.py"), "--env", "noisy_tasks:MINE", "--episodes",
+                           "1", "--json", "--ledger", str(tmp_path / "l.jsonl")], stdout=subprocess.PIPE, text=True,
+                          timeout=300, cwd=tmp_path, preexec_fn=lambda: os.close(2),
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parent.parent}"})
+    assert json.loads(done.stdout)["task"] == "Noisy-v0", done.stdout

@@ -701,3 +701,7 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped_by_the_store_and_
     stderr = checked_unlisted(heads, 0o311, f"from envs.gitsafe import check_repository\n"
                                             f"check_repository(Path({str(workspace.root)!r}))")
     assert "GitRefused:" in stderr and "cannot be read" in stderr, stderr
+    # A folder removed between its listing and its walk (git's own temporary ones) is no tampering.
+    from envs.gitsafe import _unlistable
+
+    assert _unlistable(FileNotFoundError(2, "No such file or directory", str(heads / "gone"))) is None

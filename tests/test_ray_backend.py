@@ -6,6 +6,7 @@ started with `ray start`, is in tests/test_campaign.py's slow tests)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import textwrap
@@ -152,3 +153,26 @@ def test_an_address_where_something_other_than_a_ray_head_answers_is_refused_at_
         assert "not as a Ray cluster's head" in unreachable(f"127.0.0.1:{silent.getsockname()[1]}")
     finally:
         silent.close()
+
+
+def test_threads_joining_ray_at_once_start_it_once_and_leave_the_current_folder_as_it_was(tmp_path):
+    """A review (2026-12-05): two threads joining at once (a run's test files, each evaluating on Ray) made one fail
+    and left the whole process in heurist's code folder (the second saved the first's folder as its own)."""
+    import subprocess
+    import sys
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's sockets live under it
+    script = ("import os, threading\nfrom envs.ray_backend import connect\nerrors = []\n"
+              "def join():\n    try:\n        connect(None)\n    except BaseException as exc:\n"
+              "        errors.append(repr(exc))\n"
+              "threads = [threading.Thread(target=join) for _ in range(3)]\n"
+              "[t.start() for t in threads]\n[t.join() for t in threads]\n"
+              "print(os.getcwd())\nprint(errors)\nimport ray\nray.shutdown()\n")
+    repo = Path(shards.__code__.co_filename).resolve().parent.parent
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                              env={**os.environ, "PYTHONPATH": str(repo), "RAY_TMPDIR": str(ray_tmp),
+                                   "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.stdout.splitlines()[-2:] == [str(tmp_path), "[]"], (done.stdout, done.stderr[-2000:])
