@@ -127,6 +127,23 @@ def lazy_imports(tree: ast.Module, name: str = "<policy>") -> list[str]:
             for node, module, at_load in _imports(tree, name) if not at_load and (why := allowed_import(module))]
 
 
+# How deep a policy's syntax tree may nest. Python parses about 1,000 levels, but heurist's own readers of a policy
+# (the seed rule, the complexity measure) walk it recursively, and a model's sum of 450 terms that Python took
+# stopped the run in its check with a RecursionError, and again at every resume, which replays the same answer (a
+# red-team review, 2026-12-05). Written policies nest a few dozen levels.
+MAX_NESTING = 200
+
+
+def nesting(tree: ast.AST) -> int:
+    """The depth of the deepest node of ``tree``, walked without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         raise PolicyError(too_large(name))
@@ -140,6 +157,11 @@ def check_policy_source(source: str, name: str = "<policy>") -> ast.Module:
     except (RecursionError, MemoryError):  # a sum of thousands of terms, thousands of nested lambdas
         raise PolicyError(f"{name} is nested too deeply for Python to parse (an expression of thousands of terms "
                           f"or levels); split it into smaller ones, or keep the numbers in a data file") from None
+    depth = nesting(tree)
+    if depth > MAX_NESTING:
+        raise PolicyError(f"{name} nests {depth} levels deep (a sum of hundreds of terms, an elif chain of hundreds "
+                          f"of branches), past the {MAX_NESTING} heurist reads; split it into smaller ones, or keep "
+                          f"the numbers in a data file")
     for node, module, at_load in _imports(tree, name):
         why = allowed_import(module)
         if why is not None and (at_load or module.split(".")[0] in HEURIST_PACKAGES):

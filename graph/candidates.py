@@ -40,7 +40,10 @@ def checked(s: Services, incumbent_commit: str, edit: Edit) -> tuple[Candidate |
         return None, f"the edit does not apply or parse: {exc}"
     if candidate == source:
         return None, "the edit changes nothing in the policy file"
-    special = seed_special_cases(candidate, before=source)
+    try:
+        special = seed_special_cases(candidate, before=source)
+    except (RecursionError, MemoryError):  # past what the check reads (check_policy_source bounds the nesting)
+        return None, "the edited policy nests too deeply for heurist to check it; split its expressions"
     if special:
         return None, f"the edited policy {special}"
     smoke_seed = s.dev_seeds()[0]

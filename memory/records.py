@@ -206,8 +206,13 @@ class LessonRecord(_Record):
         return self.helped
 
     def default_id(self) -> str:
-        # The same statement learned twice in one family is one lesson with more sources.
-        return _content_id("lesson", self.family, self.statement.lower())
+        # The same statement learned twice in one family is one lesson with more sources; learned from an edit that
+        # helped and from one that did not, it is two: merged, a clearly worse edit worded as a lesson that helped
+        # joined its evidence to it and stayed "helped" (a red-team review, 2026-12-05). A lesson that helped keeps
+        # the id it always had.
+        if self.outcome == "helped":
+            return _content_id("lesson", self.family, self.statement.lower())
+        return _content_id("lesson", self.family, self.statement.lower(), self.outcome)
 
 
 class ScenarioRecord(_Record):

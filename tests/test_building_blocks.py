@@ -246,3 +246,28 @@ def test_a_scratch_folder_whose_maker_died_is_removed_by_the_next_and_a_live_one
         live.communicate("\n", timeout=30)
     scratch._swept.discard(kind)
     assert scratch.sweep_orphans(kind) == [held]  # its maker has ended now
+
+
+def test_a_policy_nested_past_what_heuristss_readers_walk_is_refused_by_the_check_not_a_crash_in_it():
+    """A red-team review (2026-12-05): a model's edit holding a sum of 450 terms passed Python's parser and the
+    check, then the seed rule's recursive walk raised RecursionError out of the check node, and again at every
+    resume (which replays the same answer). The check now bounds the nesting; below the bound, every reader walks
+    it even from deep inside a run's call stack."""
+    from common.errors import PolicyError
+    from envs.contract import MAX_NESTING, check_policy_source, seed_special_cases
+    from envs.complexity import complexity
+
+    def policy(terms: int) -> str:
+        deep = " + ".join(["obs[0]"] * terms)
+        return ("class Policy:\n    def reset(self, seed):\n        self.seed = seed\n\n"
+                f"    def act(self, obs, info):\n        return 1 if obs[2] > 0.0 * ({deep}) else 0\n")
+
+    with pytest.raises(PolicyError, match=f"nests .* levels deep .* past the {MAX_NESTING} heurist reads"):
+        check_policy_source(policy(450))
+    allowed = policy(MAX_NESTING - 12)
+    check_policy_source(allowed)
+
+    def from_depth(frames: int):  # a LangGraph node runs a few hundred frames down
+        return from_depth(frames - 1) if frames else (seed_special_cases(allowed, before=policy(1)),
+                                                       complexity(allowed))
+    assert from_depth(350)[0] is None

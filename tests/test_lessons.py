@@ -47,6 +47,24 @@ def test_only_a_clearly_worse_rejection_teaches_and_never_its_settings():
         "classic-control tasks")
 
 
+def test_a_lesson_that_did_not_help_never_joins_one_that_helped_with_the_same_words(tmp_path):
+    """A red-team review (2026-12-05): a lesson's id was its family and words, so a clearly worse edit worded as a
+    known lesson that helped joined its evidence to it, and the record stayed "helped"."""
+    from memory import MemoryConfig, MemoryStore
+    from memory.embedders import MiniLMOnnx
+
+    helped = distil(_fix("accepted", 9.4, 500.0), TUNE, "run-a")
+    worse = distil(_fix("rejected", 500.0, 9.0), TUNE, "run-b").model_copy(update={"statement": helped.statement,
+                                                                          "id": ""})
+    assert worse.with_id().id != helped.with_id().id
+    with MemoryStore(MemoryConfig(path=tmp_path / "memory"), embedder=MiniLMOnnx()) as store:
+        store.add([helped])
+        store.add([worse])
+        lessons = {r.outcome: r for r in store.records() if isinstance(r, LessonRecord)}
+    assert set(lessons) == {"helped", "did_not_help"}
+    assert lessons["helped"].evidence == ("CartPole-v1 run-a:2: dev mean 9.4 -> 500 (+490.6)",)
+
+
 def test_a_model_lesson_is_one_general_line_without_numbers_of_its_own():
     """The model writes the line; numbers would read as measured, so they are sent back (heurist attaches the
     measured dev means as evidence), and the evidence, outcome and settings stay heurist's."""
