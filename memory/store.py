@@ -87,7 +87,8 @@ class MemoryConfig(BaseModel):
     url: str | None = Field(None, description="A Chroma server, e.g. http://host:8000; overrides path.")
     collection: str = Field("heurist-memory", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
     embedder: EmbedderConfig | None = Field(
-        None, description="Embedder; default: the one the store was made with, else the offline MiniLM.")
+        None, description="Embedder; default: the offline one the store was made with (one that reaches a server or "
+                          "reads a file only when named here), else the offline MiniLM.")
 
 
 class MemoryStats(BaseModel):
