@@ -32,6 +32,31 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
+def irregular_entries(root: Path) -> list[Path]:
+    """Everything under ``root`` that is not a regular file or a folder (a link, a FIFO, a socket, a device), looked
+    at without following links; OSError for a folder that cannot be listed or an entry that cannot be looked at,
+    since ``os.walk`` would skip it silently and what it holds would go unseen. An entry or folder removed since it
+    was listed is no longer there to check (git's and Chroma's own temporary files come and go).
+
+    For folders heurist and its libraries write only plain files into (a workspace's ``.git``, a memory store),
+    which may come from elsewhere: a link there made git or Chroma read or write outside, a FIFO wait for ever."""
+    def unlistable(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            raise exc
+
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=unlistable):  # a linked folder is listed, never entered
+        for name in (*dirs, *files):
+            entry = Path(folder, name)
+            try:
+                mode = entry.lstat().st_mode
+            except FileNotFoundError:
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                found.append(entry)
+    return found
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a file others may read: a temp file renamed over it, so it is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)

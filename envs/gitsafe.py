@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
 from common.errors import HeuristError
+from common.files import irregular_entries
 
 IDENTITY = {"GIT_AUTHOR_NAME": "heurist", "GIT_AUTHOR_EMAIL": "heurist@localhost",
             "GIT_COMMITTER_NAME": "heurist", "GIT_COMMITTER_EMAIL": "heurist@localhost"}
@@ -80,13 +80,11 @@ def run_git(args: list[str], cwd: Path, *, binary: bool = False, timeout_s: floa
     long text reaches it (``commit -F -``), since one argument is at most 128 KiB on Linux."""
     overrides = [arg for pair in OVERRIDES for arg in ("-c", pair)]
     command = [git_binary(), *overrides, *args]
+    given = {"stdin": subprocess.DEVNULL} if stdin_text is None else \
+        {"input": stdin_text if not binary else stdin_text.encode()}
     try:
-        if stdin_text is not None:
-            return subprocess.run(command, cwd=cwd, env=git_env(), capture_output=True, text=not binary,
-                                  input=stdin_text if not binary else stdin_text.encode(), start_new_session=True,
-                                  timeout=timeout_s)
         return subprocess.run(command, cwd=cwd, env=git_env(), capture_output=True, text=not binary,
-                              stdin=subprocess.DEVNULL, start_new_session=True, timeout=timeout_s)
+                              start_new_session=True, timeout=timeout_s, **given)
     except subprocess.TimeoutExpired:  # subprocess.run has killed it
         reason = f"git {args[0] if args else ''} did not finish in {timeout_s:g} s"
         return subprocess.CompletedProcess(command, 124, b"" if binary else "",
@@ -102,8 +100,10 @@ def check_repository(root: Path) -> None:
                          f"made it as one, so something else changed it: the run cannot trust its history")
     # git writes plain files and folders only; a link, a FIFO or a device in .git (a ref, the config) could make git
     # read outside the repository or wait for ever.
-    odd = [str(Path(folder, name).relative_to(root)) for folder, dirs, files in os.walk(dot_git, onerror=_unlistable)
-           for name in (*dirs, *files) if not _plain(Path(folder, name))]
+    try:
+        odd = [str(entry.relative_to(root)) for entry in irregular_entries(dot_git)]
+    except OSError as exc:
+        raise _unreadable(exc) from None
     if odd:
         raise GitRefused(f"the workspace {root} holds {', '.join(sorted(odd))[:300]}, which is not a plain file or "
                          f"folder as git writes; something other than heurist put it there, and the run cannot trust "
@@ -139,21 +139,14 @@ def check_repository(root: Path) -> None:
                          f"writes and through which git could run a program; the run will not use it as it is")
 
 
-def _plain(path: Path) -> bool:
-    """A regular file or a folder, not through a link."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:  # gone since it was listed (git's own lock files come and go)
-        return True
-    except OSError as exc:
-        _unlistable(exc)
-    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
-
-
 def _unlistable(exc: OSError) -> None:
     """A folder of the workspace that cannot be listed (os.walk would skip it silently) hides what it holds; one
     removed since it was listed (git's own temporary folders) holds nothing."""
     if isinstance(exc, FileNotFoundError):
         return
-    raise GitRefused(f"{exc.filename} cannot be read ({exc.strerror}); heurist made every folder of its workspace "
-                     f"readable, so something else changed it: the run cannot trust its history")
+    raise _unreadable(exc)
+
+
+def _unreadable(exc: OSError) -> GitRefused:
+    return GitRefused(f"{exc.filename} cannot be read ({exc.strerror}); heurist made every folder of its workspace "
+                      f"readable, so something else changed it: the run cannot trust its history")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from common.errors import MemoryStoreError
-from common.files import open_regular
+from common.files import irregular_entries, open_regular
 from memory.embedders import Embedder, EmbedderConfig
 from memory.records import RecordType
 
@@ -66,26 +65,15 @@ def check_plain(path: Path) -> None:
     place, following links, so a store from elsewhere whose index files were links made even ``memory stats``
     overwrite the files they named (a red-team review, 2026-12-05), and a FIFO or a device in a file's place hangs or
     fills memory. heurist and Chroma write none of those."""
-    def unlistable(exc: OSError) -> None:  # os.walk skips a folder it cannot list, silently: what it holds is unknown
-        if isinstance(exc, FileNotFoundError):  # removed since it was listed: nothing of it is left to check
-            return
+    try:
+        odd = irregular_entries(path)
+    except OSError as exc:
         raise MemoryStoreError(f"cannot list {exc.filename} in memory store {path} ({exc.strerror}); a store's folders "
-                               f"are all readable: fix its permissions, or import its export into a new store")
-
-    for folder, dirs, files in os.walk(path, onerror=unlistable):  # a linked folder is not entered; refused below
-        for name in (*dirs, *files):
-            entry = Path(folder, name)
-            try:
-                mode = entry.lstat().st_mode
-            except FileNotFoundError:  # a temp file another process finished with
-                continue
-            except OSError as exc:
-                unlistable(exc)
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-                raise MemoryStoreError(f"{entry} in memory store {path} is {what}; a store holds only the files "
-                                       f"heurist and Chroma write. Move it aside, or import the store's export "
-                                       f"into a new one")
+                               f"are all readable: fix its permissions, or import its export into a new store") from None
+    if odd:
+        what = "a symbolic link" if odd[0].is_symlink() else "not a regular file"
+        raise MemoryStoreError(f"{odd[0]} in memory store {path} is {what}; a store holds only the files heurist and "
+                               f"Chroma write. Move it aside, or import the store's export into a new one")
 
 
 def _settings(**pinned):
@@ -211,19 +199,21 @@ NO_FUNCTION = {"type": "unknown"}  # how Chroma records "none named" (heurist's 
 
 def _run_by_chroma(value) -> list:
     """What a collection's stored configuration or schema asks Chroma to run: each embedding function it names,
-    and each sparse index it enables (which runs one on every upsert)."""
-    found = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "embedding_function" and item is not None and item != NO_FUNCTION:
-                found.append(item)
-            elif key == "sparse_vector_index" and isinstance(item, dict) and item.get("enabled"):
-                found.append(item)
-            else:
-                found += _run_by_chroma(item)
-    elif isinstance(value, list):
-        for item in value:
-            found += _run_by_chroma(item)
+    and each sparse index it enables (which runs one on every upsert). Walked without recursion: the structure is
+    the store's."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if key == "embedding_function" and inner is not None and inner != NO_FUNCTION:
+                    found.append(inner)
+                elif key == "sparse_vector_index" and isinstance(inner, dict) and inner.get("enabled"):
+                    found.append(inner)
+                else:
+                    stack.append(inner)
     return found
 
 
