@@ -169,6 +169,7 @@ class Scheduler:
         try:
             while not self.stop.is_set():
                 width = 1 if self.alone else self.width
+                jobs: list[dict] = []  # sent together below, so that a group's episodes start in the same round
                 while len(flights) < width and (seed := again.pop() if again else self._next_seed()) is not None:
                     if time.perf_counter() >= self.plan.deadline:
                         self._finish({}, EpisodeResult(seed=seed, status="not_run", error=self._eval_limit()))
@@ -191,10 +192,12 @@ class Scheduler:
                         # a few hundred bytes, so a full group of them never fills the job pipe and blocks here.
                         job = {k: v for k, v in job.items() if k not in ("task", "policy_source")}
                     worker.clear_steps(slot)  # the last episode in this slot is over: its count is not this one's
+                    jobs.append(job)
+                if jobs:
                     try:
-                        worker.send(job)
+                        worker.send_group(jobs)
                     except WorkerDied:
-                        break  # the reply wait below reports the death
+                        pass  # the reply wait below reports the death
                 if not flights:
                     return
                 if self._wait(worker, flights, again):

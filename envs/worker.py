@@ -384,6 +384,15 @@ class JobReader:
         self.fd, self.buffer, self.closed = fd, b"", False
 
     def take(self, wait: bool) -> list[dict]:
+        """The jobs that have arrived; a group whose last job so far says ``more`` is waited out whole."""
+        jobs: list[dict] = []
+        while True:
+            jobs += self._arrived(wait)
+            if self.closed or not jobs or not jobs[-1].get("more"):
+                return jobs
+            wait = True  # the rest of the group was written with it, so this wait is short
+
+    def _arrived(self, wait: bool) -> list[dict]:
         while not self.closed:
             if not wait and not select.select([self.fd], [], [], 0)[0]:
                 break

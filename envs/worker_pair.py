@@ -145,11 +145,21 @@ class WorkerProcess:
         return self._count(slot) != NOT_STARTED
 
     def send(self, job: dict) -> None:
-        if not self._preloaded and isinstance(job.get("task"), str):
-            preload_task(job["task"])  # this task's simulator, imported once for the env processes after this one
-            self._preloaded = True
+        self.send_group([job])
+
+    def send_group(self, jobs: list[dict]) -> None:
+        """Jobs the env process takes together: all but the last say ``more``, so it starts no round until the
+        last has arrived, and episodes sent together start together (each one's first step sees the same
+        neighbours whatever the machine's load)."""
+        for job in jobs:
+            if not self._preloaded and isinstance(job.get("task"), str):
+                preload_task(job["task"])  # this task's simulator, imported once for the env processes after this one
+                self._preloaded = True
+        lines = [json.dumps({**job, "more": True} if i < len(jobs) - 1 else job) + "\n" for i, job in enumerate(jobs)]
+        data = memoryview("".join(lines).encode())
         try:
-            os.write(self._job_w, (json.dumps(job) + "\n").encode())
+            while data:  # a write that a signal cut short returns the bytes it wrote: the rest follows
+                data = data[os.write(self._job_w, data):]
         except (BrokenPipeError, OSError):
             raise WorkerDied(self._env_death_reason()) from None
 

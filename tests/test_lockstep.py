@@ -467,3 +467,38 @@ def test_a_few_continuous_actions_are_accepted_and_refused_as_numpy_would(low, h
             assert ("non-finite" in str(exc)) == (not np.isfinite(action).all())
         else:
             assert expected and accepted is action, action
+
+
+def test_the_env_process_takes_a_group_of_jobs_whole_however_late_its_last_job_arrives(monkeypatch):
+    """A group's episodes start in the same round. The env process had started a round as soon as one job had
+    arrived, so on a loaded machine a group's second episode could start a step after the first had acted (a test
+    policy that refused such a start failed one run in many)."""
+    import os
+    import threading
+    import types
+
+    from envs import worker
+
+    read_once = threading.Event()
+
+    def read(fd: int, n: int) -> bytes:
+        chunk = os.read(fd, n)
+        read_once.set()
+        return chunk
+
+    monkeypatch.setattr(worker, "os", types.SimpleNamespace(read=read))
+    r, w = os.pipe()
+    try:
+        reader, taken = worker.JobReader(r), []
+        os.write(w, (json.dumps({"kind": "episode", "seed": 0, "more": True}) + "\n").encode())
+        taking = threading.Thread(target=lambda: taken.extend(reader.take(wait=False)))
+        taking.start()
+        assert read_once.wait(60)  # the first job is read; the second is not written yet
+        os.write(w, (json.dumps({"kind": "episode", "seed": 1}) + "\n").encode())
+        taking.join()
+        assert [job["seed"] for job in taken] == [0, 1]
+        os.write(w, (json.dumps({"kind": "episode", "seed": 2}) + "\n").encode())
+        assert [job["seed"] for job in reader.take(wait=False)] == [2]  # a job alone is taken at once
+    finally:
+        os.close(r)
+        os.close(w)
