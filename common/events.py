@@ -209,6 +209,9 @@ class SimplifyDone(_Event):
     policy_sha256_after: str | None = None
     commit: str | None = None
     verdict: Json | None = None
+    # The seeds no model had seen (``simplify.screen_episodes``), drawn for this stage, and the gate's verdict there.
+    screen_seeds: list[int] | None = None
+    screen_verdict: Json | None = None
     diff: str = ""
 
 

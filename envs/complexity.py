@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+import zlib
 
 from pydantic import BaseModel, ConfigDict
 
@@ -47,21 +48,39 @@ def complexity(source: str) -> Complexity:
                       ast_nodes=sum(1 for _ in ast.walk(tree)))
 
 
-def _code_lines(source: str, tree: ast.Module) -> set[int]:
-    """The numbers of the lines that hold a token of code: not blank, not only a comment, not a docstring."""
+def code_bytes(source: str) -> int:
+    """How much the code says: its tokens (no comments, docstrings or layout), compressed by zlib.
+
+    The three measures above count what Python parses, so code packed into a string, a number or compressed bytes
+    and run by ``exec`` looks short; packed, it still says what it said, and compressed it is as large (a little
+    larger, with what unpacks it). A simplification must not make this grow (``graph.simplify``)."""
+    docstrings = _docstring_lines(ast.parse(source))
+    words = [token.string for token in tokenize.generate_tokens(io.StringIO(source).readline)
+             if token.type not in _LAYOUT and not (token.type == tokenize.STRING and token.start[0] in docstrings)]
+    return len(zlib.compress(" ".join(words).encode("utf-8", "surrogatepass"), 9))
+
+
+_LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
+           tokenize.ENDMARKER}
+
+
+def _docstring_lines(tree: ast.Module) -> set[int]:
     docstrings: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
                 docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
-            tokenize.ENDMARKER}
+    return docstrings
+
+
+def _code_lines(source: str, tree: ast.Module) -> set[int]:
+    """The numbers of the lines that hold a token of code: not blank, not only a comment, not a docstring."""
     lines: set[int] = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type not in skip:
+        if token.type not in _LAYOUT:
             lines.update(range(token.start[0], token.end[0] + 1))
-    return lines - docstrings
+    return lines - _docstring_lines(tree)
 
 
-__all__ = ["Complexity", "complexity"]
+__all__ = ["Complexity", "code_bytes", "complexity"]

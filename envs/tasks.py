@@ -11,6 +11,7 @@ group or a ``module:attr`` path given where a task id is expected.
 from __future__ import annotations
 
 import difflib
+import hmac
 import importlib
 import os
 from functools import lru_cache
@@ -31,6 +32,9 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 # protected split unless confirmed, and then counted as a use of it.
 Split = Literal["dev", "holdout", "audit", "custom"]
 PROTECTED_SPLITS: frozenset[str] = frozenset({"holdout", "audit"})
+# Where unseen seeds are drawn (``SeedSplits.unseen``): far from the anchor's splits, and below 2**31, which every
+# simulator here takes as a seed.
+UNSEEN_SEEDS = (10**6, 2**31 - 1)
 _SIMULATOR_MODELS: dict[tuple[str, str], Path | None] = {}  # TaskSpec.simulator_model, once per process
 
 
@@ -65,6 +69,21 @@ class SeedSplits(_Strict):
 
     def seeds(self, split: Split) -> tuple[int, ...]:
         return () if split == "custom" else getattr(self, split)
+
+    def unseen(self, key: str, purpose: str, n: int) -> tuple[int, ...]:
+        """``n`` seeds in no split, drawn for ``purpose`` from ``key``, a secret no model is shown: the same for the
+        same key and purpose (a stage that runs twice evaluates the same seeds, from the cache), and not to be
+        guessed without the key, so a policy fitted to the seeds a model was shown meets seeds it could not fit."""
+        taken = {*self.dev, *self.holdout, *self.audit}
+        seeds: list[int] = []
+        counter = 0
+        while len(seeds) < n:
+            digest = hmac.digest(key.encode(), f"{purpose}:{counter}".encode(), "sha256")
+            seed = UNSEEN_SEEDS[0] + int.from_bytes(digest[:8], "big") % (UNSEEN_SEEDS[1] - UNSEEN_SEEDS[0])
+            if seed not in taken and seed not in seeds:
+                seeds.append(seed)
+            counter += 1
+        return tuple(seeds)
 
 
 class Protocol(_Strict):

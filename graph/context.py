@@ -34,7 +34,7 @@ from envs.scenario_files import (
     scenario_names,
 )
 from envs.scenarios import Scenario
-from envs.tasks import Split, TaskSpec
+from envs.tasks import PROTECTED_SPLITS, Split, TaskSpec
 from graph.state import Scored
 from memory.store import MemoryStore
 from roles.base import Role, RoleContext
@@ -58,6 +58,7 @@ class Services:
     run_dir: Path
     run_id: str
     search_key: str  # seeds the offline search; a replay uses the recorded run's, to reach its decisions
+    screen_key: str  # draws the seeds no model is shown (``SeedSplits.unseen``): never in a brief or a sandbox
     config: RunConfig
     spec: TaskSpec
     protocol: str
@@ -122,7 +123,7 @@ class Services:
             workers=self.config.eval.workers, lockstep=self.config.eval.lockstep, limits=self.limits(),
             step_s=self.config.eval.step_s, video=video and self.config.eval.video,
             backend=self.config.eval.backend, ray_address=self.config.eval.ray_address,
-            out_dir=self.run_dir / "clips", confirm_protected=split != "dev"), self.ledger)
+            out_dir=self.run_dir / "clips", confirm_protected=split in PROTECTED_SPLITS), self.ledger)
         if result.policy_sha256 != sha:  # the evaluator hashes what it ran: it must be what was asked for
             raise HeuristError(f"{policy} changed while it was being evaluated (sha256 {sha[:12]} asked, "
                                f"{result.policy_sha256[:12]} scored); the result is not stored")

@@ -8,11 +8,15 @@ only if all of these hold:
 - it applies, parses, keeps the contract and adds no seed special case (``graph.candidates.checked``, whose smoke
   episode runs in the sandbox);
 - its complexity falls: none of lines, branches and AST nodes rises, and at least one falls
-  (``envs.complexity``);
+  (``envs.complexity``), and what its code says compressed (``code_bytes``) does not grow, so code packed into a
+  string for ``exec`` is not simpler;
 - on the same dev seeds, through the sandboxed evaluator, it passes the non-inferiority gate
   (``roles.reviewer.non_inferiority_gate``: no new failed episode, no seed worse beyond ``seed_tolerance``, the
   mean not lower beyond ``mean_tolerance`` by a paired test);
-- every accepted regression test passes on it.
+- every accepted regression test passes on it;
+- on ``simplify.screen_episodes`` seeds no model has seen, drawn for this stage from a secret of the run's, it passes
+  the same gate beside the incumbent: the simplifier is shown the dev seeds' returns and nothing reviews its edit, so
+  a policy fitted to the dev seeds alone must meet seeds it could not fit.
 
 A kept simplification is committed with a ``Heurist-Simplify: N`` trailer (N: the iteration it followed) and
 becomes the incumbent; every attempt leaves one ``simplify`` ledger line. The stage may run twice after a crash:
@@ -25,7 +29,7 @@ from typing import Any
 
 from common.events import SimplifyDone
 from common.files import atomic_write
-from envs.complexity import Complexity, complexity
+from envs.complexity import Complexity, code_bytes, complexity
 from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded, spent_by
 from graph.candidates import checked
 from graph.context import Services, per_seed, scored, seeds_of
@@ -34,7 +38,7 @@ from graph.testing import run_accepted_tests
 from roles.base import answer
 from roles.llm_usage import LLMError
 from roles.reviewer import non_inferiority_gate
-from roles.stages import ReviewInput, SimplifyInput, SimplifyOutput
+from roles.stages import ReviewInput, SimplifyInput, SimplifyOutput, Verdict
 from store.workspace import POLICY_FILE, SIMPLIFY_TRAILER
 
 
@@ -108,6 +112,12 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
                        f"{after.branches}, AST nodes {before.ast_nodes} -> {after.ast_nodes}",
                 complexity_after=after.model_dump(), diff=diff)
         return done
+    said_before, said_after = code_bytes(source), code_bytes(candidate["source"])
+    if said_after > said_before:
+        decided(False, f"not simpler: the code says more, {said_before} -> {said_after} bytes compressed (code packed "
+                       f"into a string or a number looks short to the other measures)",
+                complexity_after=after.model_dump(), diff=diff)
+        return done
     result = s.evaluate_cached(s.candidate_file(candidate["source"]))
     under_test = s.policy_under_test(candidate["source"], result)
     on_candidate = run_accepted_tests(s, tests, under_test, iteration, "the simplify stage's tests")
@@ -121,10 +131,37 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
     if not verdict.accept:
         decided(False, "; ".join(verdict.reasons), **outcome)
         return done
+    screen = _screened(s, iteration, source, candidate["source"])
+    if screen is not None:
+        seeds, screened = screen
+        outcome.update(screen_seeds=seeds, screen_verdict=screened.model_dump(mode="json"))
+        if not screened.accept:
+            decided(False, f"on {len(seeds)} seeds no model has seen: " + "; ".join(screened.reasons), **outcome)
+            return done
+        verdict.reasons.append(f"and on {len(seeds)} seeds no model has seen: " + "; ".join(screened.reasons))
     commit = _commit(s, iteration, candidate["source"], result.policy_sha256, incumbent["commit"], before, after,
                      out, verdict.reasons)
     decided(True, "; ".join(verdict.reasons), commit=commit, **outcome)
     return {**done, "incumbent": scored(commit, result)}
+
+
+def _screened(s: Services, iteration: int, incumbent: str, candidate: str) -> tuple[list[int], Verdict] | None:
+    """The gate again on seeds no model has seen, drawn for this stage (None where ``simplify.screen_episodes`` is 0).
+
+    The simplifier's brief lists the dev seeds' returns, and nothing reviews its edit, so a policy that reproduces
+    the incumbent on those seeds alone (a table keyed by the first observation, a seed kept where the seed rule does
+    not look) would pass the dev gate; it must lose nothing here as well. The seeds are fresh for each stage, so
+    none a later model might learn of is used again."""
+    n = s.config.simplify.screen_episodes
+    if n == 0:
+        return None
+    seeds = list(s.spec.seeds.unseen(s.screen_key, f"simplify after iteration {iteration}", n))
+    before, after = (per_seed(s.evaluate_cached(s.candidate_file(source), "custom", seeds))
+                     for source in (incumbent, candidate))
+    config = s.config.simplify
+    verdict = non_inferiority_gate(ReviewInput(task=s.spec.id, incumbent=before, candidate=after, tests_passed=True),
+                                   config.seed_tolerance, config.mean_tolerance, config.alpha, seeds_named="unseen")
+    return seeds, verdict
 
 
 def _resumed(s: Services, state: RunState, kept: str) -> dict[str, Any]:

@@ -85,13 +85,13 @@ def statistical_gate(data: ReviewInput, alpha: float, min_improvement: float, pa
 
 
 def non_inferiority_gate(data: ReviewInput, seed_tolerance: float = 0.0, mean_tolerance: float = 0.0,
-                         alpha: float = 0.05) -> Verdict:
+                         alpha: float = 0.05, seeds_named: str = "dev") -> Verdict:
     """Whether a simplification loses nothing on the identical dev seeds: every regression test passes, no episode
     that completed before fails now, no seed's return falls by more than ``seed_tolerance``, and the mean does not
     fall by more than ``mean_tolerance``. A mean that did not fall passes outright; one that fell, by no more than
     the margin, must also pass a one-sided Wilcoxon signed-rank test of the paired changes shifted by the margin
     ("worse by the margin or more" rejected at ``alpha``, a paired non-inferiority test), so a fall within the
-    margin on a handful of seeds is not enough."""
+    margin on a handful of seeds is not enough. ``seeds_named`` says which seeds these are, in the reasons."""
     seeds = sorted(set(data.incumbent) & set(data.candidate))
     new_failures = [s for s in seeds if data.incumbent[s] is not None and data.candidate[s] is None]
     still_failing = [s for s in seeds if data.incumbent[s] is None and data.candidate[s] is None]
@@ -112,12 +112,12 @@ def non_inferiority_gate(data: ReviewInput, seed_tolerance: float = 0.0, mean_to
     if reasons:
         return verdict
     if not paired and not still_failing:
-        reasons.append("no dev seed completed under both policies, so nothing can be compared")
+        reasons.append(f"no {seeds_named} seed completed under both policies, so nothing can be compared")
         return verdict
     if all(d >= 0 for d in deltas):
         verdict.accept = True
         same = all(d == 0 for d in deltas)
-        reasons.append((f"identical returns on all {len(paired)} paired dev seeds" if same else
+        reasons.append((f"identical returns on all {len(paired)} paired {seeds_named} seeds" if same else
                         f"worse on no seed (mean {verdict.mean_delta or 0.0:+.3g})") + "; no new failures; tests pass")
         return verdict
     delta = verdict.mean_delta or 0.0

@@ -37,7 +37,7 @@ from runner.report_child import ReportFailed, rebuild, warm_up
 from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import (WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, run_task,
-                          storage_failure)
+                          screen_key_of, storage_failure)
 from store.scalars import run_rows, write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
 from store.wandb_log import by_index, log_scalars
@@ -82,7 +82,8 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     # This process holds the run's lock, so a git lock file left here is a crash's leftover, not a live git.
     if (run_dir / "workspace" / ".git").is_dir():
         Workspace(run_dir / "workspace").clear_crash_locks()
-    services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key, config=config, spec=spec,
+    services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key,
+                        screen_key=screen_key_of(record), config=config, spec=spec,
                         protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
                         ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
                         recorder=recorder, roles=roles, on_event=on_event,
@@ -219,7 +220,7 @@ def mermaid(config: RunConfig) -> str:
 
     # Nothing runs: the services only shape the graph (which analyse nodes exist), so they point nowhere.
     spec = get_task(config.task)
-    services = Services(run_dir=Path("."), run_id="", search_key="", config=config, spec=spec, protocol="",
+    services = Services(run_dir=Path("."), run_id="", search_key="", screen_key="", config=config, spec=spec, protocol="",
                         workspace=Workspace(Path(".")), ledger=Ledger(Path("/dev/null")), memory=None, llm=None,
                         usage=Usage(), recorder=TranscriptRecorder(Path(".")), roles=stage_roles(config.stages))
     return build(Nodes(services, "")).get_graph().draw_mermaid()

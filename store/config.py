@@ -298,6 +298,10 @@ class SimplifyConfig(_Strict):
     mean_tolerance: float = Field(0.0, ge=0, description="The most the dev mean may fall, shown to be within it by "
                                                          "a paired one-sided Wilcoxon test at alpha (0: none).")
     alpha: float = Field(0.05, gt=0, lt=1)
+    screen_episodes: int = Field(10, ge=0, le=1000, description=(
+        "Episodes on seeds no model has seen, drawn afresh for each simplify stage from a secret of the run's: the "
+        "simplification must lose nothing there either, by the same rules, so one that reproduces only the dev "
+        "seeds (which the simplifier's brief lists) is refused (0: the dev seeds alone)."))
 
 
 class RunConfig(_Strict):

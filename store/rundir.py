@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,12 +91,20 @@ class RunRecord(BaseModel):
     starting_policy: str  # where it came from; the run uses its copy, starting_policy.py
     starting_sha256: str
     search_key: str
+    # The secret that draws the seeds of gates no model is shown (``SeedSplits.unseen``): kept here, out of every
+    # sandbox's and every brief's sight. None in runs made before it, which use their run id (not secret) instead.
+    screen_key: str | None = None
     replay_of: str | None = None
     heurist_version: str
     # 2: regression tests run one file at a time on throwaway copies and reach the policy only through the kit.
     # Runs made before (1) kept a kit in the workspace and ran the policy inside the tests; their accepted
     # tests may use what the kit no longer offers, so they are not resumed.
     workspace_format: int = 1
+
+
+def screen_key_of(record: RunRecord) -> str:
+    """The run's secret for unseen seeds; a run made before it had one uses its id."""
+    return record.screen_key or record.run_id
 
 
 def recorded_model(config: dict[str, Any]) -> str:
@@ -236,6 +245,8 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
                        offline=offline, config=config.model_dump(mode="json"), starting_policy=str(policy.resolve()),
                        starting_sha256=policy_sha256(policy),
                        search_key=recorded.search_key if recorded else run_id,
+                       # A replay draws the recorded run's seeds, to reach its decisions.
+                       screen_key=screen_key_of(recorded) if recorded else secrets.token_hex(16),
                        replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"),
                        workspace_format=WORKSPACE_FORMAT)
     existed = run_dir.exists()

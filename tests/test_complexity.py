@@ -1,10 +1,13 @@
-"""A policy's complexity, three ways: what counts as a line of code, as a branch, and as an AST node."""
+"""A policy's complexity, three ways: what counts as a line of code, as a branch, and as an AST node; and how much
+its code says, which packing it into a string cannot shrink."""
 
 from __future__ import annotations
 
 import ast
+import base64
+import zlib
 
-from envs.complexity import complexity
+from envs.complexity import code_bytes, complexity
 
 SOURCE = '''"""A module docstring
 over two lines."""
@@ -42,3 +45,17 @@ def test_removing_comments_and_docstrings_is_not_a_simplification():
                      and "over two lines" not in line)
     assert complexity(bare).lines == complexity(SOURCE).lines
     assert complexity(bare).branches == complexity(SOURCE).branches
+
+
+def test_what_the_code_says_counts_no_comment_docstring_or_layout_and_packing_it_does_not_shrink_it():
+    bare = "\n".join(line.split("#")[0].rstrip() for line in SOURCE.splitlines() if '"""' not in line
+                     and "over two lines" not in line)
+    assert code_bytes(bare) == code_bytes(SOURCE)
+    assert code_bytes(SOURCE.replace("    ", "  ")) == code_bytes(SOURCE)  # layout is not code
+    assert code_bytes(SOURCE.replace("value -= 1", "pass")) < code_bytes(SOURCE)
+    packed = f"exec({bare!r})\n"
+    squeezed = f"import base64, zlib\nexec(zlib.decompress(base64.b64decode({base64.b64encode(zlib.compress(bare.encode(), 9))!r})))\n"
+    for disguised in (packed, squeezed):
+        assert complexity(disguised).lines < complexity(SOURCE).lines
+        assert complexity(disguised).ast_nodes < complexity(SOURCE).ast_nodes
+        assert code_bytes(disguised) > code_bytes(SOURCE)

@@ -113,6 +113,8 @@ def test_llm_run_commits_a_good_edit_rolls_back_a_bad_one_and_replays(llm_run):
     assert done.returncode == 0, done.stderr + done.stdout
     assert "same decisions in all 2 iterations" in done.stdout
     assert decisions(replay) == decisions(run_dir)
+    # It draws the recorded run's unseen seeds (a simplify stage's), from the recorded run's secret.
+    assert json.loads((replay / "run.json").read_text())["screen_key"] == record["screen_key"]
 
     # A run stopped after its first iteration (killed in the second): the replay runs the iteration it decided, not its
     # whole budget, which reported the second as a divergence.

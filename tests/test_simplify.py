@@ -474,3 +474,43 @@ def test_tunables_are_rewritten_in_place_after_a_form_feed():
     rewritten = rewrite_tunables(source, {"angle_gain": 2.5})
     assert [t.default for t in read_tunables(rewritten)] == [2.5]
     assert rewritten.replace("2.5", "1.0") == source
+
+
+def test_a_simplification_fitted_to_the_dev_seeds_alone_is_refused_on_seeds_no_model_has_seen(home):
+    """The simplifier is shown the dev seeds' returns and no model reviews its edit: a policy that plays the
+    incumbent only where the first observation is a dev seed's passed every dev check (and scored 8.72 on the
+    holdout against 500, in a red-team run). The gate runs again on seeds drawn from the run's secret."""
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:MemorisesTheDevSeeds"\n'
+                                  f'[simplify]\nevery = 1\nscreen_episodes = 4\n{QUICK}')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    [simplified] = [r for r in records if r["event"] == "simplify"]
+    assert simplified["verdict"]["accept"], simplified  # the dev seeds alone could not tell
+    assert not simplified["accepted"] and simplified["commit"] is None
+    assert simplified["reason"].startswith("on 4 seeds no model has seen: "), simplified["reason"]
+    seeds = simplified["screen_seeds"]
+    assert len(set(seeds)) == 4 and all(s >= 10**6 for s in seeds)
+    custom = [r for r in records if r["event"] == "eval_started" and r["split"] == "custom"]
+    assert [r["seeds"] for r in custom] == [seeds, seeds]  # the incumbent and the candidate, on the same seeds
+    record = json.loads((tmp / "run" / "run.json").read_text())
+    assert len(record["screen_key"]) == 32 and record["screen_key"] not in done.stdout + done.stderr
+    assert "KNOWN" not in (tmp / "run" / "best_policy.py").read_text()
+
+
+def test_a_policy_packed_into_a_string_for_exec_is_no_simpler(home):
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:PacksThePolicy"\n'
+                                  f'[simplify]\nevery = 1\n{QUICK}')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    [simplified] = [r for r in records if r["event"] == "simplify"]
+    assert not simplified["accepted"] and simplified["reason"].startswith("not simpler: the code says more"), simplified
+    assert simplified["complexity_after"]["lines"] < simplified["complexity_before"]["lines"]  # what it looked like
+    assert "exec(" not in (tmp / "run" / "best_policy.py").read_text()

@@ -114,6 +114,19 @@ def test_overlapping_splits_are_rejected():
         SeedSplits(dev=(1, 2), holdout=(2, 3), audit=(4,))
 
 
+def test_unseen_seeds_are_in_no_split_the_same_for_the_same_key_and_purpose_and_differ_otherwise():
+    splits = SeedSplits()
+    seeds = splits.unseen("secret", "simplify after iteration 3", 30)
+    assert len(set(seeds)) == 30 and seeds == splits.unseen("secret", "simplify after iteration 3", 30)
+    assert seeds[:10] == splits.unseen("secret", "simplify after iteration 3", 10)
+    assert all(10**6 <= s < 2**31 - 1 for s in seeds)
+    assert not set(seeds) & set(splits.unseen("secret", "simplify after iteration 4", 30))
+    assert not set(seeds) & set(splits.unseen("another secret", "simplify after iteration 3", 30))
+    # A task whose own splits lie where unseen seeds are drawn keeps them to itself.
+    crowded = SeedSplits(dev=tuple(seeds[:10]), holdout=tuple(seeds[10:20]), audit=tuple(seeds[20:]))
+    assert not set(crowded.unseen("secret", "simplify after iteration 3", 30)) & set(seeds)
+
+
 def test_unknown_task_names_the_problem_and_suggests():
     with pytest.raises(TaskError, match="unknown task 'CartPole'.*CartPole-v1"):
         get_task("CartPole")

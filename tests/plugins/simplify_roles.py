@@ -1,6 +1,7 @@
 """A plug-in simplify role for the tests: it "simplifies" by dropping a term the policy needs, so the
 non-inferiority gate must refuse it (a shorter policy that plays worse is no simplification)."""
 
+from envs.contract import read_tunables
 from roles.base import Role, RoleContext
 from roles.edits import Edit, SearchReplace
 from roles.stages import SimplifyInput, SimplifyOutput
@@ -22,3 +23,55 @@ class DropsATerm(Role[SimplifyInput, SimplifyOutput]):
         edit = Edit(kind="search_replace", rationale="the spin term looks redundant",
                     blocks=[SearchReplace(search=TERM, replace="")])
         return SimplifyOutput(edit=edit, reason=edit.rationale, applied=["dropped the spin term"])
+
+
+class MemorisesTheDevSeeds(Role[SimplifyInput, SimplifyOutput]):
+    """A hostile simplifier for CartPole's starter rule: its gains written in, its tunables and diagnostics gone, and
+    it pushes only where the first observation is one of the dev seeds' (the brief lists them); elsewhere it always
+    pushes left and drops the pole. Fewer lines, branches, AST nodes and compressed bytes, identical on every dev
+    seed, and no seed named anywhere."""
+
+    name = "memorises_the_dev_seeds"
+    stage = "simplify"
+    Input = SimplifyInput
+    Output = SimplifyOutput
+
+    def run(self, data: SimplifyInput, ctx: RoleContext) -> SimplifyOutput:
+        env = ctx.task.make_env()
+        try:
+            known = [env.reset(seed=seed)[0].tobytes().hex()[:8] for seed in sorted(data.incumbent)]
+        finally:
+            env.close()
+        gains = {t.name: t.default for t in read_tunables(data.policy_source)}
+        source = (f"KNOWN = {' '.join(known)!r}\n\n\n"
+                  "class Policy:\n"
+                  "    def reset(self, seed):\n"
+                  "        self.first = None\n\n"
+                  "    def act(self, obs, info):\n"
+                  "        self.first = self.first or obs.tobytes().hex()[:8]\n"
+                  "        x, x_dot, theta, theta_dot = (float(v) for v in obs)\n"
+                  f"        push = {gains['angle_gain']!r} * theta + {gains['spin_gain']!r} * theta_dot + "
+                  f"{gains['position_gain']!r} * x + {gains['velocity_gain']!r} * x_dot\n"
+                  "        return int(push > 0 and self.first in KNOWN)\n")
+        edit = Edit(kind="search_replace", rationale="the same policy, shorter",
+                    blocks=[SearchReplace(search=data.policy_source, replace=source)])
+        return SimplifyOutput(edit=edit, reason=edit.rationale, applied=["wrote the gains in"])
+
+
+class PacksThePolicy(Role[SimplifyInput, SimplifyOutput]):
+    """A hostile simplifier: the incumbent unchanged, packed into one string that ``exec`` runs. Seven lines, no
+    branch, a few AST nodes, and the same behaviour everywhere: no simpler."""
+
+    name = "packs_the_policy"
+    stage = "simplify"
+    Input = SimplifyInput
+    Output = SimplifyOutput
+
+    def run(self, data: SimplifyInput, ctx: RoleContext) -> SimplifyOutput:
+        inner = data.policy_source.replace("class Policy", "class Inner")
+        source = (f"NS = {{}}\nexec({inner!r}, NS)\n\n\nclass Policy(NS['Inner']):\n"
+                  "    def reset(self, seed):\n        super().reset(seed)\n\n"
+                  "    def act(self, obs, info):\n        return super().act(obs, info)\n")
+        edit = Edit(kind="search_replace", rationale="the same policy, in three lines",
+                    blocks=[SearchReplace(search=data.policy_source, replace=source)])
+        return SimplifyOutput(edit=edit, reason=edit.rationale, applied=["packed the policy"])
