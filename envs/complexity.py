@@ -9,7 +9,7 @@ iterations, beside the score), and so that a simplification is judged on what it
   expressions, ``for``/``while`` loops, ``except`` handlers, each extra operand of ``and``/``or``,
   each ``if`` of a comprehension, each ``case`` of a ``match`` (the decision points that
   McCabe's cyclomatic complexity counts, over the whole file);
-- **ast_nodes**: every node of the parsed file, the finest measure of how much there is.
+- **ast_nodes**: every node of the parsed file but docstrings, the finest measure of how much there is.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ _BRANCHES = (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHand
 def complexity(source: str) -> Complexity:
     """The three measures of a policy's source (which must parse: the evaluator's check comes first)."""
     tree = ast.parse(source)
+    docstrings = _docstrings(tree)
     branches = 0
     for node in ast.walk(tree):
         if isinstance(node, _BRANCHES):
@@ -44,19 +45,20 @@ def complexity(source: str) -> Complexity:
             branches += len(node.values) - 1
         elif isinstance(node, ast.comprehension):
             branches += len(node.ifs)
-    return Complexity(lines=len(_code_lines(source, tree)), branches=branches,
-                      ast_nodes=sum(1 for _ in ast.walk(tree)))
+    # A docstring is two nodes (its expression and its string): not code, so taking one out simplifies nothing.
+    return Complexity(lines=len(_code_lines(source, docstrings)), branches=branches,
+                      ast_nodes=sum(1 for _ in ast.walk(tree)) - 2 * len(docstrings))
 
 
 def code_bytes(source: str) -> int:
-    """How much the code says: its tokens (no comments, docstrings or layout), compressed by zlib.
+    """How much the code says: its tokens, docstrings included (comments and layout not), compressed by zlib.
 
     The three measures above count what Python parses, so code packed into a string, a number or compressed bytes
     and run by ``exec`` looks short; packed, it still says what it said, and compressed it is as large (a little
-    larger, with what unpacks it). A simplification must not make this grow (``graph.simplify``)."""
-    docstrings = _docstring_lines(ast.parse(source))
+    larger, with what unpacks it). Docstrings count here, since ``__doc__`` can be run too. A simplification must
+    not make this grow (``graph.simplify``)."""
     words = [token.string for token in tokenize.generate_tokens(io.StringIO(source).readline)
-             if token.type not in _LAYOUT and not (token.type == tokenize.STRING and token.start[0] in docstrings)]
+             if token.type not in _LAYOUT]
     return len(zlib.compress(" ".join(words).encode("utf-8", "surrogatepass"), 9))
 
 
@@ -64,23 +66,32 @@ _LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tok
            tokenize.ENDMARKER}
 
 
-def _docstring_lines(tree: ast.Module) -> set[int]:
-    docstrings: set[int] = set()
+def _docstrings(tree: ast.Module) -> list[ast.Expr]:
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
-    return docstrings
+                found.append(first)
+    return found
 
 
-def _code_lines(source: str, tree: ast.Module) -> set[int]:
-    """The numbers of the lines that hold a token of code: not blank, not only a comment, not a docstring."""
-    lines: set[int] = set()
+def _code_lines(source: str, docstrings: list[ast.Expr]) -> set[int]:
+    """The numbers of the lines that hold a token of code: not blank, not only a comment or a docstring (code on a
+    docstring's line, after a ``;``, is code)."""
+    lines = source.splitlines()
+
+    def column(line: int, offset: int) -> int:  # the AST counts UTF-8 bytes along a line, tokenize characters
+        return len(lines[line - 1].encode("utf-8", "surrogatepass")[:offset].decode("utf-8", "surrogatepass"))
+
+    spans = [((d.lineno, column(d.lineno, d.col_offset)), (d.end_lineno, column(d.end_lineno, d.end_col_offset)))
+             for d in docstrings if d.end_lineno is not None and d.end_col_offset is not None]
+    code: set[int] = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type not in _LAYOUT:
-            lines.update(range(token.start[0], token.end[0] + 1))
-    return lines - _docstring_lines(tree)
+        if token.type in _LAYOUT or any(start <= token.start and token.end <= end for start, end in spans):
+            continue
+        code.update(range(token.start[0], token.end[0] + 1))
+    return code
 
 
 __all__ = ["Complexity", "code_bytes", "complexity"]

@@ -121,6 +121,23 @@ class EvalResult(_Record):
         }
 
 
+CONTROL_ALPHA = 0.01  # a holdout that differs from its control at this two-sided level is reported as differing
+
+
+def differs_p(first: EvalResult, second: EvalResult) -> float | None:
+    """How likely two evaluations of one policy on different seeds are to differ as much as they do by chance: a
+    two-sided Mann-Whitney U test of their episodes' returns, a failed episode ranked below every return. Seeds of
+    one task are draws of the same initial states, so only a policy that tells the two sets apart makes this small.
+    None where either has no episode."""
+    from scipy.stats import mannwhitneyu  # here, not at the top: the env process imports this module
+
+    a, b = ([e.return_ if e.status == "ok" and e.return_ is not None else -np.inf for e in r.episodes]
+            for r in (first, second))
+    if not a or not b:
+        return None
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
 def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:
     if not returns:
         return None

@@ -14,7 +14,8 @@ import hashlib
 import json
 import traceback
 from dataclasses import replace
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -27,6 +28,7 @@ from common.events import (
     TestsRun,
 )
 from common.files import atomic_write
+from envs.results import CONTROL_ALPHA, EvalResult, differs_p
 from envs.scenario_files import ScenarioError, file_name, load_scenario
 from graph.bookkeeping import events, kept_tests, oneline, recorded, spent_by, what_was_tried
 from graph.budget import stop_reason
@@ -643,6 +645,8 @@ class Nodes:
             else:
                 result = s.evaluate_cached(best, "holdout", list(s.spec.seeds.seeds("holdout")))
                 holdout = result.summary()
+                if s.config.eval.holdout_control:
+                    holdout["control"] = self._control(best, result)
                 atomic_write(holdout_file, json.dumps(holdout, indent=2))
         records = events(s)
         spent = spent_by(s, records)  # the holdout's env steps included
@@ -652,6 +656,19 @@ class Nodes:
             s.ledger.append(RunFinished(run_id=s.run_id, reason=reason, best_mean=state["incumbent"]["mean"],
                                         holdout=holdout, spent=spent))
         return {"status": "finished", "stop_reason": reason, "spent": spent}
+
+    def _control(self, best: Path, holdout: EvalResult) -> dict[str, Any]:
+        """The best policy on seeds no model has seen, beside its holdout (``eval.holdout_control``).
+
+        The holdout's seeds are public constants, and a policy can tell them apart (by the seed, or by the first
+        observation, which numpy's generator gives for any seed), so it could play otherwise on exactly the seeds
+        the run reports; seeds drawn from the run's secret cannot be told apart. A crash before holdout.json is
+        written evaluates neither again: both come from the cache."""
+        s = self.s
+        seeds = list(s.spec.seeds.unseen(s.screen_key, "holdout control", s.config.eval.holdout_control))
+        control = s.evaluate_cached(best, "custom", seeds)
+        p = differs_p(holdout, control)
+        return {**control.summary(), "p_value": p, "differs": p is not None and p < CONTROL_ALPHA}
 
     # ------------------------------------------------------------------ helpers
 

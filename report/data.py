@@ -85,8 +85,13 @@ def _holdout(value: Any) -> dict[str, Any] | None:
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds) and isinstance(episodes, int)):
         return None
     failed = value.get("episodes_failed", 0)
+    control = value.get("control")
+    control = _holdout({k: v for k, v in control.items() if k != "control"}) if isinstance(control, dict) else None
+    if control is not None:
+        p = finite_number(control.get("p_value"))
+        control.update(p_value=p, p_text="n/a" if p is None else f"{p:.2g}", differs=control.get("differs") is True)
     return {**value, "mean": finite_number(value.get("mean")), "std": finite_number(value.get("std")),
-            "episodes_failed": failed if isinstance(failed, int) else 0}
+            "episodes_failed": failed if isinstance(failed, int) else 0, "control": control}
 
 
 def _plain_records(records: list[LedgerEvent]) -> list[LedgerEvent]:

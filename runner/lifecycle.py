@@ -37,7 +37,7 @@ from runner.report_child import ReportFailed, rebuild, warm_up
 from store.active_time import ActiveTime
 from store.config import RunConfig
 from store.rundir import (WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, run_task,
-                          screen_key_of, storage_failure)
+                          keyed, storage_failure)
 from store.scalars import run_rows, write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
 from store.wandb_log import by_index, log_scalars
@@ -54,7 +54,7 @@ def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
 
 def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:
 
-    record = read_record(run_dir)
+    record = keyed(run_dir, read_record(run_dir))
     if record.workspace_format < WORKSPACE_FORMAT:
         raise RunError(f"{run_dir} was made by heurist {record.heurist_version}, whose regression tests ran the policy "
                        f"inside the test; they cannot be trusted to run as this version runs tests. Start a new run "
@@ -83,7 +83,7 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
     if (run_dir / "workspace" / ".git").is_dir():
         Workspace(run_dir / "workspace").clear_crash_locks()
     services = Services(run_dir=run_dir, run_id=record.run_id, search_key=record.search_key,
-                        screen_key=screen_key_of(record), config=config, spec=spec,
+                        screen_key=record.screen_key or "", config=config, spec=spec,
                         protocol=record.protocol, workspace=Workspace(run_dir / "workspace"),
                         ledger=Ledger(run_dir / "ledger.jsonl"), memory=memory, llm=llm, usage=usage,
                         recorder=recorder, roles=roles, on_event=on_event,

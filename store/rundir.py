@@ -2,7 +2,8 @@
 
 A run directory holds everything about one run:
 
-- ``run.json``: what was asked (the config, the task, offline or not), written once;
+- ``run.json``: what was asked (the config, the task, offline or not), written once (and once more to give a run
+  made before screen keys its own);
 - ``starting_policy.py``: a copy of the starting policy (the original is never touched);
 - ``workspace/``: a git repository of the policy and its regression tests, one commit per accepted edit;
 - ``checkpoints.sqlite``: LangGraph's SQLite checkpoints, thread id = run id, written synchronously;
@@ -78,7 +79,7 @@ def storage_failure(exc: BaseException, run_dir: Path) -> str | None:
 
 
 class RunRecord(BaseModel):
-    """``run.json``: written once when the run is created."""
+    """``run.json``: written once when the run is created (``keyed`` adds a screen key to an older one)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -92,7 +93,7 @@ class RunRecord(BaseModel):
     starting_sha256: str
     search_key: str
     # The secret that draws the seeds of gates no model is shown (``SeedSplits.unseen``): kept here, out of every
-    # sandbox's and every brief's sight. None in runs made before it, which use their run id (not secret) instead.
+    # sandbox's and every brief's sight. None in runs made before it, which get one when they next run (``keyed``).
     screen_key: str | None = None
     replay_of: str | None = None
     heurist_version: str
@@ -102,9 +103,14 @@ class RunRecord(BaseModel):
     workspace_format: int = 1
 
 
-def screen_key_of(record: RunRecord) -> str:
-    """The run's secret for unseen seeds; a run made before it had one uses its id."""
-    return record.screen_key or record.run_id
+def keyed(run_dir: Path, record: RunRecord) -> RunRecord:
+    """The record with its secret for unseen seeds: a run made before there was one gets one now, written to its
+    run.json (the caller holds the run's lock). Not its run id, which its policy can read in its own path."""
+    if record.screen_key is not None:
+        return record
+    record = record.model_copy(update={"screen_key": secrets.token_hex(16)})
+    atomic_write(Path(run_dir) / "run.json", record.model_dump_json(indent=2))
+    return record
 
 
 def recorded_model(config: dict[str, Any]) -> str:
@@ -246,7 +252,7 @@ def create_run(config: RunConfig, run_dir: Path | None = None, replay_of: Path |
                        starting_sha256=policy_sha256(policy),
                        search_key=recorded.search_key if recorded else run_id,
                        # A replay draws the recorded run's seeds, to reach its decisions.
-                       screen_key=screen_key_of(recorded) if recorded else secrets.token_hex(16),
+                       screen_key=(recorded.screen_key if recorded else None) or secrets.token_hex(16),
                        replay_of=str(Path(replay_of).resolve()) if replay_of else None, heurist_version=version("heurist"),
                        workspace_format=WORKSPACE_FORMAT)
     existed = run_dir.exists()

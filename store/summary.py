@@ -37,6 +37,20 @@ def _failed_text(failed: int, episodes: int) -> str:
     return f" (over {episodes - failed} of {episodes} episodes: {failed} failed)" if failed else ""
 
 
+def _control_lines(control: Any) -> list[str]:
+    """The holdout's control (``eval.holdout_control``), and a warning where the holdout differs from it."""
+    if not isinstance(control, dict) or not control.get("episodes"):
+        return []
+    lines = [f"- Control, {control['episodes']} seeds no model has seen (drawn from the run's secret), beside the "
+             f"holdout: mean {score_text(control.get('mean'))} ± {score_text(control.get('std'))}, "
+             f"{control.get('episodes_failed', 0)} failed."]
+    if control.get("differs"):
+        lines.append(f"- **The holdout differs from its control** (two-sided Mann-Whitney p={control['p_value']:.2g}): "
+                     f"the policy plays otherwise on the holdout's seeds, which are public, so its holdout score is "
+                     f"not what it scores on seeds it cannot know.")
+    return lines
+
+
 def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, offline: bool, dev: list[int],
                   state: dict[str, Any], holdout: dict[str, Any] | None) -> dict[str, Any]:
     """``summary.json`` and ``summary.md`` for the final ``state``; ``dev`` are the dev seeds every mean is on."""
@@ -69,6 +83,7 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
         lines.append(f"- Holdout split, seeds {holdout['seeds'][0]}..{holdout['seeds'][-1]} ({holdout['episodes']} "
                      f"episodes, evaluated once): mean {score_text(holdout['mean'])} ± {score_text(holdout['std'])}, "
                      f"{holdout['episodes_failed']} failed.")
+        lines += _control_lines(holdout.get("control"))
     spent = state.get("spent") or {}
     lines += [f"- Iterations: {summary['iterations']} ({summary['accepted']} accepted, {summary['rejected']} rejected).",
               f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, {int(spent.get('tokens', 0)):,} LLM tokens, "

@@ -49,6 +49,9 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     assert summary["dev"]["best_mean"] >= get_task("CartPole-v1").target
     assert summary["stop_reason"].startswith("maximum return reached: dev mean 500")
     assert summary["holdout"]["split"] == "holdout" and summary["holdout"]["episodes"] == 50
+    control = summary["holdout"]["control"]  # beside it, seeds no model has seen, which it does not differ from
+    assert control["episodes"] == 20 and not control["differs"] and control["p_value"] > 0.01
+    assert "Control, 20 seeds no model has seen (drawn from the run's secret)" in done.stdout
     assert summary["offline"] and summary["spent"]["env_steps"] > 0 and summary["spent"]["tokens"] == 0
     assert (tmp / "weak.py").read_text() == weak_cartpole()  # never modified in place
     assert "Holdout split, seeds 1000..1049 (50 episodes, evaluated once)" in done.stdout
@@ -307,6 +310,30 @@ def test_a_run_started_before_facts_goes_on_and_says_what_is_unmet(home, monkeyp
         assert [role.name for role in services.roles["analyse"]] == ["video_analyst"]
     finally:
         services.memory.close()
+
+
+def test_a_run_made_before_screen_keys_gets_a_secret_one_when_it_runs_again(home, monkeypatch):
+    """Its unseen seeds had come from its run id, which a policy reads in its own path (RUN_DIR/candidates/...)."""
+    from runner.lifecycle import open_services
+    from store.rundir import create_run, read_record
+
+    tmp, env = home
+    monkeypatch.setenv("HEURIST_HOME", env["HEURIST_HOME"])
+    run_dir = create_run(RunConfig.model_validate({"task": "CartPole-v1", "policy": str(tmp / "weak.py"),
+                                                   "offline": True}), tmp / "run")
+    made = read_record(run_dir)
+    assert len(made.screen_key) == 32
+    old = json.loads((run_dir / "run.json").read_text())
+    del old["screen_key"]
+    (run_dir / "run.json").write_text(json.dumps(old))
+    services, _nodes, record = open_services(run_dir)
+    services.memory.close()
+    key = services.screen_key
+    assert len(key) == 32 and key not in (made.screen_key, made.run_id) and record.screen_key == key
+    assert read_record(run_dir) == made.model_copy(update={"screen_key": key})  # kept, and nothing else changed
+    services, _nodes, _record = open_services(run_dir)
+    services.memory.close()
+    assert services.screen_key == key
 
 
 def test_a_plug_in_that_cannot_start_is_one_line_naming_it(monkeypatch):

@@ -514,3 +514,28 @@ def test_a_policy_packed_into_a_string_for_exec_is_no_simpler(home):
     assert not simplified["accepted"] and simplified["reason"].startswith("not simpler: the code says more"), simplified
     assert simplified["complexity_after"]["lines"] < simplified["complexity_before"]["lines"]  # what it looked like
     assert "exec(" not in (tmp / "run" / "best_policy.py").read_text()
+
+
+def test_a_policy_that_plays_otherwise_on_the_public_holdout_seeds_is_shown_beside_its_control(home):
+    """The holdout's seeds are public: a simplification that drops the pole only on them passes the dev gate and the
+    unseen seeds' gate (a red-team review's). The run cannot refuse what no gate sees, but its summary must not
+    present that holdout as the policy's skill: the control, on seeds drawn from the run's secret, says otherwise."""
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    quick = QUICK.replace("holdout = false", "holdout = true\nholdout_control = 10")
+    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:SparesTheHoldout"\n'
+                                  f'[simplify]\nevery = 1\nscreen_episodes = 4\n{quick}')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    assert any(r["event"] == "simplify" and r["accepted"] for r in records)
+    holdout = json.loads((tmp / "run" / "summary.json").read_text())["holdout"]
+    control = holdout["control"]
+    assert holdout["mean"] < 20 < control["mean"] and control["differs"] and control["p_value"] < 0.01
+    assert control["split"] == "custom" and len(set(control["seeds"])) == 10 and min(control["seeds"]) >= 10**6
+    assert "The holdout differs from its control" in (tmp / "run" / "summary.md").read_text()
+    assert "The holdout differs from its control" in done.stdout
+    assert heurist(env, "report", tmp / "run").returncode == 0
+    page = " ".join((tmp / "run" / "report" / "index.html").read_text().split())
+    assert "10 seeds no model has seen" in page and "The holdout differs from this control" in page
