@@ -63,6 +63,7 @@ class RunCurve:
     usd: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
     holdout: float | None = None  # the final policy's mean on the holdout seeds, once, at the run's end
+    holdout_differs: bool = False  # from its control, on seeds no model saw: the policy tells the holdout's apart
     recorded: tuple[str, str, tuple[int, ...]] | None = None  # the task, protocol and dev seeds its ledger says it ran
 
     def add(self, env_steps: int, tokens: int, usd: float, best: float) -> None:
@@ -118,6 +119,8 @@ def run_curve(run_dir: Path | None, key: str, task: str, repeat: int, status: st
         elif isinstance(event, RunFinished) and isinstance(event.holdout, dict):
             holdout = finite_number(event.holdout.get("mean"))
             curve.holdout = float(holdout) if holdout is not None else None
+            control = event.holdout.get("control")
+            curve.holdout_differs = isinstance(control, dict) and control.get("differs") is True
     return curve
 
 

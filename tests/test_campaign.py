@@ -593,7 +593,7 @@ def test_a_run_the_campaigns_hours_cut_off_ends_once_with_what_it_spent(home):
 
 
 def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | None = None, task: str = "t",
-              protocol: str = "standard") -> None:
+              protocol: str = "standard", differs: bool = False) -> None:
     """A run's own ledger as a finished run leaves it: its start, two iterations, its end (and holdout)."""
     from common.events import EvalFinished, IterationDone, RunFinished, RunStarted
 
@@ -610,7 +610,8 @@ def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | Non
                                     tests_added=[], verdict=None, policy_sha256="0" * 64,
                                     spent={"env_steps": steps, "tokens": 0, "usd": 0.0}))
     ledger.append(RunFinished(run_id="r", reason="iteration budget spent", best_mean=improved,
-                              holdout=None if holdout is None else {"mean": holdout}, spent={"env_steps": 1_200_000}))
+                              holdout=None if holdout is None else {"mean": holdout, "control": {"differs": differs}},
+                              spent={"env_steps": 1_200_000}))
 
 
 def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_numbers(tmp_path):
@@ -636,8 +637,11 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
         hns = dev_hns[run.task][run.repeat]
         _fake_run(campaign.run_dir(run.key), task.random_score,
                   task.random_score + hns * (task.human_score - task.random_score),
-                  holdout=task.random_score + hns / 2 * (task.human_score - task.random_score), task=run.task)
+                  holdout=task.random_score + hns / 2 * (task.human_score - task.random_score), task=run.task,
+                  differs=run.key == runs[1].key)
     page = write_campaign_report(tmp_path / "camp").read_text()
+    assert f"Runs whose holdout differs from its control</strong> (" in page
+    assert page.split("Runs whose holdout differs from its control")[1].split("</p>")[0].endswith(f": {runs[1].key}.")
 
     matrix = np.array([[dev_hns[g][r] for g in games] for r in range(2)])  # repeats × tasks
     assert metrics.aggregate_median(matrix) != metrics.aggregate_median(matrix.T)
