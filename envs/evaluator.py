@@ -219,10 +219,11 @@ class Evaluator:
                                  git=_git_provenance(bundle), policy_files=self.policy_files,
                                  limits=self._limits_record()))
         started = time.perf_counter()
-        held = ScratchDir("eval")  # removed below; one a kill -9 left is removed by a later evaluation
-        scratch = held.path
+        held: ScratchDir | None = None
         staged: StagedPolicy | None = None
-        try:
+        try:  # at once: a Ctrl-C while the scratch folder is made (a sweep of the temp folder) is an interruption too
+            held = ScratchDir("eval")  # removed below; one a kill -9 left is removed by a later evaluation
+            scratch = held.path
             staged = self._staged(bundle)
             episodes = self._run_episodes(seeds, bundle, staged, scratch, started)
             result = self._assemble(base, episodes, uses_before, started)
@@ -241,7 +242,8 @@ class Evaluator:
         finally:
             if staged is not None:
                 staged.close()
-            held.remove()
+            if held is not None:
+                held.remove()
         self._append(EvalFinished(**result.summary(), per_episode=[
             EpisodeLine(seed=e.seed, status=e.status, return_=e.return_, length=e.length, error=e.error)
             for e in result.episodes]))

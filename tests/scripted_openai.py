@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import select
 import threading
 import time
 from collections import deque
@@ -265,7 +266,10 @@ class ScriptedOpenAI:
                         time.sleep(reply.get("chunk_delay", 0))
                     for i, event in enumerate(events):
                         if stall_after is not None and i == stall_after:
-                            time.sleep(reply.get("stall_s", 30))  # silent, as a server stuck mid-reply is
+                            if reply.get("stall_s") == "until_gone":  # silent until the client hangs up (60 s guard)
+                                select.select([self.connection], [], [], 60)
+                            else:
+                                time.sleep(reply.get("stall_s", 30))  # silent, as a server stuck mid-reply is
                         self.wfile.write(event)
                         self.wfile.flush()
                         time.sleep(reply.get("chunk_delay", 0))

@@ -544,7 +544,8 @@ def test_a_channel_held_open_and_silent_is_abandoned_and_the_broker_ends(layout,
 
 # A sandboxed command that detaches two processes from its group (``setsid``: one directly, one a grandchild of a
 # subshell that detached), prints their pids, and ends (or, with the tail added, outlives its time limit).
-DETACHES = 'setsid sleep 1000 & echo $!; (setsid sh -c "sleep 1000 & echo \\$!; wait") & sleep 0.2; echo started'
+DETACHES = ('mkfifo "$HOME/pid2"; setsid sleep 1000 & echo $!; (setsid sh -c "sleep 1000 & echo \\$! > "$HOME/pid2"; wait") & '
+            'read second < "$HOME/pid2"; echo $second; echo started')
 
 
 def _still_running(pids: list[int]) -> list[int]:

@@ -294,16 +294,28 @@ def test_evaluation_deadline_marks_the_rest_not_run(run_eval, slow_balancer):
     assert "not_run" in statuses and result.status in ("partial", "broken")
 
 
-def test_evaluation_deadline_cuts_a_group_in_flight(run_eval, slow_balancer):
+def test_evaluation_deadline_cuts_a_group_in_flight(run_eval, write_policy):
     """In lockstep every episode of the group was started: each is cut off at the evaluation's limit, says so,
     and keeps the env steps it took; none is run again."""
-    policy = slow_balancer(0.05)
-    result = run_eval(policy, "CartPole-v1", episodes=6, workers=1, eval_timeout_s=2, lockstep=3,
+    policy = write_policy("""
+        import time
+
+        class Policy:
+            def reset(self, seed):
+                self.t = 0
+
+            def act(self, obs, info):
+                self.t += 1
+                if self.t > 5:
+                    time.sleep(3600)  # in flight at the evaluation's limit, however long the pair took to start
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        """)
+    result = run_eval(policy, "CartPole-v1", episodes=6, workers=1, eval_timeout_s=10, lockstep=3,
                       limits=Limits(episode_timeout_s=60, episode_cpu_s=60))
     assert [e.status for e in result.episodes[:3]] == ["timeout"] * 3
     assert [e.status for e in result.episodes[3:]] == ["not_run"] * 3
-    assert all("evaluation wall-clock limit of 2 s" in e.error for e in result.episodes)
-    assert all(e.env_steps > 0 for e in result.episodes[:3]) and result.status == "broken"
+    assert all("evaluation wall-clock limit of 10 s" in e.error for e in result.episodes)
+    assert [e.env_steps for e in result.episodes[:3]] == [5, 5, 5] and result.status == "broken"
 
 
 # Process-wide state a policy can keep (builtins is shared by every module of its process): in its evaluation the

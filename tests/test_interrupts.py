@@ -90,11 +90,14 @@ SANDBOXED = '''
     from envs.limits import Limits
     from envs.sandbox import run_sandboxed
 
+    import os, select
     with interrupts.remembering():
         pool = ThreadPoolExecutor(1)
-        future = pool.submit(run_sandboxed, [sys.executable, "-c", "import time; time.sleep(600)"],
-                             Path(sys.argv[1]), Limits(), 900)
+        running_r, running_w = os.pipe()  # the sandboxed process writes a byte once it runs
+        future = pool.submit(run_sandboxed, [sys.executable, "-c", f"import os, time; os.write({running_w}, b'x'); "
+                             "time.sleep(600)"], Path(sys.argv[1]), Limits(), 900, pass_fds=(running_w,))
         try:
+            assert select.select([running_r], [], [], 120)[0] and os.read(running_r, 1) == b"x"  # a hang guard
             print("ready", flush=True)
             with pool:  # as verify's test files: their threads are joined before the Ctrl-C goes on
                 interrupts.results([future])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,10 +63,10 @@ def test_ctrl_c_or_a_stop_signal_records_the_interruption(tmp_path, slow_balance
                              "--ledger", str(ledger_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "TMPDIR": str(temp)})
     try:
-        deadline = time.monotonic() + 60
-        while not ledger_path.exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120  # a hang guard: the wait is for an event
+        while not _policy_process_under(proc.pid):  # an episode is under way: the evaluation is past its start
+            assert proc.poll() is None and time.monotonic() < deadline, "no policy process started"
             time.sleep(0.05)
-        time.sleep(1.0)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=20)  # stops now, not when the episode in flight ends
     finally:  # a failed test does not leave an hour-long evaluation behind
@@ -79,6 +80,24 @@ def test_ctrl_c_or_a_stop_signal_records_the_interruption(tmp_path, slow_balance
     if signum == signal.SIGTERM:
         assert "SIGTERM" in records[1]["reason"]
     assert not list(temp.iterdir())  # the policy's copy and the sandbox's folders are gone
+
+
+def _policy_process_under(root: int) -> bool:
+    """Whether a descendant of ``root`` runs a policy (envs.policy_host), which only the evaluation's episodes start."""
+    parents, policies = {}, set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if b"envs.policy_host" in (stat.parent / "cmdline").read_bytes():
+                policies.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    for pid in policies:
+        while pid in parents and pid != root:
+            pid = parents[pid]
+        if pid == root:
+            return True
+    return False
 
 
 def test_a_torn_last_line_is_skipped_and_never_merged_into_the_next(tmp_path):
