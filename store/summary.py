@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write
-from common.formatting import cost_text, score_text
+from common.formatting import cost_text, finite_number, score_text
 from common.safe_text import printable, redact, redact_deep
 from envs.tasks import TaskSpec
 
@@ -44,8 +44,10 @@ def _control_lines(control: Any) -> list[str]:
     lines = [f"- Control, {control['episodes']} seeds no model has seen (drawn from the run's secret), beside the "
              f"holdout: mean {score_text(control.get('mean'))} ± {score_text(control.get('std'))}, "
              f"{control.get('episodes_failed', 0)} failed."]
-    if control.get("differs"):
-        lines.append(f"- **The holdout differs from its control** (two-sided Mann-Whitney p={control['p_value']:.2g}): "
+    if control.get("differs") is True:
+        p = finite_number(control.get("p_value"))
+        lines.append(f"- **The holdout differs from its control** (two-sided Mann-Whitney p="
+                     f"{'n/a' if p is None else format(p, '.2g')}): "
                      f"the policy plays otherwise on the holdout's seeds, which are public, so its holdout score is "
                      f"not what it scores on seeds it cannot know.")
     return lines
