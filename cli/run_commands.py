@@ -245,6 +245,7 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     """The score history, every edit with its verdict and reasons, and the budget used."""
     from common.events import IterationDone, RunFinished, RunStarted
     from store.rundir import read_record, recorded_model, run_status
+    from store.summary import control_sentences
 
     record = read_record(run_dir)
     records = _ledger(run_dir)
@@ -286,8 +287,14 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
         if finished.holdout:
             h = finished.holdout
             seeds = h.get("seeds") if isinstance(h.get("seeds"), list) and h.get("seeds") else ["?"]
+            failed = h.get("episodes_failed")
             out.print(shown(f"holdout (once), seeds {seeds[0]}..{seeds[-1]} ({h.get('episodes')} episodes): "
-                            f"mean {score_text(h.get('mean'))} ± {score_text(h.get('std'))}"), highlight=False)
+                            f"mean {score_text(h.get('mean'))} ± {score_text(h.get('std'))}"
+                            + (f", {failed} failed (mean over the others)" if isinstance(failed, int) and failed
+                               else "")), highlight=False)
+            for sentence in control_sentences(h.get("control")) or ():
+                if sentence:
+                    out.print(shown(sentence), highlight=False)
 
 
 def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),

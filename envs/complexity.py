@@ -18,6 +18,7 @@ import ast
 import io
 import tokenize
 import zlib
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,16 +51,30 @@ def complexity(source: str) -> Complexity:
                       ast_nodes=sum(1 for _ in ast.walk(tree)) - 2 * len(docstrings))
 
 
-def code_bytes(source: str) -> int:
-    """How much the code says: its tokens, docstrings included (comments and layout not), compressed by zlib.
+class Said(NamedTuple):
+    """How much a policy's code says, and how much its docstrings say: zlib-compressed bytes of their tokens."""
+
+    code: int
+    docstrings: int
+
+
+def said(source: str) -> Said:
+    """How much the code says, and apart from it the docstrings: their tokens (comments and layout are neither),
+    each part compressed by zlib.
 
     The three measures above count what Python parses, so code packed into a string, a number or compressed bytes
     and run by ``exec`` looks short; packed, it still says what it said, and compressed it is as large (a little
-    larger, with what unpacks it). Docstrings count here, since ``__doc__`` can be run too. A simplification must
-    not make this grow (``graph.simplify``)."""
-    words = [token.string for token in tokenize.generate_tokens(io.StringIO(source).readline)
-             if token.type not in _LAYOUT]
-    return len(zlib.compress(" ".join(words).encode("utf-8", "surrogatepass"), 9))
+    larger, with what unpacks it). Docstrings are a part of their own, since ``__doc__`` can be run too: a
+    simplification must make neither part grow (``graph.simplify``), so documentation taken out buys no room for
+    code packed into a string, and code packed into a docstring costs what it holds."""
+    tree = ast.parse(source)
+    spans = _spans(source, _docstrings(tree))
+    code: list[str] = []
+    docs: list[str] = []
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in _LAYOUT:
+            (docs if _inside(token, spans) else code).append(token.string)
+    return Said(*(len(zlib.compress(" ".join(words).encode("utf-8", "surrogatepass"), 9)) for words in (code, docs)))
 
 
 _LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
@@ -76,22 +91,32 @@ def _docstrings(tree: ast.Module) -> list[ast.Expr]:
     return found
 
 
-def _code_lines(source: str, docstrings: list[ast.Expr]) -> set[int]:
-    """The numbers of the lines that hold a token of code: not blank, not only a comment or a docstring (code on a
-    docstring's line, after a ``;``, is code)."""
+Span = tuple[tuple[int, int], tuple[int, int]]  # (line, column) to (line, column), as tokenize counts them
+
+
+def _spans(source: str, docstrings: list[ast.Expr]) -> list[Span]:
     lines = source.splitlines()
 
     def column(line: int, offset: int) -> int:  # the AST counts UTF-8 bytes along a line, tokenize characters
         return len(lines[line - 1].encode("utf-8", "surrogatepass")[:offset].decode("utf-8", "surrogatepass"))
 
-    spans = [((d.lineno, column(d.lineno, d.col_offset)), (d.end_lineno, column(d.end_lineno, d.end_col_offset)))
-             for d in docstrings if d.end_lineno is not None and d.end_col_offset is not None]
+    return [((d.lineno, column(d.lineno, d.col_offset)), (d.end_lineno, column(d.end_lineno, d.end_col_offset)))
+            for d in docstrings if d.end_lineno is not None and d.end_col_offset is not None]
+
+
+def _inside(token: tokenize.TokenInfo, spans: list[Span]) -> bool:
+    return any(start <= token.start and token.end <= end for start, end in spans)
+
+
+def _code_lines(source: str, docstrings: list[ast.Expr]) -> set[int]:
+    """The numbers of the lines that hold a token of code: not blank, not only a comment or a docstring (code on a
+    docstring's line, after a ``;``, is code)."""
+    spans = _spans(source, docstrings)
     code: set[int] = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type in _LAYOUT or any(start <= token.start and token.end <= end for start, end in spans):
-            continue
-        code.update(range(token.start[0], token.end[0] + 1))
+        if token.type not in _LAYOUT and not _inside(token, spans):
+            code.update(range(token.start[0], token.end[0] + 1))
     return code
 
 
-__all__ = ["Complexity", "code_bytes", "complexity"]
+__all__ = ["Complexity", "Said", "complexity", "said"]

@@ -125,17 +125,21 @@ CONTROL_ALPHA = 0.01  # a holdout that differs from its control at this two-side
 
 
 def differs_p(first: EvalResult, second: EvalResult) -> float | None:
-    """How likely two evaluations of one policy on different seeds are to differ as much as they do by chance: a
-    two-sided Mann-Whitney U test of their episodes' returns, a failed episode ranked below every return. Seeds of
-    one task are draws of the same initial states, so only a policy that tells the two sets apart makes this small.
-    None where either has no episode."""
-    from scipy.stats import mannwhitneyu  # here, not at the top: the env process imports this module
+    """How likely two evaluations of one policy on different seeds are to differ as much as they do by chance, in
+    their returns or in how many episodes failed. Seeds of one task are draws of the same initial states, so only a
+    policy that tells the two sets apart makes this small. Two tests, each two-sided, Bonferroni-combined (twice the
+    smaller p): Mann-Whitney U on the completed episodes' returns, and Fisher's exact test on failed against
+    completed episodes, so a policy that fails exactly the episodes that would have scored badly (which the mean of
+    completed episodes leaves out) is seen too. None where either has no episode."""
+    from scipy.stats import fisher_exact, mannwhitneyu  # here, not at the top: the env process imports this module
 
-    a, b = ([e.return_ if e.status == "ok" and e.return_ is not None else -np.inf for e in r.episodes]
-            for r in (first, second))
-    if not a or not b:
+    if not first.episodes or not second.episodes:
         return None
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    completed = [[e.return_ for e in r.episodes if e.status == "ok" and e.return_ is not None] for r in (first, second)]
+    failed = [len(r.episodes) - len(done) for r, done in zip((first, second), completed)]
+    p_returns = float(mannwhitneyu(*completed, alternative="two-sided").pvalue) if all(completed) else 1.0
+    p_failures = float(fisher_exact([[failed[0], len(completed[0])], [failed[1], len(completed[1])]])[1])
+    return min(1.0, 2 * min(p_returns, p_failures))
 
 
 def score_stats(returns: list[float], spec: TaskSpec) -> ScoreStats | None:

@@ -8,8 +8,8 @@ only if all of these hold:
 - it applies, parses, keeps the contract and adds no seed special case (``graph.candidates.checked``, whose smoke
   episode runs in the sandbox);
 - its complexity falls: none of lines, branches and AST nodes rises, and at least one falls
-  (``envs.complexity``), and what its code says compressed (``code_bytes``) does not grow, so code packed into a
-  string for ``exec`` is not simpler;
+  (``envs.complexity``), and neither what its code nor what its docstrings say, compressed, grows (``said``), so code
+  packed into a string for ``exec`` is not simpler;
 - on the same dev seeds, through the sandboxed evaluator, it passes the non-inferiority gate
   (``roles.reviewer.non_inferiority_gate``: no new failed episode, no seed worse beyond ``seed_tolerance``, the
   mean not lower beyond ``mean_tolerance`` by a paired test);
@@ -29,7 +29,7 @@ from typing import Any
 
 from common.events import SimplifyDone
 from common.files import atomic_write
-from envs.complexity import Complexity, code_bytes, complexity
+from envs.complexity import Complexity, complexity, said
 from graph.bookkeeping import MAX_RECORDED_CHARS, events, oneline, recorded, spent_by
 from graph.candidates import checked
 from graph.context import Services, per_seed, scored, seeds_of
@@ -112,11 +112,11 @@ def _simplify(s: Services, state: RunState) -> dict[str, Any]:
                        f"{after.branches}, AST nodes {before.ast_nodes} -> {after.ast_nodes}",
                 complexity_after=after.model_dump(), diff=diff)
         return done
-    said_before, said_after = code_bytes(source), code_bytes(candidate["source"])
-    if said_after > said_before:
-        decided(False, f"not simpler: the code says more, {said_before} -> {said_after} bytes compressed (code packed "
-                       f"into a string or a number looks short to the other measures)",
-                complexity_after=after.model_dump(), diff=diff)
+    said_before, said_after = said(source), said(candidate["source"])
+    if said_after.code > said_before.code or said_after.docstrings > said_before.docstrings:
+        decided(False, f"not simpler: it says more, compressed: code {said_before.code} -> {said_after.code} bytes, "
+                       f"docstrings {said_before.docstrings} -> {said_after.docstrings} (code packed into a string "
+                       f"looks short to the other measures)", complexity_after=after.model_dump(), diff=diff)
         return done
     result = s.evaluate_cached(s.candidate_file(candidate["source"]))
     under_test = s.policy_under_test(candidate["source"], result)

@@ -64,6 +64,7 @@ class RunCurve:
     best: list[float] = field(default_factory=list)
     holdout: float | None = None  # the final policy's mean on the holdout seeds, once, at the run's end
     holdout_differs: bool = False  # from its control, on seeds no model saw: the policy tells the holdout's apart
+    holdout_failed: int = 0  # holdout episodes that failed: its mean is over the others
     recorded: tuple[str, str, tuple[int, ...]] | None = None  # the task, protocol and dev seeds its ledger says it ran
 
     def add(self, env_steps: int, tokens: int, usd: float, best: float) -> None:
@@ -121,6 +122,8 @@ def run_curve(run_dir: Path | None, key: str, task: str, repeat: int, status: st
             curve.holdout = float(holdout) if holdout is not None else None
             control = event.holdout.get("control")
             curve.holdout_differs = isinstance(control, dict) and control.get("differs") is True
+            failed = event.holdout.get("episodes_failed")
+            curve.holdout_failed = failed if isinstance(failed, int) and not isinstance(failed, bool) and failed > 0 else 0
     return curve
 
 

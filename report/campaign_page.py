@@ -135,6 +135,7 @@ def _context(results: CampaignResults, directory: Path) -> dict[str, Any]:
         "references": REFERENCES, "milestones": milestones, "protocol": results.protocol,
         "unfinished": results.unfinished,
         "differing": [run.key for run in results.runs if run.holdout_differs],
+        "holdout_failures": {run.key: run.holdout_failed for run in results.runs if run.holdout_failed},
         "profile": Markup(profile_plot(results)) if finals else None,
         "efficiency": Markup(efficiency) if efficiency else None,
         "cost_plot": Markup(cost_plot) if cost_plot else None, "cost_axis": costs[0] if costs else None,

@@ -250,7 +250,7 @@ class EvalConfig(_Strict):
                                                       "else Ray started on this machine).")
     video: bool = Field(True, description="Record failure clips for the video analyst.")
     holdout: bool = Field(True, description="Evaluate the best policy once on the holdout split at the end.")
-    holdout_control: int = Field(20, ge=0, le=1000, description=(
+    holdout_control: int = Field(50, ge=0, le=1000, description=(
         "Episodes on seeds no model has seen, drawn from the run's secret, run beside the holdout: the holdout's "
         "seeds are public, so a policy could tell them apart and play otherwise there; the summary says when the "
         "holdout's returns differ from these beyond chance (0: no control)."))

@@ -37,20 +37,29 @@ def _failed_text(failed: int, episodes: int) -> str:
     return f" (over {episodes - failed} of {episodes} episodes: {failed} failed)" if failed else ""
 
 
-def _control_lines(control: Any) -> list[str]:
-    """The holdout's control (``eval.holdout_control``), and a warning where the holdout differs from it."""
+def control_sentences(control: Any) -> tuple[str, str | None] | None:
+    """The holdout's control (``eval.holdout_control``) in a sentence, and a warning where the holdout differs from
+    it; None where there is none. Plain text, for summary.md and ``heurist show``."""
     if not isinstance(control, dict) or not control.get("episodes"):
+        return None
+    line = (f"Control, {control['episodes']} seeds no model has seen (drawn from the run's secret), beside the "
+            f"holdout: mean {score_text(control.get('mean'))} ± {score_text(control.get('std'))}, "
+            f"{control.get('episodes_failed', 0)} failed.")
+    if control.get("differs") is not True:
+        return line, None
+    p = finite_number(control.get("p_value"))
+    return line, (f"The holdout differs from its control beyond chance (p={'n/a' if p is None else format(p, '.2g')}, "
+                  f"returns and failures compared): seeds of one task differ only by chance unless the policy tells "
+                  f"them apart, and the holdout's are public, so its holdout score is not to be taken as what it "
+                  f"scores on seeds it cannot know.")
+
+
+def _control_lines(control: Any) -> list[str]:
+    found = control_sentences(control)
+    if found is None:
         return []
-    lines = [f"- Control, {control['episodes']} seeds no model has seen (drawn from the run's secret), beside the "
-             f"holdout: mean {score_text(control.get('mean'))} ± {score_text(control.get('std'))}, "
-             f"{control.get('episodes_failed', 0)} failed."]
-    if control.get("differs") is True:
-        p = finite_number(control.get("p_value"))
-        lines.append(f"- **The holdout differs from its control** (two-sided Mann-Whitney p="
-                     f"{'n/a' if p is None else format(p, '.2g')}): "
-                     f"the policy plays otherwise on the holdout's seeds, which are public, so its holdout score is "
-                     f"not what it scores on seeds it cannot know.")
-    return lines
+    line, warning = found
+    return [f"- {line}", *([f"- **{warning}**"] if warning else [])]
 
 
 def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, offline: bool, dev: list[int],

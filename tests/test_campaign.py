@@ -610,7 +610,8 @@ def _fake_run(run_dir: Path, start: float, improved: float, holdout: float | Non
                                     tests_added=[], verdict=None, policy_sha256="0" * 64,
                                     spent={"env_steps": steps, "tokens": 0, "usd": 0.0}))
     ledger.append(RunFinished(run_id="r", reason="iteration budget spent", best_mean=improved,
-                              holdout=None if holdout is None else {"mean": holdout, "control": {"differs": differs}},
+                              holdout=None if holdout is None else {"mean": holdout, "control": {"differs": differs},
+                                                                    "episodes_failed": 2 if differs else 0},
                               spent={"env_steps": 1_200_000}))
 
 
@@ -640,8 +641,9 @@ def test_the_campaign_report_gives_rliable_aggregates_of_hns_beside_published_nu
                   holdout=task.random_score + hns / 2 * (task.human_score - task.random_score), task=run.task,
                   differs=run.key == runs[1].key)
     page = write_campaign_report(tmp_path / "camp").read_text()
-    assert f"Runs whose holdout differs from its control</strong> (" in page
+    assert "Runs whose holdout differs from its control</strong> (" in page
     assert page.split("Runs whose holdout differs from its control")[1].split("</p>")[0].endswith(f": {runs[1].key}.")
+    assert f"is over the others): {runs[1].key} (2 failed).</p>" in page
 
     matrix = np.array([[dev_hns[g][r] for g in games] for r in range(2)])  # repeats × tasks
     assert metrics.aggregate_median(matrix) != metrics.aggregate_median(matrix.T)

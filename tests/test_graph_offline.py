@@ -50,8 +50,8 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     assert summary["stop_reason"].startswith("maximum return reached: dev mean 500")
     assert summary["holdout"]["split"] == "holdout" and summary["holdout"]["episodes"] == 50
     control = summary["holdout"]["control"]  # beside it, seeds no model has seen, which it does not differ from
-    assert control["episodes"] == 20 and not control["differs"] and control["p_value"] > 0.01
-    assert "Control, 20 seeds no model has seen (drawn from the run's secret)" in done.stdout
+    assert control["episodes"] == 50 and not control["differs"] and control["p_value"] > 0.01
+    assert "Control, 50 seeds no model has seen (drawn from the run's secret)" in done.stdout
     assert summary["offline"] and summary["spent"]["env_steps"] > 0 and summary["spent"]["tokens"] == 0
     assert (tmp / "weak.py").read_text() == weak_cartpole()  # never modified in place
     assert "Holdout split, seeds 1000..1049 (50 episodes, evaluated once)" in done.stdout

@@ -511,7 +511,7 @@ def test_a_policy_packed_into_a_string_for_exec_is_no_simpler(home):
     assert done.returncode == 0, done.stderr[-3000:]
     records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
     [simplified] = [r for r in records if r["event"] == "simplify"]
-    assert not simplified["accepted"] and simplified["reason"].startswith("not simpler: the code says more"), simplified
+    assert not simplified["accepted"] and simplified["reason"].startswith("not simpler: it says more"), simplified
     assert simplified["complexity_after"]["lines"] < simplified["complexity_before"]["lines"]  # what it looked like
     assert "exec(" not in (tmp / "run" / "best_policy.py").read_text()
 
@@ -536,6 +536,28 @@ def test_a_policy_that_plays_otherwise_on_the_public_holdout_seeds_is_shown_besi
     assert control["split"] == "custom" and len(set(control["seeds"])) == 10 and min(control["seeds"]) >= 10**6
     assert "The holdout differs from its control" in (tmp / "run" / "summary.md").read_text()
     assert "The holdout differs from its control" in done.stdout
+    shown = heurist(env, "show", tmp / "run")
+    assert shown.returncode == 0 and "Control, 10 seeds no model has seen" in shown.stdout
+    assert "The holdout differs from its control beyond chance" in " ".join(shown.stdout.split())
     assert heurist(env, "report", tmp / "run").returncode == 0
     page = " ".join((tmp / "run" / "report" / "index.html").read_text().split())
     assert "10 seeds no model has seen" in page and "The holdout differs from this control" in page
+
+
+def test_the_control_sees_returns_and_failures_apart_and_stays_quiet_by_chance():
+    """A mean is over completed episodes: a policy that failed the 19 holdout episodes its own simulation said would
+    score badly reported 326 against an honest 254, unseen by a test that ranked failures lowest (p = 0.12)."""
+    from types import SimpleNamespace
+
+    from envs.results import CONTROL_ALPHA, differs_p
+
+    def evaluation(returns, failed=0):
+        return SimpleNamespace(episodes=[SimpleNamespace(status="ok", return_=r) for r in returns]
+                               + [SimpleNamespace(status="crash", return_=None)] * failed)
+
+    honest = [200.0 + 3 * i for i in range(50)]
+    assert differs_p(evaluation(honest), evaluation(honest[::2] + honest[1::2])) == 1.0
+    assert differs_p(evaluation([500.0] * 50), evaluation([500.0] * 47, failed=3)) > CONTROL_ALPHA  # a few timeouts
+    assert differs_p(evaluation(honest[19:], failed=19), evaluation(honest)) < CONTROL_ALPHA  # the bad ones failed
+    assert differs_p(evaluation([500.0] * 40 + [9.0] * 10), evaluation([500.0] * 50)) < CONTROL_ALPHA  # 10 spoiled
+    assert differs_p(evaluation([]), evaluation(honest)) is None
