@@ -280,11 +280,18 @@ def _seed_uses(source: str) -> dict[str, tuple[int, str]]:
             return node.id == seed and node in in_reset
         return any(copies_seed(child) for child in ast.iter_child_nodes(node))
 
-    # Attributes the seed is copied into (self.s = seed, self.s = int(seed) % 7); one holding a generator built
-    # from it (self.rng = random.Random(seed), or one made only when seed is not None) is not the seed.
-    kept = {t.attr for node in ast.walk(reset) if isinstance(node, (ast.Assign, ast.AnnAssign))
-            and node.value is not None and copies_seed(node.value)
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Attribute)}
+    # Attributes the seed is copied into (self.s = seed, self.s = int(seed) % 7, self.s, = seed,, self.s += seed,
+    # self.__dict__["s"] = seed); one holding a generator built from it (self.rng = random.Random(seed), or one made
+    # only when seed is not None) is not the seed.
+    kept: set[str] = set()
+    for node in ast.walk(reset):
+        if isinstance(node, ast.Assign):
+            pairs = [pair for target in node.targets for pair in _assigned(target, node.value)]
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and node.value is not None:
+            pairs = _assigned(node.target, node.value)
+        else:
+            continue
+        kept.update(name for target, value in pairs if copies_seed(value) for name in _stored_names(target))
 
     def is_seed(node: ast.AST) -> bool:
         return copies_seed(node) or any(isinstance(n, ast.Attribute) and n.attr in kept
@@ -305,6 +312,32 @@ def _seed_uses(source: str) -> dict[str, tuple[int, str]]:
             text = ast.unparse(node)
             found.setdefault(text, (node.lineno, text))
     return found
+
+
+def _assigned(target: ast.expr, value: ast.expr) -> list[tuple[ast.expr, ast.expr]]:
+    """Which value each part of an assignment's target gets: element by element where both sides are tuples or
+    lists of one length without a starred part (``self.a, self.b = seed, 0`` copies the seed into ``a`` alone),
+    else the whole value to every part."""
+    if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
+            and len(target.elts) == len(value.elts) and not any(isinstance(e, ast.Starred) for e in target.elts):
+        return [pair for t, v in zip(target.elts, value.elts) for pair in _assigned(t, v)]
+    return [(target, value)]
+
+
+def _stored_names(target: ast.expr) -> set[str]:
+    """The attributes an assignment target stores into: ``x.name``, inside tuples, lists and starred targets too,
+    and ``x.__dict__["name"]``."""
+    if isinstance(target, ast.Attribute):
+        return {target.attr}
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return {name for element in target.elts for name in _stored_names(element)}
+    if isinstance(target, ast.Starred):
+        return _stored_names(target.value)
+    if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Attribute) \
+            and target.value.attr == "__dict__" and isinstance(target.slice, ast.Constant) \
+            and isinstance(target.slice.value, str):
+        return {target.slice.value}
+    return set()
 
 
 def _tunable_calls(tree: ast.Module, name: str) -> list[tuple[str, ast.Call]]:

@@ -337,6 +337,15 @@ class Policy:
         assert found and "special-cases the seed" in found, cheat
     old = copied.replace("return 0 if self.rng.random() < 0.1 else 1", "return 0 if self.which == 3 else 1")
     assert seed_special_cases(old.replace("return 0", "return 1"), before=old) is None  # not this edit's doing
+    # Copies a red-team review found the rule blind to: into tuples and lists, starred, added, through __dict__.
+    cheat = old.replace("        self.which = seed\n", "        {copy}\n")
+    for copy in ("self.which, = seed,", "[self.which] = [seed]", "self.other, *self.which = 0, seed",
+                 "self.which = 0; self.which += seed", 'self.__dict__["which"] = seed',
+                 "self.a, (self.which, self.b) = 0, (seed, 1)"):
+        found = seed_special_cases(cheat.format(copy=copy))
+        assert found and "special-cases the seed" in found, copy
+    # Element by element where it can tell: the attribute given 0 beside the seed is not the seed.
+    assert seed_special_cases(old.replace("self.which = seed", "self.k, self.which = seed, 0")) is None
 
 
 def test_frames_shows_a_vision_model_the_contact_sheet_as_an_image(home):
