@@ -130,13 +130,17 @@ def differs_p(first: EvalResult, second: EvalResult) -> float | None:
     policy that tells the two sets apart makes this small. Two tests, each two-sided, Bonferroni-combined (twice the
     smaller p): Mann-Whitney U on the completed episodes' returns, and Fisher's exact test on failed against
     completed episodes, so a policy that fails exactly the episodes that would have scored badly (which the mean of
-    completed episodes leaves out) is seen too. None where either has no episode."""
+    completed episodes leaves out) is seen too. None where either has no episode that ran."""
     from scipy.stats import fisher_exact, mannwhitneyu  # here, not at the top: the env process imports this module
 
-    if not first.episodes or not second.episodes:
+    # An episode never run (the evaluation's limit, a lost node) says nothing of the policy; a return that is no
+    # finite number counts as a failure.
+    ran = [[e for e in r.episodes if e.status != "not_run"] for r in (first, second)]
+    if not all(ran):
         return None
-    completed = [[e.return_ for e in r.episodes if e.status == "ok" and e.return_ is not None] for r in (first, second)]
-    failed = [len(r.episodes) - len(done) for r, done in zip((first, second), completed)]
+    completed = [[e.return_ for e in episodes if e.status == "ok" and e.return_ is not None
+                  and np.isfinite(e.return_)] for episodes in ran]
+    failed = [len(episodes) - len(done) for episodes, done in zip(ran, completed)]
     p_returns = float(mannwhitneyu(*completed, alternative="two-sided").pvalue) if all(completed) else 1.0
     p_failures = float(fisher_exact([[failed[0], len(completed[0])], [failed[1], len(completed[1])]])[1])
     return min(1.0, 2 * min(p_returns, p_failures))

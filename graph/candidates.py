@@ -40,6 +40,8 @@ def checked(s: Services, incumbent_commit: str, edit: Edit) -> tuple[Candidate |
         return None, f"the edit does not apply or parse: {exc}"
     if candidate == source:
         return None, "the edit changes nothing in the policy file"
+    if "\r" in candidate:  # read back from git as text it would be \n: the bytes scored must be the bytes committed
+        return None, "the edit writes a carriage return into the policy file; end its lines with \\n alone"
     special = seed_special_cases(candidate, before=source)  # within check_policy_source's MAX_NESTING: walkable
     if special:
         return None, f"the edited policy {special}"

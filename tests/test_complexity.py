@@ -7,7 +7,7 @@ import ast
 import base64
 import zlib
 
-from envs.complexity import complexity, said
+from envs.complexity import complexity, dynamic_uses, said
 
 SOURCE = '''"""A module docstring
 over two lines."""
@@ -71,3 +71,22 @@ def test_code_hidden_in_a_docstring_or_on_its_line_counts():
     assert said(beside).code > said(SOURCE).code
     assert complexity(beside).lines == 3  # the def, the docstring's line with its return, the exec
     assert complexity('def f():\n    """Ünïcode."""; return 1\n').lines == 2  # columns in characters, not bytes
+
+
+def test_joined_lines_lone_carriage_returns_and_renames_change_nothing():
+    """From red-team reviews: lone \\r line ends had made the whole file one comment to tokenize (lines 21 -> 0);
+    statements joined by ';' and names shortened to one letter had measured as simpler."""
+    assert complexity(SOURCE.replace("\n", "\r")) == complexity(SOURCE)
+    assert said(SOURCE.replace("\n", "\r")) == said(SOURCE) == said(SOURCE.replace("\n", "\r\n"))
+    joined = "x = 1; y = 2\nif x: y = 3\n"
+    assert complexity(joined).lines == complexity("x = 1\ny = 2\nif x:\n    y = 3\n").lines == 4
+    renamed = SOURCE.replace("value", "v").replace("items", "i").replace("decide", "d")
+    assert said(renamed) == said(SOURCE)
+
+
+def test_what_runs_code_from_data_or_reaches_names_by_strings_is_listed():
+    assert dynamic_uses(SOURCE) == set()
+    hiding = ("import zlib, base64\nfrom importlib import import_module\nexec(__doc__)\nf = getattr(x, 'a')\n"
+              "g = obj.__dict__\nh = vars(obj)\n")
+    assert dynamic_uses(hiding) == {"import zlib", "import base64", "import importlib", "exec", "__doc__", "getattr",
+                                    ".__dict__", "vars"}

@@ -511,7 +511,8 @@ def test_a_policy_packed_into_a_string_for_exec_is_no_simpler(home):
     assert done.returncode == 0, done.stderr[-3000:]
     records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
     [simplified] = [r for r in records if r["event"] == "simplify"]
-    assert not simplified["accepted"] and simplified["reason"].startswith("not simpler: it says more"), simplified
+    assert not simplified["accepted"] and simplified["reason"].startswith("not a simplification: it adds exec"), \
+        simplified
     assert simplified["complexity_after"]["lines"] < simplified["complexity_before"]["lines"]  # what it looked like
     assert "exec(" not in (tmp / "run" / "best_policy.py").read_text()
 
@@ -561,3 +562,8 @@ def test_the_control_sees_returns_and_failures_apart_and_stays_quiet_by_chance()
     assert differs_p(evaluation(honest[19:], failed=19), evaluation(honest)) < CONTROL_ALPHA  # the bad ones failed
     assert differs_p(evaluation([500.0] * 40 + [9.0] * 10), evaluation([500.0] * 50)) < CONTROL_ALPHA  # 10 spoiled
     assert differs_p(evaluation([]), evaluation(honest)) is None
+    # Episodes never run (the evaluation's limit) are not the policy's failures; a return that is no number is.
+    cut = evaluation(honest[:41])
+    cut.episodes += [SimpleNamespace(status="not_run", return_=None)] * 9
+    assert differs_p(cut, evaluation(honest)) > CONTROL_ALPHA
+    assert differs_p(evaluation([500.0] * 49 + [float("nan")]), evaluation([9.0] * 50)) < CONTROL_ALPHA
