@@ -203,6 +203,19 @@ def _bloated(tmp) -> str:
     return source
 
 
+def _run_simplified_by(home, role: str, simplify: str = "", quick: str = QUICK):
+    """A short offline CartPole run whose simplify stage (after each accepted edit) is the plug-in ``role``
+    (tests/plugins/simplify_roles.py); its folder, environment, finished process and ledger records."""
+    tmp, env = home
+    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
+    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:{role}"\n'
+                                  f'[simplify]\nevery = 1\n{simplify}{quick}')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
+                   "--run-dir", tmp / "run", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, env, done, Ledger(tmp / "run" / "ledger.jsonl").read()[0]
+
+
 def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
     tmp, env = home
     source = _bloated(tmp)
@@ -232,14 +245,7 @@ def test_a_run_keeps_a_simplification_that_loses_nothing_and_records_it(home):
 
 
 def test_a_simplification_that_plays_worse_is_refused_by_the_gate(home):
-    tmp, env = home
-    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:DropsATerm"\n'
-                                  f'[simplify]\nevery = 1\n{QUICK}')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
-    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    tmp, _env, _done, records = _run_simplified_by(home, "DropsATerm")
     iteration = next(r for r in records if r["event"] == "iteration")
     [simplified] = [r for r in records if r["event"] == "simplify"]
     assert iteration["accepted"] and not simplified["accepted"], simplified
@@ -480,14 +486,7 @@ def test_a_simplification_fitted_to_the_dev_seeds_alone_is_refused_on_seeds_no_m
     """The simplifier is shown the dev seeds' returns and no model reviews its edit: a policy that plays the
     incumbent only where the first observation is a dev seed's passed every dev check (and scored 8.72 on the
     holdout against 500, in a red-team run). The gate runs again on seeds drawn from the run's secret."""
-    tmp, env = home
-    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:MemorisesTheDevSeeds"\n'
-                                  f'[simplify]\nevery = 1\nscreen_episodes = 4\n{QUICK}')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
-    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    tmp, _env, done, records = _run_simplified_by(home, "MemorisesTheDevSeeds", "screen_episodes = 4\n")
     [simplified] = [r for r in records if r["event"] == "simplify"]
     assert simplified["verdict"]["accept"], simplified  # the dev seeds alone could not tell
     assert not simplified["accepted"] and simplified["commit"] is None
@@ -502,14 +501,7 @@ def test_a_simplification_fitted_to_the_dev_seeds_alone_is_refused_on_seeds_no_m
 
 
 def test_a_policy_packed_into_a_string_for_exec_is_no_simpler(home):
-    tmp, env = home
-    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:PacksThePolicy"\n'
-                                  f'[simplify]\nevery = 1\n{QUICK}')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
-    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    tmp, _env, _done, records = _run_simplified_by(home, "PacksThePolicy")
     [simplified] = [r for r in records if r["event"] == "simplify"]
     assert not simplified["accepted"] and simplified["reason"].startswith("not a simplification: it adds exec"), \
         simplified
@@ -521,15 +513,9 @@ def test_a_policy_that_plays_otherwise_on_the_public_holdout_seeds_is_shown_besi
     """The holdout's seeds are public: a simplification that drops the pole only on them passes the dev gate and the
     unseen seeds' gate (a red-team review's). The run cannot refuse what no gate sees, but its summary must not
     present that holdout as the policy's skill: the control, on seeds drawn from the run's secret, says otherwise."""
-    tmp, env = home
-    env["PYTHONPATH"] = str(EXAMPLE_PLUGIN)
-    quick = QUICK.replace("holdout = false", "holdout = true\nholdout_control = 10")
-    (tmp / "run.toml").write_text(f'{NO_REPORT}[stages]\nsimplify = "simplify_roles:SparesTheHoldout"\n'
-                                  f'[simplify]\nevery = 1\nscreen_episodes = 4\n{quick}')
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "weak.py", "--config", tmp / "run.toml",
-                   "--run-dir", tmp / "run", "--no-progress")
-    assert done.returncode == 0, done.stderr[-3000:]
-    records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
+    tmp, env, done, records = _run_simplified_by(
+        home, "SparesTheHoldout", "screen_episodes = 4\n",
+        QUICK.replace("holdout = false", "holdout = true\nholdout_control = 10"))
     assert any(r["event"] == "simplify" and r["accepted"] for r in records)
     holdout = json.loads((tmp / "run" / "summary.json").read_text())["holdout"]
     control = holdout["control"]
