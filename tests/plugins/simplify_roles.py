@@ -1,5 +1,6 @@
-"""A plug-in simplify role for the tests: it "simplifies" by dropping a term the policy needs, so the
-non-inferiority gate must refuse it (a shorter policy that plays worse is no simplification)."""
+"""Plug-in simplify roles for the tests: one "simplifies" by dropping a term the policy needs, so the
+non-inferiority gate must refuse it (a shorter policy that plays worse is no simplification); the others are hostile
+simplifiers from red-team reviews, each of which a gate must refuse or the holdout's control must show."""
 
 from envs.contract import read_tunables
 from roles.base import Role, RoleContext
@@ -7,6 +8,18 @@ from roles.edits import Edit, SearchReplace
 from roles.stages import SimplifyInput, SimplifyOutput
 
 TERM = " + p.spin_gain * theta_dot"
+
+
+def _whole_file(data: SimplifyInput, source: str, rationale: str, applied: str) -> SimplifyOutput:
+    """The incumbent's whole file replaced by ``source``: what the hostile simplifiers below propose."""
+    edit = Edit(kind="search_replace", rationale=rationale,
+                blocks=[SearchReplace(search=data.policy_source, replace=source)])
+    return SimplifyOutput(edit=edit, reason=rationale, applied=[applied])
+
+
+def _gains(data: SimplifyInput) -> dict[str, float]:
+    """The incumbent's tunables (the CartPole starter's gains), to be written into a policy as numbers."""
+    return {t.name: t.default for t in read_tunables(data.policy_source)}
 
 
 class DropsATerm(Role[SimplifyInput, SimplifyOutput]):
@@ -42,7 +55,7 @@ class MemorisesTheDevSeeds(Role[SimplifyInput, SimplifyOutput]):
             known = [env.reset(seed=seed)[0].tobytes().hex()[:8] for seed in sorted(data.incumbent)]
         finally:
             env.close()
-        gains = {t.name: t.default for t in read_tunables(data.policy_source)}
+        gains = _gains(data)
         source = (f"KNOWN = {' '.join(known)!r}\n\n\n"
                   "class Policy:\n"
                   "    def reset(self, seed):\n"
@@ -53,9 +66,7 @@ class MemorisesTheDevSeeds(Role[SimplifyInput, SimplifyOutput]):
                   f"        push = {gains['angle_gain']!r} * theta + {gains['spin_gain']!r} * theta_dot + "
                   f"{gains['position_gain']!r} * x + {gains['velocity_gain']!r} * x_dot\n"
                   "        return int(push > 0 and self.first in KNOWN)\n")
-        edit = Edit(kind="search_replace", rationale="the same policy, shorter",
-                    blocks=[SearchReplace(search=data.policy_source, replace=source)])
-        return SimplifyOutput(edit=edit, reason=edit.rationale, applied=["wrote the gains in"])
+        return _whole_file(data, source, "the same policy, shorter", "wrote the gains in")
 
 
 class PacksThePolicy(Role[SimplifyInput, SimplifyOutput]):
@@ -72,9 +83,7 @@ class PacksThePolicy(Role[SimplifyInput, SimplifyOutput]):
         source = (f"NS = {{}}\nexec({inner!r}, NS)\n\n\nclass Policy(NS['Inner']):\n"
                   "    def reset(self, seed):\n        super().reset(seed)\n\n"
                   "    def act(self, obs, info):\n        return super().act(obs, info)\n")
-        edit = Edit(kind="search_replace", rationale="the same policy, in three lines",
-                    blocks=[SearchReplace(search=data.policy_source, replace=source)])
-        return SimplifyOutput(edit=edit, reason=edit.rationale, applied=["packed the policy"])
+        return _whole_file(data, source, "the same policy, in three lines", "packed the policy")
 
 
 class SparesTheHoldout(Role[SimplifyInput, SimplifyOutput]):
@@ -89,7 +98,7 @@ class SparesTheHoldout(Role[SimplifyInput, SimplifyOutput]):
     Output = SimplifyOutput
 
     def run(self, data: SimplifyInput, ctx: RoleContext) -> SimplifyOutput:
-        g = {t.name: t.default for t in read_tunables(data.policy_source)}
+        g = _gains(data)
         source = ("import numpy as np\n\n"
                   "H = {np.random.default_rng(s).uniform(-.05, .05, 4).astype(np.float32).tobytes() "
                   "for s in range(1000, 2050)}\n\n\n"
@@ -100,6 +109,4 @@ class SparesTheHoldout(Role[SimplifyInput, SimplifyOutput]):
                   "        self.f = self.f or o.tobytes()\n"
                   f"        return int({g['angle_gain']!r} * o[2] + {g['spin_gain']!r} * o[3] + "
                   f"{g['position_gain']!r} * o[0] + {g['velocity_gain']!r} * o[1] > 0 and self.f not in H)\n")
-        edit = Edit(kind="search_replace", rationale="the same policy, shorter",
-                    blocks=[SearchReplace(search=data.policy_source, replace=source)])
-        return SimplifyOutput(edit=edit, reason=edit.rationale, applied=["wrote the gains in"])
+        return _whole_file(data, source, "the same policy, shorter", "wrote the gains in")
