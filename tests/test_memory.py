@@ -629,7 +629,7 @@ def test_a_memory_server_that_never_answers_is_an_error_in_bounded_time_not_a_wa
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), AnswersOnce)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     port = server.server_address[1]
     outcome.clear()
     opener = threading.Thread(target=open_store, daemon=True)

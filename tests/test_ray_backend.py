@@ -140,7 +140,7 @@ def test_an_address_where_something_other_than_a_ray_head_answers_is_refused_at_
             pass
 
     web = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
+    threading.Thread(target=web.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         assert "not as a Ray cluster's head (a gRPC server) does" in unreachable(f"127.0.0.1:{web.server_address[1]}")
     finally:
