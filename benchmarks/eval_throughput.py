@@ -1,6 +1,6 @@
 """Env steps per second: the sandboxed evaluator against a bare loop, measured side by side in one run.
 
-    python benchmarks/eval_throughput.py [--quick] [--only TASK]
+    python benchmarks/eval_throughput.py [--quick] [--only TASK] [--repeats N]
 
 For CartPole-v1, ALE/Breakout-v5 (pixels) under the standard protocol and under the
 deterministic one, and HalfCheetah-v5, the same starter policy on the same seeds runs:
@@ -12,6 +12,10 @@ deterministic one, and HalfCheetah-v5, the same starter policy on the same seeds
   message (``lockstep = 1``: how every evaluation ran before lockstep);
 - ``1 worker``: one worker, episodes in lockstep (the task family's default width);
 - ``N workers``: one worker per core, in lockstep.
+
+With ``--repeats N`` each setting runs all five N times, round after round; the table gives the median of each
+column and of each round's own ratios, and prints every round's ratios beside it, so that the machine's drift
+(up to 15% between two runs here) shows as a spread rather than as one number that may be its best or worst.
 
 Goals (the evaluation-speed issue): one sandboxed worker at 0.85x the bare loop or better,
 and all workers at 1.8x one worker or better on 2 cores. The evaluator's time includes
@@ -140,10 +144,25 @@ def sandbox_fit(us: dict[str, float], wide: int) -> str:
             f"at any width, 1w / bare <= {us['bare'] / (us['in'] + max(per_step, 0.0)):.2f}")
 
 
+def measure_round(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...], width: int,
+                  cores: int) -> tuple[int, dict[str, float]]:
+    """Every way once, one after another: the env steps each took (the same) and each one's steps a second."""
+    n, t_bare = bare_loop(spec, protocol, policy, seeds)
+    runs = {"in": in_process(spec, protocol, policy, seeds, width),
+            "solo": sandboxed(spec, protocol, policy, 1, 1),
+            "one": sandboxed(spec, protocol, policy, 1, None),
+            "all": sandboxed(spec, protocol, policy, cores, None)}
+    assert all(steps == n for steps, _ in runs.values()), "every way must take the same env steps"
+    return n, {k: n / t for k, (_, t) in runs.items()} | {"bare": n / t_bare}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter of the episodes (a smoke run, noisier)")
     parser.add_argument("--only", help="one task id")
+    parser.add_argument("--repeats", type=int, default=1, help=(
+        "rounds of every way, one after another, per setting; the table gives the medians, and each round's ratios "
+        "are printed: two runs of one round differ by up to 15%% on a shared machine"))
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     cartpole = with_dev_seeds(get_task("CartPole-v1"), 1)
@@ -163,16 +182,19 @@ def main() -> None:
         name = f"{task_id} ({spec.protocol(protocol).name})"
         width = lockstep_width(spec, None)
         warm_fork_server(spec, protocol, policy)
-        n, t_bare = bare_loop(spec, protocol, policy, seeds)
-        runs = {"in": in_process(spec, protocol, policy, seeds, width),
-                "solo": sandboxed(spec, protocol, policy, 1, 1),
-                "one": sandboxed(spec, protocol, policy, 1, None),
-                "all": sandboxed(spec, protocol, policy, cores, None)}
-        assert all(steps == n for steps, _ in runs.values()), "every way must take the same env steps"
-        rate = {k: n / t for k, (_, t) in runs.items()} | {"bare": n / t_bare}
+        rounds = [measure_round(spec, protocol, policy, seeds, width, cores) for _ in range(args.repeats)]
+        n = rounds[0][0]
+        rate = {k: statistics.median(r[k] for _, r in rounds) for k in rounds[0][1]}
+        # Each round's ratios from its own side-by-side timings, then their median: the machine's drift between rounds
+        # moves both sides of a round's ratio together.
+        one_bare = [r["one"] / r["bare"] for _, r in rounds]
+        all_one = [r["all"] / r["one"] for _, r in rounds]
         print(f"{name:32s} {rate['bare']:9,.0f} {rate['in']:9,.0f} {rate['solo']:15,.0f} {rate['one']:9,.0f} "
-              f"{rate['all']:10,.0f} {rate['one'] / rate['bare']:10.2f} {rate['all'] / rate['one']:9.2f}"
+              f"{rate['all']:10,.0f} {statistics.median(one_bare):10.2f} {statistics.median(all_one):9.2f}"
               f"   ({n:,} steps)")
+        if len(rounds) > 1:
+            print(f"{'':32s} medians of {len(rounds)} rounds; each round's ratios: 1w / bare "
+                  f"{', '.join(f'{x:.2f}' for x in one_bare)}; all / 1w {', '.join(f'{x:.2f}' for x in all_one)}")
         us = {k: 1e6 / r for k, r in rate.items()}
         wide = min(width, len(seeds))
         print(f"{'':32s} us/step: env+act {us['bare']:.1f} | record {us['in'] - us['bare']:+.1f} | "
