@@ -1,6 +1,6 @@
 """Env steps per second: the sandboxed evaluator against a bare loop, measured side by side in one run.
 
-    python benchmarks/eval_throughput.py [--quick] [--only TASK] [--repeats N]
+    python benchmarks/eval_throughput.py [--quick] [--only TASK[:PROTOCOL]] [--repeats N]
 
 For CartPole-v1, ALE/Breakout-v5 (pixels) under the standard protocol and under the
 deterministic one, and HalfCheetah-v5, the same starter policy on the same seeds runs:
@@ -144,6 +144,10 @@ def sandbox_fit(us: dict[str, float], wide: int) -> str:
             f"at any width, 1w / bare <= {us['bare'] / (us['in'] + max(per_step, 0.0)):.2f}")
 
 
+def protocol_name(setting: tuple[str, str | None, int]) -> str:
+    return get_task(setting[0]).protocol(setting[1]).name
+
+
 def measure_round(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...], width: int,
                   cores: int) -> tuple[int, dict[str, float]]:
     """Every way once, one after another: the env steps each took (the same) and each one's steps a second."""
@@ -159,11 +163,18 @@ def measure_round(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter of the episodes (a smoke run, noisier)")
-    parser.add_argument("--only", help="one task id")
+    parser.add_argument("--only", metavar="TASK[:PROTOCOL]",
+                        help="one task's settings, or one setting: ALE/Breakout-v5:deterministic")
     parser.add_argument("--repeats", type=int, default=1, help=(
         "rounds of every way, one after another, per setting; the table gives the medians, and each round's ratios "
         "are printed: two runs of one round differ by up to 15%% on a shared machine"))
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be 1 or more")
+    settings = [s for s in SETTINGS if args.only is None or args.only in (s[0], f"{s[0]}:{protocol_name(s)}")]
+    if not settings:
+        parser.error(f"--only {args.only} names no setting; the settings are "
+                     + ", ".join(f"{s[0]}:{protocol_name(s)}" for s in SETTINGS))
     cores = os.cpu_count() or 1
     cartpole = with_dev_seeds(get_task("CartPole-v1"), 1)
     balancer = starter_policy(cartpole)
@@ -173,9 +184,7 @@ def main() -> None:
           f"{forked:.3f} s forked from the fork server ({fresh / forked:.2f}x faster)\n")
     print(f"{'setting':32s} {'bare':>9s} {'in-proc':>9s} {'1w 1-at-a-time':>15s} {'1 worker':>9s} "
           f"{f'{cores} workers':>10s} {'1w / bare':>10s} {'all / 1w':>9s}   (env steps/s)")
-    for task_id, protocol, episodes in SETTINGS:
-        if args.only and task_id != args.only:
-            continue
+    for task_id, protocol, episodes in settings:
         spec = with_dev_seeds(get_task(task_id), max(2, episodes // 4) if args.quick else episodes)
         policy = starter_policy(spec)
         seeds = spec.seeds.dev
