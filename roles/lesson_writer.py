@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from roles.base import Role, RoleContext
 from roles.stages import LessonInput, LessonOutput
 
-NUMBER = re.compile(r"\d[\d.,]*\d")  # a measured-looking number: two digits or more, or one with a point or comma
+# A measured-looking number: two digits or more, or digits joined as numbers are written ("2.5", "1,000", "1_000",
+# "10 000" with a space or a thin one, "1'000"), or an exponent ("5e2", "3E-4"). A lone digit ("2 thresholds") is
+# words. Number words ("five hundred") are not read.
+NUMBER = re.compile(r"\d[\d.,_'\u2019\u00a0\u2009\u202f ]*\d|\d ?[eE][+-]?\d")
 
 
 def general_line(statement: str) -> bool:
-    """Whether a lesson line makes no claim a number would: the measured ones are heurist's, in its evidence."""
-    return NUMBER.search(statement) is None
+    """Whether a lesson line makes no claim a number would: the measured ones are heurist's, in its evidence.
+    Numerals that are not plain digits count too: superscripts, fractions, Roman numerals as characters ("5²", "½")."""
+    return NUMBER.search(statement) is None and not any(
+        unicodedata.category(c) in ("No", "Nl") for c in statement)
 
 
 class LessonLine(BaseModel):

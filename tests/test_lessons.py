@@ -74,9 +74,17 @@ def test_a_model_lesson_is_one_general_line_without_numbers_of_its_own():
 
     assert LessonLine(statement="  Pushing toward\nthe fall   keeps the pole up ").statement == \
         "Pushing toward the fall keeps the pole up"
-    for claim in ("Raising the gain to 2.5 keeps the pole up", "It raised the mean by 300"):
+    # Numbers however written (before 2026-12-06 an exponent, a separator other than a point or comma, and numerals
+    # that are not digits passed); a lone digit is words, and number words are not read.
+    for claim in ("Raising the gain to 2.5 keeps the pole up", "It raised the mean by 300", "A gain of 5e2 helped",
+                  "A step of 3E-4 helped", "A gain of 5 e2 helped", "It scored 1_000 more", "It scored 10 000 more",
+                  "It scored 10\u202f000 more", "It scored 1'000 more", "A gain of 5\u00b2 helped",
+                  "Halve it to \u00bd of the gain", "Round \u216b was best"):
         with pytest.raises(ValidationError, match="leave numbers out"):
             LessonLine(statement=claim)
+    for general in ("Use 2 thresholds rather than one", "Pushing earlier keeps the pole up in 1 or 2 ways",
+                    "Five hundred steps is the most there is"):
+        assert LessonLine(statement=general).statement == general
     fix = FixRecord(id="fix-1", run_id="r", rationale="push earlier", diff_summary="", task="CartPole-v1",
                     family="classic_control", iteration=1, outcome="accepted", reason="better",
                     score_before=20.0, score_after=500.0)
