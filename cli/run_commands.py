@@ -136,15 +136,11 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
                no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
     """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
     from envs.contract import policy_sha256
-    from store.config import RunConfig
-    from store.rundir import create_run, decisions, plug_in_modules, read_record, run_status, started_here
+    from store.rundir import (create_run, decisions, plug_in_modules, read_record, run_config, run_status,
+                              started_here)
 
     record = read_record(run_dir)
-    try:
-        config = RunConfig.model_validate(record.config)
-    except ValueError as exc:
-        raise HeuristError(f"{run_dir / 'run.json'} holds a config this heurist cannot read "
-                           f"({' '.join(str(exc).split())[:300]}); replay it with the heurist that made it") from None
+    config = run_config(record, run_dir, doing="replay")
     modules = plug_in_modules(record)
     if modules and not started_here(record, run_dir):
         raise HeuristError(f"{run_dir} is not a run this machine's runs index lists here (moved, or started "

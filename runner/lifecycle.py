@@ -36,8 +36,8 @@ from roles.registry import stage_roles, unmet_facts
 from runner.report_child import ReportFailed, rebuild, warm_up
 from store.active_time import ActiveTime
 from store.config import RunConfig
-from store.rundir import (WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, run_task,
-                          keyed, storage_failure)
+from store.rundir import (WORKSPACE_FORMAT, RunError, RunRecord, locked, memory_config, read_record, run_config,
+                          run_task, keyed, storage_failure)
 from store.scalars import run_rows, write_run_scalars
 from store.transcripts import TranscriptRecorder, call_costs
 from store.wandb_log import by_index, log_scalars
@@ -60,7 +60,7 @@ def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Servi
                        f"inside the test; they cannot be trusted to run as this version runs tests. Start a new run "
                        f"from its best policy: heurist run --env {record.task} --policy "
                        f"{Path(run_dir) / 'workspace' / 'policy.py'}")
-    config = RunConfig.model_validate(record.config)
+    config = run_config(record, run_dir)
     for name in config.llm.key_variables():  # whatever their names, the keys are never recorded
         also_secret(name)
     spec = run_task(record)
@@ -143,6 +143,14 @@ def _execute(run_dir: Path, on_event: EventFn | None) -> dict[str, Any]:
             # `next` is empty; continuing from it applies those writes and goes on.
             ended = not snapshot.next and values.get("status") in ("finished", "paused")
             if not values:
+                if any(r.get("event") in ("iteration", "run_finished") for r in services.ledger.read()[0]):
+                    # Nodes write those records many checkpoints after the first: the checkpoints are gone (deleted,
+                    # or the run directory copied without them), and starting over would rewrite the summary of a run
+                    # that went on. A kill cannot do this.
+                    raise RunError(f"{run_dir / 'checkpoints.sqlite'} holds no checkpoint, though the ledger "
+                                   f"records iterations of this run, so the run cannot continue from it; its ledger, "
+                                   f"transcripts and workspace are intact: `heurist report {run_dir}` shows it, "
+                                   f"`heurist replay {run_dir}` re-runs it from its transcripts")
                 start: dict[str, Any] | Command | None = {"run_id": record.run_id}
             elif not ended:
                 start = None  # continue at the node that did not finish

@@ -148,12 +148,22 @@ def run_task(record: RunRecord) -> TaskSpec:
     return spec
 
 
+def run_config(record: RunRecord, run_dir: Path, doing: str = "continue") -> RunConfig:
+    """The run's recorded config, or one line saying why this heurist cannot read it (a run made by a newer
+    heurist, with a key this one does not know, or an edited run.json)."""
+    try:
+        return RunConfig.model_validate(record.config)
+    except ValueError as exc:
+        raise RunError(f"{Path(run_dir) / 'run.json'} holds a config this heurist cannot read "
+                       f"({' '.join(str(exc).split())[:300]}); {doing} it with the heurist that made it") from None
+
+
 def memory_config(record: RunRecord, run_dir: Path) -> MemoryConfig:
     """Where a run's memory lives: the store its config names, except for a replay, which keeps its memory
     to itself (``RUN_DIR/memory``), so re-running a run never adds its records to the shared store twice."""
     if record.replay_of:
         return MemoryConfig(path=Path(run_dir) / "memory")
-    return RunConfig.model_validate(record.config).memory
+    return run_config(record, run_dir).memory
 
 
 class RunIndexEntry(BaseModel):

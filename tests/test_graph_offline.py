@@ -270,6 +270,23 @@ def test_a_damaged_checkpoint_is_one_line_that_says_what_still_works(home):
     assert "checkpoints.sqlite is damaged" in resumed.stderr and "heurist replay" in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1
     assert heurist(env, "report", tmp / "run").returncode == 0  # the records it was made from are intact
+    # No checkpoints at all (deleted, or the directory copied without them): it had started over, and rewritten the
+    # summary of the run that had gone on as a run of none of its edits.
+    summary = (tmp / "run" / "summary.json").read_text()
+    (tmp / "run" / "checkpoints.sqlite").unlink()
+    resumed = heurist(env, "resume", tmp / "run")
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "holds no checkpoint, though the ledger records iterations" in resumed.stderr, resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1 and (tmp / "run" / "summary.json").read_text() == summary
+    # A config this heurist cannot read (a key a newer heurist wrote): one line, as a replay says it, not pydantic's.
+    record = json.loads((tmp / "run" / "run.json").read_text())
+    record["config"]["eval"]["a_newer_key"] = 1
+    (tmp / "run" / "run.json").write_text(json.dumps(record))
+    for command in ("resume", "replay"):
+        done = heurist(env, command, tmp / "run")
+        assert done.returncode == 2 and "Traceback" not in done.stderr and "internal error" not in done.stderr
+        assert "holds a config this heurist cannot read" in done.stderr and "a_newer_key" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_a_run_made_before_tests_ran_on_throwaway_copies_is_not_resumed(home, monkeypatch):
