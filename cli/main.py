@@ -76,7 +76,7 @@ def eval_cmd(
                                                help="The Ray cluster for --backend ray (default: Ray started here)."),
 ) -> None:
     """Evaluate POLICY_FILE on a task's fixed seeds in sandboxed workers and append the result to the ledger."""
-    from common.ledger import Ledger
+    from common.ledger import Ledger, check_ledger_file
     from pydantic import ValidationError
 
     from envs.evaluator import EvalRequest, evaluate, heurists_files
@@ -111,6 +111,7 @@ def eval_cmd(
     from envs.policy_files import read_policy
 
     ledger_file = ledger or default_ledger_path()
+    check_ledger_file(ledger_file)
     # Read as the evaluator reads it, for its warnings; only the source is kept (the evaluator reads the folder
     # again, and a folder's data files may be hundreds of MiB).
     bundle = read_policy(policy_file, heurists_files(request, ledger_file))

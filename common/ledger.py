@@ -73,6 +73,23 @@ class Ledger:
         return records, bad
 
 
+def check_ledger_file(path: Path) -> None:
+    """Refuse to make ``path`` a ledger if it already holds something else: appends never rewrite, so a policy, a
+    config or notes given by mistake (``heurist eval --ledger victim.py``) would have ledger lines added to their end
+    for good. A ledger's first line is a record (``{"time":...,"event":"..."}``, as ``append`` writes it); a missing
+    or empty file is a new ledger."""
+    try:
+        with open_regular(path) as fh:
+            head = fh.read(4096)
+    except FileNotFoundError:
+        return
+    except OSError:  # a folder or a FIFO there: append says why, naming the path
+        return
+    if head and not (head.startswith(b"{") and b'"event":"' in head.split(b"\n", 1)[0]):
+        raise LedgerError(f"{path} is not a heurist ledger (its first line is no ledger record), and a ledger is "
+                          f"only ever appended to; give --ledger a new file or an existing ledger")
+
+
 class LedgerTail:
     """A ledger read as it grows: each ``read`` parses only the lines appended since the last, so a process that
     reads its ledger often (a campaign's driver, several times per run it starts or ends) pays for the new lines,

@@ -38,6 +38,7 @@ FILES = {
     "list.json": "[1, 2]",
     "garbage.jsonl": "{garbage\n",
     "afile": "x",
+    "victim.py": (POLICY_DIR / "cartpole.py").read_text(),
     "foreign/notes.txt": "not a run",
     "badrun/run.json": "{not json",
     "wrongrun/run.json": '{"run_id": 3}',
@@ -85,6 +86,9 @@ CASES = [
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--protocol", "nope"], "has no protocol 'nope'"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--episodes", "0"], "Invalid value for '--episodes'"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--ledger", "foreign"], "cannot write the ledger"),
+    # A file that holds something else (the policy itself, a config): appends would have added to its end for good.
+    (["eval", "victim.py", "--env", "CartPole-v1", "--ledger", "victim.py"], "victim.py is not a heurist ledger"),
+    (["eval", CARTPOLE, "--env", "CartPole-v1", "--ledger", "negative.json"], "negative.json is not a heurist ledger"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--video", "--out", "afile"], "cannot write clips to afile: it is a file"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--backend", "spark"], "unknown backend 'spark'; choose local or ray"),
     (["eval", CARTPOLE, "--env", "CartPole-v1", "--seeds", "abc"], "'abc' is not a seed or a range"),
