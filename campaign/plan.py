@@ -18,7 +18,7 @@ from envs.atari_scores import ATARI57_SCORES
 from envs.contract import check_policy_file
 from envs.tasks import get_task, registry
 from policies import starter_policy
-from store.config import build_config, check_priced, merge
+from store.config import build_config, check_priced, merge, read_settings_file
 from store.rundir import is_offline
 from store.wandb_log import check_wandb
 
@@ -146,6 +146,8 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
                 data["protocol"] = spec.protocol
             if task_id in spec.policies:
                 data["policy"] = str(spec.policies[task_id])
+            # Its types first: the defaults below read its tables ("[run] eval = 5" was an internal error).
+            build_config(data, f"{source} [run] for {task_id}")
             if (data.get("wandb") or {}).get("enabled"):  # a campaign's runs are one W&B group, named after it
                 data["wandb"] = {"group": spec.name, **data["wandb"]}
             evaluation = data.setdefault("eval", {})
@@ -163,12 +165,17 @@ def plan_runs(spec: CampaignSpec, source: str) -> list[PlannedRun]:
 
 def load_campaign(path: Path) -> tuple[CampaignSpec, list[PlannedRun]]:
     """Read and check a campaign file; its runs, planned."""
-    if not path.is_file():
-        raise CampaignError(f"campaign file {path} does not exist; give a .toml file (see docs/campaigns.md)")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_settings_file(path))
+    except FileNotFoundError:
+        raise CampaignError(f"campaign file {path} does not exist; give a .toml file (see docs/campaigns.md)") from None
+    except OSError as exc:  # a folder or a FIFO in its place, no permission
+        raise CampaignError(f"cannot read the campaign file {path}: {exc.strerror}; give a .toml file (see "
+                            f"docs/campaigns.md)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CampaignError(f"{path} does not parse: {exc}") from None
+    except RecursionError:
+        raise CampaignError(f"{path} does not parse: it is nested too deeply") from None
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import HeuristError
+from common.files import open_regular
 from common.safe_text import without_url_passwords
 from envs.limits import MAX_MIB, MAX_SECONDS
 from memory.store import MemoryConfig
@@ -337,17 +338,26 @@ def check_priced(config: RunConfig) -> None:
                           f"set budget.tokens instead")
 
 
+def read_settings_file(path: Path) -> str:
+    """A settings file's text, if it is a regular file: a folder or a FIFO given by mistake is OSError (EINVAL, "not a
+    regular file"), not "does not exist" or a read that waits for a writer."""
+    with open_regular(path) as fh:
+        return fh.read().decode()
+
+
 def load_config_file(path: Path) -> dict:
     """The raw mapping in a .toml or .json config file."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; give a .toml or .json file")
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            data = tomllib.loads(path.read_text())
+        text = read_settings_file(path)
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; give a .toml or .json file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}; give a .toml or .json file") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path} does not parse: {exc}") from None
+    except RecursionError:  # "a = [[[[..." past what Python's parsers nest
+        raise ConfigError(f"{path} does not parse: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a table of settings")
     return data

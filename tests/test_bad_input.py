@@ -39,6 +39,11 @@ FILES = {
     "garbage.jsonl": "{garbage\n",
     "afile": "x",
     "victim.py": (POLICY_DIR / "cartpole.py").read_text(),
+    "deep.toml": "a = " + "[" * 100_000 + "\n",
+    "deep.json": "[" * 100_000 + "\n",
+    "cfgdir.toml/inside": "a folder named as a config file",
+    "camp_eval.toml": 'name = "c"\ntasks = ["CartPole-v1"]\n[run]\neval = 5\n',
+    "camp_wandb.toml": 'name = "c"\ntasks = ["CartPole-v1"]\n[run]\nwandb = "x"\n',
     "foreign/notes.txt": "not a run",
     "badrun/run.json": "{not json",
     "wrongrun/run.json": '{"run_id": 3}',
@@ -65,6 +70,16 @@ CASES = [
     (["run", "--env", "CartPole-v1", "--config", "negative.json"], "budget.iterations: Input should be greater than"),
     (["run", "--env", "CartPole-v1", "--config", "list.json"], "list.json"),
     (["run", "--env", "CartPole-v1", "--config", "missing.toml"], "config file missing.toml does not exist"),
+    # Nesting past Python's parsers, and a folder where a file was meant: internal errors, and "does not exist".
+    (["run", "--env", "CartPole-v1", "--config", "deep.toml"], "deep.toml does not parse: it is nested too deeply"),
+    (["run", "--env", "CartPole-v1", "--config", "deep.json"], "deep.json does not parse: it is nested too deeply"),
+    (["run", "--env", "CartPole-v1", "--config", "cfgdir.toml"], "cannot read the config file cfgdir.toml: not a "
+                                                                 "regular file"),
+    (["campaign", "start", "deep.toml"], "deep.toml does not parse: it is nested too deeply"),
+    (["campaign", "start", "cfgdir.toml"], "cannot read the campaign file cfgdir.toml: not a regular file"),
+    # A [run] table of the wrong type: the campaign read its tables before checking them (an internal error).
+    (["campaign", "start", "camp_eval.toml"], "[run] for CartPole-v1: eval: Input should be a valid dictionary"),
+    (["campaign", "start", "camp_wandb.toml"], "[run] for CartPole-v1: wandb: Input should be"),
     (["run", "--env", "CartPole-v1", "--base-url", "localhost"], "'localhost' is not an http(s) URL"),
     (["run", "--env", "CartPole-v1", "--run-dir", "afile"], "is a file; give --run-dir a new or empty directory"),
     (["run", "--env", "CartPole-v1", "--run-dir", "foreign"], "already exists and is not empty"),
