@@ -110,7 +110,7 @@ def run_cmd(
     merged = merge(data, override)
     if "task" not in merged:
         raise HeuristError("no task: give --env TASK (see `heurist envs`) or set task in the --config file")
-    config = build_config(merged, str(config_file) if config_file else "command line")
+    config = build_config(merged, str(config_file) if config_file else "command line", flags=override)
     stage_roles(config.stages)  # roles that do not fit together are refused before a run directory exists
     if not is_offline(config):
         check_priced(config)

@@ -363,15 +363,28 @@ def load_config_file(path: Path) -> dict:
     return data
 
 
-def build_config(data: dict, source: str = "config") -> RunConfig:
+def build_config(data: dict, source: str = "config", flags: dict | None = None) -> RunConfig:
+    """``data`` as a RunConfig, or one line naming the first problem and where it came from: ``source``, or the
+    command line where the value at fault is one of ``flags`` (what the command's options set over ``source``)."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        if flags is not None and _holds(flags, first["loc"]):
+            source = "command line"
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{source}: {where}: {message}{more}; fix it (see docs/config.md)") from None
+
+
+def _holds(table: dict, loc: tuple) -> bool:
+    """Whether ``table`` sets the value at ``loc`` (a path of keys)."""
+    for key in loc:
+        if not isinstance(table, dict) or key not in table:
+            return False
+        table = table[key]
+    return bool(loc)
 
 
 def merge(base: dict, override: dict) -> dict:
