@@ -89,11 +89,27 @@ class RedactingStream(io.TextIOBase):
         return self._inner.errors
 
 
+_stopped_said = False
+
+
+def new_command() -> None:
+    """A command starts (``cli.main``): it has said nothing of being stopped yet, whatever one before it in this
+    process said (tests run commands in-process one after another)."""
+    global _stopped_said
+    _stopped_said = False
+
+
 def say_stopped(text: str) -> None:
-    """The line that says heurist was stopped, where a terminal may already be gone (SIGHUP: a write then fails with
-    EIO, which must not turn the stop into a traceback and another exit status)."""
+    """The line that says heurist was stopped, once per process (a command that says how to continue, then exits
+    130, is not followed by a bare "interrupted"), unwrapped (a path to resume is copied from it whole), where a
+    terminal may already be gone (SIGHUP: a write then fails with EIO, which must not turn the stop into a traceback
+    and another exit status)."""
+    global _stopped_said
+    if _stopped_said:
+        return
+    _stopped_said = True
     try:
-        err.print(text, markup=False, highlight=False)
+        err.print(text, markup=False, highlight=False, soft_wrap=True)
     except OSError:
         pass
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.campaign_commands import register as register_campaign_commands
-from cli.console import RedactingStream, err, out, say_stopped, shown, stdout_for_json_only
+from cli.console import RedactingStream, err, new_command, out, say_stopped, shown, stdout_for_json_only
 from cli.doctor_commands import register as register_doctor_command
 from cli.memory_commands import memory_app
 from cli.report_commands import register as register_report_command
@@ -278,6 +278,7 @@ def _main() -> None:
         sys.argv.remove("--debug")
     # Whatever any command prints, no secret of heurist's environment reaches the terminal or a log file.
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    new_command()
     try:
         # Not standalone: click's own error box is several lines; a usage error here is one, like any other.
         code = app(prog_name="heurist", standalone_mode=False)

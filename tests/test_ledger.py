@@ -290,3 +290,31 @@ def test_a_page_written_while_a_resume_takes_the_lock_is_written_whole(tmp_path,
     files.atomic_write(run_dir / "report" / "index.html", "<p>whole</p>")
     assert swept and (run_dir / "report" / "index.html").read_text() == "<p>whole</p>"
     assert not list((run_dir / "report").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_says_so_once_with_the_whole_command_to_continue(tmp_path, slow_balancer, signum):
+    """One line, unwrapped: it said "interrupted" twice (the run's line, then the command's), and a pipe's 80 columns
+    split the path to resume from the command that takes it."""
+    slow = slow_balancer(0.5)  # 500 steps an episode: the first evaluation is still running when the signal comes
+    (tmp_path / "run.toml").write_text("report = false\n[eval]\nepisodes = 2\nholdout = false\nvideo = false\n")
+    run_dir = tmp_path / ("a run directory with a name long enough that eighty columns cannot hold the line " * 2)
+    proc = subprocess.Popen([HEURIST, "run", "--env", "CartPole-v1", "--policy", str(slow), "--config",
+                             str(tmp_path / "run.toml"), "--iterations", "1", "--run-dir", str(run_dir),
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            env={**os.environ, "HEURIST_HOME": str(tmp_path / "home"), "COLUMNS": "80"})
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: the wait is for an event
+        while not _policy_process_under(proc.pid):  # the run's first evaluation is under way
+            assert proc.poll() is None and time.monotonic() < deadline, "no policy process started"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr
+    said = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert said == [f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir.resolve()}"], stderr
