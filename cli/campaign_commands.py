@@ -12,6 +12,7 @@ from rich.table import Table
 from cli.console import clipped, err, out, shown
 from common.errors import HeuristError
 from common.formatting import finite_number
+from common.safe_text import printable
 
 campaign_app = typer.Typer(no_args_is_help=True,
                            help="Campaigns: every task and observation mode of a file, times its repeats, on Ray.")
@@ -32,8 +33,9 @@ def _drive(directory: Path, address: Optional[str], max_concurrent: Optional[int
     with driver.campaign.driving():
         driver.campaign.clear_stop()  # a stop asked of an earlier driver is not one asked of this one
         status = driver.run()
-    out.print(f"campaign {status}: {directory}", highlight=False, markup=False, soft_wrap=True)
-    out.print(f"status: heurist campaign status {directory}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"campaign {status}: {printable(str(directory))}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"status: heurist campaign status {printable(str(directory))}",
+              highlight=False, markup=False, soft_wrap=True)
     from common import interrupts
 
     if interrupts.received.is_set():  # stopped by Ctrl-C, SIGTERM or SIGHUP: said as every command says it
@@ -70,8 +72,8 @@ def start_cmd(
         directory = heurist_home() / "campaigns" / f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     CampaignDir.create(directory, file, spec, runs, memory_server=served)
     _say_which_runs_are_offline(runs)
-    err.print(f"campaign directory: {directory.resolve()} ({len(runs)} runs)", highlight=False, markup=False,
-              soft_wrap=True)
+    err.print(f"campaign directory: {printable(str(directory.resolve()))} ({len(runs)} runs)",
+              highlight=False, markup=False, soft_wrap=True)
     _drive(directory.resolve(), address, max_concurrent)
 
 
@@ -110,7 +112,8 @@ def stop_cmd(directory: Path = typer.Argument(..., help="A campaign directory.")
         raise HeuristError(f"no process is driving {directory}; nothing to stop (`heurist campaign resume "
                            f"{directory}` goes on with it)")
     campaign.request_stop()
-    out.print(f"stop asked; the runs record their interruption and the driver ends: {directory}", highlight=False,
+    out.print(f"stop asked; the runs record their interruption and the driver ends: {printable(str(directory))}",
+              highlight=False,
               markup=False, soft_wrap=True)
 
 
@@ -141,7 +144,8 @@ def report_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
     profiles, each task and run, beside published numbers."""
     from report.campaign_page import write_campaign_report
 
-    out.print(f"report: {write_campaign_report(directory)}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"report: {printable(str(write_campaign_report(directory)))}",
+              highlight=False, markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.console import err, out, shown, shown_line
 from common.errors import HeuristError
+from common.safe_text import printable
 
 memory_app = typer.Typer(no_args_is_help=True, help="Search and manage the memory of past failures, fixes and lessons.")
 
@@ -135,7 +136,7 @@ def export_cmd(file: Path = typer.Argument(..., help="JSONL file to write (one r
     with _open(memory, memory_url, embedder) as store:
         count = store.export(file)
         left_out = sorted(store.unreadable)
-    out.print(f"exported {count} records to {file}", markup=False)
+    out.print(f"exported {count} records to {printable(str(file))}", markup=False)
     if left_out:  # an export is how a store moves: what it cannot carry is said, not lost quietly
         err.print(shown_line(f"warning: {len(left_out)} records this heurist cannot read (a newer heurist's, or "
                              f"damaged) were left out: {', '.join(left_out[:5])}"
@@ -152,7 +153,8 @@ def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `h
         raise HeuristError(f"{file} is not a file; give a file written by `heurist memory export`")
     with _open(memory, memory_url, embedder) as store:
         added, held = store.import_file(file)
-    out.print(f"imported {added + held} records from {file} ({added} new, {held} already there, left as they were)"
+    out.print(f"imported {added + held} records from {printable(str(file))} ({added} new, {held} already there, "
+              f"left as they were)"
               + ("; their runs are named imported:RUN_ID here (`heurist memory forget --run imported:RUN_ID` removes "
                  "one's)" if added else ""), markup=False)
 
@@ -164,4 +166,4 @@ def forget_cmd(run: str = typer.Option(..., "--run", help="The run id whose reco
     """Delete every record that run RUN_ID wrote."""
     with _open(memory, memory_url, embedder) as store:
         count = store.forget(run)
-    out.print(f"forgot {count} records of run {run}", markup=False)
+    out.print(f"forgot {count} records of run {printable(str(run))}", markup=False)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.console import err, out
+from common.safe_text import printable
 
 
 def report_cmd(
@@ -24,14 +25,14 @@ def report_cmd(
         read_record(run_dir)  # a foreign directory is one line, before any work
     if compare:
         path = write_compare(run_dirs, out_file or Path("heurist-compare.html"))
-        out.print(f"comparison of {len(run_dirs)} runs: {path.resolve()}", highlight=False, markup=False,
-                  soft_wrap=True)
+        out.print(f"comparison of {len(run_dirs)} runs: {printable(str(path.resolve()))}", highlight=False,
+                  markup=False, soft_wrap=True)
         return
     if out_file is not None:
         raise ReportError("--out is for --compare; a run's report is always RUN_DIR/report/index.html")
     for run_dir in run_dirs:
-        err.print(f"writing the report of {run_dir}", highlight=False, markup=False)
-        out.print(f"report: {write_report(run_dir)}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"writing the report of {printable(str(run_dir))}", highlight=False, markup=False)
+        out.print(f"report: {printable(str(write_report(run_dir)))}", highlight=False, markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -33,8 +33,8 @@ def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
         out.print(printable(summary_file.read_text(errors="replace")), highlight=False, markup=False)
     report = run_dir / "report" / "index.html"
     if report.is_file():
-        out.print(f"report: {report}", highlight=False, markup=False, soft_wrap=True)
-    out.print(f"run directory: {run_dir}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f"report: {printable(str(report))}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"run directory: {printable(str(run_dir))}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
-        say_stopped(f"interrupted; nothing recorded is lost. Continue with: heurist resume {run_dir}")
+        say_stopped(f"interrupted; nothing recorded is lost. Continue with: heurist resume {printable(str(run_dir))}")
         raise typer.Exit(interrupts.exit_code())
 
 
@@ -118,7 +118,7 @@ def run_cmd(
     directory = create_run(config, run_dir)
     if is_offline(config):
         err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True, markup=False)
-    err.print(f"run directory: {directory}", highlight=False, markup=False)
+    err.print(f"run directory: {printable(str(directory))}", highlight=False, markup=False)
     _finish_line(_execute(directory, no_progress), directory)
 
 
@@ -169,7 +169,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
         err.print(f"the recorded run is {status} after {done} iterations: the replay runs those", highlight=False,
                   markup=False, soft_wrap=True)
     directory = create_run(config, into, replay_of=run_dir)
-    err.print(f"replaying {run_dir} into {directory}", highlight=False, markup=False)
+    err.print(f"replaying {printable(str(run_dir))} into {printable(str(directory))}", highlight=False, markup=False)
     _execute(directory, no_progress)
     recorded, replayed = decisions(run_dir), decisions(directory)
     table = Table(title="decisions: recorded vs replayed")
@@ -187,7 +187,8 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     out.print(table)
     if recorded != replayed:
         raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
-    out.print(f"same decisions in all {len(recorded)} iterations; replay at {directory}", highlight=False,
+    out.print(f"same decisions in all {len(recorded)} iterations; replay at {printable(str(directory))}",
+              highlight=False,
               markup=False)
 
 
@@ -204,7 +205,7 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         try:
             records = _ledger(directory)
         except HeuristError as exc:  # one run's damage is said, and the others are listed
-            err.print(f"warning: {exc}", highlight=False, soft_wrap=True, markup=False)
+            err.print(f"warning: {printable(str(exc))}", highlight=False, soft_wrap=True, markup=False)
             continue
         iterations = [r for r in records if isinstance(r, IterationDone)]
         start = next((r.start.get("mean") for r in records if isinstance(r, RunStarted) and isinstance(r.start, dict)),
@@ -231,8 +232,8 @@ def _ledger(run_dir: Path) -> list[LedgerEvent]:
 
     records, bad = read_events(Ledger(run_dir / "ledger.jsonl"))
     if bad:
-        err.print(f"warning: {bad} unreadable line(s) in {run_dir / 'ledger.jsonl'} skipped (torn by a crash or "
-                  f"damaged); every other record is used", highlight=False, soft_wrap=True, markup=False)
+        err.print(f"warning: {bad} unreadable line(s) in {printable(str(run_dir / 'ledger.jsonl'))} skipped (torn "
+                  f"by a crash or damaged); every other record is used", highlight=False, soft_wrap=True, markup=False)
     return records
 
 

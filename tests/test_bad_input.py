@@ -355,3 +355,12 @@ def test_eval_of_a_policy_folder_leaves_out_what_heurist_wrote_there_from_its_fi
     code, stdout, stderr = cli(monkeypatch, capsys, "eval", ".", "--env", "CartPole-v1", "--episodes", "1",
                                "--max-steps", "20", "--ledger", str(workdir / "ledger.jsonl"))
     assert code == 0 and "holds more than 1000 files" not in stderr, stderr
+
+
+def test_a_name_with_terminal_escapes_is_shown_not_obeyed(workdir, monkeypatch, capsys):
+    """A run id or a file name is the user's text, not heurist's: its escapes (one that clears the screen, one that
+    colours what follows) are printed as visible escapes, as error lines print them; they reached the terminal raw."""
+    code, stdout, stderr = cli(monkeypatch, capsys, "memory", "forget", "--run", "x\x1b[31mRED")
+    assert code == 0 and "\x1b" not in stdout + stderr and "run x\\x1b[31mRED" in stdout, stdout + stderr
+    code, stdout, stderr = cli(monkeypatch, capsys, "memory", "export", "exp\x1b[2Jout.jsonl")
+    assert code == 0 and "\x1b" not in stdout + stderr and "exp\\x1b[2Jout.jsonl" in stdout, stdout + stderr
