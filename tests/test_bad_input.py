@@ -41,6 +41,8 @@ FILES = {
     "victim.py": (POLICY_DIR / "cartpole.py").read_text(),
     "deep.toml": "a = " + "[" * 100_000 + "\n",
     "fine.toml": "[eval]\nepisodes = 4\n",
+    "boolcount.toml": "[simplify]\nscreen_episodes = true\n",
+    "boolcontrol.json": '{"eval": {"holdout_control": false}}',
     "deep.json": "[" * 100_000 + "\n",
     "cfgdir.toml/inside": "a folder named as a config file",
     "camp_eval.toml": 'name = "c"\ntasks = ["CartPole-v1"]\n[run]\neval = 5\n',
@@ -71,6 +73,9 @@ CASES = [
     (["run", "--env", "CartPole-v1", "--config", "negative.json"], "budget.iterations: Input should be greater than"),
     (["run", "--env", "CartPole-v1", "--config", "list.json"], "list.json"),
     (["run", "--env", "CartPole-v1", "--config", "missing.toml"], "config file missing.toml does not exist"),
+    # A bool where a number goes: pydantic took true as 1 and false as 0 (no control, one screening episode).
+    (["run", "--env", "CartPole-v1", "--config", "boolcount.toml"], "screen_episodes: give a number, not true"),
+    (["run", "--env", "CartPole-v1", "--config", "boolcontrol.json"], "holdout_control: give a number, not false"),
     # Nesting past Python's parsers, and a folder where a file was meant: internal errors, and "does not exist".
     (["run", "--env", "CartPole-v1", "--config", "deep.toml"], "deep.toml does not parse: it is nested too deeply"),
     (["run", "--env", "CartPole-v1", "--config", "deep.json"], "deep.json does not parse: it is nested too deeply"),
