@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from common.errors import HeuristError
+
 
 def heurist_home() -> Path:
+    """heurist's data folder (its runs, ledger and memory); one line naming it where a file is in its place (every
+    command blamed the --ledger or --run-dir the user never gave, or listed no runs)."""
     if os.environ.get("HEURIST_HOME"):
-        return Path(os.environ["HEURIST_HOME"]).expanduser()
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "heurist"
+        home, named = Path(os.environ["HEURIST_HOME"]).expanduser(), "HEURIST_HOME"
+    else:
+        home, named = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "heurist", None
+    if home.exists() and not home.is_dir():
+        where = f"HEURIST_HOME={home}" if named else f"{home}, heurist's data folder,"
+        raise HeuristError(f"{where} is not a folder; heurist keeps its runs, ledger and memory there: point "
+                           f"HEURIST_HOME at a folder")
+    return home
 
 
 def default_ledger_path() -> Path:

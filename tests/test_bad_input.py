@@ -369,3 +369,14 @@ def test_a_name_with_terminal_escapes_is_shown_not_obeyed(workdir, monkeypatch, 
     assert code == 0 and "\x1b" not in stdout + stderr and "run x\\x1b[31mRED" in stdout, stdout + stderr
     code, stdout, stderr = cli(monkeypatch, capsys, "memory", "export", "exp\x1b[2Jout.jsonl")
     assert code == 0 and "\x1b" not in stdout + stderr and "exp\\x1b[2Jout.jsonl" in stdout, stdout + stderr
+
+
+def test_a_file_in_heurist_homes_place_is_named(workdir, monkeypatch, capsys):
+    """Every command blamed a --ledger or --run-dir the user never gave, and `heurist runs` listed no runs."""
+    (workdir / "homefile").write_text("not a folder")
+    monkeypatch.setenv("HEURIST_HOME", str(workdir / "homefile"))
+    for args in (["runs"], ["eval", CARTPOLE, "--env", "CartPole-v1", "--episodes", "1"],
+                 ["run", "--env", "CartPole-v1"]):
+        code, _, stderr = cli(monkeypatch, capsys, *args)
+        assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert f"HEURIST_HOME={workdir / 'homefile'} is not a folder" in stderr, stderr
