@@ -195,10 +195,14 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
 def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the runs started on this machine, newest last."""
     from common.events import IterationDone, RunStarted
-    from store.rundir import indexed_runs, run_status
+    from store.rundir import indexed_runs, run_status, runs_index
 
     rows = []
-    for entry in indexed_runs()[0]:
+    entries, bad = indexed_runs()
+    if bad:  # as `show` says of a run's ledger: the runs those lines named are not listed
+        err.print(f"warning: {bad} unreadable line(s) in {printable(str(runs_index().path))} skipped (torn by a crash "
+                  f"or damaged); the runs they named are not listed", highlight=False, soft_wrap=True, markup=False)
+    for entry in entries:
         directory = Path(entry.run_dir)
         if not (directory / "run.json").is_file():
             continue

@@ -380,3 +380,11 @@ def test_a_file_in_heurist_homes_place_is_named(workdir, monkeypatch, capsys):
         code, _, stderr = cli(monkeypatch, capsys, *args)
         assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
         assert f"HEURIST_HOME={workdir / 'homefile'} is not a folder" in stderr, stderr
+
+
+def test_damaged_lines_of_the_runs_index_are_said(workdir, monkeypatch, capsys):
+    """As `show` says of a run's ledger: `heurist runs` skipped them without a word, so a run vanished from the list."""
+    (workdir / "home").mkdir()
+    (workdir / "home" / "runs.jsonl").write_text('{"run_id": "r", "torn\n')
+    code, _, stderr = cli(monkeypatch, capsys, "runs")
+    assert code == 0 and "warning: 1 unreadable line(s) in" in stderr and "runs.jsonl skipped" in stderr, stderr
