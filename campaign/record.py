@@ -189,6 +189,10 @@ class CampaignDir:
         """The ledger's events; a torn or foreign line is skipped (the ledger counts it)."""
         return self._events.read()[0]
 
+    def events_read(self) -> tuple[list[CampaignEvent], int]:
+        """The ledger's events, and how many of its lines could not be read (for a reader that says so)."""
+        return self._events.read()
+
     def run_dir(self, key: str) -> Path:
         return self.root / "runs" / key
 

@@ -15,7 +15,7 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
     """One row per planned run, and the campaign's totals and state."""
     campaign = CampaignDir(directory)
     record = campaign.record()
-    events = campaign.events()
+    events, unreadable = campaign.events_read()
     rows = []
     for planned in record.runs:
         attempts = sum(1 for e in events if isinstance(e, RunLaunched) and e.key == planned.key)
@@ -47,5 +47,6 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
     final = ("finished", "paused", "failed", "skipped", "stopped", "out_of_time")
     summary = {"name": record.name, "state": state, "runs": len(rows),
                "ended": sum(1 for r in rows if r["status"] in final),
-               "env_steps": sum(r["env_steps"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
+               "env_steps": sum(r["env_steps"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
+               "unreadable": unreadable}
     return rows, summary

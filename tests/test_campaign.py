@@ -358,6 +358,22 @@ def test_a_run_a_killed_driver_left_half_made_is_made_again(home):
     assert not (debris / ".run.json.k3j4h5g6.tmp").exists()
 
 
+def test_damaged_lines_of_a_campaigns_ledger_are_said(home):
+    """A red-team review (2026-12-06): status showed a finished run as "not started" without a word of why."""
+    tmp, env = home
+    path = _campaign_file(tmp, 'name = "one"\ntasks = ["CartPole-v1"]\n')
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir
+
+    spec, runs = load_campaign(path)
+    campaign = CampaignDir.create(tmp / "camp", path, spec, runs)
+    with open(campaign.ledger.path, "ab") as ledger:
+        ledger.write(b'{"event": "run_ended", "torn\n')
+    done = heurist(env, "campaign", "status", tmp / "camp")
+    assert done.returncode == 0 and "warning: 1 unreadable line(s) in the campaign's ledger skipped" in done.stderr, \
+        done.stderr
+
+
 def test_a_damaged_campaign_file_or_run_ledger_is_one_line(home):
     """Found by a red-team review (2026-12-05): a campaign.json that is not UTF-8, or a run's ledger that is a
     folder, was an internal error in status, report, resume and stop."""
