@@ -27,7 +27,9 @@ EMBEDDER = typer.Option(None, "--embedder", metavar="JSON",
                              "taken unless named here).")
 
 
-def _open(memory: Optional[Path], memory_url: Optional[str], embedder: Optional[str]):
+def _open(memory: Optional[Path], memory_url: Optional[str], embedder: Optional[str], reading: bool = True):
+    """The store to read (or, for an import, to write: ``reading=False`` makes one where none is). A --memory folder
+    that does not exist is a typo, not a new store: reading it made an empty store there and reported 0 records."""
     from pydantic import ValidationError
 
     from memory.embedders import EMBEDDER_ADAPTER
@@ -42,6 +44,9 @@ def _open(memory: Optional[Path], memory_url: Optional[str], embedder: Optional[
             where = ".".join(str(part) for part in first["loc"]) or "the value"
             raise HeuristError(f"--embedder is not an embedder ({where}: {first['msg']}); give JSON such as "
                                f"'{{\"kind\": \"minilm-onnx\"}}' (docs/memory.md)") from None
+    if reading and memory is not None and memory_url is None and not memory.exists():
+        raise HeuristError(f"no memory store at {printable(str(memory))}; give --memory a store's folder (runs keep "
+                           f"theirs at $HEURIST_HOME/memory), or make one with `heurist memory import`")
     return MemoryStore(MemoryConfig(path=memory, url=memory_url, embedder=named))
 
 
@@ -151,7 +156,7 @@ def import_cmd(file: Path = typer.Argument(..., help="A JSONL file written by `h
     The runs the new ones name are another store's, named imported:RUN_ID here."""
     if not file.is_file():
         raise HeuristError(f"{file} is not a file; give a file written by `heurist memory export`")
-    with _open(memory, memory_url, embedder) as store:
+    with _open(memory, memory_url, embedder, reading=False) as store:
         added, held = store.import_file(file)
     out.print(f"imported {added + held} records from {printable(str(file))} ({added} new, {held} already there, "
               f"left as they were)"

@@ -148,6 +148,9 @@ CASES = [
     (["memory", "import", "garbage.jsonl"], "garbage.jsonl:1 is not a memory record"),
     (["memory", "search", "pole", "--memory", "afile"], "is a file, not a directory"),
     (["memory", "stats", "--memory", "foreign"], "is not a heurist memory store"),
+    # A typo, not a new store: reading made an empty store there and reported 0 records.
+    (["memory", "stats", "--memory", "no/such/store"], "no memory store at no/such/store"),
+    (["memory", "search", "pole", "--memory", "no/such/store"], "no memory store at no/such/store"),
     (["memory", "search", "pole", "--memory-url", "localhost:8000"], "is not http(s)://host[:port]"),
     (["memory", "forget"], "Missing option '--run'"),
     (["memory", "export", "foreign"], "cannot write"),
