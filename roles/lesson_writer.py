@@ -20,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from roles.base import Role, RoleContext
 from roles.stages import LessonInput, LessonOutput
 
-# A measured-looking number: two digits or more, or digits joined as numbers are written ("2.5", "1,000", "1_000",
-# "10 000" with a space or a thin one, "1'000"), or an exponent ("5e2", "3E-4"). A lone digit ("2 thresholds") is
-# words. Number words ("five hundred") are not read.
-NUMBER = re.compile(r"\d[\d.,_'\u2019\u00a0\u2009\u202f ]*\d|\d ?[eE][+-]?\d")
+# A measured-looking number: two digits or more, digits joined by a point, comma or underscore ("2.5", "0,5",
+# "1_000"), groups of three after a space, a thin space or an apostrophe ("10 000", "1'000"), or an exponent ("5e2",
+# "3E-4"). A lone digit is words, and so is a list of them ("actions 0, 1 and 2", "2 3-frame stacks"). Number words
+# ("five hundred") are not read.
+NUMBER = re.compile(r"\d[\d.,_]*\d|\d{1,3}(?:['\u2019\u00a0\u2009\u202f ]\d{3})+|\d ?[eE][+-]?\d")
 
 
 def general_line(statement: str) -> bool:

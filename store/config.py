@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from common.errors import HeuristError
+from common.settings import Settings
 from common.files import open_regular
 from common.safe_text import without_url_passwords
 from envs.limits import MAX_MIB, MAX_SECONDS
@@ -28,32 +27,8 @@ class ConfigError(HeuristError):
     """A run config that is missing, malformed, or has unknown keys or wrong types."""
 
 
-def _takes_bool(annotation: Any) -> bool:
-    """Whether a field's type takes a bool (bool itself, or a union with it); Any and models count as taking one."""
-    if annotation is bool:
-        return True
-    args = typing.get_args(annotation)
-    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_takes_bool(a) for a in args if a is not type(None))
-    return annotation not in (int, float)
-
-
-class _Strict(BaseModel):
-    # Finite numbers only: JSON has no infinity, so an `inf` in a config was written to run.json as null and the
-    # run (and every resume) then failed to read its own config; a budget of `hours = inf` silently became none.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, data: Any) -> Any:
-        """``episodes = true`` is no count: pydantic reads true as 1 and false as 0 for a number (a control of
-        ``holdout_control = false`` became none, ``screen_episodes = true`` one episode)."""
-        if isinstance(data, dict):
-            for name, field in cls.model_fields.items():
-                value = data.get(field.alias or name)
-                if isinstance(value, bool) and not _takes_bool(field.annotation):
-                    raise ValueError(f"{name}: give a number, not {str(value).lower()}")
-        return data
+# Unknown keys, infinities and a bool where a number goes are refused (common.settings).
+_Strict = Settings
 
 
 class Price(_Strict):
@@ -403,12 +378,13 @@ def build_config(data: dict, source: str = "config", flags: dict | None = None) 
 
 
 def _holds(table: dict, loc: tuple) -> bool:
-    """Whether ``table`` sets the value at ``loc`` (a path of keys)."""
+    """Whether ``table`` sets the value at ``loc`` (a path of keys) itself: a table it only adds to (an error of the
+    whole table, such as ``[budget]``'s, may be a key the file set there) is not its own."""
     for key in loc:
         if not isinstance(table, dict) or key not in table:
             return False
         table = table[key]
-    return bool(loc)
+    return bool(loc) and not isinstance(table, dict)
 
 
 def merge(base: dict, override: dict) -> dict:

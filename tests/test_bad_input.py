@@ -47,6 +47,7 @@ FILES = {
     "cfgdir.toml/inside": "a folder named as a config file",
     "camp_eval.toml": 'name = "c"\ntasks = ["CartPole-v1"]\n[run]\neval = 5\n',
     "camp_wandb.toml": 'name = "c"\ntasks = ["CartPole-v1"]\n[run]\nwandb = "x"\n',
+    "camp_bool.toml": 'name = "c"\ntasks = ["CartPole-v1"]\nrepeats = true\n',
     "foreign/notes.txt": "not a run",
     "badrun/run.json": "{not json",
     "wrongrun/run.json": '{"run_id": 3}',
@@ -86,6 +87,9 @@ CASES = [
     # A [run] table of the wrong type: the campaign read its tables before checking them (an internal error).
     (["campaign", "start", "camp_eval.toml"], "[run] for CartPole-v1: eval: Input should be a valid dictionary"),
     (["campaign", "start", "camp_wandb.toml"], "[run] for CartPole-v1: wandb: Input should be"),
+    # A bool where a number goes, in a campaign file and an embedder's settings as in a run config.
+    (["campaign", "start", "camp_bool.toml"], "repeats: give a number, not true"),
+    (["memory", "stats", "--embedder", '{"kind": "minilm-onnx", "threads": true}'], "threads: give a number, not true"),
     (["run", "--env", "CartPole-v1", "--base-url", "localhost"], "'localhost' is not an http(s) URL"),
     # An option's value at fault is the command line's, beside a config file (it was blamed on the file).
     (["run", "--env", "CartPole-v1", "--hours", "inf", "--config", "fine.toml"],
@@ -391,3 +395,26 @@ def test_damaged_lines_of_the_runs_index_are_said(workdir, monkeypatch, capsys):
     (workdir / "home" / "runs.jsonl").write_text('{"run_id": "r", "torn\n')
     code, _, stderr = cli(monkeypatch, capsys, "runs")
     assert code == 0 and "warning: 1 unreadable line(s) in" in stderr and "runs.jsonl skipped" in stderr, stderr
+
+
+def test_a_ledger_whose_first_record_a_crash_tore_is_still_a_ledger(workdir, monkeypatch, capsys):
+    """A power cut can leave the first record torn or zeroed; appends go on after it, and it stays a ledger
+    (`--ledger` refuses only a file none of whose first lines is a record)."""
+    from common.ledger import Ledger, check_ledger_file
+
+    for head in (b'{"time":"2026-12-01T00:00:00Z","ev', b"\0" * 20 + b"\n", b'{"ti'):
+        ledger = workdir / "torn.jsonl"
+        ledger.write_bytes(head)
+        Ledger(ledger).append({"time": "t", "event": "eval_started"})
+        check_ledger_file(ledger)
+
+
+def test_a_memory_folder_given_with_a_tilde_is_the_home_folders(workdir, monkeypatch, capsys):
+    """`--memory=~/store` reaches heurist with its tilde (the shell expands none after `=`): the store is the home
+    folder's, for reading as for the import that made it."""
+    monkeypatch.setenv("HOME", str(workdir))
+    (workdir / "empty.jsonl").write_text("")
+    code, _, stderr = cli(monkeypatch, capsys, "memory", "import", "empty.jsonl", "--memory=~/store")
+    assert code == 0 and (workdir / "store").is_dir(), stderr
+    code, stdout, stderr = cli(monkeypatch, capsys, "memory", "stats", "--memory=~/store")
+    assert code == 0 and "no memory store" not in stderr, stderr

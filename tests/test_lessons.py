@@ -83,7 +83,8 @@ def test_a_model_lesson_is_one_general_line_without_numbers_of_its_own():
         with pytest.raises(ValidationError, match="leave numbers out"):
             LessonLine(statement=claim)
     for general in ("Use 2 thresholds rather than one", "Pushing earlier keeps the pole up in 1 or 2 ways",
-                    "Five hundred steps is the most there is"):
+                    "Five hundred steps is the most there is", "Check actions 0, 1 and 2 before a jump",
+                    "Use 2 3-frame stacks rather than one"):
         assert LessonLine(statement=general).statement == general
     fix = FixRecord(id="fix-1", run_id="r", rationale="push earlier", diff_summary="", task="CartPole-v1",
                     family="classic_control", iteration=1, outcome="accepted", reason="better",
