@@ -100,7 +100,7 @@ def new_command() -> None:
 
 
 def say_stopped(text: str) -> None:
-    """The line that says heurist was stopped, once per process (a command that says how to continue, then exits
+    """The line that says heurist was stopped, once per command (a command that says how to continue, then exits
     130, is not followed by a bare "interrupted"), unwrapped (a path to resume is copied from it whole), where a
     terminal may already be gone (SIGHUP: a write then fails with EIO, which must not turn the stop into a traceback
     and another exit status)."""

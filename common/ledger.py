@@ -76,8 +76,8 @@ class Ledger:
 def check_ledger_file(path: Path) -> None:
     """Refuse to make ``path`` a ledger if it already holds something else: appends never rewrite, so a policy, a
     config or notes given by mistake (``heurist eval --ledger victim.py``) would have ledger lines added to their end
-    for good. A ledger's first line is a record (``{"time":...,"event":"..."}``, as ``append`` writes it); a missing
-    or empty file is a new ledger."""
+    for good. One of a ledger's first lines is a record (``{"time":...,"event":"..."}``, as ``append`` writes it); a
+    missing or empty file is a new ledger."""
     try:
         with open_regular(path) as fh:
             head = fh.read(1 << 16)

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator
 
 from common.errors import HeuristError
-from common.settings import Settings
 from common.files import open_regular
 from common.safe_text import without_url_passwords
+from common.settings import Settings
 from envs.limits import MAX_MIB, MAX_SECONDS
 from memory.store import MemoryConfig
 
