@@ -28,12 +28,7 @@ class CampaignError(HeuristError):
     """A campaign file or directory that cannot be used as it is."""
 
 
-# As a run's config (common.settings): finite numbers only (an `inf` budget was written to campaign.json as null, read
-# back as none), no unknown keys, no bool where a number goes (`repeats = true` was one repeat).
-_Strict = Settings
-
-
-class CampaignBudget(_Strict):
+class CampaignBudget(Settings):
     """What all the campaign's runs may spend together; None means no limit of that kind. Each run is given a
     share when it starts (``campaign.budget``), so no set of runs can exceed these."""
 
@@ -43,13 +38,13 @@ class CampaignBudget(_Strict):
     hours: float | None = Field(None, gt=0, description="Wall-clock hours from the campaign's first start.")
 
 
-class Resources(_Strict):
+class Resources(Settings):
     # Ray takes a fraction of a CPU down to 0.0001 (a finer one failed each start of the run, after it was recorded).
     cpus_per_run: float = Field(1.0, ge=0.0001, le=100_000, allow_inf_nan=False,
                                 description="Ray CPUs each run holds; its evaluator gets that many workers.")
 
 
-class CampaignSpec(_Strict):
+class CampaignSpec(Settings):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     tasks: list[str] = Field(default_factory=list)
     suite: Literal["atari57", "classic", "mujoco"] | None = None
@@ -75,7 +70,7 @@ class CampaignSpec(_Strict):
         return self
 
 
-class PlannedRun(_Strict):
+class PlannedRun(Settings):
     """One run of the campaign: its key (its folder under runs/), task, repeat and full run config."""
 
     key: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,199}$")  # a folder name under runs/ (``run_key``), never a path

@@ -187,7 +187,7 @@ class CampaignDir:
 
     def events(self) -> list[CampaignEvent]:
         """The ledger's events; a torn or foreign line is skipped (the ledger counts it)."""
-        return self._events.read()[0]
+        return self.events_read()[0]
 
     def events_read(self) -> tuple[list[CampaignEvent], int]:
         """The ledger's events, and how many of its lines could not be read (for a reader that says so)."""

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.console import clipped, err, out, shown
+from cli.console import clipped, err, out, say_skipped, shown
 from common.errors import HeuristError
 from common.formatting import finite_number
 from common.safe_text import printable
@@ -124,9 +124,7 @@ def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
 
     rows, summary = campaign_status(directory)
     if summary["unreadable"]:  # what they recorded (a run ended, a launch) is missing from the rows below
-        err.print(f"warning: {summary['unreadable']} unreadable line(s) in the campaign's ledger skipped (torn by a "
-                  f"crash or damaged); the rows below may miss what they recorded", highlight=False, soft_wrap=True,
-                  markup=False)
+        say_skipped(summary["unreadable"], "the campaign's ledger", "the rows below may miss what they recorded")
     # A campaign folder may be a stranger's: every text in it is shown, never read as markup or escapes.
     table = Table(title=f"campaign {shown(summary['name'])}: {shown(summary['state'])}")
     for column in ("run", "task", "status", "attempts", "env steps", "tokens", "best dev mean", "why"):

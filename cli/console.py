@@ -89,6 +89,13 @@ class RedactingStream(io.TextIOBase):
         return self._inner.errors
 
 
+def say_skipped(count: int, where: str, consequence: str) -> None:
+    """The warning of a reader that skipped ``count`` lines of a ledger it could not read (``where``, a path or words,
+    shown as text), and what their loss means for what it prints."""
+    err.print(f"warning: {count} unreadable line(s) in {printable(where)} skipped (torn by a crash or damaged); "
+              f"{consequence}", highlight=False, soft_wrap=True, markup=False)
+
+
 _stopped_said = False
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cli.console import clipped, err, out, say_stopped, shown
+from cli.console import clipped, err, out, say_skipped, say_stopped, shown
 from common import interrupts
 from common.errors import HeuristError
 from common.events import LedgerEvent
@@ -200,8 +200,7 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     rows = []
     entries, bad = indexed_runs()
     if bad:  # as `show` says of a run's ledger: the runs those lines named are not listed
-        err.print(f"warning: {bad} unreadable line(s) in {printable(str(runs_index().path))} skipped (torn by a crash "
-                  f"or damaged); the runs they named are not listed", highlight=False, soft_wrap=True, markup=False)
+        say_skipped(bad, str(runs_index().path), "the runs they named are not listed")
     for entry in entries:
         directory = Path(entry.run_dir)
         if not (directory / "run.json").is_file():
@@ -236,8 +235,7 @@ def _ledger(run_dir: Path) -> list[LedgerEvent]:
 
     records, bad = read_events(Ledger(run_dir / "ledger.jsonl"))
     if bad:
-        err.print(f"warning: {bad} unreadable line(s) in {printable(str(run_dir / 'ledger.jsonl'))} skipped (torn "
-                  f"by a crash or damaged); every other record is used", highlight=False, soft_wrap=True, markup=False)
+        say_skipped(bad, str(run_dir / "ledger.jsonl"), "every other record is used")
     return records
 
 

@@ -81,9 +81,7 @@ def check_ledger_file(path: Path) -> None:
     try:
         with open_regular(path) as fh:
             head = fh.read(1 << 16)
-    except FileNotFoundError:
-        return
-    except OSError:  # a folder or a FIFO there: append says why, naming the path
+    except OSError:  # none there (a new ledger), or a folder or a FIFO (append says why, naming the path)
         return
     # Any of its first lines, not just the first: a crash or a power cut can leave the first record torn or zeroed,
     # and appends go on after it (Ledger.read skips it); a record begins {"time": or {"event": as append writes it.

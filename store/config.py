@@ -27,11 +27,7 @@ class ConfigError(HeuristError):
     """A run config that is missing, malformed, or has unknown keys or wrong types."""
 
 
-# Unknown keys, infinities and a bool where a number goes are refused (common.settings).
-_Strict = Settings
-
-
-class Price(_Strict):
+class Price(Settings):
     """US dollars per million tokens."""
 
     input: float = Field(..., ge=0)
@@ -84,7 +80,7 @@ def http_url(url: str | None) -> str | None:
     return url
 
 
-class RoleLLM(_Strict):
+class RoleLLM(Settings):
     """Per-role overrides of the LLM settings: put a small local model where it is good enough."""
 
     model: str | None = None
@@ -104,7 +100,7 @@ class RoleLLM(_Strict):
         return http_url(url)
 
 
-class LLMConfig(_Strict):
+class LLMConfig(Settings):
     model: str = "gpt-4.1-mini"
     base_url: str | None = Field(None, description="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = "OPENAI_API_KEY"
@@ -155,7 +151,7 @@ class LLMConfig(_Strict):
         return sorted(m for m in models if self.price(m) is None)
 
 
-class Budget(_Strict):
+class Budget(Settings):
     """Each is a hard stop; None means no limit of that kind."""
 
     iterations: int | None = Field(20, ge=1)
@@ -169,7 +165,7 @@ class Budget(_Strict):
                            "864); target: already at the task's target; never: only budgets stop the run.")
 
 
-class WandbConfig(_Strict):
+class WandbConfig(Settings):
     """Weights & Biases logging (optional: needs ``wandb`` installed); TensorBoard files are always written."""
 
     enabled: bool = Field(False, description="Log the run's scalars to W&B (`heurist run --wandb`).")
@@ -191,14 +187,14 @@ class WandbConfig(_Strict):
         return project
 
 
-class ReviewConfig(_Strict):
+class ReviewConfig(Settings):
     alpha: float = Field(0.05, gt=0, lt=1, description="One-sided p-value a candidate must beat (paired, dev seeds).")
     min_improvement: float = Field(0.0, ge=0, description="Smallest dev-mean gain worth a commit.")
     pareto_seeds: int = Field(2, ge=0, description="Accept without significance an edit that is better on at least "
                                                    "this many paired dev seeds and worse on none (0: never).")
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Settings):
     """The offline coder's scalar search over the policy's tunables (CMA-ES)."""
 
     population: int = Field(8, ge=2)
@@ -209,7 +205,7 @@ class SearchConfig(_Strict):
                                                "for a run that proposes the same candidates every time.")
 
 
-class CodeConfig(_Strict):
+class CodeConfig(Settings):
     """The model coder: a tool-using agent that reads, scores, traces and tests before it submits an edit
     (default), or one structured call. Each loop limit is a hard stop that ends the loop with the best
     candidate it scored above the incumbent, or none; the run's budgets hold as well."""
@@ -228,7 +224,7 @@ class CodeConfig(_Strict):
                                                      "and gated best first until one is accepted.")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Settings):
     episodes: int | None = Field(None, ge=1, description="Dev seeds per evaluation (default: the whole dev split).")
     workers: int | None = Field(None, ge=1)
     lockstep: int | None = Field(None, ge=1, le=64,
@@ -259,7 +255,7 @@ class EvalConfig(_Strict):
                                                       "whatever its user can.")
 
 
-class StageRoles(_Strict):
+class StageRoles(Settings):
     """Which roles run in each stage, by name (`heurist roles`) or module:Class.
 
     Analyse roles run side by side and every review role must accept; the code and test stages
@@ -273,7 +269,7 @@ class StageRoles(_Strict):
     lesson: str = "lesson_writer"
 
 
-class ScenarioConfig(_Strict):
+class ScenarioConfig(Settings):
     """Failure scenarios (envs.scenarios): the simulator's state saved before the incumbent's failures, which
     regression tests replay instead of whole episodes."""
 
@@ -291,7 +287,7 @@ class ScenarioConfig(_Strict):
         return self.before if self.before is not None else (300 if family == "atari" else 50)
 
 
-class SimplifyConfig(_Strict):
+class SimplifyConfig(Settings):
     """The simplify stage: a shorter, clearer policy with the same behaviour, kept only if it loses nothing."""
 
     every: int = Field(5, ge=0, description="Run it after every N accepted edits (1: after each new best, since only "
@@ -308,7 +304,7 @@ class SimplifyConfig(_Strict):
         "seeds (which the simplifier's brief lists) is refused (0: the dev seeds alone)."))
 
 
-class RunConfig(_Strict):
+class RunConfig(Settings):
     task: str
     policy: Path | None = Field(None, description="Starting policy file (default: the task's starter).")
     protocol: str | None = None
