@@ -13,7 +13,9 @@ So heurist's commands run with ``on_sigint`` as their handler (``remembering``),
 before raising as Python's own handler does; long waits in the main thread go in short steps (``results``,
 ``sleep``) and call ``check`` between them, which runs a handler the interpreter has not run yet and raises again
 for a Ctrl-C that was seen and swallowed; and the loop that runs the graph's nodes, and a streamed model reply,
-call ``check`` too. Threads doing work for the main thread (sandboxed tests) look at
+call ``check`` too. Where the main thread holds locks that worker threads need (``concurrent.futures``' own, in
+``results`` and around a pool's ``submit``), a KeyboardInterrupt is held to the end of the block (``deferred``):
+raised inside, it could leave a lock held and the workers, and the Ctrl-C with them, blocked for ever. Threads doing work for the main thread (sandboxed tests) look at
 ``received`` to stop their processes rather than wait them out.
 """
 
@@ -45,14 +47,14 @@ def on_sigint(signum: int, frame: Any) -> None:
     """The SIGINT handler: remember it, then raise KeyboardInterrupt as Python's default handler does."""
     received.set()
     stopped_by.append(signum)
-    raise KeyboardInterrupt
+    _stop(KeyboardInterrupt())
 
 
 def on_stop_signal(signum: int, frame: Any) -> None:
     """The SIGTERM and SIGHUP handler: as a Ctrl-C, its KeyboardInterrupt naming the signal."""
     received.set()
     stopped_by.append(signum)
-    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+    _stop(KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}"))
 
 
 def what_stopped() -> str:
@@ -109,7 +111,7 @@ def remembering() -> Iterator[None]:
     and SIGHUP ignored instead, where one of them stopped the block: the process is ending) and nothing remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
     gets that process back as it was, so a simulated Ctrl-C there later is not remembered for ever."""
     main = threading.current_thread() is threading.main_thread()
-    ours = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ours = main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _default_int_handler)
     if ours:
         signal.signal(signal.SIGINT, on_sigint)
     taken = [s for s in STOP_SIGNALS if main and signal.getsignal(s) is signal.SIG_DFL]
@@ -144,18 +146,86 @@ def check() -> None:
         raise KeyboardInterrupt("Ctrl-C (acted on at the next safe point)")
 
 
+class deferred:
+    """A block in the main thread that a stop signal does not break into: the signal's handler runs, as ever, but its
+    KeyboardInterrupt is held back and raised when the block ends.
+
+    For blocks that take locks other threads need to finish. A handler's KeyboardInterrupt comes at the next bytecode
+    boundary, which may fall just after a ``lock.acquire()`` and before the ``try`` or ``with`` that would release
+    it: ``concurrent.futures.wait`` takes every future's condition in a loop, and a Ctrl-C between two of its steps
+    left a condition held for ever. The worker thread finishing that future then blocked on it, and so did the
+    pool's shutdown and the interpreter's exit, which join that worker: a Ctrl-C that hung heurist instead of
+    stopping it (one suite run in many; tests/test_interrupts.py makes it happen in a few tries).
+
+    heurist's handlers look at a counter rather than being swapped for the block: a signal that came while the
+    handlers were being put back could leave the wrong one in place. Python's own SIGINT handler (a library caller
+    that never entered ``remembering``) cannot look, so the block swaps it for ``_default_int_handler``, which is the
+    same but for the counter, in an order that never leaves the stand-in behind (tests/test_interrupts.py sends 40
+    signals at random points of such blocks). An ignored signal, or a handler someone else installed, is left as
+    it is. Outside the main thread (where no
+    handler runs) the block is a plain block. Keep such blocks short: a Ctrl-C during one is acted on at its end."""
+
+    def __enter__(self) -> None:
+        global _deferring
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _deferring += 1
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _default_int_handler)
+        except BaseException:  # Python's handler raised before the swap: not in the block, nothing held yet
+            _deferring -= 1
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _deferring
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if _deferring == 1 and signal.getsignal(signal.SIGINT) is _default_int_handler:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        finally:  # also where Python's handler, just put back, raised for a signal that came then
+            _deferring -= 1
+            if not _deferring and _held:
+                stop = _held[0]
+                _held.clear()
+                raise stop
+
+
+_deferring = 0  # how many ``deferred`` blocks the main thread is in
+_held: list[KeyboardInterrupt] = []  # what their handlers would have raised, first first
+
+
+def _stop(stop: KeyboardInterrupt) -> None:
+    """A handler's last step: raise ``stop``, or hold it to the end of the ``deferred`` block it came in."""
+    if _deferring:
+        _held.append(stop)
+        return
+    raise stop
+
+
+def _default_int_handler(signum: int, frame: Any) -> None:
+    """Python's SIGINT handler (a KeyboardInterrupt), but one that waits for the end of a ``deferred`` block."""
+    _stop(KeyboardInterrupt())
+
+
 def results(futures: Iterable[Future[T]]) -> list[T]:
     """Each future's result, in order, waiting in steps of POLL_S with a ``check`` after each, so that a Ctrl-C
-    stops the wait within a step wherever it was delivered. The first failure is raised as soon as it happens."""
+    stops the wait within a step wherever it was delivered. The first failure is raised as soon as it happens.
+
+    Each step is ``deferred``: ``concurrent.futures`` holds the futures' conditions there, and a KeyboardInterrupt
+    raised while one is held would leave it held, so the thread running that future could never finish it."""
     futures = list(futures)
     pending = set(futures)
     while pending:
-        done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                future.result()  # raises it
+        with deferred():
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+            failures = [error for error in (future.exception() for future in done) if error is not None]
+        if failures:
+            raise failures[0]
         check()
-    return [future.result() for future in futures]
+    with deferred():
+        return [future.result() for future in futures]
 
 
 def sleep(seconds: float) -> None:

@@ -104,8 +104,10 @@ def on_threads(serves: list[Callable[[], None]], interrupt: Callable[[], None]) 
     (which makes the other threads return soon) before the exception goes on."""
     pool = ThreadPoolExecutor(max_workers=len(serves), thread_name_prefix="heurist-eval")
     try:
+        with interrupts.deferred():  # submit holds the pool's locks, which the interpreter's exit takes again
+            futures = [pool.submit(serve) for serve in serves]
         # In steps, not one blocking wait: a Ctrl-C the kernel gave another thread still stops it (common/interrupts).
-        interrupts.results([pool.submit(serve) for serve in serves])
+        interrupts.results(futures)
     except BaseException:
         interrupt()
         raise

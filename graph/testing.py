@@ -68,8 +68,9 @@ def run_test_files(s: Services, jobs: list[tuple[str, str, PolicyUnderTest]],
     timeout = s.config.eval.episode_timeout_s * 4
     workers = max(1, min(len(jobs), s.config.eval.workers or os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heurist-tests") as pool:
-        futures = [(name, policy, pool.submit(run_test_file, name, text, policy, s.limits(), timeout))
-                   for name, text, policy in jobs]
+        with interrupts.deferred():  # submit holds the pool's locks, which the interpreter's exit takes again
+            futures = [(name, policy, pool.submit(run_test_file, name, text, policy, s.limits(), timeout))
+                       for name, text, policy in jobs]
         # In steps: a Ctrl-C stops the wait wherever the kernel delivered it, and the tests' threads then kill
         # their sandboxes (common/interrupts.py) rather than this run waiting them out.
         done = interrupts.results(future for _, _, future in futures)
