@@ -34,7 +34,28 @@ T = TypeVar("T")
 
 POLL_S = 0.2  # how often a waiting main thread looks for a Ctrl-C that reached another thread
 
-received = threading.Event()  # a Ctrl-C reached this process: it is stopping, whatever caught the first raise
+
+class Flag:
+    """``threading.Event``'s ``set``, ``is_set`` and ``clear`` without its lock, for signal handlers. An Event's
+    ``set`` takes a lock that is not re-entrant, and a second signal's handler, run inside the first handler's
+    ``set`` (two signals close together: a double Ctrl-C, or a Ctrl-C to the process group and a supervisor's
+    SIGTERM), waited on it for ever. No one waits on this flag: threads look at it between their own steps. A bool
+    read or written is one step under the GIL."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
+
+
+received = Flag()  # a Ctrl-C reached this process: it is stopping, whatever caught the first raise
 stopped_by: list[int] = []  # the signal that stopped it (SIGINT, or a SIGTERM or SIGHUP taken as one)
 
 # Asked to stop by something other than a person: `timeout`, systemd, a batch scheduler or `docker stop` send

@@ -6,6 +6,7 @@ end long before (the limits below are only there so a regression fails rather th
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,46 @@ def test_a_stop_signal_in_a_deferred_block_is_raised_at_its_end_by_the_handler_i
         "block ran on True", "raised at its end: ", "True True",
         "block ran on True", "raised at its end: stopped by SIGTERM", "True True",
         "a quiet block raises nothing"], proc.stderr
+
+
+SIGNAL_IN_A_HANDLER = '''
+    import faulthandler, os, signal, sys
+    from common import interrupts
+
+    faulthandler.dump_traceback_later(60, exit=True)  # a hang guard: the process ends, with where it hung
+    sent = []
+
+    def second_signal_at_every_call(frame, event, arg):
+        # A signal at each function the handler calls, while it runs: its handler then runs inside the first's.
+        caller = frame.f_back
+        while caller is not None and caller.f_code.co_name not in ("on_sigint", "on_stop_signal"):
+            caller = caller.f_back
+        if event == "call" and caller is not None and len(sent) < 20:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM if len(sent) % 2 else signal.SIGINT)
+
+    with interrupts.remembering():
+        try:
+            with interrupts.deferred():
+                sys.setprofile(second_signal_at_every_call)
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+                sys.setprofile(None)
+        except KeyboardInterrupt as stop:
+            sys.setprofile(None)
+            print(f"came out after {len(sent)} signals more", flush=True)
+'''
+
+
+def test_signals_that_come_while_a_handler_runs_are_taken_in_turn():
+    # Two signals close together (a double Ctrl-C; a Ctrl-C to the process group and a supervisor's SIGTERM): the
+    # second's handler runs inside the first's. Setting `received` once took an Event's lock, which is not
+    # re-entrant, and the second handler waited on it for ever (a red-team review's finding, 2026-12-06).
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SIGNAL_IN_A_HANDLER)], capture_output=True,
+                          text=True, timeout=ENDS_WITHIN_S)
+    came_out = re.fullmatch(r"came out after (\d+) signals more\n", proc.stdout)
+    assert came_out and int(came_out[1]) >= 1, proc.stdout + proc.stderr  # the KeyboardInterrupt came out, no hang
 
 
 def test_results_come_in_order_and_the_first_failure_is_raised():
