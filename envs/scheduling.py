@@ -361,10 +361,13 @@ class Scheduler:
 
     def _interrupt(self) -> None:
         # Ctrl-C or a bug: stop handing out seeds and kill every worker now, rather than
-        # waiting for the episodes in flight to finish.
-        with self.lock:
-            self.stop.set()
-            self._drain()
-            doomed = list(self.live)
-        for worker in doomed:
-            worker.kill()
+        # waiting for the episodes in flight to finish. Deferred: a second Ctrl-C raised inside these locks (the
+        # scheduler's, the Events', a killed process's wait lock) could leave one held, and the pairs' threads, which
+        # take them to end, would then hold up the pool's shutdown for ever (common/interrupts.py).
+        with interrupts.deferred():
+            with self.lock:
+                self.stop.set()
+                self._drain()
+                doomed = list(self.live)
+            for worker in doomed:
+                worker.kill()

@@ -235,6 +235,64 @@ def test_signals_that_come_while_a_handler_runs_are_taken_in_turn():
     assert came_out and int(came_out[1]) >= 1, proc.stdout + proc.stderr  # the KeyboardInterrupt came out, no hang
 
 
+SECOND_CTRL_C_WHILE_STOPPING = '''
+    import faulthandler, os, signal, sys, threading, time
+    from common import interrupts
+    from envs import scheduling
+    from envs.scheduling import Schedule, Scheduler
+
+    faulthandler.dump_traceback_later(60, exit=True)  # a hang guard: the process ends, with where it hung
+
+    class Pair:  # a worker pair whose episodes never end
+        def started(self, slot): return False
+        def clear_steps(self, slot): pass
+        def send_group(self, jobs): pass
+        def receive(self, timeout): time.sleep(min(timeout, 0.05)); return None
+        def steps_in(self, slots): return 0
+        def steps_taken(self, slot=0): return 0
+        def setup_runs(self): return 0
+        def kill(self): pass
+        def close(self): pass
+
+    plan = Schedule(seeds=list(range(8)), workers=2, width=1, episode_timeout_s=600, episode_cpu_s=600,
+                    deadline=time.perf_counter() + 3600, eval_timeout_s=3600, job=lambda seed, slot: {},
+                    start_worker=lambda cpu: Pair(), stagger_s=600)  # the later pair waits on `drained`
+    scheduler = Scheduler(plan)
+    scheduling.pair_cpus = lambda n: list(range(n))
+    drained = scheduler.drained._cond
+    sent = []
+
+    def second_ctrl_c(frame, event, arg):
+        # The moment the stop has taken `drained`'s lock to set it: a Ctrl-C raised there would leave it held.
+        if event == "c_return" and not sent and frame.f_code.co_name == "__enter__" and \\
+                frame.f_locals.get("self") is drained:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def first_ctrl_c():
+        while not scheduler.live:  # the first pair is running
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=first_ctrl_c, daemon=True).start()
+    with interrupts.remembering():
+        sys.setprofile(second_ctrl_c)
+        try:
+            scheduler.run()
+        except KeyboardInterrupt:
+            sys.setprofile(None)
+            print("stopped; second Ctrl-C sent:", bool(sent), flush=True)
+'''
+
+
+def test_a_second_ctrl_c_while_an_evaluation_stops_does_not_hang_it():
+    # The stop takes the scheduler's and its Events' locks; a second Ctrl-C raised inside one left it held, and the
+    # pairs' threads waiting on it held up the pool's shutdown for ever (a red-team review's finding, 2026-12-06).
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SECOND_CTRL_C_WHILE_STOPPING)], capture_output=True,
+                          text=True, timeout=ENDS_WITHIN_S)
+    assert proc.stdout == "stopped; second Ctrl-C sent: True\n", proc.stdout + proc.stderr
+
+
 def test_results_come_in_order_and_the_first_failure_is_raised():
     from concurrent.futures import ThreadPoolExecutor
 
