@@ -13,6 +13,11 @@ deterministic one, and HalfCheetah-v5, the same starter policy on the same seeds
 - ``1 worker``: one worker, episodes in lockstep (the task family's default width);
 - ``N workers``: one worker per core, in lockstep.
 
+A line under each setting gives one bare loop per core, run side by side over shares of the seeds, against one:
+what this machine's cores give the simulator with no sandbox at all (shared caches and memory bandwidth, and a
+virtual machine's cores, keep it under the number of cores): the reference for ``all / 1w``, which the
+evaluator reaches only if its pairs scale as the simulator does.
+
 With ``--repeats N`` each setting runs all five N times, round after round; the table gives the median of each
 column and of each round's own ratios, and prints every round's ratios beside it, so that the machine's drift
 (up to 15% between two runs here) shows as a spread rather than as one number that may be its best or worst.
@@ -38,7 +43,9 @@ and gives the ratio to the bare loop that one worker could reach at any lockstep
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import queue
 import runpy
 import statistics
 import time
@@ -76,6 +83,39 @@ def bare_loop(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[i
     elapsed = time.perf_counter() - started
     env.close()
     return steps, elapsed
+
+
+def _bare_share(spec_json: str, protocol: str | None, policy: str, seeds: tuple[int, ...], ready, results) -> None:
+    """One of ``bare_side_by_side``'s processes: its share of the seeds in the bare loop, timed from a common start."""
+    spec = TaskSpec.model_validate_json(spec_json)
+    spec.make_env(protocol).close()  # the simulator imported and its ROM or model loaded before the clock starts
+    ready.wait()
+    results.put(bare_loop(spec, protocol, Path(policy), seeds))
+
+
+def bare_side_by_side(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...],
+                      processes: int) -> tuple[int, float]:
+    """The bare loop in ``processes`` processes at once, each over its share of the seeds: what the machine's cores
+    give this simulator with no sandbox, no bookkeeping and no start-up (each times only its loop), the reference for
+    ``all / 1w``. Shared caches and memory bandwidth, and a virtual machine's cores, keep it under ``processes``."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter, as the evaluator's pairs are
+    shares = [share for share in (seeds[i::processes] for i in range(processes)) if share]
+    ready, results = context.Barrier(len(shares)), context.Queue()
+    children = [context.Process(target=_bare_share, args=(spec.model_dump_json(), protocol, str(policy), share,
+                                                          ready, results)) for share in shares]
+    for child in children:
+        child.start()
+    done: list[tuple[int, float]] = []
+    while len(done) < len(children):
+        try:
+            done.append(results.get(timeout=1.0))
+        except queue.Empty:  # a child that died would otherwise leave this waiting for ever
+            failed = [child.exitcode for child in children if child.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"a bare loop's process failed (exit code {failed[0]}); its error is above")
+    for child in children:
+        child.join()
+    return sum(steps for steps, _ in done), max(elapsed for _, elapsed in done)
 
 
 def in_process(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...],
@@ -152,7 +192,8 @@ def measure_round(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tup
                   cores: int) -> tuple[int, dict[str, float]]:
     """Every way once, one after another: the env steps each took (the same) and each one's steps a second."""
     n, t_bare = bare_loop(spec, protocol, policy, seeds)
-    runs = {"in": in_process(spec, protocol, policy, seeds, width),
+    runs = {"bare_all": bare_side_by_side(spec, protocol, policy, seeds, cores),
+            "in": in_process(spec, protocol, policy, seeds, width),
             "solo": sandboxed(spec, protocol, policy, 1, 1),
             "one": sandboxed(spec, protocol, policy, 1, None),
             "all": sandboxed(spec, protocol, policy, cores, None)}
@@ -204,6 +245,10 @@ def main() -> None:
         if len(rounds) > 1:
             print(f"{'':32s} medians of {len(rounds)} rounds; each round's ratios: 1w / bare "
                   f"{', '.join(f'{x:.2f}' for x in one_bare)}; all / 1w {', '.join(f'{x:.2f}' for x in all_one)}")
+        side_by_side = [r["bare_all"] / r["bare"] for _, r in rounds]
+        print(f"{'':32s} {cores} bare loops side by side: {statistics.median(side_by_side):.2f}x one bare loop "
+              f"(how this machine's cores scale the simulator alone: the reference for all / 1w)"
+              + (f" (each round's: {', '.join(f'{x:.2f}' for x in side_by_side)})" if len(rounds) > 1 else ""))
         us = {k: 1e6 / r for k, r in rate.items()}
         wide = min(width, len(seeds))
         print(f"{'':32s} us/step: env+act {us['bare']:.1f} | record {us['in'] - us['bare']:+.1f} | "
