@@ -13,10 +13,11 @@ So heurist's commands run with ``on_sigint`` as their handler (``remembering``),
 before raising as Python's own handler does; long waits in the main thread go in short steps (``results``,
 ``sleep``) and call ``check`` between them, which runs a handler the interpreter has not run yet and raises again
 for a Ctrl-C that was seen and swallowed; and the loop that runs the graph's nodes, and a streamed model reply,
-call ``check`` too. Where the main thread holds locks that worker threads need (``concurrent.futures``' own, in
-``results`` and around a pool's ``submit``), a KeyboardInterrupt is held to the end of the block (``deferred``):
-raised inside, it could leave a lock held and the workers, and the Ctrl-C with them, blocked for ever. Threads doing work for the main thread (sandboxed tests) look at
-``received`` to stop their processes rather than wait them out.
+call ``check`` too. Threads doing work for the main thread (sandboxed tests) look at ``received`` to stop their
+processes rather than wait them out. Where the main thread takes locks that those threads need to end
+(``concurrent.futures``' own, in ``results`` and around a pool's ``submit``; an evaluation's stop), a
+KeyboardInterrupt is held to the end of the block (``deferred``): raised inside, it could leave a lock held, and
+the threads, and the Ctrl-C with them, blocked for ever.
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ class deferred:
     that never entered ``remembering``) cannot look, so the block swaps it for ``_default_int_handler``, which is the
     same but for the counter, in an order that never leaves the stand-in behind (tests/test_interrupts.py sends 40
     signals at random points of such blocks). An ignored signal, or a handler someone else installed, is left as
-    it is. Outside the main thread (where no
-    handler runs) the block is a plain block. Keep such blocks short: a Ctrl-C during one is acted on at its end."""
+    it is. Outside the main thread (where no handler runs) the block is a plain block. Keep such blocks short: a
+    Ctrl-C during one is acted on at its end."""
 
     def __enter__(self) -> None:
         global _deferring
