@@ -65,18 +65,28 @@ stopped_by: list[int] = []  # the signal that stopped it (SIGINT, or a SIGTERM o
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
+# A stop signal this soon after the one heurist is stopping for is that same stop: recorded, not raised again. A
+# second Ctrl-C pressed at once, or a Ctrl-C to the process group with a supervisor's SIGTERM, raised inside the
+# stop's own clean-up (LangGraph's executor joining its threads, the pairs being killed): tracebacks, and once a
+# thread's lock left held and the process hung at its exit (a red-team review, 2026-12-06). One later than this
+# breaks in, for a stop that is stuck or a first KeyboardInterrupt that some library swallowed.
+REPEAT_S = 5.0
+_stopping_since: float | None = None  # time.monotonic() when a stop signal's KeyboardInterrupt was last raised
+
+
 def on_sigint(signum: int, frame: Any) -> None:
-    """The SIGINT handler: remember it, then raise KeyboardInterrupt as Python's default handler does."""
+    """The SIGINT handler: remember it, then raise KeyboardInterrupt as Python's default handler does (unless a stop
+    is under way, ``REPEAT_S``)."""
     received.set()
     stopped_by.append(signum)
-    _stop(KeyboardInterrupt())
+    _stop(KeyboardInterrupt(), repeats=True)
 
 
 def on_stop_signal(signum: int, frame: Any) -> None:
     """The SIGTERM and SIGHUP handler: as a Ctrl-C, its KeyboardInterrupt naming the signal."""
     received.set()
     stopped_by.append(signum)
-    _stop(KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}"))
+    _stop(KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}"), repeats=True)
 
 
 def what_stopped() -> str:
@@ -129,9 +139,10 @@ def handlers() -> dict[int, Any]:
 def remembering() -> Iterator[None]:
     """``on_sigint`` as this process's SIGINT handler for the block, unless SIGINT is ignored or handled by someone
     else (a process started to ignore Ctrl-C keeps ignoring it), and ``on_stop_signal`` for SIGTERM and SIGHUP where
-    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were (SIGTERM
-    and SIGHUP ignored instead, where one of them stopped the block: the process is ending) and nothing remembered. heurist's commands run in it; a caller of ``cli.main.main`` in a process of its own (a test)
-    gets that process back as it was, so a simulated Ctrl-C there later is not remembered for ever."""
+    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were (all three
+    ignored instead, where a stop signal stopped the block: the process is ending) and nothing remembered. heurist's
+    commands run in it; a caller of ``cli.main.main`` in a process of its own (a test) gets that process back as it
+    was, so a simulated Ctrl-C there later is not remembered for ever."""
     main = threading.current_thread() is threading.main_thread()
     ours = main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _default_int_handler)
     if ours:
@@ -142,18 +153,21 @@ def remembering() -> Iterator[None]:
     try:
         yield
     finally:
+        # After a stop, another signal (a second Ctrl-C; systemd and `timeout` may send a second SIGTERM) is ignored
+        # rather than given its default action: the process is ending, and what it does at its exit (closing its
+        # fork servers, Ray's shutdown) would be cut short, a second Ctrl-C's with a traceback. A caller of
+        # ``cli.main.main`` in a process of its own sets them back.
+        stopped = bool(stopped_by)
         if ours and signal.getsignal(signal.SIGINT) is on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        # After a stop signal was taken, another one (systemd and `timeout` may send a second) is ignored rather than
-        # given its default action: the process is ending, and what it does at its exit (closing its fork servers,
-        # Ray's shutdown) would be cut short. A caller of ``cli.main.main`` in a process of its own sets them back.
-        after = signal.SIG_IGN if any(s in STOP_SIGNALS for s in stopped_by) else signal.SIG_DFL
+            signal.signal(signal.SIGINT, signal.SIG_IGN if stopped else signal.default_int_handler)
         for signum in taken:
             if signal.getsignal(signum) is on_stop_signal:
-                signal.signal(signum, after)
+                signal.signal(signum, signal.SIG_IGN if stopped else signal.SIG_DFL)
         if ours or taken:
+            global _stopping_since
             received.clear()
             stopped_by.clear()
+            _stopping_since = None
 
 
 def check() -> None:
@@ -209,20 +223,31 @@ class deferred:
         finally:  # also where Python's handler, just put back, raised for a signal that came then
             _deferring -= 1
             if not _deferring and _held:
-                stop = _held[0]
+                stop, repeats = _held[0]
                 _held.clear()
-                raise stop
+                _raise(stop, repeats)
 
 
 _deferring = 0  # how many ``deferred`` blocks the main thread is in
-_held: list[KeyboardInterrupt] = []  # what their handlers would have raised, first first
+_held: list[tuple[KeyboardInterrupt, bool]] = []  # what their handlers would have raised, first first
 
 
-def _stop(stop: KeyboardInterrupt) -> None:
-    """A handler's last step: raise ``stop``, or hold it to the end of the ``deferred`` block it came in."""
+def _stop(stop: KeyboardInterrupt, repeats: bool = False) -> None:
+    """A handler's last step: raise ``stop``, or hold it to the end of the ``deferred`` block it came in. ``repeats``:
+    heurist's handlers, which raise nothing for a signal that repeats a stop under way."""
     if _deferring:
-        _held.append(stop)
+        _held.append((stop, repeats))
         return
+    _raise(stop, repeats)
+
+
+def _raise(stop: KeyboardInterrupt, repeats: bool) -> None:
+    global _stopping_since
+    if repeats:
+        now = time.monotonic()
+        if _stopping_since is not None and now - _stopping_since < REPEAT_S:
+            return  # recorded by the handler (``received``, ``stopped_by``); the stop under way goes on
+        _stopping_since = now
     raise stop
 
 

@@ -167,8 +167,8 @@ DEFERRED = '''
     import os, signal, sys
     from common import interrupts
 
-    with interrupts.remembering():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with interrupts.remembering():  # a command each: the second signal would repeat the first's stop
             try:
                 with interrupts.deferred():
                     os.kill(os.getpid(), signum)
@@ -177,9 +177,11 @@ DEFERRED = '''
                     print("block ran on", interrupts.received.is_set(), flush=True)
             except KeyboardInterrupt as stop:
                 print("raised at its end:", stop, flush=True)
-            interrupts.received.clear()
             print(signal.getsignal(signal.SIGINT) is interrupts.on_sigint,
                   signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal, flush=True)
+        for taken in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # after a stop: ignored, set back for the next
+            signal.signal(taken, signal.default_int_handler if taken == signal.SIGINT else signal.SIG_DFL)
+    with interrupts.remembering():
         with interrupts.deferred():
             pass
         print("a quiet block raises nothing", flush=True)
@@ -293,6 +295,51 @@ def test_a_second_ctrl_c_while_an_evaluation_stops_does_not_hang_it():
     assert proc.stdout == "stopped; second Ctrl-C sent: True\n", proc.stdout + proc.stderr
 
 
+REPEATED_STOP = '''
+    import os, signal, sys
+    from common import interrupts
+
+    def handled():
+        for _ in range(1000):  # bytecode boundaries enough for a handler to have run
+            pass
+
+    with interrupts.remembering():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            handled()
+            print("not stopped", flush=True)
+        except KeyboardInterrupt:
+            # The stop's clean-up: signals that repeat the stop are recorded, not raised into it.
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            handled()
+            print("clean-up ran on; recorded:", interrupts.stopped_by, flush=True)
+            interrupts._stopping_since -= interrupts.REPEAT_S  # as if the clean-up had been stuck that long
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                handled()
+                print("not broken into", flush=True)
+            except KeyboardInterrupt:
+                print("a later one breaks in", flush=True)
+    print("after the stop, ignored:", signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+          signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # the process is ending: its exit is not cut short
+    handled()
+    print("exit as ever", flush=True)
+'''
+
+
+def test_signals_that_repeat_a_stop_are_recorded_not_raised_into_its_clean_up():
+    # A second Ctrl-C pressed at once, or a group's Ctrl-C with a supervisor's SIGTERM, raised inside the stop's own
+    # clean-up: tracebacks from LangGraph's executor, and once a process that hung at its exit (a red-team review's
+    # finding, 2026-12-06). One that comes REPEAT_S later breaks in, for a stop that is stuck.
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(REPEATED_STOP)], capture_output=True, text=True,
+                          timeout=ENDS_WITHIN_S)
+    assert proc.stdout.splitlines() == ["clean-up ran on; recorded: [2, 2, 15]", "a later one breaks in",
+                                        "after the stop, ignored: True True", "exit as ever"], proc.stderr
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_results_come_in_order_and_the_first_failure_is_raised():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -389,8 +436,9 @@ def test_a_stop_signal_during_a_librarys_start_and_after_the_stop_is_heurists():
                 raise SystemExit(signal.SIGTERM)  # what its handler does on a SIGTERM
         assert signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal and interrupts.exit_code() == 143
     try:
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
