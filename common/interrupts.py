@@ -23,6 +23,7 @@ the threads, and the Ctrl-C with them, blocked for ever.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import threading
 import time
@@ -72,6 +73,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # breaks in, for a stop that is stuck or a first KeyboardInterrupt that some library swallowed.
 REPEAT_S = 5.0
 _stopping_since: float | None = None  # time.monotonic() when a stop signal's KeyboardInterrupt was last raised
+_stopped_at: float | None = None  # the same, for ``_after_stop``, once the command it stopped has ended
 
 
 def on_sigint(signum: int, frame: Any) -> None:
@@ -124,6 +126,7 @@ def library_init() -> Iterator[None]:
         if before.get(signal.SIGTERM) is on_stop_signal and exc.code == signal.SIGTERM:
             received.set()
             stopped_by.append(signal.SIGTERM)
+            _stopping_now()
             raise KeyboardInterrupt("stopped by SIGTERM") from None
         raise
     finally:
@@ -139,12 +142,13 @@ def handlers() -> dict[int, Any]:
 def remembering() -> Iterator[None]:
     """``on_sigint`` as this process's SIGINT handler for the block, unless SIGINT is ignored or handled by someone
     else (a process started to ignore Ctrl-C keeps ignoring it), and ``on_stop_signal`` for SIGTERM and SIGHUP where
-    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were (all three
-    ignored instead, where a stop signal stopped the block: the process is ending) and nothing remembered. heurist's
-    commands run in it; a caller of ``cli.main.main`` in a process of its own (a test) gets that process back as it
-    was, so a simulated Ctrl-C there later is not remembered for ever."""
+    they have their default action (``nohup`` leaves SIGHUP ignored); after it, the handlers as they were and nothing
+    remembered, but where the block was stopped: SIGTERM and SIGHUP ignored where one of them stopped it, and SIGINT
+    ``_after_stop`` (the process is ending). heurist's commands run in it; a caller of ``cli.main.main`` in a process
+    of its own (a test) gets that process back as it was, so a simulated Ctrl-C there later is not remembered for
+    ever."""
     main = threading.current_thread() is threading.main_thread()
-    ours = main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _default_int_handler)
+    ours = main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _default_int_handler, _after_stop)
     if ours:
         signal.signal(signal.SIGINT, on_sigint)
     taken = [s for s in STOP_SIGNALS if main and signal.getsignal(s) is signal.SIG_DFL]
@@ -153,18 +157,20 @@ def remembering() -> Iterator[None]:
     try:
         yield
     finally:
-        # After a stop, another signal (a second Ctrl-C; systemd and `timeout` may send a second SIGTERM) is ignored
-        # rather than given its default action: the process is ending, and what it does at its exit (closing its
-        # fork servers, Ray's shutdown) would be cut short, a second Ctrl-C's with a traceback. A caller of
-        # ``cli.main.main`` in a process of its own sets them back.
-        stopped = bool(stopped_by)
+        # After a stop, another signal is not given its default action at once: the process is ending, and what it
+        # does at its exit (closing its fork servers, Ray's shutdown) would be cut short, a second Ctrl-C's with a
+        # traceback. A second SIGTERM (systemd and `timeout` may send one) is ignored; a Ctrl-C, only within
+        # REPEAT_S of the stop (``_after_stop``), so an exit that is stuck can still be ended from the keyboard. A
+        # caller of ``cli.main.main`` in a process of its own sets them back.
+        global _stopping_since, _stopped_at
         if ours and signal.getsignal(signal.SIGINT) is on_sigint:
-            signal.signal(signal.SIGINT, signal.SIG_IGN if stopped else signal.default_int_handler)
+            _stopped_at = (_stopping_since or time.monotonic()) if stopped_by else None
+            signal.signal(signal.SIGINT, _after_stop if stopped_by else signal.default_int_handler)
+        after = signal.SIG_IGN if any(s in STOP_SIGNALS for s in stopped_by) else signal.SIG_DFL
         for signum in taken:
             if signal.getsignal(signum) is on_stop_signal:
-                signal.signal(signum, signal.SIG_IGN if stopped else signal.SIG_DFL)
+                signal.signal(signum, after)
         if ours or taken:
-            global _stopping_since
             received.clear()
             stopped_by.clear()
             _stopping_since = None
@@ -179,6 +185,7 @@ def check() -> None:
     if threading.current_thread() is threading.main_thread():
         ctypes.pythonapi.PyErr_CheckSignals()
     if received.is_set():
+        _stopping_now()
         raise KeyboardInterrupt("Ctrl-C (acted on at the next safe point)")
 
 
@@ -242,13 +249,26 @@ def _stop(stop: KeyboardInterrupt, repeats: bool = False) -> None:
 
 
 def _raise(stop: KeyboardInterrupt, repeats: bool) -> None:
-    global _stopping_since
+    if repeats and _stopping_since is not None and time.monotonic() - _stopping_since < REPEAT_S:
+        return  # recorded by the handler (``received``, ``stopped_by``); the stop under way goes on
     if repeats:
-        now = time.monotonic()
-        if _stopping_since is not None and now - _stopping_since < REPEAT_S:
-            return  # recorded by the handler (``received``, ``stopped_by``); the stop under way goes on
-        _stopping_since = now
+        _stopping_now()
     raise stop
+
+
+def _stopping_now() -> None:
+    """A stop's KeyboardInterrupt is being raised: signals in the next ``REPEAT_S`` repeat it."""
+    global _stopping_since
+    _stopping_since = time.monotonic()
+
+
+def _after_stop(signum: int, frame: Any) -> None:
+    """SIGINT's handler once a stopped command has ended and its process is ending: a Ctrl-C within ``REPEAT_S`` of
+    the stop repeats it and is ignored; a later one ends the process as Ctrl-C's default action does, at once."""
+    if _stopped_at is not None and time.monotonic() - _stopped_at < REPEAT_S:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _default_int_handler(signum: int, frame: Any) -> None:

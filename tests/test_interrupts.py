@@ -179,7 +179,7 @@ DEFERRED = '''
                 print("raised at its end:", stop, flush=True)
             print(signal.getsignal(signal.SIGINT) is interrupts.on_sigint,
                   signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal, flush=True)
-        for taken in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # after a stop: ignored, set back for the next
+        for taken in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # as they were after a stop: set back
             signal.signal(taken, signal.default_int_handler if taken == signal.SIGINT else signal.SIG_DFL)
     with interrupts.remembering():
         with interrupts.deferred():
@@ -321,23 +321,64 @@ REPEATED_STOP = '''
                 print("not broken into", flush=True)
             except KeyboardInterrupt:
                 print("a later one breaks in", flush=True)
-    print("after the stop, ignored:", signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
-          signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)
-    os.kill(os.getpid(), signal.SIGINT)  # the process is ending: its exit is not cut short
+    print("after the stop, SIGTERM ignored:", signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # the process is ending: a Ctrl-C that repeats the stop does not cut it short
     handled()
-    print("exit as ever", flush=True)
+    print("a Ctrl-C at once: exit goes on", flush=True)
+    interrupts._stopped_at -= interrupts.REPEAT_S  # as if the exit had been stuck that long
+    os.kill(os.getpid(), signal.SIGINT)  # ends the process at once, as Ctrl-C's default action does
+    handled()
+    print("not ended", flush=True)
 '''
 
 
 def test_signals_that_repeat_a_stop_are_recorded_not_raised_into_its_clean_up():
     # A second Ctrl-C pressed at once, or a group's Ctrl-C with a supervisor's SIGTERM, raised inside the stop's own
     # clean-up: tracebacks from LangGraph's executor, and once a process that hung at its exit (a red-team review's
-    # finding, 2026-12-06). One that comes REPEAT_S later breaks in, for a stop that is stuck.
+    # finding, 2026-12-06). One that comes REPEAT_S later breaks in, for a stop or an exit that is stuck.
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(REPEATED_STOP)], capture_output=True, text=True,
                           timeout=ENDS_WITHIN_S)
     assert proc.stdout.splitlines() == ["clean-up ran on; recorded: [2, 2, 15]", "a later one breaks in",
-                                        "after the stop, ignored: True True", "exit as ever"], proc.stderr
-    assert proc.returncode == 0, proc.stderr
+                                        "after the stop, SIGTERM ignored: True", "a Ctrl-C at once: exit goes on"]
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in proc.stderr, proc.stderr  # a later one ends it
+
+
+STOPS_BY_OTHER_WAYS = '''
+    import os, signal
+    from common import interrupts
+
+    def handled():
+        for _ in range(1000):
+            pass
+
+    for stop_by in ("check", "library_init"):
+        with interrupts.remembering():
+            try:
+                if stop_by == "check":
+                    interrupts.received.set()  # a Ctrl-C whose KeyboardInterrupt a library swallowed
+                    interrupts.check()
+                else:
+                    with interrupts.library_init():
+                        raise SystemExit(signal.SIGTERM)  # what ray.init's own SIGTERM handler does
+            except KeyboardInterrupt:
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)  # the group's Ctrl-C, a moment later
+                    handled()
+                    print(stop_by, "stop: the repeat recorded", flush=True)
+                except KeyboardInterrupt:
+                    print(stop_by, "stop: the repeat raised into its clean-up", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+'''
+
+
+def test_a_stop_raised_at_a_safe_point_or_out_of_a_librarys_start_is_not_broken_into_either():
+    # Stops that no handler raised (``check``'s, ``library_init``'s) start the repeat window too (a review's finding).
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(STOPS_BY_OTHER_WAYS)], capture_output=True,
+                          text=True, timeout=ENDS_WITHIN_S)
+    assert proc.stdout.splitlines() == ["check stop: the repeat recorded", "library_init stop: the repeat recorded"], \
+        proc.stderr
 
 
 def test_results_come_in_order_and_the_first_failure_is_raised():
@@ -436,7 +477,8 @@ def test_a_stop_signal_during_a_librarys_start_and_after_the_stop_is_heurists():
                 raise SystemExit(signal.SIGTERM)  # what its handler does on a SIGTERM
         assert signal.getsignal(signal.SIGTERM) is interrupts.on_stop_signal and interrupts.exit_code() == 143
     try:
-        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is interrupts._after_stop  # a Ctrl-C soon after repeats the stop
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
