@@ -74,6 +74,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 REPEAT_S = 5.0
 _stopping_since: float | None = None  # time.monotonic() when a stop signal's KeyboardInterrupt was last raised
 _stopped_at: float | None = None  # the same, for ``_after_stop``, once the command it stopped has ended
+_acted_on: int | None = None  # the signal of the stop whose KeyboardInterrupt was raised (``exit_code``)
 
 
 def on_sigint(signum: int, frame: Any) -> None:
@@ -81,26 +82,33 @@ def on_sigint(signum: int, frame: Any) -> None:
     is under way, ``REPEAT_S``)."""
     received.set()
     stopped_by.append(signum)
-    _stop(KeyboardInterrupt(), repeats=True)
+    _stop(KeyboardInterrupt(), signum)
 
 
 def on_stop_signal(signum: int, frame: Any) -> None:
     """The SIGTERM and SIGHUP handler: as a Ctrl-C, its KeyboardInterrupt naming the signal."""
     received.set()
     stopped_by.append(signum)
-    _stop(KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}"), repeats=True)
+    _stop(KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}"), signum)
+
+
+def _stopping_signal() -> int:
+    """The signal whose KeyboardInterrupt is stopping this process (the one the ledger's record names), rather than a
+    later one that repeated it: else the last one recorded."""
+    if _acted_on is not None:
+        return _acted_on
+    return stopped_by[-1] if stopped_by else signal.SIGINT
 
 
 def what_stopped() -> str:
     """In words: "Ctrl-C", or the signal taken as one."""
-    if not stopped_by or stopped_by[-1] == signal.SIGINT:
-        return "Ctrl-C"
-    return signal.Signals(stopped_by[-1]).name
+    signum = _stopping_signal()
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def exit_code() -> int:
     """The exit status of a process a signal stopped, as the shell reports one: 128 + the signal (130 for Ctrl-C)."""
-    return 128 + (stopped_by[-1] if stopped_by else signal.SIGINT)
+    return 128 + _stopping_signal()
 
 
 def reclaim(before: dict[int, Any]) -> None:
@@ -126,7 +134,7 @@ def library_init() -> Iterator[None]:
         if before.get(signal.SIGTERM) is on_stop_signal and exc.code == signal.SIGTERM:
             received.set()
             stopped_by.append(signal.SIGTERM)
-            _stopping_now()
+            _stopping_now(signal.SIGTERM)
             raise KeyboardInterrupt("stopped by SIGTERM") from None
         raise
     finally:
@@ -162,7 +170,7 @@ def remembering() -> Iterator[None]:
         # traceback. A second SIGTERM (systemd and `timeout` may send one) is ignored; a Ctrl-C, only within
         # REPEAT_S of the stop (``_after_stop``), so an exit that is stuck can still be ended from the keyboard. A
         # caller of ``cli.main.main`` in a process of its own sets them back.
-        global _stopping_since, _stopped_at
+        global _stopping_since, _stopped_at, _acted_on
         if ours and signal.getsignal(signal.SIGINT) is on_sigint:
             _stopped_at = (_stopping_since or time.monotonic()) if stopped_by else None
             signal.signal(signal.SIGINT, _after_stop if stopped_by else signal.default_int_handler)
@@ -173,7 +181,7 @@ def remembering() -> Iterator[None]:
         if ours or taken:
             received.clear()
             stopped_by.clear()
-            _stopping_since = None
+            _stopping_since = _acted_on = None
 
 
 def check() -> None:
@@ -185,7 +193,7 @@ def check() -> None:
     if threading.current_thread() is threading.main_thread():
         ctypes.pythonapi.PyErr_CheckSignals()
     if received.is_set():
-        _stopping_now()
+        _stopping_now(stopped_by[-1] if stopped_by else signal.SIGINT)
         raise KeyboardInterrupt("Ctrl-C (acted on at the next safe point)")
 
 
@@ -230,36 +238,36 @@ class deferred:
         finally:  # also where Python's handler, just put back, raised for a signal that came then
             _deferring -= 1
             if not _deferring and _held:
-                stop, repeats = _held[0]
+                stop, signum = _held[0]
                 _held.clear()
-                _raise(stop, repeats)
+                _raise(stop, signum)
 
 
 _deferring = 0  # how many ``deferred`` blocks the main thread is in
-_held: list[tuple[KeyboardInterrupt, bool]] = []  # what their handlers would have raised, first first
+_held: list[tuple[KeyboardInterrupt, int | None]] = []  # what their handlers would have raised, first first
 
 
-def _stop(stop: KeyboardInterrupt, repeats: bool = False) -> None:
-    """A handler's last step: raise ``stop``, or hold it to the end of the ``deferred`` block it came in. ``repeats``:
-    heurist's handlers, which raise nothing for a signal that repeats a stop under way."""
+def _stop(stop: KeyboardInterrupt, signum: int | None = None) -> None:
+    """A handler's last step: raise ``stop``, or hold it to the end of the ``deferred`` block it came in. ``signum``:
+    heurist's handlers, which raise nothing for a signal that repeats a stop under way (``REPEAT_S``)."""
     if _deferring:
-        _held.append((stop, repeats))
+        _held.append((stop, signum))
         return
-    _raise(stop, repeats)
+    _raise(stop, signum)
 
 
-def _raise(stop: KeyboardInterrupt, repeats: bool) -> None:
-    if repeats and _stopping_since is not None and time.monotonic() - _stopping_since < REPEAT_S:
-        return  # recorded by the handler (``received``, ``stopped_by``); the stop under way goes on
-    if repeats:
-        _stopping_now()
+def _raise(stop: KeyboardInterrupt, signum: int | None) -> None:
+    if signum is not None:
+        if _stopping_since is not None and time.monotonic() - _stopping_since < REPEAT_S:
+            return  # recorded by the handler (``received``, ``stopped_by``); the stop under way goes on
+        _stopping_now(signum)
     raise stop
 
 
-def _stopping_now() -> None:
-    """A stop's KeyboardInterrupt is being raised: signals in the next ``REPEAT_S`` repeat it."""
-    global _stopping_since
-    _stopping_since = time.monotonic()
+def _stopping_now(signum: int) -> None:
+    """The KeyboardInterrupt of a stop by ``signum`` is being raised: signals in the next ``REPEAT_S`` repeat it."""
+    global _stopping_since, _acted_on
+    _stopping_since, _acted_on = time.monotonic(), signum
 
 
 def _after_stop(signum: int, frame: Any) -> None:

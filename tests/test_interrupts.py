@@ -313,7 +313,7 @@ REPEATED_STOP = '''
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGTERM)
             handled()
-            print("clean-up ran on; recorded:", interrupts.stopped_by, flush=True)
+            print("clean-up ran on; recorded:", interrupts.stopped_by, "exit code", interrupts.exit_code(), flush=True)
             interrupts._stopping_since -= interrupts.REPEAT_S  # as if the clean-up had been stuck that long
             try:
                 os.kill(os.getpid(), signal.SIGINT)
@@ -338,7 +338,7 @@ def test_signals_that_repeat_a_stop_are_recorded_not_raised_into_its_clean_up():
     # finding, 2026-12-06). One that comes REPEAT_S later breaks in, for a stop or an exit that is stuck.
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(REPEATED_STOP)], capture_output=True, text=True,
                           timeout=ENDS_WITHIN_S)
-    assert proc.stdout.splitlines() == ["clean-up ran on; recorded: [2, 2, 15]", "a later one breaks in",
+    assert proc.stdout.splitlines() == ["clean-up ran on; recorded: [2, 2, 15] exit code 130", "a later one breaks in",
                                         "after the stop, SIGTERM ignored: True", "a Ctrl-C at once: exit goes on"]
     assert proc.returncode == -signal.SIGINT and "Traceback" not in proc.stderr, proc.stderr  # a later one ends it
 
