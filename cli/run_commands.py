@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,20 +46,28 @@ def _execute(run_dir: Path, no_progress: bool) -> dict[str, Any]:
     # The live panel only where a person watches; a log file or a pipe gets one line per iteration.
     live = not no_progress and sys.stdout.isatty() and err.is_terminal
     view = LiveView(err) if live else LogLines(err)
-    if (run_dir / "ledger.jsonl").exists():
-        _ledger(run_dir)  # says so if some lines are damaged; the run appends after them
-    try:
+    with resumable(run_dir):
+        if (run_dir / "ledger.jsonl").exists():
+            _ledger(run_dir)  # says so if some lines are damaged; the run appends after them
         with view:
             return execute(run_dir, view)
+
+
+@contextmanager
+def resumable(run_dir: Path) -> Iterator[None]:
+    """Around everything a command does once its run directory exists: a Ctrl-C (or a stop signal) there says how to
+    go on, with the exit status of the signal (a stop just after the directory was made said a bare "interrupted")."""
+    try:
+        yield
     except Exception as exc:
         if not _from_ctrl_c(exc):
             raise
-        interrupted = True
     except KeyboardInterrupt:
-        interrupted = True
-    if interrupted:
-        say_stopped(f"interrupted; nothing recorded is lost. Continue with: heurist resume {printable(str(run_dir))}")
-        raise typer.Exit(interrupts.exit_code())
+        pass
+    else:
+        return
+    say_stopped(f"interrupted; nothing recorded is lost. Continue with: heurist resume {printable(str(run_dir))}")
+    raise typer.Exit(interrupts.exit_code())
 
 
 def _from_ctrl_c(exc: BaseException) -> bool:
@@ -116,9 +126,11 @@ def run_cmd(
         check_priced(config)
     check_wandb(config.wandb)
     directory = create_run(config, run_dir)
-    if is_offline(config):
-        err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True, markup=False)
-    err.print(f"run directory: {printable(str(directory))}", highlight=False, markup=False)
+    with resumable(directory):
+        if is_offline(config):
+            err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True,
+                      markup=False)
+        err.print(f"run directory: {printable(str(directory))}", highlight=False, markup=False)
     _finish_line(_execute(directory, no_progress), directory)
 
 

@@ -498,3 +498,34 @@ def test_a_reader_gone_does_not_stop_heurist(tmp_path):
     console.print("interrupted; nothing recorded is lost")  # EPIPE: before, SystemExit(1)
     console.print("and on")
     assert console.quiet
+
+
+def test_a_run_stopped_just_after_its_directory_was_made_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """A stop between the run directory's making and the graph's start (its offline note, its "run directory" line)
+    said a bare "interrupted" (a red-team review, 2026-12-06); the directory is a run that `heurist resume` takes."""
+    import sys
+
+    import cli.run_commands
+    from cli.main import main
+    from policies import POLICY_DIR
+
+    printed = cli.run_commands.err.print
+
+    def stopped_at_the_directory_line(*args, **kwargs):
+        if str(args[0]).startswith("run directory:"):
+            raise KeyboardInterrupt  # as a Ctrl-C there
+        printed(*args, **kwargs)
+
+    monkeypatch.setattr(cli.run_commands.err, "print", stopped_at_the_directory_line)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() wraps both in its redacting streams: put back after
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    monkeypatch.setenv("HEURIST_HOME", str(tmp_path / "home"))
+    for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["heurist", "run", "--env", "CartPole-v1", "--policy",
+                                      str(POLICY_DIR / "cartpole.py"), "--run-dir", str(run_dir)])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 130
+    assert f"Continue with: heurist resume {run_dir.resolve()}" in capsys.readouterr().err
