@@ -72,8 +72,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # thread's lock left held and the process hung at its exit (a red-team review, 2026-12-06). One later than this
 # breaks in, for a stop that is stuck or a first KeyboardInterrupt that some library swallowed.
 REPEAT_S = 5.0
-_stopping_since: float | None = None  # time.monotonic() when a stop signal's KeyboardInterrupt was last raised
-_stopped_at: float | None = None  # the same, for ``_after_stop``, once the command it stopped has ended
+# time.monotonic() when a stop's KeyboardInterrupt was last raised (kept after its command, for ``_after_stop``)
+_stopping_since: float | None = None
 _acted_on: int | None = None  # the signal of the stop whose KeyboardInterrupt was raised (``exit_code``)
 
 
@@ -162,6 +162,9 @@ def remembering() -> Iterator[None]:
     taken = [s for s in STOP_SIGNALS if main and signal.getsignal(s) is signal.SIG_DFL]
     for signum in taken:
         signal.signal(signum, on_stop_signal)
+    global _stopping_since, _acted_on
+    if ours or taken:
+        _stopping_since = None  # a command before this one in the process was stopped: not this one's stop
     try:
         yield
     finally:
@@ -170,9 +173,9 @@ def remembering() -> Iterator[None]:
         # traceback. A second SIGTERM (systemd and `timeout` may send one) is ignored; a Ctrl-C, only within
         # REPEAT_S of the stop (``_after_stop``), so an exit that is stuck can still be ended from the keyboard. A
         # caller of ``cli.main.main`` in a process of its own sets them back.
-        global _stopping_since, _stopped_at, _acted_on
+        if stopped_by and _stopping_since is None:  # stopped, but nothing raised yet (a signal held to the end)
+            _stopping_since = time.monotonic()
         if ours and signal.getsignal(signal.SIGINT) is on_sigint:
-            _stopped_at = (_stopping_since or time.monotonic()) if stopped_by else None
             signal.signal(signal.SIGINT, _after_stop if stopped_by else signal.default_int_handler)
         after = signal.SIG_IGN if any(s in STOP_SIGNALS for s in stopped_by) else signal.SIG_DFL
         for signum in taken:
@@ -181,7 +184,7 @@ def remembering() -> Iterator[None]:
         if ours or taken:
             received.clear()
             stopped_by.clear()
-            _stopping_since = _acted_on = None
+            _acted_on = None
 
 
 def check() -> None:
@@ -273,7 +276,7 @@ def _stopping_now(signum: int) -> None:
 def _after_stop(signum: int, frame: Any) -> None:
     """SIGINT's handler once a stopped command has ended and its process is ending: a Ctrl-C within ``REPEAT_S`` of
     the stop repeats it and is ignored; a later one ends the process as Ctrl-C's default action does, at once."""
-    if _stopped_at is not None and time.monotonic() - _stopped_at < REPEAT_S:
+    if _stopping_since is not None and time.monotonic() - _stopping_since < REPEAT_S:
         return
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGINT)

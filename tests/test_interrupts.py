@@ -325,7 +325,7 @@ REPEATED_STOP = '''
     os.kill(os.getpid(), signal.SIGINT)  # the process is ending: a Ctrl-C that repeats the stop does not cut it short
     handled()
     print("a Ctrl-C at once: exit goes on", flush=True)
-    interrupts._stopped_at -= interrupts.REPEAT_S  # as if the exit had been stuck that long
+    interrupts._stopping_since -= interrupts.REPEAT_S  # as if the exit had been stuck that long
     os.kill(os.getpid(), signal.SIGINT)  # ends the process at once, as Ctrl-C's default action does
     handled()
     print("not ended", flush=True)
