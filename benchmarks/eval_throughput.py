@@ -45,11 +45,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import queue
 import runpy
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 from envs.evaluator import EvalRequest, evaluate, lockstep_width
 from envs.tasks import SeedSplits, TaskSpec, get_task
@@ -85,12 +87,17 @@ def bare_loop(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[i
     return steps, elapsed
 
 
-def _bare_share(spec_json: str, protocol: str | None, policy: str, seeds: tuple[int, ...], ready, results) -> None:
+def _bare_share(spec_json: str, protocol: str | None, policy: str, seeds: tuple[int, ...],
+                ready: Any) -> tuple[int, float]:
     """One of ``bare_side_by_side``'s processes: its share of the seeds in the bare loop, timed from a common start."""
     spec = TaskSpec.model_validate_json(spec_json)
-    spec.make_env(protocol).close()  # the simulator imported and its ROM or model loaded before the clock starts
+    try:
+        spec.make_env(protocol).close()  # the simulator imported and its ROM or model loaded before the clock starts
+    except BaseException:
+        ready.abort()  # the others stop waiting for this one, and its error comes back
+        raise
     ready.wait()
-    results.put(bare_loop(spec, protocol, Path(policy), seeds))
+    return bare_loop(spec, protocol, Path(policy), seeds)
 
 
 def bare_side_by_side(spec: TaskSpec, protocol: str | None, policy: Path, seeds: tuple[int, ...],
@@ -100,21 +107,11 @@ def bare_side_by_side(spec: TaskSpec, protocol: str | None, policy: Path, seeds:
     ``all / 1w``. Shared caches and memory bandwidth, and a virtual machine's cores, keep it under ``processes``."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter, as the evaluator's pairs are
     shares = [share for share in (seeds[i::processes] for i in range(processes)) if share]
-    ready, results = context.Barrier(len(shares)), context.Queue()
-    children = [context.Process(target=_bare_share, args=(spec.model_dump_json(), protocol, str(policy), share,
-                                                          ready, results)) for share in shares]
-    for child in children:
-        child.start()
-    done: list[tuple[int, float]] = []
-    while len(done) < len(children):
-        try:
-            done.append(results.get(timeout=1.0))
-        except queue.Empty:  # a child that died would otherwise leave this waiting for ever
-            failed = [child.exitcode for child in children if child.exitcode not in (None, 0)]
-            if failed:
-                raise RuntimeError(f"a bare loop's process failed (exit code {failed[0]}); its error is above")
-    for child in children:
-        child.join()
+    # One worker a share: each waits at the barrier, so none is free to take a second share.
+    with context.Manager() as manager, ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        ready = manager.Barrier(len(shares))
+        done = list(pool.map(_bare_share, repeat(spec.model_dump_json()), repeat(protocol), repeat(str(policy)),
+                             shares, repeat(ready)))
     return sum(steps for steps, _ in done), max(elapsed for _, elapsed in done)
 
 
