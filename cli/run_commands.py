@@ -200,8 +200,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
     if recorded != replayed:
         raise HeuristError(f"the replay in {directory} diverged from {run_dir}; compare their transcripts")
     out.print(f"same decisions in all {len(recorded)} iterations; replay at {printable(str(directory))}",
-              highlight=False,
-              markup=False)
+              highlight=False, markup=False)
 
 
 def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
