@@ -32,7 +32,8 @@ def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
         raise typer.Exit(3)
     summary_file = run_dir / "summary.md"
     if summary_file.is_file():
-        out.print(printable(summary_file.read_text(errors="replace")), highlight=False, markup=False)
+        # soft_wrap: a table row or a path longer than the console stays one line (a pipe's console is 200 wide)
+        out.print(printable(summary_file.read_text(errors="replace")), highlight=False, markup=False, soft_wrap=True)
     report = run_dir / "report" / "index.html"
     if report.is_file():
         out.print(f"report: {printable(str(report))}", highlight=False, markup=False, soft_wrap=True)

@@ -20,11 +20,15 @@ from envs.tasks import TaskSpec
 _MARKDOWN = re.compile(r"([\\`*_\[\]()!<>|#~])")  # what markdown or a table would read: links, images, tags, cells
 
 
-def _inert(text: str, limit: int = 160) -> str:
+def _inert(text: str, limit: int = 600) -> str:
     """Text a model or a policy wrote, in one line of markdown that shows it and does nothing else: redacted first
     (an escaped secret is no longer itself), control characters visible (``printable``), no line breaks, and every
-    character markdown would read escaped."""
-    text = printable(" ".join(redact(str(text)).split()))[:limit]
+    character markdown would read escaped. Past ``limit`` characters it ends at a word, with an ellipsis saying so
+    (a reason cut mid-word at 160 lost what it said about the tests)."""
+    text = printable(" ".join(redact(str(text)).split()))
+    if len(text) > limit:
+        cut = text[:limit]
+        text = (cut[:cut.rindex(" ")] if " " in cut[limit // 2:] else cut) + " …"
     return _MARKDOWN.sub(r"\\\1", text)
 
 

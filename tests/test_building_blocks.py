@@ -169,6 +169,29 @@ def test_the_summary_shows_what_a_model_or_policy_wrote_in_its_own_cell_and_noth
     assert "Tr0ub4dor" not in summary and "redacted" in summary
 
 
+def test_a_long_reason_ends_at_a_word_and_the_printed_summary_keeps_each_row_on_one_line(tmp_path, capsys):
+    """A new user's first run showed a row of the summary broken in two (printed wrapped at the console's width) and
+    its reason cut mid-word at 160 characters, losing what it said about the tests (a review, 2026-12-06)."""
+    from cli.run_commands import _finish_line
+    from envs.tasks import get_task
+    from store.summary import write_summary
+
+    words = " ".join(f"word{i}" for i in range(300))  # 2,690 characters
+    start = {"commit": "0" * 40, "sha256": "a" * 64, "mean": 10.0, "per_seed": {}, "status": "complete"}
+    history = [{"iteration": 1, "accepted": True, "mean_before": 10.0, "mean_candidate": 20.0,
+                "reason": f"tests pass; tests/test_scenarios_0002.py is not kept: {words}"}]
+    state = {"start": start, "incumbent": start, "history": history, "iteration": 1, "stop_reason": "budget",
+             "status": "finished", "spent": {}}
+    write_summary(tmp_path, "r1", get_task("CartPole-v1"), "standard", True, [0, 1], state, None)
+    row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| 1 |"))
+    reason = row.split(" | ")[-1].removesuffix(" |")
+    assert "is not kept" in reason and reason.endswith(" …") and 500 < len(reason) < 700
+    assert reason.removesuffix(" …").split()[-1] in words.split()  # a whole word, not a cut one
+    _finish_line(state, tmp_path)
+    printed = capsys.readouterr().out.splitlines()
+    assert row in printed  # one line, as written, however narrow the console
+
+
 def test_the_nearest_lines_hint_finds_the_block_and_its_work_does_not_grow_with_the_edit(monkeypatch):
     """A SEARCH that does not match is answered with the nearest lines: found where the block's own lines are (one
     line changed), or by likeness where none is as it is (every line re-indented). Found by a red-team review

@@ -401,3 +401,20 @@ def test_a_scenario_record_memory_cannot_read_costs_that_scenario_not_the_others
     assert list(unreadable) == ["scenario-newer"] and "cannot read" in unreadable["scenario-newer"]
     assert capped == [] and list(left_out) == ["scenario-newer"]  # the s<i> are in no store; readable.id is past 8
     assert [r.id for r in past_the_gone] == [readable.id]
+
+
+def test_a_scenario_test_that_fails_on_the_candidate_says_what_that_means_and_a_writers_test_does_not():
+    """Every CartPole run's reason ended "is not kept as a regression test: it fails on the candidate", read as an
+    alarm by a new user whose candidate scored 500 on that seed (a review, 2026-12-06): heurist's own scenario test
+    starts from the incumbent's saved moment, which may be past saving, and the reason now says so."""
+    from envs.regression import TestFileResult
+    from graph.testing import judge_new_tests
+
+    names = ["tests/test_scenarios_0002.py", "tests/test_iteration_0002.py"]
+    failing = {n: TestFileResult(name=n, passed=False, reason="AssertionError: pole fell") for n in names}
+    decisions = judge_new_tests(names, failing, failing)
+    scenario, writers = (decisions[n]["reason"] for n in names)
+    assert scenario.startswith("it fails on the candidate: the candidate, started from the incumbent's saved moment")
+    assert "judged on the seeds" in scenario and scenario.endswith("AssertionError: pole fell")
+    assert writers == "it fails on the candidate: AssertionError: pole fell"
+    assert not any(d["kept"] for d in decisions.values())
