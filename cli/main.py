@@ -36,6 +36,23 @@ register_doctor_command(app)
 register_campaign_commands(app)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"heurist {version('heurist')}", highlight=False, markup=False)
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            out.print("heurist (not installed: run `make setup`)", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _heurist(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print heurist's version and exit.")) -> None:
+    """heurist: Heuristic Learning — improve readable Python policies by editing code, not weights."""
+
+
 @app.command("eval")
 def eval_cmd(
     policy_file: Path = typer.Argument(..., help="The policy .py file to evaluate, or a folder holding policy.py "
@@ -289,7 +306,8 @@ def _main() -> None:
         command = ctx.command_path if ctx is not None else "heurist"
         message = exc.format_message().rstrip(".")
         if message:  # empty after a bare `heurist`, whose help was just printed
-            _error("error:", f"{message}; `{command} --help` lists what it takes")
+            joint = " " if message.endswith("?") else "; "  # click's "Did you mean 'show'?" read "?;" before the hint
+            _error("error:", f"{message}{joint}`{command} --help` lists what it takes")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         say_stopped("interrupted")

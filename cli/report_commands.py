@@ -12,15 +12,16 @@ from common.safe_text import printable
 
 
 def report_cmd(
-    run_dirs: list[Path] = typer.Argument(..., help="A run directory; with --compare, two or more."),
+    run_dirs: list[Path] = typer.Argument(..., help="A run directory or run id; with --compare, two or more."),
     compare: bool = typer.Option(False, "--compare", help="One page with the score curves of all the runs given."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Where the --compare page goes "
                                                                 "(default: ./heurist-compare.html)."),
 ) -> None:
     """Write RUN_DIR/report/index.html: score plots, failure clips, diffs, tests, verdicts and per-role transcripts."""
     from report.render import ReportError, write_compare, write_report
-    from store.rundir import read_record
+    from store.rundir import find_run, read_record
 
+    run_dirs = [find_run(run_dir) for run_dir in run_dirs]
     for run_dir in run_dirs:
         read_record(run_dir)  # a foreign directory is one line, before any work
     if compare:

@@ -21,8 +21,19 @@ from common.formatting import cost_text, score_text
 from common.safe_text import printable
 from store.transcripts import TranscriptLine
 
-OFFLINE_NOTE = ("offline: no ${key} and no --base-url, so the roles run their offline backends "
-                "(log parser, OpenCV video analyst, CMA-ES coder over tunables, template tests, statistical gate)")
+# What each built-in role does with no model; a plug-in role is named as placed (its own offline code runs).
+OFFLINE_BACKENDS = {"log_parser": "log parser", "video_analyst": "OpenCV video analyst",
+                    "coder": "CMA-ES coder over tunables", "test_writer": "template tests", "reviewer": "statistical gate"}
+
+
+def offline_note(config: Any) -> str:
+    """The one line saying a run is offline, naming what runs in each stage of its config (it named the built-in
+    backends even where ``[stages]`` had replaced them with plug-ins)."""
+    stages = config.stages
+    placed = [*stages.analyse, stages.code, stages.test, *stages.review]
+    backends = ", ".join(OFFLINE_BACKENDS.get(name, f"plug-in {name}") for name in placed)
+    return (f"offline: no ${config.llm.api_key_env} and no --base-url, so the roles run their offline backends "
+            f"({backends})")
 
 
 def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
@@ -129,29 +140,34 @@ def run_cmd(
     directory = create_run(config, run_dir)
     with resumable(directory):
         if is_offline(config):
-            err.print(OFFLINE_NOTE.replace("{key}", config.llm.api_key_env), highlight=False, soft_wrap=True,
-                      markup=False)
+            err.print(offline_note(config), highlight=False, soft_wrap=True, markup=False)
         err.print(f"run directory: {printable(str(directory))}", highlight=False, markup=False)
     _finish_line(_execute(directory, no_progress), directory)
 
 
-def resume_cmd(run_dir: Path = typer.Argument(..., help="A run directory (see `heurist runs`)."),
+def resume_cmd(run_dir: Path = typer.Argument(..., help="A run directory or run id (see `heurist runs`)."),
                no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
     """Continue a run after a crash, a kill or a pause, exactly where it stopped."""
-    from store.rundir import read_record
+    from store.rundir import find_run, read_record, run_status
 
+    run_dir = find_run(run_dir)
     read_record(run_dir)
+    if run_status(run_dir) == "finished":  # said, rather than a summary reprinted as if it had just run
+        err.print(f"{printable(str(run_dir))} has finished: there is nothing to resume; its summary:", highlight=False,
+                  markup=False, soft_wrap=True)
     _finish_line(_execute(run_dir.resolve(), no_progress), run_dir.resolve())
 
 
-def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to replay."),
+def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to replay: its directory or run id."),
                into: Optional[Path] = typer.Option(None, "--run-dir", help="Where the replay goes (default: a new run)."),
                no_progress: bool = typer.Option(False, "--no-progress", help="No live panel: one log line per iteration.")) -> None:
     """Re-run a run with its recorded model replies in place of the model; check it reaches the same decisions."""
     from envs.contract import policy_sha256
-    from store.rundir import (create_run, decisions, plug_in_modules, read_record, run_config, run_status,
+    from roles.registry import stage_roles
+    from store.rundir import (create_run, decisions, find_run, plug_in_modules, read_record, run_config, run_status,
                               started_here)
 
+    run_dir = find_run(run_dir)
     record = read_record(run_dir)
     config = run_config(record, run_dir, doing="replay")
     modules = plug_in_modules(record)
@@ -181,6 +197,7 @@ def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to rep
         config = config.model_copy(update={"budget": config.budget.model_copy(update={"iterations": done})})
         err.print(f"the recorded run is {status} after {done} iterations: the replay runs those", highlight=False,
                   markup=False, soft_wrap=True)
+    stage_roles(config.stages)  # roles that cannot be loaded are refused before a run directory exists, as in run
     directory = create_run(config, into, replay_of=run_dir)
     err.print(f"replaying {printable(str(run_dir))} into {printable(str(directory))}", highlight=False, markup=False)
     _execute(directory, no_progress)
@@ -235,7 +252,8 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     for column in ("run", "task", "status", "iterations", "dev mean start → best", "directory"):
         table.add_column(column)
     for r in rows:
-        table.add_row(shown(r["run_id"]), shown(r["task"]), r["status"], str(r["iterations"]),
+        table.add_row(shown(r["run_id"]) + (" (replay)" if r.get("replay_of") else ""), shown(r["task"]), r["status"],
+                      str(r["iterations"]),
                       f"{score_text(r['start_mean'])} → {score_text(r['best_mean'])}", shown(r["run_dir"]))
     out.print(table)
 
@@ -252,12 +270,13 @@ def _ledger(run_dir: Path) -> list[LedgerEvent]:
 
 
 
-def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory or run id (see `heurist runs`).")) -> None:
     """The score history, every edit with its verdict and reasons, and the budget used."""
     from common.events import IterationDone, RunFinished, RunStarted
-    from store.rundir import read_record, recorded_model, run_status
+    from store.rundir import find_run, read_record, recorded_model, run_status
     from store.summary import control_sentences
 
+    run_dir = find_run(run_dir)
     record = read_record(run_dir)
     records = _ledger(run_dir)
     started = next((r for r in records if isinstance(r, RunStarted)), None)
@@ -308,15 +327,16 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
                     out.print(shown(sentence), highlight=False)
 
 
-def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory or run id (see `heurist runs`)."),
                     role: Optional[str] = typer.Option(None, "--role", help="Only this role."),
                     iteration: Optional[int] = typer.Option(None, "--iter", min=0, help="Only this iteration."),
                     as_json: bool = typer.Option(False, "--json", help="Raw JSON lines."),
                     width: int = typer.Option(1500, "--chars", min=80, help="Characters shown per message.")) -> None:
     """Print the roles' transcripts readably: messages, images by path, replies, parsed output, tokens, cost."""
-    from store.rundir import read_record
+    from store.rundir import find_run, read_record
     from store.transcripts import TranscriptRecorder
 
+    run_dir = find_run(run_dir)
     read_record(run_dir)
     recorder = TranscriptRecorder(run_dir)
     entries = recorder.read(iteration, role)
@@ -324,6 +344,9 @@ def transcripts_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")
         err.print(f"warning: {recorder.skipped} damaged transcript line(s) skipped (not JSON, or of no known kind)",
                   highlight=False, soft_wrap=True, markup=False)
     if not entries:
+        known = recorder.roles()
+        if role and known and role not in known:  # a name mistyped: the names there are
+            raise HeuristError(f"no transcripts in {run_dir} for role {role}; its roles are {', '.join(known)}")
         raise HeuristError(f"no transcripts in {run_dir}" + (f" for role {role}" if role else "")
                            + (f" in iteration {iteration}" if iteration is not None else "")
                            + "; see `heurist show` for the iterations it ran")

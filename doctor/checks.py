@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -41,10 +42,14 @@ class Check(BaseModel):
 
 
 def _probe(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[bool, str]:
-    """Run a snippet in a fresh interpreter; (worked, its last line of output or error)."""
+    """Run a snippet in a fresh interpreter, in a folder of its own; (worked, its last line of output or error).
+
+    Not in the user's folder: MuJoCo writes each warning to MUJOCO_LOG.TXT in the working folder (its 4.0
+    deprecation of HalfCheetah's ``settotalmass`` left one wherever ``heurist doctor`` ran)."""
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        with tempfile.TemporaryDirectory(prefix="heurist-doctor-") as folder:
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                                  env={**os.environ, **(env or {})}, cwd=folder)
     except subprocess.TimeoutExpired:
         return False, f"did not finish in {timeout:g} s"
     lines = (done.stdout.strip() or done.stderr.strip() or "no output").splitlines()

@@ -9,7 +9,19 @@ from store.config import RunConfig
 
 def stop_reason(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:
     """Why the run must stop now, or None. Each budget is a hard stop, checked at every iteration's end."""
-    return goal_reached(state, config, spec) or budget_spent(state, config)
+    return goal_reached(state, config, spec) or cannot_start(state, spec) or budget_spent(state, config)
+
+
+def cannot_start(state: RunState, spec: TaskSpec) -> str | None:
+    """The run can get nowhere: its starting policy completed no dev episode and only the offline coder, which tunes
+    the numbers a policy declares and never its code, would work on it (``Nodes.begin`` marks such a start). A policy
+    written for another task ran that way to its budget, holdout included, and exited 0 (a review, 2026-12-06)."""
+    why = (state.get("start") or {}).get("unrunnable")
+    if not why or state.get("iteration", 0) != 0:
+        return None
+    return (f"the starting policy completed none of its dev episodes ({why}); the offline coder only tunes the "
+            f"numbers a policy declares and cannot make it run: start from a policy written for {spec.id}, or run "
+            f"with a model, whose coder can fix the code")
 
 
 def goal_reached(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:

@@ -115,6 +115,12 @@ class Nodes:
         commit = s.workspace.create(self.starting_source, files)
         result = s.evaluate_cached(s.candidate_file(s.workspace.source_at(commit)), video=True)
         start = scored(commit, result)
+        coder = s.role("code")
+        settings = s.config.llm.roles.get(coder.name)
+        if result.status == "broken" and coder.name == "coder" and (s.llm is None or (settings and settings.offline)):
+            # Nothing here can make it run: the run stops at once, saying why (graph.budget.cannot_start).
+            first = next((e.error for e in result.episodes if e.error), "no episode completed")
+            start["unrunnable"] = oneline(first, 300)
         records = events(s)
         if not recorded(s, RunStarted, records):
             s.ledger.append(RunStarted(run_id=s.run_id, task=s.spec.id, protocol=s.protocol, dev_seeds=s.dev_seeds(),

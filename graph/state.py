@@ -29,6 +29,7 @@ class Scored(TypedDict):
     mean: float | None
     per_seed: dict[str, float | None]  # JSON keys are strings; seeds as text
     status: str  # the evaluation's: complete, partial or broken
+    unrunnable: NotRequired[str]  # a start only: why no dev episode completed, where no role here can change that
 
 
 class CodeOutcome(TypedDict, total=False):

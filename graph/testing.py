@@ -97,13 +97,14 @@ def judge_new_tests(new: Iterable[str], on_candidate: dict[str, TestFileResult],
     decisions: dict[str, NewTestDecision] = {}
     for name in new:
         if not on_candidate[name].passed:
-            why = on_candidate[name].reason
+            where = ""
             if is_scenario_test(name):
-                # Read in the morning as an alarm when the candidate scores well on that seed: say what it means.
-                why = (f"the candidate, started from the incumbent's saved moment before its failure, fails there "
-                       f"too (a moment past saving for it, which it may still never reach from the episode's "
-                       f"start: the edit is judged on the seeds); {why}")
-            decisions[name] = {"kept": False, "reason": f"it fails on the candidate: {why}"}
+                # Read in the morning as an alarm when the candidate scores well on that seed: what it means, short
+                # enough to survive the history's 300 characters after the gate's own reason.
+                where = (" from the incumbent's saved moment (one it may never reach from the start; the seeds "
+                         "judge the edit)")
+            decisions[name] = {"kept": False,
+                               "reason": f"it fails on the candidate{where}: {on_candidate[name].reason}"}
         elif on_incumbent[name].passed:
             decisions[name] = {"kept": False, "reason": "it passes on the incumbent too, so it guards nothing "
                                                         "this edit changed (a regression test must fail before "

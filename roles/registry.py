@@ -81,7 +81,9 @@ def _load_path(path: str) -> type[Role]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RoleError(f"cannot import role module {module_name!r} ({exc}); install it or fix the path") from None
+        # As Python imports it: heurist's own command does not look in the current folder (`python -m` would).
+        raise RoleError(f"cannot import role module {module_name!r} ({exc}); install it, or put its folder on "
+                        f"PYTHONPATH (e.g. `PYTHONPATH=. heurist ...` from the folder that holds it)") from None
     except (Exception, SystemExit) as exc:  # the module's own code failed, or exited: named, never heurist's crash
         raise RoleError(f"role module {module_name!r} failed to load: {_why(exc)}; fix the module") from None
     if not hasattr(module, attribute):

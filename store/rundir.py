@@ -194,6 +194,16 @@ def indexed_runs() -> tuple[list[RunIndexEntry], int]:
     return entries, raw[1] + bad
 
 
+def find_run(given: Path) -> Path:
+    """The run directory a command was given: the path as it is, or, where no such path exists and it is a bare name,
+    the directory of the run with that id in this machine's runs index (the first column of ``heurist runs``, which
+    a new user gave ``show`` and was refused)."""
+    if os.path.lexists(given) or len(given.parts) != 1:
+        return given
+    found = [Path(entry.run_dir) for entry in indexed_runs()[0] if entry.run_id == given.name]
+    return found[-1] if found else given
+
+
 def started_here(record: RunRecord, run_dir: Path) -> bool:
     """Whether this machine's runs index lists this run, in this directory: a run started here, not one brought in."""
     here = Path(run_dir).resolve()
@@ -216,7 +226,7 @@ def read_record(run_dir: Path) -> RunRecord:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a heurist run directory (no run.json); give a directory made by "
-                       f"`heurist run` (see `heurist runs`)")
+                       f"`heurist run`, or a run id (see `heurist runs`)")
     try:
         with open_regular(path) as file:  # not a FIFO or a device in a run directory from elsewhere
             text = file.read(MAX_RECORD_BYTES + 1)

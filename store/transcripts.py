@@ -213,6 +213,10 @@ class TranscriptRecorder:
         self.skipped += len(stored) - len(lines)
         return sorted(lines, key=lambda line: (line.iteration, line.time))
 
+    def roles(self) -> list[str]:
+        """The roles with a transcript in any iteration, by name."""
+        return sorted({file.stem for folder in self.root.glob("[0-9]" * 4) for file in folder.glob("*.jsonl")})
+
     def stored(self, iteration: int | None = None, role: str | None = None) -> list[dict[str, Any]]:
         """The lines exactly as stored (``heurist transcripts --json`` prints these)."""
         records: list[dict[str, Any]] = []

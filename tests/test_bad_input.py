@@ -56,6 +56,7 @@ FILES = {
 CASES = [
     # (command line, words the one line must contain)
     (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["shwo"], "Did you mean 'show'? `heurist --help` lists what it takes"),  # not "?;": one sentence, then the hint
     (["run", "--bogus"], "No such option: --bogus"),
     (["run", "--iterations", "many"], "Invalid value for '--iterations'"),
     (["run", "--hours", "0"], "Invalid value for '--hours'"),
@@ -260,6 +261,44 @@ def test_damaged_ledger_lines_are_skipped_with_one_warning_not_an_error(llm_run,
         assert "Traceback" not in stderr and "internal error" not in stderr
     code, stdout, _ = cli(monkeypatch, capsys, "show", str(run))
     assert "accepted" in stdout and "rejected" in stdout  # the records around the damage are all there
+
+
+def test_a_run_id_from_heurist_runs_is_taken_where_a_run_directory_is(llm_run, workdir, monkeypatch, capsys):
+    """A new user gave `heurist show` the id `heurist runs` prints first, and was refused (a review, 2026-12-06): the
+    read-side commands and resume take a run id of this machine's runs index. Also from that review: a mistyped
+    role names the roles there are, resuming a finished run says there is nothing to resume, a replay is marked as
+    one in `heurist runs`, and `heurist --version` answers."""
+    from store.rundir import RunIndexEntry, runs_index
+
+    run = workdir / "somewhere" / "run"
+    shutil.copytree(llm_run.run_dir, run, ignore=shutil.ignore_patterns("report", ".lock"))
+    run_id = json.loads((run / "run.json").read_text())["run_id"]
+    runs_index().append(RunIndexEntry(run_id=run_id, run_dir=str(run), task="CartPole-v1", created="2026-12-06"))
+    runs_index().append(RunIndexEntry(run_id="r-replayed", run_dir=str(run), task="CartPole-v1", created="2026-12-06",
+                                      replay_of=str(run)))
+    code, stdout, stderr = cli(monkeypatch, capsys, "show", run_id)
+    assert code == 0 and run_id in stdout and "accepted" in stdout, stderr
+    code, stdout, stderr = cli(monkeypatch, capsys, "transcripts", run_id, "--role", "codr")
+    assert code == 2 and "for role codr; its roles are " in stderr and "coder" in stderr, stderr
+    code, stdout, stderr = cli(monkeypatch, capsys, "transcripts", run_id, "--role", "coder", "--iter", "1")
+    assert code == 0 and "coder" in stdout, stderr
+    code, stdout, stderr = cli(monkeypatch, capsys, "resume", run_id, "--no-progress")
+    assert code == 0 and "has finished: there is nothing to resume" in stderr, stderr
+    code, stdout, _ = cli(monkeypatch, capsys, "runs")
+    assert "r-replayed (replay)" in stdout and f"{run_id} (replay)" not in stdout
+    code, stdout, stderr = cli(monkeypatch, capsys, "show", "no-such-run-id")
+    assert code == 2 and "or a run id (see `heurist runs`)" in stderr
+    code, stdout, _ = cli(monkeypatch, capsys, "--version")
+    assert code == 0 and stdout.startswith("heurist ")
+
+    # A replay whose roles cannot be loaded now is refused before it makes a run (a stray "created" run was left).
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["stages"] = {"code": "no_such_roles_module:Coder"}
+    (run / "run.json").write_text(json.dumps(record))
+    before = runs_index().read()[0]
+    code, stdout, stderr = cli(monkeypatch, capsys, "replay", run_id, "--no-progress")
+    assert code == 2 and "cannot import role module 'no_such_roles_module'" in stderr, stderr
+    assert runs_index().read()[0] == before and "replaying" not in stderr
 
 
 def test_a_run_directory_from_elsewhere_is_shown_inert_and_not_replayed_into_code(llm_run, workdir, monkeypatch,

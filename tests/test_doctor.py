@@ -13,14 +13,17 @@ from tests.test_cli import HEURIST
 from tests.test_llm import chat
 
 
-def doctor(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def doctor(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     return subprocess.run([HEURIST, "doctor", "--json", *args], capture_output=True, text=True, timeout=300,
-                          env={**base, **(env or {})})
+                          env={**base, **(env or {})}, cwd=cwd)
 
 
 def test_doctor_checks_the_installation_and_names_every_part(tmp_path):
-    done = doctor("--skip-llm", env={"HEURIST_HOME": str(tmp_path / "home")})
+    # Run from a folder of the user's: doctor leaves nothing there (MuJoCo's MUJOCO_LOG.TXT was left, 2026-12-06).
+    (here := tmp_path / "project").mkdir()
+    done = doctor("--skip-llm", env={"HEURIST_HOME": str(tmp_path / "home")}, cwd=here)
+    assert list(here.iterdir()) == []
     assert done.returncode == 0, done.stdout + done.stderr
     checks = {c["name"]: c for c in json.loads(done.stdout)}
     for name in ("python", "package langgraph", "package chromadb", "ALE ROMs", "MuJoCo rendering", "offline embedder",

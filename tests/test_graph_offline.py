@@ -16,6 +16,7 @@ from envs.limits import Limits
 from envs.sandbox import run_sandboxed
 from envs.tasks import get_task
 from graph.budget import stop_reason
+from policies import POLICY_DIR
 from runner.lifecycle import mermaid
 from store.config import RunConfig
 from store.transcripts import TranscriptRecorder
@@ -79,6 +80,23 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     records, _ = Ledger(tmp / "run" / "ledger.jsonl").read()
     assert sum(r["event"] == "run_finished" for r in records) == 1
     assert sum(r["event"] == "eval_started" and r["split"] == "holdout" for r in records) == 1
+
+
+def test_an_offline_run_whose_start_completes_no_episode_stops_at_once_saying_why(home):
+    """A policy for another task (Breakout's on CartPole) ran a whole offline run to its budget, every episode failing,
+    and exited 0 (a review, 2026-12-06): the offline coder tunes numbers and cannot make it run, so the run stops
+    after scoring its start, with the policy's own error in the reason."""
+    tmp, env = home
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", POLICY_DIR / "breakout.py", "--iterations", 3,
+                   "--run-dir", tmp / "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    assert summary["iterations"] == 0 and summary["dev"]["start_mean"] is None
+    reason = summary["stop_reason"]
+    assert reason.startswith("the starting policy completed none of its dev episodes (") and "Error" in reason, reason
+    assert reason.endswith("start from a policy written for CartPole-v1, or run with a model, whose coder can fix "
+                           "the code")
+    assert "Stopped: the starting policy completed none of its dev episodes" in done.stdout
 
 
 def test_plug_in_role_from_an_entry_point_runs_in_its_stage(home):

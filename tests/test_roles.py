@@ -362,3 +362,18 @@ def test_only_heuristss_own_scenario_tests_pin_a_scenario():
     own = scenario_test_name(set(), 2)
     tests = {"tests/test_iteration_0002.py": writers, own: scenario_test(2, "s2-cart_left-7")}
     assert replayed_scenarios(tests) == {"s2-cart_left-7"}
+
+
+def test_the_offline_note_names_what_runs_in_each_stage_plug_ins_included():
+    """The note named the built-in log parser and template tests of a config whose [stages] had replaced them with
+    plug-ins (a review, 2026-12-06)."""
+    from cli.run_commands import offline_note
+
+    default = offline_note(RunConfig(task="CartPole-v1"))
+    assert default == ("offline: no $OPENAI_API_KEY and no --base-url, so the roles run their offline backends "
+                       "(OpenCV video analyst, log parser, CMA-ES coder over tunables, template tests, statistical gate)")
+    replaced = offline_note(RunConfig(task="CartPole-v1", stages={
+        "analyse": ["video_analyst", "my_roles:FailureRate"], "test": "completes_test_writer"}))
+    assert "(OpenCV video analyst, plug-in my_roles:FailureRate, CMA-ES coder over tunables, plug-in " \
+           "completes_test_writer, statistical gate)" in replaced
+    assert "log parser" not in replaced and "template tests" not in replaced
