@@ -37,14 +37,18 @@ def offline_note(config: Any) -> str:
 
 
 def _finish_line(state: dict[str, Any], run_dir: Path) -> None:
+    from store.summary import as_text
+
     status = state.get("status")
     if status == "paused":
         err.print(f"[yellow]paused:[/] {shown(state.get('stop_reason'))}", soft_wrap=True)
         raise typer.Exit(3)
     summary_file = run_dir / "summary.md"
     if summary_file.is_file():
-        # soft_wrap: a table row or a path longer than the console stays one line (a pipe's console is 200 wide)
-        out.print(printable(summary_file.read_text(errors="replace")), highlight=False, markup=False, soft_wrap=True)
+        # soft_wrap: a table row or a path longer than the console stays one line (a pipe's console is 200 wide);
+        # as text, without the escapes that keep summary.md's markdown inert (they read as noise here)
+        out.print(as_text(printable(summary_file.read_text(errors="replace"))), highlight=False, markup=False,
+                  soft_wrap=True)
     report = run_dir / "report" / "index.html"
     if report.is_file():
         out.print(f"report: {printable(str(report))}", highlight=False, markup=False, soft_wrap=True)

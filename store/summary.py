@@ -32,6 +32,15 @@ def _inert(text: str, limit: int = 600) -> str:
     return _MARKDOWN.sub(r"\\\1", text)
 
 
+_ESCAPED = re.compile(r"\\([\\`*_\[\]()!<>|#~])")
+
+
+def as_text(markdown: str) -> str:
+    """summary.md as a terminal shows it: the escapes ``_inert`` added taken out again (``-\\>``, ``\\(2 of 2\\)``
+    read as noise there), nothing else changed; control characters stay as ``printable`` made them visible."""
+    return _ESCAPED.sub(r"\1", markdown)
+
+
 def _failed(scored: dict[str, Any]) -> int:
     """Dev episodes a scored policy failed (its per-seed return is None)."""
     return sum(r is None for r in (scored.get("per_seed") or {}).values())

@@ -174,7 +174,7 @@ def test_a_long_reason_ends_at_a_word_and_the_printed_summary_keeps_each_row_on_
     its reason cut mid-word at 160 characters, losing what it said about the tests (a review, 2026-12-06)."""
     from cli.run_commands import _finish_line
     from envs.tasks import get_task
-    from store.summary import write_summary
+    from store.summary import as_text, write_summary
 
     words = " ".join(f"word{i}" for i in range(300))  # 2,690 characters
     start = {"commit": "0" * 40, "sha256": "a" * 64, "mean": 10.0, "per_seed": {}, "status": "complete"}
@@ -189,7 +189,8 @@ def test_a_long_reason_ends_at_a_word_and_the_printed_summary_keeps_each_row_on_
     assert reason.removesuffix(" …").split()[-1] in words.split()  # a whole word, not a cut one
     _finish_line(state, tmp_path)
     printed = capsys.readouterr().out.splitlines()
-    assert row in printed  # one line, as written, however narrow the console
+    assert as_text(row) in printed  # one line however narrow the console, as text: without markdown's escapes
+    assert "tests/test_scenarios_0002.py is not kept" in as_text(row) and "\\" not in as_text(row)
 
 
 def test_the_nearest_lines_hint_finds_the_block_and_its_work_does_not_grow_with_the_edit(monkeypatch):
