@@ -156,10 +156,13 @@ def resume_cmd(run_dir: Path = typer.Argument(..., help="A run directory or run 
 
     run_dir = find_run(run_dir)
     read_record(run_dir)
-    if run_status(run_dir) == "finished":  # said, rather than a summary reprinted as if it had just run
+    finished = run_status(run_dir) == "finished"
+    state = _execute(run_dir.resolve(), no_progress)
+    if finished:  # said, rather than a summary reprinted as if it had just run (after the run is read: a damaged
+        # checkpoint is one line, not this and then that)
         err.print(f"{printable(str(run_dir))} has finished: there is nothing to resume; its summary:", highlight=False,
                   markup=False, soft_wrap=True)
-    _finish_line(_execute(run_dir.resolve(), no_progress), run_dir.resolve())
+    _finish_line(state, run_dir.resolve())
 
 
 def replay_cmd(run_dir: Path = typer.Argument(..., help="The recorded run to replay: its directory or run id."),
