@@ -27,7 +27,8 @@ STAGE_WORDS = {"begin": "starting: workspace and first evaluation", "evaluate": 
                "check": "checking the edit (applies, parses, smoke episode)", "write_tests": "writing a regression test",
                "verify": "running the regression tests and scoring the candidate", "review": "reviewing",
                "commit": "committing the accepted edit", "roll_back": "rolling back", "remember": "remembering",
-               "finish": "finishing: holdout evaluation and summary", "pause": "pausing"}
+               "finish": "finishing: holdout evaluation (where the run has one) and summary", "pause": "pausing",
+               "analyse": "analysing the evaluation, the analysts side by side"}
 
 
 
@@ -38,9 +39,10 @@ class _RunTally:
         self.run_id = self.task = self.roles = ""
         self.budget: dict[str, Any] = {}
         self.iteration, self.best, self.latest = 0, None, None
-        self.env_steps, self.tokens, self.usd, self.unpriced_tokens = 0, 0, 0.0, 0
+        self.env_steps, self.tokens, self.usd, self.unpriced_tokens, self.estimated_tokens = 0, 0, 0.0, 0, 0
         self.elapsed_before, self.started = 0.0, time.monotonic()
         self.stage, self.role, self.activity = "starting", "", ""
+        self.analysts: list[str] = []  # the analyse nodes started since the stage became "analyse"
         self.verdict: dict[str, Any] | None = None
         self.warnings: list[str] = []
         self.call: dict[str, Any] | None = None  # the model call under way, as it streams
@@ -52,6 +54,7 @@ class _RunTally:
     def update(self, kind: str, f: dict[str, Any]) -> None:
         self.tokens, self.usd = f.get("tokens", self.tokens), f.get("usd", self.usd)
         self.unpriced_tokens = f.get("unpriced_tokens", self.unpriced_tokens)
+        self.estimated_tokens = f.get("estimated_tokens", self.estimated_tokens)
         if kind == "started":
             self.run_id, self.task, self.budget = f["run_id"], f["task"], f["budget"]
             self.roles = "offline roles" if f["offline"] else f"model {f['model']}"
@@ -63,13 +66,20 @@ class _RunTally:
                 self.verdict = f["history"][-1]
                 self.latest = self.verdict.get("mean_candidate")
         elif kind == "stage":
-            self.stage, self.role, self.activity, self.call, self.tool = f["node"], "", "", None, None
+            node, role = f["node"], ""
+            if node.startswith("analyse_"):  # the analysts run in parallel: one stage naming them all, not the
+                # last node's name beside the last role event of another (a real-model review, 2026-12-06)
+                self.analysts = (self.analysts if self.stage == "analyse" else []) + [node.removeprefix("analyse_")]
+                node, role = "analyse", ", ".join(self.analysts)
+            self.stage, self.role, self.activity, self.call, self.tool = node, role, "", None, None
         elif kind == "model_call":
             self.call = f
         elif kind == "iteration":
             self.iteration = f["iteration"]
         elif kind == "role":
-            self.role, self.call = f["role"], None
+            self.call = None
+            if self.stage != "analyse":  # there the stage already names every analyst in flight
+                self.role = f["role"]
         elif kind == "evaluating":
             self.activity = f"evaluating {f['policy']} on {f['seeds']} {f['split']} seeds"
         elif kind == "evaluated":
@@ -96,12 +106,18 @@ class _RunTally:
             self.tool = f
             self.activity = f"tool call {f['tool_calls']} of {f['max_tool_calls']}: {f['name']}"
 
+    def _estimated(self) -> str:
+        """How many of the tokens heurist estimated (the server gave no counts), in a few characters."""
+        if not self.estimated_tokens:
+            return ""
+        return " (est.)" if self.estimated_tokens >= self.tokens else f" ({self.estimated_tokens:,} est.)"
+
     def budget_line(self) -> str:
         """What was spent, each against its budget where there is one."""
         b = self.budget
         hours = b.get("hours")
         shown = [(f"{self.env_steps:,} env steps", b.get("env_steps") and f"{b['env_steps']:,}"),
-                 (f"{self.tokens:,} tokens", b.get("tokens") and f"{b['tokens']:,}"),
+                 (f"{self.tokens:,} tokens" + self._estimated(), b.get("tokens") and f"{b['tokens']:,}"),
                  (cost_text(self.usd, self.unpriced_tokens), b.get("usd") and f"${b['usd']:g}"),
                  (f"{self.elapsed_s() / 60:.1f} min", hours and f"{hours * 60:g} min")]
         return " · ".join(used + (f" of {limit}" if limit else "") for used, limit in shown)

@@ -17,7 +17,7 @@ from cli.console import clipped, err, out, say_skipped, say_stopped, shown
 from common import interrupts
 from common.errors import HeuristError
 from common.events import LedgerEvent
-from common.formatting import cost_text, score_text
+from common.formatting import cost_text, score_text, tokens_text
 from common.safe_text import printable
 from store.transcripts import TranscriptLine
 
@@ -314,7 +314,8 @@ def show_cmd(run_dir: Path = typer.Argument(..., help="A run directory or run id
             value = spent.get(name, 0)
             return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
-        out.print(f"spent: {int(count('env_steps')):,} env steps, {int(count('tokens')):,} tokens in "
+        out.print(f"spent: {int(count('env_steps')):,} env steps, "
+                  f"{tokens_text(int(count('tokens')), int(count('estimated_tokens')))} in "
                   f"{int(count('llm_calls'))} calls, {cost_text(count('usd'), int(count('unpriced_tokens')))}, "
                   f"{count('elapsed_s') / 60:.1f} min",
                   highlight=False)

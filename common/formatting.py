@@ -14,6 +14,16 @@ def score_text(value: float | None) -> str:
     return f"{value:.2f}"
 
 
+def tokens_text(tokens: int, estimated_tokens: int = 0) -> str:
+    """LLM tokens spent, saying how many heurist estimated (a server that streams without counts, as llama.cpp's
+    does): a total shown as if the server had counted it read as exact, and ran about a fifth low."""
+    text = f"{tokens:,} LLM tokens"
+    if not estimated_tokens:
+        return text
+    share = "all" if estimated_tokens >= tokens else f"{estimated_tokens:,}"
+    return f"{text} ({share} estimated from the text: the server gave no counts)"
+
+
 def cost_text(usd: float | None, unpriced_tokens: int = 0, digits: int = 4) -> str:
     """Money spent on models, never $0 for a model with no price: its tokens are named instead."""
     if usd is None or (not usd and unpriced_tokens):

@@ -38,7 +38,8 @@ def spent_by(s: Services, records: list[LedgerEvent]) -> Spent:
     env_steps = sum(steps_in(r) for r in records)
     elapsed = s.elapsed_before + (time.monotonic() - s.session_started)
     return {"env_steps": env_steps, "tokens": s.usage.tokens, "usd": round(s.usage.usd, 6),
-            "unpriced_tokens": s.usage.unpriced_tokens, "llm_calls": s.usage.calls, "elapsed_s": round(elapsed, 1)}
+            "unpriced_tokens": s.usage.unpriced_tokens, "estimated_tokens": s.usage.estimated_tokens,
+            "llm_calls": s.usage.calls, "elapsed_s": round(elapsed, 1)}
 
 
 def kept_tests(state: RunState) -> list[str]:

@@ -97,7 +97,8 @@ class Services:
         """Tell the live view what happens; every event carries the model budget spent so far."""
         if self.on_event is not None:
             self.on_event(kind, {**fields, "tokens": self.usage.tokens, "usd": self.usage.usd,
-                                 "unpriced_tokens": self.usage.unpriced_tokens})
+                                 "unpriced_tokens": self.usage.unpriced_tokens,
+                                 "estimated_tokens": self.usage.estimated_tokens})
 
     # ------------------------------------------------------------------ evaluation
 

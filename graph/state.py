@@ -91,6 +91,7 @@ class Spent(TypedDict):
     tokens: int
     usd: float  # of calls to priced models
     unpriced_tokens: NotRequired[int]  # tokens of models with no price (absent in runs made before it was counted)
+    estimated_tokens: NotRequired[int]  # of ``tokens``, those heurist estimated: the server gave no counts
     llm_calls: int
     elapsed_s: float
 

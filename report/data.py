@@ -121,9 +121,9 @@ class _CostClock:
         costs = sorted(call_costs(entries))
         self.times = [c[0] for c in costs]
         self.tokens, self.usd = [0], [0.0]
-        for _, tokens, usd, _unpriced in costs:
-            self.tokens.append(self.tokens[-1] + tokens)
-            self.usd.append(self.usd[-1] + usd)
+        for cost in costs:
+            self.tokens.append(self.tokens[-1] + cost.tokens)
+            self.usd.append(self.usd[-1] + cost.usd)
 
     def at(self, epoch: float) -> tuple[int, float]:
         i = bisect.bisect_right(self.times, epoch)

@@ -24,7 +24,7 @@ from pygments.lexers import DiffLexer, PythonLexer
 
 from common.errors import HeuristError
 from common.files import atomic_write
-from common.formatting import cost_text
+from common.formatting import cost_text, tokens_text
 from common.safe_text import printable, redact, secret_values
 from report.data import gather, inside_run
 from report.plots import compare_plot, complexity_plot, cost_axis, failure_plot, incomparable, score_plot
@@ -68,6 +68,9 @@ def _environment() -> Environment:
     env.filters["steps"] = lambda value: f"{int(value or 0):,}"
     # What a run spent on models: dollars, and the tokens of models with no price (never shown as $0).
     env.filters["cost"] = lambda spent, digits=4: cost_text(spent.get("usd", 0), spent.get("unpriced_tokens", 0), digits)
+    # And its tokens, saying how many heurist estimated where the server gave no counts.
+    env.filters["tokens"] = lambda spent: tokens_text(int(spent.get("tokens", 0) or 0),
+                                                      int(spent.get("estimated_tokens", 0) or 0))
     return env
 
 

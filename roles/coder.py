@@ -32,7 +32,7 @@ from common.safe_text import one_line
 from envs.contract import Tunable, read_tunables
 from memory.records import FixRecord, Recall
 from roles.base import Role, RoleContext
-from roles.coder_agent import CoderLoop, loop_key
+from roles.coder_agent import LOOP_ENDED, CoderLoop, loop_key
 from roles.edits import Edit, apply_edit
 from roles.stages import CoderInput, CoderOutput, gather
 
@@ -208,7 +208,10 @@ class Coder(Role[CoderInput, CoderOutput]):
         loop = CoderLoop(ctx, ctx.workbench, loop_key(data.attempt, data.branch), self.prompt_of("coder_agent.md"),
                          "\n\n".join([*self._brief(data), *focus, budget]), ctx.llm.takes_images(self.name))
         edit, reason, evidence = loop.run()
-        ctx.decide(f"the agent's loop ended: {reason}"[:500], **evidence)
+        # Submitted, the reason is the model's rationale; otherwise it already says how the loop ended (it read "the
+        # agent's loop ended: the loop ended (...)").
+        said = f"the agent's {reason}" if reason.startswith(LOOP_ENDED) else f"the agent submitted: {reason}"
+        ctx.decide(said[:500], **evidence)
         return CoderOutput(edit=edit, reason=reason, search=evidence)
 
     # ------------------------------------------------------------------ with a model: one call

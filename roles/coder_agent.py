@@ -45,6 +45,7 @@ from store.transcripts import AgentTurn, ToolRun
 Mode = Literal["tools", "json"]
 NUDGE = "Call one of the tools. When candidate.py is the edit you want, call submit."
 STUCK_AFTER = 3  # the same failing call this many times in a row ends the loop
+LOOP_ENDED = "the loop ended"  # how a reason says the loop stopped without a submission (roles.coder reads it)
 ToolRequest = tool_request_model()  # one tool call as a JSON object, for endpoints without `tools`
 
 
@@ -144,11 +145,11 @@ class CoderLoop(ToolBox):
                         target_seeds=st.submitted.target_seeds, target_kinds=st.submitted.target_kinds)
             return edit, st.submitted.rationale, evidence
         if st.best is not None:
-            why = (f"the loop ended ({stop}); its best scored candidate is proposed: mean {st.best.gain:+.3f} "
+            why = (f"{LOOP_ENDED} ({stop}); its best scored candidate is proposed: mean {st.best.gain:+.3f} "
                    f"over the incumbent on dev seeds {st.best.seeds}")
             edit = Edit(kind="search_replace", blocks=st.best.blocks, rationale=why, target_seeds=st.best.seeds)
             return edit, why, evidence
-        return None, f"the loop ended ({stop}) with no candidate scored above the incumbent", evidence
+        return None, f"{LOOP_ENDED} ({stop}) with no candidate scored above the incumbent", evidence
 
     # ------------------------------------------------------------------ model turns
 

@@ -148,9 +148,11 @@ def schema_note(schema: type[BaseModel]) -> str:
             + json.dumps(schema.model_json_schema(), separators=(",", ":")))
 
 
-def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseModel] | None) -> list[dict]:
+def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseModel] | None,
+                    keep_paths: bool = False) -> list[dict]:
     """The conversation as this endpoint can take it: images as text where it takes none, the schema in the
-    system message where the server is not given it (and "JSON" named, which json_object mode requires)."""
+    system message where the server is not given it (and "JSON" named, which json_object mode requires).
+    ``keep_paths``: each image part keeps heurist's note of its file, for the transcript of what was sent."""
     shaped = []
     for message in messages:
         content = message["content"]
@@ -158,7 +160,7 @@ def shaped_messages(messages: list[dict], caps: Capabilities, schema: type[BaseM
             content = "\n".join(part["text"] if part.get("type") == "text" else
                                 f"[an image, not shown to this model: {part.get('path', 'unnamed')}]"
                                 for part in content)
-        if isinstance(content, list):  # the path is heurist's note for the transcript, not part of the API
+        if isinstance(content, list) and not keep_paths:  # the path is heurist's note for the transcript, not the API's
             content = [{k: v for k, v in part.items() if k != "path"} for part in content]
         shaped.append({**message, "content": content})
     if caps.structured in ("json_object", "text") and schema is not None:  # a tool turn has no reply schema

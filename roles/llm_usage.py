@@ -49,10 +49,12 @@ class Usage:
     """
 
     def __init__(self, tokens: int = 0, usd: float = 0.0, calls: int = 0,
-                 max_tokens: int | None = None, max_usd: float | None = None, unpriced_tokens: int = 0):
+                 max_tokens: int | None = None, max_usd: float | None = None, unpriced_tokens: int = 0,
+                 estimated_tokens: int = 0):
         self._lock = threading.Lock()
         self.tokens, self.usd, self.calls = tokens, usd, calls
         self.unpriced_tokens = unpriced_tokens  # of models with no price: never counted as $0
+        self.estimated_tokens = estimated_tokens  # counted by heurist from the text: the server gave no counts
         self.max_tokens, self.max_usd = max_tokens, max_usd
         self._meters = threading.local()
 
@@ -72,11 +74,12 @@ class Usage:
         if self.max_usd is not None and self.usd >= self.max_usd:
             raise BudgetSpent(f"USD budget spent (${self.usd:.4f} of ${self.max_usd:.2f})")
 
-    def add(self, tokens: int, usd: float | None) -> None:
-        """One call's tokens and cost (None: its model has no price)."""
+    def add(self, tokens: int, usd: float | None, estimated: bool = False) -> None:
+        """One call's tokens and cost (None: its model has no price); ``estimated``: the server gave no counts."""
         meter = getattr(self._meters, "current", None)
         with self._lock:
             self.tokens += tokens
+            self.estimated_tokens += tokens if estimated else 0
             if usd is None:
                 self.unpriced_tokens += tokens
             else:

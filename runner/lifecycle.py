@@ -49,7 +49,8 @@ def usage_from_transcripts(recorder: TranscriptRecorder) -> Usage:
     """Tokens and dollars already spent, counted from the transcripts, which survive any crash."""
     costs = list(call_costs(recorder.read()))
     return Usage(sum(c.tokens for c in costs), sum(c.usd for c in costs), len(costs),
-                 unpriced_tokens=sum(c.unpriced_tokens for c in costs))
+                 unpriced_tokens=sum(c.unpriced_tokens for c in costs),
+                 estimated_tokens=sum(c.estimated_tokens for c in costs))
 
 
 def open_services(run_dir: Path, on_event: EventFn | None = None) -> tuple[Services, Nodes, RunRecord]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write
-from common.formatting import cost_text, finite_number, score_text
+from common.formatting import cost_text, finite_number, score_text, tokens_text
 from common.safe_text import printable, redact, redact_deep
 from envs.tasks import TaskSpec
 
@@ -110,7 +110,8 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
         lines += _control_lines(holdout.get("control"))
     spent = state.get("spent") or {}
     lines += [f"- Iterations: {summary['iterations']} ({summary['accepted']} accepted, {summary['rejected']} rejected).",
-              f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, {int(spent.get('tokens', 0)):,} LLM tokens, "
+              f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, "
+              f"{tokens_text(int(spent.get('tokens', 0)), int(spent.get('estimated_tokens', 0)))}, "
               f"{cost_text(spent.get('usd', 0), spent.get('unpriced_tokens', 0))}, "
               f"{spent.get('elapsed_s', 0) / 60:.1f} min.",
               f"- Best policy: {summary['best_policy']} (workspace commit {summary['best_commit'][:10]}, tag heurist-final)."]

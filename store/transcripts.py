@@ -69,7 +69,7 @@ class LLMCall(_Line):
     retry_in_s: float | None = None
     partial: str | None = None  # the text that arrived before an abandoned or broken stream ended
     tool_calls: list[dict[str, Any]] | None = None  # the tools the model called (the coder's agent)
-    tokens_estimated: bool | None = None  # the server gave no counts: about four characters a token
+    tokens_estimated: bool | None = None  # the server gave no counts: three characters a token (roles.llm)
     narrowed: str | None = None  # what heurist gave up of the endpoint after this refusal
 
 
@@ -246,6 +246,7 @@ class CallCost(NamedTuple):
     tokens: int
     usd: float  # of the priced calls
     unpriced_tokens: int  # tokens of a model with no price: reported as tokens, never as $0
+    estimated_tokens: int = 0  # tokens heurist estimated from the text: the server gave no counts
 
 
 def call_costs(lines: list[TranscriptLine]) -> Iterator[CallCost]:
@@ -254,7 +255,8 @@ def call_costs(lines: list[TranscriptLine]) -> Iterator[CallCost]:
         if isinstance(line, LLMCall) and line.prompt_tokens is not None:
             tokens = line.prompt_tokens + (line.completion_tokens or 0)
             unpriced = line.priced is False and not line.usd
-            yield CallCost(line.time, tokens, line.usd or 0.0, tokens if unpriced else 0)
+            yield CallCost(line.time, tokens, line.usd or 0.0, tokens if unpriced else 0,
+                           tokens if line.tokens_estimated else 0)
         elif isinstance(line, Parsed) and line.replayed:
             yield CallCost(line.time, line.tokens, line.usd, line.unpriced_tokens)
         elif isinstance(line, AgentTurn) and line.replayed:  # a replayed turn has no call line of its own

@@ -165,6 +165,11 @@ def test_images_a_chat_template_cannot_take_are_described_by_path(tmp_path):
     assert all("path" not in part for part in bodies[0]["messages"][0]["content"])  # heurist's note stays home
     assert [e.narrowed for e in transcript.entries() if e.kind == "llm_call"][:2] == [
         None, "images -> described by path in text"]
+    # Each call's transcript holds what that call sent (a real-model review, 2026-12-06, found the image recorded
+    # for calls that sent its path as text): the image by path while it went, the text after.
+    calls = [e for e in transcript.entries() if e.kind == "llm_call"]
+    assert calls[0].messages[0]["content"][1] == {"type": "image", "path": "/clips/7.png"}
+    assert calls[2].messages[0]["content"] == bodies[2]["messages"][0]["content"]
 
 
 def test_a_request_refused_as_invalid_is_not_retried_and_names_the_settings(tmp_path):
@@ -318,6 +323,33 @@ def test_the_live_view_shows_a_call_as_it_streams(tmp_path):
     shown = console.file.getvalue()
     assert "coder · attempt 1 ·" in shown and "tokens so far" in shown and "gives up after 2 s of silence" in shown
     assert "thinking" in shown  # the text as it arrived
+
+
+def test_the_live_view_names_every_analyst_in_flight_and_says_which_tokens_are_estimated():
+    """A real-model review (2026-12-06): the panel read "analyse video analyst · role log_parser" (the last node's
+    name beside another thread's role), and showed estimated tokens as counted."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from cli.live import LiveView
+
+    console = Console(file=StringIO(), width=200, force_terminal=False)
+    view = LiveView(console)
+    fields = {"tokens": 578, "usd": 0.0, "unpriced_tokens": 578, "estimated_tokens": 578}
+    for kind, more in (("stage", {"node": "evaluate"}), ("stage", {"node": "analyse_video_analyst"}),
+                       ("role", {"role": "video_analyst"}), ("stage", {"node": "analyse_log_parser"}),
+                       ("role", {"role": "log_parser"})):
+        view(kind, {**fields, **more})
+    console.print(view.render())
+    shown = " ".join(console.file.getvalue().split())
+    assert "analysing the evaluation, the analysts side by side · role video_analyst, log_parser" in shown, shown
+    assert "578 tokens (est.)" in shown
+    view("stage", {**fields, "node": "recall"})
+    view("role", {**fields, "role": "coder", "estimated_tokens": 500})
+    console.print(view.render())
+    shown = " ".join(console.file.getvalue().split())
+    assert "role coder" in shown and "578 tokens (500 est.)" in shown
 
 
 def test_a_resumed_session_marks_where_it_starts_in_each_transcript(tmp_path):
@@ -478,6 +510,27 @@ def test_a_servers_token_counts_that_are_no_counts_are_counted_from_the_text(tmp
     assert call.tokens_estimated and call.prompt_tokens >= 200 and call.completion_tokens > 0
     assert client.usage.tokens == call.prompt_tokens + call.completion_tokens
     assert math.isfinite(client.usage.usd) and client.usage.usd > 0
+    # Three characters a token, so the estimate errs over a budget (four ran 22% under a real tokenizer's count on
+    # code), and the run's totals say how much of them is estimated, here and after a resume (from the transcript).
+    assert call.prompt_tokens >= len(json.dumps([{"role": "user", "content": "judge " * 200}])) // 3
+    assert client.usage.estimated_tokens == client.usage.tokens
+    from runner.lifecycle import usage_from_transcripts
+    resumed = usage_from_transcripts(TranscriptRecorder(tmp_path))
+    assert (resumed.tokens, resumed.estimated_tokens) == (client.usage.tokens, client.usage.tokens)
+
+
+def test_estimated_tokens_are_said_to_be_estimated_wherever_totals_are_shown():
+    """A real-model review (2026-12-06): llama.cpp's server streams no counts, heurist estimated them, and the
+    summary, `heurist show`, the live panel and the report showed the totals as if counted."""
+    from common.formatting import tokens_text
+
+    assert tokens_text(23_212) == "23,212 LLM tokens"
+    assert tokens_text(23_212, 23_212) == "23,212 LLM tokens (all estimated from the text: the server gave no counts)"
+    assert tokens_text(23_212, 540) == "23,212 LLM tokens (540 estimated from the text: the server gave no counts)"
+    usage = Usage()
+    usage.add(100, 0.0)
+    usage.add(40, None, estimated=True)
+    assert (usage.tokens, usage.estimated_tokens, usage.unpriced_tokens) == (140, 40, 40)
 
 
 def test_a_stream_that_never_goes_silent_is_still_bounded(tmp_path, server, monkeypatch):
