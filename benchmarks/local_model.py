@@ -141,10 +141,11 @@ def run(port: int, iterations: int, checkout: Path, out: Path | None) -> dict:
                            base_url(port), "--model", MODEL_NAME, "--iterations", str(iterations), "--run-dir",
                            str(home / "run"), "--no-progress"], capture_output=True, text=True, env=env)
     wall = time.monotonic() - started
-    result = {"checkout": str(checkout), "exit": done.returncode, "wall_s": round(wall, 1),
+    result = {"checkout": str(checkout), "run_dir": str(home / "run"), "exit": done.returncode,
+              "wall_s": round(wall, 1),
               "doctor": [c for c in json.loads(doctor.stdout or "[]") if c["name"].startswith("LLM")]
               if doctor.stdout.startswith("[") else doctor.stderr[-500:],
-              **summarise(home / "run"), "stderr_tail": done.stderr[-1500:]}
+              **summarise(home / "run"), "stderr_tail": done.stderr[-6000:]}  # the rest: heurist show RUN_DIR
     print(json.dumps(result, indent=2))
     if out:
         out.write_text(json.dumps(result, indent=2))
@@ -166,11 +167,14 @@ def summarise(run_dir: Path) -> dict:
             role_s[role] += e.get("latency_s", 0.0)
             error = e.get("error") or ""
             outcomes["abandoned (silence)" if "no reply for" in error or "Timeout" in error else
+                     "interrupted (Ctrl-C)" if error.startswith("interrupted by Ctrl-C") else
                      "refused / narrowed" if e.get("narrowed") else "failed" if error else "answered"] += 1
             if e.get("narrowed"):
                 narrowed.append(e["narrowed"])
             tokens["prompt"] += e.get("prompt_tokens") or 0
             tokens["completion"] += e.get("completion_tokens") or 0
+            if e.get("tokens_estimated"):  # the server gave no counts: heurist's estimate (roles.llm)
+                tokens["estimated"] += (e.get("prompt_tokens") or 0) + (e.get("completion_tokens") or 0)
     times = [line["time"] for line in lines if line.get("event") in ("run_started", "iteration")]
     from datetime import datetime
 
