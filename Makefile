@@ -39,6 +39,7 @@ test-slow: setup
 
 benchmark: setup
 	.venv/bin/python benchmarks/eval_throughput.py
+	.venv/bin/python benchmarks/pair_floor.py
 	.venv/bin/python benchmarks/memory_speed.py
 	.venv/bin/python benchmarks/soak.py
 	.venv/bin/python benchmarks/campaign_scaling.py

@@ -34,3 +34,21 @@ def test_a_step_cost_below_zero_is_noise_and_the_ceiling_is_the_record_alone():
     per_round, per_step, ceiling = _read(line)
     assert per_step == pytest.approx(-0.8, abs=0.05) and "noise: read as 0" in line
     assert ceiling == pytest.approx(12.5 / 18.9, abs=0.005)
+
+
+def test_the_pair_floor_runs_the_same_episodes_as_the_bare_loop():
+    """benchmarks/pair_floor.py compares ways of running the same episodes: its floor (the policy in a forked process,
+    no bookkeeping) and heurist's unsandboxed pair take exactly the bare loop's steps, each episode to its end, at
+    a width that leaves episodes waiting and a width with slots never filled."""
+    from benchmarks.eval_throughput import bare_loop, with_dev_seeds
+    from benchmarks.pair_floor import floor_pair, heurist_pair, pinned
+    from envs.tasks import get_task
+    from policies import POLICY_DIR
+
+    spec = with_dev_seeds(get_task("CartPole-v1"), 5)
+    policy = POLICY_DIR / "cartpole_untuned.py"  # episodes of about 9 steps: the test takes a moment
+    steps, _ = bare_loop(spec, None, policy, spec.seeds.dev)
+    assert steps > 5
+    for width in (2, 8):
+        assert pinned(floor_pair, spec, policy, spec.seeds.dev, width)[0] == steps
+        assert pinned(heurist_pair, spec, policy, spec.seeds.dev, width)[0] == steps
