@@ -417,20 +417,37 @@ def _render(e: TranscriptLine, width: int) -> str:
     return f"• ERROR {clipped(e.error, width)}"
 
 
-def roles_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def roles_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+              config_file: Optional[Path] = typer.Option(None, "--config", help=(
+                  "A run config: its [stages] are loaded and checked as a run would, module:Class roles included, "
+                  "and each role says where the config places it."))) -> None:
     """Every role heurist can use, with its stage and where it comes from (built in or a plug-in)."""
-    from roles.registry import available
+    from roles.registry import RoleInfo, available, stage_roles
+    from store.config import build_config, load_config_file, merge
 
     roles = available()
+    placed: dict[str, str] = {}
+    if config_file is not None:  # a module:Class role could be checked nowhere but in `heurist graph` (a review)
+        data = load_config_file(config_file)
+        config = build_config(merge({"task": "CartPole-v1"}, data), str(config_file))
+        for stage, instances in stage_roles(config.stages).items():
+            for role in instances:
+                placed[role.name] = stage
+                cls = type(role)
+                roles.setdefault(role.name, RoleInfo(role.name, role.stage, f"module {cls.__module__}:{cls.__qualname__}",
+                                                     cls))
     if as_json:
-        print(json.dumps([{"name": r.name, "stage": r.stage, "source": r.source} for r in roles.values()]))
+        print(json.dumps([{"name": r.name, "stage": r.stage, "source": r.source}
+                          | ({"placed": placed.get(r.name)} if config_file is not None else {}) for r in roles.values()]))
         return
-    table = Table(title=f"{len(roles)} roles")
-    for column in ("role", "stage", "source", "what it does"):
+    table = Table(title=f"{len(roles)} roles" + (f", as {printable(str(config_file))} places them" if placed else ""))
+    columns = ("role", "stage", "source", *(("placed in",) if config_file is not None else ()), "what it does")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for r in roles.values():
         doc = (r.cls.__doc__ or sys.modules[r.cls.__module__].__doc__ or "").strip().splitlines()
-        table.add_row(r.name, r.stage, r.source, doc[0] if doc else "")
+        where = (placed.get(r.name, "-"),) if config_file is not None else ()
+        table.add_row(shown(r.name), r.stage, shown(r.source), *where, shown(doc[0]) if doc else "")
     out.print(table)
 
 

@@ -205,6 +205,23 @@ def test_role_given_as_module_path(monkeypatch):
         resolve("plugin_roles:Missing", "analyse")
 
 
+def test_roles_with_a_config_loads_and_checks_its_module_paths_and_says_where_each_goes(tmp_path, monkeypatch, capsys):
+    """A module:Class role could be checked only by `heurist graph --config` (a review, 2026-12-06): `heurist roles
+    --config` now loads the config's stages as a run would, lists such roles and says where each is placed."""
+    from cli.main import main
+
+    (tmp_path / "roles_here.py").write_text('from roles.log_parser import LogParser\n\n\nclass Counts(LogParser):\n'
+                                            '    """Counts."""\n    name = "counts_here"\n')
+    (tmp_path / "run.toml").write_text('[stages]\nanalyse = ["log_parser", "roles_here:Counts"]\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["heurist", "roles", "--config", str(tmp_path / "run.toml"), "--json"])
+    main()
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["counts_here"]["source"] == "module roles_here:Counts"
+    assert listed["counts_here"]["placed"] == "analyse" and listed["video_analyst"]["placed"] is None
+    assert listed["coder"]["placed"] == "code"
+
+
 def test_graph_topology_matches_the_snapshot():
     drawn = mermaid(RunConfig(task="CartPole-v1"))
     assert drawn == SNAPSHOT.read_text(), "the graph changed: review it, then `heurist graph > tests/snapshots/graph.mmd`"
