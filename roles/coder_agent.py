@@ -200,7 +200,8 @@ class CoderLoop(ToolBox):
                 messages.append({"role": "assistant", "content": turn.content or "(nothing)"})
             elif self.mode == "tools" and turn.mode == "tools":
                 messages.append({"role": "assistant", "content": turn.content or None, "tool_calls": [
-                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"],
+                                                                     "arguments": _echoable(c["arguments"])}}
                     for c in turn.tool_calls]})
                 answered = {r.call_id for r in runs}
                 messages += [{"role": "tool", "tool_call_id": c["id"],
@@ -299,6 +300,16 @@ def _unique_ids(calls: list[dict[str, str]], turn: int) -> list[dict[str, str]]:
         seen.add(call_id)
         out.append({**call, "id": call_id})
     return out
+
+
+def _echoable(arguments: str) -> str:
+    """A tool call's arguments as the conversation sends them back: as the model wrote them where they are a JSON
+    object, else ``{}`` (the call's result already says they could not be read). vLLM parses every earlier call's
+    arguments and fails the whole request on one cut off at the token limit, and so every later turn of the loop."""
+    try:
+        return arguments if isinstance(json.loads(arguments), dict) else "{}"
+    except (ValueError, TypeError, RecursionError):
+        return "{}"
 
 
 _TAGGED = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)

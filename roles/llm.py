@@ -247,7 +247,9 @@ class LLMClient:
                             max_tokens=(o and o.max_tokens) or c.max_tokens or (16384 if reasoning else 4096),
                             base_url=(o and o.base_url) or c.base_url, reasoning=reasoning,
                             reasoning_effort=(o and o.reasoning_effort) or c.reasoning_effort,
-                            timeout_s=(o and o.timeout_s) or c.timeout_s,
+                            # A reasoning model streams nothing while it thinks (minutes at a high effort on a long
+                            # prompt): 120 s of silence abandoned, billed and re-sent its calls (a review, 2026-12-06).
+                            timeout_s=(o and o.timeout_s) or c.timeout_s or (600.0 if reasoning else 120.0),
                             key=os.environ.get(o.api_key_env) if o and o.base_url and o.api_key_env else
                             None if o and o.base_url and o.base_url != c.base_url else self._key)
 
@@ -392,7 +394,7 @@ class LLMClient:
             try:
                 reply = self._send(transcript, s, now, request, attempt, ask)
             except _Refused as exc:
-                given_up = caps.narrow(str(exc), had_images, now.version)
+                given_up = caps.narrow(str(exc), had_images, now.version, had_tools=bool(tools))
                 self._record(transcript, s, attempt, messages, ask, billed=False, error=str(exc)[:500],
                              narrowed=given_up)
                 if given_up:
@@ -421,7 +423,7 @@ class LLMClient:
                 # it gives up only what its words name, or the images a text-only template fails on.
                 repeated = exc.server_error and last_error == last_server_error and " 500:" in f" {last_error}"
                 last_server_error = last_error if exc.server_error else None
-                given_up = caps.narrow(last_error, had_images, now.version) if repeated else None
+                given_up = caps.narrow(last_error, had_images, now.version, had_tools=bool(tools)) if repeated else None
                 if given_up:
                     self._record(transcript, s, attempt, messages, ask, billed=exc.billed, error=last_error,
                                  narrowed=given_up)
@@ -452,7 +454,7 @@ class LLMClient:
         request: dict[str, Any] = {"model": s.model, "messages": messages, caps.max_tokens_param: max_tokens}
         if caps.seed:  # a re-ask differs from the ask: a local server answers one request the same way each time
             request["seed"] = seed
-        if s.reasoning and s.reasoning_effort and caps.reasoning_effort:
+        if s.reasoning and s.reasoning_effort and caps.reasoning_effort and (caps.effort_with_tools or not tools):
             request["reasoning_effort"] = s.reasoning_effort
         if caps.temperature:
             # A re-ask runs warmer: a server that answered one way at this temperature may answer the same again.
@@ -586,6 +588,10 @@ class LLMClient:
         if exc.status_code in (401, 403):
             return _Fatal(f"{where} refused the key in ${self.config.api_key_env} ({message}); set a valid key")
         if exc.status_code == 404:
+            if "v1/responses" in message:  # gpt-5-codex, gpt-5-pro, o3-pro: served by the Responses API alone
+                return _Fatal(f"{s.model!r} is served only by the Responses API ({message}), and heurist calls chat "
+                              f"completions; choose a model chat completions serve in llm.model (gpt-5, gpt-5-mini, "
+                              f"gpt-4.1)")
             return _Fatal(f"{where} has no model {s.model!r} or no chat completions there ({message}); check "
                           f"llm.model and llm.base_url (`heurist doctor` tries them)")
         if exc.status_code in (408, 409) or (exc.status_code >= 500 and not looks_invalid(message)):

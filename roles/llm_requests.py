@@ -26,7 +26,9 @@ from common.paths import heurist_home
 from common.safe_text import without_url_passwords
 
 StructuredMode = Literal["json_schema", "json_object_schema", "json_object", "text"]
-# Strongest first: the server enforces the schema, then is given it, then is asked for JSON, then nothing.
+# Strongest first: the server is given the schema to follow (OpenAI's json_schema without `strict`, which holds
+# the model to it as far as the model goes: heurist validates every reply and asks again), then is given it as a
+# plain key, then is asked for JSON, then nothing.
 MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object_schema", "json_object", "text")
 
 # OpenAI's reasoning models by name: the gpt-5 family and the o-series, less the chat variants
@@ -48,15 +50,22 @@ _NAMES = {
     # Renamed only where the server says the parameter is not taken ("too large" is about its value).
     "max_tokens": ("use 'max_completion_tokens'", "use max_completion_tokens", "'max_tokens' is not supported",
                    "unsupported parameter: 'max_tokens'"),
-    "tools": ("'tools'", '"tools"', "tool_choice", "tool calling", "function calling", "tools are not supported",
-              "does not support tools", "tool calls are not supported"),
+    # vLLM started without --enable-auto-tool-choice ('"auto" tool choice requires ...'), llama.cpp without --jinja
+    # ("tools param requires --jinja flag"): the coder's agent then asks for each tool call as JSON.
+    "tools": ("'tools'", '"tools"', "tool_choice", "tool choice", "tools param", "tool calling", "function calling",
+              "tools are not supported", "does not support tools", "tool calls are not supported"),
     "structured": ("response_format", "json_schema", "json_object", "schema"),
     "images": ("image", "image_url", "multimodal", "vision"),
     "stream": (),  # matched as a whole word below: "upstream" is not a refusal of streaming
 }
-# Words of a server error that is the request's fault, not a passing fault of the server.
+# Words of a server error that is the request's fault, not a passing fault of the server ("requires --": a server
+# started without the flag a feature needs, as llama.cpp's 500 "tools param requires --jinja flag").
 _INVALID_WORDS = ("validation error", "invalid", "unsupported", "not supported", "unrecognized", "unknown parameter",
-                  "extra inputs are not permitted", "does not support", "response_format")
+                  "extra inputs are not permitted", "does not support", "response_format", "requires --")
+# Words of a refusal that is about the request's size, not its images: no image is given up for them (a context
+# length or a max_tokens too large turned images off for the rest of a run).
+_NOT_IMAGES = ("context length", "context_length", "maximum context", "context window", "too long", "too large",
+               "max_tokens", "max_completion_tokens", "maximum length", "too many tokens")
 
 
 # Features given up by switching them off, and what the transcript says of it.
@@ -81,6 +90,7 @@ class Capabilities:
     seed: bool = True
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     reasoning_effort: bool = True  # sent where the role sets one
+    effort_with_tools: bool = True  # sent beside `tools` too (gpt-5.4 and later refuse the two together there)
     tools: bool = True  # chat completions `tools`; without them the coder's agent asks for each tool call as JSON
     fixed: frozenset[str] = frozenset()  # features the config fixed: never narrowed
     version: int = 0  # grows with each narrowing: a refusal of an older version is not narrowed again
@@ -91,15 +101,21 @@ class Capabilities:
         with self._lock:
             return replace(self, _lock=threading.Lock())
 
-    def narrow(self, message: str, had_images: bool, seen: int, guess_images: bool = True) -> str | None:
+    def narrow(self, message: str, had_images: bool, seen: int, guess_images: bool = True,
+               had_tools: bool = False) -> str | None:
         """Give up the feature a refusal names; what was given up, or None. A refusal of a request built
         before another call narrowed (``seen`` < ``version``) gives nothing up: it is sent again as it is now.
-        ``guess_images``: a refusal that names nothing is taken for the images' when the request had some."""
+        ``guess_images``: a refusal that names nothing is taken for the images' when the request had some, unless
+        its words are about the request's size. ``had_tools``: a refusal of the reasoning effort beside tools gives
+        up the effort on tool turns only (gpt-5.4's "Function tools with reasoning_effort are not supported")."""
         text = message.lower()
         named = [f for f, words in _NAMES.items() if any(w in text for w in words)]
         if re.search(r"\bstream\b(?!_)", text):
             named.append("stream")
-        order = named or (("images",) if had_images and guess_images else ())
+        if "reasoning_effort" in named and had_tools and self.effort_with_tools:
+            named = ["effort_with_tools"]  # before "tools", which the same words name: the tools stay
+        guess = had_images and guess_images and not any(w in text for w in _NOT_IMAGES)
+        order = named or (("images",) if guess else ())
         with self._lock:
             if seen < self.version:
                 return "nothing: another call narrowed first; sent again as it is now"
@@ -117,6 +133,9 @@ class Capabilities:
             before = self.structured
             self.structured = MODES[MODES.index(before) + 1]
             return f"structured output {before} -> {self.structured}"
+        if feature == "effort_with_tools" and self.effort_with_tools and self.reasoning_effort:
+            self.effort_with_tools = False
+            return "reasoning_effort -> not sent with tools (the model's default on tool turns)"
         if feature == "images" and self.images and had_images:
             self.images = False
             return "images -> described by path in text"

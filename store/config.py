@@ -116,9 +116,11 @@ class LLMConfig(Settings):
                                                      "its name: gpt-5*, o1/o3/o4*, except *-chat*).")
     reasoning_effort: ReasoningEffort | None = Field(None, description="Sent to reasoning models only (default: "
                                                                        "the model's own).")
-    timeout_s: float = Field(120.0, gt=0, description="Seconds of silence from the server before a call is "
-                                                       "abandoned (keep-alive bytes are silence too: after twice "
-                                                       "this); a streamed reply that keeps coming is never cut off.")
+    timeout_s: float | None = Field(None, gt=0, description="Seconds of silence from the server before a call is "
+                                                              "abandoned (keep-alive bytes are silence too: after "
+                                                              "twice this); a streamed reply that keeps coming is "
+                                                              "never cut off (default 120; 600 for a reasoning model, "
+                                                              "which streams nothing while it thinks).")
     structured_mode: Literal["auto", "json_schema", "json_object_schema", "json_object", "text"] = Field(
         "auto", description="How replies are held to their schema: auto starts at json_schema and steps down when "
                             "the server refuses it (json_object_schema is llama.cpp's); a fixed mode never changes.")

@@ -411,3 +411,13 @@ def test_the_scenario_tool_replays_a_saved_failure_on_the_incumbent_and_on_the_c
     counted = [r for r in records if r["event"] == "scenario_steps" and r["where"] == "the coder's scenario tool"]
     window = len(load_scenario(run_dir / "scenarios", name).actions)
     assert [r["env_steps"] for r in counted] == [window, 2 * window]  # fell where it fell; balanced as long again
+
+
+def test_a_tool_call_cut_off_mid_arguments_goes_back_to_the_server_as_an_empty_object():
+    """vLLM parses every earlier tool call's arguments in the conversation and fails the whole request on one that is
+    no JSON (a reply cut off at the token limit), so every later turn of the loop failed (a review, 2026-12-06)."""
+    from roles.coder_agent import _echoable
+
+    assert _echoable('{"seeds": [0, 1]}') == '{"seeds": [0, 1]}'  # as the model wrote it
+    assert _echoable('{"blocks": [{"search": "x = 1", "rep') == "{}"
+    assert _echoable("[1, 2]") == "{}" and _echoable("") == "{}" and _echoable("[" * 100_000) == "{}"

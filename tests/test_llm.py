@@ -707,3 +707,55 @@ def test_content_as_text_parts_and_arguments_as_an_object_are_taken_as_what_they
     assert [(c["name"], json.loads(c["arguments"])) for c in reply.tool_calls] == [("read_file", {"path": "."})]
     assert reply.content == ("looking" if variant == "text parts" else "")
 
+
+
+def test_refusals_from_real_servers_give_up_what_they_name_and_no_more():
+    """From a review against the servers' own words (2026-12-06): vLLM without its tool flags and llama.cpp without
+    --jinja refuse `tools` in words heurist did not read (the coder failed instead of asking for each call as JSON;
+    llama.cpp's 500 was retried as a passing fault); a context-length or max_tokens refusal turned images off for
+    the rest of a run; gpt-5.4 and later refuse reasoning_effort beside tools, which took the effort off every call."""
+    from roles.llm_requests import Capabilities, looks_invalid
+
+    vllm = '400: "auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+    assert Capabilities().narrow(vllm, False, 0).startswith("tools -> ")
+    llama = "500: tools param requires --jinja flag"
+    assert looks_invalid(llama) and Capabilities().narrow(llama, True, 0).startswith("tools -> ")
+    for size in ("400: This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                 "130000 tokens", "400: max_tokens is too large: 40000. This model supports at most 16384"):
+        caps = Capabilities()
+        assert caps.narrow(size, True, 0) is None and caps.images, size
+    template = '500: can only concatenate str (not "list") to str'  # names nothing: still the images' (llama-cpp)
+    assert Capabilities().narrow(template, True, 0) == "images -> described by path in text"
+    effort = ("400: Function tools with reasoning_effort are not supported for gpt-5.5 in /v1/chat/completions. "
+              "Please use /v1/responses instead.")
+    caps = Capabilities()
+    assert caps.narrow(effort, False, 0, had_tools=True).startswith("reasoning_effort -> not sent with tools")
+    assert caps.reasoning_effort and caps.tools and not caps.effort_with_tools
+    assert Capabilities().narrow("400: Unsupported parameter: 'reasoning_effort'", False, 0) == \
+        "reasoning_effort -> the model's default"
+
+    openai_api = {"base_url": "https://api.openai.com/v1"}  # no key needed: nothing is sent
+    client = LLMClient(LLMConfig(model="gpt-5.5", reasoning_effort="low", **openai_api), Usage())
+    s = client.settings_for("coder")
+    tool = [{"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}}]
+    assert client._request(s, caps, [], None, 100, 0, tools=tool).get("reasoning_effort") is None
+    assert client._request(s, caps, [], Answer, 100, 0)["reasoning_effort"] == "low"  # calls without tools keep it
+    # A reasoning model streams nothing while it thinks: its silence allowed is 600 s unless the config says.
+    assert s.timeout_s == 600 and client.settings_for("x").timeout_s == 600
+    assert LLMClient(LLMConfig(model="gpt-4.1", **openai_api), Usage()).settings_for("coder").timeout_s == 120
+    assert LLMClient(LLMConfig(model="gpt-5.5", timeout_s=30, **openai_api), Usage()).settings_for("c").timeout_s == 30
+
+
+def test_a_model_served_only_by_the_responses_api_is_one_line_that_says_so(tmp_path):
+    """gpt-5-codex, gpt-5-pro and o3-pro answer chat completions with a 404 naming v1/responses: the line says heurist
+    calls chat completions and what to choose, not that the model may not exist (a review, 2026-12-06)."""
+    with ScriptedOpenAI() as server:
+        client = local_client(server, model="gpt-5-codex")
+        server.queue({"status": 404, "json": {"error": {
+            "message": "This model is only supported in v1/responses and not in v1/chat/completions.",
+            "type": "invalid_request_error"}}})
+        with pytest.raises(LLMError, match=r"'gpt-5-codex' is served only by the Responses API .* heurist calls "
+                                           r"chat completions; choose a model chat completions serve in llm.model"):
+            client.structured(TranscriptRecorder(tmp_path).for_role(1, "coder"), [{"role": "user", "content": "x"}],
+                              Answer)
+        assert len(chat_calls(server)) == 1  # not retried
