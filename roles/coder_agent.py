@@ -20,6 +20,7 @@ above the incumbent, if any.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -200,11 +201,11 @@ class CoderLoop(ToolBox):
                 messages.append({"role": "assistant", "content": turn.content or "(nothing)"})
             elif self.mode == "tools" and turn.mode == "tools":
                 messages.append({"role": "assistant", "content": turn.content or None, "tool_calls": [
-                    {"id": c["id"], "type": "function", "function": {"name": c["name"],
-                                                                     "arguments": _echoable(c["arguments"])}}
+                    {"id": _call_id(c["id"]), "type": "function", "function": {"name": c["name"],
+                                                                               "arguments": _echoable(c["arguments"])}}
                     for c in turn.tool_calls]})
                 answered = {r.call_id for r in runs}
-                messages += [{"role": "tool", "tool_call_id": c["id"],
+                messages += [{"role": "tool", "tool_call_id": _call_id(c["id"]),
                               "content": self.runs[(turn.turn, c["id"])].result if c["id"] in answered else
                               "not run: the loop ended before this call"} for c in turn.tool_calls]
             else:
@@ -300,6 +301,15 @@ def _unique_ids(calls: list[dict[str, str]], turn: int) -> list[dict[str, str]]:
         seen.add(call_id)
         out.append({**call, "id": call_id})
     return out
+
+
+def _call_id(call_id: str) -> str:
+    """A tool call's id as the conversation sends it back: as the server gave it, or, past the 40 characters OpenAI
+    takes (vLLM's are 46), a short id made from it, the same for the call and its result. A loop journalled against
+    one server goes on against another after a resume."""
+    if len(call_id) <= 40:
+        return call_id
+    return "call_" + hashlib.sha256(call_id.encode()).hexdigest()[:32]
 
 
 def _echoable(arguments: str) -> str:

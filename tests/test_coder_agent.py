@@ -421,3 +421,13 @@ def test_a_tool_call_cut_off_mid_arguments_goes_back_to_the_server_as_an_empty_o
     assert _echoable('{"seeds": [0, 1]}') == '{"seeds": [0, 1]}'  # as the model wrote it
     assert _echoable('{"blocks": [{"search": "x = 1", "rep') == "{}"
     assert _echoable("[1, 2]") == "{}" and _echoable("") == "{}" and _echoable("[" * 100_000) == "{}"
+
+
+def test_a_tool_call_id_past_openais_40_characters_goes_back_short_and_the_same_for_its_result():
+    """vLLM's ids are 46 characters, OpenAI refuses ids past 40: a loop journalled against one and resumed against the
+    other sent them back as they were (a review, 2026-12-06)."""
+    from roles.coder_agent import _call_id
+
+    vllm = "chatcmpl-tool-" + "a" * 32
+    assert _call_id("call_abc") == "call_abc" and len(_call_id(vllm)) <= 40
+    assert _call_id(vllm) == _call_id(vllm) != _call_id(vllm[:-1] + "b")
