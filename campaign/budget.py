@@ -2,8 +2,9 @@
 
 A run's share of each kind is what is left (the budget, less what ended runs spent and what runs
 in flight were given) divided by the runs not yet started. Runs in flight count at their whole
-share, so whatever they spend, the runs together stay within the budget; a run that ends under
-its share leaves the rest to the runs after it. What a run spent is counted from what survives
+share, so the runs' iterations stay within the budget (a run's holdout and control evaluations at its end come
+after its budget stops it, and are counted in what it spent, not held to its share: docs/campaigns.md); a run
+that ends under its share leaves the rest to the runs after it. What a run spent is counted from what survives
 a kill: env steps from its ledger, tokens and dollars from its transcripts.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.plan import CampaignBudget
-from common.events import read_events, steps_in
+from common.events import IterationDone, RunStarted, read_events, steps_in
 from common.ledger import Ledger
 from store.transcripts import TranscriptRecorder, call_costs
 
@@ -28,6 +29,21 @@ def run_spent(run_dir: Path) -> dict[str, float | int]:
         env_steps = sum(steps_in(r) for r in records)  # as the run counts its own (graph.bookkeeping.spent_by)
     costs = list(call_costs(TranscriptRecorder(run_dir).read())) if (run_dir / "transcripts").is_dir() else []
     return {"env_steps": env_steps, "tokens": sum(c.tokens for c in costs), "usd": round(sum(c.usd for c in costs), 6)}
+
+
+def run_best(run_dir: Path) -> float | None:
+    """A run's best dev mean so far, from its own ledger: its last iteration's incumbent, else its start's (what
+    `heurist runs` shows). None where it has scored nothing yet."""
+    if not (run_dir / "ledger.jsonl").is_file():
+        return None
+    records = read_events(Ledger(run_dir / "ledger.jsonl"))[0]
+    iterations = [r for r in records if isinstance(r, IterationDone)]
+    if iterations:
+        return iterations[-1].mean_after
+    started = next((r for r in records if isinstance(r, RunStarted)), None)
+    start = started.start if started is not None and isinstance(started.start, dict) else {}
+    mean = start.get("mean")
+    return float(mean) if isinstance(mean, (int, float)) and not isinstance(mean, bool) else None
 
 
 def share(budget: CampaignBudget, ended: list[dict[str, Any]], in_flight: list[dict[str, Any]],

@@ -53,6 +53,17 @@ from store.wandb_log import by_index, log_scalars
 
 POLL_S = 1.0  # how often the driver looks for a stop request while runs are in flight
 STOP_GRACE_S = 60.0  # how long a stopped run has to record its interruption before it is killed
+def _first_sentence(text: str, most: int) -> str:
+    """Ray's words for a lost task, to its first sentence and at most ``most`` characters, ended at a word: they go on
+    about how to debug Ray, and were cut mid-word ("use `ray; it starts again ...")."""
+    end = text.find(". ")
+    text = text[:end + 1] if 0 < end < most else text
+    if len(text) > most:
+        cut = text[:most]
+        text = (cut[:cut.rindex(" ")] if " " in cut[most // 2:] else cut) + " ..."
+    return text
+
+
 AGAIN = ("lost", "stopped")  # ends after which a run starts again (a lost node; a stopped campaign resumed)
 LOCK_WAIT_S = 120.0  # how long a run started again waits for its last process to let go of its lock
 
@@ -359,7 +370,8 @@ class Driver:
         attempts = self._attempts(key)
         if attempts >= record.spec.max_attempts:
             self._record_end(Flight(key, attempts, allotment), "failed",
-                             f"lost {attempts} times (max_attempts); `heurist resume {run_dir}` continues it by hand, "
+                             f"lost {attempts} time{'s' if attempts != 1 else ''} (max_attempts); `heurist resume "
+                             f"{run_dir}` continues it by hand, "
                              f"outside the campaign's budget")
             return True
         attempt = launched[key].attempt + 1 if key in launched else 1
@@ -411,7 +423,7 @@ class Driver:
         except ray.exceptions.TaskCancelledError:
             lost = "stopped"
         except ray.exceptions.RayError as exc:  # the node, the worker or the task itself was lost
-            lost = f"{type(exc).__name__}: {redact(' '.join(str(exc).split())[:300])}"
+            lost = f"{type(exc).__name__}: {_first_sentence(redact(' '.join(str(exc).split())), 300)}"
         run_dir = self.campaign.run_dir(flight.key)
         status = run_status(run_dir)
         if status in ("finished", "paused"):  # its own ledger says it ended, whatever happened to the task after

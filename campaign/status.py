@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from campaign.budget import run_spent
+from campaign.budget import run_best, run_spent
 from campaign.engine import AGAIN
 from campaign.record import CampaignDir, CampaignEnded, RunEnded, RunLaunched
 from store.rundir import run_status
@@ -17,6 +17,7 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
     record = campaign.record()
     events, unreadable = campaign.events_read()
     rows = []
+    driven = campaign.driven()
     for planned in record.runs:
         attempts = sum(1 for e in events if isinstance(e, RunLaunched) and e.key == planned.key)
         ends = [e for e in events if isinstance(e, RunEnded) and e.key == planned.key]
@@ -26,19 +27,26 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
         final = ends[-1] if ends and ends[-1].status not in AGAIN else None
         if not inside:
             status, reason, best = "not read", "its folder is a link out of the campaign", None
-        elif final is not None:
-            status, reason, best = final.status, final.reason, final.best_mean
+        elif final is not None:  # a run failed or cut off still has the best its own records show
+            status, reason = final.status, final.reason
+            best = final.best_mean if final.best_mean is not None else run_best(run_dir)
         elif attempts:
             live = run_status(run_dir) if run_dir.exists() else "created"
-            status = "running" if live == "running" else f"{ends[-1].status if ends else 'stopped'} (resume it)"
-            reason, best = (ends[-1].reason if ends else None), None
+            last = ends[-1].status if ends else "stopped"
+            if live == "running":
+                status = "running"
+            elif driven:  # the driver holds the campaign and starts it again itself (it read "resume it")
+                status = f"{last}; the driver starts it again"
+            else:
+                status = f"{last} (resume it)"
+            reason, best = (ends[-1].reason if ends else None), run_best(run_dir)
         else:
             status, reason, best = "not started", None, None
         rows.append({"key": planned.key, "task": planned.task, "status": status, "attempts": attempts,
                      "env_steps": int(spent["env_steps"]), "tokens": int(spent["tokens"]), "usd": spent["usd"],
                      "best_mean": best, "reason": reason})
     ended = [e for e in events if isinstance(e, CampaignEnded)]
-    if campaign.driven():
+    if driven:
         state = "running"
     elif ended and not any(isinstance(e, RunLaunched) for e in events[events.index(ended[-1]):]):
         state = ended[-1].status

@@ -33,13 +33,47 @@ def _drive(directory: Path, address: Optional[str], max_concurrent: Optional[int
     with driver.campaign.driving():
         driver.campaign.clear_stop()  # a stop asked of an earlier driver is not one asked of this one
         status = driver.run()
-    out.print(f"campaign {status}: {printable(str(directory))}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"campaign {status}: {printable(str(directory))} ({_runs_by_status(directory)})", highlight=False,
+              markup=False, soft_wrap=True)
     out.print(f"status: heurist campaign status {printable(str(directory))}",
               highlight=False, markup=False, soft_wrap=True)
     from common import interrupts
 
     if interrupts.received.is_set():  # stopped by Ctrl-C, SIGTERM or SIGHUP: said as every command says it
         raise typer.Exit(interrupts.exit_code())
+
+
+def _runs_by_status(directory: Path) -> str:
+    """The runs by where they stand, in a few words ("2 runs: 1 finished, 1 failed"): "campaign finished" alone hid
+    a failed run."""
+    from collections import Counter
+
+    from campaign.status import campaign_status
+
+    rows, _ = campaign_status(directory)
+    counts = Counter(row["status"] for row in rows)
+    return f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def _undo_refused_start(directory: Path, made: bool) -> None:
+    """A start the driver refused before anything ran (no node with the CPUs a run asks, say) leaves no folder:
+    left, it blocked the same start with a corrected file ("already exists"), and a resume replayed the refused
+    file. Only a folder whose ledger holds nothing is removed; a folder given empty is left empty."""
+    import shutil
+
+    from campaign.record import CampaignDir
+
+    events, unreadable = CampaignDir(directory).events_read()
+    if events or unreadable:
+        return
+    if made:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 @campaign_app.command("start")
@@ -70,11 +104,16 @@ def start_cmd(
         runs = [r.model_copy(update={"config": merge(r.config, {"memory": {"url": memory_url}})}) for r in runs]
     if directory is None:
         directory = heurist_home() / "campaigns" / f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    made = not directory.exists()
     CampaignDir.create(directory, file, spec, runs, memory_server=served)
     _say_which_runs_are_offline(runs)
     err.print(f"campaign directory: {printable(str(directory.resolve()))} ({len(runs)} runs)",
               highlight=False, markup=False, soft_wrap=True)
-    _drive(directory.resolve(), address, max_concurrent)
+    try:
+        _drive(directory.resolve(), address, max_concurrent)
+    except HeuristError:
+        _undo_refused_start(directory, made)
+        raise
 
 
 def _say_which_runs_are_offline(runs) -> None:
@@ -97,7 +136,15 @@ def resume_cmd(
     """Go on with a stopped or killed campaign: runs not ended start (again) from their checkpoints."""
     from campaign.record import CampaignDir
 
+    from campaign.status import campaign_status
+
     CampaignDir(directory).record()  # not a campaign: one line, before Ray starts
+    rows, summary = campaign_status(directory)
+    if rows and summary["ended"] == summary["runs"] and not summary["state"].startswith(("running", "stopped")):
+        # As `heurist resume` of a finished run: said, not a Ray started and two ledger lines written for nothing.
+        out.print(f"campaign {shown(summary['state'])}: {printable(str(directory))} ({_runs_by_status(directory)}); "
+                  f"nothing to resume", highlight=False, markup=False, soft_wrap=True)
+        return
     _drive(directory.resolve(), address, max_concurrent)
 
 

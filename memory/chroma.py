@@ -127,8 +127,11 @@ def http_client(url: str):
     if "client" not in made:
         exc = made.get("error")
         why = f"{type(exc).__name__}: {exc}" if exc is not None else f"no answer in {SERVER_TIMEOUT_S:g} s"
-        raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({why}); start it (`chroma run --path DIR`) "
-                               f"or drop --memory-url")
+        # The URL may be the user's (--memory-url, memory.url) or a run's own record (a campaign's run, served by its
+        # campaign, resumed by hand): both ways out are said.
+        raise MemoryStoreError(f"cannot reach the Chroma server at {url} ({why}); start it there (`chroma run --path "
+                               f"DIR --host {parsed.hostname} --port {port}`, for a campaign's run DIR is the "
+                               f"campaign's memory folder), or give the run another memory (--memory-url, memory.url)")
     client = made["client"]
     bound_session(client, url)
     return client

@@ -66,6 +66,9 @@ class RunCurve:
     holdout_differs: bool = False  # from its control, on seeds no model saw: the policy tells the holdout's apart
     holdout_failed: int = 0  # holdout episodes that failed: its mean is over the others
     recorded: tuple[str, str, tuple[int, ...]] | None = None  # the task, protocol and dev seeds its ledger says it ran
+    # Every env step its ledger counts, the holdout and control evaluations at its end included, as `heurist campaign
+    # status` and the run's summary count them (the curve's last point is its last iteration's).
+    total_steps: int = 0
 
     def add(self, env_steps: int, tokens: int, usd: float, best: float) -> None:
         self.env_steps.append(env_steps)
@@ -124,6 +127,7 @@ def run_curve(run_dir: Path | None, key: str, task: str, repeat: int, status: st
             curve.holdout_differs = isinstance(control, dict) and control.get("differs") is True
             failed = event.holdout.get("episodes_failed")
             curve.holdout_failed = failed if isinstance(failed, int) and not isinstance(failed, bool) and failed > 0 else 0
+    curve.total_steps = steps
     return curve
 
 

@@ -254,8 +254,13 @@ def test_a_campaign_on_the_embedded_ray_stops_resumes_and_ends_every_run(home):
         assert lost_or_repeated(directory / "runs" / key, directory / "memory", 3) == []
         config = json.loads((directory / "runs" / key / "run.json").read_text())["config"]
         assert config["budget"]["env_steps"] <= 200_000  # its share of the campaign's 400,000
+    assert f"campaign finished: {directory} (2 runs: 2 finished)" in again.stdout, again.stdout
     status = heurist(env, "campaign", "status", directory)
     assert status.returncode == 0 and status.stdout.count("finished") >= 2 and "2 of 2 runs ended" in status.stdout
+    lines = (directory / "ledger.jsonl").read_text()
+    ended = heurist(env, "campaign", "resume", directory)  # said, with no Ray started and nothing written
+    assert ended.returncode == 0 and "nothing to resume" in ended.stdout and "(2 runs: 2 finished)" in ended.stdout
+    assert (directory / "ledger.jsonl").read_text() == lines
     # TensorBoard: each run's scalars, CleanRL's names, one point per iteration; the campaign's, one per ended run.
     for key in final:
         returns = _scalars(directory / "runs" / key / "tensorboard")["charts/episodic_return"]
@@ -281,6 +286,17 @@ def test_a_cluster_address_nothing_answers_on_is_one_line(home):
     done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", "--address", "127.0.0.1:1", timeout=120)
     assert done.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in done.stderr, done.stderr[-2000:]
     assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp / "camp").exists()
+
+
+def test_a_start_refused_before_any_run_leaves_no_folder_to_block_the_corrected_one(home):
+    """A review on a real cluster (2026-12-06): a start refused for want of a node with the CPUs a run asks left its
+    folder, so the same command with the file corrected was refused as "already exists", and a resume replayed
+    the refused file. A folder made by the start goes; one given empty is left empty."""
+    tmp, env = home
+    path = _campaign_file(tmp, 'name = "big"\ntasks = ["CartPole-v1"]\n[resources]\ncpus_per_run = 64\n')
+    done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", timeout=180)
+    assert done.returncode == 2 and "no node of the Ray cluster has 64 CPUs for a run" in done.stderr, done.stderr
     assert not (tmp / "camp").exists()
 
 
@@ -923,3 +939,14 @@ def _stop_a_run_by_the_marker(home, monkeypatch) -> None:
     log = (run_dir / "campaign-task.log").read_text()
     assert outcome["stopped"] and outcome["returncode"] == 130, (outcome, log[-2000:])
     assert "interrupted; nothing recorded is lost" in log, log[-2000:]
+
+
+def test_status_shows_a_runs_best_dev_mean_from_its_own_ledger_whatever_its_end(llm_run, tmp_path):
+    """A review on a real cluster (2026-12-06): `campaign status` showed "-" for the best dev mean of every run not
+    finished (lost, stopped, failed), even after seven iterations at 500; the run's own ledger says it."""
+    from campaign.budget import run_best
+    from common.events import IterationDone, read_events
+
+    iterations = [r for r in read_events(Ledger(llm_run.run_dir / "ledger.jsonl"))[0] if isinstance(r, IterationDone)]
+    assert run_best(llm_run.run_dir) == iterations[-1].mean_after is not None
+    assert run_best(tmp_path) is None  # nothing scored yet
