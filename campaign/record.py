@@ -156,7 +156,7 @@ class CampaignDir:
     def create(cls, root: Path, source: Path, spec: CampaignSpec, runs: list[PlannedRun],
                memory_server: str | None = None) -> CampaignDir:
         root = Path(root).resolve()
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if root.exists() and (not root.is_dir() or any(root.iterdir())) and not cls._never_started(root):
             raise CampaignError(f"{root} already exists and is not an empty folder; choose another --dir, or "
                                 f"`heurist campaign resume {root}` if it is a campaign")
         try:
@@ -168,6 +168,20 @@ class CampaignDir:
             raise CampaignError(f"cannot create the campaign directory {root}: {exc.strerror}; choose a writable "
                                 f"--dir") from None
         return cls(root)
+
+    @staticmethod
+    def _never_started(root: Path) -> bool:
+        """Whether ``root`` holds a campaign whose start was refused before anything ran (no node with the CPUs a
+        run asks, say): a record, an empty ledger, no run, no driver. A start with the file corrected replaces it;
+        before, the folder blocked it ("already exists") and a resume replayed the refused file. The folder is
+        kept, not removed at the refusal, so the log its error names can still be read."""
+        if root.is_symlink() or not (root / "campaign.json").is_file() or held(root / ".lock"):
+            return False
+        ledger = root / "ledger.jsonl"
+        if ledger.exists() and (not ledger.is_file() or ledger.stat().st_size > 0):
+            return False
+        runs = root / "runs"
+        return not runs.exists() or (runs.is_dir() and not runs.is_symlink() and not any(runs.iterdir()))
 
     def record(self) -> CampaignRecord:
         path = self.root / "campaign.json"

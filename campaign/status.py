@@ -35,7 +35,8 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
             last = ends[-1].status if ends else "stopped"
             if live == "running":
                 status = "running"
-            elif driven:  # the driver holds the campaign and starts it again itself (it read "resume it")
+            elif driven and not campaign.stop_requested():
+                # the driver holds the campaign and starts it again itself (it read "resume it"), unless asked to stop
                 status = f"{last}; the driver starts it again"
             else:
                 status = f"{last} (resume it)"

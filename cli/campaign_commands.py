@@ -55,27 +55,6 @@ def _runs_by_status(directory: Path) -> str:
     return f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
-def _undo_refused_start(directory: Path, made: bool) -> None:
-    """A start the driver refused before anything ran (no node with the CPUs a run asks, say) leaves no folder:
-    left, it blocked the same start with a corrected file ("already exists"), and a resume replayed the refused
-    file. Only a folder whose ledger holds nothing is removed; a folder given empty is left empty."""
-    import shutil
-
-    from campaign.record import CampaignDir
-
-    events, unreadable = CampaignDir(directory).events_read()
-    if events or unreadable:
-        return
-    if made:
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
 @campaign_app.command("start")
 def start_cmd(
     file: Path = typer.Argument(..., help="The campaign file (TOML; see docs/campaigns.md)."),
@@ -104,16 +83,11 @@ def start_cmd(
         runs = [r.model_copy(update={"config": merge(r.config, {"memory": {"url": memory_url}})}) for r in runs]
     if directory is None:
         directory = heurist_home() / "campaigns" / f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    made = not directory.exists()
     CampaignDir.create(directory, file, spec, runs, memory_server=served)
     _say_which_runs_are_offline(runs)
     err.print(f"campaign directory: {printable(str(directory.resolve()))} ({len(runs)} runs)",
               highlight=False, markup=False, soft_wrap=True)
-    try:
-        _drive(directory.resolve(), address, max_concurrent)
-    except HeuristError:
-        _undo_refused_start(directory, made)
-        raise
+    _drive(directory.resolve(), address, max_concurrent)
 
 
 def _say_which_runs_are_offline(runs) -> None:

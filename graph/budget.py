@@ -13,15 +13,18 @@ def stop_reason(state: RunState, config: RunConfig, spec: TaskSpec) -> str | Non
 
 
 def cannot_start(state: RunState, spec: TaskSpec) -> str | None:
-    """The run can get nowhere: its starting policy completed no dev episode and only the offline coder, which tunes
-    the numbers a policy declares and never its code, would work on it (``Nodes.begin`` marks such a start). A policy
-    written for another task ran that way to its budget, holdout included, and exited 0 (a review, 2026-12-06)."""
-    why = (state.get("start") or {}).get("unrunnable")
-    if not why or state.get("iteration", 0) != 0:
+    """The run can get nowhere: its starting policy completed no dev episode, only the offline coder works on it
+    (``Nodes.begin`` marks such a start), and an iteration of its search over the numbers the policy declares found
+    no version that completes one. A crash a number causes (a gain divided by) is still searched away in that
+    iteration; a policy written for another task ran to its budget, holdout included, and exited 0 (a review,
+    2026-12-06). The advice comes before the policy's error, so a cut summary line keeps it."""
+    start = state.get("start") or {}
+    why = start.get("unrunnable")
+    if not why or state.get("iteration", 0) < 1 or (state.get("incumbent") or {}).get("commit") != start.get("commit"):
         return None
-    return (f"the starting policy completed none of its dev episodes ({why}); the offline coder only tunes the "
-            f"numbers a policy declares and cannot make it run: start from a policy written for {spec.id}, or run "
-            f"with a model, whose coder can fix the code")
+    return (f"the starting policy completed none of its dev episodes, and the offline coder's search over the numbers "
+            f"it declares found no version that does: start from a policy written for {spec.id}, or run with a "
+            f"model, whose coder can fix the code (its first error: {why})")
 
 
 def goal_reached(state: RunState, config: RunConfig, spec: TaskSpec) -> str | None:

@@ -118,7 +118,8 @@ class Nodes:
         coder = s.role("code")
         settings = s.config.llm.roles.get(coder.name)
         if result.status == "broken" and coder.name == "coder" and (s.llm is None or (settings and settings.offline)):
-            # Nothing here can make it run: the run stops at once, saying why (graph.budget.cannot_start).
+            # Only the search over its numbers can make it run: after an iteration that does not, the run stops,
+            # saying why (graph.budget.cannot_start).
             first = next((e.error for e in result.episodes if e.error), "no episode completed")
             start["unrunnable"] = oneline(first, 300)
         records = events(s)
@@ -644,7 +645,9 @@ class Nodes:
         best = s.run_dir / "best_policy.py"
         atomic_write(best, s.workspace.source_at(state["incumbent"]["commit"]))
         holdout = None
-        if s.config.eval.holdout:
+        # A best policy that completed no dev episode has nothing to confirm: its holdout and control would be 100
+        # episodes of the same failure (each up to the episode limit, where it hangs), and the holdout's one use.
+        if s.config.eval.holdout and state["incumbent"].get("status") != "broken":
             holdout_file = s.run_dir / "holdout.json"
             if holdout_file.is_file():  # the one holdout evaluation already happened before a crash
                 holdout = json.loads(holdout_file.read_text())

@@ -24,7 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from graph.budget import budget_spent, goal_reached, stop_reason
+from graph.budget import budget_spent, cannot_start, goal_reached, stop_reason
 from graph.context import Services
 from graph.nodes import Nodes
 from graph.simplify import simplify_due
@@ -68,13 +68,14 @@ def after_review(state: RunState) -> Literal["commit", "next_candidate", "roll_b
 
 def after_remember(state: RunState,
                    runtime: Runtime[Services]) -> Literal["evaluate", "simplify", "finish", "pause"]:
-    """Pause on a failing model; the end once a budget is spent (a simplification would spend more); else simplify
+    """Pause on a failing model; the end once a budget is spent (a simplification would spend more) or the start can
+    get nowhere (``cannot_start``); else simplify
     when due (``simplify.every`` accepted edits; also when the goal was just reached, so the final policy is the
     simpler one); else the next iteration, or the end at the goal."""
     s = runtime.context
     if state.get("llm_failures", 0) >= s.config.llm.max_consecutive_failures:
         return "pause"
-    if budget_spent(state, s.config):
+    if budget_spent(state, s.config) or cannot_start(state, s.spec):
         return "finish"
     if simplify_due(state, s.config.simplify.every):
         return "simplify"

@@ -62,10 +62,10 @@ _NAMES = {
 # started without the flag a feature needs, as llama.cpp's 500 "tools param requires --jinja flag").
 _INVALID_WORDS = ("validation error", "invalid", "unsupported", "not supported", "unrecognized", "unknown parameter",
                   "extra inputs are not permitted", "does not support", "response_format", "requires --")
-# Words of a refusal that is about the request's size, not its images: no image is given up for them (a context
-# length or a max_tokens too large turned images off for the rest of a run).
-_NOT_IMAGES = ("context length", "context_length", "maximum context", "context window", "too long", "too large",
-               "max_tokens", "max_completion_tokens", "maximum length", "too many tokens")
+# Words of a refusal about something other than images: no image is given up for them (a max_tokens too large
+# turned images off for the rest of a run). A context length passed still gives the images up, as their tokens may
+# be what passed it; so does a request too large, as their bytes may be.
+_NOT_IMAGES = ("max_tokens", "max_completion_tokens", "string too long", "maximum length")
 
 
 # Features given up by switching them off, and what the transcript says of it.

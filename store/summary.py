@@ -108,6 +108,8 @@ def write_summary(run_dir: Path, run_id: str, spec: TaskSpec, protocol: str, off
                      f"episodes, evaluated once): mean {score_text(holdout['mean'])} ± {score_text(holdout['std'])}, "
                      f"{holdout['episodes_failed']} failed.")
         lines += _control_lines(holdout.get("control"))
+    elif (state.get("incumbent") or {}).get("status") == "broken":
+        lines.append("- Holdout split: not evaluated, since the best policy completed no dev episode.")
     spent = state.get("spent") or {}
     lines += [f"- Iterations: {summary['iterations']} ({summary['accepted']} accepted, {summary['rejected']} rejected).",
               f"- Spent: {int(spent.get('env_steps', 0)):,} env steps, "

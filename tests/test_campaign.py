@@ -289,15 +289,25 @@ def test_a_cluster_address_nothing_answers_on_is_one_line(home):
     assert not (tmp / "camp").exists()
 
 
-def test_a_start_refused_before_any_run_leaves_no_folder_to_block_the_corrected_one(home):
-    """A review on a real cluster (2026-12-06): a start refused for want of a node with the CPUs a run asks left its
-    folder, so the same command with the file corrected was refused as "already exists", and a resume replayed
-    the refused file. A folder made by the start goes; one given empty is left empty."""
+def test_a_start_refused_before_any_run_is_replaced_by_the_corrected_one(home):
+    """A review on a real cluster (2026-12-06): a start refused for want of a node with the CPUs a run asks left a
+    folder that refused the same command with the file corrected ("already exists"), and a resume replayed the
+    refused file. The folder stays (the log an error names is in it), and a start replaces a campaign that never
+    started; one whose ledger holds anything is still refused."""
+    from campaign.plan import load_campaign
+    from campaign.record import CampaignDir, CampaignError
+
     tmp, env = home
     path = _campaign_file(tmp, 'name = "big"\ntasks = ["CartPole-v1"]\n[resources]\ncpus_per_run = 64\n')
     done = heurist(env, "campaign", "start", path, "--dir", tmp / "camp", timeout=180)
     assert done.returncode == 2 and "no node of the Ray cluster has 64 CPUs for a run" in done.stderr, done.stderr
-    assert not (tmp / "camp").exists()
+    assert (tmp / "camp" / "campaign.json").is_file()
+    fixed = _campaign_file(tmp, 'name = "fits"\ntasks = ["CartPole-v1"]\n')
+    spec, runs = load_campaign(fixed)
+    assert CampaignDir.create(tmp / "camp", fixed, spec, runs).record().name == "fits"
+    (tmp / "camp" / "ledger.jsonl").write_text('{"event": "campaign_started"}\n')  # it started: it is kept
+    with pytest.raises(CampaignError, match="already exists and is not an empty folder"):
+        CampaignDir.create(tmp / "camp", fixed, spec, runs)
 
 
 @pytest.mark.slow

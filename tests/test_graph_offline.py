@@ -82,21 +82,39 @@ def test_offline_run_from_a_weak_policy_reaches_the_target(home):
     assert sum(r["event"] == "eval_started" and r["split"] == "holdout" for r in records) == 1
 
 
-def test_an_offline_run_whose_start_completes_no_episode_stops_at_once_saying_why(home):
+def test_an_offline_run_whose_start_completes_no_episode_stops_after_one_search_saying_why(home):
     """A policy for another task (Breakout's on CartPole) ran a whole offline run to its budget, every episode failing,
-    and exited 0 (a review, 2026-12-06): the offline coder tunes numbers and cannot make it run, so the run stops
-    after scoring its start, with the policy's own error in the reason."""
+    holdout included, and exited 0 (a review, 2026-12-06): the run now stops after one iteration of the offline
+    search finds no version that runs, with the policy's own error, and spends no holdout on it. A crash that one
+    of the policy's numbers causes is still searched away in that iteration, and the run goes on."""
     tmp, env = home
-    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", POLICY_DIR / "breakout.py", "--iterations", 3,
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", POLICY_DIR / "breakout.py", "--iterations", 5,
                    "--run-dir", tmp / "run")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp / "run" / "summary.json").read_text())
-    assert summary["iterations"] == 0 and summary["dev"]["start_mean"] is None
+    assert summary["iterations"] == 1 and summary["dev"]["start_mean"] is None and summary["holdout"] is None
     reason = summary["stop_reason"]
-    assert reason.startswith("the starting policy completed none of its dev episodes (") and "Error" in reason, reason
-    assert reason.endswith("start from a policy written for CartPole-v1, or run with a model, whose coder can fix "
-                           "the code")
+    assert reason.startswith("the starting policy completed none of its dev episodes, and the offline coder's search "
+                             "over the numbers it declares found no version that does: start from a policy written "
+                             "for CartPole-v1, or run with a model"), reason
+    assert "(its first error: " in reason and "Error" in reason
     assert "Stopped: the starting policy completed none of its dev episodes" in done.stdout
+    assert "Holdout split: not evaluated, since the best policy completed no dev episode." in done.stdout
+
+    divides = weak_cartpole().replace(
+        '    velocity_gain: float = tunable(0.0, -1.0, 1.0, "weight on the cart velocity: damps drift")\n',
+        '    velocity_gain: float = tunable(0.0, -1.0, 1.0, "weight on the cart velocity: damps drift")\n'
+        '    scale: float = tunable(0.0, 0.0, 2.0, "divides the push")\n').replace(
+        "push = p.angle_gain", "push = (1.0 / p.scale) * p.angle_gain")
+    assert "1.0 / p.scale" in divides and "scale: float" in divides
+    (tmp / "divides.py").write_text(divides)
+    (tmp / "run.toml").write_text('[eval]\nepisodes = 10\n[search]\nseed = 3\n')
+    done = heurist(env, "run", "--env", "CartPole-v1", "--policy", tmp / "divides.py", "--config", tmp / "run.toml",
+                   "--iterations", 2, "--run-dir", tmp / "divides")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp / "divides" / "summary.json").read_text())
+    assert summary["dev"]["start_mean"] is None and summary["accepted"] >= 1, summary["history"]
+    assert not summary["stop_reason"].startswith("the starting policy completed none")
 
 
 def test_plug_in_role_from_an_entry_point_runs_in_its_stage(home):

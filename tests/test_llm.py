@@ -720,10 +720,13 @@ def test_refusals_from_real_servers_give_up_what_they_name_and_no_more():
     assert Capabilities().narrow(vllm, False, 0).startswith("tools -> ")
     llama = "500: tools param requires --jinja flag"
     assert looks_invalid(llama) and Capabilities().narrow(llama, True, 0).startswith("tools -> ")
-    for size in ("400: This model's maximum context length is 128000 tokens. However, your messages resulted in "
-                 "130000 tokens", "400: max_tokens is too large: 40000. This model supports at most 16384"):
+    for other in ("400: max_tokens is too large: 40000. This model supports at most 16384",
+                  "400: Invalid 'messages[2].tool_calls[0].id': string too long. Expected a string with maximum "
+                  "length 40, but got a string with length 46 instead."):
         caps = Capabilities()
-        assert caps.narrow(size, True, 0) is None and caps.images, size
+        assert caps.narrow(other, True, 0) is None and caps.images, other
+    overflow = "400: This model's maximum context length is 8192 tokens. However, you requested 12000 tokens"
+    assert Capabilities().narrow(overflow, True, 0) == "images -> described by path in text"  # theirs, maybe
     template = '500: can only concatenate str (not "list") to str'  # names nothing: still the images' (llama-cpp)
     assert Capabilities().narrow(template, True, 0) == "images -> described by path in text"
     effort = ("400: Function tools with reasoning_effort are not supported for gpt-5.5 in /v1/chat/completions. "
