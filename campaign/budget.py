@@ -28,7 +28,8 @@ def run_spent(run_dir: Path) -> dict[str, float | int]:
         records = read_events(Ledger(run_dir / "ledger.jsonl"))[0]
         env_steps = sum(steps_in(r) for r in records)  # as the run counts its own (graph.bookkeeping.spent_by)
     costs = list(call_costs(TranscriptRecorder(run_dir).read())) if (run_dir / "transcripts").is_dir() else []
-    return {"env_steps": env_steps, "tokens": sum(c.tokens for c in costs), "usd": round(sum(c.usd for c in costs), 6)}
+    return {"env_steps": env_steps, "tokens": sum(c.tokens for c in costs), "usd": round(sum(c.usd for c in costs), 6),
+            "estimated_tokens": sum(c.estimated_tokens for c in costs)}
 
 
 def run_best(run_dir: Path) -> float | None:

@@ -23,7 +23,8 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
         ends = [e for e in events if isinstance(e, RunEnded) and e.key == planned.key]
         run_dir = campaign.run_dir(planned.key)
         inside = campaign.run_inside(planned.key)  # a run folder linked out of the campaign is not read
-        spent = run_spent(run_dir) if inside and run_dir.exists() else {"env_steps": 0, "tokens": 0, "usd": 0.0}
+        spent = run_spent(run_dir) if inside and run_dir.exists() else {"env_steps": 0, "tokens": 0, "usd": 0.0,
+                                                                        "estimated_tokens": 0}
         final = ends[-1] if ends and ends[-1].status not in AGAIN else None
         if not inside:
             status, reason, best = "not read", "its folder is a link out of the campaign", None
@@ -45,6 +46,7 @@ def campaign_status(directory: Path) -> tuple[list[dict[str, Any]], dict[str, An
             status, reason, best = "not started", None, None
         rows.append({"key": planned.key, "task": planned.task, "status": status, "attempts": attempts,
                      "env_steps": int(spent["env_steps"]), "tokens": int(spent["tokens"]), "usd": spent["usd"],
+                     "estimated_tokens": int(spent["estimated_tokens"]),
                      "best_mean": best, "reason": reason})
     ended = [e for e in events if isinstance(e, CampaignEnded)]
     if driven:

@@ -154,7 +154,8 @@ def status_cmd(directory: Path = typer.Argument(..., help="A campaign directory.
         best = row["best_mean"]
         table.add_row(shown(clipped(row["key"], 200)), shown(clipped(row["task"], 200)),
                       shown(clipped(row["status"], 200)), str(row["attempts"]), f"{row['env_steps']:,}",
-                      f"{row['tokens']:,}", "-" if finite_number(best) is None else f"{best:g}",
+                      f"{row['tokens']:,}" + (f" ({row['estimated_tokens']:,} est.)" if row["estimated_tokens"] else ""),
+                      "-" if finite_number(best) is None else f"{best:g}",
                       shown(clipped(row["reason"] or "", 500)))
     out.print(table)
     out.print(f"{summary['ended']} of {summary['runs']} runs ended; env steps {summary['env_steps']:,}, tokens "

@@ -50,7 +50,8 @@ class ReplayClient:
         tokens = sum((e.prompt_tokens or 0) + (e.completion_tokens or 0) for e in calls[index:index + 1])
         usd = sum(e.usd or 0.0 for e in calls[index:index + 1])
         unpriced = any(e.priced is False for e in calls[index:index + 1])
-        self.usage.add(tokens, None if unpriced else usd)
+        estimated = any(e.tokens_estimated for e in calls[index:index + 1])  # the recorded server gave no counts
+        self.usage.add(tokens, None if unpriced else usd, estimated=estimated)
         try:
             parsed = schema.model_validate(recorded[index].parsed)
         except ValidationError as exc:  # a transcript damaged or edited since: not this heurist's own failure
@@ -59,7 +60,8 @@ class ReplayClient:
                            f"at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'the top'}); its transcript was "
                            f"changed since the run") from None
         transcript.write(Parsed, attempt=0, parsed=parsed.model_dump(mode="json"), replayed=True,
-                         tokens=tokens, usd=usd, unpriced_tokens=tokens if unpriced else 0)
+                         tokens=tokens, usd=usd, unpriced_tokens=tokens if unpriced else 0,
+                         estimated_tokens=tokens if estimated else 0)
         return parsed
 
     def tools_supported(self, role: str) -> bool:

@@ -92,6 +92,7 @@ class Parsed(_Line):
     tokens: int = 0
     usd: float = 0.0
     unpriced_tokens: int = 0
+    estimated_tokens: int = 0  # a replay's: of ``tokens``, those the recorded run estimated (its server gave none)
     # The request it answers (a hash of its messages and schema) and the session that asked it: a node run again
     # after a crash asks the same request, and takes this answer instead of paying for another (``reused``), so
     # the run acts on the answer a replay gives it (``roles.llm.LLMClient.structured``).
@@ -258,7 +259,7 @@ def call_costs(lines: list[TranscriptLine]) -> Iterator[CallCost]:
             yield CallCost(line.time, tokens, line.usd or 0.0, tokens if unpriced else 0,
                            tokens if line.tokens_estimated else 0)
         elif isinstance(line, Parsed) and line.replayed:
-            yield CallCost(line.time, line.tokens, line.usd, line.unpriced_tokens)
+            yield CallCost(line.time, line.tokens, line.usd, line.unpriced_tokens, line.estimated_tokens)
         elif isinstance(line, AgentTurn) and line.replayed:  # a replayed turn has no call line of its own
             yield CallCost(line.time, line.tokens, line.usd or 0.0, line.tokens if line.usd is None else 0)
 

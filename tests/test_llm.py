@@ -517,6 +517,12 @@ def test_a_servers_token_counts_that_are_no_counts_are_counted_from_the_text(tmp
     from runner.lifecycle import usage_from_transcripts
     resumed = usage_from_transcripts(TranscriptRecorder(tmp_path))
     assert (resumed.tokens, resumed.estimated_tokens) == (client.usage.tokens, client.usage.tokens)
+    # A replay of the run counts its recorded estimate as an estimate, and so does a resumed replay.
+    replay = ReplayClient(tmp_path, Usage())
+    replay.structured(TranscriptRecorder(tmp_path / "replayed").for_role(1, "coder"), [], Answer)
+    assert (replay.usage.tokens, replay.usage.estimated_tokens) == (client.usage.tokens, client.usage.tokens)
+    again = usage_from_transcripts(TranscriptRecorder(tmp_path / "replayed"))
+    assert (again.tokens, again.estimated_tokens) == (client.usage.tokens, client.usage.tokens)
 
 
 def test_estimated_tokens_are_said_to_be_estimated_wherever_totals_are_shown():
