@@ -24,9 +24,11 @@ the env process reads it (``envs.wire``).
 from __future__ import annotations
 
 import builtins
+import errno
 import importlib
 import importlib.util
 import inspect
+import os
 import pickle
 import random
 import resource
@@ -47,7 +49,34 @@ POLICY_MODULE = "heurist_policy"
 
 
 class PolicyFailed(Exception):
-    """The policy's own code failed (load, reset or act); the message says where and how."""
+    """The policy's own code failed (load, reset or act); the message says where and how. ``shared``: it ran out of
+    something the episodes of one process share (memory, descriptors, disk), so the failure may be its neighbours'."""
+
+    def __init__(self, message: str, shared: bool = False) -> None:
+        super().__init__(message)
+        self.shared = shared
+
+
+# What the episodes in flight in one policy process share: a failure for want of one of these in a group may be the
+# group's, not the episode's (an honest policy's 500 MB table failed 4 of 20 episodes at width 32, none alone).
+_SHARED_ERRNOS = frozenset({errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.EAGAIN})
+GROUP_RAN_OUT = 75  # the policy process's exit status when a group ran out of them: its episodes run again alone
+
+
+def ran_out_of_shared(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _SHARED_ERRNOS)
+
+
+def blame_no_one(failure: PolicyFailed, others: int) -> None:
+    """A failure for want of what the process's episodes share, with ``others`` episodes beside it: not recorded as
+    this episode's. The process ends, and the evaluator runs each episode of the group again alone
+    (``envs.scheduling``: a group that fails blames no one), where such a failure is the episode's own."""
+    if failure.shared and others > 0:
+        try:
+            sys.stderr.write(f"heurist: ran out beside {others} other episode(s): {failure}\n"[:1000])
+            sys.stderr.flush()
+        finally:
+            os._exit(GROUP_RAN_OUT)
 
 
 def _frozen(value: Any) -> tuple[bytes, list[bytes]]:
@@ -174,7 +203,8 @@ def _failure(what: str, exc: BaseException, path: str) -> PolicyFailed:
         text = str(exc)
     except BaseException:
         text = "(its message could not be read)"
-    return PolicyFailed(f"{what}{where_in_policy(exc, path)}: {type(exc).__name__}: {text}"[:2000])
+    return PolicyFailed(f"{what}{where_in_policy(exc, path)}: {type(exc).__name__}: {text}"[:2000],
+                        shared=ran_out_of_shared(exc))
 
 
 def where_in_policy(exc: BaseException, path: str) -> str:
@@ -297,11 +327,15 @@ class PolicyRunner:
             action = self.policy.act(obs, info)
         except BaseException as exc:
             raise _failure(f"act() raised at step {self.step}", exc, self.path) from None
-        diag = getattr(self.policy, "diagnostics", None)
+        try:
+            diag = getattr(self.policy, "diagnostics", None)
+            if diag is not None:
+                # What the env process would have received at this step, kept as envs.wire's snapshot_diag says.
+                snapshot = snapshot_diag(diag)
+                key = snapshot_mode(snapshot, self.modes)
+        except BaseException as exc:  # diagnostics whose conversion raises (a __str__ that does) took the process down
+            raise _failure(f"its diagnostics could not be read at step {self.step}", exc, self.path) from None
         if diag is not None:
-            # What the env process would have received at this step, kept as envs.wire's snapshot_diag says.
-            snapshot = snapshot_diag(diag)
-            key = snapshot_mode(snapshot, self.modes)
             if key is not False:
                 self.modes[key] += 1
             self.ring.append((self.step, snapshot, key))
@@ -375,7 +409,11 @@ class PolicySlots:
         offered = self._offered(action_space, simulator_model)
         if rng is not None:
             self.random.use(rng)
-        runner.start(seed, offered, lambda: self._setup_copy(offered))
+        try:
+            runner.start(seed, offered, lambda: self._setup_copy(offered))
+        except PolicyFailed as exc:
+            blame_no_one(exc, len(self.runners))
+            raise
         self.runners[slot] = runner
 
     @staticmethod
@@ -486,6 +524,7 @@ class PolicySlots:
                     runner.observe(*feedback[i], info)
                 actions.append(runner.act(obs, info))
             except PolicyFailed as exc:
+                blame_no_one(exc, len(runners) - 1)
                 actions.append(None)
                 failed[i] = str(exc)
         return actions, failed
@@ -508,6 +547,7 @@ class PolicySlots:
             try:
                 runner.observe(*final)
             except PolicyFailed as exc:
+                blame_no_one(exc, len(self.runners))
                 failed = str(exc)
         return runner.mode_counts(accepted), failed
 

@@ -462,7 +462,9 @@ class ObservationView:
         if kind == "list":
             return payload[1]
         if kind == "stack":
-            return list(payload[1])
+            # A copy each: views of one array shared a buffer, so one episode's policy could rewrite the
+            # observations its neighbours in the round then acted on (``obs.base``; a red-team review, 2026-12-06).
+            return [row.copy() for row in payload[1]]
         shape, dtype = payload[1], np.dtype(payload[2])
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if nbytes > self.size:
@@ -470,9 +472,10 @@ class ObservationView:
                 self.memory.close()
             self.size = os.fstat(self.fd).st_size
             self.memory = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
-        # One private copy: what the policy keeps of one step is never overwritten by the next.
-        batch = np.frombuffer(self.memory, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape).copy()
-        return list(batch)
+        # A private copy for each episode: what the policy keeps of one step is never overwritten by the next, and
+        # no episode's observation shares a buffer with another's (see "stack" above).
+        batch = np.frombuffer(self.memory, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape)
+        return [row.copy() for row in batch]
 
 
 SHARED_OBS_CAPACITY = 8 << 20  # 64 Atari frames and then some; pages are only allocated when written

@@ -502,3 +502,71 @@ def test_the_env_process_takes_a_group_of_jobs_whole_however_late_its_last_job_a
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_an_episode_cannot_rewrite_the_observations_its_neighbours_act_on(run_eval, write_policy):
+    """A red-team review (2026-12-06): every observation of a round was a view of one array, so seed 0's policy
+    rewrote its neighbours' through ``obs.base`` before they acted; the mean at width 8 fell from 500 to 70, still
+    "complete". Each episode now gets an array of its own."""
+    policy = write_policy("""
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.seed = seed
+
+            def act(self, obs, info):
+                if self.seed == 0 and isinstance(obs.base, np.ndarray) and obs.base.size > obs.size:
+                    obs.base.reshape(-1, 4)[:, 2:] *= -5.0
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        """)
+    together = run_eval(policy, "CartPole-v1", episodes=6, workers=1, lockstep=6)
+    alone = run_eval(policy, "CartPole-v1", episodes=6, workers=1, lockstep=1)
+    assert episodes(together) == episodes(alone)
+    assert all(e.return_ == 500 for e in together.episodes)
+
+
+def test_an_episode_that_runs_out_of_what_its_group_shares_is_run_again_alone(run_eval, write_policy):
+    """A red-team review (2026-12-06): an honest policy holding a large table per episode failed with MemoryError in
+    a group (the episodes share one process's address space) and not alone, and the failures were recorded as the
+    episodes' own. A failure for want of memory, descriptors or disk in a group now blames no one: the group runs
+    again one episode at a time, where each gets what it would alone."""
+    policy = write_policy("""
+        import numpy as np
+
+        class Policy:
+            def reset(self, seed):
+                self.table = np.empty(40_000_000)  # 320 MB of address space each, never touched
+
+            def act(self, obs, info):
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        """)
+    limits = FAST.model_copy(update={"memory_mb": 1200})
+    together = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=4, limits=limits)
+    alone = run_eval(policy, "CartPole-v1", episodes=4, workers=1, lockstep=1, limits=limits)
+    assert [e.status for e in alone.episodes] == ["ok"] * 4, [e.error for e in alone.episodes]
+    assert [e | {"env_steps": 0} for e in episodes(together)] == [e | {"env_steps": 0} for e in episodes(alone)]
+
+
+def test_diagnostics_that_cannot_be_read_fail_their_episode_not_the_process(run_eval, write_policy):
+    """A red-team review (2026-12-06): diagnostics whose conversion raised (a ``__str__`` that does) ended the policy
+    process, so its group ran again alone and the episode was a crash. It is that episode's policy error now."""
+    policy = write_policy("""
+        class Weird:
+            def __str__(self):
+                raise ValueError("no text for you")
+
+        class Policy:
+            def reset(self, seed):
+                self.seed, self.t = seed, 0
+
+            def act(self, obs, info):
+                self.t += 1
+                self.diagnostics = {"mode": Weird() if self.seed == 1 and self.t == 20 else "ok"}
+                return 1 if obs[2] + 0.5 * obs[3] > 0 else 0
+        """)
+    together = run_eval(policy, "CartPole-v1", episodes=3, workers=1, lockstep=3)
+    assert [e.status for e in together.episodes] == ["ok", "policy_error", "ok"]
+    assert "its diagnostics could not be read at step 19" in together.episodes[1].error
+    assert "ValueError: no text for you" in together.episodes[1].error
+    assert together.episodes[0].env_steps == together.episodes[0].length  # no group was lost and run again
