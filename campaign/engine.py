@@ -44,6 +44,7 @@ from campaign.record import (
 from common import interrupts
 from common.errors import HeuristError
 from common.events import RunFinished, RunPaused
+from common.formatting import at_word
 from common.safe_text import redact
 from envs.ray_backend import init_ray, unreachable
 from store.config import WandbConfig, build_config
@@ -53,19 +54,16 @@ from store.wandb_log import by_index, log_scalars
 
 POLL_S = 1.0  # how often the driver looks for a stop request while runs are in flight
 STOP_GRACE_S = 60.0  # how long a stopped run has to record its interruption before it is killed
+AGAIN = ("lost", "stopped")  # ends after which a run starts again (a lost node; a stopped campaign resumed)
+LOCK_WAIT_S = 120.0  # how long a run started again waits for its last process to let go of its lock
+
+
 def _first_sentence(text: str, most: int) -> str:
     """Ray's words for a lost task, to its first sentence and at most ``most`` characters, ended at a word: they go on
     about how to debug Ray, and were cut mid-word ("use `ray; it starts again ...")."""
     end = text.find(". ")
     text = text[:end + 1] if 0 < end < most else text
-    if len(text) > most:
-        cut = text[:most]
-        text = (cut[:cut.rindex(" ")] if " " in cut[most // 2:] else cut) + " ..."
-    return text
-
-
-AGAIN = ("lost", "stopped")  # ends after which a run starts again (a lost node; a stopped campaign resumed)
-LOCK_WAIT_S = 120.0  # how long a run started again waits for its last process to let go of its lock
+    return text if len(text) <= most else at_word(text, most) + " ..."
 
 
 def _prepare_child() -> None:

@@ -33,8 +33,10 @@ def _drive(directory: Path, address: Optional[str], max_concurrent: Optional[int
     with driver.campaign.driving():
         driver.campaign.clear_stop()  # a stop asked of an earlier driver is not one asked of this one
         status = driver.run()
-    out.print(f"campaign {status}: {printable(str(directory))} ({_runs_by_status(directory)})", highlight=False,
-              markup=False, soft_wrap=True)
+    from campaign.status import campaign_status
+
+    out.print(f"campaign {status}: {printable(str(directory))} ({_runs_by_status(campaign_status(directory)[0])})",
+              highlight=False, markup=False, soft_wrap=True)
     out.print(f"status: heurist campaign status {printable(str(directory))}",
               highlight=False, markup=False, soft_wrap=True)
     from common import interrupts
@@ -43,14 +45,11 @@ def _drive(directory: Path, address: Optional[str], max_concurrent: Optional[int
         raise typer.Exit(interrupts.exit_code())
 
 
-def _runs_by_status(directory: Path) -> str:
-    """The runs by where they stand, in a few words ("2 runs: 1 finished, 1 failed"): "campaign finished" alone hid
-    a failed run."""
+def _runs_by_status(rows: list[dict]) -> str:
+    """The runs (``campaign_status``'s rows) by where they stand, in a few words ("2 runs: 1 finished, 1 failed"):
+    "campaign finished" alone hid a failed run."""
     from collections import Counter
 
-    from campaign.status import campaign_status
-
-    rows, _ = campaign_status(directory)
     counts = Counter(row["status"] for row in rows)
     return f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
 
@@ -109,14 +108,13 @@ def resume_cmd(
 ) -> None:
     """Go on with a stopped or killed campaign: runs not ended start (again) from their checkpoints."""
     from campaign.record import CampaignDir
-
     from campaign.status import campaign_status
 
     CampaignDir(directory).record()  # not a campaign: one line, before Ray starts
     rows, summary = campaign_status(directory)
     if rows and summary["ended"] == summary["runs"] and not summary["state"].startswith(("running", "stopped")):
         # As `heurist resume` of a finished run: said, not a Ray started and two ledger lines written for nothing.
-        out.print(f"campaign {shown(summary['state'])}: {printable(str(directory))} ({_runs_by_status(directory)}); "
+        out.print(f"campaign {shown(summary['state'])}: {printable(str(directory))} ({_runs_by_status(rows)}); "
                   f"nothing to resume", highlight=False, markup=False, soft_wrap=True)
         return
     _drive(directory.resolve(), address, max_concurrent)

@@ -24,6 +24,13 @@ def tokens_text(tokens: int, estimated_tokens: int = 0) -> str:
     return f"{text} ({share} estimated from the text: the server gave no counts)"
 
 
+def at_word(text: str, most: int) -> str:
+    """``text`` cut to at most ``most`` characters, ending at a word where one ends in the cut's second half (a reason
+    cut mid-word lost what it said); the caller adds the mark that says it was cut."""
+    cut = text[:most]
+    return cut[:cut.rindex(" ")] if " " in cut[most // 2:] else cut
+
+
 def cost_text(usd: float | None, unpriced_tokens: int = 0, digits: int = 4) -> str:
     """Money spent on models, never $0 for a model with no price: its tokens are named instead."""
     if usd is None or (not usd and unpriced_tokens):

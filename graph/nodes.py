@@ -116,8 +116,7 @@ class Nodes:
         result = s.evaluate_cached(s.candidate_file(s.workspace.source_at(commit)), video=True)
         start = scored(commit, result)
         coder = s.role("code")
-        settings = s.config.llm.roles.get(coder.name)
-        if result.status == "broken" and coder.name == "coder" and (s.llm is None or (settings and settings.offline)):
+        if result.status == "broken" and coder.name == "coder" and s.context(0, coder).llm is None:
             # Only the search over its numbers can make it run: after an iteration that does not, the run stops,
             # saying why (graph.budget.cannot_start).
             first = next((e.error for e in result.episodes if e.error), "no episode completed")

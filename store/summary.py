@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write
-from common.formatting import cost_text, finite_number, score_text, tokens_text
+from common.formatting import at_word, cost_text, finite_number, score_text, tokens_text
 from common.safe_text import printable, redact, redact_deep
 from envs.tasks import TaskSpec
 
@@ -27,8 +27,7 @@ def _inert(text: str, limit: int = 600) -> str:
     (a reason cut mid-word at 160 lost what it said about the tests)."""
     text = printable(" ".join(redact(str(text)).split()))
     if len(text) > limit:
-        cut = text[:limit]
-        text = (cut[:cut.rindex(" ")] if " " in cut[limit // 2:] else cut) + " …"
+        text = at_word(text, limit) + " …"
     return _MARKDOWN.sub(r"\\\1", text)
 
 
